@@ -1,0 +1,172 @@
+"""Two tunnel sessions over an in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tunnel.errors import SessionClosed, StreamReset
+from tunnel.frames import ErrorCode
+from tunnel.protocol import Limits, Side
+from tunnel.session import Session
+from tunnel.streams import TunnelStream
+from tunnel.transport import MemoryTransport
+
+
+async def make_pair(on_stream=None, client_limits=None, server_limits=None, **kw):
+    a, b = MemoryTransport.pair()
+    client = Session(a, Side.CLIENT, limits=client_limits, metadata=b"agent", on_stream=on_stream,
+                     name="client", **kw)
+    server = Session(b, Side.SERVER, limits=server_limits, metadata=b"gw", name="server", **kw)
+    got = await asyncio.gather(client.handshake(), server.handshake())
+    assert got == [b"gw", b"agent"]
+    client.start()
+    server.start()
+    return client, server
+
+
+def echo_handler(session_ref):
+    tasks = []
+
+    def on_stream(stream: TunnelStream) -> None:
+        async def run():
+            session_ref[0].accept(stream)
+            while chunk := await stream.read():
+                await stream.write(chunk)
+            await stream.write_eof()
+
+        tasks.append(asyncio.get_running_loop().create_task(run()))
+
+    return on_stream, tasks
+
+
+async def test_echo_round_trip():
+    ref = []
+    handler, _ = echo_handler(ref)
+    client, server = await make_pair(on_stream=handler)
+    ref.append(client)
+    stream = server.open_stream(b"echo")
+    await stream.write(b"hello")
+    await stream.write_eof()
+    await stream.wait_accepted()
+    out = b""
+    while chunk := await stream.read():
+        out += chunk
+    assert out == b"hello"
+    await client.close()
+    assert isinstance(await server.wait_closed(), SessionClosed)
+
+
+async def test_large_transfer_respects_windows():
+    ref = []
+    handler, _ = echo_handler(ref)
+    client, server = await make_pair(
+        on_stream=handler, client_limits=Limits(window=8192), server_limits=Limits(window=8192)
+    )
+    ref.append(client)
+    stream = server.open_stream()
+    payload = bytes(range(256)) * 4000  # ~1 MB
+
+    async def send():
+        await stream.write(payload)
+        await stream.write_eof()
+
+    sender = asyncio.create_task(send())
+    received = bytearray()
+    while chunk := await stream.read():
+        received += chunk
+    await sender
+    assert bytes(received) == payload
+    await server.close()
+
+
+async def test_slow_reader_does_not_block_other_streams():
+    opened: list[TunnelStream] = []
+    client, server = await make_pair(
+        on_stream=opened.append, client_limits=Limits(window=4096)
+    )
+    slow = server.open_stream()
+    fast = server.open_stream()
+    blocked = asyncio.create_task(slow.write(b"x" * 100_000))
+    writer = asyncio.create_task(fast.write(b"y" * 50_000))
+    await asyncio.sleep(0.01)
+    total = 0
+    while total < 50_000:  # would hang if the unread slow stream held the tunnel
+        total += len(await opened[1].read())
+    await writer
+    assert not blocked.done()
+    blocked.cancel()
+    await server.close()
+
+
+async def test_reset_reaches_the_other_side():
+    opened: list[TunnelStream] = []
+    client, server = await make_pair(on_stream=opened.append)
+    stream = server.open_stream()
+    await stream.write(b"x")
+    await asyncio.sleep(0.01)
+    opened[0].reset(ErrorCode.CONNECT_FAILED, "refused")
+    with pytest.raises(StreamReset) as info:
+        await stream.read()
+    assert info.value.code is ErrorCode.CONNECT_FAILED
+    with pytest.raises(StreamReset):
+        await stream.wait_accepted()
+    await server.close()
+
+
+async def test_session_close_fails_pending_reads_promptly():
+    client, server = await make_pair(on_stream=lambda s: None)
+    stream = server.open_stream()
+    reader = asyncio.create_task(stream.read())
+    await asyncio.sleep(0.01)
+    await client.close(ErrorCode.NO_ERROR, "bye")
+    with pytest.raises(SessionClosed):
+        await asyncio.wait_for(reader, 2)
+    assert server.is_closed
+
+
+async def test_keepalive_timeout_closes_a_silent_peer():
+    a, b = MemoryTransport.pair()
+    server = Session(b, Side.SERVER, ping_interval_s=0.05, idle_timeout_s=0.2)
+
+    async def fake_agent():
+        # Complete the handshake, then go silent without ever answering pings.
+        from tunnel.protocol import TunnelProtocol
+
+        proto = TunnelProtocol(Side.CLIENT)
+        await a.send(proto.data_to_send())
+        await a.receive()
+
+    await asyncio.gather(server.handshake(), fake_agent())
+    server.start()
+    closed = await asyncio.wait_for(server.wait_closed(), 2)
+    assert closed.code is ErrorCode.TIMEOUT
+
+
+async def test_pings_keep_an_idle_tunnel_alive():
+    client, server = await make_pair(ping_interval_s=0.05, idle_timeout_s=0.2)
+    await asyncio.sleep(0.6)
+    assert not client.is_closed and not server.is_closed
+    await client.close()
+
+
+async def test_info_reaches_handler():
+    got = []
+    a, b = MemoryTransport.pair()
+    client = Session(a, Side.CLIENT)
+    server = Session(b, Side.SERVER, on_info=got.append)
+    await asyncio.gather(client.handshake(), server.handshake())
+    client.start()
+    server.start()
+    client.send_info(b"token-refresh")
+    await asyncio.sleep(0.01)
+    assert got == [b"token-refresh"]
+    await client.close()
+
+
+async def test_handshake_times_out_against_a_mute_peer():
+    a, b = MemoryTransport.pair()
+    server = Session(b, Side.SERVER)
+    with pytest.raises(SessionClosed):
+        await server.handshake(timeout_s=0.05)

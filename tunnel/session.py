@@ -1,0 +1,361 @@
+"""asyncio layer over one :class:`~tunnel.protocol.TunnelProtocol` and one transport.
+
+One reader task feeds received bytes to the protocol and dispatches its events to
+the streams; one writer task sends whatever the protocol queued, coalescing frames
+that were queued in the same loop iteration into one WebSocket message. A timer
+sends PINGs when the tunnel is idle and closes it when the peer stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tunnel.errors import ProtocolError, SessionClosed, StreamReset, TunnelError
+from tunnel.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    HelloReceived,
+    InfoReceived,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+    WindowUpdated,
+)
+from tunnel.events import StreamReset as StreamResetEvent
+from tunnel.frames import ErrorCode
+from tunnel.protocol import Limits, Side, TunnelProtocol
+from tunnel.streams import TunnelStream
+from tunnel.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 10.0
+"""Send a PING when nothing has been received for this long."""
+IDLE_TIMEOUT_S = 25.0
+"""Declare the peer dead when nothing has been received for this long."""
+HANDSHAKE_TIMEOUT_S = 10.0
+
+StreamHandler = Callable[[TunnelStream], None]
+InfoHandler = Callable[[bytes], None]
+
+
+class Session:
+    """One tunnel: many concurrent streams over one transport."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        side: Side,
+        *,
+        limits: Limits | None = None,
+        metadata: bytes = b"",
+        on_stream: StreamHandler | None = None,
+        on_info: InfoHandler | None = None,
+        ping_interval_s: float = PING_INTERVAL_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        name: str = "",
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.name = name
+        self._transport = transport
+        self._proto = TunnelProtocol(side, limits, metadata)
+        self._streams: dict[int, TunnelStream] = {}
+        self._on_stream = on_stream
+        self._on_info = on_info
+        self._pending: list[bytes] = []
+        self._write_wakeup = asyncio.Event()
+        self._closed: asyncio.Future[SessionClosed] = self.loop.create_future()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._early_events: list[Event] = []
+        self._ping_interval_s = ping_interval_s
+        self._idle_timeout_s = idle_timeout_s
+        self._last_rx = self.loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._going_away = False
+        self.peer_metadata = b""
+        self.debug = logger.isEnabledFor(logging.DEBUG)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name} streams={len(self._streams)}>"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def handshake(self, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> bytes:
+        """Exchange HELLOs; returns the peer's HELLO metadata."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._transport.send(self._proto.data_to_send())
+                while True:
+                    data = await self._transport.receive()
+                    if data is None:
+                        raise SessionClosed(ErrorCode.PROTOCOL_ERROR, "closed during handshake")
+                    events = self._proto.receive_data(data)
+                    if events and isinstance(events[0], HelloReceived):
+                        self.peer_metadata = events[0].metadata
+                        self._early_events = events[1:]
+                        break
+                    if events:
+                        raise ProtocolError("HELLO expected")
+        except TimeoutError:
+            await self._abort(SessionClosed(ErrorCode.TIMEOUT, "handshake timed out"))
+            raise SessionClosed(ErrorCode.TIMEOUT, "handshake timed out") from None
+        except ProtocolError as exc:
+            await self._send_pending_then_abort(SessionClosed(exc.error_code, str(exc)))
+            raise
+        except SessionClosed as exc:
+            await self._abort(exc)
+            raise
+        except OSError as exc:
+            await self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc)))
+            raise SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc)) from exc
+        return self.peer_metadata
+
+    def start(self) -> None:
+        """Start the reader, writer and keepalive after ``handshake``."""
+        self._last_rx = self.loop.time()
+        self._tasks = [
+            self.loop.create_task(self._reader(), name=f"tunnel-reader {self.name}"),
+            self.loop.create_task(self._writer(), name=f"tunnel-writer {self.name}"),
+        ]
+        self._schedule_tick()
+        if self._early_events:
+            events, self._early_events = self._early_events, []
+            self._dispatch(events)
+            self._flush()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def is_usable(self) -> bool:
+        """Open, and the peer has not announced that it is going away."""
+        return not self._closed.done() and not self._going_away
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    async def wait_closed(self) -> SessionClosed:
+        return await asyncio.shield(self._closed)
+
+    async def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Send GOAWAY, fail every stream and close the transport."""
+        if self._closed.done():
+            return
+        self._proto.close(code, reason)
+        await self._send_pending_then_abort(SessionClosed(code, reason or "closed locally"))
+
+    # -- streams -----------------------------------------------------------------
+
+    def open_stream(self, target: bytes = b"") -> TunnelStream:
+        """Open a stream now; data may be written before the peer accepts it."""
+        if self._closed.done():
+            raise self._closed.result()
+        stream_id = self._proto.open_stream(target)
+        stream = TunnelStream(self, stream_id, target)
+        self._streams[stream_id] = stream
+        self._flush()
+        return stream
+
+    def accept(self, stream: TunnelStream) -> None:
+        if stream.is_closed:
+            return
+        self._proto.accept_stream(stream.id)
+        self._flush()
+
+    def send_info(self, metadata: bytes) -> None:
+        self._proto.send_info(metadata)
+        self._flush()
+
+    # -- called by streams ---------------------------------------------------------
+
+    def send_window(self, stream_id: int) -> int:
+        return self._proto.send_window(stream_id)
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        self._proto.send_data(stream_id, data)
+        self._flush()
+
+    def end_stream(self, stream_id: int) -> None:
+        self._proto.end_stream(stream_id)
+        if not self._proto.has_stream(stream_id):
+            self._streams.pop(stream_id, None)
+        self._flush()
+
+    def reset_stream(self, stream_id: int, code: ErrorCode, reason: str) -> None:
+        self._streams.pop(stream_id, None)
+        if not self._closed.done():
+            self._proto.reset_stream(stream_id, code, reason)
+            self._flush()
+
+    def consumed(self, stream_id: int, size: int) -> None:
+        self._proto.acknowledge_received_data(stream_id, size)
+        self._flush()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self._proto.data_to_send()
+        if data:
+            self._pending.append(data)
+            self._write_wakeup.set()
+
+    async def _writer(self) -> None:
+        pending = self._pending
+        try:
+            while True:
+                await self._write_wakeup.wait()
+                self._write_wakeup.clear()
+                while pending:
+                    data = pending[0] if len(pending) == 1 else b"".join(pending)
+                    pending.clear()
+                    await self._transport.send(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
+            if not self._closed.done():
+                logger.info("tunnel %s: write failed: %s", self.name, exc)
+            self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
+
+    async def _reader(self) -> None:
+        reason = SessionClosed(ErrorCode.NO_ERROR, "peer closed the connection")
+        try:
+            while True:
+                data = await self._transport.receive()
+                if data is None:
+                    break
+                self._last_rx = self.loop.time()
+                try:
+                    events = self._proto.receive_data(data)
+                except ProtocolError as exc:
+                    logger.warning("tunnel %s: protocol error from peer: %s", self.name, exc)
+                    reason = SessionClosed(exc.error_code, str(exc))
+                    self._flush()
+                    break
+                if events:
+                    self._dispatch(events)
+                self._flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
+            reason = SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}")
+        self._spawn(self._send_pending_then_abort(reason))
+
+    def _dispatch(self, events: list[Event]) -> None:
+        streams = self._streams
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                assert isinstance(event, DataReceived)
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._feed(event.data)
+            elif kind is WindowUpdated:
+                assert isinstance(event, WindowUpdated)
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._window_opened()
+            elif kind is StreamEnded:
+                assert isinstance(event, StreamEnded)
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._feed_eof()
+                    if not self._proto.has_stream(event.stream_id):
+                        del streams[event.stream_id]
+            elif kind is StreamOpened:
+                assert isinstance(event, StreamOpened)
+                self._on_stream_opened(event)
+            elif kind is StreamAccepted:
+                assert isinstance(event, StreamAccepted)
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream._set_accepted()
+            elif kind is StreamResetEvent:
+                assert isinstance(event, StreamResetEvent)
+                stream = streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream._fail(StreamReset(event.stream_id, event.code, event.reason))
+            elif kind is InfoReceived:
+                assert isinstance(event, InfoReceived)
+                if self._on_info is not None:
+                    self._on_info(event.metadata)
+            elif kind is ConnectionTerminated:
+                assert isinstance(event, ConnectionTerminated)
+                logger.info("tunnel %s: peer is going away: %s", self.name, event.reason)
+                self._going_away = True
+
+    def _on_stream_opened(self, event: StreamOpened) -> None:
+        if self._on_stream is None:
+            self._proto.reset_stream(event.stream_id, ErrorCode.REFUSED_STREAM, "no handler")
+            return
+        stream = TunnelStream(self, event.stream_id, event.target)
+        self._streams[event.stream_id] = stream
+        try:
+            self._on_stream(stream)
+        except Exception:
+            logger.exception("tunnel %s: stream handler failed", self.name)
+            stream.reset(ErrorCode.INTERNAL_ERROR, "handler failed")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _schedule_tick(self) -> None:
+        interval = min(self._ping_interval_s, self._idle_timeout_s) / 2
+        self._timer = self.loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        if self._closed.done():
+            return
+        idle = self.loop.time() - self._last_rx
+        if idle >= self._idle_timeout_s:
+            logger.warning("tunnel %s: no data from peer for %.0f s, closing", self.name, idle)
+            self._proto.close(ErrorCode.TIMEOUT, "keepalive timeout")
+            self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "keepalive timeout")))
+            return
+        if idle >= self._ping_interval_s:
+            self._proto.ping(os.urandom(8))
+            self._flush()
+        self._schedule_tick()
+
+    async def _send_pending_then_abort(self, reason: SessionClosed) -> None:
+        self._flush()
+        if self._pending and not self._closed.done():
+            data = b"".join(self._pending)
+            self._pending.clear()
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._transport.send(data)
+            except (TimeoutError, OSError, TunnelError, RuntimeError):
+                pass
+            except Exception as exc:  # noqa: BLE001 - best effort GOAWAY on a dying transport
+                logger.debug("tunnel %s: final write failed: %s", self.name, exc)
+        await self._abort(reason)
+
+    async def _abort(self, reason: SessionClosed) -> None:
+        if self._closed.done():
+            return
+        self._closed.set_result(reason)
+        if self._timer is not None:
+            self._timer.cancel()
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream._fail(reason)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        try:
+            async with asyncio.timeout(2.0):
+                await self._transport.close()
+        except Exception as exc:  # noqa: BLE001 - the transport may already be broken
+            logger.debug("tunnel %s: close failed: %s", self.name, exc)
+        logger.debug("tunnel %s closed: %s", self.name, reason)

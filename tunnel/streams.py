@@ -1,0 +1,191 @@
+"""One multiplexed stream of a tunnel session, with an awaitable read/write API.
+
+Reads return chunks as they arrive and give credit back to the peer as they are
+consumed; writes wait for credit. A stream's buffer is therefore bounded by the
+window this side announced, however slow its reader is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from tunnel.errors import SessionClosed, StreamClosed, StreamReset, TunnelError
+from tunnel.frames import ErrorCode
+
+if TYPE_CHECKING:
+    from tunnel.session import Session
+
+
+class TunnelStream:
+    __slots__ = (
+        "_accepted",
+        "_chunks",
+        "_eof",
+        "_error",
+        "_read_waiter",
+        "_session",
+        "_window_waiter",
+        "_write_closed",
+        "id",
+        "target",
+    )
+
+    def __init__(self, session: Session, stream_id: int, target: bytes = b"") -> None:
+        self._session = session
+        self.id = stream_id
+        self.target = target
+        self._chunks: deque[bytes] = deque()
+        self._eof = False
+        self._write_closed = False
+        self._error: TunnelError | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._window_waiter: asyncio.Future[None] | None = None
+        self._accepted: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.id}>"
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """Reset, or the session is gone: nothing more can be read or written."""
+        return self._error is not None
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    # -- reading ---------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """The next chunk of bytes; ``b""`` once the peer has half-closed."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise self._error
+            waiter = self._session.loop.create_future()
+            self._read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+        chunk = self._chunks.popleft()
+        self._session.consumed(self.id, len(chunk))
+        return chunk
+
+    def read_nowait(self) -> bytes | None:
+        """A buffered chunk, ``b""`` at EOF, or None if nothing is buffered."""
+        if self._chunks:
+            chunk = self._chunks.popleft()
+            self._session.consumed(self.id, len(chunk))
+            return chunk
+        if self._eof:
+            return b""
+        if self._error is not None:
+            raise self._error
+        return None
+
+    # -- writing ---------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        """Send all of ``data``, waiting for credit as needed."""
+        view = memoryview(data) if len(data) > 0 else None
+        offset = 0
+        total = len(data)
+        while offset < total:
+            if self._error is not None:
+                raise self._error
+            if self._write_closed:
+                raise StreamClosed(self.id, "write after write_eof")
+            window = self._session.send_window(self.id)
+            if window <= 0:
+                waiter = self._session.loop.create_future()
+                self._window_waiter = waiter
+                try:
+                    await waiter
+                finally:
+                    self._window_waiter = None
+                continue
+            size = min(window, total - offset)
+            if offset == 0 and size == total:
+                self._session.send_data(self.id, data)
+            else:
+                assert view is not None
+                self._session.send_data(self.id, bytes(view[offset : offset + size]))
+            offset += size
+
+    def can_write_now(self, size: int) -> bool:
+        return self._error is None and self._session.send_window(self.id) >= size
+
+    def write_nowait(self, data: bytes) -> None:
+        """Send ``data`` now; the caller has checked ``can_write_now``."""
+        if self._error is not None:
+            raise self._error
+        self._session.send_data(self.id, data)
+
+    async def write_eof(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._write_closed:
+            self._write_closed = True
+            self._session.end_stream(self.id)
+
+    def reset(self, code: ErrorCode = ErrorCode.CANCEL, reason: str = "") -> None:
+        """Abort the stream in both directions. Safe to call more than once."""
+        if self._error is None:
+            self._session.reset_stream(self.id, code, reason)
+            self._fail(StreamReset(self.id, code, reason or "reset locally"))
+
+    async def wait_accepted(self) -> None:
+        """Wait for the peer's ACCEPT (its far end is connected)."""
+        if self._accepted is None:
+            self._accepted = self._session.loop.create_future()
+        if self._error is not None:
+            raise self._error
+        await self._accepted
+
+    # -- called by the session ---------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._wake_reader()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _set_accepted(self) -> None:
+        if self._accepted is None:
+            self._accepted = self._session.loop.create_future()
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def _window_opened(self) -> None:
+        waiter = self._window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: TunnelError) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        # Unread data stays readable when the session ends; a reset discards it.
+        if not isinstance(error, SessionClosed):
+            self._chunks.clear()
+        self._wake_reader()
+        waiter = self._window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        accepted = self._accepted
+        if accepted is not None and not accepted.done():
+            accepted.set_exception(error)
+            accepted.exception()  # mark retrieved: nobody may be waiting
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
