@@ -15,11 +15,19 @@ from aiohttp import web
 
 from . import discovery, openapi
 from .audit import AuditLog, event
-from .auth import ALL_UNAUTHENTICATED, ANONYMOUS, Authenticator, TokenFile, TokenWebhook, UserInfo
+from .auth import (
+    ALL_UNAUTHENTICATED,
+    ANONYMOUS,
+    Authenticator,
+    TokenFile,
+    TokenWebhook,
+    UserInfo,
+    bearer_token,
+)
 from .impersonation import Impersonator, PlainInternalError, has_impersonation_headers
 from .requestinfo import request_info
 from .rest import Api, Context, streaming_params
-from .status import ApiError, route_not_found, status_response, unauthorized
+from .status import ApiError, route_not_found, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +109,6 @@ class StandIn:
         self, authorization: str | None, peercert: dict[str, Any] | None
     ) -> tuple[UserInfo | None, bool]:
         if authorization and peercert is None:
-            from .auth import bearer_token
-
             token = bearer_token(authorization)
             if token:
                 if self.authn.token_file is not None:
@@ -220,15 +226,15 @@ class StandIn:
             return _json(openapi.root_document(registry, self.config.k8s_version))
         if path.startswith("/openapi/v3/") and method == "GET":
             rel = path[len("/openapi/v3/") :].split("/")
-            doc = None
+            spec = None
             if len(rel) == 2 and rel[0] == "api":
-                doc = openapi.gv_document(registry, "", rel[1], self.config.k8s_version)
+                spec = openapi.gv_document(registry, "", rel[1], self.config.k8s_version)
             elif len(rel) == 3 and rel[0] == "apis":
-                doc = openapi.gv_document(registry, rel[1], rel[2], self.config.k8s_version)
-            if doc is None:
+                spec = openapi.gv_document(registry, rel[1], rel[2], self.config.k8s_version)
+            if spec is None:
                 raise route_not_found()
             headers = {"Cache-Control": "public, immutable"} if request.query.get("hash") else {}
-            return _json(doc, headers=headers)
+            return _json(spec, headers=headers)
         parts = [p for p in path.split("/") if p]
         if parts and parts[0] in ("api", "apis") and not info.is_resource:
             if method != "GET":
@@ -258,7 +264,7 @@ class StandIn:
         """Route exec/attach/portforward to tests/apiserver/streaming.py (written separately)."""
         params = streaming_params(request, kind, pod)
         try:
-            from . import streaming as mod
+            from . import streaming as mod  # noqa: PLC0415 - written separately, may be absent
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.streaming":
                 raise

@@ -286,9 +286,12 @@ class TokenWebhook:
         except ValueError as exc:
             raise WebhookError(f"webhook answer is not JSON: {exc}") from exc
         status = review.get("status") or {}
-        if self.audiences and status.get("audiences"):
-            if not set(self.audiences) & set(status["audiences"]):
-                return None
+        if (
+            self.audiences
+            and status.get("audiences")
+            and not set(self.audiences) & set(status["audiences"])
+        ):
+            return None
         if not status.get("authenticated"):
             if status.get("error"):
                 raise WebhookError(str(status["error"]))

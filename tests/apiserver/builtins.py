@@ -376,3 +376,21 @@ def default_node() -> dict[str, Any]:
             "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
         },
     }
+
+
+def kubernetes_service() -> dict[str, Any]:
+    """The `default/kubernetes` Service every cluster has."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "clusterIP": "10.96.0.1",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
+            "type": "ClusterIP",
+        },
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .builtins import _cause, now_rfc3339
@@ -144,8 +145,6 @@ def served_types(crd: dict[str, Any]) -> list[ResourceType]:
 
 def version_priority(version: str) -> tuple[int, int, int]:
     """Kube-aware version ordering: GA > beta > alpha, then by numbers (higher first)."""
-    import re
-
     m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
     if not m:
         return (3, 0, 0)

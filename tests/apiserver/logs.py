@@ -28,7 +28,7 @@ FOLLOW_INTERVAL = 0.2
 def pick_container(pod: dict[str, Any], requested: str) -> str:
     """The container a log/exec/attach request means, with the real server's errors."""
     spec = pod.get("spec") or {}
-    names = [c.get("name", "") for c in spec.get("containers") or []]
+    names: list[str] = [c.get("name", "") for c in spec.get("containers") or []]
     init = [c.get("name", "") for c in spec.get("initContainers") or []]
     ephemeral = [c.get("name", "") for c in spec.get("ephemeralContainers") or []]
     pod_name = (pod.get("metadata") or {}).get("name", "")

@@ -38,8 +38,8 @@ def parse_accept(header: str | None) -> list[MediaRange]:
     if not header:
         return [MediaRange("*/*")]
     ranges = []
-    for item in header.split(","):
-        item = item.strip()
+    for raw in header.split(","):
+        item = raw.strip()
         if not item:
             continue
         mtype, params = parse_media_type(item)

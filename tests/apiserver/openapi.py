@@ -18,6 +18,7 @@ import hashlib
 import json
 from typing import Any
 
+from .protobuf import length_delimited
 from .resources import Registry, ResourceType
 
 
@@ -131,8 +132,6 @@ V2_PROTOBUF_RETURNED = "application/com.github.proto-openapi.spec.v2.v1.0+protob
 
 
 def _ld(num: int, payload: bytes) -> bytes:
-    from .protobuf import length_delimited
-
     return length_delimited(num, payload)
 
 

@@ -468,6 +468,7 @@ def fields(buf: bytes) -> list[tuple[int, int, Any]]:
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         num, wire = key >> 3, key & 7
+        value: Any
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
@@ -579,9 +580,7 @@ def decode_message(buf: bytes, schema: Schema) -> dict[str, Any]:
             out.update(decoded)
         elif f.repeated:
             out.setdefault(f.name, []).append(decoded)
-        elif not f.keep and not isinstance(f.type, dict) and _is_zero(decoded):
-            continue
-        elif decoded is None:
+        elif decoded is None or (not f.keep and not isinstance(f.type, dict) and _is_zero(decoded)):
             continue
         else:
             out[f.name] = decoded

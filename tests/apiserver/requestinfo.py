@@ -68,11 +68,10 @@ def request_info(method: str, path: str, query: dict[str, str]) -> RequestInfo:
     if parts[0] == "watch" and verb == "get":
         verb = "watch"
         parts = parts[1:]
-    if parts and parts[0] == "namespaces":
-        if len(parts) > 1:
-            info.namespace = parts[1]
-            if len(parts) > 2 and parts[2] not in _NAMESPACE_SUBRESOURCES:
-                parts = parts[2:]
+    if len(parts) > 1 and parts[0] == "namespaces":
+        info.namespace = parts[1]
+        if len(parts) > 2 and parts[2] not in _NAMESPACE_SUBRESOURCES:
+            parts = parts[2:]
     info.parts = parts
     if parts:
         info.resource = parts[0]

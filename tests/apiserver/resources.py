@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,8 +67,6 @@ class ResourceType:
 
     def storage_version_hash(self) -> str:
         digest = hashlib.sha256(f"{self.group}/{self.storage_version}/{self.kind}".encode())
-        import base64
-
         return base64.b64encode(digest.digest()[:8]).decode()
 
     def discovery_entries(self) -> list[dict[str, Any]]:
@@ -296,18 +295,17 @@ def builtin_types() -> list[ResourceType]:
             subresources=(_status("DaemonSet"),),
         ),
     ]
-    reviews: list[ResourceType] = []
-    for version in ("v1", "v1beta1", "v1alpha1"):
-        reviews.append(
-            ResourceType(
-                "authentication.k8s.io",
-                version,
-                "selfsubjectreviews",
-                "SelfSubjectReview",
-                False,
-                verbs=CREATE_ONLY,
-            )
+    reviews: list[ResourceType] = [
+        ResourceType(
+            "authentication.k8s.io",
+            version,
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            False,
+            verbs=CREATE_ONLY,
         )
+        for version in ("v1", "v1beta1", "v1alpha1")
+    ]
     reviews.append(
         ResourceType(
             "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", False, verbs=CREATE_ONLY

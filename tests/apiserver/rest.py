@@ -121,6 +121,9 @@ class Api:
         node_type = self.registry.get("", "v1", "nodes")
         assert node_type is not None
         self._create_stored(node_type, builtins.default_node())
+        svc_type = self.registry.get("", "v1", "services")
+        assert svc_type is not None
+        self._create_stored(svc_type, builtins.kubernetes_service())
 
     def _create_stored(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         self._fill_new_meta(rt, obj)
@@ -314,7 +317,7 @@ class Api:
     def _list(self, ctx: Context, rt: ResourceType, namespace: str) -> web.Response:
         q = ctx.request.query
         matches = self._predicate(ctx, rt)
-        items = [o for o in self.store.list(rt.storage_key, namespace) if matches(o)]
+        items = [o for o in self.store.list_objects(rt.storage_key, namespace) if matches(o)]
         rv = self.store.rv
         list_meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if q.get("continue"):
@@ -375,12 +378,12 @@ class Api:
             ctx.request.headers.get("Accept"), is_list=False, allow_transform=True
         )
         spec = WatchSpec(
-            rt,
-            namespace,
-            self._predicate(ctx, rt),
-            dict(ctx.request.query),
-            target,
-            lambda o: self.present(rt, o),
+            rt=rt,
+            namespace=namespace,
+            matches=self._predicate(ctx, rt),
+            query=dict(ctx.request.query),
+            target=target,
+            present=lambda o: self.present(rt, o),
         )
         return await serve_watch(ctx.request, self.store, spec)
 
@@ -394,9 +397,7 @@ class Api:
         meta = _meta(body)
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != namespace:
-                raise bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                )
+                raise _namespace_mismatch()
             meta["namespace"] = namespace
             self._require_namespace(namespace)
         else:
@@ -457,16 +458,12 @@ class Api:
     ) -> dict[str, Any]:
         meta = _meta(new)
         if meta.get("name", name) != name:
-            raise bad_request(
-                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
-            )
+            raise _name_mismatch(meta.get("name"), name)
         meta["name"] = name
         old_meta = _meta(old)
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != old_meta.get("namespace"):
-                raise bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                )
+                raise _namespace_mismatch()
             meta["namespace"] = old_meta.get("namespace", "")
         rv = meta.get("resourceVersion")
         if check_rv and rv and rv != old_meta.get("resourceVersion"):
@@ -476,7 +473,7 @@ class Api:
                 rt.group,
                 rt.resource,
                 name,
-                f"Precondition failed: UID in precondition: {meta['uid']}, UID in object meta: {old_meta.get('uid')}",
+                _uid_precondition(meta["uid"], old_meta.get("uid")),
             )
         if subresource == "status":
             result = copy.deepcopy(old)
@@ -496,12 +493,11 @@ class Api:
                 meta.pop(key, None)
         new["apiVersion"] = old.get("apiVersion")
         new["kind"] = old.get("kind")
-        if rt.has_status() or rt.crd:
-            if rt.has_status():
-                if "status" in old:
-                    new["status"] = old["status"]
-                else:
-                    new.pop("status", None)
+        if rt.has_status():
+            if "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
         if rt.resource == "pods":
             new["status"] = old.get("status", {})
         if rt.storage_key == CRD_KEY:
@@ -575,9 +571,7 @@ class Api:
                     raise not_found(rt.group, rt.resource, name)
                 meta = _meta(doc)
                 if meta.get("name", name) != name:
-                    raise bad_request(
-                        f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
-                    )
+                    raise _name_mismatch(meta.get("name"), name)
                 meta["name"] = name
                 if rt.namespaced:
                     meta["namespace"] = namespace
@@ -634,7 +628,7 @@ class Api:
                 rt.group,
                 rt.resource,
                 name,
-                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta.get('uid')}",
+                _uid_precondition(pre["uid"], meta.get("uid")),
             )
         if pre.get("resourceVersion") and pre["resourceVersion"] != meta.get("resourceVersion"):
             raise conflict(
@@ -685,7 +679,7 @@ class Api:
     ) -> web.Response:
         opts = await self._delete_options(ctx)
         matches = self._predicate(ctx, rt)
-        items = [o for o in self.store.list(rt.storage_key, namespace) if matches(o)]
+        items = [o for o in self.store.list_objects(rt.storage_key, namespace) if matches(o)]
         results = [self._delete_one(rt, o, opts)[0] for o in items]
         shown = [self.present(rt, o) for o in results]
         if not rt.crd:
@@ -746,6 +740,22 @@ class Api:
         raise method_not_supported(rt.group, f"{rt.resource}/{sub.name}", method.lower())
 
 
+def _namespace_mismatch() -> ApiError:
+    return bad_request(
+        "the namespace of the provided object does not match the namespace sent on the request"
+    )
+
+
+def _name_mismatch(in_object: Any, in_url: str) -> ApiError:
+    return bad_request(
+        f"the name of the object ({in_object}) does not match the name on the URL ({in_url})"
+    )
+
+
+def _uid_precondition(wanted: str, actual: Any) -> str:
+    return f"Precondition failed: UID in precondition: {wanted}, UID in object meta: {actual}"
+
+
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
@@ -756,8 +766,8 @@ def streaming_params(request: web.Request, kind: str, pod: dict[str, Any]) -> di
     if kind == "portforward":
         ports: list[int] = []
         for value in q.getall("ports", []):
-            for part in value.split(","):
-                part = part.strip()
+            for raw in value.split(","):
+                part = raw.strip()
                 try:
                     port = int(part)
                 except ValueError as exc:

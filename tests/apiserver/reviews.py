@@ -11,7 +11,7 @@ from typing import Any
 from .auth import UserInfo
 from .builtins import now_rfc3339
 from .resources import ResourceType
-from .status import bad_request
+from .status import bad_request, invalid
 
 ALLOW_REASON = "the stand-in API server allows every authenticated request"
 
@@ -31,13 +31,12 @@ def access_review(rt: ResourceType, body: dict[str, Any]) -> dict[str, Any]:
         "selfsubjectaccessreviews",
         "subjectaccessreviews",
         "localsubjectaccessreviews",
-    ):
-        if not spec.get("resourceAttributes") and not spec.get("nonResourceAttributes"):
-            raise _invalid_review(
-                rt,
-                "spec.resourceAttributes",
-                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
-            )
+    ) and not (spec.get("resourceAttributes") or spec.get("nonResourceAttributes")):
+        raise _invalid_review(
+            rt,
+            "spec.resourceAttributes",
+            "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+        )
     return {
         "kind": rt.kind,
         "apiVersion": rt.api_version,
@@ -48,8 +47,6 @@ def access_review(rt: ResourceType, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _invalid_review(rt: ResourceType, field: str, detail: str) -> Exception:
-    from .status import invalid
-
     return invalid(
         rt.group,
         rt.kind,
@@ -108,7 +105,8 @@ class ServiceAccountTokens:
         seconds = int(spec.get("expirationSeconds") or 3600)
         if seconds < 600:
             raise bad_request(
-                "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes"
+                "spec.expirationSeconds: Invalid value: "
+                "may not specify a duration less than 10 minutes"
             )
         expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
         name = (sa.get("metadata") or {}).get("name", "")

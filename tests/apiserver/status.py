@@ -1,4 +1,4 @@
-"""`Status` objects and the errors that carry them, worded like k8s.io/apimachinery/pkg/api/errors."""
+"""`Status` objects and the errors that carry them, worded like apimachinery's api/errors."""
 
 from __future__ import annotations
 
@@ -144,7 +144,8 @@ def method_not_supported(group: str, resource: str, action: str) -> ApiError:
     return ApiError(
         405,
         "MethodNotAllowed",
-        f"{action} is not supported on resources of kind {go_quote(group_resource(group, resource))}",
+        f"{action} is not supported on resources of kind "
+        f"{go_quote(group_resource(group, resource))}",
         {"group": group, "kind": resource},
     )
 

@@ -35,7 +35,8 @@ class Watcher:
             return False
         if not self.namespace:
             return True
-        return (event.obj.get("metadata") or {}).get("namespace", "") == self.namespace
+        namespace: str = (event.obj.get("metadata") or {}).get("namespace", "")
+        return namespace == self.namespace
 
 
 def object_key(obj: dict[str, Any]) -> ObjectKey:
@@ -58,7 +59,7 @@ class Store:
         obj = self._data.get(key, {}).get((namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, key: StorageKey, namespace: str = "") -> list[dict[str, Any]]:
+    def list_objects(self, key: StorageKey, namespace: str = "") -> list[dict[str, Any]]:
         bucket = self._data.get(key, {})
         keys = sorted(k for k in bucket if not namespace or k[0] == namespace)
         return [copy.deepcopy(bucket[k]) for k in keys]
@@ -107,7 +108,7 @@ class Store:
         return obj
 
     def drop_all(self, key: StorageKey, namespace: str = "") -> None:
-        for obj in self.list(key, namespace):
+        for obj in self.list_objects(key, namespace):
             ns, name = object_key(obj)
             self.delete(key, ns, name)
 

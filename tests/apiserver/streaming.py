@@ -909,6 +909,7 @@ class SpdySession:
     # -- receiving ------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
+        """Feed bytes from the client (called from the transport's callback: never raises)."""
         if self.closed.is_set():
             return
         try:
@@ -919,9 +920,16 @@ class SpdySession:
                     return
         except spdy.SpdyError as exc:
             log.info("SPDY protocol error from client: %s", exc)
-            self.queue(spdy.GoAwayFrame(self.last_stream_id, exc.status))
+            self._abort(exc.status)
+        except Exception:
+            log.exception("SPDY session failed")
+            self._abort(spdy.GoAwayStatus.INTERNAL_ERROR)
+
+    def _abort(self, status: int) -> None:
+        if not self.goaway_sent:
             self.goaway_sent = True
-            self._client_gone()
+            self.queue(spdy.GoAwayFrame(self.last_stream_id, status))
+        self._client_gone()
 
     def receive_eof(self) -> None:
         self._client_gone()
@@ -1479,6 +1487,7 @@ class _StreamPair:
     request_id: str
     data: SpdyStream | None = None
     error: SpdyStream | None = None
+    monitor: asyncio.Task[None] | None = None
 
 
 async def _forward_pair(pair: _StreamPair, pod: Mapping[str, Any]) -> None:
@@ -1499,10 +1508,11 @@ async def _portforward_session(session: SpdySession, pod: Mapping[str, Any]) -> 
     pairs: dict[str, _StreamPair] = {}
     tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        return task
 
     async def monitor(pair: _StreamPair) -> None:
         await asyncio.sleep(STREAM_CREATION_TIMEOUT)
@@ -1524,7 +1534,7 @@ async def _portforward_session(session: SpdySession, pod: Mapping[str, Any]) -> 
             pair = pairs.get(request_id)
             if pair is None:
                 pair = pairs[request_id] = _StreamPair(request_id)
-                spawn(monitor(pair))
+                pair.monitor = spawn(monitor(pair))
             if getattr(pair, "error" if kind == "error" else "data") is not None:
                 message = (
                     f"error processing stream for request {request_id}: "
@@ -1539,6 +1549,8 @@ async def _portforward_session(session: SpdySession, pod: Mapping[str, Any]) -> 
                 pair.data = stream
             if pair.error is not None and pair.data is not None:
                 del pairs[request_id]
+                if pair.monitor is not None:
+                    pair.monitor.cancel()
                 spawn(_forward_pair(pair, pod))
     finally:
         await _cancel(*tasks)

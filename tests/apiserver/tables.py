@@ -4,6 +4,7 @@ default and CRD table convertors."""
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -235,7 +236,10 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             col("Status", desc="The aggregate status of the containers in this pod."),
             col(
                 "Restarts",
-                desc="The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                desc=(
+                    "The number of times the containers in this pod have been restarted and "
+                    "when the last container in this pod has restarted."
+                ),
             ),
             AGE,
             col("IP", desc="podIP is the IP address allocated to the pod.", priority=1),
@@ -288,7 +292,10 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             NAME,
             col(
                 "Secrets",
-                desc="Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                desc=(
+                    "Secrets is a list of the secrets in the same namespace that pods running "
+                    "using this ServiceAccount are allowed to use."
+                ),
             ),
             AGE,
         ],
@@ -301,13 +308,19 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             col("Cluster-IP", desc="clusterIP is the IP address of the service."),
             col(
                 "External-IP",
-                desc="externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+                desc=(
+                    "externalIPs is a list of IP addresses for which nodes in the cluster "
+                    "will also accept traffic for this service."
+                ),
             ),
             col("Port(s)", desc="The list of ports that are exposed by this service."),
             AGE,
             col(
                 "Selector",
-                desc="Route service traffic to pods with label keys and values matching this selector.",
+                desc=(
+                    "Route service traffic to pods with label keys and values matching this "
+                    "selector."
+                ),
                 priority=1,
             ),
         ],
@@ -344,7 +357,10 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             ),
             col(
                 "Reason",
-                desc="This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+                desc=(
+                    "This should be a short, machine understandable string that gives the "
+                    "reason for the transition into the object's current status."
+                ),
             ),
             col("Object", desc="The object that this event is about."),
             col(
@@ -367,12 +383,14 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             col(
                 "Up-to-date",
                 "integer",
-                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                "Total number of non-terminated pods targeted by this deployment that have the "
+                "desired template spec.",
             ),
             col(
                 "Available",
                 "integer",
-                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by "
+                "this deployment.",
             ),
             AGE,
             col("Containers", desc="Names of each container in the template.", priority=1),
@@ -452,8 +470,6 @@ def _crd_columns(rt: ResourceType) -> tuple[list[Column], Callable[[dict[str, An
             elif c.get("type") == "date" and isinstance(value, str):
                 cells.append(since(value))
             elif isinstance(value, (dict, list)):
-                import json
-
                 cells.append(json.dumps(value))
             else:
                 cells.append(value)

@@ -13,6 +13,7 @@ Semantics (after the real server's watch cache):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ BOOKMARK_INTERVAL = 60.0
 class WatchSpec:
     def __init__(
         self,
+        *,
         rt: ResourceType,
         namespace: str,
         matches: Callable[[dict[str, Any]], bool],
@@ -119,7 +121,7 @@ async def serve_watch(request: web.Request, store: Store, spec: WatchSpec) -> we
         error_event = {"type": "ERROR", "object": exc.status()}
         watcher, backlog = None, []
     if watcher is not None and spec.since is None:
-        initial = [o for o in store.list(key, spec.namespace) if spec.matches(o)]
+        initial = [o for o in store.list_objects(key, spec.namespace) if spec.matches(o)]
     start_rv = store.rv
 
     resp = web.StreamResponse(
@@ -174,8 +176,6 @@ async def serve_watch(request: web.Request, store: Store, spec: WatchSpec) -> we
     finally:
         if watcher is not None:
             store.unwatch(watcher)
-    try:
+    with contextlib.suppress(ConnectionResetError, ConnectionError):
         await resp.write_eof()
-    except (ConnectionResetError, ConnectionError):
-        pass
     return resp

@@ -86,6 +86,8 @@ class StandIn:
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     """(method, path_qs, headers) of every request, for assertions."""
+    active: int = 0
+    """Streaming handlers still running."""
 
     def add_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -112,7 +114,12 @@ class StandIn:
     @web.middleware
     async def record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs, dict(request.headers)))
-        response: web.StreamResponse = await handler(request)
+        streaming_request = request.path.rsplit("/", 1)[-1] in ("exec", "attach", "portforward")
+        self.active += streaming_request
+        try:
+            response: web.StreamResponse = await handler(request)
+        finally:
+            self.active -= streaming_request
         return response
 
     def app(self) -> web.Application:

@@ -1,0 +1,276 @@
+"""In-memory view of users, tokens, clusters, bindings and registration tokens.
+
+Reads on the request path (token validation, access checks) are dictionary
+lookups. Writes go to the store first and then to memory; the store's change feed
+applies other processes' writes through the same ``apply`` method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from config.identity import Identity
+from gateway import hashing
+from gateway.records import (
+    BINDING,
+    CLUSTER,
+    REGISTRATION,
+    ROLE_RANK,
+    TOKEN,
+    USER,
+    Binding,
+    Cluster,
+    RegistrationToken,
+    Token,
+    User,
+    from_doc,
+    to_doc,
+)
+from gateway.store.base import AlreadyExists, Change, Store
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Clock = Callable[[], float]
+
+SYSTEM_AUTHENTICATED = "system:authenticated"
+
+
+class AuthenticationFailed(Exception):
+    """The credential is not valid; the message is safe to show the caller."""
+
+
+class Directory:
+    def __init__(self, store: Store, clock: Clock = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.users: dict[str, User] = {}
+        self.user_ids_by_name: dict[str, str] = {}
+        self.tokens: dict[str, Token] = {}
+        self.clusters: dict[str, Cluster] = {}
+        self.bindings: dict[str, Binding] = {}
+        self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
+        self.registrations: dict[str, RegistrationToken] = {}
+        self.revision = 0
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    # -- loading and change application ----------------------------------------------
+
+    async def load(self) -> None:
+        self.revision = await self.store.revision()
+        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION):
+            for doc in await self.store.list(kind):
+                self.apply(kind, str(doc["id"]), doc)
+
+    def on_change(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(kind, key)`` after every applied change."""
+        self._listeners.append(listener)
+
+    async def follow(self) -> None:
+        """Apply the store's change feed forever (other workers' and replicas' writes)."""
+        async for change in self.store.changes(self.revision):
+            self._apply_change(change)
+
+    def _apply_change(self, change: Change) -> None:
+        self.revision = max(self.revision, change.revision)
+        self.apply(change.kind, change.key, change.value)
+
+    def apply(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
+        if kind == USER:
+            old = self.users.pop(key, None)
+            if old is not None:
+                self.user_ids_by_name.pop(old.username, None)
+            if doc is not None:
+                user = from_doc(User, doc)
+                self.users[key] = user
+                self.user_ids_by_name[user.username] = key
+        elif kind == TOKEN:
+            self._set(self.tokens, key, Token, doc)
+        elif kind == CLUSTER:
+            self._set(self.clusters, key, Cluster, doc)
+        elif kind == BINDING:
+            old_binding = self.bindings.pop(key, None)
+            if old_binding is not None:
+                self.bindings_by_cluster.get(old_binding.cluster_id, {}).pop(key, None)
+            if doc is not None:
+                binding = from_doc(Binding, doc)
+                self.bindings[key] = binding
+                self.bindings_by_cluster.setdefault(binding.cluster_id, {})[key] = binding
+        elif kind == REGISTRATION:
+            self._set(self.registrations, key, RegistrationToken, doc)
+        for listener in self._listeners:
+            listener(kind, key)
+
+    @staticmethod
+    def _set(table: dict[str, Any], key: str, cls: type[Any], doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            table.pop(key, None)
+        else:
+            table[key] = from_doc(cls, doc)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(self, kind: str, record: Any) -> None:
+        doc = to_doc(record)
+        revision = await self.store.put(kind, record.id, doc)
+        self.revision = max(self.revision, revision)
+        self.apply(kind, record.id, doc)
+
+    async def create_unique(self, kind: str, prefix: str, make: Callable[[str], R]) -> R:
+        """Create a record under a fresh random id, retrying on the rare collision."""
+        for _ in range(20):
+            record = make(hashing.new_id(prefix))
+            doc = to_doc(record)
+            try:
+                revision = await self.store.create(kind, doc["id"], doc)
+            except AlreadyExists:
+                continue
+            self.revision = max(self.revision, revision)
+            self.apply(kind, doc["id"], doc)
+            return record
+        raise RuntimeError(f"could not allocate a {prefix} id")
+
+    async def delete(self, kind: str, key: str) -> bool:
+        removed = await self.store.delete(kind, key)
+        self.apply(kind, key, None)
+        return removed
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete the user with every token and binding that names it."""
+        await asyncio.gather(
+            *(self.delete(TOKEN, t.id) for t in list(self.tokens.values()) if t.user_id == user_id),
+            *(
+                self.delete(BINDING, b.id)
+                for b in list(self.bindings.values())
+                if b.user_id == user_id
+            ),
+        )
+        await self.delete(USER, user_id)
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
+        registrations = [r.id for r in self.registrations.values() if r.cluster_id == cluster_id]
+        scoped = [t.id for t in self.tokens.values() if t.cluster_id == cluster_id]
+        await asyncio.gather(
+            *(self.delete(BINDING, b) for b in bindings),
+            *(self.delete(REGISTRATION, r) for r in registrations),
+            *(self.delete(TOKEN, t) for t in scoped),
+        )
+        await self.delete(CLUSTER, cluster_id)
+
+    # -- users and tokens --------------------------------------------------------------
+
+    def user_by_name(self, username: str) -> User | None:
+        user_id = self.user_ids_by_name.get(username)
+        return None if user_id is None else self.users.get(user_id)
+
+    async def issue_token(
+        self,
+        user: User,
+        ttl_s: float | None,
+        kind: str,
+        description: str = "",
+        cluster_id: str = "",
+    ) -> tuple[Token, str]:
+        """Create a token; returns it with its one-time plaintext ``token-xxxxx:<secret>``."""
+        secret = hashing.new_secret()
+        token_hash = hashing.hash_token(secret)
+        now = self.clock()
+        expires = None if not ttl_s else now + ttl_s
+        token = await self.create_unique(
+            TOKEN,
+            "token",
+            lambda token_id: Token(
+                id=token_id,
+                user_id=user.id,
+                hash=token_hash,
+                created=now,
+                expires_at=expires,
+                kind=kind,
+                description=description,
+                cluster_id=cluster_id,
+            ),
+        )
+        return token, f"{token.id}:{secret}"
+
+    def identity_of(self, user: User, token_id: str = "") -> Identity:
+        return Identity(
+            user_id=user.id,
+            username=user.username,
+            principal_id=user.principal_id,
+            groups=user.group_principals,
+            is_admin=user.admin,
+            token_id=token_id,
+        )
+
+    def authenticate(self, authorization: str | None) -> tuple[Identity, Token]:
+        """Validate an ``Authorization`` header value (hot path: no I/O).
+
+        Accepts ``Bearer token-xxxxx:<secret>`` and ``Basic base64(token-xxxxx:<secret>)``.
+        """
+        if not authorization:
+            raise AuthenticationFailed("no credentials")
+        scheme, _, value = authorization.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "basic":
+            try:
+                value = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise AuthenticationFailed("malformed basic credentials") from None
+        elif scheme != "bearer":
+            raise AuthenticationFailed("unsupported authorization scheme")
+        token_id, sep, secret = value.partition(":")
+        if not sep or not secret:
+            raise AuthenticationFailed("malformed token")
+        token = self.tokens.get(token_id)
+        if token is None or not hashing.verify_token(secret, token.hash):
+            raise AuthenticationFailed("invalid token")
+        if token.is_expired(self.clock()):
+            raise AuthenticationFailed("token expired")
+        user = self.users.get(token.user_id)
+        if user is None or not user.enabled:
+            raise AuthenticationFailed("user disabled")
+        return self.identity_of(user, token.id), token
+
+    # -- access --------------------------------------------------------------------------
+
+    def role_on(self, identity: Identity, cluster_id: str) -> str | None:
+        """The strongest role the caller holds on the cluster, or None."""
+        if identity.is_admin:
+            return "cluster-owner"
+        best: str | None = None
+        groups = identity.groups
+        for binding in self.bindings_by_cluster.get(cluster_id, {}).values():
+            matches = binding.user_id == identity.user_id or (
+                binding.group_principal_id != "" and binding.group_principal_id in groups
+            )
+            if matches and (best is None or ROLE_RANK[binding.role] > ROLE_RANK[best]):
+                best = binding.role
+        return best
+
+    # -- registration tokens -----------------------------------------------------------
+
+    def cluster_for_registration(self, credential: str) -> Cluster | None:
+        reg_id, sep, secret = credential.partition(":")
+        registration = self.registrations.get(reg_id)
+        if not sep or registration is None or not hashing.verify_token(secret, registration.hash):
+            return None
+        return self.clusters.get(registration.cluster_id)
+
+    async def new_registration(self, cluster_id: str) -> tuple[RegistrationToken, str]:
+        secret = hashing.new_secret()
+        token_hash = hashing.hash_token(secret)
+        now = self.clock()
+        registration = await self.create_unique(
+            REGISTRATION,
+            "crt",
+            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now),
+        )
+        return registration, f"{registration.id}:{secret}"

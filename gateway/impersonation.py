@@ -1,0 +1,111 @@
+"""Request-header rewriting for the proxy (pure: no I/O).
+
+The caller's credentials, every client-sent ``Impersonate-*`` header and the
+hop-by-hop headers are removed; the gateway then states who the caller is with
+``Impersonate-User``/``-Group``/``-Extra-*`` headers, which only the agent's
+privileged service account may send to the API server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from urllib.parse import quote
+
+from config.identity import Identity
+
+SYSTEM_AUTHENTICATED = "system:authenticated"
+ROLE_GROUP_PREFIX = "herdgate:"
+"""Role groups (``herdgate:cluster-owner`` ...) that downstream RBAC binds to roles."""
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+"""RFC 9110 section 7.6.1, plus the legacy ``proxy-connection``."""
+
+_DROPPED = HOP_BY_HOP | {b"authorization", b"host", b"cookie", b"expect", b"content-length"}
+IMPERSONATE_PREFIX = b"impersonate-"
+
+# RFC 9110 token characters that may stay unescaped in a header name.
+_TOKEN_SAFE = "!#$&'*+-.^_`|~"
+
+
+def client_impersonation(headers: Iterable[Header]) -> list[Header]:
+    """The ``Impersonate-*`` headers a client sent (any letter case)."""
+    return [(k, v) for k, v in headers if k.lower().startswith(IMPERSONATE_PREFIX)]
+
+
+def extra_header_name(key: str) -> bytes:
+    """``Impersonate-Extra-<key>`` with the key percent-encoded as Kubernetes requires."""
+    return b"Impersonate-Extra-" + quote(key, safe=_TOKEN_SAFE).encode("ascii")
+
+
+def _value(value: str) -> bytes:
+    # Header values cannot carry line breaks or other control characters.
+    if not value.isprintable():
+        value = "".join(ch if ch.isprintable() else quote(ch, safe="") for ch in value)
+    return value.encode("utf-8")
+
+
+@lru_cache(maxsize=4096)
+def impersonation_headers(identity: Identity, role: str | None) -> tuple[Header, ...]:
+    """Who the caller is, as the API server should see it (cached per identity)."""
+    headers = [(b"Impersonate-User", _value(identity.user_id))]
+    groups: list[str] = [*identity.groups]
+    if role:
+        groups.append(ROLE_GROUP_PREFIX + role)
+    groups.append(SYSTEM_AUTHENTICATED)
+    seen: set[str] = set()
+    for group in groups:
+        if group not in seen:
+            seen.add(group)
+            headers.append((b"Impersonate-Group", _value(group)))
+    headers.append((extra_header_name("username"), _value(identity.username)))
+    headers.append((extra_header_name("principalid"), _value(identity.principal_id)))
+    return tuple(headers)
+
+
+def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
+    """Header names listed in ``Connection`` (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for key, value in headers:
+        if key.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def forwarded_headers(
+    headers: Iterable[Header], *, keep_impersonation: bool, upgrade: bool
+) -> list[Header]:
+    """The client's headers that travel on to the API server.
+
+    ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``);
+    ``upgrade`` keeps ``Connection: Upgrade`` and ``Upgrade`` for exec/attach/port-forward.
+    """
+    headers = list(headers)
+    listed = connection_tokens(headers) - {b"upgrade"}
+    out: list[Header] = []
+    for key, value in headers:
+        lower = key.lower()
+        if lower in _DROPPED or lower in listed:
+            if upgrade and lower == b"upgrade":
+                out.append((key, value))
+            continue
+        if not keep_impersonation and lower.startswith(IMPERSONATE_PREFIX):
+            continue
+        out.append((key, value))
+    if upgrade:
+        out.append((b"Connection", b"Upgrade"))
+    return out

@@ -1,0 +1,106 @@
+"""The gateway's stored objects and their store documents.
+
+Times are Unix seconds (floats). Secrets appear only as hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+USER = "users"
+TOKEN = "tokens"
+CLUSTER = "clusters"
+BINDING = "bindings"
+REGISTRATION = "registrationtokens"
+
+Role = Literal["cluster-owner", "cluster-member", "read-only"]
+ROLES: tuple[Role, ...] = ("cluster-owner", "cluster-member", "read-only")
+ROLE_RANK: dict[str, int] = {"read-only": 1, "cluster-member": 2, "cluster-owner": 3}
+
+T = TypeVar("T")
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 in UTC, as Kubernetes and Rancher print times."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_doc(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def from_doc(cls: type[T], doc: dict[str, Any]) -> T:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in doc.items() if k in names}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in values and isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    password_hash: str
+    created: float
+    display_name: str = ""
+    enabled: bool = True
+    admin: bool = False
+    provider: str = "local"
+    principal_ids: tuple[str, ...] = ()
+    group_principals: tuple[str, ...] = ()
+
+    @property
+    def principal_id(self) -> str:
+        return self.principal_ids[0] if self.principal_ids else f"local://{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str
+    user_id: str
+    hash: str
+    created: float
+    expires_at: float | None
+    kind: str = "api"
+    """``session`` (login), ``api`` (created by the user) or ``kubeconfig``."""
+    description: str = ""
+    cluster_id: str = ""
+    """When set, the token is valid only for that cluster."""
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    id: str
+    name: str
+    created: float
+    description: str = ""
+    connected_at: float | None = None
+    """Last time an agent connected; None while the cluster has never been seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    id: str
+    cluster_id: str
+    role: str
+    created: float
+    user_id: str = ""
+    group_principal_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationToken:
+    id: str
+    cluster_id: str
+    hash: str
+    created: float

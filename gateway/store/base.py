@@ -1,0 +1,68 @@
+"""The storage interface: JSON documents by kind and key.
+
+Every backend (embedded SQLite, etcd) implements ``Store``. The gateway keeps its
+working set in memory (``gateway.directory``) and writes through to the store; the
+store's change feed keeps replicas' memory in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Document = dict[str, Any]
+
+
+class StoreError(Exception):
+    """The backend failed (I/O, connection)."""
+
+
+class AlreadyExists(StoreError):
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} already exists")
+        self.kind = kind
+        self.key = key
+
+
+class NotFound(StoreError):
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} not found")
+        self.kind = kind
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One write seen on the change feed; ``value`` is None for a deletion."""
+
+    revision: int
+    kind: str
+    key: str
+    value: Document | None
+
+
+class Store(Protocol):
+    async def get(self, kind: str, key: str) -> Document | None: ...
+
+    async def list(self, kind: str) -> list[Document]: ...
+
+    async def create(self, kind: str, key: str, value: Document) -> int:
+        """Insert; raises ``AlreadyExists``. Returns the new revision."""
+        ...
+
+    async def put(self, kind: str, key: str, value: Document) -> int:
+        """Insert or replace. Returns the new revision."""
+        ...
+
+    async def delete(self, kind: str, key: str) -> bool:
+        """Remove; False if it was not there."""
+        ...
+
+    async def revision(self) -> int: ...
+
+    def changes(self, after: int) -> AsyncIterator[Change]:
+        """Writes with a revision above ``after``, including other processes' writes."""
+        ...
+
+    async def close(self) -> None: ...

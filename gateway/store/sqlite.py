@@ -1,0 +1,180 @@
+"""Embedded store: one SQLite file (WAL mode), accessed from one worker thread.
+
+Each write appends to a ``changes`` log in the same transaction, so other processes
+sharing the file (several gateway workers on one host) can follow the change feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.store.base import AlreadyExists, Change, Document, StoreError
+
+T = TypeVar("T")
+
+POLL_INTERVAL_S = 0.2
+KEEP_CHANGES = 10_000
+"""Change-log rows kept for followers; older ones are compacted away."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT
+);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> SQLiteStore:
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        self._db = db
+        self.path.chmod(0o600)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def get(self, kind: str, key: str) -> Document | None:
+        def op() -> Document | None:
+            row = self._conn.execute(
+                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+            return None if row is None else _load(row[0])
+
+        return await self._run(op)
+
+    async def list(self, kind: str) -> list[Document]:
+        def op() -> list[Document]:
+            rows = self._conn.execute(
+                "SELECT value FROM objects WHERE kind=? ORDER BY key", (kind,)
+            ).fetchall()
+            return [_load(row[0]) for row in rows]
+
+        return await self._run(op)
+
+    def _write(self, kind: str, key: str, value: Document | None, must_be_new: bool) -> int:
+        db = self._conn
+        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            exists = (
+                db.execute("SELECT 1 FROM objects WHERE kind=? AND key=?", (kind, key)).fetchone()
+                is not None
+            )
+            if must_be_new and exists:
+                db.execute("ROLLBACK")
+                raise AlreadyExists(kind, key)
+            if value is None and not exists:
+                db.execute("ROLLBACK")
+                return 0
+            cur = db.execute(
+                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
+            )
+            revision = int(cur.lastrowid or 0)
+            if value is None:
+                db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+            else:
+                db.execute(
+                    "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
+                    "revision=excluded.revision",
+                    (kind, key, text, revision),
+                )
+            if revision % 1000 == 0:
+                db.execute("DELETE FROM changes WHERE revision <= ?", (revision - KEEP_CHANGES,))
+            db.execute("COMMIT")
+        except AlreadyExists:
+            raise
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return revision
+
+    async def create(self, kind: str, key: str, value: Document) -> int:
+        return await self._run(lambda: self._write(kind, key, value, must_be_new=True))
+
+    async def put(self, kind: str, key: str, value: Document) -> int:
+        return await self._run(lambda: self._write(kind, key, value, must_be_new=False))
+
+    async def delete(self, kind: str, key: str) -> bool:
+        return await self._run(lambda: self._write(kind, key, None, must_be_new=False)) > 0
+
+    async def revision(self) -> int:
+        def op() -> int:
+            row = self._conn.execute("SELECT MAX(revision) FROM changes").fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(op)
+
+    async def changes(self, after: int) -> AsyncIterator[Change]:
+        last = after
+        while True:
+
+            def op(since: int = last) -> list[tuple[int, str, str, str | None]]:
+                return self._conn.execute(
+                    "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
+                    "ORDER BY revision LIMIT 1000",
+                    (since,),
+                ).fetchall()
+
+            rows = await self._run(op)
+            for revision, kind, key, value in rows:
+                last = revision
+                yield Change(revision, kind, key, None if value is None else _load(value))
+            if not rows:
+                await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def close(self) -> None:
+        def op() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(op)
+        self._executor.shutdown(wait=False)
+
+
+def _load(text: str) -> Document:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise StoreError("corrupt document")
+    return value

@@ -1,0 +1,286 @@
+"""HTTP/1.1 to the API server over tunnel streams.
+
+The gateway writes requests straight into a tunnel stream; the agent relays that
+stream's bytes to a TLS connection to its API server. Each stream is one upstream
+keep-alive connection, so streams are pooled per tunnel and reused for the next
+request. Responses are parsed with httptools (llhttp) and their bodies handed on
+chunk by chunk, never buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import httptools
+
+from tunnel.errors import TunnelError
+from tunnel.frames import ErrorCode
+from tunnel.session import Session
+from tunnel.streams import TunnelStream
+
+logger = logging.getLogger(__name__)
+
+MAX_IDLE_STREAMS = 64
+"""Idle upstream connections kept per tunnel."""
+MAX_HEAD_BYTES = 256 * 1024
+RESPONSE_HEAD_TIMEOUT_S = 300.0
+"""How long the API server may take to start answering (long LISTs can be slow)."""
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class UpstreamError(Exception):
+    """The request failed before a response started; ``retryable`` if nothing was read."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class _Parsed:
+    """httptools callbacks."""
+
+    __slots__ = ("body", "complete", "headers", "headers_done", "reason")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.complete = False
+        self.reason = b""
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class Response:
+    """A response being read from one stream. Call ``release`` when done with it."""
+
+    def __init__(
+        self,
+        pool: StreamPool,
+        stream: TunnelStream,
+        parser: httptools.HttpResponseParser,
+        parsed: _Parsed,
+        upgraded_tail: bytes | None,
+        no_body: bool,
+    ) -> None:
+        self._pool = pool
+        self.stream = stream
+        self._parser = parser
+        self._parsed = parsed
+        self.status: int = parser.get_status_code()
+        self.reason = parsed.reason.decode("latin-1")
+        self.headers = parsed.headers
+        self.upgraded = upgraded_tail is not None
+        self.upgraded_tail = upgraded_tail or b""
+        self.content_length: int | None = None
+        self._chunked = False
+        for name, value in parsed.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    self.content_length = None
+            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                self._chunked = True
+        if no_body:
+            parsed.complete = True
+            parsed.body.clear()
+            self.content_length = 0
+        self._released = False
+
+    @property
+    def complete(self) -> bool:
+        return self._parsed.complete
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body, ``b""`` at its end."""
+        parsed = self._parsed
+        while not parsed.body:
+            if parsed.complete:
+                return b""
+            data = await self.stream.read()
+            if not data:
+                if self.content_length is None and not self._chunked:
+                    parsed.complete = True  # delimited by the connection closing
+                    return b""
+                raise UpstreamError("the API server closed the connection mid-response")
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+        if len(parsed.body) == 1:
+            return parsed.body.pop()
+        out = b"".join(parsed.body)
+        parsed.body.clear()
+        return out
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read_chunk():
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        parts = [chunk async for chunk in self.iter_chunks()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """Return the connection to the pool if the exchange finished cleanly."""
+        if self._released:
+            return
+        self._released = True
+        reusable = self._parsed.complete and not self.upgraded and self._parser.should_keep_alive()
+        self._pool.put_back(self.stream, reusable)
+
+
+class StreamPool:
+    """Idle upstream connections (tunnel streams) of one tunnel session."""
+
+    def __init__(self, session: Session, max_idle: int = MAX_IDLE_STREAMS) -> None:
+        self.session = session
+        self._idle: list[TunnelStream] = []
+        self._max_idle = max_idle
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def take(self) -> tuple[TunnelStream, bool]:
+        """A stream to send on, and whether it is a reused connection."""
+        idle = self._idle
+        while idle:
+            stream = idle.pop()
+            if not stream.is_closed and not stream.at_eof:
+                return stream, True
+            stream.reset(ErrorCode.CANCEL)
+        return self.session.open_stream(), False
+
+    def put_back(self, stream: TunnelStream, reusable: bool) -> None:
+        if (
+            reusable
+            and not stream.is_closed
+            and not stream.at_eof
+            and len(self._idle) < self._max_idle
+        ):
+            self._idle.append(stream)
+        else:
+            stream.reset(ErrorCode.CANCEL)
+
+    def close(self) -> None:
+        for stream in self._idle:
+            stream.reset(ErrorCode.CANCEL)
+        self._idle.clear()
+
+    async def request(
+        self,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterator[bytes] | None,
+        *,
+        upgrade: bool = False,
+    ) -> Response:
+        """Send one request and read the response head.
+
+        A reused connection that turns out to be closed (the API server dropped it
+        while idle) is retried once on a new one when the body can be replayed.
+        """
+        replayable = body is None or isinstance(body, bytes)
+        for attempt in range(2):
+            if upgrade:
+                stream, reused = self.session.open_stream(), False
+            else:
+                stream, reused = self.take()
+            try:
+                return await _exchange(self, stream, method, head, body, upgrade)
+            except UpstreamError as exc:
+                stream.reset(ErrorCode.CANCEL)
+                if attempt == 0 and reused and exc.retryable and replayable:
+                    logger.debug("retrying on a new upstream connection: %s", exc)
+                    continue
+                raise
+            except BaseException:
+                stream.reset(ErrorCode.CANCEL)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _exchange(
+    pool: StreamPool,
+    stream: TunnelStream,
+    method: str,
+    head: bytes,
+    body: bytes | AsyncIterator[bytes] | None,
+    upgrade: bool,
+) -> Response:
+    try:
+        if body is None:
+            await stream.write(head)
+        elif isinstance(body, bytes):
+            await stream.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                await stream.write(body)
+        else:
+            await stream.write(head)
+            async for chunk in body:
+                if chunk:
+                    await stream.write(chunk)
+    except TunnelError as exc:
+        raise UpstreamError(f"tunnel failed while sending: {exc}", retryable=True) from exc
+
+    parsed = _Parsed()
+    parser = httptools.HttpResponseParser(parsed)
+    received = 0
+    tail: bytes | None = None
+    try:
+        async with asyncio.timeout(RESPONSE_HEAD_TIMEOUT_S):
+            while not parsed.headers_done:
+                try:
+                    data = await stream.read()
+                except TunnelError as exc:
+                    raise UpstreamError(
+                        f"tunnel failed while waiting for the API server: {exc}",
+                        retryable=received == 0,
+                    ) from exc
+                if not data:
+                    raise UpstreamError(
+                        "the API server closed the connection", retryable=received == 0
+                    )
+                received += len(data)
+                if received > MAX_HEAD_BYTES and not parsed.headers_done:
+                    raise UpstreamError("response head too large")
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserUpgrade as exc:
+                    offset = exc.args[0] if exc.args else len(data)
+                    tail = data[offset:] if upgrade else b""
+                except httptools.HttpParserError as exc:
+                    raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+    except TimeoutError:
+        raise UpstreamError("the API server did not answer in time") from None
+    is_upgraded = tail is not None and parser.get_status_code() == 101
+    return Response(
+        pool,
+        stream,
+        parser,
+        parsed,
+        tail if is_upgraded else None,
+        no_body=method == "HEAD" or is_upgraded,
+    )
+
+
+def is_idempotent(method: str) -> bool:
+    return method in _IDEMPOTENT

@@ -1,0 +1,64 @@
+"""Fixtures: one stand-in API server per test session, kubeconfigs for its users, kubectl."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver.harness import StandInProcess, kubectl_binary, run_kubectl
+
+TOKENS = {
+    "admin-token": ("admin", "uid-admin", ["system:masters"]),
+    "alice-token": ("alice", "uid-alice", ["devs", "qa"]),
+    "carol-token": ("carol", "uid-carol", []),
+}
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def need_kubectl(version: str) -> str:
+    binary = kubectl_binary(version)
+    if binary is None:
+        pytest.skip(f"kubectl.{version} is not installed")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInProcess]:
+    workdir = tmp_path_factory.mktemp("standin")
+    server = StandInProcess.start(
+        workdir,
+        tokens=TOKENS,
+        args=["--impersonator-users", "carol"],
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfigs(standin: StandInProcess) -> dict[str, Path]:
+    return {
+        token.split("-")[0]: standin.kubeconfig(standin.workdir / f"kubeconfig-{token}", token=token)
+        for token in TOKENS
+    }
+
+
+@pytest.fixture
+def kubectl(kubeconfigs: dict[str, Path]) -> Kubectl:
+    """kubectl(version, *args, user="admin", stdin=None, timeout=30)."""
+
+    def run(
+        version: str,
+        *args: str,
+        user: str = "admin",
+        stdin: str | None = None,
+        timeout: float = 30.0,
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(
+            need_kubectl(version), kubeconfigs[user], *args, stdin=stdin, timeout=timeout
+        )
+
+    return run
