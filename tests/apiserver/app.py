@@ -32,6 +32,9 @@ from .status import ApiError, route_not_found, unauthorized
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+# The user a request acts as (after impersonation), and its audit ID, for handlers that want them.
+USER_KEY = web.RequestKey("standin_user", UserInfo)
+AUDIT_ID_KEY = web.RequestKey("standin_audit_id", str)
 
 
 @dataclass
@@ -145,8 +148,8 @@ class StandIn:
             if has_impersonation_headers(request.headers):
                 impersonated = self.impersonator.impersonate(user, request.headers)
             effective = impersonated or user
-            request["user"] = effective
-            request["audit_id"] = audit_id
+            request[USER_KEY] = effective
+            request[AUDIT_ID_KEY] = audit_id
             resp = await self.dispatch(request, info, effective)
         except ApiError as exc:
             resp = exc.response()

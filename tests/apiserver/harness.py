@@ -1,10 +1,10 @@
 """Helpers for tests that run the stand-in as a subprocess and drive real kubectl against it.
 
-    server = StandInProcess.start(tmp_path / "apiserver", tokens={"admin-token": ("admin", ...)})
-    kubeconfig = server.kubeconfig(tmp_path / "kubeconfig", token="admin-token")
-    result = run_kubectl("1.32", kubeconfig, "get", "pods")
-    server.audit_events()
-    server.stop()
+server = StandInProcess.start(tmp_path / "apiserver", tokens={"admin-token": ("admin", ...)})
+kubeconfig = server.kubeconfig(tmp_path / "kubeconfig", token="admin-token")
+result = run_kubectl("1.32", kubeconfig, "get", "pods")
+server.audit_events()
+server.stop()
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ def kubectl_binary(version: str) -> str | None:
     return shutil.which(name)
 
 
-def write_token_file(path: Path, tokens: dict[str, tuple[str, str, Sequence[str]]]) -> Path:
+def write_token_file(path: Path, tokens: Mapping[str, tuple[str, str, Sequence[str]]]) -> Path:
     """tokens: token -> (user, uid, groups), written like kube-apiserver's --token-auth-file."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -65,7 +65,7 @@ class StandInProcess:
         cls,
         workdir: Path,
         *,
-        tokens: dict[str, tuple[str, str, Sequence[str]]] | None = None,
+        tokens: Mapping[str, tuple[str, str, Sequence[str]]] | None = None,
         args: Iterable[str] = (),
         timeout: float = 15.0,
     ) -> StandInProcess:

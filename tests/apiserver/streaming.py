@@ -904,6 +904,8 @@ class SpdySession:
         self._write_failed = False
         self._buffered_in = 0
         self._reading_paused = False
+        self._receive_room = asyncio.Event()
+        self._receive_room.set()
         self._writer = asyncio.ensure_future(self._write_loop())
 
     # -- receiving ------------------------------------------------------------------------
@@ -997,14 +999,22 @@ class SpdySession:
             self._resume()
 
     def _pause(self) -> None:
-        if not self._reading_paused and self._pause_reading is not None:
+        if not self._reading_paused:
             self._reading_paused = True
-            self._pause_reading()
+            self._receive_room.clear()
+            if self._pause_reading is not None:
+                self._pause_reading()
 
     def _resume(self) -> None:
-        if self._reading_paused and self._resume_reading is not None:
+        if self._reading_paused:
             self._reading_paused = False
-            self._resume_reading()
+            self._receive_room.set()
+            if self._resume_reading is not None:
+                self._resume_reading()
+
+    async def wait_receive_room(self) -> None:
+        """For pull-style transports: wait while too much received data is still unread."""
+        await self._receive_room.wait()
 
     def forget_if_done(self, stream: SpdyStream) -> None:
         if stream.local_closed and stream.remote_closed:
@@ -1041,9 +1051,7 @@ class SpdySession:
                 self._out_bytes -= len(data)
                 if self._out_bytes <= OUTBOUND_LIMIT:
                     self._out_room.set()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (ConnectionError, OSError, RuntimeError) as exc:  # transport closed or closing
             log.debug("SPDY session write failed: %r", exc)
             self._write_failed = True
             self._out.clear()
@@ -1369,7 +1377,7 @@ async def _spdy_remotecommand(
     return conn.response
 
 
-async def serve_exec(  # noqa: PLR0917 - the REST core's calling convention
+async def serve_exec(
     request: web.Request,
     pod: dict[str, Any],
     command: list[str],
@@ -1389,7 +1397,7 @@ async def serve_exec(  # noqa: PLR0917 - the REST core's calling convention
     return await _serve_remotecommand(request, opts, process, list(command))
 
 
-async def serve_attach(  # noqa: PLR0917 - the REST core's calling convention
+async def serve_attach(
     request: web.Request,
     pod: dict[str, Any],
     container: str,
@@ -1570,12 +1578,7 @@ async def _tunneled_portforward(
                     session.receive(msg.data)
                     if session.closed.is_set():
                         return
-                    # crude backpressure: let the forwarders catch up before reading more
-                    while (
-                        any(s.inbound.size >= INBOUND_LIMIT for s in session.streams.values())
-                        and not session.closed.is_set()
-                    ):
-                        await asyncio.sleep(0.01)
+                    await session.wait_receive_room()
                 elif msg.type == WSMsgType.TEXT:
                     log.info("text message on a SPDY tunnel; closing")
                     return

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apiserver import certs
 from tests.apiserver.harness import StandInProcess, kubectl_binary, run_kubectl
 
 TOKENS = {
@@ -27,12 +28,21 @@ def need_kubectl(version: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInProcess]:
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> certs.KeyPair:
+    return certs.make_ca("standin-client-ca")
+
+
+@pytest.fixture(scope="session")
+def standin(
+    tmp_path_factory: pytest.TempPathFactory, client_ca: certs.KeyPair
+) -> Iterator[StandInProcess]:
     workdir = tmp_path_factory.mktemp("standin")
+    ca_file = workdir / "client-ca.crt"
+    ca_file.write_bytes(client_ca.cert_pem())
     server = StandInProcess.start(
         workdir,
         tokens=TOKENS,
-        args=["--impersonator-users", "carol"],
+        args=["--impersonator-users", "carol", "--client-ca-file", str(ca_file)],
     )
     yield server
     server.stop()
@@ -41,7 +51,9 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandInProcess
 @pytest.fixture(scope="session")
 def kubeconfigs(standin: StandInProcess) -> dict[str, Path]:
     return {
-        token.split("-")[0]: standin.kubeconfig(standin.workdir / f"kubeconfig-{token}", token=token)
+        token.split("-")[0]: standin.kubeconfig(
+            standin.workdir / f"kubeconfig-{token}", token=token
+        )
         for token in TOKENS
     }
 

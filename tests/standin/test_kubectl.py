@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.apiserver import certs
 from tests.apiserver.harness import StandInProcess, kubectl_env
 
 from .conftest import Kubectl, need_kubectl
@@ -59,9 +60,7 @@ def test_impersonation_by_listed_user(kubectl: Kubectl, version: str) -> None:
 
 
 @pytest.mark.parametrize("version", MAIN_VERSIONS)
-def test_impersonation_forbidden(
-    kubectl: Kubectl, standin: StandInProcess, version: str
-) -> None:
+def test_impersonation_forbidden(kubectl: Kubectl, standin: StandInProcess, version: str) -> None:
     # With a cold discovery cache kubectl only prints "Error from server (Forbidden): unknown"
     # (its discovery client cannot decode errors there, against a real cluster as well).
     assert kubectl(version, "api-resources", user="alice").returncode == 0
@@ -233,9 +232,7 @@ def test_get_watch_sees_later_create(
 
 
 @pytest.mark.parametrize("version", MAIN_VERSIONS)
-def test_logs_follow_streams(
-    kubectl: Kubectl, kubeconfigs: dict[str, Path], version: str
-) -> None:
+def test_logs_follow_streams(kubectl: Kubectl, kubeconfigs: dict[str, Path], version: str) -> None:
     name = f"logger-{_tag(version)}"
     out = kubectl(version, "run", name, "--image=busybox")
     assert out.returncode == 0, out.stderr
@@ -359,3 +356,26 @@ def test_anonymous_and_bad_tokens(standin: StandInProcess, tmp_path: Path) -> No
         "error: You must be logged in to the server "
         "(the server has asked for the client to provide credentials)"
     ) in out.stderr
+
+
+def test_client_certificate(
+    standin: StandInProcess, client_ca: certs.KeyPair, tmp_path: Path
+) -> None:
+    pair = certs.make_client_cert(client_ca, "erin", ("ops", "system:masters"))
+    pair.write(tmp_path / "erin.crt", tmp_path / "erin.key")
+    kubeconfig = standin.kubeconfig(
+        tmp_path / "kubeconfig", client_cert=(tmp_path / "erin.crt", tmp_path / "erin.key")
+    )
+    out = subprocess.run(
+        [need_kubectl("1.32"), "--kubeconfig", str(kubeconfig), "auth", "whoami", "-o", "json"],
+        env=kubectl_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"]["userInfo"] == {
+        "username": "erin",
+        "groups": ["ops", "system:masters", "system:authenticated"],
+    }

@@ -1,0 +1,20 @@
+"""Typed keys for the aiohttp application's state."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from config.schema import GatewaySettings
+from gateway.directory import Directory
+from gateway.runtime import Runtime
+from tunnel.registry import TunnelRegistry
+
+if TYPE_CHECKING:
+    from gateway.tunnels import AgentLink
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+DIRECTORY = web.AppKey("directory", Directory)
+RUNTIME = web.AppKey("runtime", Runtime)
+TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")

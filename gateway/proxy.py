@@ -1,0 +1,213 @@
+"""``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward, stream back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from config.identity import Identity
+from gateway import access, upgrade
+from gateway.directory import AuthenticationFailed
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unauthenticated,
+    UpstreamUnavailable,
+)
+from gateway.impersonation import (
+    IMPERSONATE_PREFIX,
+    forwarded_headers,
+    impersonation_headers,
+)
+from gateway.keys import DIRECTORY, TUNNELS
+from gateway.paths import BadPath, split_cluster_path
+from gateway.tunnels import AgentLink
+from gateway.upstream import Response, UpstreamError
+from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
+
+logger = logging.getLogger(__name__)
+
+BUFFER_LIMIT = 256 * 1024
+"""Bodies up to this size are read whole (one write); larger ones are streamed."""
+_SKIPPED_RESPONSE_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"te",
+        b"content-length",
+        b"date",
+        b"server",
+    }
+)
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    connection = request.headers.get("Connection", "")
+    return "upgrade" in connection.lower() and "Upgrade" in request.headers
+
+
+def _authenticate(request: web.Request, cluster_id: str) -> Identity:
+    try:
+        identity, token = request.app[DIRECTORY].authenticate(request.headers.get("Authorization"))
+    except AuthenticationFailed:
+        raise Unauthenticated() from None
+    if token.cluster_id and token.cluster_id != cluster_id:
+        raise Unauthenticated()
+    return identity
+
+
+def _head(
+    request: web.Request,
+    target: str,
+    link: AgentLink,
+    identity: Identity,
+    role: str,
+    upgrade_request: bool,
+    body_framing: bytes,
+) -> bytes:
+    client_impersonates = any(
+        k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers
+    )
+    parts = [
+        f"{request.method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"),
+        link.info.api_host,
+        b"\r\n",
+    ]
+    if link.info.authorization:
+        parts += [b"Authorization: ", link.info.authorization, b"\r\n"]
+    headers = forwarded_headers(
+        request.raw_headers, keep_impersonation=client_impersonates, upgrade=upgrade_request
+    )
+    if not client_impersonates:
+        headers.extend(impersonation_headers(identity, role))
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(body_framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+async def _chunked(request: web.Request) -> AsyncIterator[bytes]:
+    async for data in request.content.iter_any():
+        yield b"%x\r\n%s\r\n" % (len(data), data)
+    yield b"0\r\n\r\n"
+
+
+async def _exact(request: web.Request) -> AsyncIterator[bytes]:
+    async for data in request.content.iter_any():
+        yield data
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    try:
+        path = split_cluster_path(request.raw_path)
+    except BadPath as exc:
+        raise BadRequest(str(exc)) from None
+    identity = _authenticate(request, path.cluster_id)
+    directory = request.app[DIRECTORY]
+    cluster = directory.clusters.get(path.cluster_id)
+    if cluster is None:
+        raise NotFound(
+            f'clusters "{path.cluster_id}" not found',
+            details={"name": path.cluster_id, "kind": "clusters"},
+        )
+    role = directory.role_on(identity, cluster.id)
+    if role is None:
+        raise Forbidden(
+            f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" '
+            f"has no access to cluster {cluster.name}"
+        )
+    if not identity.is_admin and any(
+        k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers
+    ):
+        raise Forbidden(
+            f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
+            f'User "{identity.user_id}" cannot impersonate through the gateway'
+        )
+    if not access.is_allowed(role, request.method, path.target.partition("?")[0]):
+        raise Forbidden(
+            f'user "{identity.user_id}" has the read-only role on cluster {cluster.name}: '
+            f"{request.method} is not allowed"
+        )
+    try:
+        link = request.app[TUNNELS].pick(cluster.id)
+    except NoAgentSession:
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
+        ) from None
+
+    upgrade_request = _is_upgrade(request)
+    body: bytes | AsyncIterator[bytes] | None = None
+    framing = b""
+    length = request.content_length
+    if request.body_exists:
+        if length is not None and length <= BUFFER_LIMIT:
+            body = await request.read()
+            framing = b"Content-Length: %d\r\n" % len(body)
+        elif length is not None:
+            body = _exact(request)
+            framing = b"Content-Length: %d\r\n" % length
+        else:
+            body = _chunked(request)
+            framing = b"Transfer-Encoding: chunked\r\n"
+    elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
+        framing = b"Content-Length: 0\r\n"
+    head = _head(request, path.target, link, identity, role, upgrade_request, framing)
+
+    try:
+        upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)
+    except (UpstreamError, TunnelError) as exc:
+        if isinstance(exc, TooManyStreams):
+            raise UpstreamUnavailable(f"cluster {cluster.name}: tunnel is busy: {exc}") from None
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}): {exc}", status=502
+        ) from None
+    if upstream.upgraded:
+        return await upgrade.relay(request, upstream)
+    return await _respond(request, upstream)
+
+
+async def _respond(request: web.Request, upstream: Response) -> web.StreamResponse:
+    headers = CIMultiDict(
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in upstream.headers
+        if name.lower() not in _SKIPPED_RESPONSE_HEADERS
+    )
+    length = upstream.content_length
+    try:
+        if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
+            try:
+                body = await upstream.read_all()
+            except (UpstreamError, TunnelError) as exc:
+                raise UpstreamUnavailable(str(exc), status=502) from None
+            upstream.release()
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, body=body, headers=headers
+            )
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            resp.content_length = length
+        await resp.prepare(request)
+        try:
+            while chunk := await upstream.read_chunk():
+                await resp.write(chunk)
+        except (UpstreamError, TunnelError) as exc:
+            # The status line is out: the only honest signal left is to cut the connection.
+            logger.info("upstream failed mid-response: %s", exc)
+            if request.transport is not None:
+                request.transport.close()
+            return resp
+        await resp.write_eof()
+        upstream.release()
+        return resp
+    finally:
+        if not upstream.complete:
+            upstream.stream.reset()

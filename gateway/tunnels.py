@@ -1,0 +1,195 @@
+"""The agents' side door: ``/v3/connect`` turns a WebSocket into a tunnel session.
+
+An agent authenticates with its cluster's registration token, then says in its
+HELLO metadata how to reach its API server (``Host``) and which credential to use
+there (its service-account token, held in memory only, never stored or logged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.keys import DIRECTORY, SETTINGS, TUNNELS
+from gateway.records import CLUSTER
+from gateway.upstream import StreamPool
+from tunnel.errors import TunnelError
+from tunnel.frames import ErrorCode
+from tunnel.protocol import Limits, Side
+from tunnel.session import Session
+from tunnel.transport import READ_LIMIT_BYTES, WebSocketTransport
+
+logger = logging.getLogger(__name__)
+
+NODE_HEADER = "X-Herdgate-Node-Name"
+
+
+class BadAgentInfo(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    api_host: bytes
+    """``Host`` header for the API server, e.g. ``b"10.43.0.1:443"``."""
+    authorization: bytes = field(repr=False)
+    """``Authorization`` header value for the API server; secret."""
+    node_name: str = ""
+    version: str = ""
+
+    @classmethod
+    def parse(cls, raw: bytes) -> AgentInfo:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise BadAgentInfo("agent metadata is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadAgentInfo("agent metadata must be an object")
+        host = data.get("apiHost")
+        auth = data.get("authorization", "")
+        if not isinstance(host, str) or not host or not _is_header_safe(host):
+            raise BadAgentInfo("apiHost missing or invalid")
+        if not isinstance(auth, str) or not _is_header_safe(auth):
+            raise BadAgentInfo("authorization invalid")
+        node = data.get("node", "")
+        version = data.get("version", "")
+        return cls(
+            api_host=host.encode("ascii"),
+            authorization=auth.encode("ascii"),
+            node_name=node if isinstance(node, str) else "",
+            version=version if isinstance(version, str) else "",
+        )
+
+    def updated(self, raw: bytes) -> AgentInfo:
+        """Apply an INFO update (today: a rotated credential)."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return self
+        auth = data.get("authorization") if isinstance(data, dict) else None
+        if isinstance(auth, str) and _is_header_safe(auth):
+            return dataclasses.replace(self, authorization=auth.encode("ascii"))
+        return self
+
+
+def _is_header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and len(value) < 16384
+
+
+class AgentLink:
+    """One connected agent."""
+
+    def __init__(self, cluster_id: str, session: Session, info: AgentInfo, remote: str) -> None:
+        self.cluster_id = cluster_id
+        self.session = session
+        self.info = info
+        self.remote = remote
+        self.pool = StreamPool(session)
+        self.connected_at = session.loop.time()
+
+    def __repr__(self) -> str:
+        return f"<AgentLink {self.cluster_id} node={self.info.node_name or '-'} {self.remote}>"
+
+    @property
+    def is_node_agent(self) -> bool:
+        return bool(self.info.node_name)
+
+    @property
+    def is_usable(self) -> bool:
+        return self.session.is_usable
+
+    @property
+    def load(self) -> int:
+        return self.session.stream_count
+
+    def on_info(self, raw: bytes) -> None:
+        self.info = self.info.updated(raw)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node": self.info.node_name,
+            "remote": self.remote,
+            "version": self.info.version,
+            "streams": self.session.stream_count,
+        }
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    scheme, _, credential = value.partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else ""
+
+
+async def connect(request: web.Request) -> web.StreamResponse:
+    directory = request.app[DIRECTORY]
+    settings = request.app[SETTINGS].tunnel
+    registry = request.app[TUNNELS]
+    cluster = directory.cluster_for_registration(_bearer(request))
+    if cluster is None:
+        return web.json_response(
+            {
+                "type": "error",
+                "status": 401,
+                "code": "Unauthorized",
+                "message": "invalid cluster registration token",
+            },
+            status=401,
+        )
+    ws = web.WebSocketResponse(max_msg_size=READ_LIMIT_BYTES, compress=False, autoping=True)
+    await ws.prepare(request)
+    remote = request.remote or "?"
+    name = f"{cluster.id}@{remote}"
+    link: AgentLink | None = None
+    session = Session(
+        WebSocketTransport(ws),
+        Side.SERVER,
+        limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
+        metadata=json.dumps({"clusterId": cluster.id}).encode(),
+        on_info=lambda raw: link.on_info(raw) if link is not None else None,
+        ping_interval_s=settings.ping_interval_s * 1.5,
+        idle_timeout_s=settings.idle_timeout_s,
+        name=name,
+    )
+    try:
+        metadata = await session.handshake()
+        info = AgentInfo.parse(metadata)
+    except TunnelError as exc:
+        logger.warning("agent for %s from %s: handshake failed: %s", cluster.id, remote, exc)
+        return ws
+    except BadAgentInfo as exc:
+        logger.warning("agent for %s from %s: %s", cluster.id, remote, exc)
+        await session.close(ErrorCode.PROTOCOL_ERROR, str(exc))
+        return ws
+    link = AgentLink(cluster.id, session, info, remote)
+    session.start()
+    registry.add(link)
+    logger.info(
+        "agent connected: cluster %s node %s from %s", cluster.id, info.node_name or "-", remote
+    )
+    current = directory.clusters.get(cluster.id)
+    if current is not None:
+        await directory.put(CLUSTER, dataclasses.replace(current, connected_at=directory.clock()))
+    try:
+        closed = await session.wait_closed()
+        logger.info(
+            "agent disconnected: cluster %s node %s from %s: %s",
+            cluster.id,
+            info.node_name or "-",
+            remote,
+            closed,
+        )
+    finally:
+        registry.remove(link)
+        link.pool.close()
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: tell every agent to reconnect (GOAWAY), then drop the tunnels."""
+    for link in app[TUNNELS].all_links():
+        await link.session.close(ErrorCode.NO_ERROR, "gateway shutting down")

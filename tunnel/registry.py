@@ -1,0 +1,78 @@
+"""Which live tunnels serve which cluster (bookkeeping only, no I/O).
+
+Several agents may serve one cluster: the cluster agent and node agents as
+fallback. Requests go to a cluster agent when one is connected, otherwise to a node
+agent; among equals, to the one with the fewest open streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from tunnel.errors import NoAgentSession
+
+
+class Link(Protocol):
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def is_node_agent(self) -> bool: ...
+
+    @property
+    def is_usable(self) -> bool: ...
+
+    @property
+    def load(self) -> int: ...
+
+
+L = TypeVar("L", bound=Link)
+
+
+class TunnelRegistry(Generic[L]):
+    def __init__(self) -> None:
+        self._links: dict[str, list[L]] = {}
+        self._listeners: list[Callable[[str, int], None]] = []
+
+    def on_change(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(cluster_id, live_link_count)`` whenever links come or go."""
+        self._listeners.append(listener)
+
+    def add(self, link: L) -> None:
+        links = self._links.setdefault(link.cluster_id, [])
+        links.append(link)
+        self._notify(link.cluster_id, len(links))
+
+    def remove(self, link: L) -> None:
+        links = self._links.get(link.cluster_id)
+        if links is None or link not in links:
+            return
+        links.remove(link)
+        if not links:
+            del self._links[link.cluster_id]
+        self._notify(link.cluster_id, len(links))
+
+    def links(self, cluster_id: str) -> list[L]:
+        return list(self._links.get(cluster_id, ()))
+
+    def count(self, cluster_id: str) -> int:
+        return len(self._links.get(cluster_id, ()))
+
+    def pick(self, cluster_id: str) -> L:
+        best: L | None = None
+        for link in self._links.get(cluster_id, ()):
+            if not link.is_usable:
+                continue
+            if best is None or (link.is_node_agent, link.load) < (best.is_node_agent, best.load):
+                best = link
+        if best is None:
+            raise NoAgentSession(cluster_id)
+        return best
+
+    def all_links(self) -> list[L]:
+        return [link for links in self._links.values() for link in links]
+
+    def _notify(self, cluster_id: str, count: int) -> None:
+        for listener in self._listeners:
+            listener(cluster_id, count)
