@@ -1,0 +1,3 @@
+"""The management API (Rancher v3 paths and field names)."""
+
+from __future__ import annotations

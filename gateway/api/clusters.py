@@ -1,0 +1,194 @@
+"""``/v3/clusters``, ``generateKubeconfig`` and ``/v3/clusterregistrationtokens``."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from aiohttp import web
+
+from config.identity import Identity
+from gateway import kubeconfig
+from gateway.api.common import (
+    action,
+    authenticated,
+    collection,
+    directory,
+    json_body,
+    require_admin,
+    string_field,
+)
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
+from gateway.keys import RUNTIME, SETTINGS, TUNNELS
+from gateway.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def cluster_state(cluster: Cluster, live_links: int) -> str:
+    if live_links:
+        return "active"
+    return "pending" if cluster.connected_at is None else "unavailable"
+
+
+def cluster_view(request: web.Request, cluster: Cluster) -> dict[str, Any]:
+    links = request.app[TUNNELS].links(cluster.id)
+    return {
+        "id": cluster.id,
+        "type": "cluster",
+        "name": cluster.name,
+        "description": cluster.description,
+        "state": cluster_state(cluster, len(links)),
+        "created": iso(cluster.created),
+        "connectedAt": iso(cluster.connected_at),
+        "agents": [link.describe() for link in links],
+    }
+
+
+def visible_cluster(request: web.Request, identity: Identity, cluster_id: str) -> Cluster:
+    """The cluster, if the caller holds any role on it (else 404, to not reveal it)."""
+    d = directory(request)
+    cluster = d.clusters.get(cluster_id)
+    if cluster is None or d.role_on(identity, cluster_id) is None:
+        raise NotFound(f"cluster {cluster_id} not found")
+    return cluster
+
+
+def require_owner(request: web.Request, identity: Identity, cluster_id: str) -> Cluster:
+    cluster = visible_cluster(request, identity, cluster_id)
+    if directory(request).role_on(identity, cluster_id) != "cluster-owner":
+        raise Forbidden(f"only owners of cluster {cluster.name} may do this")
+    return cluster
+
+
+async def list_clusters(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    d = directory(request)
+    clusters = [c for c in d.clusters.values() if d.role_on(identity, c.id) is not None]
+    clusters.sort(key=lambda c: c.created)
+    return collection((cluster_view(request, c) for c in clusters), "cluster")
+
+
+async def create_cluster(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    require_admin(identity)
+    data = await json_body(request)
+    name = string_field(data, "name", required=True, max_len=63)
+    if not _NAME.match(name):
+        raise GatewayError(
+            422,
+            "name must be lowercase letters, digits and '-', starting and ending alphanumeric",
+            reason="InvalidFormat",
+        )
+    d = directory(request)
+    if any(c.name == name for c in d.clusters.values()):
+        raise GatewayError(409, f"a cluster named {name!r} already exists", reason="NotUnique")
+    now = d.clock()
+    description = string_field(data, "description", max_len=1024)
+    cluster = await d.create_unique(
+        CLUSTER, "c", lambda cluster_id: Cluster(cluster_id, name, now, description)
+    )
+    return web.json_response(cluster_view(request, cluster), status=201)
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    cluster = visible_cluster(request, identity, request.match_info["id"])
+    return web.json_response(cluster_view(request, cluster))
+
+
+async def delete_cluster(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    cluster = require_owner(request, identity, request.match_info["id"])
+    view = cluster_view(request, cluster)
+    await directory(request).delete_cluster(cluster.id)
+    for link in request.app[TUNNELS].links(cluster.id):
+        await link.session.close(reason="cluster deleted")
+    return web.json_response(view)
+
+
+async def cluster_action(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    cluster = visible_cluster(request, identity, request.match_info["id"])
+    if action(request) != "generateKubeconfig":
+        raise BadRequest("unknown action")
+    d = directory(request)
+    runtime = request.app[RUNTIME]
+    user = d.users[identity.user_id]
+    ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
+    _, token = await d.issue_token(
+        user,
+        ttl,
+        kind="kubeconfig",
+        description=f"kubeconfig for {cluster.name}",
+        cluster_id=cluster.id,
+    )
+    endpoints = [
+        kubeconfig.Endpoint(
+            cluster.name, f"{runtime.server_url}/k8s/clusters/{cluster.id}", runtime.ca_pem
+        )
+    ]
+    return web.json_response(
+        {
+            "type": "generateKubeConfigOutput",
+            "config": kubeconfig.build(cluster.name, endpoints, token),
+        }
+    )
+
+
+# -- registration tokens ---------------------------------------------------------------
+
+
+def agent_command(request: web.Request, token: str) -> str:
+    runtime = request.app[RUNTIME]
+    parts = ["herdgate", "agent", "--server", runtime.server_url, "--token", token]
+    if runtime.ca_checksum:
+        parts += ["--ca-checksum", runtime.ca_checksum]
+    return shlex.join(parts)
+
+
+def registration_view(registration: RegistrationToken) -> dict[str, Any]:
+    return {
+        "id": f"{registration.cluster_id}:{registration.id}",
+        "type": "clusterRegistrationToken",
+        "clusterId": registration.cluster_id,
+        "created": iso(registration.created),
+    }
+
+
+async def create_registration(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    data = await json_body(request)
+    cluster_id = string_field(data, "clusterId", required=True)
+    cluster = require_owner(request, identity, cluster_id)
+    registration, token = await directory(request).new_registration(cluster.id)
+    body = registration_view(registration)
+    body["token"] = token
+    body["command"] = agent_command(request, token)
+    return web.json_response(body, status=201)
+
+
+async def list_registrations(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    d = directory(request)
+    wanted = request.query.get("clusterId")
+    items = [
+        registration_view(r)
+        for r in d.registrations.values()
+        if (wanted is None or r.cluster_id == wanted)
+        and d.role_on(identity, r.cluster_id) == "cluster-owner"
+    ]
+    return collection(items, "clusterRegistrationToken")
+
+
+async def delete_registration(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    cluster_id, _, reg_id = request.match_info["id"].rpartition(":")
+    d = directory(request)
+    registration = d.registrations.get(reg_id)
+    if registration is None or (cluster_id and cluster_id != registration.cluster_id):
+        raise NotFound("registration token not found")
+    require_owner(request, identity, registration.cluster_id)
+    await d.delete(REGISTRATION, registration.id)
+    return web.json_response(registration_view(registration))

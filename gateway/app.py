@@ -1,0 +1,137 @@
+"""The gateway's aiohttp application: routes, error middleware, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from config.schema import GatewaySettings
+from gateway import proxy, tunnels
+from gateway.api import bindings, clusters, tokens, users
+from gateway.directory import Directory
+from gateway.errors import GatewayError, api_response, k8s_response
+from gateway.keys import DIRECTORY, RUNTIME, SETTINGS, TUNNELS
+from gateway.runtime import Runtime
+from tunnel.registry import TunnelRegistry
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if request.raw_path.startswith("/k8s/"):
+            return k8s_response(exc)
+        return api_response(exc)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and not request.raw_path.startswith("/k8s/"):
+            return api_response(GatewayError(exc.status, exc.reason))
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        logger.exception("unhandled error for %s %s", request.method, request.path)
+        error = GatewayError(500, "internal error")
+        if request.raw_path.startswith("/k8s/"):
+            return k8s_response(error)
+        return api_response(error)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def cacerts_pem(request: web.Request) -> web.Response:
+    pem = request.app[RUNTIME].ca_pem
+    if not pem:
+        raise GatewayError(404, "the gateway uses a publicly trusted certificate")
+    return web.Response(text=pem, content_type="application/x-pem-file")
+
+
+async def cacerts_setting(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "id": "cacerts",
+            "type": "setting",
+            "name": "cacerts",
+            "value": request.app[RUNTIME].ca_pem,
+        }
+    )
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": request.app[RUNTIME].version})
+
+
+def build_app(settings: GatewaySettings, directory: Directory, runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app[DIRECTORY] = directory
+    app[RUNTIME] = runtime
+    app[TUNNELS] = TunnelRegistry()
+
+    r = app.router
+    r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
+    r.add_get("/v3/connect", tunnels.connect)
+    r.add_get("/healthz", healthz)
+    r.add_get("/cacerts", cacerts_pem)
+    r.add_get("/v3/settings/cacerts", cacerts_setting)
+    r.add_get("/herdgate/version", version)
+    r.add_post("/v3-public/localProviders/local", users.login)
+
+    r.add_get("/v3/users", users.list_users)
+    r.add_post("/v3/users", users.create_user)
+    r.add_get("/v3/users/{id}", users.get_user)
+    r.add_put("/v3/users/{id}", users.update_user)
+    r.add_post("/v3/users/{id}", users.user_action)
+    r.add_delete("/v3/users/{id}", users.delete_user)
+
+    r.add_get("/v3/tokens", tokens.list_tokens)
+    r.add_post("/v3/tokens", tokens.create_token)
+    r.add_get("/v3/tokens/{id}", tokens.get_token)
+    r.add_delete("/v3/tokens/{id}", tokens.delete_token)
+
+    r.add_get("/v3/clusters", clusters.list_clusters)
+    r.add_post("/v3/clusters", clusters.create_cluster)
+    r.add_get("/v3/clusters/{id}", clusters.get_cluster)
+    r.add_post("/v3/clusters/{id}", clusters.cluster_action)
+    r.add_delete("/v3/clusters/{id}", clusters.delete_cluster)
+
+    r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
+    r.add_post("/v3/clusterregistrationtokens", clusters.create_registration)
+    r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
+
+    r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)
+    r.add_post("/v3/clusterroletemplatebindings", bindings.create_binding)
+    r.add_get("/v3/clusterroletemplatebindings/{id}", bindings.get_binding)
+    r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
+
+    app.cleanup_ctx.append(_follow_store)
+    app.on_shutdown.append(tunnels.close_all)
+    return app
+
+
+async def _follow_store(app: web.Application) -> AsyncIterator[None]:
+    """Apply writes made by other gateway processes sharing the store."""
+    task = asyncio.create_task(_guard(app[DIRECTORY].follow(), "store change feed"))
+    yield
+    task.cancel()
+
+
+async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("%s failed", name)
+        return
+    logger.error("%s has finished unexpectedly", name)

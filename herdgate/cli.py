@@ -1,0 +1,28 @@
+"""The ``herdgate`` command: one entry point, one subcommand per program."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway import cli as gateway_cli
+    from tunnel import cli as agent_cli
+
+    parser = argparse.ArgumentParser(prog="herdgate", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    gateway_cli.add_parser(subparsers)
+    agent_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
