@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_bool,
         help="serve /healthz, /livez, /readyz and /version to requests without credentials",
     )
+    p.add_argument(
+        "--aggregated-discovery",
+        default=True,
+        type=_bool,
+        help="serve apidiscovery.k8s.io v2/v2beta1 at /api and /apis when asked (else legacy only)",
+    )
     p.add_argument("--kubernetes-version", default="v1.32.0", help="what /version reports")
     p.add_argument(
         "--watch-history",
@@ -94,6 +100,7 @@ async def serve(args: argparse.Namespace) -> None:
         impersonator_groups=args.impersonator_groups,
         audit_log=args.audit_log,
         anonymous_auth=args.anonymous_auth,
+        aggregated_discovery=args.aggregated_discovery,
         k8s_version=args.kubernetes_version,
         watch_history=args.watch_history,
     )

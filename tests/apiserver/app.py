@@ -49,6 +49,7 @@ class Config:
     impersonator_groups: tuple[str, ...] = ("system:masters",)
     audit_log: Path | None = None
     anonymous_auth: bool = True
+    aggregated_discovery: bool = True
     k8s_version: str = "v1.32.0"
     watch_history: int = 10000
     extra: dict[str, Any] = field(default_factory=dict)
@@ -210,9 +211,24 @@ class StandIn:
             return web.Response(
                 text="ok", content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}
             )
-        if path == "/api" and method == "GET":
-            return _json(discovery.api_versions(request.host))
-        if path == "/apis" and method == "GET":
+        if path in ("/api", "/apis") and method == "GET":
+            agg = (
+                discovery.wants_aggregated(request.headers.get("Accept"))
+                if self.config.aggregated_discovery
+                else None
+            )
+            if agg is not None:
+                agg_doc = discovery.aggregated(registry, core=path == "/api", version=agg)
+                return web.Response(
+                    body=json.dumps(agg_doc, separators=(",", ":")).encode() + b"\n",
+                    headers={
+                        "Content-Type": discovery.aggregated_content_type(agg),
+                        "Cache-Control": "no-cache, private",
+                        "Vary": "Accept",
+                    },
+                )
+            if path == "/api":
+                return _json(discovery.api_versions(request.host))
             return _json(discovery.api_group_list(registry))
         if path == "/openapi/v2" and method == "GET":
             accept = request.headers.get("Accept", "")

@@ -327,8 +327,44 @@ def apply_defaults(rt: ResourceType, obj: dict[str, Any], *, creating: bool) -> 
         template_spec = (spec.get("template") or {}).get("spec") or {}
         for c in template_spec.get("containers") or []:
             _container_defaults(c)
-        if creating:
-            obj["status"] = {}
+
+
+def finish(rt: ResourceType, obj: dict[str, Any]) -> None:
+    """What controllers would do right away: deployments report all replicas available."""
+    if (rt.group, rt.resource) != ("apps", "deployments"):
+        return
+    spec = obj.get("spec") or {}
+    replicas = int(spec.get("replicas", 1))
+    now = now_rfc3339()
+    name = (obj.get("metadata") or {}).get("name", "")
+    obj["status"] = {
+        "observedGeneration": (obj.get("metadata") or {}).get("generation", 1),
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True",
+                "lastUpdateTime": now,
+                "lastTransitionTime": now,
+                "reason": "MinimumReplicasAvailable",
+                "message": "Deployment has minimum availability.",
+            },
+            {
+                "type": "Progressing",
+                "status": "True",
+                "lastUpdateTime": now,
+                "lastTransitionTime": now,
+                "reason": "NewReplicaSetAvailable",
+                "message": f'ReplicaSet "{name}-standin" has successfully progressed.',
+            },
+        ],
+    }
+    if replicas == 0:
+        for key in ("readyReplicas", "availableReplicas", "updatedReplicas"):
+            obj["status"].pop(key)
 
 
 def default_node() -> dict[str, Any]:

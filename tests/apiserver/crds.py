@@ -138,6 +138,7 @@ def served_types(crd: dict[str, Any]) -> list[ResourceType]:
                     or []
                 ),
                 storage_version=storage,
+                scale_paths=dict(subresources.get("scale") or {}),
             )
         )
     return types

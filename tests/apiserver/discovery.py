@@ -1,16 +1,19 @@
-"""Legacy discovery documents (/api, /api/v1, /apis, /apis/<group>[/<version>]).
+"""Discovery documents.
 
-Clients asking for aggregated discovery (`as=APIGroupDiscoveryList`) list that media type first
-and `application/json` last; the stand-in answers with the legacy documents and
-`Content-Type: application/json`, which client-go's discovery client takes as the signal to
-fall back to per-group-version requests (discovery_client.go, `downloadAPIs`).
+- Legacy: /api (APIVersions), /api/v1 and /apis/<group>/<version> (APIResourceList), /apis
+  (APIGroupList), /apis/<group> (APIGroup).
+- Aggregated (`apidiscovery.k8s.io` v2 and v2beta1 `APIGroupDiscoveryList`) at /api and /apis
+  when the Accept header asks for it, as kubectl 1.26+ does. client-go recognises the answer by
+  its Content-Type (`application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`);
+  any other Content-Type makes it fall back to the legacy per-group-version requests. The
+  stand-in can be told to serve only legacy discovery (`--aggregated-discovery=false`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .resources import Registry
+from .resources import Registry, ResourceType
 
 
 def _gv(group: str, version: str) -> dict[str, str]:
@@ -63,3 +66,83 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict[str,
     doc["groupVersion"] = f"{group}/{version}" if group else version
     doc["resources"] = resources
     return doc
+
+
+AGGREGATED_VERSIONS = ("v2", "v2beta1")
+
+
+def aggregated_content_type(version: str) -> str:
+    return f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"
+
+
+def wants_aggregated(accept: str | None) -> str | None:
+    """The aggregated discovery version the Accept header prefers, if any."""
+    for raw in (accept or "").split(","):
+        parts = [p.strip() for p in raw.split(";")]
+        if parts[0] != "application/json":
+            if parts[0] in ("*/*", "application/*"):
+                return None
+            continue
+        params = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        if not params:
+            return None
+        if (
+            params.get("g") == "apidiscovery.k8s.io"
+            and params.get("as") == "APIGroupDiscoveryList"
+            and params.get("v") in AGGREGATED_VERSIONS
+        ):
+            return params["v"]
+    return None
+
+
+def _discovery_resource(rt: ResourceType) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "resource": rt.resource,
+        "responseKind": {"group": "", "version": "", "kind": rt.kind},
+        "scope": "Namespaced" if rt.namespaced else "Cluster",
+        "singularResource": rt.singular,
+        "verbs": list(rt.verbs),
+    }
+    if rt.short_names:
+        entry["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        entry["categories"] = list(rt.categories)
+    if rt.subresources:
+        entry["subresources"] = [
+            {
+                "subresource": sub.name,
+                "responseKind": {"group": sub.group, "version": sub.version, "kind": sub.kind},
+                "verbs": list(sub.verbs),
+            }
+            for sub in rt.subresources
+        ]
+    return entry
+
+
+def aggregated(registry: Registry, *, core: bool, version: str) -> dict[str, Any]:
+    groups = [""] if core else registry.groups()
+    items = []
+    for group in groups:
+        versions = ["v1"] if core else registry.versions(group)
+        items.append(
+            {
+                "metadata": {"name": group, "creationTimestamp": None},
+                "versions": [
+                    {
+                        "version": v,
+                        "resources": [
+                            _discovery_resource(rt)
+                            for rt in sorted(registry.types_in(group, v), key=lambda t: t.resource)
+                        ],
+                        "freshness": "Current",
+                    }
+                    for v in versions
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": f"apidiscovery.k8s.io/{version}",
+        "metadata": {},
+        "items": items,
+    }

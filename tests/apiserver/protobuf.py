@@ -418,6 +418,25 @@ SELF_SUBJECT_RULES_REVIEW: Schema = {
     3: F("status", {}),
 }
 
+RESOURCE_QUOTA: Schema = {
+    1: F("metadata", OBJECT_META),
+    2: F(
+        "spec",
+        {
+            1: _map("hard", QUANTITY),
+            2: _rep("scopes", STR),
+        },
+    ),
+    3: F("status", {}),
+}
+EVICTION: Schema = {1: F("metadata", OBJECT_META), 2: F("deleteOptions", DELETE_OPTIONS)}
+BINDING: Schema = {1: F("metadata", OBJECT_META), 2: F("target", OBJECT_REFERENCE)}
+SCALE: Schema = {
+    1: F("metadata", OBJECT_META),
+    2: F("spec", {1: F("replicas", INT, keep=True)}),
+    3: F("status", {1: F("replicas", INT), 2: F("selector", STR)}),
+}
+
 # (group, kind) -> schema. Versions of a kind share their wire format here.
 KINDS: dict[tuple[str, str], Schema] = {
     ("", "ConfigMap"): CONFIG_MAP,
@@ -427,6 +446,10 @@ KINDS: dict[tuple[str, str], Schema] = {
     ("", "Service"): SERVICE,
     ("", "Pod"): POD,
     ("apps", "Deployment"): DEPLOYMENT,
+    ("", "ResourceQuota"): RESOURCE_QUOTA,
+    ("", "Binding"): BINDING,
+    ("policy", "Eviction"): EVICTION,
+    ("autoscaling", "Scale"): SCALE,
     ("authentication.k8s.io", "SelfSubjectReview"): SELF_SUBJECT_REVIEW,
     ("authentication.k8s.io", "TokenRequest"): TOKEN_REQUEST,
     ("authentication.k8s.io", "TokenReview"): TOKEN_REVIEW,

@@ -37,6 +37,8 @@ class ResourceType:
     crd: str = ""  # name of the CRD that serves it
     printer_columns: list[dict[str, Any]] = field(default_factory=list)
     storage_version: str = ""
+    # scale subresource: specReplicasPath, statusReplicasPath, labelSelectorPath (JSON paths)
+    scale_paths: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.singular:
@@ -272,7 +274,10 @@ def builtin_types() -> list[ResourceType]:
             True,
             short_names=("rs",),
             categories=("all",),
-            subresources=(_status("ReplicaSet"),),
+            subresources=(
+                Subresource("scale", "Scale", _STATUS_VERBS, group="autoscaling", version="v1"),
+                _status("ReplicaSet"),
+            ),
         ),
         ResourceType(
             "apps",
@@ -282,7 +287,10 @@ def builtin_types() -> list[ResourceType]:
             True,
             short_names=("sts",),
             categories=("all",),
-            subresources=(_status("StatefulSet"),),
+            subresources=(
+                Subresource("scale", "Scale", _STATUS_VERBS, group="autoscaling", version="v1"),
+                _status("StatefulSet"),
+            ),
         ),
         ResourceType(
             "apps",

@@ -16,7 +16,17 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import builtins, crds, logs, negotiation, patch, reviews, selectors, tables
+from . import (
+    builtins,
+    crds,
+    logs,
+    negotiation,
+    patch,
+    reviews,
+    selectors,
+    subresources,
+    tables,
+)
 from .auth import UserInfo
 from .negotiation import Target
 from .requestinfo import RequestInfo, parse_bool
@@ -189,6 +199,35 @@ class Api:
             meta.pop("generation", None)
         obj["apiVersion"] = rt.api_version if not rt.crd else f"{rt.group}/{rt.storage_version}"
         obj["kind"] = rt.kind
+
+    # -- helpers for subresources.py ---------------------------------------------------------
+
+    def lookup(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]:
+        return self._lookup(rt, namespace, name)
+
+    def respond_object(
+        self, ctx: Context, rt: ResourceType, obj: dict[str, Any], code: int = 200
+    ) -> web.Response:
+        return self._respond_object(ctx, rt, obj, code)
+
+    def update_object(
+        self,
+        rt: ResourceType,
+        new: dict[str, Any],
+        old: dict[str, Any],
+        *,
+        keep_status: bool = True,
+    ) -> dict[str, Any]:
+        """Store `new` as the next version of `old` (no resourceVersion precondition)."""
+        if keep_status:
+            name = _meta(old).get("name", "")
+            new = self._prepare_update(rt, new, old, "", name, check_rv=False)
+        return self.store.update(rt.storage_key, new)
+
+    def delete_object(
+        self, rt: ResourceType, obj: dict[str, Any], opts: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._delete_one(rt, obj, opts)[0]
 
     def _lookup(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]:
         obj = self.store.get(rt.storage_key, namespace if rt.namespaced else "", name)
@@ -412,6 +451,7 @@ class Api:
             raise already_exists(rt.group, rt.resource, meta["name"])
         self._fill_new_meta(rt, body)
         builtins.apply_defaults(rt, body, creating=True)
+        builtins.finish(rt, body)
         if self._dry_run(ctx):
             body["metadata"]["resourceVersion"] = ""
             return self._respond_object(ctx, rt, body, 201)
@@ -510,6 +550,7 @@ class Api:
             or (rt.crd and not rt.has_status() and _content(new) != _content(old))
         ):
             meta["generation"] = int(old_meta["generation"]) + 1
+        builtins.finish(rt, new)
         return new
 
     def _store_update(self, rt: ResourceType, obj: dict[str, Any], dry_run: bool) -> dict[str, Any]:
@@ -531,9 +572,8 @@ class Api:
         stored = self._store_update(rt, new, self._dry_run(ctx))
         return self._respond_object(ctx, rt, stored, 200)
 
-    async def _patch(
-        self, ctx: Context, rt: ResourceType, namespace: str, name: str, subresource: str
-    ) -> web.Response:
+    async def read_patch(self, ctx: Context, rt: ResourceType) -> tuple[str, Any]:
+        """The patch type and the decoded patch document of a PATCH request."""
         ctype, _ = negotiation.parse_media_type(ctx.request.headers.get("Content-Type", ""))
         if ctype not in _PATCH_TYPES:
             raise unsupported_media_type(ctype, list(_PATCH_TYPES))
@@ -555,6 +595,31 @@ class Api:
             )
         except (ValueError, yaml.YAMLError) as exc:
             raise bad_request(f"error decoding patch: {exc}") from exc
+        return ctype, doc
+
+    @staticmethod
+    def patched(ctype: str, current: dict[str, Any], doc: Any) -> dict[str, Any]:
+        """`current` with a (non-apply-create) patch applied."""
+        if ctype == "application/apply-patch+yaml":
+            if not isinstance(doc, dict):
+                raise bad_request(
+                    "error decoding YAML: the applied configuration must be an object"
+                )
+            result: Any = patch.apply_patch(current, doc)
+        elif ctype == "application/json-patch+json":
+            result = patch.json_patch(current, doc)
+        elif ctype == "application/merge-patch+json":
+            result = patch.merge_patch(current, doc)
+        else:
+            result = patch.strategic_merge_patch(current, doc)
+        if not isinstance(result, dict):
+            raise bad_request("the patched object is not an object")
+        return result
+
+    async def _patch(
+        self, ctx: Context, rt: ResourceType, namespace: str, name: str, subresource: str
+    ) -> web.Response:
+        ctype, doc = await self.read_patch(ctx, rt)
         current = self.store.get(rt.storage_key, namespace, name)
         dry_run = self._dry_run(ctx)
         if ctype == "application/apply-patch+yaml":
@@ -582,21 +647,13 @@ class Api:
                     crds.crd_defaults(doc)
                 self._fill_new_meta(rt, doc)
                 builtins.apply_defaults(rt, doc, creating=True)
+                builtins.finish(rt, doc)
                 if dry_run:
                     return self._respond_object(ctx, rt, doc, 201)
                 return self._respond_object(ctx, rt, self.store.create(rt.storage_key, doc), 201)
-            patched = patch.apply_patch(current, doc)
-        else:
-            if current is None:
-                raise not_found(rt.group, rt.resource, name)
-            if ctype == "application/json-patch+json":
-                patched = patch.json_patch(current, doc)
-            elif ctype == "application/merge-patch+json":
-                patched = patch.merge_patch(current, doc)
-            else:
-                patched = patch.strategic_merge_patch(current, doc)
-        if not isinstance(patched, dict):
-            raise bad_request("the patched object is not an object")
+        if current is None:
+            raise not_found(rt.group, rt.resource, name)
+        patched = self.patched(ctype, current, doc)
         new = self._prepare_update(rt, patched, current, subresource, name)
         return self._respond_object(ctx, rt, self._store_update(rt, new, dry_run), 200)
 
@@ -729,6 +786,14 @@ class Api:
             if streaming is None:
                 raise ApiError(501, "NotImplemented", "streaming is not available in this build")
             return await streaming(ctx.request, sub.name, pod)
+        if sub.name == "scale" and method in ("GET", "PUT", "PATCH"):
+            return await subresources.serve_scale(self, ctx, rt, namespace)
+        if sub.name == "eviction" and method == "POST":
+            return await subresources.serve_eviction(self, ctx, rt, namespace)
+        if sub.name == "binding" and method == "POST":
+            return await subresources.serve_binding(self, ctx, rt, namespace)
+        if sub.name == "ephemeralcontainers" and method in ("GET", "PUT", "PATCH"):
+            return await subresources.serve_ephemeral(self, ctx, rt, namespace)
         if sub.name == "token" and method == "POST":
             sa = self._lookup(rt, namespace, info.name)
             raw = await ctx.request.read()

@@ -20,6 +20,11 @@ one process, from kube-apiserver down to kubelet:
 
 Commands are emulated, not run; see :func:`run_command`.  Port-forward never dials: bytes sent
 to any port are answered by a tiny in-process HTTP server or echoed (see :func:`serve_port`).
+
+Known deviations: a SPDY upgrade without ``X-Stream-Protocol-Version`` gets ``400`` with the
+handshake error (a kubelet writes nothing, so Go answers an empty 200); ``attach`` without stdin
+ends after its greeting (a real container keeps streaming until it exits); unknown programs fail
+the cri-dockerd way (exit 126), not the containerd way (an InternalError Status).
 """
 
 from __future__ import annotations
@@ -367,7 +372,13 @@ Writer = Callable[[bytes], Awaitable[None]]
 
 
 class ProcessIO:
-    """What an emulated process sees: stdin, stdout, stderr and its terminal."""
+    """What an emulated process sees: stdin, stdout, stderr and its terminal.
+
+    With a TTY, output gets ONLCR (``\n`` → ``\r\n``), stderr goes to stdout, and stdin passes
+    through a small canonical-mode line discipline (see :meth:`run`): input is echoed, CR becomes
+    LF, lines are delivered when complete, backspace edits, ^D at the start of a line is EOF and
+    ^C interrupts the process (exit code 130).
+    """
 
     def __init__(
         self,
@@ -383,10 +394,79 @@ class ProcessIO:
         self._stderr = stdout if tty else stderr
         self.tty = tty
         self.terminal = terminal or Terminal()
+        self._cooked = Inbound() if tty and stdin is not None else None
+        self._pending = b""
+        self._interrupted = False
+
+    async def run(self, work: Coroutine[Any, Any, int]) -> int:
+        """Run a process body; with a TTY, under the line discipline (^C gives 130)."""
+        if self._cooked is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        discipline = asyncio.ensure_future(self._line_discipline(task))
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self._interrupted:
+                return 130
+            raise
+        finally:
+            await _cancel(discipline)
+
+    async def _line_discipline(self, process: asyncio.Future[int]) -> None:
+        assert self._stdin is not None and self._cooked is not None
+        line = bytearray()
+        while chunk := await self._stdin.read():
+            echo = bytearray()
+            for byte in chunk:
+                if byte == 0x03:  # ^C
+                    echo += b"^C\r\n"
+                    self._interrupted = True
+                    process.cancel()
+                elif byte == 0x04:  # ^D
+                    if line:
+                        self._cooked.feed(bytes(line))
+                        line.clear()
+                    else:
+                        self._cooked.feed_eof()
+                elif byte in (0x7F, 0x08):
+                    if line:
+                        line.pop()
+                        echo += b"\b \b"
+                elif byte in (0x0D, 0x0A):  # ICRNL
+                    line.append(0x0A)
+                    echo += b"\r\n"
+                    self._cooked.feed(bytes(line))
+                    line.clear()
+                else:
+                    line.append(byte)
+                    echo.append(byte)
+            if echo and self._stdout is not None:
+                await self._stdout(bytes(echo))
+            if self._interrupted:
+                return
+        if line:
+            self._cooked.feed(bytes(line))
+        self._cooked.feed_eof()
 
     async def read(self) -> bytes:
         """A chunk of stdin, ``b""`` at EOF (or when stdin was not requested)."""
-        return b"" if self._stdin is None else await self._stdin.read()
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        source = self._cooked or self._stdin
+        return b"" if source is None else await source.read()
+
+    async def read_line(self) -> bytes:
+        """One line of stdin including its newline (the rest at EOF), ``b""`` at EOF."""
+        data = b""
+        while b"\n" not in data:
+            chunk = await self.read()
+            if not chunk:
+                return data
+            data += chunk
+        line, _, self._pending = data.partition(b"\n")
+        return line + b"\n"
 
     async def _emit(self, writer: Writer | None, data: bytes) -> None:
         if writer is None or not data:
@@ -488,18 +568,28 @@ class _Process:
         elif args:
             await std.err(f"sh: can't open '{args[0]}': No such file or directory\n".encode())
             return 2
-        else:  # the script comes on stdin
-            chunks = []
-            while chunk := await self.io.read():
-                chunks.append(chunk)
-            script = b"".join(chunks).decode("utf-8", "replace")
+        else:
+            return await self.interactive(std)
         try:
             return await self.script(script, std)
         except _ShellExit as exc:
             return exc.code
 
-    async def script(self, script: str, std: _Redirect) -> int:
+    async def interactive(self, std: _Redirect) -> int:
+        """Commands from stdin, one line at a time (with busybox's root prompt on a TTY)."""
         status = 0
+        try:
+            while True:
+                if self.io.tty:
+                    await std.err(b"/ # ")
+                line = await self.io.read_line()
+                if not line:
+                    return status
+                status = await self.script(line.decode("utf-8", "replace"), std, status)
+        except _ShellExit as exc:
+            return exc.code
+
+    async def script(self, script: str, std: _Redirect, status: int = 0) -> int:
         try:
             segments = _split_script(script)
         except ValueError as exc:
@@ -683,22 +773,26 @@ async def run_command(
 
     Known programs (also under /bin, /usr/bin, …): ``echo [-n]``, ``cat [-|/etc/hostname]``,
     ``true``, ``false``, ``hostname``, ``env``, ``sleep N``, ``stty size`` (with a TTY) and
-    ``sh``/``bash``/``ash`` (``-c SCRIPT`` or a script on stdin) running those plus ``exit N``,
+    ``sh``/``bash``/``ash`` (``-c SCRIPT``, or lines from stdin) running those plus ``exit N``,
     joined by ``;``, newlines, ``&&``, ``||``, with ``>&2``, ``2>&1`` and ``>/dev/null``.
     Anything else fails like a container runtime that cannot start it (the cri-dockerd wording,
     exit code 126); an unknown command inside ``sh`` is ``sh: X: not found``, 127.
     """
-    return await _Process(io, pod, container).run(argv)
+    return await io.run(_Process(io, pod, container).run(argv))
 
 
 async def run_attach(io: ProcessIO, pod: Mapping[str, Any], container: str) -> int:
     """The emulated attached container: a greeting line, then stdin echoed until it closes."""
     meta = pod.get("metadata") or {}
     greeting = f"attached to {meta.get('namespace', '')}/{meta.get('name', '')} {container}\n"
-    await io.write(greeting.encode())
-    while chunk := await io.read():
-        await io.write(chunk)
-    return 0
+
+    async def body() -> int:
+        await io.write(greeting.encode())
+        while chunk := await io.read():
+            await io.write(chunk)
+        return 0
+
+    return await io.run(body())
 
 
 # ----------------------------------------------------------------------------- port emulation

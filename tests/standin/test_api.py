@@ -647,3 +647,83 @@ async def test_audit_fields(api: Api) -> None:
         "apiVersion": "v1",
     }
     assert "impersonatedUser" not in event
+
+
+AGGREGATED = (
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,"
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,"
+    "application/json"
+)
+
+
+async def test_discovery(api: Api) -> None:
+    resp = await api.client.get("/apis", headers={**ADMIN, "Accept": AGGREGATED})
+    assert resp.headers["Content-Type"] == (
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    )
+    doc = await resp.json()
+    assert doc["kind"] == "APIGroupDiscoveryList"
+    apps = next(i for i in doc["items"] if i["metadata"]["name"] == "apps")
+    deployments = next(
+        r for r in apps["versions"][0]["resources"] if r["resource"] == "deployments"
+    )
+    assert deployments["scope"] == "Namespaced"
+    assert deployments["responseKind"] == {"group": "", "version": "", "kind": "Deployment"}
+    assert {s["subresource"] for s in deployments["subresources"]} == {"scale", "status"}
+
+    resp = await api.client.get("/api", headers={**ADMIN, "Accept": AGGREGATED})
+    core = (await resp.json())["items"]
+    assert [i["metadata"]["name"] for i in core] == [""]
+    assert "pods" in {r["resource"] for r in core[0]["versions"][0]["resources"]}
+
+    _, versions = await api.call("GET", "/api")
+    assert versions["kind"] == "APIVersions"
+    _, groups = await api.call("GET", "/apis")
+    assert groups["kind"] == "APIGroupList"
+    _, resources = await api.call("GET", "/api/v1")
+    pods = next(r for r in resources["resources"] if r["name"] == "pods")
+    assert pods["shortNames"] == ["po"]
+    assert "pods/exec" in {r["name"] for r in resources["resources"]}
+
+    _, root = await api.call("GET", "/openapi/v3")
+    assert "api/v1" in root["paths"]
+    _, spec = await api.call("GET", root["paths"]["api/v1"]["serverRelativeURL"])
+    patch_op = spec["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"]
+    assert {"name": "fieldValidation", "in": "query"}.items() <= patch_op["parameters"][2].items()
+    assert patch_op["x-kubernetes-group-version-kind"] == {
+        "group": "",
+        "version": "v1",
+        "kind": "ConfigMap",
+    }
+
+
+async def test_scale_and_deployment_status(api: Api) -> None:
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": {
+                "metadata": {"labels": {"app": "d"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        },
+    }
+    path = "/apis/apps/v1/namespaces/default/deployments"
+    code, got = await api.call("POST", path, deploy)
+    assert (code, got["status"]["availableReplicas"]) == (201, 1)
+    code, scale = await api.call("GET", f"{path}/d/scale")
+    assert scale["spec"] == {"replicas": 1}
+    assert scale["status"] == {"replicas": 1, "selector": "app=d"}
+    code, scale = await api.call(
+        "PATCH",
+        f"{path}/d/scale",
+        {"spec": {"replicas": 4}},
+        content_type="application/merge-patch+json",
+    )
+    assert (code, scale["spec"]["replicas"]) == (200, 4)
+    code, got = await api.call("GET", f"{path}/d")
+    assert got["spec"]["replicas"] == 4
+    assert got["status"]["readyReplicas"] == 4
+    assert got["status"]["observedGeneration"] == got["metadata"]["generation"] == 2

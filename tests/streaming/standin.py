@@ -88,6 +88,9 @@ class StandIn:
     """(method, path_qs, headers) of every request, for assertions."""
     active: int = 0
     """Streaming handlers still running."""
+    refuse_websockets: bool = False
+    """Answer WebSocket upgrades with 400 (like a proxy that cannot pass them): kubectl 1.30+
+    must fall back to SPDY."""
 
     def add_pod(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -115,6 +118,8 @@ class StandIn:
     async def record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs, dict(request.headers)))
         streaming_request = request.path.rsplit("/", 1)[-1] in ("exec", "attach", "portforward")
+        if streaming_request and self.refuse_websockets and streaming.is_websocket_request(request):
+            return web.Response(status=400, text="websockets are not passed through here\n")
         self.active += streaming_request
         try:
             response: web.StreamResponse = await handler(request)

@@ -13,17 +13,19 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import shutil
 import signal
 import struct
 import termios
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.streaming.standin import Server, run_standin
+from tests.streaming.standin import Server, StandIn, run_standin
 
 pytestmark = pytest.mark.integration
 
@@ -243,9 +245,51 @@ async def test_port_forward(server: Server, client: Client) -> None:
     assert set(upgrades(server, "portforward")) == {client.portforward_upgrade}
 
 
+def converse(master: int, script: list[tuple[bytes, bytes]], timeout: float) -> bytes:
+    """Drive a terminal: wait for each expected output, type the answer; then read to the end."""
+    deadline = time.monotonic() + timeout
+    output = b""
+    seen = 0
+    steps = list(script)
+    while True:
+        if steps and steps[0][0] in output[seen:]:
+            expect, answer = steps.pop(0)
+            seen = output.index(expect, seen) + len(expect)
+            os.write(master, answer)
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"terminal stuck; output so far: {output!r}")
+        ready, _, _ = select.select([master], [], [], min(remaining, 0.5))
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO once every holder of the slave side is gone
+            return output
+        if not chunk:
+            return output
+        output += chunk
+
+
+@pytest.mark.parametrize("version", ["1.31", "1.33"])
+async def test_falls_back_to_spdy_when_websockets_fail(tmp_path: Path, version: str) -> None:
+    if kubectl_binary(version) is None:
+        pytest.skip(f"kubectl.{version} is not installed")
+    client = Client(version)
+    standin = StandIn(refuse_websockets=True)
+    async with run_standin(tls=True, directory=tmp_path, standin=standin) as server:
+        code, out, err = await kubectl(server, client, "exec", "-i", "web", "--", "cat", stdin=b"x")
+        assert (code, out) == (0, b"x"), err
+        assert upgrades(server, "exec") == ["websocket", "SPDY/3.1"]
+        async with port_forward(server, client, ":80") as (local,):
+            assert (await http_get(local)).endswith(b"hello from web port 80\n")
+        assert upgrades(server, "portforward") == ["websocket", "SPDY/3.1"]
+
+
 @pytest.mark.parametrize("version", ["1.27", "1.32"])
-async def test_exec_tty_with_resize(server: Server, version: str) -> None:
-    """``exec -it`` under a pseudo-terminal: raw output, CRLF, the terminal size arrives."""
+async def test_exec_tty_interactive_shell(server: Server, version: str) -> None:
+    """``exec -it … sh`` under a pseudo-terminal: prompt, echo, CRLF, resize, exit code."""
     binary = kubectl_binary(version)
     if binary is None:
         pytest.skip(f"kubectl.{version} is not installed")
@@ -259,8 +303,6 @@ async def test_exec_tty_with_resize(server: Server, version: str) -> None:
             "web",
             "--",
             "sh",
-            "-c",
-            "stty size; echo done; exit 5",
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -269,21 +311,11 @@ async def test_exec_tty_with_resize(server: Server, version: str) -> None:
         )
     finally:
         os.close(slave)
-
-    def read_all() -> bytes:
-        output = b""
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO once every holder of the slave side is gone
-                return output
-            if not chunk:
-                return output
-            output += chunk
-
+    # Type only once the remote prompt shows: kubectl has put the local terminal in raw mode.
+    script = [(b"/ # ", b"stty size\r"), (b"/ # ", b"exit 5\r")]
     try:
         async with asyncio.timeout(TIMEOUT):
-            output = await asyncio.to_thread(read_all)
+            output = await asyncio.to_thread(converse, master, script, TIMEOUT - 1)
             code = await process.wait()
     finally:
         if process.returncode is None:
@@ -291,4 +323,6 @@ async def test_exec_tty_with_resize(server: Server, version: str) -> None:
             await process.wait()
         os.close(master)
     assert code == 5
-    assert output == b"33 120\r\ndone\r\ncommand terminated with exit code 5\r\n"
+    assert output == (
+        b"/ # stty size\r\n33 120\r\n/ # exit 5\r\ncommand terminated with exit code 5\r\n"
+    )

@@ -582,6 +582,26 @@ async def test_unknown_programs_fail_to_start(argv: list[str], message: str) -> 
     )
 
 
+async def test_tty_line_discipline() -> None:
+    io = FakeIO(b"ab\x7fc\rdef\x04", tty=True)
+    assert await streaming.run_command(["cat"], io, POD, "main") == 0
+    # the echo (with the erased "b"), then what cat read: "ac\n" (ONLCR) and "def" (^D)
+    assert bytes(io.out) == b"ab\b \bc\r\ndef" + b"ac\r\n" + b"def"
+
+
+async def test_tty_interrupt() -> None:
+    io = FakeIO(b"\x03", tty=True)
+    assert await streaming.run_command(["sleep", "100"], io, POD, "main") == 130
+    assert bytes(io.out) == b"^C\r\n"
+
+
+async def test_tty_interactive_shell() -> None:
+    io = FakeIO(b"echo hi\rexit 3\r", tty=True)
+    assert await streaming.run_command(["sh"], io, POD, "main") == 3
+    assert bytes(io.out).startswith(b"/ # ")
+    assert b"hi\r\n" in io.out
+
+
 def test_http_verdict() -> None:
     verdict = streaming._http_verdict
     assert verdict(b"G") is None
