@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
 
 from aiohttp import web
 
@@ -95,7 +94,7 @@ async def relay(request: web.Request, upstream: Response) -> web.StreamResponse:
         stream.reset(ErrorCode.CANCEL, "client went away")
         return resp
     await resp.prepare(request)
-    client_side = _ClientToTunnel(stream, cast(asyncio.Transport, transport))
+    client_side = _ClientToTunnel(stream, transport)
     protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser
     try:
         if upstream.upgraded_tail:

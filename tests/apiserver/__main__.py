@@ -116,12 +116,10 @@ async def serve(args: argparse.Namespace) -> None:
 
     standin = StandIn(config)
     app = standin.make_app()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     host, port = _split_listen(args.listen)
-    site = web.TCPSite(
-        runner, host, port, ssl_context=standin.ssl_context(cert, key), shutdown_timeout=1.0
-    )
+    site = web.TCPSite(runner, host, port, ssl_context=standin.ssl_context(cert, key))
     await site.start()
     server = site._server
     assert server is not None
@@ -142,6 +140,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    standin.begin_shutdown()  # ends watches and followed logs before the listener closes
     with contextlib.suppress(Exception):
         await runner.cleanup()
 

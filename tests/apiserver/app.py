@@ -283,7 +283,7 @@ class StandIn:
         """Route exec/attach/portforward to tests/apiserver/streaming.py (written separately)."""
         params = streaming_params(request, kind, pod)
         try:
-            from . import streaming as mod  # noqa: PLC0415 - written separately, may be absent
+            from . import streaming as mod  # written separately, may be absent
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.streaming":
                 raise
@@ -324,7 +324,7 @@ class StandIn:
         app.router.add_route("*", "/{tail:.*}", not_reached)
 
         async def on_shutdown(_app: web.Application) -> None:
-            self.api.store.close_watchers()
+            self.begin_shutdown()
 
         async def on_cleanup(_app: web.Application) -> None:
             await self.authn.close()
@@ -333,6 +333,10 @@ class StandIn:
         app.on_shutdown.append(on_shutdown)
         app.on_cleanup.append(on_cleanup)
         return app
+
+    def begin_shutdown(self) -> None:
+        self.api.stopping = True
+        self.api.store.close_watchers()
 
     def ssl_context(self, cert: Path, key: Path) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

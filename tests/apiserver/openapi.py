@@ -1,4 +1,4 @@
-"""A thin OpenAPI v3 surface: enough for kubectl to see that the server validates fields.
+"""A thin OpenAPI surface: enough for kubectl to see that the server validates fields.
 
 kubectl (create/apply/replace, `--validate=strict` by default) asks `/openapi/v3`, then the
 group-version document, and looks for a PATCH operation whose `x-kubernetes-group-version-kind`
@@ -8,8 +8,8 @@ client-side schema validation. For custom resources it checks the Namespace PATC
 
 Strategic merge patch is deliberately not listed as a PATCH request body: kubectl's
 client-side apply would then try to build the patch from OpenAPI schemas (which are not
-served); without it, kubectl uses its compiled-in types. `/openapi/v2` answers 404, which
-kubectl tolerates the same way.
+served); without it, kubectl uses its compiled-in types. The schema-less `/openapi/v2`
+document (below) makes kubectl fall back to those types as well.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def root_document(registry: Registry, k8s_version: str) -> dict[str, Any]:
 
 # -- OpenAPI v2 ---------------------------------------------------------------------------------
 #
-# kubectl up to 1.2x fetches /openapi/v2 (as gnostic's `openapi.v2.Document` protobuf,
+# kubectl 1.27 and 1.28 fetch /openapi/v2 (as gnostic's `openapi.v2.Document` protobuf,
 # `application/com.github.proto-openapi.spec.v2@v1.0+protobuf`) before create/apply and fails when
 # it cannot. The document below has no schema definitions; each PATCH operation carries the
 # `fieldValidation` query parameter and the `x-kubernetes-group-version-kind` extension, which

@@ -116,6 +116,7 @@ class Api:
         self.store = Store(history)
         self.k8s_version = k8s_version
         self.sa_tokens = reviews.ServiceAccountTokens()
+        self.stopping = False  # set on shutdown: streaming responses end
         self.store.listeners.append(self._on_event)
         self._seed()
 
@@ -777,6 +778,8 @@ class Api:
             uid = _meta(pod).get("uid")
 
             def still_there() -> bool:
+                if self.stopping:
+                    return False
                 current = self.store.get(key, namespace, info.name)
                 return current is not None and _meta(current).get("uid") == uid
 

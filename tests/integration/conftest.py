@@ -1,0 +1,114 @@
+"""One running world per test module: stand-in API server, gateway, agent, users."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.apiserver.harness import StandInProcess
+from tests.integration.env import (
+    Agent,
+    Api,
+    Gateway,
+    agent_command,
+    free_port,
+    wait_until,
+    write_kubeconfig,
+)
+
+AGENT_SA_TOKEN = "agent-service-account-token"
+AGENT_SA_USER = "system:serviceaccount:herdgate-system:herdgate-agent"
+USER_PASSWORD = "a-long-user-password"
+
+
+@dataclass
+class World:
+    tmp: Path
+    standin: StandInProcess
+    gateway: Gateway
+    admin: Api
+    cluster_id: str
+    cluster_name: str
+    agent: Agent
+    agent_kubeconfig: Path
+
+    def user(self, name: str, role: str | None = None, admin: bool = False) -> tuple[str, Api]:
+        """Create a user (optionally bound to the cluster); returns its id and an API client."""
+        created = self.admin.post(
+            "/v3/users", {"username": name, "password": USER_PASSWORD, "admin": admin}
+        )
+        if role:
+            self.admin.post(
+                "/v3/clusterroletemplatebindings",
+                {"clusterId": self.cluster_id, "userId": created["id"], "roleTemplateId": role},
+            )
+        api = self.gateway.api()
+        api.token = api.login(name, USER_PASSWORD)
+        return str(created["id"]), api
+
+    def kubeconfig_for(self, api: Api, name: str) -> Path:
+        config = api.post(f"/v3/clusters/{self.cluster_id}?action=generateKubeconfig")["config"]
+        return write_kubeconfig(self.tmp / f"kubeconfig-{name}", config)
+
+    def registration_command(self) -> str:
+        reg = self.admin.post("/v3/clusterregistrationtokens", {"clusterId": self.cluster_id})
+        return str(reg["command"])
+
+    def start_agent(self, *extra: str, log_name: str = "agent") -> Agent:
+        command = agent_command(self.registration_command(), self.agent_kubeconfig, *extra)
+        return Agent(command, self.tmp / f"{log_name}.log").start()
+
+    def cluster(self) -> dict[str, object]:
+        result: dict[str, object] = self.admin.get(f"/v3/clusters/{self.cluster_id}")
+        return result
+
+    def wait_state(self, state: str, timeout: float = 15.0) -> None:
+        wait_until(
+            lambda: self.cluster()["state"] == state,
+            timeout,
+            f"cluster never became {state}: {self.cluster()}",
+        )
+
+
+def start_world(tmp: Path, name: str = "dev") -> World:
+    standin = StandInProcess.start(
+        tmp / "apiserver",
+        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+    )
+    gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log").start()
+    admin = gateway.admin()
+    cluster = admin.post("/v3/clusters", {"name": name})
+    agent_kubeconfig = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
+    world = World(
+        tmp,
+        standin,
+        gateway,
+        admin,
+        cluster["id"],
+        name,
+        None,
+        agent_kubeconfig,  # type: ignore[arg-type]
+    )
+    world.agent = world.start_agent()
+    world.wait_state("active")
+    return world
+
+
+def stop_world(world: World) -> None:
+    for stop in (world.agent.stop, world.gateway.stop, world.standin.stop):
+        try:
+            stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            print(f"teardown: {exc}")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = start_world(tmp_path_factory.mktemp("world"))
+    try:
+        yield w
+    finally:
+        stop_world(w)
