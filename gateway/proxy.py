@@ -134,8 +134,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     if not access.is_allowed(role, request.method, path.target.partition("?")[0]):
         raise Forbidden(
-            f'user "{identity.user_id}" has the read-only role on cluster {cluster.name}: '
-            f"{request.method} is not allowed"
+            f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
+            f"{cluster.name}: {request.method} is not allowed"
         )
     try:
         link = request.app[TUNNELS].pick(cluster.id)

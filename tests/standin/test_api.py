@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -64,7 +65,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         },
     )
     standin = StandIn(Config(token_file=tokens, audit_log=tmp_path / "audit.log", watch_history=30))
-    client: TestClient[Any, Any] = TestClient(TestServer(standin.make_app()))
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(standin.make_app()), timeout=aiohttp.ClientTimeout(total=10)
+    )
     await client.start_server()
     yield Api(client, standin, tmp_path / "audit.log")
     await client.close()
