@@ -32,7 +32,8 @@ def raw_request(
     return resp.status, json.loads(body) if body else {}
 
 
-def assert_status(body: dict[str, object], code: int, reason: str) -> None:
+def assert_status(status: int, body: dict[str, object], code: int, reason: str) -> None:
+    assert status == code, body
     assert body["kind"] == "Status", body
     assert body["code"] == code, body
     assert body["reason"] == reason, body
@@ -56,7 +57,7 @@ def test_bad_token_is_401(world: World, member: tuple[str, str, Path]) -> None:
     assert "You must be logged in to the server" in result.stderr
     status, body = raw_request(world, "GET", f"/k8s/clusters/{world.cluster_id}/api", "nope")
     assert status == 401
-    assert_status(body, 401, "Unauthorized")
+    assert_status(status, body, 401, "Unauthorized")
 
 
 def test_no_token_is_401(world: World) -> None:
@@ -75,7 +76,7 @@ def test_user_without_binding_is_403(world: World) -> None:
     assert result.returncode != 0
     assert "Forbidden" in result.stderr or "forbidden" in result.stderr
     status, body = raw_request(world, "GET", f"/k8s/clusters/{world.cluster_id}/api", api.token)
-    assert_status(body, 403, "Forbidden")
+    assert_status(status, body, 403, "Forbidden")
     # Nor can they generate a kubeconfig for it.
     with pytest.raises(ApiError) as info:
         api.post(f"/v3/clusters/{world.cluster_id}?action=generateKubeconfig")
@@ -107,7 +108,7 @@ def test_unknown_cluster_is_404(world: World, member: tuple[str, str, Path]) -> 
     path = kc.parent / "kubeconfig-unknown-cluster"
     path.write_text(yaml.safe_dump(doc))
     status, body = raw_request(world, "GET", "/k8s/clusters/c-nothere/api", world.admin.token)
-    assert_status(body, 404, "NotFound")
+    assert_status(status, body, 404, "NotFound")
     result = kubectl_run(kubectl("1.32"), path, "get", "pods")
     assert result.returncode != 0 and "NotFound" in result.stderr
 
@@ -138,7 +139,7 @@ def test_cluster_scoped_token_does_not_work_elsewhere(
 def test_path_tricks_are_refused(world: World, suffix: str) -> None:
     path = f"/k8s/clusters/{world.cluster_id}{suffix}"
     status, body = raw_request(world, "GET", path, world.admin.token)
-    assert_status(body, 400, "BadRequest")
+    assert_status(status, body, 400, "BadRequest")
 
 
 def test_encoded_slash_cannot_change_cluster(world: World) -> None:
@@ -214,7 +215,7 @@ def test_agent_loss_gives_503_quickly_and_reconnect_restores(
         "no 503 within 2 s of the agent dying",
     )
     assert time.monotonic() - started < 2.0
-    assert_status(body, 503, "ServiceUnavailable")
+    assert_status(status, body, 503, "ServiceUnavailable")
     assert world.cluster_name in str(body["message"])
     result = kubectl_run(kubectl("1.32"), kc, "get", "pods")
     assert result.returncode != 0 and world.cluster_name in result.stderr
