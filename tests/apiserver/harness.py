@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,18 +25,14 @@ from typing import Any
 
 import yaml
 
-KUBECTL_DIRS = ("/usr/lib/google-cloud-sdk/bin",)
+from tests.binaries import find_kubectl
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def kubectl_binary(version: str) -> str | None:
     """Path of `kubectl.<version>` (e.g. "1.27"), or None when it is not installed."""
-    name = f"kubectl.{version}"
-    for directory in KUBECTL_DIRS:
-        candidate = Path(directory) / name
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which(name)
+    return find_kubectl(version)
 
 
 def write_token_file(path: Path, tokens: Mapping[str, tuple[str, str, Sequence[str]]]) -> Path:

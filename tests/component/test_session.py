@@ -8,7 +8,7 @@ import pytest
 
 from tunnel.errors import SessionClosed, StreamReset
 from tunnel.frames import ErrorCode
-from tunnel.protocol import Limits, Side
+from tunnel.protocol import Limits, Side, TunnelProtocol
 from tunnel.session import Session
 from tunnel.streams import TunnelStream
 from tunnel.transport import MemoryTransport
@@ -16,8 +16,15 @@ from tunnel.transport import MemoryTransport
 
 async def make_pair(on_stream=None, client_limits=None, server_limits=None, **kw):
     a, b = MemoryTransport.pair()
-    client = Session(a, Side.CLIENT, limits=client_limits, metadata=b"agent", on_stream=on_stream,
-                     name="client", **kw)
+    client = Session(
+        a,
+        Side.CLIENT,
+        limits=client_limits,
+        metadata=b"agent",
+        on_stream=on_stream,
+        name="client",
+        **kw,
+    )
     server = Session(b, Side.SERVER, limits=server_limits, metadata=b"gw", name="server", **kw)
     got = await asyncio.gather(client.handshake(), server.handshake())
     assert got == [b"gw", b"agent"]
@@ -83,9 +90,7 @@ async def test_large_transfer_respects_windows():
 
 async def test_slow_reader_does_not_block_other_streams():
     opened: list[TunnelStream] = []
-    client, server = await make_pair(
-        on_stream=opened.append, client_limits=Limits(window=4096)
-    )
+    _client, server = await make_pair(on_stream=opened.append, client_limits=Limits(window=4096))
     slow = server.open_stream()
     fast = server.open_stream()
     blocked = asyncio.create_task(slow.write(b"x" * 100_000))
@@ -102,7 +107,7 @@ async def test_slow_reader_does_not_block_other_streams():
 
 async def test_reset_reaches_the_other_side():
     opened: list[TunnelStream] = []
-    client, server = await make_pair(on_stream=opened.append)
+    _client, server = await make_pair(on_stream=opened.append)
     stream = server.open_stream()
     await stream.write(b"x")
     await asyncio.sleep(0.01)
@@ -132,8 +137,6 @@ async def test_keepalive_timeout_closes_a_silent_peer():
 
     async def fake_agent():
         # Complete the handshake, then go silent without ever answering pings.
-        from tunnel.protocol import TunnelProtocol
-
         proto = TunnelProtocol(Side.CLIENT)
         await a.send(proto.data_to_send())
         await a.receive()
@@ -166,7 +169,7 @@ async def test_info_reaches_handler():
 
 
 async def test_handshake_times_out_against_a_mute_peer():
-    a, b = MemoryTransport.pair()
+    _a, b = MemoryTransport.pair()
     server = Session(b, Side.SERVER)
     with pytest.raises(SessionClosed):
         await server.handshake(timeout_s=0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -19,38 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "correct-horse-battery"
-KUBECTL_DIRS = ("/usr/lib/google-cloud-sdk/bin", "/usr/local/lib/herdgate-kubectl")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_binary(path: str | None, what: str) -> str:
-    """The binary's path; skip locally when missing, fail in CI."""
-    if path:
-        return path
-    message = f"{what} is not installed"
-    if in_ci():
-        pytest.fail(message + " (CI must run every integration test)")
-    pytest.skip(message)
-
-
-def kubectl(version: str | None = None) -> str:
-    """Path of ``kubectl.<version>``, or the default kubectl for None."""
-    if version is None:
-        found = shutil.which("kubectl")
-        return require_binary(found, "kubectl")
-    for directory in KUBECTL_DIRS:
-        candidate = Path(directory) / f"kubectl.{version}"
-        if candidate.exists():
-            return str(candidate)
-    return require_binary(shutil.which(f"kubectl.{version}"), f"kubectl {version}")
 
 
 def free_port() -> int:

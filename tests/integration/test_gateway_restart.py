@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from tests.binaries import kubectl
 from tests.integration.conftest import World
-from tests.integration.env import kubectl, kubectl_run
+from tests.integration.env import kubectl_run
 
 pytestmark = pytest.mark.integration
 

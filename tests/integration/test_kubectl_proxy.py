@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.binaries import kubectl
 from tests.integration.conftest import World
 from tests.integration.env import (
     free_port,
-    kubectl,
     kubectl_background,
     kubectl_run,
     wait_until,

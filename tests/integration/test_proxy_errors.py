@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.binaries import kubectl
 from tests.integration.conftest import World
-from tests.integration.env import ApiError, kubectl, kubectl_run, wait_until
+from tests.integration.env import ApiError, kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
 

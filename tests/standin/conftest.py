@@ -10,6 +10,7 @@ import pytest
 
 from tests.apiserver import certs
 from tests.apiserver.harness import StandInProcess, kubectl_binary, run_kubectl
+from tests.binaries import require
 
 TOKENS = {
     "admin-token": ("admin", "uid-admin", ["system:masters"]),
@@ -23,7 +24,7 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 def need_kubectl(version: str) -> str:
     binary = kubectl_binary(version)
     if binary is None:
-        pytest.skip(f"kubectl.{version} is not installed")
+        require(None, f"kubectl {version}")
     return binary
 
 

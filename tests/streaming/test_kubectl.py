@@ -14,7 +14,6 @@ import fcntl
 import os
 import re
 import select
-import shutil
 import signal
 import struct
 import termios
@@ -25,20 +24,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.binaries import find_kubectl, require
 from tests.streaming.standin import Server, StandIn, run_standin
 
 pytestmark = pytest.mark.integration
 
-KUBECTL_DIRS = (Path("/usr/lib/google-cloud-sdk/bin"),)
 TIMEOUT = 20.0
 
 
 def kubectl_binary(version: str) -> str | None:
-    for directory in KUBECTL_DIRS:
-        candidate = directory / f"kubectl.{version}"
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which(f"kubectl.{version}")
+    return find_kubectl(version)
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ CLIENTS = [
 def client(request: pytest.FixtureRequest) -> Client:
     chosen: Client = request.param
     if kubectl_binary(chosen.version) is None:
-        pytest.skip(f"kubectl.{chosen.version} is not installed")
+        require(None, f"kubectl {chosen.version}")
     return chosen
 
 
@@ -275,7 +270,7 @@ def converse(master: int, script: list[tuple[bytes, bytes]], timeout: float) -> 
 @pytest.mark.parametrize("version", ["1.31", "1.33"])
 async def test_falls_back_to_spdy_when_websockets_fail(tmp_path: Path, version: str) -> None:
     if kubectl_binary(version) is None:
-        pytest.skip(f"kubectl.{version} is not installed")
+        require(None, f"kubectl {version}")
     client = Client(version)
     standin = StandIn(refuse_websockets=True)
     async with run_standin(tls=True, directory=tmp_path, standin=standin) as server:
@@ -292,7 +287,7 @@ async def test_exec_tty_interactive_shell(server: Server, version: str) -> None:
     """``exec -it … sh`` under a pseudo-terminal: prompt, echo, CRLF, resize, exit code."""
     binary = kubectl_binary(version)
     if binary is None:
-        pytest.skip(f"kubectl.{version} is not installed")
+        require(None, f"kubectl {version}")
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 120, 0, 0))
     try:
