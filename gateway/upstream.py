@@ -41,14 +41,16 @@ class UpstreamError(Exception):
 class _Parsed:
     """httptools callbacks."""
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "reason")
+    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser", "reason")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
         self.reason = b""
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
@@ -58,12 +60,16 @@ class _Parsed:
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # llhttp resets its flags once the message completes: ask now.
+        if self.parser is not None:
+            self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.parser = None  # no reference cycle once done
 
 
 class Response:
@@ -143,7 +149,7 @@ class Response:
         if self._released:
             return
         self._released = True
-        reusable = self._parsed.complete and not self.upgraded and self._parser.should_keep_alive()
+        reusable = self._parsed.complete and not self.upgraded and self._parsed.keep_alive
         self._pool.put_back(self.stream, reusable)
 
 
@@ -243,6 +249,7 @@ async def _exchange(
 
     parsed = _Parsed()
     parser = httptools.HttpResponseParser(parsed)
+    parsed.parser = parser
     received = 0
     tail: bytes | None = None
     try:

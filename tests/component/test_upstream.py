@@ -1,0 +1,128 @@
+"""HTTP/1.1 over tunnel streams: keep-alive reuse, streaming bodies, retries, upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from gateway.upstream import StreamPool, UpstreamError
+from tunnel.errors import TunnelError
+from tunnel.protocol import Side
+from tunnel.session import Session
+from tunnel.streams import TunnelStream
+from tunnel.transport import MemoryTransport
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+HEAD = b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class FakeApiServer:
+    """Agent side: answers each request on a stream with the next scripted reply."""
+
+    def __init__(self, replies: list[list[bytes]]) -> None:
+        self.replies = replies
+        self.streams: list[TunnelStream] = []
+        self.requests: list[bytes] = []
+        self.session: Session | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def on_stream(self, stream: TunnelStream) -> None:
+        self.streams.append(stream)
+        self.tasks.append(asyncio.get_running_loop().create_task(self.serve(stream)))
+
+    async def serve(self, stream: TunnelStream) -> None:
+        with contextlib.suppress(TunnelError):  # the gateway reset the stream
+            await self._serve(stream)
+
+    async def _serve(self, stream: TunnelStream) -> None:
+        assert self.session is not None
+        self.session.accept(stream)
+        while self.replies:
+            data = await stream.read()
+            if not data:
+                return
+            self.requests.append(data)
+            for part in self.replies.pop(0):
+                if part == b"<close>":
+                    await stream.write_eof()
+                    return
+                await stream.write(part)
+                await asyncio.sleep(0)
+
+
+async def make(replies: list[list[bytes]]) -> tuple[StreamPool, FakeApiServer]:
+    server = FakeApiServer(replies)
+    a, b = MemoryTransport.pair()
+    agent = Session(a, Side.CLIENT, on_stream=server.on_stream)
+    gateway = Session(b, Side.SERVER)
+    server.session = agent
+    await asyncio.gather(agent.handshake(), gateway.handshake())
+    agent.start()
+    gateway.start()
+    return StreamPool(gateway), server
+
+
+async def test_keep_alive_reuses_the_stream() -> None:
+    pool, server = await make([[OK], [OK], [OK]])
+    for _ in range(3):
+        resp = await pool.request("GET", HEAD, None)
+        assert (resp.status, await resp.read_all()) == (200, b"{}")
+        resp.release()
+    assert len(server.streams) == 1
+    assert pool.idle_count == 1
+
+
+async def test_connection_close_is_not_reused() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+    pool, server = await make([[closing], [OK]])
+    for _ in range(2):
+        resp = await pool.request("GET", HEAD, None)
+        await resp.read_all()
+        resp.release()
+    assert len(server.streams) == 2
+
+
+async def test_chunked_body_streams_piece_by_piece() -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pool, _ = await make([[head, b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"]])
+    resp = await pool.request("GET", HEAD, None)
+    assert resp.content_length is None and not resp.complete
+    chunks = [c async for c in resp.iter_chunks()]
+    assert b"".join(chunks) == b"hello world" and len(chunks) >= 2
+    resp.release()
+    assert pool.idle_count == 1
+
+
+async def test_stale_idle_connection_is_retried_once() -> None:
+    pool, server = await make([[OK], [b"<close>"], [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    await resp.read_all()
+    resp.release()
+    # The "API server" closes the reused connection without answering: retried on a new one.
+    resp = await pool.request("GET", HEAD, None)
+    assert (resp.status, await resp.read_all()) == (200, b"{}")
+    assert len(server.streams) == 2
+
+
+async def test_failure_on_a_new_connection_is_reported() -> None:
+    pool, _ = await make([[b"<close>"]])
+    with pytest.raises(UpstreamError):
+        await pool.request("GET", HEAD, None)
+
+
+async def test_malformed_response_is_an_upstream_error() -> None:
+    pool, _ = await make([[b"NOT HTTP AT ALL\r\n\r\n"]])
+    with pytest.raises(UpstreamError):
+        await pool.request("GET", HEAD, None)
+
+
+async def test_upgrade_returns_the_bytes_after_the_head() -> None:
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n\r\n"
+    )
+    pool, _ = await make([[switching + b"\x80\x03frames"]])
+    resp = await pool.request("GET", b"GET /exec HTTP/1.1\r\n\r\n", None, upgrade=True)
+    assert resp.status == 101 and resp.upgraded
+    assert resp.upgraded_tail == b"\x80\x03frames"
