@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="events kept for watches that resume from a resourceVersion",
     )
+    p.add_argument(
+        "--bulk-list-bytes",
+        default=0,
+        type=int,
+        help="size of the generated LIST of configmaps in namespace herdgate-bulk (0: off)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -103,6 +109,7 @@ async def serve(args: argparse.Namespace) -> None:
         aggregated_discovery=args.aggregated_discovery,
         k8s_version=args.kubernetes_version,
         watch_history=args.watch_history,
+        bulk_list_bytes=args.bulk_list_bytes,
     )
     if args.tls_cert_file and args.tls_private_key_file:
         cert, key = args.tls_cert_file, args.tls_private_key_file

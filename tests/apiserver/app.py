@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import discovery, openapi
+from . import bulk, discovery, openapi
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -52,6 +52,7 @@ class Config:
     aggregated_discovery: bool = True
     k8s_version: str = "v1.32.0"
     watch_history: int = 10000
+    bulk_list_bytes: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -272,6 +273,10 @@ class StandIn:
             if doc is None:
                 raise route_not_found()
             return _json(doc)
+        if info.is_resource and bulk.wants_bulk(
+            info.namespace, info.resource, info.verb, self.config.bulk_list_bytes
+        ):
+            return await bulk.serve(request, self.config.bulk_list_bytes)
         if info.is_resource:
             ctx = Context(request, info, user, self.authenticate_token)
             return await self.api.handle(ctx, self.streaming)

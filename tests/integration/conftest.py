@@ -73,10 +73,14 @@ class World:
         )
 
 
+BULK_LIST_BYTES = 100 * 1000 * 1000
+
+
 def start_world(tmp: Path, name: str = "dev") -> World:
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+        args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
     )
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log").start()
     admin = gateway.admin()

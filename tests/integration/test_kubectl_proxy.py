@@ -192,3 +192,35 @@ def test_healthz_is_public(world: World) -> None:
     with urllib.request.urlopen(world.gateway.url + "/healthz", context=ctx, timeout=5) as r:
         assert r.read() == b"ok"
     wait_until(lambda: True, 0.1, "")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_100mb_list_passes_in_bounded_memory(world: World, admin_kubeconfig: Path) -> None:
+    """100 MB LIST through gateway and tunnel: intact, and the gateway does not hold it."""
+    assert world.gateway.process is not None
+    pid = world.gateway.process.pid
+    before = _rss_kib(pid)
+    peak = before
+    out = world.tmp / "bulk.json"
+    with out.open("wb") as sink, subprocess.Popen(
+        # `get --raw` drops the kubeconfig server's path, so the path names the cluster.
+        [kubectl("1.32"), "--kubeconfig", str(admin_kubeconfig), "get", "--raw",
+         f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/herdgate-bulk/configmaps"],
+        stdout=sink, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        while proc.poll() is None:
+            peak = max(peak, _rss_kib(pid))
+            time.sleep(0.02)
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    size = out.stat().st_size
+    assert size > 95_000_000
+    doc = json.loads(out.read_bytes())
+    assert len(doc["items"]) == size // (64 * 1024 + 200) or len(doc["items"]) > 1400
+    growth_mib = (peak - before) / 1024
+    assert growth_mib < 32, f"gateway RSS grew {growth_mib:.1f} MiB while streaming 100 MB"
