@@ -13,7 +13,7 @@ import yaml
 
 from tests.binaries import kubectl
 from tests.integration.conftest import World
-from tests.integration.env import ApiError, kubectl_run, wait_until
+from tests.integration.env import ApiError, kubectl_background, kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -243,3 +243,26 @@ def test_requests_survive_losing_one_of_two_agents(
         world.agent.start()
         wait_until(lambda: len(world.cluster()["agents"]) == 2, 15, "agent did not come back")
         node_agent.stop()
+
+
+def test_in_flight_streams_end_promptly_when_the_tunnel_drops(
+    world: World, member: tuple[str, str, Path]
+) -> None:
+    _, _, kc = member
+    k = kubectl("1.32")
+    assert (
+        kubectl_run(k, kc, "run", "dropper", "--image=busybox", "--restart=Never").returncode == 0
+    )
+    with (
+        kubectl_background(k, kc, "get", "configmaps", "-w", home_name="home-drop-w") as watch,
+        kubectl_background(k, kc, "logs", "-f", "dropper", home_name="home-drop-l") as logs,
+    ):
+        assert logs.stdout is not None and logs.stdout.readline()
+        time.sleep(0.5)
+        world.agent.kill()
+        killed = time.monotonic()
+        watch.wait(timeout=10)
+        logs.wait(timeout=10)
+        assert time.monotonic() - killed < 5
+    world.agent.start()
+    world.wait_state("active")
