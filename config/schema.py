@@ -78,6 +78,37 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class LDAPSettings:
+    """An OpenLDAP or Active Directory provider (see gateway/providers/ldap.py)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    """An OpenID Connect provider (see gateway/providers/oidc.py)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class GitHubSettings:
+    """GitHub or GitHub Enterprise as an OAuth provider (see gateway/providers/github.py)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    openldap: LDAPSettings = field(default_factory=LDAPSettings)
+    activedirectory: LDAPSettings = field(default_factory=LDAPSettings)
+    oidc: OIDCSettings = field(default_factory=OIDCSettings)
+    github: GitHubSettings = field(default_factory=GitHubSettings)
+    group_refresh_interval_s: float = duration(300)
+    """How often groups and account status are re-read from the providers."""
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     listen: str = "0.0.0.0:8443"
     """Address of the HTTPS listener, ``HOST:PORT``."""
@@ -89,6 +120,7 @@ class GatewaySettings:
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
