@@ -106,6 +106,11 @@ class AuthSettings:
     github: GitHubSettings = field(default_factory=GitHubSettings)
     group_refresh_interval_s: float = duration(300)
     """How often groups and account status are re-read from the providers."""
+    login_failures_per_user: int = 5
+    """Failed logins allowed per user name within ``login_failure_window``."""
+    login_failures_per_address: int = 20
+    """Failed logins allowed per source address within ``login_failure_window``."""
+    login_failure_window_s: float = duration(15 * 60)
 
 
 @dataclass(frozen=True)
@@ -147,3 +152,29 @@ class AgentSettings:
     backoff_max_s: float = duration(30)
     credentials_refresh_s: float = duration(60)
     """How often the agent re-reads its service-account token to notice rotation."""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """``herdgate webhook``: the TokenReview webhook inside a downstream cluster."""
+
+    listen: str = "127.0.0.1:6440"
+    """Address of the listener, ``HOST:PORT``; it runs beside the API server (hostNetwork)."""
+    kubeconfig: str = ""
+    """Kubeconfig used to watch the records; empty means the in-cluster service account."""
+    namespace: str = "herdgate-system"
+    """Namespace of the ClusterAuthToken and ClusterUserAttribute records."""
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    """``cert_file`` and ``key_file`` serve HTTPS; empty means plain HTTP (loopback only)."""
+    max_body: int = size(1024 * 1024)
+    """Largest TokenReview body accepted; bigger ones get 413."""
+    watch_timeout_s: float = duration(300)
+    """Server-side timeout of each watch request; the watch then resumes."""
+    watch_idle_s: float = duration(120)
+    """A watch that delivers nothing (not even a bookmark) this long is reopened."""
+    request_timeout_s: float = duration(30)
+    """Timeout of each LIST request to the API server."""
+    backoff_initial_s: float = duration(1)
+    """First delay before re-listing after an error; doubles up to ``backoff_max_s``."""
+    backoff_max_s: float = duration(30)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from config.schema import GatewaySettings
-from gateway import proxy, tunnels
-from gateway.api import bindings, clusters, tokens, users
+from gateway import background, proxy, tunnels
+from gateway.api import bindings, clusters, login, tokens, users
 from gateway.directory import Directory
 from gateway.errors import GatewayError, api_response, k8s_response
-from gateway.keys import DIRECTORY, RUNTIME, SETTINGS, TUNNELS
+from gateway.keys import DIRECTORY, LIMITER, PROVIDERS, RUNTIME, SETTINGS, TUNNELS
+from gateway.providers.registry import Providers
 from gateway.runtime import Runtime
 from tunnel.registry import TunnelRegistry
 
@@ -71,12 +71,19 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": request.app[RUNTIME].version})
 
 
-def build_app(settings: GatewaySettings, directory: Directory, runtime: Runtime) -> web.Application:
+def build_app(
+    settings: GatewaySettings,
+    directory: Directory,
+    runtime: Runtime,
+    providers: Providers | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[SETTINGS] = settings
     app[DIRECTORY] = directory
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
+    app[PROVIDERS] = providers or Providers()
+    app[LIMITER] = login.make_limiter(settings.auth)
 
     r = app.router
     r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
@@ -85,7 +92,7 @@ def build_app(settings: GatewaySettings, directory: Directory, runtime: Runtime)
     r.add_get("/cacerts", cacerts_pem)
     r.add_get("/v3/settings/cacerts", cacerts_setting)
     r.add_get("/herdgate/version", version)
-    r.add_post("/v3-public/localProviders/local", users.login)
+    r.add_post("/v3-public/{type}/{name}", login.password_login)
 
     r.add_get("/v3/users", users.list_users)
     r.add_post("/v3/users", users.create_user)
@@ -114,24 +121,6 @@ def build_app(settings: GatewaySettings, directory: Directory, runtime: Runtime)
     r.add_get("/v3/clusterroletemplatebindings/{id}", bindings.get_binding)
     r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
 
-    app.cleanup_ctx.append(_follow_store)
+    app.cleanup_ctx.append(background.background_tasks)
     app.on_shutdown.append(tunnels.close_all)
     return app
-
-
-async def _follow_store(app: web.Application) -> AsyncIterator[None]:
-    """Apply writes made by other gateway processes sharing the store."""
-    task = asyncio.create_task(_guard(app[DIRECTORY].follow(), "store change feed"))
-    yield
-    task.cancel()
-
-
-async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("%s failed", name)
-        return
-    logger.error("%s has finished unexpectedly", name)

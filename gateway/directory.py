@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from config.identity import Identity
 from gateway import hashing
+from gateway.providers.base import ExternalIdentity
 from gateway.records import (
     BINDING,
     CLUSTER,
@@ -52,6 +54,8 @@ class Directory:
         self.clock = clock
         self.users: dict[str, User] = {}
         self.user_ids_by_name: dict[str, str] = {}
+        """Local users by login name (provider users are found by principal)."""
+        self.user_ids_by_principal: dict[str, str] = {}
         self.tokens: dict[str, Token] = {}
         self.clusters: dict[str, Cluster] = {}
         self.bindings: dict[str, Binding] = {}
@@ -59,6 +63,8 @@ class Directory:
         self.registrations: dict[str, RegistrationToken] = {}
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
+        self._last_used: dict[str, float] = {}
+        """Token uses not yet written to the store (see ``flush_last_used``)."""
 
     # -- loading and change application ----------------------------------------------
 
@@ -85,11 +91,17 @@ class Directory:
         if kind == USER:
             old = self.users.pop(key, None)
             if old is not None:
-                self.user_ids_by_name.pop(old.username, None)
+                if old.provider == "local":
+                    self.user_ids_by_name.pop(old.username, None)
+                for principal in old.principal_ids:
+                    self.user_ids_by_principal.pop(principal, None)
             if doc is not None:
                 user = from_doc(User, doc)
                 self.users[key] = user
-                self.user_ids_by_name[user.username] = key
+                if user.provider == "local":
+                    self.user_ids_by_name[user.username] = key
+                for principal in user.principal_ids:
+                    self.user_ids_by_principal[principal] = key
         elif kind == TOKEN:
             self._set(self.tokens, key, Token, doc)
         elif kind == CLUSTER:
@@ -167,6 +179,7 @@ class Directory:
     # -- users and tokens --------------------------------------------------------------
 
     def user_by_name(self, username: str) -> User | None:
+        """A local user by login name."""
         user_id = self.user_ids_by_name.get(username)
         return None if user_id is None else self.users.get(user_id)
 
@@ -237,7 +250,78 @@ class Directory:
         user = self.users.get(token.user_id)
         if user is None or not user.enabled:
             raise AuthenticationFailed("user disabled")
+        self._last_used[token.id] = self.clock()
         return self.identity_of(user, token.id), token
+
+    def last_used(self, token: Token) -> float | None:
+        return self._last_used.get(token.id, token.last_used)
+
+    async def flush_last_used(self) -> int:
+        """Write pending last-use times to the store; returns how many were written."""
+        pending, self._last_used = self._last_used, {}
+        written = 0
+        for token_id, when in pending.items():
+            token = self.tokens.get(token_id)
+            if token is not None and (token.last_used or 0) < when:
+                await self.put(TOKEN, dataclasses.replace(token, last_used=when))
+                written += 1
+        return written
+
+    # -- users from identity providers ---------------------------------------------------
+
+    def user_by_principal(self, principal_id: str) -> User | None:
+        user_id = self.user_ids_by_principal.get(principal_id)
+        return None if user_id is None else self.users.get(user_id)
+
+    async def link_external(self, identity: ExternalIdentity) -> User:
+        """The herdgate user of an external principal, created on its first login.
+
+        Groups, display name and the enabled flag follow the provider.
+        """
+        now = self.clock()
+        user = self.user_by_principal(identity.principal_id)
+        if user is None:
+            return await self.create_unique(
+                USER,
+                "u",
+                lambda user_id: User(
+                    id=user_id,
+                    username=identity.login_name,
+                    password_hash="",
+                    created=now,
+                    display_name=identity.display_name,
+                    enabled=identity.enabled,
+                    provider=identity.provider,
+                    principal_ids=(identity.principal_id,),
+                    group_principals=identity.groups,
+                    last_login=now,
+                    groups_refreshed=now,
+                ),
+            )
+        updated = dataclasses.replace(
+            user,
+            display_name=identity.display_name or user.display_name,
+            enabled=identity.enabled,
+            group_principals=identity.groups,
+            last_login=now,
+            groups_refreshed=now,
+        )
+        await self.put(USER, updated)
+        return updated
+
+    async def apply_refresh(self, user: User, identity: ExternalIdentity | None) -> User:
+        """Record what the provider said about a user now (None: the account is gone)."""
+        now = self.clock()
+        if identity is None:
+            updated = dataclasses.replace(user, enabled=False, groups_refreshed=now)
+        else:
+            updated = dataclasses.replace(
+                user, enabled=identity.enabled, group_principals=identity.groups,
+                groups_refreshed=now,
+            )  # fmt: skip
+        if updated != user:
+            await self.put(USER, updated)
+        return updated
 
     # -- access --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class GatewayError(Exception):
         self.message = message
         self.reason = reason or _K8S_REASONS.get(status, HTTPStatus(status).phrase.replace(" ", ""))
         self.details = details
+        self.headers: dict[str, str] = {}
 
 
 class Unauthenticated(GatewayError):
@@ -82,7 +83,7 @@ def status_body(status: int, message: str, reason: str, details: dict[str, Any] 
 
 
 def k8s_response(error: GatewayError) -> web.Response:
-    headers = {"Cache-Control": "no-cache, private"}
+    headers = {"Cache-Control": "no-cache, private", **error.headers}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="herdgate"'
     return web.Response(
@@ -100,4 +101,4 @@ def api_response(error: GatewayError) -> web.Response:
         "code": error.reason,
         "message": error.message,
     }
-    return web.json_response(body, status=error.status)
+    return web.json_response(body, status=error.status, headers=error.headers)

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from config.schema import GatewaySettings
 from gateway.directory import Directory
+from gateway.providers.registry import Providers
+from gateway.ratelimit import LoginLimiter
 from gateway.runtime import Runtime
 from tunnel.registry import TunnelRegistry
 
@@ -18,3 +20,5 @@ SETTINGS = web.AppKey("settings", GatewaySettings)
 DIRECTORY = web.AppKey("directory", Directory)
 RUNTIME = web.AppKey("runtime", Runtime)
 TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
+PROVIDERS = web.AppKey("providers", Providers)
+LIMITER = web.AppKey("limiter", LoginLimiter)

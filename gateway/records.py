@@ -55,6 +55,9 @@ class User:
     provider: str = "local"
     principal_ids: tuple[str, ...] = ()
     group_principals: tuple[str, ...] = ()
+    last_login: float | None = None
+    groups_refreshed: float | None = None
+    """When the provider last confirmed the groups and status (external users)."""
 
     @property
     def principal_id(self) -> str:
@@ -73,6 +76,8 @@ class Token:
     description: str = ""
     cluster_id: str = ""
     """When set, the token is valid only for that cluster."""
+    last_used: float | None = None
+    """Recorded in memory on every use, written to the store at most once a minute."""
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at

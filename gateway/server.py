@@ -14,6 +14,7 @@ from config.tls import server_context
 from gateway import bootstrap
 from gateway.app import build_app
 from gateway.directory import Directory
+from gateway.providers.registry import build_providers
 from gateway.runtime import Runtime
 from gateway.store import open_store
 
@@ -33,7 +34,8 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         await bootstrap.ensure_admin(directory, settings)
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)
         ssl_ctx = server_context(paths.cert, paths.key)
-        app = build_app(settings, directory, Runtime(url, ca_pem, VERSION))
+        providers = build_providers(settings.auth)
+        app = build_app(settings, directory, Runtime(url, ca_pem, VERSION), providers)
         runner = web.AppRunner(
             app,
             handle_signals=False,

@@ -18,11 +18,8 @@ from gateway.api.common import (
     json_body,
     require_admin,
     string_field,
-    ttl_seconds,
 )
-from gateway.api.tokens import token_view
-from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthenticated
-from gateway.keys import SETTINGS
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.records import USER, User, iso
 
 MIN_PASSWORD_LENGTH = 12
@@ -52,28 +49,6 @@ def check_password(password: str) -> None:
 
 async def slow_hash(password: str) -> str:
     return await asyncio.to_thread(hashing.hash_password, password)
-
-
-async def login(request: web.Request) -> web.Response:
-    """``POST /v3-public/localProviders/local?action=login``."""
-    if action(request) != "login":
-        raise BadRequest("unknown action")
-    data = await json_body(request)
-    username = string_field(data, "username", required=True)
-    password = string_field(data, "password", required=True, max_len=4096)
-    d = directory(request)
-    user = d.user_by_name(username)
-    stored = user.password_hash if user is not None else hashing.DUMMY_PASSWORD_HASH
-    ok = await asyncio.to_thread(hashing.verify_password, password, stored)
-    if user is None or not ok or not user.enabled:
-        raise Unauthenticated("authentication failed: invalid username or password")
-    settings = request.app[SETTINGS].tokens
-    ttl = ttl_seconds(request, data, settings.session_ttl_s)
-    description = string_field(data, "description") or "login"
-    token, plaintext = await d.issue_token(user, ttl, kind="session", description=description)
-    body = token_view(token, current_id="")
-    body["token"] = plaintext
-    return web.json_response(body, status=201)
 
 
 async def list_users(request: web.Request) -> web.Response:

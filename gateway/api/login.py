@@ -1,0 +1,114 @@
+"""Login endpoints (``/v3-public/<type>Providers/<name>?action=login``) for every provider.
+
+Every failed login counts against both the user name and the source address; the
+answer is the same for an unknown user and a wrong password, and both do the same
+work (a password hash check, or a directory bind), so timing does not tell them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from config.schema import AuthSettings
+from gateway import hashing
+from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
+from gateway.api.tokens import token_view
+from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
+from gateway.keys import LIMITER, PROVIDERS, SETTINGS
+from gateway.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.ratelimit import Limit, LoginLimiter
+from gateway.records import User
+
+FAILED = "authentication failed: invalid username or password"
+
+# URL path segment of each password provider, as Rancher names them.
+PASSWORD_PROVIDER_PATHS = {
+    "localProviders/local": "local",
+    "openLdapProviders/openldap": "openldap",
+    "activeDirectoryProviders/activedirectory": "activedirectory",
+}
+
+
+def make_limiter(settings: AuthSettings) -> LoginLimiter:
+    return LoginLimiter(
+        Limit(settings.login_failures_per_user, settings.login_failure_window_s),
+        Limit(settings.login_failures_per_address, settings.login_failure_window_s),
+    )
+
+
+class TooManyAttempts(GatewayError):
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(429, "too many failed logins; try again later")
+        self.headers["Retry-After"] = str(max(1, round(retry_after_s)))
+
+
+async def _local(request: web.Request, username: str, password: str) -> User | None:
+    d = directory(request)
+    user = d.user_by_name(username)
+    stored = user.password_hash if user is not None else hashing.DUMMY_PASSWORD_HASH
+    ok = await asyncio.to_thread(hashing.verify_password, password, stored)
+    return user if user is not None and ok else None
+
+
+async def _external(request: web.Request, provider_name: str, username: str,
+                    password: str) -> User | None:  # fmt: skip
+    provider = request.app[PROVIDERS].password.get(provider_name)
+    if provider is None:
+        raise NotFound(f"the {provider_name} provider is not configured")
+    try:
+        identity = await provider.authenticate(username, password)
+    except InvalidCredentials:
+        return None
+    except ProviderUnavailable as exc:
+        raise GatewayError(503, f"the {provider_name} provider is unavailable: {exc}") from None
+    return await directory(request).link_external(identity)
+
+
+async def password_login(request: web.Request) -> web.Response:
+    """``POST /v3-public/{localProviders/local|openLdapProviders/openldap|...}?action=login``."""
+    key = f"{request.match_info['type']}/{request.match_info['name']}"
+    provider_name = PASSWORD_PROVIDER_PATHS.get(key)
+    if provider_name is None:
+        raise NotFound(f"unknown login provider {key}")
+    if action(request) != "login":
+        raise BadRequest("unknown action")
+    data = await json_body(request)
+    username = string_field(data, "username", required=True)
+    password = string_field(data, "password", required=True, max_len=4096)
+    limiter = request.app[LIMITER]
+    d = directory(request)
+    address = request.remote or "unknown"
+    wait = limiter.retry_after(provider_name, username, address, d.clock())
+    if wait > 0:
+        raise TooManyAttempts(wait)
+    if provider_name == "local":
+        user = await _local(request, username, password)
+    else:
+        user = await _external(request, provider_name, username, password)
+    if user is None or not user.enabled:
+        limiter.failed(provider_name, username, address, d.clock())
+        raise Unauthenticated(FAILED)
+    limiter.succeeded(provider_name, username)
+    return await issue_session_token(request, user, data)
+
+
+async def issue_session_token(
+    request: web.Request, user: User, data: dict[str, Any]
+) -> web.Response:
+    d = directory(request)
+    settings = request.app[SETTINGS].tokens
+    ttl = ttl_seconds(request, data, settings.session_ttl_s)
+    description = string_field(data, "description") or "login"
+    cluster_id = string_field(data, "clusterId")
+    if cluster_id and (cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id)
+                       is None):  # fmt: skip
+        raise NotFound(f"cluster {cluster_id} not found")
+    token, plaintext = await d.issue_token(
+        user, ttl, kind="session", description=description, cluster_id=cluster_id
+    )
+    body = token_view(token, current_id="")
+    body["token"] = plaintext
+    return web.json_response(body, status=201)
