@@ -66,14 +66,10 @@ async def refresh_external_users(app: web.Application) -> int:
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     directory = app[DIRECTORY]
     settings = app[SETTINGS]
+    flush = _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
     tasks = [
         asyncio.create_task(guard(directory.follow(), "store change feed")),
-        asyncio.create_task(
-            guard(
-                _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use"),
-                "token last-use",
-            )  # fmt: skip
-        ),
+        asyncio.create_task(guard(flush, "token last-use")),
     ]
     if app[PROVIDERS].password:
         tasks.append(
