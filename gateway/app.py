@@ -103,6 +103,7 @@ def build_app(
 
     r.add_get("/v3/tokens", tokens.list_tokens)
     r.add_post("/v3/tokens", tokens.create_token)
+    r.add_delete("/v3/tokens", tokens.delete_tokens)
     r.add_get("/v3/tokens/{id}", tokens.get_token)
     r.add_delete("/v3/tokens/{id}", tokens.delete_token)
 

@@ -20,7 +20,9 @@ from gateway.keys import SETTINGS
 from gateway.records import TOKEN, Token, iso
 
 
-def token_view(token: Token, current_id: str, now: float | None = None) -> dict[str, Any]:
+def token_view(
+    token: Token, current_id: str, now: float | None = None, last_used: float | None = None
+) -> dict[str, Any]:
     ttl_ms = 0 if token.expires_at is None else round((token.expires_at - token.created) * 1000)
     return {
         "id": token.id,
@@ -36,6 +38,7 @@ def token_view(token: Token, current_id: str, now: float | None = None) -> dict[
         "expiresAt": iso(token.expires_at),
         "expired": now is not None and token.is_expired(now),
         "current": token.id == current_id,
+        "lastUsedAt": iso(last_used if last_used is not None else token.last_used),
     }
 
 
@@ -51,7 +54,7 @@ async def list_tokens(request: web.Request) -> web.Response:
         or t.user_id == identity.user_id
     ]
     tokens.sort(key=lambda t: t.created)
-    return collection((token_view(t, current.id, now) for t in tokens), "token")
+    return collection((token_view(t, current.id, now, d.last_used(t)) for t in tokens), "token")
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -86,10 +89,26 @@ def _owned_token(request: web.Request) -> tuple[Token, str]:
 
 async def get_token(request: web.Request) -> web.Response:
     token, current_id = _owned_token(request)
-    return web.json_response(token_view(token, current_id, directory(request).clock()))
+    d = directory(request)
+    return web.json_response(token_view(token, current_id, d.clock(), d.last_used(token)))
 
 
 async def delete_token(request: web.Request) -> web.Response:
     token, current_id = _owned_token(request)
     await directory(request).delete(TOKEN, token.id)
     return web.json_response(token_view(token, current_id))
+
+
+async def delete_tokens(request: web.Request) -> web.Response:
+    """``DELETE /v3/tokens?userId=u-xxxxx``: revoke all of a user's tokens (admins, or own)."""
+    identity, current = authenticated(request)
+    user_id = request.query.get("userId")
+    if not user_id:
+        raise BadRequest("userId is required")
+    if user_id != identity.user_id and not identity.is_admin:
+        raise NotFound(f"user {user_id} not found")
+    d = directory(request)
+    doomed = [t for t in d.tokens.values() if t.user_id == user_id]
+    for token in doomed:
+        await d.delete(TOKEN, token.id)
+    return collection((token_view(t, current.id) for t in doomed), "token")
