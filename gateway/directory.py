@@ -316,9 +316,11 @@ class Directory:
             updated = dataclasses.replace(user, enabled=False, groups_refreshed=now)
         else:
             updated = dataclasses.replace(
-                user, enabled=identity.enabled, group_principals=identity.groups,
+                user,
+                enabled=identity.enabled,
+                group_principals=identity.groups,
                 groups_refreshed=now,
-            )  # fmt: skip
+            )
         if updated != user:
             await self.put(USER, updated)
         return updated

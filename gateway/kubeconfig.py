@@ -18,8 +18,32 @@ class Endpoint:
     ca_pem: str = ""
 
 
-def build(cluster_name: str, endpoints: list[Endpoint], token: str) -> str:
-    """The first endpoint (the gateway) is the current context."""
+def exec_user(server_url: str, provider: str, cluster_id: str) -> dict[str, Any]:
+    """A kubeconfig user that runs ``herdgate login`` instead of holding a token."""
+    return {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "herdgate",
+            "args": [
+                "login",
+                "--server",
+                server_url,
+                "--provider",
+                provider,
+                "--cluster",
+                cluster_id,
+            ],
+            "interactiveMode": "IfAvailable",
+            "provideClusterInfo": True,
+        }
+    }
+
+
+def build(cluster_name: str, endpoints: list[Endpoint], token: str | dict[str, Any]) -> str:
+    """The first endpoint (the gateway) is the current context.
+
+    ``token`` is a token string, or a kubeconfig user entry (see ``exec_user``).
+    """
     clusters: list[dict[str, Any]] = []
     contexts: list[dict[str, Any]] = []
     for endpoint in endpoints:
@@ -39,7 +63,9 @@ def build(cluster_name: str, endpoints: list[Endpoint], token: str) -> str:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": clusters,
-        "users": [{"name": cluster_name, "user": {"token": token}}],
+        "users": [
+            {"name": cluster_name, "user": {"token": token} if isinstance(token, str) else token}
+        ],
         "contexts": contexts,
         "current-context": endpoints[0].context,
     }

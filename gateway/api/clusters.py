@@ -116,14 +116,21 @@ async def cluster_action(request: web.Request) -> web.Response:
     d = directory(request)
     runtime = request.app[RUNTIME]
     user = d.users[identity.user_id]
-    ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
-    _, token = await d.issue_token(
-        user,
-        ttl,
-        kind="kubeconfig",
-        description=f"kubeconfig for {cluster.name}",
-        cluster_id=cluster.id,
-    )
+    data = await json_body(request)
+    credential: str | dict[str, Any]
+    if string_field(data, "credential") == "exec":
+        # No embedded token: kubectl runs `herdgate login`, which logs in when needed.
+        provider = string_field(data, "provider") or _login_provider(user.provider)
+        credential = kubeconfig.exec_user(runtime.server_url, provider, cluster.id)
+    else:
+        ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
+        _, credential = await d.issue_token(
+            user,
+            ttl,
+            kind="kubeconfig",
+            description=f"kubeconfig for {cluster.name}",
+            cluster_id=cluster.id,
+        )
     endpoints = [
         kubeconfig.Endpoint(
             cluster.name, f"{runtime.server_url}/k8s/clusters/{cluster.id}", runtime.ca_pem
@@ -132,9 +139,14 @@ async def cluster_action(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "type": "generateKubeConfigOutput",
-            "config": kubeconfig.build(cluster.name, endpoints, token),
+            "config": kubeconfig.build(cluster.name, endpoints, credential),
         }
     )
+
+
+def _login_provider(provider: str) -> str:
+    """The ``herdgate login --provider`` value for a user's provider."""
+    return {"openldap": "ldap"}.get(provider, provider)
 
 
 # -- registration tokens ---------------------------------------------------------------

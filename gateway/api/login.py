@@ -53,8 +53,9 @@ async def _local(request: web.Request, username: str, password: str) -> User | N
     return user if user is not None and ok else None
 
 
-async def _external(request: web.Request, provider_name: str, username: str,
-                    password: str) -> User | None:  # fmt: skip
+async def _external(
+    request: web.Request, provider_name: str, username: str, password: str
+) -> User | None:
     provider = request.app[PROVIDERS].password.get(provider_name)
     if provider is None:
         raise NotFound(f"the {provider_name} provider is not configured")
@@ -103,8 +104,9 @@ async def issue_session_token(
     ttl = ttl_seconds(request, data, settings.session_ttl_s)
     description = string_field(data, "description") or "login"
     cluster_id = string_field(data, "clusterId")
-    if cluster_id and (cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id)
-                       is None):  # fmt: skip
+    if cluster_id and (
+        cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id) is None
+    ):
         raise NotFound(f"cluster {cluster_id} not found")
     token, plaintext = await d.issue_token(
         user, ttl, kind="session", description=description, cluster_id=cluster_id
