@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -20,11 +20,13 @@ from gateway.errors import (
 )
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
+    Header,
     forwarded_headers,
     impersonation_headers,
 )
 from gateway.keys import DIRECTORY, TUNNELS
 from gateway.paths import BadPath, split_cluster_path
+from gateway.records import Cluster
 from gateway.tunnels import AgentLink
 from gateway.upstream import Response, UpstreamError
 from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
@@ -68,14 +70,11 @@ def _head(
     request: web.Request,
     target: str,
     link: AgentLink,
-    identity: Identity,
-    role: str,
+    identity_headers: Iterable[Header],
+    keep_client_impersonation: bool,
     upgrade_request: bool,
     body_framing: bytes,
 ) -> bytes:
-    client_impersonates = any(
-        k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers
-    )
     parts = [
         f"{request.method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"),
         link.info.api_host,
@@ -84,10 +83,9 @@ def _head(
     if link.info.authorization:
         parts += [b"Authorization: ", link.info.authorization, b"\r\n"]
     headers = forwarded_headers(
-        request.raw_headers, keep_impersonation=client_impersonates, upgrade=upgrade_request
+        request.raw_headers, keep_impersonation=keep_client_impersonation, upgrade=upgrade_request
     )
-    if not client_impersonates:
-        headers.extend(impersonation_headers(identity, role))
+    headers.extend(identity_headers)
     for name, value in headers:
         parts += [name, b": ", value, b"\r\n"]
     parts.append(body_framing)
@@ -125,9 +123,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" '
             f"has no access to cluster {cluster.name}"
         )
-    if not identity.is_admin and any(
-        k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers
-    ):
+    if not identity.is_admin and _client_impersonates(request):
         raise Forbidden(
             f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
             f'User "{identity.user_id}" cannot impersonate through the gateway'
@@ -137,6 +133,29 @@ async def handle(request: web.Request) -> web.StreamResponse:
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
             f"{cluster.name}: {request.method} is not allowed"
         )
+    client_impersonates = identity.is_admin and _client_impersonates(request)
+    identity_headers = () if client_impersonates else impersonation_headers(identity, role)
+    return await forward(
+        request,
+        cluster,
+        path.target,
+        identity_headers,
+        keep_client_impersonation=client_impersonates,
+    )
+
+
+def _client_impersonates(request: web.Request) -> bool:
+    return any(k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers)
+
+
+async def forward(
+    request: web.Request,
+    cluster: Cluster,
+    target: str,
+    identity_headers: Iterable[Header],
+    keep_client_impersonation: bool = False,
+) -> web.StreamResponse:
+    """Send the request to the cluster's API server through a tunnel; stream the answer."""
     try:
         link = request.app[TUNNELS].pick(cluster.id)
     except NoAgentSession:
@@ -160,8 +179,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
             framing = b"Transfer-Encoding: chunked\r\n"
     elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
         framing = b"Content-Length: 0\r\n"
-    head = _head(request, path.target, link, identity, role, upgrade_request, framing)
-
+    head = _head(
+        request,
+        target,
+        link,
+        identity_headers,
+        keep_client_impersonation,
+        upgrade_request,
+        framing,
+    )
     try:
         upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)
     except (UpstreamError, TunnelError) as exc:
