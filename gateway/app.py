@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from config.schema import GatewaySettings
-from gateway import background, proxy, tunnels
+from gateway import ace, background, proxy, tunnels
 from gateway.api import bindings, clusters, login, tokens, users
 from gateway.directory import Directory
 from gateway.errors import GatewayError, api_response, k8s_response
@@ -111,6 +111,7 @@ def build_app(
     r.add_post("/v3/clusters", clusters.create_cluster)
     r.add_get("/v3/clusters/{id}", clusters.get_cluster)
     r.add_post("/v3/clusters/{id}", clusters.cluster_action)
+    r.add_put("/v3/clusters/{id}", clusters.update_cluster)
     r.add_delete("/v3/clusters/{id}", clusters.delete_cluster)
 
     r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
@@ -123,5 +124,6 @@ def build_app(
     r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
 
     app.cleanup_ctx.append(background.background_tasks)
+    app.cleanup_ctx.append(ace.ace_context)
     app.on_shutdown.append(tunnels.close_all)
     return app

@@ -34,13 +34,16 @@ def to_doc(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 
 
+def _tuples(value: Any) -> Any:
+    """JSON arrays back to the tuples the frozen records hold (at any depth)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 def from_doc(cls: type[T], doc: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: v for k, v in doc.items() if k in names}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name in values and isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
-    return cls(**values)
+    return cls(**{k: _tuples(v) for k, v in doc.items() if k in names})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,16 @@ class Cluster:
     description: str = ""
     connected_at: float | None = None
     """Last time an agent connected; None while the cluster has never been seen."""
+    ca_cert: str = ""
+    """The cluster's API server CA (PEM), as its agent reported it."""
+    ace_enabled: bool = False
+    """Authorized cluster endpoint: kubeconfigs also reach the API server directly."""
+    ace_fqdn: str = ""
+    """A DNS name (and port) in front of the control plane, if there is one."""
+    ace_ca_certs: str = ""
+    """CA (PEM) for ``ace_fqdn``; empty means the cluster's own CA."""
+    ace_nodes: tuple[tuple[str, str], ...] = ()
+    """(node name, API server URL) of control-plane nodes, as last seen."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ class AgentInfo:
     """``Authorization`` header value for the API server; secret."""
     node_name: str = ""
     version: str = ""
+    ca_cert: str = ""
+    """The cluster's API server CA (PEM), for direct kubeconfig contexts."""
 
     @classmethod
     def parse(cls, raw: bytes) -> AgentInfo:
@@ -58,11 +60,13 @@ class AgentInfo:
             raise BadAgentInfo("authorization invalid")
         node = data.get("node", "")
         version = data.get("version", "")
+        ca_cert = data.get("caCert", "")
         return cls(
             api_host=host.encode("ascii"),
             authorization=auth.encode("ascii"),
             node_name=node if isinstance(node, str) else "",
             version=version if isinstance(version, str) else "",
+            ca_cert=ca_cert if isinstance(ca_cert, str) and "BEGIN CERTIFICATE" in ca_cert else "",
         )
 
     def updated(self, raw: bytes) -> AgentInfo:
@@ -173,7 +177,10 @@ async def connect(request: web.Request) -> web.StreamResponse:
     )
     current = directory.clusters.get(cluster.id)
     if current is not None:
-        await directory.put(CLUSTER, dataclasses.replace(current, connected_at=directory.clock()))
+        changes: dict[str, Any] = {"connected_at": directory.clock()}
+        if info.ca_cert and info.ca_cert != current.ca_cert:
+            changes["ca_cert"] = info.ca_cert
+        await directory.put(CLUSTER, dataclasses.replace(current, **changes))
     try:
         closed = await session.wait_closed()
         logger.info(

@@ -58,6 +58,8 @@ class Upstream:
     ssl: ssl.SSLContext | None
     server_hostname: str | None
     authorization: str = field(default="", repr=False)
+    ca_pem: str = ""
+    """The API server's CA, reported to the gateway for direct (ACE) kubeconfig contexts."""
     refresh: Callable[[], asyncio.Future[str] | asyncio.Task[str]] | None = field(
         default=None, repr=False
     )
@@ -143,6 +145,11 @@ async def cluster_upstream(settings: AgentSettings) -> Upstream:
         server_hostname=server_hostname if ctx else None,
     )
     upstream.authorization = await credential()
+    if cfg.ssl_ca_cert:
+        try:
+            upstream.ca_pem = Path(cfg.ssl_ca_cert).read_text()
+        except OSError as exc:
+            raise AgentError(f"cannot read the cluster CA {cfg.ssl_ca_cert}: {exc}") from exc
     upstream.refresh = lambda: asyncio.ensure_future(credential())
     return upstream
 
@@ -303,6 +310,7 @@ class Agent:
                 "node": self.settings.node_name,
                 "apiHost": upstream.host_header,
                 "authorization": upstream.authorization,
+                "caCert": upstream.ca_pem,
             }
         ).encode()
 

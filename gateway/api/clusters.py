@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from typing import Any
@@ -13,6 +14,7 @@ from gateway import kubeconfig
 from gateway.api.common import (
     action,
     authenticated,
+    bool_field,
     collection,
     directory,
     json_body,
@@ -24,6 +26,7 @@ from gateway.keys import RUNTIME, SETTINGS, TUNNELS
 from gateway.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FQDN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 
 
 def cluster_state(cluster: Cluster, live_links: int) -> str:
@@ -43,7 +46,38 @@ def cluster_view(request: web.Request, cluster: Cluster) -> dict[str, Any]:
         "created": iso(cluster.created),
         "connectedAt": iso(cluster.connected_at),
         "agents": [link.describe() for link in links],
+        "localClusterAuthEndpoint": {
+            "enabled": cluster.ace_enabled,
+            "fqdn": cluster.ace_fqdn,
+            "caCerts": cluster.ace_ca_certs,
+            "nodes": [{"name": name, "server": url} for name, url in cluster.ace_nodes],
+        },
     }
+
+
+def ace_settings(data: dict[str, Any], cluster: Cluster) -> Cluster:
+    """Apply a ``localClusterAuthEndpoint`` object (Rancher's field) to a cluster."""
+    ace = data.get("localClusterAuthEndpoint")
+    if ace is None:
+        return cluster
+    if not isinstance(ace, dict):
+        raise GatewayError(
+            422, "localClusterAuthEndpoint must be an object", reason="InvalidFormat"
+        )
+    fqdn = string_field(ace, "fqdn", max_len=253)
+    if fqdn and not _FQDN.match(fqdn):
+        raise GatewayError(
+            422, "fqdn must be a host name with an optional :port", reason="InvalidFormat"
+        )
+    ca_certs = string_field(ace, "caCerts", max_len=65536) if "caCerts" in ace else ""
+    if ca_certs and "-----BEGIN CERTIFICATE-----" not in ca_certs:
+        raise GatewayError(422, "caCerts must be PEM certificates", reason="InvalidFormat")
+    return dataclasses.replace(
+        cluster,
+        ace_enabled=bool_field(ace, "enabled", cluster.ace_enabled),
+        ace_fqdn=fqdn if "fqdn" in ace else cluster.ace_fqdn,
+        ace_ca_certs=ca_certs if "caCerts" in ace else cluster.ace_ca_certs,
+    )
 
 
 def visible_cluster(request: web.Request, identity: Identity, cluster_id: str) -> Cluster:
@@ -86,10 +120,25 @@ async def create_cluster(request: web.Request) -> web.Response:
         raise GatewayError(409, f"a cluster named {name!r} already exists", reason="NotUnique")
     now = d.clock()
     description = string_field(data, "description", max_len=1024)
+    template = ace_settings(data, Cluster("c-new", name, now, description))
     cluster = await d.create_unique(
-        CLUSTER, "c", lambda cluster_id: Cluster(cluster_id, name, now, description)
+        CLUSTER, "c", lambda cluster_id: dataclasses.replace(template, id=cluster_id)
     )
     return web.json_response(cluster_view(request, cluster), status=201)
+
+
+async def update_cluster(request: web.Request) -> web.Response:
+    """``PUT /v3/clusters/<id>``: description and ``localClusterAuthEndpoint`` (owners)."""
+    identity, _ = authenticated(request)
+    cluster = require_owner(request, identity, request.match_info["id"])
+    data = await json_body(request)
+    updated = ace_settings(data, cluster)
+    if "description" in data:
+        updated = dataclasses.replace(
+            updated, description=string_field(data, "description", max_len=1024)
+        )
+    await directory(request).put(CLUSTER, updated)
+    return web.json_response(cluster_view(request, updated))
 
 
 async def get_cluster(request: web.Request) -> web.Response:
@@ -134,7 +183,8 @@ async def cluster_action(request: web.Request) -> web.Response:
     endpoints = [
         kubeconfig.Endpoint(
             cluster.name, f"{runtime.server_url}/k8s/clusters/{cluster.id}", runtime.ca_pem
-        )
+        ),
+        *ace_endpoints(cluster),
     ]
     return web.json_response(
         {
@@ -142,6 +192,21 @@ async def cluster_action(request: web.Request) -> web.Response:
             "config": kubeconfig.build(cluster.name, endpoints, credential),
         }
     )
+
+
+def ace_endpoints(cluster: Cluster) -> list[kubeconfig.Endpoint]:
+    """Direct contexts: ``<name>-fqdn``, else one ``<name>-<node>`` per control-plane node."""
+    if not cluster.ace_enabled:
+        return []
+    if cluster.ace_fqdn:
+        ca = cluster.ace_ca_certs or cluster.ca_cert
+        return [kubeconfig.Endpoint(f"{cluster.name}-fqdn", f"https://{cluster.ace_fqdn}", ca)]
+    return [
+        kubeconfig.Endpoint(
+            f"{cluster.name}-{node.removeprefix(cluster.name + '-')}", url, cluster.ca_cert
+        )
+        for node, url in cluster.ace_nodes
+    ]
 
 
 def _login_provider(provider: str) -> str:
