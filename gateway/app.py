@@ -112,6 +112,7 @@ def build_app(
     r.add_get("/v3/clusters/{id}", clusters.get_cluster)
     r.add_post("/v3/clusters/{id}", clusters.cluster_action)
     r.add_put("/v3/clusters/{id}", clusters.update_cluster)
+    r.add_get("/v3/clusters/{id}/authendpoint/{file}", clusters.ace_manifest)
     r.add_delete("/v3/clusters/{id}", clusters.delete_cluster)
 
     r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)

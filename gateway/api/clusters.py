@@ -69,7 +69,11 @@ def ace_settings(data: dict[str, Any], cluster: Cluster) -> Cluster:
         raise GatewayError(
             422, "fqdn must be a host name with an optional :port", reason="InvalidFormat"
         )
-    ca_certs = string_field(ace, "caCerts", max_len=65536) if "caCerts" in ace else ""
+    ca_certs = ace.get("caCerts") or ""
+    if not isinstance(ca_certs, str) or len(ca_certs) > 65536:
+        raise GatewayError(
+            422, "caCerts must be a string of PEM certificates", reason="InvalidFormat"
+        )
     if ca_certs and "-----BEGIN CERTIFICATE-----" not in ca_certs:
         raise GatewayError(422, "caCerts must be PEM certificates", reason="InvalidFormat")
     return dataclasses.replace(
@@ -269,3 +273,26 @@ async def delete_registration(request: web.Request) -> web.Response:
     require_owner(request, identity, registration.cluster_id)
     await d.delete(REGISTRATION, registration.id)
     return web.json_response(registration_view(registration))
+
+
+async def ace_manifest(request: web.Request) -> web.Response:
+    """The webhook's install documents for an ACE cluster (owners).
+
+    ``manifests.yaml``: namespace, CRDs, RBAC and DaemonSet, for ``kubectl apply``;
+    ``webhook-kubeconfig.yaml``: the file for kube-apiserver's
+    ``--authentication-token-webhook-config-file``.
+    """
+    from webhook import manifests
+
+    identity, _ = authenticated(request)
+    cluster = require_owner(request, identity, request.match_info["id"])
+    if not cluster.ace_enabled:
+        raise NotFound(f"cluster {cluster.name} does not have an authorized endpoint")
+    name = request.match_info["file"]
+    if name == "manifests.yaml":
+        text = manifests.to_yaml(manifests.cluster_documents())
+    elif name == "webhook-kubeconfig.yaml":
+        text = manifests.to_yaml([manifests.apiserver_webhook_config()])
+    else:
+        raise NotFound(f"no such file {name}")
+    return web.Response(text=text, content_type="application/yaml")
