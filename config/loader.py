@@ -162,6 +162,13 @@ def load(
     return build(cls, data)
 
 
+def _is_secret(name: str) -> bool:
+    """Fields whose values must never be printed (files holding them are fine to show)."""
+    return not name.endswith("_file") and any(
+        word in name for word in ("token", "password", "secret")
+    )
+
+
 def redacted(settings: Any) -> dict[str, Any]:
     """Settings as a plain mapping with secret-looking values hidden (``--check-config``)."""
     out: dict[str, Any] = {}
@@ -169,7 +176,7 @@ def redacted(settings: Any) -> dict[str, Any]:
         value = getattr(settings, field.name)
         if dataclasses.is_dataclass(value):
             out[yaml_key(field)] = redacted(value)
-        elif field.name in {"token", "password", "secret"} and value:
+        elif _is_secret(field.name) and value:
             out[yaml_key(field)] = "<redacted>"
         else:
             out[yaml_key(field)] = list(value) if isinstance(value, tuple) else value

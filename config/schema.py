@@ -79,9 +79,98 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class LDAPSettings:
-    """An OpenLDAP or Active Directory provider (see gateway/providers/ldap.py)."""
+    """An OpenLDAP or Active Directory provider (see gateway/providers/ldap.py).
+
+    A string left empty takes the provider's default, noted as "openldap: X;
+    activedirectory: Y"; ``none`` switches an optional attribute off.
+    """
 
     enabled: bool = False
+    servers: tuple[str, ...] = ()
+    """LDAP URLs, e.g. ``ldaps://dc1.corp.example.com`` (port 636) or
+    ``ldap://ldap.example.org:389``; several give fail-over (see ``server_strategy``)."""
+    server_strategy: str = "first"
+    """Which server a new connection uses: ``first`` (the first that accepts a TCP
+    connection), ``round_robin`` or ``random`` (spread the load)."""
+    server_retry_s: float = duration(30)
+    """With several servers, one that refused a connection is skipped this long
+    (0: tried again for every new connection)."""
+    start_tls: bool = False
+    """Upgrade ``ldap://`` connections with StartTLS before any bind, so passwords
+    travel encrypted on port 389."""
+    ca_file: str = ""
+    """CA bundle that verifies the servers' certificates (LDAPS and StartTLS); empty:
+    the system CAs."""
+    insecure_skip_tls_verify: bool = False
+    """Accept any server certificate and name (testing only)."""
+    connect_timeout_s: float = duration(5)
+    """TCP connect timeout per server."""
+    operation_timeout_s: float = duration(10)
+    """Longest wait for one response (TLS handshake, bind, search page); whole seconds,
+    rounded up."""
+    request_timeout_s: float = duration(30)
+    """Upper bound on one login or refresh, including the wait for a free connection."""
+    pool_size: int = 8
+    """Concurrent LDAP operations (worker threads); as many bound service-account
+    connections are kept for reuse."""
+    pool_idle_timeout_s: float = duration(60)
+    """A pooled connection idle this long is closed instead of reused (servers drop idle
+    connections: Active Directory after 15 minutes)."""
+    service_account_dn: str = ""
+    """DN herdgate binds as to search, e.g. ``cn=herdgate,ou=services,dc=example,dc=org``
+    (Active Directory also accepts ``svc-herdgate@corp.example.com``); empty: anonymous."""
+    service_account_password: str = field(default="", repr=False)
+    """Password of ``service_account_dn``. Prefer ``service_account_password_file`` or
+    ``HERDGATE_AUTH__OPENLDAP__SERVICE_ACCOUNT_PASSWORD`` (``__ACTIVEDIRECTORY__``)."""
+    service_account_password_file: str = ""
+    """File holding the password (read for each new connection, so it can be rotated)."""
+    user_search_base: str = ""
+    """Where users are searched, e.g. ``ou=people,dc=example,dc=org``; required."""
+    user_search_scope: str = "subtree"
+    """``subtree`` or ``one`` (only the direct children of ``user_search_base``)."""
+    user_login_attribute: str = ""
+    """Attribute matched against the typed user name: ``uid``, ``sAMAccountName``,
+    ``userPrincipalName``, ``mail``. Empty: openldap ``uid``; activedirectory
+    ``sAMAccountName``."""
+    user_object_class: str = ""
+    """Object class of user entries. Empty: openldap ``inetOrgPerson``; activedirectory
+    ``user``."""
+    user_filter: str = ""
+    """Extra filter users must match, e.g. ``(memberOf=cn=k8s,ou=groups,dc=example,dc=org)``."""
+    user_display_name_attribute: str = ""
+    """Empty: openldap ``cn``; activedirectory ``displayName``."""
+    group_membership: str = "search"
+    """How a user's direct groups are found: ``search`` (groups whose
+    ``group_member_attribute`` holds the user's DN or whose
+    ``group_member_uid_attribute`` holds the login name) or ``memberof`` (the user's
+    ``memberOf`` attribute)."""
+    group_search_base: str = ""
+    """Where groups are searched; empty: ``user_search_base``."""
+    group_object_classes: tuple[str, ...] = ()
+    """Object classes of groups. Empty: openldap ``groupOfNames``, ``posixGroup``;
+    activedirectory ``group``."""
+    group_member_attribute: str = ""
+    """Group attribute holding member DNs. Empty: ``member``."""
+    group_member_uid_attribute: str = ""
+    """Group attribute holding members' login names (``posixGroup``). Empty: openldap
+    ``memberUid``; activedirectory none."""
+    group_filter: str = ""
+    """Extra filter groups must match, e.g. ``(cn=k8s-*)``."""
+    nested_groups: str = "auto"
+    """Groups that are members of groups: ``auto`` (the server's in-chain matching rule
+    when it is Active Directory, else resolved by herdgate), ``in_chain``, ``client``
+    or ``off``."""
+    nested_groups_max_depth: int = 8
+    """Levels of nesting resolved by herdgate (membership cycles are safe)."""
+    disabled_attribute: str = ""
+    """Attribute that marks a disabled account, e.g. ``pwdAccountLockedTime``
+    (OpenLDAP ppolicy). Empty: openldap none; activedirectory ``userAccountControl``."""
+    disabled_value: str = ""
+    """Disabled when ``disabled_attribute`` has this value (case-insensitive); empty:
+    when it has any value."""
+    disabled_bitmask: int = 0
+    """Non-zero: read ``disabled_attribute`` as an integer, disabled when it has one of
+    these bits. 0 with activedirectory's default attribute means 2 (ACCOUNTDISABLE)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +178,60 @@ class OIDCSettings:
     """An OpenID Connect provider (see gateway/providers/oidc.py)."""
 
     enabled: bool = False
+    issuer_url: str = ""
+    """Issuer identifier exactly as in the tokens' ``iss`` (https only), e.g.
+    ``https://idp.example.com/realms/ops``; discovery is read from
+    ``<issuer_url>/.well-known/openid-configuration``."""
+    client_id: str = ""
+    """OAuth client id of herdgate; ID tokens must name it in ``aud``."""
+    client_secret: str = field(default="", repr=False)
+    """Client secret for the token endpoint. Prefer ``client_secret_file`` or
+    ``HERDGATE_AUTH__OIDC__CLIENT_SECRET``. Empty: a public client (PKCE only)."""
+    client_secret_file: str = ""
+    """File holding the client secret (instead of ``client_secret``)."""
+    ca_file: str = ""
+    """CA bundle that verifies the issuer's TLS certificate; empty: the system CAs."""
+    signing_algorithms: tuple[str, ...] = (
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+    )
+    """Accepted JWS algorithms (RS*, PS*, ES*, EdDSA). ``none`` and HS* are refused:
+    keys come from the issuer's JWKS, which only holds public keys."""
+    username_claim: str = "sub"
+    """Claim that names the user (``sub``, ``email``, ``preferred_username``). With
+    ``email``, a token whose ``email_verified`` is false is refused."""
+    username_prefix: str = ""
+    """Prepended to the username claim to form the login name, e.g. ``oidc:``."""
+    groups_claim: str = "groups"
+    """Claim holding the groups (a list of strings or one string); empty: no groups."""
+    groups_prefix: str = ""
+    """Prepended to each group name: ``oidc_group://<prefix><name>``."""
+    leeway_s: float = duration(30)
+    """Clock skew tolerated when checking ``exp``, ``nbf`` and ``iat``."""
+    jwks_cache_ttl_s: float = duration(3600)
+    """How long discovery and signing keys are used before they are re-read (in the
+    background; stale keys stay in use while the issuer is unreachable)."""
+    jwks_min_refresh_interval_s: float = duration(10)
+    """Least time between two key fetches caused by tokens with an unknown ``kid``."""
+    connect_timeout_s: float = duration(5)
+    """TCP and TLS connect timeout for requests to the issuer."""
+    request_timeout_s: float = duration(10)
+    """Whole-request timeout for requests to the issuer."""
+    redirect_uri: str = ""
+    """Where the issuer sends the browser after login, e.g.
+    ``https://gateway.example.com:8443/v1/auth/oidc/callback``."""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    """Scopes requested at login (``openid`` is always sent); Dex and some others need
+    ``groups`` as well."""
+    token_cache_size: int = 10000
+    """Validated bearer ID tokens remembered (by hash) until they expire."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +239,33 @@ class GitHubSettings:
     """GitHub or GitHub Enterprise as an OAuth provider (see gateway/providers/github.py)."""
 
     enabled: bool = False
+    client_id: str = ""
+    """Client id of the GitHub OAuth app."""
+    client_secret: str = field(default="", repr=False)
+    """Client secret of the OAuth app. Prefer ``client_secret_file`` or
+    ``HERDGATE_AUTH__GITHUB__CLIENT_SECRET``."""
+    client_secret_file: str = ""
+    """File holding the client secret (instead of ``client_secret``)."""
+    web_url: str = "https://github.com"
+    """Where ``/login/oauth/...`` lives: ``https://github.com`` or the GitHub
+    Enterprise Server URL, e.g. ``https://ghe.example.com``."""
+    api_url: str = "https://api.github.com"
+    """REST API base: ``https://api.github.com`` or ``https://ghe.example.com/api/v3``."""
+    ca_file: str = ""
+    """CA bundle that verifies GitHub's TLS certificate; empty: the system CAs."""
+    allowed_orgs: tuple[str, ...] = ()
+    """Only members of these organizations (login or numeric id) may log in; their
+    other organizations and teams are not used as groups. Empty: anyone."""
+    redirect_uri: str = ""
+    """Callback URL registered with the OAuth app; empty: GitHub uses the registered one."""
+    scopes: tuple[str, ...] = ("read:org",)
+    """Scopes requested; ``read:org`` lets herdgate see private org and team memberships."""
+    connect_timeout_s: float = duration(5)
+    """TCP and TLS connect timeout for requests to GitHub."""
+    request_timeout_s: float = duration(10)
+    """Whole-request timeout for requests to GitHub."""
+    max_pages: int = 20
+    """Pages of 100 organizations or teams read per login at most."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from ldap3.utils.conv import escape_filter_chars
+from gateway.providers.ldap3_compat import escape_filter_chars
 
 IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
 """LDAP_MATCHING_RULE_IN_CHAIN: Active Directory walks ``member`` links transitively."""
@@ -19,9 +19,23 @@ IN_CHAIN_RULE = "1.2.840.113556.1.4.1941"
 _ATTRIBUTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)$")
 
 
+def _hex(text: str) -> str:
+    return "".join(f"\\{byte:02x}" for byte in text.encode("utf-8"))
+
+
 def escape(value: str) -> str:
-    """``value`` as an RFC 4515 assertion value: ``*()\\`` and NUL become ``\\XX``."""
-    return str(escape_filter_chars(value))
+    """``value`` as an RFC 4515 assertion value: ``*()\\`` and NUL become ``\\XX``.
+
+    Leading and trailing white space is hex-escaped as well: ldap3's filter parser
+    strips it, which would turn ``" "`` into an empty value.
+    """
+    escaped = str(escape_filter_chars(value))
+    core = escaped.strip()
+    if not core:
+        return _hex(escaped)
+    head = escaped[: len(escaped) - len(escaped.lstrip())]
+    tail = escaped[len(escaped.rstrip()) :]
+    return _hex(head) + core + _hex(tail)
 
 
 def check_attribute(name: str) -> str:

@@ -165,7 +165,7 @@ def principal_dn(provider: str, kind: PrincipalKind, principal: str) -> str:
     """The DN inside a principal id of this provider and kind; ValueError otherwise."""
     prefix = f"{provider}_{kind}://"
     if not principal.startswith(prefix):
-        raise ValueError(f"{principal!r} is not a {provider} {kind} principal")
+        raise ValueError(f"{principal!r} is not an {provider}_{kind} principal")
     dn = principal[len(prefix) :]
     if not dn:
         raise ValueError(f"{principal!r} has no DN")
