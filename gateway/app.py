@@ -10,7 +10,7 @@ from aiohttp import web
 
 from config.schema import GatewaySettings
 from gateway import ace, background, proxy, tunnels
-from gateway.api import bindings, clusters, login, tokens, users
+from gateway.api import bindings, clusters, login, oauth_login, tokens, users
 from gateway.directory import Directory
 from gateway.errors import GatewayError, api_response, k8s_response
 from gateway.keys import DIRECTORY, LIMITER, PROVIDERS, RUNTIME, SETTINGS, TUNNELS
@@ -84,6 +84,7 @@ def build_app(
     app[TUNNELS] = TunnelRegistry()
     app[PROVIDERS] = providers or Providers()
     app[LIMITER] = login.make_limiter(settings.auth)
+    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
 
     r = app.router
     r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
@@ -92,7 +93,9 @@ def build_app(
     r.add_get("/cacerts", cacerts_pem)
     r.add_get("/v3/settings/cacerts", cacerts_setting)
     r.add_get("/herdgate/version", version)
-    r.add_post("/v3-public/{type}/{name}", login.password_login)
+    r.add_post("/v3-public/{type}/{name}", login.dispatch)
+    r.add_get("/v1/auth/{provider}/login", oauth_login.browser_start)
+    r.add_get("/v1/auth/{provider}/callback", oauth_login.browser_callback)
 
     r.add_get("/v3/users", users.list_users)
     r.add_post("/v3/users", users.create_user)

@@ -71,6 +71,9 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(guard(directory.follow(), "store change feed")),
         asyncio.create_task(guard(flush, "token last-use")),
     ]
+    oidc = app[PROVIDERS].oidc
+    if oidc is not None:
+        tasks.append(asyncio.create_task(oidc.start()))
     if app[PROVIDERS].password:
         tasks.append(
             asyncio.create_task(

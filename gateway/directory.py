@@ -309,6 +309,18 @@ class Directory:
         await self.put(USER, updated)
         return updated
 
+    async def identity_for_external(self, identity: ExternalIdentity) -> Identity:
+        """The caller behind a provider credential presented directly (an OIDC ID token).
+
+        The first use creates the user; later uses update its groups when they change.
+        """
+        user = self.user_by_principal(identity.principal_id)
+        if user is None or user.group_principals != identity.groups:
+            user = await self.link_external(identity)
+        if not user.enabled:
+            raise AuthenticationFailed("user disabled")
+        return self.identity_of(user)
+
     async def apply_refresh(self, user: User, identity: ExternalIdentity | None) -> User:
         """Record what the provider said about a user now (None: the account is gone)."""
         now = self.clock()

@@ -24,8 +24,9 @@ from gateway.impersonation import (
     forwarded_headers,
     impersonation_headers,
 )
-from gateway.keys import DIRECTORY, TUNNELS
+from gateway.keys import DIRECTORY, PROVIDERS, TUNNELS
 from gateway.paths import BadPath, split_cluster_path
+from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.records import Cluster
 from gateway.tunnels import AgentLink
 from gateway.upstream import Response, UpstreamError
@@ -56,14 +57,29 @@ def _is_upgrade(request: web.Request) -> bool:
     return "upgrade" in connection.lower() and "Upgrade" in request.headers
 
 
-def _authenticate(request: web.Request, cluster_id: str) -> Identity:
+async def _authenticate(request: web.Request, cluster_id: str) -> Identity:
+    header = request.headers.get("Authorization")
+    directory = request.app[DIRECTORY]
     try:
-        identity, token = request.app[DIRECTORY].authenticate(request.headers.get("Authorization"))
+        identity, token = directory.authenticate(header)
     except AuthenticationFailed:
-        raise Unauthenticated() from None
+        return await _authenticate_id_token(request, header)
     if token.cluster_id and token.cluster_id != cluster_id:
         raise Unauthenticated()
     return identity
+
+
+async def _authenticate_id_token(request: web.Request, header: str | None) -> Identity:
+    """An OIDC ID token as the bearer credential (validations are cached per token)."""
+    oidc = request.app[PROVIDERS].oidc
+    scheme, _, credential = (header or "").partition(" ")
+    if oidc is None or scheme.lower() != "bearer" or credential.count(".") != 2:
+        raise Unauthenticated()
+    try:
+        external = await oidc.validate_id_token(credential.strip())
+        return await request.app[DIRECTORY].identity_for_external(external)
+    except (InvalidCredentials, ProviderUnavailable, AuthenticationFailed):
+        raise Unauthenticated() from None
 
 
 def _head(
@@ -109,7 +125,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         path = split_cluster_path(request.raw_path)
     except BadPath as exc:
         raise BadRequest(str(exc)) from None
-    identity = _authenticate(request, path.cluster_id)
+    identity = await _authenticate(request, path.cluster_id)
     directory = request.app[DIRECTORY]
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:

@@ -96,9 +96,8 @@ async def password_login(request: web.Request) -> web.Response:
     return await issue_session_token(request, user, data)
 
 
-async def issue_session_token(
-    request: web.Request, user: User, data: dict[str, Any]
-) -> web.Response:
+async def session_token(request: web.Request, user: User, data: dict[str, Any]) -> dict[str, Any]:
+    """Issue a login token for ``user``; the token view with its one-time plaintext."""
     d = directory(request)
     settings = request.app[SETTINGS].tokens
     ttl = ttl_seconds(request, data, settings.session_ttl_s)
@@ -113,4 +112,20 @@ async def issue_session_token(
     )
     body = token_view(token, current_id="")
     body["token"] = plaintext
-    return web.json_response(body, status=201)
+    return body
+
+
+async def issue_session_token(
+    request: web.Request, user: User, data: dict[str, Any]
+) -> web.Response:
+    return web.json_response(await session_token(request, user, data), status=201)
+
+
+async def dispatch(request: web.Request) -> web.Response:
+    """``/v3-public/<type>Providers/<name>``: password providers here, OAuth ones elsewhere."""
+    from gateway.api import oauth_login
+
+    key = f"{request.match_info['type']}/{request.match_info['name']}"
+    if key in oauth_login.PATHS:
+        return await oauth_login.oauth_action(request)
+    return await password_login(request)

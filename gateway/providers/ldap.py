@@ -390,7 +390,7 @@ class _Entry:
 
 
 def _close(conn: Connection) -> None:
-    """Unbind quietly, and forget ``conn`` in ldap3's ``ServerPool``.
+    """Unbind quietly, close the socket, and forget ``conn`` in ldap3's ``ServerPool``.
 
     ldap3 2.9 keeps every connection ever opened through a pool in
     ``ServerPool.pool_states`` (never removed): without this, each login would
@@ -398,6 +398,11 @@ def _close(conn: Connection) -> None:
     """
     with contextlib.suppress(LDAPException, OSError):
         conn.unbind()
+    # ldap3 leaves the socket open when connecting or the TLS handshake failed.
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
     pool = getattr(conn, "server_pool", None)
     if pool is not None:
         pool.pool_states.pop(conn, None)
@@ -483,6 +488,7 @@ class LDAPProvider:
         self.config = resolve_settings(name, settings)
         cfg = self.config
         self._tls = ContextTls(tls_context(cfg.ca_file, cfg.insecure_skip_tls_verify))
+        self._servers: list[Server] = []
         self._server: Server | ServerPool = self._make_servers()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.pool_size, thread_name_prefix=f"herdgate-{name}"
@@ -573,7 +579,7 @@ class LDAPProvider:
 
     def _make_servers(self) -> Server | ServerPool:
         cfg = self.config
-        servers = [
+        self._servers = servers = [
             Server(
                 address.host,
                 port=address.port,
@@ -610,7 +616,21 @@ class LDAPProvider:
             return_empty_attributes=False,
         )
 
+    def _revive_addresses(self) -> None:
+        """Let ldap3 try addresses that failed recently rather than give up at once.
+
+        ldap3 skips an address for 5 s (RESET_AVAILABILITY_TIMEOUT) after it failed;
+        when every address of the only server is skipped, it fails without trying,
+        so a directory that is back would still be refused for a while. With several
+        servers, ``server_retry_s`` (ServerPool's exhaust) decides what is skipped.
+        """
+        for server in self._servers:
+            infos = server.address_info
+            if infos and all(info[5] is False for info in infos):
+                server.reset_availability()
+
     def _open(self, conn: Connection) -> None:
+        self._revive_addresses()
         conn.open(read_server_info=False)
         if self.config.start_tls and not conn.server.ssl:
             conn.start_tls(read_server_info=False)
@@ -757,7 +777,7 @@ class LDAPProvider:
         return out
 
     def _scope(self) -> str:
-        return LEVEL if self.config.user_search_scope == "one" else SUBTREE
+        return str(LEVEL if self.config.user_search_scope == "one" else SUBTREE)
 
     def _find_user(self, conn: Connection, username: str) -> _Entry | None:
         cfg = self.config

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from config.schema import AuthSettings
 from gateway.providers.base import PasswordProvider
+
+if TYPE_CHECKING:
+    from gateway.providers.github import GitHubProvider
+    from gateway.providers.oidc import OIDCProvider
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +20,8 @@ logger = logging.getLogger(__name__)
 class Providers:
     password: dict[str, PasswordProvider] = field(default_factory=dict)
     """``openldap`` and ``activedirectory`` (local users are handled by the directory)."""
-    oidc: Any = None
-    github: Any = None
+    oidc: OIDCProvider | None = None
+    github: GitHubProvider | None = None
 
     def names(self) -> list[str]:
         names = ["local", *self.password]
@@ -30,9 +34,10 @@ class Providers:
     async def close(self) -> None:
         for provider in self.password.values():
             await provider.close()
-        for other in (self.oidc, self.github):
-            if other is not None and hasattr(other, "close"):
-                await other.close()
+        if self.oidc is not None:
+            await self.oidc.close()
+        if self.github is not None:
+            await self.github.close()
 
 
 def build_providers(settings: AuthSettings) -> Providers:
@@ -44,4 +49,14 @@ def build_providers(settings: AuthSettings) -> Providers:
 
             providers.password[name] = LDAPProvider(name, ldap_settings)
             logger.info("identity provider %s enabled", name)
+    if settings.oidc.enabled:
+        from gateway.providers.oidc import OIDCProvider
+
+        providers.oidc = OIDCProvider(settings.oidc)
+        logger.info("identity provider oidc enabled (issuer %s)", settings.oidc.issuer_url)
+    if settings.github.enabled:
+        from gateway.providers.github import GitHubProvider
+
+        providers.github = GitHubProvider(settings.github)
+        logger.info("identity provider github enabled")
     return providers

@@ -76,13 +76,17 @@ class World:
 BULK_LIST_BYTES = 100 * 1000 * 1000
 
 
-def start_world(tmp: Path, name: str = "dev") -> World:
+def start_world(tmp: Path, name: str = "dev", gateway_config: str = "") -> World:
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
         args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
     )
-    gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log").start()
+    gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
+    if gateway_config:
+        (tmp / "gateway.yaml").write_text(gateway_config)
+        gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
+    gateway.start()
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": name})
     agent_kubeconfig = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)

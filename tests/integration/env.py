@@ -120,6 +120,7 @@ class Gateway:
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -136,6 +137,7 @@ class Gateway:
             "--listen", f"127.0.0.1:{self.port}",
             "--state-dir", str(self.state_dir),
             "--server-url", self.url,
+            *self.extra_args,
         ]  # fmt: skip
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(

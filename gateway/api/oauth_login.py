@@ -1,0 +1,185 @@
+"""Logins that go through an OAuth provider: OIDC and GitHub.
+
+Three ways in, all ending with a herdgate session token:
+
+- **Device flow** (what ``herdgate login --provider oidc|github`` uses):
+  ``POST /v3-public/{oidcProviders/oidc|githubProviders/github}?action=deviceCode`` starts
+  it; ``?action=deviceToken {"deviceCode"}`` polls (202 while pending, 201 with the token).
+- **Code** obtained elsewhere (a UI): ``?action=login {"code", "codeVerifier"?, "nonce"?,
+  "redirectUri"?}`` (Rancher's shape).
+- **Browser redirect**: ``GET /v1/auth/{oidc|github}/login`` sends the browser to the
+  provider; ``GET /v1/auth/{provider}/callback`` exchanges the code and shows the token.
+  The PKCE verifier and nonce stay on the gateway, keyed by an unguessable ``state``.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api.common import action, directory, json_body, string_field
+from gateway.api.login import TooManyAttempts, session_token
+from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
+from gateway.keys import LIMITER, PROVIDERS
+from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
+from gateway.providers.oauth import code_challenge_s256, new_code_verifier, random_token
+
+PATHS = {"oidcProviders/oidc": "oidc", "githubProviders/github": "github"}
+STATE_TTL_S = 600.0
+MAX_PENDING_STATES = 10_000
+
+
+@dataclass(frozen=True)
+class _PendingBrowserLogin:
+    provider: str
+    code_verifier: str
+    nonce: str
+    expires: float
+
+
+class BrowserLogins:
+    """``state`` -> what the callback needs; bounded and expiring."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, _PendingBrowserLogin] = {}
+
+    def add(self, provider: str, verifier: str, nonce: str) -> str:
+        now = time.monotonic()
+        if len(self._pending) >= MAX_PENDING_STATES:
+            self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
+            if len(self._pending) >= MAX_PENDING_STATES:
+                raise GatewayError(503, "too many logins in progress; try again shortly")
+        state = random_token()
+        self._pending[state] = _PendingBrowserLogin(provider, verifier, nonce, now + STATE_TTL_S)
+        return state
+
+    def take(self, state: str, provider: str) -> _PendingBrowserLogin | None:
+        pending = self._pending.pop(state, None)
+        if pending is None or pending.provider != provider or pending.expires < time.monotonic():
+            return None
+        return pending
+
+
+BROWSER_LOGINS = web.AppKey("browser_logins", BrowserLogins)
+
+
+def _provider(request: web.Request, name: str) -> Any:
+    provider = getattr(request.app[PROVIDERS], name)
+    if provider is None:
+        raise NotFound(f"the {name} provider is not configured")
+    return provider
+
+
+async def _finish(
+    request: web.Request, identity: ExternalIdentity, data: dict[str, Any]
+) -> dict[str, Any]:
+    user = await directory(request).link_external(identity)
+    if not user.enabled:
+        raise Unauthenticated("authentication failed: the account is disabled")
+    return await session_token(request, user, data)
+
+
+def _failed(exc: Exception, name: str) -> GatewayError:
+    if isinstance(exc, ProviderUnavailable):
+        return GatewayError(503, f"the {name} provider is unavailable: {exc}")
+    return Unauthenticated(f"authentication failed: {exc}")
+
+
+async def oauth_action(request: web.Request) -> web.Response:
+    """``POST /v3-public/{oidcProviders/oidc|githubProviders/github}?action=...``."""
+    key = f"{request.match_info['type']}/{request.match_info['name']}"
+    name = PATHS[key]
+    provider = _provider(request, name)
+    data = await json_body(request)
+    what = action(request)
+    limiter = request.app[LIMITER]
+    address = request.remote or "unknown"
+    wait = limiter.retry_after(name, "", address, directory(request).clock())
+    if wait > 0:
+        raise TooManyAttempts(wait)
+    try:
+        if what == "deviceCode":
+            flow = await provider.start_device_flow()
+            return web.json_response(
+                {
+                    "deviceCode": flow.device_code,
+                    "userCode": flow.user_code,
+                    "verificationUri": flow.verification_uri,
+                    "verificationUriComplete": flow.verification_uri_complete,
+                    "interval": flow.interval,
+                    "expiresIn": flow.expires_in,
+                },
+                status=201,
+            )
+        if what == "deviceToken":
+            device_code = string_field(data, "deviceCode", required=True, max_len=1024)
+            identity = await provider.poll_device_flow(device_code)
+            if identity is None:
+                interval = provider.device_poll_interval(device_code)
+                return web.json_response({"status": "pending", "interval": interval}, status=202)
+            return web.json_response(await _finish(request, identity, data), status=201)
+        if what == "login":
+            code = string_field(data, "code", required=True, max_len=4096)
+            redirect_uri = string_field(data, "redirectUri", max_len=2048)
+            if name == "oidc":
+                identity = await provider.exchange_code(
+                    code,
+                    string_field(data, "codeVerifier", required=True, max_len=256),
+                    string_field(data, "nonce", max_len=256),
+                    redirect_uri,
+                )
+            else:
+                identity = await provider.exchange_code(code, redirect_uri)
+            return web.json_response(await _finish(request, identity, data), status=201)
+    except (InvalidCredentials, ProviderUnavailable) as exc:
+        if isinstance(exc, InvalidCredentials):
+            limiter.failed(name, "", address, directory(request).clock())
+        raise _failed(exc, name) from None
+    raise BadRequest("unknown action (deviceCode, deviceToken or login)")
+
+
+async def browser_start(request: web.Request) -> web.Response:
+    """``GET /v1/auth/{provider}/login``: redirect the browser to the provider."""
+    name = request.match_info["provider"]
+    if name not in ("oidc", "github"):
+        raise NotFound("unknown provider")
+    provider = _provider(request, name)
+    verifier = new_code_verifier()
+    nonce = random_token()
+    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce)
+    try:
+        if name == "oidc":
+            await provider.discover()
+            url = provider.authorization_url(state, nonce, code_challenge_s256(verifier))
+        else:
+            url = provider.authorization_url(state)
+    except ProviderUnavailable as exc:
+        raise _failed(exc, name) from None
+    raise web.HTTPFound(url)
+
+
+async def browser_callback(request: web.Request) -> web.Response:
+    """``GET /v1/auth/{provider}/callback?code=&state=``: exchange and show the token."""
+    name = request.match_info["provider"]
+    provider = _provider(request, name)
+    pending = request.app[BROWSER_LOGINS].take(request.query.get("state", ""), name)
+    code = request.query.get("code", "")
+    if pending is None or not code:
+        raise BadRequest("this login link is invalid or has expired; start again")
+    try:
+        if name == "oidc":
+            identity = await provider.exchange_code(code, pending.code_verifier, pending.nonce)
+        else:
+            identity = await provider.exchange_code(code)
+    except (InvalidCredentials, ProviderUnavailable) as exc:
+        raise _failed(exc, name) from None
+    token = (await _finish(request, identity, {}))["token"]
+    page = (
+        "<!doctype html><title>herdgate login</title><h1>Logged in</h1>"
+        f"<p>Your herdgate token (shown once):</p><pre>{html.escape(token)}</pre>"
+    )
+    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
