@@ -15,7 +15,6 @@ expired, and its user is enabled and holds a role there. Anything else is delete
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -222,7 +221,7 @@ class AceController:
             endpoints = node_endpoints(api.sanitize_for_serialization(nodes).get("items", []))
         current = self.directory.clusters.get(cluster.id)
         if current is not None and current.ace_nodes != endpoints:
-            await self.directory.put(CLUSTER, dataclasses.replace(current, ace_nodes=endpoints))
+            await self.directory.patch(CLUSTER, current.id, ace_nodes=[list(e) for e in endpoints])
         self.synced[cluster.id] = self.directory.clock()
         logger.debug(
             "ACE records of %s in step: %d tokens, %d users", cluster.id, len(tokens), len(users)

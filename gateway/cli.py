@@ -12,7 +12,6 @@ from config import loader
 from config.errors import ConfigError
 from config.logging import configure_logging
 from config.schema import GatewaySettings
-from gateway.server import serve
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(loader.redacted(settings), indent=2))
             return 0
         configure_logging(settings.logging)
+        from gateway.server import serve  # imported here: `herdgate agent` does not need it
+
         uvloop.run(serve(settings))
     except ConfigError as exc:
         print(f"herdgate gateway: configuration error: {exc}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -148,6 +147,12 @@ class Directory:
             return record
         raise RuntimeError(f"could not allocate a {prefix} id")
 
+    async def patch(self, kind: str, key: str, **changes: Any) -> bool:
+        """Change some fields of a record that must still exist; False if it is gone."""
+        value = await self.store.patch(kind, key, changes)
+        self.apply(kind, key, value)
+        return value is not None
+
     async def delete(self, kind: str, key: str) -> bool:
         removed = await self.store.delete(kind, key)
         self.apply(kind, key, None)
@@ -263,8 +268,7 @@ class Directory:
         for token_id, when in pending.items():
             token = self.tokens.get(token_id)
             if token is not None and (token.last_used or 0) < when:
-                await self.put(TOKEN, dataclasses.replace(token, last_used=when))
-                written += 1
+                written += await self.patch(TOKEN, token_id, last_used=when)
         return written
 
     # -- users from identity providers ---------------------------------------------------
@@ -298,16 +302,16 @@ class Directory:
                     groups_refreshed=now,
                 ),
             )
-        updated = dataclasses.replace(
-            user,
+        await self.patch(
+            USER,
+            user.id,
             display_name=identity.display_name or user.display_name,
             enabled=identity.enabled,
-            group_principals=identity.groups,
+            group_principals=list(identity.groups),
             last_login=now,
             groups_refreshed=now,
         )
-        await self.put(USER, updated)
-        return updated
+        return self.users.get(user.id, user)
 
     async def identity_for_external(self, identity: ExternalIdentity) -> Identity:
         """The caller behind a provider credential presented directly (an OIDC ID token).
@@ -325,17 +329,18 @@ class Directory:
         """Record what the provider said about a user now (None: the account is gone)."""
         now = self.clock()
         if identity is None:
-            updated = dataclasses.replace(user, enabled=False, groups_refreshed=now)
+            changes: dict[str, Any] = {"enabled": False, "groups_refreshed": now}
         else:
-            updated = dataclasses.replace(
-                user,
-                enabled=identity.enabled,
-                group_principals=identity.groups,
-                groups_refreshed=now,
-            )
-        if updated != user:
-            await self.put(USER, updated)
-        return updated
+            changes = {
+                "enabled": identity.enabled,
+                "group_principals": list(identity.groups),
+                "groups_refreshed": now,
+            }
+        if changes.get("enabled") != user.enabled or (
+            identity is not None and identity.groups != user.group_principals
+        ):
+            await self.patch(USER, user.id, **changes)
+        return self.users.get(user.id, user)
 
     # -- access --------------------------------------------------------------------------
 

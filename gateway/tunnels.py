@@ -180,7 +180,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
         changes: dict[str, Any] = {"connected_at": directory.clock()}
         if info.ca_cert and info.ca_cert != current.ca_cert:
             changes["ca_cert"] = info.ca_cert
-        await directory.put(CLUSTER, dataclasses.replace(current, **changes))
+        await directory.patch(CLUSTER, current.id, **changes)
     try:
         closed = await session.wait_closed()
         logger.info(

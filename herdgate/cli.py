@@ -10,11 +10,13 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway import cli as gateway_cli
     from herdgate import login
     from tunnel import cli as agent_cli
+    from webhook import cli as webhook_cli
 
     parser = argparse.ArgumentParser(prog="herdgate", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
+    webhook_cli.add_parser(subparsers)
     login.add_parser(subparsers)
     return parser
 

@@ -15,7 +15,6 @@ from config import loader
 from config.errors import ConfigError
 from config.logging import configure_logging
 from config.schema import AgentSettings
-from tunnel.agent import Agent, AgentError
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,6 +69,8 @@ def registration_token(settings: AgentSettings) -> str:
 
 
 async def _main(settings: AgentSettings, token: str) -> None:
+    from tunnel.agent import Agent
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,6 +79,8 @@ async def _main(settings: AgentSettings, token: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tunnel.agent import AgentError  # imported here: other subcommands do not need it
+
     try:
         settings = settings_from(args)
         if args.check_config:

@@ -141,8 +141,13 @@ async def update_cluster(request: web.Request) -> web.Response:
         updated = dataclasses.replace(
             updated, description=string_field(data, "description", max_len=1024)
         )
-    await directory(request).put(CLUSTER, updated)
-    return web.json_response(cluster_view(request, updated))
+    fields = ("description", "ace_enabled", "ace_fqdn", "ace_ca_certs")
+    d = directory(request)
+    await d.patch(CLUSTER, cluster.id, **{f: getattr(updated, f) for f in fields})
+    current = d.clusters.get(cluster.id)
+    if current is None:
+        raise NotFound(f"cluster {cluster.id} not found")
+    return web.json_response(cluster_view(request, current))
 
 
 async def get_cluster(request: web.Request) -> web.Response:

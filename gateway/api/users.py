@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 from aiohttp import web
@@ -130,9 +129,10 @@ async def update_user(request: web.Request) -> web.Response:
         password = string_field(data, "password", max_len=4096)
         check_password(password)
         changes["password_hash"] = await slow_hash(password)
-    updated = dataclasses.replace(user, **changes)
-    await directory(request).put(USER, updated)
-    return web.json_response(user_view(updated))
+    d = directory(request)
+    if not await d.patch(USER, user.id, **changes):
+        raise NotFound(f"user {user.id} not found")
+    return web.json_response(user_view(d.users[user.id]))
 
 
 async def user_action(request: web.Request) -> web.Response:
@@ -145,9 +145,10 @@ async def user_action(request: web.Request) -> web.Response:
     data = await json_body(request)
     password = string_field(data, "newPassword", required=True, max_len=4096)
     check_password(password)
-    updated = dataclasses.replace(user, password_hash=await slow_hash(password))
-    await directory(request).put(USER, updated)
-    return web.json_response(user_view(updated))
+    d = directory(request)
+    if not await d.patch(USER, user.id, password_hash=await slow_hash(password)):
+        raise NotFound(f"user {user.id} not found")
+    return web.json_response(user_view(d.users[user.id]))
 
 
 async def _change_own_password(request: web.Request, user_id: str) -> web.Response:
@@ -161,7 +162,7 @@ async def _change_own_password(request: web.Request, user_id: str) -> web.Respon
     check_password(new)
     if not await asyncio.to_thread(hashing.verify_password, current, user.password_hash):
         raise Forbidden("current password is wrong")
-    await d.put(USER, dataclasses.replace(user, password_hash=await slow_hash(new)))
+    await d.patch(USER, user.id, password_hash=await slow_hash(new))
     return web.json_response({}, status=200)
 
 

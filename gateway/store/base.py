@@ -55,6 +55,14 @@ class Store(Protocol):
         """Insert or replace. Returns the new revision."""
         ...
 
+    async def patch(self, kind: str, key: str, changes: Document) -> Document | None:
+        """Set some fields of an existing document atomically; None if it does not exist.
+
+        Partial updates go through here so that they never resurrect a document that
+        another process deleted in the meantime (a revoked token, a deleted cluster).
+        """
+        ...
+
     async def delete(self, kind: str, key: str) -> bool:
         """Remove; False if it was not there."""
         ...

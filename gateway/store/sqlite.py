@@ -135,6 +135,37 @@ class SQLiteStore:
     async def put(self, kind: str, key: str, value: Document) -> int:
         return await self._run(lambda: self._write(kind, key, value, must_be_new=False))
 
+    def _patch(self, kind: str, key: str, changes: Document) -> tuple[int, Document | None]:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return 0, None
+            value = {**_load(row[0]), **changes}
+            text = json.dumps(value, separators=(",", ":"))
+            cur = db.execute(
+                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
+            )
+            revision = int(cur.lastrowid or 0)
+            db.execute(
+                "UPDATE objects SET value=?, revision=? WHERE kind=? AND key=?",
+                (text, revision, kind, key),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return revision, value
+
+    async def patch(self, kind: str, key: str, changes: Document) -> Document | None:
+        _, value = await self._run(lambda: self._patch(kind, key, changes))
+        return value
+
     async def delete(self, kind: str, key: str) -> bool:
         return await self._run(lambda: self._write(kind, key, None, must_be_new=False)) > 0
 
