@@ -62,6 +62,8 @@ class Directory:
         self.registrations: dict[str, RegistrationToken] = {}
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
+        self._seen: dict[tuple[str, str], int] = {}
+        """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
 
@@ -83,8 +85,21 @@ class Directory:
             self._apply_change(change)
 
     def _apply_change(self, change: Change) -> None:
-        self.revision = max(self.revision, change.revision)
+        if change.revision <= self.revision:
+            return  # already seen (through ``catch_up`` or the feed)
+        self.revision = change.revision
+        key = (change.kind, change.key)
+        if change.revision <= self._seen.get(key, 0):
+            return  # older than our own write to the same record, already applied
+        self._seen.pop(key, None)
         self.apply(change.kind, change.key, change.value)
+
+    def catch_up(self) -> None:
+        """Apply other processes' writes now, so a revocation holds on the next request."""
+        changes = self.store.recent_changes(self.revision)
+        if changes:
+            for change in changes:
+                self._apply_change(change)
 
     def apply(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
         if kind == USER:
@@ -129,9 +144,10 @@ class Directory:
 
     async def put(self, kind: str, record: Any) -> None:
         doc = to_doc(record)
+        # Not our high-water mark: another process may have written a lower revision we
+        # have not seen yet. The feed brings our write back; ``_seen`` skips it.
         revision = await self.store.put(kind, record.id, doc)
-        self.revision = max(self.revision, revision)
-        self.apply(kind, record.id, doc)
+        self._apply_own(kind, record.id, doc, revision)
 
     async def create_unique(self, kind: str, prefix: str, make: Callable[[str], R]) -> R:
         """Create a record under a fresh random id, retrying on the rare collision."""
@@ -142,21 +158,29 @@ class Directory:
                 revision = await self.store.create(kind, doc["id"], doc)
             except AlreadyExists:
                 continue
-            self.revision = max(self.revision, revision)
-            self.apply(kind, doc["id"], doc)
+            self._apply_own(kind, doc["id"], doc, revision)
             return record
         raise RuntimeError(f"could not allocate a {prefix} id")
 
     async def patch(self, kind: str, key: str, **changes: Any) -> bool:
         """Change some fields of a record that must still exist; False if it is gone."""
-        value = await self.store.patch(kind, key, changes)
-        self.apply(kind, key, value)
-        return value is not None
+        result = await self.store.patch(kind, key, changes)
+        if result is None:
+            self.apply(kind, key, None)
+            return False
+        self._apply_own(kind, key, result[1], result[0])
+        return True
 
     async def delete(self, kind: str, key: str) -> bool:
-        removed = await self.store.delete(kind, key)
-        self.apply(kind, key, None)
-        return removed
+        revision = await self.store.delete(kind, key)
+        self._apply_own(kind, key, None, revision)
+        return revision > 0
+
+    def _apply_own(self, kind: str, key: str, doc: dict[str, Any] | None, revision: int) -> None:
+        """Apply our own write now; the change feed will skip it and anything older."""
+        if revision:
+            self._seen[kind, key] = max(self._seen.get((kind, key), 0), revision)
+        self.apply(kind, key, doc)
 
     async def delete_user(self, user_id: str) -> None:
         """Delete the user with every token and binding that names it."""
@@ -234,6 +258,7 @@ class Directory:
         """
         if not authorization:
             raise AuthenticationFailed("no credentials")
+        self.catch_up()
         scheme, _, value = authorization.partition(" ")
         scheme = scheme.lower()
         value = value.strip()

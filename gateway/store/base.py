@@ -7,7 +7,7 @@ store's change feed keeps replicas' memory in step.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,19 +55,28 @@ class Store(Protocol):
         """Insert or replace. Returns the new revision."""
         ...
 
-    async def patch(self, kind: str, key: str, changes: Document) -> Document | None:
-        """Set some fields of an existing document atomically; None if it does not exist.
+    async def patch(self, kind: str, key: str, changes: Document) -> tuple[int, Document] | None:
+        """Set some fields of an existing document atomically: its revision and new value,
+        or None if it does not exist.
 
         Partial updates go through here so that they never resurrect a document that
         another process deleted in the meantime (a revoked token, a deleted cluster).
         """
         ...
 
-    async def delete(self, kind: str, key: str) -> bool:
-        """Remove; False if it was not there."""
+    async def delete(self, kind: str, key: str) -> int:
+        """Remove; the revision of the deletion, 0 if it was not there."""
         ...
 
     async def revision(self) -> int: ...
+
+    def recent_changes(self, after: int) -> Sequence[Change] | None:
+        """Writes above ``after`` that another process made, read without waiting.
+
+        Called on the request path before a token is trusted, so it must be cheap:
+        None when nothing changed since the last call (or the backend cannot tell).
+        """
+        ...
 
     def changes(self, after: int) -> AsyncIterator[Change]:
         """Writes with a revision above ``after``, including other processes' writes."""

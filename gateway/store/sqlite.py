@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -44,6 +44,8 @@ class SQLiteStore:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._probe: sqlite3.Connection | None = None
+        self._probe_version = -1
 
     async def open(self) -> SQLiteStore:
         await self._run(self._open)
@@ -162,12 +164,12 @@ class SQLiteStore:
             raise
         return revision, value
 
-    async def patch(self, kind: str, key: str, changes: Document) -> Document | None:
-        _, value = await self._run(lambda: self._patch(kind, key, changes))
-        return value
+    async def patch(self, kind: str, key: str, changes: Document) -> tuple[int, Document] | None:
+        revision, value = await self._run(lambda: self._patch(kind, key, changes))
+        return None if value is None else (revision, value)
 
-    async def delete(self, kind: str, key: str) -> bool:
-        return await self._run(lambda: self._write(kind, key, None, must_be_new=False)) > 0
+    async def delete(self, kind: str, key: str) -> int:
+        return await self._run(lambda: self._write(kind, key, None, must_be_new=False))
 
     async def revision(self) -> int:
         def op() -> int:
@@ -175,6 +177,29 @@ class SQLiteStore:
             return int(row[0] or 0)
 
         return await self._run(op)
+
+    def recent_changes(self, after: int) -> Sequence[Change] | None:
+        # A second connection, used from the event loop thread: its ``data_version``
+        # moves whenever any other connection (another worker, or our own writer
+        # thread) commits. Checking it costs about a microsecond.
+        probe = self._probe
+        if probe is None:
+            probe = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            probe.execute("PRAGMA busy_timeout=1000")
+            self._probe = probe
+        try:
+            version = probe.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._probe_version:
+                return None
+            self._probe_version = version
+            rows = probe.execute(
+                "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
+                "ORDER BY revision",
+                (after,),
+            ).fetchall()
+        except sqlite3.Error:
+            return None
+        return [Change(r, k, key, None if v is None else _load(v)) for r, k, key, v in rows]
 
     async def changes(self, after: int) -> AsyncIterator[Change]:
         last = after
@@ -199,6 +224,9 @@ class SQLiteStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
 
         await self._run(op)
         self._executor.shutdown(wait=False)
