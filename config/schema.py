@@ -291,6 +291,8 @@ class GatewaySettings:
     """Where the database, generated certificates and the bootstrap password live."""
     server_url: str = ""
     """URL agents and kubeconfigs use; empty means ``https://<listen host>:<port>``."""
+    workers: int = 1
+    """Gateway processes sharing the listen address (SO_REUSEPORT); each is a replica."""
     tls: TLSSettings = field(default_factory=TLSSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
@@ -320,6 +322,8 @@ class AgentSettings:
     backoff_initial_s: float = duration(1)
     """First reconnect delay; doubles up to ``backoff_max_s``, with full jitter."""
     backoff_max_s: float = duration(30)
+    reconnect_spread_s: float = duration(5)
+    """After a long-lived tunnel drops, reconnect at a random time within this window."""
     credentials_refresh_s: float = duration(60)
     """How often the agent re-reads its service-account token to notice rotation."""
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.directory import Directory
 from gateway.downstream import InternalListener
 from gateway.impersonation import ROLE_GROUP_PREFIX
-from gateway.keys import DIRECTORY, SETTINGS, TUNNELS
+from gateway.keys import DIRECTORY, REPLICAS, SETTINGS, TUNNELS
 from gateway.records import BINDING, CLUSTER, TOKEN, USER, Cluster, iso
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,8 @@ class AceController:
                 return
             if not self.app[TUNNELS].count(cluster_id):
                 continue  # resynced when a tunnel comes up
+            if not self.app[REPLICAS].is_leader():
+                continue  # another replica keeps the records in step
             try:
                 await self.sync(cluster)
             except asyncio.CancelledError:

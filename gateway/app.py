@@ -13,8 +13,17 @@ from gateway import ace, background, proxy, tunnels
 from gateway.api import bindings, clusters, login, oauth_login, tokens, users
 from gateway.directory import Directory
 from gateway.errors import GatewayError, api_response, k8s_response
-from gateway.keys import DIRECTORY, LIMITER, PROVIDERS, RUNTIME, SETTINGS, TUNNELS
+from gateway.keys import (
+    DIRECTORY,
+    LIMITER,
+    PROVIDERS,
+    REPLICAS,
+    RUNTIME,
+    SETTINGS,
+    TUNNELS,
+)
 from gateway.providers.registry import Providers
+from gateway.replicas import ReplicaSet
 from gateway.runtime import Runtime
 from tunnel.registry import TunnelRegistry
 
@@ -82,6 +91,7 @@ def build_app(
     app[DIRECTORY] = directory
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
+    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[LIMITER] = login.make_limiter(settings.auth)
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import DIRECTORY, PROVIDERS, SETTINGS
+from gateway.keys import DIRECTORY, PROVIDERS, REPLICAS, SETTINGS
 from gateway.providers.base import ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ async def refresh_external_users(app: web.Application) -> int:
     """Re-read groups and status of every user from its provider; returns how many."""
     directory = app[DIRECTORY]
     providers = app[PROVIDERS].password
+    if not app[REPLICAS].is_leader():
+        return 0  # the leader refreshes for everyone
     down: set[str] = set()
     count = 0
     for user in list(directory.users.values()):
@@ -67,7 +69,9 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     directory = app[DIRECTORY]
     settings = app[SETTINGS]
     flush = _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
+    replicas = app[REPLICAS]
     tasks = [
+        asyncio.create_task(guard(replicas.run(), "replica heartbeat")),
         asyncio.create_task(guard(directory.follow(), "store change feed")),
         asyncio.create_task(guard(flush, "token last-use")),
     ]
@@ -92,4 +96,5 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await directory.flush_last_used()
+    await replicas.leave()
     await app[PROVIDERS].close()

@@ -22,12 +22,14 @@ from gateway.records import (
     BINDING,
     CLUSTER,
     REGISTRATION,
+    REPLICA,
     ROLE_RANK,
     TOKEN,
     USER,
     Binding,
     Cluster,
     RegistrationToken,
+    Replica,
     Token,
     User,
     from_doc,
@@ -60,6 +62,7 @@ class Directory:
         self.bindings: dict[str, Binding] = {}
         self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
         self.registrations: dict[str, RegistrationToken] = {}
+        self.replicas: dict[str, Replica] = {}
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
         self._seen: dict[tuple[str, str], int] = {}
@@ -71,7 +74,7 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION):
+        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION, REPLICA):
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
 
@@ -130,6 +133,8 @@ class Directory:
                 self.bindings_by_cluster.setdefault(binding.cluster_id, {})[key] = binding
         elif kind == REGISTRATION:
             self._set(self.registrations, key, RegistrationToken, doc)
+        elif kind == REPLICA:
+            self._set(self.replicas, key, Replica, doc)
         for listener in self._listeners:
             listener(kind, key)
 

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
-from gateway.keys import DIRECTORY, TUNNELS
+from gateway.keys import DIRECTORY, REPLICAS, TUNNELS
 from gateway.paths import BadPath, check_segments
 from gateway.proxy import forward
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERNAL_HOST = "http://herdgate-internal"
-SOCKET_NAME = "internal.sock"
 
 
 async def _internal_handler(request: web.Request) -> web.StreamResponse:
@@ -55,6 +54,7 @@ def internal_app(public: web.Application) -> web.Application:
     app = web.Application(client_max_size=16 * 1024**2)
     app[DIRECTORY] = public[DIRECTORY]
     app[TUNNELS] = public[TUNNELS]
+    app[REPLICAS] = public[REPLICAS]
     app.router.add_route("*", "/clusters/{id}/{tail:.*}", _internal_handler)
     return app
 
@@ -63,7 +63,8 @@ class InternalListener:
     """The Unix-socket listener; ``client(cluster_id)`` builds API clients that use it."""
 
     def __init__(self, public: web.Application, state_dir: Path) -> None:
-        self.path = state_dir / "run" / SOCKET_NAME
+        # One socket per process: several workers share the state directory.
+        self.path = state_dir / "run" / f"internal-{os.getpid()}.sock"
         self._runner = web.AppRunner(internal_app(public), access_log=None)
 
     async def start(self) -> None:

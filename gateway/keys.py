@@ -14,6 +14,7 @@ from gateway.runtime import Runtime
 from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
+    from gateway.replicas import ReplicaSet
     from gateway.tunnels import AgentLink
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
@@ -22,3 +23,4 @@ RUNTIME = web.AppKey("runtime", Runtime)
 TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
 PROVIDERS = web.AppKey("providers", Providers)
 LIMITER = web.AppKey("limiter", LoginLimiter)
+REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")

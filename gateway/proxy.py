@@ -24,7 +24,7 @@ from gateway.impersonation import (
     forwarded_headers,
     impersonation_headers,
 )
-from gateway.keys import DIRECTORY, PROVIDERS, TUNNELS
+from gateway.keys import DIRECTORY, PROVIDERS, REPLICAS, TUNNELS
 from gateway.paths import BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.records import Cluster
@@ -34,6 +34,8 @@ from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
 
 logger = logging.getLogger(__name__)
 
+WAIT_FOR_TUNNEL_S = 5.0
+"""How long a replica without a tunnel waits for the agent, if another replica has one."""
 BUFFER_LIMIT = 256 * 1024
 """Bodies up to this size are read whole (one write); larger ones are streamed."""
 _SKIPPED_RESPONSE_HEADERS = frozenset(
@@ -172,12 +174,23 @@ async def forward(
     keep_client_impersonation: bool = False,
 ) -> web.StreamResponse:
     """Send the request to the cluster's API server through a tunnel; stream the answer."""
+    tunnels = request.app[TUNNELS]
     try:
-        link = request.app[TUNNELS].pick(cluster.id)
+        link = tunnels.pick(cluster.id)
     except NoAgentSession:
-        raise UpstreamUnavailable(
-            f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
-        ) from None
+        # Another replica holds a tunnel: the agent is on its way here too (a worker
+        # that just started). Only then is waiting worth it.
+        if not request.app[REPLICAS].has_tunnel_anywhere(cluster.id):
+            raise UpstreamUnavailable(
+                f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
+            ) from None
+        try:
+            link = await tunnels.wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
+        except NoAgentSession:
+            raise UpstreamUnavailable(
+                f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
+                "reached this gateway replica yet"
+            ) from None
 
     upgrade_request = _is_upgrade(request)
     body: bytes | AsyncIterator[bytes] | None = None

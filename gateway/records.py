@@ -15,6 +15,7 @@ TOKEN = "tokens"
 CLUSTER = "clusters"
 BINDING = "bindings"
 REGISTRATION = "registrationtokens"
+REPLICA = "replicas"
 
 Role = Literal["cluster-owner", "cluster-member", "read-only"]
 ROLES: tuple[Role, ...] = ("cluster-owner", "cluster-member", "read-only")
@@ -122,3 +123,16 @@ class RegistrationToken:
     cluster_id: str
     hash: str
     created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One running gateway process (a worker on this host, or a replica elsewhere)."""
+
+    id: str
+    host: str
+    pid: int
+    started: float
+    heartbeat: float
+    clusters: tuple[str, ...] = ()
+    """Clusters this replica holds at least one agent tunnel for."""

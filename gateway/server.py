@@ -24,7 +24,10 @@ VERSION = "0.1.0"
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: GatewaySettings, stop: asyncio.Event | None = None, worker: bool = False
+) -> None:
+    """Serve until stopped. ``worker``: one of several processes (see gateway.workers)."""
     url = bootstrap.server_url(settings)
     state = bootstrap.state_dir(settings)
     store = await open_store(settings.store, state)
@@ -45,9 +48,12 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         )
         await runner.setup()
         host, port = bootstrap.split_listen(settings.listen)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=worker or None
+        )
         await site.start()
-        print(bootstrap.banner(url, ca_pem), flush=True)
+        if not worker:
+            print(bootstrap.banner(url, ca_pem), flush=True)
         logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import DIRECTORY, SETTINGS, TUNNELS
+from gateway.keys import DIRECTORY, REPLICAS, SETTINGS, TUNNELS
 from gateway.records import CLUSTER
 from gateway.upstream import StreamPool
 from tunnel.errors import TunnelError
@@ -133,6 +133,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
     directory = request.app[DIRECTORY]
     settings = request.app[SETTINGS].tunnel
     registry = request.app[TUNNELS]
+    replicas = request.app[REPLICAS]
+    directory.catch_up()  # the token may have been created through another replica
     cluster = directory.cluster_for_registration(_bearer(request))
     if cluster is None:
         return web.json_response(
@@ -153,7 +155,9 @@ async def connect(request: web.Request) -> web.StreamResponse:
         WebSocketTransport(ws),
         Side.SERVER,
         limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
-        metadata=json.dumps({"clusterId": cluster.id}).encode(),
+        metadata=json.dumps(
+            {"clusterId": cluster.id, "replicaId": replicas.id, "replicas": replicas.count()}
+        ).encode(),
         on_info=lambda raw: link.on_info(raw) if link is not None else None,
         ping_interval_s=settings.ping_interval_s * 1.5,
         idle_timeout_s=settings.idle_timeout_s,

@@ -1,287 +1,59 @@
-"""The agent: dials out to the gateway, holds the tunnel, relays streams to its API server.
+"""The agent: dials out to the gateway and holds one tunnel to every gateway replica.
 
-Each stream the gateway opens becomes one TLS connection to this cluster's API
-server, and bytes are copied both ways under the stream's credit window. The agent
-never listens on a port, and nothing but its own API server is reachable through it.
-It reconnects with capped exponential back-off and full jitter, so a gateway
-restart does not turn into a handshake storm.
+The agent never listens on a port. Each gateway replica (a worker process, or a
+replica on another host) says in its HELLO who it is and how many replicas are live;
+the agent keeps dialling the gateway's address until it holds a tunnel to each of
+them (the kernel's SO_REUSEPORT, or a load balancer, decides where each connection
+lands; a second tunnel to a replica already held is closed at once). Every replica can
+then reach the cluster without a hop through another.
+
+Reconnecting: after a long-lived tunnel drops (a gateway restart), the agent waits a
+random time within ``reconnect_spread`` so that a thousand agents do not all
+handshake in the same instant; failed attempts back off exponentially with jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import random
-import socket
-import ssl
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from config.schema import AgentSettings
 from config.tls import client_context
+from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
+from tunnel.relay import relay
 from tunnel.session import Session
 from tunnel.streams import TunnelStream
 from tunnel.transport import READ_LIMIT_BYTES, WebSocketTransport
+
+__all__ = ["Agent", "AgentError", "backoff_delay"]
 
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 CONNECT_PATH = "/v3/connect"
-UPSTREAM_CONNECT_TIMEOUT_S = 10.0
 STABLE_AFTER_S = 30.0
-"""A tunnel that lived this long resets the back-off to its initial delay."""
-_HIGH_WATER = 256 * 1024
-
-
-class AgentError(Exception):
-    """The agent cannot start (bad CA checksum, unreadable kubeconfig ...)."""
+"""A tunnel that lived this long resets the back-off."""
+DUPLICATE_RETRY_S = 0.1
+"""First pause after landing on a replica already held (doubles while it repeats)."""
 
 
 @dataclass
-class Upstream:
-    """How to reach this cluster's API server."""
-
-    host: str
-    port: int
-    ssl: ssl.SSLContext | None
-    server_hostname: str | None
-    authorization: str = field(default="", repr=False)
-    ca_pem: str = ""
-    """The API server's CA, reported to the gateway for direct (ACE) kubeconfig contexts."""
-    refresh: Callable[[], asyncio.Future[str] | asyncio.Task[str]] | None = field(
-        default=None, repr=False
-    )
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-# -- start-up: gateway CA and cluster credentials ---------------------------------------
-
-
-async def gateway_ca(settings: AgentSettings) -> str | None:
-    """The gateway CA to trust: from a file, or fetched and checked against the checksum."""
-    if settings.ca_file:
-        return Path(settings.ca_file).read_text()
-    if not settings.ca_checksum:
-        return None  # the gateway's certificate is publicly trusted
-    insecure = client_context(verify=False)
-    url = settings.server.rstrip("/") + "/cacerts"
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(url, ssl=insecure, timeout=aiohttp.ClientTimeout(total=15)) as resp,
-        ):
-            if resp.status != 200:
-                raise AgentError(f"GET {url}: HTTP {resp.status}")
-            pem = await resp.read()
-    except aiohttp.ClientError as exc:
-        raise AgentError(f"cannot fetch the gateway CA from {url}: {exc}") from exc
-    actual = hashlib.sha256(pem).hexdigest()
-    if not hmac.compare_digest(actual, settings.ca_checksum.strip().lower()):
-        raise AgentError(
-            f"the CA served by {settings.server} has checksum {actual}, "
-            f"expected {settings.ca_checksum}: refusing to connect"
-        )
-    return pem.decode()
-
-
-async def cluster_upstream(settings: AgentSettings) -> Upstream:
-    """API server address, TLS and credential from a kubeconfig or the pod's service account."""
-    from kubernetes_asyncio.client import Configuration
-    from kubernetes_asyncio.config import (
-        ConfigException,
-        load_incluster_config,
-        load_kube_config,
-    )
-
-    cfg = Configuration()
-    try:
-        if settings.kubeconfig:
-            await load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
-        else:
-            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError) as exc:
-        source = settings.kubeconfig or "the in-cluster service account"
-        raise AgentError(f"cannot load cluster credentials from {source}: {exc}") from exc
-    url = urlsplit(str(cfg.host))
-    if url.hostname is None:
-        raise AgentError(f"no API server address in {cfg.host!r}")
-    ctx: ssl.SSLContext | None = None
-    if url.scheme == "https":
-        ctx = client_context(
-            ca_file=cfg.ssl_ca_cert or None,
-            cert_file=cfg.cert_file or None,
-            key_file=cfg.key_file or None,
-            verify=bool(cfg.verify_ssl),
-        )
-    server_hostname = str(getattr(cfg, "tls_server_name", None) or url.hostname)
-
-    async def credential() -> str:
-        auth = await cfg.auth_settings()
-        value = auth.get("BearerToken", {}).get("value") or ""
-        if value and not value.lower().startswith("bearer "):
-            value = f"Bearer {value}"
-        return str(value)
-
-    upstream = Upstream(
-        host=url.hostname,
-        port=url.port or (443 if url.scheme == "https" else 80),
-        ssl=ctx,
-        server_hostname=server_hostname if ctx else None,
-    )
-    upstream.authorization = await credential()
-    if cfg.ssl_ca_cert:
-        try:
-            upstream.ca_pem = Path(cfg.ssl_ca_cert).read_text()
-        except OSError as exc:
-            raise AgentError(f"cannot read the cluster CA {cfg.ssl_ca_cert}: {exc}") from exc
-    upstream.refresh = lambda: asyncio.ensure_future(credential())
-    return upstream
-
-
-# -- relaying one stream ----------------------------------------------------------------
-
-
-class _UpstreamConnection(asyncio.Protocol):
-    """API server bytes -> tunnel stream, respecting the stream's credit."""
-
-    def __init__(self, stream: TunnelStream) -> None:
-        self.stream = stream
-        self.transport: asyncio.Transport | None = None
-        self._backlog: list[bytes] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._eof = False
-        self.closed = asyncio.get_running_loop().create_future()
-        self._write_paused = False
-        self._drained: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        stream = self.stream
-        if not self._backlog and stream.can_write_now(len(data)):
-            try:
-                stream.write_nowait(data)
-            except TunnelError:
-                self._abort()
-            return
-        self._backlog.append(data)
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self._start_flush()
-
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        self._start_flush()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._start_flush()
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def drain(self) -> None:
-        if self._write_paused and not self.closed.done():
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
-
-    def _start_flush(self) -> None:
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._backlog:
-                data = b"".join(self._backlog)
-                self._backlog.clear()
-                await self.stream.write(data)
-            if self._eof:
-                await self.stream.write_eof()
-                return
-        except TunnelError:
-            self._abort()
-            return
-        finally:
-            self._flushing = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
-async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> None:
-    """Connect the stream to the API server and copy bytes both ways."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-            transport, conn = await loop.create_connection(
-                lambda: _UpstreamConnection(stream),
-                upstream.host,
-                upstream.port,
-                ssl=upstream.ssl,
-                server_hostname=upstream.server_hostname,
-            )
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
-        logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
-        stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
-        return
-    session.accept(stream)
-    try:
-        while True:
-            chunk = await stream.read()
-            if not chunk:
-                break
-            transport.write(chunk)
-            if transport.get_write_buffer_size() > _HIGH_WATER:
-                await conn.drain()
-            if transport.is_closing():
-                break
-        # The gateway finished this exchange: close the API server connection.
-        if not transport.is_closing():
-            transport.close()
-        await asyncio.wait_for(asyncio.shield(conn.closed), 30)
-    except TunnelError:
-        transport.abort()
-    except (TimeoutError, OSError):
-        transport.abort()
-        stream.reset(ErrorCode.INTERNAL_ERROR)
-
-
-# -- the tunnel -------------------------------------------------------------------------
+class _Tunnel:
+    replica_id: str
+    session: Session
+    ws: aiohttp.ClientWebSocketResponse
+    started: float
 
 
 class Agent:
@@ -289,19 +61,46 @@ class Agent:
         self.settings = settings
         self._token = registration_token
         self._tasks: set[asyncio.Task[None]] = set()
+        self.tunnels: dict[str, _Tunnel] = {}
+        self.wanted = 1
+        """How many gateway replicas are live (as the gateway last said)."""
         self.connected = asyncio.Event()
-        self.session: Session | None = None
+        """Set while at least one tunnel is up."""
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._after_drop = False
+
+    @property
+    def session(self) -> Session | None:
+        """Any one live session (tests and tools)."""
+        return next(iter(self.tunnels.values())).session if self.tunnels else None
+
+    # -- streams ----------------------------------------------------------------------
 
     def _on_stream(self, session: Session, upstream: Upstream) -> Callable[[TunnelStream], None]:
         def handler(stream: TunnelStream) -> None:
             if stream.target not in (b"", b"apiserver"):
                 stream.reset(ErrorCode.REFUSED_STREAM, "only the API server is reachable")
                 return
-            task = asyncio.get_running_loop().create_task(relay(stream, session, upstream))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(relay(stream, session, upstream))
 
         return handler
+
+    def _on_info(self, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return
+        replicas = data.get("replicas") if isinstance(data, dict) else None
+        if isinstance(replicas, int) and replicas >= 1 and replicas != self.wanted:
+            logger.info("the gateway now has %d replicas", replicas)
+            self.wanted = replicas
+            self._wake.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _metadata(self, upstream: Upstream) -> bytes:
         return json.dumps(
@@ -314,17 +113,18 @@ class Agent:
             }
         ).encode()
 
-    async def run_once(
+    # -- one connection ---------------------------------------------------------------
+
+    async def _dial(
         self, http: aiohttp.ClientSession, ca_pem: str | None, upstream: Upstream
-    ) -> float:
-        """One connection; returns how long it stayed up (0 if it never came up)."""
+    ) -> str:
+        """Open one tunnel; ``"new"``, ``"duplicate"`` (replica already held) or ``"failed"``."""
         settings = self.settings
         ctx = client_context(ca_data=ca_pem) if ca_pem else client_context()
         headers = {"Authorization": f"Bearer {self._token}"}
         if settings.node_name:
             headers["X-Herdgate-Node-Name"] = settings.node_name
         url = settings.server.rstrip("/") + CONNECT_PATH
-        loop = asyncio.get_running_loop()
         try:
             ws = await http.ws_connect(
                 url,
@@ -340,96 +140,157 @@ class Agent:
                 logger.error("the gateway rejected the registration token (HTTP 401)")
             else:
                 logger.warning("cannot connect to %s: HTTP %s", url, exc.status)
-            return 0.0
+            return "failed"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             logger.warning("cannot connect to %s: %s", url, exc)
-            return 0.0
+            return "failed"
         tunnel = settings.tunnel
         session = Session(
             WebSocketTransport(ws),
             Side.CLIENT,
             limits=Limits(tunnel.stream_window, tunnel.max_frame, tunnel.max_streams),
             metadata=self._metadata(upstream),
+            on_info=self._on_info,
             ping_interval_s=tunnel.ping_interval_s,
             idle_timeout_s=tunnel.idle_timeout_s,
             name=settings.server,
         )
         session._on_stream = self._on_stream(session, upstream)
         try:
-            await session.handshake()
-        except TunnelError as exc:
+            gateway = json.loads(await session.handshake() or b"{}")
+        except (TunnelError, ValueError) as exc:
             logger.warning("tunnel handshake with %s failed: %s", url, exc)
             await ws.close()
-            return 0.0
-        started = loop.time()
-        session.start()
-        self.session = session
-        self.connected.set()
-        logger.info("tunnel to %s established", settings.server)
-        refresher = loop.create_task(self._refresh_credentials(session, upstream))
-        try:
-            closed = await session.wait_closed()
-            logger.warning("tunnel to %s closed: %s", settings.server, closed)
-        finally:
-            refresher.cancel()
-            self.connected.clear()
-            self.session = None
+            return "failed"
+        replica = str(gateway.get("replicaId", "")) if isinstance(gateway, dict) else ""
+        count = gateway.get("replicas", 1) if isinstance(gateway, dict) else 1
+        self.wanted = count if isinstance(count, int) and count >= 1 else 1
+        if replica in self.tunnels:
+            await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
             await ws.close()
-        return loop.time() - started
+            return "duplicate"
+        loop = asyncio.get_running_loop()
+        entry = _Tunnel(replica, session, ws, loop.time())
+        self.tunnels[replica] = entry
+        session.start()
+        self.connected.set()
+        logger.info(
+            "tunnel to %s established (replica %s, %d of %d)",
+            settings.server,
+            replica or "-",
+            len(self.tunnels),
+            self.wanted,
+        )
+        self._spawn(self._watch(entry))
+        return "new"
 
-    async def _refresh_credentials(self, session: Session, upstream: Upstream) -> None:
+    async def _watch(self, entry: _Tunnel) -> None:
+        try:
+            closed = await entry.session.wait_closed()
+            logger.warning("tunnel to replica %s closed: %s", entry.replica_id or "-", closed)
+        finally:
+            if self.tunnels.get(entry.replica_id) is entry:
+                del self.tunnels[entry.replica_id]
+            if not self.tunnels:
+                self.connected.clear()
+            uptime = asyncio.get_running_loop().time() - entry.started
+            if uptime >= STABLE_AFTER_S:
+                self._failures = 0
+                self._after_drop = True
+            else:
+                self._failures += 1
+            with contextlib.suppress(Exception):
+                await entry.ws.close()
+            self._wake.set()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _delay_before_dial(self, duplicates: int) -> float:
+        settings = self.settings
+        rng = random.SystemRandom()
+        if duplicates:
+            # Landed on a replica we hold: try again soon, the next one may differ.
+            return rng.uniform(0, DUPLICATE_RETRY_S * 2 ** min(duplicates, 4))
+        if self._after_drop:
+            # Everyone lost the gateway at once: spread the reconnects out.
+            self._after_drop = False
+            return rng.uniform(0, settings.reconnect_spread_s)
+        if self._failures == 0:
+            return 0.0
+        return backoff_delay(
+            self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ca_pem = await gateway_ca(self.settings)
+        upstream = await cluster_upstream(self.settings)
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        duplicates = 0
+        async with aiohttp.ClientSession(connector=connector) as http:
+            self._spawn(self._refresh_credentials(upstream))
+            while not stop.is_set():
+                self._wake.clear()
+                if len(self.tunnels) >= self.wanted:
+                    await _first(self._wake.wait(), stop.wait())
+                    continue
+                delay = self._delay_before_dial(duplicates)
+                if delay:
+                    if not duplicates:
+                        logger.info("reconnecting in %.1f s", delay)
+                    await _first(asyncio.sleep(delay), stop.wait())
+                    if stop.is_set():
+                        break
+                outcome = await _first(self._dial(http, ca_pem, upstream), stop.wait())
+                if outcome == "new":
+                    duplicates = 0
+                elif outcome == "duplicate":
+                    duplicates += 1
+                elif outcome == "failed":
+                    duplicates = 0
+                    self._failures += 1
+            for entry in list(self.tunnels.values()):
+                await entry.session.close(ErrorCode.NO_ERROR, "agent stopping")
+                await entry.ws.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _refresh_credentials(self, upstream: Upstream) -> None:
         while True:
             await asyncio.sleep(self.settings.credentials_refresh_s)
             if upstream.refresh is None:
                 return
             try:
                 value = await upstream.refresh()
-            except Exception as exc:  # noqa: BLE001 - keep the tunnel, retry next period
+            except Exception as exc:  # noqa: BLE001 - keep the tunnels, retry next period
                 logger.warning("cannot refresh the API server credential: %s", exc)
                 continue
             if value != upstream.authorization:
                 upstream.authorization = value
-                session.send_info(json.dumps({"authorization": value}).encode())
+                message = json.dumps({"authorization": value}).encode()
+                for entry in list(self.tunnels.values()):
+                    if entry.session.is_usable:
+                        entry.session.send_info(message)
                 logger.info("API server credential rotated")
 
-    async def run(self, stop: asyncio.Event) -> None:
-        ca_pem = await gateway_ca(self.settings)
-        upstream = await cluster_upstream(self.settings)
-        attempt = 0
-        connector = aiohttp.TCPConnector(limit=1, enable_cleanup_closed=True)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            while not stop.is_set():
-                uptime = await _until_stopped(self.run_once(http, ca_pem, upstream), stop)
-                if stop.is_set():
-                    break
-                attempt = 0 if uptime >= STABLE_AFTER_S else attempt + 1
-                delay = backoff_delay(
-                    attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s
-                )
-                logger.info("reconnecting in %.1f s", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-        for task in list(self._tasks):
-            task.cancel()
 
-
-async def _until_stopped(coro: Coroutine[Any, Any, float], stop: asyncio.Event) -> float:
+async def _first(coro: Coroutine[Any, Any, Any], stop: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` unless ``stop`` finishes first; returns ``coro``'s result or None."""
     task = asyncio.ensure_future(coro)
-    stopper = asyncio.ensure_future(stop.wait())
+    stopper = asyncio.ensure_future(stop)
     done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
     if task in done:
-        stopper.cancel()
-        return float(task.result())
+        return task.result()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    return 0.0
+    return None
 
 
 def backoff_delay(
     attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None
 ) -> float:
-    """Full jitter: uniform in [initial/2, min(max, initial * 2**attempt)]."""
+    """Jittered exponential back-off: uniform in [initial/2, min(max, initial * 2**attempt)]."""
     rng = rng or random.SystemRandom()
     ceiling = min(max_s, initial_s * (2 ** min(attempt, 30)))
     return rng.uniform(min(initial_s / 2, ceiling), ceiling)

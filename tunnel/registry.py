@@ -1,4 +1,4 @@
-"""Which live tunnels serve which cluster (bookkeeping only, no I/O).
+"""Which live tunnels serve which cluster (bookkeeping; ``wait_for`` is the one await).
 
 Several agents may serve one cluster: the cluster agent and node agents as
 fallback. Requests go to a cluster agent when one is connected, otherwise to a node
@@ -7,6 +7,7 @@ agent; among equals, to the one with the fewest open streams.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
@@ -34,6 +35,7 @@ class TunnelRegistry(Generic[L]):
     def __init__(self) -> None:
         self._links: dict[str, list[L]] = {}
         self._listeners: list[Callable[[str, int], None]] = []
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def on_change(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(cluster_id, live_link_count)`` whenever links come or go."""
@@ -70,9 +72,40 @@ class TunnelRegistry(Generic[L]):
             raise NoAgentSession(cluster_id)
         return best
 
+    async def wait_for(self, cluster_id: str, timeout_s: float) -> L:
+        """A usable link, waiting up to ``timeout_s`` for one to connect."""
+        try:
+            return self.pick(cluster_id)
+        except NoAgentSession:
+            pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (remaining := deadline - loop.time()) > 0:
+            waiter = loop.create_future()
+            self._waiters.setdefault(cluster_id, []).append(waiter)
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                break
+            finally:
+                waiters = self._waiters.get(cluster_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(cluster_id, None)
+            try:
+                return self.pick(cluster_id)
+            except NoAgentSession:
+                continue
+        return self.pick(cluster_id)
+
     def all_links(self) -> list[L]:
         return [link for links in self._links.values() for link in links]
 
     def _notify(self, cluster_id: str, count: int) -> None:
         for listener in self._listeners:
             listener(cluster_id, count)
+        for waiter in self._waiters.get(cluster_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)

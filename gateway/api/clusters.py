@@ -22,7 +22,7 @@ from gateway.api.common import (
     string_field,
 )
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
-from gateway.keys import RUNTIME, SETTINGS, TUNNELS
+from gateway.keys import REPLICAS, RUNTIME, SETTINGS, TUNNELS
 from gateway.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -42,10 +42,16 @@ def cluster_view(request: web.Request, cluster: Cluster) -> dict[str, Any]:
         "type": "cluster",
         "name": cluster.name,
         "description": cluster.description,
-        "state": cluster_state(cluster, len(links)),
+        "state": cluster_state(
+            cluster, len(links) or request.app[REPLICAS].has_tunnel_anywhere(cluster.id)
+        ),
         "created": iso(cluster.created),
         "connectedAt": iso(cluster.connected_at),
         "agents": [link.describe() for link in links],
+        "replicas": {
+            "live": request.app[REPLICAS].count(),
+            "withTunnel": request.app[REPLICAS].holding(cluster.id),
+        },
         "localClusterAuthEndpoint": {
             "enabled": cluster.ace_enabled,
             "fqdn": cluster.ace_fqdn,

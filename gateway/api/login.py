@@ -125,6 +125,7 @@ async def dispatch(request: web.Request) -> web.Response:
     """``/v3-public/<type>Providers/<name>``: password providers here, OAuth ones elsewhere."""
     from gateway.api import oauth_login
 
+    directory(request).catch_up()  # a user created through another replica a moment ago
     key = f"{request.match_info['type']}/{request.match_info['name']}"
     if key in oauth_login.PATHS:
         return await oauth_login.oauth_action(request)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from config.schema import AgentSettings
 from config.tls import make_ca
-from tunnel.agent import AgentError, cluster_upstream
+from tunnel.credentials import AgentError, cluster_upstream
 
 
 def _ca_pem(tmp_path: Path) -> Path:

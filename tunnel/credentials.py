@@ -1,0 +1,126 @@
+"""What the agent needs before it can work: trust for the gateway, access to its cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from config.schema import AgentSettings
+from config.tls import client_context
+
+
+class AgentError(Exception):
+    """The agent cannot start (bad CA checksum, unreadable kubeconfig ...)."""
+
+
+@dataclass
+class Upstream:
+    """How to reach this cluster's API server."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    server_hostname: str | None
+    authorization: str = field(default="", repr=False)
+    ca_pem: str = ""
+    """The API server's CA, reported to the gateway for direct (ACE) kubeconfig contexts."""
+    refresh: Callable[[], asyncio.Future[str] | asyncio.Task[str]] | None = field(
+        default=None, repr=False
+    )
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+# -- start-up: gateway CA and cluster credentials ---------------------------------------
+
+
+async def gateway_ca(settings: AgentSettings) -> str | None:
+    """The gateway CA to trust: from a file, or fetched and checked against the checksum."""
+    if settings.ca_file:
+        return Path(settings.ca_file).read_text()
+    if not settings.ca_checksum:
+        return None  # the gateway's certificate is publicly trusted
+    insecure = client_context(verify=False)
+    url = settings.server.rstrip("/") + "/cacerts"
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, ssl=insecure, timeout=aiohttp.ClientTimeout(total=15)) as resp,
+        ):
+            if resp.status != 200:
+                raise AgentError(f"GET {url}: HTTP {resp.status}")
+            pem = await resp.read()
+    except aiohttp.ClientError as exc:
+        raise AgentError(f"cannot fetch the gateway CA from {url}: {exc}") from exc
+    actual = hashlib.sha256(pem).hexdigest()
+    if not hmac.compare_digest(actual, settings.ca_checksum.strip().lower()):
+        raise AgentError(
+            f"the CA served by {settings.server} has checksum {actual}, "
+            f"expected {settings.ca_checksum}: refusing to connect"
+        )
+    return pem.decode()
+
+
+async def cluster_upstream(settings: AgentSettings) -> Upstream:
+    """API server address, TLS and credential from a kubeconfig or the pod's service account."""
+    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.config import (
+        ConfigException,
+        load_incluster_config,
+        load_kube_config,
+    )
+
+    cfg = Configuration()
+    try:
+        if settings.kubeconfig:
+            await load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
+        else:
+            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError) as exc:
+        source = settings.kubeconfig or "the in-cluster service account"
+        raise AgentError(f"cannot load cluster credentials from {source}: {exc}") from exc
+    url = urlsplit(str(cfg.host))
+    if url.hostname is None:
+        raise AgentError(f"no API server address in {cfg.host!r}")
+    ctx: ssl.SSLContext | None = None
+    if url.scheme == "https":
+        ctx = client_context(
+            ca_file=cfg.ssl_ca_cert or None,
+            cert_file=cfg.cert_file or None,
+            key_file=cfg.key_file or None,
+            verify=bool(cfg.verify_ssl),
+        )
+    server_hostname = str(getattr(cfg, "tls_server_name", None) or url.hostname)
+
+    async def credential() -> str:
+        auth = await cfg.auth_settings()
+        value = auth.get("BearerToken", {}).get("value") or ""
+        if value and not value.lower().startswith("bearer "):
+            value = f"Bearer {value}"
+        return str(value)
+
+    upstream = Upstream(
+        host=url.hostname,
+        port=url.port or (443 if url.scheme == "https" else 80),
+        ssl=ctx,
+        server_hostname=server_hostname if ctx else None,
+    )
+    upstream.authorization = await credential()
+    if cfg.ssl_ca_cert:
+        try:
+            upstream.ca_pem = Path(cfg.ssl_ca_cert).read_text()
+        except OSError as exc:
+            raise AgentError(f"cannot read the cluster CA {cfg.ssl_ca_cert}: {exc}") from exc
+    upstream.refresh = lambda: asyncio.ensure_future(credential())
+    return upstream

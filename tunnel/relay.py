@@ -1,0 +1,150 @@
+"""One tunnel stream relayed to the cluster's API server.
+
+Each stream the gateway opens becomes one TLS connection to this cluster's API server
+(TCP_NODELAY), and bytes are copied both ways under the stream's credit window: when
+the gateway has not returned credit, reading from the API server pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from typing import cast
+
+from tunnel.credentials import Upstream
+from tunnel.errors import TunnelError
+from tunnel.frames import ErrorCode
+from tunnel.session import Session
+from tunnel.streams import TunnelStream
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_CONNECT_TIMEOUT_S = 10.0
+_HIGH_WATER = 256 * 1024
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    """API server bytes -> tunnel stream, respecting the stream's credit."""
+
+    def __init__(self, stream: TunnelStream) -> None:
+        self.stream = stream
+        self.transport: asyncio.Transport | None = None
+        self._backlog: list[bytes] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._eof = False
+        self.closed = asyncio.get_running_loop().create_future()
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if not self._backlog and stream.can_write_now(len(data)):
+            try:
+                stream.write_nowait(data)
+            except TunnelError:
+                self._abort()
+            return
+        self._backlog.append(data)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._start_flush()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._start_flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._start_flush()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed.done():
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def _start_flush(self) -> None:
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._backlog:
+                data = b"".join(self._backlog)
+                self._backlog.clear()
+                await self.stream.write(data)
+            if self._eof:
+                await self.stream.write_eof()
+                return
+        except TunnelError:
+            self._abort()
+            return
+        finally:
+            self._flushing = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> None:
+    """Connect the stream to the API server and copy bytes both ways."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
+            transport, conn = await loop.create_connection(
+                lambda: _UpstreamConnection(stream),
+                upstream.host,
+                upstream.port,
+                ssl=upstream.ssl,
+                server_hostname=upstream.server_hostname,
+            )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
+        stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
+        return
+    session.accept(stream)
+    try:
+        while True:
+            chunk = await stream.read()
+            if not chunk:
+                break
+            transport.write(chunk)
+            if transport.get_write_buffer_size() > _HIGH_WATER:
+                await conn.drain()
+            if transport.is_closing():
+                break
+        # The gateway finished this exchange: close the API server connection.
+        if not transport.is_closing():
+            transport.close()
+        await asyncio.wait_for(asyncio.shield(conn.closed), 30)
+    except TunnelError:
+        transport.abort()
+    except (TimeoutError, OSError):
+        transport.abort()
+        stream.reset(ErrorCode.INTERNAL_ERROR)
