@@ -14,6 +14,7 @@ controllers (ACE record sync, group refresh).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import uuid
 
 from gateway.directory import Directory
 from gateway.records import REPLICA, Replica
+from gateway.store.base import StoreError
 from gateway.tunnels import AgentLink
 from tunnel.registry import TunnelRegistry
 
@@ -89,11 +91,15 @@ class ReplicaSet:
 
     async def run(self) -> None:
         """Heartbeat every few seconds, and soon after our tunnels change."""
-        await self.forget_crashed_local()
+        with contextlib.suppress(StoreError):
+            await self.forget_crashed_local()
         while True:
-            await self.heartbeat()
-            if self.is_leader():
-                await self._forget_dead()
+            try:
+                await self.heartbeat()
+                if self.is_leader():
+                    await self._forget_dead()
+            except StoreError as exc:
+                logger.warning("replica heartbeat failed: %s; retrying", exc)
             self._announce_if_changed()  # also notices replicas whose heartbeat stopped
             self._changed.clear()
             try:

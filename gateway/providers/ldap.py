@@ -617,17 +617,23 @@ class LDAPProvider:
         )
 
     def _revive_addresses(self) -> None:
-        """Let ldap3 try addresses that failed recently rather than give up at once.
+        """Let ldap3 try again what failed recently when nothing is left to try.
 
-        ldap3 skips an address for 5 s (RESET_AVAILABILITY_TIMEOUT) after it failed;
-        when every address of the only server is skipped, it fails without trying,
-        so a directory that is back would still be refused for a while. With several
-        servers, ``server_retry_s`` (ServerPool's exhaust) decides what is skipped.
+        ldap3 skips an address for 5 s (RESET_AVAILABILITY_TIMEOUT) after it failed,
+        and a ServerPool skips a server for ``server_retry_s`` (exhaust). When every
+        address of a server, or every server of the pool, is being skipped, ldap3
+        fails without trying, so a directory that is back would still be refused for
+        a while. Skipping stays in force while at least one server is thought up.
         """
         for server in self._servers:
             infos = server.address_info
             if infos and all(info[5] is False for info in infos):
                 server.reset_availability()
+        state = getattr(self._server, "_pool_state", None)  # ServerPool, ldap3 2.9
+        servers = getattr(state, "server_states", None) or []
+        if servers and not any(s.available for s in servers):
+            for server_state in servers:
+                server_state.available = True
 
     def _open(self, conn: Connection) -> None:
         self._revive_addresses()
@@ -916,9 +922,12 @@ class LDAPProvider:
 
     def _use_in_chain(self, conn: Connection) -> bool:
         if self._in_chain is None:
-            entries, _ = self._search(
-                conn, "", "(objectClass=*)", BASE, ["supportedCapabilities", "vendorName"]
-            )
+            try:
+                entries, _ = self._search(
+                    conn, "", "(objectClass=*)", BASE, ["supportedCapabilities", "vendorName"]
+                )
+            except _Failure:  # the root DSE is not readable: assume not AD
+                entries = []
             self._in_chain = supports_in_chain(entries[0].attributes if entries else {})
             logger.info(
                 "%s: nested groups are resolved %s",

@@ -14,4 +14,12 @@ async def open_store(settings: StoreSettings, state_dir: Path) -> Store:
     if settings.backend == "sqlite":
         path = Path(settings.sqlite_path) if settings.sqlite_path else state_dir / "herdgate.db"
         return await SQLiteStore(path).open()
-    raise ConfigError("store.backend", f"unknown backend {settings.backend!r} (known: sqlite)")
+    if settings.backend == "etcd":
+        from gateway.store.etcd import EtcdStore
+
+        if not settings.etcd_endpoints:
+            raise ConfigError("store.etcd_endpoints", "required with backend etcd")
+        return await EtcdStore(settings.etcd_endpoints, settings.etcd_prefix).open()
+    raise ConfigError(
+        "store.backend", f"unknown backend {settings.backend!r} (known: sqlite, etcd)"
+    )

@@ -121,6 +121,8 @@ class Gateway:
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    ca_path: Path | None = None
+    """The CA that verifies the gateway, when it is not generated in its state dir."""
 
     @property
     def url(self) -> str:
@@ -128,7 +130,7 @@ class Gateway:
 
     @property
     def ca_file(self) -> Path:
-        return self.state_dir / "tls" / "ca.crt"
+        return self.ca_path or self.state_dir / "tls" / "ca.crt"
 
     def start(self, timeout: float = 20.0) -> Gateway:
         env = dict(os.environ, HERDGATE_BOOTSTRAP_PASSWORD=ADMIN_PASSWORD, **self.extra_env)

@@ -177,13 +177,13 @@ def test_server_urls() -> None:
         parse_server_url("ldap://x:99999")
 
 
-async def test_empty_password_is_refused_before_any_bind() -> None:
+async def test_empty_password_is_refused_before_any_bind(monkeypatch: pytest.MonkeyPatch) -> None:
     provider = LDAPProvider("openldap", _settings())
 
     async def no_network(*_: object) -> object:
         raise AssertionError("the provider must not contact the server")
 
-    provider._run = no_network  # type: ignore[method-assign]
+    monkeypatch.setattr(provider, "_run", no_network)
     try:
         for username, password in [("alice", ""), ("", "pw"), ("x" * 1000, "pw"), ("\ud800", "pw")]:
             with pytest.raises(InvalidCredentials):

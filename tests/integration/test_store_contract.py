@@ -1,0 +1,70 @@
+"""Both store backends keep the same contract (SQLite file; a real etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.store.base import AlreadyExists, Store
+from gateway.store.etcd import EtcdStore
+from gateway.store.sqlite import SQLiteStore
+from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def store(request: Any, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s: Any = await SQLiteStore(tmp_path / "db").open()
+    else:
+        server: Etcd = request.getfixturevalue("etcd")
+        s = await EtcdStore([server.url], prefix=f"/t-{uuid.uuid4().hex[:8]}/").open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_crud(store: Store) -> None:
+    rev = await store.create("users", "u-1", {"id": "u-1", "name": "a"})
+    assert rev > 0
+    with pytest.raises(AlreadyExists):
+        await store.create("users", "u-1", {"id": "u-1"})
+    assert await store.get("users", "u-1") == {"id": "u-1", "name": "a"}
+    assert await store.get("users", "nope") is None
+    await store.put("users", "u-2", {"id": "u-2"})
+    assert [d["id"] for d in await store.list("users")] == ["u-1", "u-2"]
+    assert await store.list("tokens") == []
+    patched = await store.patch("users", "u-1", {"name": "b", "x": 1})
+    assert patched is not None and patched[1] == {"id": "u-1", "name": "b", "x": 1}
+    assert await store.patch("users", "ghost", {"name": "b"}) is None
+    assert await store.delete("users", "u-1") > 0
+    assert await store.delete("users", "u-1") == 0
+    assert await store.get("users", "u-1") is None
+    # A patch never brings a deleted record back.
+    assert await store.patch("users", "u-1", {"name": "zombie"}) is None
+    assert await store.get("users", "u-1") is None
+
+
+async def test_change_feed_is_ordered_and_complete(store: Store) -> None:
+    start = await store.revision()
+    await store.put("clusters", "c-1", {"id": "c-1", "v": 1})
+    await store.patch("clusters", "c-1", {"v": 2})
+    await store.delete("clusters", "c-1")
+    seen = []
+    async with asyncio.timeout(10):
+        async for change in store.changes(start):
+            seen.append((change.kind, change.key, change.value))
+            if len(seen) == 3:
+                break
+    assert seen == [
+        ("clusters", "c-1", {"id": "c-1", "v": 1}),
+        ("clusters", "c-1", {"id": "c-1", "v": 2}),
+        ("clusters", "c-1", None),
+    ]
