@@ -45,6 +45,14 @@ Clock = Callable[[], float]
 SYSTEM_AUTHENTICATED = "system:authenticated"
 
 
+_CASELESS_PRINCIPALS = ("openldap_group://", "activedirectory_group://")
+
+
+def group_key(principal: str) -> str:
+    """Directory names compare without regard to case; other principals exactly."""
+    return principal.casefold() if principal.startswith(_CASELESS_PRINCIPALS) else principal
+
+
 class AuthenticationFailed(Exception):
     """The credential is not valid; the message is safe to show the caller."""
 
@@ -379,10 +387,10 @@ class Directory:
         if identity.is_admin:
             return "cluster-owner"
         best: str | None = None
-        groups = identity.groups
+        groups = {group_key(g) for g in identity.groups} if identity.groups else set()
         for binding in self.bindings_by_cluster.get(cluster_id, {}).values():
             matches = binding.user_id == identity.user_id or (
-                binding.group_principal_id != "" and binding.group_principal_id in groups
+                binding.group_principal_id != "" and group_key(binding.group_principal_id) in groups
             )
             if matches and (best is None or ROLE_RANK[binding.role] > ROLE_RANK[best]):
                 best = binding.role

@@ -12,6 +12,22 @@ from gateway.errors import GatewayError, NotFound
 from gateway.records import BINDING, ROLES, Binding, iso
 
 
+def canonical_principal(principal: str) -> str:
+    """Directory group principals in the providers' canonical DN form."""
+    for provider in ("openldap", "activedirectory"):
+        prefix = f"{provider}_group://"
+        if principal.startswith(prefix):
+            from gateway.providers.ldap_model import principal_id
+
+            try:
+                return principal_id(provider, "group", principal[len(prefix) :])
+            except ValueError:
+                raise GatewayError(
+                    422, f"{principal!r} is not a valid DN principal", reason="InvalidFormat"
+                ) from None
+    return principal
+
+
 def binding_view(binding: Binding) -> dict[str, Any]:
     return {
         "id": binding.id,
@@ -45,6 +61,8 @@ async def create_binding(request: web.Request) -> web.Response:
         raise GatewayError(
             422, "exactly one of userId or groupPrincipalId is required", reason="MissingRequired"
         )
+    if group:
+        group = canonical_principal(group)
     if user_id and user_id not in d.users:
         raise GatewayError(422, f"user {user_id} does not exist", reason="InvalidReference")
     for existing in d.bindings_by_cluster.get(cluster.id, {}).values():

@@ -33,6 +33,8 @@ def user_view(user: User) -> dict[str, Any]:
         "enabled": user.enabled,
         "admin": user.admin,
         "principalIds": [user.principal_id],
+        "provider": user.provider,
+        "groupPrincipalIds": list(user.group_principals),
         "created": iso(user.created),
     }
 
