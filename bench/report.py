@@ -1,0 +1,332 @@
+"""The suite's report: machine, versions, the figures table with targets, CPU per process.
+
+Output is Markdown (it reads fine in a terminal and goes into docs/benchmarks.md as is).
+Spread is shown as "median (min-max)" over rounds; ratios are computed within a round.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import ssl
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from bench import nginx, wrk
+from bench.framing import FramingResult
+from bench.herdgate import git_commit
+from bench.rounds import RoundsResult, Run, spread
+from bench.suite import AgentsResult, HttpResult, WatchResult
+
+
+@dataclass(frozen=True)
+class Check:
+    figure: str
+    value: str
+    target: str
+    passed: bool | None
+    """None: not measured."""
+
+    @property
+    def verdict(self) -> str:
+        return "-" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "kernel": platform.release(),
+        "os": _os_release(),
+    }
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return "?"
+
+
+def versions(repo: Path) -> dict[str, str]:
+    def pkg(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    return {
+        "python": platform.python_version(),
+        "aiohttp": pkg("aiohttp"),
+        "uvloop": pkg("uvloop"),
+        "httptools": pkg("httptools"),
+        "h2": pkg("h2"),
+        "openssl": ssl.OPENSSL_VERSION,
+        "nginx": nginx.version(),
+        "wrk": wrk.version(),
+        "herdgate": git_commit(repo),
+    }
+
+
+def _fmt(values: Sequence[float], digits: int = 0, scale: float = 1.0) -> str:
+    med, low, high = spread([v * scale for v in values])
+    if not values:
+        return "-"
+    if len(values) == 1 or low == high:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
+def _values(
+    rounds: RoundsResult, scenario: str, target: str, pick: Callable[[Run], float]
+) -> list[float]:
+    return [pick(r) for r in rounds.select(scenario, target)]
+
+
+def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
+    r = http.rounds
+    lines = [
+        "| figure | direct nginx | nginx proxy (reference) | herdgate"
+        " | herdgate ÷ proxy | herdgate ÷ direct |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(
+        label: str, scenario: str, pick: Callable[[Run], float], digits: int, ratio: bool
+    ) -> None:
+        cells = [
+            _fmt(_values(r, scenario, t, pick), digits)
+            for t in ("direct", "nginx-proxy", "herdgate")
+        ]
+        if ratio:
+            vs_proxy = _fmt(r.per_round(scenario, pick, "herdgate", "nginx-proxy"), 2)
+            vs_direct = _fmt(r.per_round(scenario, pick, "herdgate", "direct"), 2)
+        else:
+            vs_proxy = (
+                "+" + _fmt(r.per_round_diff(scenario, pick, "herdgate", "nginx-proxy"), 3) + " ms"
+            )
+            vs_direct = (
+                "+" + _fmt(r.per_round_diff(scenario, pick, "herdgate", "direct"), 3) + " ms"
+            )
+        lines.append(f"| {label} | {' | '.join(cells)} | {vs_proxy} | {vs_direct} |")
+
+    row("1. req/s, 2 KB GET, 64 conns", "c64", lambda x: x.rps, 0, True)
+    row("2. p50 ms, 1 conn", "c1", lambda x: x.p50_ms, 3, False)
+    row("2. p99 ms, 1 conn", "c1", lambda x: x.p99_ms, 3, False)
+    row("2. p50 ms, 64 conns", "c64", lambda x: x.p50_ms, 2, False)
+    row("2. p99 ms, 64 conns", "c64", lambda x: x.p99_ms, 2, False)
+    row("   req/s, 1 conn", "c1", lambda x: x.rps, 0, True)
+    row(
+        f"3. MB/s, {http.list_bytes / 1e6:.0f} MB list, 1 stream",
+        "bulk",
+        lambda x: x.mb_per_s,
+        0,
+        True,
+    )
+    growth = [
+        (x.gateway_rss_peak_kib - x.gateway_rss_start_kib) / 1024
+        for x in r.select("bulk", "herdgate")
+    ]
+    lines.append(f"| 3. gateway RSS growth while streaming, MB | | | {_fmt(growth, 1)} | | |")
+    errors = sum(x.errors for x in r.runs)
+    lines.append(f"\nwrk errors (connect/read/write/timeout/non-2xx) over all runs: {errors}.")
+
+    thr = r.per_round("c64", lambda x: x.rps, "herdgate", "nginx-proxy")
+    add50 = r.per_round_diff("c1", lambda x: x.p50_ms, "herdgate", "direct")
+    add99 = r.per_round_diff("c1", lambda x: x.p99_ms, "herdgate", "direct")
+    bulk = r.per_round("bulk", lambda x: x.mb_per_s, "herdgate", "nginx-proxy")
+    checks = [
+        _check("1. small GET throughput vs nginx proxy", thr, "≥ 0.25x", lambda v: v >= 0.25, "x"),
+        _check("2. added median latency, 1 conn", add50, "≤ 0.5 ms", lambda v: v <= 0.5, " ms", 3),
+        _check("2. added p99 latency, 1 conn", add99, "≤ 2 ms", lambda v: v <= 2.0, " ms", 3),
+        _check("3. 100 MB list MB/s vs nginx proxy", bulk, "≥ 0.5x", lambda v: v >= 0.5, "x"),
+        Check(
+            "3. gateway RSS growth streaming 100 MB (worst round)",
+            f"{max(growth, default=0):.1f} MB",
+            "≤ 32 MB",
+            max(growth, default=0) <= 32 if growth else None,
+        ),
+    ]
+    return lines, checks
+
+
+def _check(
+    figure: str,
+    values: Sequence[float],
+    target: str,
+    ok: Callable[[float], bool],
+    unit: str,
+    digits: int = 2,
+) -> Check:
+    if not values:
+        return Check(figure, "not measured", target, None)
+    med = statistics.median(values)
+    text = f"{med:.{digits}f}{unit}"
+    if len(values) > 1:
+        text += f" (rounds {min(values):.{digits}f}-{max(values):.{digits}f})"
+    return Check(figure, text, target, ok(med))
+
+
+def cpu_table(http: HttpResult) -> list[str]:
+    """CPU per process (% of one core and µs per request), medians over rounds."""
+    lines = [
+        "| scenario | path | wrk | backend nginx | proxy nginx | gateway | agent"
+        " | box busy | other load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in ("c64", "c1", "bulk"):
+        for target in ("direct", "nginx-proxy", "herdgate"):
+            runs = http.rounds.select(scenario, target)
+            if not runs:
+                continue
+            cells = []
+            for role in ("wrk", "backend", "proxy", "gateway", "agent"):
+                if role not in runs[0].cpu_s:
+                    cells.append("")
+                    continue
+                pct = statistics.median(x.cpu_pct(role) for x in runs)
+                if scenario == "bulk":
+                    per = statistics.median(
+                        1e6 * x.cpu_s[role] / max(1.0, x.mb_per_s * x.wall_s) for x in runs
+                    )
+                    cells.append(f"{pct:.0f} % · {per / 1e3:.2f} ms/MB")
+                else:
+                    per = statistics.median(x.cpu_us_per_request(role) for x in runs)
+                    cells.append(f"{pct:.0f} % · {per:.0f} µs/req")
+            busy = statistics.median(x.box_busy_pct for x in runs)
+            foreign = statistics.median(x.foreign_pct for x in runs)
+            lines.append(
+                f"| {scenario} | {target} | {' | '.join(cells)} | {busy:.0f} % | {foreign:.0f} % |"
+            )
+    return lines
+
+
+def watch_lines(w: WatchResult) -> tuple[list[str], list[Check]]:
+    lat = w.latency
+    lines = [
+        f"- {w.opened:,} of {w.count:,} watches open through one tunnel"
+        f" ({w.failed} failed) in {w.open_s:.1f} s.",
+        f"- Gateway RSS {w.gateway_rss_before_kib / 1024:.1f}"
+        f" → {w.gateway_rss_after_kib / 1024:.1f} MB:"
+        f" **{w.gateway_kib_per_watch:.1f} KiB per watch** (agent:"
+        f" {w.agent_kib_per_watch:.1f} KiB per watch). Baseline on a fresh gateway:"
+        f" {w.conn_kib:.1f} KiB per idle TLS keep-alive connection (one `GET /healthz`, no"
+        f" watch), so the watch itself (request, stream, tunnel) adds"
+        f" ~{w.gateway_kib_per_watch - w.conn_kib:.1f} KiB.",
+        f"- {w.rate:g} events/s for {w.seconds:g} s: {w.sent:,} sent, {int(lat.get('events', 0)):,}"
+        f" delivered; latency p50 {lat.get('p50_ms', 0):.2f} ms, p90 {lat.get('p90_ms', 0):.2f} ms,"
+        f" **p99 {lat.get('p99_ms', 0):.2f} ms**, p99.9 {lat.get('p999_ms', 0):.2f} ms,"
+        f" max {lat.get('max_ms', 0):.2f} ms.",
+        "- CPU while events flowed (% of one core): "
+        + ", ".join(f"{k} {v:.1f} %" for k, v in w.cpu_pct.items())
+        + ".",
+    ]
+    checks = [
+        Check(
+            f"4. gateway memory per open watch ({w.opened:,} watches)",
+            f"{w.gateway_kib_per_watch:.1f} KiB",
+            "≤ 10 KB",
+            w.gateway_kib_per_watch * 1024 <= 10_000 if w.opened else None,
+        ),
+        Check(
+            f"4. event delivery p99 at {w.rate:g} events/s",
+            f"{lat.get('p99_ms', 0):.2f} ms",
+            "(no target)",
+            None,
+        ),
+    ]
+    return lines, checks
+
+
+def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:
+    delays = a.retry_delays
+    quart = statistics.quantiles(delays, n=4) if len(delays) >= 4 else []
+    histogram = " ".join(str(n) for n in a.per_second)
+    lines = [
+        f"- {a.count:,} agents ({a.processes} processes), each its own cluster, registration"
+        f" token and TLS WebSocket; all up {a.connect_s:.1f} s after start (ramped).",
+        f"- Gateway RSS {a.gateway_rss_before_kib / 1024:.1f}"
+        f" → {a.gateway_rss_after_kib / 1024:.1f} MB:"
+        f" **{a.kib_per_tunnel:.1f} KiB per idle tunnel**.",
+        f"- Idle over {a.idle_s:g} s, % of one core: "
+        + ", ".join(f"{k} {v:.2f} %" for k, v in a.idle_cpu_pct.items())
+        + ".",
+        f"- Restart: SIGTERM → old gateway gone in {a.stop_s:.1f} s (GOAWAY to every agent);"
+        f" new gateway healthy {a.start_s:.1f} s later; {a.back:,}/{a.count:,} agents back"
+        f" **{a.all_back_s:.1f} s after SIGTERM** ({a.all_back_after_ready_s:.1f} s after the new"
+        f" gateway was healthy).",
+        f"- Tunnels accepted per second after SIGTERM (gateway log): {histogram};"
+        f" peak **{a.peak_per_s}/s**.",
+        f"- Agent back-off delays drawn after SIGTERM: {len(delays)}"
+        + (
+            f", quartiles {quart[0]:.1f} / {quart[1]:.1f} / {quart[2]:.1f} s,"
+            f" max {max(delays):.1f} s"
+            if quart
+            else ""
+        )
+        + f"; retries logged after the new gateway was healthy: {a.failed_after_ready}.",
+    ]
+    storm_limit = max(1, a.count // 4)
+    checks = [
+        Check(
+            f"5. gateway memory per idle tunnel ({a.count:,} tunnels)",
+            f"{a.kib_per_tunnel:.1f} KiB",
+            "≤ 64 KB",
+            a.kib_per_tunnel * 1024 <= 64_000,
+        ),
+        Check(
+            f"5. gateway idle CPU, {a.count:,} tunnels",
+            f"{a.idle_cpu_pct.get('gateway', 0):.2f} % of a core",
+            "≤ 2 %",
+            a.idle_cpu_pct.get("gateway", 100) <= 2.0,
+        ),
+        Check(
+            f"6. {a.count:,} agents back after a gateway restart",
+            f"{a.all_back_s:.1f} s ({a.back}/{a.count})",
+            "≤ 30 s",
+            a.back >= a.count and a.all_back_s <= 30,
+        ),
+        Check(
+            "6. no handshake storm: peak tunnels accepted in one second;"
+            " failed attempts once the new gateway was up",
+            f"{a.peak_per_s}/s; {a.failed_after_ready} failed",
+            f"≤ {storm_limit}/s (¼ of the agents); 0 failed",
+            a.peak_per_s <= storm_limit and a.failed_after_ready == 0,
+        ),
+    ]
+    return lines, checks
+
+
+def framing_lines(f: FramingResult) -> list[str]:
+    return [
+        "| framing (CPU only, one small GET exchange, both ends) | µs per exchange | x tunnel |",
+        "|---|---|---|",
+        f"| tunnel `TunnelProtocol` | {f.tunnel_us:.1f} | 1.00 |",
+        f"| `h2` H2Connection, defaults | {f.h2_us:.1f} | {f.ratio:.1f} |",
+        f"| `h2` H2Connection, validation/normalisation off | {f.h2_novalidate_us:.1f}"
+        f" | {f.ratio_novalidate:.1f} |",
+    ]
+
+
+def checks_table(checks: Sequence[Check]) -> list[str]:
+    lines = ["| target | measured (median) | target | result |", "|---|---|---|---|"]
+    lines += [f"| {c.figure} | {c.value} | {c.target} | {c.verdict} |" for c in checks]
+    return lines

@@ -1,0 +1,553 @@
+"""The suite's phases: each starts its own processes, measures, and stops them.
+
+1. ``http_paths``: figures 1-3 (nginx backend, nginx proxy, gateway + one agent, wrk).
+2. ``watches``: figure 4 (watch backend, a fresh gateway, one agent, the watch client).
+3. ``agents``: figures 5-6 (a fresh gateway, N in-process agents in a few processes,
+   idle memory and CPU, then a gateway restart and the reconnection).
+
+Every phase is bounded in time, uses 127.0.0.1 only, and stops what it started even
+when it fails (``contextlib.ExitStack``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import nginx
+from bench.herdgate import (
+    AGENT_BACKEND_TOKEN,
+    backend_kubeconfig,
+    connected_times,
+    create_cluster,
+    member_token,
+    registration,
+    start_agent,
+    start_gateway,
+)
+from bench.nginx import Certs
+from bench.procstats import CpuMeter, rss_kib
+from bench.rounds import RoundsResult, Target, run_rounds, scenarios
+from tests.integration.env import REPO_ROOT, Api, Gateway, free_port, wait_until
+
+Log = Callable[[str], None]
+KUBECTL_HEADERS = {
+    "Accept": "application/json",
+    "User-Agent": "kubectl/v1.32.0 (linux/amd64) kubernetes/bench",
+}
+
+
+def _get(url: str, token: str = "", timeout: float = 30) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(url)  # noqa: S310 - https to 127.0.0.1 only
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, context=ctx, timeout=timeout) as resp:  # noqa: S310
+        return int(resp.status), resp.read()
+
+
+def _stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+# -- figures 1-3 --------------------------------------------------------------------------
+
+
+@dataclass
+class HttpResult:
+    rounds: RoundsResult
+    seconds: float
+    list_bytes: int
+    profile: list[tuple[str, float]] = field(default_factory=list)
+    """py-spy, gateway during a c=64 run: ("self: f" or "incl: f", % of samples)."""
+
+
+def http_paths(
+    tmp: Path, certs: Certs, rounds: int, seconds: float, profile_s: float, log: Log
+) -> HttpResult:
+    small, big = nginx.write_payloads(tmp / "www")
+    with contextlib.ExitStack() as stack:
+        backend = nginx.backend(tmp / "nginx-backend", certs, small, big).start()
+        stack.callback(backend.stop)
+        proxy = nginx.proxy(tmp / "nginx-proxy", certs, backend.port).start()
+        stack.callback(proxy.stop)
+        gateway = start_gateway(tmp, "gateway-http")
+        stack.callback(gateway.stop)
+        admin = gateway.admin()
+        cluster_id = create_cluster(admin, "bench")
+        kubeconfig = backend_kubeconfig(
+            tmp / "agent-http.kubeconfig", backend.url, certs.ca, AGENT_BACKEND_TOKEN
+        )
+        agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-http")
+        stack.callback(agent.stop)
+        token = member_token(gateway, admin, cluster_id)
+        assert gateway.process is not None and agent.process is not None
+        targets = [
+            Target("direct", backend.url, {"backend": backend.pid}),
+            Target("nginx-proxy", proxy.url, {"proxy": proxy.pid, "backend": backend.pid}),
+            Target(
+                "herdgate",
+                f"{gateway.url}/k8s/clusters/{cluster_id}",
+                {
+                    "gateway": gateway.process.pid,
+                    "agent": agent.process.pid,
+                    "backend": backend.pid,
+                },
+            ),
+        ]
+        expected = small.read_bytes()
+        for target in targets:
+            status, body = _get(target.url_base + nginx.SMALL_PATH, token)
+            if status != 200 or body != expected:
+                raise RuntimeError(f"{target.name}: HTTP {status}, {len(body)} bytes")
+        log(f"paths ready: {', '.join(t.name for t in targets)}; big list {big.stat().st_size:,} B")
+        headers = {"Authorization": f"Bearer {token}", **KUBECTL_HEADERS}
+        plan = scenarios(seconds, nginx.SMALL_PATH, nginx.LIST_PATH)
+        result = HttpResult(
+            run_rounds(targets, plan, rounds, headers, gateway.process.pid, log),
+            seconds,
+            big.stat().st_size,
+        )
+        if profile_s > 0:
+            result.profile = _profile(targets[2], headers, gateway.process.pid, profile_s, tmp)
+        return result
+
+
+def _profile(
+    target: Target, headers: dict[str, str], pid: int, seconds: float, tmp: Path
+) -> list[tuple[str, float]]:
+    """py-spy on the gateway during a c=64 wrk run: self time per function, and inclusive
+    time of herdgate's own functions (native time is charged to the calling frame)."""
+    from bench import wrk
+
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        return [("py-spy not installed (pip install py-spy)", 0.0)]
+    out = tmp / "gateway-profile.txt"
+    spy = subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+         "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    wrk.run(target.url_base + nginx.SMALL_PATH, connections=64, seconds=seconds, headers=headers)
+    try:
+        spy.wait(seconds + 30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    if not out.exists():
+        return [("py-spy produced nothing (ptrace not permitted?)", 0.0)]
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for name in set(frames):
+            if "gateway/" in name or "tunnel/" in name:
+                inclusive[name] = inclusive.get(name, 0) + int(count)
+        total += int(count)
+    if not total:
+        return []
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:15]
+    top_incl = sorted(inclusive.items(), key=lambda kv: -kv[1])[:15]
+    return [(f"self: {name}", 100.0 * n / total) for name, n in top_own] + [
+        (f"incl: {name}", 100.0 * n / total) for name, n in top_incl
+    ]
+
+
+# -- figure 4 -----------------------------------------------------------------------------
+
+
+@dataclass
+class WatchResult:
+    count: int
+    opened: int
+    failed: int
+    open_s: float
+    failures: list[str]
+    gateway_rss_before_kib: int
+    gateway_rss_after_kib: int
+    agent_rss_before_kib: int
+    agent_rss_after_kib: int
+    rate: float
+    seconds: float
+    sent: int
+    latency: dict[str, float]
+    cpu_pct: dict[str, float]
+    """Role -> % of one core while events flowed."""
+    conn_kib: float = 0.0
+    """Baseline: gateway RSS per idle keep-alive TLS connection (``GET /healthz``, no watch),
+    measured on a gateway of its own."""
+
+    @property
+    def gateway_kib_per_watch(self) -> float:
+        if not self.opened:
+            return 0.0
+        return (self.gateway_rss_after_kib - self.gateway_rss_before_kib) / self.opened
+
+    @property
+    def agent_kib_per_watch(self) -> float:
+        if not self.opened:
+            return 0.0
+        return (self.agent_rss_after_kib - self.agent_rss_before_kib) / self.opened
+
+
+class WatchClient:
+    """``python -m bench.watches``: opens the connections, then measures on request."""
+
+    def __init__(self, url: str, token: str, ca: Path, count: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.watches", "--url", url, "--token", token,
+             "--ca", str(ca), "--count", str(count), "--concurrency", "64"],
+            cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def opened(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        result: dict[str, Any] = json.loads(self.process.stdout.readline() or "{}")
+        if "opened" not in result:
+            raise RuntimeError("the watch client failed while opening its connections")
+        return result
+
+    def start_measuring(self, seconds: float) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"measure {seconds:g}\n")
+        self.process.stdin.flush()
+
+    def latency(self) -> dict[str, float]:
+        assert self.process.stdout is not None
+        result: dict[str, float] = json.loads(self.process.stdout.readline() or "{}")
+        return result
+
+    def stop(self) -> None:
+        _stop_process(self.process)
+
+
+def connection_cost(tmp: Path, count: int, log: Log) -> float:
+    """Gateway RSS per idle keep-alive TLS connection that made one ``GET /healthz``."""
+    gateway = start_gateway(tmp, "gateway-conns")
+    try:
+        assert gateway.process is not None
+        time.sleep(1.0)
+        before = rss_kib(gateway.process.pid)
+        client = WatchClient(f"{gateway.url}/healthz", "-", gateway.ca_file, count)
+        try:
+            opened = client.opened()
+            time.sleep(2.0)
+            per_conn = (rss_kib(gateway.process.pid) - before) / max(1, int(opened["opened"]))
+            client.start_measuring(0)
+            client.latency()
+        finally:
+            client.stop()
+    finally:
+        gateway.stop()
+    log(f"baseline: {per_conn:.1f} KiB of gateway RSS per idle TLS keep-alive connection")
+    return per_conn
+
+
+def watches(
+    tmp: Path, certs: Certs, count: int, rate: float, seconds: float, log: Log
+) -> WatchResult:
+    conn_kib = connection_cost(tmp, count, log)
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        backend_log = (tmp / "watch-backend.log").open("wb")
+        stack.callback(backend_log.close)
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "bench.watch_backend", "--port", str(port),
+             "--cert", str(certs.cert), "--key", str(certs.key)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=backend_log, text=True,
+        )  # fmt: skip
+        stack.callback(_stop_process, backend)
+        assert backend.stdout is not None
+        if backend.stdout.readline().strip() != "ready":
+            raise RuntimeError("the watch backend did not start")
+        backend_url = f"https://127.0.0.1:{port}"
+        gateway = start_gateway(tmp, "gateway-watch")
+        stack.callback(gateway.stop)
+        admin = gateway.admin()
+        cluster_id = create_cluster(admin, "watch")
+        kubeconfig = backend_kubeconfig(
+            tmp / "agent-watch.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
+        )
+        agent = start_agent(
+            tmp, admin, cluster_id, kubeconfig, "agent-watch", max_streams=count + 1024
+        )
+        stack.callback(agent.stop)
+        token = member_token(gateway, admin, cluster_id)
+        assert gateway.process is not None and agent.process is not None
+        gw_pid, agent_pid = gateway.process.pid, agent.process.pid
+        watch_url = (
+            f"{gateway.url}/k8s/clusters/{cluster_id}"
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=0"
+        )
+        time.sleep(1.0)
+        gw_before, agent_before = rss_kib(gw_pid), rss_kib(agent_pid)
+        client = WatchClient(watch_url, token, gateway.ca_file, count)
+        stack.callback(client.stop)
+        opened = client.opened()
+        log(
+            f"watches: {opened['opened']} open, {opened['failed']} failed"
+            f" in {opened['open_s']} s {opened.get('failures') or ''}"
+        )
+        time.sleep(2.0)
+        gw_after, agent_after = rss_kib(gw_pid), rss_kib(agent_pid)
+        _, stats = _get(f"{backend_url}/_bench/stats")
+        log(f"watch backend sees {json.loads(stats)['watches']} watches")
+        meter = CpuMeter(
+            {
+                "gateway": gw_pid,
+                "agent": agent_pid,
+                "backend": backend.pid,
+                "client": client.process.pid,
+            }
+        )
+        with meter:
+            client.start_measuring(seconds + 1.5)
+            _get(f"{backend_url}/_bench/emit?rate={rate:g}&seconds={seconds:g}")
+            latency = client.latency()
+        _, stats = _get(f"{backend_url}/_bench/stats")
+        usage = meter.usage
+        assert usage is not None
+        return WatchResult(
+            count=count,
+            opened=int(opened["opened"]),
+            failed=int(opened["failed"]),
+            open_s=float(opened["open_s"]),
+            failures=list(opened.get("failures") or []),
+            gateway_rss_before_kib=gw_before,
+            gateway_rss_after_kib=gw_after,
+            agent_rss_before_kib=agent_before,
+            agent_rss_after_kib=agent_after,
+            rate=rate,
+            seconds=seconds,
+            sent=int(json.loads(stats)["sent"]),
+            latency=latency,
+            cpu_pct={role: usage.pct(role) for role in usage.roles}
+            | {"box": usage.box_busy_pct, "other": usage.foreign_pct},
+            conn_kib=conn_kib,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- figures 5 and 6 ------------------------------------------------------------------------
+
+
+class AgentProcess:
+    """One ``python -m bench.agents`` process and the events it reports."""
+
+    def __init__(self, spec_file: Path, log_file: Path) -> None:
+        log = log_file.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.agents", "--spec", str(spec_file)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+        log.close()
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                with self._lock:
+                    self.events.append(event)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.events)
+
+    def stop(self) -> None:
+        _stop_process(self.process, timeout=20)
+
+
+@dataclass
+class AgentsResult:
+    count: int
+    processes: int
+    connect_s: float
+    gateway_rss_before_kib: int
+    gateway_rss_after_kib: int
+    idle_s: float
+    idle_cpu_pct: dict[str, float]
+    stop_s: float
+    """SIGTERM to the old gateway's exit (it sends every agent GOAWAY)."""
+    start_s: float
+    """Start of the new gateway to its first healthy answer."""
+    back: int
+    all_back_s: float
+    """From SIGTERM to the old gateway until the last agent was connected again."""
+    all_back_after_ready_s: float
+    per_second: list[int] = field(default_factory=list)
+    """Tunnels accepted per second after the restart (from the gateway's log), from SIGTERM."""
+    retry_delays: list[float] = field(default_factory=list)
+    failed_after_ready: int = 0
+    """Agent retries that started after the new gateway was healthy (failed handshakes)."""
+
+    @property
+    def kib_per_tunnel(self) -> float:
+        if not self.count:
+            return 0.0
+        return (self.gateway_rss_after_kib - self.gateway_rss_before_kib) / self.count
+
+    @property
+    def peak_per_s(self) -> int:
+        return max(self.per_second, default=0)
+
+
+def _create_clusters(admin: Api, count: int, log: Log) -> list[str]:
+    def one(index: int) -> str:
+        cluster_id = create_cluster(admin, f"agent-{index:05d}")
+        return registration(admin, cluster_id)[0]
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(one, range(count)))
+    log(f"agents: {count} clusters and registration tokens in {time.monotonic() - started:.1f} s")
+    return tokens
+
+
+def _ups(procs: list[AgentProcess], since: float) -> list[float]:
+    """Each agent's first "up" at or after ``since``, sorted."""
+    first: dict[tuple[int, int], float] = {}
+    for number, proc in enumerate(procs):
+        for event in proc.snapshot():
+            if event["e"] == "up" and event["t"] >= since:
+                key = (number, int(event.get("a", -1)))
+                first[key] = min(first.get(key, event["t"]), event["t"])
+    return sorted(first.values())
+
+
+def agents(
+    tmp: Path, certs: Certs, count: int, processes: int, idle_s: float, log: Log
+) -> AgentsResult:
+    with contextlib.ExitStack() as stack:
+        gateway = start_gateway(tmp, "gateway-agents")
+        stack.callback(gateway.stop)
+        admin = gateway.admin()
+        tokens = _create_clusters(admin, count, log)
+        # Agents need an API server address; nothing is ever requested through these tunnels.
+        kubeconfig = backend_kubeconfig(
+            tmp / "agents.kubeconfig", "https://127.0.0.1:9", certs.ca, AGENT_BACKEND_TOKEN
+        )
+        assert gateway.process is not None
+        time.sleep(1.0)
+        rss_before = rss_kib(gateway.process.pid)
+        procs: list[AgentProcess] = []
+        started = time.time()
+        for index in range(processes):
+            spec = tmp / f"agents-{index}.json"
+            spec.write_text(json.dumps({
+                "server": gateway.url, "ca_file": str(gateway.ca_file),
+                "kubeconfig": str(kubeconfig), "tokens": tokens[index::processes],
+                "ramp_per_s": 400 / processes,
+            }))  # fmt: skip
+            proc = AgentProcess(spec, tmp / f"agents-{index}.log")
+            stack.callback(proc.stop)
+            procs.append(proc)
+        wait_until(lambda: len(_ups(procs, started)) >= count, 120 + count / 10,
+                   f"agents did not all connect: {len(_ups(procs, started))}/{count}",
+                   interval=0.2)  # fmt: skip
+        connect_s = max(_ups(procs, started)) - started
+        log(f"agents: {count} tunnels up in {connect_s:.1f} s ({processes} processes)")
+        time.sleep(3.0)
+        rss_after = rss_kib(gateway.process.pid)
+        roles = {"gateway": gateway.process.pid}
+        roles |= {f"agents-{i}": p.process.pid for i, p in enumerate(procs)}
+        meter = CpuMeter(roles)
+        with meter:
+            time.sleep(idle_s)
+        usage = meter.usage
+        assert usage is not None
+        idle_cpu = {role: usage.pct(role) for role in usage.roles}
+        idle_cpu |= {"box": usage.box_busy_pct, "other": usage.foreign_pct}
+        log(f"agents: idle gateway CPU {idle_cpu['gateway']:.2f} % of a core over {idle_s:g} s")
+
+        restart = _restart(gateway, procs, count, log)
+        return AgentsResult(
+            count=count,
+            processes=processes,
+            connect_s=connect_s,
+            gateway_rss_before_kib=rss_before,
+            gateway_rss_after_kib=rss_after,
+            idle_s=idle_s,
+            idle_cpu_pct=idle_cpu,
+            **restart,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) -> dict[str, Any]:
+    t_stop = time.time()
+    gateway.stop()
+    t_exit = time.time()
+    gateway.start(timeout=60)
+    t_ready = time.time()
+    log(f"agents: gateway restarted (stop {t_exit - t_stop:.1f} s, start {t_ready - t_exit:.1f} s)")
+    try:
+        wait_until(lambda: len(_ups(procs, t_stop)) >= count, 120,
+                   "agents did not all come back", interval=0.2)  # fmt: skip
+    except TimeoutError:
+        log(f"agents: only {len(_ups(procs, t_stop))}/{count} back after 120 s")
+    ups = _ups(procs, t_stop)
+    time.sleep(1.0)  # the gateway logs "agent connected" a little after the agent sees it up
+    accepted = connected_times(gateway.log_file, since=t_stop)
+    per_second = [0] * (int(max(accepted, default=t_stop) - t_stop) + 1)
+    for when in accepted:
+        per_second[int(when - t_stop)] += 1
+    retries = [e for p in procs for e in p.snapshot() if e["e"] == "retry" and e["t"] >= t_stop]
+    last = max(ups, default=t_stop)
+    log(f"agents: {len(ups)}/{count} back {last - t_stop:.1f} s after SIGTERM; "
+        f"peak {max(per_second, default=0)} tunnels/s")  # fmt: skip
+    return {
+        "stop_s": t_exit - t_stop,
+        "start_s": t_ready - t_exit,
+        "back": len(ups),
+        "all_back_s": last - t_stop,
+        "all_back_after_ready_s": last - t_ready,
+        "per_second": per_second,
+        "retry_delays": sorted(float(e["delay"]) for e in retries),
+        "failed_after_ready": sum(1 for e in retries if e["t"] >= t_ready),
+    }
+
+
+def to_json(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value
+
+
+def setup_tmp(base: Path | None) -> Path:
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="herdgate-bench-", dir=base))
+    os.chmod(tmp, 0o700)
+    return tmp
