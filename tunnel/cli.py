@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
-import sys
 from pathlib import Path
 
 import uvloop
 
-from config import loader
+from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
-from config.logging import configure_logging
 from config.schema import AgentSettings
 
 
@@ -21,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "agent", help="run the cluster agent: dial out to the gateway and hold the tunnel"
     )
-    p.add_argument("--config", help="YAML settings file (see config/agent.yaml)")
+    add_common_arguments(p, "config/agent.yaml")
     p.add_argument("--server", help="gateway URL, e.g. https://gateway.example.com:8443")
     p.add_argument("--token", help="cluster registration token (or HERDGATE_TOKEN)")
     p.add_argument("--token-file", help="file holding the registration token")
@@ -30,28 +27,23 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ca.add_argument("--ca-file", help="the gateway CA as a PEM file")
     p.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: in-cluster account)")
     p.add_argument("--node-name", help="run as the node agent of this node")
-    p.add_argument("--log-level", help="debug, info, warning or error")
-    p.add_argument(
-        "--check-config",
-        action="store_true",
-        help="print the effective settings (secrets redacted) and exit",
-    )
     p.set_defaults(run=run)
 
 
 def settings_from(args: argparse.Namespace) -> AgentSettings:
-    flags: dict[str, object] = {
-        "server": args.server,
-        "token": args.token,
-        "token_file": args.token_file,
-        "ca_checksum": args.ca_checksum,
-        "ca_file": args.ca_file,
-        "kubeconfig": args.kubeconfig,
-        "node_name": args.node_name,
-    }
-    if args.log_level:
-        flags["logging"] = {"level": args.log_level}
-    settings = loader.load(AgentSettings, args.config, flags)
+    settings = load_settings(
+        AgentSettings,
+        args,
+        {
+            "server": args.server,
+            "token": args.token,
+            "token_file": args.token_file,
+            "ca_checksum": args.ca_checksum,
+            "ca_file": args.ca_file,
+            "kubeconfig": args.kubeconfig,
+            "node_name": args.node_name,
+        },
+    )
     if not settings.server.startswith("https://"):
         raise ConfigError("server", "an https:// gateway URL is required")
     if not settings.token and not settings.token_file:
@@ -81,20 +73,7 @@ async def _main(settings: AgentSettings, token: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tunnel.agent import AgentError  # imported here: other subcommands do not need it
 
-    try:
-        settings = settings_from(args)
-        if args.check_config:
-            print(json.dumps(loader.redacted(settings), indent=2))
-            return 0
-        token = registration_token(settings)
-        configure_logging(settings.logging)
-        uvloop.run(_main(settings, token))
-    except ConfigError as exc:
-        print(f"herdgate agent: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except AgentError as exc:
-        print(f"herdgate agent: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    def main(settings: AgentSettings) -> None:
+        uvloop.run(_main(settings, registration_token(settings)))
+
+    return run_program("agent", args, settings_from, main, failures=(AgentError,))

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 import uvloop
 
-from config import loader
+from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
-from config.logging import configure_logging
 from config.schema import WebhookSettings
 
 
@@ -19,18 +16,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "webhook",
         help="run the TokenReview webhook inside a cluster (direct access without the gateway)",
     )
-    p.add_argument("--config", help="YAML settings file (see config/webhook.yaml)")
+    add_common_arguments(p, "config/webhook.yaml")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:6440)")
     p.add_argument("--kubeconfig", help="kubeconfig to watch records with (default: in-cluster)")
     p.add_argument("--namespace", help="namespace of the records (default herdgate-system)")
     p.add_argument("--tls-cert-file", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-private-key-file", help="private key of --tls-cert-file")
-    p.add_argument("--log-level", help="debug, info, warning or error")
-    p.add_argument(
-        "--check-config",
-        action="store_true",
-        help="print the effective settings (secrets redacted) and exit",
-    )
     p.set_defaults(run=run)
 
 
@@ -43,9 +34,7 @@ def settings_from(args: argparse.Namespace) -> WebhookSettings:
     tls = {"cert_file": args.tls_cert_file, "key_file": args.tls_private_key_file}
     if any(tls.values()):
         flags["tls"] = {k: v for k, v in tls.items() if v}
-    if args.log_level:
-        flags["logging"] = {"level": args.log_level}
-    settings = loader.load(WebhookSettings, args.config, flags)
+    settings = load_settings(WebhookSettings, args, flags)
     from webhook.server import split_listen
 
     split_listen(settings.listen)
@@ -61,23 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from webhook.cache import WebhookError
     from webhook.server import serve, tls_context
 
-    try:
-        settings = settings_from(args)
-        if args.check_config:
-            print(json.dumps(loader.redacted(settings), indent=2))
-            return 0
-        configure_logging(settings.logging)
+    def main(settings: WebhookSettings) -> None:
         tls_context(settings)  # fail now, not after connecting to the cluster
         uvloop.run(serve(settings))
-    except ConfigError as exc:
-        print(f"herdgate webhook: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except WebhookError as exc:
-        print(f"herdgate webhook: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"herdgate webhook: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+
+    return run_program("webhook", args, settings_from, main, failures=(WebhookError, OSError))
