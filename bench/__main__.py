@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -46,6 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every raw figure here")
     p.add_argument("--markdown", type=Path, help="also write the report here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    p.add_argument("--env", action="append", default=[], metavar="HERDGATE_X=V",
+                   help="setting for every gateway and agent started (experiments)")  # fmt: skip
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -59,6 +62,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for item in args.env:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("HERDGATE_"):
+            p.error(f"--env wants HERDGATE_NAME=VALUE, not {item!r}")
     args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(args.phases) - set(PHASES)
     if unknown:
@@ -69,6 +76,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     raise_nofile()
+    for item in args.env:
+        name, _, value = item.partition("=")
+        os.environ[name] = value  # inherited by every gateway and agent this run starts
     started = time.monotonic()
     stamp = dt.datetime.now().astimezone()
     tmp = suite.setup_tmp(None)
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "framing" in args.phases:
             log("framing micro-benchmark")
-            fr = framing.run(3.0 if args.quick else 9.0)
+            fr = framing.run(1.5 if args.quick else 4.5)
             raw["framing"] = suite.to_json(fr)
             sections += ["### Framing micro-benchmark", "", *report.framing_lines(fr), ""]
         if "http" in args.phases:
@@ -101,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             sections += ["### Figures 1-3: 2 KB GET and the 100 MB list", "", *lines, "",
                          "CPU per process, median over rounds (% of one core · CPU per request"
                          " or per MB):", "", *report.cpu_table(http), ""]  # fmt: skip
-            if http.profile:
-                raw["profile"] = http.profile
+            for name, prof in http.profile.items():
+                raw.setdefault("profile", {})[name] = prof
                 sections += [
-                    "Gateway py-spy during a 64-connection run, % of samples (self: on top of"
-                    " the stack; incl: anywhere in it, herdgate code only):",
+                    f"py-spy, {name} (herdgate path), % of samples (self: on top of the stack;"
+                    " incl: anywhere in it, herdgate code only):",
                     "",
-                    *(f"- {pct:5.1f} %  `{name}`" for name, pct in http.profile),
+                    *(f"- {pct:5.1f} %  `{fn}`" for fn, pct in prof),
                     "",
                 ]
         if "watches" in args.phases:
@@ -162,6 +172,7 @@ def _header(
         f" kernel {m['kernel']}, {m['os']}",
         "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Load: {other}.",
+        *([f"- Settings changed for this run: `{' '.join(args.env)}`"] if args.env else []),
     ]
 
 

@@ -5,9 +5,11 @@ tunnel; they share only the process. Run by the suite as
 ``python -m bench.agents --spec FILE`` (a JSON spec: server, ca_file, kubeconfig, tokens,
 ramp). Prints one JSON line per lifecycle event on stdout, read by the orchestrator:
 
-- ``{"t": <unix time>, "a": <agent index>, "e": "up"}``: a tunnel was established;
-- ``{"t": ..., "a": ..., "e": "down"}``: a tunnel closed;
-- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: the jittered back-off before a retry.
+- ``{"t": <unix time>, "a": <agent index>, "e": "up"}``: the agent has a tunnel again
+  (``Agent.connected`` was set);
+- ``{"t": ..., "a": ..., "e": "down"}``: it has none (``Agent.connected`` was cleared);
+- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: the jittered delay before a retry
+  (from the agent's "reconnecting in" log line).
 
 Stops on SIGTERM.
 """
@@ -34,28 +36,41 @@ AGENT_INDEX: contextvars.ContextVar[int] = contextvars.ContextVar("agent_index",
 """Which agent a log line comes from (tasks inherit the context they were created in)."""
 
 
-class _Events(logging.Handler):
-    """Turns the agent's own log lines into lifecycle events (the agent has no hooks)."""
+def _say(event: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class _ReportingEvent(asyncio.Event):
+    """Stands in for ``Agent.connected`` (set while the agent has a tunnel): reports changes."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def set(self) -> None:
+        if not self.is_set():
+            _say({"t": time.time(), "a": self.index, "e": "up"})
+        super().set()
+
+    def clear(self) -> None:
+        if self.is_set():
+            _say({"t": time.time(), "a": self.index, "e": "down"})
+        super().clear()
+
+
+class _Retries(logging.Handler):
+    """The agent's "reconnecting in %.1f s" log line -> a retry event with its delay."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.msg
-        event: dict[str, object] | None = None
-        if message.startswith("tunnel to %s established"):
-            event = {"t": time.time(), "e": "up"}
-        elif message.startswith("tunnel to %s closed"):
-            event = {"t": time.time(), "e": "down"}
-        elif message.startswith("reconnecting in"):
+        if str(record.msg).startswith("reconnecting in"):
             delay = record.args[0] if isinstance(record.args, tuple) and record.args else 0.0
-            event = {"t": time.time(), "e": "retry", "delay": delay}
-        if event is not None:
-            event["a"] = AGENT_INDEX.get()
-            sys.stdout.write(json.dumps(event) + "\n")
-            sys.stdout.flush()
+            _say({"t": time.time(), "a": AGENT_INDEX.get(), "e": "retry", "delay": delay})
 
 
 async def run(spec: dict[str, object]) -> None:
     raise_nofile()
-    handler = _Events()
+    handler = _Retries()
     agent_logger = logging.getLogger("tunnel.agent")
     agent_logger.addHandler(handler)
     agent_logger.setLevel(logging.INFO)
@@ -77,7 +92,9 @@ async def run(spec: dict[str, object]) -> None:
             logging=LoggingSettings(level="info"),
         )
         AGENT_INDEX.set(index)
-        tasks.append(loop.create_task(Agent(settings, str(token)).run(stop)))
+        agent = Agent(settings, str(token))
+        agent.connected = _ReportingEvent(index)
+        tasks.append(loop.create_task(agent.run(stop)))
         if ramp > 0 and index % 10 == 9:
             await asyncio.sleep(10 / ramp)
     await stop.wait()

@@ -18,8 +18,10 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ from config.tls import issue_server_cert, make_ca
 NGINX = "/usr/sbin/nginx"
 SMALL_PATH = "/api/v1/namespaces/default/configmaps/bench"
 LIST_PATH = "/api/v1/configmaps"
+STATUS_PATH = "/_nginx/status"
+"""nginx ``stub_status``: how many connections the backend has accepted."""
 SMALL_BYTES = 2048
 LIST_BYTES = 100_000_000
 IMPERSONATE_HEADERS = (
@@ -140,6 +144,7 @@ _BACKEND = """\
         default_type application/json;
         location = {small} {{ alias {small_file}; }}
         location = {list} {{ alias {list_file}; }}
+        location = {status} {{ stub_status; }}
         location / {{ return 404 '{{"kind":"Status","code":404}}'; }}
     }}
 """
@@ -249,7 +254,12 @@ def _common(directory: Path, certs: Certs, body: str) -> str:
 def backend(directory: Path, certs: Certs, small: Path, big: Path) -> Nginx:
     port = free_port()
     body = _BACKEND.format(
-        port=port, small=SMALL_PATH, list=LIST_PATH, small_file=small, list_file=big
+        port=port,
+        small=SMALL_PATH,
+        list=LIST_PATH,
+        small_file=small,
+        list_file=big,
+        status=STATUS_PATH,
     )
     return Nginx(directory, port, _common(directory, certs, body))
 
@@ -261,6 +271,18 @@ def proxy(directory: Path, certs: Certs, backend_port: int) -> Nginx:
     )
     body = _PROXY.format(port=port, backend_port=backend_port, impersonate=impersonate, ca=certs.ca)
     return Nginx(directory, port, _common(directory, certs, body))
+
+
+def accepted_connections(instance: Nginx) -> int:
+    """Connections the instance has accepted so far (``stub_status``)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    url = instance.url + STATUS_PATH
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    # "Active connections: 1 \nserver accepts handled requests\n 5 5 9 \n..."
+    return int(text.splitlines()[2].split()[0])
 
 
 def version() -> str:

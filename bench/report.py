@@ -1,7 +1,7 @@
 """The suite's report: machine, versions, the figures table with targets, CPU per process.
 
 Output is Markdown (it reads fine in a terminal and goes into docs/benchmarks.md as is).
-Spread is shown as "median (min-max)" over rounds; ratios are computed within a round.
+Spread is shown as "median (min to max)" over rounds; ratios are computed within a round.
 """
 
 from __future__ import annotations
@@ -86,13 +86,15 @@ def versions(repo: Path) -> dict[str, str]:
     }
 
 
-def _fmt(values: Sequence[float], digits: int = 0, scale: float = 1.0) -> str:
-    med, low, high = spread([v * scale for v in values])
+def _fmt(values: Sequence[float], digits: int = 0, sign: bool = False) -> str:
+    """ "median (min to max)" over rounds; ``sign`` shows + on positive values."""
     if not values:
         return "-"
+    med, low, high = spread(values)
+    spec = f"{'+' if sign else ''},.{digits}f"
     if len(values) == 1 or low == high:
-        return f"{med:,.{digits}f}"
-    return f"{med:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+        return format(med, spec)
+    return f"{format(med, spec)} ({format(low, spec)} to {format(high, spec)})"
 
 
 def _values(
@@ -120,11 +122,10 @@ def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
             vs_proxy = _fmt(r.per_round(scenario, pick, "herdgate", "nginx-proxy"), 2)
             vs_direct = _fmt(r.per_round(scenario, pick, "herdgate", "direct"), 2)
         else:
-            vs_proxy = (
-                "+" + _fmt(r.per_round_diff(scenario, pick, "herdgate", "nginx-proxy"), 3) + " ms"
-            )
-            vs_direct = (
-                "+" + _fmt(r.per_round_diff(scenario, pick, "herdgate", "direct"), 3) + " ms"
+            vs_proxy, vs_direct = (
+                f"{_fmt(r.per_round_diff(scenario, pick, 'herdgate', ref), 3, sign=True)} ms;"
+                f" {_fmt(r.per_round(scenario, pick, 'herdgate', ref), 1)}x"
+                for ref in ("nginx-proxy", "direct")
             )
         lines.append(f"| {label} | {' | '.join(cells)} | {vs_proxy} | {vs_direct} |")
 
@@ -181,7 +182,7 @@ def _check(
     med = statistics.median(values)
     text = f"{med:.{digits}f}{unit}"
     if len(values) > 1:
-        text += f" (rounds {min(values):.{digits}f}-{max(values):.{digits}f})"
+        text += f" (rounds {min(values):.{digits}f} to {max(values):.{digits}f})"
     return Check(figure, text, target, ok(med))
 
 
@@ -189,8 +190,8 @@ def cpu_table(http: HttpResult) -> list[str]:
     """CPU per process (% of one core and µs per request), medians over rounds."""
     lines = [
         "| scenario | path | wrk | backend nginx | proxy nginx | gateway | agent"
-        " | box busy | other load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " | box busy | other load | new backend conns |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in ("c64", "c1", "bulk"):
         for target in ("direct", "nginx-proxy", "herdgate"):
@@ -213,8 +214,10 @@ def cpu_table(http: HttpResult) -> list[str]:
                     cells.append(f"{pct:.0f} % · {per:.0f} µs/req")
             busy = statistics.median(x.box_busy_pct for x in runs)
             foreign = statistics.median(x.foreign_pct for x in runs)
+            conns = statistics.median(x.backend_conns for x in runs)
             lines.append(
-                f"| {scenario} | {target} | {' | '.join(cells)} | {busy:.0f} % | {foreign:.0f} % |"
+                f"| {scenario} | {target} | {' | '.join(cells)} | {busy:.0f} % | {foreign:.0f} %"
+                f" | {conns:.0f} |"
             )
     return lines
 
@@ -268,12 +271,14 @@ def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:
         f" **{a.kib_per_tunnel:.1f} KiB per idle tunnel**.",
         f"- Idle over {a.idle_s:g} s, % of one core: "
         + ", ".join(f"{k} {v:.2f} %" for k, v in a.idle_cpu_pct.items())
+        + "; the gateway in each third of the window: "
+        + ", ".join(f"{v:.2f} %" for v in a.idle_thirds_pct)
         + ".",
         f"- Restart: SIGTERM → old gateway gone in {a.stop_s:.1f} s (GOAWAY to every agent);"
         f" new gateway healthy {a.start_s:.1f} s later; {a.back:,}/{a.count:,} agents back"
         f" **{a.all_back_s:.1f} s after SIGTERM** ({a.all_back_after_ready_s:.1f} s after the new"
         f" gateway was healthy).",
-        f"- Tunnels accepted per second after SIGTERM (gateway log): {histogram};"
+        f"- Tunnels accepted per second after SIGTERM ({a.per_second_source}): {histogram};"
         f" peak **{a.peak_per_s}/s**.",
         f"- Agent back-off delays drawn after SIGTERM: {len(delays)}"
         + (

@@ -59,6 +59,8 @@ class Run:
     steal_pct: float
     gateway_rss_start_kib: int = 0
     gateway_rss_peak_kib: int = 0
+    backend_conns: int = 0
+    """Connections the backend accepted during the run (TLS handshakes it served)."""
 
     def cpu_pct(self, role: str) -> float:
         return 100.0 * self.cpu_s.get(role, 0.0) / self.wall_s if self.wall_s else 0.0
@@ -123,6 +125,7 @@ def run_rounds(
     rounds: int,
     headers: dict[str, str],
     gateway_pid: int,
+    backend_accepts: Callable[[], int],
     log: Callable[[str], None] = print,
 ) -> RoundsResult:
     result = RoundsResult()
@@ -136,13 +139,17 @@ def run_rounds(
         order = list(targets[shift:]) + list(targets[:shift])
         for scenario in plan:
             for target in order:
+                before = backend_accepts()
                 run = _one(number, scenario, target, headers, gateway_pid)
+                # The status request itself is one connection.
+                run.backend_conns = backend_accepts() - before - 1
                 result.runs.append(run)
                 log(
                     f"  round {number + 1}/{rounds} {scenario.name:<5} {target.name:<12}"
                     f" {run.rps:>9.0f} req/s {run.mb_per_s:>8.1f} MB/s"
                     f" p50 {run.p50_ms:7.3f} p99 {run.p99_ms:7.3f} ms"
-                    f"  errors {run.errors}  foreign CPU {run.foreign_pct:4.0f} %"
+                    f"  errors {run.errors}  backend conns {run.backend_conns}"
+                    f"  foreign CPU {run.foreign_pct:4.0f} %"
                 )
     return result
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import nginx
+from bench import nginx, profile
 from bench.herdgate import (
     AGENT_BACKEND_TOKEN,
     backend_kubeconfig,
@@ -40,6 +40,7 @@ from bench.herdgate import (
 )
 from bench.nginx import Certs
 from bench.procstats import CpuMeter, rss_kib
+from bench.profile import Profile
 from bench.rounds import RoundsResult, Target, run_rounds, scenarios
 from tests.integration.env import REPO_ROOT, Api, Gateway, free_port, wait_until
 
@@ -79,8 +80,8 @@ class HttpResult:
     rounds: RoundsResult
     seconds: float
     list_bytes: int
-    profile: list[tuple[str, float]] = field(default_factory=list)
-    """py-spy, gateway during a c=64 run: ("self: f" or "incl: f", % of samples)."""
+    profile: dict[str, Profile] = field(default_factory=dict)
+    """py-spy: "gateway c64", "agent bulk" ... -> ("self: f" or "incl: f", % of samples)."""
 
 
 def http_paths(
@@ -125,59 +126,27 @@ def http_paths(
         headers = {"Authorization": f"Bearer {token}", **KUBECTL_HEADERS}
         plan = scenarios(seconds, nginx.SMALL_PATH, nginx.LIST_PATH)
         result = HttpResult(
-            run_rounds(targets, plan, rounds, headers, gateway.process.pid, log),
+            run_rounds(
+                targets,
+                plan,
+                rounds,
+                headers,
+                gateway.process.pid,
+                lambda: nginx.accepted_connections(backend),
+                log,
+            ),
             seconds,
             big.stat().st_size,
         )
         if profile_s > 0:
-            result.profile = _profile(targets[2], headers, gateway.process.pid, profile_s, tmp)
+            pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
+            for name, path, conns in (("c64", nginx.SMALL_PATH, 64), ("bulk", nginx.LIST_PATH, 1)):
+                log(f"py-spy on the gateway and the agent during {name}")
+                found = profile.during_wrk(
+                    targets[2].url_base + path, headers, conns, profile_s, pids, tmp
+                )
+                result.profile |= {f"{role} {name}": prof for role, prof in found.items()}
         return result
-
-
-def _profile(
-    target: Target, headers: dict[str, str], pid: int, seconds: float, tmp: Path
-) -> list[tuple[str, float]]:
-    """py-spy on the gateway during a c=64 wrk run: self time per function, and inclusive
-    time of herdgate's own functions (native time is charged to the calling frame)."""
-    from bench import wrk
-
-    py_spy = Path(sys.executable).parent / "py-spy"
-    if not py_spy.exists():
-        return [("py-spy not installed (pip install py-spy)", 0.0)]
-    out = tmp / "gateway-profile.txt"
-    spy = subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-         "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.5)
-    wrk.run(target.url_base + nginx.SMALL_PATH, connections=64, seconds=seconds, headers=headers)
-    try:
-        spy.wait(seconds + 30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-    if not out.exists():
-        return [("py-spy produced nothing (ptrace not permitted?)", 0.0)]
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
-    for line in out.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        frames = stack.split(";")
-        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
-        for name in set(frames):
-            if "gateway/" in name or "tunnel/" in name:
-                inclusive[name] = inclusive.get(name, 0) + int(count)
-        total += int(count)
-    if not total:
-        return []
-    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:15]
-    top_incl = sorted(inclusive.items(), key=lambda kv: -kv[1])[:15]
-    return [(f"self: {name}", 100.0 * n / total) for name, n in top_own] + [
-        (f"incl: {name}", 100.0 * n / total) for name, n in top_incl
-    ]
 
 
 # -- figure 4 -----------------------------------------------------------------------------
@@ -398,6 +367,8 @@ class AgentsResult:
     gateway_rss_after_kib: int
     idle_s: float
     idle_cpu_pct: dict[str, float]
+    idle_thirds_pct: list[float]
+    """The gateway's idle CPU in each third of the idle window (% of one core)."""
     stop_s: float
     """SIGTERM to the old gateway's exit (it sends every agent GOAWAY)."""
     start_s: float
@@ -407,7 +378,9 @@ class AgentsResult:
     """From SIGTERM to the old gateway until the last agent was connected again."""
     all_back_after_ready_s: float
     per_second: list[int] = field(default_factory=list)
-    """Tunnels accepted per second after the restart (from the gateway's log), from SIGTERM."""
+    """Tunnels accepted per second after the restart, from SIGTERM."""
+    per_second_source: str = "gateway log"
+    """Where ``per_second`` comes from: the gateway's "agent connected" lines, or the agents."""
     retry_delays: list[float] = field(default_factory=list)
     failed_after_ready: int = 0
     """Agent retries that started after the new gateway was healthy (failed handshakes)."""
@@ -478,18 +451,28 @@ def agents(
                    interval=0.2)  # fmt: skip
         connect_s = max(_ups(procs, started)) - started
         log(f"agents: {count} tunnels up in {connect_s:.1f} s ({processes} processes)")
-        time.sleep(3.0)
+        # Let the connection burst settle (the gateway records each agent's connection in
+        # its store and reads the change feed back) before memory and idle CPU are read.
+        time.sleep(min(10.0, max(3.0, idle_s / 3)))
         rss_after = rss_kib(gateway.process.pid)
         roles = {"gateway": gateway.process.pid}
         roles |= {f"agents-{i}": p.process.pid for i, p in enumerate(procs)}
         meter = CpuMeter(roles)
+        slices: list[float] = []
         with meter:
-            time.sleep(idle_s)
+            for _ in range(3):
+                with CpuMeter({"gateway": gateway.process.pid}) as part:
+                    time.sleep(idle_s / 3)
+                assert part.usage is not None
+                slices.append(part.usage.pct("gateway"))
         usage = meter.usage
         assert usage is not None
         idle_cpu = {role: usage.pct(role) for role in usage.roles}
         idle_cpu |= {"box": usage.box_busy_pct, "other": usage.foreign_pct}
-        log(f"agents: idle gateway CPU {idle_cpu['gateway']:.2f} % of a core over {idle_s:g} s")
+        log(
+            f"agents: idle gateway CPU {idle_cpu['gateway']:.2f} % of a core over {idle_s:g} s"
+            f" (thirds: {', '.join(f'{x:.2f}' for x in slices)})"
+        )
 
         restart = _restart(gateway, procs, count, log)
         return AgentsResult(
@@ -500,6 +483,7 @@ def agents(
             gateway_rss_after_kib=rss_after,
             idle_s=idle_s,
             idle_cpu_pct=idle_cpu,
+            idle_thirds_pct=slices,
             **restart,
         )
     raise AssertionError("unreachable")  # pragma: no cover
@@ -520,6 +504,9 @@ def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) 
     ups = _ups(procs, t_stop)
     time.sleep(1.0)  # the gateway logs "agent connected" a little after the agent sees it up
     accepted = connected_times(gateway.log_file, since=t_stop)
+    source = "gateway log"
+    if len(accepted) < len(ups) // 2:  # the log line changed: count on the agents' side
+        accepted, source = ups, "agents"
     per_second = [0] * (int(max(accepted, default=t_stop) - t_stop) + 1)
     for when in accepted:
         per_second[int(when - t_stop)] += 1
@@ -534,6 +521,7 @@ def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) 
         "all_back_s": last - t_stop,
         "all_back_after_ready_s": last - t_ready,
         "per_second": per_second,
+        "per_second_source": source,
         "retry_delays": sorted(float(e["delay"]) for e in retries),
         "failed_after_ready": sum(1 for e in retries if e["t"] >= t_ready),
     }
