@@ -57,11 +57,12 @@ class TokenSettings:
 
 @dataclass(frozen=True)
 class TunnelSettings:
-    ping_interval_s: float = duration(10)
-    """Send a PING when the tunnel has been idle this long."""
-    idle_timeout_s: float = duration(25)
-    """Drop a tunnel whose peer has been silent this long."""
-    stream_window: int = size(256 * 1024)
+    ping_interval_s: float = duration(15)
+    """Send a PING when the tunnel has been idle this long (the gateway waits 1.5 times
+    longer, so on a quiet tunnel only the agent pings and the gateway answers)."""
+    idle_timeout_s: float = duration(28)
+    """Drop a tunnel whose peer has been silent this long (checked every 2 s)."""
+    stream_window: int = size(1024 * 1024)
     """Bytes per stream the peer may send before it needs more credit."""
     max_frame: int = size(64 * 1024)
     """Largest DATA frame accepted."""
@@ -322,7 +323,7 @@ class AgentSettings:
     backoff_initial_s: float = duration(1)
     """First reconnect delay; doubles up to ``backoff_max_s``, with full jitter."""
     backoff_max_s: float = duration(30)
-    reconnect_spread_s: float = duration(5)
+    reconnect_spread_s: float = duration(10)
     """After a long-lived tunnel drops, reconnect at a random time within this window."""
     credentials_refresh_s: float = duration(60)
     """How often the agent re-reads its service-account token to notice rotation."""

@@ -73,6 +73,8 @@ class Directory:
         self.replicas: dict[str, Replica] = {}
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
+        self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
+        """Salt and digest of each token, parsed once (the request path only hashes)."""
         self._seen: dict[tuple[str, str], int] = {}
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
@@ -129,6 +131,12 @@ class Directory:
                     self.user_ids_by_principal[principal] = key
         elif kind == TOKEN:
             self._set(self.tokens, key, Token, doc)
+            token = self.tokens.get(key)
+            parts = None if token is None else hashing.parse_token_hash(token.hash)
+            if parts is None:
+                self._token_hashes.pop(key, None)
+            else:
+                self._token_hashes[key] = parts
         elif kind == CLUSTER:
             self._set(self.clusters, key, Cluster, doc)
         elif kind == BINDING:
@@ -286,7 +294,8 @@ class Directory:
         if not sep or not secret:
             raise AuthenticationFailed("malformed token")
         token = self.tokens.get(token_id)
-        if token is None or not hashing.verify_token(secret, token.hash):
+        parts = self._token_hashes.get(token_id)
+        if token is None or parts is None or not hashing.verify_token_parts(secret, *parts):
             raise AuthenticationFailed("invalid token")
         if token.is_expired(self.clock()):
             raise AuthenticationFailed("token expired")

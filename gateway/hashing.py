@@ -49,18 +49,27 @@ def hash_token(secret: str) -> str:
     return f"$3:1:{_b64(salt)}:{_b64(digest)}"
 
 
-def verify_token(secret: str, stored: str) -> bool:
-    """Constant-time check of ``secret`` against a ``$3:1:salt:hash`` string."""
+def parse_token_hash(stored: str) -> tuple[bytes, bytes] | None:
+    """(salt, digest) of a ``$3:1:salt:hash`` string, or None if it is not one."""
     parts = stored.split(":")
     if len(parts) != 4 or parts[0] != "$3" or parts[1] != "1":
-        return False
+        return None
     try:
-        salt = base64.b64decode(parts[2], validate=True)
-        expected = base64.b64decode(parts[3], validate=True)
+        return base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
     except ValueError:
-        return False
+        return None
+
+
+def verify_token_parts(secret: str, salt: bytes, expected: bytes) -> bool:
+    """The request path's check: the hash parts were parsed once, when the token loaded."""
     digest = hashlib.sha3_512(salt + secret.encode("utf-8")).digest()
     return hmac.compare_digest(digest, expected)
+
+
+def verify_token(secret: str, stored: str) -> bool:
+    """Constant-time check of ``secret`` against a ``$3:1:salt:hash`` string."""
+    parts = parse_token_hash(stored)
+    return parts is not None and verify_token_parts(secret, *parts)
 
 
 def hash_password(password: str) -> str:

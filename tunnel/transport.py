@@ -17,8 +17,16 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 READ_LIMIT_BYTES = 4 * MAX_MESSAGE_BYTES
 
 
+SYNC_SEND_MAX_BYTES = 64 * 1024
+"""Writes up to this size may go out at once, without a trip through the writer task."""
+
+
 class Transport(Protocol):
     async def send(self, data: bytes) -> None: ...
+
+    def try_send_now(self, data: bytes) -> bool:
+        """Write ``data`` now if that cannot block; False means use ``send``."""
+        ...
 
     async def receive(self) -> bytes | None:
         """Next chunk of bytes, or None once the transport is closed."""
@@ -32,6 +40,27 @@ class WebSocketTransport:
 
     def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
         self._ws = ws
+        # aiohttp writes an uncompressed frame synchronously inside ``send_bytes``; only
+        # the flow-control wait after it is asynchronous. Calling that synchronous part
+        # directly (when the transport is not paused) saves an event-loop turn per
+        # message. If a later aiohttp moves it, ``try_send_now`` just declines.
+        writer = getattr(ws, "_writer", None)
+        self._write_frame = getattr(writer, "_write_websocket_frame", None)
+        self._protocol = getattr(writer, "protocol", None)
+        self._transport = getattr(writer, "transport", None)
+
+    def try_send_now(self, data: bytes) -> bool:
+        write, protocol, transport = self._write_frame, self._protocol, self._transport
+        if (
+            write is None
+            or len(data) > SYNC_SEND_MAX_BYTES
+            or getattr(protocol, "_paused", True)
+            or transport is None
+            or transport.is_closing()
+        ):
+            return False
+        write(data, aiohttp.WSMsgType.BINARY, 0)
+        return True
 
     async def send(self, data: bytes) -> None:
         if len(data) <= MAX_MESSAGE_BYTES:
@@ -69,9 +98,14 @@ class MemoryTransport:
         return a, b
 
     async def send(self, data: bytes) -> None:
-        if self.closed or self.peer is None or self.peer.closed:
+        if not self.try_send_now(data):
             raise ConnectionResetError("transport closed")
+
+    def try_send_now(self, data: bytes) -> bool:
+        if self.closed or self.peer is None or self.peer.closed:
+            return False
         self.peer._inbox.put_nowait(data)
+        return True
 
     async def receive(self) -> bytes | None:
         if self.closed:

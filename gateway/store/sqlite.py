@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +47,8 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
         self._probe: sqlite3.Connection | None = None
-        self._probe_version = -1
+        self._signal: mmap.mmap | None = None
+        self._signal_seen = b""
 
     async def open(self) -> SQLiteStore:
         await self._run(self._open)
@@ -60,6 +63,26 @@ class SQLiteStore:
         db.executescript(_SCHEMA)
         self._db = db
         self.path.chmod(0o600)
+        self._open_signal()
+
+    # -- the change signal --------------------------------------------------------------
+    # Eight bytes in a small shared file, rewritten (random) after every commit. Every
+    # process maps it, so "has anyone written since I last looked?" is a memory read on
+    # the request path; only then is the database asked what changed.
+
+    def _open_signal(self) -> None:
+        path = self.path.with_name(self.path.name + ".changed")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._signal = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def _signal_change(self) -> None:
+        if self._signal is not None:
+            self._signal[0:8] = os.urandom(8)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -123,6 +146,7 @@ class SQLiteStore:
             if revision % 1000 == 0:
                 db.execute("DELETE FROM changes WHERE revision <= ?", (revision - KEEP_CHANGES,))
             db.execute("COMMIT")
+            self._signal_change()
         except AlreadyExists:
             raise
         except BaseException:
@@ -158,6 +182,7 @@ class SQLiteStore:
                 (text, revision, kind, key),
             )
             db.execute("COMMIT")
+            self._signal_change()
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -179,19 +204,20 @@ class SQLiteStore:
         return await self._run(op)
 
     def recent_changes(self, after: int) -> Sequence[Change] | None:
-        # A second connection, used from the event loop thread: its ``data_version``
-        # moves whenever any other connection (another worker, or our own writer
-        # thread) commits. Checking it costs about a microsecond.
+        signal = self._signal
+        if signal is not None:
+            seen = signal[0:8]
+            if seen == self._signal_seen:
+                return None
+            self._signal_seen = seen
+        # Something was committed: read the new log rows through a second connection,
+        # used from the event loop thread (a query on the indexed log, rarely taken).
         probe = self._probe
         if probe is None:
             probe = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             probe.execute("PRAGMA busy_timeout=1000")
             self._probe = probe
         try:
-            version = probe.execute("PRAGMA data_version").fetchone()[0]
-            if version == self._probe_version:
-                return None
-            self._probe_version = version
             rows = probe.execute(
                 "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
                 "ORDER BY revision",
@@ -203,7 +229,14 @@ class SQLiteStore:
 
     async def changes(self, after: int) -> AsyncIterator[Change]:
         last = after
+        signal_seen = b""
         while True:
+            if self._signal is not None:
+                current = self._signal[0:8]
+                if current == signal_seen:
+                    await asyncio.sleep(POLL_INTERVAL_S)  # nobody wrote: no query at all
+                    continue
+                signal_seen = current
 
             def op(since: int = last) -> list[tuple[int, str, str, str | None]]:
                 return self._conn.execute(
@@ -216,7 +249,9 @@ class SQLiteStore:
             for revision, kind, key, value in rows:
                 last = revision
                 yield Change(revision, kind, key, None if value is None else _load(value))
-            if not rows:
+            if len(rows) == 1000:
+                signal_seen = b""  # more to read
+            elif not rows:
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     async def close(self) -> None:
@@ -227,6 +262,9 @@ class SQLiteStore:
             if self._probe is not None:
                 self._probe.close()
                 self._probe = None
+            if self._signal is not None:
+                self._signal.close()
+                self._signal = None
 
         await self._run(op)
         self._executor.shutdown(wait=False)
