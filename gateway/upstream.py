@@ -141,7 +141,9 @@ class Response:
             yield chunk
 
     async def read_all(self) -> bytes:
-        parts = [chunk async for chunk in self.iter_chunks()]
+        parts: list[bytes] = []
+        while chunk := await self.read_chunk():
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def release(self) -> None:
