@@ -104,7 +104,7 @@ class TunnelProtocol:
         self.side = side
         self.limits = limits or Limits()
         self.peer: frames.Hello | None = None
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
         self._streams: dict[int, _Stream] = {}
         self._local_parity = 1 if side is Side.CLIENT else 0
@@ -162,7 +162,8 @@ class TunnelProtocol:
         """Bytes to write to the transport. Does no I/O itself."""
         if not self._out:
             return b""
-        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        first = self._out[0]
+        out = first if len(self._out) == 1 and isinstance(first, bytes) else b"".join(self._out)
         self._out.clear()
         return out
 
@@ -220,7 +221,7 @@ class TunnelProtocol:
                 self._out.append(
                     frames.encode_data_header(stream_id, len(chunk), end_stream and last)
                 )
-                self._out.append(bytes(chunk))
+                self._out.append(chunk)  # a view: data_to_send copies it once, when joining
         if end_stream:
             stream.local_closed = True
             if stream.remote_closed:
