@@ -177,13 +177,13 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            value = rss_kib(self.pid)
+            value = tree_rss_kib(self.pid)
             self.peak_kib = max(self.peak_kib, value)
             self.samples += 1
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> RssSampler:
-        self.start_kib = rss_kib(self.pid)
+        self.start_kib = tree_rss_kib(self.pid)
         self.peak_kib = self.start_kib
         self._thread.start()
         return self
@@ -191,7 +191,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+        self.peak_kib = max(self.peak_kib, tree_rss_kib(self.pid))
 
 
 def vm_hwm_kib(pid: int) -> int:

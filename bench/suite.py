@@ -39,7 +39,7 @@ from bench.herdgate import (
     start_gateway,
 )
 from bench.nginx import Certs
-from bench.procstats import CpuMeter, rss_kib
+from bench.procstats import CpuMeter, rss_kib, tree_rss_kib
 from bench.profile import Profile
 from bench.rounds import RoundsResult, Target, run_rounds, scenarios
 from tests.integration.env import REPO_ROOT, Api, Gateway, free_port, wait_until
@@ -223,12 +223,12 @@ def connection_cost(tmp: Path, count: int, log: Log) -> float:
     try:
         assert gateway.process is not None
         time.sleep(1.0)
-        before = rss_kib(gateway.process.pid)
+        before = tree_rss_kib(gateway.process.pid)
         client = WatchClient(f"{gateway.url}/healthz", "-", gateway.ca_file, count)
         try:
             opened = client.opened()
             time.sleep(2.0)
-            per_conn = (rss_kib(gateway.process.pid) - before) / max(1, int(opened["opened"]))
+            per_conn = (tree_rss_kib(gateway.process.pid) - before) / max(1, int(opened["opened"]))
             client.start_measuring(0)
             client.latency()
         finally:
@@ -276,7 +276,7 @@ def watches(
             "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=0"
         )
         time.sleep(1.0)
-        gw_before, agent_before = rss_kib(gw_pid), rss_kib(agent_pid)
+        gw_before, agent_before = tree_rss_kib(gw_pid), rss_kib(agent_pid)
         client = WatchClient(watch_url, token, gateway.ca_file, count)
         stack.callback(client.stop)
         opened = client.opened()
@@ -285,7 +285,7 @@ def watches(
             f" in {opened['open_s']} s {opened.get('failures') or ''}"
         )
         time.sleep(2.0)
-        gw_after, agent_after = rss_kib(gw_pid), rss_kib(agent_pid)
+        gw_after, agent_after = tree_rss_kib(gw_pid), rss_kib(agent_pid)
         _, stats = _get(f"{backend_url}/_bench/stats")
         log(f"watch backend sees {json.loads(stats)['watches']} watches")
         meter = CpuMeter(
@@ -433,7 +433,7 @@ def agents(
         )
         assert gateway.process is not None
         time.sleep(1.0)
-        rss_before = rss_kib(gateway.process.pid)
+        rss_before = tree_rss_kib(gateway.process.pid)
         procs: list[AgentProcess] = []
         started = time.time()
         for index in range(processes):
@@ -454,7 +454,7 @@ def agents(
         # Let the connection burst settle (the gateway records each agent's connection in
         # its store and reads the change feed back) before memory and idle CPU are read.
         time.sleep(min(10.0, max(3.0, idle_s / 3)))
-        rss_after = rss_kib(gateway.process.pid)
+        rss_after = tree_rss_kib(gateway.process.pid)
         roles = {"gateway": gateway.process.pid}
         roles |= {f"agents-{i}": p.process.pid for i, p in enumerate(procs)}
         meter = CpuMeter(roles)
