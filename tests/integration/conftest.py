@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -22,6 +23,10 @@ from tests.integration.env import (
 AGENT_SA_TOKEN = "agent-service-account-token"
 AGENT_SA_USER = "system:serviceaccount:herdgate-system:herdgate-agent"
 USER_PASSWORD = "a-long-user-password"
+
+
+NO_AGENT = cast(Agent, None)
+"""Placeholder until the world's agent is started (it needs the world to be built)."""
 
 
 @dataclass
@@ -97,8 +102,8 @@ def start_world(tmp: Path, name: str = "dev", gateway_config: str = "") -> World
         admin,
         cluster["id"],
         name,
-        None,
-        agent_kubeconfig,  # type: ignore[arg-type]
+        NO_AGENT,
+        agent_kubeconfig,
     )
     world.agent = world.start_agent()
     world.wait_state("active")

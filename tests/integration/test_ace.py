@@ -17,7 +17,7 @@ import yaml
 
 from tests.apiserver.harness import StandInProcess
 from tests.binaries import kubectl
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, World
+from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
 from tests.integration.env import (
     REPO_ROOT,
     Agent,
@@ -87,7 +87,7 @@ def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         },
     )
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
-    world = World(tmp, standin, gateway, admin, cluster["id"], "edge", None, agent_kc)  # type: ignore[arg-type]
+    world = World(tmp, standin, gateway, admin, cluster["id"], "edge", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     world.wait_state("active")
     reader_kc = standin.kubeconfig(tmp / "webhook-reader-kubeconfig", token=READER_TOKEN)

@@ -14,7 +14,13 @@ from tests.apiserver.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
 from tests.fixtures.tcplb import TcpBalancer
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, USER_PASSWORD, World
+from tests.integration.conftest import (
+    AGENT_SA_TOKEN,
+    AGENT_SA_USER,
+    NO_AGENT,
+    USER_PASSWORD,
+    World,
+)
 from tests.integration.env import (
     ApiError,
     Gateway,
@@ -60,7 +66,7 @@ def replicas(
     admin = front.admin()
     cluster = admin.post("/v3/clusters", {"name": "ha"})
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
-    world = World(tmp, standin, front, admin, cluster["id"], "ha", None, agent_kc)  # type: ignore[arg-type]
+    world = World(tmp, standin, front, admin, cluster["id"], "ha", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     try:
         yield world, first, second, lb

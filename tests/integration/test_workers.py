@@ -13,7 +13,7 @@ import pytest
 
 from tests.apiserver.harness import StandInProcess
 from tests.binaries import kubectl
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, World
+from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
 from tests.integration.env import Gateway, free_port, kubectl_run, wait_until
 from tests.integration.test_proxy_errors import raw_request
 
@@ -33,7 +33,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": "multi"})
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
-    world = World(tmp, standin, gateway, admin, cluster["id"], "multi", None, agent_kc)  # type: ignore[arg-type]
+    world = World(tmp, standin, gateway, admin, cluster["id"], "multi", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     try:
         yield world
