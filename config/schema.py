@@ -57,7 +57,7 @@ class TokenSettings:
 
 @dataclass(frozen=True)
 class TunnelSettings:
-    ping_interval_s: float = duration(15)
+    ping_interval_s: float = duration(20)
     """Send a PING when the tunnel has been idle this long (the gateway waits 1.5 times
     longer, so on a quiet tunnel only the agent pings and the gateway answers)."""
     idle_timeout_s: float = duration(28)

@@ -34,7 +34,7 @@ from tunnel.transport import Transport
 
 logger = logging.getLogger(__name__)
 
-PING_INTERVAL_S = 15.0
+PING_INTERVAL_S = 20.0
 """Send a PING when nothing has been received for this long."""
 IDLE_TIMEOUT_S = 28.0
 """Declare the peer dead when nothing has been received for this long."""
