@@ -230,12 +230,26 @@ async def forward(
     return await _respond(request, upstream)
 
 
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    names = _HEADER_NAMES
+    for name, value in raw:
+        text = names.get(name)
+        if text is None:
+            text = "" if name.lower() in _SKIPPED_RESPONSE_HEADERS else name.decode("latin-1")
+            if len(names) < 256:  # API servers send a small, fixed set of names
+                names[name] = text
+        if text:
+            headers.add(text, value.decode("latin-1"))
+    return headers
+
+
+# Header names decoded once; "" marks the ones the gateway does not pass on.
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
 async def _respond(request: web.Request, upstream: Response) -> web.StreamResponse:
-    headers = CIMultiDict(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in upstream.headers
-        if name.lower() not in _SKIPPED_RESPONSE_HEADERS
-    )
+    headers = _response_headers(upstream.headers)
     length = upstream.content_length
     try:
         if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
