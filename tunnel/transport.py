@@ -17,7 +17,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 READ_LIMIT_BYTES = 4 * MAX_MESSAGE_BYTES
 
 
-SYNC_SEND_MAX_BYTES = 64 * 1024
+SYNC_SEND_MAX_BYTES = 8 * 1024
 """Writes up to this size may go out at once, without a trip through the writer task."""
 
 
