@@ -45,6 +45,7 @@ class WebSocketTransport:
         # directly (when the transport is not paused) saves an event-loop turn per
         # message. If a later aiohttp moves it, ``try_send_now`` just declines.
         writer = getattr(ws, "_writer", None)
+        self._writer = writer
         self._write_frame = getattr(writer, "_write_websocket_frame", None)
         self._protocol = getattr(writer, "protocol", None)
         self._transport = getattr(writer, "transport", None)
@@ -57,6 +58,7 @@ class WebSocketTransport:
             or getattr(protocol, "_paused", True)
             or transport is None
             or transport.is_closing()
+            or getattr(self._writer, "_closing", True)  # no data after our close frame
         ):
             return False
         write(data, aiohttp.WSMsgType.BINARY, 0)
