@@ -26,21 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import math
 import secrets
-import ssl
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
-from config.errors import ConfigError
 from config.schema import LDAPSettings
 from gateway.providers import ldap_filters as filters
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
@@ -60,11 +52,18 @@ from gateway.providers.ldap3_compat import (
     LDAPException,
     Server,
     ServerPool,
-    Tls,
     set_config_parameter,
 )
+from gateway.providers.ldap_connections import (
+    ConnectionPool,
+    ContextTls,
+    Entry,
+    LDAPFailure,
+    close_connection,
+    failure_reason,
+    tls_context,
+)
 from gateway.providers.ldap_model import (
-    DisabledRule,
     canonical_dn,
     dn_key,
     is_under,
@@ -73,6 +72,9 @@ from gateway.providers.ldap_model import (
     principal_id,
     resolve_nested,
     supports_in_chain,
+)
+from gateway.providers.ldap_settings import (
+    resolve_settings,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,6 @@ MAX_USERNAME = 256
 PAGE_SIZE = 500
 MAX_PAGES = 200
 NESTING_BATCH = 50
-OFF = "none"
 
 # Result codes (RFC 4511) of a user bind that mean "not this password / not now
 # for this account", as opposed to a server failure.
@@ -101,385 +102,6 @@ _SUCCESS, _SIZE_LIMIT, _REFERRAL, _NO_SUCH_OBJECT = 0, 4, 10, 32
 _PAGED_RESULTS = "1.2.840.113556.1.4.319"
 
 
-@dataclass(frozen=True)
-class _Defaults:
-    login_attribute: str
-    user_object_class: str
-    display_name_attribute: str
-    group_object_classes: tuple[str, ...]
-    member_uid_attribute: str
-    disabled_attribute: str
-    disabled_bitmask: int
-
-
-DEFAULTS: dict[str, _Defaults] = {
-    "openldap": _Defaults(
-        login_attribute="uid",
-        user_object_class="inetOrgPerson",
-        display_name_attribute="cn",
-        group_object_classes=("groupOfNames", "posixGroup"),
-        member_uid_attribute="memberUid",
-        disabled_attribute="",
-        disabled_bitmask=0,
-    ),
-    "activedirectory": _Defaults(
-        login_attribute="sAMAccountName",
-        user_object_class="user",
-        display_name_attribute="displayName",
-        group_object_classes=("group",),
-        member_uid_attribute="",
-        disabled_attribute="userAccountControl",
-        disabled_bitmask=0x2,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class ServerAddress:
-    host: str
-    port: int
-    ldaps: bool
-
-    def __str__(self) -> str:
-        return f"{'ldaps' if self.ldaps else 'ldap'}://{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class LDAPConfig:
-    """``LDAPSettings`` checked, with the provider's defaults filled in."""
-
-    name: str
-    servers: tuple[ServerAddress, ...]
-    strategy: str
-    server_retry_s: float
-    start_tls: bool
-    ca_file: str
-    insecure_skip_tls_verify: bool
-    connect_timeout_s: float
-    operation_timeout_s: int
-    request_timeout_s: float
-    pool_size: int
-    pool_idle_timeout_s: float
-    service_account_dn: str
-    service_account_password: str = field(repr=False)
-    service_account_password_file: str
-    user_search_base: str
-    user_search_scope: str
-    user_login_attribute: str
-    user_object_class: str
-    user_filter: str
-    user_display_name_attribute: str
-    group_membership: str
-    group_search_base: str
-    group_object_classes: tuple[str, ...]
-    group_member_attribute: str
-    group_member_uid_attribute: str
-    group_filter: str
-    nested_groups: str
-    nested_groups_max_depth: int
-    disabled: DisabledRule
-
-
-def _optional(value: str, default: str) -> str:
-    if value.strip().lower() == OFF:
-        return ""
-    return value.strip() or default
-
-
-def parse_server_url(url: str) -> ServerAddress:
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in {"ldap", "ldaps"}:
-        raise ValueError(f"{url!r}: expected ldap://host[:port] or ldaps://host[:port]")
-    if not parts.hostname:
-        raise ValueError(f"{url!r}: no host")
-    if parts.path not in {"", "/"} or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"{url!r}: only scheme, host and port are allowed")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: bad port") from None
-    return ServerAddress(
-        parts.hostname, port or (636 if scheme == "ldaps" else 389), scheme == "ldaps"
-    )
-
-
-def resolve_settings(name: str, s: LDAPSettings) -> LDAPConfig:
-    """Check ``s`` and fill in the defaults of provider ``name``; ConfigError names the key."""
-    if name not in DEFAULTS:
-        raise ConfigError(f"auth.{name}", "the LDAP provider must be openldap or activedirectory")
-    d = DEFAULTS[name]
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(f"auth.{name}.{key}", message)
-
-    def attribute(key: str, value: str) -> str:
-        try:
-            return filters.check_attribute(value) if value else ""
-        except ValueError as exc:
-            raise fail(key, str(exc)) from None
-
-    def search_filter(key: str, value: str) -> str:
-        try:
-            return filters.check_filter(value)
-        except ValueError as exc:
-            raise fail(key, str(exc)) from None
-
-    def dn(key: str, value: str, required: bool) -> str:
-        if not value.strip():
-            if required:
-                raise fail(key, "required")
-            return ""
-        try:
-            return canonical_dn(value)
-        except ValueError as exc:
-            raise fail(key, str(exc)) from None
-
-    def choice(key: str, value: str, allowed: Sequence[str]) -> str:
-        lowered = value.strip().lower()
-        if lowered not in allowed:
-            raise fail(key, f"expected one of {', '.join(allowed)}, got {value!r}")
-        return lowered
-
-    if not s.servers:
-        raise fail("servers", "at least one ldap:// or ldaps:// URL is required")
-    servers: list[ServerAddress] = []
-    for url in s.servers:
-        try:
-            servers.append(parse_server_url(url))
-        except ValueError as exc:
-            raise fail("servers", str(exc)) from None
-    if s.start_tls and all(server.ldaps for server in servers):
-        logger.info("auth.%s: start_tls has no effect on ldaps:// servers", name)
-    if not s.start_tls and not all(server.ldaps for server in servers):
-        logger.warning(
-            "auth.%s: ldap:// without start_tls sends passwords unencrypted; "
-            "use ldaps:// or start_tls: true",
-            name,
-        )
-    if s.ca_file and not Path(s.ca_file).is_file():
-        raise fail("ca_file", f"{s.ca_file}: no such file")
-    for key in ("connect_timeout_s", "operation_timeout_s", "request_timeout_s"):
-        if getattr(s, key) <= 0:
-            raise fail(key.removesuffix("_s"), "must be positive")
-    if s.pool_size < 1:
-        raise fail("pool_size", "must be at least 1")
-    if s.nested_groups_max_depth < 0:
-        raise fail("nested_groups_max_depth", "cannot be negative")
-
-    service_dn = s.service_account_dn.strip()
-    if service_dn and "=" in service_dn:
-        service_dn = dn("service_account_dn", service_dn, required=False)
-    if s.service_account_password and s.service_account_password_file:
-        raise fail(
-            "service_account_password_file",
-            "set service_account_password or service_account_password_file, not both",
-        )
-    if s.service_account_password_file and not Path(s.service_account_password_file).is_file():
-        raise fail("service_account_password_file", "no such file")
-    if service_dn and not (s.service_account_password or s.service_account_password_file):
-        # A DN with an empty password is an unauthenticated bind: it "succeeds" as anonymous.
-        raise fail("service_account_password", "required with service_account_dn")
-    if not service_dn and (s.service_account_password or s.service_account_password_file):
-        raise fail("service_account_dn", "required with a service account password")
-
-    user_base = dn("user_search_base", s.user_search_base, required=True)
-    disabled_attribute = attribute(
-        "disabled_attribute", _optional(s.disabled_attribute, d.disabled_attribute)
-    )
-    bitmask = s.disabled_bitmask
-    if not bitmask and disabled_attribute and not s.disabled_attribute.strip():
-        bitmask = d.disabled_bitmask
-    group_classes = tuple(c.strip() for c in s.group_object_classes if c.strip())
-    for object_class in group_classes:
-        attribute("group_object_classes", object_class)
-
-    return LDAPConfig(
-        name=name,
-        servers=tuple(servers),
-        strategy=choice("server_strategy", s.server_strategy, ("first", "round_robin", "random")),
-        server_retry_s=s.server_retry_s,
-        start_tls=s.start_tls,
-        ca_file=s.ca_file,
-        insecure_skip_tls_verify=s.insecure_skip_tls_verify,
-        connect_timeout_s=s.connect_timeout_s,
-        operation_timeout_s=max(1, math.ceil(s.operation_timeout_s)),
-        request_timeout_s=s.request_timeout_s,
-        pool_size=s.pool_size,
-        pool_idle_timeout_s=s.pool_idle_timeout_s,
-        service_account_dn=service_dn,
-        service_account_password=s.service_account_password,
-        service_account_password_file=s.service_account_password_file,
-        user_search_base=user_base,
-        user_search_scope=choice("user_search_scope", s.user_search_scope, ("subtree", "one")),
-        user_login_attribute=attribute(
-            "user_login_attribute", s.user_login_attribute.strip() or d.login_attribute
-        ),
-        user_object_class=attribute(
-            "user_object_class", s.user_object_class.strip() or d.user_object_class
-        ),
-        user_filter=search_filter("user_filter", s.user_filter),
-        user_display_name_attribute=attribute(
-            "user_display_name_attribute",
-            s.user_display_name_attribute.strip() or d.display_name_attribute,
-        ),
-        group_membership=choice("group_membership", s.group_membership, ("search", "memberof")),
-        group_search_base=dn("group_search_base", s.group_search_base, required=False) or user_base,
-        group_object_classes=group_classes or d.group_object_classes,
-        group_member_attribute=attribute(
-            "group_member_attribute", s.group_member_attribute.strip() or "member"
-        ),
-        group_member_uid_attribute=attribute(
-            "group_member_uid_attribute",
-            _optional(s.group_member_uid_attribute, d.member_uid_attribute),
-        ),
-        group_filter=search_filter("group_filter", s.group_filter),
-        nested_groups=choice(
-            "nested_groups", s.nested_groups, ("auto", "in_chain", "client", "off")
-        ),
-        nested_groups_max_depth=s.nested_groups_max_depth,
-        disabled=DisabledRule(disabled_attribute, s.disabled_value.strip(), bitmask),
-    )
-
-
-class _Failure(Exception):
-    """The server answered, but not usefully (a refused service bind, a failed search)."""
-
-
-class ContextTls(Tls):  # type: ignore[misc]  # ldap3 is untyped
-    """ldap3's ``Tls`` wrapping sockets with one ``ssl.SSLContext``.
-
-    The standard library then verifies the chain and the host name (and sends
-    SNI). ldap3's own host-name check calls ``ssl.match_hostname``, deprecated
-    since Python 3.7 and removed in 3.12.
-    """
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        super().__init__(validate=context.verify_mode)
-        self.context = context
-
-    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
-        connection.socket = self.context.wrap_socket(
-            connection.socket,
-            server_side=False,
-            do_handshake_on_connect=do_handshake,
-            server_hostname=connection.server.host,
-        )
-
-
-def tls_context(ca_file: str, insecure: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-@dataclass(frozen=True)
-class _Entry:
-    dn: str
-    attributes: dict[str, list[str]]
-
-    def values(self, attribute: str) -> list[str]:
-        return self.attributes.get(attribute.lower(), []) if attribute else []
-
-    def first(self, attribute: str) -> str:
-        values = self.values(attribute)
-        return values[0] if values else ""
-
-
-def _close(conn: Connection) -> None:
-    """Unbind quietly, close the socket, and forget ``conn`` in ldap3's ``ServerPool``.
-
-    ldap3 2.9 keeps every connection ever opened through a pool in
-    ``ServerPool.pool_states`` (never removed): without this, each login would
-    leak one ``Connection``.
-    """
-    with contextlib.suppress(LDAPException, OSError):
-        conn.unbind()
-    # ldap3 leaves the socket open when connecting or the TLS handshake failed.
-    sock = getattr(conn, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-    pool = getattr(conn, "server_pool", None)
-    if pool is not None:
-        pool.pool_states.pop(conn, None)
-
-
-class _ConnectionPool:
-    """Bound service-account connections, reused newest first; thread-safe."""
-
-    def __init__(self, factory: Callable[[], Connection], size: int, idle_timeout: float) -> None:
-        self._factory = factory
-        self._size = size
-        self._idle_timeout = idle_timeout
-        self._idle: deque[tuple[float, Connection]] = deque()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.created = 0
-
-    def acquire(self) -> tuple[Connection, bool]:
-        """A connection, and whether it was reused (and so may have gone stale)."""
-        now = time.monotonic()
-        stale: list[Connection] = []
-        found: Connection | None = None
-        with self._lock:
-            while self._idle and now - self._idle[0][0] > self._idle_timeout:
-                stale.append(self._idle.popleft()[1])
-            while self._idle:
-                conn = self._idle.pop()[1]
-                if conn.closed:
-                    stale.append(conn)
-                    continue
-                found = conn
-                break
-        for conn in stale:
-            _close(conn)
-        if found is not None:
-            return found, True
-        conn = self._factory()
-        with self._lock:
-            self.created += 1
-        return conn, False
-
-    def release(self, conn: Connection) -> None:
-        with self._lock:
-            if not self._closed and not conn.closed and len(self._idle) < self._size:
-                self._idle.append((time.monotonic(), conn))
-                return
-        _close(conn)
-
-    def idle(self) -> int:
-        with self._lock:
-            return len(self._idle)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns = [conn for _, conn in self._idle]
-            self._idle.clear()
-        for conn in conns:
-            _close(conn)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).lower()
-    name = type(exc).__name__
-    if "pool" in name.lower() and "exhausted" in name.lower():
-        return "no server accepted a connection"
-    if "ssl" in text or "certificate" in text or "tls" in name.lower():
-        return "TLS handshake failed"
-    if "timed out" in text or "timeout" in text:
-        return "no answer in time"
-    if "refused" in text or "socketopen" in name.lower() or "unreachable" in text:
-        return "cannot connect"
-    if "terminated" in name.lower() or "closed" in text:
-        return "connection closed by the server"
-    return name
-
-
 class LDAPProvider:
     """A :class:`~gateway.providers.base.PasswordProvider` for OpenLDAP or Active Directory."""
 
@@ -493,7 +115,7 @@ class LDAPProvider:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.pool_size, thread_name_prefix=f"herdgate-{name}"
         )
-        self._pool = _ConnectionPool(
+        self._pool = ConnectionPool(
             self._new_service_connection, cfg.pool_size, cfg.pool_idle_timeout_s
         )
         self._in_chain: bool | None = {"in_chain": True, "auto": None}.get(cfg.nested_groups, False)
@@ -561,11 +183,11 @@ class LDAPProvider:
     def _guarded(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
-        except _Failure as exc:
+        except LDAPFailure as exc:
             logger.warning("%s: %s", self.name, exc)
             raise ProviderUnavailable(f"{self.name}: {exc}") from None
         except (LDAPException, OSError) as exc:
-            reason = _reason(exc)
+            reason = failure_reason(exc)
             logger.warning(
                 "%s: LDAP server unavailable (%s): %s: %s",
                 self.name,
@@ -648,10 +270,12 @@ class LDAPProvider:
         try:
             text = Path(cfg.service_account_password_file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise _Failure(f"cannot read service_account_password_file ({exc.strerror})") from None
+            raise LDAPFailure(
+                f"cannot read service_account_password_file ({exc.strerror})"
+            ) from None
         password = text.rstrip("\r\n")
         if not password:
-            raise _Failure("service_account_password_file is empty")
+            raise LDAPFailure("service_account_password_file is empty")
         return password
 
     def _new_service_connection(self) -> Connection:
@@ -666,9 +290,9 @@ class LDAPProvider:
                     dn or "(anonymous)",
                     _describe(conn.result),
                 )
-                raise _Failure(f"the service account cannot bind ({_result_name(conn.result)})")
+                raise LDAPFailure(f"the service account cannot bind ({_result_name(conn.result)})")
         except BaseException:
-            _close(conn)
+            close_connection(conn)
             raise
         return conn
 
@@ -678,18 +302,20 @@ class LDAPProvider:
         try:
             result = fn(conn)
         except (LDAPException, OSError) as exc:
-            _close(conn)
+            close_connection(conn)
             if not reused:
                 raise
-            logger.debug("%s: pooled connection failed (%s), retrying", self.name, _reason(exc))
+            logger.debug(
+                "%s: pooled connection failed (%s), retrying", self.name, failure_reason(exc)
+            )
             conn, _ = self._pool.acquire()
             try:
                 result = fn(conn)
             except BaseException:
-                _close(conn)
+                close_connection(conn)
                 raise
         except BaseException:
-            _close(conn)
+            close_connection(conn)
             raise
         self._pool.release(conn)
         return result
@@ -707,9 +333,9 @@ class LDAPProvider:
             if code in _BIND_REFUSED:
                 logger.debug("%s: bind as %s refused: %s", self.name, dn, _describe(conn.result))
                 return False
-            raise _Failure(f"the password check failed ({_result_name(conn.result)})")
+            raise LDAPFailure(f"the password check failed ({_result_name(conn.result)})")
         finally:
-            _close(conn)
+            close_connection(conn)
 
     # -- searches -----------------------------------------------------------------------
 
@@ -722,9 +348,9 @@ class LDAPProvider:
         attributes: Sequence[str],
         size_limit: int = 0,
         paged: bool = False,
-    ) -> tuple[list[_Entry], int]:
+    ) -> tuple[list[Entry], int]:
         """Entries and the final result code; a missing base gives no entries."""
-        entries: list[_Entry] = []
+        entries: list[Entry] = []
         cookie: bytes | None = None
         for _ in range(MAX_PAGES):
             kwargs: dict[str, Any] = {}
@@ -753,7 +379,7 @@ class LDAPProvider:
                     base or "(root DSE)",
                     _describe(result),
                 )
-                raise _Failure(f"a directory search failed ({_result_name(result)})")
+                raise LDAPFailure(f"a directory search failed ({_result_name(result)})")
             control = (result.get("controls") or {}).get(_PAGED_RESULTS) or {}
             cookie = (control.get("value") or {}).get("cookie")
             if not paged or not cookie:
@@ -761,8 +387,8 @@ class LDAPProvider:
         logger.warning("%s: search under %s stopped after %d pages", self.name, base, MAX_PAGES)
         return entries, _SUCCESS
 
-    def _entries(self, response: Sequence[dict[str, Any]]) -> list[_Entry]:
-        out: list[_Entry] = []
+    def _entries(self, response: Sequence[dict[str, Any]]) -> list[Entry]:
+        out: list[Entry] = []
         for item in response:
             if item.get("type") != "searchResEntry":
                 continue  # continuation references (AD: DomainDnsZones and the like)
@@ -779,13 +405,13 @@ class LDAPProvider:
                 ]
                 for key, values in raw.items()
             }
-            out.append(_Entry(dn, attributes))
+            out.append(Entry(dn, attributes))
         return out
 
     def _scope(self) -> str:
         return str(LEVEL if self.config.user_search_scope == "one" else SUBTREE)
 
-    def _find_user(self, conn: Connection, username: str) -> _Entry | None:
+    def _find_user(self, conn: Connection, username: str) -> Entry | None:
         cfg = self.config
         query = filters.user_search(
             cfg.user_object_class, cfg.user_login_attribute, username, cfg.user_filter
@@ -837,7 +463,7 @@ class LDAPProvider:
         return self._identity(user, groups, enabled=True, typed=username)
 
     def _identity(
-        self, user: _Entry, groups: Sequence[str], enabled: bool, typed: str = ""
+        self, user: Entry, groups: Sequence[str], enabled: bool, typed: str = ""
     ) -> ExternalIdentity:
         cfg = self.config
         logins = user.values(cfg.user_login_attribute)
@@ -854,7 +480,7 @@ class LDAPProvider:
 
     # -- groups -------------------------------------------------------------------------
 
-    def _groups(self, conn: Connection, user: _Entry) -> list[str]:
+    def _groups(self, conn: Connection, user: Entry) -> list[str]:
         cfg = self.config
         login = user.first(cfg.user_login_attribute)
         found: list[str] = []
@@ -926,7 +552,7 @@ class LDAPProvider:
                 entries, _ = self._search(
                     conn, "", "(objectClass=*)", BASE, ["supportedCapabilities", "vendorName"]
                 )
-            except _Failure:  # the root DSE is not readable: assume not AD
+            except LDAPFailure:  # the root DSE is not readable: assume not AD
                 entries = []
             self._in_chain = supports_in_chain(entries[0].attributes if entries else {})
             logger.info(

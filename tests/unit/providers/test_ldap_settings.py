@@ -11,7 +11,8 @@ from config import loader
 from config.errors import ConfigError
 from config.schema import GatewaySettings, LDAPSettings
 from gateway.providers.base import InvalidCredentials
-from gateway.providers.ldap import LDAPProvider, parse_server_url, resolve_settings
+from gateway.providers.ldap import LDAPProvider
+from gateway.providers.ldap_settings import parse_server_url, resolve_settings
 
 OPENLDAP_YAML = """\
 auth:
