@@ -45,7 +45,7 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
     if cluster is None:
         return k8s_response(NotFound(f"cluster {cluster_id} not found"))
     try:
-        return await forward(request, cluster, target, ())
+        return await forward(request.app, request, cluster, target, ())
     except GatewayError as exc:
         return k8s_response(exc)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import cast
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -14,9 +16,11 @@ from gateway.directory import AuthenticationFailed
 from gateway.errors import (
     BadRequest,
     Forbidden,
+    GatewayError,
     NotFound,
     Unauthenticated,
     UpstreamUnavailable,
+    k8s_response,
 )
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
@@ -25,7 +29,7 @@ from gateway.impersonation import (
     impersonation_headers,
 )
 from gateway.keys import DIRECTORY, PROVIDERS, REPLICAS, TUNNELS
-from gateway.paths import BadPath, split_cluster_path
+from gateway.paths import PREFIX, BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.records import Cluster
 from gateway.tunnels import AgentLink
@@ -59,27 +63,27 @@ def _is_upgrade(request: web.Request) -> bool:
     return "upgrade" in connection.lower() and "Upgrade" in request.headers
 
 
-async def _authenticate(request: web.Request, cluster_id: str) -> Identity:
+async def _authenticate(app: web.Application, request: web.Request, cluster_id: str) -> Identity:
     header = request.headers.get("Authorization")
-    directory = request.app[DIRECTORY]
+    directory = app[DIRECTORY]
     try:
         identity, token = directory.authenticate(header)
     except AuthenticationFailed:
-        return await _authenticate_id_token(request, header)
+        return await _authenticate_id_token(app, header)
     if token.cluster_id and token.cluster_id != cluster_id:
         raise Unauthenticated()
     return identity
 
 
-async def _authenticate_id_token(request: web.Request, header: str | None) -> Identity:
+async def _authenticate_id_token(app: web.Application, header: str | None) -> Identity:
     """An OIDC ID token as the bearer credential (validations are cached per token)."""
-    oidc = request.app[PROVIDERS].oidc
+    oidc = app[PROVIDERS].oidc
     scheme, _, credential = (header or "").partition(" ")
     if oidc is None or scheme.lower() != "bearer" or credential.count(".") != 2:
         raise Unauthenticated()
     try:
         external = await oidc.validate_id_token(credential.strip())
-        return await request.app[DIRECTORY].identity_for_external(external)
+        return await app[DIRECTORY].identity_for_external(external)
     except (InvalidCredentials, ProviderUnavailable, AuthenticationFailed):
         raise Unauthenticated() from None
 
@@ -123,12 +127,42 @@ async def _exact(request: web.Request) -> AsyncIterator[bytes]:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    """The route handler (see ``fast_path`` for the way requests normally arrive)."""
+    return await serve(request.app, request)
+
+
+def fast_path(
+    app: web.Application, fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A server-level handler that sends ``/k8s/clusters/`` straight to the proxy.
+
+    The hot path then skips the application's router and middlewares (about 6 % of the
+    gateway's CPU per request); everything else goes to ``fallback``, the application.
+    """
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.raw_path.startswith(PREFIX):
+            return await fallback(request)
+        try:
+            return await serve(app, cast(web.Request, request))
+        except GatewayError as exc:
+            return k8s_response(exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            logger.exception("unhandled error for %s %s", request.method, request.path)
+            return k8s_response(GatewayError(500, "internal error"))
+
+    return handler
+
+
+async def serve(app: web.Application, request: web.Request) -> web.StreamResponse:
     try:
         path = split_cluster_path(request.raw_path)
     except BadPath as exc:
         raise BadRequest(str(exc)) from None
-    identity = await _authenticate(request, path.cluster_id)
-    directory = request.app[DIRECTORY]
+    identity = await _authenticate(app, request, path.cluster_id)
+    directory = app[DIRECTORY]
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
         raise NotFound(
@@ -154,6 +188,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_headers = () if client_impersonates else impersonation_headers(identity, role)
     return await forward(
+        app,
         request,
         cluster,
         path.target,
@@ -167,6 +202,7 @@ def _client_impersonates(request: web.Request) -> bool:
 
 
 async def forward(
+    app: web.Application,
     request: web.Request,
     cluster: Cluster,
     target: str,
@@ -174,13 +210,13 @@ async def forward(
     keep_client_impersonation: bool = False,
 ) -> web.StreamResponse:
     """Send the request to the cluster's API server through a tunnel; stream the answer."""
-    tunnels = request.app[TUNNELS]
+    tunnels = app[TUNNELS]
     try:
         link = tunnels.pick(cluster.id)
     except NoAgentSession:
         # Another replica holds a tunnel: the agent is on its way here too (a worker
         # that just started). Only then is waiting worth it.
-        if not request.app[REPLICAS].has_tunnel_anywhere(cluster.id):
+        if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
             raise UpstreamUnavailable(
                 f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
             ) from None

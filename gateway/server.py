@@ -11,7 +11,7 @@ from aiohttp import web
 
 from config.schema import GatewaySettings
 from config.tls import server_context
-from gateway import bootstrap
+from gateway import bootstrap, proxy
 from gateway.app import build_app
 from gateway.directory import Directory
 from gateway.providers.registry import build_providers
@@ -47,6 +47,8 @@ async def serve(
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await runner.setup()
+        assert runner.server is not None
+        runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
         host, port = bootstrap.split_listen(settings.listen)
         site = web.TCPSite(
             runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=worker or None
