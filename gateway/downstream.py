@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INTERNAL_HOST = "http://herdgate-internal"
+MAX_SOCKET_PATH = 100
 
 
 async def _internal_handler(request: web.Request) -> web.StreamResponse:
@@ -63,8 +65,13 @@ class InternalListener:
     """The Unix-socket listener; ``client(cluster_id)`` builds API clients that use it."""
 
     def __init__(self, public: web.Application, state_dir: Path) -> None:
-        # One socket per process: several workers share the state directory.
-        self.path = state_dir / "run" / f"internal-{os.getpid()}.sock"
+        # One socket per process: several workers share the state directory. Unix socket
+        # paths are limited to about 100 bytes; a deep state directory falls back to a
+        # private (0700) temporary directory.
+        path = state_dir.resolve() / "run" / f"internal-{os.getpid()}.sock"
+        if len(str(path)) > MAX_SOCKET_PATH:
+            path = Path(tempfile.mkdtemp(prefix="herdgate-")) / "internal.sock"
+        self.path = path
         self._runner = web.AppRunner(internal_app(public), access_log=None)
 
     async def start(self) -> None:
