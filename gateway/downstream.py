@@ -69,8 +69,10 @@ class InternalListener:
         # paths are limited to about 100 bytes; a deep state directory falls back to a
         # private (0700) temporary directory.
         path = state_dir.resolve() / "run" / f"internal-{os.getpid()}.sock"
+        self._temp_dir: Path | None = None
         if len(str(path)) > MAX_SOCKET_PATH:
-            path = Path(tempfile.mkdtemp(prefix="herdgate-")) / "internal.sock"
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="herdgate-"))
+            path = self._temp_dir / "internal.sock"
         self.path = path
         self._runner = web.AppRunner(internal_app(public), access_log=None)
 
@@ -85,6 +87,9 @@ class InternalListener:
     async def stop(self) -> None:
         await self._runner.cleanup()
         self.path.unlink(missing_ok=True)
+        if self._temp_dir is not None:
+            with contextlib.suppress(OSError):
+                self._temp_dir.rmdir()
 
     @contextlib.asynccontextmanager
     async def client(self, cluster_id: str) -> AsyncIterator[ApiClient]:
