@@ -51,7 +51,6 @@ from config.errors import ConfigError
 from config.schema import GitHubSettings
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
 from gateway.providers.oauth import (
-    DEVICE_DEFAULT_INTERVAL,
     DEVICE_GRANT_TYPE,
     DeviceFlow,
     DevicePolls,
@@ -166,16 +165,7 @@ class GitHubProvider:
         data = resp.json("GitHub")
         if "error" in data:
             self._raise_oauth_error(data)
-        try:
-            flow = DeviceFlow(
-                user_code=_str(data["user_code"]),
-                verification_uri=_str(data["verification_uri"]),
-                device_code=_str(data["device_code"]),
-                interval=int(data.get("interval", DEVICE_DEFAULT_INTERVAL)),
-                expires_in=int(data["expires_in"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise ProviderUnavailable("GitHub sent an incomplete device code answer") from None
+        flow = DeviceFlow.parse(data, "GitHub")
         self._device.start(flow.device_code, flow.interval, flow.expires_in)
         return flow
 

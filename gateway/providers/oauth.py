@@ -57,6 +57,27 @@ class DeviceFlow:
     verification_uri_complete: str = ""
     """The verification URI with the user code filled in, when the server offers one."""
 
+    @classmethod
+    def parse(cls, data: dict[str, Any], who: str) -> DeviceFlow:
+        """The device authorization answer (RFC 8628 section 3.2) of ``who``."""
+        try:
+            return cls(
+                user_code=_text(data["user_code"]),
+                verification_uri=_text(data["verification_uri"]),
+                device_code=_text(data["device_code"]),
+                interval=int(data.get("interval", DEVICE_DEFAULT_INTERVAL)),
+                expires_in=int(data["expires_in"]),
+                verification_uri_complete=_text(data.get("verification_uri_complete") or ""),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ProviderUnavailable(f"{who} sent an incomplete device code answer") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
 
 def random_token(nbytes: int = 32) -> str:
     """A URL-safe random string for ``state`` and ``nonce``."""

@@ -63,7 +63,6 @@ from config.errors import ConfigError
 from config.schema import OIDCSettings
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
 from gateway.providers.oauth import (
-    DEVICE_DEFAULT_INTERVAL,
     DEVICE_GRANT_TYPE,
     DeviceFlow,
     DevicePolls,
@@ -614,19 +613,7 @@ class OIDCProvider:
         if resp.status != 200:
             self._raise_token_error(resp)
         data = resp.json("the OIDC device endpoint")
-        try:
-            flow = DeviceFlow(
-                user_code=_str(data["user_code"]),
-                verification_uri=_str(data["verification_uri"]),
-                device_code=_str(data["device_code"]),
-                interval=int(data.get("interval", DEVICE_DEFAULT_INTERVAL)),
-                expires_in=int(data["expires_in"]),
-                verification_uri_complete=_str(data.get("verification_uri_complete") or ""),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise ProviderUnavailable(
-                "the OIDC device endpoint sent an incomplete answer"
-            ) from None
+        flow = DeviceFlow.parse(data, "the OIDC device endpoint")
         self._device.start(flow.device_code, flow.interval, flow.expires_in)
         return flow
 
