@@ -373,9 +373,3 @@ def _org(item: Any) -> _Org | None:
     if not isinstance(oid, int) or not isinstance(login, str):
         return None
     return _Org(oid, login)
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
-    return value

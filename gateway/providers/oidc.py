@@ -725,9 +725,3 @@ class _Pending(Exception):
     def __init__(self, slow_down: bool) -> None:
         super().__init__("authorization pending")
         self.slow_down = slow_down
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
-    return value
