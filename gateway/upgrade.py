@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
+from tunnel.pump import IntoStream
 from tunnel.streams import TunnelStream
 
 logger = logging.getLogger(__name__)
@@ -29,51 +30,17 @@ class _ClientToTunnel:
     """Receives the client's raw bytes (aiohttp calls it as a payload parser)."""
 
     def __init__(self, stream: TunnelStream, transport: asyncio.Transport) -> None:
-        self._stream = stream
-        self._transport = transport
-        self._backlog: list[bytes] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._eof = False
         self.done = asyncio.get_running_loop().create_future()
+        self._pump = IntoStream(stream, on_failure=self._finish, on_eof_sent=self._finish)
+        self._pump.transport = transport
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if not data or self.done.done():
-            return False, b""
-        if not self._backlog and self._stream.can_write_now(len(data)):
-            try:
-                self._stream.write_nowait(data)
-            except TunnelError:
-                self._finish()
-            return False, b""
-        # No credit: hold the bytes and stop reading from the client until they are sent.
-        self._backlog.append(data)
-        self._transport.pause_reading()
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        if data and not self.done.done():
+            self._pump.feed(data)
         return False, b""
 
     def feed_eof(self) -> None:
-        self._eof = True
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._backlog:
-                data = b"".join(self._backlog)
-                self._backlog.clear()
-                await self._stream.write(data)
-            if self._eof:
-                await self._stream.write_eof()
-                self._finish()
-                return
-        except TunnelError:
-            self._finish()
-            return
-        finally:
-            self._flushing = None
-        if not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._pump.feed_eof()
 
     def _finish(self) -> None:
         if not self.done.done():

@@ -17,6 +17,7 @@ from typing import cast
 from tunnel.credentials import Upstream
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
+from tunnel.pump import IntoStream
 from tunnel.session import Session
 from tunnel.streams import TunnelStream
 
@@ -30,11 +31,8 @@ class _UpstreamConnection(asyncio.Protocol):
     """API server bytes -> tunnel stream, respecting the stream's credit."""
 
     def __init__(self, stream: TunnelStream) -> None:
-        self.stream = stream
         self.transport: asyncio.Transport | None = None
-        self._backlog: list[bytes] = []
-        self._flushing: asyncio.Task[None] | None = None
-        self._eof = False
+        self._pump = IntoStream(stream, on_failure=self._abort)
         self.closed = asyncio.get_running_loop().create_future()
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -42,32 +40,21 @@ class _UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
         self.transport = cast(asyncio.Transport, transport)
+        self._pump.transport = self.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        stream = self.stream
-        if not self._backlog and stream.can_write_now(len(data)):
-            try:
-                stream.write_nowait(data)
-            except TunnelError:
-                self._abort()
-            return
-        self._backlog.append(data)
-        if self.transport is not None:
-            self.transport.pause_reading()
-        self._start_flush()
+        self._pump.feed(data)
 
     def eof_received(self) -> bool | None:
-        self._eof = True
-        self._start_flush()
+        self._pump.feed_eof()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._start_flush()
+        self._pump.feed_eof()
         if not self.closed.done():
             self.closed.set_result(None)
         if self._drained is not None and not self._drained.done():
@@ -85,27 +72,6 @@ class _UpstreamConnection(asyncio.Protocol):
         if self._write_paused and not self.closed.done():
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
-
-    def _start_flush(self) -> None:
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._backlog:
-                data = b"".join(self._backlog)
-                self._backlog.clear()
-                await self.stream.write(data)
-            if self._eof:
-                await self.stream.write_eof()
-                return
-        except TunnelError:
-            self._abort()
-            return
-        finally:
-            self._flushing = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def _abort(self) -> None:
         if self.transport is not None:
