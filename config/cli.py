@@ -1,7 +1,9 @@
 """Plumbing shared by every ``herdgate`` subcommand: common flags, settings, exit codes.
 
 Exit codes: 0 done, 1 the program could not start or failed (its message says why),
-2 the configuration is wrong (the message names the setting).
+2 the configuration is wrong (the message names the setting and, where it can, the file and
+line or the variable it came from: ``herdgate gateway: configuration error: tls.cert_file:
+cannot read /etc/herdgate/tls.crt: No such file or directory (gateway.yaml line 21)``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from config import loader
+from config import checks, loader
 from config.errors import ConfigError
 from config.logging import configure_logging
 
@@ -30,10 +32,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, example: str) -> None:
 
 
 def load_settings(cls: type[S], args: argparse.Namespace, flags: dict[str, Any]) -> S:
-    """``cls`` from ``--config``, the given flags (None = not given) and ``--log-level``."""
+    """``cls`` from ``--config``, the given flags (None = not given) and ``--log-level``.
+
+    Where each setting came from is kept in ``args.config_sources``, so that
+    :func:`run_program` can locate errors found later.
+    """
     if args.log_level:
         flags = {**flags, "logging": {"level": args.log_level}}
-    return loader.load(cls, args.config, flags)
+    settings, args.config_sources = loader.load_with_sources(cls, args.config, flags)
+    return settings
 
 
 def run_program(
@@ -43,15 +50,20 @@ def run_program(
     main: Callable[[S], int | None],
     failures: tuple[type[Exception], ...] = (),
 ) -> int:
-    """Load and check settings, honour ``--check-config``, set up logging, run ``main``."""
+    """Load and check settings and the files they name, honour ``--check-config``, set up
+    logging, run ``main``."""
     try:
         settings = settings_from(args)
+        checks.check_files(settings)
         if args.check_config:
             print(json.dumps(loader.redacted(settings), indent=2))
             return 0
         configure_logging(settings.logging)  # type: ignore[attr-defined]
         return main(settings) or 0
     except ConfigError as exc:
+        sources = getattr(args, "config_sources", None)
+        if isinstance(sources, loader.Sources):
+            sources.locate(exc)
         print(f"herdgate {name}: configuration error: {exc}", file=sys.stderr)
         return 2
     except failures as exc:

@@ -1,7 +1,12 @@
-"""Logging set-up shared by every herdgate program: stderr, text or JSON."""
+"""Logging set-up shared by every herdgate program: standard output, text or JSON.
+
+JSON lines carry the id of the request being handled (``request_id``), which the
+gateway also returns in ``X-Request-Id`` and forwards to the API server.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -17,6 +22,9 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+"""The request the current task serves ("" outside requests)."""
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -26,28 +34,44 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        rid = request_id.get()
+        if rid:
+            entry["request_id"] = rid
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+def level_of(settings: LoggingSettings) -> int:
     level = _LEVELS.get(settings.level.lower())
     if level is None:
         raise ConfigError("logging.level", f"expected one of {', '.join(_LEVELS)}")
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
+    return level
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    level = level_of(settings)
+    handler = logging.StreamHandler(sys.stdout)
+    fmt = settings.format
+    if fmt == "auto":
+        fmt = "text" if sys.stdout.isatty() else "json"
+    if fmt == "json":
         handler.setFormatter(JsonFormatter())
-    elif settings.format == "text":
+    elif fmt == "text":
         # journald adds its own timestamps.
-        fmt = "%(levelname)s %(name)s: %(message)s"
+        text = "%(levelname)s %(name)s: %(message)s"
         if "JOURNAL_STREAM" not in os.environ:
-            fmt = "%(asctime)s " + fmt
-        handler.setFormatter(logging.Formatter(fmt))
+            text = "%(asctime)s " + text
+        handler.setFormatter(logging.Formatter(text))
     else:
-        raise ConfigError("logging.format", "expected text or json")
+        raise ConfigError("logging.format", "expected auto, text or json")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiohttp's access log is replaced by gateway.access.
+    # aiohttp's access log is replaced by the gateway's audit log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def set_level(settings: LoggingSettings) -> None:
+    """Change the level at run time (SIGHUP)."""
+    logging.getLogger().setLevel(level_of(settings))

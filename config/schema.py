@@ -74,8 +74,36 @@ class TunnelSettings:
 class LoggingSettings:
     level: str = "info"
     """debug, info, warning or error."""
-    format: str = "text"
-    """``text`` (for journald and terminals) or ``json``."""
+    format: str = "auto"
+    """``json`` (one object per line), ``text``, or ``auto``: text on a terminal,
+    JSON otherwise (under systemd, journald keeps each line as one entry)."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """One record per proxied request, and per exec/attach/port-forward session."""
+
+    path: str = ""
+    """Audit file; empty: ``<state_dir>/audit.log``; ``-``: standard output (records
+    carry ``"log": "audit"``); ``off``: no audit log."""
+    level: str = "metadata"
+    """``metadata`` (who, what, where, result) or ``request`` (also request bodies up
+    to ``max_body``; never for secrets, tokens or other credential-bearing kinds)."""
+    max_size: int = size(100 * 1024 * 1024)
+    """Rotate the file when it reaches this size."""
+    max_backups: int = 5
+    """Rotated files kept (``audit.log.1`` is the newest)."""
+    max_body: int = size(64 * 1024)
+    """Largest request body copied into a record at level ``request``."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""
+    """A plain-HTTP listener, ``HOST:PORT``, serving ``/metrics``, ``/healthz`` and
+    ``/readyz`` without authentication (for Prometheus and load balancers); empty:
+    none. The HTTPS listener serves ``/healthz`` and ``/readyz`` to anyone and
+    ``/metrics`` to administrators."""
 
 
 @dataclass(frozen=True)
@@ -300,6 +328,11 @@ class GatewaySettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    shutdown_grace_s: float = duration(30)
+    """On SIGTERM: how long requests in flight may take to finish (watches and followed
+    logs are ended at once, cleanly) before the rest are cut and the tunnels closed."""
 
 
 @dataclass(frozen=True)

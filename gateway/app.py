@@ -8,20 +8,29 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from config.schema import GatewaySettings
-from gateway import ace, background, proxy, tunnels
+from config.logging import request_id as request_id_var
+from config.schema import AuditSettings, GatewaySettings
+from gateway import ace, background, health, proxy, tunnels
 from gateway.api import bindings, clusters, login, oauth_login, tokens, users
+from gateway.audit import AuditLog
 from gateway.directory import Directory
+from gateway.drain import Drain
 from gateway.errors import GatewayError, api_response, k8s_response
+from gateway.exchange import REQUEST_ID_HEADER, new_request_id
 from gateway.keys import (
+    AUDIT,
     DIRECTORY,
+    DRAIN,
     LIMITER,
     PROVIDERS,
+    READY,
     REPLICAS,
     RUNTIME,
+    SAMPLER,
     SETTINGS,
     TUNNELS,
 )
+from gateway.metrics import Sampler
 from gateway.providers.registry import Providers
 from gateway.replicas import ReplicaSet
 from gateway.runtime import Runtime
@@ -30,6 +39,23 @@ from tunnel.registry import TunnelRegistry
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Management requests get a request id too (in logs and ``X-Request-Id``)."""
+    rid = new_request_id()
+    context = request_id_var.set(rid)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = rid
+        raise
+    finally:
+        request_id_var.reset(context)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    return response
 
 
 @web.middleware
@@ -52,10 +78,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if request.raw_path.startswith("/k8s/"):
             return k8s_response(error)
         return api_response(error)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
 
 
 async def cacerts_pem(request: web.Request) -> web.Response:
@@ -85,21 +107,31 @@ def build_app(
     directory: Directory,
     runtime: Runtime,
     providers: Providers | None = None,
+    auditor: AuditLog | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
+    """The application; ``auditor`` defaults to none (tests), the server passes its own."""
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=1024**2
+    )
     app[SETTINGS] = settings
     app[DIRECTORY] = directory
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
+    app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
+    app[DRAIN] = Drain()
+    app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
+    app[READY] = [False]
     app[LIMITER] = login.make_limiter(settings.auth)
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
 
     r = app.router
     r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
     r.add_get("/v3/connect", tunnels.connect)
-    r.add_get("/healthz", healthz)
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", health.metrics_for_admins)
     r.add_get("/cacerts", cacerts_pem)
     r.add_get("/v3/settings/cacerts", cacerts_setting)
     r.add_get("/herdgate/version", version)

@@ -78,19 +78,19 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     oidc = app[PROVIDERS].oidc
     if oidc is not None:
         tasks.append(asyncio.create_task(oidc.start()))
-    if app[PROVIDERS].password:
-        tasks.append(
-            asyncio.create_task(
-                guard(
-                    _every(
-                        settings.auth.group_refresh_interval_s,
-                        lambda: refresh_external_users(app),
-                        "group refresh",
-                    ),
+    # Always running: a reload (SIGHUP) may add a directory provider later.
+    tasks.append(
+        asyncio.create_task(
+            guard(
+                _every(
+                    settings.auth.group_refresh_interval_s,
+                    lambda: refresh_external_users(app),
                     "group refresh",
-                )
+                ),
+                "group refresh",
             )
         )
+    )
     yield
     for task in tasks:
         task.cancel()

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
         if settings.workers > 1 and not workers.is_worker():
             return workers.supervise(settings, args.argv)
-        uvloop.run(serve(settings, worker=workers.is_worker()))
+        uvloop.run(
+            serve(settings, worker=workers.is_worker(), reload_settings=lambda: settings_from(args))
+        )
         return 0
 
     return run_program("gateway", args, settings_from, main)

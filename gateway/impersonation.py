@@ -35,7 +35,16 @@ HOP_BY_HOP = frozenset(
 )
 """RFC 9110 section 7.6.1, plus the legacy ``proxy-connection``."""
 
-_DROPPED = HOP_BY_HOP | {b"authorization", b"host", b"cookie", b"expect", b"content-length"}
+_DROPPED = HOP_BY_HOP | {
+    b"authorization",
+    b"host",
+    b"cookie",
+    b"expect",
+    b"content-length",
+    # The gateway sets its own request id (it is also the API server's audit id).
+    b"audit-id",
+    b"x-request-id",
+}
 IMPERSONATE_PREFIX = b"impersonate-"
 
 # RFC 9110 token characters that may stay unescaped in a header name.

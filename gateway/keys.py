@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from config.schema import GatewaySettings
+from gateway.audit import AuditLog
 from gateway.directory import Directory
+from gateway.drain import Drain
+from gateway.metrics import Sampler
 from gateway.providers.registry import Providers
 from gateway.ratelimit import LoginLimiter
 from gateway.runtime import Runtime
@@ -24,3 +27,8 @@ TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
 PROVIDERS = web.AppKey("providers", Providers)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")
+AUDIT = web.AppKey("audit", AuditLog)
+DRAIN = web.AppKey("drain", Drain)
+SAMPLER = web.AppKey("sampler", Sampler)
+READY = web.AppKey("ready", list[bool])
+"""``[True]`` once the listeners are up; ``[False]`` again when the gateway stops."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import cast
 
@@ -11,7 +12,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from config.identity import Identity
-from gateway import access, upgrade
+from config.logging import request_id as request_id_var
+from gateway import access, audit, metrics, upgrade
 from gateway.directory import AuthenticationFailed
 from gateway.errors import (
     BadRequest,
@@ -22,16 +24,18 @@ from gateway.errors import (
     UpstreamUnavailable,
     k8s_response,
 )
+from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
     Header,
     forwarded_headers,
     impersonation_headers,
 )
-from gateway.keys import DIRECTORY, PROVIDERS, REPLICAS, TUNNELS
+from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, TUNNELS
 from gateway.paths import PREFIX, BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.records import Cluster
+from gateway.requestinfo import request_info
 from gateway.tunnels import AgentLink
 from gateway.upstream import Response, UpstreamError
 from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
@@ -71,7 +75,9 @@ async def _authenticate(app: web.Application, request: web.Request, cluster_id: 
     except AuthenticationFailed:
         return await _authenticate_id_token(app, header)
     if token.cluster_id and token.cluster_id != cluster_id:
+        _TOKEN_FAILED.inc()
         raise Unauthenticated()
+    _TOKEN_OK.inc()
     return identity
 
 
@@ -80,12 +86,24 @@ async def _authenticate_id_token(app: web.Application, header: str | None) -> Id
     oidc = app[PROVIDERS].oidc
     scheme, _, credential = (header or "").partition(" ")
     if oidc is None or scheme.lower() != "bearer" or credential.count(".") != 2:
+        _TOKEN_FAILED.inc()
         raise Unauthenticated()
     try:
         external = await oidc.validate_id_token(credential.strip())
-        return await app[DIRECTORY].identity_for_external(external)
+        identity = await app[DIRECTORY].identity_for_external(external)
     except (InvalidCredentials, ProviderUnavailable, AuthenticationFailed):
+        _OIDC_FAILED.inc()
         raise Unauthenticated() from None
+    _OIDC_OK.inc()
+    return identity
+
+
+_TOKEN_OK = metrics.AUTHENTICATIONS.labels("token", "success")
+_TOKEN_FAILED = metrics.AUTHENTICATIONS.labels("token", "failure")
+_OIDC_OK = metrics.AUTHENTICATIONS.labels("oidc", "success")
+_OIDC_FAILED = metrics.AUTHENTICATIONS.labels("oidc", "failure")
+_AUTH_SECONDS = metrics.AUTH_SECONDS
+_ROUNDTRIP_SECONDS = metrics.TUNNEL_ROUNDTRIP_SECONDS
 
 
 def _head(
@@ -96,12 +114,18 @@ def _head(
     keep_client_impersonation: bool,
     upgrade_request: bool,
     body_framing: bytes,
+    request_id: str,
 ) -> bytes:
     parts = [
         f"{request.method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"),
         link.info.api_host,
         b"\r\n",
     ]
+    if request_id:
+        # The API server takes Audit-ID as its own audit id: its audit log and the
+        # gateway's then name each request the same way.
+        rid = request_id.encode("ascii")
+        parts += [b"X-Request-Id: ", rid, b"\r\nAudit-ID: ", rid, b"\r\n"]
     if link.info.authorization:
         parts += [b"Authorization: ", link.info.authorization, b"\r\n"]
     headers = forwarded_headers(
@@ -139,28 +163,48 @@ def fast_path(
     The hot path then skips the application's router and middlewares (about 6 % of the
     gateway's CPU per request); everything else goes to ``fallback``, the application.
     """
+    auditor = app[AUDIT]
+    drain = app[DRAIN]
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if not request.raw_path.startswith(PREFIX):
             return await fallback(request)
+        exchange = Exchange(auditor)
+        context = request_id_var.set(exchange.request_id)
+        drain.enter()
         try:
-            return await serve(app, cast(web.Request, request))
+            response = await serve(app, cast(web.Request, request), exchange)
         except GatewayError as exc:
-            return k8s_response(exc)
+            response = k8s_response(exc)
+            response.headers[REQUEST_ID_HEADER] = exchange.request_id
+            exchange.status = exc.status
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
             logger.exception("unhandled error for %s %s", request.method, request.path)
-            return k8s_response(GatewayError(500, "internal error"))
+            response = k8s_response(GatewayError(500, "internal error"))
+            response.headers[REQUEST_ID_HEADER] = exchange.request_id
+            exchange.status = 500
+        finally:
+            drain.leave()
+            exchange.finish(request)
+            request_id_var.reset(context)
+        return response
 
     return handler
 
 
-async def serve(app: web.Application, request: web.Request) -> web.StreamResponse:
+async def serve(
+    app: web.Application, request: web.Request, exchange: Exchange | None = None
+) -> web.StreamResponse:
+    started = time.perf_counter()
     try:
         path = split_cluster_path(request.raw_path)
     except BadPath as exc:
         raise BadRequest(str(exc)) from None
+    if exchange is not None:
+        exchange.cluster_id = path.cluster_id
+        exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
     directory = app[DIRECTORY]
     cluster = directory.clusters.get(path.cluster_id)
@@ -170,6 +214,11 @@ async def serve(app: web.Application, request: web.Request) -> web.StreamRespons
             details={"name": path.cluster_id, "kind": "clusters"},
         )
     role = directory.role_on(identity, cluster.id)
+    upgrade_request = _is_upgrade(request)
+    if exchange is not None:
+        exchange.identity = identity
+        exchange.role = role
+        exchange.info = request_info(request.method, path.target, upgrade_request)
     if role is None:
         raise Forbidden(
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" '
@@ -187,6 +236,7 @@ async def serve(app: web.Application, request: web.Request) -> web.StreamRespons
         )
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_headers = () if client_impersonates else impersonation_headers(identity, role)
+    _AUTH_SECONDS.observe(time.perf_counter() - started)
     return await forward(
         app,
         request,
@@ -194,6 +244,7 @@ async def serve(app: web.Application, request: web.Request) -> web.StreamRespons
         path.target,
         identity_headers,
         keep_client_impersonation=client_impersonates,
+        exchange=exchange,
     )
 
 
@@ -208,8 +259,12 @@ async def forward(
     target: str,
     identity_headers: Iterable[Header],
     keep_client_impersonation: bool = False,
+    exchange: Exchange | None = None,
 ) -> web.StreamResponse:
-    """Send the request to the cluster's API server through a tunnel; stream the answer."""
+    """Send the request to the cluster's API server through a tunnel; stream the answer.
+
+    ``exchange`` is None for the gateway's own requests (not counted, not audited).
+    """
     tunnels = app[TUNNELS]
     try:
         link = tunnels.pick(cluster.id)
@@ -236,6 +291,13 @@ async def forward(
         if length is not None and length <= BUFFER_LIMIT:
             body = await request.read()
             framing = b"Content-Length: %d\r\n" % len(body)
+            if exchange is not None and exchange.wants_body and exchange.info is not None:
+                exchange.audit_body = audit.request_body(
+                    exchange.info,
+                    request.headers.get("Content-Type", ""),
+                    body,
+                    app[AUDIT].settings.max_body,
+                )
         elif length is not None:
             body = _exact(request)
             framing = b"Content-Length: %d\r\n" % length
@@ -252,7 +314,9 @@ async def forward(
         keep_client_impersonation,
         upgrade_request,
         framing,
+        exchange.request_id if exchange is not None else "",
     )
+    sent = time.perf_counter()
     try:
         upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)
     except (UpstreamError, TunnelError) as exc:
@@ -261,9 +325,12 @@ async def forward(
         raise UpstreamUnavailable(
             f"cluster {cluster.name} ({cluster.id}): {exc}", status=502
         ) from None
+    _ROUNDTRIP_SECONDS.observe(time.perf_counter() - sent)
+    if exchange is not None:
+        exchange.status = upstream.status
     if upstream.upgraded:
-        return await upgrade.relay(request, upstream)
-    return await _respond(request, upstream)
+        return await upgrade.relay(request, upstream, exchange)
+    return await _respond(app, request, upstream, exchange)
 
 
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
@@ -284,8 +351,12 @@ def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
 _HEADER_NAMES: dict[bytes, str] = {}
 
 
-async def _respond(request: web.Request, upstream: Response) -> web.StreamResponse:
+async def _respond(
+    app: web.Application, request: web.Request, upstream: Response, exchange: Exchange | None
+) -> web.StreamResponse:
     headers = _response_headers(upstream.headers)
+    if exchange is not None:
+        headers[REQUEST_ID_HEADER] = exchange.request_id
     length = upstream.content_length
     try:
         if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
@@ -301,6 +372,10 @@ async def _respond(request: web.Request, upstream: Response) -> web.StreamRespon
         if length is not None:
             resp.content_length = length
         await resp.prepare(request)
+        unregister = None
+        if exchange is not None and exchange.info is not None and exchange.info.long_running:
+            # A stopping gateway ends watches and followed logs as if they were done.
+            unregister = app[DRAIN].add_ender(upstream.end_early)
         try:
             while chunk := await upstream.read_chunk():
                 await resp.write(chunk)
@@ -310,6 +385,9 @@ async def _respond(request: web.Request, upstream: Response) -> web.StreamRespon
             if request.transport is not None:
                 request.transport.close()
             return resp
+        finally:
+            if unregister is not None:
+                unregister()
         await resp.write_eof()
         upstream.release()
         return resp

@@ -1,36 +1,62 @@
-"""Run the gateway: open the store, bootstrap, serve HTTPS until SIGTERM/SIGINT."""
+"""Run the gateway: open the store, bootstrap, serve HTTPS; reload on SIGHUP; stop gracefully.
+
+Stopping (SIGTERM or SIGINT), in this order:
+
+1. tell systemd ``STOPPING=1``; ``/readyz`` answers 503;
+2. stop accepting connections (idle keep-alive connections are closed);
+3. end watches and followed logs cleanly (the client sees the answer end, as when the
+   API server ends a watch) and let every other request finish, for up to
+   ``shutdown_grace``;
+4. close the tunnels with GOAWAY (agents reconnect to another replica after a short
+   random delay), cut what is still running, flush the audit log, exit 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
-from gateway import bootstrap, proxy
+from gateway import bootstrap, health, proxy, tunnels
 from gateway.app import build_app
+from gateway.audit import AuditLog
 from gateway.directory import Directory
+from gateway.keys import DRAIN, READY
 from gateway.providers.registry import build_providers
+from gateway.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.store import open_store
 
 logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-SHUTDOWN_TIMEOUT_S = 10.0
+CUT_TIMEOUT_S = 2.0
+"""After the grace period and the tunnels' GOAWAY: how long connections get to close."""
 
 
 async def serve(
-    settings: GatewaySettings, stop: asyncio.Event | None = None, worker: bool = False
+    settings: GatewaySettings,
+    stop: asyncio.Event | None = None,
+    worker: bool = False,
+    reload_settings: Callable[[], GatewaySettings] | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
-    """Serve until stopped. ``worker``: one of several processes (see gateway.workers)."""
+    """Serve until stopped. ``worker``: one of several processes (see gateway.workers).
+
+    ``reload_settings`` re-reads the settings on SIGHUP (None: SIGHUP is ignored).
+    """
+    notifier = notifier or Notifier.from_env()
     url = bootstrap.server_url(settings)
     state = bootstrap.state_dir(settings)
     store = await open_store(settings.store, state)
+    auditor = AuditLog(settings.audit, state)
     try:
         directory = Directory(store)
         await directory.load()
@@ -38,13 +64,14 @@ async def serve(
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)
         ssl_ctx = server_context(paths.cert, paths.key)
         providers = build_providers(settings.auth)
-        app = build_app(settings, directory, Runtime(url, ca_pem, VERSION), providers)
+        runtime = Runtime(url, ca_pem, VERSION)
+        app = build_app(settings, directory, runtime, providers, auditor)
         runner = web.AppRunner(
             app,
             handle_signals=False,
             handler_cancellation=True,
             access_log=None,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            shutdown_timeout=CUT_TIMEOUT_S,
         )
         await runner.setup()
         assert runner.server is not None
@@ -54,17 +81,88 @@ async def serve(
             runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=worker or None
         )
         await site.start()
+        metrics_runner = await _start_metrics(app, settings, worker)
+        app[READY][0] = True
         if not worker:
             print(bootstrap.banner(url, ca_pem), flush=True)
         logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+        reloader = Reloader(app, settings, reload_settings, ssl_ctx) if reload_settings else None
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloading: set[asyncio.Task[None]] = set()
+        if reloader is not None:
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: _start_reload(reloader, notifier, reloading)
+            )
+        else:
+            loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        sampler = asyncio.create_task(health.sample_forever(app), name="metrics sampler")
+        notifier.ready(f"serving on {host}:{port}")
         try:
-            await stop.wait()
+            async with notifier.watchdog_running():
+                await stop.wait()
+                notifier.stopping("stopping: finishing requests in flight")
+                await _stop_gracefully(app, runner, settings.shutdown_grace_s)
         finally:
-            logger.info("shutting down")
+            sampler.cancel()
+            if reloader is not None:
+                await reloader.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
             await runner.cleanup()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
     finally:
+        auditor.close()
         await store.close()
+    logger.info("stopped")
+
+
+async def _start_metrics(
+    app: web.Application, settings: GatewaySettings, worker: bool
+) -> web.AppRunner | None:
+    if not settings.metrics.listen:
+        return None
+    runner = web.AppRunner(health.metrics_app(app), handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = bootstrap.split_listen(settings.metrics.listen)
+    await web.TCPSite(runner, host, port, reuse_port=worker or None).start()
+    logger.info("metrics on http://%s:%d/metrics", host, port)
+    return runner
+
+
+def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Task[None]]) -> None:
+    async def run() -> None:
+        notifier.reloading("reloading settings")
+        try:
+            await reloader.reload()
+        finally:
+            notifier.ready("serving")
+
+    task = asyncio.create_task(run(), name="reload")
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _stop_gracefully(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:
+    app[READY][0] = False
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now
+    drain = app[DRAIN]
+    ended = drain.start()
+    logger.info(
+        "shutting down: %d requests in flight (%d watches and followed logs ended)",
+        drain.active,
+        ended,
+    )
+    if not await drain.wait_idle(grace_s):
+        logger.warning(
+            "shutting down: %d requests still running after %.0f s; cutting them",
+            drain.active,
+            grace_s,
+        )
+    await tunnels.close_all(app)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import DIRECTORY, REPLICAS, SETTINGS, TUNNELS
+from gateway.keys import DIRECTORY, REPLICAS, SAMPLER, SETTINGS, TUNNELS
 from gateway.records import CLUSTER
 from gateway.upstream import StreamPool
 from tunnel.errors import TunnelError
@@ -195,6 +195,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
             closed,
         )
     finally:
+        request.app[SAMPLER].link_closed(link)
         registry.remove(link)
         link.pool.close()
     return ws

@@ -15,6 +15,7 @@ import logging
 
 from aiohttp import web
 
+from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -31,11 +32,13 @@ class _ClientToTunnel:
 
     def __init__(self, stream: TunnelStream, transport: asyncio.Transport) -> None:
         self.done = asyncio.get_running_loop().create_future()
+        self.received = 0
         self._pump = IntoStream(stream, on_failure=self._finish, on_eof_sent=self._finish)
         self._pump.transport = transport
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         if data and not self.done.done():
+            self.received += len(data)
             self._pump.feed(data)
         return False, b""
 
@@ -47,12 +50,20 @@ class _ClientToTunnel:
             self.done.set_result(None)
 
 
-async def relay(request: web.Request, upstream: Response) -> web.StreamResponse:
-    """Answer 101 as the API server did, then copy bytes both ways."""
+async def relay(
+    request: web.Request, upstream: Response, exchange: Exchange | None = None
+) -> web.StreamResponse:
+    """Answer 101 as the API server did, then copy bytes both ways.
+
+    ``exchange`` (when given) learns when the session starts and how many bytes
+    went each way.
+    """
     resp = web.StreamResponse(status=101, reason=upstream.reason or "Switching Protocols")
     for name, value in upstream.headers:
         if name.lower() not in _SKIPPED_RESPONSE_HEADERS:
             resp.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+    if exchange is not None:
+        resp.headers[REQUEST_ID_HEADER] = exchange.request_id
     resp.force_close()
     stream = upstream.stream
     transport = request.transport
@@ -63,10 +74,14 @@ async def relay(request: web.Request, upstream: Response) -> web.StreamResponse:
     await resp.prepare(request)
     client_side = _ClientToTunnel(stream, transport)
     protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser
+    sent = [0]
+    if exchange is not None:
+        exchange.session_started(request)
     try:
         if upstream.upgraded_tail:
+            sent[0] += len(upstream.upgraded_tail)
             await resp.write(upstream.upgraded_tail)
-        to_client = asyncio.ensure_future(_tunnel_to_client(stream, resp))
+        to_client = asyncio.ensure_future(_tunnel_to_client(stream, resp, sent))
         await asyncio.wait({to_client, client_side.done}, return_when=asyncio.FIRST_COMPLETED)
         if not to_client.done():
             # The client finished sending; let the API server finish its answer.
@@ -77,12 +92,18 @@ async def relay(request: web.Request, upstream: Response) -> web.StreamResponse:
         stream.reset(ErrorCode.CANCEL)
         if not transport.is_closing():
             transport.close()
+        if exchange is not None:
+            exchange.bytes_from_client = client_side.received
+            exchange.bytes_to_client = sent[0]
     return resp
 
 
-async def _tunnel_to_client(stream: TunnelStream, resp: web.StreamResponse) -> None:
+async def _tunnel_to_client(
+    stream: TunnelStream, resp: web.StreamResponse, sent: list[int]
+) -> None:
     try:
         while chunk := await stream.read():
+            sent[0] += len(chunk)
             await resp.write(chunk)
     except TunnelError as exc:
         logger.debug("tunnel side of an upgraded connection ended: %s", exc)

@@ -109,10 +109,21 @@ class Response:
             parsed.body.clear()
             self.content_length = 0
         self._released = False
+        self._ending = False
 
     @property
     def complete(self) -> bool:
         return self._parsed.complete
+
+    def end_early(self) -> None:
+        """Stop a long-running answer (a watch) at the next read, as if it had ended.
+
+        What has already arrived is still returned; then ``read_chunk`` returns
+        ``b""`` and the stream to the API server is reset.
+        """
+        if not self._ending and not self._parsed.complete:
+            self._ending = True
+            self.stream.reset(ErrorCode.CANCEL, "the gateway is shutting down")
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body, ``b""`` at its end."""
@@ -120,7 +131,12 @@ class Response:
         while not parsed.body:
             if parsed.complete:
                 return b""
-            data = await self.stream.read()
+            try:
+                data = await self.stream.read()
+            except TunnelError:
+                if self._ending:
+                    return b""
+                raise
             if not data:
                 if self.content_length is None and not self._chunked:
                     parsed.complete = True  # delimited by the connection closing

@@ -114,6 +114,9 @@ class TunnelProtocol:
         self._peer_open_count = 0
         self._terminated: ErrorCode | None = None
         self._goaway_received = False
+        self.bytes_sent = 0
+        """Bytes handed out by ``data_to_send`` (frames, headers included)."""
+        self.bytes_received = 0
         if len(metadata) > frames.MAX_CONTROL_PAYLOAD - 16:
             raise ValueError("HELLO metadata too large")
         self._out.append(
@@ -165,6 +168,7 @@ class TunnelProtocol:
         first = self._out[0]
         out = first if len(self._out) == 1 and isinstance(first, bytes) else b"".join(self._out)
         self._out.clear()
+        self.bytes_sent += len(out)
         return out
 
     # -- commands --------------------------------------------------------------
@@ -276,6 +280,7 @@ class TunnelProtocol:
         """Parse bytes from the peer. Raises ``ProtocolError`` (GOAWAY queued) on bad input."""
         if self._terminated is not None:
             return []
+        self.bytes_received += len(data)
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf

@@ -144,6 +144,14 @@ class Session:
     def stream_count(self) -> int:
         return len(self._streams)
 
+    @property
+    def bytes_sent(self) -> int:
+        return self._proto.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self._proto.bytes_received
+
     async def wait_closed(self) -> SessionClosed:
         return await asyncio.shield(self._closed)
 

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from config.schema import AuthSettings
-from gateway import hashing
+from gateway import hashing, metrics
 from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
 from gateway.api.tokens import token_view
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
@@ -84,16 +84,28 @@ async def password_login(request: web.Request) -> web.Response:
     address = request.remote or "unknown"
     wait = limiter.retry_after(provider_name, username, address, d.clock())
     if wait > 0:
+        count_login(provider_name, "limited")
         raise TooManyAttempts(wait)
-    if provider_name == "local":
-        user = await _local(request, username, password)
-    else:
-        user = await _external(request, provider_name, username, password)
+    try:
+        if provider_name == "local":
+            user = await _local(request, username, password)
+        else:
+            user = await _external(request, provider_name, username, password)
+    except GatewayError:
+        count_login(provider_name, "unavailable")
+        raise
     if user is None or not user.enabled:
+        count_login(provider_name, "invalid")
         limiter.failed(provider_name, username, address, d.clock())
         raise Unauthenticated(FAILED)
     limiter.succeeded(provider_name, username)
+    count_login(provider_name, "success")
     return await issue_session_token(request, user, data)
+
+
+def count_login(provider: str, result: str) -> None:
+    """``herdgate_logins_total``: success, invalid, unavailable or limited."""
+    metrics.LOGINS.labels(provider, result).inc()
 
 
 async def session_token(request: web.Request, user: User, data: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import action, directory, json_body, string_field
-from gateway.api.login import TooManyAttempts, session_token
+from gateway.api.login import TooManyAttempts, count_login, session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
 from gateway.keys import LIMITER, PROVIDERS
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
@@ -79,13 +79,17 @@ async def _finish(
 ) -> dict[str, Any]:
     user = await directory(request).link_external(identity)
     if not user.enabled:
+        count_login(identity.provider, "invalid")
         raise Unauthenticated("authentication failed: the account is disabled")
+    count_login(identity.provider, "success")
     return await session_token(request, user, data)
 
 
 def _failed(exc: Exception, name: str) -> GatewayError:
     if isinstance(exc, ProviderUnavailable):
+        count_login(name, "unavailable")
         return GatewayError(503, f"the {name} provider is unavailable: {exc}")
+    count_login(name, "invalid")
     return Unauthenticated(f"authentication failed: {exc}")
 
 
@@ -100,6 +104,7 @@ async def oauth_action(request: web.Request) -> web.Response:
     address = request.remote or "unknown"
     wait = limiter.retry_after(name, "", address, directory(request).clock())
     if wait > 0:
+        count_login(name, "limited")
         raise TooManyAttempts(wait)
     try:
         if what == "deviceCode":

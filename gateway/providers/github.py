@@ -97,6 +97,7 @@ class GitHubProvider:
         self._allowed = {o.strip().lower() for o in settings.allowed_orgs if o.strip()}
         self._http = HttpClient(
             "GitHub",
+            provider="github",
             ca_file=settings.ca_file,
             connect_timeout_s=settings.connect_timeout_s,
             request_timeout_s=settings.request_timeout_s,

@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from config.schema import LDAPSettings
+from gateway import metrics
 from gateway.providers import ldap_filters as filters
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
 from gateway.providers.ldap3_compat import (
@@ -142,11 +145,13 @@ class LDAPProvider:
             raise InvalidCredentials(LOGIN_FAILED)
         if not username or len(username) > MAX_USERNAME or not _utf8(username, password):
             raise InvalidCredentials(LOGIN_FAILED)
-        return await self._run(lambda: self._authenticate(username, password))
+        with _timed(self.name, "login"):
+            return await self._run(lambda: self._authenticate(username, password))
 
     async def refresh(self, principal_id: str) -> ExternalIdentity | None:
         dn = principal_dn(self.name, "user", principal_id)
-        return await self._run(lambda: self._service(lambda conn: self._refresh(conn, dn)))
+        with _timed(self.name, "refresh"):
+            return await self._run(lambda: self._service(lambda conn: self._refresh(conn, dn)))
 
     async def close(self) -> None:
         if self._closed:
@@ -604,3 +609,12 @@ def _describe(result: dict[str, Any] | None) -> str:
     message = str(result.get("message") or "").strip()
     text = f"{result.get('description')} ({result.get('result')})"
     return f"{text}: {message}" if message else text
+
+
+@contextlib.contextmanager
+def _timed(provider: str, operation: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.PROVIDER_SECONDS.labels(provider, operation).observe(time.perf_counter() - started)

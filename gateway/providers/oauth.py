@@ -30,6 +30,7 @@ from multidict import CIMultiDictProxy
 
 from config.errors import ConfigError
 from config.tls import client_context
+from gateway import metrics
 from gateway.providers.base import ProviderUnavailable
 
 MAX_RESPONSE_BYTES = 1024 * 1024
@@ -137,19 +138,22 @@ class HttpResponse:
 class HttpClient:
     """One aiohttp session per provider, created on first use (it needs a running loop).
 
-    ``service`` names the remote side in error messages ("the OIDC issuer", "GitHub").
+    ``service`` names the remote side in error messages ("the OIDC issuer", "GitHub");
+    ``provider`` labels its latency metric.
     """
 
     def __init__(
         self,
         service: str,
         *,
+        provider: str = "",
         ca_file: str = "",
         connect_timeout_s: float = 5.0,
         request_timeout_s: float = 10.0,
         max_body: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.service = service
+        self._timer = metrics.PROVIDER_SECONDS.labels(provider or service, "http")
         self._ca_file = ca_file
         self._timeout = aiohttp.ClientTimeout(
             total=request_timeout_s or None, sock_connect=connect_timeout_s or None
@@ -181,6 +185,7 @@ class HttpClient:
     ) -> HttpResponse:
         """Send one request; raises ``ProviderUnavailable`` on transport errors."""
         session = self._ensure_session()
+        started = time.perf_counter()
         try:
             async with session.request(
                 method,
@@ -197,6 +202,8 @@ class HttpClient:
         except aiohttp.ClientError as exc:
             reason = type(exc).__name__
             raise ProviderUnavailable(f"{self.service} is unreachable ({reason})") from None
+        finally:
+            self._timer.observe(time.perf_counter() - started)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         chunks: list[bytes] = []

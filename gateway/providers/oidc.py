@@ -215,6 +215,7 @@ class OIDCProvider:
         self._algorithms = tuple(settings.signing_algorithms)
         self._http = HttpClient(
             "the OIDC issuer",
+            provider="oidc",
             ca_file=settings.ca_file,
             connect_timeout_s=settings.connect_timeout_s,
             request_timeout_s=settings.request_timeout_s,

@@ -75,6 +75,9 @@ def test_cli_check_config_and_errors(capsys: pytest.CaptureFixture[str], tmp_pat
     assert main(["webhook", "--config", str(bad)]) == 2
     assert "surprise" in capsys.readouterr().err
     missing = tmp_path / "missing.kubeconfig"
+    assert main(["webhook", "--kubeconfig", str(missing), "--listen", "127.0.0.1:0"]) == 2
+    assert "kubeconfig: cannot read" in capsys.readouterr().err  # checked at start
+    missing.write_text("garbage: 1\n")  # readable, but not a kubeconfig
     assert main(["webhook", "--kubeconfig", str(missing), "--listen", "127.0.0.1:0"]) == 1
     assert "cannot load cluster credentials" in capsys.readouterr().err
 

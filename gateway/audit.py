@@ -1,0 +1,287 @@
+"""The audit log: who did what on which cluster, one JSON line per event.
+
+Records are built by pure functions (``request_record``, ``session_record``) and
+written by ``AuditLog``, which buffers lines and writes them at most every
+``FLUSH_S`` (or when ``FLUSH_BYTES`` are waiting), so a request costs a
+``json.dumps`` and an append. The file is rotated by size (``audit.log`` ->
+``audit.log.1`` ...); several worker processes may share it: appends are atomic, one
+process rotates under a lock, and the others notice the new file and reopen.
+
+Never in a record: the Authorization header, tokens or passwords (query parameters
+named like credentials are redacted), or bodies of kinds that carry secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+from config.identity import Identity
+from config.schema import AuditSettings
+from gateway.requestinfo import RequestInfo
+
+logger = logging.getLogger(__name__)
+
+FLUSH_S = 0.2
+FLUSH_BYTES = 64 * 1024
+LEVELS = ("metadata", "request")
+
+SECRET_RESOURCES = frozenset(
+    {
+        "secrets",
+        "tokenreviews",
+        "serviceaccounts/token",
+        "clusterauthtokens",
+        "certificatesigningrequests",
+    }
+)
+"""Kinds whose request bodies are never recorded."""
+_SECRET_QUERY_KEYS = frozenset({"token", "access_token", "id_token", "password", "secret"})
+_JSON_TYPES = ("application/json", "application/merge-patch+json", "application/strategic")
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
+        f".{int((seconds % 1) * 1_000_000):06d}Z"
+    )
+
+
+def redact_target(target: str) -> str:
+    """The path and query, with credential-like query values replaced."""
+    path, sep, query = target.partition("?")
+    if not sep or not any(key in query.lower() for key in _SECRET_QUERY_KEYS):
+        return target
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        pairs.append(f"{name}=<redacted>" if eq and name.lower() in _SECRET_QUERY_KEYS else pair)
+    return f"{path}?{'&'.join(pairs)}"
+
+
+def request_body(
+    info: RequestInfo, content_type: str, body: bytes | None, max_body: int
+) -> dict[str, Any]:
+    """The ``requestObject`` part of a record at level ``request``."""
+    if body is None:
+        return {}
+    if info.resource in SECRET_RESOURCES or info.resource.split("/")[0] in SECRET_RESOURCES:
+        return {"requestObjectOmitted": "secret kind"}
+    if len(body) > max_body:
+        return {"requestObjectOmitted": f"larger than {max_body} bytes"}
+    if not content_type.startswith(_JSON_TYPES):
+        return {"requestObjectOmitted": f"content type {content_type or 'unknown'}"}
+    try:
+        return {"requestObject": json.loads(body)}
+    except (ValueError, UnicodeDecodeError):
+        return {"requestObjectOmitted": "not valid JSON"}
+
+
+def _who(identity: Identity | None, role: str | None) -> dict[str, Any]:
+    if identity is None:
+        return {"user": None}
+    return {
+        "user": identity.user_id,
+        "username": identity.username,
+        "principal": identity.principal_id,
+        "groups": list(identity.groups),
+        "role": role,
+        "tokenId": identity.token_id or None,
+    }
+
+
+def request_record(
+    *,
+    started: float,
+    request_id: str,
+    identity: Identity | None,
+    role: str | None,
+    cluster_id: str,
+    method: str,
+    target: str,
+    info: RequestInfo | None,
+    source: str,
+    user_agent: str,
+    status: int,
+    duration_s: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "time": _iso(started),
+        "kind": "request",
+        "requestId": request_id,
+        **_who(identity, role),
+        "cluster": cluster_id,
+        "verb": info.verb if info else method.lower(),
+        "method": method,
+        "path": redact_target(target),
+        "resource": info.resource if info else "",
+        "namespace": info.namespace if info else "",
+        "name": info.name if info else "",
+        "sourceIP": source,
+        "userAgent": user_agent,
+        "status": status,
+        "durationMs": round(duration_s * 1000, 3),
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def session_record(
+    *,
+    stage: str,
+    started: float,
+    ended: float | None,
+    request_id: str,
+    identity: Identity | None,
+    role: str | None,
+    cluster_id: str,
+    target: str,
+    info: RequestInfo,
+    source: str,
+    bytes_from_client: int = 0,
+    bytes_to_client: int = 0,
+) -> dict[str, Any]:
+    """An exec/attach/port-forward session: ``stage`` is ``started`` or ``ended``."""
+    record: dict[str, Any] = {
+        "time": _iso(ended if ended is not None else started),
+        "kind": "session",
+        "stage": stage,
+        "requestId": request_id,
+        **_who(identity, role),
+        "cluster": cluster_id,
+        "verb": info.verb,
+        "path": redact_target(target),
+        "resource": info.resource,
+        "namespace": info.namespace,
+        "name": info.name,
+        "sourceIP": source,
+        "start": _iso(started),
+    }
+    if ended is not None:
+        record.update(
+            end=_iso(ended),
+            durationMs=round((ended - started) * 1000, 3),
+            bytesFromClient=bytes_from_client,
+            bytesToClient=bytes_to_client,
+        )
+    return record
+
+
+class AuditLog:
+    """Buffered, rotated JSON-lines writer (or standard output, or nothing)."""
+
+    def __init__(self, settings: AuditSettings, state_dir: str | Path) -> None:
+        if settings.level not in LEVELS:
+            raise ConfigError("audit.level", f"expected one of {', '.join(LEVELS)}")
+        self.settings = settings
+        self.level = settings.level
+        self.enabled = settings.path != "off"
+        self._stdout = settings.path == "-"
+        self.path = Path(settings.path or Path(state_dir) / "audit.log")
+        self._buffer: list[str] = []
+        self._size = 0
+        self._fd = -1
+        self._inode = 0
+        self._written = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        if self.enabled and not self._stdout:
+            self._open()
+
+    @property
+    def records_bodies(self) -> bool:
+        return self.enabled and self.level == "request"
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        st = os.fstat(self._fd)
+        self._inode = st.st_ino
+        self._written = st.st_size
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._stdout:
+            record = {"log": "audit", **record}
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._buffer:
+            return
+        data = "".join(self._buffer).encode()
+        self._buffer.clear()
+        self._size = 0
+        if self._stdout:
+            sys.stdout.write(data.decode())
+            sys.stdout.flush()
+            return
+        try:
+            self._reopen_if_rotated()
+            if self._written + len(data) > self.settings.max_size and self._written:
+                self._rotate()
+            os.write(self._fd, data)
+            self._written += len(data)
+        except OSError as exc:
+            logger.error("cannot write the audit log %s: %s", self.path, exc)
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = -1
+        if inode != self._inode:
+            os.close(self._fd)
+            self._open()
+
+    def _rotate(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Another process may have rotated while this one waited for the lock.
+            if os.stat(self.path).st_ino == self._inode:
+                backups = self.settings.max_backups
+                for index in range(backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{index}")
+                    if older.exists():
+                        older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+                if backups > 0:
+                    self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+                else:
+                    self.path.unlink()
+            os.close(self._fd)
+            self._open()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(lock)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,135 @@
+"""What the gateway learns about one proxied request, and what it does with it at the end.
+
+The proxy fills an ``Exchange`` as the request goes (request id, caller, cluster,
+verb, status, bytes of an upgraded session); ``finish`` then counts it in the metrics
+and writes its audit record. Kept apart from the proxy so that the hot path reads as
+forwarding, and accounting happens in one place.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from config.identity import Identity
+from gateway import audit, metrics
+from gateway.requestinfo import RequestInfo
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+CLIENT_CLOSED = 499
+"""Status recorded when the client went away before an answer (nginx's convention)."""
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Exchange:
+    __slots__ = (
+        "audit_body",
+        "auditor",
+        "bytes_from_client",
+        "bytes_to_client",
+        "cluster_id",
+        "identity",
+        "info",
+        "request_id",
+        "role",
+        "started",
+        "started_wall",
+        "status",
+        "target",
+    )
+
+    def __init__(self, auditor: audit.AuditLog) -> None:
+        self.auditor = auditor
+        self.request_id = new_request_id()
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.identity: Identity | None = None
+        self.role: str | None = None
+        self.cluster_id = ""
+        self.target = ""
+        self.info: RequestInfo | None = None
+        self.status = 0
+        self.audit_body: dict[str, Any] | None = None
+        self.bytes_from_client = 0
+        self.bytes_to_client = 0
+
+    @property
+    def wants_body(self) -> bool:
+        return self.auditor.records_bodies
+
+    def session_started(self, request: web.BaseRequest) -> None:
+        if self.info is None:
+            return
+        self.auditor.write(
+            audit.session_record(
+                stage="started",
+                started=self.started_wall,
+                ended=None,
+                request_id=self.request_id,
+                identity=self.identity,
+                role=self.role,
+                cluster_id=self.cluster_id,
+                target=self.target,
+                info=self.info,
+                source=request.remote or "",
+            )
+        )
+
+    def finish(self, request: web.BaseRequest) -> None:
+        """Count the request and write its audit record (its answer is complete)."""
+        seconds = time.perf_counter() - self.started
+        info = self.info
+        status = self.status or CLIENT_CLOSED
+        verb = info.verb if info is not None else request.method.lower()
+        if self.cluster_id:
+            metrics.count_request(
+                self.cluster_id,
+                verb,
+                status,
+                None if info is not None and info.long_running else seconds,
+            )
+        if not self.auditor.enabled:
+            return
+        if info is not None and info.verb == "connect" and status == 101:
+            self.auditor.write(
+                audit.session_record(
+                    stage="ended",
+                    started=self.started_wall,
+                    ended=self.started_wall + seconds,
+                    request_id=self.request_id,
+                    identity=self.identity,
+                    role=self.role,
+                    cluster_id=self.cluster_id,
+                    target=self.target,
+                    info=info,
+                    source=request.remote or "",
+                    bytes_from_client=self.bytes_from_client,
+                    bytes_to_client=self.bytes_to_client,
+                )
+            )
+            return
+        self.auditor.write(
+            audit.request_record(
+                started=self.started_wall,
+                request_id=self.request_id,
+                identity=self.identity,
+                role=self.role,
+                cluster_id=self.cluster_id,
+                method=request.method,
+                target=self.target or request.raw_path,
+                info=info,
+                source=request.remote or "",
+                user_agent=request.headers.get("User-Agent", ""),
+                status=status,
+                duration_s=seconds,
+                extra=self.audit_body,
+            )
+        )

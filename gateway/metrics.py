@@ -1,0 +1,183 @@
+"""The gateway's Prometheus metrics (prometheus_client) and the ``/metrics`` answer.
+
+With several workers (``workers: N``) the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+before starting them, prometheus_client keeps each worker's values in that directory,
+and ``/metrics`` on any worker answers for all of them.
+
+Hot path: the proxy counts each request through ``count_request``, which keeps the
+labelled children it has made, so a request costs a dict lookup and an increment.
+Figures that already exist as plain integers (tunnel bytes, open streams, the OIDC
+token cache) are copied into the metrics by ``sample`` on each scrape and every few
+seconds, instead of being counted twice on every frame.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+if TYPE_CHECKING:
+    from gateway.providers.registry import Providers
+    from gateway.tunnels import AgentLink
+    from tunnel.registry import TunnelRegistry
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+REQUESTS = Counter(
+    "herdgate_requests_total",
+    "Requests proxied to clusters, by cluster, Kubernetes verb and HTTP status code.",
+    ["cluster", "verb", "code"],
+)
+REQUEST_SECONDS = Histogram(
+    "herdgate_request_duration_seconds",
+    "Time from a proxied request's arrival to the end of its answer (watches, "
+    "followed logs and exec/attach/port-forward sessions excluded).",
+    ["verb"],
+    buckets=_LATENCY_BUCKETS,
+)
+AUTH_SECONDS = Histogram(
+    "herdgate_auth_duration_seconds",
+    "Time to authenticate and authorise a proxied request.",
+    buckets=_LATENCY_BUCKETS,
+)
+TUNNEL_ROUNDTRIP_SECONDS = Histogram(
+    "herdgate_tunnel_roundtrip_seconds",
+    "Time from sending a request into a tunnel to receiving the API server's response head.",
+    buckets=_LATENCY_BUCKETS,
+)
+TUNNELS_OPEN = Gauge(
+    "herdgate_tunnels_open",
+    "Agent tunnels connected to this gateway, by cluster.",
+    ["cluster"],
+    multiprocess_mode="livesum",
+)
+STREAMS_OPEN = Gauge(
+    "herdgate_tunnel_streams_open",
+    "Streams open in agent tunnels.",
+    multiprocess_mode="livesum",
+)
+TUNNEL_BYTES = Counter(
+    "herdgate_tunnel_bytes_total",
+    "Bytes through agent tunnels (frames included), by direction from the gateway.",
+    ["direction"],
+)
+AUTHENTICATIONS = Counter(
+    "herdgate_authentications_total",
+    "Credentials presented to the proxy, by kind (token, oidc) and result.",
+    ["method", "result"],
+)
+TOKEN_CACHE = Counter(
+    "herdgate_token_cache_total",
+    "Lookups in the cache of validated bearer ID tokens (OIDC), by result.",
+    ["result"],
+)
+LOGINS = Counter(
+    "herdgate_logins_total",
+    "Logins, by provider and result (success, invalid, unavailable, limited).",
+    ["provider", "result"],
+)
+PROVIDER_SECONDS = Histogram(
+    "herdgate_provider_request_duration_seconds",
+    "Time of requests to identity providers (LDAP binds and searches, OIDC and GitHub).",
+    ["provider", "operation"],
+    buckets=_LATENCY_BUCKETS,
+)
+SESSIONS = Counter(
+    "herdgate_sessions_total",
+    "exec, attach and port-forward sessions relayed, by cluster.",
+    ["cluster"],
+)
+
+_request_children: dict[tuple[str, str, int], Counter] = {}
+_duration_children: dict[str, Histogram] = {}
+
+
+def count_request(cluster: str, verb: str, code: int, seconds: float | None) -> None:
+    """One proxied request; ``seconds`` is None for long-running ones."""
+    key = (cluster, verb, code)
+    child = _request_children.get(key)
+    if child is None:
+        child = REQUESTS.labels(cluster, verb, str(code))
+        if len(_request_children) < 10_000:
+            _request_children[key] = child
+    child.inc()
+    if seconds is not None:
+        histogram = _duration_children.get(verb)
+        if histogram is None:
+            histogram = _duration_children[verb] = REQUEST_SECONDS.labels(verb)
+        histogram.observe(seconds)
+
+
+class Sampler:
+    """Copies figures kept elsewhere as plain integers into the metrics."""
+
+    def __init__(self, tunnels: TunnelRegistry[AgentLink], providers: Providers) -> None:
+        self._tunnels = tunnels
+        self._providers = providers
+        self._seen: dict[AgentLink, tuple[int, int]] = {}
+        self._cache_hits = 0
+        self._cache_misses = 0
+        tunnels.on_change(self._tunnel_count)
+
+    def _tunnel_count(self, cluster_id: str, count: int) -> None:
+        TUNNELS_OPEN.labels(cluster_id).set(count)
+
+    def _take_bytes(self, link: AgentLink) -> None:
+        sent, received = link.session.bytes_sent, link.session.bytes_received
+        last_sent, last_received = self._seen.get(link, (0, 0))
+        if sent > last_sent:
+            TUNNEL_BYTES.labels("sent").inc(sent - last_sent)
+        if received > last_received:
+            TUNNEL_BYTES.labels("received").inc(received - last_received)
+        self._seen[link] = (sent, received)
+
+    def link_closed(self, link: AgentLink) -> None:
+        """Count a closing tunnel's last bytes."""
+        self._take_bytes(link)
+        self._seen.pop(link, None)
+
+    def sample(self) -> None:
+        streams = 0
+        for link in self._tunnels.all_links():
+            self._take_bytes(link)
+            streams += link.session.stream_count
+        STREAMS_OPEN.set(streams)
+        oidc = self._providers.oidc
+        if oidc is not None:
+            hits, misses = oidc.stats.cache_hits, oidc.stats.verifications
+            if hits < self._cache_hits or misses < self._cache_misses:
+                self._cache_hits = self._cache_misses = 0  # a reload made a new provider
+            TOKEN_CACHE.labels("hit").inc(hits - self._cache_hits)
+            TOKEN_CACHE.labels("miss").inc(misses - self._cache_misses)
+            self._cache_hits, self._cache_misses = hits, misses
+
+
+def exposition() -> bytes:
+    """The text format for all of this host's gateway processes."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(DEFAULT_REGISTRY)
+
+
+def response() -> web.Response:
+    body = exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

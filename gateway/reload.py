@@ -1,0 +1,139 @@
+"""SIGHUP: apply the settings that can change without dropping a connection.
+
+Reloaded: the TLS certificate and key (new handshakes use them; open connections keep
+theirs), the ``auth`` section (providers are rebuilt and swapped in, login limits
+updated) and ``logging.level``. Anything else that changed is named in a warning that
+says a restart is needed. A file that no longer loads leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from config.errors import ConfigError
+from config.logging import set_level
+from config.schema import GatewaySettings
+from gateway import bootstrap
+from gateway.keys import LIMITER, PROVIDERS
+from gateway.providers.registry import Providers, build_providers
+from gateway.ratelimit import Limit
+
+logger = logging.getLogger(__name__)
+
+RELOADABLE = ("tls", "auth", "logging.level")
+
+
+def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the settings that differ (pure)."""
+    out: list[str] = []
+    for field in dataclasses.fields(old):
+        a, b = getattr(old, field.name), getattr(new, field.name)
+        path = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            out += changed_paths(a, b, path + ".")
+        elif a != b:
+            out.append(path)
+    return out
+
+
+def needs_restart(paths: list[str]) -> list[str]:
+    return [p for p in paths if not any(p == r or p.startswith(r + ".") for r in RELOADABLE)]
+
+
+class Reloader:
+    def __init__(
+        self,
+        app: web.Application,
+        settings: GatewaySettings,
+        load: Callable[[], GatewaySettings],
+        ssl_ctx: ssl.SSLContext,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self._load = load
+        self._ssl = ssl_ctx
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def reload(self) -> bool:
+        """Re-read the settings and apply what can be applied; False if nothing was."""
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+            return False
+        old = self.settings
+        changed = changed_paths(old, new)
+        try:
+            set_level(new.logging)
+        except ConfigError as exc:
+            logger.error("reload: %s", exc)
+        self._reload_tls(new)
+        if new.auth != old.auth:
+            await self._reload_auth(new)
+        restart = needs_restart(changed)
+        if restart:
+            logger.warning(
+                "reload: a restart is needed to apply %s (the rest was applied)",
+                ", ".join(restart),
+            )
+        level = dataclasses.replace(old.logging, level=new.logging.level)
+        self.settings = dataclasses.replace(old, tls=new.tls, auth=new.auth, logging=level)
+        logger.info("reloaded settings (%d changed)", len(changed))
+        return True
+
+    def _reload_tls(self, settings: GatewaySettings) -> None:
+        url = bootstrap.server_url(settings)
+        try:
+            paths, _, _ = bootstrap.tls_material(settings, url)
+            self._ssl.load_cert_chain(paths.cert, paths.key)
+        except (OSError, ssl.SSLError, ConfigError) as exc:
+            logger.error("reload: keeping the current TLS certificate: %s", exc)
+            return
+        logger.info("reload: TLS certificate loaded from %s", paths.cert)
+
+    async def _reload_auth(self, settings: GatewaySettings) -> None:
+        try:
+            fresh = build_providers(settings.auth)
+        except ConfigError as exc:
+            logger.error("reload: keeping the current identity providers: %s", exc)
+            return
+        providers = self.app[PROVIDERS]
+        retired = Providers(providers.password, providers.oidc, providers.github)
+        providers.password, providers.oidc, providers.github = (
+            fresh.password,
+            fresh.oidc,
+            fresh.github,
+        )
+        if fresh.oidc is not None:
+            self._spawn(fresh.oidc.start())
+        limiter = self.app[LIMITER]
+        limiter.users.limit = Limit(
+            settings.auth.login_failures_per_user, settings.auth.login_failure_window_s
+        )
+        limiter.addresses.limit = Limit(
+            settings.auth.login_failures_per_address, settings.auth.login_failure_window_s
+        )
+        logger.info("reload: identity providers now %s", ", ".join(providers.names()))
+        self._spawn(self._retire(retired))
+
+    async def _retire(self, providers: Providers) -> None:
+        # Logins already talking to the old providers get a moment to finish.
+        await asyncio.sleep(30)
+        await providers.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
