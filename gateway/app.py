@@ -55,6 +55,8 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         request_id_var.reset(context)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = rid
+    if request.app[DRAIN].draining:
+        response.force_close()
     return response
 
 

@@ -189,6 +189,8 @@ def fast_path(
             drain.leave()
             exchange.finish(request)
             request_id_var.reset(context)
+        if drain.draining:
+            response.force_close()  # the client reconnects to a replica that stays
         return response
 
     return handler

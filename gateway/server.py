@@ -3,7 +3,7 @@
 Stopping (SIGTERM or SIGINT), in this order:
 
 1. tell systemd ``STOPPING=1``; ``/readyz`` answers 503;
-2. stop accepting connections (idle keep-alive connections are closed);
+2. stop accepting connections (answers from now on close their keep-alive connection);
 3. end watches and followed logs cleanly (the client sees the answer end, as when the
    API server ends a watch) and let every other request finish, for up to
    ``shutdown_grace``;
@@ -150,8 +150,9 @@ async def _stop_gracefully(app: web.Application, runner: web.AppRunner, grace_s:
     app[READY][0] = False
     for site in list(runner.sites):
         await site.stop()
-    if runner.server is not None:
-        runner.server.pre_shutdown()  # idle keep-alive connections close now
+    # Not runner.server.pre_shutdown(): it makes aiohttp ignore what arrives on every
+    # connection, tunnels and upgraded sessions included, which would stall them.
+    # Answers given from now on close their connection instead (see gateway.proxy).
     drain = app[DRAIN]
     ended = drain.start()
     logger.info(

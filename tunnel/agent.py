@@ -10,6 +10,10 @@ then reach the cluster without a hop through another.
 Reconnecting: after a long-lived tunnel drops (a gateway restart), the agent waits a
 random time within ``reconnect_spread`` so that a thousand agents do not all
 handshake in the same instant; failed attempts back off exponentially with jitter.
+
+Under systemd (``Type=notify``) the agent says READY=1 once its settings and credentials
+are loaded and the first tunnel is up, keeps a STATUS= line such as "connected to 2 of 3
+gateway replicas" current, and says STOPPING=1 when it begins to close its tunnels.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from config.notify import Notifier
 from config.schema import AgentSettings
 from config.tls import client_context
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
@@ -57,9 +62,17 @@ class _Tunnel:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings, registration_token: str) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        registration_token: str,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.settings = settings
         self._token = registration_token
+        self.notifier = notifier or Notifier.disabled()
+        self._ready = False
+        self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.tunnels: dict[str, _Tunnel] = {}
         self.wanted = 1
@@ -95,7 +108,19 @@ class Agent:
         if isinstance(replicas, int) and replicas >= 1 and replicas != self.wanted:
             logger.info("the gateway now has %d replicas", replicas)
             self.wanted = replicas
+            self._report()
             self._wake.set()
+
+    def _report(self) -> None:
+        """READY=1 with the first tunnel; the tunnel count as systemd's STATUS= line."""
+        if self._stopping:
+            return
+        text = connection_status(len(self.tunnels), self.wanted)
+        if self.tunnels and not self._ready:
+            self._ready = True
+            self.notifier.ready(text)
+        else:
+            self.notifier.status(text)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -181,6 +206,7 @@ class Agent:
             len(self.tunnels),
             self.wanted,
         )
+        self._report()
         self._spawn(self._watch(entry))
         return "new"
 
@@ -193,6 +219,7 @@ class Agent:
                 del self.tunnels[entry.replica_id]
             if not self.tunnels:
                 self.connected.clear()
+            self._report()
             uptime = asyncio.get_running_loop().time() - entry.started
             if uptime >= STABLE_AFTER_S:
                 self._failures = 0
@@ -222,8 +249,10 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.notifier.status("loading settings and credentials")
         ca_pem = await gateway_ca(self.settings)
         upstream = await cluster_upstream(self.settings)
+        self.notifier.status(f"connecting to {self.settings.server}")
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
         duplicates = 0
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -248,6 +277,8 @@ class Agent:
                 elif outcome == "failed":
                     duplicates = 0
                     self._failures += 1
+            self._stopping = True
+            self.notifier.stopping("closing tunnels")
             for entry in list(self.tunnels.values()):
                 await entry.session.close(ErrorCode.NO_ERROR, "agent stopping")
                 await entry.ws.close()
@@ -271,6 +302,12 @@ class Agent:
                     if entry.session.is_usable:
                         entry.session.send_info(message)
                 logger.info("API server credential rotated")
+
+
+def connection_status(connected: int, wanted: int) -> str:
+    """The agent's state in one line: "connected to 1 of 2 gateway replicas; connecting"."""
+    text = f"connected to {connected} of {wanted} gateway replicas"
+    return text if connected >= wanted else text + "; connecting"
 
 
 async def _first(coro: Coroutine[Any, Any, Any], stop: Coroutine[Any, Any, Any]) -> Any:

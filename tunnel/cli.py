@@ -61,13 +61,16 @@ def registration_token(settings: AgentSettings) -> str:
 
 
 async def _main(settings: AgentSettings, token: str) -> None:
+    from config.notify import Notifier
     from tunnel.agent import Agent
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Agent(settings, token).run(stop)
+    notifier = Notifier.from_env()
+    async with notifier.watchdog_running():
+        await Agent(settings, token, notifier).run(stop)
 
 
 def run(args: argparse.Namespace) -> int:

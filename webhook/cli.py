@@ -47,11 +47,12 @@ def settings_from(args: argparse.Namespace) -> WebhookSettings:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands never load the webhook's modules.
+    from config.notify import Notifier
     from webhook.cache import WebhookError
     from webhook.server import serve, tls_context
 
     def main(settings: WebhookSettings) -> None:
         tls_context(settings)  # fail now, not after connecting to the cluster
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, notifier=Notifier.from_env()))
 
     return run_program("webhook", args, settings_from, main, failures=(WebhookError, OSError))

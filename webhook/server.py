@@ -11,6 +11,7 @@ import ssl
 from aiohttp import web
 
 from config.errors import ConfigError
+from config.notify import Notifier
 from config.schema import WebhookSettings
 from config.tls import server_context
 from webhook.app import build_app
@@ -43,23 +44,52 @@ def tls_context(settings: WebhookSettings) -> ssl.SSLContext | None:
         raise ConfigError("tls", f"cannot load {cert} / {key}: {exc}") from exc
 
 
-async def _run_until_stopped(cache: RecordCache, stop: asyncio.Event) -> None:
+async def _notify_when_synced(cache: RecordCache, notifier: Notifier, where: str) -> None:
+    """READY=1 once the listener is up (it is, when this starts) and both kinds are listed."""
+    notifier.status(f"listening on {where}; listing records")
+    await asyncio.gather(cache.token_reflector.synced.wait(), cache.user_reflector.synced.wait())
+    notifier.ready(
+        f"serving on {where}: {len(cache.tokens)} tokens, {len(cache.users)} users synced"
+    )
+
+
+async def _run_until_stopped(
+    cache: RecordCache, stop: asyncio.Event, notifier: Notifier, where: str
+) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     feeder = asyncio.create_task(cache.run(), name="webhook-cache")
+    announcer = asyncio.create_task(_notify_when_synced(cache, notifier, where))
     try:
         await stop.wait()
     finally:
+        notifier.stopping()
         logger.info("shutting down")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
+        for task in (announcer, feeder):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-async def serve(settings: WebhookSettings, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: WebhookSettings,
+    stop: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT); tells ``notifier`` (systemd) how it goes.
+
+    READY=1 once the listener is up and the first LIST of both kinds is done, STOPPING=1
+    when shutting down, WATCHDOG=1 from this loop all along.
+    """
+    notifier = notifier or Notifier.disabled()
+    async with notifier.watchdog_running():
+        await _serve(settings, stop or asyncio.Event(), notifier)
+
+
+async def _serve(settings: WebhookSettings, stop: asyncio.Event, notifier: Notifier) -> None:
     # kubernetes-asyncio logs whole response bodies at debug level: they hold the hashes.
     logging.getLogger("kubernetes_asyncio.client.rest").setLevel(
         max(logging.INFO, logging.getLogger().getEffectiveLevel())
@@ -81,12 +111,9 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event | None = None) ->
         try:
             site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024)
             await site.start()
-            scheme = "https" if ssl_ctx else "http"
-            logger.info(
-                "listening on %s://%s:%d, watching namespace %s",
-                scheme, host, port, settings.namespace,
-            )  # fmt: skip
-            await _run_until_stopped(cache, stop or asyncio.Event())
+            where = f"{'https' if ssl_ctx else 'http'}://{host}:{port}"
+            logger.info("listening on %s, watching namespace %s", where, settings.namespace)
+            await _run_until_stopped(cache, stop, notifier, where)
         finally:
             await runner.cleanup()
     finally:

@@ -130,7 +130,8 @@ class StandIn:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         received = datetime.datetime.now(datetime.UTC)
-        audit_id = str(uuid.uuid4())
+        # As kube-apiserver's WithAuditInit: a client's Audit-ID is kept, and echoed.
+        audit_id = request.headers.get("Audit-ID") or str(uuid.uuid4())
         info = request_info(request.method, request.path, dict(request.query))
         user: UserInfo | None = None
         impersonated: UserInfo | None = None

@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from tests.apiserver.harness import StandInProcess
+from tests.fixtures.notify import FakeSystemd, fake_systemd
 from tests.integration.env import (
     Agent,
     Api,
@@ -81,13 +82,19 @@ class World:
 BULK_LIST_BYTES = 100 * 1000 * 1000
 
 
-def start_world(tmp: Path, name: str = "dev", gateway_config: str = "") -> World:
+def start_world(
+    tmp: Path,
+    name: str = "dev",
+    gateway_config: str = "",
+    gateway_env: dict[str, str] | None = None,
+) -> World:
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
         args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
     )
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
+    gateway.extra_env.update(gateway_env or {})
     if gateway_config:
         (tmp / "gateway.yaml").write_text(gateway_config)
         gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
@@ -125,3 +132,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
     finally:
         stop_world(w)
+
+
+@pytest.fixture
+def systemd() -> Iterator[FakeSystemd]:
+    """A stand-in for systemd's notify socket (pass ``systemd.env()`` to a process)."""
+    with fake_systemd() as fake:
+        yield fake
