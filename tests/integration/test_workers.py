@@ -7,12 +7,15 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.apiserver.harness import StandInProcess
 from tests.binaries import kubectl
+from tests.fixtures.notify import FakeSystemd, starts_with
 from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
 from tests.integration.env import Gateway, free_port, kubectl_run, wait_until
 from tests.integration.test_proxy_errors import raw_request
@@ -99,3 +102,94 @@ def test_a_dead_worker_is_replaced_and_service_continues(two_workers: World) -> 
         30,
         "the agent did not reach the new worker",
     )
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            sample, _, value = line.rpartition(" ")
+            got = sample[len(name) :].strip("{}")
+            if sorted(got.split(",")) == sorted(want.split(",")) or (not want and not got):
+                return float(value)
+    return 0.0
+
+
+def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd) -> None:
+    """READY once both serve, RELOADING/READY around SIGHUP, one /metrics for both,
+    a worker that stops answering its watchdog is replaced, STOPPING on SIGTERM."""
+    standin = StandInProcess.start(
+        tmp_path / "apiserver",
+        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+    )
+    metrics_port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n")
+    env = dict(systemd.env(), WATCHDOG_USEC="1000000")  # supervisor pings every 0.5 s
+    gateway = Gateway(
+        tmp_path / "gateway",
+        free_port(),
+        tmp_path / "gateway.log",
+        extra_args=["--workers", "2", "--config", str(config)],
+        extra_env=env,
+    )
+    gateway.start()
+    try:
+        systemd.wait_for(starts_with("READY=1"), 20, "READY=1 from the supervisor")
+        assert sum(starts_with("READY=1")(m) for m in systemd.poll()) == 1
+        admin = gateway.admin()
+        cluster = admin.post("/v3/clusters", {"name": "counted"})
+        kc = standin.kubeconfig(tmp_path / "agent-kubeconfig", token=AGENT_SA_TOKEN)
+        world = World(tmp_path, standin, gateway, admin, cluster["id"], "c", NO_AGENT, kc)
+        world.agent = world.start_agent()
+        wait_until(
+            lambda: world.cluster()["replicas"] == {"live": 2, "withTunnel": 2},
+            30,
+            "the agent never reached both workers",
+        )
+
+        # Every scrape answers for both workers: 40 requests over new connections.
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return str(resp.read().decode())
+
+        labels = {"cluster": cluster["id"], "verb": "get", "code": "200"}
+        before = _metric(scrape(), "herdgate_requests_total", **labels)
+        for _ in range(40):
+            path = f"/k8s/clusters/{cluster['id']}/api/v1/namespaces/default"
+            assert raw_request(world, "GET", path, admin.token)[0] == 200
+        for _ in range(6):
+            assert _metric(scrape(), "herdgate_requests_total", **labels) - before == 40
+
+        # SIGHUP reaches both workers; READY again once both have reloaded.
+        assert gateway.process is not None
+        seen = len(systemd.poll())
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: any(m.startswith("READY=1") for m in systemd.poll()[seen:]),
+            15,
+            f"no READY after the reload: {systemd.poll()[seen:]}",
+        )
+        after = systemd.poll()[seen:]
+        assert after[0].startswith("RELOADING=1"), after
+        wait_until(lambda: gateway.log().count("reloaded settings") >= 2, 10, "workers reload")
+
+        # A worker whose event loop hangs is killed and replaced.
+        victim = workers_of(world)[0]
+        os.kill(victim, signal.SIGSTOP)
+        wait_until(
+            lambda: victim not in workers_of(world) and len(workers_of(world)) == 2,
+            15,
+            "the stuck worker was not replaced",
+        )
+        assert "stopped answering its watchdog" in gateway.log()
+
+        world.agent.stop()
+        gateway.stop()
+        assert any(starts_with("STOPPING=1")(m) for m in systemd.poll())
+    finally:
+        gateway.stop()
+        standin.stop()
