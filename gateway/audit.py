@@ -14,6 +14,7 @@ named like credentials are redacted), or bodies of kinds that carry secrets.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import json
@@ -47,6 +48,8 @@ SECRET_RESOURCES = frozenset(
 """Kinds whose request bodies are never recorded."""
 _SECRET_QUERY_KEYS = frozenset({"token", "access_token", "id_token", "password", "secret"})
 _JSON_TYPES = ("application/json", "application/merge-patch+json", "application/strategic")
+_PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
+_PROTOBUF_MAGIC = b"k8s\x00"
 
 
 def _iso(seconds: float) -> str:
@@ -77,12 +80,81 @@ def request_body(
         return {"requestObjectOmitted": "secret kind"}
     if len(body) > max_body:
         return {"requestObjectOmitted": f"larger than {max_body} bytes"}
+    if content_type.startswith(_PROTOBUF_TYPE):
+        envelope = protobuf_envelope(body)
+        if envelope is None:
+            return {"requestObjectOmitted": "malformed protobuf"}
+        api_version, kind, raw = envelope
+        return {
+            "requestObject": {
+                "apiVersion": api_version,
+                "kind": kind,
+                "protobuf": base64.b64encode(raw).decode(),
+            }
+        }
     if not content_type.startswith(_JSON_TYPES):
         return {"requestObjectOmitted": f"content type {content_type or 'unknown'}"}
     try:
         return {"requestObject": json.loads(body)}
     except (ValueError, UnicodeDecodeError):
         return {"requestObjectOmitted": "not valid JSON"}
+
+
+def _fields(data: bytes) -> dict[int, bytes] | None:
+    """Length-delimited fields of one protobuf message (others are skipped)."""
+    out: dict[int, bytes] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 2:
+            size, pos = _varint(data, pos)
+            if pos + size > end:
+                return None
+            out[number] = data[pos : pos + size]
+            pos += size
+        elif wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            return None
+    return out if pos == end else None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return value, len(data) + 1  # truncated: callers see pos past the end
+
+
+def protobuf_envelope(body: bytes) -> tuple[str, str, bytes] | None:
+    """apiVersion, kind and the encoded object of a Kubernetes protobuf body.
+
+    The body is ``k8s\\0`` and a ``runtime.Unknown``: field 1 its TypeMeta (1:
+    apiVersion, 2: kind), field 2 the object itself. The object's fields need the
+    kind's schema, so the record keeps it encoded (base64).
+    """
+    if not body.startswith(_PROTOBUF_MAGIC):
+        return None
+    unknown = _fields(body[len(_PROTOBUF_MAGIC) :])
+    if unknown is None:
+        return None
+    type_meta = _fields(unknown.get(1, b""))
+    if type_meta is None:
+        return None
+    try:
+        api_version = type_meta.get(1, b"").decode()
+        kind = type_meta.get(2, b"").decode()
+    except UnicodeDecodeError:
+        return None
+    return api_version, kind, unknown.get(2, b"")
 
 
 def _who(identity: Identity | None, role: str | None) -> dict[str, Any]:
