@@ -8,6 +8,7 @@ work (a password hash check, or a directory bind), so timing does not tell them 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,8 @@ from gateway.keys import LIMITER, PROVIDERS, SETTINGS
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.ratelimit import Limit, LoginLimiter
 from gateway.records import User
+
+logger = logging.getLogger(__name__)
 
 FAILED = "authentication failed: invalid username or password"
 
@@ -95,6 +98,7 @@ async def password_login(request: web.Request) -> web.Response:
         count_login(provider_name, "unavailable")
         raise
     if user is None or not user.enabled:
+        logger.debug("login refused: %s user %r from %s", provider_name, username, address)
         count_login(provider_name, "invalid")
         limiter.failed(provider_name, username, address, d.clock())
         raise Unauthenticated(FAILED)

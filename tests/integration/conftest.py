@@ -87,7 +87,9 @@ def start_world(
     name: str = "dev",
     gateway_config: str = "",
     gateway_env: dict[str, str] | None = None,
+    gateway_ca: Path | None = None,
 ) -> World:
+    """``gateway_ca``: the CA of a certificate given in ``gateway_config``."""
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
@@ -95,6 +97,7 @@ def start_world(
     )
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})
+    gateway.ca_path = gateway_ca
     if gateway_config:
         (tmp / "gateway.yaml").write_text(gateway_config)
         gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
