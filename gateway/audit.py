@@ -17,11 +17,14 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +55,14 @@ _PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 _PROTOBUF_MAGIC = b"k8s\x00"
 
 
+_second: list[Any] = [-1, ""]
+
+
 def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
-        f".{int((seconds % 1) * 1_000_000):06d}Z"
-    )
+    whole = int(seconds)
+    if whole != _second[0]:  # one strftime per second, not per record
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int((seconds - whole) * 1_000_000):06d}Z"
 
 
 def redact_target(target: str) -> str:
@@ -208,6 +215,72 @@ def request_record(
     return record
 
 
+_quote: Callable[[str], str] = encode_basestring_ascii
+
+
+@functools.lru_cache(maxsize=4096)
+def _who_json(identity: Identity | None, role: str | None) -> str:
+    return json.dumps(_who(identity, role), separators=(",", ":"))[1:-1]
+
+
+def request_line(
+    *,
+    started: float,
+    request_id: str,
+    identity: Identity | None,
+    role: str | None,
+    cluster_id: str,
+    method: str,
+    target: str,
+    info: RequestInfo | None,
+    source: str,
+    user_agent: str,
+    status: int,
+    duration_s: float,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """``request_record`` as its JSON text, built for the hot path (same content).
+
+    The caller's part (user, principal, groups, role) is serialised once per identity;
+    the rest are a few escaped strings joined together.
+    """
+    q = _quote
+    parts = [
+        '{"time":"',
+        _iso(started),
+        '","kind":"request","requestId":',
+        q(request_id),
+        ",",
+        _who_json(identity, role),
+        ',"cluster":',
+        q(cluster_id),
+        ',"verb":',
+        q(info.verb if info else method.lower()),
+        ',"method":',
+        q(method),
+        ',"path":',
+        q(redact_target(target)),
+        ',"resource":',
+        q(info.resource if info else ""),
+        ',"namespace":',
+        q(info.namespace if info else ""),
+        ',"name":',
+        q(info.name if info else ""),
+        ',"sourceIP":',
+        q(source),
+        ',"userAgent":',
+        q(user_agent),
+        ',"status":',
+        str(status),
+        ',"durationMs":',
+        repr(round(duration_s * 1000, 3)),
+    ]
+    if extra:
+        parts += [",", json.dumps(extra, separators=(",", ":"))[1:-1]]
+    parts.append("}")
+    return "".join(parts)
+
+
 def session_record(
     *,
     stage: str,
@@ -281,11 +354,16 @@ class AuditLog:
         self._written = st.st_size
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self.write_json(json.dumps(record, separators=(",", ":")))
+
+    def write_json(self, text: str) -> None:
+        """Append one record given as JSON object text (see ``request_line``)."""
         if not self.enabled:
             return
         if self._stdout:
-            record = {"log": "audit", **record}
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+            text = '{"log":"audit",' + text[1:]
+        line = text + "\n"
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -8,8 +8,9 @@ forwarding, and accounting happens in one place.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from config.identity import Identity
@@ -25,8 +26,14 @@ CLIENT_CLOSED = 499
 """Status recorded when the client went away before an answer (nginx's convention)."""
 
 
+_PROCESS = os.urandom(10).hex()
+_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A UUID-shaped id: 80 random bits per process, then a counter (unique, and cheap)."""
+    p = _PROCESS
+    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{next(_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 class Exchange:
@@ -116,8 +123,8 @@ class Exchange:
                 )
             )
             return
-        self.auditor.write(
-            audit.request_record(
+        self.auditor.write_json(
+            audit.request_line(
                 started=self.started_wall,
                 request_id=self.request_id,
                 identity=self.identity,

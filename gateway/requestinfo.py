@@ -3,15 +3,19 @@
 The same reading kube-apiserver's ``RequestInfoFactory`` makes of a path, reduced to
 what metrics and the audit log need. ``/api/v1/namespaces/ns/pods/web-0/log`` is a
 ``get`` of ``pods/log`` (long-running with ``?follow=true``); a GET without a name is a
-``list``, or a ``watch`` with ``?watch=true`` or the legacy ``/watch/`` prefix; a
-DELETE without a name is a ``deletecollection``; an upgraded request (exec, attach,
-port-forward) is a ``connect``. Paths outside ``/api`` and ``/apis`` (``/version``,
-``/openapi/v3``) are non-resource requests whose verb is the lower-case method.
+``list``, or a ``watch`` with ``?watch=true`` or the legacy ``/watch/`` prefix (the
+name of a ``fieldSelector=metadata.name=NAME`` list or watch is its name); a DELETE
+without a name is a ``deletecollection``; an upgraded request (exec, attach,
+port-forward) is a ``connect`` (kube-apiserver says ``create`` or ``get``). Discovery
+(``/api``, ``/api/v1``, ``/apis/apps/v1``) and paths outside ``/api`` and ``/apis``
+(``/version``, ``/openapi/v3``) are non-resource requests whose verb is the lower-case
+method.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 _METHOD_VERBS = {
     "POST": "create",
@@ -21,7 +25,8 @@ _METHOD_VERBS = {
     "GET": "get",
     "HEAD": "get",
 }
-_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,40 +42,64 @@ class RequestInfo:
     wants, so they have no meaningful latency, and a stopping gateway ends them."""
 
 
-def _query_flag(query: str, key: str) -> bool:
+def _query_value(query: str, key: str) -> str | None:
+    """The first value of ``key`` (URL-decoded), None if absent."""
     if not query:
-        return False
+        return None
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
         if name == key:
-            return value.lower() in _TRUE
-    return False
+            return unquote_plus(value)
+    return None
+
+
+def _query_flag(query: str, key: str) -> bool:
+    # As kube-apiserver reads a boolean parameter: present and not "false" or "0".
+    value = _query_value(query, key)
+    return value is not None and value.lower() not in _FALSE
+
+
+def _selected_name(query: str) -> str:
+    """The name a ``fieldSelector`` requires (``metadata.name=web-0``), as
+    kube-apiserver reads it into a list's or watch's name."""
+    selector = _query_value(query, "fieldSelector")
+    if not selector:
+        return ""
+    for term in selector.split(","):
+        field, eq, value = term.partition("=")
+        if not eq or field.endswith("!") or field.strip() != "metadata.name":
+            continue
+        value = value.removeprefix("=")
+        if value in {"", ".", ".."} or "/" in value or "%" in value or "\\" in value:
+            return ""
+        return value
+    return ""
 
 
 def request_info(method: str, target: str, upgrade: bool = False) -> RequestInfo:
     """Read ``target`` (path and query as sent to the API server)."""
     path, _, query = target.partition("?")
     parts = [p for p in path.split("/") if p]
-    if not parts or parts[0] not in {"api", "apis"}:
+    prefix = parts[0] if parts else ""
+    # /api, /api/v1, /apis, /apis/apps, /apis/apps/v1 (discovery) are non-resource too.
+    if prefix not in {"api", "apis"} or len(parts) < (3 if prefix == "api" else 4):
         if upgrade:
             return RequestInfo(verb="connect", long_running=True)
         return RequestInfo(verb=method.lower())
-    if parts[0] == "api":
+    if prefix == "api":
         group, rest = "", parts[2:]
     else:
-        if len(parts) < 3:  # /apis or /apis/<group>: discovery
-            return RequestInfo(verb="get")
         group, rest = parts[1], parts[3:]
-    if not rest:  # /api/v1, /apis/apps/v1: discovery
-        return RequestInfo(verb="get", api_group=group)
     watch_prefix = rest[0] == "watch"
     if watch_prefix:
         rest = rest[1:]
     namespace = ""
-    if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) > 2:
-        namespace, rest = rest[1], rest[2:]
-    elif len(rest) >= 2 and rest[0] == "namespaces":
-        namespace = rest[1]  # the namespace object itself
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        namespace = rest[1]
+        # /namespaces/ns/pods/...: a resource in the namespace; /namespaces/ns and
+        # /namespaces/ns/status (or /finalize): the namespace object itself.
+        if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
     resource = rest[0] if rest else ""
     name = rest[1] if len(rest) >= 2 else ""
     if len(rest) >= 3:
@@ -78,10 +107,12 @@ def request_info(method: str, target: str, upgrade: bool = False) -> RequestInfo
     verb = _METHOD_VERBS.get(method.upper(), method.lower())
     if upgrade:
         verb = "connect"
-    elif verb == "get" and (watch_prefix or _query_flag(query, "watch")):
+    elif watch_prefix and verb == "get":
         verb = "watch"
     elif verb == "get" and not name:
-        verb = "list"
+        # As kube-apiserver: ?watch counts on collections only (a named GET is a get).
+        verb = "watch" if _query_flag(query, "watch") else "list"
+        name = _selected_name(query)
     elif verb == "delete" and not name:
         verb = "deletecollection"
     long_running = verb in {"watch", "connect"} or (

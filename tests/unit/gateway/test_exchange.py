@@ -1,0 +1,175 @@
+"""Exchange.finish: one audit record (or session record) and one count per request."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from multidict import CIMultiDict
+from prometheus_client import REGISTRY
+
+from config.identity import Identity
+from config.schema import AuditSettings
+from gateway.audit import AuditLog
+from gateway.exchange import CLIENT_CLOSED, Exchange, new_request_id
+from gateway.requestinfo import request_info
+
+BOB = Identity("u-bob", "bob", "local://u-bob", ("g1",), token_id="token-abc12")
+SECRET = "token-abc12:s3cr3t-value"
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    raw_path: str
+    remote: str | None = "10.1.2.3"
+    headers: CIMultiDict[str] = field(
+        default_factory=lambda: CIMultiDict(
+            {"User-Agent": "kubectl/v1.30.0", "Authorization": f"Bearer {SECRET}"}
+        )
+    )
+
+
+def _auditor(tmp_path: Path) -> AuditLog:
+    return AuditLog(AuditSettings(), tmp_path)
+
+
+def _records(tmp_path: Path) -> list[dict[str, Any]]:
+    text = (tmp_path / "audit.log").read_text()
+    assert SECRET not in text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _count(cluster: str, verb: str, code: str) -> float:
+    labels = {"cluster": cluster, "verb": verb, "code": code}
+    return REGISTRY.get_sample_value("herdgate_requests_total", labels) or 0.0
+
+
+def _exchange(auditor: AuditLog, method: str, target: str, upgrade: bool = False) -> Exchange:
+    ex = Exchange(auditor)
+    ex.identity = BOB
+    ex.role = "cluster-member"
+    ex.cluster_id = f"c-{uuid.uuid4().hex[:6]}"
+    ex.target = target
+    ex.info = request_info(method, target, upgrade)
+    return ex
+
+
+def test_request_ids_are_uuids() -> None:
+    assert re.fullmatch(r"[0-9a-f-]{36}", new_request_id())
+    assert new_request_id() != new_request_id()
+
+
+def test_finish_writes_one_request_record_and_counts_it(tmp_path: Path) -> None:
+    auditor = _auditor(tmp_path)
+    target = "/api/v1/namespaces/ns/pods/web-0"
+    ex = _exchange(auditor, "GET", target)
+    ex.status = 200
+    request = FakeRequest("GET", f"/k8s/clusters/{ex.cluster_id}{target}")
+    before = _count(ex.cluster_id, "get", "200")
+    ex.finish(cast(Any, request))
+    auditor.close()
+    assert _count(ex.cluster_id, "get", "200") - before == 1
+    [record] = _records(tmp_path)
+    assert record["kind"] == "request"
+    assert record["requestId"] == ex.request_id
+    assert (record["user"], record["username"], record["role"]) == (
+        "u-bob",
+        "bob",
+        "cluster-member",
+    )
+    assert record["tokenId"] == "token-abc12"
+    assert record["cluster"] == ex.cluster_id
+    assert (record["verb"], record["method"], record["path"]) == ("get", "GET", target)
+    assert (record["resource"], record["namespace"], record["name"]) == ("pods", "ns", "web-0")
+    assert (record["sourceIP"], record["userAgent"]) == ("10.1.2.3", "kubectl/v1.30.0")
+    assert record["status"] == 200
+    assert record["durationMs"] >= 0
+    assert record["time"].endswith("Z")
+
+
+def test_a_body_is_recorded_as_extra(tmp_path: Path) -> None:
+    auditor = AuditLog(AuditSettings(level="request"), tmp_path)
+    ex = _exchange(auditor, "POST", "/api/v1/namespaces/ns/configmaps")
+    assert ex.wants_body
+    ex.status = 201
+    ex.audit_body = {"requestObject": {"kind": "ConfigMap"}}
+    ex.finish(cast(Any, FakeRequest("POST", "/whatever")))
+    auditor.close()
+    [record] = _records(tmp_path)
+    assert (record["verb"], record["status"]) == ("create", 201)
+    assert record["requestObject"] == {"kind": "ConfigMap"}
+
+
+def test_status_0_is_recorded_as_client_closed(tmp_path: Path) -> None:
+    auditor = _auditor(tmp_path)
+    ex = _exchange(auditor, "GET", "/api/v1/namespaces/ns/pods")
+    before = _count(ex.cluster_id, "list", "499")
+    ex.finish(cast(Any, FakeRequest("GET", "/x", remote=None)))
+    auditor.close()
+    assert CLIENT_CLOSED == 499
+    assert _count(ex.cluster_id, "list", "499") - before == 1
+    [record] = _records(tmp_path)
+    assert (record["status"], record["verb"], record["sourceIP"]) == (499, "list", "")
+
+
+def test_a_request_that_failed_before_routing(tmp_path: Path) -> None:
+    """No cluster, caller or info yet (say, a bad token): recorded, not counted."""
+    auditor = _auditor(tmp_path)
+    ex = Exchange(auditor)
+    ex.status = 401
+    ex.finish(cast(Any, FakeRequest("DELETE", "/k8s/clusters/c-x/api/v1/nodes/n1?token=abc")))
+    auditor.close()
+    [record] = _records(tmp_path)
+    assert record["user"] is None
+    assert (record["verb"], record["status"], record["cluster"]) == ("delete", 401, "")
+    assert record["path"] == "/k8s/clusters/c-x/api/v1/nodes/n1?token=<redacted>"
+
+
+def test_an_upgraded_session_writes_started_and_ended_records(tmp_path: Path) -> None:
+    auditor = _auditor(tmp_path)
+    target = "/api/v1/namespaces/ns/pods/web-0/exec?command=sh&stdin=true&tty=true"
+    ex = _exchange(auditor, "POST", target, upgrade=True)
+    request = FakeRequest("POST", target)
+    ex.session_started(cast(Any, request))
+    ex.status = 101
+    ex.bytes_from_client, ex.bytes_to_client = 42, 4096
+    before = _count(ex.cluster_id, "connect", "101")
+    ex.finish(cast(Any, request))
+    auditor.close()
+    assert _count(ex.cluster_id, "connect", "101") - before == 1
+    started, ended = _records(tmp_path)
+    assert (started["kind"], started["stage"]) == ("session", "started")
+    assert "bytesToClient" not in started
+    assert (ended["kind"], ended["stage"]) == ("session", "ended")
+    assert ended["requestId"] == started["requestId"] == ex.request_id
+    assert (ended["verb"], ended["resource"], ended["name"]) == ("connect", "pods/exec", "web-0")
+    assert (ended["bytesFromClient"], ended["bytesToClient"]) == (42, 4096)
+    assert ended["user"] == "u-bob"
+    assert ended["cluster"] == ex.cluster_id
+    assert ended["durationMs"] >= 0
+    assert ended["start"] == started["start"]
+
+
+def test_a_refused_upgrade_is_a_request_record(tmp_path: Path) -> None:
+    auditor = _auditor(tmp_path)
+    ex = _exchange(auditor, "POST", "/api/v1/namespaces/ns/pods/web-0/exec", upgrade=True)
+    ex.status = 403
+    ex.finish(cast(Any, FakeRequest("POST", "/x")))
+    auditor.close()
+    [record] = _records(tmp_path)
+    assert (record["kind"], record["verb"], record["status"]) == ("request", "connect", 403)
+
+
+def test_off_still_counts(tmp_path: Path) -> None:
+    auditor = AuditLog(AuditSettings(path="off"), tmp_path)
+    ex = _exchange(auditor, "GET", "/api/v1/namespaces/ns/pods?watch=true")
+    ex.status = 200
+    before = _count(ex.cluster_id, "watch", "200")
+    ex.finish(cast(Any, FakeRequest("GET", "/x")))
+    assert _count(ex.cluster_id, "watch", "200") - before == 1
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,170 @@
+"""Gateway metrics: request counters, the sampler of tunnel figures, the exposition.
+
+prometheus_client metrics are process-global, so every test reads deltas, under labels
+of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import metrics
+from gateway.providers.registry import Providers
+from tunnel.registry import TunnelRegistry
+
+
+def value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_count_request_counts_by_cluster_verb_and_code() -> None:
+    cluster, verb = unique("c"), unique("get")
+    for _ in range(3):
+        metrics.count_request(cluster, verb, 200, 0.004)
+    metrics.count_request(cluster, verb, 404, 0.002)
+    total = "herdgate_requests_total"
+    assert value(total, cluster=cluster, verb=verb, code="200") == 3
+    assert value(total, cluster=cluster, verb=verb, code="404") == 1
+    assert value("herdgate_request_duration_seconds_count", verb=verb) == 4
+    assert value("herdgate_request_duration_seconds_sum", verb=verb) == pytest.approx(0.014)
+    assert value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.0025") == 1
+    assert value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.005") == 4
+
+
+def test_long_running_requests_are_counted_but_not_timed() -> None:
+    cluster, verb = unique("c"), unique("watch")
+    metrics.count_request(cluster, verb, 200, None)
+    metrics.count_request(cluster, verb, 200, None)
+    assert value("herdgate_requests_total", cluster=cluster, verb=verb, code="200") == 2
+    assert REGISTRY.get_sample_value("herdgate_request_duration_seconds_count", {"verb": verb}) in (
+        None,
+        0.0,
+    )
+
+
+@dataclass
+class FakeSession:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    stream_count: int = 0
+
+
+@dataclass(eq=False)
+class FakeLink:
+    cluster_id: str
+    session: FakeSession = field(default_factory=FakeSession)
+    is_node_agent: bool = False
+    is_usable: bool = True
+    load: int = 0
+
+
+def _sampler(registry: TunnelRegistry[FakeLink], providers: Any = None) -> metrics.Sampler:
+    return metrics.Sampler(cast(Any, registry), providers or Providers())
+
+
+def _bytes(direction: str) -> float:
+    return value("herdgate_tunnel_bytes_total", direction=direction)
+
+
+def test_sampler_counts_byte_growth_and_streams() -> None:
+    registry: TunnelRegistry[FakeLink] = TunnelRegistry()
+    sampler = _sampler(registry)
+    c1, c2 = unique("c"), unique("c")
+    one, two, three = FakeLink(c1), FakeLink(c1), FakeLink(c2)
+    for link in (one, two, three):
+        registry.add(link)
+    assert value("herdgate_tunnels_open", cluster=c1) == 2
+    assert value("herdgate_tunnels_open", cluster=c2) == 1
+
+    sent, received = _bytes("sent"), _bytes("received")
+    one.session = FakeSession(bytes_sent=100, bytes_received=10, stream_count=2)
+    three.session = FakeSession(bytes_sent=5, bytes_received=0, stream_count=1)
+    sampler.sample()
+    assert _bytes("sent") - sent == 105
+    assert _bytes("received") - received == 10
+    assert value("herdgate_tunnel_streams_open") == 3
+
+    one.session.bytes_sent = 150
+    one.session.stream_count = 0
+    sampler.sample()
+    sampler.sample()  # nothing new: nothing counted twice
+    assert _bytes("sent") - sent == 155
+    assert _bytes("received") - received == 10
+    assert value("herdgate_tunnel_streams_open") == 1
+
+
+def test_sampler_counts_a_closed_links_last_bytes() -> None:
+    registry: TunnelRegistry[FakeLink] = TunnelRegistry()
+    sampler = _sampler(registry)
+    cluster = unique("c")
+    link = FakeLink(cluster, FakeSession(bytes_sent=10, bytes_received=20, stream_count=1))
+    registry.add(link)
+    sent, received = _bytes("sent"), _bytes("received")
+    sampler.sample()
+    link.session.bytes_sent, link.session.bytes_received = 15, 27
+    registry.remove(link)
+    assert value("herdgate_tunnels_open", cluster=cluster) == 0
+    sampler.link_closed(cast(Any, link))
+    assert _bytes("sent") - sent == 15
+    assert _bytes("received") - received == 27
+    sampler.sample()  # the closed link is gone: nothing more is counted
+    assert _bytes("sent") - sent == 15
+    assert value("herdgate_tunnel_streams_open") == 0
+
+
+def test_sampler_copies_the_oidc_token_cache_counters() -> None:
+    stats = SimpleNamespace(cache_hits=0, verifications=0)
+    providers = SimpleNamespace(oidc=SimpleNamespace(stats=stats))
+    registry: TunnelRegistry[FakeLink] = TunnelRegistry()
+    sampler = _sampler(registry, providers)
+    hit, miss = (
+        value("herdgate_token_cache_total", result="hit"),
+        value("herdgate_token_cache_total", result="miss"),
+    )
+    stats.cache_hits, stats.verifications = 7, 2
+    sampler.sample()
+    stats.cache_hits, stats.verifications = 9, 3
+    sampler.sample()
+    assert value("herdgate_token_cache_total", result="hit") - hit == 9
+    assert value("herdgate_token_cache_total", result="miss") - miss == 3
+    # A reload made a new provider: its counters start again from zero.
+    providers.oidc = SimpleNamespace(stats=SimpleNamespace(cache_hits=1, verifications=1))
+    sampler.sample()
+    assert value("herdgate_token_cache_total", result="hit") - hit == 10
+    assert value("herdgate_token_cache_total", result="miss") - miss == 4
+
+
+def test_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    cluster = unique("c")
+    metrics.count_request(cluster, "list", 200, 0.01)
+    text = metrics.exposition().decode()
+    assert "# TYPE herdgate_requests_total counter" in text
+    samples = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "herdgate_requests_total"
+    ]
+    mine = [s for s in samples if s.labels.get("cluster") == cluster]
+    assert [(s.labels, s.value) for s in mine] == [
+        ({"cluster": cluster, "verb": "list", "code": "200"}, 1.0)
+    ]
+    assert "herdgate_request_duration_seconds_bucket" in text
+
+
+def test_response_is_prometheus_text() -> None:
+    resp = metrics.response()
+    assert resp.content_type == "text/plain"
+    assert resp.body is not None
