@@ -19,6 +19,7 @@ from aiohttp import web
 
 from config.errors import ConfigError
 from config.logging import set_level
+from config.reload import changed_paths, needs_restart
 from config.schema import GatewaySettings
 from gateway import bootstrap
 from gateway.keys import LIMITER, PROVIDERS
@@ -28,23 +29,6 @@ from gateway.ratelimit import Limit
 logger = logging.getLogger(__name__)
 
 RELOADABLE = ("tls", "auth", "logging.level")
-
-
-def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of the settings that differ (pure)."""
-    out: list[str] = []
-    for field in dataclasses.fields(old):
-        a, b = getattr(old, field.name), getattr(new, field.name)
-        path = f"{prefix}{field.name}"
-        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
-            out += changed_paths(a, b, path + ".")
-        elif a != b:
-            out.append(path)
-    return out
-
-
-def needs_restart(paths: list[str]) -> list[str]:
-    return [p for p in paths if not any(p == r or p.startswith(r + ".") for r in RELOADABLE)]
 
 
 class Reloader:
@@ -77,7 +61,7 @@ class Reloader:
         self._reload_tls(new)
         if new.auth != old.auth:
             await self._reload_auth(new)
-        restart = needs_restart(changed)
+        restart = needs_restart(changed, RELOADABLE)
         if restart:
             logger.warning(
                 "reload: a restart is needed to apply %s (the rest was applied)",

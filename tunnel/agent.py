@@ -14,12 +14,18 @@ handshake in the same instant; failed attempts back off exponentially with jitte
 Under systemd (``Type=notify``) the agent says READY=1 once its settings and credentials
 are loaded and the first tunnel is up, keeps a STATUS= line such as "connected to 2 of 3
 gateway replicas" current, and says STOPPING=1 when it begins to close its tunnels.
+
+SIGHUP (:meth:`Agent.reload`) re-reads the settings: ``logging.level`` and the
+registration token (``token`` / ``token_file``, used by the tunnels dialled from then on)
+are applied, the tunnels stay up, and a warning names every other changed setting (they
+need a restart). After READY=1 a reload is bracketed by RELOADING=1 and READY=1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -29,7 +35,10 @@ from typing import Any
 
 import aiohttp
 
+from config.errors import ConfigError
+from config.logging import level_of
 from config.notify import Notifier
+from config.reload import changed_paths, needs_restart
 from config.schema import AgentSettings
 from config.tls import client_context
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
@@ -51,6 +60,8 @@ STABLE_AFTER_S = 30.0
 """A tunnel that lived this long resets the back-off."""
 DUPLICATE_RETRY_S = 0.1
 """First pause after landing on a replica already held (doubles while it repeats)."""
+RELOADABLE = ("logging.level", "token", "token_file")
+"""What SIGHUP applies; every other setting needs a restart."""
 
 
 @dataclass
@@ -229,6 +240,58 @@ class Agent:
             with contextlib.suppress(Exception):
                 await entry.ws.close()
             self._wake.set()
+
+    # -- SIGHUP -----------------------------------------------------------------------
+
+    def reload(self, load: Callable[[], tuple[AgentSettings, str]]) -> bool:
+        """Apply what can change while the tunnels stay up; False if nothing was.
+
+        ``load`` re-reads the settings and the registration token (ConfigError if they
+        no longer load: the running settings are kept).
+        """
+        announce = self._ready and not self._stopping
+        if announce:
+            self.notifier.reloading("reloading settings")
+        try:
+            return self._reload(load)
+        except Exception:  # a bug: log it, keep the tunnels
+            logger.exception("reload failed")
+            return False
+        finally:
+            if announce:
+                self.notifier.ready(connection_status(len(self.tunnels), self.wanted))
+
+    def _reload(self, load: Callable[[], tuple[AgentSettings, str]]) -> bool:
+        try:
+            new, token = load()
+        except ConfigError as exc:
+            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+            return False
+        old = self.settings
+        changed = changed_paths(old, new)
+        logging_settings = old.logging
+        try:
+            level = level_of(new.logging)
+        except ConfigError as exc:
+            logger.error("reload: keeping the log level: %s", exc)
+        else:
+            logging.getLogger().setLevel(level)
+            logging_settings = dataclasses.replace(old.logging, level=new.logging.level)
+        if token != self._token:
+            self._token = token
+            logger.info("reload: new registration token; tunnels dialled from now on use it")
+        restart = needs_restart(changed, RELOADABLE)
+        if restart:
+            logger.warning(
+                "reload: a restart is needed to apply %s (the rest was applied)",
+                ", ".join(restart),
+            )
+        self.settings = dataclasses.replace(
+            old, token=new.token, token_file=new.token_file, logging=logging_settings
+        )
+        logger.info("reloaded settings (%d changed)", len(changed))
+        logger.debug("reload: log level %s", logging_settings.level)
+        return True
 
     # -- the loop -----------------------------------------------------------------------
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
 
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
+from config.reload import settings_loader
 from config.schema import AgentSettings
 
 
@@ -60,7 +62,22 @@ def registration_token(settings: AgentSettings) -> str:
         raise ConfigError("token_file", f"cannot read: {exc.strerror}") from exc
 
 
-async def _main(settings: AgentSettings, token: str) -> None:
+def reloader(args: argparse.Namespace) -> Callable[[], tuple[AgentSettings, str]]:
+    """What SIGHUP reads again: the settings (files checked) and the registration token."""
+    load = settings_loader(args, settings_from)
+
+    def reload() -> tuple[AgentSettings, str]:
+        settings = load()
+        return settings, registration_token(settings)
+
+    return reload
+
+
+async def _main(
+    settings: AgentSettings,
+    token: str,
+    reload: Callable[[], tuple[AgentSettings, str]] | None = None,
+) -> None:
     from config.notify import Notifier
     from tunnel.agent import Agent
 
@@ -69,14 +86,19 @@ async def _main(settings: AgentSettings, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier.from_env()
+    agent = Agent(settings, token, notifier)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, agent.reload, reload)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # not the default: exit
     async with notifier.watchdog_running():
-        await Agent(settings, token, notifier).run(stop)
+        await agent.run(stop)
 
 
 def run(args: argparse.Namespace) -> int:
     from tunnel.agent import AgentError  # imported here: other subcommands do not need it
 
     def main(settings: AgentSettings) -> None:
-        uvloop.run(_main(settings, registration_token(settings)))
+        uvloop.run(_main(settings, registration_token(settings), reloader(args)))
 
     return run_program("agent", args, settings_from, main, failures=(AgentError,))

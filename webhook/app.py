@@ -1,4 +1,5 @@
-"""The HTTP face of the webhook: ``POST /v1/authenticate``, ``GET /healthz``, ``GET /livez``.
+"""The HTTP face of the webhook: ``POST /v1/authenticate``, ``GET /healthz``, ``GET /livez``,
+``GET /metrics`` (Prometheus, see webhook.metrics).
 
 ``answer()`` is the whole request pipeline as a pure function (body bytes and records in,
 status and JSON out) so it can be fuzzed; the aiohttp handlers only move bytes. Every
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from webhook import review
+from webhook.metrics import METRICS_PATH, WebhookMetrics
 from webhook.records import Accepted, Decision, TokenRecord, UserRecord, decide
 
 logger = logging.getLogger(__name__)
@@ -26,6 +29,8 @@ AUTHENTICATE_PATH = "/v1/authenticate"
 DEFAULT_MAX_BODY = 1024 * 1024
 BODY_TIMEOUT_S = 10.0
 """kube-apiserver sends a review in one write; a body that trickles in is cut off."""
+
+METRICS = web.AppKey("metrics", WebhookMetrics)
 
 _REASONS = {
     400: "BadRequest",
@@ -123,12 +128,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if request.path == AUTHENTICATE_PATH:  # e.g. GET: an answer, but not a review
+            request.app[METRICS].error.inc()
         response = _status(exc.status, exc.reason)
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:  # answer 500 and keep serving
         logger.exception("error handling %s %s", request.method, request.path)
+        if request.path == AUTHENTICATE_PATH:
+            request.app[METRICS].error.inc()
         return _status(500, "internal error")
 
 
@@ -136,30 +145,47 @@ def build_app(
     source: RecordSource,
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
+    metrics: WebhookMetrics | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+    metrics = metrics or WebhookMetrics()
+    app[METRICS] = metrics
+    allowed, denied, error = metrics.allowed, metrics.denied, metrics.error
+    review_seconds = metrics.review_seconds
 
     async def authenticate(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response, result = await _review(request)
+        result.inc()
+        review_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def _review(request: web.Request) -> tuple[web.StreamResponse, Counter]:
+        """The answer, and the decision counter it counts in."""
         length = request.content_length
         if length is not None and length > max_body:
-            return _too_large(max_body)
+            return _too_large(max_body), error
         try:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 body = await request.read()
         except TimeoutError:
             response = _status(408, f"the request body did not arrive within {BODY_TIMEOUT_S:.0f}s")
             response.force_close()
-            return response
+            return response, error
         except web.HTTPRequestEntityTooLarge:
-            return _too_large(max_body)
+            return _too_large(max_body), error
         except ConnectionError:  # the client went away mid-body; nobody reads an answer
             logger.debug("client disconnected before sending the whole review")
-            return _status(400, "incomplete request body")
+            return _status(400, "incomplete request body"), error
         if not source.synced:
-            return _status(503, "the webhook has not loaded its records yet")
+            return _status(503, "the webhook has not loaded its records yet"), error
         result = answer(body, source.tokens, source.users, clock(), max_body)
         _log(result)
-        return _json(result.status, result.body)
+        decision = result.decision
+        counter = (
+            error if decision is None else allowed if isinstance(decision, Accepted) else denied
+        )
+        return _json(result.status, result.body), counter
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         if not source.synced:
@@ -172,7 +198,11 @@ def build_app(
     async def livez(request: web.Request) -> web.StreamResponse:
         return _json(200, {"status": "ok"})
 
+    async def metrics_page(request: web.Request) -> web.StreamResponse:
+        return metrics.response(source)
+
     app.router.add_post(AUTHENTICATE_PATH, authenticate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/livez", livez)
+    app.router.add_get(METRICS_PATH, metrics_page)
     return app

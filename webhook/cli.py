@@ -48,11 +48,13 @@ def settings_from(args: argparse.Namespace) -> WebhookSettings:
 def run(args: argparse.Namespace) -> int:
     # Imported here so that other subcommands never load the webhook's modules.
     from config.notify import Notifier
+    from config.reload import settings_loader
     from webhook.cache import WebhookError
     from webhook.server import serve, tls_context
 
     def main(settings: WebhookSettings) -> None:
         tls_context(settings)  # fail now, not after connecting to the cluster
-        uvloop.run(serve(settings, notifier=Notifier.from_env()))
+        reload = settings_loader(args, settings_from)
+        uvloop.run(serve(settings, notifier=Notifier.from_env(), reload_settings=reload))
 
     return run_program("webhook", args, settings_from, main, failures=(WebhookError, OSError))

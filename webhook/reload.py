@@ -1,0 +1,102 @@
+"""SIGHUP: apply the webhook settings that can change without dropping a connection.
+
+Reloaded: ``logging.level`` and the TLS certificate and key (``tls.cert_file``,
+``tls.key_file``; read again even when the paths are the same, so a renewed certificate
+written over the old files is picked up). New handshakes use the new certificate, open
+connections keep theirs. Switching between HTTP and HTTPS, and every other setting,
+needs a restart: those are named in one warning. A file that no longer loads, or a
+certificate that does not load, leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import ssl
+from collections.abc import Callable
+
+from config.errors import ConfigError
+from config.logging import level_of
+from config.reload import changed_paths, needs_restart
+from config.schema import TLSSettings, WebhookSettings
+from config.tls import server_context
+
+logger = logging.getLogger(__name__)
+
+RELOADABLE = ("tls", "logging.level")
+"""``tls.ca_file`` is unused by the webhook: changing it changes nothing."""
+
+KUBERNETES_REST_LOGGER = "kubernetes_asyncio.client.rest"
+"""Logs whole response bodies at debug level: they hold the hashes. Never below info."""
+
+
+def apply_level(level: int) -> None:
+    """Set the root logger's level, keeping the Kubernetes client's body logging off."""
+    logging.getLogger().setLevel(level)
+    logging.getLogger(KUBERNETES_REST_LOGGER).setLevel(max(logging.INFO, level))
+
+
+class Reloader:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        load: Callable[[], WebhookSettings],
+        ssl_ctx: ssl.SSLContext | None,
+    ) -> None:
+        self.settings = settings
+        self._load = load
+        self._ssl = ssl_ctx
+
+    def reload(self) -> bool:
+        """Re-read the settings and apply what can be applied; False if they did not load."""
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+            return False
+        old = self.settings
+        changed = changed_paths(old, new)
+        restart = needs_restart(changed, RELOADABLE)
+        logging_settings = old.logging
+        try:
+            level = level_of(new.logging)
+        except ConfigError as exc:
+            logger.error("reload: keeping the log level: %s", exc)
+        else:
+            apply_level(level)
+            logging_settings = dataclasses.replace(old.logging, level=new.logging.level)
+        tls = self._reload_tls(old.tls, new.tls)
+        if tls is None:
+            restart += [p for p in changed if p.startswith("tls.")]
+            tls = old.tls
+        if restart:
+            logger.warning(
+                "reload: a restart is needed to apply %s (the rest was applied)",
+                ", ".join(restart),
+            )
+        self.settings = dataclasses.replace(old, tls=tls, logging=logging_settings)
+        logger.info("reloaded settings (%d changed)", len(changed))
+        logger.debug("reload: log level %s", self.settings.logging.level)
+        return True
+
+    def _reload_tls(self, old: TLSSettings, new: TLSSettings) -> TLSSettings | None:
+        """The TLS settings now in effect; None when the change needs a restart."""
+        cert, key = new.cert_file, new.key_file
+        if self._ssl is None:
+            if cert or key:
+                logger.warning("reload: serving plain HTTP; HTTPS needs a restart")
+                return None
+            return new
+        if not cert or not key:
+            logger.warning("reload: serving HTTPS; plain HTTP needs a restart")
+            return None
+        try:
+            # A scratch context first: a key that does not match would leave the live
+            # context half-loaded.
+            server_context(cert, key)
+            self._ssl.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("reload: keeping the current TLS certificate: %s", exc)
+            return old
+        logger.info("reload: TLS certificate loaded from %s", cert)
+        return new
