@@ -148,6 +148,15 @@ def test_audit_and_metrics_match_what_kubectl_did(observed: tuple[World, int]) -
     for key, count in expected.items():
         assert after.get(key, 0) - before.get(key, 0) == count, key
 
+    # Tunnels, bytes and logins are counted too.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert f'herdgate_tunnels_open{{cluster="{world.cluster_id}"}} 1.0' in text
+    sent = re.search(r'herdgate_tunnel_bytes_total\{direction="sent"\} (\S+)', text)
+    assert sent is not None and float(sent[1]) > 0
+    logins = re.search(r'herdgate_logins_total\{provider="local",result="success"\} (\S+)', text)
+    assert logins is not None and float(logins[1]) >= 2  # the admin and this user
+
     # The API server saw the gateway's request id as its audit id.
     seen = {e["auditID"] for e in world.standin.audit_events()}
     assert {r["requestId"] for r in records} <= seen
