@@ -22,6 +22,10 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+QUIET_LOGGERS = ("kubernetes_asyncio.client.rest",)
+"""Loggers that write request and response bodies at debug level (token hashes, secrets):
+never below info, whatever the level."""
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 """The request the current task serves ("" outside requests)."""
 
@@ -67,11 +71,17 @@ def configure_logging(settings: LoggingSettings) -> None:
         raise ConfigError("logging.format", "expected auto, text or json")
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    _apply(level)
     # aiohttp's access log is replaced by the gateway's audit log.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def set_level(settings: LoggingSettings) -> None:
     """Change the level at run time (SIGHUP)."""
-    logging.getLogger().setLevel(level_of(settings))
+    _apply(level_of(settings))
+
+
+def _apply(level: int) -> None:
+    logging.getLogger().setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, level))

@@ -18,8 +18,14 @@ from typing import Any
 from aiohttp import web
 
 from config.errors import ConfigError
-from config.logging import set_level
-from config.reload import changed_paths, needs_restart
+from config.reload import (
+    apply_log_level,
+    changed_paths,
+    load_again,
+    needs_restart,
+    reload_certificate,
+    warn_restart,
+)
 from config.schema import GatewaySettings
 from gateway import bootstrap
 from gateway.keys import LIMITER, PROVIDERS
@@ -47,28 +53,19 @@ class Reloader:
 
     async def reload(self) -> bool:
         """Re-read the settings and apply what can be applied; False if nothing was."""
-        try:
-            new = self._load()
-        except ConfigError as exc:
-            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+        new = load_again(self._load)
+        if new is None:
             return False
         old = self.settings
         changed = changed_paths(old, new)
-        try:
-            set_level(new.logging)
-        except ConfigError as exc:
-            logger.error("reload: %s", exc)
+        logging_settings = apply_log_level(old.logging, new.logging)
         self._reload_tls(new)
         if new.auth != old.auth:
             await self._reload_auth(new)
-        restart = needs_restart(changed, RELOADABLE)
-        if restart:
-            logger.warning(
-                "reload: a restart is needed to apply %s (the rest was applied)",
-                ", ".join(restart),
-            )
-        level = dataclasses.replace(old.logging, level=new.logging.level)
-        self.settings = dataclasses.replace(old, tls=new.tls, auth=new.auth, logging=level)
+        warn_restart(needs_restart(changed, RELOADABLE))
+        self.settings = dataclasses.replace(
+            old, tls=new.tls, auth=new.auth, logging=logging_settings
+        )
         logger.info("reloaded settings (%d changed)", len(changed))
         return True
 
@@ -76,11 +73,10 @@ class Reloader:
         url = bootstrap.server_url(settings)
         try:
             paths, _, _ = bootstrap.tls_material(settings, url)
-            self._ssl.load_cert_chain(paths.cert, paths.key)
-        except (OSError, ssl.SSLError, ConfigError) as exc:
+        except (OSError, ConfigError) as exc:
             logger.error("reload: keeping the current TLS certificate: %s", exc)
             return
-        logger.info("reload: TLS certificate loaded from %s", paths.cert)
+        reload_certificate(self._ssl, str(paths.cert), str(paths.key))
 
     async def _reload_auth(self, settings: GatewaySettings) -> None:
         try:

@@ -35,10 +35,14 @@ from typing import Any
 
 import aiohttp
 
-from config.errors import ConfigError
-from config.logging import level_of
 from config.notify import Notifier
-from config.reload import changed_paths, needs_restart
+from config.reload import (
+    apply_log_level,
+    changed_paths,
+    load_again,
+    needs_restart,
+    warn_restart,
+)
 from config.schema import AgentSettings
 from config.tls import client_context
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
@@ -262,30 +266,17 @@ class Agent:
                 self.notifier.ready(connection_status(len(self.tunnels), self.wanted))
 
     def _reload(self, load: Callable[[], tuple[AgentSettings, str]]) -> bool:
-        try:
-            new, token = load()
-        except ConfigError as exc:
-            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+        loaded = load_again(load)
+        if loaded is None:
             return False
+        new, token = loaded
         old = self.settings
         changed = changed_paths(old, new)
-        logging_settings = old.logging
-        try:
-            level = level_of(new.logging)
-        except ConfigError as exc:
-            logger.error("reload: keeping the log level: %s", exc)
-        else:
-            logging.getLogger().setLevel(level)
-            logging_settings = dataclasses.replace(old.logging, level=new.logging.level)
+        logging_settings = apply_log_level(old.logging, new.logging)
         if token != self._token:
             self._token = token
             logger.info("reload: new registration token; tunnels dialled from now on use it")
-        restart = needs_restart(changed, RELOADABLE)
-        if restart:
-            logger.warning(
-                "reload: a restart is needed to apply %s (the rest was applied)",
-                ", ".join(restart),
-            )
+        warn_restart(needs_restart(changed, RELOADABLE))
         self.settings = dataclasses.replace(
             old, token=new.token, token_file=new.token_file, logging=logging_settings
         )

@@ -15,25 +15,20 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from config.errors import ConfigError
-from config.logging import level_of
-from config.reload import changed_paths, needs_restart
+from config.reload import (
+    apply_log_level,
+    changed_paths,
+    load_again,
+    needs_restart,
+    reload_certificate,
+    warn_restart,
+)
 from config.schema import TLSSettings, WebhookSettings
-from config.tls import server_context
 
 logger = logging.getLogger(__name__)
 
 RELOADABLE = ("tls", "logging.level")
 """``tls.ca_file`` is unused by the webhook: changing it changes nothing."""
-
-KUBERNETES_REST_LOGGER = "kubernetes_asyncio.client.rest"
-"""Logs whole response bodies at debug level: they hold the hashes. Never below info."""
-
-
-def apply_level(level: int) -> None:
-    """Set the root logger's level, keeping the Kubernetes client's body logging off."""
-    logging.getLogger().setLevel(level)
-    logging.getLogger(KUBERNETES_REST_LOGGER).setLevel(max(logging.INFO, level))
 
 
 class Reloader:
@@ -49,31 +44,18 @@ class Reloader:
 
     def reload(self) -> bool:
         """Re-read the settings and apply what can be applied; False if they did not load."""
-        try:
-            new = self._load()
-        except ConfigError as exc:
-            logger.error("reload: configuration error, keeping the running settings: %s", exc)
+        new = load_again(self._load)
+        if new is None:
             return False
         old = self.settings
         changed = changed_paths(old, new)
         restart = needs_restart(changed, RELOADABLE)
-        logging_settings = old.logging
-        try:
-            level = level_of(new.logging)
-        except ConfigError as exc:
-            logger.error("reload: keeping the log level: %s", exc)
-        else:
-            apply_level(level)
-            logging_settings = dataclasses.replace(old.logging, level=new.logging.level)
+        logging_settings = apply_log_level(old.logging, new.logging)
         tls = self._reload_tls(old.tls, new.tls)
         if tls is None:
             restart += [p for p in changed if p.startswith("tls.")]
             tls = old.tls
-        if restart:
-            logger.warning(
-                "reload: a restart is needed to apply %s (the rest was applied)",
-                ", ".join(restart),
-            )
+        warn_restart(restart)
         self.settings = dataclasses.replace(old, tls=tls, logging=logging_settings)
         logger.info("reloaded settings (%d changed)", len(changed))
         logger.debug("reload: log level %s", self.settings.logging.level)
@@ -90,13 +72,4 @@ class Reloader:
         if not cert or not key:
             logger.warning("reload: serving HTTPS; plain HTTP needs a restart")
             return None
-        try:
-            # A scratch context first: a key that does not match would leave the live
-            # context half-loaded.
-            server_context(cert, key)
-            self._ssl.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            logger.error("reload: keeping the current TLS certificate: %s", exc)
-            return old
-        logger.info("reload: TLS certificate loaded from %s", cert)
-        return new
+        return new if reload_certificate(self._ssl, cert, key) else old

@@ -21,7 +21,7 @@ from config.schema import WebhookSettings
 from config.tls import server_context
 from webhook.app import build_app
 from webhook.cache import RecordCache, Timing, close_api, open_api
-from webhook.reload import Reloader, apply_level
+from webhook.reload import Reloader
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,6 @@ async def _serve(
     notifier: Notifier,
     reload_settings: Callable[[], WebhookSettings] | None,
 ) -> None:
-    apply_level(logging.getLogger().getEffectiveLevel())
     host, port = split_listen(settings.listen)
     ssl_ctx = tls_context(settings)
     reloader = Reloader(settings, reload_settings, ssl_ctx) if reload_settings else None

@@ -15,9 +15,12 @@ from cryptography.hazmat.primitives import serialization
 
 from config import loader, tls
 from config.errors import ConfigError
+from config.logging import QUIET_LOGGERS
 from config.reload import changed_paths, needs_restart
 from config.schema import LoggingSettings, TLSSettings, WebhookSettings
-from webhook.reload import KUBERNETES_REST_LOGGER, RELOADABLE, Reloader
+from webhook.reload import RELOADABLE, Reloader
+
+KUBERNETES_REST_LOGGER = QUIET_LOGGERS[0]
 
 
 @pytest.fixture(autouse=True)
