@@ -34,6 +34,7 @@ from gateway.impersonation import (
 from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, TUNNELS
 from gateway.paths import PREFIX, BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.rawresponse import HOP_AND_FRAMING, RawResponse
 from gateway.records import Cluster
 from gateway.requestinfo import request_info
 from gateway.tunnels import AgentLink
@@ -46,20 +47,6 @@ WAIT_FOR_TUNNEL_S = 5.0
 """How long a replica without a tunnel waits for the agent, if another replica has one."""
 BUFFER_LIMIT = 256 * 1024
 """Bodies up to this size are read whole (one write); larger ones are streamed."""
-_SKIPPED_RESPONSE_HEADERS = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"trailer",
-        b"te",
-        b"content-length",
-        b"date",
-        b"server",
-    }
-)
 
 
 def _is_upgrade(request: web.Request) -> bool:
@@ -341,7 +328,7 @@ def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     for name, value in raw:
         text = names.get(name)
         if text is None:
-            text = "" if name.lower() in _SKIPPED_RESPONSE_HEADERS else name.decode("latin-1")
+            text = "" if name.lower() in HOP_AND_FRAMING else name.decode("latin-1")
             if len(names) < 256:  # API servers send a small, fixed set of names
                 names[name] = text
         if text:
@@ -356,10 +343,8 @@ _HEADER_NAMES: dict[bytes, str] = {}
 async def _respond(
     app: web.Application, request: web.Request, upstream: Response, exchange: Exchange | None
 ) -> web.StreamResponse:
-    headers = _response_headers(upstream.headers)
-    if exchange is not None:
-        headers[REQUEST_ID_HEADER] = exchange.request_id
     length = upstream.content_length
+    request_id = exchange.request_id if exchange is not None else ""
     try:
         if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
             try:
@@ -367,9 +352,19 @@ async def _respond(
             except (UpstreamError, TunnelError) as exc:
                 raise UpstreamUnavailable(str(exc), status=502) from None
             upstream.release()
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, body=body, headers=headers
+            raw = RawResponse(
+                upstream.status,
+                upstream.reason,
+                upstream.headers,
+                body,
+                request_id=request_id,
+                keep_alive=request.keep_alive,
+                head=request.method == "HEAD",
             )
+            return cast(web.StreamResponse, raw)  # duck-typed: see gateway.rawresponse
+        headers = _response_headers(upstream.headers)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if length is not None:
             resp.content_length = length

@@ -160,10 +160,34 @@ async def _stop_gracefully(app: web.Application, runner: web.AppRunner, grace_s:
         drain.active,
         ended,
     )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
     if not await drain.wait_idle(grace_s):
         logger.warning(
             "shutting down: %d requests still running after %.0f s; cutting them",
             drain.active,
             grace_s,
         )
+    # A finished answer may still sit in a connection's send buffer (a slow client):
+    # it must reach the client before the process exits.
+    await _flush_connections(runner, max(CUT_TIMEOUT_S, deadline - loop.time()))
     await tunnels.close_all(app)
+
+
+async def _flush_connections(runner: web.AppRunner, timeout_s: float) -> None:
+    if runner.server is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        pending = [
+            conn.transport
+            for conn in runner.server.connections
+            if conn.transport is not None
+            and not conn.transport.is_closing()
+            and conn.transport.get_write_buffer_size() > 0
+        ]
+        if not pending:
+            return
+        await asyncio.sleep(0.05)
+    logger.warning("shutting down: some answers could not be sent before the deadline")
