@@ -27,7 +27,23 @@ class ClusterPath:
     """Path and query to send to the API server, still percent-encoded."""
 
 
+_CACHE_SIZE = 4096
+_split_cache: dict[str, ClusterPath] = {}
+
+
 def split_cluster_path(raw_path: str) -> ClusterPath:
+    """Cached: clients ask for the same few paths over and over (refused ones are not kept)."""
+    cached = _split_cache.get(raw_path)
+    if cached is not None:
+        return cached
+    result = _split(raw_path)
+    if len(_split_cache) >= _CACHE_SIZE:
+        _split_cache.clear()
+    _split_cache[raw_path] = result
+    return result
+
+
+def _split(raw_path: str) -> ClusterPath:
     path, sep, query = raw_path.partition("?")
     if not path.startswith(PREFIX):
         raise BadPath("not a cluster path")

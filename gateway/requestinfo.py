@@ -76,8 +76,25 @@ def _selected_name(query: str) -> str:
     return ""
 
 
+_CACHE_SIZE = 4096
+_cache: dict[tuple[str, str, bool], RequestInfo] = {}
+
+
 def request_info(method: str, target: str, upgrade: bool = False) -> RequestInfo:
-    """Read ``target`` (path and query as sent to the API server)."""
+    """Read ``target`` (path and query as sent to the API server); cached, as clients
+    repeat the same few requests."""
+    key = (method, target, upgrade)
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    info = _read(method, target, upgrade)
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.clear()
+    _cache[key] = info
+    return info
+
+
+def _read(method: str, target: str, upgrade: bool) -> RequestInfo:
     path, _, query = target.partition("?")
     parts = [p for p in path.split("/") if p]
     prefix = parts[0] if parts else ""
