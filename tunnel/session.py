@@ -328,10 +328,20 @@ class Session:
         task.add_done_callback(self._background.discard)
 
     def _schedule_tick(self) -> None:
-        # Often enough that a dead peer is noticed within a couple of seconds of the
-        # idle timeout; rarely enough to cost nothing with thousands of tunnels.
-        interval = min(TICK_S, self._ping_interval_s / 2, self._idle_timeout_s / 2)
-        self._timer = self.loop.call_later(interval, self._tick)
+        # Wake only when something can be due: the next PING of a quiet tunnel, or (while
+        # a PING is unanswered) every TICK_S until the idle timeout. An idle tunnel thus
+        # wakes about once per ping interval, not every TICK_S: thousands of tunnels cost
+        # next to nothing. Data arriving meanwhile only moves ``_last_rx``; the timer,
+        # when it fires early, sleeps again until the new deadline.
+        tick = min(TICK_S, self._ping_interval_s / 2, self._idle_timeout_s / 2)
+        now = self.loop.time()
+        idle = now - self._last_rx
+        first_due = min(self._ping_interval_s, self._idle_timeout_s)
+        if idle < first_due:
+            delay = first_due - idle
+        else:
+            delay = min(tick, self._idle_timeout_s - idle)
+        self._timer = self.loop.call_later(max(delay, 0.01), self._tick)
 
     def _tick(self) -> None:
         if self._closed.done():

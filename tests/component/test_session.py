@@ -173,3 +173,26 @@ async def test_handshake_times_out_against_a_mute_peer():
     server = Session(b, Side.SERVER)
     with pytest.raises(SessionClosed):
         await server.handshake(timeout_s=0.05)
+
+
+async def test_an_idle_tunnel_wakes_only_when_a_ping_is_due(monkeypatch):
+    # Even with a tiny TICK_S, a quiet tunnel sleeps until its next PING is due: with
+    # thousands of tunnels, timers firing every tick would be most of the idle CPU.
+    import tunnel.session as session_module
+
+    monkeypatch.setattr(session_module, "TICK_S", 0.01)
+    wakes = {"client": 0, "server": 0}
+    original = Session._tick
+
+    def counting_tick(self):
+        wakes[self.name] += 1
+        original(self)
+
+    monkeypatch.setattr(Session, "_tick", counting_tick)
+    client, server = await make_pair(ping_interval_s=0.3, idle_timeout_s=1.0)
+    await asyncio.sleep(1.0)
+    assert not client.is_closed and not server.is_closed
+    # About three PINGs in a second, each answered within the next tick: a handful of
+    # wakes per side, against 100 for a timer every TICK_S.
+    assert wakes["client"] <= 10 and wakes["server"] <= 10, wakes
+    await client.close()
