@@ -25,12 +25,17 @@ logger = logging.getLogger(__name__)
 
 UPSTREAM_CONNECT_TIMEOUT_S = 10.0
 _HIGH_WATER = 256 * 1024
+READ_BUFFER = 64 * 1024
+"""Bytes read from the API server at once (TLS delivers 16 KiB records; with a buffered
+protocol uvloop fills this from as many records as have arrived, so a big LIST crosses
+the tunnel in DATA frames of up to this size, not one per TLS record)."""
 
 
-class _UpstreamConnection(asyncio.Protocol):
+class _UpstreamConnection(asyncio.BufferedProtocol):
     """API server bytes -> tunnel stream, respecting the stream's credit."""
 
     def __init__(self, stream: TunnelStream) -> None:
+        self._buffer = memoryview(bytearray(READ_BUFFER))
         self.transport: asyncio.Transport | None = None
         self._pump = IntoStream(stream, on_failure=self._abort)
         self.closed = asyncio.get_running_loop().create_future()
@@ -46,8 +51,11 @@ class _UpstreamConnection(asyncio.Protocol):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def data_received(self, data: bytes) -> None:
-        self._pump.feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._pump.feed(self._buffer[:nbytes].tobytes())
 
     def eof_received(self) -> bool | None:
         self._pump.feed_eof()

@@ -337,10 +337,7 @@ class Session:
         now = self.loop.time()
         idle = now - self._last_rx
         first_due = min(self._ping_interval_s, self._idle_timeout_s)
-        if idle < first_due:
-            delay = first_due - idle
-        else:
-            delay = min(tick, self._idle_timeout_s - idle)
+        delay = first_due - idle if idle < first_due else min(tick, self._idle_timeout_s - idle)
         self._timer = self.loop.call_later(max(delay, 0.01), self._tick)
 
     def _tick(self) -> None:
