@@ -138,25 +138,31 @@ class Sampler:
     def _tunnel_count(self, cluster_id: str, count: int) -> None:
         TUNNELS_OPEN.labels(cluster_id).set(count)
 
-    def _take_bytes(self, link: AgentLink) -> None:
-        sent, received = link.session.bytes_sent, link.session.bytes_received
+    def _take_bytes(self, link: AgentLink) -> tuple[int, int]:
+        """Bytes this link moved since it was last looked at."""
+        session = link.session
+        sent, received = session.bytes_sent, session.bytes_received
         last_sent, last_received = self._seen.get(link, (0, 0))
-        if sent > last_sent:
-            TUNNEL_BYTES.labels("sent").inc(sent - last_sent)
-        if received > last_received:
-            TUNNEL_BYTES.labels("received").inc(received - last_received)
         self._seen[link] = (sent, received)
+        return sent - last_sent, received - last_received
 
     def link_closed(self, link: AgentLink) -> None:
         """Count a closing tunnel's last bytes."""
-        self._take_bytes(link)
+        sent, received = self._take_bytes(link)
         self._seen.pop(link, None)
+        _add(_BYTES_SENT, sent)
+        _add(_BYTES_RECEIVED, received)
 
     def sample(self) -> None:
-        streams = 0
+        streams = sent = received = 0
+        take = self._take_bytes
         for link in self._tunnels.all_links():
-            self._take_bytes(link)
+            link_sent, link_received = take(link)
+            sent += link_sent
+            received += link_received
             streams += link.session.stream_count
+        _add(_BYTES_SENT, sent)
+        _add(_BYTES_RECEIVED, received)
         STREAMS_OPEN.set(streams)
         oidc = self._providers.oidc
         if oidc is not None:
@@ -166,6 +172,15 @@ class Sampler:
             TOKEN_CACHE.labels("hit").inc(hits - self._cache_hits)
             TOKEN_CACHE.labels("miss").inc(misses - self._cache_misses)
             self._cache_hits, self._cache_misses = hits, misses
+
+
+_BYTES_SENT = TUNNEL_BYTES.labels("sent")
+_BYTES_RECEIVED = TUNNEL_BYTES.labels("received")
+
+
+def _add(counter: Counter, amount: int) -> None:
+    if amount > 0:
+        counter.inc(amount)
 
 
 def exposition() -> bytes:
