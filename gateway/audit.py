@@ -50,7 +50,12 @@ SECRET_RESOURCES = frozenset(
 )
 """Kinds whose request bodies are never recorded."""
 _SECRET_QUERY_KEYS = frozenset({"token", "access_token", "id_token", "password", "secret"})
-_JSON_TYPES = ("application/json", "application/merge-patch+json", "application/strategic")
+_JSON_TYPES = (
+    "application/json",
+    "application/merge-patch+json",
+    "application/json-patch+json",
+    "application/strategic-merge-patch+json",
+)
 _PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 _PROTOBUF_MAGIC = b"k8s\x00"
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,35 @@ def test_kubectl_exec_plugin_shows_the_ldap_identity(ldap: Any) -> None:
     assert info["username"] == me["id"]
     assert OPS in info["groups"] and "herdgate:cluster-member" in info["groups"]
     assert info["extra"]["principalid"] == [f"openldap_user://{ol_user('alice')}"]
+
+
+def _metrics(world: World) -> str:
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    request = urllib.request.Request(world.gateway.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {world.admin.token}")
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _sample(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_ldap_logins_and_latency_are_in_the_metrics(ldap: Any) -> None:
+    world, _ = ldap
+    ok = 'herdgate_logins_total{provider="openldap",result="success"}'
+    bad = 'herdgate_logins_total{provider="openldap",result="invalid"}'
+    timed = (
+        'herdgate_provider_request_duration_seconds_count{operation="login",provider="openldap"}'
+    )
+    before = _metrics(world)
+    login(world, "openldap", "alice", PASSWORDS["alice"])
+    with pytest.raises(ApiError):
+        login(world, "openldap", "alice", "not-her-password")
+    after = _metrics(world)
+    assert _sample(after, ok) - _sample(before, ok) == 1
+    assert _sample(after, bad) - _sample(before, bad) == 1
+    assert _sample(after, timed) - _sample(before, timed) == 2
