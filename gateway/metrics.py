@@ -4,8 +4,9 @@ With several workers (``workers: N``) the supervisor sets ``PROMETHEUS_MULTIPROC
 before starting them, prometheus_client keeps each worker's values in that directory,
 and ``/metrics`` on any worker answers for all of them.
 
-Hot path: the proxy counts each request through ``count_request``, which keeps the
-labelled children it has made, so a request costs a dict lookup and an increment.
+Hot path: the proxy counts each request through ``HOT`` (``HotPath``), which keeps
+per-bucket counts in plain lists and adds them to the metrics every second and before
+each scrape: a request's metrics cost about a microsecond.
 Figures that already exist as plain integers (tunnel bytes, open streams, the OIDC
 token cache) are copied into the metrics by ``sample`` on each scrape and every few
 seconds, instead of being counted twice on every frame.
@@ -13,6 +14,7 @@ seconds, instead of being counted twice on every frame.
 
 from __future__ import annotations
 
+import bisect
 import os
 from typing import TYPE_CHECKING
 
@@ -104,24 +106,115 @@ SESSIONS = Counter(
     ["cluster"],
 )
 
-_request_children: dict[tuple[str, str, int], Counter] = {}
-_duration_children: dict[str, Histogram] = {}
+
+class _BatchedHistogram:
+    """Observations kept as per-bucket counts in plain lists until ``flush``.
+
+    prometheus_client takes a lock per observation, and with several workers writes a
+    memory-mapped file twice (7.8 µs for a request's metrics, against 1 µs batched).
+    ``flush`` adds the counts to the histogram child's buckets, which hold per-bucket
+    (not cumulative) counts, exactly as ``observe`` would have.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_n", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._n = 0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+        self._n += 1
+
+    def flush(self) -> None:
+        if not self._n:
+            return
+        buckets = self._child._buckets
+        for index, count in enumerate(self._counts):
+            if count:
+                buckets[index].inc(count)
+                self._counts[index] = 0
+        self._child._sum.inc(self._sum)
+        self._sum = 0.0
+        self._n = 0
+
+
+class _BatchedCounter:
+    __slots__ = ("_child", "pending")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self.pending = 0
+
+    def flush(self) -> None:
+        if self.pending:
+            self._child.inc(self.pending)
+            self.pending = 0
+
+
+class HotPath:
+    """The metrics every proxied request touches, batched (see ``_BatchedHistogram``).
+
+    ``flush`` runs every ``FLUSH_S`` and before each scrape, so a scrape shows this
+    process's requests at once and other workers' within a second.
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, int], _BatchedCounter] = {}
+        self._durations: dict[str, _BatchedHistogram] = {}
+        self._authentications: dict[tuple[str, str], _BatchedCounter] = {}
+        self.auth = _BatchedHistogram(AUTH_SECONDS)
+        self.roundtrip = _BatchedHistogram(TUNNEL_ROUNDTRIP_SECONDS)
+
+    def request(self, cluster: str, verb: str, code: int, seconds: float | None) -> None:
+        """One proxied request; ``seconds`` is None for long-running ones."""
+        key = (cluster, verb, code)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = _BatchedCounter(REQUESTS.labels(cluster, verb, str(code)))
+            if len(self._requests) < 10_000:
+                self._requests[key] = counter
+            else:
+                counter.pending += 1
+                counter.flush()
+                return
+        counter.pending += 1
+        if seconds is not None:
+            histogram = self._durations.get(verb)
+            if histogram is None:
+                histogram = self._durations[verb] = _BatchedHistogram(REQUEST_SECONDS.labels(verb))
+            histogram.observe(seconds)
+
+    def authentication(self, method: str, result: str) -> None:
+        key = (method, result)
+        counter = self._authentications.get(key)
+        if counter is None:
+            counter = self._authentications[key] = _BatchedCounter(
+                AUTHENTICATIONS.labels(method, result)
+            )
+        counter.pending += 1
+
+    def flush(self) -> None:
+        for counter in self._requests.values():
+            counter.flush()
+        for counter in self._authentications.values():
+            counter.flush()
+        for histogram in self._durations.values():
+            histogram.flush()
+        self.auth.flush()
+        self.roundtrip.flush()
+
+
+HOT = HotPath()
+FLUSH_S = 1.0
 
 
 def count_request(cluster: str, verb: str, code: int, seconds: float | None) -> None:
-    """One proxied request; ``seconds`` is None for long-running ones."""
-    key = (cluster, verb, code)
-    child = _request_children.get(key)
-    if child is None:
-        child = REQUESTS.labels(cluster, verb, str(code))
-        if len(_request_children) < 10_000:
-            _request_children[key] = child
-    child.inc()
-    if seconds is not None:
-        histogram = _duration_children.get(verb)
-        if histogram is None:
-            histogram = _duration_children[verb] = REQUEST_SECONDS.labels(verb)
-        histogram.observe(seconds)
+    HOT.request(cluster, verb, code, seconds)
 
 
 class Sampler:
@@ -184,7 +277,9 @@ def _add(counter: Counter, amount: int) -> None:
 
 
 def exposition() -> bytes:
-    """The text format for all of this host's gateway processes."""
+    """The text format for all of this host's gateway processes (this one's batched
+    request metrics flushed first)."""
+    HOT.flush()
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
         registry = CollectorRegistry()

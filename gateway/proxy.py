@@ -62,9 +62,9 @@ async def _authenticate(app: web.Application, request: web.Request, cluster_id: 
     except AuthenticationFailed:
         return await _authenticate_id_token(app, header)
     if token.cluster_id and token.cluster_id != cluster_id:
-        _TOKEN_FAILED.inc()
+        _HOT.authentication("token", "failure")
         raise Unauthenticated()
-    _TOKEN_OK.inc()
+    _HOT.authentication("token", "success")
     return identity
 
 
@@ -73,24 +73,19 @@ async def _authenticate_id_token(app: web.Application, header: str | None) -> Id
     oidc = app[PROVIDERS].oidc
     scheme, _, credential = (header or "").partition(" ")
     if oidc is None or scheme.lower() != "bearer" or credential.count(".") != 2:
-        _TOKEN_FAILED.inc()
+        _HOT.authentication("token", "failure")
         raise Unauthenticated()
     try:
         external = await oidc.validate_id_token(credential.strip())
         identity = await app[DIRECTORY].identity_for_external(external)
     except (InvalidCredentials, ProviderUnavailable, AuthenticationFailed):
-        _OIDC_FAILED.inc()
+        _HOT.authentication("oidc", "failure")
         raise Unauthenticated() from None
-    _OIDC_OK.inc()
+    _HOT.authentication("oidc", "success")
     return identity
 
 
-_TOKEN_OK = metrics.AUTHENTICATIONS.labels("token", "success")
-_TOKEN_FAILED = metrics.AUTHENTICATIONS.labels("token", "failure")
-_OIDC_OK = metrics.AUTHENTICATIONS.labels("oidc", "success")
-_OIDC_FAILED = metrics.AUTHENTICATIONS.labels("oidc", "failure")
-_AUTH_SECONDS = metrics.AUTH_SECONDS
-_ROUNDTRIP_SECONDS = metrics.TUNNEL_ROUNDTRIP_SECONDS
+_HOT = metrics.HOT
 
 
 def _head(
@@ -225,7 +220,7 @@ async def serve(
         )
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_headers = () if client_impersonates else impersonation_headers(identity, role)
-    _AUTH_SECONDS.observe(time.perf_counter() - started)
+    _HOT.auth.observe(time.perf_counter() - started)
     return await forward(
         app,
         request,
@@ -314,7 +309,7 @@ async def forward(
         raise UpstreamUnavailable(
             f"cluster {cluster.name} ({cluster.id}): {exc}", status=502
         ) from None
-    _ROUNDTRIP_SECONDS.observe(time.perf_counter() - sent)
+    _HOT.roundtrip.observe(time.perf_counter() - sent)
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:

@@ -24,7 +24,7 @@ from aiohttp import web
 from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
-from gateway import bootstrap, health, proxy, tunnels
+from gateway import bootstrap, health, metrics, proxy, tunnels
 from gateway.app import build_app
 from gateway.audit import AuditLog
 from gateway.directory import Directory
@@ -115,6 +115,7 @@ async def serve(
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
     finally:
+        metrics.HOT.flush()  # with several workers, the last second's counts outlive us
         auditor.close()
         await store.close()
     logger.info("stopped")

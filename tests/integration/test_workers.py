@@ -161,6 +161,12 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
         for _ in range(40):
             path = f"/k8s/clusters/{cluster['id']}/api/v1/namespaces/default"
             assert raw_request(world, "GET", path, admin.token)[0] == 200
+        # The other worker adds its batched counts within a second; then they hold.
+        wait_until(
+            lambda: _metric(scrape(), "herdgate_requests_total", **labels) - before == 40,
+            5,
+            "the workers' counts did not add up to 40",
+        )
         for _ in range(6):
             assert _metric(scrape(), "herdgate_requests_total", **labels) - before == 40
 

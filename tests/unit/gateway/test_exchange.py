@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from config.identity import Identity
 from config.schema import AuditSettings
+from gateway import metrics
 from gateway.audit import AuditLog
 from gateway.exchange import CLIENT_CLOSED, Exchange, new_request_id
 from gateway.requestinfo import request_info
@@ -45,6 +46,7 @@ def _records(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def _count(cluster: str, verb: str, code: str) -> float:
+    metrics.HOT.flush()  # as a scrape does
     labels = {"cluster": cluster, "verb": verb, "code": code}
     return REGISTRY.get_sample_value("herdgate_requests_total", labels) or 0.0
 

@@ -21,6 +21,7 @@ from tunnel.registry import TunnelRegistry
 
 
 def value(name: str, **labels: str) -> float:
+    metrics.HOT.flush()  # as a scrape does
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -168,3 +169,27 @@ def test_response_is_prometheus_text() -> None:
     resp = metrics.response()
     assert resp.content_type == "text/plain"
     assert resp.body is not None
+
+
+def test_batched_histogram_matches_observe() -> None:
+    # The same observations through prometheus_client's observe and through the batch
+    # end in the same buckets and sum, boundaries and +Inf included.
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    bounds = (0.001, 0.005, 0.01)
+    direct = Histogram("direct_seconds", "d", buckets=bounds, registry=registry)
+    batched_metric = Histogram("batched_seconds", "b", buckets=bounds, registry=registry)
+    batched = metrics._BatchedHistogram(batched_metric)
+    values = [0.0, 0.0005, 0.001, 0.003, 0.005, 0.0050001, 0.01, 0.5, 3.0]
+    for v in values:
+        direct.observe(v)
+        batched.observe(v)
+    batched.flush()
+    batched.flush()  # a second flush adds nothing
+    for le in ("0.001", "0.005", "0.01", "+Inf"):
+        d = registry.get_sample_value("direct_seconds_bucket", {"le": le})
+        b = registry.get_sample_value("batched_seconds_bucket", {"le": le})
+        assert d == b, le
+    assert registry.get_sample_value("batched_seconds_sum") == pytest.approx(sum(values))
+    assert registry.get_sample_value("batched_seconds_count") == len(values)
