@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from config import loader
 from config.errors import ConfigError
-from config.schema import AgentSettings, GatewaySettings
+from config.schema import AgentSettings, GatewaySettings, WebhookSettings
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "config"
 
@@ -76,7 +80,49 @@ def test_redacted_hides_tokens() -> None:
     assert loader.redacted(s)["token"] == "<redacted>"
 
 
-@pytest.mark.parametrize("name", ["gateway.yaml", "agent.yaml"])
+EXAMPLE_CLASSES = {
+    "gateway.yaml": GatewaySettings,
+    "agent.yaml": AgentSettings,
+    "webhook.yaml": WebhookSettings,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_CLASSES))
 def test_documented_examples_load(name: str) -> None:
-    cls = GatewaySettings if name == "gateway.yaml" else AgentSettings
-    loader.load(cls, EXAMPLES / name, environ={})
+    loader.load(EXAMPLE_CLASSES[name], EXAMPLES / name, environ={})
+
+
+def _setting_paths(cls: type[Any], prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for field in dataclasses.fields(cls):
+        path = prefix + loader.yaml_key(field)
+        kind = hints[field.name]
+        out += _setting_paths(kind, path + ".") if dataclasses.is_dataclass(kind) else [path]
+    return out
+
+
+def _yaml_paths(data: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _yaml_paths(value, prefix + key + ".")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_CLASSES))
+def test_every_setting_is_in_its_example(name: str) -> None:
+    """Each key appears in the example file: as a key, or (secrets) as a commented line;
+    Active Directory is documented by openldap's keys, which it shares."""
+    text = (EXAMPLES / name).read_text()
+    present = _yaml_paths(yaml.safe_load(text))
+    commented = {line.strip()[2:].split(":")[0] for line in text.splitlines() if "# " in line}
+    missing = [
+        path
+        for path in _setting_paths(EXAMPLE_CLASSES[name])
+        if path not in present
+        and path.rsplit(".", 1)[-1] not in commented
+        and path.replace("auth.activedirectory.", "auth.openldap.") not in present
+    ]
+    assert not missing, f"{name} does not document {missing}"
