@@ -228,3 +228,28 @@ def test_exec_session_is_audited_with_bytes(observed: tuple[World, int]) -> None
     assert int(ended["bytesToClient"]) > len("hello-audit")  # type: ignore[call-overload]
     assert ended["start"] <= ended["end"]  # type: ignore[operator]
     assert Path(world.gateway.state_dir / "audit.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_head_and_keep_alive_framing(observed: tuple[World, int]) -> None:
+    """HEAD, 404 and 200 answers on one keep-alive connection: each is framed exactly."""
+    world, _ = observed
+    _, api = world.user("framing-user", role="cluster-owner")
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    conn = http.client.HTTPSConnection("127.0.0.1", world.gateway.port, context=ctx, timeout=10)
+    auth = {"Authorization": f"Bearer {api.token}"}
+    base = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/default/configmaps"
+    conn.request("GET", base, headers=auth)
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200 and int(resp.getheader("Content-Length", "-1")) == len(body)
+    conn.request("HEAD", base, headers=auth)
+    resp = conn.getresponse()
+    assert resp.status in (200, 405) and resp.read() == b""
+    conn.request("GET", base + "/no-such-map", headers=auth)
+    resp = conn.getresponse()
+    assert resp.status == 404 and json.loads(resp.read())["kind"] == "Status"
+    conn.request("GET", base, headers=auth)
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["kind"] == "ConfigMapList"
+    assert resp.getheader("Date") and resp.getheader("X-Request-Id")
+    conn.close()
