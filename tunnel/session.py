@@ -40,6 +40,8 @@ IDLE_TIMEOUT_S = 28.0
 """Declare the peer dead when nothing has been received for this long."""
 HANDSHAKE_TIMEOUT_S = 10.0
 TICK_S = 2.0
+COALESCE_BELOW_BYTES = 8 * 1024
+"""Smaller writes wait for the end of the event-loop turn, to leave with the others."""
 
 StreamHandler = Callable[[TunnelStream], None]
 InfoHandler = Callable[[bytes], None]
@@ -192,7 +194,10 @@ class Session:
 
     def send_data(self, stream_id: int, data: bytes) -> None:
         self._proto.send_data(stream_id, data)
-        self._flush()
+        if len(data) >= COALESCE_BELOW_BYTES:
+            self._flush_now()  # bulk: nothing to gain by waiting for company
+        else:
+            self._flush()
 
     def end_stream(self, stream_id: int) -> None:
         self._proto.end_stream(stream_id)
