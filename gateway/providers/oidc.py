@@ -21,12 +21,9 @@ Validation of an ID token (:meth:`OIDCProvider.validate_id_token`) follows OIDC 
   refused (as kube does);
 * the groups claim may be a list of strings or a single string.
 
-Keys: discovery and JWKS are fetched on first use and re-read in the background
-after ``jwks_cache_ttl_s``; while the issuer is down the cached keys stay in use. A
-token with an unknown ``kid`` triggers a JWKS refresh at most once per
-``jwks_min_refresh_interval_s`` (concurrent requests share one fetch), so a flood of
-random ``kid`` values cannot hammer the issuer; rotated keys are picked up this way.
-When a refresh drops a key, the validation cache is cleared.
+Keys and discovery: :mod:`gateway.providers.oidc_keys` (fetched on first use, refreshed
+in the background, rate-limited refresh on an unknown ``kid``). When a refresh drops a
+key, the validation cache is cleared.
 
 Hot path: a successful validation is cached under the SHA-256 of the token until
 the token's ``exp`` (LRU, ``token_cache_size`` entries); a repeated bearer token costs
@@ -44,7 +41,6 @@ refresh without a refresh token, so the gateway keeps them until the next login.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -53,7 +49,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -70,6 +65,7 @@ from gateway.providers.oauth import (
     HttpResponse,
     read_secret,
 )
+from gateway.providers.oidc_keys import Discovery, IssuerKeys, OIDCStats
 
 logger = logging.getLogger(__name__)
 
@@ -95,41 +91,7 @@ ALLOWED_ALGORITHMS = frozenset(
 )
 """What ``signing_algorithms`` may contain: asymmetric algorithms only."""
 
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
-
-
-@dataclass
-class OIDCStats:
-    """Counters for metrics and tests."""
-
-    verifications: int = 0
-    """Signature verifications performed (cache misses that reached a key)."""
-    cache_hits: int = 0
-    discovery_fetches: int = 0
-    jwks_fetches: int = 0
-    jwks_fetch_failures: int = 0
-
-
-@dataclass
-class _Keys:
-    by_kid: dict[str, list[dict[str, Any]]]
-    without_kid: list[dict[str, Any]]
-    fetched_at: float
-    prepared: dict[tuple[int, str], jwt.PyJWK] = field(default_factory=dict)
-
-    def kids(self) -> set[str]:
-        return set(self.by_kid)
-
-
-@dataclass
-class _Discovery:
-    authorization_endpoint: str
-    token_endpoint: str
-    jwks_uri: str
-    device_authorization_endpoint: str
-    auth_methods: tuple[str, ...]
-    fetched_at: float
 
 
 class _TokenCache:
@@ -163,25 +125,6 @@ class _TokenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def _key_fits(jwk: dict[str, Any], alg: str) -> bool:
-    """Whether a JWK may verify a token signed with ``alg`` (never an ``oct`` key)."""
-    if jwk.get("use") not in (None, "sig"):
-        return False
-    ops = jwk.get("key_ops")
-    if isinstance(ops, list) and "verify" not in ops:
-        return False
-    if jwk.get("alg") not in (None, alg):
-        return False
-    kty = jwk.get("kty")
-    if alg.startswith(("RS", "PS")):
-        return kty == "RSA"
-    if alg in _EC_CURVES:
-        return kty == "EC" and jwk.get("crv") == _EC_CURVES[alg]
-    if alg == "EdDSA":
-        return kty == "OKP" and jwk.get("crv") == "Ed25519"
-    return False
 
 
 def _join_url(base: str, params: dict[str, str]) -> str:
@@ -220,16 +163,10 @@ class OIDCProvider:
             connect_timeout_s=settings.connect_timeout_s,
             request_timeout_s=settings.request_timeout_s,
         )
-        self._discovery: _Discovery | None = None
-        self._keys: _Keys | None = None
-        self._last_fetch_attempt = float("-inf")
-        self._fetch_generation = 0
-        self._last_fetch_failed = False
-        self._fetch_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
         self._cache = _TokenCache(settings.token_cache_size)
         self._device = DevicePolls(clock)
         self.stats = OIDCStats()
+        self._keys = IssuerKeys(settings, self._http, clock, self.stats, self._cache.clear)
 
     @staticmethod
     def _check_settings(settings: OIDCSettings) -> None:
@@ -256,16 +193,12 @@ class OIDCProvider:
     async def start(self) -> None:
         """Prefetch discovery and keys; an unreachable issuer is logged, not raised."""
         try:
-            await self._refresh_keys(force=True)
+            await self._keys.refresh(force=True)
         except ProviderUnavailable as exc:
             logger.warning("OIDC issuer %s: %s (will retry on demand)", self._issuer, exc)
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        for task in list(self._background):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._keys.close()
         await self._http.close()
 
     # ------------------------------------------------------------------ tokens
@@ -298,7 +231,7 @@ class OIDCProvider:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidCredentials("the token is not a well-formed JWT")
-        keys = await self._signing_keys(kid, alg)
+        keys = await self._keys.signing_keys(kid, alg)
         claims = self._decode(token, keys, alg)
         self._check_claims(claims, nonce)
         return claims
@@ -380,165 +313,6 @@ class OIDCProvider:
             groups=groups,
         )
 
-    # ------------------------------------------------------------------ keys
-
-    async def _signing_keys(self, kid: str | None, alg: str) -> list[jwt.PyJWK]:
-        if self._keys is None:
-            await self._refresh_keys(force=False)
-        elif self._clock() - self._keys.fetched_at >= self.settings.jwks_cache_ttl_s:
-            self._refresh_in_background()
-        found = self._lookup(kid, alg)
-        if found:
-            return found
-        if kid is None:
-            raise InvalidCredentials("no signing key of the issuer fits the token")
-        # An unknown kid: the issuer may have rotated its keys. Rate-limited refresh.
-        with contextlib.suppress(ProviderUnavailable):
-            await self._refresh_keys(force=False)
-        found = self._lookup(kid, alg)
-        if found:
-            return found
-        if self._last_fetch_failed:
-            raise ProviderUnavailable("the OIDC issuer is unreachable and the token's key is new")
-        raise InvalidCredentials("the token was signed with an unknown key")
-
-    def _lookup(self, kid: str | None, alg: str) -> list[jwt.PyJWK]:
-        keys = self._keys
-        if keys is None:
-            return []
-        if kid is not None:
-            candidates = keys.by_kid.get(kid, [])
-        else:
-            candidates = [k for group in keys.by_kid.values() for k in group] + keys.without_kid
-        out: list[jwt.PyJWK] = []
-        for jwk in candidates:
-            if not _key_fits(jwk, alg):
-                continue
-            slot = (id(jwk), alg)
-            prepared = keys.prepared.get(slot)
-            if prepared is None:
-                try:
-                    prepared = jwt.PyJWK(jwk, algorithm=alg)
-                except (jwt.PyJWTError, ValueError, TypeError):
-                    continue  # a malformed key in the set
-                keys.prepared[slot] = prepared
-            out.append(prepared)
-        return out
-
-    def _refresh_in_background(self) -> None:
-        if self._background or self._fetch_lock.locked():
-            return
-        task = asyncio.get_running_loop().create_task(self._background_refresh())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _background_refresh(self) -> None:
-        try:
-            await self._refresh_keys(force=False)
-        except ProviderUnavailable as exc:
-            logger.warning("OIDC issuer %s: cannot refresh keys: %s", self._issuer, exc)
-
-    async def _refresh_keys(self, force: bool) -> None:
-        """Fetch discovery (when stale) and the JWKS, at most once per minimum interval.
-
-        Raises ``ProviderUnavailable`` when there are no keys at all afterwards.
-        """
-        generation = self._fetch_generation
-        async with self._fetch_lock:
-            if self._fetch_generation != generation:
-                pass  # another request fetched while this one waited for the lock
-            elif (
-                force
-                or self._clock() - self._last_fetch_attempt
-                >= self.settings.jwks_min_refresh_interval_s
-            ):
-                self._fetch_generation += 1
-                self._last_fetch_attempt = self._clock()
-                try:
-                    await self._fetch()
-                    self._last_fetch_failed = False
-                except ProviderUnavailable as exc:
-                    self._last_fetch_failed = True
-                    self.stats.jwks_fetch_failures += 1
-                    if self._keys is None:
-                        raise
-                    logger.warning("OIDC issuer %s: keeping cached keys: %s", self._issuer, exc)
-            if self._keys is None:
-                raise ProviderUnavailable("the OIDC issuer is unreachable and no keys are cached")
-
-    async def _fetch(self) -> None:
-        discovery = await self._ensure_discovery(allow_stale=False)
-        self.stats.jwks_fetches += 1
-        resp = await self._http.request("GET", discovery.jwks_uri)
-        if resp.status != 200:
-            raise ProviderUnavailable(f"the OIDC issuer's JWKS answered HTTP {resp.status}")
-        data = resp.json("the OIDC issuer's JWKS")
-        raw_keys = data.get("keys")
-        if not isinstance(raw_keys, list):
-            raise ProviderUnavailable("the OIDC issuer's JWKS has no keys list")
-        by_kid: dict[str, list[dict[str, Any]]] = {}
-        without_kid: list[dict[str, Any]] = []
-        for jwk in raw_keys:
-            if not isinstance(jwk, dict) or jwk.get("kty") not in ("RSA", "EC", "OKP"):
-                continue  # symmetric or unknown keys are never used
-            kid = jwk.get("kid")
-            if isinstance(kid, str):
-                by_kid.setdefault(kid, []).append(jwk)
-            else:
-                without_kid.append(jwk)
-        old = self._keys
-        self._keys = _Keys(by_kid, without_kid, self._clock())
-        if old is not None and old.kids() - self._keys.kids():
-            self._cache.clear()  # a key was withdrawn: revalidate every token
-            logger.info("OIDC issuer %s withdrew signing keys", self._issuer)
-
-    async def _ensure_discovery(self, allow_stale: bool = True) -> _Discovery:
-        current = self._discovery
-        if current is not None and (
-            allow_stale or self._clock() - current.fetched_at < self.settings.jwks_cache_ttl_s
-        ):
-            return current
-        try:
-            self._discovery = await self._fetch_discovery()
-        except ProviderUnavailable:
-            if current is None:
-                raise
-            logger.warning("OIDC issuer %s: keeping cached discovery", self._issuer)
-        assert self._discovery is not None
-        return self._discovery
-
-    async def _fetch_discovery(self) -> _Discovery:
-        self.stats.discovery_fetches += 1
-        url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
-        resp = await self._http.request("GET", url)
-        if resp.status != 200:
-            raise ProviderUnavailable(f"the OIDC discovery document answered HTTP {resp.status}")
-        data = resp.json("the OIDC discovery document")
-        if data.get("issuer") != self._issuer:
-            raise ProviderUnavailable(
-                "the OIDC discovery document names another issuer than issuer_url"
-            )
-
-        def endpoint(name: str, required: bool = True) -> str:
-            value = data.get(name)
-            if isinstance(value, str) and urlsplit(value).scheme == "https":
-                return value
-            if required:
-                raise ProviderUnavailable(f"the OIDC discovery document lacks an https {name}")
-            return ""  # an optional endpoint that is absent or unusable
-
-        methods = data.get("token_endpoint_auth_methods_supported")
-        return _Discovery(
-            authorization_endpoint=endpoint("authorization_endpoint"),
-            token_endpoint=endpoint("token_endpoint"),
-            jwks_uri=endpoint("jwks_uri"),
-            device_authorization_endpoint=endpoint("device_authorization_endpoint", False),
-            auth_methods=tuple(m for m in methods if isinstance(m, str))
-            if isinstance(methods, list)
-            else ("client_secret_basic",),
-            fetched_at=self._clock(),
-        )
-
     # ------------------------------------------------------------------ login flows
 
     def _scopes(self) -> str:
@@ -548,11 +322,11 @@ class OIDCProvider:
     @property
     def discovered(self) -> bool:
         """Whether discovery has been read (needed by :meth:`authorization_url`)."""
-        return self._discovery is not None
+        return self._keys.current_discovery is not None
 
     async def discover(self) -> None:
         """Read discovery now if it has not been read; raises ``ProviderUnavailable``."""
-        await self._ensure_discovery()
+        await self._keys.discovery()
 
     def authorization_url(
         self, state: str, nonce: str, code_challenge: str, redirect_uri: str = ""
@@ -562,13 +336,14 @@ class OIDCProvider:
         Needs discovery: call :meth:`start` or :meth:`discover` first (raises
         ``ProviderUnavailable`` otherwise). ``redirect_uri`` defaults to the setting.
         """
-        if self._discovery is None:
+        discovery = self._keys.current_discovery
+        if discovery is None:
             raise ProviderUnavailable("the OIDC issuer's discovery document has not been read")
         redirect = redirect_uri or self.settings.redirect_uri
         if not redirect:
             raise ProviderUnavailable("auth.oidc.redirect_uri is not configured")
         return _join_url(
-            self._discovery.authorization_endpoint,
+            discovery.authorization_endpoint,
             {
                 "response_type": "code",
                 "client_id": self.settings.client_id,
@@ -585,7 +360,7 @@ class OIDCProvider:
         self, code: str, code_verifier: str, nonce: str, redirect_uri: str = ""
     ) -> ExternalIdentity:
         """Redeem an authorization code; the returned ID token must carry ``nonce``."""
-        discovery = await self._ensure_discovery()
+        discovery = await self._keys.discovery()
         redirect = redirect_uri or self.settings.redirect_uri
         if not redirect:
             raise ProviderUnavailable("auth.oidc.redirect_uri is not configured")
@@ -603,7 +378,7 @@ class OIDCProvider:
 
     async def start_device_flow(self) -> DeviceFlow:
         """Begin a device login (RFC 8628); ``ProviderUnavailable`` if the issuer has none."""
-        discovery = await self._ensure_discovery()
+        discovery = await self._keys.discovery()
         if not discovery.device_authorization_endpoint:
             raise ProviderUnavailable("the OIDC issuer does not offer device login")
         form = {"scope": self._scopes()}
@@ -627,7 +402,7 @@ class OIDCProvider:
         """
         if not self._device.claim(device_code):
             return None
-        discovery = await self._ensure_discovery()
+        discovery = await self._keys.discovery()
         form = {"grant_type": DEVICE_GRANT_TYPE, "device_code": device_code}
         try:
             data = await self._token_request(discovery, form)
@@ -645,7 +420,7 @@ class OIDCProvider:
         """Seconds the client should wait between polls (grows with ``slow_down``)."""
         return self._device.interval(device_code)
 
-    def _client_auth(self, discovery: _Discovery, form: dict[str, str]) -> dict[str, str]:
+    def _client_auth(self, discovery: Discovery, form: dict[str, str]) -> dict[str, str]:
         """Add client authentication to ``form`` or return the Authorization header."""
         client_id = self.settings.client_id
         secret = self._client_secret
@@ -662,7 +437,7 @@ class OIDCProvider:
         form["client_secret"] = secret
         return {}
 
-    async def _token_request(self, discovery: _Discovery, form: dict[str, str]) -> dict[str, Any]:
+    async def _token_request(self, discovery: Discovery, form: dict[str, str]) -> dict[str, Any]:
         headers = {"Accept": "application/json", **self._client_auth(discovery, form)}
         resp = await self._http.request(
             "POST", discovery.token_endpoint, data=form, headers=headers

@@ -21,7 +21,8 @@ from gateway.providers.oauth import (
     new_code_verifier,
     read_secret,
 )
-from gateway.providers.oidc import OIDCProvider, _key_fits, _TokenCache
+from gateway.providers.oidc import OIDCProvider, _TokenCache
+from gateway.providers.oidc_keys import key_fits
 
 ISSUER = "https://127.0.0.1:1/realms/test"  # nothing listens: any network use would fail
 
@@ -120,7 +121,7 @@ P256 = {"kty": "EC", "crv": "P-256", "kid": "b", "x": "x", "y": "y"}
     ],
 )
 def test_key_fits(jwk: dict[str, Any], alg: str, fits: bool) -> None:
-    assert _key_fits(jwk, alg) is fits
+    assert key_fits(jwk, alg) is fits
 
 
 # ---------------------------------------------------------------------- claims
