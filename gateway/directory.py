@@ -43,6 +43,7 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
+MAX_CACHED_IDENTITIES = 100_000
 
 
 _CASELESS_PRINCIPALS = ("openldap_group://", "activedirectory_group://")
@@ -78,6 +79,7 @@ class Directory:
         self._seen: dict[tuple[str, str], int] = {}
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
+        self._identities: dict[str, tuple[User, Identity]] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
 
     # -- loading and change application ----------------------------------------------
@@ -303,7 +305,16 @@ class Directory:
         if user is None or not user.enabled:
             raise AuthenticationFailed("user disabled")
         self._last_used[token.id] = self.clock()
-        return self.identity_of(user, token.id), token
+        # One Identity per token while its user record stays the same object (records are
+        # frozen and replaced on change): building one costs more than the rest of this.
+        cached = self._identities.get(token.id)
+        if cached is not None and cached[0] is user:
+            return cached[1], token
+        identity = self.identity_of(user, token.id)
+        if len(self._identities) >= MAX_CACHED_IDENTITIES:
+            self._identities.clear()
+        self._identities[token.id] = (user, identity)
+        return identity, token
 
     def last_used(self, token: Token) -> float | None:
         return self._last_used.get(token.id, token.last_used)
