@@ -26,14 +26,14 @@ CLIENT_CLOSED = 499
 """Status recorded when the client went away before an answer (nginx's convention)."""
 
 
-_PROCESS = os.urandom(10).hex()
+_p = os.urandom(10).hex()
+_PROCESS = f"{_p[:8]}-{_p[8:12]}-{_p[12:16]}-{_p[16:20]}-"
 _counter = itertools.count(1)
 
 
 def new_request_id() -> str:
     """A UUID-shaped id: 80 random bits per process, then a counter (unique, and cheap)."""
-    p = _PROCESS
-    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{next(_counter) & 0xFFFFFFFFFFFF:012x}"
+    return _PROCESS + format(next(_counter) & 0xFFFFFFFFFFFF, "012x")
 
 
 class Exchange:
