@@ -39,8 +39,6 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._pump = IntoStream(stream, on_failure=self._abort)
         self.closed = asyncio.get_running_loop().create_future()
-        self._write_paused = False
-        self._drained: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
@@ -65,21 +63,10 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         self._pump.feed_eof()
         if not self.closed.done():
             self.closed.set_result(None)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    async def drain(self) -> None:
-        if self._write_paused and not self.closed.done():
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
+        # The API server caught up: let the gateway send what the stream held back.
+        self._pump.stream.sink_drained()
 
     def _abort(self) -> None:
         if self.transport is not None:
@@ -103,17 +90,22 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
         stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
         return
     session.accept(stream)
+
+    def to_api_server(data: bytes) -> bool:
+        # Called for each arriving chunk (no task in between); False holds the credit
+        # back until the connection drains (resume_writing), so the gateway waits.
+        if transport.is_closing():
+            return True
+        transport.write(data)
+        return transport.get_write_buffer_size() <= _HIGH_WATER
+
+    gateway_done = asyncio.ensure_future(stream.wait_eof())
     try:
-        while True:
-            chunk = await stream.read()
-            if not chunk:
-                break
-            transport.write(chunk)
-            if transport.get_write_buffer_size() > _HIGH_WATER:
-                await conn.drain()
-            if transport.is_closing():
-                break
-        # The gateway finished this exchange: close the API server connection.
+        stream.set_sink(to_api_server)
+        await asyncio.wait({gateway_done, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if gateway_done.done():
+            gateway_done.result()  # raises if the stream failed
+        # The gateway finished this exchange, or the API server closed: close our side.
         if not transport.is_closing():
             transport.close()
         await asyncio.wait_for(asyncio.shield(conn.closed), 30)
@@ -122,3 +114,8 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
     except (TimeoutError, OSError):
         transport.abort()
         stream.reset(ErrorCode.INTERNAL_ERROR)
+    finally:
+        if not gateway_done.done():
+            gateway_done.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TunnelError):
+            await gateway_done

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tunnel.errors import SessionClosed, StreamClosed, StreamReset, TunnelError
@@ -24,8 +25,10 @@ class TunnelStream:
         "_chunks",
         "_eof",
         "_error",
+        "_held",
         "_read_waiter",
         "_session",
+        "_sink",
         "_window_waiter",
         "_write_closed",
         "id",
@@ -43,6 +46,8 @@ class TunnelStream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self._accepted: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], bool] | None = None
+        self._held = 0
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.id}>"
@@ -76,6 +81,43 @@ class TunnelStream:
         chunk = self._chunks.popleft()
         self._session.consumed(self.id, len(chunk))
         return chunk
+
+    def set_sink(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand arriving bytes straight to ``sink`` instead of queueing them for ``read``.
+
+        Saves a task wake-up per chunk where the bytes only need to be written on (the
+        agent's API-server connections). ``sink`` returns False when it is backed up: the
+        credit for those bytes is then kept until :meth:`sink_drained`, so the peer stops
+        sending. End and errors are still awaited with :meth:`wait_eof`.
+        """
+        self._sink = sink
+        while self._chunks:
+            self._deliver(self._chunks.popleft())
+
+    def sink_drained(self) -> None:
+        """The sink can take more: return the credit held back."""
+        held, self._held = self._held, 0
+        if held and self._error is None:
+            self._session.consumed(self.id, held)
+
+    async def wait_eof(self) -> None:
+        """Wait until the peer half-closes; raises if the stream fails first."""
+        while not self._eof:
+            if self._error is not None:
+                raise self._error
+            waiter = self._session.loop.create_future()
+            self._read_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+
+    def _deliver(self, data: bytes) -> None:
+        assert self._sink is not None
+        if self._sink(data):
+            self._session.consumed(self.id, len(data))
+        else:
+            self._held += len(data)
 
     def read_nowait(self) -> bytes | None:
         """A buffered chunk, ``b""`` at EOF, or None if nothing is buffered."""
@@ -151,6 +193,9 @@ class TunnelStream:
     # -- called by the session ---------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._deliver(data)
+            return
         self._chunks.append(data)
         self._wake_reader()
 

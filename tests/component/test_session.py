@@ -196,3 +196,40 @@ async def test_an_idle_tunnel_wakes_only_when_a_ping_is_due(monkeypatch):
     # wakes per side, against 100 for a timer every TICK_S.
     assert wakes["client"] <= 10 and wakes["server"] <= 10, wakes
     await client.close()
+
+
+async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
+    received = []
+    backed_up = [True]
+    sinks = []
+
+    def on_stream(stream: TunnelStream) -> None:
+        ref[0].accept(stream)
+
+        def sink(data: bytes) -> bool:
+            received.append(data)
+            return not backed_up[0]
+
+        stream.set_sink(sink)
+        sinks.append(stream)
+
+    ref = []
+    client, server = await make_pair(on_stream=on_stream, client_limits=Limits(window=4096))
+    ref.append(client)
+    stream = server.open_stream(b"api")
+    await stream.write(b"a" * 4096)  # the whole window
+    await asyncio.sleep(0.05)
+    assert b"".join(received) == b"a" * 4096
+    # The sink said it is backed up: no credit went back, so the next write waits.
+    blocked = asyncio.ensure_future(stream.write(b"b" * 10))
+    await asyncio.sleep(0.1)
+    assert not blocked.done()
+    backed_up[0] = False
+    sinks[0].sink_drained()
+    await asyncio.wait_for(blocked, 2)
+    await asyncio.sleep(0.05)
+    assert b"".join(received).endswith(b"b" * 10)
+    # The end still arrives through wait_eof.
+    await stream.write_eof()
+    await asyncio.wait_for(sinks[0].wait_eof(), 2)
+    await client.close()
