@@ -126,3 +126,18 @@ async def test_upgrade_returns_the_bytes_after_the_head() -> None:
     resp = await pool.request("GET", b"GET /exec HTTP/1.1\r\n\r\n", None, upgrade=True)
     assert resp.status == 101 and resp.upgraded
     assert resp.upgraded_tail == b"\x80\x03frames"
+
+
+async def test_an_api_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import upstream
+
+    monkeypatch.setattr(upstream, "RESPONSE_HEAD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(upstream, "HEAD_SWEEP_S", 0.05)
+    pool, _ = await make([[b"HTTP/1.1 200 OK\r\n"]])  # a head that never ends
+    with pytest.raises(UpstreamError, match="did not answer in time"):
+        await asyncio.wait_for(pool.request("GET", HEAD, None), 3)
+    assert not pool._waiting  # nothing left for the sweep
+    # An answer in time is unaffected, and leaves nothing behind either.
+    pool2, _ = await make([[OK]])
+    response = await pool2.request("GET", HEAD, None)
+    assert response.status == 200 and not pool2._waiting
