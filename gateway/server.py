@@ -8,7 +8,8 @@ Stopping (SIGTERM or SIGINT), in this order:
    API server ends a watch) and let every other request finish, for up to
    ``shutdown_grace``;
 4. close the tunnels with GOAWAY (agents reconnect to another replica after a short
-   random delay), cut what is still running, flush the audit log, exit 0.
+   random delay), cut what is still running, wait until closed connections have sent
+   what they buffered, flush the audit log, exit 0.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -38,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 CUT_TIMEOUT_S = 2.0
-"""After the grace period and the tunnels' GOAWAY: how long connections get to close."""
+"""After the grace period and the tunnels' GOAWAY: how long handlers get to finish."""
+EXIT_FLUSH_S = 10.0
+"""Then: how long closed connections get to send what they still buffer."""
 
 
 async def serve(
@@ -76,6 +80,7 @@ async def serve(
         await runner.setup()
         assert runner.server is not None
         runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
+        lost = _track_lost_connections(runner.server)
         host, port = bootstrap.split_listen(settings.listen)
         site = web.TCPSite(
             runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=worker or None
@@ -111,7 +116,9 @@ async def serve(
                 await reloader.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            open_connections = list(runner.server.connections)
             await runner.cleanup()
+            await _wait_lost(open_connections, lost, EXIT_FLUSH_S)
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
     finally:
@@ -161,34 +168,40 @@ async def _stop_gracefully(app: web.Application, runner: web.AppRunner, grace_s:
         drain.active,
         ended,
     )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace_s
     if not await drain.wait_idle(grace_s):
         logger.warning(
             "shutting down: %d requests still running after %.0f s; cutting them",
             drain.active,
             grace_s,
         )
-    # A finished answer may still sit in a connection's send buffer (a slow client):
-    # it must reach the client before the process exits.
-    await _flush_connections(runner, max(CUT_TIMEOUT_S, deadline - loop.time()))
     await tunnels.close_all(app)
 
 
-async def _flush_connections(runner: web.AppRunner, timeout_s: float) -> None:
-    if runner.server is None:
-        return
+def _track_lost_connections(server: web.Server) -> set[object]:
+    """The client connections whose ``connection_lost`` has run (see ``_wait_lost``)."""
+    lost: set[object] = set()
+    original = server.connection_lost
+
+    def connection_lost(handler: Any, exc: BaseException | None) -> None:
+        lost.add(handler)
+        original(handler, exc)
+
+    server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
+    return lost
+
+
+async def _wait_lost(connections: list[Any], lost: set[object], timeout_s: float) -> None:
+    """Wait until closing connections have sent what they buffered.
+
+    A transport calls ``connection_lost`` only once its send buffer is empty; a process
+    that exits before then loses the end of an answer a slow client was still reading
+    (under TLS, that buffer is the TCP transport's, below what ``get_write_buffer_size``
+    of the TLS transport reports).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        pending = [
-            conn.transport
-            for conn in runner.server.connections
-            if conn.transport is not None
-            and not conn.transport.is_closing()
-            and conn.transport.get_write_buffer_size() > 0
-        ]
-        if not pending:
+    while any(conn not in lost for conn in connections):
+        if loop.time() >= deadline:
+            logger.warning("shutting down: some connections did not finish sending")
             return
         await asyncio.sleep(0.05)
-    logger.warning("shutting down: some answers could not be sent before the deadline")
