@@ -72,12 +72,7 @@ class TunnelStream:
                 return b""
             if self._error is not None:
                 raise self._error
-            waiter = self._session.loop.create_future()
-            self._read_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._read_waiter = None
+            await self._wait_for_feed()
         chunk = self._chunks.popleft()
         self._session.consumed(self.id, len(chunk))
         return chunk
@@ -105,12 +100,16 @@ class TunnelStream:
         while not self._eof:
             if self._error is not None:
                 raise self._error
-            waiter = self._session.loop.create_future()
-            self._read_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._read_waiter = None
+            await self._wait_for_feed()
+
+    async def _wait_for_feed(self) -> None:
+        """Until data, the end or an error arrives (``_wake_reader``)."""
+        waiter = self._session.loop.create_future()
+        self._read_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._read_waiter = None
 
     def _deliver(self, data: bytes) -> None:
         assert self._sink is not None
