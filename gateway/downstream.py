@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aiohttp
 from aiohttp import web
@@ -47,7 +47,7 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
     if cluster is None:
         return k8s_response(NotFound(f"cluster {cluster_id} not found"))
     try:
-        return await forward(request.app, request, cluster, target, ())
+        return cast(web.StreamResponse, await forward(request.app, request, cluster, target, ()))
     except GatewayError as exc:
         return k8s_response(exc)
 

@@ -20,6 +20,8 @@ from gateway.requestinfo import RequestInfo
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from gateway.front_request import ClientRequest
+
 REQUEST_ID_HEADER = "X-Request-Id"
 
 CLIENT_CLOSED = 499
@@ -72,7 +74,7 @@ class Exchange:
     def wants_body(self) -> bool:
         return self.auditor.records_bodies
 
-    def session_started(self, request: web.BaseRequest) -> None:
+    def session_started(self, request: web.BaseRequest | ClientRequest) -> None:
         if self.info is None:
             return
         self.auditor.write(
@@ -90,7 +92,7 @@ class Exchange:
             )
         )
 
-    def finish(self, request: web.BaseRequest) -> None:
+    def finish(self, request: web.BaseRequest | ClientRequest) -> None:
         """Count the request and write its audit record (its answer is complete)."""
         seconds = time.perf_counter() - self.started
         info = self.info

@@ -25,6 +25,7 @@ from gateway.errors import (
     k8s_response,
 )
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
+from gateway.front_request import ClientRequest, StreamedAnswer
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
     Header,
@@ -43,18 +44,24 @@ from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
 
 logger = logging.getLogger(__name__)
 
+Incoming = web.Request | ClientRequest
+"""A request from aiohttp or from the lean path (``gateway.front``)."""
+Answer = web.StreamResponse | RawResponse | StreamedAnswer
+"""What ``answer`` returns: aiohttp's response (errors; aiohttp's path), a complete
+answer not yet written, or a streamed one already written."""
+
 WAIT_FOR_TUNNEL_S = 5.0
 """How long a replica without a tunnel waits for the agent, if another replica has one."""
 BUFFER_LIMIT = 256 * 1024
 """Bodies up to this size are read whole (one write); larger ones are streamed."""
 
 
-def _is_upgrade(request: web.Request) -> bool:
+def _is_upgrade(request: Incoming) -> bool:
     connection = request.headers.get("Connection", "")
     return "upgrade" in connection.lower() and "Upgrade" in request.headers
 
 
-async def _authenticate(app: web.Application, request: web.Request, cluster_id: str) -> Identity:
+async def _authenticate(app: web.Application, request: Incoming, cluster_id: str) -> Identity:
     header = request.headers.get("Authorization")
     directory = app[DIRECTORY]
     try:
@@ -89,7 +96,7 @@ _HOT = metrics.HOT
 
 
 def _head(
-    request: web.Request,
+    request: Incoming,
     target: str,
     link: AgentLink,
     identity_headers: Iterable[Header],
@@ -121,20 +128,20 @@ def _head(
     return b"".join(parts)
 
 
-async def _chunked(request: web.Request) -> AsyncIterator[bytes]:
+async def _chunked(request: Incoming) -> AsyncIterator[bytes]:
     async for data in request.content.iter_any():
         yield b"%x\r\n%s\r\n" % (len(data), data)
     yield b"0\r\n\r\n"
 
 
-async def _exact(request: web.Request) -> AsyncIterator[bytes]:
+async def _exact(request: Incoming) -> AsyncIterator[bytes]:
     async for data in request.content.iter_any():
         yield data
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """The route handler (see ``fast_path`` for the way requests normally arrive)."""
-    return await serve(request.app, request)
+    return cast(web.StreamResponse, await serve(request.app, request))
 
 
 def fast_path(
@@ -142,35 +149,17 @@ def fast_path(
 ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     """A server-level handler that sends ``/k8s/clusters/`` straight to the proxy.
 
-    The hot path then skips the application's router and middlewares (about 6 % of the
-    gateway's CPU per request); everything else goes to ``fallback``, the application.
+    Cluster requests reach it only on connections handed to aiohttp (upgrades, or a
+    connection that served the management API first; see ``gateway.front``). They then
+    skip the application's router and middlewares; everything else goes to
+    ``fallback``, the application.
     """
-    auditor = app[AUDIT]
     drain = app[DRAIN]
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         if not request.raw_path.startswith(PREFIX):
             return await fallback(request)
-        exchange = Exchange(auditor)
-        context = request_id_var.set(exchange.request_id)
-        drain.enter()
-        try:
-            response = await serve(app, cast(web.Request, request), exchange)
-        except GatewayError as exc:
-            response = k8s_response(exc)
-            response.headers[REQUEST_ID_HEADER] = exchange.request_id
-            exchange.status = exc.status
-        except (asyncio.CancelledError, ConnectionError):
-            raise
-        except Exception:
-            logger.exception("unhandled error for %s %s", request.method, request.path)
-            response = k8s_response(GatewayError(500, "internal error"))
-            response.headers[REQUEST_ID_HEADER] = exchange.request_id
-            exchange.status = 500
-        finally:
-            drain.leave()
-            exchange.finish(request)
-            request_id_var.reset(context)
+        response = cast(web.StreamResponse, await answer(app, cast(web.Request, request)))
         if drain.draining:
             response.force_close()  # the client reconnects to a replica that stays
         return response
@@ -178,9 +167,36 @@ def fast_path(
     return handler
 
 
+async def answer(app: web.Application, request: Incoming) -> Answer:
+    """Answer one cluster request: count it, audit it, turn failures into ``Status``."""
+    exchange = Exchange(app[AUDIT])
+    context = request_id_var.set(exchange.request_id)
+    drain = app[DRAIN]
+    drain.enter()
+    response: Answer
+    try:
+        response = await serve(app, request, exchange)
+    except GatewayError as exc:
+        response = k8s_response(exc)
+        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        exchange.status = exc.status
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        logger.exception("unhandled error for %s %s", request.method, request.path)
+        response = k8s_response(GatewayError(500, "internal error"))
+        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        exchange.status = 500
+    finally:
+        drain.leave()
+        exchange.finish(request)
+        request_id_var.reset(context)
+    return response
+
+
 async def serve(
-    app: web.Application, request: web.Request, exchange: Exchange | None = None
-) -> web.StreamResponse:
+    app: web.Application, request: Incoming, exchange: Exchange | None = None
+) -> Answer:
     started = time.perf_counter()
     try:
         path = split_cluster_path(request.raw_path)
@@ -232,19 +248,19 @@ async def serve(
     )
 
 
-def _client_impersonates(request: web.Request) -> bool:
+def _client_impersonates(request: Incoming) -> bool:
     return any(k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers)
 
 
 async def forward(
     app: web.Application,
-    request: web.Request,
+    request: Incoming,
     cluster: Cluster,
     target: str,
     identity_headers: Iterable[Header],
     keep_client_impersonation: bool = False,
     exchange: Exchange | None = None,
-) -> web.StreamResponse:
+) -> Answer:
     """Send the request to the cluster's API server through a tunnel; stream the answer.
 
     ``exchange`` is None for the gateway's own requests (not counted, not audited).
@@ -313,7 +329,8 @@ async def forward(
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:
-        return await upgrade.relay(request, upstream, exchange)
+        # Upgrades arrive through aiohttp only (gateway.front hands them over).
+        return await upgrade.relay(cast(web.Request, request), upstream, exchange)
     return await _respond(app, request, upstream, exchange)
 
 
@@ -336,8 +353,8 @@ _HEADER_NAMES: dict[bytes, str] = {}
 
 
 async def _respond(
-    app: web.Application, request: web.Request, upstream: Response, exchange: Exchange | None
-) -> web.StreamResponse:
+    app: web.Application, request: Incoming, upstream: Response, exchange: Exchange | None
+) -> Answer:
     length = upstream.content_length
     request_id = exchange.request_id if exchange is not None else ""
     try:
@@ -357,13 +374,21 @@ async def _respond(
                 head=request.method == "HEAD",
             )
             return cast(web.StreamResponse, raw)  # duck-typed: see gateway.rawresponse
-        headers = _response_headers(upstream.headers)
-        if request_id:
-            headers[REQUEST_ID_HEADER] = request_id
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if length is not None:
-            resp.content_length = length
-        await resp.prepare(request)
+        resp: web.StreamResponse | StreamedAnswer
+        if isinstance(request, ClientRequest):
+            resp = StreamedAnswer(
+                request, upstream.status, upstream.reason, upstream.headers, length, request_id
+            )
+        else:
+            headers = _response_headers(upstream.headers)
+            if request_id:
+                headers[REQUEST_ID_HEADER] = request_id
+            resp = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
+            if length is not None:
+                resp.content_length = length
+        await resp.prepare(cast(web.Request, request))
         unregister = None
         if exchange is not None and exchange.info is not None and exchange.info.long_running:
             # A stopping gateway ends watches and followed logs as if they were done.

@@ -58,6 +58,33 @@ def _passes(name: bytes) -> bool:
     return passes
 
 
+def head(
+    status: int,
+    reason: str,
+    upstream_headers: list[Header],
+    *,
+    length_line: bytes,
+    chunked: bool = False,
+    request_id: str,
+    keep_alive: bool,
+) -> bytes:
+    """Status line and header lines: the API server's (but for hop-by-hop and framing
+    ones), then ``length_line`` or chunked framing, ``Date``, ``X-Request-Id`` and
+    ``Connection: close`` when the connection ends after this answer."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1") or b"OK")]
+    for name, value in upstream_headers:
+        if _passes(name):
+            parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"Transfer-Encoding: chunked\r\n" if chunked else length_line)
+    parts.append(_date_line())
+    if request_id:
+        parts += [b"X-Request-Id: ", request_id.encode("ascii"), b"\r\n"]
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 def build(
     status: int,
     reason: str,
@@ -66,31 +93,28 @@ def build(
     *,
     request_id: str,
     keep_alive: bool,
-    head: bool = False,
+    head_only: bool = False,
 ) -> bytes:
-    """The whole answer (pure but for the date). ``head``: an answer to HEAD, whose
+    """The whole answer (pure but for the date). ``head_only``: an answer to HEAD, whose
     ``Content-Length`` is the API server's and which has no body."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("latin-1") or b"OK")]
-    length_line = b""
-    for name, value in upstream_headers:
-        if _passes(name):
-            parts += [name, b": ", value, b"\r\n"]
-        elif head and name.lower() == b"content-length":
-            length_line = b"Content-Length: " + value + b"\r\n"
-    no_body = head or status < 200 or status in (204, 304)
-    if no_body:
-        parts.append(length_line)
-    else:
-        parts.append(b"Content-Length: %d\r\n" % len(body))
-    parts.append(_date_line())
-    if request_id:
-        parts += [b"X-Request-Id: ", request_id.encode("ascii"), b"\r\n"]
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
+    no_body = head_only or status < 200 or status in (204, 304)
     if not no_body:
-        parts.append(body)
-    return b"".join(parts)
+        length_line = b"Content-Length: %d\r\n" % len(body)
+    else:
+        length_line = b""
+        if head_only:
+            for name, value in upstream_headers:
+                if name.lower() == b"content-length":
+                    length_line = b"Content-Length: " + value + b"\r\n"
+    out = head(
+        status,
+        reason,
+        upstream_headers,
+        length_line=length_line,
+        request_id=request_id,
+        keep_alive=keep_alive,
+    )
+    return out if no_body else out + body
 
 
 class RawResponse:
@@ -136,7 +160,7 @@ class RawResponse:
                 self._body,
                 request_id=self._request_id,
                 keep_alive=self.keep_alive,
-                head=self._head,
+                head_only=self._head,
             )
         )
 

@@ -30,6 +30,7 @@ from gateway import bootstrap, health, metrics, proxy, tunnels
 from gateway.app import build_app
 from gateway.audit import AuditLog
 from gateway.directory import Directory
+from gateway.front import Front
 from gateway.keys import DRAIN, READY
 from gateway.providers.registry import build_providers
 from gateway.reload import Reloader
@@ -69,6 +70,7 @@ async def serve(
         ssl_ctx = server_context(paths.cert, paths.key)
         providers = build_providers(settings.auth)
         runtime = Runtime(url, ca_pem, VERSION)
+        loop = asyncio.get_running_loop()
         app = build_app(settings, directory, runtime, providers, auditor)
         runner = web.AppRunner(
             app,
@@ -81,11 +83,13 @@ async def serve(
         assert runner.server is not None
         runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
         lost = _track_lost_connections(runner.server)
+        # Connections start on the lean path and are handed to aiohttp when they ask for
+        # something else (gateway.front).
+        front = Front(app, runner.server)
         host, port = bootstrap.split_listen(settings.listen)
-        site = web.TCPSite(
-            runner, host, port, ssl_context=ssl_ctx, backlog=1024, reuse_port=worker or None
+        listener = await loop.create_server(
+            front, host, port, ssl=ssl_ctx, backlog=1024, reuse_port=worker or None
         )
-        await site.start()
         metrics_runner = await _start_metrics(app, settings, worker)
         app[READY][0] = True
         if not worker:
@@ -93,7 +97,6 @@ async def serve(
         logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
         reloader = Reloader(app, settings, reload_settings, ssl_ctx) if reload_settings else None
         stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reloading: set[asyncio.Task[None]] = set()
@@ -109,16 +112,20 @@ async def serve(
             async with notifier.watchdog_running():
                 await stop.wait()
                 notifier.stopping("stopping: finishing requests in flight")
-                await _stop_gracefully(app, runner, settings.shutdown_grace_s)
+                await _stop_gracefully(app, listener, front, settings.shutdown_grace_s)
         finally:
             sampler.cancel()
             if reloader is not None:
                 await reloader.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            listener.close()
+            front.close_idle()
             open_connections = list(runner.server.connections)
             await runner.cleanup()
+            front.abort_all()  # what is left is stuck: its handlers were cut above
             await _wait_lost(open_connections, lost, EXIT_FLUSH_S)
+            await front.wait_closed(EXIT_FLUSH_S)
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
     finally:
@@ -154,15 +161,17 @@ def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Tas
     task.add_done_callback(tasks.discard)
 
 
-async def _stop_gracefully(app: web.Application, runner: web.AppRunner, grace_s: float) -> None:
+async def _stop_gracefully(
+    app: web.Application, listener: asyncio.Server, front: Front, grace_s: float
+) -> None:
     app[READY][0] = False
-    for site in list(runner.sites):
-        await site.stop()
+    listener.close()
     # Not runner.server.pre_shutdown(): it makes aiohttp ignore what arrives on every
     # connection, tunnels and upgraded sessions included, which would stall them.
     # Answers given from now on close their connection instead (see gateway.proxy).
     drain = app[DRAIN]
     ended = drain.start()
+    front.close_idle()
     logger.info(
         "shutting down: %d requests in flight (%d watches and followed logs ended)",
         drain.active,

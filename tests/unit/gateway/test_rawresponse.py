@@ -71,7 +71,7 @@ def test_connection_close_when_the_connection_ends() -> None:
 
 
 def test_head_keeps_the_api_servers_length_and_sends_no_body() -> None:
-    data = build(200, "OK", UPSTREAM, b"", request_id="r", keep_alive=True, head=True)
+    data = build(200, "OK", UPSTREAM, b"", request_id="r", keep_alive=True, head_only=True)
     assert data.endswith(b"\r\n\r\n")
     _, parsed = parse(data, head=True)
     assert (b"content-length", b"999") in parsed.headers

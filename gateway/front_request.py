@@ -1,0 +1,214 @@
+"""A request on the lean path (see ``gateway.front``) and its streamed answer.
+
+``ClientRequest`` offers the part of aiohttp's request that ``gateway.proxy`` uses
+(method, raw path and headers, body, keep-alive, transport), so one proxy serves both
+paths. ``StreamedAnswer`` is the lean path's ``web.StreamResponse``: the head as bytes,
+then the body as it arrives, chunked unless the API server gave a length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from gateway import rawresponse
+from gateway.http1 import Head
+
+if TYPE_CHECKING:
+    from gateway.front import FrontConnection
+
+BODY_HIGH_WATER = 1024 * 1024
+"""Request body bytes held before reading from the client pauses."""
+
+Header = tuple[bytes, bytes]
+
+
+class HeaderView:
+    """Case-insensitive lookups in the raw request headers (first value wins)."""
+
+    __slots__ = ("_map", "_raw")
+
+    def __init__(self, raw: list[Header]) -> None:
+        self._raw = raw
+        self._map: dict[str, str] | None = None
+
+    def _lookup(self) -> dict[str, str]:
+        if self._map is None:
+            found: dict[str, str] = {}
+            for name, value in self._raw:
+                found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            self._map = found
+        return self._map
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._lookup().get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._lookup()
+
+    def __getitem__(self, name: str) -> str:
+        return self._lookup()[name.lower()]
+
+
+class ClientRequest:
+    """One request read by ``gateway.http1``; its body arrives through ``feed_body``."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_headers",
+        "_held",
+        "_keep_alive",
+        "_waiter",
+        "body_complete",
+        "body_exists",
+        "content",
+        "content_length",
+        "expect_continue",
+        "method",
+        "raw_headers",
+        "raw_path",
+        "version",
+    )
+
+    def __init__(self, head: Head, conn: FrontConnection) -> None:
+        self.method = head.method
+        self.raw_path = head.target.decode("latin-1")
+        self.raw_headers = head.headers
+        self.version = head.version
+        self.content_length = head.content_length
+        self.body_exists = head.has_body
+        self.expect_continue = head.expect_continue and head.has_body
+        self._keep_alive = head.keep_alive
+        self._headers: HeaderView | None = None
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.body_complete = False
+        self.content = self  # ``request.content.iter_any()``, as with aiohttp
+
+    # what gateway.proxy reads
+
+    @property
+    def path(self) -> str:
+        return self.raw_path.partition("?")[0]
+
+    @property
+    def headers(self) -> HeaderView:
+        if self._headers is None:
+            self._headers = HeaderView(self.raw_headers)
+        return self._headers
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._keep_alive and not self._conn.closing
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._conn.transport
+
+    @property
+    def remote(self) -> str:
+        return self._conn.remote
+
+    async def read(self) -> bytes:
+        """The whole body (the proxy reads bodies whole only up to a small size)."""
+        parts = [chunk async for chunk in self.iter_any()]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body in the pieces it arrived in."""
+        self._conn.continue_if_expected(self)
+        while True:
+            while not self._chunks:
+                if self._error is not None:
+                    raise self._error
+                if self.body_complete:
+                    return
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            chunk = self._chunks.popleft()
+            self._held -= len(chunk)
+            if self._held < BODY_HIGH_WATER // 2:
+                self._conn.body_drained()
+            yield chunk
+
+    # what the connection feeds
+
+    def feed_body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._held += len(data)
+        if self._held > BODY_HIGH_WATER:
+            self._conn.body_backlogged()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class StreamedAnswer:
+    """An answer streamed as the API server sends it (watches, big LISTs, logs -f)."""
+
+    __slots__ = ("_chunked", "_conn", "_head", "keep_alive")
+
+    def __init__(
+        self,
+        request: ClientRequest,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+    ) -> None:
+        self._conn = request._conn
+        keep_alive = request.keep_alive
+        # Without a length, HTTP/1.0 clients read until the connection closes.
+        self._chunked = length is None and request.version == "1.1"
+        if length is None and not self._chunked:
+            keep_alive = False
+        self.keep_alive = keep_alive
+        self._head = rawresponse.head(
+            status,
+            reason,
+            upstream_headers,
+            length_line=b"" if length is None else b"Content-Length: %d\r\n" % length,
+            chunked=self._chunked,
+            request_id=request_id,
+            keep_alive=keep_alive,
+        )
+
+    def force_close(self) -> None:
+        self.keep_alive = False
+
+    async def prepare(self, request: Any) -> None:
+        self._conn.write(self._head)
+
+    async def write(self, data: bytes) -> None:
+        conn = self._conn
+        if self._chunked:
+            conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            conn.write(data)
+        if conn.write_paused:
+            await conn.drain()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._chunked:
+            self._conn.write(b"0\r\n\r\n")

@@ -1,0 +1,237 @@
+"""HTTP/1.1 requests from clients, read without I/O: bytes in, events out.
+
+``RequestReader`` parses a client connection's bytes with httptools (llhttp) into
+``Head``, ``Body`` and ``End`` events for the requests the gateway answers itself on its
+lean path (see ``gateway.front``). A request it should not answer there (``wants``
+says no: the management API, upgrades) is handed to aiohttp with the connection: the
+reader then stops parsing and keeps the raw bytes from the first byte of that request
+on, which ``take_raw`` gives to the new protocol.
+
+Raw bytes can only be kept from a message that began at the start of a ``feed``: the
+reader cannot tell where inside a chunk a pipelined message began. Clients do not
+pipeline (Go's, curl's, browsers'), so such a request gets an ``Invalid`` answer
+instead of a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+Header = tuple[bytes, bytes]
+
+MAX_HEAD_BYTES = 64 * 1024
+"""Request line and header lines together (kubectl's are well under 8 KiB, a long OIDC
+ID token included)."""
+MAX_HEADERS = 256
+
+
+@dataclass(slots=True)
+class Head:
+    method: str
+    target: bytes
+    version: str
+    headers: list[Header]
+    keep_alive: bool
+    upgrade: bool
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+
+
+@dataclass(slots=True)
+class End:
+    pass
+
+
+@dataclass(slots=True)
+class Invalid:
+    """The connection cannot go on: answer ``status`` and close it."""
+
+    status: int
+    message: str
+
+
+Event = Head | Body | End | Invalid
+
+_END = End()
+
+
+@dataclass(slots=True)
+class _Building:
+    target: bytes = b""
+    headers: list[Header] = field(default_factory=list)
+
+
+class RequestReader:
+    """One client connection's requests. ``wants(head)``: answered on the lean path."""
+
+    __slots__ = (
+        "_building",
+        "_events",
+        "_head_bytes",
+        "_in_head",
+        "_in_message",
+        "_parser",
+        "_raw",
+        "_raw_valid",
+        "_started_in_feed",
+        "_wants",
+        "failed",
+        "handing_off",
+    )
+
+    def __init__(self, wants: Callable[[Head], bool]) -> None:
+        self._wants = wants
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._building = _Building()
+        self._in_message = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._raw: list[bytes] = []
+        """The bytes of the current message since its first byte (while ``_raw_valid``)."""
+        self._raw_valid = False
+        self._started_in_feed = False
+        self.handing_off = False
+        """A request for aiohttp arrived: no more events; ``take_raw`` has its bytes."""
+        self.failed = False
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: no part of one has arrived."""
+        return not self._in_message and not self.handing_off
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.handing_off:
+            self._raw.append(data)
+            return []
+        if self.failed or not data:
+            return []
+        if self._in_message:
+            if self._raw_valid:
+                self._raw.append(data)
+        else:
+            self._raw = [data]
+            self._raw_valid = True
+        # A message that begins after anything else in this chunk began mid-chunk.
+        self._started_in_feed = self._in_message
+        events = self._events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if not self._stopped():  # a callback rejected what llhttp accepted
+                self._fail(400, "malformed HTTP request")
+        except httptools.HttpParserUpgrade:
+            # llhttp stops after the head of an upgrade; ``wants`` refused it already.
+            pass
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {_reason(exc)}")
+        if self._in_head:
+            self._head_bytes += len(data)  # at most this chunk's earlier bytes too many
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.failed:
+            self._fail(431, "request header fields too large")
+        self._events = []
+        return events
+
+    def take_raw(self) -> bytes:
+        """After ``handing_off``: every byte of the handed-off request and what followed."""
+        raw, self._raw = self._raw, []
+        return b"".join(raw)
+
+    def _stopped(self) -> bool:
+        """Parsing was stopped on purpose (``_HandOff``, ``_Stop``)."""
+        return self.handing_off or self.failed
+
+    def _fail(self, status: int, message: str) -> None:
+        self.failed = True
+        self._events.append(Invalid(status, message))
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._started_in_feed:
+            self._raw_valid = False  # pipelined: began mid-chunk
+        self._started_in_feed = True
+        self._in_message = True
+        self._in_head = True
+        self._head_bytes = 0
+        self._building = _Building()
+
+    def on_url(self, url: bytes) -> None:
+        self._building.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._building.headers
+        if len(headers) >= MAX_HEADERS:
+            self._fail(431, "too many request header fields")
+            raise _Stop()
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        building = self._building
+        content_length: int | None = None
+        chunked = expect = False
+        for name, value in building.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = int(value)  # llhttp has checked it
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"expect":
+                expect = value.lower() == b"100-continue"
+        head = Head(
+            method=parser.get_method().decode("ascii"),
+            target=building.target,
+            version=parser.get_http_version(),
+            headers=building.headers,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+            content_length=content_length,
+            chunked=chunked,
+            expect_continue=expect,
+        )
+        if not self._wants(head):
+            if not self._raw_valid:
+                self._fail(400, "pipelined requests outside the cluster proxy are not supported")
+                raise _Stop()
+            self.handing_off = True
+            self._in_message = False
+            raise _HandOff()
+        self._raw_valid = False  # answered here: its bytes are not needed again
+        self._raw = []
+        self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._started_in_feed = True
+        self._events.append(_END)
+
+
+class _HandOff(Exception):
+    """Stops llhttp at the head of a request that goes to aiohttp."""
+
+
+class _Stop(Exception):
+    """Stops llhttp after ``Invalid``."""
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[-1] if text else type(exc).__name__

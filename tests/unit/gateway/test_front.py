@@ -1,0 +1,353 @@
+"""gateway.front: the lean client connection, with a fake transport and a fake proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway import front as front_module
+from gateway.drain import Drain
+from gateway.errors import NotFound, k8s_response
+from gateway.front import Front, FrontConnection
+from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
+from gateway.keys import DRAIN
+from gateway.rawresponse import RawResponse
+
+GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
+LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.paused = False
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.written += part
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+class FakeAiohttp(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
+
+
+@pytest.fixture
+async def world(monkeypatch: pytest.MonkeyPatch) -> Any:
+    handlers: list[Handler] = []
+    seen: list[ClientRequest] = []
+
+    async def answer(app: web.Application, request: ClientRequest) -> Any:
+        seen.append(request)
+        if handlers:
+            return await handlers.pop(0)(app, request)
+        return RawResponse(
+            200, "OK", [], b"{}", request_id="r", keep_alive=request.keep_alive, head=False
+        )
+
+    monkeypatch.setattr(front_module.proxy, "answer", answer)
+
+    class World:
+        def __init__(self) -> None:
+            app = web.Application()
+            app[DRAIN] = Drain()
+            self.app = app
+            self.fallbacks: list[FakeAiohttp] = []
+            self.front = Front(app, self._fallback)
+            self.handlers = handlers
+            self.seen = seen
+
+        def _fallback(self) -> FakeAiohttp:
+            protocol = FakeAiohttp()
+            self.fallbacks.append(protocol)
+            return protocol
+
+        def connect(self) -> tuple[FrontConnection, FakeTransport]:
+            conn = self.front()
+            transport = FakeTransport()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            return conn, transport
+
+    return World()
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _answers(transport: FakeTransport) -> int:
+    return bytes(transport.written).count(b"HTTP/1.1 200 OK")
+
+
+async def test_requests_are_answered_in_order_on_one_connection(world: Any) -> None:
+    conn, transport = world.connect()
+    conn.data_received(GET + GET)
+    await _settle()
+    assert _answers(transport) == 2
+    assert not transport.closed
+    conn.data_received(GET)
+    await _settle()
+    assert _answers(transport) == 3
+    assert len(world.seen) == 3
+
+
+async def test_a_later_request_waits_for_the_answer_before_it(world: Any) -> None:
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+        await release.wait()
+        order.append("first")
+        return RawResponse(200, "OK", [], b"1", request_id="", keep_alive=True, head=False)
+
+    async def fast(app: web.Application, request: ClientRequest) -> RawResponse:
+        order.append("second")
+        return RawResponse(200, "OK", [], b"2", request_id="", keep_alive=True, head=False)
+
+    world.handlers += [slow, fast]
+    conn, transport = world.connect()
+    conn.data_received(GET + GET)
+    await _settle()
+    assert order == []
+    release.set()
+    await _settle()
+    assert order == ["first", "second"]
+    assert transport.written.index(b"\r\n\r\n1") < transport.written.index(b"\r\n\r\n2")
+
+
+async def test_other_requests_hand_the_connection_to_aiohttp(world: Any) -> None:
+    conn, transport = world.connect()
+    conn.data_received(GET)
+    await _settle()
+    conn.data_received(LOGIN[:7])
+    conn.data_received(LOGIN[7:])
+    assert len(world.fallbacks) == 1
+    handler = world.fallbacks[0]
+    assert transport.protocol is handler and handler.transport is transport
+    assert bytes(handler.data) == LOGIN
+    assert conn not in world.front.connections
+
+
+async def test_a_hand_over_waits_for_the_answer_in_flight(world: Any) -> None:
+    release = asyncio.Event()
+
+    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+        await release.wait()
+        return RawResponse(200, "OK", [], b"{}", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(slow)
+    conn, transport = world.connect()
+    conn.data_received(GET)
+    await _settle()
+    conn.data_received(LOGIN)
+    assert world.fallbacks == [] and transport.paused
+    release.set()
+    await _settle()
+    assert _answers(transport) == 1
+    assert bytes(world.fallbacks[0].data) == LOGIN
+    assert not transport.paused
+
+
+async def test_invalid_requests_get_a_status_and_the_connection_closes(world: Any) -> None:
+    conn, transport = world.connect()
+    conn.data_received(b"GET /k8s/clusters/c-1/ HTTP/1.1\r\nBroken\r\n\r\n")
+    assert transport.closed
+    text = bytes(transport.written)
+    assert text.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b'"kind": "Status"' in text and b"Connection: close" in text
+
+
+async def test_error_answers_keep_the_connection(world: Any) -> None:
+    async def missing(app: web.Application, request: ClientRequest) -> web.Response:
+        response = k8s_response(NotFound('clusters "c-1" not found'))
+        response.headers["X-Request-Id"] = "rid"
+        return response
+
+    world.handlers.append(missing)
+    conn, transport = world.connect()
+    conn.data_received(GET)
+    await _settle()
+    text = bytes(transport.written)
+    assert text.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"Content-Type: application/json" in text and b"X-Request-Id: rid" in text
+    assert text.endswith(b'"code": 404}')
+    assert not transport.closed
+
+
+async def test_bodies_stream_with_back_pressure(world: Any) -> None:
+    got: list[int] = []
+    proceed = asyncio.Event()
+
+    async def consume(app: web.Application, request: ClientRequest) -> RawResponse:
+        await proceed.wait()
+        got.extend([len(chunk) async for chunk in request.content.iter_any()])
+        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(consume)
+    conn, transport = world.connect()
+    size = 3 * BODY_HIGH_WATER
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % size
+    )
+    piece = b"x" * (BODY_HIGH_WATER // 2)
+    for _ in range(3):
+        conn.data_received(piece)
+    assert transport.paused  # more than the high-water mark held
+    proceed.set()
+    await _settle()
+    assert not transport.paused
+    for _ in range(3):
+        conn.data_received(piece)
+    await _settle()
+    assert sum(got) == size
+    assert _answers(transport) == 1 and not transport.closed
+
+
+async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
+    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+        await request.read()
+        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(read)
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    await _settle()
+    assert bytes(transport.written) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    conn.data_received(b"{}")
+    await _settle()
+    assert _answers(transport) == 1
+
+
+async def test_an_unread_body_closes_the_connection_after_the_answer(world: Any) -> None:
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nabc"
+    )
+    await _settle()
+    assert _answers(transport) == 1 and transport.closed
+
+
+async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hang(app: web.Application, request: ClientRequest) -> RawResponse:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("not reached")
+
+    world.handlers.append(hang)
+    conn, _ = world.connect()
+    conn.data_received(GET)
+    await started.wait()
+    conn.connection_lost(None)
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert conn not in world.front.connections
+
+
+async def test_streamed_answers_are_chunked_and_wait_for_the_client(world: Any) -> None:
+    async def stream(app: web.Application, request: ClientRequest) -> StreamedAnswer:
+        answer = StreamedAnswer(request, 200, "OK", [(b"Content-Type", b"x")], None, "rid")
+        await answer.prepare(request)
+        await answer.write(b"one")
+        await answer.write(b"two")
+        await answer.write_eof()
+        return answer
+
+    world.handlers.append(stream)
+    conn, transport = world.connect()
+    conn.pause_writing()
+    conn.data_received(GET)
+    await _settle()
+    text = bytes(transport.written)
+    assert b"Transfer-Encoding: chunked" in text and text.endswith(b"3\r\none\r\n")
+    conn.resume_writing()
+    await _settle()
+    assert bytes(transport.written).endswith(b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n")
+    assert not transport.closed
+
+
+async def test_stopping_closes_idle_connections_and_the_others_after_their_answer(
+    world: Any,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+        await release.wait()
+        return RawResponse(
+            200, "OK", [], b"{}", request_id="", keep_alive=request.keep_alive, head=False
+        )
+
+    world.handlers.append(slow)
+    _idle, idle_transport = world.connect()
+    busy, busy_transport = world.connect()
+    busy.data_received(GET)
+    await _settle()
+    world.app[DRAIN].start()
+    world.front.close_idle()
+    assert idle_transport.closed and not busy_transport.closed
+    release.set()
+    await _settle()
+    assert b"Connection: close" in bytes(busy_transport.written)
+    assert busy_transport.closed
+
+
+async def test_idle_and_stalled_connections_time_out(world: Any) -> None:
+    idle, idle_transport = world.connect()
+    stalled, stalled_transport = world.connect()
+    stalled.data_received(GET[:20])
+    loop = asyncio.get_running_loop()
+    idle.check_timeouts(loop.time() + world.front.head_timeout_s + 1)
+    stalled.check_timeouts(loop.time() + world.front.head_timeout_s + 1)
+    assert not idle_transport.closed and stalled_transport.closed
+    idle.check_timeouts(loop.time() + world.front.keepalive_s + 1)
+    assert idle_transport.closed
