@@ -20,9 +20,7 @@ arrive closes its connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import cast
@@ -36,6 +34,7 @@ from gateway.http1 import Body, End, Head, Invalid, RequestReader
 from gateway.keys import DRAIN
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse
+from tunnel.sockets import set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +48,6 @@ MAX_QUEUED = 8
 
 _PREFIX = PREFIX.encode("ascii")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """TCP_NODELAY on the socket under ``transport`` (TLS or not); small answers go at once."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def wants(head: Head) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from typing import cast
 
@@ -19,6 +18,7 @@ from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream
 from tunnel.session import Session
+from tunnel.sockets import set_nodelay
 from tunnel.streams import TunnelStream
 
 logger = logging.getLogger(__name__)
@@ -44,10 +44,7 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
         self.transport = cast(asyncio.Transport, transport)
         self._pump.transport = self.transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
