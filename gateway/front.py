@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import cast
 
@@ -130,6 +129,24 @@ class Front:
 class FrontConnection(asyncio.Protocol):
     """One client connection on the lean path (until it is handed to aiohttp)."""
 
+    __slots__ = (
+        "_current",
+        "_drain_waiter",
+        "_front",
+        "_head_started",
+        "_invalid",
+        "_last_active",
+        "_queue",
+        "_reader",
+        "_reading_paused",
+        "_receiving",
+        "_task",
+        "closing",
+        "remote",
+        "transport",
+        "write_paused",
+    )
+
     def __init__(self, front: Front) -> None:
         self._front = front
         self.transport: asyncio.Transport | None = None
@@ -137,7 +154,7 @@ class FrontConnection(asyncio.Protocol):
         self._reader = RequestReader(wants)
         self._current: ClientRequest | None = None
         self._receiving: ClientRequest | None = None
-        self._queue: deque[ClientRequest] = deque()
+        self._queue: list[ClientRequest] = []
         self._invalid: Invalid | None = None
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
@@ -321,7 +338,7 @@ class FrontConnection(asyncio.Protocol):
     def _next(self) -> None:
         """Nothing in flight: start what arrived meanwhile, hand over, or refuse."""
         if self._queue:
-            self._start(self._queue.popleft())
+            self._start(self._queue.pop(0))
             if self._reading_paused and len(self._queue) < MAX_QUEUED // 2:
                 self.body_drained()
             return

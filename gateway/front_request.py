@@ -85,7 +85,7 @@ class ClientRequest:
         self._keep_alive = head.keep_alive
         self._headers: HeaderView | None = None
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] | None = None  # most requests have no body
         self._held = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
@@ -124,6 +124,8 @@ class ClientRequest:
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrived in."""
         self._conn.continue_if_expected(self)
+        if self._chunks is None:
+            self._chunks = deque()
         while True:
             while not self._chunks:
                 if self._error is not None:
@@ -144,6 +146,8 @@ class ClientRequest:
     # what the connection feeds
 
     def feed_body(self, data: bytes) -> None:
+        if self._chunks is None:
+            self._chunks = deque()
         self._chunks.append(data)
         self._held += len(data)
         if self._held > BODY_HIGH_WATER:

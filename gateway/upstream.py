@@ -77,6 +77,22 @@ class _Parsed:
 class Response:
     """A response being read from one stream. Call ``release`` when done with it."""
 
+    __slots__ = (
+        "_chunked",
+        "_ending",
+        "_parsed",
+        "_parser",
+        "_pool",
+        "_released",
+        "content_length",
+        "headers",
+        "reason",
+        "status",
+        "stream",
+        "upgraded",
+        "upgraded_tail",
+    )
+
     def __init__(
         self,
         pool: StreamPool,
