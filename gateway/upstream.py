@@ -80,6 +80,7 @@ class Response:
     __slots__ = (
         "_chunked",
         "_ending",
+        "_left",
         "_parsed",
         "_parser",
         "_pool",
@@ -126,6 +127,11 @@ class Response:
             parsed.complete = True
             parsed.body.clear()
             self.content_length = 0
+        self._left: int | None = None
+        """Body bytes still to come, when the length is known: they are passed on as they
+        arrive, without llhttp (one copy and one parser pass less per byte)."""
+        if self.content_length is not None and not self._chunked and not parsed.complete:
+            self._left = self.content_length - sum(len(piece) for piece in parsed.body)
         self._released = False
         self._ending = False
 
@@ -146,6 +152,8 @@ class Response:
     async def read_chunk(self) -> bytes:
         """The next piece of the body, ``b""`` at its end."""
         parsed = self._parsed
+        if self._left is not None and not parsed.body:
+            return await self._read_counted()
         while not parsed.body:
             if parsed.complete:
                 return b""
@@ -169,6 +177,29 @@ class Response:
         out = b"".join(parsed.body)
         parsed.body.clear()
         return out
+
+    async def _read_counted(self) -> bytes:
+        left = self._left
+        assert left is not None
+        parsed = self._parsed
+        if left <= 0:
+            parsed.complete = True
+            return b""
+        try:
+            data = await self.stream.read()
+        except TunnelError:
+            if self._ending:
+                return b""
+            raise
+        if not data:
+            raise UpstreamError("the API server closed the connection mid-response")
+        if len(data) >= left:
+            if len(data) > left:
+                data = data[:left]
+                parsed.keep_alive = False  # bytes after the answer: do not reuse
+            parsed.complete = True
+        self._left = left - len(data)
+        return data
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         while chunk := await self.read_chunk():

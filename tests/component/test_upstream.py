@@ -141,3 +141,38 @@ async def test_an_api_server_that_never_answers_times_out(monkeypatch: pytest.Mo
     pool2, _ = await make([[OK]])
     response = await pool2.request("GET", HEAD, None)
     assert response.status == 200 and not pool2._waiting
+
+
+async def test_a_body_with_a_length_is_passed_on_as_it_arrives() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    pool, server = await make([[head + b"abc", b"defg", b"hij"], [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    assert resp.content_length == 10
+    chunks = [chunk async for chunk in resp.iter_chunks()]
+    assert b"".join(chunks) == b"abcdefghij"
+    assert chunks[0] == b"abc"  # the part that came with the head
+    assert resp.complete
+    resp.release()
+    resp = await pool.request("GET", HEAD, None)  # the stream is reused
+    assert await resp.read_all() == b"{}"
+    assert len(server.streams) == 1
+
+
+async def test_bytes_after_a_counted_body_are_dropped_and_the_stream_not_reused() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
+    pool, server = await make([[head, b"abcdEXTRA"], [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    assert await resp.read_all() == b"abcd"
+    resp.release()
+    assert pool.idle_count == 0
+    resp = await pool.request("GET", HEAD, None)
+    assert await resp.read_all() == b"{}"
+    assert len(server.streams) == 2
+
+
+async def test_a_counted_body_cut_short_is_an_upstream_error() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    pool, _ = await make([[head, b"abc", b"<close>"]])
+    resp = await pool.request("GET", HEAD, None)
+    with pytest.raises(UpstreamError, match="mid-response"):
+        await resp.read_all()
