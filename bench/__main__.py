@@ -44,6 +44,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (full 30, quick 5)")
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
                    help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
+    p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run herdgate at this git revision as a fourth path (A/B)",
+    )
     p.add_argument("--json", type=Path, help="also write every raw figure here")
     p.add_argument("--markdown", type=Path, help="also write the report here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
@@ -103,11 +108,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"figures 1-3: {args.rounds} rounds x 3 scenarios x 3 paths,"
                 f" {args.seconds:g} s each"
             )
-            http = suite.http_paths(tmp, certs, args.rounds, args.seconds, args.profile, log)
+            baseline = None
+            if args.baseline:
+                baseline = suite.checkout(REPO_ROOT, args.baseline, tmp / "baseline-src")
+                log(f"baseline: herdgate at {args.baseline} ({baseline.commit}) as a fourth path")
+            try:
+                http = suite.http_paths(
+                    tmp, certs, args.rounds, args.seconds, args.profile, log, baseline
+                )
+            finally:
+                if baseline is not None:
+                    baseline.remove()
             raw["http"] = http.rounds.to_json()
             foreign += [r.foreign_pct for r in http.rounds.runs]
             lines, found = report.http_table(http)
             checks += found
+            if baseline is not None:
+                lines += ["", *report.baseline_lines(http, baseline.commit)]
             sections += ["### Figures 1-3: 2 KB GET and the 100 MB list", "", *lines, "",
                          "CPU per process, median over rounds (% of one core · CPU per request"
                          " or per MB):", "", *report.cpu_table(http), ""]  # fmt: skip

@@ -93,6 +93,7 @@ def start_agent(
     kubeconfig: Path,
     name: str,
     max_streams: int | None = None,
+    cwd: Path | None = None,
 ) -> Agent:
     """The agent as a process, exactly as the gateway told us to run it."""
     _, command = registration(admin, cluster_id)
@@ -101,7 +102,10 @@ def start_agent(
         config = tmp / f"{name}.yaml"
         config.write_text(yaml.safe_dump({"tunnel": {"max_streams": max_streams}}))
         extra = ["--config", str(config)]
-    agent = Agent(agent_command(command, kubeconfig, *extra), tmp / f"{name}.log").start()
+    agent = Agent(agent_command(command, kubeconfig, *extra), tmp / f"{name}.log")
+    if cwd is not None:
+        agent.cwd = cwd
+    agent.start()
     wait_until(
         lambda: admin.get(f"/v3/clusters/{cluster_id}")["state"] == "active",
         30,

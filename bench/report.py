@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import nginx, wrk
 from bench.framing import FramingResult
 from bench.herdgate import git_commit
-from bench.rounds import RoundsResult, Run, spread
+from bench.rounds import BASELINE, RoundsResult, Run, spread
 from bench.suite import AgentsResult, HttpResult, WatchResult
 
 
@@ -169,6 +169,40 @@ def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
     return lines, checks
 
 
+def baseline_lines(http: HttpResult, commit: str) -> list[str]:
+    """herdgate against another revision of itself, measured in the same rounds."""
+    r = http.rounds
+    lines = [
+        f"herdgate against itself at `{commit}` (`--baseline`), the same rounds:",
+        "",
+        "| figure | herdgate | baseline | herdgate ÷ baseline |",
+        "|---|---|---|---|",
+    ]
+
+    def per_mb(role: str) -> Callable[[Run], float]:
+        return lambda x: 1e3 * x.cpu_s.get(role, 0.0) / max(1e-9, x.mb_per_s * x.wall_s)
+
+    def per_req(role: str) -> Callable[[Run], float]:
+        return lambda x: x.cpu_us_per_request(role)
+
+    rows: list[tuple[str, str, Callable[[Run], float], int]] = [
+        ("req/s, 2 KB GET, 64 conns", "c64", lambda x: x.rps, 0),
+        ("gateway CPU µs/req, 64 conns", "c64", per_req("gateway"), 0),
+        ("agent CPU µs/req, 64 conns", "c64", per_req("agent"), 0),
+        ("p50 ms, 1 conn", "c1", lambda x: x.p50_ms, 3),
+        ("gateway CPU µs/req, 1 conn", "c1", per_req("gateway"), 0),
+        ("MB/s, 100 MB list", "bulk", lambda x: x.mb_per_s, 0),
+        ("gateway CPU ms/MB", "bulk", per_mb("gateway"), 2),
+        ("agent CPU ms/MB", "bulk", per_mb("agent"), 2),
+    ]
+    for label, scenario, pick, digits in rows:
+        ours = _fmt(_values(r, scenario, "herdgate", pick), digits)
+        theirs = _fmt(_values(r, scenario, BASELINE, pick), digits)
+        ratio = _fmt(r.per_round(scenario, pick, "herdgate", BASELINE), 2)
+        lines.append(f"| {label} | {ours} | {theirs} | {ratio} |")
+    return lines
+
+
 def _check(
     figure: str,
     values: Sequence[float],
@@ -194,7 +228,7 @@ def cpu_table(http: HttpResult) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in ("c64", "c1", "bulk"):
-        for target in ("direct", "nginx-proxy", "herdgate"):
+        for target in ("direct", "nginx-proxy", "herdgate", BASELINE):
             runs = http.rounds.select(scenario, target)
             if not runs:
                 continue

@@ -28,6 +28,15 @@ class Target:
     name: str
     url_base: str
     roles: dict[str, int]
+    token: str = ""
+    """Its own bearer token (the baseline gateway issues its own); else the run's."""
+
+    def headers(self, common: dict[str, str]) -> dict[str, str]:
+        return {**common, "Authorization": f"Bearer {self.token}"} if self.token else common
+
+
+BASELINE = "baseline"
+"""The fourth path of ``--baseline REV``: herdgate at another revision."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,8 @@ def run_rounds(
     for target in targets:
         for scenario in plan:
             wrk.run(target.url_base + scenario.path, connections=scenario.connections,
-                    seconds=1, headers=headers, threads=scenario.threads, timeout_s=30)  # fmt: skip
+                    seconds=1, headers=target.headers(headers), threads=scenario.threads,
+                    timeout_s=30)  # fmt: skip
     for number in range(rounds):
         shift = number % len(targets)
         order = list(targets[shift:]) + list(targets[:shift])
@@ -158,6 +168,7 @@ def _one(
     number: int, scenario: Scenario, target: Target, headers: dict[str, str], gateway_pid: int
 ) -> Run:
     sample_rss = scenario.name == "bulk" and "gateway" in target.roles
+    gateway_pid = target.roles.get("gateway", gateway_pid)
     if sample_rss:
         reset_peak(gateway_pid)
     sampler = RssSampler(gateway_pid) if sample_rss else None
@@ -167,7 +178,8 @@ def _one(
             sampler.__enter__()
         try:
             res = wrk.run(target.url_base + scenario.path, connections=scenario.connections,
-                          seconds=scenario.seconds, headers=headers, threads=scenario.threads,
+                          seconds=scenario.seconds, headers=target.headers(headers),
+                          threads=scenario.threads,
                           timeout_s=30)  # fmt: skip
         finally:
             if sampler is not None:

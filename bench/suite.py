@@ -41,7 +41,7 @@ from bench.herdgate import (
 from bench.nginx import Certs
 from bench.procstats import CpuMeter, rss_kib, tree_rss_kib
 from bench.profile import Profile
-from bench.rounds import RoundsResult, Target, run_rounds, scenarios
+from bench.rounds import BASELINE, RoundsResult, Target, run_rounds, scenarios
 from tests.integration.env import REPO_ROOT, Api, Gateway, free_port, wait_until
 
 Log = Callable[[str], None]
@@ -84,8 +84,41 @@ class HttpResult:
     """py-spy: "gateway c64", "agent bulk" ... -> ("self: f" or "incl: f", % of samples)."""
 
 
+@dataclass
+class Checkout:
+    """Another revision of the code, in a git worktree (``--baseline``)."""
+
+    repo: Path
+    path: Path
+    commit: str
+
+    def remove(self) -> None:
+        subprocess.run(
+            ["git", "-C", str(self.repo), "worktree", "remove", "--force", str(self.path)],
+            capture_output=True, check=False,
+        )  # fmt: skip
+
+
+def checkout(repo: Path, rev: str, path: Path) -> Checkout:
+    subprocess.run(
+        ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), rev],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    commit = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return Checkout(repo, path, commit)
+
+
 def http_paths(
-    tmp: Path, certs: Certs, rounds: int, seconds: float, profile_s: float, log: Log
+    tmp: Path,
+    certs: Certs,
+    rounds: int,
+    seconds: float,
+    profile_s: float,
+    log: Log,
+    baseline: Checkout | None = None,
 ) -> HttpResult:
     small, big = nginx.write_payloads(tmp / "www")
     with contextlib.ExitStack() as stack:
@@ -104,6 +137,9 @@ def http_paths(
         stack.callback(agent.stop)
         token = member_token(gateway, admin, cluster_id)
         assert gateway.process is not None and agent.process is not None
+        extra: list[Target] = []
+        if baseline is not None:
+            extra.append(_baseline_target(stack, tmp, baseline, backend.url, backend.pid, certs))
         targets = [
             Target("direct", backend.url, {"backend": backend.pid}),
             Target("nginx-proxy", proxy.url, {"proxy": proxy.pid, "backend": backend.pid}),
@@ -116,10 +152,11 @@ def http_paths(
                     "backend": backend.pid,
                 },
             ),
+            *extra,
         ]
         expected = small.read_bytes()
         for target in targets:
-            status, body = _get(target.url_base + nginx.SMALL_PATH, token)
+            status, body = _get(target.url_base + nginx.SMALL_PATH, target.token or token)
             if status != 200 or body != expected:
                 raise RuntimeError(f"{target.name}: HTTP {status}, {len(body)} bytes")
         log(f"paths ready: {', '.join(t.name for t in targets)}; big list {big.stat().st_size:,} B")
@@ -147,6 +184,40 @@ def http_paths(
                 )
                 result.profile |= {f"{role} {name}": prof for role, prof in found.items()}
         return result
+
+
+def _baseline_target(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    baseline: Checkout,
+    backend_url: str,
+    backend_pid: int,
+    certs: Certs,
+) -> Target:
+    """The same path through a gateway and agent running ``baseline``'s code.
+
+    Its gateway gets the same user and binding; the token is the one issued there, so
+    requests differ only in the code they run through.
+    """
+    gateway = Gateway(
+        tmp / "gateway-baseline", free_port(), tmp / "gateway-baseline.log", cwd=baseline.path
+    ).start(timeout=60)
+    stack.callback(gateway.stop)
+    admin = gateway.admin()
+    cluster_id = create_cluster(admin, "bench")
+    kubeconfig = backend_kubeconfig(
+        tmp / "agent-baseline.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
+    )
+    agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-baseline", cwd=baseline.path)
+    stack.callback(agent.stop)
+    token = member_token(gateway, admin, cluster_id)
+    assert gateway.process is not None and agent.process is not None
+    return Target(
+        BASELINE,
+        f"{gateway.url}/k8s/clusters/{cluster_id}",
+        {"gateway": gateway.process.pid, "agent": agent.process.pid, "backend": backend_pid},
+        token=token,
+    )
 
 
 # -- figure 4 -----------------------------------------------------------------------------

@@ -123,6 +123,8 @@ class Gateway:
     extra_args: list[str] = field(default_factory=list)
     ca_path: Path | None = None
     """The CA that verifies the gateway, when it is not generated in its state dir."""
+    cwd: Path = REPO_ROOT
+    """Where ``python -m herdgate`` runs: the code it imports (benchmarks compare commits)."""
 
     @property
     def url(self) -> str:
@@ -143,7 +145,7 @@ class Gateway:
         ]  # fmt: skip
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -184,11 +186,12 @@ class Agent:
     command: list[str]
     log_file: Path
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path = REPO_ROOT
 
     def start(self) -> Agent:
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         log.close()
