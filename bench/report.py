@@ -19,7 +19,7 @@ from bench import nginx, wrk
 from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
-from bench.suite import AgentsResult, HttpResult, WatchResult
+from bench.suite import CHURN_ROUNDS, AgentsResult, HttpResult, WatchResult
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,9 @@ def watch_lines(w: WatchResult) -> tuple[list[str], list[Check]]:
         f" {w.agent_kib_per_watch:.1f} KiB per watch). Baseline on a fresh gateway:"
         f" {w.conn_kib:.1f} KiB per idle TLS keep-alive connection (one `GET /healthz`, no"
         f" watch), so the watch itself (request, stream, tunnel) adds"
-        f" ~{w.gateway_kib_per_watch - w.conn_kib:.1f} KiB.",
+        f" ~{w.gateway_kib_per_watch - w.conn_kib:.1f} KiB. After {CHURN_ROUNDS} rounds of"
+        f" closing those connections and opening as many again: {w.churned_kib:.1f} KiB per"
+        " connection (what the allocator keeps as connections come and go).",
         f"- {w.rate:g} events/s for {w.seconds:g} s: {w.sent:,} sent, {int(lat.get('events', 0)):,}"
         f" delivered; latency p50 {lat.get('p50_ms', 0):.2f} ms, p90 {lat.get('p90_ms', 0):.2f} ms,"
         f" **p99 {lat.get('p99_ms', 0):.2f} ms**, p99.9 {lat.get('p999_ms', 0):.2f} ms,"

@@ -243,6 +243,8 @@ class WatchResult:
     conn_kib: float = 0.0
     """Baseline: gateway RSS per idle keep-alive TLS connection (``GET /healthz``, no watch),
     measured on a gateway of its own."""
+    churned_kib: float = 0.0
+    """The same after ``CHURN_ROUNDS`` rounds of closing all and opening as many again."""
 
     @property
     def gateway_kib_per_watch(self) -> float:
@@ -288,32 +290,46 @@ class WatchClient:
         _stop_process(self.process)
 
 
-def connection_cost(tmp: Path, count: int, log: Log) -> float:
-    """Gateway RSS per idle keep-alive TLS connection that made one ``GET /healthz``."""
+CHURN_ROUNDS = 3
+
+
+def connection_cost(tmp: Path, count: int, log: Log) -> tuple[float, float]:
+    """Gateway RSS per idle keep-alive TLS connection that made one ``GET /healthz``:
+    on a fresh gateway, and after ``CHURN_ROUNDS`` more rounds of closing them all and
+    opening as many again (both against the RSS before the first round)."""
     gateway = start_gateway(tmp, "gateway-conns")
     try:
         assert gateway.process is not None
         time.sleep(1.0)
         before = tree_rss_kib(gateway.process.pid)
-        client = WatchClient(f"{gateway.url}/healthz", "-", gateway.ca_file, count)
-        try:
-            opened = client.opened()
-            time.sleep(2.0)
-            per_conn = (tree_rss_kib(gateway.process.pid) - before) / max(1, int(opened["opened"]))
-            client.start_measuring(0)
-            client.latency()
-        finally:
-            client.stop()
+        per_conn = churned = 0.0
+        for number in range(1 + CHURN_ROUNDS):
+            client = WatchClient(f"{gateway.url}/healthz", "-", gateway.ca_file, count)
+            try:
+                opened = max(1, int(client.opened()["opened"]))
+                time.sleep(2.0)
+                kib = (tree_rss_kib(gateway.process.pid) - before) / opened
+                if number == 0:
+                    per_conn = kib
+                churned = kib
+                client.start_measuring(0)
+                client.latency()
+            finally:
+                client.stop()
+            time.sleep(1.0)
     finally:
         gateway.stop()
-    log(f"baseline: {per_conn:.1f} KiB of gateway RSS per idle TLS keep-alive connection")
-    return per_conn
+    log(
+        f"baseline: {per_conn:.1f} KiB of gateway RSS per idle TLS keep-alive connection;"
+        f" {churned:.1f} KiB after {CHURN_ROUNDS} rounds of closing and reopening them"
+    )
+    return per_conn, churned
 
 
 def watches(
     tmp: Path, certs: Certs, count: int, rate: float, seconds: float, log: Log
 ) -> WatchResult:
-    conn_kib = connection_cost(tmp, count, log)
+    conn_kib, churned_kib = connection_cost(tmp, count, log)
     with contextlib.ExitStack() as stack:
         port = free_port()
         backend_log = (tmp / "watch-backend.log").open("wb")
@@ -391,6 +407,7 @@ def watches(
             cpu_pct={role: usage.pct(role) for role in usage.roles}
             | {"box": usage.box_busy_pct, "other": usage.foreign_pct},
             conn_kib=conn_kib,
+            churned_kib=churned_kib,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
