@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from config import allocator, checks, loader
+from config import checks, loader
 from config.errors import ConfigError
 from config.logging import configure_logging
 
@@ -59,7 +59,6 @@ def run_program(
             print(json.dumps(loader.redacted(settings), indent=2))
             return 0
         configure_logging(settings.logging)  # type: ignore[attr-defined]
-        allocator.fix_mmap_threshold()
         return main(settings) or 0
     except ConfigError as exc:
         sources = getattr(args, "config_sources", None)
