@@ -136,9 +136,14 @@ class Exchange:
                 target=self.target or request.raw_path,
                 info=info,
                 source=request.remote or "",
-                user_agent=request.headers.get("User-Agent", ""),
+                user_agent=_user_agent(request),
                 status=status,
                 duration_s=seconds,
                 extra=self.audit_body,
             )
         )
+
+
+def _user_agent(request: web.BaseRequest | ClientRequest) -> str:
+    agent = getattr(request, "user_agent", None)  # the lean path read it while parsing
+    return agent if isinstance(agent, str) else request.headers.get("User-Agent", "")

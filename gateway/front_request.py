@@ -63,16 +63,22 @@ class ClientRequest:
         "_held",
         "_keep_alive",
         "_waiter",
+        "authorization",
         "body_complete",
         "body_exists",
         "content",
         "content_length",
         "expect_continue",
+        "impersonates",
         "method",
         "raw_headers",
         "raw_path",
+        "user_agent",
         "version",
     )
+
+    upgrade = False
+    """Upgrades go to aiohttp (``gateway.front.wants``)."""
 
     def __init__(self, head: Head, conn: FrontConnection) -> None:
         self.method = head.method
@@ -82,6 +88,10 @@ class ClientRequest:
         self.content_length = head.content_length
         self.body_exists = head.has_body
         self.expect_continue = head.expect_continue and head.has_body
+        auth = head.authorization
+        self.authorization = None if auth is None else auth.decode("latin-1")
+        self.user_agent = head.user_agent.decode("latin-1")
+        self.impersonates = head.impersonates
         self._keep_alive = head.keep_alive
         self._headers: HeaderView | None = None
         self._conn = conn

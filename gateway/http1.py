@@ -39,6 +39,10 @@ class Head:
     content_length: int | None
     chunked: bool
     expect_continue: bool
+    authorization: bytes | None = None
+    user_agent: bytes = b""
+    impersonates: bool = False
+    """An ``Impersonate-*`` header is present."""
 
     @property
     def has_body(self) -> bool:
@@ -184,15 +188,25 @@ class RequestReader:
         parser = self._parser
         building = self._building
         content_length: int | None = None
-        chunked = expect = False
+        chunked = expect = impersonates = False
+        authorization: bytes | None = None
+        user_agent = b""
+        # One pass picks out what the proxy asks of every request.
         for name, value in building.headers:
             lname = name.lower()
-            if lname == b"content-length":
+            if lname == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif lname == b"user-agent":
+                user_agent = user_agent or value
+            elif lname == b"content-length":
                 content_length = int(value)  # llhttp has checked it
             elif lname == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif lname == b"expect":
                 expect = value.lower() == b"100-continue"
+            elif lname.startswith(b"impersonate-"):
+                impersonates = True
         head = Head(
             method=parser.get_method().decode("ascii"),
             target=building.target,
@@ -203,6 +217,9 @@ class RequestReader:
             content_length=content_length,
             chunked=chunked,
             expect_continue=expect,
+            authorization=authorization,
+            user_agent=user_agent,
+            impersonates=impersonates,
         )
         if not self._wants(head):
             if not self._raw_valid:

@@ -103,18 +103,22 @@ def forwarded_headers(
     ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``);
     ``upgrade`` keeps ``Connection: Upgrade`` and ``Upgrade`` for exec/attach/port-forward.
     """
-    headers = list(headers)
-    listed = connection_tokens(headers) - {b"upgrade"}
     out: list[Header] = []
+    listed: set[bytes] = set()
     for key, value in headers:
         lower = key.lower()
-        if lower in _DROPPED or lower in listed:
-            if upgrade and lower == b"upgrade":
+        if lower in _DROPPED:
+            if lower == b"connection":
+                listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            elif upgrade and lower == b"upgrade":
                 out.append((key, value))
             continue
         if not keep_impersonation and lower.startswith(IMPERSONATE_PREFIX):
             continue
         out.append((key, value))
+    listed.discard(b"upgrade")
+    if listed:  # names listed in Connection are hop-by-hop too (rare)
+        out = [(key, value) for key, value in out if key.lower() not in listed]
     if upgrade:
         out.append((b"Connection", b"Upgrade"))
     return out

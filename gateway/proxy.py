@@ -57,12 +57,17 @@ BUFFER_LIMIT = 256 * 1024
 
 
 def _is_upgrade(request: Incoming) -> bool:
+    if type(request) is ClientRequest:
+        return False  # upgrades are aiohttp's
     connection = request.headers.get("Connection", "")
     return "upgrade" in connection.lower() and "Upgrade" in request.headers
 
 
 async def _authenticate(app: web.Application, request: Incoming, cluster_id: str) -> Identity:
-    header = request.headers.get("Authorization")
+    if type(request) is ClientRequest:
+        header = request.authorization  # picked out while parsing
+    else:
+        header = request.headers.get("Authorization")
     directory = app[DIRECTORY]
     try:
         identity, token = directory.authenticate(header)
@@ -249,6 +254,8 @@ async def serve(
 
 
 def _client_impersonates(request: Incoming) -> bool:
+    if type(request) is ClientRequest:
+        return request.impersonates
     return any(k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers)
 
 

@@ -180,3 +180,17 @@ def test_hand_over_after_whole_chunks_keeps_exact_bytes(requests: list[bytes], c
     reader.feed(LOGIN[cut:])
     assert reader.handing_off
     assert reader.take_raw() == LOGIN
+
+
+def test_what_the_proxy_asks_of_every_request_is_picked_out_while_parsing() -> None:
+    request = GET.replace(
+        b"Host: gw", b"Host: gw\r\nUser-Agent: kubectl/v1.32.0\r\nImpersonate-User: bob"
+    )
+    head = _reader().feed(request)[0]
+    assert isinstance(head, Head)
+    assert head.authorization == b"Bearer t"
+    assert head.user_agent == b"kubectl/v1.32.0"
+    assert head.impersonates
+    plain = _reader().feed(POST)[0]
+    assert isinstance(plain, Head)
+    assert (plain.authorization, plain.user_agent, plain.impersonates) == (None, b"", False)
