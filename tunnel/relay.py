@@ -30,12 +30,17 @@ READ_BUFFER = 64 * 1024
 protocol uvloop fills this from as many records as have arrived, so a big LIST crosses
 the tunnel in DATA frames of up to this size, not one per TLS record)."""
 
+_shared_buffer = memoryview(bytearray(READ_BUFFER))
+"""One read buffer for every API-server connection of the process: the event loop fills
+it and calls ``buffer_updated`` in one go, which copies the bytes out, so no two
+connections ever use it at once. A buffer per connection was 64 KiB of memory per open
+stream (per watch) that sat idle."""
+
 
 class _UpstreamConnection(asyncio.BufferedProtocol):
     """API server bytes -> tunnel stream, respecting the stream's credit."""
 
     def __init__(self, stream: TunnelStream) -> None:
-        self._buffer = memoryview(bytearray(READ_BUFFER))
         self.transport: asyncio.Transport | None = None
         self._pump = IntoStream(stream, on_failure=self._abort)
         self.closed = asyncio.get_running_loop().create_future()
@@ -47,10 +52,10 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         set_nodelay(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer
+        return _shared_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._pump.feed(self._buffer[:nbytes].tobytes())
+        self._pump.feed(_shared_buffer[:nbytes].tobytes())
 
     def eof_received(self) -> bool | None:
         self._pump.feed_eof()
