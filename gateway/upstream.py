@@ -157,12 +157,9 @@ class Response:
         while not parsed.body:
             if parsed.complete:
                 return b""
-            try:
-                data = await self.stream.read()
-            except TunnelError:
-                if self._ending:
-                    return b""
-                raise
+            data = await self._receive()
+            if data is None:
+                return b""
             if not data:
                 if self.content_length is None and not self._chunked:
                     parsed.complete = True  # delimited by the connection closing
@@ -178,6 +175,16 @@ class Response:
         parsed.body.clear()
         return out
 
+    async def _receive(self) -> bytes | None:
+        """The next bytes from the API server (``b""`` at its end); None once
+        ``end_early`` has stopped the answer."""
+        try:
+            return await self.stream.read()
+        except TunnelError:
+            if self._ending:
+                return None
+            raise
+
     async def _read_counted(self) -> bytes:
         left = self._left
         assert left is not None
@@ -185,12 +192,9 @@ class Response:
         if left <= 0:
             parsed.complete = True
             return b""
-        try:
-            data = await self.stream.read()
-        except TunnelError:
-            if self._ending:
-                return b""
-            raise
+        data = await self._receive()
+        if data is None:
+            return b""
         if not data:
             raise UpstreamError("the API server closed the connection mid-response")
         if len(data) >= left:
