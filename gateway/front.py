@@ -177,7 +177,7 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
-        was_idle = reader.idle
+        begun = reader.begun
         for event in reader.feed(data):
             kind = type(event)
             if kind is Body:
@@ -191,7 +191,7 @@ class FrontConnection(asyncio.Protocol):
                     self._receiving = None
             else:
                 self._invalid = cast(Invalid, event)
-        if was_idle and not reader.idle:
+        if reader.begun != begun:  # a request began: its head has HEAD_TIMEOUT_S to arrive
             self._head_started = asyncio.get_running_loop().time()
         if self._current is None:
             self._next()
@@ -281,11 +281,11 @@ class FrontConnection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         if self._current is not None or self.transport is None:
             return
-        if self._reader.idle:
-            if now - self._last_active > self._front.keepalive_s:
-                self.close()
-        elif self._receiving is None and now - self._head_started > self._front.head_timeout_s:
-            self.close()  # a head that never completes
+        if self._reader.in_head:
+            if now - self._head_started > self._front.head_timeout_s:
+                self.close()  # a head that never completes
+        elif self._reader.idle and now - self._last_active > self._front.keepalive_s:
+            self.close()
 
     # internals
 

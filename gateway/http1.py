@@ -92,6 +92,7 @@ class RequestReader:
         "_raw_valid",
         "_started_in_feed",
         "_wants",
+        "begun",
         "failed",
         "handing_off",
     )
@@ -111,11 +112,18 @@ class RequestReader:
         self.handing_off = False
         """A request for aiohttp arrived: no more events; ``take_raw`` has its bytes."""
         self.failed = False
+        self.begun = 0
+        """Requests begun so far (a caller can tell that a new one started)."""
 
     @property
     def idle(self) -> bool:
         """Between requests: no part of one has arrived."""
         return not self._in_message and not self.handing_off
+
+    @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived, not all of it."""
+        return self._in_head and not self.failed
 
     def feed(self, data: bytes) -> list[Event]:
         if self.handing_off:
@@ -168,6 +176,7 @@ class RequestReader:
         if self._started_in_feed:
             self._raw_valid = False  # pipelined: began mid-chunk
         self._started_in_feed = True
+        self.begun += 1
         self._in_message = True
         self._in_head = True
         self._head_bytes = 0

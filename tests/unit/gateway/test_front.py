@@ -351,3 +351,22 @@ async def test_idle_and_stalled_connections_time_out(world: Any) -> None:
     assert not idle_transport.closed and stalled_transport.closed
     idle.check_timeouts(loop.time() + world.front.keepalive_s + 1)
     assert idle_transport.closed
+
+
+async def test_a_head_that_follows_a_long_body_gets_its_own_time(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    clock = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: clock[0])
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab"
+    )
+    clock[0] += world.front.head_timeout_s * 3  # a slow upload
+    conn.data_received(b"cd" + GET[:20])  # the body ends, the next head begins
+    await _settle()
+    conn.check_timeouts(clock[0] + world.front.head_timeout_s / 2)
+    assert not transport.closed
+    conn.check_timeouts(clock[0] + world.front.head_timeout_s + 1)
+    assert transport.closed
