@@ -315,7 +315,7 @@ class FrontConnection(asyncio.Protocol):
                 keep_alive = response.keep_alive  # written as it arrived
             else:  # an error answer built by aiohttp's helpers (gateway.errors)
                 keep_alive = request.keep_alive
-                self.write(_aiohttp_answer(response, keep_alive))
+                self.write(_aiohttp_answer(response, keep_alive, request.method == "HEAD"))
             keep_alive = keep_alive and request.body_complete
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False
@@ -390,7 +390,7 @@ _REASONS = {400: "BadRequest", 431: "RequestHeaderFieldsTooLarge"}
 _PHRASES = {400: "Bad Request", 431: "Request Header Fields Too Large"}
 
 
-def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool) -> bytes:
+def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool, head_only: bool) -> bytes:
     body = getattr(response, "body", None)
     data = body if isinstance(body, bytes) else b""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
@@ -403,4 +403,5 @@ def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool) -> bytes:
         data,
         request_id="",
         keep_alive=keep_alive,
+        head_only=head_only,
     )

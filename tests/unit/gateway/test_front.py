@@ -370,3 +370,16 @@ async def test_a_head_that_follows_a_long_body_gets_its_own_time(
     assert not transport.closed
     conn.check_timeouts(clock[0] + world.front.head_timeout_s + 1)
     assert transport.closed
+
+
+async def test_an_error_answer_to_head_has_no_body(world: Any) -> None:
+    async def missing(app: web.Application, request: ClientRequest) -> web.Response:
+        return k8s_response(NotFound('clusters "c-1" not found'))
+
+    world.handlers.append(missing)
+    conn, transport = world.connect()
+    conn.data_received(GET.replace(b"GET ", b"HEAD ", 1))
+    await _settle()
+    text = bytes(transport.written)
+    assert text.startswith(b"HTTP/1.1 404 Not Found\r\n") and text.endswith(b"\r\n\r\n")
+    assert not transport.closed
