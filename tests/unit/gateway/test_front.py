@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import front as front_module
 from gateway.drain import Drain
@@ -383,3 +385,56 @@ async def test_an_error_answer_to_head_has_no_body(world: Any) -> None:
     text = bytes(transport.written)
     assert text.startswith(b"HTTP/1.1 404 Not Found\r\n") and text.endswith(b"\r\n\r\n")
     assert not transport.closed
+
+
+_PIECES = [
+    GET,
+    GET[:17],
+    GET[17:],
+    LOGIN,
+    b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST /k8s/clusters/c-1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"\r\n",
+    b"GARBAGE \x00\xff\r\n\r\n",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=64)), max_size=10))
+async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
+    chunks: list[bytes],
+) -> None:
+    async def answer(app: web.Application, request: ClientRequest) -> RawResponse:
+        if request.body_exists:
+            await request.read()
+        return RawResponse(
+            200, "OK", [], b"{}", request_id="", keep_alive=request.keep_alive, head=False
+        )
+
+    app = web.Application()
+    app[DRAIN] = Drain()
+    handed: list[FakeAiohttp] = []
+
+    def fallback() -> FakeAiohttp:
+        handed.append(FakeAiohttp())
+        return handed[-1]
+
+    original = front_module.proxy.answer
+    front_module.proxy.answer = answer  # type: ignore[assignment]
+    try:
+        conn = Front(app, fallback)()
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        for chunk in chunks:
+            if transport.closed or transport.protocol is not None:
+                break
+            conn.data_received(chunk)
+            await _settle()
+        conn.connection_lost(None)
+        await _settle()
+    finally:
+        front_module.proxy.answer = original  # type: ignore[method-assign]
+    text = bytes(transport.written)
+    assert text == b"" or text.startswith(b"HTTP/1.1 ")
+    if handed:  # what aiohttp got is exactly the end of what the client sent
+        assert b"".join(chunks).find(bytes(handed[0].data)) >= 0
