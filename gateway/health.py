@@ -81,13 +81,15 @@ def metrics_app(main: web.Application) -> web.Application:
 
 async def sample_forever(app: web.Application) -> None:
     """Keep the figures fresh between scrapes (they matter for other workers' scrapes):
-    batched request metrics every second, tunnel bytes and streams every 5 s."""
+    batched request metrics every second while requests come (every 5 s while none did:
+    an idle gateway should not wake up every second), tunnel bytes and streams every 5 s."""
     sampler = app[SAMPLER]
     loop = asyncio.get_running_loop()
     next_sample = loop.time() + SAMPLE_EVERY_S
+    busy = True
     while True:
-        await asyncio.sleep(FLUSH_S)
-        HOT.flush()
+        await asyncio.sleep(FLUSH_S if busy else SAMPLE_EVERY_S)
+        busy = HOT.flush()
         if loop.time() >= next_sample:
             sampler.sample()
             next_sample = loop.time() + SAMPLE_EVERY_S

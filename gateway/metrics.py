@@ -130,9 +130,9 @@ class _BatchedHistogram:
         self._sum += seconds
         self._n += 1
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         if not self._n:
-            return
+            return False
         buckets = self._child._buckets
         for index, count in enumerate(self._counts):
             if count:
@@ -141,6 +141,7 @@ class _BatchedHistogram:
         self._child._sum.inc(self._sum)
         self._sum = 0.0
         self._n = 0
+        return True
 
 
 class _BatchedCounter:
@@ -150,10 +151,12 @@ class _BatchedCounter:
         self._child = child
         self.pending = 0
 
-    def flush(self) -> None:
-        if self.pending:
-            self._child.inc(self.pending)
-            self.pending = 0
+    def flush(self) -> bool:
+        if not self.pending:
+            return False
+        self._child.inc(self.pending)
+        self.pending = 0
+        return True
 
 
 class HotPath:
@@ -198,15 +201,17 @@ class HotPath:
             )
         counter.pending += 1
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Add what was counted since the last flush; False if there was nothing."""
+        flushed = False
         for counter in self._requests.values():
-            counter.flush()
+            flushed = counter.flush() or flushed
         for counter in self._authentications.values():
-            counter.flush()
+            flushed = counter.flush() or flushed
         for histogram in self._durations.values():
-            histogram.flush()
-        self.auth.flush()
-        self.roundtrip.flush()
+            flushed = histogram.flush() or flushed
+        flushed = self.auth.flush() or flushed
+        return self.roundtrip.flush() or flushed
 
 
 HOT = HotPath()

@@ -21,6 +21,9 @@ from gateway.store.base import AlreadyExists, Change, Document, StoreError
 T = TypeVar("T")
 
 POLL_INTERVAL_S = 0.2
+POLL_IDLE_MAX_S = 2.0
+"""The change feed polls every POLL_INTERVAL_S after a change and backs off to this while
+nothing changes: each wake-up of an idle process costs more than the poll itself."""
 KEEP_CHANGES = 10_000
 """Change-log rows kept for followers; older ones are compacted away."""
 
@@ -230,13 +233,16 @@ class SQLiteStore:
     async def changes(self, after: int) -> AsyncIterator[Change]:
         last = after
         signal_seen = b""
+        interval = POLL_INTERVAL_S
         while True:
             if self._signal is not None:
                 current = self._signal[0:8]
                 if current == signal_seen:
-                    await asyncio.sleep(POLL_INTERVAL_S)  # nobody wrote: no query at all
+                    await asyncio.sleep(interval)  # nobody wrote: no query at all
+                    interval = min(interval * 2, POLL_IDLE_MAX_S)
                     continue
                 signal_seen = current
+                interval = POLL_INTERVAL_S
 
             def op(since: int = last) -> list[tuple[int, str, str, str | None]]:
                 return self._conn.execute(
@@ -252,7 +258,8 @@ class SQLiteStore:
             if len(rows) == 1000:
                 signal_seen = b""  # more to read
             elif not rows:
-                await asyncio.sleep(POLL_INTERVAL_S)
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, POLL_IDLE_MAX_S)
 
     async def close(self) -> None:
         def op() -> None:

@@ -193,3 +193,13 @@ def test_batched_histogram_matches_observe() -> None:
         assert d == b, le
     assert registry.get_sample_value("batched_seconds_sum") == pytest.approx(sum(values))
     assert registry.get_sample_value("batched_seconds_count") == len(values)
+
+
+def test_flush_says_whether_anything_was_waiting() -> None:
+    metrics.HOT.flush()
+    assert metrics.HOT.flush() is False  # nothing since: the sampler may sleep longer
+    metrics.HOT.request("c-flush", "get", 200, 0.01)
+    assert metrics.HOT.flush() is True
+    metrics.HOT.authentication("token", "success")
+    assert metrics.HOT.flush() is True
+    assert metrics.HOT.flush() is False
