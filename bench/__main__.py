@@ -23,7 +23,7 @@ from bench.nginx import make_certs
 from bench.watch_backend import raise_nofile
 from tests.integration.env import REPO_ROOT
 
-PHASES = ("framing", "http", "watches", "agents")
+PHASES = ("framing", "http", "exec", "watches", "agents")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -137,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
                     *(f"- {pct:5.1f} %  `{fn}`" for fn, pct in prof),
                     "",
                 ]
+        if "exec" in args.phases:
+            log("exec sessions: direct and through herdgate")
+            ex = suite.exec_paths(
+                tmp, certs, 2 if args.quick else 3, 30 if args.quick else 100,
+                500 if args.quick else 2000, 20.0 if args.quick else 100.0, log,
+            )  # fmt: skip
+            raw["exec"] = suite.to_json(ex)
+            sections += ["### Exec sessions", "", *report.exec_lines(ex), ""]
         if "watches" in args.phases:
             log(f"figure 4: {args.watches:,} watches, {args.event_rate:g} events/s")
             w = suite.watches(tmp, certs, args.watches, args.event_rate, args.event_seconds, log)

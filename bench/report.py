@@ -19,7 +19,7 @@ from bench import nginx, wrk
 from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
-from bench.suite import CHURN_ROUNDS, AgentsResult, HttpResult, WatchResult
+from bench.suite import CHURN_ROUNDS, AgentsResult, ExecResult, HttpResult, WatchResult
 
 
 @dataclass(frozen=True)
@@ -293,6 +293,35 @@ def watch_lines(w: WatchResult) -> tuple[list[str], list[Check]]:
         ),
     ]
     return lines, checks
+
+
+def exec_lines(e: ExecResult) -> list[str]:
+    """Exec sessions: direct against through herdgate, medians over rounds."""
+    rounds = len(e.values("herdgate", "setup_p50_ms"))
+    lines = [
+        f"kubectl-shaped exec (WebSocket `v5.channel.k8s.io`, stdin echoed on stdout by a"
+        f" stand-in exec endpoint), {rounds} rounds: {e.sessions} sessions opened one after"
+        f" another (each a new TLS connection), {e.echoes} echoes of a 64-byte line on one"
+        f" session, {e.bulk_mb:g} MB of stdin in 32 KiB messages echoed back.",
+        "",
+        "| figure | direct | herdgate | herdgate - direct | herdgate ÷ direct |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key, digits in (
+        ("session setup p50, ms", "setup_p50_ms", 2),
+        ("session setup p99, ms", "setup_p99_ms", 2),
+        ("echo round trip p50, ms", "echo_p50_ms", 3),
+        ("echo round trip p99, ms", "echo_p99_ms", 3),
+        ("stdin → stdout, MB/s", "bulk_mb_per_s", 0),
+    ):
+        direct, ours = e.values("direct", key), e.values("herdgate", key)
+        diff = [b - a for a, b in zip(direct, ours, strict=False)]
+        ratio = [b / a for a, b in zip(direct, ours, strict=False) if a]
+        lines.append(
+            f"| {label} | {_fmt(direct, digits)} | {_fmt(ours, digits)}"
+            f" | {_fmt(diff, digits, sign=True)} | {_fmt(ratio, 2)} |"
+        )
+    return lines
 
 
 def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:

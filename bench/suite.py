@@ -621,6 +621,78 @@ def to_json(value: Any) -> Any:
     return value
 
 
+EXEC_PATH = "/api/v1/namespaces/default/pods/bench/exec"
+
+
+@dataclass
+class ExecResult:
+    sessions: int
+    echoes: int
+    bulk_mb: float
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    """One per round and path: ``{"round", "path", "setup_p50_ms", ... "bulk_mb_per_s"}``."""
+
+    def values(self, path: str, key: str) -> list[float]:
+        return [float(r[key]) for r in self.runs if r["path"] == path]
+
+
+def exec_paths(
+    tmp: Path, certs: Certs, rounds: int, sessions: int, echoes: int, bulk_mb: float, log: Log
+) -> ExecResult:
+    """kubectl-shaped exec sessions, direct to a stand-in exec endpoint and through herdgate
+    (gateway, tunnel, agent), interleaved in rounds."""
+    result = ExecResult(sessions, echoes, bulk_mb)
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        backend_log = (tmp / "exec-backend.log").open("wb")
+        stack.callback(backend_log.close)
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "bench.exec_backend", "--port", str(port),
+             "--cert", str(certs.cert), "--key", str(certs.key)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=backend_log, text=True,
+        )  # fmt: skip
+        stack.callback(_stop_process, backend)
+        assert backend.stdout is not None
+        if backend.stdout.readline().strip() != "ready":
+            raise RuntimeError("the exec backend did not start")
+        backend_url = f"https://127.0.0.1:{port}"
+        gateway = start_gateway(tmp, "gateway-exec")
+        stack.callback(gateway.stop)
+        admin = gateway.admin()
+        cluster_id = create_cluster(admin, "exec")
+        kubeconfig = backend_kubeconfig(
+            tmp / "agent-exec.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
+        )
+        agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-exec")
+        stack.callback(agent.stop)
+        token = member_token(gateway, admin, cluster_id)
+        paths = [
+            ("direct", backend_url + EXEC_PATH, AGENT_BACKEND_TOKEN, certs.ca),
+            ("herdgate", f"{gateway.url}/k8s/clusters/{cluster_id}{EXEC_PATH}", token,
+             gateway.ca_file),
+        ]  # fmt: skip
+        for number in range(rounds):
+            order = paths[number % 2 :] + paths[: number % 2]
+            for name, url, bearer, ca in order:
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.exec_client", "--url", url, "--token", bearer,
+                     "--ca", str(ca), "--sessions", str(sessions), "--echoes", str(echoes),
+                     "--bulk-mb", str(bulk_mb), "--timeout", "300"],
+                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=330, check=False,
+                )  # fmt: skip
+                if out.returncode != 0:
+                    raise RuntimeError(f"exec client on {name}: {out.stderr[-2000:]}")
+                run = json.loads(out.stdout.strip().splitlines()[-1])
+                run.update(round=number + 1, path=name)
+                result.runs.append(run)
+                log(
+                    f"  exec round {number + 1}/{rounds} {name:<9} setup p50"
+                    f" {run['setup_p50_ms']:.2f} ms, echo p50 {run['echo_p50_ms']:.3f} ms"
+                    f" p99 {run['echo_p99_ms']:.3f} ms, {run['bulk_mb_per_s']:.0f} MB/s"
+                )
+    return result
+
+
 def setup_tmp(base: Path | None) -> Path:
     import tempfile
 
