@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -40,6 +42,10 @@ IDLE_TIMEOUT_S = 28.0
 """Declare the peer dead when nothing has been received for this long."""
 HANDSHAKE_TIMEOUT_S = 10.0
 TICK_S = 2.0
+TIMER_GRID_S = 1.0
+"""Keepalive timers further off than two grid steps fire on whole wall-clock seconds:
+thousands of tunnels then wake their process (and, through their PINGs, the peer's)
+together once a second instead of each at its own moment."""
 COALESCE_BELOW_BYTES = 8 * 1024
 """Smaller writes wait for the end of the event-loop turn, to leave with the others."""
 
@@ -356,6 +362,9 @@ class Session:
         idle = now - self._last_rx
         first_due = min(self._ping_interval_s, self._idle_timeout_s)
         delay = first_due - idle if idle < first_due else min(tick, self._idle_timeout_s - idle)
+        if delay > 2 * TIMER_GRID_S:
+            wall = time.time()
+            delay = math.ceil((wall + delay) / TIMER_GRID_S) * TIMER_GRID_S - wall
         self._timer = self.loop.call_later(max(delay, 0.01), self._tick)
 
     def _tick(self) -> None:

@@ -233,3 +233,18 @@ async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
     await stream.write_eof()
     await asyncio.wait_for(sinks[0].wait_eof(), 2)
     await client.close()
+
+
+async def test_long_keepalive_timers_fire_on_whole_wall_clock_seconds():
+    # Thousands of tunnels then wake their process together, once a second.
+    import time
+
+    client, server = await make_pair(ping_interval_s=20.0, idle_timeout_s=28.0)
+    loop = asyncio.get_running_loop()
+    for session in (client, server):
+        timer = session._timer
+        assert timer is not None
+        fires_at_wall = time.time() + (timer.when() - loop.time())
+        assert abs(fires_at_wall - round(fires_at_wall)) < 0.05
+        assert 19.0 <= timer.when() - loop.time() <= 21.0
+    await client.close()
