@@ -42,7 +42,7 @@ from bench.nginx import Certs
 from bench.procstats import CpuMeter, rss_kib, tree_rss_kib
 from bench.profile import Profile
 from bench.rounds import BASELINE, RoundsResult, Target, run_rounds, scenarios
-from tests.integration.env import REPO_ROOT, Api, Gateway, free_port, wait_until
+from tests.integration.env import REPO_ROOT, Agent, Api, Gateway, free_port, wait_until
 
 Log = Callable[[str], None]
 KUBECTL_HEADERS = {
@@ -111,6 +111,68 @@ def checkout(repo: Path, rev: str, path: Path) -> Checkout:
     return Checkout(repo, path, commit)
 
 
+@dataclass
+class Herd:
+    """A gateway and one agent for one cluster, and a member's kubeconfig token."""
+
+    gateway: Gateway
+    agent: Agent
+    cluster_id: str
+    token: str
+
+    @property
+    def pids(self) -> dict[str, int]:
+        assert self.gateway.process is not None and self.agent.process is not None
+        return {"gateway": self.gateway.process.pid, "agent": self.agent.process.pid}
+
+
+def start_herd(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    certs: Certs,
+    backend_url: str,
+    name: str,
+    max_streams: int | None = None,
+    code: Path = REPO_ROOT,
+) -> Herd:
+    """``gateway-<name>`` and ``agent-<name>`` (running the code in ``code``), the agent
+    pointed at ``backend_url``; stopped when ``stack`` closes."""
+    gateway = Gateway(
+        tmp / f"gateway-{name}", free_port(), tmp / f"gateway-{name}.log", cwd=code
+    ).start(timeout=60)
+    stack.callback(gateway.stop)
+    admin = gateway.admin()
+    cluster_id = create_cluster(admin, name)
+    kubeconfig = backend_kubeconfig(
+        tmp / f"agent-{name}.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
+    )
+    agent = start_agent(
+        tmp, admin, cluster_id, kubeconfig, f"agent-{name}", max_streams=max_streams, cwd=code
+    )
+    stack.callback(agent.stop)
+    return Herd(gateway, agent, cluster_id, member_token(gateway, admin, cluster_id))
+
+
+def start_backend(
+    stack: contextlib.ExitStack, tmp: Path, certs: Certs, module: str
+) -> tuple[str, int]:
+    """A stand-in API server (``python -m bench.<module>``) on a free port: URL and pid."""
+    port = free_port()
+    log_file = (tmp / f"{module}.log").open("wb")
+    stack.callback(log_file.close)
+    backend = subprocess.Popen(
+        [sys.executable, "-m", f"bench.{module}", "--port", str(port),
+         "--cert", str(certs.cert), "--key", str(certs.key)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True,
+    )  # fmt: skip
+    stack.callback(_stop_process, backend)
+    assert backend.stdout is not None
+    stack.callback(backend.stdout.close)
+    if backend.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"bench.{module} did not start")
+    return f"https://127.0.0.1:{port}", backend.pid
+
+
 def http_paths(
     tmp: Path,
     certs: Certs,
@@ -126,31 +188,27 @@ def http_paths(
         stack.callback(backend.stop)
         proxy = nginx.proxy(tmp / "nginx-proxy", certs, backend.port).start()
         stack.callback(proxy.stop)
-        gateway = start_gateway(tmp, "gateway-http")
-        stack.callback(gateway.stop)
-        admin = gateway.admin()
-        cluster_id = create_cluster(admin, "bench")
-        kubeconfig = backend_kubeconfig(
-            tmp / "agent-http.kubeconfig", backend.url, certs.ca, AGENT_BACKEND_TOKEN
-        )
-        agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-http")
-        stack.callback(agent.stop)
-        token = member_token(gateway, admin, cluster_id)
-        assert gateway.process is not None and agent.process is not None
+        herd = start_herd(stack, tmp, certs, backend.url, "http")
+        gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
+        assert gateway.process is not None
         extra: list[Target] = []
         if baseline is not None:
-            extra.append(_baseline_target(stack, tmp, baseline, backend.url, backend.pid, certs))
+            base = start_herd(stack, tmp, certs, backend.url, "baseline", code=baseline.path)
+            extra.append(
+                Target(
+                    BASELINE,
+                    f"{base.gateway.url}/k8s/clusters/{base.cluster_id}",
+                    {**base.pids, "backend": backend.pid},
+                    token=base.token,
+                )
+            )
         targets = [
             Target("direct", backend.url, {"backend": backend.pid}),
             Target("nginx-proxy", proxy.url, {"proxy": proxy.pid, "backend": backend.pid}),
             Target(
                 "herdgate",
                 f"{gateway.url}/k8s/clusters/{cluster_id}",
-                {
-                    "gateway": gateway.process.pid,
-                    "agent": agent.process.pid,
-                    "backend": backend.pid,
-                },
+                {**herd.pids, "backend": backend.pid},
             ),
             *extra,
         ]
@@ -176,7 +234,7 @@ def http_paths(
             big.stat().st_size,
         )
         if profile_s > 0:
-            pids = {"gateway": gateway.process.pid, "agent": agent.process.pid}
+            pids = herd.pids
             for name, path, conns in (("c64", nginx.SMALL_PATH, 64), ("bulk", nginx.LIST_PATH, 1)):
                 log(f"py-spy on the gateway and the agent during {name}")
                 found = profile.during_wrk(
@@ -184,40 +242,6 @@ def http_paths(
                 )
                 result.profile |= {f"{role} {name}": prof for role, prof in found.items()}
         return result
-
-
-def _baseline_target(
-    stack: contextlib.ExitStack,
-    tmp: Path,
-    baseline: Checkout,
-    backend_url: str,
-    backend_pid: int,
-    certs: Certs,
-) -> Target:
-    """The same path through a gateway and agent running ``baseline``'s code.
-
-    Its gateway gets the same user and binding; the token is the one issued there, so
-    requests differ only in the code they run through.
-    """
-    gateway = Gateway(
-        tmp / "gateway-baseline", free_port(), tmp / "gateway-baseline.log", cwd=baseline.path
-    ).start(timeout=60)
-    stack.callback(gateway.stop)
-    admin = gateway.admin()
-    cluster_id = create_cluster(admin, "bench")
-    kubeconfig = backend_kubeconfig(
-        tmp / "agent-baseline.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
-    )
-    agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-baseline", cwd=baseline.path)
-    stack.callback(agent.stop)
-    token = member_token(gateway, admin, cluster_id)
-    assert gateway.process is not None and agent.process is not None
-    return Target(
-        BASELINE,
-        f"{gateway.url}/k8s/clusters/{cluster_id}",
-        {"gateway": gateway.process.pid, "agent": agent.process.pid, "backend": backend_pid},
-        token=token,
-    )
 
 
 # -- figure 4 -----------------------------------------------------------------------------
@@ -331,33 +355,10 @@ def watches(
 ) -> WatchResult:
     conn_kib, churned_kib = connection_cost(tmp, count, log)
     with contextlib.ExitStack() as stack:
-        port = free_port()
-        backend_log = (tmp / "watch-backend.log").open("wb")
-        stack.callback(backend_log.close)
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "bench.watch_backend", "--port", str(port),
-             "--cert", str(certs.cert), "--key", str(certs.key)],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=backend_log, text=True,
-        )  # fmt: skip
-        stack.callback(_stop_process, backend)
-        assert backend.stdout is not None
-        if backend.stdout.readline().strip() != "ready":
-            raise RuntimeError("the watch backend did not start")
-        backend_url = f"https://127.0.0.1:{port}"
-        gateway = start_gateway(tmp, "gateway-watch")
-        stack.callback(gateway.stop)
-        admin = gateway.admin()
-        cluster_id = create_cluster(admin, "watch")
-        kubeconfig = backend_kubeconfig(
-            tmp / "agent-watch.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
-        )
-        agent = start_agent(
-            tmp, admin, cluster_id, kubeconfig, "agent-watch", max_streams=count + 1024
-        )
-        stack.callback(agent.stop)
-        token = member_token(gateway, admin, cluster_id)
-        assert gateway.process is not None and agent.process is not None
-        gw_pid, agent_pid = gateway.process.pid, agent.process.pid
+        backend_url, backend_pid = start_backend(stack, tmp, certs, "watch_backend")
+        herd = start_herd(stack, tmp, certs, backend_url, "watch", max_streams=count + 1024)
+        gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
+        gw_pid, agent_pid = herd.pids["gateway"], herd.pids["agent"]
         watch_url = (
             f"{gateway.url}/k8s/clusters/{cluster_id}"
             "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=0"
@@ -379,7 +380,7 @@ def watches(
             {
                 "gateway": gw_pid,
                 "agent": agent_pid,
-                "backend": backend.pid,
+                "backend": backend_pid,
                 "client": client.process.pid,
             }
         )
@@ -643,29 +644,9 @@ def exec_paths(
     (gateway, tunnel, agent), interleaved in rounds."""
     result = ExecResult(sessions, echoes, bulk_mb)
     with contextlib.ExitStack() as stack:
-        port = free_port()
-        backend_log = (tmp / "exec-backend.log").open("wb")
-        stack.callback(backend_log.close)
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "bench.exec_backend", "--port", str(port),
-             "--cert", str(certs.cert), "--key", str(certs.key)],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=backend_log, text=True,
-        )  # fmt: skip
-        stack.callback(_stop_process, backend)
-        assert backend.stdout is not None
-        if backend.stdout.readline().strip() != "ready":
-            raise RuntimeError("the exec backend did not start")
-        backend_url = f"https://127.0.0.1:{port}"
-        gateway = start_gateway(tmp, "gateway-exec")
-        stack.callback(gateway.stop)
-        admin = gateway.admin()
-        cluster_id = create_cluster(admin, "exec")
-        kubeconfig = backend_kubeconfig(
-            tmp / "agent-exec.kubeconfig", backend_url, certs.ca, AGENT_BACKEND_TOKEN
-        )
-        agent = start_agent(tmp, admin, cluster_id, kubeconfig, "agent-exec")
-        stack.callback(agent.stop)
-        token = member_token(gateway, admin, cluster_id)
+        backend_url, _ = start_backend(stack, tmp, certs, "exec_backend")
+        herd = start_herd(stack, tmp, certs, backend_url, "exec")
+        gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
         paths = [
             ("direct", backend_url + EXEC_PATH, AGENT_BACKEND_TOKEN, certs.ca),
             ("herdgate", f"{gateway.url}/k8s/clusters/{cluster_id}{EXEC_PATH}", token,
