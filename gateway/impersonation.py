@@ -86,15 +86,6 @@ def impersonation_headers(identity: Identity, role: str | None) -> tuple[Header,
     return tuple(headers)
 
 
-def connection_tokens(headers: Iterable[Header]) -> set[bytes]:
-    """Header names listed in ``Connection`` (they are hop-by-hop too)."""
-    tokens: set[bytes] = set()
-    for key, value in headers:
-        if key.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
-
-
 def forwarded_headers(
     headers: Iterable[Header], *, keep_impersonation: bool, upgrade: bool
 ) -> list[Header]:
