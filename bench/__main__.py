@@ -147,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             sections += ["### Exec sessions", "", *report.exec_lines(ex), ""]
         if "watches" in args.phases:
             log(f"figure 4: {args.watches:,} watches, {args.event_rate:g} events/s")
-            w = suite.watches(tmp, certs, args.watches, args.event_rate, args.event_seconds, log)
-            raw["watches"] = suite.to_json(w)
-            foreign.append(w.cpu_pct["other"])
-            lines, found = report.watch_lines(w)
-            checks += found
-            sections += ["### Figure 4: watches through one tunnel", "", *lines, ""]
+            sections += ["### Figure 4: watches through one tunnel", ""]
+            for http2 in (True, False):  # client-go's way first, then a connection each
+                w = suite.watches(
+                    tmp, certs, args.watches, args.event_rate, args.event_seconds, log, http2
+                )
+                raw["watches-h2" if http2 else "watches"] = suite.to_json(w)
+                foreign.append(w.cpu_pct["other"])
+                lines, found = report.watch_lines(w)
+                checks += found
+                sections += [*lines, ""]
         if "agents" in args.phases:
             log(f"figures 5-6: {args.agents:,} agents in {args.agent_procs} processes")
             a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log)

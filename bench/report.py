@@ -258,18 +258,29 @@ def cpu_table(http: HttpResult) -> list[str]:
 
 def watch_lines(w: WatchResult) -> tuple[list[str], list[Check]]:
     lat = w.latency
+    if w.http2:
+        how = f"HTTP/2, {w.connections:,} connections"
+        memory = (
+            f" **{w.gateway_kib_per_watch:.1f} KiB per watch** (agent:"
+            f" {w.agent_kib_per_watch:.1f} KiB per watch): the watches share"
+            f" {w.connections:,} TLS connections, as client-go's informers do."
+        )
+    else:
+        how = "HTTP/1.1, a connection each"
+        memory = (
+            f" **{w.gateway_kib_per_watch:.1f} KiB per watch** (agent:"
+            f" {w.agent_kib_per_watch:.1f} KiB per watch). Baseline on a fresh gateway:"
+            f" {w.conn_kib:.1f} KiB per idle TLS keep-alive connection (one `GET /healthz`, no"
+            f" watch), so the watch itself (request, stream, tunnel) adds"
+            f" ~{w.gateway_kib_per_watch - w.conn_kib:.1f} KiB. After {CHURN_ROUNDS} rounds of"
+            f" closing those connections and opening as many again: {w.churned_kib:.1f} KiB"
+            " per connection (what the allocator keeps as connections come and go)."
+        )
     lines = [
-        f"- {w.opened:,} of {w.count:,} watches open through one tunnel"
+        f"- {how}: {w.opened:,} of {w.count:,} watches open through one tunnel"
         f" ({w.failed} failed) in {w.open_s:.1f} s.",
         f"- Gateway RSS {w.gateway_rss_before_kib / 1024:.1f}"
-        f" → {w.gateway_rss_after_kib / 1024:.1f} MB:"
-        f" **{w.gateway_kib_per_watch:.1f} KiB per watch** (agent:"
-        f" {w.agent_kib_per_watch:.1f} KiB per watch). Baseline on a fresh gateway:"
-        f" {w.conn_kib:.1f} KiB per idle TLS keep-alive connection (one `GET /healthz`, no"
-        f" watch), so the watch itself (request, stream, tunnel) adds"
-        f" ~{w.gateway_kib_per_watch - w.conn_kib:.1f} KiB. After {CHURN_ROUNDS} rounds of"
-        f" closing those connections and opening as many again: {w.churned_kib:.1f} KiB per"
-        " connection (what the allocator keeps as connections come and go).",
+        f" → {w.gateway_rss_after_kib / 1024:.1f} MB:" + memory,
         f"- {w.rate:g} events/s for {w.seconds:g} s: {w.sent:,} sent, {int(lat.get('events', 0)):,}"
         f" delivered; latency p50 {lat.get('p50_ms', 0):.2f} ms, p90 {lat.get('p90_ms', 0):.2f} ms,"
         f" **p99 {lat.get('p99_ms', 0):.2f} ms**, p99.9 {lat.get('p999_ms', 0):.2f} ms,"
@@ -278,15 +289,16 @@ def watch_lines(w: WatchResult) -> tuple[list[str], list[Check]]:
         + ", ".join(f"{k} {v:.1f} %" for k, v in w.cpu_pct.items())
         + ".",
     ]
+    label = "HTTP/2" if w.http2 else "HTTP/1.1"
     checks = [
         Check(
-            f"4. gateway memory per open watch ({w.opened:,} watches)",
+            f"4. gateway memory per open watch, {label} ({w.opened:,} watches)",
             f"{w.gateway_kib_per_watch:.1f} KiB",
             "≤ 10 KB",
             w.gateway_kib_per_watch * 1024 <= 10_000 if w.opened else None,
         ),
         Check(
-            f"4. event delivery p99 at {w.rate:g} events/s",
+            f"4. event delivery p99 at {w.rate:g} events/s, {label}",
             f"{lat.get('p99_ms', 0):.2f} ms",
             "(no target)",
             None,

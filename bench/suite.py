@@ -269,6 +269,9 @@ class WatchResult:
     measured on a gateway of its own."""
     churned_kib: float = 0.0
     """The same after ``CHURN_ROUNDS`` rounds of closing all and opening as many again."""
+    http2: bool = False
+    """The watches shared HTTP/2 connections (client-go's way) instead of one each."""
+    connections: int = 0
 
     @property
     def gateway_kib_per_watch(self) -> float:
@@ -286,10 +289,11 @@ class WatchResult:
 class WatchClient:
     """``python -m bench.watches``: opens the connections, then measures on request."""
 
-    def __init__(self, url: str, token: str, ca: Path, count: int) -> None:
+    def __init__(self, url: str, token: str, ca: Path, count: int, http2: bool = False) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.watches", "--url", url, "--token", token,
-             "--ca", str(ca), "--count", str(count), "--concurrency", "64"],
+             "--ca", str(ca), "--count", str(count), "--concurrency", "64",
+             *(["--http2"] if http2 else [])],
             cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -351,12 +355,21 @@ def connection_cost(tmp: Path, count: int, log: Log) -> tuple[float, float]:
 
 
 def watches(
-    tmp: Path, certs: Certs, count: int, rate: float, seconds: float, log: Log
+    tmp: Path,
+    certs: Certs,
+    count: int,
+    rate: float,
+    seconds: float,
+    log: Log,
+    http2: bool = False,
 ) -> WatchResult:
-    conn_kib, churned_kib = connection_cost(tmp, count, log)
+    """Figure 4 over HTTP/1.1 (a TLS connection per watch, with the bare connection's
+    cost measured first) or over HTTP/2 (``--per-connection`` watches per connection)."""
+    conn_kib, churned_kib = (0.0, 0.0) if http2 else connection_cost(tmp, count, log)
+    name = "watch-h2" if http2 else "watch"
     with contextlib.ExitStack() as stack:
         backend_url, backend_pid = start_backend(stack, tmp, certs, "watch_backend")
-        herd = start_herd(stack, tmp, certs, backend_url, "watch", max_streams=count + 1024)
+        herd = start_herd(stack, tmp, certs, backend_url, name, max_streams=count + 1024)
         gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
         gw_pid, agent_pid = herd.pids["gateway"], herd.pids["agent"]
         watch_url = (
@@ -365,12 +378,12 @@ def watches(
         )
         time.sleep(1.0)
         gw_before, agent_before = tree_rss_kib(gw_pid), rss_kib(agent_pid)
-        client = WatchClient(watch_url, token, gateway.ca_file, count)
+        client = WatchClient(watch_url, token, gateway.ca_file, count, http2)
         stack.callback(client.stop)
         opened = client.opened()
         log(
-            f"watches: {opened['opened']} open, {opened['failed']} failed"
-            f" in {opened['open_s']} s {opened.get('failures') or ''}"
+            f"watches ({'HTTP/2' if http2 else 'HTTP/1.1'}): {opened['opened']} open,"
+            f" {opened['failed']} failed in {opened['open_s']} s {opened.get('failures') or ''}"
         )
         time.sleep(2.0)
         gw_after, agent_after = tree_rss_kib(gw_pid), rss_kib(agent_pid)
@@ -409,6 +422,8 @@ def watches(
             | {"box": usage.box_busy_pct, "other": usage.foreign_pct},
             conn_kib=conn_kib,
             churned_kib=churned_kib,
+            http2=http2,
+            connections=int(opened.get("connections", opened["opened"])),
         )
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -4,7 +4,10 @@ Runs as its own process (``python -m bench.watches ...``) so that its CPU and me
 apart from the orchestrator's. Dialogue on stdin/stdout, one JSON line each way:
 
 1. it opens ``--count`` watches through the gateway (TLS, bearer token, at most
-   ``--concurrency`` handshakes in flight) and prints ``{"opened": ..., "failed": ...}``;
+   ``--concurrency`` handshakes in flight) and prints ``{"opened": ..., "failed": ...}``.
+   Over HTTP/1.1 each watch has its own connection; with ``--http2`` they share
+   connections of ``--per-connection`` streams, as client-go's informers do when the
+   server offers ``h2``;
 2. it reads ``measure SECONDS`` and records, for every event line received in that time,
    ``receive time - sentNs`` (both ``time.time_ns()``, same machine), then prints the
    latency distribution and exits, closing every watch.
@@ -21,6 +24,10 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import httptools
 import uvloop
 
@@ -76,6 +83,158 @@ class Watch(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         if not self.established.done():
             self.established.set_exception(exc)
+
+
+class H2Watches(asyncio.Protocol):
+    """One HTTP/2 connection carrying many watches (one stream each)."""
+
+    def __init__(
+        self, headers: list[tuple[bytes, bytes]], latencies: list[int], recording: list[bool]
+    ) -> None:
+        self.headers = headers
+        self.latencies = latencies
+        self.recording = recording
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
+        )
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.established: dict[int, asyncio.Future[int]] = {}
+        self.tails: dict[int, bytes] = {}
+        self.events = 0
+        self._now = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(1 << 30)
+        self._flush()
+
+    def open(self) -> asyncio.Future[int]:
+        stream_id = self.conn.get_next_available_stream_id()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.established[stream_id] = future
+        self.tails[stream_id] = b""
+        self.conn.send_headers(stream_id, self.headers, end_stream=True)
+        self._flush()
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        self._now = time.time_ns()
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                assert event.stream_id is not None
+                self._body(event.stream_id, event.data)
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.ResponseReceived):
+                assert event.stream_id is not None
+                status = int(dict(event.headers or [])[b":status"])
+                future = self.established.get(event.stream_id)
+                if future is not None and not future.done():
+                    future.set_result(status)
+            elif isinstance(event, h2.events.RemoteSettingsChanged) and not self.ready.done():
+                self.ready.set_result(None)
+            elif isinstance(event, h2.events.StreamReset | h2.events.StreamEnded):
+                assert event.stream_id is not None
+                future = self.established.pop(event.stream_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(ConnectionResetError(f"stream {event.stream_id} ended"))
+        self._flush()
+
+    def _body(self, stream_id: int, body: bytes) -> None:
+        lines = (self.tails.get(stream_id, b"") + body).split(b"\n")
+        self.tails[stream_id] = lines.pop()
+        for line in lines:
+            match = _SENT.search(line)
+            if match is None:
+                continue
+            self.events += 1
+            if self.recording[0]:
+                self.latencies.append(self._now - int(match.group(1)))
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        error = exc or ConnectionResetError("closed")
+        if not self.ready.done():
+            self.ready.set_exception(error)
+        for future in self.established.values():
+            if not future.done():
+                future.set_exception(error)
+
+    @property
+    def alive(self) -> int:
+        return 0 if self.transport is None else len(self.established)
+
+
+async def run_http2(args: argparse.Namespace) -> None:
+    """The HTTP/2 variant of ``run``: ``--per-connection`` watches share each connection."""
+    raise_nofile()
+    loop = asyncio.get_running_loop()
+    url = urlsplit(args.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 443
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.set_alpn_protocols(["h2"])
+    path = url.path + ("?" + url.query if url.query else "")
+    headers = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", url.netloc.encode()),
+        (b":path", path.encode()),
+        (b"authorization", f"Bearer {args.token}".encode()),
+        (b"accept", b"application/json"),
+        (b"user-agent", b"kubectl/v1.32.0 (linux/amd64) kubernetes/bench"),
+    ]
+    latencies: list[int] = []
+    recording = [False]
+    connections: list[H2Watches] = []
+    failures: list[str] = []
+    opened = 0
+    started = time.monotonic()
+    async with asyncio.timeout(OPEN_TIMEOUT_S):
+        remaining = args.count
+        while remaining > 0:
+            batch = min(remaining, args.per_connection)
+            remaining -= batch
+            conn = H2Watches(headers, latencies, recording)
+            try:
+                await loop.create_connection(lambda conn=conn: conn, host, port, ssl=ctx)
+                await asyncio.wait_for(conn.ready, 60)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            connections.append(conn)
+            for start in range(0, batch, args.concurrency):
+                futures = [conn.open() for _ in range(min(args.concurrency, batch - start))]
+                for result in await asyncio.gather(*futures, return_exceptions=True):
+                    if isinstance(result, BaseException):
+                        failures.append(f"{type(result).__name__}: {result}")
+                    elif result != 200:
+                        failures.append(f"HTTP {result}")
+                    else:
+                        opened += 1
+    opened_s = time.monotonic() - started
+    _say({"opened": opened, "failed": len(failures), "open_s": round(opened_s, 2),
+          "connections": len(connections), "failures": sorted(set(failures))[:5]})  # fmt: skip
+
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    parts = line.split()
+    seconds = min(MAX_MEASURE_S, float(parts[1])) if len(parts) == 2 else 0.0
+    recording[0] = True
+    await asyncio.sleep(seconds)
+    recording[0] = False
+    _say({**summarize(latencies), "alive": sum(c.alive for c in connections)})
+    for conn in connections:
+        if conn.transport is not None:
+            conn.transport.close()
+    await asyncio.sleep(0.5)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -164,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=64)
-    uvloop.run(run(parser.parse_args(argv)))
+    parser.add_argument("--http2", action="store_true", help="watches share h2 connections")
+    parser.add_argument("--per-connection", type=int, default=1000, help="streams (--http2)")
+    args = parser.parse_args(argv)
+    uvloop.run(run_http2(args) if args.http2 else run(args))
     return 0
 
 

@@ -322,6 +322,9 @@ class GatewaySettings:
     """URL agents and kubeconfigs use; empty means ``https://<listen host>:<port>``."""
     workers: int = 1
     """Gateway processes sharing the listen address (SO_REUSEPORT); each is a replica."""
+    http2: bool = True
+    """Offer HTTP/2 (ALPN ``h2``) beside HTTP/1.1: kubectl and client-go then carry many
+    requests and watches on one connection (upgrades stay on HTTP/1.1)."""
     tls: TLSSettings = field(default_factory=TLSSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)

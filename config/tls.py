@@ -180,12 +180,15 @@ def ensure_generated_certs(directory: Path, hosts: list[str]) -> tuple[CertPaths
     return paths, created
 
 
-def server_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+def server_context(
+    cert_file: str | Path, key_file: str | Path, http2: bool = False
+) -> ssl.SSLContext:
+    """A TLS server context; ``http2`` offers ``h2`` before ``http/1.1`` (clients that
+    upgrade — exec, attach, port-forward — ask for ``http/1.1`` alone)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_file), str(key_file))
-    # HTTP/1.1 only: exec, attach and port-forward need HTTP/1.1 upgrades.
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
 
 

@@ -26,10 +26,11 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway import proxy, rawresponse
+from gateway import metrics, proxy, rawresponse
 from gateway.errors import status_body
-from gateway.front_request import ClientRequest, StreamedAnswer
-from gateway.http1 import Body, End, Head, Invalid, RequestReader
+from gateway.front_h2 import H2Connection
+from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
+from gateway.http1 import Body, End, Head, Header, Invalid, RequestReader
 from gateway.keys import DRAIN
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse
@@ -46,6 +47,8 @@ MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
 
 _PREFIX = PREFIX.encode("ascii")
+_H2_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("h2")
+_HTTP1_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("http/1.1")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -70,7 +73,7 @@ class Front:
         self.drain = app[DRAIN]
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s
-        self.connections: set[FrontConnection] = set()
+        self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
         self._stopping = False
@@ -79,12 +82,12 @@ class Front:
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
 
-    def added(self, conn: FrontConnection) -> None:
+    def added(self, conn: FrontConnection | H2Connection) -> None:
         self.connections.add(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
-    def removed(self, conn: FrontConnection) -> None:
+    def removed(self, conn: FrontConnection | H2Connection) -> None:
         self.connections.discard(conn)
         if self._stopping and not self.connections and not self.lost.done():
             self.lost.set_result(None)
@@ -102,8 +105,7 @@ class Front:
         answer (``ClientRequest.keep_alive`` is false while the gateway drains)."""
         self._stopping = True
         for conn in list(self.connections):
-            if conn.between_requests:
-                conn.close()
+            conn.close_when_idle()
         if not self.connections and not self.lost.done():
             self.lost.set_result(None)
 
@@ -167,8 +169,16 @@ class FrontConnection(asyncio.Protocol):
     # asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            _H2_CONNECTIONS.inc()
+            h2conn = H2Connection(self._front)
+            cast(asyncio.Transport, transport).set_protocol(h2conn)
+            h2conn.connection_made(transport)
+            return
+        _HTTP1_CONNECTIONS.inc()
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.remote = str(peer[0])
@@ -256,6 +266,25 @@ class FrontConnection(asyncio.Protocol):
     def body_backlogged(self) -> None:
         self._pause_reading()
 
+    def body_read(self, size: int, held: int) -> None:
+        if held < BODY_HIGH_WATER // 2:
+            self.body_drained()
+
+    def cut(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def streamed_answer(
+        self,
+        request: ClientRequest,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+    ) -> StreamedAnswer:
+        return StreamedAnswer(self, request, status, reason, upstream_headers, length, request_id)
+
     def body_drained(self) -> None:
         if self._reading_paused and not self._reader.handing_off and self._invalid is None:
             self._reading_paused = False
@@ -265,6 +294,12 @@ class FrontConnection(asyncio.Protocol):
     @property
     def between_requests(self) -> bool:
         return self._current is None and self._reader.idle
+
+    def close_when_idle(self) -> None:
+        """Stopping: close now if between requests (else after the answer: the request's
+        ``keep_alive`` is false while the gateway drains)."""
+        if self.between_requests:
+            self.close()
 
     def close(self) -> None:
         self.closing = True
@@ -315,7 +350,8 @@ class FrontConnection(asyncio.Protocol):
                 keep_alive = response.keep_alive  # written as it arrived
             else:  # an error answer built by aiohttp's helpers (gateway.errors)
                 keep_alive = request.keep_alive
-                self.write(_aiohttp_answer(response, keep_alive, request.method == "HEAD"))
+                answer = cast(web.StreamResponse, response)
+                self.write(_aiohttp_answer(answer, keep_alive, request.method == "HEAD"))
             keep_alive = keep_alive and request.body_complete
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False

@@ -2,8 +2,10 @@
 
 ``ClientRequest`` offers the part of aiohttp's request that ``gateway.proxy`` uses
 (method, raw path and headers, body, keep-alive, transport), so one proxy serves both
-paths. ``StreamedAnswer`` is the lean path's ``web.StreamResponse``: the head as bytes,
-then the body as it arrives, chunked unless the API server gave a length.
+paths. It arrives over HTTP/1.1 (``gateway.front``) or as an HTTP/2 stream
+(``gateway.front_h2``); what differs between the two is behind ``RequestSide``.
+``StreamedAnswer`` is the HTTP/1.1 ``web.StreamResponse``: the head as bytes, then the
+body as it arrives, chunked unless the API server gave a length.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import rawresponse
 from gateway.http1 import Head
@@ -52,6 +54,45 @@ class HeaderView:
         return self._lookup()[name.lower()]
 
 
+class Streamed(Protocol):
+    """An answer written while the API server sends it (``web.StreamResponse``'s part)."""
+
+    keep_alive: bool
+
+    def force_close(self) -> None: ...
+    async def prepare(self, request: Any) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+
+class RequestSide(Protocol):
+    """What a request needs of the connection (HTTP/1.1) or stream (HTTP/2) it came on."""
+
+    @property
+    def closing(self) -> bool: ...
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def remote(self) -> str: ...
+    def continue_if_expected(self, request: ClientRequest) -> None: ...
+    def body_backlogged(self) -> None: ...
+    def body_read(self, size: int, held: int) -> None:
+        """The handler took ``size`` body bytes; ``held`` are still buffered."""
+
+    def cut(self) -> None:
+        """The answer cannot be completed: end it as an error the client notices."""
+
+    def streamed_answer(
+        self,
+        request: ClientRequest,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+    ) -> Streamed: ...
+
+
 class ClientRequest:
     """One request read by ``gateway.http1``; its body arrives through ``feed_body``."""
 
@@ -80,7 +121,7 @@ class ClientRequest:
     upgrade = False
     """Upgrades go to aiohttp (``gateway.front.wants``)."""
 
-    def __init__(self, head: Head, conn: FrontConnection) -> None:
+    def __init__(self, head: Head, conn: RequestSide) -> None:
         self.method = head.method
         self.raw_path = head.target.decode("latin-1")
         self.raw_headers = head.headers
@@ -149,9 +190,26 @@ class ClientRequest:
                     self._waiter = None
             chunk = self._chunks.popleft()
             self._held -= len(chunk)
-            if self._held < BODY_HIGH_WATER // 2:
-                self._conn.body_drained()
+            self._conn.body_read(len(chunk), self._held)
             yield chunk
+
+    # what the connection feeds
+
+    def cut(self) -> None:
+        """The answer broke off after its head was sent (see ``RequestSide.cut``)."""
+        self._conn.cut()
+
+    def streamed_answer(
+        self,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+    ) -> Streamed:
+        return self._conn.streamed_answer(
+            self, status, reason, upstream_headers, length, request_id
+        )
 
     # what the connection feeds
 
@@ -184,6 +242,7 @@ class StreamedAnswer:
 
     def __init__(
         self,
+        conn: FrontConnection,
         request: ClientRequest,
         status: int,
         reason: str,
@@ -191,7 +250,7 @@ class StreamedAnswer:
         length: int | None,
         request_id: str,
     ) -> None:
-        self._conn = request._conn
+        self._conn = conn
         keep_alive = request.keep_alive
         # Without a length, HTTP/1.0 clients read until the connection closes.
         self._chunked = length is None and request.version == "1.1"

@@ -100,6 +100,11 @@ PROVIDER_SECONDS = Histogram(
     ["provider", "operation"],
     buckets=_LATENCY_BUCKETS,
 )
+CLIENT_CONNECTIONS = Counter(
+    "herdgate_client_connections_total",
+    "Client connections accepted on the HTTPS listener, by protocol (http/1.1, h2).",
+    ["protocol"],
+)
 SESSIONS = Counter(
     "herdgate_sessions_total",
     "exec, attach and port-forward sessions relayed, by cluster.",

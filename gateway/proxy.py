@@ -25,7 +25,7 @@ from gateway.errors import (
     k8s_response,
 )
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
-from gateway.front_request import ClientRequest, StreamedAnswer
+from gateway.front_request import ClientRequest, Streamed
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
     Header,
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 Incoming = web.Request | ClientRequest
 """A request from aiohttp or from the lean path (``gateway.front``)."""
-Answer = web.StreamResponse | RawResponse | StreamedAnswer
+Answer = web.StreamResponse | RawResponse | Streamed
 """What ``answer`` returns: aiohttp's response (errors; aiohttp's path), a complete
 answer not yet written, or a streamed one already written."""
 
@@ -381,10 +381,10 @@ async def _respond(
                 head=request.method == "HEAD",
             )
             return cast(web.StreamResponse, raw)  # duck-typed: see gateway.rawresponse
-        resp: web.StreamResponse | StreamedAnswer
+        resp: web.StreamResponse | Streamed
         if isinstance(request, ClientRequest):
-            resp = StreamedAnswer(
-                request, upstream.status, upstream.reason, upstream.headers, length, request_id
+            resp = request.streamed_answer(
+                upstream.status, upstream.reason, upstream.headers, length, request_id
             )
         else:
             headers = _response_headers(upstream.headers)
@@ -406,7 +406,9 @@ async def _respond(
         except (UpstreamError, TunnelError) as exc:
             # The status line is out: the only honest signal left is to cut the connection.
             logger.info("upstream failed mid-response: %s", exc)
-            if request.transport is not None:
+            if isinstance(request, ClientRequest):
+                request.cut()  # HTTP/2: only the stream
+            elif request.transport is not None:
                 request.transport.close()
             return resp
         finally:

@@ -41,12 +41,16 @@ _passed: dict[bytes, bool] = {}
 _date: list[Any] = [0, b""]
 
 
-def _date_line() -> bytes:
+def _date_value() -> bytes:
     now = int(time.time())
     if now != _date[0]:  # one formatdate per second
-        _date[:] = [now, b"Date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"]
-    line: bytes = _date[1]
-    return line
+        _date[:] = [now, formatdate(now, usegmt=True).encode("ascii")]
+    value: bytes = _date[1]
+    return value
+
+
+def _date_line() -> bytes:
+    return b"Date: " + _date_value() + b"\r\n"
 
 
 def _passes(name: bytes) -> bool:
@@ -56,6 +60,33 @@ def _passes(name: bytes) -> bool:
         if len(_passed) < 256:  # API servers send a small, fixed set of names
             _passed[name] = passes
     return passes
+
+
+def h2_headers(
+    upstream_headers: list[Header], *, length: int | None, request_id: str
+) -> list[Header]:
+    """An HTTP/2 answer's header fields: the API server's (names lower case, without
+    hop-by-hop and framing ones), ``content-length`` when known, ``date`` and
+    ``x-request-id``."""
+    out: list[Header] = []
+    names = _h2_names
+    for name, value in upstream_headers:
+        lower = names.get(name)
+        if lower is None:
+            lower = name.lower() if _passes(name) else b""
+            if len(names) < 256:  # API servers send a small, fixed set of names
+                names[name] = lower
+        if lower:
+            out.append((lower, value))
+    if length is not None:
+        out.append((b"content-length", b"%d" % length))
+    out.append((b"date", _date_value()))
+    if request_id:
+        out.append((b"x-request-id", request_id.encode("ascii")))
+    return out
+
+
+_h2_names: dict[bytes, bytes] = {}
 
 
 def head(
@@ -163,6 +194,24 @@ class RawResponse:
                 head_only=self._head,
             )
         )
+
+    def h2_answer(self) -> tuple[int, list[Header], bytes]:
+        """Status, header fields and body for an HTTP/2 stream."""
+        no_body = self._head or self.status < 200 or self.status in (204, 304)
+        length: int | None = len(self._body)
+        if self._head:
+            length = next(
+                (
+                    int(v)
+                    for n, v in self._headers
+                    if n.lower() == b"content-length" and v.strip().isdigit()
+                ),
+                None,
+            )
+        elif no_body:
+            length = None
+        headers = h2_headers(self._headers, length=length, request_id=self._request_id)
+        return self.status, headers, b"" if no_body else self._body
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None

@@ -67,7 +67,7 @@ async def serve(
         await directory.load()
         await bootstrap.ensure_admin(directory, settings)
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)
-        ssl_ctx = server_context(paths.cert, paths.key)
+        ssl_ctx = server_context(paths.cert, paths.key, http2=settings.http2)
         providers = build_providers(settings.auth)
         runtime = Runtime(url, ca_pem, VERSION)
         loop = asyncio.get_running_loop()

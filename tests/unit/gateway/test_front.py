@@ -15,7 +15,7 @@ from gateway import front as front_module
 from gateway.drain import Drain
 from gateway.errors import NotFound, k8s_response
 from gateway.front import Front, FrontConnection
-from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
+from gateway.front_request import BODY_HIGH_WATER, ClientRequest
 from gateway.keys import DRAIN
 from gateway.rawresponse import RawResponse
 
@@ -297,8 +297,8 @@ async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
 
 
 async def test_streamed_answers_are_chunked_and_wait_for_the_client(world: Any) -> None:
-    async def stream(app: web.Application, request: ClientRequest) -> StreamedAnswer:
-        answer = StreamedAnswer(request, 200, "OK", [(b"Content-Type", b"x")], None, "rid")
+    async def stream(app: web.Application, request: ClientRequest) -> Any:
+        answer = request.streamed_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
         await answer.prepare(request)
         await answer.write(b"one")
         await answer.write(b"two")

@@ -1,0 +1,215 @@
+"""HPACK (RFC 7541) for the gateway's HTTP/2 server side: a decoder and a plain encoder.
+
+The ``hpack`` package decodes correctly but slowly for a per-request path (~17 µs for a
+kubectl request whose fields are all in the dynamic table; ``python -m
+bench.h2_requests``). ``Decoder`` here resolves indexed fields with a list lookup and
+leaves only Huffman strings to ``hpack``'s table-driven decoder.
+
+``encode`` never indexes (RFC 7541 allows an encoder never to insert into its dynamic
+table): answers are literals without indexing, ``:status`` of common codes fully
+indexed. The peer's decoder then keeps no state for us, and the encoder needs none.
+"""
+
+from __future__ import annotations
+
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+Header = tuple[bytes, bytes]
+
+STATIC: tuple[Header, ...] = HeaderTable.STATIC_TABLE
+"""The 61 entries of RFC 7541 Appendix A (index 1 is ``STATIC[0]``)."""
+_STATIC_LEN = len(STATIC)
+ENTRY_OVERHEAD = 32
+DEFAULT_TABLE_SIZE = 4096
+
+
+class HPACKError(Exception):
+    """The header block cannot be decoded: a COMPRESSION_ERROR for the connection."""
+
+
+def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """The integer whose prefix is in ``data[pos]``; returns it and the next position."""
+    mask = (1 << prefix_bits) - 1
+    value = data[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise HPACKError("truncated integer")
+        byte = data[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 28:  # no field, index or size of ours comes near 2**28
+            raise HPACKError("integer too large")
+
+
+def _string(data: bytes, pos: int) -> tuple[bytes, int]:
+    if pos >= len(data):
+        raise HPACKError("truncated string")
+    huffman = data[pos] & 0x80
+    length, pos = _integer(data, pos, 7)
+    end = pos + length
+    if end > len(data):
+        raise HPACKError("truncated string")
+    raw = data[pos:end]
+    if huffman:
+        try:
+            raw = decode_huffman(raw)
+        except HPACKDecodingError as exc:
+            raise HPACKError(f"invalid Huffman string: {exc}") from None
+    return raw, end
+
+
+class Decoder:
+    """One connection's decoding state: the dynamic table (newest entry first)."""
+
+    __slots__ = ("_entries", "_max", "_size", "max_allowed")
+
+    def __init__(self, max_allowed: int = DEFAULT_TABLE_SIZE) -> None:
+        self._entries: list[Header] = []
+        self._size = 0
+        self._max = max_allowed
+        self.max_allowed = max_allowed
+        """What our SETTINGS_HEADER_TABLE_SIZE allows the peer's encoder."""
+
+    def _lookup(self, index: int) -> Header:
+        if 0 < index <= _STATIC_LEN:
+            return STATIC[index - 1]
+        dynamic = index - _STATIC_LEN - 1
+        if 0 <= dynamic < len(self._entries):
+            return self._entries[dynamic]
+        raise HPACKError(f"header index {index} is not in the table")
+
+    def _add(self, entry: Header) -> None:
+        size = len(entry[0]) + len(entry[1]) + ENTRY_OVERHEAD
+        if size > self._max:
+            self._entries.clear()
+            self._size = 0
+            return
+        self._entries.insert(0, entry)
+        self._size += size
+        self._evict()
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while self._size > self._max:
+            name, value = entries.pop()
+            self._size -= len(name) + len(value) + ENTRY_OVERHEAD
+
+    def decode(self, data: bytes, limit: int) -> tuple[list[Header], bool]:
+        """The fields of one header block, and whether their size (RFC 9113's: name,
+        value and 32 per field) stayed within ``limit``. Past the limit the block is
+        still decoded, to keep the table in step, but no more fields are kept."""
+        headers: list[Header] = []
+        total = 0
+        pos = 0
+        end = len(data)
+        lookup = self._lookup
+        fields_seen = False
+        while pos < end:
+            byte = data[pos]
+            if byte & 0x80:  # indexed field
+                index, pos = _integer(data, pos, 7)
+                if index == 0:
+                    raise HPACKError("header index 0")
+                field = lookup(index)
+            elif byte & 0x40:  # literal, added to the table
+                index, pos = _integer(data, pos, 6)
+                if index:
+                    name = lookup(index)[0]
+                else:
+                    name, pos = _string(data, pos)
+                value, pos = _string(data, pos)
+                field = (name, value)
+                self._add(field)
+            elif byte & 0x20:  # dynamic table size update
+                if fields_seen:
+                    raise HPACKError("table size update after a header field")
+                size, pos = _integer(data, pos, 5)
+                if size > self.max_allowed:
+                    raise HPACKError(f"table size {size} above the allowed {self.max_allowed}")
+                self._max = size
+                self._evict()
+                continue
+            else:  # literal, not added (0000) or never added (0001)
+                index, pos = _integer(data, pos, 4)
+                if index:
+                    name = lookup(index)[0]
+                else:
+                    name, pos = _string(data, pos)
+                value, pos = _string(data, pos)
+                field = (name, value)
+            fields_seen = True
+            total += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
+            if total <= limit:
+                headers.append(field)
+        return headers, total <= limit
+
+
+def _encode_integer(value: int, prefix_bits: int, first: int) -> bytes:
+    mask = (1 << prefix_bits) - 1
+    if value < mask:
+        return bytes((first | value,))
+    out = bytearray((first | mask,))
+    value -= mask
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_string(value: bytes) -> bytes:
+    if len(value) < 0x7F:
+        return bytes((len(value),)) + value
+    return _encode_integer(len(value), 7, 0) + value
+
+
+_STATUS_INDEXED = {
+    int(value): bytes((0x80 | (i + 1),))
+    for i, (name, value) in enumerate(STATIC)
+    if name == b":status"
+}
+_NAME_INDEX: dict[bytes, int] = {}
+for _i, (_name, _value) in enumerate(STATIC):
+    _NAME_INDEX.setdefault(_name, _i + 1)
+_NAME_PREFIX: dict[bytes, bytes] = {}
+TABLE_SIZE_ZERO = b"\x20"
+"""A dynamic table size update to 0: begins our first header block after the peer
+announced a table size (our encoder never uses the table)."""
+
+
+def _name_prefix(name: bytes) -> bytes:
+    prefix = _NAME_PREFIX.get(name)
+    if prefix is None:
+        index = _NAME_INDEX.get(name)
+        if index is not None:  # literal without indexing, indexed name
+            prefix = _encode_integer(index, 4, 0x00)
+        else:
+            prefix = b"\x00" + _encode_string(name)
+        if len(_NAME_PREFIX) < 512:  # answers carry a small, fixed set of names
+            _NAME_PREFIX[name] = prefix
+    return prefix
+
+
+def encode_status(status: int) -> bytes:
+    indexed = _STATUS_INDEXED.get(status)
+    if indexed is not None:
+        return indexed
+    return _encode_integer(_NAME_INDEX[b":status"], 4, 0x00) + _encode_string(b"%d" % status)
+
+
+def encode(status: int, headers: list[Header]) -> bytes:
+    """A response header block: ``:status``, then ``headers`` (names already lower case)."""
+    parts = [encode_status(status)]
+    for name, value in headers:
+        parts.append(_name_prefix(name))
+        parts.append(_encode_string(value))
+    return b"".join(parts)
