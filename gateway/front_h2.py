@@ -226,11 +226,12 @@ class H2Connection(asyncio.Protocol):
 class H2Stream:
     """One request and its answer on an HTTP/2 connection (``RequestSide`` for it)."""
 
-    __slots__ = ("_bridge", "_conn", "_task", "_waiter", "request", "stream_id")
+    __slots__ = ("_bridge", "_conn", "_task", "_waiter", "authority", "request", "stream_id")
 
     def __init__(self, conn: H2Connection, event: Request) -> None:
         self._conn = conn
         self.stream_id = event.stream_id
+        self.authority = event.authority
         self.request = ClientRequest(_head(event), self)
         self._task: asyncio.Task[None] | None = None
         self._bridge: Bridge | None = None
@@ -392,6 +393,7 @@ class H2Answer:
 
     async def prepare(self, request: Any) -> None:
         self._stream.send_head(self._status, self._headers)
+        self._headers = []  # not kept for the life of a watch
 
     async def write(self, data: bytes) -> None:
         stream = self._stream
@@ -428,8 +430,12 @@ class Bridge(asyncio.Transport):
         request = self._stream.request
         parts = [request.method.encode("ascii"), b" ", request.raw_path.encode("latin-1")]
         parts.append(b" HTTP/1.1\r\n")
+        host = False
         for name, value in request.raw_headers:
             parts += [name, b": ", value, b"\r\n"]
+            host = host or name == b"host"
+        if not host and self._stream.authority:
+            parts += [b"host: ", self._stream.authority, b"\r\n"]
         if self._chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"connection: close\r\n\r\n")
@@ -589,8 +595,6 @@ def _head(event: Request) -> Head:
             expect = value.lower() == b"100-continue"
         elif name.startswith(b"impersonate-"):
             impersonates = True
-    if event.authority and not any(name == b"host" for name, _ in headers):
-        headers = [(b"host", event.authority), *headers]
     has_body = not event.end_stream
     return Head(
         method=event.method.decode("ascii", "replace"),

@@ -19,7 +19,6 @@ RST_STREAM.
 from __future__ import annotations
 
 import struct
-from collections import deque
 
 from gateway.hpack_codec import TABLE_SIZE_ZERO, Decoder, HPACKError, encode
 
@@ -198,7 +197,7 @@ class _Stream:
         self.recv_window = recv_window
         self.remote_closed = end_stream
         self.local_closed = False
-        self.pending: deque[bytes] = deque()
+        self.pending: list[bytes] = []  # short: a writer waits above STREAM_HIGH_WATER
         self.pending_bytes = 0
         self.pending_end = False
         self.unacked = 0
@@ -683,7 +682,7 @@ class ServerConnection:
                 pending[0] = chunk[window:]
                 chunk = chunk[:window]
             else:
-                pending.popleft()
+                del pending[0]
             size = len(chunk)
             self.conn_send_window -= size
             stream.send_window -= size
