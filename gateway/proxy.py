@@ -333,6 +333,7 @@ async def forward(
             f"cluster {cluster.name} ({cluster.id}): {exc}", status=502
         ) from None
     _HOT.roundtrip.observe(time.perf_counter() - sent)
+    del head, body  # not held for the life of a watch
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:
