@@ -140,7 +140,7 @@ _BACKEND = """\
     sendfile on;
     output_buffers 2 256k;
     server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
         default_type application/json;
         location = {small} {{ alias {small_file}; }}
         location = {list} {{ alias {list_file}; }}
@@ -157,7 +157,7 @@ _PROXY = """\
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
         location / {{
             proxy_pass https://backend;
             proxy_http_version 1.1;

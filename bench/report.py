@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bench import nginx, wrk
+from bench import h2load, nginx, wrk
 from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
@@ -82,6 +82,7 @@ def versions(repo: Path) -> dict[str, str]:
         "openssl": ssl.OPENSSL_VERSION,
         "nginx": nginx.version(),
         "wrk": wrk.version(),
+        "h2load": h2load.version(),
         "herdgate": git_commit(repo),
     }
 
@@ -135,6 +136,7 @@ def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
     row("2. p50 ms, 64 conns", "c64", lambda x: x.p50_ms, 2, False)
     row("2. p99 ms, 64 conns", "c64", lambda x: x.p99_ms, 2, False)
     row("   req/s, 1 conn", "c1", lambda x: x.rps, 0, True)
+    row("   req/s, 2 KB GET, 64 streams on 4 HTTP/2 conns", "h2c64", lambda x: x.rps, 0, True)
     row(
         f"3. MB/s, {http.list_bytes / 1e6:.0f} MB list, 1 stream",
         "bulk",
@@ -148,7 +150,11 @@ def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
     ]
     lines.append(f"| 3. gateway RSS growth while streaming, MB | | | {_fmt(growth, 1)} | | |")
     errors = sum(x.errors for x in r.runs)
-    lines.append(f"\nwrk errors (connect/read/write/timeout/non-2xx) over all runs: {errors}.")
+    lines.append(
+        f"\nLoad generator errors (wrk: connect/read/write/timeout/non-2xx; h2load: failed or"
+        f" non-2xx/3xx) over all runs: {errors}. The HTTP/2 row is h2load's (`-c 4 -m 16`);"
+        " its latency is not shown (h2load reports means only)."
+    )
 
     thr = r.per_round("c64", lambda x: x.rps, "herdgate", "nginx-proxy")
     add50 = r.per_round_diff("c1", lambda x: x.p50_ms, "herdgate", "direct")
@@ -191,6 +197,8 @@ def baseline_lines(http: HttpResult, commit: str) -> list[str]:
         ("agent CPU µs/req, 64 conns", "c64", per_req("agent"), 0),
         ("p50 ms, 1 conn", "c1", lambda x: x.p50_ms, 3),
         ("gateway CPU µs/req, 1 conn", "c1", per_req("gateway"), 0),
+        ("req/s, 64 HTTP/2 streams", "h2c64", lambda x: x.rps, 0),
+        ("gateway CPU µs/req, 64 HTTP/2 streams", "h2c64", per_req("gateway"), 0),
         ("MB/s, 100 MB list", "bulk", lambda x: x.mb_per_s, 0),
         ("gateway CPU ms/MB", "bulk", per_mb("gateway"), 2),
         ("agent CPU ms/MB", "bulk", per_mb("agent"), 2),
@@ -223,11 +231,11 @@ def _check(
 def cpu_table(http: HttpResult) -> list[str]:
     """CPU per process (% of one core and µs per request), medians over rounds."""
     lines = [
-        "| scenario | path | wrk | backend nginx | proxy nginx | gateway | agent"
+        "| scenario | path | wrk or h2load | backend nginx | proxy nginx | gateway | agent"
         " | box busy | other load | new backend conns |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for scenario in ("c64", "c1", "bulk"):
+    for scenario in ("c64", "c1", "bulk", "h2c64"):
         for target in ("direct", "nginx-proxy", "herdgate", BASELINE):
             runs = http.rounds.select(scenario, target)
             if not runs:

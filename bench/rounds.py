@@ -6,8 +6,10 @@ gateway, the tunnel and the agent to the same backend. A round runs every scenar
 every path back to back (the path order rotates from round to round), so ratios are
 taken between runs minutes apart at most, and the medians over rounds are reported.
 
-Scenarios: ``c64`` (2 KB GET, 64 connections), ``c1`` (2 KB GET, 1 connection) and
-``bulk`` (the 100 MB list, one stream; the gateway's RSS is sampled meanwhile).
+Scenarios: ``c64`` (2 KB GET, 64 connections), ``c1`` (2 KB GET, 1 connection),
+``bulk`` (the 100 MB list, one stream; the gateway's RSS is sampled meanwhile), all with
+wrk over HTTP/1.1; and ``h2c64`` (2 KB GET, 64 streams in flight on 4 HTTP/2 connections,
+with h2load: how kubectl and client-go talk to a server that offers ``h2``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import wrk
+from bench import h2load, wrk
 from bench.procstats import CpuMeter, RssSampler, reset_peak, vm_hwm_kib
 
 
@@ -46,6 +48,20 @@ class Scenario:
     connections: int
     threads: int
     seconds: float
+    streams: int = 0
+    """HTTP/2 streams per connection (``h2load``); 0: HTTP/1.1 with wrk."""
+
+    def run(self, url: str, headers: dict[str, str], seconds: float) -> wrk.WrkResult:
+        if self.streams:
+            return h2load.run(
+                url + self.path,
+                connections=self.connections,
+                streams=self.streams,
+                seconds=seconds,
+                headers=headers,
+            )
+        return wrk.run(url + self.path, connections=self.connections, seconds=seconds,
+                       headers=headers, threads=self.threads, timeout_s=30)  # fmt: skip
 
 
 @dataclass
@@ -125,6 +141,8 @@ def scenarios(seconds: float, small_path: str, list_path: str) -> list[Scenario]
         Scenario("c64", small_path, 64, 2, seconds),
         Scenario("c1", small_path, 1, 1, seconds),
         Scenario("bulk", list_path, 1, 1, seconds),
+        # kubectl's and client-go's way: HTTP/2, 4 connections of 16 streams in flight
+        Scenario("h2c64", small_path, 4, 1, seconds, streams=16),
     ]
 
 
@@ -141,9 +159,7 @@ def run_rounds(
     # Warm-up: connections, TLS session caches, the gateway's stream pool, page cache.
     for target in targets:
         for scenario in plan:
-            wrk.run(target.url_base + scenario.path, connections=scenario.connections,
-                    seconds=1, headers=target.headers(headers), threads=scenario.threads,
-                    timeout_s=30)  # fmt: skip
+            scenario.run(target.url_base, target.headers(headers), 1)
     for number in range(rounds):
         shift = number % len(targets)
         order = list(targets[shift:]) + list(targets[:shift])
@@ -177,10 +193,7 @@ def _one(
         if sampler is not None:
             sampler.__enter__()
         try:
-            res = wrk.run(target.url_base + scenario.path, connections=scenario.connections,
-                          seconds=scenario.seconds, headers=target.headers(headers),
-                          threads=scenario.threads,
-                          timeout_s=30)  # fmt: skip
+            res = scenario.run(target.url_base, target.headers(headers), scenario.seconds)
         finally:
             if sampler is not None:
                 sampler.__exit__()
