@@ -21,9 +21,10 @@ from bench.wrk import WrkResult, _kill
 
 H2LOAD = "/usr/bin/h2load"
 
-_FINISHED = re.compile(r"finished in ([\d.]+)(m?s)")
-_REQUESTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded")
-_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx")
+_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s)")
+_REQUESTS = re.compile(
+    r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed"
+)
 _TRAFFIC = re.compile(r"traffic: \S+ \((\d+)\) total")
 _TIME = re.compile(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)")
 
@@ -71,9 +72,7 @@ def parse(text: str, cpu_s: float, code: int = 0) -> WrkResult:
     requests = _REQUESTS.search(text)
     if code != 0 or finished is None or requests is None:
         raise RuntimeError(f"h2load failed ({code}): {text[-2000:]}")
-    duration = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
-    statuses = _STATUS.search(text)
-    ok = int(statuses.group(1)) + int(statuses.group(2)) if statuses else int(requests.group(3))
+    duration = _ms(finished.group(1) + finished.group(2)) / 1000
     traffic = _TRAFFIC.search(text)
     timing = _TIME.search(text)
     mean_ms = _ms(timing.group(3)) if timing else 0.0
@@ -81,7 +80,7 @@ def parse(text: str, cpu_s: float, code: int = 0) -> WrkResult:
         requests=int(requests.group(2)),
         bytes=int(traffic.group(1)) if traffic else 0,
         duration_s=duration,
-        errors=int(requests.group(2)) - ok,
+        errors=int(requests.group(4)),  # errored, timed out, or not 2xx/3xx
         p50_ms=mean_ms,  # h2load gives the mean, not percentiles
         p90_ms=0.0,
         p99_ms=0.0,
