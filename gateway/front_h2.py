@@ -139,10 +139,16 @@ class H2Connection(asyncio.Protocol):
         self._front.removed(self)
 
     def pause_writing(self) -> None:
+        # A client that does not read what it is sent (PING answers pile up, say) is not
+        # read either until it does: flow control bounds answers, this bounds the rest.
         self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
         for stream in list(self._streams.values()):
             stream.writable()
 
@@ -492,7 +498,7 @@ class Bridge(asyncio.Transport):
             return
         self._closed = True
         if not self._complete:
-            if self._answered and not self._chunked_answer():
+            if self._answered and not self._framed_answer():
                 self._stream.send(b"", end_stream=True)  # an answer delimited by the close
             else:
                 self._stream.cut()
@@ -568,7 +574,8 @@ class Bridge(asyncio.Transport):
     def _finished_early(self) -> bool:
         return self._complete
 
-    def _chunked_answer(self) -> bool:
+    def _framed_answer(self) -> bool:
+        """The answer has a length or chunks: a close before its end is an error."""
         return any(n.lower() in (b"transfer-encoding", b"content-length") for n, _ in self._headers)
 
 

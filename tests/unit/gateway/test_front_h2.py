@@ -32,6 +32,7 @@ class Transport:
         self.written = bytearray()
         self.closed = False
         self.aborted = False
+        self.reading_paused = False
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -48,6 +49,12 @@ class Transport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if name == "peername" else default
@@ -403,3 +410,29 @@ async def test_a_broken_connection_fails_its_streams(world: Any) -> None:
     client.server.connection_lost(None)
     await asyncio.wait_for(failed.wait(), 5)
     assert world.front.connections == set()
+
+
+async def test_a_full_socket_pauses_writers_and_reading(world: Any) -> None:
+    written: list[int] = []
+
+    async def stream_some(app: web.Application, request: ClientRequest) -> Any:
+        answer = request.streamed_answer(200, "OK", [], None, "rid")
+        await answer.prepare(request)
+        for _ in range(3):
+            await answer.write(b"x" * 100)
+            written.append(1)
+        await answer.write_eof()
+        return answer
+
+    client = Client(world.front)
+    client.server.pause_writing()  # the socket's buffer is full
+    assert client.transport.reading_paused
+    world.handlers.append(stream_some)
+    stream = client.request("GET", CLUSTER + "?watch=1")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(written) == 0  # the first write waits
+    client.server.resume_writing()
+    assert not client.transport.reading_paused
+    await client.until(lambda: stream in client.ended)
+    assert bytes(client.body[stream]) == b"x" * 300
