@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             sections += ["### Framing micro-benchmark", "", *report.framing_lines(fr), ""]
         if "http" in args.phases:
             log(
-                f"figures 1-3: {args.rounds} rounds x 3 scenarios x 3 paths,"
+                f"figures 1-3: {args.rounds} rounds x 4 scenarios x 3 paths,"
                 f" {args.seconds:g} s each"
             )
             baseline = None

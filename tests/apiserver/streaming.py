@@ -782,14 +782,22 @@ async def run_command(
 
 
 async def run_attach(io: ProcessIO, pod: Mapping[str, Any], container: str) -> int:
-    """The emulated attached container: a greeting line, then stdin echoed until it closes."""
+    """The emulated attached container: a greeting line, then stdin echoed until it closes.
+
+    The greeting waits for the first stdin bytes (or stdin's end): client-go's WebSocket
+    client discards messages for a stream it has not created yet ("Unknown stream id,
+    discarding message"), a race a real container's output seldom meets but a greeting
+    sent at once did (about one ``kubectl attach`` in a hundred lost it).
+    """
     meta = pod.get("metadata") or {}
     greeting = f"attached to {meta.get('namespace', '')}/{meta.get('name', '')} {container}\n"
 
     async def body() -> int:
+        chunk = await io.read()
         await io.write(greeting.encode())
-        while chunk := await io.read():
+        while chunk:
             await io.write(chunk)
+            chunk = await io.read()
         return 0
 
     return await io.run(body())
