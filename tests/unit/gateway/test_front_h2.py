@@ -436,3 +436,52 @@ async def test_a_full_socket_pauses_writers_and_reading(world: Any) -> None:
     assert not client.transport.reading_paused
     await client.until(lambda: stream in client.ended)
     assert bytes(client.body[stream]) == b"x" * 300
+
+
+async def test_connect_is_refused(world: Any) -> None:
+    client = Client(world.front)
+    stream = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(stream, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:443")])
+    client.send()
+    await client.until(lambda: stream in client.ended)
+    assert client.status[stream] == 405
+
+
+async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
+    async def read_body(app: web.Application, request: ClientRequest) -> Any:
+        body = await request.read()
+        return RawResponse(201, "Created", [], body, request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(read_body)
+    client = Client(world.front)
+    stream = client.request(
+        "POST",
+        CLUSTER,
+        headers=[(b"content-length", b"5"), (b"expect", b"100-continue")],
+        end=False,
+    )
+    informational: list[int] = []
+    original = client.h2.receive_data
+
+    def spy(data: bytes) -> list[Any]:
+        events = original(data)
+        informational.extend(
+            int(dict(e.headers)[b":status"])
+            for e in events
+            if isinstance(e, h2.events.InformationalResponseReceived)
+        )
+        return events
+
+    client.h2.receive_data = spy  # type: ignore[method-assign]
+    await client.until(lambda: 100 in informational)
+    client.h2.send_data(stream, b"hello", end_stream=True)
+    client.send()
+    await client.until(lambda: stream in client.ended)
+    assert client.status[stream] == 201 and bytes(client.body[stream]) == b"hello"
+
+
+async def test_head_through_the_bridge(world: Any) -> None:
+    client = Client(world.front)
+    stream = client.request("HEAD", "/v3/users")
+    await client.until(lambda: stream in client.ended)
+    assert client.status[stream] == 200 and stream not in client.body
