@@ -4,6 +4,7 @@ application; an ``h2`` client on an in-memory transport, the proxy faked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -11,20 +12,25 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import front_h2
 from gateway.drain import Drain
 from gateway.front import Front
 from gateway.front_h2 import STREAM_HIGH_WATER, H2Connection
 from gateway.front_request import ClientRequest
+from gateway.http2 import PREFACE, SETTINGS, _pack
 from gateway.keys import DRAIN
 from gateway.rawresponse import RawResponse
 
 Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
 CLUSTER = "/k8s/clusters/c-1/api/v1/pods"
+_SETTINGS = _pack(SETTINGS, 0, 0, b"")
 
 
 class Transport:
@@ -485,3 +491,82 @@ async def test_head_through_the_bridge(world: Any) -> None:
     stream = client.request("HEAD", "/v3/users")
     await client.until(lambda: stream in client.ended)
     assert client.status[stream] == 200 and stream not in client.body
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=300))
+async def test_any_bytes_after_the_preface_never_escape_the_protocol(
+    world: Any, data: bytes
+) -> None:
+    transport = Transport()
+    conn = H2Connection(world.front)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(PREFACE + _SETTINGS)
+    conn.data_received(data)  # must not raise
+    for _ in range(5):
+        await asyncio.sleep(0)
+    conn.connection_lost(None)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.sampled_from(["get", "post", "bridge", "reset", "ping", "window", "settings", "data"]),
+        min_size=1,
+        max_size=25,
+    )
+)
+async def test_client_action_sequences_leave_a_sound_connection(
+    world: Any, actions: list[str]
+) -> None:
+    client = Client(world.front)
+    open_posts: list[int] = []
+    opened: list[int] = []
+    for action in actions:
+        if action == "get":
+            opened.append(client.request("GET", CLUSTER))
+        elif action == "post":
+            stream = client.request("POST", CLUSTER, body=b"x" * 100, end=False)
+            open_posts.append(stream)
+            opened.append(stream)
+        elif action == "bridge":
+            opened.append(client.request("GET", "/v3/users"))
+        elif action == "reset" and opened:
+            stream = opened[-1]
+            if stream not in client.ended and stream not in client.resets:
+                with contextlib.suppress(h2.exceptions.StreamClosedError):
+                    client.h2.reset_stream(stream)
+                    client.resets[stream] = -1  # reset by the client itself
+                    client.send()
+        elif action == "ping":
+            client.h2.ping(b"12345678")
+            client.send()
+        elif action == "window":
+            client.h2.increment_flow_control_window(1000)
+            client.send()
+        elif action == "settings":
+            client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 70000})
+            client.send()
+        elif action == "data" and open_posts:
+            stream = open_posts.pop()
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                client.h2.send_data(stream, b"end", end_stream=True)
+                client.send()
+        await asyncio.sleep(0)
+    for stream in open_posts:
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            client.h2.end_stream(stream)
+            client.send()
+    for _ in range(200):
+        client.receive()
+        done = all(s in client.ended or s in client.resets for s in opened)
+        if done and client.server.between_requests:
+            break
+        await asyncio.sleep(0)
+    assert all(s in client.ended or s in client.resets for s in opened)
+    assert client.server.between_requests
+    assert not client.goaway
