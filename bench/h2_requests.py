@@ -115,10 +115,14 @@ def gateway_us_per_request(requests: int) -> float:
                 server.send_data(event.stream_id, BODY, end_stream=True)
         out = b"".join(server.data_to_send())
         spent += time.process_time() - started
+        received = 0
         for got in client.receive_data(out):
             if isinstance(got, h2.events.DataReceived):
                 assert got.stream_id is not None
+                received += len(got.data)
                 client.acknowledge_received_data(got.flow_controlled_length, got.stream_id)
+        if received != len(BODY):
+            raise RuntimeError(f"gateway.http2 answered {received} of {len(BODY)} bytes")
         acks = client.data_to_send()
         started = time.process_time()
         server.receive(acks)
