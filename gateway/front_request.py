@@ -107,7 +107,6 @@ class ClientRequest:
         "authorization",
         "body_complete",
         "body_exists",
-        "content",
         "content_length",
         "expect_continue",
         "impersonates",
@@ -141,9 +140,15 @@ class ClientRequest:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.body_complete = False
-        self.content = self  # ``request.content.iter_any()``, as with aiohttp
 
     # what gateway.proxy reads
+
+    @property
+    def content(self) -> ClientRequest:
+        """``request.content.iter_any()``, as with aiohttp. (A property, not an attribute
+        holding ``self``: that reference cycle left every request to the cyclic garbage
+        collector, ~4 % of the gateway's CPU under load.)"""
+        return self
 
     @property
     def path(self) -> str:
