@@ -15,7 +15,6 @@ Stopping (SIGTERM or SIGINT), in this order:
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -45,21 +44,6 @@ CUT_TIMEOUT_S = 2.0
 """After the grace period and the tunnels' GOAWAY: how long handlers get to finish."""
 EXIT_FLUSH_S = 10.0
 """Then: how long closed connections get to send what they still buffer."""
-
-
-GC_THRESHOLDS = (10_000, 10, 10)
-"""The cyclic collector's thresholds once the gateway is up (Python's are 700, 10, 10)."""
-
-
-def _settle_garbage_collector() -> None:
-    """What exists once the gateway is set up (modules, the application, the directory)
-    lives as long as the process: ``gc.freeze`` takes it out of the collector's full
-    passes. Requests leave no cycles (they are freed by reference counting), so the
-    collector only needs to run now and then: a first generation of 10,000 objects
-    instead of 700 spares it scanning the objects of requests in flight over and over."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve(
@@ -107,7 +91,6 @@ async def serve(
             front, host, port, ssl=ssl_ctx, backlog=1024, reuse_port=worker or None
         )
         metrics_runner = await _start_metrics(app, settings, worker)
-        _settle_garbage_collector()
         app[READY][0] = True
         if not worker:
             print(bootstrap.banner(url, ca_pem), flush=True)
