@@ -40,10 +40,21 @@ ANSWER = [
 BODY = b"x" * 2048
 
 
-def server_us_per_request(requests: int) -> float:
+def _client() -> h2.connection.H2Connection:
+    """kubectl's side: large receive windows, as client-go sets them."""
     client = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
+    client.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**24}
+    )
+    client.initiate_connection()
+    client.increment_flow_control_window(2**30)
+    return client
+
+
+def server_us_per_request(requests: int) -> float:
+    client = _client()
     server = h2.connection.H2Connection(
         h2.config.H2Configuration(
             client_side=False,
@@ -54,12 +65,7 @@ def server_us_per_request(requests: int) -> float:
             normalize_outbound_headers=False,
         )
     )
-    client.local_settings = h2.settings.Settings(
-        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**24}
-    )
-    client.initiate_connection()
     server.initiate_connection()
-    client.increment_flow_control_window(2**30)
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())
     server.receive_data(client.data_to_send())
@@ -90,14 +96,7 @@ def server_us_per_request(requests: int) -> float:
 
 def gateway_us_per_request(requests: int) -> float:
     """The same exchange with ``gateway.http2.ServerConnection`` as the server."""
-    client = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, header_encoding=None)
-    )
-    client.local_settings = h2.settings.Settings(
-        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**24}
-    )
-    client.initiate_connection()
-    client.increment_flow_control_window(2**30)
+    client = _client()
     server = ServerConnection()
     server.receive(client.data_to_send())
     client.receive_data(b"".join(server.data_to_send()))

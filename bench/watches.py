@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import h2.config
@@ -174,19 +176,49 @@ class H2Watches(asyncio.Protocol):
         return 0 if self.transport is None else len(self.established)
 
 
+def _same(protocol: H2Watches) -> H2Watches:
+    return protocol
+
+
+def _target(args: argparse.Namespace, alpn: str) -> tuple[str, int, ssl.SSLContext, str, str]:
+    """Host, port, a TLS context offering only ``alpn``, the path and the authority."""
+    url = urlsplit(args.url)
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.set_alpn_protocols([alpn])
+    path = url.path + ("?" + url.query if url.query else "")
+    return url.hostname or "127.0.0.1", url.port or 443, ctx, path, url.netloc
+
+
+async def _measure_then_close(
+    latencies: list[int],
+    recording: list[bool],
+    alive: Callable[[], int],
+    transports: list[asyncio.Transport | None],
+) -> None:
+    """Wait for ``measure SECONDS`` on stdin, record that long, report, close."""
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    parts = line.split()
+    seconds = min(MAX_MEASURE_S, float(parts[1])) if len(parts) == 2 else 0.0
+    recording[0] = True
+    await asyncio.sleep(seconds)
+    recording[0] = False
+    _say({**summarize(latencies), "alive": alive()})
+    for transport in transports:
+        if transport is not None:
+            transport.close()
+    await asyncio.sleep(0.5)
+
+
 async def run_http2(args: argparse.Namespace) -> None:
     """The HTTP/2 variant of ``run``: ``--per-connection`` watches share each connection."""
     raise_nofile()
     loop = asyncio.get_running_loop()
-    url = urlsplit(args.url)
-    host, port = url.hostname or "127.0.0.1", url.port or 443
-    ctx = ssl.create_default_context(cafile=args.ca)
-    ctx.set_alpn_protocols(["h2"])
-    path = url.path + ("?" + url.query if url.query else "")
+    host, port, ctx, path, authority = _target(args, "h2")
     headers = [
         (b":method", b"GET"),
         (b":scheme", b"https"),
-        (b":authority", url.netloc.encode()),
+        (b":authority", authority.encode()),
         (b":path", path.encode()),
         (b"authorization", f"Bearer {args.token}".encode()),
         (b"accept", b"application/json"),
@@ -205,7 +237,7 @@ async def run_http2(args: argparse.Namespace) -> None:
             remaining -= batch
             conn = H2Watches(headers, latencies, recording)
             try:
-                await loop.create_connection(lambda conn=conn: conn, host, port, ssl=ctx)
+                await loop.create_connection(functools.partial(_same, conn), host, port, ssl=ctx)
                 await asyncio.wait_for(conn.ready, 60)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -223,30 +255,20 @@ async def run_http2(args: argparse.Namespace) -> None:
     opened_s = time.monotonic() - started
     _say({"opened": opened, "failed": len(failures), "open_s": round(opened_s, 2),
           "connections": len(connections), "failures": sorted(set(failures))[:5]})  # fmt: skip
-
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    parts = line.split()
-    seconds = min(MAX_MEASURE_S, float(parts[1])) if len(parts) == 2 else 0.0
-    recording[0] = True
-    await asyncio.sleep(seconds)
-    recording[0] = False
-    _say({**summarize(latencies), "alive": sum(c.alive for c in connections)})
-    for conn in connections:
-        if conn.transport is not None:
-            conn.transport.close()
-    await asyncio.sleep(0.5)
+    await _measure_then_close(
+        latencies,
+        recording,
+        lambda: sum(c.alive for c in connections),
+        [c.transport for c in connections],
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
     raise_nofile()
     loop = asyncio.get_running_loop()
-    url = urlsplit(args.url)
-    host, port = url.hostname or "127.0.0.1", url.port or 443
-    ctx = ssl.create_default_context(cafile=args.ca)
-    ctx.set_alpn_protocols(["http/1.1"])
-    path = url.path + ("?" + url.query if url.query else "")
+    host, port, ctx, path, authority = _target(args, "http/1.1")
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {authority}\r\n"
         f"Authorization: Bearer {args.token}\r\nAccept: application/json\r\n"
         "User-Agent: kubectl/v1.32.0 (linux/amd64) kubernetes/bench\r\n\r\n"
     ).encode()
@@ -278,19 +300,12 @@ async def run(args: argparse.Namespace) -> None:
     opened_s = time.monotonic() - started
     _say({"opened": len(watches), "failed": len(failures), "open_s": round(opened_s, 2),
           "failures": sorted(set(failures))[:5]})  # fmt: skip
-
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    parts = line.split()
-    seconds = min(MAX_MEASURE_S, float(parts[1])) if len(parts) == 2 else 0.0
-    recording[0] = True
-    await asyncio.sleep(seconds)
-    recording[0] = False
-    alive = sum(1 for w in watches if w.transport is not None and not w.transport.is_closing())
-    _say({**summarize(latencies), "alive": alive})
-    for watch in watches:
-        if watch.transport is not None:
-            watch.transport.close()
-    await asyncio.sleep(0.5)
+    await _measure_then_close(
+        latencies,
+        recording,
+        lambda: sum(1 for w in watches if w.transport and not w.transport.is_closing()),
+        [w.transport for w in watches],
+    )
 
 
 def summarize(latencies_ns: list[int]) -> dict[str, float]:
