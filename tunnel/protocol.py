@@ -161,6 +161,11 @@ class TunnelProtocol:
 
     # -- output ----------------------------------------------------------------
 
+    @property
+    def queued(self) -> int:
+        """Frames (or frame parts) waiting for ``data_to_send``."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport. Does no I/O itself."""
         if not self._out:

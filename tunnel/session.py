@@ -48,6 +48,10 @@ thousands of tunnels then wake their process (and, through their PINGs, the peer
 together once a second instead of each at its own moment."""
 COALESCE_BELOW_BYTES = 8 * 1024
 """Smaller writes wait for the end of the event-loop turn, to leave with the others."""
+FLUSH_AT_PARTS = 32
+"""...but no more than this many frames wait: in a turn that handles many requests (64
+arrive together at c=64) the first ones leave while the rest are still being built, so
+the peer works on them meanwhile instead of both sides taking turns."""
 
 StreamHandler = Callable[[TunnelStream], None]
 InfoHandler = Callable[[bytes], None]
@@ -228,9 +232,12 @@ class Session:
 
         Frames produced in the same turn (many requests' frames under load, a response's
         DATA and a WINDOW update) then leave as one WebSocket message: one TLS record and
-        one system call instead of one each, for the price of a ``call_soon``.
+        one system call instead of one each, for the price of a ``call_soon``. Once
+        ``FLUSH_AT_PARTS`` frames wait they go at once.
         """
-        if not self._flush_scheduled:
+        if self._proto.queued >= FLUSH_AT_PARTS:
+            self._flush_now()  # a big turn: let the peer start on its first part
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_now)
 

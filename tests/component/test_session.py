@@ -248,3 +248,21 @@ async def test_long_keepalive_timers_fire_on_whole_wall_clock_seconds():
         assert abs(fires_at_wall - round(fires_at_wall)) < 0.05
         assert 19.0 <= timer.when() - loop.time() <= 21.0
     await client.close()
+
+
+async def test_a_turn_with_many_frames_sends_them_in_parts():
+    """Small frames wait for the end of the turn, but no more than FLUSH_AT_PARTS of them."""
+    from tunnel.session import FLUSH_AT_PARTS
+
+    a, b = MemoryTransport.pair()
+    client = Session(a, Side.CLIENT, metadata=b"agent", name="client")
+    server = Session(b, Side.SERVER, metadata=b"gw", name="server")
+    await asyncio.gather(client.handshake(), server.handshake())
+    server.start()
+    before = a._inbox.qsize()
+    for _ in range(FLUSH_AT_PARTS * 2 + 3):  # one event-loop turn, no awaits
+        server.open_stream(b"target")
+    assert a._inbox.qsize() - before == 2  # two full batches left at once
+    await asyncio.sleep(0)
+    assert a._inbox.qsize() - before == 3  # the rest at the end of the turn
+    await server.close()
