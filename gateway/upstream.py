@@ -27,8 +27,8 @@ MAX_IDLE_STREAMS = 256
 one cluster made the pool reset the surplus streams as they finished, and the agent open a
 new TLS connection to the API server for the next request: at c=128 herdgate fell from
 ~9,000 to 4,300 req/s (the agent at 65 % of a core on handshakes), at c=256 to 2,900;
-with 256, 9,200 and 8,300. The API server closes connections idle for long (Go's
-90 s), and a closed one is dropped when next taken."""
+with 256, 9,200 and 8,300. A stream whose connection the API server has closed meanwhile
+is dropped when next taken."""
 MAX_HEAD_BYTES = 256 * 1024
 RESPONSE_HEAD_TIMEOUT_S = 300.0
 """How long the API server may take to start answering (long LISTs can be slow)."""
