@@ -161,7 +161,10 @@ class H2Connection(asyncio.Protocol):
     def flush(self) -> None:
         out = self._h2.data_to_send()
         if out and self.transport is not None:
-            self.transport.writelines(out)
+            # One buffer, not ``writelines``: the TLS transport makes a record of each
+            # piece it is handed, so a small answer's HEADERS and DATA would be two and a
+            # full DATA frame (16 KiB + its 9-byte head) two, one of them tiny.
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def finished(self, stream: H2Stream) -> None:
         """The stream's answer is complete (or abandoned)."""

@@ -21,6 +21,8 @@ from gateway.http1 import Head
 if TYPE_CHECKING:
     from gateway.front import FrontConnection
 
+JOIN_MAX = 16 * 1024
+"""Chunks up to a TLS record's size are copied together with their chunk framing."""
 BODY_HIGH_WATER = 1024 * 1024
 """Request body bytes held before reading from the client pauses."""
 
@@ -280,10 +282,14 @@ class StreamedAnswer:
 
     async def write(self, data: bytes) -> None:
         conn = self._conn
-        if self._chunked:
-            conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
+        if not self._chunked:
             conn.write(data)
+        elif len(data) <= JOIN_MAX:
+            # One buffer: each piece handed to the TLS transport becomes a TLS record of
+            # its own, and a watch event would otherwise be three.
+            conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
         if conn.write_paused:
             await conn.drain()
 
