@@ -1,6 +1,6 @@
 """The gateway's own CPU per proxied request, in one process, without TLS or sockets.
 
-``python -m bench.hotpath [--requests N] [--connections C] [--profile]``
+``python -m bench.hotpath [--requests N] [--connections C] [--http2] [--profile]``
 
 A real application (SQLite store, a member user with a kubeconfig token bound to a
 cluster, the proxy, accounting with the audit log on) and a real tunnel session over an
@@ -9,8 +9,10 @@ in-memory transport to a stand-in agent that answers every request on its stream
 transport that only collects bytes. What is left out is what the process spends in TLS,
 system calls and the event loop's polling: so this is the Python cost of the path, the
 part that code changes move, measured without the machine's run-to-run drift that the
-wrk-based figures carry. ``--profile`` adds cProfile's top functions (which slows every
-call, so read it for proportions only).
+wrk-based figures carry. ``--http2``: the same over HTTP/2 connections
+(``gateway.front_h2``), one stream in flight on each, requests pre-encoded by an HPACK
+encoder that indexes what it can (as Go's does). ``--profile`` adds cProfile's top
+functions (which slows every call, so read it for proportions only).
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ import contextlib
 import cProfile
 import io
 import pstats
+import struct
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import hpack
 import uvloop
 
 from config.schema import GatewaySettings
-from gateway import hashing
+from gateway import hashing, http2
 from gateway.app import build_app
 from gateway.audit import AuditLog
 from gateway.directory import Directory
-from gateway.front import Front, FrontConnection
+from gateway.front import Front
+from gateway.front_h2 import H2Connection
 from gateway.keys import TUNNELS
 from gateway.records import BINDING, CLUSTER, USER, Binding, Cluster, User
 from gateway.runtime import Runtime
@@ -88,6 +93,47 @@ class Sink:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
 
+class H2Sink(Sink):
+    """A client transport that counts HTTP/2 answers (frames that end a stream)."""
+
+    def write(self, data: bytes) -> None:
+        pos = 0
+        ended = 0
+        while pos + 9 <= len(data):
+            kind, flags = data[pos + 3], data[pos + 4]
+            if kind in (http2.DATA, http2.HEADERS) and flags & http2.FLAG_END_STREAM:
+                ended += 1
+            pos += 9 + int.from_bytes(data[pos : pos + 3], "big")
+        self.answers += ended
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+def _h2_requests(path: str, token: str, count: int) -> list[bytes]:
+    """One connection's preface and settings, then ``count`` GETs as HEADERS frames."""
+    encoder = hpack.Encoder()
+    fields = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"gw.test"),
+        (b":path", path.encode()),
+        (b"authorization", b"Bearer " + token.encode()),
+        (b"accept", b"application/json"),
+        (b"user-agent", b"kubectl/v1.32.0 (linux/amd64)"),
+    ]
+    frames = [
+        http2.PREFACE
+        + http2._pack(http2.SETTINGS, 0, 0, struct.pack(">HI", 4, 2**30))
+        + http2._pack(http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", 2**30))
+    ]
+    end_headers = http2.FLAG_END_HEADERS | http2.FLAG_END_STREAM
+    frames += [
+        http2._pack(http2.HEADERS, end_headers, 2 * i + 1, encoder.encode(fields))
+        for i in range(count)
+    ]
+    return frames
+
+
 async def _agent(stream: TunnelStream, session: Session) -> None:
     session.accept(stream)
     with contextlib.suppress(Exception):
@@ -134,41 +180,52 @@ async def setup(tmp: Path) -> tuple[Front, str, str, list[Any]]:
     )
 
 
-async def run(requests: int, connections: int, profile: bool) -> None:
+async def run(requests: int, connections: int, profile: bool, http2_: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         front, token, path, keep = await setup(Path(tmp))
+        per = max(1, requests // connections)
+        warm = min(per, 200)
         request = (
             f"GET {path} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n"
             "Accept: application/json\r\nUser-Agent: kubectl/v1.32.0 (linux/amd64)\r\n\r\n"
         ).encode()
-        clients: list[tuple[FrontConnection, Sink]] = []
+        clients: list[tuple[asyncio.Protocol, Sink, list[bytes]]] = []
         for _ in range(connections):
-            conn, sink = front(), Sink()
-            conn.connection_made(sink)  # type: ignore[arg-type]
-            clients.append((conn, sink))
+            if http2_:
+                conn: asyncio.Protocol = H2Connection(front)
+                sink: Sink = H2Sink()
+                frames = _h2_requests(path, token, warm + per)
+                conn.connection_made(sink)  # type: ignore[arg-type]
+                conn.data_received(frames.pop(0))
+            else:
+                conn, sink, frames = front(), Sink(), [request] * (warm + per)
+                conn.connection_made(sink)  # type: ignore[arg-type]
+            clients.append((conn, sink, frames))
 
-        async def drive(conn: FrontConnection, sink: Sink, count: int) -> None:
+        async def drive(
+            conn: asyncio.Protocol, sink: Sink, frames: list[bytes], count: int
+        ) -> None:
             for _ in range(count):
                 before = sink.answers
                 sink.waiter = asyncio.get_running_loop().create_future()
-                conn.data_received(request)
+                conn.data_received(frames.pop(0))
                 while sink.answers == before:
                     await sink.waiter
                     sink.waiter = asyncio.get_running_loop().create_future()
 
-        per = max(1, requests // connections)
-        await asyncio.gather(*(drive(c, s, min(per, 200)) for c, s in clients))  # warm-up
+        await asyncio.gather(*(drive(c, s, f, warm) for c, s, f in clients))  # warm-up
         profiler = cProfile.Profile() if profile else None
         cpu0, wall0 = time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        await asyncio.gather(*(drive(c, s, per) for c, s in clients))
+        await asyncio.gather(*(drive(c, s, f, per) for c, s, f in clients))
         if profiler is not None:
             profiler.disable()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         total = per * connections
         print(
-            f"{total:,} requests over {connections} connections: "
+            f"{total:,} requests over {connections} {'HTTP/2' if http2_ else 'HTTP/1.1'}"
+            " connections: "
             f"{1e6 * cpu / total:.1f} µs of CPU per request ({total / wall:,.0f} req/s,"
             " gateway and stand-in agent in one process, no TLS or sockets)"
         )
@@ -185,9 +242,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40_000)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--http2", action="store_true", help="HTTP/2 connections")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    uvloop.run(run(args.requests, args.connections, args.profile))
+    uvloop.run(run(args.requests, args.connections, args.profile, args.http2))
 
 
 if __name__ == "__main__":
