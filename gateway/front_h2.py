@@ -47,6 +47,10 @@ STREAM_HIGH_WATER = 256 * 1024
 """Answer bytes queued on one stream (waiting for the client's window) before its
 writer waits."""
 
+FLUSH_AT_FRAMES = 32
+FLUSH_NOW_BYTES = 8 * 1024
+"""Answer pieces this large are written at once, smaller ones at the end of the turn."""
+
 _PREFIX = PREFIX.encode("ascii")
 _BODYLESS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")
 
@@ -55,6 +59,7 @@ class H2Connection(asyncio.Protocol):
     """One client connection that chose HTTP/2."""
 
     __slots__ = (
+        "_flush_scheduled",
         "_front",
         "_going_away",
         "_h2",
@@ -78,6 +83,7 @@ class H2Connection(asyncio.Protocol):
         self._going_away = False
         """No new streams: close when the last one is answered."""
         self._last_active = 0.0
+        self._flush_scheduled = False
 
     # asyncio protocol
 
@@ -158,6 +164,20 @@ class H2Connection(asyncio.Protocol):
     def h2(self) -> ServerConnection:
         return self._h2
 
+    def flush_soon(self) -> None:
+        """Write what is queued at the end of this event-loop turn, so the answers of
+        the streams that finish in one turn share a TLS write (at most FLUSH_AT_FRAMES
+        wait: the client gets the first ones while the rest are built)."""
+        if self._h2.queued >= FLUSH_AT_FRAMES:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
     def flush(self) -> None:
         out = self._h2.data_to_send()
         if out and self.transport is not None:
@@ -175,9 +195,11 @@ class H2Connection(asyncio.Protocol):
             self._h2.reset(stream.stream_id, http2.NO_ERROR)  # the rest of the body is not needed
         if self._front.drain.draining and not self._going_away:
             self.close()
-        self.flush()
         if self._going_away and not self._streams:
+            self.flush()
             self._close_transport()
+        else:
+            self.flush_soon()
 
     # what gateway.front asks of every connection
 
@@ -343,18 +365,21 @@ class H2Stream:
 
     def send_head(self, status: int, headers: list[Header], end_stream: bool = False) -> None:
         self._conn.h2.send_headers(self.stream_id, status, headers, end_stream)
-        self._conn.flush()
+        self._conn.flush_soon()
 
     def send(self, data: bytes, end_stream: bool = False) -> None:
         self._conn.h2.send_data(self.stream_id, data, end_stream)
-        self._conn.flush()
+        if len(data) >= FLUSH_NOW_BYTES:
+            self._conn.flush()  # bulk: out at once, so the socket's back-pressure shows
+        else:
+            self._conn.flush_soon()
 
     def send_whole(self, status: int, headers: list[Header], body: bytes) -> None:
         h2conn = self._conn.h2
         h2conn.send_headers(self.stream_id, status, headers, end_stream=not body)
         if body:
             h2conn.send_data(self.stream_id, body, end_stream=True)
-        self._conn.flush()
+        self._conn.flush_soon()
 
     @property
     def backlogged(self) -> bool:

@@ -645,6 +645,11 @@ class ServerConnection:
                 _pack(GOAWAY, 0, 0, _II.pack(self.last_stream_id, code) + message.encode()[:256])
             )
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting for ``data_to_send``."""
+        return len(self._out)
+
     def data_to_send(self) -> list[bytes]:
         out = self._out
         self._out = []
