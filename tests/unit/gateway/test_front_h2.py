@@ -39,13 +39,16 @@ class Transport:
         self.closed = False
         self.aborted = False
         self.reading_paused = False
+        self.writes = 0
 
     def write(self, data: bytes) -> None:
         self.written += data
+        self.writes += 1
 
     def writelines(self, parts: Any) -> None:
         for part in parts:
             self.written += part
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -570,3 +573,25 @@ async def test_client_action_sequences_leave_a_sound_connection(
     assert all(s in client.ended or s in client.resets for s in opened)
     assert client.server.between_requests
     assert not client.goaway
+
+
+async def test_answers_finished_in_one_turn_share_a_write(world: Any) -> None:
+    client = Client(world.front)
+    client.auto_ack = True
+    streams = []
+    for _ in range(5):
+        stream = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(
+            stream,
+            [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"gw"),
+             (b":path", CLUSTER.encode())],
+            end_stream=True,
+        )  # fmt: skip
+        streams.append(stream)
+    before = client.transport.writes
+    client.server.data_received(client.h2.data_to_send())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert client.transport.writes - before == 1  # five answers, one TLS write
+    await client.until(lambda: set(streams) <= client.ended)
+    assert {client.status[s] for s in streams} == {200}
