@@ -40,24 +40,45 @@ MAX_MEASURE_S = 600.0
 OPEN_TIMEOUT_S = 300.0
 
 
+class EventLines:
+    """Counts a watch's event lines and, while ``recording``, their delivery latency."""
+
+    def __init__(self, latencies: list[int], recording: list[bool]) -> None:
+        self.latencies = latencies
+        self.recording = recording
+        self.events = 0
+        self.now = 0
+        """When the bytes being read arrived (``time.time_ns()``)."""
+
+    def take(self, tail: bytes, body: bytes) -> bytes:
+        """Record the whole lines of ``tail + body``; returns the unfinished last one."""
+        lines = (tail + body).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            match = _SENT.search(line)
+            if match is None:
+                continue
+            self.events += 1
+            if self.recording[0]:
+                self.latencies.append(self.now - int(match.group(1)))
+        return rest
+
+
 class Watch(asyncio.Protocol):
     def __init__(self, request: bytes, latencies: list[int], recording: list[bool]) -> None:
         self.request = request
-        self.latencies = latencies
-        self.recording = recording
+        self.lines = EventLines(latencies, recording)
         self.parser = httptools.HttpResponseParser(self)
         self.established: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.tail = b""
-        self.events = 0
-        self._now = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self._now = time.time_ns()
+        self.lines.now = time.time_ns()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -68,16 +89,7 @@ class Watch(asyncio.Protocol):
             self.established.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        data = self.tail + body
-        lines = data.split(b"\n")
-        self.tail = lines.pop()
-        for line in lines:
-            match = _SENT.search(line)
-            if match is None:
-                continue
-            self.events += 1
-            if self.recording[0]:
-                self.latencies.append(self._now - int(match.group(1)))
+        self.tail = self.lines.take(self.tail, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionResetError("closed"))
@@ -94,8 +106,7 @@ class H2Watches(asyncio.Protocol):
         self, headers: list[tuple[bytes, bytes]], latencies: list[int], recording: list[bool]
     ) -> None:
         self.headers = headers
-        self.latencies = latencies
-        self.recording = recording
+        self.lines = EventLines(latencies, recording)
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
@@ -106,8 +117,6 @@ class H2Watches(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.established: dict[int, asyncio.Future[int]] = {}
         self.tails: dict[int, bytes] = {}
-        self.events = 0
-        self._now = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,7 +134,7 @@ class H2Watches(asyncio.Protocol):
         return future
 
     def data_received(self, data: bytes) -> None:
-        self._now = time.time_ns()
+        self.lines.now = time.time_ns()
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.DataReceived):
                 assert event.stream_id is not None
@@ -147,15 +156,7 @@ class H2Watches(asyncio.Protocol):
         self._flush()
 
     def _body(self, stream_id: int, body: bytes) -> None:
-        lines = (self.tails.get(stream_id, b"") + body).split(b"\n")
-        self.tails[stream_id] = lines.pop()
-        for line in lines:
-            match = _SENT.search(line)
-            if match is None:
-                continue
-            self.events += 1
-            if self.recording[0]:
-                self.latencies.append(self._now - int(match.group(1)))
+        self.tails[stream_id] = self.lines.take(self.tails.get(stream_id, b""), body)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()

@@ -427,11 +427,7 @@ _PHRASES = {400: "Bad Request", 431: "Request Header Fields Too Large"}
 
 
 def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool, head_only: bool) -> bytes:
-    body = getattr(response, "body", None)
-    data = body if isinstance(body, bytes) else b""
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-    if response.content_type and "Content-Type" not in response.headers:
-        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
+    headers, data = rawresponse.aiohttp_parts(response)
     return rawresponse.build(
         response.status,
         response.reason,

@@ -33,7 +33,7 @@ from gateway.front_request import ClientRequest
 from gateway.http1 import Head
 from gateway.http2 import Data, Drained, End, GoAway, Request, Reset, ServerConnection, Terminated
 from gateway.paths import PREFIX
-from gateway.rawresponse import HOP_AND_FRAMING, RawResponse, h2_headers
+from gateway.rawresponse import RawResponse, aiohttp_parts, h2_headers
 
 if TYPE_CHECKING:
     from gateway.front import Front
@@ -475,14 +475,5 @@ def _head(event: Request) -> Head:
 
 
 def _aiohttp_answer(response: web.StreamResponse) -> tuple[int, list[Header], bytes]:
-    body = getattr(response, "body", None)
-    data = body if isinstance(body, bytes) else b""
-    headers = [
-        (k.lower().encode("latin-1"), v.encode("latin-1"))
-        for k, v in response.headers.items()
-        if k.lower().encode("latin-1") not in HOP_AND_FRAMING
-    ]
-    if response.content_type and "Content-Type" not in response.headers:
-        headers.append((b"content-type", response.content_type.encode("latin-1")))
-    headers.append((b"content-length", b"%d" % len(data)))
-    return response.status, headers, data
+    headers, data = aiohttp_parts(response)
+    return response.status, h2_headers(headers, length=len(data), request_id=""), data

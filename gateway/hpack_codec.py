@@ -118,6 +118,16 @@ class Decoder:
             name, value = entries.pop()
             self._size -= len(name) + len(value) + ENTRY_OVERHEAD
 
+    def _literal(self, data: bytes, pos: int, prefix_bits: int) -> tuple[Header, int]:
+        """A literal field: its name by index (or as a string), then its value."""
+        index, pos = _integer(data, pos, prefix_bits)
+        if index:
+            name = self._lookup(index)[0]
+        else:
+            name, pos = _string(data, pos, self._huffman)
+        value, pos = _string(data, pos, self._huffman)
+        return (name, value), pos
+
     def decode(self, data: bytes, limit: int) -> tuple[list[Header], bool]:
         """The fields of one header block, and whether their size (RFC 9113's: name,
         value and 32 per field) stayed within ``limit``. Past the limit the block is
@@ -127,7 +137,6 @@ class Decoder:
         pos = 0
         end = len(data)
         lookup = self._lookup
-        cache = self._huffman
         fields_seen = False
         while pos < end:
             byte = data[pos]
@@ -137,13 +146,7 @@ class Decoder:
                     raise HPACKError("header index 0")
                 field = lookup(index)
             elif byte & 0x40:  # literal, added to the table
-                index, pos = _integer(data, pos, 6)
-                if index:
-                    name = lookup(index)[0]
-                else:
-                    name, pos = _string(data, pos, cache)
-                value, pos = _string(data, pos, cache)
-                field = (name, value)
+                field, pos = self._literal(data, pos, 6)
                 self._add(field)
             elif byte & 0x20:  # dynamic table size update
                 if fields_seen:
@@ -155,13 +158,7 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal, not added (0000) or never added (0001)
-                index, pos = _integer(data, pos, 4)
-                if index:
-                    name = lookup(index)[0]
-                else:
-                    name, pos = _string(data, pos, cache)
-                value, pos = _string(data, pos, cache)
-                field = (name, value)
+                field, pos = self._literal(data, pos, 4)
             fields_seen = True
             total += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if total <= limit:

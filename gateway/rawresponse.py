@@ -89,6 +89,17 @@ def h2_headers(
 _h2_names: dict[bytes, bytes] = {}
 
 
+def aiohttp_parts(response: Any) -> tuple[list[Header], bytes]:
+    """The header lines and body of an answer built with aiohttp's helpers (the proxy's
+    error answers, ``gateway.errors``), for writing them the lean path's way."""
+    body = getattr(response, "body", None)
+    data = body if isinstance(body, bytes) else b""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if response.content_type and "Content-Type" not in response.headers:
+        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
+    return headers, data
+
+
 def head(
     status: int,
     reason: str,
