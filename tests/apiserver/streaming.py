@@ -80,6 +80,18 @@ HEADER_ACCEPTED_PROTOCOL_VERSIONS: Final = "X-Accepted-Stream-Protocol-Versions"
 STREAM_CLOSE: Final = 255
 """v5 CLOSE signal: a message ``[255, channel]`` half-closes that channel."""
 
+WS_PROCESS_START_DELAY: Final = 0.03
+"""Seconds between a WebSocket upgrade and the process's first output.
+
+client-go's WebSocket executor starts reading right after the upgrade and creates its streams a
+moment later; a message for a stream it has not created yet is discarded ("Unknown stream id,
+discarding message"). The real server never meets that race in practice: after the upgrade its
+stream translator dials the kubelet and the container runtime starts the process, tens of
+milliseconds. Output sent at once lost ``kubectl exec -- echo`` output about once in a thousand
+runs, so the stand-in waits as a real server does. SPDY clients create their streams
+explicitly, so the SPDY paths wait for those instead.
+"""
+
 # ----------------------------------------------------------------------------- tunables
 
 STREAM_CREATION_TIMEOUT = 30.0
@@ -1380,6 +1392,7 @@ async def _ws_remotecommand(
             tty=opts.tty,
             terminal=terminal,
         )
+        await asyncio.sleep(WS_PROCESS_START_DELAY)
         outcome = await _run_until_gone(process(io), reader)
         if outcome is not None and not ws.closed:
             for inbound in readable.values():
