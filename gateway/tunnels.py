@@ -18,11 +18,12 @@ from aiohttp import web
 from gateway.keys import DIRECTORY, REPLICAS, SAMPLER, SETTINGS, TUNNELS
 from gateway.records import CLUSTER
 from gateway.upstream import StreamPool
+from tunnel import wsconn
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
 from tunnel.session import Session
-from tunnel.transport import READ_LIMIT_BYTES, WebSocketTransport
+from tunnel.websocket import HandshakeError
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +147,19 @@ async def connect(request: web.Request) -> web.StreamResponse:
             },
             status=401,
         )
-    ws = web.WebSocketResponse(max_msg_size=READ_LIMIT_BYTES, compress=False, autoping=True)
-    await ws.prepare(request)
+    try:
+        conn, ws = await wsconn.accept(request)
+    except HandshakeError as exc:
+        return web.json_response(
+            {"type": "error", "status": exc.status, "code": "BadRequest", "message": str(exc)},
+            status=exc.status,
+            headers={"Sec-WebSocket-Version": "13"} if exc.status == 426 else None,
+        )
     remote = request.remote or "?"
     name = f"{cluster.id}@{remote}"
     link: AgentLink | None = None
     session = Session(
-        WebSocketTransport(ws),
+        conn,
         Side.SERVER,
         limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
         metadata=json.dumps(

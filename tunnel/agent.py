@@ -33,8 +33,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from config.notify import Notifier
 from config.reload import (
     apply_log_level,
@@ -45,6 +43,7 @@ from config.reload import (
 )
 from config.schema import AgentSettings
 from config.tls import client_context
+from tunnel import wsconn
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -52,7 +51,7 @@ from tunnel.protocol import Limits, Side
 from tunnel.relay import relay
 from tunnel.session import Session
 from tunnel.streams import TunnelStream
-from tunnel.transport import READ_LIMIT_BYTES, WebSocketTransport
+from tunnel.websocket import HandshakeError
 
 __all__ = ["Agent", "AgentError", "backoff_delay"]
 
@@ -61,6 +60,8 @@ logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 CONNECT_PATH = "/v3/connect"
 STABLE_AFTER_S = 30.0
+DIAL_TIMEOUT_S = 30.0
+"""Connecting, TLS and the WebSocket handshake together."""
 """A tunnel that lived this long resets the back-off."""
 DUPLICATE_RETRY_S = 0.1
 """First pause after landing on a replica already held (doubles while it repeats)."""
@@ -72,7 +73,7 @@ RELOADABLE = ("logging.level", "token", "token_file")
 class _Tunnel:
     replica_id: str
     session: Session
-    ws: aiohttp.ClientWebSocketResponse
+    ws: wsconn.WebSocketConnection
     started: float
 
 
@@ -155,9 +156,7 @@ class Agent:
 
     # -- one connection ---------------------------------------------------------------
 
-    async def _dial(
-        self, http: aiohttp.ClientSession, ca_pem: str | None, upstream: Upstream
-    ) -> str:
+    async def _dial(self, ca_pem: str | None, upstream: Upstream) -> str:
         """Open one tunnel; ``"new"``, ``"duplicate"`` (replica already held) or ``"failed"``."""
         settings = self.settings
         ctx = client_context(ca_data=ca_pem) if ca_pem else client_context()
@@ -166,27 +165,19 @@ class Agent:
             headers["X-Herdgate-Node-Name"] = settings.node_name
         url = settings.server.rstrip("/") + CONNECT_PATH
         try:
-            ws = await http.ws_connect(
-                url,
-                headers=headers,
-                ssl=ctx,
-                max_msg_size=READ_LIMIT_BYTES,
-                autoping=True,
-                compress=0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
+            ws = await wsconn.dial(url, headers, ctx, DIAL_TIMEOUT_S)
+        except HandshakeError as exc:
             if exc.status == 401:
                 logger.error("the gateway rejected the registration token (HTTP 401)")
             else:
-                logger.warning("cannot connect to %s: HTTP %s", url, exc.status)
+                logger.warning("cannot connect to %s: %s", url, exc)
             return "failed"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            logger.warning("cannot connect to %s: %s", url, exc)
+        except (OSError, TimeoutError, ValueError) as exc:
+            logger.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
             return "failed"
         tunnel = settings.tunnel
         session = Session(
-            WebSocketTransport(ws),
+            ws,
             Side.CLIENT,
             limits=Limits(tunnel.stream_window, tunnel.max_frame, tunnel.max_streams),
             metadata=self._metadata(upstream),
@@ -307,35 +298,33 @@ class Agent:
         ca_pem = await gateway_ca(self.settings)
         upstream = await cluster_upstream(self.settings)
         self.notifier.status(f"connecting to {self.settings.server}")
-        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
         duplicates = 0
-        async with aiohttp.ClientSession(connector=connector) as http:
-            self._spawn(self._refresh_credentials(upstream))
-            while not stop.is_set():
-                self._wake.clear()
-                if len(self.tunnels) >= self.wanted:
-                    await _first(self._wake.wait(), stop.wait())
-                    continue
-                delay = self._delay_before_dial(duplicates)
-                if delay:
-                    if not duplicates:
-                        logger.info("reconnecting in %.1f s", delay)
-                    await _first(asyncio.sleep(delay), stop.wait())
-                    if stop.is_set():
-                        break
-                outcome = await _first(self._dial(http, ca_pem, upstream), stop.wait())
-                if outcome == "new":
-                    duplicates = 0
-                elif outcome == "duplicate":
-                    duplicates += 1
-                elif outcome == "failed":
-                    duplicates = 0
-                    self._failures += 1
-            self._stopping = True
-            self.notifier.stopping("closing tunnels")
-            for entry in list(self.tunnels.values()):
-                await entry.session.close(ErrorCode.NO_ERROR, "agent stopping")
-                await entry.ws.close()
+        self._spawn(self._refresh_credentials(upstream))
+        while not stop.is_set():
+            self._wake.clear()
+            if len(self.tunnels) >= self.wanted:
+                await _first(self._wake.wait(), stop.wait())
+                continue
+            delay = self._delay_before_dial(duplicates)
+            if delay:
+                if not duplicates:
+                    logger.info("reconnecting in %.1f s", delay)
+                await _first(asyncio.sleep(delay), stop.wait())
+                if stop.is_set():
+                    break
+            outcome = await _first(self._dial(ca_pem, upstream), stop.wait())
+            if outcome == "new":
+                duplicates = 0
+            elif outcome == "duplicate":
+                duplicates += 1
+            elif outcome == "failed":
+                duplicates = 0
+                self._failures += 1
+        self._stopping = True
+        self.notifier.stopping("closing tunnels")
+        for entry in list(self.tunnels.values()):
+            await entry.session.close(ErrorCode.NO_ERROR, "agent stopping")
+            await entry.ws.close()
         for task in list(self._tasks):
             task.cancel()
 

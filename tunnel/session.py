@@ -1,9 +1,10 @@
 """asyncio layer over one :class:`~tunnel.protocol.TunnelProtocol` and one transport.
 
-One reader task feeds received bytes to the protocol and dispatches its events to
-the streams; one writer task sends whatever the protocol queued, coalescing frames
-that were queued in the same loop iteration into one WebSocket message. A timer
-sends PINGs when the tunnel is idle and closes it when the peer stops answering.
+What arrives (pushed by the transport, or read by a task) is fed to the protocol and
+its events dispatched to the streams; one writer task sends whatever the protocol
+queued, coalescing frames that were queued in the same loop iteration into one
+WebSocket message. A timer sends PINGs when the tunnel is idle and closes it when the
+peer stops answering.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Session:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._early_events: list[Event] = []
+        self._reading_done = False
         self._ping_interval_s = ping_interval_s
         self._idle_timeout_s = idle_timeout_s
         self._last_rx = self.loop.time()
@@ -132,17 +134,26 @@ class Session:
         return self.peer_metadata
 
     def start(self) -> None:
-        """Start the reader, writer and keepalive after ``handshake``."""
+        """Start reading, the writer and keepalive after ``handshake``.
+
+        A transport that can push what arrives (``set_receiver``, the WebSocket
+        connection) hands it over from its own callback: no reader task and no task
+        switch per read. Others are read by a task.
+        """
         self._last_rx = self.loop.time()
-        self._tasks = [
-            self.loop.create_task(self._reader(), name=f"tunnel-reader {self.name}"),
-            self.loop.create_task(self._writer(), name=f"tunnel-writer {self.name}"),
-        ]
+        self._tasks = [self.loop.create_task(self._writer(), name=f"tunnel-writer {self.name}")]
         self._schedule_tick()
         if self._early_events:
             events, self._early_events = self._early_events, []
             self._dispatch(events)
             self._flush()
+        set_receiver = getattr(self._transport, "set_receiver", None)
+        if set_receiver is not None:
+            set_receiver(self._received, self._receive_ended)
+        else:
+            self._tasks.append(
+                self.loop.create_task(self._reader(), name=f"tunnel-reader {self.name}")
+            )
 
     @property
     def is_closed(self) -> bool:
@@ -275,28 +286,46 @@ class Session:
             self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
 
     async def _reader(self) -> None:
-        reason = SessionClosed(ErrorCode.NO_ERROR, "peer closed the connection")
-        try:
-            while True:
+        while not self._reading_done:
+            try:
                 data = await self._transport.receive()
-                if data is None:
-                    break
-                self._last_rx = self.loop.time()
-                try:
-                    events = self._proto.receive_data(data)
-                except ProtocolError as exc:
-                    logger.warning("tunnel %s: protocol error from peer: %s", self.name, exc)
-                    reason = SessionClosed(exc.error_code, str(exc))
-                    self._flush()
-                    break
-                if events:
-                    self._dispatch(events)
-                self._flush()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
-            reason = SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}")
-        self._spawn(self._send_pending_then_abort(reason))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
+                self._end_reading(SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}"))
+                return
+            if data is None:
+                self._receive_ended()
+                return
+            self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Bytes from the peer (from the reader task, or pushed by the transport)."""
+        if self._reading_done:
+            return
+        self._last_rx = self.loop.time()
+        try:
+            events = self._proto.receive_data(data)
+            if events:
+                self._dispatch(events)
+        except ProtocolError as exc:
+            logger.warning("tunnel %s: protocol error from peer: %s", self.name, exc)
+            self._flush()
+            self._end_reading(SessionClosed(exc.error_code, str(exc)))
+            return
+        except Exception as exc:  # a failure here ends the session, not the event loop
+            logger.exception("tunnel %s: failed to handle what the peer sent", self.name)
+            self._end_reading(SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}"))
+            return
+        self._flush()
+
+    def _receive_ended(self) -> None:
+        self._end_reading(SessionClosed(ErrorCode.NO_ERROR, "peer closed the connection"))
+
+    def _end_reading(self, reason: SessionClosed) -> None:
+        if not self._reading_done:
+            self._reading_done = True
+            self._spawn(self._send_pending_then_abort(reason))
 
     def _dispatch(self, events: list[Event]) -> None:
         streams = self._streams

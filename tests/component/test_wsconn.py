@@ -1,0 +1,239 @@
+"""tunnel.wsconn over real loopback connections, with asyncio's loop and uvloop.
+
+Our dialer against our acceptor (TLS, big payloads, back-pressure, close), and each of
+them against aiohttp's WebSocket (the other side of the interoperability check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+
+from config.tls import client_context
+from tests.fakes import TestPKI
+from tunnel import wsconn
+from tunnel.websocket import CloseCode, HandshakeError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[None]], None]:
+    """Runs a test body on a fresh event loop of each kind (the gateway and agent use
+    uvloop, whose TLS transport hands a buffered protocol its own buffer)."""
+    return LOOPS[request.param]  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI.create(Path(tmp_path_factory.mktemp("pki")))
+
+
+class Served:
+    def __init__(self, runner: web.AppRunner, port: int, ctx: ssl.SSLContext) -> None:
+        self.runner = runner
+        self.url = f"https://127.0.0.1:{port}/ws"
+        self.ctx = ctx
+
+    @property
+    def open_connections(self) -> int:
+        assert self.runner.server is not None
+        return len(self.runner.server.connections)
+
+
+@contextlib.asynccontextmanager
+async def serving(pki: TestPKI, handler: Handler) -> AsyncIterator[Served]:
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=pki.server_context())
+        await site.start()
+        yield Served(runner, runner.addresses[0][1], client_context(ca_file=str(pki.ca_file)))
+    finally:
+        await runner.cleanup()
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    conn, response = await wsconn.accept(request)
+    while (data := await conn.receive()) is not None:
+        await conn.send(bytes(data))
+    await conn.close()
+    return response
+
+
+async def receive_exactly(conn: wsconn.WebSocketConnection, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        data = await conn.receive()
+        assert data is not None, f"closed after {len(got)} of {size} bytes"
+        got += data
+    return bytes(got)
+
+
+def test_dial_and_accept_carry_big_and_small_payloads(run, pki: TestPKI) -> None:
+    run(_test_dial_and_accept_carry_big_and_small_payloads(pki))
+
+
+async def _test_dial_and_accept_carry_big_and_small_payloads(pki: TestPKI) -> None:
+    async with serving(pki, echo) as served:
+        conn = await wsconn.dial(served.url, {"X-Test": "1"}, served.ctx, 10)
+        for size in (1, 125, 126, 65535, 65536, 3 * 1024 * 1024 + 7):
+            data = os.urandom(size)
+            if conn.try_send_now(data):
+                assert await receive_exactly(conn, size) == data
+            else:
+                await conn.send(data)
+                assert await receive_exactly(conn, size) == data
+        await conn.close()
+        assert conn.close_code == CloseCode.NORMAL
+        assert await conn.receive() is None
+        # aiohttp's request handler learned that the connection it gave away is gone
+        async with asyncio.timeout(5):
+            while served.open_connections:
+                await asyncio.sleep(0.01)
+
+
+def test_writes_wait_while_the_peer_does_not_read(run, pki: TestPKI) -> None:
+    run(_test_writes_wait_while_the_peer_does_not_read(pki))
+
+
+async def _test_writes_wait_while_the_peer_does_not_read(pki: TestPKI) -> None:
+    release = asyncio.Event()
+    totals: list[int] = []
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        conn, response = await wsconn.accept(request)
+        await release.wait()
+        total = 0
+        while (data := await conn.receive()) is not None:
+            total += len(data)
+        totals.append(total)
+        return response
+
+    async with serving(pki, slow) as served:
+        conn = await wsconn.dial(served.url, {}, served.ctx, 10)
+        chunk = b"x" * (1024 * 1024)
+        written = 0
+        blocked = False
+        for _ in range(256):  # at most 256 MiB, far above any buffer
+            written += len(chunk)  # the frame is written before the wait for room
+            try:
+                async with asyncio.timeout(0.3):
+                    await conn.send(chunk)
+            except TimeoutError:
+                blocked = True
+                break
+        assert blocked, "send never waited: the reader does not push back"
+        assert written <= 64 * 1024 * 1024
+        release.set()
+        await conn.send(chunk)  # completes once the peer reads
+        written += len(chunk)
+        await conn.close()
+        async with asyncio.timeout(10):
+            while not totals:
+                await asyncio.sleep(0.01)
+        assert totals == [written]
+
+
+def test_our_dialer_against_aiohttp_server(run, pki: TestPKI) -> None:
+    run(_test_our_dialer_against_aiohttp_server(pki))
+
+
+async def _test_our_dialer_against_aiohttp_server(pki: TestPKI) -> None:
+    server_saw: list[object] = []
+
+    async def aiohttp_side(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        await ws.send_bytes(b"hello")
+        await ws.ping(b"are you there")
+        for _ in range(2):
+            msg = await ws.receive()
+            server_saw.append((msg.type, bytes(msg.data)))
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"bye")
+        return ws
+
+    async with serving(pki, aiohttp_side) as served:
+        conn = await wsconn.dial(served.url, {}, served.ctx, 10)
+        assert await conn.receive() == b"hello"
+        await conn.send(b"x" * 70000)
+        assert await conn.receive() is None  # the server closed
+        assert conn.close_code == CloseCode.GOING_AWAY
+        assert server_saw == [
+            (aiohttp.WSMsgType.PONG, b"are you there"),
+            (aiohttp.WSMsgType.BINARY, b"x" * 70000),
+        ]
+
+
+def test_aiohttp_client_against_our_acceptor(run, pki: TestPKI) -> None:
+    run(_test_aiohttp_client_against_our_acceptor(pki))
+
+
+async def _test_aiohttp_client_against_our_acceptor(pki: TestPKI) -> None:
+    async with serving(pki, echo) as served:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(served.url, ssl=served.ctx, autoping=False)
+            await ws.send_bytes(b"y" * 200000)
+            got = b""
+            while len(got) < 200000:  # echoed as it arrived: message bounds mean nothing
+                msg = await ws.receive()
+                assert msg.type == aiohttp.WSMsgType.BINARY
+                got += msg.data
+            assert got == b"y" * 200000
+            await ws.ping(b"ping")
+            msg = await ws.receive()
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.PONG, b"ping")
+            await ws.send_str("text is refused")
+            msg = await ws.receive()
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, CloseCode.UNSUPPORTED_DATA)
+            await ws.close()
+
+
+def test_handshake_failures_carry_the_status(run, pki: TestPKI) -> None:
+    run(_test_handshake_failures_carry_the_status(pki))
+
+
+async def _test_handshake_failures_carry_the_status(pki: TestPKI) -> None:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"message": "no"}, status=401)
+
+    async with serving(pki, refuse) as served:
+        with pytest.raises(HandshakeError) as caught:
+            await wsconn.dial(served.url, {}, served.ctx, 10)
+        assert caught.value.status == 401
+
+        async def bad_upgrade(request: web.Request) -> web.StreamResponse:
+            try:
+                await wsconn.accept(request)
+            except HandshakeError as exc:
+                return web.Response(status=exc.status, text=str(exc))
+            raise AssertionError("accepted")
+
+        async with serving(pki, bad_upgrade) as other:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(
+                    other.url,
+                    ssl=other.ctx,
+                    headers={
+                        "Upgrade": "websocket",
+                        "Connection": "Upgrade",
+                        "Sec-WebSocket-Version": "8",
+                    },
+                ) as resp:
+                    assert resp.status == 426
+            with pytest.raises(ValueError):
+                await wsconn.dial("ftp://127.0.0.1/", {}, None, 1)

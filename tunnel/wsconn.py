@@ -1,0 +1,369 @@
+"""A tunnel's WebSocket connection over an asyncio transport (TLS or not).
+
+:class:`WebSocketConnection` is a buffered protocol: the event loop decrypts straight
+into one read buffer shared by every connection of the process (the bytes are copied out
+before ``buffer_updated`` returns), :class:`~tunnel.websocket.FrameReader` hands over
+payload as it arrives, and the session gets it through ``receive`` (the
+:class:`~tunnel.transport.Transport` interface). Pings are answered, a Close is answered
+and ends the connection.
+
+The agent dials with :func:`dial`; the gateway takes over an upgraded aiohttp request
+with :func:`accept` (aiohttp parses and authenticates the request, then the connection's
+bytes come here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from aiohttp import web
+from yarl import URL
+
+from tunnel import websocket
+from tunnel.sockets import set_nodelay
+from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES
+from tunnel.websocket import (
+    ClientHandshake,
+    Close,
+    CloseCode,
+    HandshakeError,
+    Opcode,
+    Ping,
+    WebSocketError,
+)
+
+logger = logging.getLogger(__name__)
+
+READ_BUFFER_BYTES = 256 * 1024
+INBOX_HIGH_BYTES = 4 * 1024 * 1024
+"""Reading pauses while more than this has arrived and not been taken by ``receive``
+(the tunnel's credit windows normally keep it far lower)."""
+CLOSE_WAIT_S = 2.0
+"""After sending Close, how long to wait for the peer's before cutting the connection."""
+
+_shared = bytearray(READ_BUFFER_BYTES)
+_shared_view = memoryview(_shared)
+"""One read buffer for every WebSocket connection of the process: the loop fills it and
+calls ``buffer_updated``, which copies out all it keeps, so no two connections use it at
+once. A buffer each would be 256 KiB per idle tunnel."""
+
+
+class WebSocketConnection(asyncio.BufferedProtocol):
+    """One WebSocket connection (either side); a :class:`~tunnel.transport.Transport`."""
+
+    def __init__(
+        self, client: bool, max_frame: int = READ_LIMIT_BYTES, previous: Any = None
+    ) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self._reader = websocket.FrameReader(masked=not client, max_frame=max_frame)
+        self._handshake: ClientHandshake | None = None
+        self._inbox: collections.deque[bytes | None] = collections.deque()
+        self._inbox_bytes = 0
+        self._reading_paused = False
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[], None] | None = None
+        """Payload pieces (bytearrays when unmasked here: bytes-like like bytes)."""
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._close_sent = False
+        self._eof = False
+        self._previous = previous
+        """A protocol that had the transport before (aiohttp's request handler on the
+        gateway): told when the connection is lost, so its bookkeeping ends too."""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handshake_done: asyncio.Future[None] | None = None
+        self.close_code: int | None = None
+
+    def _mask(self) -> bytes | None:
+        return os.urandom(4) if self.client else None
+
+    # -- asyncio protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        set_nodelay(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _shared_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data: bytes | memoryview = _shared_view[:nbytes]
+        if self._handshake is not None:
+            try:
+                rest = self._handshake.feed(data)
+            except HandshakeError as exc:
+                self._handshake = None
+                assert self.handshake_done is not None
+                self.handshake_done.set_exception(exc)
+                self._cut()
+                return
+            if rest is None:
+                return
+            self._handshake = None
+            assert self.handshake_done is not None
+            self.handshake_done.set_result(None)
+            data = rest
+        try:
+            items = self._reader.feed(data)
+        except WebSocketError as exc:
+            logger.info("websocket: %s", exc)
+            self._fail(exc.code, str(exc))
+            return
+        inbox = self._inbox
+        on_data = self._on_data
+        for item in items:
+            kind = type(item)
+            if kind is bytearray or kind is bytes:
+                if on_data is not None:
+                    on_data(cast(bytes, item))
+                    continue
+                inbox.append(cast(bytes, item))
+                self._inbox_bytes += len(item)  # type: ignore[arg-type]
+            elif kind is Ping:
+                self._write(
+                    websocket.encode_frame(Opcode.PONG, cast(Ping, item).payload, self._mask())
+                )
+            elif kind is Close:
+                self._on_close(cast(Close, item))
+        if self._inbox_bytes > INBOX_HIGH_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._end_inbox()
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._end_inbox()
+        if self.handshake_done is not None and not self.handshake_done.done():
+            self.handshake_done.set_exception(
+                HandshakeError(502, "the connection closed during the handshake")
+            )
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        previous, self._previous = self._previous, None
+        if previous is not None:
+            previous.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- Transport (what a tunnel session uses) ------------------------------------------
+
+    def try_send_now(self, data: bytes) -> bool:
+        if self._paused or self._close_sent or self.transport is None:
+            return False
+        self._write(websocket.encode_frame(Opcode.BINARY, data, self._mask()))
+        return True
+
+    async def send(self, data: bytes) -> None:
+        if self._close_sent or self.transport is None:
+            raise ConnectionResetError("the WebSocket is closed")
+        if len(data) <= MAX_MESSAGE_BYTES:
+            self._write(websocket.encode_frame(Opcode.BINARY, data, self._mask()))
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), MAX_MESSAGE_BYTES):
+                piece = view[start : start + MAX_MESSAGE_BYTES]
+                self._write(websocket.encode_frame(Opcode.BINARY, piece, self._mask()))
+                await self._wait_room()
+        await self._wait_room()
+
+    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        """From now on, hand payload to ``on_data`` as it arrives (and call ``on_end``
+        once, when the connection ends) instead of keeping it for ``receive``."""
+        while self._inbox:
+            item = self._inbox.popleft()
+            if item is None:
+                self._eof = True
+                on_end()
+                return
+            on_data(item)
+        self._inbox_bytes = 0
+        if self._reading_paused:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        self._on_data, self._on_end = on_data, on_end
+
+    async def receive(self) -> bytes | None:
+        inbox = self._inbox
+        while not inbox:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = inbox.popleft()
+        if item is None:
+            inbox.append(None)  # stays closed for later calls
+            return None
+        self._inbox_bytes -= len(item)
+        if self._reading_paused and self._inbox_bytes <= INBOX_HIGH_BYTES // 2:
+            self._reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        return item
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Send Close, wait briefly for the peer's, then close the connection."""
+        if self.transport is None:
+            return
+        if not self._close_sent:
+            self._close_sent = True
+            self._write(websocket.encode_close(code, reason, self._mask()))
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await asyncio.shield(self.closed)
+        except TimeoutError:
+            self._cut()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _write(self, frame: bytes | bytearray) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    async def _wait_room(self) -> None:
+        while self._paused:
+            if self.transport is None:
+                raise ConnectionResetError("connection lost")
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+        if self.transport is None:
+            raise ConnectionResetError("connection lost")
+
+    def _on_close(self, close: Close) -> None:
+        self.close_code = close.code
+        if not self._close_sent:
+            self._close_sent = True
+            code = close.code if close.code != CloseCode.NO_STATUS else CloseCode.NORMAL
+            self._write(websocket.encode_close(code, "", self._mask()))
+        self._end_inbox()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, code: CloseCode, reason: str) -> None:
+        self.close_code = code
+        if not self._close_sent:
+            self._close_sent = True
+            self._write(websocket.encode_close(code, reason, self._mask()))
+        self._end_inbox()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _cut(self) -> None:
+        self._end_inbox()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _end_inbox(self) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        on_end, self._on_end, self._on_data = self._on_end, None, None
+        if on_end is not None:
+            on_end()
+            return
+        self._inbox.append(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._inbox:
+            waiter.set_result(None)
+
+
+async def dial(
+    url: str,
+    headers: Mapping[str, str],
+    ssl_context: ssl.SSLContext | None,
+    timeout_s: float,
+    max_frame: int = READ_LIMIT_BYTES,
+) -> WebSocketConnection:
+    """Open a WebSocket to ``url`` (``https``/``wss`` with ``ssl_context``, or ``http``).
+
+    Raises HandshakeError (``status`` is the server's HTTP status when it answered with
+    one), OSError, ssl.SSLError or TimeoutError.
+    """
+    target = URL(url)
+    secure = target.scheme in ("https", "wss")
+    if target.scheme not in ("https", "wss", "http", "ws") or not target.host:
+        raise ValueError(f"not a WebSocket URL: {url}")
+    port = target.port or (443 if secure else 80)
+    host_header = target.raw_host or ""
+    if ":" in host_header:
+        host_header = f"[{host_header}]"
+    if target.port is not None and not target.is_default_port():
+        host_header += f":{port}"
+    loop = asyncio.get_running_loop()
+    conn = WebSocketConnection(client=True, max_frame=max_frame)
+    key = websocket.new_key()
+    conn._handshake = ClientHandshake(key)
+    conn.handshake_done = loop.create_future()
+    async with asyncio.timeout(timeout_s):
+        await loop.create_connection(
+            lambda: conn,
+            target.host,
+            port,
+            ssl=ssl_context if secure else None,
+            server_hostname=target.host if secure else None,
+        )
+        assert conn.transport is not None
+        path = target.raw_path_qs or "/"
+        conn.transport.write(websocket.client_request(host_header, path, key, headers))
+        try:
+            await conn.handshake_done
+        except BaseException:
+            conn._cut()
+            raise
+    return conn
+
+
+async def accept(
+    request: web.Request, max_frame: int = READ_LIMIT_BYTES
+) -> tuple[WebSocketConnection, web.StreamResponse]:
+    """Answer an aiohttp request's WebSocket upgrade and take its connection over.
+
+    Raises HandshakeError (answer with its status) when the request is not a valid
+    upgrade. The handler keeps running while the connection is open and returns the
+    101 response at the end (aiohttp then only closes the connection).
+    """
+    answer = websocket.server_accept(request.headers)
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client went away")
+    conn = WebSocketConnection(client=False, max_frame=max_frame, previous=request.protocol)
+    # Every byte from now on is WebSocket framing and comes here; the agent sends none
+    # before it has read the 101, so nothing sits in aiohttp's parser.
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    response = web.StreamResponse(status=101, reason="Switching Protocols", headers=answer)
+    response.force_close()
+    await response.prepare(request)
+    return conn, response
