@@ -8,6 +8,7 @@ may be cut across messages anywhere: the protocol core reassembles.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -50,8 +51,11 @@ class MemoryTransport:
     def try_send_now(self, data: bytes) -> bool:
         if self.closed or self.peer is None or self.peer.closed:
             return False
-        self.peer._inbox.put_nowait(data)
+        self.peer._deliver(data)
         return True
+
+    def _deliver(self, data: bytes | None) -> None:
+        self._inbox.put_nowait(data)
 
     async def receive(self) -> bytes | None:
         if self.closed:
@@ -61,6 +65,40 @@ class MemoryTransport:
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._inbox.put_nowait(None)
+            self._deliver(None)
             if self.peer is not None:
-                self.peer._inbox.put_nowait(None)
+                self.peer._deliver(None)
+
+
+class PushMemoryTransport(MemoryTransport):
+    """An in-memory transport that pushes what arrives, as the WebSocket connection does
+    (``set_receiver``); delivery waits for the next event-loop turn, like a socket's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._receiver: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
+
+    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is None:
+                on_end()
+                return
+            on_data(item)
+        self._receiver = (on_data, on_end)
+
+    def _deliver(self, data: bytes | None) -> None:
+        if self._receiver is None:
+            super()._deliver(data)
+        else:
+            asyncio.get_running_loop().call_soon(self._push, data)
+
+    def _push(self, data: bytes | None) -> None:
+        if self._receiver is None:
+            return
+        on_data, on_end = self._receiver
+        if data is None:
+            self._receiver = None
+            on_end()
+        else:
+            on_data(data)
