@@ -168,12 +168,20 @@ class TunnelProtocol:
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport. Does no I/O itself."""
-        if not self._out:
+        parts = self.parts_to_send()
+        if not parts:
             return b""
-        first = self._out[0]
-        out = first if len(self._out) == 1 and isinstance(first, bytes) else b"".join(self._out)
-        self._out.clear()
-        self.bytes_sent += len(out)
+        first = parts[0]
+        return first if len(parts) == 1 and isinstance(first, bytes) else b"".join(parts)
+
+    def parts_to_send(self) -> list[bytes | memoryview]:
+        """What ``data_to_send`` would join, not joined: a transport that copies anyway
+        (a masked WebSocket frame) joins it there, once."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        self.bytes_sent += sum(map(len, out))
         return out
 
     # -- commands --------------------------------------------------------------

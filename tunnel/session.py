@@ -33,7 +33,7 @@ from tunnel.events import StreamReset as StreamResetEvent
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side, TunnelProtocol
 from tunnel.streams import TunnelStream
-from tunnel.transport import Transport
+from tunnel.transport import Parts, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Session:
         self._streams: dict[int, TunnelStream] = {}
         self._on_stream = on_stream
         self._on_info = on_info
-        self._pending: list[bytes] = []
+        self._pending: Parts = []
         self._writing = False
         self._flush_scheduled = False
         self._write_wakeup = asyncio.Event()
@@ -107,7 +107,7 @@ class Session:
         """Exchange HELLOs; returns the peer's HELLO metadata."""
         try:
             async with asyncio.timeout(timeout_s):
-                await self._transport.send(self._proto.data_to_send())
+                await self._transport.send(self._proto.parts_to_send())
                 while True:
                     data = await self._transport.receive()
                     if data is None:
@@ -254,28 +254,26 @@ class Session:
 
     def _flush_now(self) -> None:
         self._flush_scheduled = False
-        data = self._proto.data_to_send()
-        if not data:
+        parts = self._proto.parts_to_send()
+        if not parts:
             return
         # Straight out when nothing is queued before it and the transport can take it;
         # otherwise the writer task sends it (after what is queued, coalesced).
-        if not self._pending and not self._writing and self._transport.try_send_now(data):
+        if not self._pending and not self._writing and self._transport.try_send_now(parts):
             return
-        self._pending.append(data)
+        self._pending += parts
         self._write_wakeup.set()
 
     async def _writer(self) -> None:
-        pending = self._pending
         try:
             while True:
                 await self._write_wakeup.wait()
                 self._write_wakeup.clear()
-                while pending:
-                    data = pending[0] if len(pending) == 1 else b"".join(pending)
-                    pending.clear()
+                while self._pending:
+                    parts, self._pending = self._pending, []
                     self._writing = True
                     try:
-                        await self._transport.send(data)
+                        await self._transport.send(parts)
                     finally:
                         self._writing = False
         except asyncio.CancelledError:
@@ -420,11 +418,10 @@ class Session:
     async def _send_pending_then_abort(self, reason: SessionClosed) -> None:
         self._flush_now()
         if self._pending and not self._closed.done():
-            data = b"".join(self._pending)
-            self._pending.clear()
+            parts, self._pending = self._pending, []
             try:
                 async with asyncio.timeout(1.0):
-                    await self._transport.send(data)
+                    await self._transport.send(parts)
             except (TimeoutError, OSError, TunnelError, RuntimeError):
                 pass
             except Exception as exc:  # noqa: BLE001 - best effort GOAWAY on a dying transport

@@ -16,11 +16,15 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 READ_LIMIT_BYTES = 4 * MAX_MESSAGE_BYTES
 
 
-class Transport(Protocol):
-    async def send(self, data: bytes) -> None: ...
+Parts = list[bytes | memoryview]
+"""Bytes to send, in pieces: the transport writes them as one message."""
 
-    def try_send_now(self, data: bytes) -> bool:
-        """Write ``data`` now if that cannot block; False means use ``send``."""
+
+class Transport(Protocol):
+    async def send(self, parts: Parts) -> None: ...
+
+    def try_send_now(self, parts: Parts) -> bool:
+        """Write ``parts`` now if that cannot block; False means use ``send``."""
         ...
 
     async def receive(self) -> bytes | None:
@@ -44,14 +48,14 @@ class MemoryTransport:
         a.peer, b.peer = b, a
         return a, b
 
-    async def send(self, data: bytes) -> None:
-        if not self.try_send_now(data):
+    async def send(self, parts: Parts) -> None:
+        if not self.try_send_now(parts):
             raise ConnectionResetError("transport closed")
 
-    def try_send_now(self, data: bytes) -> bool:
+    def try_send_now(self, parts: Parts) -> bool:
         if self.closed or self.peer is None or self.peer.closed:
             return False
-        self.peer._deliver(data)
+        self.peer._deliver(b"".join(parts))
         return True
 
     def _deliver(self, data: bytes | None) -> None:

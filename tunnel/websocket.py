@@ -20,7 +20,7 @@ import binascii
 import hashlib
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -215,12 +215,22 @@ def _rotated(mask: bytes, offset: int) -> bytes:
     return mask[shift:] + mask[:shift] if shift else mask
 
 
+Buffer = bytes | bytearray | memoryview
+
+
 def encode_frame(
-    opcode: Opcode, payload: bytes | bytearray | memoryview = b"", mask: bytes | None = None
+    opcode: Opcode, payload: Buffer = b"", mask: bytes | None = None
 ) -> bytes | bytearray:
-    """One final frame. ``mask`` (4 bytes) for client frames: the payload is copied once
-    into the frame and masked in place."""
-    size = len(payload)
+    """One final frame; ``mask`` (4 bytes) for client frames."""
+    return encode_parts(opcode, (payload,), mask)
+
+
+def encode_parts(
+    opcode: Opcode, parts: Sequence[Buffer], mask: bytes | None = None
+) -> bytes | bytearray:
+    """One final frame whose payload is ``parts`` joined: the parts are copied once, into
+    the frame, and a client frame (``mask``) is masked in place there."""
+    size = sum(map(len, parts))
     first = 0x80 | opcode
     bit = 0x80 if mask is not None else 0
     if size < 126:
@@ -230,15 +240,32 @@ def encode_frame(
     else:
         head = _LEN64.pack(first, 127 | bit, size)
     if mask is None:
-        return b"".join((head, payload))
+        return b"".join((head, *parts))
     head += mask
-    frame = bytearray(head)
-    frame += payload
+    frame = bytearray().join((head, *parts))
     # Masking the whole frame with the key turned by the head's length masks the payload
     # exactly as RFC 6455 5.3 says; the head, masked along, is then written back.
     _mask_in_place(_rotated(mask, -len(head) % 4), frame)
     frame[: len(head)] = head
     return frame
+
+
+def split_parts(parts: Sequence[Buffer], limit: int) -> list[list[Buffer]]:
+    """``parts`` in groups of at most ``limit`` bytes each (parts cut where needed)."""
+    groups: list[list[Buffer]] = [[]]
+    room = limit
+    for part in parts:
+        view = memoryview(part) if len(part) > room else part
+        while len(view) > room:
+            if room:
+                groups[-1].append(view[:room])
+                view = view[room:]
+            groups.append([])
+            room = limit
+        if len(view):
+            groups[-1].append(view)
+            room -= len(view)
+    return [group for group in groups if group]
 
 
 def encode_close(code: int, reason: str = "", mask: bytes | None = None) -> bytes | bytearray:

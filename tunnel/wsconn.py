@@ -27,7 +27,7 @@ from yarl import URL
 
 from tunnel import websocket
 from tunnel.sockets import set_nodelay
-from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES
+from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES, Parts
 from tunnel.websocket import (
     ClientHandshake,
     Close,
@@ -168,24 +168,20 @@ class WebSocketConnection(asyncio.BufferedProtocol):
 
     # -- Transport (what a tunnel session uses) ------------------------------------------
 
-    def try_send_now(self, data: bytes) -> bool:
+    def try_send_now(self, parts: Parts) -> bool:
         if self._paused or self._close_sent or self.transport is None:
             return False
-        self._write(websocket.encode_frame(Opcode.BINARY, data, self._mask()))
+        if sum(map(len, parts)) > MAX_MESSAGE_BYTES:
+            return False  # ``send`` splits it
+        self._write(websocket.encode_parts(Opcode.BINARY, parts, self._mask()))
         return True
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, parts: Parts) -> None:
         if self._close_sent or self.transport is None:
             raise ConnectionResetError("the WebSocket is closed")
-        if len(data) <= MAX_MESSAGE_BYTES:
-            self._write(websocket.encode_frame(Opcode.BINARY, data, self._mask()))
-        else:
-            view = memoryview(data)
-            for start in range(0, len(data), MAX_MESSAGE_BYTES):
-                piece = view[start : start + MAX_MESSAGE_BYTES]
-                self._write(websocket.encode_frame(Opcode.BINARY, piece, self._mask()))
-                await self._wait_room()
-        await self._wait_room()
+        for group in websocket.split_parts(parts, MAX_MESSAGE_BYTES):
+            self._write(websocket.encode_parts(Opcode.BINARY, group, self._mask()))
+            await self._wait_room()
 
     def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
         """From now on, hand payload to ``on_data`` as it arrives (and call ``on_end``

@@ -148,7 +148,7 @@ async def test_keepalive_timeout_closes_a_silent_peer():
     async def fake_agent():
         # Complete the handshake, then go silent without ever answering pings.
         proto = TunnelProtocol(Side.CLIENT)
-        await a.send(proto.data_to_send())
+        await a.send(proto.parts_to_send())
         await a.receive()
 
     await asyncio.gather(server.handshake(), fake_agent())

@@ -70,7 +70,7 @@ async def serving(pki: TestPKI, handler: Handler) -> AsyncIterator[Served]:
 async def echo(request: web.Request) -> web.StreamResponse:
     conn, response = await wsconn.accept(request)
     while (data := await conn.receive()) is not None:
-        await conn.send(bytes(data))
+        await conn.send([data])
     await conn.close()
     return response
 
@@ -93,10 +93,10 @@ async def _test_dial_and_accept_carry_big_and_small_payloads(pki: TestPKI) -> No
         conn = await wsconn.dial(served.url, {"X-Test": "1"}, served.ctx, 10)
         for size in (1, 125, 126, 65535, 65536, 3 * 1024 * 1024 + 7):
             data = os.urandom(size)
-            if conn.try_send_now(data):
+            if conn.try_send_now([data[:100], memoryview(data)[100:]]):
                 assert await receive_exactly(conn, size) == data
             else:
-                await conn.send(data)
+                await conn.send([data])
                 assert await receive_exactly(conn, size) == data
         await conn.close()
         assert conn.close_code == CloseCode.NORMAL
@@ -133,14 +133,14 @@ async def _test_writes_wait_while_the_peer_does_not_read(pki: TestPKI) -> None:
             written += len(chunk)  # the frame is written before the wait for room
             try:
                 async with asyncio.timeout(0.3):
-                    await conn.send(chunk)
+                    await conn.send([chunk])
             except TimeoutError:
                 blocked = True
                 break
         assert blocked, "send never waited: the reader does not push back"
         assert written <= 64 * 1024 * 1024
         release.set()
-        await conn.send(chunk)  # completes once the peer reads
+        await conn.send([chunk])  # completes once the peer reads
         written += len(chunk)
         await conn.close()
         async with asyncio.timeout(10):
@@ -170,7 +170,7 @@ async def _test_our_dialer_against_aiohttp_server(pki: TestPKI) -> None:
     async with serving(pki, aiohttp_side) as served:
         conn = await wsconn.dial(served.url, {}, served.ctx, 10)
         assert await conn.receive() == b"hello"
-        await conn.send(b"x" * 70000)
+        await conn.send([b"x" * 30000, b"x" * 40000])
         assert await conn.receive() is None  # the server closed
         assert conn.close_code == CloseCode.GOING_AWAY
         assert server_saw == [

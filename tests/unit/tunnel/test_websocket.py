@@ -23,6 +23,8 @@ from tunnel.websocket import (
     WebSocketError,
     encode_close,
     encode_frame,
+    encode_parts,
+    split_parts,
 )
 
 MASK = b"\x01\x02\x03\x04"
@@ -162,6 +164,32 @@ def test_frames_round_trip_at_every_length_encoding(size: int, mask: bytes | Non
     if mask is not None:
         assert bytes(encoded) == frame(0x82, data, mask)  # RFC 6455 5.3, byte by byte
     assert payload_of(reader.feed(encoded)) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.binary(max_size=70000), max_size=5),
+    mask=st.one_of(st.none(), st.binary(min_size=4, max_size=4)),
+)
+def test_a_frame_from_parts_equals_the_frame_of_their_join(
+    parts: list[bytes], mask: bytes | None
+) -> None:
+    views = [memoryview(p) if i % 2 else p for i, p in enumerate(parts)]
+    assert bytes(encode_parts(Opcode.BINARY, views, mask)) == bytes(
+        encode_frame(Opcode.BINARY, b"".join(parts), mask)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.binary(max_size=50), max_size=8),
+    limit=st.integers(min_value=1, max_value=60),
+)
+def test_split_parts_keeps_order_and_bounds_groups(parts: list[bytes], limit: int) -> None:
+    groups = split_parts(parts, limit)
+    assert b"".join(b"".join(bytes(p) for p in g) for g in groups) == b"".join(parts)
+    assert all(0 < sum(map(len, g)) <= limit for g in groups)
+    assert all(len(p) for g in groups for p in g)
 
 
 @settings(max_examples=200, deadline=None)
