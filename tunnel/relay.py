@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 UPSTREAM_CONNECT_TIMEOUT_S = 10.0
 _HIGH_WATER = 256 * 1024
-READ_BUFFER = 64 * 1024
+READ_BUFFER = 256 * 1024
 """Bytes read from the API server at once (TLS delivers 16 KiB records; with a buffered
 protocol uvloop fills this from as many records as have arrived, so a big LIST crosses
 the tunnel in DATA frames of up to this size, not one per TLS record)."""
