@@ -106,6 +106,12 @@ class TunnelProtocol:
         self.peer: frames.Hello | None = None
         self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
+        self._data_left = 0
+        """Payload bytes still to come of the DATA frame being received."""
+        self._data_id = 0
+        self._data_fin = False
+        self._data_keep = False
+        """Whether that frame's stream takes its payload (else it is skipped)."""
         self._streams: dict[int, _Stream] = {}
         self._local_parity = 1 if side is Side.CLIENT else 0
         self._next_id = 1 if side is Side.CLIENT else 2
@@ -290,7 +296,12 @@ class TunnelProtocol:
     # -- input -----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
-        """Parse bytes from the peer. Raises ``ProtocolError`` (GOAWAY queued) on bad input."""
+        """Parse bytes from the peer. Raises ``ProtocolError`` (GOAWAY queued) on bad input.
+
+        DATA payload is handed over as it arrives, in the pieces ``data`` brings, never
+        gathered into whole frames first: a big frame costs no extra copy. Only a frame
+        header, or a control frame (≤ 16 KiB), cut across calls waits for the rest.
+        """
         if self._terminated is not None:
             return []
         self.bytes_received += len(data)
@@ -303,13 +314,27 @@ class TunnelProtocol:
         pos = 0
         end_of_data = len(buf)
         try:
-            while end_of_data - pos >= HEADER_SIZE:
+            while pos < end_of_data:
+                if self._data_left:
+                    take = min(self._data_left, end_of_data - pos)
+                    self._data_piece(buf, pos, take, events)
+                    pos += take
+                    continue
+                if end_of_data - pos < HEADER_SIZE:
+                    break
                 ftype, flags, stream_id, length = HEADER.unpack_from(buf, pos)
-                limit = (
-                    self.limits.max_frame if ftype == FrameType.DATA else frames.MAX_CONTROL_PAYLOAD
-                )
-                if length > limit:
-                    raise FrameTooLarge(f"frame of {length} bytes exceeds the limit {limit}")
+                if ftype == FrameType.DATA and self.peer is not None:
+                    if length > self.limits.max_frame:
+                        raise FrameTooLarge(
+                            f"frame of {length} bytes exceeds the limit {self.limits.max_frame}"
+                        )
+                    pos += HEADER_SIZE
+                    self._start_data(flags, stream_id, length, events)
+                    continue
+                if length > frames.MAX_CONTROL_PAYLOAD:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds the limit {frames.MAX_CONTROL_PAYLOAD}"
+                    )
                 end = pos + HEADER_SIZE + length
                 if end > end_of_data:
                     break
@@ -326,14 +351,55 @@ class TunnelProtocol:
             self._buf = bytearray(buf[pos:])
         return events
 
+    def _start_data(self, flags: int, stream_id: int, size: int, events: list[Event]) -> None:
+        """A DATA header: checks and credit for the whole frame; the payload follows."""
+        self._data_id = stream_id
+        self._data_left = size
+        self._data_fin = bool(flags & frames.FLAG_FIN)
+        self._data_keep = False
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._check_known(stream_id)  # else a stream reset while its data was in flight
+        elif stream.remote_closed:
+            self._forget(stream_id, stream)
+            self._out.append(
+                frames.encode_reset(stream_id, ErrorCode.STREAM_CLOSED, "data after FIN")
+            )
+            events.append(StreamReset(stream_id, ErrorCode.STREAM_CLOSED, "data after FIN"))
+        elif size > stream.recv_window:
+            raise FlowControlError(f"stream {stream_id} sent {size} bytes beyond its window")
+        else:
+            stream.recv_window -= size
+            self._data_keep = True
+        if not size:
+            self._data_done(events)
+
+    def _data_piece(self, buf: bytes | bytearray, pos: int, size: int, events: list[Event]) -> None:
+        if self._data_keep:
+            piece = buf if pos == 0 and size == len(buf) else buf[pos : pos + size]
+            events.append(DataReceived(self._data_id, bytes(piece)))
+        self._data_left -= size
+        if not self._data_left:
+            self._data_done(events)
+
+    def _data_done(self, events: list[Event]) -> None:
+        if not (self._data_keep and self._data_fin):
+            return
+        stream_id = self._data_id
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return  # reset locally while the frame arrived
+        stream.remote_closed = True
+        events.append(StreamEnded(stream_id))
+        if stream.local_closed:
+            self._forget(stream_id, stream)
+
     def _handle(
         self, ftype: int, flags: int, stream_id: int, payload: bytes, events: list[Event]
     ) -> None:
         if self.peer is None and ftype != FrameType.HELLO:
             raise ProtocolError("the first frame must be HELLO")
-        if ftype == FrameType.DATA:
-            self._on_data(flags, stream_id, payload, events)
-        elif ftype == FrameType.WINDOW:
+        if ftype == FrameType.WINDOW:
             self._on_window(stream_id, payload, events)
         elif ftype == FrameType.OPEN:
             self._on_open(stream_id, payload, events)
@@ -394,30 +460,6 @@ class TunnelProtocol:
         self._streams[stream_id] = _Stream(self.peer.window, self.limits.window, local_open=False)
         self._peer_open_count += 1
         events.append(StreamOpened(stream_id, target))
-
-    def _on_data(self, flags: int, stream_id: int, data: bytes, events: list[Event]) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            self._check_known(stream_id)
-            return  # a stream reset here while its data was in flight
-        size = len(data)
-        if stream.remote_closed:
-            self._forget(stream_id, stream)
-            self._out.append(
-                frames.encode_reset(stream_id, ErrorCode.STREAM_CLOSED, "data after FIN")
-            )
-            events.append(StreamReset(stream_id, ErrorCode.STREAM_CLOSED, "data after FIN"))
-            return
-        if size > stream.recv_window:
-            raise FlowControlError(f"stream {stream_id} sent {size} bytes beyond its window")
-        stream.recv_window -= size
-        if size:
-            events.append(DataReceived(stream_id, data))
-        if flags & frames.FLAG_FIN:
-            stream.remote_closed = True
-            events.append(StreamEnded(stream_id))
-            if stream.local_closed:
-                self._forget(stream_id, stream)
 
     def _on_window(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
         increment = frames.decode_u32(payload)

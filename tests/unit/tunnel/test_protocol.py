@@ -246,6 +246,23 @@ def test_oversized_frames_are_rejected_before_buffering():
         p.server.receive_data(frames.HEADER.pack(frames.FrameType.INFO, 0, 0, 10**6))
 
 
+def merged(events):
+    """Events with consecutive DATA of one stream joined: DATA payload is handed over in
+    whatever pieces the input brings."""
+    out = []
+    for event in events:
+        if (
+            isinstance(event, DataReceived)
+            and out
+            and isinstance(out[-1], DataReceived)
+            and out[-1].stream_id == event.stream_id
+        ):
+            out[-1] = DataReceived(event.stream_id, out[-1].data + event.data)
+        else:
+            out.append(event)
+    return out
+
+
 def test_input_split_at_every_byte_gives_the_same_events():
     p = Pair()
     sid = p.server.open_stream(b"t")
@@ -255,7 +272,7 @@ def test_input_split_at_every_byte_gives_the_same_events():
     events = []
     for i in range(len(raw)):
         events += p.client.receive_data(raw[i : i + 1])
-    assert events == [
+    assert merged(events) == [
         StreamOpened(sid, b"t"),
         DataReceived(sid, b"hello world"),
         StreamEnded(sid),
@@ -292,3 +309,38 @@ def test_arbitrary_frame_sequences_raise_only_protocol_errors(seq):
         p.server.receive_data(raw)
     except ProtocolError:
         assert p.server.is_terminated
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    writes=st.lists(
+        st.tuples(st.integers(0, 2), st.binary(max_size=3000), st.booleans()), max_size=12
+    ),
+    cuts=st.lists(st.integers(0, 40000), max_size=10),
+)
+def test_data_arrives_whole_and_in_order_however_the_input_is_cut(writes, cuts):
+    def run(pieces_of):
+        p = Pair(client_limits=Limits(max_frame=1024))
+        sids = [p.server.open_stream(b"") for _ in range(3)]
+        ended = set()
+        for which, data, fin in writes:
+            sid = sids[which]
+            if sid in ended:
+                continue
+            p.server.send_data(sid, data, end_stream=fin)
+            if fin:
+                ended.add(sid)
+        p.server.ping(b"12345678")
+        raw = p.server.data_to_send()
+        events = []
+        for piece in pieces_of(raw):
+            events += p.client.receive_data(piece)
+        return merged(events)
+
+    def cut(raw):
+        last = 0
+        for c in sorted({min(c, len(raw)) for c in cuts} | {len(raw)}):
+            yield raw[last:c]
+            last = c
+
+    assert run(cut) == run(lambda raw: [raw])
