@@ -62,10 +62,12 @@ class TunnelSettings:
     longer, so on a quiet tunnel only the agent pings and the gateway answers)."""
     idle_timeout_s: float = duration(28)
     """Drop a tunnel whose peer has been silent this long (checked every 2 s)."""
-    stream_window: int = size(1024 * 1024)
-    """Bytes per stream the peer may send before it needs more credit."""
-    max_frame: int = size(64 * 1024)
-    """Largest DATA frame accepted."""
+    stream_window: int = size(4 * 1024 * 1024)
+    """Bytes per stream the peer may send before it needs more credit (Go's HTTP/2
+    client, kubectl's, uses the same per stream)."""
+    max_frame: int = size(256 * 1024)
+    """Largest DATA frame accepted (received DATA is handed on as it arrives, so a big
+    frame costs no buffer of its size)."""
     max_streams: int = 4096
     """Concurrent streams the peer may open."""
 
