@@ -6,6 +6,7 @@ import argparse
 
 import uvloop
 
+from config import allocator
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.schema import GatewaySettings
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
         if settings.workers > 1 and not workers.is_worker():
             return workers.supervise(settings, args.argv)
+        allocator.tune()
         uvloop.run(
             serve(settings, worker=workers.is_worker(), reload_settings=lambda: settings_from(args))
         )

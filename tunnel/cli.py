@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvloop
 
+from config import allocator
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.reload import settings_loader
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from tunnel.agent import AgentError  # imported here: other subcommands do not need it
 
     def main(settings: AgentSettings) -> None:
+        allocator.tune()
         uvloop.run(_main(settings, registration_token(settings), reloader(args)))
 
     return run_program("agent", args, settings_from, main, failures=(AgentError,))

@@ -376,8 +376,11 @@ class TunnelProtocol:
 
     def _data_piece(self, buf: bytes | bytearray, pos: int, size: int, events: list[Event]) -> None:
         if self._data_keep:
-            piece = buf if pos == 0 and size == len(buf) else buf[pos : pos + size]
-            events.append(DataReceived(self._data_id, bytes(piece)))
+            if pos == 0 and size == len(buf):
+                piece = buf if type(buf) is bytes else bytes(buf)
+            else:
+                piece = bytes(memoryview(buf)[pos : pos + size])  # one copy, not two
+            events.append(DataReceived(self._data_id, piece))
         self._data_left -= size
         if not self._data_left:
             self._data_done(events)
