@@ -193,10 +193,11 @@ class DirectSSLObject(ssl.SSLObject):
     @classmethod
     def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
         self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
-        inner = self._sslobj  # type: ignore[attr-defined]
-        self.read = inner.read  # type: ignore[method-assign]
-        self.write = inner.write  # type: ignore[method-assign]
-        self.pending = inner.pending  # type: ignore[method-assign]
+        inner = getattr(self, "_sslobj", None)  # CPython's; without it, the wrappers stay
+        if inner is not None:
+            self.read = inner.read  # type: ignore[method-assign]
+            self.write = inner.write  # type: ignore[method-assign]
+            self.pending = inner.pending  # type: ignore[method-assign]
         return self
 
 
