@@ -271,20 +271,19 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             raise ConnectionResetError("connection lost")
 
     def _on_close(self, close: Close) -> None:
-        self.close_code = close.code
-        if not self._close_sent:
-            self._close_sent = True
-            code = close.code if close.code != CloseCode.NO_STATUS else CloseCode.NORMAL
-            self._write(websocket.encode_close(code, "", self._mask()))
-        self._end_inbox()
-        if self.transport is not None:
-            self.transport.close()
+        """The peer's Close: echo its code (RFC 6455 5.5.1) and end."""
+        echo = close.code if close.code != CloseCode.NO_STATUS else CloseCode.NORMAL
+        self._finish(close.code, echo, "")
 
     def _fail(self, code: CloseCode, reason: str) -> None:
-        self.close_code = code
+        """The peer broke the framing: Close with ``code`` and end."""
+        self._finish(code, code, reason)
+
+    def _finish(self, received: int, send: int, reason: str) -> None:
+        self.close_code = received
         if not self._close_sent:
             self._close_sent = True
-            self._write(websocket.encode_close(code, reason, self._mask()))
+            self._write(websocket.encode_close(send, reason, self._mask()))
         self._end_inbox()
         if self.transport is not None:
             self.transport.close()
