@@ -151,7 +151,12 @@ async def connect(request: web.Request) -> web.StreamResponse:
         conn, ws = await wsconn.accept(request)
     except HandshakeError as exc:
         return web.json_response(
-            {"type": "error", "status": exc.status, "code": "BadRequest", "message": str(exc)},
+            {
+                "type": "error",
+                "status": exc.status,
+                "code": "UpgradeRequired" if exc.status == 426 else "BadRequest",
+                "message": str(exc),
+            },
             status=exc.status,
             headers={"Sec-WebSocket-Version": "13"} if exc.status == 426 else None,
         )

@@ -234,3 +234,27 @@ async def test_bad_input_gets_clear_errors(env: Any) -> None:
     assert resp.status in (400, 413)
     resp = await client.post("/v3-public/nopeProviders/x?action=login", json={})
     assert resp.status == 404
+
+
+async def test_tunnel_endpoint_refuses_bad_tokens_and_bad_upgrades(env: Any) -> None:
+    client, _, _ = env
+    admin = (await login(client, "admin", PASSWORD))[1]["token"]
+    cluster = await (
+        await client.post("/v3/clusters", json={"name": "edge"}, headers=auth(admin))
+    ).json()
+    reg = await (
+        await client.post("/v3/clusterregistrationtokens", json={"clusterId": cluster["id"]},
+                          headers=auth(admin))
+    ).json()  # fmt: skip
+    token = reg["command"].split("--token ")[1].split()[0]
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
+    resp = await client.get("/v3/connect", headers={**upgrade, **auth("crt-x:wrong")})
+    assert resp.status == 401 and (await resp.json())["code"] == "Unauthorized"
+    resp = await client.get("/v3/connect", headers=auth(token))  # not an upgrade
+    assert resp.status == 400 and "Upgrade" in (await resp.json())["message"]
+    resp = await client.get(
+        "/v3/connect", headers={**upgrade, "Sec-WebSocket-Version": "8", **auth(token)}
+    )
+    assert resp.status == 426 and resp.headers["Sec-WebSocket-Version"] == "13"
+    assert (await resp.json())["code"] == "UpgradeRequired"
