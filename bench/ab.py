@@ -1,0 +1,107 @@
+"""One scenario, the working tree against another revision, alternating in the same run.
+
+``[HERDGATE_X=V ...] .venv/bin/python -m bench.ab REV [--small] [--rounds N] [--seconds S]``
+
+The full suite's ``--baseline`` runs every scenario on four paths; this runs only the 100
+MB list (or, with ``--small``, the 2 KB GET at 64 connections) against two herds — the
+tree and ``REV``, each a gateway and an agent in front of one nginx backend — back to back
+in each round, the order flipped every round, so both see the same state of a machine
+whose speed drifts. Printed per round: MB/s (or req/s), the box's busy %, CPU per MB (or
+per request) of each process; at the end the tree ÷ ``REV`` ratio of the medians. Both
+herds inherit the environment (``HERDGATE_*`` settings, ``MALLOC_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import shutil
+import statistics
+from dataclasses import dataclass
+
+from bench import nginx, wrk
+from bench.procstats import CpuMeter, CpuUsage
+from bench.suite import KUBECTL_HEADERS, Herd, checkout, setup_tmp, start_herd
+from tests.integration.env import REPO_ROOT
+
+
+@dataclass(frozen=True)
+class Sample:
+    build: str
+    value: float
+    """MB/s or req/s."""
+    busy_pct: float
+    cost: dict[str, float]
+    """Process -> ms per MB or µs per request."""
+
+
+def sample(build: str, result: wrk.WrkResult, usage: CpuUsage, bulk: bool) -> Sample:
+    value = result.mb_per_s if bulk else result.rps
+    scale = 1000.0 if bulk else 1e6  # ms per MB, µs per request
+    cost = {
+        role: scale * seconds / (value * usage.wall_s) if value and usage.wall_s else 0.0
+        for role, seconds in usage.roles.items()
+    }
+    return Sample(build, value, usage.box_busy_pct, cost)
+
+
+def line(round_no: int, s: Sample, bulk: bool) -> str:
+    unit, cost_unit = ("MB/s", "ms/MB") if bulk else ("req/s", "µs/req")
+    costs = "  ".join(f"{role} {value:.2f} {cost_unit}" for role, value in s.cost.items())
+    return f"r{round_no} {s.build:5} {s.value:9.0f} {unit}  busy {s.busy_pct:3.0f} %  {costs}"
+
+
+def ratio(samples: list[Sample]) -> float:
+    """Median of the tree's values over the median of the baseline's."""
+    tree = [s.value for s in samples if s.build == "tree"]
+    base = [s.value for s in samples if s.build == "base"]
+    return statistics.median(tree) / statistics.median(base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    parser.add_argument("rev", help="the other revision (a commit, tag or HEAD~N)")
+    parser.add_argument("--small", action="store_true", help="2 KB GET at 64 connections")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    bulk = not args.small
+    tmp = setup_tmp(None)
+    atexit.register(shutil.rmtree, tmp, True)
+    certs = nginx.make_certs(tmp / "certs")
+    small, big = nginx.write_payloads(tmp / "www")
+    path, connections = (nginx.LIST_PATH, 1) if bulk else (nginx.SMALL_PATH, 64)
+    with contextlib.ExitStack() as stack:
+        base_code = checkout(REPO_ROOT, args.rev, tmp / "base")
+        stack.callback(base_code.remove)
+        backend = nginx.backend(tmp / "nginx-backend", certs, small, big).start()
+        stack.callback(backend.stop)
+        herds: dict[str, Herd] = {
+            "tree": start_herd(stack, tmp, certs, backend.url, "tree"),
+            "base": start_herd(stack, tmp, certs, backend.url, "base", code=base_code.path),
+        }
+
+        def run(herd: Herd, seconds: float) -> tuple[wrk.WrkResult, CpuUsage]:
+            url = f"{herd.gateway.url}/k8s/clusters/{herd.cluster_id}{path}"
+            headers = {"Authorization": f"Bearer {herd.token}", **KUBECTL_HEADERS}
+            with CpuMeter({**herd.pids, "backend": backend.pid}) as meter:
+                result = wrk.run(url, connections=connections, seconds=seconds, headers=headers)
+            assert meter.usage is not None
+            return result, meter.usage
+
+        for herd in herds.values():
+            run(herd, 1)  # warm up: TLS sessions, pools, the allocator
+        print(f"tree against {args.rev} ({base_code.commit}), {'bulk' if bulk else 'c64'}")
+        samples: list[Sample] = []
+        for round_no in range(args.rounds):
+            order = ["tree", "base"] if round_no % 2 == 0 else ["base", "tree"]
+            for build in order:
+                result, usage = run(herds[build], args.seconds)
+                samples.append(sample(build, result, usage, bulk))
+                print(line(round_no, samples[-1], bulk), flush=True)
+        print(f"tree ÷ {args.rev}, medians: {ratio(samples):.3f}")
+
+
+if __name__ == "__main__":
+    main()
