@@ -81,11 +81,12 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self._reader = websocket.FrameReader(masked=not client, max_frame=max_frame)
         self._handshake: ClientHandshake | None = None
         self._inbox: collections.deque[bytes | None] = collections.deque()
+        """Payload pieces until ``set_receiver`` (bytearrays where unmasked here), then
+        None at the end."""
         self._inbox_bytes = 0
         self._reading_paused = False
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[], None] | None = None
-        """Payload pieces (bytearrays when unmasked here: bytes-like like bytes)."""
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
