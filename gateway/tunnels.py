@@ -19,7 +19,7 @@ from gateway.keys import DIRECTORY, REPLICAS, SAMPLER, SETTINGS, TUNNELS
 from gateway.records import CLUSTER
 from gateway.upstream import StreamPool
 from tunnel import wsconn
-from tunnel.errors import TunnelError
+from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
 from tunnel.session import Session
@@ -191,14 +191,18 @@ async def connect(request: web.Request) -> web.StreamResponse:
     logger.info(
         "agent connected: cluster %s node %s from %s", cluster.id, info.node_name or "-", remote
     )
-    current = directory.clusters.get(cluster.id)
-    if current is not None:
-        changes: dict[str, Any] = {"connected_at": directory.clock()}
-        if info.ca_cert and info.ca_cert != current.ca_cert:
-            changes["ca_cert"] = info.ca_cert
-        await directory.patch(CLUSTER, current.id, **changes)
+    # From here on the link must leave the registry however the handler ends: when the
+    # agent's connection drops, aiohttp cancels this handler (handler_cancellation).
+    closed: SessionClosed | str = "connection lost"
     try:
+        current = directory.clusters.get(cluster.id)
+        if current is not None:
+            changes: dict[str, Any] = {"connected_at": directory.clock()}
+            if info.ca_cert and info.ca_cert != current.ca_cert:
+                changes["ca_cert"] = info.ca_cert
+            await directory.patch(CLUSTER, current.id, **changes)
         closed = await session.wait_closed()
+    finally:
         logger.info(
             "agent disconnected: cluster %s node %s from %s: %s",
             cluster.id,
@@ -206,7 +210,6 @@ async def connect(request: web.Request) -> web.StreamResponse:
             remote,
             closed,
         )
-    finally:
         request.app[SAMPLER].link_closed(link)
         registry.remove(link)
         link.pool.close()
