@@ -237,3 +237,31 @@ async def _test_handshake_failures_carry_the_status(pki: TestPKI) -> None:
                     assert resp.status == 426
             with pytest.raises(ValueError):
                 await wsconn.dial("ftp://127.0.0.1/", {}, None, 1)
+
+
+def test_dial_fails_cleanly_when_the_server_closes_or_stays_silent(run, pki: TestPKI) -> None:
+    run(_test_dial_fails_cleanly(pki))
+
+
+async def _test_dial_fails_cleanly(pki: TestPKI) -> None:
+    class Silent(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+    class Closer(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            self.transport.close()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+    loop = asyncio.get_running_loop()
+    ctx = client_context(ca_file=str(pki.ca_file))
+    for factory, expected in ((Closer, HandshakeError), (Silent, TimeoutError)):
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=pki.server_context())
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(expected):
+                await wsconn.dial(f"https://127.0.0.1:{port}/ws", {}, ctx, 0.5)
+        finally:
+            server.close()
