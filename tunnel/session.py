@@ -246,9 +246,10 @@ class Session:
         one system call instead of one each, for the price of a ``call_soon``. Once
         ``FLUSH_AT_PARTS`` frames wait they go at once.
         """
-        if self._proto.queued >= FLUSH_AT_PARTS:
+        queued = self._proto.queued
+        if queued >= FLUSH_AT_PARTS:
             self._flush_now()  # a big turn: let the peer start on its first part
-        elif not self._flush_scheduled:
+        elif queued and not self._flush_scheduled:  # (most reads queue no WINDOW)
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_now)
 
