@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import os
 import struct
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -140,6 +141,36 @@ def server_accept(headers: Mapping[str, str]) -> dict[str, str]:
         "Connection": "Upgrade",
         "Sec-WebSocket-Accept": accept_key(key),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    secure: bool
+    host: str
+    port: int
+    host_header: str
+    path: str
+    """Path and query, as sent in the request line."""
+
+
+def parse_url(url: str) -> Target:
+    """Where to dial for ``url`` (``https``/``wss`` or ``http``/``ws``); ValueError if
+    it is not such a URL."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "wss", "http", "ws") or not parts.hostname:
+        raise ValueError(f"not a WebSocket URL: {url}")
+    secure = scheme in ("https", "wss")
+    default = 443 if secure else 80
+    port = parts.port or default  # ValueError for a port out of range
+    host = parts.hostname
+    host_header = f"[{host}]" if ":" in host else host
+    if port != default:
+        host_header += f":{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(secure, host, port, host_header, path)
 
 
 def client_request(host: str, path: str, key: str, headers: Mapping[str, str]) -> bytes:

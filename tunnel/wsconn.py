@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from aiohttp import web
-from yarl import URL
 
 from tunnel import websocket
 from tunnel.sockets import set_nodelay
@@ -323,16 +322,7 @@ async def dial(
     Raises HandshakeError (``status`` is the server's HTTP status when it answered with
     one), OSError, ssl.SSLError or TimeoutError.
     """
-    target = URL(url)
-    secure = target.scheme in ("https", "wss")
-    if target.scheme not in ("https", "wss", "http", "ws") or not target.host:
-        raise ValueError(f"not a WebSocket URL: {url}")
-    port = target.port or (443 if secure else 80)
-    host_header = target.raw_host or ""
-    if ":" in host_header:
-        host_header = f"[{host_header}]"
-    if target.port is not None and not target.is_default_port():
-        host_header += f":{port}"
+    target = websocket.parse_url(url)
     loop = asyncio.get_running_loop()
     conn = WebSocketConnection(client=True, max_frame=max_frame)
     key = websocket.new_key()
@@ -342,13 +332,13 @@ async def dial(
         await loop.create_connection(
             lambda: conn,
             target.host,
-            port,
-            ssl=ssl_context if secure else None,
-            server_hostname=target.host if secure else None,
+            target.port,
+            ssl=ssl_context if target.secure else None,
+            server_hostname=target.host if target.secure else None,
         )
         assert conn.transport is not None
-        path = target.raw_path_qs or "/"
-        conn.transport.write(websocket.client_request(host_header, path, key, headers))
+        request = websocket.client_request(target.host_header, target.path, key, headers)
+        conn.transport.write(request)
         try:
             await conn.handshake_done
         except BaseException:

@@ -283,3 +283,26 @@ def test_close_reason_is_cut_to_fit_a_control_frame() -> None:
     assert len(encoded) <= 2 + 125
     (item,) = FrameReader(masked=False, max_frame=9).feed(encoded)
     assert item == Close(1000, "é" * 61)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://gw.example:8443/v3/connect", (True, "gw.example", 8443, "gw.example:8443")),
+        ("https://gw.example/v3/connect", (True, "gw.example", 443, "gw.example")),
+        ("wss://[::1]:9443/p?q=1", (True, "::1", 9443, "[::1]:9443")),
+        ("http://127.0.0.1/v3/connect", (False, "127.0.0.1", 80, "127.0.0.1")),
+        ("HTTPS://GW.example:443/x", (True, "gw.example", 443, "gw.example")),
+    ],
+)
+def test_parse_url_gives_where_to_dial(url: str, expected: tuple[bool, str, int, str]) -> None:
+    target = websocket.parse_url(url)
+    assert (target.secure, target.host, target.port, target.host_header) == expected
+
+
+def test_parse_url_keeps_path_and_query_and_refuses_other_urls() -> None:
+    assert websocket.parse_url("wss://[::1]:9443/p?q=1").path == "/p?q=1"
+    assert websocket.parse_url("https://gw").path == "/"
+    for bad in ("ftp://gw/", "https:///nohost", "gw:8443", "https://gw:99999/"):
+        with pytest.raises(ValueError):
+            websocket.parse_url(bad)
