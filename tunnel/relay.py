@@ -18,24 +18,13 @@ from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream
 from tunnel.session import Session
-from tunnel.sockets import set_nodelay
+from tunnel.sockets import set_nodelay, shared_read_buffer
 from tunnel.streams import TunnelStream
 
 logger = logging.getLogger(__name__)
 
 UPSTREAM_CONNECT_TIMEOUT_S = 10.0
 _HIGH_WATER = 256 * 1024
-READ_BUFFER = 256 * 1024
-"""Bytes read from the API server at once (TLS delivers 16 KiB records; with a buffered
-protocol uvloop fills this from as many records as have arrived, so a big LIST crosses
-the tunnel in DATA frames of up to this size, not one per TLS record; 256 KiB: the agent
-spent 7 % less CPU per MB than with 64 KiB)."""
-
-_shared_buffer = memoryview(bytearray(READ_BUFFER))
-"""One read buffer for every API-server connection of the process: the event loop fills
-it and calls ``buffer_updated`` in one go, which copies the bytes out, so no two
-connections ever use it at once. A buffer per connection was 64 KiB of memory per open
-stream (per watch) that sat idle."""
 
 
 class _UpstreamConnection(asyncio.BufferedProtocol):
@@ -53,10 +42,10 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         set_nodelay(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _shared_buffer
+        return shared_read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._pump.feed(_shared_buffer[:nbytes].tobytes())
+        self._pump.feed(shared_read_buffer[:nbytes].tobytes())
 
     def eof_received(self) -> bool | None:
         self._pump.feed_eof()

