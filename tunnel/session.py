@@ -1,7 +1,7 @@
 """asyncio layer over one :class:`~tunnel.protocol.TunnelProtocol` and one transport.
 
-What arrives (pushed by the transport, or read by a task) is fed to the protocol and
-its events dispatched to the streams; one writer task sends whatever the protocol
+What arrives (pushed by the transport) is fed to the protocol and its events
+dispatched to the streams; one writer task sends whatever the protocol
 queued, coalescing frames that were queued in the same loop iteration into one
 WebSocket message. A timer sends PINGs when the tunnel is idle and closes it when the
 peer stops answering.
@@ -136,9 +136,8 @@ class Session:
     def start(self) -> None:
         """Start reading, the writer and keepalive after ``handshake``.
 
-        A transport that can push what arrives (``set_receiver``, the WebSocket
-        connection) hands it over from its own callback: no reader task and no task
-        switch per read. Others are read by a task.
+        The transport pushes what arrives from its own callback (``set_receiver``): no
+        reader task and no task switch per read.
         """
         self._last_rx = self.loop.time()
         self._tasks = [self.loop.create_task(self._writer(), name=f"tunnel-writer {self.name}")]
@@ -147,13 +146,7 @@ class Session:
             events, self._early_events = self._early_events, []
             self._dispatch(events)
             self._flush()
-        set_receiver = getattr(self._transport, "set_receiver", None)
-        if set_receiver is not None:
-            set_receiver(self._received, self._receive_ended)
-        else:
-            self._tasks.append(
-                self.loop.create_task(self._reader(), name=f"tunnel-reader {self.name}")
-            )
+        self._transport.set_receiver(self._received, self._receive_ended)
 
     @property
     def is_closed(self) -> bool:
@@ -284,22 +277,8 @@ class Session:
                 logger.info("tunnel %s: write failed: %s", self.name, exc)
             self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
 
-    async def _reader(self) -> None:
-        while not self._reading_done:
-            try:
-                data = await self._transport.receive()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
-                self._end_reading(SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}"))
-                return
-            if data is None:
-                self._receive_ended()
-                return
-            self._received(data)
-
     def _received(self, data: bytes) -> None:
-        """Bytes from the peer (from the reader task, or pushed by the transport)."""
+        """Bytes from the peer, pushed by the transport."""
         if self._reading_done:
             return
         self._last_rx = self.loop.time()

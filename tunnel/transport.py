@@ -28,17 +28,24 @@ class Transport(Protocol):
         ...
 
     async def receive(self) -> bytes | None:
-        """Next chunk of bytes, or None once the transport is closed."""
+        """Next chunk of bytes, or None once the transport is closed (the handshake)."""
+        ...
+
+    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+        """From now on hand what arrives to ``on_data`` as it arrives (what ``receive``
+        has not taken yet first), and call ``on_end`` once the transport is closed."""
         ...
 
     async def close(self) -> None: ...
 
 
 class MemoryTransport:
-    """One end of an in-memory transport pair (tests and benchmarks)."""
+    """One end of an in-memory transport pair (tests and benchmarks). What is sent is
+    delivered on the next event-loop turn, as from a socket."""
 
     def __init__(self) -> None:
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._receiver: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
         self.peer: MemoryTransport | None = None
         self.closed = False
 
@@ -58,29 +65,10 @@ class MemoryTransport:
         self.peer._deliver(b"".join(parts))
         return True
 
-    def _deliver(self, data: bytes | None) -> None:
-        self._inbox.put_nowait(data)
-
     async def receive(self) -> bytes | None:
         if self.closed:
             return None
         return await self._inbox.get()
-
-    async def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._deliver(None)
-            if self.peer is not None:
-                self.peer._deliver(None)
-
-
-class PushMemoryTransport(MemoryTransport):
-    """An in-memory transport that pushes what arrives, as the WebSocket connection does
-    (``set_receiver``); delivery waits for the next event-loop turn, like a socket's."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._receiver: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
 
     def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
         while not self._inbox.empty():
@@ -91,9 +79,16 @@ class PushMemoryTransport(MemoryTransport):
             on_data(item)
         self._receiver = (on_data, on_end)
 
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._deliver(None)
+            if self.peer is not None:
+                self.peer._deliver(None)
+
     def _deliver(self, data: bytes | None) -> None:
         if self._receiver is None:
-            super()._deliver(data)
+            self._inbox.put_nowait(data)
         else:
             asyncio.get_running_loop().call_soon(self._push, data)
 

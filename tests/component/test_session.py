@@ -11,21 +11,11 @@ from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side, TunnelProtocol
 from tunnel.session import Session
 from tunnel.streams import TunnelStream
-from tunnel.transport import MemoryTransport, PushMemoryTransport
-
-TRANSPORT: list[type[MemoryTransport]] = [MemoryTransport]
-
-
-@pytest.fixture(autouse=True, params=["read by a task", "pushed"])
-def transport_kind(request: pytest.FixtureRequest):
-    """Every test runs with both ways a session gets its bytes."""
-    TRANSPORT[0] = PushMemoryTransport if request.param == "pushed" else MemoryTransport
-    yield
-    TRANSPORT[0] = MemoryTransport
+from tunnel.transport import MemoryTransport
 
 
 async def make_pair(on_stream=None, client_limits=None, server_limits=None, **kw):
-    a, b = TRANSPORT[0].pair()
+    a, b = MemoryTransport.pair()
     client = Session(
         a,
         Side.CLIENT,
@@ -142,7 +132,7 @@ async def test_session_close_fails_pending_reads_promptly():
 
 
 async def test_keepalive_timeout_closes_a_silent_peer():
-    a, b = TRANSPORT[0].pair()
+    a, b = MemoryTransport.pair()
     server = Session(b, Side.SERVER, ping_interval_s=0.05, idle_timeout_s=0.2)
 
     async def fake_agent():
@@ -166,7 +156,7 @@ async def test_pings_keep_an_idle_tunnel_alive():
 
 async def test_info_reaches_handler():
     got = []
-    a, b = TRANSPORT[0].pair()
+    a, b = MemoryTransport.pair()
     client = Session(a, Side.CLIENT)
     server = Session(b, Side.SERVER, on_info=got.append)
     await asyncio.gather(client.handshake(), server.handshake())
@@ -179,7 +169,7 @@ async def test_info_reaches_handler():
 
 
 async def test_handshake_times_out_against_a_mute_peer():
-    _a, b = TRANSPORT[0].pair()
+    _a, b = MemoryTransport.pair()
     server = Session(b, Side.SERVER)
     with pytest.raises(SessionClosed):
         await server.handshake(timeout_s=0.05)
@@ -264,7 +254,7 @@ async def test_a_turn_with_many_frames_sends_them_in_parts():
     """Small frames wait for the end of the turn, but no more than FLUSH_AT_PARTS of them."""
     from tunnel.session import FLUSH_AT_PARTS
 
-    a, b = TRANSPORT[0].pair()
+    a, b = MemoryTransport.pair()
     client = Session(a, Side.CLIENT, metadata=b"agent", name="client")
     server = Session(b, Side.SERVER, metadata=b"gw", name="server")
     await asyncio.gather(client.handshake(), server.handshake())
