@@ -301,6 +301,9 @@ class TunnelProtocol:
         DATA payload is handed over as it arrives, in the pieces ``data`` brings, never
         gathered into whole frames first: a big frame costs no extra copy. Only a frame
         header, or a control frame (≤ 16 KiB), cut across calls waits for the rest.
+        A ``data`` that is all payload is itself the ``DataReceived.data``: a bytearray
+        passed in is handed on, not copied, so the caller must not change it afterwards
+        (the WebSocket reader gives each piece a buffer of its own).
         """
         if self._terminated is not None:
             return []
@@ -376,8 +379,8 @@ class TunnelProtocol:
 
     def _data_piece(self, buf: bytes | bytearray, pos: int, size: int, events: list[Event]) -> None:
         if self._data_keep:
-            if pos == 0 and size == len(buf):
-                piece = buf if type(buf) is bytes else bytes(buf)
+            if pos == 0 and size == len(buf) and buf is not self._buf:
+                piece = buf  # the caller's own buffer, handed on (see ``receive_data``)
             else:
                 piece = bytes(memoryview(buf)[pos : pos + size])  # one copy, not two
             events.append(DataReceived(self._data_id, piece))

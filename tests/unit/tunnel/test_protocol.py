@@ -280,6 +280,25 @@ def test_input_split_at_every_byte_gives_the_same_events():
     ]
 
 
+def test_a_buffer_of_payload_only_is_handed_on_without_a_copy():
+    p = Pair()
+    sid = p.server.open_stream(b"t")
+    p.to_client()
+    p.server.send_data(sid, b"x" * 100)
+    raw = p.server.data_to_send()
+    head, payload = raw[: frames.HEADER.size], bytearray(raw[frames.HEADER.size :])
+    assert p.client.receive_data(head) == []
+    [event] = p.client.receive_data(payload)
+    assert isinstance(event, DataReceived) and event.data is payload
+    # A piece that shares its call with a header is copied out of the caller's bytes.
+    p.server.send_data(sid, b"y" * 10)
+    p.server.send_data(sid, b"z" * 10)
+    raw = bytearray(p.server.data_to_send())
+    events = p.client.receive_data(raw)
+    raw[:] = b"\0" * len(raw)
+    assert [e.data for e in events] == [b"y" * 10, b"z" * 10]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_raise_only_protocol_errors(blob):
