@@ -235,12 +235,12 @@ class FrontConnection(asyncio.Protocol):
 
     # what requests and answers use
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.transport is None:
             raise ConnectionResetError("the client went away")
         self.transport.write(data)
 
-    def writelines(self, parts: Iterable[bytes]) -> None:
+    def writelines(self, parts: Iterable[bytes | bytearray]) -> None:
         if self.transport is None:
             raise ConnectionResetError("the client went away")
         self.transport.writelines(parts)

@@ -366,7 +366,7 @@ class H2Stream:
         self._conn.h2.send_headers(self.stream_id, status, headers, end_stream)
         self._conn.flush_soon()
 
-    def send(self, data: bytes, end_stream: bool = False) -> None:
+    def send(self, data: bytes | bytearray, end_stream: bool = False) -> None:
         self._conn.h2.send_data(self.stream_id, data, end_stream)
         if len(data) >= FLUSH_NOW_BYTES:
             self._conn.flush()  # bulk: out at once, so the socket's back-pressure shows
@@ -428,7 +428,7 @@ class H2Answer:
         self._stream.send_head(self._status, self._headers)
         self._headers = []  # not kept for the life of a watch
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         stream = self._stream
         stream.send(data)
         if stream.backlogged:

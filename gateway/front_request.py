@@ -63,7 +63,7 @@ class Streamed(Protocol):
 
     def force_close(self) -> None: ...
     async def prepare(self, request: Any) -> None: ...
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes | bytearray) -> None: ...
     async def write_eof(self, data: bytes = b"") -> None: ...
 
 
@@ -280,7 +280,7 @@ class StreamedAnswer:
     async def prepare(self, request: Any) -> None:
         self._conn.write(self._head)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         conn = self._conn
         if not self._chunked:
             conn.write(data)

@@ -197,7 +197,7 @@ class _Stream:
         self.recv_window = recv_window
         self.remote_closed = end_stream
         self.local_closed = False
-        self.pending: list[bytes] = []  # short: a writer waits above STREAM_HIGH_WATER
+        self.pending: list[bytes | bytearray] = []  # short: a writer waits above STREAM_HIGH_WATER
         self.pending_bytes = 0
         self.pending_end = False
         self.unacked = 0
@@ -207,7 +207,7 @@ class _Stream:
         """Queued bytes waited for window: ``Drained`` is due when they have left."""
 
 
-def _pack(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+def _pack(kind: int, flags: int, stream_id: int, payload: bytes | bytearray) -> bytes:
     length = len(payload)
     return _HEAD_OUT.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
 
@@ -614,7 +614,7 @@ class ServerConnection:
         if end_stream:
             self._local_end(stream_id, stream)
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes | bytearray, end_stream: bool = False) -> None:
         """Queue answer bytes; they leave as the client's windows allow."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_closed or stream.pending_end:

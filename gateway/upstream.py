@@ -154,8 +154,9 @@ class Response:
             self._ending = True
             self.stream.reset(ErrorCode.CANCEL, "the gateway is shutting down")
 
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body, ``b""`` at its end."""
+    async def read_chunk(self) -> bytes | bytearray:
+        """The next piece of the body, ``b""`` at its end (a bytearray is the reader's
+        own: nothing else holds it)."""
         parsed = self._parsed
         if self._left is not None and not parsed.body:
             return await self._read_counted()
@@ -180,7 +181,7 @@ class Response:
         parsed.body.clear()
         return out
 
-    async def _receive(self) -> bytes | None:
+    async def _receive(self) -> bytes | bytearray | None:
         """The next bytes from the API server (``b""`` at its end); None once
         ``end_early`` has stopped the answer."""
         try:
@@ -190,7 +191,7 @@ class Response:
                 return None
             raise
 
-    async def _read_counted(self) -> bytes:
+    async def _read_counted(self) -> bytes | bytearray:
         left = self._left
         assert left is not None
         parsed = self._parsed
@@ -210,15 +211,17 @@ class Response:
         self._left = left - len(data)
         return data
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    async def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
         while chunk := await self.read_chunk():
             yield chunk
 
     async def read_all(self) -> bytes:
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray] = []
         while chunk := await self.read_chunk():
             parts.append(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
 
     def release(self) -> None:
         """Return the connection to the pool if the exchange finished cleanly."""
@@ -381,7 +384,7 @@ async def _exchange(
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
                 offset = exc.args[0] if exc.args else len(data)
-                tail = data[offset:] if upgrade else b""
+                tail = bytes(data[offset:]) if upgrade else b""
             except httptools.HttpParserError as exc:
                 raise UpstreamError(f"malformed response from the API server: {exc}") from exc
     finally:

@@ -44,7 +44,7 @@ class DataReceived(Event):
     """Stream bytes. Call ``acknowledge_received_data`` once they are consumed."""
 
     stream_id: int
-    data: bytes
+    data: bytes | bytearray
 
 
 @dataclass(slots=True)

@@ -83,7 +83,7 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
         return
     session.accept(stream)
 
-    def to_api_server(data: bytes) -> bool:
+    def to_api_server(data: bytes | bytearray) -> bool:
         # Called for each arriving chunk (no task in between); False holds the credit
         # back until the connection drains (resume_writing), so the gateway waits.
         if transport.is_closing():

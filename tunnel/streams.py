@@ -38,14 +38,15 @@ class TunnelStream:
         self._session = session
         self.id = stream_id
         self.target = target
-        self._chunks: list[bytes] = []  # short (the window bounds it); a deque costs 760 B
+        # Short (the window bounds it); a deque costs 760 B.
+        self._chunks: list[bytes | bytearray] = []
         self._eof = False
         self._write_closed = False
         self._error: TunnelError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self._accepted: asyncio.Future[None] | None = None
-        self._sink: Callable[[bytes], bool] | None = None
+        self._sink: Callable[[bytes | bytearray], bool] | None = None
         self._held = 0
 
     def __repr__(self) -> str:
@@ -64,7 +65,7 @@ class TunnelStream:
 
     # -- reading ---------------------------------------------------------------
 
-    async def read(self) -> bytes:
+    async def read(self) -> bytes | bytearray:
         """The next chunk of bytes; ``b""`` once the peer has half-closed."""
         while not self._chunks:
             if self._eof:
@@ -76,7 +77,7 @@ class TunnelStream:
         self._session.consumed(self.id, len(chunk))
         return chunk
 
-    def set_sink(self, sink: Callable[[bytes], bool]) -> None:
+    def set_sink(self, sink: Callable[[bytes | bytearray], bool]) -> None:
         """Hand arriving bytes straight to ``sink`` instead of queueing them for ``read``.
 
         Saves a task wake-up per chunk where the bytes only need to be written on (the
@@ -110,14 +111,14 @@ class TunnelStream:
         finally:
             self._read_waiter = None
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | bytearray) -> None:
         assert self._sink is not None
         if self._sink(data):
             self._session.consumed(self.id, len(data))
         else:
             self._held += len(data)
 
-    def read_nowait(self) -> bytes | None:
+    def read_nowait(self) -> bytes | bytearray | None:
         """A buffered chunk, ``b""`` at EOF, or None if nothing is buffered."""
         if self._chunks:
             chunk = self._chunks.pop(0)
@@ -190,7 +191,7 @@ class TunnelStream:
 
     # -- called by the session ---------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | bytearray) -> None:
         if self._sink is not None:
             self._deliver(data)
             return
