@@ -218,7 +218,7 @@ class TunnelProtocol:
             raise StreamClosed(stream_id, f"stream {stream_id} is not a pending peer stream")
         self._out.append(frames.encode_accept(stream_id))
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> None:
         """Queue DATA within the stream's credit (see ``send_window``)."""
         self._check_usable()
         stream = self._streams.get(stream_id)

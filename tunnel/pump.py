@@ -38,6 +38,20 @@ class IntoStream:
             except TunnelError:
                 self._on_failure()
             return
+        self._hold(data)
+
+    def feed_borrowed(self, data: memoryview) -> None:
+        """``feed`` for bytes valid only during this call (a read buffer that is reused):
+        sent at once when the stream has credit, otherwise copied and held."""
+        if not self._backlog and self.stream.can_write_now(len(data)):
+            try:
+                self.stream.write_borrowed_nowait(data)
+            except TunnelError:
+                self._on_failure()
+            return
+        self._hold(data.tobytes())
+
+    def _hold(self, data: bytes) -> None:
         # No credit: hold the bytes and stop reading until they are sent.
         self._backlog.append(data)
         if self.transport is not None:

@@ -17,7 +17,7 @@ from tunnel.credentials import Upstream
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream
-from tunnel.session import Session
+from tunnel.session import COALESCE_BELOW_BYTES, Session
 from tunnel.sockets import set_nodelay, shared_read_buffer
 from tunnel.streams import TunnelStream
 
@@ -45,7 +45,13 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         return shared_read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._pump.feed(shared_read_buffer[:nbytes].tobytes())
+        data = shared_read_buffer[:nbytes]
+        if nbytes >= COALESCE_BELOW_BYTES:
+            # Leaves in this call, copied once into the WebSocket message.
+            self._pump.feed_borrowed(data)
+        else:
+            # Waits for the end of the turn, to leave with other small writes: a copy.
+            self._pump.feed(data.tobytes())
 
     def eof_received(self) -> bool | None:
         self._pump.feed_eof()

@@ -168,6 +168,13 @@ class TunnelStream:
             raise self._error
         self._session.send_data(self.id, data)
 
+    def write_borrowed_nowait(self, data: memoryview) -> None:
+        """``write_nowait`` for bytes valid only during this call (see
+        ``Session.send_data_borrowed``)."""
+        if self._error is not None:
+            raise self._error
+        self._session.send_data_borrowed(self.id, data)
+
     async def write_eof(self) -> None:
         if self._error is not None:
             raise self._error

@@ -24,7 +24,9 @@ class Transport(Protocol):
     async def send(self, parts: Parts) -> None: ...
 
     def try_send_now(self, parts: Parts) -> bool:
-        """Write ``parts`` now if that cannot block; False means use ``send``."""
+        """Write ``parts`` now if that cannot block; False means use ``send``. When it
+        returns True, ``parts`` have been copied into the message: the caller may reuse
+        their buffers."""
         ...
 
     async def receive(self) -> bytes | None:

@@ -60,3 +60,24 @@ async def test_a_reset_stream_reports_failure() -> None:
     pump.feed(b"late")
     await asyncio.sleep(0.01)  # reported by the flush that tried to send it
     assert failures == ["x"]
+
+
+async def test_borrowed_bytes_without_credit_are_copied_before_being_held() -> None:
+    opened: list[TunnelStream] = []
+    _client, server = await make_pair(on_stream=opened.append, client_limits=Limits(window=4096))
+    stream = server.open_stream()
+    transport = FakeTransport()
+    pump = IntoStream(stream, on_failure=lambda: None)
+    pump.transport = cast(asyncio.Transport, transport)
+    buffer = bytearray(b"a" * 4096)
+    pump.feed_borrowed(memoryview(buffer))  # within credit: out in the call
+    buffer[:] = b"b" * 4096
+    pump.feed_borrowed(memoryview(buffer)[:1000])  # no credit left: copied and held
+    buffer[:] = b"c" * 4096
+    assert transport.paused == 1
+    pump.feed_eof()
+    await asyncio.sleep(0.01)
+    received = b""
+    while chunk := await opened[0].read():
+        received += chunk
+    assert received == b"a" * 4096 + b"b" * 1000

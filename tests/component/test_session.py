@@ -266,3 +266,39 @@ async def test_a_turn_with_many_frames_sends_them_in_parts():
     await asyncio.sleep(0)
     assert a._inbox.qsize() - before == 3  # the rest at the end of the turn
     await server.close()
+
+
+class RefusingTransport(MemoryTransport):
+    """Cannot take a write at once while ``refuse`` is set (a full socket buffer)."""
+
+    refuse = False
+
+    def try_send_now(self, parts):
+        return False if self.refuse else super().try_send_now(parts)
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["sent-at-once", "queued"])
+async def test_borrowed_bytes_may_be_reused_as_soon_as_the_call_returns(refuse):
+    """``send_data_borrowed`` either writes the bytes out in the call or keeps a copy."""
+    a, server_end = MemoryTransport(), RefusingTransport()
+    server_end.peer, a.peer = a, server_end
+    opened: list[TunnelStream] = []
+    client = Session(a, Side.CLIENT, metadata=b"agent", on_stream=opened.append, name="c")
+    server = Session(server_end, Side.SERVER, metadata=b"gw", name="s")
+    await asyncio.gather(client.handshake(), server.handshake())
+    client.start()
+    server.start()
+    stream = server.open_stream()
+    await asyncio.sleep(0.01)
+    buffer = bytearray(b"x" * 20000)
+    server_end.refuse = refuse
+    stream.write_borrowed_nowait(memoryview(buffer))
+    buffer[:] = b"y" * len(buffer)  # the reader's next read reuses the buffer
+    server_end.refuse = False
+    await stream.write_eof()
+    received = b""
+    while chunk := await opened[0].read():
+        received += chunk
+    assert received == b"x" * 20000
+    await server.close()
+    await client.close()
