@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from tunnel.errors import TunnelError
 from tunnel.streams import TunnelStream
@@ -32,24 +33,25 @@ class IntoStream:
         self._eof = False
 
     def feed(self, data: bytes) -> None:
-        if not self._backlog and self.stream.can_write_now(len(data)):
-            try:
-                self.stream.write_nowait(data)
-            except TunnelError:
-                self._on_failure()
-            return
-        self._hold(data)
+        if not self._sent_now(self.stream.write_nowait, data):
+            self._hold(data)
 
     def feed_borrowed(self, data: memoryview) -> None:
         """``feed`` for bytes valid only during this call (a read buffer that is reused):
         sent at once when the stream has credit, otherwise copied and held."""
-        if not self._backlog and self.stream.can_write_now(len(data)):
-            try:
-                self.stream.write_borrowed_nowait(data)
-            except TunnelError:
-                self._on_failure()
-            return
-        self._hold(data.tobytes())
+        if not self._sent_now(self.stream.write_borrowed_nowait, data):
+            self._hold(data.tobytes())
+
+    def _sent_now(self, write: Callable[[Any], None], data: bytes | memoryview) -> bool:
+        """Hand ``data`` to ``write`` if nothing is held and the stream has the credit;
+        False if it must be held instead."""
+        if self._backlog or not self.stream.can_write_now(len(data)):
+            return False
+        try:
+            write(data)
+        except TunnelError:
+            self._on_failure()
+        return True
 
     def _hold(self, data: bytes) -> None:
         # No credit: hold the bytes and stop reading until they are sent.
