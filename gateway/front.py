@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import cast
 
 from aiohttp import web
@@ -46,6 +46,8 @@ SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
 
+Answerer = Callable[[web.Application, ClientRequest], Awaitable[proxy.Answer]]
+
 _PREFIX = PREFIX.encode("ascii")
 _H2_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("h2")
 _HTTP1_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("http/1.1")
@@ -66,8 +68,11 @@ class Front:
         fallback: Callable[[], asyncio.BaseProtocol],
         keepalive_s: float = KEEPALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        answer: Answerer = proxy.answer,
     ) -> None:
         self.app = app
+        self.answer = answer
+        """What answers a request: ``gateway.proxy.answer`` (tests give their own)."""
         self.fallback = fallback
         """aiohttp's protocol factory (``web.Server``), for connections handed over."""
         self.drain = app[DRAIN]
@@ -340,7 +345,7 @@ class FrontConnection(asyncio.Protocol):
 
     async def _run(self, request: ClientRequest) -> None:
         try:
-            response = await proxy.answer(self._front.app, request)
+            response = await self._front.answer(self._front.app, request)
             if isinstance(response, RawResponse):
                 if self.closing or self._front.drain.draining:
                     response.force_close()

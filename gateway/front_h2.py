@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from gateway import http2, proxy
+from gateway import http2
 from gateway.errors import status_body
 from gateway.front_bridge import Bridge
 from gateway.front_request import ClientRequest
@@ -248,7 +248,7 @@ class H2Connection(asyncio.Protocol):
         elif event.method == b"CONNECT":
             stream.refuse(405, "CONNECT is not supported", "MethodNotAllowed")
         elif event.path.startswith(_PREFIX):
-            stream.start(self._front.app)
+            stream.start(self._front)
         else:
             stream.bridge(self._front)
 
@@ -346,8 +346,8 @@ class H2Stream:
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    def start(self, app: web.Application) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(app))
+    def start(self, front: Front) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(front))
 
     def bridge(self, front: Front) -> None:
         self._bridge = Bridge(self, front)
@@ -394,10 +394,10 @@ class H2Stream:
             finally:
                 self._waiter = None
 
-    async def _run(self, app: web.Application) -> None:
+    async def _run(self, front: Front) -> None:
         request = self.request
         try:
-            response = await proxy.answer(app, request)
+            response = await front.answer(front.app, request)
             if isinstance(response, RawResponse):
                 self.send_whole(*response.h2_answer())
             elif not isinstance(response, H2Answer):  # an error answer from aiohttp's helpers

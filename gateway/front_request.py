@@ -176,29 +176,34 @@ class ClientRequest:
 
     async def read(self) -> bytes:
         """The whole body (the proxy reads bodies whole only up to a small size)."""
-        parts = [chunk async for chunk in self.iter_any()]
+        parts: list[bytes] = []
+        while chunk := await self.read_any():
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    def iter_any(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrived in."""
+        return _Pieces(self)
+
+    async def read_any(self) -> bytes:
+        """The next piece of the body as it arrived, ``b""`` at its end."""
         self._conn.continue_if_expected(self)
         if self._chunks is None:
             self._chunks = deque()
-        while True:
-            while not self._chunks:
-                if self._error is not None:
-                    raise self._error
-                if self.body_complete:
-                    return
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
-            chunk = self._chunks.popleft()
-            self._held -= len(chunk)
-            self._conn.body_read(len(chunk), self._held)
-            yield chunk
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.body_complete:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._held -= len(chunk)
+        self._conn.body_read(len(chunk), self._held)
+        return chunk
 
     # what the connection feeds
 
@@ -221,6 +226,8 @@ class ClientRequest:
     # what the connection feeds
 
     def feed_body(self, data: bytes) -> None:
+        if not data:
+            return  # b"" is what read_any returns at the end
         if self._chunks is None:
             self._chunks = deque()
         self._chunks.append(data)
@@ -240,6 +247,26 @@ class ClientRequest:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+
+
+class _Pieces:
+    """``ClientRequest.iter_any()``: an async iterator over ``read_any`` (a class, not an
+    async generator: the compiled build supports no async generators, see
+    docs/design.md)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: ClientRequest) -> None:
+        self._request = request
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._request.read_any()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class StreamedAnswer:

@@ -316,8 +316,8 @@ class ServerConnection:
             self._buffer = buffer[pos:]
         except _ConnectionError as exc:
             self._terminate(exc.code, str(exc))
-        except HPACKError as exc:
-            self._terminate(COMPRESSION_ERROR, str(exc))
+        except HPACKError as bad_block:  # its own name: the compiled build types ``exc``
+            self._terminate(COMPRESSION_ERROR, str(bad_block))
         events = self._events
         self._events = []
         return events

@@ -133,15 +133,34 @@ def _head(
     return b"".join(parts)
 
 
-async def _chunked(request: Incoming) -> AsyncIterator[bytes]:
-    async for data in request.content.iter_any():
-        yield b"%x\r\n%s\r\n" % (len(data), data)
-    yield b"0\r\n\r\n"
+class _BodyOut:
+    """A request body read from the client as it arrives, framed for the API server:
+    as it came (``Content-Length``) or in HTTP/1.1 chunks (an async iterator class; the
+    compiled build supports no async generators)."""
 
+    __slots__ = ("_chunked", "_done", "_pieces")
 
-async def _exact(request: Incoming) -> AsyncIterator[bytes]:
-    async for data in request.content.iter_any():
-        yield data
+    def __init__(self, request: Incoming, chunked: bool) -> None:
+        self._pieces = request.content.iter_any().__aiter__()
+        self._chunked = chunked
+        self._done = False
+
+    def __aiter__(self) -> _BodyOut:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            data = await self._pieces.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            if self._chunked:
+                return b"0\r\n\r\n"
+            raise
+        if self._chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -306,10 +325,10 @@ async def forward(
                     app[AUDIT].settings.max_body,
                 )
         elif length is not None:
-            body = _exact(request)
+            body = _BodyOut(request, chunked=False)
             framing = b"Content-Length: %d\r\n" % length
         else:
-            body = _chunked(request)
+            body = _BodyOut(request, chunked=True)
             framing = b"Transfer-Encoding: chunked\r\n"
     elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
         framing = b"Content-Length: 0\r\n"

@@ -181,9 +181,9 @@ async def connect(request: web.Request) -> web.StreamResponse:
     except TunnelError as exc:
         logger.warning("agent for %s from %s: handshake failed: %s", cluster.id, remote, exc)
         return ws
-    except BadAgentInfo as exc:
-        logger.warning("agent for %s from %s: %s", cluster.id, remote, exc)
-        await session.close(ErrorCode.PROTOCOL_ERROR, str(exc))
+    except BadAgentInfo as bad_info:
+        logger.warning("agent for %s from %s: %s", cluster.id, remote, bad_info)
+        await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
         return ws
     link = AgentLink(cluster.id, session, info, remote)
     session.start()

@@ -211,9 +211,8 @@ class Response:
         self._left = left - len(data)
         return data
 
-    async def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
-        while chunk := await self.read_chunk():
-            yield chunk
+    def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
+        return _Chunks(self)
 
     async def read_all(self) -> bytes:
         parts: list[bytes | bytearray] = []
@@ -230,6 +229,24 @@ class Response:
         self._released = True
         reusable = self._parsed.complete and not self.upgraded and self._parsed.keep_alive
         self._pool.put_back(self.stream, reusable)
+
+
+class _Chunks:
+    """``Response.iter_chunks()`` (a class: the compiled build has no async generators)."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes | bytearray:
+        chunk = await self._response.read_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class StreamPool:
@@ -382,11 +399,13 @@ async def _exchange(
                 raise UpstreamError("response head too large")
             try:
                 parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                offset = exc.args[0] if exc.args else len(data)
+            except httptools.HttpParserUpgrade as upgraded:
+                offset = upgraded.args[0] if upgraded.args else len(data)
                 tail = bytes(data[offset:]) if upgrade else b""
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+            except httptools.HttpParserError as malformed:
+                raise UpstreamError(
+                    f"malformed response from the API server: {malformed}"
+                ) from malformed
     finally:
         pool.got_head(stream)
     is_upgraded = tail is not None and parser.get_status_code() == 101

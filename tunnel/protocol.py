@@ -295,7 +295,7 @@ class TunnelProtocol:
 
     # -- input -----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Parse bytes from the peer. Raises ``ProtocolError`` (GOAWAY queued) on bad input.
 
         DATA payload is handed over as it arrives, in the pieces ``data`` brings, never

@@ -125,12 +125,12 @@ class Session:
         except ProtocolError as exc:
             await self._send_pending_then_abort(SessionClosed(exc.error_code, str(exc)))
             raise
-        except SessionClosed as exc:
-            await self._abort(exc)
+        except SessionClosed as closed:
+            await self._abort(closed)
             raise
-        except OSError as exc:
-            await self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc)))
-            raise SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc)) from exc
+        except OSError as failure:
+            await self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(failure)))
+            raise SessionClosed(ErrorCode.INTERNAL_ERROR, str(failure)) from failure
         return self.peer_metadata
 
     def start(self) -> None:
@@ -287,7 +287,7 @@ class Session:
                 logger.info("tunnel %s: write failed: %s", self.name, exc)
             self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes | bytearray) -> None:
         """Bytes from the peer, pushed by the transport."""
         if self._reading_done:
             return
@@ -301,9 +301,9 @@ class Session:
             self._flush()
             self._end_reading(SessionClosed(exc.error_code, str(exc)))
             return
-        except Exception as exc:  # a failure here ends the session, not the event loop
+        except Exception as failure:  # a failure here ends the session, not the event loop
             logger.exception("tunnel %s: failed to handle what the peer sent", self.name)
-            self._end_reading(SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {exc}"))
+            self._end_reading(SessionClosed(ErrorCode.INTERNAL_ERROR, f"read failed: {failure}"))
             return
         self._flush()
 

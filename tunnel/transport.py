@@ -29,11 +29,13 @@ class Transport(Protocol):
         their buffers."""
         ...
 
-    async def receive(self) -> bytes | None:
+    async def receive(self) -> bytes | bytearray | None:
         """Next chunk of bytes, or None once the transport is closed (the handshake)."""
         ...
 
-    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+    def set_receiver(
+        self, on_data: Callable[[bytes | bytearray], None], on_end: Callable[[], None]
+    ) -> None:
         """From now on hand what arrives to ``on_data`` as it arrives (what ``receive``
         has not taken yet first), and call ``on_end`` once the transport is closed."""
         ...
@@ -47,7 +49,7 @@ class MemoryTransport:
 
     def __init__(self) -> None:
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._receiver: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
+        self._receiver: tuple[Callable[[bytes | bytearray], None], Callable[[], None]] | None = None
         self.peer: MemoryTransport | None = None
         self.closed = False
 
@@ -72,7 +74,9 @@ class MemoryTransport:
             return None
         return await self._inbox.get()
 
-    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+    def set_receiver(
+        self, on_data: Callable[[bytes | bytearray], None], on_end: Callable[[], None]
+    ) -> None:
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if item is None:

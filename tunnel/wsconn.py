@@ -71,12 +71,12 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._reader = websocket.FrameReader(masked=not client, max_frame=max_frame)
         self._handshake: ClientHandshake | None = None
-        self._inbox: collections.deque[bytes | None] = collections.deque()
+        self._inbox: collections.deque[bytes | bytearray | None] = collections.deque()
         """Payload pieces until ``set_receiver`` (bytearrays where unmasked here), then
         None at the end."""
         self._inbox_bytes = 0
         self._reading_paused = False
-        self._on_data: Callable[[bytes], None] | None = None
+        self._on_data: Callable[[bytes | bytearray], None] | None = None
         self._on_end: Callable[[], None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -121,26 +121,25 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             data = rest
         try:
             items = self._reader.feed(data)
-        except WebSocketError as exc:
-            logger.info("websocket: %s", exc)
-            self._fail(exc.code, str(exc))
+        except WebSocketError as bad_frame:
+            logger.info("websocket: %s", bad_frame)
+            self._fail(bad_frame.code, str(bad_frame))
             return
         inbox = self._inbox
         on_data = self._on_data
         for item in items:
-            kind = type(item)
-            if kind is bytearray or kind is bytes:
+            if isinstance(item, (bytes, bytearray)):
                 if on_data is not None:
-                    on_data(cast(bytes, item))
+                    on_data(item)
                     continue
-                inbox.append(cast(bytes, item))
-                self._inbox_bytes += len(item)  # type: ignore[arg-type]
-            elif kind is Ping:
+                inbox.append(item)
+                self._inbox_bytes += len(item)
+            elif type(item) is Ping:
                 self._write(
-                    websocket.encode_frame(Opcode.PONG, cast(Ping, item).payload, self._mask())
+                    websocket.encode_frame(Opcode.PONG, item.payload, self._mask())
                 )
-            elif kind is Close:
-                self._on_close(cast(Close, item))
+            elif type(item) is Close:
+                self._on_close(item)
         if self._inbox_bytes > INBOX_HIGH_BYTES and not self._reading_paused:
             self._reading_paused = True
             if self.transport is not None:
@@ -191,7 +190,9 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             self._write(websocket.encode_parts(Opcode.BINARY, group, self._mask()))
             await self._wait_room()
 
-    def set_receiver(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> None:
+    def set_receiver(
+        self, on_data: Callable[[bytes | bytearray], None], on_end: Callable[[], None]
+    ) -> None:
         """From now on, hand payload to ``on_data`` as it arrives (and call ``on_end``
         once, when the connection ends) instead of keeping it for ``receive``."""
         while self._inbox:
@@ -208,7 +209,7 @@ class WebSocketConnection(asyncio.BufferedProtocol):
                 self.transport.resume_reading()
         self._on_data, self._on_end = on_data, on_end
 
-    async def receive(self) -> bytes | None:
+    async def receive(self) -> bytes | bytearray | None:
         inbox = self._inbox
         while not inbox:
             self._waiter = asyncio.get_running_loop().create_future()

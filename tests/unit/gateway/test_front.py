@@ -11,7 +11,6 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import front as front_module
 from gateway.drain import Drain
 from gateway.errors import NotFound, k8s_response
 from gateway.front import Front, FrontConnection
@@ -88,15 +87,13 @@ async def world(monkeypatch: pytest.MonkeyPatch) -> Any:
             200, "OK", [], b"{}", request_id="r", keep_alive=request.keep_alive, head=False
         )
 
-    monkeypatch.setattr(front_module.proxy, "answer", answer)
-
     class World:
         def __init__(self) -> None:
             app = web.Application()
             app[DRAIN] = Drain()
             self.app = app
             self.fallbacks: list[FakeAiohttp] = []
-            self.front = Front(app, self._fallback)
+            self.front = Front(app, self._fallback, answer=answer)
             self.handlers = handlers
             self.seen = seen
 
@@ -419,21 +416,16 @@ async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
         handed.append(FakeAiohttp())
         return handed[-1]
 
-    original = front_module.proxy.answer
-    front_module.proxy.answer = answer  # type: ignore[assignment]
-    try:
-        conn = Front(app, fallback)()
-        transport = FakeTransport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        for chunk in chunks:
-            if transport.closed or transport.protocol is not None:
-                break
-            conn.data_received(chunk)
-            await _settle()
-        conn.connection_lost(None)
+    conn = Front(app, fallback, answer=answer)()
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for chunk in chunks:
+        if transport.closed or transport.protocol is not None:
+            break
+        conn.data_received(chunk)
         await _settle()
-    finally:
-        front_module.proxy.answer = original  # type: ignore[method-assign]
+    conn.connection_lost(None)
+    await _settle()
     text = bytes(transport.written)
     assert text == b"" or text.startswith(b"HTTP/1.1 ")
     if handed:  # what aiohttp got is exactly the end of what the client sent

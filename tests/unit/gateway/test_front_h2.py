@@ -19,7 +19,6 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import front_h2
 from gateway.drain import Drain
 from gateway.front import Front
 from gateway.front_h2 import STREAM_HIGH_WATER, H2Connection
@@ -197,7 +196,6 @@ async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
             head=request.method == "HEAD",
         )
 
-    monkeypatch.setattr(front_h2.proxy, "answer", answer)
     app = web.Application()
     app[DRAIN] = Drain()
     app.router.add_get("/v3/users", _users)
@@ -208,7 +206,7 @@ async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     assert runner.server is not None
 
     class World:
-        front = Front(app, runner.server)
+        front = Front(app, runner.server, answer=answer)
 
         def __init__(self) -> None:
             self.app = app
