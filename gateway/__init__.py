@@ -1,1 +1,7 @@
+"""herdgate's gateway. Its request-path modules may run compiled: see config.native."""
+
 from __future__ import annotations
+
+from config import native
+
+native.use_build(__name__, __path__)
