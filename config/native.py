@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import os
 import shutil
 import sys
@@ -117,23 +118,26 @@ def use_build(package: str, package_path: list[str], root: Path = ROOT) -> bool:
 
 
 def loaded() -> tuple[int, int]:
-    """(compiled, total) among the modules of ``COMPILED`` imported so far."""
+    """(compiled, total): how many of ``COMPILED`` import as extension modules (those
+    imported already, as they were; the others as they would be)."""
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    compiled = total = 0
+    compiled = 0
     for name in module_names():
         module = sys.modules.get(name)
-        if module is None:
-            continue
-        total += 1
-        if (getattr(module, "__file__", None) or "").endswith(suffixes):
+        if module is not None:
+            origin = getattr(module, "__file__", None) or ""
+        else:
+            spec = importlib.util.find_spec(name)
+            origin = (spec.origin if spec is not None else None) or ""
+        if origin.endswith(suffixes):
             compiled += 1
-    return compiled, total
+    return compiled, len(COMPILED)
 
 
 def describe() -> str:
     """For start-up logs and benchmark reports."""
     compiled, total = loaded()
-    if total and compiled == total:
+    if compiled == total:
         return f"compiled (mypyc, {compiled} modules)"
     if compiled:
         return f"partly compiled ({compiled} of {total} modules)"

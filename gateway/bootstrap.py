@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from config import native
 from config.errors import ConfigError
 from config.schema import GatewaySettings
 from config.tls import CertPaths, ca_checksum, ensure_generated_certs
@@ -102,7 +103,7 @@ async def ensure_admin(directory: Directory, settings: GatewaySettings) -> None:
 
 
 def banner(url: str, ca_pem: str) -> str:
-    lines = [f"herdgate gateway serving {url}"]
+    lines = [f"herdgate gateway serving {url}", f"request path: {native.describe()}"]
     if ca_pem:
         lines.append(f"CA checksum (sha256, agents pin it): {ca_checksum(ca_pem.encode())}")
     return "\n".join(lines)

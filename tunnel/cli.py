@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
 
-from config import allocator
+from config import allocator, native
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.reload import settings_loader
@@ -88,6 +89,7 @@ async def _main(
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier.from_env()
     agent = Agent(settings, token, notifier)
+    logging.getLogger(__name__).info("tunnel code: %s", native.describe())
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, agent.reload, reload)
     else:

@@ -135,9 +135,7 @@ class WebSocketConnection(asyncio.BufferedProtocol):
                 inbox.append(item)
                 self._inbox_bytes += len(item)
             elif type(item) is Ping:
-                self._write(
-                    websocket.encode_frame(Opcode.PONG, item.payload, self._mask())
-                )
+                self._write(websocket.encode_frame(Opcode.PONG, item.payload, self._mask()))
             elif type(item) is Close:
                 self._on_close(item)
         if self._inbox_bytes > INBOX_HIGH_BYTES and not self._reading_paused:
