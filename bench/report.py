@@ -20,6 +20,7 @@ from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
 from bench.suite import CHURN_ROUNDS, AgentsResult, ExecResult, HttpResult, WatchResult
+from config import native
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ def versions(repo: Path) -> dict[str, str]:
         "wrk": wrk.version(),
         "h2load": h2load.version(),
         "herdgate": git_commit(repo),
+        # What the gateways and agents this run starts load (they inherit --env settings).
+        "herdgate code": "pure Python (HERDGATE_PURE)"
+        if os.environ.get(native.PURE_ENV, "") not in {"", "0"}
+        else native.describe(),
     }
 
 
