@@ -301,9 +301,11 @@ class TunnelProtocol:
         DATA payload is handed over as it arrives, in the pieces ``data`` brings, never
         gathered into whole frames first: a big frame costs no extra copy. Only a frame
         header, or a control frame (≤ 16 KiB), cut across calls waits for the rest.
-        A ``data`` that is all payload is itself the ``DataReceived.data``: a bytearray
-        passed in is handed on, not copied, so the caller must not change it afterwards
-        (the WebSocket reader gives each piece a buffer of its own).
+        A ``data`` that ends in payload is itself the ``DataReceived.data``: a bytearray
+        passed in is handed on, not copied (what precedes the payload cut off in place),
+        so the caller must not use it afterwards (the WebSocket reader gives each piece a
+        buffer of its own). The DATA frames of a big answer arrive that way: a frame
+        header and its payload in one WebSocket message.
         """
         if self._terminated is not None:
             return []
@@ -379,8 +381,14 @@ class TunnelProtocol:
 
     def _data_piece(self, buf: bytes | bytearray, pos: int, size: int, events: list[Event]) -> None:
         if self._data_keep:
-            if pos == 0 and size == len(buf) and buf is not self._buf:
-                piece = buf  # the caller's own buffer, handed on (see ``receive_data``)
+            if pos + size == len(buf) and buf is not self._buf and type(buf) is bytearray:
+                # The rest of the caller's own buffer (see ``receive_data``): handed on,
+                # with what came before it cut off (a bytearray drops a prefix in place).
+                if pos:
+                    del buf[:pos]
+                piece: bytes | bytearray = buf
+            elif pos == 0 and size == len(buf) and buf is not self._buf:
+                piece = buf
             else:
                 piece = bytes(memoryview(buf)[pos : pos + size])  # one copy, not two
             events.append(DataReceived(self._data_id, piece))
