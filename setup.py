@@ -22,6 +22,11 @@ ext_modules: list[object] = []
 if os.environ.get(native.PURE_ENV, "") in {"", "0"} and "editable_wheel" not in sys.argv:
     missing = native.can_compile()
     if missing is None:
+        try:
+            import mypyc.build  # noqa: F401 - a build without isolation may lack it
+        except ImportError:
+            missing = "mypyc (pip install mypy)"
+    if missing is None:
         ext_modules = native.extensions()
     else:
         print(f"herdgate: building pure Python: no {missing}", file=sys.stderr)
