@@ -98,6 +98,29 @@ def test_expect_continue_gets_100_before_the_body(world: World) -> None:
     assert json.loads(answer)["metadata"]["name"] == "expect-100"
 
 
+def test_a_chunked_request_body_goes_up_intact(world: World) -> None:
+    """A body without Content-Length is read as it arrives and sent up chunked."""
+    blob = "z" * 300_000
+    body = json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "chunked-up"},
+         "data": {"blob": blob}}
+    ).encode()  # fmt: skip
+    head = (
+        f"POST /k8s/clusters/{world.cluster_id}/api/v1/namespaces/default/configmaps HTTP/1.1\r\n"
+        f"Host: gw\r\nAuthorization: Bearer {world.admin.token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    pieces = [body[i : i + 70_000] for i in range(0, len(body), 70_000)]
+    with _tls(world) as sock:
+        sock.sendall(head)
+        for piece in pieces:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        ((status, answer),) = _read_answers(sock, 1)
+    assert status == 201, answer[:300]
+    assert json.loads(answer)["data"]["blob"] == blob
+
+
 def test_malformed_and_oversized_heads_get_a_status_and_a_closed_connection(
     world: World,
 ) -> None:
