@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from config import native
 
 ext_modules: list[object] = []
-if os.environ.get(native.PURE_ENV, "") in {"", "0"} and "editable_wheel" not in sys.argv:
+if not native.pure_requested() and "editable_wheel" not in sys.argv:
     missing = native.can_compile()
     if missing is None:
         try:

@@ -87,7 +87,7 @@ def versions(repo: Path) -> dict[str, str]:
         "herdgate": git_commit(repo),
         # What the gateways and agents this run starts load (they inherit --env settings).
         "herdgate code": "pure Python (HERDGATE_PURE)"
-        if os.environ.get(native.PURE_ENV, "") not in {"", "0"}
+        if native.pure_requested()
         else native.describe(),
     }
 

@@ -62,11 +62,17 @@ GROUP = "herdgate_native"
 """mypyc's group: the shared library is the top-level module ``herdgate_native__mypyc``."""
 PURE_ENV = "HERDGATE_PURE"
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_DIR = ROOT / ".native"
+BUILD_DIR = ".native"
+"""The development build, under the project root."""
 STAMP = "sources.sha256"
 
 _digests: dict[Path, str] = {}
 _warned = False
+
+
+def pure_requested() -> bool:
+    """``HERDGATE_PURE`` set (to anything but 0): run and build the source as Python."""
+    return os.environ.get(PURE_ENV, "") not in {"", "0"}
 
 
 def module_names() -> list[str]:
@@ -92,9 +98,9 @@ def use_build(package: str, package_path: list[str], root: Path = ROOT) -> bool:
     """Put a development build of ``package`` first on its ``__path__`` if it was built
     from the sources as they are now. Called by ``gateway`` and ``tunnel`` at import."""
     global _warned  # noqa: PLW0603 - one warning per process
-    if os.environ.get(PURE_ENV, "") not in {"", "0"}:
+    if pure_requested():
         return False
-    build = root / ".native"
+    build = root / BUILD_DIR
     try:
         recorded = (build / STAMP).read_text().strip()
         current = _digest_once(root)
@@ -173,7 +179,7 @@ def build(root: Path = ROOT) -> None:
     if missing is not None:
         raise SystemExit(f"cannot compile: no {missing}")
     os.chdir(root)
-    target = root / ".native"
+    target = root / BUILD_DIR
     shutil.rmtree(target, ignore_errors=True)
     current = digest(root)
     setup(
