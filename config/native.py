@@ -43,6 +43,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/http2.py",
     "gateway/impersonation.py",
     "gateway/paths.py",
+    "gateway/pieces.py",
     "gateway/proxy.py",
     "gateway/rawresponse.py",
     "gateway/requestinfo.py",

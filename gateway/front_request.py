@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import rawresponse
 from gateway.http1 import Head
+from gateway.pieces import Pieces
 
 if TYPE_CHECKING:
     from gateway.front import FrontConnection
@@ -183,7 +184,7 @@ class ClientRequest:
 
     def iter_any(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrived in."""
-        return _Pieces(self)
+        return Pieces(self.read_any)
 
     async def read_any(self) -> bytes:
         """The next piece of the body as it arrived, ``b""`` at its end."""
@@ -247,26 +248,6 @@ class ClientRequest:
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-
-class _Pieces:
-    """``ClientRequest.iter_any()``: an async iterator over ``read_any`` (a class, not an
-    async generator: the compiled build supports no async generators, see
-    docs/design.md)."""
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: ClientRequest) -> None:
-        self._request = request
-
-    def __aiter__(self) -> _Pieces:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self._request.read_any()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
 
 class StreamedAnswer:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from gateway.pieces import Pieces
 from tunnel.errors import StreamReset, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.session import Session
@@ -212,7 +213,7 @@ class Response:
         return data
 
     def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
-        return _Chunks(self)
+        return Pieces(self.read_chunk)
 
     async def read_all(self) -> bytes:
         parts: list[bytes | bytearray] = []
@@ -229,24 +230,6 @@ class Response:
         self._released = True
         reusable = self._parsed.complete and not self.upgraded and self._parsed.keep_alive
         self._pool.put_back(self.stream, reusable)
-
-
-class _Chunks:
-    """``Response.iter_chunks()`` (a class: the compiled build has no async generators)."""
-
-    __slots__ = ("_response",)
-
-    def __init__(self, response: Response) -> None:
-        self._response = response
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes | bytearray:
-        chunk = await self._response.read_chunk()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
 
 
 class StreamPool:
