@@ -55,6 +55,7 @@ COMPILED: tuple[str, ...] = (
     "tunnel/relay.py",
     "tunnel/session.py",
     "tunnel/streams.py",
+    "tunnel/tls.py",
     "tunnel/websocket.py",
     "tunnel/wsconn.py",
 )

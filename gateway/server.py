@@ -36,6 +36,7 @@ from gateway.providers.registry import build_providers
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.store import open_store
+from tunnel.tls import TLSServer
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ async def serve(
         # something else (gateway.front).
         front = Front(app, runner.server)
         host, port = bootstrap.split_listen(settings.listen)
-        listener = await loop.create_server(
-            front, host, port, ssl=ssl_ctx, backlog=1024, reuse_port=worker or None
+        listener = await TLSServer.listen(
+            front, host, port, ssl_ctx, backlog=1024, reuse_port=bool(worker)
         )
         metrics_runner = await _start_metrics(app, settings, worker)
         app[READY][0] = True
@@ -162,7 +163,7 @@ def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Tas
 
 
 async def _stop_gracefully(
-    app: web.Application, listener: asyncio.Server, front: Front, grace_s: float
+    app: web.Application, listener: TLSServer, front: Front, grace_s: float
 ) -> None:
     app[READY][0] = False
     listener.close()

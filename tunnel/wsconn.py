@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from tunnel import websocket
+from tunnel import tls, websocket
 from tunnel.sockets import set_nodelay, shared_read_buffer
 from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES, Parts
 from tunnel.websocket import (
@@ -320,13 +320,16 @@ async def dial(
     conn._handshake = ClientHandshake(key)
     conn.handshake_done = loop.create_future()
     async with asyncio.timeout(timeout_s):
-        await loop.create_connection(
-            lambda: conn,
-            target.host,
-            target.port,
-            ssl=ssl_context if target.secure else None,
-            server_hostname=target.host if target.secure else None,
-        )
+        if target.secure:
+            await tls.connect(
+                lambda: conn,
+                target.host,
+                target.port,
+                ssl_context or ssl.create_default_context(),
+                server_hostname=target.host,
+            )
+        else:
+            await loop.create_connection(lambda: conn, target.host, target.port)
         assert conn.transport is not None
         request = websocket.client_request(target.host_header, target.path, key, headers)
         conn.transport.write(request)

@@ -1,0 +1,315 @@
+"""tunnel.tls over real loopback connections, with asyncio's loop and uvloop.
+
+The transport under the gateway's listener and the agent's tunnel: small writes merged
+and delivered in order, back-pressure both ways, everything written arriving before the
+close, abort, read-ahead held inside OpenSSL while reading is paused, handshake
+failures and timeouts, ALPN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from config.tls import client_context
+from tests.fakes import TestPKI
+from tunnel import tls
+
+LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[None]], None]:
+    return LOOPS[request.param]  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return TestPKI.create(Path(tmp_path_factory.mktemp("pki")))
+
+
+class Collector(asyncio.Protocol):
+    """Keeps what arrives; can pause its transport's reading or be told to write."""
+
+    def __init__(self) -> None:
+        self.transport: tls.TLSTransport | None = None
+        self.data = bytearray()
+        self.eof = False
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.paused_writing = 0
+        self.resumed_writing = 0
+        self.pause_after: int | None = None
+        self.arrived = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, tls.TLSTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        self.arrived.set()
+        if self.pause_after is not None and len(self.data) >= self.pause_after:
+            self.pause_after = None
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def pause_writing(self) -> None:
+        self.paused_writing += 1
+
+    def resume_writing(self) -> None:
+        self.resumed_writing += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert not self.lost.done(), "connection_lost twice"
+        self.lost.set_result(exc)
+
+    async def wait_for(self, size: int, timeout_s: float = 20) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.data) < size:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+class SmallBuffer(asyncio.BufferedProtocol):
+    """A buffered protocol with a tiny buffer: reads stop full and must go on unprompted."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(100)
+        self.data = bytearray()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+class Pair:
+    """A TLSServer with one accepted connection and the client that dialled it."""
+
+    def __init__(self, pki: TestPKI, alpn: list[str] | None = None) -> None:
+        self.pki = pki
+        self.alpn = alpn
+        self.accepted: asyncio.Queue[Collector] = asyncio.Queue()
+        self.server: tls.TLSServer | None = None
+
+    def _factory(self) -> Collector:
+        protocol = Collector()
+        self.accepted.put_nowait(protocol)
+        return protocol
+
+    async def start(self, timeout_s: float = tls.HANDSHAKE_TIMEOUT_S) -> int:
+        context = self.pki.server_context()
+        if self.alpn:
+            context.set_alpn_protocols(self.alpn)
+        self.server = await tls.TLSServer.listen(
+            self._factory, "127.0.0.1", 0, context, handshake_timeout_s=timeout_s
+        )
+        port: int = self.server.sockets[0].getsockname()[1]
+        self.port = port
+        return port
+
+    def client_context(self) -> ssl.SSLContext:
+        context = client_context(ca_file=str(self.pki.ca_file))
+        if self.alpn:
+            context.set_alpn_protocols(self.alpn)
+        return context
+
+    async def dial(
+        self, factory: Callable[[], asyncio.BaseProtocol] = Collector
+    ) -> tuple[tls.TLSTransport, asyncio.BaseProtocol, Collector]:
+        transport, protocol = await tls.connect(
+            factory, "127.0.0.1", self.port, self.client_context(), "127.0.0.1"
+        )
+        server_side = await asyncio.wait_for(self.accepted.get(), 10)
+        return transport, protocol, server_side
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def test_small_writes_arrive_in_order_both_ways(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, client_protocol, server = await pair.dial()
+        assert isinstance(client_protocol, Collector)
+        parts = [b"%05d;" % i for i in range(2000)]
+        for part in parts:  # merged into few records: still every byte, in order
+            client.write(part)
+        client.writelines([b"tail-", bytearray(b"of-"), memoryview(b"it")])
+        expected = b"".join(parts) + b"tail-of-it"
+        await server.wait_for(len(expected))
+        assert bytes(server.data) == expected
+        assert server.transport is not None
+        server.transport.write(b"answer")
+        await client_protocol.wait_for(6)
+        assert bytes(client_protocol.data) == b"answer"
+        assert server.transport.get_extra_info("peername")[0] == "127.0.0.1"
+        assert client.get_extra_info("cipher") is not None
+        client.close()
+        assert await asyncio.wait_for(server.lost, 10) is None
+        assert server.eof
+        assert await asyncio.wait_for(client_protocol.lost, 10) is None
+        await pair.stop()
+
+    run(body())
+
+
+def test_back_pressure_and_everything_arrives_before_the_close(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, client_protocol, server = await pair.dial()
+        assert isinstance(client_protocol, Collector) and server.transport is not None
+        client.pause_reading()  # the server's writes pile up
+        payload = os.urandom(8 * 1024 * 1024)
+        sender = server.transport
+        for i in range(0, len(payload), 100_000):
+            sender.write(payload[i : i + 100_000])
+        assert sender.get_write_buffer_size() > tls.HIGH_WATER
+        assert server.paused_writing == 1
+        sender.close()  # with megabytes still queued: they go first, then close_notify
+        await asyncio.sleep(0.2)
+        assert not server.lost.done()
+        client.resume_reading()
+        await client_protocol.wait_for(len(payload))
+        assert hashlib.sha256(client_protocol.data).digest() == hashlib.sha256(payload).digest()
+        assert await asyncio.wait_for(client_protocol.lost, 10) is None
+        assert client_protocol.eof
+        assert await asyncio.wait_for(server.lost, 10) is None
+        assert server.resumed_writing == 1
+        sender.write(b"after close")  # dropped, as with uvloop's transports
+        await pair.stop()
+
+    run(body())
+
+
+def test_read_ahead_held_while_paused_and_tiny_buffers(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, _, server = await pair.dial()
+        server.pause_after = 1  # pauses inside the first delivery
+        # More than one read's buffer: the first read stops full, OpenSSL holding the
+        # rest of what it read ahead, which must come out after the resume.
+        payload = b"".join(b"%06d\n" % i for i in range(100_000))
+        for i in range(0, len(payload), 7000):
+            client.write(payload[i : i + 7000])
+        await asyncio.sleep(0.3)
+        assert server.transport is not None and not server.transport.is_reading()
+        held = len(server.data)
+        assert held < len(payload)
+        server.transport.resume_reading()
+        await server.wait_for(len(payload))
+        assert bytes(server.data) == payload
+
+        # A 100-byte buffer: each read stops full and carries on without a socket event.
+        _, small, small_server = await pair.dial(SmallBuffer)
+        assert isinstance(small, SmallBuffer) and small_server.transport is not None
+        small_server.transport.write(payload)
+        small_server.transport.close()
+        await asyncio.wait_for(small.lost, 20)
+        assert bytes(small.data) == payload
+        client.close()
+        await pair.stop()
+
+    run(body())
+
+
+def test_abort_tells_both_sides_once(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, client_protocol, server = await pair.dial()
+        assert isinstance(client_protocol, Collector) and server.transport is not None
+        server.transport.write(b"x" * 10)
+        server.transport.abort()
+        server.transport.abort()
+        assert server.transport.is_closing()
+        assert await asyncio.wait_for(server.lost, 10) is None
+        await asyncio.wait_for(client_protocol.lost, 10)
+        client.write(b"late")  # closed: dropped, no error
+        await pair.stop()
+
+    run(body())
+
+
+def test_handshake_failures_leave_the_server_serving(run, pki: TestPKI, tmp_path: Path) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        port = await pair.start(timeout_s=0.5)
+        other = TestPKI.create(tmp_path / "other")
+        wrong = client_context(ca_file=str(other.ca_file))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await tls.connect(Collector, "127.0.0.1", port, wrong, "127.0.0.1")
+
+        # A client that never says hello is cut after the handshake timeout.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+
+        with pytest.raises(OSError):
+            closed = socket.socket()
+            closed.bind(("127.0.0.1", 0))
+            closed_port = closed.getsockname()[1]
+            closed.close()
+            await tls.connect(Collector, "127.0.0.1", closed_port, wrong, "127.0.0.1")
+
+        client, _, server = await pair.dial()  # still accepting
+        client.write(b"ok")
+        await server.wait_for(2)
+        client.close()
+        await pair.stop()
+
+    run(body())
+
+
+def test_alpn_and_extra_info(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki, alpn=["h2", "http/1.1"])
+        await pair.start()
+        client, _, server = await pair.dial()
+        assert server.transport is not None
+        assert server.transport.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        assert client.get_extra_info("peercert")["subject"]
+        assert isinstance(client.get_extra_info("sslcontext"), ssl.SSLContext)
+        assert client.get_extra_info("nothing", 7) == 7
+        assert not client.can_write_eof()
+        with pytest.raises(NotImplementedError):
+            client.write_eof()
+        with pytest.raises(ValueError):
+            client.set_write_buffer_limits(high=1, low=2)
+        client.set_write_buffer_limits(high=1000)
+        assert client.get_write_buffer_limits() == (250, 1000)
+        client.close()
+        await pair.stop()
+
+    run(body())
+
+
+def test_read_ahead_is_set_on_real_contexts(pki: TestPKI) -> None:
+    assert tls.enable_read_ahead(pki.server_context())
+    assert tls.enable_read_ahead(client_context(ca_file=str(pki.ca_file)))
