@@ -13,6 +13,7 @@ import logging
 import ssl
 from typing import cast
 
+from tunnel import tls
 from tunnel.credentials import Upstream
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -76,13 +77,20 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-            transport, conn = await loop.create_connection(
-                lambda: _UpstreamConnection(stream),
-                upstream.host,
-                upstream.port,
-                ssl=upstream.ssl,
-                server_hostname=upstream.server_hostname,
-            )
+            if upstream.ssl is not None:
+                tls_transport, protocol = await tls.connect(
+                    lambda: _UpstreamConnection(stream),
+                    upstream.host,
+                    upstream.port,
+                    upstream.ssl,
+                    upstream.server_hostname,
+                )
+                transport: asyncio.Transport = tls_transport
+                conn = cast(_UpstreamConnection, protocol)
+            else:
+                transport, conn = await loop.create_connection(
+                    lambda: _UpstreamConnection(stream), upstream.host, upstream.port
+                )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
         stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")

@@ -27,6 +27,7 @@ import errno
 import logging
 import socket
 import ssl
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -71,14 +72,10 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
     header, checked against the context's options and verify mode before it is used;
     on any mismatch nothing is changed and False is returned).
     """
+    if context in _read_ahead_on:
+        return True
     try:
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib = _libssl()
         pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
         if (
             not pointer
@@ -88,10 +85,31 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
             logger.warning("cannot reach OpenSSL's SSL_CTX: TLS reads without read-ahead")
             return False
         lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_READ_AHEAD, 1, None)
-        return bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_READ_AHEAD, 0, None))
+        on = bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_READ_AHEAD, 0, None))
     except (OSError, AttributeError, ValueError) as exc:
         logger.warning("cannot set TLS read-ahead: %s", exc)
         return False
+    if on:
+        _read_ahead_on.add(context)
+    return on
+
+
+_read_ahead_on: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+_lib: list[ctypes.CDLL] = []
+
+
+def _libssl() -> ctypes.CDLL:
+    """The libssl that Python's ssl module uses (found through ``_ssl``'s own links)."""
+    if not _lib:
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        _lib.append(lib)
+    return _lib[0]
 
 
 class TLSTransport(asyncio.Transport):
