@@ -272,6 +272,8 @@ class TLSTransport(asyncio.Transport):
     # reading
 
     def _update_reader(self) -> None:
+        if self._linger is not None:
+            return  # shut down: the reader is _discard's until the end
         want = not self._closed and (self._reading or self._write_wants_read)
         if want and not self._reader_on:
             self._loop.add_reader(self._fd, self._read_ready)
@@ -363,6 +365,8 @@ class TLSTransport(asyncio.Transport):
         return filled, False, None
 
     def _after_read(self, eof: bool, error: BaseException | None) -> None:
+        if self._linger is not None:
+            return  # the protocol closed us during this read: _discard takes over
         if error is not None:
             if not self._closed:
                 self._fatal(error)

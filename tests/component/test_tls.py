@@ -238,6 +238,39 @@ def test_read_ahead_held_while_paused_and_tiny_buffers(run, pki: TestPKI) -> Non
     run(body())
 
 
+class AnswerAndClose(Collector):
+    """Answers what arrives and closes at once, inside ``data_received`` (as a WebSocket
+    answers the peer's Close)."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        assert self.transport is not None
+        self.transport.write(b"echo")
+        self.transport.close()
+
+
+def test_closing_inside_the_read_that_saw_the_peers_close(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, client_protocol, server = await pair.dial(AnswerAndClose)
+        assert isinstance(client_protocol, AnswerAndClose) and server.transport is not None
+        client.pause_reading()
+        server.transport.write(b"bye")
+        server.transport.close()  # data, close_notify and FIN: one read on the client
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        client.resume_reading()
+        assert await asyncio.wait_for(client_protocol.lost, 10) is None
+        # Not the linger timeout: the peer's FIN had come, so it ends at once.
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert bytes(client_protocol.data) == b"bye"
+        await asyncio.wait_for(server.lost, 10)
+        await pair.stop()
+
+    run(body())
+
+
 def test_abort_tells_both_sides_once(run, pki: TestPKI) -> None:
     async def body() -> None:
         pair = Pair(pki)
