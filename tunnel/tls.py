@@ -11,9 +11,9 @@ the gateway (sending to clients) and the agent (sending through the tunnel) that
 
 :class:`TLSTransport` is an :class:`asyncio.Transport` over such a socket, for
 :class:`asyncio.Protocol` and :class:`asyncio.BufferedProtocol` alike; :func:`connect`
-dials one (the agent's tunnel) and :class:`TLSServer` accepts them (the gateway's
-listener). What they do not do: half-close (TLS has none, as with uvloop), and
-renegotiation beyond retrying an operation OpenSSL asked to retry.
+dials one (the agent's tunnel and its API-server connections) and :class:`TLSServer`
+accepts them (the gateway's listener). What they do not do: half-close (TLS has none,
+as with uvloop), and renegotiation beyond retrying an operation OpenSSL asked to retry.
 """
 
 from __future__ import annotations
@@ -43,12 +43,9 @@ HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 READ_BYTES = 256 * 1024
 """Most plaintext bytes taken from the socket in one readiness callback."""
-FLUSH_BYTES = 64 * 1024
-"""A write this big (or small ones adding up to it) goes to OpenSSL at once; smaller
-ones wait for the end of the loop iteration."""
 _MERGE_BYTES = 256 * 1024
-"""Queued writes are merged into one buffer up to this size (one SSL_write, fewer
-records and syscalls)."""
+"""Writes queued while the socket is full are merged into one buffer up to this size
+(one SSL_write, fewer records and syscalls, once it drains)."""
 
 _scratch = memoryview(bytearray(READ_BYTES))
 """Read buffer for protocols that are not buffered (copied out before they see it)."""
@@ -135,7 +132,6 @@ class TLSTransport(asyncio.Transport):
         self._pending_size = 0
         self._head_in_flight = False
         """Whether OpenSSL has begun on ``_pending[0]`` (then it must not change)."""
-        self._flush_soon = False
         self._high = HIGH_WATER
         self._low = LOW_WATER
         self._reading = False
@@ -186,10 +182,8 @@ class TLSTransport(asyncio.Transport):
         self._closing = True
         self._reading = False
         self._update_reader()
-        if self._pending and not self._writer_on and not self._write_wants_read:
-            self._write_ready()  # what waited for the end of the iteration; shuts down
-        elif not self._pending:
-            self._loop.call_soon(self._shut_down)
+        if not self._pending:
+            self._loop.call_soon(self._shut_down)  # else once the queue has drained
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -237,21 +231,14 @@ class TLSTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data or self._closing:
             return  # as uvloop's: writes after close() are dropped
-        if self._writer_on or self._write_wants_read:
+        if self._pending or self._writer_on or self._write_wants_read:
             self._queue(data)  # the socket is full: wait for it
-        elif len(data) >= FLUSH_BYTES and not self._pending:
-            self._send(data)
-            return
+            self._maybe_pause_protocol()
         else:
-            # Small writes wait for the end of this loop iteration and go as one record
-            # and one syscall (uvloop's streams coalesce the same way).
-            self._queue(data)
-            if self._pending_size >= FLUSH_BYTES:
-                self._write_ready()
-            elif not self._flush_soon:
-                self._flush_soon = True
-                self._loop.call_soon(self._flush)
-        self._maybe_pause_protocol()
+            # Straight to OpenSSL and the socket. Holding small writes to the end of the
+            # event-loop turn, to merge them, cost 4-10 % of req/s at 64 connections:
+            # the callers already write a turn's worth at once (section 3 of design.md).
+            self._send(data)
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -393,7 +380,7 @@ class TLSTransport(asyncio.Transport):
             and len(last) + len(data) <= _MERGE_BYTES
         ):
             last += data
-        elif isinstance(data, bytes) and len(data) >= FLUSH_BYTES:
+        elif isinstance(data, bytes) and len(data) >= _MERGE_BYTES // 4:
             pending.append(data)  # immutable: no copy
         else:
             pending.append(bytearray(data))  # the caller may reuse its buffer
@@ -417,11 +404,6 @@ class TLSTransport(asyncio.Transport):
         self._head_in_flight = True
         self._pending_size += len(data)
         self._maybe_pause_protocol()
-
-    def _flush(self) -> None:
-        self._flush_soon = False
-        if not self._writer_on and not self._write_wants_read:
-            self._write_ready()
 
     def _want_write(self) -> None:
         if not self._writer_on and not self._closed:

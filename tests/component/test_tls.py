@@ -1,7 +1,7 @@
 """tunnel.tls over real loopback connections, with asyncio's loop and uvloop.
 
-The transport under the gateway's listener and the agent's tunnel: small writes merged
-and delivered in order, back-pressure both ways, everything written arriving before the
+The transport under the gateway's listener and the agent's tunnel: writes delivered in
+order (merged while the socket is full), back-pressure both ways, everything written arriving before the
 close, abort, read-ahead held inside OpenSSL while reading is paused, handshake
 failures and timeouts, ALPN.
 """
@@ -156,7 +156,7 @@ def test_small_writes_arrive_in_order_both_ways(run, pki: TestPKI) -> None:
         client, client_protocol, server = await pair.dial()
         assert isinstance(client_protocol, Collector)
         parts = [b"%05d;" % i for i in range(2000)]
-        for part in parts:  # merged into few records: still every byte, in order
+        for part in parts:  # every byte, in order
             client.write(part)
         client.writelines([b"tail-", bytearray(b"of-"), memoryview(b"it")])
         expected = b"".join(parts) + b"tail-of-it"
