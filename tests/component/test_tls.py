@@ -1,10 +1,9 @@
 """tunnel.tls over real loopback connections, with asyncio's loop and uvloop.
 
 The transport under the gateway's listener and the agent's tunnel: writes delivered in
-order (merged while the socket is full), back-pressure both ways, everything written arriving before the
-close, abort, read-ahead held inside OpenSSL while reading is paused, handshake
-failures and timeouts, ALPN.
-"""
+order (merged while the socket is full), back-pressure both ways, everything written
+arriving before the close, abort, read-ahead held inside OpenSSL while reading is
+paused, handshake failures and timeouts, ALPN."""
 
 from __future__ import annotations
 
