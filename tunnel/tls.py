@@ -51,6 +51,9 @@ _scratch = memoryview(bytearray(READ_BYTES))
 """Read buffer for protocols that are not buffered (copied out before they see it)."""
 
 _SOFT_ERRORS = (BlockingIOError, InterruptedError)
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+ACCEPT_PAUSE_S = 1.0
+"""After an accept failed for want of descriptors or memory, accepting waits this long."""
 
 
 _SSL_CTRL_GET_READ_AHEAD = 40
@@ -678,12 +681,21 @@ class TLSServer:
             except _SOFT_ERRORS:
                 return
             except OSError as exc:
-                # EMFILE and the like: log and try again on the next wake-up.
-                logger.warning("accept failed: %s", exc)
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    continue  # that connection went away before we took it
+                # Out of descriptors or memory: the socket stays readable, so retrying
+                # at once would spin. Stop accepting for a moment (as asyncio does).
+                logger.warning("accept failed: %s; accepting again in %.0f s", exc, ACCEPT_PAUSE_S)
+                self._loop.remove_reader(lsock.fileno())
+                self._loop.call_later(ACCEPT_PAUSE_S, self._accept_again, lsock)
                 return
             task = self._loop.create_task(self._start(raw))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+
+    def _accept_again(self, lsock: socket.socket) -> None:
+        if not self._closed:
+            self._loop.add_reader(lsock.fileno(), self._accept, lsock)
 
     async def _start(self, raw: socket.socket) -> None:
         try:

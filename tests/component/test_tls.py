@@ -8,12 +8,14 @@ paused, handshake failures and timeouts, ALPN."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -315,6 +317,52 @@ def test_handshake_failures_leave_the_server_serving(run, pki: TestPKI, tmp_path
         await server.wait_for(2)
         client.close()
         await pair.stop()
+
+    run(body())
+
+
+class RunsOutOfDescriptors(socket.socket):
+    """A listening socket whose first ``accept`` fails as with too many open files."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.accepts = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        self.accepts += 1
+        if self.accepts == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(run, pki: TestPKI) -> None:
+    async def body() -> None:
+        listener = RunsOutOfDescriptors()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        accepted: asyncio.Queue[Collector] = asyncio.Queue()
+
+        def factory() -> Collector:
+            protocol = Collector()
+            accepted.put_nowait(protocol)
+            return protocol
+
+        server = tls.TLSServer(factory, pki.server_context(), [listener])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        client, _ = await tls.connect(
+            Collector, "127.0.0.1", port, client_context(ca_file=str(pki.ca_file)), "127.0.0.1"
+        )
+        server_side = await asyncio.wait_for(accepted.get(), 10)
+        # Accepted once the pause was over; the failing accept was not retried in a loop.
+        assert loop.time() - started >= tls.ACCEPT_PAUSE_S * 0.9
+        assert listener.accepts <= 3
+        client.write(b"ok")
+        await server_side.wait_for(2)
+        client.close()
+        server.close()
+        await server.wait_closed()
 
     run(body())
 
