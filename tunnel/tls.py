@@ -43,6 +43,8 @@ HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 READ_BYTES = 256 * 1024
 """Most plaintext bytes taken from the socket in one readiness callback."""
+_KEEP_WHOLE_BYTES = 64 * 1024
+"""A queued ``bytes`` this big is kept as it is (immutable: no copy) rather than merged."""
 _MERGE_BYTES = 256 * 1024
 """Writes queued while the socket is full are merged into one buffer up to this size
 (one SSL_write, fewer records and syscalls, once it drains)."""
@@ -60,6 +62,10 @@ _SSL_CTRL_GET_READ_AHEAD = 40
 _SSL_CTRL_SET_READ_AHEAD = 41
 _VERIFY_MODES = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
 """Python's verify modes as OpenSSL's SSL_VERIFY_* bits."""
+_read_ahead_on: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+"""Contexts already set (each connection asks again)."""
+_lib: list[ctypes.CDLL] = []
+"""The libssl handle, loaded on first use."""
 
 
 def enable_read_ahead(context: ssl.SSLContext) -> bool:
@@ -92,10 +98,6 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
     if on:
         _read_ahead_on.add(context)
     return on
-
-
-_read_ahead_on: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
-_lib: list[ctypes.CDLL] = []
 
 
 def _libssl() -> ctypes.CDLL:
@@ -383,7 +385,7 @@ class TLSTransport(asyncio.Transport):
             and len(last) + len(data) <= _MERGE_BYTES
         ):
             last += data
-        elif isinstance(data, bytes) and len(data) >= _MERGE_BYTES // 4:
+        elif isinstance(data, bytes) and len(data) >= _KEEP_WHOLE_BYTES:
             pending.append(data)  # immutable: no copy
         else:
             pending.append(bytearray(data))  # the caller may reuse its buffer
