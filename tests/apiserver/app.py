@@ -197,6 +197,10 @@ class StandIn:
                     received=received,
                     content_type=request.headers.get("Content-Type", ""),
                     accept=request.headers.get("Accept", ""),
+                    headers=[
+                        (name.decode("latin-1"), value.decode("latin-1"))
+                        for name, value in request.raw_headers
+                    ],
                 )
             )
         if not resp.prepared and "Audit-Id" not in resp.headers:

@@ -1,7 +1,9 @@
 """The audit log: one JSON line per request, shaped like an `audit.k8s.io/v1` Event.
 
 Besides the standard fields it records `requestContentType` and `requestAccept`, which the
-project's tests use to check what a client sent.
+project's tests use to check what a client sent, and `requestHeaders`: every header line
+exactly as it arrived (name and value, in order; the `Authorization` value redacted), so
+security tests can assert on what the API server received, not only on status codes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def event(
     received: datetime.datetime,
     content_type: str,
     accept: str,
+    headers: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     ev: dict[str, Any] = {
         "kind": "Event",
@@ -80,4 +83,9 @@ def event(
     ev["stageTimestamp"] = micro_time(datetime.datetime.now(datetime.UTC))
     ev["requestContentType"] = content_type
     ev["requestAccept"] = accept
+    if headers is not None:
+        ev["requestHeaders"] = [
+            [name, "<redacted>" if name.lower() == "authorization" else value]
+            for name, value in headers
+        ]
     return ev
