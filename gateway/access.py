@@ -21,7 +21,8 @@ _ACTIVE_SUBRESOURCE = re.compile(r"/(exec|attach|portforward|proxy)(/|$)")
 
 
 def is_allowed(role: str, method: str, path: str) -> bool:
-    """Whether ``role`` may send ``method`` to ``path`` (path without the query)."""
+    """Whether ``role`` may send ``method`` to ``path``: the *decoded* path, without the
+    query (``gateway.paths.ClusterPath.path``, the one the API server will read)."""
     if role != "read-only":
         return True
     if method in _READ_METHODS:

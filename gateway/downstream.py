@@ -47,7 +47,7 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
     if cluster is None:
         return k8s_response(NotFound(f"cluster {cluster_id} not found"))
     try:
-        return cast(web.StreamResponse, await forward(request.app, request, cluster, target, ()))
+        return cast(web.StreamResponse, await forward(request.app, request, cluster, target, None))
     except GatewayError as exc:
         return k8s_response(exc)
 

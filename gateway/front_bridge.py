@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from gateway.heads import UnsafeHead, request_head
 from gateway.rawresponse import HOP_AND_FRAMING
 
 if TYPE_CHECKING:
@@ -45,24 +46,29 @@ class Bridge(asyncio.Transport):
         self._status = 0
         self._headers: list[Header] = []
         self._parser = httptools.HttpResponseParser(self)
+        try:
+            head = self._request_head()
+        except UnsafeHead as exc:
+            # gateway.http2 refuses such requests first; this is the second line.
+            self._closed = True
+            self._handler: asyncio.Protocol = _NO_HANDLER
+            stream.refuse(400, f"the request cannot be served: {exc}", "BadRequest")
+            return
         self._handler = cast(asyncio.Protocol, front.fallback())
         self._handler.connection_made(self)
-        self._handler.data_received(self._request_head())
+        self._handler.data_received(head)
 
     def _request_head(self) -> bytes:
         request = self._stream.request
-        parts = [request.method.encode("ascii"), b" ", request.raw_path.encode("latin-1")]
-        parts.append(b" HTTP/1.1\r\n")
-        host = False
-        for name, value in request.raw_headers:
-            parts += [name, b": ", value, b"\r\n"]
-            host = host or name == b"host"
-        if not host and self._stream.authority:
-            parts += [b"host: ", self._stream.authority, b"\r\n"]
+        fields = list(request.raw_headers)
+        if self._stream.authority and not any(name == b"host" for name, _ in fields):
+            fields.append((b"host", self._stream.authority))
         if self._chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        parts.append(b"connection: close\r\n\r\n")
-        return b"".join(parts)
+            fields.append((b"transfer-encoding", b"chunked"))
+        fields.append((b"connection", b"close"))
+        return request_head(
+            request.method.encode("utf-8", "replace"), request.raw_path.encode("latin-1"), fields
+        )
 
     # from the client (the H2 stream)
 
@@ -194,6 +200,10 @@ class Bridge(asyncio.Transport):
     def _framed_answer(self) -> bool:
         """The answer has a length or chunks: a close before its end is an error."""
         return any(n.lower() in (b"transfer-encoding", b"content-length") for n, _ in self._headers)
+
+
+_NO_HANDLER = asyncio.Protocol()
+"""The handler of a bridge refused before aiohttp saw it (never called: it is closed)."""
 
 
 class _HeadDone(Exception):

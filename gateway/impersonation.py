@@ -4,6 +4,13 @@ The caller's credentials, every client-sent ``Impersonate-*`` header and the
 hop-by-hop headers are removed; the gateway then states who the caller is with
 ``Impersonate-User``/``-Group``/``-Extra-*`` headers, which only the agent's
 privileged service account may send to the API server.
+
+Also removed, because an API server or a proxy in front of it may believe them: the
+front-proxy identity headers (``X-Remote-User/Group/Extra-*``, kube-apiserver's
+request-header authentication), client-claimed addresses (``X-Forwarded-*``,
+``X-Real-Ip``, ``Forwarded``; the proxy states the client's address itself), and a
+bearer token carried as a WebSocket subprotocol
+(``base64url.bearer.authorization.k8s.io.<token>``, which kube-apiserver also reads).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from functools import lru_cache
 from urllib.parse import quote
 
 from config.identity import Identity
+from gateway.heads import CheckedFields, UnsafeHead, field_block
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
 ROLE_GROUP_PREFIX = "herdgate:"
@@ -44,8 +52,17 @@ _DROPPED = HOP_BY_HOP | {
     # The gateway sets its own request id (it is also the API server's audit id).
     b"audit-id",
     b"x-request-id",
+    # Claims about the client's address: the proxy sets X-Forwarded-For itself.
+    b"forwarded",
+    b"x-real-ip",
 }
 IMPERSONATE_PREFIX = b"impersonate-"
+_DROPPED_PREFIXES = (b"x-remote-", b"x-forwarded-")
+"""Front-proxy identity (kube-apiserver's ``--requestheader-*`` defaults) and
+forwarding claims, any suffix."""
+_SINGLE = (b"host", b"authorization")
+_WEBSOCKET_PROTOCOL = b"sec-websocket-protocol"
+_BEARER_PROTOCOL = b"base64url.bearer.authorization.k8s.io."
 
 # RFC 9110 token characters that may stay unescaped in a header name.
 _TOKEN_SAFE = "!#$&'*+-.^_`|~"
@@ -86,6 +103,12 @@ def impersonation_headers(identity: Identity, role: str | None) -> tuple[Header,
     return tuple(headers)
 
 
+@lru_cache(maxsize=4096)
+def identity_block(identity: Identity, role: str | None) -> CheckedFields:
+    """``impersonation_headers`` as checked head lines (``gateway.heads``), cached."""
+    return field_block(impersonation_headers(identity, role))
+
+
 def forwarded_headers(
     headers: Iterable[Header], *, keep_impersonation: bool, upgrade: bool
 ) -> list[Header]:
@@ -93,18 +116,32 @@ def forwarded_headers(
 
     ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``);
     ``upgrade`` keeps ``Connection: Upgrade`` and ``Upgrade`` for exec/attach/port-forward.
+    Two ``Host`` or two ``Authorization`` fields make the request ambiguous (which one
+    did the gateway check?): ``UnsafeHead``.
     """
     out: list[Header] = []
     listed: set[bytes] = set()
+    singles: list[bytes] = []
     for key, value in headers:
         lower = key.lower()
         if lower in _DROPPED:
-            if lower == b"connection":
+            if lower in _SINGLE:
+                if lower in singles:
+                    raise UnsafeHead(f"more than one {lower.decode()} header field")
+                singles.append(lower)
+            elif lower == b"connection":
                 listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
             elif upgrade and lower == b"upgrade":
                 out.append((key, value))
             continue
         if not keep_impersonation and lower.startswith(IMPERSONATE_PREFIX):
+            continue
+        if lower[:2] == b"x-" and lower.startswith(_DROPPED_PREFIXES):
+            continue
+        if lower == _WEBSOCKET_PROTOCOL and _BEARER_PROTOCOL in value.lower():
+            kept = [p for p in value.split(b",") if _BEARER_PROTOCOL not in p.lower()]
+            if kept:
+                out.append((key, b",".join(kept)))
             continue
         out.append((key, value))
     listed.discard(b"upgrade")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
 from typing import cast
 
 from aiohttp import web
@@ -26,11 +27,12 @@ from gateway.errors import (
 )
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.front_request import ClientRequest, Streamed
+from gateway.heads import CheckedFields, UnsafeHead, field_block, request_head
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
     Header,
     forwarded_headers,
-    impersonation_headers,
+    identity_block,
 )
 from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, TUNNELS
 from gateway.paths import PREFIX, BadPath, split_cluster_path
@@ -100,37 +102,46 @@ async def _authenticate_id_token(app: web.Application, header: str | None) -> Id
 _HOT = metrics.HOT
 
 
+@lru_cache(maxsize=1024)
+def _agent_block(api_host: bytes, authorization: bytes) -> CheckedFields:
+    """The agent's ``Host`` and credential, checked once per agent."""
+    fields = [(b"Host", api_host)]
+    if authorization:
+        fields.append((b"Authorization", authorization))
+    return field_block(fields)
+
+
 def _head(
     request: Incoming,
     target: str,
     link: AgentLink,
-    identity_headers: Iterable[Header],
+    identity: CheckedFields | None,
     keep_client_impersonation: bool,
     upgrade_request: bool,
-    body_framing: bytes,
+    body_framing: Header | None,
     request_id: str,
 ) -> bytes:
-    parts = [
-        f"{request.method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"),
-        link.info.api_host,
-        b"\r\n",
-    ]
+    """The head sent to the API server, built (and checked) by ``gateway.heads``."""
+    fields = forwarded_headers(
+        request.raw_headers, keep_impersonation=keep_client_impersonation, upgrade=upgrade_request
+    )
     if request_id:
         # The API server takes Audit-ID as its own audit id: its audit log and the
         # gateway's then name each request the same way.
         rid = request_id.encode("ascii")
-        parts += [b"X-Request-Id: ", rid, b"\r\nAudit-ID: ", rid, b"\r\n"]
-    if link.info.authorization:
-        parts += [b"Authorization: ", link.info.authorization, b"\r\n"]
-    headers = forwarded_headers(
-        request.raw_headers, keep_impersonation=keep_client_impersonation, upgrade=upgrade_request
-    )
-    headers.extend(identity_headers)
-    for name, value in headers:
-        parts += [name, b": ", value, b"\r\n"]
-    parts.append(body_framing)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        fields += [(b"X-Request-Id", rid), (b"Audit-ID", rid)]
+    remote = request.remote
+    if remote:
+        # What kube-apiserver puts first in its audit log's sourceIPs.
+        fields.append((b"X-Forwarded-For", remote.encode("ascii", "replace")))
+    if body_framing is not None:
+        fields.append(body_framing)
+    agent = _agent_block(link.info.api_host, link.info.authorization)
+    method = request.method.encode("utf-8", "replace")
+    path = target.encode("utf-8", "replace")
+    if identity is None:
+        return request_head(method, path, fields, agent)
+    return request_head(method, path, fields, agent, identity)
 
 
 class _BodyOut:
@@ -253,20 +264,20 @@ async def serve(
             f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
             f'User "{identity.user_id}" cannot impersonate through the gateway'
         )
-    if not access.is_allowed(role, request.method, path.target.partition("?")[0]):
+    if not access.is_allowed(role, request.method, path.path):
         raise Forbidden(
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
             f"{cluster.name}: {request.method} is not allowed"
         )
     client_impersonates = identity.is_admin and _client_impersonates(request)
-    identity_headers = () if client_impersonates else impersonation_headers(identity, role)
+    identity_lines = None if client_impersonates else identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
     return await forward(
         app,
         request,
         cluster,
         path.target,
-        identity_headers,
+        identity_lines,
         keep_client_impersonation=client_impersonates,
         exchange=exchange,
     )
@@ -283,7 +294,7 @@ async def forward(
     request: Incoming,
     cluster: Cluster,
     target: str,
-    identity_headers: Iterable[Header],
+    identity: CheckedFields | None,
     keep_client_impersonation: bool = False,
     exchange: Exchange | None = None,
 ) -> Answer:
@@ -311,12 +322,12 @@ async def forward(
 
     upgrade_request = _is_upgrade(request)
     body: bytes | AsyncIterator[bytes] | None = None
-    framing = b""
+    framing: Header | None = None
     length = request.content_length
     if request.body_exists:
         if length is not None and length <= BUFFER_LIMIT:
             body = await request.read()
-            framing = b"Content-Length: %d\r\n" % len(body)
+            framing = (b"Content-Length", b"%d" % len(body))
             if exchange is not None and exchange.wants_body and exchange.info is not None:
                 exchange.audit_body = audit.request_body(
                     exchange.info,
@@ -326,22 +337,25 @@ async def forward(
                 )
         elif length is not None:
             body = _BodyOut(request, chunked=False)
-            framing = b"Content-Length: %d\r\n" % length
+            framing = (b"Content-Length", b"%d" % length)
         else:
             body = _BodyOut(request, chunked=True)
-            framing = b"Transfer-Encoding: chunked\r\n"
+            framing = (b"Transfer-Encoding", b"chunked")
     elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
-        framing = b"Content-Length: 0\r\n"
-    head = _head(
-        request,
-        target,
-        link,
-        identity_headers,
-        keep_client_impersonation,
-        upgrade_request,
-        framing,
-        exchange.request_id if exchange is not None else "",
-    )
+        framing = (b"Content-Length", b"0")
+    try:
+        head = _head(
+            request,
+            target,
+            link,
+            identity,
+            keep_client_impersonation,
+            upgrade_request,
+            framing,
+            exchange.request_id if exchange is not None else "",
+        )
+    except UnsafeHead as exc:
+        raise BadRequest(f"the request cannot be forwarded: {exc}") from None
     sent = time.perf_counter()
     try:
         upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)

@@ -7,10 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.identity import Identity
+from gateway.heads import UnsafeHead
 from gateway.impersonation import (
     client_impersonation,
     extra_header_name,
     forwarded_headers,
+    identity_block,
     impersonation_headers,
 )
 
@@ -96,3 +98,55 @@ def test_identity_values_never_contain_line_breaks(name: str) -> None:
     for key, value in impersonation_headers(identity, "read-only"):
         assert b"\r" not in value and b"\n" not in value and b"\x00" not in value
         assert key.isascii()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"X-Remote-User", b"x-remote-group", b"X-REMOTE-EXTRA-scopes", b"X-Forwarded-For",
+     b"x-forwarded-host", b"X-Forwarded-Proto", b"X-Forwarded-Client-Cert", b"X-Real-Ip",
+     b"Forwarded"],
+)  # fmt: skip
+def test_front_proxy_identity_and_address_claims_are_dropped(name: bytes) -> None:
+    out = forwarded_headers(
+        [(name, b"system:admin"), (b"X-Keep", b"y")], keep_impersonation=True, upgrade=False
+    )
+    assert out == [(b"X-Keep", b"y")]
+
+
+def test_a_bearer_token_as_websocket_subprotocol_is_dropped() -> None:
+    headers = [
+        (
+            b"Sec-WebSocket-Protocol",
+            b"v5.channel.k8s.io, base64url.bearer.authorization.k8s.io.dG9r",
+        ),
+    ]
+    assert forwarded_headers(headers, keep_impersonation=False, upgrade=True) == [
+        (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io"),
+        (b"Connection", b"Upgrade"),
+    ]
+    only = [(b"Sec-WebSocket-Protocol", b"base64url.bearer.authorization.k8s.io.dG9r")]
+    assert forwarded_headers(only, keep_impersonation=False, upgrade=False) == []
+
+
+@pytest.mark.parametrize("name", [b"Host", b"Authorization"])
+def test_two_host_or_authorization_fields_are_ambiguous(name: bytes) -> None:
+    with pytest.raises(UnsafeHead):
+        forwarded_headers(
+            [(name, b"a"), (b"Accept", b"*/*"), (name.lower(), b"b")],
+            keep_impersonation=False,
+            upgrade=False,
+        )
+
+
+def test_identity_block_is_the_identity_headers_as_lines() -> None:
+    block = identity_block(ALICE, "cluster-member").block
+    assert block == b"".join(
+        b"%s: %s\r\n" % kv for kv in impersonation_headers(ALICE, "cluster-member")
+    )
+
+
+def test_an_identity_with_line_breaks_cannot_forge_lines() -> None:
+    evil = Identity("u-x\r\nImpersonate-Group: system:masters", "x\n", "p\x00", groups=("g\r\n",))
+    block = identity_block(evil, None).block
+    assert block.count(b"\r\n") == len(impersonation_headers(evil, None))
+    assert b"Impersonate-Group: system:masters" not in block.split(b"\r\n")
