@@ -5,6 +5,13 @@ kubectl request whose fields are all in the dynamic table; ``python -m
 bench.h2_requests``). ``Decoder`` here resolves indexed fields with a list lookup and
 leaves only Huffman strings to ``hpack``'s table-driven decoder.
 
+The decoder also says whether every field line of a block is well-formed as RFC 9113
+section 8.2.1 (with RFC 9110 section 5) requires: a name is a lower-case token (a
+pseudo-header's, ``:`` and one), a value has no control character but HTAB and no SP or
+HTAB at either end. A dynamic-table entry is checked once, when it is inserted, so a
+request whose fields are all indexed (kubectl's, after its first) costs no checking;
+literal fields are checked with ``bytes.translate`` over precomputed tables.
+
 ``encode`` never indexes (RFC 7541 allows an encoder never to insert into its dynamic
 table): answers are literals without indexing, ``:status`` of common codes fully
 indexed. The peer's decoder then keeps no state for us, and the encoder needs none.
@@ -27,6 +34,35 @@ DEFAULT_TABLE_SIZE = 4096
 
 class HPACKError(Exception):
     """The header block cannot be decoded: a COMPRESSION_ERROR for the connection."""
+
+
+_LOWER_TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_NAME_MARKS = bytes(0 if c in _LOWER_TCHAR else 1 for c in range(256))
+"""``name.translate`` to this has a 1 where the name has a byte that is not a lower-case
+tchar (RFC 9110 section 5.6.2; RFC 9113 section 8.2.1 forbids upper case)."""
+_VALUE_MARKS = bytes(
+    2 if c in (0x09, 0x20) else 1 if c < 0x20 or c == 0x7F else 0 for c in range(256)
+)
+"""``value.translate`` to this: 1 for a control character other than HTAB (NUL, CR and LF
+among them: RFC 9113 section 8.2.1; the others: RFC 9110 section 5.5), 2 for SP and HTAB
+(not allowed at either end), 0 for the rest (VCHAR and obs-text)."""
+
+
+def valid_name(name: bytes) -> bool:
+    """A field name RFC 9113 section 8.2.1 allows: a lower-case token, or ``:`` and one
+    (whether a pseudo-header is one a request may carry is the caller's to decide)."""
+    if name[:1] == b":":
+        name = name[1:]
+    return len(name) > 0 and name.translate(_NAME_MARKS).find(1) < 0
+
+
+def valid_value(value: bytes) -> bool:
+    """A field value RFC 9113 section 8.2.1 allows (no CR, LF or NUL, no SP or HTAB at
+    either end), without the other control characters RFC 9110 section 5.5 excludes."""
+    if not value:
+        return True
+    marks = value.translate(_VALUE_MARKS)
+    return marks.find(1) < 0 and marks[0] != 2 and marks[-1] != 2
 
 
 def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
@@ -84,11 +120,13 @@ def _string(data: bytes, pos: int, cache: dict[bytes, bytes]) -> tuple[bytes, in
 class Decoder:
     """One connection's decoding state: the dynamic table (newest entry first)."""
 
-    __slots__ = ("_entries", "_huffman", "_max", "_size", "max_allowed")
+    __slots__ = ("_entries", "_huffman", "_max", "_size", "_valid", "max_allowed")
 
     def __init__(self, max_allowed: int = DEFAULT_TABLE_SIZE) -> None:
         self._huffman: dict[bytes, bytes] = {}
         self._entries: list[Header] = []
+        self._valid: list[bool] = []
+        """Whether each entry of ``_entries`` is a well-formed field line."""
         self._size = 0
         self._max = max_allowed
         self.max_allowed = max_allowed
@@ -102,13 +140,15 @@ class Decoder:
             return self._entries[dynamic]
         raise HPACKError(f"header index {index} is not in the table")
 
-    def _add(self, entry: Header) -> None:
+    def _add(self, entry: Header, valid: bool) -> None:
         size = len(entry[0]) + len(entry[1]) + ENTRY_OVERHEAD
         if size > self._max:
             self._entries.clear()
+            self._valid.clear()
             self._size = 0
             return
         self._entries.insert(0, entry)
+        self._valid.insert(0, valid)
         self._size += size
         self._evict()
 
@@ -116,38 +156,54 @@ class Decoder:
         entries = self._entries
         while self._size > self._max:
             name, value = entries.pop()
+            self._valid.pop()
             self._size -= len(name) + len(value) + ENTRY_OVERHEAD
 
-    def _literal(self, data: bytes, pos: int, prefix_bits: int) -> tuple[Header, int]:
-        """A literal field: its name by index (or as a string), then its value."""
+    def _literal(self, data: bytes, pos: int, prefix_bits: int) -> tuple[Header, int, bool]:
+        """A literal field: its name by index (or as a string), then its value; and
+        whether the field is well-formed."""
         index, pos = _integer(data, pos, prefix_bits)
-        if index:
-            name = self._lookup(index)[0]
-        else:
+        if index == 0:
             name, pos = _string(data, pos, self._huffman)
+            valid = valid_name(name)
+        elif index <= _STATIC_LEN:
+            name = STATIC[index - 1][0]
+            valid = True
+        else:
+            name = self._lookup(index)[0]
+            valid = self._valid[index - _STATIC_LEN - 1] or valid_name(name)
         value, pos = _string(data, pos, self._huffman)
-        return (name, value), pos
+        return (name, value), pos, valid and valid_value(value)
 
-    def decode(self, data: bytes, limit: int) -> tuple[list[Header], bool]:
-        """The fields of one header block, and whether their size (RFC 9113's: name,
-        value and 32 per field) stayed within ``limit``. Past the limit the block is
-        still decoded, to keep the table in step, but no more fields are kept."""
+    def decode(self, data: bytes, limit: int) -> tuple[list[Header], bool, bool]:
+        """The fields of one header block; whether their size (RFC 9113's: name, value
+        and 32 per field) stayed within ``limit``; whether every field line is
+        well-formed (``valid_name``, ``valid_value``). Past the limit the block is still
+        decoded, to keep the table in step, but no more fields are kept."""
         headers: list[Header] = []
         total = 0
         pos = 0
         end = len(data)
-        lookup = self._lookup
+        entries = self._entries
+        all_valid = True
         fields_seen = False
         while pos < end:
             byte = data[pos]
             if byte & 0x80:  # indexed field
                 index, pos = _integer(data, pos, 7)
-                if index == 0:
-                    raise HPACKError("header index 0")
-                field = lookup(index)
+                if 0 < index <= _STATIC_LEN:
+                    field = STATIC[index - 1]  # the static table's fields are all valid
+                else:
+                    dynamic = index - _STATIC_LEN - 1
+                    if not 0 <= dynamic < len(entries):
+                        raise HPACKError(f"header index {index} is not in the table")
+                    field = entries[dynamic]
+                    if not self._valid[dynamic]:
+                        all_valid = False
             elif byte & 0x40:  # literal, added to the table
-                field, pos = self._literal(data, pos, 6)
-                self._add(field)
+                field, pos, valid = self._literal(data, pos, 6)
+                self._add(field, valid)
+                all_valid = all_valid and valid
             elif byte & 0x20:  # dynamic table size update
                 if fields_seen:
                     raise HPACKError("table size update after a header field")
@@ -158,12 +214,13 @@ class Decoder:
                 self._evict()
                 continue
             else:  # literal, not added (0000) or never added (0001)
-                field, pos = self._literal(data, pos, 4)
+                field, pos, valid = self._literal(data, pos, 4)
+                all_valid = all_valid and valid
             fields_seen = True
             total += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
             if total <= limit:
                 headers.append(field)
-        return headers, total <= limit
+        return headers, total <= limit, all_valid
 
 
 def _encode_integer(value: int, prefix_bits: int, first: int) -> bytes:

@@ -14,10 +14,25 @@ keeps to what a server of kubectl and client-go needs (no push, no priorities, n
 extended CONNECT) and does that in a few µs. Errors follow RFC 9113 section 5.4:
 connection errors queue a GOAWAY and end in ``Terminated``; stream errors queue a
 RST_STREAM.
+
+Requests are validated as RFC 9113 sections 8.1.1, 8.2 and 8.3 require before a
+``Request`` is emitted (the gateway writes them into HTTP/1.1 heads): field names are
+lower-case tokens, values carry no control character but HTAB and no whitespace at
+either end (``gateway.hpack_codec`` checks those as it decodes), pseudo-headers are the
+request ones, each once, before the regular fields; ``:method`` is a token, ``:scheme``
+a scheme, ``:path`` origin-form (``*`` for OPTIONS) without spaces, controls or ``#``,
+``:authority`` (or ``host``, and they agree) a host and port; no connection-specific
+field, ``te`` only ``trailers``, ``content-length`` digits (repeated only with the same
+value) and equal to the DATA received, trailers without pseudo-headers. A malformed
+request is a stream error PROTOCOL_ERROR, and the client's stream errors count towards
+``MAX_STREAM_ERRORS``. A new stream must have an id above the last (RFC 9113 section
+5.1.1); frames on closed streams are told apart by how each closed (section 5.1), for
+the last ``CLOSED_STREAMS_KEPT`` of them.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
 from gateway.hpack_codec import TABLE_SIZE_ZERO, Decoder, HPACKError, encode
@@ -44,6 +59,7 @@ SETTINGS_MAX_CONCURRENT_STREAMS = 0x3
 SETTINGS_INITIAL_WINDOW_SIZE = 0x4
 SETTINGS_MAX_FRAME_SIZE = 0x5
 SETTINGS_MAX_HEADER_LIST_SIZE = 0x6
+SETTINGS_NO_RFC7540_PRIORITIES = 0x9
 
 DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
@@ -63,16 +79,55 @@ connection: a bound on what one request can make us buffer."""
 MAX_CLOSED_RESETS = 1000
 """Streams a client may open and reset itself before the connection is refused as
 abusive (``ENHANCE_YOUR_CALM``; the 2023 "rapid reset" pattern) — per 1000 requests."""
+MAX_STREAM_ERRORS = 100
+"""Malformed requests and other stream errors of the client's making beyond which, if
+they are more than half its requests, the connection is refused as abusive
+(``ENHANCE_YOUR_CALM``)."""
+CLOSED_STREAMS_KEPT = 256
+"""Closed streams whose end (reset by us, reset by the client, or ended) is remembered,
+to ignore the frames in flight on a stream we reset and to refuse others (RFC 9113
+section 5.1). An older one is treated as unknown: HEADERS on it is a connection error,
+DATA is ignored."""
+
+_ENDED, _RESET_BY_US, _RESET_BY_CLIENT = 1, 2, 3
 
 _HEAD_OUT = struct.Struct(">HBBBI")  # 24-bit length as 16 + 8 bits, type, flags, stream
 _U32 = struct.Struct(">I")
 _U16U32 = struct.Struct(">HI")
 _II = struct.Struct(">II")
 
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+_SPECIFIC, _TE, _COOKIE, _CONTENT_LENGTH, _HOST = 1, 2, 3, 4, 5
+_SPECIAL: dict[bytes, int] = {
+    b"connection": _SPECIFIC,
+    b"keep-alive": _SPECIFIC,
+    b"proxy-connection": _SPECIFIC,
+    b"transfer-encoding": _SPECIFIC,
+    b"upgrade": _SPECIFIC,
+    b"te": _TE,
+    b"cookie": _COOKIE,
+    b"content-length": _CONTENT_LENGTH,
+    b"host": _HOST,
+}
+"""Regular fields a request's validation looks at (RFC 9113 section 8.2.2: the
+connection-specific ones make it malformed)."""
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""RFC 9110 section 5.6.2: what ``:method`` must be."""
+_SCHEMES = frozenset({b"https", b"http"})
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")
+"""RFC 3986 section 3.1."""
+_AUTHORITY = re.compile(
+    rb"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\]|(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)"
+    rb"(?::[0-9]*)?"
 )
-_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+"""RFC 3986 section 3.2 without userinfo (RFC 9113 section 8.3.1 forbids it): an
+IP-literal, or a non-empty IPv4 address or reg-name; then an optional port."""
+_PATH_MARKS = bytes(0 if 0x21 <= c <= 0x7E and c != 0x23 else 1 for c in range(256))
+"""``path.translate`` to this has a 1 for a byte no origin-form target may carry: controls,
+SP, DEL, non-ASCII (RFC 3986 wants them percent-encoded) and ``#`` (a fragment is not
+part of ``:path``). The printable ASCII RFC 3986 leaves out (``"<>\\^`{|}``) is let
+through: browsers send some of it raw (the WHATWG URL standard's encode sets), and it
+cannot end a request line."""
 
 
 class Request:
@@ -80,6 +135,7 @@ class Request:
 
     __slots__ = (
         "authority",
+        "content_length",
         "end_stream",
         "headers",
         "method",
@@ -99,17 +155,23 @@ class Request:
         headers: list[Header],
         end_stream: bool,
         too_large: bool,
+        content_length: int = -1,
     ) -> None:
         self.stream_id = stream_id
         self.method = method
         self.path = path
+        """Origin-form (``*`` for OPTIONS); empty for CONNECT."""
         self.scheme = scheme
         self.authority = authority
+        """``:authority``, else the ``host`` field (they agree when both are sent)."""
         self.headers = headers
-        """Regular fields (no pseudo-headers), names lower case, ``cookie`` joined."""
+        """Regular fields (no pseudo-headers), names lower case, ``cookie`` joined, a
+        repeated ``content-length`` (same value) kept once."""
         self.end_stream = end_stream
         self.too_large = too_large
         """The fields exceeded ``MAX_HEADER_LIST``: answer 431; ``headers`` is partial."""
+        self.content_length = content_length
+        """The ``content-length`` field's value, -1 without one."""
 
 
 class Data:
@@ -217,18 +279,24 @@ class ServerConnection:
 
     __slots__ = (
         "_buffer",
+        "_closed",
+        "_closed_next",
+        "_closed_order",
         "_conn_unacked",
         "_continuing",
         "_decoder",
         "_events",
+        "_goaway_last",
         "_header_block",
         "_header_end_stream",
+        "_header_refused",
         "_out",
         "_preface_seen",
         "_requests",
         "_resets",
         "_sendable",
         "_settings_seen",
+        "_stream_errors",
         "_streams",
         "_table_update_due",
         "conn_recv_window",
@@ -254,10 +322,22 @@ class ServerConnection:
         """The stream whose header block awaits CONTINUATION frames (0: none)."""
         self._header_block = b""
         self._header_end_stream = False
+        self._header_refused = False
+        """The header block being continued is a stream error (its stream depends on
+        itself): decoded, to keep the table in step, but not a request."""
         self._table_update_due = True
         self._conn_unacked = 0
         self._resets = 0
+        self._stream_errors = 0
         self._requests = 0
+        self._closed: dict[int, int] = {}
+        """How each recently closed stream ended (``_ENDED``, ``_RESET_BY_US``,
+        ``_RESET_BY_CLIENT``), for the last ``CLOSED_STREAMS_KEPT`` of them."""
+        self._closed_order: list[int] = []
+        """The ids in ``_closed``, a ring: ``_closed_next`` is the oldest's place."""
+        self._closed_next = 0
+        self._goaway_last = MAX_WINDOW
+        """The last stream id our GOAWAY announced: streams above it are ignored."""
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = MIN_FRAME
@@ -352,7 +432,9 @@ class ServerConnection:
             if not stream_id:
                 raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
-                self._reset_stream(stream_id, FRAME_SIZE_ERROR)
+                self._stream_error(stream_id, FRAME_SIZE_ERROR)
+            elif _U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:
+                self._stream_error(stream_id, PROTOCOL_ERROR)  # RFC 9113 5.3.1: on itself
         elif kind == GOAWAY:
             if stream_id:
                 raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
@@ -393,6 +475,8 @@ class ServerConnection:
                     raise _ConnectionError(PROTOCOL_ERROR, f"enable push {value}")
             elif key == SETTINGS_HEADER_TABLE_SIZE:
                 self._table_update_due = True
+            elif key == SETTINGS_NO_RFC7540_PRIORITIES and value > 1:  # RFC 9218 2.1
+                raise _ConnectionError(PROTOCOL_ERROR, f"no RFC 7540 priorities {value}")
         self._out.append(_pack(SETTINGS, FLAG_ACK, 0, b""))
         self._flush()
 
@@ -413,11 +497,11 @@ class ServerConnection:
                     raise _ConnectionError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
                 return  # a stream that closed meanwhile
             if not increment:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)
+                self._stream_error(stream_id, PROTOCOL_ERROR)
                 return
             stream.send_window += increment
             if stream.send_window > MAX_WINDOW:
-                self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+                self._stream_error(stream_id, FLOW_CONTROL_ERROR)
                 return
         self._flush()
 
@@ -430,8 +514,9 @@ class ServerConnection:
             raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         stream = self._streams.pop(stream_id, None)
         if stream is None:
-            return
+            return  # closed already: a reset of ours crossed theirs, or it had ended
         self._sendable.pop(stream_id, None)
+        self._remember_closed(stream_id, _RESET_BY_CLIENT)
         if not stream.local_closed:
             self._resets += 1
             if self._resets > MAX_CLOSED_RESETS and self._resets * 2 > self._requests:
@@ -448,20 +533,22 @@ class ServerConnection:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "padded HEADERS without a pad length")
             end -= payload[0]
             start = 1
+        refused = False
         if flags & FLAG_PRIORITY:
             if end - start >= 4 and _U32.unpack_from(payload, start)[0] & 0x7FFFFFFF == stream_id:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)  # depends on itself
+                refused = True  # depends on itself (RFC 9113 section 5.3.1): a stream error
             start += 5
         if end < start:
             raise _ConnectionError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
         block = payload[start:end]
         end_stream = bool(flags & FLAG_END_STREAM)
         if flags & FLAG_END_HEADERS:
-            self._header_block_done(stream_id, block, end_stream)
+            self._header_block_done(stream_id, block, end_stream, refused)
         else:
             self._continuing = stream_id
             self._header_block = block
             self._header_end_stream = end_stream
+            self._header_refused = refused
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not self._continuing or stream_id != self._continuing:
@@ -472,46 +559,66 @@ class ServerConnection:
         if flags & FLAG_END_HEADERS:
             block, self._header_block = self._header_block, b""
             self._continuing = 0
-            self._header_block_done(stream_id, block, self._header_end_stream)
+            self._header_block_done(stream_id, block, self._header_end_stream, self._header_refused)
 
-    def _header_block_done(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        fields, within = self._decoder.decode(block, MAX_HEADER_LIST)
+    def _header_block_done(
+        self, stream_id: int, block: bytes, end_stream: bool, refused: bool
+    ) -> None:
+        # Decoded first, whatever becomes of it: the table must stay in step.
+        fields, within, valid = self._decoder.decode(block, MAX_HEADER_LIST)
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers
             if stream.remote_closed:
-                self._reset_stream(stream_id, STREAM_CLOSED)
-            elif not end_stream:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)
+                self._stream_error(stream_id, STREAM_CLOSED)
+            elif (
+                refused
+                or not end_stream  # RFC 9113 section 8.1: a second block ends the stream
+                or not _trailers_valid(fields, valid)
+                or 0 <= stream.expected_length != stream.received
+            ):
+                self._stream_error(stream_id, PROTOCOL_ERROR)
             else:
                 self._remote_end(stream_id, stream)
             return
         if stream_id <= self.last_stream_id:
-            return  # a stream we reset or finished: ignored (RFC 9113 section 5.4.2)
+            self._on_closed_stream(stream_id, True)
+            return
         self.last_stream_id = stream_id
         if self.going_away:
             return  # after our GOAWAY: not processed (the client may retry elsewhere)
         self._requests += 1
-        if len(self._streams) >= MAX_CONCURRENT_STREAMS:
-            self._out.append(_pack(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM)))
+        if refused:
+            self._stream_error(stream_id, PROTOCOL_ERROR)
             return
-        request = _request(stream_id, fields, end_stream, within)
+        if len(self._streams) >= MAX_CONCURRENT_STREAMS:
+            self._stream_error(stream_id, REFUSED_STREAM)  # RFC 9113 section 5.1.2
+            return
+        request = _request(stream_id, fields, end_stream, within, valid)
         if request is None:
-            self._out.append(_pack(RST_STREAM, 0, stream_id, _U32.pack(PROTOCOL_ERROR)))
+            self._stream_error(stream_id, PROTOCOL_ERROR)  # malformed: RFC 9113 8.1.1
             return
         stream = _Stream(self.peer_initial_window, STREAM_WINDOW, end_stream)
-        for name, value in request.headers:
-            if name == b"content-length":
-                if not value.isdigit():
-                    self._out.append(_pack(RST_STREAM, 0, stream_id, _U32.pack(PROTOCOL_ERROR)))
-                    return
-                stream.expected_length = int(value)
+        stream.expected_length = request.content_length
         self._streams[stream_id] = stream
         self._events.append(request)
         if end_stream:
-            if stream.expected_length > 0:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)
-                return
             self._events.append(End(stream_id))
+
+    def _on_closed_stream(self, stream_id: int, headers: bool) -> None:
+        """HEADERS (``headers``) or DATA on a stream that is closed (RFC 9113 5.1)."""
+        how = self._closed.get(stream_id, 0)
+        if how == _RESET_BY_US or stream_id > self._goaway_last:
+            return  # frames in flight when our RST_STREAM or GOAWAY left: ignored
+        if how == _RESET_BY_CLIENT:
+            self._stream_error(stream_id, STREAM_CLOSED)
+        elif how == _ENDED:
+            raise _ConnectionError(STREAM_CLOSED, f"a frame on stream {stream_id}, which ended")
+        elif headers:
+            raise _ConnectionError(
+                PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, not above {self.last_stream_id}"
+            )
+        # DATA on a stream closed long ago (or never opened: closed by a higher one)
+        # is ignored: it may be in flight on a stream we reset and have since forgotten.
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
@@ -529,19 +636,21 @@ class ServerConnection:
         if stream is None or stream.remote_closed:
             if stream_id > self.last_stream_id:
                 raise _ConnectionError(PROTOCOL_ERROR, "DATA on an idle stream")
-            self._acknowledge_connection(flow)
+            self._acknowledge_connection(flow)  # counted all the same (RFC 9113 6.9)
             if stream is not None:
-                self._reset_stream(stream_id, STREAM_CLOSED)
+                self._stream_error(stream_id, STREAM_CLOSED)  # half-closed (remote)
+            else:
+                self._on_closed_stream(stream_id, False)
             return
         if flow > stream.recv_window:
             self._acknowledge_connection(flow)
-            self._reset_stream(stream_id, FLOW_CONTROL_ERROR)
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR)
             return
         stream.recv_window -= flow
         stream.received += len(data)
         if 0 <= stream.expected_length < stream.received:
             self._acknowledge_connection(flow)
-            self._reset_stream(stream_id, PROTOCOL_ERROR)
+            self._stream_error(stream_id, PROTOCOL_ERROR)  # RFC 9113 8.1.1
             return
         padding = flow - len(data)
         if padding:
@@ -550,7 +659,7 @@ class ServerConnection:
             self._events.append(Data(stream_id, data))
         if flags & FLAG_END_STREAM:
             if 0 <= stream.expected_length != stream.received:
-                self._reset_stream(stream_id, PROTOCOL_ERROR)
+                self._stream_error(stream_id, PROTOCOL_ERROR)  # RFC 9113 8.1.1
                 return
             self._remote_end(stream_id, stream)
 
@@ -559,6 +668,7 @@ class ServerConnection:
         self._events.append(End(stream_id))
         if stream.local_closed and not stream.pending:
             del self._streams[stream_id]
+            self._remember_closed(stream_id, _ENDED)
 
     # flow control of request bodies
 
@@ -641,6 +751,7 @@ class ServerConnection:
         """No new streams: those opened so far are still served."""
         if not self.going_away:
             self.going_away = True
+            self._goaway_last = self.last_stream_id
             self._out.append(
                 _pack(GOAWAY, 0, 0, _II.pack(self.last_stream_id, code) + message.encode()[:256])
             )
@@ -708,13 +819,39 @@ class ServerConnection:
         self._sendable.pop(stream_id, None)
         if stream.remote_closed:
             self._streams.pop(stream_id, None)
+            self._remember_closed(stream_id, _ENDED)
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """The client broke a rule on one stream (RFC 9113 section 5.4.2): it is reset.
+        Many of these, more than half the client's requests, end the connection."""
+        self._stream_errors += 1
+        if self._stream_errors > MAX_STREAM_ERRORS and self._stream_errors * 2 > self._requests:
+            raise _ConnectionError(
+                ENHANCE_YOUR_CALM, "too many malformed requests or stream errors"
+            )
+        self._reset_stream(stream_id, code)
 
     def _reset_stream(self, stream_id: int, code: int, notify: bool = True) -> None:
         self._out.append(_pack(RST_STREAM, 0, stream_id, _U32.pack(code)))
         stream = self._streams.pop(stream_id, None)
         self._sendable.pop(stream_id, None)
+        if stream_id <= self.last_stream_id:  # not an idle one (a PRIORITY's)
+            self._remember_closed(stream_id, _RESET_BY_US)
         if stream is not None and notify:
             self._events.append(Reset(stream_id, code))
+
+    def _remember_closed(self, stream_id: int, how: int) -> None:
+        closed = self._closed
+        if stream_id not in closed:
+            order = self._closed_order
+            if len(order) < CLOSED_STREAMS_KEPT:
+                order.append(stream_id)
+            else:
+                place = self._closed_next
+                del closed[order[place]]
+                order[place] = stream_id
+                self._closed_next = (place + 1) % CLOSED_STREAMS_KEPT
+        closed[stream_id] = how
 
     def _terminate(self, code: int, message: str) -> None:
         self.going_away = True
@@ -727,48 +864,118 @@ class ServerConnection:
         self._events.append(Terminated(code, message))
 
 
+def _trailers_valid(fields: list[Header], valid: bool) -> bool:
+    """Trailers as RFC 9113 allows them: well-formed fields (section 8.2.1), no
+    pseudo-header (8.3), no connection-specific field (8.2.2)."""
+    if not valid:
+        return False
+    for name, value in fields:
+        if name[0] == 0x3A:
+            return False
+        kind = _SPECIAL.get(name, 0)
+        if kind == _SPECIFIC or (kind == _TE and value.lower() != b"trailers"):
+            return False
+    return True
+
+
 def _request(
-    stream_id: int, fields: list[Header], end_stream: bool, within: bool
+    stream_id: int, fields: list[Header], end_stream: bool, within: bool, valid: bool
 ) -> Request | None:
-    """The request in a decoded header block, or None if it is malformed (RFC 9113 8.1.1)."""
-    method = path = scheme = authority = b""
+    """The request in a decoded header block, or None if it is malformed (RFC 9113
+    8.1.1): ``valid`` says whether every field line was well-formed (8.2.1)."""
+    if not valid:
+        return None
+    method: bytes | None = None
+    path: bytes | None = None
+    scheme: bytes | None = None
+    authority: bytes | None = None
+    host: bytes | None = None
+    length: bytes | None = None
     headers: list[Header] = []
     cookies: list[bytes] = []
     regular = False
-    for name, value in fields:
-        if name[:1] == b":":
-            if regular or name not in _PSEUDO:
-                return None
+    for field in fields:
+        name = field[0]
+        if name[0] == 0x3A:  # a pseudo-header (names are not empty: ``valid``)
+            if regular:
+                return None  # after a regular field (8.3)
             if name == b":method":
-                if method:
+                if method is not None:
                     return None
-                method = value
+                method = field[1]
             elif name == b":path":
-                if path:
+                if path is not None:
                     return None
-                path = value
+                path = field[1]
             elif name == b":scheme":
-                if scheme:
+                if scheme is not None:
                     return None
-                scheme = value
+                scheme = field[1]
             elif name == b":authority":
-                if authority:
+                if authority is not None:
                     return None
-                authority = value
+                authority = field[1]
             else:
-                return None  # :protocol (extended CONNECT) is not offered
+                return None  # :status, unknown ones, :protocol (no extended CONNECT)
             continue
         regular = True
-        if name in _CONNECTION_SPECIFIC or (not name.islower() and name != name.lower()):
-            return None
-        if name == b"te" and value != b"trailers":
-            return None
-        if name == b"cookie":
-            cookies.append(value)
+        kind = _SPECIAL.get(name, 0)
+        if not kind:
+            headers.append(field)
             continue
-        headers.append((name, value))
-    if not method or (method != b"CONNECT" and (not scheme or not path)):
+        value = field[1]
+        if kind == _SPECIFIC:
+            return None  # 8.2.2
+        if kind == _TE:
+            if value.lower() != b"trailers":
+                return None  # 8.2.2
+        elif kind == _COOKIE:
+            cookies.append(value)  # 8.2.3: crumbs joined below
+            continue
+        elif kind == _CONTENT_LENGTH:
+            if length is not None:
+                if value != length:
+                    return None  # RFC 9110 8.6: values that disagree
+                continue  # the same value again: kept once
+            if not value.isdigit():
+                return None  # RFC 9110 8.6: 1*DIGIT
+            length = value
+        elif host is not None:
+            return None  # a second host (RFC 9110 7.2)
+        else:
+            host = value
+        headers.append(field)
+    if method is None or not (method in _METHODS or _TOKEN.fullmatch(method)):
         return None
+    if method == b"CONNECT":  # 8.5: host and port only (answered 405 by the gateway)
+        if scheme is not None or path is not None or not authority:
+            return None
+        path = scheme = b""
+    else:
+        if scheme is None or path is None:
+            return None  # 8.3.1
+        if not (scheme in _SCHEMES or _SCHEME.fullmatch(scheme)):
+            return None
+        if path[:1] == b"/":
+            if path.translate(_PATH_MARKS).find(1) >= 0:
+                return None
+        elif path != b"*" or method != b"OPTIONS":
+            return None  # 8.3.1: origin-form, or ``*`` for OPTIONS; not empty
+        if authority is None:
+            if host is None:
+                return None  # 8.3.1: :authority or host
+            authority = host
+        elif host is not None and host != authority:
+            return None  # 8.3.1: they must agree
+    if not _AUTHORITY.fullmatch(authority):
+        return None
+    content_length = -1
+    if length is not None:
+        content_length = int(length)
+        if end_stream and content_length:
+            return None  # 8.1.1: no DATA will come
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
-    return Request(stream_id, method, path, scheme, authority, headers, end_stream, not within)
+    return Request(
+        stream_id, method, path, scheme, authority, headers, end_stream, not within, content_length
+    )
