@@ -14,12 +14,13 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from config.compat.ssl_internals import use_direct_objects
 
 CA_VALIDITY = dt.timedelta(days=3650)
 CERT_VALIDITY = dt.timedelta(days=365)
@@ -181,26 +182,6 @@ def ensure_generated_certs(directory: Path, hosts: list[str]) -> tuple[CertPaths
     return paths, created
 
 
-class DirectSSLObject(ssl.SSLObject):
-    """``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C methods
-    themselves, not Python wrappers calling them.
-
-    The event loop's TLS transport calls ``read`` once per TLS record (16 KiB) and
-    ``pending`` after it: a Python frame each time, for every record of every connection.
-    Contexts hand it out through ``SSLContext.sslobject_class``.
-    """
-
-    @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
-        self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
-        inner = getattr(self, "_sslobj", None)  # CPython's; without it, the wrappers stay
-        if inner is not None:
-            self.read = inner.read  # type: ignore[method-assign]
-            self.write = inner.write  # type: ignore[method-assign]
-            self.pending = inner.pending  # type: ignore[method-assign]
-        return self
-
-
 def server_context(
     cert_file: str | Path, key_file: str | Path, http2: bool = False
 ) -> ssl.SSLContext:
@@ -210,7 +191,7 @@ def server_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_file), str(key_file))
     ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
-    ctx.sslobject_class = DirectSSLObject
+    use_direct_objects(ctx)
     return ctx
 
 
@@ -229,5 +210,5 @@ def client_context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["http/1.1"])
-    ctx.sslobject_class = DirectSSLObject
+    use_direct_objects(ctx)
     return ctx

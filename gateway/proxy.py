@@ -321,6 +321,8 @@ async def forward(
             ) from None
 
     upgrade_request = _is_upgrade(request)
+    if upgrade_request:
+        upgrade.check_supported()  # 501 if aiohttp cannot hand the connection over
     body: bytes | AsyncIterator[bytes] | None = None
     framing: Header | None = None
     length = request.content_length

@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from config import compat
+from config.compat import aiohttp_internals
 from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
@@ -59,6 +61,7 @@ async def serve(
     ``reload_settings`` re-reads the settings on SIGHUP (None: SIGHUP is ignored).
     """
     notifier = notifier or Notifier.from_env()
+    compat.self_test(compat.GATEWAY)  # dependencies' internals: one WARNING per failed check
     url = bootstrap.server_url(settings)
     state = bootstrap.state_dir(settings)
     store = await open_store(settings.store, state)
@@ -83,7 +86,7 @@ async def serve(
         await runner.setup()
         assert runner.server is not None
         runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
-        lost = _track_lost_connections(runner.server)
+        lost = aiohttp_internals.track_lost_connections(runner.server)
         # Connections start on the lean path and are handed to aiohttp when they ask for
         # something else (gateway.front).
         front = Front(app, runner.server)
@@ -187,27 +190,17 @@ async def _stop_gracefully(
     await tunnels.close_all(app)
 
 
-def _track_lost_connections(server: web.Server) -> set[object]:
-    """The client connections whose ``connection_lost`` has run (see ``_wait_lost``)."""
-    lost: set[object] = set()
-    original = server.connection_lost
-
-    def connection_lost(handler: Any, exc: BaseException | None) -> None:
-        lost.add(handler)
-        original(handler, exc)
-
-    server.connection_lost = connection_lost  # type: ignore[method-assign,assignment]
-    return lost
-
-
-async def _wait_lost(connections: list[Any], lost: set[object], timeout_s: float) -> None:
+async def _wait_lost(connections: list[Any], lost: set[object] | None, timeout_s: float) -> None:
     """Wait until closing connections have sent what they buffered.
 
     A transport calls ``connection_lost`` only once its send buffer is empty; a process
     that exits before then loses the end of an answer a slow client was still reading
     (under TLS, that buffer is the TCP transport's, below what ``get_write_buffer_size``
-    of the TLS transport reports).
+    of the TLS transport reports). ``lost`` is None when aiohttp cannot tell
+    (config.compat.aiohttp_internals): then there is no waiting.
     """
+    if lost is None:
+        return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while any(conn not in lost for conn in connections):

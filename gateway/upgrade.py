@@ -5,7 +5,10 @@ answer and then copies raw bytes both ways until either side closes: it does not
 need to understand WebSocket or SPDY/3.1 framing. aiohttp recognises only
 ``websocket`` upgrades, so the client connection is taken over with
 ``RequestHandler.set_parser``: from then on every byte the client sends is handed
-to :class:`_ClientToTunnel` instead of the HTTP parser.
+to :class:`_ClientToTunnel` instead of the HTTP parser. That hook is aiohttp's
+internals, checked at start-up (:mod:`config.compat.aiohttp_internals`): when it is not
+as tested, upgrades are refused with 501 (:func:`check_supported`) before anything
+reaches the API server.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 
 from aiohttp import web
 
+from config.compat import aiohttp_internals
+from gateway.errors import GatewayError
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.upstream import Response
 from tunnel.errors import TunnelError
@@ -107,3 +112,13 @@ async def _tunnel_to_client(
             await resp.write(chunk)
     except TunnelError as exc:
         logger.debug("tunnel side of an upgraded connection ended: %s", exc)
+
+
+def check_supported() -> None:
+    """Refuse an upgrade (501 Not Implemented) when aiohttp cannot hand the connection over."""
+    if not aiohttp_internals.upgrades_supported():
+        raise GatewayError(
+            501,
+            "exec, attach and port-forward are not available on this gateway: its aiohttp "
+            "version cannot hand a connection over (see the gateway's log)",
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvloop
 
-from config import allocator, native
+from config import allocator, compat, native
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.reload import settings_loader
@@ -90,6 +90,7 @@ async def _main(
     notifier = Notifier.from_env()
     agent = Agent(settings, token, notifier)
     logging.getLogger(__name__).info("tunnel code: %s", native.describe())
+    compat.self_test(compat.AGENT)  # dependencies' internals: one WARNING per failed check
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, agent.reload, reload)
     else:

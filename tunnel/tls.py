@@ -18,18 +18,17 @@ as with uvloop), and renegotiation beyond retrying an operation OpenSSL asked to
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import collections
 import contextlib
-import ctypes
 import errno
 import logging
 import socket
 import ssl
-import weakref
 from collections.abc import Callable
 from typing import Any
+
+from config.compat.ssl_internals import direct, enable_read_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -58,62 +57,6 @@ ACCEPT_PAUSE_S = 1.0
 """After an accept failed for want of descriptors or memory, accepting waits this long."""
 
 
-_SSL_CTRL_GET_READ_AHEAD = 40
-_SSL_CTRL_SET_READ_AHEAD = 41
-_VERIFY_MODES = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
-"""Python's verify modes as OpenSSL's SSL_VERIFY_* bits."""
-_read_ahead_on: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
-"""Contexts already set (each connection asks again)."""
-_lib: list[ctypes.CDLL] = []
-"""The libssl handle, loaded on first use."""
-
-
-def enable_read_ahead(context: ssl.SSLContext) -> bool:
-    """Let connections made from ``context`` read as many records as have arrived at once.
-
-    Without read-ahead OpenSSL reads a record's 5-byte header and then its body: two
-    ``recv`` calls per record, which made the tunnel's small frames cost 6 µs a request
-    more than through memory BIOs. Python has no setting for it, so this calls
-    ``SSL_CTX_ctrl`` on the context's ``SSL_CTX`` (the first field after the object
-    header, checked against the context's options and verify mode before it is used;
-    on any mismatch nothing is changed and False is returned).
-    """
-    if context in _read_ahead_on:
-        return True
-    try:
-        lib = _libssl()
-        pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-        if (
-            not pointer
-            or lib.SSL_CTX_get_options(pointer) != context.options
-            or lib.SSL_CTX_get_verify_mode(pointer) != _VERIFY_MODES.get(context.verify_mode)
-        ):
-            logger.warning("cannot reach OpenSSL's SSL_CTX: TLS reads without read-ahead")
-            return False
-        lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_READ_AHEAD, 1, None)
-        on = bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_READ_AHEAD, 0, None))
-    except (OSError, AttributeError, ValueError) as exc:
-        logger.warning("cannot set TLS read-ahead: %s", exc)
-        return False
-    if on:
-        _read_ahead_on.add(context)
-    return on
-
-
-def _libssl() -> ctypes.CDLL:
-    """The libssl that Python's ssl module uses (found through ``_ssl``'s own links)."""
-    if not _lib:
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        _lib.append(lib)
-    return _lib[0]
-
-
 class TLSTransport(asyncio.Transport):
     """An established TLS connection on a non-blocking :class:`ssl.SSLSocket`."""
 
@@ -128,9 +71,10 @@ class TLSTransport(asyncio.Transport):
         self._sock = sock
         self._fd = sock.fileno()
         # The C object under SSLSocket: its read/write without the Python wrappers'
-        # checks (a quarter of this transport's time per small request). Ragged EOFs,
+        # checks (a quarter of this transport's time per small request); the socket's
+        # own methods if that is not there (config.compat.ssl_internals). Ragged EOFs,
         # which SSLSocket.recv_into turns into 0, are handled in _fill.
-        self._ssl: Any = sock._sslobj  # type: ignore[attr-defined]
+        self._ssl: Any = direct(sock)
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._pending: collections.deque[bytes | bytearray] = collections.deque()

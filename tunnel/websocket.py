@@ -26,15 +26,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-try:  # aiohttp's C masking loop (a declared dependency); its own pure fallback else
-    from aiohttp._websocket.helpers import websocket_mask as _mask_in_place
-except ImportError:  # pragma: no cover - only if aiohttp moves its helper
-
-    def _mask_in_place(mask: bytes, data: bytearray) -> None:
-        for i in range(4):
-            table = bytes(b ^ mask[i] for b in range(256))
-            data[i::4] = data[i::4].translate(table)
-
+# aiohttp's C masking loop when it is as tested, else a Python one (config.compat)
+from config.compat.aiohttp_internals import websocket_mask as _mask_in_place
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 VERSION: Final = "13"

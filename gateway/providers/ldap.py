@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from config.schema import LDAPSettings
 from gateway import metrics
+from gateway.providers import ldap3_compat
 from gateway.providers import ldap_filters as filters
 from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
 from gateway.providers.ldap3_compat import (
@@ -115,6 +116,7 @@ class LDAPProvider:
         self._tls = ContextTls(tls_context(cfg.ca_file, cfg.insecure_skip_tls_verify))
         self._servers: list[Server] = []
         self._server: Server | ServerPool = self._make_servers()
+        ldap3_compat.AVAILABILITY.holds()  # the start-up check of ldap3's internals
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=cfg.pool_size, thread_name_prefix=f"herdgate-{name}"
         )
@@ -252,15 +254,7 @@ class LDAPProvider:
         fails without trying, so a directory that is back would still be refused for
         a while. Skipping stays in force while at least one server is thought up.
         """
-        for server in self._servers:
-            infos = server.address_info
-            if infos and all(info[5] is False for info in infos):
-                server.reset_availability()
-        state = getattr(self._server, "_pool_state", None)  # ServerPool, ldap3 2.9
-        servers = getattr(state, "server_states", None) or []
-        if servers and not any(s.available for s in servers):
-            for server_state in servers:
-                server_state.available = True
+        ldap3_compat.revive(self._servers, self._server)
 
     def _open(self, conn: Connection) -> None:
         self._revive_addresses()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from config.compat import ssl_internals
 from config.tls import client_context
 from tests.fakes import TestPKI
 from tunnel import tls
@@ -391,5 +392,5 @@ def test_alpn_and_extra_info(run, pki: TestPKI) -> None:
 
 
 def test_read_ahead_is_set_on_real_contexts(pki: TestPKI) -> None:
-    assert tls.enable_read_ahead(pki.server_context())
-    assert tls.enable_read_ahead(client_context(ca_file=str(pki.ca_file)))
+    assert ssl_internals.enable_read_ahead(pki.server_context())
+    assert ssl_internals.enable_read_ahead(client_context(ca_file=str(pki.ca_file)))

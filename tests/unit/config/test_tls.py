@@ -6,7 +6,8 @@ import contextlib
 import ssl
 from pathlib import Path
 
-from config.tls import DirectSSLObject, client_context, server_context
+from config.compat.ssl_internals import DirectSSLObject
+from config.tls import client_context, server_context
 from tests.fakes import TestPKI
 
 

@@ -1,0 +1,265 @@
+"""CPython's ``ssl`` internals and OpenSSL's ``SSL_CTX``, reached for speed by the TLS paths.
+
+What herdgate relies on, and what runs when it does not hold (one WARNING each):
+
+1. ``ssl-socket-direct``: ``ssl.SSLSocket._sslobj``, the C ``_ssl._SSLSocket`` under the
+   Python wrapper, with ``read(len, buffer)``, ``write(data)`` and ``pending()``.
+   :class:`tunnel.tls.TLSTransport` calls them directly (a quarter of its time per small
+   request went to the wrappers' checks). Fallback: the public ``SSLSocket.read``,
+   ``write`` and ``pending``, which take the same arguments (and turn a ragged EOF into
+   0, which the transport reads as end of stream as well).
+2. ``ssl-object-direct``: ``ssl.SSLObject._create`` (the classmethod
+   ``SSLContext.wrap_bio`` calls on ``SSLContext.sslobject_class``) and
+   ``SSLObject._sslobj``: :class:`DirectSSLObject` binds the C ``read``, ``write`` and
+   ``pending`` on the instance, so the event loop's TLS (memory BIOs) calls them without
+   a Python frame per record. Fallback: contexts keep the standard ``ssl.SSLObject``.
+3. ``openssl-read-ahead``: the ``SSL_CTX *`` of an ``ssl.SSLContext`` is the first field
+   after the object header (CPython's ``PySSLContext``), and ``SSL_CTX_ctrl``,
+   ``SSL_CTX_get_options`` and ``SSL_CTX_get_verify_mode`` are found in the library
+   ``_ssl`` links (through ``ctypes``). :func:`enable_read_ahead` sets read-ahead, so
+   OpenSSL takes every record that has arrived in one ``recv`` instead of two per record
+   (6 µs a request on the tunnel's small frames). Fallback: no read-ahead (correct,
+   slower). The pointer is read only on CPython versions whose ``PySSLContext`` layout
+   was checked (:data:`LAYOUT_CHECKED`); even when the probe passed, each context's
+   pointer is checked against that context's options and verify mode before it is used.
+
+Tested: CPython 3.11.7 with OpenSSL 3.0.19 (Debian 12). The probes: (1) and (2) wrap a
+socket pair's end and a pair of memory BIOs in a client context and call ``read``,
+``write`` and ``pending`` on the C object before any handshake (each must ask to read,
+``SSLWantReadError``, and ``pending`` be 0); (3) reads a fresh context's options and
+verify mode through the pointer, changes both from Python and reads them again (they
+must follow), then sets read-ahead and reads it back.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import ctypes
+import logging
+import socket
+import ssl
+import sys
+import weakref
+from typing import Any
+
+from config.compat import AGENT, GATEWAY, Assumption, Broken
+
+logger = logging.getLogger(__name__)
+
+_SSL_CTRL_GET_READ_AHEAD = 40
+_SSL_CTRL_SET_READ_AHEAD = 41
+_VERIFY_MODES = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}
+"""Python's verify modes as OpenSSL's SSL_VERIFY_* bits."""
+_read_ahead_on: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+"""Contexts already set (each connection asks again)."""
+_lib: list[ctypes.CDLL] = []
+"""The libssl handle, loaded on first use."""
+
+
+def _bare_client_context() -> ssl.SSLContext:
+    """A client context that verifies nothing: the probes never finish a handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _check_c_object(inner: Any) -> None:
+    """``inner`` answers ``pending``, ``read(len, buffer)`` and ``write`` as the C object
+    does before its handshake: nothing pending, and both want to read."""
+    if inner is None:
+        raise Broken("no _sslobj")
+    if inner.pending() != 0:
+        raise Broken("pending() is not 0 before the handshake")
+    for name, args in (("read", (1, bytearray(1))), ("write", (b"x",))):
+        try:
+            getattr(inner, name)(*args)
+        except ssl.SSLWantReadError:
+            continue
+        raise Broken(f"{name} before the handshake did not ask to read")
+
+
+# 1. SSLSocket._sslobj
+
+
+def _probe_socket() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        sock = _bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        try:
+            _check_c_object(getattr(sock, "_sslobj", None))
+        finally:
+            sock.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+SOCKET_DIRECT = Assumption(
+    "ssl-socket-direct",
+    "ssl.SSLSocket._sslobj (CPython's C object under the socket)",
+    "TLS connections use the public SSLSocket methods (slower)",
+    _probe_socket,
+    programs=(GATEWAY, AGENT),
+)
+
+
+def direct(sock: ssl.SSLSocket) -> Any:
+    """What :class:`tunnel.tls.TLSTransport` calls ``read``, ``write`` and ``pending`` on:
+    the C object under ``sock`` when the assumption holds, else ``sock`` itself."""
+    if SOCKET_DIRECT.holds():
+        inner = getattr(sock, "_sslobj", None)
+        if inner is not None:
+            return inner
+    return sock
+
+
+# 2. SSLObject._create and SSLObject._sslobj
+
+
+class DirectSSLObject(ssl.SSLObject):
+    """``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C methods
+    themselves, not Python wrappers calling them.
+
+    The event loop's TLS transport calls ``read`` once per TLS record (16 KiB) and
+    ``pending`` after it: a Python frame each time, for every record of every connection.
+    Contexts hand it out through ``SSLContext.sslobject_class`` (:func:`use_direct_objects`).
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = getattr(self, "_sslobj", None)  # CPython's; without it, the wrappers stay
+        if inner is not None:
+            self.read = inner.read  # type: ignore[method-assign]
+            self.write = inner.write  # type: ignore[method-assign]
+            self.pending = inner.pending  # type: ignore[method-assign]
+        return self
+
+
+def _probe_object() -> None:
+    context = _bare_client_context()
+    context.sslobject_class = DirectSSLObject
+    obj = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+    if not isinstance(obj, DirectSSLObject):
+        raise Broken("SSLContext.wrap_bio did not use sslobject_class")
+    inner: Any = getattr(obj, "_sslobj", None)
+    _check_c_object(inner)
+    if obj.read != inner.read or obj.pending != inner.pending:
+        raise Broken("SSLObject._create did not hand the C methods over")
+
+
+OBJECT_DIRECT = Assumption(
+    "ssl-object-direct",
+    "ssl.SSLObject._create and SSLObject._sslobj (CPython)",
+    "TLS contexts keep the standard ssl.SSLObject (slower)",
+    _probe_object,
+    programs=(GATEWAY, AGENT),
+)
+
+
+def use_direct_objects(context: ssl.SSLContext) -> None:
+    """Let ``context`` hand out :class:`DirectSSLObject` (if the assumption holds)."""
+    if OBJECT_DIRECT.holds():
+        context.sslobject_class = DirectSSLObject
+
+
+# 3. SSL_CTX read-ahead through ctypes
+
+
+def _libssl() -> ctypes.CDLL:
+    """The libssl that Python's ssl module uses (found through ``_ssl``'s own links)."""
+    if not _lib:
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        _lib.append(lib)
+    return _lib[0]
+
+
+LAYOUT_CHECKED = ((3, 11), (3, 12), (3, 13))
+"""CPython versions whose ``PySSLContext`` has the ``SSL_CTX *`` first (read in
+Modules/_ssl.c; run on 3.11). On others the pointer is not even read: following a wrong
+one could crash the process, which no probe could catch."""
+
+
+def _ssl_ctx(context: ssl.SSLContext) -> int | None:
+    """``context``'s ``SSL_CTX *`` if what it points at has the context's options and
+    verify mode, else None."""
+    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+        return None
+    lib = _libssl()
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if (
+        not pointer
+        or pointer % ctypes.sizeof(ctypes.c_void_p)
+        or lib.SSL_CTX_get_options(pointer) != context.options
+        or lib.SSL_CTX_get_verify_mode(pointer) != _VERIFY_MODES.get(context.verify_mode)
+    ):
+        return None
+    return pointer
+
+
+def _probe_read_ahead() -> None:
+    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+        raise Broken(
+            f"the layout of {sys.implementation.name} {sys.version.split()[0]} is unchecked"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verify mode CERT_REQUIRED
+    if _ssl_ctx(context) is None:
+        raise Broken("the pointer after the object header is not the context's SSL_CTX")
+    context.options ^= ssl.OP_NO_TICKET
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    pointer = _ssl_ctx(context)
+    if pointer is None:
+        raise Broken("SSL_CTX options or verify mode do not follow the context's")
+    lib = _libssl()
+    lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_READ_AHEAD, 1, None)
+    if lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_READ_AHEAD, 0, None) != 1:
+        raise Broken("read-ahead did not read back as set")
+
+
+READ_AHEAD = Assumption(
+    "openssl-read-ahead",
+    "the SSL_CTX pointer inside ssl.SSLContext (CPython) and SSL_CTX_ctrl (libssl, ctypes)",
+    "TLS reads without read-ahead (two recv calls per record)",
+    _probe_read_ahead,
+    programs=(GATEWAY, AGENT),
+)
+
+
+def enable_read_ahead(context: ssl.SSLContext) -> bool:
+    """Let connections made from ``context`` read as many records as have arrived at once.
+
+    Without read-ahead OpenSSL reads a record's 5-byte header and then its body: two
+    ``recv`` calls per record, which made the tunnel's small frames cost 6 µs a request
+    more than through memory BIOs. Python has no setting for it, so this calls
+    ``SSL_CTX_ctrl`` on the context's ``SSL_CTX`` (checked against the context's options
+    and verify mode before it is used; on any mismatch nothing is changed and False is
+    returned). False as well, without a word, when the start-up probe failed (that was
+    reported once).
+    """
+    if context in _read_ahead_on:
+        return True
+    if not READ_AHEAD.holds():
+        return False
+    try:
+        pointer = _ssl_ctx(context)
+        if pointer is None:
+            logger.warning("cannot reach OpenSSL's SSL_CTX: TLS reads without read-ahead")
+            return False
+        lib = _libssl()
+        lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_SET_READ_AHEAD, 1, None)
+        on = bool(lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_GET_READ_AHEAD, 0, None))
+    except (OSError, AttributeError, ValueError) as exc:
+        logger.warning("cannot set TLS read-ahead: %s", exc)
+        return False
+    if on:
+        _read_ahead_on.add(context)
+    return on
