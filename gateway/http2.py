@@ -341,7 +341,8 @@ class ServerConnection:
         self._closed_next = 0
         self._goaway_last = MAX_WINDOW
         self._authority = b""
-        """The last request's authority, known valid (a client sends the same one)."""
+        """The last request's authority, known valid (a client sends the same one);
+        empty before the first."""
         """The last stream id our GOAWAY announced: streams above it are ignored."""
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
@@ -980,7 +981,7 @@ def _request(
         elif host is not None and host != authority:
             return None  # 8.3.1: they must agree
     if (
-        authority != known_authority
+        (authority != known_authority or not known_authority)
         and _REG_NAME_AND_PORT.fullmatch(authority) is None
         and _AUTHORITY.fullmatch(authority) is None
     ):
