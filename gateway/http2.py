@@ -871,6 +871,21 @@ class ServerConnection:
         self._events.append(Terminated(code, message))
 
 
+def _same_authority(host: bytes, authority: bytes, scheme: bytes) -> bool:
+    """Whether ``host`` and ``:authority`` name the same server once normalised as RFC
+    9113 section 8.3.1 asks (scheme-based, RFC 3986 section 6.2.3: the host's letter
+    case, an empty port and the scheme's default one do not matter)."""
+    default = b":443" if scheme == b"https" else b":80" if scheme == b"http" else b":"
+    return _normal_authority(host, default) == _normal_authority(authority, default)
+
+
+def _normal_authority(value: bytes, default_port: bytes) -> bytes:
+    value = value.lower()
+    if value.endswith(default_port):
+        return value[: -len(default_port)]
+    return value[:-1] if value.endswith(b":") else value
+
+
 def _trailers_valid(fields: list[Header], valid: bool) -> bool:
     """Trailers as RFC 9113 allows them: well-formed fields (section 8.2.1), no
     pseudo-header (8.3), no connection-specific field (8.2.2)."""
@@ -978,8 +993,10 @@ def _request(
             if host is None:
                 return None  # 8.3.1: :authority or host
             authority = host
-        elif host is not None and host != authority:
-            return None  # 8.3.1: they must agree
+        elif (
+            host is not None and host != authority and not _same_authority(host, authority, scheme)
+        ):
+            return None  # 8.3.1: they must name the same server
     if (
         (authority != known_authority or not known_authority)
         and _REG_NAME_AND_PORT.fullmatch(authority) is None
