@@ -39,6 +39,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/front.py",
     "gateway/front_h2.py",
     "gateway/front_request.py",
+    "gateway/hpack_codec.py",
     "gateway/http1.py",
     "gateway/http2.py",
     "gateway/impersonation.py",

@@ -116,6 +116,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCHEMES = frozenset({b"https", b"http"})
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")
 """RFC 3986 section 3.1."""
+_REG_NAME_AND_PORT = re.compile(rb"[0-9A-Za-z\-._~!$&'()*+,;=]+(?::[0-9]*)?")
+"""The common authority (a name or IPv4 address, a port): tried before ``_AUTHORITY``."""
 _AUTHORITY = re.compile(
     rb"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=:%]+\]|(?:[0-9A-Za-z\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)"
     rb"(?::[0-9]*)?"
@@ -278,6 +280,7 @@ class ServerConnection:
     """One client connection's HTTP/2 state (the server side)."""
 
     __slots__ = (
+        "_authority",
         "_buffer",
         "_closed",
         "_closed_next",
@@ -337,6 +340,9 @@ class ServerConnection:
         """The ids in ``_closed``, a ring: ``_closed_next`` is the oldest's place."""
         self._closed_next = 0
         self._goaway_last = MAX_WINDOW
+        self._authority = b""
+        """The last request's authority, known valid (a client sends the same one);
+        empty before the first."""
         """The last stream id our GOAWAY announced: streams above it are ignored."""
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
@@ -593,10 +599,11 @@ class ServerConnection:
         if len(self._streams) >= MAX_CONCURRENT_STREAMS:
             self._stream_error(stream_id, REFUSED_STREAM)  # RFC 9113 section 5.1.2
             return
-        request = _request(stream_id, fields, end_stream, within, valid)
+        request = _request(stream_id, fields, end_stream, within, valid, self._authority)
         if request is None:
             self._stream_error(stream_id, PROTOCOL_ERROR)  # malformed: RFC 9113 8.1.1
             return
+        self._authority = request.authority
         stream = _Stream(self.peer_initial_window, STREAM_WINDOW, end_stream)
         stream.expected_length = request.content_length
         self._streams[stream_id] = stream
@@ -864,6 +871,21 @@ class ServerConnection:
         self._events.append(Terminated(code, message))
 
 
+def _same_authority(host: bytes, authority: bytes, scheme: bytes) -> bool:
+    """Whether ``host`` and ``:authority`` name the same server once normalised as RFC
+    9113 section 8.3.1 asks (scheme-based, RFC 3986 section 6.2.3: the host's letter
+    case, an empty port and the scheme's default one do not matter)."""
+    default = b":443" if scheme == b"https" else b":80" if scheme == b"http" else b":"
+    return _normal_authority(host, default) == _normal_authority(authority, default)
+
+
+def _normal_authority(value: bytes, default_port: bytes) -> bytes:
+    value = value.lower()
+    if value.endswith(default_port):
+        return value[: -len(default_port)]
+    return value[:-1] if value.endswith(b":") else value
+
+
 def _trailers_valid(fields: list[Header], valid: bool) -> bool:
     """Trailers as RFC 9113 allows them: well-formed fields (section 8.2.1), no
     pseudo-header (8.3), no connection-specific field (8.2.2)."""
@@ -879,10 +901,16 @@ def _trailers_valid(fields: list[Header], valid: bool) -> bool:
 
 
 def _request(
-    stream_id: int, fields: list[Header], end_stream: bool, within: bool, valid: bool
+    stream_id: int,
+    fields: list[Header],
+    end_stream: bool,
+    within: bool,
+    valid: bool,
+    known_authority: bytes,
 ) -> Request | None:
     """The request in a decoded header block, or None if it is malformed (RFC 9113
-    8.1.1): ``valid`` says whether every field line was well-formed (8.2.1)."""
+    8.1.1): ``valid`` says whether every field line was well-formed (8.2.1);
+    ``known_authority`` is one checked before."""
     if not valid:
         return None
     method: bytes | None = None
@@ -965,9 +993,15 @@ def _request(
             if host is None:
                 return None  # 8.3.1: :authority or host
             authority = host
-        elif host is not None and host != authority:
-            return None  # 8.3.1: they must agree
-    if not _AUTHORITY.fullmatch(authority):
+        elif (
+            host is not None and host != authority and not _same_authority(host, authority, scheme)
+        ):
+            return None  # 8.3.1: they must name the same server
+    if (
+        (authority != known_authority or not known_authority)
+        and _REG_NAME_AND_PORT.fullmatch(authority) is None
+        and _AUTHORITY.fullmatch(authority) is None
+    ):
         return None
     content_length = -1
     if length is not None:

@@ -63,7 +63,8 @@ def literal_block(fields: list[Header]) -> bytes:
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", stream_id) + payload
+    head = struct.pack(">I", len(payload))[1:] + bytes((kind, flags))
+    return head + struct.pack(">I", stream_id) + payload
 
 
 class RawClient:

@@ -56,7 +56,7 @@ def well_formed(name: bytes, value: bytes) -> bool:
     no SP or HTAB at either end."""
     if not _TOKEN.fullmatch(name):
         return False
-    if any(c < 0x20 and c != 0x09 or c == 0x7F for c in value):
+    if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
         return False
     return not value or (value[:1] not in (b" ", b"\t") and value[-1:] not in (b" ", b"\t"))
 
