@@ -99,7 +99,7 @@ def test_header_lists_decode_as_hpack_decodes_them(blocks: list[tuple[list, bool
         wire = encoder.encode(headers, huffman=huffman)
         expected = [(bytes(n), bytes(v)) for n, v in reference.decode(wire, raw=True)]
         assert expected == headers
-        assert ours.decode(wire, 1 << 22) == (expected, True)
+        assert ours.decode(wire, 1 << 22)[:2] == (expected, True)  # [2]: RFC-valid fields
 
 
 def _literal(huffman_value: bytes) -> bytes:
@@ -137,4 +137,4 @@ def test_any_huffman_string_is_accepted_or_refused_as_hpack_does(data: bytes) ->
 @given(st.binary(max_size=300))
 def test_what_hpack_huffman_encodes_decodes_to_the_same_octets(value: bytes) -> None:
     wire = hpack.Encoder().encode([(b"x-v", value)], huffman=True)
-    assert Decoder().decode(wire, 1 << 16) == ([(b"x-v", value)], True)
+    assert Decoder().decode(wire, 1 << 16)[:2] == ([(b"x-v", value)], True)
