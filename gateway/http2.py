@@ -22,7 +22,7 @@ either end (``gateway.hpack_codec`` checks those as it decodes), pseudo-headers 
 request ones, each once, before the regular fields; ``:method`` is a token, ``:scheme``
 a scheme, ``:path`` origin-form (``*`` for OPTIONS) without spaces, controls or ``#``,
 ``:authority`` (or ``host``, and they agree) a host and port; no connection-specific
-field, ``te`` only ``trailers``, ``content-length`` digits (repeated only with the same
+field, ``te`` only ``trailers``, ``content-length`` up to 18 digits (repeated only with the same
 value) and equal to the DATA received, trailers without pseudo-headers. A malformed
 request is a stream error PROTOCOL_ERROR, and the client's stream errors count towards
 ``MAX_STREAM_ERRORS``. A new stream must have an id above the last (RFC 9113 section
@@ -97,6 +97,11 @@ _U16U32 = struct.Struct(">HI")
 _II = struct.Struct(">II")
 
 _SPECIFIC, _TE, _COOKIE, _CONTENT_LENGTH, _HOST = 1, 2, 3, 4, 5
+MAX_CONTENT_LENGTH_DIGITS = 18
+"""A ``content-length`` of more digits is malformed: below 10**18 it fits the API
+server's int64, and ``int()`` of thousands of digits raises (Python's 4,300-digit
+limit) or costs quadratic time. Leading zeros count: no client sends them."""
+
 _SPECIAL: dict[bytes, int] = {
     b"connection": _SPECIFIC,
     b"keep-alive": _SPECIFIC,
@@ -965,8 +970,8 @@ def _request(
                 if value != length:
                     return None  # RFC 9110 8.6: values that disagree
                 continue  # the same value again: kept once
-            if not value.isdigit():
-                return None  # RFC 9110 8.6: 1*DIGIT
+            if not value.isdigit() or len(value) > MAX_CONTENT_LENGTH_DIGITS:
+                return None  # RFC 9110 8.6: 1*DIGIT (and a number we can hold)
             length = value
         elif host is not None:
             return None  # a second host (RFC 9110 7.2)
