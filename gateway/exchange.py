@@ -45,6 +45,7 @@ class Exchange:
         "bytes_from_client",
         "bytes_to_client",
         "cluster_id",
+        "cluster_known",
         "identity",
         "info",
         "request_id",
@@ -63,6 +64,9 @@ class Exchange:
         self.identity: Identity | None = None
         self.role: str | None = None
         self.cluster_id = ""
+        """The cluster id in the path (it may name no cluster)."""
+        self.cluster_known = False
+        """Whether ``cluster_id`` names a cluster: only then is it a metric label."""
         self.target = ""
         self.info: RequestInfo | None = None
         self.status = 0
@@ -100,7 +104,7 @@ class Exchange:
         verb = info.verb if info is not None else request.method.lower()
         if self.cluster_id:
             metrics.count_request(
-                self.cluster_id,
+                self.cluster_id if self.cluster_known else metrics.OTHER,
                 verb,
                 status,
                 None if info is not None and info.long_running else seconds,

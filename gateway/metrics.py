@@ -164,32 +164,72 @@ class _BatchedCounter:
         return True
 
 
+OTHER = "other"
+"""The label value of what a client can invent: a cluster id that names no cluster, a
+method that is no Kubernetes verb, and every series past ``MAX_REQUEST_SERIES``."""
+VERBS = frozenset(
+    {
+        # kube-apiserver's verbs (gateway.requestinfo), and the lower-case methods of
+        # non-resource requests (/version, /openapi/v3 ...).
+        "get", "list", "watch", "create", "update", "patch", "delete", "deletecollection",
+        "connect", "head", "options", "post", "put",
+    }
+)  # fmt: skip
+MAX_REQUEST_SERIES = 10_000
+"""``herdgate_requests_total`` series (cluster, verb, code) kept apart per process; past
+it a request is counted under (other, other, other): a scrape stays bounded whatever
+clients send."""
+
+
+def request_labels(cluster: str, verb: str, code: int) -> tuple[str, str, str]:
+    """The labels a request is counted under: ``cluster`` must be a cluster's id (the
+    caller says ``OTHER`` for an unknown one), ``verb`` one of ``VERBS``, ``code`` an
+    HTTP status (or 499)."""
+    return (
+        cluster,
+        verb if verb in VERBS else OTHER,
+        str(code) if 100 <= code <= 599 else OTHER,
+    )
+
+
 class HotPath:
     """The metrics every proxied request touches, batched (see ``_BatchedHistogram``).
 
     ``flush`` runs every ``FLUSH_S`` and before each scrape, so a scrape shows this
-    process's requests at once and other workers' within a second.
+    process's requests at once and other workers' within a second. Label values come
+    from a bounded set (``request_labels``, ``MAX_REQUEST_SERIES``): a client inventing
+    cluster ids or methods adds no series.
     """
 
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str, int], _BatchedCounter] = {}
+        """Counters by what the proxy said (at most ``MAX_REQUEST_SERIES``)."""
+        self._by_labels: dict[tuple[str, str, str], _BatchedCounter] = {}
+        """The same counters by their labels (several keys may share one)."""
         self._durations: dict[str, _BatchedHistogram] = {}
         self._authentications: dict[tuple[str, str], _BatchedCounter] = {}
         self.auth = _BatchedHistogram(AUTH_SECONDS)
         self.roundtrip = _BatchedHistogram(TUNNEL_ROUNDTRIP_SECONDS)
 
     def request(self, cluster: str, verb: str, code: int, seconds: float | None) -> None:
-        """One proxied request; ``seconds`` is None for long-running ones."""
+        """One proxied request; ``seconds`` is None for long-running ones. ``cluster`` is
+        a cluster's id or ``OTHER``."""
         key = (cluster, verb, code)
         counter = self._requests.get(key)
         if counter is None:
-            counter = _BatchedCounter(REQUESTS.labels(cluster, verb, str(code)))
-            if len(self._requests) < 10_000:
+            labels = request_labels(cluster, verb, code)
+            if labels[1] == OTHER:
+                verb = OTHER
+            if len(self._requests) >= MAX_REQUEST_SERIES:
+                labels = (OTHER, OTHER, OTHER)
+            counter = self._by_labels.get(labels)
+            if counter is None:
+                counter = _BatchedCounter(REQUESTS.labels(*labels))
+                self._by_labels[labels] = counter
+            if len(self._requests) < MAX_REQUEST_SERIES:
                 self._requests[key] = counter
-            else:
-                counter.pending += 1
-                counter.flush()
-                return
+        elif verb not in VERBS:
+            verb = OTHER
         counter.pending += 1
         if seconds is not None:
             histogram = self._durations.get(verb)
@@ -209,7 +249,7 @@ class HotPath:
     def flush(self) -> bool:
         """Add what was counted since the last flush; False if there was nothing."""
         flushed = False
-        for counter in self._requests.values():
+        for counter in self._by_labels.values():
             flushed = counter.flush() or flushed
         for counter in self._authentications.values():
             flushed = counter.flush() or flushed

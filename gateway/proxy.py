@@ -239,6 +239,7 @@ async def serve(
         raise BadRequest(str(exc)) from None
     if exchange is not None:
         exchange.cluster_id = path.cluster_id
+        exchange.cluster_known = path.cluster_id in app[DIRECTORY].clusters
         exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
     directory = app[DIRECTORY]

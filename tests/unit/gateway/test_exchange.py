@@ -56,6 +56,7 @@ def _exchange(auditor: AuditLog, method: str, target: str, upgrade: bool = False
     ex.identity = BOB
     ex.role = "cluster-member"
     ex.cluster_id = f"c-{uuid.uuid4().hex[:6]}"
+    ex.cluster_known = True
     ex.target = target
     ex.info = request_info(method, target, upgrade)
     return ex

@@ -30,21 +30,31 @@ def unique(prefix: str) -> str:
 
 
 def test_count_request_counts_by_cluster_verb_and_code() -> None:
-    cluster, verb = unique("c"), unique("get")
+    cluster, verb = unique("c"), "patch"
+    count = "herdgate_request_duration_seconds_count"
+    before = {
+        "count": value(count, verb=verb),
+        "sum": value("herdgate_request_duration_seconds_sum", verb=verb),
+        "fast": value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.0025"),
+        "slower": value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.005"),
+    }
     for _ in range(3):
         metrics.count_request(cluster, verb, 200, 0.004)
     metrics.count_request(cluster, verb, 404, 0.002)
     total = "herdgate_requests_total"
     assert value(total, cluster=cluster, verb=verb, code="200") == 3
     assert value(total, cluster=cluster, verb=verb, code="404") == 1
-    assert value("herdgate_request_duration_seconds_count", verb=verb) == 4
-    assert value("herdgate_request_duration_seconds_sum", verb=verb) == pytest.approx(0.014)
-    assert value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.0025") == 1
-    assert value("herdgate_request_duration_seconds_bucket", verb=verb, le="0.005") == 4
+    assert value(count, verb=verb) - before["count"] == 4
+    assert value("herdgate_request_duration_seconds_sum", verb=verb) - before[
+        "sum"
+    ] == pytest.approx(0.014)
+    bucket = "herdgate_request_duration_seconds_bucket"
+    assert value(bucket, verb=verb, le="0.0025") - before["fast"] == 1
+    assert value(bucket, verb=verb, le="0.005") - before["slower"] == 4
 
 
 def test_long_running_requests_are_counted_but_not_timed() -> None:
-    cluster, verb = unique("c"), unique("watch")
+    cluster, verb = unique("c"), "watch"
     metrics.count_request(cluster, verb, 200, None)
     metrics.count_request(cluster, verb, 200, None)
     assert value("herdgate_requests_total", cluster=cluster, verb=verb, code="200") == 2

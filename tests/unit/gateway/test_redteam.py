@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
 import hpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from gateway import http2
+from config.schema import AuditSettings
+from gateway import http2, metrics
+from gateway.audit import AuditLog
+from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
 
 POST = [
@@ -62,3 +72,57 @@ def test_the_largest_content_length_taken_fits_an_int64() -> None:
     [request] = server.receive(http2._pack(http2.HEADERS, 0x4, 1, block))
     assert isinstance(request, Request)
     assert request.content_length == int(value) < 2**63
+
+
+# 2. metrics labels a client can invent
+
+
+def _requests_total(cluster: str, verb: str, code: str) -> float:
+    labels = {"cluster": cluster, "verb": verb, "code": code}
+    return REGISTRY.get_sample_value("herdgate_requests_total", labels) or 0.0
+
+
+def test_invented_verbs_and_codes_are_counted_as_other() -> None:
+    cluster = f"c-{uuid.uuid4().hex[:8]}"
+    hot = metrics.HotPath()
+    for index in range(50):
+        hot.request(cluster, f"m{index}xyz", 405, 0.001)
+    hot.request(cluster, "watch", 1000, None)
+    hot.flush()
+    assert _requests_total(cluster, "other", "405") == 50
+    assert _requests_total(cluster, "watch", "other") == 1
+    series = [
+        s.labels
+        for m in REGISTRY.collect()
+        if m.name == "herdgate_requests"
+        for s in m.samples
+        if s.labels.get("cluster") == cluster
+    ]
+    assert {s["verb"] for s in series} == {"other", "watch"}
+
+
+def test_request_series_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "MAX_REQUEST_SERIES", 10)
+    hot = metrics.HotPath()
+    clusters = [f"c-{uuid.uuid4().hex[:8]}" for _ in range(30)]
+    before = _requests_total("other", "other", "other")
+    for cluster in clusters:
+        hot.request(cluster, "get", 200, 0.001)
+        hot.request(cluster, "get", 200, 0.001)
+    hot.flush()
+    assert sum(_requests_total(c, "get", "200") for c in clusters) == 20  # the first 10
+    assert _requests_total("other", "other", "other") - before == 40
+    assert len(hot._requests) == 10 and len(hot._by_labels) == 11
+
+
+def test_an_unknown_cluster_is_counted_as_other(tmp_path: Path) -> None:
+    auditor = AuditLog(AuditSettings(level="metadata"), tmp_path)
+    invented = f"c-{uuid.uuid4().hex[:8]}"
+    before = _requests_total("other", "get", "404")
+    exchange = Exchange(auditor)
+    exchange.cluster_id = invented  # the path's, never found
+    exchange.status = 404
+    exchange.finish(cast(Any, SimpleNamespace(method="GET", raw_path="/", remote="", headers={})))
+    metrics.HOT.flush()
+    assert _requests_total(invented, "get", "404") == 0
+    assert _requests_total("other", "get", "404") - before == 1
