@@ -36,6 +36,9 @@ a head leaves exactly its control characters."""
 _VALID_NAMES: set[bytes] = set()
 _MAX_VALID_NAMES = 1024
 """Names remembered as valid (clients send a small, fixed set of field names)."""
+CACHED_NAME_BYTES = 64
+"""Longer names are checked each time, not remembered: 1,024 names of 60 KiB would hold
+60 MB."""
 
 
 class UnsafeHead(ValueError):
@@ -54,7 +57,7 @@ def _check_name(name: bytes) -> None:
         return
     if _TOKEN.fullmatch(name) is None:
         raise UnsafeHead("a header field name that is not a token")
-    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES and len(name) <= CACHED_NAME_BYTES:
         _VALID_NAMES.add(name)
 
 

@@ -50,15 +50,21 @@ class ClusterPath:
 
 
 _CACHE_SIZE = 4096
+CACHED_TARGET_BYTES = 1024
+"""Longer targets are not cached (here and in ``gateway.requestinfo``): kubectl's are far
+shorter, and 4,096 targets of 60 KiB (a head's limit) would hold hundreds of MB."""
 _split_cache: dict[str, ClusterPath] = {}
 
 
 def split_cluster_path(raw_target: str) -> ClusterPath:
-    """Cached: clients ask for the same few paths over and over (refused ones are not kept)."""
+    """Cached: clients ask for the same few paths over and over (refused ones and long
+    ones are not kept)."""
     cached = _split_cache.get(raw_target)
     if cached is not None:
         return cached
     result = _split(raw_target)
+    if len(raw_target) > CACHED_TARGET_BYTES:
+        return result
     if len(_split_cache) >= _CACHE_SIZE:
         _split_cache.clear()
     _split_cache[raw_target] = result

@@ -27,7 +27,13 @@ from gateway.errors import (
 )
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.front_request import ClientRequest, Streamed
-from gateway.heads import CheckedFields, UnsafeHead, field_block, request_head
+from gateway.heads import (
+    CACHED_NAME_BYTES,
+    CheckedFields,
+    UnsafeHead,
+    field_block,
+    request_head,
+)
 from gateway.impersonation import (
     IMPERSONATE_PREFIX,
     Header,
@@ -385,7 +391,7 @@ def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
         text = names.get(name)
         if text is None:
             text = "" if name.lower() in HOP_AND_FRAMING else name.decode("latin-1")
-            if len(names) < 256:  # API servers send a small, fixed set of names
+            if len(names) < 256 and len(name) <= CACHED_NAME_BYTES:  # a small, fixed set
                 names[name] = text
         if text:
             headers.add(text, value.decode("latin-1"))

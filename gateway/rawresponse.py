@@ -19,6 +19,8 @@ import time
 from email.utils import formatdate
 from typing import Any
 
+from gateway.heads import CACHED_NAME_BYTES
+
 Header = tuple[bytes, bytes]
 
 HOP_AND_FRAMING = frozenset(
@@ -74,7 +76,9 @@ def h2_headers(
         lower = names.get(name)
         if lower is None:
             lower = name.lower() if _passes(name) else b""
-            if len(names) < 256:  # API servers send a small, fixed set of names
+            # API servers send a small, fixed set of names (a pod's behind a service
+            # proxy may send any: long ones are not kept).
+            if len(names) < 256 and len(name) <= CACHED_NAME_BYTES:
                 names[name] = lower
         if lower:
             out.append((lower, value))

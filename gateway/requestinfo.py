@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
+from gateway.paths import CACHED_TARGET_BYTES
+
 _METHOD_VERBS = {
     "POST": "create",
     "PUT": "update",
@@ -77,17 +79,21 @@ def _selected_name(query: str) -> str:
 
 
 _CACHE_SIZE = 4096
+CACHED_METHOD_BYTES = 64
 _cache: dict[tuple[str, str, bool], RequestInfo] = {}
 
 
 def request_info(method: str, target: str, upgrade: bool = False) -> RequestInfo:
     """Read ``target`` (path and query as sent to the API server); cached, as clients
-    repeat the same few requests."""
+    repeat the same few requests (not for a target over ``CACHED_TARGET_BYTES`` or a
+    method over ``CACHED_METHOD_BYTES``: a cache a client could fill with big keys)."""
     key = (method, target, upgrade)
     cached = _cache.get(key)
     if cached is not None:
         return cached
     info = _read(method, target, upgrade)
+    if len(target) > CACHED_TARGET_BYTES or len(method) > CACHED_METHOD_BYTES:
+        return info
     if len(_cache) >= _CACHE_SIZE:
         _cache.clear()
     _cache[key] = info

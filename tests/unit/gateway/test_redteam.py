@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from config.schema import AuditSettings
-from gateway import http2, metrics
+from gateway import heads, http2, metrics, paths, rawresponse, requestinfo
 from gateway.audit import AuditLog
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
@@ -126,3 +126,44 @@ def test_an_unknown_cluster_is_counted_as_other(tmp_path: Path) -> None:
     metrics.HOT.flush()
     assert _requests_total(invented, "get", "404") == 0
     assert _requests_total("other", "get", "404") - before == 1
+
+
+# 3. caches a client could fill with big keys
+
+
+def test_long_targets_are_not_cached() -> None:
+    base = "/k8s/clusters/c-1/api/v1/namespaces/default/pods"
+    long_target = base + "?x=" + "a" * 2000
+    short_target = base + "?x=" + "a" * (paths.CACHED_TARGET_BYTES - len(base) - 3)
+    assert len(short_target) == paths.CACHED_TARGET_BYTES
+    split = paths.split_cluster_path(long_target)
+    assert split.target.endswith("a" * 2000)
+    assert long_target not in paths._split_cache
+    paths.split_cluster_path(short_target)
+    assert short_target in paths._split_cache
+    info = requestinfo.request_info("GET", split.target)
+    assert info.verb == "list"
+    assert ("GET", split.target, False) not in requestinfo._cache
+    requestinfo.request_info("GET", "/api/v1/pods")
+    assert ("GET", "/api/v1/pods", False) in requestinfo._cache
+    method = "M" * 65
+    assert requestinfo.request_info(method, "/api/v1/pods").verb == method.lower()
+    assert (method, "/api/v1/pods", False) not in requestinfo._cache
+
+
+def test_long_field_names_are_checked_but_not_remembered() -> None:
+    long_name = b"X-" + b"n" * 100
+    head = heads.request_head(b"GET", b"/", [(long_name, b"v"), (b"X-Short", b"v")])
+    assert long_name in head
+    assert long_name not in heads._VALID_NAMES
+    assert b"X-Short" in heads._VALID_NAMES
+    with pytest.raises(heads.UnsafeHead):
+        heads.request_head(b"GET", b"/", [(long_name + b"\r\nX-Bad", b"v")])
+
+
+def test_long_response_field_names_are_not_remembered() -> None:
+    long_name = b"X-" + b"n" * 100
+    out = rawresponse.h2_headers([(long_name, b"v"), (b"X-Short", b"v")], length=0, request_id="")
+    assert (long_name.lower(), b"v") in out
+    assert long_name not in rawresponse._h2_names
+    assert b"X-Short" in rawresponse._h2_names
