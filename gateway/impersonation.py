@@ -109,12 +109,44 @@ def identity_block(identity: Identity, role: str | None) -> CheckedFields:
     return field_block(impersonation_headers(identity, role))
 
 
+_USER = b"impersonate-user"
+_UID = b"impersonate-uid"
+
+
+def check_client_impersonation(headers: Iterable[Header]) -> None:
+    """An admin's own ``Impersonate-*`` (``kubectl --as``) must name exactly one user, not
+    empty, and at most one uid; else ``UnsafeHead`` (400). kube-apiserver reads the
+    first ``Impersonate-User`` and refuses groups, uid or extras without one; two users
+    would leave the gateway's audit and the API server's disagreeing on who acted."""
+    users: list[bytes] = []
+    uids = 0
+    present = False
+    for key, value in headers:
+        lower = key.lower()
+        if not lower.startswith(IMPERSONATE_PREFIX):
+            continue
+        present = True
+        if lower == _USER:
+            users.append(value.strip(b" \t"))
+        elif lower == _UID:
+            uids += 1
+    if not present:
+        return
+    if len(users) != 1:
+        raise UnsafeHead("impersonation must name exactly one Impersonate-User")
+    if not users[0]:
+        raise UnsafeHead("an empty Impersonate-User")
+    if uids > 1:
+        raise UnsafeHead("more than one Impersonate-Uid")
+
+
 def forwarded_headers(
     headers: Iterable[Header], *, keep_impersonation: bool, upgrade: bool
 ) -> list[Header]:
     """The client's headers that travel on to the API server.
 
-    ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``);
+    ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``),
+    which must then pass ``check_client_impersonation``;
     ``upgrade`` keeps ``Connection: Upgrade`` and ``Upgrade`` for exec/attach/port-forward.
     Two ``Host`` or two ``Authorization`` fields make the request ambiguous (which one
     did the gateway check?): ``UnsafeHead``.
@@ -122,6 +154,9 @@ def forwarded_headers(
     out: list[Header] = []
     listed: set[bytes] = set()
     singles: list[bytes] = []
+    if keep_impersonation:
+        headers = list(headers)  # read twice
+        check_client_impersonation(headers)
     for key, value in headers:
         lower = key.lower()
         if lower in _DROPPED:

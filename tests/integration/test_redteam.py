@@ -224,7 +224,6 @@ ADMIN_AS_REFUSED = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="red team: the fix is the next commit")
 @pytest.mark.parametrize("case", sorted(ADMIN_AS_REFUSED))
 def test_an_admins_impersonation_must_name_one_user(world: World, case: str) -> None:
     answer, probe = request(world, "GET", _pods(world), world.admin.token, ADMIN_AS_REFUSED[case])

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from config.schema import AuditSettings
-from gateway import heads, http2, metrics, paths, rawresponse, requestinfo
+from gateway import heads, http2, impersonation, metrics, paths, rawresponse, requestinfo
 from gateway.audit import AuditLog
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
@@ -167,3 +167,42 @@ def test_long_response_field_names_are_not_remembered() -> None:
     assert (long_name.lower(), b"v") in out
     assert long_name not in rawresponse._h2_names
     assert b"X-Short" in rawresponse._h2_names
+
+
+# 4. an admin's kubectl --as
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"Impersonate-User", b"alice"), (b"Impersonate-User", b"bob")],
+        [(b"Impersonate-User", b"alice"), (b"IMPERSONATE-USER", b"alice")],
+        [(b"Impersonate-User", b"")],
+        [(b"Impersonate-User", b" \t ")],
+        [(b"Impersonate-Group", b"system:masters")],
+        [(b"Impersonate-Uid", b"1")],
+        [(b"Impersonate-Extra-scopes", b"x")],
+        [(b"Impersonate-User", b"alice"), (b"Impersonate-Uid", b"1"), (b"impersonate-uid", b"1")],
+    ],
+)
+def test_an_admins_impersonation_must_name_one_user(fields: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(heads.UnsafeHead):
+        impersonation.forwarded_headers(
+            iter([(b"Accept", b"*/*"), *fields]), keep_impersonation=True, upgrade=False
+        )
+
+
+def test_an_admins_impersonation_of_one_user_is_kept() -> None:
+    fields = [
+        (b"Impersonate-User", b"alice"),
+        (b"Impersonate-Group", b"a"),
+        (b"Impersonate-Group", b"b"),
+        (b"Impersonate-Uid", b"1"),
+        (b"Impersonate-Extra-scopes", b"x"),
+    ]
+    out = impersonation.forwarded_headers(iter(fields), keep_impersonation=True, upgrade=False)
+    assert out == fields
+    # Without keep_impersonation nothing is checked: they are all dropped.
+    assert (
+        impersonation.forwarded_headers(fields * 2, keep_impersonation=False, upgrade=False) == []
+    )
