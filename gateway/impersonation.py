@@ -78,10 +78,20 @@ def extra_header_name(key: str) -> bytes:
     return b"Impersonate-Extra-" + quote(key, safe=_TOKEN_SAFE).encode("ascii")
 
 
+_OWS = " \t"
+
+
 def _value(value: str) -> bytes:
-    # Header values cannot carry line breaks or other control characters.
+    """An identity value as a field value: control characters percent-encoded (a value
+    cannot carry line breaks), and so are spaces and tabs at either end, which every
+    HTTP parser trims (RFC 9110 5.5): a provider's group ``ops `` must not reach the API
+    server as group ``ops``."""
     if not value.isprintable():
         value = "".join(ch if ch.isprintable() else quote(ch, safe="") for ch in value)
+    if value and (value[0] in _OWS or value[-1] in _OWS):
+        start = len(value) - len(value.lstrip(_OWS))
+        end = max(start, len(value.rstrip(_OWS)))
+        value = quote(value[:start]) + value[start:end] + quote(value[end:])
     return value.encode("utf-8")
 
 

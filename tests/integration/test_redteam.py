@@ -23,12 +23,15 @@ import ssl
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.conftest import World
+from tests.fakes.oidc_issuer import FakeIssuer
+from tests.fakes.threaded import BackgroundLoop
+from tests.integration.conftest import World, start_world, stop_world
 from tests.integration.test_hostile_h2 import (
     DATA,
     PROTOCOL_ERROR,
@@ -242,6 +245,71 @@ def test_an_admins_impersonation_of_one_user_passes(world: World) -> None:
     assert answer.status == 200, answer
     [event] = received(world, probe)
     assert event["impersonatedUser"]["username"] == "alice"
+
+
+# 5. identity values with spaces at their ends
+
+
+@pytest.fixture(scope="module")
+def oidc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, FakeIssuer]]:
+    tmp = tmp_path_factory.mktemp("red-oidc")
+    loop = BackgroundLoop()
+    issuer = FakeIssuer(tmp / "issuer")
+    loop.run(issuer.start())
+    config = {
+        "auth": {
+            "oidc": {
+                "enabled": True,
+                "issuer_url": issuer.url,
+                "client_id": issuer.client_id,
+                "client_secret": issuer.client_secret,
+                "ca_file": issuer.ca_file,
+                "username_claim": "email",
+                "groups_claim": "groups",
+            }
+        }
+    }
+    world = start_world(tmp, name="red-oidc", gateway_config=yaml.safe_dump(config))
+    for group, role in (
+        ("oidc_group://ops", "cluster-owner"),
+        ("oidc_group://viewers", "read-only"),
+    ):
+        world.admin.post(
+            "/v3/clusterroletemplatebindings",
+            {"clusterId": world.cluster_id, "groupPrincipalId": group, "roleTemplateId": role},
+        )
+    try:
+        yield world, issuer
+    finally:
+        stop_world(world)
+        loop.run(issuer.stop())
+        loop.close()
+
+
+def test_identity_values_with_spaces_at_their_ends_are_not_trimmed_into_another(
+    oidc_world: tuple[World, FakeIssuer],
+) -> None:
+    """The identity provider says the caller is in ``ops `` (a trailing space) and
+    ``viewers``: read-only at the gateway. Sent as is, the API server trims the value
+    (RFC 9110 5.5) and acts for group ``ops``, which the cluster's RBAC may bind to far
+    more. The gateway sends ``ops%20``: a name no one else has."""
+    world, issuer = oidc_world
+    token = issuer.mint(
+        sub="u-spaces", email=" mallory@example.org ", groups=["ops ", " ops", "viewers"]
+    )
+    answer, probe = request(world, "GET", _pods(world), token)
+    assert answer.status == 200, answer
+    [event] = received(world, probe)
+    groups = event["impersonatedUser"]["groups"]
+    assert "oidc_group://ops" not in groups, groups
+    # Spaces inside a value are not trimmed, and stay.
+    assert {"oidc_group://ops%20", "oidc_group:// ops", "herdgate:read-only"} <= set(groups)
+    extra = event["impersonatedUser"].get("extra", {})
+    assert extra.get("username") == ["%20mallory@example.org%20"], extra
+    # And the gateway itself decided on read-only: a write is refused before the API server.
+    answer, probe = request(world, "DELETE", f"{_pods(world)}/x", token)
+    assert_status(answer, 403)
+    assert received(world, probe) == []
 
 
 # 6. query names decoded as kube-apiserver decodes them

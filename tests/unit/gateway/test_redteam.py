@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from config.identity import Identity
 from config.schema import AuditSettings
 from gateway import heads, http2, impersonation, metrics, paths, rawresponse, requestinfo
 from gateway.audit import AuditLog
@@ -206,3 +207,38 @@ def test_an_admins_impersonation_of_one_user_is_kept() -> None:
     assert (
         impersonation.forwarded_headers(fields * 2, keep_impersonation=False, upgrade=False) == []
     )
+
+
+# 5. identity values with spaces at their ends
+
+
+@given(
+    name=st.text(min_size=0, max_size=20),
+    group=st.text(min_size=1, max_size=20),
+    pad=st.sampled_from(["", " ", "\t", "  ", " \t"]),
+)
+def test_identity_values_survive_an_http_parsers_trimming(name: str, group: str, pad: str) -> None:
+    identity = Identity(
+        "u-1", pad + name + pad, f"local://{name}", groups=(pad + group, group + pad)
+    )
+    for _, value in impersonation.impersonation_headers(identity, "read-only"):
+        assert value == value.strip(b" \t")  # what a parser reads is what was meant
+    groups = [
+        v
+        for k, v in impersonation.impersonation_headers(identity, None)
+        if k == b"Impersonate-Group"
+    ]
+    if pad and group.strip(" \t"):
+        assert group.strip(" \t").encode() not in groups  # never the trimmed identity
+
+
+def test_spaces_at_the_ends_are_percent_encoded_and_inside_kept() -> None:
+    identity = Identity("u-1", " a b ", "local://u-1", groups=("ops ", "\tops", "o p"))
+    headers = impersonation.impersonation_headers(identity, None)
+    assert [v for k, v in headers if k == b"Impersonate-Group"] == [
+        b"ops%20",
+        b"%09ops",
+        b"o p",
+        b"system:authenticated",
+    ]
+    assert (b"Impersonate-Extra-username", b"%20a b%20") in headers
