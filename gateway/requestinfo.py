@@ -45,11 +45,18 @@ class RequestInfo:
 
 
 def _query_value(query: str, key: str) -> str | None:
-    """The first value of ``key`` (URL-decoded), None if absent."""
+    """The first value of ``key``, None if absent: read as kube-apiserver reads it (Go's
+    ``url.ParseQuery``): pairs split at ``&``, a pair holding ``;`` skipped, names and
+    values percent- and ``+``-decoded, so ``?w%61tch=1`` is a watch here as there.
+    (``gateway.paths`` has refused bad ``%`` escapes already.)"""
     if not query:
         return None
     for pair in query.split("&"):
+        if not pair or ";" in pair:
+            continue
         name, _, value = pair.partition("=")
+        if name != key and ("%" in name or "+" in name):
+            name = unquote_plus(name)
         if name == key:
             return unquote_plus(value)
     return None

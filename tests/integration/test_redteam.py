@@ -32,6 +32,7 @@ import yaml
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.env import wait_until
 from tests.integration.test_hostile_h2 import (
     DATA,
     PROTOCOL_ERROR,
@@ -320,6 +321,53 @@ def _audit_lines(world: World) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _open_stream(world: World, target: str, token: str) -> ssl.SSLSocket:
+    """A raw HTTP/1.1 GET whose answer's head has arrived (the body keeps coming)."""
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", world.gateway.port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    sock.sendall(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+@pytest.mark.parametrize("query", ["w%61tch=1", "%77atch=true", "watch=1&w%61tch=0"])
+def test_an_encoded_watch_is_a_watch_for_the_gateway_too(
+    world: World, member: tuple[str, str], query: str
+) -> None:
+    """kube-apiserver decodes query names: ``?w%61tch=1`` is a watch. The gateway read it
+    as a list: not long-running, so not ended by a stopping gateway or a revocation, and
+    audited and counted as ``list``."""
+    _, token = member
+    marker = uuid.uuid4().hex
+    target = f"{_pods(world)}?{query}&labelSelector=m%3D{marker}"
+    with _open_stream(world, target, token):
+        pass  # the client goes away: the gateway finishes the request (499)
+    [event] = wait_until(
+        lambda: [e for e in world.standin.audit_events() if marker in json.dumps(e)],
+        10,
+        "the API server saw nothing",
+    )
+    assert event["verb"] == "watch"
+    record = wait_until(
+        lambda: [r for r in _audit_lines(world) if marker in r.get("path", "")],
+        10,
+        "no audit record",
+    )
+    assert [r["verb"] for r in record] == ["watch"], record
 
 
 # 7. /metrics with a cluster-scoped token

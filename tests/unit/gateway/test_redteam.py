@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
+from urllib.parse import unquote_plus
 
 import hpack
 import pytest
@@ -242,3 +244,68 @@ def test_spaces_at_the_ends_are_percent_encoded_and_inside_kept() -> None:
         b"system:authenticated",
     ]
     assert (b"Impersonate-Extra-username", b"%20a b%20") in headers
+
+
+# 6. query names decoded as kube-apiserver decodes them
+
+
+def _go_parse_query(query: str) -> dict[str, list[str]]:
+    """Go's ``url.ParseQuery`` (net/url, Go 1.17+), written from its source: split at
+    ``&``, skip pairs with ``;`` and empty ones, unescape name and value (``+`` is a
+    space); a pair with a bad escape is skipped."""
+    values: dict[str, list[str]] = {}
+    for pair in query.split("&"):
+        if ";" in pair or not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if re.search(r"%(?![0-9A-Fa-f]{2})", pair):
+            continue
+        values.setdefault(unquote_plus(name), []).append(unquote_plus(value))
+    return values
+
+
+def _go_is_watch(query: str) -> bool:
+    """kube-apiserver's ``?watch`` on a collection: the first value, and only a missing
+    parameter, ``0`` or ``false`` (any case) mean no."""
+    values = _go_parse_query(query).get("watch")
+    return bool(values) and values[0].lower() not in ("0", "false")
+
+
+@pytest.mark.parametrize(
+    ("query", "watch"),
+    [
+        ("watch=1", True),
+        ("w%61tch=1", True),
+        ("%77%61%74%63%68=true", True),
+        ("wat%63h", True),
+        ("watch=", True),
+        ("watch=0&w%61tch=1", False),
+        ("w%61tch=1&watch=0", True),
+        ("watch=1;x=y", False),
+        ("x=y;&watch=1", True),
+        ("watch+=1", False),
+        ("watch=f%61lse", False),
+        ("watch=FALSE", False),
+    ],
+)
+def test_watch_is_read_from_the_query_as_kube_apiserver_reads_it(query: str, watch: bool) -> None:
+    assert _go_is_watch(query) is watch  # the reference agrees with the table
+    info = requestinfo.request_info("GET", f"/api/v1/namespaces/ns/pods?{query}")
+    assert (info.verb == "watch") is watch
+    assert info.long_running is watch
+
+
+_QUERY_PIECES = st.sampled_from(
+    ["watch", "w%61tch", "%77atch", "wat%63h", "WATCH", "=", "&", ";", "+", "1", "0", "false",
+     "f%61lse", "true", "x", "%20", "follow", "f%6fllow"]
+)  # fmt: skip
+
+
+@given(st.lists(_QUERY_PIECES, max_size=8).map("".join))
+def test_watch_and_follow_agree_with_go_for_any_query(query: str) -> None:
+    info = requestinfo.request_info("GET", f"/api/v1/namespaces/ns/pods?{query}")
+    assert (info.verb == "watch") is _go_is_watch(query)
+    values = _go_parse_query(query).get("follow")
+    follows = bool(values) and values[0].lower() not in ("0", "false")
+    log = requestinfo.request_info("GET", f"/api/v1/namespaces/ns/pods/p/log?{query}")
+    assert log.long_running is follows
