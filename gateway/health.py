@@ -4,7 +4,8 @@
 listeners are up, the gateway is not stopping, and the store answers within
 ``STORE_TIMEOUT_S``; a load balancer takes a stopping or cut-off replica out of
 rotation with it. ``/metrics`` is open on the metrics listener (``metrics.listen``,
-meant for a private network) and limited to administrators on the HTTPS listener.
+meant for a private network) and limited to administrators on the HTTPS listener (with
+a token that is not scoped to a cluster).
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics_for_admins(request: web.Request) -> web.Response:
     try:
-        identity, _ = request.app[DIRECTORY].authenticate(request.headers.get("Authorization"))
+        identity, token = request.app[DIRECTORY].authenticate(request.headers.get("Authorization"))
     except AuthenticationFailed:
         raise Unauthenticated() from None
+    if token.cluster_id:
+        # A kubeconfig token is for its cluster's Kubernetes API only (as for /v3).
+        raise Forbidden("a token scoped to a cluster cannot read metrics")
     if not identity.is_admin:
         raise Forbidden("metrics are for administrators (or use metrics.listen)")
     return await metrics(request)

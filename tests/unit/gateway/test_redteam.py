@@ -12,16 +12,29 @@ from urllib.parse import unquote_plus
 
 import hpack
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from config.identity import Identity
 from config.schema import AuditSettings
-from gateway import heads, http2, impersonation, metrics, paths, rawresponse, requestinfo
+from gateway import (
+    errors,
+    heads,
+    health,
+    http2,
+    impersonation,
+    metrics,
+    paths,
+    rawresponse,
+    requestinfo,
+)
 from gateway.audit import AuditLog
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
+from gateway.keys import DIRECTORY
+from gateway.records import Token
 
 POST = [
     (b":method", b"POST"),
@@ -309,3 +322,27 @@ def test_watch_and_follow_agree_with_go_for_any_query(query: str) -> None:
     follows = bool(values) and values[0].lower() not in ("0", "false")
     log = requestinfo.request_info("GET", f"/api/v1/namespaces/ns/pods/p/log?{query}")
     assert log.long_running is follows
+
+
+# 7. /metrics with a cluster-scoped token
+
+
+class _OneTokenDirectory:
+    def __init__(self, cluster_id: str) -> None:
+        self.token = Token("token-1", "u-1", "", 0.0, None, cluster_id=cluster_id)
+
+    def authenticate(self, authorization: str | None) -> tuple[Identity, Token]:
+        return Identity("u-1", "admin", "local://u-1", is_admin=True), self.token
+
+
+async def test_metrics_refuse_a_cluster_scoped_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "metrics", _metrics_answer)
+    request = SimpleNamespace(app={DIRECTORY: _OneTokenDirectory("c-1")}, headers={})
+    with pytest.raises(errors.Forbidden):
+        await health.metrics_for_admins(cast(Any, request))
+    request = SimpleNamespace(app={DIRECTORY: _OneTokenDirectory("")}, headers={})
+    assert (await health.metrics_for_admins(cast(Any, request))).text == "metrics"
+
+
+async def _metrics_answer(request: Any) -> web.Response:
+    return web.Response(text="metrics")
