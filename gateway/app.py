@@ -27,6 +27,7 @@ from gateway.keys import (
     REPLICAS,
     RUNTIME,
     SAMPLER,
+    SESSIONS,
     SETTINGS,
     TUNNELS,
 )
@@ -34,6 +35,7 @@ from gateway.metrics import Sampler
 from gateway.providers.registry import Providers
 from gateway.replicas import ReplicaSet
 from gateway.runtime import Runtime
+from gateway.sessions import Sessions
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ def build_app(
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()
+    app[SESSIONS] = Sessions(directory)
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
     app[LIMITER] = login.make_limiter(settings.auth)

@@ -14,6 +14,7 @@ from gateway.metrics import Sampler
 from gateway.providers.registry import Providers
 from gateway.ratelimit import LoginLimiter
 from gateway.runtime import Runtime
+from gateway.sessions import Sessions
 from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ LIMITER = web.AppKey("limiter", LoginLimiter)
 REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")
 AUDIT = web.AppKey("audit", AuditLog)
 DRAIN = web.AppKey("drain", Drain)
+SESSIONS = web.AppKey("sessions", Sessions)
+"""Streamed answers and sessions by identity, ended when it loses access."""
 SAMPLER = web.AppKey("sampler", Sampler)
 READY = web.AppKey("ready", list[bool])
 """``[True]`` once the listeners are up; ``[False]`` again when the gateway stops."""

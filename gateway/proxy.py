@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway import access, audit, metrics, upgrade
+from gateway import access, audit, metrics, sessions, upgrade
 from gateway.directory import AuthenticationFailed
 from gateway.errors import (
     BadRequest,
@@ -40,7 +40,7 @@ from gateway.impersonation import (
     forwarded_headers,
     identity_block,
 )
-from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, TUNNELS
+from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, SESSIONS, TUNNELS
 from gateway.paths import PREFIX, BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.rawresponse import HOP_AND_FRAMING, RawResponse
@@ -380,7 +380,7 @@ async def forward(
         exchange.status = upstream.status
     if upstream.upgraded:
         # Upgrades arrive through aiohttp only (gateway.front hands them over).
-        return await upgrade.relay(cast(web.Request, request), upstream, exchange)
+        return await upgrade.relay(cast(web.Request, request), upstream, exchange, app[SESSIONS])
     return await _respond(app, request, upstream, exchange)
 
 
@@ -440,9 +440,18 @@ async def _respond(
                 resp.content_length = length
         await resp.prepare(cast(web.Request, request))
         unregister = None
-        if exchange is not None and exchange.info is not None and exchange.info.long_running:
-            # A stopping gateway ends watches and followed logs as if they were done.
-            unregister = app[DRAIN].add_ender(upstream.end_early)
+        if exchange is not None:
+            # Ended as if done when its identity loses access (gateway.sessions), and by
+            # a stopping gateway if long-running (watches, followed logs).
+            long_running = exchange.info is not None and exchange.info.long_running
+            unregister = sessions.hold(
+                app[SESSIONS],
+                app[DRAIN] if long_running else None,
+                exchange.identity,
+                exchange.cluster_id,
+                exchange.role,
+                upstream.end_early,
+            )
         try:
             while chunk := await upstream.read_chunk():
                 await resp.write(chunk)

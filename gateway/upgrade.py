@@ -19,6 +19,7 @@ import logging
 from aiohttp import web
 
 from config.compat import aiohttp_internals
+from gateway import sessions
 from gateway.errors import GatewayError
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.upstream import Response
@@ -56,12 +57,16 @@ class _ClientToTunnel:
 
 
 async def relay(
-    request: web.Request, upstream: Response, exchange: Exchange | None = None
+    request: web.Request,
+    upstream: Response,
+    exchange: Exchange | None = None,
+    held_by: sessions.Sessions | None = None,
 ) -> web.StreamResponse:
     """Answer 101 as the API server did, then copy bytes both ways.
 
     ``exchange`` (when given) learns when the session starts and how many bytes
-    went each way.
+    went each way; with ``held_by`` too, the session is closed when its identity loses
+    access (``gateway.sessions``).
     """
     resp = web.StreamResponse(status=101, reason=upstream.reason or "Switching Protocols")
     for name, value in upstream.headers:
@@ -80,8 +85,18 @@ async def relay(
     client_side = _ClientToTunnel(stream, transport)
     protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser
     sent = [0]
+    forget = None
     if exchange is not None:
         exchange.session_started(request)
+    if exchange is not None and held_by is not None:
+        forget = sessions.hold(
+            held_by,
+            None,
+            exchange.identity,
+            exchange.cluster_id,
+            exchange.role,
+            lambda: stream.reset(ErrorCode.CANCEL, "access revoked"),
+        )
     try:
         if upstream.upgraded_tail:
             sent[0] += len(upstream.upgraded_tail)
@@ -94,6 +109,8 @@ async def relay(
     except (ConnectionError, TunnelError) as exc:
         logger.debug("upgraded connection ended: %s", exc)
     finally:
+        if forget is not None:
+            forget()
         stream.reset(ErrorCode.CANCEL)
         if not transport.is_closing():
             transport.close()

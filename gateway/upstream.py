@@ -145,7 +145,7 @@ class Response:
     def complete(self) -> bool:
         return self._parsed.complete
 
-    def end_early(self) -> None:
+    def end_early(self, reason: str = "the gateway is shutting down") -> None:
         """Stop a long-running answer (a watch) at the next read, as if it had ended.
 
         What has already arrived is still returned; then ``read_chunk`` returns
@@ -153,7 +153,7 @@ class Response:
         """
         if not self._ending and not self._parsed.complete:
             self._ending = True
-            self.stream.reset(ErrorCode.CANCEL, "the gateway is shutting down")
+            self.stream.reset(ErrorCode.CANCEL, reason)
 
     async def read_chunk(self) -> bytes | bytearray:
         """The next piece of the body, ``b""`` at its end (a bytearray is the reader's

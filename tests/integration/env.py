@@ -248,15 +248,17 @@ def kubectl_run(
 
 @contextlib.contextmanager
 def kubectl_background(
-    binary: str, kubeconfig: Path, *args: str, home_name: str
+    binary: str, kubeconfig: Path, *args: str, home_name: str, stdin: bool = False
 ) -> Iterator[subprocess.Popen[str]]:
-    """A long-running kubectl (watch, logs -f, port-forward), killed and reaped on exit."""
+    """A long-running kubectl (watch, logs -f, port-forward, exec -i with ``stdin``),
+    killed and reaped on exit."""
     home = kubeconfig.parent / home_name
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
     env["HOME"] = str(home)
     with subprocess.Popen(
         [binary, "--kubeconfig", str(kubeconfig), *args],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

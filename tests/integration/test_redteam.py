@@ -16,23 +16,32 @@ the gateway's state afterwards, not only on status codes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway.records import TOKEN, USER
+from gateway.store.sqlite import SQLiteStore
+from tests.binaries import kubectl
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.integration.conftest import World, start_world, stop_world
-from tests.integration.env import wait_until
+from tests.integration.env import free_port, kubectl_background, kubectl_run, wait_until
 from tests.integration.test_hostile_h2 import (
     DATA,
     PROTOCOL_ERROR,
@@ -381,3 +390,160 @@ def test_a_cluster_scoped_admin_token_cannot_read_metrics(world: World) -> None:
         _metrics(world, scoped)
     assert refused.value.code == 403
     refused.value.close()
+
+
+# 8. a disabled user's or a revoked token's open watch, exec and port-forward
+
+
+def _kubectl_user(world: World, name: str) -> tuple[str, Path, str]:
+    """A cluster member with a kubeconfig: (user id, kubeconfig, its token's id)."""
+    user_id, api = world.user(name, role="cluster-member")
+    kubeconfig = world.kubeconfig_for(api, name)
+    token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+    return user_id, kubeconfig, str(token).split(":")[0]
+
+
+@contextlib.contextmanager
+def _live_watch(world: World, kubeconfig: Path, name: str) -> Iterator[subprocess.Popen[str]]:
+    """``kubectl get configmaps -w``, shown to be live: a configmap the admin creates
+    arrives on it."""
+    with kubectl_background(
+        kubectl("1.32"), kubeconfig, "get", "configmaps", "-w", "-o", "name",
+        home_name=f"home-{name}",
+    ) as watcher:  # fmt: skip
+        marker = f"{name}-{uuid.uuid4().hex[:6]}"
+        deadline = time.monotonic() + 20
+        seen = False
+        assert watcher.stdout is not None
+        os.set_blocking(watcher.stdout.fileno(), False)
+        admin_kc = world.kubeconfig_for(world.admin, "red-admin")
+        while not seen and time.monotonic() < deadline:
+            created = f"{marker}-{int(time.monotonic() * 1000)}"
+            ok(kubectl_run(kubectl("1.32"), admin_kc, "create", "configmap", created))
+            time.sleep(0.3)
+            seen = marker in (watcher.stdout.read() or "")
+        assert seen, watcher.stderr.read() if watcher.stderr else "no watch output"
+        yield watcher
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _ended_within(process: subprocess.Popen[str], started: float, limit: float = 15.0) -> float:
+    """Seconds from ``started`` until ``process`` exits (fails after ``limit``)."""
+    try:
+        process.wait(limit - (time.monotonic() - started))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {limit} s after the revocation") from None
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("how", ["disable-user", "delete-user", "revoke-token"])
+def test_a_watch_ends_when_its_identity_loses_access(world: World, how: str) -> None:
+    name = f"red-watch-{how}"
+    user_id, kubeconfig, token_id = _kubectl_user(world, name)
+    with _live_watch(world, kubeconfig, name) as watcher:
+        started = time.monotonic()
+        if how == "disable-user":
+            world.admin.put(f"/v3/users/{user_id}", {"enabled": False})
+        elif how == "delete-user":
+            world.admin.delete(f"/v3/users/{user_id}")
+        else:
+            world.admin.delete(f"/v3/tokens/{token_id}")
+        seconds = _ended_within(watcher, started)
+        print(f"{how}: kubectl get -w ended {seconds:.2f} s after the change")
+        stderr = watcher.stderr.read() if watcher.stderr else ""
+    assert watcher.returncode == 0, stderr  # ended cleanly, as the API server ends a watch
+    # And the credential is refused from now on.
+    again = kubectl_run(kubectl("1.32"), kubeconfig, "get", "configmaps")
+    assert again.returncode != 0 and "must be logged in" in again.stderr, again
+
+
+@pytest.fixture(scope="module")
+def shell_pod(world: World) -> str:
+    admin_kc = world.kubeconfig_for(world.admin, "red-admin")
+    pods = kubectl_run(kubectl("1.32"), admin_kc, "get", "pod", "red-shell", "-o", "name")
+    if pods.returncode != 0:
+        ok(kubectl_run(kubectl("1.32"), admin_kc, "run", "red-shell", "--image=busybox",
+                       "--restart=Never"))  # fmt: skip
+    return "red-shell"
+
+
+def _http_get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("version", ["1.32", "1.27"], ids=["websocket", "spdy"])
+@pytest.mark.parametrize("how", ["disable-user", "revoke-token"])
+def test_exec_and_port_forward_end_when_their_identity_loses_access(
+    world: World, shell_pod: str, how: str, version: str
+) -> None:
+    name = f"red-session-{how}-{version.replace('.', '-')}"
+    user_id, kubeconfig, token_id = _kubectl_user(world, name)
+    k = kubectl(version)
+    port = free_port()
+    with (
+        kubectl_background(k, kubeconfig, "exec", "-i", shell_pod, "--", "cat",
+                           home_name=f"home-{name}-exec", stdin=True) as shell,
+        kubectl_background(k, kubeconfig, "port-forward", f"pod/{shell_pod}", f"{port}:80",
+                           home_name=f"home-{name}-pf") as forward,
+    ):  # fmt: skip
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.write("ping\n")
+        shell.stdin.flush()
+        assert shell.stdout.readline() == "ping\n"  # the session is live
+        assert forward.stdout is not None
+        assert "Forwarding from" in forward.stdout.readline()
+        assert b"hello from red-shell port 80" in _http_get(port)
+        started = time.monotonic()
+        if how == "disable-user":
+            world.admin.put(f"/v3/users/{user_id}", {"enabled": False})
+        else:
+            world.admin.delete(f"/v3/tokens/{token_id}")
+        seconds = _ended_within(shell, started)
+        print(f"{how} ({version}): kubectl exec ended {seconds:.2f} s after the change")
+        # (kubectl 1.32 says the connection failed, rc 1; 1.27's SPDY exec sees the
+        # stream end and returns 0: either way the session is over.)
+        # port-forward: the session to the API server is gone; kubectl either exits or
+        # can forward nothing more.
+        try:
+            forward.wait(5)
+            print(f"{how} ({version}): kubectl port-forward exited (rc {forward.returncode})")
+        except subprocess.TimeoutExpired:
+            try:
+                reply = _http_get(port)
+            except OSError:
+                reply = b""
+            assert b"hello from" not in reply, "forwarded after the revocation"
+
+
+async def _delete_in_the_store(state_dir: Path, kind: str, key: str) -> None:
+    store = await SQLiteStore(state_dir / "herdgate.db").open()
+    try:
+        assert await store.delete(kind, key)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["token", "user"])
+def test_a_revocation_by_another_gateway_process_ends_the_watch(world: World, kind: str) -> None:
+    """The revocation is written to the store by another process (as another worker or
+    replica would): the gateway holding the watch learns it from the store's change feed
+    alone."""
+    user_id, kubeconfig, token_id = _kubectl_user(world, f"red-feed-{kind}")
+    with _live_watch(world, kubeconfig, f"red-feed-{kind}") as watcher:
+        started = time.monotonic()
+        if kind == "token":
+            asyncio.run(_delete_in_the_store(world.gateway.state_dir, TOKEN, token_id))
+        else:
+            asyncio.run(_delete_in_the_store(world.gateway.state_dir, USER, user_id))
+        seconds = _ended_within(watcher, started)
+        print(f"{kind} deleted by another process: the watch ended {seconds:.2f} s later")
+    assert watcher.returncode == 0

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -30,11 +32,16 @@ from gateway import (
     rawresponse,
     requestinfo,
 )
+from gateway import sessions as sessions_module
 from gateway.audit import AuditLog
+from gateway.directory import Directory
+from gateway.drain import Drain
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
 from gateway.keys import DIRECTORY
-from gateway.records import Token
+from gateway.records import BINDING, CLUSTER, TOKEN, USER, Binding, Cluster, Token, User, to_doc
+from gateway.sessions import Sessions
+from gateway.store.base import Change
 
 POST = [
     (b":method", b"POST"),
@@ -346,3 +353,151 @@ async def test_metrics_refuse_a_cluster_scoped_token(monkeypatch: pytest.MonkeyP
 
 async def _metrics_answer(request: Any) -> web.Response:
     return web.Response(text="metrics")
+
+
+# 8. what an identity holds open is ended when it loses access
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _QuietStore:
+    """No other process writes: the feed has nothing (changes are applied by hand)."""
+
+    def recent_changes(self, after: int) -> None:
+        return None
+
+
+def _directory() -> tuple[Directory, _Clock]:
+    clock = _Clock()
+    d = Directory(cast(Any, _QuietStore()), clock=clock)
+    d.apply(CLUSTER, "c-1", to_doc(Cluster("c-1", "one", 0.0)))
+    d.apply(CLUSTER, "c-2", to_doc(Cluster("c-2", "two", 0.0)))
+    for user_id in ("u-1", "u-2"):
+        d.apply(USER, user_id, to_doc(User(user_id, user_id, "", 0.0)))
+        d.apply(
+            BINDING,
+            f"b-{user_id}",
+            to_doc(Binding(f"b-{user_id}", "c-1", "cluster-member", 0.0, user_id=user_id)),
+        )
+    for token_id, user_id, expires in (
+        ("t-1", "u-1", None),
+        ("t-1b", "u-1", None),
+        ("t-2", "u-2", 1060.0),
+    ):
+        d.apply(TOKEN, token_id, to_doc(Token(token_id, user_id, "", 0.0, expires)))
+    return d, clock
+
+
+class _Ended:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def ender(self, name: str) -> Callable[[], None]:
+        return lambda: self.names.append(name)
+
+
+def _who(user_id: str, token_id: str) -> Identity:
+    return Identity(user_id, user_id, f"local://{user_id}", token_id=token_id)
+
+
+def _held(d: Directory) -> tuple[Sessions, _Ended]:
+    s = Sessions(d)
+    ended = _Ended()
+    s.hold(_who("u-1", "t-1"), "c-1", "cluster-member", ended.ender("u-1/t-1"))
+    s.hold(_who("u-1", "t-1b"), "c-1", "cluster-member", ended.ender("u-1/t-1b"))
+    s.hold(_who("u-2", "t-2"), "c-1", "cluster-member", ended.ender("u-2/t-2"))
+    return s, ended
+
+
+def test_a_revoked_token_ends_what_it_holds_only() -> None:
+    d, _ = _directory()
+    s, ended = _held(d)
+    d.apply(TOKEN, "t-1", None)
+    assert ended.names == ["u-1/t-1"]
+    assert len(s) == 2
+
+
+@pytest.mark.parametrize("change", ["disabled", "deleted"])
+def test_a_disabled_or_deleted_user_ends_all_it_holds(change: str) -> None:
+    d, _ = _directory()
+    s, ended = _held(d)
+    doc = None if change == "deleted" else to_doc(User("u-1", "u-1", "", 0.0, enabled=False))
+    d.apply(USER, "u-1", doc)
+    assert sorted(ended.names) == ["u-1/t-1", "u-1/t-1b"]
+    assert len(s) == 1
+
+
+def test_a_change_seen_on_the_feed_ends_it_too() -> None:
+    d, _ = _directory()
+    _, ended = _held(d)
+    d._apply_change(Change(d.revision + 1, TOKEN, "t-2", None))  # another process's write
+    assert ended.names == ["u-2/t-2"]
+
+
+@pytest.mark.parametrize(
+    ("role", "ends"),
+    [(None, True), ("read-only", True), ("cluster-member", False), ("cluster-owner", False)],
+)
+def test_a_lowered_or_lost_role_ends_it(role: str | None, ends: bool) -> None:
+    d, _ = _directory()
+    _, ended = _held(d)
+    binding = None if role is None else to_doc(Binding("b-u-2", "c-1", role, 0.0, user_id="u-2"))
+    d.apply(BINDING, "b-u-2", binding)
+    assert ended.names == (["u-2/t-2"] if ends else [])
+
+
+def test_a_deleted_cluster_ends_what_is_held_on_it() -> None:
+    d, _ = _directory()
+    s, ended = _held(d)
+    d.apply(USER, "u-3", to_doc(User("u-3", "u-3", "", 0.0, admin=True)))
+    s.hold(_who("u-3", ""), "c-2", "cluster-owner", ended.ender("admin on c-2"))
+    d.apply(CLUSTER, "c-2", None)
+    assert ended.names == ["admin on c-2"]
+
+
+def test_what_is_forgotten_is_not_ended_and_nothing_is_kept() -> None:
+    d, _ = _directory()
+    s = Sessions(d)
+    ended = _Ended()
+    forget = s.hold(_who("u-1", "t-1"), "c-1", "cluster-member", ended.ender("x"))
+    forget()
+    forget()  # twice is harmless
+    d.apply(TOKEN, "t-1", None)
+    assert ended.names == [] and len(s) == 0
+    assert s._by_token == {} and s._by_user == {}
+
+
+async def test_an_expired_token_ends_what_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sessions_module, "CHECK_EVERY_S", 0.01)
+    d, clock = _directory()
+    s, ended = _held(d)
+    await asyncio.sleep(0.05)
+    assert ended.names == []
+    clock.now = 1060.0  # t-2 expires
+    for _ in range(100):
+        if ended.names:
+            break
+        await asyncio.sleep(0.01)
+    assert ended.names == ["u-2/t-2"]
+    assert len(s) == 2
+
+
+def test_hold_registers_with_the_drain_when_asked() -> None:
+    d, _ = _directory()
+    s = Sessions(d)
+    drain = Drain()
+    ended = _Ended()
+    forget = sessions_module.hold(
+        s, drain, _who("u-1", "t-1"), "c-1", "cluster-member", ended.ender("w")
+    )
+    assert len(s) == 1
+    forget()
+    assert drain.start() == 0 and len(s) == 0
+    sessions_module.hold(s, Drain(), None, "c-1", None, ended.ender("anonymous"))
+    assert len(s) == 0
