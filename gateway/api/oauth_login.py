@@ -9,11 +9,15 @@ Three ways in, all ending with a herdgate session token:
   "redirectUri"?}`` (Rancher's shape).
 - **Browser redirect**: ``GET /v1/auth/{oidc|github}/login`` sends the browser to the
   provider; ``GET /v1/auth/{provider}/callback`` exchanges the code and shows the token.
-  The PKCE verifier and nonce stay on the gateway, keyed by an unguessable ``state``.
+  The PKCE verifier and nonce stay on the gateway, keyed by an unguessable ``state``,
+  and the login is bound to the browser that started it (a cookie, compared at the
+  callback): a callback link sent to someone else logs no one in (login CSRF, RFC 6749
+  section 10.12).
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import time
 from dataclasses import dataclass
@@ -33,12 +37,19 @@ STATE_TTL_S = 600.0
 MAX_PENDING_STATES = 10_000
 
 
+LOGIN_COOKIE = "herdgate_login"
+"""Holds the secret that binds a browser login to the browser (HttpOnly, Secure,
+SameSite=Lax so that the provider's redirect back carries it, only sent to the callback)."""
+
+
 @dataclass(frozen=True)
 class _PendingBrowserLogin:
     provider: str
     code_verifier: str
     nonce: str
     expires: float
+    browser: str = ""
+    """The cookie value the callback must come with."""
 
 
 class BrowserLogins:
@@ -47,19 +58,26 @@ class BrowserLogins:
     def __init__(self) -> None:
         self._pending: dict[str, _PendingBrowserLogin] = {}
 
-    def add(self, provider: str, verifier: str, nonce: str) -> str:
+    def add(self, provider: str, verifier: str, nonce: str, browser: str = "") -> str:
         now = time.monotonic()
         if len(self._pending) >= MAX_PENDING_STATES:
             self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
             if len(self._pending) >= MAX_PENDING_STATES:
                 raise GatewayError(503, "too many logins in progress; try again shortly")
         state = random_token()
-        self._pending[state] = _PendingBrowserLogin(provider, verifier, nonce, now + STATE_TTL_S)
+        self._pending[state] = _PendingBrowserLogin(
+            provider, verifier, nonce, now + STATE_TTL_S, browser
+        )
         return state
 
-    def take(self, state: str, provider: str) -> _PendingBrowserLogin | None:
-        pending = self._pending.pop(state, None)
-        if pending is None or pending.provider != provider or pending.expires < time.monotonic():
+    def take(self, state: str, provider: str, browser: str = "") -> _PendingBrowserLogin | None:
+        """The login ``state`` names, once, if it is this ``provider``'s, not expired, and
+        ``browser`` is the cookie value it was started with."""
+        pending = self._pending.get(state)
+        if pending is None or not hmac.compare_digest(pending.browser, browser):
+            return None  # kept: the browser that started it may still come back
+        del self._pending[state]
+        if pending.provider != provider or pending.expires < time.monotonic():
             return None
         return pending
 
@@ -155,7 +173,8 @@ async def browser_start(request: web.Request) -> web.Response:
     provider = _provider(request, name)
     verifier = new_code_verifier()
     nonce = random_token()
-    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce)
+    browser = random_token()
+    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce, browser)
     try:
         if name == "oidc":
             await provider.discover()
@@ -164,17 +183,33 @@ async def browser_start(request: web.Request) -> web.Response:
             url = provider.authorization_url(state)
     except ProviderUnavailable as exc:
         raise _failed(exc, name) from None
-    raise web.HTTPFound(url)
+    found = web.HTTPFound(url)
+    found.set_cookie(
+        LOGIN_COOKIE,
+        browser,
+        max_age=int(STATE_TTL_S),
+        path=f"/v1/auth/{name}/callback",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+    )
+    raise found
 
 
 async def browser_callback(request: web.Request) -> web.Response:
     """``GET /v1/auth/{provider}/callback?code=&state=``: exchange and show the token."""
     name = request.match_info["provider"]
     provider = _provider(request, name)
-    pending = request.app[BROWSER_LOGINS].take(request.query.get("state", ""), name)
+    browser = request.cookies.get(LOGIN_COOKIE, "")
+    pending = None
+    if browser:
+        pending = request.app[BROWSER_LOGINS].take(request.query.get("state", ""), name, browser)
     code = request.query.get("code", "")
     if pending is None or not code:
-        raise BadRequest("this login link is invalid or has expired; start again")
+        raise BadRequest(
+            "this login link is invalid, has expired, or was started in another browser; "
+            "start again"
+        )
     try:
         if name == "oidc":
             identity = await provider.exchange_code(code, pending.code_verifier, pending.nonce)
@@ -187,4 +222,15 @@ async def browser_callback(request: web.Request) -> web.Response:
         "<!doctype html><title>herdgate login</title><h1>Logged in</h1>"
         f"<p>Your herdgate token (shown once):</p><pre>{html.escape(token)}</pre>"
     )
-    return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-store"})
+    response = web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
+    response.del_cookie(LOGIN_COOKIE, path=f"/v1/auth/{name}/callback")
+    return response
+
+
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # The token page may not be framed, run scripts or leak its address.
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}

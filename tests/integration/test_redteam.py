@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import ssl
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -259,6 +261,10 @@ def test_an_admins_impersonation_of_one_user_passes(world: World) -> None:
 
 # 5. identity values with spaces at their ends
 
+CALLBACK = "https://gateway.invalid/v1/auth/oidc/callback"
+"""The redirect URI the fake issuer sends the browser to; the test then opens the same
+path and query on the gateway itself."""
+
 
 @pytest.fixture(scope="module")
 def oidc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, FakeIssuer]]:
@@ -276,6 +282,7 @@ def oidc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World
                 "ca_file": issuer.ca_file,
                 "username_claim": "email",
                 "groups_claim": "groups",
+                "redirect_uri": CALLBACK,
             }
         }
     }
@@ -547,3 +554,69 @@ def test_a_revocation_by_another_gateway_process_ends_the_watch(world: World, ki
         seconds = _ended_within(watcher, started)
         print(f"{kind} deleted by another process: the watch ended {seconds:.2f} s later")
     assert watcher.returncode == 0
+
+
+# fresh attack pass: the browser login's callback
+
+
+def _get(world: World, url: str, cookie: str = "") -> tuple[int, dict[str, str], str]:
+    """One GET on the gateway or the issuer, redirects not followed."""
+    parts = urllib.parse.urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(world.gateway.ca_file))
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=10)
+    try:
+        headers = {"Cookie": cookie} if cookie else {}
+        conn.request(
+            "GET", parts.path + ("?" + parts.query if parts.query else ""), headers=headers
+        )
+        resp = conn.getresponse()
+        found = {k.lower(): v for k, v in resp.getheaders()}
+        found["set-cookie"] = "; ".join(resp.headers.get_all("Set-Cookie") or [])
+        return resp.status, found, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_a_login_callback_works_only_in_the_browser_that_started_it(
+    oidc_world: tuple[World, FakeIssuer],
+) -> None:
+    """Login CSRF (RFC 6749 10.12): the attacker starts a browser login, signs in at the
+    provider as themselves and sends the callback link to a victim; the victim's
+    browser, which never started that login, must not be logged in as the attacker (and
+    be shown the attacker's token to use)."""
+    world, issuer = oidc_world
+    status, headers, _ = _get(world, world.gateway.url + "/v1/auth/oidc/login")
+    assert status == 302, headers
+    cookie = headers["set-cookie"].split(";")[0]
+    issuer_ctx = urllib.request.HTTPSHandler(
+        context=ssl.create_default_context(cafile=str(issuer.ca_file))
+    )
+    opener = urllib.request.build_opener(issuer_ctx, _NoRedirect())
+    try:
+        opener.open(headers["location"], timeout=10)
+        raise AssertionError("the issuer did not redirect")
+    except urllib.error.HTTPError as redirect:
+        location = redirect.headers["Location"]
+        redirect.close()
+    assert location.startswith(CALLBACK + "?"), location
+    callback = world.gateway.url + location[len(CALLBACK) - len("/v1/auth/oidc/callback") :]
+    # The victim's browser: no cookie from this login.
+    status, answer, body = _get(world, callback)
+    assert status == 400, body
+    assert "token-" not in body
+    # A cookie of another login does not help either.
+    _, other, _ = _get(world, world.gateway.url + "/v1/auth/oidc/login")
+    status, _, body = _get(world, callback, cookie=other["set-cookie"].split(";")[0])
+    assert status == 400 and "token-" not in body
+    # The browser that started it is logged in, once; the page cannot be framed.
+    status, answer, body = _get(world, callback, cookie=cookie)
+    assert status == 200 and "token-" in body, body
+    assert "frame-ancestors 'none'" in answer.get("content-security-policy", "")
+    status, _, _ = _get(world, callback, cookie=cookie)
+    assert status == 400
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None

@@ -33,6 +33,7 @@ from gateway import (
     requestinfo,
 )
 from gateway import sessions as sessions_module
+from gateway.api import oauth_login
 from gateway.audit import AuditLog
 from gateway.directory import Directory
 from gateway.drain import Drain
@@ -501,3 +502,16 @@ def test_hold_registers_with_the_drain_when_asked() -> None:
     assert drain.start() == 0 and len(s) == 0
     sessions_module.hold(s, Drain(), None, "c-1", None, ended.ender("anonymous"))
     assert len(s) == 0
+
+
+# fresh attack pass: the browser login's callback (login CSRF)
+
+
+def test_a_browser_login_is_taken_only_with_the_cookie_it_started_with() -> None:
+    logins = oauth_login.BrowserLogins()
+    state = logins.add("oidc", "verifier", "nonce", "browser-secret")
+    assert logins.take(state, "oidc", "") is None  # the victim's browser: no cookie
+    assert logins.take(state, "oidc", "another-login") is None
+    taken = logins.take(state, "oidc", "browser-secret")  # still there for its own browser
+    assert taken is not None and taken.code_verifier == "verifier"
+    assert logins.take(state, "oidc", "browser-secret") is None  # once
