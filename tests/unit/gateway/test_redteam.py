@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from config.errors import ConfigError
 from config.identity import Identity
-from config.schema import AuditSettings
+from config.schema import AuditSettings, GatewaySettings
 from gateway import (
     errors,
     heads,
@@ -515,3 +516,27 @@ def test_a_browser_login_is_taken_only_with_the_cookie_it_started_with() -> None
     taken = logins.take(state, "oidc", "browser-secret")  # still there for its own browser
     assert taken is not None and taken.code_verifier == "verifier"
     assert logins.take(state, "oidc", "browser-secret") is None  # once
+
+
+# fresh attack pass: one user's requests in flight on a cluster are bounded
+
+
+def test_requests_in_flight_are_bounded_per_user_and_cluster() -> None:
+    d, _ = _directory()
+    s = Sessions(d, max_requests_per_user=2)
+    assert s.enter("u-1", "c-1") and s.enter("u-1", "c-1")
+    assert not s.enter("u-1", "c-1")  # the third: refused, not counted
+    assert s.enter("u-1", "c-2") and s.enter("u-2", "c-1")  # other clusters, other users
+    s.leave("u-1", "c-1")
+    assert s.enter("u-1", "c-1")
+    for _ in range(2):
+        s.leave("u-1", "c-1")
+    s.leave("u-1", "c-2")
+    s.leave("u-2", "c-1")
+    assert s._in_flight == {}
+
+
+def test_max_requests_per_user_must_be_positive() -> None:
+    with pytest.raises(ConfigError):
+        GatewaySettings(max_requests_per_user=0)
+    assert GatewaySettings().max_requests_per_user == 1024
