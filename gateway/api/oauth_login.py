@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import html
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,10 @@ from gateway.providers.oauth import code_challenge_s256, new_code_verifier, rand
 PATHS = {"oidcProviders/oidc": "oidc", "githubProviders/github": "github"}
 STATE_TTL_S = 600.0
 MAX_PENDING_STATES = 10_000
+MAX_PENDING_PER_ADDRESS = 16
+"""Browser logins one client address may have pending; starting another drops its
+oldest. An anonymous flood of ``/login`` cannot fill the table for everyone (it used to,
+answering every login 503 for ``STATE_TTL_S``)."""
 
 
 LOGIN_COOKIE = "herdgate_login"
@@ -50,25 +55,48 @@ class _PendingBrowserLogin:
     expires: float
     browser: str = ""
     """The cookie value the callback must come with."""
+    address: str = ""
+    """The client address that started it."""
 
 
 class BrowserLogins:
-    """``state`` -> what the callback needs; bounded and expiring."""
+    """``state`` -> what the callback needs; bounded (per client address and in all: the
+    oldest make way) and expiring."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, _PendingBrowserLogin] = {}
+        self._pending: OrderedDict[str, _PendingBrowserLogin] = OrderedDict()
+        """In the order they were started (the oldest first: found in O(1))."""
+        self._by_address: dict[str, list[str]] = {}
 
-    def add(self, provider: str, verifier: str, nonce: str, browser: str = "") -> str:
+    def add(
+        self, provider: str, verifier: str, nonce: str, browser: str = "", address: str = ""
+    ) -> str:
         now = time.monotonic()
+        mine = self._by_address.setdefault(address, [])
+        while len(mine) >= MAX_PENDING_PER_ADDRESS:
+            self._pending.pop(mine.pop(0), None)
         if len(self._pending) >= MAX_PENDING_STATES:
-            self._pending = {k: v for k, v in self._pending.items() if v.expires > now}
-            if len(self._pending) >= MAX_PENDING_STATES:
-                raise GatewayError(503, "too many logins in progress; try again shortly")
+            for state in [k for k, v in self._pending.items() if v.expires <= now]:
+                self._forget(state)
+            while len(self._pending) >= MAX_PENDING_STATES:
+                self._forget(next(iter(self._pending)))
         state = random_token()
         self._pending[state] = _PendingBrowserLogin(
-            provider, verifier, nonce, now + STATE_TTL_S, browser
+            provider, verifier, nonce, now + STATE_TTL_S, browser, address
         )
+        self._by_address.setdefault(address, []).append(state)
         return state
+
+    def _forget(self, state: str) -> None:
+        pending = self._pending.pop(state, None)
+        if pending is None:
+            return
+        mine = self._by_address.get(pending.address)
+        if mine is not None:
+            if state in mine:
+                mine.remove(state)
+            if not mine:
+                del self._by_address[pending.address]
 
     def take(self, state: str, provider: str, browser: str = "") -> _PendingBrowserLogin | None:
         """The login ``state`` names, once, if it is this ``provider``'s, not expired, and
@@ -76,7 +104,7 @@ class BrowserLogins:
         pending = self._pending.get(state)
         if pending is None or not hmac.compare_digest(pending.browser, browser):
             return None  # kept: the browser that started it may still come back
-        del self._pending[state]
+        self._forget(state)
         if pending.provider != provider or pending.expires < time.monotonic():
             return None
         return pending
@@ -174,7 +202,7 @@ async def browser_start(request: web.Request) -> web.Response:
     verifier = new_code_verifier()
     nonce = random_token()
     browser = random_token()
-    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce, browser)
+    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce, browser, request.remote or "")
     try:
         if name == "oidc":
             await provider.discover()

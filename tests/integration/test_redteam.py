@@ -617,6 +617,41 @@ def test_a_login_callback_works_only_in_the_browser_that_started_it(
     assert status == 400
 
 
+def _callback_url(world: World, issuer: FakeIssuer, login_location: str) -> str:
+    """Sign in at the fake issuer (it approves at once); the gateway callback URL it sends
+    the browser back to."""
+    issuer_ctx = urllib.request.HTTPSHandler(
+        context=ssl.create_default_context(cafile=str(issuer.ca_file))
+    )
+    opener = urllib.request.build_opener(issuer_ctx, _NoRedirect())
+    try:
+        opener.open(login_location, timeout=10)
+        raise AssertionError("the issuer did not redirect")
+    except urllib.error.HTTPError as redirect:
+        location = str(redirect.headers["Location"])
+        redirect.close()
+    assert location.startswith(CALLBACK + "?"), location
+    return world.gateway.url + location[len(CALLBACK) - len("/v1/auth/oidc/callback") :]
+
+
+def test_starting_many_browser_logins_does_not_lock_everyone_out(
+    oidc_world: tuple[World, FakeIssuer],
+) -> None:
+    """An anonymous client starts 10,050 browser logins (2 s on one connection). Before,
+    the pending-login table was full for the next ten minutes: every user's login
+    answered 503. Now each address keeps its 16 newest, the table drops its oldest when
+    full, and a user who starts a login afterwards completes it."""
+    world, issuer = oidc_world
+    port = world.gateway.port
+    flood = f"GET /v1/auth/oidc/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    _many_requests(world, [flood] * 10_050)
+    status, headers, body = _get(world, world.gateway.url + "/v1/auth/oidc/login")
+    assert status == 302, body
+    callback = _callback_url(world, issuer, headers["location"])
+    status, _, body = _get(world, callback, cookie=headers["set-cookie"].split(";")[0])
+    assert status == 200 and "token-" in body, body
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None

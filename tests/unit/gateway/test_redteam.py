@@ -540,3 +540,23 @@ def test_max_requests_per_user_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         GatewaySettings(max_requests_per_user=0)
     assert GatewaySettings().max_requests_per_user == 1024
+
+
+def test_pending_browser_logins_are_bounded_per_address_and_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(oauth_login, "MAX_PENDING_STATES", 40)
+    logins = oauth_login.BrowserLogins()
+    flood = [logins.add("oidc", "v", "n", "b", "10.0.0.1") for _ in range(1000)]
+    per = oauth_login.MAX_PENDING_PER_ADDRESS
+    assert len(logins._pending) == per  # the flooding address keeps its newest only
+    assert all(logins.take(s, "oidc", "b") is None for s in flood[:-per])
+    # Many addresses: the oldest make way, and a new login always gets in.
+    for index in range(200):
+        logins.add("oidc", "v", "n", "b", f"10.1.0.{index}")
+    mine = logins.add("oidc", "mine", "n", "me", "192.0.2.1")
+    assert len(logins._pending) <= 40
+    assert sum(len(v) for v in logins._by_address.values()) == len(logins._pending)
+    taken = logins.take(mine, "oidc", "me")
+    assert taken is not None and taken.code_verifier == "mine"
+    assert "192.0.2.1" not in logins._by_address
