@@ -76,5 +76,14 @@ class LoginLimiter:
         self.users.record_failure(f"{provider}\0{username.lower()}", now)
         self.addresses.record_failure(address, now)
 
+    def address_retry_after(self, address: str, now: float) -> float:
+        """For logins without a user name (OAuth codes, device flows): the address's
+        limit only. One shared per-provider key would let a few bad attempts from anyone
+        refuse everyone."""
+        return self.addresses.retry_after(address, now)
+
+    def address_failed(self, address: str, now: float) -> None:
+        self.addresses.record_failure(address, now)
+
     def succeeded(self, provider: str, username: str) -> None:
         self.users.clear(f"{provider}\0{username.lower()}")

@@ -148,7 +148,7 @@ async def oauth_action(request: web.Request) -> web.Response:
     what = action(request)
     limiter = request.app[LIMITER]
     address = request.remote or "unknown"
-    wait = limiter.retry_after(name, "", address, directory(request).clock())
+    wait = limiter.address_retry_after(address, directory(request).clock())
     if wait > 0:
         count_login(name, "limited")
         raise TooManyAttempts(wait)
@@ -188,7 +188,7 @@ async def oauth_action(request: web.Request) -> web.Response:
             return web.json_response(await _finish(request, identity, data), status=201)
     except (InvalidCredentials, ProviderUnavailable) as exc:
         if isinstance(exc, InvalidCredentials):
-            limiter.failed(name, "", address, directory(request).clock())
+            limiter.address_failed(address, directory(request).clock())
         raise _failed(exc, name) from None
     raise BadRequest("unknown action (deviceCode, deviceToken or login)")
 

@@ -43,7 +43,13 @@ from tests.binaries import kubectl
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.integration.conftest import World, start_world, stop_world
-from tests.integration.env import free_port, kubectl_background, kubectl_run, wait_until
+from tests.integration.env import (
+    ApiError,
+    free_port,
+    kubectl_background,
+    kubectl_run,
+    wait_until,
+)
 from tests.integration.test_hostile_h2 import (
     DATA,
     PROTOCOL_ERROR,
@@ -650,6 +656,31 @@ def test_starting_many_browser_logins_does_not_lock_everyone_out(
     callback = _callback_url(world, issuer, headers["location"])
     status, _, body = _get(world, callback, cookie=headers["set-cookie"].split(";")[0])
     assert status == 200 and "token-" in body, body
+
+
+def test_a_few_bad_codes_do_not_lock_everyone_out_of_oauth_logins(
+    oidc_world: tuple[World, FakeIssuer],
+) -> None:
+    """OAuth logins have no user name: the limiter counted their failures under one key
+    per provider, so five invalid codes from anyone refused every OIDC code and device
+    login for 15 minutes. Now only the failing address is counted."""
+    world, issuer = oidc_world
+    anonymous = world.gateway.api()
+    for _ in range(6):
+        with pytest.raises(ApiError) as failed:
+            anonymous.post(
+                "/v3-public/oidcProviders/oidc?action=login",
+                {"code": "not-a-code", "codeVerifier": "x" * 43},
+            )
+        assert failed.value.status in (401, 429)
+    # Someone else (here: the same address, under its limit of 20) logs in.
+    flow = anonymous.post("/v3-public/oidcProviders/oidc?action=deviceCode", {})
+    issuer.approve(flow["userCode"])
+    time.sleep(flow["interval"])
+    result = anonymous.post(
+        "/v3-public/oidcProviders/oidc?action=deviceToken", {"deviceCode": flow["deviceCode"]}
+    )
+    assert str(result["token"]).startswith("token-")
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -41,6 +41,7 @@ from gateway.drain import Drain
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
 from gateway.keys import DIRECTORY
+from gateway.ratelimit import Limit, LoginLimiter
 from gateway.records import BINDING, CLUSTER, TOKEN, USER, Binding, Cluster, Token, User, to_doc
 from gateway.sessions import Sessions
 from gateway.store.base import Change
@@ -560,3 +561,16 @@ def test_pending_browser_logins_are_bounded_per_address_and_in_all(
     taken = logins.take(mine, "oidc", "me")
     assert taken is not None and taken.code_verifier == "mine"
     assert "192.0.2.1" not in logins._by_address
+
+
+def test_oauth_failures_count_against_the_address_only() -> None:
+    limiter = LoginLimiter(Limit(5, 900), Limit(20, 900))
+    for _ in range(10):
+        limiter.address_failed("10.0.0.1", 0.0)
+    assert limiter.address_retry_after("10.0.0.1", 1.0) == 0.0  # under the address's 20
+    assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
+    assert limiter.retry_after("oidc", "", "10.0.0.2", 1.0) == 0.0  # no shared user key
+    for _ in range(10):
+        limiter.address_failed("10.0.0.1", 0.0)
+    assert limiter.address_retry_after("10.0.0.1", 1.0) > 0
+    assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
