@@ -133,12 +133,16 @@ class Sessions:
     def _changed(self, kind: str, key: str) -> None:
         if not self._held:
             return
-        if kind == TOKEN:
-            self._check(self._by_token.get(key, ()))
-        elif kind == USER:
-            self._check(self._by_user.get(key, ()))
-        elif kind in (BINDING, CLUSTER):
-            self._check(list(self._held))  # rare: look at everything held
+        try:
+            if kind == TOKEN:
+                self._check(self._by_token.get(key, ()))
+            elif kind == USER:
+                self._check(self._by_user.get(key, ()))
+            elif kind in (BINDING, CLUSTER):
+                self._check(list(self._held))  # rare: look at everything held
+        except Exception:
+            # Called inside the directory's write (or feed): never make that fail.
+            logger.exception("checking long-running answers after a change failed")
 
     def _check(self, keys: Iterable[int]) -> None:
         now = self._directory.clock()

@@ -574,3 +574,24 @@ def test_oauth_failures_count_against_the_address_only() -> None:
         limiter.address_failed("10.0.0.1", 0.0)
     assert limiter.address_retry_after("10.0.0.1", 1.0) > 0
     assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
+
+
+def test_a_failing_check_or_ender_never_fails_the_directorys_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d, _ = _directory()
+    s = Sessions(d)
+
+    def broken() -> None:
+        raise RuntimeError("ender bug")
+
+    s.hold(_who("u-1", "t-1"), "c-1", "cluster-member", broken)
+    d.apply(TOKEN, "t-1", None)  # the ender raises: logged, the write goes on
+    assert len(s) == 0
+    s.hold(_who("u-2", "t-2"), "c-1", "cluster-member", lambda: None)
+
+    def lost(*_: object) -> str:
+        raise RuntimeError("check bug")
+
+    monkeypatch.setattr(s, "_lost", lost)
+    d.apply(TOKEN, "t-2", None)  # the check raises: logged, the write goes on
