@@ -50,6 +50,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/proxy.py",
     "gateway/rawresponse.py",
     "gateway/requestinfo.py",
+    "gateway/sessions.py",
     "gateway/tunnels.py",
     "gateway/upstream.py",
     "tunnel/frames.py",

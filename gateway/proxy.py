@@ -243,12 +243,12 @@ async def serve(
         path = split_cluster_path(request.raw_path)
     except BadPath as exc:
         raise BadRequest(str(exc)) from None
+    directory = app[DIRECTORY]
     if exchange is not None:
         exchange.cluster_id = path.cluster_id
-        exchange.cluster_known = path.cluster_id in app[DIRECTORY].clusters
+        exchange.cluster_known = path.cluster_id in directory.clusters
         exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
-    directory = app[DIRECTORY]
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
         raise NotFound(

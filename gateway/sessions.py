@@ -109,6 +109,9 @@ class Sessions:
             self._by_token.setdefault(identity.token_id, set()).add(key)
         self._by_user.setdefault(identity.user_id, set()).add(key)
         self._schedule()
+        # A change between the request's authentication and now (the API server's
+        # answer took that long) was not seen by ``_changed`` for this answer.
+        self._check((key,))
         return lambda: self._forget(key)
 
     def _forget(self, key: int) -> None:

@@ -576,9 +576,7 @@ def test_oauth_failures_count_against_the_address_only() -> None:
     assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
 
 
-def test_a_failing_check_or_ender_never_fails_the_directorys_write(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_failing_check_or_ender_never_fails_the_directorys_write() -> None:
     d, _ = _directory()
     s = Sessions(d)
 
@@ -589,9 +587,16 @@ def test_a_failing_check_or_ender_never_fails_the_directorys_write(
     d.apply(TOKEN, "t-1", None)  # the ender raises: logged, the write goes on
     assert len(s) == 0
     s.hold(_who("u-2", "t-2"), "c-1", "cluster-member", lambda: None)
+    d.users["u-2"] = cast(Any, "not a user")  # the check will raise
+    d.apply(TOKEN, "t-2", to_doc(Token("t-2", "u-2", "", 0.0, None)))  # logged, goes on
 
-    def lost(*_: object) -> str:
-        raise RuntimeError("check bug")
 
-    monkeypatch.setattr(s, "_lost", lost)
-    d.apply(TOKEN, "t-2", None)  # the check raises: logged, the write goes on
+def test_an_answer_held_after_its_identity_lost_access_is_ended_at_once() -> None:
+    """Revoked while the API server was still preparing the answer's head."""
+    d, _ = _directory()
+    s = Sessions(d)
+    ended = _Ended()
+    d.apply(TOKEN, "t-1", None)
+    s.hold(_who("u-1", "t-1"), "c-1", "cluster-member", ended.ender("late"))
+    s.hold(_who("u-2", "t-2"), "c-1", "cluster-member", ended.ender("fine"))
+    assert ended.names == ["late"] and len(s) == 1
