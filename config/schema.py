@@ -55,6 +55,15 @@ class TokenSettings:
     """Upper bound for any requested ``ttl``; 0 allows tokens that never expire."""
     kubeconfig_ttl_s: float = duration(30 * 86400)
     """Lifetime of the token embedded by ``generateKubeconfig``."""
+    max_per_user: int = 1000
+    """Tokens one user may hold (each is held in every gateway process's memory).
+    Creating an API token beyond it is refused (409); a login or a kubeconfig replaces
+    the user's oldest session or kubeconfig token. Expired tokens are removed when the
+    user gets a new one."""
+
+    def __post_init__(self) -> None:
+        if self.max_per_user < 1:
+            raise ConfigError("tokens.max_per_user", "must be at least 1")
 
 
 @dataclass(frozen=True)

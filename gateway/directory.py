@@ -58,6 +58,10 @@ class AuthenticationFailed(Exception):
     """The credential is not valid; the message is safe to show the caller."""
 
 
+class TooManyTokens(Exception):
+    """The user already holds as many tokens as allowed; the message says what to do."""
+
+
 class Directory:
     def __init__(self, store: Store, clock: Clock = time.time) -> None:
         self.store = store
@@ -67,6 +71,8 @@ class Directory:
         """Local users by login name (provider users are found by principal)."""
         self.user_ids_by_principal: dict[str, str] = {}
         self.tokens: dict[str, Token] = {}
+        self._tokens_by_user: dict[str, set[str]] = {}
+        """Token ids of each user (``issue_token`` bounds them)."""
         self.clusters: dict[str, Cluster] = {}
         self.bindings: dict[str, Binding] = {}
         self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
@@ -132,8 +138,17 @@ class Directory:
                 for principal in user.principal_ids:
                     self.user_ids_by_principal[principal] = key
         elif kind == TOKEN:
+            old_token = self.tokens.get(key)
+            if old_token is not None:
+                owned = self._tokens_by_user.get(old_token.user_id)
+                if owned is not None:
+                    owned.discard(key)
+                    if not owned:
+                        del self._tokens_by_user[old_token.user_id]
             self._set(self.tokens, key, Token, doc)
             token = self.tokens.get(key)
+            if token is not None:
+                self._tokens_by_user.setdefault(token.user_id, set()).add(key)
             parts = None if token is None else hashing.parse_token_hash(token.hash)
             if parts is None:
                 self._token_hashes.pop(key, None)
@@ -242,11 +257,20 @@ class Directory:
         kind: str,
         description: str = "",
         cluster_id: str = "",
+        max_per_user: int = 0,
     ) -> tuple[Token, str]:
-        """Create a token; returns it with its one-time plaintext ``token-xxxxx:<secret>``."""
+        """Create a token; returns it with its one-time plaintext ``token-xxxxx:<secret>``.
+
+        With ``max_per_user``, the user's expired tokens are removed first, and a user
+        who holds that many already gets ``TooManyTokens`` for an API token, while a login
+        (``session``) or a kubeconfig replaces the oldest session or kubeconfig token (a
+        user must always be able to log in).
+        """
+        now = self.clock()
+        if max_per_user:
+            await self._make_room(user.id, kind, max_per_user, now)
         secret = hashing.new_secret()
         token_hash = hashing.hash_token(secret)
-        now = self.clock()
         expires = None if not ttl_s else now + ttl_s
         token = await self.create_unique(
             TOKEN,
@@ -263,6 +287,29 @@ class Directory:
             ),
         )
         return token, f"{token.id}:{secret}"
+
+    async def _make_room(self, user_id: str, kind: str, limit: int, now: float) -> None:
+        held = [self.tokens[t] for t in self._tokens_by_user.get(user_id, ()) if t in self.tokens]
+        expired = [t.id for t in held if t.is_expired(now)]
+        if expired:
+            await asyncio.gather(*(self.delete(TOKEN, t) for t in expired))
+            held = [t for t in held if not t.is_expired(now)]
+        excess = len(held) - limit + 1
+        if excess <= 0:
+            return
+        if kind == "api":
+            raise TooManyTokens(
+                f"this user already holds {len(held)} tokens (the most allowed); delete some first"
+            )
+        replaceable = sorted((t for t in held if t.kind != "api"), key=lambda t: (t.created, t.id))[
+            :excess
+        ]
+        if len(replaceable) < excess:
+            raise TooManyTokens(
+                f"this user already holds {len(held)} API tokens (the most allowed); "
+                "delete some first"
+            )
+        await asyncio.gather(*(self.delete(TOKEN, t.id) for t in replaceable))
 
     def identity_of(self, user: User, token_id: str = "") -> Identity:
         return Identity(

@@ -21,6 +21,7 @@ from gateway.api.common import (
     require_admin,
     string_field,
 )
+from gateway.directory import TooManyTokens
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.keys import REPLICAS, RUNTIME, SETTINGS, TUNNELS
 from gateway.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
@@ -188,13 +189,17 @@ async def cluster_action(request: web.Request) -> web.Response:
         credential = kubeconfig.exec_user(runtime.server_url, provider, cluster.id)
     else:
         ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
-        _, credential = await d.issue_token(
-            user,
-            ttl,
-            kind="kubeconfig",
-            description=f"kubeconfig for {cluster.name}",
-            cluster_id=cluster.id,
-        )
+        try:
+            _, credential = await d.issue_token(
+                user,
+                ttl,
+                kind="kubeconfig",
+                description=f"kubeconfig for {cluster.name}",
+                cluster_id=cluster.id,
+                max_per_user=request.app[SETTINGS].tokens.max_per_user,
+            )
+        except TooManyTokens as exc:
+            raise GatewayError(409, str(exc)) from None
     endpoints = [
         kubeconfig.Endpoint(
             cluster.name, f"{runtime.server_url}/k8s/clusters/{cluster.id}", runtime.ca_pem

@@ -17,6 +17,7 @@ from config.schema import AuthSettings
 from gateway import hashing, metrics
 from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
 from gateway.api.tokens import token_view
+from gateway.directory import TooManyTokens
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
 from gateway.keys import LIMITER, PROVIDERS, SETTINGS
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
@@ -123,9 +124,17 @@ async def session_token(request: web.Request, user: User, data: dict[str, Any]) 
         cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id) is None
     ):
         raise NotFound(f"cluster {cluster_id} not found")
-    token, plaintext = await d.issue_token(
-        user, ttl, kind="session", description=description, cluster_id=cluster_id
-    )
+    try:
+        token, plaintext = await d.issue_token(
+            user,
+            ttl,
+            kind="session",
+            description=description,
+            cluster_id=cluster_id,
+            max_per_user=settings.max_per_user,
+        )
+    except TooManyTokens as exc:
+        raise GatewayError(409, str(exc)) from None
     body = token_view(token, current_id="")
     body["token"] = plaintext
     return body

@@ -15,7 +15,8 @@ from gateway.api.common import (
     string_field,
     ttl_seconds,
 )
-from gateway.errors import BadRequest, NotFound
+from gateway.directory import TooManyTokens
+from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.keys import SETTINGS
 from gateway.records import TOKEN, Token, iso
 
@@ -71,9 +72,17 @@ async def create_token(request: web.Request) -> web.Response:
         raise NotFound(f"cluster {cluster_id} not found")
     user = d.users[identity.user_id]
     ttl = ttl_seconds(request, data, request.app[SETTINGS].tokens.default_ttl_s)
-    token, plaintext = await d.issue_token(
-        user, ttl, kind="api", description=string_field(data, "description"), cluster_id=cluster_id
-    )
+    try:
+        token, plaintext = await d.issue_token(
+            user,
+            ttl,
+            kind="api",
+            description=string_field(data, "description"),
+            cluster_id=cluster_id,
+            max_per_user=request.app[SETTINGS].tokens.max_per_user,
+        )
+    except TooManyTokens as exc:
+        raise GatewayError(409, str(exc)) from None
     body = token_view(token, current.id, d.clock())
     body["token"] = plaintext
     return web.json_response(body, status=201)

@@ -42,7 +42,7 @@ from gateway.store.sqlite import SQLiteStore
 from tests.binaries import kubectl
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import USER_PASSWORD, World, start_world, stop_world
 from tests.integration.env import (
     ApiError,
     free_port,
@@ -737,3 +737,52 @@ def test_one_users_watches_cannot_take_every_stream_of_the_tunnel(narrow_world: 
             assert answer.status == 200, answer
     finally:
         client.close()
+
+
+# fresh attack pass: tokens without end
+
+TOKENS_PER_USER = 20
+
+
+@pytest.fixture(scope="module")
+def token_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    world = start_world(
+        tmp_path_factory.mktemp("red-tokens"), name="tokens", gateway_config=TOKEN_CONFIG
+    )
+    try:
+        yield world
+    finally:
+        stop_world(world)
+
+
+TOKEN_CONFIG = f"tokens:\n  max_per_user: {TOKENS_PER_USER}\n"
+
+
+def test_a_user_cannot_pile_up_tokens_without_end(token_world: World) -> None:
+    """Any user, even one without a role anywhere, created API tokens in a loop: every
+    one is a store record and is held in the memory of every gateway process, for ever
+    (expired ones were never removed). Now a user holds at most ``tokens.max_per_user``
+    (409 beyond for API tokens; a login or a kubeconfig replaces the user's oldest of its
+    kind), and expired ones are removed when the user gets a new one."""
+    world = token_world
+    _, api = world.user("red-hoarder")
+    created = refused = 0
+    for _ in range(TOKENS_PER_USER + 10):
+        try:
+            api.post("/v3/tokens", {"description": "hoard"})
+            created += 1
+        except ApiError as exc:
+            assert exc.status == 409, exc
+            refused += 1
+    assert created == TOKENS_PER_USER - 1  # the login token counts
+    assert refused == 11
+    # Logging in still works: the oldest session token makes way.
+    for _ in range(3):
+        again = world.gateway.api().login("red-hoarder", USER_PASSWORD)
+    held = world.gateway.api(again).get("/v3/tokens")["data"]
+    assert len(held) == TOKENS_PER_USER
+    # Expired tokens are removed, not counted.
+    _, other = world.user("red-expiring")
+    for _ in range(TOKENS_PER_USER + 10):
+        other.post("/v3/tokens", {"ttl": 1})  # 1 ms: expired at once
+    assert len(other.get("/v3/tokens")["data"]) <= 2

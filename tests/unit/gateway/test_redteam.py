@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from config.errors import ConfigError
 from config.identity import Identity
-from config.schema import AuditSettings, GatewaySettings
+from config.schema import AuditSettings, GatewaySettings, TokenSettings
 from gateway import (
     errors,
     heads,
@@ -36,7 +36,7 @@ from gateway import (
 from gateway import sessions as sessions_module
 from gateway.api import oauth_login
 from gateway.audit import AuditLog
-from gateway.directory import Directory
+from gateway.directory import Directory, TooManyTokens
 from gateway.drain import Drain
 from gateway.exchange import Exchange
 from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
@@ -45,6 +45,7 @@ from gateway.ratelimit import Limit, LoginLimiter
 from gateway.records import BINDING, CLUSTER, TOKEN, USER, Binding, Cluster, Token, User, to_doc
 from gateway.sessions import Sessions
 from gateway.store.base import Change
+from gateway.store.sqlite import SQLiteStore
 
 POST = [
     (b":method", b"POST"),
@@ -600,3 +601,44 @@ def test_an_answer_held_after_its_identity_lost_access_is_ended_at_once() -> Non
     s.hold(_who("u-1", "t-1"), "c-1", "cluster-member", ended.ender("late"))
     s.hold(_who("u-2", "t-2"), "c-1", "cluster-member", ended.ender("fine"))
     assert ended.names == ["late"] and len(s) == 1
+
+
+# fresh attack pass: tokens without end
+
+
+async def test_tokens_per_user_are_bounded_and_expired_ones_removed(tmp_path: Path) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        clock = _Clock()
+        d = Directory(store, clock=clock)
+        await d.load()
+        user = User("u-1", "alice", "", 0.0)
+        await d.put(USER, user)
+        for _ in range(5):
+            await d.issue_token(user, 3600, kind="api", max_per_user=5)
+        with pytest.raises(TooManyTokens):
+            await d.issue_token(user, 3600, kind="api", max_per_user=5)
+        assert len(d._tokens_by_user["u-1"]) == 5
+        # A login needs a session or kubeconfig token to replace: all five are API ones.
+        with pytest.raises(TooManyTokens):
+            await d.issue_token(user, 3600, kind="session", max_per_user=5)
+        clock.now += 7200  # all five expire: removed when the next one is issued
+        first, _ = await d.issue_token(user, 3600, kind="session", max_per_user=5)
+        assert set(d._tokens_by_user["u-1"]) == {first.id}
+        for _ in range(6):  # logins replace the oldest session token
+            clock.now += 1
+            newest, _ = await d.issue_token(user, 3600, kind="session", max_per_user=5)
+        assert len(d._tokens_by_user["u-1"]) == 5
+        assert first.id not in d.tokens and newest.id in d.tokens
+        # Unlimited without max_per_user (the gateway's own callers pass the setting).
+        await d.issue_token(user, 3600, kind="api")
+        assert len(d._tokens_by_user["u-1"]) == 6
+        await d.delete(TOKEN, newest.id)
+        assert newest.id not in d._tokens_by_user["u-1"]
+    finally:
+        await store.close()
+
+
+def test_max_tokens_per_user_must_be_positive() -> None:
+    with pytest.raises(ConfigError):
+        TokenSettings(max_per_user=0)
