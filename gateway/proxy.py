@@ -264,7 +264,7 @@ async def serve(
     if role is None:
         raise Forbidden(
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" '
-            f"has no access to cluster {cluster.name}"
+            "has no access to it"
         )
     if not identity.is_admin and _client_impersonates(request):
         raise Forbidden(

@@ -786,3 +786,17 @@ def test_a_user_cannot_pile_up_tokens_without_end(token_world: World) -> None:
     for _ in range(TOKENS_PER_USER + 10):
         other.post("/v3/tokens", {"ttl": 1})  # 1 ms: expired at once
     assert len(other.get("/v3/tokens")["data"]) <= 2
+
+
+# fresh attack pass: what a user without a role learns about a cluster
+
+
+def test_a_user_without_a_role_does_not_learn_the_clusters_name(world: World) -> None:
+    """/v3 hides a cluster from a user without a role on it (404); the proxy's 403 named
+    it (``has no access to cluster <name>``)."""
+    _, api = world.user("red-outsider")
+    answer, probe = request(world, "GET", _pods(world), api.token)
+    assert_status(answer, 403)
+    message = answer.json()["message"]
+    assert f"cluster {world.cluster_name}" not in message, message
+    assert received(world, probe) == []
