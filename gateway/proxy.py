@@ -263,8 +263,7 @@ async def serve(
         exchange.info = request_info(request.method, path.target, upgrade_request)
     if role is None:
         raise Forbidden(
-            f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" '
-            "has no access to it"
+            f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'
         )
     if not identity.is_admin and _client_impersonates(request):
         raise Forbidden(
