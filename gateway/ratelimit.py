@@ -58,6 +58,15 @@ class FailureWindow:
     def clear(self, key: str) -> None:
         self._failures.pop(key, None)
 
+    def withdraw(self, key: str, at: float) -> None:
+        """Take back one failure recorded at ``at`` (an attempt that turned out not to be
+        a failed guess)."""
+        times = self._failures.get(key)
+        if times is not None and at in times:
+            times.remove(at)
+            if not times:
+                del self._failures[key]
+
 
 class LoginLimiter:
     """Both limits together: a login is refused if either its user or its address is over."""
@@ -75,6 +84,21 @@ class LoginLimiter:
     def failed(self, provider: str, username: str, address: str, now: float) -> None:
         self.users.record_failure(f"{provider}\0{username.lower()}", now)
         self.addresses.record_failure(address, now)
+
+    def begin(self, provider: str, username: str, address: str, now: float) -> float:
+        """Let an attempt through (0) or say how long to wait. One let through counts as a
+        failure at once, so attempts sent together are limited as if sent one after
+        another (checking a password takes tens of ms); ``succeeded`` or ``withdraw``
+        takes it back."""
+        wait = self.retry_after(provider, username, address, now)
+        if wait <= 0:
+            self.failed(provider, username, address, now)
+        return wait
+
+    def withdraw(self, provider: str, username: str, address: str, at: float) -> None:
+        """Take back the attempt ``begin`` counted at ``at``."""
+        self.users.withdraw(f"{provider}\0{username.lower()}", at)
+        self.addresses.withdraw(address, at)
 
     def address_retry_after(self, address: str, now: float) -> float:
         """For logins without a user name (OAuth codes, device flows): the address's

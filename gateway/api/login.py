@@ -86,7 +86,8 @@ async def password_login(request: web.Request) -> web.Response:
     limiter = request.app[LIMITER]
     d = directory(request)
     address = request.remote or "unknown"
-    wait = limiter.retry_after(provider_name, username, address, d.clock())
+    began = d.clock()
+    wait = limiter.begin(provider_name, username, address, began)  # counted as failed now
     if wait > 0:
         count_login(provider_name, "limited")
         raise TooManyAttempts(wait)
@@ -97,12 +98,13 @@ async def password_login(request: web.Request) -> web.Response:
             user = await _external(request, provider_name, username, password)
     except GatewayError:
         count_login(provider_name, "unavailable")
+        limiter.withdraw(provider_name, username, address, began)  # not a failed guess
         raise
     if user is None or not user.enabled:
         logger.debug("login refused: %s user %r from %s", provider_name, username, address)
         count_login(provider_name, "invalid")
-        limiter.failed(provider_name, username, address, d.clock())
         raise Unauthenticated(FAILED)
+    limiter.withdraw(provider_name, username, address, began)
     limiter.succeeded(provider_name, username)
     count_login(provider_name, "success")
     return await issue_session_token(request, user, data)

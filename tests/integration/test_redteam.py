@@ -17,6 +17,7 @@ the gateway's state afterwards, not only on status codes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -800,3 +801,45 @@ def test_a_user_without_a_role_does_not_learn_the_clusters_name(world: World) ->
     message = answer.json()["message"]
     assert f"cluster {world.cluster_name}" not in message, message
     assert received(world, probe) == []
+
+
+# fresh attack pass: password guesses sent all at once
+
+
+@pytest.fixture(scope="module")
+def brute_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Its own world: the guesses use up 127.0.0.1's failed-login allowance."""
+    world = start_world(tmp_path_factory.mktemp("red-brute"), name="brute")
+    try:
+        yield world
+    finally:
+        stop_world(world)
+
+
+def test_password_guesses_sent_at_once_are_limited_like_one_after_another(
+    brute_world: World,
+) -> None:
+    """The limiter looked at the failures recorded so far, then checked the password
+    (scrypt, tens of ms), then recorded the failure: 30 guesses sent together all passed
+    the look (5 failures per user name are allowed per 15 minutes). Now an attempt
+    counts from the moment it is let through."""
+    world = brute_world
+    world.user("red-victim")
+    anonymous = world.gateway.api()
+
+    def guess(index: int) -> int:
+        try:
+            anonymous.post(
+                "/v3-public/localProviders/local?action=login",
+                {"username": "red-victim", "password": f"guess-{index}"},
+                token="",
+            )
+            return 201
+        except ApiError as exc:
+            return exc.status
+
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(guess, range(30)))
+    print(f"30 guesses at once: {statuses.count(401)} checked (401), {statuses.count(429)} 429")
+    assert statuses.count(401) <= 5, statuses
+    assert statuses.count(429) >= 25, statuses

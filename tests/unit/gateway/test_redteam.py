@@ -642,3 +642,15 @@ async def test_tokens_per_user_are_bounded_and_expired_ones_removed(tmp_path: Pa
 def test_max_tokens_per_user_must_be_positive() -> None:
     with pytest.raises(ConfigError):
         TokenSettings(max_per_user=0)
+
+
+def test_attempts_let_through_count_at_once_and_can_be_taken_back() -> None:
+    limiter = LoginLimiter(Limit(5, 900), Limit(20, 900))
+    let_through = [limiter.begin("local", "alice", "10.0.0.1", 0.0) == 0 for _ in range(30)]
+    assert let_through.count(True) == 5  # all sent together: five, as one after another
+    other = LoginLimiter(Limit(5, 900), Limit(20, 900))
+    for _ in range(10):  # successes and unavailable providers are taken back
+        assert other.begin("local", "bob", "10.0.0.2", 1.0) == 0
+        other.withdraw("local", "bob", "10.0.0.2", 1.0)
+    assert other.retry_after("local", "bob", "10.0.0.2", 2.0) == 0
+    assert other.addresses._failures == {} and other.users._failures == {}
