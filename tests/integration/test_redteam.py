@@ -843,3 +843,19 @@ def test_password_guesses_sent_at_once_are_limited_like_one_after_another(
     print(f"30 guesses at once: {statuses.count(401)} checked (401), {statuses.count(429)} 429")
     assert statuses.count(401) <= 5, statuses
     assert statuses.count(429) >= 25, statuses
+
+
+def test_an_http1_watch_ends_with_its_last_chunk_when_the_token_is_revoked(world: World) -> None:
+    """The same on the HTTP/1.1 path (kubectl uses HTTP/2): the chunked answer ends
+    properly (``0`` CRLF CRLF), the connection stays usable."""
+    _, api = world.user("red-http1-watch", role="cluster-member")
+    sock = _open_stream(world, f"{_pods(world)}?watch=1", api.token)
+    with sock:
+        started = time.monotonic()
+        api.delete(f"/v3/tokens/{api.token.split(':')[0]}")
+        tail = b""
+        while not tail.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed without the last chunk: {tail[-200:]!r}"
+            tail += chunk
+        print(f"HTTP/1.1 watch ended {time.monotonic() - started:.2f} s after the revocation")
