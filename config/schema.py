@@ -349,15 +349,6 @@ class GatewaySettings:
     shutdown_grace_s: float = duration(30)
     """On SIGTERM: how long requests in flight may take to finish (watches and followed
     logs are ended at once, cleanly) before the rest are cut and the tunnels closed."""
-    max_requests_per_user: int = 1024
-    """Requests one user may have in flight on one cluster through one gateway process,
-    watches, followed logs and exec/attach/port-forward sessions included (429 beyond):
-    each takes a stream of the cluster's tunnel (the agent allows ``tunnel.max_streams``,
-    4,096), so no one user can take them all."""
-
-    def __post_init__(self) -> None:
-        if self.max_requests_per_user < 1:
-            raise ConfigError("max_requests_per_user", "must be at least 1")
 
 
 @dataclass(frozen=True)

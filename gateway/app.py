@@ -125,7 +125,7 @@ def build_app(
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()
-    app[SESSIONS] = Sessions(directory, settings.max_requests_per_user)
+    app[SESSIONS] = Sessions(directory)
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
     app[LIMITER] = login.make_limiter(settings.auth)

@@ -278,25 +278,15 @@ async def serve(
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_lines = None if client_impersonates else identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
-    in_flight = app[SESSIONS]
-    if not in_flight.enter(identity.user_id, cluster.id):
-        raise GatewayError(
-            429,
-            f"user {identity.user_id} has {in_flight.max_requests_per_user} requests in flight "
-            f"on cluster {cluster.name} (watches and sessions included); end some first",
-        )
-    try:
-        return await forward(
-            app,
-            request,
-            cluster,
-            path.target,
-            identity_lines,
-            keep_client_impersonation=client_impersonates,
-            exchange=exchange,
-        )
-    finally:
-        in_flight.leave(identity.user_id, cluster.id)
+    return await forward(
+        app,
+        request,
+        cluster,
+        path.target,
+        identity_lines,
+        keep_client_impersonation=client_impersonates,
+        exchange=exchange,
+    )
 
 
 def _client_impersonates(request: Incoming) -> bool:

@@ -20,11 +20,6 @@ of the change, on every gateway process.
 
 Every answer the proxy streams is held here (not only those ``gateway.requestinfo``
 calls long-running): a request the gateway misreads cannot outlive its credential.
-
-``Sessions`` also counts each user's requests in flight per cluster (``enter``/``leave``):
-each takes a stream of the cluster's tunnel, whose agent allows a fixed number
-(``tunnel.max_streams``), so one user's watches must not take them all
-(``max_requests_per_user``; the proxy answers 429 beyond it).
 """
 
 from __future__ import annotations
@@ -64,10 +59,8 @@ class _Held:
 class Sessions:
     """What each identity holds open, and ending it (see the module docstring)."""
 
-    def __init__(self, directory: Directory, max_requests_per_user: int = 1024) -> None:
+    def __init__(self, directory: Directory) -> None:
         self._directory = directory
-        self.max_requests_per_user = max_requests_per_user
-        self._in_flight: dict[tuple[str, str], int] = {}
         self._held: dict[int, _Held] = {}
         self._by_token: dict[str, set[int]] = {}
         self._by_user: dict[str, set[int]] = {}
@@ -79,25 +72,6 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._held)
-
-    def enter(self, user_id: str, cluster_id: str) -> bool:
-        """Count a request of ``user_id`` to ``cluster_id``; False (not counted) if the
-        user already has ``max_requests_per_user`` in flight there."""
-        key = (user_id, cluster_id)
-        count = self._in_flight.get(key, 0)
-        if count >= self.max_requests_per_user:
-            return False
-        self._in_flight[key] = count + 1
-        return True
-
-    def leave(self, user_id: str, cluster_id: str) -> None:
-        """The request counted by ``enter`` is done."""
-        key = (user_id, cluster_id)
-        count = self._in_flight.get(key, 0) - 1
-        if count > 0:
-            self._in_flight[key] = count
-        else:
-            self._in_flight.pop(key, None)
 
     def hold(self, identity: Identity, cluster_id: str, role: str, end: Ender) -> Ender:
         """Remember that ``identity`` holds an answer on ``cluster_id`` with ``role``;

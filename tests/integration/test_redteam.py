@@ -689,57 +689,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# fresh attack pass: one user's watches take every stream of the cluster's tunnel
-
-AGENT_STREAMS = 24
-"""The agent lets the gateway open this many streams (4,096 by default: the attack is the
-same, only bigger)."""
-STREAMS_PER_USER = 8
-NARROW_CONFIG = f"max_requests_per_user: {STREAMS_PER_USER}\n"
-
-
-@pytest.fixture(scope="module")
-def narrow_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("red-narrow")
-    world = start_world(tmp, name="narrow", gateway_config=NARROW_CONFIG)
-    agent_config = tmp / "agent.yaml"
-    agent_config.write_text(f"tunnel:\n  max_streams: {AGENT_STREAMS}\n")
-    world.agent.stop()
-    world.agent = world.start_agent("--config", str(agent_config), log_name="agent-narrow")
-    wait_until(lambda: world.cluster()["agents"], 15, "the narrow agent never connected")
-    try:
-        yield world
-    finally:
-        stop_world(world)
-
-
-def test_one_users_watches_cannot_take_every_stream_of_the_tunnel(narrow_world: World) -> None:
-    """A read-only user opens as many watches as the tunnel has streams (one HTTP/2
-    connection, AGENT_STREAMS streams). Before, every other user then got 503 ("tunnel is
-    busy") for as long as the watches stayed open. Now each user has at most
-    ``tunnel.max_streams_per_user`` requests in flight on a cluster (429 beyond)."""
-    world = narrow_world
-    _, reader_api = world.user("red-narrow-reader", role="read-only")
-    _, member_api = world.user("red-narrow-member", role="cluster-member")
-    watch = f"{_pods(world)}?watch=1".encode()
-    client = RawClient(world)
-    try:
-        stream_ids = [1 + 2 * index for index in range(AGENT_STREAMS)]
-        for stream_id in stream_ids:
-            client.request(stream_id, client.get_fields(watch, reader_api.token))
-        client.wait(lambda: len(client.statuses) + len(client.resets) == len(stream_ids))
-        codes = [client.statuses.get(s) for s in stream_ids]
-        print(f"watch answers: {codes}")
-        assert codes.count(200) == STREAMS_PER_USER, codes
-        assert codes.count(429) == AGENT_STREAMS - STREAMS_PER_USER, codes
-        # Everyone else is still served while the watches stay open.
-        for _ in range(3):
-            answer, _ = request(world, "GET", _pods(world), member_api.token)
-            assert answer.status == 200, answer
-    finally:
-        client.close()
-
-
 # fresh attack pass: tokens without end
 
 TOKENS_PER_USER = 20

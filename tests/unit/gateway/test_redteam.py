@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from config.errors import ConfigError
 from config.identity import Identity
-from config.schema import AuditSettings, GatewaySettings, TokenSettings
+from config.schema import AuditSettings, TokenSettings
 from gateway import (
     errors,
     heads,
@@ -518,30 +518,6 @@ def test_a_browser_login_is_taken_only_with_the_cookie_it_started_with() -> None
     taken = logins.take(state, "oidc", "browser-secret")  # still there for its own browser
     assert taken is not None and taken.code_verifier == "verifier"
     assert logins.take(state, "oidc", "browser-secret") is None  # once
-
-
-# fresh attack pass: one user's requests in flight on a cluster are bounded
-
-
-def test_requests_in_flight_are_bounded_per_user_and_cluster() -> None:
-    d, _ = _directory()
-    s = Sessions(d, max_requests_per_user=2)
-    assert s.enter("u-1", "c-1") and s.enter("u-1", "c-1")
-    assert not s.enter("u-1", "c-1")  # the third: refused, not counted
-    assert s.enter("u-1", "c-2") and s.enter("u-2", "c-1")  # other clusters, other users
-    s.leave("u-1", "c-1")
-    assert s.enter("u-1", "c-1")
-    for _ in range(2):
-        s.leave("u-1", "c-1")
-    s.leave("u-1", "c-2")
-    s.leave("u-2", "c-1")
-    assert s._in_flight == {}
-
-
-def test_max_requests_per_user_must_be_positive() -> None:
-    with pytest.raises(ConfigError):
-        GatewaySettings(max_requests_per_user=0)
-    assert GatewaySettings().max_requests_per_user == 1024
 
 
 def test_pending_browser_logins_are_bounded_per_address_and_in_all(
