@@ -963,7 +963,8 @@ def _request(
             if value.lower() != b"trailers":
                 return None  # 8.2.2
         elif kind == _COOKIE:
-            cookies.append(value)  # 8.2.3: crumbs joined below
+            if value:  # an empty crumb would leave "; " at an end of the joined value
+                cookies.append(value)  # 8.2.3: crumbs joined below
             continue
         elif kind == _CONTENT_LENGTH:
             if length is not None:

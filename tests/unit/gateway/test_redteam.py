@@ -630,3 +630,17 @@ def test_attempts_let_through_count_at_once_and_can_be_taken_back() -> None:
         other.withdraw("local", "bob", "10.0.0.2", 1.0)
     assert other.retry_after("local", "bob", "10.0.0.2", 2.0) == 0
     assert other.addresses._failures == {} and other.users._failures == {}
+
+
+def test_empty_cookie_crumbs_are_not_joined_into_a_value_with_spaces_at_its_end() -> None:
+    """Found by test_http2_fuzz (hypothesis): two empty ``cookie`` fields were joined as
+    ``"; "``, a value with whitespace at its end in a request called well-formed."""
+    server = _started()
+    get = [(b":method", b"GET"), *POST[1:]]
+    for stream_id, crumbs in ((1, [b"", b""]), (3, [b"a=1", b"", b"b=2"])):
+        fields = [*get, *((b"cookie", c) for c in crumbs)]
+        block = hpack.Encoder().encode(fields, huffman=False)
+        events = server.receive(http2._pack(http2.HEADERS, 0x5, stream_id, block))
+        [request] = [e for e in events if isinstance(e, Request)]
+        cookies = [v for n, v in request.headers if n == b"cookie"]
+        assert cookies == ([] if stream_id == 1 else [b"a=1; b=2"])
