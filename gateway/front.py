@@ -42,6 +42,8 @@ KEEPALIVE_S = 75.0
 """Idle keep-alive connections close after this long (aiohttp's and Go's default)."""
 HEAD_TIMEOUT_S = 60.0
 """A request head must arrive whole within this long once it has begun."""
+BODY_TIMEOUT_S = 60.0
+"""A request body that sends nothing for this long fails its request (408)."""
 SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
@@ -69,6 +71,7 @@ class Front:
         keepalive_s: float = KEEPALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         answer: Answerer = proxy.answer,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
         self.answer = answer
@@ -78,6 +81,7 @@ class Front:
         self.drain = app[DRAIN]
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
@@ -137,6 +141,7 @@ class FrontConnection(asyncio.Protocol):
     """One client connection on the lean path (until it is handed to aiohttp)."""
 
     __slots__ = (
+        "_body_active",
         "_current",
         "_drain_waiter",
         "_front",
@@ -169,6 +174,7 @@ class FrontConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._last_active = 0.0
         self._head_started = 0.0
+        self._body_active = 0.0
         self.closing = False
 
     # asyncio protocol
@@ -205,13 +211,18 @@ class FrontConnection(asyncio.Protocol):
                     self._receiving.feed_eof()
                     self._receiving = None
             else:
-                self._invalid = cast(Invalid, event)
-        if reader.begun != begun:  # a request began: its head has HEAD_TIMEOUT_S to arrive
-            self._head_started = asyncio.get_running_loop().time()
+                self._on_invalid(cast(Invalid, event))
+        if self._receiving is not None or reader.begun != begun:
+            now = asyncio.get_running_loop().time()
+            self._body_active = now
+            if reader.begun != begun:  # a request began: its head has HEAD_TIMEOUT_S
+                self._head_started = now
         if self._current is None:
             self._next()
-        elif reader.handing_off or self._invalid is not None:
+        elif reader.handing_off:
             self._pause_reading()  # until the request in flight is answered
+        # Not after an Invalid: the reader ignores what follows, and a paused connection
+        # would not see the client close (CLOSE-WAIT) while the answer is on its way.
 
     def eof_received(self) -> bool | None:
         if self._receiving is not None:
@@ -319,15 +330,38 @@ class FrontConnection(asyncio.Protocol):
             self.transport.abort()
 
     def check_timeouts(self, now: float) -> None:
-        if self._current is not None or self.transport is None:
+        if self.transport is None:
             return
+        front = self._front
         if self._reader.in_head:
-            if now - self._head_started > self._front.head_timeout_s:
-                self.close()  # a head that never completes
-        elif self._reader.idle and now - self._last_active > self._front.keepalive_s:
+            if now - self._head_started > front.head_timeout_s:
+                self.close()  # a head that never completes, even behind a request in flight
+        elif self._receiving is not None:
+            # A body that stopped arriving (not while reading is paused: that waits for
+            # the API server, not for the client).
+            if not self._reading_paused and now - self._body_active > front.body_timeout_s:
+                self._on_invalid(Invalid(408, "the request body did not arrive in time"))
+                self._reader.failed = True
+                if self._current is None:
+                    self._next()
+        elif (
+            self._current is None
+            and self._reader.idle
+            and now - self._last_active > front.keepalive_s
+        ):
             self.close()
 
     # internals
+
+    def _on_invalid(self, invalid: Invalid) -> None:
+        """The connection cannot go on. A request whose body was arriving fails: its
+        handler stops reading, which resets its tunnel stream, and ``_run`` answers
+        ``invalid`` (``BadBody``); else ``_next`` answers it once nothing is in flight."""
+        self._invalid = invalid
+        receiving = self._receiving
+        if receiving is not None:
+            self._receiving = None
+            receiving.fail(BadBody(invalid))
 
     def _on_head(self, head: Head) -> None:
         request = ClientRequest(head, self)
@@ -358,6 +392,10 @@ class FrontConnection(asyncio.Protocol):
                 answer = cast(web.StreamResponse, response)
                 self.write(_aiohttp_answer(answer, keep_alive, request.method == "HEAD"))
             keep_alive = keep_alive and request.body_complete
+        except BadBody as exc:
+            self._invalid = None
+            self._refuse(exc.invalid)
+            keep_alive = False
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False
         except Exception:  # pragma: no cover - proxy.answer turns errors into answers
@@ -404,6 +442,8 @@ class FrontConnection(asyncio.Protocol):
             handler.data_received(raw)
 
     def _refuse(self, invalid: Invalid) -> None:
+        if self.transport is None:
+            return
         body = status_body(invalid.status, invalid.message, _REASONS.get(invalid.status, ""), None)
         self.write(
             rawresponse.build(
@@ -427,8 +467,31 @@ class FrontConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
 
-_REASONS = {400: "BadRequest", 431: "RequestHeaderFieldsTooLarge"}
-_PHRASES = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+class BadBody(ConnectionError):
+    """The request's body broke off (malformed, or too slow): answer ``invalid``.
+
+    A ``ConnectionError``: the proxy and the upstream pass it on as a client that went
+    away (the tunnel stream is reset, nothing is answered from the API server)."""
+
+    def __init__(self, invalid: Invalid) -> None:
+        super().__init__(invalid.message)
+        self.invalid = invalid
+
+
+_REASONS = {
+    400: "BadRequest",
+    408: "Timeout",
+    413: "RequestEntityTooLarge",
+    431: "RequestHeaderFieldsTooLarge",
+    501: "NotImplemented",
+}
+_PHRASES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+}
 
 
 def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool, head_only: bool) -> bytes:

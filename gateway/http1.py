@@ -186,6 +186,8 @@ class RequestReader:
         self._building.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked body's trailer: never a header field (RFC 9110 6.5.1)
         headers = self._building.headers
         if len(headers) >= MAX_HEADERS:
             self._fail(431, "too many request header fields")

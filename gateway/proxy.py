@@ -149,10 +149,18 @@ class _BodyOut:
     as it came (``Content-Length``) or in HTTP/1.1 chunks (an async iterator class; the
     compiled build supports no async generators)."""
 
-    __slots__ = ("_chunked", "_done", "_pieces")
+    __slots__ = ("_chunked", "_done", "_first", "_pieces")
 
-    def __init__(self, request: Incoming, chunked: bool) -> None:
-        self._pieces = request.content.iter_any().__aiter__()
+    def __init__(
+        self,
+        request: Incoming,
+        chunked: bool,
+        pieces: AsyncIterator[bytes] | None = None,
+        first: list[bytes] | None = None,
+    ) -> None:
+        self._pieces = pieces if pieces is not None else request.content.iter_any().__aiter__()
+        self._first = first
+        """Pieces read before the tunnel stream was taken (``_read_up_to``)."""
         self._chunked = chunked
         self._done = False
 
@@ -163,7 +171,11 @@ class _BodyOut:
         if self._done:
             raise StopAsyncIteration
         try:
-            data = await self._pieces.__anext__()
+            if self._first:
+                data = b"".join(self._first)
+                self._first = None
+            else:
+                data = await self._pieces.__anext__()
         except StopAsyncIteration:
             self._done = True
             if self._chunked:
@@ -172,6 +184,21 @@ class _BodyOut:
         if self._chunked:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
+
+
+async def _read_up_to(pieces: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first pieces of a body, until more than ``limit`` bytes or its end; and
+    whether that was the end."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return parts, True
+        parts.append(piece)
+        size += len(piece)
+    return parts, False
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -341,8 +368,16 @@ async def forward(
             body = _BodyOut(request, chunked=False)
             framing = (b"Content-Length", b"%d" % length)
         else:
-            body = _BodyOut(request, chunked=True)
-            framing = (b"Transfer-Encoding", b"chunked")
+            # Chunked: up to BUFFER_LIMIT is read before a tunnel stream is taken, so a
+            # slow or malformed body holds no stream and the API server never sees it.
+            pieces = request.content.iter_any().__aiter__()
+            first, whole = await _read_up_to(pieces, BUFFER_LIMIT)
+            if whole:
+                body = b"".join(first)
+                framing = (b"Content-Length", b"%d" % len(body))
+            else:
+                body = _BodyOut(request, chunked=True, pieces=pieces, first=first)
+                framing = (b"Transfer-Encoding", b"chunked")
     elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
         framing = (b"Content-Length", b"0")
     try:
