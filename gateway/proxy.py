@@ -296,6 +296,10 @@ async def serve(
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
             f"{cluster.name}: {request.method} is not allowed"
         )
+    if upgrade_request and not _upgrade_allowed(request, path.path):
+        raise BadRequest(
+            "upgrades are only for exec, attach, portforward and proxy, to websocket or SPDY/3.1"
+        )
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_lines = None if client_impersonates else identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
@@ -308,6 +312,20 @@ async def serve(
         keep_client_impersonation=client_impersonates,
         exchange=exchange,
     )
+
+
+_UPGRADE_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+_UPGRADE_PROTOCOLS = frozenset({"websocket", "spdy/3.1"})
+
+
+def _upgrade_allowed(request: Incoming, path: str) -> bool:
+    """What kubectl upgrades: exec, attach and port-forward, to WebSocket or SPDY/3.1
+    (never h2c, never another path); and WebSockets through the API server's proxy."""
+    segments = path.rstrip("/").split("/")
+    if segments[-1] not in _UPGRADE_SUBRESOURCES and "proxy" not in segments:
+        return False
+    offered = {p.strip().lower() for p in request.headers.get("Upgrade", "").split(",")}
+    return bool(offered) and offered <= _UPGRADE_PROTOCOLS
 
 
 def _client_impersonates(request: Incoming) -> bool:

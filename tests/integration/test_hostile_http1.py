@@ -303,3 +303,97 @@ def test_trailers_never_reach_the_api_server(world: World, member: str) -> None:
     (event,) = received(world, probe_of(data))
     assert event["impersonatedUser"]["username"] == impersonated["username"], event
     assert_released(world, before)
+
+
+# the HTTP/1.1 cases of the hostile-input suite: each refused before the API server
+
+HOSTILE_HEADS = {
+    "Content-Length with Transfer-Encoding": (
+        ["Content-Length: 5", "Transfer-Encoding: chunked"],
+        b"0\r\n\r\n",
+        400,
+    ),
+    "two Content-Lengths": (["Content-Length: 0", "Content-Length: 5"], b"hello", 400),
+    "Transfer-Encoding: chunked, identity": (
+        ["Transfer-Encoding: chunked, identity"],
+        b"0\r\n\r\n",
+        400,
+    ),
+    "Transfer-Encoding: gzip, chunked": (["Transfer-Encoding: gzip, chunked"], b"0\r\n\r\n", 501),
+    "bare CR in a field": (["X-A: a\rImpersonate-User: admin"], b"", 400),
+    "bare LF in a field line": (["X-A: a\nImpersonate-User: admin"], b"", 400),
+    "obs-fold": (["X-A: a", " Impersonate-User: admin"], b"", 400),
+    "NUL in a field": (["X-A: a\x00b"], b"", 400),
+    "10,000 header fields": ([f"X-H{i}: v" for i in range(10_000)], b"", 431),
+    "a 70 KiB field": ([f"X-Big: {'a' * 70 * 1024}"], b"", 431),
+    "a body over max_request_body": (["Content-Length: 999999999999"], b"", 413),
+    "two Host fields": (["Host: evil.example"], b"", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HEADS))
+def test_hostile_http1_requests_are_refused_before_the_api_server(
+    world: World, member: str, case: str
+) -> None:
+    lines, body, status = HOSTILE_HEADS[case]
+    data = head(world, member, *lines, "Connection: close")
+    answer = exchange(world, data + body)
+    assert_status(answer, status)
+    assert received(world, probe_of(data)) == []
+    assert _get_ok(world, member)
+
+
+def _raw_head(world: World, token: str, request_line: str, *lines: str) -> bytes:
+    text = [request_line, f"Authorization: Bearer {token}", *lines, "Connection: close"]
+    return ("\r\n".join(text) + "\r\n\r\n").encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "form", ["absolute", "asterisk", "authority", "long request line", "no Host"]
+)
+def test_request_targets_that_are_not_a_path_are_refused(
+    world: World, member: str, form: str
+) -> None:
+    host = f"127.0.0.1:{world.gateway.port}"
+    path = _target(world)
+    line, status = {
+        "absolute": (f"GET https://{host}{path} HTTP/1.1", 400),
+        "asterisk": ("OPTIONS * HTTP/1.1", 400),
+        "authority": (f"CONNECT {host} HTTP/1.1", 400),
+        "long request line": (f"GET {path}?x={'a' * 70 * 1024} HTTP/1.1", 431),
+        "no Host": (f"GET {path} HTTP/1.1", 400),
+    }[form]
+    probe = uuid.uuid4().hex
+    lines = [f"X-Probe: {probe}"] + ([] if form == "no Host" else [f"Host: {host}"])
+    answer = exchange(world, _raw_head(world, member, line, *lines))
+    assert_status(answer, status)
+    assert received(world, probe) == []
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "h2c"])
+def test_an_upgrade_outside_exec_attach_portforward_is_not_forwarded(
+    world: World, member: str, upgrade: str
+) -> None:
+    data = head(world, member, "Connection: Upgrade", f"Upgrade: {upgrade}")
+    answer = exchange(world, data)
+    assert answer is not None and answer.status in (400, 501), answer
+    assert answer.status != 101
+    for event in received(world, probe_of(data)):
+        names = {str(n).lower() for n, _ in event.get("requestHeaders", [])}
+        assert "upgrade" not in names, event
+
+
+def test_pipelined_requests_are_answered_in_order_each_as_its_user(
+    world: World, member: str, reader: str
+) -> None:
+    first = head(world, member)
+    second = head(world, reader, "Connection: close")
+    with _connect(world) as sock:
+        sock.settimeout(10)
+        sock.sendall(first + second)
+        one, two = _read_answer(sock), _read_answer(sock)
+    assert one is not None and one.status == 200, one
+    assert two is not None and two.status == 200, two
+    (a,) = received(world, probe_of(first))
+    (b,) = received(world, probe_of(second))
+    assert a["impersonatedUser"]["username"] != b["impersonatedUser"]["username"]
