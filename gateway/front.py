@@ -30,7 +30,7 @@ from gateway import metrics, proxy, rawresponse
 from gateway.errors import status_body
 from gateway.front_h2 import H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
-from gateway.http1 import Body, End, Head, Header, Invalid, RequestReader
+from gateway.http1 import MAX_BODY_BYTES, Body, End, Head, Header, Invalid, RequestReader
 from gateway.keys import DRAIN
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse
@@ -72,6 +72,7 @@ class Front:
         head_timeout_s: float = HEAD_TIMEOUT_S,
         answer: Answerer = proxy.answer,
         body_timeout_s: float = BODY_TIMEOUT_S,
+        max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.answer = answer
@@ -82,6 +83,7 @@ class Front:
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s
         self.body_timeout_s = body_timeout_s
+        self.max_body = max_body
         self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
@@ -163,7 +165,7 @@ class FrontConnection(asyncio.Protocol):
         self._front = front
         self.transport: asyncio.Transport | None = None
         self.remote = ""
-        self._reader = RequestReader(wants)
+        self._reader = RequestReader(wants, front.max_body)
         self._current: ClientRequest | None = None
         self._receiving: ClientRequest | None = None
         self._queue: list[ClientRequest] = []
