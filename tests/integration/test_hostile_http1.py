@@ -397,3 +397,45 @@ def test_pipelined_requests_are_answered_in_order_each_as_its_user(
     (a,) = received(world, probe_of(first))
     (b,) = received(world, probe_of(second))
     assert a["impersonatedUser"]["username"] != b["impersonatedUser"]["username"]
+
+
+# the same on a connection handed to aiohttp (it served the management API first)
+
+
+def _after_handoff(world: World, token: str, data: bytes) -> Answer | None:
+    first = (
+        f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    with _connect(world) as sock:
+        sock.settimeout(10)
+        sock.sendall(first)
+        answer = _read_answer(sock)
+        assert answer is not None and answer.status == 200, answer
+        sock.sendall(data)
+        return _read_answer(sock)
+
+
+def test_trailers_never_reach_the_api_server_after_a_handoff(world: World, member: str) -> None:
+    data = head(world, member, "Transfer-Encoding: chunked", "Connection: close")
+    answer = _after_handoff(
+        world, member, data + b"0\r\nImpersonate-Group: system:masters\r\nX-Trailer-Seen: 1\r\n\r\n"
+    )
+    assert answer is not None and answer.status == 200, answer
+    (event,) = received(world, probe_of(data))
+    names = {str(n).lower() for n, _ in event.get("requestHeaders", [])}
+    assert "x-trailer-seen" not in names, event
+    assert "system:masters" not in event["impersonatedUser"].get("groups", []), event
+
+
+@pytest.mark.parametrize("case", ["absolute", "no Host", "two Host"])
+def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, case: str) -> None:
+    host = f"127.0.0.1:{world.gateway.port}"
+    path = _target(world)
+    probe = uuid.uuid4().hex
+    line = f"GET https://{host}{path} HTTP/1.1" if case == "absolute" else f"GET {path} HTTP/1.1"
+    hosts = {"absolute": [f"Host: {host}"], "no Host": [], "two Host": [f"Host: {host}"] * 2}
+    data = _raw_head(world, member, line, f"X-Probe: {probe}", *hosts[case])
+    answer = _after_handoff(world, member, data)
+    assert answer is not None and answer.status == 400, answer
+    assert received(world, probe) == []
