@@ -17,6 +17,9 @@ import ssl
 import time
 from collections.abc import Iterator
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from tests.integration.conftest import World, start_world, stop_world
@@ -238,3 +241,42 @@ def test_slow_bodies_fail_with_408(world: World, member: str) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_http2_stalled_bodies_are_reset_after_the_body_timeout(world: World, member: str) -> None:
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    ctx.set_alpn_protocols(["h2"])
+    sock = ctx.wrap_socket(_raw(world, "127.0.0.10"), server_hostname="127.0.0.1")
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    conn.initiate_connection()
+    streams = []
+    for _ in range(20):
+        stream_id = conn.get_next_available_stream_id()
+        streams.append(stream_id)
+        conn.send_headers(
+            stream_id,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", f"127.0.0.1:{world.gateway.port}".encode()),
+                (b":path", f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces".encode()),
+                (b"authorization", f"Bearer {member}".encode()),
+                (b"content-length", b"100"),
+            ],
+        )
+        conn.send_data(stream_id, b"{")
+    sock.sendall(conn.data_to_send())
+    bystander(world, member, "20 stalled HTTP/2 request bodies")
+    reset: set[int] = set()
+    sock.settimeout(SETTLE_S)
+    with sock:
+        while len(reset) < len(streams):
+            data = sock.recv(65536)
+            assert data, f"closed with streams {set(streams) - reset} not reset"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamReset):
+                    reset.add(event.stream_id)
+            sock.sendall(conn.data_to_send())
+    print(f"HTTP/2: all {len(reset)} stalled streams reset")
