@@ -27,7 +27,7 @@ from typing import cast
 from aiohttp import web
 
 from gateway import metrics, proxy, rawresponse
-from gateway.errors import status_body
+from gateway.errors import BadBody, status_body
 from gateway.front_h2 import H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
 from gateway.http1 import MAX_BODY_BYTES, Body, End, Head, Header, Invalid, RequestReader
@@ -363,7 +363,7 @@ class FrontConnection(asyncio.Protocol):
         receiving = self._receiving
         if receiving is not None:
             self._receiving = None
-            receiving.fail(BadBody(invalid))
+            receiving.fail(BadBody(invalid.status, invalid.message))
 
     def _on_head(self, head: Head) -> None:
         request = ClientRequest(head, self)
@@ -396,7 +396,7 @@ class FrontConnection(asyncio.Protocol):
             keep_alive = keep_alive and request.body_complete
         except BadBody as exc:
             self._invalid = None
-            self._refuse(exc.invalid)
+            self._refuse(Invalid(exc.status, exc.message))
             keep_alive = False
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False
@@ -467,17 +467,6 @@ class FrontConnection(asyncio.Protocol):
     def _wake_drain(self) -> None:
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
-
-
-class BadBody(ConnectionError):
-    """The request's body broke off (malformed, or too slow): answer ``invalid``.
-
-    A ``ConnectionError``: the proxy and the upstream pass it on as a client that went
-    away (the tunnel stream is reset, nothing is answered from the API server)."""
-
-    def __init__(self, invalid: Invalid) -> None:
-        super().__init__(invalid.message)
-        self.invalid = invalid
 
 
 _REASONS = {
