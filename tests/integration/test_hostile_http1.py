@@ -437,5 +437,7 @@ def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, c
     hosts = {"absolute": [f"Host: {host}"], "no Host": [], "two Host": [f"Host: {host}"] * 2}
     data = _raw_head(world, member, line, f"X-Probe: {probe}", *hosts[case])
     answer = _after_handoff(world, member, data)
+    # 400 from the proxy (a v3 error) or from aiohttp's parser (plain text, not yet a
+    # Status: see the report of issue 15); never forwarded
     assert answer is not None and answer.status == 400, answer
     assert received(world, probe) == []
