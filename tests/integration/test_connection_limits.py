@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -102,6 +103,14 @@ def _metric(world: World, pattern: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _rss_mib(world: World) -> float:
+    assert world.gateway.process is not None
+    status = Path(f"/proc/{world.gateway.process.pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert match
+    return int(match.group(1)) / 1024
+
+
 def _gateway_fds(world: World) -> int:
     assert world.gateway.process is not None
     return sum(_socket_states(world.gateway.process.pid).values())
@@ -178,13 +187,13 @@ def test_thousands_of_idle_tls_connections_are_closed_after_keepalive(
     world: World, member: str
 ) -> None:
     socks: list[ssl.SSLSocket] = []
-    fds_before = _gateway_fds(world)
+    fds_before, rss_before = _gateway_fds(world), _rss_mib(world)
     try:
         for source in ("127.0.0.6", "127.0.0.7"):
             socks += [_tls_from(world, source) for _ in range(PER_ADDRESS - 10)]
         print(
-            f"\n{len(socks)} idle TLS connections; gateway sockets {fds_before} -> "
-            f"{_gateway_fds(world)}"
+            f"\n{len(socks)} idle TLS connections: gateway sockets {fds_before} -> "
+            f"{_gateway_fds(world)}, RSS {rss_before:.0f} -> {_rss_mib(world):.0f} MiB"
         )
         bystander(world, member, f"{len(socks)} idle TLS connections")
         wait_until(
@@ -197,6 +206,7 @@ def test_thousands_of_idle_tls_connections_are_closed_after_keepalive(
         for s in socks:
             s.close()
     wait_until(lambda: _gateway_fds(world) <= fds_before + 2, SETTLE_S, "sockets not released")
+    print(f"after they closed: RSS {_rss_mib(world):.0f} MiB")
 
 
 def test_slowloris_heads_are_cut_after_the_head_timeout(world: World, member: str) -> None:
