@@ -339,9 +339,13 @@ class FrontConnection(asyncio.Protocol):
             if now - self._head_started > front.head_timeout_s:
                 self.close()  # a head that never completes, even behind a request in flight
         elif self._receiving is not None:
-            # A body that stopped arriving (not while reading is paused: that waits for
-            # the API server, not for the client).
-            if not self._reading_paused and now - self._body_active > front.body_timeout_s:
+            # A body that stopped arriving (not while reading is paused, nor before a
+            # 100 Continue the client waits for: that waits for us, not for the client).
+            if (
+                not self._reading_paused
+                and not self._receiving.expect_continue
+                and now - self._body_active > front.body_timeout_s
+            ):
                 self._on_invalid(Invalid(408, "the request body did not arrive in time"))
                 self._reader.failed = True
                 if self._current is None:

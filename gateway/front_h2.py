@@ -296,6 +296,7 @@ class H2Stream:
             and request.body_exists
             and not request.body_complete
             and request.body_held == 0
+            and not request.expect_continue  # the client waits for our 100
             and now - self._body_active > timeout_s
         )
 
