@@ -84,6 +84,38 @@ class TunnelSettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    """Client connections on the HTTPS listener (per gateway process: each worker has
+    its own)."""
+
+    max_connections: int = 32768
+    """Connections held at once, TLS handshakes in progress included; more are closed
+    at accept (herdgate_client_connections_refused_total)."""
+    per_address: int = 1024
+    """Connections held at once from one source address."""
+    handshake_timeout_s: float = duration(10)
+    """A TLS handshake not finished by then is cut."""
+    head_timeout_s: float = duration(60)
+    """A request head must arrive whole within this long once it has begun."""
+    body_timeout_s: float = duration(60)
+    """A request body that sends nothing for this long fails its request (408)."""
+    keepalive_s: float = duration(75)
+    """Idle keep-alive connections close after this long."""
+    max_request_body: int = size(64 * 1024 * 1024)
+    """Larger request bodies are refused (413)."""
+
+    def check(self) -> None:
+        from config.errors import ConfigError
+
+        for name in ("max_connections", "per_address", "max_request_body"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"limits.{name}", "must be at least 1")
+        for name in ("handshake_timeout_s", "head_timeout_s", "body_timeout_s", "keepalive_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"limits.{name.removesuffix('_s')}", "must be positive")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     """debug, info, warning or error."""
@@ -342,6 +374,7 @@ class GatewaySettings:
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

@@ -35,6 +35,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     )
     if settings.workers < 1:
         raise ConfigError("workers", "must be at least 1")
+    settings.limits.check()
     return settings
 
 

@@ -27,10 +27,10 @@ from typing import cast
 from aiohttp import web
 
 from gateway import metrics, proxy, rawresponse
-from gateway.errors import status_body
+from gateway.errors import BadBody, status_body
 from gateway.front_h2 import H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
-from gateway.http1 import Body, End, Head, Header, Invalid, RequestReader
+from gateway.http1 import MAX_BODY_BYTES, Body, End, Head, Header, Invalid, RequestReader
 from gateway.keys import DRAIN
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse
@@ -42,6 +42,8 @@ KEEPALIVE_S = 75.0
 """Idle keep-alive connections close after this long (aiohttp's and Go's default)."""
 HEAD_TIMEOUT_S = 60.0
 """A request head must arrive whole within this long once it has begun."""
+BODY_TIMEOUT_S = 60.0
+"""A request body that sends nothing for this long fails its request (408)."""
 SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
@@ -69,6 +71,8 @@ class Front:
         keepalive_s: float = KEEPALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         answer: Answerer = proxy.answer,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        max_body: int = MAX_BODY_BYTES,
     ) -> None:
         self.app = app
         self.answer = answer
@@ -78,6 +82,8 @@ class Front:
         self.drain = app[DRAIN]
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_body = max_body
         self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
@@ -137,6 +143,7 @@ class FrontConnection(asyncio.Protocol):
     """One client connection on the lean path (until it is handed to aiohttp)."""
 
     __slots__ = (
+        "_body_active",
         "_current",
         "_drain_waiter",
         "_front",
@@ -158,7 +165,7 @@ class FrontConnection(asyncio.Protocol):
         self._front = front
         self.transport: asyncio.Transport | None = None
         self.remote = ""
-        self._reader = RequestReader(wants)
+        self._reader = RequestReader(wants, front.max_body)
         self._current: ClientRequest | None = None
         self._receiving: ClientRequest | None = None
         self._queue: list[ClientRequest] = []
@@ -169,6 +176,7 @@ class FrontConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._last_active = 0.0
         self._head_started = 0.0
+        self._body_active = 0.0
         self.closing = False
 
     # asyncio protocol
@@ -205,13 +213,18 @@ class FrontConnection(asyncio.Protocol):
                     self._receiving.feed_eof()
                     self._receiving = None
             else:
-                self._invalid = cast(Invalid, event)
-        if reader.begun != begun:  # a request began: its head has HEAD_TIMEOUT_S to arrive
-            self._head_started = asyncio.get_running_loop().time()
+                self._on_invalid(cast(Invalid, event))
+        if self._receiving is not None or reader.begun != begun:
+            now = asyncio.get_running_loop().time()
+            self._body_active = now
+            if reader.begun != begun:  # a request began: its head has HEAD_TIMEOUT_S
+                self._head_started = now
         if self._current is None:
             self._next()
-        elif reader.handing_off or self._invalid is not None:
+        elif reader.handing_off:
             self._pause_reading()  # until the request in flight is answered
+        # Not after an Invalid: the reader ignores what follows, and a paused connection
+        # would not see the client close (CLOSE-WAIT) while the answer is on its way.
 
     def eof_received(self) -> bool | None:
         if self._receiving is not None:
@@ -319,15 +332,42 @@ class FrontConnection(asyncio.Protocol):
             self.transport.abort()
 
     def check_timeouts(self, now: float) -> None:
-        if self._current is not None or self.transport is None:
+        if self.transport is None:
             return
+        front = self._front
         if self._reader.in_head:
-            if now - self._head_started > self._front.head_timeout_s:
-                self.close()  # a head that never completes
-        elif self._reader.idle and now - self._last_active > self._front.keepalive_s:
+            if now - self._head_started > front.head_timeout_s:
+                self.close()  # a head that never completes, even behind a request in flight
+        elif self._receiving is not None:
+            # A body that stopped arriving (not while reading is paused, nor before a
+            # 100 Continue the client waits for: that waits for us, not for the client).
+            if (
+                not self._reading_paused
+                and not self._receiving.expect_continue
+                and now - self._body_active > front.body_timeout_s
+            ):
+                self._on_invalid(Invalid(408, "the request body did not arrive in time"))
+                self._reader.failed = True
+                if self._current is None:
+                    self._next()
+        elif (
+            self._current is None
+            and self._reader.idle
+            and now - self._last_active > front.keepalive_s
+        ):
             self.close()
 
     # internals
+
+    def _on_invalid(self, invalid: Invalid) -> None:
+        """The connection cannot go on. A request whose body was arriving fails: its
+        handler stops reading, which resets its tunnel stream, and ``_run`` answers
+        ``invalid`` (``BadBody``); else ``_next`` answers it once nothing is in flight."""
+        self._invalid = invalid
+        receiving = self._receiving
+        if receiving is not None:
+            self._receiving = None
+            receiving.fail(BadBody(invalid.status, invalid.message))
 
     def _on_head(self, head: Head) -> None:
         request = ClientRequest(head, self)
@@ -358,6 +398,10 @@ class FrontConnection(asyncio.Protocol):
                 answer = cast(web.StreamResponse, response)
                 self.write(_aiohttp_answer(answer, keep_alive, request.method == "HEAD"))
             keep_alive = keep_alive and request.body_complete
+        except BadBody as exc:
+            self._invalid = None
+            self._refuse(Invalid(exc.status, exc.message))
+            keep_alive = False
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False
         except Exception:  # pragma: no cover - proxy.answer turns errors into answers
@@ -404,6 +448,8 @@ class FrontConnection(asyncio.Protocol):
             handler.data_received(raw)
 
     def _refuse(self, invalid: Invalid) -> None:
+        if self.transport is None:
+            return
         body = status_body(invalid.status, invalid.message, _REASONS.get(invalid.status, ""), None)
         self.write(
             rawresponse.build(
@@ -427,8 +473,20 @@ class FrontConnection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
 
-_REASONS = {400: "BadRequest", 431: "RequestHeaderFieldsTooLarge"}
-_PHRASES = {400: "Bad Request", 431: "Request Header Fields Too Large"}
+_REASONS = {
+    400: "BadRequest",
+    408: "Timeout",
+    413: "RequestEntityTooLarge",
+    431: "RequestHeaderFieldsTooLarge",
+    501: "NotImplemented",
+}
+_PHRASES = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+}
 
 
 def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool, head_only: bool) -> bytes:

@@ -225,6 +225,16 @@ class H2Connection(asyncio.Protocol):
             self.transport.abort()
 
     def check_timeouts(self, now: float) -> None:
+        body_timeout = self._front.body_timeout_s
+        late = [
+            stream for stream in self._streams.values() if stream.body_stalled(now, body_timeout)
+        ]
+        for stream in late:  # a stream error: its body stopped arriving
+            self._streams.pop(stream.stream_id, None)
+            self.h2.reset(stream.stream_id, http2.CANCEL)
+            stream.abandon(ConnectionResetError("the request body did not arrive in time"))
+        if late:
+            self.flush()
         if (
             not self._streams
             and self.transport is not None
@@ -256,7 +266,16 @@ class H2Connection(asyncio.Protocol):
 class H2Stream:
     """One request and its answer on an HTTP/2 connection (``RequestSide`` for it)."""
 
-    __slots__ = ("_bridge", "_conn", "_task", "_waiter", "authority", "request", "stream_id")
+    __slots__ = (
+        "_body_active",
+        "_bridge",
+        "_conn",
+        "_task",
+        "_waiter",
+        "authority",
+        "request",
+        "stream_id",
+    )
 
     def __init__(self, conn: H2Connection, event: Request) -> None:
         self._conn = conn
@@ -266,6 +285,20 @@ class H2Stream:
         self._task: asyncio.Task[None] | None = None
         self._bridge: Bridge | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._body_active = asyncio.get_running_loop().time()
+
+    def body_stalled(self, now: float, timeout_s: float) -> bool:
+        """The client sends none of the body for ``timeout_s`` though it may (all it
+        sent has been read: its window is open)."""
+        request = self.request
+        return (
+            self._bridge is None  # aiohttp's (the management API) has its own
+            and request.body_exists
+            and not request.body_complete
+            and request.body_held == 0
+            and not request.expect_continue  # the client waits for our 100
+            and now - self._body_active > timeout_s
+        )
 
     # RequestSide
 
@@ -314,6 +347,7 @@ class H2Stream:
     # what the connection does with it
 
     def feed(self, data: bytes) -> None:
+        self._body_active = asyncio.get_running_loop().time()
         if self._bridge is not None:
             self._bridge.feed(data)
         else:

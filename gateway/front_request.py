@@ -175,6 +175,11 @@ class ClientRequest:
     def remote(self) -> str:
         return self._conn.remote
 
+    @property
+    def body_held(self) -> int:
+        """Body bytes that arrived and have not been read yet."""
+        return self._held
+
     async def read(self) -> bytes:
         """The whole body (the proxy reads bodies whole only up to a small size)."""
         parts: list[bytes] = []

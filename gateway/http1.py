@@ -26,6 +26,8 @@ MAX_HEAD_BYTES = 64 * 1024
 """Request line and header lines together (kubectl's are well under 8 KiB, a long OIDC
 ID token included)."""
 MAX_HEADERS = 256
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""A request body larger than this is refused (413); ``limits.max_request_body``."""
 
 
 @dataclass(slots=True)
@@ -76,6 +78,9 @@ _END = End()
 class _Building:
     target: bytes = b""
     headers: list[Header] = field(default_factory=list)
+    size: int = 0
+    """Bytes of the target and the header fields (a head that came in one read too)."""
+    body: int = 0
 
 
 class RequestReader:
@@ -87,6 +92,7 @@ class RequestReader:
         "_head_bytes",
         "_in_head",
         "_in_message",
+        "_max_body",
         "_parser",
         "_raw",
         "_raw_valid",
@@ -97,8 +103,9 @@ class RequestReader:
         "handing_off",
     )
 
-    def __init__(self, wants: Callable[[Head], bool]) -> None:
+    def __init__(self, wants: Callable[[Head], bool], max_body: int = MAX_BODY_BYTES) -> None:
         self._wants = wants
+        self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._building = _Building()
@@ -184,38 +191,64 @@ class RequestReader:
 
     def on_url(self, url: bytes) -> None:
         self._building.target += url
+        self._building.size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._building.headers
+        if not self._in_head:
+            return  # a chunked body's trailer: never a header field (RFC 9110 6.5.1)
+        building = self._building
+        headers = building.headers
         if len(headers) >= MAX_HEADERS:
             self._fail(431, "too many request header fields")
             raise _Stop()
+        building.size += len(name) + len(value) + 4
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
         building = self._building
+        if building.size > MAX_HEAD_BYTES:  # all of it in one read
+            self._fail(431, "request header fields too large")
+            raise _Stop()
+        target = building.target
+        if not target.startswith(b"/"):
+            # absolute-form (RFC 9112 3.2.2) names another server; "*" and authority-form
+            # name none of ours.
+            self._fail(400, "the request target must be a path (origin-form)")
+            raise _Stop()
         content_length: int | None = None
         chunked = expect = impersonates = False
         authorization: bytes | None = None
         user_agent = b""
+        hosts = 0
         # One pass picks out what the proxy asks of every request.
         for name, value in building.headers:
             lname = name.lower()
             if lname == b"authorization":
                 if authorization is None:
                     authorization = value
+            elif lname == b"host":
+                hosts += 1
             elif lname == b"user-agent":
                 user_agent = user_agent or value
             elif lname == b"content-length":
                 content_length = int(value)  # llhttp has checked it
             elif lname == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
+                if value.strip().lower() != b"chunked":  # llhttp: chunked is last
+                    self._fail(501, "only the chunked transfer coding is supported")
+                    raise _Stop()
+                chunked = True
             elif lname == b"expect":
                 expect = value.lower() == b"100-continue"
             elif lname.startswith(b"impersonate-"):
                 impersonates = True
+        if hosts > 1 or (hosts == 0 and parser.get_http_version() == "1.1"):
+            self._fail(400, "a request needs exactly one Host field (RFC 9112 3.2)")
+            raise _Stop()
+        if content_length is not None and content_length > self._max_body:
+            self._fail(413, f"the request body is larger than {self._max_body} bytes")
+            raise _Stop()
         head = Head(
             method=parser.get_method().decode("ascii"),
             target=building.target,
@@ -242,6 +275,11 @@ class RequestReader:
         self._events.append(head)
 
     def on_body(self, body: bytes) -> None:
+        building = self._building
+        building.body += len(body)
+        if building.body > self._max_body:
+            self._fail(413, f"the request body is larger than {self._max_body} bytes")
+            raise _Stop()
         self._events.append(Body(body))
 
     def on_message_complete(self) -> None:

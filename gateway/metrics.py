@@ -105,6 +105,16 @@ CLIENT_CONNECTIONS = Counter(
     "Client connections accepted on the HTTPS listener, by protocol (http/1.1, h2).",
     ["protocol"],
 )
+CONNECTIONS_OPEN = Gauge(
+    "herdgate_client_connections_open",
+    "Client connections held on the HTTPS listener, TLS handshakes in progress included.",
+)
+CONNECTIONS_REFUSED = Counter(
+    "herdgate_client_connections_refused_total",
+    "Client connections closed at accept: limits.max_connections (total) or "
+    "limits.per_address (address) reached.",
+    ["limit"],
+)
 SESSIONS = Counter(
     "herdgate_sessions_total",
     "exec, attach and port-forward sessions relayed, by cluster.",

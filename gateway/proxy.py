@@ -155,10 +155,18 @@ class _BodyOut:
     as it came (``Content-Length``) or in HTTP/1.1 chunks (an async iterator class; the
     compiled build supports no async generators)."""
 
-    __slots__ = ("_chunked", "_done", "_pieces")
+    __slots__ = ("_chunked", "_done", "_first", "_pieces")
 
-    def __init__(self, request: Incoming, chunked: bool) -> None:
-        self._pieces = request.content.iter_any().__aiter__()
+    def __init__(
+        self,
+        request: Incoming,
+        chunked: bool,
+        pieces: AsyncIterator[bytes] | None = None,
+        first: list[bytes] | None = None,
+    ) -> None:
+        self._pieces = pieces if pieces is not None else request.content.iter_any().__aiter__()
+        self._first = first
+        """Pieces read before the tunnel stream was taken (``_read_up_to``)."""
         self._chunked = chunked
         self._done = False
 
@@ -169,7 +177,11 @@ class _BodyOut:
         if self._done:
             raise StopAsyncIteration
         try:
-            data = await self._pieces.__anext__()
+            if self._first:
+                data = b"".join(self._first)
+                self._first = None
+            else:
+                data = await self._pieces.__anext__()
         except StopAsyncIteration:
             self._done = True
             if self._chunked:
@@ -178,6 +190,21 @@ class _BodyOut:
         if self._chunked:
             return b"%x\r\n%s\r\n" % (len(data), data)
         return data
+
+
+async def _read_up_to(pieces: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first pieces of a body, until more than ``limit`` bytes or its end; and
+    whether that was the end."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return parts, True
+        parts.append(piece)
+        size += len(piece)
+    return parts, False
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -275,6 +302,10 @@ async def serve(
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
             f"{cluster.name}: {request.method} is not allowed"
         )
+    if upgrade_request and not _upgrade_allowed(request, path.path):
+        raise BadRequest(
+            "upgrades are only for exec, attach, portforward and proxy, to websocket or SPDY/3.1"
+        )
     client_impersonates = identity.is_admin and _client_impersonates(request)
     identity_lines = None if client_impersonates else identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
@@ -287,6 +318,20 @@ async def serve(
         keep_client_impersonation=client_impersonates,
         exchange=exchange,
     )
+
+
+_UPGRADE_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+_UPGRADE_PROTOCOLS = frozenset({"websocket", "spdy/3.1"})
+
+
+def _upgrade_allowed(request: Incoming, path: str) -> bool:
+    """What kubectl upgrades: exec, attach and port-forward, to WebSocket or SPDY/3.1
+    (never h2c, never another path); and WebSockets through the API server's proxy."""
+    segments = path.rstrip("/").split("/")
+    if segments[-1] not in _UPGRADE_SUBRESOURCES and "proxy" not in segments:
+        return False
+    offered = {p.strip().lower() for p in request.headers.get("Upgrade", "").split(",")}
+    return bool(offered) and offered <= _UPGRADE_PROTOCOLS
 
 
 def _client_impersonates(request: Incoming) -> bool:
@@ -347,8 +392,16 @@ async def forward(
             body = _BodyOut(request, chunked=False)
             framing = (b"Content-Length", b"%d" % length)
         else:
-            body = _BodyOut(request, chunked=True)
-            framing = (b"Transfer-Encoding", b"chunked")
+            # Chunked: up to BUFFER_LIMIT is read before a tunnel stream is taken, so a
+            # slow or malformed body holds no stream and the API server never sees it.
+            pieces = request.content.iter_any().__aiter__()
+            first, whole = await _read_up_to(pieces, BUFFER_LIMIT)
+            if whole:
+                body = b"".join(first)
+                framing = (b"Content-Length", b"%d" % len(body))
+            else:
+                body = _BodyOut(request, chunked=True, pieces=pieces, first=first)
+                framing = (b"Transfer-Encoding", b"chunked")
     elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
         framing = (b"Content-Length", b"0")
     try:

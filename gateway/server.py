@@ -31,6 +31,7 @@ from config.tls import server_context
 from gateway import bootstrap, health, metrics, proxy, tunnels
 from gateway.app import build_app
 from gateway.audit import AuditLog
+from gateway.connlimit import ConnectionLimit
 from gateway.directory import Directory
 from gateway.front import Front
 from gateway.keys import DRAIN, READY
@@ -89,10 +90,25 @@ async def serve(
         lost = aiohttp_internals.track_lost_connections(runner.server)
         # Connections start on the lean path and are handed to aiohttp when they ask for
         # something else (gateway.front).
-        front = Front(app, runner.server)
+        limits = settings.limits
+        front = Front(
+            app,
+            runner.server,
+            keepalive_s=limits.keepalive_s,
+            head_timeout_s=limits.head_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_body=limits.max_request_body,
+        )
         host, port = bootstrap.split_listen(settings.listen)
         listener = await TLSServer.listen(
-            front, host, port, ssl_ctx, backlog=1024, reuse_port=bool(worker)
+            front,
+            host,
+            port,
+            ssl_ctx,
+            backlog=1024,
+            reuse_port=bool(worker),
+            handshake_timeout_s=limits.handshake_timeout_s,
+            admit=ConnectionLimit(limits.max_connections, limits.per_address).admit,
         )
         metrics_runner = await _start_metrics(app, settings, worker)
         app[READY][0] = True

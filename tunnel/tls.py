@@ -65,8 +65,11 @@ class TLSTransport(asyncio.Transport):
         loop: asyncio.AbstractEventLoop,
         sock: ssl.SSLSocket,
         protocol: asyncio.BaseProtocol,
+        release: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
+        self._release = release
+        """Called once the connection is gone (``TLSServer``'s ``admit``)."""
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -474,6 +477,8 @@ class TLSTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = True
+        if self._release is not None:
+            self._release()
         lost_exc = exc if isinstance(exc, Exception) else None
         self._protocol.connection_lost(lost_exc)
 
@@ -545,6 +550,9 @@ async def connect(
     return transport, protocol
 
 
+Admit = Callable[[str], Callable[[], None] | None]
+
+
 class TLSServer:
     """Accepts TLS connections on listening sockets and starts a protocol on each."""
 
@@ -554,8 +562,12 @@ class TLSServer:
         context: ssl.SSLContext,
         sockets: list[socket.socket],
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        admit: Admit | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._admit = admit
+        """Asked at each accept with the peer's address: None closes the connection at
+        once, else what to call when it is gone (``gateway.connlimit``)."""
         self._factory = protocol_factory
         self._context = context
         self.sockets = sockets
@@ -577,6 +589,7 @@ class TLSServer:
         backlog: int = 1024,
         reuse_port: bool = False,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        admit: Admit | None = None,
     ) -> TLSServer:
         """Bind every address ``host`` resolves to (all interfaces for None or "")."""
         loop = asyncio.get_running_loop()
@@ -603,7 +616,7 @@ class TLSServer:
             for lsock in sockets:
                 lsock.close()
             raise
-        return cls(protocol_factory, context, sockets, handshake_timeout_s)
+        return cls(protocol_factory, context, sockets, handshake_timeout_s, admit)
 
     def close(self) -> None:
         """Stop accepting (connections already made stay open)."""
@@ -623,7 +636,7 @@ class TLSServer:
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(128):
             try:
-                raw, _address = lsock.accept()
+                raw, address = lsock.accept()
             except _SOFT_ERRORS:
                 return
             except OSError as exc:
@@ -635,7 +648,13 @@ class TLSServer:
                 self._loop.remove_reader(lsock.fileno())
                 self._loop.call_later(ACCEPT_PAUSE_S, self._accept_again, lsock)
                 return
-            task = self._loop.create_task(self._start(raw))
+            release = None
+            if self._admit is not None:
+                release = self._admit(str(address[0]) if address else "")
+                if release is None:
+                    raw.close()
+                    continue
+            task = self._loop.create_task(self._start(raw, release))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
@@ -643,21 +662,27 @@ class TLSServer:
         if not self._closed:
             self._loop.add_reader(lsock.fileno(), self._accept, lsock)
 
-    async def _start(self, raw: socket.socket) -> None:
+    async def _start(self, raw: socket.socket, release: Callable[[], None] | None) -> None:
         try:
             raw.setblocking(False)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = self._context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except OSError:
             raw.close()
+            if release is not None:
+                release()
             return
         try:
             await handshake(sock, self._timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             logger.debug("TLS handshake failed: %s", exc)
             sock.close()
+            if release is not None:
+                release()
             return
         except BaseException:
             sock.close()
+            if release is not None:
+                release()
             raise
-        TLSTransport(self._loop, sock, self._factory()).start()
+        TLSTransport(self._loop, sock, self._factory(), release).start()

@@ -430,3 +430,74 @@ async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
     assert text == b"" or text.startswith(b"HTTP/1.1 ")
     if handed:  # what aiohttp got is exactly the end of what the client sent
         assert b"".join(chunks).find(bytes(handed[0].data)) >= 0
+
+
+async def test_a_stalled_body_fails_its_request_with_408(world: Any) -> None:
+    failures: list[BaseException] = []
+
+    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+        try:
+            await request.read()
+        except ConnectionError as exc:
+            failures.append(exc)
+            raise
+        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(read)
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\nabc"
+    )
+    await _settle()
+    loop = asyncio.get_running_loop()
+    conn.check_timeouts(loop.time() + world.front.body_timeout_s / 2)
+    assert not transport.closed
+    conn.check_timeouts(loop.time() + world.front.body_timeout_s + 1)
+    await _settle()
+    assert failures  # the handler stopped reading (the proxy resets its tunnel stream)
+    assert bytes(transport.written).startswith(b"HTTP/1.1 408 Request Timeout")
+    assert b'"code": 408' in bytes(transport.written) and transport.closed
+
+
+async def test_a_malformed_body_fails_its_request_with_400_at_once(world: Any) -> None:
+    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+        await request.read()
+        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(read)
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    await _settle()
+    conn.data_received(b"FFFFFFFFFFFFFFFFF1\r\n")
+    await _settle()
+    assert bytes(transport.written).startswith(b"HTTP/1.1 400 Bad Request")
+    assert transport.closed and not transport.paused
+
+
+async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
+    world: Any,
+) -> None:
+    proceed = asyncio.Event()
+
+    async def late(app: web.Application, request: ClientRequest) -> RawResponse:
+        await proceed.wait()  # e.g. waiting for a tunnel
+        await request.read()
+        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+
+    world.handlers.append(late)
+    conn, transport = world.connect()
+    conn.data_received(
+        b"PUT /k8s/clusters/c-1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    await _settle()
+    loop = asyncio.get_running_loop()
+    conn.check_timeouts(loop.time() + world.front.body_timeout_s + 1)
+    assert not transport.closed and bytes(transport.written) == b""
+    proceed.set()
+    await _settle()
+    conn.data_received(b"{}")
+    await _settle()
+    assert _answers(transport) == 1

@@ -1,0 +1,443 @@
+"""Hostile HTTP/1.1 end to end (gateway, tunnel, agent, stand-in API server): malformed
+bodies must end their request and release everything it held (finding 3 of issue 15),
+trailers never become header fields, and the HTTP/1.1 cases of the hostile-input suite,
+each asserted on what the API server received.
+
+The world's agent allows only ``AGENT_MAX_STREAMS`` tunnel streams, so a request that
+keeps its stream shows up as other users' 503s within a few attempts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.env import wait_until
+from tests.integration.test_hostile_requests import Answer, received
+
+pytestmark = pytest.mark.integration
+
+AGENT_MAX_STREAMS = 8
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("http1")
+    w = start_world(tmp)
+    try:
+        w.agent.stop()
+        config = tmp / "agent.yaml"
+        config.write_text(f"tunnel:\n  max_streams: {AGENT_MAX_STREAMS}\n")
+        w.agent = w.start_agent("--config", str(config), log_name="agent-small")
+        wait_until(lambda: _get_ok(w, w.admin.token), 20, "the small agent never served")
+        yield w
+    finally:
+        stop_world(w)
+
+
+@pytest.fixture(scope="module")
+def reader(world: World) -> str:
+    return world.user("http1-reader", role="read-only")[1].token
+
+
+@pytest.fixture(scope="module")
+def member(world: World) -> str:
+    return world.user("http1-member", role="cluster-member")[1].token
+
+
+# a raw client that may get no answer at all
+
+
+def _connect(world: World) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", world.gateway.port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _read_answer(sock: ssl.SSLSocket) -> Answer | None:
+    """One answer, or None if the gateway closed without one."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    head, _, body = buffer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else None
+    while length is None or len(body) < length:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        body += chunk
+    return Answer(status, head, body if length is None else body[:length])
+
+
+def exchange(world: World, data: bytes, wait_s: float = 5.0) -> Answer | None:
+    """Send ``data`` on a new connection; the answer (None: closed without one).
+    Raises TimeoutError when the gateway neither answers nor closes."""
+    with _connect(world) as sock:
+        sock.settimeout(wait_s)
+        sock.sendall(data)
+        return _read_answer(sock)
+
+
+def _target(world: World, rest: str = "api/v1/namespaces/default/pods") -> str:
+    return f"/k8s/clusters/{world.cluster_id}/{rest}"
+
+
+def head(world: World, token: str, *lines: str, method: str = "GET", target: str = "") -> bytes:
+    probe = uuid.uuid4().hex
+    text = [
+        f"{method} {target or _target(world)} HTTP/1.1",
+        f"Host: 127.0.0.1:{world.gateway.port}",
+        f"Authorization: Bearer {token}",
+        f"X-Probe: {probe}",
+        *lines,
+    ]
+    return ("\r\n".join(text) + "\r\n\r\n").encode("latin-1")
+
+
+def probe_of(data: bytes) -> str:
+    match = re.search(rb"X-Probe: ([0-9a-f]+)", data)
+    assert match
+    return match.group(1).decode()
+
+
+def _get_ok(world: World, token: str) -> bool:
+    try:
+        answer = exchange(world, head(world, token, "Connection: close"), 10)
+    except OSError:
+        return False
+    return answer is not None and answer.status == 200
+
+
+def assert_status(answer: Answer | None, code: int) -> None:
+    assert answer is not None, "closed without an answer"
+    assert answer.status == code, answer
+    body = answer.json()
+    assert body["kind"] == "Status" and body["code"] == code, body
+
+
+# what a request leaves behind
+
+
+def _socket_states(pid: int) -> Counter[str]:
+    """TCP states of the sockets process ``pid`` holds (CLOSE_WAIT: the peer closed,
+    the process did not)."""
+    inodes: set[str] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    names = {"01": "ESTABLISHED", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+    states: Counter[str] = Counter()
+    for table in ("tcp", "tcp6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                states[names.get(fields[3], fields[3])] += 1
+    return states
+
+
+def _streams_open(world: World) -> float:
+    """Open tunnel streams, the pool's idle keep-alive ones included."""
+    text = _metrics(world)
+    match = re.search(r"(?m)^herdgate_tunnel_streams_open (\S+)", text)
+    assert match, text[:500]
+    return float(match.group(1))
+
+
+def _metrics(world: World) -> str:
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    req = urllib.request.Request(
+        world.gateway.url + "/metrics", headers={"Authorization": f"Bearer {world.admin.token}"}
+    )
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def assert_released(world: World, streams_before: float) -> None:
+    """No tunnel stream beyond those open before (idle in the pool) and no half-closed
+    socket is left in the gateway or the agent."""
+    assert world.gateway.process is not None and world.agent.process is not None
+    gateway, agent = world.gateway.process.pid, world.agent.process.pid
+    wait_until(
+        lambda: _socket_states(gateway)["CLOSE_WAIT"] == 0,
+        5,
+        f"gateway holds CLOSE_WAIT sockets: {_socket_states(gateway)}",
+    )
+    wait_until(
+        lambda: _socket_states(agent)["CLOSE_WAIT"] == 0,
+        5,
+        f"agent holds CLOSE_WAIT sockets: {_socket_states(agent)}",
+    )
+    wait_until(
+        lambda: _streams_open(world) <= streams_before,
+        5,
+        f"tunnel streams still open: {_streams_open(world)} (before: {streams_before})",
+    )
+
+
+# finding 3: a malformed body ends its request and releases what it held
+
+BAD_BODIES = {
+    "chunk-size overflow": (["Transfer-Encoding: chunked"], b"FFFFFFFFFFFFFFFFF1\r\n"),
+    "chunk size not hex": (["Transfer-Encoding: chunked"], b"xchunked\r\n"),
+    "chunk without its CRLF": (["Transfer-Encoding: chunked"], b"5\r\nhelloXX0\r\n\r\n"),
+    "chunk-size after a good chunk": (["Transfer-Encoding: chunked"], b"2\r\nok\r\nzz\r\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BODIES))
+def test_a_malformed_body_is_answered_and_releases_its_stream(
+    world: World, reader: str, member: str, case: str
+) -> None:
+    lines, body = BAD_BODIES[case]
+    before = _streams_open(world)
+    data = head(world, reader, *lines)
+    with _connect(world) as sock:
+        sock.settimeout(5)
+        sock.sendall(data)
+        time.sleep(0.2)  # the head alone first: the request is in flight
+        sock.sendall(body)
+        answer = _read_answer(sock)
+        assert_status(answer, 400)
+        assert sock.recv(100) == b""  # and the connection is closed
+    assert received(world, probe_of(data)) == []  # never answered by the API server
+    assert_released(world, before)
+    assert _get_ok(world, member)
+
+
+def test_a_client_that_leaves_mid_body_releases_its_stream(world: World, reader: str) -> None:
+    before = _streams_open(world)
+    with _connect(world) as sock:
+        sock.sendall(head(world, reader, "Transfer-Encoding: chunked") + b"5\r\nhel")
+        time.sleep(0.3)
+    assert_released(world, before)
+
+
+def test_a_read_only_user_cannot_use_up_the_tunnel_streams(
+    world: World, reader: str, member: str
+) -> None:
+    """Three times as many malformed bodies as the agent has streams, each connection
+    left open: another user is still served, and everything is released."""
+    before = _streams_open(world)
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(3 * AGENT_MAX_STREAMS):
+            sock = _connect(world)
+            held.append(sock)
+            sock.settimeout(5)
+            sock.sendall(head(world, reader, "Transfer-Encoding: chunked"))
+            time.sleep(0.05)
+            sock.sendall(b"FFFFFFFFFFFFFFFFF1\r\n")
+        for sock in held:
+            assert_status(_read_answer(sock), 400)
+        assert _get_ok(world, member)
+    finally:
+        for sock in held:
+            sock.close()
+    assert_released(world, before)
+
+
+# trailers never become header fields
+
+
+def test_trailers_never_reach_the_api_server(world: World, member: str) -> None:
+    before = _streams_open(world)
+    admin = world.admin.token
+    data = head(
+        world,
+        admin,
+        "Impersonate-User: trailer-victim",
+        "Transfer-Encoding: chunked",
+        "Connection: close",
+    )
+    body = b"2\r\n{}\r\n0\r\nImpersonate-Group: system:masters\r\nX-Trailer-Seen: yes\r\n\r\n"
+    answer = exchange(world, data + body)
+    assert answer is not None and answer.status == 200, answer
+    (event,) = received(world, probe_of(data))
+    if True:
+        names = {str(n).lower() for n, _ in event.get("requestHeaders", [])}
+        assert "impersonate-group" not in names, event
+        assert "x-trailer-seen" not in names, event
+        assert "system:masters" not in event["impersonatedUser"].get("groups", []), event
+    # a read-only user's trailers, sent after the head and with the body
+    data = head(world, member, "Transfer-Encoding: chunked", "Connection: close")
+    answer = exchange(
+        world, data + b"0\r\nImpersonate-User: admin\r\nImpersonate-Group: system:masters\r\n\r\n"
+    )
+    assert answer is not None and answer.status == 200, answer
+    (event,) = received(world, probe_of(data))
+    impersonated = event["impersonatedUser"]
+    assert impersonated["username"] != "admin", event  # the gateway's own Impersonate-User
+    assert "system:masters" not in impersonated.get("groups", []), event
+    # another user's credential as a trailer is not a second Authorization field
+    data = head(world, member, "Transfer-Encoding: chunked", "Connection: close")
+    answer = exchange(world, data + f"0\r\nAuthorization: Bearer {admin}\r\n\r\n".encode())
+    assert answer is not None and answer.status == 200, answer
+    (event,) = received(world, probe_of(data))
+    assert event["impersonatedUser"]["username"] == impersonated["username"], event
+    assert_released(world, before)
+
+
+# the HTTP/1.1 cases of the hostile-input suite: each refused before the API server
+
+HOSTILE_HEADS = {
+    "Content-Length with Transfer-Encoding": (
+        ["Content-Length: 5", "Transfer-Encoding: chunked"],
+        b"0\r\n\r\n",
+        400,
+    ),
+    "two Content-Lengths": (["Content-Length: 0", "Content-Length: 5"], b"hello", 400),
+    "Transfer-Encoding: chunked, identity": (
+        ["Transfer-Encoding: chunked, identity"],
+        b"0\r\n\r\n",
+        400,
+    ),
+    "Transfer-Encoding: gzip, chunked": (["Transfer-Encoding: gzip, chunked"], b"0\r\n\r\n", 501),
+    "bare CR in a field": (["X-A: a\rImpersonate-User: admin"], b"", 400),
+    "bare LF in a field line": (["X-A: a\nImpersonate-User: admin"], b"", 400),
+    "obs-fold": (["X-A: a", " Impersonate-User: admin"], b"", 400),
+    "NUL in a field": (["X-A: a\x00b"], b"", 400),
+    "10,000 header fields": ([f"X-H{i}: v" for i in range(10_000)], b"", 431),
+    "a 70 KiB field": ([f"X-Big: {'a' * 70 * 1024}"], b"", 431),
+    "a body over max_request_body": (["Content-Length: 999999999999"], b"", 413),
+    "two Host fields": (["Host: evil.example"], b"", 400),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HEADS))
+def test_hostile_http1_requests_are_refused_before_the_api_server(
+    world: World, member: str, case: str
+) -> None:
+    lines, body, status = HOSTILE_HEADS[case]
+    data = head(world, member, *lines, "Connection: close")
+    answer = exchange(world, data + body)
+    assert_status(answer, status)
+    assert received(world, probe_of(data)) == []
+    assert _get_ok(world, member)
+
+
+def _raw_head(world: World, token: str, request_line: str, *lines: str) -> bytes:
+    text = [request_line, f"Authorization: Bearer {token}", *lines, "Connection: close"]
+    return ("\r\n".join(text) + "\r\n\r\n").encode("latin-1")
+
+
+@pytest.mark.parametrize(
+    "form", ["absolute", "asterisk", "authority", "long request line", "no Host"]
+)
+def test_request_targets_that_are_not_a_path_are_refused(
+    world: World, member: str, form: str
+) -> None:
+    host = f"127.0.0.1:{world.gateway.port}"
+    path = _target(world)
+    line, status = {
+        "absolute": (f"GET https://{host}{path} HTTP/1.1", 400),
+        "asterisk": ("OPTIONS * HTTP/1.1", 400),
+        "authority": (f"CONNECT {host} HTTP/1.1", 400),
+        "long request line": (f"GET {path}?x={'a' * 70 * 1024} HTTP/1.1", 431),
+        "no Host": (f"GET {path} HTTP/1.1", 400),
+    }[form]
+    probe = uuid.uuid4().hex
+    lines = [f"X-Probe: {probe}"] + ([] if form == "no Host" else [f"Host: {host}"])
+    answer = exchange(world, _raw_head(world, member, line, *lines))
+    assert_status(answer, status)
+    assert received(world, probe) == []
+
+
+@pytest.mark.parametrize("upgrade", ["websocket", "h2c"])
+def test_an_upgrade_outside_exec_attach_portforward_is_not_forwarded(
+    world: World, member: str, upgrade: str
+) -> None:
+    data = head(world, member, "Connection: Upgrade", f"Upgrade: {upgrade}")
+    answer = exchange(world, data)
+    assert answer is not None and answer.status in (400, 501), answer
+    assert answer.status != 101
+    for event in received(world, probe_of(data)):
+        names = {str(n).lower() for n, _ in event.get("requestHeaders", [])}
+        assert "upgrade" not in names, event
+
+
+def test_pipelined_requests_are_answered_in_order_each_as_its_user(
+    world: World, member: str, reader: str
+) -> None:
+    first = head(world, member)
+    second = head(world, reader, "Connection: close")
+    with _connect(world) as sock:
+        sock.settimeout(10)
+        sock.sendall(first + second)
+        one, two = _read_answer(sock), _read_answer(sock)
+    assert one is not None and one.status == 200, one
+    assert two is not None and two.status == 200, two
+    (a,) = received(world, probe_of(first))
+    (b,) = received(world, probe_of(second))
+    assert a["impersonatedUser"]["username"] != b["impersonatedUser"]["username"]
+
+
+# the same on a connection handed to aiohttp (it served the management API first)
+
+
+def _after_handoff(world: World, token: str, data: bytes) -> Answer | None:
+    first = (
+        f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    with _connect(world) as sock:
+        sock.settimeout(10)
+        sock.sendall(first)
+        answer = _read_answer(sock)
+        assert answer is not None and answer.status == 200, answer
+        sock.sendall(data)
+        return _read_answer(sock)
+
+
+def test_trailers_never_reach_the_api_server_after_a_handoff(world: World, member: str) -> None:
+    data = head(world, member, "Transfer-Encoding: chunked", "Connection: close")
+    answer = _after_handoff(
+        world, member, data + b"0\r\nImpersonate-Group: system:masters\r\nX-Trailer-Seen: 1\r\n\r\n"
+    )
+    assert answer is not None and answer.status == 200, answer
+    (event,) = received(world, probe_of(data))
+    names = {str(n).lower() for n, _ in event.get("requestHeaders", [])}
+    assert "x-trailer-seen" not in names, event
+    assert "system:masters" not in event["impersonatedUser"].get("groups", []), event
+
+
+@pytest.mark.parametrize("case", ["absolute", "no Host", "two Host"])
+def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, case: str) -> None:
+    host = f"127.0.0.1:{world.gateway.port}"
+    path = _target(world)
+    probe = uuid.uuid4().hex
+    line = f"GET https://{host}{path} HTTP/1.1" if case == "absolute" else f"GET {path} HTTP/1.1"
+    hosts = {"absolute": [f"Host: {host}"], "no Host": [], "two Host": [f"Host: {host}"] * 2}
+    data = _raw_head(world, member, line, f"X-Probe: {probe}", *hosts[case])
+    answer = _after_handoff(world, member, data)
+    # 400 from the proxy (a v3 error) or from aiohttp's parser (plain text, not yet a
+    # Status: see the report of issue 15); never forwarded
+    assert answer is not None and answer.status == 400, answer
+    assert received(world, probe) == []
