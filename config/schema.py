@@ -70,6 +70,24 @@ class TunnelSettings:
     frame costs no buffer of its size)."""
     max_streams: int = 4096
     """Concurrent streams the peer may open."""
+    send_buffer: int = size(8 * 1024 * 1024)
+    """Bytes queued for one tunnel, all its streams together, that the peer has not read
+    yet: above it writers wait; at twice this plus 1 MiB (control frames, answers that
+    cannot wait) the tunnel is closed."""
+    send_timeout_s: float = duration(30)
+    """A tunnel whose peer takes nothing of what is queued for it this long is closed."""
+    max_streams_per_user: int = 0
+    """Concurrent tunnel streams (requests, watches, exec sessions) one user may hold on
+    one cluster; more get 429 with Retry-After. 0: a quarter of the streams the agent
+    allows (1,024 with its defaults)."""
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    http2_buffer: int = size(64 * 1024 * 1024)
+    """Bytes one HTTP/2 connection may hold for a client that does not read (answers
+    waiting for its window and the tunnel bytes behind them, all streams together);
+    beyond it the largest stream is reset with ENHANCE_YOUR_CALM."""
 
 
 @dataclass(frozen=True)
@@ -331,6 +349,7 @@ class GatewaySettings:
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

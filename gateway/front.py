@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway import metrics, proxy, rawresponse
 from gateway.errors import status_body
-from gateway.front_h2 import H2Connection
+from gateway.front_h2 import HTTP2_BUFFER_BYTES, H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
 from gateway.http1 import Body, End, Head, Header, Invalid, RequestReader
 from gateway.keys import DRAIN
@@ -69,6 +69,7 @@ class Front:
         keepalive_s: float = KEEPALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         answer: Answerer = proxy.answer,
+        http2_buffer: int = HTTP2_BUFFER_BYTES,
     ) -> None:
         self.app = app
         self.answer = answer
@@ -78,6 +79,8 @@ class Front:
         self.drain = app[DRAIN]
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s
+        self.http2_buffer = http2_buffer
+        """``limits.http2_buffer``: what one HTTP/2 connection may hold for its client."""
         self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""

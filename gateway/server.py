@@ -89,7 +89,7 @@ async def serve(
         lost = aiohttp_internals.track_lost_connections(runner.server)
         # Connections start on the lean path and are handed to aiohttp when they ask for
         # something else (gateway.front).
-        front = Front(app, runner.server)
+        front = Front(app, runner.server, http2_buffer=settings.limits.http2_buffer)
         host, port = bootstrap.split_listen(settings.listen)
         listener = await TLSServer.listen(
             front, host, port, ssl_ctx, backlog=1024, reuse_port=bool(worker)

@@ -173,6 +173,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
         on_info=lambda raw: link.on_info(raw) if link is not None else None,
         ping_interval_s=settings.ping_interval_s * 1.5,
         idle_timeout_s=settings.idle_timeout_s,
+        send_buffer=settings.send_buffer,
+        send_timeout_s=settings.send_timeout_s,
         name=name,
     )
     try:
