@@ -28,6 +28,7 @@ from gateway.keys import (
     RUNTIME,
     SAMPLER,
     SETTINGS,
+    STREAM_QUOTA,
     TUNNELS,
 )
 from gateway.metrics import Sampler
@@ -119,6 +120,7 @@ def build_app(
     app[DIRECTORY] = directory
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
+    app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")

@@ -182,6 +182,12 @@ class Session:
         return len(self._streams)
 
     @property
+    def peer_max_streams(self) -> int:
+        """Streams the peer lets this side open at once (its HELLO)."""
+        peer = self._proto.peer
+        return peer.max_streams if peer is not None else 1
+
+    @property
     def bytes_sent(self) -> int:
         return self._proto.bytes_sent
 
