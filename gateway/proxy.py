@@ -330,7 +330,7 @@ async def forward(
     # One user may hold only so many of a cluster's tunnel streams: the rest stay for
     # the others (a user's watches could otherwise take them all).
     key = (cluster.id, identity_of.user_id)
-    limit = quota.limit_for(link)
+    limit = quota.limit_for(link.session.peer_max_streams)
     if not quota.take(key, limit):
         raise TooManyRequests(
             f"too many requests in flight: user {identity_of.user_id} holds {limit} "
@@ -391,8 +391,8 @@ async def _send(
             framing,
             exchange.request_id if exchange is not None else "",
         )
-    except UnsafeHead as exc:
-        raise BadRequest(f"the request cannot be forwarded: {exc}") from None
+    except UnsafeHead as unsafe:  # its own name: mypyc types ``exc`` by its first use
+        raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
     sent = time.perf_counter()
     try:
         upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)

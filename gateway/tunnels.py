@@ -135,8 +135,9 @@ class StreamQuota:
         """0: a quarter of the streams the agent allows (``limit_for``)."""
         self._held: dict[tuple[str, str], int] = {}
 
-    def limit_for(self, link: AgentLink) -> int:
-        return self.limit or max(1, link.session.peer_max_streams // 4)
+    def limit_for(self, peer_max_streams: int) -> int:
+        """The cap on a cluster whose agent allows ``peer_max_streams`` streams."""
+        return self.limit or max(1, peer_max_streams // 4)
 
     def take(self, key: tuple[str, str], limit: int) -> bool:
         held = self._held.get(key, 0)

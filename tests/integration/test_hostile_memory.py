@@ -206,6 +206,9 @@ def test_b_agent_that_never_reads_is_bounded_per_tunnel(world: World, bystander:
         f"tunnel closed: {closed}; answers: {sorted(set(results))}"
     )
     assert closed
+    # A tunnel lost while sending is a 502 (compiled, it was a 500: mypyc typed the
+    # proxy's ``exc`` by an earlier ``except UnsafeHead as exc``).
+    assert not [answer for answer in results if " 500 " in answer], results
     assert during - before < (2 * SEND_BUFFER_MIB + 1 + MARGIN_MIB) * MIB
     assert after - before < RETURNED_MIB * MIB
 
