@@ -230,11 +230,6 @@ class Session:
     # -- called by streams ---------------------------------------------------------
 
     @property
-    def backlogged(self) -> bool:
-        """More than the send buffer waits for the peer: writers wait (``wait_room``)."""
-        return self._unsent > self._send_buffer
-
-    @property
     def send_room(self) -> int:
         """Bytes that may be queued now before the send buffer is full."""
         return self._send_buffer - self._unsent
