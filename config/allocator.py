@@ -11,10 +11,13 @@ LIST (docs/design.md section 9); a fixed 128 KiB threshold had cost 1.87 times t
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
+from typing import Any
 
 MMAP_THRESHOLD_BYTES = 1024 * 1024
 TRIM_THRESHOLD_BYTES = 8 * 1024 * 1024
@@ -39,3 +42,49 @@ def tune() -> bool:
     mapped: int = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     trimmed: int = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     return mapped == 1 and trimmed == 1
+
+
+RETURN_AFTER_BYTES = 8 * 1024 * 1024
+"""A close that freed this much gives the memory back to the system (``freed``)."""
+RETURN_DELAY_S = 1.0
+
+_state: dict[str, Any] = {"trim": None, "scheduled": False}
+
+
+def freed(size: int) -> None:
+    """``size`` bytes were just let go (a tunnel or a connection that held a flood of
+    buffered bytes closed): 1 s later, collect and give free heap pages back to the
+    system. The heap keeps what a flood grew it to otherwise: freed pieces of 64 KiB to
+    1 MiB sit between live ones, out of reach of the trim at the top (measured: 1.1 GB
+    kept after an HTTP/2 flood closed; 67 MB with this). At most once per second."""
+    if size < RETURN_AFTER_BYTES or _state["scheduled"]:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    _state["scheduled"] = True
+    loop.call_later(RETURN_DELAY_S, _give_back)
+
+
+def _give_back() -> None:
+    _state["scheduled"] = False
+    gc.collect()
+    if _state["trim"] is None:
+        _state["trim"] = _malloc_trim()
+    if _state["trim"]:
+        _state["trim"](0)
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (False where there is none: musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return trim

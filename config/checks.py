@@ -107,3 +107,18 @@ def _same_public_key(cert: x509.Certificate, key: PrivateKeyTypes) -> bool:
     der = serialization.Encoding.DER
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     return cert.public_key().public_bytes(der, spki) == key.public_key().public_bytes(der, spki)
+
+
+def check_tunnel(tunnel: Any, prefix: str) -> None:
+    """The tunnel's sizes and times, checked at start (a Limits error later would be a
+    crash on the first agent)."""
+    if not 1 <= tunnel.stream_window <= 2**31 - 1:
+        raise ConfigError(f"{prefix}.stream_window", "must be between 1 and 2GiB - 1")
+    if not 1024 <= tunnel.max_frame <= 16 * 1024 * 1024:
+        raise ConfigError(f"{prefix}.max_frame", "must be between 1KiB and 16MiB")
+    if tunnel.max_streams < 1:
+        raise ConfigError(f"{prefix}.max_streams", "must be at least 1")
+    if tunnel.send_buffer < 64 * 1024:
+        raise ConfigError(f"{prefix}.send_buffer", "must be at least 64KiB")
+    if tunnel.send_timeout_s <= 0:
+        raise ConfigError(f"{prefix}.send_timeout", "must be positive")

@@ -81,6 +81,16 @@ class TunnelSettings:
     frame costs no buffer of its size)."""
     max_streams: int = 4096
     """Concurrent streams the peer may open."""
+    send_buffer: int = size(8 * 1024 * 1024)
+    """Bytes queued for one tunnel, all its streams together, that the peer has not read
+    yet: above it writers wait; at twice this plus 1 MiB (control frames, answers that
+    cannot wait) the tunnel is closed."""
+    send_timeout_s: float = duration(30)
+    """A tunnel whose peer takes nothing of what is queued for it this long is closed."""
+    max_streams_per_user: int = 0
+    """Concurrent tunnel streams (requests, watches, exec sessions) one user may hold on
+    one cluster; more get 429 with Retry-After. 0: a quarter of the streams the agent
+    allows (1,024 with its defaults)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,10 @@ class LimitsSettings:
     """Idle keep-alive connections close after this long."""
     max_request_body: int = size(64 * 1024 * 1024)
     """Larger request bodies are refused (413)."""
+    http2_buffer: int = size(64 * 1024 * 1024)
+    """Bytes one HTTP/2 connection may hold for a client that does not read (answers
+    waiting for its window and the tunnel bytes behind them, all streams together);
+    beyond it the largest stream is reset with ENHANCE_YOUR_CALM."""
 
     def check(self) -> None:
         from config.errors import ConfigError
@@ -113,6 +127,8 @@ class LimitsSettings:
         for name in ("handshake_timeout_s", "head_timeout_s", "body_timeout_s", "keepalive_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"limits.{name.removesuffix('_s')}", "must be positive")
+        if self.http2_buffer < 1024 * 1024:
+            raise ConfigError("limits.http2_buffer", "must be at least 1MiB")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from gateway.keys import (
     SAMPLER,
     SESSIONS,
     SETTINGS,
+    STREAM_QUOTA,
     TUNNELS,
 )
 from gateway.metrics import Sampler
@@ -121,6 +122,7 @@ def build_app(
     app[DIRECTORY] = directory
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
+    app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")

@@ -7,6 +7,7 @@ import argparse
 import uvloop
 
 from config import allocator
+from config.checks import check_tunnel
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.schema import GatewaySettings
@@ -36,6 +37,9 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     if settings.workers < 1:
         raise ConfigError("workers", "must be at least 1")
     settings.limits.check()
+    check_tunnel(settings.tunnel, "tunnel")
+    if settings.tunnel.max_streams_per_user < 0:
+        raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
     return settings
 
 

@@ -67,6 +67,14 @@ class UpstreamUnavailable(GatewayError):
         super().__init__(status, message)
 
 
+class TooManyRequests(GatewayError):
+    """429 with ``Retry-After`` (kubectl and client-go wait that long and retry)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(429, message, details={"retryAfterSeconds": retry_after_s})
+        self.headers["Retry-After"] = str(retry_after_s)
+
+
 def status_body(status: int, message: str, reason: str, details: dict[str, Any] | None) -> bytes:
     body: dict[str, Any] = {
         "kind": "Status",

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway import metrics, proxy, rawresponse
 from gateway.errors import BadBody, status_body
-from gateway.front_h2 import H2Connection
+from gateway.front_h2 import HTTP2_BUFFER_BYTES, H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
 from gateway.http1 import MAX_BODY_BYTES, Body, End, Head, Header, Invalid, RequestReader
 from gateway.keys import DRAIN
@@ -73,6 +73,7 @@ class Front:
         answer: Answerer = proxy.answer,
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_body: int = MAX_BODY_BYTES,
+        http2_buffer: int = HTTP2_BUFFER_BYTES,
     ) -> None:
         self.app = app
         self.answer = answer
@@ -84,6 +85,8 @@ class Front:
         self.head_timeout_s = head_timeout_s
         self.body_timeout_s = body_timeout_s
         self.max_body = max_body
+        self.http2_buffer = http2_buffer
+        """``limits.http2_buffer``: what one HTTP/2 connection may hold for its client."""
         self.connections: set[FrontConnection | H2Connection] = set()
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
+from config import allocator
 from gateway import http2
 from gateway.errors import status_body
 from gateway.front_bridge import Bridge
@@ -34,6 +35,7 @@ from gateway.http1 import Head
 from gateway.http2 import Data, Drained, End, GoAway, Request, Reset, ServerConnection, Terminated
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse, aiohttp_parts, h2_headers
+from tunnel.streams import READER_TALLY, Budget, ReadTally
 
 if TYPE_CHECKING:
     from gateway.front import Front
@@ -41,6 +43,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Header = tuple[bytes, bytes]
+
+HTTP2_BUFFER_BYTES = 64 * 1024 * 1024
+"""Default of ``limits.http2_buffer``: what one connection may hold for a client that does
+not read, all streams together (see ``H2Connection._over_budget``)."""
 
 STREAM_HIGH_WATER = 256 * 1024
 """Answer bytes queued on one stream (waiting for the client's window) before its
@@ -58,12 +64,14 @@ class H2Connection(asyncio.Protocol):
     """One client connection that chose HTTP/2."""
 
     __slots__ = (
+        "_budget_resets",
         "_flush_scheduled",
         "_front",
         "_going_away",
         "_h2",
         "_last_active",
         "_streams",
+        "budget",
         "closing",
         "remote",
         "transport",
@@ -83,6 +91,11 @@ class H2Connection(asyncio.Protocol):
         """No new streams: close when the last one is answered."""
         self._last_active = 0.0
         self._flush_scheduled = False
+        h2 = self._h2
+        self.budget = Budget(front.http2_buffer, lambda: h2.pending_total, self._over_budget)
+        """Answer bytes waiting for the client's windows, and the unread tunnel bytes
+        behind them (``READER_TALLY``), against ``limits.http2_buffer``."""
+        self._budget_resets = 0
 
     # asyncio protocol
 
@@ -139,9 +152,11 @@ class H2Connection(asyncio.Protocol):
         streams = list(self._streams.values())
         self._streams.clear()
         error = ConnectionResetError("the client went away")
+        held = self.budget.total
         for stream in streams:
             stream.abandon(error)
         self._front.removed(self)
+        allocator.freed(held)
 
     def pause_writing(self) -> None:
         # A client that does not read what it is sent (PING answers pile up, say) is not
@@ -187,6 +202,8 @@ class H2Connection(asyncio.Protocol):
 
     def finished(self, stream: H2Stream) -> None:
         """The stream's answer is complete (or abandoned)."""
+        if stream.tally is not None:
+            stream.tally.detach()
         if self._streams.pop(stream.stream_id, None) is None:
             return
         self._last_active = asyncio.get_running_loop().time()
@@ -199,6 +216,34 @@ class H2Connection(asyncio.Protocol):
             self._close_transport()
         else:
             self.flush_soon()
+
+    def _over_budget(self) -> None:
+        """More than ``limits.http2_buffer`` held for a client that does not read: reset
+        the streams holding most (ENHANCE_YOUR_CALM) until the rest fit."""
+        budget = self.budget
+        h2 = self._h2
+        excess = budget.total - budget.limit
+        while excess > 0 and self._streams:
+            largest = max(self._streams.values(), key=lambda s: s.held(h2))
+            size = largest.held(h2)
+            self._budget_resets += 1
+            logger.warning(
+                "HTTP/2 connection from %s holds %d bytes it cannot send (limit %d); "
+                "resetting stream %d (%d bytes)",
+                self.remote,
+                budget.total,
+                budget.limit,
+                largest.stream_id,
+                size,
+            )
+            del self._streams[largest.stream_id]
+            h2.reset(largest.stream_id, http2.ENHANCE_YOUR_CALM)
+            largest.abandon(ConnectionResetError("the client does not read its answers"))
+            if largest.tally is not None:
+                largest.tally.detach()  # its tunnel stream is reset as the task ends
+            excess -= max(size, 1)
+        self.flush()
+        allocator.freed(budget.limit)
 
     # what gateway.front asks of every connection
 
@@ -275,6 +320,7 @@ class H2Stream:
         "authority",
         "request",
         "stream_id",
+        "tally",
     )
 
     def __init__(self, conn: H2Connection, event: Request) -> None:
@@ -286,6 +332,8 @@ class H2Stream:
         self._bridge: Bridge | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._body_active = asyncio.get_running_loop().time()
+        self.tally: ReadTally | None = None
+        """The unread tunnel bytes of this stream's answer (proxied streams only)."""
 
     def body_stalled(self, now: float, timeout_s: float) -> bool:
         """The client sends none of the body for ``timeout_s`` though it may (all it
@@ -299,6 +347,11 @@ class H2Stream:
             and not request.expect_continue  # the client waits for our 100
             and now - self._body_active > timeout_s
         )
+
+    def held(self, h2: ServerConnection) -> int:
+        """Bytes held for this stream's answer: queued for the window, and unread."""
+        tally = self.tally
+        return h2.buffered(self.stream_id) + (tally.held if tally is not None else 0)
 
     # RequestSide
 
@@ -381,7 +434,10 @@ class H2Stream:
             waiter.set_exception(error)
 
     def start(self, front: Front) -> None:
+        tally = self.tally = ReadTally(self._conn.budget)
+        token = READER_TALLY.set(tally)  # the task's copy of the context keeps it
         self._task = asyncio.get_running_loop().create_task(self._run(front))
+        READER_TALLY.reset(token)
 
     def bridge(self, front: Front) -> None:
         self._bridge = Bridge(self, front)
@@ -401,7 +457,10 @@ class H2Stream:
         self._conn.flush_soon()
 
     def send(self, data: bytes | bytearray, end_stream: bool = False) -> None:
-        self._conn.h2.send_data(self.stream_id, data, end_stream)
+        conn = self._conn
+        conn.h2.send_data(self.stream_id, data, end_stream)
+        if conn.h2.pending_total > STREAM_HIGH_WATER:
+            conn.budget.check()
         if len(data) >= FLUSH_NOW_BYTES:
             self._conn.flush()  # bulk: out at once, so the socket's back-pressure shows
         else:

@@ -313,6 +313,7 @@ class ServerConnection:
         "last_stream_id",
         "peer_initial_window",
         "peer_max_frame",
+        "pending_total",
         "terminated",
     )
 
@@ -356,6 +357,8 @@ class ServerConnection:
         self.conn_recv_window = CONNECTION_WINDOW
         self.going_away = False
         self.terminated = False
+        self.pending_total = 0
+        """Answer bytes of all streams waiting for the client's windows."""
         settings = b"".join(
             _U16U32.pack(key, value)
             for key, value in (
@@ -526,6 +529,7 @@ class ServerConnection:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return  # closed already: a reset of ours crossed theirs, or it had ended
+        self.pending_total -= stream.pending_bytes
         self._sendable.pop(stream_id, None)
         self._remember_closed(stream_id, _RESET_BY_CLIENT)
         if not stream.local_closed:
@@ -744,6 +748,7 @@ class ServerConnection:
         if data:
             stream.pending.append(data)
             stream.pending_bytes += len(data)
+            self.pending_total += len(data)
         if end_stream:
             stream.pending_end = True
         self._sendable[stream_id] = None
@@ -815,6 +820,7 @@ class ServerConnection:
             self.conn_send_window -= size
             stream.send_window -= size
             stream.pending_bytes -= size
+            self.pending_total -= size
             ended = stream.pending_end and not pending
             out.append(_pack(DATA, FLAG_END_STREAM if ended else 0, stream_id, chunk))
         del self._sendable[stream_id]
@@ -847,6 +853,8 @@ class ServerConnection:
         self._out.append(_pack(RST_STREAM, 0, stream_id, _U32.pack(code)))
         stream = self._streams.pop(stream_id, None)
         self._sendable.pop(stream_id, None)
+        if stream is not None:
+            self.pending_total -= stream.pending_bytes
         if stream_id <= self.last_stream_id:  # not an idle one (a PRIORITY's)
             self._remember_closed(stream_id, _RESET_BY_US)
         if stream is not None and notify:
@@ -872,6 +880,7 @@ class ServerConnection:
         )
         self.terminated = True
         self._streams.clear()
+        self.pending_total = 0
         self._sendable.clear()
         self._events.append(Terminated(code, message))
 

@@ -19,12 +19,13 @@ from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaSet
-    from gateway.tunnels import AgentLink
+    from gateway.tunnels import AgentLink, StreamQuota
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 DIRECTORY = web.AppKey("directory", Directory)
 RUNTIME = web.AppKey("runtime", Runtime)
 TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
+STREAM_QUOTA: web.AppKey[StreamQuota] = web.AppKey("stream_quota")
 PROVIDERS = web.AppKey("providers", Providers)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")

@@ -21,6 +21,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     NotFound,
+    TooManyRequests,
     Unauthenticated,
     UpstreamUnavailable,
     k8s_response,
@@ -40,7 +41,16 @@ from gateway.impersonation import (
     forwarded_headers,
     identity_block,
 )
-from gateway.keys import AUDIT, DIRECTORY, DRAIN, PROVIDERS, REPLICAS, SESSIONS, TUNNELS
+from gateway.keys import (
+    AUDIT,
+    DIRECTORY,
+    DRAIN,
+    PROVIDERS,
+    REPLICAS,
+    SESSIONS,
+    STREAM_QUOTA,
+    TUNNELS,
+)
 from gateway.paths import PREFIX, BadPath, split_cluster_path
 from gateway.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.rawresponse import HOP_AND_FRAMING, RawResponse
@@ -371,6 +381,40 @@ async def forward(
                 "reached this gateway replica yet"
             ) from None
 
+    quota = app.get(STREAM_QUOTA)
+    identity_of = exchange.identity if exchange is not None else None
+    if quota is None or identity_of is None:
+        return await _send(
+            app, request, cluster, link, target, identity, keep_client_impersonation, exchange
+        )
+    # One user may hold only so many of a cluster's tunnel streams: the rest stay for
+    # the others (a user's watches could otherwise take them all).
+    key = (cluster.id, identity_of.user_id)
+    limit = quota.limit_for(link.session.peer_max_streams)
+    if not quota.take(key, limit):
+        raise TooManyRequests(
+            f"too many requests in flight: user {identity_of.user_id} holds {limit} "
+            f"streams of cluster {cluster.name} (tunnel.max_streams_per_user)"
+        )
+    try:
+        return await _send(
+            app, request, cluster, link, target, identity, keep_client_impersonation, exchange
+        )
+    finally:
+        quota.give(key)
+
+
+async def _send(
+    app: web.Application,
+    request: Incoming,
+    cluster: Cluster,
+    link: AgentLink,
+    target: str,
+    identity: CheckedFields | None,
+    keep_client_impersonation: bool,
+    exchange: Exchange | None,
+) -> Answer:
+    """``forward`` once the tunnel is chosen (and the user's stream counted)."""
     upgrade_request = _is_upgrade(request)
     if upgrade_request:
         upgrade.check_supported()  # 501 if aiohttp cannot hand the connection over
@@ -415,8 +459,8 @@ async def forward(
             framing,
             exchange.request_id if exchange is not None else "",
         )
-    except UnsafeHead as exc:
-        raise BadRequest(f"the request cannot be forwarded: {exc}") from None
+    except UnsafeHead as unsafe:  # its own name: mypyc types ``exc`` by its first use
+        raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
     sent = time.perf_counter()
     try:
         upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)

@@ -98,6 +98,7 @@ async def serve(
             head_timeout_s=limits.head_timeout_s,
             body_timeout_s=limits.body_timeout_s,
             max_body=limits.max_request_body,
+            http2_buffer=limits.http2_buffer,
         )
         host, port = bootstrap.split_listen(settings.listen)
         listener = await TLSServer.listen(

@@ -49,7 +49,7 @@ class AgentInfo:
     def parse(cls, raw: bytes) -> AgentInfo:
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested arrays: RecursionError, not ValueError
             raise BadAgentInfo("agent metadata is not JSON") from None
         if not isinstance(data, dict):
             raise BadAgentInfo("agent metadata must be an object")
@@ -74,7 +74,7 @@ class AgentInfo:
         """Apply an INFO update (today: a rotated credential)."""
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self
         auth = data.get("authorization") if isinstance(data, dict) else None
         if isinstance(auth, str) and _is_header_safe(auth):
@@ -122,6 +122,39 @@ class AgentLink:
             "version": self.info.version,
             "streams": self.session.stream_count,
         }
+
+
+class StreamQuota:
+    """Tunnel streams each user holds per cluster (``tunnel.max_streams_per_user``), so
+    that one user's watches cannot take all of a cluster's streams from the others."""
+
+    __slots__ = ("_held", "limit")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        """0: a quarter of the streams the agent allows (``limit_for``)."""
+        self._held: dict[tuple[str, str], int] = {}
+
+    def limit_for(self, peer_max_streams: int) -> int:
+        """The cap on a cluster whose agent allows ``peer_max_streams`` streams."""
+        return self.limit or max(1, peer_max_streams // 4)
+
+    def take(self, key: tuple[str, str], limit: int) -> bool:
+        held = self._held.get(key, 0)
+        if held >= limit:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def give(self, key: tuple[str, str]) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def held(self, cluster_id: str, user_id: str) -> int:
+        return self._held.get((cluster_id, user_id), 0)
 
 
 def _bearer(request: web.Request) -> str:
@@ -173,6 +206,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
         on_info=lambda raw: link.on_info(raw) if link is not None else None,
         ping_interval_s=settings.ping_interval_s * 1.5,
         idle_timeout_s=settings.idle_timeout_s,
+        send_buffer=settings.send_buffer,
+        send_timeout_s=settings.send_timeout_s,
         name=name,
     )
     try:

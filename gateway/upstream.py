@@ -19,7 +19,7 @@ from gateway.pieces import Pieces
 from tunnel.errors import StreamReset, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.session import Session
-from tunnel.streams import TunnelStream
+from tunnel.streams import READER_TALLY, TunnelStream
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +282,7 @@ class StreamPool:
         return self.session.open_stream(), False
 
     def put_back(self, stream: TunnelStream, reusable: bool) -> None:
+        stream.set_tally(None)
         if (
             reusable
             and not stream.is_closed
@@ -357,6 +358,9 @@ async def _exchange(
     except TunnelError as exc:
         raise UpstreamError(f"tunnel failed while sending: {exc}", retryable=True) from exc
 
+    tally = READER_TALLY.get()
+    if tally is not None:
+        stream.set_tally(tally)  # its unread bytes count towards the client connection's
     parsed = _Parsed()
     parser = httptools.HttpResponseParser(parsed)
     parsed.parser = parser

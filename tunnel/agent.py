@@ -184,6 +184,8 @@ class Agent:
             on_info=self._on_info,
             ping_interval_s=tunnel.ping_interval_s,
             idle_timeout_s=tunnel.idle_timeout_s,
+            send_buffer=tunnel.send_buffer,
+            send_timeout_s=tunnel.send_timeout_s,
             name=settings.server,
         )
         session._on_stream = self._on_stream(session, upstream)

@@ -12,6 +12,7 @@ from pathlib import Path
 import uvloop
 
 from config import allocator, compat, native
+from config.checks import check_tunnel
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.reload import settings_loader
@@ -52,6 +53,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise ConfigError("server", "an https:// gateway URL is required")
     if not settings.token and not settings.token_file:
         raise ConfigError("token", "a registration token is required (--token or --token-file)")
+    check_tunnel(settings.tunnel, "tunnel")
     return settings
 
 

@@ -47,6 +47,9 @@ from tunnel.frames import HEADER, HEADER_SIZE, ErrorCode, FrameType
 
 _MIN_MAX_FRAME = 1024
 _MAX_MAX_FRAME = 16 * 1024 * 1024
+MAX_REFUSED_STREAMS = 1000
+"""OPENs refused (over the stream limit, or no handler) before the peer is cut off: a
+peer that keeps opening streams it is refused is flooding."""
 
 
 class Side(Enum):
@@ -118,6 +121,7 @@ class TunnelProtocol:
         self._last_peer_id = 0
         self._local_open_count = 0
         self._peer_open_count = 0
+        self._refused = 0
         self._terminated: ErrorCode | None = None
         self._goaway_received = False
         self.bytes_sent = 0
@@ -262,6 +266,16 @@ class TunnelProtocol:
             return
         self._forget(stream_id, stream)
         self._out.append(frames.encode_reset(stream_id, code, reason))
+
+    def refuse_stream(self, stream_id: int, reason: str) -> None:
+        """Reset a stream the peer opened that this side will not serve; raises
+        ``ProtocolError`` (GOAWAY queued) once the peer has been refused too often."""
+        self.reset_stream(stream_id, ErrorCode.REFUSED_STREAM, reason)
+        try:
+            self._count_refused()
+        except ProtocolError as exc:
+            self.close(exc.error_code, str(exc))
+            raise
 
     def acknowledge_received_data(self, stream_id: int, size: int) -> None:
         """Return credit for ``size`` bytes the application has consumed."""
@@ -466,6 +480,7 @@ class TunnelProtocol:
             raise ProtocolError(f"stream id {stream_id} reused")
         self._last_peer_id = stream_id
         if self._peer_open_count >= self.limits.max_streams:
+            self._count_refused()
             self._out.append(
                 frames.encode_reset(stream_id, ErrorCode.REFUSED_STREAM, "too many streams")
             )
@@ -519,6 +534,11 @@ class TunnelProtocol:
                 raise ProtocolError(f"frame for stream {stream_id}, never opened here")
         elif stream_id > self._last_peer_id:
             raise ProtocolError(f"frame for stream {stream_id}, never opened by the peer")
+
+    def _count_refused(self) -> None:
+        self._refused += 1
+        if self._refused > MAX_REFUSED_STREAMS:
+            raise ProtocolError(f"more than {MAX_REFUSED_STREAMS} streams refused")
 
     def _forget(self, stream_id: int, stream: _Stream) -> None:
         del self._streams[stream_id]

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from config import allocator
 from tunnel.errors import ProtocolError, SessionClosed, StreamReset, TunnelError
 from tunnel.events import (
     ConnectionTerminated,
@@ -54,6 +55,17 @@ FLUSH_AT_PARTS = 32
 arrive together at c=64) the first ones leave while the rest are still being built, so
 the peer works on them meanwhile instead of both sides taking turns."""
 
+SEND_BUFFER_BYTES = 8 * 1024 * 1024
+"""Bytes queued for the peer, all streams together, above which writers wait."""
+SEND_SLACK_BYTES = 1024 * 1024
+"""Beyond twice the send buffer plus this (what cannot wait: control frames, answers to
+the peer's PINGs, RESETs), the peer is not reading: the tunnel is closed."""
+SEND_TIMEOUT_S = 30.0
+"""A peer that takes nothing of what is queued for it this long is gone."""
+SEND_BATCH_BYTES = 1024 * 1024
+"""The writer hands the transport at most about this much at a time; ``send_timeout_s``
+is the most one batch may take."""
+
 StreamHandler = Callable[[TunnelStream], None]
 InfoHandler = Callable[[bytes], None]
 
@@ -73,6 +85,8 @@ class Session:
         ping_interval_s: float = PING_INTERVAL_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         name: str = "",
+        send_buffer: int = SEND_BUFFER_BYTES,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.name = name
@@ -82,6 +96,12 @@ class Session:
         self._on_stream = on_stream
         self._on_info = on_info
         self._pending: Parts = []
+        self._unsent = 0
+        """Bytes in ``_pending`` and in the writer's hands, not yet taken by the transport."""
+        self._send_buffer = send_buffer
+        self._send_limit = 2 * send_buffer + SEND_SLACK_BYTES
+        self._send_timeout_s = send_timeout_s
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._writing = False
         self._flush_scheduled = False
         self._write_wakeup = asyncio.Event()
@@ -162,6 +182,12 @@ class Session:
         return len(self._streams)
 
     @property
+    def peer_max_streams(self) -> int:
+        """Streams the peer lets this side open at once (its HELLO)."""
+        peer = self._proto.peer
+        return peer.max_streams if peer is not None else 1
+
+    @property
     def bytes_sent(self) -> int:
         return self._proto.bytes_sent
 
@@ -202,6 +228,24 @@ class Session:
         self._flush()
 
     # -- called by streams ---------------------------------------------------------
+
+    @property
+    def send_room(self) -> int:
+        """Bytes that may be queued now before the send buffer is full."""
+        return self._send_buffer - self._unsent
+
+    async def wait_room(self) -> None:
+        """Until the peer has taken enough that the send buffer has room again."""
+        while self._unsent >= self._send_buffer:
+            if self._closed.done():
+                raise self._closed.result()
+            waiter = self.loop.create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
 
     def send_window(self, stream_id: int) -> int:
         return self._proto.send_window(stream_id)
@@ -266,6 +310,18 @@ class Session:
         if borrowed:  # views of a buffer its owner reuses: kept, they must be copies
             parts = [bytes(p) if type(p) is memoryview else p for p in parts]
         self._pending += parts
+        self._unsent += sum(map(len, parts))
+        if self._unsent > self._send_limit and not self._closed.done():
+            # Writers wait above the send buffer; what piles up beyond twice it is what
+            # cannot wait (answers to PINGs, RESETs): the peer sends and does not read.
+            logger.warning(
+                "tunnel %s: the peer reads nothing of %d bytes queued for it; closing",
+                self.name,
+                self._unsent,
+            )
+            closed = SessionClosed(ErrorCode.FLOW_CONTROL_ERROR, "peer not reading")
+            self._spawn(self._abort(closed))
+            return
         self._write_wakeup.set()
 
     async def _writer(self) -> None:
@@ -274,18 +330,53 @@ class Session:
                 await self._write_wakeup.wait()
                 self._write_wakeup.clear()
                 while self._pending:
-                    parts, self._pending = self._pending, []
+                    parts, size = self._take_batch()
                     self._writing = True
                     try:
-                        await self._transport.send(parts)
+                        async with asyncio.timeout(self._send_timeout_s):
+                            await self._transport.send(parts)
+                    except TimeoutError:
+                        logger.warning(
+                            "tunnel %s: the peer took nothing for %.0f s; closing",
+                            self.name,
+                            self._send_timeout_s,
+                        )
+                        self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "send timed out")))
+                        return
                     finally:
                         self._writing = False
+                    self._unsent -= size
+                    if self._room_waiters and self._unsent < self._send_buffer:
+                        self._wake_room()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
             if not self._closed.done():
                 logger.info("tunnel %s: write failed: %s", self.name, exc)
             self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
+
+    def _take_batch(self) -> tuple[Parts, int]:
+        """The first parts of ``_pending``, about ``SEND_BATCH_BYTES`` (at least one)."""
+        pending = self._pending
+        size = 0
+        count = 0
+        for part in pending:
+            size += len(part)
+            count += 1
+            if size >= SEND_BATCH_BYTES:
+                break
+        if count == len(pending):
+            self._pending = []
+            return pending, size
+        batch = pending[:count]
+        del pending[:count]
+        return batch, size
+
+    def _wake_room(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _received(self, data: bytes | bytearray) -> None:
         """Bytes from the peer, pushed by the transport."""
@@ -360,7 +451,7 @@ class Session:
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         if self._on_stream is None:
-            self._proto.reset_stream(event.stream_id, ErrorCode.REFUSED_STREAM, "no handler")
+            self._proto.refuse_stream(event.stream_id, "no handler")
             return
         stream = TunnelStream(self, event.stream_id, event.target)
         self._streams[event.stream_id] = stream
@@ -424,6 +515,14 @@ class Session:
         self._closed.set_result(reason)
         if self._timer is not None:
             self._timer.cancel()
+        freed, self._unsent = self._unsent, 0
+        self._pending = []
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(reason)
+                waiter.exception()  # retrieved: the writer may have gone meanwhile
+        allocator.freed(freed)
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream._fail(reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from tunnel.errors import SessionClosed, StreamClosed, StreamReset, TunnelError
@@ -16,6 +17,72 @@ from tunnel.frames import ErrorCode
 
 if TYPE_CHECKING:
     from tunnel.session import Session
+
+MIN_WRITE_BYTES = 16 * 1024
+"""A write with little room left in the tunnel's send buffer still sends this much."""
+
+
+class Budget:
+    """Bytes one owner (an HTTP/2 connection) holds for a peer that does not read,
+    across its streams: ``held`` counts what arrived on their tunnel streams unread;
+    ``extra()`` what else the owner holds. ``over()`` is called (once per event-loop
+    turn) when the two pass ``limit``; it decides what to drop."""
+
+    __slots__ = ("_extra", "_over", "_scheduled", "held", "limit")
+
+    def __init__(self, limit: int, extra: Callable[[], int], over: Callable[[], None]) -> None:
+        self.limit = limit
+        self.held = 0
+        self._extra = extra
+        self._over = over
+        self._scheduled = False
+
+    @property
+    def total(self) -> int:
+        return self.held + self._extra()
+
+    def check(self) -> None:
+        """Call ``over`` soon if the total is above the limit."""
+        if not self._scheduled and self.held + self._extra() > self.limit:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        if self.held + self._extra() > self.limit:
+            self._over()
+
+
+class ReadTally:
+    """The unread tunnel bytes of one reader (an HTTP/2 stream's answer), counted into
+    its owner's :class:`Budget` as they arrive and leave."""
+
+    __slots__ = ("budget", "held")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def add(self, size: int) -> None:
+        self.held += size
+        budget = self.budget
+        budget.held += size
+        if size > 0:
+            budget.check()
+
+    def detach(self) -> None:
+        """The reader is gone: what it still counted leaves the budget."""
+        self.budget.held -= self.held
+        self.held = 0
+        self.budget = _NOWHERE
+
+
+_NOWHERE = Budget(2**62, int, lambda: None)
+
+
+READER_TALLY: ContextVar[ReadTally | None] = ContextVar("READER_TALLY", default=None)
+"""Set by whoever reads tunnel streams on a budget (``gateway.front_h2``): the streams
+taken for that task's requests count their unread bytes into it (``set_tally``)."""
 
 
 class TunnelStream:
@@ -28,6 +95,7 @@ class TunnelStream:
         "_read_waiter",
         "_session",
         "_sink",
+        "_tally",
         "_window_waiter",
         "_write_closed",
         "id",
@@ -48,6 +116,7 @@ class TunnelStream:
         self._accepted: asyncio.Future[None] | None = None
         self._sink: Callable[[bytes | bytearray], bool] | None = None
         self._held = 0
+        self._tally: ReadTally | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.id}>"
@@ -74,8 +143,21 @@ class TunnelStream:
                 raise self._error
             await self._wait_for_feed()
         chunk = self._chunks.pop(0)
+        if self._tally is not None:
+            self._tally.add(-len(chunk))
         self._session.consumed(self.id, len(chunk))
         return chunk
+
+    def set_tally(self, tally: ReadTally | None) -> None:
+        """Count unread bytes into ``tally`` from now on (None: stop counting)."""
+        if tally is self._tally:
+            return
+        unread = sum(map(len, self._chunks))
+        if self._tally is not None and unread:
+            self._tally.add(-unread)
+        self._tally = tally
+        if tally is not None and unread:
+            tally.add(unread)
 
     def set_sink(self, sink: Callable[[bytes | bytearray], bool]) -> None:
         """Hand arriving bytes straight to ``sink`` instead of queueing them for ``read``.
@@ -122,6 +204,8 @@ class TunnelStream:
         """A buffered chunk, ``b""`` at EOF, or None if nothing is buffered."""
         if self._chunks:
             chunk = self._chunks.pop(0)
+            if self._tally is not None:
+                self._tally.add(-len(chunk))
             self._session.consumed(self.id, len(chunk))
             return chunk
         if self._eof:
@@ -142,16 +226,21 @@ class TunnelStream:
                 raise self._error
             if self._write_closed:
                 raise StreamClosed(self.id, "write after write_eof")
-            window = self._session.send_window(self.id)
+            session = self._session
+            window = session.send_window(self.id)
             if window <= 0:
-                waiter = self._session.loop.create_future()
+                waiter = session.loop.create_future()
                 self._window_waiter = waiter
                 try:
                     await waiter
                 finally:
                     self._window_waiter = None
                 continue
-            size = min(window, total - offset)
+            room = session.send_room
+            if room <= 0:  # the tunnel's send buffer is full: wait for the peer to read
+                await session.wait_room()
+                continue
+            size = min(window, total - offset, max(room, MIN_WRITE_BYTES))
             if offset == 0 and size == total:
                 self._session.send_data(self.id, data)
             else:
@@ -160,7 +249,12 @@ class TunnelStream:
             offset += size
 
     def can_write_now(self, size: int) -> bool:
-        return self._error is None and self._session.send_window(self.id) >= size
+        session = self._session
+        return (
+            self._error is None
+            and session.send_window(self.id) >= size
+            and session.send_room >= size
+        )
 
     def write_nowait(self, data: bytes) -> None:
         """Send ``data`` now; the caller has checked ``can_write_now``."""
@@ -203,6 +297,8 @@ class TunnelStream:
             self._deliver(data)
             return
         self._chunks.append(data)
+        if self._tally is not None:
+            self._tally.add(len(data))
         self._wake_reader()
 
     def _feed_eof(self) -> None:
@@ -226,6 +322,9 @@ class TunnelStream:
         self._error = error
         # Unread data stays readable when the session ends; a reset discards it.
         if not isinstance(error, SessionClosed):
+            if self._tally is not None:
+                self._tally.add(-sum(map(len, self._chunks)))
+                self._tally = None
             self._chunks.clear()
         self._wake_reader()
         waiter = self._window_waiter

@@ -209,7 +209,12 @@ class ClientHandshake:
         self._buf = bytearray()
         status_line, *header_lines = head.split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        code = parts[1] if len(parts) >= 2 else ""
+        # Three ASCII digits: str.isdigit() alone takes "²" (latin-1 0xB2), which int()
+        # refuses with ValueError (found by fuzzing), and any number of digits.
+        if not parts[0].startswith("HTTP/1.") or not (
+            len(code) == 3 and code.isascii() and code.isdigit()
+        ):
             raise HandshakeError(502, f"not an HTTP answer: {status_line[:80]!r}")
         status = int(parts[1])
         if status != 101:

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 INBOX_HIGH_BYTES = 4 * 1024 * 1024
 """Reading pauses while more than this has arrived and not been taken by ``receive``
 (the tunnel's credit windows normally keep it far lower)."""
+PONG_BACKLOG_BYTES = 2 * 1024 * 1024
+"""A Ping arriving while more than this (beyond one message) waits to be written is not
+answered: the connection is cut. A peer that pings and does not read would otherwise
+grow our write buffer by a Pong per Ping, for ever."""
 CLOSE_WAIT_S = 2.0
 """After sending Close, how long to wait for the peer's before cutting the connection."""
 
@@ -135,6 +139,14 @@ class WebSocketConnection(asyncio.BufferedProtocol):
                 inbox.append(item)
                 self._inbox_bytes += len(item)
             elif type(item) is Ping:
+                transport = self.transport
+                if (
+                    transport is not None
+                    and transport.get_write_buffer_size() > MAX_MESSAGE_BYTES + PONG_BACKLOG_BYTES
+                ):
+                    logger.warning("websocket: the peer pings and does not read; cutting it off")
+                    self._cut()
+                    return
                 self._write(websocket.encode_frame(Opcode.PONG, item.payload, self._mask()))
             elif type(item) is Close:
                 self._on_close(item)
