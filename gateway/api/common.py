@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from config.identity import Identity
+from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
 from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from gateway.keys import DIRECTORY, SETTINGS
 from gateway.records import Token
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_TTL_MS = 100 * 365 * 86400 * 1000
+"""The longest ``ttl`` accepted, whatever the maximum (0 means none): an expiry past
+year 9999 cannot be written as a time."""
 
 
 def directory(request: web.Request) -> Directory:
@@ -38,20 +40,25 @@ def require_admin(identity: Identity) -> None:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's body as one strict JSON object (``gateway.api.jsonbody``).
+
+    Every management-API handler reads its body here: 413 above ``MAX_BODY_BYTES``
+    (announced or sent), 400 for anything that is not one strict JSON object.
+    """
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise GatewayError(413, "request body too large")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = bytearray()
+    while len(raw) <= MAX_BODY_BYTES:  # read() returns what has arrived, not all of it
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise GatewayError(413, "request body too large")
-    if not raw.strip():
-        return {}
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
+        return parse_object(bytes(raw))
+    except BadBody as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def string_field(
@@ -87,11 +94,13 @@ def ttl_seconds(request: web.Request, data: dict[str, Any], default_s: float) ->
     value = data.get("ttl")
     if value is None or value == 0:
         seconds = default_s
-    elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    elif isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TTL_MS:
         seconds = value / 1000
     else:
         raise GatewayError(
-            422, "ttl must be a positive number of milliseconds", reason="InvalidFormat"
+            422,
+            "ttl must be a positive number of milliseconds (at most 100 years)",
+            reason="InvalidFormat",
         )
     if max_s:
         seconds = min(seconds, max_s) if seconds else max_s
