@@ -73,6 +73,15 @@ class TunnelSettings:
 
 
 @dataclass(frozen=True)
+class RegistrationSettings:
+    """Cluster registration tokens and the agents that present them."""
+
+    max_agents_per_cluster: int = 64
+    """Agents connected for one cluster at once (per gateway process; every agent holds
+    a tunnel to each process). One more is answered 429, and backs off."""
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     """debug, info, warning or error."""
@@ -331,6 +340,7 @@ class GatewaySettings:
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
+    registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

@@ -24,6 +24,7 @@ from gateway.keys import (
     LIMITER,
     PROVIDERS,
     READY,
+    REGISTRATION_GUARD,
     REPLICAS,
     RUNTIME,
     SAMPLER,
@@ -120,6 +121,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
+    app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()
@@ -164,6 +166,8 @@ def build_app(
 
     r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
     r.add_post("/v3/clusterregistrationtokens", clusters.create_registration)
+    r.add_get("/v3/clusterregistrationtokens/{id}", clusters.get_registration)
+    r.add_post("/v3/clusterregistrationtokens/{id}", clusters.registration_action)
     r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
 
     r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)

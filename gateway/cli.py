@@ -35,6 +35,8 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     )
     if settings.workers < 1:
         raise ConfigError("workers", "must be at least 1")
+    if settings.registration.max_agents_per_cluster < 1:
+        raise ConfigError("registration.max_agents_per_cluster", "must be at least 1")
     return settings
 
 

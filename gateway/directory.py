@@ -507,20 +507,47 @@ class Directory:
 
     # -- registration tokens -----------------------------------------------------------
 
-    def cluster_for_registration(self, credential: str) -> Cluster | None:
+    def registration_for(self, credential: str) -> RegistrationToken | None:
+        """The registration token ``crt-xxxxx:<secret>`` names, if it is valid now (known,
+        the secret matches, not expired, its cluster exists)."""
         reg_id, sep, secret = credential.partition(":")
         registration = self.registrations.get(reg_id)
         if not sep or registration is None or not hashing.verify_token(secret, registration.hash):
             return None
-        return self.clusters.get(registration.cluster_id)
+        if registration.is_expired(self.clock()) or registration.cluster_id not in self.clusters:
+            return None
+        return registration
 
-    async def new_registration(self, cluster_id: str) -> tuple[RegistrationToken, str]:
+    async def new_registration(
+        self, cluster_id: str, expires_at: float | None = None
+    ) -> tuple[RegistrationToken, str]:
+        """A new registration token; returns it with its one-time plaintext."""
         secret = hashing.new_secret()
         token_hash = hashing.hash_token(secret)
         now = self.clock()
         registration = await self.create_unique(
             REGISTRATION,
             "crt",
-            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now),
+            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now, expires_at),
         )
         return registration, f"{registration.id}:{secret}"
+
+    async def rotate_registration(
+        self, old: RegistrationToken, previous_valid_s: float
+    ) -> tuple[RegistrationToken, str] | None:
+        """Replace ``old`` with a new token (same expiry, if it had one); ``old`` stays
+        valid ``previous_valid_s`` longer (never longer than it would have), or is
+        revoked at once when that is 0. None if ``old`` was revoked meanwhile."""
+        now = self.clock()
+        new, plaintext = await self.new_registration(old.cluster_id, old.expires_at)
+        if previous_valid_s > 0:
+            until = now + previous_valid_s
+            if old.expires_at is not None:
+                until = min(until, old.expires_at)
+            kept = await self.patch(REGISTRATION, old.id, expires_at=until, rotated_to=new.id)
+        else:
+            kept = await self.delete(REGISTRATION, old.id)
+        if not kept:
+            await self.delete(REGISTRATION, new.id)
+            return None
+        return new, plaintext

@@ -18,7 +18,7 @@ from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaSet
-    from gateway.tunnels import AgentLink
+    from gateway.tunnels import AgentLink, RegistrationGuard
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 DIRECTORY = web.AppKey("directory", Directory)
@@ -27,6 +27,7 @@ TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
 PROVIDERS = web.AppKey("providers", Providers)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")
+REGISTRATION_GUARD: web.AppKey[RegistrationGuard] = web.AppKey("registration_guard")
 AUDIT = web.AppKey("audit", AuditLog)
 DRAIN = web.AppKey("drain", Drain)
 SAMPLER = web.AppKey("sampler", Sampler)

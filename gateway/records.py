@@ -134,6 +134,14 @@ class RegistrationToken:
     cluster_id: str
     hash: str
     created: float
+    expires_at: float | None = None
+    """After this an agent can no longer connect with it, and those connected with it
+    are disconnected; None: until revoked (deleted)."""
+    rotated_to: str = ""
+    """The token that replaced this one (``?action=rotate``), if any."""
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass(frozen=True, slots=True)

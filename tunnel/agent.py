@@ -98,6 +98,10 @@ class Agent:
         self._wake = asyncio.Event()
         self._failures = 0
         self._after_drop = False
+        self._refusal = ""
+        """The last 429 message logged (each is logged once)."""
+        self._not_before = 0.0
+        """Loop time before which no dial is made (a 429's ``Retry-After``)."""
 
     @property
     def session(self) -> Session | None:
@@ -169,6 +173,8 @@ class Agent:
         except HandshakeError as exc:
             if exc.status == 401:
                 logger.error("the gateway rejected the registration token (HTTP 401)")
+            elif exc.status == 429:
+                self._refused(exc)
             else:
                 logger.warning("cannot connect to %s: %s", url, exc)
             return "failed"
@@ -203,6 +209,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         entry = _Tunnel(replica, session, ws, loop.time())
         self.tunnels[replica] = entry
+        self._refusal = ""
         session.start()
         self.connected.set()
         logger.info(
@@ -215,6 +222,22 @@ class Agent:
         self._report()
         self._spawn(self._watch(entry))
         return "new"
+
+    def _refused(self, exc: HandshakeError) -> None:
+        """A 429 (the cluster has all the agents it may): wait at least its
+        ``Retry-After``, and say why once, not at every attempt."""
+        message = str(exc)
+        if message != self._refusal:
+            logger.warning(
+                "the gateway refused this agent for now: %s; retrying with back-off", message
+            )
+            self._refusal = message
+        try:
+            wait = float(exc.headers.get("retry-after", ""))
+        except ValueError:
+            wait = 0.0
+        if 0 < wait <= self.settings.backoff_max_s * 10:
+            self._not_before = asyncio.get_running_loop().time() + wait
 
     async def _watch(self, entry: _Tunnel) -> None:
         try:
@@ -287,10 +310,12 @@ class Agent:
             # Everyone lost the gateway at once: spread the reconnects out.
             self._after_drop = False
             return rng.uniform(0, settings.reconnect_spread_s)
+        told = max(0.0, self._not_before - asyncio.get_running_loop().time())
         if self._failures == 0:
-            return 0.0
-        return backoff_delay(
-            self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng
+            return told
+        return max(
+            told,
+            backoff_delay(self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
+from config.errors import ConfigError
 from config.identity import Identity
+from config.units import parse_duration
 from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
 from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
@@ -105,6 +108,53 @@ def ttl_seconds(request: web.Request, data: dict[str, Any], default_s: float) ->
     if max_s:
         seconds = min(seconds, max_s) if seconds else max_s
     return seconds or None
+
+
+def duration_ms_field(data: dict[str, Any], name: str) -> float | None:
+    """Seconds from a field holding milliseconds (``600000``, as Rancher's ``ttl``) or a
+    duration (``"10m"``, ``"36h"``); None when absent. At most 100 years."""
+    value = data.get(name)
+    if value is None:
+        return None
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value / 1000 if 0 <= value <= MAX_TTL_MS else None
+    elif isinstance(value, str) and len(value) <= 32:
+        try:
+            seconds = parse_duration(value, name)
+        except ConfigError:
+            seconds = None
+        if seconds is not None and seconds > MAX_TTL_MS / 1000:
+            seconds = None
+    if seconds is None:
+        raise GatewayError(
+            422,
+            f"{name} must be milliseconds or a duration such as 10m or 36h (at most 100 years)",
+            reason="InvalidFormat",
+        )
+    return seconds
+
+
+def time_field(data: dict[str, Any], name: str) -> float | None:
+    """Unix seconds from an RFC 3339 time (``2027-01-31T12:00:00Z``); None when absent."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    when: float | None = None
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            when = parsed.timestamp()
+    if when is None:
+        raise GatewayError(
+            422,
+            f"{name} must be an RFC 3339 time with a zone, such as 2027-01-31T12:00:00Z",
+            reason="InvalidFormat",
+        )
+    return when
 
 
 def collection(items: Iterable[dict[str, Any]], resource_type: str) -> web.Response:

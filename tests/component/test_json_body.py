@@ -135,7 +135,9 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...], bool]] = [
     ("POST", "/v3/clusters", ("name", "description", "localClusterAuthEndpoint"), True),
     ("PUT", "/v3/clusters/{cluster}", ("description", "localClusterAuthEndpoint"), True),
     ("POST", "/v3/clusters/{cluster}?action=generateKubeconfig", ("credential", "provider"), True),
-    ("POST", "/v3/clusterregistrationtokens", ("clusterId",), True),
+    ("POST", "/v3/clusterregistrationtokens", ("clusterId", "ttl", "expiresAt"), True),
+    ("POST", "/v3/clusterregistrationtokens/{registration}?action=rotate",
+     ("previousValidFor",), True),
     ("POST", "/v3/clusterroletemplatebindings",
      ("clusterId", "userId", "userPrincipalId", "groupPrincipalId", "roleTemplateId"), True),
 ]  # fmt: skip
