@@ -11,7 +11,7 @@ from aiohttp import web
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
 from gateway import ace, background, health, proxy, tunnels
-from gateway.api import bindings, clusters, login, oauth_login, tokens, users
+from gateway.api import auditing, bindings, clusters, login, oauth_login, tokens, users
 from gateway.audit import AuditLog
 from gateway.directory import Directory
 from gateway.drain import Drain
@@ -114,7 +114,8 @@ def build_app(
 ) -> web.Application:
     """The application; ``auditor`` defaults to none (tests), the server passes its own."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=1024**2
+        middlewares=[request_id_middleware, auditing.audit_middleware, error_middleware],
+        client_max_size=1024**2,
     )
     app[SETTINGS] = settings
     app[DIRECTORY] = directory

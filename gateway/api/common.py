@@ -11,6 +11,7 @@ from aiohttp import web
 from config.errors import ConfigError
 from config.identity import Identity
 from config.units import parse_duration
+from gateway.api.auditing import ACTOR
 from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
 from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
@@ -34,6 +35,7 @@ def authenticated(request: web.Request) -> tuple[Identity, Token]:
         raise Unauthenticated(f"must authenticate: {exc}") from None
     if token.cluster_id:
         raise Unauthenticated("this token is valid only for its cluster's Kubernetes API")
+    request[ACTOR] = identity  # the audit record's caller
     return identity, token
 
 
