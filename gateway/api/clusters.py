@@ -184,9 +184,10 @@ async def cluster_action(request: web.Request) -> web.Response:
     user = d.users[identity.user_id]
     data = await json_body(request)
     credential: str | dict[str, Any]
-    if string_field(data, "credential") == "exec":
+    wanted, provider = string_field(data, "credential"), string_field(data, "provider")
+    if wanted == "exec":
         # No embedded token: kubectl runs `herdgate login`, which logs in when needed.
-        provider = string_field(data, "provider") or _login_provider(user.provider)
+        provider = provider or _login_provider(user.provider)
         credential = kubeconfig.exec_user(runtime.server_url, provider, cluster.id)
     else:
         ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
