@@ -31,6 +31,9 @@ from tunnel.websocket import HandshakeError
 logger = logging.getLogger(__name__)
 
 NODE_HEADER = "X-Herdgate-Node-Name"
+AGENT_ID_HEADER = "X-Herdgate-Agent-Id"
+"""A random id per agent process: its dials to the replicas it already holds are not new
+agents (the agent closes such a duplicate itself once HELLO names the replica)."""
 
 
 class BadAgentInfo(ValueError):
@@ -99,8 +102,10 @@ class AgentLink:
         info: AgentInfo,
         remote: str,
         registration_id: str = "",
+        agent_id: str = "",
     ) -> None:
         self.cluster_id = cluster_id
+        self.agent_id = agent_id
         self.registration_id = registration_id
         """The registration token the agent connected with (revoking it disconnects)."""
         self.session = session
@@ -163,6 +168,14 @@ def _full_message(cluster_id: str, limit: int) -> str:
     )
 
 
+def _holds(registry: TunnelRegistry[AgentLink], cluster_id: str, agent_id: str) -> bool:
+    """Whether this agent already has a tunnel to this process."""
+    return bool(agent_id) and any(
+        link.agent_id == agent_id and not link.session.is_closed
+        for link in registry.links(cluster_id)
+    )
+
+
 async def connect(request: web.Request) -> web.StreamResponse:
     directory = request.app[DIRECTORY]
     settings = request.app[SETTINGS].tunnel
@@ -174,7 +187,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
     cluster = None if registration is None else directory.clusters.get(registration.cluster_id)
     if registration is None or cluster is None:
         return _refusal(401, "Unauthorized", "invalid cluster registration token")
-    if registry.count(cluster.id) >= max_agents:
+    agent_id = request.headers.get(AGENT_ID_HEADER, "")[:64]
+    if registry.count(cluster.id) >= max_agents and not _holds(registry, cluster.id, agent_id):
         logger.warning(
             "agent for %s from %s refused: %d agents", cluster.id, request.remote, max_agents
         )
@@ -217,10 +231,15 @@ async def connect(request: web.Request) -> web.StreamResponse:
         logger.warning("agent for %s from %s: %s", cluster.id, remote, bad_info)
         await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
         return ws
+    if _holds(registry, cluster.id, agent_id):
+        # A second tunnel of one agent to this process: it closes it itself on our HELLO,
+        # and one that does not is not let past the cap this way.
+        await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
+        return ws
     if registry.count(cluster.id) >= max_agents:  # others finished their handshakes first
         await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster.id, max_agents))
         return ws
-    link = AgentLink(cluster.id, session, info, remote, registration.id)
+    link = AgentLink(cluster.id, session, info, remote, registration.id, agent_id)
     session.start()
     registry.add(link)
     request.app[REGISTRATION_GUARD].watch(link)

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import random
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,9 @@ class Agent:
         self._wake = asyncio.Event()
         self._failures = 0
         self._after_drop = False
+        self.instance_id = secrets.token_hex(8)
+        """Sent with every dial, so a gateway process tells this agent's second tunnel
+        to it (a duplicate, closed on HELLO) from another agent (counted in its cap)."""
         self._refusal = ""
         """The last 429 message logged (each is logged once)."""
         self._not_before = 0.0
@@ -167,6 +171,7 @@ class Agent:
         headers = {"Authorization": f"Bearer {self._token}"}
         if settings.node_name:
             headers["X-Herdgate-Node-Name"] = settings.node_name
+        headers["X-Herdgate-Agent-Id"] = self.instance_id
         url = settings.server.rstrip("/") + CONNECT_PATH
         try:
             ws = await wsconn.dial(url, headers, ctx, DIAL_TIMEOUT_S)

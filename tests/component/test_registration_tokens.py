@@ -111,9 +111,12 @@ async def _registration(gw: Gw, cluster_id: str, **extra: Any) -> dict[str, Any]
     return dict(reg)
 
 
-async def _agent(gw: Gw, token: str) -> Session:
+async def _agent(gw: Gw, token: str, agent_id: str = "") -> Session:
     url = str(gw.client.make_url("/v3/connect"))
-    conn = await wsconn.dial(url, {"Authorization": f"Bearer {token}"}, None, 5)
+    headers = {"Authorization": f"Bearer {token}"}
+    if agent_id:
+        headers["X-Herdgate-Agent-Id"] = agent_id
+    conn = await wsconn.dial(url, headers, None, 5)
     metadata = json.dumps({"apiHost": "127.0.0.1:1", "authorization": "Bearer sa"}).encode()
     session = Session(conn, Side.CLIENT, metadata=metadata, name="test-agent")
     await session.handshake()
@@ -247,4 +250,22 @@ async def test_agents_per_cluster_are_capped(gw: Gw) -> None:
         await asyncio.sleep(0.02)
     sessions[0] = await _agent(gw, reg["token"])
     for session in (*sessions, extra):
+        await session.close()
+
+
+async def test_an_agents_second_tunnel_to_a_process_is_not_a_new_agent(gw: Gw) -> None:
+    """With every place taken, an agent that lands again on a process it holds (its dial
+    to "another replica" reached the same one) gets its HELLO and is closed as a
+    duplicate, not a 429 that would make it wait; it never counts twice."""
+    cluster_id = await _cluster(gw)
+    reg = await _registration(gw, cluster_id)
+    sessions = [await _agent(gw, reg["token"], f"agent-{i}") for i in range(MAX_AGENTS)]
+    again = await _agent(gw, reg["token"], "agent-0")
+    await _closed_within(again, 5)
+    assert gw.client.app is not None
+    assert len(gw.client.app[TUNNELS].links(cluster_id)) == MAX_AGENTS
+    with pytest.raises(HandshakeError) as refused:
+        await _agent(gw, reg["token"], "agent-new")
+    assert refused.value.status == 429
+    for session in sessions:
         await session.close()
