@@ -119,7 +119,11 @@ def _write(
     extra: dict[str, Any] = {}
     if resource == "login":
         login = request.get(LOGIN) or {}
-        extra["provider"] = login.get("provider") or request.match_info.get("name", "")
+        extra["provider"] = (
+            login.get("provider")
+            or request.match_info.get("name")
+            or request.match_info.get("provider", "")
+        )
         if login.get("loginName"):
             extra["loginName"] = login["loginName"]
         extra["result"] = _LOGIN_RESULTS.get(status, "error" if status >= 500 else "refused")
@@ -131,7 +135,8 @@ def _write(
         request_id=request_id_var.get() or new_request_id(),
         identity=identity,
         method=request.method,
-        target=request.path_qs,
+        # A browser login's callback carries the provider's one-time code: path only.
+        target=request.path if request.path.startswith("/v1/auth/") else request.path_qs,
         resource=resource,
         action=action,
         object_id=object_id,

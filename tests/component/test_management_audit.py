@@ -176,3 +176,12 @@ async def test_client_chosen_fields_are_capped(env: Env) -> None:
         assert len(record["userAgent"]) <= MAX_AGENT_CHARS + 20
         assert len(record["path"]) <= MAX_PATH_CHARS + 20
         assert len(json.dumps(record)) < 4096, record
+
+
+async def test_a_browser_login_callback_is_recorded_without_its_code(env: Env) -> None:
+    resp = await env.client.get("/v1/auth/github/callback?code=one-time-CODE-123&state=s")
+    assert resp.status >= 400  # GitHub is not configured here
+    [record] = env.records()
+    assert record["kind"] == "login" and record["provider"] == "github"
+    assert record["path"] == "/v1/auth/github/callback" and record["result"] != "success"
+    assert "one-time-CODE-123" not in env.raw()
