@@ -179,4 +179,5 @@ def build_app(
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace.ace_context)
     app.on_shutdown.append(tunnels.close_all)
+    app.on_cleanup.append(tunnels.stop_guard)
     return app

@@ -338,6 +338,10 @@ class RegistrationGuard:
         self._timers.clear()
 
 
+async def stop_guard(app: web.Application) -> None:
+    app[REGISTRATION_GUARD].close()
+
+
 async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent to reconnect (GOAWAY), then drop the tunnels."""
     for link in app[TUNNELS].all_links():
