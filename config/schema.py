@@ -132,6 +132,15 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class RegistrationSettings:
+    """Cluster registration tokens and the agents that present them."""
+
+    max_agents_per_cluster: int = 64
+    """Agents connected for one cluster at once (per gateway process; every agent holds
+    a tunnel to each process). One more is answered 429, and backs off."""
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     """debug, info, warning or error."""
@@ -391,6 +400,7 @@ class GatewaySettings:
     tokens: TokenSettings = field(default_factory=TokenSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

@@ -11,7 +11,7 @@ from aiohttp import web
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
 from gateway import ace, background, health, proxy, tunnels
-from gateway.api import bindings, clusters, login, oauth_login, tokens, users
+from gateway.api import auditing, bindings, clusters, login, oauth_login, tokens, users
 from gateway.audit import AuditLog
 from gateway.directory import Directory
 from gateway.drain import Drain
@@ -24,6 +24,7 @@ from gateway.keys import (
     LIMITER,
     PROVIDERS,
     READY,
+    REGISTRATION_GUARD,
     REPLICAS,
     RUNTIME,
     SAMPLER,
@@ -116,7 +117,8 @@ def build_app(
 ) -> web.Application:
     """The application; ``auditor`` defaults to none (tests), the server passes its own."""
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=1024**2
+        middlewares=[request_id_middleware, auditing.audit_middleware, error_middleware],
+        client_max_size=1024**2,
     )
     app[SETTINGS] = settings
     app[DIRECTORY] = directory
@@ -124,6 +126,7 @@ def build_app(
     app[TUNNELS] = TunnelRegistry()
     app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
+    app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()
@@ -169,6 +172,8 @@ def build_app(
 
     r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
     r.add_post("/v3/clusterregistrationtokens", clusters.create_registration)
+    r.add_get("/v3/clusterregistrationtokens/{id}", clusters.get_registration)
+    r.add_post("/v3/clusterregistrationtokens/{id}", clusters.registration_action)
     r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
 
     r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)
@@ -179,4 +184,5 @@ def build_app(
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace.ace_context)
     app.on_shutdown.append(tunnels.close_all)
+    app.on_cleanup.append(tunnels.stop_guard)
     return app

@@ -60,6 +60,22 @@ _PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 _PROTOBUF_MAGIC = b"k8s\x00"
 
 
+MAX_PATH_CHARS = 2048
+MAX_AGENT_CHARS = 512
+MAX_NAME_CHARS = 256
+"""Caps on what a client chooses in a record (the path and query, the user agent, the
+names read from the path, a login name): an unauthenticated client sending 60 KiB
+targets and user agents cannot make each of its records 60 KiB, so a flood of them
+cannot wash the audit log through its rotation faster than any other client could."""
+
+
+def cap(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters, saying how long it was."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[{len(value)} chars]"
+
+
 _second: list[Any] = [-1, ""]
 
 
@@ -203,15 +219,15 @@ def request_record(
         "kind": "request",
         "requestId": request_id,
         **_who(identity, role),
-        "cluster": cluster_id,
-        "verb": info.verb if info else method.lower(),
-        "method": method,
-        "path": redact_target(target),
-        "resource": info.resource if info else "",
-        "namespace": info.namespace if info else "",
-        "name": info.name if info else "",
+        "cluster": cap(cluster_id, MAX_NAME_CHARS),
+        "verb": cap(info.verb if info else method.lower(), MAX_NAME_CHARS),
+        "method": cap(method, MAX_NAME_CHARS),
+        "path": cap(redact_target(target), MAX_PATH_CHARS),
+        "resource": cap(info.resource, MAX_NAME_CHARS) if info else "",
+        "namespace": cap(info.namespace, MAX_NAME_CHARS) if info else "",
+        "name": cap(info.name, MAX_NAME_CHARS) if info else "",
         "sourceIP": source,
-        "userAgent": user_agent,
+        "userAgent": cap(user_agent, MAX_AGENT_CHARS),
         "status": status,
         "durationMs": round(duration_s * 1000, 3),
     }
@@ -250,6 +266,7 @@ def request_line(
     the rest are a few escaped strings joined together.
     """
     q = _quote
+    n = MAX_NAME_CHARS
     parts = [
         '{"time":"',
         _iso(started),
@@ -258,23 +275,23 @@ def request_line(
         ",",
         _who_json(identity, role),
         ',"cluster":',
-        q(cluster_id),
+        q(cluster_id if len(cluster_id) <= n else cap(cluster_id, n)),
         ',"verb":',
-        q(info.verb if info else method.lower()),
+        q(cap(info.verb if info else method.lower(), n)),
         ',"method":',
-        q(method),
+        q(method if len(method) <= n else cap(method, n)),
         ',"path":',
-        q(redact_target(target)),
+        q(cap(redact_target(target), MAX_PATH_CHARS)),
         ',"resource":',
-        q(info.resource if info else ""),
+        q(cap(info.resource, n) if info else ""),
         ',"namespace":',
-        q(info.namespace if info else ""),
+        q(cap(info.namespace, n) if info else ""),
         ',"name":',
-        q(info.name if info else ""),
+        q(cap(info.name, n) if info else ""),
         ',"sourceIP":',
         q(source),
         ',"userAgent":',
-        q(user_agent),
+        q(user_agent if len(user_agent) <= MAX_AGENT_CHARS else cap(user_agent, MAX_AGENT_CHARS)),
         ',"status":',
         str(status),
         ',"durationMs":',
@@ -308,12 +325,12 @@ def session_record(
         "stage": stage,
         "requestId": request_id,
         **_who(identity, role),
-        "cluster": cluster_id,
+        "cluster": cap(cluster_id, MAX_NAME_CHARS),
         "verb": info.verb,
-        "path": redact_target(target),
-        "resource": info.resource,
-        "namespace": info.namespace,
-        "name": info.name,
+        "path": cap(redact_target(target), MAX_PATH_CHARS),
+        "resource": cap(info.resource, MAX_NAME_CHARS),
+        "namespace": cap(info.namespace, MAX_NAME_CHARS),
+        "name": cap(info.name, MAX_NAME_CHARS),
         "sourceIP": source,
         "start": _iso(started),
     }
@@ -323,6 +340,50 @@ def session_record(
             durationMs=round((ended - started) * 1000, 3),
             bytesFromClient=bytes_from_client,
             bytesToClient=bytes_to_client,
+        )
+    return record
+
+
+def management_record(
+    *,
+    started: float,
+    request_id: str,
+    identity: Identity | None,
+    method: str,
+    target: str,
+    resource: str,
+    action: str,
+    object_id: str,
+    source: str,
+    user_agent: str,
+    status: int,
+    duration_s: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A change made through the management API (``kind: management``) or a login
+    attempt (``kind: login``), made or refused: who (the caller, when authenticated),
+    what (``resource`` and ``action``: ``users``/``create``, ``clusterregistrationtokens``
+    /``rotate``...), on which object, with what result. Never a body: a login's
+    ``extra`` holds its provider, the name tried and the result."""
+    record: dict[str, Any] = {
+        "time": _iso(started),
+        "kind": "login" if resource == "login" else "management",
+        "requestId": request_id,
+        **_who(identity, None),
+        "resource": resource,
+        "action": action,
+        "objectId": cap(object_id, MAX_NAME_CHARS) or None,
+        "method": cap(method, MAX_NAME_CHARS),
+        "path": cap(redact_target(target), MAX_PATH_CHARS),
+        "sourceIP": source,
+        "userAgent": cap(user_agent, MAX_AGENT_CHARS),
+        "status": status,
+        "durationMs": round(duration_s * 1000, 3),
+    }
+    record.pop("role", None)
+    if extra:
+        record.update(
+            {k: cap(v, MAX_NAME_CHARS) if isinstance(v, str) else v for k, v in extra.items()}
         )
     return record
 

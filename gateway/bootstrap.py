@@ -14,8 +14,8 @@ from config.errors import ConfigError
 from config.schema import GatewaySettings
 from config.tls import CertPaths, ca_checksum, ensure_generated_certs
 from gateway import hashing
-from gateway.directory import Directory
-from gateway.records import USER, User
+from gateway.directory import Directory, UsernameTaken
+from gateway.records import User
 
 BOOTSTRAP_ENV = "HERDGATE_BOOTSTRAP_PASSWORD"
 PASSWORD_FILE = "bootstrap-password"
@@ -76,19 +76,21 @@ async def ensure_admin(directory: Directory, settings: GatewaySettings) -> None:
         password = secrets.token_urlsafe(18)
     password_hash = hashing.hash_password(password)
     now = directory.clock()
-    await directory.create_unique(
-        USER,
-        "u",
-        lambda user_id: User(
-            id=user_id,
-            username="admin",
-            password_hash=password_hash,
-            created=now,
-            display_name="Default Admin",
-            admin=True,
-            principal_ids=(f"local://{user_id}",),
-        ),
-    )
+    try:
+        await directory.create_local_user(
+            "admin",
+            lambda user_id: User(
+                id=user_id,
+                username="admin",
+                password_hash=password_hash,
+                created=now,
+                display_name="Default Admin",
+                admin=True,
+                principal_ids=(f"local://{user_id}",),
+            ),
+        )
+    except UsernameTaken:
+        return  # another process created it a moment ago
     if generated:
         path = state_dir(settings) / PASSWORD_FILE
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

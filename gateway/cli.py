@@ -40,6 +40,8 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     check_tunnel(settings.tunnel, "tunnel")
     if settings.tunnel.max_streams_per_user < 0:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
+    if settings.registration.max_agents_per_cluster < 1:
+        raise ConfigError("registration.max_agents_per_cluster", "must be at least 1")
     return settings
 
 

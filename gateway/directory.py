@@ -26,12 +26,14 @@ from gateway.records import (
     ROLE_RANK,
     TOKEN,
     USER,
+    USERNAME,
     Binding,
     Cluster,
     RegistrationToken,
     Replica,
     Token,
     User,
+    fold_username,
     from_doc,
     to_doc,
 )
@@ -62,13 +64,23 @@ class TooManyTokens(Exception):
     """The user already holds as many tokens as allowed; the message says what to do."""
 
 
+class UsernameTaken(Exception):
+    """Another local user holds this name (in some spelling that folds to it)."""
+
+
+STALE_CLAIM_S = 60.0
+"""A name claim whose user does not exist this long after the claim was made is left
+over from a process that stopped between the two writes; it may be taken over."""
+
+
 class Directory:
     def __init__(self, store: Store, clock: Clock = time.time) -> None:
         self.store = store
         self.clock = clock
         self.users: dict[str, User] = {}
-        self.user_ids_by_name: dict[str, str] = {}
-        """Local users by login name (provider users are found by principal)."""
+        self.user_ids_by_name: dict[str, list[str]] = {}
+        """Local users by folded login name (``fold_username``; provider users are found
+        by principal). More than one only for names an older version let through."""
         self.user_ids_by_principal: dict[str, str] = {}
         self.tokens: dict[str, Token] = {}
         self._tokens_by_user: dict[str, set[str]] = {}
@@ -127,14 +139,14 @@ class Directory:
             old = self.users.pop(key, None)
             if old is not None:
                 if old.provider == "local":
-                    self.user_ids_by_name.pop(old.username, None)
+                    self._unname(old)
                 for principal in old.principal_ids:
                     self.user_ids_by_principal.pop(principal, None)
             if doc is not None:
                 user = from_doc(User, doc)
                 self.users[key] = user
                 if user.provider == "local":
-                    self.user_ids_by_name[user.username] = key
+                    self.user_ids_by_name.setdefault(fold_username(user.username), []).append(key)
                 for principal in user.principal_ids:
                     self.user_ids_by_principal[principal] = key
         elif kind == TOKEN:
@@ -170,6 +182,14 @@ class Directory:
             self._set(self.replicas, key, Replica, doc)
         for listener in self._listeners:
             listener(kind, key)
+
+    def _unname(self, user: User) -> None:
+        folded = fold_username(user.username)
+        ids = self.user_ids_by_name.get(folded)
+        if ids is not None and user.id in ids:
+            ids.remove(user.id)
+            if not ids:
+                del self.user_ids_by_name[folded]
 
     @staticmethod
     def _set(table: dict[str, Any], key: str, cls: type[Any], doc: dict[str, Any] | None) -> None:
@@ -221,7 +241,8 @@ class Directory:
         self.apply(kind, key, doc)
 
     async def delete_user(self, user_id: str) -> None:
-        """Delete the user with every token and binding that names it."""
+        """Delete the user with every token and binding that names it, and free its name."""
+        user = self.users.get(user_id)
         await asyncio.gather(
             *(self.delete(TOKEN, t.id) for t in list(self.tokens.values()) if t.user_id == user_id),
             *(
@@ -231,6 +252,11 @@ class Directory:
             ),
         )
         await self.delete(USER, user_id)
+        if user is not None and user.provider == "local":
+            folded = fold_username(user.username)
+            claim = await self.store.get(USERNAME, folded)
+            if claim is not None and claim.get("userId") == user_id:
+                await self.store.delete(USERNAME, folded)
 
     async def delete_cluster(self, cluster_id: str) -> None:
         bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
@@ -246,9 +272,72 @@ class Directory:
     # -- users and tokens --------------------------------------------------------------
 
     def user_by_name(self, username: str) -> User | None:
-        """A local user by login name."""
-        user_id = self.user_ids_by_name.get(username)
-        return None if user_id is None else self.users.get(user_id)
+        """The local user whose name folds to the same as ``username`` (any spelling).
+
+        Two users whose names fold together exist only if an older version created
+        them; then only the exact name finds its user.
+        """
+        ids = self.user_ids_by_name.get(fold_username(username))
+        if not ids:
+            return None
+        if len(ids) == 1:
+            return self.users.get(ids[0])
+        for user_id in ids:
+            user = self.users.get(user_id)
+            if user is not None and user.username == username:
+                return user
+        return None
+
+    async def create_local_user(self, username: str, make: Callable[[str], User]) -> User:
+        """Create a local user called ``username`` (``make`` builds it from its new id).
+
+        The name is claimed in the store first (a ``usernames`` record keyed by its
+        folded form, created only if absent), so two processes creating ``carol`` and
+        ``CAROL`` at once cannot both succeed; the in-memory check before it covers
+        users stored before claims existed. Raises ``UsernameTaken``.
+        """
+        folded = fold_username(username)
+        self.catch_up()
+        if folded in self.user_ids_by_name:
+            raise UsernameTaken(username)
+        for _ in range(20):
+            user_id = hashing.new_id("u")
+            claim = {"id": folded, "userId": user_id, "created": self.clock()}
+            try:
+                await self.store.create(USERNAME, folded, claim)
+            except AlreadyExists:
+                if not await self._take_stale_claim(folded):
+                    raise UsernameTaken(username) from None
+                continue
+            user = make(user_id)
+            doc = to_doc(user)
+            try:
+                revision = await self.store.create(USER, user_id, doc)
+            except AlreadyExists:  # an id collision: free the claim, try another id
+                await self.store.delete(USERNAME, folded)
+                continue
+            except Exception:
+                await self.store.delete(USERNAME, folded)
+                raise
+            self._apply_own(USER, user_id, doc, revision)
+            return user
+        raise RuntimeError("could not allocate a user id")
+
+    async def _take_stale_claim(self, folded: str) -> bool:
+        """Remove a claim whose user never appeared (see ``STALE_CLAIM_S``); whether the
+        name may be claimed again."""
+        claim = await self.store.get(USERNAME, folded)
+        if claim is None:
+            return True  # freed in the meantime
+        user_id = str(claim.get("userId", ""))
+        if user_id and await self.store.get(USER, user_id) is not None:
+            return False
+        created = claim.get("created")
+        if isinstance(created, int | float) and self.clock() - created < STALE_CLAIM_S:
+            return False  # its user is probably being created right now
+        logger.warning("user name claim %r has no user; taking it over", folded)
+        await self.store.delete(USERNAME, folded)
+        return True
 
     async def issue_token(
         self,
@@ -465,20 +554,47 @@ class Directory:
 
     # -- registration tokens -----------------------------------------------------------
 
-    def cluster_for_registration(self, credential: str) -> Cluster | None:
+    def registration_for(self, credential: str) -> RegistrationToken | None:
+        """The registration token ``crt-xxxxx:<secret>`` names, if it is valid now (known,
+        the secret matches, not expired, its cluster exists)."""
         reg_id, sep, secret = credential.partition(":")
         registration = self.registrations.get(reg_id)
         if not sep or registration is None or not hashing.verify_token(secret, registration.hash):
             return None
-        return self.clusters.get(registration.cluster_id)
+        if registration.is_expired(self.clock()) or registration.cluster_id not in self.clusters:
+            return None
+        return registration
 
-    async def new_registration(self, cluster_id: str) -> tuple[RegistrationToken, str]:
+    async def new_registration(
+        self, cluster_id: str, expires_at: float | None = None
+    ) -> tuple[RegistrationToken, str]:
+        """A new registration token; returns it with its one-time plaintext."""
         secret = hashing.new_secret()
         token_hash = hashing.hash_token(secret)
         now = self.clock()
         registration = await self.create_unique(
             REGISTRATION,
             "crt",
-            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now),
+            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now, expires_at),
         )
         return registration, f"{registration.id}:{secret}"
+
+    async def rotate_registration(
+        self, old: RegistrationToken, previous_valid_s: float
+    ) -> tuple[RegistrationToken, str] | None:
+        """Replace ``old`` with a new token (same expiry, if it had one); ``old`` stays
+        valid ``previous_valid_s`` longer (never longer than it would have), or is
+        revoked at once when that is 0. None if ``old`` was revoked meanwhile."""
+        now = self.clock()
+        new, plaintext = await self.new_registration(old.cluster_id, old.expires_at)
+        if previous_valid_s > 0:
+            until = now + previous_valid_s
+            if old.expires_at is not None:
+                until = min(until, old.expires_at)
+            kept = await self.patch(REGISTRATION, old.id, expires_at=until, rotated_to=new.id)
+        else:
+            kept = await self.delete(REGISTRATION, old.id)
+        if not kept:
+            await self.delete(REGISTRATION, new.id)
+            return None
+        return new, plaintext

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from config.identity import Identity
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from gateway.front_request import ClientRequest
 
 REQUEST_ID_HEADER = "X-Request-Id"
+MAX_IMPERSONATED_GROUPS = 32
+"""Impersonated groups named in a record (the rest are counted in the request only)."""
 
 CLIENT_CLOSED = 499
 """Status recorded when the client went away before an answer (nginx's convention)."""
@@ -47,6 +50,7 @@ class Exchange:
         "cluster_id",
         "cluster_known",
         "identity",
+        "impersonation",
         "info",
         "request_id",
         "role",
@@ -73,6 +77,35 @@ class Exchange:
         self.audit_body: dict[str, Any] | None = None
         self.bytes_from_client = 0
         self.bytes_to_client = 0
+        self.impersonation: dict[str, Any] | None = None
+
+    def note_impersonation(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Record who the caller asked to act as (``kubectl --as``, ``--as-group``): the
+        record then names both the caller and ``impersonatedUser``/``Groups``/``Uid``."""
+        user = uid = ""
+        groups: list[str] = []
+        extras = 0
+        for name, value in raw_headers:
+            lower = name.lower()
+            if not lower.startswith(b"impersonate-"):
+                continue
+            text = audit.cap(value.decode("latin-1"), audit.MAX_NAME_CHARS)
+            if lower == b"impersonate-user":
+                user = text
+            elif lower == b"impersonate-group" and len(groups) < MAX_IMPERSONATED_GROUPS:
+                groups.append(text)
+            elif lower == b"impersonate-uid":
+                uid = text
+            else:
+                extras += 1
+        noted: dict[str, Any] = {"impersonatedUser": user}
+        if groups:
+            noted["impersonatedGroups"] = groups
+        if uid:
+            noted["impersonatedUid"] = uid
+        if extras:
+            noted["impersonatedExtras"] = extras
+        self.impersonation = noted
 
     @property
     def wants_body(self) -> bool:
@@ -82,19 +115,26 @@ class Exchange:
         if self.info is None:
             return
         self.auditor.write(
-            audit.session_record(
-                stage="started",
-                started=self.started_wall,
-                ended=None,
-                request_id=self.request_id,
-                identity=self.identity,
-                role=self.role,
-                cluster_id=self.cluster_id,
-                target=self.target,
-                info=self.info,
-                source=request.remote or "",
+            self._with_impersonation(
+                audit.session_record(
+                    stage="started",
+                    started=self.started_wall,
+                    ended=None,
+                    request_id=self.request_id,
+                    identity=self.identity,
+                    role=self.role,
+                    cluster_id=self.cluster_id,
+                    target=self.target,
+                    info=self.info,
+                    source=request.remote or "",
+                )
             )
         )
+
+    def _with_impersonation(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self.impersonation is not None:
+            record.update(self.impersonation)
+        return record
 
     def finish(self, request: web.BaseRequest | ClientRequest) -> None:
         """Count the request and write its audit record (its answer is complete)."""
@@ -113,19 +153,21 @@ class Exchange:
             return
         if info is not None and info.verb == "connect" and status == 101:
             self.auditor.write(
-                audit.session_record(
-                    stage="ended",
-                    started=self.started_wall,
-                    ended=self.started_wall + seconds,
-                    request_id=self.request_id,
-                    identity=self.identity,
-                    role=self.role,
-                    cluster_id=self.cluster_id,
-                    target=self.target,
-                    info=info,
-                    source=request.remote or "",
-                    bytes_from_client=self.bytes_from_client,
-                    bytes_to_client=self.bytes_to_client,
+                self._with_impersonation(
+                    audit.session_record(
+                        stage="ended",
+                        started=self.started_wall,
+                        ended=self.started_wall + seconds,
+                        request_id=self.request_id,
+                        identity=self.identity,
+                        role=self.role,
+                        cluster_id=self.cluster_id,
+                        target=self.target,
+                        info=info,
+                        source=request.remote or "",
+                        bytes_from_client=self.bytes_from_client,
+                        bytes_to_client=self.bytes_to_client,
+                    )
                 )
             )
             return
@@ -143,9 +185,16 @@ class Exchange:
                 user_agent=_user_agent(request),
                 status=status,
                 duration_s=seconds,
-                extra=self.audit_body,
+                extra=self._extra(),
             )
         )
+
+    def _extra(self) -> dict[str, Any] | None:
+        if self.impersonation is None:
+            return self.audit_body
+        if self.audit_body is None:
+            return self.impersonation
+        return {**self.impersonation, **self.audit_body}
 
 
 def _user_agent(request: web.BaseRequest | ClientRequest) -> str:

@@ -19,7 +19,7 @@ from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaSet
-    from gateway.tunnels import AgentLink, StreamQuota
+    from gateway.tunnels import AgentLink, RegistrationGuard, StreamQuota
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 DIRECTORY = web.AppKey("directory", Directory)
@@ -29,6 +29,7 @@ STREAM_QUOTA: web.AppKey[StreamQuota] = web.AppKey("stream_quota")
 PROVIDERS = web.AppKey("providers", Providers)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 REPLICAS: web.AppKey[ReplicaSet] = web.AppKey("replicas")
+REGISTRATION_GUARD: web.AppKey[RegistrationGuard] = web.AppKey("registration_guard")
 AUDIT = web.AppKey("audit", AuditLog)
 DRAIN = web.AppKey("drain", Drain)
 SESSIONS = web.AppKey("sessions", Sessions)

@@ -298,6 +298,8 @@ async def serve(
         exchange.identity = identity
         exchange.role = role
         exchange.info = request_info(request.method, path.target, upgrade_request)
+        if _client_impersonates(request):  # kubectl --as: the record names both
+            exchange.note_impersonation(request.raw_headers)
     if role is None:
         raise Forbidden(
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'

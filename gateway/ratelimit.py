@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from gateway.records import fold_username
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -69,7 +71,10 @@ class FailureWindow:
 
 
 class LoginLimiter:
-    """Both limits together: a login is refused if either its user or its address is over."""
+    """Both limits together: a login is refused if either its user or its address is over.
+
+    User names count folded (``fold_username``), as the directory finds users: every
+    spelling of one name is one user here too."""
 
     def __init__(self, per_user: Limit, per_address: Limit) -> None:
         self.users = FailureWindow(per_user)
@@ -77,12 +82,12 @@ class LoginLimiter:
 
     def retry_after(self, provider: str, username: str, address: str, now: float) -> float:
         return max(
-            self.users.retry_after(f"{provider}\0{username.lower()}", now),
+            self.users.retry_after(f"{provider}\0{fold_username(username)}", now),
             self.addresses.retry_after(address, now),
         )
 
     def failed(self, provider: str, username: str, address: str, now: float) -> None:
-        self.users.record_failure(f"{provider}\0{username.lower()}", now)
+        self.users.record_failure(f"{provider}\0{fold_username(username)}", now)
         self.addresses.record_failure(address, now)
 
     def begin(self, provider: str, username: str, address: str, now: float) -> float:
@@ -110,4 +115,4 @@ class LoginLimiter:
         self.addresses.record_failure(address, now)
 
     def succeeded(self, provider: str, username: str) -> None:
-        self.users.clear(f"{provider}\0{username.lower()}")
+        self.users.clear(f"{provider}\0{fold_username(username)}")

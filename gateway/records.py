@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +17,9 @@ CLUSTER = "clusters"
 BINDING = "bindings"
 REGISTRATION = "registrationtokens"
 REPLICA = "replicas"
+USERNAME = "usernames"
+"""Claims on local user names, keyed by the folded name (``fold_username``): creating one
+is how a replica takes a name, so two replicas cannot both create it."""
 
 Role = Literal["cluster-owner", "cluster-member", "read-only"]
 ROLES: tuple[Role, ...] = ("cluster-owner", "cluster-member", "read-only")
@@ -29,6 +33,13 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fold_username(name: str) -> str:
+    """The form in which two user names are the same name: NFKC, case-folded, NFKC again
+    (Unicode's NFKC_Casefold, less its removal of ignorables, which names cannot hold).
+    ``ADMIN``, ``Admin`` and a fullwidth ``\uff41\uff44\uff4d\uff49\uff4e`` are all ``admin``."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
 def to_doc(record: Any) -> dict[str, Any]:
@@ -123,6 +134,14 @@ class RegistrationToken:
     cluster_id: str
     hash: str
     created: float
+    expires_at: float | None = None
+    """After this an agent can no longer connect with it, and those connected with it
+    are disconnected; None: until revoked (deleted)."""
+    rotated_to: str = ""
+    """The token that replaced this one (``?action=rotate``), if any."""
+
+    def is_expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ there (its service-account token, held in memory only, never stored or logged).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -15,19 +16,24 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import DIRECTORY, REPLICAS, SAMPLER, SETTINGS, TUNNELS
-from gateway.records import CLUSTER
+from gateway.directory import Directory
+from gateway.keys import DIRECTORY, REGISTRATION_GUARD, REPLICAS, SAMPLER, SETTINGS, TUNNELS
+from gateway.records import CLUSTER, REGISTRATION
 from gateway.upstream import StreamPool
 from tunnel import wsconn
 from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
+from tunnel.registry import TunnelRegistry
 from tunnel.session import Session
 from tunnel.websocket import HandshakeError
 
 logger = logging.getLogger(__name__)
 
 NODE_HEADER = "X-Herdgate-Node-Name"
+AGENT_ID_HEADER = "X-Herdgate-Agent-Id"
+"""A random id per agent process: its dials to the replicas it already holds are not new
+agents (the agent closes such a duplicate itself once HELLO names the replica)."""
 
 
 class BadAgentInfo(ValueError):
@@ -89,8 +95,19 @@ def _is_header_safe(value: str) -> bool:
 class AgentLink:
     """One connected agent."""
 
-    def __init__(self, cluster_id: str, session: Session, info: AgentInfo, remote: str) -> None:
+    def __init__(
+        self,
+        cluster_id: str,
+        session: Session,
+        info: AgentInfo,
+        remote: str,
+        registration_id: str = "",
+        agent_id: str = "",
+    ) -> None:
         self.cluster_id = cluster_id
+        self.agent_id = agent_id
+        self.registration_id = registration_id
+        """The registration token the agent connected with (revoking it disconnects)."""
         self.session = session
         self.info = info
         self.remote = remote
@@ -163,23 +180,52 @@ def _bearer(request: web.Request) -> str:
     return credential.strip() if scheme.lower() == "bearer" else ""
 
 
+def _refusal(status: int, code: str, message: str) -> web.Response:
+    # The message is also the reason phrase: the agent reads the head only.
+    return web.json_response(
+        {"type": "error", "status": status, "code": code, "message": message},
+        status=status,
+        reason=message,
+        headers={"Retry-After": str(FULL_RETRY_AFTER_S)} if status == 429 else None,
+    )
+
+
+FULL_RETRY_AFTER_S = 30
+"""What a 429 (the cluster has all the agents it may) tells the agent to wait."""
+
+
+def _full_message(cluster_id: str, limit: int) -> str:
+    return (
+        f"cluster {cluster_id} already has {limit} agents connected "
+        "(registration.max_agents_per_cluster)"
+    )
+
+
+def _holds(registry: TunnelRegistry[AgentLink], cluster_id: str, agent_id: str) -> bool:
+    """Whether this agent already has a tunnel to this process."""
+    return bool(agent_id) and any(
+        link.agent_id == agent_id and not link.session.is_closed
+        for link in registry.links(cluster_id)
+    )
+
+
 async def connect(request: web.Request) -> web.StreamResponse:
     directory = request.app[DIRECTORY]
     settings = request.app[SETTINGS].tunnel
+    max_agents = request.app[SETTINGS].registration.max_agents_per_cluster
     registry = request.app[TUNNELS]
     replicas = request.app[REPLICAS]
     directory.catch_up()  # the token may have been created through another replica
-    cluster = directory.cluster_for_registration(_bearer(request))
-    if cluster is None:
-        return web.json_response(
-            {
-                "type": "error",
-                "status": 401,
-                "code": "Unauthorized",
-                "message": "invalid cluster registration token",
-            },
-            status=401,
+    registration = directory.registration_for(_bearer(request))
+    cluster = None if registration is None else directory.clusters.get(registration.cluster_id)
+    if registration is None or cluster is None:
+        return _refusal(401, "Unauthorized", "invalid cluster registration token")
+    agent_id = request.headers.get(AGENT_ID_HEADER, "")[:64]
+    if registry.count(cluster.id) >= max_agents and not _holds(registry, cluster.id, agent_id):
+        logger.warning(
+            "agent for %s from %s refused: %d agents", cluster.id, request.remote, max_agents
         )
+        return _refusal(429, "TooManyRequests", _full_message(cluster.id, max_agents))
     try:
         conn, ws = await wsconn.accept(request)
     except HandshakeError as exc:
@@ -220,9 +266,18 @@ async def connect(request: web.Request) -> web.StreamResponse:
         logger.warning("agent for %s from %s: %s", cluster.id, remote, bad_info)
         await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
         return ws
-    link = AgentLink(cluster.id, session, info, remote)
+    if _holds(registry, cluster.id, agent_id):
+        # A second tunnel of one agent to this process: it closes it itself on our HELLO,
+        # and one that does not is not let past the cap this way.
+        await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
+        return ws
+    if registry.count(cluster.id) >= max_agents:  # others finished their handshakes first
+        await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster.id, max_agents))
+        return ws
+    link = AgentLink(cluster.id, session, info, remote, registration.id, agent_id)
     session.start()
     registry.add(link)
+    request.app[REGISTRATION_GUARD].watch(link)
     logger.info(
         "agent connected: cluster %s node %s from %s", cluster.id, info.node_name or "-", remote
     )
@@ -249,6 +304,77 @@ async def connect(request: web.Request) -> web.StreamResponse:
         registry.remove(link)
         link.pool.close()
     return ws
+
+
+class RegistrationGuard:
+    """Disconnects agents whose registration token was revoked or has expired.
+
+    Listens to the directory, which applies this process's writes at once and other
+    processes' through the store's change feed, so every gateway process disconnects
+    its own tunnels of that token. A token with an expiry gets a timer for it.
+    """
+
+    def __init__(self, directory: Directory, registry: TunnelRegistry[AgentLink]) -> None:
+        self.directory = directory
+        self.registry = registry
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        directory.on_change(self._on_change)
+
+    def watch(self, link: AgentLink) -> None:
+        """A new link: check its token now, and arm its expiry."""
+        self._check(link.registration_id)
+
+    def _on_change(self, kind: str, key: str) -> None:
+        if kind == REGISTRATION:
+            self._check(key)
+
+    def _links(self, registration_id: str) -> list[AgentLink]:
+        return [
+            link
+            for link in self.registry.all_links()
+            if link.registration_id == registration_id and not link.session.is_closed
+        ]
+
+    def _check(self, registration_id: str) -> None:
+        timer = self._timers.pop(registration_id, None)
+        if timer is not None:
+            timer.cancel()
+        links = self._links(registration_id)
+        if not links:
+            return
+        registration = self.directory.registrations.get(registration_id)
+        now = self.directory.clock()
+        if registration is None or registration.is_expired(now):
+            why = "revoked" if registration is None else "expired"
+            for link in links:
+                logger.warning(
+                    "disconnecting agent %s: its registration token %s was %s",
+                    link,
+                    registration_id,
+                    why,
+                )
+                task = asyncio.ensure_future(
+                    link.session.close(ErrorCode.NO_ERROR, f"registration token {why}")
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            return
+        if registration.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, registration.expires_at - now)
+            self._timers[registration_id] = loop.call_later(
+                delay + 0.001, self._check, registration_id
+            )
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+async def stop_guard(app: web.Application) -> None:
+    app[REGISTRATION_GUARD].close()
 
 
 async def close_all(app: web.Application) -> None:

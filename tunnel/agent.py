@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import random
+import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,13 @@ class Agent:
         self._wake = asyncio.Event()
         self._failures = 0
         self._after_drop = False
+        self.instance_id = secrets.token_hex(8)
+        """Sent with every dial, so a gateway process tells this agent's second tunnel
+        to it (a duplicate, closed on HELLO) from another agent (counted in its cap)."""
+        self._refusal = ""
+        """The last 429 message logged (each is logged once)."""
+        self._not_before = 0.0
+        """Loop time before which no dial is made (a 429's ``Retry-After``)."""
 
     @property
     def session(self) -> Session | None:
@@ -163,12 +171,15 @@ class Agent:
         headers = {"Authorization": f"Bearer {self._token}"}
         if settings.node_name:
             headers["X-Herdgate-Node-Name"] = settings.node_name
+        headers["X-Herdgate-Agent-Id"] = self.instance_id
         url = settings.server.rstrip("/") + CONNECT_PATH
         try:
             ws = await wsconn.dial(url, headers, ctx, DIAL_TIMEOUT_S)
         except HandshakeError as exc:
             if exc.status == 401:
                 logger.error("the gateway rejected the registration token (HTTP 401)")
+            elif exc.status == 429:
+                self._refused(exc)
             else:
                 logger.warning("cannot connect to %s: %s", url, exc)
             return "failed"
@@ -205,6 +216,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         entry = _Tunnel(replica, session, ws, loop.time())
         self.tunnels[replica] = entry
+        self._refusal = ""
         session.start()
         self.connected.set()
         logger.info(
@@ -217,6 +229,22 @@ class Agent:
         self._report()
         self._spawn(self._watch(entry))
         return "new"
+
+    def _refused(self, exc: HandshakeError) -> None:
+        """A 429 (the cluster has all the agents it may): wait at least its
+        ``Retry-After``, and say why once, not at every attempt."""
+        message = str(exc)
+        if message != self._refusal:
+            logger.warning(
+                "the gateway refused this agent for now: %s; retrying with back-off", message
+            )
+            self._refusal = message
+        try:
+            wait = float(exc.headers.get("retry-after", ""))
+        except ValueError:
+            wait = 0.0
+        if 0 < wait <= self.settings.backoff_max_s * 10:
+            self._not_before = asyncio.get_running_loop().time() + wait
 
     async def _watch(self, entry: _Tunnel) -> None:
         try:
@@ -289,10 +317,12 @@ class Agent:
             # Everyone lost the gateway at once: spread the reconnects out.
             self._after_drop = False
             return rng.uniform(0, settings.reconnect_spread_s)
+        told = max(0.0, self._not_before - asyncio.get_running_loop().time())
         if self._failures == 0:
-            return 0.0
-        return backoff_delay(
-            self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng
+            return told
+        return max(
+            told,
+            backoff_delay(self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

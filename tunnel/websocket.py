@@ -73,9 +73,11 @@ class WebSocketError(Exception):
 class HandshakeError(Exception):
     """The opening handshake failed; ``status`` is the HTTP status (given or to give)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+        """The answer's header fields (lower-case names), when the server answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +219,14 @@ class ClientHandshake:
         ):
             raise HandshakeError(502, f"not an HTTP answer: {status_line[:80]!r}")
         status = int(parts[1])
-        if status != 101:
-            raise HandshakeError(status, f"HTTP {status} {parts[2] if len(parts) > 2 else ''}")
         fields: dict[str, str] = {}
         for line in header_lines:
             name, sep, value = line.partition(":")
             if sep:
                 fields[name.strip().lower()] = value.strip()
+        if status != 101:
+            reason = parts[2] if len(parts) > 2 else ""
+            raise HandshakeError(status, f"HTTP {status} {reason[:300]}", fields)
         if fields.get("upgrade", "").lower() != "websocket" or not _has_token(
             fields.get("connection", ""), "upgrade"
         ):

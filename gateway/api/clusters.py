@@ -17,9 +17,11 @@ from gateway.api.common import (
     bool_field,
     collection,
     directory,
+    duration_ms_field,
     json_body,
     require_admin,
     string_field,
+    time_field,
 )
 from gateway.directory import TooManyTokens
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
@@ -183,9 +185,10 @@ async def cluster_action(request: web.Request) -> web.Response:
     user = d.users[identity.user_id]
     data = await json_body(request)
     credential: str | dict[str, Any]
-    if string_field(data, "credential") == "exec":
+    wanted, provider = string_field(data, "credential"), string_field(data, "provider")
+    if wanted == "exec":
         # No embedded token: kubectl runs `herdgate login`, which logs in when needed.
-        provider = string_field(data, "provider") or _login_provider(user.provider)
+        provider = provider or _login_provider(user.provider)
         credential = kubeconfig.exec_user(runtime.server_url, provider, cluster.id)
     else:
         ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
@@ -245,50 +248,123 @@ def agent_command(request: web.Request, token: str) -> str:
     return shlex.join(parts)
 
 
-def registration_view(registration: RegistrationToken) -> dict[str, Any]:
+def registration_view(registration: RegistrationToken, now: float) -> dict[str, Any]:
+    """A registration token as the API shows it: never its secret (only its hash is
+    kept; the plaintext is in the answer that created it, and nowhere else)."""
     return {
         "id": f"{registration.cluster_id}:{registration.id}",
         "type": "clusterRegistrationToken",
         "clusterId": registration.cluster_id,
         "created": iso(registration.created),
+        "expiresAt": iso(registration.expires_at),
+        "expired": registration.is_expired(now),
+        "rotatedTo": (
+            f"{registration.cluster_id}:{registration.rotated_to}"
+            if registration.rotated_to
+            else None
+        ),
     }
 
 
+def _with_secret(
+    request: web.Request, registration: RegistrationToken, token: str, now: float
+) -> dict[str, Any]:
+    body = registration_view(registration, now)
+    body["token"] = token
+    body["command"] = agent_command(request, token)
+    return body
+
+
+def _expiry(data: dict[str, Any], now: float) -> float | None:
+    """``ttl`` (milliseconds or a duration) or ``expiresAt`` (RFC 3339), not both."""
+    ttl = duration_ms_field(data, "ttl")
+    at = time_field(data, "expiresAt")
+    if ttl is not None and at is not None:
+        raise GatewayError(422, "give ttl or expiresAt, not both", reason="InvalidFormat")
+    if ttl:
+        return now + ttl
+    if at is not None:
+        if at <= now:
+            raise GatewayError(422, "expiresAt is in the past", reason="InvalidFormat")
+        return at
+    return None
+
+
 async def create_registration(request: web.Request) -> web.Response:
+    """``POST /v3/clusterregistrationtokens {clusterId, ttl?, expiresAt?}`` (owners)."""
     identity, _ = authenticated(request)
     data = await json_body(request)
     cluster_id = string_field(data, "clusterId", required=True)
     cluster = require_owner(request, identity, cluster_id)
-    registration, token = await directory(request).new_registration(cluster.id)
-    body = registration_view(registration)
-    body["token"] = token
-    body["command"] = agent_command(request, token)
-    return web.json_response(body, status=201)
+    d = directory(request)
+    now = d.clock()
+    expires_at = _expiry(data, now)
+    registration, token = await d.new_registration(cluster.id, expires_at)
+    return web.json_response(_with_secret(request, registration, token, now), status=201)
 
 
 async def list_registrations(request: web.Request) -> web.Response:
     identity, _ = authenticated(request)
     d = directory(request)
     wanted = request.query.get("clusterId")
+    now = d.clock()
     items = [
-        registration_view(r)
-        for r in d.registrations.values()
+        registration_view(r, now)
+        for r in sorted(d.registrations.values(), key=lambda r: r.created)
         if (wanted is None or r.cluster_id == wanted)
         and d.role_on(identity, r.cluster_id) == "cluster-owner"
     ]
     return collection(items, "clusterRegistrationToken")
 
 
-async def delete_registration(request: web.Request) -> web.Response:
-    identity, _ = authenticated(request)
+def _owned_registration(request: web.Request, identity: Identity) -> RegistrationToken:
+    """The token ``{id}`` names (``<cluster>:crt-xxxxx`` or ``crt-xxxxx``), if the caller
+    owns its cluster (404 otherwise, not to reveal it; 403 for a read-only holder)."""
     cluster_id, _, reg_id = request.match_info["id"].rpartition(":")
     d = directory(request)
     registration = d.registrations.get(reg_id)
     if registration is None or (cluster_id and cluster_id != registration.cluster_id):
         raise NotFound("registration token not found")
     require_owner(request, identity, registration.cluster_id)
+    return registration
+
+
+async def get_registration(request: web.Request) -> web.Response:
+    identity, _ = authenticated(request)
+    registration = _owned_registration(request, identity)
+    return web.json_response(registration_view(registration, directory(request).clock()))
+
+
+async def delete_registration(request: web.Request) -> web.Response:
+    """``DELETE /v3/clusterregistrationtokens/<id>``: revoke it. Agents connected with it
+    are disconnected by every gateway process (``gateway.tunnels.RegistrationGuard``)."""
+    identity, _ = authenticated(request)
+    registration = _owned_registration(request, identity)
+    d = directory(request)
     await d.delete(REGISTRATION, registration.id)
-    return web.json_response(registration_view(registration))
+    return web.json_response(registration_view(registration, d.clock()))
+
+
+async def registration_action(request: web.Request) -> web.Response:
+    """``POST /v3/clusterregistrationtokens/<id>?action=rotate {previousValidFor?}``: a
+    new token (shown once); the old one stays valid ``previousValidFor`` (milliseconds
+    or a duration such as ``10m``; default 0: revoked at once), then its agents are
+    disconnected. ``?action=revoke`` is ``DELETE``."""
+    identity, _ = authenticated(request)
+    what = action(request)
+    if what == "revoke":
+        return await delete_registration(request)
+    if what != "rotate":
+        raise BadRequest("unknown action (rotate or revoke)")
+    registration = _owned_registration(request, identity)
+    data = await json_body(request)
+    previous_valid_s = duration_ms_field(data, "previousValidFor") or 0.0
+    d = directory(request)
+    rotated = await d.rotate_registration(registration, previous_valid_s)
+    if rotated is None:
+        raise NotFound("registration token not found")
+    new, token = rotated
+    return web.json_response(_with_secret(request, new, token, d.clock()), status=201)
 
 
 async def ace_manifest(request: web.Request) -> web.Response:

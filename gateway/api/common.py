@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
+from config.errors import ConfigError
 from config.identity import Identity
+from config.units import parse_duration
+from gateway.api.auditing import ACTOR
+from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
 from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from gateway.keys import DIRECTORY, SETTINGS
 from gateway.records import Token
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_TTL_MS = 100 * 365 * 86400 * 1000
+"""The longest ``ttl`` accepted, whatever the maximum (0 means none): an expiry past
+year 9999 cannot be written as a time."""
 
 
 def directory(request: web.Request) -> Directory:
@@ -29,6 +35,7 @@ def authenticated(request: web.Request) -> tuple[Identity, Token]:
         raise Unauthenticated(f"must authenticate: {exc}") from None
     if token.cluster_id:
         raise Unauthenticated("this token is valid only for its cluster's Kubernetes API")
+    request[ACTOR] = identity  # the audit record's caller
     return identity, token
 
 
@@ -38,20 +45,25 @@ def require_admin(identity: Identity) -> None:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's body as one strict JSON object (``gateway.api.jsonbody``).
+
+    Every management-API handler reads its body here: 413 above ``MAX_BODY_BYTES``
+    (announced or sent), 400 for anything that is not one strict JSON object.
+    """
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise GatewayError(413, "request body too large")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    raw = bytearray()
+    while len(raw) <= MAX_BODY_BYTES:  # read() returns what has arrived, not all of it
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise GatewayError(413, "request body too large")
-    if not raw.strip():
-        return {}
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
+        return parse_object(bytes(raw))
+    except BadBody as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def string_field(
@@ -87,15 +99,64 @@ def ttl_seconds(request: web.Request, data: dict[str, Any], default_s: float) ->
     value = data.get("ttl")
     if value is None or value == 0:
         seconds = default_s
-    elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    elif isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TTL_MS:
         seconds = value / 1000
     else:
         raise GatewayError(
-            422, "ttl must be a positive number of milliseconds", reason="InvalidFormat"
+            422,
+            "ttl must be a positive number of milliseconds (at most 100 years)",
+            reason="InvalidFormat",
         )
     if max_s:
         seconds = min(seconds, max_s) if seconds else max_s
     return seconds or None
+
+
+def duration_ms_field(data: dict[str, Any], name: str) -> float | None:
+    """Seconds from a field holding milliseconds (``600000``, as Rancher's ``ttl``) or a
+    duration (``"10m"``, ``"36h"``); None when absent. At most 100 years."""
+    value = data.get(name)
+    if value is None:
+        return None
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value / 1000 if 0 <= value <= MAX_TTL_MS else None
+    elif isinstance(value, str) and len(value) <= 32:
+        try:
+            seconds = parse_duration(value, name)
+        except ConfigError:
+            seconds = None
+        if seconds is not None and seconds > MAX_TTL_MS / 1000:
+            seconds = None
+    if seconds is None:
+        raise GatewayError(
+            422,
+            f"{name} must be milliseconds or a duration such as 10m or 36h (at most 100 years)",
+            reason="InvalidFormat",
+        )
+    return seconds
+
+
+def time_field(data: dict[str, Any], name: str) -> float | None:
+    """Unix seconds from an RFC 3339 time (``2027-01-31T12:00:00Z``); None when absent."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    when: float | None = None
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            when = parsed.timestamp()
+    if when is None:
+        raise GatewayError(
+            422,
+            f"{name} must be an RFC 3339 time with a zone, such as 2027-01-31T12:00:00Z",
+            reason="InvalidFormat",
+        )
+    return when
 
 
 def collection(items: Iterable[dict[str, Any]], resource_type: str) -> web.Response:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from config.schema import AuthSettings
 from gateway import hashing, metrics
+from gateway.api import auditing
 from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
 from gateway.api.tokens import token_view
 from gateway.directory import TooManyTokens
@@ -83,6 +84,7 @@ async def password_login(request: web.Request) -> web.Response:
     data = await json_body(request)
     username = string_field(data, "username", required=True)
     password = string_field(data, "password", required=True, max_len=4096)
+    request[auditing.LOGIN] = {"provider": provider_name, "loginName": username}
     limiter = request.app[LIMITER]
     d = directory(request)
     address = request.remote or "unknown"

@@ -18,6 +18,7 @@ from gateway.api.common import (
     require_admin,
     string_field,
 )
+from gateway.directory import UsernameTaken
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.records import USER, User, iso
 
@@ -74,26 +75,40 @@ async def create_user(request: web.Request) -> web.Response:
         raise GatewayError(422, "username may not contain spaces", reason="InvalidFormat")
     password = string_field(data, "password", required=True, max_len=4096)
     check_password(password)
+    display_name = string_field(data, "name")
+    enabled = bool_field(data, "enabled", True)
+    admin = bool_field(data, "admin", False)
     d = directory(request)
     if d.user_by_name(username) is not None:
-        raise GatewayError(409, f"username {username!r} is already taken", reason="NotUnique")
+        raise _taken(username)
     password_hash = await slow_hash(password)
     now = d.clock()
-    user = await d.create_unique(
-        USER,
-        "u",
-        lambda user_id: User(
-            id=user_id,
-            username=username,
-            password_hash=password_hash,
-            created=now,
-            display_name=string_field(data, "name"),
-            enabled=bool_field(data, "enabled", True),
-            admin=bool_field(data, "admin", False),
-            principal_ids=(f"local://{user_id}",),
-        ),
-    )
+    try:
+        user = await d.create_local_user(
+            username,
+            lambda user_id: User(
+                id=user_id,
+                username=username,
+                password_hash=password_hash,
+                created=now,
+                display_name=display_name,
+                enabled=enabled,
+                admin=admin,
+                principal_ids=(f"local://{user_id}",),
+            ),
+        )
+    except UsernameTaken:
+        raise _taken(username) from None
     return web.json_response(user_view(user), status=201)
+
+
+def _taken(username: str) -> GatewayError:
+    return GatewayError(
+        409,
+        f"username {username!r} is already taken (names are compared ignoring case and "
+        "Unicode width)",
+        reason="NotUnique",
+    )
 
 
 def _user(request: web.Request) -> User:

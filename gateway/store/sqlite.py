@@ -7,10 +7,12 @@ sharing the file (several gateway workers on one host) can follow the change fee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mmap
 import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,14 +60,20 @@ class SQLiteStore:
         return self
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dirs(self.path.parent)
+        # SQLite creates ``-wal`` and ``-shm`` with the database file's mode, so the file
+        # is created 0600 before SQLite sees it; files an older version left readable
+        # are narrowed before anything is read from or written to them.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                _narrow(self.path.with_name(self.path.name + suffix))
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         self._db = db
-        self.path.chmod(0o600)
         self._open_signal()
 
     # -- the change signal --------------------------------------------------------------
@@ -77,6 +85,7 @@ class SQLiteStore:
         path = self.path.with_name(self.path.name + ".changed")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            os.fchmod(fd, 0o600)
             if os.fstat(fd).st_size < 8:
                 os.ftruncate(fd, 8)
             self._signal = mmap.mmap(fd, 8)
@@ -275,6 +284,26 @@ class SQLiteStore:
 
         await self._run(op)
         self._executor.shutdown(wait=False)
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0700 (``mkdir(parents=True)`` would
+    give the parents the umask's mode); existing ones are left as they are."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        path.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened
+
+
+def _narrow(path: Path) -> None:
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o600)
 
 
 def _load(text: str) -> Document:

@@ -68,3 +68,48 @@ async def test_change_feed_is_ordered_and_complete(store: Store) -> None:
         ("clusters", "c-1", {"id": "c-1", "v": 2}),
         ("clusters", "c-1", None),
     ]
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def two_stores(request: Any, tmp_path: Path) -> AsyncIterator[list[Store]]:
+    """Two processes' connections to one store."""
+    stores: list[Any] = []
+    if request.param == "sqlite":
+        stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
+    else:
+        server: Etcd = request.getfixturevalue("etcd")
+        prefix = f"/t-{uuid.uuid4().hex[:8]}/"
+        stores = [await EtcdStore([server.url], prefix=prefix).open() for _ in range(2)]
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_two_replicas_racing_for_one_user_name_create_one_user(
+    two_stores: list[Store],
+) -> None:
+    """The name claim (a ``usernames`` record created only if absent) holds on both
+    backends: replicas that both passed their in-memory check create one user."""
+    from gateway.directory import Directory, UsernameTaken
+    from gateway.records import USER, User
+
+    a, b = Directory(two_stores[0]), Directory(two_stores[1])
+    await a.load()
+    await b.load()
+
+    def user(user_id: str, name: str) -> User:
+        return User(user_id, name, "", 0.0, principal_ids=(f"local://{user_id}",))
+
+    for round_no in range(5):
+        name = f"racer{round_no}"
+        upper = name.upper()
+        results = await asyncio.gather(
+            a.create_local_user(name, lambda uid, n=name: user(uid, n)),
+            b.create_local_user(upper, lambda uid, n=upper: user(uid, n)),
+            return_exceptions=True,
+        )
+        kinds = sorted(type(r).__name__ for r in results)
+        assert kinds == ["User", UsernameTaken.__name__], results
+    assert len(await two_stores[0].list(USER)) == 5

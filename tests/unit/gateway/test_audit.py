@@ -508,6 +508,7 @@ async def test_in_a_loop_a_full_buffer_is_flushed_at_once(
             "/",
             {"requestObject": {"a": [1]}},
         ),
+        (None, "A" * 60_000, "/api/v1/namespaces/" + "n" * 9000 + "/pods/" + "p" * 9000, None),
     ],
 )
 def test_request_line_is_request_record_as_json(
@@ -530,3 +531,25 @@ def test_request_line_is_request_record_as_json(
     )
     line = audit.request_line(**args)  # type: ignore[arg-type]
     assert json.loads(line) == request_record(**args)  # type: ignore[arg-type]
+
+
+def test_client_chosen_fields_are_capped() -> None:
+    target = "/api/v1/namespaces/" + "n" * 9000 + "/pods/" + "p" * 9000 + "?q=" + "x" * 9000
+    record = request_record(
+        started=1.0,
+        request_id="rid",
+        identity=None,
+        role=None,
+        cluster_id="c-" + "c" * 5000,
+        method="GET",
+        target=target,
+        info=request_info("GET", target),
+        source="127.0.0.1",
+        user_agent="A" * 60_000,
+        status=401,
+        duration_s=0.0,
+    )
+    assert len(json.dumps(record)) < 4096
+    assert record["userAgent"].endswith("...[60000 chars]")
+    assert record["path"].startswith("/api/v1/namespaces/nnn")
+    assert audit.cap("short", 10) == "short"

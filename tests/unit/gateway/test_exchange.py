@@ -176,3 +176,42 @@ def test_off_still_counts(tmp_path: Path) -> None:
     ex.finish(cast(Any, FakeRequest("GET", "/x")))
     assert _count(ex.cluster_id, "watch", "200") - before == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_impersonating_request_names_the_caller_and_whom_it_acts_as(tmp_path: Path) -> None:
+    """``kubectl --as=bob --as-group=devs``: both the caller and ``impersonatedUser``."""
+    auditor = AuditLog(AuditSettings(level="request"), tmp_path)
+    ex = _exchange(auditor, "POST", "/api/v1/namespaces/ns/configmaps")
+    ex.note_impersonation(
+        [
+            (b"Impersonate-User", b"bob"),
+            (b"impersonate-group", b"devs"),
+            (b"IMPERSONATE-GROUP", b"ops"),
+            (b"Impersonate-Extra-scopes", b"x"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    ex.audit_body = {"requestObject": {"kind": "ConfigMap"}}
+    ex.status = 201
+    ex.finish(cast(Any, FakeRequest("POST", f"/k8s/clusters/{ex.cluster_id}/api")))
+    auditor.close()
+    [record] = _records(tmp_path)
+    assert record["user"] == "u-bob" and record["impersonatedUser"] == "bob"
+    assert record["impersonatedGroups"] == ["devs", "ops"]
+    assert record["impersonatedExtras"] == 1
+    assert record["requestObject"] == {"kind": "ConfigMap"}
+
+
+def test_impersonated_names_are_capped(tmp_path: Path) -> None:
+    auditor = _auditor(tmp_path)
+    ex = _exchange(auditor, "GET", "/api")
+    ex.note_impersonation(
+        [(b"Impersonate-User", b"u" * 10_000)] * 2 + [(b"Impersonate-Group", b"g" * 9_000)] * 100
+    )
+    ex.status = 200
+    ex.finish(cast(Any, FakeRequest("GET", f"/k8s/clusters/{ex.cluster_id}/api")))
+    auditor.close()
+    [record] = _records(tmp_path)
+    assert len(record["impersonatedUser"]) < 300
+    assert len(record["impersonatedGroups"]) == 32
+    assert len(json.dumps(record)) < 32 * 300 + 2000
