@@ -176,3 +176,28 @@ async def test_a_counted_body_cut_short_is_an_upstream_error() -> None:
     resp = await pool.request("GET", HEAD, None)
     with pytest.raises(UpstreamError, match="mid-response"):
         await resp.read_all()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"],
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"],
+    ],
+    ids=["counted", "chunked"],
+)
+async def test_an_answer_released_before_its_end_never_puts_its_stream_back(
+    reply: list[bytes],
+) -> None:
+    """Issue 15: an upstream connection that may be out of step (its answer not read to
+    the end: the client left, the request failed) is never reused; the next request
+    gets a new stream, and the rest of the old answer never reaches it."""
+    pool, server = await make([reply, [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    assert await resp.read_chunk() == b"abc"
+    assert not resp.complete
+    resp.release()
+    assert pool.idle_count == 0
+    resp = await pool.request("GET", HEAD, None)
+    assert (resp.status, await resp.read_all()) == (200, b"{}")
+    assert len(server.streams) == 2
