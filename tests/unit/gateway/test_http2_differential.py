@@ -97,7 +97,7 @@ def wire(case: Case, fields: list[Header]) -> bytes:
     # Cuts past the block's end are moved to its last byte, so that the same case is cut
     # into as many frames whatever the encoding's length (for_h2 renames content-length,
     # which makes the block longer: a PING "between" pieces must interrupt both or neither).
-    cuts = sorted({min(c, len(block) - 1) for c in case.cuts if 0 < min(c, len(block) - 1)})
+    cuts = sorted({min(c, len(block) - 1) for c in case.cuts if min(c, len(block) - 1) > 0})
     pieces = [block[a:b] for a, b in zip([0, *cuts], [*cuts, len(block)], strict=True)]
     out = [PREFACE, _frame(http2.SETTINGS, 0, 0, b"")]
     end = http2.FLAG_END_STREAM if case.ends_on_headers else 0
