@@ -23,7 +23,11 @@ own connection is affected; browsers, curl and Go's client do not pipeline.
 
 After an upgrade aiohttp switches to (WebSocket, ``CONNECT``), the bytes are no longer
 HTTP/1.1: the relay only passes them on. Other ``Upgrade`` values aiohttp ignores and
-keeps parsing, and so does the relay.
+keeps parsing, and so does the relay, with one exception: after an upgrade to a cluster
+path (SPDY/3.1, which ``gateway.upgrade`` takes over from aiohttp), bytes that are not
+HTTP at all (llhttp refuses them) are passed on from then on: either the gateway took the
+connection over, or aiohttp's parser refuses them too. Bytes that parse as HTTP but
+fail a check (a second ``Host``...) are still refused.
 """
 
 from __future__ import annotations
@@ -34,10 +38,14 @@ from typing import TYPE_CHECKING, cast
 
 from gateway import rawresponse
 from gateway.http1 import Body, End, Head, Invalid, RequestReader
+from gateway.paths import PREFIX
 
 if TYPE_CHECKING:
     from gateway.front import Front
 
+_PREFIX = PREFIX.encode("ascii")
+_NOT_HTTP = "malformed HTTP request"
+"""How ``RequestReader`` words what llhttp refused."""
 _AIOHTTP_UPGRADES = frozenset({b"websocket", b"tcp"})
 """The ``Upgrade`` values aiohttp switches protocols for (``ALLOWED_UPGRADES``)."""
 
@@ -101,6 +109,9 @@ class Relay(asyncio.Protocol):
         self.handler = handler
         self._reader = RequestReader(_everything, front.max_body)
         self._passthrough = False
+        self._taken_over = False
+        """The last head was an upgrade the gateway may take over itself (SPDY/3.1 through
+        ``gateway.upgrade``): what follows may be another protocol."""
         self._held: list[bytes] = []
         """A head's bytes until it is whole and checked (at most 64 KiB)."""
         self._in_body = False
@@ -134,19 +145,29 @@ class Relay(asyncio.Protocol):
                         self._refuse(Invalid(431, "request header fields too large"))
                         return
                     self._in_body = head.has_body
+                    self._taken_over = False
                     self._body_active = now
                     if head.upgrade:
                         if _switches(head):
                             self._passthrough = True
                             break
                         # aiohttp goes on parsing; llhttp stopped after this head.
+                        self._taken_over = head.target.startswith(_PREFIX)
                         rest = reader.take_upgrade_tail()
                 elif kind is Body:
                     self._body_active = now
                 elif kind is End:
                     self._in_body = False
                 else:
-                    self._refuse(cast(Invalid, event))
+                    invalid = cast(Invalid, event)
+                    if self._taken_over and invalid.message.startswith(_NOT_HTTP):
+                        # not HTTP/1.1: ``gateway.upgrade`` took the connection over (or
+                        # aiohttp's own parser refuses these bytes too)
+                        self._passthrough = True
+                        self._held.clear()
+                        self.handler.data_received(data)
+                        return
+                    self._refuse(invalid)
                     return
         if reader.begun != begun:
             self._head_started = now

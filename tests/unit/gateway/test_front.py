@@ -574,3 +574,30 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
     conn.data_received(b"{}")
     await _settle()
     assert _answers(transport) == 1
+
+
+async def test_after_a_spdy_upgrade_the_relay_passes_other_protocols_on(world: Any) -> None:
+    relay, handler, transport = _handed_off(world)
+    upgrade = (
+        b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
+        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+    )
+    relay.data_received(upgrade)
+    frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY, taken over by gateway.upgrade
+    relay.data_received(frames)
+    relay.data_received(LOGIN + LOGIN)  # from now on, only passed on
+    assert bytes(handler.data) == LOGIN + upgrade + frames + LOGIN + LOGIN
+    assert not transport.closed
+
+
+async def test_after_an_upgrade_aiohttp_ignores_heads_are_still_checked(world: Any) -> None:
+    relay, handler, transport = _handed_off(world)
+    h2c = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    relay.data_received(h2c + LOGIN)
+    assert bytes(handler.data) == LOGIN + h2c + LOGIN
+    relay.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    relay, handler, transport = _handed_off(world)
+    spdy_elsewhere = h2c.replace(b"h2c", b"SPDY/3.1")
+    relay.data_received(spdy_elsewhere + b"\x80\x03\x00\x01")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
