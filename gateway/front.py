@@ -6,7 +6,8 @@ parsed by ``gateway.http1`` and answered by ``gateway.proxy`` right here: one ta
 request, the answer written as one buffer or streamed. The first request that is
 anything else (the management API, exec/attach/port-forward upgrades, a browser) hands
 the connection to aiohttp: the protocol switches to aiohttp's request handler, which
-gets that request's bytes and everything after.
+gets that request's bytes and everything after, through ``gateway.relay.Relay``, which
+keeps the front's head checks and head and body timeouts on that connection.
 
 Why (measured, docs/design.md section 9): against aiohttp's server with the same
 whole-buffer answers, 9 % less gateway CPU per request at one connection, the same at
@@ -34,6 +35,7 @@ from gateway.http1 import MAX_BODY_BYTES, Body, End, Head, Header, Invalid, Requ
 from gateway.keys import DRAIN
 from gateway.paths import PREFIX
 from gateway.rawresponse import RawResponse
+from gateway.relay import Relay
 from tunnel.sockets import set_nodelay
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,9 @@ class Front:
         self.http2_buffer = http2_buffer
         """``limits.http2_buffer``: what one HTTP/2 connection may hold for its client."""
         self.connections: set[FrontConnection | H2Connection] = set()
+        self.relays: set[Relay] = set()
+        """Connections handed to aiohttp: only their timeouts are checked here (aiohttp
+        closes them when the gateway stops)."""
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
         self._stopping = False
@@ -96,8 +101,11 @@ class Front:
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
 
-    def added(self, conn: FrontConnection | H2Connection) -> None:
-        self.connections.add(conn)
+    def added(self, conn: FrontConnection | H2Connection | Relay) -> None:
+        if isinstance(conn, Relay):
+            self.relays.add(conn)
+        else:
+            self.connections.add(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
@@ -111,7 +119,9 @@ class Front:
         now = asyncio.get_running_loop().time()
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        if self.connections:
+        for relay in list(self.relays):
+            relay.check_timeouts(now)
+        if self.connections or self.relays:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     def close_idle(self) -> None:
@@ -442,13 +452,15 @@ class FrontConnection(asyncio.Protocol):
         raw = self._reader.take_raw()
         self._front.removed(self)
         handler = cast(asyncio.Protocol, self._front.fallback())
-        transport.set_protocol(handler)
+        relay = Relay(self._front, transport, handler)
+        transport.set_protocol(relay)
         handler.connection_made(transport)
+        self._front.added(relay)
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
         if raw:
-            handler.data_received(raw)
+            relay.data_received(raw)
 
     def _refuse(self, invalid: Invalid) -> None:
         if self.transport is None:

@@ -97,6 +97,7 @@ class RequestReader:
         "_raw",
         "_raw_valid",
         "_started_in_feed",
+        "_upgrade_tail",
         "_wants",
         "begun",
         "failed",
@@ -116,6 +117,7 @@ class RequestReader:
         """The bytes of the current message since its first byte (while ``_raw_valid``)."""
         self._raw_valid = False
         self._started_in_feed = False
+        self._upgrade_tail = b""
         self.handing_off = False
         """A request for aiohttp arrived: no more events; ``take_raw`` has its bytes."""
         self.failed = False
@@ -152,9 +154,10 @@ class RequestReader:
         except httptools.HttpParserCallbackError:
             if not self._stopped():  # a callback rejected what llhttp accepted
                 self._fail(400, "malformed HTTP request")
-        except httptools.HttpParserUpgrade:
-            # llhttp stops after the head of an upgrade; ``wants`` refused it already.
-            pass
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after the head of an upgrade; ``wants`` refused it already
+            # (``gateway.relay`` goes on with what follows it: ``take_upgrade_tail``).
+            self._upgrade_tail = data[exc.args[0] :] if exc.args else b""
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {_reason(exc)}")
         if self._in_head:
@@ -168,6 +171,12 @@ class RequestReader:
         """After ``handing_off``: every byte of the handed-off request and what followed."""
         raw, self._raw = self._raw, []
         return b"".join(raw)
+
+    def take_upgrade_tail(self) -> bytes:
+        """After a ``Head`` with ``upgrade``: the bytes of that feed after its head (the
+        parser goes on with the next ``feed`` as if the upgrade were refused)."""
+        tail, self._upgrade_tail = self._upgrade_tail, b""
+        return tail
 
     def _stopped(self) -> bool:
         """Parsing was stopped on purpose (``_HandOff``, ``_Stop``)."""

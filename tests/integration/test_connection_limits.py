@@ -290,3 +290,62 @@ def test_http2_stalled_bodies_are_reset_after_the_body_timeout(world: World, mem
                     reset.add(event.stream_id)
             sock.sendall(conn.data_to_send())
     print(f"HTTP/2: all {len(reset)} stalled streams reset")
+
+
+# the same on a connection handed to aiohttp (gateway.relay): a first request for
+# /healthz hands it over, then the second request is slow
+
+
+def _handed_off(world: World) -> ssl.SSLSocket:
+    sock = _connect(world)
+    sock.settimeout(10)
+    sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n\r\n".encode())
+    answer = _read_answer(sock)
+    assert answer is not None and answer.status == 200, answer
+    return sock
+
+
+def _closed_within(sock: ssl.SSLSocket, wait_s: float) -> bool:
+    """Reads until the gateway closes (True) or ``wait_s`` passes (False)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            return False
+        except (ConnectionError, ssl.SSLError):
+            return True
+    return False
+
+
+def test_a_slowloris_head_after_a_handoff_is_cut(world: World, member: str) -> None:
+    data = f"GET /v3/users HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n".encode()
+    data += b"X-Slow: " + b"a" * 200
+    with _handed_off(world) as sock:
+        sent = 0
+        deadline = time.monotonic() + SETTLE_S
+        closed = False
+        while not closed and sent < len(data) and time.monotonic() < deadline:
+            try:
+                sock.sendall(data[sent : sent + 1])
+            except (ConnectionError, ssl.SSLError):
+                closed = True
+                break
+            sent += 1
+            closed = _closed_within(sock, 0.5)
+        assert closed or _closed_within(sock, 1), f"still open after {sent} bytes"
+    print(f"slowloris after a hand-off: cut after {sent} bytes")
+    bystander(world, member, "a slowloris head after a hand-off")
+
+
+def test_a_stalled_body_after_a_handoff_is_cut(world: World, member: str) -> None:
+    with _handed_off(world) as sock:
+        sock.sendall(
+            f"POST /v3/tokens HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n"
+            f"Authorization: Bearer {member}\r\nContent-Type: application/json\r\n"
+            'Content-Length: 100\r\n\r\n{"ttl": '.encode()
+        )
+        assert _closed_within(sock, SETTLE_S), "a stalled body kept its connection"
+    bystander(world, member, "a stalled body after a hand-off")

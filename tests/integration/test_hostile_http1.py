@@ -428,16 +428,72 @@ def test_trailers_never_reach_the_api_server_after_a_handoff(world: World, membe
     assert "system:masters" not in event["impersonatedUser"].get("groups", []), event
 
 
-@pytest.mark.parametrize("case", ["absolute", "no Host", "two Host"])
+_HANDOFF_CASES = {
+    # case: (request line, extra header lines, expected status)
+    "absolute": ("GET https://{host}{path} HTTP/1.1", ["Host: {host}"], 400),
+    "no Host": ("GET {path} HTTP/1.1", [], 400),
+    "two Host": ("GET {path} HTTP/1.1", ["Host: {host}", "Host: {host}"], 400),
+    "no Host on v3": ("GET /v3/users HTTP/1.1", [], 400),
+    "two Host on v3": ("GET /v3/users HTTP/1.1", ["Host: {host}", "Host: a.example"], 400),
+    "70 KiB head on v3": (
+        "GET /v3/users HTTP/1.1",
+        ["Host: {host}", "X-Pad: " + "a" * 70 * 1024],
+        431,
+    ),
+    "huge body on v3": (
+        "POST /v3/tokens HTTP/1.1",
+        ["Host: {host}", f"Content-Length: {10**12}"],
+        413,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(_HANDOFF_CASES))
 def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, case: str) -> None:
+    """After a request served by aiohttp, a refused head is refused by ``gateway.relay``
+    (a v3 error, the connection closed), never by aiohttp's plain-text 400 nor forwarded."""
     host = f"127.0.0.1:{world.gateway.port}"
     path = _target(world)
     probe = uuid.uuid4().hex
-    line = f"GET https://{host}{path} HTTP/1.1" if case == "absolute" else f"GET {path} HTTP/1.1"
-    hosts = {"absolute": [f"Host: {host}"], "no Host": [], "two Host": [f"Host: {host}"] * 2}
-    data = _raw_head(world, member, line, f"X-Probe: {probe}", *hosts[case])
+    line, extra, status = _HANDOFF_CASES[case]
+    lines = [x.format(host=host, path=path) for x in extra]
+    data = _raw_head(world, member, line.format(host=host, path=path), f"X-Probe: {probe}", *lines)
     answer = _after_handoff(world, member, data)
-    # 400 from the proxy (a v3 error) or from aiohttp's parser (plain text, not yet a
-    # Status: see the report of issue 15); never forwarded
-    assert answer is not None and answer.status == 400, answer
+    assert answer is not None and answer.status == status, answer
+    body = answer.json()
+    assert body["type"] == "error" and body["status"] == status, body
+    assert re.search(rb"(?im)^connection: close", answer.head), answer.head
     assert received(world, probe) == []
+
+
+def test_a_keep_alive_connection_on_aiohttp_serves_several_requests(
+    world: World, member: str
+) -> None:
+    """The relay passes everything on: a GET, a chunked POST and a cluster request on one
+    connection handed to aiohttp are each answered."""
+    host = f"127.0.0.1:{world.gateway.port}"
+    auth = f"Authorization: Bearer {member}"
+    with _connect(world) as sock:
+        sock.settimeout(10)
+        for _ in range(2):
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            answer = _read_answer(sock)
+            assert answer is not None and answer.status == 200, answer
+        body = b'{"ttl": 60000, "description": "relay"}'
+        sock.sendall(
+            f"POST /v3/tokens HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(body[:10]):x}\r\n".encode()
+            + body[:10]
+            + f"\r\n{len(body[10:]):x}\r\n".encode()
+            + body[10:]
+            + b"\r\n0\r\n\r\n"
+        )
+        answer = _read_answer(sock)
+        assert answer is not None and answer.status == 201, answer
+        assert answer.json()["token"], answer
+        data = head(world, member)
+        sock.sendall(data)
+        answer = _read_answer(sock)
+        assert answer is not None and answer.status == 200, answer
+    assert len(received(world, probe_of(data))) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.front import Front, FrontConnection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest
 from gateway.keys import DRAIN
 from gateway.rawresponse import RawResponse
+from gateway.relay import Relay
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -52,6 +54,9 @@ class FakeTransport:
     def resume_reading(self) -> None:
         self.paused = False
 
+    def is_reading(self) -> bool:
+        return not self.paused
+
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
 
@@ -63,12 +68,16 @@ class FakeAiohttp(asyncio.Protocol):
     def __init__(self) -> None:
         self.data = bytearray()
         self.transport: Any = None
+        self.lost = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
 
 
 Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
@@ -164,9 +173,73 @@ async def test_other_requests_hand_the_connection_to_aiohttp(world: Any) -> None
     conn.data_received(LOGIN[7:])
     assert len(world.fallbacks) == 1
     handler = world.fallbacks[0]
-    assert transport.protocol is handler and handler.transport is transport
+    relay = transport.protocol
+    assert isinstance(relay, Relay) and relay.handler is handler
+    assert handler.transport is transport
     assert bytes(handler.data) == LOGIN
-    assert conn not in world.front.connections
+    assert conn not in world.front.connections and relay in world.front.relays
+
+
+def _handed_off(world: Any) -> tuple[Relay, Any, FakeTransport]:
+    conn, transport = world.connect()
+    conn.data_received(LOGIN)
+    relay = transport.protocol
+    assert isinstance(relay, Relay)
+    return relay, world.fallbacks[-1], transport
+
+
+async def test_a_handed_off_connection_gets_whole_heads_only(world: Any) -> None:
+    relay, handler, transport = _handed_off(world)
+    post = b"POST /v3/tokens HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab"
+    relay.data_received(post[:10])
+    assert bytes(handler.data) == LOGIN  # held until the head is whole
+    relay.data_received(post[10:])
+    assert bytes(handler.data) == LOGIN + post
+    relay.data_received(b"cd" + LOGIN)
+    assert bytes(handler.data) == LOGIN + post + b"cd" + LOGIN
+    assert not transport.closed
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /v3/users HTTP/1.1\r\n\r\n", 400),
+        (b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /v3/users HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /v3/users HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 70000, 431),
+        (b"POST /v3/users HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999999\r\n\r\n", 413),
+    ],
+)
+async def test_a_handed_off_connection_refuses_bad_heads(
+    world: Any, data: bytes, status: int
+) -> None:
+    relay, handler, transport = _handed_off(world)
+    relay.data_received(data)
+    assert bytes(handler.data) == LOGIN
+    assert transport.closed
+    assert transport.written.startswith(f"HTTP/1.1 {status} ".encode())
+    body = json.loads(bytes(transport.written).partition(b"\r\n\r\n")[2])
+    assert body["type"] == "error" and body["status"] == status, body
+
+
+async def test_a_handed_off_connection_keeps_the_timeouts(world: Any) -> None:
+    now = asyncio.get_running_loop().time()
+    relay, handler, transport = _handed_off(world)
+    relay.check_timeouts(now + world.front.head_timeout_s * 10)  # between requests
+    assert not transport.closed
+    relay.data_received(LOGIN[:10])
+    relay.check_timeouts(now + world.front.head_timeout_s + 1)
+    assert transport.closed
+    relay, handler, transport = _handed_off(world)
+    relay.data_received(b"POST /v3/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab")
+    transport.paused = True  # aiohttp's back-pressure: not the client's fault
+    relay.check_timeouts(now + world.front.body_timeout_s + 1)
+    assert not transport.closed
+    transport.paused = False
+    relay.check_timeouts(now + world.front.body_timeout_s + 1)
+    assert transport.closed
+    relay.connection_lost(None)
+    assert relay not in world.front.relays and handler.lost
 
 
 async def test_a_hand_over_waits_for_the_answer_in_flight(world: Any) -> None:
@@ -501,3 +574,30 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
     conn.data_received(b"{}")
     await _settle()
     assert _answers(transport) == 1
+
+
+async def test_after_a_spdy_upgrade_the_relay_passes_other_protocols_on(world: Any) -> None:
+    relay, handler, transport = _handed_off(world)
+    upgrade = (
+        b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
+        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+    )
+    relay.data_received(upgrade)
+    frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY, taken over by gateway.upgrade
+    relay.data_received(frames)
+    relay.data_received(LOGIN + LOGIN)  # from now on, only passed on
+    assert bytes(handler.data) == LOGIN + upgrade + frames + LOGIN + LOGIN
+    assert not transport.closed
+
+
+async def test_after_an_upgrade_aiohttp_ignores_heads_are_still_checked(world: Any) -> None:
+    relay, handler, transport = _handed_off(world)
+    h2c = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    relay.data_received(h2c + LOGIN)
+    assert bytes(handler.data) == LOGIN + h2c + LOGIN
+    relay.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    relay, handler, transport = _handed_off(world)
+    spdy_elsewhere = h2c.replace(b"h2c", b"SPDY/3.1")
+    relay.data_received(spdy_elsewhere + b"\x80\x03\x00\x01")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")

@@ -1,0 +1,226 @@
+"""A connection handed to aiohttp keeps the front's checks: heads, head and body timeouts.
+
+``gateway.front`` hands a connection to aiohttp's request handler when a request is not
+for the cluster proxy (the management API, login pages, upgrades). ``Relay`` then sits
+between the transport and that handler: every chunk the client sends goes first to a
+``gateway.http1.RequestReader`` of its own (to know where each head begins and ends and
+how much of each body has arrived) and then, unchanged, to the handler. The handler
+gets the real transport: it writes, pauses and resumes reading on it itself.
+
+What the lean path refuses is refused here too, with a v3 error (JSON) and a closed
+connection, before aiohttp sees those bytes: a head over 64 KiB or over aiohttp's own limits
+(8190 bytes of target, name or value, 128 fields: 431), a missing or a
+second ``Host`` (400), a transfer coding other than chunked (501), a body over
+``limits.max_request_body`` (413), malformed framing (400). The front's sweep calls
+``check_timeouts``: a head begun and not complete after ``limits.head_timeout`` closes
+the connection; so does a body that sends nothing for ``limits.body_timeout`` while
+reading is on (aiohttp pausing reading for a slow handler is not the client's fault).
+Idle keep-alive is aiohttp's.
+
+A refusal is written at once: a client that pipelined a bad head behind a request that
+aiohttp is still answering may get it in the middle of that answer. Only that client's
+own connection is affected; browsers, curl and Go's client do not pipeline.
+
+After an upgrade aiohttp switches to (WebSocket, ``CONNECT``), the bytes are no longer
+HTTP/1.1: the relay only passes them on. Other ``Upgrade`` values aiohttp ignores and
+keeps parsing, and so does the relay, with one exception: after an upgrade to a cluster
+path (SPDY/3.1, which ``gateway.upgrade`` takes over from aiohttp), bytes that are not
+HTTP at all (llhttp refuses them) are passed on from then on: either the gateway took the
+connection over, or aiohttp's parser refuses them too. Bytes that parse as HTTP but
+fail a check (a second ``Host``...) are still refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, cast
+
+from gateway import rawresponse
+from gateway.http1 import Body, End, Head, Invalid, RequestReader
+from gateway.paths import PREFIX
+
+if TYPE_CHECKING:
+    from gateway.front import Front
+
+_PREFIX = PREFIX.encode("ascii")
+_NOT_HTTP = "malformed HTTP request"
+"""How ``RequestReader`` words what llhttp refused."""
+_AIOHTTP_UPGRADES = frozenset({b"websocket", b"tcp"})
+"""The ``Upgrade`` values aiohttp switches protocols for (``ALLOWED_UPGRADES``)."""
+
+AIOHTTP_MAX_FIELD = 8190
+"""aiohttp's ``max_line_size`` and ``max_field_size``: longer targets, names or values it
+refuses with a plain-text 400, so the relay refuses them first (431)."""
+AIOHTTP_MAX_HEADERS = 128
+"""aiohttp's ``max_headers`` (the lean path allows 256)."""
+
+_REASONS = {
+    400: ("BadRequest", "Bad Request"),
+    408: ("Timeout", "Request Timeout"),
+    413: ("RequestEntityTooLarge", "Content Too Large"),
+    431: ("RequestHeaderFieldsTooLarge", "Request Header Fields Too Large"),
+    501: ("NotImplemented", "Not Implemented"),
+}
+
+
+def _everything(head: Head) -> bool:
+    return True
+
+
+def _switches(head: Head) -> bool:
+    """aiohttp stops parsing HTTP/1.1 after this head (its ``ALLOWED_UPGRADES``)."""
+    if head.method == "CONNECT":
+        return True
+    for name, value in head.headers:
+        if name.lower() == b"upgrade":
+            return value.strip().lower() in _AIOHTTP_UPGRADES
+    return False
+
+
+def _too_large_for_aiohttp(head: Head) -> bool:
+    if len(head.target) > AIOHTTP_MAX_FIELD or len(head.headers) > AIOHTTP_MAX_HEADERS:
+        return True
+    return any(len(n) > AIOHTTP_MAX_FIELD or len(v) > AIOHTTP_MAX_FIELD for n, v in head.headers)
+
+
+def v3_error(status: int, message: str) -> bytes:
+    """A whole ``Connection: close`` answer with a v3 error body."""
+    code, phrase = _REASONS.get(status, ("", ""))
+    body = json.dumps({"type": "error", "status": status, "code": code, "message": message})
+    return rawresponse.build(
+        status,
+        phrase,
+        [(b"Content-Type", b"application/json; charset=utf-8")],
+        body.encode(),
+        request_id="",
+        keep_alive=False,
+    )
+
+
+class Relay(asyncio.Protocol):
+    """Between a handed-off connection's transport and aiohttp's request handler."""
+
+    def __init__(
+        self, front: Front, transport: asyncio.Transport, handler: asyncio.Protocol
+    ) -> None:
+        self._front = front
+        self.transport: asyncio.Transport | None = transport
+        self.handler = handler
+        self._reader = RequestReader(_everything, front.max_body)
+        self._passthrough = False
+        self._taken_over = False
+        """The last head was an upgrade the gateway may take over itself (SPDY/3.1 through
+        ``gateway.upgrade``): what follows may be another protocol."""
+        self._held: list[bytes] = []
+        """A head's bytes until it is whole and checked (at most 64 KiB)."""
+        self._in_body = False
+        self._head_started = 0.0
+        self._body_active = 0.0
+        self.closing = False
+
+    # asyncio protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # made by ``gateway.front`` with the transport already open
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self._passthrough:
+            self.handler.data_received(data)
+            return
+        reader = self._reader
+        begun = reader.begun
+        now = asyncio.get_running_loop().time()
+        rest = data
+        while rest:
+            events = reader.feed(rest)
+            rest = b""
+            for event in events:
+                kind = type(event)
+                if kind is Head:
+                    head = cast(Head, event)
+                    if _too_large_for_aiohttp(head):
+                        self._refuse(Invalid(431, "request header fields too large"))
+                        return
+                    self._in_body = head.has_body
+                    self._taken_over = False
+                    self._body_active = now
+                    if head.upgrade:
+                        if _switches(head):
+                            self._passthrough = True
+                            break
+                        # aiohttp goes on parsing; llhttp stopped after this head.
+                        self._taken_over = head.target.startswith(_PREFIX)
+                        rest = reader.take_upgrade_tail()
+                elif kind is Body:
+                    self._body_active = now
+                elif kind is End:
+                    self._in_body = False
+                else:
+                    invalid = cast(Invalid, event)
+                    if self._taken_over and invalid.message.startswith(_NOT_HTTP):
+                        # not HTTP/1.1: ``gateway.upgrade`` took the connection over (or
+                        # aiohttp's own parser refuses these bytes too)
+                        self._passthrough = True
+                        self._held.clear()
+                        self.handler.data_received(data)
+                        return
+                    self._refuse(invalid)
+                    return
+        if reader.begun != begun:
+            self._head_started = now
+        if reader.in_head and not self._passthrough:
+            self._held.append(data)  # aiohttp gets the head once it is whole and checked
+            return
+        if self._held:
+            self._held.append(data)
+            data = b"".join(self._held)
+            self._held.clear()
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closing = True
+        self._front.relays.discard(self)
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    # what the front's sweep calls
+
+    def check_timeouts(self, now: float) -> None:
+        transport = self.transport
+        if transport is None or self._passthrough or self.closing:
+            return
+        front = self._front
+        if self._reader.in_head:
+            if now - self._head_started > front.head_timeout_s:
+                self.close()
+        elif (
+            self._in_body
+            and transport.is_reading()
+            and now - self._body_active > front.body_timeout_s
+        ):
+            self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _refuse(self, invalid: Invalid) -> None:
+        transport = self.transport
+        self.closing = True
+        if transport is None:
+            return
+        transport.write(v3_error(invalid.status, invalid.message))
+        transport.close()
