@@ -23,11 +23,10 @@ own connection is affected; browsers, curl and Go's client do not pipeline.
 
 After an upgrade aiohttp switches to (WebSocket, ``CONNECT``), the bytes are no longer
 HTTP/1.1: the relay only passes them on. Other ``Upgrade`` values aiohttp ignores and
-keeps parsing, and so does the relay, with one exception: after an upgrade to a cluster
-path (SPDY/3.1, which ``gateway.upgrade`` takes over from aiohttp), bytes that are not
-HTTP at all (llhttp refuses them) are passed on from then on: either the gateway took the
-connection over, or aiohttp's parser refuses them too. Bytes that parse as HTTP but
-fail a check (a second ``Host``...) are still refused.
+keeps parsing, and so does the relay, until the gateway itself takes the connection over
+(SPDY/3.1 exec, attach and port-forward: ``gateway.upgrade`` calls ``taken_over`` before
+it answers 101, so a client cannot send the other protocol's bytes before it). Until
+then every byte is read as HTTP/1.1 and checked.
 """
 
 from __future__ import annotations
@@ -38,14 +37,10 @@ from typing import TYPE_CHECKING, cast
 
 from gateway import rawresponse
 from gateway.http1 import Body, End, Head, Invalid, RequestReader
-from gateway.paths import PREFIX
 
 if TYPE_CHECKING:
     from gateway.front import Front
 
-_PREFIX = PREFIX.encode("ascii")
-_NOT_HTTP = "malformed HTTP request"
-"""How ``RequestReader`` words what llhttp refused."""
 _AIOHTTP_UPGRADES = frozenset({b"websocket", b"tcp"})
 """The ``Upgrade`` values aiohttp switches protocols for (``ALLOWED_UPGRADES``)."""
 
@@ -109,9 +104,6 @@ class Relay(asyncio.Protocol):
         self.handler = handler
         self._reader = RequestReader(_everything, front.max_body)
         self._passthrough = False
-        self._taken_over = False
-        """The last head was an upgrade the gateway may take over itself (SPDY/3.1 through
-        ``gateway.upgrade``): what follows may be another protocol."""
         self._held: list[bytes] = []
         """A head's bytes until it is whole and checked (at most 64 KiB)."""
         self._in_body = False
@@ -145,29 +137,19 @@ class Relay(asyncio.Protocol):
                         self._refuse(Invalid(431, "request header fields too large"))
                         return
                     self._in_body = head.has_body
-                    self._taken_over = False
                     self._body_active = now
                     if head.upgrade:
                         if _switches(head):
                             self._passthrough = True
                             break
                         # aiohttp goes on parsing; llhttp stopped after this head.
-                        self._taken_over = head.target.startswith(_PREFIX)
                         rest = reader.take_upgrade_tail()
                 elif kind is Body:
                     self._body_active = now
                 elif kind is End:
                     self._in_body = False
                 else:
-                    invalid = cast(Invalid, event)
-                    if self._taken_over and invalid.message.startswith(_NOT_HTTP):
-                        # not HTTP/1.1: ``gateway.upgrade`` took the connection over (or
-                        # aiohttp's own parser refuses these bytes too)
-                        self._passthrough = True
-                        self._held.clear()
-                        self.handler.data_received(data)
-                        return
-                    self._refuse(invalid)
+                    self._refuse(cast(Invalid, event))
                     return
         if reader.begun != begun:
             self._head_started = now
@@ -194,6 +176,14 @@ class Relay(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.handler.resume_writing()
+
+    def pass_through(self) -> None:
+        """From now on the bytes are another protocol's: pass them on unread."""
+        self._passthrough = True
+        if self._held:
+            held = b"".join(self._held)
+            self._held.clear()
+            self.handler.data_received(held)
 
     # what the front's sweep calls
 
@@ -224,3 +214,11 @@ class Relay(asyncio.Protocol):
             return
         transport.write(v3_error(invalid.status, invalid.message))
         transport.close()
+
+
+def taken_over(transport: asyncio.BaseTransport) -> None:
+    """The gateway took this connection over from aiohttp (``gateway.upgrade``, before
+    it answers 101): a relay in front of it stops reading HTTP/1.1."""
+    protocol = transport.get_protocol()
+    if isinstance(protocol, Relay):
+        protocol.pass_through()

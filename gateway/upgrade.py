@@ -22,6 +22,7 @@ from config.compat import aiohttp_internals
 from gateway import sessions
 from gateway.errors import GatewayError
 from gateway.exchange import REQUEST_ID_HEADER, Exchange
+from gateway.relay import taken_over
 from gateway.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -81,6 +82,7 @@ async def relay(
     if transport is None or transport.is_closing():
         stream.reset(ErrorCode.CANCEL, "client went away")
         return resp
+    taken_over(transport)  # before the 101: the client sends the new protocol only after it
     await resp.prepare(request)
     client_side = _ClientToTunnel(stream, transport)
     protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser

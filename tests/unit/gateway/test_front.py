@@ -18,7 +18,7 @@ from gateway.front import Front, FrontConnection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest
 from gateway.keys import DRAIN
 from gateway.rawresponse import RawResponse
-from gateway.relay import Relay
+from gateway.relay import Relay, taken_over
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -59,6 +59,9 @@ class FakeTransport:
 
     def set_protocol(self, protocol: Any) -> None:
         self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if name == "peername" else default
@@ -576,18 +579,37 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
     assert _answers(transport) == 1
 
 
-async def test_after_a_spdy_upgrade_the_relay_passes_other_protocols_on(world: Any) -> None:
+async def test_after_the_gateway_takes_a_spdy_upgrade_over_the_relay_passes_bytes_on(
+    world: Any,
+) -> None:
     relay, handler, transport = _handed_off(world)
     upgrade = (
         b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
         b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
     )
     relay.data_received(upgrade)
-    frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY, taken over by gateway.upgrade
+    taken_over(transport)  # gateway.upgrade, before its 101
+    frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY
     relay.data_received(frames)
     relay.data_received(LOGIN + LOGIN)  # from now on, only passed on
     assert bytes(handler.data) == LOGIN + upgrade + frames + LOGIN + LOGIN
     assert not transport.closed
+
+
+async def test_before_the_gateway_takes_an_upgrade_over_other_bytes_are_refused(
+    world: Any,
+) -> None:
+    """No guessing from the bytes: until ``gateway.upgrade`` says it took the connection,
+    what follows an upgrade head is read as HTTP/1.1 and checked."""
+    relay, handler, transport = _handed_off(world)
+    upgrade = (
+        b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
+        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+    )
+    relay.data_received(upgrade)
+    relay.data_received(b"\x80\x03\x00\x01")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    assert bytes(handler.data) == LOGIN + upgrade
 
 
 async def test_after_an_upgrade_aiohttp_ignores_heads_are_still_checked(world: Any) -> None:
