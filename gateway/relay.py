@@ -21,12 +21,13 @@ A refusal is written at once: a client that pipelined a bad head behind a reques
 aiohttp is still answering may get it in the middle of that answer. Only that client's
 own connection is affected; browsers, curl and Go's client do not pipeline.
 
-After an upgrade aiohttp switches to (WebSocket, ``CONNECT``), the bytes are no longer
-HTTP/1.1: the relay only passes them on. Other ``Upgrade`` values aiohttp ignores and
-keeps parsing, and so does the relay, until the gateway itself takes the connection over
-(SPDY/3.1 exec, attach and port-forward: ``gateway.upgrade`` calls ``taken_over`` before
-it answers 101, so a client cannot send the other protocol's bytes before it). Until
-then every byte is read as HTTP/1.1 and checked.
+An upgrade head changes nothing by itself: aiohttp declines an upgrade its handler does
+not accept (it answers and goes back to parsing HTTP/1.1), so the relay goes on reading
+every byte as HTTP/1.1 and checking it until the gateway takes the connection over:
+``gateway.upgrade`` (exec, attach, port-forward over WebSocket or SPDY/3.1) and
+``gateway.tunnels`` (an agent's WebSocket) call ``taken_over`` before they answer 101, so
+a client cannot send the other protocol's bytes before it. From then on the relay only
+passes bytes on and leaves the front's sweep.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from gateway.http1 import Body, End, Head, Invalid, RequestReader
 if TYPE_CHECKING:
     from gateway.front import Front
 
-_AIOHTTP_UPGRADES = frozenset({b"websocket", b"tcp"})
-"""The ``Upgrade`` values aiohttp switches protocols for (``ALLOWED_UPGRADES``)."""
 
 AIOHTTP_MAX_FIELD = 8190
 """aiohttp's ``max_line_size`` and ``max_field_size``: longer targets, names or values it
@@ -61,16 +60,6 @@ _REASONS = {
 
 def _everything(head: Head) -> bool:
     return True
-
-
-def _switches(head: Head) -> bool:
-    """aiohttp stops parsing HTTP/1.1 after this head (its ``ALLOWED_UPGRADES``)."""
-    if head.method == "CONNECT":
-        return True
-    for name, value in head.headers:
-        if name.lower() == b"upgrade":
-            return value.strip().lower() in _AIOHTTP_UPGRADES
-    return False
 
 
 def _too_large_for_aiohttp(head: Head) -> bool:
@@ -139,10 +128,9 @@ class Relay(asyncio.Protocol):
                     self._in_body = head.has_body
                     self._body_active = now
                     if head.upgrade:
-                        if _switches(head):
-                            self._passthrough = True
-                            break
-                        # aiohttp goes on parsing; llhttp stopped after this head.
+                        # Still HTTP/1.1 until the gateway takes the connection over
+                        # (``taken_over``): aiohttp declines every upgrade it is not
+                        # told to accept and goes on parsing, so the relay does too.
                         rest = reader.take_upgrade_tail()
                 elif kind is Body:
                     self._body_active = now
@@ -180,10 +168,10 @@ class Relay(asyncio.Protocol):
     def pass_through(self) -> None:
         """From now on the bytes are another protocol's: pass them on unread."""
         self._passthrough = True
-        if self._held:
-            held = b"".join(self._held)
-            self._held.clear()
-            self.handler.data_received(held)
+        self._front.relays.discard(self)  # no timeouts of ours any more
+        # Bytes held now began a head after the upgrade's, sent before our 101: no client
+        # does that, and they were never checked; they are dropped, not passed on.
+        self._held.clear()
 
     # what the front's sweep calls
 
@@ -216,9 +204,15 @@ class Relay(asyncio.Protocol):
         transport.close()
 
 
-def taken_over(transport: asyncio.BaseTransport) -> None:
-    """The gateway took this connection over from aiohttp (``gateway.upgrade``, before
-    it answers 101): a relay in front of it stops reading HTTP/1.1."""
+def relay_of(transport: asyncio.BaseTransport) -> Relay | None:
+    """The relay in front of aiohttp on this connection, if there is one."""
     protocol = transport.get_protocol()
-    if isinstance(protocol, Relay):
-        protocol.pass_through()
+    return protocol if isinstance(protocol, Relay) else None
+
+
+def taken_over(transport: asyncio.BaseTransport) -> None:
+    """The gateway took this connection over from aiohttp (``gateway.upgrade``, as it
+    hands the bytes to the tunnel): a relay in front of it stops reading HTTP/1.1."""
+    relay = relay_of(transport)
+    if relay is not None:
+        relay.pass_through()

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.directory import Directory
 from gateway.keys import DIRECTORY, REGISTRATION_GUARD, REPLICAS, SAMPLER, SETTINGS, TUNNELS
 from gateway.records import CLUSTER, REGISTRATION
+from gateway.relay import relay_of
 from gateway.upstream import StreamPool
 from tunnel import wsconn
 from tunnel.errors import SessionClosed, TunnelError
@@ -226,6 +227,7 @@ async def connect(request: web.Request) -> web.StreamResponse:
             "agent for %s from %s refused: %d agents", cluster.id, request.remote, max_agents
         )
         return _refusal(429, "TooManyRequests", _full_message(cluster.id, max_agents))
+    relay = relay_of(request.transport) if request.transport is not None else None
     try:
         conn, ws = await wsconn.accept(request)
     except HandshakeError as exc:
@@ -239,6 +241,8 @@ async def connect(request: web.Request) -> web.StreamResponse:
             status=exc.status,
             headers={"Sec-WebSocket-Version": "13"} if exc.status == 426 else None,
         )
+    if relay is not None:
+        relay.pass_through()  # the connection is the tunnel's now (wsconn took it over)
     remote = request.remote or "?"
     name = f"{cluster.id}@{remote}"
     link: AgentLink | None = None

@@ -82,9 +82,13 @@ async def relay(
     if transport is None or transport.is_closing():
         stream.reset(ErrorCode.CANCEL, "client went away")
         return resp
-    taken_over(transport)  # before the 101: the client sends the new protocol only after it
     await resp.prepare(request)
     client_side = _ClientToTunnel(stream, transport)
+    # With no await between them: a relay in front of aiohttp (gateway.relay) stops
+    # reading HTTP/1.1 exactly when aiohttp's parser hands the bytes to the tunnel. A
+    # client sends the new protocol only after our 101; bytes sent before it are read
+    # (and refused) as HTTP.
+    taken_over(transport)
     protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser
     sent = [0]
     forget = None

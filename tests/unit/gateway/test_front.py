@@ -596,6 +596,30 @@ async def test_after_the_gateway_takes_a_spdy_upgrade_over_the_relay_passes_byte
     assert not transport.closed
 
 
+@pytest.mark.parametrize("upgrade", [b"websocket", b"tcp"])
+async def test_an_upgrade_head_alone_turns_no_check_off(world: Any, upgrade: bytes) -> None:
+    """Found in review: a WebSocket (or ``tcp``) upgrade head switched the relay to
+    passing bytes on for good, while aiohttp declines any upgrade its handler does not
+    accept and goes back to HTTP/1.1: no credentials needed to turn every check off."""
+    relay, handler, transport = _handed_off(world)
+    head = (
+        b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: "
+        + upgrade
+        + b"\r\n\r\n"
+    )
+    relay.data_received(head)
+    assert relay in world.front.relays  # still swept for timeouts
+    relay.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    assert bytes(handler.data) == LOGIN + head
+
+
+async def test_a_connection_taken_over_leaves_the_sweep(world: Any) -> None:
+    relay, _, transport = _handed_off(world)
+    taken_over(transport)
+    assert relay not in world.front.relays
+
+
 async def test_before_the_gateway_takes_an_upgrade_over_other_bytes_are_refused(
     world: Any,
 ) -> None:
