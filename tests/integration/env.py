@@ -30,6 +30,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
 def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -16,7 +16,6 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -24,7 +23,7 @@ import h2.events
 import pytest
 
 from tests.integration.conftest import World, start_world, stop_world
-from tests.integration.env import wait_until
+from tests.integration.env import rss_kib, wait_until
 from tests.integration.test_hostile_http1 import (
     _connect,
     _metrics,
@@ -105,10 +104,7 @@ def _metric(world: World, pattern: str) -> float:
 
 def _rss_mib(world: World) -> float:
     assert world.gateway.process is not None
-    status = Path(f"/proc/{world.gateway.process.pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    assert match
-    return int(match.group(1)) / 1024
+    return rss_kib(world.gateway.process.pid) / 1024
 
 
 def _gateway_fds(world: World) -> int:

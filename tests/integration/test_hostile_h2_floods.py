@@ -14,13 +14,12 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import hpack
 import pytest
 
 from tests.integration.conftest import World
-from tests.integration.env import wait_until
+from tests.integration.env import rss_kib, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +37,6 @@ allowance covers allocator noise and caches warmed by the first requests)."""
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
     return struct.pack(">HBBBI", length >> 8, length & 0xFF, kind, flags, stream_id) + payload
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def gateway_pid(world: World) -> int:

@@ -17,6 +17,7 @@ from tests.integration.env import (
     free_port,
     kubectl_background,
     kubectl_run,
+    rss_kib,
     wait_until,
 )
 
@@ -194,18 +195,11 @@ def test_healthz_is_public(world: World) -> None:
     wait_until(lambda: True, 0.1, "")
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_100mb_list_passes_in_bounded_memory(world: World, admin_kubeconfig: Path) -> None:
     """100 MB LIST through gateway and tunnel: intact, and the gateway does not hold it."""
     assert world.gateway.process is not None
     pid = world.gateway.process.pid
-    before = _rss_kib(pid)
+    before = rss_kib(pid)
     peak = before
     out = world.tmp / "bulk.json"
     with out.open("wb") as sink, subprocess.Popen(
@@ -215,7 +209,7 @@ def test_100mb_list_passes_in_bounded_memory(world: World, admin_kubeconfig: Pat
         stdout=sink, stderr=subprocess.PIPE,
     ) as proc:  # fmt: skip
         while proc.poll() is None:
-            peak = max(peak, _rss_kib(pid))
+            peak = max(peak, rss_kib(pid))
             time.sleep(0.02)
         assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     size = out.stat().st_size
