@@ -27,7 +27,7 @@ from typing import cast
 
 from aiohttp import web
 
-from gateway import metrics, proxy, rawresponse
+from gateway import front_bridge, metrics, proxy, rawresponse
 from gateway.errors import BadBody, status_body
 from gateway.front_h2 import HTTP2_BUFFER_BYTES, H2Connection
 from gateway.front_request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
@@ -69,7 +69,7 @@ class Front:
     def __init__(
         self,
         app: web.Application,
-        fallback: Callable[[], asyncio.BaseProtocol],
+        fallback: Callable[[], asyncio.Protocol],
         keepalive_s: float = KEEPALIVE_S,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         answer: Answerer = proxy.answer,
@@ -100,6 +100,16 @@ class Front:
 
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
+
+    def answerer(self, request: ClientRequest) -> Answerer:
+        """Who answers ``request``: the proxy for ``/k8s/clusters/``, else aiohttp's
+        application through the bridge."""
+        if request.raw_path.startswith(PREFIX):
+            return self.answer
+        return self._bridged
+
+    async def _bridged(self, app: web.Application, request: ClientRequest) -> proxy.Answer:
+        return await front_bridge.serve(self.fallback, request)
 
     def added(self, conn: FrontConnection | H2Connection | Relay) -> None:
         if isinstance(conn, Relay):
@@ -313,8 +323,11 @@ class FrontConnection(asyncio.Protocol):
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
+        bodyless: bool = False,
     ) -> StreamedAnswer:
-        return StreamedAnswer(self, request, status, reason, upstream_headers, length, request_id)
+        return StreamedAnswer(
+            self, request, status, reason, upstream_headers, length, request_id, bodyless
+        )
 
     def body_drained(self) -> None:
         if self._reading_paused and not self._reader.handing_off and self._invalid is None:
@@ -451,7 +464,7 @@ class FrontConnection(asyncio.Protocol):
             return
         raw = self._reader.take_raw()
         self._front.removed(self)
-        handler = cast(asyncio.Protocol, self._front.fallback())
+        handler = self._front.fallback()
         relay = Relay(self._front, transport, handler)
         transport.set_protocol(relay)
         handler.connection_made(transport)

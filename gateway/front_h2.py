@@ -29,7 +29,6 @@ from aiohttp import web
 from config import allocator
 from gateway import http2
 from gateway.errors import status_body
-from gateway.front_bridge import Bridge
 from gateway.front_request import ClientRequest
 from gateway.http1 import Head
 from gateway.http2 import Data, Drained, End, GoAway, Request, Reset, ServerConnection, Terminated
@@ -302,10 +301,8 @@ class H2Connection(asyncio.Protocol):
             stream.refuse(431, "request header fields too large", "RequestHeaderFieldsTooLarge")
         elif event.method == b"CONNECT":
             stream.refuse(405, "CONNECT is not supported", "MethodNotAllowed")
-        elif event.path.startswith(_PREFIX):
-            stream.start(self._front)
         else:
-            stream.bridge(self._front)
+            stream.start(self._front)
 
 
 class H2Stream:
@@ -313,7 +310,6 @@ class H2Stream:
 
     __slots__ = (
         "_body_active",
-        "_bridge",
         "_conn",
         "_task",
         "_waiter",
@@ -328,8 +324,8 @@ class H2Stream:
         self.stream_id = event.stream_id
         self.authority = event.authority
         self.request = ClientRequest(_head(event), self)
+        self.request.authority = event.authority
         self._task: asyncio.Task[None] | None = None
-        self._bridge: Bridge | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._body_active = asyncio.get_running_loop().time()
         self.tally: ReadTally | None = None
@@ -340,8 +336,7 @@ class H2Stream:
         sent has been read: its window is open)."""
         request = self.request
         return (
-            self._bridge is None  # aiohttp's (the management API) has its own
-            and request.body_exists
+            request.body_exists
             and not request.body_complete
             and request.body_held == 0
             and not request.expect_continue  # the client waits for our 100
@@ -392,23 +387,18 @@ class H2Stream:
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
+        bodyless: bool = False,
     ) -> H2Answer:
-        return H2Answer(
-            self, status, h2_headers(upstream_headers, length=length, request_id=request_id)
-        )
+        headers = h2_headers(upstream_headers, length=length, request_id=request_id)
+        return H2Answer(self, status, headers, bodyless)
 
     # what the connection does with it
 
     def feed(self, data: bytes) -> None:
         self._body_active = asyncio.get_running_loop().time()
-        if self._bridge is not None:
-            self._bridge.feed(data)
-        else:
-            self.request.feed_body(data)
+        self.request.feed_body(data)
 
     def feed_eof(self) -> None:
-        if self._bridge is not None:
-            self._bridge.feed_eof()
         self.request.feed_eof()
 
     def finish(self) -> None:
@@ -416,8 +406,6 @@ class H2Stream:
 
     def writable(self) -> None:
         """The stream's queue drained, or the socket resumed."""
-        if self._bridge is not None:
-            self._bridge.writable()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -427,8 +415,6 @@ class H2Stream:
         self.request.fail(error)
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._bridge is not None:
-            self._bridge.lost(error)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -438,9 +424,6 @@ class H2Stream:
         token = READER_TALLY.set(tally)  # the task's copy of the context keeps it
         self._task = asyncio.get_running_loop().create_task(self._run(front))
         READER_TALLY.reset(token)
-
-    def bridge(self, front: Front) -> None:
-        self._bridge = Bridge(self, front)
 
     def refuse(self, status: int, message: str, reason: str) -> None:
         self.send_whole(
@@ -490,7 +473,7 @@ class H2Stream:
     async def _run(self, front: Front) -> None:
         request = self.request
         try:
-            response = await front.answer(front.app, request)
+            response = await front.answerer(request)(front.app, request)
             if isinstance(response, RawResponse):
                 self.send_whole(*response.h2_answer())
             elif not isinstance(response, H2Answer):  # an error answer from aiohttp's helpers
@@ -506,19 +489,23 @@ class H2Stream:
 class H2Answer:
     """A streamed answer (watch, big LIST, logs -f) as HEADERS, then DATA as it comes."""
 
-    __slots__ = ("_headers", "_status", "_stream", "keep_alive")
+    __slots__ = ("_bodyless", "_headers", "_status", "_stream", "keep_alive")
 
-    def __init__(self, stream: H2Stream, status: int, headers: list[Header]) -> None:
+    def __init__(
+        self, stream: H2Stream, status: int, headers: list[Header], bodyless: bool = False
+    ) -> None:
         self._stream = stream
         self._status = status
         self._headers = headers
+        self._bodyless = bodyless
+        """An answer to HEAD, a 204 or a 304: HEADERS end the stream."""
         self.keep_alive = True
 
     def force_close(self) -> None:
         return None
 
     async def prepare(self, request: Any) -> None:
-        self._stream.send_head(self._status, self._headers)
+        self._stream.send_head(self._status, self._headers, end_stream=self._bodyless)
         self._headers = []  # not kept for the life of a watch
 
     async def write(self, data: bytes | bytearray) -> None:
@@ -528,7 +515,8 @@ class H2Answer:
             await stream.wait_writable()
 
     async def write_eof(self, data: bytes = b"") -> None:
-        self._stream.send(data, end_stream=True)
+        if not self._bodyless:
+            self._stream.send(data, end_stream=True)
 
 
 def _head(event: Request) -> Head:

@@ -93,6 +93,7 @@ class RequestSide(Protocol):
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
+        bodyless: bool = False,
     ) -> Streamed: ...
 
 
@@ -107,6 +108,7 @@ class ClientRequest:
         "_held",
         "_keep_alive",
         "_waiter",
+        "authority",
         "authorization",
         "body_complete",
         "body_exists",
@@ -143,6 +145,8 @@ class ClientRequest:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self.body_complete = False
+        self.authority = b""
+        """HTTP/2's ``:authority`` (what the bridge sends aiohttp as ``Host``)."""
 
     # what gateway.proxy reads
 
@@ -224,9 +228,10 @@ class ClientRequest:
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
+        bodyless: bool = False,
     ) -> Streamed:
         return self._conn.streamed_answer(
-            self, status, reason, upstream_headers, length, request_id
+            self, status, reason, upstream_headers, length, request_id, bodyless
         )
 
     # what the connection feeds
@@ -269,12 +274,13 @@ class StreamedAnswer:
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
+        bodyless: bool = False,
     ) -> None:
         self._conn = conn
         keep_alive = request.keep_alive
         # Without a length, HTTP/1.0 clients read until the connection closes.
-        self._chunked = length is None and request.version == "1.1"
-        if length is None and not self._chunked:
+        self._chunked = length is None and request.version == "1.1" and not bodyless
+        if length is None and not self._chunked and not bodyless:
             keep_alive = False
         self.keep_alive = keep_alive
         self._head = rawresponse.head(
