@@ -48,6 +48,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/proxy/paths.py",
     "gateway/proxy/pieces.py",
     "gateway/proxy/handler.py",
+    "gateway/proxy/model.py",
     "gateway/proxy/rawresponse.py",
     "gateway/proxy/requestinfo.py",
     "gateway/proxy/sessions.py",

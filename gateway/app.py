@@ -34,7 +34,6 @@ from gateway.keys import (
 )
 from gateway.operations import background, health
 from gateway.operations.runtime import Runtime
-from gateway.proxy import handler as proxy
 from gateway.proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from gateway.proxy.sessions import Sessions
 from gateway.telemetry.audit import AuditLog
@@ -139,8 +138,6 @@ def build_app(
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
 
     r = app.router
-    r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
-    r.add_get("/v3/connect", tunnels.connect)
     r.add_get("/healthz", health.healthz)
     r.add_get("/readyz", health.readyz)
     r.add_get("/metrics", health.metrics_for_admins)

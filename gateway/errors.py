@@ -90,6 +90,13 @@ def status_body(status: int, message: str, reason: str, details: dict[str, Any] 
     return json.dumps(body).encode()
 
 
+def api_body(status: int, code: str, message: str) -> bytes:
+    """A v3 (Rancher-shaped) error body."""
+    return json.dumps(
+        {"type": "error", "status": status, "code": code, "message": message}
+    ).encode()
+
+
 def k8s_response(error: GatewayError) -> web.Response:
     headers = {"Cache-Control": "no-cache, private", **error.headers}
     if error.status == 401:
@@ -113,7 +120,7 @@ def api_response(error: GatewayError) -> web.Response:
 
 
 class BadBody(ConnectionError):
-    """A request body broke off on the lean path (malformed, too large or too slow):
+    """A request body broke off (malformed, too large or too slow):
     the connection answers ``status`` and closes (``gateway.front.connection``).
 
     A ``ConnectionError``: the proxy and the upstream pass it on as a client that went

@@ -5,6 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import TypeGuard
+
+
+def is_stream(transport: asyncio.BaseTransport) -> TypeGuard[asyncio.Transport]:
+    """Whether ``transport`` carries a byte stream both ways (asyncio's, uvloop's, which
+    asyncio does not count as ``asyncio.Transport``, and ``tunnel.tls``'s)."""
+    return hasattr(transport, "write") and hasattr(transport, "pause_reading")
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:

@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import Final, Protocol
 
 # aiohttp's C masking loop when it is as tested, else a Python one (config.compat)
 from config.compat.aiohttp_internals import websocket_mask as _mask_in_place
@@ -116,7 +116,13 @@ def _has_token(value: str, token: str) -> bool:
     return token in (part.strip().lower() for part in value.split(","))
 
 
-def server_accept(headers: Mapping[str, str]) -> dict[str, str]:
+class Fields(Protocol):
+    """Request header fields, looked up by name (case-insensitive)."""
+
+    def get(self, name: str, default: str, /) -> str: ...
+
+
+def server_accept(headers: Fields) -> dict[str, str]:
     """Check a client's opening handshake; the 101 answer's headers, or HandshakeError."""
     if headers.get("Upgrade", "").strip().lower() != "websocket":
         raise HandshakeError(400, "not a WebSocket upgrade (Upgrade: websocket expected)")

@@ -7,9 +7,9 @@ payload as it arrives, and the session gets it through ``receive`` (the
 :class:`~tunnel.transport.Transport` interface). Pings are answered, a Close is answered
 and ends the connection.
 
-The agent dials with :func:`dial`; the gateway takes over an upgraded aiohttp request
-with :func:`accept` (aiohttp parses and authenticates the request, then the connection's
-bytes come here).
+The agent dials with :func:`dial`; the gateway, once it has read, authenticated and
+answered an agent's upgrade itself (``gateway.front.agents``), hands the connection over
+with :func:`take_over`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, cast
-
-from aiohttp import web
 
 from tunnel import tls, websocket
 from tunnel.sockets import set_nodelay, shared_read_buffer
@@ -88,8 +86,8 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self._close_sent = False
         self._eof = False
         self._previous = previous
-        """A protocol that had the transport before (aiohttp's request handler on the
-        gateway): told when the connection is lost, so its bookkeeping ends too."""
+        """A protocol that had the transport before (the gateway's front): told when
+        the connection is lost, so its bookkeeping ends too."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.handshake_done: asyncio.Future[None] | None = None
         self.close_code: int | None = None
@@ -353,25 +351,19 @@ async def dial(
     return conn
 
 
-async def accept(
-    request: web.Request, max_frame: int = READ_LIMIT_BYTES
-) -> tuple[WebSocketConnection, web.StreamResponse]:
-    """Answer an aiohttp request's WebSocket upgrade and take its connection over.
+def take_over(
+    transport: asyncio.Transport,
+    max_frame: int = READ_LIMIT_BYTES,
+    previous: asyncio.BaseProtocol | None = None,
+) -> WebSocketConnection:
+    """The server's side once its 101 is written: ``transport`` becomes a WebSocket
+    connection (it is this connection's protocol from now on).
 
-    Raises HandshakeError (answer with its status) when the request is not a valid
-    upgrade. The handler keeps running while the connection is open and returns the
-    101 response at the end (aiohttp then only closes the connection).
+    ``previous``, the protocol that had the transport (the gateway's front), is told
+    when the connection is lost. The peer sends nothing before it has read the 101, so
+    no WebSocket byte was read by the previous protocol.
     """
-    answer = websocket.server_accept(request.headers)
-    transport = request.transport
-    if transport is None:
-        raise ConnectionResetError("the client went away")
-    conn = WebSocketConnection(client=False, max_frame=max_frame, previous=request.protocol)
-    # Every byte from now on is WebSocket framing and comes here; the agent sends none
-    # before it has read the 101, so nothing sits in aiohttp's parser.
+    conn = WebSocketConnection(client=False, max_frame=max_frame, previous=previous)
     transport.set_protocol(conn)
     conn.connection_made(transport)
-    response = web.StreamResponse(status=101, reason="Switching Protocols", headers=answer)
-    response.force_close()
-    await response.prepare(request)
-    return conn, response
+    return conn

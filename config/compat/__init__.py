@@ -1,13 +1,11 @@
 """Every use of a dependency's private internals, each behind one checked assumption.
 
 herdgate reaches below the public API of a few dependencies where that bought a measured
-speed-up (or, for aiohttp's upgrade hook, the only way in). Each such use lives in one
-module here, one per dependency:
+speed-up. Each such use lives in one module here, one per dependency:
 
 - :mod:`config.compat.ssl_internals`: CPython's ``ssl`` (``_sslobj``, ``SSLObject._create``)
   and OpenSSL's ``SSL_CTX`` through ``ctypes`` (TLS read-ahead);
-- :mod:`config.compat.aiohttp_internals`: aiohttp's WebSocket mask helper,
-  ``RequestHandler.set_parser`` and ``Server.connection_lost``;
+- :mod:`config.compat.aiohttp_internals`: aiohttp's WebSocket mask helper;
 - :mod:`gateway.identity.providers.ldap3_compat` (where ldap3 is imported anyway): ldap3's address
   and server-pool availability, checked when an LDAP provider is built.
 

@@ -1,5 +1,8 @@
 """The agents' side door: ``/v3/connect`` turns a WebSocket into a tunnel session.
 
+``admit`` checks an agent's registration token, ``serve_agent`` runs its tunnel once the
+front has accepted its WebSocket (``gateway.front.agents``).
+
 An agent authenticates with its cluster's registration token, then says in its
 HELLO metadata how to reach its API server (``Host``) and which credential to use
 there (its service-account token, held in memory only, never stored or logged).
@@ -16,18 +19,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.front.relay import relay_of
 from gateway.identity.directory import Directory
 from gateway.keys import DIRECTORY, REGISTRATION_GUARD, REPLICAS, SAMPLER, SETTINGS, TUNNELS
 from gateway.proxy.upstream import StreamPool
 from gateway.store.records import CLUSTER, REGISTRATION
-from tunnel import wsconn
 from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
 from tunnel.registry import TunnelRegistry
 from tunnel.session import Session
-from tunnel.websocket import HandshakeError
+from tunnel.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -175,20 +176,30 @@ class StreamQuota:
         return self._held.get((cluster_id, user_id), 0)
 
 
-def _bearer(request: web.Request) -> str:
-    value = request.headers.get("Authorization", "")
-    scheme, _, credential = value.partition(" ")
+def _bearer(authorization: str | None) -> str:
+    scheme, _, credential = (authorization or "").partition(" ")
     return credential.strip() if scheme.lower() == "bearer" else ""
 
 
-def _refusal(status: int, code: str, message: str) -> web.Response:
-    # The message is also the reason phrase: the agent reads the head only.
-    return web.json_response(
-        {"type": "error", "status": status, "code": code, "message": message},
-        status=status,
-        reason=message,
-        headers={"Retry-After": str(FULL_RETRY_AFTER_S)} if status == 429 else None,
-    )
+@dataclass(frozen=True)
+class Refusal:
+    """An agent that may not connect: answer ``status`` with a v3 error (the agent reads
+    the head only, so ``message`` is the reason phrase too)."""
+
+    status: int
+    code: str
+    message: str
+    retry_after_s: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An agent whose registration token holds: its tunnel may be set up."""
+
+    cluster_id: str
+    registration_id: str
+    agent_id: str
+    remote: str
 
 
 FULL_RETRY_AFTER_S = 30
@@ -210,48 +221,46 @@ def _holds(registry: TunnelRegistry[AgentLink], cluster_id: str, agent_id: str) 
     )
 
 
-async def connect(request: web.Request) -> web.StreamResponse:
-    directory = request.app[DIRECTORY]
-    settings = request.app[SETTINGS].tunnel
-    max_agents = request.app[SETTINGS].registration.max_agents_per_cluster
-    registry = request.app[TUNNELS]
-    replicas = request.app[REPLICAS]
+def admit(
+    app: web.Application, authorization: str | None, agent_id: str, remote: str
+) -> Admission | Refusal:
+    """``/v3/connect``: check an agent's registration token and the cluster's agent cap
+    (before its WebSocket is accepted; ``gateway.front.agents`` does that)."""
+    directory = app[DIRECTORY]
+    max_agents = app[SETTINGS].registration.max_agents_per_cluster
+    registry = app[TUNNELS]
     directory.catch_up()  # the token may have been created through another replica
-    registration = directory.registration_for(_bearer(request))
+    registration = directory.registration_for(_bearer(authorization))
     cluster = None if registration is None else directory.clusters.get(registration.cluster_id)
     if registration is None or cluster is None:
-        return _refusal(401, "Unauthorized", "invalid cluster registration token")
-    agent_id = request.headers.get(AGENT_ID_HEADER, "")[:64]
+        return Refusal(401, "Unauthorized", "invalid cluster registration token")
+    agent_id = agent_id[:64]
     if registry.count(cluster.id) >= max_agents and not _holds(registry, cluster.id, agent_id):
-        logger.warning(
-            "agent for %s from %s refused: %d agents", cluster.id, request.remote, max_agents
+        logger.warning("agent for %s from %s refused: %d agents", cluster.id, remote, max_agents)
+        return Refusal(
+            429, "TooManyRequests", _full_message(cluster.id, max_agents), FULL_RETRY_AFTER_S
         )
-        return _refusal(429, "TooManyRequests", _full_message(cluster.id, max_agents))
-    relay = relay_of(request.transport) if request.transport is not None else None
-    try:
-        conn, ws = await wsconn.accept(request)
-    except HandshakeError as exc:
-        return web.json_response(
-            {
-                "type": "error",
-                "status": exc.status,
-                "code": "UpgradeRequired" if exc.status == 426 else "BadRequest",
-                "message": str(exc),
-            },
-            status=exc.status,
-            headers={"Sec-WebSocket-Version": "13"} if exc.status == 426 else None,
-        )
-    if relay is not None:
-        relay.pass_through()  # the connection is the tunnel's now (wsconn took it over)
-    remote = request.remote or "?"
-    name = f"{cluster.id}@{remote}"
+    return Admission(cluster.id, registration.id, agent_id, remote or "?")
+
+
+async def serve_agent(app: web.Application, admission: Admission, conn: Transport) -> None:
+    """Run an admitted agent's tunnel on its accepted WebSocket until it closes."""
+    directory = app[DIRECTORY]
+    settings = app[SETTINGS].tunnel
+    max_agents = app[SETTINGS].registration.max_agents_per_cluster
+    registry = app[TUNNELS]
+    replicas = app[REPLICAS]
+    cluster_id = admission.cluster_id
+    agent_id = admission.agent_id
+    remote = admission.remote
+    name = f"{cluster_id}@{remote}"
     link: AgentLink | None = None
     session = Session(
         conn,
         Side.SERVER,
         limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
         metadata=json.dumps(
-            {"clusterId": cluster.id, "replicaId": replicas.id, "replicas": replicas.count()}
+            {"clusterId": cluster_id, "replicaId": replicas.id, "replicas": replicas.count()}
         ).encode(),
         on_info=lambda raw: link.on_info(raw) if link is not None else None,
         ping_interval_s=settings.ping_interval_s * 1.5,
@@ -264,32 +273,32 @@ async def connect(request: web.Request) -> web.StreamResponse:
         metadata = await session.handshake()
         info = AgentInfo.parse(metadata)
     except TunnelError as exc:
-        logger.warning("agent for %s from %s: handshake failed: %s", cluster.id, remote, exc)
-        return ws
+        logger.warning("agent for %s from %s: handshake failed: %s", cluster_id, remote, exc)
+        return
     except BadAgentInfo as bad_info:
-        logger.warning("agent for %s from %s: %s", cluster.id, remote, bad_info)
+        logger.warning("agent for %s from %s: %s", cluster_id, remote, bad_info)
         await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
-        return ws
-    if _holds(registry, cluster.id, agent_id):
+        return
+    if _holds(registry, cluster_id, agent_id):
         # A second tunnel of one agent to this process: it closes it itself on our HELLO,
         # and one that does not is not let past the cap this way.
         await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
-        return ws
-    if registry.count(cluster.id) >= max_agents:  # others finished their handshakes first
-        await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster.id, max_agents))
-        return ws
-    link = AgentLink(cluster.id, session, info, remote, registration.id, agent_id)
+        return
+    if registry.count(cluster_id) >= max_agents:  # others finished their handshakes first
+        await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster_id, max_agents))
+        return
+    link = AgentLink(cluster_id, session, info, remote, admission.registration_id, agent_id)
     session.start()
     registry.add(link)
-    request.app[REGISTRATION_GUARD].watch(link)
+    app[REGISTRATION_GUARD].watch(link)
     logger.info(
-        "agent connected: cluster %s node %s from %s", cluster.id, info.node_name or "-", remote
+        "agent connected: cluster %s node %s from %s", cluster_id, info.node_name or "-", remote
     )
-    # From here on the link must leave the registry however the handler ends: when the
-    # agent's connection drops, aiohttp cancels this handler (handler_cancellation).
+    # From here on the link must leave the registry however this ends: when the agent's
+    # connection drops, the front cancels it.
     closed: SessionClosed | str = "connection lost"
     try:
-        current = directory.clusters.get(cluster.id)
+        current = directory.clusters.get(cluster_id)
         if current is not None:
             changes: dict[str, Any] = {"connected_at": directory.clock()}
             if info.ca_cert and info.ca_cert != current.ca_cert:
@@ -299,15 +308,14 @@ async def connect(request: web.Request) -> web.StreamResponse:
     finally:
         logger.info(
             "agent disconnected: cluster %s node %s from %s: %s",
-            cluster.id,
+            cluster_id,
             info.node_name or "-",
             remote,
             closed,
         )
-        request.app[SAMPLER].link_closed(link)
+        app[SAMPLER].link_closed(link)
         registry.remove(link)
         link.pool.close()
-    return ws
 
 
 class RegistrationGuard:

@@ -26,10 +26,9 @@ from typing import Any
 
 import httptools
 
-from gateway.errors import status_body
-from gateway.front.request import ClientRequest, Streamed
+from gateway.front.request import ClientRequest
 from gateway.proxy.heads import UnsafeHead, request_head
-from gateway.proxy.rawresponse import RawResponse
+from gateway.proxy.model import Answer, AnswerWriter, status_answer, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def too_large_for_aiohttp(target: bytes, headers: list[Header]) -> bool:
     return any(len(n) > AIOHTTP_MAX_FIELD or len(v) > AIOHTTP_MAX_FIELD for n, v in headers)
 
 
-async def serve(factory: Factory, request: ClientRequest) -> Streamed | RawResponse:
+async def serve(factory: Factory, request: ClientRequest) -> Answer:
     """Answer ``request`` with the application behind ``factory`` (``web.Server``)."""
     return await Bridge(factory, request).serve()
 
@@ -103,28 +102,19 @@ class Bridge(asyncio.Transport):
         self._complete = False
         self._closed = False
 
-    async def serve(self) -> Streamed | RawResponse:
+    async def serve(self) -> Answer:
         request = self._request
         try:
             head = self._request_head()
         except UnsafeHead as exc:
             # The fronts refuse such requests first; this is the second line.
-            message = f"the request cannot be served: {exc}"
-            return RawResponse(
-                400,
-                "Bad Request",
-                [(b"Content-Type", b"application/json")],
-                status_body(400, message, "BadRequest", None),
-                request_id="",
-                keep_alive=request.keep_alive,
-                head=self._head_only,
-            )
+            return status_answer(400, f"the request cannot be served: {exc}", "BadRequest")
         handler = self._handler = self._factory()
         handler.connection_made(self)
         handler.data_received(head)
         if request.body_exists and not request.expect_continue:
             self._start_pump()
-        answer: Streamed | None = None
+        answer: AnswerWriter | None = None
         try:
             while True:
                 if not self._events:
@@ -144,7 +134,7 @@ class Bridge(asyncio.Transport):
                         if not self._closed:
                             handler.resume_writing()
                 elif kind == _HEAD:
-                    answer = request.streamed_answer(
+                    answer = await request.start_answer(
                         self._status,
                         self._reason.decode("latin-1"),
                         self._headers,
@@ -152,11 +142,10 @@ class Bridge(asyncio.Transport):
                         "",
                         bodyless=self._bodyless(),
                     )
-                    await answer.prepare(request)
                 elif kind == _END:
                     assert answer is not None
-                    await answer.write_eof()
-                    return answer
+                    await answer.end()
+                    return streamed(answer.keep_alive)
                 else:  # _CUT: aiohttp gave up before a whole answer, or the body failed
                     if answer is None:
                         if self._pump_error is not None:
@@ -164,8 +153,7 @@ class Bridge(asyncio.Transport):
                         request.cut()
                         raise ConnectionResetError("the application closed without an answer")
                     request.cut()
-                    answer.force_close()
-                    return answer
+                    return streamed(False)
         finally:
             if self._pump is not None and not self._pump.done():
                 self._pump.cancel()

@@ -1,22 +1,23 @@
-"""The gateway's client connections: the lean path for the cluster proxy, aiohttp for the rest.
+"""The gateway's client connections: every request is read and checked here.
 
-Each accepted connection starts as a ``FrontConnection``. Requests to
-``/k8s/clusters/<id>/...`` that are not upgrades — nearly all kubectl traffic — are
-parsed by ``gateway.front.h1_protocol`` and answered by ``gateway.proxy.handler``
-right here: one task per request, the answer written as one buffer or streamed. The
-first request that is anything else (the management API, exec/attach/port-forward
-upgrades, a browser) hands the connection to aiohttp: the protocol switches to
-aiohttp's request handler, which gets that request's bytes and everything after,
-through ``gateway.front.relay.Relay``, which keeps the front's head checks and head and
-body timeouts on that connection.
+Each accepted connection starts as a ``FrontConnection``. ALPN ``h2`` makes it an
+``H2Connection`` (``gateway.front.h2``); otherwise it reads HTTP/1.1 itself
+(``gateway.front.h1_protocol``), every request on it, and gives each to what answers it
+(``Front.answerer``): ``/k8s/clusters/`` to the proxy (``gateway.proxy.handler.answer``),
+an agent's ``GET /v3/connect`` to ``gateway.front.agents``, anything else to aiohttp's
+application through the bridge (``gateway.front.bridge``). One task per request, the
+answers in order on a connection, each written as one buffer or streamed. A 101
+(exec, attach, port-forward; an agent's tunnel) is written here, and then the
+connection's transport, which is the gateway's, is handed to the answer's ``Upgrade``.
+aiohttp never sees a client's connection.
 
-Why (measured, docs/design.md section 9): against aiohttp's server with the same
-whole-buffer answers, 9 % less gateway CPU per request at one connection, the same at
-64, ~1.3 KiB less per open watch, and the write path in our hands.
+Why a front of our own (measured, docs/design.md section 9): against aiohttp's server
+with the same whole-buffer answers, 9 % less gateway CPU per request at one connection,
+the same at 64, ~1.3 KiB less per open watch, and the write path in our hands.
 
-Requests on one connection are answered in order. Idle keep-alive connections close
-after ``KEEPALIVE_S``; a request head that takes longer than ``HEAD_TIMEOUT_S`` to
-arrive closes its connection.
+Idle keep-alive connections close after ``KEEPALIVE_S``; a request head that takes
+longer than ``HEAD_TIMEOUT_S`` to arrive closes its connection; a body that sends
+nothing for ``BODY_TIMEOUT_S`` fails its request (408).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import cast
 
 from aiohttp import web
 
-from gateway.errors import BadBody, status_body
-from gateway.front import bridge
+from gateway.errors import BadBody, api_body, status_body
+from gateway.front import agents, bridge
 from gateway.front.h1_protocol import (
     MAX_BODY_BYTES,
     Body,
@@ -40,15 +40,14 @@ from gateway.front.h1_protocol import (
     RequestReader,
 )
 from gateway.front.h2 import HTTP2_BUFFER_BYTES, H2Connection
-from gateway.front.relay import Relay
 from gateway.front.request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
 from gateway.keys import DRAIN
 from gateway.proxy import handler as proxy
 from gateway.proxy import rawresponse
+from gateway.proxy.model import STREAMED, WHOLE, Answer, AnswerWriter, phrase
 from gateway.proxy.paths import PREFIX
-from gateway.proxy.rawresponse import RawResponse
 from gateway.telemetry import metrics
-from tunnel.sockets import set_nodelay
+from tunnel.sockets import is_stream, set_nodelay
 
 logger = logging.getLogger(__name__)
 
@@ -62,21 +61,17 @@ SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
 
-Answerer = Callable[[web.Application, ClientRequest], Awaitable[proxy.Answer]]
+Answerer = Callable[[web.Application, ClientRequest], Awaitable[Answer]]
 
 _PREFIX = PREFIX.encode("ascii")
+_K8S = b"/k8s/"
 _H2_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("h2")
 _HTTP1_CONNECTIONS = metrics.CLIENT_CONNECTIONS.labels("http/1.1")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def wants(head: Head) -> bool:
-    """Answered on the lean path: a cluster proxy request that is not an upgrade."""
-    return head.target.startswith(_PREFIX) and not head.upgrade and head.method != "CONNECT"
-
-
 class Front:
-    """The protocol factory for the gateway's listener, and its open lean connections."""
+    """The protocol factory for the gateway's listener, and its open connections."""
 
     def __init__(
         self,
@@ -102,9 +97,7 @@ class Front:
         self.http2_buffer = http2_buffer
         """``limits.http2_buffer``: what one HTTP/2 connection may hold for its client."""
         self.connections: set[FrontConnection | H2Connection] = set()
-        self.relays: set[Relay] = set()
-        """Connections handed to aiohttp: only their timeouts are checked here (aiohttp
-        closes them when the gateway stops)."""
+        """Every client connection, upgraded ones included, until it is lost."""
         self.lost = asyncio.get_running_loop().create_future()
         """Done when the last connection is gone after ``close_idle``."""
         self._stopping = False
@@ -114,20 +107,19 @@ class Front:
         return FrontConnection(self)
 
     def answerer(self, request: ClientRequest) -> Answerer:
-        """Who answers ``request``: the proxy for ``/k8s/clusters/``, else aiohttp's
-        application through the bridge."""
+        """Who answers ``request``: the proxy for ``/k8s/clusters/``, the agents' endpoint
+        for ``GET /v3/connect``, aiohttp's application (through the bridge) for the rest."""
         if request.raw_path.startswith(PREFIX):
             return self.answer
+        if request.method == "GET" and request.path == agents.CONNECT_PATH:
+            return agents.answer
         return self._bridged
 
-    async def _bridged(self, app: web.Application, request: ClientRequest) -> proxy.Answer:
+    async def _bridged(self, app: web.Application, request: ClientRequest) -> Answer:
         return await bridge.serve(self.fallback, request)
 
-    def added(self, conn: FrontConnection | H2Connection | Relay) -> None:
-        if isinstance(conn, Relay):
-            self.relays.add(conn)
-        else:
-            self.connections.add(conn)
+    def added(self, conn: FrontConnection | H2Connection) -> None:
+        self.connections.add(conn)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
@@ -141,9 +133,7 @@ class Front:
         now = asyncio.get_running_loop().time()
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        for relay in list(self.relays):
-            relay.check_timeouts(now)
-        if self.connections or self.relays:
+        if self.connections:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
 
     def close_idle(self) -> None:
@@ -175,7 +165,7 @@ class Front:
 
 
 class FrontConnection(asyncio.Protocol):
-    """One client connection on the lean path (until it is handed to aiohttp)."""
+    """One client connection over HTTP/1.1."""
 
     __slots__ = (
         "_body_active",
@@ -190,8 +180,10 @@ class FrontConnection(asyncio.Protocol):
         "_reading_paused",
         "_receiving",
         "_task",
+        "_v3",
         "closing",
         "remote",
+        "taken_over",
         "transport",
         "write_paused",
     )
@@ -200,7 +192,7 @@ class FrontConnection(asyncio.Protocol):
         self._front = front
         self.transport: asyncio.Transport | None = None
         self.remote = ""
-        self._reader = RequestReader(wants, front.max_body)
+        self._reader = RequestReader(front.max_body)
         self._current: ClientRequest | None = None
         self._receiving: ClientRequest | None = None
         self._queue: list[ClientRequest] = []
@@ -212,7 +204,11 @@ class FrontConnection(asyncio.Protocol):
         self._last_active = 0.0
         self._head_started = 0.0
         self._body_active = 0.0
+        self._v3 = False
+        """The connection served the management API: its refusals are v3 errors."""
         self.closing = False
+        self.taken_over = False
+        """After a 101: the connection is its upgrade's (no timeouts of ours)."""
 
     # asyncio protocol
 
@@ -222,11 +218,13 @@ class FrontConnection(asyncio.Protocol):
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
             _H2_CONNECTIONS.inc()
             h2conn = H2Connection(self._front)
-            cast(asyncio.Transport, transport).set_protocol(h2conn)
+            transport.set_protocol(h2conn)
             h2conn.connection_made(transport)
             return
+        if not is_stream(transport):
+            raise TypeError(f"not a stream transport: {transport!r}")
         _HTTP1_CONNECTIONS.inc()
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.remote = str(peer[0])
@@ -237,18 +235,17 @@ class FrontConnection(asyncio.Protocol):
         reader = self._reader
         begun = reader.begun
         for event in reader.feed(data):
-            kind = type(event)
-            if kind is Body:
+            if isinstance(event, Body):
                 if self._receiving is not None:
-                    self._receiving.feed_body(cast(Body, event).data)
-            elif kind is Head:
-                self._on_head(cast(Head, event))
-            elif kind is End:
+                    self._receiving.feed_body(event.data)
+            elif isinstance(event, Head):
+                self._on_head(event)
+            elif isinstance(event, End):
                 if self._receiving is not None:
                     self._receiving.feed_eof()
                     self._receiving = None
             else:
-                self._on_invalid(cast(Invalid, event))
+                self._on_invalid(event)
         if self._receiving is not None or reader.begun != begun:
             now = asyncio.get_running_loop().time()
             self._body_active = now
@@ -256,10 +253,9 @@ class FrontConnection(asyncio.Protocol):
                 self._head_started = now
         if self._current is None:
             self._next()
-        elif reader.handing_off:
-            self._pause_reading()  # until the request in flight is answered
-        # Not after an Invalid: the reader ignores what follows, and a paused connection
-        # would not see the client close (CLOSE-WAIT) while the answer is on its way.
+        # Not paused after an Invalid: the reader ignores what follows, and a paused
+        # connection would not see the client close (CLOSE-WAIT) while the answer is on
+        # its way.
 
     def eof_received(self) -> bool | None:
         if self._receiving is not None:
@@ -267,6 +263,7 @@ class FrontConnection(asyncio.Protocol):
         return None  # under TLS the connection closes whatever we return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Also called by an upgrade's protocol when its connection is lost."""
         self.transport = None
         self.closing = True
         error = ConnectionResetError("the client went away")
@@ -327,7 +324,7 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def streamed_answer(
+    def start_answer(
         self,
         request: ClientRequest,
         status: int,
@@ -335,14 +332,14 @@ class FrontConnection(asyncio.Protocol):
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
-        bodyless: bool = False,
-    ) -> StreamedAnswer:
+        bodyless: bool,
+    ) -> AnswerWriter:
         return StreamedAnswer(
             self, request, status, reason, upstream_headers, length, request_id, bodyless
         )
 
     def body_drained(self) -> None:
-        if self._reading_paused and not self._reader.handing_off and self._invalid is None:
+        if self._reading_paused and self._invalid is None:
             self._reading_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
@@ -370,7 +367,7 @@ class FrontConnection(asyncio.Protocol):
             self.transport.abort()
 
     def check_timeouts(self, now: float) -> None:
-        if self.transport is None:
+        if self.transport is None or self.taken_over:
             return
         front = self._front
         if self._reader.in_head:
@@ -379,12 +376,14 @@ class FrontConnection(asyncio.Protocol):
         elif self._receiving is not None:
             # A body that stopped arriving (not while reading is paused, nor before a
             # 100 Continue the client waits for: that waits for us, not for the client).
+            receiving = self._receiving
             if (
                 not self._reading_paused
-                and not self._receiving.expect_continue
+                and not receiving.expect_continue
                 and now - self._body_active > front.body_timeout_s
             ):
-                self._on_invalid(Invalid(408, "the request body did not arrive in time"))
+                target = receiving.raw_path.encode("latin-1")
+                self._on_invalid(Invalid(408, "the request body did not arrive in time", target))
                 self._reader.failed = True
                 if self._current is None:
                     self._next()
@@ -400,14 +399,26 @@ class FrontConnection(asyncio.Protocol):
     def _on_invalid(self, invalid: Invalid) -> None:
         """The connection cannot go on. A request whose body was arriving fails: its
         handler stops reading, which resets its tunnel stream, and ``_run`` answers
-        ``invalid`` (``BadBody``); else ``_next`` answers it once nothing is in flight."""
+        ``invalid`` (``BadBody``); else ``_next`` answers it once nothing is in flight.
+        An upgrade in flight is never taken over: it is cancelled and ``invalid``
+        answered at once."""
         self._invalid = invalid
         receiving = self._receiving
         if receiving is not None:
             self._receiving = None
             receiving.fail(BadBody(invalid.status, invalid.message))
+        current = self._current
+        if current is not None and current.upgrade and self._task is not None:
+            self._task.cancel()
+            self._refuse(invalid)
 
     def _on_head(self, head: Head) -> None:
+        if not head.target.startswith(_PREFIX) and bridge.too_large_for_aiohttp(
+            head.target, head.headers
+        ):
+            self._reader.failed = True
+            self._on_invalid(Invalid(431, "request header fields too large", head.target))
+            return
         request = ClientRequest(head, self)
         self._receiving = request
         if self._current is None:
@@ -419,33 +430,66 @@ class FrontConnection(asyncio.Protocol):
 
     def _start(self, request: ClientRequest) -> None:
         self._current = request
-        self._task = asyncio.get_running_loop().create_task(self._run(request))
+        answerer = self._front.answerer(request)
+        if answerer is not self._front.answer:
+            self._v3 = True
+        self._task = asyncio.get_running_loop().create_task(self._run(request, answerer))
 
-    async def _run(self, request: ClientRequest) -> None:
+    async def _run(self, request: ClientRequest, answerer: Answerer) -> None:
+        front = self._front
         try:
-            response = await self._front.answer(self._front.app, request)
-            if isinstance(response, RawResponse):
-                if self.closing or self._front.drain.draining:
-                    response.force_close()
-                await response.prepare(request)
-                keep_alive = response.keep_alive
-            elif isinstance(response, StreamedAnswer):
-                keep_alive = response.keep_alive  # written as it arrived
-            else:  # an error answer built by aiohttp's helpers (gateway.errors)
-                keep_alive = request.keep_alive
-                answer = cast(web.StreamResponse, response)
-                self.write(_aiohttp_answer(answer, keep_alive, request.method == "HEAD"))
+            answer = await answerer(front.app, request)
+            kind = answer.kind
+            if kind == WHOLE:
+                keep_alive = request.keep_alive and not self.closing and not front.drain.draining
+                self.write(
+                    rawresponse.build(
+                        answer.status,
+                        answer.reason,
+                        answer.headers,
+                        answer.body,
+                        request_id=answer.request_id,
+                        keep_alive=keep_alive,
+                        head_only=request.method == "HEAD",
+                    )
+                )
+            elif kind == STREAMED:
+                keep_alive = answer.keep_alive  # written as it arrived
+            else:
+                await self._switch(answer)
+                keep_alive = False
             keep_alive = keep_alive and request.body_complete
         except BadBody as exc:
             self._invalid = None
-            self._refuse(Invalid(exc.status, exc.message))
+            self._refuse(Invalid(exc.status, exc.message, request.raw_path.encode("latin-1")))
             keep_alive = False
         except (ConnectionError, asyncio.CancelledError):
             keep_alive = False
-        except Exception:  # pragma: no cover - proxy.answer turns errors into answers
+        except Exception:  # pragma: no cover - what answers turns errors into answers
             logger.exception("unhandled error answering %s %s", request.method, request.path)
             keep_alive = False
         self._finished(keep_alive)
+
+    async def _switch(self, answer: Answer) -> None:
+        """Write a 101 and hand the connection to the answer's upgrade."""
+        upgrade = answer.upgrade
+        assert upgrade is not None
+        transport = self.transport
+        if transport is None or self.closing or self._invalid is not None:
+            upgrade.abandon()
+            return
+        transport.write(rawresponse.switching_head(answer))
+        self.taken_over = True
+        # Requests read after the upgrade's head were sent before our 101 (no client does
+        # that): they are dropped, never passed on.
+        for queued in self._queue:
+            queued.fail(ConnectionResetError("the connection was upgraded"))
+        self._queue.clear()
+        self._receiving = None
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        await upgrade.take_over(transport, self)
 
     def _finished(self, keep_alive: bool) -> None:
         self._current = None
@@ -459,43 +503,34 @@ class FrontConnection(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        """Nothing in flight: start what arrived meanwhile, hand over, or refuse."""
+        """Nothing in flight: start what arrived meanwhile, or refuse."""
         if self._queue:
             self._start(self._queue.pop(0))
             if self._reading_paused and len(self._queue) < MAX_QUEUED // 2:
                 self.body_drained()
             return
-        if self._reader.handing_off:
-            self._hand_off()
-        elif self._invalid is not None:
+        if self._invalid is not None:
             self._refuse(self._invalid)
 
-    def _hand_off(self) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        raw = self._reader.take_raw()
-        self._front.removed(self)
-        handler = self._front.fallback()
-        relay = Relay(self._front, transport, handler)
-        transport.set_protocol(relay)
-        handler.connection_made(transport)
-        self._front.added(relay)
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
-        if raw:
-            relay.data_received(raw)
-
     def _refuse(self, invalid: Invalid) -> None:
+        """Answer ``invalid`` and close: a Kubernetes ``Status``, but a v3 error to a
+        client of the management API (a target outside ``/k8s/``, or a connection that
+        served one)."""
         if self.transport is None:
             return
-        body = status_body(invalid.status, invalid.message, _REASONS.get(invalid.status, ""), None)
+        target = invalid.target
+        status = invalid.status
+        if self._v3 or (target.startswith(b"/") and not target.startswith(_K8S)):
+            body = api_body(status, _REASONS.get(status, ""), invalid.message)
+            content_type = b"application/json; charset=utf-8"
+        else:
+            body = status_body(status, invalid.message, _REASONS.get(status, ""), None)
+            content_type = b"application/json"
         self.write(
             rawresponse.build(
-                invalid.status,
-                _PHRASES.get(invalid.status, ""),
-                [(b"Content-Type", b"application/json")],
+                status,
+                phrase(status),
+                [(b"Content-Type", content_type)],
                 body,
                 request_id="",
                 keep_alive=False,
@@ -520,23 +555,3 @@ _REASONS = {
     431: "RequestHeaderFieldsTooLarge",
     501: "NotImplemented",
 }
-_PHRASES = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    431: "Request Header Fields Too Large",
-    501: "Not Implemented",
-}
-
-
-def _aiohttp_answer(response: web.StreamResponse, keep_alive: bool, head_only: bool) -> bytes:
-    headers, data = rawresponse.aiohttp_parts(response)
-    return rawresponse.build(
-        response.status,
-        response.reason,
-        headers,
-        data,
-        request_id="",
-        keep_alive=keep_alive,
-        head_only=head_only,
-    )

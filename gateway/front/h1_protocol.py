@@ -1,21 +1,15 @@
 """HTTP/1.1 requests from clients, read without I/O: bytes in, events out.
 
 ``RequestReader`` parses a client connection's bytes with httptools (llhttp) into
-``Head``, ``Body`` and ``End`` events for the requests the gateway answers itself on its
-lean path (see ``gateway.front.connection``). A request it should not answer there (``wants``
-says no: the management API, upgrades) is handed to aiohttp with the connection: the
-reader then stops parsing and keeps the raw bytes from the first byte of that request
-on, which ``take_raw`` gives to the new protocol.
-
-Raw bytes can only be kept from a message that began at the start of a ``feed``: the
-reader cannot tell where inside a chunk a pipelined message began. Clients do not
-pipeline (Go's, curl's, browsers'), so such a request gets an ``Invalid`` answer
-instead of a guess.
+``Head``, ``Body`` and ``End`` events, every request the connection carries, and into
+``Invalid`` when the connection cannot go on (answer its status and close). An upgrade
+head (``Connection: Upgrade``) is a request like any other: what follows it is read as
+HTTP/1.1 too, until the front takes the connection over (after its 101), so no byte
+the gateway has not agreed to pass on escapes these checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -67,6 +61,8 @@ class Invalid:
 
     status: int
     message: str
+    target: bytes = b""
+    """The request target, when it was read before the failure."""
 
 
 Event = Head | Body | End | Invalid
@@ -84,7 +80,7 @@ class _Building:
 
 
 class RequestReader:
-    """One client connection's requests. ``wants(head)``: answered on the lean path."""
+    """One client connection's requests."""
 
     __slots__ = (
         "_building",
@@ -94,18 +90,11 @@ class RequestReader:
         "_in_message",
         "_max_body",
         "_parser",
-        "_raw",
-        "_raw_valid",
-        "_started_in_feed",
-        "_upgrade_tail",
-        "_wants",
         "begun",
         "failed",
-        "handing_off",
     )
 
-    def __init__(self, wants: Callable[[Head], bool], max_body: int = MAX_BODY_BYTES) -> None:
-        self._wants = wants
+    def __init__(self, max_body: int = MAX_BODY_BYTES) -> None:
         self._max_body = max_body
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
@@ -113,13 +102,6 @@ class RequestReader:
         self._in_message = False
         self._in_head = False
         self._head_bytes = 0
-        self._raw: list[bytes] = []
-        """The bytes of the current message since its first byte (while ``_raw_valid``)."""
-        self._raw_valid = False
-        self._started_in_feed = False
-        self._upgrade_tail = b""
-        self.handing_off = False
-        """A request for aiohttp arrived: no more events; ``take_raw`` has its bytes."""
         self.failed = False
         self.begun = 0
         """Requests begun so far (a caller can tell that a new one started)."""
@@ -127,7 +109,7 @@ class RequestReader:
     @property
     def idle(self) -> bool:
         """Between requests: no part of one has arrived."""
-        return not self._in_message and not self.handing_off
+        return not self._in_message
 
     @property
     def in_head(self) -> bool:
@@ -135,63 +117,35 @@ class RequestReader:
         return self._in_head and not self.failed
 
     def feed(self, data: bytes) -> list[Event]:
-        if self.handing_off:
-            self._raw.append(data)
-            return []
-        if self.failed or not data:
-            return []
-        if self._in_message:
-            if self._raw_valid:
-                self._raw.append(data)
-        else:
-            self._raw = [data]
-            self._raw_valid = True
-        # A message that begins after anything else in this chunk began mid-chunk.
-        self._started_in_feed = self._in_message
         events = self._events
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            if not self._stopped():  # a callback rejected what llhttp accepted
-                self._fail(400, "malformed HTTP request")
-        except httptools.HttpParserUpgrade as exc:
-            # llhttp stops after the head of an upgrade; ``wants`` refused it already
-            # (``gateway.front.relay`` goes on with what follows it: ``take_upgrade_tail``).
-            self._upgrade_tail = data[exc.args[0] :] if exc.args else b""
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {_reason(exc)}")
-        if self._in_head:
-            self._head_bytes += len(data)  # at most this chunk's earlier bytes too many
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self.failed:
-            self._fail(431, "request header fields too large")
+        while data and not self.failed:
+            rest = b""
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserCallbackError:
+                if not self.failed:  # a callback rejected what llhttp accepted
+                    self._fail(400, "malformed HTTP request")
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp stops after an upgrade's head; until the connection is taken
+                # over, what follows is HTTP/1.1 again (parsing goes on with it).
+                rest = data[exc.args[0] :] if exc.args else b""
+            except httptools.HttpParserError as exc:
+                self._fail(400, f"malformed HTTP request: {_reason(exc)}")
+            if self._in_head:
+                self._head_bytes += len(data)  # at most this chunk's earlier bytes too many
+                if self._head_bytes > MAX_HEAD_BYTES and not self.failed:
+                    self._fail(431, "request header fields too large")
+            data = rest
         self._events = []
         return events
 
-    def take_raw(self) -> bytes:
-        """After ``handing_off``: every byte of the handed-off request and what followed."""
-        raw, self._raw = self._raw, []
-        return b"".join(raw)
-
-    def take_upgrade_tail(self) -> bytes:
-        """After a ``Head`` with ``upgrade``: the bytes of that feed after its head (the
-        parser goes on with the next ``feed`` as if the upgrade were refused)."""
-        tail, self._upgrade_tail = self._upgrade_tail, b""
-        return tail
-
-    def _stopped(self) -> bool:
-        """Parsing was stopped on purpose (``_HandOff``, ``_Stop``)."""
-        return self.handing_off or self.failed
-
     def _fail(self, status: int, message: str) -> None:
         self.failed = True
-        self._events.append(Invalid(status, message))
+        self._events.append(Invalid(status, message, self._building.target))
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._started_in_feed:
-            self._raw_valid = False  # pipelined: began mid-chunk
-        self._started_in_feed = True
         self.begun += 1
         self._in_message = True
         self._in_head = True
@@ -252,6 +206,10 @@ class RequestReader:
                 expect = value.lower() == b"100-continue"
             elif lname.startswith(b"impersonate-"):
                 impersonates = True
+        upgrade = parser.should_upgrade()
+        if upgrade and (chunked or content_length):
+            self._fail(400, "an upgrade request has no body")
+            raise _Stop()
         if hosts > 1 or (hosts == 0 and parser.get_http_version() == "1.1"):
             self._fail(400, "a request needs exactly one Host field (RFC 9112 3.2)")
             raise _Stop()
@@ -264,7 +222,7 @@ class RequestReader:
             version=parser.get_http_version(),
             headers=building.headers,
             keep_alive=parser.should_keep_alive(),
-            upgrade=parser.should_upgrade(),
+            upgrade=upgrade,
             content_length=content_length,
             chunked=chunked,
             expect_continue=expect,
@@ -272,15 +230,6 @@ class RequestReader:
             user_agent=user_agent,
             impersonates=impersonates,
         )
-        if not self._wants(head):
-            if not self._raw_valid:
-                self._fail(400, "pipelined requests outside the cluster proxy are not supported")
-                raise _Stop()
-            self.handing_off = True
-            self._in_message = False
-            raise _HandOff()
-        self._raw_valid = False  # answered here: its bytes are not needed again
-        self._raw = []
         self._events.append(head)
 
     def on_body(self, body: bytes) -> None:
@@ -293,12 +242,7 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        self._started_in_feed = True
         self._events.append(_END)
-
-
-class _HandOff(Exception):
-    """Stops llhttp at the head of a request that goes to aiohttp."""
 
 
 class _Stop(Exception):

@@ -8,7 +8,7 @@ HTTP/1.1: client-go asks for ``http/1.1`` alone when it upgrades.
 
 ``gateway.front.h2_protocol`` does the protocol; this module runs it on a transport. Each stream's
 request is a ``ClientRequest``: ``/k8s/clusters/`` goes to ``gateway.proxy.handler`` as on the
-HTTP/1.1 lean path, answered with HEADERS and DATA frames. Anything else (the management
+HTTP/1.1 front, answered with HEADERS and DATA frames. Anything else (the management
 API, health, metrics) goes through ``gateway.front.bridge``: aiohttp answers it over an
 in-memory HTTP/1.1 connection, so aiohttp's application stays the one place those routes
 live.
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, cast
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from config import allocator
 from gateway.errors import status_body
@@ -41,8 +39,9 @@ from gateway.front.h2_protocol import (
     Terminated,
 )
 from gateway.front.request import ClientRequest
-from gateway.proxy.paths import PREFIX
-from gateway.proxy.rawresponse import RawResponse, aiohttp_parts, h2_headers
+from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter
+from gateway.proxy.rawresponse import h2_headers, h2_whole
+from tunnel.sockets import is_stream
 from tunnel.streams import READER_TALLY, Budget, ReadTally
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ FLUSH_AT_FRAMES = 32
 FLUSH_NOW_BYTES = 8 * 1024
 """Answer pieces this large are written at once, smaller ones at the end of the turn."""
 
-_PREFIX = PREFIX.encode("ascii")
 _BODYLESS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")
 
 
@@ -108,7 +106,9 @@ class H2Connection(asyncio.Protocol):
     # asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        if not is_stream(transport):
+            raise TypeError(f"not a stream transport: {transport!r}")
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.remote = str(peer[0])
@@ -119,31 +119,28 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         streams = self._streams
         for event in self._h2.receive(data):
-            kind = type(event)
-            if kind is Data:
-                data_event = cast(Data, event)
-                stream = streams.get(data_event.stream_id)
+            if isinstance(event, Data):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.feed(data_event.data)
-            elif kind is Request:
-                self._on_request(cast(Request, event))
-            elif kind is End:
-                stream = streams.get(cast(End, event).stream_id)
+                    stream.feed(event.data)
+            elif isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, End):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.feed_eof()
-            elif kind is Drained:
-                stream = streams.get(cast(Drained, event).stream_id)
+            elif isinstance(event, Drained):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.writable()
-            elif kind is Reset:
-                stream = streams.pop(cast(Reset, event).stream_id, None)
+            elif isinstance(event, Reset):
+                stream = streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream.abandon(ConnectionResetError("the client reset the stream"))
-            elif kind is GoAway:
+            elif isinstance(event, GoAway):
                 self._going_away = True  # the client opens no more streams
-            elif kind is Terminated:
-                terminated = cast(Terminated, event)
-                logger.info("HTTP/2 connection from %s: %s", self.remote, terminated.message)
+            elif isinstance(event, Terminated):
+                logger.info("HTTP/2 connection from %s: %s", self.remote, event.message)
                 self.flush()
                 self._close_transport()
                 return
@@ -388,7 +385,7 @@ class H2Stream:
         self._conn.h2.reset(self.stream_id, http2.INTERNAL_ERROR)
         self._conn.flush()
 
-    def streamed_answer(
+    def start_answer(
         self,
         request: ClientRequest,
         status: int,
@@ -396,10 +393,11 @@ class H2Stream:
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
-        bodyless: bool = False,
-    ) -> H2Answer:
+        bodyless: bool,
+    ) -> AnswerWriter:
         headers = h2_headers(upstream_headers, length=length, request_id=request_id)
-        return H2Answer(self, status, headers, bodyless)
+        self.send_head(status, headers, end_stream=bodyless)
+        return H2Answer(self, bodyless)
 
     # what the connection does with it
 
@@ -482,11 +480,13 @@ class H2Stream:
     async def _run(self, front: Front) -> None:
         request = self.request
         try:
-            response = await front.answerer(request)(front.app, request)
-            if isinstance(response, RawResponse):
-                self.send_whole(*response.h2_answer())
-            elif not isinstance(response, H2Answer):  # an error answer from aiohttp's helpers
-                self.send_whole(*_aiohttp_answer(cast(web.StreamResponse, response)))
+            answer = await front.answerer(request)(front.app, request)
+            if answer.kind == WHOLE:
+                self.send_whole(*h2_whole(answer, request.method == "HEAD"))
+            elif answer.kind != STREAMED:  # a 101: never on HTTP/2 (no upgrades there)
+                if answer.upgrade is not None:
+                    answer.upgrade.abandon()
+                self._conn.h2.reset(self.stream_id, http2.INTERNAL_ERROR)
         except (ConnectionError, asyncio.CancelledError):
             self._conn.h2.reset(self.stream_id, http2.CANCEL)
         except Exception:  # pragma: no cover - proxy.answer turns errors into answers
@@ -496,26 +496,19 @@ class H2Stream:
 
 
 class H2Answer:
-    """A streamed answer (watch, big LIST, logs -f) as HEADERS, then DATA as it comes."""
+    """A streamed answer (watch, big LIST, logs -f): DATA as it comes, after the HEADERS
+    ``H2Stream.start_answer`` sent."""
 
-    __slots__ = ("_bodyless", "_headers", "_status", "_stream", "keep_alive")
+    __slots__ = ("_bodyless", "_stream")
 
-    def __init__(
-        self, stream: H2Stream, status: int, headers: list[Header], bodyless: bool = False
-    ) -> None:
+    def __init__(self, stream: H2Stream, bodyless: bool) -> None:
         self._stream = stream
-        self._status = status
-        self._headers = headers
         self._bodyless = bodyless
-        """An answer to HEAD, a 204 or a 304: HEADERS end the stream."""
-        self.keep_alive = True
+        """An answer to HEAD, a 204 or a 304: the HEADERS ended the stream."""
 
-    def force_close(self) -> None:
-        return None
-
-    async def prepare(self, request: Any) -> None:
-        self._stream.send_head(self._status, self._headers, end_stream=self._bodyless)
-        self._headers = []  # not kept for the life of a watch
+    @property
+    def keep_alive(self) -> bool:
+        return True
 
     async def write(self, data: bytes | bytearray) -> None:
         stream = self._stream
@@ -523,9 +516,9 @@ class H2Answer:
         if stream.backlogged:
             await stream.wait_writable()
 
-    async def write_eof(self, data: bytes = b"") -> None:
+    async def end(self) -> None:
         if not self._bodyless:
-            self._stream.send(data, end_stream=True)
+            self._stream.send(b"", end_stream=True)
 
 
 def _head(event: Request) -> Head:
@@ -562,8 +555,3 @@ def _head(event: Request) -> Head:
         user_agent=user_agent,
         impersonates=impersonates,
     )
-
-
-def _aiohttp_answer(response: web.StreamResponse) -> tuple[int, list[Header], bytes]:
-    headers, data = aiohttp_parts(response)
-    return response.status, h2_headers(headers, length=len(data), request_id=""), data

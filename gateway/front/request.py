@@ -1,11 +1,10 @@
-"""A request on the lean path (see ``gateway.front.connection``) and its streamed answer.
+"""A client's request as the fronts give it to what answers it, and its streamed answer.
 
-``ClientRequest`` offers the part of aiohttp's request that ``gateway.proxy.handler`` uses
-(method, raw path and headers, body, keep-alive, transport), so one proxy serves both
-paths. It arrives over HTTP/1.1 (``gateway.front.connection``) or as an HTTP/2 stream
+``ClientRequest`` is the request model's ``Request`` (``gateway.proxy.model``) for both
+fronts: it arrives over HTTP/1.1 (``gateway.front.connection``) or as an HTTP/2 stream
 (``gateway.front.h2``); what differs between the two is behind ``RequestSide``.
-``StreamedAnswer`` is the HTTP/1.1 ``web.StreamResponse``: the head as bytes, then the
-body as it arrives, chunked unless the API server gave a length.
+``StreamedAnswer`` is the HTTP/1.1 ``AnswerWriter``: the head as bytes, then the body
+as it arrives, chunked unless the API server gave a length.
 """
 
 from __future__ import annotations
@@ -13,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.front.h1_protocol import Head
 from gateway.proxy import rawresponse
+from gateway.proxy.model import AnswerWriter, HeaderView
 from gateway.proxy.pieces import Pieces
 
 if TYPE_CHECKING:
@@ -28,44 +28,6 @@ BODY_HIGH_WATER = 1024 * 1024
 """Request body bytes held before reading from the client pauses."""
 
 Header = tuple[bytes, bytes]
-
-
-class HeaderView:
-    """Case-insensitive lookups in the raw request headers (first value wins)."""
-
-    __slots__ = ("_map", "_raw")
-
-    def __init__(self, raw: list[Header]) -> None:
-        self._raw = raw
-        self._map: dict[str, str] | None = None
-
-    def _lookup(self) -> dict[str, str]:
-        if self._map is None:
-            found: dict[str, str] = {}
-            for name, value in self._raw:
-                found.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-            self._map = found
-        return self._map
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._lookup().get(name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._lookup()
-
-    def __getitem__(self, name: str) -> str:
-        return self._lookup()[name.lower()]
-
-
-class Streamed(Protocol):
-    """An answer written while the API server sends it (``web.StreamResponse``'s part)."""
-
-    keep_alive: bool
-
-    def force_close(self) -> None: ...
-    async def prepare(self, request: Any) -> None: ...
-    async def write(self, data: bytes | bytearray) -> None: ...
-    async def write_eof(self, data: bytes = b"") -> None: ...
 
 
 class RequestSide(Protocol):
@@ -85,7 +47,7 @@ class RequestSide(Protocol):
     def cut(self) -> None:
         """The answer cannot be completed: end it as an error the client notices."""
 
-    def streamed_answer(
+    def start_answer(
         self,
         request: ClientRequest,
         status: int,
@@ -93,12 +55,12 @@ class RequestSide(Protocol):
         upstream_headers: list[Header],
         length: int | None,
         request_id: str,
-        bodyless: bool = False,
-    ) -> Streamed: ...
+        bodyless: bool,
+    ) -> AnswerWriter: ...
 
 
 class ClientRequest:
-    """One request read by ``gateway.front.h1_protocol``; its body arrives through ``feed_body``."""
+    """One request (``gateway.proxy.model.Request``); its body arrives through ``feed_body``."""
 
     __slots__ = (
         "_chunks",
@@ -118,12 +80,10 @@ class ClientRequest:
         "method",
         "raw_headers",
         "raw_path",
+        "upgrade",
         "user_agent",
         "version",
     )
-
-    upgrade = False
-    """Upgrades go to aiohttp (``gateway.front.connection.wants``)."""
 
     def __init__(self, head: Head, conn: RequestSide) -> None:
         self.method = head.method
@@ -137,6 +97,7 @@ class ClientRequest:
         self.authorization = None if auth is None else auth.decode("latin-1")
         self.user_agent = head.user_agent.decode("latin-1")
         self.impersonates = head.impersonates
+        self.upgrade = head.upgrade
         self._keep_alive = head.keep_alive
         self._headers: HeaderView | None = None
         self._conn = conn
@@ -149,13 +110,6 @@ class ClientRequest:
         """HTTP/2's ``:authority`` (what the bridge sends aiohttp as ``Host``)."""
 
     # what gateway.proxy.handler reads
-
-    @property
-    def content(self) -> ClientRequest:
-        """``request.content.iter_any()``, as with aiohttp. (A property, not an attribute
-        holding ``self``: that reference cycle left every request to the cyclic garbage
-        collector, ~4 % of the gateway's CPU under load.)"""
-        return self
 
     @property
     def path(self) -> str:
@@ -215,24 +169,20 @@ class ClientRequest:
         self._conn.body_read(len(chunk), self._held)
         return chunk
 
-    # what the connection feeds
-
     def cut(self) -> None:
         """The answer broke off after its head was sent (see ``RequestSide.cut``)."""
         self._conn.cut()
 
-    def streamed_answer(
+    async def start_answer(
         self,
         status: int,
         reason: str,
-        upstream_headers: list[Header],
+        headers: list[Header],
         length: int | None,
         request_id: str,
         bodyless: bool = False,
-    ) -> Streamed:
-        return self._conn.streamed_answer(
-            self, status, reason, upstream_headers, length, request_id, bodyless
-        )
+    ) -> AnswerWriter:
+        return self._conn.start_answer(self, status, reason, headers, length, request_id, bodyless)
 
     # what the connection feeds
 
@@ -261,9 +211,10 @@ class ClientRequest:
 
 
 class StreamedAnswer:
-    """An answer streamed as the API server sends it (watches, big LISTs, logs -f)."""
+    """An answer streamed as it arrives (watches, big LISTs, logs -f): its head is
+    written when it is made."""
 
-    __slots__ = ("_chunked", "_conn", "_head", "keep_alive")
+    __slots__ = ("_chunked", "_conn", "keep_alive")
 
     def __init__(
         self,
@@ -283,21 +234,17 @@ class StreamedAnswer:
         if length is None and not self._chunked and not bodyless:
             keep_alive = False
         self.keep_alive = keep_alive
-        self._head = rawresponse.head(
-            status,
-            reason,
-            upstream_headers,
-            length_line=b"" if length is None else b"Content-Length: %d\r\n" % length,
-            chunked=self._chunked,
-            request_id=request_id,
-            keep_alive=keep_alive,
+        conn.write(
+            rawresponse.head(
+                status,
+                reason,
+                upstream_headers,
+                length_line=b"" if length is None else b"Content-Length: %d\r\n" % length,
+                chunked=self._chunked,
+                request_id=request_id,
+                keep_alive=keep_alive,
+            )
         )
-
-    def force_close(self) -> None:
-        self.keep_alive = False
-
-    async def prepare(self, request: Any) -> None:
-        self._conn.write(self._head)
 
     async def write(self, data: bytes | bytearray) -> None:
         conn = self._conn
@@ -312,6 +259,6 @@ class StreamedAnswer:
         if conn.write_paused:
             await conn.drain()
 
-    async def write_eof(self, data: bytes = b"") -> None:
+    async def end(self) -> None:
         if self._chunked:
             self._conn.write(b"0\r\n\r\n")

@@ -19,12 +19,10 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from config import compat
-from config.compat import aiohttp_internals
 from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
@@ -38,7 +36,6 @@ from gateway.keys import DRAIN, READY
 from gateway.operations import bootstrap, health
 from gateway.operations.reload import Reloader
 from gateway.operations.runtime import Runtime
-from gateway.proxy import handler as proxy
 from gateway.store import open_store
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
@@ -89,10 +86,8 @@ async def serve(
         )
         await runner.setup()
         assert runner.server is not None
-        runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
-        lost = aiohttp_internals.track_lost_connections(runner.server)
-        # Connections start on the lean path and are handed to aiohttp when they ask for
-        # something else (gateway.front.connection).
+        # Every client connection is the front's (gateway.front.connection); aiohttp's
+        # low-level server answers the management API through the front's bridge.
         limits = settings.limits
         front = Front(
             app,
@@ -145,11 +140,13 @@ async def serve(
                 loop.remove_signal_handler(sig)
             listener.close()
             front.close_idle()
-            open_connections = list(runner.server.connections)
             await runner.cleanup()
             front.abort_all()  # what is left is stuck: its handlers were cut above
-            await _wait_lost(open_connections, lost, EXIT_FLUSH_S)
-            await front.wait_closed(EXIT_FLUSH_S)
+            # A transport calls connection_lost only once its send buffer is empty: a
+            # process that exits before then loses the end of an answer a slow client
+            # was still reading.
+            if not await front.wait_closed(EXIT_FLUSH_S):
+                logger.warning("shutting down: some connections did not finish sending")
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
     finally:
@@ -192,7 +189,7 @@ async def _stop_gracefully(
     listener.close()
     # Not runner.server.pre_shutdown(): it makes aiohttp ignore what arrives on every
     # connection, tunnels and upgraded sessions included, which would stall them.
-    # Answers given from now on close their connection instead (see gateway.proxy.handler).
+    # Answers given from now on close their connection instead (see gateway.front.connection).
     drain = app[DRAIN]
     ended = drain.start()
     front.close_idle()
@@ -208,23 +205,3 @@ async def _stop_gracefully(
             grace_s,
         )
     await tunnels.close_all(app)
-
-
-async def _wait_lost(connections: list[Any], lost: set[object] | None, timeout_s: float) -> None:
-    """Wait until closing connections have sent what they buffered.
-
-    A transport calls ``connection_lost`` only once its send buffer is empty; a process
-    that exits before then loses the end of an answer a slow client was still reading
-    (under TLS, that buffer is the TCP transport's, below what ``get_write_buffer_size``
-    of the TLS transport reports). ``lost`` is None when aiohttp cannot tell
-    (config.compat.aiohttp_internals): then there is no waiting.
-    """
-    if lost is None:
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while any(conn not in lost for conn in connections):
-        if loop.time() >= deadline:
-            logger.warning("shutting down: some connections did not finish sending")
-            return
-        await asyncio.sleep(0.05)

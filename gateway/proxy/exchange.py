@@ -12,16 +12,12 @@ import itertools
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from config.identity import Identity
+from gateway.proxy.model import Request
 from gateway.proxy.requestinfo import RequestInfo
 from gateway.telemetry import audit, metrics
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from gateway.front.request import ClientRequest
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_IMPERSONATED_GROUPS = 32
@@ -111,7 +107,7 @@ class Exchange:
     def wants_body(self) -> bool:
         return self.auditor.records_bodies
 
-    def session_started(self, request: web.BaseRequest | ClientRequest) -> None:
+    def session_started(self, request: Request) -> None:
         if self.info is None:
             return
         self.auditor.write(
@@ -136,7 +132,7 @@ class Exchange:
             record.update(self.impersonation)
         return record
 
-    def finish(self, request: web.BaseRequest | ClientRequest) -> None:
+    def finish(self, request: Request) -> None:
         """Count the request and write its audit record (its answer is complete)."""
         seconds = time.perf_counter() - self.started
         info = self.info
@@ -182,7 +178,7 @@ class Exchange:
                 target=self.target or request.raw_path,
                 info=info,
                 source=request.remote or "",
-                user_agent=_user_agent(request),
+                user_agent=request.user_agent,
                 status=status,
                 duration_s=seconds,
                 extra=self._extra(),
@@ -195,8 +191,3 @@ class Exchange:
         if self.audit_body is None:
             return self.impersonation
         return {**self.impersonation, **self.audit_body}
-
-
-def _user_agent(request: web.BaseRequest | ClientRequest) -> str:
-    agent = getattr(request, "user_agent", None)  # the lean path read it while parsing
-    return agent if isinstance(agent, str) else request.headers.get("User-Agent", "")

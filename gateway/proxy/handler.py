@@ -1,16 +1,22 @@
-"""``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward, stream back."""
+"""``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward, stream back.
+
+``answer`` is the proxy's one entry: a front's ``Request`` in (``gateway.proxy.model``),
+an ``Answer`` out: whole (most answers, and every error as a Kubernetes ``Status``),
+streamed through the request's ``AnswerWriter``, or a 101 whose ``Upgrade``
+(``gateway.proxy.upgrade``) joins the client's connection to the tunnel stream.
+``forward`` is the part after authorisation, which the gateway's own API client
+(``gateway.clusters.downstream``) uses too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from functools import lru_cache
-from typing import cast
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
@@ -23,9 +29,7 @@ from gateway.errors import (
     TooManyRequests,
     Unauthenticated,
     UpstreamUnavailable,
-    k8s_response,
 )
-from gateway.front.request import ClientRequest, Streamed
 from gateway.identity.directory import AuthenticationFailed
 from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
 from gateway.keys import (
@@ -39,22 +43,16 @@ from gateway.keys import (
     TUNNELS,
 )
 from gateway.proxy import access, sessions, upgrade
-from gateway.proxy.exchange import REQUEST_ID_HEADER, Exchange
+from gateway.proxy.exchange import Exchange
 from gateway.proxy.heads import (
-    CACHED_NAME_BYTES,
     CheckedFields,
     UnsafeHead,
     field_block,
     request_head,
 )
-from gateway.proxy.impersonation import (
-    IMPERSONATE_PREFIX,
-    Header,
-    forwarded_headers,
-    identity_block,
-)
-from gateway.proxy.paths import PREFIX, BadPath, split_cluster_path
-from gateway.proxy.rawresponse import HOP_AND_FRAMING, RawResponse
+from gateway.proxy.impersonation import Header, forwarded_headers, identity_block
+from gateway.proxy.model import Answer, Request, status_answer, streamed, whole
+from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
 from gateway.proxy.upstream import Response, UpstreamError
 from gateway.store.records import Cluster
@@ -63,30 +61,14 @@ from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
 
 logger = logging.getLogger(__name__)
 
-Incoming = web.Request | ClientRequest
-"""A request from aiohttp or from the lean path (``gateway.front.connection``)."""
-Answer = web.StreamResponse | RawResponse | Streamed
-"""What ``answer`` returns: aiohttp's response (errors; aiohttp's path), a complete
-answer not yet written, or a streamed one already written."""
-
 WAIT_FOR_TUNNEL_S = 5.0
 """How long a replica without a tunnel waits for the agent, if another replica has one."""
 BUFFER_LIMIT = 256 * 1024
 """Bodies up to this size are read whole (one write); larger ones are streamed."""
 
 
-def _is_upgrade(request: Incoming) -> bool:
-    if type(request) is ClientRequest:
-        return False  # upgrades are aiohttp's
-    connection = request.headers.get("Connection", "")
-    return "upgrade" in connection.lower() and "Upgrade" in request.headers
-
-
-async def _authenticate(app: web.Application, request: Incoming, cluster_id: str) -> Identity:
-    if type(request) is ClientRequest:
-        header = request.authorization  # picked out while parsing
-    else:
-        header = request.headers.get("Authorization")
+async def _authenticate(app: web.Application, request: Request, cluster_id: str) -> Identity:
+    header = request.authorization  # picked out while parsing
     directory = app[DIRECTORY]
     try:
         identity, token = directory.authenticate(header)
@@ -129,7 +111,7 @@ def _agent_block(api_host: bytes, authorization: bytes) -> CheckedFields:
 
 
 def _head(
-    request: Incoming,
+    request: Request,
     target: str,
     link: AgentLink,
     identity: CheckedFields | None,
@@ -170,12 +152,12 @@ class _BodyOut:
 
     def __init__(
         self,
-        request: Incoming,
+        request: Request,
         chunked: bool,
         pieces: AsyncIterator[bytes] | None = None,
         first: list[bytes] | None = None,
     ) -> None:
-        self._pieces = pieces if pieces is not None else request.content.iter_any().__aiter__()
+        self._pieces = pieces if pieces is not None else request.iter_any().__aiter__()
         self._first = first
         """Pieces read before the tunnel stream was taken (``_read_up_to``)."""
         self._chunked = chunked
@@ -218,74 +200,63 @@ async def _read_up_to(pieces: AsyncIterator[bytes], limit: int) -> tuple[list[by
     return parts, False
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    """The route handler (see ``fast_path`` for the way requests normally arrive)."""
-    return cast(web.StreamResponse, await serve(request.app, request))
+async def answer(app: web.Application, request: Request) -> Answer:
+    """Answer one cluster request: count it, audit it, turn failures into ``Status``.
 
-
-def fast_path(
-    app: web.Application, fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-    """A server-level handler that sends ``/k8s/clusters/`` straight to the proxy.
-
-    Cluster requests reach it only on connections handed to aiohttp (upgrades, or a
-    connection that served the management API first; see ``gateway.front.connection``). They then
-    skip the application's router and middlewares; everything else goes to
-    ``fallback``, the application.
-    """
-    drain = app[DRAIN]
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        if not request.raw_path.startswith(PREFIX):
-            return await fallback(request)
-        response = cast(web.StreamResponse, await answer(app, cast(web.Request, request)))
-        if drain.draining:
-            response.force_close()  # the client reconnects to a replica that stays
-        return response
-
-    return handler
-
-
-async def answer(app: web.Application, request: Incoming) -> Answer:
-    """Answer one cluster request: count it, audit it, turn failures into ``Status``."""
+    A 101's accounting (the request in flight, its metrics and audit record) ends when
+    its session does (``gateway.proxy.upgrade``), not here."""
     exchange = Exchange(app[AUDIT])
     context = request_id_var.set(exchange.request_id)
     drain = app[DRAIN]
     drain.enter()
-    response: Answer
+    response: Answer | None = None
     try:
-        response = await serve(app, request, exchange)
+        response = await _serve(app, request, exchange)
     except GatewayError as exc:
-        response = k8s_response(exc)
-        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        response = _error_answer(exc, exchange.request_id)
         exchange.status = exc.status
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         logger.exception("unhandled error for %s %s", request.method, request.path)
-        response = k8s_response(GatewayError(500, "internal error"))
-        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        response = _error_answer(GatewayError(500, "internal error"), exchange.request_id)
         exchange.status = 500
     finally:
-        drain.leave()
-        exchange.finish(request)
         request_id_var.reset(context)
+        if response is not None and isinstance(response.upgrade, upgrade.Upgraded):
+            # The session's end ends the request (its record names the bytes it carried).
+            def finish() -> None:
+                drain.leave()
+                exchange.finish(request)
+
+            response.upgrade.when_done(finish)
+        else:
+            drain.leave()
+            exchange.finish(request)
     return response
 
 
-async def serve(
-    app: web.Application, request: Incoming, exchange: Exchange | None = None
-) -> Answer:
+def _error_answer(error: GatewayError, request_id: str) -> Answer:
+    return status_answer(
+        error.status,
+        error.message,
+        error.reason,
+        error.details,
+        error.headers,
+        request_id=request_id,
+    )
+
+
+async def _serve(app: web.Application, request: Request, exchange: Exchange) -> Answer:
     started = time.perf_counter()
     try:
         path = split_cluster_path(request.raw_path)
     except BadPath as exc:
         raise BadRequest(str(exc)) from None
     directory = app[DIRECTORY]
-    if exchange is not None:
-        exchange.cluster_id = path.cluster_id
-        exchange.cluster_known = path.cluster_id in directory.clusters
-        exchange.target = path.target
+    exchange.cluster_id = path.cluster_id
+    exchange.cluster_known = path.cluster_id in directory.clusters
+    exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
@@ -294,18 +265,17 @@ async def serve(
             details={"name": path.cluster_id, "kind": "clusters"},
         )
     role = directory.role_on(identity, cluster.id)
-    upgrade_request = _is_upgrade(request)
-    if exchange is not None:
-        exchange.identity = identity
-        exchange.role = role
-        exchange.info = request_info(request.method, path.target, upgrade_request)
-        if _client_impersonates(request):  # kubectl --as: the record names both
-            exchange.note_impersonation(request.raw_headers)
+    upgrade_request = request.upgrade
+    exchange.identity = identity
+    exchange.role = role
+    exchange.info = request_info(request.method, path.target, upgrade_request)
+    if request.impersonates:  # kubectl --as: the record names both
+        exchange.note_impersonation(request.raw_headers)
     if role is None:
         raise Forbidden(
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'
         )
-    if not identity.is_admin and _client_impersonates(request):
+    if not identity.is_admin and request.impersonates:
         raise Forbidden(
             f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
             f'User "{identity.user_id}" cannot impersonate through the gateway'
@@ -319,7 +289,7 @@ async def serve(
         raise BadRequest(
             "upgrades are only for exec, attach, portforward and proxy, to websocket or SPDY/3.1"
         )
-    client_impersonates = identity.is_admin and _client_impersonates(request)
+    client_impersonates = identity.is_admin and request.impersonates
     identity_lines = None if client_impersonates else identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
     return await forward(
@@ -337,7 +307,7 @@ _UPGRADE_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 _UPGRADE_PROTOCOLS = frozenset({"websocket", "spdy/3.1"})
 
 
-def _upgrade_allowed(request: Incoming, path: str) -> bool:
+def _upgrade_allowed(request: Request, path: str) -> bool:
     """What kubectl upgrades: exec, attach and port-forward, to WebSocket or SPDY/3.1
     (never h2c, never another path); and WebSockets through the API server's proxy."""
     segments = path.rstrip("/").split("/")
@@ -347,15 +317,9 @@ def _upgrade_allowed(request: Incoming, path: str) -> bool:
     return bool(offered) and offered <= _UPGRADE_PROTOCOLS
 
 
-def _client_impersonates(request: Incoming) -> bool:
-    if type(request) is ClientRequest:
-        return request.impersonates
-    return any(k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers)
-
-
 async def forward(
     app: web.Application,
-    request: Incoming,
+    request: Request,
     cluster: Cluster,
     target: str,
     identity: CheckedFields | None,
@@ -400,16 +364,22 @@ async def forward(
             f"streams of cluster {cluster.name} (tunnel.max_streams_per_user)"
         )
     try:
-        return await _send(
+        answer = await _send(
             app, request, cluster, link, target, identity, keep_client_impersonation, exchange
         )
-    finally:
+    except BaseException:
         quota.give(key)
+        raise
+    if isinstance(answer.upgrade, upgrade.Upgraded):
+        answer.upgrade.when_done(lambda: quota.give(key))  # held for the session
+    else:
+        quota.give(key)
+    return answer
 
 
 async def _send(
     app: web.Application,
-    request: Incoming,
+    request: Request,
     cluster: Cluster,
     link: AgentLink,
     target: str,
@@ -418,9 +388,7 @@ async def _send(
     exchange: Exchange | None,
 ) -> Answer:
     """``forward`` once the tunnel is chosen (and the user's stream counted)."""
-    upgrade_request = _is_upgrade(request)
-    if upgrade_request:
-        upgrade.check_supported()  # 501 if aiohttp cannot hand the connection over
+    upgrade_request = request.upgrade
     body: bytes | AsyncIterator[bytes] | None = None
     framing: Header | None = None
     length = request.content_length
@@ -441,7 +409,7 @@ async def _send(
         else:
             # Chunked: up to BUFFER_LIMIT is read before a tunnel stream is taken, so a
             # slow or malformed body holds no stream and the API server never sees it.
-            pieces = request.content.iter_any().__aiter__()
+            pieces = request.iter_any().__aiter__()
             first, whole = await _read_up_to(pieces, BUFFER_LIMIT)
             if whole:
                 body = b"".join(first)
@@ -478,31 +446,12 @@ async def _send(
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:
-        # Upgrades arrive through aiohttp only (gateway.front.connection hands them over).
-        return await upgrade.relay(cast(web.Request, request), upstream, exchange, app[SESSIONS])
+        return upgrade.switching(upstream, request, exchange, app[SESSIONS])
     return await _respond(app, request, upstream, exchange)
 
 
-def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    names = _HEADER_NAMES
-    for name, value in raw:
-        text = names.get(name)
-        if text is None:
-            text = "" if name.lower() in HOP_AND_FRAMING else name.decode("latin-1")
-            if len(names) < 256 and len(name) <= CACHED_NAME_BYTES:  # a small, fixed set
-                names[name] = text
-        if text:
-            headers.add(text, value.decode("latin-1"))
-    return headers
-
-
-# Header names decoded once; "" marks the ones the gateway does not pass on.
-_HEADER_NAMES: dict[bytes, str] = {}
-
-
 async def _respond(
-    app: web.Application, request: Incoming, upstream: Response, exchange: Exchange | None
+    app: web.Application, request: Request, upstream: Response, exchange: Exchange | None
 ) -> Answer:
     length = upstream.content_length
     request_id = exchange.request_id if exchange is not None else ""
@@ -513,31 +462,12 @@ async def _respond(
             except (UpstreamError, TunnelError) as exc:
                 raise UpstreamUnavailable(str(exc), status=502) from None
             upstream.release()
-            raw = RawResponse(
-                upstream.status,
-                upstream.reason,
-                upstream.headers,
-                body,
-                request_id=request_id,
-                keep_alive=request.keep_alive,
-                head=request.method == "HEAD",
+            return whole(
+                upstream.status, upstream.reason, upstream.headers, body, request_id=request_id
             )
-            return cast(web.StreamResponse, raw)  # duck-typed: see gateway.proxy.rawresponse
-        resp: web.StreamResponse | Streamed
-        if isinstance(request, ClientRequest):
-            resp = request.streamed_answer(
-                upstream.status, upstream.reason, upstream.headers, length, request_id
-            )
-        else:
-            headers = _response_headers(upstream.headers)
-            if request_id:
-                headers[REQUEST_ID_HEADER] = request_id
-            resp = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=headers
-            )
-            if length is not None:
-                resp.content_length = length
-        await resp.prepare(cast(web.Request, request))
+        writer = await request.start_answer(
+            upstream.status, upstream.reason, upstream.headers, length, request_id
+        )
         unregister = None
         if exchange is not None:
             # Ended as if done when its identity loses access (gateway.proxy.sessions), and by
@@ -553,21 +483,19 @@ async def _respond(
             )
         try:
             while chunk := await upstream.read_chunk():
-                await resp.write(chunk)
+                await writer.write(chunk)
         except (UpstreamError, TunnelError) as exc:
-            # The status line is out: the only honest signal left is to cut the connection.
+            # The status line is out: the only honest signal left is to cut the connection
+            # (on HTTP/2, only the stream).
             logger.info("upstream failed mid-response: %s", exc)
-            if isinstance(request, ClientRequest):
-                request.cut()  # HTTP/2: only the stream
-            elif request.transport is not None:
-                request.transport.close()
-            return resp
+            request.cut()
+            return streamed(False)
         finally:
             if unregister is not None:
                 unregister()
-        await resp.write_eof()
+        await writer.end()
         upstream.release()
-        return resp
+        return streamed(writer.keep_alive)
     finally:
         if not upstream.complete:
             upstream.stream.reset()

@@ -1,16 +1,12 @@
-"""Answers read whole from the API server, written to the client as one buffer.
+"""Answers written as bytes: HTTP/1.1 heads and whole answers, HTTP/2 header fields.
 
-Most kubectl answers are small and complete (a GET, a short LIST, a create). aiohttp's
-response machinery — a ``CIMultiDict`` of decoded headers, then ``prepare``, header
-serialisation and ``write_eof`` — cost about a quarter of the gateway's time per such
-request (py-spy, ``python -m bench --profile``). ``RawResponse`` instead passes the API
-server's header lines on as the bytes they arrived as, adds ``Content-Length``,
-``Date``, ``X-Request-Id`` (and ``Connection: close`` when the connection ends), and
-writes status line, headers and body with one ``transport.write``.
-
-aiohttp's request handler needs three things of a response: ``prepare(request)``,
-``write_eof()`` and ``keep_alive``; that is all this class offers. Streamed answers
-(watches, big LISTs) and upgrades still go through aiohttp.
+Most kubectl answers are small and complete (a GET, a short LIST, a create). The fronts
+write them with one ``transport.write``: the API server's header lines passed on as the
+bytes they arrived as (but hop-by-hop and framing ones), then ``Content-Length``,
+``Date``, ``X-Request-Id`` and ``Connection: close`` when the connection ends
+(aiohttp's response machinery cost about a quarter of the gateway's time per such
+request: py-spy, ``python -m bench --profile``). Streamed answers use ``head`` for
+their HTTP/1.1 head and ``h2_headers`` for their HEADERS.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ from email.utils import formatdate
 from typing import Any
 
 from gateway.proxy.heads import CACHED_NAME_BYTES
+from gateway.proxy.model import Answer
 
 Header = tuple[bytes, bytes]
 
@@ -93,17 +90,6 @@ def h2_headers(
 _h2_names: dict[bytes, bytes] = {}
 
 
-def aiohttp_parts(response: Any) -> tuple[list[Header], bytes]:
-    """The header lines and body of an answer built with aiohttp's helpers (the proxy's
-    error answers, ``gateway.errors``), for writing them the lean path's way."""
-    body = getattr(response, "body", None)
-    data = body if isinstance(body, bytes) else b""
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
-    if response.content_type and "Content-Type" not in response.headers:
-        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
-    return headers, data
-
-
 def head(
     status: int,
     reason: str,
@@ -163,70 +149,37 @@ def build(
     return out if no_body else out + body
 
 
-class RawResponse:
-    """A complete answer that aiohttp's request handler sends by calling ``prepare``."""
-
-    __slots__ = ("_body", "_head", "_headers", "_request_id", "keep_alive", "reason", "status")
-
-    def __init__(
-        self,
-        status: int,
-        reason: str,
-        upstream_headers: list[Header],
-        body: bytes,
-        *,
-        request_id: str,
-        keep_alive: bool,
-        head: bool,
-    ) -> None:
-        self.status = status
-        self.reason = reason
-        self._headers = upstream_headers
-        self._body = body
-        self._request_id = request_id
-        self._head = head
-        self.keep_alive = keep_alive
-
-    @property
-    def prepared(self) -> bool:
-        return False
-
-    def force_close(self) -> None:
-        self.keep_alive = False
-
-    async def prepare(self, request: Any) -> None:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        transport.write(
-            build(
-                self.status,
-                self.reason,
-                self._headers,
-                self._body,
-                request_id=self._request_id,
-                keep_alive=self.keep_alive,
-                head_only=self._head,
-            )
+def h2_whole(answer: Answer, head_only: bool) -> tuple[int, list[Header], bytes]:
+    """A ``WHOLE`` answer's status, header fields and body for an HTTP/2 stream
+    (``head_only``: an answer to HEAD, whose ``Content-Length`` is the API server's)."""
+    no_body = head_only or answer.status < 200 or answer.status in (204, 304)
+    length: int | None = len(answer.body)
+    if head_only:
+        length = next(
+            (
+                int(v)
+                for n, v in answer.headers
+                if n.lower() == b"content-length" and v.strip().isdigit()
+            ),
+            None,
         )
+    elif no_body:
+        length = None
+    headers = h2_headers(answer.headers, length=length, request_id=answer.request_id)
+    return answer.status, headers, b"" if no_body else answer.body
 
-    def h2_answer(self) -> tuple[int, list[Header], bytes]:
-        """Status, header fields and body for an HTTP/2 stream."""
-        no_body = self._head or self.status < 200 or self.status in (204, 304)
-        length: int | None = len(self._body)
-        if self._head:
-            length = next(
-                (
-                    int(v)
-                    for n, v in self._headers
-                    if n.lower() == b"content-length" and v.strip().isdigit()
-                ),
-                None,
-            )
-        elif no_body:
-            length = None
-        headers = h2_headers(self._headers, length=length, request_id=self._request_id)
-        return self.status, headers, b"" if no_body else self._body
 
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
+_NOT_AFTER_101 = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def switching_head(answer: Answer) -> bytes:
+    """A ``SWITCHING`` answer's head: the 101 as the API server (or the agents' endpoint)
+    gave it, ``Connection`` and ``Upgrade`` included, and ``X-Request-Id``."""
+    parts = [b"HTTP/1.1 101 %s\r\n" % answer.reason.encode("latin-1")]
+    for name, value in answer.headers:
+        if name.lower() not in _NOT_AFTER_101:
+            parts += [name, b": ", value, b"\r\n"]
+    if answer.request_id:
+        parts += [b"X-Request-Id: ", answer.request_id.encode("ascii"), b"\r\n"]
+    parts.append(b"\r\n")
+    return b"".join(parts)

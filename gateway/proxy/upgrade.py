@@ -1,28 +1,29 @@
-"""Relay of upgraded connections (exec, attach, port-forward) through a tunnel stream.
+"""Upgraded connections (exec, attach, port-forward) joined to a tunnel stream.
 
-After the API server answers ``101 Switching Protocols``, the gateway forwards that
-answer and then copies raw bytes both ways until either side closes: it does not
-need to understand WebSocket or SPDY/3.1 framing. aiohttp recognises only
-``websocket`` upgrades, so the client connection is taken over with
-``RequestHandler.set_parser``: from then on every byte the client sends is handed
-to :class:`_ClientToTunnel` instead of the HTTP parser. That hook is aiohttp's
-internals, checked at start-up (:mod:`config.compat.aiohttp_internals`): when it is not
-as tested, upgrades are refused with 501 (:func:`check_supported`) before anything
-reaches the API server.
+When the API server answers ``101 Switching Protocols`` the proxy returns a
+``SWITCHING`` answer whose ``Upgrade`` is an ``Upgraded``: the front writes the 101,
+then hands it its transport (``take_over``), and from then on raw bytes are copied
+both ways until either side closes. The gateway does not need to understand WebSocket
+or SPDY/3.1 framing. The client's bytes go into the stream under its credit
+(``tunnel.pump.IntoStream``: reading from the client pauses while the stream has
+none); the stream's go to the client, waiting while its socket is full.
+
+The request ends with its session: its metrics and audit record (which name the bytes
+each way), the request counted in flight for a stopping gateway, and the user's tunnel
+stream count are let go when the connection is done (``when_done``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
-from aiohttp import web
-
-from config.compat import aiohttp_internals
-from gateway.errors import GatewayError
-from gateway.front.relay import taken_over
+from config.logging import request_id as request_id_var
 from gateway.proxy import sessions
-from gateway.proxy.exchange import REQUEST_ID_HEADER, Exchange
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.model import Answer, Request
+from gateway.proxy.model import switching as switching_answer
 from gateway.proxy.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -31,117 +32,170 @@ from tunnel.streams import TunnelStream
 
 logger = logging.getLogger(__name__)
 
-_SKIPPED_RESPONSE_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+def switching(
+    upstream: Response,
+    request: Request,
+    exchange: Exchange | None,
+    held_by: sessions.Sessions | None,
+) -> Answer:
+    """The API server's 101, to be written as it gave it, and what joins the two sides.
+
+    ``exchange`` (when given) learns when the session starts and how many bytes went
+    each way; with ``held_by`` too, the session is closed when its identity loses
+    access (``gateway.proxy.sessions``).
+    """
+    joined = Upgraded(upstream, request, exchange, held_by)
+    request_id = exchange.request_id if exchange is not None else ""
+    return switching_answer(upstream.reason, upstream.headers, joined, request_id)
 
 
-class _ClientToTunnel:
-    """Receives the client's raw bytes (aiohttp calls it as a payload parser)."""
+class Upgraded:
+    """A 101 from the API server: the tunnel stream, waiting for the client's connection."""
 
-    def __init__(self, stream: TunnelStream, transport: asyncio.Transport) -> None:
+    def __init__(
+        self,
+        upstream: Response,
+        request: Request,
+        exchange: Exchange | None,
+        held_by: sessions.Sessions | None,
+    ) -> None:
+        self._stream = upstream.stream
+        self._tail = upstream.upgraded_tail
+        self._request = request
+        self._exchange = exchange
+        self._held_by = held_by
+        self._done: list[Callable[[], None]] = []
+        self._ended = False
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the session ends (or is abandoned)."""
+        self._done.append(callback)
+
+    def abandon(self) -> None:
+        self._stream.reset(ErrorCode.CANCEL, "client went away")
+        self._end()
+
+    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> None:
+        stream = self._stream
+        exchange = self._exchange
+        context = request_id_var.set(exchange.request_id) if exchange is not None else None
+        client = ClientSide(stream, transport, previous)
+        transport.set_protocol(client)
+        forget = None
+        if exchange is not None:
+            exchange.session_started(self._request)
+            if self._held_by is not None:
+                forget = sessions.hold(
+                    self._held_by,
+                    None,
+                    exchange.identity,
+                    exchange.cluster_id,
+                    exchange.role,
+                    lambda: stream.reset(ErrorCode.CANCEL, "access revoked"),
+                )
+        try:
+            if self._tail:
+                await client.write(self._tail)
+            to_client = asyncio.ensure_future(self._tunnel_to_client(client))
+            try:
+                await asyncio.wait({to_client, client.done}, return_when=asyncio.FIRST_COMPLETED)
+                if not to_client.done():
+                    # The client finished sending; let the API server finish its answer.
+                    await to_client
+            finally:
+                to_client.cancel()
+        except (ConnectionError, TunnelError) as exc:
+            logger.debug("upgraded connection ended: %s", exc)
+        finally:
+            if forget is not None:
+                forget()
+            stream.reset(ErrorCode.CANCEL)
+            if not transport.is_closing():
+                transport.close()
+            if exchange is not None:
+                exchange.bytes_from_client = client.received
+                exchange.bytes_to_client = client.sent
+            self._end()
+            if context is not None:
+                request_id_var.reset(context)
+
+    async def _tunnel_to_client(self, client: ClientSide) -> None:
+        try:
+            while chunk := await self._stream.read():
+                await client.write(chunk)
+        except TunnelError as exc:
+            logger.debug("tunnel side of an upgraded connection ended: %s", exc)
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        done, self._done = self._done, []
+        for callback in done:
+            callback()
+
+
+class ClientSide(asyncio.Protocol):
+    """The client's connection once upgraded: its bytes into the stream, and a writer
+    that waits while the socket is full."""
+
+    def __init__(
+        self, stream: TunnelStream, transport: asyncio.Transport, previous: asyncio.BaseProtocol
+    ) -> None:
+        self.transport = transport
         self.done = asyncio.get_running_loop().create_future()
+        """Done when the client has sent everything (or the connection is gone)."""
         self.received = 0
+        self.sent = 0
+        self._previous = previous
         self._pump = IntoStream(stream, on_failure=self._finish, on_eof_sent=self._finish)
         self._pump.transport = transport
+        self._paused = False
+        self._lost = False
+        self._drain: asyncio.Future[None] | None = None
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def data_received(self, data: bytes) -> None:
         if data and not self.done.done():
             self.received += len(data)
             self._pump.feed(data)
-        return False, b""
 
-    def feed_eof(self) -> None:
+    def eof_received(self) -> bool | None:
         self._pump.feed_eof()
+        return None  # under TLS the connection closes whatever we return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._finish()
+        self._wake()
+        self._pump.feed_eof()
+        self._previous.connection_lost(exc)  # the front's bookkeeping ends too
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    async def write(self, data: bytes | bytearray) -> None:
+        if self._lost:
+            raise ConnectionResetError("the client went away")
+        self.sent += len(data)
+        self.transport.write(data)
+        while self._paused and not self._lost:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+        if self._lost:
+            raise ConnectionResetError("the client went away")
 
     def _finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
 
-
-async def relay(
-    request: web.Request,
-    upstream: Response,
-    exchange: Exchange | None = None,
-    held_by: sessions.Sessions | None = None,
-) -> web.StreamResponse:
-    """Answer 101 as the API server did, then copy bytes both ways.
-
-    ``exchange`` (when given) learns when the session starts and how many bytes
-    went each way; with ``held_by`` too, the session is closed when its identity loses
-    access (``gateway.proxy.sessions``).
-    """
-    resp = web.StreamResponse(status=101, reason=upstream.reason or "Switching Protocols")
-    for name, value in upstream.headers:
-        if name.lower() not in _SKIPPED_RESPONSE_HEADERS:
-            resp.headers.add(name.decode("latin-1"), value.decode("latin-1"))
-    if exchange is not None:
-        resp.headers[REQUEST_ID_HEADER] = exchange.request_id
-    resp.force_close()
-    stream = upstream.stream
-    transport = request.transport
-    protocol = request.protocol
-    if transport is None or transport.is_closing():
-        stream.reset(ErrorCode.CANCEL, "client went away")
-        return resp
-    await resp.prepare(request)
-    client_side = _ClientToTunnel(stream, transport)
-    # With no await between them: a relay in front of aiohttp (gateway.front.relay) stops
-    # reading HTTP/1.1 exactly when aiohttp's parser hands the bytes to the tunnel. A
-    # client sends the new protocol only after our 101; bytes sent before it are read
-    # (and refused) as HTTP.
-    taken_over(transport)
-    protocol.set_parser(client_side)  # type: ignore[arg-type]  # duck-typed payload parser
-    sent = [0]
-    forget = None
-    if exchange is not None:
-        exchange.session_started(request)
-    if exchange is not None and held_by is not None:
-        forget = sessions.hold(
-            held_by,
-            None,
-            exchange.identity,
-            exchange.cluster_id,
-            exchange.role,
-            lambda: stream.reset(ErrorCode.CANCEL, "access revoked"),
-        )
-    try:
-        if upstream.upgraded_tail:
-            sent[0] += len(upstream.upgraded_tail)
-            await resp.write(upstream.upgraded_tail)
-        to_client = asyncio.ensure_future(_tunnel_to_client(stream, resp, sent))
-        await asyncio.wait({to_client, client_side.done}, return_when=asyncio.FIRST_COMPLETED)
-        if not to_client.done():
-            # The client finished sending; let the API server finish its answer.
-            await to_client
-    except (ConnectionError, TunnelError) as exc:
-        logger.debug("upgraded connection ended: %s", exc)
-    finally:
-        if forget is not None:
-            forget()
-        stream.reset(ErrorCode.CANCEL)
-        if not transport.is_closing():
-            transport.close()
-        if exchange is not None:
-            exchange.bytes_from_client = client_side.received
-            exchange.bytes_to_client = sent[0]
-    return resp
-
-
-async def _tunnel_to_client(
-    stream: TunnelStream, resp: web.StreamResponse, sent: list[int]
-) -> None:
-    try:
-        while chunk := await stream.read():
-            sent[0] += len(chunk)
-            await resp.write(chunk)
-    except TunnelError as exc:
-        logger.debug("tunnel side of an upgraded connection ended: %s", exc)
-
-
-def check_supported() -> None:
-    """Refuse an upgrade (501 Not Implemented) when aiohttp cannot hand the connection over."""
-    if not aiohttp_internals.upgrades_supported():
-        raise GatewayError(
-            501,
-            "exec, attach and port-forward are not available on this gateway: its aiohttp "
-            "version cannot hand a connection over (see the gateway's log)",
-        )
+    def _wake(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)

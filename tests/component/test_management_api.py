@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config.schema import AuthSettings, GatewaySettings
 from gateway.app import build_app
@@ -19,6 +19,7 @@ from gateway.identity.directory import Directory
 from gateway.operations.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
+from tests.component.front_server import FrontServer
 
 PASSWORD = "admin-password-123"
 
@@ -48,7 +49,7 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[TestClient[Any, Any], Direc
         auth=dataclasses.replace(AuthSettings(), login_failures_per_user=3),
     )
     app = build_app(settings, directory, Runtime("https://gw.test:8443", "CA-PEM", "test"))
-    client = TestClient(TestServer(app))
+    client = TestClient(FrontServer(app))
     await client.start_server()
     try:
         yield client, directory, clock

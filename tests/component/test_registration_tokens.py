@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from config.schema import GatewaySettings, RegistrationSettings
 from gateway.app import build_app
@@ -22,6 +22,7 @@ from gateway.keys import TUNNELS
 from gateway.operations.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
+from tests.component.front_server import FrontServer
 from tunnel import wsconn
 from tunnel.protocol import Side
 from tunnel.session import Session
@@ -65,7 +66,7 @@ async def _gateway(store: SQLiteStore, clock: Clock, admin_token: str = "") -> G
         GatewaySettings(), registration=RegistrationSettings(max_agents_per_cluster=MAX_AGENTS)
     )
     app = build_app(settings, directory, Runtime("https://gw.test:8443", "CA", "test"))
-    client = TestClient(TestServer(app))
+    client = TestClient(FrontServer(app))
     await client.start_server()
     if not admin_token:
         resp = await client.post(

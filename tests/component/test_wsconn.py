@@ -1,7 +1,9 @@
 """tunnel.wsconn over real loopback connections, with asyncio's loop and uvloop.
 
 Our dialer against our acceptor (TLS, big payloads, back-pressure, close), and each of
-them against aiohttp's WebSocket (the other side of the interoperability check).
+them against aiohttp's WebSocket (the other side of the interoperability check). The
+acceptor here reads the head, answers 101 and hands its transport to ``wsconn.take_over``,
+as the gateway's front does.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import aiohttp
 import pytest
 import uvloop
 from aiohttp import web
+from multidict import CIMultiDict
 
 from config.tls import client_context
 from tests.fakes import TestPKI
 from tunnel import wsconn
-from tunnel.websocket import CloseCode, HandshakeError
+from tunnel.websocket import CloseCode, HandshakeError, server_accept
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Accepted = Callable[[wsconn.WebSocketConnection], Awaitable[None]]
 
 
 LOOPS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
@@ -67,12 +71,74 @@ async def serving(pki: TestPKI, handler: Handler) -> AsyncIterator[Served]:
         await runner.cleanup()
 
 
-async def echo(request: web.Request) -> web.StreamResponse:
-    conn, response = await wsconn.accept(request)
+class Acceptor(asyncio.Protocol):
+    """Reads a WebSocket upgrade's head, answers it, and hands the connection over."""
+
+    def __init__(self, handler: Accepted, open_connections: set[Acceptor]) -> None:
+        self._handler = handler
+        self._open = open_connections
+        self._head = b""
+        self._task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport) or hasattr(transport, "write")
+        self.transport = transport  # type: ignore[assignment]
+        self._open.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if b"\r\n\r\n" not in self._head:
+            return
+        lines = self._head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+        headers = CIMultiDict(
+            (k.strip(), v.strip()) for k, _, v in (x.partition(":") for x in lines)
+        )
+        transport = self.transport
+        assert transport is not None
+        try:
+            accepted = server_accept(headers)
+        except HandshakeError as exc:
+            transport.write(b"HTTP/1.1 %d No\r\nContent-Length: 0\r\n\r\n" % exc.status)
+            transport.close()
+            return
+        answer = "".join(f"{k}: {v}\r\n" for k, v in accepted.items())
+        transport.write(f"HTTP/1.1 101 Switching Protocols\r\n{answer}\r\n".encode())
+        conn = wsconn.take_over(transport, previous=self)
+        self._task = asyncio.get_running_loop().create_task(self._handler(conn))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(self)
+
+
+class Accepting:
+    def __init__(self, server: asyncio.Server, ctx: ssl.SSLContext, opened: set[Acceptor]) -> None:
+        self.url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+        self.ctx = ctx
+        self.opened = opened
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.opened)
+
+
+@contextlib.asynccontextmanager
+async def accepting(pki: TestPKI, handler: Accepted) -> AsyncIterator[Accepting]:
+    opened: set[Acceptor] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Acceptor(handler, opened), "127.0.0.1", 0, ssl=pki.server_context()
+    )
+    try:
+        yield Accepting(server, client_context(ca_file=str(pki.ca_file)), opened)
+    finally:
+        server.close()
+
+
+async def echo(conn: wsconn.WebSocketConnection) -> None:
     while (data := await conn.receive()) is not None:
         await conn.send([data])
     await conn.close()
-    return response
 
 
 async def receive_exactly(conn: wsconn.WebSocketConnection, size: int) -> bytes:
@@ -89,7 +155,7 @@ def test_dial_and_accept_carry_big_and_small_payloads(run, pki: TestPKI) -> None
 
 
 async def _test_dial_and_accept_carry_big_and_small_payloads(pki: TestPKI) -> None:
-    async with serving(pki, echo) as served:
+    async with accepting(pki, echo) as served:
         conn = await wsconn.dial(served.url, {"X-Test": "1"}, served.ctx, 10)
         for size in (1, 125, 126, 65535, 65536, 3 * 1024 * 1024 + 7):
             data = os.urandom(size)
@@ -101,7 +167,7 @@ async def _test_dial_and_accept_carry_big_and_small_payloads(pki: TestPKI) -> No
         await conn.close()
         assert conn.close_code == CloseCode.NORMAL
         assert await conn.receive() is None
-        # aiohttp's request handler learned that the connection it gave away is gone
+        # the protocol that had the connection learned that it is gone
         async with asyncio.timeout(5):
             while served.open_connections:
                 await asyncio.sleep(0.01)
@@ -115,16 +181,14 @@ async def _test_writes_wait_while_the_peer_does_not_read(pki: TestPKI) -> None:
     release = asyncio.Event()
     totals: list[int] = []
 
-    async def slow(request: web.Request) -> web.StreamResponse:
-        conn, response = await wsconn.accept(request)
+    async def slow(conn: wsconn.WebSocketConnection) -> None:
         await release.wait()
         total = 0
         while (data := await conn.receive()) is not None:
             total += len(data)
         totals.append(total)
-        return response
 
-    async with serving(pki, slow) as served:
+    async with accepting(pki, slow) as served:
         conn = await wsconn.dial(served.url, {}, served.ctx, 10)
         chunk = b"x" * (1024 * 1024)
         written = 0
@@ -184,7 +248,7 @@ def test_aiohttp_client_against_our_acceptor(run, pki: TestPKI) -> None:
 
 
 async def _test_aiohttp_client_against_our_acceptor(pki: TestPKI) -> None:
-    async with serving(pki, echo) as served:
+    async with accepting(pki, echo) as served:
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(served.url, ssl=served.ctx, autoping=False)
             await ws.send_bytes(b"y" * 200000)
@@ -216,14 +280,10 @@ async def _test_handshake_failures_carry_the_status(pki: TestPKI) -> None:
             await wsconn.dial(served.url, {}, served.ctx, 10)
         assert caught.value.status == 401
 
-        async def bad_upgrade(request: web.Request) -> web.StreamResponse:
-            try:
-                await wsconn.accept(request)
-            except HandshakeError as exc:
-                return web.Response(status=exc.status, text=str(exc))
+        async def never(conn: wsconn.WebSocketConnection) -> None:
             raise AssertionError("accepted")
 
-        async with serving(pki, bad_upgrade) as other:
+        async with accepting(pki, never) as other:
             async with aiohttp.ClientSession() as http:
                 async with http.get(
                     other.url,

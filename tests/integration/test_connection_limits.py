@@ -288,8 +288,8 @@ def test_http2_stalled_bodies_are_reset_after_the_body_timeout(world: World, mem
     print(f"HTTP/2: all {len(reset)} stalled streams reset")
 
 
-# the same on a connection handed to aiohttp (gateway.front.relay): a first request for
-# /healthz hands it over, then the second request is slow
+# the same on a connection that served the management API first (aiohttp answered
+# /healthz through the front's bridge), then the second request is slow
 
 
 def _handed_off(world: World) -> ssl.SSLSocket:

@@ -399,7 +399,7 @@ def test_pipelined_requests_are_answered_in_order_each_as_its_user(
     assert a["impersonatedUser"]["username"] != b["impersonatedUser"]["username"]
 
 
-# the same on a connection handed to aiohttp (it served the management API first)
+# the same on a connection that served the management API first (aiohttp through the bridge)
 
 
 def _after_handoff(world: World, token: str, data: bytes) -> Answer | None:
@@ -450,8 +450,9 @@ _HANDOFF_CASES = {
 
 @pytest.mark.parametrize("case", list(_HANDOFF_CASES))
 def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, case: str) -> None:
-    """After a request served by aiohttp, a refused head is refused by ``gateway.front.relay``
-    (a v3 error, the connection closed), never by aiohttp's plain-text 400 nor forwarded."""
+    """After a request served by aiohttp, a refused head is refused by the front
+    (``gateway.front.connection``: a v3 error, the connection closed), never by aiohttp's
+    plain-text 400 nor forwarded."""
     host = f"127.0.0.1:{world.gateway.port}"
     path = _target(world)
     probe = uuid.uuid4().hex
@@ -469,8 +470,8 @@ def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, c
 def test_a_keep_alive_connection_on_aiohttp_serves_several_requests(
     world: World, member: str
 ) -> None:
-    """The relay passes everything on: a GET, a chunked POST and a cluster request on one
-    connection handed to aiohttp are each answered."""
+    """A GET, a chunked POST (through the bridge to aiohttp) and a cluster request on one
+    keep-alive connection are each answered."""
     host = f"127.0.0.1:{world.gateway.port}"
     auth = f"Authorization: Bearer {member}"
     with _connect(world) as sock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import _ssl
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -31,10 +30,11 @@ from hypothesis import strategies as st
 from config import compat
 from config.compat import Assumption, Broken, aiohttp_internals, ssl_internals
 from config.tls import client_context, server_context
-from gateway.errors import GatewayError, k8s_response
+from gateway.front.connection import Front
 from gateway.identity.providers import ldap3_compat
-from gateway.operations.server import _wait_lost
-from gateway.proxy import upgrade
+from gateway.keys import DRAIN
+from gateway.proxy.model import Answer, switching
+from gateway.telemetry.drain import Drain
 from tests.fakes import TestPKI
 
 WARNING_PREFIX = "dependency check "
@@ -121,8 +121,6 @@ def test_every_check_holds_on_the_installed_versions(caplog: pytest.LogCaptureFi
         "ssl-object-direct",
         "openssl-read-ahead",
         "websocket-mask",
-        "aiohttp-set-parser",
-        "aiohttp-connection-lost",
         "ldap3-availability",
     } <= names
     agent = {a.name for a in compat.REGISTRY if compat.AGENT in a.programs}
@@ -292,76 +290,81 @@ def test_without_aiohttps_mask_the_python_mask_runs(
     assert len(messages) == 1 and "websocket-mask" in messages[0], messages
 
 
-def test_without_set_parser_upgrades_are_refused_with_501(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    recheck: Callable[[Assumption], bool],
+def test_the_gateway_relies_on_no_internals_of_aiohttps_server() -> None:
+    """``set_parser`` (exec, attach and port-forward were refused with 501 without it)
+    and ``Server.connection_lost`` (the wait at exit) are no assumptions any more: the
+    front owns every client connection (tests/unit/gateway/test_front.py)."""
+    compat._modules()
+    names = {a.name for a in compat.REGISTRY if compat.GATEWAY in a.programs}
+    assert "aiohttp-set-parser" not in names and "aiohttp-connection-lost" not in names
+    assert "websocket-mask" in names
+
+
+async def test_without_set_parser_and_connection_lost_the_front_still_upgrades_and_bridges(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    upgrade.check_supported()  # as installed: nothing to refuse
     monkeypatch.delattr(web_protocol.RequestHandler, "set_parser")
-    assert not recheck(aiohttp_internals.SET_PARSER)
-    for _ in range(3):
-        with pytest.raises(GatewayError) as refused:
-            upgrade.check_supported()
-        assert refused.value.status == 501
-    response = k8s_response(refused.value)
-    assert response.status == 501
-    assert isinstance(response.body, bytes)
-    status = json.loads(response.body)
-    assert status["kind"] == "Status" and status["code"] == 501
-    assert status["reason"] == "NotImplemented"
-    assert "exec, attach and port-forward are not available" in status["message"]
-    messages = warnings_of(caplog)
-    assert len(messages) == 1, messages
-    assert "aiohttp-set-parser" in messages[0]
-    assert messages[0].endswith("exec, attach and port-forward are refused (501)")
-
-
-def test_a_set_parser_that_feeds_nothing_fails_the_check(
-    monkeypatch: pytest.MonkeyPatch, recheck: Callable[[Assumption], bool]
-) -> None:
-    def set_parser(self: Any, parser: Any, data_received_cb: Any = None) -> None:
-        pass  # accepted, but the bytes still go to the HTTP parser
-
-    monkeypatch.setattr(web_protocol.RequestHandler, "set_parser", set_parser)
-    assert not recheck(aiohttp_internals.SET_PARSER)
-    assert aiohttp_internals.SET_PARSER.failure is not None
-    assert "the parser was fed" in aiohttp_internals.SET_PARSER.failure
-
-
-async def test_lost_connections_are_tracked_when_aiohttp_is_as_tested() -> None:
-    server = web.Server(_no_handler)
-    lost = aiohttp_internals.track_lost_connections(server)
-    assert lost is not None
-    handler = server()
-    handler.connection_lost(None)
-    assert lost == {handler}
-    await asyncio.wait_for(_wait_lost([handler], lost, 5.0), 5)
-
-
-async def test_without_connection_lost_the_gateway_does_not_wait_at_exit(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    recheck: Callable[[Assumption], bool],
-) -> None:
     original = web.Server.connection_lost
 
     def connection_lost(self: Any, protocol: Any, error: BaseException | None = None) -> None:
         original(self, protocol, error)  # renamed parameters: a changed interface
 
     monkeypatch.setattr(web.Server, "connection_lost", connection_lost)
-    assert not recheck(aiohttp_internals.CONNECTION_LOST)
-    server = web.Server(_no_handler)
-    assert aiohttp_internals.track_lost_connections(server) is None
-    assert "connection_lost" not in vars(server)  # left as aiohttp made it
-    never_lost = [object()]
-    await asyncio.wait_for(_wait_lost(never_lost, None, 60.0), 5)  # returns at once
-    messages = warnings_of(caplog)
-    assert len(messages) == 1 and "aiohttp-connection-lost" in messages[0], messages
+    assert compat.self_test(compat.GATEWAY, list(_aiohttp_assumptions())) == []
+
+    class Joined(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.data = b""
+            self.got = asyncio.Event()
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+            self.got.set()
+
+        def abandon(self) -> None:
+            raise AssertionError("not abandoned")
+
+        async def take_over(self, transport: asyncio.Transport, previous: Any) -> None:
+            transport.set_protocol(self)
+            await self.got.wait()
+
+    joined = Joined()
+
+    async def upgrade(app: web.Application, request: Any) -> Answer:
+        return switching("Switching Protocols", [(b"Upgrade", b"SPDY/3.1")], joined)
+
+    async def hello(request: web.BaseRequest) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app[DRAIN] = Drain()
+    front = Front(app, web.Server(hello), answer=upgrade)
+    server = await asyncio.get_running_loop().create_server(front, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and await reader.readexactly(5) == b"hello"
+        writer.write(
+            b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
+            b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(b"\x80\x03\x00\x01spdy")
+        async with asyncio.timeout(5):
+            await joined.got.wait()
+        assert joined.data == b"\x80\x03\x00\x01spdy"
+        assert await reader.read() == b""  # the upgrade is over: so is the connection
+        writer.close()
+    finally:
+        server.close()
+    assert warnings_of(caplog) == []
 
 
-async def _no_handler(request: web.BaseRequest) -> web.StreamResponse:  # pragma: no cover
-    raise AssertionError("no request")
+def _aiohttp_assumptions() -> Iterator[Assumption]:
+    return (a for a in compat.REGISTRY if a.relies_on.startswith("aiohttp"))
 
 
 # ldap3

@@ -28,6 +28,8 @@ class FakeRequest:
     method: str
     raw_path: str
     remote: str | None = "10.1.2.3"
+    user_agent: str = "kubectl/v1.30.0"
+    """Picked out of the head by the front (``gateway.proxy.model.Request``)."""
     headers: CIMultiDict[str] = field(
         default_factory=lambda: CIMultiDict(
             {"User-Agent": "kubectl/v1.30.0", "Authorization": f"Bearer {SECRET}"}

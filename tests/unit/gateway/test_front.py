@@ -1,4 +1,5 @@
-"""gateway.front.connection: the lean client connection, with a fake transport and a fake proxy."""
+"""gateway.front.connection: HTTP/1.1 client connections, with a fake transport, a fake
+proxy and a real aiohttp low-level server behind the bridge."""
 
 from __future__ import annotations
 
@@ -12,32 +13,34 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import NotFound, k8s_response
 from gateway.front.connection import Front, FrontConnection
-from gateway.front.relay import Relay, taken_over
 from gateway.front.request import BODY_HIGH_WATER, ClientRequest
 from gateway.keys import DRAIN
-from gateway.proxy.rawresponse import RawResponse
+from gateway.proxy.model import Answer, status_answer, streamed, switching, whole
 from gateway.telemetry.drain import Drain
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"
 
 
-class FakeTransport:
+class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
+        super().__init__()
         self.written = bytearray()
+        self.writes = 0
         self.closed = False
         self.aborted = False
         self.paused = False
         self.protocol: Any = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Any) -> None:
         self.written += data
+        self.writes += 1
 
     def writelines(self, parts: Any) -> None:
         for part in parts:
             self.written += part
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -67,23 +70,32 @@ class FakeTransport:
         return ("127.0.0.1", 5555) if name == "peername" else default
 
 
-class FakeAiohttp(asyncio.Protocol):
+class Application:
+    """aiohttp's low-level server, as the bridge serves it: records what it is asked."""
+
     def __init__(self) -> None:
-        self.data = bytearray()
-        self.transport: Any = None
-        self.lost = False
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.cancelled = 0
+        self.server = web.Server(self.handle, handler_cancellation=True)
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            await self.release.wait()
+            body = b"".join([piece async for piece in request.content.iter_any()])
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        self.seen.append((request.method, request.raw_path, body))
+        return web.json_response({"path": request.raw_path, "size": len(body)})
 
-    def data_received(self, data: bytes) -> None:
-        self.data += data
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+Handler = Callable[[web.Application, ClientRequest], Awaitable[Answer]]
 
 
-Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
+def ok(request: ClientRequest) -> Answer:
+    return whole(200, "OK", [], b"{}", request_id="r")
 
 
 @pytest.fixture
@@ -91,41 +103,42 @@ async def world(monkeypatch: pytest.MonkeyPatch) -> Any:
     handlers: list[Handler] = []
     seen: list[ClientRequest] = []
 
-    async def answer(app: web.Application, request: ClientRequest) -> Any:
+    async def answer(app: web.Application, request: ClientRequest) -> Answer:
         seen.append(request)
         if handlers:
             return await handlers.pop(0)(app, request)
-        return RawResponse(
-            200, "OK", [], b"{}", request_id="r", keep_alive=request.keep_alive, head=False
-        )
+        return ok(request)
 
     class World:
         def __init__(self) -> None:
             app = web.Application()
             app[DRAIN] = Drain()
             self.app = app
-            self.fallbacks: list[FakeAiohttp] = []
-            self.front = Front(app, self._fallback, answer=answer)
+            self.aiohttp = Application()
+            self.front = Front(app, self.aiohttp.server, answer=answer)
             self.handlers = handlers
             self.seen = seen
-
-        def _fallback(self) -> FakeAiohttp:
-            protocol = FakeAiohttp()
-            self.fallbacks.append(protocol)
-            return protocol
 
         def connect(self) -> tuple[FrontConnection, FakeTransport]:
             conn = self.front()
             transport = FakeTransport()
-            conn.connection_made(transport)  # type: ignore[arg-type]
+            conn.connection_made(transport)
             return conn, transport
 
     return World()
 
 
-async def _settle() -> None:
-    for _ in range(5):
+async def _settle(turns: int = 5) -> None:
+    for _ in range(turns):
         await asyncio.sleep(0)
+
+
+async def _until(done: Callable[[], bool], turns: int = 200) -> None:
+    for _ in range(turns):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition was not met")
 
 
 def _answers(transport: FakeTransport) -> int:
@@ -148,14 +161,14 @@ async def test_a_later_request_waits_for_the_answer_before_it(world: Any) -> Non
     release = asyncio.Event()
     order: list[str] = []
 
-    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def slow(app: web.Application, request: ClientRequest) -> Answer:
         await release.wait()
         order.append("first")
-        return RawResponse(200, "OK", [], b"1", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"1")
 
-    async def fast(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def fast(app: web.Application, request: ClientRequest) -> Answer:
         order.append("second")
-        return RawResponse(200, "OK", [], b"2", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"2")
 
     world.handlers += [slow, fast]
     conn, transport = world.connect()
@@ -168,38 +181,39 @@ async def test_a_later_request_waits_for_the_answer_before_it(world: Any) -> Non
     assert transport.written.index(b"\r\n\r\n1") < transport.written.index(b"\r\n\r\n2")
 
 
-async def test_other_requests_hand_the_connection_to_aiohttp(world: Any) -> None:
+async def test_other_requests_go_to_aiohttp_through_the_bridge(world: Any) -> None:
     conn, transport = world.connect()
     conn.data_received(GET)
     await _settle()
     conn.data_received(LOGIN[:7])
     conn.data_received(LOGIN[7:])
-    assert len(world.fallbacks) == 1
-    handler = world.fallbacks[0]
-    relay = transport.protocol
-    assert isinstance(relay, Relay) and relay.handler is handler
-    assert handler.transport is transport
-    assert bytes(handler.data) == LOGIN
-    assert conn not in world.front.connections and relay in world.front.relays
+    await _until(lambda: _answers(transport) == 2)
+    assert world.aiohttp.seen == [("GET", "/v3/users", b"")]
+    assert b'{"path": "/v3/users", "size": 0}' in transport.written
+    assert transport.protocol is None  # the connection stays the front's
+    assert conn in world.front.connections and not transport.closed
 
 
-def _handed_off(world: Any) -> tuple[Relay, Any, FakeTransport]:
+async def _served_v3(world: Any) -> tuple[FrontConnection, FakeTransport]:
+    """A connection that has served a management-API request (its answer is cleared)."""
     conn, transport = world.connect()
     conn.data_received(LOGIN)
-    relay = transport.protocol
-    assert isinstance(relay, Relay)
-    return relay, world.fallbacks[-1], transport
+    await _until(lambda: _answers(transport) == 1)
+    transport.written.clear()
+    return conn, transport
 
 
-async def test_a_handed_off_connection_gets_whole_heads_only(world: Any) -> None:
-    relay, handler, transport = _handed_off(world)
+async def test_aiohttp_gets_whole_checked_heads_only(world: Any) -> None:
+    conn, transport = await _served_v3(world)
     post = b"POST /v3/tokens HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab"
-    relay.data_received(post[:10])
-    assert bytes(handler.data) == LOGIN  # held until the head is whole
-    relay.data_received(post[10:])
-    assert bytes(handler.data) == LOGIN + post
-    relay.data_received(b"cd" + LOGIN)
-    assert bytes(handler.data) == LOGIN + post + b"cd" + LOGIN
+    conn.data_received(post[:10])
+    await _settle(20)
+    assert len(world.aiohttp.seen) == 1  # nothing before the head is whole
+    conn.data_received(post[10:])
+    conn.data_received(b"cd" + LOGIN)
+    await _until(lambda: len(world.aiohttp.seen) == 3)
+    assert world.aiohttp.seen[1:] == [("POST", "/v3/tokens", b"abcd"), ("GET", "/v3/users", b"")]
+    await _until(lambda: _answers(transport) == 2)
     assert not transport.closed
 
 
@@ -213,56 +227,69 @@ async def test_a_handed_off_connection_gets_whole_heads_only(world: Any) -> None
         (b"POST /v3/users HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999999\r\n\r\n", 413),
     ],
 )
-async def test_a_handed_off_connection_refuses_bad_heads(
+async def test_a_management_api_connection_refuses_bad_heads(
     world: Any, data: bytes, status: int
 ) -> None:
-    relay, handler, transport = _handed_off(world)
-    relay.data_received(data)
-    assert bytes(handler.data) == LOGIN
+    conn, transport = await _served_v3(world)
+    conn.data_received(data)
+    await _settle(20)
+    assert world.aiohttp.seen == [("GET", "/v3/users", b"")]
     assert transport.closed
     assert transport.written.startswith(f"HTTP/1.1 {status} ".encode())
     body = json.loads(bytes(transport.written).partition(b"\r\n\r\n")[2])
     assert body["type"] == "error" and body["status"] == status, body
 
 
-async def test_a_handed_off_connection_keeps_the_timeouts(world: Any) -> None:
+async def test_a_management_api_connection_keeps_the_timeouts(world: Any) -> None:
     now = asyncio.get_running_loop().time()
-    relay, handler, transport = _handed_off(world)
-    relay.check_timeouts(now + world.front.head_timeout_s * 10)  # between requests
+    conn, transport = await _served_v3(world)
+    conn.check_timeouts(now + world.front.head_timeout_s + 1)  # between requests
     assert not transport.closed
-    relay.data_received(LOGIN[:10])
-    relay.check_timeouts(now + world.front.head_timeout_s + 1)
+    conn.data_received(LOGIN[:10])
+    conn.check_timeouts(now + world.front.head_timeout_s + 1)
     assert transport.closed
-    relay, handler, transport = _handed_off(world)
-    relay.data_received(b"POST /v3/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n\r\nab")
-    transport.paused = True  # aiohttp's back-pressure: not the client's fault
-    relay.check_timeouts(now + world.front.body_timeout_s + 1)
+    # A body held back by aiohttp (its handler does not read) is not the client's fault.
+    conn, transport = await _served_v3(world)
+    world.aiohttp.release.clear()
+    size = 8 * BODY_HIGH_WATER
+    conn.data_received(b"POST /v3/x HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % size)
+    piece = b"x" * (BODY_HIGH_WATER // 2)
+    for _ in range(8):  # aiohttp takes some, then pauses; the front holds the rest
+        conn.data_received(piece)
+        await _settle(20)
+        if transport.paused:
+            break
+    assert transport.paused
+    conn.check_timeouts(now + world.front.body_timeout_s + 1)
     assert not transport.closed
-    transport.paused = False
-    relay.check_timeouts(now + world.front.body_timeout_s + 1)
-    assert transport.closed
-    relay.connection_lost(None)
-    assert relay not in world.front.relays and handler.lost
+    world.aiohttp.release.set()
+    await _until(lambda: not transport.paused)
+    conn.check_timeouts(asyncio.get_running_loop().time() + world.front.body_timeout_s + 1)
+    await _until(lambda: transport.closed)
+    assert transport.written.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(bytes(transport.written).partition(b"\r\n\r\n")[2])["type"] == "error"
+    conn.connection_lost(None)
+    assert conn not in world.front.connections
 
 
-async def test_a_hand_over_waits_for_the_answer_in_flight(world: Any) -> None:
+async def test_a_management_request_waits_for_the_answer_in_flight(world: Any) -> None:
     release = asyncio.Event()
 
-    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def slow(app: web.Application, request: ClientRequest) -> Answer:
         await release.wait()
-        return RawResponse(200, "OK", [], b"{}", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"{}")
 
     world.handlers.append(slow)
     conn, transport = world.connect()
     conn.data_received(GET)
     await _settle()
     conn.data_received(LOGIN)
-    assert world.fallbacks == [] and transport.paused
+    await _settle(20)
+    assert world.aiohttp.seen == [] and transport.written == b""
     release.set()
-    await _settle()
-    assert _answers(transport) == 1
-    assert bytes(world.fallbacks[0].data) == LOGIN
-    assert not transport.paused
+    await _until(lambda: _answers(transport) == 2)
+    assert world.aiohttp.seen == [("GET", "/v3/users", b"")]
+    assert transport.written.index(b"\r\n\r\n{}") < transport.written.index(b'"/v3/users"')
 
 
 async def test_invalid_requests_get_a_status_and_the_connection_closes(world: Any) -> None:
@@ -275,10 +302,8 @@ async def test_invalid_requests_get_a_status_and_the_connection_closes(world: An
 
 
 async def test_error_answers_keep_the_connection(world: Any) -> None:
-    async def missing(app: web.Application, request: ClientRequest) -> web.Response:
-        response = k8s_response(NotFound('clusters "c-1" not found'))
-        response.headers["X-Request-Id"] = "rid"
-        return response
+    async def missing(app: web.Application, request: ClientRequest) -> Answer:
+        return status_answer(404, 'clusters "c-1" not found', "NotFound", request_id="rid")
 
     world.handlers.append(missing)
     conn, transport = world.connect()
@@ -295,10 +320,10 @@ async def test_bodies_stream_with_back_pressure(world: Any) -> None:
     got: list[int] = []
     proceed = asyncio.Event()
 
-    async def consume(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def consume(app: web.Application, request: ClientRequest) -> Answer:
         await proceed.wait()
-        got.extend([len(chunk) async for chunk in request.content.iter_any()])
-        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+        got.extend([len(chunk) async for chunk in request.iter_any()])
+        return whole(200, "OK", [], b"")
 
     world.handlers.append(consume)
     conn, transport = world.connect()
@@ -321,9 +346,9 @@ async def test_bodies_stream_with_back_pressure(world: Any) -> None:
 
 
 async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
-    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def read(app: web.Application, request: ClientRequest) -> Answer:
         await request.read()
-        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"")
 
     world.handlers.append(read)
     conn, transport = world.connect()
@@ -351,7 +376,7 @@ async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def hang(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def hang(app: web.Application, request: ClientRequest) -> Answer:
         started.set()
         try:
             await asyncio.sleep(60)
@@ -370,13 +395,12 @@ async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
 
 
 async def test_streamed_answers_are_chunked_and_wait_for_the_client(world: Any) -> None:
-    async def stream(app: web.Application, request: ClientRequest) -> Any:
-        answer = request.streamed_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
-        await answer.prepare(request)
+    async def stream(app: web.Application, request: ClientRequest) -> Answer:
+        answer = await request.start_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
         await answer.write(b"one")
         await answer.write(b"two")
-        await answer.write_eof()
-        return answer
+        await answer.end()
+        return streamed(answer.keep_alive)
 
     world.handlers.append(stream)
     conn, transport = world.connect()
@@ -396,11 +420,9 @@ async def test_stopping_closes_idle_connections_and_the_others_after_their_answe
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def slow(app: web.Application, request: ClientRequest) -> Answer:
         await release.wait()
-        return RawResponse(
-            200, "OK", [], b"{}", request_id="", keep_alive=request.keep_alive, head=False
-        )
+        return whole(200, "OK", [], b"{}")
 
     world.handlers.append(slow)
     _idle, idle_transport = world.connect()
@@ -448,8 +470,8 @@ async def test_a_head_that_follows_a_long_body_gets_its_own_time(
 
 
 async def test_an_error_answer_to_head_has_no_body(world: Any) -> None:
-    async def missing(app: web.Application, request: ClientRequest) -> web.Response:
-        return k8s_response(NotFound('clusters "c-1" not found'))
+    async def missing(app: web.Application, request: ClientRequest) -> Answer:
+        return status_answer(404, 'clusters "c-1" not found', "NotFound")
 
     world.handlers.append(missing)
     conn, transport = world.connect()
@@ -477,47 +499,41 @@ _PIECES = [
 async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
     chunks: list[bytes],
 ) -> None:
-    async def answer(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def answer(app: web.Application, request: ClientRequest) -> Answer:
         if request.body_exists:
             await request.read()
-        return RawResponse(
-            200, "OK", [], b"{}", request_id="", keep_alive=request.keep_alive, head=False
-        )
+        return whole(200, "OK", [], b"{}")
 
     app = web.Application()
     app[DRAIN] = Drain()
-    handed: list[FakeAiohttp] = []
-
-    def fallback() -> FakeAiohttp:
-        handed.append(FakeAiohttp())
-        return handed[-1]
-
-    conn = Front(app, fallback, answer=answer)()
+    aiohttp = Application()
+    conn = Front(app, aiohttp.server, answer=answer)()
     transport = FakeTransport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.connection_made(transport)
     for chunk in chunks:
-        if transport.closed or transport.protocol is not None:
+        if transport.closed:
             break
         conn.data_received(chunk)
-        await _settle()
+        await _settle(20)
     conn.connection_lost(None)
     await _settle()
     text = bytes(transport.written)
     assert text == b"" or text.startswith(b"HTTP/1.1 ")
-    if handed:  # what aiohttp got is exactly the end of what the client sent
-        assert b"".join(chunks).find(bytes(handed[0].data)) >= 0
+    sent = b"".join(chunks)
+    for method, path, _ in aiohttp.seen:  # what aiohttp got, the client sent
+        assert f"{method} {path} HTTP/1.1".encode() in sent
 
 
 async def test_a_stalled_body_fails_its_request_with_408(world: Any) -> None:
     failures: list[BaseException] = []
 
-    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def read(app: web.Application, request: ClientRequest) -> Answer:
         try:
             await request.read()
         except ConnectionError as exc:
             failures.append(exc)
             raise
-        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"")
 
     world.handlers.append(read)
     conn, transport = world.connect()
@@ -536,9 +552,9 @@ async def test_a_stalled_body_fails_its_request_with_408(world: Any) -> None:
 
 
 async def test_a_malformed_body_fails_its_request_with_400_at_once(world: Any) -> None:
-    async def read(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def read(app: web.Application, request: ClientRequest) -> Answer:
         await request.read()
-        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"")
 
     world.handlers.append(read)
     conn, transport = world.connect()
@@ -557,10 +573,10 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
 ) -> None:
     proceed = asyncio.Event()
 
-    async def late(app: web.Application, request: ClientRequest) -> RawResponse:
+    async def late(app: web.Application, request: ClientRequest) -> Answer:
         await proceed.wait()  # e.g. waiting for a tunnel
         await request.read()
-        return RawResponse(200, "OK", [], b"", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"")
 
     world.handlers.append(late)
     conn, transport = world.connect()
@@ -579,21 +595,66 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
     assert _answers(transport) == 1
 
 
-async def test_after_the_gateway_takes_a_spdy_upgrade_over_the_relay_passes_bytes_on(
-    world: Any,
-) -> None:
-    relay, handler, transport = _handed_off(world)
-    upgrade = (
-        b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
-        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
-    )
-    relay.data_received(upgrade)
-    taken_over(transport)  # gateway.proxy.upgrade, before its 101
-    frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY
-    relay.data_received(frames)
-    relay.data_received(LOGIN + LOGIN)  # from now on, only passed on
-    assert bytes(handler.data) == LOGIN + upgrade + frames + LOGIN + LOGIN
-    assert not transport.closed
+EXEC = (
+    b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
+    b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+)
+SPDY = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"
+
+
+class Joined(asyncio.Protocol):
+    """What an upgrade makes the connection's protocol: records what arrives."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done = asyncio.Event()
+        self.abandoned = False
+        self.previous: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> None:
+        self.previous = previous
+        transport.set_protocol(self)
+        await self.done.wait()
+
+
+def _switching(joined: Joined, proceed: asyncio.Event | None = None) -> Handler:
+    async def upgrade(app: web.Application, request: ClientRequest) -> Answer:
+        if proceed is not None:
+            await proceed.wait()  # the API server has not answered yet
+        headers = [(b"Connection", b"Upgrade"), (b"Upgrade", b"SPDY/3.1")]
+        return switching("Switching Protocols", headers, joined, "rid")
+
+    return upgrade
+
+
+@pytest.mark.parametrize("first", [b"", LOGIN])
+async def test_after_the_101_the_upgrade_gets_every_byte_unread(world: Any, first: bytes) -> None:
+    joined = Joined()
+    world.handlers.append(_switching(joined))
+    conn, transport = world.connect()
+    if first:  # a connection that served the management API first
+        conn.data_received(first)
+        await _until(lambda: _answers(transport) == 1)
+        transport.written.clear()
+    conn.data_received(EXEC)
+    await _until(lambda: transport.protocol is joined)
+    assert transport.written.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Upgrade: SPDY/3.1\r\n" in transport.written
+    assert b"X-Request-Id: rid\r\n" in transport.written
+    assert joined.previous is conn and conn.taken_over
+    # From now on the transport calls the upgrade's protocol: the bytes are its own.
+    transport.protocol.data_received(SPDY)
+    transport.protocol.data_received(LOGIN + LOGIN)
+    assert bytes(joined.data) == SPDY + LOGIN + LOGIN
+    assert not transport.closed and len(world.aiohttp.seen) == (1 if first else 0)
+    joined.done.set()
+    await _until(lambda: transport.closed)  # the upgrade is over: so is the connection
 
 
 @pytest.mark.parametrize("upgrade", [b"websocket", b"tcp"])
@@ -601,49 +662,73 @@ async def test_an_upgrade_head_alone_turns_no_check_off(world: Any, upgrade: byt
     """Found in review: a WebSocket (or ``tcp``) upgrade head switched the relay to
     passing bytes on for good, while aiohttp declines any upgrade its handler does not
     accept and goes back to HTTP/1.1: no credentials needed to turn every check off."""
-    relay, handler, transport = _handed_off(world)
+    conn, transport = await _served_v3(world)
     head = (
         b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: "
         + upgrade
         + b"\r\n\r\n"
     )
-    relay.data_received(head)
-    assert relay in world.front.relays  # still swept for timeouts
-    relay.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
-    assert bytes(handler.data) == LOGIN + head
+    conn.data_received(head)
+    await _until(lambda: _answers(transport) == 1)
+    assert conn in world.front.connections and not conn.taken_over  # still swept
+    conn.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    await _settle()
+    assert transport.closed and b"HTTP/1.1 400 " in transport.written
+    assert [path for _, path, _ in world.aiohttp.seen] == ["/v3/users", "/healthz"]
 
 
 async def test_a_connection_taken_over_leaves_the_sweep(world: Any) -> None:
-    relay, _, transport = _handed_off(world)
-    taken_over(transport)
-    assert relay not in world.front.relays
+    joined = Joined()
+    world.handlers.append(_switching(joined))
+    conn, transport = world.connect()
+    conn.data_received(EXEC)
+    await _until(lambda: transport.protocol is joined)
+    conn.check_timeouts(asyncio.get_running_loop().time() + 10 * world.front.keepalive_s)
+    assert not transport.closed
+    conn.connection_lost(None)  # told by the upgrade's protocol
+    assert conn not in world.front.connections
 
 
-async def test_before_the_gateway_takes_an_upgrade_over_other_bytes_are_refused(
-    world: Any,
-) -> None:
-    """No guessing from the bytes: until ``gateway.proxy.upgrade`` says it took the connection,
-    what follows an upgrade head is read as HTTP/1.1 and checked."""
-    relay, handler, transport = _handed_off(world)
-    upgrade = (
-        b"POST /k8s/clusters/c-1/api/v1/namespaces/d/pods/p/exec HTTP/1.1\r\nHost: gw\r\n"
-        b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
-    )
-    relay.data_received(upgrade)
-    relay.data_received(b"\x80\x03\x00\x01")
+async def test_before_the_101_other_bytes_are_refused(world: Any) -> None:
+    """No guessing from the bytes: until the front writes the 101, what follows an
+    upgrade head is read as HTTP/1.1 and checked; the upgrade is then never taken over."""
+    joined = Joined()
+    proceed = asyncio.Event()
+    world.handlers.append(_switching(joined, proceed))
+    conn, transport = world.connect()
+    conn.data_received(EXEC)
+    await _settle()
+    conn.data_received(b"\x80\x03\x00\x01")
     assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
-    assert bytes(handler.data) == LOGIN + upgrade
+    proceed.set()
+    await _settle(20)
+    assert transport.protocol is None and b"101" not in transport.written
 
 
 async def test_after_an_upgrade_aiohttp_ignores_heads_are_still_checked(world: Any) -> None:
-    relay, handler, transport = _handed_off(world)
+    conn, transport = await _served_v3(world)
     h2c = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-    relay.data_received(h2c + LOGIN)
-    assert bytes(handler.data) == LOGIN + h2c + LOGIN
-    relay.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
-    relay, handler, transport = _handed_off(world)
+    conn.data_received(h2c + LOGIN)
+    await _until(lambda: _answers(transport) == 2)
+    assert len(world.aiohttp.seen) == 3
+    conn.data_received(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    await _settle()
+    assert transport.closed and b"HTTP/1.1 400 " in transport.written
+    conn, transport = await _served_v3(world)
     spdy_elsewhere = h2c.replace(b"h2c", b"SPDY/3.1")
-    relay.data_received(spdy_elsewhere + b"\x80\x03\x00\x01")
-    assert transport.closed and transport.written.startswith(b"HTTP/1.1 400 ")
+    conn.data_received(spdy_elsewhere + b"\x80\x03\x00\x01")
+    await _settle(20)
+    assert transport.closed and b"HTTP/1.1 400 " in transport.written
+
+
+async def test_a_whole_answer_is_one_write_and_says_when_the_connection_ends(
+    world: Any,
+) -> None:
+    conn, transport = world.connect()
+    conn.data_received(GET.replace(b"Host: gw", b"Host: gw\r\nConnection: close"))
+    await _settle()
+    assert transport.writes == 1 and b"Connection: close\r\n" in transport.written
+    assert transport.closed
+    conn.connection_lost(None)
+    with pytest.raises(ConnectionResetError):
+        conn.write(b"late")

@@ -24,7 +24,7 @@ from gateway.front.h2 import STREAM_HIGH_WATER, H2Connection
 from gateway.front.h2_protocol import PREFACE, SETTINGS, _pack
 from gateway.front.request import ClientRequest
 from gateway.keys import DRAIN
-from gateway.proxy.rawresponse import RawResponse
+from gateway.proxy.model import streamed, whole
 from gateway.telemetry.drain import Drain
 
 Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
@@ -186,14 +186,12 @@ async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     async def answer(app: web.Application, request: ClientRequest) -> Any:
         if handlers:
             return await handlers.pop(0)(app, request)
-        return RawResponse(
+        return whole(
             200,
             "OK",
             [(b"Content-Type", b"application/json"), (b"Connection", b"x")],
             b'{"kind":"PodList"}',
             request_id="rid",
-            keep_alive=True,
-            head=request.method == "HEAD",
         )
 
     app = web.Application()
@@ -240,13 +238,12 @@ async def test_a_streamed_answer_waits_for_the_clients_window(world: Any) -> Non
     waited: list[int] = []
 
     async def stream_big(app: web.Application, request: ClientRequest) -> Any:
-        answer = request.streamed_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
-        await answer.prepare(request)
+        answer = await request.start_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
         for _ in range(40):
             await answer.write(b"w" * 32768)
             waited.append(client.server.h2.buffered(1))
-        await answer.write_eof()
-        return answer
+        await answer.end()
+        return streamed(answer.keep_alive)
 
     world.handlers.append(stream_big)
     client = Client(world.front, window=65535)
@@ -266,8 +263,7 @@ async def test_a_client_reset_cancels_the_proxy(world: Any) -> None:
     cancelled = asyncio.Event()
 
     async def hang(app: web.Application, request: ClientRequest) -> Any:
-        answer = request.streamed_answer(200, "OK", [], None, "rid")
-        await answer.prepare(request)
+        await request.start_answer(200, "OK", [], None, "rid")
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -293,9 +289,9 @@ async def test_a_request_body_gets_window_as_it_is_read(world: Any) -> None:
 
     async def slow_reader(app: web.Application, request: ClientRequest) -> Any:
         await release.wait()
-        async for chunk in request.content.iter_any():
+        async for chunk in request.iter_any():
             got.extend(chunk)
-        return RawResponse(201, "Created", [], b"{}", request_id="", keep_alive=True, head=False)
+        return whole(201, "Created", [], b"{}")
 
     world.handlers.append(slow_reader)
     client = Client(world.front)
@@ -371,7 +367,7 @@ async def test_stopping_waits_for_streams_in_flight(world: Any) -> None:
 
     async def slow(app: web.Application, request: ClientRequest) -> Any:
         await release.wait()
-        return RawResponse(200, "OK", [], b"{}", request_id="", keep_alive=True, head=False)
+        return whole(200, "OK", [], b"{}")
 
     world.handlers.append(slow)
     client = Client(world.front)
@@ -423,13 +419,12 @@ async def test_a_full_socket_pauses_writers_and_reading(world: Any) -> None:
     written: list[int] = []
 
     async def stream_some(app: web.Application, request: ClientRequest) -> Any:
-        answer = request.streamed_answer(200, "OK", [], None, "rid")
-        await answer.prepare(request)
+        answer = await request.start_answer(200, "OK", [], None, "rid")
         for _ in range(3):
             await answer.write(b"x" * 100)
             written.append(1)
-        await answer.write_eof()
-        return answer
+        await answer.end()
+        return streamed(answer.keep_alive)
 
     client = Client(world.front)
     client.server.pause_writing()  # the socket's buffer is full
@@ -457,7 +452,7 @@ async def test_connect_is_refused(world: Any) -> None:
 async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
     async def read_body(app: web.Application, request: ClientRequest) -> Any:
         body = await request.read()
-        return RawResponse(201, "Created", [], body, request_id="", keep_alive=True, head=False)
+        return whole(201, "Created", [], body)
 
     world.handlers.append(read_body)
     client = Client(world.front)

@@ -1,11 +1,11 @@
-"""gateway.front.h1_protocol: client requests read without I/O, and the hand-over to aiohttp."""
+"""gateway.front.h1_protocol: client requests read without I/O, every one of them (the
+management API and upgrades too: nothing is handed over unread)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.front.connection import wants
 from gateway.front.h1_protocol import MAX_HEAD_BYTES, Body, End, Event, Head, Invalid, RequestReader
 
 GET = (
@@ -32,7 +32,7 @@ EXEC = (
 
 
 def _reader() -> RequestReader:
-    return RequestReader(wants)
+    return RequestReader()
 
 
 def _summary(events: list[Event]) -> list[object]:
@@ -79,36 +79,61 @@ def test_pipelined_cluster_requests_are_all_read() -> None:
     ]  # fmt: skip
 
 
-def test_other_requests_are_handed_over_with_every_byte() -> None:
+def test_management_requests_are_read_like_any_other() -> None:
     reader = _reader()
-    assert reader.feed(LOGIN[:10]) == []
-    assert reader.feed(LOGIN[10:]) == []
-    assert reader.handing_off
-    assert reader.feed(b"GET /next") == []  # kept for aiohttp, not parsed
-    assert reader.take_raw() == LOGIN + b"GET /next"
+    events = reader.feed(LOGIN[:10]) + reader.feed(LOGIN[10:])
+    assert _summary(events) == [
+        ("POST", b"/v3-public/localProviders/local?action=login", True, 2),
+        b"{}",
+        End(),
+    ]
+    assert reader.feed(b"GET /next") == []
+    assert reader.in_head and not reader.idle
 
 
-def test_a_hand_over_after_cluster_requests_starts_at_the_new_request() -> None:
+def test_a_management_request_after_cluster_requests_is_read_in_turn() -> None:
     reader = _reader()
     assert len(reader.feed(GET)) == 2
     assert reader.idle
-    assert reader.feed(LOGIN) == []
-    assert reader.handing_off and not reader.idle
-    assert reader.take_raw() == LOGIN
+    events = reader.feed(LOGIN)
+    assert isinstance(events[0], Head) and events[0].target.startswith(b"/v3-public/")
+    assert reader.idle
 
 
-def test_upgrades_are_handed_over_even_on_the_cluster_path() -> None:
+def test_an_upgrade_head_is_a_request_and_what_follows_is_read_as_http() -> None:
+    """An upgrade head turns no check off: until the front takes the connection over,
+    the bytes after it are HTTP/1.1 (read, and refused when they are not)."""
     reader = _reader()
-    assert reader.feed(EXEC) == []
-    assert reader.handing_off
-    assert reader.take_raw() == EXEC
+    events = reader.feed(EXEC + GET)
+    assert [type(e).__name__ for e in events] == ["Head", "End", "Head", "End"]
+    head = events[0]
+    assert isinstance(head, Head) and head.upgrade and head.target.endswith(b"command=sh")
+    events = _reader().feed(EXEC + b"\x80\x03\x00\x01garbage")
+    assert isinstance(events[-1], Invalid) and events[-1].status == 400
+    split = _reader()
+    events = split.feed(EXEC[:40]) + split.feed(EXEC[40:] + GET[:5]) + split.feed(GET[5:])
+    assert [type(e).__name__ for e in events] == ["Head", "End", "Head", "End"]
 
 
-def test_a_pipelined_request_for_aiohttp_is_refused() -> None:
-    events = _reader().feed(GET + LOGIN)
-    assert isinstance(events[-1], Invalid)
-    assert events[-1].status == 400
-    assert "pipelined" in events[-1].message
+def test_an_upgrade_with_a_body_is_refused() -> None:
+    events = _reader().feed(EXEC.replace(b"Host: gw", b"Host: gw\r\nContent-Length: 3") + b"abc")
+    assert isinstance(events[-1], Invalid) and events[-1].status == 400
+    assert "upgrade" in events[-1].message
+
+
+def test_pipelined_requests_for_the_management_api_are_read_in_order() -> None:
+    events = _reader().feed(GET + LOGIN + GET)
+    heads = [e.target for e in events if isinstance(e, Head)]
+    assert heads == [
+        b"/k8s/clusters/c-1/api/v1/pods?limit=5",
+        b"/v3-public/localProviders/local?action=login",
+        b"/k8s/clusters/c-1/api/v1/pods?limit=5",
+    ]
+
+
+def test_a_refusal_names_the_target_it_concerns() -> None:
+    events = _reader().feed(b"GET /v3/users HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert isinstance(events[-1], Invalid) and events[-1].target == b"/v3/users"
 
 
 def test_malformed_input_is_refused_once_and_then_ignored() -> None:
@@ -163,8 +188,6 @@ def test_any_bytes_give_events_or_a_refusal_never_an_exception(chunks: list[byte
     for chunk in chunks:
         for event in reader.feed(chunk):
             assert isinstance(event, Head | Body | End | Invalid)
-    if reader.handing_off:  # what aiohttp gets is exactly the end of the input
-        assert b"".join(chunks).endswith(reader.take_raw())
 
 
 @settings(max_examples=200, deadline=None)
@@ -172,14 +195,14 @@ def test_any_bytes_give_events_or_a_refusal_never_an_exception(chunks: list[byte
     st.lists(st.sampled_from([GET, POST, CHUNKED]), min_size=1, max_size=4),
     st.integers(min_value=1, max_value=len(LOGIN)),
 )
-def test_hand_over_after_whole_chunks_keeps_exact_bytes(requests: list[bytes], cut: int) -> None:
+def test_a_management_request_after_whole_ones_is_read_whole(
+    requests: list[bytes], cut: int
+) -> None:
     reader = _reader()
     for request in requests:
         reader.feed(request)
-    reader.feed(LOGIN[:cut])
-    reader.feed(LOGIN[cut:])
-    assert reader.handing_off
-    assert reader.take_raw() == LOGIN
+    events = reader.feed(LOGIN[:cut]) + reader.feed(LOGIN[cut:])
+    assert _summary(events) == _summary(_reader().feed(LOGIN))
 
 
 def test_what_the_proxy_asks_of_every_request_is_picked_out_while_parsing() -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httptools
 import pytest
 
-from gateway.proxy.rawresponse import RawResponse, build
+from gateway.proxy.model import switching, whole
+from gateway.proxy.rawresponse import build, h2_whole, switching_head
 
 UPSTREAM = [
     (b"Content-Type", b"application/json"),
@@ -85,30 +84,19 @@ def test_no_body_statuses(status: int) -> None:
     assert data.startswith(b"HTTP/1.1 %d OK\r\n" % status)  # an empty reason reads "OK"
 
 
-class _Transport:
-    def __init__(self, closing: bool = False) -> None:
-        self.written: list[bytes] = []
-        self.closing = closing
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
+def test_h2_head_keeps_the_api_servers_length_and_sends_no_body() -> None:
+    answer = whole(200, "OK", UPSTREAM, b"", request_id="r")
+    status, headers, body = h2_whole(answer, head_only=True)
+    assert status == 200 and body == b""
+    assert (b"content-length", b"999") in headers and (b"x-request-id", b"r") in headers
+    for dropped in (b"transfer-encoding", b"connection", b"keep-alive", b"server"):
+        assert dropped not in [n for n, _ in headers]
 
 
-class _Request:
-    def __init__(self, transport: _Transport | None) -> None:
-        self.transport = transport
-
-
-def test_raw_response_writes_once_and_honours_force_close() -> None:
-    transport = _Transport()
-    resp = RawResponse(200, "OK", [], b"x", request_id="r", keep_alive=True, head=False)
-    resp.force_close()
-    assert resp.keep_alive is False
-    asyncio.run(resp.prepare(_Request(transport)))
-    asyncio.run(resp.write_eof())
-    assert len(transport.written) == 1 and b"Connection: close\r\n" in transport.written[0]
-    with pytest.raises(ConnectionResetError):
-        asyncio.run(resp.prepare(_Request(_Transport(closing=True))))
+def test_a_101_is_written_as_the_api_server_gave_it() -> None:
+    lines = [(b"Connection", b"Upgrade"), (b"Upgrade", b"SPDY/3.1"), (b"Content-Length", b"0")]
+    head = switching_head(switching("Switching Protocols", lines, None, "rid"))  # type: ignore[arg-type]
+    assert head == (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        b"X-Request-Id: rid\r\n\r\n"
+    )

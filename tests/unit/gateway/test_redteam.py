@@ -153,7 +153,9 @@ def test_an_unknown_cluster_is_counted_as_other(tmp_path: Path) -> None:
     exchange = Exchange(auditor)
     exchange.cluster_id = invented  # the path's, never found
     exchange.status = 404
-    exchange.finish(cast(Any, SimpleNamespace(method="GET", raw_path="/", remote="", headers={})))
+    exchange.finish(
+        cast(Any, SimpleNamespace(method="GET", raw_path="/", remote="", headers={}, user_agent=""))
+    )
     metrics.HOT.flush()
     assert _requests_total(invented, "get", "404") == 0
     assert _requests_total("other", "get", "404") - before == 1
