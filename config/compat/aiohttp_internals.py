@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from config.compat import AGENT, GATEWAY, Assumption, Broken
+from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
 
 # 1. websocket_mask
 

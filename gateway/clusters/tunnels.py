@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.identity.directory import Directory
-from gateway.keys import DIRECTORY, REGISTRATION_GUARD, REPLICAS, SAMPLER, SETTINGS, TUNNELS
-from gateway.proxy.upstream import StreamPool
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.upstream import StreamPool
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
 from gateway.store.records import CLUSTER, REGISTRATION
 from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
@@ -313,7 +314,6 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
             remote,
             closed,
         )
-        app[SAMPLER].link_closed(link)
         registry.remove(link)
         link.pool.close()
 
@@ -393,3 +393,8 @@ async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent to reconnect (GOAWAY), then drop the tunnels."""
     for link in app[TUNNELS].all_links():
         await link.session.close(ErrorCode.NO_ERROR, "gateway shutting down")
+
+
+TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
+STREAM_QUOTA = web.AppKey("stream_quota", StreamQuota)
+REGISTRATION_GUARD = web.AppKey("registration_guard", RegistrationGuard)

@@ -2,12 +2,14 @@
 
 The TLS listener's protocol factory and HTTP/1.1 connections (``connection``), HTTP/2
 (``h2`` on the sans-I/O ``h2_protocol`` and ``hpack``), the request object both produce
-(``request``), connection limits (``connlimit``) and the bridge that serves the
-management API's requests with aiohttp (``bridge``). Every byte a client sends is read
-and checked here before anything else sees it.
+(``request``, the request model's ``Request``), connection limits (``connlimit``), the
+agents' ``/v3/connect`` WebSocket (``agents``) and the bridge that serves the management
+API's requests with aiohttp (``bridge``). Every byte a client sends is read and checked
+here before anything else sees it; upgraded connections are handed to their upgrade
+after the front has written the 101.
 
-May import: ``gateway.proxy`` (the one entry it hands requests to) and the layers below
-it; never ``gateway.api`` or ``gateway.operations``. ``h1_protocol``, ``h2_protocol``,
+May import: ``gateway.proxy`` (the one entry it hands requests to, and the request
+model ``gateway.proxy.model``) and the layers below it; never ``gateway.api`` or ``gateway.operations``. ``h1_protocol``, ``h2_protocol``,
 ``hpack`` and ``hpack_tables`` are sans-I/O: they import neither asyncio nor aiohttp.
 """
 

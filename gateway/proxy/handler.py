@@ -20,7 +20,9 @@ from aiohttp import web
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway.clusters.tunnels import AgentLink
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import STREAM_QUOTA, TUNNELS, AgentLink
+from gateway.clusters.upstream import Response, UpstreamError
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -30,18 +32,9 @@ from gateway.errors import (
     Unauthenticated,
     UpstreamUnavailable,
 )
-from gateway.identity.directory import AuthenticationFailed
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed
 from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
-from gateway.keys import (
-    AUDIT,
-    DIRECTORY,
-    DRAIN,
-    PROVIDERS,
-    REPLICAS,
-    SESSIONS,
-    STREAM_QUOTA,
-    TUNNELS,
-)
+from gateway.identity.providers.registry import PROVIDERS
 from gateway.proxy import access, sessions, upgrade
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.heads import (
@@ -54,9 +47,11 @@ from gateway.proxy.impersonation import Header, forwarded_headers, identity_bloc
 from gateway.proxy.model import Answer, Request, status_answer, streamed, whole
 from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
-from gateway.proxy.upstream import Response, UpstreamError
+from gateway.proxy.sessions import SESSIONS
 from gateway.store.records import Cluster
 from gateway.telemetry import audit, metrics
+from gateway.telemetry.audit import AUDIT
+from gateway.telemetry.drain import DRAIN
 from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
 
 logger = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ import logging
 from collections.abc import Callable
 
 from config.logging import request_id as request_id_var
+from gateway.clusters.upstream import Response
 from gateway.proxy import sessions
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.model import Answer, Request
 from gateway.proxy.model import switching as switching_answer
-from gateway.proxy.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream

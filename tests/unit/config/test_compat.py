@@ -32,9 +32,8 @@ from config.compat import Assumption, Broken, aiohttp_internals, ssl_internals
 from config.tls import client_context, server_context
 from gateway.front.connection import Front
 from gateway.identity.providers import ldap3_compat
-from gateway.keys import DRAIN
 from gateway.proxy.model import Answer, switching
-from gateway.telemetry.drain import Drain
+from gateway.telemetry.drain import DRAIN, Drain
 from tests.fakes import TestPKI
 
 WARNING_PREFIX = "dependency check "

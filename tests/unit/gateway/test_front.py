@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.front.connection import Front, FrontConnection
 from gateway.front.request import BODY_HIGH_WATER, ClientRequest
-from gateway.keys import DRAIN
 from gateway.proxy.model import Answer, status_answer, streamed, switching, whole
-from gateway.telemetry.drain import Drain
+from gateway.telemetry.drain import DRAIN, Drain
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"

@@ -21,8 +21,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
-from gateway.keys import DIRECTORY, REPLICAS, TUNNELS
+from gateway.identity.directory import DIRECTORY
 from gateway.proxy.exchange import REQUEST_ID_HEADER
 from gateway.proxy.handler import forward
 from gateway.proxy.heads import CACHED_NAME_BYTES
