@@ -9,8 +9,9 @@ here before anything else sees it; upgraded connections are handed to their upgr
 after the front has written the 101.
 
 May import: ``gateway.proxy`` (the one entry it hands requests to, and the request
-model ``gateway.proxy.model``) and the layers below it; never ``gateway.api`` or ``gateway.operations``. ``h1_protocol``, ``h2_protocol``,
-``hpack`` and ``hpack_tables`` are sans-I/O: they import neither asyncio nor aiohttp.
+model ``gateway.proxy.model``) and the layers below it; never ``gateway.api`` or
+``gateway.operations``. ``h1_protocol``, ``h2_protocol``, ``hpack`` and ``hpack_tables``
+are sans-I/O: they import neither asyncio nor aiohttp.
 """
 
 from __future__ import annotations

@@ -204,31 +204,40 @@ async def answer(app: web.Application, request: Request) -> Answer:
     context = request_id_var.set(exchange.request_id)
     drain = app[DRAIN]
     drain.enter()
-    response: Answer | None = None
     try:
-        response = await _serve(app, request, exchange)
+        response = await _answer_or_status(app, request, exchange)
+    except BaseException:
+        drain.leave()
+        exchange.finish(request)
+        request_id_var.reset(context)
+        raise
+    joined = response.upgrade
+    if isinstance(joined, upgrade.Upgraded):
+        # The session's end ends the request (its record names the bytes it carried).
+        def finish() -> None:
+            drain.leave()
+            exchange.finish(request)
+
+        joined.when_done(finish)
+    else:
+        drain.leave()
+        exchange.finish(request)
+    request_id_var.reset(context)
+    return response
+
+
+async def _answer_or_status(app: web.Application, request: Request, exchange: Exchange) -> Answer:
+    try:
+        return await _serve(app, request, exchange)
     except GatewayError as exc:
-        response = _error_answer(exc, exchange.request_id)
         exchange.status = exc.status
+        return _error_answer(exc, exchange.request_id)
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         logger.exception("unhandled error for %s %s", request.method, request.path)
-        response = _error_answer(GatewayError(500, "internal error"), exchange.request_id)
         exchange.status = 500
-    finally:
-        request_id_var.reset(context)
-        if response is not None and isinstance(response.upgrade, upgrade.Upgraded):
-            # The session's end ends the request (its record names the bytes it carried).
-            def finish() -> None:
-                drain.leave()
-                exchange.finish(request)
-
-            response.upgrade.when_done(finish)
-        else:
-            drain.leave()
-            exchange.finish(request)
-    return response
+        return _error_answer(GatewayError(500, "internal error"), exchange.request_id)
 
 
 def _error_answer(error: GatewayError, request_id: str) -> Answer:

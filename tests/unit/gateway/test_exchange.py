@@ -27,7 +27,8 @@ SECRET = "token-abc12:s3cr3t-value"
 class FakeRequest:
     method: str
     raw_path: str
-    remote: str | None = "10.1.2.3"
+    remote: str = "10.1.2.3"
+    """Empty when unknown (``gateway.proxy.model.Request``)."""
     user_agent: str = "kubectl/v1.30.0"
     """Picked out of the head by the front (``gateway.proxy.model.Request``)."""
     headers: CIMultiDict[str] = field(
@@ -114,7 +115,7 @@ def test_status_0_is_recorded_as_client_closed(tmp_path: Path) -> None:
     auditor = _auditor(tmp_path)
     ex = _exchange(auditor, "GET", "/api/v1/namespaces/ns/pods")
     before = _count(ex.cluster_id, "list", "499")
-    ex.finish(cast(Any, FakeRequest("GET", "/x", remote=None)))
+    ex.finish(cast(Any, FakeRequest("GET", "/x", remote="")))
     auditor.close()
     assert CLIENT_CLOSED == 499
     assert _count(ex.cluster_id, "list", "499") - before == 1
