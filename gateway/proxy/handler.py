@@ -44,7 +44,7 @@ from gateway.proxy.heads import (
     request_head,
 )
 from gateway.proxy.impersonation import Header, forwarded_headers, identity_block
-from gateway.proxy.model import Answer, Request, status_answer, streamed, whole
+from gateway.proxy.model import SWITCHING, Answer, Request, status_answer, streamed, whole
 from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
 from gateway.proxy.sessions import SESSIONS
@@ -205,13 +205,23 @@ async def answer(app: web.Application, request: Request) -> Answer:
     drain = app[DRAIN]
     drain.enter()
     try:
-        response = await _answer_or_status(app, request, exchange)
+        try:
+            response = await _serve(app, request, exchange)
+        except GatewayError as exc:
+            exchange.status = exc.status
+            response = _error_answer(exc, exchange.request_id)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            logger.exception("unhandled error for %s %s", request.method, request.path)
+            exchange.status = 500
+            response = _error_answer(GatewayError(500, "internal error"), exchange.request_id)
     except BaseException:
         drain.leave()
         exchange.finish(request)
         request_id_var.reset(context)
         raise
-    joined = response.upgrade
+    joined = response.upgrade if response.kind == SWITCHING else None
     if isinstance(joined, upgrade.Upgraded):
         # The session's end ends the request (its record names the bytes it carried).
         def finish() -> None:
@@ -224,20 +234,6 @@ async def answer(app: web.Application, request: Request) -> Answer:
         exchange.finish(request)
     request_id_var.reset(context)
     return response
-
-
-async def _answer_or_status(app: web.Application, request: Request, exchange: Exchange) -> Answer:
-    try:
-        return await _serve(app, request, exchange)
-    except GatewayError as exc:
-        exchange.status = exc.status
-        return _error_answer(exc, exchange.request_id)
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        logger.exception("unhandled error for %s %s", request.method, request.path)
-        exchange.status = 500
-        return _error_answer(GatewayError(500, "internal error"), exchange.request_id)
 
 
 def _error_answer(error: GatewayError, request_id: str) -> Answer:
