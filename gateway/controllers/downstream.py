@@ -9,6 +9,7 @@ forwarding path, and no internal port is reachable from the network.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -29,7 +30,7 @@ from gateway.proxy.exchange import REQUEST_ID_HEADER
 from gateway.proxy.handler import forward
 from gateway.proxy.heads import CACHED_NAME_BYTES
 from gateway.proxy.impersonation import IMPERSONATE_PREFIX
-from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter, Header, HeaderView
+from gateway.proxy.model import BODY_HIGH_WATER, STREAMED, WHOLE, AnswerWriter, Header, Request
 from gateway.proxy.paths import BadPath, check_segments
 from gateway.proxy.rawresponse import HOP_AND_FRAMING
 
@@ -54,13 +55,34 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
     cluster = request.app[DIRECTORY].clusters.get(cluster_id)
     if cluster is None:
         return k8s_response(NotFound(f"cluster {cluster_id} not found"))
-    internal = InternalRequest(request)
-    if internal.upgrade:
+    raw_headers: list[Header] = list(request.raw_headers)
+    connection = request.headers.get("Connection", "")
+    if "upgrade" in connection.lower() and "Upgrade" in request.headers:
         return k8s_response(GatewayError(501, "the internal socket carries no upgrades"))
+    side = InternalSide(request)
+    version = request.version
+    internal = Request(
+        side,
+        request.method,
+        request.raw_path,
+        f"{version.major}.{version.minor}",
+        raw_headers,
+        keep_alive=request.keep_alive,
+        upgrade=False,
+        content_length=request.content_length,
+        body_exists=request.body_exists,
+        expect_continue=False,  # aiohttp answers it
+        authorization=request.headers.get("Authorization"),
+        user_agent=request.headers.get("User-Agent", ""),
+        impersonates=any(n.lower().startswith(IMPERSONATE_PREFIX) for n, _ in raw_headers),
+    )
+    body = asyncio.ensure_future(side.feed_body(internal))
     try:
         answer = await forward(request.app, internal, cluster, target, None)
     except GatewayError as exc:
         return k8s_response(exc)
+    finally:
+        body.cancel()
     if answer.kind == WHOLE:
         headers = _response_headers(answer.headers)
         if answer.request_id:
@@ -68,83 +90,91 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(
             status=answer.status, reason=answer.reason, headers=headers, body=answer.body
         )
-    if answer.kind != STREAMED or internal.response is None:  # pragma: no cover - no upgrades
+    if answer.kind != STREAMED or side.response is None:  # pragma: no cover - no upgrades
         raise ConnectionResetError("the answer broke off")
-    return internal.response
+    return side.response
 
 
-class InternalRequest:
-    """A request on the internal socket as the proxy reads one (``gateway.proxy.model.Request``):
-    aiohttp's request, and its answer as aiohttp's response."""
+class InternalSide:
+    """The internal socket's side of a request (``gateway.proxy.model.RequestSide``):
+    aiohttp's request, its body fed to the proxy's ``Request``, its answer aiohttp's."""
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
-        self.method = request.method
-        self.raw_path = request.raw_path
-        self.version = f"{request.version.major}.{request.version.minor}"
-        self.raw_headers: list[Header] = list(request.raw_headers)
-        self.headers = HeaderView(self.raw_headers)
-        self.authorization: str | None = request.headers.get("Authorization")
-        self.impersonates = any(
-            name.lower().startswith(IMPERSONATE_PREFIX) for name, _ in self.raw_headers
-        )
-        self.user_agent = request.headers.get("User-Agent", "")
+        self.closing = False
         self.remote = request.remote or ""
-        connection = request.headers.get("Connection", "")
-        self.upgrade = "upgrade" in connection.lower() and "Upgrade" in request.headers
-        self.content_length = request.content_length
-        self.body_exists = request.body_exists
-        self.keep_alive = request.keep_alive
         self.response: web.StreamResponse | None = None
         """The streamed answer, once started."""
+        self._room = asyncio.Event()
+        self._room.set()
 
     @property
-    def path(self) -> str:
-        return self.raw_path.partition("?")[0]
+    def transport(self) -> asyncio.Transport | None:
+        return self._request.transport
 
-    async def read(self) -> bytes:
-        return await self._request.read()
+    async def feed_body(self, request: Request) -> None:
+        """aiohttp's body into ``request`` as it arrives (waiting while it holds much)."""
+        try:
+            if self._request.body_exists:
+                async for piece in self._request.content.iter_any():
+                    await self._room.wait()
+                    request.feed_body(piece)
+            request.feed_eof()
+        except (ConnectionError, aiohttp.ClientError, asyncio.IncompleteReadError) as exc:
+            request.fail(ConnectionResetError(f"the body broke off: {exc}"))
 
-    def iter_any(self) -> AsyncIterator[bytes]:
-        return self._request.content.iter_any()
+    def continue_if_expected(self, request: Request) -> None:
+        return None  # aiohttp answers Expect itself
 
-    async def start_answer(
-        self,
-        status: int,
-        reason: str,
-        headers: list[Header],
-        length: int | None,
-        request_id: str,
-        bodyless: bool = False,
-    ) -> AnswerWriter:
-        response_headers = _response_headers(headers)
-        if request_id:
-            response_headers[REQUEST_ID_HEADER] = request_id
-        response = web.StreamResponse(status=status, reason=reason, headers=response_headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(self._request)
-        self.response = response
-        return _Writer(response)
+    def body_backlogged(self) -> None:
+        self._room.clear()
+
+    def body_read(self, size: int, held: int) -> None:
+        if held < BODY_HIGH_WATER // 2:
+            self._room.set()
 
     def cut(self) -> None:
         transport = self._request.transport
         if transport is not None:
             transport.close()
 
+    def start_answer(
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+        bodyless: bool,
+    ) -> AnswerWriter:
+        headers = _response_headers(upstream_headers)
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
+        response = web.StreamResponse(status=status, reason=reason, headers=headers)
+        if length is not None:
+            response.content_length = length
+        self.response = response
+        return _Writer(response, self._request)
+
 
 class _Writer:
-    def __init__(self, response: web.StreamResponse) -> None:
+    def __init__(self, response: web.StreamResponse, request: web.Request) -> None:
         self._response = response
+        self._request = request
 
     @property
     def keep_alive(self) -> bool:
         return bool(self._response.keep_alive)
 
     async def write(self, data: bytes | bytearray) -> None:
+        if not self._response.prepared:
+            await self._response.prepare(self._request)
         await self._response.write(data)
 
     async def end(self) -> None:
+        if not self._response.prepared:
+            await self._response.prepare(self._request)
         await self._response.write_eof()
 
 

@@ -26,9 +26,8 @@ from typing import Any
 
 import httptools
 
-from gateway.front.request import ClientRequest
 from gateway.proxy.heads import UnsafeHead, request_head
-from gateway.proxy.model import Answer, AnswerWriter, status_answer, streamed
+from gateway.proxy.model import Answer, AnswerWriter, Request, status_answer, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ def too_large_for_aiohttp(target: bytes, headers: list[Header]) -> bool:
     return any(len(n) > AIOHTTP_MAX_FIELD or len(v) > AIOHTTP_MAX_FIELD for n, v in headers)
 
 
-async def serve(factory: Factory, request: ClientRequest) -> Answer:
+async def serve(factory: Factory, request: Request) -> Answer:
     """Answer ``request`` with the application behind ``factory`` (``web.Server``)."""
     return await Bridge(factory, request).serve()
 
@@ -79,7 +78,7 @@ _CUT = 3
 class Bridge(asyncio.Transport):
     """One request served by aiohttp: the transport its request handler writes to."""
 
-    def __init__(self, factory: Factory, request: ClientRequest) -> None:
+    def __init__(self, factory: Factory, request: Request) -> None:
         super().__init__()
         self._factory = factory
         self._request = request

@@ -40,10 +40,18 @@ from gateway.front.h1_protocol import (
     RequestReader,
 )
 from gateway.front.h2 import HTTP2_BUFFER_BYTES, H2Connection
-from gateway.front.request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
+from gateway.front.request import StreamedAnswer, client_request
 from gateway.proxy import handler as proxy
 from gateway.proxy import rawresponse
-from gateway.proxy.model import STREAMED, WHOLE, Answer, AnswerWriter, phrase
+from gateway.proxy.model import (
+    BODY_HIGH_WATER,
+    STREAMED,
+    WHOLE,
+    Answer,
+    AnswerWriter,
+    Request,
+    phrase,
+)
 from gateway.proxy.paths import PREFIX
 from gateway.telemetry import metrics
 from gateway.telemetry.drain import DRAIN
@@ -61,7 +69,7 @@ SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
 
-Answerer = Callable[[web.Application, ClientRequest], Awaitable[Answer]]
+Answerer = Callable[[web.Application, Request], Awaitable[Answer]]
 
 _PREFIX = PREFIX.encode("ascii")
 _K8S = b"/k8s/"
@@ -106,7 +114,7 @@ class Front:
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
 
-    def answerer(self, request: ClientRequest) -> Answerer:
+    def answerer(self, request: Request) -> Answerer:
         """Who answers ``request``: the proxy for ``/k8s/clusters/``, the agents' endpoint
         for ``GET /v3/connect``, aiohttp's application (through the bridge) for the rest."""
         if request.raw_path.startswith(PREFIX):
@@ -115,7 +123,7 @@ class Front:
             return agents.answer
         return self._bridged
 
-    async def _bridged(self, app: web.Application, request: ClientRequest) -> Answer:
+    async def _bridged(self, app: web.Application, request: Request) -> Answer:
         return await bridge.serve(self.fallback, request)
 
     def added(self, conn: FrontConnection | H2Connection) -> None:
@@ -138,7 +146,7 @@ class Front:
 
     def close_idle(self) -> None:
         """Stopping: close connections between requests; the others close after their
-        answer (``ClientRequest.keep_alive`` is false while the gateway drains)."""
+        answer (``Request.keep_alive`` is false while the gateway drains)."""
         self._stopping = True
         for conn in list(self.connections):
             conn.close_when_idle()
@@ -193,9 +201,9 @@ class FrontConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.remote = ""
         self._reader = RequestReader(front.max_body)
-        self._current: ClientRequest | None = None
-        self._receiving: ClientRequest | None = None
-        self._queue: list[ClientRequest] = []
+        self._current: Request | None = None
+        self._receiving: Request | None = None
+        self._queue: list[Request] = []
         self._invalid: Invalid | None = None
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
@@ -307,7 +315,7 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             raise ConnectionResetError("the client went away")
 
-    def continue_if_expected(self, request: ClientRequest) -> None:
+    def continue_if_expected(self, request: Request) -> None:
         """``Expect: 100-continue``: the handler wants the body, tell the client to send it."""
         if request.expect_continue and self.transport is not None:
             request.expect_continue = False
@@ -326,7 +334,7 @@ class FrontConnection(asyncio.Protocol):
 
     def start_answer(
         self,
-        request: ClientRequest,
+        request: Request,
         status: int,
         reason: str,
         upstream_headers: list[Header],
@@ -419,7 +427,7 @@ class FrontConnection(asyncio.Protocol):
             self._reader.failed = True
             self._on_invalid(Invalid(431, "request header fields too large", head.target))
             return
-        request = ClientRequest(head, self)
+        request = client_request(head, self)
         self._receiving = request
         if self._current is None:
             self._start(request)
@@ -428,14 +436,14 @@ class FrontConnection(asyncio.Protocol):
             if len(self._queue) >= MAX_QUEUED:
                 self._pause_reading()
 
-    def _start(self, request: ClientRequest) -> None:
+    def _start(self, request: Request) -> None:
         self._current = request
         answerer = self._front.answerer(request)
         if answerer is not self._front.answer:
             self._v3 = True
         self._task = asyncio.get_running_loop().create_task(self._run(request, answerer))
 
-    async def _run(self, request: ClientRequest, answerer: Answerer) -> None:
+    async def _run(self, request: Request, answerer: Answerer) -> None:
         front = self._front
         try:
             answer = await answerer(front.app, request)

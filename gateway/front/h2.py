@@ -6,12 +6,11 @@ what a watch costs the gateway: ~33 KiB per watch on HTTP/1.1, most of it the TL
 connection (docs/benchmarks.md). Exec, attach and port-forward still arrive over
 HTTP/1.1: client-go asks for ``http/1.1`` alone when it upgrades.
 
-``gateway.front.h2_protocol`` does the protocol; this module runs it on a transport. Each stream's
-request is a ``ClientRequest``: ``/k8s/clusters/`` goes to ``gateway.proxy.handler`` as on the
-HTTP/1.1 front, answered with HEADERS and DATA frames. Anything else (the management
-API, health, metrics) goes through ``gateway.front.bridge``: aiohttp answers it over an
-in-memory HTTP/1.1 connection, so aiohttp's application stays the one place those routes
-live.
+``gateway.front.h2_protocol`` does the protocol; this module runs it on a transport.
+Each stream's request is the request model's ``Request`` and goes where
+``Front.answerer`` sends it, as on the HTTP/1.1 front: ``/k8s/clusters/`` to
+``gateway.proxy.handler``, anything else (the management API, health, metrics) through
+``gateway.front.bridge`` to aiohttp. The answer is written as HEADERS and DATA frames.
 
 Flow control: an answer's writer waits while its stream has more than
 ``STREAM_HIGH_WATER`` bytes queued for window or the socket is paused; request bodies
@@ -38,7 +37,8 @@ from gateway.front.h2_protocol import (
     ServerConnection,
     Terminated,
 )
-from gateway.front.request import ClientRequest
+from gateway.front.request import client_request
+from gateway.proxy import model
 from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter
 from gateway.proxy.rawresponse import h2_headers, h2_whole
 from tunnel.sockets import is_stream
@@ -329,7 +329,7 @@ class H2Stream:
         self._conn = conn
         self.stream_id = event.stream_id
         self.authority = event.authority
-        self.request = ClientRequest(_head(event), self)
+        self.request = client_request(_head(event), self)
         self.request.authority = event.authority
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -368,7 +368,7 @@ class H2Stream:
     def remote(self) -> str:
         return self._conn.remote
 
-    def continue_if_expected(self, request: ClientRequest) -> None:
+    def continue_if_expected(self, request: model.Request) -> None:
         if request.expect_continue:
             request.expect_continue = False
             self._conn.h2.send_headers(self.stream_id, 100, [])
@@ -387,7 +387,7 @@ class H2Stream:
 
     def start_answer(
         self,
-        request: ClientRequest,
+        request: model.Request,
         status: int,
         reason: str,
         upstream_headers: list[Header],

@@ -1,213 +1,46 @@
-"""A client's request as the fronts give it to what answers it, and its streamed answer.
+"""A client's request as the fronts make it, and the HTTP/1.1 streamed answer.
 
-``ClientRequest`` is the request model's ``Request`` (``gateway.proxy.model``) for both
-fronts: it arrives over HTTP/1.1 (``gateway.front.connection``) or as an HTTP/2 stream
-(``gateway.front.h2``); what differs between the two is behind ``RequestSide``.
-``StreamedAnswer`` is the HTTP/1.1 ``AnswerWriter``: the head as bytes, then the body
-as it arrives, chunked unless the API server gave a length.
+Both fronts make the request model's one ``Request`` (``gateway.proxy.model``):
+``client_request`` from a head read over HTTP/1.1 (``gateway.front.connection``) or an
+HTTP/2 stream's fields (``gateway.front.h2``); what differs between the two is behind
+their ``RequestSide``. ``StreamedAnswer`` is the HTTP/1.1 ``AnswerWriter``: the head as
+bytes, then the body as it arrives, chunked unless the API server gave a length.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from gateway.clusters.pieces import Pieces
 from gateway.front.h1_protocol import Head
 from gateway.proxy import rawresponse
-from gateway.proxy.model import AnswerWriter, HeaderView
+from gateway.proxy.model import Header, Request, RequestSide
 
 if TYPE_CHECKING:
     from gateway.front.connection import FrontConnection
 
 JOIN_MAX = 16 * 1024
 """Chunks up to a TLS record's size are copied together with their chunk framing."""
-BODY_HIGH_WATER = 1024 * 1024
-"""Request body bytes held before reading from the client pauses."""
-
-Header = tuple[bytes, bytes]
 
 
-class RequestSide(Protocol):
-    """What a request needs of the connection (HTTP/1.1) or stream (HTTP/2) it came on."""
-
-    @property
-    def closing(self) -> bool: ...
-    @property
-    def transport(self) -> asyncio.Transport | None: ...
-    @property
-    def remote(self) -> str: ...
-    def continue_if_expected(self, request: ClientRequest) -> None: ...
-    def body_backlogged(self) -> None: ...
-    def body_read(self, size: int, held: int) -> None:
-        """The handler took ``size`` body bytes; ``held`` are still buffered."""
-
-    def cut(self) -> None:
-        """The answer cannot be completed: end it as an error the client notices."""
-
-    def start_answer(
-        self,
-        request: ClientRequest,
-        status: int,
-        reason: str,
-        upstream_headers: list[Header],
-        length: int | None,
-        request_id: str,
-        bodyless: bool,
-    ) -> AnswerWriter: ...
-
-
-class ClientRequest:
-    """One request (``gateway.proxy.model.Request``); its body arrives through ``feed_body``."""
-
-    __slots__ = (
-        "_chunks",
-        "_conn",
-        "_error",
-        "_headers",
-        "_held",
-        "_keep_alive",
-        "_waiter",
-        "authority",
-        "authorization",
-        "body_complete",
-        "body_exists",
-        "content_length",
-        "expect_continue",
-        "impersonates",
-        "method",
-        "raw_headers",
-        "raw_path",
-        "upgrade",
-        "user_agent",
-        "version",
+def client_request(head: Head, side: RequestSide) -> Request:
+    """The request model's ``Request`` for a head read by ``gateway.front.h1_protocol``
+    (or built from an HTTP/2 stream's fields)."""
+    auth = head.authorization
+    return Request(
+        side,
+        head.method,
+        head.target.decode("latin-1"),
+        head.version,
+        head.headers,
+        keep_alive=head.keep_alive,
+        upgrade=head.upgrade,
+        content_length=head.content_length,
+        body_exists=head.has_body,
+        expect_continue=head.expect_continue and head.has_body,
+        authorization=None if auth is None else auth.decode("latin-1"),
+        user_agent=head.user_agent.decode("latin-1"),
+        impersonates=head.impersonates,
     )
-
-    def __init__(self, head: Head, conn: RequestSide) -> None:
-        self.method = head.method
-        self.raw_path = head.target.decode("latin-1")
-        self.raw_headers = head.headers
-        self.version = head.version
-        self.content_length = head.content_length
-        self.body_exists = head.has_body
-        self.expect_continue = head.expect_continue and head.has_body
-        auth = head.authorization
-        self.authorization = None if auth is None else auth.decode("latin-1")
-        self.user_agent = head.user_agent.decode("latin-1")
-        self.impersonates = head.impersonates
-        self.upgrade = head.upgrade
-        self._keep_alive = head.keep_alive
-        self._headers: HeaderView | None = None
-        self._conn = conn
-        self._chunks: deque[bytes] | None = None  # most requests have no body
-        self._held = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._error: BaseException | None = None
-        self.body_complete = False
-        self.authority = b""
-        """HTTP/2's ``:authority`` (what the bridge sends aiohttp as ``Host``)."""
-
-    # what gateway.proxy.handler reads
-
-    @property
-    def path(self) -> str:
-        return self.raw_path.partition("?")[0]
-
-    @property
-    def headers(self) -> HeaderView:
-        if self._headers is None:
-            self._headers = HeaderView(self.raw_headers)
-        return self._headers
-
-    @property
-    def keep_alive(self) -> bool:
-        return self._keep_alive and not self._conn.closing
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self._conn.transport
-
-    @property
-    def remote(self) -> str:
-        return self._conn.remote
-
-    @property
-    def body_held(self) -> int:
-        """Body bytes that arrived and have not been read yet."""
-        return self._held
-
-    async def read(self) -> bytes:
-        """The whole body (the proxy reads bodies whole only up to a small size)."""
-        parts: list[bytes] = []
-        while chunk := await self.read_any():
-            parts.append(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def iter_any(self) -> AsyncIterator[bytes]:
-        """The body in the pieces it arrived in."""
-        return Pieces(self.read_any)
-
-    async def read_any(self) -> bytes:
-        """The next piece of the body as it arrived, ``b""`` at its end."""
-        self._conn.continue_if_expected(self)
-        if self._chunks is None:
-            self._chunks = deque()
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.body_complete:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._held -= len(chunk)
-        self._conn.body_read(len(chunk), self._held)
-        return chunk
-
-    def cut(self) -> None:
-        """The answer broke off after its head was sent (see ``RequestSide.cut``)."""
-        self._conn.cut()
-
-    async def start_answer(
-        self,
-        status: int,
-        reason: str,
-        headers: list[Header],
-        length: int | None,
-        request_id: str,
-        bodyless: bool = False,
-    ) -> AnswerWriter:
-        return self._conn.start_answer(self, status, reason, headers, length, request_id, bodyless)
-
-    # what the connection feeds
-
-    def feed_body(self, data: bytes) -> None:
-        if not data:
-            return  # b"" is what read_any returns at the end
-        if self._chunks is None:
-            self._chunks = deque()
-        self._chunks.append(data)
-        self._held += len(data)
-        if self._held > BODY_HIGH_WATER:
-            self._conn.body_backlogged()
-        self._wake()
-
-    def feed_eof(self) -> None:
-        self.body_complete = True
-        self._wake()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 class StreamedAnswer:
@@ -219,7 +52,7 @@ class StreamedAnswer:
     def __init__(
         self,
         conn: FrontConnection,
-        request: ClientRequest,
+        request: Request,
         status: int,
         reason: str,
         upstream_headers: list[Header],

@@ -1,7 +1,9 @@
 """The request model: what every front hands the proxy, and the one answer it gets back.
 
 A front (``gateway.front``: HTTP/1.1 connections, HTTP/2 streams) turns what a client
-sent into a ``Request`` and passes it to ``gateway.proxy.handler.answer`` (or to the
+sent into a ``Request`` (one class, so the compiled proxy reads its fields natively;
+what differs between fronts is behind its ``RequestSide``) and passes it to
+``gateway.proxy.handler.answer`` (or to the
 bridge to aiohttp, or to the agents' endpoint); each returns an ``Answer``, which the
 front writes its own way. An ``Answer`` is one of three kinds:
 
@@ -19,10 +21,12 @@ This module is below the fronts: they import it, it imports none of them.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from gateway.clusters.pieces import Pieces
 from gateway.errors import status_body
 
 Header = tuple[bytes, bytes]
@@ -73,56 +77,174 @@ class AnswerWriter(Protocol):
         """The body is complete."""
 
 
-class Request(Protocol):
-    """One client request, as the proxy (and the bridge and the agents' endpoint) read it."""
+BODY_HIGH_WATER = 1024 * 1024
+"""Request body bytes held before reading from the client pauses."""
+
+
+class RequestSide(Protocol):
+    """What a request needs of the connection (HTTP/1.1) or stream (HTTP/2) it came on."""
 
     @property
-    def method(self) -> str: ...
+    def closing(self) -> bool: ...
     @property
-    def raw_path(self) -> str:
+    def transport(self) -> asyncio.Transport | None: ...
+    @property
+    def remote(self) -> str: ...
+    def continue_if_expected(self, request: Request) -> None: ...
+    def body_backlogged(self) -> None: ...
+    def body_read(self, size: int, held: int) -> None:
+        """The handler took ``size`` body bytes; ``held`` are still buffered."""
+
+    def cut(self) -> None:
+        """The answer cannot be completed: end it as an error the client notices."""
+
+    def start_answer(
+        self,
+        request: Request,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+        bodyless: bool,
+    ) -> AnswerWriter: ...
+
+
+class Request:
+    """One client request, as the proxy (and the bridge and the agents' endpoint) read it:
+    made by a front (or the gateway's own API client), its body fed as it arrives
+    (``feed_body``, ``feed_eof``, ``fail``) and read by what answers it."""
+
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_error",
+        "_headers",
+        "_held",
+        "_keep_alive",
+        "_waiter",
+        "authority",
+        "authorization",
+        "body_complete",
+        "body_exists",
+        "content_length",
+        "expect_continue",
+        "impersonates",
+        "method",
+        "raw_headers",
+        "raw_path",
+        "upgrade",
+        "user_agent",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: RequestSide,
+        method: str,
+        raw_path: str,
+        version: str,
+        raw_headers: list[Header],
+        *,
+        keep_alive: bool,
+        upgrade: bool,
+        content_length: int | None,
+        body_exists: bool,
+        expect_continue: bool,
+        authorization: str | None,
+        user_agent: str,
+        impersonates: bool,
+    ) -> None:
+        self.method = method
+        self.raw_path = raw_path
         """The request target as sent (path and query)."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def version(self) -> str:
+        self.raw_headers = raw_headers
+        self.version = version
         """``"1.1"``, ``"1.0"`` or ``"2"``."""
-
-    @property
-    def raw_headers(self) -> list[Header]: ...
-    @property
-    def headers(self) -> HeaderView: ...
-    @property
-    def authorization(self) -> str | None:
+        self.content_length = content_length
+        self.body_exists = body_exists
+        self.expect_continue = expect_continue
+        self.authorization = authorization
         """The first ``Authorization`` field."""
-
-    @property
-    def impersonates(self) -> bool:
+        self.user_agent = user_agent
+        self.impersonates = impersonates
         """An ``Impersonate-*`` field is present."""
-
-    @property
-    def user_agent(self) -> str: ...
-    @property
-    def remote(self) -> str:
-        """The client's address."""
-
-    @property
-    def upgrade(self) -> bool:
+        self.upgrade = upgrade
         """An HTTP/1.1 upgrade (``Connection: Upgrade`` with ``Upgrade``)."""
+        self._keep_alive = keep_alive
+        self._headers: HeaderView | None = None
+        self._conn = conn
+        self._chunks: deque[bytes] | None = None  # most requests have no body
+        self._held = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self.body_complete = False
+        self.authority = b""
+        """HTTP/2's ``:authority`` (what the bridge sends aiohttp as ``Host``)."""
+
+    # what the proxy reads
 
     @property
-    def content_length(self) -> int | None: ...
+    def path(self) -> str:
+        return self.raw_path.partition("?")[0]
+
     @property
-    def body_exists(self) -> bool: ...
+    def headers(self) -> HeaderView:
+        if self._headers is None:
+            self._headers = HeaderView(self.raw_headers)
+        return self._headers
+
     @property
     def keep_alive(self) -> bool:
-        """The connection may go on after this request's answer."""
+        return self._keep_alive and not self._conn.closing
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._conn.transport
+
+    @property
+    def remote(self) -> str:
+        return self._conn.remote
+
+    @property
+    def body_held(self) -> int:
+        """Body bytes that arrived and have not been read yet."""
+        return self._held
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body (the proxy reads bodies whole only up to a small size)."""
+        parts: list[bytes] = []
+        while chunk := await self.read_any():
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def iter_any(self) -> AsyncIterator[bytes]:
         """The body in the pieces it arrived in."""
+        return Pieces(self.read_any)
+
+    async def read_any(self) -> bytes:
+        """The next piece of the body as it arrived, ``b""`` at its end."""
+        self._conn.continue_if_expected(self)
+        if self._chunks is None:
+            self._chunks = deque()
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.body_complete:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        chunk = self._chunks.popleft()
+        self._held -= len(chunk)
+        self._conn.body_read(len(chunk), self._held)
+        return chunk
+
+    def cut(self) -> None:
+        """The answer broke off after its head was sent (see ``RequestSide.cut``)."""
+        self._conn.cut()
 
     async def start_answer(
         self,
@@ -136,10 +258,32 @@ class Request(Protocol):
         """Write an answer's head now (``headers``: the API server's lines; hop-by-hop
         and framing ones are not passed on) and return the writer of its body.
         ``bodyless``: an answer to HEAD, a 204 or a 304."""
+        return self._conn.start_answer(self, status, reason, headers, length, request_id, bodyless)
 
-    def cut(self) -> None:
-        """The answer cannot be completed: end it as an error the client notices (the
-        connection closed, or the HTTP/2 stream reset)."""
+    # what the connection feeds
+
+    def feed_body(self, data: bytes) -> None:
+        if not data:
+            return  # b"" is what read_any returns at the end
+        if self._chunks is None:
+            self._chunks = deque()
+        self._chunks.append(data)
+        self._held += len(data)
+        if self._held > BODY_HIGH_WATER:
+            self._conn.body_backlogged()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self.body_complete = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class Upgrade(Protocol):

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from multidict import CIMultiDict
 from prometheus_client import REGISTRY
 
 from config.identity import Identity
 from config.schema import AuditSettings
 from gateway.proxy.exchange import CLIENT_CLOSED, Exchange, new_request_id
+from gateway.proxy.model import Request
 from gateway.proxy.requestinfo import request_info
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
@@ -23,18 +22,48 @@ BOB = Identity("u-bob", "bob", "local://u-bob", ("g1",), token_id="token-abc12")
 SECRET = "token-abc12:s3cr3t-value"
 
 
-@dataclass
-class FakeRequest:
-    method: str
-    raw_path: str
-    remote: str = "10.1.2.3"
-    """Empty when unknown (``gateway.proxy.model.Request``)."""
-    user_agent: str = "kubectl/v1.30.0"
-    """Picked out of the head by the front (``gateway.proxy.model.Request``)."""
-    headers: CIMultiDict[str] = field(
-        default_factory=lambda: CIMultiDict(
-            {"User-Agent": "kubectl/v1.30.0", "Authorization": f"Bearer {SECRET}"}
-        )
+class _Side:
+    """The connection a request came on (``gateway.proxy.model.RequestSide``), inert."""
+
+    closing = False
+    transport = None
+
+    def __init__(self, remote: str) -> None:
+        self.remote = remote
+
+    def continue_if_expected(self, request: Request) -> None:
+        return None
+
+    def body_backlogged(self) -> None:
+        return None
+
+    def body_read(self, size: int, held: int) -> None:
+        return None
+
+    def cut(self) -> None:
+        return None
+
+    def start_answer(self, *args: Any) -> Any:
+        raise AssertionError("not answered here")
+
+
+def request_of(method: str, raw_path: str, remote: str = "10.1.2.3") -> Request:
+    """A client's request as a front makes it (``remote`` empty when unknown)."""
+    headers = [(b"User-Agent", b"kubectl/v1.30.0"), (b"Authorization", f"Bearer {SECRET}".encode())]
+    return Request(
+        _Side(remote),
+        method,
+        raw_path,
+        "1.1",
+        headers,
+        keep_alive=True,
+        upgrade=False,
+        content_length=None,
+        body_exists=False,
+        expect_continue=False,
+        authorization=f"Bearer {SECRET}",
+        user_agent="kubectl/v1.30.0",
+        impersonates=False,
     )
 
 
@@ -75,7 +104,7 @@ def test_finish_writes_one_request_record_and_counts_it(tmp_path: Path) -> None:
     target = "/api/v1/namespaces/ns/pods/web-0"
     ex = _exchange(auditor, "GET", target)
     ex.status = 200
-    request = FakeRequest("GET", f"/k8s/clusters/{ex.cluster_id}{target}")
+    request = request_of("GET", f"/k8s/clusters/{ex.cluster_id}{target}")
     before = _count(ex.cluster_id, "get", "200")
     ex.finish(cast(Any, request))
     auditor.close()
@@ -104,7 +133,7 @@ def test_a_body_is_recorded_as_extra(tmp_path: Path) -> None:
     assert ex.wants_body
     ex.status = 201
     ex.audit_body = {"requestObject": {"kind": "ConfigMap"}}
-    ex.finish(cast(Any, FakeRequest("POST", "/whatever")))
+    ex.finish(cast(Any, request_of("POST", "/whatever")))
     auditor.close()
     [record] = _records(tmp_path)
     assert (record["verb"], record["status"]) == ("create", 201)
@@ -115,7 +144,7 @@ def test_status_0_is_recorded_as_client_closed(tmp_path: Path) -> None:
     auditor = _auditor(tmp_path)
     ex = _exchange(auditor, "GET", "/api/v1/namespaces/ns/pods")
     before = _count(ex.cluster_id, "list", "499")
-    ex.finish(cast(Any, FakeRequest("GET", "/x", remote="")))
+    ex.finish(cast(Any, request_of("GET", "/x", remote="")))
     auditor.close()
     assert CLIENT_CLOSED == 499
     assert _count(ex.cluster_id, "list", "499") - before == 1
@@ -128,7 +157,7 @@ def test_a_request_that_failed_before_routing(tmp_path: Path) -> None:
     auditor = _auditor(tmp_path)
     ex = Exchange(auditor)
     ex.status = 401
-    ex.finish(cast(Any, FakeRequest("DELETE", "/k8s/clusters/c-x/api/v1/nodes/n1?token=abc")))
+    ex.finish(cast(Any, request_of("DELETE", "/k8s/clusters/c-x/api/v1/nodes/n1?token=abc")))
     auditor.close()
     [record] = _records(tmp_path)
     assert record["user"] is None
@@ -140,7 +169,7 @@ def test_an_upgraded_session_writes_started_and_ended_records(tmp_path: Path) ->
     auditor = _auditor(tmp_path)
     target = "/api/v1/namespaces/ns/pods/web-0/exec?command=sh&stdin=true&tty=true"
     ex = _exchange(auditor, "POST", target, upgrade=True)
-    request = FakeRequest("POST", target)
+    request = request_of("POST", target)
     ex.session_started(cast(Any, request))
     ex.status = 101
     ex.bytes_from_client, ex.bytes_to_client = 42, 4096
@@ -165,7 +194,7 @@ def test_a_refused_upgrade_is_a_request_record(tmp_path: Path) -> None:
     auditor = _auditor(tmp_path)
     ex = _exchange(auditor, "POST", "/api/v1/namespaces/ns/pods/web-0/exec", upgrade=True)
     ex.status = 403
-    ex.finish(cast(Any, FakeRequest("POST", "/x")))
+    ex.finish(cast(Any, request_of("POST", "/x")))
     auditor.close()
     [record] = _records(tmp_path)
     assert (record["kind"], record["verb"], record["status"]) == ("request", "connect", 403)
@@ -176,7 +205,7 @@ def test_off_still_counts(tmp_path: Path) -> None:
     ex = _exchange(auditor, "GET", "/api/v1/namespaces/ns/pods?watch=true")
     ex.status = 200
     before = _count(ex.cluster_id, "watch", "200")
-    ex.finish(cast(Any, FakeRequest("GET", "/x")))
+    ex.finish(cast(Any, request_of("GET", "/x")))
     assert _count(ex.cluster_id, "watch", "200") - before == 1
     assert list(tmp_path.iterdir()) == []
 
@@ -196,7 +225,7 @@ def test_an_impersonating_request_names_the_caller_and_whom_it_acts_as(tmp_path:
     )
     ex.audit_body = {"requestObject": {"kind": "ConfigMap"}}
     ex.status = 201
-    ex.finish(cast(Any, FakeRequest("POST", f"/k8s/clusters/{ex.cluster_id}/api")))
+    ex.finish(cast(Any, request_of("POST", f"/k8s/clusters/{ex.cluster_id}/api")))
     auditor.close()
     [record] = _records(tmp_path)
     assert record["user"] == "u-bob" and record["impersonatedUser"] == "bob"
@@ -212,7 +241,7 @@ def test_impersonated_names_are_capped(tmp_path: Path) -> None:
         [(b"Impersonate-User", b"u" * 10_000)] * 2 + [(b"Impersonate-Group", b"g" * 9_000)] * 100
     )
     ex.status = 200
-    ex.finish(cast(Any, FakeRequest("GET", f"/k8s/clusters/{ex.cluster_id}/api")))
+    ex.finish(cast(Any, request_of("GET", f"/k8s/clusters/{ex.cluster_id}/api")))
     auditor.close()
     [record] = _records(tmp_path)
     assert len(record["impersonatedUser"]) < 300

@@ -14,8 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.connection import Front, FrontConnection
-from gateway.front.request import BODY_HIGH_WATER, ClientRequest
-from gateway.proxy.model import Answer, status_answer, streamed, switching, whole
+from gateway.proxy.model import (
+    BODY_HIGH_WATER,
+    Answer,
+    Request,
+    status_answer,
+    streamed,
+    switching,
+    whole,
+)
 from gateway.telemetry.drain import DRAIN, Drain
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -90,19 +97,19 @@ class Application:
         return web.json_response({"path": request.raw_path, "size": len(body)})
 
 
-Handler = Callable[[web.Application, ClientRequest], Awaitable[Answer]]
+Handler = Callable[[web.Application, Request], Awaitable[Answer]]
 
 
-def ok(request: ClientRequest) -> Answer:
+def ok(request: Request) -> Answer:
     return whole(200, "OK", [], b"{}", request_id="r")
 
 
 @pytest.fixture
 async def world(monkeypatch: pytest.MonkeyPatch) -> Any:
     handlers: list[Handler] = []
-    seen: list[ClientRequest] = []
+    seen: list[Request] = []
 
-    async def answer(app: web.Application, request: ClientRequest) -> Answer:
+    async def answer(app: web.Application, request: Request) -> Answer:
         seen.append(request)
         if handlers:
             return await handlers.pop(0)(app, request)
@@ -160,12 +167,12 @@ async def test_a_later_request_waits_for_the_answer_before_it(world: Any) -> Non
     release = asyncio.Event()
     order: list[str] = []
 
-    async def slow(app: web.Application, request: ClientRequest) -> Answer:
+    async def slow(app: web.Application, request: Request) -> Answer:
         await release.wait()
         order.append("first")
         return whole(200, "OK", [], b"1")
 
-    async def fast(app: web.Application, request: ClientRequest) -> Answer:
+    async def fast(app: web.Application, request: Request) -> Answer:
         order.append("second")
         return whole(200, "OK", [], b"2")
 
@@ -274,7 +281,7 @@ async def test_a_management_api_connection_keeps_the_timeouts(world: Any) -> Non
 async def test_a_management_request_waits_for_the_answer_in_flight(world: Any) -> None:
     release = asyncio.Event()
 
-    async def slow(app: web.Application, request: ClientRequest) -> Answer:
+    async def slow(app: web.Application, request: Request) -> Answer:
         await release.wait()
         return whole(200, "OK", [], b"{}")
 
@@ -301,7 +308,7 @@ async def test_invalid_requests_get_a_status_and_the_connection_closes(world: An
 
 
 async def test_error_answers_keep_the_connection(world: Any) -> None:
-    async def missing(app: web.Application, request: ClientRequest) -> Answer:
+    async def missing(app: web.Application, request: Request) -> Answer:
         return status_answer(404, 'clusters "c-1" not found', "NotFound", request_id="rid")
 
     world.handlers.append(missing)
@@ -319,7 +326,7 @@ async def test_bodies_stream_with_back_pressure(world: Any) -> None:
     got: list[int] = []
     proceed = asyncio.Event()
 
-    async def consume(app: web.Application, request: ClientRequest) -> Answer:
+    async def consume(app: web.Application, request: Request) -> Answer:
         await proceed.wait()
         got.extend([len(chunk) async for chunk in request.iter_any()])
         return whole(200, "OK", [], b"")
@@ -345,7 +352,7 @@ async def test_bodies_stream_with_back_pressure(world: Any) -> None:
 
 
 async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
-    async def read(app: web.Application, request: ClientRequest) -> Answer:
+    async def read(app: web.Application, request: Request) -> Answer:
         await request.read()
         return whole(200, "OK", [], b"")
 
@@ -375,7 +382,7 @@ async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
-    async def hang(app: web.Application, request: ClientRequest) -> Answer:
+    async def hang(app: web.Application, request: Request) -> Answer:
         started.set()
         try:
             await asyncio.sleep(60)
@@ -394,7 +401,7 @@ async def test_a_client_that_goes_away_cancels_its_request(world: Any) -> None:
 
 
 async def test_streamed_answers_are_chunked_and_wait_for_the_client(world: Any) -> None:
-    async def stream(app: web.Application, request: ClientRequest) -> Answer:
+    async def stream(app: web.Application, request: Request) -> Answer:
         answer = await request.start_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
         await answer.write(b"one")
         await answer.write(b"two")
@@ -419,7 +426,7 @@ async def test_stopping_closes_idle_connections_and_the_others_after_their_answe
 ) -> None:
     release = asyncio.Event()
 
-    async def slow(app: web.Application, request: ClientRequest) -> Answer:
+    async def slow(app: web.Application, request: Request) -> Answer:
         await release.wait()
         return whole(200, "OK", [], b"{}")
 
@@ -469,7 +476,7 @@ async def test_a_head_that_follows_a_long_body_gets_its_own_time(
 
 
 async def test_an_error_answer_to_head_has_no_body(world: Any) -> None:
-    async def missing(app: web.Application, request: ClientRequest) -> Answer:
+    async def missing(app: web.Application, request: Request) -> Answer:
         return status_answer(404, 'clusters "c-1" not found', "NotFound")
 
     world.handlers.append(missing)
@@ -498,7 +505,7 @@ _PIECES = [
 async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
     chunks: list[bytes],
 ) -> None:
-    async def answer(app: web.Application, request: ClientRequest) -> Answer:
+    async def answer(app: web.Application, request: Request) -> Answer:
         if request.body_exists:
             await request.read()
         return whole(200, "OK", [], b"{}")
@@ -526,7 +533,7 @@ async def test_any_byte_stream_gets_answers_or_a_refusal_never_an_exception(
 async def test_a_stalled_body_fails_its_request_with_408(world: Any) -> None:
     failures: list[BaseException] = []
 
-    async def read(app: web.Application, request: ClientRequest) -> Answer:
+    async def read(app: web.Application, request: Request) -> Answer:
         try:
             await request.read()
         except ConnectionError as exc:
@@ -551,7 +558,7 @@ async def test_a_stalled_body_fails_its_request_with_408(world: Any) -> None:
 
 
 async def test_a_malformed_body_fails_its_request_with_400_at_once(world: Any) -> None:
-    async def read(app: web.Application, request: ClientRequest) -> Answer:
+    async def read(app: web.Application, request: Request) -> Answer:
         await request.read()
         return whole(200, "OK", [], b"")
 
@@ -572,7 +579,7 @@ async def test_no_body_timeout_before_the_100_continue_the_client_waits_for(
 ) -> None:
     proceed = asyncio.Event()
 
-    async def late(app: web.Application, request: ClientRequest) -> Answer:
+    async def late(app: web.Application, request: Request) -> Answer:
         await proceed.wait()  # e.g. waiting for a tunnel
         await request.read()
         return whole(200, "OK", [], b"")
@@ -623,7 +630,7 @@ class Joined(asyncio.Protocol):
 
 
 def _switching(joined: Joined, proceed: asyncio.Event | None = None) -> Handler:
-    async def upgrade(app: web.Application, request: ClientRequest) -> Answer:
+    async def upgrade(app: web.Application, request: Request) -> Answer:
         if proceed is not None:
             await proceed.wait()  # the API server has not answered yet
         headers = [(b"Connection", b"Upgrade"), (b"Upgrade", b"SPDY/3.1")]

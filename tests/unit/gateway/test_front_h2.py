@@ -22,11 +22,10 @@ from hypothesis import strategies as st
 from gateway.front.connection import Front
 from gateway.front.h2 import STREAM_HIGH_WATER, H2Connection
 from gateway.front.h2_protocol import PREFACE, SETTINGS, _pack
-from gateway.front.request import ClientRequest
-from gateway.proxy.model import streamed, whole
+from gateway.proxy.model import Request, streamed, whole
 from gateway.telemetry.drain import DRAIN, Drain
 
-Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
+Handler = Callable[[web.Application, Request], Awaitable[Any]]
 CLUSTER = "/k8s/clusters/c-1/api/v1/pods"
 _SETTINGS = _pack(SETTINGS, 0, 0, b"")
 
@@ -182,7 +181,7 @@ async def _echo(request: web.Request) -> web.Response:
 async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     handlers: list[Handler] = []
 
-    async def answer(app: web.Application, request: ClientRequest) -> Any:
+    async def answer(app: web.Application, request: Request) -> Any:
         if handlers:
             return await handlers.pop(0)(app, request)
         return whole(
@@ -236,7 +235,7 @@ async def test_head_gets_no_body(world: Any) -> None:
 async def test_a_streamed_answer_waits_for_the_clients_window(world: Any) -> None:
     waited: list[int] = []
 
-    async def stream_big(app: web.Application, request: ClientRequest) -> Any:
+    async def stream_big(app: web.Application, request: Request) -> Any:
         answer = await request.start_answer(200, "OK", [(b"Content-Type", b"x")], None, "rid")
         for _ in range(40):
             await answer.write(b"w" * 32768)
@@ -261,7 +260,7 @@ async def test_a_streamed_answer_waits_for_the_clients_window(world: Any) -> Non
 async def test_a_client_reset_cancels_the_proxy(world: Any) -> None:
     cancelled = asyncio.Event()
 
-    async def hang(app: web.Application, request: ClientRequest) -> Any:
+    async def hang(app: web.Application, request: Request) -> Any:
         await request.start_answer(200, "OK", [], None, "rid")
         try:
             await asyncio.sleep(60)
@@ -286,7 +285,7 @@ async def test_a_request_body_gets_window_as_it_is_read(world: Any) -> None:
     got = bytearray()
     release = asyncio.Event()
 
-    async def slow_reader(app: web.Application, request: ClientRequest) -> Any:
+    async def slow_reader(app: web.Application, request: Request) -> Any:
         await release.wait()
         async for chunk in request.iter_any():
             got.extend(chunk)
@@ -364,7 +363,7 @@ def _frame_types(data: bytes) -> list[int]:
 async def test_stopping_waits_for_streams_in_flight(world: Any) -> None:
     release = asyncio.Event()
 
-    async def slow(app: web.Application, request: ClientRequest) -> Any:
+    async def slow(app: web.Application, request: Request) -> Any:
         await release.wait()
         return whole(200, "OK", [], b"{}")
 
@@ -398,7 +397,7 @@ async def test_idle_connections_close_after_keepalive(world: Any) -> None:
 async def test_a_broken_connection_fails_its_streams(world: Any) -> None:
     failed = asyncio.Event()
 
-    async def reader(app: web.Application, request: ClientRequest) -> Any:
+    async def reader(app: web.Application, request: Request) -> Any:
         try:
             await request.read()
         except (ConnectionError, asyncio.CancelledError):
@@ -417,7 +416,7 @@ async def test_a_broken_connection_fails_its_streams(world: Any) -> None:
 async def test_a_full_socket_pauses_writers_and_reading(world: Any) -> None:
     written: list[int] = []
 
-    async def stream_some(app: web.Application, request: ClientRequest) -> Any:
+    async def stream_some(app: web.Application, request: Request) -> Any:
         answer = await request.start_answer(200, "OK", [], None, "rid")
         for _ in range(3):
             await answer.write(b"x" * 100)
@@ -449,7 +448,7 @@ async def test_connect_is_refused(world: Any) -> None:
 
 
 async def test_expect_continue_is_answered_when_the_body_is_read(world: Any) -> None:
-    async def read_body(app: web.Application, request: ClientRequest) -> Any:
+    async def read_body(app: web.Application, request: Request) -> Any:
         body = await request.read()
         return whole(201, "Created", [], body)
 

@@ -49,6 +49,7 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.drain import Drain
+from tests.unit.gateway.test_exchange import request_of
 
 POST = [
     (b":method", b"POST"),
@@ -152,9 +153,7 @@ def test_an_unknown_cluster_is_counted_as_other(tmp_path: Path) -> None:
     exchange = Exchange(auditor)
     exchange.cluster_id = invented  # the path's, never found
     exchange.status = 404
-    exchange.finish(
-        cast(Any, SimpleNamespace(method="GET", raw_path="/", remote="", headers={}, user_agent=""))
-    )
+    exchange.finish(request_of("GET", "/", remote=""))
     metrics.HOT.flush()
     assert _requests_total(invented, "get", "404") == 0
     assert _requests_total("other", "get", "404") - before == 1
