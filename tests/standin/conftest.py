@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_binary, run_kubectl
-from tests.binaries import require
+from standin import certs
+from standin.harness import StandInProcess, run_kubectl
+from tests.binaries import find_kubectl, require
 
 TOKENS = {
     "admin-token": ("admin", "uid-admin", ["system:masters"]),
@@ -22,7 +22,7 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def need_kubectl(version: str) -> str:
-    binary = kubectl_binary(version)
+    binary = find_kubectl(version)
     if binary is None:
         require(None, f"kubectl {version}")
     return binary

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_env
+from standin import certs
+from standin.harness import StandInProcess, kubectl_env
 
 from .conftest import Kubectl, need_kubectl
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_env
+from standin import certs
+from standin.harness import StandInProcess, kubectl_env
 
 from .conftest import need_kubectl
 

@@ -1,8 +1,8 @@
-"""A minimal API server around tests.apiserver.streaming, enough for real kubectl.
+"""A minimal API server around standin.streaming, enough for real kubectl.
 
 It serves ``/version``, legacy discovery, ``GET`` of the pods it knows (always Running) and the
 ``exec``/``attach``/``portforward`` subresources, over HTTP or HTTPS, without authentication.
-The full stand-in (tests.apiserver.app) does the same behind its REST core.
+The full stand-in (standin.app) does the same behind its REST core.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.apiserver import streaming
+from standin import streaming
 
 NAMESPACE = "default"
 

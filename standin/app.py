@@ -290,7 +290,7 @@ class StandIn:
     async def streaming(
         self, request: web.Request, kind: str, pod: dict[str, Any]
     ) -> web.StreamResponse:
-        """Route exec/attach/portforward to tests/apiserver/streaming.py (written separately)."""
+        """Route exec/attach/portforward to standin/streaming.py (written separately)."""
         params = streaming_params(request, kind, pod)
         try:
             from . import streaming as mod  # written separately, may be absent

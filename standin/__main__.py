@@ -1,4 +1,4 @@
-"""`python -m tests.apiserver`: run the stand-in Kubernetes API server.
+"""`python -m standin`: run the stand-in Kubernetes API server.
 
 Flags follow kube-apiserver where one exists. With `--dir`, a CA and serving certificate are
 generated there and `ready.json` ({"url", "ca_file", "pid"}) is written once the server listens.
@@ -37,7 +37,7 @@ def _list(value: str) -> tuple[str, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.apiserver", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m standin", description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (port 0: any)")
     p.add_argument("--dir", type=Path, help="working directory: generated PKI and ready.json")
     p.add_argument("--tls-cert-file", type=Path)
