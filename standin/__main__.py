@@ -19,7 +19,8 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from . import certs
+from config.tls import ensure_generated_certs
+
 from .app import Config, StandIn
 from .auth import parse_duration
 
@@ -117,7 +118,8 @@ async def serve(args: argparse.Namespace) -> None:
         if args.dir and (args.dir / "ca.crt").exists():
             ca_file = args.dir / "ca.crt"
     elif args.dir:
-        ca_file, cert, key = certs.write_pki(args.dir)
+        paths, _ = ensure_generated_certs(args.dir, ["127.0.0.1", "localhost", "::1"])
+        ca_file, cert, key = paths.ca, paths.cert, paths.key
     else:
         raise SystemExit("either --dir or --tls-cert-file/--tls-private-key-file is required")
 

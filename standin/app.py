@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from config.tls import server_context
+
 from . import bulk, discovery, openapi
 from .audit import AuditLog, event
 from .auth import (
@@ -349,11 +351,4 @@ class StandIn:
         self.api.store.close_watchers()
 
     def ssl_context(self, cert: Path, key: Path) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert, key)
-        ctx.set_alpn_protocols(["http/1.1"])
-        if self.config.client_ca_file is not None:
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-            ctx.load_verify_locations(cafile=str(self.config.client_ca_file))
-        return ctx
+        return server_context(cert, key, client_ca_file=self.config.client_ca_file)
