@@ -10,13 +10,12 @@ from aiohttp import web
 
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
-from gateway import ace, background, health, proxy, tunnels
 from gateway.api import auditing, bindings, clusters, login, oauth_login, tokens, users
-from gateway.audit import AuditLog
-from gateway.directory import Directory
-from gateway.drain import Drain
+from gateway.clusters import ace, tunnels
+from gateway.clusters.replicas import ReplicaSet
 from gateway.errors import GatewayError, api_response, k8s_response
-from gateway.exchange import REQUEST_ID_HEADER, new_request_id
+from gateway.identity.directory import Directory
+from gateway.identity.providers.registry import Providers
 from gateway.keys import (
     AUDIT,
     DIRECTORY,
@@ -33,11 +32,14 @@ from gateway.keys import (
     STREAM_QUOTA,
     TUNNELS,
 )
-from gateway.metrics import Sampler
-from gateway.providers.registry import Providers
-from gateway.replicas import ReplicaSet
-from gateway.runtime import Runtime
-from gateway.sessions import Sessions
+from gateway.operations import background, health
+from gateway.operations.runtime import Runtime
+from gateway.proxy import handler as proxy
+from gateway.proxy.exchange import REQUEST_ID_HEADER, new_request_id
+from gateway.proxy.sessions import Sessions
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.drain import Drain
+from gateway.telemetry.metrics import Sampler
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)

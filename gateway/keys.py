@@ -7,19 +7,19 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from config.schema import GatewaySettings
-from gateway.audit import AuditLog
-from gateway.directory import Directory
-from gateway.drain import Drain
-from gateway.metrics import Sampler
-from gateway.providers.registry import Providers
-from gateway.ratelimit import LoginLimiter
-from gateway.runtime import Runtime
-from gateway.sessions import Sessions
+from gateway.identity.directory import Directory
+from gateway.identity.providers.registry import Providers
+from gateway.identity.ratelimit import LoginLimiter
+from gateway.operations.runtime import Runtime
+from gateway.proxy.sessions import Sessions
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.drain import Drain
+from gateway.telemetry.metrics import Sampler
 from tunnel.registry import TunnelRegistry
 
 if TYPE_CHECKING:
-    from gateway.replicas import ReplicaSet
-    from gateway.tunnels import AgentLink, RegistrationGuard, StreamQuota
+    from gateway.clusters.replicas import ReplicaSet
+    from gateway.clusters.tunnels import AgentLink, RegistrationGuard, StreamQuota
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 DIRECTORY = web.AppKey("directory", Directory)

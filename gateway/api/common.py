@@ -13,10 +13,10 @@ from config.identity import Identity
 from config.units import parse_duration
 from gateway.api.auditing import ACTOR
 from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
-from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
+from gateway.identity.directory import AuthenticationFailed, Directory
 from gateway.keys import DIRECTORY, SETTINGS
-from gateway.records import Token
+from gateway.store.records import Token
 
 MAX_TTL_MS = 100 * 365 * 86400 * 1000
 """The longest ``ttl`` accepted, whatever the maximum (0 means none): an expiry past

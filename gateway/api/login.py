@@ -14,16 +14,17 @@ from typing import Any
 from aiohttp import web
 
 from config.schema import AuthSettings
-from gateway import hashing, metrics
 from gateway.api import auditing
 from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
 from gateway.api.tokens import token_view
-from gateway.directory import TooManyTokens
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
+from gateway.identity import hashing
+from gateway.identity.directory import TooManyTokens
+from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.identity.ratelimit import Limit, LoginLimiter
 from gateway.keys import LIMITER, PROVIDERS, SETTINGS
-from gateway.providers.base import InvalidCredentials, ProviderUnavailable
-from gateway.ratelimit import Limit, LoginLimiter
-from gateway.records import User
+from gateway.store.records import User
+from gateway.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 

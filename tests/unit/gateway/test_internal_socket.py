@@ -4,7 +4,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.downstream import MAX_SOCKET_PATH, InternalListener
+from gateway.clusters.downstream import MAX_SOCKET_PATH, InternalListener
 from gateway.keys import DIRECTORY, REPLICAS, TUNNELS
 
 

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics
-from gateway.providers.registry import Providers
+from gateway.identity.providers.registry import Providers
+from gateway.telemetry import metrics
 from tunnel.registry import TunnelRegistry
 
 

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import hashing
+from gateway.identity import hashing
 from webhook.app import answer, build_app
 from webhook.records import TokenRecord, UserRecord, token_from_object, user_from_object
 

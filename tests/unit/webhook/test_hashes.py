@@ -1,4 +1,4 @@
-"""webhook.hashes is a copy of gateway.hashing's token check: both must agree."""
+"""webhook.hashes is a copy of gateway.identity.hashing's token check: both must agree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import hashing
+from gateway.identity import hashing
 from webhook import hashes
 
 

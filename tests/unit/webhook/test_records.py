@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway import hashing
+from gateway.identity import hashing
 from webhook.records import (
     Accepted,
     Reason,
