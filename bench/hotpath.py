@@ -33,15 +33,14 @@ import hpack
 import uvloop
 
 from config.schema import GatewaySettings
-from gateway.app import build_app
-from gateway.clusters.tunnels import AgentInfo, AgentLink
+from gateway.clusters.tunnels import TUNNELS, AgentInfo, AgentLink
 from gateway.front import h2_protocol as http2
 from gateway.front.connection import Front
 from gateway.front.h2 import H2Connection
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
-from gateway.keys import TUNNELS
-from gateway.operations.runtime import Runtime
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
 from gateway.store.records import BINDING, CLUSTER, USER, Binding, Cluster, User
 from gateway.store.sqlite import SQLiteStore
 from gateway.telemetry.audit import AuditLog

@@ -20,9 +20,8 @@ from aiohttp import web
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway.keys import AUDIT
 from gateway.proxy.exchange import new_request_id
-from gateway.telemetry.audit import management_record
+from gateway.telemetry.audit import AUDIT, management_record
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

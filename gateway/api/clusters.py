@@ -23,9 +23,11 @@ from gateway.api.common import (
     string_field,
     time_field,
 )
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.identity.directory import TooManyTokens
-from gateway.keys import REPLICAS, RUNTIME, SETTINGS, TUNNELS
+from gateway.keys import RUNTIME, SETTINGS
 from gateway.store.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

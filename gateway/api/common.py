@@ -14,8 +14,9 @@ from config.units import parse_duration
 from gateway.api.auditing import ACTOR
 from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
-from gateway.identity.directory import AuthenticationFailed, Directory
-from gateway.keys import DIRECTORY, SETTINGS
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed, Directory
+from gateway.identity.ratelimit import LoginLimiter
+from gateway.keys import SETTINGS
 from gateway.store.records import Token
 
 MAX_TTL_MS = 100 * 365 * 86400 * 1000
@@ -167,3 +168,6 @@ def collection(items: Iterable[dict[str, Any]], resource_type: str) -> web.Respo
 
 def action(request: web.Request) -> str:
     return request.query.get("action", "")
+
+
+LIMITER = web.AppKey("limiter", LoginLimiter)

@@ -1,8 +1,9 @@
 """Clusters: the gateway's side of each downstream cluster.
 
-Agents' tunnels (``tunnels``: the ``/v3/connect`` endpoint and the live links), the
-replica model (``replicas``), the ACE sync of token records into each cluster (``ace``)
-and the gateway's own API client per cluster (``downstream``).
+Agents' tunnels (``tunnels``: the ``/v3/connect`` endpoint and the live links), requests
+to a cluster's API server over them (``upstream``: HTTP/1.1 on tunnel streams, a pool
+per link) and the replica model (``replicas``: which replica holds tunnels to which
+cluster).
 
 May import: ``gateway.identity``, ``gateway.store``, ``gateway.telemetry``, ``tunnel``
 and ``config``.

@@ -20,12 +20,15 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from gateway.clusters.tunnels import AgentLink
+from aiohttp import web
+
 from gateway.identity.directory import Directory
 from gateway.store.base import StoreError
 from gateway.store.records import REPLICA, Replica
-from tunnel.registry import TunnelRegistry
+from tunnel.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,25 @@ FORGET_S = 3600.0
 """Records of replicas silent this long are deleted by the leader."""
 
 
+class _Link(Protocol):
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def session(self) -> Session: ...
+
+
+class Tunnels(Protocol):
+    """What the replica set reads of this process's tunnels
+    (``gateway.clusters.tunnels.TUNNELS``)."""
+
+    def on_change(self, listener: Callable[[str, int], None]) -> None: ...
+
+    def count(self, cluster_id: str) -> int: ...
+
+    def all_links(self) -> Sequence[_Link]: ...
+
+
 def new_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -44,7 +66,7 @@ class ReplicaSet:
     def __init__(
         self,
         directory: Directory,
-        tunnels: TunnelRegistry[AgentLink],
+        tunnels: Tunnels,
         replica_id: str | None = None,
     ) -> None:
         self.directory = directory
@@ -152,3 +174,6 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+REPLICAS = web.AppKey("replicas", ReplicaSet)

@@ -16,10 +16,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.upstream import StreamPool
 from gateway.front.relay import relay_of
-from gateway.identity.directory import Directory
-from gateway.keys import DIRECTORY, REGISTRATION_GUARD, REPLICAS, SAMPLER, SETTINGS, TUNNELS
-from gateway.proxy.upstream import StreamPool
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
 from gateway.store.records import CLUSTER, REGISTRATION
 from tunnel import wsconn
 from tunnel.errors import SessionClosed, TunnelError
@@ -304,7 +305,6 @@ async def connect(request: web.Request) -> web.StreamResponse:
             remote,
             closed,
         )
-        request.app[SAMPLER].link_closed(link)
         registry.remove(link)
         link.pool.close()
     return ws
@@ -385,3 +385,8 @@ async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent to reconnect (GOAWAY), then drop the tunnels."""
     for link in app[TUNNELS].all_links():
         await link.session.close(ErrorCode.NO_ERROR, "gateway shutting down")
+
+
+TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
+STREAM_QUOTA = web.AppKey("stream_quota", StreamQuota)
+REGISTRATION_GUARD = web.AppKey("registration_guard", RegistrationGuard)

@@ -41,12 +41,12 @@ from gateway.front.h1_protocol import (
 from gateway.front.h2 import HTTP2_BUFFER_BYTES, H2Connection
 from gateway.front.relay import Relay
 from gateway.front.request import BODY_HIGH_WATER, ClientRequest, StreamedAnswer
-from gateway.keys import DRAIN
 from gateway.proxy import handler as proxy
 from gateway.proxy import rawresponse
 from gateway.proxy.paths import PREFIX
 from gateway.proxy.rawresponse import RawResponse
 from gateway.telemetry import metrics
+from gateway.telemetry.drain import DRAIN
 from tunnel.sockets import set_nodelay
 
 logger = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.clusters.pieces import Pieces
 from gateway.front.h1_protocol import Head
 from gateway.proxy import rawresponse
-from gateway.proxy.pieces import Pieces
 
 if TYPE_CHECKING:
     from gateway.front.connection import FrontConnection

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
@@ -598,3 +600,6 @@ class Directory:
             await self.delete(REGISTRATION, new.id)
             return None
         return new, plaintext
+
+
+DIRECTORY = web.AppKey("directory", Directory)

@@ -9,8 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.clusters.replicas import REPLICAS
+from gateway.identity.directory import DIRECTORY
 from gateway.identity.providers.base import ProviderUnavailable
-from gateway.keys import DIRECTORY, PROVIDERS, REPLICAS, SETTINGS
+from gateway.identity.providers.registry import PROVIDERS
+from gateway.keys import SETTINGS
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,10 @@ import logging
 from aiohttp import web
 
 from gateway.errors import Forbidden, Unauthenticated
-from gateway.identity.directory import AuthenticationFailed
-from gateway.keys import DIRECTORY, DRAIN, READY, SAMPLER
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed
+from gateway.keys import READY
+from gateway.operations.sampler import SAMPLER
+from gateway.telemetry.drain import DRAIN
 from gateway.telemetry.metrics import FLUSH_S, HOT
 from gateway.telemetry.metrics import response as metrics_response
 

@@ -27,9 +27,9 @@ from config.reload import (
     warn_restart,
 )
 from config.schema import GatewaySettings
-from gateway.identity.providers.registry import Providers, build_providers
+from gateway.api.common import LIMITER
+from gateway.identity.providers.registry import PROVIDERS, Providers, build_providers
 from gateway.identity.ratelimit import Limit
-from gateway.keys import LIMITER, PROVIDERS
 from gateway.operations import bootstrap
 
 logger = logging.getLogger(__name__)

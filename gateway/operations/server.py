@@ -28,20 +28,21 @@ from config.compat import aiohttp_internals
 from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
-from gateway.app import build_app
 from gateway.clusters import tunnels
 from gateway.front.connection import Front
 from gateway.front.connlimit import ConnectionLimit
 from gateway.identity.directory import Directory
 from gateway.identity.providers.registry import build_providers
-from gateway.keys import DRAIN, READY
+from gateway.keys import READY
 from gateway.operations import bootstrap, health
+from gateway.operations.app import build_app
 from gateway.operations.reload import Reloader
-from gateway.operations.runtime import Runtime
 from gateway.proxy import handler as proxy
+from gateway.runtime import Runtime
 from gateway.store import open_store
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.drain import DRAIN
 from tunnel.tls import TLSServer
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,9 @@ from multidict import CIMultiDict
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway.clusters.tunnels import AgentLink
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import STREAM_QUOTA, TUNNELS, AgentLink
+from gateway.clusters.upstream import Response, UpstreamError
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -26,18 +28,9 @@ from gateway.errors import (
     k8s_response,
 )
 from gateway.front.request import ClientRequest, Streamed
-from gateway.identity.directory import AuthenticationFailed
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed
 from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
-from gateway.keys import (
-    AUDIT,
-    DIRECTORY,
-    DRAIN,
-    PROVIDERS,
-    REPLICAS,
-    SESSIONS,
-    STREAM_QUOTA,
-    TUNNELS,
-)
+from gateway.identity.providers.registry import PROVIDERS
 from gateway.proxy import access, sessions, upgrade
 from gateway.proxy.exchange import REQUEST_ID_HEADER, Exchange
 from gateway.proxy.heads import (
@@ -56,9 +49,11 @@ from gateway.proxy.impersonation import (
 from gateway.proxy.paths import PREFIX, BadPath, split_cluster_path
 from gateway.proxy.rawresponse import HOP_AND_FRAMING, RawResponse
 from gateway.proxy.requestinfo import request_info
-from gateway.proxy.upstream import Response, UpstreamError
+from gateway.proxy.sessions import SESSIONS
 from gateway.store.records import Cluster
 from gateway.telemetry import audit, metrics
+from gateway.telemetry.audit import AUDIT
+from gateway.telemetry.drain import DRAIN
 from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
 
 logger = logging.getLogger(__name__)

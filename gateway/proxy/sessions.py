@@ -29,6 +29,8 @@ import itertools
 import logging
 from collections.abc import Callable, Iterable
 
+from aiohttp import web
+
 from config.identity import Identity
 from gateway.identity.directory import Directory
 from gateway.store.records import BINDING, CLUSTER, ROLE_RANK, TOKEN, USER
@@ -227,3 +229,7 @@ def hold(
 
 def _nothing() -> None:
     return None
+
+
+SESSIONS = web.AppKey("sessions", Sessions)
+"""Streamed answers and sessions by identity, ended when it loses access."""

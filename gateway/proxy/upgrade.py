@@ -19,11 +19,11 @@ import logging
 from aiohttp import web
 
 from config.compat import aiohttp_internals
+from gateway.clusters.upstream import Response
 from gateway.errors import GatewayError
 from gateway.front.relay import taken_over
 from gateway.proxy import sessions
 from gateway.proxy.exchange import REQUEST_ID_HEADER, Exchange
-from gateway.proxy.upstream import Response
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream

@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from aiohttp import web
 
 from config.errors import ConfigError
 from config.identity import Identity
 from config.schema import AuditSettings
-from gateway.proxy.requestinfo import RequestInfo
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,22 @@ _JSON_TYPES = (
 )
 _PROTOBUF_TYPE = "application/vnd.kubernetes.protobuf"
 _PROTOBUF_MAGIC = b"k8s\x00"
+
+
+class RequestInfo(Protocol):
+    """What an audit record says of a Kubernetes request (``gateway.proxy.requestinfo``)."""
+
+    @property
+    def verb(self) -> str: ...
+
+    @property
+    def resource(self) -> str: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
 
 
 MAX_PATH_CHARS = 2048
@@ -501,3 +518,6 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1
+
+
+AUDIT = web.AppKey("audit", AuditLog)

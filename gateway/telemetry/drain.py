@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from aiohttp import web
+
 
 class Drain:
     def __init__(self) -> None:
@@ -61,3 +63,6 @@ class Drain:
 
 def _nothing() -> None:
     return None
+
+
+DRAIN = web.AppKey("drain", Drain)

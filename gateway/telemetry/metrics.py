@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import os
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -29,11 +28,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
-
-if TYPE_CHECKING:
-    from gateway.clusters.tunnels import AgentLink
-    from gateway.identity.providers.registry import Providers
-    from tunnel.registry import TunnelRegistry
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -277,61 +271,12 @@ def count_request(cluster: str, verb: str, code: int, seconds: float | None) -> 
     HOT.request(cluster, verb, code, seconds)
 
 
-class Sampler:
-    """Copies figures kept elsewhere as plain integers into the metrics."""
-
-    def __init__(self, tunnels: TunnelRegistry[AgentLink], providers: Providers) -> None:
-        self._tunnels = tunnels
-        self._providers = providers
-        self._seen: dict[AgentLink, tuple[int, int]] = {}
-        self._cache_hits = 0
-        self._cache_misses = 0
-        tunnels.on_change(self._tunnel_count)
-
-    def _tunnel_count(self, cluster_id: str, count: int) -> None:
-        TUNNELS_OPEN.labels(cluster_id).set(count)
-
-    def _take_bytes(self, link: AgentLink) -> tuple[int, int]:
-        """Bytes this link moved since it was last looked at."""
-        session = link.session
-        sent, received = session.bytes_sent, session.bytes_received
-        last_sent, last_received = self._seen.get(link, (0, 0))
-        self._seen[link] = (sent, received)
-        return sent - last_sent, received - last_received
-
-    def link_closed(self, link: AgentLink) -> None:
-        """Count a closing tunnel's last bytes."""
-        sent, received = self._take_bytes(link)
-        self._seen.pop(link, None)
-        _add(_BYTES_SENT, sent)
-        _add(_BYTES_RECEIVED, received)
-
-    def sample(self) -> None:
-        streams = sent = received = 0
-        take = self._take_bytes
-        for link in self._tunnels.all_links():
-            link_sent, link_received = take(link)
-            sent += link_sent
-            received += link_received
-            streams += link.session.stream_count
-        _add(_BYTES_SENT, sent)
-        _add(_BYTES_RECEIVED, received)
-        STREAMS_OPEN.set(streams)
-        oidc = self._providers.oidc
-        if oidc is not None:
-            hits, misses = oidc.stats.cache_hits, oidc.stats.verifications
-            if hits < self._cache_hits or misses < self._cache_misses:
-                self._cache_hits = self._cache_misses = 0  # a reload made a new provider
-            TOKEN_CACHE.labels("hit").inc(hits - self._cache_hits)
-            TOKEN_CACHE.labels("miss").inc(misses - self._cache_misses)
-            self._cache_hits, self._cache_misses = hits, misses
+BYTES_SENT = TUNNEL_BYTES.labels("sent")
+BYTES_RECEIVED = TUNNEL_BYTES.labels("received")
 
 
-_BYTES_SENT = TUNNEL_BYTES.labels("sent")
-_BYTES_RECEIVED = TUNNEL_BYTES.labels("received")
-
-
-def _add(counter: Counter, amount: int) -> None:
+def add(counter: Counter, amount: int) -> None:
+    """``counter.inc(amount)`` for a positive amount."""
     if amount > 0:
         counter.inc(amount)
 

@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from config.schema import GatewaySettings
-from gateway.app import build_app
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
-from gateway.operations.runtime import Runtime
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 

@@ -13,10 +13,10 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import AuthSettings, GatewaySettings
-from gateway.app import build_app
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
-from gateway.operations.runtime import Runtime
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 

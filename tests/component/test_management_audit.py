@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import AuditSettings, GatewaySettings
-from gateway.app import build_app
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
-from gateway.operations.runtime import Runtime
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 from gateway.telemetry.audit import MAX_AGENT_CHARS, MAX_PATH_CHARS, AuditLog

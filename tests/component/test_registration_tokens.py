@@ -15,11 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import GatewaySettings, RegistrationSettings
-from gateway.app import build_app
+from gateway.clusters.tunnels import TUNNELS
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
-from gateway.keys import TUNNELS
-from gateway.operations.runtime import Runtime
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
 from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 from tunnel import wsconn

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
 from config.schema import AuthSettings
 from gateway.identity.providers.base import PasswordProvider
 
@@ -60,3 +62,6 @@ def build_providers(settings: AuthSettings) -> Providers:
         providers.github = GitHubProvider(settings.github)
         logger.info("identity provider github enabled")
     return providers
+
+
+PROVIDERS = web.AppKey("providers", Providers)

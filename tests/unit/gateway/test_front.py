@@ -16,9 +16,8 @@ from gateway.errors import NotFound, k8s_response
 from gateway.front.connection import Front, FrontConnection
 from gateway.front.relay import Relay, taken_over
 from gateway.front.request import BODY_HIGH_WATER, ClientRequest
-from gateway.keys import DRAIN
 from gateway.proxy.rawresponse import RawResponse
-from gateway.telemetry.drain import Drain
+from gateway.telemetry.drain import DRAIN, Drain
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"

@@ -23,9 +23,8 @@ from gateway.front.connection import Front
 from gateway.front.h2 import STREAM_HIGH_WATER, H2Connection
 from gateway.front.h2_protocol import PREFACE, SETTINGS, _pack
 from gateway.front.request import ClientRequest
-from gateway.keys import DRAIN
 from gateway.proxy.rawresponse import RawResponse
-from gateway.telemetry.drain import Drain
+from gateway.telemetry.drain import DRAIN, Drain
 
 Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
 CLUSTER = "/k8s/clusters/c-1/api/v1/pods"

@@ -26,9 +26,8 @@ from gateway import errors
 from gateway.api import oauth_login
 from gateway.front import h2_protocol as http2
 from gateway.front.h2_protocol import PREFACE, Request, ServerConnection, Terminated
-from gateway.identity.directory import Directory, TooManyTokens
+from gateway.identity.directory import DIRECTORY, Directory, TooManyTokens
 from gateway.identity.ratelimit import Limit, LoginLimiter
-from gateway.keys import DIRECTORY
 from gateway.operations import health
 from gateway.proxy import heads, impersonation, paths, rawresponse, requestinfo
 from gateway.proxy import sessions as sessions_module

@@ -10,36 +10,24 @@ from aiohttp import web
 
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
-from gateway.api import auditing, bindings, clusters, login, oauth_login, tokens, users
-from gateway.clusters import ace, tunnels
-from gateway.clusters.replicas import ReplicaSet
+from gateway.api import auditing, bindings, clusters, login, logins, oauth_login, tokens, users
+from gateway.api.common import LIMITER
+from gateway.clusters import tunnels
+from gateway.clusters.replicas import REPLICAS, ReplicaSet
+from gateway.clusters.tunnels import REGISTRATION_GUARD, STREAM_QUOTA, TUNNELS
+from gateway.controllers import ace
 from gateway.errors import GatewayError, api_response, k8s_response
-from gateway.identity.directory import Directory
-from gateway.identity.providers.registry import Providers
-from gateway.keys import (
-    AUDIT,
-    DIRECTORY,
-    DRAIN,
-    LIMITER,
-    PROVIDERS,
-    READY,
-    REGISTRATION_GUARD,
-    REPLICAS,
-    RUNTIME,
-    SAMPLER,
-    SESSIONS,
-    SETTINGS,
-    STREAM_QUOTA,
-    TUNNELS,
-)
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.identity.providers.registry import PROVIDERS, Providers
+from gateway.keys import READY, RUNTIME, SETTINGS
 from gateway.operations import background, health
-from gateway.operations.runtime import Runtime
+from gateway.operations.sampler import SAMPLER, Sampler
 from gateway.proxy import handler as proxy
 from gateway.proxy.exchange import REQUEST_ID_HEADER, new_request_id
-from gateway.proxy.sessions import Sessions
-from gateway.telemetry.audit import AuditLog
-from gateway.telemetry.drain import Drain
-from gateway.telemetry.metrics import Sampler
+from gateway.proxy.sessions import SESSIONS, Sessions
+from gateway.runtime import Runtime
+from gateway.telemetry.audit import AUDIT, AuditLog
+from gateway.telemetry.drain import DRAIN, Drain
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
@@ -135,7 +123,7 @@ def build_app(
     app[SESSIONS] = Sessions(directory)
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
-    app[LIMITER] = login.make_limiter(settings.auth)
+    app[LIMITER] = logins.make_limiter(settings.auth)
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
 
     r = app.router

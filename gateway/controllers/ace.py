@@ -22,9 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.clusters.downstream import InternalListener
-from gateway.identity.directory import Directory
-from gateway.keys import DIRECTORY, REPLICAS, SETTINGS, TUNNELS
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.downstream import InternalListener
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
 from gateway.proxy.impersonation import ROLE_GROUP_PREFIX
 from gateway.store.records import BINDING, CLUSTER, TOKEN, USER, Cluster, iso
 

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, cast
 import aiohttp
 from aiohttp import web
 
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
-from gateway.keys import DIRECTORY, REPLICAS, TUNNELS
+from gateway.identity.directory import DIRECTORY
 from gateway.proxy.handler import forward
 from gateway.proxy.paths import BadPath, check_segments
 
