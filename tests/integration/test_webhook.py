@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver.harness import run_kubectl
+from standin.harness import run_kubectl
 from tests.binaries import kubectl
 from tests.integration.env import free_port, wait_until
 from tests.integration.webhook_env import (

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from gateway.identity import hashing
-from tests.apiserver.harness import StandInProcess, run_kubectl
+from standin.harness import StandInProcess, run_kubectl
 from tests.integration.env import free_port, wait_until
 from webhook import manifests
 from webhook.records import GROUP, TOKEN_PLURAL, USER_PLURAL, VERSION

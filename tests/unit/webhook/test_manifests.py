@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.apiserver.crds import validate_crd
+from standin.crds import validate_crd
 from webhook import manifests
 from webhook.records import GROUP, TOKEN_PLURAL, USER_PLURAL
 
