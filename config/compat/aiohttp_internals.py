@@ -39,7 +39,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from config.compat import AGENT, GATEWAY, Assumption, Broken
+from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
 
 # 1. websocket_mask
 

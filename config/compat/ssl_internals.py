@@ -42,7 +42,7 @@ import sys
 import weakref
 from typing import Any
 
-from config.compat import AGENT, GATEWAY, Assumption, Broken
+from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
 
 logger = logging.getLogger(__name__)
 
