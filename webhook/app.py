@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import Counter
 
+from ace.records import Accepted, Decision, TokenRecord, UserRecord, decide
 from webhook import review
 from webhook.metrics import METRICS_PATH, WebhookMetrics
-from webhook.records import Accepted, Decision, TokenRecord, UserRecord, decide
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ace.records import TokenRecord, UserRecord, token_from_object, user_from_object
 from gateway import hashing
 from webhook.app import answer, build_app
-from webhook.records import TokenRecord, UserRecord, token_from_object, user_from_object
 
 SECRET = hashing.new_secret()
 V1 = "authentication.k8s.io/v1"
