@@ -1,6 +1,6 @@
 """Verification of token hashes as the gateway writes them (pure, no I/O).
 
-A copy of ``gateway.hashing.verify_token``: the webhook runs inside a downstream
+A copy of ``gateway.identity.hashing.verify_token``: the webhook runs inside a downstream
 cluster and must not depend on the gateway package. The format is Rancher's SHA3
 token hash, ``$3:1:<salt base64>:<SHA3-512(salt + secret) base64>``. A unit test
 (tests/unit/webhook/test_hashes.py) checks that both agree.

@@ -1,11 +1,11 @@
 """What serving kubectl's requests over HTTP/2 costs in CPU: the ``h2`` package against
-the gateway's own ``gateway.http2``.
+the gateway's own ``gateway.front.h2_protocol``.
 
 ``python -m bench.h2_requests [--requests N]``: a server connection receives a
 kubectl-shaped GET (HEADERS, END_STREAM) and answers a 2 KB JSON object (HEADERS, DATA),
 client (the ``h2`` package) and server in one process; only the server's share is timed,
 the client's WINDOW_UPDATEs included. ``h2`` runs with header validation off. For scale:
-the gateway's HTTP/1.1 client path (``gateway.front``) costs ~31 µs per request with TLS
+the gateway's HTTP/1.1 client path (``gateway.front.connection``) costs ~31 µs per request with TLS
 and sockets (docs/benchmarks.md).
 """
 
@@ -20,7 +20,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from gateway.http2 import Request, ServerConnection
+from gateway.front.h2_protocol import Request, ServerConnection
 
 REQUEST = [
     (b":method", b"GET"),
@@ -115,7 +115,7 @@ def server_us_per_request(requests: int) -> float:
 
 
 def gateway_us_per_request(requests: int) -> float:
-    """The same exchange with ``gateway.http2.ServerConnection`` as the server."""
+    """The same exchange with ``gateway.front.h2_protocol.ServerConnection`` as the server."""
     client = _client()
     server = ServerConnection()
     server.receive(client.data_to_send())
@@ -142,7 +142,7 @@ def main() -> None:
     print(
         "server side, µs of CPU per request (HEADERS in; HEADERS and 2 KB of DATA out):\n"
         f"  h2 package (validation off): {package:.1f}\n"
-        f"  gateway.http2:               {ours:.1f}  ({package / ours:.1f}x less)"
+        f"  gateway.front.h2_protocol:               {ours:.1f}  ({package / ours:.1f}x less)"
     )
 
 

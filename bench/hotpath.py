@@ -5,12 +5,12 @@
 A real application (SQLite store, a member user with a kubeconfig token bound to a
 cluster, the proxy, accounting with the audit log on) and a real tunnel session over an
 in-memory transport to a stand-in agent that answers every request on its stream with a
-2 KB JSON object at once. Client connections are ``gateway.front`` connections on a
+2 KB JSON object at once. Client connections are ``gateway.front.connection`` connections on a
 transport that only collects bytes. What is left out is what the process spends in TLS,
 system calls and the event loop's polling: so this is the Python cost of the path, the
 part that code changes move, measured without the machine's run-to-run drift that the
 wrk-based figures carry. ``--http2``: the same over HTTP/2 connections
-(``gateway.front_h2``), one stream in flight on each, requests pre-encoded by an HPACK
+(``gateway.front.h2``), one stream in flight on each, requests pre-encoded by an HPACK
 encoder that indexes what it can (as Go's does). ``--profile`` adds cProfile's top
 functions (which slows every call, so read it for proportions only).
 """
@@ -33,17 +33,17 @@ import hpack
 import uvloop
 
 from config.schema import GatewaySettings
-from gateway import hashing, http2
-from gateway.app import build_app
-from gateway.audit import AuditLog
-from gateway.directory import Directory
-from gateway.front import Front
-from gateway.front_h2 import H2Connection
-from gateway.keys import TUNNELS
-from gateway.records import BINDING, CLUSTER, USER, Binding, Cluster, User
+from gateway.clusters.tunnels import TUNNELS, AgentInfo, AgentLink
+from gateway.front import h2_protocol as http2
+from gateway.front.connection import Front
+from gateway.front.h2 import H2Connection
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.operations.app import build_app
 from gateway.runtime import Runtime
+from gateway.store.records import BINDING, CLUSTER, USER, Binding, Cluster, User
 from gateway.store.sqlite import SQLiteStore
-from gateway.tunnels import AgentInfo, AgentLink
+from gateway.telemetry.audit import AuditLog
 from tunnel.protocol import Side
 from tunnel.session import Session
 from tunnel.streams import TunnelStream

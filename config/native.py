@@ -32,27 +32,27 @@ import sys
 from pathlib import Path
 
 COMPILED: tuple[str, ...] = (
-    "gateway/access.py",
-    "gateway/audit.py",
-    "gateway/directory.py",
-    "gateway/exchange.py",
-    "gateway/front.py",
-    "gateway/front_h2.py",
-    "gateway/front_request.py",
-    "gateway/heads.py",
-    "gateway/hpack_codec.py",
-    "gateway/hpack_tables.py",
-    "gateway/http1.py",
-    "gateway/http2.py",
-    "gateway/impersonation.py",
-    "gateway/paths.py",
-    "gateway/pieces.py",
-    "gateway/proxy.py",
-    "gateway/rawresponse.py",
-    "gateway/requestinfo.py",
-    "gateway/sessions.py",
-    "gateway/tunnels.py",
-    "gateway/upstream.py",
+    "gateway/proxy/access.py",
+    "gateway/telemetry/audit.py",
+    "gateway/identity/directory.py",
+    "gateway/proxy/exchange.py",
+    "gateway/front/connection.py",
+    "gateway/front/h2.py",
+    "gateway/front/request.py",
+    "gateway/proxy/heads.py",
+    "gateway/front/hpack.py",
+    "gateway/front/hpack_tables.py",
+    "gateway/front/h1_protocol.py",
+    "gateway/front/h2_protocol.py",
+    "gateway/proxy/impersonation.py",
+    "gateway/proxy/paths.py",
+    "gateway/clusters/pieces.py",
+    "gateway/proxy/handler.py",
+    "gateway/proxy/rawresponse.py",
+    "gateway/proxy/requestinfo.py",
+    "gateway/proxy/sessions.py",
+    "gateway/clusters/tunnels.py",
+    "gateway/clusters/upstream.py",
     "tunnel/frames.py",
     "tunnel/protocol.py",
     "tunnel/pump.py",
@@ -102,7 +102,8 @@ def _digest_once(root: Path) -> str:
 
 def use_build(package: str, package_path: list[str], root: Path = ROOT) -> bool:
     """Put a development build of ``package`` first on its ``__path__`` if it was built
-    from the sources as they are now. Called by ``gateway`` and ``tunnel`` at import."""
+    from the sources as they are now. Called at import by ``tunnel``, ``gateway`` and
+    each gateway package that holds compiled modules."""
     global _warned  # noqa: PLW0603 - one warning per process
     if pure_requested():
         return False
@@ -121,7 +122,7 @@ def use_build(package: str, package_path: list[str], root: Path = ROOT) -> bool:
                 file=sys.stderr,
             )
         return False
-    compiled = str(build / package)
+    compiled = str(build / package.replace(".", "/"))
     if compiled not in package_path:
         package_path.insert(0, compiled)
     if str(build) not in sys.path:

@@ -178,7 +178,7 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class LDAPSettings:
-    """An OpenLDAP or Active Directory provider (see gateway/providers/ldap.py).
+    """An OpenLDAP or Active Directory provider (see gateway/identity/providers/ldap.py).
 
     A string left empty takes the provider's default, noted as "openldap: X;
     activedirectory: Y"; ``none`` switches an optional attribute off.
@@ -274,7 +274,7 @@ class LDAPSettings:
 
 @dataclass(frozen=True)
 class OIDCSettings:
-    """An OpenID Connect provider (see gateway/providers/oidc.py)."""
+    """An OpenID Connect provider (see gateway/identity/providers/oidc.py)."""
 
     enabled: bool = False
     issuer_url: str = ""
@@ -335,7 +335,7 @@ class OIDCSettings:
 
 @dataclass(frozen=True)
 class GitHubSettings:
-    """GitHub or GitHub Enterprise as an OAuth provider (see gateway/providers/github.py)."""
+    """GitHub or GitHub Enterprise as an OAuth provider (gateway/identity/providers/github.py)."""
 
     enabled: bool = False
     client_id: str = ""

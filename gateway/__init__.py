@@ -1,4 +1,25 @@
-"""herdgate's gateway. Its request-path modules may run compiled: see config.native."""
+"""herdgate's gateway: one authenticating HTTPS front for many clusters' API servers.
+
+Its packages, from the top down (each may import only those below it; the import
+contracts in ``pyproject.toml`` hold them to this, CI runs them):
+
+- ``operations`` — the running process: the aiohttp application holding the services
+  (``app``), the listener and graceful stop (``server``), workers, reload, health.
+- ``front`` — client connections: TLS listener glue, HTTP/1.1, HTTP/2 + HPACK, and the
+  bridge that hands management-API requests to aiohttp.
+- ``api`` — the management API (``/v3``): login, tokens, users, clusters, bindings.
+- ``controllers`` — the gateway's own work inside each cluster (ACE sync, its API client).
+- ``proxy`` — ``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward,
+  stream back; one entry, ``gateway.proxy.handler.answer``.
+- ``clusters`` — agents' tunnels, requests over them (``upstream``), replicas.
+- ``identity`` — the directory of users, tokens and bindings; hashing; login limits;
+  identity providers.
+- ``telemetry`` — metrics, audit log, drain state.
+- ``store`` — the stored records and their backends (SQLite, etcd).
+- ``keys``, ``runtime``, ``errors`` — application keys, start-up facts, error answers.
+
+Request-path modules may run compiled: see ``config.native``.
+"""
 
 from __future__ import annotations
 

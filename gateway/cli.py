@@ -48,8 +48,8 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
 def run(args: argparse.Namespace) -> int:
     def main(settings: GatewaySettings) -> int:
         # Imported here: `herdgate agent` and `herdgate webhook` do not need the gateway.
-        from gateway import workers
-        from gateway.server import serve
+        from gateway.operations import workers
+        from gateway.operations.server import serve
 
         if settings.workers > 1 and not workers.is_worker():
             return workers.supervise(settings, args.argv)

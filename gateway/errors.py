@@ -114,11 +114,11 @@ def api_response(error: GatewayError) -> web.Response:
 
 class BadBody(ConnectionError):
     """A request body broke off on the lean path (malformed, too large or too slow):
-    the connection answers ``status`` and closes (``gateway.front``).
+    the connection answers ``status`` and closes (``gateway.front.connection``).
 
     A ``ConnectionError``: the proxy and the upstream pass it on as a client that went
     away (the tunnel stream is reset, nothing is answered from the API server). Here,
-    not in the compiled ``gateway.front``: mypyc cannot subclass ``ConnectionError``."""
+    not in the compiled ``gateway.front.connection``: mypyc cannot subclass ``ConnectionError``."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -35,11 +35,16 @@ class TunnelRegistry(Generic[L]):
     def __init__(self) -> None:
         self._links: dict[str, list[L]] = {}
         self._listeners: list[Callable[[str, int], None]] = []
+        self._removal_listeners: list[Callable[[L], None]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def on_change(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(cluster_id, live_link_count)`` whenever links come or go."""
         self._listeners.append(listener)
+
+    def on_remove(self, listener: Callable[[L], None]) -> None:
+        """Call ``listener(link)`` when a link is removed, before it is gone."""
+        self._removal_listeners.append(listener)
 
     def add(self, link: L) -> None:
         links = self._links.setdefault(link.cluster_id, [])
@@ -50,6 +55,8 @@ class TunnelRegistry(Generic[L]):
         links = self._links.get(link.cluster_id)
         if links is None or link not in links:
             return
+        for listener in self._removal_listeners:
+            listener(link)
         links.remove(link)
         if not links:
             del self._links[link.cluster_id]

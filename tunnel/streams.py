@@ -78,7 +78,7 @@ _NOWHERE = Budget(2**62, int, lambda: None)
 
 
 READER_TALLY: ContextVar[ReadTally | None] = ContextVar("READER_TALLY", default=None)
-"""Set by whoever reads tunnel streams on a budget (``gateway.front_h2``): the streams
+"""Set by whoever reads tunnel streams on a budget (``gateway.front.h2``): the streams
 taken for that task's requests count their unread bytes into it (``set_tally``)."""
 
 

@@ -567,7 +567,7 @@ class TLSServer:
         self._loop = asyncio.get_running_loop()
         self._admit = admit
         """Asked at each accept with the peer's address: None closes the connection at
-        once, else what to call when it is gone (``gateway.connlimit``)."""
+        once, else what to call when it is gone (``gateway.front.connlimit``)."""
         self._factory = protocol_factory
         self._context = context
         self.sockets = sockets

@@ -8,11 +8,11 @@ module here, one per dependency:
   and OpenSSL's ``SSL_CTX`` through ``ctypes`` (TLS read-ahead);
 - :mod:`config.compat.aiohttp_internals`: aiohttp's WebSocket mask helper,
   ``RequestHandler.set_parser`` and ``Server.connection_lost``;
-- :mod:`gateway.providers.ldap3_compat` (where ldap3 is imported anyway): ldap3's address
+- :mod:`gateway.identity.providers.ldap3_compat` (where ldap3 is imported anyway): ldap3's address
   and server-pool availability, checked when an LDAP provider is built.
 
 HPACK's static table and Huffman code are our own, written from RFC 7541
-(:mod:`gateway.hpack_tables`), so ``hpack`` is only a test dependency (the reference).
+(:mod:`gateway.front.hpack_tables`), so ``hpack`` is only a test dependency (the reference).
 
 Each use is an :class:`Assumption` with a probe: a cheap self-test that exercises the
 private thing as herdgate uses it (no I/O beyond a socket pair, no network). The gateway

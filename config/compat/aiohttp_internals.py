@@ -12,7 +12,7 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
 2. ``aiohttp-set-parser``: ``web_protocol.RequestHandler.set_parser(parser)``: from then on
    the handler hands every byte the client sends to ``parser.feed_data`` (which answers
    ``(eof, tail)``) and calls ``parser.feed_eof`` when the connection is lost.
-   :mod:`gateway.upgrade` takes exec, attach and port-forward connections over with it
+   :mod:`gateway.proxy.upgrade` takes exec, attach and port-forward connections over with it
    (aiohttp itself knows only WebSocket upgrades). Fallback: such upgrades are refused
    with a 501 Status before anything is sent to the API server
    (:func:`upgrades_supported`).
@@ -89,7 +89,7 @@ None when aiohttp's helper is not as tested (the tunnel then masks in Python).""
 
 
 class _Parser:
-    """What :mod:`gateway.upgrade` hands ``set_parser``: records what it is fed."""
+    """What :mod:`gateway.proxy.upgrade` hands ``set_parser``: records what it is fed."""
 
     def __init__(self) -> None:
         self.fed: list[bytes | None] = []

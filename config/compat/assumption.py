@@ -1,12 +1,11 @@
-"""An assumption about a dependency's private internals, checked once per process by a probe
-(see :mod:`config.compat`), and the registry of them all."""
+"""One checked assumption about a dependency's private internals (see ``config.compat``)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
-logger = logging.getLogger("config.compat")  # the name the WARNINGs always had
+logger = logging.getLogger("config.compat")
 
 GATEWAY = "gateway"
 AGENT = "agent"

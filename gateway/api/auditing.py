@@ -1,6 +1,6 @@
 """The management API's audit records: every login attempt and every change (made or
 refused) to users, tokens, clusters, bindings and registration tokens, in the same
-audit log as proxied requests (``gateway.audit.management_record``).
+audit log as proxied requests (``gateway.telemetry.audit.management_record``).
 
 A middleware writes one record per request that can change something (POST, PUT,
 PATCH, DELETE outside ``/k8s/``, and the browser-login callback), once its answer is
@@ -20,9 +20,8 @@ from aiohttp import web
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway.audit import management_record
-from gateway.exchange import new_request_id
-from gateway.keys import AUDIT
+from gateway.proxy.exchange import new_request_id
+from gateway.telemetry.audit import AUDIT, management_record
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from gateway.api.clusters import require_owner
 from gateway.api.common import authenticated, collection, directory, json_body, string_field
 from gateway.errors import GatewayError, NotFound
-from gateway.records import BINDING, ROLES, Binding, iso
+from gateway.store.records import BINDING, ROLES, Binding, iso
 
 
 def canonical_principal(principal: str) -> str:
@@ -17,7 +17,7 @@ def canonical_principal(principal: str) -> str:
     for provider in ("openldap", "activedirectory"):
         prefix = f"{provider}_group://"
         if principal.startswith(prefix):
-            from gateway.providers.ldap_model import principal_id
+            from gateway.identity.providers.ldap_model import principal_id
 
             try:
                 return principal_id(provider, "group", principal[len(prefix) :])

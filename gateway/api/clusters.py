@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ace import manifests
 from config.identity import Identity
-from gateway import kubeconfig
+from gateway.api import kubeconfig
 from gateway.api.common import (
     action,
     authenticated,
@@ -24,10 +24,12 @@ from gateway.api.common import (
     string_field,
     time_field,
 )
-from gateway.directory import TooManyTokens
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
-from gateway.keys import REPLICAS, RUNTIME, SETTINGS, TUNNELS
-from gateway.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
+from gateway.identity.directory import TooManyTokens
+from gateway.keys import RUNTIME, SETTINGS
+from gateway.store.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FQDN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
@@ -338,7 +340,7 @@ async def get_registration(request: web.Request) -> web.Response:
 
 async def delete_registration(request: web.Request) -> web.Response:
     """``DELETE /v3/clusterregistrationtokens/<id>``: revoke it. Agents connected with it
-    are disconnected by every gateway process (``gateway.tunnels.RegistrationGuard``)."""
+    are disconnected by every gateway process (``gateway.clusters.tunnels.RegistrationGuard``)."""
     identity, _ = authenticated(request)
     registration = _owned_registration(request, identity)
     d = directory(request)

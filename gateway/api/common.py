@@ -13,10 +13,11 @@ from config.identity import Identity
 from config.units import parse_duration
 from gateway.api.auditing import ACTOR
 from gateway.api.jsonbody import MAX_BODY_BYTES, BadBody, parse_object
-from gateway.directory import AuthenticationFailed, Directory
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
-from gateway.keys import DIRECTORY, SETTINGS
-from gateway.records import Token
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed, Directory
+from gateway.identity.ratelimit import LoginLimiter
+from gateway.keys import SETTINGS
+from gateway.store.records import Token
 
 MAX_TTL_MS = 100 * 365 * 86400 * 1000
 """The longest ``ttl`` accepted, whatever the maximum (0 means none): an expiry past
@@ -167,3 +168,6 @@ def collection(items: Iterable[dict[str, Any]], resource_type: str) -> web.Respo
 
 def action(request: web.Request) -> str:
     return request.query.get("action", "")
+
+
+LIMITER = web.AppKey("limiter", LoginLimiter)

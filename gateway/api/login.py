@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiohttp import web
 
-from config.schema import AuthSettings
-from gateway import hashing, metrics
-from gateway.api import auditing
-from gateway.api.common import action, directory, json_body, string_field, ttl_seconds
-from gateway.api.tokens import token_view
-from gateway.directory import TooManyTokens
+from gateway.api import auditing, oauth_login
+from gateway.api.common import LIMITER, action, directory, json_body, string_field
+from gateway.api.logins import TooManyAttempts, count_login, issue_session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
-from gateway.keys import LIMITER, PROVIDERS, SETTINGS
-from gateway.providers.base import InvalidCredentials, ProviderUnavailable
-from gateway.ratelimit import Limit, LoginLimiter
-from gateway.records import User
+from gateway.identity import hashing
+from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.identity.providers.registry import PROVIDERS
+from gateway.store.records import User
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +31,6 @@ PASSWORD_PROVIDER_PATHS = {
     "openLdapProviders/openldap": "openldap",
     "activeDirectoryProviders/activedirectory": "activedirectory",
 }
-
-
-def make_limiter(settings: AuthSettings) -> LoginLimiter:
-    return LoginLimiter(
-        Limit(settings.login_failures_per_user, settings.login_failure_window_s),
-        Limit(settings.login_failures_per_address, settings.login_failure_window_s),
-    )
-
-
-class TooManyAttempts(GatewayError):
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(429, "too many failed logins; try again later")
-        self.headers["Retry-After"] = str(max(1, round(retry_after_s)))
 
 
 async def _local(request: web.Request, username: str, password: str) -> User | None:
@@ -112,48 +95,8 @@ async def password_login(request: web.Request) -> web.Response:
     return await issue_session_token(request, user, data)
 
 
-def count_login(provider: str, result: str) -> None:
-    """``herdgate_logins_total``: success, invalid, unavailable or limited."""
-    metrics.LOGINS.labels(provider, result).inc()
-
-
-async def session_token(request: web.Request, user: User, data: dict[str, Any]) -> dict[str, Any]:
-    """Issue a login token for ``user``; the token view with its one-time plaintext."""
-    d = directory(request)
-    settings = request.app[SETTINGS].tokens
-    ttl = ttl_seconds(request, data, settings.session_ttl_s)
-    description = string_field(data, "description") or "login"
-    cluster_id = string_field(data, "clusterId")
-    if cluster_id and (
-        cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id) is None
-    ):
-        raise NotFound(f"cluster {cluster_id} not found")
-    try:
-        token, plaintext = await d.issue_token(
-            user,
-            ttl,
-            kind="session",
-            description=description,
-            cluster_id=cluster_id,
-            max_per_user=settings.max_per_user,
-        )
-    except TooManyTokens as exc:
-        raise GatewayError(409, str(exc)) from None
-    body = token_view(token, current_id="")
-    body["token"] = plaintext
-    return body
-
-
-async def issue_session_token(
-    request: web.Request, user: User, data: dict[str, Any]
-) -> web.Response:
-    return web.json_response(await session_token(request, user, data), status=201)
-
-
 async def dispatch(request: web.Request) -> web.Response:
     """``/v3-public/<type>Providers/<name>``: password providers here, OAuth ones elsewhere."""
-    from gateway.api import oauth_login
-
     directory(request).catch_up()  # a user created through another replica a moment ago
     key = f"{request.match_info['type']}/{request.match_info['name']}"
     if key in oauth_login.PATHS:

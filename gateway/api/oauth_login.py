@@ -26,12 +26,16 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.common import action, directory, json_body, string_field
-from gateway.api.login import TooManyAttempts, count_login, session_token
+from gateway.api.common import LIMITER, action, directory, json_body, string_field
+from gateway.api.logins import TooManyAttempts, count_login, session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
-from gateway.keys import LIMITER, PROVIDERS
-from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
-from gateway.providers.oauth import code_challenge_s256, new_code_verifier, random_token
+from gateway.identity.providers.base import (
+    ExternalIdentity,
+    InvalidCredentials,
+    ProviderUnavailable,
+)
+from gateway.identity.providers.oauth import code_challenge_s256, new_code_verifier, random_token
+from gateway.identity.providers.registry import PROVIDERS
 
 PATHS = {"oidcProviders/oidc": "oidc", "githubProviders/github": "github"}
 STATE_TTL_S = 600.0

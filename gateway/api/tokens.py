@@ -15,10 +15,10 @@ from gateway.api.common import (
     string_field,
     ttl_seconds,
 )
-from gateway.directory import TooManyTokens
 from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.identity.directory import TooManyTokens
 from gateway.keys import SETTINGS
-from gateway.records import TOKEN, Token, iso
+from gateway.store.records import TOKEN, Token, iso
 
 
 def token_view(

@@ -7,7 +7,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import hashing
 from gateway.api.common import (
     action,
     authenticated,
@@ -18,9 +17,10 @@ from gateway.api.common import (
     require_admin,
     string_field,
 )
-from gateway.directory import UsernameTaken
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
-from gateway.records import USER, User, iso
+from gateway.identity import hashing
+from gateway.identity.directory import UsernameTaken
+from gateway.store.records import USER, User, iso
 
 MIN_PASSWORD_LENGTH = 12
 

@@ -1,7 +1,7 @@
 """The storage interface: JSON documents by kind and key.
 
 Every backend (embedded SQLite, etcd) implements ``Store``. The gateway keeps its
-working set in memory (``gateway.directory``) and writes through to the store; the
+working set in memory (``gateway.identity.directory``) and writes through to the store; the
 store's change feed keeps replicas' memory in step.
 """
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.directory import AuthenticationFailed, Directory
-from gateway.records import TOKEN, USER, User
+from gateway.identity.directory import AuthenticationFailed, Directory
+from gateway.store.records import TOKEN, USER, User
 from gateway.store.sqlite import SQLiteStore
 
 

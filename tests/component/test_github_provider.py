@@ -17,8 +17,12 @@ import pytest
 
 from config.schema import GitHubSettings
 from config.tls import client_context
-from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
-from gateway.providers.github import GitHubProvider
+from gateway.identity.providers.base import (
+    ExternalIdentity,
+    InvalidCredentials,
+    ProviderUnavailable,
+)
+from gateway.identity.providers.github import GitHubProvider
 from tests.fakes.github_api import FakeGitHub, FakeUser
 
 CALLBACK = "https://gateway.test:8443/v1/auth/github/callback"

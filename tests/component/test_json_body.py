@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from config.schema import GatewaySettings
-from gateway import hashing
-from gateway.app import build_app
-from gateway.directory import Directory
-from gateway.records import USER, User
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.operations.app import build_app
 from gateway.runtime import Runtime
+from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 
 PASSWORD = "admin-password-123"

@@ -13,11 +13,11 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import AuthSettings, GatewaySettings
-from gateway import hashing
-from gateway.app import build_app
-from gateway.directory import Directory
-from gateway.records import USER, User
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.operations.app import build_app
 from gateway.runtime import Runtime
+from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 
 PASSWORD = "admin-password-123"

@@ -15,13 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import AuditSettings, GatewaySettings
-from gateway import hashing
-from gateway.app import build_app
-from gateway.audit import MAX_AGENT_CHARS, MAX_PATH_CHARS, AuditLog
-from gateway.directory import Directory
-from gateway.records import USER, User
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.operations.app import build_app
 from gateway.runtime import Runtime
+from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
+from gateway.telemetry.audit import MAX_AGENT_CHARS, MAX_PATH_CHARS, AuditLog
 
 PASSWORD = "admin-password-123"
 BOB_PASSWORD = "bob-password-0123"

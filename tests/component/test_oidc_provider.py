@@ -19,9 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from config.schema import OIDCSettings
 from config.tls import client_context
-from gateway.providers.base import ExternalIdentity, InvalidCredentials, ProviderUnavailable
-from gateway.providers.oauth import code_challenge_s256, new_code_verifier, random_token
-from gateway.providers.oidc import OIDCProvider
+from gateway.identity.providers.base import (
+    ExternalIdentity,
+    InvalidCredentials,
+    ProviderUnavailable,
+)
+from gateway.identity.providers.oauth import code_challenge_s256, new_code_verifier, random_token
+from gateway.identity.providers.oidc import OIDCProvider
 from tests.fakes.oidc_issuer import FakeIssuer, SigningKey
 
 REDIRECT = "https://gateway.test:8443/v1/auth/oidc/callback"

@@ -15,12 +15,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.schema import GatewaySettings, RegistrationSettings
-from gateway import hashing
-from gateway.app import build_app
-from gateway.directory import Directory
-from gateway.keys import TUNNELS
-from gateway.records import USER, User
+from gateway.clusters.tunnels import TUNNELS
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.operations.app import build_app
 from gateway.runtime import Runtime
+from gateway.store.records import USER, User
 from gateway.store.sqlite import SQLiteStore
 from tunnel import wsconn
 from tunnel.protocol import Side

@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from gateway.upstream import StreamPool, UpstreamError
+from gateway.clusters.upstream import StreamPool, UpstreamError
 from tunnel.errors import TunnelError
 from tunnel.protocol import Side
 from tunnel.session import Session
@@ -129,7 +129,7 @@ async def test_upgrade_returns_the_bytes_after_the_head() -> None:
 
 
 async def test_an_api_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import upstream
+    from gateway.clusters import upstream
 
     monkeypatch.setattr(upstream, "RESPONSE_HEAD_TIMEOUT_S", 0.2)
     monkeypatch.setattr(upstream, "HEAD_SWEEP_S", 0.05)

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 PER_ADDRESS = 600
 MAX_CONNECTIONS = 1500
 TIMEOUT_S = 2
-SWEEP_S = 5  # gateway.front.SWEEP_S: timeouts are checked this often
+SWEEP_S = 5  # gateway.front.connection.SWEEP_S: timeouts are checked this often
 LIMITS = f"""
 limits:
   max_connections: {MAX_CONNECTIONS}
@@ -288,7 +288,7 @@ def test_http2_stalled_bodies_are_reset_after_the_body_timeout(world: World, mem
     print(f"HTTP/2: all {len(reset)} stalled streams reset")
 
 
-# the same on a connection handed to aiohttp (gateway.relay): a first request for
+# the same on a connection handed to aiohttp (gateway.front.relay): a first request for
 # /healthz hands it over, then the second request is slow
 
 

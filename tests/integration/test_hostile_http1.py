@@ -450,7 +450,7 @@ _HANDOFF_CASES = {
 
 @pytest.mark.parametrize("case", list(_HANDOFF_CASES))
 def test_hostile_heads_after_a_handoff_get_an_error(world: World, member: str, case: str) -> None:
-    """After a request served by aiohttp, a refused head is refused by ``gateway.relay``
+    """After a request served by aiohttp, a refused head is refused by ``gateway.front.relay``
     (a v3 error, the connection closed), never by aiohttp's plain-text 400 nor forwarded."""
     host = f"127.0.0.1:{world.gateway.port}"
     path = _target(world)

@@ -22,13 +22,13 @@ import pytest
 
 from config import loader
 from config.schema import GatewaySettings, LDAPSettings
-from gateway.providers.base import (
+from gateway.identity.providers.base import (
     ExternalIdentity,
     InvalidCredentials,
     PasswordProvider,
     ProviderUnavailable,
 )
-from gateway.providers.ldap import LDAPProvider, ProviderName
+from gateway.identity.providers.ldap import LDAPProvider, ProviderName
 from tests.fixtures.slapd import (
     ACTIVEDIRECTORY,
     JSMITH_DN,
@@ -182,7 +182,7 @@ async def test_nesting_switched_off_or_bounded(slapd: Slapd) -> None:
 
 
 async def test_group_searches_are_paged(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gateway.providers.ldap.PAGE_SIZE", 1)
+    monkeypatch.setattr("gateway.identity.providers.ldap.PAGE_SIZE", 1)
     async with ldap("activedirectory", slapd.activedirectory_settings()) as provider:
         scully = await provider.authenticate("dscully", PASSWORDS["dscully"])
     assert set(scully.groups) == ad_groups("Agents", "FBI", "Government", "Loop A", "Loop B")

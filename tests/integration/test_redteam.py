@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.records import TOKEN, USER
+from gateway.store.records import TOKEN, USER
 from gateway.store.sqlite import SQLiteStore
 from tests.binaries import kubectl
 from tests.fakes.oidc_issuer import FakeIssuer

@@ -92,8 +92,8 @@ async def test_two_replicas_racing_for_one_user_name_create_one_user(
 ) -> None:
     """The name claim (a ``usernames`` record created only if absent) holds on both
     backends: replicas that both passed their in-memory check create one user."""
-    from gateway.directory import Directory, UsernameTaken
-    from gateway.records import USER, User
+    from gateway.identity.directory import Directory, UsernameTaken
+    from gateway.store.records import USER, User
 
     a, b = Directory(two_stores[0]), Directory(two_stores[1])
     await a.load()

@@ -4,7 +4,7 @@ start_webhook_world(tmp) starts, in this order: the stand-in (its
 --authentication-token-webhook-config-file points at a free loopback port), the webhook
 (a subprocess with a read-only kubeconfig for the stand-in; it backs off until the CRDs
 exist), then applies deploy/crds.yaml with real kubectl and waits for /healthz. The world
-writes records like the gateway will (hashes from gateway.hashing) and makes kubeconfigs
+writes records like the gateway will (hashes from gateway.identity.hashing) and makes kubeconfigs
 that hold only ``token-xxxxx:<secret>``.
 """
 
@@ -29,7 +29,7 @@ import yaml
 
 from ace import manifests
 from ace.records import GROUP, TOKEN_PLURAL, USER_PLURAL, VERSION
-from gateway import hashing
+from gateway.identity import hashing
 from tests.apiserver.harness import StandInProcess, run_kubectl
 from tests.integration.env import free_port, wait_until
 

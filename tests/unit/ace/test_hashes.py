@@ -1,4 +1,4 @@
-"""ace.hashes is a copy of gateway.hashing's token check: both must agree."""
+"""ace.hashes is a copy of gateway.identity.hashing's token check: both must agree."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ace import hashes
-from gateway import hashing
+from gateway.identity import hashing
 
 
 def test_accepts_what_the_gateway_writes() -> None:

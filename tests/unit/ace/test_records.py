@@ -19,7 +19,7 @@ from ace.records import (
     token_from_object,
     user_from_object,
 )
-from gateway import hashing
+from gateway.identity import hashing
 
 SECRET = hashing.new_secret()
 NOW = 1_800_000_000.0  # 2027-01-15

@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 from config import compat
 from config.compat import Assumption, Broken, aiohttp_internals, ssl_internals
 from config.tls import client_context, server_context
-from gateway import upgrade
 from gateway.errors import GatewayError, k8s_response
-from gateway.providers import ldap3_compat
-from gateway.server import _wait_lost
+from gateway.identity.providers import ldap3_compat
+from gateway.operations.server import _wait_lost
+from gateway.proxy import upgrade
 from tests.fakes import TestPKI
 from tunnel import websocket, wsconn
 

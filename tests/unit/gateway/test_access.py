@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.access import is_allowed
-from gateway.paths import split_cluster_path
+from gateway.proxy.access import is_allowed
+from gateway.proxy.paths import split_cluster_path
 
 
 @pytest.mark.parametrize("role", ["cluster-owner", "cluster-member"])
@@ -48,5 +48,5 @@ def test_read_only(method: str, path: str, allowed: bool) -> None:
 )
 def test_read_only_is_decided_on_the_decoded_path(raw: str) -> None:
     """Every spelling of an active subresource is one the read-only role is refused;
-    '#' and other ambiguous spellings never get this far (gateway.paths refuses them)."""
+    '#' and other ambiguous spellings never get this far (gateway.proxy.paths refuses them)."""
     assert not is_allowed("read-only", "GET", split_cluster_path(raw).path)

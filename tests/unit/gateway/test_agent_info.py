@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gateway.tunnels import AgentInfo, BadAgentInfo
+from gateway.clusters.tunnels import AgentInfo, BadAgentInfo
 
 
 def test_parse_and_update() -> None:

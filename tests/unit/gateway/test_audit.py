@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from config.errors import ConfigError
 from config.identity import Identity
 from config.schema import AuditSettings
-from gateway import audit
-from gateway.audit import (
+from gateway.proxy.requestinfo import request_info
+from gateway.telemetry import audit
+from gateway.telemetry.audit import (
     AuditLog,
     protobuf_envelope,
     redact_target,
@@ -27,7 +28,6 @@ from gateway.audit import (
     request_record,
     session_record,
 )
-from gateway.requestinfo import request_info
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 SECRET = "hgt-SEKRIT-abcdef0123456789"

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.connlimit import ConnectionLimit
+from gateway.front.connlimit import ConnectionLimit
 
 
 def test_per_address_and_total_limits_and_release() -> None:

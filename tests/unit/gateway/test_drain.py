@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.drain import Drain
+from gateway.telemetry.drain import Drain
 
 
 def test_enter_leave_active() -> None:

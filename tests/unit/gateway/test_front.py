@@ -1,4 +1,4 @@
-"""gateway.front: the lean client connection, with a fake transport and a fake proxy."""
+"""gateway.front.connection: the lean client connection, with a fake transport and a fake proxy."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.drain import Drain
 from gateway.errors import NotFound, k8s_response
-from gateway.front import Front, FrontConnection
-from gateway.front_request import BODY_HIGH_WATER, ClientRequest
-from gateway.keys import DRAIN
-from gateway.rawresponse import RawResponse
-from gateway.relay import Relay, taken_over
+from gateway.front.connection import Front, FrontConnection
+from gateway.front.relay import Relay, taken_over
+from gateway.front.request import BODY_HIGH_WATER, ClientRequest
+from gateway.proxy.rawresponse import RawResponse
+from gateway.telemetry.drain import DRAIN, Drain
 
 GET = b"GET /k8s/clusters/c-1/api/v1/pods HTTP/1.1\r\nHost: gw\r\n\r\n"
 LOGIN = b"GET /v3/users HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -588,7 +587,7 @@ async def test_after_the_gateway_takes_a_spdy_upgrade_over_the_relay_passes_byte
         b"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
     )
     relay.data_received(upgrade)
-    taken_over(transport)  # gateway.upgrade, before its 101
+    taken_over(transport)  # gateway.proxy.upgrade, before its 101
     frames = b"\x80\x03\x00\x01\x00\x00\x00\x0aabcdefghij"  # SPDY
     relay.data_received(frames)
     relay.data_received(LOGIN + LOGIN)  # from now on, only passed on
@@ -623,7 +622,7 @@ async def test_a_connection_taken_over_leaves_the_sweep(world: Any) -> None:
 async def test_before_the_gateway_takes_an_upgrade_over_other_bytes_are_refused(
     world: Any,
 ) -> None:
-    """No guessing from the bytes: until ``gateway.upgrade`` says it took the connection,
+    """No guessing from the bytes: until ``gateway.proxy.upgrade`` says it took the connection,
     what follows an upgrade head is read as HTTP/1.1 and checked."""
     relay, handler, transport = _handed_off(world)
     upgrade = (

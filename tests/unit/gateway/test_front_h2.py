@@ -1,4 +1,4 @@
-"""gateway.front_h2: HTTP/2 streams to the proxy and, through the bridge, to a real aiohttp
+"""gateway.front.h2: HTTP/2 streams to the proxy and, through the bridge, to a real aiohttp
 application; an ``h2`` client on an in-memory transport, the proxy faked."""
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.drain import Drain
-from gateway.front import Front
-from gateway.front_h2 import STREAM_HIGH_WATER, H2Connection
-from gateway.front_request import ClientRequest
-from gateway.http2 import PREFACE, SETTINGS, _pack
-from gateway.keys import DRAIN
-from gateway.rawresponse import RawResponse
+from gateway.front.connection import Front
+from gateway.front.h2 import STREAM_HIGH_WATER, H2Connection
+from gateway.front.h2_protocol import PREFACE, SETTINGS, _pack
+from gateway.front.request import ClientRequest
+from gateway.proxy.rawresponse import RawResponse
+from gateway.telemetry.drain import DRAIN, Drain
 
 Handler = Callable[[web.Application, ClientRequest], Awaitable[Any]]
 CLUSTER = "/k8s/clusters/c-1/api/v1/pods"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from gateway import hashing
+from gateway.identity import hashing
 
 
 def test_secret_entropy_is_at_least_256_bits() -> None:

@@ -1,4 +1,4 @@
-"""gateway.heads: every head the gateway writes is one request, exactly as given, or refused.
+"""gateway.proxy.heads: every head the gateway writes is one request, exactly as given, or refused.
 
 Held to a reference: each head ``request_head`` builds is read back by llhttp (httptools,
 strict) and must parse as exactly one request with the same method, target and fields,
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.heads import UnsafeHead, field_block, is_token, request_head
+from gateway.proxy.heads import UnsafeHead, field_block, is_token, request_head
 
 TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

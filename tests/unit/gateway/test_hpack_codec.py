@@ -1,4 +1,4 @@
-"""gateway.hpack_codec: decoding what the ``hpack`` package encodes, and the reverse."""
+"""gateway.front.hpack: decoding what the ``hpack`` package encodes, and the reverse."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.hpack_codec import (
+from gateway.front.hpack import (
     TABLE_SIZE_ZERO,
     Decoder,
     HPACKError,

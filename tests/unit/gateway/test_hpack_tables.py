@@ -1,4 +1,4 @@
-"""gateway.hpack_tables: RFC 7541's static table and Huffman code, written here, held to
+"""gateway.front.hpack_tables: RFC 7541's static table and Huffman code, written here, held to
 the RFC's own figures and to the ``hpack`` package's public Encoder and Decoder (the
 reference: herdgate no longer imports its internal modules)."""
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.hpack_codec import Decoder, HPACKError
-from gateway.hpack_tables import (
+from gateway.front.hpack import Decoder, HPACKError
+from gateway.front.hpack_tables import (
     EOS,
     HUFFMAN_LENGTHS,
     STATIC_TABLE,

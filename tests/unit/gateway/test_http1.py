@@ -1,12 +1,12 @@
-"""gateway.http1: client requests read without I/O, and the hand-over to aiohttp."""
+"""gateway.front.h1_protocol: client requests read without I/O, and the hand-over to aiohttp."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.front import wants
-from gateway.http1 import MAX_HEAD_BYTES, Body, End, Event, Head, Invalid, RequestReader
+from gateway.front.connection import wants
+from gateway.front.h1_protocol import MAX_HEAD_BYTES, Body, End, Event, Head, Invalid, RequestReader
 
 GET = (
     b"GET /k8s/clusters/c-1/api/v1/pods?limit=5 HTTP/1.1\r\nHost: gw\r\n"

@@ -1,4 +1,4 @@
-"""gateway.http2: the server side of HTTP/2 against the ``h2`` package's client."""
+"""gateway.front.h2_protocol: the server side of HTTP/2 against the ``h2`` package's client."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import hpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import http2
-from gateway.http2 import (
+from gateway.front import h2_protocol as http2
+from gateway.front.h2_protocol import (
     PREFACE,
     Data,
     Drained,

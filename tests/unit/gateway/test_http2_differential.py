@@ -1,11 +1,12 @@
-"""gateway.http2 held to a reference: the ``h2`` package's server side, inbound validation on.
+"""gateway.front.h2_protocol held to a reference: the ``h2`` package's server side,
+inbound validation on.
 
 Hypothesis builds requests, ordinary and hostile (names and values with CR, LF, NUL,
 other controls, whitespace, upper case, separators; pseudo-headers missing, repeated,
 late, unknown or of a response; ``te``, connection-specific fields, ``host``,
 ``content-length`` against the DATA sent; trailers), encodes each once with HPACK and
 cuts the block into HEADERS and CONTINUATION frames at random places; the same bytes go
-to ``gateway.http2.ServerConnection`` and to ``h2.connection.H2Connection``. Both must
+to ``gateway.front.h2_protocol.ServerConnection`` and to ``h2.connection.H2Connection``. Both must
 accept the request (it arrives whole: request, body, end) or both refuse it (stream
 reset or connection error).
 
@@ -55,8 +56,8 @@ import hpack
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway import http2
-from gateway.http2 import PREFACE, End, Request, Reset, ServerConnection, Terminated
+from gateway.front import h2_protocol as http2
+from gateway.front.h2_protocol import PREFACE, End, Request, Reset, ServerConnection, Terminated
 
 Header = tuple[bytes, bytes]
 

@@ -1,4 +1,4 @@
-"""Fuzzing gateway.http2's frame reader and gateway.hpack_codec's decoder (hypothesis).
+"""Fuzzing gateway.front.h2_protocol's frame reader and gateway.front.hpack's decoder (hypothesis).
 
 Whatever arrives (random bytes after the preface, random frame sequences with real and
 hostile header blocks, the server answering or resetting streams in between), the
@@ -19,9 +19,8 @@ import hpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import http2
-from gateway.hpack_codec import ENTRY_OVERHEAD, Decoder, HPACKError
-from gateway.http2 import (
+from gateway.front import h2_protocol as http2
+from gateway.front.h2_protocol import (
     PREFACE,
     Data,
     Drained,
@@ -33,6 +32,7 @@ from gateway.http2 import (
     ServerConnection,
     Terminated,
 )
+from gateway.front.hpack import ENTRY_OVERHEAD, Decoder, HPACKError
 
 Header = tuple[bytes, bytes]
 

@@ -1,4 +1,4 @@
-"""HTTP/2 conformance of gateway.http2, written from RFC 9113 (and RFC 7541 for HPACK).
+"""HTTP/2 conformance of gateway.front.h2_protocol, written from RFC 9113 (and RFC 7541 for HPACK).
 
 h2spec's case list is the index (its ids, in RFC 7540 numbering, are in the comments:
 ``h2spec http2/6.5.2/1``); each test is named after the RFC 9113 section it checks, with
@@ -25,8 +25,8 @@ from typing import NamedTuple
 import hpack
 import pytest
 
-from gateway import http2
-from gateway.http2 import (
+from gateway.front import h2_protocol as http2
+from gateway.front.h2_protocol import (
     PREFACE,
     Data,
     Drained,
@@ -1339,7 +1339,7 @@ def test_8_4_a_clients_push_promise_is_a_connection_error() -> None:  # h2spec h
 
 
 def test_8_5_connect_is_a_request_the_gateway_answers_itself() -> None:
-    """A valid CONNECT arrives as a request (``gateway.front_h2`` answers 405)."""
+    """A valid CONNECT arrives as a request (``gateway.front.h2`` answers 405)."""
     client = Client()
     client.request(1, [(b":method", b"CONNECT"), (b":authority", b"kube:443")], end_stream=False)
     request = client.accepted(1)

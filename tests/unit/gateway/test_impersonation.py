@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.identity import Identity
-from gateway.heads import UnsafeHead
-from gateway.impersonation import (
+from gateway.proxy.heads import UnsafeHead
+from gateway.proxy.impersonation import (
     client_impersonation,
     extra_header_name,
     forwarded_headers,

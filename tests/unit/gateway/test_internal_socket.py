@@ -4,8 +4,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.downstream import MAX_SOCKET_PATH, InternalListener
-from gateway.keys import DIRECTORY, REPLICAS, TUNNELS
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.downstream import MAX_SOCKET_PATH, InternalListener
+from gateway.identity.directory import DIRECTORY
 
 
 def _app() -> web.Application:

@@ -4,7 +4,7 @@ import base64
 
 import yaml
 
-from gateway.kubeconfig import Endpoint, build
+from gateway.api.kubeconfig import Endpoint, build
 
 
 def test_kubeconfig_has_gateway_context_current() -> None:

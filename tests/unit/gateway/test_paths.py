@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.paths import BadPath, split_cluster_path
+from gateway.proxy.paths import BadPath, split_cluster_path
 
 
 def test_split_keeps_the_query_and_encoding() -> None:

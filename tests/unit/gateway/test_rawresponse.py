@@ -7,7 +7,7 @@ import asyncio
 import httptools
 import pytest
 
-from gateway.rawresponse import RawResponse, build
+from gateway.proxy.rawresponse import RawResponse, build
 
 UPSTREAM = [
     (b"Content-Type", b"application/json"),

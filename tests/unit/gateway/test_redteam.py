@@ -22,30 +22,33 @@ from prometheus_client import REGISTRY
 from config.errors import ConfigError
 from config.identity import Identity
 from config.schema import AuditSettings, TokenSettings
-from gateway import (
-    errors,
-    heads,
-    health,
-    http2,
-    impersonation,
-    metrics,
-    paths,
-    rawresponse,
-    requestinfo,
-)
-from gateway import sessions as sessions_module
+from gateway import errors
 from gateway.api import oauth_login
-from gateway.audit import AuditLog
-from gateway.directory import Directory, TooManyTokens
-from gateway.drain import Drain
-from gateway.exchange import Exchange
-from gateway.http2 import PREFACE, Request, ServerConnection, Terminated
-from gateway.keys import DIRECTORY
-from gateway.ratelimit import Limit, LoginLimiter
-from gateway.records import BINDING, CLUSTER, TOKEN, USER, Binding, Cluster, Token, User, to_doc
-from gateway.sessions import Sessions
+from gateway.front import h2_protocol as http2
+from gateway.front.h2_protocol import PREFACE, Request, ServerConnection, Terminated
+from gateway.identity.directory import DIRECTORY, Directory, TooManyTokens
+from gateway.identity.ratelimit import Limit, LoginLimiter
+from gateway.operations import health
+from gateway.proxy import heads, impersonation, paths, rawresponse, requestinfo
+from gateway.proxy import sessions as sessions_module
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.sessions import Sessions
 from gateway.store.base import Change
+from gateway.store.records import (
+    BINDING,
+    CLUSTER,
+    TOKEN,
+    USER,
+    Binding,
+    Cluster,
+    Token,
+    User,
+    to_doc,
+)
 from gateway.store.sqlite import SQLiteStore
+from gateway.telemetry import metrics
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.drain import Drain
 
 POST = [
     (b":method", b"POST"),

@@ -6,7 +6,7 @@ import dataclasses
 
 from config.reload import changed_paths, needs_restart
 from config.schema import GatewaySettings, LDAPSettings
-from gateway.reload import RELOADABLE
+from gateway.operations.reload import RELOADABLE
 
 
 def test_identical_settings_change_nothing() -> None:

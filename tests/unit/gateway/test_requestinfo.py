@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.requestinfo import RequestInfo, request_info
+from gateway.proxy.requestinfo import RequestInfo, request_info
 
 # (method, target, verb, resource, namespace, name, group)
 CASES: list[tuple[str, str, str, str, str, str, str]] = [

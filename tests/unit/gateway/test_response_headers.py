@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from gateway.proxy import _response_headers
+from gateway.proxy.handler import _response_headers
 
 
 def test_hop_by_hop_and_framing_headers_are_dropped_every_time() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.tunnels import StreamQuota
+from gateway.clusters.tunnels import StreamQuota
 
 
 def test_each_user_and_cluster_is_counted_on_its_own() -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.directory import Directory, UsernameTaken
-from gateway.ratelimit import Limit, LoginLimiter
-from gateway.records import USER, User, fold_username
+from gateway.identity.directory import Directory, UsernameTaken
+from gateway.identity.ratelimit import Limit, LoginLimiter
+from gateway.store.records import USER, User, fold_username
 from gateway.store.sqlite import SQLiteStore
 
 FULLWIDTH_ADMIN = "\uff41\uff44\uff4d\uff49\uff4e"

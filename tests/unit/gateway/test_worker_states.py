@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.workers import WorkerStates
+from gateway.operations.workers import WorkerStates
 
 
 def test_ready_once_every_worker_is_ready() -> None:

@@ -13,9 +13,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from config.errors import ConfigError
 from config.loader import load
 from config.schema import GatewaySettings, GitHubSettings
-from gateway.providers.base import InvalidCredentials, ProviderUnavailable
-from gateway.providers.github import GitHubProvider
-from gateway.providers.oauth import HttpResponse
+from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.identity.providers.github import GitHubProvider
+from gateway.identity.providers.oauth import HttpResponse
 
 GHE = {"web_url": "https://ghe.example.com", "api_url": "https://ghe.example.com/api/v3"}
 

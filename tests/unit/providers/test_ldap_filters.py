@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.providers import ldap_filters as f
-from gateway.providers.ldap3_compat import (
+from gateway.identity.providers import ldap_filters as f
+from gateway.identity.providers.ldap3_compat import (
     MATCH_EQUAL,
     MATCH_EXTENSIBLE,
     parse_filter,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.providers.ldap_model import (
+from gateway.identity.providers.ldap_model import (
     AVA,
     DisabledRule,
     UserAccountControl,

@@ -10,9 +10,9 @@ import pytest
 from config import loader
 from config.errors import ConfigError
 from config.schema import GatewaySettings, LDAPSettings
-from gateway.providers.base import InvalidCredentials
-from gateway.providers.ldap import LDAPProvider
-from gateway.providers.ldap_settings import parse_server_url, resolve_settings
+from gateway.identity.providers.base import InvalidCredentials
+from gateway.identity.providers.ldap import LDAPProvider
+from gateway.identity.providers.ldap_settings import parse_server_url, resolve_settings
 
 OPENLDAP_YAML = """\
 auth:

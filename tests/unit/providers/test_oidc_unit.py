@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from config.errors import ConfigError
 from config.loader import load
 from config.schema import GatewaySettings, OIDCSettings
-from gateway.providers.base import ExternalIdentity, InvalidCredentials
-from gateway.providers.oauth import (
+from gateway.identity.providers.base import ExternalIdentity, InvalidCredentials
+from gateway.identity.providers.oauth import (
     DevicePolls,
     code_challenge_s256,
     new_code_verifier,
     read_secret,
 )
-from gateway.providers.oidc import OIDCProvider, _TokenCache
-from gateway.providers.oidc_keys import key_fits
+from gateway.identity.providers.oidc import OIDCProvider, _TokenCache
+from gateway.identity.providers.oidc_keys import key_fits
 
 ISSUER = "https://127.0.0.1:1/realms/test"  # nothing listens: any network use would fail
 

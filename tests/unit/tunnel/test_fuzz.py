@@ -1,6 +1,6 @@
 """Fuzzing the tunnel's readers (hypothesis, bounded budget): the frame parser and
 protocol (``tunnel.protocol``), the gateway's reading of an agent's HELLO metadata
-(``gateway.tunnels.AgentInfo``), the WebSocket frame reader and the client handshake
+(``gateway.clusters.tunnels.AgentInfo``), the WebSocket frame reader and the client handshake
 reader (``tunnel.websocket``).
 
 Whatever arrives, in whatever pieces, each reader gives its items or fails with its own
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.tunnels import AgentInfo, BadAgentInfo
+from gateway.clusters.tunnels import AgentInfo, BadAgentInfo
 from tunnel import frames
 from tunnel.errors import ProtocolError
 from tunnel.events import (

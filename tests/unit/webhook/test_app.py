@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace.records import TokenRecord, UserRecord, token_from_object, user_from_object
-from gateway import hashing
+from gateway.identity import hashing
 from webhook.app import answer, build_app
 
 SECRET = hashing.new_secret()

@@ -1,0 +1,179 @@
+"""The gateway's replica model: every process is a replica, and agents reach all of them.
+
+Each gateway process — a worker on this host or a replica on another — registers in
+the shared store with a heartbeat and the clusters it holds tunnels for. It tells every
+agent, in its HELLO, its own id and how many replicas are live; the agent keeps
+dialling (through the same address: the kernel's SO_REUSEPORT or a load balancer
+spreads connections) until it holds one tunnel to each replica. So any replica can
+serve any request from its own tunnels, with no hop between replicas, and several
+workers on one host behave exactly like several hosts (the konnectivity "server count"
+model). The replica with the smallest live id is the leader and runs the cluster-wide
+controllers (ACE record sync, group refresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.identity.directory import Directory
+from gateway.store.base import StoreError
+from gateway.store.records import REPLICA, Replica
+from tunnel.session import Session
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+LIVE_S = 15.0
+"""A replica whose heartbeat is older than this is considered gone."""
+FORGET_S = 3600.0
+"""Records of replicas silent this long are deleted by the leader."""
+
+
+class _Link(Protocol):
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def session(self) -> Session: ...
+
+
+class Tunnels(Protocol):
+    """What the replica set reads of this process's tunnels
+    (``gateway.clusters.tunnels.TUNNELS``)."""
+
+    def on_change(self, listener: Callable[[str, int], None]) -> None: ...
+
+    def count(self, cluster_id: str) -> int: ...
+
+    def all_links(self) -> Sequence[_Link]: ...
+
+
+def new_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ReplicaSet:
+    def __init__(
+        self,
+        directory: Directory,
+        tunnels: Tunnels,
+        replica_id: str | None = None,
+    ) -> None:
+        self.directory = directory
+        self.tunnels = tunnels
+        self.id = replica_id or new_replica_id()
+        self.started = directory.clock()
+        self._changed = asyncio.Event()
+        tunnels.on_change(lambda _cluster, _count: self._changed.set())
+        self._announced = 0
+        # A replica joining or leaving changes the count agents must be told about.
+        directory.on_change(self._on_directory_change)
+
+    # -- queries (hot enough to be cheap: dictionary scans of a handful of records) -----
+
+    def live(self) -> list[Replica]:
+        now = self.directory.clock()
+        live = [r for r in self.directory.replicas.values() if now - r.heartbeat < LIVE_S]
+        if not any(r.id == self.id for r in live):
+            live.append(self._record(now))  # we are live even before our first heartbeat
+        return sorted(live, key=lambda r: r.id)
+
+    def count(self) -> int:
+        return len(self.live())
+
+    def is_leader(self) -> bool:
+        return self.live()[0].id == self.id
+
+    def has_tunnel_anywhere(self, cluster_id: str) -> bool:
+        return self.holding(cluster_id) > 0
+
+    def holding(self, cluster_id: str) -> int:
+        """How many live replicas hold a tunnel for the cluster (this one included)."""
+        here = 1 if self.tunnels.count(cluster_id) else 0
+        return here + sum(1 for r in self.live() if r.id != self.id and cluster_id in r.clusters)
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    def _record(self, now: float) -> Replica:
+        clusters = tuple(sorted({link.cluster_id for link in self.tunnels.all_links()}))
+        return Replica(self.id, socket.gethostname(), os.getpid(), self.started, now, clusters)
+
+    async def heartbeat(self) -> None:
+        await self.directory.put(REPLICA, self._record(self.directory.clock()))
+
+    async def run(self) -> None:
+        """Heartbeat every few seconds, and soon after our tunnels change."""
+        with contextlib.suppress(StoreError):
+            await self.forget_crashed_local()
+        while True:
+            try:
+                await self.heartbeat()
+                if self.is_leader():
+                    await self._forget_dead()
+            except StoreError as exc:
+                logger.warning("replica heartbeat failed: %s; retrying", exc)
+            self._announce_if_changed()  # also notices replicas whose heartbeat stopped
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await self._changed.wait()
+                await asyncio.sleep(0.5)  # coalesce a burst of tunnel changes
+            except TimeoutError:
+                pass
+
+    def _on_directory_change(self, kind: str, key: str) -> None:
+        if kind == REPLICA and key != self.id:
+            self._announce_if_changed()
+
+    def _announce_if_changed(self) -> None:
+        count = self.count()
+        if count != self._announced:
+            self._announced = count
+            self._announce(count)
+
+    def _announce(self, count: int) -> None:
+        """Tell connected agents how many replicas to hold tunnels to (INFO frame)."""
+        message = json.dumps({"replicas": count}).encode()
+        for link in self.tunnels.all_links():
+            if link.session.is_usable:
+                link.session.send_info(message)
+
+    async def _forget_dead(self) -> None:
+        now = self.directory.clock()
+        for replica in list(self.directory.replicas.values()):
+            if now - replica.heartbeat > FORGET_S:
+                await self.directory.delete(REPLICA, replica.id)
+
+    async def forget_crashed_local(self) -> None:
+        """Delete records of earlier processes on this host that are no longer running
+        (a crashed or killed worker), so agents are not told to look for them."""
+        host = socket.gethostname()
+        for replica in list(self.directory.replicas.values()):
+            if replica.host == host and replica.id != self.id and not _running(replica.pid):
+                await self.directory.delete(REPLICA, replica.id)
+
+    async def leave(self) -> None:
+        await self.directory.delete(REPLICA, self.id)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+REPLICAS = web.AppKey("replicas", ReplicaSet)

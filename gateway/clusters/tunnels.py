@@ -1,0 +1,392 @@
+"""The agents' side door: ``/v3/connect`` turns a WebSocket into a tunnel session.
+
+An agent authenticates with its cluster's registration token, then says in its
+HELLO metadata how to reach its API server (``Host``) and which credential to use
+there (its service-account token, held in memory only, never stored or logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.upstream import StreamPool
+from gateway.front.relay import relay_of
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
+from gateway.store.records import CLUSTER, REGISTRATION
+from tunnel import wsconn
+from tunnel.errors import SessionClosed, TunnelError
+from tunnel.frames import ErrorCode
+from tunnel.protocol import Limits, Side
+from tunnel.registry import TunnelRegistry
+from tunnel.session import Session
+from tunnel.websocket import HandshakeError
+
+logger = logging.getLogger(__name__)
+
+NODE_HEADER = "X-Herdgate-Node-Name"
+AGENT_ID_HEADER = "X-Herdgate-Agent-Id"
+"""A random id per agent process: its dials to the replicas it already holds are not new
+agents (the agent closes such a duplicate itself once HELLO names the replica)."""
+
+
+class BadAgentInfo(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    api_host: bytes
+    """``Host`` header for the API server, e.g. ``b"10.43.0.1:443"``."""
+    authorization: bytes = field(repr=False)
+    """``Authorization`` header value for the API server; secret."""
+    node_name: str = ""
+    version: str = ""
+    ca_cert: str = ""
+    """The cluster's API server CA (PEM), for direct kubeconfig contexts."""
+
+    @classmethod
+    def parse(cls, raw: bytes) -> AgentInfo:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # nested arrays: RecursionError, not ValueError
+            raise BadAgentInfo("agent metadata is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadAgentInfo("agent metadata must be an object")
+        host = data.get("apiHost")
+        auth = data.get("authorization", "")
+        if not isinstance(host, str) or not host or not _is_header_safe(host):
+            raise BadAgentInfo("apiHost missing or invalid")
+        if not isinstance(auth, str) or not _is_header_safe(auth):
+            raise BadAgentInfo("authorization invalid")
+        node = data.get("node", "")
+        version = data.get("version", "")
+        ca_cert = data.get("caCert", "")
+        return cls(
+            api_host=host.encode("ascii"),
+            authorization=auth.encode("ascii"),
+            node_name=node if isinstance(node, str) else "",
+            version=version if isinstance(version, str) else "",
+            ca_cert=ca_cert if isinstance(ca_cert, str) and "BEGIN CERTIFICATE" in ca_cert else "",
+        )
+
+    def updated(self, raw: bytes) -> AgentInfo:
+        """Apply an INFO update (today: a rotated credential)."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            return self
+        auth = data.get("authorization") if isinstance(data, dict) else None
+        if isinstance(auth, str) and _is_header_safe(auth):
+            return dataclasses.replace(self, authorization=auth.encode("ascii"))
+        return self
+
+
+def _is_header_safe(value: str) -> bool:
+    return value.isascii() and value.isprintable() and len(value) < 16384
+
+
+class AgentLink:
+    """One connected agent."""
+
+    def __init__(
+        self,
+        cluster_id: str,
+        session: Session,
+        info: AgentInfo,
+        remote: str,
+        registration_id: str = "",
+        agent_id: str = "",
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.agent_id = agent_id
+        self.registration_id = registration_id
+        """The registration token the agent connected with (revoking it disconnects)."""
+        self.session = session
+        self.info = info
+        self.remote = remote
+        self.pool = StreamPool(session)
+        self.connected_at = session.loop.time()
+
+    def __repr__(self) -> str:
+        return f"<AgentLink {self.cluster_id} node={self.info.node_name or '-'} {self.remote}>"
+
+    @property
+    def is_node_agent(self) -> bool:
+        return bool(self.info.node_name)
+
+    @property
+    def is_usable(self) -> bool:
+        return self.session.is_usable
+
+    @property
+    def load(self) -> int:
+        return self.session.stream_count
+
+    def on_info(self, raw: bytes) -> None:
+        self.info = self.info.updated(raw)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node": self.info.node_name,
+            "remote": self.remote,
+            "version": self.info.version,
+            "streams": self.session.stream_count,
+        }
+
+
+class StreamQuota:
+    """Tunnel streams each user holds per cluster (``tunnel.max_streams_per_user``), so
+    that one user's watches cannot take all of a cluster's streams from the others."""
+
+    __slots__ = ("_held", "limit")
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        """0: a quarter of the streams the agent allows (``limit_for``)."""
+        self._held: dict[tuple[str, str], int] = {}
+
+    def limit_for(self, peer_max_streams: int) -> int:
+        """The cap on a cluster whose agent allows ``peer_max_streams`` streams."""
+        return self.limit or max(1, peer_max_streams // 4)
+
+    def take(self, key: tuple[str, str], limit: int) -> bool:
+        held = self._held.get(key, 0)
+        if held >= limit:
+            return False
+        self._held[key] = held + 1
+        return True
+
+    def give(self, key: tuple[str, str]) -> None:
+        held = self._held.get(key, 0) - 1
+        if held > 0:
+            self._held[key] = held
+        else:
+            self._held.pop(key, None)
+
+    def held(self, cluster_id: str, user_id: str) -> int:
+        return self._held.get((cluster_id, user_id), 0)
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("Authorization", "")
+    scheme, _, credential = value.partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else ""
+
+
+def _refusal(status: int, code: str, message: str) -> web.Response:
+    # The message is also the reason phrase: the agent reads the head only.
+    return web.json_response(
+        {"type": "error", "status": status, "code": code, "message": message},
+        status=status,
+        reason=message,
+        headers={"Retry-After": str(FULL_RETRY_AFTER_S)} if status == 429 else None,
+    )
+
+
+FULL_RETRY_AFTER_S = 30
+"""What a 429 (the cluster has all the agents it may) tells the agent to wait."""
+
+
+def _full_message(cluster_id: str, limit: int) -> str:
+    return (
+        f"cluster {cluster_id} already has {limit} agents connected "
+        "(registration.max_agents_per_cluster)"
+    )
+
+
+def _holds(registry: TunnelRegistry[AgentLink], cluster_id: str, agent_id: str) -> bool:
+    """Whether this agent already has a tunnel to this process."""
+    return bool(agent_id) and any(
+        link.agent_id == agent_id and not link.session.is_closed
+        for link in registry.links(cluster_id)
+    )
+
+
+async def connect(request: web.Request) -> web.StreamResponse:
+    directory = request.app[DIRECTORY]
+    settings = request.app[SETTINGS].tunnel
+    max_agents = request.app[SETTINGS].registration.max_agents_per_cluster
+    registry = request.app[TUNNELS]
+    replicas = request.app[REPLICAS]
+    directory.catch_up()  # the token may have been created through another replica
+    registration = directory.registration_for(_bearer(request))
+    cluster = None if registration is None else directory.clusters.get(registration.cluster_id)
+    if registration is None or cluster is None:
+        return _refusal(401, "Unauthorized", "invalid cluster registration token")
+    agent_id = request.headers.get(AGENT_ID_HEADER, "")[:64]
+    if registry.count(cluster.id) >= max_agents and not _holds(registry, cluster.id, agent_id):
+        logger.warning(
+            "agent for %s from %s refused: %d agents", cluster.id, request.remote, max_agents
+        )
+        return _refusal(429, "TooManyRequests", _full_message(cluster.id, max_agents))
+    relay = relay_of(request.transport) if request.transport is not None else None
+    try:
+        conn, ws = await wsconn.accept(request)
+    except HandshakeError as exc:
+        return web.json_response(
+            {
+                "type": "error",
+                "status": exc.status,
+                "code": "UpgradeRequired" if exc.status == 426 else "BadRequest",
+                "message": str(exc),
+            },
+            status=exc.status,
+            headers={"Sec-WebSocket-Version": "13"} if exc.status == 426 else None,
+        )
+    if relay is not None:
+        relay.pass_through()  # the connection is the tunnel's now (wsconn took it over)
+    remote = request.remote or "?"
+    name = f"{cluster.id}@{remote}"
+    link: AgentLink | None = None
+    session = Session(
+        conn,
+        Side.SERVER,
+        limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
+        metadata=json.dumps(
+            {"clusterId": cluster.id, "replicaId": replicas.id, "replicas": replicas.count()}
+        ).encode(),
+        on_info=lambda raw: link.on_info(raw) if link is not None else None,
+        ping_interval_s=settings.ping_interval_s * 1.5,
+        idle_timeout_s=settings.idle_timeout_s,
+        send_buffer=settings.send_buffer,
+        send_timeout_s=settings.send_timeout_s,
+        name=name,
+    )
+    try:
+        metadata = await session.handshake()
+        info = AgentInfo.parse(metadata)
+    except TunnelError as exc:
+        logger.warning("agent for %s from %s: handshake failed: %s", cluster.id, remote, exc)
+        return ws
+    except BadAgentInfo as bad_info:
+        logger.warning("agent for %s from %s: %s", cluster.id, remote, bad_info)
+        await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
+        return ws
+    if _holds(registry, cluster.id, agent_id):
+        # A second tunnel of one agent to this process: it closes it itself on our HELLO,
+        # and one that does not is not let past the cap this way.
+        await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
+        return ws
+    if registry.count(cluster.id) >= max_agents:  # others finished their handshakes first
+        await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster.id, max_agents))
+        return ws
+    link = AgentLink(cluster.id, session, info, remote, registration.id, agent_id)
+    session.start()
+    registry.add(link)
+    request.app[REGISTRATION_GUARD].watch(link)
+    logger.info(
+        "agent connected: cluster %s node %s from %s", cluster.id, info.node_name or "-", remote
+    )
+    # From here on the link must leave the registry however the handler ends: when the
+    # agent's connection drops, aiohttp cancels this handler (handler_cancellation).
+    closed: SessionClosed | str = "connection lost"
+    try:
+        current = directory.clusters.get(cluster.id)
+        if current is not None:
+            changes: dict[str, Any] = {"connected_at": directory.clock()}
+            if info.ca_cert and info.ca_cert != current.ca_cert:
+                changes["ca_cert"] = info.ca_cert
+            await directory.patch(CLUSTER, current.id, **changes)
+        closed = await session.wait_closed()
+    finally:
+        logger.info(
+            "agent disconnected: cluster %s node %s from %s: %s",
+            cluster.id,
+            info.node_name or "-",
+            remote,
+            closed,
+        )
+        registry.remove(link)
+        link.pool.close()
+    return ws
+
+
+class RegistrationGuard:
+    """Disconnects agents whose registration token was revoked or has expired.
+
+    Listens to the directory, which applies this process's writes at once and other
+    processes' through the store's change feed, so every gateway process disconnects
+    its own tunnels of that token. A token with an expiry gets a timer for it.
+    """
+
+    def __init__(self, directory: Directory, registry: TunnelRegistry[AgentLink]) -> None:
+        self.directory = directory
+        self.registry = registry
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        directory.on_change(self._on_change)
+
+    def watch(self, link: AgentLink) -> None:
+        """A new link: check its token now, and arm its expiry."""
+        self._check(link.registration_id)
+
+    def _on_change(self, kind: str, key: str) -> None:
+        if kind == REGISTRATION:
+            self._check(key)
+
+    def _links(self, registration_id: str) -> list[AgentLink]:
+        return [
+            link
+            for link in self.registry.all_links()
+            if link.registration_id == registration_id and not link.session.is_closed
+        ]
+
+    def _check(self, registration_id: str) -> None:
+        timer = self._timers.pop(registration_id, None)
+        if timer is not None:
+            timer.cancel()
+        links = self._links(registration_id)
+        if not links:
+            return
+        registration = self.directory.registrations.get(registration_id)
+        now = self.directory.clock()
+        if registration is None or registration.is_expired(now):
+            why = "revoked" if registration is None else "expired"
+            for link in links:
+                logger.warning(
+                    "disconnecting agent %s: its registration token %s was %s",
+                    link,
+                    registration_id,
+                    why,
+                )
+                task = asyncio.ensure_future(
+                    link.session.close(ErrorCode.NO_ERROR, f"registration token {why}")
+                )
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            return
+        if registration.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, registration.expires_at - now)
+            self._timers[registration_id] = loop.call_later(
+                delay + 0.001, self._check, registration_id
+            )
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+async def stop_guard(app: web.Application) -> None:
+    app[REGISTRATION_GUARD].close()
+
+
+async def close_all(app: web.Application) -> None:
+    """On shutdown: tell every agent to reconnect (GOAWAY), then drop the tunnels."""
+    for link in app[TUNNELS].all_links():
+        await link.session.close(ErrorCode.NO_ERROR, "gateway shutting down")
+
+
+TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
+STREAM_QUOTA = web.AppKey("stream_quota", StreamQuota)
+REGISTRATION_GUARD = web.AppKey("registration_guard", RegistrationGuard)

@@ -1,0 +1,605 @@
+"""In-memory view of users, tokens, clusters, bindings and registration tokens.
+
+Reads on the request path (token validation, access checks) are dictionary
+lookups. Writes go to the store first and then to memory; the store's change feed
+applies other processes' writes through the same ``apply`` method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from config.identity import Identity
+from gateway.identity import hashing
+from gateway.identity.providers.base import ExternalIdentity
+from gateway.store.base import AlreadyExists, Change, Store
+from gateway.store.records import (
+    BINDING,
+    CLUSTER,
+    REGISTRATION,
+    REPLICA,
+    ROLE_RANK,
+    TOKEN,
+    USER,
+    USERNAME,
+    Binding,
+    Cluster,
+    RegistrationToken,
+    Replica,
+    Token,
+    User,
+    fold_username,
+    from_doc,
+    to_doc,
+)
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+Clock = Callable[[], float]
+
+SYSTEM_AUTHENTICATED = "system:authenticated"
+MAX_CACHED_IDENTITIES = 100_000
+
+
+_CASELESS_PRINCIPALS = ("openldap_group://", "activedirectory_group://")
+
+
+def group_key(principal: str) -> str:
+    """Directory names compare without regard to case; other principals exactly."""
+    return principal.casefold() if principal.startswith(_CASELESS_PRINCIPALS) else principal
+
+
+class AuthenticationFailed(Exception):
+    """The credential is not valid; the message is safe to show the caller."""
+
+
+class TooManyTokens(Exception):
+    """The user already holds as many tokens as allowed; the message says what to do."""
+
+
+class UsernameTaken(Exception):
+    """Another local user holds this name (in some spelling that folds to it)."""
+
+
+STALE_CLAIM_S = 60.0
+"""A name claim whose user does not exist this long after the claim was made is left
+over from a process that stopped between the two writes; it may be taken over."""
+
+
+class Directory:
+    def __init__(self, store: Store, clock: Clock = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.users: dict[str, User] = {}
+        self.user_ids_by_name: dict[str, list[str]] = {}
+        """Local users by folded login name (``fold_username``; provider users are found
+        by principal). More than one only for names an older version let through."""
+        self.user_ids_by_principal: dict[str, str] = {}
+        self.tokens: dict[str, Token] = {}
+        self._tokens_by_user: dict[str, set[str]] = {}
+        """Token ids of each user (``issue_token`` bounds them)."""
+        self.clusters: dict[str, Cluster] = {}
+        self.bindings: dict[str, Binding] = {}
+        self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
+        self.registrations: dict[str, RegistrationToken] = {}
+        self.replicas: dict[str, Replica] = {}
+        self.revision = 0
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
+        """Salt and digest of each token, parsed once (the request path only hashes)."""
+        self._seen: dict[tuple[str, str], int] = {}
+        """Revision of our own latest write per record, until the feed passes it."""
+        self._last_used: dict[str, float] = {}
+        self._identities: dict[str, tuple[User, Identity]] = {}
+        """Token uses not yet written to the store (see ``flush_last_used``)."""
+
+    # -- loading and change application ----------------------------------------------
+
+    async def load(self) -> None:
+        self.revision = await self.store.revision()
+        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION, REPLICA):
+            for doc in await self.store.list(kind):
+                self.apply(kind, str(doc["id"]), doc)
+
+    def on_change(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(kind, key)`` after every applied change."""
+        self._listeners.append(listener)
+
+    async def follow(self) -> None:
+        """Apply the store's change feed forever (other workers' and replicas' writes)."""
+        async for change in self.store.changes(self.revision):
+            self._apply_change(change)
+
+    def _apply_change(self, change: Change) -> None:
+        if change.revision <= self.revision:
+            return  # already seen (through ``catch_up`` or the feed)
+        self.revision = change.revision
+        key = (change.kind, change.key)
+        if change.revision <= self._seen.get(key, 0):
+            return  # older than our own write to the same record, already applied
+        self._seen.pop(key, None)
+        self.apply(change.kind, change.key, change.value)
+
+    def catch_up(self) -> None:
+        """Apply other processes' writes now, so a revocation holds on the next request."""
+        changes = self.store.recent_changes(self.revision)
+        if changes:
+            for change in changes:
+                self._apply_change(change)
+
+    def apply(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
+        if kind == USER:
+            old = self.users.pop(key, None)
+            if old is not None:
+                if old.provider == "local":
+                    self._unname(old)
+                for principal in old.principal_ids:
+                    self.user_ids_by_principal.pop(principal, None)
+            if doc is not None:
+                user = from_doc(User, doc)
+                self.users[key] = user
+                if user.provider == "local":
+                    self.user_ids_by_name.setdefault(fold_username(user.username), []).append(key)
+                for principal in user.principal_ids:
+                    self.user_ids_by_principal[principal] = key
+        elif kind == TOKEN:
+            old_token = self.tokens.get(key)
+            if old_token is not None:
+                owned = self._tokens_by_user.get(old_token.user_id)
+                if owned is not None:
+                    owned.discard(key)
+                    if not owned:
+                        del self._tokens_by_user[old_token.user_id]
+            self._set(self.tokens, key, Token, doc)
+            token = self.tokens.get(key)
+            if token is not None:
+                self._tokens_by_user.setdefault(token.user_id, set()).add(key)
+            parts = None if token is None else hashing.parse_token_hash(token.hash)
+            if parts is None:
+                self._token_hashes.pop(key, None)
+            else:
+                self._token_hashes[key] = parts
+        elif kind == CLUSTER:
+            self._set(self.clusters, key, Cluster, doc)
+        elif kind == BINDING:
+            old_binding = self.bindings.pop(key, None)
+            if old_binding is not None:
+                self.bindings_by_cluster.get(old_binding.cluster_id, {}).pop(key, None)
+            if doc is not None:
+                binding = from_doc(Binding, doc)
+                self.bindings[key] = binding
+                self.bindings_by_cluster.setdefault(binding.cluster_id, {})[key] = binding
+        elif kind == REGISTRATION:
+            self._set(self.registrations, key, RegistrationToken, doc)
+        elif kind == REPLICA:
+            self._set(self.replicas, key, Replica, doc)
+        for listener in self._listeners:
+            listener(kind, key)
+
+    def _unname(self, user: User) -> None:
+        folded = fold_username(user.username)
+        ids = self.user_ids_by_name.get(folded)
+        if ids is not None and user.id in ids:
+            ids.remove(user.id)
+            if not ids:
+                del self.user_ids_by_name[folded]
+
+    @staticmethod
+    def _set(table: dict[str, Any], key: str, cls: type[Any], doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            table.pop(key, None)
+        else:
+            table[key] = from_doc(cls, doc)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(self, kind: str, record: Any) -> None:
+        doc = to_doc(record)
+        # Not our high-water mark: another process may have written a lower revision we
+        # have not seen yet. The feed brings our write back; ``_seen`` skips it.
+        revision = await self.store.put(kind, record.id, doc)
+        self._apply_own(kind, record.id, doc, revision)
+
+    async def create_unique(self, kind: str, prefix: str, make: Callable[[str], R]) -> R:
+        """Create a record under a fresh random id, retrying on the rare collision."""
+        for _ in range(20):
+            record = make(hashing.new_id(prefix))
+            doc = to_doc(record)
+            try:
+                revision = await self.store.create(kind, doc["id"], doc)
+            except AlreadyExists:
+                continue
+            self._apply_own(kind, doc["id"], doc, revision)
+            return record
+        raise RuntimeError(f"could not allocate a {prefix} id")
+
+    async def patch(self, kind: str, key: str, **changes: Any) -> bool:
+        """Change some fields of a record that must still exist; False if it is gone."""
+        result = await self.store.patch(kind, key, changes)
+        if result is None:
+            self.apply(kind, key, None)
+            return False
+        self._apply_own(kind, key, result[1], result[0])
+        return True
+
+    async def delete(self, kind: str, key: str) -> bool:
+        revision = await self.store.delete(kind, key)
+        self._apply_own(kind, key, None, revision)
+        return revision > 0
+
+    def _apply_own(self, kind: str, key: str, doc: dict[str, Any] | None, revision: int) -> None:
+        """Apply our own write now; the change feed will skip it and anything older."""
+        if revision:
+            self._seen[kind, key] = max(self._seen.get((kind, key), 0), revision)
+        self.apply(kind, key, doc)
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete the user with every token and binding that names it, and free its name."""
+        user = self.users.get(user_id)
+        await asyncio.gather(
+            *(self.delete(TOKEN, t.id) for t in list(self.tokens.values()) if t.user_id == user_id),
+            *(
+                self.delete(BINDING, b.id)
+                for b in list(self.bindings.values())
+                if b.user_id == user_id
+            ),
+        )
+        await self.delete(USER, user_id)
+        if user is not None and user.provider == "local":
+            folded = fold_username(user.username)
+            claim = await self.store.get(USERNAME, folded)
+            if claim is not None and claim.get("userId") == user_id:
+                await self.store.delete(USERNAME, folded)
+
+    async def delete_cluster(self, cluster_id: str) -> None:
+        bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
+        registrations = [r.id for r in self.registrations.values() if r.cluster_id == cluster_id]
+        scoped = [t.id for t in self.tokens.values() if t.cluster_id == cluster_id]
+        await asyncio.gather(
+            *(self.delete(BINDING, b) for b in bindings),
+            *(self.delete(REGISTRATION, r) for r in registrations),
+            *(self.delete(TOKEN, t) for t in scoped),
+        )
+        await self.delete(CLUSTER, cluster_id)
+
+    # -- users and tokens --------------------------------------------------------------
+
+    def user_by_name(self, username: str) -> User | None:
+        """The local user whose name folds to the same as ``username`` (any spelling).
+
+        Two users whose names fold together exist only if an older version created
+        them; then only the exact name finds its user.
+        """
+        ids = self.user_ids_by_name.get(fold_username(username))
+        if not ids:
+            return None
+        if len(ids) == 1:
+            return self.users.get(ids[0])
+        for user_id in ids:
+            user = self.users.get(user_id)
+            if user is not None and user.username == username:
+                return user
+        return None
+
+    async def create_local_user(self, username: str, make: Callable[[str], User]) -> User:
+        """Create a local user called ``username`` (``make`` builds it from its new id).
+
+        The name is claimed in the store first (a ``usernames`` record keyed by its
+        folded form, created only if absent), so two processes creating ``carol`` and
+        ``CAROL`` at once cannot both succeed; the in-memory check before it covers
+        users stored before claims existed. Raises ``UsernameTaken``.
+        """
+        folded = fold_username(username)
+        self.catch_up()
+        if folded in self.user_ids_by_name:
+            raise UsernameTaken(username)
+        for _ in range(20):
+            user_id = hashing.new_id("u")
+            claim = {"id": folded, "userId": user_id, "created": self.clock()}
+            try:
+                await self.store.create(USERNAME, folded, claim)
+            except AlreadyExists:
+                if not await self._take_stale_claim(folded):
+                    raise UsernameTaken(username) from None
+                continue
+            user = make(user_id)
+            doc = to_doc(user)
+            try:
+                revision = await self.store.create(USER, user_id, doc)
+            except AlreadyExists:  # an id collision: free the claim, try another id
+                await self.store.delete(USERNAME, folded)
+                continue
+            except Exception:
+                await self.store.delete(USERNAME, folded)
+                raise
+            self._apply_own(USER, user_id, doc, revision)
+            return user
+        raise RuntimeError("could not allocate a user id")
+
+    async def _take_stale_claim(self, folded: str) -> bool:
+        """Remove a claim whose user never appeared (see ``STALE_CLAIM_S``); whether the
+        name may be claimed again."""
+        claim = await self.store.get(USERNAME, folded)
+        if claim is None:
+            return True  # freed in the meantime
+        user_id = str(claim.get("userId", ""))
+        if user_id and await self.store.get(USER, user_id) is not None:
+            return False
+        created = claim.get("created")
+        if isinstance(created, int | float) and self.clock() - created < STALE_CLAIM_S:
+            return False  # its user is probably being created right now
+        logger.warning("user name claim %r has no user; taking it over", folded)
+        await self.store.delete(USERNAME, folded)
+        return True
+
+    async def issue_token(
+        self,
+        user: User,
+        ttl_s: float | None,
+        kind: str,
+        description: str = "",
+        cluster_id: str = "",
+        max_per_user: int = 0,
+    ) -> tuple[Token, str]:
+        """Create a token; returns it with its one-time plaintext ``token-xxxxx:<secret>``.
+
+        With ``max_per_user``, the user's expired tokens are removed first, and a user
+        who holds that many already gets ``TooManyTokens`` for an API token, while a login
+        (``session``) or a kubeconfig replaces the oldest session or kubeconfig token (a
+        user must always be able to log in).
+        """
+        now = self.clock()
+        if max_per_user:
+            await self._make_room(user.id, kind, max_per_user, now)
+        secret = hashing.new_secret()
+        token_hash = hashing.hash_token(secret)
+        expires = None if not ttl_s else now + ttl_s
+        token = await self.create_unique(
+            TOKEN,
+            "token",
+            lambda token_id: Token(
+                id=token_id,
+                user_id=user.id,
+                hash=token_hash,
+                created=now,
+                expires_at=expires,
+                kind=kind,
+                description=description,
+                cluster_id=cluster_id,
+            ),
+        )
+        return token, f"{token.id}:{secret}"
+
+    async def _make_room(self, user_id: str, kind: str, limit: int, now: float) -> None:
+        held = [self.tokens[t] for t in self._tokens_by_user.get(user_id, ()) if t in self.tokens]
+        expired = [t.id for t in held if t.is_expired(now)]
+        if expired:
+            await asyncio.gather(*(self.delete(TOKEN, t) for t in expired))
+            held = [t for t in held if not t.is_expired(now)]
+        excess = len(held) - limit + 1
+        if excess <= 0:
+            return
+        if kind == "api":
+            raise TooManyTokens(
+                f"this user already holds {len(held)} tokens (the most allowed); delete some first"
+            )
+        replaceable = sorted((t for t in held if t.kind != "api"), key=lambda t: (t.created, t.id))[
+            :excess
+        ]
+        if len(replaceable) < excess:
+            raise TooManyTokens(
+                f"this user already holds {len(held)} API tokens (the most allowed); "
+                "delete some first"
+            )
+        await asyncio.gather(*(self.delete(TOKEN, t.id) for t in replaceable))
+
+    def identity_of(self, user: User, token_id: str = "") -> Identity:
+        return Identity(
+            user_id=user.id,
+            username=user.username,
+            principal_id=user.principal_id,
+            groups=user.group_principals,
+            is_admin=user.admin,
+            token_id=token_id,
+        )
+
+    def authenticate(self, authorization: str | None) -> tuple[Identity, Token]:
+        """Validate an ``Authorization`` header value (hot path: no I/O).
+
+        Accepts ``Bearer token-xxxxx:<secret>`` and ``Basic base64(token-xxxxx:<secret>)``.
+        """
+        if not authorization:
+            raise AuthenticationFailed("no credentials")
+        self.catch_up()
+        scheme, _, value = authorization.partition(" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == "basic":
+            try:
+                value = base64.b64decode(value, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise AuthenticationFailed("malformed basic credentials") from None
+        elif scheme != "bearer":
+            raise AuthenticationFailed("unsupported authorization scheme")
+        token_id, sep, secret = value.partition(":")
+        if not sep or not secret:
+            raise AuthenticationFailed("malformed token")
+        token = self.tokens.get(token_id)
+        parts = self._token_hashes.get(token_id)
+        if token is None or parts is None or not hashing.verify_token_parts(secret, *parts):
+            raise AuthenticationFailed("invalid token")
+        if token.is_expired(self.clock()):
+            raise AuthenticationFailed("token expired")
+        user = self.users.get(token.user_id)
+        if user is None or not user.enabled:
+            raise AuthenticationFailed("user disabled")
+        self._last_used[token.id] = self.clock()
+        # One Identity per token while its user record stays the same object (records are
+        # frozen and replaced on change): building one costs more than the rest of this.
+        cached = self._identities.get(token.id)
+        if cached is not None and cached[0] is user:
+            return cached[1], token
+        identity = self.identity_of(user, token.id)
+        if len(self._identities) >= MAX_CACHED_IDENTITIES:
+            self._identities.clear()
+        self._identities[token.id] = (user, identity)
+        return identity, token
+
+    def last_used(self, token: Token) -> float | None:
+        return self._last_used.get(token.id, token.last_used)
+
+    async def flush_last_used(self) -> int:
+        """Write pending last-use times to the store; returns how many were written."""
+        pending, self._last_used = self._last_used, {}
+        written = 0
+        for token_id, when in pending.items():
+            token = self.tokens.get(token_id)
+            if token is not None and (token.last_used or 0) < when:
+                written += await self.patch(TOKEN, token_id, last_used=when)
+        return written
+
+    # -- users from identity providers ---------------------------------------------------
+
+    def user_by_principal(self, principal_id: str) -> User | None:
+        user_id = self.user_ids_by_principal.get(principal_id)
+        return None if user_id is None else self.users.get(user_id)
+
+    async def link_external(self, identity: ExternalIdentity) -> User:
+        """The herdgate user of an external principal, created on its first login.
+
+        Groups, display name and the enabled flag follow the provider.
+        """
+        now = self.clock()
+        user = self.user_by_principal(identity.principal_id)
+        if user is None:
+            return await self.create_unique(
+                USER,
+                "u",
+                lambda user_id: User(
+                    id=user_id,
+                    username=identity.login_name,
+                    password_hash="",
+                    created=now,
+                    display_name=identity.display_name,
+                    enabled=identity.enabled,
+                    provider=identity.provider,
+                    principal_ids=(identity.principal_id,),
+                    group_principals=identity.groups,
+                    last_login=now,
+                    groups_refreshed=now,
+                ),
+            )
+        await self.patch(
+            USER,
+            user.id,
+            display_name=identity.display_name or user.display_name,
+            enabled=identity.enabled,
+            group_principals=list(identity.groups),
+            last_login=now,
+            groups_refreshed=now,
+        )
+        return self.users.get(user.id, user)
+
+    async def identity_for_external(self, identity: ExternalIdentity) -> Identity:
+        """The caller behind a provider credential presented directly (an OIDC ID token).
+
+        The first use creates the user; later uses update its groups when they change.
+        """
+        user = self.user_by_principal(identity.principal_id)
+        if user is None or user.group_principals != identity.groups:
+            user = await self.link_external(identity)
+        if not user.enabled:
+            raise AuthenticationFailed("user disabled")
+        return self.identity_of(user)
+
+    async def apply_refresh(self, user: User, identity: ExternalIdentity | None) -> User:
+        """Record what the provider said about a user now (None: the account is gone)."""
+        now = self.clock()
+        if identity is None:
+            changes: dict[str, Any] = {"enabled": False, "groups_refreshed": now}
+        else:
+            changes = {
+                "enabled": identity.enabled,
+                "group_principals": list(identity.groups),
+                "groups_refreshed": now,
+            }
+        if changes.get("enabled") != user.enabled or (
+            identity is not None and identity.groups != user.group_principals
+        ):
+            await self.patch(USER, user.id, **changes)
+        return self.users.get(user.id, user)
+
+    # -- access --------------------------------------------------------------------------
+
+    def role_on(self, identity: Identity, cluster_id: str) -> str | None:
+        """The strongest role the caller holds on the cluster, or None."""
+        if identity.is_admin:
+            return "cluster-owner"
+        best: str | None = None
+        groups = {group_key(g) for g in identity.groups} if identity.groups else set()
+        for binding in self.bindings_by_cluster.get(cluster_id, {}).values():
+            matches = binding.user_id == identity.user_id or (
+                binding.group_principal_id != "" and group_key(binding.group_principal_id) in groups
+            )
+            if matches and (best is None or ROLE_RANK[binding.role] > ROLE_RANK[best]):
+                best = binding.role
+        return best
+
+    # -- registration tokens -----------------------------------------------------------
+
+    def registration_for(self, credential: str) -> RegistrationToken | None:
+        """The registration token ``crt-xxxxx:<secret>`` names, if it is valid now (known,
+        the secret matches, not expired, its cluster exists)."""
+        reg_id, sep, secret = credential.partition(":")
+        registration = self.registrations.get(reg_id)
+        if not sep or registration is None or not hashing.verify_token(secret, registration.hash):
+            return None
+        if registration.is_expired(self.clock()) or registration.cluster_id not in self.clusters:
+            return None
+        return registration
+
+    async def new_registration(
+        self, cluster_id: str, expires_at: float | None = None
+    ) -> tuple[RegistrationToken, str]:
+        """A new registration token; returns it with its one-time plaintext."""
+        secret = hashing.new_secret()
+        token_hash = hashing.hash_token(secret)
+        now = self.clock()
+        registration = await self.create_unique(
+            REGISTRATION,
+            "crt",
+            lambda reg_id: RegistrationToken(reg_id, cluster_id, token_hash, now, expires_at),
+        )
+        return registration, f"{registration.id}:{secret}"
+
+    async def rotate_registration(
+        self, old: RegistrationToken, previous_valid_s: float
+    ) -> tuple[RegistrationToken, str] | None:
+        """Replace ``old`` with a new token (same expiry, if it had one); ``old`` stays
+        valid ``previous_valid_s`` longer (never longer than it would have), or is
+        revoked at once when that is 0. None if ``old`` was revoked meanwhile."""
+        now = self.clock()
+        new, plaintext = await self.new_registration(old.cluster_id, old.expires_at)
+        if previous_valid_s > 0:
+            until = now + previous_valid_s
+            if old.expires_at is not None:
+                until = min(until, old.expires_at)
+            kept = await self.patch(REGISTRATION, old.id, expires_at=until, rotated_to=new.id)
+        else:
+            kept = await self.delete(REGISTRATION, old.id)
+        if not kept:
+            await self.delete(REGISTRATION, new.id)
+            return None
+        return new, plaintext
+
+
+DIRECTORY = web.AppKey("directory", Directory)

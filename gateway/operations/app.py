@@ -1,0 +1,178 @@
+"""The gateway's aiohttp application: routes, error middleware, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from config.logging import request_id as request_id_var
+from config.schema import AuditSettings, GatewaySettings
+from gateway.api import auditing, bindings, clusters, login, logins, oauth_login, tokens, users
+from gateway.api.common import LIMITER
+from gateway.clusters import tunnels
+from gateway.clusters.replicas import REPLICAS, ReplicaSet
+from gateway.clusters.tunnels import REGISTRATION_GUARD, STREAM_QUOTA, TUNNELS
+from gateway.controllers import ace
+from gateway.errors import GatewayError, api_response, k8s_response
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.identity.providers.registry import PROVIDERS, Providers
+from gateway.keys import READY, RUNTIME, SETTINGS
+from gateway.operations import background, health
+from gateway.operations.sampler import SAMPLER, Sampler
+from gateway.proxy import handler as proxy
+from gateway.proxy.exchange import REQUEST_ID_HEADER, new_request_id
+from gateway.proxy.sessions import SESSIONS, Sessions
+from gateway.runtime import Runtime
+from gateway.telemetry.audit import AUDIT, AuditLog
+from gateway.telemetry.drain import DRAIN, Drain
+from tunnel.registry import TunnelRegistry
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Management requests get a request id too (in logs and ``X-Request-Id``)."""
+    rid = new_request_id()
+    context = request_id_var.set(rid)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = rid
+        raise
+    finally:
+        request_id_var.reset(context)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    if request.app[DRAIN].draining:
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if request.raw_path.startswith("/k8s/"):
+            return k8s_response(exc)
+        return api_response(exc)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and not request.raw_path.startswith("/k8s/"):
+            return api_response(GatewayError(exc.status, exc.reason))
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        logger.exception("unhandled error for %s %s", request.method, request.path)
+        error = GatewayError(500, "internal error")
+        if request.raw_path.startswith("/k8s/"):
+            return k8s_response(error)
+        return api_response(error)
+
+
+async def cacerts_pem(request: web.Request) -> web.Response:
+    pem = request.app[RUNTIME].ca_pem
+    if not pem:
+        raise GatewayError(404, "the gateway uses a publicly trusted certificate")
+    return web.Response(text=pem, content_type="application/x-pem-file")
+
+
+async def cacerts_setting(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "id": "cacerts",
+            "type": "setting",
+            "name": "cacerts",
+            "value": request.app[RUNTIME].ca_pem,
+        }
+    )
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": request.app[RUNTIME].version})
+
+
+def build_app(
+    settings: GatewaySettings,
+    directory: Directory,
+    runtime: Runtime,
+    providers: Providers | None = None,
+    auditor: AuditLog | None = None,
+) -> web.Application:
+    """The application; ``auditor`` defaults to none (tests), the server passes its own."""
+    app = web.Application(
+        middlewares=[request_id_middleware, auditing.audit_middleware, error_middleware],
+        client_max_size=1024**2,
+    )
+    app[SETTINGS] = settings
+    app[DIRECTORY] = directory
+    app[RUNTIME] = runtime
+    app[TUNNELS] = TunnelRegistry()
+    app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
+    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
+    app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
+    app[PROVIDERS] = providers or Providers()
+    app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
+    app[DRAIN] = Drain()
+    app[SESSIONS] = Sessions(directory)
+    app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
+    app[READY] = [False]
+    app[LIMITER] = logins.make_limiter(settings.auth)
+    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
+
+    r = app.router
+    r.add_route("*", "/k8s/clusters/{tail:.*}", proxy.handle)
+    r.add_get("/v3/connect", tunnels.connect)
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", health.metrics_for_admins)
+    r.add_get("/cacerts", cacerts_pem)
+    r.add_get("/v3/settings/cacerts", cacerts_setting)
+    r.add_get("/herdgate/version", version)
+    r.add_post("/v3-public/{type}/{name}", login.dispatch)
+    r.add_get("/v1/auth/{provider}/login", oauth_login.browser_start)
+    r.add_get("/v1/auth/{provider}/callback", oauth_login.browser_callback)
+
+    r.add_get("/v3/users", users.list_users)
+    r.add_post("/v3/users", users.create_user)
+    r.add_get("/v3/users/{id}", users.get_user)
+    r.add_put("/v3/users/{id}", users.update_user)
+    r.add_post("/v3/users/{id}", users.user_action)
+    r.add_delete("/v3/users/{id}", users.delete_user)
+
+    r.add_get("/v3/tokens", tokens.list_tokens)
+    r.add_post("/v3/tokens", tokens.create_token)
+    r.add_delete("/v3/tokens", tokens.delete_tokens)
+    r.add_get("/v3/tokens/{id}", tokens.get_token)
+    r.add_delete("/v3/tokens/{id}", tokens.delete_token)
+
+    r.add_get("/v3/clusters", clusters.list_clusters)
+    r.add_post("/v3/clusters", clusters.create_cluster)
+    r.add_get("/v3/clusters/{id}", clusters.get_cluster)
+    r.add_post("/v3/clusters/{id}", clusters.cluster_action)
+    r.add_put("/v3/clusters/{id}", clusters.update_cluster)
+    r.add_get("/v3/clusters/{id}/authendpoint/{file}", clusters.ace_manifest)
+    r.add_delete("/v3/clusters/{id}", clusters.delete_cluster)
+
+    r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
+    r.add_post("/v3/clusterregistrationtokens", clusters.create_registration)
+    r.add_get("/v3/clusterregistrationtokens/{id}", clusters.get_registration)
+    r.add_post("/v3/clusterregistrationtokens/{id}", clusters.registration_action)
+    r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
+
+    r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)
+    r.add_post("/v3/clusterroletemplatebindings", bindings.create_binding)
+    r.add_get("/v3/clusterroletemplatebindings/{id}", bindings.get_binding)
+    r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
+
+    app.cleanup_ctx.append(background.background_tasks)
+    app.cleanup_ctx.append(ace.ace_context)
+    app.on_shutdown.append(tunnels.close_all)
+    app.on_cleanup.append(tunnels.stop_guard)
+    return app

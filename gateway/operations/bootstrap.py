@@ -1,0 +1,111 @@
+"""First-start duties: the state directory, TLS material and the first admin."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from config import native
+from config.errors import ConfigError
+from config.schema import GatewaySettings
+from config.tls import CertPaths, ca_checksum, ensure_generated_certs
+from gateway.identity import hashing
+from gateway.identity.directory import Directory, UsernameTaken
+from gateway.store.records import User
+
+BOOTSTRAP_ENV = "HERDGATE_BOOTSTRAP_PASSWORD"
+PASSWORD_FILE = "bootstrap-password"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("listen", f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def server_url(settings: GatewaySettings) -> str:
+    if settings.server_url:
+        parts = urlsplit(settings.server_url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError("server_url", "expected an https:// URL")
+        return settings.server_url.rstrip("/")
+    host, port = split_listen(settings.listen)
+    if host in {"0.0.0.0", "::"}:
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+def state_dir(settings: GatewaySettings) -> Path:
+    path = Path(settings.state_dir)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def tls_material(settings: GatewaySettings, url: str) -> tuple[CertPaths, str, bool]:
+    """Certificate paths, the CA PEM to publish, and whether a CA was generated now."""
+    if settings.tls.cert_file:
+        if not settings.tls.key_file:
+            raise ConfigError("tls.key_file", "required with tls.cert_file")
+        ca_pem = Path(settings.tls.ca_file).read_text() if settings.tls.ca_file else ""
+        paths = CertPaths(
+            Path(settings.tls.cert_file), Path(settings.tls.key_file), Path(settings.tls.ca_file)
+        )
+        return paths, ca_pem, False
+    host, _ = split_listen(settings.listen)
+    url_host = urlsplit(url).hostname or ""
+    hosts = [host, "localhost", "127.0.0.1", "::1", url_host, socket.gethostname()]
+    hosts = [h for h in hosts if h and h not in {"0.0.0.0", "::"}]
+    paths, created = ensure_generated_certs(state_dir(settings) / "tls", hosts)
+    return paths, paths.ca.read_text(), created
+
+
+async def ensure_admin(directory: Directory, settings: GatewaySettings) -> None:
+    """Create user ``admin`` on first start; show a generated password once."""
+    if directory.users:
+        return
+    password = os.environ.get(BOOTSTRAP_ENV, "")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(18)
+    password_hash = hashing.hash_password(password)
+    now = directory.clock()
+    try:
+        await directory.create_local_user(
+            "admin",
+            lambda user_id: User(
+                id=user_id,
+                username="admin",
+                password_hash=password_hash,
+                created=now,
+                display_name="Default Admin",
+                admin=True,
+                principal_ids=(f"local://{user_id}",),
+            ),
+        )
+    except UsernameTaken:
+        return  # another process created it a moment ago
+    if generated:
+        path = state_dir(settings) / PASSWORD_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        print(
+            f"Bootstrap admin user: admin\nBootstrap admin password: {password}\n"
+            f"(shown once; also written to {path}, readable only by this user)",
+            file=sys.stdout,
+            flush=True,
+        )
+
+
+def banner(url: str, ca_pem: str) -> str:
+    lines = [f"herdgate gateway serving {url}", f"request path: {native.describe()}"]
+    if ca_pem:
+        lines.append(f"CA checksum (sha256, agents pin it): {ca_checksum(ca_pem.encode())}")
+    return "\n".join(lines)

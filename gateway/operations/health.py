@@ -1,0 +1,101 @@
+"""``/healthz``, ``/readyz`` and ``/metrics``, and the plain-HTTP listener that serves them.
+
+``/healthz`` answers while the process runs. ``/readyz`` answers 200 only while the
+listeners are up, the gateway is not stopping, and the store answers within
+``STORE_TIMEOUT_S``; a load balancer takes a stopping or cut-off replica out of
+rotation with it. ``/metrics`` is open on the metrics listener (``metrics.listen``,
+meant for a private network) and limited to administrators on the HTTPS listener (with
+a token that is not scoped to a cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from gateway.errors import Forbidden, Unauthenticated
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed
+from gateway.keys import READY
+from gateway.operations.sampler import SAMPLER
+from gateway.telemetry.drain import DRAIN
+from gateway.telemetry.metrics import FLUSH_S, HOT
+from gateway.telemetry.metrics import response as metrics_response
+
+logger = logging.getLogger(__name__)
+
+STORE_TIMEOUT_S = 2.0
+SAMPLE_EVERY_S = 5.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _problems(app: web.Application) -> list[str]:
+    problems = []
+    if not app[READY][0]:
+        problems.append("listeners are not up")
+    if app[DRAIN].draining:
+        problems.append("shutting down")
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            await app[DIRECTORY].store.revision()
+    except TimeoutError:
+        problems.append("store: no answer")
+    except Exception as exc:  # noqa: BLE001 - any store failure means not ready
+        problems.append(f"store: {exc}")
+    return problems
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = await _problems(request.app)
+    if problems:
+        return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
+    return web.Response(text="ok")
+
+
+async def metrics_for_admins(request: web.Request) -> web.Response:
+    try:
+        identity, token = request.app[DIRECTORY].authenticate(request.headers.get("Authorization"))
+    except AuthenticationFailed:
+        raise Unauthenticated() from None
+    if token.cluster_id:
+        # A kubeconfig token is for its cluster's Kubernetes API only (as for /v3).
+        raise Forbidden("a token scoped to a cluster cannot read metrics")
+    if not identity.is_admin:
+        raise Forbidden("metrics are for administrators (or use metrics.listen)")
+    return await metrics(request)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    request.app[SAMPLER].sample()
+    return metrics_response()
+
+
+def metrics_app(main: web.Application) -> web.Application:
+    """The plain-HTTP application of ``metrics.listen``."""
+    app = web.Application()
+    for key in (DIRECTORY, DRAIN, READY, SAMPLER):
+        app[key] = main[key]  # type: ignore[misc]  # same key, same type
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def sample_forever(app: web.Application) -> None:
+    """Keep the figures fresh between scrapes (they matter for other workers' scrapes):
+    batched request metrics every second while requests come (every 5 s while none did:
+    an idle gateway should not wake up every second), tunnel bytes and streams every 5 s."""
+    sampler = app[SAMPLER]
+    loop = asyncio.get_running_loop()
+    next_sample = loop.time() + SAMPLE_EVERY_S
+    busy = True
+    while True:
+        await asyncio.sleep(FLUSH_S if busy else SAMPLE_EVERY_S)
+        busy = HOT.flush()
+        if loop.time() >= next_sample:
+            sampler.sample()
+            next_sample = loop.time() + SAMPLE_EVERY_S

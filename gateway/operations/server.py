@@ -1,0 +1,231 @@
+"""Run the gateway: open the store, bootstrap, serve HTTPS; reload on SIGHUP; stop gracefully.
+
+Stopping (SIGTERM or SIGINT), in this order:
+
+1. tell systemd ``STOPPING=1``; ``/readyz`` answers 503;
+2. stop accepting connections (answers from now on close their keep-alive connection);
+3. end watches and followed logs cleanly (the client sees the answer end, as when the
+   API server ends a watch) and let every other request finish, for up to
+   ``shutdown_grace``;
+4. close the tunnels with GOAWAY (agents reconnect to another replica after a short
+   random delay), cut what is still running, wait until closed connections have sent
+   what they buffered, flush the audit log, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from config import compat
+from config.compat import aiohttp_internals
+from config.notify import Notifier
+from config.schema import GatewaySettings
+from config.tls import server_context
+from gateway.clusters import tunnels
+from gateway.front.connection import Front
+from gateway.front.connlimit import ConnectionLimit
+from gateway.identity.directory import Directory
+from gateway.identity.providers.registry import build_providers
+from gateway.keys import READY
+from gateway.operations import bootstrap, health
+from gateway.operations.app import build_app
+from gateway.operations.reload import Reloader
+from gateway.proxy import handler as proxy
+from gateway.runtime import Runtime
+from gateway.store import open_store
+from gateway.telemetry import metrics
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.drain import DRAIN
+from tunnel.tls import TLSServer
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+CUT_TIMEOUT_S = 2.0
+"""After the grace period and the tunnels' GOAWAY: how long handlers get to finish."""
+EXIT_FLUSH_S = 10.0
+"""Then: how long closed connections get to send what they still buffer."""
+
+
+async def serve(
+    settings: GatewaySettings,
+    stop: asyncio.Event | None = None,
+    worker: bool = False,
+    reload_settings: Callable[[], GatewaySettings] | None = None,
+    notifier: Notifier | None = None,
+) -> None:
+    """Serve until stopped. ``worker``: one of several processes (see gateway.operations.workers).
+
+    ``reload_settings`` re-reads the settings on SIGHUP (None: SIGHUP is ignored).
+    """
+    notifier = notifier or Notifier.from_env()
+    compat.self_test(compat.GATEWAY)  # dependencies' internals: one WARNING per failed check
+    url = bootstrap.server_url(settings)
+    state = bootstrap.state_dir(settings)
+    store = await open_store(settings.store, state)
+    auditor = AuditLog(settings.audit, state)
+    try:
+        directory = Directory(store)
+        await directory.load()
+        await bootstrap.ensure_admin(directory, settings)
+        paths, ca_pem, _ = bootstrap.tls_material(settings, url)
+        ssl_ctx = server_context(paths.cert, paths.key, http2=settings.http2)
+        providers = build_providers(settings.auth)
+        runtime = Runtime(url, ca_pem, VERSION)
+        loop = asyncio.get_running_loop()
+        app = build_app(settings, directory, runtime, providers, auditor)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=CUT_TIMEOUT_S,
+        )
+        await runner.setup()
+        assert runner.server is not None
+        runner.server.request_handler = proxy.fast_path(app, runner.server.request_handler)
+        lost = aiohttp_internals.track_lost_connections(runner.server)
+        # Connections start on the lean path and are handed to aiohttp when they ask for
+        # something else (gateway.front.connection).
+        limits = settings.limits
+        front = Front(
+            app,
+            runner.server,
+            keepalive_s=limits.keepalive_s,
+            head_timeout_s=limits.head_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_body=limits.max_request_body,
+            http2_buffer=limits.http2_buffer,
+        )
+        host, port = bootstrap.split_listen(settings.listen)
+        listener = await TLSServer.listen(
+            front,
+            host,
+            port,
+            ssl_ctx,
+            backlog=1024,
+            reuse_port=bool(worker),
+            handshake_timeout_s=limits.handshake_timeout_s,
+            admit=ConnectionLimit(limits.max_connections, limits.per_address).admit,
+        )
+        metrics_runner = await _start_metrics(app, settings, worker)
+        app[READY][0] = True
+        if not worker:
+            print(bootstrap.banner(url, ca_pem), flush=True)
+        logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+        reloader = Reloader(app, settings, reload_settings, ssl_ctx) if reload_settings else None
+        stop = stop or asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reloading: set[asyncio.Task[None]] = set()
+        if reloader is not None:
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: _start_reload(reloader, notifier, reloading)
+            )
+        else:
+            loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        sampler = asyncio.create_task(health.sample_forever(app), name="metrics sampler")
+        notifier.ready(f"serving on {host}:{port}")
+        try:
+            async with notifier.watchdog_running():
+                await stop.wait()
+                notifier.stopping("stopping: finishing requests in flight")
+                await _stop_gracefully(app, listener, front, settings.shutdown_grace_s)
+        finally:
+            sampler.cancel()
+            if reloader is not None:
+                await reloader.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            listener.close()
+            front.close_idle()
+            open_connections = list(runner.server.connections)
+            await runner.cleanup()
+            front.abort_all()  # what is left is stuck: its handlers were cut above
+            await _wait_lost(open_connections, lost, EXIT_FLUSH_S)
+            await front.wait_closed(EXIT_FLUSH_S)
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+    finally:
+        metrics.HOT.flush()  # with several workers, the last second's counts outlive us
+        auditor.close()
+        await store.close()
+    logger.info("stopped")
+
+
+async def _start_metrics(
+    app: web.Application, settings: GatewaySettings, worker: bool
+) -> web.AppRunner | None:
+    if not settings.metrics.listen:
+        return None
+    runner = web.AppRunner(health.metrics_app(app), handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = bootstrap.split_listen(settings.metrics.listen)
+    await web.TCPSite(runner, host, port, reuse_port=worker or None).start()
+    logger.info("metrics on http://%s:%d/metrics", host, port)
+    return runner
+
+
+def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Task[None]]) -> None:
+    async def run() -> None:
+        notifier.reloading("reloading settings")
+        try:
+            await reloader.reload()
+        finally:
+            notifier.ready("serving")
+
+    task = asyncio.create_task(run(), name="reload")
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+async def _stop_gracefully(
+    app: web.Application, listener: TLSServer, front: Front, grace_s: float
+) -> None:
+    app[READY][0] = False
+    listener.close()
+    # Not runner.server.pre_shutdown(): it makes aiohttp ignore what arrives on every
+    # connection, tunnels and upgraded sessions included, which would stall them.
+    # Answers given from now on close their connection instead (see gateway.proxy.handler).
+    drain = app[DRAIN]
+    ended = drain.start()
+    front.close_idle()
+    logger.info(
+        "shutting down: %d requests in flight (%d watches and followed logs ended)",
+        drain.active,
+        ended,
+    )
+    if not await drain.wait_idle(grace_s):
+        logger.warning(
+            "shutting down: %d requests still running after %.0f s; cutting them",
+            drain.active,
+            grace_s,
+        )
+    await tunnels.close_all(app)
+
+
+async def _wait_lost(connections: list[Any], lost: set[object] | None, timeout_s: float) -> None:
+    """Wait until closing connections have sent what they buffered.
+
+    A transport calls ``connection_lost`` only once its send buffer is empty; a process
+    that exits before then loses the end of an answer a slow client was still reading
+    (under TLS, that buffer is the TCP transport's, below what ``get_write_buffer_size``
+    of the TLS transport reports). ``lost`` is None when aiohttp cannot tell
+    (config.compat.aiohttp_internals): then there is no waiting.
+    """
+    if lost is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(conn not in lost for conn in connections):
+        if loop.time() >= deadline:
+            logger.warning("shutting down: some connections did not finish sending")
+            return
+        await asyncio.sleep(0.05)

@@ -1,0 +1,568 @@
+"""``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward, stream back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import lru_cache
+from typing import cast
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from config.identity import Identity
+from config.logging import request_id as request_id_var
+from gateway.clusters.replicas import REPLICAS
+from gateway.clusters.tunnels import STREAM_QUOTA, TUNNELS, AgentLink
+from gateway.clusters.upstream import Response, UpstreamError
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    TooManyRequests,
+    Unauthenticated,
+    UpstreamUnavailable,
+    k8s_response,
+)
+from gateway.front.request import ClientRequest, Streamed
+from gateway.identity.directory import DIRECTORY, AuthenticationFailed
+from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable
+from gateway.identity.providers.registry import PROVIDERS
+from gateway.proxy import access, sessions, upgrade
+from gateway.proxy.exchange import REQUEST_ID_HEADER, Exchange
+from gateway.proxy.heads import (
+    CACHED_NAME_BYTES,
+    CheckedFields,
+    UnsafeHead,
+    field_block,
+    request_head,
+)
+from gateway.proxy.impersonation import (
+    IMPERSONATE_PREFIX,
+    Header,
+    forwarded_headers,
+    identity_block,
+)
+from gateway.proxy.paths import PREFIX, BadPath, split_cluster_path
+from gateway.proxy.rawresponse import HOP_AND_FRAMING, RawResponse
+from gateway.proxy.requestinfo import request_info
+from gateway.proxy.sessions import SESSIONS
+from gateway.store.records import Cluster
+from gateway.telemetry import audit, metrics
+from gateway.telemetry.audit import AUDIT
+from gateway.telemetry.drain import DRAIN
+from tunnel.errors import NoAgentSession, TooManyStreams, TunnelError
+
+logger = logging.getLogger(__name__)
+
+Incoming = web.Request | ClientRequest
+"""A request from aiohttp or from the lean path (``gateway.front.connection``)."""
+Answer = web.StreamResponse | RawResponse | Streamed
+"""What ``answer`` returns: aiohttp's response (errors; aiohttp's path), a complete
+answer not yet written, or a streamed one already written."""
+
+WAIT_FOR_TUNNEL_S = 5.0
+"""How long a replica without a tunnel waits for the agent, if another replica has one."""
+BUFFER_LIMIT = 256 * 1024
+"""Bodies up to this size are read whole (one write); larger ones are streamed."""
+
+
+def _is_upgrade(request: Incoming) -> bool:
+    if type(request) is ClientRequest:
+        return False  # upgrades are aiohttp's
+    connection = request.headers.get("Connection", "")
+    return "upgrade" in connection.lower() and "Upgrade" in request.headers
+
+
+async def _authenticate(app: web.Application, request: Incoming, cluster_id: str) -> Identity:
+    if type(request) is ClientRequest:
+        header = request.authorization  # picked out while parsing
+    else:
+        header = request.headers.get("Authorization")
+    directory = app[DIRECTORY]
+    try:
+        identity, token = directory.authenticate(header)
+    except AuthenticationFailed:
+        return await _authenticate_id_token(app, header)
+    if token.cluster_id and token.cluster_id != cluster_id:
+        _HOT.authentication("token", "failure")
+        raise Unauthenticated()
+    _HOT.authentication("token", "success")
+    return identity
+
+
+async def _authenticate_id_token(app: web.Application, header: str | None) -> Identity:
+    """An OIDC ID token as the bearer credential (validations are cached per token)."""
+    oidc = app[PROVIDERS].oidc
+    scheme, _, credential = (header or "").partition(" ")
+    if oidc is None or scheme.lower() != "bearer" or credential.count(".") != 2:
+        _HOT.authentication("token", "failure")
+        raise Unauthenticated()
+    try:
+        external = await oidc.validate_id_token(credential.strip())
+        identity = await app[DIRECTORY].identity_for_external(external)
+    except (InvalidCredentials, ProviderUnavailable, AuthenticationFailed):
+        _HOT.authentication("oidc", "failure")
+        raise Unauthenticated() from None
+    _HOT.authentication("oidc", "success")
+    return identity
+
+
+_HOT = metrics.HOT
+
+
+@lru_cache(maxsize=1024)
+def _agent_block(api_host: bytes, authorization: bytes) -> CheckedFields:
+    """The agent's ``Host`` and credential, checked once per agent."""
+    fields = [(b"Host", api_host)]
+    if authorization:
+        fields.append((b"Authorization", authorization))
+    return field_block(fields)
+
+
+def _head(
+    request: Incoming,
+    target: str,
+    link: AgentLink,
+    identity: CheckedFields | None,
+    keep_client_impersonation: bool,
+    upgrade_request: bool,
+    body_framing: Header | None,
+    request_id: str,
+) -> bytes:
+    """The head sent to the API server, built (and checked) by ``gateway.proxy.heads``."""
+    fields = forwarded_headers(
+        request.raw_headers, keep_impersonation=keep_client_impersonation, upgrade=upgrade_request
+    )
+    if request_id:
+        # The API server takes Audit-ID as its own audit id: its audit log and the
+        # gateway's then name each request the same way.
+        rid = request_id.encode("ascii")
+        fields += [(b"X-Request-Id", rid), (b"Audit-ID", rid)]
+    remote = request.remote
+    if remote:
+        # What kube-apiserver puts first in its audit log's sourceIPs.
+        fields.append((b"X-Forwarded-For", remote.encode("ascii", "replace")))
+    if body_framing is not None:
+        fields.append(body_framing)
+    agent = _agent_block(link.info.api_host, link.info.authorization)
+    method = request.method.encode("utf-8", "replace")
+    path = target.encode("utf-8", "replace")
+    if identity is None:
+        return request_head(method, path, fields, agent)
+    return request_head(method, path, fields, agent, identity)
+
+
+class _BodyOut:
+    """A request body read from the client as it arrives, framed for the API server:
+    as it came (``Content-Length``) or in HTTP/1.1 chunks (an async iterator class; the
+    compiled build supports no async generators)."""
+
+    __slots__ = ("_chunked", "_done", "_first", "_pieces")
+
+    def __init__(
+        self,
+        request: Incoming,
+        chunked: bool,
+        pieces: AsyncIterator[bytes] | None = None,
+        first: list[bytes] | None = None,
+    ) -> None:
+        self._pieces = pieces if pieces is not None else request.content.iter_any().__aiter__()
+        self._first = first
+        """Pieces read before the tunnel stream was taken (``_read_up_to``)."""
+        self._chunked = chunked
+        self._done = False
+
+    def __aiter__(self) -> _BodyOut:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            if self._first:
+                data = b"".join(self._first)
+                self._first = None
+            else:
+                data = await self._pieces.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            if self._chunked:
+                return b"0\r\n\r\n"
+            raise
+        if self._chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+        return data
+
+
+async def _read_up_to(pieces: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The first pieces of a body, until more than ``limit`` bytes or its end; and
+    whether that was the end."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return parts, True
+        parts.append(piece)
+        size += len(piece)
+    return parts, False
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """The route handler (see ``fast_path`` for the way requests normally arrive)."""
+    return cast(web.StreamResponse, await serve(request.app, request))
+
+
+def fast_path(
+    app: web.Application, fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A server-level handler that sends ``/k8s/clusters/`` straight to the proxy.
+
+    Cluster requests reach it only on connections handed to aiohttp (upgrades, or a
+    connection that served the management API first; see ``gateway.front.connection``). They then
+    skip the application's router and middlewares; everything else goes to
+    ``fallback``, the application.
+    """
+    drain = app[DRAIN]
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.raw_path.startswith(PREFIX):
+            return await fallback(request)
+        response = cast(web.StreamResponse, await answer(app, cast(web.Request, request)))
+        if drain.draining:
+            response.force_close()  # the client reconnects to a replica that stays
+        return response
+
+    return handler
+
+
+async def answer(app: web.Application, request: Incoming) -> Answer:
+    """Answer one cluster request: count it, audit it, turn failures into ``Status``."""
+    exchange = Exchange(app[AUDIT])
+    context = request_id_var.set(exchange.request_id)
+    drain = app[DRAIN]
+    drain.enter()
+    response: Answer
+    try:
+        response = await serve(app, request, exchange)
+    except GatewayError as exc:
+        response = k8s_response(exc)
+        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        exchange.status = exc.status
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        logger.exception("unhandled error for %s %s", request.method, request.path)
+        response = k8s_response(GatewayError(500, "internal error"))
+        response.headers[REQUEST_ID_HEADER] = exchange.request_id
+        exchange.status = 500
+    finally:
+        drain.leave()
+        exchange.finish(request)
+        request_id_var.reset(context)
+    return response
+
+
+async def serve(
+    app: web.Application, request: Incoming, exchange: Exchange | None = None
+) -> Answer:
+    started = time.perf_counter()
+    try:
+        path = split_cluster_path(request.raw_path)
+    except BadPath as exc:
+        raise BadRequest(str(exc)) from None
+    directory = app[DIRECTORY]
+    if exchange is not None:
+        exchange.cluster_id = path.cluster_id
+        exchange.cluster_known = path.cluster_id in directory.clusters
+        exchange.target = path.target
+    identity = await _authenticate(app, request, path.cluster_id)
+    cluster = directory.clusters.get(path.cluster_id)
+    if cluster is None:
+        raise NotFound(
+            f'clusters "{path.cluster_id}" not found',
+            details={"name": path.cluster_id, "kind": "clusters"},
+        )
+    role = directory.role_on(identity, cluster.id)
+    upgrade_request = _is_upgrade(request)
+    if exchange is not None:
+        exchange.identity = identity
+        exchange.role = role
+        exchange.info = request_info(request.method, path.target, upgrade_request)
+        if _client_impersonates(request):  # kubectl --as: the record names both
+            exchange.note_impersonation(request.raw_headers)
+    if role is None:
+        raise Forbidden(
+            f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'
+        )
+    if not identity.is_admin and _client_impersonates(request):
+        raise Forbidden(
+            f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
+            f'User "{identity.user_id}" cannot impersonate through the gateway'
+        )
+    if not access.is_allowed(role, request.method, path.path):
+        raise Forbidden(
+            f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
+            f"{cluster.name}: {request.method} is not allowed"
+        )
+    if upgrade_request and not _upgrade_allowed(request, path.path):
+        raise BadRequest(
+            "upgrades are only for exec, attach, portforward and proxy, to websocket or SPDY/3.1"
+        )
+    client_impersonates = identity.is_admin and _client_impersonates(request)
+    identity_lines = None if client_impersonates else identity_block(identity, role)
+    _HOT.auth.observe(time.perf_counter() - started)
+    return await forward(
+        app,
+        request,
+        cluster,
+        path.target,
+        identity_lines,
+        keep_client_impersonation=client_impersonates,
+        exchange=exchange,
+    )
+
+
+_UPGRADE_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
+_UPGRADE_PROTOCOLS = frozenset({"websocket", "spdy/3.1"})
+
+
+def _upgrade_allowed(request: Incoming, path: str) -> bool:
+    """What kubectl upgrades: exec, attach and port-forward, to WebSocket or SPDY/3.1
+    (never h2c, never another path); and WebSockets through the API server's proxy."""
+    segments = path.rstrip("/").split("/")
+    if segments[-1] not in _UPGRADE_SUBRESOURCES and "proxy" not in segments:
+        return False
+    offered = {p.strip().lower() for p in request.headers.get("Upgrade", "").split(",")}
+    return bool(offered) and offered <= _UPGRADE_PROTOCOLS
+
+
+def _client_impersonates(request: Incoming) -> bool:
+    if type(request) is ClientRequest:
+        return request.impersonates
+    return any(k.lower().startswith(IMPERSONATE_PREFIX) for k, _ in request.raw_headers)
+
+
+async def forward(
+    app: web.Application,
+    request: Incoming,
+    cluster: Cluster,
+    target: str,
+    identity: CheckedFields | None,
+    keep_client_impersonation: bool = False,
+    exchange: Exchange | None = None,
+) -> Answer:
+    """Send the request to the cluster's API server through a tunnel; stream the answer.
+
+    ``exchange`` is None for the gateway's own requests (not counted, not audited).
+    """
+    tunnels = app[TUNNELS]
+    try:
+        link = tunnels.pick(cluster.id)
+    except NoAgentSession:
+        # Another replica holds a tunnel: the agent is on its way here too (a worker
+        # that just started). Only then is waiting worth it.
+        if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
+            raise UpstreamUnavailable(
+                f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
+            ) from None
+        try:
+            link = await tunnels.wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
+        except NoAgentSession:
+            raise UpstreamUnavailable(
+                f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
+                "reached this gateway replica yet"
+            ) from None
+
+    quota = app.get(STREAM_QUOTA)
+    identity_of = exchange.identity if exchange is not None else None
+    if quota is None or identity_of is None:
+        return await _send(
+            app, request, cluster, link, target, identity, keep_client_impersonation, exchange
+        )
+    # One user may hold only so many of a cluster's tunnel streams: the rest stay for
+    # the others (a user's watches could otherwise take them all).
+    key = (cluster.id, identity_of.user_id)
+    limit = quota.limit_for(link.session.peer_max_streams)
+    if not quota.take(key, limit):
+        raise TooManyRequests(
+            f"too many requests in flight: user {identity_of.user_id} holds {limit} "
+            f"streams of cluster {cluster.name} (tunnel.max_streams_per_user)"
+        )
+    try:
+        return await _send(
+            app, request, cluster, link, target, identity, keep_client_impersonation, exchange
+        )
+    finally:
+        quota.give(key)
+
+
+async def _send(
+    app: web.Application,
+    request: Incoming,
+    cluster: Cluster,
+    link: AgentLink,
+    target: str,
+    identity: CheckedFields | None,
+    keep_client_impersonation: bool,
+    exchange: Exchange | None,
+) -> Answer:
+    """``forward`` once the tunnel is chosen (and the user's stream counted)."""
+    upgrade_request = _is_upgrade(request)
+    if upgrade_request:
+        upgrade.check_supported()  # 501 if aiohttp cannot hand the connection over
+    body: bytes | AsyncIterator[bytes] | None = None
+    framing: Header | None = None
+    length = request.content_length
+    if request.body_exists:
+        if length is not None and length <= BUFFER_LIMIT:
+            body = await request.read()
+            framing = (b"Content-Length", b"%d" % len(body))
+            if exchange is not None and exchange.wants_body and exchange.info is not None:
+                exchange.audit_body = audit.request_body(
+                    exchange.info,
+                    request.headers.get("Content-Type", ""),
+                    body,
+                    app[AUDIT].settings.max_body,
+                )
+        elif length is not None:
+            body = _BodyOut(request, chunked=False)
+            framing = (b"Content-Length", b"%d" % length)
+        else:
+            # Chunked: up to BUFFER_LIMIT is read before a tunnel stream is taken, so a
+            # slow or malformed body holds no stream and the API server never sees it.
+            pieces = request.content.iter_any().__aiter__()
+            first, whole = await _read_up_to(pieces, BUFFER_LIMIT)
+            if whole:
+                body = b"".join(first)
+                framing = (b"Content-Length", b"%d" % len(body))
+            else:
+                body = _BodyOut(request, chunked=True, pieces=pieces, first=first)
+                framing = (b"Transfer-Encoding", b"chunked")
+    elif request.method in {"POST", "PUT", "PATCH"} and not upgrade_request:
+        framing = (b"Content-Length", b"0")
+    try:
+        head = _head(
+            request,
+            target,
+            link,
+            identity,
+            keep_client_impersonation,
+            upgrade_request,
+            framing,
+            exchange.request_id if exchange is not None else "",
+        )
+    except UnsafeHead as unsafe:  # its own name: mypyc types ``exc`` by its first use
+        raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
+    sent = time.perf_counter()
+    try:
+        upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)
+    except (UpstreamError, TunnelError) as exc:
+        if isinstance(exc, TooManyStreams):
+            raise UpstreamUnavailable(f"cluster {cluster.name}: tunnel is busy: {exc}") from None
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}): {exc}", status=502
+        ) from None
+    _HOT.roundtrip.observe(time.perf_counter() - sent)
+    del head, body  # not held for the life of a watch
+    if exchange is not None:
+        exchange.status = upstream.status
+    if upstream.upgraded:
+        # Upgrades arrive through aiohttp only (gateway.front.connection hands them over).
+        return await upgrade.relay(cast(web.Request, request), upstream, exchange, app[SESSIONS])
+    return await _respond(app, request, upstream, exchange)
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    names = _HEADER_NAMES
+    for name, value in raw:
+        text = names.get(name)
+        if text is None:
+            text = "" if name.lower() in HOP_AND_FRAMING else name.decode("latin-1")
+            if len(names) < 256 and len(name) <= CACHED_NAME_BYTES:  # a small, fixed set
+                names[name] = text
+        if text:
+            headers.add(text, value.decode("latin-1"))
+    return headers
+
+
+# Header names decoded once; "" marks the ones the gateway does not pass on.
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
+async def _respond(
+    app: web.Application, request: Incoming, upstream: Response, exchange: Exchange | None
+) -> Answer:
+    length = upstream.content_length
+    request_id = exchange.request_id if exchange is not None else ""
+    try:
+        if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
+            try:
+                body = await upstream.read_all()
+            except (UpstreamError, TunnelError) as exc:
+                raise UpstreamUnavailable(str(exc), status=502) from None
+            upstream.release()
+            raw = RawResponse(
+                upstream.status,
+                upstream.reason,
+                upstream.headers,
+                body,
+                request_id=request_id,
+                keep_alive=request.keep_alive,
+                head=request.method == "HEAD",
+            )
+            return cast(web.StreamResponse, raw)  # duck-typed: see gateway.proxy.rawresponse
+        resp: web.StreamResponse | Streamed
+        if isinstance(request, ClientRequest):
+            resp = request.streamed_answer(
+                upstream.status, upstream.reason, upstream.headers, length, request_id
+            )
+        else:
+            headers = _response_headers(upstream.headers)
+            if request_id:
+                headers[REQUEST_ID_HEADER] = request_id
+            resp = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
+            if length is not None:
+                resp.content_length = length
+        await resp.prepare(cast(web.Request, request))
+        unregister = None
+        if exchange is not None:
+            # Ended as if done when its identity loses access (gateway.proxy.sessions), and by
+            # a stopping gateway if long-running (watches, followed logs).
+            long_running = exchange.info is not None and exchange.info.long_running
+            unregister = sessions.hold(
+                app[SESSIONS],
+                app[DRAIN] if long_running else None,
+                exchange.identity,
+                exchange.cluster_id,
+                exchange.role,
+                upstream.end_early,
+            )
+        try:
+            while chunk := await upstream.read_chunk():
+                await resp.write(chunk)
+        except (UpstreamError, TunnelError) as exc:
+            # The status line is out: the only honest signal left is to cut the connection.
+            logger.info("upstream failed mid-response: %s", exc)
+            if isinstance(request, ClientRequest):
+                request.cut()  # HTTP/2: only the stream
+            elif request.transport is not None:
+                request.transport.close()
+            return resp
+        finally:
+            if unregister is not None:
+                unregister()
+        await resp.write_eof()
+        upstream.release()
+        return resp
+    finally:
+        if not upstream.complete:
+            upstream.stream.reset()

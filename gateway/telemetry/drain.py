@@ -1,0 +1,68 @@
+"""Requests in flight, so that a stopping gateway can let them finish.
+
+On SIGTERM the gateway stops accepting connections, ends the long-running answers
+(watches, followed logs) at once and cleanly, and then waits for the rest to finish
+within the grace period (see ``gateway.operations.server``). Tunnels are not requests: agents are
+told to go elsewhere only after the requests that use their tunnels are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+class Drain:
+    def __init__(self) -> None:
+        self.active = 0
+        self.draining = False
+        self._idle: asyncio.Future[None] | None = None
+        self._enders: set[Callable[[], None]] = set()
+
+    def enter(self) -> None:
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def add_ender(self, end: Callable[[], None]) -> Callable[[], None]:
+        """Register how to end a long-running answer; returns how to unregister it.
+
+        Called at once if the gateway is already stopping.
+        """
+        if self.draining:
+            end()
+            return _nothing
+        self._enders.add(end)
+        return lambda: self._enders.discard(end)
+
+    def start(self) -> int:
+        """Stop: end every long-running answer. Returns how many were ended."""
+        self.draining = True
+        enders, self._enders = self._enders, set()
+        for end in enders:
+            end()
+        return len(enders)
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout_s`` passed first."""
+        if self.active == 0:
+            return True
+        self._idle = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._idle)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _nothing() -> None:
+    return None
+
+
+DRAIN = web.AppKey("drain", Drain)
