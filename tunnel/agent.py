@@ -199,7 +199,7 @@ class Agent:
             send_timeout_s=tunnel.send_timeout_s,
             name=settings.server,
         )
-        session._on_stream = self._on_stream(session, upstream)
+        session.set_stream_handler(self._on_stream(session, upstream))
         try:
             gateway = json.loads(await session.handshake() or b"{}")
         except (TunnelError, ValueError) as exc:
