@@ -9,9 +9,13 @@ cycle; the test names every one that touches a package of ``CHECKED``.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import grimp
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PACKAGES = ("herdgate", "bench", "gateway", "tunnel", "webhook", "ace", "config")
 """Every top-level package of the project: the graph spans them all, so a cycle through
@@ -104,3 +108,16 @@ def test_the_graph_sees_type_checking_and_function_local_imports() -> None:
 def test_no_import_cycles() -> None:
     found = [c for c in cycles(import_graph()) if any(_in_checked(m) for m in c)]
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_installed_packages_are_every_package_of_the_programs() -> None:
+    # pyproject.toml lists them one by one ([tool.setuptools] packages): a package left
+    # out would be missing from `pip install .` while the tests, run from the tree, pass.
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for package in PACKAGES
+        if package != "bench"  # the benchmarks are not installed
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert set(listed["packages"]) == found
