@@ -1,14 +1,19 @@
 """One scenario, the working tree against another revision, alternating in the same run.
 
-``[HERDGATE_X=V ...] .venv/bin/python -m bench.ab REV [--small] [--rounds N] [--seconds S]``
+``[HERDGATE_X=V ...] .venv/bin/python -m bench.ab REV [--small] [--connections N]
+[--rounds N] [--seconds S]``
 
 The full suite's ``--baseline`` runs every scenario on four paths; this runs only the 100
-MB list (or, with ``--small``, the 2 KB GET at 64 connections) against two herds — the
-tree and ``REV``, each a gateway and an agent in front of one nginx backend — back to back
-in each round, the order flipped every round, so both see the same state of a machine
-whose speed drifts. Printed per round: MB/s (or req/s), the box's busy %, CPU per MB (or
-per request) of each process; at the end the tree ÷ ``REV`` ratio of the medians. Both
-herds inherit the environment (``HERDGATE_*`` settings, ``MALLOC_*``).
+MB list at one connection (or, with ``--small``, the 2 KB GET at 64 connections;
+``--connections N`` sets another count) against two herds — the tree and ``REV``, each a
+gateway and an agent in front of one nginx backend — back to back in each round, the
+order flipped every round, so both see the same state of a machine whose speed drifts.
+Printed first: each gateway's start-up line saying whether its request path runs compiled
+(``REV`` is built like the tree when a C compiler is here; build the tree yourself,
+``python -m config.native build``). Printed per round: MB/s (or req/s), the box's busy
+%, CPU per MB (or per request) of each process, wrk's errors if any; at the end the tree
+÷ ``REV`` ratio of the medians. Both herds inherit the environment (``HERDGATE_*``
+settings, ``MALLOC_*``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Sample:
     busy_pct: float
     cost: dict[str, float]
     """Process -> ms per MB or µs per request."""
+    errors: int = 0
+    """wrk's errors (connect, read, write, timeout, non-2xx/3xx status)."""
 
 
 def sample(build: str, result: wrk.WrkResult, usage: CpuUsage, bulk: bool) -> Sample:
@@ -43,13 +50,16 @@ def sample(build: str, result: wrk.WrkResult, usage: CpuUsage, bulk: bool) -> Sa
         role: scale * seconds / (value * usage.wall_s) if value and usage.wall_s else 0.0
         for role, seconds in usage.roles.items()
     }
-    return Sample(build, value, usage.box_busy_pct, cost)
+    return Sample(build, value, usage.box_busy_pct, cost, result.errors)
 
 
 def line(round_no: int, s: Sample, bulk: bool) -> str:
     unit, cost_unit = ("MB/s", "ms/MB") if bulk else ("req/s", "µs/req")
     costs = "  ".join(f"{role} {value:.2f} {cost_unit}" for role, value in s.cost.items())
-    return f"r{round_no} {s.build:5} {s.value:9.0f} {unit}  busy {s.busy_pct:3.0f} %  {costs}"
+    errors = f"  ERRORS {s.errors}" if s.errors else ""
+    return (
+        f"r{round_no} {s.build:5} {s.value:9.0f} {unit}  busy {s.busy_pct:3.0f} %  {costs}{errors}"
+    )
 
 
 def ratio(samples: list[Sample]) -> float:
@@ -59,19 +69,43 @@ def ratio(samples: list[Sample]) -> float:
     return statistics.median(tree) / statistics.median(base)
 
 
+def connection_count(requested: int | None, bulk: bool) -> int:
+    """``--connections``, or the scenario's own: 1 for the list, 64 for the small GET."""
+    if requested is None:
+        return 1 if bulk else 64
+    if requested < 1:
+        raise SystemExit("--connections: at least 1")
+    return requested
+
+
+def request_path(log: str) -> str:
+    """The gateway's start-up line saying whether its request path runs compiled."""
+    for text in log.splitlines():
+        if text.startswith("request path:"):
+            return text
+    return "request path: not in its log"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
     parser.add_argument("rev", help="the other revision (a commit, tag or HEAD~N)")
     parser.add_argument("--small", action="store_true", help="2 KB GET at 64 connections")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="wrk's connections (default: 1 for the list, 64 with --small)",
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     bulk = not args.small
+    connections = connection_count(args.connections, bulk)
     tmp = setup_tmp(None)
     atexit.register(shutil.rmtree, tmp, True)
     certs = nginx.make_certs(tmp / "certs")
     small, big = nginx.write_payloads(tmp / "www")
-    path, connections = (nginx.LIST_PATH, 1) if bulk else (nginx.SMALL_PATH, 64)
+    path = nginx.LIST_PATH if bulk else nginx.SMALL_PATH
     with contextlib.ExitStack() as stack:
         base_code = checkout(REPO_ROOT, args.rev, tmp / "base")
         stack.callback(base_code.remove)
@@ -92,7 +126,10 @@ def main() -> None:
 
         for herd in herds.values():
             run(herd, 1)  # warm up: TLS sessions, pools, the allocator
-        print(f"tree against {args.rev} ({base_code.commit}), {'bulk' if bulk else 'c64'}")
+        scenario = f"{'100 MB list' if bulk else '2 KB GET'}, {connections} connection(s)"
+        print(f"tree against {args.rev} ({base_code.commit}), {scenario}")
+        for build, herd in herds.items():
+            print(f"{build:5} gateway's {request_path(herd.gateway.log())}")
         samples: list[Sample] = []
         for round_no in range(args.rounds):
             order = ["tree", "base"] if round_no % 2 == 0 else ["base", "tree"]

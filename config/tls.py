@@ -107,21 +107,18 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return cert, key
 
 
-def issue_server_cert(
+def _issue(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    usages: list[x509.ObjectIdentifier],
     hosts: list[str],
-    common_name: str = "herdgate",
-    client_auth: bool = False,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
-    if client_auth:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -138,6 +135,43 @@ def issue_server_cert(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def issue_server_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    hosts: list[str],
+    common_name: str = "herdgate",
+    client_auth: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_auth:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return _issue(ca_cert, ca_key, subject, usages, hosts)
+
+
+def issue_client_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    organizations: tuple[str, ...] = (),
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A client certificate as kube-apiserver reads one: the CN is the user, each O (in
+    order) a group."""
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return _issue(ca_cert, ca_key, x509.Name(attributes), [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+
+
+def write_cert(path: Path, cert: x509.Certificate) -> None:
+    """``cert`` as PEM, replacing ``path`` atomically."""
+    _write_public(path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """``key`` as unencrypted PKCS#8 PEM, readable by its owner only, replacing ``path``."""
+    _write_private(path, _key_pem(key))
 
 
 def _needs_new_cert(cert_path: Path, hosts: list[str]) -> bool:
@@ -172,25 +206,33 @@ def ensure_generated_certs(directory: Path, hosts: list[str]) -> tuple[CertPaths
         ca_key = loaded
     else:
         ca_cert, ca_key = make_ca("herdgate-ca")
-        _write_private(ca_key_path, _key_pem(ca_key))
-        _write_public(paths.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+        write_key(ca_key_path, ca_key)
+        write_cert(paths.ca, ca_cert)
         created = True
     if created or _needs_new_cert(paths.cert, hosts):
         cert, key = issue_server_cert(ca_cert, ca_key, hosts)
-        _write_private(paths.key, _key_pem(key))
-        _write_public(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
+        write_key(paths.key, key)
+        write_cert(paths.cert, cert)
     return paths, created
 
 
 def server_context(
-    cert_file: str | Path, key_file: str | Path, http2: bool = False
+    cert_file: str | Path,
+    key_file: str | Path,
+    http2: bool = False,
+    client_ca_file: str | Path | None = None,
 ) -> ssl.SSLContext:
     """A TLS server context; ``http2`` offers ``h2`` before ``http/1.1`` (clients that
-    upgrade — exec, attach, port-forward — ask for ``http/1.1`` alone)."""
+    upgrade — exec, attach, port-forward — ask for ``http/1.1`` alone). With
+    ``client_ca_file``, clients may present a certificate, which must be issued by that CA
+    (a client without one is let in: kube-apiserver's ``--client-ca-file``)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert_file), str(key_file))
     ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
+    if client_ca_file is not None:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=str(client_ca_file))
     use_direct_objects(ctx)
     return ctx
 

@@ -9,7 +9,9 @@ then reach the cluster without a hop through another.
 
 Reconnecting: after a long-lived tunnel drops (a gateway restart), the agent waits a
 random time within ``reconnect_spread`` so that a thousand agents do not all
-handshake in the same instant; failed attempts back off exponentially with jitter.
+handshake in the same instant; failed attempts back off exponentially with jitter. The
+dial loop and the credential refresh run under :func:`config.tasks.guard`: a failure is
+logged and the loop started again.
 
 Under systemd (``Type=notify``) the agent says READY=1 once its settings and credentials
 are loaded and the first tunnel is up, keeps a STATUS= line such as "connected to 2 of 3
@@ -30,7 +32,7 @@ import json
 import logging
 import random
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,7 @@ from config.reload import (
     warn_restart,
 )
 from config.schema import AgentSettings
+from config.tasks import guard
 from config.tls import client_context
 from tunnel import wsconn
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
@@ -199,7 +202,7 @@ class Agent:
             send_timeout_s=tunnel.send_timeout_s,
             name=settings.server,
         )
-        session._on_stream = self._on_stream(session, upstream)
+        session.set_stream_handler(self._on_stream(session, upstream))
         try:
             gateway = json.loads(await session.handshake() or b"{}")
         except (TunnelError, ValueError) as exc:
@@ -326,32 +329,29 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Hold the tunnels until ``stop`` is set, then close them."""
         self.notifier.status("loading settings and credentials")
         ca_pem = await gateway_ca(self.settings)
         upstream = await cluster_upstream(self.settings)
         self.notifier.status(f"connecting to {self.settings.server}")
-        duplicates = 0
-        self._spawn(self._refresh_credentials(upstream))
-        while not stop.is_set():
-            self._wake.clear()
-            if len(self.tunnels) >= self.wanted:
-                await _first(self._wake.wait(), stop.wait())
-                continue
-            delay = self._delay_before_dial(duplicates)
-            if delay:
-                if not duplicates:
-                    logger.info("reconnecting in %.1f s", delay)
-                await _first(asyncio.sleep(delay), stop.wait())
-                if stop.is_set():
-                    break
-            outcome = await _first(self._dial(ca_pem, upstream), stop.wait())
-            if outcome == "new":
-                duplicates = 0
-            elif outcome == "duplicate":
-                duplicates += 1
-            elif outcome == "failed":
-                duplicates = 0
-                self._failures += 1
+        if upstream.refresh is not None:
+            refresh = upstream.refresh
+            self._spawn(
+                guard(
+                    lambda: self._refresh_credentials(upstream, refresh),
+                    "API server credential refresh",
+                    logger,
+                )
+            )
+        dialling = asyncio.get_running_loop().create_task(
+            guard(lambda: self._keep_connected(ca_pem, upstream), "tunnel dialling", logger)
+        )
+        try:
+            await stop.wait()
+        finally:
+            dialling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dialling
         self._stopping = True
         self.notifier.stopping("closing tunnels")
         for entry in list(self.tunnels.values()):
@@ -360,13 +360,38 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _refresh_credentials(self, upstream: Upstream) -> None:
+    async def _keep_connected(self, ca_pem: str | None, upstream: Upstream) -> None:
+        """Dial until a tunnel is held to every gateway replica, and again whenever one
+        drops; never returns (cancelled when the agent stops)."""
+        duplicates = 0
+        while True:
+            self._wake.clear()
+            if len(self.tunnels) >= self.wanted:
+                await self._wake.wait()
+                continue
+            delay = self._delay_before_dial(duplicates)
+            if delay:
+                if not duplicates:
+                    logger.info("reconnecting in %.1f s", delay)
+                await asyncio.sleep(delay)
+            outcome = await self._dial(ca_pem, upstream)
+            if outcome == "new":
+                duplicates = 0
+            elif outcome == "duplicate":
+                duplicates += 1
+            elif outcome == "failed":
+                duplicates = 0
+                self._failures += 1
+
+    async def _refresh_credentials(
+        self, upstream: Upstream, refresh: Callable[[], Awaitable[str]]
+    ) -> None:
+        """Every ``credentials_refresh_s``, read the API server credential again and send
+        the tunnels a new one; never returns."""
         while True:
             await asyncio.sleep(self.settings.credentials_refresh_s)
-            if upstream.refresh is None:
-                return
             try:
-                value = await upstream.refresh()
+                value = await refresh()
             except Exception as exc:  # noqa: BLE001 - keep the tunnels, retry next period
                 logger.warning("cannot refresh the API server credential: %s", exc)
                 continue
@@ -383,20 +408,6 @@ def connection_status(connected: int, wanted: int) -> str:
     """The agent's state in one line: "connected to 1 of 2 gateway replicas; connecting"."""
     text = f"connected to {connected} of {wanted} gateway replicas"
     return text if connected >= wanted else text + "; connecting"
-
-
-async def _first(coro: Coroutine[Any, Any, Any], stop: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coro`` unless ``stop`` finishes first; returns ``coro``'s result or None."""
-    task = asyncio.ensure_future(coro)
-    stopper = asyncio.ensure_future(stop)
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 def backoff_delay(

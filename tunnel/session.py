@@ -223,6 +223,12 @@ class Session:
         self._proto.accept_stream(stream.id)
         self._flush()
 
+    def set_stream_handler(self, on_stream: StreamHandler | None) -> None:
+        """Who takes the streams the peer opens from now on (None: they are refused).
+        For a handler that needs the session itself, so cannot be given to the
+        constructor (the agent's relay)."""
+        self._on_stream = on_stream
+
     def send_info(self, metadata: bytes) -> None:
         self._proto.send_info(metadata)
         self._flush()

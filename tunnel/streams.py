@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tunnel.errors import SessionClosed, StreamClosed, StreamReset, TunnelError
 from tunnel.frames import ErrorCode
-
-if TYPE_CHECKING:
-    from tunnel.session import Session
 
 MIN_WRITE_BYTES = 16 * 1024
 """A write with little room left in the tunnel's send buffer still sends this much."""
@@ -85,6 +82,30 @@ READER_TALLY: ContextVar[ReadTally | None] = ContextVar("READER_TALLY", default=
 taken for that task's requests count their unread bytes into it (``set_tally``)."""
 
 
+class StreamOwner(Protocol):
+    """What a stream needs of its session (:class:`tunnel.session.Session`): credit,
+    room in the send buffer, and the frames it sends."""
+
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def send_room(self) -> int: ...
+
+    async def wait_room(self) -> None: ...
+
+    def send_window(self, stream_id: int) -> int: ...
+
+    def send_data(self, stream_id: int, data: bytes) -> None: ...
+
+    def send_data_borrowed(self, stream_id: int, data: memoryview) -> None: ...
+
+    def end_stream(self, stream_id: int) -> None: ...
+
+    def reset_stream(self, stream_id: int, code: ErrorCode, reason: str) -> None: ...
+
+    def consumed(self, stream_id: int, size: int) -> None: ...
+
+
 class TunnelStream:
     __slots__ = (
         "_accepted",
@@ -102,7 +123,7 @@ class TunnelStream:
         "target",
     )
 
-    def __init__(self, session: Session, stream_id: int, target: bytes = b"") -> None:
+    def __init__(self, session: StreamOwner, stream_id: int, target: bytes = b"") -> None:
         self._session = session
         self.id = stream_id
         self.target = target

@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from config.compat import aiohttp_internals
 from tunnel import tls, websocket
 from tunnel.sockets import set_nodelay, shared_read_buffer
 from tunnel.transport import MAX_MESSAGE_BYTES, READ_LIMIT_BYTES, Parts
@@ -47,6 +48,10 @@ grow our write buffer by a Pong per Ping, for ever."""
 CLOSE_WAIT_S = 2.0
 """After sending Close, how long to wait for the peer's before cutting the connection."""
 
+MASK_IN_PLACE: websocket.Masker = aiohttp_internals.websocket_mask or websocket.mask_pure
+"""What masks and unmasks every payload: aiohttp's C loop when it is as tested (checked
+once, config.compat), else the same XOR in Python (~50 times slower)."""
+
 _KEYS_AT_ONCE = 1024
 _keys: list[bytes] = []
 
@@ -71,7 +76,7 @@ class WebSocketConnection(asyncio.BufferedProtocol):
     ) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self._reader = websocket.FrameReader(masked=not client, max_frame=max_frame)
+        self._reader = websocket.FrameReader(not client, max_frame, MASK_IN_PLACE)
         self._handshake: ClientHandshake | None = None
         self._inbox: collections.deque[bytes | bytearray | None] = collections.deque()
         """Payload pieces until ``set_receiver`` (bytearrays where unmasked here), then
@@ -145,7 +150,9 @@ class WebSocketConnection(asyncio.BufferedProtocol):
                     logger.warning("websocket: the peer pings and does not read; cutting it off")
                     self._cut()
                     return
-                self._write(websocket.encode_frame(Opcode.PONG, item.payload, self._mask()))
+                self._write(
+                    websocket.encode_frame(Opcode.PONG, item.payload, self._mask(), MASK_IN_PLACE)
+                )
             elif type(item) is Close:
                 self._on_close(item)
         if self._inbox_bytes > INBOX_HIGH_BYTES and not self._reading_paused:
@@ -188,14 +195,14 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             return False
         if sum(map(len, parts)) > MAX_MESSAGE_BYTES:
             return False  # ``send`` splits it
-        self._write(websocket.encode_parts(Opcode.BINARY, parts, self._mask()))
+        self._write(websocket.encode_parts(Opcode.BINARY, parts, self._mask(), MASK_IN_PLACE))
         return True
 
     async def send(self, parts: Parts) -> None:
         if self._close_sent or self.transport is None:
             raise ConnectionResetError("the WebSocket is closed")
         for group in websocket.split_parts(parts, MAX_MESSAGE_BYTES):
-            self._write(websocket.encode_parts(Opcode.BINARY, group, self._mask()))
+            self._write(websocket.encode_parts(Opcode.BINARY, group, self._mask(), MASK_IN_PLACE))
             await self._wait_room()
 
     def set_receiver(
@@ -242,7 +249,7 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             return
         if not self._close_sent:
             self._close_sent = True
-            self._write(websocket.encode_close(code, reason, self._mask()))
+            self._write(websocket.encode_close(code, reason, self._mask(), MASK_IN_PLACE))
         try:
             async with asyncio.timeout(CLOSE_WAIT_S):
                 await asyncio.shield(self.closed)
@@ -284,7 +291,7 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self.close_code = received
         if not self._close_sent:
             self._close_sent = True
-            self._write(websocket.encode_close(send, reason, self._mask()))
+            self._write(websocket.encode_close(send, reason, self._mask(), MASK_IN_PLACE))
         self._end_inbox()
         if self.transport is not None:
             self.transport.close()

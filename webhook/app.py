@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import Counter
 
+from ace.records import Accepted, Decision, TokenRecord, UserRecord, decide
 from webhook import review
 from webhook.metrics import METRICS_PATH, WebhookMetrics
-from webhook.records import Accepted, Decision, TokenRecord, UserRecord, decide
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def build_app(
         return _json(200, {"status": "ok"})
 
     async def metrics_page(request: web.Request) -> web.StreamResponse:
-        return metrics.response(source)
+        return metrics.response(len(source.tokens), len(source.users), source.synced)
 
     app.router.add_post(AUTHENTICATE_PATH, authenticate)
     app.router.add_get("/healthz", healthz)

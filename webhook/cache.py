@@ -23,8 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from config.schema import WebhookSettings
-from webhook.records import (
+from ace.records import (
     GROUP,
     TOKEN_PLURAL,
     USER_PLURAL,
@@ -35,6 +34,7 @@ from webhook.records import (
     token_from_object,
     user_from_object,
 )
+from config.schema import WebhookSettings
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ the gauges are set from the cache when ``/metrics`` is scraped.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,9 +31,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-
-if TYPE_CHECKING:
-    from webhook.app import RecordSource
 
 METRICS_PATH = "/metrics"
 
@@ -84,17 +79,20 @@ class WebhookMetrics:
             registry=registry,
         )
 
-    def sample(self, source: RecordSource) -> None:
+    def sample(self, tokens: int, users: int, synced: bool) -> None:
         """Copy the cache's sizes and state into the gauges."""
-        self._tokens.set(len(source.tokens))
-        self._users.set(len(source.users))
-        self._synced.set(1 if source.synced else 0)
+        self._tokens.set(tokens)
+        self._users.set(users)
+        self._synced.set(1 if synced else 0)
 
-    def exposition(self, source: RecordSource) -> bytes:
-        self.sample(source)
+    def exposition(self, tokens: int, users: int, synced: bool) -> bytes:
+        self.sample(tokens, users, synced)
         return generate_latest(self.registry)
 
-    def response(self, source: RecordSource) -> web.Response:
+    def response(self, tokens: int, users: int, synced: bool) -> web.Response:
+        """The ``/metrics`` page, with the cache's ``tokens`` and ``users`` counts and
+        whether it is ``synced``."""
         return web.Response(
-            body=self.exposition(source), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=self.exposition(tokens, users, synced),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
         )

@@ -32,7 +32,8 @@ __all__ = ["AGENT", "GATEWAY", "REGISTRY", "Assumption", "Broken", "self_test"]
 
 
 def _modules() -> None:
-    """Import every compat module, so that all assumptions are registered."""
+    """Import every compat module, so that all assumptions are registered (here, not at
+    the top: importing ``config.compat.ssl_internals`` for TLS need not import aiohttp)."""
     from config.compat import aiohttp_internals, ssl_internals
 
     del aiohttp_internals, ssl_internals

@@ -2,12 +2,13 @@
 
 What herdgate relies on, and what runs when it does not hold (one WARNING):
 
-``websocket-mask``: ``aiohttp._websocket.helpers.websocket_mask(mask, data)``, which
-XORs a bytearray in place with a 4-byte key (aiohttp's C loop: ~3 µs per 64 KiB). The
-tunnel's WebSocket (:mod:`tunnel.websocket`) masks and unmasks every payload with it.
-Fallback: :func:`mask_pure` (the same XOR with ``bytes.translate``, ~50 times slower).
-Chosen when this module is imported (the probe is a computation, no I/O); reported by
-the start-up self-test.
+``websocket-mask``: ``aiohttp._websocket.helpers.websocket_mask(mask, data)``, which XORs
+a bytearray in place with a 4-byte key. The tunnel's WebSocket connection
+(:mod:`tunnel.wsconn`) masks and unmasks every payload with :data:`websocket_mask`.
+Fallback: ``websocket_mask`` is None and the tunnel uses ``tunnel.websocket.mask_pure``
+(the same XOR with ``bytes.translate``, much slower; docs/benchmarks.md has the figures).
+Chosen when this module is imported (the probe is a computation, no I/O); reported by the
+start-up self-test.
 
 Tested: aiohttp 3.14.5. The probe masks buffers of several sizes (0 to 1 KiB, not
 multiples of 4 among them) with a random key and compares with a plain XOR.
@@ -27,18 +28,6 @@ from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
 # 1. websocket_mask
 
 _MASK_SIZES = (0, 1, 3, 4, 5, 7, 8, 63, 64, 65, 1027)
-_XOR_TABLES: list[bytes] = []
-"""``_XOR_TABLES[k]`` maps each octet to itself XOR ``k`` (built on first use)."""
-
-
-def mask_pure(mask: bytes, data: bytearray) -> None:
-    """XOR ``data`` in place with ``mask`` repeated (RFC 6455 section 5.3): each of the
-    four key octets applied to every fourth octet with ``bytes.translate`` (~50 µs per
-    64 KiB, against ~1 µs for aiohttp's C loop)."""
-    if not _XOR_TABLES:
-        _XOR_TABLES.extend(bytes(b ^ k for b in range(256)) for k in range(256))
-    for i in range(4):
-        data[i::4] = data[i::4].translate(_XOR_TABLES[mask[i]])
 
 
 def _reference_mask(mask: bytes, data: bytes) -> bytes:
@@ -71,9 +60,11 @@ MASK = Assumption(
 )
 
 
-def _choose_mask() -> Callable[[bytes, bytearray], None]:
-    return _aiohttp_mask() if MASK.evaluate() else mask_pure
+def _choose_mask() -> Callable[[bytes, bytearray], None] | None:
+    return _aiohttp_mask() if MASK.evaluate() else None
 
 
 websocket_mask = _choose_mask()
-"""``websocket_mask(mask, data)``: XOR ``data`` (a bytearray) in place with ``mask``."""
+"""``websocket_mask(mask, data)``: XOR ``data`` (a bytearray) in place with ``mask``;
+None when aiohttp's helper is not as tested (the tunnel then masks in Python)."""
+

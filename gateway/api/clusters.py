@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ace import manifests
 from config.identity import Identity
 from gateway.api import kubeconfig
 from gateway.api.common import (
@@ -376,8 +377,6 @@ async def ace_manifest(request: web.Request) -> web.Response:
     ``webhook-kubeconfig.yaml``: the file for kube-apiserver's
     ``--authentication-token-webhook-config-file``.
     """
-    from webhook import manifests
-
     identity, _ = authenticated(request)
     cluster = require_owner(request, identity, request.match_info["id"])
     if not cluster.ace_enabled:

@@ -22,6 +22,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ace import manifests
+from ace.manifests import NAMESPACE
+from ace.records import GROUP, VERSION
+from ace.records import TOKEN_PLURAL as TOKENS
+from ace.records import USER_PLURAL as USERS
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
 from gateway.controllers.downstream import InternalListener
@@ -32,11 +37,6 @@ from gateway.store.records import BINDING, CLUSTER, TOKEN, USER, Cluster, iso
 
 logger = logging.getLogger(__name__)
 
-GROUP = "auth.herdgate.dev"
-VERSION = "v1"
-NAMESPACE = "herdgate-system"
-TOKENS = "clusterauthtokens"
-USERS = "clusteruserattributes"
 DEBOUNCE_S = 0.2
 RESYNC_S = 300.0
 RETRY_S = 5.0
@@ -199,8 +199,6 @@ class AceController:
     async def sync(self, cluster: Cluster) -> None:
         from kubernetes_asyncio.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
         from kubernetes_asyncio.client.exceptions import ApiException
-
-        from webhook import manifests
 
         async with self.listener.client(cluster.id) as api:
             core = CoreV1Api(api)

@@ -1,4 +1,7 @@
-"""The gateway's periodic work: store change feed, token last-use, provider refresh."""
+"""The gateway's periodic work: store change feed, token last-use, provider refresh.
+
+Each runs under :func:`config.tasks.guard`: a failure is logged and the task started again.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from config.tasks import guard
 from gateway.clusters.replicas import REPLICAS
 from gateway.identity.directory import DIRECTORY
 from gateway.identity.providers.base import ProviderUnavailable
@@ -18,18 +22,6 @@ from gateway.keys import SETTINGS
 logger = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_S = 60.0
-
-
-async def guard(coro: Coroutine[Any, Any, None], name: str) -> None:
-    """Run a never-ending task; log if it fails or ends."""
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("%s failed", name)
-        return
-    logger.error("%s has finished unexpectedly", name)
 
 
 async def _every(period_s: float, work: Any, name: str) -> None:
@@ -71,12 +63,15 @@ async def refresh_external_users(app: web.Application) -> int:
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     directory = app[DIRECTORY]
     settings = app[SETTINGS]
-    flush = _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
     replicas = app[REPLICAS]
+
+    def flush() -> Coroutine[Any, Any, None]:
+        return _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
+
     tasks = [
-        asyncio.create_task(guard(replicas.run(), "replica heartbeat")),
-        asyncio.create_task(guard(directory.follow(), "store change feed")),
-        asyncio.create_task(guard(flush, "token last-use")),
+        asyncio.create_task(guard(replicas.run, "replica heartbeat", logger)),
+        asyncio.create_task(guard(directory.follow, "store change feed", logger)),
+        asyncio.create_task(guard(flush, "token last-use", logger)),
     ]
     oidc = app[PROVIDERS].oidc
     if oidc is not None:
@@ -85,12 +80,13 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     tasks.append(
         asyncio.create_task(
             guard(
-                _every(
+                lambda: _every(
                     settings.auth.group_refresh_interval_s,
                     lambda: refresh_external_users(app),
                     "group refresh",
                 ),
                 "group refresh",
+                logger,
             )
         )
     )

@@ -1,4 +1,4 @@
-"""Two tunnel sessions over an in-memory transport."""
+"""Two tunnel sessions over an in-memory transport (timer tests on virtual loop time)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
+from tests.fakes.loop_clock import virtual_time
 from tunnel.errors import SessionClosed, StreamReset
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side, TunnelProtocol
-from tunnel.session import Session
+from tunnel.session import IDLE_TIMEOUT_S, PING_INTERVAL_S, Session
 from tunnel.streams import TunnelStream
 from tunnel.transport import MemoryTransport
 
@@ -131,27 +132,35 @@ async def test_session_close_fails_pending_reads_promptly():
     assert server.is_closed
 
 
-async def test_keepalive_timeout_closes_a_silent_peer():
-    a, b = MemoryTransport.pair()
-    server = Session(b, Side.SERVER, ping_interval_s=0.05, idle_timeout_s=0.2)
-
-    async def fake_agent():
-        # Complete the handshake, then go silent without ever answering pings.
-        proto = TunnelProtocol(Side.CLIENT)
-        await a.send(proto.parts_to_send())
-        await a.receive()
-
-    await asyncio.gather(server.handshake(), fake_agent())
-    server.start()
-    closed = await asyncio.wait_for(server.wait_closed(), 2)
-    assert closed.code is ErrorCode.TIMEOUT
+# (ping interval, idle timeout): short ones, and the defaults (free on virtual time)
+KEEPALIVE = [(0.05, 0.2), (PING_INTERVAL_S, IDLE_TIMEOUT_S)]
 
 
-async def test_pings_keep_an_idle_tunnel_alive():
-    client, server = await make_pair(ping_interval_s=0.05, idle_timeout_s=0.2)
-    await asyncio.sleep(0.6)
-    assert not client.is_closed and not server.is_closed
-    await client.close()
+@pytest.mark.parametrize(("ping_s", "idle_s"), KEEPALIVE)
+async def test_keepalive_timeout_closes_a_silent_peer(ping_s, idle_s):
+    with virtual_time():
+        a, b = MemoryTransport.pair()
+        server = Session(b, Side.SERVER, ping_interval_s=ping_s, idle_timeout_s=idle_s)
+
+        async def fake_agent():
+            # Complete the handshake, then go silent without ever answering pings.
+            proto = TunnelProtocol(Side.CLIENT)
+            await a.send(proto.parts_to_send())
+            await a.receive()
+
+        await asyncio.gather(server.handshake(), fake_agent())
+        server.start()
+        closed = await asyncio.wait_for(server.wait_closed(), 10 * idle_s)
+        assert closed.code is ErrorCode.TIMEOUT
+
+
+@pytest.mark.parametrize(("ping_s", "idle_s"), KEEPALIVE)
+async def test_pings_keep_an_idle_tunnel_alive(ping_s, idle_s):
+    with virtual_time():
+        client, server = await make_pair(ping_interval_s=ping_s, idle_timeout_s=idle_s)
+        await asyncio.sleep(3 * idle_s)
+        assert not client.is_closed and not server.is_closed
+        await client.close()
 
 
 async def test_info_reaches_handler():
@@ -169,37 +178,39 @@ async def test_info_reaches_handler():
 
 
 async def test_handshake_times_out_against_a_mute_peer():
-    _a, b = MemoryTransport.pair()
-    server = Session(b, Side.SERVER)
-    with pytest.raises(SessionClosed):
-        await server.handshake(timeout_s=0.05)
+    with virtual_time():
+        _a, b = MemoryTransport.pair()
+        server = Session(b, Side.SERVER)
+        with pytest.raises(SessionClosed):
+            await server.handshake(timeout_s=0.05)
 
 
 async def test_an_idle_tunnel_wakes_only_when_a_ping_is_due(monkeypatch):
     # Even with a tiny TICK_S, a quiet tunnel sleeps until its next PING is due: with
     # thousands of tunnels, timers firing every tick would be most of the idle CPU.
-    import tunnel.session as session_module
+    with virtual_time():
+        import tunnel.session as session_module
 
-    monkeypatch.setattr(session_module, "TICK_S", 0.01)
-    wakes = {"client": 0, "server": 0}
-    loop = asyncio.get_running_loop()
-    call_later = loop.call_later
+        monkeypatch.setattr(session_module, "TICK_S", 0.01)
+        wakes = {"client": 0, "server": 0}
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
 
-    def counting_call_later(delay, callback, *args, **kwargs):
-        # Each wake of a session's timer schedules the next one (``_schedule_tick``).
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, Session) and callback.__name__ == "_tick":
-            wakes[owner.name] += 1
-        return call_later(delay, callback, *args, **kwargs)
+        def counting_call_later(delay, callback, *args, **kwargs):
+            # Each wake of a session's timer schedules the next one (``_schedule_tick``).
+            owner = getattr(callback, "__self__", None)
+            if isinstance(owner, Session) and callback.__name__ == "_tick":
+                wakes[owner.name] += 1
+            return call_later(delay, callback, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "call_later", counting_call_later)
-    client, server = await make_pair(ping_interval_s=0.3, idle_timeout_s=1.0)
-    await asyncio.sleep(1.0)
-    assert not client.is_closed and not server.is_closed
-    # About three PINGs in a second, each answered within the next tick: a handful of
-    # wakes per side, against 100 for a timer every TICK_S.
-    assert 1 <= wakes["client"] <= 10 and 1 <= wakes["server"] <= 10, wakes
-    await client.close()
+        monkeypatch.setattr(loop, "call_later", counting_call_later)
+        client, server = await make_pair(ping_interval_s=0.3, idle_timeout_s=1.0)
+        await asyncio.sleep(1.0)
+        assert not client.is_closed and not server.is_closed
+        # About three PINGs in a second, each answered within the next tick: a handful of
+        # wakes per side, against 100 for a timer every TICK_S.
+        assert 1 <= wakes["client"] <= 10 and 1 <= wakes["server"] <= 10, wakes
+        await client.close()
 
 
 async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
@@ -305,4 +316,16 @@ async def test_borrowed_bytes_may_be_reused_as_soon_as_the_call_returns(refuse):
         received += chunk
     assert received == b"x" * 20000
     await server.close()
+    await client.close()
+
+
+async def test_a_stream_handler_set_after_construction_gets_the_peers_streams():
+    client, server = await make_pair()  # no handler yet: streams would be refused
+    opened = []
+    client.set_stream_handler(opened.append)
+    stream = server.open_stream(b"api")
+    await stream.write(b"x")
+    while not opened:
+        await asyncio.sleep(0.001)
+    assert opened[0].target == b"api"
     await client.close()

@@ -9,7 +9,7 @@ from typing import cast
 
 import pytest
 
-from tests.apiserver.harness import StandInProcess
+from standin.harness import StandInProcess
 from tests.fixtures.notify import FakeSystemd, fake_systemd
 from tests.integration.env import (
     Agent,

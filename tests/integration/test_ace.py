@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver.harness import StandInProcess
+from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
 from tests.integration.env import (

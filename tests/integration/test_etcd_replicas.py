@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.apiserver.harness import StandInProcess
+from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
 from tests.fixtures.tcplb import TcpBalancer

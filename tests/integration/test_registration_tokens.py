@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver.harness import StandInProcess
+from standin.harness import StandInProcess
 from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
 from tests.integration.env import Agent, Gateway, agent_command, free_port, wait_until
 from tests.integration.test_proxy_errors import raw_request

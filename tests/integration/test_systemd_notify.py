@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ace import manifests
 from tests.fixtures.notify import FakeSystemd, starts_with
 from tests.integration.conftest import World
 from tests.integration.env import REPO_ROOT, agent_command, free_port, wait_until
@@ -28,7 +29,6 @@ from tests.integration.webhook_env import (
     apiserver_webhook_file,
     start_standin,
 )
-from webhook import manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver.harness import run_kubectl
+from ace.records import TOKEN_PLURAL
+from standin.harness import run_kubectl
 from tests.binaries import kubectl
 from tests.integration.env import free_port, wait_until
 from tests.integration.webhook_env import (
@@ -29,7 +30,6 @@ from tests.integration.webhook_env import (
     start_standin,
     start_webhook_world,
 )
-from webhook.records import TOKEN_PLURAL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -27,6 +27,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ace import manifests
 from config import tls
 from tests.fixtures.notify import FakeSystemd, starts_with
 from tests.integration.conftest import World
@@ -39,7 +40,6 @@ from tests.integration.webhook_env import (
     http_json,
     start_standin,
 )
-from webhook import manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.apiserver.harness import StandInProcess
+from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.fixtures.notify import FakeSystemd, starts_with
 from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
+from ace import manifests
+from ace.records import GROUP, TOKEN_PLURAL, USER_PLURAL, VERSION
 from gateway.identity import hashing
-from tests.apiserver.harness import StandInProcess, run_kubectl
+from standin.harness import StandInProcess, run_kubectl
 from tests.integration.env import free_port, wait_until
-from webhook import manifests
-from webhook.records import GROUP, TOKEN_PLURAL, USER_PLURAL, VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "herdgate-system"

@@ -7,10 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_binary, run_kubectl
-from tests.binaries import require
+from config.tls import make_ca, write_cert
+from standin.harness import StandInProcess, run_kubectl
+from tests.binaries import find_kubectl, require
 
 TOKENS = {
     "admin-token": ("admin", "uid-admin", ["system:masters"]),
@@ -22,24 +24,27 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def need_kubectl(version: str) -> str:
-    binary = kubectl_binary(version)
+    binary = find_kubectl(version)
     if binary is None:
         require(None, f"kubectl {version}")
     return binary
 
 
+ClientCA = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
 @pytest.fixture(scope="session")
-def client_ca(tmp_path_factory: pytest.TempPathFactory) -> certs.KeyPair:
-    return certs.make_ca("standin-client-ca")
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> ClientCA:
+    return make_ca("standin-client-ca")
 
 
 @pytest.fixture(scope="session")
 def standin(
-    tmp_path_factory: pytest.TempPathFactory, client_ca: certs.KeyPair
+    tmp_path_factory: pytest.TempPathFactory, client_ca: ClientCA
 ) -> Iterator[StandInProcess]:
     workdir = tmp_path_factory.mktemp("standin")
     ca_file = workdir / "client-ca.crt"
-    ca_file.write_bytes(client_ca.cert_pem())
+    write_cert(ca_file, client_ca[0])
     server = StandInProcess.start(
         workdir,
         tokens=TOKENS,

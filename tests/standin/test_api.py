@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.apiserver import protobuf
-from tests.apiserver.app import Config, StandIn
-from tests.apiserver.harness import write_token_file
+from standin import protobuf
+from standin.app import Config, StandIn
+from standin.harness import write_token_file
 
 ADMIN = {"Authorization": "Bearer admin-token"}
 ALICE = {"Authorization": "Bearer alice-token"}

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_env
+from config.tls import issue_client_cert, write_cert, write_key
+from standin.harness import StandInProcess, kubectl_env
 
-from .conftest import Kubectl, need_kubectl
+from .conftest import ClientCA, Kubectl, need_kubectl
 
 pytestmark = pytest.mark.integration
 
@@ -358,11 +358,10 @@ def test_anonymous_and_bad_tokens(standin: StandInProcess, tmp_path: Path) -> No
     ) in out.stderr
 
 
-def test_client_certificate(
-    standin: StandInProcess, client_ca: certs.KeyPair, tmp_path: Path
-) -> None:
-    pair = certs.make_client_cert(client_ca, "erin", ("ops", "system:masters"))
-    pair.write(tmp_path / "erin.crt", tmp_path / "erin.key")
+def test_client_certificate(standin: StandInProcess, client_ca: ClientCA, tmp_path: Path) -> None:
+    cert, key = issue_client_cert(*client_ca, "erin", ("ops", "system:masters"))
+    write_cert(tmp_path / "erin.crt", cert)
+    write_key(tmp_path / "erin.key", key)
     kubeconfig = standin.kubeconfig(
         tmp_path / "kubeconfig", client_cert=(tmp_path / "erin.crt", tmp_path / "erin.key")
     )

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tests.apiserver import patch, protobuf, selectors
-from tests.apiserver.auth import TokenFile, UserInfo, bearer_token, parse_duration
-from tests.apiserver.impersonation import Impersonator, PlainInternalError, _Request
-from tests.apiserver.requestinfo import request_info
-from tests.apiserver.status import ApiError
-from tests.apiserver.tables import human_duration
+from standin import patch, protobuf, selectors
+from standin.auth import TokenFile, UserInfo, bearer_token, parse_duration
+from standin.impersonation import Impersonator, PlainInternalError, _Request
+from standin.requestinfo import request_info
+from standin.status import ApiError
+from standin.tables import human_duration
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.apiserver import certs
-from tests.apiserver.harness import StandInProcess, kubectl_env
+from config.tls import issue_server_cert, make_ca, write_cert, write_key
+from standin.harness import StandInProcess, kubectl_env
 
 from .conftest import need_kubectl
 
@@ -45,10 +45,11 @@ class Webhook:
 
 @pytest.fixture
 async def webhook(tmp_path: Path) -> AsyncIterator[Webhook]:
-    ca = certs.make_ca("webhook-ca")
-    server = certs.make_server_cert(ca)
-    server.write(tmp_path / "wh.crt", tmp_path / "wh.key")
-    (tmp_path / "wh-ca.crt").write_bytes(ca.cert_pem())
+    ca_cert, ca_key = make_ca("webhook-ca")
+    cert, key = issue_server_cert(ca_cert, ca_key, ["127.0.0.1", "localhost", "::1"])
+    write_cert(tmp_path / "wh.crt", cert)
+    write_key(tmp_path / "wh.key", key)
+    write_cert(tmp_path / "wh-ca.crt", ca_cert)
     hook = Webhook("", tmp_path / "wh-ca.crt")
 
     async def review(request: web.Request) -> web.Response:

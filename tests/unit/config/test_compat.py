@@ -35,6 +35,7 @@ from gateway.identity.providers import ldap3_compat
 from gateway.proxy.model import Answer, switching
 from gateway.telemetry.drain import DRAIN, Drain
 from tests.fakes import TestPKI
+from tunnel import websocket, wsconn
 
 WARNING_PREFIX = "dependency check "
 
@@ -262,12 +263,12 @@ def reference_mask(mask: bytes, data: bytes) -> bytes:
 @given(st.binary(min_size=4, max_size=4), st.binary(max_size=2000))
 def test_the_python_mask_is_rfc_6455s_and_aiohttps(mask: bytes, payload: bytes) -> None:
     ours = bytearray(payload)
-    aiohttp_internals.mask_pure(mask, ours)
+    websocket.mask_pure(mask, ours)
     assert bytes(ours) == reference_mask(mask, payload)
     theirs = bytearray(payload)
     aiohttp._websocket.helpers.websocket_mask(mask, theirs)
     assert ours == theirs
-    aiohttp_internals.mask_pure(mask, ours)  # masking twice gives the payload back
+    websocket.mask_pure(mask, ours)  # masking twice gives the payload back
     assert ours == payload
 
 
@@ -279,12 +280,13 @@ def test_without_aiohttps_mask_the_python_mask_runs(
     recheck: Callable[[Assumption], bool],
 ) -> None:
     assert aiohttp_internals.websocket_mask is aiohttp._websocket.helpers.websocket_mask
+    assert wsconn.MASK_IN_PLACE is aiohttp._websocket.helpers.websocket_mask
     if how == "gone":
         monkeypatch.delattr(aiohttp._websocket.helpers, "websocket_mask")
     else:
         monkeypatch.setattr(aiohttp._websocket.helpers, "websocket_mask", lambda m, d: None)
     assert not recheck(aiohttp_internals.MASK)
-    assert aiohttp_internals._choose_mask() is aiohttp_internals.mask_pure
+    assert aiohttp_internals._choose_mask() is None  # tunnel.wsconn then uses mask_pure
     messages = warnings_of(caplog)
     assert len(messages) == 1 and "websocket-mask" in messages[0], messages
 

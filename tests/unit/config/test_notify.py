@@ -17,6 +17,7 @@ import pytest
 
 from config import notify
 from config.notify import Notifier
+from tests.fakes.loop_clock import virtual_time
 
 
 class Listener:
@@ -187,39 +188,43 @@ async def test_run_watchdog_pings_at_half_the_timeout(listener: Listener) -> Non
     )
     assert n.watchdog_interval() == pytest.approx(0.02)
     pings: list[str] = []
-    started = time.monotonic()
-    task = asyncio.create_task(n.run_watchdog())
-    while len(pings) < 5 and time.monotonic() - started < 5:
-        await asyncio.sleep(0.01)
-        pings += listener.pending()
-    elapsed = time.monotonic() - started
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    loop = asyncio.get_running_loop()
+    with virtual_time():
+        started = loop.time()
+        task = asyncio.create_task(n.run_watchdog())
+        while len(pings) < 5 and loop.time() - started < 5:
+            await asyncio.sleep(0.01)
+            pings += listener.pending()
+        elapsed = loop.time() - started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert pings[:5] == ["WATCHDOG=1"] * 5
     # The first at once, then one per interval: never faster.
-    assert elapsed >= 4 * 0.02
+    assert elapsed >= 4 * 0.02 - 1e-9  # (virtual times are float sums)
 
 
 async def test_watchdog_running_stops_with_its_block(listener: Listener) -> None:
     n = Notifier.from_env({"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "20000"})
-    async with n.watchdog_running():
-        await asyncio.sleep(0.1)
-    count = len(listener.pending())
-    assert count >= 3
-    await asyncio.sleep(0.05)
-    assert listener.pending() == []
+    with virtual_time():
+        async with n.watchdog_running():
+            await asyncio.sleep(0.1)
+        count = len(listener.pending())
+        assert count >= 3
+        await asyncio.sleep(0.05)
+        assert listener.pending() == []
 
 
 async def test_a_stuck_loop_stops_the_pings(listener: Listener) -> None:
     n = Notifier.from_env({"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "20000"})
-    async with n.watchdog_running():
-        await asyncio.sleep(0.05)
-        listener.pending()
-        time.sleep(0.1)  # the loop hangs: no ping goes out meanwhile
-        assert listener.pending() == []
-        await asyncio.sleep(0.05)
-        assert listener.pending()
+    with virtual_time() as clock:
+        async with n.watchdog_running():
+            await asyncio.sleep(0.05)
+            listener.pending()
+            clock.advance(0.1)  # the loop hangs: no ping goes out meanwhile
+            assert listener.pending() == []
+            await asyncio.sleep(0.05)
+            assert listener.pending()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunnel import websocket
+from tunnel import websocket, wsconn
 from tunnel.websocket import (
     ClientHandshake,
     Close,
@@ -28,6 +28,8 @@ from tunnel.websocket import (
 )
 
 MASK = b"\x01\x02\x03\x04"
+MASKERS = [websocket.mask_pure, wsconn.MASK_IN_PLACE]
+"""The Python mask (this module's default) and the one connections pass (aiohttp's)."""
 
 
 def payload_of(items: list[websocket.Item]) -> bytes:
@@ -157,10 +159,13 @@ def test_client_handshake_bounds_the_head() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70001])
 @pytest.mark.parametrize("mask", [None, MASK, b"\xff\x00\xaa\x55"])
-def test_frames_round_trip_at_every_length_encoding(size: int, mask: bytes | None) -> None:
+@pytest.mark.parametrize("mask_in_place", MASKERS, ids=["pure", "connection's"])
+def test_frames_round_trip_at_every_length_encoding(
+    size: int, mask: bytes | None, mask_in_place: websocket.Masker
+) -> None:
     data = os.urandom(size)
-    reader = FrameReader(masked=mask is not None, max_frame=1 << 20)
-    encoded = encode_frame(Opcode.BINARY, data, mask)
+    reader = FrameReader(masked=mask is not None, max_frame=1 << 20, mask_in_place=mask_in_place)
+    encoded = encode_frame(Opcode.BINARY, data, mask, mask_in_place)
     if mask is not None:
         assert bytes(encoded) == frame(0x82, data, mask)  # RFC 6455 5.3, byte by byte
     assert payload_of(reader.feed(encoded)) == data

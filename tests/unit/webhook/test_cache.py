@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from ace.records import TOKEN_PLURAL, USER_PLURAL, TokenRecord, token_from_object
 from webhook.cache import RecordCache, Reflector, Timing
-from webhook.records import TOKEN_PLURAL, USER_PLURAL, TokenRecord, token_from_object
 
 FAST = Timing(
     request_timeout=2, watch_timeout=5, watch_idle=5, backoff_initial=0.01, backoff_max=0.05

@@ -15,7 +15,7 @@ def _modules(code: str) -> str:
 
 def test_webhook_never_imports_the_gateway() -> None:
     code = (
-        "import sys, webhook.cli, webhook.server, webhook.app, webhook.cache, webhook.manifests;"
+        "import sys, webhook.cli, webhook.server, webhook.app, webhook.cache, ace.manifests;"
         "print(sorted(m for m in sys.modules if m == 'gateway' or m.startswith('gateway.')))"
     )
     assert _modules(code) == "[]"
@@ -23,7 +23,7 @@ def test_webhook_never_imports_the_gateway() -> None:
 
 def test_review_and_records_are_sans_io() -> None:
     code = (
-        "import sys, webhook.review, webhook.records, webhook.hashes;"
+        "import sys, webhook.review, ace.records, ace.hashes, ace.manifests;"
         "bad = {'asyncio', 'socket', 'ssl', 'aiohttp', 'uvloop', 'selectors'} & set(sys.modules);"
         "print(sorted(bad))"
     )

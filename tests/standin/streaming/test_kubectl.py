@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.binaries import find_kubectl, require
-from tests.streaming.standin import Server, StandIn, run_standin
+from tests.standin.streaming.standin import Server, StandIn, run_standin
 
 pytestmark = pytest.mark.integration
 

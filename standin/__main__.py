@@ -1,4 +1,4 @@
-"""`python -m tests.apiserver`: run the stand-in Kubernetes API server.
+"""`python -m standin`: run the stand-in Kubernetes API server.
 
 Flags follow kube-apiserver where one exists. With `--dir`, a CA and serving certificate are
 generated there and `ready.json` ({"url", "ca_file", "pid"}) is written once the server listens.
@@ -19,7 +19,8 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from . import certs
+from config.tls import ensure_generated_certs
+
 from .app import Config, StandIn
 from .auth import parse_duration
 
@@ -37,7 +38,7 @@ def _list(value: str) -> tuple[str, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.apiserver", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m standin", description=__doc__)
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (port 0: any)")
     p.add_argument("--dir", type=Path, help="working directory: generated PKI and ready.json")
     p.add_argument("--tls-cert-file", type=Path)
@@ -117,7 +118,8 @@ async def serve(args: argparse.Namespace) -> None:
         if args.dir and (args.dir / "ca.crt").exists():
             ca_file = args.dir / "ca.crt"
     elif args.dir:
-        ca_file, cert, key = certs.write_pki(args.dir)
+        paths, _ = ensure_generated_certs(args.dir, ["127.0.0.1", "localhost", "::1"])
+        ca_file, cert, key = paths.ca, paths.cert, paths.key
     else:
         raise SystemExit("either --dir or --tls-cert-file/--tls-private-key-file is required")
 

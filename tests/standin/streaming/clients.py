@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tests.apiserver import spdy
+from standin import spdy
 
 TIMEOUT = 5.0
 

@@ -1,15 +1,13 @@
-"""A minimal API server around tests.apiserver.streaming, enough for real kubectl.
+"""A minimal API server around standin.streaming, enough for real kubectl.
 
 It serves ``/version``, legacy discovery, ``GET`` of the pods it knows (always Running) and the
 ``exec``/``attach``/``portforward`` subresources, over HTTP or HTTPS, without authentication.
-The full stand-in (tests.apiserver.app) does the same behind its REST core.
+The full stand-in (standin.app) does the same behind its REST core.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import json
 import ssl
 import tempfile
@@ -20,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from tests.apiserver import streaming
+from config.tls import ensure_generated_certs, server_context
+from standin import streaming
 
 NAMESPACE = "default"
 
@@ -237,40 +232,6 @@ class Server:
     ca_pem: bytes | None
 
 
-def _tls_material(directory: Path) -> tuple[Path, Path, bytes]:
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streaming-standin")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_path, key_path = directory / "server.crt", directory / "server.key"
-    cert_path.write_bytes(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, cert_pem
-
-
 def write_kubeconfig(path: Path, url: str, ca_pem: bytes | None) -> None:
     cluster: dict[str, Any] = {"server": url}
     if ca_pem is not None:
@@ -303,9 +264,9 @@ async def run_standin(
         ssl_context: ssl.SSLContext | None = None
         ca_pem: bytes | None = None
         if tls:
-            cert_path, key_path, ca_pem = _tls_material(tmpdir)
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(cert_path, key_path)
+            paths, _ = ensure_generated_certs(tmpdir, ["localhost", "127.0.0.1"])
+            ssl_context = server_context(paths.cert, paths.key)
+            ca_pem = paths.ca.read_bytes()
         runner = web.AppRunner(standin.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)

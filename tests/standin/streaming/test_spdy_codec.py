@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.apiserver import spdy
-from tests.apiserver.spdy import (
+from standin import spdy
+from standin.spdy import (
     DataFrame,
     FrameDecoder,
     FrameEncoder,

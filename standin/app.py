@@ -13,7 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import bulk, discovery, openapi
+from config.tls import server_context
+
+from . import bulk, discovery, openapi, streaming
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -284,24 +286,16 @@ class StandIn:
             return await bulk.serve(request, self.config.bulk_list_bytes)
         if info.is_resource:
             ctx = Context(request, info, user, self.authenticate_token)
-            return await self.api.handle(ctx, self.streaming)
+            return await self.api.handle(ctx, self.serve_stream)
         raise route_not_found()
 
-    async def streaming(
+    async def serve_stream(
         self, request: web.Request, kind: str, pod: dict[str, Any]
     ) -> web.StreamResponse:
-        """Route exec/attach/portforward to tests/apiserver/streaming.py (written separately)."""
+        """Route exec/attach/portforward to streaming.py, once the request is authenticated."""
         params = streaming_params(request, kind, pod)
-        try:
-            from . import streaming as mod  # written separately, may be absent
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.streaming":
-                raise
-            raise ApiError(
-                501, "NotImplemented", f"{kind} is not implemented by this stand-in build"
-            ) from exc
         if kind == "exec":
-            return await mod.serve_exec(
+            return await streaming.serve_exec(
                 request,
                 pod,
                 params["command"],
@@ -312,7 +306,7 @@ class StandIn:
                 params["tty"],
             )
         if kind == "attach":
-            return await mod.serve_attach(
+            return await streaming.serve_attach(
                 request,
                 pod,
                 params["container"],
@@ -321,7 +315,7 @@ class StandIn:
                 params["stderr"],
                 params["tty"],
             )
-        return await mod.serve_portforward(request, pod, params["ports"])
+        return await streaming.serve_portforward(request, pod, params["ports"])
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -349,11 +343,4 @@ class StandIn:
         self.api.store.close_watchers()
 
     def ssl_context(self, cert: Path, key: Path) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert, key)
-        ctx.set_alpn_protocols(["http/1.1"])
-        if self.config.client_ca_file is not None:
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-            ctx.load_verify_locations(cafile=str(self.config.client_ca_file))
-        return ctx
+        return server_context(cert, key, client_ca_file=self.config.client_ca_file)

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.identity import hashing
-from webhook.records import (
+from ace.records import (
     Accepted,
     Reason,
     Rejected,
@@ -20,6 +19,7 @@ from webhook.records import (
     token_from_object,
     user_from_object,
 )
+from gateway.identity import hashing
 
 SECRET = hashing.new_secret()
 NOW = 1_800_000_000.0  # 2027-01-15

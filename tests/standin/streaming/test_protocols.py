@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from tests.apiserver import spdy, streaming
-from tests.streaming.clients import TIMEOUT, SpdyTestClient, spdy_connect
-from tests.streaming.standin import Server, run_standin
+from standin import spdy, streaming
+from tests.standin.streaming.clients import TIMEOUT, SpdyTestClient, spdy_connect
+from tests.standin.streaming.standin import Server, run_standin
 
 EXEC = "/api/v1/namespaces/default/pods/web/exec"
 ATTACH = "/api/v1/namespaces/default/pods/web/attach"

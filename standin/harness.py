@@ -25,14 +25,7 @@ from typing import Any
 
 import yaml
 
-from tests.binaries import find_kubectl
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def kubectl_binary(version: str) -> str | None:
-    """Path of `kubectl.<version>` (e.g. "1.27"), or None when it is not installed."""
-    return find_kubectl(version)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_token_file(path: Path, tokens: Mapping[str, tuple[str, str, Sequence[str]]]) -> Path:
@@ -71,7 +64,7 @@ class StandInProcess:
         cmd = [
             sys.executable,
             "-m",
-            "tests.apiserver",
+            "standin",
             "--dir",
             str(workdir),
             "--listen",

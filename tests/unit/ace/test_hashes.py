@@ -1,4 +1,4 @@
-"""webhook.hashes is a copy of gateway.identity.hashing's token check: both must agree."""
+"""ace.hashes is a copy of gateway.identity.hashing's token check: both must agree."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ace import hashes
 from gateway.identity import hashing
-from webhook import hashes
 
 
 def test_accepts_what_the_gateway_writes() -> None:

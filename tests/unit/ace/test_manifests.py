@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from tests.apiserver.crds import validate_crd
-from webhook import manifests
-from webhook.records import GROUP, TOKEN_PLURAL, USER_PLURAL
+from ace import manifests
+from ace.records import GROUP, TOKEN_PLURAL, USER_PLURAL
+from standin.crds import validate_crd
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
@@ -17,9 +17,7 @@ DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 def test_deploy_files_are_the_generated_ones() -> None:
     for name, text in manifests.deploy_files().items():
         path = DEPLOY / name
-        assert path.read_text() == text, (
-            f"{path} is stale: python -m webhook.manifests write deploy"
-        )
+        assert path.read_text() == text, f"{path} is stale: python -m ace.manifests write deploy"
 
 
 def test_documents_round_trip_through_yaml() -> None:

@@ -288,7 +288,7 @@ class Api:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def handle(self, ctx: Context, streaming: StreamingHandler | None) -> web.StreamResponse:
+    async def handle(self, ctx: Context, streaming: StreamingHandler) -> web.StreamResponse:
         info = ctx.info
         rt = self.registry.get(info.group, info.version, info.resource)
         if rt is None:
@@ -757,7 +757,7 @@ class Api:
     # -- subresources -----------------------------------------------------------------------
 
     async def _subresource(
-        self, ctx: Context, rt: ResourceType, namespace: str, streaming: StreamingHandler | None
+        self, ctx: Context, rt: ResourceType, namespace: str, streaming: StreamingHandler
     ) -> web.StreamResponse:
         info = ctx.info
         sub = rt.subresource(info.subresource)
@@ -786,8 +786,6 @@ class Api:
             return await logs.serve_logs(ctx.request, pod, still_there)
         if sub.name in ("exec", "attach", "portforward") and method in ("GET", "POST"):
             pod = self._lookup(rt, namespace, info.name)
-            if streaming is None:
-                raise ApiError(501, "NotImplemented", "streaming is not available in this build")
             return await streaming(ctx.request, sub.name, pod)
         if sub.name == "scale" and method in ("GET", "PUT", "PATCH"):
             return await subresources.serve_scale(self, ctx, rt, namespace)

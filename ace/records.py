@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ace.hashes import is_supported, verify_token
 from config.identity import Identity
-from webhook.hashes import is_supported, verify_token
 
 GROUP = "auth.herdgate.dev"
 VERSION = "v1"

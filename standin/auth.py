@@ -24,6 +24,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from config.tls import client_context
+
 log = logging.getLogger(__name__)
 
 ALL_AUTHENTICATED = "system:authenticated"
@@ -173,23 +175,23 @@ class TokenWebhook:
         self.url: str = cluster["server"]
         self._ssl: ssl.SSLContext | bool = True
         if self.url.startswith("https"):
-            ctx = ssl.create_default_context()
-            if cluster.get("insecure-skip-tls-verify"):
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
             ca = _load_bytes(cluster, "certificate-authority-data", "certificate-authority", base)
-            if ca:
-                ctx.load_verify_locations(cadata=ca.decode())
             users = cfg.get("users") or []
             user = (users[0].get("user") or {}) if users else {}
             cert = _load_bytes(user, "client-certificate-data", "client-certificate", base)
             key = _load_bytes(user, "client-key-data", "client-key", base)
-            if cert and key:
-                with tempfile.TemporaryDirectory() as tmp:
-                    (Path(tmp) / "c").write_bytes(cert)
-                    (Path(tmp) / "k").write_bytes(key)
-                    ctx.load_cert_chain(Path(tmp) / "c", Path(tmp) / "k")
-            self._ssl = ctx
+            with tempfile.TemporaryDirectory() as tmp:
+                cert_file = key_file = None
+                if cert and key:
+                    cert_file, key_file = str(Path(tmp) / "c"), str(Path(tmp) / "k")
+                    Path(cert_file).write_bytes(cert)
+                    Path(key_file).write_bytes(key)
+                self._ssl = client_context(
+                    ca_data=ca.decode() if ca else None,
+                    cert_file=cert_file,
+                    key_file=key_file,
+                    verify=not cluster.get("insecure-skip-tls-verify"),
+                )
         users = cfg.get("users") or []
         user = (users[0].get("user") or {}) if users else {}
         self._bearer: str | None = user.get("token")
