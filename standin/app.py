@@ -26,9 +26,10 @@ from .auth import (
     UserInfo,
     bearer_token,
 )
+from .context import Context
 from .impersonation import Impersonator, PlainInternalError, has_impersonation_headers
 from .requestinfo import request_info
-from .rest import Api, Context, streaming_params
+from .rest import Api, streaming_params
 from .status import ApiError, route_not_found, unauthorized
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -27,9 +26,9 @@ from . import (
     subresources,
     tables,
 )
-from .auth import UserInfo
+from .context import Context
 from .negotiation import Target
-from .requestinfo import RequestInfo, parse_bool
+from .requestinfo import parse_bool
 from .resources import Registry, ResourceType
 from .status import (
     MODIFIED,
@@ -66,14 +65,6 @@ _PATCH_TYPES = (
 )
 
 StreamingHandler = Callable[..., Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Context:
-    request: web.Request
-    info: RequestInfo
-    user: UserInfo
-    authenticate_token: Callable[[str], Awaitable[UserInfo | None]]
 
 
 def _json_response(obj: Any, target: Target, code: int = 200) -> web.Response:

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from . import negotiation
+from .context import Context
 from .resources import ResourceType
 from .status import MODIFIED, bad_request, conflict, status_response, success_status
 
-if TYPE_CHECKING:
-    from .rest import Api, Context
+
+class Api(Protocol):
+    """What the subresources ask of the REST core (``standin.rest.Api``, which calls them)."""
+
+    def lookup(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]: ...
+    async def read_patch(self, ctx: Context, rt: ResourceType) -> tuple[str, Any]: ...
+    def patched(self, ctype: str, current: dict[str, Any], doc: Any) -> dict[str, Any]: ...
+    def update_object(
+        self,
+        rt: ResourceType,
+        new: dict[str, Any],
+        old: dict[str, Any],
+        *,
+        keep_status: bool = True,
+    ) -> dict[str, Any]: ...
+    def delete_object(
+        self, rt: ResourceType, obj: dict[str, Any], opts: dict[str, Any]
+    ) -> dict[str, Any]: ...
+    def respond_object(
+        self, ctx: Context, rt: ResourceType, obj: dict[str, Any], code: int = 200
+    ) -> web.Response: ...
+
 
 _DEFAULT_SCALE_PATHS = {
     "specReplicasPath": ".spec.replicas",

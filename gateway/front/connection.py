@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
@@ -40,7 +40,7 @@ from gateway.front.h1_protocol import (
     RequestReader,
 )
 from gateway.front.h2 import HTTP2_BUFFER_BYTES, H2Connection
-from gateway.front.request import StreamedAnswer, client_request
+from gateway.front.request import Answerer, client_request
 from gateway.proxy import handler as proxy
 from gateway.proxy import rawresponse
 from gateway.proxy.model import (
@@ -65,11 +65,11 @@ HEAD_TIMEOUT_S = 60.0
 """A request head must arrive whole within this long once it has begun."""
 BODY_TIMEOUT_S = 60.0
 """A request body that sends nothing for this long fails its request (408)."""
+JOIN_MAX = 16 * 1024
+"""Answer chunks up to a TLS record's size are copied together with their chunk framing."""
 SWEEP_S = 5.0
 MAX_QUEUED = 8
 """Pipelined requests held before reading from the client pauses."""
-
-Answerer = Callable[[web.Application, Request], Awaitable[Answer]]
 
 _PREFIX = PREFIX.encode("ascii")
 _K8S = b"/k8s/"
@@ -563,3 +563,58 @@ _REASONS = {
     431: "RequestHeaderFieldsTooLarge",
     501: "NotImplemented",
 }
+
+
+class StreamedAnswer:
+    """The HTTP/1.1 ``AnswerWriter`` of an answer streamed as it arrives (watches, big
+    LISTs, logs -f): the head as bytes when it is made, then the body as it arrives,
+    chunked unless the API server gave a length."""
+
+    __slots__ = ("_chunked", "_conn", "keep_alive")
+
+    def __init__(
+        self,
+        conn: FrontConnection,
+        request: Request,
+        status: int,
+        reason: str,
+        upstream_headers: list[Header],
+        length: int | None,
+        request_id: str,
+        bodyless: bool = False,
+    ) -> None:
+        self._conn = conn
+        keep_alive = request.keep_alive
+        # Without a length, HTTP/1.0 clients read until the connection closes.
+        self._chunked = length is None and request.version == "1.1" and not bodyless
+        if length is None and not self._chunked and not bodyless:
+            keep_alive = False
+        self.keep_alive = keep_alive
+        conn.write(
+            rawresponse.head(
+                status,
+                reason,
+                upstream_headers,
+                length_line=b"" if length is None else b"Content-Length: %d\r\n" % length,
+                chunked=self._chunked,
+                request_id=request_id,
+                keep_alive=keep_alive,
+            )
+        )
+
+    async def write(self, data: bytes | bytearray) -> None:
+        conn = self._conn
+        if not self._chunked:
+            conn.write(data)
+        elif len(data) <= JOIN_MAX:
+            # One buffer: each piece handed to the TLS transport becomes a TLS record of
+            # its own, and a watch event would otherwise be three.
+            conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            conn.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        if conn.write_paused:
+            await conn.drain()
+
+    async def end(self) -> None:
+        if self._chunked:
+            self._conn.write(b"0\r\n\r\n")

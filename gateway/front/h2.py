@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from aiohttp import web
 
 from config import allocator
 from gateway.errors import status_body
@@ -37,15 +39,13 @@ from gateway.front.h2_protocol import (
     ServerConnection,
     Terminated,
 )
-from gateway.front.request import client_request
+from gateway.front.request import Answerer, client_request
 from gateway.proxy import model
 from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter
 from gateway.proxy.rawresponse import h2_headers, h2_whole
+from gateway.telemetry.drain import Drain
 from tunnel.sockets import is_stream
 from tunnel.streams import READER_TALLY, Budget, ReadTally
-
-if TYPE_CHECKING:
-    from gateway.front.connection import Front
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,25 @@ FLUSH_NOW_BYTES = 8 * 1024
 """Answer pieces this large are written at once, smaller ones at the end of the turn."""
 
 _BODYLESS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")
+
+
+class Front(Protocol):
+    """What an HTTP/2 connection asks of the listener's ``gateway.front.connection.Front``
+    (a Protocol, so that this module does not import the one that makes its connections)."""
+
+    @property
+    def app(self) -> web.Application: ...
+    @property
+    def drain(self) -> Drain: ...
+    @property
+    def keepalive_s(self) -> float: ...
+    @property
+    def body_timeout_s(self) -> float: ...
+    @property
+    def http2_buffer(self) -> int: ...
+    def answerer(self, request: model.Request) -> Answerer: ...
+    def added(self, conn: H2Connection) -> None: ...
+    def removed(self, conn: H2Connection) -> None: ...
 
 
 class H2Connection(asyncio.Protocol):
