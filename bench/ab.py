@@ -1,13 +1,15 @@
 """One scenario, the working tree against another revision, alternating in the same run.
 
-``[HERDGATE_X=V ...] .venv/bin/python -m bench.ab REV [--small] [--connections N]
+``[HERDGATE_X=V ...] .venv/bin/python -m bench.ab REV [--small | --h2] [--connections N]
 [--rounds N] [--seconds S]``
 
 The full suite's ``--baseline`` runs every scenario on four paths; this runs only the 100
-MB list at one connection (or, with ``--small``, the 2 KB GET at 64 connections;
-``--connections N`` sets another count) against two herds — the tree and ``REV``, each a
-gateway and an agent in front of one nginx backend — back to back in each round, the
-order flipped every round, so both see the same state of a machine whose speed drifts.
+MB list at one connection (or, with ``--small``, the 2 KB GET at 64 connections; with
+``--h2``, the 2 KB GET over HTTP/2 with h2load, 4 connections of 16 streams each, as the
+suite's HTTP/2 row; ``--connections N`` sets another count) against two herds — the tree
+and ``REV``, each a gateway and an agent in front of one nginx backend — back to back in
+each round, the order flipped every round, so both see the same state of a machine whose
+speed drifts.
 Printed first: each gateway's start-up line saying whether its request path runs compiled
 (``REV`` is built like the tree when a C compiler is here; build the tree yourself,
 ``python -m config.native build``). Printed per round: MB/s (or req/s), the box's busy
@@ -25,7 +27,7 @@ import shutil
 import statistics
 from dataclasses import dataclass
 
-from bench import nginx, wrk
+from bench import h2load, nginx, wrk
 from bench.procstats import CpuMeter, CpuUsage
 from bench.suite import KUBECTL_HEADERS, Herd, checkout, setup_tmp, start_herd
 from tests.integration.env import REPO_ROOT
@@ -69,10 +71,16 @@ def ratio(samples: list[Sample]) -> float:
     return statistics.median(tree) / statistics.median(base)
 
 
-def connection_count(requested: int | None, bulk: bool) -> int:
-    """``--connections``, or the scenario's own: 1 for the list, 64 for the small GET."""
+H2_STREAMS = 16
+"""``--h2``: streams in flight per connection (the suite's HTTP/2 row: ``-c 4 -m 16``)."""
+H2_CONNECTIONS = 4
+
+
+def connection_count(requested: int | None, bulk: bool, h2: bool = False) -> int:
+    """``--connections``, or the scenario's own: 1 for the list, 64 for the small GET, 4
+    for the HTTP/2 GET."""
     if requested is None:
-        return 1 if bulk else 64
+        return 1 if bulk else H2_CONNECTIONS if h2 else 64
     if requested < 1:
         raise SystemExit("--connections: at least 1")
     return requested
@@ -91,16 +99,19 @@ def main() -> None:
     parser.add_argument("rev", help="the other revision (a commit, tag or HEAD~N)")
     parser.add_argument("--small", action="store_true", help="2 KB GET at 64 connections")
     parser.add_argument(
+        "--h2", action="store_true", help="2 KB GET over HTTP/2 (h2load, 4 connections x 16)"
+    )
+    parser.add_argument(
         "--connections",
         type=int,
         default=None,
-        help="wrk's connections (default: 1 for the list, 64 with --small)",
+        help="connections (default: 1 for the list, 64 with --small, 4 with --h2)",
     )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    bulk = not args.small
-    connections = connection_count(args.connections, bulk)
+    bulk = not (args.small or args.h2)
+    connections = connection_count(args.connections, bulk, args.h2)
     tmp = setup_tmp(None)
     atexit.register(shutil.rmtree, tmp, True)
     certs = nginx.make_certs(tmp / "certs")
@@ -120,13 +131,24 @@ def main() -> None:
             url = f"{herd.gateway.url}/k8s/clusters/{herd.cluster_id}{path}"
             headers = {"Authorization": f"Bearer {herd.token}", **KUBECTL_HEADERS}
             with CpuMeter({**herd.pids, "backend": backend.pid}) as meter:
-                result = wrk.run(url, connections=connections, seconds=seconds, headers=headers)
+                if args.h2:
+                    result = h2load.run(
+                        url,
+                        connections=connections,
+                        streams=H2_STREAMS,
+                        seconds=seconds,
+                        headers=headers,
+                    )
+                else:
+                    result = wrk.run(url, connections=connections, seconds=seconds, headers=headers)
             assert meter.usage is not None
             return result, meter.usage
 
         for herd in herds.values():
             run(herd, 1)  # warm up: TLS sessions, pools, the allocator
         scenario = f"{'100 MB list' if bulk else '2 KB GET'}, {connections} connection(s)"
+        if args.h2:
+            scenario += f" over HTTP/2, {H2_STREAMS} streams each"
         print(f"tree against {args.rev} ({base_code.commit}), {scenario}")
         for build, herd in herds.items():
             print(f"{build:5} gateway's {request_path(herd.gateway.log())}")

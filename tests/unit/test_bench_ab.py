@@ -54,3 +54,8 @@ def test_request_path_is_read_from_the_gateway_log() -> None:
     log = "herdgate gateway serving https://x\nrequest path: compiled (mypyc, 30 modules)\n"
     assert request_path(log) == "request path: compiled (mypyc, 30 modules)"
     assert request_path("") == "request path: not in its log"
+
+
+def test_the_http2_get_defaults_to_the_suites_four_connections() -> None:
+    assert connection_count(None, bulk=False, h2=True) == 4
+    assert connection_count(2, bulk=False, h2=True) == 2
