@@ -67,4 +67,3 @@ def _choose_mask() -> Callable[[bytes, bytearray], None] | None:
 websocket_mask = _choose_mask()
 """``websocket_mask(mask, data)``: XOR ``data`` (a bytearray) in place with ``mask``;
 None when aiohttp's helper is not as tested (the tunnel then masks in Python)."""
-
