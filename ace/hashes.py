@@ -5,8 +5,8 @@ cluster and must not depend on the gateway package. The format is Rancher's SHA3
 token hash, ``$3:1:<salt base64>:<SHA3-512(salt + secret) base64>``. A unit test
 (tests/unit/webhook/test_hashes.py) checks that both agree.
 
-Checking a hash costs about a microsecond (one SHA3-512 over ~70 bytes), no more
-than hashing the secret for a cache key would, so results are not cached.
+Checking a hash is one SHA3-512 over a short input, no more than hashing the secret for
+a cache key would, so results are not cached (docs/design.md section 7 has the figure).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Their hot buffers are 256 KiB to 1 MiB (reads, tunnel frames, WebSocket messages), right
 above glibc's initial 128 KiB mmap threshold; with the defaults, pieces of a big answer
-were mapped, page-faulted and unmapped or trimmed again and again (`perf`: 3 % of the
-gateway's samples in page faults and their zero-filling). Serving them from the heap and
-keeping up to 8 MiB of freed heap for the next ones measured 4-6 % more MB/s for a 100 MB
-LIST (docs/design.md section 9); a fixed 128 KiB threshold had cost 1.87 times the CPU.
+were mapped, page-faulted and unmapped or trimmed again and again (`perf` found page
+faults and their zero-filling in the gateway's samples). Serving them from the heap and
+keeping up to 8 MiB of freed heap for the next ones streams a 100 MB LIST faster; a
+fixed 128 KiB threshold had cost far more CPU (docs/design.md section 9, "glibc's mmap
+threshold", has the measurements).
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment still win.
 """
 
@@ -55,8 +56,9 @@ def freed(size: int) -> None:
     """``size`` bytes were just let go (a tunnel or a connection that held a flood of
     buffered bytes closed): 1 s later, collect and give free heap pages back to the
     system. The heap keeps what a flood grew it to otherwise: freed pieces of 64 KiB to
-    1 MiB sit between live ones, out of reach of the trim at the top (measured: 1.1 GB
-    kept after an HTTP/2 flood closed; 67 MB with this). At most once per second."""
+    1 MiB sit between live ones, out of reach of the trim at the top (docs/design.md
+    section 3, "The asyncio layer", has what a flood left behind with and without this).
+    At most once per second."""
     if size < RETURN_AFTER_BYTES or _state["scheduled"]:
         return
     try:

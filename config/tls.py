@@ -1,7 +1,7 @@
 """Certificates and TLS contexts.
 
-Generated keys are ECDSA P-256: a handshake costs about 0.65 ms of server CPU
-against 1.1 ms for RSA-2048 (docs/design.md). The CA checksum that agents pin is
+Generated keys are ECDSA P-256: a handshake costs the server less CPU than with
+RSA-2048 (docs/design.md section 9 has the figures). The CA checksum that agents pin is
 the SHA-256 of the CA's PEM text exactly as the gateway serves it at /cacerts.
 """
 

@@ -28,8 +28,9 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 READ_BUFFER_BYTES = 256 * 1024
 """Bytes read at once by the buffered protocols (the agent's API-server connections and
 the tunnel's WebSocket): with TLS, uvloop fills it from as many 16 KiB records as have
-arrived, so a big answer moves in pieces of up to this size (256 KiB: the agent spent
-7 % less CPU per MB than with 64 KiB)."""
+arrived, so a big answer moves in pieces of up to this size (256 KiB rather than 64 KiB
+for the agent's CPU per MB: docs/design.md section 9, "DATA handed on as it arrives",
+has the measurement)."""
 
 shared_read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
 """One read buffer for every buffered protocol of the process: the event loop fills it

@@ -127,7 +127,8 @@ class TunnelStream:
         self._session = session
         self.id = stream_id
         self.target = target
-        # Short (the window bounds it); a deque costs 760 B.
+        # Short (the window bounds it); a list, since a deque holds more memory per open
+        # stream (docs/benchmarks.md, "Missed targets").
         self._chunks: list[bytes | bytearray] = []
         self._eof = False
         self._write_closed = False

@@ -4,10 +4,10 @@ uvloop's (and asyncio's) TLS keeps OpenSSL behind two memory BIOs: every record 
 copied into one before it is decrypted and out of the other after it is encrypted, and
 each BIO write zero-fills its space first. A non-blocking :class:`ssl.SSLSocket`
 encrypts straight into the record it writes to the socket and reads each record straight
-from it. Measured on loopback (one core for both ends, 1 GB in 64 KiB writes): the
-sending end's CPU per MB 0.48-0.58 ms with uvloop's TLS, 0.34-0.36 ms here; the
-receiving end about the same either way; the pair ~13 % faster. Streaming answers cost
-the gateway (sending to clients) and the agent (sending through the tunnel) that much.
+from it, which saves the sending end CPU per MB and leaves the receiving end about the
+same; streaming answers cost the gateway (sending to clients) and the agent (sending
+through the tunnel) that much less. docs/design.md section 9 ("TLS on the socket") has
+the measurements.
 
 :class:`TLSTransport` is an :class:`asyncio.Transport` over such a socket, for
 :class:`asyncio.Protocol` and :class:`asyncio.BufferedProtocol` alike; :func:`connect`
@@ -74,7 +74,8 @@ class TLSTransport(asyncio.Transport):
         self._sock = sock
         self._fd = sock.fileno()
         # The C object under SSLSocket: its read/write without the Python wrappers'
-        # checks (a quarter of this transport's time per small request); the socket's
+        # checks (a large share of this transport's time per small request: docs/design.md
+        # section 3, "TLS"); the socket's
         # own methods if that is not there (config.compat.ssl_internals). Ragged EOFs,
         # which SSLSocket.recv_into turns into 0, are handled in _fill.
         self._ssl: Any = direct(sock)
@@ -188,8 +189,9 @@ class TLSTransport(asyncio.Transport):
             self._maybe_pause_protocol()
         else:
             # Straight to OpenSSL and the socket. Holding small writes to the end of the
-            # event-loop turn, to merge them, cost 4-10 % of req/s at 64 connections:
-            # the callers already write a turn's worth at once (section 3 of design.md).
+            # event-loop turn, to merge them, cost req/s at 64 connections: the callers
+            # already write a turn's worth at once (design.md section 3; the measurement
+            # is in section 9).
             self._send(data)
 
     def writelines(self, list_of_data: Any) -> None:

@@ -6,16 +6,16 @@ payload as it arrives, piece by piece, never waiting for a whole message; messag
 boundaries mean nothing here. Text messages and extensions are refused (the tunnel
 offers none), control frames are answered by the layer above (:mod:`tunnel.wsconn`).
 
-Why not aiohttp's WebSocket (used before; docs/design.md section 9): its reader copies
-each payload three to four times and wakes a task per message; with this one the
-gateway spent 14 % less CPU per MB of a big answer (same-run A/B).
-Why not ``wsproto``: its masking runs in Python, ~60 µs per 64 KiB against ~3 µs for
-aiohttp's C helper used here.
+Why not aiohttp's WebSocket (used before): its reader copies each payload three to four
+times and wakes a task per message, so this one costs the gateway less CPU per MB of a
+big answer. Why not ``wsproto``: its masking runs in Python, far slower than aiohttp's C
+helper used here. docs/design.md section 9 ("Own WebSocket layer for the tunnel") has
+the measurements of both.
 
 Masking (RFC 6455 5.3) is a function passed in (:data:`Masker`), so this module imports
 no I/O library: the I/O layer (:mod:`tunnel.wsconn`) passes aiohttp's C loop when it is
 as tested (:mod:`config.compat.aiohttp_internals`); the default, :func:`mask_pure`, is the
-same XOR in Python, ~50 times slower.
+same XOR in Python, much slower (docs/design.md section 3, "Frames").
 """
 
 from __future__ import annotations
@@ -258,7 +258,8 @@ _XOR_TABLES: list[bytes] = []
 
 def mask_pure(key: bytes, data: bytearray) -> None:
     """The :data:`Masker` in Python: each of the four key octets applied to every fourth
-    octet with ``bytes.translate`` (~50 times slower than aiohttp's C loop)."""
+    octet with ``bytes.translate`` (much slower than aiohttp's C loop; docs/design.md
+    section 3, "Frames")."""
     if not _XOR_TABLES:
         _XOR_TABLES.extend(bytes(b ^ k for b in range(256)) for k in range(256))
     for i in range(4):

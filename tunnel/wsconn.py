@@ -50,7 +50,8 @@ CLOSE_WAIT_S = 2.0
 
 MASK_IN_PLACE: websocket.Masker = aiohttp_internals.websocket_mask or websocket.mask_pure
 """What masks and unmasks every payload: aiohttp's C loop when it is as tested (checked
-once, config.compat), else the same XOR in Python (~50 times slower)."""
+once, config.compat), else the same XOR in Python (much slower: docs/design.md section 3,
+"Frames")."""
 
 _KEYS_AT_ONCE = 1024
 _keys: list[bytes] = []
@@ -58,7 +59,8 @@ _keys: list[bytes] = []
 
 def _masking_key() -> bytes:
     """A fresh key from the OS's CSPRNG (RFC 6455 5.3), fetched 1,024 at a time: a
-    ``getrandom`` call per frame was 1.5 % of a busy agent's samples."""
+    ``getrandom`` call per frame showed in a busy agent's profile (docs/benchmarks.md,
+    "Since the 06:44 run")."""
     if not _keys:
         pool = os.urandom(4 * _KEYS_AT_ONCE)
         _keys.extend(pool[i : i + 4] for i in range(0, len(pool), 4))

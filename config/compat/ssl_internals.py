@@ -4,10 +4,10 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
 
 1. ``ssl-socket-direct``: ``ssl.SSLSocket._sslobj``, the C ``_ssl._SSLSocket`` under the
    Python wrapper, with ``read(len, buffer)``, ``write(data)`` and ``pending()``.
-   :class:`tunnel.tls.TLSTransport` calls them directly (a quarter of its time per small
-   request went to the wrappers' checks). Fallback: the public ``SSLSocket.read``,
-   ``write`` and ``pending``, which take the same arguments (and turn a ragged EOF into
-   0, which the transport reads as end of stream as well).
+   :class:`tunnel.tls.TLSTransport` calls them directly (the wrappers' checks were a large
+   share of its time per small request: docs/design.md section 3, "TLS"). Fallback: the
+   public ``SSLSocket.read``, ``write`` and ``pending``, which take the same arguments
+   (and turn a ragged EOF into 0, which the transport reads as end of stream as well).
 2. ``ssl-object-direct``: ``ssl.SSLObject._create`` (the classmethod
    ``SSLContext.wrap_bio`` calls on ``SSLContext.sslobject_class``) and
    ``SSLObject._sslobj``: :class:`DirectSSLObject` binds the C ``read``, ``write`` and
@@ -18,7 +18,7 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
    ``SSL_CTX_get_options`` and ``SSL_CTX_get_verify_mode`` are found in the library
    ``_ssl`` links (through ``ctypes``). :func:`enable_read_ahead` sets read-ahead, so
    OpenSSL takes every record that has arrived in one ``recv`` instead of two per record
-   (6 µs a request on the tunnel's small frames). Fallback: no read-ahead (correct,
+   (docs/design.md section 3, "TLS", has what that costs). Fallback: no read-ahead (correct,
    slower). The pointer is read only on CPython versions whose ``PySSLContext`` layout
    was checked (:data:`LAYOUT_CHECKED`); even when the probe passed, each context's
    pointer is checked against that context's options and verify mode before it is used.
@@ -238,12 +238,12 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
     """Let connections made from ``context`` read as many records as have arrived at once.
 
     Without read-ahead OpenSSL reads a record's 5-byte header and then its body: two
-    ``recv`` calls per record, which made the tunnel's small frames cost 6 µs a request
-    more than through memory BIOs. Python has no setting for it, so this calls
-    ``SSL_CTX_ctrl`` on the context's ``SSL_CTX`` (checked against the context's options
-    and verify mode before it is used; on any mismatch nothing is changed and False is
-    returned). False as well, without a word, when the start-up probe failed (that was
-    reported once).
+    ``recv`` calls per record, which made the tunnel's small frames cost more per request
+    than through memory BIOs (docs/design.md section 3, "TLS", has the figure). Python has
+    no setting for it, so this calls ``SSL_CTX_ctrl`` on the context's ``SSL_CTX``
+    (checked against the context's options and verify mode before it is used; on any
+    mismatch nothing is changed and False is returned). False as well, without a word, when
+    the start-up probe failed (that was reported once).
     """
     if context in _read_ahead_on:
         return True

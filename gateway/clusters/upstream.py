@@ -26,10 +26,10 @@ logger = logging.getLogger(__name__)
 MAX_IDLE_STREAMS = 256
 """Idle upstream connections kept per tunnel. With 64, more than 64 requests in flight to
 one cluster made the pool reset the surplus streams as they finished, and the agent open a
-new TLS connection to the API server for the next request: at c=128 herdgate fell from
-~9,000 to 4,300 req/s (the agent at 65 % of a core on handshakes), at c=256 to 2,900;
-with 256, 9,200 and 8,300. A stream whose connection the API server has closed meanwhile
-is dropped when next taken."""
+new TLS connection to the API server for the next request, so throughput fell as
+concurrency rose and the agent spent its time on handshakes (docs/design.md section 9,
+"Up to 256 idle streams per tunnel", has the measurement). A stream whose connection the
+API server has closed meanwhile is dropped when next taken."""
 MAX_HEAD_BYTES = 256 * 1024
 RESPONSE_HEAD_TIMEOUT_S = 300.0
 """How long the API server may take to start answering (long LISTs can be slow)."""
@@ -246,8 +246,8 @@ class StreamPool:
     def wait_for_head(self, stream: TunnelStream) -> None:
         """Give up on ``stream`` if no response head arrived in RESPONSE_HEAD_TIMEOUT_S.
 
-        One sweep every HEAD_SWEEP_S for all streams, instead of a timer per request
-        (1.7 µs each to set and cancel).
+        One sweep every HEAD_SWEEP_S for all streams, instead of a timer per request to
+        set and cancel (docs/benchmarks.md, "Since the 00:41 run", has its cost).
         """
         loop = self.session.loop
         self._waiting[stream] = loop.time() + RESPONSE_HEAD_TIMEOUT_S

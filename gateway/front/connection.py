@@ -11,9 +11,10 @@ answers in order on a connection, each written as one buffer or streamed. A 101
 connection's transport, which is the gateway's, is handed to the answer's ``Upgrade``.
 aiohttp never sees a client's connection.
 
-Why a front of our own (measured, docs/design.md section 9): against aiohttp's server
-with the same whole-buffer answers, 9 % less gateway CPU per request at one connection,
-the same at 64, ~1.3 KiB less per open watch, and the write path in our hands.
+Why a front of our own: against aiohttp's server with the same whole-buffer answers it
+serves more requests for less gateway CPU, holds less per open watch, and puts the write
+path in our hands (docs/design.md section 9 and docs/benchmarks.md have the
+measurements).
 
 Idle keep-alive connections close after ``KEEPALIVE_S``; a request head that takes
 longer than ``HEAD_TIMEOUT_S`` to arrive closes its connection; a body that sends

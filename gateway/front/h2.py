@@ -2,9 +2,10 @@
 
 kubectl and every client-go program speak HTTP/2 when the server offers it, and an
 informer's watches then share one TLS connection instead of holding one each. That is
-what a watch costs the gateway: ~33 KiB per watch on HTTP/1.1, most of it the TLS
-connection (docs/benchmarks.md). Exec, attach and port-forward still arrive over
-HTTP/1.1: client-go asks for ``http/1.1`` alone when it upgrades.
+what a watch costs the gateway: on HTTP/1.1 most of a watch's memory is its TLS
+connection (docs/benchmarks.md, "HTTP/2 towards clients", has the figures). Exec,
+attach and port-forward still arrive over HTTP/1.1: client-go asks for ``http/1.1``
+alone when it upgrades.
 
 ``gateway.front.h2_protocol`` does the protocol; this module runs it on a transport.
 Each stream's request is the request model's ``Request`` and goes where

@@ -8,12 +8,13 @@ in a per-stream queue until the peer's windows allow them (``Drained`` says a st
 queue emptied), and request bodies are granted window as ``acknowledge`` reports them
 consumed, so a slow upstream holds back one stream's sender, not the connection.
 
-Why not the ``h2`` package: 127 µs of CPU per small request on the server side against
-~31 µs for the gateway's HTTP/1.1 path (``python -m bench.h2_requests``); this module
-keeps to what a server of kubectl and client-go needs (no push, no priorities, no
-extended CONNECT) and does that in a few µs. Errors follow RFC 9113 section 5.4:
-connection errors queue a GOAWAY and end in ``Terminated``; stream errors queue a
-RST_STREAM.
+Why not the ``h2`` package: its server side costs several times the CPU per small
+request of the gateway's HTTP/1.1 path (``python -m bench.h2_requests``; the
+figures are in docs/design.md section 9 and docs/benchmarks.md, "HTTP/2 towards
+clients"); this module keeps to what a server of kubectl and client-go needs (no push,
+no priorities, no extended CONNECT) and does that for a fraction of it. Errors follow
+RFC 9113 section 5.4: connection errors queue a GOAWAY and end in ``Terminated``; stream
+errors queue a RST_STREAM.
 
 Requests are validated as RFC 9113 sections 8.1.1, 8.2 and 8.3 require before a
 ``Request`` is emitted (the gateway writes them into HTTP/1.1 heads): field names are

@@ -1,8 +1,9 @@
 """HPACK (RFC 7541) for the gateway's HTTP/2 server side: a decoder and a plain encoder.
 
-The ``hpack`` package decodes correctly but slowly for a per-request path (~17 µs for a
-kubectl request whose fields are all in the dynamic table; ``python -m
-bench.h2_requests``). ``Decoder`` here resolves indexed fields with a list lookup and
+The ``hpack`` package decodes correctly but slowly for a per-request path, even for a
+kubectl request whose fields are all in the dynamic table (``python -m
+bench.h2_requests``; docs/benchmarks.md, "HTTP/2 towards clients", has the figure).
+``Decoder`` here resolves indexed fields with a list lookup and
 leaves only Huffman strings to a table-driven decoder (:mod:`gateway.front.hpack_tables`,
 written from RFC 7541 and held to ``hpack`` by the tests).
 
@@ -89,7 +90,8 @@ def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
 HUFFMAN_CACHE = 32
 """Huffman strings a connection's decoder remembers decoded: clients that never index a
 field (the ``h2`` package and others do that for ``authorization``) send the same
-encoded token with every request, and decoding it costs ~20 µs."""
+encoded token with every request, and decoding it anew each time is wasted work
+(docs/design.md section 9 has what it cost)."""
 _HUFFMAN_CACHEABLE = 512
 
 

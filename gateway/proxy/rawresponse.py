@@ -4,9 +4,10 @@ Most kubectl answers are small and complete (a GET, a short LIST, a create). The
 write them with one ``transport.write``: the API server's header lines passed on as the
 bytes they arrived as (but hop-by-hop and framing ones), then ``Content-Length``,
 ``Date``, ``X-Request-Id`` and ``Connection: close`` when the connection ends
-(aiohttp's response machinery cost about a quarter of the gateway's time per such
-request: py-spy, ``python -m bench --profile``). Streamed answers use ``head`` for
-their HTTP/1.1 head and ``h2_headers`` for their HEADERS.
+(aiohttp's response machinery was a large share of the gateway's time per such
+request: py-spy, ``python -m bench --profile``; docs/design.md section 9 has the
+figure). Streamed answers use ``head`` for their HTTP/1.1 head and ``h2_headers`` for
+their HEADERS.
 """
 
 from __future__ import annotations

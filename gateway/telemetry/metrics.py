@@ -6,7 +6,8 @@ and ``/metrics`` on any worker answers for all of them.
 
 Hot path: the proxy counts each request through ``HOT`` (``HotPath``), which keeps
 per-bucket counts in plain lists and adds them to the metrics every second and before
-each scrape: a request's metrics cost about a microsecond.
+each scrape: a request's metrics cost a few dict lookups and increments
+(docs/benchmarks.md, "Since the 00:41 run", has the figure).
 Figures that already exist as plain integers (tunnel bytes, open streams, the OIDC
 token cache) are copied into the metrics by ``sample`` on each scrape and every few
 seconds, instead of being counted twice on every frame.
@@ -120,7 +121,8 @@ class _BatchedHistogram:
     """Observations kept as per-bucket counts in plain lists until ``flush``.
 
     prometheus_client takes a lock per observation, and with several workers writes a
-    memory-mapped file twice (7.8 µs for a request's metrics, against 1 µs batched).
+    memory-mapped file twice: several times what batching costs (docs/benchmarks.md,
+    "Since the 00:41 run", has the figures).
     ``flush`` adds the counts to the histogram child's buckets, which hold per-bucket
     (not cumulative) counts, exactly as ``observe`` would have.
     """
