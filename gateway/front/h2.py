@@ -28,6 +28,7 @@ from aiohttp import web
 
 from config import allocator
 from gateway.errors import status_body
+from gateway.front import bridge
 from gateway.front import h2_protocol as http2
 from gateway.front.h1_protocol import Head
 from gateway.front.h2_protocol import (
@@ -43,6 +44,7 @@ from gateway.front.h2_protocol import (
 from gateway.front.request import Answerer, client_request
 from gateway.proxy import model
 from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter
+from gateway.proxy.paths import PREFIX
 from gateway.proxy.rawresponse import h2_headers, h2_whole
 from gateway.telemetry.drain import Drain
 from tunnel.sockets import is_stream
@@ -65,6 +67,7 @@ FLUSH_NOW_BYTES = 8 * 1024
 """Answer pieces this large are written at once, smaller ones at the end of the turn."""
 
 _BODYLESS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")
+_PREFIX = PREFIX.encode("ascii")
 
 
 class Front(Protocol):
@@ -327,6 +330,10 @@ class H2Connection(asyncio.Protocol):
             stream.refuse(431, "request header fields too large", "RequestHeaderFieldsTooLarge")
         elif event.method == b"CONNECT":
             stream.refuse(405, "CONNECT is not supported", "MethodNotAllowed")
+        elif not event.path.startswith(_PREFIX) and bridge.too_large_for_aiohttp(
+            event.path, event.headers
+        ):  # as on HTTP/1.1: a 431 of ours, not aiohttp's plain-text 400
+            stream.refuse(431, "request header fields too large", "RequestHeaderFieldsTooLarge")
         else:
             stream.start(self._front)
 

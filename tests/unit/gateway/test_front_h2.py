@@ -330,6 +330,15 @@ async def test_the_management_api_through_the_bridge(world: Any) -> None:
     assert b"connection" not in client.headers[users]
 
 
+async def test_a_head_aiohttp_would_refuse_gets_our_431_before_the_bridge(world: Any) -> None:
+    client = Client(world.front)
+    long_field = client.request("GET", "/v3/users", headers=[(b"x-long", b"a" * 9000)])
+    many = client.request("GET", "/v3/users", headers=[(b"x-%d" % i, b"v") for i in range(130)])
+    await client.until(lambda: {long_field, many} <= client.ended)
+    assert client.status[long_field] == 431 and client.status[many] == 431
+    assert b"RequestHeaderFieldsTooLarge" in bytes(client.body[long_field])
+
+
 async def test_a_big_bridged_answer_follows_the_window(world: Any) -> None:
     client = Client(world.front, window=65535)
     client.auto_ack = False
