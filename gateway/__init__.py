@@ -3,11 +3,14 @@
 Its packages, from the top down (each may import only those below it; the import
 contracts in ``pyproject.toml`` hold them to this, CI runs them):
 
+- ``cli`` — ``herdgate gateway``'s command line: settings in, the process started.
 - ``operations`` — the running process: the aiohttp application holding the services
   (``app``), the listener and graceful stop (``server``), workers, reload, health.
 - ``front`` — client connections: TLS listener glue, HTTP/1.1, HTTP/2 + HPACK, and the
   bridge that hands management-API requests to aiohttp.
 - ``api`` — the management API (``/v3``): login, tokens, users, clusters, bindings.
+  ``front`` and ``api`` are side by side: neither imports the other (the front reaches
+  the API only through aiohttp's application, which ``operations`` builds).
 - ``controllers`` — the gateway's own work inside each cluster (ACE sync, its API client).
 - ``proxy`` — ``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward,
   stream back; one entry, ``gateway.proxy.handler.answer``.
