@@ -3,7 +3,7 @@
 :mod:`gateway.front.hpack` decodes header blocks with them. They used to come from the
 ``hpack`` package's internal modules (``hpack.table``, ``hpack.huffman_table``); now
 ``hpack`` is only the reference the tests hold these to (its public ``Encoder`` and
-``Decoder``, tests/unit/gateway/test_hpack_tables.py).
+``Decoder``, tests/unit/gateway/front/test_hpack_tables.py).
 
 The Huffman code of Appendix B is canonical (codes of one length are consecutive, in
 symbol order, and each length's first code follows the previous length's last), so the

@@ -16,7 +16,7 @@ a front forgets a check: a client's bytes never reach an upstream head unchecked
 Cost: names are looked up in a set of names already seen valid; values are checked by
 one pass over the client's lines that keeps only their control characters, which must be
 the lines' own CR LFs; fields the gateway reuses are checked once (``CheckedFields``).
-``tests/unit/gateway/test_heads.py`` prints the cost of a kubectl request's head.
+``tests/unit/gateway/proxy/test_heads.py`` prints the cost of a kubectl request's head.
 """
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ def test_without_aiohttps_mask_the_python_mask_runs(
 def test_the_gateway_relies_on_no_internals_of_aiohttps_server() -> None:
     """``set_parser`` (exec, attach and port-forward were refused with 501 without it)
     and ``Server.connection_lost`` (the wait at exit) are no assumptions any more: the
-    front owns every client connection (tests/unit/gateway/test_front.py)."""
+    front owns every client connection (tests/unit/gateway/front/test_front.py)."""
     compat._modules()
     names = {a.name for a in compat.REGISTRY if compat.GATEWAY in a.programs}
     assert "aiohttp-set-parser" not in names and "aiohttp-connection-lost" not in names

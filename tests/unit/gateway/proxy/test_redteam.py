@@ -49,7 +49,7 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.drain import Drain
-from tests.unit.gateway.test_exchange import request_of
+from tests.unit.gateway.proxy.test_exchange import request_of
 
 POST = [
     (b":method", b"POST"),
