@@ -347,10 +347,10 @@ class ServerConnection:
         """The ids in ``_closed``, a ring: ``_closed_next`` is the oldest's place."""
         self._closed_next = 0
         self._goaway_last = MAX_WINDOW
+        """The last stream id our GOAWAY announced: streams above it are ignored."""
         self._authority = b""
         """The last request's authority, known valid (a client sends the same one);
         empty before the first."""
-        """The last stream id our GOAWAY announced: streams above it are ignored."""
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = MIN_FRAME

@@ -4,7 +4,8 @@ The directory (``directory``: users, tokens, role bindings and clusters, cached 
 store), password and token hashing (``hashing``), failed-login limits (``ratelimit``)
 and the external identity providers (``providers``: LDAP/AD, OIDC, GitHub).
 
-May import: ``gateway.store``, ``gateway.telemetry`` and ``config``.
+May import: ``gateway.store``, ``gateway.telemetry``, ``ace`` (the token hash format)
+and ``config``.
 """
 
 from __future__ import annotations

@@ -99,8 +99,10 @@ class Directory:
         self._seen: dict[tuple[str, str], int] = {}
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
-        self._identities: dict[str, tuple[User, Identity]] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
+        self._identities: dict[str, tuple[User, Identity]] = {}
+        """The ``Identity`` built for each token, with the user record it was built from
+        (used while that record is the same object; at most ``MAX_CACHED_IDENTITIES``)."""
 
     # -- loading and change application ----------------------------------------------
 
