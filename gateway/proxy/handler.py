@@ -444,7 +444,7 @@ async def _send(
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:
-        return upgrade.switching(upstream, request, exchange, app[SESSIONS])
+        return upgrade.switching_from_upstream(upstream, request, exchange, app[SESSIONS])
     return await _respond(app, request, upstream, exchange)
 
 

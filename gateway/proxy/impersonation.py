@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import quote
 
+from ace.records import EXTRA_PRINCIPAL_ID, EXTRA_USERNAME
 from config.identity import Identity
 from gateway.proxy.heads import CheckedFields, UnsafeHead, field_block
 
@@ -108,8 +109,8 @@ def impersonation_headers(identity: Identity, role: str | None) -> tuple[Header,
         if group not in seen:
             seen.add(group)
             headers.append((b"Impersonate-Group", _value(group)))
-    headers.append((extra_header_name("username"), _value(identity.username)))
-    headers.append((extra_header_name("principalid"), _value(identity.principal_id)))
+    headers.append((extra_header_name(EXTRA_USERNAME), _value(identity.username)))
+    headers.append((extra_header_name(EXTRA_PRINCIPAL_ID), _value(identity.principal_id)))
     return tuple(headers)
 
 
