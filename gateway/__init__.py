@@ -19,7 +19,8 @@ contracts in ``pyproject.toml`` hold them to this, CI runs them):
   identity providers.
 - ``telemetry`` — metrics, audit log, drain state.
 - ``store`` — the stored records and their backends (SQLite, etcd).
-- ``keys``, ``runtime``, ``errors`` — application keys, start-up facts, error answers.
+- ``keys``, ``runtime``, ``errors``, ``pieces`` — application keys, start-up facts, error
+  answers, ``async for`` over the reads of a body (used by ``proxy`` and ``clusters``).
 
 Request-path modules may run compiled: see ``config.native``.
 """

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import httptools
 
-from gateway.clusters.pieces import Pieces
+from gateway.pieces import Pieces
 from tunnel.errors import StreamReset, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.session import Session
