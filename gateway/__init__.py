@@ -15,8 +15,9 @@ contracts in ``pyproject.toml`` hold them to this, CI runs them):
 - ``proxy`` — ``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward,
   stream back; one entry, ``gateway.proxy.handler.answer``.
 - ``clusters`` — agents' tunnels, requests over them (``upstream``), replicas.
-- ``identity`` — the directory of users, tokens and bindings; hashing; login limits;
-  identity providers.
+- ``identity`` — the directory (users, tokens and bindings, and the in-memory view of
+  every other stored record type too: clusters, registration tokens, replicas);
+  hashing; login limits; identity providers.
 - ``telemetry`` — metrics, audit log, drain state.
 - ``store`` — the stored records and their backends (SQLite, etcd).
 - ``keys``, ``runtime``, ``errors``, ``pieces`` — application keys, start-up facts, error

@@ -1,4 +1,7 @@
-"""Request-header rewriting for the proxy (pure: no I/O).
+"""The whole rewrite of the request headers the API server gets (pure: no I/O), not only
+impersonation: ``forwarded_headers`` decides which of the client's lines go upstream
+and refuses an ambiguous or dangerous one with ``UnsafeHead`` (a 400, which
+``gateway.proxy.handler._send`` answers); ``identity_block`` writes who the caller is.
 
 The caller's credentials, every client-sent ``Impersonate-*`` header and the
 hop-by-hop headers are removed; the gateway then states who the caller is with
