@@ -3,7 +3,8 @@
 A cluster with ACE enabled runs ``herdgate webhook`` beside its API server; the webhook
 answers TokenReviews from records the gateway keeps in the cluster. This package is what
 both sides must agree on, and nothing else: the CRDs and their record format
-(:mod:`ace.records`, also what a record means: when a token is accepted), the token
+(:mod:`ace.records`, also what a record means: when a token is accepted, and the keys
+of the extra fields the API server sees of a caller, impersonated or reviewed), the token
 hash format (:mod:`ace.hashes`), and the documents that install the webhook
 (:mod:`ace.manifests`, also served by the gateway per cluster).
 

@@ -26,6 +26,14 @@ TOKEN_PLURAL = "clusterauthtokens"
 USER_KIND = "ClusterUserAttribute"
 USER_PLURAL = "clusteruserattributes"
 
+EXTRA_USERNAME = "username"
+"""The key of the caller's user name among the extra fields the API server sees: the
+gateway's ``Impersonate-Extra-username`` and the webhook's ``userInfo.extra``, the same
+on both paths."""
+EXTRA_PRINCIPAL_ID = "principalid"
+"""The key of the caller's principal id among those extra fields (``Impersonate-Extra-
+principalid``, ``userInfo.extra``)."""
+
 
 class Reason(enum.StrEnum):
     """Why a token was refused; sent as ``status.error`` (never names the secret)."""

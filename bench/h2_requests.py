@@ -20,7 +20,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from gateway.front.h2_protocol import Request, ServerConnection
+from gateway.front.h2_protocol import RequestReceived, ServerConnection
 
 REQUEST = [
     (b":method", b"GET"),
@@ -125,7 +125,7 @@ def gateway_us_per_request(requests: int) -> float:
 
     def answer(wire: bytes) -> bytes:
         for event in server.receive(wire):
-            if type(event) is Request:
+            if type(event) is RequestReceived:
                 server.send_headers(event.stream_id, 200, fields)
                 server.send_data(event.stream_id, BODY, end_stream=True)
         return b"".join(server.data_to_send())

@@ -46,7 +46,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/front/h2_protocol.py",
     "gateway/proxy/impersonation.py",
     "gateway/proxy/paths.py",
-    "gateway/clusters/pieces.py",
+    "gateway/pieces.py",
     "gateway/proxy/handler.py",
     "gateway/proxy/model.py",
     "gateway/proxy/rawresponse.py",

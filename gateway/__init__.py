@@ -15,11 +15,13 @@ contracts in ``pyproject.toml`` hold them to this, CI runs them):
 - ``proxy`` — ``/k8s/clusters/<id>/...``: authenticate, authorise, rewrite, forward,
   stream back; one entry, ``gateway.proxy.handler.answer``.
 - ``clusters`` — agents' tunnels, requests over them (``upstream``), replicas.
-- ``identity`` — the directory of users, tokens and bindings; hashing; login limits;
-  identity providers.
+- ``identity`` — the directory (users, tokens and bindings, and the in-memory view of
+  every other stored record type too: clusters, registration tokens, replicas);
+  hashing; login limits; identity providers.
 - ``telemetry`` — metrics, audit log, drain state.
 - ``store`` — the stored records and their backends (SQLite, etcd).
-- ``keys``, ``runtime``, ``errors`` — application keys, start-up facts, error answers.
+- ``keys``, ``runtime``, ``errors``, ``pieces`` — application keys, start-up facts, error
+  answers, ``async for`` over the reads of a body (used by ``proxy`` and ``clusters``).
 
 Request-path modules may run compiled: see ``config.native``.
 """

@@ -64,9 +64,9 @@ logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 CONNECT_PATH = "/v3/connect"
 STABLE_AFTER_S = 30.0
+"""A tunnel that lived this long resets the back-off."""
 DIAL_TIMEOUT_S = 30.0
 """Connecting, TLS and the WebSocket handshake together."""
-"""A tunnel that lived this long resets the back-off."""
 DUPLICATE_RETRY_S = 0.1
 """First pause after landing on a replica already held (doubles while it repeats)."""
 RELOADABLE = ("logging.level", "token", "token_file")

@@ -21,14 +21,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
+from ace.records import EXTRA_PRINCIPAL_ID, EXTRA_USERNAME
 from config.identity import Identity
 
 GROUP = "authentication.k8s.io"
 KIND = "TokenReview"
 API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1")
-
-EXTRA_USERNAME = "username"
-EXTRA_PRINCIPAL_ID = "principalid"
 
 
 class UserInfo(TypedDict, total=False):

@@ -20,8 +20,7 @@ from aiohttp import web
 
 from config.identity import Identity
 from config.logging import request_id as request_id_var
-from gateway.proxy.exchange import new_request_id
-from gateway.telemetry.audit import AUDIT, management_record
+from gateway.telemetry.audit import AUDIT, management_record, new_request_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

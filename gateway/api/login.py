@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.api import auditing, oauth_login
 from gateway.api.common import LIMITER, action, directory, json_body, string_field
-from gateway.api.logins import TooManyAttempts, count_login, issue_session_token
+from gateway.api.login_common import TooManyAttempts, count_login, issue_session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
 from gateway.identity import hashing
 from gateway.identity.providers.base import InvalidCredentials, ProviderUnavailable

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.common import LIMITER, action, directory, json_body, string_field
-from gateway.api.logins import TooManyAttempts, count_login, session_token
+from gateway.api.login_common import TooManyAttempts, count_login, session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
 from gateway.identity.providers.base import (
     ExternalIdentity,

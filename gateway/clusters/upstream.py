@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import httptools
 
-from gateway.clusters.pieces import Pieces
+from gateway.pieces import Pieces
 from tunnel.errors import StreamReset, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.session import Session
@@ -322,7 +322,7 @@ class StreamPool:
             else:
                 stream, reused = self.take()
             try:
-                return await _exchange(self, stream, method, head, body, upgrade)
+                return await _round_trip(self, stream, method, head, body, upgrade)
             except UpstreamError as exc:
                 stream.reset(ErrorCode.CANCEL)
                 if attempt == 0 and reused and exc.retryable and replayable:
@@ -335,7 +335,7 @@ class StreamPool:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _exchange(
+async def _round_trip(
     pool: StreamPool,
     stream: TunnelStream,
     method: str,

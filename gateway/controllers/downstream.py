@@ -26,13 +26,13 @@ from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
 from gateway.identity.directory import DIRECTORY
-from gateway.proxy.exchange import REQUEST_ID_HEADER
 from gateway.proxy.handler import forward
 from gateway.proxy.heads import CACHED_NAME_BYTES
 from gateway.proxy.impersonation import IMPERSONATE_PREFIX
 from gateway.proxy.model import BODY_HIGH_WATER, STREAMED, WHOLE, AnswerWriter, Header, Request
 from gateway.proxy.paths import BadPath, check_segments
 from gateway.proxy.rawresponse import HOP_AND_FRAMING
+from gateway.telemetry.audit import REQUEST_ID_HEADER
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient

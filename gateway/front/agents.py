@@ -19,8 +19,8 @@ from aiohttp import web
 from config.logging import request_id as request_id_var
 from gateway.clusters import tunnels
 from gateway.errors import api_body
-from gateway.proxy.exchange import new_request_id
 from gateway.proxy.model import Answer, Request, phrase, switching, whole
+from gateway.telemetry.audit import new_request_id
 from tunnel import wsconn
 from tunnel.websocket import HandshakeError, server_accept
 

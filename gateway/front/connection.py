@@ -95,9 +95,11 @@ class Front:
     ) -> None:
         self.app = app
         self.answer = answer
-        """What answers a request: ``gateway.proxy.answer`` (tests give their own)."""
+        """What answers a request: ``gateway.proxy.handler.answer`` (tests give their own)."""
         self.fallback = fallback
-        """aiohttp's protocol factory (``web.Server``), for connections handed over."""
+        """aiohttp's protocol factory (``web.Server``): the bridge (``gateway.front.bridge``)
+        makes one request handler from it per management-API request; no connection is
+        handed over."""
         self.drain = app[DRAIN]
         self.keepalive_s = keepalive_s
         self.head_timeout_s = head_timeout_s

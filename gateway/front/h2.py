@@ -36,7 +36,7 @@ from gateway.front.h2_protocol import (
     Drained,
     End,
     GoAway,
-    Request,
+    RequestReceived,
     Reset,
     ServerConnection,
     Terminated,
@@ -70,9 +70,10 @@ _BODYLESS = (b"GET", b"HEAD", b"DELETE", b"OPTIONS")
 _PREFIX = PREFIX.encode("ascii")
 
 
-class Front(Protocol):
-    """What an HTTP/2 connection asks of the listener's ``gateway.front.connection.Front``
-    (a Protocol, so that this module does not import the one that makes its connections)."""
+class Listener(Protocol):
+    """What an HTTP/2 connection asks of the listener that made it: the interface that
+    ``gateway.front.connection.Front`` implements (a Protocol, so that this module does
+    not import the one that makes its connections)."""
 
     @property
     def app(self) -> web.Application: ...
@@ -107,7 +108,7 @@ class H2Connection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, front: Front) -> None:
+    def __init__(self, front: Listener) -> None:
         self._front = front
         self._h2 = ServerConnection()
         self._streams: dict[int, H2Stream] = {}
@@ -146,7 +147,7 @@ class H2Connection(asyncio.Protocol):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.feed(event.data)
-            elif isinstance(event, Request):
+            elif isinstance(event, RequestReceived):
                 self._on_request(event)
             elif isinstance(event, End):
                 stream = streams.get(event.stream_id)
@@ -322,7 +323,7 @@ class H2Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _on_request(self, event: Request) -> None:
+    def _on_request(self, event: RequestReceived) -> None:
         stream = H2Stream(self, event)
         self._streams[event.stream_id] = stream
         self._last_active = asyncio.get_running_loop().time()
@@ -352,7 +353,7 @@ class H2Stream:
         "tally",
     )
 
-    def __init__(self, conn: H2Connection, event: Request) -> None:
+    def __init__(self, conn: H2Connection, event: RequestReceived) -> None:
         self._conn = conn
         self.stream_id = event.stream_id
         self.authority = event.authority
@@ -453,7 +454,7 @@ class H2Stream:
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
 
-    def start(self, front: Front) -> None:
+    def start(self, front: Listener) -> None:
         tally = self.tally = ReadTally(self._conn.budget)
         token = READER_TALLY.set(tally)  # the task's copy of the context keeps it
         self._task = asyncio.get_running_loop().create_task(self._run(front))
@@ -504,7 +505,7 @@ class H2Stream:
             finally:
                 self._waiter = None
 
-    async def _run(self, front: Front) -> None:
+    async def _run(self, front: Listener) -> None:
         request = self.request
         try:
             answer = await front.answerer(request)(front.app, request)
@@ -548,7 +549,7 @@ class H2Answer:
             self._stream.send(b"", end_stream=True)
 
 
-def _head(event: Request) -> Head:
+def _head(event: RequestReceived) -> Head:
     """The stream's request as the HTTP/1.1 reader would have given it."""
     content_length: int | None = None
     expect = impersonates = False

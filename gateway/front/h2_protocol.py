@@ -1,7 +1,7 @@
 """HTTP/2 (RFC 9113) for the gateway's client connections, without I/O: bytes in, events out.
 
 ``ServerConnection`` is the server side of one connection: ``receive`` takes bytes and
-returns events (``Request``, ``Data``, ``End``, ``Reset``, ``GoAway``, ``Drained``,
+returns events (``RequestReceived``, ``Data``, ``End``, ``Reset``, ``GoAway``, ``Drained``,
 ``Terminated``); ``send_headers``, ``send_data``, ``reset`` and ``goaway`` queue frames;
 ``data_to_send`` hands them out. It keeps both directions' flow control: answers wait
 in a per-stream queue until the peer's windows allow them (``Drained`` says a stream's
@@ -17,7 +17,7 @@ RFC 9113 section 5.4: connection errors queue a GOAWAY and end in ``Terminated``
 errors queue a RST_STREAM.
 
 Requests are validated as RFC 9113 sections 8.1.1, 8.2 and 8.3 require before a
-``Request`` is emitted (the gateway writes them into HTTP/1.1 heads): field names are
+``RequestReceived`` is emitted (the gateway writes them into HTTP/1.1 heads): field names are
 lower-case tokens, values carry no control character but HTAB and no whitespace at
 either end (``gateway.front.hpack`` checks those as it decodes), pseudo-headers are the
 request ones, each once, before the regular fields; ``:method`` is a token, ``:scheme``
@@ -138,7 +138,7 @@ through: browsers send some of it raw (the WHATWG URL standard's encode sets), a
 cannot end a request line."""
 
 
-class Request:
+class RequestReceived:
     """A request's header block arrived (``end_stream``: it has no body)."""
 
     __slots__ = (
@@ -238,7 +238,7 @@ class Terminated:
         self.message = message
 
 
-Event = Request | Data | End | Reset | Drained | GoAway | Terminated
+Event = RequestReceived | Data | End | Reset | Drained | GoAway | Terminated
 
 
 class _ConnectionError(Exception):
@@ -347,10 +347,10 @@ class ServerConnection:
         """The ids in ``_closed``, a ring: ``_closed_next`` is the oldest's place."""
         self._closed_next = 0
         self._goaway_last = MAX_WINDOW
+        """The last stream id our GOAWAY announced: streams above it are ignored."""
         self._authority = b""
         """The last request's authority, known valid (a client sends the same one);
         empty before the first."""
-        """The last stream id our GOAWAY announced: streams above it are ignored."""
         self.last_stream_id = 0
         self.peer_initial_window = DEFAULT_WINDOW
         self.peer_max_frame = MIN_FRAME
@@ -922,7 +922,7 @@ def _request(
     within: bool,
     valid: bool,
     known_authority: bytes,
-) -> Request | None:
+) -> RequestReceived | None:
     """The request in a decoded header block, or None if it is malformed (RFC 9113
     8.1.1): ``valid`` says whether every field line was well-formed (8.2.1);
     ``known_authority`` is one checked before."""
@@ -1026,6 +1026,6 @@ def _request(
             return None  # 8.1.1: no DATA will come
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
-    return Request(
+    return RequestReceived(
         stream_id, method, path, scheme, authority, headers, end_stream, not within, content_length
     )

@@ -1,4 +1,10 @@
-"""In-memory view of users, tokens, clusters, bindings and registration tokens.
+"""The in-memory view of every stored record type, not only identity's: users, tokens,
+role bindings, clusters, registration tokens and replicas (``gateway.store.records``).
+
+A new record type is loaded here (the kind list in ``load``) and kept current here (the
+dispatch in ``apply``); the store's backends keep generic ``(kind, key)`` documents and
+need no change. It lives in ``identity`` because most of what it answers is who a caller
+is and what they may do.
 
 Reads on the request path (token validation, access checks) are dictionary
 lookups. Writes go to the store first and then to memory; the store's change feed
@@ -99,8 +105,10 @@ class Directory:
         self._seen: dict[tuple[str, str], int] = {}
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
-        self._identities: dict[str, tuple[User, Identity]] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
+        self._identities: dict[str, tuple[User, Identity]] = {}
+        """The ``Identity`` built for each token, with the user record it was built from
+        (used while that record is the same object; at most ``MAX_CACHED_IDENTITIES``)."""
 
     # -- loading and change application ----------------------------------------------
 

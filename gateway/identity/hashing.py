@@ -3,8 +3,11 @@
 Token secrets carry about 257 bits of randomness, so a fast salted hash is enough
 and keeps validation cheap on the hot path: SHA3-512 over salt and secret, in
 Rancher's ``$3:1:<salt>:<hash>`` format so the same hash can be synced to a
-downstream cluster for its TokenReview webhook. Passwords are low-entropy and get
-scrypt (N=2^15, r=8, p=1), which costs tens of milliseconds per check.
+downstream cluster for its TokenReview webhook. The format is defined once, in
+``ace.hashes``, which the webhook shares: this module draws the salt and re-exports
+``parse_token_hash``, ``verify_token_parts`` and ``verify_token``. Passwords are
+low-entropy and get scrypt (N=2^15, r=8, p=1), which costs tens of milliseconds per
+check.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import base64
 import hashlib
 import hmac
 import secrets
+
+from ace import hashes as ace_hashes
+from ace.hashes import parse_token_hash, verify_token, verify_token_parts
 
 ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 """Rancher's token alphabet: no vowels (no words), no look-alike characters."""
@@ -44,32 +50,8 @@ def _b64(data: bytes) -> str:
 
 
 def hash_token(secret: str) -> str:
-    salt = secrets.token_bytes(8)
-    digest = hashlib.sha3_512(salt + secret.encode("utf-8")).digest()
-    return f"$3:1:{_b64(salt)}:{_b64(digest)}"
-
-
-def parse_token_hash(stored: str) -> tuple[bytes, bytes] | None:
-    """(salt, digest) of a ``$3:1:salt:hash`` string, or None if it is not one."""
-    parts = stored.split(":")
-    if len(parts) != 4 or parts[0] != "$3" or parts[1] != "1":
-        return None
-    try:
-        return base64.b64decode(parts[2], validate=True), base64.b64decode(parts[3], validate=True)
-    except ValueError:
-        return None
-
-
-def verify_token_parts(secret: str, salt: bytes, expected: bytes) -> bool:
-    """The request path's check: the hash parts were parsed once, when the token loaded."""
-    digest = hashlib.sha3_512(salt + secret.encode("utf-8")).digest()
-    return hmac.compare_digest(digest, expected)
-
-
-def verify_token(secret: str, stored: str) -> bool:
-    """Constant-time check of ``secret`` against a ``$3:1:salt:hash`` string."""
-    parts = parse_token_hash(stored)
-    return parts is not None and verify_token_parts(secret, *parts)
+    """A new ``$3:1:salt:hash`` of ``secret`` with a random salt (the format: ``ace.hashes``)."""
+    return ace_hashes.hash_token(secret, secrets.token_bytes(8))
 
 
 def hash_password(password: str) -> str:
@@ -102,6 +84,22 @@ def verify_password(password: str, stored: str) -> bool:
     )
     return hmac.compare_digest(digest, expected)
 
+
+__all__ = [
+    "ALPHABET",
+    "DUMMY_PASSWORD_HASH",
+    "ID_LENGTH",
+    "SECRET_LENGTH",
+    "hash_password",
+    "hash_token",
+    "new_id",
+    "new_secret",
+    "parse_token_hash",
+    "random_string",
+    "verify_password",
+    "verify_token",
+    "verify_token_parts",
+]
 
 DUMMY_PASSWORD_HASH = hash_password(secrets.token_hex(16))
 """Checked when a user does not exist, so both answers take the same time."""

@@ -10,22 +10,30 @@ from aiohttp import web
 
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
-from gateway.api import auditing, bindings, clusters, login, logins, oauth_login, tokens, users
+from gateway.api import (
+    auditing,
+    bindings,
+    clusters,
+    login,
+    login_common,
+    oauth_login,
+    tokens,
+    users,
+)
 from gateway.api.common import LIMITER
 from gateway.clusters import tunnels
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import REGISTRATION_GUARD, STREAM_QUOTA, TUNNELS
-from gateway.controllers import ace
+from gateway.controllers import ace_sync
 from gateway.errors import GatewayError, api_response, k8s_response
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.identity.providers.registry import PROVIDERS, Providers
 from gateway.keys import READY, RUNTIME, SETTINGS
 from gateway.operations import background, health
 from gateway.operations.sampler import SAMPLER, Sampler
-from gateway.proxy.exchange import REQUEST_ID_HEADER, new_request_id
 from gateway.proxy.sessions import SESSIONS, Sessions
 from gateway.runtime import Runtime
-from gateway.telemetry.audit import AUDIT, AuditLog
+from gateway.telemetry.audit import AUDIT, REQUEST_ID_HEADER, AuditLog, new_request_id
 from gateway.telemetry.drain import DRAIN, Drain
 from tunnel.registry import TunnelRegistry
 
@@ -122,7 +130,7 @@ def build_app(
     app[SESSIONS] = Sessions(directory)
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
-    app[LIMITER] = logins.make_limiter(settings.auth)
+    app[LIMITER] = login_common.make_limiter(settings.auth)
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
 
     r = app.router
@@ -169,7 +177,7 @@ def build_app(
     r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
 
     app.cleanup_ctx.append(background.background_tasks)
-    app.cleanup_ctx.append(ace.ace_context)
+    app.cleanup_ctx.append(ace_sync.ace_context)
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app

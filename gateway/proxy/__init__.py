@@ -8,7 +8,8 @@ server gets, ``gateway.clusters.upstream`` sends it through the cluster's tunnel
 identities that lose access, ``exchange`` counts and audits each request.
 
 May import: ``gateway.clusters``, ``gateway.identity``, ``gateway.store``,
-``gateway.telemetry``, ``tunnel`` and ``config``; never the front above it.
+``gateway.telemetry``, ``tunnel``, ``ace`` (the extra fields' keys) and ``config``;
+never the front above it.
 ``impersonation`` and ``paths`` are sans-I/O.
 """
 

@@ -8,8 +8,6 @@ forwarding, and accounting happens in one place.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,23 +16,13 @@ from config.identity import Identity
 from gateway.proxy.model import Request
 from gateway.proxy.requestinfo import RequestInfo
 from gateway.telemetry import audit, metrics
+from gateway.telemetry.audit import new_request_id
 
-REQUEST_ID_HEADER = "X-Request-Id"
 MAX_IMPERSONATED_GROUPS = 32
 """Impersonated groups named in a record (the rest are counted in the request only)."""
 
 CLIENT_CLOSED = 499
 """Status recorded when the client went away before an answer (nginx's convention)."""
-
-
-_p = os.urandom(10).hex()
-_PROCESS = f"{_p[:8]}-{_p[8:12]}-{_p[12:16]}-{_p[16:20]}-"
-_counter = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A UUID-shaped id: 80 random bits per process, then a counter (unique, and cheap)."""
-    return _PROCESS + format(next(_counter) & 0xFFFFFFFFFFFF, "012x")
 
 
 class Exchange:

@@ -5,7 +5,7 @@ an ``Answer`` out: whole (most answers, and every error as a Kubernetes ``Status
 streamed through the request's ``AnswerWriter``, or a 101 whose ``Upgrade``
 (``gateway.proxy.upgrade``) joins the client's connection to the tunnel stream.
 ``forward`` is the part after authorisation, which the gateway's own API client
-(``gateway.clusters.downstream``) uses too.
+(``gateway.controllers.downstream``) uses too.
 """
 
 from __future__ import annotations
@@ -444,7 +444,7 @@ async def _send(
     if exchange is not None:
         exchange.status = upstream.status
     if upstream.upgraded:
-        return upgrade.switching(upstream, request, exchange, app[SESSIONS])
+        return upgrade.switching_from_upstream(upstream, request, exchange, app[SESSIONS])
     return await _respond(app, request, upstream, exchange)
 
 

@@ -1,4 +1,7 @@
-"""Request-header rewriting for the proxy (pure: no I/O).
+"""The whole rewrite of the request headers the API server gets (pure: no I/O), not only
+impersonation: ``forwarded_headers`` decides which of the client's lines go upstream
+and refuses an ambiguous or dangerous one with ``UnsafeHead`` (a 400, which
+``gateway.proxy.handler._send`` answers); ``identity_block`` writes who the caller is.
 
 The caller's credentials, every client-sent ``Impersonate-*`` header and the
 hop-by-hop headers are removed; the gateway then states who the caller is with
@@ -19,6 +22,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import quote
 
+from ace.records import EXTRA_PRINCIPAL_ID, EXTRA_USERNAME
 from config.identity import Identity
 from gateway.proxy.heads import CheckedFields, UnsafeHead, field_block
 
@@ -108,8 +112,8 @@ def impersonation_headers(identity: Identity, role: str | None) -> tuple[Header,
         if group not in seen:
             seen.add(group)
             headers.append((b"Impersonate-Group", _value(group)))
-    headers.append((extra_header_name("username"), _value(identity.username)))
-    headers.append((extra_header_name("principalid"), _value(identity.principal_id)))
+    headers.append((extra_header_name(EXTRA_USERNAME), _value(identity.username)))
+    headers.append((extra_header_name(EXTRA_PRINCIPAL_ID), _value(identity.principal_id)))
     return tuple(headers)
 
 

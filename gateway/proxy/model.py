@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from gateway.clusters.pieces import Pieces
 from gateway.errors import status_body
+from gateway.pieces import Pieces
 
 Header = tuple[bytes, bytes]
 

@@ -23,8 +23,7 @@ from config.logging import request_id as request_id_var
 from gateway.clusters.upstream import Response
 from gateway.proxy import sessions
 from gateway.proxy.exchange import Exchange
-from gateway.proxy.model import Answer, Request
-from gateway.proxy.model import switching as switching_answer
+from gateway.proxy.model import Answer, Request, switching
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream
@@ -33,7 +32,7 @@ from tunnel.streams import TunnelStream
 logger = logging.getLogger(__name__)
 
 
-def switching(
+def switching_from_upstream(
     upstream: Response,
     request: Request,
     exchange: Exchange | None,
@@ -47,7 +46,7 @@ def switching(
     """
     joined = Upgraded(upstream, request, exchange, held_by)
     request_id = exchange.request_id if exchange is not None else ""
-    return switching_answer(upstream.reason, upstream.headers, joined, request_id)
+    return switching(upstream.reason, upstream.headers, joined, request_id)
 
 
 class Upgraded:

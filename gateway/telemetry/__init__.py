@@ -1,7 +1,8 @@
 """Telemetry: what the gateway tells its operators, used by every layer above.
 
-Prometheus metrics (``metrics``), the audit log (``audit``) and the drain state that a
-stopping or draining gateway shows every request path (``drain``).
+Prometheus metrics (``metrics``), the audit log and the request ids on its records and
+log lines (``audit``, ``new_request_id``), and the drain state that a stopping or
+draining gateway shows every request path (``drain``).
 
 May import: ``gateway.store``, ``gateway.errors`` and ``config`` only.
 """

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import re
 import tokenize
 from collections.abc import Iterator
@@ -234,3 +235,31 @@ def test_the_patterns_catch_measured_figures(text: str) -> None:
 )
 def test_the_patterns_leave_limits_and_pointers_alone(text: str) -> None:
     assert not figures_in(text), figures_in(text)
+
+
+def _stacked_strings(tree: ast.Module) -> Iterator[int]:
+    """Lines of string statements that follow another string statement: an attribute
+    docstring placed under the wrong assignment leaves two in a row."""
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if not isinstance(body, list):
+                continue
+            for before, statement in itertools.pairwise(body):
+                if all(
+                    isinstance(s, ast.Expr)
+                    and isinstance(s.value, ast.Constant)
+                    and isinstance(s.value.value, str)
+                    for s in (before, statement)
+                ):
+                    yield statement.lineno
+
+
+def test_every_attribute_docstring_is_under_its_own_assignment() -> None:
+    found = [
+        f"{path.relative_to(ROOT).as_posix()}:{line}"
+        for package in SHIPPED
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line in _stacked_strings(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    ]
+    assert not found, "two docstrings in a row (one belongs to another name):\n" + "\n".join(found)

@@ -1,4 +1,4 @@
-"""ace.hashes is a copy of gateway.identity.hashing's token check: both must agree."""
+"""gateway.identity.hashing writes token hashes that ace.hashes (the webhook's check) verifies."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from gateway.front.h2_protocol import (
     End,
     Event,
     GoAway,
-    Request,
+    RequestReceived,
     Reset,
     ServerConnection,
     Terminated,
@@ -79,7 +79,7 @@ def test_a_get_and_its_answer() -> None:
     pair.client.send_headers(1, GET, end_stream=True)
     events = pair.to_server()
     request, end = events
-    assert isinstance(request, Request) and isinstance(end, End)
+    assert isinstance(request, RequestReceived) and isinstance(end, End)
     assert (request.method, request.path, request.authority) == (
         b"GET",
         b"/k8s/clusters/c-1/api/v1/pods",
@@ -101,7 +101,7 @@ def test_many_requests_share_one_connection() -> None:
     pair = Pair()
     for stream_id in range(1, 400, 2):
         pair.client.send_headers(stream_id, GET, end_stream=True)
-    requests = _of(Request, pair.to_server())
+    requests = _of(RequestReceived, pair.to_server())
     assert [r.stream_id for r in requests] == list(range(1, 400, 2))
     for r in requests:
         pair.server.send_headers(r.stream_id, 200, [], end_stream=True)
@@ -176,7 +176,7 @@ def test_the_client_resets_a_stream() -> None:
 def test_large_request_headers_arrive_through_continuation() -> None:
     pair = Pair()
     pair.client.send_headers(1, [*GET, (b"x-big", b"v" * 40_000)], end_stream=True)
-    request = _of(Request, pair.to_server())[0]
+    request = _of(RequestReceived, pair.to_server())[0]
     assert request.headers[-1] == (b"x-big", b"v" * 40_000)
 
 
@@ -185,7 +185,7 @@ def test_too_large_request_headers_are_flagged() -> None:
     pair.client.send_headers(
         1, [*GET, (b"x-big", b"v" * 16_000)] + [(b"x-more", b"m" * 15_000)] * 4, end_stream=True
     )
-    request = _of(Request, pair.to_server())[0]
+    request = _of(RequestReceived, pair.to_server())[0]
     assert request.too_large
 
 
@@ -232,7 +232,7 @@ def test_refused_above_the_stream_limit(monkeypatch) -> None:
     server = _started()
     encoder = hpack.Encoder()
     wire = b"".join(_frame(http2.HEADERS, 0x5, i, encoder.encode(GET)) for i in (1, 3, 5))
-    assert len(_of(Request, server.receive(wire))) == 2
+    assert len(_of(RequestReceived, server.receive(wire))) == 2
     assert _resets(server) == [(5, http2.REFUSED_STREAM)]
 
 
@@ -283,7 +283,7 @@ def test_malformed_requests_are_reset() -> None:
     for headers in cases:
         block = encoder.encode(headers, huffman=False)
         events = server.receive(_frame(http2.HEADERS, 0x5, stream_id, block))
-        assert _of(Request, events) == [] or _of(Reset, events), headers
+        assert _of(RequestReceived, events) == [] or _of(Reset, events), headers
         assert _resets(server) == [(stream_id, http2.PROTOCOL_ERROR)], headers
         stream_id += 2
 
@@ -339,7 +339,7 @@ def test_any_bytes_after_the_preface_give_events_not_exceptions(data: bytes, ste
     for offset in range(0, len(data), step):
         events = server.receive(data[offset : offset + step])
         assert all(
-            isinstance(e, Request | Data | End | Reset | Drained | GoAway | Terminated)
+            isinstance(e, RequestReceived | Data | End | Reset | Drained | GoAway | Terminated)
             for e in events
         )
     server.data_to_send()

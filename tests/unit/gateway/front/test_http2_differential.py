@@ -57,7 +57,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.front import h2_protocol as http2
-from gateway.front.h2_protocol import PREFACE, End, Request, Reset, ServerConnection, Terminated
+from gateway.front.h2_protocol import (
+    PREFACE,
+    End,
+    RequestReceived,
+    Reset,
+    ServerConnection,
+    Terminated,
+)
 
 Header = tuple[bytes, bytes]
 
@@ -125,7 +132,9 @@ def gateway_accepts(case: Case) -> bool:
         isinstance(e, Terminated) or (isinstance(e, Reset) and e.stream_id == 1) for e in events
     ):
         return False
-    assert any(isinstance(e, Request) for e in events) == any(isinstance(e, End) for e in events)
+    assert any(isinstance(e, RequestReceived) for e in events) == any(
+        isinstance(e, End) for e in events
+    )
     return any(isinstance(e, End) and e.stream_id == 1 for e in events)
 
 

@@ -4,7 +4,7 @@ Whatever arrives (random bytes after the preface, random frame sequences with re
 hostile header blocks, the server answering or resetting streams in between), the
 connection gives events or ends cleanly in ``Terminated``: no other exception, nothing
 after ``Terminated``, its own state consistent, what it writes well-framed, and no
-``Request`` that RFC 9113 section 8.2.1 would call malformed (checked here on its own).
+``RequestReceived`` that RFC 9113 section 8.2.1 would call malformed (checked here on its own).
 The HPACK decoder, fed random blocks, returns fields or raises ``HPACKError``, its table
 consistent. Crashes found are kept below as named regression tests.
 """
@@ -27,7 +27,7 @@ from gateway.front.h2_protocol import (
     End,
     Event,
     GoAway,
-    Request,
+    RequestReceived,
     Reset,
     ServerConnection,
     Terminated,
@@ -37,7 +37,7 @@ from gateway.front.hpack import ENTRY_OVERHEAD, Decoder, HPACKError
 Header = tuple[bytes, bytes]
 
 LOWER_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-EVENTS = (Request, Data, End, Reset, Drained, GoAway, Terminated)
+EVENTS = (RequestReceived, Data, End, Reset, Drained, GoAway, Terminated)
 GET = [
     (b":method", b"GET"),
     (b":scheme", b"https"),
@@ -72,7 +72,7 @@ def well_framed(out: bytes) -> None:
         out = out[9 + length :]
 
 
-def request_is_well_formed(request: Request) -> None:
+def request_is_well_formed(request: RequestReceived) -> None:
     """RFC 9113 section 8.2.1 and 8.3.1, written out independently of the gateway."""
     assert request.method and not any(c <= 0x20 or c >= 0x7F for c in request.method)
     if request.method != b"CONNECT":
@@ -106,7 +106,7 @@ def feed(server: ServerConnection, data: bytes) -> list[Event]:
     terminated = [e for e in events if isinstance(e, Terminated)]
     assert len(terminated) <= 1 and (not terminated or events[-1] is terminated[0])
     for event in events:
-        if isinstance(event, Request):
+        if isinstance(event, RequestReceived):
             request_is_well_formed(event)
     if not server.terminated:
         consistent(server)
@@ -341,7 +341,7 @@ def test_regression_headers_depending_on_itself_was_still_delivered() -> None:
     server = started()
     payload = struct.pack(">IB", 1, 16) + hpack.Encoder().encode(GET)
     events = server.receive(frame(http2.HEADERS, 0x25, 1, payload))
-    assert not [e for e in events if isinstance(e, Request)]
+    assert not [e for e in events if isinstance(e, RequestReceived)]
 
 
 def test_regression_an_empty_authority_passed_on_a_new_connection() -> None:
@@ -349,7 +349,7 @@ def test_regression_an_empty_authority_passed_on_a_new_connection() -> None:
     server = started()
     fields = [(n, b"" if n == b":authority" else v) for n, v in GET]
     events = server.receive(frame(http2.HEADERS, 0x5, 1, hpack.Encoder().encode(fields)))
-    assert not [e for e in events if isinstance(e, Request)]
+    assert not [e for e in events if isinstance(e, RequestReceived)]
 
 
 def test_regression_trailers_ended_a_body_shorter_than_its_content_length() -> None:

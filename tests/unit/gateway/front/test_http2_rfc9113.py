@@ -33,7 +33,7 @@ from gateway.front.h2_protocol import (
     End,
     Event,
     GoAway,
-    Request,
+    RequestReceived,
     Reset,
     ServerConnection,
     Terminated,
@@ -194,8 +194,10 @@ class Client:
         assert not [e for e in self.events if getattr(e, "stream_id", 0) == stream_id]
         self.alive()
 
-    def accepted(self, stream_id: int = 1) -> Request:
-        requests = [e for e in self.events if isinstance(e, Request) and e.stream_id == stream_id]
+    def accepted(self, stream_id: int = 1) -> RequestReceived:
+        requests = [
+            e for e in self.events if isinstance(e, RequestReceived) and e.stream_id == stream_id
+        ]
         assert requests, (self.events, self.frames())
         assert not any(isinstance(e, Reset | Terminated) for e in self.events)
         return requests[-1]
@@ -424,7 +426,7 @@ def test_5_1_closed_after_end_stream_headers_is_a_connection_error() -> None:  #
     _ended(client)
     client.request(1, GET)
     client.connection_error(STREAM_CLOSED)
-    assert len(_of(Request, client.events)) == 1
+    assert len(_of(RequestReceived, client.events)) == 1
 
 
 def test_5_1_closed_after_end_stream_window_update_and_rst_stream_are_ignored() -> None:
@@ -497,14 +499,14 @@ def test_5_1_1_a_stream_id_below_the_last_is_a_connection_error() -> None:  # 5.
     client.request(5, GET)
     client.request(3, GET)
     client.connection_error(PROTOCOL_ERROR)
-    assert [e.stream_id for e in _of(Request, client.events)] == [5]
+    assert [e.stream_id for e in _of(RequestReceived, client.events)] == [5]
 
 
 def test_5_1_1_stream_ids_may_be_skipped() -> None:
     client = Client()
     client.request(1, GET)
     client.request(9, GET)
-    assert [e.stream_id for e in _of(Request, client.events)] == [1, 9]
+    assert [e.stream_id for e in _of(RequestReceived, client.events)] == [1, 9]
 
 
 # 5.1.2 Stream Concurrency
@@ -520,7 +522,7 @@ def test_5_1_2_streams_above_the_advertised_limit_are_refused(
     client.stream_error(5, REFUSED_STREAM)
     client.answer(1)
     client.request(7, GET)  # room again
-    assert [e.stream_id for e in _of(Request, client.events)] == [1, 3, 7]
+    assert [e.stream_id for e in _of(RequestReceived, client.events)] == [1, 3, 7]
 
 
 # 5.3 Prioritization (RFC 7540's signals: deprecated, read only for their errors)
@@ -978,7 +980,7 @@ def test_8_1_trailers_end_the_request() -> None:
     client.send(frame(DATA, 0, 1, b"body"), client.headers(1, [(b"x-checksum", b"abc")]))
     request = client.accepted(1)
     assert (b"x-checksum", b"abc") not in request.headers
-    assert [type(e) for e in client.events] == [Request, Data, End]
+    assert [type(e) for e in client.events] == [RequestReceived, Data, End]
 
 
 @pytest.mark.parametrize(
@@ -1391,7 +1393,7 @@ def test_10_5_malformed_requests_among_many_good_ones_are_only_reset(
         if not bad:
             client.answer(stream_id)
     client.alive()
-    assert len(_of(Request, client.events)) == 26
+    assert len(_of(RequestReceived, client.events)) == 26
 
 
 def test_10_5_other_stream_errors_count_too(monkeypatch: pytest.MonkeyPatch) -> None:

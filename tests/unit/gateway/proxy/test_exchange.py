@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 
 from config.identity import Identity
 from config.schema import AuditSettings
-from gateway.proxy.exchange import CLIENT_CLOSED, Exchange, new_request_id
+from gateway.proxy.exchange import CLIENT_CLOSED, Exchange
 from gateway.proxy.model import Request
 from gateway.proxy.requestinfo import request_info
 from gateway.telemetry import metrics
-from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.audit import AuditLog, new_request_id
 
 BOB = Identity("u-bob", "bob", "local://u-bob", ("g1",), token_id="token-abc12")
 SECRET = "token-abc12:s3cr3t-value"

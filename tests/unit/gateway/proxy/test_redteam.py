@@ -25,7 +25,7 @@ from config.schema import AuditSettings, TokenSettings
 from gateway import errors
 from gateway.api import oauth_login
 from gateway.front import h2_protocol as http2
-from gateway.front.h2_protocol import PREFACE, Request, ServerConnection, Terminated
+from gateway.front.h2_protocol import PREFACE, RequestReceived, ServerConnection, Terminated
 from gateway.identity.directory import DIRECTORY, Directory, TooManyTokens
 from gateway.identity.ratelimit import Limit, LoginLimiter
 from gateway.operations import health
@@ -86,13 +86,13 @@ def test_a_content_length_of_too_many_digits_is_a_stream_error(digits: int, zero
     value = b"0" * (digits - 1) + b"7" if zeros else b"9" * digits
     block = hpack.Encoder().encode([*POST, (b"content-length", value)], huffman=False)
     events = server.receive(http2._pack(http2.HEADERS, 0x4, 1, block))
-    assert not [e for e in events if isinstance(e, Request)]
+    assert not [e for e in events if isinstance(e, RequestReceived)]
     assert _resets(server) == [(1, http2.PROTOCOL_ERROR)]
     assert not [e for e in events if isinstance(e, Terminated)]
     # The connection goes on: the next request is taken.
     block = hpack.Encoder().encode([*POST, (b"content-length", b"2")], huffman=False)
     events = server.receive(http2._pack(http2.HEADERS, 0x4, 3, block))
-    [request] = [e for e in events if isinstance(e, Request)]
+    [request] = [e for e in events if isinstance(e, RequestReceived)]
     assert request.content_length == 2
 
 
@@ -101,7 +101,7 @@ def test_the_largest_content_length_taken_fits_an_int64() -> None:
     value = b"9" * http2.MAX_CONTENT_LENGTH_DIGITS
     block = hpack.Encoder().encode([*POST, (b"content-length", value)], huffman=False)
     [request] = server.receive(http2._pack(http2.HEADERS, 0x4, 1, block))
-    assert isinstance(request, Request)
+    assert isinstance(request, RequestReceived)
     assert request.content_length == int(value) < 2**63
 
 
@@ -645,6 +645,6 @@ def test_empty_cookie_crumbs_are_not_joined_into_a_value_with_spaces_at_its_end(
         fields = [*get, *((b"cookie", c) for c in crumbs)]
         block = hpack.Encoder().encode(fields, huffman=False)
         events = server.receive(http2._pack(http2.HEADERS, 0x5, stream_id, block))
-        [request] = [e for e in events if isinstance(e, Request)]
+        [request] = [e for e in events if isinstance(e, RequestReceived)]
         cookies = [v for n, v in request.headers if n == b"cookie"]
         assert cookies == ([] if stream_id == 1 else [b"a=1; b=2"])
