@@ -11,6 +11,7 @@ from aiohttp import web
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
 from gateway.api import (
+    agent_import,
     auditing,
     bindings,
     clusters,
@@ -170,6 +171,7 @@ def build_app(
     r.add_get("/v3/clusterregistrationtokens/{id}", clusters.get_registration)
     r.add_post("/v3/clusterregistrationtokens/{id}", clusters.registration_action)
     r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
+    r.add_get(agent_import.IMPORT_PREFIX + "{file}", agent_import.import_manifest)
 
     r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)
     r.add_post("/v3/clusterroletemplatebindings", bindings.create_binding)
