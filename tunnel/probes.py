@@ -128,9 +128,7 @@ def probe_app(stats: AgentStats, ready: Callable[[], bool]) -> web.Application:
     return app
 
 
-async def start_probes(
-    listen: str, stats: AgentStats, ready: Callable[[], bool]
-) -> web.AppRunner:
+async def start_probes(listen: str, stats: AgentStats, ready: Callable[[], bool]) -> web.AppRunner:
     """Serve :func:`probe_app` on ``listen``; the caller cleans the runner up."""
     host, port = split_listen(listen)
     runner = web.AppRunner(probe_app(stats, ready), access_log=None, handle_signals=False)

@@ -54,9 +54,7 @@ class AgentStats:
 
     tunnels: int = 0
     wanted: int = 1
-    dials: dict[str, int] = field(
-        default_factory=lambda: {"new": 0, "duplicate": 0, "failed": 0}
-    )
+    dials: dict[str, int] = field(default_factory=lambda: {"new": 0, "duplicate": 0, "failed": 0})
     reconnects: int = 0
     streams_total: int = 0
     streams_open: int = 0

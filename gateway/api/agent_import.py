@@ -75,7 +75,7 @@ async def import_manifest(request: web.Request) -> web.Response:
     )
     try:
         body = to_yaml(agent_documents(params))
-    except Exception:  # noqa: BLE001 - logged here without the path (it holds the token)
+    except Exception:  # logged here without the path (it holds the token)
         logger.exception("cannot build the agent manifest for cluster %s", cluster.id)
         raise GatewayError(500, "internal error") from None
     logger.info("agent manifest served for cluster %s", cluster.id)

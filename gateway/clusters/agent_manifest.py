@@ -140,7 +140,7 @@ def _container(params: ManifestParams, args: list[str], extra_env: list[Doc]) ->
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - its own emptyDir
     }
 
 
@@ -215,9 +215,7 @@ def cluster_agent(params: ManifestParams, namespace: str = NAMESPACE) -> Doc:
 def node_agent(params: ManifestParams, namespace: str = NAMESPACE) -> Doc:
     """A node agent on every node (the fallback path when the cluster agent is gone)."""
     labels = _selector(NODE_AGENT)
-    node_env = [
-        {"name": NODE_NAME_VAR, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
-    ]
+    node_env = [{"name": NODE_NAME_VAR, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
     container = _container(params, ["agent", "--node-name", f"$({NODE_NAME_VAR})"], node_env)
     return {
         "apiVersion": "apps/v1",

@@ -88,7 +88,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         standin.stop()
 
 
-def _kubectl(setup: Setup, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _kubectl(
+    setup: Setup, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real kubectl against the stand-in; it trusts the gateway's CA for ``-f https://``
     (Go reads ``SSL_CERT_FILE`` for its system roots: kubectl has no flag for that)."""
     home = setup.tmp / "home"
@@ -177,9 +179,7 @@ def _start_pod_agent(
     assert pod_spec["serviceAccountName"] == AGENT_SERVICE_ACCOUNT
     (container,) = pod_spec["containers"]
     secret = _get(setup, "secret", TOKEN_SECRET, namespaced=True)
-    secrets = {
-        TOKEN_SECRET: {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    }
+    secrets = {TOKEN_SECRET: {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}}
     env = _container_env(container, secrets, NODE)
     assert env["HERDGATE_HEALTH_LISTEN"].endswith(":9440")
     port = free_port()
@@ -194,9 +194,7 @@ def _start_pod_agent(
     (account / "ca.crt").write_text(setup.standin.ca_file.read_text())
     (account / "namespace").write_text(NAMESPACE)
     host, _, api_port = setup.standin.url.removeprefix("https://").rpartition(":")
-    process_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("HERDGATE_", "KUBE"))
-    }
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDGATE_", "KUBE"))}
     process_env.update(env)
     process_env.update(
         KUBERNETES_SERVICE_HOST=host,
@@ -271,7 +269,7 @@ def test_server_side_dry_run_then_apply_creates_every_object(setup: Setup) -> No
     # lifecycle check refuses the namespaced objects (the namespace is not created
     # either), and kubectl says so; every cluster-scoped object passes.
     dry = _kubectl(setup, "apply", "--dry-run=server", "-f", url)
-    assert 'namespace/herdgate-system created (server dry run)' in dry.stdout, dry
+    assert "namespace/herdgate-system created (server dry run)" in dry.stdout, dry
     for doc in docs:
         if "namespace" not in doc["metadata"] and doc["kind"] != "Namespace":
             line = f"{doc['kind'].lower()}.rbac.authorization.k8s.io/{doc['metadata']['name']}"
@@ -412,12 +410,17 @@ def test_node_agent_as_the_daemonset_runs_it(setup: Setup) -> None:
 def test_outside_a_pod_without_kubeconfig_is_a_clear_error(setup: Setup, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDGATE_", "KUBE"))}
     env["HERDGATE_SERVICE_ACCOUNT_DIR"] = str(tmp_path)
+    flags = ["--server", setup.gateway.url, "--token", setup.registration["token"]]
     out = subprocess.run(
         [
-            sys.executable, "-m", "herdgate", "agent",
-            "--server", setup.gateway.url, "--token", setup.registration["token"],
-            "--ca-file", str(setup.gateway.ca_file),
-        ],  # fmt: skip
+            sys.executable,
+            "-m",
+            "herdgate",
+            "agent",
+            *flags,
+            "--ca-file",
+            str(setup.gateway.ca_file),
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
