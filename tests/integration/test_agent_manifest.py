@@ -407,6 +407,18 @@ def test_node_agent_as_the_daemonset_runs_it(setup: Setup) -> None:
         pod.agent.stop()
 
 
+def test_the_token_is_in_no_log(setup: Setup) -> None:
+    """The gateway served the manifest (and refused bad tokens) many times by now; the
+    registration token's secret is in none of its log lines, nor in the agents'."""
+    secret = setup.registration["token"].split(":")[1]
+    bad = f"{setup.registration['token'].split(':')[0]}:{secret[:-3]}xyz"
+    status, _, _ = _fetch(f"{setup.gateway.url}/v3/import/{bad}.yaml", setup.gateway.ca_file)
+    assert status == 404
+    assert "agent manifest served" in setup.gateway.log()
+    for log in (setup.gateway.log(), *(p.read_text() for p in setup.tmp.glob("*agent*.log"))):
+        assert secret not in log and secret[:-3] not in log
+
+
 def test_outside_a_pod_without_kubeconfig_is_a_clear_error(setup: Setup, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDGATE_", "KUBE"))}
     env["HERDGATE_SERVICE_ACCOUNT_DIR"] = str(tmp_path)
