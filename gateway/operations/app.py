@@ -62,6 +62,13 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+def _loggable(path: str) -> str:
+    """The path as a log line may show it: ``/v3/import/<token>.yaml`` holds a credential."""
+    if path.startswith(agent_import.IMPORT_PREFIX):
+        return agent_import.IMPORT_PREFIX + "<redacted>"
+    return path
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -77,7 +84,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
-        logger.exception("unhandled error for %s %s", request.method, request.path)
+        logger.exception("unhandled error for %s %s", request.method, _loggable(request.path))
         error = GatewayError(500, "internal error")
         if request.raw_path.startswith("/k8s/"):
             return k8s_response(error)
