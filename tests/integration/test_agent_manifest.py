@@ -320,7 +320,31 @@ def test_agent_as_the_deployment_runs_it_connects(setup: Setup) -> None:
         cluster = setup.admin.get(f"/v3/clusters/{setup.cluster_id}")
         assert len(cluster["agents"]) == 1
 
-        # A kubectl call through the gateway goes over this agent's tunnel.
+        # A kubectl call through the gateway goes over this agent's tunnel. The binding
+        # is what the access sync makes for a cluster owner (here by hand, narrower), so
+        # that the call holds when the stand-in decides by RBAC too.
+        (admin_user,) = [
+            u for u in setup.admin.get("/v3/users")["data"] if u["username"] == "admin"
+        ]
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "test-gateway-admin-view"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "view",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "User",
+                    "name": admin_user["id"],
+                }
+            ],
+        }
+        bound = _kubectl(setup, "apply", "-f", "-", stdin=json.dumps(binding))
+        assert bound.returncode == 0, bound
         config = setup.admin.post(f"/v3/clusters/{setup.cluster_id}?action=generateKubeconfig")
         kc = write_kubeconfig(setup.tmp / "kubeconfig-admin", config["config"])
         out = kubectl_run(kubectl(), kc, "get", "namespace", NAMESPACE, "-o", "name")
