@@ -431,6 +431,34 @@ def test_node_agent_as_the_daemonset_runs_it(setup: Setup) -> None:
         pod.agent.stop()
 
 
+def test_readiness_follows_the_tunnel_across_a_gateway_restart(setup: Setup) -> None:
+    """Ready while the tunnel is up, not ready while the gateway is away (still live),
+    ready again once it reconnects, which ``/metrics`` counts."""
+    deployment = _get(setup, "deployment", CLUSTER_AGENT, namespaced=True)
+    pod = _start_pod_agent(setup, deployment, "restart")
+    try:
+        wait_until(lambda: _http(pod.health + "/readyz")[0] == 200, 20, _log(pod.agent))
+        assert _metrics(pod)["herdgate_agent_reconnects_total"] == 0
+        setup.gateway.stop()
+        wait_until(lambda: _http(pod.health + "/readyz")[0] == 503, 20, "still ready")
+        assert _http(pod.health + "/healthz")[0] == 200
+        assert _metrics(pod)["herdgate_agent_tunnels"] == 0
+        setup.gateway.start()
+        setup.admin = setup.gateway.admin()
+        wait_until(
+            lambda: _http(pod.health + "/readyz")[0] == 200,
+            40,
+            f"never ready again:\n{_log(pod.agent)}",
+        )
+        metrics = _metrics(pod)
+        assert metrics["herdgate_agent_reconnects_total"] == 1
+        assert metrics["herdgate_agent_tunnels"] == 1
+        state = setup.admin.get(f"/v3/clusters/{setup.cluster_id}")["state"]
+        assert state == "active"
+    finally:
+        pod.agent.stop()
+
+
 def test_the_token_is_in_no_log(setup: Setup) -> None:
     """The gateway served the manifest (and refused bad tokens) many times by now; the
     registration token's secret is in none of its log lines, nor in the agents'."""
