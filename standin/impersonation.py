@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 
 from .auth import ALL_AUTHENTICATED, ALL_UNAUTHENTICATED, ANONYMOUS, UserInfo
 from .rbac import Attributes, Decision, forbidden_error
+from .status import ApiError
 
 USER_HEADER = "Impersonate-User"
 GROUP_HEADER = "Impersonate-Group"
@@ -156,11 +157,15 @@ class Impersonator:
             req.name,
         )
 
+    def _deny(self, requestor: UserInfo, req: _Request, reason: str = "") -> ApiError:
+        return forbidden_error(self.attributes(requestor, req), reason)
+
     def _check(self, requestor: UserInfo, req: _Request) -> None:
-        attrs = self.attributes(requestor, req)
-        decision = self.authorize(attrs) if self.authorize else Decision(False)
+        decision = (
+            self.authorize(self.attributes(requestor, req)) if self.authorize else Decision(False)
+        )
         if not decision.allowed:
-            raise forbidden_error(attrs, decision.reason)
+            raise self._deny(requestor, req, decision.reason)
 
     def impersonate(self, requestor: UserInfo, headers: CIMultiDictProxy[str]) -> UserInfo | None:
         """The impersonated user, or None when the request asks for no impersonation.

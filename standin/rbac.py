@@ -554,15 +554,18 @@ def validate(resource: str, doc: Doc) -> None:
     if resource in ROLE_RESOURCES:
         _validate_rules(doc.get("rules"), namespaced, causes)
         agg = doc.get("aggregationRule")
-        if resource == "clusterroles" and isinstance(agg, dict):
-            if not agg.get("clusterRoleSelectors"):
-                causes.append(
-                    _cause(
-                        "FieldValueRequired",
-                        "aggregationRule.clusterRoleSelectors",
-                        "at least one clusterRoleSelector required if aggregationRule is non-nil",
-                    )
+        if (
+            resource == "clusterroles"
+            and isinstance(agg, dict)
+            and not agg.get("clusterRoleSelectors")
+        ):
+            causes.append(
+                _cause(
+                    "FieldValueRequired",
+                    "aggregationRule.clusterRoleSelectors",
+                    "at least one clusterRoleSelector required if aggregationRule is non-nil",
                 )
+            )
     else:
         ref = doc.get("roleRef") or {}
         ref_kind = str(ref.get("kind", ""))
