@@ -409,7 +409,7 @@ def test_aggregation_rules() -> None:
 
 # -- in the request path (in-process HTTP) --------------------------------------------------------
 
-ADMIN_TOKEN = "admin-token"  # noqa: S105 - a test token
+ADMIN_TOKEN = "admin-token"
 TOKENS = {
     ADMIN_TOKEN: ("admin", "uid-admin", ["system:masters"]),
     "dev-token": ("dev", "uid-dev", ["devs"]),
