@@ -930,3 +930,25 @@ def test_kubectl_rbac(server: StandInProcess) -> None:
     assert out.returncode == 0, out.stderr
     out = _kubectl(server, "dev-token", "auth", "can-i", "list", "pods", "-n", "default")
     assert out.stdout.strip() == "yes"
+
+
+def test_field_selector_names() -> None:
+    assert rbac.name_from_field_selector("metadata.name=a") == "a"
+    assert rbac.name_from_field_selector("status.phase=x,metadata.name==b") == "b"
+    assert rbac.name_from_field_selector("metadata.name!=a") == ""
+    assert rbac.name_from_field_selector("metadata.name=a/b") == ""
+
+
+async def test_resource_names_allow_a_named_watch(api: Api) -> None:
+    named = cluster_role("one-cm", rule(["get", "list", "watch"], [""], ["configmaps"], ["one"]))
+    assert (await api.call("POST", f"{RBAC_V1}/clusterroles", named))[0] == 201
+    crb = binding("one-cm", "one-cm", user("nobody"))
+    assert (await api.call("POST", f"{RBAC_V1}/clusterrolebindings", crb))[0] == 201
+    cms = "/api/v1/namespaces/default/configmaps"
+    code, _ = await api.call(
+        "GET", f"{cms}?fieldSelector=metadata.name%3Done", token="nobody-token"
+    )
+    assert code == 200
+    assert (await api.call("GET", cms, token="nobody-token"))[0] == 403
+    assert (await api.call("GET", f"{cms}/two", token="nobody-token"))[0] == 403
+    assert (await api.call("GET", f"{cms}/one", token="nobody-token"))[0] == 404
