@@ -398,7 +398,7 @@ def escalation_message(
     )
     errs = list(errors)
     if errs:
-        msg += f"; resolution errors: [{', '.join(errs)}]"
+        msg += f"; resolution errors: [{_aggregate(errs)}]"
     return msg
 
 
@@ -986,7 +986,8 @@ def subject_attributes(
 
 
 def rules_review_status(rules: list[Rule], errors: list[str]) -> Doc:
-    """SelfSubjectRulesReview status from RulesFor."""
+    """SelfSubjectRulesReview status from RulesFor (the rules found, and the errors as
+    `evaluationError`)."""
     resource_rules: list[Doc] = []
     non_resource_rules: list[Doc] = []
     for r in rules:
@@ -1003,7 +1004,7 @@ def rules_review_status(rules: list[Rule], errors: list[str]) -> Doc:
     status: Doc = {
         "resourceRules": resource_rules,
         "nonResourceRules": non_resource_rules,
-        "incomplete": bool(errors),
+        "incomplete": False,  # RBAC's RulesFor never says incomplete; errors go below
     }
     if errors:
         status["evaluationError"] = _aggregate(errors)
