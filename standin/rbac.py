@@ -503,6 +503,14 @@ def _validate_rules(rules: Any, namespaced: bool, causes: list[dict[str, str]]) 
                     "resource rules must supply at least one resource",
                 )
             )
+        if rule.resource_names and len(rule.resources) > 1:
+            causes.append(
+                _cause(
+                    "FieldValueRequired",
+                    f"{path}.resourceNames",
+                    "resource names cannot apply to multiple resources",
+                )
+            )
 
 
 def _validate_subject(subject: Any, i: int, namespaced: bool, causes: list[dict[str, str]]) -> None:
@@ -521,6 +529,12 @@ def _validate_subject(subject: Any, i: int, namespaced: bool, causes: list[dict[
         if not namespaced and not subject.get("namespace"):
             causes.append(_cause("FieldValueRequired", f"{path}.namespace", ""))
     elif kind in ("User", "Group"):
+        if not name:
+            causes.append(
+                _cause(
+                    "FieldValueInvalid", f"{path}.name", f"{kind.lower()} name cannot be empty", ""
+                )
+            )
         if group != RBAC_GROUP:
             causes.append(
                 _cause("FieldValueNotSupported", f"{path}.apiGroup", go_quote(RBAC_GROUP), group)
@@ -530,7 +544,7 @@ def _validate_subject(subject: Any, i: int, namespaced: bool, causes: list[dict[
             _cause(
                 "FieldValueNotSupported",
                 f"{path}.kind",
-                '"Group", "ServiceAccount", "User"',
+                '"ServiceAccount", "User", "Group"',
                 kind,
             )
         )
@@ -580,7 +594,7 @@ def validate(resource: str, doc: Doc) -> None:
             )
         if namespaced and ref_kind not in ("Role", "ClusterRole"):
             causes.append(
-                _cause("FieldValueNotSupported", "roleRef.kind", '"ClusterRole", "Role"', ref_kind)
+                _cause("FieldValueNotSupported", "roleRef.kind", '"Role", "ClusterRole"', ref_kind)
             )
         if not namespaced and ref_kind != "ClusterRole":
             causes.append(
@@ -854,6 +868,8 @@ class Authorizer:
             return  # EscalationAllowed
         meta = doc.get("metadata") or {}
         name = str(meta.get("name", "") or "")
+        if old is not None and _only_gc_fields_changed(doc, old):
+            return  # IsOnlyMutatingGCFields
         if resource in ROLE_RESOURCES:
             self._check_role(resource, doc, old, user, groups, namespace, name)
         else:
@@ -876,12 +892,19 @@ class Authorizer:
         namespace: str,
         name: str,
     ) -> None:
+        # RoleEscalationAuthorized asks with the request's name: none on a create (POST)
         escalate = Attributes(
-            user, groups, "escalate", True, namespace, RBAC_GROUP, resource, "", name
+            user,
+            groups,
+            "escalate",
+            True,
+            namespace,
+            RBAC_GROUP,
+            resource,
+            "",
+            name if old is not None else "",
         )
         if self.authorize(escalate).allowed:
-            return
-        if old is not None and _only_gc_fields_changed(doc, old):
             return
         rules = [Rule.from_json(r) for r in doc.get("rules") or ()]
         problem = self._confirm(user, groups, namespace, rules)

@@ -361,7 +361,7 @@ def test_validation() -> None:
     assert err.value.message == (
         'ClusterRoleBinding.rbac.authorization.k8s.io "b" is invalid: [roleRef.kind: Unsupported '
         'value: "Role": supported values: "ClusterRole", subjects[0].kind: Unsupported value: '
-        '"Robot": supported values: "Group", "ServiceAccount", "User"]'
+        '"Robot": supported values: "ServiceAccount", "User", "Group"]'
     )
     with pytest.raises(ApiError) as err:
         rbac.validate("clusterrolebindings", binding("b", "r", sa("x")))
@@ -952,3 +952,29 @@ async def test_resource_names_allow_a_named_watch(api: Api) -> None:
     assert (await api.call("GET", cms, token="nobody-token"))[0] == 403
     assert (await api.call("GET", f"{cms}/two", token="nobody-token"))[0] == 403
     assert (await api.call("GET", f"{cms}/one", token="nobody-token"))[0] == 404
+
+
+def test_kubectl_apply_and_delete_rbac(server: StandInProcess) -> None:
+    doc = cluster_role("applied", rule(["get"], [""], ["configmaps"]), labels={"team": "a"})
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(doc))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/applied created"
+    doc["rules"] = [rule(["get", "list"], [""], ["configmaps", "secrets"])]
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(doc))
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/applied configured"
+    out = _kubectl(server, "admin-token", "get", "clusterrole", "applied", "-o", "json")
+    assert json.loads(out.stdout)["rules"] == doc["rules"]
+    rb = binding("applied", "applied", user("nobody"), namespace="kube-public")
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(rb))
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "nobody-token", "get", "secrets", "-n", "kube-public")
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "admin-token", "get", "rolebindings", "-n", "kube-public")
+    assert out.stdout.split("\n")[1].split()[:2] == ["applied", "ClusterRole/applied"]
+    out = _kubectl(server, "admin-token", "delete", "rolebinding", "applied", "-n", "kube-public")
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "nobody-token", "get", "secrets", "-n", "kube-public")
+    assert out.returncode == 1
+    assert 'User "nobody" cannot list resource "secrets"' in out.stderr
+    out = _kubectl(server, "admin-token", "delete", "clusterrole", "applied")
+    assert out.stdout.strip() == 'clusterrole.rbac.authorization.k8s.io "applied" deleted'
