@@ -230,6 +230,8 @@ class StandIn:
         """filters.WithAuthorization: 403 unless the authorizer allows. A list or watch with
         the field selector `metadata.name=x` is authorized with name x (as RequestInfoFactory
         does), so `resourceNames` rules allow `kubectl get cm x -w`."""
+        if self.api.authorizer.allows_everything(user.groups):
+            return
         name = info.name
         if not name and info.verb in ("list", "watch") and field_selector:
             name = rbac.name_from_field_selector(field_selector)
