@@ -978,3 +978,27 @@ def test_kubectl_apply_and_delete_rbac(server: StandInProcess) -> None:
     assert 'User "nobody" cannot list resource "secrets"' in out.stderr
     out = _kubectl(server, "admin-token", "delete", "clusterrole", "applied")
     assert out.stdout.strip() == 'clusterrole.rbac.authorization.k8s.io "applied" deleted'
+
+
+async def test_audit_annotations(tmp_path: Path) -> None:
+    tokens = write_token_file(tmp_path / "tokens.csv", TOKENS)
+    log = tmp_path / "audit.log"
+    standin = StandIn(Config(token_file=tokens, audit_log=log, objects=OBJECTS))
+    client: TestClient[Any, Any] = TestClient(TestServer(standin.make_app()))
+    await client.start_server()
+    try:
+        api = Api(client, standin)
+        assert (await api.call("GET", "/api/v1/nodes", token="dev-token"))[0] == 200
+        assert (await api.call("GET", "/api/v1/secrets", token="dev-token"))[0] == 403
+    finally:
+        await client.close()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0]["annotations"] == {
+        "authorization.k8s.io/decision": "allow",
+        "authorization.k8s.io/reason": 'RBAC: allowed by ClusterRoleBinding "devs-nodes" of '
+        'ClusterRole "node-reader" to Group "devs"',
+    }
+    assert events[1]["annotations"] == {
+        "authorization.k8s.io/decision": "forbid",
+        "authorization.k8s.io/reason": "",
+    }
