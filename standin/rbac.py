@@ -503,14 +503,6 @@ def _validate_rules(rules: Any, namespaced: bool, causes: list[dict[str, str]]) 
                     "resource rules must supply at least one resource",
                 )
             )
-        if rule.resource_names and len(rule.resources) > 1:
-            causes.append(
-                _cause(
-                    "FieldValueRequired",
-                    f"{path}.resourceNames",
-                    "resource names cannot apply to multiple resources",
-                )
-            )
 
 
 def _validate_subject(subject: Any, i: int, namespaced: bool, causes: list[dict[str, str]]) -> None:

@@ -1002,3 +1002,25 @@ async def test_audit_annotations(tmp_path: Path) -> None:
         "authorization.k8s.io/decision": "forbid",
         "authorization.k8s.io/reason": "",
     }
+
+
+def test_kubectl_create_clusterrole(server: StandInProcess) -> None:
+    out = _kubectl(
+        server, "admin-token", "create", "clusterrole", "pod-logs", "--verb=get",
+        "--resource=pods,pods/log", "--resource-name=web",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/pod-logs created"
+    out = _kubectl(server, "admin-token", "get", "clusterrole", "pod-logs", "-o", "json")
+    assert json.loads(out.stdout)["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "resourceNames": ["web"],
+         "verbs": ["get"]}
+    ]  # fmt: skip
+    out = _kubectl(
+        server, "nobody-token", "create", "clusterrole", "x", "--verb=get", "--resource=pods"
+    )
+    assert out.returncode == 1
+    assert (
+        'clusterroles.rbac.authorization.k8s.io is forbidden: User "nobody" cannot create '
+        'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope'
+    ) in out.stderr
