@@ -1024,3 +1024,9 @@ def test_kubectl_create_clusterrole(server: StandInProcess) -> None:
         'clusterroles.rbac.authorization.k8s.io is forbidden: User "nobody" cannot create '
         'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope'
     ) in out.stderr
+
+
+def test_bad_bootstrap_objects_stop_the_server(tmp_path: Path) -> None:
+    bad = binding("x", "r", user("u"), kind="Role")
+    with pytest.raises(RuntimeError, match=r'roleRef.kind: Unsupported value: "Role"'):
+        StandInProcess.start(tmp_path / "s", objects=[bad])
