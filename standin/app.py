@@ -15,7 +15,7 @@ from aiohttp import web
 
 from config.tls import server_context
 
-from . import bulk, discovery, openapi, streaming
+from . import bulk, discovery, openapi, rbac, streaming
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -28,7 +28,8 @@ from .auth import (
 )
 from .context import Context
 from .impersonation import Impersonator, PlainInternalError, has_impersonation_headers
-from .requestinfo import request_info
+from .rbac import Attributes, forbidden_error
+from .requestinfo import RequestInfo, request_info
 from .rest import Api, streaming_params
 from .status import ApiError, route_not_found, unauthorized
 
@@ -38,6 +39,9 @@ PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 # The user a request acts as (after impersonation), and its audit ID, for handlers that want them.
 USER_KEY = web.RequestKey("standin_user", UserInfo)
 AUDIT_ID_KEY = web.RequestKey("standin_audit_id", str)
+# The audit annotations of apiserver's WithAuthorization filter.
+DECISION = "authorization.k8s.io/decision"
+REASON = "authorization.k8s.io/reason"
 
 
 @dataclass
@@ -49,7 +53,10 @@ class Config:
     webhook_cache_ttl: float = 120.0
     api_audiences: tuple[str, ...] = ("https://kubernetes.default.svc.cluster.local",)
     impersonator_users: tuple[str, ...] = ()
-    impersonator_groups: tuple[str, ...] = ("system:masters",)
+    impersonator_groups: tuple[str, ...] = ()
+    authorization_mode: str = "RBAC"
+    # Objects created at start (any kind the stand-in serves; List kinds are flattened).
+    objects: list[dict[str, Any]] = field(default_factory=list)
     audit_log: Path | None = None
     anonymous_auth: bool = True
     aggregated_discovery: bool = True
@@ -92,7 +99,12 @@ def _json(obj: Any, code: int = 200, headers: dict[str, str] | None = None) -> w
 class StandIn:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.api = Api(config.watch_history, config.k8s_version)
+        self.api = Api(
+            config.watch_history,
+            config.k8s_version,
+            authorization_mode=config.authorization_mode,
+            objects=config.objects,
+        )
         webhook = None
         if config.webhook_config is not None:
             webhook = TokenWebhook(
@@ -103,7 +115,11 @@ class StandIn:
             )
         token_file = TokenFile(config.token_file) if config.token_file else None
         self.authn = Authenticator(token_file, webhook)
-        self.impersonator = Impersonator(config.impersonator_users, config.impersonator_groups)
+        self.impersonator = Impersonator(
+            config.impersonator_users,
+            config.impersonator_groups,
+            self.api.authorizer.authorize,
+        )
         self.audit = AuditLog(config.audit_log)
 
     # -- authentication ---------------------------------------------------------------------
@@ -138,6 +154,7 @@ class StandIn:
         info = request_info(request.method, request.path, dict(request.query))
         user: UserInfo | None = None
         impersonated: UserInfo | None = None
+        annotations: dict[str, str] = {}
         code, message = 500, ""
         resp: web.StreamResponse | None = None
         try:
@@ -156,6 +173,7 @@ class StandIn:
             effective = impersonated or user
             request[USER_KEY] = effective
             request[AUDIT_ID_KEY] = audit_id
+            self.authorize(effective, info, request.query.get("fieldSelector"), annotations)
             resp = await self.dispatch(request, info, effective)
         except ApiError as exc:
             resp = exc.response()
@@ -200,6 +218,7 @@ class StandIn:
                     received=received,
                     content_type=request.headers.get("Content-Type", ""),
                     accept=request.headers.get("Accept", ""),
+                    annotations=annotations,
                     headers=[
                         (name.decode("latin-1"), value.decode("latin-1"))
                         for name, value in request.raw_headers
@@ -209,6 +228,44 @@ class StandIn:
         if not resp.prepared and "Audit-Id" not in resp.headers:
             resp.headers["Audit-Id"] = audit_id
         return resp
+
+    def authorize(
+        self,
+        user: UserInfo,
+        info: RequestInfo,
+        field_selector: str | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
+        """filters.WithAuthorization: 403 unless the authorizer allows. A list or watch with
+        the field selector `metadata.name=x` is authorized with name x (as RequestInfoFactory
+        does), so `resourceNames` rules allow `kubectl get cm x -w`. The decision and reason go
+        to `annotations` (the audit event's `authorization.k8s.io/decision` and `/reason`)."""
+        notes = annotations if annotations is not None else {}
+        if self.api.authorizer.allows_everything(user.groups):
+            notes.update({DECISION: "allow", REASON: ""})
+            return
+        name = info.name
+        if not name and info.verb in ("list", "watch") and field_selector:
+            name = rbac.name_from_field_selector(field_selector)
+        if info.is_resource:
+            attrs = Attributes(
+                user.username,
+                user.groups,
+                info.verb,
+                True,
+                info.namespace,
+                info.group,
+                info.resource,
+                info.subresource,
+                name,
+                info.path,
+            )
+        else:
+            attrs = Attributes(user.username, user.groups, info.verb, False, path=info.path)
+        decision = self.api.authorizer.authorize(attrs)
+        notes.update({DECISION: "allow" if decision.allowed else "forbid", REASON: decision.reason})
+        if not decision.allowed:
+            raise forbidden_error(attrs, decision.reason)
 
     async def dispatch(self, request: web.Request, info: Any, user: UserInfo) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

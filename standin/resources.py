@@ -328,11 +328,9 @@ def builtin_types() -> list[ResourceType]:
         reviews.append(
             ResourceType("authorization.k8s.io", "v1", name, kind, namespaced, verbs=CREATE_ONLY)
         )
-    # Stored only here: nothing decides requests by them (every authenticated user may
-    # do everything; see the README's "Where it knowingly differs").
     rbac = [
-        ResourceType("rbac.authorization.k8s.io", "v1", name, kind, namespaced)
-        for name, kind, namespaced in (
+        ResourceType("rbac.authorization.k8s.io", "v1", resource, kind, namespaced)
+        for resource, kind, namespaced in (
             ("clusterrolebindings", "ClusterRoleBinding", False),
             ("clusterroles", "ClusterRole", False),
             ("rolebindings", "RoleBinding", True),
