@@ -12,7 +12,6 @@ the impersonation rights of the test's users.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,14 @@ import yaml
 
 from tests.binaries import kubectl
 from tests.integration.conftest import AGENT_SA_USER, World, start_world, stop_world
+from tests.integration.downstream_rbac import (
+    admin_id,
+    apply,
+    binding,
+    downstream,
+    impersonator_role,
+    ok,
+)
 from tests.integration.env import kubectl_run, wait_until
 from tests.integration.test_hostile_requests import assert_status, received, request
 
@@ -39,47 +46,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
     finally:
         stop_world(w)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def downstream(world: World, *args: str, stdin: str | None = None) -> str:
-    """kubectl straight to the stand-in, with the agent's credential (by hand, what the
-    access sync would do)."""
-    return ok(kubectl_run(kubectl("1.32"), world.agent_kubeconfig, *args, stdin=stdin))
-
-
-def apply(world: World, *docs: dict[str, Any]) -> None:
-    downstream(world, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-
-
-def impersonator_role(name: str, resource: str, names: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": [resource],
-                "verbs": ["impersonate"],
-                "resourceNames": names,
-            }
-        ],
-    }
-
-
-def binding(name: str, role: str, user: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }
 
 
 def events(world: World) -> list[dict[str, Any]]:
@@ -120,8 +86,7 @@ def member(world: World) -> tuple[str, Path]:
 
 @pytest.fixture(scope="module")
 def admin(world: World) -> tuple[str, Path]:
-    admin_id = str(world.admin.get("/v3/users?me=true")["data"][0]["id"])
-    return admin_id, world.kubeconfig_for(world.admin, "as-admin")
+    return admin_id(world), world.kubeconfig_for(world.admin, "as-admin")
 
 
 def test_an_owners_kubectl_as_works_and_is_reviewed_as_the_owner(
