@@ -15,7 +15,7 @@ from aiohttp import web
 
 from config.tls import server_context
 
-from . import bulk, discovery, openapi, streaming
+from . import bulk, discovery, openapi, rbac, streaming
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -169,7 +169,7 @@ class StandIn:
             effective = impersonated or user
             request[USER_KEY] = effective
             request[AUDIT_ID_KEY] = audit_id
-            self.authorize(effective, info)
+            self.authorize(effective, info, request.query.get("fieldSelector"))
             resp = await self.dispatch(request, info, effective)
         except ApiError as exc:
             resp = exc.response()
@@ -224,8 +224,15 @@ class StandIn:
             resp.headers["Audit-Id"] = audit_id
         return resp
 
-    def authorize(self, user: UserInfo, info: RequestInfo) -> None:
-        """filters.WithAuthorization: 403 unless the authorizer allows."""
+    def authorize(
+        self, user: UserInfo, info: RequestInfo, field_selector: str | None = None
+    ) -> None:
+        """filters.WithAuthorization: 403 unless the authorizer allows. A list or watch with
+        the field selector `metadata.name=x` is authorized with name x (as RequestInfoFactory
+        does), so `resourceNames` rules allow `kubectl get cm x -w`."""
+        name = info.name
+        if not name and info.verb in ("list", "watch") and field_selector:
+            name = rbac.name_from_field_selector(field_selector)
         if info.is_resource:
             attrs = Attributes(
                 user.username,
@@ -236,7 +243,7 @@ class StandIn:
                 info.group,
                 info.resource,
                 info.subresource,
-                info.name,
+                name,
                 info.path,
             )
         else:

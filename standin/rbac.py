@@ -948,6 +948,19 @@ def _only_gc_fields_changed(new: Doc, old: Doc) -> bool:
     return strip(new) == strip(old)
 
 
+def name_from_field_selector(selector: str) -> str:
+    """`fieldSelector.RequiresExactMatch("metadata.name")`, if a valid path segment name."""
+    for term in selector.split(","):
+        for op in ("==", "="):
+            key, sep, value = term.partition(op)
+            if sep and key.strip() == "metadata.name" and not value.startswith("="):
+                value = value.strip()
+                if value and not path_segment_name_problems(value):
+                    return value
+                return ""
+    return ""
+
+
 def subject_attributes(
     user: str, groups: tuple[str, ...], spec: Doc, namespace_override: str | None = None
 ) -> Attributes:
