@@ -44,7 +44,11 @@ from gateway.proxy.heads import (
     request_head,
 )
 from gateway.proxy.impersonation import Header, forwarded_headers, identity_block
-from gateway.proxy.impersonation_review import IMPERSONATION_REVIEWS, ask_cluster, reviews_for
+from gateway.proxy.impersonation_review import (
+    IMPERSONATION_REVIEWS,
+    ask_cluster,
+    reviews_for,
+)
 from gateway.proxy.model import SWITCHING, Answer, Request, status_answer, streamed, whole
 from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
@@ -329,7 +333,21 @@ async def _review_impersonation(
         identity_block(identity, role),
         request_id=exchange.request_id,
     )
-    refused = await app[IMPERSONATION_REVIEWS].check(cluster.id, identity, role, questions, ask)
+    # The reviews hold one of the caller's share of the cluster's streams, as a request.
+    quota = app.get(STREAM_QUOTA)
+    key = (cluster.id, identity.user_id)
+    if quota is not None:
+        limit = quota.limit_for(link.session.peer_max_streams)
+        if not quota.take(key, limit):
+            raise TooManyRequests(
+                f"too many requests in flight: user {identity.user_id} holds {limit} "
+                f"streams of cluster {cluster.name} (tunnel.max_streams_per_user)"
+            )
+    try:
+        refused = await app[IMPERSONATION_REVIEWS].check(cluster.id, identity, role, questions, ask)
+    finally:
+        if quota is not None:
+            quota.give(key)
     if refused is not None:
         raise refused
 

@@ -380,7 +380,8 @@ async def ask_cluster(
 ) -> Decision:
     """One ``SelfSubjectAccessReview`` through the tunnel: the agent's ``Host`` and
     credential (``agent``), the caller's identity lines (``caller``), so the API server
-    reviews the caller. The request id is its audit id, as for the request it is for."""
+    reviews the caller. The request id is its audit id, as for the request it is for.
+    """
     body = review_body(question)
     fields: list[Header] = [
         (b"Content-Type", b"application/json"),
