@@ -325,7 +325,10 @@ async def _review_impersonation(
         raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
     if not questions:
         return
-    link = await _pick_link(app, cluster)
+    try:
+        link = app[TUNNELS].pick(cluster.id)
+    except NoAgentSession:
+        link = await _wait_for_link(app, cluster)
     ask = partial(
         ask_cluster,
         link.pool,
@@ -379,7 +382,10 @@ async def forward(
 
     ``exchange`` is None for the gateway's own requests (not counted, not audited).
     """
-    link = await _pick_link(app, cluster)
+    try:
+        link = app[TUNNELS].pick(cluster.id)
+    except NoAgentSession:
+        link = await _wait_for_link(app, cluster)
     quota = app.get(STREAM_QUOTA)
     identity_of = exchange.identity if exchange is not None else None
     if quota is None or identity_of is None:
@@ -409,25 +415,21 @@ async def forward(
     return answer
 
 
-async def _pick_link(app: web.Application, cluster: Cluster) -> AgentLink:
-    """The tunnel a request to ``cluster`` goes through (503 when there is none)."""
-    tunnels = app[TUNNELS]
+async def _wait_for_link(app: web.Application, cluster: Cluster) -> AgentLink:
+    """The tunnel to ``cluster`` when this replica has none yet (503 when none comes)."""
+    # Another replica holds a tunnel: the agent is on its way here too (a worker
+    # that just started). Only then is waiting worth it.
+    if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
+        )
     try:
-        return tunnels.pick(cluster.id)
+        return await app[TUNNELS].wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
     except NoAgentSession:
-        # Another replica holds a tunnel: the agent is on its way here too (a worker
-        # that just started). Only then is waiting worth it.
-        if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
-            raise UpstreamUnavailable(
-                f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
-            ) from None
-        try:
-            return await tunnels.wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
-        except NoAgentSession:
-            raise UpstreamUnavailable(
-                f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
-                "reached this gateway replica yet"
-            ) from None
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
+            "reached this gateway replica yet"
+        ) from None
 
 
 async def _send(
