@@ -204,8 +204,16 @@ def test_the_denial_names_the_authorizers_reason_after_the_message() -> None:
 _KINDS = st.sampled_from(["User", "ServiceAccount", "Group", "UserExtra", "UID"])
 
 
-@given(kind=_KINDS, name=_VALUE, key=_KEY, user=st.text(max_size=10))
-def test_every_denial_is_worded_as_the_stand_ins(kind: str, name: str, key: str, user: str) -> None:
+@given(
+    kind=_KINDS,
+    name=_VALUE,
+    key=_KEY,
+    user=st.text(max_size=10),
+    reason=st.sampled_from(["", "RBAC: <no rule>"]),
+)
+def test_every_denial_is_worded_as_the_stand_ins(
+    kind: str, name: str, key: str, user: str, reason: str
+) -> None:
     """The stand-in words the filter's 403 after kube-apiserver; the gateway must too."""
     req = _Request(
         kind,
@@ -214,9 +222,9 @@ def test_every_denial_is_worded_as_the_stand_ins(kind: str, name: str, key: str,
         field_path=key if kind == "UserExtra" else "",
     )
     requestor = UserInfo(user, "", ())
-    expected = Impersonator(users=(), groups=())._deny(requestor, req)
+    expected = Impersonator(users=(), groups=())._deny(requestor, req, reason)
     assert isinstance(expected, ApiError)
-    got = denial(user, _as_question(req))
+    got = denial(user, _as_question(req), reason)
     assert (got.status, got.message) == (expected.code, expected.message)
 
 
