@@ -32,6 +32,7 @@ from gateway.identity.providers.registry import PROVIDERS, Providers
 from gateway.keys import READY, RUNTIME, SETTINGS
 from gateway.operations import background, health
 from gateway.operations.sampler import SAMPLER, Sampler
+from gateway.proxy.impersonation_review import IMPERSONATION_REVIEWS, ImpersonationReviews
 from gateway.proxy.sessions import SESSIONS, Sessions
 from gateway.runtime import Runtime
 from gateway.telemetry.audit import AUDIT, REQUEST_ID_HEADER, AuditLog, new_request_id
@@ -136,6 +137,7 @@ def build_app(
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()
     app[SESSIONS] = Sessions(directory)
+    app[IMPERSONATION_REVIEWS] = ImpersonationReviews()
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
     app[LIMITER] = login_common.make_limiter(settings.auth)

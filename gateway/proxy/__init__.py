@@ -3,7 +3,8 @@ forward -> stream back.
 
 ``handler`` is the one entry (``answer``); ``paths`` and ``requestinfo`` read the
 request, ``access`` decides, ``impersonation`` and ``heads`` write the head the API
-server gets, ``gateway.clusters.upstream`` sends it through the cluster's tunnel,
+server gets, ``impersonation_review`` asks the cluster whether a client's ``kubectl --as``
+may pass, ``gateway.clusters.upstream`` sends it through the cluster's tunnel,
 ``upgrade`` relays exec/attach/port-forward, ``sessions`` ends long-running answers of
 identities that lose access, ``exchange`` counts and audits each request.
 

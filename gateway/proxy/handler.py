@@ -44,6 +44,11 @@ from gateway.proxy.heads import (
     request_head,
 )
 from gateway.proxy.impersonation import Header, forwarded_headers, identity_block
+from gateway.proxy.impersonation_review import (
+    IMPERSONATION_REVIEWS,
+    ask_cluster,
+    reviews_for,
+)
 from gateway.proxy.model import SWITCHING, Answer, Request, status_answer, streamed, whole
 from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
@@ -273,11 +278,6 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
         raise Forbidden(
             f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'
         )
-    if not identity.is_admin and request.impersonates:
-        raise Forbidden(
-            f'users "{request.headers.get("Impersonate-User", "")}" is forbidden: '
-            f'User "{identity.user_id}" cannot impersonate through the gateway'
-        )
     if not access.is_allowed(role, request.method, path.path):
         raise Forbidden(
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
@@ -287,8 +287,14 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
         raise BadRequest(
             "upgrades are only for exec, attach, portforward and proxy, to websocket or SPDY/3.1"
         )
-    client_impersonates = identity.is_admin and request.impersonates
-    identity_lines = None if client_impersonates else identity_block(identity, role)
+    client_impersonates = request.impersonates
+    if client_impersonates:
+        # kubectl --as: forwarded as the client sent it (the agent impersonates the
+        # target) only when the cluster lets the caller impersonate it.
+        identity_lines = None
+        await _review_impersonation(app, request, cluster, identity, role, exchange)
+    else:
+        identity_lines = identity_block(identity, role)
     _HOT.auth.observe(time.perf_counter() - started)
     return await forward(
         app,
@@ -299,6 +305,54 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
         keep_client_impersonation=client_impersonates,
         exchange=exchange,
     )
+
+
+async def _review_impersonation(
+    app: web.Application,
+    request: Request,
+    cluster: Cluster,
+    identity: Identity,
+    role: str,
+    exchange: Exchange,
+) -> None:
+    """Refuse ``Impersonate-*`` fields the cluster's RBAC does not let the caller send:
+    one ``SelfSubjectAccessReview`` per question, as the caller, through the tunnel
+    (``gateway.proxy.impersonation_review``). Whether the fields are well formed is
+    checked after (``impersonation.check_client_impersonation``, a 400)."""
+    try:
+        questions = reviews_for(request.raw_headers)
+    except UnsafeHead as unsafe:
+        raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
+    if not questions:
+        return
+    try:
+        link = app[TUNNELS].pick(cluster.id)
+    except NoAgentSession:
+        link = await _wait_for_link(app, cluster)
+    ask = partial(
+        ask_cluster,
+        link.pool,
+        _agent_block(link.info.api_host, link.info.authorization),
+        identity_block(identity, role),
+        request_id=exchange.request_id,
+    )
+    # The reviews hold one of the caller's share of the cluster's streams, as a request.
+    quota = app.get(STREAM_QUOTA)
+    key = (cluster.id, identity.user_id)
+    if quota is not None:
+        limit = quota.limit_for(link.session.peer_max_streams)
+        if not quota.take(key, limit):
+            raise TooManyRequests(
+                f"too many requests in flight: user {identity.user_id} holds {limit} "
+                f"streams of cluster {cluster.name} (tunnel.max_streams_per_user)"
+            )
+    try:
+        refused = await app[IMPERSONATION_REVIEWS].check(cluster.id, identity, role, questions, ask)
+    finally:
+        if quota is not None:
+            quota.give(key)
+    if refused is not None:
+        raise refused
 
 
 _UPGRADE_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
@@ -328,24 +382,10 @@ async def forward(
 
     ``exchange`` is None for the gateway's own requests (not counted, not audited).
     """
-    tunnels = app[TUNNELS]
     try:
-        link = tunnels.pick(cluster.id)
+        link = app[TUNNELS].pick(cluster.id)
     except NoAgentSession:
-        # Another replica holds a tunnel: the agent is on its way here too (a worker
-        # that just started). Only then is waiting worth it.
-        if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
-            raise UpstreamUnavailable(
-                f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
-            ) from None
-        try:
-            link = await tunnels.wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
-        except NoAgentSession:
-            raise UpstreamUnavailable(
-                f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
-                "reached this gateway replica yet"
-            ) from None
-
+        link = await _wait_for_link(app, cluster)
     quota = app.get(STREAM_QUOTA)
     identity_of = exchange.identity if exchange is not None else None
     if quota is None or identity_of is None:
@@ -373,6 +413,23 @@ async def forward(
     else:
         quota.give(key)
     return answer
+
+
+async def _wait_for_link(app: web.Application, cluster: Cluster) -> AgentLink:
+    """The tunnel to ``cluster`` when this replica has none yet (503 when none comes)."""
+    # Another replica holds a tunnel: the agent is on its way here too (a worker
+    # that just started). Only then is waiting worth it.
+    if not app[REPLICAS].has_tunnel_anywhere(cluster.id):
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}) is unavailable: no agent is connected"
+        )
+    try:
+        return await app[TUNNELS].wait_for(cluster.id, WAIT_FOR_TUNNEL_S)
+    except NoAgentSession:
+        raise UpstreamUnavailable(
+            f"cluster {cluster.name} ({cluster.id}) is unavailable: its agent has not "
+            "reached this gateway replica yet"
+        ) from None
 
 
 async def _send(

@@ -128,7 +128,8 @@ _UID = b"impersonate-uid"
 
 
 def check_client_impersonation(headers: Iterable[Header]) -> None:
-    """An admin's own ``Impersonate-*`` (``kubectl --as``) must name exactly one user, not
+    """A client's own ``Impersonate-*`` (``kubectl --as``, which the cluster allowed:
+    ``gateway.proxy.impersonation_review``) must name exactly one user, not
     empty, and at most one uid; else ``UnsafeHead`` (400). kube-apiserver reads the
     first ``Impersonate-User`` and refuses groups, uid or extras without one; two users
     would leave the gateway's audit and the API server's disagreeing on who acted."""
@@ -159,7 +160,8 @@ def forwarded_headers(
 ) -> list[Header]:
     """The client's headers that travel on to the API server.
 
-    ``keep_impersonation`` keeps client ``Impersonate-*`` headers (an admin's ``--as``),
+    ``keep_impersonation`` keeps client ``Impersonate-*`` headers (a ``--as`` the cluster
+    allowed),
     which must then pass ``check_client_impersonation``;
     ``upgrade`` keeps ``Connection: Upgrade`` and ``Upgrade`` for exec/attach/port-forward.
     Two ``Host`` or two ``Authorization`` fields make the request ambiguous (which one

@@ -88,15 +88,18 @@ def start_world(
     gateway_config: str = "",
     gateway_env: dict[str, str] | None = None,
     gateway_ca: Path | None = None,
+    authorization_mode: str = "AlwaysAllow",
 ) -> World:
-    """``gateway_ca``: the CA of a certificate given in ``gateway_config``."""
+    """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
+    ``authorization_mode``: the stand-in's, ``RBAC`` for a world whose tests make the
+    bindings they need downstream."""
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
         args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
         # herdgate's users reach it impersonated; until the access sync (issue 17) binds
         # their role groups downstream, the world's API server authorizes everything
-        authorization_mode="AlwaysAllow",
+        authorization_mode=authorization_mode,
     )
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})

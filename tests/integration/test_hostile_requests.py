@@ -305,24 +305,6 @@ def test_front_proxy_identity_and_address_claims_never_reach_the_api_server(
     assert [v for n, v in _fields(event) if n.lower() == "x-forwarded-for"] == ["127.0.0.1"]
 
 
-@pytest.mark.parametrize(
-    "name", ["Impersonate-User", "impersonate-group", "IMPERSONATE-UID", "iMpErSoNaTe-ExTrA-x"]
-)
-def test_client_impersonation_in_any_case_is_refused(
-    world: World, member: tuple[str, str], name: str
-) -> None:
-    _, token = member
-    answer, probe = request(
-        world,
-        "GET",
-        f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces",
-        token,
-        [(name, "system:admin")],
-    )
-    assert_status(answer, 403)
-    assert received(world, probe) == []
-
-
 @pytest.mark.parametrize("strong_first", [False, True])
 def test_two_authorization_fields_are_refused(
     world: World, reader: tuple[str, str], member: tuple[str, str], strong_first: bool

@@ -16,6 +16,7 @@ import pytest
 
 from tests.binaries import kubectl
 from tests.integration.conftest import World
+from tests.integration.downstream_rbac import apply, bind_admin_as_cluster_admin, binding
 from tests.integration.env import kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,8 @@ def test_logins_and_changes_share_the_audit_log_with_proxied_requests(world: Wor
 
 
 def test_kubectl_as_records_the_caller_and_the_impersonated_user(world: World) -> None:
+    bind_admin_as_cluster_admin(world)  # the cluster allows the admin's --as (issue 17)
+    apply(world, binding("test-audit-bob-view", "view", "impersonated-bob"))  # bob may list
     config = world.kubeconfig_for(world.admin, "audit-admin")
     out = kubectl_run(
         kubectl(), config, "get", "configmaps", "--as=impersonated-bob", "--as-group=devs"

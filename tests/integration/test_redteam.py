@@ -44,6 +44,7 @@ from tests.binaries import kubectl
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.integration.conftest import USER_PASSWORD, World, start_world, stop_world
+from tests.integration.downstream_rbac import apply, bind_admin_as_cluster_admin, binding
 from tests.integration.env import (
     ApiError,
     free_port,
@@ -246,14 +247,25 @@ ADMIN_AS_REFUSED = {
 }
 
 
+@pytest.fixture(scope="module")
+def admin_downstream(world: World) -> str:
+    """The admin's ``cluster-admin`` in the cluster, made by hand (the access sync's
+    work): ``kubectl --as`` is the cluster's to allow (issue 17)."""
+    return bind_admin_as_cluster_admin(world)
+
+
 @pytest.mark.parametrize("case", sorted(ADMIN_AS_REFUSED))
-def test_an_admins_impersonation_must_name_one_user(world: World, case: str) -> None:
+def test_an_admins_impersonation_must_name_one_user(
+    world: World, admin_downstream: str, case: str
+) -> None:
+    """Allowed by the cluster, but malformed: 400 (reviewed first, refused after)."""
     answer, probe = request(world, "GET", _pods(world), world.admin.token, ADMIN_AS_REFUSED[case])
     assert_status(answer, 400)
     assert received(world, probe) == []
 
 
-def test_an_admins_impersonation_of_one_user_passes(world: World) -> None:
+def test_an_admins_impersonation_of_one_user_passes(world: World, admin_downstream: str) -> None:
+    apply(world, binding("test-redteam-alice-view", "view", "alice"))  # alice may list pods
     headers = [
         ("Impersonate-User", "alice"),
         ("Impersonate-Group", "devs"),
