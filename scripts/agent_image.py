@@ -360,7 +360,7 @@ def source_digest(root: Path) -> str:
     h = hashlib.sha256()
     for rel in sorted(p.decode() for p in listed if p):
         path = root / rel
-        if path.is_file() and not rel.startswith(("tests/", "docs/", "bench/")):
+        if path.is_file() and not rel.startswith(("tests/", "docs/", "bench/", "scripts/")):
             h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -752,6 +752,7 @@ def build(
                 "-I",
                 "-c",
                 "import herdgate.cli, tunnel.agent, config.native as n; print(n.describe())",
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
             )
             project = sorted(p.name for p in site.iterdir() if p.name not in deps_names)
             epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
