@@ -292,7 +292,8 @@ ETC_FILES = {
 
 def assemble(staging: Path, rootfs: Path) -> list[str]:
     """Copy Python's run-time packages from ``staging`` (a Debian tree) into an empty
-    ``rootfs``; returns the package names. Run inside the Dockerfile on ``/``."""
+    ``rootfs``, with the users, the mount points and ``/usr/local/bin/herdgate`` (the
+    wheels go in after); returns the package names. The Dockerfile runs it on ``/``."""
     packages = installed_packages(staging)
     names = closure(packages, ROOTS)
     rootfs.mkdir(parents=True, exist_ok=True)
@@ -339,6 +340,10 @@ def assemble(staging: Path, rootfs: Path) -> list[str]:
     home.mkdir(exist_ok=True)
     os.chown(home, UID, UID)
     os.chmod(home, 0o700)
+    (rootfs / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+    launcher = rootfs / "usr/local/bin/herdgate"
+    launcher.write_bytes(LAUNCHER)
+    launcher.chmod(0o755)
     # What is installed, for scanners (dpkg's status format), without dpkg itself.
     status = rootfs / "var/lib/dpkg/status"
     status.parent.mkdir(parents=True, exist_ok=True)
@@ -719,10 +724,6 @@ def build(
             deps_dir = work / "deps"
             install_wheels(python, deps_dir, sorted(house.glob("*.whl")), house, deps=True)
             install_wheels(python, site, [wheel], None, deps=False)
-            (rootfs / "usr/local/bin").mkdir(parents=True, exist_ok=True)
-            launcher = rootfs / "usr/local/bin/herdgate"
-            launcher.write_bytes(LAUNCHER)
-            launcher.chmod(0o755)
             # dependencies beside the project in the same directory, in their own layer
             deps_names = sorted(p.name for p in deps_dir.iterdir())
             for entry in deps_names:
