@@ -18,10 +18,11 @@ ARG SNAPSHOT=20251229T000000Z
 
 FROM ${DEBIAN} AS build
 ARG SNAPSHOT
-RUN sed -i \
+# (--build-arg SNAPSHOT= : Debian's mirror as the base image names it.)
+RUN if [ -n "${SNAPSHOT}" ]; then sed -i \
       -e "s|http://deb.debian.org/debian-security|http://snapshot.debian.org/archive/debian-security/${SNAPSHOT}|" \
       -e "s|http://deb.debian.org/debian|http://snapshot.debian.org/archive/debian/${SNAPSHOT}|" \
-      /etc/apt/sources.list.d/debian.sources \
+      /etc/apt/sources.list.d/debian.sources; fi \
  && apt-get -o Acquire::Check-Valid-Until=false update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3 python3-venv python3-dev gcc libc6-dev ca-certificates netbase \
