@@ -26,6 +26,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -196,9 +197,12 @@ def unpack(image: Image, rootfs: Path) -> None:
     blobs = image.layout / "blobs" / "sha256"
     manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
     rootfs.mkdir()
-    for layer in manifest["layers"]:
-        with tarfile.open(blobs / layer["digest"].split(":")[1]) as tar:
-            tar.extractall(rootfs, filter="fully_trusted")  # noqa: S202 - our own image
+    for layer in manifest["layers"]:  # GNU tar: several times faster than tarfile here
+        blob = blobs / layer["digest"].split(":")[1]
+        subprocess.run(
+            ["tar", "-xzf", str(blob), "-C", str(rootfs), "--numeric-owner"],
+            check=True, timeout=120,
+        )  # fmt: skip
 
 
 # In the new namespaces: the root read-only (a read-only bind of itself), /proc of the
@@ -246,14 +250,26 @@ def run_namespaced(image: Image, secrets: Path, args: list[str], tmp: Path) -> I
             assert process.poll() is None, logs.read_text()
             return None
 
-        yield Running(wait_until(agent_pid, 30, f"no agent:\n{logs.read_text()}"), logs)
+        pid = wait_until(agent_pid, 30, f"no agent:\n{logs.read_text()}")
+        yield Running(pid, logs)
     finally:
-        process.terminate()  # unshare passes it on; --kill-child ends the rest
+        # The agent stops on SIGTERM, sent to it: unshare does not pass signals on, and
+        # its --kill-child does not reach a child that changed its user (chroot
+        # --userspec clears the parent-death signal). Then unshare exits.
+        targets = _descendants(process.pid)
+        _signal(targets, signal.SIGTERM)
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
+            _signal(targets, signal.SIGKILL)
             process.kill()
             process.wait(5)
+
+
+def _signal(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
 
 
 def _descendants(pid: int) -> list[int]:
