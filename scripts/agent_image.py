@@ -385,6 +385,10 @@ def native_modules(root: Path, python: str) -> Path:
     return build
 
 
+KEEP_WHEELS = 4
+"""Wheels of earlier sources kept in the cache (switching branches back and forth)."""
+
+
 def compiled_wheel(root: Path, cache: Path, python: str) -> Path:
     """The project's wheel with its mypyc modules (cached by the sources' digest)."""
     digest = source_digest(root)[:16]
@@ -393,6 +397,9 @@ def compiled_wheel(root: Path, cache: Path, python: str) -> Path:
     if done:
         return done[0]
     native_dir = native_modules(root, python)
+    kept = sorted((cache / "wheels").glob("*"), key=lambda p: p.stat().st_mtime)
+    for old in kept[:-KEEP_WHEELS]:  # wheels of older sources
+        shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     log("building the wheel")
