@@ -33,12 +33,13 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import AGENT_SA_TOKEN, World, start_world, stop_world
 from tests.integration.env import REPO_ROOT, kubectl_run, wait_until
 
 # A cold build (Debian's packages downloaded, perhaps the mypyc compile) or waiting for
@@ -47,6 +48,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 UID = 65532
 """The image's user (scripts/agent_image.py)."""
+PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+"""Rootful podman with runc (crun refuses this machine's hybrid cgroups)."""
 BUILD_TIMEOUT_S = 1200.0
 """For a cold build, or for the one running already (docs/design.md section 10 has
 the measurements)."""
@@ -58,6 +61,8 @@ class Image:
     layout: Path
     archive: Path
     manifest: str
+    config: str
+    """The config's digest: podman's image id."""
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,12 @@ def image() -> Image:
     assert result.returncode == 0, f"image build failed:\n{result.stderr[-4000:]}"
     built = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"image {built['name']}: {built['seconds']} s (reused: {built['reused']})")
-    return Image(built["name"], Path(built["layout"]), Path(built["archive"]), built["manifest"])
+    layout = Path(built["layout"])
+    manifest = json.loads((layout / "blobs/sha256" / built["manifest"].split(":")[1]).read_text())
+    return Image(
+        built["name"], layout, Path(built["archive"]), built["manifest"],
+        manifest["config"]["digest"],
+    )  # fmt: skip
 
 
 def test_image_config(image: Image) -> None:
@@ -102,6 +112,22 @@ def test_image_config(image: Image) -> None:
 
 
 # -- running the image --------------------------------------------------------------
+
+
+def load_once(image: Image) -> None:
+    """``podman load`` the archive unless podman holds this very image (its id is the
+    digest of the image's config)."""
+    held = subprocess.run(
+        [*PODMAN, "image", "inspect", "--format", "{{.Id}}", f"localhost/{image.name}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if held.returncode == 0 and f"sha256:{held.stdout.strip()}" == image.config:
+        return
+    load = subprocess.run(
+        [*PODMAN, "load", "-q", "-i", str(image.archive)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert load.returncode == 0, load.stderr
 
 
 def container_kubeconfig(source: Path, target: Path) -> Path:
@@ -153,23 +179,20 @@ def limits() -> list[str]:
     return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
 
-PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-
-
 @contextlib.contextmanager
-def run_podman(image: Image, secrets: Path, args: list[str], tmp: Path) -> Iterator[Running]:
+def run_podman(
+    image: Image, mounts: list[str], args: list[str], tmp: Path, extra: tuple[str, ...] = ()
+) -> Iterator[Running]:
+    """``mounts``: podman's ``-v`` values; ``extra``: more ``podman run`` options."""
     assert shutil.which("podman"), "podman is not installed (scripts/test-all installs it)"
     assert shutil.which("runc"), "runc is not installed (scripts/test-all installs it)"
-    load = subprocess.run(
-        [*PODMAN, "load", "-q", "-i", str(image.archive)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert load.returncode == 0, load.stderr
+    load_once(image)
     name = f"herdgate-agent-test-{os.getpid()}"
     subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, check=False, timeout=60)
     started = subprocess.run(
         [*PODMAN, "run", "-d", "--name", name, "--network", "host", "--read-only",
-         *limits(), "-v", f"{secrets}:/etc/herdgate:ro", f"localhost/{image.name}", *args],
+         *limits(), *(f"--volume={m}" for m in mounts), *extra,
+         f"localhost/{image.name}", *args],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert started.returncode == 0, f"podman run: {started.stderr}"
@@ -306,17 +329,58 @@ def _agents(world: World) -> int:
     return len(agents)
 
 
-@pytest.mark.parametrize("runner", ["podman", "namespaces"])
+def in_cluster_files(world: World, directory: Path) -> Path:
+    """A service account's files as a pod has them (token, ca.crt, namespace)."""
+    directory.mkdir()
+    (directory / "token").write_text(AGENT_SA_TOKEN)
+    shutil.copy(world.standin.ca_file, directory / "ca.crt")
+    (directory / "namespace").write_text("herdgate-system")
+    for path in (directory, *directory.iterdir()):
+        os.chown(path, UID, UID)
+        path.chmod(0o500 if path.is_dir() else 0o400)
+    return directory
+
+
+RUNNERS = ["podman", "podman-in-cluster", "namespaces"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 def test_agent_image_holds_the_tunnel(
     image: Image, runner: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """podman: a kubeconfig and the token as files under /etc/herdgate. podman-in-cluster:
+    as in a pod, the service account's files at their path, the API server in
+    KUBERNETES_SERVICE_*, the token in HERDGATE_TOKEN, and no writable directory at all
+    (no tmpfs on /tmp). namespaces: the first case without a container runtime."""
     tmp = tmp_path_factory.mktemp(f"image-{runner}")
     world = start_world(tmp / "world")
     try:
         before = _agents(world)
         secrets, args = secret_files(world, tmp / "secrets")
-        run = run_podman if runner == "podman" else run_namespaced
-        with run(image, secrets, args, tmp) as running:
+        running_image: contextlib.AbstractContextManager[Running]
+        if runner == "podman":
+            running_image = run_podman(image, [f"{secrets}:/etc/herdgate:ro"], args, tmp)
+        elif runner == "podman-in-cluster":
+            account = in_cluster_files(world, tmp / "serviceaccount")
+            api = urlsplit(world.standin.url)
+            token = (secrets / "registration-token").read_text().strip()
+            at = args.index("--token-file")
+            args = args[:at]  # the registration command's --server and --ca-checksum
+            running_image = run_podman(
+                image,
+                [f"{account}:/var/run/secrets/kubernetes.io/serviceaccount:ro"],
+                args,
+                tmp,
+                (
+                    "--read-only-tmpfs=false",
+                    f"--env=KUBERNETES_SERVICE_HOST={api.hostname}",
+                    f"--env=KUBERNETES_SERVICE_PORT={api.port}",
+                    f"--env=HERDGATE_TOKEN={token}",
+                ),
+            )
+        else:
+            running_image = run_namespaced(image, secrets, args, tmp)
+        with running_image as running:
             # the image's agent runs as its numeric user, on a read-only root
             assert _status(running.pid, "Uid")[:2] == [str(UID), str(UID)]
             assert _status(running.pid, "Gid")[:2] == [str(UID), str(UID)]
