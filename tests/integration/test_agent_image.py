@@ -1,20 +1,22 @@
 """The agent's container image (scripts/build-agent-image), run against a world.
 
 The image is built (or reused: the build returns at once when its inputs did not change,
-and waits for a build scripts/test-all started in the background) and run twice:
+and waits for a build scripts/test-all started in the background) and run three ways:
 
 - by a container runtime: rootful podman with runc (``--network host``, so the agent
-  reaches the gateway on 127.0.0.1; ``--read-only``; the image's own user). crun, which
-  podman prefers, refuses hosts whose cgroup v2 hierarchy beside v1 holds a controller
+  reaches the gateway on 127.0.0.1; ``--read-only``; the image's own user), with a
+  kubeconfig and the registration token as files mounted read-only. crun, which podman
+  prefers, refuses hosts whose cgroup v2 hierarchy beside v1 holds a controller
   ("cgroups in hybrid mode not supported"); runc runs there.
+- the same as in a pod: the service account's files at their path, the API server in
+  ``KUBERNETES_SERVICE_*``, the token in ``HERDGATE_TOKEN``, no writable directory.
 - without a runtime: the image's layers unpacked and run in new mount and PID
   namespaces, chrooted, read-only, as the image's user (what a machine where no runtime
   can start a container still checks).
 
-Each time a second agent starts in the image with a registration token, a kubeconfig
-and the token mounted read-only; the world's own agent is then stopped, the cluster
-stays active, and kubectl through the gateway reaches the stand-in API server through
-the image's agent.
+Each time the image's agent is a second agent of the world's cluster; the world's own
+agent is then stopped, the cluster stays active, and kubectl through the gateway
+reaches the stand-in API server through the image's agent.
 """
 
 from __future__ import annotations
