@@ -59,12 +59,12 @@ FROM scratch
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=build /rootfs/ /
-COPY --from=build --chown=65532:65532 /rootfs/home/nonroot/ /home/nonroot/
+COPY --from=build --chown=10001:10001 /rootfs/home/herdgate/ /home/herdgate/
 COPY --from=build /deps/ /
 COPY --from=build /app/ /
-USER 65532:65532
+USER 10001:10001
 ENV PATH=/usr/local/bin:/usr/bin \
-    HOME=/home/nonroot \
+    HOME=/home/herdgate \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt

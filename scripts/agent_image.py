@@ -89,8 +89,9 @@ LEFT_OUT = frozenset(
 )
 """Dependencies not copied: the shell and the tools of dpkg's maintainer scripts."""
 SKIP_PREFIXES = ("/usr/share/man/", "/usr/share/info/", "/usr/share/lintian/", "/usr/share/locale/")
-UID = 65532
-"""The image's user and group: numeric, not root, owns nothing in the image."""
+UID = 10001
+"""The image's user and group: numeric, not root, owns nothing in the image but its home;
+the same number as the agents' manifest's ``runAsUser``."""
 SITE = "/usr/local/lib/python3.11/dist-packages"
 """Where the wheels go: on Debian's Python's path, apart from Debian's own packages."""
 PLATFORMS = ("linux_x86_64", "manylinux_2_36_x86_64", "manylinux2014_x86_64")
@@ -279,9 +280,9 @@ def _copy_entry(src_root: Path, dst_root: Path, path: str) -> None:
 ETC_FILES = {
     "etc/passwd": (
         "root:x:0:0:root:/root:/sbin/nologin\n"
-        f"nonroot:x:{UID}:{UID}:nonroot:/home/nonroot:/sbin/nologin\n"
+        f"herdgate:x:{UID}:{UID}:herdgate:/home/herdgate:/sbin/nologin\n"
     ),
-    "etc/group": f"root:x:0:\nnonroot:x:{UID}:\n",
+    "etc/group": f"root:x:0:\nherdgate:x:{UID}:\n",
     "etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\nservices: files\n",
     # mount points for the runtime's own (a read-only root cannot create them)
     "etc/hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n",
@@ -336,7 +337,7 @@ def assemble(staging: Path, rootfs: Path) -> list[str]:
     ):
         (rootfs / rel).mkdir(parents=True, exist_ok=True)
         os.chmod(rootfs / rel, mode)
-    home = rootfs / "home/nonroot"
+    home = rootfs / "home/herdgate"
     home.mkdir(exist_ok=True)
     os.chown(home, UID, UID)
     os.chmod(home, 0o700)
@@ -610,7 +611,7 @@ def write_layout(
             "Entrypoint": ["herdgate", "agent"],
             "Env": [
                 "PATH=/usr/local/bin:/usr/bin",
-                "HOME=/home/nonroot",
+                "HOME=/home/herdgate",
                 "PYTHONUNBUFFERED=1",
                 "PYTHONDONTWRITEBYTECODE=1",
                 "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",

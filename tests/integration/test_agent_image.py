@@ -48,7 +48,7 @@ from tests.integration.env import REPO_ROOT, kubectl_run, wait_until
 # the one scripts/test-all started takes longer than the suite's default timeout.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
-UID = 65532
+UID = 10001
 """The image's user (scripts/agent_image.py)."""
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 """Rootful podman with runc (crun refuses this machine's hybrid cgroups)."""
