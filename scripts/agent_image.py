@@ -9,10 +9,11 @@ shell, no package manager. The Dockerfile at the top level makes the same image 
 
 The steps, each cached under ``--cache`` (default ``~/.cache/herdgate/agent-image``):
 
-1. Debian's packages: ``debootstrap --variant=minbase --include=python3,ca-certificates
-   --make-tarball`` downloads them once into a tarball (the only step that needs the
-   Debian mirror), and ``debootstrap --unpack-tarball`` installs them into a staging
-   tree (maintainer scripts run there: the certificate bundle, byte-code).
+1. Debian's packages: ``debootstrap --variant=minbase
+   --include=python3,ca-certificates,netbase --make-tarball`` downloads them once into
+   a tarball (the only step that needs the Debian mirror), and ``debootstrap
+   --unpack-tarball`` installs them into a staging tree (maintainer scripts run there:
+   the certificate bundle, byte-code).
 2. :func:`assemble` copies from the staging tree only the files of the packages Python
    needs at run time (the closure of ``python3.11-minimal`` and ``libpython3.11-stdlib``
    over dpkg's Depends, without the shell, dpkg, debconf and perl that only maintainer
@@ -59,7 +60,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-INCLUDE = ("python3", "ca-certificates")
+INCLUDE = ("python3", "ca-certificates", "netbase")
 """What debootstrap installs beside the minimal base."""
 ROOTS = ("base-files", "python3-minimal", "python3.11-minimal", "libpython3.11-stdlib", "netbase")
 """The packages the image holds, with their dependencies (``netbase``: /etc/services)."""
