@@ -7,11 +7,11 @@ should hold:
   one ``herdgate-rt-<id>`` ClusterRole per custom role template, and the agent's
   ``herdgate-agent-bind`` listing them (``gateway.clusters.agent_rbac``);
 * for each cluster binding, one ClusterRoleBinding per ClusterRole its template binds
-  (``herdgate-crtb-<binding>-<role>``), its subject the ``User`` the gateway
+  (``herdgate-crtb-xxxxx-<role>``, after the binding id ``<cluster>:crtb-xxxxx``), its subject the ``User`` the gateway
   impersonates (the user id) or the ``Group`` (the group principal as it is sent in
   ``Impersonate-Group``);
 * for each project binding, one RoleBinding per bound ClusterRole in every namespace
-  of the project (``herdgate-prtb-<binding>-<role>``); a namespace is in a project
+  of the project (``herdgate-prtb-xxxxx-<role>``); a namespace is in a project
   when its ``field.cattle.io/projectId`` annotation is ``<cluster id>:<project id>``
   (Rancher's form; the project's own id).
 
@@ -199,7 +199,7 @@ def desired_state(
         if bound is None or not bound.bindable_in(CLUSTER_CONTEXT):
             continue
         for role in bound_cluster_roles(binding.role, templates):
-            name = f"herdgate-crtb-{binding_suffix(binding.id)}-{role}"
+            name = f"herdgate-{binding_suffix(binding.id)}-{role}"
             out[(CLUSTER_ROLE_BINDING, "", name)] = _binding_doc(
                 CLUSTER_ROLE_BINDING, name, "", role, binding
             )
@@ -215,7 +215,7 @@ def desired_state(
         roles = bound_cluster_roles(pb.role, templates)
         for namespace in members.get(pb.project_id, ()):
             for role in roles:
-                name = f"herdgate-prtb-{binding_suffix(pb.id)}-{role}"
+                name = f"herdgate-{binding_suffix(pb.id)}-{role}"
                 out[(ROLE_BINDING, namespace, name)] = _binding_doc(
                     ROLE_BINDING, name, namespace, role, pb
                 )
