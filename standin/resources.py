@@ -338,7 +338,16 @@ def builtin_types() -> list[ResourceType]:
         categories=("api-extensions",),
         subresources=(_status("CustomResourceDefinition"),),
     )
-    return [*core, *apps, *reviews, crd]
+    rbac = [
+        ResourceType("rbac.authorization.k8s.io", "v1", r, k, ns)
+        for r, k, ns in (
+            ("clusterroles", "ClusterRole", False),
+            ("clusterrolebindings", "ClusterRoleBinding", False),
+            ("roles", "Role", True),
+            ("rolebindings", "RoleBinding", True),
+        )
+    ]
+    return [*core, *apps, *reviews, crd, *rbac]
 
 
 # Groups in the order /apis lists them; CRD groups follow.
@@ -347,6 +356,7 @@ BUILTIN_GROUP_ORDER = (
     "authentication.k8s.io",
     "authorization.k8s.io",
     "apiextensions.k8s.io",
+    "rbac.authorization.k8s.io",
 )
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -42,18 +47,53 @@ class World:
     agent_kubeconfig: Path
 
     def user(self, name: str, role: str | None = None, admin: bool = False) -> tuple[str, Api]:
-        """Create a user (optionally bound to the cluster); returns its id and an API client."""
+        """Create a user (optionally bound to the cluster); returns its id and an API client.
+
+        With ``role``, returns once the access sync has made the binding's
+        ClusterRoleBindings in the stand-in (so the cluster's RBAC already grants it)."""
         created = self.admin.post(
             "/v3/users", {"username": name, "password": USER_PASSWORD, "admin": admin}
         )
         if role:
-            self.admin.post(
+            binding = self.admin.post(
                 "/v3/clusterroletemplatebindings",
                 {"clusterId": self.cluster_id, "userId": created["id"], "roleTemplateId": role},
             )
+            self.wait_synced(binding["id"])
         api = self.gateway.api()
         api.token = api.login(name, USER_PASSWORD)
         return str(created["id"]), api
+
+    def downstream(self, path: str) -> Any:
+        """GET from the stand-in as the agent's service account; None on 404."""
+        context = ssl.create_default_context(cafile=str(self.standin.ca_file))
+        request = urllib.request.Request(
+            self.standin.url + path, headers={"Authorization": f"Bearer {AGENT_SA_TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def synced_objects(self, binding_id: str, resource: str = "clusterrolebindings") -> list[Any]:
+        """The RBAC objects the access sync made for a binding (by its label)."""
+        selector = urllib.parse.quote(f"herdgate.dev/binding={binding_id.rpartition(':')[2]}")
+        listed = self.downstream(
+            f"/apis/rbac.authorization.k8s.io/v1/{resource}?labelSelector={selector}"
+        )
+        return list(listed["items"]) if listed else []
+
+    def wait_synced(self, binding_id: str, timeout: float = 15.0) -> None:
+        """Until the cluster binding's ClusterRoleBindings exist downstream."""
+        wait_until(
+            lambda: self.synced_objects(binding_id),
+            timeout,
+            f"binding {binding_id} never reached the cluster's RBAC",
+            interval=0.1,
+        )
 
     def kubeconfig_for(self, api: Api, name: str) -> Path:
         config = api.post(f"/v3/clusters/{self.cluster_id}?action=generateKubeconfig")["config"]
