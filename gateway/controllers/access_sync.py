@@ -7,9 +7,9 @@ should hold:
   one ``herdgate-rt-<id>`` ClusterRole per custom role template, and the agent's
   ``herdgate-agent-bind`` listing them (``gateway.clusters.agent_rbac``);
 * for each cluster binding, one ClusterRoleBinding per ClusterRole its template binds
-  (``herdgate-crtb-xxxxx-<role>``, after the binding id ``<cluster>:crtb-xxxxx``), its subject the ``User`` the gateway
-  impersonates (the user id) or the ``Group`` (the group principal as it is sent in
-  ``Impersonate-Group``);
+  (``herdgate-crtb-xxxxx-<role>``, after the binding id ``<cluster>:crtb-xxxxx``), its
+  subject the ``User`` the gateway impersonates (the user id) or the ``Group`` (the
+  group principal as it is sent in ``Impersonate-Group``);
 * for each project binding, one RoleBinding per bound ClusterRole in every namespace
   of the project (``herdgate-prtb-xxxxx-<role>``); a namespace is in a project
   when its ``field.cattle.io/projectId`` annotation is ``<cluster id>:<project id>``
