@@ -93,6 +93,9 @@ KINDS = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE_BINDING)
 DEBOUNCE_S = 0.2
 RETRY_S = 2.0
 WATCH_TIMEOUT_S = 290
+PASS_TIMEOUT_S = 60.0
+"""A pass (or a watch's list) that takes longer is abandoned and retried: an agent that
+holds its tunnel but never answers must not stall the cluster's loop for good."""
 WATCH_RETRY_MAX_S = 30.0
 
 Doc = dict[str, Any]
@@ -423,12 +426,13 @@ class AccessController:
             if not self._in_charge(cluster_id):
                 continue  # resynced when a tunnel comes up here
             try:
-                await self.sync(cluster_id)
+                async with asyncio.timeout(PASS_TIMEOUT_S):
+                    await self.sync(cluster_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried; the cluster may be unreachable
                 metrics.ACCESS_SYNC_ERRORS.labels(cluster_id).inc()
-                logger.warning("access sync of %s failed: %s; retrying", cluster_id, exc)
+                logger.warning("access sync of %s failed: %r; retrying", cluster_id, exc)
                 await asyncio.sleep(RETRY_S)
                 state.wake.set()
 
@@ -595,7 +599,8 @@ class AccessController:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                await self._watch(cluster_id, state)
+                async with asyncio.timeout(WATCH_TIMEOUT_S + PASS_TIMEOUT_S):
+                    await self._watch(cluster_id, state)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -603,7 +608,7 @@ class AccessController:
                 failures += 1
                 delay = min(WATCH_RETRY_MAX_S, RETRY_S * 2 ** min(failures, 5))
                 logger.info(
-                    "namespace watch of %s broke off (%s); again in %.0fs", cluster_id, exc, delay
+                    "namespace watch of %s broke off (%r); again in %.0fs", cluster_id, exc, delay
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
 

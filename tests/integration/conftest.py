@@ -7,7 +7,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +28,12 @@ from tests.integration.env import (
 
 AGENT_SA_TOKEN = "agent-service-account-token"
 AGENT_SA_USER = "system:serviceaccount:herdgate-system:herdgate-agent"
+AGENT_SA_GROUPS = (
+    "system:serviceaccounts",
+    "system:serviceaccounts:herdgate-system",
+    "system:authenticated",
+)
+"""The groups a pod's service-account token gives the agent (instead of system:masters)."""
 USER_PASSWORD = "a-long-user-password"
 
 
@@ -128,13 +134,25 @@ def start_world(
     gateway_config: str = "",
     gateway_env: dict[str, str] | None = None,
     gateway_ca: Path | None = None,
+    standin_args: Sequence[str] = (),
+    standin_tokens: dict[str, tuple[str, str, list[str]]] | None = None,
+    agent_groups: Sequence[str] = ("system:masters",),
+    prepare: Callable[[StandInProcess, Path], None] | None = None,
 ) -> World:
-    """``gateway_ca``: the CA of a certificate given in ``gateway_config``."""
+    """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
+    ``standin_args``/``standin_tokens``: more for the stand-in; ``agent_groups``: the
+    groups of the agent's token (``AGENT_SA_GROUPS`` for exactly a service account's);
+    ``prepare(standin, tmp)``: run before the agent starts (e.g. apply its RBAC)."""
     standin = StandInProcess.start(
         tmp / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
-        args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+            **(standin_tokens or {}),
+        },
+        args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
     )
+    if prepare is not None:
+        prepare(standin, tmp)
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})
     gateway.ca_path = gateway_ca
