@@ -15,8 +15,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvloop
+import yaml
 from aiohttp import web
 
 from config.tls import ensure_generated_certs
@@ -58,8 +60,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_list,
         help="audiences put into TokenReviews (empty: none)",
     )
-    p.add_argument("--impersonator-groups", default="system:masters", type=_list)
-    p.add_argument("--impersonator-users", default="", type=_list)
+    p.add_argument(
+        "--impersonator-groups",
+        default="",
+        type=_list,
+        help="extra grant (not in kube-apiserver): members may impersonate without RBAC rules",
+    )
+    p.add_argument(
+        "--impersonator-users",
+        default="",
+        type=_list,
+        help="extra grant (not in kube-apiserver): these users may impersonate without RBAC rules",
+    )
+    p.add_argument(
+        "--authorization-mode",
+        default="RBAC",
+        choices=("RBAC", "AlwaysAllow"),
+        help="RBAC (with system:masters as the privileged group) or AlwaysAllow",
+    )
+    p.add_argument(
+        "--bootstrap-objects",
+        type=Path,
+        action="append",
+        default=[],
+        help="YAML/JSON file of objects to create at start (repeatable; List kinds flattened)",
+    )
     p.add_argument("--audit-log", "--audit-log-path", dest="audit_log", type=Path)
     p.add_argument(
         "--anonymous-auth",
@@ -90,6 +115,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_objects(paths: list[Path]) -> list[dict[str, Any]]:
+    """The documents of YAML (multi-document) or JSON files."""
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict):
+                out.append(doc)
+            elif doc is not None:
+                raise SystemExit(f"{path}: every document must be an object")
+    return out
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -105,6 +142,8 @@ async def serve(args: argparse.Namespace) -> None:
         api_audiences=args.api_audiences,
         impersonator_users=args.impersonator_users,
         impersonator_groups=args.impersonator_groups,
+        authorization_mode=args.authorization_mode,
+        objects=load_objects(args.bootstrap_objects),
         audit_log=args.audit_log,
         anonymous_auth=args.anonymous_auth,
         aggregated_discovery=args.aggregated_discovery,

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from config.tls import server_context
 
-from . import bulk, discovery, openapi, streaming
+from . import bulk, discovery, openapi, rbac, streaming
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -28,7 +28,8 @@ from .auth import (
 )
 from .context import Context
 from .impersonation import Impersonator, PlainInternalError, has_impersonation_headers
-from .requestinfo import request_info
+from .rbac import Attributes, forbidden_error
+from .requestinfo import RequestInfo, request_info
 from .rest import Api, streaming_params
 from .status import ApiError, route_not_found, unauthorized
 
@@ -49,7 +50,10 @@ class Config:
     webhook_cache_ttl: float = 120.0
     api_audiences: tuple[str, ...] = ("https://kubernetes.default.svc.cluster.local",)
     impersonator_users: tuple[str, ...] = ()
-    impersonator_groups: tuple[str, ...] = ("system:masters",)
+    impersonator_groups: tuple[str, ...] = ()
+    authorization_mode: str = "RBAC"
+    # Objects created at start (any kind the stand-in serves; List kinds are flattened).
+    objects: list[dict[str, Any]] = field(default_factory=list)
     audit_log: Path | None = None
     anonymous_auth: bool = True
     aggregated_discovery: bool = True
@@ -92,7 +96,12 @@ def _json(obj: Any, code: int = 200, headers: dict[str, str] | None = None) -> w
 class StandIn:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.api = Api(config.watch_history, config.k8s_version)
+        self.api = Api(
+            config.watch_history,
+            config.k8s_version,
+            authorization_mode=config.authorization_mode,
+            objects=config.objects,
+        )
         webhook = None
         if config.webhook_config is not None:
             webhook = TokenWebhook(
@@ -103,7 +112,11 @@ class StandIn:
             )
         token_file = TokenFile(config.token_file) if config.token_file else None
         self.authn = Authenticator(token_file, webhook)
-        self.impersonator = Impersonator(config.impersonator_users, config.impersonator_groups)
+        self.impersonator = Impersonator(
+            config.impersonator_users,
+            config.impersonator_groups,
+            self.api.authorizer.authorize,
+        )
         self.audit = AuditLog(config.audit_log)
 
     # -- authentication ---------------------------------------------------------------------
@@ -156,6 +169,7 @@ class StandIn:
             effective = impersonated or user
             request[USER_KEY] = effective
             request[AUDIT_ID_KEY] = audit_id
+            self.authorize(effective, info, request.query.get("fieldSelector"))
             resp = await self.dispatch(request, info, effective)
         except ApiError as exc:
             resp = exc.response()
@@ -209,6 +223,34 @@ class StandIn:
         if not resp.prepared and "Audit-Id" not in resp.headers:
             resp.headers["Audit-Id"] = audit_id
         return resp
+
+    def authorize(
+        self, user: UserInfo, info: RequestInfo, field_selector: str | None = None
+    ) -> None:
+        """filters.WithAuthorization: 403 unless the authorizer allows. A list or watch with
+        the field selector `metadata.name=x` is authorized with name x (as RequestInfoFactory
+        does), so `resourceNames` rules allow `kubectl get cm x -w`."""
+        name = info.name
+        if not name and info.verb in ("list", "watch") and field_selector:
+            name = rbac.name_from_field_selector(field_selector)
+        if info.is_resource:
+            attrs = Attributes(
+                user.username,
+                user.groups,
+                info.verb,
+                True,
+                info.namespace,
+                info.group,
+                info.resource,
+                info.subresource,
+                name,
+                info.path,
+            )
+        else:
+            attrs = Attributes(user.username, user.groups, info.verb, False, path=info.path)
+        decision = self.api.authorizer.authorize(attrs)
+        if not decision.allowed:
+            raise forbidden_error(attrs, decision.reason)
 
     async def dispatch(self, request: web.Request, info: Any, user: UserInfo) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

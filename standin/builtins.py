@@ -73,6 +73,8 @@ def validate_name(rt: ResourceType, name: str, generate_name: str) -> list[dict[
         ok, msg, limit = bool(_DNS1035.match(name)), _DNS1035_MSG, 63
     elif rt.resource in ("selfsubjectreviews", "selfsubjectaccessreviews", "tokenreviews"):
         return []
+    elif rt.group == "rbac.authorization.k8s.io":
+        return []  # path segment names (`system:basic-user`), checked by rbac.validate
     else:
         ok, msg, limit = bool(_SUBDOMAIN.match(name)), _SUBDOMAIN_MSG, 253
     causes = []

@@ -55,8 +55,13 @@ class StandInProcess:
         *,
         tokens: Mapping[str, tuple[str, str, Sequence[str]]] | None = None,
         args: Iterable[str] = (),
+        objects: Iterable[Mapping[str, Any]] = (),
+        authorization_mode: str = "RBAC",
         timeout: float = 15.0,
     ) -> StandInProcess:
+        """tokens: token -> (user, uid, groups) (the token file); objects: created at start
+        (`--bootstrap-objects`: RBAC roles and bindings, namespaces, anything served);
+        authorization_mode: RBAC (default, as a real cluster) or AlwaysAllow."""
         workdir.mkdir(parents=True, exist_ok=True)
         ready = workdir / "ready.json"
         ready.unlink(missing_ok=True)
@@ -75,6 +80,12 @@ class StandInProcess:
         ]
         if tokens is not None:
             cmd += ["--token-auth-file", str(write_token_file(workdir / "tokens.csv", tokens))]
+        cmd += ["--authorization-mode", authorization_mode]
+        docs = [dict(o) for o in objects]
+        if docs:
+            path = workdir / "bootstrap-objects.yaml"
+            path.write_text(yaml.safe_dump_all(docs))
+            cmd += ["--bootstrap-objects", str(path)]
         log_file = workdir / "server.log"
         with log_file.open("wb") as log:
             process = subprocess.Popen(

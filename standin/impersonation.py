@@ -1,20 +1,24 @@
 """Impersonation, after apiserver's `filters.WithImpersonation` (v1.33).
 
-Who may impersonate is decided by `--impersonator-users` / `--impersonator-groups` instead of RBAC;
-the wording of the 403 is RBAC's (`responsewriters.ForbiddenStatusError` with an empty reason).
+Each requested user, group, service account, uid and extra value is authorized (verb
+`impersonate`, as the real filter asks the authorizer: RBAC unless `--authorization-mode
+AlwaysAllow`); the 403 is `responsewriters.Forbidden` for the first one refused.
+`--impersonator-users` / `--impersonator-groups` remain as extra grants: their members may
+impersonate anyone without RBAC rules (the real server has no such flags).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from multidict import CIMultiDictProxy
 
 from .auth import ALL_AUTHENTICATED, ALL_UNAUTHENTICATED, ANONYMOUS, UserInfo
-from .status import ApiError, forbidden, go_quote
+from .rbac import Attributes, Decision, forbidden_error
+from .status import ApiError
 
 USER_HEADER = "Impersonate-User"
 GROUP_HEADER = "Impersonate-Group"
@@ -113,17 +117,26 @@ def has_impersonation_headers(headers: CIMultiDictProxy[str]) -> bool:
 
 
 class Impersonator:
-    def __init__(self, users: Iterable[str] = (), groups: Iterable[str] = ("system:masters",)):
+    def __init__(
+        self,
+        users: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        authorize: Callable[[Attributes], Decision] | None = None,
+    ):
         self.users = frozenset(users)
         self.groups = frozenset(groups)
+        self.authorize = authorize
 
     def may_impersonate(self, requestor: UserInfo) -> bool:
+        """The flags' extra grant."""
         return requestor.username in self.users or bool(self.groups & set(requestor.groups))
 
-    def _deny(self, requestor: UserInfo, req: _Request) -> ApiError:
-        group, resource, sub = "", "", ""
+    @staticmethod
+    def attributes(requestor: UserInfo, req: _Request) -> Attributes:
+        """actingAsAttributes of the real filter."""
+        group, resource, sub, namespace = "", "", "", ""
         if req.kind == "ServiceAccount":
-            resource = "serviceaccounts"
+            resource, namespace = "serviceaccounts", req.namespace
         elif req.kind == "User":
             resource = "users"
         elif req.kind == "Group":
@@ -132,18 +145,27 @@ class Impersonator:
             group, resource, sub = "authentication.k8s.io", "userextras", req.field_path
         else:
             group, resource = "authentication.k8s.io", "uids"
-        shown = f"{resource}/{sub}" if sub else resource
-        scope = (
-            f" in the namespace {go_quote(req.namespace)}"
-            if req.namespace
-            else " at the cluster scope"
+        return Attributes(
+            requestor.username,
+            requestor.groups,
+            "impersonate",
+            True,
+            namespace,
+            group,
+            resource,
+            sub,
+            req.name,
         )
-        why = (
-            f"User {go_quote(requestor.username)} cannot impersonate resource {go_quote(shown)} "
-            f"in API group {go_quote(group)}{scope}"
+
+    def _deny(self, requestor: UserInfo, req: _Request, reason: str = "") -> ApiError:
+        return forbidden_error(self.attributes(requestor, req), reason)
+
+    def _check(self, requestor: UserInfo, req: _Request) -> None:
+        decision = (
+            self.authorize(self.attributes(requestor, req)) if self.authorize else Decision(False)
         )
-        why = why.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return forbidden(group, resource, req.name, why)
+        if not decision.allowed:
+            raise self._deny(requestor, req, decision.reason)
 
     def impersonate(self, requestor: UserInfo, headers: CIMultiDictProxy[str]) -> UserInfo | None:
         """The impersonated user, or None when the request asks for no impersonation.
@@ -157,7 +179,7 @@ class Impersonator:
         username, uid = "", ""
         groups: list[str] = []
         extra: dict[str, list[str]] = {}
-        allowed = self.may_impersonate(requestor)
+        granted = self.may_impersonate(requestor)
         for req in requests:
             if req.kind == "ServiceAccount":
                 username = f"{_SA_PREFIX}{req.namespace}:{req.name}"
@@ -171,8 +193,8 @@ class Impersonator:
                 extra.setdefault(req.field_path, []).append(req.name)
             else:
                 uid = req.name
-            if not allowed:
-                raise self._deny(requestor, req)
+            if not granted:
+                self._check(requestor, req)
         if username != ANONYMOUS:
             if not any(g in (ALL_AUTHENTICATED, ALL_UNAUTHENTICATED) for g in groups):
                 groups.append(ALL_AUTHENTICATED)

@@ -437,6 +437,34 @@ SCALE: Schema = {
     3: F("status", {1: F("replicas", INT), 2: F("selector", STR)}),
 }
 
+# -- k8s.io/api/rbac/v1 --------------------------------------------------------------------------
+
+POLICY_RULE: Schema = {
+    1: _rep("verbs", STR),
+    2: _rep("apiGroups", STR),
+    3: _rep("resources", STR),
+    4: _rep("resourceNames", STR),
+    5: _rep("nonResourceURLs", STR),
+}
+ROLE: Schema = {1: F("metadata", OBJECT_META), 2: _rep("rules", POLICY_RULE)}
+CLUSTER_ROLE: Schema = {
+    1: F("metadata", OBJECT_META),
+    2: _rep("rules", POLICY_RULE),
+    3: F("aggregationRule", {1: _rep("clusterRoleSelectors", LABEL_SELECTOR)}),
+}
+_SUBJECT: Schema = {
+    1: F("kind", STR),
+    2: F("apiGroup", STR),
+    3: F("name", STR),
+    4: F("namespace", STR),
+}
+_ROLE_REF: Schema = {1: F("apiGroup", STR), 2: F("kind", STR), 3: F("name", STR)}
+ROLE_BINDING: Schema = {
+    1: F("metadata", OBJECT_META),
+    2: _rep("subjects", _SUBJECT),
+    3: F("roleRef", _ROLE_REF),
+}
+
 # (group, kind) -> schema. Versions of a kind share their wire format here.
 KINDS: dict[tuple[str, str], Schema] = {
     ("", "ConfigMap"): CONFIG_MAP,
@@ -457,6 +485,10 @@ KINDS: dict[tuple[str, str], Schema] = {
     ("authorization.k8s.io", "LocalSubjectAccessReview"): SUBJECT_ACCESS_REVIEW,
     ("authorization.k8s.io", "SubjectAccessReview"): SUBJECT_ACCESS_REVIEW,
     ("authorization.k8s.io", "SelfSubjectRulesReview"): SELF_SUBJECT_RULES_REVIEW,
+    ("rbac.authorization.k8s.io", "Role"): ROLE,
+    ("rbac.authorization.k8s.io", "ClusterRole"): CLUSTER_ROLE,
+    ("rbac.authorization.k8s.io", "RoleBinding"): ROLE_BINDING,
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): ROLE_BINDING,
     ("meta.k8s.io", "DeleteOptions"): DELETE_OPTIONS,
     ("", "DeleteOptions"): DELETE_OPTIONS,
 }

@@ -328,6 +328,15 @@ def builtin_types() -> list[ResourceType]:
         reviews.append(
             ResourceType("authorization.k8s.io", "v1", name, kind, namespaced, verbs=CREATE_ONLY)
         )
+    rbac = [
+        ResourceType("rbac.authorization.k8s.io", "v1", resource, kind, namespaced)
+        for resource, kind, namespaced in (
+            ("clusterrolebindings", "ClusterRoleBinding", False),
+            ("clusterroles", "ClusterRole", False),
+            ("rolebindings", "RoleBinding", True),
+            ("roles", "Role", True),
+        )
+    ]
     crd = ResourceType(
         "apiextensions.k8s.io",
         "v1",
@@ -338,16 +347,7 @@ def builtin_types() -> list[ResourceType]:
         categories=("api-extensions",),
         subresources=(_status("CustomResourceDefinition"),),
     )
-    rbac = [
-        ResourceType("rbac.authorization.k8s.io", "v1", r, k, ns)
-        for r, k, ns in (
-            ("clusterroles", "ClusterRole", False),
-            ("clusterrolebindings", "ClusterRoleBinding", False),
-            ("roles", "Role", True),
-            ("rolebindings", "RoleBinding", True),
-        )
-    ]
-    return [*core, *apps, *reviews, crd, *rbac]
+    return [*core, *apps, *reviews, *rbac, crd]
 
 
 # Groups in the order /apis lists them; CRD groups follow.
@@ -355,8 +355,8 @@ BUILTIN_GROUP_ORDER = (
     "apps",
     "authentication.k8s.io",
     "authorization.k8s.io",
-    "apiextensions.k8s.io",
     "rbac.authorization.k8s.io",
+    "apiextensions.k8s.io",
 )
 
 

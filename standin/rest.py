@@ -21,6 +21,8 @@ from . import (
     logs,
     negotiation,
     patch,
+    rbac,
+    rbac_policy,
     reviews,
     selectors,
     subresources,
@@ -102,14 +104,25 @@ def _parse_continue(token: str) -> tuple[str, str]:
 class Api:
     """All state of the stand-in (types, objects) and the resource handlers."""
 
-    def __init__(self, history: int = 10000, k8s_version: str = "v1.32.0") -> None:
+    def __init__(
+        self,
+        history: int = 10000,
+        k8s_version: str = "v1.32.0",
+        *,
+        authorization_mode: str = "RBAC",
+        objects: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = Registry()
         self.store = Store(history)
         self.k8s_version = k8s_version
         self.sa_tokens = reviews.ServiceAccountTokens()
         self.stopping = False  # set on shutdown: streaming responses end
+        self.policy = rbac.Policy()
+        self.authorizer = rbac.Authorizer(self.policy, authorization_mode)
+        self._aggregating = False
         self.store.listeners.append(self._on_event)
         self._seed()
+        self.preload(objects or [])
 
     # -- setup and CRD registration ----------------------------------------------------------
 
@@ -126,13 +139,96 @@ class Api:
         svc_type = self.registry.get("", "v1", "services")
         assert svc_type is not None
         self._create_stored(svc_type, builtins.kubernetes_service())
+        for doc in rbac_policy.bootstrap_objects():
+            kind_type = self.registry.by_kind(rbac.RBAC_GROUP, doc["kind"])
+            assert kind_type is not None
+            self._create_stored(kind_type, doc)
+
+    def preload(self, objects: list[dict[str, Any]]) -> None:
+        """Objects present at start (`--bootstrap-objects`): created, or replacing a default
+        object of the same name; a namespace they name is made when missing. Validated as a
+        create would be, without authorization (like objects an administrator created)."""
+        for doc in rbac.iter_docs(objects):
+            api_version = str(doc.get("apiVersion", ""))
+            group = api_version.split("/", 1)[0] if "/" in api_version else ""
+            rt = self.registry.by_kind(group, str(doc.get("kind", "")))
+            if rt is None:
+                raise ValueError(
+                    f"preloaded object of unknown kind {api_version} {doc.get('kind')}"
+                )
+            obj = copy.deepcopy(doc)
+            meta = _meta(obj)
+            namespace = str(meta.get("namespace", "") or "") if rt.namespaced else ""
+            if rt.namespaced:
+                namespace = namespace or "default"
+                meta["namespace"] = namespace
+                if not self.store.exists(NAMESPACE_KEY, "", namespace):
+                    ns_type = self.registry.get("", "v1", "namespaces")
+                    assert ns_type is not None
+                    self._create_stored(
+                        ns_type,
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                    )
+            else:
+                meta.pop("namespace", None)
+            builtins.validate(rt, obj)
+            if rt.group == rbac.RBAC_GROUP:
+                rbac.default_subjects(obj)
+                rbac.validate(rt.resource, obj)
+            if rt.storage_key == CRD_KEY:
+                crds.validate_crd(obj)
+                crds.crd_defaults(obj)
+            old = self.store.get(rt.storage_key, namespace, str(meta.get("name", "")))
+            if old is not None:
+                self.store.update(
+                    rt.storage_key, self._prepare_update(rt, obj, old, "", meta["name"])
+                )
+                continue
+            self._fill_new_meta(rt, obj)
+            builtins.apply_defaults(rt, obj, creating=True)
+            builtins.finish(rt, obj)
+            self.store.create(rt.storage_key, obj)
 
     def _create_stored(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         self._fill_new_meta(rt, obj)
         builtins.apply_defaults(rt, obj, creating=True)
         return self.store.create(rt.storage_key, obj)
 
+    def _on_rbac_event(self, event: Event) -> None:
+        resource = event.key[1]
+        meta = _meta(event.obj)
+        if event.type == "DELETED":
+            self.policy.remove(resource, meta.get("namespace", "") or "", meta.get("name", ""))
+        else:
+            self.policy.put(resource, event.obj)
+        if resource == "clusterroles" and not self._aggregating:
+            self._aggregate()
+
+    def _aggregate(self) -> None:
+        """The ClusterRole aggregation controller, run to a fixed point (bounded)."""
+        key = (rbac.RBAC_GROUP, "clusterroles")
+        self._aggregating = True
+        try:
+            for _ in range(len(self.store.list_objects(key)) + 1):
+                roles = self.store.list_objects(key)
+                changed = False
+                for role in roles:
+                    if not role.get("aggregationRule"):
+                        continue
+                    rules = rbac.aggregated_rules(role, roles)
+                    if (role.get("rules") or []) != rules:
+                        role["rules"] = rules
+                        self.store.update(key, role)
+                        changed = True
+                if not changed:
+                    return
+        finally:
+            self._aggregating = False
+
     def _on_event(self, event: Event) -> None:
+        if event.key[0] == rbac.RBAC_GROUP:
+            self._on_rbac_event(event)
+            return
         if event.key == NAMESPACE_KEY and event.type == "ADDED":
             sa_type = self.registry.get("", "v1", "serviceaccounts")
             name = _meta(event.obj).get("name", "")
@@ -436,6 +532,8 @@ class Api:
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices(_GENERATE_CHARS, k=5))
         builtins.validate(rt, body)
+        if rt.group == rbac.RBAC_GROUP:
+            self._rbac_write(ctx, rt, body, None, namespace)
         if rt.storage_key == CRD_KEY:
             crds.validate_crd(body)
             crds.crd_defaults(body)
@@ -449,6 +547,24 @@ class Api:
             return self._respond_object(ctx, rt, body, 201)
         created = self.store.create(rt.storage_key, body)
         return self._respond_object(ctx, rt, created, 201)
+
+    def _rbac_write(
+        self,
+        ctx: Context,
+        rt: ResourceType,
+        new: dict[str, Any],
+        old: dict[str, Any] | None,
+        namespace: str,
+    ) -> None:
+        """The RBAC registry on create/update: escalation and bind checks (403), then
+        validation (422; roleRef immutable)."""
+        rbac.default_subjects(new)
+        user = ctx.user
+        self.authorizer.check_write(rt.resource, new, old, user.username, user.groups, namespace)
+        if old is None:
+            rbac.validate(rt.resource, new)
+        else:
+            rbac.validate_update(rt.resource, new, old)
 
     def _dry_run(self, ctx: Context) -> bool:
         values = ctx.request.query.getall("dryRun", [])
@@ -465,7 +581,7 @@ class Api:
         elif rt.resource == "tokenreviews":
             result = await reviews.token_review(rt, body, ctx.authenticate_token)
         elif rt.resource == "selfsubjectrulesreviews":
-            result = reviews.rules_review(rt, body)
+            result = reviews.rules_review(rt, body, ctx.user, self.authorizer)
         else:
             if rt.resource == "localsubjectaccessreviews":
                 attrs = (body.get("spec") or {}).get("resourceAttributes") or {}
@@ -473,7 +589,7 @@ class Api:
                     raise bad_request(
                         f"spec.resourceAttributes.namespace must match namespace: {namespace}"
                     )
-            result = reviews.access_review(rt, body)
+            result = reviews.access_review(rt, body, ctx.user, namespace, self.authorizer)
         return self._respond_object(ctx, rt, result, 201)
 
     # -- update / patch ---------------------------------------------------------------------
@@ -561,6 +677,8 @@ class Api:
         body = self._decode(rt, raw, ctx.request.headers.get("Content-Type"))
         old = self._lookup(rt, namespace, name)
         new = self._prepare_update(rt, body, old, subresource, name)
+        if rt.group == rbac.RBAC_GROUP:
+            self._rbac_write(ctx, rt, new, old, namespace)
         stored = self._store_update(rt, new, self._dry_run(ctx))
         return self._respond_object(ctx, rt, stored, 200)
 
@@ -634,6 +752,8 @@ class Api:
                     meta["namespace"] = namespace
                     self._require_namespace(namespace)
                 builtins.validate(rt, doc)
+                if rt.group == rbac.RBAC_GROUP:
+                    self._rbac_write(ctx, rt, doc, None, namespace)
                 if rt.storage_key == CRD_KEY:
                     crds.validate_crd(doc)
                     crds.crd_defaults(doc)
@@ -647,6 +767,8 @@ class Api:
             raise not_found(rt.group, rt.resource, name)
         patched = self.patched(ctype, current, doc)
         new = self._prepare_update(rt, patched, current, subresource, name)
+        if rt.group == rbac.RBAC_GROUP:
+            self._rbac_write(ctx, rt, new, current, namespace)
         return self._respond_object(ctx, rt, self._store_update(rt, new, dry_run), 200)
 
     # -- delete -----------------------------------------------------------------------------

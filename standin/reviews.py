@@ -10,10 +10,9 @@ from typing import Any
 
 from .auth import UserInfo
 from .builtins import now_rfc3339
+from .rbac import Authorizer, rules_review_status, subject_attributes
 from .resources import ResourceType
 from .status import bad_request, invalid
-
-ALLOW_REASON = "the stand-in API server allows every authenticated request"
 
 
 def self_subject_review(rt: ResourceType, user: UserInfo) -> dict[str, Any]:
@@ -25,24 +24,53 @@ def self_subject_review(rt: ResourceType, user: UserInfo) -> dict[str, Any]:
     }
 
 
-def access_review(rt: ResourceType, body: dict[str, Any]) -> dict[str, Any]:
+def access_review(
+    rt: ResourceType,
+    body: dict[str, Any],
+    requester: UserInfo,
+    url_namespace: str,
+    authorizer: Authorizer,
+) -> dict[str, Any]:
+    """(Self|Local)SubjectAccessReview answered by the authorizer, as the real REST does:
+    `allowed`, `denied` (never, RBAC has no deny), `reason`, `evaluationError`."""
     spec = body.get("spec") or {}
-    if rt.resource in (
-        "selfsubjectaccessreviews",
-        "subjectaccessreviews",
-        "localsubjectaccessreviews",
-    ) and not (spec.get("resourceAttributes") or spec.get("nonResourceAttributes")):
+    if not (spec.get("resourceAttributes") or spec.get("nonResourceAttributes")):
         raise _invalid_review(
             rt,
             "spec.resourceAttributes",
             "exactly one of nonResourceAttributes or resourceAttributes must be specified",
         )
+    if rt.resource == "selfsubjectaccessreviews":
+        user, groups = requester.username, requester.groups
+    else:
+        user, groups = str(spec.get("user", "") or ""), tuple(spec.get("groups") or ())
+        if not user and not groups:
+            raise invalid(
+                rt.group,
+                rt.kind,
+                "",
+                [
+                    {
+                        "type": "FieldValueInvalid",
+                        "message": 'Invalid value: "": at least one of user or group must be '
+                        "specified",
+                        "field": "spec.user",
+                    }
+                ],
+            )
+    override = url_namespace if rt.resource == "localsubjectaccessreviews" else None
+    decision = authorizer.authorize(subject_attributes(user, groups, spec, override))
+    status: dict[str, Any] = {"allowed": decision.allowed}
+    if decision.reason:
+        status["reason"] = decision.reason
+    if decision.error:
+        status["evaluationError"] = decision.error
     return {
         "kind": rt.kind,
         "apiVersion": rt.api_version,
         "metadata": {**(body.get("metadata") or {}), "creationTimestamp": None},
         "spec": spec,
-        "status": {"allowed": True, "reason": ALLOW_REASON},
+        "status": status,
     }
 
 
@@ -55,17 +83,18 @@ def _invalid_review(rt: ResourceType, field: str, detail: str) -> Exception:
     )
 
 
-def rules_review(rt: ResourceType, body: dict[str, Any]) -> dict[str, Any]:
+def rules_review(
+    rt: ResourceType, body: dict[str, Any], requester: UserInfo, authorizer: Authorizer
+) -> dict[str, Any]:
+    spec = body.get("spec") or {}
+    namespace = str(spec.get("namespace", "") or "")
+    rules, errors = authorizer.rules_for(requester.username, requester.groups, namespace)
     return {
         "kind": rt.kind,
         "apiVersion": rt.api_version,
         "metadata": {"creationTimestamp": None},
-        "spec": body.get("spec") or {},
-        "status": {
-            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-            "incomplete": False,
-        },
+        "spec": spec,
+        "status": rules_review_status(rules, errors),
     }
 
 

@@ -228,6 +228,51 @@ def _deployment_row(d: dict[str, Any]) -> Row:
     ]
 
 
+def _binding_row(b: dict[str, Any]) -> Row:
+    """printRoleBinding / printClusterRoleBinding (wide: users, groups, service accounts)."""
+    ref = b.get("roleRef") or {}
+    users: list[str] = []
+    groups: list[str] = []
+    sas: list[str] = []
+    for s in b.get("subjects") or []:
+        if s.get("kind") == "User":
+            users.append(s.get("name", ""))
+        elif s.get("kind") == "Group":
+            groups.append(s.get("name", ""))
+        elif s.get("kind") == "ServiceAccount":
+            sas.append(f"{s.get('namespace', '')}/{s.get('name', '')}")
+    return [
+        _meta(b).get("name", ""),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _age(b),
+        ", ".join(users),
+        ", ".join(groups),
+        ", ".join(sas),
+    ]
+
+
+_ROLE_REF_DESC = (
+    "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be "
+    "resolved, the Authorizer must return an error. This field is immutable."
+)
+_LOCAL_ROLE_REF_DESC = (
+    "RoleRef can reference a Role in the current namespace or a ClusterRole in the global "
+    "namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This "
+    "field is immutable."
+)
+
+
+def _binding_columns(ref_desc: str, what: str) -> list[Column]:
+    return [
+        NAME,
+        col("Role", desc=ref_desc),
+        AGE,
+        col("Users", desc=f"Users in the {what}", priority=1),
+        col("Groups", desc=f"Groups in the {what}", priority=1),
+        col("ServiceAccounts", desc=f"ServiceAccounts in the {what}", priority=1),
+    ]
+
+
 _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], Row]]] = {
     ("", "pods"): (
         [
@@ -398,6 +443,14 @@ _PRINTERS: dict[tuple[str, str], tuple[list[Column], Callable[[dict[str, Any]], 
             col("Selector", desc="Label selector for pods.", priority=1),
         ],
         _deployment_row,
+    ),
+    ("rbac.authorization.k8s.io", "rolebindings"): (
+        _binding_columns(_LOCAL_ROLE_REF_DESC, "roleBinding"),
+        _binding_row,
+    ),
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): (
+        _binding_columns(_ROLE_REF_DESC, "clusterRoleBinding"),
+        _binding_row,
     ),
 }
 

@@ -138,11 +138,15 @@ def start_world(
     standin_tokens: dict[str, tuple[str, str, list[str]]] | None = None,
     agent_groups: Sequence[str] = ("system:masters",),
     prepare: Callable[[StandInProcess, Path], None] | None = None,
+    standin_objects: Sequence[dict[str, Any]] = (),
+    authorization_mode: str = "AlwaysAllow",
 ) -> World:
     """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
     ``standin_args``/``standin_tokens``: more for the stand-in; ``agent_groups``: the
     groups of the agent's token (``AGENT_SA_GROUPS`` for exactly a service account's);
-    ``prepare(standin, tmp)``: run before the agent starts (e.g. apply its RBAC)."""
+    ``prepare(standin, tmp)``: run before the agent starts; ``standin_objects``: created
+    by the stand-in at start (``--bootstrap-objects``: the agent's RBAC, namespaces);
+    ``authorization_mode``: the stand-in's (``RBAC`` or ``AlwaysAllow``)."""
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={
@@ -150,6 +154,10 @@ def start_world(
             **(standin_tokens or {}),
         },
         args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
+        objects=standin_objects,
+        # herdgate's users reach it impersonated; the worlds whose tests all wait for the
+        # access sync (``World.user``) may enforce RBAC (``authorization_mode="RBAC"``)
+        authorization_mode=authorization_mode,
     )
     if prepare is not None:
         prepare(standin, tmp)

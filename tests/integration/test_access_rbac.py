@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.clusters import agent_rbac
 from standin.harness import StandInProcess
@@ -32,22 +31,27 @@ BOOTSTRAP_TOKEN = "bootstrap-admin-token"
 """A cluster administrator's token (as the operator who applies the manifest)."""
 
 
-def _apply_agent_rbac(standin: StandInProcess, tmp: Path) -> None:
-    config = standin.kubeconfig(tmp / "bootstrap-kubeconfig", token=BOOTSTRAP_TOKEN)
-    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "herdgate-system"}}
-    docs = [namespace, *agent_rbac.agent_rbac()]
-    result = kubectl_run(kubectl(), config, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-    assert result.returncode == 0, result.stderr
+def _bootstrap_kubeconfig(standin: StandInProcess, tmp: Path) -> None:
+    standin.kubeconfig(tmp / "bootstrap-kubeconfig", token=BOOTSTRAP_TOKEN)
+
+
+AGENT_OBJECTS = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "herdgate-system"}},
+    *agent_rbac.agent_rbac(),
+]
+"""What the manifest gives the agent, preloaded: its namespace, service account, roles
+and bindings (``gateway.clusters.agent_rbac``), and nothing else."""
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     w = start_world(
         tmp_path_factory.mktemp("rbac"),
-        standin_args=["--authorization-mode", "RBAC"],
+        authorization_mode="RBAC",
+        standin_objects=AGENT_OBJECTS,
         standin_tokens={BOOTSTRAP_TOKEN: ("bootstrap-admin", "uid-boot", ["system:masters"])},
         agent_groups=AGENT_SA_GROUPS,
-        prepare=_apply_agent_rbac,
+        prepare=_bootstrap_kubeconfig,
     )
     try:
         yield w

@@ -59,7 +59,9 @@ def replicas(
     second.extra_args = ["--config", str(tmp / "b.yaml"), "--server-url", url]
     second.start()
     standin = StandInProcess.start(
-        tmp / "apiserver", tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "u", ["system:masters"])}
+        tmp / "apiserver",
+        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "u", ["system:masters"])},
+        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
     )
     # The world talks to the load balancer, like users and agents do.
     front = Gateway(tmp / "a", lb.port, tmp / "front.log")

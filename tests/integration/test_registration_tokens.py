@@ -25,7 +25,9 @@ MAX_AGENTS = 1
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("registration")
     standin = StandInProcess.start(
-        tmp / "apiserver", tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])}
+        tmp / "apiserver",
+        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
     )
     config = tmp / "gateway.yaml"
     config.write_text(f"registration:\n  max_agents_per_cluster: {MAX_AGENTS}\n")

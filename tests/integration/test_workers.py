@@ -27,7 +27,9 @@ pytestmark = pytest.mark.integration
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("workers")
     standin = StandInProcess.start(
-        tmp / "apiserver", tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])}
+        tmp / "apiserver",
+        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
     )
     gateway = Gateway(
         tmp / "gateway", free_port(), tmp / "gateway.log", extra_args=["--workers", "2"]
@@ -122,6 +124,7 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
     standin = StandInProcess.start(
         tmp_path / "apiserver",
         tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
+        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
     )
     metrics_port = free_port()
     config = tmp_path / "gateway.yaml"

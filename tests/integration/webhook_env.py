@@ -163,6 +163,7 @@ def start_standin(
             ADMIN_TOKEN: ("standin-admin", "uid-admin", ["system:masters"]),
             READER_TOKEN: (READER_USER, "uid-webhook", ["system:serviceaccounts"]),
         },
+        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
         args=[
             "--authentication-token-webhook-config-file", str(webhook_file),
             "--authentication-token-webhook-version", version,

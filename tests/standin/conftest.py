@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,6 +15,8 @@ from config.tls import make_ca, write_cert
 from standin.harness import StandInProcess, run_kubectl
 from tests.binaries import find_kubectl, require
 
+Doc = dict[str, Any]
+
 TOKENS = {
     "admin-token": ("admin", "uid-admin", ["system:masters"]),
     "alice-token": ("alice", "uid-alice", ["devs", "qa"]),
@@ -21,6 +24,54 @@ TOKENS = {
 }
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+_RBAC = "rbac.authorization.k8s.io/v1"
+
+
+def _granted(name: str, rules: list[dict[str, Any]], subjects: list[dict[str, str]]) -> list[Doc]:
+    return [
+        {"apiVersion": _RBAC, "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules},
+        {
+            "apiVersion": _RBAC,
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": subjects,
+        },
+    ]
+
+
+# What the session's users may do (admin is in system:masters): alice everything but
+# impersonation, carol impersonation of users only, bob (impersonated by admin) configmaps.
+OBJECTS: list[Doc] = [
+    *_granted(
+        "standin-test-alice",
+        [
+            {
+                "apiGroups": ["*"],
+                "resources": ["*"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete",
+                          "deletecollection"],
+            },
+            {"nonResourceURLs": ["*"], "verbs": ["get"]},
+        ],
+        [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
+    ),
+    *_granted(
+        "standin-test-carol",
+        [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}],
+        [{"kind": "User", "name": "carol", "apiGroup": "rbac.authorization.k8s.io"}],
+    ),
+    *_granted(
+        "standin-test-bob",
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}],
+        [{"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"}],
+    ),
+]  # fmt: skip
 
 
 def need_kubectl(version: str) -> str:
@@ -48,7 +99,8 @@ def standin(
     server = StandInProcess.start(
         workdir,
         tokens=TOKENS,
-        args=["--impersonator-users", "carol", "--client-ca-file", str(ca_file)],
+        objects=OBJECTS,
+        args=["--client-ca-file", str(ca_file)],
     )
     yield server
     server.stop()

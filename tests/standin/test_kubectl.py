@@ -53,7 +53,7 @@ def test_whoami_impersonating(kubectl: Kubectl, version: str) -> None:
 
 @pytest.mark.parametrize("version", MAIN_VERSIONS)
 def test_impersonation_by_listed_user(kubectl: Kubectl, version: str) -> None:
-    """carol has no privileged group but is listed in --impersonator-users."""
+    """carol has no privileged group but RBAC lets her impersonate users."""
     out = kubectl(version, "auth", "whoami", "-o", "json", "--as=dave", user="carol")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"]["userInfo"]["username"] == "dave"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -102,10 +103,23 @@ def _webhook_kubeconfig(path: Path, hook: Webhook) -> Path:
 
 async def _start_standin(tmp_path: Path, hook: Webhook, *args: str) -> StandInProcess:
     config = _webhook_kubeconfig(tmp_path / "webhook.kubeconfig", hook)
+    # the webhook's users (group web-devs) may read namespaces: the default `view` role
+    view = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "web-devs-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [
+            {"kind": "Group", "name": "web-devs", "apiGroup": "rbac.authorization.k8s.io"}
+        ],
+    }
     return await asyncio.to_thread(
-        StandInProcess.start,
-        tmp_path / "apiserver",
-        args=["--authentication-token-webhook-config-file", str(config), *args],
+        functools.partial(
+            StandInProcess.start,
+            tmp_path / "apiserver",
+            args=["--authentication-token-webhook-config-file", str(config), *args],
+            objects=[view],
+        )
     )
 
 
