@@ -36,6 +36,7 @@ is no per-cluster lease yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -325,6 +326,8 @@ class _ClusterState:
     def __init__(self) -> None:
         self.wake = asyncio.Event()
         self.wake.set()
+        self.tunnel_up = asyncio.Event()
+        """Cuts the watch's backoff short when a tunnel comes up."""
         self.namespaces: dict[str, str] | None = None
         """Namespace → project annotation, as the watch last saw them (None: to be listed);
         only to tell which events matter."""
@@ -391,6 +394,7 @@ class AccessController:
         state = self._clusters.get(cluster_id)
         if state is not None and live:
             state.wake.set()
+            state.tunnel_up.set()
 
     def _ensure(self, cluster_id: str) -> None:
         if cluster_id in self._clusters:
@@ -594,9 +598,14 @@ class AccessController:
         failures = 0
         while cluster_id in self.directory.clusters:
             if not self._in_charge(cluster_id):
-                state.namespaces = None  # not followed: a pass lists them itself
-                state.resource_version = ""
-                await asyncio.sleep(1.0)
+                if not self.app[REPLICAS].is_leader():
+                    state.namespaces = None  # another replica follows them
+                    state.resource_version = ""
+                # (no tunnel here: resumed from its resourceVersion when one comes up)
+                state.tunnel_up.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await state.tunnel_up.wait()
                 continue
             try:
                 async with asyncio.timeout(WATCH_TIMEOUT_S + PASS_TIMEOUT_S):
@@ -610,7 +619,10 @@ class AccessController:
                 logger.info(
                     "namespace watch of %s broke off (%r); again in %.0fs", cluster_id, exc, delay
                 )
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter
+                state.tunnel_up.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay * (0.5 + random.random() / 2)):  # noqa: S311
+                        await state.tunnel_up.wait()
 
     async def _watch(self, cluster_id: str, state: _ClusterState) -> None:
         from kubernetes_asyncio.client import CoreV1Api

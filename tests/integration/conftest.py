@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import pytest
 
+from ace.manifests import NAMESPACE
+from gateway.clusters import agent_rbac
 from standin.harness import StandInProcess
 from tests.fixtures.notify import FakeSystemd, fake_systemd
 from tests.integration.env import (
@@ -34,6 +36,9 @@ AGENT_SA_GROUPS = (
     "system:authenticated",
 )
 """The groups a pod's service-account token gives the agent (instead of system:masters)."""
+CLUSTER_ADMIN_TOKEN = "cluster-admin-token"
+"""The cluster's own administrator (system:masters), as the operator who applies the
+manifest; ``World.cluster_admin_kubeconfig``."""
 USER_PASSWORD = "a-long-user-password"
 
 
@@ -100,6 +105,14 @@ class World:
             f"binding {binding_id} never reached the cluster's RBAC",
             interval=0.1,
         )
+
+    def cluster_admin_kubeconfig(self) -> Path:
+        """kubectl straight at the stand-in as its administrator (``CLUSTER_ADMIN_TOKEN``,
+        known to worlds from ``start_least_privilege_world``)."""
+        path = self.tmp / "cluster-admin-kubeconfig"
+        if not path.exists():
+            self.standin.kubeconfig(path, token=CLUSTER_ADMIN_TOKEN)
+        return path
 
     def kubeconfig_for(self, api: Api, name: str) -> Path:
         config = api.post(f"/v3/clusters/{self.cluster_id}?action=generateKubeconfig")["config"]
@@ -184,6 +197,27 @@ def start_world(
     world.agent = world.start_agent()
     world.wait_state("active")
     return world
+
+
+def agent_objects() -> list[dict[str, Any]]:
+    """What the manifest gives the agent: its namespace, service account, roles and
+    bindings (``gateway.clusters.agent_rbac``), and nothing else."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    return [namespace, *agent_rbac.agent_rbac()]
+
+
+def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:
+    """A world whose stand-in enforces RBAC and whose agent holds exactly the agent's
+    rights (``agent_objects``, a service account's groups: no system:masters); users'
+    rights there come only from the access sync."""
+    return start_world(
+        tmp,
+        authorization_mode="RBAC",
+        standin_objects=agent_objects(),
+        standin_tokens={CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"])},
+        agent_groups=AGENT_SA_GROUPS,
+        **kwargs,
+    )
 
 
 def stop_world(world: World) -> None:

@@ -15,44 +15,16 @@ from typing import Any
 import pytest
 
 from gateway.clusters import agent_rbac
-from standin.harness import StandInProcess
 from tests.binaries import kubectl
-from tests.integration.conftest import (
-    AGENT_SA_GROUPS,
-    World,
-    start_world,
-    stop_world,
-)
+from tests.integration.conftest import World, start_least_privilege_world, stop_world
 from tests.integration.env import kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
 
-BOOTSTRAP_TOKEN = "bootstrap-admin-token"
-"""A cluster administrator's token (as the operator who applies the manifest)."""
-
-
-def _bootstrap_kubeconfig(standin: StandInProcess, tmp: Path) -> None:
-    standin.kubeconfig(tmp / "bootstrap-kubeconfig", token=BOOTSTRAP_TOKEN)
-
-
-AGENT_OBJECTS = [
-    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "herdgate-system"}},
-    *agent_rbac.agent_rbac(),
-]
-"""What the manifest gives the agent, preloaded: its namespace, service account, roles
-and bindings (``gateway.clusters.agent_rbac``), and nothing else."""
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_world(
-        tmp_path_factory.mktemp("rbac"),
-        authorization_mode="RBAC",
-        standin_objects=AGENT_OBJECTS,
-        standin_tokens={BOOTSTRAP_TOKEN: ("bootstrap-admin", "uid-boot", ["system:masters"])},
-        agent_groups=AGENT_SA_GROUPS,
-        prepare=_bootstrap_kubeconfig,
-    )
+    w = start_least_privilege_world(tmp_path_factory.mktemp("rbac"))
     try:
         yield w
     finally:
@@ -71,7 +43,7 @@ def kc(config: Path, *args: str, stdin: str | None = None) -> Any:
 
 def admin_kc(world: World, *args: str, stdin: str | None = None) -> str:
     """kubectl straight at the stand-in as the cluster's administrator."""
-    config = world.tmp / "bootstrap-kubeconfig"
+    config = world.cluster_admin_kubeconfig()
     result = kubectl_run(kubectl(), config, *args, stdin=stdin)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -83,7 +55,7 @@ def forbidden(result: Any) -> bool:
 
 def test_the_agent_holds_no_more_than_its_contract(world: World) -> None:
     sa = f"system:serviceaccount:herdgate-system:{agent_rbac.AGENT_SERVICE_ACCOUNT}"
-    config = world.tmp / "bootstrap-kubeconfig"
+    config = world.cluster_admin_kubeconfig()
     can = kubectl_run(kubectl(), config, "auth", "can-i", "create", "deployments", "--as", sa)
     assert can.stdout.strip() == "no"
 
@@ -107,7 +79,7 @@ def test_read_only_reads_and_cannot_create(world: World) -> None:
 
 def test_removing_the_binding_removes_the_access_downstream(world: World) -> None:
     user_id, config = as_user(world, "rbac-gone", "cluster-member")
-    sa_config = world.tmp / "bootstrap-kubeconfig"
+    sa_config = world.cluster_admin_kubeconfig()
     (binding,) = [
         b
         for b in world.admin.get("/v3/clusterroletemplatebindings")["data"]

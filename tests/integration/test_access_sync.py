@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import World, start_least_privilege_world, stop_world
 from tests.integration.env import ApiError, kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ OWNED = {"app.kubernetes.io/managed-by": "herdgate"}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_world(tmp_path_factory.mktemp("access"))
+    w = start_least_privilege_world(tmp_path_factory.mktemp("access"))
     try:
         yield w
     finally:
@@ -33,8 +33,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def k(world: World, *args: str, stdin: str | None = None) -> Any:
-    """kubectl against the stand-in itself (as the agent's account); JSON out for get."""
-    result = kubectl_run(kubectl(), world.agent_kubeconfig, *args, stdin=stdin)
+    """kubectl against the stand-in itself (as its administrator); JSON out for get."""
+    result = kubectl_run(kubectl(), world.cluster_admin_kubeconfig(), *args, stdin=stdin)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout) if "-o" in args and "json" in args else result.stdout
 
@@ -43,7 +43,7 @@ def exists(world: World, kind: str, name: str, namespace: str = "") -> bool:
     scope = ("-n", namespace) if namespace else ()
     result = kubectl_run(
         kubectl(),
-        world.agent_kubeconfig,
+        world.cluster_admin_kubeconfig(),
         "get",
         kind,
         name,
@@ -292,7 +292,7 @@ def test_builtin_templates_are_listed_and_cannot_be_deleted(world: World) -> Non
 
 @pytest.fixture(scope="module")
 def resyncing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_world(
+    w = start_least_privilege_world(
         tmp_path_factory.mktemp("resync"), gateway_config="access_sync:\n  resync: 1s\n"
     )
     try:

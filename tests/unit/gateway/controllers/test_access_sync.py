@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,8 @@ from gateway.controllers.access_sync import (
     CLUSTER_ROLE_BINDING,
     ROLE_BINDING,
     SYNC_LABEL,
+    AccessController,
+    _ClusterState,
     bound_cluster_roles,
     desired_state,
     drifted,
@@ -290,3 +294,64 @@ def test_plan_of_its_own_result_is_empty(namespaces: dict[str, str], roles: list
     bare = desired_state(templates(), [], [], namespaces, [PID])
     todo = plan(bare, [_listed(d) for d in desired.values()])
     assert {key_of(d) for d in todo.delete} == set(desired) - set(bare)
+
+
+class _Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    async def iter_any(self) -> Any:
+        for chunk in self._chunks:
+            yield chunk
+
+
+class _Response:
+    def __init__(self, lines: list[dict[str, Any]], split: int = 7) -> None:
+        data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        self.content = _Content([data[i : i + split] for i in range(0, len(data), split)])
+
+
+def _ns(name: str, rv: str, project: str = "") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "resourceVersion": rv}
+    if project:
+        meta["annotations"] = {"field.cattle.io/projectId": project}
+    return {"kind": "Namespace", "metadata": meta}
+
+
+async def test_the_namespace_watch_wakes_the_loop_only_for_project_changes() -> None:
+    controller = AccessController.__new__(AccessController)
+    state = _ClusterState()
+    state.wake.clear()
+    state.namespaces = {"plain": "", "team": PID}
+    state.resource_version = "10"
+    await controller._follow(
+        _Response(
+            [
+                {"type": "MODIFIED", "object": _ns("plain", "11")},  # no project: nothing
+                {"type": "ADDED", "object": _ns("other", "12")},
+                {
+                    "type": "BOOKMARK",
+                    "object": {"kind": "Namespace", "metadata": {"resourceVersion": "13"}},
+                },
+            ]
+        ),
+        state,
+    )
+    assert not state.wake.is_set() and state.resource_version == "13"
+    await controller._follow(
+        _Response([{"type": "MODIFIED", "object": _ns("plain", "14", PID)}]), state
+    )
+    assert state.wake.is_set() and state.namespaces["plain"] == PID  # joined
+    state.wake.clear()
+    await controller._follow(
+        _Response([{"type": "DELETED", "object": _ns("team", "15", PID)}]), state
+    )
+    assert state.wake.is_set() and "team" not in state.namespaces  # a project namespace went
+    gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+    await controller._follow(_Response([gone]), state)
+    assert state.namespaces is None and state.resource_version == ""  # re-listed next
+    with pytest.raises(RuntimeError):
+        state.namespaces = {}
+        await controller._follow(
+            _Response([{"type": "ERROR", "object": {"code": 500, "message": "boom"}}]), state
+        )
