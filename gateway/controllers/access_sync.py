@@ -484,9 +484,10 @@ class AccessController:
         return out
 
     async def _apply(self, cluster_id: str, rbac: Any, todo: Plan, existing: list[Doc]) -> None:
-        """In an order the agent's own RBAC allows: the roles, then the bind role
-        (listing both the roles to create and those to delete, so it may bind the
-        former and delete the latter), the bindings, deletions, the final bind role."""
+        """In an order the agent's own RBAC allows: the bind role first (listing the roles
+        to create and those to delete too, so the agent may update and bind the former
+        and delete the latter), the other roles, the bindings, deletions (bindings before
+        roles), and the bind role in its final form."""
         count = metrics.ACCESS_SYNC_CHANGES.labels
         bind_key = (CLUSTER_ROLE, "", AGENT_BIND_ROLE)
         roles_first = [d for d in todo.create if d["kind"] == CLUSTER_ROLE]
@@ -501,15 +502,20 @@ class AccessController:
             None,
         )
         current = {key_of(d): d for d in existing}
-        if final_bind is not None and deleted_roles:
-            names = [
-                n for n in final_bind["rules"][1]["resourceNames"] if n != CLUSTER_MEMBER_BASICS
-            ]
-            interim = agent_rbac.agent_bind_role(tuple(sorted({*names, *deleted_roles})))
-            await self._put(rbac, interim, current.get(bind_key))
+        if final_bind is not None:
+            # First: it grants update of the owned roles the next steps change.
+            if deleted_roles:
+                names = [
+                    n for n in final_bind["rules"][1]["resourceNames"] if n != CLUSTER_MEMBER_BASICS
+                ]
+                interim = agent_rbac.agent_bind_role(tuple(sorted({*names, *deleted_roles})))
+                await self._put(rbac, interim, current.get(bind_key))
+            else:
+                await self._put(rbac, final_bind, current.get(bind_key))
+                count(cluster_id, "create" if bind_key not in current else "update").inc()
         for doc in roles_first:
-            if key_of(doc) == bind_key and deleted_roles:
-                continue  # after the deletions
+            if key_of(doc) == bind_key:
+                continue  # above (and after the deletions, when there are some)
             await self._put(rbac, doc, current.get(key_of(doc)))
             count(cluster_id, "create" if key_of(doc) not in current else "update").inc()
         for doc in todo.recreate:
