@@ -8,6 +8,8 @@ RBAC); here: that the right objects come and go.
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -328,3 +330,22 @@ def test_periodic_resync_restores_bindings_and_leaves_foreign_objects(resyncing:
     )
     assert exists(world, "clusterrolebinding", "hand-made")
     assert exists(world, "clusterrolebinding", "herdgate-other")
+
+
+def test_metrics_show_each_clusters_sync(world: World) -> None:
+    context = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    request = urllib.request.Request(world.gateway.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {world.admin.token}")
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        text = response.read().decode()
+    cluster = f'cluster="{world.cluster_id}"'
+    lines = [line for line in text.splitlines() if cluster in line]
+    last = [x for x in lines if x.startswith("herdgate_access_sync_last_success_timestamp_seconds")]
+    assert last and float(last[0].rsplit(" ", 1)[1]) > 0
+    assert any(
+        x.startswith("herdgate_access_sync_objects{") and 'kind="ClusterRole"' in x for x in lines
+    )
+    assert any(
+        x.startswith("herdgate_access_sync_changes_total{") and 'action="create"' in x
+        for x in lines
+    )
