@@ -138,6 +138,10 @@ class RegistrationSettings:
     max_agents_per_cluster: int = 64
     """Agents connected for one cluster at once (per gateway process; every agent holds
     a tunnel to each process). One more is answered 429, and backs off."""
+    agent_image: str = ""
+    """Image (``name:tag``) of the agents in the manifest that ``GET
+    /v3/import/<token>.yaml`` serves; empty: ``herdgate/agent:<gateway version>``. Pulled
+    ``IfNotPresent``."""
 
 
 @dataclass(frozen=True)
@@ -449,6 +453,13 @@ class AgentSettings:
     """After a long-lived tunnel drops, reconnect at a random time within this window."""
     credentials_refresh_s: float = duration(60)
     """How often the agent re-reads its service-account token to notice rotation."""
+    service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    """Without ``kubeconfig``: where the pod's service account is mounted (``token``,
+    ``ca.crt``, ``namespace``); the API server is ``KUBERNETES_SERVICE_HOST``:``_PORT``."""
+    health_listen: str = ""
+    """A plain-HTTP listener, ``HOST:PORT``, serving ``/healthz`` (alive), ``/readyz``
+    (a tunnel is up) and ``/metrics`` (Prometheus) without authentication; empty: none.
+    The manifest the gateway serves sets it (``HERDGATE_HEALTH_LISTEN``) for the probes."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from config.tls import ensure_generated_certs
 
 from .app import Config, StandIn
 from .auth import parse_duration
+from .status import ApiError
 
 
 def _bool(value: str) -> bool:
@@ -162,7 +163,10 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         raise SystemExit("either --dir or --tls-cert-file/--tls-private-key-file is required")
 
-    standin = StandIn(config)
+    try:
+        standin = StandIn(config)
+    except (ApiError, ValueError) as exc:  # a preloaded object the API would refuse
+        raise SystemExit(f"--bootstrap-objects: {exc}") from exc
     app = standin.make_app()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()

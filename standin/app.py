@@ -39,6 +39,9 @@ PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 # The user a request acts as (after impersonation), and its audit ID, for handlers that want them.
 USER_KEY = web.RequestKey("standin_user", UserInfo)
 AUDIT_ID_KEY = web.RequestKey("standin_audit_id", str)
+# The audit annotations of apiserver's WithAuthorization filter.
+DECISION = "authorization.k8s.io/decision"
+REASON = "authorization.k8s.io/reason"
 
 
 @dataclass
@@ -151,6 +154,7 @@ class StandIn:
         info = request_info(request.method, request.path, dict(request.query))
         user: UserInfo | None = None
         impersonated: UserInfo | None = None
+        annotations: dict[str, str] = {}
         code, message = 500, ""
         resp: web.StreamResponse | None = None
         try:
@@ -169,7 +173,7 @@ class StandIn:
             effective = impersonated or user
             request[USER_KEY] = effective
             request[AUDIT_ID_KEY] = audit_id
-            self.authorize(effective, info, request.query.get("fieldSelector"))
+            self.authorize(effective, info, request.query.get("fieldSelector"), annotations)
             resp = await self.dispatch(request, info, effective)
         except ApiError as exc:
             resp = exc.response()
@@ -214,6 +218,7 @@ class StandIn:
                     received=received,
                     content_type=request.headers.get("Content-Type", ""),
                     accept=request.headers.get("Accept", ""),
+                    annotations=annotations,
                     headers=[
                         (name.decode("latin-1"), value.decode("latin-1"))
                         for name, value in request.raw_headers
@@ -225,11 +230,20 @@ class StandIn:
         return resp
 
     def authorize(
-        self, user: UserInfo, info: RequestInfo, field_selector: str | None = None
+        self,
+        user: UserInfo,
+        info: RequestInfo,
+        field_selector: str | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         """filters.WithAuthorization: 403 unless the authorizer allows. A list or watch with
         the field selector `metadata.name=x` is authorized with name x (as RequestInfoFactory
-        does), so `resourceNames` rules allow `kubectl get cm x -w`."""
+        does), so `resourceNames` rules allow `kubectl get cm x -w`. The decision and reason go
+        to `annotations` (the audit event's `authorization.k8s.io/decision` and `/reason`)."""
+        notes = annotations if annotations is not None else {}
+        if self.api.authorizer.allows_everything(user.groups):
+            notes.update({DECISION: "allow", REASON: ""})
+            return
         name = info.name
         if not name and info.verb in ("list", "watch") and field_selector:
             name = rbac.name_from_field_selector(field_selector)
@@ -249,6 +263,7 @@ class StandIn:
         else:
             attrs = Attributes(user.username, user.groups, info.verb, False, path=info.path)
         decision = self.api.authorizer.authorize(attrs)
+        notes.update({DECISION: "allow" if decision.allowed else "forbid", REASON: decision.reason})
         if not decision.allowed:
             raise forbidden_error(attrs, decision.reason)
 

@@ -55,6 +55,7 @@ def event(
     content_type: str,
     accept: str,
     headers: list[tuple[str, str]] | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     ev: dict[str, Any] = {
         "kind": "Event",
@@ -81,6 +82,8 @@ def event(
     ev["responseStatus"] = status
     ev["requestReceivedTimestamp"] = micro_time(received)
     ev["stageTimestamp"] = micro_time(datetime.datetime.now(datetime.UTC))
+    if annotations:
+        ev["annotations"] = dict(annotations)
     ev["requestContentType"] = content_type
     ev["requestAccept"] = accept
     if headers is not None:

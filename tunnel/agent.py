@@ -21,6 +21,10 @@ SIGHUP (:meth:`Agent.reload`) re-reads the settings: ``logging.level`` and the
 registration token (``token`` / ``token_file``, used by the tunnels dialled from then on)
 are applied, the tunnels stay up, and a warning names every other changed setting (they
 need a restart). After READY=1 a reload is bracketed by RELOADING=1 and READY=1.
+
+With ``health_listen`` set (the manifest the gateway serves sets it), the agent serves
+``/healthz``, ``/readyz`` (ready while a tunnel is up) and ``/metrics`` from
+:attr:`Agent.stats` (``tunnel.probes``).
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ from tunnel import wsconn
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
+from tunnel.probes import start_probes
 from tunnel.protocol import Limits, Side
 from tunnel.relay import relay
 from tunnel.session import Session
+from tunnel.stats import AgentStats
 from tunnel.streams import TunnelStream
 from tunnel.websocket import HandshakeError
 
@@ -109,6 +115,14 @@ class Agent:
         """The last 429 message logged (each is logged once)."""
         self._not_before = 0.0
         """Loop time before which no dial is made (a 429's ``Retry-After``)."""
+        self.stats = AgentStats()
+        """What ``/metrics`` shows (``health_listen``)."""
+        self._lost_tunnel = False
+        """A tunnel was lost since the last one was established (the next is a reconnect)."""
+
+    def ready(self) -> bool:
+        """``/readyz``: a tunnel to the gateway is up."""
+        return bool(self.tunnels) and not self._stopping
 
     @property
     def session(self) -> Session | None:
@@ -122,7 +136,7 @@ class Agent:
             if stream.target not in (b"", b"apiserver"):
                 stream.reset(ErrorCode.REFUSED_STREAM, "only the API server is reachable")
                 return
-            self._spawn(relay(stream, session, upstream))
+            self._spawn(relay(stream, session, upstream, self.stats))
 
         return handler
 
@@ -140,6 +154,8 @@ class Agent:
 
     def _report(self) -> None:
         """READY=1 with the first tunnel; the tunnel count as systemd's STATUS= line."""
+        self.stats.tunnels = len(self.tunnels)
+        self.stats.wanted = self.wanted
         if self._stopping:
             return
         text = connection_status(len(self.tunnels), self.wanted)
@@ -220,6 +236,9 @@ class Agent:
         entry = _Tunnel(replica, session, ws, loop.time())
         self.tunnels[replica] = entry
         self._refusal = ""
+        if self._lost_tunnel:
+            self._lost_tunnel = False
+            self.stats.reconnects += 1
         session.start()
         self.connected.set()
         logger.info(
@@ -256,6 +275,7 @@ class Agent:
         finally:
             if self.tunnels.get(entry.replica_id) is entry:
                 del self.tunnels[entry.replica_id]
+                self._lost_tunnel = True
             if not self.tunnels:
                 self.connected.clear()
             self._report()
@@ -330,6 +350,16 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the tunnels until ``stop`` is set, then close them."""
+        probes = None
+        if self.settings.health_listen:
+            probes = await start_probes(self.settings.health_listen, self.stats, self.ready)
+        try:
+            await self._run(stop)
+        finally:
+            if probes is not None:
+                await probes.cleanup()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         self.notifier.status("loading settings and credentials")
         ca_pem = await gateway_ca(self.settings)
         upstream = await cluster_upstream(self.settings)
@@ -375,6 +405,7 @@ class Agent:
                     logger.info("reconnecting in %.1f s", delay)
                 await asyncio.sleep(delay)
             outcome = await self._dial(ca_pem, upstream)
+            self.stats.dials[outcome] = self.stats.dials.get(outcome, 0) + 1
             if outcome == "new":
                 duplicates = 0
             elif outcome == "duplicate":

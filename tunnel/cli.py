@@ -32,6 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     ca.add_argument("--ca-file", help="the gateway CA as a PEM file")
     p.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: in-cluster account)")
     p.add_argument("--node-name", help="run as the node agent of this node")
+    p.add_argument(
+        "--health-listen",
+        help="HOST:PORT for /healthz, /readyz and /metrics (plain HTTP; default: none)",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,6 +51,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
             "ca_file": args.ca_file,
             "kubeconfig": args.kubeconfig,
             "node_name": args.node_name,
+            "health_listen": args.health_listen,
         },
     )
     if not settings.server.startswith("https://"):
@@ -54,6 +59,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     if not settings.token and not settings.token_file:
         raise ConfigError("token", "a registration token is required (--token or --token-file)")
     check_tunnel(settings.tunnel, "tunnel")
+    if settings.health_listen:
+        from tunnel.probes import split_listen  # aiohttp: only when the agent runs
+
+        split_listen(settings.health_listen)
     return settings
 
 

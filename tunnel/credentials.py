@@ -1,12 +1,21 @@
-"""What the agent needs before it can work: trust for the gateway, access to its cluster."""
+"""What the agent needs before it can work: trust for the gateway, access to its cluster.
+
+The cluster is reached with a kubeconfig, or, in a pod, as client-go's
+``rest.InClusterConfig`` does: the API server at ``KUBERNETES_SERVICE_HOST`` and
+``KUBERNETES_SERVICE_PORT``, verified with the service account's ``ca.crt``, the
+service account's ``token`` as the credential, read again on every refresh (the kubelet
+rotates projected tokens). The directory is ``service_account_dir`` (tests point it
+elsewhere).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
+import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -72,24 +81,69 @@ async def gateway_ca(settings: AgentSettings) -> str | None:
     return pem.decode()
 
 
+SERVICE_HOST_ENV = "KUBERNETES_SERVICE_HOST"
+SERVICE_PORT_ENV = "KUBERNETES_SERVICE_PORT"
+
+
+def in_cluster_upstream(
+    settings: AgentSettings, environ: Mapping[str, str] | None = None
+) -> Upstream:
+    """The API server as a pod reaches it, with the pod's service account."""
+    env = os.environ if environ is None else environ
+    host = env.get(SERVICE_HOST_ENV, "")
+    port_text = env.get(SERVICE_PORT_ENV, "")
+    if not host:
+        raise AgentError(
+            f"not running in a pod ({SERVICE_HOST_ENV} is not set) and no --kubeconfig given"
+        )
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise AgentError(f"{SERVICE_PORT_ENV} must be a port number, got {port_text!r}")
+    account = Path(settings.service_account_dir)
+    token_file = account / "token"
+    ca_file = account / "ca.crt"
+
+    def read_token() -> str:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise AgentError(
+                f"cannot read the service account token {token_file}: {exc.strerror}"
+            ) from exc
+        if not token:
+            raise AgentError(f"the service account token {token_file} is empty")
+        return token
+
+    try:
+        ca_pem = ca_file.read_text()
+        ctx = client_context(ca_file=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise AgentError(f"cannot load the service account CA {ca_file}: {exc}") from exc
+    bare = host.strip("[]")
+    upstream = Upstream(host=bare, port=int(port_text), ssl=ctx, server_hostname=bare)
+    upstream.authorization = f"Bearer {read_token()}"
+    upstream.ca_pem = ca_pem
+
+    async def credential() -> str:
+        return f"Bearer {read_token()}"
+
+    upstream.refresh = lambda: asyncio.ensure_future(credential())
+    return upstream
+
+
 async def cluster_upstream(settings: AgentSettings) -> Upstream:
     """API server address, TLS and credential from a kubeconfig or the pod's service account."""
+    if not settings.kubeconfig:
+        return in_cluster_upstream(settings)
     from kubernetes_asyncio.client import Configuration
-    from kubernetes_asyncio.config import (
-        ConfigException,
-        load_incluster_config,
-        load_kube_config,
-    )
+    from kubernetes_asyncio.config import ConfigException, load_kube_config
 
     cfg = Configuration()
     try:
-        if settings.kubeconfig:
-            await load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
-        else:
-            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        await load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
     except (ConfigException, OSError) as exc:
-        source = settings.kubeconfig or "the in-cluster service account"
-        raise AgentError(f"cannot load cluster credentials from {source}: {exc}") from exc
+        raise AgentError(
+            f"cannot load cluster credentials from {settings.kubeconfig}: {exc}"
+        ) from exc
     url = urlsplit(str(cfg.host))
     if url.hostname is None:
         raise AgentError(f"no API server address in {cfg.host!r}")

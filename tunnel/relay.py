@@ -2,7 +2,9 @@
 
 Each stream the gateway opens becomes one TLS connection to this cluster's API server
 (TCP_NODELAY), and bytes are copied both ways under the stream's credit window: when
-the gateway has not returned credit, reading from the API server pauses.
+the gateway has not returned credit, reading from the API server pauses. With an
+``AgentStats`` (``tunnel.stats``), the relay counts streams, bytes both ways and the time
+from each request's first byte to the API server's first byte back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tunnel.frames import ErrorCode
 from tunnel.pump import IntoStream
 from tunnel.session import COALESCE_BELOW_BYTES, Session
 from tunnel.sockets import set_nodelay, shared_read_buffer
+from tunnel.stats import AgentStats
 from tunnel.streams import TunnelStream
 
 logger = logging.getLogger(__name__)
@@ -31,10 +34,15 @@ _HIGH_WATER = 256 * 1024
 class _UpstreamConnection(asyncio.BufferedProtocol):
     """API server bytes -> tunnel stream, respecting the stream's credit."""
 
-    def __init__(self, stream: TunnelStream) -> None:
+    def __init__(self, stream: TunnelStream, stats: AgentStats | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._pump = IntoStream(stream, on_failure=self._abort)
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self.stats = stats
+        self.asked_at = -1.0
+        """Loop time of the first byte written since the API server last answered
+        (-1: none waiting)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
@@ -46,6 +54,12 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         return shared_read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        stats = self.stats
+        if stats is not None:
+            stats.bytes_from_apiserver += nbytes
+            if self.asked_at >= 0:
+                stats.latency.observe(self._loop.time() - self.asked_at)
+                self.asked_at = -1.0
         data = shared_read_buffer[:nbytes]
         if nbytes >= COALESCE_BELOW_BYTES:
             # Leaves in this call, copied once into the WebSocket message.
@@ -72,14 +86,18 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> None:
+async def relay(
+    stream: TunnelStream, session: Session, upstream: Upstream, stats: AgentStats | None = None
+) -> None:
     """Connect the stream to the API server and copy bytes both ways."""
     loop = asyncio.get_running_loop()
+    if stats is not None:
+        stats.streams_total += 1
     try:
         async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
             if upstream.ssl is not None:
                 tls_transport, protocol = await tls.connect(
-                    lambda: _UpstreamConnection(stream),
+                    lambda: _UpstreamConnection(stream, stats),
                     upstream.host,
                     upstream.port,
                     upstream.ssl,
@@ -89,19 +107,27 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
                 conn = cast(_UpstreamConnection, protocol)
             else:
                 transport, conn = await loop.create_connection(
-                    lambda: _UpstreamConnection(stream), upstream.host, upstream.port
+                    lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
                 )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
         stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
+        if stats is not None:
+            stats.stream_failures += 1
         return
     session.accept(stream)
+    if stats is not None:
+        stats.streams_open += 1
 
     def to_api_server(data: bytes | bytearray) -> bool:
         # Called for each arriving chunk (no task in between); False holds the credit
         # back until the connection drains (resume_writing), so the gateway waits.
         if transport.is_closing():
             return True
+        if stats is not None:
+            stats.bytes_to_apiserver += len(data)
+            if conn.asked_at < 0:
+                conn.asked_at = loop.time()
         transport.write(data)
         return transport.get_write_buffer_size() <= _HIGH_WATER
 
@@ -121,6 +147,8 @@ async def relay(stream: TunnelStream, session: Session, upstream: Upstream) -> N
         transport.abort()
         stream.reset(ErrorCode.INTERNAL_ERROR)
     finally:
+        if stats is not None:
+            stats.streams_open -= 1
         if not gateway_done.done():
             gateway_done.cancel()
         with contextlib.suppress(asyncio.CancelledError, TunnelError):

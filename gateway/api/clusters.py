@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ace import manifests
 from config.identity import Identity
-from gateway.api import kubeconfig
+from gateway.api import agent_import, kubeconfig
 from gateway.api.common import (
     action,
     authenticated,
@@ -244,11 +244,28 @@ def _login_provider(provider: str) -> str:
 
 
 def agent_command(request: web.Request, token: str) -> str:
+    """The ``herdgate agent ...`` line, for an agent outside Kubernetes (systemd)."""
     runtime = request.app[RUNTIME]
     parts = ["herdgate", "agent", "--server", runtime.server_url, "--token", token]
     if runtime.ca_checksum:
         parts += ["--ca-checksum", runtime.ca_checksum]
     return shlex.join(parts)
+
+
+def registration_commands(request: web.Request, token: str) -> dict[str, str]:
+    """Rancher's fields: ``manifestUrl`` (``GET /v3/import/<token>.yaml``), ``command``
+    (here two lines: the ``herdgate agent ...`` line, then ``kubectl apply -f <url>``),
+    ``insecureCommand`` (``curl --insecure``, for a gateway CA the machine does not
+    trust yet; the agents still check the CA checksum) and ``nodeCommand`` (the plain
+    ``herdgate agent ...`` line)."""
+    url = agent_import.manifest_url(request.app[RUNTIME].server_url, token)
+    agent = agent_command(request, token)
+    return {
+        "manifestUrl": url,
+        "command": f"{agent}\n{shlex.join(['kubectl', 'apply', '-f', url])}",
+        "insecureCommand": f"curl --insecure -sfL {shlex.quote(url)} | kubectl apply -f -",
+        "nodeCommand": agent,
+    }
 
 
 def registration_view(registration: RegistrationToken, now: float) -> dict[str, Any]:
@@ -274,7 +291,7 @@ def _with_secret(
 ) -> dict[str, Any]:
     body = registration_view(registration, now)
     body["token"] = token
-    body["command"] = agent_command(request, token)
+    body.update(registration_commands(request, token))
     return body
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from config.logging import request_id as request_id_var
 from config.schema import AuditSettings, GatewaySettings
 from gateway.api import (
+    agent_import,
     auditing,
     bindings,
     clusters,
@@ -63,6 +64,13 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     return response
 
 
+def _loggable(path: str) -> str:
+    """The path as a log line may show it: ``/v3/import/<token>.yaml`` holds a credential."""
+    if path.startswith(agent_import.IMPORT_PREFIX):
+        return agent_import.IMPORT_PREFIX + "<redacted>"
+    return path
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -78,7 +86,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
-        logger.exception("unhandled error for %s %s", request.method, request.path)
+        logger.exception("unhandled error for %s %s", request.method, _loggable(request.path))
         error = GatewayError(500, "internal error")
         if request.raw_path.startswith("/k8s/"):
             return k8s_response(error)
@@ -172,6 +180,7 @@ def build_app(
     r.add_get("/v3/clusterregistrationtokens/{id}", clusters.get_registration)
     r.add_post("/v3/clusterregistrationtokens/{id}", clusters.registration_action)
     r.add_delete("/v3/clusterregistrationtokens/{id}", clusters.delete_registration)
+    r.add_get(agent_import.IMPORT_PREFIX + "{file}", agent_import.import_manifest)
 
     r.add_get("/v3/clusterroletemplatebindings", bindings.list_bindings)
     r.add_post("/v3/clusterroletemplatebindings", bindings.create_binding)

@@ -21,15 +21,12 @@ def _ca_pem(tmp_path: Path) -> Path:
 
 
 async def test_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kubernetes_asyncio.config.incluster_config as incluster
-
     token = tmp_path / "token"
     token.write_text("sa-token-123")
-    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token))
-    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(_ca_pem(tmp_path)))
+    _ca_pem(tmp_path)  # tmp_path/ca.crt: the service account directory's layout
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.43.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    upstream = await cluster_upstream(AgentSettings())
+    upstream = await cluster_upstream(AgentSettings(service_account_dir=str(tmp_path)))
     assert (upstream.host, upstream.port, upstream.host_header) == (
         "10.43.0.1",
         443,
@@ -63,7 +60,9 @@ async def test_kubeconfig_with_inline_ca_and_token(tmp_path: Path) -> None:
 
 async def test_missing_credentials_are_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    with pytest.raises(AgentError, match="in-cluster service account"):
+    with pytest.raises(
+        AgentError, match=r"not running in a pod \(KUBERNETES_SERVICE_HOST is not set\)"
+    ):
         await cluster_upstream(AgentSettings())
     with pytest.raises(AgentError, match="cannot load cluster credentials"):
         await cluster_upstream(AgentSettings(kubeconfig="/nonexistent/kubeconfig"))

@@ -218,8 +218,11 @@ class Agent:
 
 
 def agent_command(command_line: str, kubeconfig: Path, *extra: str) -> list[str]:
-    """The ``herdgate agent ...`` line the gateway printed, run with this Python."""
-    parts = command_line.split()
+    """The ``herdgate agent ...`` line the gateway printed (the registration token's
+    ``command`` also holds a ``kubectl apply -f`` line), run with this Python."""
+    lines = [line for line in command_line.splitlines() if line.startswith("herdgate agent")]
+    assert len(lines) == 1, command_line
+    parts = lines[0].split()
     assert parts[:2] == ["herdgate", "agent"], command_line
     return [sys.executable, "-m", "herdgate", *parts[1:], "--kubeconfig", str(kubeconfig), *extra]
 

@@ -361,7 +361,7 @@ def test_validation() -> None:
     assert err.value.message == (
         'ClusterRoleBinding.rbac.authorization.k8s.io "b" is invalid: [roleRef.kind: Unsupported '
         'value: "Role": supported values: "ClusterRole", subjects[0].kind: Unsupported value: '
-        '"Robot": supported values: "Group", "ServiceAccount", "User"]'
+        '"Robot": supported values: "ServiceAccount", "User", "Group"]'
     )
     with pytest.raises(ApiError) as err:
         rbac.validate("clusterrolebindings", binding("b", "r", sa("x")))
@@ -952,3 +952,81 @@ async def test_resource_names_allow_a_named_watch(api: Api) -> None:
     assert (await api.call("GET", cms, token="nobody-token"))[0] == 403
     assert (await api.call("GET", f"{cms}/two", token="nobody-token"))[0] == 403
     assert (await api.call("GET", f"{cms}/one", token="nobody-token"))[0] == 404
+
+
+def test_kubectl_apply_and_delete_rbac(server: StandInProcess) -> None:
+    doc = cluster_role("applied", rule(["get"], [""], ["configmaps"]), labels={"team": "a"})
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(doc))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/applied created"
+    doc["rules"] = [rule(["get", "list"], [""], ["configmaps", "secrets"])]
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(doc))
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/applied configured"
+    out = _kubectl(server, "admin-token", "get", "clusterrole", "applied", "-o", "json")
+    assert json.loads(out.stdout)["rules"] == doc["rules"]
+    rb = binding("applied", "applied", user("nobody"), namespace="kube-public")
+    out = _kubectl(server, "admin-token", "apply", "-f", "-", stdin=json.dumps(rb))
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "nobody-token", "get", "secrets", "-n", "kube-public")
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "admin-token", "get", "rolebindings", "-n", "kube-public")
+    assert out.stdout.split("\n")[1].split()[:2] == ["applied", "ClusterRole/applied"]
+    out = _kubectl(server, "admin-token", "delete", "rolebinding", "applied", "-n", "kube-public")
+    assert out.returncode == 0, out.stderr
+    out = _kubectl(server, "nobody-token", "get", "secrets", "-n", "kube-public")
+    assert out.returncode == 1
+    assert 'User "nobody" cannot list resource "secrets"' in out.stderr
+    out = _kubectl(server, "admin-token", "delete", "clusterrole", "applied")
+    assert out.stdout.strip() == 'clusterrole.rbac.authorization.k8s.io "applied" deleted'
+
+
+async def test_audit_annotations(tmp_path: Path) -> None:
+    tokens = write_token_file(tmp_path / "tokens.csv", TOKENS)
+    log = tmp_path / "audit.log"
+    standin = StandIn(Config(token_file=tokens, audit_log=log, objects=OBJECTS))
+    client: TestClient[Any, Any] = TestClient(TestServer(standin.make_app()))
+    await client.start_server()
+    try:
+        api = Api(client, standin)
+        assert (await api.call("GET", "/api/v1/nodes", token="dev-token"))[0] == 200
+        assert (await api.call("GET", "/api/v1/secrets", token="dev-token"))[0] == 403
+    finally:
+        await client.close()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0]["annotations"] == {
+        "authorization.k8s.io/decision": "allow",
+        "authorization.k8s.io/reason": 'RBAC: allowed by ClusterRoleBinding "devs-nodes" of '
+        'ClusterRole "node-reader" to Group "devs"',
+    }
+    assert events[1]["annotations"] == {
+        "authorization.k8s.io/decision": "forbid",
+        "authorization.k8s.io/reason": "",
+    }
+
+
+def test_kubectl_create_clusterrole(server: StandInProcess) -> None:
+    out = _kubectl(
+        server, "admin-token", "create", "clusterrole", "pod-logs", "--verb=get",
+        "--resource=pods,pods/log", "--resource-name=web",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clusterrole.rbac.authorization.k8s.io/pod-logs created"
+    out = _kubectl(server, "admin-token", "get", "clusterrole", "pod-logs", "-o", "json")
+    assert json.loads(out.stdout)["rules"] == [
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "resourceNames": ["web"],
+         "verbs": ["get"]}
+    ]  # fmt: skip
+    out = _kubectl(
+        server, "nobody-token", "create", "clusterrole", "x", "--verb=get", "--resource=pods"
+    )
+    assert out.returncode == 1
+    assert (
+        'clusterroles.rbac.authorization.k8s.io is forbidden: User "nobody" cannot create '
+        'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope'
+    ) in out.stderr
+
+
+def test_bad_bootstrap_objects_stop_the_server(tmp_path: Path) -> None:
+    bad = binding("x", "r", user("u"), kind="Role")
+    with pytest.raises(RuntimeError, match=r'roleRef.kind: Unsupported value: "Role"'):
+        StandInProcess.start(tmp_path / "s", objects=[bad])
