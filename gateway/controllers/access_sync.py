@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,7 @@ from gateway.store.records import (
     PROJECT_BINDING,
     PROJECT_CONTEXT,
     ROLE_TEMPLATE,
+    USER,
     Binding,
     ProjectBinding,
     RoleTemplate,
@@ -84,6 +87,7 @@ SYNC_LABEL = "herdgate.dev/access-sync"
 SYNC_VALUE = "true"
 BINDING_LABEL = "herdgate.dev/binding"
 TEMPLATE_LABEL = "herdgate.dev/role-template"
+ADMIN_LABEL = "herdgate.dev/admin"
 SYNC_SELECTOR = f"{OWNED_LABEL}={OWNED_VALUE}"
 
 CLUSTER_ROLE = "ClusterRole"
@@ -130,7 +134,17 @@ def bound_cluster_roles(template_id: str, templates: Mapping[str, RoleTemplate])
 
 def binding_suffix(binding_id: str) -> str:
     """``c-xxxxx:crtb-yyyyy`` → ``crtb-yyyyy`` (a DNS label: ids are lowercase)."""
-    return binding_id.rpartition(":")[2]
+    return _dns_part(binding_id.rpartition(":")[2])
+
+
+_DNS_PART = re.compile(r"^[a-z0-9]([-a-z0-9]{0,60}[a-z0-9])?$")
+
+
+def _dns_part(value: str) -> str:
+    """``value`` if it may be part of an object name and a label value, else a digest."""
+    if _DNS_PART.match(value):
+        return value
+    return "x" + hashlib.sha256(value.encode()).hexdigest()[:20]
 
 
 def _labels(**extra: str) -> dict[str, str]:
@@ -181,12 +195,15 @@ def desired_state(
     project_bindings: Iterable[ProjectBinding],
     namespaces: Mapping[str, str],
     projects: Iterable[str],
+    admins: Iterable[str] = (),
 ) -> dict[Key, Doc]:
     """Every RBAC object the access sync keeps in one cluster, by key.
 
     ``bindings``/``project_bindings``: the cluster's; ``namespaces``: each namespace's
     ``field.cattle.io/projectId`` annotation ("" when it has none); ``projects``: the
-    ids of the cluster's projects (a namespace naming any other project is in none).
+    ids of the cluster's projects (a namespace naming any other project is in none);
+    ``admins``: the user ids of the enabled administrators, ``cluster-admin`` in every
+    cluster (``herdgate-admin-<user id>``), as the gateway treats them as owners.
     """
     out: dict[Key, Doc] = {}
     basics = agent_rbac.cluster_member_basics_role()
@@ -207,6 +224,15 @@ def desired_state(
             out[(CLUSTER_ROLE_BINDING, "", name)] = _binding_doc(
                 CLUSTER_ROLE_BINDING, name, "", role, binding
             )
+    for user_id in sorted(admins):
+        name = f"herdgate-admin-{_dns_part(user_id)}"
+        out[(CLUSTER_ROLE_BINDING, "", name)] = {
+            "apiVersion": RBAC_API,
+            "kind": CLUSTER_ROLE_BINDING,
+            "metadata": {"name": name, "labels": _labels(**{ADMIN_LABEL: _dns_part(user_id)})},
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": CLUSTER_ROLE, "name": "cluster-admin"},
+            "subjects": [{"kind": "User", "apiGroup": RBAC_GROUP, "name": user_id}],
+        }
     members: dict[str, list[str]] = {}
     known = set(projects)
     for namespace, project_id in sorted(namespaces.items()):
@@ -236,7 +262,12 @@ def desired_for(
         directory.project_bindings_by_cluster.get(cluster_id, {}).values(),
         namespaces,
         (p.id for p in directory.projects.values() if p.cluster_id == cluster_id),
+        admin_ids(directory),
     )
+
+
+def admin_ids(directory: Directory) -> set[str]:
+    return {u.id for u in directory.users.values() if u.admin and u.enabled}
 
 
 # -- the difference (pure) --------------------------------------------------------------
@@ -345,6 +376,7 @@ class AccessController:
         self.listener = listener
         self.resync_s = resync_s
         self._clusters: dict[str, _ClusterState] = {}
+        self._admins = admin_ids(self.directory)
         self.synced: dict[str, float] = {}
         """When each cluster was last fully in step (for tests and status)."""
 
@@ -376,9 +408,22 @@ class AccessController:
                     state.wake.set()
             elif cluster_id in self._clusters:
                 self._clusters[cluster_id].wake.set()
-        elif kind == ROLE_TEMPLATE:
+        elif kind == ROLE_TEMPLATE or (kind == USER and self._admin_changed(key)):
             for state in self._clusters.values():
                 state.wake.set()
+
+    def _admin_changed(self, user_id: str) -> bool:
+        """Whether the user's change adds or removes an administrator (a login, which
+        writes the user record too, does not wake every cluster)."""
+        user = self.directory.users.get(user_id)
+        now = user is not None and user.admin and user.enabled
+        if now == (user_id in self._admins):
+            return False
+        if now:
+            self._admins.add(user_id)
+        else:
+            self._admins.discard(user_id)
+        return True
 
     def _cluster_of(self, kind: str, key: str) -> str | None:
         if kind == BINDING:

@@ -140,3 +140,24 @@ def test_a_custom_template_grants_its_rules(world: World) -> None:
     assert forbidden(kc(config, "create", "configmap", "y", "-n", "default"))
     doc = json.loads(admin_kc(world, "get", "clusterrole", "herdgate-agent-bind", "-o", "json"))
     assert f"herdgate-rt-{template['id']}" in doc["rules"][0]["resourceNames"]
+
+
+def test_an_administrator_is_cluster_admin_downstream(world: World) -> None:
+    me = world.admin.get("/v3/users?me=true")["data"][0]
+    wait_until(
+        lambda: world.downstream(
+            f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/herdgate-admin-{me['id']}"
+        ),
+        15,
+        "the admin was never bound",
+    )
+    config = world.kubeconfig_for(world.admin, "gateway-admin")
+    created = kc(config, "create", "namespace", "made-by-the-admin")
+    assert created.returncode == 0, created.stderr
+    # A new administrator is bound too; one who stops being one is unbound.
+    user_id, _ = world.user("second-admin", admin=True)
+    name = f"herdgate-admin-{user_id}"
+    path = f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}"
+    wait_until(lambda: world.downstream(path), 15, "the new admin was never bound")
+    world.admin.put(f"/v3/users/{user_id}", {"admin": False})
+    wait_until(lambda: world.downstream(path) is None, 15, "the former admin stayed bound")

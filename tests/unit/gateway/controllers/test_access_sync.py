@@ -355,3 +355,18 @@ async def test_the_namespace_watch_wakes_the_loop_only_for_project_changes() -> 
         await controller._follow(
             _Response([{"type": "ERROR", "object": {"code": 500, "message": "boom"}}]), state
         )
+
+
+def test_enabled_admins_are_cluster_admins_everywhere() -> None:
+    desired = desired_state(templates(), [], [], {}, [], admins=["u-admin", "Odd:Id"])
+    admin = desired[(CLUSTER_ROLE_BINDING, "", "herdgate-admin-u-admin")]
+    assert admin["roleRef"]["name"] == "cluster-admin"
+    assert admin["subjects"] == [
+        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "u-admin"}
+    ]
+    odd = [k for k in desired if k[2].startswith("herdgate-admin-x")]
+    assert len(odd) == 1 and DNS.match(odd[0][2])  # a digest where the id cannot be a name
+    assert desired[odd[0]]["subjects"][0]["name"] == "Odd:Id"
+    # No longer an admin: its binding is the sync's to delete.
+    todo = plan(desired_state(templates(), [], [], {}, []), [_listed(d) for d in desired.values()])
+    assert {d["metadata"]["name"] for d in todo.delete} == {"herdgate-admin-u-admin", odd[0][2]}
