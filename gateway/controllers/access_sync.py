@@ -677,6 +677,7 @@ class AccessController:
 
     async def _watch(self, cluster_id: str, state: _ClusterState) -> None:
         from kubernetes_asyncio.client import CoreV1Api
+        from kubernetes_asyncio.client.exceptions import ApiException
 
         async with self.listener.client(cluster_id) as api:
             core = CoreV1Api(api)
@@ -688,13 +689,23 @@ class AccessController:
                 state.resource_version = str(listed.get("metadata", {}).get("resourceVersion", ""))
                 if changed:
                     state.wake.set()
-            response: Any = await core.list_namespace(
-                watch=True,
-                resource_version=state.resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_TIMEOUT_S,
-                _preload_content=False,
-            )
+            try:
+                response: Any = await core.list_namespace(
+                    watch=True,
+                    resource_version=state.resource_version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_TIMEOUT_S,
+                    _preload_content=False,
+                )
+            except ApiException as exc:
+                if exc.status == 410:  # too old (some servers answer so): list again
+                    logger.info(
+                        "namespace watch of %s expired (410 Gone); listing again", cluster_id
+                    )
+                    state.namespaces = None
+                    state.resource_version = ""
+                    return
+                raise
             try:
                 await self._follow(response, state)
             finally:
@@ -715,6 +726,7 @@ class AccessController:
                 obj = event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == 410:
+                        logger.info("namespace watch expired (410 Gone); listing again")
                         state.namespaces = None  # re-list, then watch from there
                         state.resource_version = ""
                         return

@@ -349,3 +349,45 @@ def test_metrics_show_each_clusters_sync(world: World) -> None:
         x.startswith("herdgate_access_sync_changes_total{") and 'action="create"' in x
         for x in lines
     )
+
+
+@pytest.fixture(scope="module")
+def short_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A stand-in that keeps only 3 watch events: a watch resumed after a while gets
+    410 Gone."""
+    w = start_least_privilege_world(
+        tmp_path_factory.mktemp("history"), standin_args=["--watch-history", "3"]
+    )
+    try:
+        yield w
+    finally:
+        stop_world(w)
+
+
+def test_the_namespace_watch_survives_a_reconnect_and_410(short_history: World) -> None:
+    world = short_history
+    project = world.admin.post("/v3/projects", {"clusterId": world.cluster_id, "name": "h"})
+    _namespace(world, "h-a", project["id"])
+    user_id, _ = world.user("history-one")
+    binding = world.admin.post(
+        "/v3/projectroletemplatebindings",
+        {"projectId": project["id"], "userId": user_id, "roleTemplateId": "read-only"},
+    )
+
+    def namespaces() -> set[str]:
+        return {
+            o["metadata"]["namespace"] for o in world.synced_objects(binding["id"], "rolebindings")
+        }
+
+    wait_until(lambda: namespaces() == {"h-a"}, 15, "no RoleBinding in h-a")
+    world.agent.stop()
+    for i in range(8):  # more events than the stand-in keeps
+        _namespace(world, f"filler-{i}")
+    _namespace(world, "h-b", project["id"])
+    world.agent = world.start_agent(log_name="agent-2")
+    wait_until(lambda: namespaces() == {"h-a", "h-b"}, 20, "h-b not joined on reconnect")
+    # The watch lives on (re-listed after its resourceVersion expired): a namespace
+    # joining now is followed without any other trigger (the resync is 5 minutes).
+    _namespace(world, "h-c")
+    k(world, "annotate", "namespace", "h-c", f"field.cattle.io/projectId={project['id']}")
+    wait_until(lambda: namespaces() == {"h-a", "h-b", "h-c"}, 20, "the watch died")
