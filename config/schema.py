@@ -181,6 +181,19 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AccessSyncSettings:
+    """Role templates, cluster and project bindings kept in step in each cluster's RBAC."""
+
+    resync_s: float = duration(300)
+    """Full resync of each cluster this often, besides every change and every tunnel
+    reconnect (it removes drift: bindings deleted or edited by hand)."""
+
+    def __post_init__(self) -> None:
+        if self.resync_s < 1:
+            raise ConfigError("access_sync.resync", "must be at least 1s")
+
+
+@dataclass(frozen=True)
 class LDAPSettings:
     """An OpenLDAP or Active Directory provider (see gateway/identity/providers/ldap.py).
 
@@ -409,6 +422,7 @@ class GatewaySettings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    access_sync: AccessSyncSettings = field(default_factory=AccessSyncSettings)
     shutdown_grace_s: float = duration(30)
     """On SIGTERM: how long requests in flight may take to finish (watches and followed
     logs are ended at once, cleanly) before the rest are cut and the tunnels closed."""

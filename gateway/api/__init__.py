@@ -3,8 +3,9 @@
 Logins: ``login`` (``/v3-public/<type>Providers/<name>``: local and password providers,
 and the dispatch), ``oauth_login`` (OIDC and GitHub: browser redirects, device flows),
 ``login_common`` (what every login ends with: the failed-login limits, the login metric
-and the session token). Tokens, users, clusters, bindings and kubeconfigs have a module
-each; ``auditing`` writes the management API's audit records and ``jsonbody`` reads
+and the session token). Tokens, users, clusters, bindings, role templates
+(``roletemplates``), projects and their bindings (``projects``) and kubeconfigs have a
+module each; ``auditing`` writes the management API's audit records and ``jsonbody`` reads
 every body.
 """
 

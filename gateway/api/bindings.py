@@ -1,4 +1,5 @@
-"""``/v3/clusterroletemplatebindings``: who may use which cluster, in which role."""
+"""``/v3/clusterroletemplatebindings``: who may use which cluster, in which role (any
+cluster-context role template, ``/v3/roletemplates``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from gateway.api.clusters import require_owner
 from gateway.api.common import authenticated, collection, directory, json_body, string_field
 from gateway.errors import GatewayError, NotFound
-from gateway.store.records import BINDING, ROLES, Binding, iso
+from gateway.store.records import BINDING, CLUSTER_CONTEXT, Binding, iso
 
 
 def canonical_principal(principal: str) -> str:
@@ -47,11 +48,15 @@ async def create_binding(request: web.Request) -> web.Response:
     cluster_id = string_field(data, "clusterId", required=True)
     cluster = require_owner(request, identity, cluster_id)
     role = string_field(data, "roleTemplateId", required=True)
-    if role not in ROLES:
-        raise GatewayError(
-            422, f"roleTemplateId must be one of {', '.join(ROLES)}", reason="InvalidOption"
-        )
     d = directory(request)
+    template = d.role_templates.get(role)
+    if template is None or not template.bindable_in(CLUSTER_CONTEXT):
+        names = sorted(t.id for t in d.role_templates.values() if t.bindable_in(CLUSTER_CONTEXT))
+        raise GatewayError(
+            422, f"roleTemplateId must be one of {', '.join(names)}", reason="InvalidOption"
+        )
+    if template.locked:
+        raise GatewayError(422, f"role template {role} is locked", reason="InvalidOption")
     user_id = string_field(data, "userId")
     principal = string_field(data, "userPrincipalId", max_len=1024)
     group = string_field(data, "groupPrincipalId", max_len=1024)

@@ -139,6 +139,24 @@ def agent_bind_role(custom_roles: tuple[str, ...] = ()) -> Doc:
     }
 
 
+def custom_role_name(template_id: str) -> str:
+    """The ClusterRole of an administrator's role template."""
+    return CUSTOM_ROLE_PREFIX + template_id
+
+
+def cluster_member_basics_role() -> Doc:
+    """:data:`CLUSTER_MEMBER_BASICS`: read of nodes, namespaces and storage classes."""
+    return {
+        "apiVersion": RBAC_API,
+        "kind": "ClusterRole",
+        "metadata": _meta(CLUSTER_MEMBER_BASICS),
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": _READ},
+            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": _READ},
+        ],
+    }
+
+
 def agent_namespace_role(namespace: str = NAMESPACE) -> Doc:
     return {
         "apiVersion": RBAC_API,

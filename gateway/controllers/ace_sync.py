@@ -33,7 +33,16 @@ from gateway.controllers.downstream import InternalListener
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.proxy.impersonation import ROLE_GROUP_PREFIX
-from gateway.store.records import BINDING, CLUSTER, TOKEN, USER, Cluster, iso
+from gateway.store.records import (
+    BINDING,
+    CLUSTER,
+    PROJECT_BINDING,
+    ROLE_TEMPLATE,
+    TOKEN,
+    USER,
+    Cluster,
+    iso,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +159,7 @@ class AceController:
                 self._wake.pop(key, None)
             else:
                 self._ensure(cluster)
-        if kind in (USER, TOKEN, BINDING, CLUSTER):
+        if kind in (USER, TOKEN, BINDING, PROJECT_BINDING, ROLE_TEMPLATE, CLUSTER):
             for event in self._wake.values():
                 event.set()
 

@@ -209,11 +209,11 @@ def internal_app(public: web.Application) -> web.Application:
 class InternalListener:
     """The Unix-socket listener; ``client(cluster_id)`` builds API clients that use it."""
 
-    def __init__(self, public: web.Application, state_dir: Path) -> None:
-        # One socket per process: several workers share the state directory. Unix socket
-        # paths are limited to about 100 bytes; a deep state directory falls back to a
-        # private (0700) temporary directory.
-        path = state_dir.resolve() / "run" / f"internal-{os.getpid()}.sock"
+    def __init__(self, public: web.Application, state_dir: Path, name: str = "internal") -> None:
+        # One socket per process and ``name`` (each controller may have its own): several
+        # workers share the state directory. Unix socket paths are limited to about 100
+        # bytes; a deep state directory falls back to a private (0700) temporary directory.
+        path = state_dir.resolve() / "run" / f"{name}-{os.getpid()}.sock"
         self._temp_dir: Path | None = None
         if len(str(path)) > MAX_SOCKET_PATH:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="herdgate-"))

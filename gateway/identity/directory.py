@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -29,21 +30,30 @@ from gateway.identity.providers.base import ExternalIdentity
 from gateway.store.base import AlreadyExists, Change, Store
 from gateway.store.records import (
     BINDING,
+    BUILTIN_TEMPLATES,
     CLUSTER,
+    PROJECT,
+    PROJECT_BINDING,
     REGISTRATION,
     REPLICA,
     ROLE_RANK,
+    ROLE_TEMPLATE,
     TOKEN,
     USER,
     USERNAME,
     Binding,
     Cluster,
+    Project,
+    ProjectBinding,
     RegistrationToken,
     Replica,
+    RoleTemplate,
     Token,
     User,
     fold_username,
     from_doc,
+    gateway_role,
+    role_template_from_doc,
     to_doc,
 )
 
@@ -96,6 +106,13 @@ class Directory:
         self.clusters: dict[str, Cluster] = {}
         self.bindings: dict[str, Binding] = {}
         self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
+        self.role_templates: dict[str, RoleTemplate] = dict(BUILTIN_TEMPLATES)
+        """The built-ins and the administrators' templates (stored)."""
+        self._gateway_roles: dict[str, str] = {}
+        """The coarse role each template implies (``records.gateway_role``), cached."""
+        self.projects: dict[str, Project] = {}
+        self.project_bindings: dict[str, ProjectBinding] = {}
+        self.project_bindings_by_cluster: dict[str, dict[str, ProjectBinding]] = {}
         self.registrations: dict[str, RegistrationToken] = {}
         self.replicas: dict[str, Replica] = {}
         self.revision = 0
@@ -114,7 +131,8 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION, REPLICA):
+        kinds = (USER, TOKEN, CLUSTER, ROLE_TEMPLATE, BINDING, PROJECT, PROJECT_BINDING)
+        for kind in (*kinds, REGISTRATION, REPLICA):
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
 
@@ -186,6 +204,23 @@ class Directory:
                 binding = from_doc(Binding, doc)
                 self.bindings[key] = binding
                 self.bindings_by_cluster.setdefault(binding.cluster_id, {})[key] = binding
+        elif kind == ROLE_TEMPLATE:
+            if key not in BUILTIN_TEMPLATES:  # a stored record never replaces a built-in
+                if doc is None:
+                    self.role_templates.pop(key, None)
+                else:
+                    self.role_templates[key] = role_template_from_doc(doc)
+                self._gateway_roles.clear()
+        elif kind == PROJECT:
+            self._set(self.projects, key, Project, doc)
+        elif kind == PROJECT_BINDING:
+            old_pb = self.project_bindings.pop(key, None)
+            if old_pb is not None:
+                self.project_bindings_by_cluster.get(old_pb.cluster_id, {}).pop(key, None)
+            if doc is not None:
+                pb = from_doc(ProjectBinding, doc)
+                self.project_bindings[key] = pb
+                self.project_bindings_by_cluster.setdefault(pb.cluster_id, {})[key] = pb
         elif kind == REGISTRATION:
             self._set(self.registrations, key, RegistrationToken, doc)
         elif kind == REPLICA:
@@ -270,13 +305,17 @@ class Directory:
 
     async def delete_cluster(self, cluster_id: str) -> None:
         bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
+        project_bindings = list(self.project_bindings_by_cluster.get(cluster_id, {}))
+        projects = [p.id for p in self.projects.values() if p.cluster_id == cluster_id]
         registrations = [r.id for r in self.registrations.values() if r.cluster_id == cluster_id]
         scoped = [t.id for t in self.tokens.values() if t.cluster_id == cluster_id]
         await asyncio.gather(
             *(self.delete(BINDING, b) for b in bindings),
+            *(self.delete(PROJECT_BINDING, b) for b in project_bindings),
             *(self.delete(REGISTRATION, r) for r in registrations),
             *(self.delete(TOKEN, t) for t in scoped),
         )
+        await asyncio.gather(*(self.delete(PROJECT, p) for p in projects))
         await self.delete(CLUSTER, cluster_id)
 
     # -- users and tokens --------------------------------------------------------------
@@ -548,18 +587,39 @@ class Directory:
 
     # -- access --------------------------------------------------------------------------
 
+    def gateway_role(self, template_id: str) -> str | None:
+        """The coarse role (``ROLE_RANK``) a binding to the template gives at the gateway;
+        None for a template that does not exist (any more)."""
+        role = self._gateway_roles.get(template_id)
+        if role is None:
+            template = self.role_templates.get(template_id)
+            if template is None:
+                return None
+            role = self._gateway_roles[template_id] = gateway_role(template, self.role_templates)
+        return role
+
     def role_on(self, identity: Identity, cluster_id: str) -> str | None:
-        """The strongest role the caller holds on the cluster, or None."""
+        """The strongest role the caller holds on the cluster, or None: from the
+        cluster's bindings and from the bindings of its projects (a project member
+        reaches the cluster at the gateway; the cluster's RBAC confines them)."""
         if identity.is_admin:
             return "cluster-owner"
         best: str | None = None
+        best_rank = 0
         groups = {group_key(g) for g in identity.groups} if identity.groups else set()
-        for binding in self.bindings_by_cluster.get(cluster_id, {}).values():
+        bindings: Iterable[Binding | ProjectBinding] = itertools.chain(
+            self.bindings_by_cluster.get(cluster_id, {}).values(),
+            self.project_bindings_by_cluster.get(cluster_id, {}).values(),
+        )
+        for binding in bindings:
             matches = binding.user_id == identity.user_id or (
                 binding.group_principal_id != "" and group_key(binding.group_principal_id) in groups
             )
-            if matches and (best is None or ROLE_RANK[binding.role] > ROLE_RANK[best]):
-                best = binding.role
+            if not matches:
+                continue
+            role = self.gateway_role(binding.role)
+            if role is not None and ROLE_RANK[role] > best_rank:
+                best, best_rank = role, ROLE_RANK[role]
         return best
 
     # -- registration tokens -----------------------------------------------------------

@@ -18,6 +18,8 @@ from gateway.api import (
     login,
     login_common,
     oauth_login,
+    projects,
+    roletemplates,
     tokens,
     users,
 )
@@ -25,7 +27,7 @@ from gateway.api.common import LIMITER
 from gateway.clusters import tunnels
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import REGISTRATION_GUARD, STREAM_QUOTA, TUNNELS
-from gateway.controllers import ace_sync
+from gateway.controllers import access_sync, ace_sync
 from gateway.errors import GatewayError, api_response, k8s_response
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.identity.providers.registry import PROVIDERS, Providers
@@ -187,8 +189,26 @@ def build_app(
     r.add_get("/v3/clusterroletemplatebindings/{id}", bindings.get_binding)
     r.add_delete("/v3/clusterroletemplatebindings/{id}", bindings.delete_binding)
 
+    r.add_get("/v3/roletemplates", roletemplates.list_templates)
+    r.add_post("/v3/roletemplates", roletemplates.create_template)
+    r.add_get("/v3/roletemplates/{id}", roletemplates.get_template)
+    r.add_put("/v3/roletemplates/{id}", roletemplates.update_template)
+    r.add_delete("/v3/roletemplates/{id}", roletemplates.delete_template)
+
+    r.add_get("/v3/projects", projects.list_projects)
+    r.add_post("/v3/projects", projects.create_project)
+    r.add_get("/v3/projects/{id}", projects.get_project)
+    r.add_put("/v3/projects/{id}", projects.update_project)
+    r.add_delete("/v3/projects/{id}", projects.delete_project)
+
+    r.add_get("/v3/projectroletemplatebindings", projects.list_project_bindings)
+    r.add_post("/v3/projectroletemplatebindings", projects.create_project_binding)
+    r.add_get("/v3/projectroletemplatebindings/{id}", projects.get_project_binding)
+    r.add_delete("/v3/projectroletemplatebindings/{id}", projects.delete_project_binding)
+
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace_sync.ace_context)
+    app.cleanup_ctx.append(access_sync.access_context)
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app

@@ -33,7 +33,15 @@ from aiohttp import web
 
 from config.identity import Identity
 from gateway.identity.directory import Directory
-from gateway.store.records import BINDING, CLUSTER, ROLE_RANK, TOKEN, USER
+from gateway.store.records import (
+    BINDING,
+    CLUSTER,
+    PROJECT_BINDING,
+    ROLE_RANK,
+    ROLE_TEMPLATE,
+    TOKEN,
+    USER,
+)
 from gateway.telemetry.drain import Drain
 
 logger = logging.getLogger(__name__)
@@ -117,7 +125,7 @@ class Sessions:
                 self._check(self._by_token.get(key, ()))
             elif kind == USER:
                 self._check(self._by_user.get(key, ()))
-            elif kind in (BINDING, CLUSTER):
+            elif kind in (BINDING, PROJECT_BINDING, ROLE_TEMPLATE, CLUSTER):
                 self._check(list(self._held))  # rare: look at everything held
         except Exception:
             # Called inside the directory's write (or feed): never make that fail.

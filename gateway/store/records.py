@@ -17,6 +17,10 @@ CLUSTER = "clusters"
 BINDING = "bindings"
 REGISTRATION = "registrationtokens"
 REPLICA = "replicas"
+ROLE_TEMPLATE = "roletemplates"
+"""Administrators' role templates (the built-ins are code: ``BUILTIN_TEMPLATES``)."""
+PROJECT = "projects"
+PROJECT_BINDING = "projectbindings"
 USERNAME = "usernames"
 """Claims on local user names, keyed by the folded name (``fold_username``): creating one
 is how a replica takes a name, so two replicas cannot both create it."""
@@ -24,6 +28,11 @@ is how a replica takes a name, so two replicas cannot both create it."""
 Role = Literal["cluster-owner", "cluster-member", "read-only"]
 ROLES: tuple[Role, ...] = ("cluster-owner", "cluster-member", "read-only")
 ROLE_RANK: dict[str, int] = {"read-only": 1, "cluster-member": 2, "cluster-owner": 3}
+"""The gateway's coarse roles (what ``Directory.role_on`` answers): every role template,
+built-in or custom, cluster or project, implies one of them (``gateway_role``)."""
+
+CLUSTER_CONTEXT = "cluster"
+PROJECT_CONTEXT = "project"
 
 T = TypeVar("T")
 
@@ -155,3 +164,211 @@ class Replica:
     heartbeat: float
     clusters: tuple[str, ...] = ()
     """Clusters this replica holds at least one agent tunnel for."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """One Kubernetes RBAC ``PolicyRule`` (``rbac.authorization.k8s.io/v1``)."""
+
+    verbs: tuple[str, ...]
+    api_groups: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    resource_names: tuple[str, ...] = ()
+    non_resource_urls: tuple[str, ...] = ()
+
+    def to_k8s(self) -> dict[str, Any]:
+        """As Kubernetes writes it (empty lists left out)."""
+        out: dict[str, Any] = {}
+        if self.api_groups or self.resources:
+            out["apiGroups"] = list(self.api_groups)
+        if self.resources:
+            out["resources"] = list(self.resources)
+        if self.resource_names:
+            out["resourceNames"] = list(self.resource_names)
+        if self.non_resource_urls:
+            out["nonResourceURLs"] = list(self.non_resource_urls)
+        out["verbs"] = list(self.verbs)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RoleTemplate:
+    """Rancher's ``roleTemplate``: a named set of rights in a cluster or a project.
+
+    A built-in binds Kubernetes' own ClusterRoles (``cluster_roles``); a custom one (an
+    administrator's, stored) carries ``rules`` and becomes the herdgate-owned ClusterRole
+    ``herdgate-rt-<id>`` downstream, plus whatever its ``role_template_names`` bind.
+    """
+
+    id: str
+    name: str
+    context: str
+    created: float = 0.0
+    description: str = ""
+    rules: tuple[PolicyRule, ...] = ()
+    role_template_names: tuple[str, ...] = ()
+    """Templates whose rights this one inherits (Rancher's ``roleTemplateNames``)."""
+    builtin: bool = False
+    locked: bool = False
+    """New bindings to a locked template are refused (existing ones stay)."""
+    external: bool = False
+    administrative: bool = False
+    cluster_creator_default: bool = False
+    project_creator_default: bool = False
+    cluster_roles: tuple[str, ...] = ()
+    """Built-ins only: the ClusterRoles a binding to it binds."""
+    gateway_role: str = ""
+    """Built-ins only: the coarse role at the gateway (``ROLE_RANK``)."""
+    contexts: tuple[str, ...] = ()
+    """Built-ins only: every context it may be bound in (``read-only`` serves both)."""
+
+    def bindable_in(self, context: str) -> bool:
+        return context in (self.contexts or (self.context,))
+
+
+def _builtin(
+    template_id: str,
+    name: str,
+    context: str,
+    cluster_roles: tuple[str, ...],
+    gateway_role: Role,
+    description: str,
+    contexts: tuple[str, ...] = (),
+    cluster_creator_default: bool = False,
+    project_creator_default: bool = False,
+) -> RoleTemplate:
+    return RoleTemplate(
+        id=template_id,
+        name=name,
+        context=context,
+        description=description,
+        builtin=True,
+        cluster_roles=cluster_roles,
+        gateway_role=gateway_role,
+        contexts=contexts,
+        cluster_creator_default=cluster_creator_default,
+        project_creator_default=project_creator_default,
+    )
+
+
+CLUSTER_MEMBER_BASICS_ROLE = "herdgate-cluster-member"
+"""The same name as ``gateway.clusters.agent_rbac.CLUSTER_MEMBER_BASICS`` (the store sits
+below ``clusters``; a unit test holds the two equal)."""
+
+BUILTIN_TEMPLATES: dict[str, RoleTemplate] = {
+    t.id: t
+    for t in (
+        _builtin(
+            "cluster-owner",
+            "Cluster Owner",
+            CLUSTER_CONTEXT,
+            ("cluster-admin",),
+            "cluster-owner",
+            "everything in the cluster, and its management at the gateway",
+            cluster_creator_default=True,
+        ),
+        _builtin(
+            "cluster-member",
+            "Cluster Member",
+            CLUSTER_CONTEXT,
+            ("edit", CLUSTER_MEMBER_BASICS_ROLE),
+            "cluster-member",
+            "work in every namespace; read nodes, namespaces and storage classes",
+        ),
+        _builtin(
+            "read-only",
+            "Read-only",
+            PROJECT_CONTEXT,
+            ("view",),
+            "read-only",
+            "read what is there (in the cluster or the project)",
+            contexts=(CLUSTER_CONTEXT, PROJECT_CONTEXT),
+        ),
+        _builtin(
+            "project-owner",
+            "Project Owner",
+            PROJECT_CONTEXT,
+            ("admin",),
+            "cluster-member",
+            "everything in the project's namespaces, their RBAC included",
+            project_creator_default=True,
+        ),
+        _builtin(
+            "project-member",
+            "Project Member",
+            PROJECT_CONTEXT,
+            ("edit",),
+            "cluster-member",
+            "work in the project's namespaces",
+        ),
+    )
+}
+"""Present from the start and not deletable. ``read-only`` is Rancher's project
+``read-only`` and herdgate's cluster ``read-only`` at once: ``view`` in either context."""
+
+READ_VERBS = frozenset({"get", "list", "watch"})
+
+
+def gateway_role(template: RoleTemplate, templates: dict[str, RoleTemplate]) -> Role:
+    """The coarse role a binding to ``template`` gives at the gateway.
+
+    Built-ins: as they always were (``cluster-owner``, ``cluster-member``, ``read-only``;
+    a project owner or member is ``cluster-member``). A custom template is ``read-only``
+    when its rules, and those of every template it inherits, grant only get, list and
+    watch; else ``cluster-member``. A custom template is never ``cluster-owner``: owning
+    a cluster at the gateway (managing its bindings and tokens) takes ``cluster-owner``.
+    """
+    seen: set[str] = set()
+    pending = [template]
+    writes = False
+    for _ in range(1000):  # bounded: inheritance may not be a tree
+        if not pending:
+            break
+        current = pending.pop()
+        if current.id in seen:
+            continue
+        seen.add(current.id)
+        if current.builtin:
+            if current is template:
+                return current.gateway_role  # type: ignore[return-value]
+            writes = writes or current.gateway_role != "read-only"
+        if any(not set(rule.verbs) <= READ_VERBS for rule in current.rules):
+            writes = True
+        pending.extend(templates[n] for n in current.role_template_names if n in templates)
+    return "cluster-member" if writes else "read-only"
+
+
+def role_template_from_doc(doc: dict[str, Any]) -> RoleTemplate:
+    """A stored role template (its rules are objects, which ``from_doc`` leaves alone)."""
+    template = from_doc(RoleTemplate, doc)
+    raw: tuple[Any, ...] = template.rules
+    rules = tuple(
+        from_doc(PolicyRule, dict(rule)) if isinstance(rule, dict) else rule for rule in raw
+    )
+    return dataclasses.replace(template, rules=rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """Rancher's project: a named group of namespaces in one cluster. Its id is
+    ``<cluster id>:p-xxxxx``, also the value of a member namespace's
+    ``field.cattle.io/projectId`` annotation."""
+
+    id: str
+    cluster_id: str
+    name: str
+    created: float
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectBinding:
+    """Rancher's ``projectRoleTemplateBinding``."""
+
+    id: str
+    project_id: str
+    cluster_id: str
+    role: str
+    created: float
+    user_id: str = ""
+    group_principal_id: str = ""

@@ -74,6 +74,29 @@ TUNNEL_BYTES = Counter(
     "Bytes through agent tunnels (frames included), by direction from the gateway.",
     ["direction"],
 )
+ACCESS_SYNC_OBJECTS = Gauge(
+    "herdgate_access_sync_objects",
+    "RBAC objects the access sync keeps in each cluster (ClusterRoles, ClusterRoleBindings, "
+    "RoleBindings), as of its last full pass.",
+    ["cluster", "kind"],
+    multiprocess_mode="livemax",
+)
+ACCESS_SYNC_CHANGES = Counter(
+    "herdgate_access_sync_changes_total",
+    "RBAC objects the access sync created, updated or deleted, by cluster and action.",
+    ["cluster", "action"],
+)
+ACCESS_SYNC_ERRORS = Counter(
+    "herdgate_access_sync_errors_total",
+    "Access sync passes that failed (retried), by cluster.",
+    ["cluster"],
+)
+ACCESS_SYNC_LAST = Gauge(
+    "herdgate_access_sync_last_success_timestamp_seconds",
+    "When the access sync last brought each cluster's RBAC in step (Unix time).",
+    ["cluster"],
+    multiprocess_mode="livemax",
+)
 AUTHENTICATIONS = Counter(
     "herdgate_authentications_total",
     "Credentials presented to the proxy, by kind (token, oidc) and result.",

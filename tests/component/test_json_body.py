@@ -103,7 +103,21 @@ async def _start(tmp: Path) -> tuple[TestClient[Any, Any], SQLiteStore, dict[str
             "/v3/clusterregistrationtokens", json={"clusterId": cluster["id"]}, headers=h
         )
     ).json()
-    ids = {"cluster": cluster["id"], "binding": binding["id"], "registration": reg["id"]}
+    template = await (
+        await client.post(
+            "/v3/roletemplates", json={"name": "t", "context": "cluster", "rules": []}, headers=h
+        )
+    ).json()
+    project = await (
+        await client.post("/v3/projects", json={"clusterId": cluster["id"], "name": "p"}, headers=h)
+    ).json()
+    ids = {
+        "cluster": cluster["id"],
+        "binding": binding["id"],
+        "registration": reg["id"],
+        "template": template["id"],
+        "project": project["id"],
+    }
     return client, store, ids, admin
 
 
@@ -140,6 +154,14 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...], bool]] = [
      ("previousValidFor",), True),
     ("POST", "/v3/clusterroletemplatebindings",
      ("clusterId", "userId", "userPrincipalId", "groupPrincipalId", "roleTemplateId"), True),
+    ("POST", "/v3/roletemplates",
+     ("name", "context", "description", "rules", "roleTemplateNames", "locked", "external"), True),
+    ("PUT", "/v3/roletemplates/{template}",
+     ("name", "context", "description", "rules", "roleTemplateNames", "locked"), True),
+    ("POST", "/v3/projects", ("clusterId", "name", "description"), True),
+    ("PUT", "/v3/projects/{project}", ("clusterId", "name", "description"), True),
+    ("POST", "/v3/projectroletemplatebindings",
+     ("projectId", "userId", "userPrincipalId", "groupPrincipalId", "roleTemplateId"), True),
 ]  # fmt: skip
 
 _scalars = st.one_of(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
+from ace.manifests import NAMESPACE
+from gateway.clusters import agent_rbac
 from standin.harness import StandInProcess
 from tests.fixtures.notify import FakeSystemd, fake_systemd
 from tests.integration.env import (
@@ -23,6 +30,15 @@ from tests.integration.env import (
 
 AGENT_SA_TOKEN = "agent-service-account-token"
 AGENT_SA_USER = "system:serviceaccount:herdgate-system:herdgate-agent"
+AGENT_SA_GROUPS = (
+    "system:serviceaccounts",
+    "system:serviceaccounts:herdgate-system",
+    "system:authenticated",
+)
+"""The groups a pod's service-account token gives the agent (instead of system:masters)."""
+CLUSTER_ADMIN_TOKEN = "cluster-admin-token"
+"""The cluster's own administrator (system:masters), as the operator who applies the
+manifest; ``World.cluster_admin_kubeconfig``."""
 USER_PASSWORD = "a-long-user-password"
 
 
@@ -42,18 +58,61 @@ class World:
     agent_kubeconfig: Path
 
     def user(self, name: str, role: str | None = None, admin: bool = False) -> tuple[str, Api]:
-        """Create a user (optionally bound to the cluster); returns its id and an API client."""
+        """Create a user (optionally bound to the cluster); returns its id and an API client.
+
+        With ``role``, returns once the access sync has made the binding's
+        ClusterRoleBindings in the stand-in (so the cluster's RBAC already grants it)."""
         created = self.admin.post(
             "/v3/users", {"username": name, "password": USER_PASSWORD, "admin": admin}
         )
         if role:
-            self.admin.post(
+            binding = self.admin.post(
                 "/v3/clusterroletemplatebindings",
                 {"clusterId": self.cluster_id, "userId": created["id"], "roleTemplateId": role},
             )
+            self.wait_synced(binding["id"])
         api = self.gateway.api()
         api.token = api.login(name, USER_PASSWORD)
         return str(created["id"]), api
+
+    def downstream(self, path: str) -> Any:
+        """GET from the stand-in as the agent's service account; None on 404."""
+        context = ssl.create_default_context(cafile=str(self.standin.ca_file))
+        request = urllib.request.Request(
+            self.standin.url + path, headers={"Authorization": f"Bearer {AGENT_SA_TOKEN}"}
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def synced_objects(self, binding_id: str, resource: str = "clusterrolebindings") -> list[Any]:
+        """The RBAC objects the access sync made for a binding (by its label)."""
+        selector = urllib.parse.quote(f"herdgate.dev/binding={binding_id.rpartition(':')[2]}")
+        listed = self.downstream(
+            f"/apis/rbac.authorization.k8s.io/v1/{resource}?labelSelector={selector}"
+        )
+        return list(listed["items"]) if listed else []
+
+    def wait_synced(self, binding_id: str, timeout: float = 15.0) -> None:
+        """Until the cluster binding's ClusterRoleBindings exist downstream."""
+        wait_until(
+            lambda: self.synced_objects(binding_id),
+            timeout,
+            f"binding {binding_id} never reached the cluster's RBAC",
+            interval=0.1,
+        )
+
+    def cluster_admin_kubeconfig(self) -> Path:
+        """kubectl straight at the stand-in as its administrator (``CLUSTER_ADMIN_TOKEN``,
+        known to worlds from ``start_least_privilege_world``)."""
+        path = self.tmp / "cluster-admin-kubeconfig"
+        if not path.exists():
+            self.standin.kubeconfig(path, token=CLUSTER_ADMIN_TOKEN)
+        return path
 
     def kubeconfig_for(self, api: Api, name: str) -> Path:
         config = api.post(f"/v3/clusters/{self.cluster_id}?action=generateKubeconfig")["config"]
@@ -88,19 +147,33 @@ def start_world(
     gateway_config: str = "",
     gateway_env: dict[str, str] | None = None,
     gateway_ca: Path | None = None,
+    standin_args: Sequence[str] = (),
+    standin_tokens: dict[str, tuple[str, str, list[str]]] | None = None,
+    agent_groups: Sequence[str] = ("system:masters",),
+    prepare: Callable[[StandInProcess, Path], None] | None = None,
+    standin_objects: Sequence[dict[str, Any]] = (),
     authorization_mode: str = "AlwaysAllow",
 ) -> World:
     """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
-    ``authorization_mode``: the stand-in's, ``RBAC`` for a world whose tests make the
-    bindings they need downstream."""
+    ``standin_args``/``standin_tokens``: more for the stand-in; ``agent_groups``: the
+    groups of the agent's token (``AGENT_SA_GROUPS`` for exactly a service account's);
+    ``prepare(standin, tmp)``: run before the agent starts; ``standin_objects``: created
+    by the stand-in at start (``--bootstrap-objects``: the agent's RBAC, namespaces);
+    ``authorization_mode``: the stand-in's (``RBAC`` or ``AlwaysAllow``)."""
     standin = StandInProcess.start(
         tmp / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
-        args=["--bulk-list-bytes", str(BULK_LIST_BYTES)],
-        # herdgate's users reach it impersonated; until the access sync (issue 17) binds
-        # their role groups downstream, the world's API server authorizes everything
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+            **(standin_tokens or {}),
+        },
+        args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
+        objects=standin_objects,
+        # herdgate's users reach it impersonated; the worlds whose tests all wait for the
+        # access sync (``World.user``) may enforce RBAC (``authorization_mode="RBAC"``)
         authorization_mode=authorization_mode,
     )
+    if prepare is not None:
+        prepare(standin, tmp)
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})
     gateway.ca_path = gateway_ca
@@ -124,6 +197,27 @@ def start_world(
     world.agent = world.start_agent()
     world.wait_state("active")
     return world
+
+
+def agent_objects() -> list[dict[str, Any]]:
+    """What the manifest gives the agent: its namespace, service account, roles and
+    bindings (``gateway.clusters.agent_rbac``), and nothing else."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    return [namespace, *agent_rbac.agent_rbac()]
+
+
+def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:
+    """A world whose stand-in enforces RBAC and whose agent holds exactly the agent's
+    rights (``agent_objects``, a service account's groups: no system:masters); users'
+    rights there come only from the access sync."""
+    return start_world(
+        tmp,
+        authorization_mode="RBAC",
+        standin_objects=agent_objects(),
+        standin_tokens={CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"])},
+        agent_groups=AGENT_SA_GROUPS,
+        **kwargs,
+    )
 
 
 def stop_world(world: World) -> None:
