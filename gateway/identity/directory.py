@@ -30,6 +30,7 @@ from gateway.store.base import AlreadyExists, Change, Store
 from gateway.store.records import (
     BINDING,
     CLUSTER,
+    CLUSTER_STATUS,
     REGISTRATION,
     REPLICA,
     ROLE_RANK,
@@ -38,6 +39,7 @@ from gateway.store.records import (
     USERNAME,
     Binding,
     Cluster,
+    ClusterStatus,
     RegistrationToken,
     Replica,
     Token,
@@ -98,6 +100,8 @@ class Directory:
         self.bindings_by_cluster: dict[str, dict[str, Binding]] = {}
         self.registrations: dict[str, RegistrationToken] = {}
         self.replicas: dict[str, Replica] = {}
+        self.statuses: dict[str, ClusterStatus] = {}
+        """Each cluster's status as its controller last wrote it."""
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
@@ -114,7 +118,7 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION, REPLICA):
+        for kind in (USER, TOKEN, CLUSTER, BINDING, REGISTRATION, REPLICA, CLUSTER_STATUS):
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
 
@@ -190,6 +194,8 @@ class Directory:
             self._set(self.registrations, key, RegistrationToken, doc)
         elif kind == REPLICA:
             self._set(self.replicas, key, Replica, doc)
+        elif kind == CLUSTER_STATUS:
+            self._set(self.statuses, key, ClusterStatus, doc)
         for listener in self._listeners:
             listener(kind, key)
 
@@ -278,6 +284,7 @@ class Directory:
             *(self.delete(TOKEN, t) for t in scoped),
         )
         await self.delete(CLUSTER, cluster_id)
+        await self.delete(CLUSTER_STATUS, cluster_id)
 
     # -- users and tokens --------------------------------------------------------------
 
