@@ -252,3 +252,7 @@ class InternalListener:
             yield api
         finally:
             await api.close()
+
+
+INTERNAL_LISTENER = web.AppKey("internal_listener", InternalListener)
+"""This process's internal socket (set by ``ace_sync.ace_context``), for every controller."""
