@@ -124,21 +124,31 @@ class ClusterController:
         self.bucket = TokenBucket(REQUESTS_PER_S, BURST, asyncio.get_running_loop().time())
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._watches: dict[str, asyncio.Task[None]] = {}
         self.probe_latency_s: float | None = None
 
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:
         self.refresh_agents()
-        for work in (self._probe_loop(), self._watch_loop("nodes"), self._watch_loop("namespaces")):
+        for work in (self._probe_loop(), self._write_loop()):
             self._tasks.append(asyncio.create_task(work))
-        self._tasks.append(asyncio.create_task(self._write_loop()))
+        self._start_watches()
+
+    def _start_watches(self) -> None:
+        for kind in ("nodes", "namespaces"):
+            old = self._watches.pop(kind, None)
+            if old is not None:
+                old.cancel()
+            self._watches[kind] = asyncio.create_task(self._watch_loop(kind))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._watches.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._watches.clear()
 
     def changed(self) -> None:
         self._dirty.set()
@@ -243,8 +253,13 @@ class ClusterController:
                     self.changed()
                 raise
             self.probe_latency_s = loop.time() - started
+            recovered = self.health.conditions[READY].status == "False"
             if self.health.probe_ok(now()):
                 self.changed()
+            if recovered:
+                # The API server was down: it may have come back with other storage (a
+                # resourceVersion from before means nothing then), so list again.
+                self._start_watches()
             await self._take()
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 version = await VersionApi(api).get_code()
@@ -289,8 +304,8 @@ class ClusterController:
                 listed = False  # 410: the resourceVersion is gone, list again
             except Exception as exc:  # noqa: BLE001 - retried after a pause
                 logger.debug("%s of %s: %s", kind, self.cluster_id, _describe(exc))
-                if _status_of(exc) == 410:
-                    listed = False
+                if _status_of(exc) == 410 or (_status_of(exc) == 504 and _too_large_text(exc)):
+                    listed = False  # gone, or newer than the server has (it restarted)
                 await asyncio.sleep(backoff.next())
 
     async def _open(self, api: Any, kind: str, **params: Any) -> aiohttp.ClientResponse:
@@ -331,7 +346,7 @@ class ClusterController:
                     kind_of_event = str(event.get("type") or "")
                     item = event.get("object") or {}
                     if kind_of_event == "ERROR":
-                        if item.get("code") == 410:
+                        if item.get("code") == 410 or _too_large(item):
                             raise Gone(str(item.get("message") or "gone"))
                         raise RuntimeError(f"watch error: {item.get('message')}")
                     if table.event(kind_of_event, item):
@@ -352,6 +367,20 @@ def _plain(record: Any) -> Doc:
 
 def directory_clock(directory: Directory) -> float:
     return directory.clock()
+
+
+def _too_large(status: dict[str, Any]) -> bool:
+    """kube-apiserver's answer to a watch from a resourceVersion it has not reached
+    (504 ``Timeout: Too large resource version``): client-go lists again, so do we."""
+    return (
+        status.get("code") == 504
+        and "too large resource version" in str(status.get("message") or "").lower()
+    )
+
+
+def _too_large_text(exc: BaseException) -> bool:
+    body = getattr(exc, "body", None)
+    return isinstance(body, str) and "too large resource version" in body.lower()
 
 
 def _is_api_exception(exc: BaseException) -> bool:

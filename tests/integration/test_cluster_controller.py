@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,7 +125,23 @@ def test_api_server_down_makes_the_cluster_unavailable_and_back(world: World) ->
         stdin=_node("cp-1", "control-plane", "10.0.0.1"),
     )
     assert created.returncode == 0, created.stderr
-    wait_until(lambda: _node_names(world) == ["cp-1"], 30, f"nodes: {world.cluster()['nodes']}")
+    wait_until(
+        lambda: _node_names(world) == ["cp-1", "standin-node"],
+        30,
+        f"nodes: {world.cluster()['nodes']}",
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], text: str) -> None:
+    """Read the watch's lines (at most a few: a header, then the object) until ``text``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for _ in range(3):
+        line = proc.stdout.readline()
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} not in the watch's first lines: {lines}")
 
 
 def _api_connections(pid: int, port: int) -> int:
@@ -165,7 +182,7 @@ def test_node_agent_takes_over_when_the_cluster_agent_dies(
         with kubectl_background(
             k, admin_kubeconfig, "get", "configmaps", "-w", home_name="home-fallback-w"
         ) as watch:
-            assert watch.stdout is not None and "fallback" in watch.stdout.readline()
+            _read_until(watch, "fallback")
             world.agent.kill()  # SIGKILL: the tunnel dies without a goodbye
             killed = time.monotonic()
             watch.wait(timeout=10)  # the watch ends: kubectl exits, no hang
@@ -199,7 +216,7 @@ def test_node_agent_takes_over_when_the_cluster_agent_dies(
         with kubectl_background(
             k, admin_kubeconfig, "get", "configmaps", "-w", home_name="home-fallback-w2"
         ) as watch:
-            assert watch.stdout is not None and "fallback" in watch.stdout.readline()
+            _read_until(watch, "fallback")
             assert _api_connections(cluster_pid, port) >= 1
             assert _api_connections(node_pid, port) <= before
     finally:
