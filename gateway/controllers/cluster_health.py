@@ -229,39 +229,43 @@ def _parse_iso(value: Any) -> float | None:
 # -- nodes and namespaces --------------------------------------------------------------
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A JSON object as a mapping with string keys (JSON keys are strings), else empty."""
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return value
+    return {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def node_summary(node: Mapping[str, Any]) -> Doc:
-    """What the cluster view shows of one Node object."""
-    meta = node.get("metadata") or {}
-    status = node.get("status") or {}
-    labels = meta.get("labels") or {}
+    """What the cluster view shows of one Node object (any JSON: odd members are skipped)."""
+    meta = _mapping(node.get("metadata"))
+    status = _mapping(node.get("status"))
+    labels = _mapping(meta.get("labels"))
     roles = sorted(
-        label[len(ROLE_LABEL_PREFIX) :]
-        for label in labels
-        if isinstance(label, str) and label.startswith(ROLE_LABEL_PREFIX)
+        label[len(ROLE_LABEL_PREFIX) :] for label in labels if label.startswith(ROLE_LABEL_PREFIX)
     )
     ready = "Unknown"
-    for condition in status.get("conditions") or ():
+    for condition in _list(status.get("conditions")):
         if isinstance(condition, Mapping) and condition.get("type") == "Ready":
             ready = str(condition.get("status") or "Unknown")
-    capacity = status.get("capacity") or {}
-    info = status.get("nodeInfo") or {}
+    capacity = _mapping(status.get("capacity"))
+    info = _mapping(status.get("nodeInfo"))
+    name = meta.get("name")
     return {
-        "name": str(meta.get("name") or ""),
+        "name": name if isinstance(name, str) else "",
         "roles": [r for r in roles if r],
         "addresses": [
             {"type": str(a.get("type") or ""), "address": str(a.get("address") or "")}
-            for a in status.get("addresses") or ()
+            for a in _list(status.get("addresses"))
             if isinstance(a, Mapping)
         ],
-        "kubeletVersion": str(info.get("kubeletVersion") or "")
-        if isinstance(info, Mapping)
-        else "",
+        "kubeletVersion": str(info.get("kubeletVersion") or ""),
         "ready": ready,
-        "capacity": {
-            k: str(capacity[k])
-            for k in ("cpu", "memory", "pods")
-            if isinstance(capacity, Mapping) and k in capacity
-        },
+        "capacity": {k: str(capacity[k]) for k in ("cpu", "memory", "pods") if k in capacity},
     }
 
 
@@ -277,17 +281,18 @@ class WatchTable:
     def replace(self, items: list[Mapping[str, Any]], resource_version: str) -> None:
         self.items = {}
         for item in items:
-            self._put(item)
+            if isinstance(item, Mapping):
+                self._put(item)
         self.resource_version = resource_version
 
     def _put(self, item: Mapping[str, Any]) -> None:
-        name = str((item.get("metadata") or {}).get("name") or "")
+        name = str(_mapping(item.get("metadata")).get("name") or "")
         if name and (name in self.items or len(self.items) < self.limit):
             self.items[name] = dict(item)
 
     def event(self, kind: str, item: Mapping[str, Any]) -> bool:
         """Apply one event; whether the set of objects changed. ``ERROR`` is the caller's."""
-        meta = item.get("metadata") or {}
+        meta = _mapping(item.get("metadata"))
         version = meta.get("resourceVersion")
         if isinstance(version, str) and version:
             self.resource_version = version

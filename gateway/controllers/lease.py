@@ -69,6 +69,7 @@ class Lease:
         host: str | None = None,
         pid: int | None = None,
         is_running: Callable[[int], bool] = _running,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("a lease needs a positive TTL")
@@ -81,6 +82,8 @@ class Lease:
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self._is_running = is_running
+        self._monotonic = monotonic
+        """How ``held`` reads time (default: the running loop's clock)."""
         self.generation = 0
         """The generation we hold (0: never held)."""
         self._record: dict[str, Any] | None = None
@@ -88,6 +91,8 @@ class Lease:
         self._valid_until = float("-inf")
 
     def _now(self) -> float:
+        if self._monotonic is not None:
+            return self._monotonic()
         return asyncio.get_running_loop().time()
 
     def held(self) -> bool:
