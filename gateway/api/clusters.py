@@ -115,8 +115,8 @@ def cluster_view(request: web.Request, cluster: Cluster) -> dict[str, Any]:
         "replicas": {
             "live": replicas.count(),
             "withTunnel": replicas.holding(cluster.id),
-            "controller": "" if status is None else status.holder,
         },
+        "controllerReplica": "" if status is None else status.holder,
         "localClusterAuthEndpoint": {
             "enabled": cluster.ace_enabled,
             "fqdn": cluster.ace_fqdn,
