@@ -121,6 +121,8 @@ class ClusterController:
             self._stored_nodes = list(stored_doc.get("nodes") or [])
             self.namespaces.items = {name: {} for name in stored_doc.get("namespaces") or []}
         self._since: dict[int, float] = {}
+        self._synced_written = _synced(stored_doc)
+        """The ``Synced`` condition as we last wrote (or found) it."""
         self.bucket = TokenBucket(REQUESTS_PER_S, BURST, asyncio.get_running_loop().time())
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -186,7 +188,8 @@ class ClusterController:
                 if isinstance(generation, int) and generation > self.lease.generation:
                     logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
                     return False  # fenced
-                if current.get("holder") != self.owner.replicas.id:
+                if _synced(current) != self._synced_written:
+                    # Another process set Synced since we last wrote: keep it.
                     self._adopt_synced(current)
                     doc = self._doc()
                 if same_status(current, doc):
@@ -195,21 +198,15 @@ class ClusterController:
             revision = await directory.store.swap(CLUSTER_STATUS, self.cluster_id, current, value)
             if revision is not None:
                 directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
+                self._synced_written = _synced(value)
                 return True
         return False
 
     def _adopt_synced(self, current: Doc) -> None:
-        """Keep a ``Synced`` another process set (``set_condition`` on a non-holder)."""
-        for raw in current.get("conditions") or ():
-            if isinstance(raw, dict) and raw.get("type") == SYNCED:
-                status = raw.get("status")
-                self.health.set_condition(
-                    SYNCED,
-                    None if status == "Unknown" else status == "True",
-                    str(raw.get("reason") or ""),
-                    str(raw.get("message") or ""),
-                    directory_clock(self.owner.directory),
-                )
+        """Keep a ``Synced`` another process set (``set_condition`` where the controller
+        does not run), with its own transition time."""
+        adopted = ClusterHealth.from_status(self.cluster_id, current)
+        self.health.conditions[SYNCED] = adopted.conditions[SYNCED]
 
     async def _write_loop(self) -> None:
         backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
@@ -358,15 +355,18 @@ class ClusterController:
         self.changed()
 
 
+def _synced(doc: Doc | None) -> Doc | None:
+    for raw in (doc or {}).get("conditions") or ():
+        if isinstance(raw, dict) and raw.get("type") == SYNCED:
+            return raw
+    return None
+
+
 def _plain(record: Any) -> Doc:
     from gateway.store.records import to_doc
 
     doc: Doc = json.loads(json.dumps(to_doc(record)))
     return doc
-
-
-def directory_clock(directory: Directory) -> float:
-    return directory.clock()
 
 
 def _too_large(status: dict[str, Any]) -> bool:
