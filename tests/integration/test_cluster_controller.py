@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,35 @@ def test_active_cluster_shows_conditions_version_and_agents(world: World) -> Non
     [agent] = world.cluster()["agents"]
     assert agent["role"] == "cluster" and agent["node"] == "" and agent["connectedSince"]
     assert agent["replica"] and agent["remote"].startswith("127.0.0.1")
+
+
+def _metrics(world: World) -> str:
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    request = urllib.request.Request(world.gateway.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {world.admin.token}")
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def test_metrics_per_cluster(world: World) -> None:
+    world.wait_state("active")
+    cid = world.cluster_id
+    wanted = (
+        f'herdgate_cluster_state{{cluster="{cid}",state="active"}} 1.0',
+        f'herdgate_cluster_state{{cluster="{cid}",state="unavailable"}} 0.0',
+        f'herdgate_cluster_condition{{cluster="{cid}",condition="Ready"}} 1.0',
+        f'herdgate_cluster_condition{{cluster="{cid}",condition="Synced"}} -1.0',
+        f'herdgate_cluster_nodes{{cluster="{cid}"}} 1.0',
+    )
+    wait_until(
+        lambda: all(line in _metrics(world) for line in wanted), 15, "cluster metrics missing"
+    )
+    probe = [
+        line
+        for line in _metrics(world).splitlines()
+        if line.startswith(f'herdgate_cluster_probe_seconds{{cluster="{cid}"}}')
+    ]
+    assert probe and float(probe[0].rsplit(" ", 1)[1]) > 0
 
 
 def test_nodes_the_api_server_reports_appear(world: World) -> None:
