@@ -465,12 +465,16 @@ class ClusterControllers:
             return
         controller = self.running.get(cluster_id)
         if controller is not None:
-            controller.refresh_agents()
-            if not live and not self._elsewhere(cluster_id):
+            if live:
+                controller.refresh_agents()
+            elif not self._elsewhere(cluster_id):
                 # The last tunnel anywhere is gone: say so before giving the lease up.
+                controller.refresh_agents()
                 self._flushing.add(cluster_id)
                 self._spawn(self._flush_then_release(cluster_id, controller))
                 return
+            # else: another replica still reaches the cluster; it takes the lease over
+            # (and shows its agents) without the cluster looking disconnected meanwhile.
         if live:
             self._keep(cluster_id)
         keeper = self.keepers.get(cluster_id)
