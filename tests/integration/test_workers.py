@@ -99,6 +99,8 @@ def test_one_controller_and_one_status_for_both_workers(two_workers: World) -> N
         cluster = api.get(f"/v3/clusters/{world.cluster_id}")
         seen.add(json.dumps([cluster[f] for f in fields], sort_keys=True))
     assert len(seen) == 1
+    holder = json.loads(seen.pop())[-1]  # replica ids are <host>-<pid>-<random>
+    assert sum(f"-{pid}-" in holder for pid in workers_of(world)) == 1, holder
     runs = f"controller of cluster {world.cluster_id} runs here"
     stops = f"controller of cluster {world.cluster_id} stops here"
     log = world.gateway.log()
