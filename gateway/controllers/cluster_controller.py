@@ -5,14 +5,14 @@ agent tunnel to, a ``LeaseKeeper`` on the lease ``cluster/<id>`` (``lease``): a 
 without a tunnel to the cluster does not contend, and gives the lease up when its last
 tunnel goes. While the lease is held, a ``ClusterController`` runs for the cluster:
 
-- it probes ``/readyz`` and ``/version`` every ``PROBE_INTERVAL_S`` through the tunnel
-  (kubernetes-asyncio on the internal socket, ``downstream``, as the agent's service
-  account), retrying failures with exponential backoff capped at the interval, so a
-  failure shows within ``PROBE_INTERVAL_S`` plus the probe's timeout;
+- it probes ``/readyz`` and ``/version`` every ``controller.probe_interval`` (10 s)
+  through the tunnel (kubernetes-asyncio on the internal socket, ``downstream``, as the
+  agent's service account), retrying failures with exponential backoff capped at the interval, so a
+  failure shows within the interval plus the probe's timeout;
 - it lists and then watches nodes and namespaces, resuming each watch from its last
   resourceVersion after the stream ends or breaks, and listing again after
   ``410 Gone``; every request to the cluster takes a token from the cluster's bucket
-  (``REQUESTS_PER_S``, ``BURST``);
+  (``controller.requests_per_second``, ``request_burst``);
 - it feeds ``ClusterHealth`` (the pure state machine) and writes the ``clusterstatus``
   record when what it shows changed, never on an unchanged poll, with the lease's
   generation (fencing: a status written under a newer generation is left alone).
@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from config.schema import ControllerSettings
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import TUNNELS, AgentLink
 from gateway.controllers.cluster_health import (
@@ -54,6 +55,7 @@ from gateway.controllers.cluster_health import (
 from gateway.controllers.downstream import InternalListener
 from gateway.controllers.lease import Lease, LeaseKeeper
 from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
 from gateway.store.base import StoreError
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
 from gateway.telemetry import metrics
@@ -61,15 +63,11 @@ from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
 
-PROBE_INTERVAL_S = 10.0
 PROBE_TIMEOUT_S = 5.0
-REQUESTS_PER_S = 5.0
-BURST = 10.0
 WATCH_TIMEOUT_S = 240
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 WRITE_DEBOUNCE_S = 0.05
-LEASE_TTL_S = 15.0
 LEASE_PREFIX = "cluster/"
 
 Doc = dict[str, Any]
@@ -123,7 +121,13 @@ class ClusterController:
         self._since: dict[int, float] = {}
         self._synced_written = _synced(stored_doc)
         """The ``Synced`` condition as we last wrote (or found) it."""
-        self.bucket = TokenBucket(REQUESTS_PER_S, BURST, asyncio.get_running_loop().time())
+        settings = owner.settings
+        self.probe_interval_s = settings.probe_interval_s
+        self.bucket = TokenBucket(
+            settings.requests_per_second,
+            float(settings.request_burst),
+            asyncio.get_running_loop().time(),
+        )
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watches: dict[str, asyncio.Task[None]] = {}
@@ -265,13 +269,13 @@ class ClusterController:
                 self.changed()
 
     async def _probe_loop(self) -> None:
-        backoff = Backoff(BACKOFF_BASE_S, PROBE_INTERVAL_S)
+        backoff = Backoff(BACKOFF_BASE_S, self.probe_interval_s)
         now = self.owner.directory.clock
         while True:
             try:
                 await self.probe()
                 backoff.reset()
-                delay = PROBE_INTERVAL_S
+                delay = self.probe_interval_s
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the cluster or the tunnel failed
@@ -424,6 +428,9 @@ class ClusterControllers:
         self.tunnels: TunnelRegistry[AgentLink] = app[TUNNELS]
         self.replicas: ReplicaSet = app[REPLICAS]
         self.listener = listener
+        self.settings: ControllerSettings = (
+            app[SETTINGS].controller if SETTINGS in app else ControllerSettings()
+        )
         self.keepers: dict[str, tuple[LeaseKeeper, asyncio.Task[None]]] = {}
         self.running: dict[str, ClusterController] = {}
         self._starting: dict[str, asyncio.Task[None]] = {}
@@ -526,7 +533,7 @@ class ClusterControllers:
             self.directory.store,
             LEASE_PREFIX + cluster_id,
             self.replicas.id,
-            ttl_s=LEASE_TTL_S,
+            ttl_s=self.settings.lease_ttl_s,
             clock=self.directory.clock,
         )
         keeper = LeaseKeeper(
