@@ -204,7 +204,7 @@ class ClusterController:
                 directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
                 self._synced_written = _synced(value)
                 return True
-        return False
+        raise StoreError(f"status of {self.cluster_id} kept changing; write abandoned")
 
     def _adopt_synced(self, current: Doc) -> None:
         """Keep a ``Synced`` another process set (``set_condition`` where the controller
@@ -567,7 +567,8 @@ class ClusterControllers:
     ) -> None:
         """Set a condition (``Synced`` from the access and ACE syncs) on any process: the
         running controller takes it; otherwise the stored status is changed in place and
-        the controller, wherever it runs, keeps it when it next writes."""
+        the controller, wherever it runs, keeps it when it next writes. ``StoreError``
+        when the store fails (the caller retries with its next sync)."""
         if kind in (CONNECTED, READY):
             raise ValueError(f"{kind} is the cluster controller's own condition")
         now = self.directory.clock()
@@ -592,6 +593,7 @@ class ClusterControllers:
             if revision is not None:
                 self.directory._apply_own(CLUSTER_STATUS, cluster_id, value, revision)
                 return
+        raise StoreError(f"status of {cluster_id} kept changing; {kind} not set")
 
     # -- metrics ------------------------------------------------------------------------
 
