@@ -145,6 +145,22 @@ class RegistrationSettings:
 
 
 @dataclass(frozen=True)
+class ControllerSettings:
+    """Each cluster's controller (``gateway.controllers.cluster_controller``)."""
+
+    probe_interval_s: float = duration(10)
+    """How often ``/readyz`` and ``/version`` are asked through the tunnel; a failure
+    shows in the cluster's ``Ready`` condition within this plus a 5 s timeout."""
+    requests_per_second: float = 5.0
+    """The controller's requests to one cluster: this many a second on average..."""
+    request_burst: int = 10
+    """...and at most this many at once."""
+    lease_ttl_s: float = duration(15)
+    """A cluster's controller lease: renewed at a third of it; another process takes it
+    over this long after its holder died (at once for a dead worker on the same host)."""
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     """debug, info, warning or error."""
@@ -418,6 +434,7 @@ class GatewaySettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)

@@ -42,6 +42,15 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
     if settings.registration.max_agents_per_cluster < 1:
         raise ConfigError("registration.max_agents_per_cluster", "must be at least 1")
+    controller = settings.controller
+    for key, value, least in (
+        ("probe_interval", controller.probe_interval_s, 1.0),
+        ("requests_per_second", controller.requests_per_second, 0.1),
+        ("request_burst", controller.request_burst, 1),
+        ("lease_ttl", controller.lease_ttl_s, 3.0),
+    ):
+        if value < least:
+            raise ConfigError(f"controller.{key}", f"must be at least {least}")
     return settings
 
 

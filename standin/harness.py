@@ -100,7 +100,31 @@ class StandInProcess:
                 raise TimeoutError(f"stand-in not ready after {timeout}s:\n{log_file.read_text()}")
             time.sleep(0.05)
         info = json.loads(ready.read_text())
-        return cls(workdir, process, info["url"], Path(info["ca_file"]), audit_log, log_file)
+        server = cls(workdir, process, info["url"], Path(info["ca_file"]), audit_log, log_file)
+        server.extra["command"] = cmd
+        return server
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Stop the server and start it again on the same address, with the same CA
+        (kept in ``workdir``), flags and tokens; what it stored is gone, as when a real
+        API server's etcd is wiped (the stand-in keeps its objects in memory)."""
+        self.stop()
+        host_port = self.url.removeprefix("https://")
+        ready = self.workdir / "ready.json"
+        ready.unlink(missing_ok=True)
+        cmd = [*self.extra["command"], "--listen", host_port]
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"stand-in exited early:\n{self.log_file.read_text()}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise TimeoutError(f"stand-in not ready after {timeout}s")
+            time.sleep(0.05)
 
     def kubeconfig(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import shlex
@@ -26,38 +27,96 @@ from gateway.api.common import (
 )
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.cluster_health import (
+    CONNECTED,
+    PENDING,
+    UNAVAILABLE,
+    AgentView,
+    ClusterHealth,
+)
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.identity.directory import TooManyTokens
 from gateway.keys import RUNTIME, SETTINGS
-from gateway.store.records import CLUSTER, REGISTRATION, Cluster, RegistrationToken, iso
+from gateway.store.records import (
+    CLUSTER,
+    REGISTRATION,
+    Cluster,
+    ClusterStatus,
+    RegistrationToken,
+    iso,
+)
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FQDN = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 
 
-def cluster_state(cluster: Cluster, live_links: int) -> str:
-    if live_links:
-        return "active"
-    return "pending" if cluster.connected_at is None else "unavailable"
+def cluster_status(
+    cluster: Cluster, status: ClusterStatus | None, tunnel_anywhere: bool
+) -> tuple[str, list[dict[str, Any]]]:
+    """The state and conditions to show: the cluster controller's stored status
+    (``gateway.controllers.cluster_controller``), except that a cluster no live replica
+    holds a tunnel to is not shown active (its controller's process may have died
+    before it could say so)."""
+    if status is None:
+        health = ClusterHealth(cluster.id, ever_connected=cluster.connected_at is not None)
+        if cluster.connected_at is not None and not tunnel_anywhere:
+            health.agents_changed((), cluster.connected_at)
+        return health.state, health.condition_docs()
+    state = status.state
+    conditions = [dict(c) for c in status.conditions]
+    if state != PENDING and not tunnel_anywhere:
+        for condition in conditions:
+            if condition.get("type") == CONNECTED and condition.get("status") == "True":
+                condition.update(
+                    status="False",
+                    reason="NoAgentTunnel",
+                    message="no live gateway process holds an agent tunnel",
+                    lastTransitionTime=None,
+                )
+        state = UNAVAILABLE
+    return state, conditions
+
+
+def _local_agents(request: web.Request, cluster: Cluster) -> list[dict[str, Any]]:
+    replica = request.app[REPLICAS].id
+    offset = directory(request).clock() - asyncio.get_running_loop().time()
+    return [
+        AgentView(
+            link.info.node_name, replica, round(link.connected_at + offset), link.remote
+        ).doc()
+        for link in request.app[TUNNELS].links(cluster.id)
+    ]
 
 
 def cluster_view(request: web.Request, cluster: Cluster) -> dict[str, Any]:
-    links = request.app[TUNNELS].links(cluster.id)
+    replicas = request.app[REPLICAS]
+    status = directory(request).statuses.get(cluster.id)
+    tunnel_anywhere = replicas.has_tunnel_anywhere(cluster.id)
+    state, conditions = cluster_status(cluster, status, tunnel_anywhere)
+    if status is None:
+        agents = _local_agents(request, cluster)
+    else:
+        agents = [dict(a) for a in status.agents] if tunnel_anywhere else []
+    nodes = [] if status is None else [dict(n) for n in status.nodes]
     return {
         "id": cluster.id,
         "type": "cluster",
         "name": cluster.name,
         "description": cluster.description,
-        "state": cluster_state(
-            cluster, len(links) or request.app[REPLICAS].has_tunnel_anywhere(cluster.id)
-        ),
+        "state": state,
+        "conditions": conditions,
+        "version": None if status is None else status.version,
+        "nodes": nodes,
+        "nodeCount": len(nodes),
+        "namespaceCount": 0 if status is None else len(status.namespaces),
         "created": iso(cluster.created),
         "connectedAt": iso(cluster.connected_at),
-        "agents": [link.describe() for link in links],
+        "agents": agents,
         "replicas": {
-            "live": request.app[REPLICAS].count(),
-            "withTunnel": request.app[REPLICAS].holding(cluster.id),
+            "live": replicas.count(),
+            "withTunnel": replicas.holding(cluster.id),
         },
+        "controllerReplica": "" if status is None else status.holder,
         "localClusterAuthEndpoint": {
             "enabled": cluster.ace_enabled,
             "fqdn": cluster.ace_fqdn,

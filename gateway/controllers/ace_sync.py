@@ -29,7 +29,7 @@ from ace.records import TOKEN_PLURAL as TOKENS
 from ace.records import USER_PLURAL as USERS
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
-from gateway.controllers.downstream import InternalListener
+from gateway.controllers.downstream import INTERNAL_LISTENER, InternalListener
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.proxy.impersonation import ROLE_GROUP_PREFIX
@@ -280,6 +280,7 @@ async def ace_context(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: the internal listener and the ACE controller."""
     listener = InternalListener(app, Path(app[SETTINGS].state_dir))
     await listener.start()
+    app[INTERNAL_LISTENER] = listener
     controller = AceController(app, listener)
     app[ACE] = controller
     controller.start()

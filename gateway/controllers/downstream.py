@@ -81,6 +81,10 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
         answer = await forward(request.app, internal, cluster, target, None)
     except GatewayError as exc:
         return k8s_response(exc)
+    except ConnectionResetError:
+        # The controller's own client left (a watch it cancelled): nobody to answer;
+        # aiohttp takes a response to a closed connection quietly, an exception loudly.
+        return side.response if side.response is not None else web.Response(status=499)
     finally:
         body.cancel()
     if answer.kind == WHOLE:
@@ -252,3 +256,7 @@ class InternalListener:
             yield api
         finally:
             await api.close()
+
+
+INTERNAL_LISTENER = web.AppKey("internal_listener", InternalListener)
+"""This process's internal socket (set by ``ace_sync.ace_context``), for every controller."""

@@ -32,6 +32,7 @@ from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
     CLUSTER,
+    CLUSTER_STATUS,
     PROJECT,
     PROJECT_BINDING,
     REGISTRATION,
@@ -43,6 +44,7 @@ from gateway.store.records import (
     USERNAME,
     Binding,
     Cluster,
+    ClusterStatus,
     Project,
     ProjectBinding,
     RegistrationToken,
@@ -115,6 +117,8 @@ class Directory:
         self.project_bindings_by_cluster: dict[str, dict[str, ProjectBinding]] = {}
         self.registrations: dict[str, RegistrationToken] = {}
         self.replicas: dict[str, Replica] = {}
+        self.statuses: dict[str, ClusterStatus] = {}
+        """Each cluster's status as its controller last wrote it."""
         self.revision = 0
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
@@ -132,7 +136,7 @@ class Directory:
     async def load(self) -> None:
         self.revision = await self.store.revision()
         kinds = (USER, TOKEN, CLUSTER, ROLE_TEMPLATE, BINDING, PROJECT, PROJECT_BINDING)
-        for kind in (*kinds, REGISTRATION, REPLICA):
+        for kind in (*kinds, REGISTRATION, REPLICA, CLUSTER_STATUS):
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
 
@@ -225,6 +229,8 @@ class Directory:
             self._set(self.registrations, key, RegistrationToken, doc)
         elif kind == REPLICA:
             self._set(self.replicas, key, Replica, doc)
+        elif kind == CLUSTER_STATUS:
+            self._set(self.statuses, key, ClusterStatus, doc)
         for listener in self._listeners:
             listener(kind, key)
 
@@ -317,6 +323,7 @@ class Directory:
         )
         await asyncio.gather(*(self.delete(PROJECT, p) for p in projects))
         await self.delete(CLUSTER, cluster_id)
+        await self.delete(CLUSTER_STATUS, cluster_id)
 
     # -- users and tokens --------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from gateway.api.common import LIMITER
 from gateway.clusters import tunnels
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import REGISTRATION_GUARD, STREAM_QUOTA, TUNNELS
-from gateway.controllers import access_sync, ace_sync
+from gateway.controllers import access_sync, ace_sync, cluster_controller
 from gateway.errors import GatewayError, api_response, k8s_response
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.identity.providers.registry import PROVIDERS, Providers
@@ -209,6 +209,7 @@ def build_app(
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace_sync.ace_context)
     app.cleanup_ctx.append(access_sync.access_context)
+    app.cleanup_ctx.append(cluster_controller.cluster_context)
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app

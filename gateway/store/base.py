@@ -68,6 +68,16 @@ class Store(Protocol):
         """Remove; the revision of the deletion, 0 if it was not there."""
         ...
 
+    async def swap(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        """Compare and set: replace the document with ``value`` (None: delete it) only if
+        it is ``expected`` now (None: absent), atomically across processes and replicas.
+        The revision of the write (0 for deleting what is absent), or None when the
+        document is not ``expected`` (nothing written). Leases are taken and renewed with
+        this (``gateway.controllers.lease``)."""
+        ...
+
     async def revision(self) -> int: ...
 
     def recent_changes(self, after: int) -> Sequence[Change] | None:

@@ -149,6 +149,37 @@ class EtcdStore:
         data = await self._call("kv/deleterange", {"key": _b64(self._key(kind, key))})
         return self._revision(data) if int(data.get("deleted", 0)) else 0
 
+    async def swap(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        full = _b64(self._key(kind, key))
+        data = await self._call("kv/range", {"key": full})
+        kvs = data.get("kvs") or []
+        current = json.loads(_unb64(kvs[0]["value"])) if kvs else None
+        if current != expected:
+            return None
+        if current is None and value is None:
+            return 0
+        # The write holds only if the key has not changed since it was read: its
+        # mod_revision (or, absent, its create_revision 0) is compared in one txn.
+        compare = (
+            {
+                "key": full,
+                "result": "EQUAL",
+                "target": "MOD",
+                "mod_revision": kvs[0]["mod_revision"],
+            }
+            if kvs
+            else {"key": full, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+        )
+        operation = (
+            {"request_delete_range": {"key": full}}
+            if value is None
+            else {"request_put": {"key": full, "value": _b64(json.dumps(value))}}
+        )
+        result = await self._call("kv/txn", {"compare": [compare], "success": [operation]})
+        return self._revision(result) if result.get("succeeded") else None
+
     async def revision(self) -> int:
         data = await self._call("kv/range", {"key": _b64(self.prefix), "limit": 1})
         return self._revision(data)

@@ -21,6 +21,10 @@ ROLE_TEMPLATE = "roletemplates"
 """Administrators' role templates (the built-ins are code: ``BUILTIN_TEMPLATES``)."""
 PROJECT = "projects"
 PROJECT_BINDING = "projectbindings"
+CLUSTER_STATUS = "clusterstatus"
+"""What the cluster's controller last saw (``ClusterStatus``), keyed by cluster id."""
+LEASE = "leases"
+"""Who runs a piece of work now (``gateway.controllers.lease``); not in the directory."""
 USERNAME = "usernames"
 """Claims on local user names, keyed by the folded name (``fold_username``): creating one
 is how a replica takes a name, so two replicas cannot both create it."""
@@ -372,3 +376,29 @@ class ProjectBinding:
     created: float
     user_id: str = ""
     group_principal_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """A cluster as its controller last saw it (``gateway.controllers.cluster_health``),
+    written by the replica holding the cluster's lease, only when something changed, so
+    that every replica and worker shows the same state."""
+
+    id: str
+    """The cluster's id."""
+    state: str = "pending"
+    """``pending`` (no agent yet), ``active`` or ``unavailable``."""
+    conditions: tuple[dict[str, Any], ...] = ()
+    """Kubernetes-style: type, status, reason, message, lastTransitionTime."""
+    version: dict[str, Any] | None = None
+    """The API server's ``/version`` answer (gitVersion, ...)."""
+    nodes: tuple[dict[str, Any], ...] = ()
+    namespaces: tuple[str, ...] = ()
+    agents: tuple[dict[str, Any], ...] = ()
+    """The agents connected to the writing replica: node, role, replica, since, remote."""
+    holder: str = ""
+    """The replica that wrote it (held the cluster's lease)."""
+    generation: int = 0
+    """The lease generation it was written under: a higher one is never overwritten by a
+    lower (a replica that lost the lease cannot overwrite its successor's status)."""
+    updated: float = 0.0

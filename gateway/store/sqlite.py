@@ -208,6 +208,49 @@ class SQLiteStore:
     async def delete(self, kind: str, key: str) -> int:
         return await self._run(lambda: self._write(kind, key, None, must_be_new=False))
 
+    def _swap(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        db = self._conn
+        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+            current = None if row is None else _load(row[0])
+            if current != expected:
+                db.execute("ROLLBACK")
+                return None
+            if value is None and current is None:
+                db.execute("ROLLBACK")
+                return 0
+            cur = db.execute(
+                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
+            )
+            revision = int(cur.lastrowid or 0)
+            if value is None:
+                db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+            else:
+                db.execute(
+                    "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
+                    "revision=excluded.revision",
+                    (kind, key, text, revision),
+                )
+            db.execute("COMMIT")
+            self._signal_change()
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return revision
+
+    async def swap(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        return await self._run(lambda: self._swap(kind, key, expected, value))
+
     async def revision(self) -> int:
         def op() -> int:
             row = self._conn.execute("SELECT MAX(revision) FROM changes").fetchone()

@@ -16,6 +16,7 @@ seconds, instead of being counted twice on every frame.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 
 from aiohttp import web
@@ -35,6 +36,47 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+CLUSTER_STATE = Gauge(
+    "herdgate_cluster_state",
+    "1 for the state each cluster is in (pending, active, unavailable), 0 for the others, "
+    "as its controller last stored it.",
+    ["cluster", "state"],
+    multiprocess_mode="livemax",
+)
+CLUSTER_CONDITION = Gauge(
+    "herdgate_cluster_condition",
+    "Each cluster's conditions (Connected, Ready, Synced): 1 True, 0 False, -1 Unknown.",
+    ["cluster", "condition"],
+    multiprocess_mode="livemax",
+)
+CLUSTER_NODES = Gauge(
+    "herdgate_cluster_nodes",
+    "Nodes each cluster reports, as its controller last stored them.",
+    ["cluster"],
+    multiprocess_mode="livemax",
+)
+CLUSTER_PROBE_SECONDS = Gauge(
+    "herdgate_cluster_probe_seconds",
+    "How long the last /readyz probe of each cluster took (set by the process running the "
+    "cluster's controller; 0 elsewhere).",
+    ["cluster"],
+    multiprocess_mode="livemax",
+)
+
+
+def forget_cluster_status(cluster: str) -> None:
+    """Drop a deleted cluster's series (label sets are cluster ids only)."""
+    for state in ("pending", "active", "unavailable"):
+        with contextlib.suppress(KeyError):
+            CLUSTER_STATE.remove(cluster, state)
+    for condition in ("Connected", "Ready", "Synced"):
+        with contextlib.suppress(KeyError):
+            CLUSTER_CONDITION.remove(cluster, condition)
+    for gauge in (CLUSTER_NODES, CLUSTER_PROBE_SECONDS):
+        with contextlib.suppress(KeyError):
+            gauge.remove(cluster)
+
 
 REQUESTS = Counter(
     "herdgate_requests_total",

@@ -141,3 +141,57 @@ def test_losing_one_replica_keeps_service(replicas: tuple) -> None:  # type: ign
     for _ in range(6):
         out = kubectl_run(kubectl("1.32"), kc, "get", "configmaps")
         assert out.returncode == 0, out.stderr
+
+
+def test_one_controller_and_the_same_status_through_either_replica(replicas: tuple) -> None:  # type: ignore[type-arg]
+    """Issue 17: the cluster's controller runs on one replica (the lease holder); both
+    show the status it stored; when it stops, the other takes the lease over."""
+    world, first, second, _ = replicas
+    for replica in (first, second):
+        if replica.process is None:  # stopped by the test before
+            replica.start()
+    wait_until(
+        lambda: world.cluster()["replicas"] == {"live": 2, "withTunnel": 2},
+        30,
+        "the agent did not reach both replicas",
+    )
+    views = [g.api(world.admin.token) for g in (first, second)]
+    path = f"/v3/clusters/{world.cluster_id}"
+    wait_until(
+        lambda: all(v.get(path)["state"] == "active" and v.get(path)["version"] for v in views),
+        30,
+        "not active with a version on both replicas",
+    )
+    one, two = (v.get(path) for v in views)
+    for field in ("state", "conditions", "version", "nodes", "agents", "controllerReplica"):
+        assert one[field] == two[field], field
+    # Replica ids are <host>-<pid>-<random>: the one that wrote the status is one of ours.
+    assert one["controllerReplica"]
+    holders = [
+        g
+        for g in (first, second)
+        if g.process is not None and f"-{g.process.pid}-" in one["controllerReplica"]
+    ]
+    assert len(holders) == 1, one["controllerReplica"]
+    holder = holders[0]
+    other = second if holder is first else first
+    other_pid = other.process.pid if other.process is not None else -1
+    runs = f"controller of cluster {world.cluster_id} runs here"
+    # The holder stops (and gives its lease up): the other replica takes over.
+    holder.stop()
+    try:
+        other_view = other.api(world.admin.token)
+        wait_until(
+            lambda: f"-{other_pid}-" in other_view.get(path)["controllerReplica"],
+            30,
+            "the other replica never took the controller over",
+        )
+        assert runs in other.log()
+        wait_until(lambda: other_view.get(path)["state"] == "active", 30, "not active")
+    finally:
+        holder.start()
+    wait_until(
+        lambda: world.cluster()["replicas"] == {"live": 2, "withTunnel": 2},
+        30,
+        "the agent did not reach the restarted replica",
+    )

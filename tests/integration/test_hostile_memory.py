@@ -174,7 +174,10 @@ def test_b_agent_that_never_reads_is_bounded_per_tunnel(world: World, bystander:
     assert agent.connect() == 101
     agent.handshake(window=2**31 - 1, max_streams=4096)
     wait_until(
-        lambda: world.admin.get(f"/v3/clusters/{cluster_id}")["state"] == "active",
+        lambda: any(  # Connected: its state would need an API server answering /readyz
+            c["type"] == "Connected" and c["status"] == "True"
+            for c in world.admin.get(f"/v3/clusters/{cluster_id}")["conditions"]
+        ),
         10,
         "the rogue is not connected",
     )

@@ -52,6 +52,32 @@ async def test_crud(store: Store) -> None:
     assert await store.get("users", "u-1") is None
 
 
+async def test_swap_is_compare_and_set(store: Store) -> None:
+    """Issue 17: the primitive leases are built on, the same on both backends."""
+    assert await store.swap("leases", "l", {"holder": "x"}, {"holder": "a"}) is None
+    assert await store.get("leases", "l") is None
+    assert (await store.swap("leases", "l", None, {"holder": "a", "expires": 1.5}) or 0) > 0
+    assert await store.swap("leases", "l", None, {"holder": "b"}) is None
+    assert await store.swap("leases", "l", {"holder": "a"}, {"holder": "b"}) is None
+    changed = await store.swap("leases", "l", {"holder": "a", "expires": 1.5}, {"holder": "b"})
+    assert changed is not None and changed > 0
+    assert await store.get("leases", "l") == {"holder": "b"}
+    assert await store.swap("leases", "l", {"holder": "a"}, None) is None
+    assert (await store.swap("leases", "l", {"holder": "b"}, None) or 0) > 0
+    assert await store.get("leases", "l") is None
+    assert await store.swap("leases", "l", None, None) == 0
+
+
+async def test_racing_swaps_one_wins(store: Store) -> None:
+    await store.put("leases", "r", {"n": 0})
+    results = await asyncio.gather(
+        *(store.swap("leases", "r", {"n": 0}, {"n": i}) for i in range(1, 9))
+    )
+    assert sum(r is not None for r in results) == 1
+    [winner] = [i for i, r in enumerate(results, 1) if r is not None]
+    assert await store.get("leases", "r") == {"n": winner}
+
+
 async def test_change_feed_is_ordered_and_complete(store: Store) -> None:
     start = await store.revision()
     await store.put("clusters", "c-1", {"id": "c-1", "v": 1})

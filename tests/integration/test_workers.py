@@ -3,6 +3,7 @@ request, and a revocation on one holds on the other's next request."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,31 @@ def test_revocation_holds_on_every_worker(two_workers: World) -> None:
     api.delete(f"/v3/tokens/{api.token.split(':')[0]}")
     for _ in range(30):
         assert raw_request(world, "GET", path, api.token)[0] == 401
+
+
+def test_one_controller_and_one_status_for_both_workers(two_workers: World) -> None:
+    """Issue 17: one worker holds the cluster's lease and runs its controller; a GET
+    through either worker shows the status it stored."""
+    world = two_workers
+    wait_until(lambda: world.cluster()["replicas"]["withTunnel"] == 2, 30, "not on both workers")
+    wait_until(
+        lambda: world.cluster()["state"] == "active" and world.cluster()["version"],
+        30,
+        "never active with a version",
+    )
+    fields = ("state", "conditions", "version", "nodes", "agents", "controllerReplica")
+    seen = set()
+    for _ in range(20):  # new connections land on either worker
+        api = world.gateway.api(world.admin.token)
+        cluster = api.get(f"/v3/clusters/{world.cluster_id}")
+        seen.add(json.dumps([cluster[f] for f in fields], sort_keys=True))
+    assert len(seen) == 1
+    holder = json.loads(seen.pop())[-1]  # replica ids are <host>-<pid>-<random>
+    assert sum(f"-{pid}-" in holder for pid in workers_of(world)) == 1, holder
+    runs = f"controller of cluster {world.cluster_id} runs here"
+    stops = f"controller of cluster {world.cluster_id} stops here"
+    log = world.gateway.log()
+    assert log.count(runs) - log.count(stops) == 1
 
 
 def test_a_dead_worker_is_replaced_and_service_continues(two_workers: World) -> None:

@@ -1,0 +1,632 @@
+"""One controller per cluster, in exactly one gateway process: the holder of its lease.
+
+``ClusterControllers`` (one per process) keeps, for every cluster this process holds an
+agent tunnel to, a ``LeaseKeeper`` on the lease ``cluster/<id>`` (``lease``): a process
+without a tunnel to the cluster does not contend, and gives the lease up when its last
+tunnel goes. While the lease is held, a ``ClusterController`` runs for the cluster:
+
+- it probes ``/readyz`` and ``/version`` every ``controller.probe_interval`` (10 s)
+  through the tunnel (kubernetes-asyncio on the internal socket, ``downstream``, as the
+  agent's service account), retrying failures with exponential backoff capped at the interval, so a
+  failure shows within the interval plus the probe's timeout;
+- it lists and then watches nodes and namespaces, resuming each watch from its last
+  resourceVersion after the stream ends or breaks, and listing again after
+  ``410 Gone``; every request to the cluster takes a token from the cluster's bucket
+  (``controller.requests_per_second``, ``request_burst``);
+- it feeds ``ClusterHealth`` (the pure state machine) and writes the ``clusterstatus``
+  record when what it shows changed, never on an unchanged poll, with the lease's
+  generation (fencing: a status written under a newer generation is left alone).
+
+Every process shows the stored record (``gateway.api.clusters.cluster_view``), so a
+``GET /v3/clusters/<id>`` answers the same through any worker or replica.
+``ClusterControllers.set_condition`` lets other controllers (the access and ACE syncs)
+set ``Synced``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from config.schema import ControllerSettings
+from gateway.clusters.replicas import REPLICAS, ReplicaSet
+from gateway.clusters.tunnels import TUNNELS, AgentLink
+from gateway.controllers.cluster_health import (
+    CONNECTED,
+    MAX_NAMESPACES,
+    MAX_NODES,
+    READY,
+    STATES,
+    SYNCED,
+    AgentView,
+    Backoff,
+    ClusterHealth,
+    TokenBucket,
+    WatchTable,
+    same_status,
+    status_doc,
+)
+from gateway.controllers.downstream import InternalListener
+from gateway.controllers.lease import Lease, LeaseKeeper
+from gateway.identity.directory import DIRECTORY, Directory
+from gateway.keys import SETTINGS
+from gateway.store.base import StoreError
+from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
+from gateway.telemetry import metrics
+from tunnel.registry import TunnelRegistry
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+WATCH_TIMEOUT_S = 240
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+WRITE_DEBOUNCE_S = 0.05
+LEASE_PREFIX = "cluster/"
+
+Doc = dict[str, Any]
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+def agent_views(
+    links: list[AgentLink], replica: str, since: dict[int, float], wall_offset: float
+) -> tuple[AgentView, ...]:
+    """The views of the usable links; ``since`` keeps each link's connect time in wall
+    seconds once computed (so an unchanged link always shows the same)."""
+    live = {id(link): link for link in links if not link.session.is_closed}
+    for key in list(since):
+        if key not in live:
+            del since[key]
+    return tuple(
+        AgentView(
+            link.info.node_name,
+            replica,
+            since.setdefault(key, round(link.connected_at + wall_offset)),
+            link.remote,
+        )
+        for key, link in live.items()
+    )
+
+
+class ClusterController:
+    """The work for one cluster while this process holds its lease."""
+
+    def __init__(self, owner: ClusterControllers, cluster_id: str, lease: Lease) -> None:
+        self.owner = owner
+        self.cluster_id = cluster_id
+        self.lease = lease
+        directory = owner.directory
+        stored = directory.statuses.get(cluster_id)
+        stored_doc = None if stored is None else _plain(stored)
+        self.health = ClusterHealth.from_status(cluster_id, stored_doc)
+        cluster = directory.clusters.get(cluster_id)
+        if cluster is not None and cluster.connected_at is not None:
+            self.health.ever_connected = True
+        self.nodes = WatchTable(MAX_NODES)
+        self.namespaces = WatchTable(MAX_NAMESPACES)
+        self._stored_nodes: list[Doc] | None = None
+        """The stored node summaries, shown until the first list of nodes."""
+        if stored_doc is not None:
+            self._stored_nodes = list(stored_doc.get("nodes") or [])
+            self.namespaces.items = {name: {} for name in stored_doc.get("namespaces") or []}
+        self._since: dict[int, float] = {}
+        self._synced_written = _synced(stored_doc)
+        """The ``Synced`` condition as we last wrote (or found) it."""
+        settings = owner.settings
+        self.probe_interval_s = settings.probe_interval_s
+        self.bucket = TokenBucket(
+            settings.requests_per_second,
+            float(settings.request_burst),
+            asyncio.get_running_loop().time(),
+        )
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self.probe_latency_s: float | None = None
+
+    # -- life -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.refresh_agents()
+        for work in (self._probe_loop(), self._write_loop()):
+            self._tasks.append(asyncio.create_task(work))
+        self._start_watches()
+
+    def _start_watches(self) -> None:
+        for kind in ("nodes", "namespaces"):
+            old = self._watches.pop(kind, None)
+            if old is not None:
+                old.cancel()
+            self._watches[kind] = asyncio.create_task(self._watch_loop(kind))
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *self._watches.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._watches.clear()
+
+    def changed(self) -> None:
+        self._dirty.set()
+
+    def refresh_agents(self) -> None:
+        links = self.owner.tunnels.links(self.cluster_id)
+        views = agent_views(links, self.owner.replicas.id, self._since, self.owner.wall_offset())
+        if self.health.agents_changed(views, self.owner.directory.clock()):
+            self.changed()
+
+    # -- writing the status -----------------------------------------------------------
+
+    def _doc(self) -> Doc:
+        nodes = (
+            self._stored_nodes if self._stored_nodes is not None else self.nodes.node_summaries()
+        )
+        return status_doc(
+            self.health,
+            nodes,
+            self.namespaces.names(),
+            self.owner.replicas.id,
+            self.lease.generation,
+        )
+
+    async def write(self) -> bool:
+        """Write the status if it changed and we still hold the lease; whether written."""
+        directory = self.owner.directory
+        if not self.lease.held() or self.cluster_id not in directory.clusters:
+            return False
+        doc = self._doc()
+        for _ in range(5):
+            current = await directory.store.get(CLUSTER_STATUS, self.cluster_id)
+            if current is not None:
+                generation = current.get("generation")
+                if isinstance(generation, int) and generation > self.lease.generation:
+                    logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
+                    return False  # fenced
+                if _synced(current) != self._synced_written:
+                    # Another process set Synced since we last wrote: keep it.
+                    self._adopt_synced(current)
+                    doc = self._doc()
+                if same_status(current, doc):
+                    return False
+            value = {**doc, "updated": directory.clock()}
+            revision = await directory.store.swap(CLUSTER_STATUS, self.cluster_id, current, value)
+            if revision is not None:
+                directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
+                self._synced_written = _synced(value)
+                return True
+        raise StoreError(f"status of {self.cluster_id} kept changing; write abandoned")
+
+    def _adopt_synced(self, current: Doc) -> None:
+        """Keep a ``Synced`` another process set (``set_condition`` where the controller
+        does not run), with its own transition time."""
+        adopted = ClusterHealth.from_status(self.cluster_id, current)
+        self.health.conditions[SYNCED] = adopted.conditions[SYNCED]
+
+    async def _write_loop(self) -> None:
+        backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(WRITE_DEBOUNCE_S)
+            self._dirty.clear()
+            try:
+                await self.write()
+                backoff.reset()
+            except StoreError as exc:
+                logger.warning("status of %s not written: %s", self.cluster_id, exc)
+                await asyncio.sleep(backoff.next())
+                self._dirty.set()
+
+    # -- talking to the cluster -------------------------------------------------------
+
+    async def _take(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self.bucket.take(loop.time())
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def probe(self) -> None:
+        """One ``/readyz`` and ``/version`` round."""
+        from kubernetes_asyncio.client import VersionApi
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        now = self.owner.directory.clock
+        loop = asyncio.get_running_loop()
+        async with self.owner.listener.client(self.cluster_id) as api:
+            await self._take()
+            started = loop.time()
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await api.rest_client.GET(f"{api.configuration.host}/readyz")
+            except ApiException as exc:
+                self.probe_latency_s = loop.time() - started
+                reason, message = _failure(exc)
+                if self.health.probe_failed(reason, message, now()):
+                    self.changed()
+                raise
+            self.probe_latency_s = loop.time() - started
+            recovered = self.health.conditions[READY].status == "False"
+            if self.health.probe_ok(now()):
+                self.changed()
+            if recovered:
+                # The API server was down: it may have come back with other storage (a
+                # resourceVersion from before means nothing then), so list again.
+                self._start_watches()
+            await self._take()
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                version = await VersionApi(api).get_code()
+            doc = api.sanitize_for_serialization(version)
+            if isinstance(doc, dict) and self.health.version_seen(doc):
+                self.changed()
+
+    async def _probe_loop(self) -> None:
+        backoff = Backoff(BACKOFF_BASE_S, self.probe_interval_s)
+        now = self.owner.directory.clock
+        while True:
+            try:
+                await self.probe()
+                backoff.reset()
+                delay = self.probe_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the cluster or the tunnel failed
+                if not _is_api_exception(exc):
+                    reason, message = "ProbeFailed", _describe(exc)
+                    if self.health.probe_failed(reason, message, now()):
+                        self.changed()
+                delay = backoff.next()
+            self.owner.observe(self)
+            await asyncio.sleep(delay)
+
+    async def _watch_loop(self, kind: str) -> None:
+        table = self.nodes if kind == "nodes" else self.namespaces
+        backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
+        listed = False
+        while True:
+            try:
+                if not listed:
+                    await self._list(kind, table)
+                    listed = True
+                    backoff.reset()
+                await self._watch(kind, table)
+                backoff.reset()  # the server ended the watch: resume from where it was
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                listed = False  # 410: the resourceVersion is gone, list again
+            except Exception as exc:  # noqa: BLE001 - retried after a pause
+                logger.debug("%s of %s: %s", kind, self.cluster_id, _describe(exc))
+                if _status_of(exc) == 410 or (_status_of(exc) == 504 and _too_large_text(exc)):
+                    listed = False  # gone, or newer than the server has (it restarted)
+                await asyncio.sleep(backoff.next())
+
+    async def _open(self, api: Any, kind: str, **params: Any) -> aiohttp.ClientResponse:
+        from kubernetes_asyncio.client import CoreV1Api
+
+        core = CoreV1Api(api)
+        call: Any = core.list_node if kind == "nodes" else core.list_namespace
+        response: aiohttp.ClientResponse = await call(_preload_content=False, **params)
+        return response
+
+    async def _list(self, kind: str, table: WatchTable) -> None:
+        await self._take()
+        async with self.owner.listener.client(self.cluster_id) as api:
+            response = await self._open(api, kind, _request_timeout=PROBE_TIMEOUT_S * 6)
+            async with response:
+                body = json.loads(await response.read())
+        items = body.get("items") or []
+        table.replace(items, str((body.get("metadata") or {}).get("resourceVersion") or ""))
+        self._table_changed(kind)
+
+    async def _watch(self, kind: str, table: WatchTable) -> None:
+        await self._take()
+        async with self.owner.listener.client(self.cluster_id) as api:
+            response = await self._open(
+                api,
+                kind,
+                watch=True,
+                resource_version=table.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_TIMEOUT_S,
+                _request_timeout=aiohttp.ClientTimeout(total=WATCH_TIMEOUT_S + 30),
+            )
+            async with response:
+                async for line in response.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind_of_event = str(event.get("type") or "")
+                    item = event.get("object") or {}
+                    if kind_of_event == "ERROR":
+                        if item.get("code") == 410 or _too_large(item):
+                            raise Gone(str(item.get("message") or "gone"))
+                        raise RuntimeError(f"watch error: {item.get('message')}")
+                    if table.event(kind_of_event, item):
+                        self._table_changed(kind)
+
+    def _table_changed(self, kind: str) -> None:
+        if kind == "nodes":
+            self._stored_nodes = None
+        self.changed()
+
+
+def _synced(doc: Doc | None) -> Doc | None:
+    for raw in (doc or {}).get("conditions") or ():
+        if isinstance(raw, dict) and raw.get("type") == SYNCED:
+            return raw
+    return None
+
+
+def _plain(record: Any) -> Doc:
+    from gateway.store.records import to_doc
+
+    doc: Doc = json.loads(json.dumps(to_doc(record)))
+    return doc
+
+
+def _too_large(status: dict[str, Any]) -> bool:
+    """kube-apiserver's answer to a watch from a resourceVersion it has not reached
+    (504 ``Timeout: Too large resource version``): client-go lists again, so do we."""
+    return (
+        status.get("code") == 504
+        and "too large resource version" in str(status.get("message") or "").lower()
+    )
+
+
+def _too_large_text(exc: BaseException) -> bool:
+    body = getattr(exc, "body", None)
+    return isinstance(body, str) and "too large resource version" in body.lower()
+
+
+def _is_api_exception(exc: BaseException) -> bool:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    return isinstance(exc, ApiException)
+
+
+def _status_of(exc: BaseException) -> int:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    return int(exc.status or 0) if isinstance(exc, ApiException) else 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:512]
+
+
+def _failure(exc: Any) -> tuple[str, str]:
+    """The reason and message of a failed ``/readyz``: the Kubernetes Status the gateway
+    or the API server answered, else the HTTP status and the first line of the body."""
+    body = exc.body if isinstance(exc.body, str) else ""
+    try:
+        status = json.loads(body) if body else None
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("kind") == "Status":
+        reason = str(status.get("reason") or "") or f"HTTP{exc.status}"
+        return reason, str(status.get("message") or "")[:512]
+    first = body.strip().splitlines()[0] if body.strip() else str(exc.reason or "")
+    return f"HTTP{exc.status}", f"/readyz answered {exc.status}: {first}"[:512]
+
+
+class ClusterControllers:
+    """This process's side of every cluster's controller: leases and the running ones."""
+
+    def __init__(self, app: web.Application, listener: InternalListener) -> None:
+        self.app = app
+        self.directory: Directory = app[DIRECTORY]
+        self.tunnels: TunnelRegistry[AgentLink] = app[TUNNELS]
+        self.replicas: ReplicaSet = app[REPLICAS]
+        self.listener = listener
+        self.settings: ControllerSettings = (
+            app[SETTINGS].controller if SETTINGS in app else ControllerSettings()
+        )
+        self.keepers: dict[str, tuple[LeaseKeeper, asyncio.Task[None]]] = {}
+        self.running: dict[str, ClusterController] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._flushing: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def wall_offset(self) -> float:
+        """Wall clock minus loop time (agents' connect times are loop times)."""
+        return self.directory.clock() - asyncio.get_running_loop().time()
+
+    def start(self) -> None:
+        self.tunnels.on_change(self._on_tunnel_change)
+        self.directory.on_change(self._on_directory_change)
+        for cluster_id in list(self.directory.clusters):
+            if self.tunnels.count(cluster_id):
+                self._keep(cluster_id)
+        for cluster_id in self.directory.statuses:
+            self._export(cluster_id)
+
+    async def stop(self) -> None:
+        for controller in list(self.running.values()):
+            await controller.stop()
+        self.running.clear()
+        tasks = [task for _, task in self.keepers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        self.keepers.clear()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- triggers ---------------------------------------------------------------------
+
+    def _on_tunnel_change(self, cluster_id: str, live: int) -> None:
+        if cluster_id not in self.directory.clusters:
+            return
+        controller = self.running.get(cluster_id)
+        if controller is not None:
+            if live:
+                controller.refresh_agents()
+            elif not self._elsewhere(cluster_id):
+                # The last tunnel anywhere is gone: say so before giving the lease up.
+                controller.refresh_agents()
+                self._flushing.add(cluster_id)
+                self._spawn(self._flush_then_release(cluster_id, controller))
+                return
+            # else: another replica still reaches the cluster; it takes the lease over
+            # (and shows its agents) without the cluster looking disconnected meanwhile.
+        if live:
+            self._keep(cluster_id)
+        keeper = self.keepers.get(cluster_id)
+        if keeper is not None:
+            keeper[0].wake()
+
+    def _elsewhere(self, cluster_id: str) -> bool:
+        """Whether another live replica holds a tunnel to the cluster."""
+        here = 1 if self.tunnels.count(cluster_id) else 0
+        return self.replicas.holding(cluster_id) - here > 0
+
+    async def _flush_then_release(self, cluster_id: str, controller: ClusterController) -> None:
+        try:
+            await controller.write()
+        except StoreError as exc:
+            logger.warning("status of %s not written: %s", cluster_id, exc)
+        finally:
+            self._flushing.discard(cluster_id)
+            keeper = self.keepers.get(cluster_id)
+            if keeper is not None:
+                keeper[0].wake()
+
+    def _on_directory_change(self, kind: str, key: str) -> None:
+        if kind == CLUSTER and key not in self.directory.clusters:
+            self._spawn(self._forget(key))
+        elif kind == CLUSTER and self.tunnels.count(key):
+            self._keep(key)
+        elif kind == LEASE and key.startswith(LEASE_PREFIX):
+            keeper = self.keepers.get(key[len(LEASE_PREFIX) :])
+            if keeper is not None and not keeper[0].holding:
+                keeper[0].wake()  # released or taken: try now
+        elif kind == CLUSTER_STATUS:
+            self._export(key)
+
+    async def _forget(self, cluster_id: str) -> None:
+        entry = self.keepers.pop(cluster_id, None)
+        if entry is not None:
+            entry[1].cancel()
+            await asyncio.gather(entry[1], return_exceptions=True)
+        controller = self.running.pop(cluster_id, None)
+        if controller is not None:
+            await controller.stop()
+        metrics.forget_cluster_status(cluster_id)
+
+    def _keep(self, cluster_id: str) -> None:
+        if cluster_id in self.keepers:
+            return
+        lease = Lease(
+            self.directory.store,
+            LEASE_PREFIX + cluster_id,
+            self.replicas.id,
+            ttl_s=self.settings.lease_ttl_s,
+            clock=self.directory.clock,
+        )
+        keeper = LeaseKeeper(
+            lease,
+            want=lambda: (
+                cluster_id in self.directory.clusters
+                and (self.tunnels.count(cluster_id) > 0 or cluster_id in self._flushing)
+            ),
+            on_change=lambda holding: self._on_lease(cluster_id, lease, holding),
+        )
+        self.keepers[cluster_id] = (keeper, asyncio.create_task(keeper.run()))
+
+    def _on_lease(self, cluster_id: str, lease: Lease, holding: bool) -> None:
+        if holding:
+            if cluster_id not in self.running:
+                controller = ClusterController(self, cluster_id, lease)
+                self.running[cluster_id] = controller
+                controller.start()
+                logger.info("controller of cluster %s runs here", cluster_id)
+        else:
+            stopping = self.running.pop(cluster_id, None)
+            if stopping is not None:
+                logger.info("controller of cluster %s stops here", cluster_id)
+                self._spawn(stopping.stop())
+                metrics.CLUSTER_PROBE_SECONDS.labels(cluster_id).set(0)
+
+    # -- what others call -------------------------------------------------------------
+
+    async def set_condition(
+        self, cluster_id: str, kind: str, status: bool | None, reason: str, message: str
+    ) -> None:
+        """Set a condition (``Synced`` from the access and ACE syncs) on any process: the
+        running controller takes it; otherwise the stored status is changed in place and
+        the controller, wherever it runs, keeps it when it next writes. ``StoreError``
+        when the store fails (the caller retries with its next sync)."""
+        if kind in (CONNECTED, READY):
+            raise ValueError(f"{kind} is the cluster controller's own condition")
+        now = self.directory.clock()
+        controller = self.running.get(cluster_id)
+        if controller is not None and controller.lease.held():
+            if controller.health.set_condition(kind, status, reason, message, now):
+                controller.changed()
+            return
+        store = self.directory.store
+        for _ in range(5):
+            current = await store.get(CLUSTER_STATUS, cluster_id)
+            base = current or {"id": cluster_id}
+            health = ClusterHealth.from_status(cluster_id, base)
+            if not health.set_condition(kind, status, reason, message, now):
+                return
+            value = {**base, "conditions": health.condition_docs()}
+            if current is None:
+                value["state"] = "pending"
+            if cluster_id not in self.directory.clusters:
+                return
+            revision = await store.swap(CLUSTER_STATUS, cluster_id, current, value)
+            if revision is not None:
+                self.directory._apply_own(CLUSTER_STATUS, cluster_id, value, revision)
+                return
+        raise StoreError(f"status of {cluster_id} kept changing; {kind} not set")
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def observe(self, controller: ClusterController) -> None:
+        if controller.probe_latency_s is not None:
+            metrics.CLUSTER_PROBE_SECONDS.labels(controller.cluster_id).set(
+                controller.probe_latency_s
+            )
+
+    def _export(self, cluster_id: str) -> None:
+        status = self.directory.statuses.get(cluster_id)
+        if status is None or cluster_id not in self.directory.clusters:
+            metrics.forget_cluster_status(cluster_id)
+            return
+        for state in STATES:
+            metrics.CLUSTER_STATE.labels(cluster_id, state).set(1 if status.state == state else 0)
+        for condition in status.conditions:
+            kind = str(condition.get("type"))
+            if kind in (CONNECTED, READY, SYNCED):
+                value = {"True": 1, "False": 0}.get(str(condition.get("status")), -1)
+                metrics.CLUSTER_CONDITION.labels(cluster_id, kind).set(value)
+        metrics.CLUSTER_NODES.labels(cluster_id).set(len(status.nodes))
+
+
+CLUSTER_CONTROLLERS = web.AppKey("cluster_controllers", ClusterControllers)
+
+
+async def cluster_context(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp cleanup context (after ``ace_sync.ace_context``, whose listener it uses)."""
+    from gateway.controllers.downstream import INTERNAL_LISTENER
+
+    controllers = ClusterControllers(app, app[INTERNAL_LISTENER])
+    app[CLUSTER_CONTROLLERS] = controllers
+    controllers.start()
+    yield
+    await controllers.stop()

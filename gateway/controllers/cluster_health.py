@@ -1,0 +1,386 @@
+"""Each cluster's health as a state machine: events in, conditions and state out (pure).
+
+Conditions are Kubernetes-style (``type``, ``status`` True/False/Unknown, ``reason``,
+``message``, ``lastTransitionTime``, which changes only when the status does):
+
+- ``Connected``: an agent tunnel is up (the message names the cluster and node agents);
+- ``Ready``: the API server answers ``/readyz`` with ok (otherwise the failure's reason
+  and message); Unknown while no tunnel can reach it;
+- ``Synced``: set by the access and ACE syncs when they last succeeded or failed
+  (``ClusterHealth.set_condition``; through ``ClusterController.set_condition``).
+
+The overall ``state``: ``pending`` until an agent has ever connected (and until the first
+probe after that), ``active`` while Connected and Ready are True, ``unavailable``
+otherwise (no tunnel, or the API server not ready), ``active`` again when both are back.
+
+Also here, pure: node and namespace summaries from watch events (``NodeTable``), the
+per-cluster request budget (``TokenBucket``) and the error backoff (``Backoff``). The
+controller that feeds all this from the tunnel is ``gateway.controllers.cluster_controller``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.store.records import iso
+
+CONNECTED = "Connected"
+READY = "Ready"
+SYNCED = "Synced"
+CONDITION_TYPES = (CONNECTED, READY, SYNCED)
+STATUSES = ("True", "False", "Unknown")
+
+PENDING = "pending"
+ACTIVE = "active"
+UNAVAILABLE = "unavailable"
+STATES = (PENDING, ACTIVE, UNAVAILABLE)
+
+ROLE_LABEL_PREFIX = "node-role.kubernetes.io/"
+MAX_NODES = 5000
+MAX_NAMESPACES = 10000
+MAX_MESSAGE = 1024
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str = "Unknown"
+    reason: str = ""
+    message: str = ""
+    last_transition: float | None = None
+
+    def doc(self) -> Doc:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": iso(self.last_transition),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """One connected agent, as the cluster's view shows it."""
+
+    node: str
+    """The node name of a node agent; "" for the cluster agent."""
+    replica: str
+    connected_since: float
+    remote: str
+
+    @property
+    def role(self) -> str:
+        return "node" if self.node else "cluster"
+
+    def doc(self) -> Doc:
+        return {
+            "node": self.node,
+            "role": self.role,
+            "replica": self.replica,
+            "connectedSince": iso(self.connected_since),
+            "remote": self.remote,
+        }
+
+
+def _agents_message(agents: tuple[AgentView, ...]) -> str:
+    cluster = sum(1 for a in agents if not a.node)
+    nodes = sorted({a.node for a in agents if a.node})
+    parts = []
+    if cluster:
+        parts.append(f"{cluster} cluster agent tunnel{'s' if cluster != 1 else ''}")
+    if nodes:
+        parts.append(
+            "node agents on " + ", ".join(nodes[:20]) + (" ..." if len(nodes) > 20 else "")
+        )
+    return "; ".join(parts)
+
+
+class ClusterHealth:
+    """The state machine of one cluster. Every method takes ``now`` (wall-clock seconds,
+    for ``lastTransitionTime``) and returns whether anything visible changed."""
+
+    def __init__(self, cluster_id: str, ever_connected: bool = False) -> None:
+        self.cluster_id = cluster_id
+        self.conditions: dict[str, Condition] = {t: Condition(t) for t in CONDITION_TYPES}
+        self.ever_connected = ever_connected
+        self.probed = False
+        """Whether ``/readyz`` has been answered (or failed) since the tunnel came up."""
+        self.ever_active = False
+        self.agents: tuple[AgentView, ...] = ()
+        self.version: Doc | None = None
+
+    @classmethod
+    def from_status(cls, cluster_id: str, status: Mapping[str, Any] | None) -> ClusterHealth:
+        """Resume from a stored status (the conditions keep their transition times)."""
+        health = cls(cluster_id)
+        if not status:
+            return health
+        health.ever_connected = status.get("state") in (ACTIVE, UNAVAILABLE)
+        health.ever_active = health.ever_connected
+        for raw in status.get("conditions") or ():
+            if not isinstance(raw, Mapping) or raw.get("type") not in CONDITION_TYPES:
+                continue
+            kind = str(raw["type"])
+            health.conditions[kind] = Condition(
+                kind,
+                str(raw.get("status")) if raw.get("status") in STATUSES else "Unknown",
+                str(raw.get("reason") or ""),
+                str(raw.get("message") or ""),
+                _parse_iso(raw.get("lastTransitionTime")),
+            )
+        version = status.get("version")
+        health.version = dict(version) if isinstance(version, Mapping) else None
+        return health
+
+    # -- events ---------------------------------------------------------------------------
+
+    def set_condition(
+        self, kind: str, status: bool | None, reason: str, message: str, now: float
+    ) -> bool:
+        """Set a condition (``status`` None: Unknown); the transition time moves only when
+        the status does."""
+        if kind not in CONDITION_TYPES:
+            raise ValueError(f"unknown condition {kind!r}")
+        text = "Unknown" if status is None else ("True" if status else "False")
+        message = message[:MAX_MESSAGE]
+        old = self.conditions[kind]
+        if (old.status, old.reason, old.message) == (text, reason, message):
+            return False
+        since = old.last_transition if old.status == text else now
+        self.conditions[kind] = Condition(kind, text, reason, message, since)
+        return self._note(True)
+
+    def agents_changed(self, agents: tuple[AgentView, ...], now: float) -> bool:
+        agents = tuple(sorted(agents, key=lambda a: (a.node, a.remote, a.connected_since)))
+        changed = agents != self.agents
+        self.agents = agents
+        if agents:
+            self.ever_connected = True
+            changed |= self.set_condition(
+                CONNECTED, True, "AgentConnected", _agents_message(agents), now
+            )
+        else:
+            changed |= self.set_condition(
+                CONNECTED, False, "NoAgentTunnel", "no agent tunnel is connected", now
+            )
+            changed |= self.set_condition(
+                READY,
+                None,
+                "NoAgentTunnel",
+                "the API server cannot be reached without a tunnel",
+                now,
+            )
+            self.probed = False
+        return self._note(changed)
+
+    def probe_ok(self, now: float) -> bool:
+        self.probed = True
+        return self.set_condition(READY, True, "APIServerReady", "/readyz: ok", now)
+
+    def probe_failed(self, reason: str, message: str, now: float) -> bool:
+        self.probed = True
+        return self.set_condition(READY, False, reason or "APIServerNotReady", message, now)
+
+    def version_seen(self, version: Doc) -> bool:
+        changed = version != self.version
+        self.version = version
+        return changed
+
+    # -- what it shows --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if not self.ever_connected:
+            return PENDING
+        connected = self.conditions[CONNECTED].status == "True"
+        ready = self.conditions[READY].status
+        if connected and ready == "True":
+            return ACTIVE
+        if connected and not self.probed and not self.ever_active:
+            return PENDING  # the first agent is in; its first probe is on the way
+        return UNAVAILABLE
+
+    def _note(self, changed: bool) -> bool:
+        if self.state == ACTIVE:
+            self.ever_active = True
+        return changed
+
+    def condition_docs(self) -> list[Doc]:
+        return [self.conditions[t].doc() for t in CONDITION_TYPES]
+
+
+def _parse_iso(value: Any) -> float | None:
+    import datetime as dt
+
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+# -- nodes and namespaces --------------------------------------------------------------
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A JSON object as a mapping with string keys (JSON keys are strings), else empty."""
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return value
+    return {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def node_summary(node: Mapping[str, Any]) -> Doc:
+    """What the cluster view shows of one Node object (any JSON: odd members are skipped)."""
+    meta = _mapping(node.get("metadata"))
+    status = _mapping(node.get("status"))
+    labels = _mapping(meta.get("labels"))
+    roles = sorted(
+        label[len(ROLE_LABEL_PREFIX) :] for label in labels if label.startswith(ROLE_LABEL_PREFIX)
+    )
+    ready = "Unknown"
+    for condition in _list(status.get("conditions")):
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            ready = str(condition.get("status") or "Unknown")
+    capacity = _mapping(status.get("capacity"))
+    info = _mapping(status.get("nodeInfo"))
+    name = meta.get("name")
+    return {
+        "name": name if isinstance(name, str) else "",
+        "roles": [r for r in roles if r],
+        "addresses": [
+            {"type": str(a.get("type") or ""), "address": str(a.get("address") or "")}
+            for a in _list(status.get("addresses"))
+            if isinstance(a, Mapping)
+        ],
+        "kubeletVersion": str(info.get("kubeletVersion") or ""),
+        "ready": ready,
+        "capacity": {k: str(capacity[k]) for k in ("cpu", "memory", "pods") if k in capacity},
+    }
+
+
+class WatchTable:
+    """Objects of one kind by name, fed by a list and then watch events (``ADDED``,
+    ``MODIFIED``, ``DELETED``, ``BOOKMARK``); keeps the resourceVersion to resume from."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: dict[str, Doc] = {}
+        self.resource_version = ""
+
+    def replace(self, items: list[Mapping[str, Any]], resource_version: str) -> None:
+        self.items = {}
+        for item in items:
+            if isinstance(item, Mapping):
+                self._put(item)
+        self.resource_version = resource_version
+
+    def _put(self, item: Mapping[str, Any]) -> None:
+        name = str(_mapping(item.get("metadata")).get("name") or "")
+        if name and (name in self.items or len(self.items) < self.limit):
+            self.items[name] = dict(item)
+
+    def event(self, kind: str, item: Mapping[str, Any]) -> bool:
+        """Apply one event; whether the set of objects changed. ``ERROR`` is the caller's."""
+        meta = _mapping(item.get("metadata"))
+        version = meta.get("resourceVersion")
+        if isinstance(version, str) and version:
+            self.resource_version = version
+        if kind == "BOOKMARK":
+            return False
+        name = str(meta.get("name") or "")
+        before = self.items.get(name)
+        if kind == "DELETED":
+            self.items.pop(name, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self._put(item)
+        return self.items.get(name) != before
+
+    def node_summaries(self) -> list[Doc]:
+        return [node_summary(self.items[name]) for name in sorted(self.items)]
+
+    def names(self) -> list[str]:
+        return sorted(self.items)
+
+
+# -- rate and backoff ------------------------------------------------------------------
+
+
+class TokenBucket:
+    """``rate`` requests a second on average, bursts of ``burst``; time is given."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+
+    def take(self, now: float) -> float:
+        """Take one token; the seconds to wait first (0: go now)."""
+        self._refill(now)
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class Backoff:
+    """Exponential backoff: ``base``, doubled per failure up to ``cap``; ``reset`` on success."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.base * float(2 ** min(self.failures, 30)))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def status_doc(
+    health: ClusterHealth,
+    nodes: list[Doc],
+    namespaces: list[str],
+    holder: str,
+    generation: int,
+) -> Doc:
+    """The ``clusterstatus`` document, without its write time (compared for changes)."""
+    return {
+        "id": health.cluster_id,
+        "state": health.state,
+        "conditions": health.condition_docs(),
+        "version": health.version,
+        "nodes": nodes,
+        "namespaces": namespaces,
+        "agents": [a.doc() for a in health.agents],
+        "holder": holder,
+        "generation": generation,
+    }
+
+
+def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
+    """Whether two status documents show the same (the write time aside)."""
+    if a is None:
+        return False
+    strip = {k: v for k, v in a.items() if k != "updated"}
+    other = {k: v for k, v in b.items() if k != "updated"}
+    return json.dumps(strip, sort_keys=True) == json.dumps(other, sort_keys=True)

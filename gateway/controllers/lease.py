@@ -1,0 +1,235 @@
+"""A lease in the store: which gateway process runs a piece of work now.
+
+A lease is one ``leases`` document (``gateway.store.records.LEASE``) naming its holder
+(a replica id), when it expires (wall-clock seconds, as the holder's clock saw it) and a
+``generation`` that grows by one each time the lease changes hands. It is taken and
+renewed only with the store's compare-and-set (``Store.swap``: the write holds only if
+the document is still what was read), so two processes racing for it — workers on one
+SQLite file or replicas on etcd — cannot both win.
+
+- ``Lease.try_acquire`` is one attempt: take a lease that is absent, expired, released,
+  or held by a process of this host that is no longer running (a crashed worker); renew
+  our own. ``Lease.held`` says whether we may act: it turns False at ``ttl - margin``
+  after the start of the last successful write, measured on this process's monotonic
+  loop clock, so a holder that cannot renew (the store is unreachable) stops acting
+  before anyone else can take the lease (at ``ttl`` after that write, on the wall clock).
+  Clock skew between hosts up to the margin (a fifth of the TTL) is tolerated.
+- ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it renews at a third of the
+  TTL, gives it up (deletes it) as soon as ``want()`` turns False, and reports each
+  change of holding to ``on_change``.
+- Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
+  behalf carry it, and a record written under a higher generation is not overwritten
+  by a lower one (``gateway.controllers.cluster_health`` does this for cluster status).
+
+Used for each cluster's controller (``cluster_health``); the access sync and the HA work
+use it the same way: one lease name per piece of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.store.base import Store, StoreError
+from gateway.store.records import LEASE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 15.0
+ERROR_RETRY_S = 1.0
+"""How soon a keeper tries again after the store failed (never past the lease's end)."""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lease:
+    """One named lease as seen by one would-be holder."""
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        holder: str,
+        ttl_s: float = DEFAULT_TTL_S,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+        pid: int | None = None,
+        is_running: Callable[[int], bool] = _running,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("a lease needs a positive TTL")
+        self.store = store
+        self.name = name
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self.margin_s = ttl_s / 5
+        self.clock = clock
+        self.host = host if host is not None else socket.gethostname()
+        self.pid = pid if pid is not None else os.getpid()
+        self._is_running = is_running
+        self._monotonic = monotonic
+        """How ``held`` reads time (default: the running loop's clock)."""
+        self.generation = 0
+        """The generation we hold (0: never held)."""
+        self._record: dict[str, Any] | None = None
+        """The document as we last wrote it (what a renewal expects to find)."""
+        self._valid_until = float("-inf")
+
+    def _now(self) -> float:
+        if self._monotonic is not None:
+            return self._monotonic()
+        return asyncio.get_running_loop().time()
+
+    def held(self) -> bool:
+        """Whether we hold the lease and may act on it now."""
+        return self._record is not None and self._now() < self._valid_until
+
+    @property
+    def valid_until(self) -> float:
+        """Loop time at which ``held`` turns False unless renewed."""
+        return self._valid_until
+
+    def _takeable(self, current: dict[str, Any], wall: float) -> bool:
+        if current.get("holder") == self.holder:
+            return True
+        expires = current.get("expires")
+        if not isinstance(expires, int | float) or wall >= expires:
+            return True
+        pid = current.get("pid")
+        same_host = current.get("host") == self.host
+        return same_host and isinstance(pid, int) and not self._is_running(pid)
+
+    async def try_acquire(self) -> bool:
+        """One attempt to take or renew; whether we hold it now. ``StoreError`` if the
+        store failed (``held`` then still tells whether we may go on acting)."""
+        started = self._now()
+        wall = self.clock()
+        current = await self.store.get(LEASE, self.name)
+        if current is not None and not self._takeable(current, wall):
+            self._lost()
+            return False
+        ours = current is not None and current.get("holder") == self.holder
+        if ours and current != self._record:
+            # Ours by name but not as we wrote it: an earlier process with our id, or a
+            # record rewritten behind us; take it over as a new generation.
+            ours = False
+        generation = self.generation if ours else _generation(current) + 1
+        record: dict[str, Any] = {
+            "id": self.name,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "acquired": current.get("acquired", wall) if ours and current else wall,
+            "renewed": wall,
+            "expires": wall + self.ttl_s,
+            "generation": generation,
+        }
+        revision = await self.store.swap(LEASE, self.name, current, record)
+        if revision is None:
+            self._lost()  # someone else wrote it between our read and our write
+            return False
+        if not ours:
+            logger.info("lease %s taken by %s (generation %d)", self.name, self.holder, generation)
+        self._record = record
+        self.generation = generation
+        self._valid_until = started + self.ttl_s - self.margin_s
+        return True
+
+    def _lost(self) -> None:
+        if self._record is not None:
+            logger.info("lease %s lost by %s", self.name, self.holder)
+        self._record = None
+        self._valid_until = float("-inf")
+
+    async def release(self) -> None:
+        """Give the lease up (delete it if it is still as we wrote it)."""
+        record = self._record
+        self._lost()
+        if record is not None:
+            await self.store.swap(LEASE, self.name, record, None)
+
+
+def _generation(record: dict[str, Any] | None) -> int:
+    value = None if record is None else record.get("generation")
+    return value if isinstance(value, int) else 0
+
+
+class LeaseKeeper:
+    """Keeps one lease while ``want()`` holds; ``on_change(True/False)`` on each change."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        want: Callable[[], bool],
+        on_change: Callable[[bool], None],
+    ) -> None:
+        self.lease = lease
+        self.want = want
+        self.on_change = on_change
+        self.holding = False
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Try now (``want()`` may have changed)."""
+        self._wake.set()
+
+    def _set(self, holding: bool) -> None:
+        if holding != self.holding:
+            self.holding = holding
+            self.on_change(holding)
+
+    async def step(self) -> float:
+        """One attempt; the seconds until the next one."""
+        lease = self.lease
+        if not self.want():
+            if lease.held():
+                self._set(False)
+                with contextlib.suppress(StoreError):
+                    await lease.release()
+            self._set(False)
+            return lease.ttl_s / 3
+        try:
+            # A store that hangs must not keep us acting past the lease's end.
+            limit = lease.valid_until - lease._now() if lease.held() else lease.ttl_s
+            async with asyncio.timeout(max(0.05, limit)):
+                holding = await lease.try_acquire()
+            delay = lease.ttl_s / 3
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("lease %s: the store failed: %s", lease.name, exc)
+            holding = lease.held()
+            delay = ERROR_RETRY_S
+        self._set(holding)
+        if holding:
+            # Never sleep past the moment we must stop acting.
+            delay = min(delay, max(0.0, lease.valid_until - lease._now()))
+        return delay
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                delay = await self.step()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        finally:
+            if self.lease.held():
+                self._set(False)
+                with contextlib.suppress(StoreError, RuntimeError):
+                    await asyncio.shield(self.lease.release())
+            self._set(False)
