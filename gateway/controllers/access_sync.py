@@ -62,9 +62,12 @@ from gateway.clusters.agent_rbac import (
 )
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
+from gateway.controllers.cluster_health import SYNCED
 from gateway.controllers.downstream import InternalListener
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
+from gateway.store.base import StoreError
 from gateway.store.records import (
     BINDING,
     CLUSTER,
@@ -365,6 +368,8 @@ class _ClusterState:
         self.resource_version = ""
         self.loop: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
+        self.reported: tuple[bool, str] | None = None
+        """The ``Synced`` condition last reported (status, reason)."""
 
 
 class AccessController:
@@ -477,13 +482,32 @@ class AccessController:
             try:
                 async with asyncio.timeout(PASS_TIMEOUT_S):
                     await self.sync(cluster_id)
+                await self._report(cluster_id, state, True, "Synced", "access is in step")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried; the cluster may be unreachable
                 metrics.ACCESS_SYNC_ERRORS.labels(cluster_id).inc()
                 logger.warning("access sync of %s failed: %r; retrying", cluster_id, exc)
+                await self._report(cluster_id, state, False, "SyncFailed", repr(exc)[:300])
                 await asyncio.sleep(RETRY_S)
                 state.wake.set()
+
+    async def _report(
+        self, cluster_id: str, state: _ClusterState, ok: bool, reason: str, message: str
+    ) -> None:
+        """The cluster's ``Synced`` condition (``ClusterControllers.set_condition``), set
+        only when it changes; a store failure is logged, the next pass reports again."""
+        if state.reported == (ok, reason):
+            return
+        controllers = self.app.get(CLUSTER_CONTROLLERS)
+        if controllers is None:
+            return
+        try:
+            await controllers.set_condition(cluster_id, SYNCED, ok, reason, message)
+        except StoreError as exc:
+            logger.warning("Synced of %s not recorded: %s", cluster_id, exc)
+            return
+        state.reported = (ok, reason)
 
     async def sync(self, cluster_id: str) -> Plan:
         """One full pass: list, compare, apply. Returns what it changed. The namespaces

@@ -67,7 +67,11 @@ def test_active_cluster_shows_conditions_version_and_agents(world: World) -> Non
     assert _condition(cluster, "Connected")["status"] == "True"
     ready = _condition(cluster, "Ready")
     assert ready["status"] == "True" and ready["lastTransitionTime"]
-    assert _condition(cluster, "Synced")["status"] == "Unknown"
+    # the access sync reports its passes as Synced
+    wait_until(
+        lambda: _condition(world.cluster(), "Synced")["status"] == "True", 15, "never Synced"
+    )
+    assert _condition(world.cluster(), "Synced")["reason"] == "Synced"
     wait_until(lambda: world.cluster()["version"], 15, "no version")
     version = world.cluster()["version"]
     assert version["gitVersion"] == "v1.32.0" and version["major"] == "1"
@@ -91,7 +95,7 @@ def test_metrics_per_cluster(world: World) -> None:
         f'herdgate_cluster_state{{cluster="{cid}",state="active"}} 1.0',
         f'herdgate_cluster_state{{cluster="{cid}",state="unavailable"}} 0.0',
         f'herdgate_cluster_condition{{cluster="{cid}",condition="Ready"}} 1.0',
-        f'herdgate_cluster_condition{{cluster="{cid}",condition="Synced"}} -1.0',
+        f'herdgate_cluster_condition{{cluster="{cid}",condition="Synced"}} 1.0',
         f'herdgate_cluster_nodes{{cluster="{cid}"}} 1.0',
     )
     wait_until(
