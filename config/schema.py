@@ -204,6 +204,13 @@ class AccessSyncSettings:
     """Full resync of each cluster this often, besides every change and every tunnel
     reconnect (it removes drift: bindings deleted or edited by hand)."""
 
+    admins_cluster_admin: bool = True
+    """Enabled gateway administrators are ``cluster-admin`` in every cluster (a
+    ``herdgate-admin-<user id>`` ClusterRoleBinding), as Rancher's administrators are.
+    ``false``: administrators manage the gateway, and what they may do inside a cluster
+    (``kubectl --as`` included) is only what the cluster's own RBAC or their bindings
+    grant, like Rancher's restricted administrators."""
+
     def __post_init__(self) -> None:
         if self.resync_s < 1:
             raise ConfigError("access_sync.resync", "must be at least 1s")

@@ -256,16 +256,20 @@ def desired_state(
 
 
 def desired_for(
-    directory: Directory, cluster_id: str, namespaces: Mapping[str, str]
+    directory: Directory,
+    cluster_id: str,
+    namespaces: Mapping[str, str],
+    admins_cluster_admin: bool = True,
 ) -> dict[Key, Doc]:
-    """:func:`desired_state` from the directory's records of one cluster."""
+    """:func:`desired_state` from the directory's records of one cluster
+    (``admins_cluster_admin``: the setting ``access_sync.admins_cluster_admin``)."""
     return desired_state(
         directory.role_templates,
         directory.bindings_by_cluster.get(cluster_id, {}).values(),
         directory.project_bindings_by_cluster.get(cluster_id, {}).values(),
         namespaces,
         (p.id for p in directory.projects.values() if p.cluster_id == cluster_id),
-        admin_ids(directory),
+        admin_ids(directory) if admins_cluster_admin else (),
     )
 
 
@@ -519,7 +523,12 @@ class AccessController:
             listed = await CoreV1Api(api).list_namespace()
             items = api.sanitize_for_serialization(listed).get("items", [])
             namespaces = {str(ns["metadata"]["name"]): project_of(ns) for ns in items}
-            desired = desired_for(self.directory, cluster_id, namespaces)
+            desired = desired_for(
+                self.directory,
+                cluster_id,
+                namespaces,
+                self.app[SETTINGS].access_sync.admins_cluster_admin,
+            )
             existing = await self._list(api, rbac)
             todo = plan(desired, existing)
             await self._apply(cluster_id, rbac, todo, existing)

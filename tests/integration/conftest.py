@@ -75,11 +75,11 @@ class World:
         api.token = api.login(name, USER_PASSWORD)
         return str(created["id"]), api
 
-    def downstream(self, path: str) -> Any:
+    def downstream(self, path: str, token: str = AGENT_SA_TOKEN) -> Any:
         """GET from the stand-in as the agent's service account; None on 404."""
         context = ssl.create_default_context(cafile=str(self.standin.ca_file))
         request = urllib.request.Request(
-            self.standin.url + path, headers={"Authorization": f"Bearer {AGENT_SA_TOKEN}"}
+            self.standin.url + path, headers={"Authorization": f"Bearer {token}"}
         )
         try:
             with urllib.request.urlopen(request, context=context, timeout=10) as response:
@@ -88,6 +88,25 @@ class World:
             if exc.code == 404:
                 return None
             raise
+
+    def downstream_as_admin(self, path: str) -> Any:
+        """GET from the stand-in as the cluster's own administrator; None on 404."""
+        return self.downstream(path, CLUSTER_ADMIN_TOKEN)
+
+    def wait_admin_synced(self, timeout: float = 15.0) -> None:
+        """Until the gateway's administrator is ``cluster-admin`` in the cluster (the
+        access sync's ``herdgate-admin-<id>``)."""
+        wait_until(
+            lambda: any(
+                item["metadata"]["name"].startswith("herdgate-admin-")
+                for item in self.downstream_as_admin(
+                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+                )["items"]
+            ),
+            timeout,
+            "the admin's cluster-admin binding never reached the cluster",
+            interval=0.1,
+        )
 
     def synced_objects(self, binding_id: str, resource: str = "clusterrolebindings") -> list[Any]:
         """The RBAC objects the access sync made for a binding (by its label)."""
@@ -149,27 +168,34 @@ def start_world(
     gateway_ca: Path | None = None,
     standin_args: Sequence[str] = (),
     standin_tokens: dict[str, tuple[str, str, list[str]]] | None = None,
-    agent_groups: Sequence[str] = ("system:masters",),
+    agent_groups: Sequence[str] = AGENT_SA_GROUPS,
     prepare: Callable[[StandInProcess, Path], None] | None = None,
-    standin_objects: Sequence[dict[str, Any]] = (),
-    authorization_mode: str = "AlwaysAllow",
+    standin_objects: Sequence[dict[str, Any]] | None = None,
+    authorization_mode: str = "RBAC",
+    wait_admin: bool = True,
 ) -> World:
     """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
     ``standin_args``/``standin_tokens``: more for the stand-in; ``agent_groups``: the
     groups of the agent's token (``AGENT_SA_GROUPS`` for exactly a service account's);
     ``prepare(standin, tmp)``: run before the agent starts; ``standin_objects``: created
     by the stand-in at start (``--bootstrap-objects``: the agent's RBAC, namespaces);
-    ``authorization_mode``: the stand-in's (``RBAC`` or ``AlwaysAllow``)."""
+    ``authorization_mode``: the stand-in's (``RBAC`` or ``AlwaysAllow``); ``wait_admin``:
+    return once the gateway's administrator is cluster-admin in the cluster (``False`` with
+    ``access_sync.admins_cluster_admin: false``).
+
+    By default every world is least privilege, as a real cluster: the stand-in enforces
+    RBAC, the agent holds exactly the manifest's rights (``agent_objects``: its service
+    account's groups, no system:masters), and users' rights there come only from the
+    access sync; the cluster's own administrator is ``CLUSTER_ADMIN_TOKEN``."""
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={
             AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
             **(standin_tokens or {}),
         },
         args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
-        objects=standin_objects,
-        # herdgate's users reach it impersonated; the worlds whose tests all wait for the
-        # access sync (``World.user``) may enforce RBAC (``authorization_mode="RBAC"``)
+        objects=agent_objects() if standin_objects is None else standin_objects,
         authorization_mode=authorization_mode,
     )
     if prepare is not None:
@@ -196,6 +222,8 @@ def start_world(
     )
     world.agent = world.start_agent()
     world.wait_state("active")
+    if authorization_mode == "RBAC" and wait_admin:
+        world.wait_admin_synced()
     return world
 
 
@@ -209,15 +237,8 @@ def agent_objects() -> list[dict[str, Any]]:
 def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:
     """A world whose stand-in enforces RBAC and whose agent holds exactly the agent's
     rights (``agent_objects``, a service account's groups: no system:masters); users'
-    rights there come only from the access sync."""
-    return start_world(
-        tmp,
-        authorization_mode="RBAC",
-        standin_objects=agent_objects(),
-        standin_tokens={CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"])},
-        agent_groups=AGENT_SA_GROUPS,
-        **kwargs,
-    )
+    rights there come only from the access sync. Every ``start_world`` is that now."""
+    return start_world(tmp, **kwargs)
 
 
 def stop_world(world: World) -> None:

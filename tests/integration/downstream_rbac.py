@@ -1,8 +1,7 @@
-"""RBAC objects made by hand in the stand-in API server, with the agent's credential.
-
-What the access sync (issue 17, another part) will keep in step downstream, made here by
-the tests that need it: a cluster owner's or an administrator's ``cluster-admin``, a
-user's right to impersonate.
+"""RBAC objects made by hand in the stand-in API server by the cluster's own administrator
+(``World.cluster_admin_kubeconfig``): what a cluster's operator grants beside the access
+sync (herdgate never touches objects without its label), e.g. a user's right to
+impersonate.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def downstream(world: World, *args: str, stdin: str | None = None) -> str:
-    """kubectl straight to the stand-in, as the agent's service account."""
-    return ok(kubectl_run(kubectl("1.32"), world.agent_kubeconfig, *args, stdin=stdin))
+    """kubectl straight to the stand-in, as the cluster's administrator."""
+    return ok(kubectl_run(kubectl("1.32"), world.cluster_admin_kubeconfig(), *args, stdin=stdin))
 
 
 def apply(world: World, *docs: dict[str, Any]) -> None:

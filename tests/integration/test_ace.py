@@ -17,7 +17,15 @@ import yaml
 
 from standin.harness import StandInProcess
 from tests.binaries import kubectl
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
+from tests.integration.conftest import (
+    AGENT_SA_GROUPS,
+    AGENT_SA_TOKEN,
+    AGENT_SA_USER,
+    CLUSTER_ADMIN_TOKEN,
+    NO_AGENT,
+    World,
+    agent_objects,
+)
 from tests.integration.env import (
     REPO_ROOT,
     Agent,
@@ -60,10 +68,11 @@ def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     standin = StandInProcess.start(
         tmp / "apiserver",
         tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"]),
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
             READER_TOKEN: ("system:serviceaccount:herdgate-system:herdgate-webhook", "uid-r", []),
         },
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
         args=[
             "--authentication-token-webhook-config-file",
             str(webhook_config),
@@ -91,6 +100,7 @@ def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     world = World(tmp, standin, gateway, admin, cluster["id"], "edge", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     world.wait_state("active")
+    world.wait_admin_synced()
     reader_kc = standin.kubeconfig(tmp / "webhook-reader-kubeconfig", token=READER_TOKEN)
     webhook = Agent(
         [

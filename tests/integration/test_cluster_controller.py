@@ -112,7 +112,7 @@ def test_metrics_per_cluster(world: World) -> None:
 def test_nodes_the_api_server_reports_appear(world: World) -> None:
     created = kubectl_run(
         kubectl("1.32"),
-        world.agent_kubeconfig,
+        world.cluster_admin_kubeconfig(),
         "create",
         "-f",
         "-",
@@ -127,7 +127,9 @@ def test_nodes_the_api_server_reports_appear(world: World) -> None:
     assert node["kubeletVersion"] == "v1.32.1" and node["ready"] == "True"
     assert node["capacity"] == {"cpu": "4", "memory": "8Gi", "pods": "110"}
     assert cluster["nodeCount"] == len(cluster["nodes"])
-    deleted = kubectl_run(kubectl("1.32"), world.agent_kubeconfig, "delete", "node", "worker-7")
+    deleted = kubectl_run(
+        kubectl("1.32"), world.cluster_admin_kubeconfig(), "delete", "node", "worker-7"
+    )
     assert deleted.returncode == 0, deleted.stderr
     wait_until(lambda: "worker-7" not in _node_names(world), 15, "deleted node still shown")
 
@@ -153,7 +155,7 @@ def test_api_server_down_makes_the_cluster_unavailable_and_back(world: World) ->
     # resumed or listed again after the API server came back).
     created = kubectl_run(
         kubectl("1.32"),
-        world.agent_kubeconfig,
+        world.cluster_admin_kubeconfig(),
         "create",
         "-f",
         "-",

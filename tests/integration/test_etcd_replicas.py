@@ -15,11 +15,14 @@ from tests.binaries import kubectl
 from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
 from tests.fixtures.tcplb import TcpBalancer
 from tests.integration.conftest import (
+    AGENT_SA_GROUPS,
     AGENT_SA_TOKEN,
     AGENT_SA_USER,
+    CLUSTER_ADMIN_TOKEN,
     NO_AGENT,
     USER_PASSWORD,
     World,
+    agent_objects,
 )
 from tests.integration.env import (
     ApiError,
@@ -60,8 +63,11 @@ def replicas(
     second.start()
     standin = StandInProcess.start(
         tmp / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "u", ["system:masters"])},
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "u", list(AGENT_SA_GROUPS)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+        },
+        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
     )
     # The world talks to the load balancer, like users and agents do.
     front = Gateway(tmp / "a", lb.port, tmp / "front.log")

@@ -41,7 +41,14 @@ VERSIONS = ["1.32", "1.27"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_world(tmp_path_factory.mktemp("kubectl-as"), name="as", authorization_mode="RBAC")
+    # Administrators here are not cluster-admin downstream (like Rancher's restricted
+    # administrators): what they may impersonate is what the cluster grants them.
+    w = start_world(
+        tmp_path_factory.mktemp("kubectl-as"),
+        name="as",
+        gateway_config="access_sync:\n  admins_cluster_admin: false\n",
+        wait_admin=False,
+    )
     try:
         yield w
     finally:

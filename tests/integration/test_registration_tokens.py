@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from standin.harness import StandInProcess
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
+from tests.integration.conftest import (
+    AGENT_SA_GROUPS,
+    AGENT_SA_TOKEN,
+    AGENT_SA_USER,
+    CLUSTER_ADMIN_TOKEN,
+    NO_AGENT,
+    World,
+    agent_objects,
+)
 from tests.integration.env import Agent, Gateway, agent_command, free_port, wait_until
 from tests.integration.test_proxy_errors import raw_request
 
@@ -26,8 +34,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("registration")
     standin = StandInProcess.start(
         tmp / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+        },
+        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
     )
     config = tmp / "gateway.yaml"
     config.write_text(f"registration:\n  max_agents_per_cluster: {MAX_AGENTS}\n")

@@ -17,7 +17,15 @@ import pytest
 from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.fixtures.notify import FakeSystemd, starts_with
-from tests.integration.conftest import AGENT_SA_TOKEN, AGENT_SA_USER, NO_AGENT, World
+from tests.integration.conftest import (
+    AGENT_SA_GROUPS,
+    AGENT_SA_TOKEN,
+    AGENT_SA_USER,
+    CLUSTER_ADMIN_TOKEN,
+    NO_AGENT,
+    World,
+    agent_objects,
+)
 from tests.integration.env import Gateway, free_port, kubectl_run, wait_until
 from tests.integration.test_proxy_errors import raw_request
 
@@ -29,8 +37,11 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("workers")
     standin = StandInProcess.start(
         tmp / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+        },
+        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
     )
     gateway = Gateway(
         tmp / "gateway", free_port(), tmp / "gateway.log", extra_args=["--workers", "2"]
@@ -149,8 +160,11 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
     a worker that stops answering its watchdog is replaced, STOPPING on SIGTERM."""
     standin = StandInProcess.start(
         tmp_path / "apiserver",
-        tokens={AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", ["system:masters"])},
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        tokens={
+            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+        },
+        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
     )
     metrics_port = free_port()
     config = tmp_path / "gateway.yaml"
