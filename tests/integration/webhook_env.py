@@ -163,7 +163,8 @@ def start_standin(
             ADMIN_TOKEN: ("standin-admin", "uid-admin", ["system:masters"]),
             READER_TOKEN: (READER_USER, "uid-webhook", ["system:serviceaccounts"]),
         },
-        authorization_mode="AlwaysAllow",  # until the access sync binds herdgate's roles
+        # no gateway or agent here: these worlds test authentication on the direct path
+        authorization_mode="AlwaysAllow",
         args=[
             "--authentication-token-webhook-config-file", str(webhook_file),
             "--authentication-token-webhook-version", version,
