@@ -63,7 +63,7 @@ from gateway.clusters.agent_rbac import (
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
 from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
-from gateway.controllers.cluster_health import SYNCED
+from gateway.controllers.cluster_health import READY, SYNCED
 from gateway.controllers.downstream import InternalListener
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
@@ -72,6 +72,7 @@ from gateway.store.records import (
     BINDING,
     CLUSTER,
     CLUSTER_CONTEXT,
+    CLUSTER_STATUS,
     PROJECT,
     PROJECT_BINDING,
     PROJECT_CONTEXT,
@@ -374,6 +375,8 @@ class _ClusterState:
         self.watch: asyncio.Task[None] | None = None
         self.reported: tuple[bool, str] | None = None
         """The ``Synced`` condition last reported (status, reason)."""
+        self.ready: bool | None = None
+        """The cluster's ``Ready`` condition as last seen (None: not yet seen)."""
 
 
 class AccessController:
@@ -420,6 +423,21 @@ class AccessController:
         elif kind == ROLE_TEMPLATE or (kind == USER and self._admin_changed(key)):
             for state in self._clusters.values():
                 state.wake.set()
+        elif kind == CLUSTER_STATUS:
+            self._on_status(key)
+
+    def _on_status(self, cluster_id: str) -> None:
+        """A cluster whose API server is ready again gets a full pass at once: what it
+        holds may have changed while it was away (an etcd restored from a backup, objects
+        deleted by hand), and the periodic resync could be minutes off."""
+        state = self._clusters.get(cluster_id)
+        status = self.directory.statuses.get(cluster_id)
+        if state is None or status is None:
+            return
+        ready = any(c.get("type") == READY and c.get("status") == "True" for c in status.conditions)
+        if ready and state.ready is False:
+            state.wake.set()
+        state.ready = ready
 
     def _admin_changed(self, user_id: str) -> bool:
         """Whether the user's change adds or removes an administrator (a login, which

@@ -214,9 +214,17 @@ class AceController:
             extensions = ApiextensionsV1Api(api)
             custom = CustomObjectsApi(api)
             creates: list[tuple[Any, Doc]] = [
-                (core.create_namespace, manifests.namespace()),
-                *((extensions.create_custom_resource_definition, crd) for crd in manifests.crds()),
+                (extensions.create_custom_resource_definition, crd) for crd in manifests.crds()
             ]
+            # The manifest makes the namespace and the agent may not create namespaces
+            # (a create is authorised before it is found to exist, so a 409 is never seen):
+            # create it only where it is missing, for agents installed by hand.
+            try:
+                await core.read_namespace(NAMESPACE)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                creates.insert(0, (core.create_namespace, manifests.namespace()))
             for create, doc in creates:
                 try:
                     await create(doc)

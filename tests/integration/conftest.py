@@ -133,6 +133,39 @@ class World:
             self.standin.kubeconfig(path, token=CLUSTER_ADMIN_TOKEN)
         return path
 
+    def grant_downstream(self, user: str, cluster_role: str = "view") -> None:
+        """The cluster's own administrator binds ``user`` (a name the API server sees, not a
+        herdgate user) to ``cluster_role``, as an operator does by hand for identities that
+        herdgate's access sync does not manage (for example a target of ``--as``)."""
+        name = "hand-made-" + "".join(c if c.isalnum() else "-" for c in user.lower())
+        body = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": cluster_role,
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        context = ssl.create_default_context(cafile=str(self.standin.ca_file))
+        request = urllib.request.Request(
+            self.standin.url + "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {CLUSTER_ADMIN_TOKEN}",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+
     def kubeconfig_for(self, api: Api, name: str) -> Path:
         config = api.post(f"/v3/clusters/{self.cluster_id}?action=generateKubeconfig")["config"]
         return write_kubeconfig(self.tmp / f"kubeconfig-{name}", config)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ace import manifests as ace_manifests
 from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.integration.conftest import (
@@ -70,9 +71,15 @@ def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         tokens={
             AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
             CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-            READER_TOKEN: ("system:serviceaccount:herdgate-system:herdgate-webhook", "uid-r", []),
+            READER_TOKEN: (
+                "system:serviceaccount:herdgate-system:herdgate-webhook",
+                "uid-r",
+                ["system:serviceaccounts", "system:serviceaccounts:herdgate-system"],
+            ),
         },
-        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
+        # The manifests' rights and nothing more, RBAC enforced: the agent's, and the
+        # webhook's read-only Role on the two record kinds (ace.manifests.rbac).
+        objects=[*agent_objects(), *ace_manifests.rbac()],
         args=[
             "--authentication-token-webhook-config-file",
             str(webhook_config),
@@ -157,7 +164,7 @@ def kubeconfig(world: World, api: Any, name: str) -> tuple[Path, dict[str, Any]]
 
 
 def records(world: World, plural: str) -> list[str]:
-    kc = world.standin.kubeconfig(world.tmp / "admin-direct", token=AGENT_SA_TOKEN)
+    kc = world.standin.kubeconfig(world.tmp / "admin-direct", token=CLUSTER_ADMIN_TOKEN)
     out = kubectl_run(kubectl("1.32"), kc, "get", plural, "-n", "herdgate-system", "-o", "json")
     if out.returncode != 0:
         return []
@@ -246,7 +253,7 @@ def test_node_contexts_when_no_fqdn(ace: World) -> None:
         },
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
     }
-    admin_kc = ace.standin.kubeconfig(ace.tmp / "admin-direct", token=AGENT_SA_TOKEN)
+    admin_kc = ace.standin.kubeconfig(ace.tmp / "admin-direct", token=CLUSTER_ADMIN_TOKEN)
     out = kubectl_run(kubectl("1.32"), admin_kc, "apply", "-f", "-", stdin=json.dumps(node))
     assert out.returncode == 0, out.stderr
     ace.admin.put(

@@ -147,7 +147,8 @@ def secret_files(world: World, directory: Path) -> tuple[Path, list[str]]:
     """A directory mounted read-only at /etc/herdgate (kubeconfig, registration token)
     readable only by the image's user, and the agent's arguments."""
     directory.mkdir()
-    parts = shlex.split(world.registration_command())
+    reg = world.admin.post("/v3/clusterregistrationtokens", {"clusterId": world.cluster_id})
+    parts = shlex.split(str(reg["nodeCommand"]))  # the plain `herdgate agent ...` line
     assert parts[:2] == ["herdgate", "agent"], parts
     at = parts.index("--token")
     token = parts[at + 1]

@@ -453,8 +453,13 @@ def test_readiness_follows_the_tunnel_across_a_gateway_restart(setup: Setup) -> 
         metrics = _metrics(pod)
         assert metrics["herdgate_agent_reconnects_total"] == 1
         assert metrics["herdgate_agent_tunnels"] == 1
-        state = setup.admin.get(f"/v3/clusters/{setup.cluster_id}")["state"]
-        assert state == "active"
+        # The gateway calls the cluster active once its controller has seen the API
+        # server ready through the new tunnel: a probe after the agent's own readiness.
+        wait_until(
+            lambda: setup.admin.get(f"/v3/clusters/{setup.cluster_id}")["state"] == "active",
+            10,
+            "the cluster never became active again",
+        )
     finally:
         pod.agent.stop()
 

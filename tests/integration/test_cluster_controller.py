@@ -167,6 +167,9 @@ def test_api_server_down_makes_the_cluster_unavailable_and_back(world: World) ->
         30,
         f"nodes: {world.cluster()['nodes']}",
     )
+    # Its RBAC objects went too: a cluster that is Ready again gets an access pass at once
+    # (not at the next periodic resync, minutes off), so the administrator is back.
+    world.wait_admin_synced(timeout=15)
 
 
 def _read_until(proc: subprocess.Popen[str], text: str) -> None:

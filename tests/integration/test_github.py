@@ -62,7 +62,7 @@ def test_device_login_and_team_binding(github: Any) -> None:
     token = result["token"]
     me = world.gateway.api(token).get("/v3/users?me=true")["data"][0]
     assert me["principalIds"] == ["github_user://4242"]
-    world.admin.post(
+    binding = world.admin.post(
         "/v3/clusterroletemplatebindings",
         {
             "clusterId": world.cluster_id,
@@ -70,6 +70,7 @@ def test_device_login_and_team_binding(github: Any) -> None:
             "roleTemplateId": "cluster-member",
         },
     )
+    world.wait_synced(binding["id"])
     config = world.gateway.api(token).post(
         f"/v3/clusters/{world.cluster_id}?action=generateKubeconfig"
     )["config"]

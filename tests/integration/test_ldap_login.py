@@ -51,7 +51,7 @@ def ldap(
     world = start_world(
         tmp_path_factory.mktemp("ldap"), name="dir", gateway_config=yaml.safe_dump(config)
     )
-    world.admin.post(
+    binding = world.admin.post(
         "/v3/clusterroletemplatebindings",
         {
             "clusterId": world.cluster_id,
@@ -59,6 +59,7 @@ def ldap(
             "roleTemplateId": "cluster-member",
         },
     )
+    world.wait_synced(binding["id"])
     try:
         yield world, slapd
     finally:

@@ -35,7 +35,9 @@ _VOLATILE = ("last_used", "connected_at", "ca_cert", "heartbeat", "last_login")
 
 def stored(world: World) -> dict[tuple[str, str], Any]:
     with sqlite3.connect(Path(world.gateway.state_dir) / "herdgate.db") as db:
-        rows = db.execute("SELECT kind, key, value FROM objects WHERE kind != 'replicas'")
+        rows = db.execute(
+            "SELECT kind, key, value FROM objects WHERE kind NOT IN ('replicas', 'leases')"
+        )
         out = {}
         for kind, key, value in rows.fetchall():
             doc = json.loads(value)

@@ -45,7 +45,7 @@ def oidc(
         }
     }
     world = start_world(tmp, name="oidc", gateway_config=yaml.safe_dump(config))
-    world.admin.post(
+    binding = world.admin.post(
         "/v3/clusterroletemplatebindings",
         {
             "clusterId": world.cluster_id,
@@ -53,6 +53,7 @@ def oidc(
             "roleTemplateId": "cluster-member",
         },
     )
+    world.wait_synced(binding["id"])
     try:
         yield world, issuer, loop
     finally:

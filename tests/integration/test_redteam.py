@@ -310,10 +310,11 @@ def oidc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World
         ("oidc_group://ops", "cluster-owner"),
         ("oidc_group://viewers", "read-only"),
     ):
-        world.admin.post(
+        binding = world.admin.post(
             "/v3/clusterroletemplatebindings",
             {"clusterId": world.cluster_id, "groupPrincipalId": group, "roleTemplateId": role},
         )
+        world.wait_synced(binding["id"])
     try:
         yield world, issuer
     finally:
