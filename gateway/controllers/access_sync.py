@@ -27,10 +27,12 @@ updated, never deleted.
 A per-cluster loop runs a pass on every relevant directory change (debounced), when a
 tunnel comes up, and every ``access_sync.resync``; a watch on the cluster's namespaces
 (resumed from its resourceVersion, re-listed after ``410 Gone``) wakes it when a
-namespace joins or leaves a project, appears or disappears. Leadership is ACE sync's
-rule (``gateway.controllers.ace_sync``): the pass runs in the process that holds a
-tunnel for the cluster and is the first live replica (``ReplicaSet.is_leader``); there
-is no per-cluster lease yet.
+namespace joins or leaves a project, appears or disappears, and one when the cluster's
+API server is ``Ready`` again. The pass and the watch run where the cluster's
+controller runs: in the one process holding the cluster's lease
+(``ClusterControllers.leads``), and every write is fenced: a process whose lease is no
+longer certainly its own (``Lease.held`` turns False before anyone else can take it)
+stops before its next write.
 """
 
 from __future__ import annotations
@@ -60,7 +62,6 @@ from gateway.clusters.agent_rbac import (
     RBAC_GROUP,
     custom_role_name,
 )
-from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
 from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
 from gateway.controllers.cluster_health import READY, SYNCED
@@ -361,12 +362,16 @@ def project_of(namespace: Doc) -> str:
 # -- the controller ---------------------------------------------------------------------
 
 
+class LeadLost(Exception):
+    """The cluster's lease is no longer certainly this process's: no more writes."""
+
+
 class _ClusterState:
     def __init__(self) -> None:
         self.wake = asyncio.Event()
         self.wake.set()
-        self.tunnel_up = asyncio.Event()
-        """Cuts the watch's backoff short when a tunnel comes up."""
+        self.nudge = asyncio.Event()
+        """Cuts the watch's wait short when a tunnel comes up or the lease is taken."""
         self.namespaces: dict[str, str] | None = None
         """Namespace → project annotation, as the watch last saw them (None: to be listed);
         only to tell which events matter."""
@@ -395,6 +400,7 @@ class AccessController:
     def start(self) -> None:
         self.directory.on_change(self._on_directory_change)
         self.app[TUNNELS].on_change(self._on_tunnel_change)
+        self.app[CLUSTER_CONTROLLERS].on_lead(self._on_lead)
         for cluster_id in list(self.directory.clusters):
             self._ensure(cluster_id)
 
@@ -466,7 +472,7 @@ class AccessController:
         state = self._clusters.get(cluster_id)
         if state is not None and live:
             state.wake.set()
-            state.tunnel_up.set()
+            state.nudge.set()
 
     def _ensure(self, cluster_id: str) -> None:
         if cluster_id in self._clusters:
@@ -485,8 +491,24 @@ class AccessController:
         self.synced.pop(cluster_id, None)
 
     def _in_charge(self, cluster_id: str) -> bool:
-        """ACE sync's rule: a tunnel here, and the first live replica."""
-        return bool(self.app[TUNNELS].count(cluster_id)) and self.app[REPLICAS].is_leader()
+        """Whether this process holds the cluster's lease (its controller runs here)."""
+        return self.app[CLUSTER_CONTROLLERS].leads(cluster_id)
+
+    def _fence(self, cluster_id: str) -> None:
+        """Before every write: stop if the lease may be someone else's by now."""
+        if not self._in_charge(cluster_id):
+            raise LeadLost(cluster_id)
+
+    def _on_lead(self, cluster_id: str, holding: bool) -> None:
+        state = self._clusters.get(cluster_id)
+        if state is None:
+            return
+        if holding:
+            state.wake.set()
+            state.nudge.set()
+        else:  # another process follows the namespaces now: list afresh when back
+            state.namespaces = None
+            state.resource_version = ""
 
     # -- the sync loop --------------------------------------------------------------------
 
@@ -500,13 +522,15 @@ class AccessController:
             await asyncio.sleep(DEBOUNCE_S)
             state.wake.clear()
             if not self._in_charge(cluster_id):
-                continue  # resynced when a tunnel comes up here
+                continue  # woken when this process takes the cluster's lease
             try:
                 async with asyncio.timeout(PASS_TIMEOUT_S):
                     await self.sync(cluster_id)
                 await self._report(cluster_id, state, True, "Synced", "access is in step")
             except asyncio.CancelledError:
                 raise
+            except LeadLost:
+                logger.info("access sync of %s stopped: the lease is no longer held", cluster_id)
             except Exception as exc:  # noqa: BLE001 - retried; the cluster may be unreachable
                 metrics.ACCESS_SYNC_ERRORS.labels(cluster_id).inc()
                 logger.warning("access sync of %s failed: %r; retrying", cluster_id, exc)
@@ -605,33 +629,33 @@ class AccessController:
                     n for n in final_bind["rules"][1]["resourceNames"] if n != CLUSTER_MEMBER_BASICS
                 ]
                 interim = agent_rbac.agent_bind_role(tuple(sorted({*names, *deleted_roles})))
-                await self._put(rbac, interim, current.get(bind_key))
+                await self._put(cluster_id, rbac, interim, current.get(bind_key))
             else:
-                await self._put(rbac, final_bind, current.get(bind_key))
+                await self._put(cluster_id, rbac, final_bind, current.get(bind_key))
                 count(cluster_id, "create" if bind_key not in current else "update").inc()
         for doc in roles_first:
             if key_of(doc) == bind_key:
                 continue  # above (and after the deletions, when there are some)
-            await self._put(rbac, doc, current.get(key_of(doc)))
+            await self._put(cluster_id, rbac, doc, current.get(key_of(doc)))
             count(cluster_id, "create" if key_of(doc) not in current else "update").inc()
         for doc in todo.recreate:
-            await self._delete(rbac, doc)
-            await self._put(rbac, doc, None)
+            await self._delete(cluster_id, rbac, doc)
+            await self._put(cluster_id, rbac, doc, None)
             count(cluster_id, "update").inc()
         for doc in todo.create:
             if doc["kind"] != CLUSTER_ROLE:
-                await self._put(rbac, doc, None)
+                await self._put(cluster_id, rbac, doc, None)
                 count(cluster_id, "create").inc()
         for doc, have in todo.update:
             if doc["kind"] != CLUSTER_ROLE:
-                await self._put(rbac, doc, have)
+                await self._put(cluster_id, rbac, doc, have)
                 count(cluster_id, "update").inc()
         for doc in sorted(todo.delete, key=lambda d: d["kind"] == CLUSTER_ROLE):
-            await self._delete(rbac, doc)
+            await self._delete(cluster_id, rbac, doc)
             count(cluster_id, "delete").inc()
         if final_bind is not None and deleted_roles:
             refreshed = await self._read_cluster_role(rbac, AGENT_BIND_ROLE)
-            await self._put(rbac, final_bind, refreshed)
+            await self._put(cluster_id, rbac, final_bind, refreshed)
 
     async def _read_cluster_role(self, rbac: Any, name: str) -> Doc | None:
         from kubernetes_asyncio.client.exceptions import ApiException
@@ -645,9 +669,11 @@ class AccessController:
         doc: Doc = rbac.api_client.sanitize_for_serialization(read)
         return doc
 
-    async def _put(self, rbac: Any, doc: Doc, have: Doc | None) -> None:
+    async def _put(self, cluster_id: str, rbac: Any, doc: Doc, have: Doc | None) -> None:
         """Create ``doc``, or replace ``have`` with it (at ``have``'s resourceVersion)."""
         from kubernetes_asyncio.client.exceptions import ApiException
+
+        self._fence(cluster_id)
 
         kind, namespace, name = key_of(doc)
         try:
@@ -678,8 +704,10 @@ class AccessController:
                 return  # the namespace went away meanwhile
             raise
 
-    async def _delete(self, rbac: Any, doc: Doc) -> None:
+    async def _delete(self, cluster_id: str, rbac: Any, doc: Doc) -> None:
         from kubernetes_asyncio.client.exceptions import ApiException
+
+        self._fence(cluster_id)
 
         kind, namespace, name = key_of(doc)
         try:
@@ -700,14 +728,10 @@ class AccessController:
         failures = 0
         while cluster_id in self.directory.clusters:
             if not self._in_charge(cluster_id):
-                if not self.app[REPLICAS].is_leader():
-                    state.namespaces = None  # another replica follows them
-                    state.resource_version = ""
-                # (no tunnel here: resumed from its resourceVersion when one comes up)
-                state.tunnel_up.clear()
+                state.nudge.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
-                        await state.tunnel_up.wait()
+                        await state.nudge.wait()
                 continue
             try:
                 async with asyncio.timeout(WATCH_TIMEOUT_S + PASS_TIMEOUT_S):
@@ -721,10 +745,10 @@ class AccessController:
                 logger.info(
                     "namespace watch of %s broke off (%r); again in %.0fs", cluster_id, exc, delay
                 )
-                state.tunnel_up.clear()
+                state.nudge.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay * (0.5 + random.random() / 2)):  # noqa: S311
-                        await state.tunnel_up.wait()
+                        await state.nudge.wait()
 
     async def _watch(self, cluster_id: str, state: _ClusterState) -> None:
         from kubernetes_asyncio.client import CoreV1Api

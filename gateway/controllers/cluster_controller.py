@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -436,6 +436,7 @@ class ClusterControllers:
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._flushing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._lead_listeners: list[Callable[[str, bool], None]] = []
 
     def wall_offset(self) -> float:
         """Wall clock minus loop time (agents' connect times are loop times)."""
@@ -559,8 +560,22 @@ class ClusterControllers:
                 logger.info("controller of cluster %s stops here", cluster_id)
                 self._spawn(stopping.stop())
                 metrics.CLUSTER_PROBE_SECONDS.labels(cluster_id).set(0)
+        for listener in self._lead_listeners:
+            listener(cluster_id, holding)
 
     # -- what others call -------------------------------------------------------------
+
+    def leads(self, cluster_id: str) -> bool:
+        """Whether this process holds the cluster's lease now (and may act for it):
+        False already at ``ttl - margin`` after the last renewal, before anyone else can
+        take it over."""
+        controller = self.running.get(cluster_id)
+        return controller is not None and controller.lease.held()
+
+    def on_lead(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(cluster_id, holding)`` when this process takes a cluster's
+        lease or gives it up (the access sync runs where the controller runs)."""
+        self._lead_listeners.append(listener)
 
     async def set_condition(
         self, cluster_id: str, kind: str, status: bool | None, reason: str, message: str
@@ -622,7 +637,8 @@ CLUSTER_CONTROLLERS = web.AppKey("cluster_controllers", ClusterControllers)
 
 
 async def cluster_context(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context (after ``ace_sync.ace_context``, whose listener it uses)."""
+    """aiohttp cleanup context (after ``ace_sync.ace_context``, whose listener it uses;
+    before ``access_sync.access_context``, which follows its leases)."""
     from gateway.controllers.downstream import INTERNAL_LISTENER
 
     controllers = ClusterControllers(app, app[INTERNAL_LISTENER])

@@ -208,8 +208,8 @@ def build_app(
 
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace_sync.ace_context)
-    app.cleanup_ctx.append(access_sync.access_context)
     app.cleanup_ctx.append(cluster_controller.cluster_context)
+    app.cleanup_ctx.append(access_sync.access_context)  # follows the controllers' leases
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import ssl
 import urllib.error
@@ -280,6 +281,23 @@ def stop_world(world: World) -> None:
             stop()
         except Exception as exc:  # noqa: BLE001 - keep stopping the others
             print(f"teardown: {exc}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration is marked ``integration`` (for ``-m``)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_after_module() -> Iterator[None]:
+    """Collect garbage when a module ends, so a process object a test dropped while its
+    process still ran is reported (a ResourceWarning, an error) by the module that
+    dropped it, not by whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")

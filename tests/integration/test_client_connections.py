@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import World
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 
 def _tls(world: World) -> ssl.SSLSocket:

@@ -27,7 +27,7 @@ import pytest
 from tests.integration.conftest import World, start_world, stop_world
 from tests.integration.env import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 SITECUSTOMIZE = '''\
 """Breaks the private internals herdgate relies on (tests/integration/test_compat_fallbacks.py)."""

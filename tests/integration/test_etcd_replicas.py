@@ -4,7 +4,9 @@ written through one replica are seen by the other."""
 
 from __future__ import annotations
 
+import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -149,6 +151,14 @@ def test_losing_one_replica_keeps_service(replicas: tuple) -> None:  # type: ign
         assert out.returncode == 0, out.stderr
 
 
+def _metrics(gateway: Gateway, world: World) -> str:
+    ctx = ssl.create_default_context(cafile=str(gateway.ca_file))
+    request = urllib.request.Request(gateway.url + "/metrics")
+    request.add_header("Authorization", f"Bearer {world.admin.token}")
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as response:
+        return str(response.read().decode())
+
+
 def test_one_controller_and_the_same_status_through_either_replica(replicas: tuple) -> None:  # type: ignore[type-arg]
     """Issue 17: the cluster's controller runs on one replica (the lease holder); both
     show the status it stored; when it stops, the other takes the lease over."""
@@ -183,6 +193,10 @@ def test_one_controller_and_the_same_status_through_either_replica(replicas: tup
     other = second if holder is first else first
     other_pid = other.process.pid if other.process is not None else -1
     runs = f"controller of cluster {world.cluster_id} runs here"
+    # The access sync runs where the controller runs, and only there.
+    synced = f'herdgate_access_sync_last_success_timestamp_seconds{{cluster="{world.cluster_id}"}}'
+    wait_until(lambda: synced in _metrics(holder, world), 15, "no access sync on the holder")
+    assert synced not in _metrics(other, world)
     # The holder stops (and gives its lease up): the other replica takes over.
     holder.stop()
     try:
@@ -194,6 +208,16 @@ def test_one_controller_and_the_same_status_through_either_replica(replicas: tup
         )
         assert runs in other.log()
         wait_until(lambda: other_view.get(path)["state"] == "active", 30, "not active")
+        # ... and its access sync with it: a binding made now reaches the cluster.
+        user = other_view.post(
+            "/v3/users", {"username": "after-takeover", "password": USER_PASSWORD}
+        )
+        binding = other_view.post(
+            "/v3/clusterroletemplatebindings",
+            {"clusterId": world.cluster_id, "userId": user["id"], "roleTemplateId": "read-only"},
+        )
+        world.wait_synced(binding["id"])
+        assert synced in _metrics(other, world)
     finally:
         holder.start()
     wait_until(

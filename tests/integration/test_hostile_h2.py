@@ -30,7 +30,7 @@ import pytest
 
 from tests.integration.conftest import World
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 Header = tuple[bytes, bytes]
 

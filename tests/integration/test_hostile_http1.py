@@ -25,7 +25,7 @@ from tests.integration.conftest import World, start_world, stop_world
 from tests.integration.env import wait_until
 from tests.integration.test_hostile_requests import Answer, received
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 AGENT_MAX_STREAMS = 8
 

@@ -25,7 +25,7 @@ import yaml
 
 from tests.integration.conftest import AGENT_SA_USER, World
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 
 # a raw HTTP/1.1 client: the exact bytes given, one answer read back

@@ -21,7 +21,7 @@ from tests.binaries import kubectl
 from tests.integration.conftest import World
 from tests.integration.env import kubectl_run, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 
 class Client:

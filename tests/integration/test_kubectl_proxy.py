@@ -21,7 +21,7 @@ from tests.integration.env import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
 # 1.32: WebSocket exec and port-forward; 1.27: SPDY/3.1 for both.
 VERSIONS = ["1.32", "1.27"]

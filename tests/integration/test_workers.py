@@ -53,6 +53,7 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     world = World(tmp, standin, gateway, admin, cluster["id"], "multi", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     try:
+        world.wait_admin_synced()
         yield world
     finally:
         world.agent.stop()
@@ -191,6 +192,7 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
             30,
             "the agent never reached both workers",
         )
+        world.wait_admin_synced()
 
         # Every scrape answers for both workers: 40 requests over new connections.
         url = f"http://127.0.0.1:{metrics_port}/metrics"
