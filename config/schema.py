@@ -151,9 +151,10 @@ class ControllerSettings:
     probe_interval_s: float = duration(10)
     """How often ``/readyz`` and ``/version`` are asked through the tunnel; a failure
     shows in the cluster's ``Ready`` condition within this plus a 5 s timeout."""
-    requests_per_second: float = 5.0
-    """The controller's requests to one cluster: this many a second on average..."""
-    request_burst: int = 10
+    requests_per_second: float = 20.0
+    """The gateway's own requests to one cluster (its controller, the access and ACE
+    syncs, from one process): this many a second on average..."""
+    request_burst: int = 40
     """...and at most this many at once."""
     lease_ttl_s: float = duration(15)
     """A cluster's controller lease: renewed at a third of it; another process takes it

@@ -12,7 +12,8 @@ tunnel goes. While the lease is held, a ``ClusterController`` runs for the clust
 - it lists and then watches nodes and namespaces, resuming each watch from its last
   resourceVersion after the stream ends or breaks, and listing again after
   ``410 Gone``; every request to the cluster takes a token from the cluster's bucket
-  (``controller.requests_per_second``, ``request_burst``);
+  (``downstream.DownstreamRate``: ``controller.requests_per_second``, ``request_burst``,
+  shared with the access and ACE syncs);
 - it feeds ``ClusterHealth`` (the pure state machine) and writes the ``clusterstatus``
   record when what it shows changed, never on an unchanged poll, with the lease's
   generation (fencing: a status written under a newer generation is left alone).
@@ -47,7 +48,6 @@ from gateway.controllers.cluster_health import (
     AgentView,
     Backoff,
     ClusterHealth,
-    TokenBucket,
     WatchTable,
     same_status,
     status_doc,
@@ -123,11 +123,6 @@ class ClusterController:
         """The ``Synced`` condition as we last wrote (or found) it."""
         settings = owner.settings
         self.probe_interval_s = settings.probe_interval_s
-        self.bucket = TokenBucket(
-            settings.requests_per_second,
-            float(settings.request_burst),
-            asyncio.get_running_loop().time(),
-        )
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watches: dict[str, asyncio.Task[None]] = {}
@@ -228,12 +223,6 @@ class ClusterController:
 
     # -- talking to the cluster -------------------------------------------------------
 
-    async def _take(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self.bucket.take(loop.time())
-        if wait > 0:
-            await asyncio.sleep(wait)
-
     async def probe(self) -> None:
         """One ``/readyz`` and ``/version`` round."""
         from kubernetes_asyncio.client import VersionApi
@@ -242,7 +231,6 @@ class ClusterController:
         now = self.owner.directory.clock
         loop = asyncio.get_running_loop()
         async with self.owner.listener.client(self.cluster_id) as api:
-            await self._take()
             started = loop.time()
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -261,7 +249,6 @@ class ClusterController:
                 # The API server was down: it may have come back with other storage (a
                 # resourceVersion from before means nothing then), so list again.
                 self._start_watches()
-            await self._take()
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 version = await VersionApi(api).get_code()
             doc = api.sanitize_for_serialization(version)
@@ -318,7 +305,6 @@ class ClusterController:
         return response
 
     async def _list(self, kind: str, table: WatchTable) -> None:
-        await self._take()
         async with self.owner.listener.client(self.cluster_id) as api:
             response = await self._open(api, kind, _request_timeout=PROBE_TIMEOUT_S * 6)
             async with response:
@@ -328,7 +314,6 @@ class ClusterController:
         self._table_changed(kind)
 
     async def _watch(self, kind: str, table: WatchTable) -> None:
-        await self._take()
         async with self.owner.listener.client(self.cluster_id) as api:
             response = await self._open(
                 api,

@@ -5,6 +5,12 @@ socket in the state directory (mode 0600); that listener forwards
 ``/clusters/<id>/<path>`` through the cluster's tunnel as the agent's service
 account, with no impersonation. So the gateway's controllers and kubectl share one
 forwarding path, and no internal port is reachable from the network.
+
+Every request that path carries takes a token from its cluster's bucket first
+(``DownstreamRate``: one per process, shared by all internal listeners), so what the
+gateway asks of a cluster on its own behalf (the cluster's controller, the access and
+ACE syncs) stays within ``controller.requests_per_second`` and ``request_burst``
+whatever runs; a watch is one request.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,16 +29,20 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from config.schema import ControllerSettings
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.cluster_health import TokenBucket
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
 from gateway.identity.directory import DIRECTORY
+from gateway.keys import SETTINGS
 from gateway.proxy.handler import forward
 from gateway.proxy.heads import CACHED_NAME_BYTES
 from gateway.proxy.impersonation import IMPERSONATE_PREFIX
 from gateway.proxy.model import BODY_HIGH_WATER, STREAMED, WHOLE, AnswerWriter, Header, Request
 from gateway.proxy.paths import BadPath, check_segments
 from gateway.proxy.rawresponse import HOP_AND_FRAMING
+from gateway.telemetry import metrics
 from gateway.telemetry.audit import REQUEST_ID_HEADER
 
 if TYPE_CHECKING:
@@ -76,6 +87,7 @@ async def _internal_handler(request: web.Request) -> web.StreamResponse:
         user_agent=request.headers.get("User-Agent", ""),
         impersonates=any(n.lower().startswith(IMPERSONATE_PREFIX) for n, _ in raw_headers),
     )
+    await request.app[DOWNSTREAM_RATE].take(cluster_id)
     body = asyncio.ensure_future(side.feed_body(internal))
     try:
         answer = await forward(request.app, internal, cluster, target, None)
@@ -201,11 +213,65 @@ def _response_headers(raw: list[Header]) -> CIMultiDict[str]:
 _HEADER_NAMES: dict[bytes, str] = {}
 
 
+class DownstreamRate:
+    """One token bucket per cluster for the gateway's own requests to it."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a request rate needs a positive rate and a burst of at least 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def wait_for(self, cluster_id: str) -> float:
+        """Take a token for one request to ``cluster_id``: the seconds to wait first."""
+        now = self._clock()
+        bucket = self._buckets.get(cluster_id)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[cluster_id] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that are full again (nothing owed: as good as new)."""
+        for key, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.at) * bucket.rate >= bucket.burst:
+                del self._buckets[key]
+
+    async def take(self, cluster_id: str) -> None:
+        wait = self.wait_for(cluster_id)
+        if wait > 0:
+            metrics.DOWNSTREAM_THROTTLED.labels(cluster_id).inc(wait)
+            await asyncio.sleep(wait)
+
+
+DOWNSTREAM_RATE = web.AppKey("downstream_rate", DownstreamRate)
+MAX_BUCKETS = 4096
+"""Beyond this many clusters' buckets, the full ones are dropped (recreated full)."""
+
+
+def downstream_rate(public: web.Application) -> DownstreamRate:
+    """This process's ``DownstreamRate`` (made on first use, during start-up)."""
+    rate = public.get(DOWNSTREAM_RATE)
+    if rate is None:
+        settings = public[SETTINGS].controller if SETTINGS in public else ControllerSettings()
+        rate = DownstreamRate(
+            settings.requests_per_second,
+            settings.request_burst,
+            time.monotonic,  # the clock asyncio's loop keeps too
+        )
+        public[DOWNSTREAM_RATE] = rate
+    return rate
+
+
 def internal_app(public: web.Application) -> web.Application:
     app = web.Application(client_max_size=16 * 1024**2)
     app[DIRECTORY] = public[DIRECTORY]
     app[TUNNELS] = public[TUNNELS]
     app[REPLICAS] = public[REPLICAS]
+    app[DOWNSTREAM_RATE] = downstream_rate(public)
     app.router.add_route("*", "/clusters/{id}/{tail:.*}", _internal_handler)
     return app
 

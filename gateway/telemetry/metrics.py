@@ -56,6 +56,12 @@ CLUSTER_NODES = Gauge(
     ["cluster"],
     multiprocess_mode="livemax",
 )
+DOWNSTREAM_THROTTLED = Counter(
+    "herdgate_downstream_throttled_seconds_total",
+    "Seconds the gateway's own requests to each cluster (its controller, the access and ACE "
+    "syncs) waited for the cluster's request rate (controller.requests_per_second).",
+    ["cluster"],
+)
 CLUSTER_PROBE_SECONDS = Gauge(
     "herdgate_cluster_probe_seconds",
     "How long the last /readyz probe of each cluster took (set by the process running the "

@@ -22,7 +22,10 @@ from tests.integration.env import kubectl_background, kubectl_run, wait_until
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_world(tmp_path_factory.mktemp("controller"))
+    # A low request rate: the start-up of the controller, the access and ACE syncs (about
+    # 25 requests) must wait for the cluster's bucket (test_metrics_per_cluster).
+    rate = "controller:\n  requests_per_second: 10\n  request_burst: 5\n"
+    w = start_world(tmp_path_factory.mktemp("controller"), gateway_config=rate)
     try:
         yield w
     finally:
@@ -107,6 +110,13 @@ def test_metrics_per_cluster(world: World) -> None:
         if line.startswith(f'herdgate_cluster_probe_seconds{{cluster="{cid}"}}')
     ]
     assert probe and float(probe[0].rsplit(" ", 1)[1]) > 0
+    # The gateway's own requests to the cluster were held to its rate (5 at once, 10/s).
+    throttled = [
+        line
+        for line in _metrics(world).splitlines()
+        if line.startswith(f'herdgate_downstream_throttled_seconds_total{{cluster="{cid}"}}')
+    ]
+    assert throttled and float(throttled[0].rsplit(" ", 1)[1]) > 0, throttled
 
 
 def test_nodes_the_api_server_reports_appear(world: World) -> None:
