@@ -14,7 +14,18 @@ from config.schema import GatewaySettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("gateway", help="run the authenticating gateway")
+    p = subparsers.add_parser(
+        "gateway",
+        help="run the authenticating gateway",
+        description=(
+            "Run the gateway: one HTTPS address for kubectl (/k8s/clusters/ID/...), the "
+            "management API (/v3) and the agents' tunnels, with its state in --state-dir "
+            "(SQLite, generated certificates) or etcd. The first start creates the user "
+            "admin and prints its password once (or set HERDGATE_BOOTSTRAP_PASSWORD). "
+            "Settings: the file given with --config (every key is in config/gateway.yaml), "
+            "then these flags, then HERDGATE_* variables."
+        ),
+    )
     add_common_arguments(p, "config/gateway.yaml")
     p.add_argument("--listen", help="HOST:PORT to serve HTTPS on (default 0.0.0.0:8443)")
     p.add_argument("--state-dir", help="where state and generated certificates live")

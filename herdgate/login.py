@@ -45,11 +45,22 @@ class LoginError(Exception):
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "login", help="kubectl exec credential plugin: print a herdgate token for kubectl"
+        "login",
+        help="kubectl exec credential plugin: print a herdgate token for kubectl",
+        description=(
+            "kubectl's exec credential plugin: prints an ExecCredential holding a herdgate "
+            "token, cached (0600, under ~/.herdgate/cache) until shortly before it expires. "
+            "Logging in asks for the user name and password on the terminal (or reads "
+            "HERDGATE_USERNAME and HERDGATE_PASSWORD), or runs a device flow for OIDC and "
+            'GitHub. A kubeconfig from generateKubeconfig {"credential": "exec"} runs it.'
+        ),
     )
     p.add_argument("--server", required=True, help="gateway URL, e.g. https://gw.example.com")
     p.add_argument(
-        "--provider", default="local", choices=sorted({*PROVIDER_PATHS, *DEVICE_PROVIDERS})
+        "--provider",
+        default="local",
+        choices=sorted({*PROVIDER_PATHS, *DEVICE_PROVIDERS}),
+        help="how the user logs in (default local)",
     )
     p.add_argument("--cluster", default="", help="scope the token to this cluster id")
     p.add_argument("--username", default="", help="user name (else prompted)")

@@ -21,7 +21,15 @@ from config.schema import AgentSettings
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "agent", help="run the cluster agent: dial out to the gateway and hold the tunnel"
+        "agent",
+        help="run the cluster agent: dial out to the gateway and hold the tunnel",
+        description=(
+            "Run a cluster's agent: it dials out to the gateway (it never listens) and "
+            "holds a tunnel to every gateway replica, through which the gateway reaches "
+            "the cluster's API server. Run the line the gateway printed for a cluster "
+            "registration token; outside a pod add --kubeconfig FILE (in a pod it uses its "
+            "service account). Every setting is in config/agent.yaml."
+        ),
     )
     add_common_arguments(p, "config/agent.yaml")
     p.add_argument("--server", help="gateway URL, e.g. https://gateway.example.com:8443")
