@@ -101,9 +101,7 @@ def test_the_first_start_that_serves_shows_the_password(tmp_path: Path, taken: i
             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_until(
-            lambda: "listening on" in log_path.read_text(), 30, "the gateway never listened"
-        )
+        wait_until(lambda: "listening on" in log_path.read_text(), 30, "the gateway never listened")
         assert "Bootstrap admin password: " in log_path.read_text()
         assert (state / "bootstrap-password").exists()
     finally:
