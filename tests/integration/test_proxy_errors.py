@@ -95,7 +95,7 @@ def test_a_cluster_the_caller_may_not_see_is_like_one_that_does_not_exist(world:
         assert_status(status, body, 404, "NotFound")
         bodies[cluster_id] = json.dumps(body, sort_keys=True).replace(cluster_id, "<id>")
     assert bodies[world.cluster_id] == bodies[missing]
-    assert f'clusters \\"<id>\\" not found' in bodies[missing]
+    assert 'clusters \\"<id>\\" not found' in bodies[missing]
     assert f'"{world.cluster_name}"' not in bodies[world.cluster_id]
     said = {}
     for cluster_id in (world.cluster_id, missing):
