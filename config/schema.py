@@ -471,8 +471,10 @@ class AgentSettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     backoff_initial_s: float = duration(1)
-    """First reconnect delay; doubles up to ``backoff_max_s``, with full jitter."""
+    """First reconnect delay; doubles up to ``backoff_max_s``, each wait uniform in
+    [ceiling/2, ceiling] (``tunnel.redial``)."""
     backoff_max_s: float = duration(30)
+    """The longest wait while the gateway does not answer (after a refusal: 5 minutes)."""
     reconnect_spread_s: float = duration(10)
     """After a long-lived tunnel drops, reconnect at a random time within this window."""
     credentials_refresh_s: float = duration(60)

@@ -1,4 +1,8 @@
-"""``herdgate agent``."""
+"""``herdgate agent``.
+
+Exit codes: 0 stopped, 1 could not start (the line says why), 2 a configuration error,
+3 the gateway refused the registration token for good (``tunnel.agent.TokenRefused``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,10 +124,16 @@ async def _main(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunnel.agent import AgentError  # imported here: other subcommands do not need it
+    # Imported here: other subcommands do not need them.
+    from tunnel.agent import TOKEN_REFUSED_EXIT, AgentError, TokenRefused
 
-    def main(settings: AgentSettings) -> None:
+    def main(settings: AgentSettings) -> int:
         allocator.tune()
-        uvloop.run(_main(settings, registration_token(settings), reloader(args)))
+        try:
+            uvloop.run(_main(settings, registration_token(settings), reloader(args)))
+        except TokenRefused as exc:
+            print(f"herdgate agent: {exc}", file=sys.stderr)
+            return TOKEN_REFUSED_EXIT
+        return 0
 
     return run_program("agent", args, settings_from, main, failures=(AgentError,))
