@@ -142,6 +142,10 @@ class RegistrationSettings:
     """Image (``name:tag``) of the agents in the manifest that ``GET
     /v3/import/<token>.yaml`` serves; empty: ``herdgate/agent:<gateway version>``. Pulled
     ``IfNotPresent``."""
+    agent_program: str = "herdgate"
+    """The program the printed agent command runs (``command``, ``nodeCommand`` of a
+    registration token): ``herdgate`` when it is on PATH where the agents run, else its
+    path there, e.g. ``/opt/herdgate/bin/herdgate``."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
     if settings.registration.max_agents_per_cluster < 1:
         raise ConfigError("registration.max_agents_per_cluster", "must be at least 1")
+    if not settings.registration.agent_program.strip():
+        raise ConfigError("registration.agent_program", "must name the agent's program")
     controller = settings.controller
     for key, value, least in (
         ("probe_interval", controller.probe_interval_s, 1.0),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from config import native
+from config import native, program
 from config.errors import ConfigError, StartError
 from config.schema import GatewaySettings
 from config.tls import CertPaths, ca_checksum, ensure_generated_certs
@@ -151,8 +151,30 @@ async def ensure_admin(directory: Directory, settings: GatewaySettings) -> None:
         )
 
 
-def banner(url: str, ca_pem: str) -> str:
+def banner(url: str, ca_pem: str, settings: GatewaySettings | None = None) -> str:
     lines = [f"herdgate gateway serving {url}", f"request path: {native.describe()}"]
     if ca_pem:
         lines.append(f"CA checksum (sha256, agents pin it): {ca_checksum(ca_pem.encode())}")
+    note = program_note(settings) if settings is not None else None
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def program_note(
+    settings: GatewaySettings, argv0: str | None = None, path_env: str | None = None
+) -> str | None:
+    """When this gateway runs from a virtualenv not on PATH and the printed agent
+    commands name plain ``herdgate``: what to do (once, in the banner)."""
+    if settings.registration.agent_program != program.NAME:
+        return None
+    path_env = os.environ.get("PATH", "") if path_env is None else path_env
+    directory = program.off_path(sys.argv[0] if argv0 is None else argv0, path_env)
+    if directory is None:
+        return None
+    return (
+        f"note: the agent commands this gateway prints run 'herdgate', which is not on "
+        f"PATH here (this one is {directory}/herdgate): where an agent runs, install "
+        f"herdgate on PATH (here: export PATH={directory}:$PATH), or set "
+        "registration.agent_program to its path there (e.g. /opt/herdgate/bin/herdgate)"
+    )

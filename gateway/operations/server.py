@@ -122,7 +122,7 @@ async def serve(
             metrics_runner = await _start_metrics(app, settings, bound.metrics)
             app[READY][0] = True
             if not worker:
-                print(bootstrap.banner(url, ca_pem), flush=True)
+                print(bootstrap.banner(url, ca_pem, settings), flush=True)
             logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
             if reload_settings:
                 reloader = Reloader(app, settings, reload_settings, ssl_ctx)

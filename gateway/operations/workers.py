@@ -57,7 +57,7 @@ async def prepare(settings: GatewaySettings) -> None:
     finally:
         await store.close()
     _, ca_pem, _ = bootstrap.tls_material(settings, url)
-    print(bootstrap.banner(url, ca_pem), flush=True)
+    print(bootstrap.banner(url, ca_pem, settings), flush=True)
 
 
 class WorkerStates:
