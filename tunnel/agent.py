@@ -475,7 +475,10 @@ def connection_status(connected: int, wanted: int) -> str:
 def refusal(exc: HandshakeError, url: str) -> tuple[Failure, str, float]:
     """What an answer other than 101 to ``GET /v3/connect`` means: the kind of failure,
     its reason for the log, and the ``Retry-After`` (0: none)."""
-    phrase = str(exc).removeprefix(f"HTTP {exc.status} ")
+    answered = f"HTTP {exc.status} "
+    if not str(exc).startswith(answered):  # no HTTP answer: the connection failed
+        return Failure.UNREACHABLE, f"cannot connect to {url}: {exc}", 0.0
+    phrase = str(exc).removeprefix(answered)
     if exc.status == 401 and exc.headers.get(REFUSAL_HEADER.lower()) == TOKEN_INVALID_REFUSAL:
         return Failure.TOKEN_INVALID, f"the gateway rejected the registration token: {phrase}", 0.0
     try:

@@ -54,3 +54,10 @@ def test_what_a_refusal_means() -> None:
     other = HandshakeError(401, "HTTP 401 Unauthorized", {})
     assert refusal_of(other, url)[0] is Failure.REFUSED
     assert refusal_of(HandshakeError(503, "HTTP 503 x", {"retry-after": "7"}), url)[2] == 7.0
+    # No answer at all: the gateway may be restarting.
+    cut = HandshakeError(502, "the connection closed during the handshake")
+    assert refusal_of(cut, url) == (
+        Failure.UNREACHABLE,
+        f"cannot connect to {url}: the connection closed during the handshake",
+        0.0,
+    )
