@@ -32,6 +32,7 @@ from tests.integration.env import (
     free_port,
     wait_until,
 )
+from tests.integration.output import error_lines
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def test_outside_a_pod_without_a_kubeconfig_it_says_what_to_do() -> None:
         cwd=REPO_ROOT, env=_agent_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 1, done
-    (line,) = done.stderr.splitlines()
+    (line,) = error_lines(done.stderr)
     assert line.startswith("herdgate agent: no cluster to serve: not running in a pod"), line
     assert "pass --kubeconfig FILE" in line and "kubectl apply -f" in line, line
 
@@ -123,7 +124,7 @@ def test_a_wrong_token_is_logged_once_and_the_agent_exits(gateway: Gateway, admi
             text=True, timeout=120, check=False,
         )  # fmt: skip
     assert done.returncode == TOKEN_REFUSED_EXIT, (done.stderr, log.read_text())
-    assert done.stderr.splitlines() == [
+    assert error_lines(done.stderr) == [
         "herdgate agent: the gateway rejected the registration token: invalid cluster "
         "registration token (unknown, revoked or expired, or its cluster was deleted); "
         "get a new one from the cluster's owner (POST /v3/clusterregistrationtokens) and "

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.env import REPO_ROOT, free_port, wait_until
+from tests.integration.output import error_lines
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +54,9 @@ def test_the_address_in_use_is_one_line_and_no_password(tmp_path: Path, taken: i
     state = tmp_path / "state"
     done = _start(state, "--listen", f"127.0.0.1:{taken}")
     assert done.returncode == 1, done
-    assert done.stderr == (
-        f"herdgate gateway: cannot listen on 127.0.0.1:{taken}: address already in use\n"
-    )
+    assert error_lines(done.stderr) == [
+        f"herdgate gateway: cannot listen on 127.0.0.1:{taken}: address already in use"
+    ]
     assert "password" not in done.stdout.lower() and "Traceback" not in done.stdout
     _assert_nothing_left(state)
 
@@ -67,10 +68,10 @@ def test_the_metrics_address_in_use_too(tmp_path: Path, taken: int) -> None:
         state, "--listen", f"127.0.0.1:{free_port()}", "--config", str(tmp_path / "gateway.yaml")
     )
     assert done.returncode == 1, done
-    assert done.stderr == (
+    assert error_lines(done.stderr) == [
         f"herdgate gateway: cannot listen on 127.0.0.1:{taken} (metrics.listen): "
-        "address already in use\n"
-    )
+        "address already in use"
+    ]
     assert "password" not in done.stdout.lower() and "Traceback" not in done.stdout
     _assert_nothing_left(state)
 
@@ -81,9 +82,9 @@ def test_workers_do_not_start_on_an_address_in_use(tmp_path: Path, taken: int) -
     state = tmp_path / "state"
     done = _start(state, "--listen", f"127.0.0.1:{taken}", "--workers", "2")
     assert done.returncode == 1, done
-    assert done.stderr == (
-        f"herdgate gateway: cannot listen on 127.0.0.1:{taken}: address already in use\n"
-    )
+    assert error_lines(done.stderr) == [
+        f"herdgate gateway: cannot listen on 127.0.0.1:{taken}: address already in use"
+    ]
     assert "password" not in done.stdout.lower()
     _assert_nothing_left(state)
 

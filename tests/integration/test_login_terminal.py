@@ -20,6 +20,7 @@ import yaml
 from tests.binaries import kubectl
 from tests.integration.conftest import USER_PASSWORD, World
 from tests.integration.env import REPO_ROOT, write_kubeconfig
+from tests.integration.output import error_lines
 from tests.integration.terminal import on_terminal
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,6 @@ def test_without_a_terminal_the_error_says_what_to_set(world: World) -> None:
             check=False,
         )
         assert (done.returncode, done.stdout) == (1, "")
-        assert done.stderr == (
-            "herdgate login: no terminal to prompt on; "
-            "set HERDGATE_USERNAME and HERDGATE_PASSWORD\n"
-        )
+        assert error_lines(done.stderr) == [
+            "herdgate login: no terminal to prompt on; set HERDGATE_USERNAME and HERDGATE_PASSWORD"
+        ]
