@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from config import checks, loader
-from config.errors import ConfigError
+from config.errors import ConfigError, StartError
 from config.logging import configure_logging
 
 S = TypeVar("S")
@@ -51,7 +51,8 @@ def run_program(
     failures: tuple[type[Exception], ...] = (),
 ) -> int:
     """Load and check settings and the files they name, honour ``--check-config``, set up
-    logging, run ``main``."""
+    logging, run ``main``. ``StartError`` and ``failures`` are one line and exit 1."""
+    cannot_start: tuple[type[Exception], ...] = (StartError, *failures)
     try:
         settings = settings_from(args)
         checks.check_files(settings)
@@ -66,7 +67,7 @@ def run_program(
             sources.locate(exc)
         print(f"herdgate {name}: configuration error: {exc}", file=sys.stderr)
         return 2
-    except failures as exc:
+    except cannot_start as exc:
         print(f"herdgate {name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

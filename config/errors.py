@@ -1,4 +1,5 @@
-"""Configuration errors (startup only: the CLI prints them and exits 2).
+"""Configuration errors (startup only: the CLI prints them and exits 2), and other reasons
+not to start (``StartError``: exit 1).
 
 A message names the setting by its dotted YAML path and, once known, where its value
 came from: ``tls.cert_fil: unknown setting, did you mean cert_file? (gateway.yaml line 12)``
@@ -54,3 +55,8 @@ class ConfigError(Exception):
         text = f"{self.path}: {self.message}" if self.path else self.message
         where = str(self.origin)
         return f"{text} ({where})" if where else text
+
+
+class StartError(Exception):
+    """A program cannot start for a reason outside its settings (its address is in use):
+    the CLI prints the message as one line and exits 1."""

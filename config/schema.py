@@ -142,6 +142,10 @@ class RegistrationSettings:
     """Image (``name:tag``) of the agents in the manifest that ``GET
     /v3/import/<token>.yaml`` serves; empty: ``herdgate/agent:<gateway version>``. Pulled
     ``IfNotPresent``."""
+    agent_program: str = "herdgate"
+    """The program the printed agent command runs (``command``, ``nodeCommand`` of a
+    registration token): ``herdgate`` when it is on PATH where the agents run, else its
+    path there, e.g. ``/opt/herdgate/bin/herdgate``."""
 
 
 @dataclass(frozen=True)
@@ -472,8 +476,10 @@ class AgentSettings:
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     backoff_initial_s: float = duration(1)
-    """First reconnect delay; doubles up to ``backoff_max_s``, with full jitter."""
+    """First reconnect delay; doubles up to ``backoff_max_s``, each wait uniform in
+    [ceiling/2, ceiling] (``tunnel.redial``)."""
     backoff_max_s: float = duration(30)
+    """The longest wait while the gateway does not answer (after a refusal: 5 minutes)."""
     reconnect_spread_s: float = duration(10)
     """After a long-lived tunnel drops, reconnect at a random time within this window."""
     credentials_refresh_s: float = duration(60)

@@ -14,7 +14,18 @@ from config.schema import GatewaySettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("gateway", help="run the authenticating gateway")
+    p = subparsers.add_parser(
+        "gateway",
+        help="run the authenticating gateway",
+        description=(
+            "Run the gateway: one HTTPS address for kubectl (/k8s/clusters/ID/...), the "
+            "management API (/v3) and the agents' tunnels, with its state in --state-dir "
+            "(SQLite, generated certificates) or etcd. The first start creates the user "
+            "admin and prints its password once (or set HERDGATE_BOOTSTRAP_PASSWORD). "
+            "Settings: the file given with --config (every key is in config/gateway.yaml), "
+            "then these flags, then HERDGATE_* variables."
+        ),
+    )
     add_common_arguments(p, "config/gateway.yaml")
     p.add_argument("--listen", help="HOST:PORT to serve HTTPS on (default 0.0.0.0:8443)")
     p.add_argument("--state-dir", help="where state and generated certificates live")
@@ -42,6 +53,8 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
     if settings.registration.max_agents_per_cluster < 1:
         raise ConfigError("registration.max_agents_per_cluster", "must be at least 1")
+    if not settings.registration.agent_program.strip():
+        raise ConfigError("registration.agent_program", "must name the agent's program")
     controller = settings.controller
     for key, value, least in (
         ("probe_interval", controller.probe_interval_s, 1.0),

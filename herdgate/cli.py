@@ -5,19 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+DESCRIPTION = (
+    "kubectl access to many Kubernetes clusters through one authenticating gateway: "
+    "the gateway, the agent beside each cluster, the webhook for direct access, and "
+    "kubectl's login plugin. 'herdgate COMMAND --help' describes each."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import cli as gateway_cli
-    from herdgate import login
+    from herdgate import helptext, login
     from tunnel import cli as agent_cli
     from webhook import cli as webhook_cli
 
-    parser = argparse.ArgumentParser(prog="herdgate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="herdgate", description=DESCRIPTION)
     subparsers = parser.add_subparsers(dest="command", required=True)
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
     webhook_cli.add_parser(subparsers)
     login.add_parser(subparsers)
+    helptext.finish(parser)  # plain text: no reStructuredText markup on a terminal
     return parser
 
 

@@ -16,6 +16,7 @@ import base64
 import datetime as dt
 import getpass
 import hashlib
+import io
 import json
 import os
 import ssl
@@ -44,11 +45,22 @@ class LoginError(Exception):
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "login", help="kubectl exec credential plugin: print a herdgate token for kubectl"
+        "login",
+        help="kubectl exec credential plugin: print a herdgate token for kubectl",
+        description=(
+            "kubectl's exec credential plugin: prints an ExecCredential holding a herdgate "
+            "token, cached (0600, under ~/.herdgate/cache) until shortly before it expires. "
+            "Logging in asks for the user name and password on the terminal (or reads "
+            "HERDGATE_USERNAME and HERDGATE_PASSWORD), or runs a device flow for OIDC and "
+            'GitHub. A kubeconfig from generateKubeconfig {"credential": "exec"} runs it.'
+        ),
     )
     p.add_argument("--server", required=True, help="gateway URL, e.g. https://gw.example.com")
     p.add_argument(
-        "--provider", default="local", choices=sorted({*PROVIDER_PATHS, *DEVICE_PROVIDERS})
+        "--provider",
+        default="local",
+        choices=sorted({*PROVIDER_PATHS, *DEVICE_PROVIDERS}),
+        help="how the user logs in (default local)",
     )
     p.add_argument("--cluster", default="", help="scope the token to this cluster id")
     p.add_argument("--username", default="", help="user name (else prompted)")
@@ -136,28 +148,44 @@ def _post(url: str, body: dict[str, Any], ctx: ssl.SSLContext) -> dict[str, Any]
         raise LoginError(f"cannot reach {url}: {exc}") from None
 
 
-def _tty_input(prompt: str) -> str:
+def _open_terminal() -> io.TextIOWrapper:
+    """The controlling terminal, for a prompt and its answer.
+
+    Opened as :mod:`getpass` opens it: one unbuffered read-write file. (``open("/dev/tty",
+    "r+")`` wants a seekable file, which a terminal is not: it always failed.)"""
     try:
-        with open("/dev/tty", "r+") as tty:
-            tty.write(prompt)
-            tty.flush()
-            return tty.readline().strip()
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
-        raise LoginError("no terminal to prompt on; set HERDGATE_USERNAME") from None
+        raise LoginError(
+            "no terminal to prompt on; set HERDGATE_USERNAME and HERDGATE_PASSWORD"
+        ) from None
+    return io.TextIOWrapper(io.FileIO(fd, "r+"), write_through=True)
+
+
+def _ask_username(provider: str) -> str:
+    with _open_terminal() as tty:
+        tty.write(f"herdgate {provider} username: ")
+        tty.flush()
+        answer = tty.readline()
+    username = answer.strip()
+    if not username:
+        raise LoginError("no user name given")
+    return username
+
+
+def _ask_password(username: str) -> str:
+    _open_terminal().close()  # getpass would read standard input without one
+    try:
+        return getpass.getpass(f"herdgate password for {username}: ")
+    except EOFError:
+        raise LoginError("no password given") from None
 
 
 def password_login(args: argparse.Namespace, ctx: ssl.SSLContext) -> dict[str, Any]:
-    username = (
-        args.username
-        or os.environ.get("HERDGATE_USERNAME")
-        or _tty_input(f"herdgate {args.provider} username: ")
-    )
+    username = args.username or os.environ.get("HERDGATE_USERNAME") or _ask_username(args.provider)
     password = os.environ.get("HERDGATE_PASSWORD")
     if password is None:
-        try:
-            password = getpass.getpass(f"herdgate password for {username}: ", stream=sys.stderr)
-        except (EOFError, OSError):
-            raise LoginError("no terminal to prompt on; set HERDGATE_PASSWORD") from None
+        password = _ask_password(username)
     url = f"{args.server.rstrip('/')}/v3-public/{PROVIDER_PATHS[args.provider]}?action=login"
     body: dict[str, Any] = {
         "username": username,
@@ -208,6 +236,9 @@ def run(args: argparse.Namespace) -> int:
         except LoginError as exc:
             print(f"herdgate login: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("\nherdgate login: interrupted", file=sys.stderr)
+            return 130
         cached = {"token": result["token"], "expiresAt": result.get("expiresAt")}
         write_cache(path, cached["token"], cached["expiresAt"])
     print(json.dumps(exec_credential(cached["token"], cached.get("expiresAt"), api_version)))

@@ -9,9 +9,13 @@ then reach the cluster without a hop through another.
 
 Reconnecting: after a long-lived tunnel drops (a gateway restart), the agent waits a
 random time within ``reconnect_spread`` so that a thousand agents do not all
-handshake in the same instant; failed attempts back off exponentially with jitter. The
-dial loop and the credential refresh run under :func:`config.tasks.guard`: a failure is
-logged and the loop started again.
+handshake in the same instant; failed attempts back off exponentially with jitter, and
+each kind of failure is logged once and then rarely (``tunnel.redial``). When the
+gateway says the registration token is invalid (wrong, revoked, expired, its cluster
+deleted) a few times in a row, the agent gives up: :class:`TokenRefused`, exit code 3
+(its supervisor, systemd or the kubelet, shows the failure; a restart reads the token
+again). The dial loop and the credential refresh run under :func:`config.tasks.guard`: a
+failure is logged and the loop started again.
 
 Under systemd (``Type=notify``) the agent says READY=1 once its settings and credentials
 are loaded and the first tunnel is up, keeps a STATUS= line such as "connected to 2 of 3
@@ -57,13 +61,20 @@ from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.probes import start_probes
 from tunnel.protocol import Limits, Side
+from tunnel.redial import (
+    REFUSAL_HEADER,
+    TOKEN_INVALID_REFUSAL,
+    Failure,
+    Redial,
+    backoff_delay,
+)
 from tunnel.relay import relay
 from tunnel.session import Session
 from tunnel.stats import AgentStats
 from tunnel.streams import TunnelStream
 from tunnel.websocket import HandshakeError
 
-__all__ = ["Agent", "AgentError", "backoff_delay"]
+__all__ = ["TOKEN_REFUSED_EXIT", "Agent", "AgentError", "TokenRefused", "backoff_delay"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +88,13 @@ DUPLICATE_RETRY_S = 0.1
 """First pause after landing on a replica already held (doubles while it repeats)."""
 RELOADABLE = ("logging.level", "token", "token_file")
 """What SIGHUP applies; every other setting needs a restart."""
+TOKEN_REFUSED_EXIT = 3
+"""The agent's exit code when the gateway refused its registration token for good
+(systemd's unit does not restart it: ``RestartPreventExitStatus=3``)."""
+
+
+class TokenRefused(AgentError):
+    """The gateway said, again and again, that the registration token is not valid."""
 
 
 @dataclass
@@ -106,15 +124,16 @@ class Agent:
         self.connected = asyncio.Event()
         """Set while at least one tunnel is up."""
         self._wake = asyncio.Event()
-        self._failures = 0
+        self._redial = Redial(settings.backoff_initial_s, settings.backoff_max_s)
+        """Failed dials in a row: the waits, the log lines, giving up (``tunnel.redial``)."""
+        self._next_delay = 0.0
+        """The wait before the next dial, set by the last failure."""
+        self._gave_up: TokenRefused | None = None
+        self._giving_up = asyncio.Event()
         self._after_drop = False
         self.instance_id = secrets.token_hex(8)
         """Sent with every dial, so a gateway process tells this agent's second tunnel
         to it (a duplicate, closed on HELLO) from another agent (counted in its cap)."""
-        self._refusal = ""
-        """The last 429 message logged (each is logged once)."""
-        self._not_before = 0.0
-        """Loop time before which no dial is made (a 429's ``Retry-After``)."""
         self.stats = AgentStats()
         """What ``/metrics`` shows (``health_listen``)."""
         self._lost_tunnel = False
@@ -195,15 +214,11 @@ class Agent:
         try:
             ws = await wsconn.dial(url, headers, ctx, DIAL_TIMEOUT_S)
         except HandshakeError as exc:
-            if exc.status == 401:
-                logger.error("the gateway rejected the registration token (HTTP 401)")
-            elif exc.status == 429:
-                self._refused(exc)
-            else:
-                logger.warning("cannot connect to %s: %s", url, exc)
+            self._failed(*refusal(exc, url))
             return "failed"
         except (OSError, TimeoutError, ValueError) as exc:
-            logger.warning("cannot connect to %s: %s", url, str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            self._failed(Failure.UNREACHABLE, f"cannot connect to {url}: {reason}")
             return "failed"
         tunnel = settings.tunnel
         session = Session(
@@ -222,7 +237,7 @@ class Agent:
         try:
             gateway = json.loads(await session.handshake() or b"{}")
         except (TunnelError, ValueError) as exc:
-            logger.warning("tunnel handshake with %s failed: %s", url, exc)
+            self._failed(Failure.UNREACHABLE, f"tunnel handshake with {url} failed: {exc}")
             await ws.close()
             return "failed"
         replica = str(gateway.get("replicaId", "")) if isinstance(gateway, dict) else ""
@@ -235,7 +250,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         entry = _Tunnel(replica, session, ws, loop.time())
         self.tunnels[replica] = entry
-        self._refusal = ""
+        self._redial.connected()
         if self._lost_tunnel:
             self._lost_tunnel = False
             self.stats.reconnects += 1
@@ -252,26 +267,36 @@ class Agent:
         self._spawn(self._watch(entry))
         return "new"
 
-    def _refused(self, exc: HandshakeError) -> None:
-        """A 429 (the cluster has all the agents it may): wait at least its
-        ``Retry-After``, and say why once, not at every attempt."""
-        message = str(exc)
-        if message != self._refusal:
-            logger.warning(
-                "the gateway refused this agent for now: %s; retrying with back-off", message
+    def _failed(self, kind: Failure, reason: str, retry_after_s: float = 0.0) -> None:
+        """A dial failed: log it (or not: ``tunnel.redial``), set the wait, maybe give up."""
+        now = asyncio.get_running_loop().time()
+        verdict = self._redial.failed(kind, reason, now, retry_after_s, bool(self.tunnels))
+        logger.log(verdict.level, "%s", verdict.message)
+        self._next_delay = verdict.delay_s
+        if verdict.give_up and self._gave_up is None:
+            self._gave_up = TokenRefused(
+                f"{reason} (unknown, revoked or expired, or its cluster was deleted); get a "
+                "new one from the cluster's owner (POST /v3/clusterregistrationtokens) and "
+                "start the agent with it"
             )
-            self._refusal = message
-        try:
-            wait = float(exc.headers.get("retry-after", ""))
-        except ValueError:
-            wait = 0.0
-        if 0 < wait <= self.settings.backoff_max_s * 10:
-            self._not_before = asyncio.get_running_loop().time() + wait
+            self._giving_up.set()
 
     async def _watch(self, entry: _Tunnel) -> None:
         try:
             closed = await entry.session.wait_closed()
-            logger.warning("tunnel to replica %s closed: %s", entry.replica_id or "-", closed)
+            replica = entry.replica_id or "-"
+            goaway = entry.session.goaway
+            if self._stopping:
+                logger.info("tunnel to replica %s closed (agent stopping)", replica)
+            elif goaway is not None and goaway[0] is ErrorCode.NO_ERROR:
+                # The gateway ended it in order (it is stopping, or the token was revoked).
+                logger.info(
+                    "the gateway closed the tunnel to replica %s: %s; reconnecting",
+                    replica,
+                    goaway[1] or "no reason given",
+                )
+            else:
+                logger.warning("tunnel to replica %s closed: %s", replica, closed)
         finally:
             if self.tunnels.get(entry.replica_id) is entry:
                 del self.tunnels[entry.replica_id]
@@ -281,10 +306,10 @@ class Agent:
             self._report()
             uptime = asyncio.get_running_loop().time() - entry.started
             if uptime >= STABLE_AFTER_S:
-                self._failures = 0
+                self._redial.reset()
                 self._after_drop = True
             else:
-                self._failures += 1
+                self._next_delay = self._redial.lost_soon()
             with contextlib.suppress(Exception):
                 await entry.ws.close()
             self._wake.set()
@@ -339,14 +364,10 @@ class Agent:
         if self._after_drop:
             # Everyone lost the gateway at once: spread the reconnects out.
             self._after_drop = False
+            self._next_delay = 0.0
             return rng.uniform(0, settings.reconnect_spread_s)
-        told = max(0.0, self._not_before - asyncio.get_running_loop().time())
-        if self._failures == 0:
-            return told
-        return max(
-            told,
-            backoff_delay(self._failures, settings.backoff_initial_s, settings.backoff_max_s, rng),
-        )
+        delay, self._next_delay = self._next_delay, 0.0
+        return delay
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the tunnels until ``stop`` is set, then close them."""
@@ -361,8 +382,10 @@ class Agent:
 
     async def _run(self, stop: asyncio.Event) -> None:
         self.notifier.status("loading settings and credentials")
-        ca_pem = await gateway_ca(self.settings)
+        # The cluster's credentials first: a local problem is reported before the
+        # gateway is contacted.
         upstream = await cluster_upstream(self.settings)
+        ca_pem = await gateway_ca(self.settings)
         self.notifier.status(f"connecting to {self.settings.server}")
         if upstream.refresh is not None:
             refresh = upstream.refresh
@@ -376,9 +399,15 @@ class Agent:
         dialling = asyncio.get_running_loop().create_task(
             guard(lambda: self._keep_connected(ca_pem, upstream), "tunnel dialling", logger)
         )
+        waits = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._giving_up.wait()),
+        }
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             dialling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await dialling
@@ -389,6 +418,8 @@ class Agent:
             await entry.ws.close()
         for task in list(self._tasks):
             task.cancel()
+        if self._gave_up is not None:
+            raise self._gave_up
 
     async def _keep_connected(self, ca_pem: str | None, upstream: Upstream) -> None:
         """Dial until a tunnel is held to every gateway replica, and again whenever one
@@ -401,8 +432,7 @@ class Agent:
                 continue
             delay = self._delay_before_dial(duplicates)
             if delay:
-                if not duplicates:
-                    logger.info("reconnecting in %.1f s", delay)
+                logger.debug("dialling again in %.1f s", delay)
                 await asyncio.sleep(delay)
             outcome = await self._dial(ca_pem, upstream)
             self.stats.dials[outcome] = self.stats.dials.get(outcome, 0) + 1
@@ -412,7 +442,8 @@ class Agent:
                 duplicates += 1
             elif outcome == "failed":
                 duplicates = 0
-                self._failures += 1
+                if not self._next_delay:  # (a failure _dial did not describe)
+                    self._failed(Failure.UNREACHABLE, f"cannot connect to {self.settings.server}")
 
     async def _refresh_credentials(
         self, upstream: Upstream, refresh: Callable[[], Awaitable[str]]
@@ -441,10 +472,19 @@ def connection_status(connected: int, wanted: int) -> str:
     return text if connected >= wanted else text + "; connecting"
 
 
-def backoff_delay(
-    attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None
-) -> float:
-    """Jittered exponential back-off: uniform in [initial/2, min(max, initial * 2**attempt)]."""
-    rng = rng or random.SystemRandom()
-    ceiling = min(max_s, initial_s * (2 ** min(attempt, 30)))
-    return rng.uniform(min(initial_s / 2, ceiling), ceiling)
+def refusal(exc: HandshakeError, url: str) -> tuple[Failure, str, float]:
+    """What an answer other than 101 to ``GET /v3/connect`` means: the kind of failure,
+    its reason for the log, and the ``Retry-After`` (0: none)."""
+    answered = f"HTTP {exc.status} "
+    if not str(exc).startswith(answered):  # no HTTP answer: the connection failed
+        return Failure.UNREACHABLE, f"cannot connect to {url}: {exc}", 0.0
+    phrase = str(exc).removeprefix(answered)
+    if exc.status == 401 and exc.headers.get(REFUSAL_HEADER.lower()) == TOKEN_INVALID_REFUSAL:
+        return Failure.TOKEN_INVALID, f"the gateway rejected the registration token: {phrase}", 0.0
+    try:
+        retry_after = float(exc.headers.get("retry-after", ""))
+    except ValueError:
+        retry_after = 0.0
+    if exc.status == 429:
+        return Failure.REFUSED, f"the gateway refused this agent for now: {phrase}", retry_after
+    return Failure.REFUSED, f"{url} refused the tunnel: {exc}", retry_after

@@ -1,4 +1,8 @@
-"""``herdgate agent``."""
+"""``herdgate agent``.
+
+Exit codes: 0 stopped, 1 could not start (the line says why), 2 a configuration error,
+3 the gateway refused the registration token for good (``tunnel.agent.TokenRefused``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +26,15 @@ from config.schema import AgentSettings
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "agent", help="run the cluster agent: dial out to the gateway and hold the tunnel"
+        "agent",
+        help="run the cluster agent: dial out to the gateway and hold the tunnel",
+        description=(
+            "Run a cluster's agent: it dials out to the gateway (it never listens) and "
+            "holds a tunnel to every gateway replica, through which the gateway reaches "
+            "the cluster's API server. Run the line the gateway printed for a cluster "
+            "registration token; outside a pod add --kubeconfig FILE (in a pod it uses its "
+            "service account). Every setting is in config/agent.yaml."
+        ),
     )
     add_common_arguments(p, "config/agent.yaml")
     p.add_argument("--server", help="gateway URL, e.g. https://gateway.example.com:8443")
@@ -111,10 +124,16 @@ async def _main(
 
 
 def run(args: argparse.Namespace) -> int:
-    from tunnel.agent import AgentError  # imported here: other subcommands do not need it
+    # Imported here: other subcommands do not need them.
+    from tunnel.agent import TOKEN_REFUSED_EXIT, AgentError, TokenRefused
 
-    def main(settings: AgentSettings) -> None:
+    def main(settings: AgentSettings) -> int:
         allocator.tune()
-        uvloop.run(_main(settings, registration_token(settings), reloader(args)))
+        try:
+            uvloop.run(_main(settings, registration_token(settings), reloader(args)))
+        except TokenRefused as exc:
+            print(f"herdgate agent: {exc}", file=sys.stderr)
+            return TOKEN_REFUSED_EXIT
+        return 0
 
     return run_program("agent", args, settings_from, main, failures=(AgentError,))

@@ -70,6 +70,9 @@ async def gateway_ca(settings: AgentSettings) -> str | None:
             if resp.status != 200:
                 raise AgentError(f"GET {url}: HTTP {resp.status}")
             pem = await resp.read()
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror or str(exc.os_error)
+        raise AgentError(f"cannot fetch the gateway CA from {url}: {reason}") from exc
     except aiohttp.ClientError as exc:
         raise AgentError(f"cannot fetch the gateway CA from {url}: {exc}") from exc
     actual = hashlib.sha256(pem).hexdigest()
@@ -94,7 +97,10 @@ def in_cluster_upstream(
     port_text = env.get(SERVICE_PORT_ENV, "")
     if not host:
         raise AgentError(
-            f"not running in a pod ({SERVICE_HOST_ENV} is not set) and no --kubeconfig given"
+            f"no cluster to serve: not running in a pod ({SERVICE_HOST_ENV} is not set) and "
+            "no --kubeconfig given; pass --kubeconfig FILE (the cluster's API server and a "
+            "credential that may impersonate, as the manifest's RBAC grants), or run the "
+            "agent in the cluster (the registration token's kubectl apply -f line)"
         )
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise AgentError(f"{SERVICE_PORT_ENV} must be a port number, got {port_text!r}")

@@ -115,6 +115,7 @@ class Session:
         self._last_rx = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._going_away = False
+        self._goaway: tuple[ErrorCode, str] | None = None
         self.peer_metadata = b""
         self.debug = logger.isEnabledFor(logging.DEBUG)
 
@@ -176,6 +177,11 @@ class Session:
     def is_usable(self) -> bool:
         """Open, and the peer has not announced that it is going away."""
         return not self._closed.done() and not self._going_away
+
+    @property
+    def goaway(self) -> tuple[ErrorCode, str] | None:
+        """The code and reason of the peer's GOAWAY; None if it sent none."""
+        return self._goaway
 
     @property
     def stream_count(self) -> int:
@@ -454,6 +460,7 @@ class Session:
                 assert isinstance(event, ConnectionTerminated)
                 logger.info("tunnel %s: peer is going away: %s", self.name, event.reason)
                 self._going_away = True
+                self._goaway = (event.code, event.reason)
 
     def _on_stream_opened(self, event: StreamOpened) -> None:
         if self._on_stream is None:

@@ -598,26 +598,7 @@ class TLSServer:
         infos = await loop.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        sockets: list[socket.socket] = []
-        seen: set[tuple[int, Any]] = set()
-        try:
-            for family, kind, proto, _, address in infos:
-                if (family, address) in seen:
-                    continue
-                seen.add((family, address))
-                lsock = socket.socket(family, kind, proto)
-                sockets.append(lsock)
-                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if family == socket.AF_INET6:
-                    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                lsock.bind(address)
-                lsock.listen(backlog)
-        except BaseException:
-            for lsock in sockets:
-                lsock.close()
-            raise
+        sockets = _bind_all(infos, backlog, reuse_port)
         return cls(protocol_factory, context, sockets, handshake_timeout_s, admit)
 
     def close(self) -> None:
@@ -688,3 +669,40 @@ class TLSServer:
                 release()
             raise
         TLSTransport(self._loop, sock, self._factory(), release).start()
+
+
+def bind(
+    host: str | None, port: int, backlog: int = 1024, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to (all interfaces for None
+    or ""), for a :class:`TLSServer` (or any server) made later: a program binds first,
+    so that an address in use stops it before it has done anything else. ``OSError``
+    (none left open) when one cannot be bound."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return _bind_all(infos, backlog, reuse_port)
+
+
+def _bind_all(
+    infos: list[tuple[Any, Any, int, str, Any]], backlog: int, reuse_port: bool
+) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            lsock = socket.socket(family, kind, proto)
+            sockets.append(lsock)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            lsock.bind(address)
+            lsock.listen(backlog)
+    except BaseException:
+        for lsock in sockets:
+            lsock.close()
+        raise
+    return sockets

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -311,6 +312,12 @@ async def open_api(kubeconfig: str) -> tuple[Any, Any]:
     )
 
     cfg = Configuration()
+    if not kubeconfig and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise WebhookError(
+            "no cluster to watch: not running in a pod (KUBERNETES_SERVICE_HOST is not set) "
+            "and no --kubeconfig given; pass --kubeconfig FILE (see deploy/README.md), or "
+            "run the webhook in the cluster (its DaemonSet in deploy/)"
+        )
     try:
         if kubeconfig:
             await load_kube_config(config_file=kubeconfig, client_configuration=cfg)

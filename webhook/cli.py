@@ -15,6 +15,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "webhook",
         help="run the TokenReview webhook inside a cluster (direct access without the gateway)",
+        description=(
+            "Run the TokenReview webhook beside a cluster's API server, for direct access "
+            "(the authorized cluster endpoint) that keeps working while the gateway is "
+            "down: it checks herdgate tokens against the records the gateway keeps in the "
+            "cluster. Installing it: deploy/README.md; every setting is in "
+            "config/webhook.yaml."
+        ),
     )
     add_common_arguments(p, "config/webhook.yaml")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:6440)")

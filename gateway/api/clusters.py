@@ -303,9 +303,11 @@ def _login_provider(provider: str) -> str:
 
 
 def agent_command(request: web.Request, token: str) -> str:
-    """The ``herdgate agent ...`` line, for an agent outside Kubernetes (systemd)."""
+    """The ``herdgate agent ...`` line, for an agent outside Kubernetes (systemd); the
+    program as ``registration.agent_program`` names it."""
     runtime = request.app[RUNTIME]
-    parts = ["herdgate", "agent", "--server", runtime.server_url, "--token", token]
+    program = request.app[SETTINGS].registration.agent_program
+    parts = [program, "agent", "--server", runtime.server_url, "--token", token]
     if runtime.ca_checksum:
         parts += ["--ca-checksum", runtime.ca_checksum]
     return shlex.join(parts)

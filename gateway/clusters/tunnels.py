@@ -27,6 +27,7 @@ from gateway.store.records import CLUSTER, REGISTRATION
 from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
+from tunnel.redial import CLUSTER_FULL_REFUSAL, TOKEN_INVALID_REFUSAL
 from tunnel.registry import TunnelRegistry
 from tunnel.session import Session
 from tunnel.transport import Transport
@@ -191,6 +192,9 @@ class Refusal:
     code: str
     message: str
     retry_after_s: int = 0
+    why: str = ""
+    """For the agent, in ``X-Herdgate-Refusal`` (``tunnel.redial``): ``token-invalid``
+    (it gives up) or ``cluster-full`` (it waits)."""
 
 
 @dataclass(frozen=True)
@@ -234,12 +238,20 @@ def admit(
     registration = directory.registration_for(_bearer(authorization))
     cluster = None if registration is None else directory.clusters.get(registration.cluster_id)
     if registration is None or cluster is None:
-        return Refusal(401, "Unauthorized", "invalid cluster registration token")
+        # Unknown, wrong secret, revoked, expired or its cluster deleted: said alike (no
+        # hint which), and final: the agent gives up after a few (tunnel.redial).
+        return Refusal(
+            401, "Unauthorized", "invalid cluster registration token", why=TOKEN_INVALID_REFUSAL
+        )
     agent_id = agent_id[:64]
     if registry.count(cluster.id) >= max_agents and not _holds(registry, cluster.id, agent_id):
         logger.warning("agent for %s from %s refused: %d agents", cluster.id, remote, max_agents)
         return Refusal(
-            429, "TooManyRequests", _full_message(cluster.id, max_agents), FULL_RETRY_AFTER_S
+            429,
+            "TooManyRequests",
+            _full_message(cluster.id, max_agents),
+            FULL_RETRY_AFTER_S,
+            why=CLUSTER_FULL_REFUSAL,
         )
     return Admission(cluster.id, registration.id, agent_id, remote or "?")
 

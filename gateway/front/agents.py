@@ -22,6 +22,7 @@ from gateway.errors import api_body
 from gateway.proxy.model import Answer, Request, phrase, switching, whole
 from gateway.telemetry.audit import new_request_id
 from tunnel import wsconn
+from tunnel.redial import REFUSAL_HEADER
 from tunnel.websocket import HandshakeError, server_accept
 
 CONNECT_PATH = "/v3/connect"
@@ -48,6 +49,8 @@ def _answer(app: web.Application, request: Request, request_id: str) -> Answer:
     )
     if isinstance(admitted, tunnels.Refusal):
         headers = [_JSON]
+        if admitted.why:
+            headers.append((REFUSAL_HEADER.encode(), admitted.why.encode()))
         if admitted.retry_after_s:
             headers.append((b"Retry-After", b"%d" % admitted.retry_after_s))
         # The message is also the reason phrase: the agent reads the head only.

@@ -1,4 +1,9 @@
-"""First-start duties: the state directory, TLS material and the first admin."""
+"""First-start duties: the listening sockets, the state directory, TLS material and the
+first admin.
+
+The sockets are bound first (:func:`bind_listeners`): a gateway whose address is taken
+stops with one line before it opens its store, creates the first admin (whose password
+would be shown for nothing) or starts anything that leaves files behind."""
 
 from __future__ import annotations
 
@@ -6,16 +11,18 @@ import os
 import secrets
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from config import native
-from config.errors import ConfigError
+from config import native, program
+from config.errors import ConfigError, StartError
 from config.schema import GatewaySettings
 from config.tls import CertPaths, ca_checksum, ensure_generated_certs
 from gateway.identity import hashing
 from gateway.identity.directory import Directory, UsernameTaken
 from gateway.store.records import User
+from tunnel import tls
 
 BOOTSTRAP_ENV = "HERDGATE_BOOTSTRAP_PASSWORD"
 PASSWORD_FILE = "bootstrap-password"
@@ -26,6 +33,46 @@ def split_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("listen", f"expected HOST:PORT, got {listen!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Listeners:
+    """The gateway's bound, listening sockets: HTTPS, and ``metrics.listen`` if set."""
+
+    https: list[socket.socket]
+    metrics: list[socket.socket] = field(default_factory=list)
+
+    def close(self) -> None:
+        for sock in (*self.https, *self.metrics):
+            sock.close()
+
+
+def bind_listeners(settings: GatewaySettings, reuse_port: bool = False) -> Listeners:
+    """Bind ``listen`` and ``metrics.listen``; ``StartError`` (one line, nothing left
+    open) if either is in use or not ours to bind."""
+    https = _bind(settings.listen, "", reuse_port, backlog=1024)
+    if not settings.metrics.listen:
+        return Listeners(https)
+    try:
+        metrics = _bind(settings.metrics.listen, "metrics.listen", reuse_port, backlog=128)
+    except BaseException:
+        for sock in https:
+            sock.close()
+        raise
+    return Listeners(https, metrics)
+
+
+def _bind(listen: str, key: str, reuse_port: bool, backlog: int) -> list[socket.socket]:
+    host, port = split_listen(listen)
+    try:
+        return tls.bind(host, port, backlog=backlog, reuse_port=reuse_port)
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else host
+        where = f" ({key})" if key else ""
+        reason = exc.strerror or str(exc)
+        raise StartError(
+            f"cannot listen on {shown}:{port}{where}: {reason[:1].lower()}{reason[1:]}"
+        ) from None
 
 
 def server_url(settings: GatewaySettings) -> str:
@@ -104,8 +151,30 @@ async def ensure_admin(directory: Directory, settings: GatewaySettings) -> None:
         )
 
 
-def banner(url: str, ca_pem: str) -> str:
+def banner(url: str, ca_pem: str, settings: GatewaySettings | None = None) -> str:
     lines = [f"herdgate gateway serving {url}", f"request path: {native.describe()}"]
     if ca_pem:
         lines.append(f"CA checksum (sha256, agents pin it): {ca_checksum(ca_pem.encode())}")
+    note = program_note(settings) if settings is not None else None
+    if note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def program_note(
+    settings: GatewaySettings, argv0: str | None = None, path_env: str | None = None
+) -> str | None:
+    """When this gateway runs from a virtualenv not on PATH and the printed agent
+    commands name plain ``herdgate``: what to do (once, in the banner)."""
+    if settings.registration.agent_program != program.NAME:
+        return None
+    path_env = os.environ.get("PATH", "") if path_env is None else path_env
+    directory = program.off_path(sys.argv[0] if argv0 is None else argv0, path_env)
+    if directory is None:
+        return None
+    return (
+        f"note: the agent commands this gateway prints run 'herdgate', which is not on "
+        f"PATH here (this one is {directory}/herdgate): where an agent runs, install "
+        f"herdgate on PATH (here: export PATH={directory}:$PATH), or set "
+        "registration.agent_program to its path there (e.g. /opt/herdgate/bin/herdgate)"
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,8 +66,16 @@ async def serve(
     notifier = notifier or Notifier.from_env()
     compat.self_test(compat.GATEWAY)  # dependencies' internals: one WARNING per failed check
     url = bootstrap.server_url(settings)
-    state = bootstrap.state_dir(settings)
-    store = await open_store(settings.store, state)
+    host, port = bootstrap.split_listen(settings.listen)
+    # Bound before anything else: an address in use stops the gateway here (StartError),
+    # before it opens its store, creates the first admin or starts its background work.
+    bound = bootstrap.bind_listeners(settings, reuse_port=bool(worker))
+    try:
+        state = bootstrap.state_dir(settings)
+        store = await open_store(settings.store, state)
+    except BaseException:
+        bound.close()
+        raise
     auditor = AuditLog(settings.audit, state)
     try:
         directory = Directory(store)
@@ -85,7 +94,7 @@ async def serve(
             access_log=None,
             shutdown_timeout=CUT_TIMEOUT_S,
         )
-        await runner.setup()
+        await runner.setup()  # starts the background work (cleanup_ctx): cleaned up below
         assert runner.server is not None
         # Every client connection is the front's (gateway.front.connection); aiohttp's
         # low-level server answers the management API through the front's bridge.
@@ -99,42 +108,44 @@ async def serve(
             max_body=limits.max_request_body,
             http2_buffer=limits.http2_buffer,
         )
-        host, port = bootstrap.split_listen(settings.listen)
-        listener = await TLSServer.listen(
+        listener = TLSServer(
             front,
-            host,
-            port,
             ssl_ctx,
-            backlog=1024,
-            reuse_port=bool(worker),
+            bound.https,
             handshake_timeout_s=limits.handshake_timeout_s,
             admit=ConnectionLimit(limits.max_connections, limits.per_address).admit,
         )
-        metrics_runner = await _start_metrics(app, settings, worker)
-        app[READY][0] = True
-        if not worker:
-            print(bootstrap.banner(url, ca_pem), flush=True)
-        logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
-        reloader = Reloader(app, settings, reload_settings, ssl_ctx) if reload_settings else None
-        stop = stop or asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        reloading: set[asyncio.Task[None]] = set()
-        if reloader is not None:
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: _start_reload(reloader, notifier, reloading)
-            )
-        else:
-            loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        sampler = asyncio.create_task(health.sample_forever(app), name="metrics sampler")
-        notifier.ready(f"serving on {host}:{port}")
+        metrics_runner: web.AppRunner | None = None
+        reloader: Reloader | None = None
+        sampler: asyncio.Task[None] | None = None
         try:
+            metrics_runner = await _start_metrics(app, settings, bound.metrics)
+            app[READY][0] = True
+            if not worker:
+                print(bootstrap.banner(url, ca_pem, settings), flush=True)
+            logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+            if reload_settings:
+                reloader = Reloader(app, settings, reload_settings, ssl_ctx)
+            stop = stop or asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            reloading: set[asyncio.Task[None]] = set()
+            if reloader is not None:
+                running = reloader
+                loop.add_signal_handler(
+                    signal.SIGHUP, lambda: _start_reload(running, notifier, reloading)
+                )
+            else:
+                loop.add_signal_handler(signal.SIGHUP, lambda: None)
+            sampler = asyncio.create_task(health.sample_forever(app), name="metrics sampler")
+            notifier.ready(f"serving on {host}:{port}")
             async with notifier.watchdog_running():
                 await stop.wait()
                 notifier.stopping("stopping: finishing requests in flight")
                 await _stop_gracefully(app, listener, front, settings.shutdown_grace_s)
         finally:
-            sampler.cancel()
+            if sampler is not None:
+                sampler.cancel()
             if reloader is not None:
                 await reloader.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -151,6 +162,7 @@ async def serve(
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
     finally:
+        bound.close()  # (closed already, unless the start failed on the way)
         metrics.HOT.flush()  # with several workers, the last second's counts outlive us
         auditor.close()
         await store.close()
@@ -158,15 +170,16 @@ async def serve(
 
 
 async def _start_metrics(
-    app: web.Application, settings: GatewaySettings, worker: bool
+    app: web.Application, settings: GatewaySettings, sockets: list[socket.socket]
 ) -> web.AppRunner | None:
-    if not settings.metrics.listen:
+    """The plain-HTTP ``metrics.listen`` server on its bound sockets, if set."""
+    if not sockets:
         return None
     runner = web.AppRunner(health.metrics_app(app), handle_signals=False, access_log=None)
     await runner.setup()
-    host, port = bootstrap.split_listen(settings.metrics.listen)
-    await web.TCPSite(runner, host, port, reuse_port=worker or None).start()
-    logger.info("metrics on http://%s:%d/metrics", host, port)
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
+    logger.info("metrics on http://%s/metrics", settings.metrics.listen)
     return runner
 
 

@@ -57,7 +57,7 @@ async def prepare(settings: GatewaySettings) -> None:
     finally:
         await store.close()
     _, ca_pem, _ = bootstrap.tls_material(settings, url)
-    print(bootstrap.banner(url, ca_pem), flush=True)
+    print(bootstrap.banner(url, ca_pem, settings), flush=True)
 
 
 class WorkerStates:
@@ -146,6 +146,9 @@ def supervise(settings: GatewaySettings, argv: list[str]) -> int:
     supervisor is the service: READY=1 when all workers serve, its own watchdog pings,
     STOPPING=1 on the way out; a worker that stops pinging is killed and started again.
     """
+    # The workers bind with SO_REUSEPORT: an address in use would make each of them fail,
+    # be started again and fail, forever. Find out once, before anything else.
+    bootstrap.bind_listeners(settings, reuse_port=True).close()
     asyncio.run(prepare(settings))
     systemd = Notifier.from_env()
     metrics_dir = _metrics_dir(settings)

@@ -263,10 +263,7 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
     identity = await _authenticate(app, request, path.cluster_id)
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
-        raise NotFound(
-            f'clusters "{path.cluster_id}" not found',
-            details={"name": path.cluster_id, "kind": "clusters"},
-        )
+        raise _cluster_not_found(path.cluster_id)
     role = directory.role_on(identity, cluster.id)
     upgrade_request = request.upgrade
     exchange.identity = identity
@@ -275,9 +272,9 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
     if request.impersonates:  # kubectl --as: the record names both
         exchange.note_impersonation(request.raw_headers)
     if role is None:
-        raise Forbidden(
-            f'clusters "{cluster.id}" is forbidden: user "{identity.user_id}" has no access to it'
-        )
+        # Not theirs to see: answered as a cluster that does not exist (as /v3 does), so
+        # that a caller learns nothing of it, not even that it exists. (Audited as it is.)
+        raise _cluster_not_found(path.cluster_id)
     if not access.is_allowed(role, request.method, path.path):
         raise Forbidden(
             f'forbidden: User "{identity.user_id}" has the read-only role on cluster '
@@ -304,6 +301,14 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
         identity_lines,
         keep_client_impersonation=client_impersonates,
         exchange=exchange,
+    )
+
+
+def _cluster_not_found(cluster_id: str) -> NotFound:
+    """kube-apiserver's words for a missing object; the same for a cluster that does not
+    exist and one the caller holds no role on."""
+    return NotFound(
+        f'clusters "{cluster_id}" not found', details={"name": cluster_id, "kind": "clusters"}
     )
 
 

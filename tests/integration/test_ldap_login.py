@@ -89,7 +89,7 @@ def test_openldap_login_groups_and_group_binding(ldap: Any) -> None:
     assert OPS in me["groupPrincipalIds"]
     assert proxied_status(world, token) == 200  # via the binding on group ops
     bob = login(world, "openldap", "bob", PASSWORDS["bob"])
-    assert proxied_status(world, bob) == 403  # not in ops
+    assert proxied_status(world, bob) == 404  # not in ops: no role, the cluster is not seen
 
 
 def test_active_directory_login_with_nested_groups(ldap: Any) -> None:
@@ -112,7 +112,7 @@ def test_removal_from_the_group_revokes_access_after_the_refresh(ldap: Any) -> N
     try:
         with slapd.member_removed(ol_group("ops"), ol_user("alice")):
             wait_until(
-                lambda: proxied_status(world, token) == 403,
+                lambda: proxied_status(world, token) == 404,
                 10,
                 "access stayed after removal from the group",
             )

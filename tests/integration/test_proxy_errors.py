@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import time
 from pathlib import Path
@@ -67,22 +68,49 @@ def test_no_token_is_401(world: World) -> None:
     assert (status, body["reason"]) == (401, "Unauthorized")
 
 
-def test_user_without_binding_is_403(world: World) -> None:
-    _, api = world.user("outsider")
-    kc = world.kubeconfig_for(world.admin, "admin-for-outsider")  # a valid kubeconfig shape
+def _kubeconfig_at(world: World, cluster_id: str, token: str, name: str) -> Path:
+    """A kubeconfig for ``/k8s/clusters/<cluster_id>`` with ``token`` (made by hand: a user
+    without a role cannot generate one)."""
+    kc = world.kubeconfig_for(world.admin, f"admin-for-{name}")  # a valid kubeconfig shape
     doc = yaml.safe_load(kc.read_text())
-    doc["users"][0]["user"]["token"] = api.token
-    path = kc.parent / "kubeconfig-outsider"
+    doc["clusters"][0]["cluster"]["server"] = f"{world.gateway.url}/k8s/clusters/{cluster_id}"
+    doc["users"][0]["user"]["token"] = token
+    path = kc.parent / f"kubeconfig-{name}"
     path.write_text(yaml.safe_dump(doc))
-    result = kubectl_run(kubectl("1.32"), path, "get", "pods")
-    assert result.returncode != 0
-    assert "Forbidden" in result.stderr or "forbidden" in result.stderr
-    status, body = raw_request(world, "GET", f"/k8s/clusters/{world.cluster_id}/api", api.token)
-    assert_status(status, body, 403, "Forbidden")
-    # Nor can they generate a kubeconfig for it.
-    with pytest.raises(ApiError) as info:
-        api.post(f"/v3/clusters/{world.cluster_id}?action=generateKubeconfig")
-    assert info.value.status == 404
+    return path
+
+
+_KLOG_PREFIX = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]+\] ", re.MULTILINE)
+
+
+def test_a_cluster_the_caller_may_not_see_is_like_one_that_does_not_exist(world: World) -> None:
+    """A user without a role on a cluster gets the answer of a cluster that does not
+    exist (as /v3 gives them): a Status 404 with the same words, which name only the id
+    they asked for, never the cluster's name; kubectl prints the same for both."""
+    _, api = world.user("outsider")
+    missing = "c-nothere"
+    bodies = {}
+    for cluster_id in (world.cluster_id, missing):
+        status, body = raw_request(world, "GET", f"/k8s/clusters/{cluster_id}/api", api.token)
+        assert_status(status, body, 404, "NotFound")
+        bodies[cluster_id] = json.dumps(body, sort_keys=True).replace(cluster_id, "<id>")
+    assert bodies[world.cluster_id] == bodies[missing]
+    assert 'clusters \\"<id>\\" not found' in bodies[missing]
+    assert f'"{world.cluster_name}"' not in bodies[world.cluster_id]
+    said = {}
+    for cluster_id in (world.cluster_id, missing):
+        path = _kubeconfig_at(world, cluster_id, api.token, f"outsider-{cluster_id}")
+        result = kubectl_run(kubectl("1.32"), path, "get", "pods")
+        assert result.returncode != 0
+        said[cluster_id] = _KLOG_PREFIX.sub("", result.stderr).replace(cluster_id, "<id>")
+    assert said[world.cluster_id] == said[missing]
+    assert "Error from server (NotFound)" in said[missing], said[missing]
+    # Nor can they generate a kubeconfig for it (/v3 answers as for a missing cluster).
+    for cluster_id in (world.cluster_id, missing):
+        with pytest.raises(ApiError) as info:
+            api.post(f"/v3/clusters/{cluster_id}?action=generateKubeconfig")
+        assert info.value.status == 404
+        assert info.value.body["message"] == f"cluster {cluster_id} not found"
 
 
 def test_admin_may_impersonate(world: World) -> None:
@@ -186,7 +214,7 @@ def test_read_only_role_reads_but_cannot_write(world: World) -> None:
 def test_group_binding_grants_access(world: World) -> None:
     user_id, api = world.user("grouped")
     path = f"/k8s/clusters/{world.cluster_id}/api"
-    assert raw_request(world, "GET", path, api.token)[0] == 403
+    assert raw_request(world, "GET", path, api.token)[0] == 404  # no role: not seen
     # Local users carry no group principals today; a binding by user principal works the same.
     world.admin.post(
         "/v3/clusterroletemplatebindings",

@@ -756,12 +756,13 @@ def test_a_user_cannot_pile_up_tokens_without_end(token_world: World) -> None:
 
 def test_a_user_without_a_role_does_not_learn_the_clusters_name(world: World) -> None:
     """/v3 hides a cluster from a user without a role on it (404); the proxy's 403 named
-    it (``has no access to cluster <name>``)."""
+    it (``has no access to cluster <name>``). Now the proxy's answer is that of a cluster
+    that does not exist."""
     _, api = world.user("red-outsider")
     answer, probe = request(world, "GET", _pods(world), api.token)
-    assert_status(answer, 403)
+    assert_status(answer, 404)
     message = answer.json()["message"]
-    assert f"cluster {world.cluster_name}" not in message, message
+    assert message == f'clusters "{world.cluster_id}" not found', message
     assert received(world, probe) == []
 
 

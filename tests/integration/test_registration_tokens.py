@@ -97,7 +97,7 @@ def test_revoking_a_token_disconnects_its_agent_from_every_worker(world: World) 
         wait_until(lambda: _closes(agent) >= before + 2, 15,
                    f"not disconnected from both workers:\n{_log(agent)}")  # fmt: skip
         print(f"\nrevocation -> both tunnels closed: {time.monotonic() - started:.2f} s")
-        # It keeps trying, and is refused: nothing serves the cluster any more.
+        # It is refused (and gives up: exit code 3): nothing serves the cluster any more.
         wait_until(lambda: "rejected the registration token" in _log(agent), 20, _log(agent))
         assert _served(world) == 503
     finally:

@@ -7,6 +7,8 @@ import pytest
 
 from config.schema import AgentSettings
 from tunnel.agent import Agent, backoff_delay
+from tunnel.agent import refusal as refusal_of
+from tunnel.redial import Failure
 from tunnel.websocket import HandshakeError
 
 
@@ -27,13 +29,35 @@ async def test_a_429_is_logged_once_and_its_retry_after_is_kept(
     refusal = HandshakeError(
         429,
         "HTTP 429 cluster c-1 already has 64 agents connected",
-        {"retry-after": "30"},
+        {"retry-after": "30", "x-herdgate-refusal": "cluster-full"},
     )
     with caplog.at_level(logging.WARNING, logger="tunnel.agent"):
         for _ in range(5):
-            agent._refused(refusal)
-            agent._failures += 1
+            agent._failed(*refusal_of(refusal, "https://gw.test/v3/connect"))
     lines = [r.getMessage() for r in caplog.records if "refused this agent" in r.getMessage()]
     assert len(lines) == 1 and "already has 64 agents" in lines[0], lines
     # Back-off, and never sooner than the gateway asked.
-    assert 29 < agent._delay_before_dial(0) <= 30
+    assert 30 <= agent._delay_before_dial(0) <= 300
+
+
+def test_what_a_refusal_means() -> None:
+    url = "https://gw.test/v3/connect"
+    invalid = HandshakeError(
+        401, "HTTP 401 invalid cluster registration token", {"x-herdgate-refusal": "token-invalid"}
+    )
+    assert refusal_of(invalid, url) == (
+        Failure.TOKEN_INVALID,
+        "the gateway rejected the registration token: invalid cluster registration token",
+        0.0,
+    )
+    # A 401 from something else in front of the gateway is not the gateway's verdict.
+    other = HandshakeError(401, "HTTP 401 Unauthorized", {})
+    assert refusal_of(other, url)[0] is Failure.REFUSED
+    assert refusal_of(HandshakeError(503, "HTTP 503 x", {"retry-after": "7"}), url)[2] == 7.0
+    # No answer at all: the gateway may be restarting.
+    cut = HandshakeError(502, "the connection closed during the handshake")
+    assert refusal_of(cut, url) == (
+        Failure.UNREACHABLE,
+        f"cannot connect to {url}: the connection closed during the handshake",
+        0.0,
+    )

@@ -56,7 +56,10 @@ def test_outside_a_pod_says_so(account: Path) -> None:
     with pytest.raises(AgentError) as err:
         in_cluster_upstream(AgentSettings(service_account_dir=str(account)), {})
     assert str(err.value) == (
-        "not running in a pod (KUBERNETES_SERVICE_HOST is not set) and no --kubeconfig given"
+        "no cluster to serve: not running in a pod (KUBERNETES_SERVICE_HOST is not set) and "
+        "no --kubeconfig given; pass --kubeconfig FILE (the cluster's API server and a "
+        "credential that may impersonate, as the manifest's RBAC grants), or run the agent "
+        "in the cluster (the registration token's kubectl apply -f line)"
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ace.records import TOKEN_PLURAL, USER_PLURAL, TokenRecord, token_from_object
-from webhook.cache import RecordCache, Reflector, Timing
+from webhook.cache import RecordCache, Reflector, Timing, WebhookError, open_api
 
 FAST = Timing(
     request_timeout=2, watch_timeout=5, watch_idle=5, backoff_initial=0.01, backoff_max=0.05
@@ -232,3 +232,14 @@ async def test_cache_is_synced_when_both_kinds_are() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_outside_a_pod_without_a_kubeconfig_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not kubernetes' "Service host/port is not set.": what is missing, and what to do."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(WebhookError) as err:
+        await open_api("")
+    assert str(err.value).startswith("no cluster to watch: not running in a pod")
+    assert "pass --kubeconfig FILE" in str(err.value)
