@@ -159,4 +159,3 @@ def document(blocks: Sequence[ClusterBlock], current_context: str = "") -> dict[
         "contexts": contexts,
         "current-context": current,
     }
-
