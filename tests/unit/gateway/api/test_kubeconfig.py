@@ -10,7 +10,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from config.errors import ConfigError
 from config.kubeconfig_merge import dump, merge
+from config.schema import KubeconfigSettings
 from gateway.api import kubeconfigs
 from gateway.api.kubeconfig import (
     ClusterBlock,
@@ -168,3 +170,17 @@ def test_exec_user_logs_in_once_for_all_its_clusters_and_says_how_to_install() -
 
 def test_the_providers_offered_are_those_herdgate_login_takes() -> None:
     assert set(kubeconfigs.LOGIN_PROVIDERS) == {*login.PROVIDER_PATHS, *login.DEVICE_PROVIDERS}
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"exec_command": ""}, "kubeconfig.exec_command"),
+        ({"exec_command": "herd\ngate"}, "kubeconfig.exec_command"),
+        ({"exec_install_hint": "bell\x07"}, "kubeconfig.exec_install_hint"),
+    ],
+)
+def test_exec_settings_are_checked(fields: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        KubeconfigSettings(**fields)
+    assert KubeconfigSettings(exec_install_hint="two\nlines").exec_install_hint == "two\nlines"
