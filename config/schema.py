@@ -67,6 +67,25 @@ class TokenSettings:
 
 
 @dataclass(frozen=True)
+class KubeconfigSettings:
+    exec_command: str = "herdgate"
+    """The command an exec kubeconfig (``"credential": "exec"``) runs as kubectl's
+    credential plugin: a name kubectl finds on PATH, or a full path (such as
+    ``/opt/herdgate/.venv/bin/herdgate``) where users' machines have it there."""
+    exec_install_hint: str = ""
+    """What kubectl shows when it cannot find ``exec_command`` (the kubeconfig's
+    ``installHint``); empty: how to install herdgate and put it on PATH."""
+
+    def __post_init__(self) -> None:
+        if not self.exec_command.strip() or not self.exec_command.isprintable():
+            raise ConfigError("kubeconfig.exec_command", "must be a command name or path")
+        if not all(line.isprintable() for line in self.exec_install_hint.split("\n")):
+            raise ConfigError(
+                "kubeconfig.exec_install_hint", "must not hold control characters but newlines"
+            )
+
+
+@dataclass(frozen=True)
 class TunnelSettings:
     ping_interval_s: float = duration(20)
     """Send a PING when the tunnel has been idle this long (the gateway waits 1.5 times
@@ -443,6 +462,7 @@ class GatewaySettings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
+    kubeconfig: KubeconfigSettings = field(default_factory=KubeconfigSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)

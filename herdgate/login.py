@@ -62,7 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=sorted({*PROVIDER_PATHS, *DEVICE_PROVIDERS}),
         help="how the user logs in (default local)",
     )
-    p.add_argument("--cluster", default="", help="scope the token to this cluster id")
+    p.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        help="scope the token to this cluster id (repeated: to each of those clusters)",
+    )
     p.add_argument("--username", default="", help="user name (else prompted)")
     p.add_argument("--ca-file", default="", help="CA that verifies the gateway")
     p.add_argument("--cache-dir", default="", help="default ~/.herdgate/cache")
@@ -192,9 +197,16 @@ def password_login(args: argparse.Namespace, ctx: ssl.SSLContext) -> dict[str, A
         "password": password,
         "description": "kubectl (herdgate login)",
     }
-    if args.cluster:
-        body["clusterId"] = args.cluster
+    body.update(_scope(args.cluster))
     return _post(url, body, ctx)
+
+
+def _scope(clusters: list[str]) -> dict[str, Any]:
+    """The login body's fields for ``--cluster``: ``clusterId`` for one (what every
+    gateway reads), ``clusterIds`` for several."""
+    if len(clusters) > 1:
+        return {"clusterIds": clusters}
+    return {"clusterId": clusters[0]} if clusters else {}
 
 
 def device_login(args: argparse.Namespace, ctx: ssl.SSLContext) -> dict[str, Any]:
@@ -209,7 +221,7 @@ def device_login(args: argparse.Namespace, ctx: ssl.SSLContext) -> dict[str, Any
     deadline = time.monotonic() + float(flow.get("expiresIn", 600))
     while time.monotonic() < deadline:
         time.sleep(interval)
-        body = {"deviceCode": flow["deviceCode"], "clusterId": args.cluster}
+        body = {"deviceCode": flow["deviceCode"], **_scope(args.cluster)}
         result = _post(f"{base}?action=deviceToken", body, ctx)
         if result.get("token"):
             return result
@@ -221,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     exec_info = _exec_info()
     api_version = str(exec_info.get("apiVersion") or DEFAULT_API_VERSION)
     cache_dir = Path(args.cache_dir or Path.home() / ".herdgate" / "cache")
-    path = cache_path(cache_dir, args.server, args.provider, args.cluster)
+    path = cache_path(cache_dir, args.server, args.provider, ",".join(args.cluster))
     if args.logout:
         path.unlink(missing_ok=True)
         return 0

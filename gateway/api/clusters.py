@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ace import manifests
 from config.identity import Identity
-from gateway.api import agent_import, kubeconfig
+from gateway.api import agent_import, kubeconfigs
 from gateway.api.common import (
     action,
     authenticated,
@@ -35,8 +35,7 @@ from gateway.controllers.cluster_health import (
     ClusterHealth,
 )
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
-from gateway.identity.directory import TooManyTokens
-from gateway.keys import RUNTIME, SETTINGS
+from gateway.keys import RUNTIME
 from gateway.store.records import (
     CLUSTER,
     REGISTRATION,
@@ -238,65 +237,17 @@ async def delete_cluster(request: web.Request) -> web.Response:
 
 
 async def cluster_action(request: web.Request) -> web.Response:
+    """``?action=generateKubeconfig`` ``{"credential"?: "token" | "exec", "provider"?}``:
+    the cluster's kubeconfig, made as ``POST /v3/kubeconfigs`` makes one for it."""
     identity, _ = authenticated(request)
     cluster = visible_cluster(request, identity, request.match_info["id"])
     if action(request) != "generateKubeconfig":
         raise BadRequest("unknown action")
-    d = directory(request)
-    runtime = request.app[RUNTIME]
-    user = d.users[identity.user_id]
     data = await json_body(request)
-    credential: str | dict[str, Any]
-    wanted, provider = string_field(data, "credential"), string_field(data, "provider")
-    if wanted == "exec":
-        # No embedded token: kubectl runs `herdgate login`, which logs in when needed.
-        provider = provider or _login_provider(user.provider)
-        credential = kubeconfig.exec_user(runtime.server_url, provider, cluster.id)
-    else:
-        ttl = request.app[SETTINGS].tokens.kubeconfig_ttl_s or None
-        try:
-            _, credential = await d.issue_token(
-                user,
-                ttl,
-                kind="kubeconfig",
-                description=f"kubeconfig for {cluster.name}",
-                cluster_id=cluster.id,
-                max_per_user=request.app[SETTINGS].tokens.max_per_user,
-            )
-        except TooManyTokens as exc:
-            raise GatewayError(409, str(exc)) from None
-    endpoints = [
-        kubeconfig.Endpoint(
-            cluster.name, f"{runtime.server_url}/k8s/clusters/{cluster.id}", runtime.ca_pem
-        ),
-        *ace_endpoints(cluster),
-    ]
-    return web.json_response(
-        {
-            "type": "generateKubeConfigOutput",
-            "config": kubeconfig.build(cluster.name, endpoints, credential),
-        }
-    )
-
-
-def ace_endpoints(cluster: Cluster) -> list[kubeconfig.Endpoint]:
-    """Direct contexts: ``<name>-fqdn``, else one ``<name>-<node>`` per control-plane node."""
-    if not cluster.ace_enabled:
-        return []
-    if cluster.ace_fqdn:
-        ca = cluster.ace_ca_certs or cluster.ca_cert
-        return [kubeconfig.Endpoint(f"{cluster.name}-fqdn", f"https://{cluster.ace_fqdn}", ca)]
-    return [
-        kubeconfig.Endpoint(
-            f"{cluster.name}-{node.removeprefix(cluster.name + '-')}", url, cluster.ca_cert
-        )
-        for node, url in cluster.ace_nodes
-    ]
-
-
-def _login_provider(provider: str) -> str:
-    """The ``herdgate login --provider`` value for a user's provider."""
-    return {"openldap": "ldap"}.get(provider, provider)
+    credential = kubeconfigs.credential_field(data)
+    provider = kubeconfigs.provider_field(data, credential)
+    answer = await kubeconfigs.make(request, identity, [cluster], credential, provider)
+    return web.json_response({"type": "generateKubeConfigOutput", "config": answer["config"]})
 
 
 # -- registration tokens ---------------------------------------------------------------

@@ -35,7 +35,7 @@ def authenticated(request: web.Request) -> tuple[Identity, Token]:
     except AuthenticationFailed as exc:
         raise Unauthenticated(f"must authenticate: {exc}") from None
     if token.cluster_id:
-        raise Unauthenticated("this token is valid only for its cluster's Kubernetes API")
+        raise Unauthenticated("this token is valid only for its clusters' Kubernetes API")
     request[ACTOR] = identity  # the audit record's caller
     return identity, token
 
@@ -96,7 +96,6 @@ def ttl_seconds(request: web.Request, data: dict[str, Any], default_s: float) ->
 
     Returns None for a token that never expires (only when the maximum is 0).
     """
-    max_s = request.app[SETTINGS].tokens.max_ttl_s
     value = data.get("ttl")
     if value is None or value == 0:
         seconds = default_s
@@ -108,6 +107,13 @@ def ttl_seconds(request: web.Request, data: dict[str, Any], default_s: float) ->
             "ttl must be a positive number of milliseconds (at most 100 years)",
             reason="InvalidFormat",
         )
+    return bounded_ttl(request, seconds)
+
+
+def bounded_ttl(request: web.Request, seconds: float) -> float | None:
+    """A token lifetime within ``tokens.max_ttl`` (0 seconds: the longest allowed);
+    None for a token that never expires (only when the maximum is 0)."""
+    max_s = request.app[SETTINGS].tokens.max_ttl_s
     if max_s:
         seconds = min(seconds, max_s) if seconds else max_s
     return seconds or None

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from config.schema import AuthSettings
 from gateway.api.common import directory, string_field, ttl_seconds
+from gateway.api.kubeconfigs import MAX_LISTED
 from gateway.api.tokens import token_view
 from gateway.errors import GatewayError, NotFound
 from gateway.identity.directory import TooManyTokens
@@ -42,18 +43,18 @@ async def session_token(request: web.Request, user: User, data: dict[str, Any]) 
     settings = request.app[SETTINGS].tokens
     ttl = ttl_seconds(request, data, settings.session_ttl_s)
     description = string_field(data, "description") or "login"
-    cluster_id = string_field(data, "clusterId")
-    if cluster_id and (
-        cluster_id not in d.clusters or d.role_on(d.identity_of(user), cluster_id) is None
-    ):
-        raise NotFound(f"cluster {cluster_id} not found")
+    scope = _scope(data)
+    identity = d.identity_of(user)
+    for cluster_id in scope:
+        if cluster_id not in d.clusters or d.role_on(identity, cluster_id) is None:
+            raise NotFound(f"cluster {cluster_id} not found")
     try:
         token, plaintext = await d.issue_token(
             user,
             ttl,
             kind="session",
             description=description,
-            cluster_id=cluster_id,
+            cluster_ids=scope,
             max_per_user=settings.max_per_user,
         )
     except TooManyTokens as exc:
@@ -61,6 +62,20 @@ async def session_token(request: web.Request, user: User, data: dict[str, Any]) 
     body = token_view(token, current_id="")
     body["token"] = plaintext
     return body
+
+
+def _scope(data: dict[str, Any]) -> list[str]:
+    """The clusters a login's token is scoped to: ``clusterId`` (one) and ``clusterIds``
+    (``herdgate login`` with several ``--cluster``, an exec kubeconfig for several
+    clusters); none: not scoped."""
+    scope = [string_field(data, "clusterId")]
+    listed = data.get("clusterIds")
+    if listed is not None:
+        if not isinstance(listed, list) or len(listed) > MAX_LISTED:
+            message = f"clusterIds must be a list of at most {MAX_LISTED} cluster ids"
+            raise GatewayError(422, message, reason="InvalidFormat")
+        scope += [string_field({"clusterIds": item}, "clusterIds") for item in listed]
+    return [cluster_id for cluster_id in dict.fromkeys(scope) if cluster_id]
 
 
 async def issue_session_token(

@@ -34,6 +34,7 @@ def token_view(
         "kind": token.kind,
         "description": token.description,
         "clusterId": token.cluster_id or None,
+        "clusterIds": list(token.scope),
         "ttl": ttl_ms,
         "created": iso(token.created),
         "expiresAt": iso(token.expires_at),

@@ -8,7 +8,8 @@ directory (:func:`desired_records`, pure) and applies the difference through the
 tunnel with kubernetes-asyncio: on every relevant change (debounced), when a tunnel
 comes up (so a partition heals), and periodically to remove drift.
 
-A token is synced to a cluster when it is scoped to that cluster or unscoped, not
+A token is synced to a cluster when it is unscoped or scoped to that cluster (alone or
+among others: a kubeconfig token for several clusters is synced to each of them), not
 expired, and its user is enabled and holds a role there. Anything else is deleted.
 """
 
@@ -75,7 +76,7 @@ def desired_records(directory: Directory, cluster_id: str, now: float) -> tuple[
         }
     tokens: Doc = {}
     for token in directory.tokens.values():
-        if token.user_id not in users or token.cluster_id not in ("", cluster_id):
+        if token.user_id not in users or not token.valid_on(cluster_id):
             continue
         if token.is_expired(now):
             continue

@@ -19,7 +19,7 @@ import binascii
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -57,6 +57,7 @@ from gateway.store.records import (
     gateway_role,
     role_template_from_doc,
     to_doc,
+    token_scope,
 )
 
 logger = logging.getLogger(__name__)
@@ -314,12 +315,20 @@ class Directory:
         project_bindings = list(self.project_bindings_by_cluster.get(cluster_id, {}))
         projects = [p.id for p in self.projects.values() if p.cluster_id == cluster_id]
         registrations = [r.id for r in self.registrations.values() if r.cluster_id == cluster_id]
-        scoped = [t.id for t in self.tokens.values() if t.cluster_id == cluster_id]
+        scoped = [t for t in self.tokens.values() if t.cluster_id and t.valid_on(cluster_id)]
+        # A token scoped to this cluster alone goes; one scoped to others too is narrowed.
+        only_here = [t.id for t in scoped if t.scope == (cluster_id,)]
+        narrowed = [
+            (t.id, token_scope(c for c in t.scope if c != cluster_id))
+            for t in scoped
+            if t.scope != (cluster_id,)
+        ]
         await asyncio.gather(
             *(self.delete(BINDING, b) for b in bindings),
             *(self.delete(PROJECT_BINDING, b) for b in project_bindings),
             *(self.delete(REGISTRATION, r) for r in registrations),
-            *(self.delete(TOKEN, t) for t in scoped),
+            *(self.delete(TOKEN, t) for t in only_here),
+            *(self.patch(TOKEN, t, **fields) for t, fields in narrowed),
         )
         await asyncio.gather(*(self.delete(PROJECT, p) for p in projects))
         await self.delete(CLUSTER, cluster_id)
@@ -403,8 +412,12 @@ class Directory:
         description: str = "",
         cluster_id: str = "",
         max_per_user: int = 0,
+        cluster_ids: Sequence[str] = (),
     ) -> tuple[Token, str]:
         """Create a token; returns it with its one-time plaintext ``token-xxxxx:<secret>``.
+
+        ``cluster_id`` scopes it to one cluster, ``cluster_ids`` to several (either, not
+        both); neither: not scoped to clusters.
 
         With ``max_per_user``, the user's expired tokens are removed first, and a user
         who holds that many already gets ``TooManyTokens`` for an API token, while a login
@@ -417,6 +430,7 @@ class Directory:
         secret = hashing.new_secret()
         token_hash = hashing.hash_token(secret)
         expires = None if not ttl_s else now + ttl_s
+        scope = token_scope(cluster_ids or ((cluster_id,) if cluster_id else ()))
         token = await self.create_unique(
             TOKEN,
             "token",
@@ -428,7 +442,7 @@ class Directory:
                 expires_at=expires,
                 kind=kind,
                 description=description,
-                cluster_id=cluster_id,
+                **scope,
             ),
         )
         return token, f"{token.id}:{secret}"

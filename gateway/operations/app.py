@@ -15,6 +15,7 @@ from gateway.api import (
     auditing,
     bindings,
     clusters,
+    kubeconfigs,
     login,
     login_common,
     oauth_login,
@@ -176,6 +177,8 @@ def build_app(
     r.add_put("/v3/clusters/{id}", clusters.update_cluster)
     r.add_get("/v3/clusters/{id}/authendpoint/{file}", clusters.ace_manifest)
     r.add_delete("/v3/clusters/{id}", clusters.delete_cluster)
+
+    r.add_post("/v3/kubeconfigs", kubeconfigs.create_kubeconfig)
 
     r.add_get("/v3/clusterregistrationtokens", clusters.list_registrations)
     r.add_post("/v3/clusterregistrationtokens", clusters.create_registration)

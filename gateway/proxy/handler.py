@@ -74,7 +74,7 @@ async def _authenticate(app: web.Application, request: Request, cluster_id: str)
         identity, token = directory.authenticate(header)
     except AuthenticationFailed:
         return await _authenticate_id_token(app, header)
-    if token.cluster_id and token.cluster_id != cluster_id:
+    if token.cluster_id and not token.valid_on(cluster_id):
         _HOT.authentication("token", "failure")
         raise Unauthenticated()
     _HOT.authentication("token", "success")

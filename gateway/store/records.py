@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -103,12 +104,40 @@ class Token:
     """``session`` (login), ``api`` (created by the user) or ``kubeconfig``."""
     description: str = ""
     cluster_id: str = ""
-    """When set, the token is valid only for that cluster."""
+    """When set, the token is valid only for that cluster, or for ``cluster_ids``: a
+    scoped token is one whose ``cluster_id`` is set (``scope``)."""
     last_used: float | None = None
     """Recorded in memory on every use, written to the store at most once a minute."""
+    cluster_ids: tuple[str, ...] = ()
+    """A token scoped to several clusters (a kubeconfig for many): all of them, the
+    first also in ``cluster_id``. So code, or an older gateway, that reads only
+    ``cluster_id`` takes the token for one scoped to the first cluster: it refuses the
+    token elsewhere rather than taking it for an unscoped one. Empty for a token scoped
+    to one cluster, or to none."""
 
     def is_expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        """The clusters the token is limited to; empty: not limited to clusters."""
+        if self.cluster_ids:
+            return self.cluster_ids
+        return (self.cluster_id,) if self.cluster_id else ()
+
+    def valid_on(self, cluster_id: str) -> bool:
+        """Whether the token may be used on ``cluster_id``'s Kubernetes API (the caller's
+        role there is a separate question)."""
+        if not self.cluster_id:
+            return True
+        return cluster_id == self.cluster_id or cluster_id in self.cluster_ids
+
+
+def token_scope(cluster_ids: Iterable[str]) -> dict[str, Any]:
+    """The ``cluster_id`` and ``cluster_ids`` fields of a token scoped to ``cluster_ids``
+    (in order, without repeats; none: unscoped)."""
+    ids = tuple(dict.fromkeys(cluster_ids))
+    return {"cluster_id": ids[0] if ids else "", "cluster_ids": ids if len(ids) > 1 else ()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 # Every endpoint that reads a body: (method, path, the fields it reads, authenticated).
 ENDPOINTS: list[tuple[str, str, tuple[str, ...], bool]] = [
     ("POST", "/v3-public/localProviders/local?action=login",
-     ("username", "password", "ttl", "description", "clusterId"), False),
+     ("username", "password", "ttl", "description", "clusterId", "clusterIds"), False),
     ("POST", "/v3-public/openLdapProviders/openldap?action=login", ("username", "password"), False),
     ("POST", "/v3-public/oidcProviders/oidc?action=deviceToken", ("deviceCode",), False),
     ("POST", "/v3/users", ("username", "password", "name", "enabled", "admin"), True),
@@ -149,6 +149,7 @@ ENDPOINTS: list[tuple[str, str, tuple[str, ...], bool]] = [
     ("POST", "/v3/clusters", ("name", "description", "localClusterAuthEndpoint"), True),
     ("PUT", "/v3/clusters/{cluster}", ("description", "localClusterAuthEndpoint"), True),
     ("POST", "/v3/clusters/{cluster}?action=generateKubeconfig", ("credential", "provider"), True),
+    ("POST", "/v3/kubeconfigs", ("clusters", "ttl", "credential", "provider"), True),
     ("POST", "/v3/clusterregistrationtokens", ("clusterId", "ttl", "expiresAt"), True),
     ("POST", "/v3/clusterregistrationtokens/{registration}?action=rotate",
      ("previousValidFor",), True),
@@ -175,7 +176,7 @@ _scalars = st.one_of(
         ["", " ", "admin", "ADMIN", "\uff41\uff44\uff4d\uff49\uff4e", "read-only", "cluster-owner",
          "a\x00b", "a\r\nb",
          "x" * 5000, "\ud800", "exec", "fuzz", "c-nope", "local://u-victim", "openldap_group://",
-         "openldap_group://cn=x,dc=y", "-----BEGIN CERTIFICATE-----", "a-long-enough-password"]
+         "openldap_group://cn=x,dc=y", "-----BEGIN CERTIFICATE-----", "a-long-enough-password", "*"]
     ),
 )  # fmt: skip
 _json = st.recursive(

@@ -174,26 +174,26 @@ def records(world: World, plural: str) -> list[str]:
 def test_ace_context_shows_the_same_identity_as_the_gateway(ace: World) -> None:
     user_id, api = ace.user("alice", role="cluster-member")
     kc, doc = kubeconfig(ace, api, "alice")
-    assert [c["name"] for c in doc["contexts"]] == ["edge", "edge-fqdn"]
+    assert [c["name"] for c in doc["contexts"]] == ["edge", "edge@fqdn"]
     assert doc["current-context"] == "edge"
     via_gateway = whoami(kc, "edge")
     assert via_gateway is not None and via_gateway["username"] == user_id
-    direct = wait_until(lambda: whoami(kc, "edge-fqdn"), 10, "ACE context never worked")
+    direct = wait_until(lambda: whoami(kc, "edge@fqdn"), 10, "ACE context never worked")
     assert direct["username"] == user_id
     assert set(direct["groups"]) == set(via_gateway["groups"])
     assert direct["extra"] == via_gateway["extra"]
-    assert whoami(kc, "edge-fqdn", "1.27") is not None
-    out = kubectl_run(kubectl("1.32"), kc, "--context", "edge-fqdn", "get", "pods")
+    assert whoami(kc, "edge@fqdn", "1.27") is not None
+    out = kubectl_run(kubectl("1.32"), kc, "--context", "edge@fqdn", "get", "pods")
     assert out.returncode == 0, out.stderr
 
 
 def test_ace_works_while_the_gateway_is_down(ace: World) -> None:
     user_id, api = ace.user("bob", role="cluster-member")
     kc, _ = kubeconfig(ace, api, "bob")
-    wait_until(lambda: whoami(kc, "edge-fqdn"), 10, "ACE context never worked")
+    wait_until(lambda: whoami(kc, "edge@fqdn"), 10, "ACE context never worked")
     ace.gateway.stop()
     try:
-        assert whoami(kc, "edge-fqdn")["username"] == user_id  # type: ignore[index]
+        assert whoami(kc, "edge@fqdn")["username"] == user_id  # type: ignore[index]
         out = kubectl_run(kubectl("1.32"), kc, "--context", "edge", "get", "pods")
         assert out.returncode != 0
         assert "connection refused" in out.stderr or "connect:" in out.stderr
@@ -205,26 +205,26 @@ def test_ace_works_while_the_gateway_is_down(ace: World) -> None:
 def test_revoked_disabled_expired_are_refused(ace: World) -> None:
     user_id, api = ace.user("carol", role="cluster-member")
     kc, doc = kubeconfig(ace, api, "carol")
-    wait_until(lambda: whoami(kc, "edge-fqdn"), 10, "ACE context never worked")
+    wait_until(lambda: whoami(kc, "edge@fqdn"), 10, "ACE context never worked")
     token_id = doc["users"][0]["user"]["token"].split(":")[0]
     api.delete(f"/v3/tokens/{token_id}")
     revoked_at = time.monotonic()
-    wait_until(lambda: whoami(kc, "edge-fqdn") is None, 5, "revoked token still accepted")
+    wait_until(lambda: whoami(kc, "edge@fqdn") is None, 5, "revoked token still accepted")
     assert time.monotonic() - revoked_at < 5
 
     kc2, _ = kubeconfig(ace, api, "carol2")
-    wait_until(lambda: whoami(kc2, "edge-fqdn"), 10, "new token never synced")
+    wait_until(lambda: whoami(kc2, "edge@fqdn"), 10, "new token never synced")
     ace.admin.put(f"/v3/users/{user_id}", {"enabled": False})
-    wait_until(lambda: whoami(kc2, "edge-fqdn") is None, 5, "disabled user still accepted")
+    wait_until(lambda: whoami(kc2, "edge@fqdn") is None, 5, "disabled user still accepted")
     ace.admin.put(f"/v3/users/{user_id}", {"enabled": True})
 
     short = api.post("/v3/tokens", {"ttl": 3000, "clusterId": ace.cluster_id})["token"]
     doc3 = yaml.safe_load(kc2.read_text())
     doc3["users"][0]["user"]["token"] = short
     kc3 = write_kubeconfig(ace.tmp / "kubeconfig-short", yaml.safe_dump(doc3))
-    wait_until(lambda: whoami(kc3, "edge-fqdn"), 10, "short token never synced")
+    wait_until(lambda: whoami(kc3, "edge@fqdn"), 10, "short token never synced")
     time.sleep(3.2)
-    wait_until(lambda: whoami(kc3, "edge-fqdn") is None, 5, "expired token still accepted")
+    wait_until(lambda: whoami(kc3, "edge@fqdn") is None, 5, "expired token still accepted")
 
 
 def test_users_without_binding_are_never_synced(ace: World) -> None:
@@ -270,8 +270,8 @@ def test_node_contexts_when_no_fqdn(ace: World) -> None:
     user_id, api = ace.user("frank", role="cluster-owner")
     kc, doc = kubeconfig(ace, api, "frank")
     names = [c["name"] for c in doc["contexts"]]
-    assert names[0] == "edge" and "edge-cp-1" in names and "edge-fqdn" not in names
-    direct = wait_until(lambda: whoami(kc, "edge-cp-1"), 10, "node context never worked")
+    assert names[0] == "edge" and "edge@edge-cp-1" in names and "edge@fqdn" not in names
+    direct = wait_until(lambda: whoami(kc, "edge@edge-cp-1"), 10, "node context never worked")
     assert direct["username"] == user_id
 
 
