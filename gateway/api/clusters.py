@@ -35,7 +35,7 @@ from gateway.controllers.cluster_health import (
     ClusterHealth,
 )
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
-from gateway.keys import RUNTIME
+from gateway.keys import RUNTIME, SETTINGS
 from gateway.store.records import (
     CLUSTER,
     REGISTRATION,
