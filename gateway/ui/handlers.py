@@ -10,6 +10,7 @@ The session is a herdgate session token in ``SESSION_COOKIE``, checked as any to
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,6 @@ from gateway.api.clusters import cluster_view, visible_cluster
 from gateway.api.common import directory
 from gateway.api.login import check_password
 from gateway.api.login_common import session_token
-from gateway.api.tokens import token_view
 from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound
 from gateway.identity.directory import AuthenticationFailed
 from gateway.identity.providers.registry import PROVIDERS
@@ -307,6 +307,20 @@ def _required(request: web.Request) -> Session:
     return session
 
 
+def _when(ts: float | None) -> str:
+    """``2027-01-31 12:00 UTC``; empty for None."""
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _git_version(version: Any) -> str:
+    """``v1.32.0`` from the cluster's version object (Rancher's: ``gitVersion``, ...)."""
+    if isinstance(version, dict):
+        return str(version.get("gitVersion") or "")
+    return str(version or "")
+
+
 @page
 async def clusters(request: web.Request) -> web.StreamResponse:
     """``GET /ui/``: the clusters the caller may use, with their state now."""
@@ -323,7 +337,7 @@ async def clusters(request: web.Request) -> web.StreamResponse:
                 name=cluster.name,
                 description=cluster.description,
                 state=str(view["state"]),
-                version=str(view["version"] or ""),
+                version=_git_version(view["version"]),
                 node_count=int(view["nodeCount"]),
                 role=d.role_on(session.identity, cluster.id) or "",
             )
@@ -364,7 +378,6 @@ async def tokens(request: web.Request) -> web.StreamResponse:
     rows = []
     mine = [t for t in d.tokens.values() if t.user_id == session.identity.user_id]
     for token in sorted(mine, key=lambda t: (t.created, t.id)):
-        view = token_view(token, session.token.id, now, d.last_used(token))
         cluster = d.clusters.get(token.cluster_id) if token.cluster_id else None
         rows.append(
             pages.TokenRow(
@@ -372,11 +385,11 @@ async def tokens(request: web.Request) -> web.StreamResponse:
                 kind=token.kind,
                 description=token.description,
                 cluster=cluster.name if cluster is not None else token.cluster_id,
-                created=str(view["created"] or ""),
-                expires=str(view["expiresAt"] or ""),
-                last_used=str(view["lastUsedAt"] or ""),
-                current=bool(view["current"]),
-                expired=bool(view["expired"]),
+                created=_when(token.created),
+                expires=_when(token.expires_at),
+                last_used=_when(d.last_used(token)),
+                current=token.id == session.token.id,
+                expired=token.is_expired(now),
             )
         )
     viewer = session.viewer(d.users.get(session.identity.user_id))

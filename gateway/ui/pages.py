@@ -268,9 +268,9 @@ _TOKEN_ROW = """<tr{row_class}>
 <td>{kind}</td>
 <td class="description">{description}</td>
 <td>{cluster}</td>
-<td>{created}</td>
-<td>{expires}</td>
-<td>{last_used}</td>
+<td class="time">{created}</td>
+<td class="time">{expires}</td>
+<td class="time">{last_used}</td>
 <td><form method="post" action="/ui/tokens/revoke">{csrf}
 <input type="hidden" name="token" value="{id}">
 <button type="submit" class="danger">{label}</button></form></td>
@@ -351,8 +351,10 @@ h1 { font-size: 1.4rem; margin: 0 0 .8rem; }
 .lead { color: var(--muted); }
 table { width: 100%; border-collapse: collapse; background: #fff; border: 1px solid var(--line); }
 th, td { text-align: left; padding: .55rem .7rem; border-bottom: 1px solid var(--line);
-  vertical-align: top; overflow-wrap: anywhere; }
-th { font-size: .8rem; text-transform: uppercase; color: var(--muted); background: #eef1f6; }
+  vertical-align: top; overflow-wrap: break-word; }
+th { font-size: .8rem; text-transform: uppercase; color: var(--muted); background: #eef1f6;
+  white-space: nowrap; }
+td.time { white-space: nowrap; font-size: .9rem; }
 td form { margin: 0; }
 .name { font-weight: 600; }
 .id { font-family: ui-monospace, monospace; font-size: .85rem; color: var(--muted); }
