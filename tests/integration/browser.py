@@ -65,7 +65,7 @@ def chromium(profile: Path, downloads: Path, trusted_spki: list[str]) -> Iterato
         f"--user-data-dir={profile}",
         f"--ignore-certificate-errors-spki-list={','.join(trusted_spki)}",
         # only loopback: no name resolves, nothing phones home
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
         "--no-first-run",
         "--no-default-browser-check",
         "--disable-background-networking",

@@ -2,7 +2,8 @@
 stand-in API server: log in as a local user, see the cluster and its state, download a
 kubeconfig and use it with the real kubectl, revoke its token on the page and see
 kubectl refused, log out (and the session's token is gone); screenshots render; what
-users and administrators named things is shown as text.
+users and administrators named things is shown as text; the OIDC button logs in across
+sites (the provider's site, then the gateway's).
 
 ``HERDGATE_UI_SCREENSHOTS=<folder>`` also saves the screenshots there (docs/ holds the
 ones the README shows).
@@ -15,13 +16,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from tests.binaries import kubectl
+from tests.fakes.oidc_issuer import FakeIssuer
+from tests.fakes.threaded import BackgroundLoop
 from tests.integration.browser import WINDOW, check_screenshot, chromium, spki_hash, wait_for_file
 from tests.integration.conftest import USER_PASSWORD, World
-from tests.integration.env import ApiError, kubectl_run
+from tests.integration.env import ApiError, Gateway, free_port, kubectl_run
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +184,74 @@ def test_names_are_shown_as_text(world: World, browser: tuple[Any, Path], tmp_pa
         assert "{csrf}" in by_css(driver, "table.clusters .description").text
     finally:
         world.admin.put(f"/v3/clusters/{world.cluster_id}", {"description": before})
+
+
+@pytest.fixture(scope="module")
+def oidc_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Gateway, FakeIssuer, str]]:
+    """A gateway with OIDC against the fake issuer, browsed as ``https://localhost:<port>``
+    while the issuer is ``https://127.0.0.1:<port>``: two sites, as in real life."""
+    tmp = tmp_path_factory.mktemp("ui-oidc")
+    loop = BackgroundLoop()
+    issuer = FakeIssuer(tmp / "issuer", consent_page=True)
+    loop.run(issuer.start())
+    port = free_port()
+    base = f"https://localhost:{port}"
+    config = {
+        "auth": {
+            "oidc": {
+                "enabled": True,
+                "issuer_url": issuer.url,
+                "client_id": issuer.client_id,
+                "client_secret": issuer.client_secret,
+                "ca_file": issuer.ca_file,
+                "username_claim": "email",
+                "redirect_uri": base + "/v1/auth/oidc/callback",
+            }
+        }
+    }
+    (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
+    gateway = Gateway(tmp / "gateway", port, tmp / "gateway.log")
+    gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
+    try:
+        gateway.start()
+        yield gateway, issuer, base
+    finally:
+        gateway.stop()
+        loop.run(issuer.stop())
+        loop.close()
+
+
+def test_the_oidc_button_logs_in_across_sites(
+    oidc_gateway: tuple[Gateway, FakeIssuer, str], tmp_path: Path
+) -> None:
+    """The user approves on the issuer's page, so the navigation to the callback starts on
+    the issuer's site; the ``SameSite=Strict`` session cookie the callback sets would not
+    be sent on a redirect of that navigation, so the callback answers with a page that
+    moves on by itself, a navigation of this site's own, which carries it."""
+    gateway, issuer, base = oidc_gateway
+    issuer_address = urlsplit(issuer.url)
+    trusted = [
+        spki_hash("127.0.0.1", gateway.port),
+        spki_hash(issuer_address.hostname or "", issuer_address.port or 443),
+    ]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium(tmp_path / "profile", downloads, trusted) as driver:
+        driver.get(base + "/ui/login")
+        assert by_css(driver, ".oauth a.button").text == "OpenID Connect"
+        by_css(driver, ".oauth a.button").click()
+        wait(driver, lambda d: d.current_url.startswith(issuer.url) and all_css(d, "#approve"))
+        by_css(driver, "#approve").click()
+        wait(driver, lambda d: d.current_url == base + "/ui/" and all_css(d, "header .user"))
+        assert by_css(driver, "header .user").text == "Alice Example (alice@example.com)"
+        assert issuer.hits["authorize"] == 1 and issuer.hits["token"] == 1
+        cookie = session_cookie(driver)
+        assert cookie is not None and cookie["sameSite"] == "Strict"
+        assert cookie["domain"] == "localhost" and cookie["secure"] and cookie["httpOnly"]
+        assert "You may use no cluster yet" in by_css(driver, "main").text
+        # The page's token is the user's session, shown as such.
+        by_css(driver, "header nav a[href='/ui/tokens']").click()
+        wait(driver, lambda d: d.current_url == base + "/ui/tokens")
+        assert "web page (oidc)" in by_css(driver, "table.tokens").text
