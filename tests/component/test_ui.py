@@ -22,6 +22,7 @@ from config.schema import AuditSettings, AuthSettings, GatewaySettings, OIDCSett
 from config.tls import client_context
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
+from gateway.identity.providers.ldap import LDAPProvider
 from gateway.identity.providers.oidc import OIDCProvider
 from gateway.identity.providers.registry import Providers
 from gateway.operations.app import build_app
@@ -32,6 +33,7 @@ from gateway.telemetry.audit import AuditLog
 from gateway.ui import security
 from tests.component.front_server import FrontServer
 from tests.fakes.oidc_issuer import FakeIssuer
+from tests.fixtures.slapd import PASSWORDS, shared_slapd
 
 ADMIN_PASSWORD = "admin-password-123"
 BOB_PASSWORD = "bob-password-0123"
@@ -566,3 +568,35 @@ async def test_the_page_s_changes_are_audited(env: Env) -> None:
     assert records[3]["objectId"] == session_id and records[3]["tokenId"] == session_id
     raw = env.audit_path.read_text()
     assert BOB_PASSWORD not in raw and session.partition(":")[2] not in raw
+
+
+async def test_ldap_and_active_directory_users_log_in_with_the_form(
+    env: Env, request: pytest.FixtureRequest
+) -> None:
+    """Against a real slapd (skipped without one, failed under CI=true)."""
+    slapd = shared_slapd(request)
+    env.providers.password["openldap"] = LDAPProvider("openldap", slapd.openldap_settings())
+    env.providers.password["activedirectory"] = LDAPProvider(
+        "activedirectory", slapd.activedirectory_settings()
+    )
+    try:
+        for provider, username in (("openldap", "alice"), ("activedirectory", "dscully")):
+            browser = Browser(env.client)
+            csrf = await browser.form_token("/ui/login")
+            _, body = await browser.get("/ui/login")
+            assert '<option value="openldap">OpenLDAP</option>' in body
+            assert '<option value="activedirectory">Active Directory</option>' in body
+            fields = {"csrf": csrf, "provider": provider, "username": username}
+            resp, body = await browser.post("/ui/login", {**fields, "password": "wrong"})
+            assert resp.status == 401, body
+            assert f'<option value="{provider}" selected>' in body  # the choice kept
+            resp, _ = await browser.post("/ui/login", {**fields, "password": PASSWORDS[username]})
+            assert resp.status == 303
+            token = env.directory.tokens[browser.session.partition(":")[0]]
+            user = env.directory.users[token.user_id]
+            assert user.provider == provider and token.kind == "session"
+            resp, body = await browser.get("/ui/")
+            assert resp.status == 200 and username in body
+    finally:
+        for name in ("openldap", "activedirectory"):
+            await env.providers.password.pop(name).close()
