@@ -18,10 +18,11 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
-from config.schema import AuditSettings, AuthSettings, GatewaySettings, OIDCSettings
+from config.schema import AuditSettings, AuthSettings, GatewaySettings, GitHubSettings, OIDCSettings
 from config.tls import client_context
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
+from gateway.identity.providers.github import GitHubProvider
 from gateway.identity.providers.ldap import LDAPProvider
 from gateway.identity.providers.oidc import OIDCProvider
 from gateway.identity.providers.registry import Providers
@@ -32,6 +33,7 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.telemetry.audit import AuditLog
 from gateway.ui import security
 from tests.component.front_server import FrontServer
+from tests.fakes.github_api import FakeGitHub
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fixtures.slapd import PASSWORDS, shared_slapd
 
@@ -39,6 +41,7 @@ ADMIN_PASSWORD = "admin-password-123"
 BOB_PASSWORD = "bob-password-0123"
 HOSTILE = """<script>alert(1)</script><img src=x onerror="alert('x')">&amp;{csrf}"""
 OIDC_CALLBACK = "https://gw.test:8443/v1/auth/oidc/callback"
+GITHUB_CALLBACK = "https://gw.test:8443/v1/auth/github/callback"
 
 _CSRF_INPUT = re.compile(r'<input type="hidden" name="csrf" value="([^"]*)">')
 
@@ -494,6 +497,56 @@ async def issuer(tmp_path: Path) -> AsyncIterator[FakeIssuer]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+async def provider_approves(url: str, ca_file: str, callback: str) -> str:
+    """Follow the provider's authorization URL (it approves at once); the gateway path
+    its redirect back leads to."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, ssl=client_context(ca_file=ca_file), allow_redirects=False) as back,
+    ):
+        location = back.headers["Location"]
+    assert location.startswith(callback + "?"), location
+    return location[len("https://gw.test:8443") :]
+
+
+async def test_the_github_button_logs_the_browser_in(env: Env, tmp_path: Path) -> None:
+    github = FakeGitHub(tmp_path / "github")
+    await github.start()
+    github.add_user(583231, "octocat", "The Octocat")
+    env.providers.github = GitHubProvider(
+        GitHubSettings(
+            enabled=True,
+            client_id=github.client_id,
+            client_secret=github.client_secret,
+            web_url=github.web_url,
+            api_url=github.api_url,
+            ca_file=github.ca_file,
+            redirect_uri=GITHUB_CALLBACK,
+        )
+    )
+    try:
+        browser = Browser(env.client)
+        _, body = await browser.get("/ui/login")
+        assert '<a class="button" href="/ui/login/github">GitHub</a>' in body
+        assert "/ui/login/oidc" not in body
+        resp, _ = await browser.get("/ui/login/github")
+        assert resp.status == 302
+        callback = await provider_approves(
+            resp.headers["Location"], github.ca_file, GITHUB_CALLBACK
+        )
+        resp, body = await browser.get(callback)
+        assert resp.status == 200, body
+        assert "token-" not in body
+        resp, body = await browser.get("/ui/")
+        assert resp.status == 200 and "octocat" in body
+        token = env.directory.tokens[browser.session.partition(":")[0]]
+        assert token.description == "web page (github)"
+    finally:
+        await env.providers.github.close()
+        env.providers.github = None
+        await github.stop()
 
 
 async def test_the_oidc_button_logs_the_browser_in(env: Env, issuer: FakeIssuer) -> None:
