@@ -292,6 +292,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     """``POST /ui/logout``: the session token is deleted, the cookie cleared."""
     session = session_of(request)
     response = _see_other("/ui/login")
+    request[auditing.AUDITED_AS] = ("tokens", "logout", "")
     if session is not None:
         request[auditing.AUDITED_AS] = ("tokens", "logout", session.token.id)
         await _form(request, request.cookies[security.SESSION_COOKIE])
@@ -349,6 +350,7 @@ async def clusters(request: web.Request) -> web.StreamResponse:
 @page
 async def download_kubeconfig(request: web.Request) -> web.StreamResponse:
     """``POST /ui/kubeconfig`` with ``cluster`` (an id, or ``*`` for all): the file."""
+    request[auditing.AUDITED_AS] = ("clusters", "generateKubeconfig", "")
     session = _required(request)
     form = await _form(request, request.cookies[security.SESSION_COOKIE])
     wanted = _field(form, "cluster")
@@ -400,6 +402,7 @@ async def tokens(request: web.Request) -> web.StreamResponse:
 async def revoke_token(request: web.Request) -> web.StreamResponse:
     """``POST /ui/tokens/revoke`` with ``token``: one of the caller's own tokens; the
     session's own logs out."""
+    request[auditing.AUDITED_AS] = ("tokens", "delete", "")
     session = _required(request)
     form = await _form(request, request.cookies[security.SESSION_COOKIE])
     token_id = _field(form, "token")

@@ -338,8 +338,15 @@ async def test_every_form_needs_its_csrf_token(env: Env) -> None:
             path, {**data, "csrf": session_csrf}, **{"Sec-Fetch-Site": "same-site"}
         )
         assert resp.status == 403
-    # Nothing happened: still logged in with the same token.
+    # Nothing happened: still logged in with the same token; each refusal is recorded.
     assert token_id in env.directory.tokens
+    refused = [r for r in env.audit_records() if r["status"] == 403]
+    assert {(r["resource"], r["action"]) for r in refused} == {
+        ("login", "login"),
+        ("tokens", "logout"),
+        ("clusters", "generateKubeconfig"),
+        ("tokens", "delete"),
+    }
     resp, _ = await browser.get("/ui/tokens")
     assert resp.status == 200
 
