@@ -6,6 +6,8 @@ contracts in ``pyproject.toml`` hold them to this, CI runs them):
 - ``cli`` — ``herdgate gateway``'s command line: settings in, the process started.
 - ``operations`` — the running process: the aiohttp application holding the services
   (``app``), the listener and graceful stop (``server``), workers, reload, health.
+- ``ui`` — the web page at ``/ui/`` (log in, clusters, kubeconfigs, one's tokens):
+  server-rendered HTML built on ``api``'s pieces; ``operations`` installs its routes.
 - ``front`` — client connections: TLS listener glue, HTTP/1.1, HTTP/2 + HPACK, and the
   bridge that hands management-API requests to aiohttp.
 - ``api`` — the management API (``/v3``): login, tokens, users, clusters, bindings.

@@ -27,7 +27,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ACTOR = web.RequestKey("herdgate.actor", Identity)
 """Request key: the caller's ``Identity``, set when a handler authenticated it."""
 LOGIN: web.RequestKey[dict[str, str]] = web.RequestKey("herdgate.login")
-"""Request key: a login's ``{"provider", "loginName"}``, set by the login handlers."""
+"""Request key: a login's ``{"provider", "loginName"}``, set by the login handlers; a
+login whose answer is not the JSON token (a browser login, the web page's form) adds
+``result``, ``userId`` and ``tokenId`` (the session token's id, never its secret)."""
+AUDITED_AS: web.RequestKey[tuple[str, str, str]] = web.RequestKey("herdgate.audited_as")
+"""Request key: ``(resource, action, object id)`` for a route outside ``/v3`` (the web
+page's forms, ``gateway.ui``), as the ``/v3`` request doing the same is recorded."""
 
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _LOGIN_RESULTS = {201: "success", 202: "pending", 401: "invalid", 429: "limited"}
@@ -45,6 +50,9 @@ def _resource_and_action(request: web.Request) -> tuple[str, str]:
     """``("users", "create")``, ``("clusterregistrationtokens", "rotate")``, ...
 
     Read from the matched route, never from the raw path (which is the client's)."""
+    named = request.get(AUDITED_AS)
+    if named is not None:
+        return named[0], named[1]
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else ""
     if canonical.startswith(("/v3-public/", "/v1/auth/")):
@@ -113,7 +121,8 @@ def _write(
     resource, action = _resource_and_action(request)
     ids = _answer_ids(response)
     identity = request.get(ACTOR)
-    object_id = request.match_info.get("id", "") or ids.get("id", "")
+    named = request.get(AUDITED_AS)
+    object_id = request.match_info.get("id", "") or ids.get("id", "") or (named[2] if named else "")
     extra: dict[str, Any] = {}
     if resource == "login":
         login = request.get(LOGIN) or {}
@@ -124,10 +133,13 @@ def _write(
         )
         if login.get("loginName"):
             extra["loginName"] = login["loginName"]
-        extra["result"] = _LOGIN_RESULTS.get(status, "error" if status >= 500 else "refused")
-        if "userId" in ids:
-            extra["userId"] = ids["userId"]
-        object_id = ids.get("id", "")  # the session token's id (never its secret)
+        extra["result"] = login.get("result") or _LOGIN_RESULTS.get(
+            status, "error" if status >= 500 else "refused"
+        )
+        if "userId" in ids or "userId" in login:
+            extra["userId"] = login.get("userId") or ids["userId"]
+        # the session token's id (never its secret)
+        object_id = login.get("tokenId") or ids.get("id", "")
     record = management_record(
         started=started,
         request_id=request_id_var.get() or new_request_id(),

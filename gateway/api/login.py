@@ -68,6 +68,19 @@ async def password_login(request: web.Request) -> web.Response:
     username = string_field(data, "username", required=True)
     password = string_field(data, "password", required=True, max_len=4096)
     request[auditing.LOGIN] = {"provider": provider_name, "loginName": username}
+    user = await check_password(request, provider_name, username, password)
+    return await issue_session_token(request, user, data)
+
+
+async def check_password(
+    request: web.Request, provider_name: str, username: str, password: str
+) -> User:
+    """The enabled user ``username`` with ``password`` at ``provider_name`` (``local``,
+    ``openldap`` or ``activedirectory``), under the failed-login limits; counted in the
+    login metric. Raises ``TooManyAttempts`` (429), ``Unauthenticated`` (401, the same
+    for an unknown user and a wrong password), ``NotFound`` for a provider that is not
+    configured, ``GatewayError`` 503 when the provider cannot be reached. Both the JSON
+    login here and the web page's form (``gateway.ui``) log in through it."""
     limiter = request.app[LIMITER]
     d = directory(request)
     address = request.remote or "unknown"
@@ -92,7 +105,7 @@ async def password_login(request: web.Request) -> web.Response:
     limiter.withdraw(provider_name, username, address, began)
     limiter.succeeded(provider_name, username)
     count_login(provider_name, "success")
-    return await issue_session_token(request, user, data)
+    return user
 
 
 async def dispatch(request: web.Request) -> web.Response:

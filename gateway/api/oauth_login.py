@@ -12,7 +12,9 @@ Three ways in, all ending with a herdgate session token:
   The PKCE verifier and nonce stay on the gateway, keyed by an unguessable ``state``,
   and the login is bound to the browser that started it (a cookie, compared at the
   callback): a callback link sent to someone else logs no one in (login CSRF, RFC 6749
-  section 10.12).
+  section 10.12). A login started by another part of the gateway (the web page,
+  ``gateway.ui``: ``start_browser_login(..., then="web")``) ends with what that part
+  registered in ``AFTER_BROWSER_LOGIN`` instead of the token page.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import html
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateway.api import auditing
 from gateway.api.common import LIMITER, action, directory, json_body, string_field
 from gateway.api.login_common import TooManyAttempts, count_login, session_token
 from gateway.errors import BadRequest, GatewayError, NotFound, Unauthenticated
@@ -36,6 +39,7 @@ from gateway.identity.providers.base import (
 )
 from gateway.identity.providers.oauth import code_challenge_s256, new_code_verifier, random_token
 from gateway.identity.providers.registry import PROVIDERS
+from gateway.store.records import User
 
 PATHS = {"oidcProviders/oidc": "oidc", "githubProviders/github": "github"}
 STATE_TTL_S = 600.0
@@ -61,6 +65,8 @@ class _PendingBrowserLogin:
     """The cookie value the callback must come with."""
     address: str = ""
     """The client address that started it."""
+    then: str = ""
+    """Who finishes it (a key of ``AFTER_BROWSER_LOGIN``); empty: the token page."""
 
 
 class BrowserLogins:
@@ -73,7 +79,13 @@ class BrowserLogins:
         self._by_address: dict[str, list[str]] = {}
 
     def add(
-        self, provider: str, verifier: str, nonce: str, browser: str = "", address: str = ""
+        self,
+        provider: str,
+        verifier: str,
+        nonce: str,
+        browser: str = "",
+        address: str = "",
+        then: str = "",
     ) -> str:
         now = time.monotonic()
         mine = self._by_address.setdefault(address, [])
@@ -86,7 +98,7 @@ class BrowserLogins:
                 self._forget(next(iter(self._pending)))
         state = random_token()
         self._pending[state] = _PendingBrowserLogin(
-            provider, verifier, nonce, now + STATE_TTL_S, browser, address
+            provider, verifier, nonce, now + STATE_TTL_S, browser, address, then
         )
         self._by_address.setdefault(address, []).append(state)
         return state
@@ -117,6 +129,19 @@ class BrowserLogins:
 BROWSER_LOGINS = web.AppKey("browser_logins", BrowserLogins)
 
 
+class AfterBrowserLogin(Protocol):
+    """Ends a browser login that was started with ``then``: ``user`` is logged in (the
+    provider checked them, the account is enabled); the answer is the callback's."""
+
+    async def __call__(
+        self, request: web.Request, user: User, provider: str
+    ) -> web.StreamResponse: ...
+
+
+AFTER_BROWSER_LOGIN = web.AppKey("after_browser_login", dict[str, AfterBrowserLogin])
+"""``then`` -> how such a login ends (the application builder fills it)."""
+
+
 def _provider(request: web.Request, name: str) -> Any:
     provider = getattr(request.app[PROVIDERS], name)
     if provider is None:
@@ -124,15 +149,19 @@ def _provider(request: web.Request, name: str) -> Any:
     return provider
 
 
-async def _finish(
-    request: web.Request, identity: ExternalIdentity, data: dict[str, Any]
-) -> dict[str, Any]:
+async def _user_for(request: web.Request, identity: ExternalIdentity) -> User:
     user = await directory(request).link_external(identity)
     if not user.enabled:
         count_login(identity.provider, "invalid")
         raise Unauthenticated("authentication failed: the account is disabled")
     count_login(identity.provider, "success")
-    return await session_token(request, user, data)
+    return user
+
+
+async def _finish(
+    request: web.Request, identity: ExternalIdentity, data: dict[str, Any]
+) -> dict[str, Any]:
+    return await session_token(request, await _user_for(request, identity), data)
 
 
 def _failed(exc: Exception, name: str) -> GatewayError:
@@ -199,14 +228,22 @@ async def oauth_action(request: web.Request) -> web.Response:
 
 async def browser_start(request: web.Request) -> web.Response:
     """``GET /v1/auth/{provider}/login``: redirect the browser to the provider."""
-    name = request.match_info["provider"]
+    raise await start_browser_login(request, request.match_info["provider"])
+
+
+async def start_browser_login(request: web.Request, name: str, then: str = "") -> web.HTTPFound:
+    """The redirect (to raise) that sends the browser to provider ``name`` (``oidc`` or
+    ``github``), with the cookie that binds the login to this browser; the callback
+    ends it with ``AFTER_BROWSER_LOGIN[then]``, or the token page."""
     if name not in ("oidc", "github"):
         raise NotFound("unknown provider")
     provider = _provider(request, name)
     verifier = new_code_verifier()
     nonce = random_token()
     browser = random_token()
-    state = request.app[BROWSER_LOGINS].add(name, verifier, nonce, browser, request.remote or "")
+    state = request.app[BROWSER_LOGINS].add(
+        name, verifier, nonce, browser, request.remote or "", then
+    )
     try:
         if name == "oidc":
             await provider.discover()
@@ -225,13 +262,14 @@ async def browser_start(request: web.Request) -> web.Response:
         httponly=True,
         samesite="Lax",
     )
-    raise found
+    return found
 
 
-async def browser_callback(request: web.Request) -> web.Response:
+async def browser_callback(request: web.Request) -> web.StreamResponse:
     """``GET /v1/auth/{provider}/callback?code=&state=``: exchange and show the token."""
     name = request.match_info["provider"]
     provider = _provider(request, name)
+    request[auditing.LOGIN] = {"provider": name}
     browser = request.cookies.get(LOGIN_COOKIE, "")
     pending = None
     if browser:
@@ -249,12 +287,19 @@ async def browser_callback(request: web.Request) -> web.Response:
             identity = await provider.exchange_code(code)
     except (InvalidCredentials, ProviderUnavailable) as exc:
         raise _failed(exc, name) from None
-    token = (await _finish(request, identity, {}))["token"]
-    page = (
-        "<!doctype html><title>herdgate login</title><h1>Logged in</h1>"
-        f"<p>Your herdgate token (shown once):</p><pre>{html.escape(token)}</pre>"
-    )
-    response = web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
+    user = await _user_for(request, identity)
+    finish = request.app[AFTER_BROWSER_LOGIN].get(pending.then) if pending.then else None
+    response: web.StreamResponse
+    if finish is not None:
+        response = await finish(request, user, name)
+    else:
+        body = await session_token(request, user, {})
+        request[auditing.LOGIN].update(result="success", userId=user.id, tokenId=body["id"])
+        page = (
+            "<!doctype html><title>herdgate login</title><h1>Logged in</h1>"
+            f"<p>Your herdgate token (shown once):</p><pre>{html.escape(body['token'])}</pre>"
+        )
+        response = web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
     response.del_cookie(LOGIN_COOKIE, path=f"/v1/auth/{name}/callback")
     return response
 

@@ -40,6 +40,7 @@ from gateway.proxy.sessions import SESSIONS, Sessions
 from gateway.runtime import Runtime
 from gateway.telemetry.audit import AUDIT, REQUEST_ID_HEADER, AuditLog, new_request_id
 from gateway.telemetry.drain import DRAIN, Drain
+from gateway.ui import handlers as ui
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def build_app(
     app[READY] = [False]
     app[LIMITER] = login_common.make_limiter(settings.auth)
     app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
+    app[oauth_login.AFTER_BROWSER_LOGIN] = {}
 
     r = app.router
     r.add_get("/healthz", health.healthz)
@@ -208,6 +210,8 @@ def build_app(
     r.add_post("/v3/projectroletemplatebindings", projects.create_project_binding)
     r.add_get("/v3/projectroletemplatebindings/{id}", projects.get_project_binding)
     r.add_delete("/v3/projectroletemplatebindings/{id}", projects.delete_project_binding)
+
+    ui.install(app)  # the web page: /ui/ (and / leads there)
 
     app.cleanup_ctx.append(background.background_tasks)
     app.cleanup_ctx.append(ace_sync.ace_context)

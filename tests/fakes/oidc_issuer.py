@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import secrets
 import time
@@ -85,6 +86,10 @@ class FakeIssuer:
     """Path of the issuer URL (OIDC allows a path component)."""
     device_flow: bool = True
     """Whether discovery lists a device authorization endpoint."""
+    consent_page: bool = False
+    """The authorization endpoint answers with a page whose "Approve" link leads back,
+    as a real provider's login page does (the browser's way back then starts on the
+    provider's site), instead of redirecting at once."""
     device_interval: int = 0
     """``interval`` sent with a device code; polling faster gets ``slow_down``."""
     auth_methods: tuple[str, ...] = ("client_secret_basic", "client_secret_post")
@@ -287,7 +292,11 @@ class FakeIssuer:
         params = {"code": code}
         if "state" in q:
             params["state"] = q["state"]
-        raise web.HTTPFound(q.get("redirect_uri", "") + "?" + urlencode(params))
+        back = q.get("redirect_uri", "") + "?" + urlencode(params)
+        if self.consent_page:
+            page = f'<!doctype html><a id="approve" href="{html.escape(back)}">Approve</a>'
+            return web.Response(text=page, content_type="text/html")
+        raise web.HTTPFound(back)
 
     def _client(self, request: web.Request, form: dict[str, str]) -> str | None:
         """The authenticated client id, or None when authentication failed."""
