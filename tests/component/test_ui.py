@@ -396,18 +396,21 @@ async def test_clusters_with_their_state_escaped_and_kubeconfigs(env: Env) -> No
     assert scoped.kind == "kubeconfig" and scoped.cluster_id == dev
     assert scoped.description == "kubeconfig for dev"
 
-    # All clusters: a context and a token for each, each token for its cluster only.
+    # All clusters: what POST /v3/kubeconfigs {"clusters": ["*"]} gives, a context per
+    # cluster and one token valid on exactly those two.
     resp, text = await browser.post("/ui/kubeconfig", {"csrf": csrf, "cluster": "*"})
     assert resp.status == 200
     assert 'filename="kubeconfig-all-clusters.yaml"' in resp.headers["Content-Disposition"]
     merged = yaml.safe_load(text)
     assert [c["name"] for c in merged["contexts"]] == ["dev", "prod"]
     assert merged["current-context"] == "dev"
-    scopes = {
-        u["name"]: env.directory.tokens[u["user"]["token"].partition(":")[0]].cluster_id
-        for u in merged["users"]
-    }
-    assert scopes == {"dev": dev, "prod": prod}
+    secrets = {u["user"]["token"] for u in merged["users"]}
+    assert len(secrets) == 1
+    shared = env.directory.tokens[secrets.pop().partition(":")[0]]
+    assert set(shared.scope) == {dev, prod} and not shared.valid_on(hidden)
+    api = await env.api("POST", "/v3/kubeconfigs", browser.session, {"clusters": ["*"]})
+    theirs = yaml.safe_load((await api.json())["config"])
+    assert [c["name"] for c in theirs["contexts"]] == [c["name"] for c in merged["contexts"]]
 
     # A cluster bob may not use is not found, whether it exists or not.
     for cluster in (hidden, "c-nope"):
