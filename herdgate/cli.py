@@ -8,7 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import cli as gateway_cli
-    from herdgate import login
+    from herdgate import commands
     from tunnel import cli as agent_cli
     from webhook import cli as webhook_cli
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
     webhook_cli.add_parser(subparsers)
-    login.add_parser(subparsers)
+    commands.add_parsers(subparsers)  # login (people and kubectl), logout, cluster, ...
     return parser
 
 
