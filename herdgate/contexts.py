@@ -113,7 +113,9 @@ def parse(text: str, where: str = "config") -> Contexts:
         raise ContextFileError(f"{where} is not JSON ({exc}); fix or remove it") from None
     if not isinstance(data, dict):
         raise ContextFileError(f"{where} must hold a JSON object; fix or remove it")
-    raw = data.get("contexts") or {}
+    raw = data.get("contexts")
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ContextFileError(f"{where}: contexts must be an object")
     result = Contexts()

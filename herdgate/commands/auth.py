@@ -186,7 +186,10 @@ def host_port(server: str) -> str:
 def person_login(args: argparse.Namespace) -> int:
     path = default_path()
     contexts = load_contexts(path, sys.stderr)
-    current = contexts.get(args.context or os.environ.get(CONTEXT_ENV, "") or contexts.current)
+    named = args.context or os.environ.get(CONTEXT_ENV, "")
+    current = contexts.get(named) if named else None
+    if current is None:
+        current = contexts.get(contexts.current)  # a new context: on the current gateway
     text = args.url or args.server or os.environ.get(SERVER_ENV, "")
     if not text:
         if current is None:

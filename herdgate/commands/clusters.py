@@ -36,7 +36,9 @@ def add_parsers(subparsers: Subparsers) -> None:
     leaf(inner, "list", "list the clusters you hold a role on", run_list)
     p = leaf(inner, "show", "show a cluster: state, version, nodes, agents, conditions", run_show)
     p.add_argument("cluster", help="name or id")
-    p = leaf(inner, "create", "register a new cluster (administrators)", run_create)
+    p = leaf(
+        inner, "create", "register a new cluster (administrators)", run_create, check=check_times
+    )
     p.add_argument("name", help="lowercase letters, digits and '-'")
     p.add_argument("--description", default="")
     p.add_argument("--wait", action="store_true", help="then wait until its agents connect")
@@ -52,6 +54,7 @@ def add_parsers(subparsers: Subparsers) -> None:
         "wait until a cluster is active (its agents connected)",
         run_wait,
         outputs=False,
+        check=check_times,
     )
     p.add_argument("cluster", help="name or id")
     p.add_argument("--state", default="active", help="the state to wait for (default active)")
@@ -63,6 +66,7 @@ def add_parsers(subparsers: Subparsers) -> None:
         "import-command",
         "print the commands that install a cluster's agents (makes a registration token)",
         run_import_command,
+        check=check_times,
     )
     p.add_argument("cluster", help="name or id")
     which = p.add_mutually_exclusive_group()
@@ -175,6 +179,13 @@ def seconds(text: str, option: str) -> float:
     if value <= 0:
         raise UsageError(f"{option} must be more than 0")
     return value
+
+
+def check_times(args: argparse.Namespace) -> None:
+    for option in ("timeout", "ttl"):
+        value = getattr(args, option, "")
+        if value:
+            seconds(value, f"--{option}")
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -305,8 +316,6 @@ def import_lines(registration: Mapping[str, Any], insecure_download: bool) -> tu
 
 def run_import_command(session: Session, args: argparse.Namespace) -> int:
     client: Client = session.client
-    if args.ttl:
-        seconds(args.ttl, "--ttl")
     cluster = find_cluster(client, args.cluster)
     registration = client.create_registration(str(cluster["id"]), args.ttl)
     if args.output:

@@ -87,9 +87,11 @@ def leaf(
     help_text: str,
     run: Callable[[Session, argparse.Namespace], int],
     outputs: bool = True,
+    check: Callable[[argparse.Namespace], None] | None = None,
 ) -> argparse.ArgumentParser:
     """A command that talks to a gateway: its parser, with the connection options (and
-    ``-o`` when ``outputs``), running ``run`` through ``connected``."""
+    ``-o`` when ``outputs``), running ``run`` through ``connected``; ``check`` looks at
+    the arguments first, before any context or gateway (a ``UsageError`` ends it)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         name,
         help=help_text,
@@ -98,7 +100,7 @@ def leaf(
     )
     if outputs:
         add_output(p)
-    p.set_defaults(run=connected(run))
+    p.set_defaults(run=connected(run, check))
     return p
 
 
@@ -200,11 +202,14 @@ def resolve(
 
 def connected(
     run: Callable[[Session, argparse.Namespace], int],
+    check: Callable[[argparse.Namespace], None] | None = None,
 ) -> Callable[[argparse.Namespace], int]:
     """``run`` with a session, every failure turned into a message and an exit code."""
 
     def wrapper(args: argparse.Namespace) -> int:
         def body() -> int:
+            if check is not None:
+                check(args)
             path = default_path()
             contexts = load_contexts(path, sys.stderr)
             client, context = resolve(args, contexts, os.environ)

@@ -24,6 +24,7 @@ def add_parsers(subparsers: Subparsers) -> None:
         "get a kubeconfig for clusters (one context each), to print, save or merge",
         run,
         outputs=False,
+        check=check,
     )
     p.add_argument("clusters", nargs="*", metavar="CLUSTER", help="name or id")
     p.add_argument("--all", action="store_true", help="every cluster you hold a role on")
@@ -48,9 +49,14 @@ def add_parsers(subparsers: Subparsers) -> None:
     )
 
 
-def run(session: Session, args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> None:
     if bool(args.clusters) == bool(args.all):
         raise UsageError("name the clusters, or give --all")
+    if args.ttl:
+        seconds(args.ttl, "--ttl")
+
+
+def run(session: Session, args: argparse.Namespace) -> int:
     ttl_ms = round(seconds(args.ttl, "--ttl") * 1000) if args.ttl else None
     client = session.client
     if args.all:

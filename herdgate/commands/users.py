@@ -54,7 +54,7 @@ def add_parsers(subparsers: Subparsers) -> None:
     inner = group(subparsers, "token", "list or revoke API and login tokens")
     p = leaf(inner, "list", "list your tokens (administrators: everyone's)", run_token_list)
     p.add_argument("--user", default="", help="only this user's (name or id)")
-    p = leaf(inner, "delete", "revoke tokens", run_token_delete)
+    p = leaf(inner, "delete", "revoke tokens", run_token_delete, check=check_token_delete)
     p.add_argument("token_ids", nargs="*", metavar="ID", help="token ids (token-xxxxx)")
     p.add_argument("--user", default="", help="every token of this user (name or id)")
 
@@ -146,10 +146,13 @@ def run_token_list(session: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_token_delete(session: Session, args: argparse.Namespace) -> int:
-    client = session.client
+def check_token_delete(args: argparse.Namespace) -> None:
     if bool(args.token_ids) == bool(args.user):
         raise UsageError("give token ids, or --user USER for all of a user's tokens")
+
+
+def run_token_delete(session: Session, args: argparse.Namespace) -> int:
+    client = session.client
     deleted = []
     if args.user:
         user_id = str(find_user(client, args.user)["id"])
