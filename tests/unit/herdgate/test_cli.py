@@ -91,7 +91,7 @@ def test_the_plugin_keeps_every_flag_it_had() -> None:
     same values here."""
     old = argparse.ArgumentParser()
     login.add_parser(old.add_subparsers())
-    plugin_parser = old._subparsers._group_actions[0].choices["login"]  # type: ignore[union-attr]
+    plugin_parser = subcommands(old)[0][2]
     argv = [
         "login", "--server", "https://gw", "--provider", "openldap", "--cluster", "c-1",
         "--username", "bob", "--ca-file", "/ca.crt", "--cache-dir", "/cache", "--logout",
