@@ -7,7 +7,8 @@ every kubeconfig made with ``"credential": "exec"`` says (``herdgate login --ser
 before (``herdgate.login``). It is the plugin when kubectl runs it
 (``KUBERNETES_EXEC_INFO`` is set: kubectl sets it for every exec plugin of
 ``client.authentication.k8s.io/v1`` and ``v1beta1``) or when a flag only the plugin has
-is given (``--cluster``, ``--cache-dir``, ``--logout``); otherwise it is a person's login.
+is given (``--cluster``, ``--cache-dir``, ``--ca-file``, ``--logout``); otherwise it
+is a person's login (whose CA flag is ``--ca``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ if TYPE_CHECKING:
     from herdgate.commands.common import Subparsers
 
 EXEC_INFO_ENV = "KUBERNETES_EXEC_INFO"
-PLUGIN_ONLY = {"cluster": "--cluster", "cache_dir": "--cache-dir", "logout": "--logout"}
+PLUGIN_ONLY = {
+    "cluster": "--cluster",
+    "cache_dir": "--cache-dir",
+    "ca_file": "--ca-file",
+    "logout": "--logout",
+}
 PERSON_ONLY = {
     "url": "SERVER",
+    "ca": "--ca",
     "insecure": "--insecure",
     "ca_checksum": "--ca-checksum",
     "token": "--token",
@@ -90,14 +97,7 @@ def add_parsers(subparsers: Subparsers) -> None:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     p.add_argument("--token", default="", help="log in with this API token instead ('-': stdin)")
-    p.add_argument(
-        "--ca",
-        "--ca-file",
-        dest="ca_file",
-        default="",
-        metavar="FILE",
-        help="CA file that verifies the gateway",
-    )
+    p.add_argument("--ca", default="", metavar="FILE", help="CA file that verifies the gateway")
     p.add_argument(
         "--ca-checksum",
         default="",
@@ -112,6 +112,7 @@ def add_parsers(subparsers: Subparsers) -> None:
     p.add_argument("--context", default="", help="name of the context to save (default USER@HOST)")
     plugin_group = p.add_argument_group("as kubectl's credential plugin (in kubeconfigs)")
     plugin_group.add_argument("--cluster", default="", help="scope the token to this cluster id")
+    plugin_group.add_argument("--ca-file", default="", help="CA that verifies the gateway")
     plugin_group.add_argument("--cache-dir", default="", help="default ~/.herdgate/cache")
     plugin_group.add_argument(
         "--logout", action="store_true", help="forget the cached token and exit"
@@ -252,8 +253,8 @@ def establish_trust(server: str, args: argparse.Namespace, known: Context | None
             "between you and it can read your password and token\n"
         )
         return Trust(insecure=True)
-    if args.ca_file:
-        return Trust(read_ca_file(args.ca_file))
+    if args.ca:
+        return Trust(read_ca_file(args.ca))
     if args.ca_checksum:
         return Trust(fetch_ca(server, args.ca_checksum))
     if known is not None:

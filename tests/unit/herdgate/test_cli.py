@@ -81,9 +81,12 @@ def test_kubectls_exec_plugin_arguments_still_mean_the_plugin() -> None:
         "c-abcde",
     )
     # kubectl runs it with KUBERNETES_EXEC_INFO set even without --cluster
-    bare = parse("login", "--server", "https://gw", "--username", "u", "--ca-file", "ca.crt")
+    bare = parse("login", "--server", "https://gw", "--username", "u")
     assert auth.is_plugin_call(bare, {"KUBERNETES_EXEC_INFO": "{}"})
     assert not auth.is_plugin_call(bare, {})
+    # the plugin's own flags mean the plugin, as they always did
+    for flag in (["--ca-file", "ca.crt"], ["--cache-dir", "/c"], ["--logout"]):
+        assert auth.is_plugin_call(parse("login", "--server", "https://gw", *flag), {})
 
 
 def test_the_plugin_keeps_every_flag_it_had() -> None:
@@ -113,6 +116,7 @@ def test_a_persons_login_is_everything_else() -> None:
         ["login", "https://gw:8443"],
         ["login", "--server", "https://gw:8443", "--username", "admin", "--password-stdin"],
         ["login", "gw:8443", "--token", "token-x:y", "--context", "ci"],
+        ["login", "gw:8443", "--ca", "ca.crt", "--provider", "ldap"],
         ["login"],
     ):
         assert not auth.is_plugin_call(parse(*argv), {}), argv
