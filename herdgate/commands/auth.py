@@ -258,6 +258,11 @@ def establish_trust(server: str, args: argparse.Namespace, known: Context | None
     if args.ca_checksum:
         return Trust(fetch_ca(server, args.ca_checksum))
     if known is not None:
+        if known.insecure:
+            sys.stderr.write(
+                f"warning: not checking the gateway's certificate, as context {known.name} "
+                "chose (--insecure); log in with --ca or --ca-checksum to check it\n"
+            )
         return Trust(known.ca_pem, known.insecure)
     try:
         Client(server, Trust()).version()

@@ -348,3 +348,17 @@ def test_progress_waits_a_second_then_says_what_changes() -> None:
     progress.show("waiting: unavailable")
     progress.done()
     assert stream.getvalue() == "waiting: pending\nwaiting: unavailable\n"
+
+
+def test_a_missing_route_is_told_from_a_missing_cluster() -> None:
+    from herdgate.client import Answer, _config_text, _no_route, api_error
+
+    router = Answer(404, b'{"type":"error","status":404,"code":"","message":"Not Found"}', "")
+    handler = Answer(404, b'{"type":"error","status":404,"message":"cluster c-x not found"}', "")
+    assert _no_route(router) and _no_route(Answer(404, b"<html>", "text/html"))
+    assert not _no_route(handler)
+    assert api_error(handler, "POST").message == "cluster c-x not found"
+    assert api_error(Answer(502, b"", ""), "GET").message == "Bad Gateway"
+    assert _config_text({"config": "apiVersion: v1\n"}, "x") == "apiVersion: v1\n"
+    with pytest.raises(ApiError, match="holds no kubeconfig"):
+        _config_text({"type": "error"}, "x")
