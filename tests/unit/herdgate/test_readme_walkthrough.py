@@ -1,6 +1,6 @@
 """The README's walk-through (its ```sh walkthrough blocks) is valid shell, and every
-``herdgate`` command in it is one the CLI accepts (running it is an integration test's
-work: it needs a gateway and a cluster)."""
+``herdgate`` command in it is one the CLI accepts; tests/integration/test_readme_walkthrough.py
+runs it against a gateway and a cluster."""
 
 from __future__ import annotations
 
