@@ -14,7 +14,7 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import cli as gateway_cli
-    from herdgate import helptext, login
+    from herdgate import commands, helptext
     from tunnel import cli as agent_cli
     from webhook import cli as webhook_cli
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
     webhook_cli.add_parser(subparsers)
-    login.add_parser(subparsers)
+    commands.add_parsers(subparsers)  # login (people and kubectl), logout, cluster, ...
     helptext.finish(parser)  # plain text: no reStructuredText markup on a terminal
     return parser
 

@@ -143,7 +143,7 @@ class Gateway:
         return self.ca_path or self.state_dir / "tls" / "ca.crt"
 
     def start(self, timeout: float = 20.0) -> Gateway:
-        env = dict(os.environ, HERDGATE_BOOTSTRAP_PASSWORD=ADMIN_PASSWORD, **self.extra_env)
+        env = {**os.environ, "HERDGATE_BOOTSTRAP_PASSWORD": ADMIN_PASSWORD, **self.extra_env}
         cmd = [
             sys.executable, "-m", "herdgate", "gateway",
             "--listen", f"127.0.0.1:{self.port}",

@@ -177,3 +177,42 @@ def test_login_plugin_device_flow(oidc: Any) -> None:
     assert credential["kind"] == "ExecCredential" and credential["status"]["token"].startswith(
         "token-"
     )
+
+
+def test_cli_device_login_saves_a_context(oidc: Any) -> None:
+    """``herdgate login URL --provider oidc``: the device flow, then a saved context the
+    other commands use (the ops group is cluster-member of the world's cluster)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    world, issuer, _ = oidc
+    home = world.tmp / "home-cli-device"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HERDGATE_", "KUBE"))}
+    env["HOME"] = str(home)
+    command = [sys.executable, "-m", "herdgate"]
+    with subprocess.Popen(
+        [*command, "login", world.gateway.url, "--provider", "oidc",
+         "--ca", str(world.gateway.ca_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        code = re.search(r"enter the code (\S+)", line)
+        assert code, line
+        issuer.approve(code.group(1))
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == "" and "Logged in to" in err
+    config = json.loads((home / ".herdgate" / "config.json").read_text())
+    context = config["contexts"][config["currentContext"]]
+    assert context["provider"] == "oidc" and context["tokenOwned"] is True
+    listed = subprocess.run(
+        [*command, "cluster", "list", "-o", "name"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == f"cluster/{world.cluster_name}\n"
