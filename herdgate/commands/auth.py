@@ -111,7 +111,12 @@ def add_parsers(subparsers: Subparsers) -> None:
     )
     p.add_argument("--context", default="", help="name of the context to save (default USER@HOST)")
     plugin_group = p.add_argument_group("as kubectl's credential plugin (in kubeconfigs)")
-    plugin_group.add_argument("--cluster", default="", help="scope the token to this cluster id")
+    plugin_group.add_argument(
+        "--cluster",
+        action="append",
+        default=[],
+        help="scope the token to this cluster id (repeated: to each of those clusters)",
+    )
     plugin_group.add_argument("--ca-file", default="", help="CA that verifies the gateway")
     plugin_group.add_argument("--cache-dir", default="", help="default ~/.herdgate/cache")
     plugin_group.add_argument(
@@ -328,7 +333,7 @@ def obtain_token(
             return read_secret(True, "", what="token"), False
         return args.token, False
     if args.provider in plugin.DEVICE_PROVIDERS:
-        flow = argparse.Namespace(server=client.server, provider=args.provider, cluster="")
+        flow = argparse.Namespace(server=client.server, provider=args.provider, cluster=[])
         try:
             result = plugin.device_login(flow, client.trust.ssl_context())
         except plugin.LoginError as exc:

@@ -70,7 +70,7 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_kubectls_exec_plugin_arguments_still_mean_the_plugin() -> None:
     """Exactly what generated kubeconfigs run (gateway.api.kubeconfig.exec_user)."""
-    user = exec_user("https://gw.example:8443", "ldap", "c-abcde")["exec"]
+    user = exec_user("https://gw.example:8443", "ldap", ["c-abcde", "c-fghij"])["exec"]
     assert user["command"] == "herdgate"
     args = parse(*user["args"])
     assert auth.is_plugin_call(args, {})
@@ -78,7 +78,7 @@ def test_kubectls_exec_plugin_arguments_still_mean_the_plugin() -> None:
     assert (args.server, args.provider, args.cluster) == (
         "https://gw.example:8443",
         "ldap",
-        "c-abcde",
+        ["c-abcde", "c-fghij"],
     )
     # kubectl runs it with KUBERNETES_EXEC_INFO set even without --cluster
     bare = parse("login", "--server", "https://gw", "--username", "u")

@@ -50,7 +50,7 @@ def test_the_walkthrough_is_valid_shell() -> None:
 def test_every_herdgate_command_of_the_walkthrough_parses() -> None:
     commands = herdgate_commands(walkthrough())
     assert [c[0] for c in commands].count("login") == 2
-    assert ["kubeconfig", "dev", "--context", "alice", "-o", "alice.kubeconfig"] in commands
+    assert ["kubeconfig", "--all", "--context", "alice", "-o", "alice.kubeconfig"] in commands
     parser = cli.build_parser()
     for argv in commands:
         try:
