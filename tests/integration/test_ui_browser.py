@@ -45,9 +45,15 @@ def browser(world: World, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
 
 
 def wait(driver: Any, condition: Any, timeout: float = 15.0) -> Any:
+    """Until ``condition`` holds; elements read from a page that is being replaced (the
+    answer to a form) are looked for again, not taken for a failure."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=ignored).until(
+        condition
+    )
 
 
 def by_css(driver: Any, selector: str) -> Any:
