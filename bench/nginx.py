@@ -145,6 +145,19 @@ _BACKEND = """\
         location = {small} {{ alias {small_file}; }}
         location = {list} {{ alias {list_file}; }}
         location = {status} {{ stub_status; }}
+        # What the gateway's cluster controller reads (the cluster turns active when
+        # /readyz answers); its watches end at once and it backs them off.
+        location = /readyz {{ return 200 'ok'; }}
+        location = /livez {{ return 200 'ok'; }}
+        location = /version {{ return 200 '{{"major":"1","minor":"32","gitVersion":"v1.32.0"}}'; }}
+        location = /api/v1/nodes {{
+            if ($arg_watch) {{ return 404 '{{"kind":"Status","code":404}}'; }}
+            return 200 '{{"kind":"NodeList","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":[]}}';
+        }}
+        location = /api/v1/namespaces {{
+            if ($arg_watch) {{ return 404 '{{"kind":"Status","code":404}}'; }}
+            return 200 '{{"kind":"NamespaceList","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":[]}}';
+        }}
         location / {{ return 404 '{{"kind":"Status","code":404}}'; }}
     }}
 """
