@@ -9,7 +9,9 @@ handler logs nothing of the path, and catches its own failures so that the error
 middleware (which logs the path) never sees them.
 
 The answer is ``gateway.clusters.agent_manifest.agent_documents`` as YAML
-(``application/yaml``), for ``kubectl apply -f <url>``.
+(``application/yaml``), for ``kubectl apply -f <url>``, with the ClusterRoles of the role
+templates as they are now (apply it again after changing templates, or ask for
+``?roles=managed`` so the agent keeps them in step itself).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.clusters.agent_manifest import (
     default_image,
     to_yaml,
 )
+from gateway.controllers.access_sync import owned_cluster_roles
 from gateway.errors import GatewayError, NotFound
 from gateway.keys import RUNTIME, SETTINGS
 
@@ -36,6 +39,9 @@ IMPORT_PREFIX = "/v3/import/"
 SUFFIX = ".yaml"
 MAX_TOKEN_LENGTH = 256
 CONTENT_TYPE = "application/yaml"
+MANAGED_ROLES = "managed"
+"""``?roles=managed``: the agent may create and change herdgate's ClusterRoles itself
+(``agent_rbac.AGENT_ROLES_ROLE``, ``escalate``); without it they come with the manifest."""
 
 
 def manifest_url(server_url: str, token: str) -> str:
@@ -73,8 +79,17 @@ async def import_manifest(request: web.Request) -> web.Response:
         cluster_id=cluster.id,
         image=image,
     )
+    roles = request.query.get("roles", "")
+    if roles not in ("", MANAGED_ROLES):
+        raise GatewayError(400, f"roles must be {MANAGED_ROLES!r} or absent", reason="BadRequest")
     try:
-        body = to_yaml(agent_documents(params))
+        body = to_yaml(
+            agent_documents(
+                params,
+                owned_roles=owned_cluster_roles(d.role_templates),
+                manage_roles=roles == MANAGED_ROLES,
+            )
+        )
     except Exception:  # logged here without the path (it holds the token)
         logger.exception("cannot build the agent manifest for cluster %s", cluster.id)
         raise GatewayError(500, "internal error") from None

@@ -3,7 +3,8 @@ documents out).
 
 :func:`agent_documents` is the manifest for one cluster, in apply order: the namespace
 (:data:`ace.manifests.NAMESPACE`), the agents' RBAC (:func:`agent_rbac.agent_rbac`: the
-``herdgate-agent`` ServiceAccount, its ClusterRoles, Role and bindings), the registration
+``herdgate-agent`` ServiceAccount, its ClusterRoles, Role and bindings), the ClusterRoles
+herdgate binds and owns (the agent may bind them but not write them), the registration
 token in a Secret, the cluster agent as a Deployment (:data:`CLUSTER_AGENT`, two replicas
 spread over nodes) and the node agents as a DaemonSet (:data:`NODE_AGENT`, one on every
 node, control-plane nodes included, named by the downward API's ``spec.nodeName``).
@@ -21,13 +22,19 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from ace.manifests import NAMESPACE
-from gateway.clusters.agent_rbac import AGENT_SERVICE_ACCOUNT, OWNED_LABELS, agent_rbac
+from gateway.clusters.agent_rbac import (
+    AGENT_SERVICE_ACCOUNT,
+    CUSTOM_ROLE_PREFIX,
+    OWNED_LABELS,
+    agent_rbac,
+)
 
 Doc = dict[str, Any]
 
@@ -235,11 +242,28 @@ def node_agent(params: ManifestParams, namespace: str = NAMESPACE) -> Doc:
     }
 
 
-def agent_documents(params: ManifestParams, namespace: str = NAMESPACE) -> list[Doc]:
-    """Everything ``kubectl apply`` needs for one cluster, in apply order."""
+def agent_documents(
+    params: ManifestParams,
+    namespace: str = NAMESPACE,
+    owned_roles: Sequence[Doc] = (),
+    manage_roles: bool = False,
+) -> list[Doc]:
+    """Everything ``kubectl apply`` needs for one cluster, in apply order.
+
+    ``owned_roles``: the ClusterRoles herdgate binds and owns there (the access sync's
+    ``owned_cluster_roles``: ``herdgate-cluster-member`` and one per custom role template),
+    created by whoever applies the manifest, and listed in the agent's bind role;
+    ``manage_roles``: the opt-in that lets the agent create and change them itself
+    (``agent_rbac.AGENT_ROLES_ROLE``)."""
+    custom = tuple(
+        str(doc["metadata"]["name"])
+        for doc in owned_roles
+        if str(doc["metadata"]["name"]).startswith(CUSTOM_ROLE_PREFIX)
+    )
     docs = [
         namespace_doc(namespace),
-        *agent_rbac(namespace),
+        *agent_rbac(namespace, custom, manage_roles),
+        *owned_roles,
         token_secret(params.token, namespace),
         cluster_agent(params, namespace),
         node_agent(params, namespace),

@@ -7,16 +7,27 @@ else (never ``cluster-admin``, no wildcard verb or resource):
   and exactly the extra keys the gateway sends (``userextras/<key>``: RBAC has no
   ``userextras/*`` wildcard, it compares the whole ``resource/subresource``); get, list
   and watch of nodes and namespaces (the cluster controller); the ACE CRDs; RBAC bindings
-  (the access controller); ClusterRoles: read, ``create`` and ``escalate`` (a custom role
-  template carries rules the agent does not hold itself, and ``create`` cannot be limited
-  by name), and update of :data:`AGENT_BIND_ROLE` only; ``/readyz``, ``/livez`` and
-  ``/version``.
+  (the access controller); read of ClusterRoles and update of :data:`AGENT_BIND_ROLE`
+  only; ``/readyz``, ``/livez`` and ``/version``. Neither ``create`` nor ``escalate`` on
+  ClusterRoles: the agent cannot make a role with rules it does not hold, nor widen its
+  own (an update is checked as a create: every rule must be one the writer holds).
 * :data:`AGENT_BIND_ROLE` (:func:`agent_bind_role`): ``bind`` on exactly the ClusterRoles
-  herdgate binds, and update/delete of the ClusterRoles herdgate owns. The access
-  controller keeps it in step as role templates come and go, so the agent can grant only
-  those roles, and Kubernetes' escalation check still applies to everything else.
+  herdgate binds, and update/delete of the ClusterRoles herdgate owns. The agent can grant
+  only those roles, and Kubernetes' escalation check applies to everything else. It may
+  shrink this role (a role template deleted) but not grow it: Kubernetes lets a subject
+  write only a role whose rules it holds.
 * ``herdgate-agent`` Role in :data:`NAMESPACE` (:func:`agent_namespace_role`): the ACE
   records, in that namespace only.
+
+The ClusterRoles herdgate binds and owns (:data:`CLUSTER_MEMBER_BASICS` and one per
+administrator's role template, ``herdgate-rt-<id>``) are in the manifest, so the cluster's
+administrator creates them with ``kubectl apply``; when templates change, applying the
+manifest again brings them in step (the access sync says so in the cluster's ``Synced``
+condition). Opt-in, ``?roles=managed`` on the manifest's URL adds
+:data:`AGENT_ROLES_ROLE` (:func:`agent_roles_role`): ``create`` and ``escalate`` on
+ClusterRoles (so it may grow :data:`AGENT_BIND_ROLE` too), and the agent keeps them in step itself,
+as Rancher's does; it then can grant itself any right, and Kubernetes' escalation check no
+longer bounds it.
 
 Everything herdgate creates downstream carries :data:`OWNED_LABELS`; objects without them
 are never changed or deleted.
@@ -37,6 +48,8 @@ RBAC_API = f"{RBAC_GROUP}/v1"
 AGENT_SERVICE_ACCOUNT = "herdgate-agent"
 AGENT_CLUSTER_ROLE = "herdgate-agent"
 AGENT_BIND_ROLE = "herdgate-agent-bind"
+AGENT_ROLES_ROLE = "herdgate-agent-roles"
+"""Opt-in (``?roles=managed``): the agent creates and changes herdgate's ClusterRoles."""
 AGENT_NAMESPACE_ROLE = "herdgate-agent"
 
 OWNED_LABEL = "app.kubernetes.io/managed-by"
@@ -93,11 +106,7 @@ def agent_cluster_role() -> Doc:
             "resources": ["clusterrolebindings", "rolebindings"],
             "verbs": _WRITE,
         },
-        {
-            "apiGroups": [RBAC_GROUP],
-            "resources": ["clusterroles"],
-            "verbs": [*_READ, "create", "escalate"],
-        },
+        {"apiGroups": [RBAC_GROUP], "resources": ["clusterroles"], "verbs": _READ},
         {
             "apiGroups": [RBAC_GROUP],
             "resources": ["clusterroles"],
@@ -139,6 +148,24 @@ def agent_bind_role(custom_roles: tuple[str, ...] = ()) -> Doc:
     }
 
 
+def agent_roles_role() -> Doc:
+    """:data:`AGENT_ROLES_ROLE`, the opt-in: make any ClusterRole (``create`` cannot be
+    limited by name; ``escalate``: with rules the agent does not hold, its bind role
+    included)."""
+    return {
+        "apiVersion": RBAC_API,
+        "kind": "ClusterRole",
+        "metadata": _meta(AGENT_ROLES_ROLE),
+        "rules": [
+            {
+                "apiGroups": [RBAC_GROUP],
+                "resources": ["clusterroles"],
+                "verbs": ["create", "escalate"],
+            },
+        ],
+    }
+
+
 def custom_role_name(template_id: str) -> str:
     """The ClusterRole of an administrator's role template."""
     return CUSTOM_ROLE_PREFIX + template_id
@@ -172,8 +199,13 @@ def _subject(namespace: str) -> Doc:
     return {"kind": "ServiceAccount", "name": AGENT_SERVICE_ACCOUNT, "namespace": namespace}
 
 
-def agent_rbac(namespace: str = NAMESPACE, custom_roles: tuple[str, ...] = ()) -> list[Doc]:
-    """The ServiceAccount, its roles and their bindings, in apply order."""
+def agent_rbac(
+    namespace: str = NAMESPACE,
+    custom_roles: tuple[str, ...] = (),
+    manage_roles: bool = False,
+) -> list[Doc]:
+    """The ServiceAccount, its roles and their bindings, in apply order.
+    ``manage_roles``: with :data:`AGENT_ROLES_ROLE` (the opt-in)."""
     docs: list[Doc] = [
         {
             "apiVersion": "v1",
@@ -182,8 +214,12 @@ def agent_rbac(namespace: str = NAMESPACE, custom_roles: tuple[str, ...] = ()) -
         },
         agent_cluster_role(),
         agent_bind_role(custom_roles),
+        *([agent_roles_role()] if manage_roles else []),
         agent_namespace_role(namespace),
     ]
+    cluster_roles = [AGENT_CLUSTER_ROLE, AGENT_BIND_ROLE]
+    if manage_roles:
+        cluster_roles.append(AGENT_ROLES_ROLE)
     docs.extend(
         {
             "apiVersion": RBAC_API,
@@ -192,7 +228,7 @@ def agent_rbac(namespace: str = NAMESPACE, custom_roles: tuple[str, ...] = ()) -
             "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": role},
             "subjects": [_subject(namespace)],
         }
-        for role in (AGENT_CLUSTER_ROLE, AGENT_BIND_ROLE)
+        for role in cluster_roles
     )
     docs.append(
         {

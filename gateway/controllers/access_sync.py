@@ -24,6 +24,15 @@ owned label are listed, so an object without it is never seen, changed or delete
 name taken by such an object is left alone and logged). ``herdgate-agent-bind`` is
 updated, never deleted.
 
+What the agent may write decides how far a pass goes. Each pass asks the cluster
+(a SelfSubjectAccessReview) whether the agent may ``escalate`` ClusterRoles. By default
+it may not (``agent_rbac``): :func:`within_agent_rights` keeps the bindings of roles its
+bind role lists, deletions and a shrinking bind role, and leaves creating or changing
+ClusterRoles to the cluster's administrator, who applies the manifest again (it carries
+them); the ``Synced`` condition is then False with reason :data:`MANIFEST_OUTDATED`
+naming them, and the pass is repeated soon. With the opt-in ``?roles=managed`` manifest
+the agent writes them itself.
+
 A per-cluster loop runs a pass on every relevant directory change (debounced), when a
 tunnel comes up, and every ``access_sync.resync``; a watch on the cluster's namespaces
 (resumed from its resourceVersion, re-listed after ``410 Gone``) wakes it when a
@@ -102,11 +111,30 @@ KINDS = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE_BINDING)
 
 DEBOUNCE_S = 0.2
 RETRY_S = 2.0
+RECHECK_S = 5.0
+"""A pass that left work for the administrator (:data:`MANIFEST_OUTDATED`) runs again after
+this, doubling up to the resync period."""
 WATCH_TIMEOUT_S = 290
 PASS_TIMEOUT_S = 60.0
 """A pass (or a watch's list) that takes longer is abandoned and retried: an agent that
 holds its tunnel but never answers must not stall the cluster's loop for good."""
 WATCH_RETRY_MAX_S = 30.0
+
+MANIFEST_OUTDATED = "ManifestOutdated"
+"""The ``Synced`` reason when role templates changed and the agent may not follow."""
+ESCALATE_REVIEW: dict[str, Any] = {
+    "apiVersion": "authorization.k8s.io/v1",
+    "kind": "SelfSubjectAccessReview",
+    "spec": {
+        "resourceAttributes": {
+            "verb": "escalate",
+            "group": "rbac.authorization.k8s.io",
+            "resource": "clusterroles",
+        }
+    },
+}
+"""Asked at each pass: whether the agent holds the opt-in ``herdgate-agent-roles``
+(or more), and so keeps herdgate's ClusterRoles in step itself."""
 
 Doc = dict[str, Any]
 Key = tuple[str, str, str]
@@ -194,6 +222,16 @@ def custom_cluster_role(template: RoleTemplate) -> Doc:
     }
 
 
+def owned_cluster_roles(templates: Mapping[str, RoleTemplate]) -> list[Doc]:
+    """The ClusterRoles herdgate owns in every cluster: :data:`CLUSTER_MEMBER_BASICS` and
+    one per custom role template, labelled as this sync's. The agent's manifest carries
+    them too (an agent without ``escalate`` cannot create them: their rules are not its)."""
+    basics = agent_rbac.cluster_member_basics_role()
+    basics["metadata"]["labels"] = _labels(**{TEMPLATE_LABEL: "cluster-member"})
+    custom = sorted((t for t in templates.values() if not t.builtin), key=lambda t: t.id)
+    return [basics, *(custom_cluster_role(template) for template in custom)]
+
+
 def desired_state(
     templates: Mapping[str, RoleTemplate],
     bindings: Iterable[Binding],
@@ -211,14 +249,12 @@ def desired_state(
     cluster (``herdgate-admin-<user id>``), as the gateway treats them as owners.
     """
     out: dict[Key, Doc] = {}
-    basics = agent_rbac.cluster_member_basics_role()
-    basics["metadata"]["labels"] = _labels(**{TEMPLATE_LABEL: "cluster-member"})
-    out[(CLUSTER_ROLE, "", CLUSTER_MEMBER_BASICS)] = basics
     custom_names: list[str] = []
-    for template in sorted((t for t in templates.values() if not t.builtin), key=lambda t: t.id):
-        doc = custom_cluster_role(template)
-        custom_names.append(doc["metadata"]["name"])
-        out[(CLUSTER_ROLE, "", doc["metadata"]["name"])] = doc
+    for doc in owned_cluster_roles(templates):
+        name = doc["metadata"]["name"]
+        if name != CLUSTER_MEMBER_BASICS:
+            custom_names.append(name)
+        out[(CLUSTER_ROLE, "", name)] = doc
     out[(CLUSTER_ROLE, "", AGENT_BIND_ROLE)] = agent_rbac.agent_bind_role(tuple(custom_names))
     for binding in bindings:
         bound = templates.get(binding.role)
@@ -324,6 +360,9 @@ class Plan:
     recreate: list[Doc] = field(default_factory=list)
     """Bindings whose ``roleRef`` changed (immutable): deleted, then created."""
     delete: list[Doc] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    """What the agent may not do itself (:func:`within_agent_rights`): left for the
+    cluster's administrator, who applies the manifest again."""
 
     def empty(self) -> bool:
         return not (self.create or self.update or self.recreate or self.delete)
@@ -351,6 +390,106 @@ def plan(desired: Mapping[Key, Doc], existing: Iterable[Doc]) -> Plan:
         if key not in desired and is_synced(doc):
             out.delete.append(doc)
     return out
+
+
+def _bind_role_names(doc: Doc | None) -> tuple[set[str], set[str]]:
+    """The ClusterRoles a bind role (:func:`agent_rbac.agent_bind_role`) lets the agent
+    bind, and those it lets the agent delete."""
+    bindable: set[str] = set()
+    deletable: set[str] = set()
+    for rule in (doc or {}).get("rules") or ():
+        if "clusterroles" not in (rule.get("resources") or ()):
+            continue
+        names = set(rule.get("resourceNames") or ())
+        if "bind" in (rule.get("verbs") or ()):
+            bindable |= names
+        if "delete" in (rule.get("verbs") or ()):
+            deletable |= names
+    return bindable, deletable
+
+
+def _role_ref(doc: Doc) -> str:
+    ref = doc.get("roleRef") or {}
+    return str(ref.get("name", "")) if ref.get("kind") == CLUSTER_ROLE else ""
+
+
+def within_agent_rights(todo: Plan, existing: Iterable[Doc]) -> Plan:
+    """The part of ``todo`` an agent without ``escalate`` on ClusterRoles (the default
+    manifest, :mod:`gateway.clusters.agent_rbac`) may do, with the rest in ``pending``:
+    ClusterRoles to create or change (their rules are not the agent's), bindings of a
+    ClusterRole its bind role does not list, deletions of roles it does not list. Its bind
+    role may only shrink (Kubernetes lets a subject write a role whose rules it holds);
+    the manifest applied again by the cluster's administrator grows it."""
+    have = {key_of(doc): doc for doc in existing}
+    current_bind = have.get((CLUSTER_ROLE, "", AGENT_BIND_ROLE))
+    bindable, deletable = _bind_role_names(current_bind)
+    out = Plan()
+    pending: list[str] = []
+
+    def binding_allowed(doc: Doc) -> bool:
+        role = _role_ref(doc)
+        if role and role not in bindable:
+            pending.append(f"{doc['kind']} {doc['metadata']['name']} (binds {role})")
+            return False
+        return True
+
+    for doc in todo.create:
+        if doc["kind"] != CLUSTER_ROLE:
+            if binding_allowed(doc):
+                out.create.append(doc)
+        elif doc["metadata"]["name"] != AGENT_BIND_ROLE:
+            pending.append(f"ClusterRole {doc['metadata']['name']}")
+    for doc, old in todo.update:
+        if doc["kind"] != CLUSTER_ROLE:
+            if binding_allowed(doc):
+                out.update.append((doc, old))
+        elif doc["metadata"]["name"] != AGENT_BIND_ROLE:
+            pending.append(f"ClusterRole {doc['metadata']['name']}")
+    out.recreate = [doc for doc in todo.recreate if binding_allowed(doc)]
+    for doc in todo.delete:
+        name = doc["metadata"]["name"]
+        if doc["kind"] == CLUSTER_ROLE and name not in deletable:
+            pending.append(f"ClusterRole {name} (to delete)")
+        else:
+            out.delete.append(doc)
+    wanted = next(
+        (
+            doc
+            for doc in (*todo.create, *(d for d, _ in todo.update))
+            if key_of(doc) == (CLUSTER_ROLE, "", AGENT_BIND_ROLE)
+        ),
+        None,
+    )
+    if wanted is not None:
+        if current_bind is None:
+            pending.append(f"ClusterRole {AGENT_BIND_ROLE}")
+        else:
+            want_bind, want_owned = _bind_role_names(wanted)
+            keep = sorted(
+                n for n in want_owned & deletable if n.startswith(agent_rbac.CUSTOM_ROLE_PREFIX)
+            )
+            shrunk = agent_rbac.agent_bind_role(tuple(keep))
+            shrunk_bind, shrunk_owned = _bind_role_names(shrunk)
+            if want_bind - bindable or want_owned - deletable:
+                pending.append(f"ClusterRole {AGENT_BIND_ROLE}")
+            if shrunk_bind <= bindable and shrunk_owned <= deletable:
+                if drifted(current_bind, shrunk):
+                    out.update.append((shrunk, current_bind))
+            elif f"ClusterRole {AGENT_BIND_ROLE}" not in pending:
+                pending.append(f"ClusterRole {AGENT_BIND_ROLE}")
+    out.pending = pending
+    return out
+
+
+def outdated_message(todo: Plan, limit: int = 8) -> str:
+    """The ``Synced`` message of a pass that left work for the cluster's administrator."""
+    shown = ", ".join(todo.pending[:limit])
+    more = f" and {len(todo.pending) - limit} more" if len(todo.pending) > limit else ""
+    return (
+        f"role templates changed; the agent may not write {shown}{more}: apply the "
+        "cluster's manifest again (`herdgate cluster import-command <cluster>` prints the "
+        "kubectl apply line), or register it with ?roles=managed to let the agent do it"
+    )
 
 
 def project_of(namespace: Doc) -> str:
@@ -382,6 +521,9 @@ class _ClusterState:
         """The ``Synced`` condition last reported (status, reason)."""
         self.ready: bool | None = None
         """The cluster's ``Ready`` condition as last seen (None: not yet seen)."""
+        self.recheck_s = 0.0
+        """While work waits for the cluster's administrator: the next pass's delay (0: the
+        resync period)."""
 
 
 class AccessController:
@@ -515,7 +657,7 @@ class AccessController:
     async def _loop(self, cluster_id: str, state: _ClusterState) -> None:
         while cluster_id in self.directory.clusters:
             try:
-                async with asyncio.timeout(self.resync_s):
+                async with asyncio.timeout(state.recheck_s or self.resync_s):
                     await state.wake.wait()
             except TimeoutError:
                 pass
@@ -525,8 +667,17 @@ class AccessController:
                 continue  # woken when this process takes the cluster's lease
             try:
                 async with asyncio.timeout(PASS_TIMEOUT_S):
-                    await self.sync(cluster_id)
-                await self._report(cluster_id, state, True, "Synced", "access is in step")
+                    todo = await self.sync(cluster_id)
+                if todo.pending:
+                    # Looked at again soon (then less often): the administrator's kubectl
+                    # apply is not watched.
+                    state.recheck_s = min(max(2 * state.recheck_s, RECHECK_S), self.resync_s)
+                    await self._report(
+                        cluster_id, state, False, MANIFEST_OUTDATED, outdated_message(todo)
+                    )
+                else:
+                    state.recheck_s = 0.0
+                    await self._report(cluster_id, state, True, "Synced", "access is in step")
             except asyncio.CancelledError:
                 raise
             except LeadLost:
@@ -558,10 +709,17 @@ class AccessController:
     async def sync(self, cluster_id: str) -> Plan:
         """One full pass: list, compare, apply. Returns what it changed. The namespaces
         are listed each time (the watch only says when to look again)."""
-        from kubernetes_asyncio.client import CoreV1Api, RbacAuthorizationV1Api
+        from kubernetes_asyncio.client import (
+            AuthorizationV1Api,
+            CoreV1Api,
+            RbacAuthorizationV1Api,
+        )
 
         async with self.listener.client(cluster_id) as api:
             rbac = RbacAuthorizationV1Api(api)
+            authorization: Any = AuthorizationV1Api(api)  # takes the review as a dict
+            review = await authorization.create_self_subject_access_review(ESCALATE_REVIEW)
+            manages_roles = review.status is not None and review.status.allowed is True
             listed = await CoreV1Api(api).list_namespace()
             items = api.sanitize_for_serialization(listed).get("items", [])
             namespaces = {str(ns["metadata"]["name"]): project_of(ns) for ns in items}
@@ -573,6 +731,8 @@ class AccessController:
             )
             existing = await self._list(api, rbac)
             todo = plan(desired, existing)
+            if not manages_roles:
+                todo = within_agent_rights(todo, existing)
             await self._apply(cluster_id, rbac, todo, existing)
         self.synced[cluster_id] = self.directory.clock()
         for kind in KINDS:

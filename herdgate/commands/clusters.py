@@ -79,6 +79,13 @@ def add_parsers(subparsers: Subparsers) -> None:
         "gateway's CA yet; the agents still check its checksum)",
     )
     p.add_argument("--ttl", default="", help="the registration token expires after this (e.g. 24h)")
+    p.add_argument(
+        "--roles-managed",
+        action="store_true",
+        help="the manifest that lets the agent create and change herdgate's ClusterRoles "
+        "itself (escalate: it can then grant any right); without it, apply the manifest "
+        "again after changing role templates",
+    )
 
 
 # -- views -------------------------------------------------------------------------------
@@ -301,14 +308,21 @@ def wait_for(
     )
 
 
-def import_lines(registration: Mapping[str, Any], insecure_download: bool) -> tuple[str, str]:
-    """The kubectl line and the herdgate agent line of a registration token."""
+def import_lines(
+    registration: Mapping[str, Any], insecure_download: bool, roles_managed: bool = False
+) -> tuple[str, str]:
+    """The kubectl line and the herdgate agent line of a registration token
+    (``roles_managed``: the manifest that lets the agent write herdgate's ClusterRoles)."""
     url = str(registration.get("manifestUrl") or "")
     agent = str(registration.get("nodeCommand") or "")
     if not url or not agent:
         raise Failure("the gateway's registration token holds no commands")
-    if insecure_download:
+    if roles_managed:
+        url += "?roles=managed"
+    if insecure_download and not roles_managed:
         kubectl = str(registration.get("insecureCommand") or "")
+    elif insecure_download:
+        kubectl = f"curl --insecure -sfL {shlex.quote(url)} | kubectl apply -f -"
     else:
         kubectl = shlex.join(["kubectl", "apply", "-f", url])
     return output.escape(kubectl), output.escape(agent)
@@ -329,7 +343,7 @@ def run_import_command(session: Session, args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    kubectl, agent = import_lines(registration, args.insecure_download)
+    kubectl, agent = import_lines(registration, args.insecure_download, args.roles_managed)
     name = output.escape(str(cluster.get("name")))
     if args.kubectl:
         session.out(kubectl + "\n")

@@ -180,3 +180,43 @@ async def test_the_configured_image(tmp_path: Path) -> None:
     finally:
         await client.close()
         await store.close()
+
+
+async def test_the_manifest_carries_herdgate_roles_and_roles_managed_is_opt_in(gw: Gw) -> None:
+    """The ClusterRoles of the role templates as they are now, listed in the agent's bind
+    role (the agent may bind them, not write them); ``?roles=managed`` adds the right to
+    write them; any other value is a 400."""
+    cluster_id = await _cluster(gw)
+    reg = await _registration(gw, cluster_id)
+    status, template = await gw.call(
+        "POST",
+        "/v3/roletemplates",
+        {
+            "name": "Pod reader",
+            "context": "cluster",
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        },
+    )
+    assert status == 201, template
+    role = f"herdgate-rt-{template['id']}"
+    status, _, body = await _fetch(gw, reg["token"])
+    assert status == 200, body
+    docs = [d for d in yaml.safe_load_all(body) if d]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    assert roles[role]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    assert "herdgate-cluster-member" in roles
+    assert role in roles["herdgate-agent-bind"]["rules"][0]["resourceNames"]
+    assert "herdgate-agent-roles" not in roles
+    verbs = {v for d in roles.values() for r in d["rules"] for v in r["verbs"]}
+    assert "escalate" not in verbs and "create" not in verbs
+
+    resp = await gw.client.get(f"/v3/import/{reg['token']}.yaml?roles=managed")
+    assert resp.status == 200
+    managed = [d for d in yaml.safe_load_all(await resp.text()) if d]
+    names = {(d["kind"], d["metadata"]["name"]) for d in managed}
+    assert ("ClusterRole", "herdgate-agent-roles") in names
+    assert ("ClusterRoleBinding", "herdgate-agent-roles") in names
+
+    resp = await gw.client.get(f"/v3/import/{reg['token']}.yaml?roles=all")
+    assert resp.status == 400
+    assert (await resp.json())["message"] == "roles must be 'managed' or absent"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import ssl
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +18,9 @@ import pytest
 
 from ace.manifests import NAMESPACE
 from gateway.clusters import agent_rbac
-from standin.harness import StandInProcess
+from gateway.controllers import access_sync
+from standin.harness import StandInProcess, kubectl_env
+from tests.binaries import kubectl
 from tests.fixtures.notify import FakeSystemd, fake_systemd
 from tests.integration.env import (
     Agent,
@@ -175,6 +178,32 @@ class World:
         reg = self.admin.post("/v3/clusterregistrationtokens", {"clusterId": self.cluster_id})
         return str(reg["command"])
 
+    def apply_manifest(self, query: str = "") -> str:
+        """The cluster's administrator runs ``kubectl apply -f <manifest URL>`` (as after
+        changing role templates); returns kubectl's output. ``query``: e.g.
+        ``?roles=managed``."""
+        reg = self.admin.post("/v3/clusterregistrationtokens", {"clusterId": self.cluster_id})
+        env = kubectl_env(self.tmp / "kubectl-home")
+        env["SSL_CERT_FILE"] = str(self.gateway.ca_file)  # Go's roots, for -f https://
+        done = subprocess.run(
+            [
+                kubectl(),
+                "--kubeconfig",
+                str(self.cluster_admin_kubeconfig()),
+                "--request-timeout=15s",
+                "apply",
+                "-f",
+                str(reg["manifestUrl"]) + query,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def start_agent(self, *extra: str, log_name: str = "agent") -> Agent:
         command = agent_command(self.registration_command(), self.agent_kubeconfig, *extra)
         return Agent(command, self.tmp / f"{log_name}.log").start()
@@ -261,11 +290,17 @@ def start_world(
     return world
 
 
-def agent_objects() -> list[dict[str, Any]]:
-    """What the manifest gives the agent: its namespace, service account, roles and
-    bindings (``gateway.clusters.agent_rbac``), and nothing else."""
+def agent_objects(manage_roles: bool = False) -> list[dict[str, Any]]:
+    """What the manifest gives the agent in a cluster with no custom role template: its
+    namespace, service account, roles and bindings (``gateway.clusters.agent_rbac``), the
+    ClusterRoles herdgate binds and owns (``access_sync.owned_cluster_roles``), and nothing
+    else. ``manage_roles``: the ``?roles=managed`` manifest's (``herdgate-agent-roles``)."""
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
-    return [namespace, *agent_rbac.agent_rbac()]
+    return [
+        namespace,
+        *agent_rbac.agent_rbac(manage_roles=manage_roles),
+        *access_sync.owned_cluster_roles({}),
+    ]
 
 
 def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:

@@ -134,6 +134,7 @@ def test_a_custom_template_grants_its_rules(world: World) -> None:
             "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
         },
     )
+    world.apply_manifest()  # the cluster's administrator: the template's role comes with it
     _, config = as_user(world, "rbac-custom", template["id"])
     assert kc(config, "get", "configmaps", "-n", "default").returncode == 0
     assert forbidden(kc(config, "get", "secrets", "-n", "default"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,12 @@ from typing import Any
 import pytest
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_least_privilege_world, stop_world
+from tests.integration.conftest import (
+    World,
+    agent_objects,
+    start_least_privilege_world,
+    stop_world,
+)
 from tests.integration.env import ApiError, kubectl_run, wait_until
 
 pytestmark = pytest.mark.integration
@@ -224,7 +230,22 @@ def test_project_bindings_follow_namespaces(world: World) -> None:
     wait_until(lambda: not namespaces(), 15, "RoleBindings outlived the project")
 
 
-def test_custom_role_templates_become_owned_cluster_roles(world: World) -> None:
+def synced(world: World) -> dict[str, Any]:
+    """The cluster's ``Synced`` condition."""
+    conditions = world.cluster()["conditions"]
+    assert isinstance(conditions, list)
+    return next((c for c in conditions if c["type"] == "Synced"), {})
+
+
+def bind_names(world: World) -> list[str]:
+    doc = world.downstream(f"{RBAC}/clusterroles/herdgate-agent-bind")
+    return list(doc["rules"][0]["resourceNames"]) if doc else []
+
+
+def test_custom_role_templates_come_with_the_manifest(world: World) -> None:
+    """The default manifest: the agent cannot write a role with rules it does not hold,
+    so a new or changed template waits (Synced False, ManifestOutdated) until the
+    cluster's administrator applies the manifest again; then its bindings follow."""
     template = world.admin.post(
         "/v3/roletemplates",
         {
@@ -234,47 +255,99 @@ def test_custom_role_templates_become_owned_cluster_roles(world: World) -> None:
         },
     )
     role = f"herdgate-rt-{template['id']}"
+    wait_until(lambda: synced(world).get("reason") == "ManifestOutdated", 15, "not outdated")
+    condition = synced(world)
+    assert condition["status"] == "False"
+    assert role in condition["message"] and "import-command" in condition["message"]
+    assert world.downstream_as_admin(f"{RBAC}/clusterroles/{role}") is None
+    user_id, _ = world.user("custom-one")
+    binding_id = bind(world, user_id, template["id"])
+    time.sleep(0.5)
+    assert crb_names(world, binding_id) == set()  # the agent may not bind it yet
 
-    def bind_names() -> list[str]:
-        doc = world.downstream(f"{RBAC}/clusterroles/herdgate-agent-bind")
-        return list(doc["rules"][0]["resourceNames"]) if doc else []
-
-    wait_until(lambda: world.downstream(f"{RBAC}/clusterroles/{role}"), 15, "no ClusterRole")
-    wait_until(lambda: role in bind_names(), 15, "herdgate-agent-bind does not list it")
+    applied = world.apply_manifest()
+    assert f"clusterrole.rbac.authorization.k8s.io/{role} created" in applied
+    wait_until(
+        lambda: crb_names(world, binding_id) == {f"herdgate-{suffix(binding_id)}-{role}"},
+        30,
+        "not bound after the manifest was applied",
+    )
+    wait_until(lambda: synced(world).get("status") == "True", 30, "Synced stayed False")
     cluster_role = k(world, "get", "clusterrole", role, "-o", "json")
     assert cluster_role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}
     ]
     assert cluster_role["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "herdgate"
-
-    user_id, _ = world.user("custom-one")
-    binding_id = bind(world, user_id, template["id"])
-    wait_until(
-        lambda: crb_names(world, binding_id) == {f"herdgate-{suffix(binding_id)}-{role}"},
-        15,
-        "not bound",
-    )
+    assert role in bind_names(world)
     # A template in use cannot be deleted.
     with pytest.raises(ApiError) as refused:
         world.admin.delete(f"/v3/roletemplates/{template['id']}")
     assert refused.value.status == 409
-    # Changed rules reach the ClusterRole.
+    # Changed rules: outdated again; the cluster keeps the old rules until applied.
     world.admin.put(
         f"/v3/roletemplates/{template['id']}",
         {"rules": [{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get"]}]},
     )
-    wait_until(
-        lambda: (
-            world.downstream(f"{RBAC}/clusterroles/{role}")["rules"][0]["resources"]
-            == ["pods", "services"]
-        ),
-        15,
-        "rules not updated",
-    )
+    wait_until(lambda: synced(world).get("reason") == "ManifestOutdated", 15, "not outdated")
+    assert world.downstream(f"{RBAC}/clusterroles/{role}")["rules"][0]["resources"] == ["pods"]
+    world.apply_manifest()
+    assert world.downstream(f"{RBAC}/clusterroles/{role}")["rules"][0]["resources"] == [
+        "pods",
+        "services",
+    ]
+    wait_until(lambda: synced(world).get("status") == "True", 30, "Synced stayed False")
+    # Deleted: the agent deletes the role (its bind role lists it) and shrinks that role.
     world.admin.delete(f"/v3/clusterroletemplatebindings/{binding_id}")
     world.admin.delete(f"/v3/roletemplates/{template['id']}")
     wait_until(lambda: world.downstream(f"{RBAC}/clusterroles/{role}") is None, 15, "role stayed")
-    wait_until(lambda: role not in bind_names(), 15, "herdgate-agent-bind still lists it")
+    wait_until(lambda: role not in bind_names(world), 15, "herdgate-agent-bind still lists it")
+    wait_until(lambda: synced(world).get("status") == "True", 15, "Synced not True")
+
+
+def test_with_roles_managed_the_agent_keeps_them_itself(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The opt-in ``?roles=managed`` manifest (``herdgate-agent-roles``: create and
+    escalate on ClusterRoles): templates reach the cluster with no one applying anything."""
+    managed = start_least_privilege_world(
+        tmp_path_factory.mktemp("managed"), standin_objects=agent_objects(manage_roles=True)
+    )
+    try:
+        template = managed.admin.post(
+            "/v3/roletemplates",
+            {
+                "name": "Pod reader",
+                "context": "cluster",
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+            },
+        )
+        role = f"herdgate-rt-{template['id']}"
+        wait_until(lambda: managed.downstream(f"{RBAC}/clusterroles/{role}"), 15, "no role")
+        wait_until(lambda: role in bind_names(managed), 15, "bind role does not list it")
+        user_id, _ = managed.user("custom-managed")
+        binding_id = bind(managed, user_id, template["id"])
+        wait_until(lambda: crb_names(managed, binding_id), 15, "not bound")
+        managed.admin.put(
+            f"/v3/roletemplates/{template['id']}",
+            {"rules": [{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get"]}]},
+        )
+        wait_until(
+            lambda: (
+                managed.downstream(f"{RBAC}/clusterroles/{role}")["rules"][0]["resources"]
+                == ["pods", "services"]
+            ),
+            15,
+            "rules not updated",
+        )
+        assert synced(managed).get("status") == "True"
+        managed.admin.delete(f"/v3/clusterroletemplatebindings/{binding_id}")
+        managed.admin.delete(f"/v3/roletemplates/{template['id']}")
+        wait_until(
+            lambda: managed.downstream(f"{RBAC}/clusterroles/{role}") is None, 15, "role stayed"
+        )
+        wait_until(lambda: role not in bind_names(managed), 15, "bind role still lists it")
+    finally:
+        stop_world(managed)
 
 
 def test_builtin_templates_are_listed_and_cannot_be_deleted(world: World) -> None:

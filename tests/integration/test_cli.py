@@ -146,6 +146,12 @@ def test_walk_through_with_the_cli_alone(world: World) -> None:
                      "--insecure-download")
         ).stdout  # fmt: skip
         assert insecure.startswith("curl --insecure -sfL ") and "| kubectl apply -f -" in insecure
+        managed = ok(
+            herdgate(world, home, "cluster", "import-command", "prod", "--kubectl",
+                     "--roles-managed")
+        ).stdout  # fmt: skip
+        assert managed.startswith(f"kubectl apply -f '{url}/v3/import/crt-")
+        assert managed.rstrip().endswith(".yaml?roles=managed'")
         line = ok(herdgate(world, home, "cluster", "import-command", "prod", "--agent")).stdout
         assert f"--ca-checksum {ca_checksum(world.gateway.ca_file.read_bytes())}" in line
         agent = Agent(

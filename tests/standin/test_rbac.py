@@ -789,28 +789,56 @@ async def test_agent_rbac_is_enough_and_no_more(api: Api) -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
            "spec": {"containers": [{"name": "c", "image": "i"}]}}  # fmt: skip
     assert (await api.call("POST", "/api/v1/namespaces/default/pods", pod, token=agent))[0] == 403
-    # ClusterRoles: create any (escalate), update only the bind role and herdgate's own
-    template = cluster_role(f"{agent_rbac.CUSTOM_ROLE_PREFIX}t1", rule(["get"], [""], ["secrets"]))
+    # ClusterRoles: no create, no escalate. A role with rules the agent does not hold is
+    # refused, and so is growing its own bind role; shrinking it is allowed.
+    custom = f"{agent_rbac.CUSTOM_ROLE_PREFIX}t1"
+    template = cluster_role(custom, rule(["get"], [""], ["secrets"]))
     code, body = await api.call("POST", f"{RBAC_V1}/clusterroles", template, token=agent)
-    assert code == 201, body
-    bind_role = agent_rbac.agent_bind_role((f"{agent_rbac.CUSTOM_ROLE_PREFIX}t1",))
+    assert code == 403, body
     code, body = await api.call(
-        "PUT", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}", bind_role, token=agent
+        "POST", f"{RBAC_V1}/clusterroles", cluster_role("mine", rule(["get"], [""], ["nodes"])),
+        token=agent,
+    )  # fmt: skip
+    assert code == 403, body  # no create at all, even within its own rights
+    grown = agent_rbac.agent_bind_role((custom,))
+    code, body = await api.call(
+        "PUT", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}", grown, token=agent
+    )
+    assert code == 403, body
+    assert "is attempting to grant RBAC permissions not currently held" in body["message"]
+    code, body = await api.call("POST", crbs, binding("t1", custom, user("u")), token=agent)
+    assert code == 403, body  # not in its bind role
+    # The cluster's administrator applies the manifest that lists it: now it may bind it.
+    _, held = await api.call("GET", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}")
+    grown["metadata"]["resourceVersion"] = held["metadata"]["resourceVersion"]
+    code, body = await api.call(
+        "PUT", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}", grown
     )
     assert code == 200, body
-    code, body = await api.call(
-        "POST", crbs, binding("t1", f"{agent_rbac.CUSTOM_ROLE_PREFIX}t1", user("u")), token=agent
-    )
+    code, body = await api.call("POST", f"{RBAC_V1}/clusterroles", template)
     assert code == 201, body
+    code, body = await api.call("POST", crbs, binding("t1", custom, user("u")), token=agent)
+    assert code == 201, body
+    # It cannot change the role's rules (not its own), nor a built-in role.
+    _, have = await api.call("GET", f"{RBAC_V1}/clusterroles/{custom}")
+    have["rules"] = [rule(["get", "list"], [""], ["secrets"])]
+    code, _ = await api.call("PUT", f"{RBAC_V1}/clusterroles/{custom}", have, token=agent)
+    assert code == 403
     _, view = await api.call("GET", f"{RBAC_V1}/clusterroles/view")
     code, _ = await api.call("PUT", f"{RBAC_V1}/clusterroles/view", view, token=agent)
     assert code == 403
-    code, _ = await api.call(
-        "DELETE", f"{RBAC_V1}/clusterroles/{agent_rbac.CUSTOM_ROLE_PREFIX}t1", token=agent
-    )
+    # It may delete the ClusterRoles its bind role lists as herdgate's, and shrink that role.
+    code, _ = await api.call("DELETE", f"{RBAC_V1}/clusterroles/{custom}", token=agent)
     assert code == 200
     code, _ = await api.call("DELETE", f"{RBAC_V1}/clusterroles/view", token=agent)
     assert code == 403
+    _, held = await api.call("GET", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}")
+    shrunk = agent_rbac.agent_bind_role()
+    shrunk["metadata"]["resourceVersion"] = held["metadata"]["resourceVersion"]
+    code, body = await api.call(
+        "PUT", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}", shrunk, token=agent
+    )
+    assert code == 200, body
     # its own records in its namespace only
     policy = api.standin.api.authorizer
     sa_user, _, sa_groups = TOKENS[agent]
@@ -819,6 +847,35 @@ async def test_agent_rbac_is_enough_and_no_more(api: Api) -> None:
     assert policy.authorize(here).allowed
     there = Attributes(sa_user, groups, "create", True, "default", GROUP, TOKEN_PLURAL)
     assert not policy.authorize(there).allowed
+
+
+async def test_agent_with_roles_managed_keeps_herdgate_roles_itself(api: Api) -> None:
+    """The opt-in (``?roles=managed``: ``herdgate-agent-roles``): create and escalate on
+    ClusterRoles and update of its bind role, so it writes herdgate's roles itself."""
+    agent = "agent-token"
+    for doc in agent_rbac.agent_rbac(manage_roles=True):
+        if doc["metadata"]["name"] == agent_rbac.AGENT_ROLES_ROLE:
+            path = "clusterroles" if doc["kind"] == "ClusterRole" else "clusterrolebindings"
+            code, body = await api.call("POST", f"{RBAC_V1}/{path}", doc)
+            assert code == 201, body
+    custom = f"{agent_rbac.CUSTOM_ROLE_PREFIX}t2"
+    template = cluster_role(custom, rule(["get"], [""], ["secrets"]))
+    code, body = await api.call("POST", f"{RBAC_V1}/clusterroles", template, token=agent)
+    assert code == 201, body
+    _, held = await api.call("GET", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}")
+    grown = agent_rbac.agent_bind_role((custom,))
+    grown["metadata"]["resourceVersion"] = held["metadata"]["resourceVersion"]
+    code, body = await api.call(
+        "PUT", f"{RBAC_V1}/clusterroles/{agent_rbac.AGENT_BIND_ROLE}", grown, token=agent
+    )
+    assert code == 200, body
+    crbs = f"{RBAC_V1}/clusterrolebindings"
+    code, body = await api.call("POST", crbs, binding("t2", custom, user("u")), token=agent)
+    assert code == 201, body
+    # Still no other role's update: only the bind role is named.
+    _, view = await api.call("GET", f"{RBAC_V1}/clusterroles/view")
+    code, _ = await api.call("PUT", f"{RBAC_V1}/clusterroles/view", view, token=agent)
+    assert code == 403
 
 
 # -- real kubectl ---------------------------------------------------------------------------------

@@ -19,10 +19,13 @@ from gateway.clusters.agent_rbac import (
     AGENT_BIND_ROLE,
     AGENT_CLUSTER_ROLE,
     AGENT_NAMESPACE_ROLE,
+    AGENT_ROLES_ROLE,
     AGENT_SERVICE_ACCOUNT,
     OWNED_LABEL,
     OWNED_VALUE,
 )
+from gateway.controllers.access_sync import owned_cluster_roles
+from gateway.store.records import PolicyRule, RoleTemplate
 
 TOKEN = "crt-abcde:s3cr3t-value-of-the-token"
 PARAMS = m.ManifestParams(
@@ -34,8 +37,18 @@ PARAMS = m.ManifestParams(
 )
 
 
-def _docs(params: m.ManifestParams = PARAMS) -> list[dict[str, Any]]:
-    return m.agent_documents(params)
+CUSTOM = RoleTemplate(
+    id="rt-qwert",
+    name="Pod reader",
+    context="cluster",
+    rules=(PolicyRule(verbs=("get",), api_groups=("",), resources=("pods",)),),
+)
+OWNED_ROLES = owned_cluster_roles({CUSTOM.id: CUSTOM})
+OWNED_NAMES = {"herdgate-cluster-member", "herdgate-rt-rt-qwert"}
+
+
+def _docs(params: m.ManifestParams = PARAMS, manage_roles: bool = False) -> list[dict[str, Any]]:
+    return m.agent_documents(params, owned_roles=OWNED_ROLES, manage_roles=manage_roles)
 
 
 def _by_kind(kind: str) -> list[dict[str, Any]]:
@@ -197,7 +210,7 @@ def test_bindings_refer_to_roles_and_the_service_account_in_the_manifest() -> No
     }
     sa = _one("ServiceAccount")["metadata"]
     bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
-    assert {b["roleRef"]["name"] for b in bindings} == {n for _, n in roles}
+    assert {b["roleRef"]["name"] for b in bindings} == {n for _, n in roles} - OWNED_NAMES
     for binding in bindings:
         assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) in roles
         assert binding["subjects"] == [
@@ -233,3 +246,51 @@ def test_any_token_text_survives_yaml(token: str) -> None:
 def test_pods_carry_the_cluster_id(kind: str) -> None:
     template = _one(kind)["spec"]["template"]
     assert template["metadata"]["annotations"][m.CLUSTER_ID_ANNOTATION] == PARAMS.cluster_id
+
+
+def _cluster_role_rules(docs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name]
+    return list(role["rules"])
+
+
+def test_by_default_the_agent_may_not_create_or_escalate_roles() -> None:
+    """It binds herdgate's roles, it does not write them: they come with the manifest
+    (applied by the cluster's administrator), listed in its bind role."""
+    docs = _docs()
+    bound = {d["roleRef"]["name"] for d in docs if d["kind"] == "ClusterRoleBinding"}
+    assert AGENT_ROLES_ROLE not in bound
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "Role") and doc["metadata"]["name"] in bound | {
+            AGENT_NAMESPACE_ROLE
+        }:
+            for rule in doc["rules"]:
+                if "clusterroles" in rule.get("resources", []):
+                    assert not {"create", "escalate"} & set(rule["verbs"]), rule
+                    if {"update", "patch", "delete"} & set(rule["verbs"]):
+                        assert rule.get("resourceNames"), rule  # named roles only
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"}
+    assert names >= OWNED_NAMES
+    bind_rule, owned_rule = _cluster_role_rules(docs, AGENT_BIND_ROLE)
+    assert set(bind_rule["resourceNames"]) == {
+        "cluster-admin", "admin", "edit", "view", *OWNED_NAMES
+    }  # fmt: skip
+    assert set(owned_rule["resourceNames"]) == OWNED_NAMES
+    rules = {d["metadata"]["name"]: d["rules"] for d in OWNED_ROLES}
+    assert _cluster_role_rules(docs, "herdgate-rt-rt-qwert") == rules["herdgate-rt-rt-qwert"]
+
+
+def test_roles_managed_adds_create_and_escalate() -> None:
+    docs = _docs(manage_roles=True)
+    (rule,) = _cluster_role_rules(docs, AGENT_ROLES_ROLE)
+    assert rule == {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "verbs": ["create", "escalate"],
+    }
+    (binding,) = [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == AGENT_ROLES_ROLE
+    ]
+    assert binding["roleRef"]["name"] == AGENT_ROLES_ROLE
+    assert binding["subjects"][0]["name"] == AGENT_SERVICE_ACCOUNT

@@ -19,13 +19,16 @@ from gateway.controllers.access_sync import (
     ROLE_BINDING,
     SYNC_LABEL,
     AccessController,
+    Plan,
     _ClusterState,
     bound_cluster_roles,
     desired_state,
     drifted,
     key_of,
+    outdated_message,
     plan,
     project_of,
+    within_agent_rights,
 )
 from gateway.store.records import (
     BUILTIN_TEMPLATES,
@@ -370,3 +373,130 @@ def test_enabled_admins_are_cluster_admins_everywhere() -> None:
     # No longer an admin: its binding is the sync's to delete.
     todo = plan(desired_state(templates(), [], [], {}, []), [_listed(d) for d in desired.values()])
     assert {d["metadata"]["name"] for d in todo.delete} == {"herdgate-admin-u-admin", odd[0][2]}
+
+
+# -- an agent without escalate (the default manifest) -----------------------------------
+
+
+def _as_applied(desired: dict[Any, Any]) -> list[dict[str, Any]]:
+    """What a cluster holds when the manifest and the sync brought it to ``desired``."""
+    return [_listed(d) for d in desired.values()]
+
+
+def _names(todo: Plan) -> dict[str, list[str]]:
+    return {
+        "create": sorted(d["metadata"]["name"] for d in todo.create),
+        "update": sorted(d["metadata"]["name"] for d, _ in todo.update),
+        "delete": sorted(d["metadata"]["name"] for d in todo.delete),
+    }
+
+
+def test_a_new_template_waits_for_the_manifest_its_binding_too() -> None:
+    before = state()
+    binding = Binding(f"{CID}:crtb-fffff", CID, CUSTOM.id, 0.0, user_id="u-1")
+    member = Binding(f"{CID}:crtb-mmmmm", CID, "cluster-member", 0.0, user_id="u-2")
+    existing = _as_applied(before)
+    todo = within_agent_rights(plan(state([binding, member], extra=(CUSTOM,)), existing), existing)
+    assert _names(todo) == {
+        "create": ["herdgate-crtb-mmmmm-edit", "herdgate-crtb-mmmmm-herdgate-cluster-member"],
+        "update": [],
+        "delete": [],
+    }
+    assert todo.pending == [
+        "ClusterRole herdgate-rt-rt-qwert",
+        "ClusterRoleBinding herdgate-crtb-fffff-herdgate-rt-rt-qwert (binds herdgate-rt-rt-qwert)",
+        "ClusterRole herdgate-agent-bind",
+    ]
+    assert "herdgate-rt-rt-qwert" in outdated_message(todo)
+
+
+def test_once_the_manifest_is_applied_the_binding_follows() -> None:
+    binding = Binding(f"{CID}:crtb-fffff", CID, CUSTOM.id, 0.0, user_id="u-1")
+    desired = state([binding], extra=(CUSTOM,))
+    applied = _as_applied(
+        {k: v for k, v in desired.items() if k[0] == CLUSTER_ROLE}  # the manifest's roles
+    )
+    todo = within_agent_rights(plan(desired, applied), applied)
+    assert _names(todo)["create"] == ["herdgate-crtb-fffff-herdgate-rt-rt-qwert"]
+    assert todo.pending == []
+
+
+def test_changed_rules_wait_for_the_manifest() -> None:
+    existing = _as_applied(state(extra=(CUSTOM,)))
+    wider = RoleTemplate(
+        id=CUSTOM.id,
+        name=CUSTOM.name,
+        context="cluster",
+        rules=(PolicyRule(verbs=("get",), api_groups=("",), resources=("secrets",)),),
+    )
+    todo = within_agent_rights(plan(state(extra=(wider,)), existing), existing)
+    assert todo.empty()
+    assert todo.pending == ["ClusterRole herdgate-rt-rt-qwert"]
+
+
+def test_a_deleted_template_goes_and_the_bind_role_shrinks() -> None:
+    existing = _as_applied(state(extra=(CUSTOM,)))
+    todo = within_agent_rights(plan(state(), existing), existing)
+    assert _names(todo) == {
+        "create": [],
+        "update": ["herdgate-agent-bind"],
+        "delete": ["herdgate-rt-rt-qwert"],
+    }
+    assert todo.pending == []
+    ((shrunk, _),) = todo.update
+    assert shrunk == agent_rbac.agent_bind_role()
+
+
+def test_roles_it_does_not_list_are_not_deleted() -> None:
+    stray = _listed(state(extra=(CUSTOM,))[(CLUSTER_ROLE, "", "herdgate-rt-rt-qwert")])
+    existing = [*_as_applied(state()), stray]  # the bind role does not list it
+    todo = within_agent_rights(plan(state(), existing), existing)
+    assert todo.empty()
+    assert todo.pending == ["ClusterRole herdgate-rt-rt-qwert (to delete)"]
+
+
+def test_without_a_bind_role_nothing_is_bound() -> None:
+    member = Binding(f"{CID}:crtb-mmmmm", CID, "cluster-member", 0.0, user_id="u-2")
+    todo = within_agent_rights(plan(state([member]), []), [])
+    assert todo.empty()
+    assert "ClusterRole herdgate-agent-bind" in todo.pending
+
+
+_TEMPLATE_IDS = st.sampled_from(["rt-aaaaa", "rt-bbbbb", "rt-ccccc"])
+
+
+def _custom(template_id: str) -> RoleTemplate:
+    return RoleTemplate(id=template_id, name=template_id, context="cluster", rules=CUSTOM.rules)
+
+
+@given(
+    before=st.sets(_TEMPLATE_IDS),
+    after=st.sets(_TEMPLATE_IDS),
+    bound=st.sets(_TEMPLATE_IDS),
+)
+def test_never_writes_a_role_it_may_not(before: set[str], after: set[str], bound: set[str]) -> None:
+    """Whatever the change of templates: no ClusterRole is created, only the bind role is
+    updated and only to fewer names, no binding of a role it does not list, no deletion of
+    a role it does not list; and once everything pending is applied, nothing is."""
+    existing = _as_applied(state(extra=tuple(_custom(t) for t in sorted(before))))
+    bindings = [
+        Binding(f"{CID}:crtb-{t[3:]}", CID, t, 0.0, user_id="u-1") for t in sorted(bound & after)
+    ]
+    desired = state(bindings, extra=tuple(_custom(t) for t in sorted(after)))
+    todo = within_agent_rights(plan(desired, existing), existing)
+    have = {key_of(d): d for d in existing}
+    bindable = set(have[(CLUSTER_ROLE, "", "herdgate-agent-bind")]["rules"][0]["resourceNames"])
+    deletable = set(have[(CLUSTER_ROLE, "", "herdgate-agent-bind")]["rules"][1]["resourceNames"])
+    assert all(d["kind"] != CLUSTER_ROLE for d in todo.create)
+    for doc, _ in todo.update:
+        if doc["kind"] == CLUSTER_ROLE:
+            assert doc["metadata"]["name"] == "herdgate-agent-bind"
+            assert set(doc["rules"][0]["resourceNames"]) <= bindable
+            assert set(doc["rules"][1]["resourceNames"]) <= deletable
+    for doc in [*todo.create, *todo.recreate, *(d for d, _ in todo.update)]:
+        if doc["kind"] != CLUSTER_ROLE:
+            assert doc["roleRef"]["name"] in bindable
+    for doc in todo.delete:
+        if doc["kind"] == CLUSTER_ROLE:
+            assert doc["metadata"]["name"] in deletable
+    assert bool(todo.pending) == bool(after - before)
