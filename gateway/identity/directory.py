@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import itertools
 import logging
 import time
@@ -27,7 +28,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, Store
+from gateway.store.base import AlreadyExists, Change, ChangesLost, Store
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -59,6 +60,7 @@ from gateway.store.records import (
     to_doc,
     token_scope,
 )
+from gateway.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,20 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
+CACHED_KINDS = (
+    USER,
+    TOKEN,
+    CLUSTER,
+    ROLE_TEMPLATE,
+    BINDING,
+    PROJECT,
+    PROJECT_BINDING,
+    REGISTRATION,
+    REPLICA,
+    CLUSTER_STATUS,
+)
+"""Every kind held in memory, in load order (templates before the bindings naming them)."""
+MAX_PENDING_ECHOES = 10_000
 MAX_CACHED_IDENTITIES = 100_000
 
 
@@ -128,6 +144,10 @@ class Directory:
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
+        self._echo: collections.deque[tuple[int, float]] = collections.deque()
+        """(revision, monotonic time) of our own writes the feed has not brought back."""
+        self.max_feed_lag_s = 10.0
+        """Beyond this ``feed_lag``, ``/readyz`` says the caches may be stale."""
         self._identities: dict[str, tuple[User, Identity]] = {}
         """The ``Identity`` built for each token, with the user record it was built from
         (used while that record is the same object; at most ``MAX_CACHED_IDENTITIES``)."""
@@ -136,21 +156,73 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        kinds = (USER, TOKEN, CLUSTER, ROLE_TEMPLATE, BINDING, PROJECT, PROJECT_BINDING)
-        for kind in (*kinds, REGISTRATION, REPLICA, CLUSTER_STATUS):
+        for kind in CACHED_KINDS:
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        tables: dict[str, dict[str, Any]] = {
+            USER: self.users,
+            TOKEN: self.tokens,
+            CLUSTER: self.clusters,
+            ROLE_TEMPLATE: {
+                k: v for k, v in self.role_templates.items() if k not in BUILTIN_TEMPLATES
+            },
+            BINDING: self.bindings,
+            PROJECT: self.projects,
+            PROJECT_BINDING: self.project_bindings,
+            REGISTRATION: self.registrations,
+            REPLICA: self.replicas,
+            CLUSTER_STATUS: self.statuses,
+        }
+        return tables[kind]
+
+    async def reload(self) -> None:
+        """Rebuild every cache from a fresh list (after the change feed lost writes):
+        what the lists hold replaces what memory holds, and what they lack is removed,
+        each through ``apply`` so listeners hear of it. The lists are read first, then
+        applied without a pause, so a request sees the old state or the new one."""
+        revision = await self.store.revision()
+        fresh = {kind: await self.store.list(kind) for kind in CACHED_KINDS}
+        for kind, docs in fresh.items():
+            # Our own writes after ``revision`` are newer than what a list may show.
+            newer = {k for (k_kind, k), r in self._seen.items() if k_kind == kind and r > revision}
+            keep = {str(doc["id"]) for doc in docs}
+            for key in list(self._table(kind)):
+                if key not in keep and key not in newer:
+                    self.apply(kind, key, None)
+            for doc in docs:
+                key = str(doc["id"])
+                if key not in newer:
+                    self.apply(kind, key, doc)
+        self.revision = max(self.revision, revision)
+        self._progress(revision)
+        metrics.STORE_FEED_RELOADS.inc()
+        logger.warning("store change feed: caches rebuilt from the store at revision %d", revision)
 
     def on_change(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(kind, key)`` after every applied change."""
         self._listeners.append(listener)
 
     async def follow(self) -> None:
-        """Apply the store's change feed forever (other workers' and replicas' writes)."""
-        async for change in self.store.changes(self.revision):
-            self._apply_change(change)
+        """Apply the store's change feed forever (other workers' and replicas' writes);
+        when it lost writes (``ChangesLost``: etcd compacted them away, the change log
+        moved past us), reload everything and follow on from there."""
+        while True:
+            try:
+                async for change in self.store.changes(self.revision):
+                    self._apply_change(change)
+                return
+            except ChangesLost as exc:
+                logger.warning("store change feed: %s; reloading", exc)
+            await self.reload()
 
     def _apply_change(self, change: Change) -> None:
+        if not change.kind:  # a progress mark: every write up to it was delivered
+            self.revision = max(self.revision, change.revision)
+            self._progress(change.revision)
+            return
+        self._progress(change.revision)
         if change.revision <= self.revision:
             return  # already seen (through ``catch_up`` or the feed)
         self.revision = change.revision
@@ -259,6 +331,27 @@ class Directory:
         revision = await self.store.put(kind, record.id, doc)
         self._apply_own(kind, record.id, doc, revision)
 
+    async def replace(self, kind: str, old: Any, new: Any) -> bool:
+        """Write ``new`` over ``old`` only if the store still holds ``old`` (compare and
+        set): a read-modify-write from memory never loses another process's update.
+        False (nothing written, memory refreshed from the store) when the record changed
+        or went away meanwhile."""
+        current = await self.store.get(kind, new.id)
+        parse: Callable[[dict[str, Any]], Any] = (
+            role_template_from_doc if kind == ROLE_TEMPLATE else lambda d: from_doc(type(old), d)
+        )
+        doc = to_doc(new)
+        # The stored document, as read, is what the swap compares (not a re-encoding of
+        # ``old``, which may differ in form: tuples, fields another version added).
+        revision = None
+        if current is not None and parse(current) == old:
+            revision = await self.store.swap(kind, new.id, current, doc)
+        if revision is None:
+            self.apply(kind, new.id, await self.store.get(kind, new.id))
+            return False
+        self._apply_own(kind, new.id, doc, revision)
+        return True
+
     async def create_unique(self, kind: str, prefix: str, make: Callable[[str], R]) -> R:
         """Create a record under a fresh random id, retrying on the rare collision."""
         for _ in range(20):
@@ -290,7 +383,21 @@ class Directory:
         """Apply our own write now; the change feed will skip it and anything older."""
         if revision:
             self._seen[kind, key] = max(self._seen.get((kind, key), 0), revision)
+            if revision > self.revision and len(self._echo) < MAX_PENDING_ECHOES:
+                self._echo.append((revision, time.monotonic()))
         self.apply(kind, key, doc)
+
+    def _progress(self, revision: int) -> None:
+        """The feed delivered everything up to ``revision``: our writes up to it are back."""
+        echo = self._echo
+        while echo and echo[0][0] <= revision:
+            echo.popleft()
+
+    def feed_lag(self) -> float:
+        """Seconds since the oldest of our own writes that the change feed has not
+        brought back yet (0: none outstanding). Every process writes its heartbeat every
+        few seconds, so a feed that stalls, breaks or lost its place shows here."""
+        return time.monotonic() - self._echo[0][1] if self._echo else 0.0
 
     async def delete_user(self, user_id: str) -> None:
         """Delete the user with every token and binding that names it, and free its name."""
@@ -308,7 +415,7 @@ class Directory:
             folded = fold_username(user.username)
             claim = await self.store.get(USERNAME, folded)
             if claim is not None and claim.get("userId") == user_id:
-                await self.store.delete(USERNAME, folded)
+                await self.store.swap(USERNAME, folded, claim, None)
 
     async def delete_cluster(self, cluster_id: str) -> None:
         bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
@@ -401,8 +508,8 @@ class Directory:
         if isinstance(created, int | float) and self.clock() - created < STALE_CLAIM_S:
             return False  # its user is probably being created right now
         logger.warning("user name claim %r has no user; taking it over", folded)
-        await self.store.delete(USERNAME, folded)
-        return True
+        # Only that claim: another process may have taken the name over meanwhile.
+        return await self.store.swap(USERNAME, folded, claim, None) is not None
 
     async def issue_token(
         self,

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.errors import ConfigError
+from config.errors import ConfigError, StartError
 from config.schema import StoreSettings
-from gateway.store.base import Store
+from gateway.store.base import Store, StoreError
 from gateway.store.sqlite import SQLiteStore
+
+
+def _password(settings: StoreSettings) -> str:
+    if settings.etcd_password_file:
+        try:
+            return Path(settings.etcd_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read store.etcd_password_file {settings.etcd_password_file}: "
+                f"{exc.strerror or exc}"
+            ) from None
+    return settings.etcd_password
 
 
 async def open_store(settings: StoreSettings, state_dir: Path) -> Store:
@@ -15,11 +27,25 @@ async def open_store(settings: StoreSettings, state_dir: Path) -> Store:
         path = Path(settings.sqlite_path) if settings.sqlite_path else state_dir / "herdgate.db"
         return await SQLiteStore(path).open()
     if settings.backend == "etcd":
-        from gateway.store.etcd import EtcdStore
+        from gateway.store.etcd import EtcdOptions, EtcdStore
 
         if not settings.etcd_endpoints:
             raise ConfigError("store.etcd_endpoints", "required with backend etcd")
-        return await EtcdStore(settings.etcd_endpoints, settings.etcd_prefix).open()
+        options = EtcdOptions(
+            endpoints=tuple(settings.etcd_endpoints),
+            prefix=settings.etcd_prefix,
+            ca_file=settings.etcd_tls.ca_file,
+            cert_file=settings.etcd_tls.cert_file,
+            key_file=settings.etcd_tls.key_file,
+            username=settings.etcd_username,
+            password=lambda: _password(settings),
+            request_timeout_s=settings.etcd_request_timeout_s,
+            dial_timeout_s=settings.etcd_dial_timeout_s,
+        )
+        try:
+            return await EtcdStore(options).open()
+        except StoreError as exc:
+            raise StartError(f"cannot open the etcd store: {exc}") from None
     raise ConfigError(
         "store.backend", f"unknown backend {settings.backend!r} (known: sqlite, etcd)"
     )

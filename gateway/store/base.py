@@ -18,6 +18,23 @@ class StoreError(Exception):
     """The backend failed (I/O, connection)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (every endpoint tried) or did not answer in time.
+
+    Writes fail with it while reads on the request path go on from memory; the
+    management API answers it with 503 "the store is unavailable"."""
+
+
+class ChangesLost(StoreError):
+    """The change feed cannot go on from the revision asked for (etcd compacted it, or
+    the change log's window passed it): the reader must reload everything from a fresh
+    list, then follow from that list's revision."""
+
+    def __init__(self, after: int, message: str) -> None:
+        super().__init__(message)
+        self.after = after
+
+
 class AlreadyExists(StoreError):
     def __init__(self, kind: str, key: str) -> None:
         super().__init__(f"{kind} {key!r} already exists")
@@ -34,7 +51,10 @@ class NotFound(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One write seen on the change feed; ``value`` is None for a deletion."""
+    """One write seen on the change feed; ``value`` is None for a deletion.
+
+    A change with an empty ``kind`` is no write but a progress mark: the feed has
+    delivered every write up to ``revision``."""
 
     revision: int
     kind: str
@@ -89,7 +109,9 @@ class Store(Protocol):
         ...
 
     def changes(self, after: int) -> AsyncIterator[Change]:
-        """Writes with a revision above ``after``, including other processes' writes."""
+        """Writes with a revision above ``after``, including other processes' writes (and
+        progress marks, see ``Change``). Raises ``ChangesLost`` when writes above
+        ``after`` can no longer be delivered."""
         ...
 
     async def close(self) -> None: ...

@@ -1,13 +1,29 @@
 """etcd store for several gateway replicas on several hosts.
 
 Speaks etcd's v3 JSON gateway (``/v3/kv/range``, ``/kv/put``, ``/kv/txn``,
-``/kv/deleterange``, ``/watch``) over HTTP with aiohttp, so no gRPC stack is needed.
-Documents live at ``<prefix><kind>/<key>``; a document's revision is etcd's
-``mod_revision``, and the change feed is an etcd watch on the prefix.
+``/kv/deleterange``, ``/watch``, ``/auth/authenticate``) over HTTP(S) with aiohttp, so no
+gRPC stack is needed. Documents live at ``<prefix><kind>/<key>``; a document's revision
+is etcd's ``mod_revision``, and the change feed is an etcd watch on the prefix.
+
+Fail-over: a request that cannot reach an endpoint, or that etcd answers "unavailable"
+(no leader, leader changed, timed out), is tried on the next endpoint, then again after
+a short pause, until ``request_timeout_s``; then ``StoreUnavailable``. When every
+endpoint refuses the connection it gives up after one round (etcd is down: the caller
+answers 503 at once rather than after the timeout).
+
+Authentication: with a user name, a token from ``/v3/auth/authenticate`` is sent as
+``Authorization``; when etcd says it is invalid (expired: etcd forgets simple tokens
+after ``--auth-token-ttl``), a new one is taken and the request repeated once. TLS: a
+CA, and a client certificate for ``--client-cert-auth``.
+
+Racing writes: ``create``, ``patch`` and ``swap`` are etcd transactions comparing the
+key's ``create_revision``/``mod_revision``, so no update is lost; ``put`` and ``delete``
+replace or remove whatever is there (records one writer owns, deletions).
 
 On the request path a replica cannot ask etcd synchronously whether something changed
 (``recent_changes`` returns None): other replicas' writes arrive through the watch,
-normally within milliseconds.
+normally within milliseconds. The watch asks for progress notifications; a watch whose
+start revision etcd compacted raises ``ChangesLost`` (the directory reloads).
 """
 
 from __future__ import annotations
@@ -16,18 +32,36 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from gateway.store.base import AlreadyExists, Change, Document, StoreError
+from gateway.store.base import (
+    AlreadyExists,
+    Change,
+    ChangesLost,
+    Document,
+    StoreError,
+    StoreUnavailable,
+)
+from gateway.store.etcd_watch import WatchProtocolError, parse_watch_line
 
 logger = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_S = 10.0
-WATCH_RETRY_S = 1.0
-_PATCH_ATTEMPTS = 10
+WATCH_RETRY_MIN_S = 0.05
+WATCH_RETRY_MAX_S = 0.5
+"""A broken watch is resumed after a pause that doubles up to this (so a replica sees
+writes again within about this long once etcd is back)."""
+ROUND_PAUSE_S = 0.1
+_PATCH_ATTEMPTS = 50
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+"""etcd's gateway maps gRPC Unavailable (no leader, leader changed) to 503,
+DeadlineExceeded (request timed out) to 504; 500 covers "raft proposal dropped"."""
 
 
 def _b64(text: str) -> str:
@@ -45,18 +79,62 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
+@dataclass(frozen=True)
+class EtcdOptions:
+    endpoints: tuple[str, ...]
+    prefix: str = "/herdgate/"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: Callable[[], str] | None = None
+    """Called whenever a new token is needed (a password file is read again)."""
+    request_timeout_s: float = 5.0
+    dial_timeout_s: float = 2.0
+
+
+class _Retry(Exception):
+    """This endpoint cannot serve the request now; try another."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str], prefix: str = "/herdgate/") -> None:
-        if not endpoints:
+    def __init__(self, endpoints: Sequence[str] | EtcdOptions, prefix: str = "/herdgate/") -> None:
+        options = (
+            endpoints
+            if isinstance(endpoints, EtcdOptions)
+            else EtcdOptions(tuple(endpoints), prefix)
+        )
+        if not options.endpoints:
             raise ValueError("at least one etcd endpoint is required")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
-        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.options = options
+        self.endpoints = [e.rstrip("/") for e in options.endpoints]
+        self.prefix = options.prefix if options.prefix.endswith("/") else options.prefix + "/"
         self._http: aiohttp.ClientSession | None = None
         self._current = 0
+        self._token = ""
+        self._auth_lock = asyncio.Lock()
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        o = self.options
+        if not any(e.startswith("https://") for e in self.endpoints):
+            return None
+        context = ssl.create_default_context(cafile=o.ca_file or None)
+        if o.cert_file:
+            context.load_cert_chain(o.cert_file, o.key_file or None)
+        return context
 
     async def open(self) -> EtcdStore:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
-        await self.revision()  # fail early when etcd is unreachable
+        connector = aiohttp.TCPConnector(ssl=self._ssl() or True, limit=64)
+        self._http = aiohttp.ClientSession(connector=connector)
+        try:
+            await self.revision()  # fail early when etcd is unreachable or refuses us
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     def _key(self, kind: str, key: str) -> str:
@@ -66,27 +144,97 @@ class EtcdStore:
         kind, _, key = full[len(self.prefix) :].partition("/")
         return kind, key
 
+    # -- requests with fail-over and authentication ------------------------------------
+
+    def _timeout(self, remaining: float) -> aiohttp.ClientTimeout:
+        remaining = max(0.05, remaining)
+        return aiohttp.ClientTimeout(
+            total=remaining, sock_connect=min(remaining, self.options.dial_timeout_s)
+        )
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _authenticate(self, endpoint: str, stale: str, deadline: float) -> None:
+        """A new token (unless another request got one since ``stale`` failed)."""
+        assert self._http is not None
+        async with self._auth_lock:
+            if self._token != stale:
+                return
+            password = self.options.password() if self.options.password else ""
+            body = {"name": self.options.username, "password": password}
+            timeout = self._timeout(deadline - time.monotonic())
+            async with self._http.post(
+                f"{endpoint}/v3/auth/authenticate", json=body, timeout=timeout
+            ) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status in _RETRY_STATUSES:
+                    raise _Retry(f"authenticate: HTTP {resp.status}")
+                if resp.status != 200 or not isinstance(data, dict) or "token" not in data:
+                    message = data.get("error", "") if isinstance(data, dict) else ""
+                    raise StoreError(
+                        f"etcd refused user {self.options.username!r}: {message or resp.status}"
+                    )
+                self._token = str(data["token"])
+
+    async def _post(
+        self, endpoint: str, path: str, body: dict[str, Any], deadline: float
+    ) -> dict[str, Any]:
+        """One request to one endpoint: its answer, ``_Retry`` or ``StoreError``."""
+        assert self._http is not None
+        if self.options.username and not self._token:
+            await self._authenticate(endpoint, "", deadline)
+        for _ in range(2):
+            token = self._token
+            timeout = self._timeout(deadline - time.monotonic())
+            async with self._http.post(
+                f"{endpoint}/v3/{path}", json=body, headers=self._headers(), timeout=timeout
+            ) as resp:
+                data = await resp.json(content_type=None)
+                if not isinstance(data, dict):
+                    raise _Retry(f"etcd {path}: not a JSON object")
+                if resp.status == 200:
+                    return data
+                error = str(data.get("error") or data.get("message") or "")
+                if resp.status in _RETRY_STATUSES:
+                    raise _Retry(f"etcd {path}: HTTP {resp.status}: {error}")
+                if self.options.username and "token" in error and "auth" in error:
+                    await self._authenticate(endpoint, token, deadline)  # expired: renew
+                    continue
+                raise StoreError(f"etcd {path}: HTTP {resp.status}: {error}")
+        raise StoreError(f"etcd {path}: the new authentication token was refused too")
+
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the first endpoint that answers (fail-over across the cluster)."""
         if self._http is None:
             raise StoreError("store is not open")
-        last: Exception | None = None
-        for attempt in range(len(self.endpoints)):
-            endpoint = self.endpoints[(self._current + attempt) % len(self.endpoints)]
-            try:
-                async with self._http.post(f"{endpoint}/v3/{path}", json=body) as resp:
-                    data: dict[str, Any] = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        raise StoreError(f"etcd {path}: HTTP {resp.status}: {data.get('error')}")
-                    self._current = (self._current + attempt) % len(self.endpoints)
-                    return data
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                last = exc
-        raise StoreError(f"etcd unreachable ({', '.join(self.endpoints)}): {last}")
+        deadline = time.monotonic() + self.options.request_timeout_s
+        last = ""
+        count = len(self.endpoints)
+        while True:
+            refused = 0
+            for _ in range(count):
+                endpoint = self.endpoints[self._current]
+                try:
+                    return await self._post(endpoint, path, body, deadline)
+                except _Retry as exc:
+                    last = str(exc)
+                except aiohttp.ClientConnectorError as exc:
+                    last, refused = f"{endpoint}: {exc.strerror or exc}", refused + 1
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    last = f"{endpoint}: {type(exc).__name__} {exc}".strip()
+                self._current = (self._current + 1) % count
+                if time.monotonic() >= deadline:
+                    break
+            if refused == count or time.monotonic() + ROUND_PAUSE_S >= deadline:
+                raise StoreUnavailable(f"etcd unreachable ({', '.join(self.endpoints)}): {last}")
+            await asyncio.sleep(ROUND_PAUSE_S)
 
     @staticmethod
     def _revision(data: dict[str, Any]) -> int:
         return int(data.get("header", {}).get("revision", 0))
+
+    # -- documents ---------------------------------------------------------------------
 
     async def get(self, kind: str, key: str) -> Document | None:
         data = await self._call("kv/range", {"key": _b64(self._key(kind, key))})
@@ -120,10 +268,13 @@ class EtcdStore:
         return self._revision(data)
 
     async def patch(self, kind: str, key: str, changes: Document) -> tuple[int, Document] | None:
+        """Read, merge, and write only if the key's ``mod_revision`` is still the one read;
+        a failed compare returns the current value in the same transaction, and the merge
+        is tried again on it (a random pause first, so racing writers spread out)."""
         full = _b64(self._key(kind, key))
-        for _ in range(_PATCH_ATTEMPTS):
-            data = await self._call("kv/range", {"key": full})
-            kvs = data.get("kvs") or []
+        data = await self._call("kv/range", {"key": full})
+        kvs = data.get("kvs") or []
+        for attempt in range(_PATCH_ATTEMPTS):
             if not kvs:
                 return None
             value = {**json.loads(_unb64(kvs[0]["value"])), **changes}
@@ -139,10 +290,15 @@ class EtcdStore:
                         }
                     ],
                     "success": [{"request_put": {"key": full, "value": _b64(json.dumps(value))}}],
+                    "failure": [{"request_range": {"key": full}}],
                 },
             )
             if result.get("succeeded"):
                 return self._revision(result), value
+            responses = result.get("responses") or [{}]
+            kvs = responses[0].get("response_range", {}).get("kvs") or []
+            pause = random.uniform(0, 0.002 * (attempt + 1))  # noqa: S311 - jitter
+            await asyncio.sleep(pause)
         raise StoreError(f"etcd: {kind} {key!r} kept changing; patch abandoned")
 
     async def delete(self, kind: str, key: str) -> int:
@@ -184,49 +340,82 @@ class EtcdStore:
         data = await self._call("kv/range", {"key": _b64(self.prefix), "limit": 1})
         return self._revision(data)
 
+    async def compact(self, revision: int) -> None:
+        """Compact etcd's history up to ``revision`` (tests and maintenance)."""
+        await self._call("kv/compaction", {"revision": str(revision), "physical": True})
+
     def recent_changes(self, after: int) -> Sequence[Change] | None:
         return None
 
+    # -- the change feed ---------------------------------------------------------------
+
     async def changes(self, after: int) -> AsyncIterator[Change]:
-        """An etcd watch on the prefix from ``after + 1``, resumed after failures."""
+        """An etcd watch on the prefix from ``after + 1``, resumed (on the next endpoint)
+        after failures; ``ChangesLost`` when etcd compacted past where it must resume."""
         last = after
+        pause = WATCH_RETRY_MIN_S
         while True:
             try:
                 async for change in self._watch(last + 1):
-                    last = change.revision
+                    pause = WATCH_RETRY_MIN_S
+                    last = max(last, change.revision)
                     yield change
+            except ChangesLost:
+                raise
             except (aiohttp.ClientError, TimeoutError, StoreError, ValueError) as exc:
                 logger.warning("etcd watch interrupted: %s; resuming", exc)
-            await asyncio.sleep(WATCH_RETRY_S)
+                self._current = (self._current + 1) % len(self.endpoints)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, WATCH_RETRY_MAX_S)
 
     async def _watch(self, start: int) -> AsyncIterator[Change]:
         if self._http is None:
             raise StoreError("store is not open")
         endpoint = self.endpoints[self._current]
+        if self.options.username and not self._token:
+            deadline = time.monotonic() + self.options.request_timeout_s
+            await self._authenticate(endpoint, "", deadline)
         body = {
             "create_request": {
                 "key": _b64(self.prefix),
                 "range_end": _prefix_end(self.prefix),
                 "start_revision": str(start),
+                "progress_notify": True,
                 "prev_kv": False,
             }
         }
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with self._http.post(f"{endpoint}/v3/watch", json=body, timeout=timeout) as resp:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=None, sock_connect=self.options.dial_timeout_s
+        )
+        token = self._token
+        async with self._http.post(
+            f"{endpoint}/v3/watch", json=body, headers=self._headers(), timeout=timeout
+        ) as resp:
             if resp.status != 200:
-                raise StoreError(f"etcd watch: HTTP {resp.status}")
+                raise StoreError(f"etcd watch on {endpoint}: HTTP {resp.status}")
             async for line in resp.content:
                 if not line.strip():
                     continue
-                result = json.loads(line).get("result", {})
-                if result.get("compact_revision") and result.get("canceled"):
-                    raise StoreError("etcd compacted past the watch start; a reload is needed")
-                for event in result.get("events") or []:
-                    kv = event["kv"]
-                    kind, key = self._split(_unb64(kv["key"]))
-                    deleted = event.get("type") == "DELETE"
-                    value = None if deleted else json.loads(_unb64(kv["value"]))
-                    yield Change(int(kv["mod_revision"]), kind, key, value)
+                try:
+                    message = parse_watch_line(line, self.prefix)
+                except WatchProtocolError as exc:
+                    raise StoreError(f"etcd watch on {endpoint}: {exc}") from None
+                if message.compact_revision:
+                    raise ChangesLost(
+                        start - 1,
+                        f"etcd compacted its history up to revision {message.compact_revision}"
+                        f"; the watch cannot resume at {start}",
+                    )
+                if message.canceled:
+                    if self.options.username and "token" in message.reason:
+                        async with self._auth_lock:
+                            if self._token == token:
+                                self._token = ""  # taken again on the next attempt
+                    raise StoreError(f"etcd canceled the watch: {message.reason}")
+                for change in message.changes:
+                    yield change
+                if message.progress:
+                    yield Change(message.progress, "", "", None)
 
     async def close(self) -> None:
         if self._http is not None:
