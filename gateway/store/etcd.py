@@ -79,6 +79,26 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
+_COMMON_NAME_REFUSED = "CommonName of client sending a request against gateway"
+
+
+def _answer(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """An etcd gateway answer: its JSON object (None if it is not one) and its error text."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        text = raw[:300].decode("utf-8", "replace").strip()
+        if _COMMON_NAME_REFUSED in text:
+            text += (
+                " (etcd refuses JSON-gateway requests whose client certificate has a common"
+                " name: issue herdgate's client certificate without CN)"
+            )
+        return None, text
+    if not isinstance(data, dict):
+        return None, "not a JSON object"
+    return data, str(data.get("error") or data.get("message") or "")[:300]
+
+
 @dataclass(frozen=True)
 class EtcdOptions:
     endpoints: tuple[str, ...]
@@ -167,13 +187,12 @@ class EtcdStore:
             async with self._http.post(
                 f"{endpoint}/v3/auth/authenticate", json=body, timeout=timeout
             ) as resp:
-                data = await resp.json(content_type=None)
+                data, error = _answer(await resp.read())
                 if resp.status in _RETRY_STATUSES:
-                    raise _Retry(f"authenticate: HTTP {resp.status}")
-                if resp.status != 200 or not isinstance(data, dict) or "token" not in data:
-                    message = data.get("error", "") if isinstance(data, dict) else ""
+                    raise _Retry(f"authenticate: HTTP {resp.status}: {error}")
+                if resp.status != 200 or data is None or "token" not in data:
                     raise StoreError(
-                        f"etcd refused user {self.options.username!r}: {message or resp.status}"
+                        f"etcd refused user {self.options.username!r}: {error or resp.status}"
                     )
                 self._token = str(data["token"])
 
@@ -190,12 +209,9 @@ class EtcdStore:
             async with self._http.post(
                 f"{endpoint}/v3/{path}", json=body, headers=self._headers(), timeout=timeout
             ) as resp:
-                data = await resp.json(content_type=None)
-                if not isinstance(data, dict):
-                    raise _Retry(f"etcd {path}: not a JSON object")
-                if resp.status == 200:
+                data, error = _answer(await resp.read())
+                if resp.status == 200 and data is not None:
                     return data
-                error = str(data.get("error") or data.get("message") or "")
                 if resp.status in _RETRY_STATUSES:
                     raise _Retry(f"etcd {path}: HTTP {resp.status}: {error}")
                 if self.options.username and "token" in error and "auth" in error:

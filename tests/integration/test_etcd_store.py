@@ -1,0 +1,218 @@
+"""The etcd store against real etcd members: TLS with client certificates, user/password
+authentication (tokens renewed when etcd lets them expire), fail-over across members,
+racing patches from two clients, and a watch that etcd compacted away."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.store.base import Change, ChangesLost, StoreError, StoreUnavailable
+from gateway.store.etcd import EtcdOptions, EtcdStore
+from tests.fixtures.etcd_secure import EtcdCluster, Pki, make_pki, start_etcd_members
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "herdgate", "etcd-secret-1"
+PREFIX = "/secure/"
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    tmp = tmp_path_factory.mktemp("etcd-secure")
+    pki = make_pki(tmp / "pki")
+    # Tokens live 2 s: the store must renew them.
+    cluster = start_etcd_members(tmp, 1, pki, ["--auth-token-ttl", "2"])
+    try:
+        cluster.enable_auth("root-secret", USER, PASSWORD, PREFIX)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = start_etcd_members(tmp_path_factory.mktemp("etcd-three"), 3)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _options(cluster: EtcdCluster, pki: Pki, **changes: object) -> EtcdOptions:
+    values: dict[str, object] = {
+        "endpoints": tuple(cluster.urls),
+        "prefix": PREFIX,
+        "ca_file": str(pki.ca),
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key),
+        "username": USER,
+        "password": lambda: PASSWORD,
+        "request_timeout_s": 3.0,
+        "dial_timeout_s": 1.0,
+    }
+    values.update(changes)
+    return EtcdOptions(**values)  # type: ignore[arg-type]
+
+
+async def test_tls_client_certificate_and_password(secure: EtcdCluster) -> None:
+    assert secure.pki is not None
+    store = await EtcdStore(_options(secure, secure.pki)).open()
+    try:
+        key = uuid.uuid4().hex
+        await store.create("users", key, {"id": key, "n": 1})
+        assert await store.get("users", key) == {"id": key, "n": 1}
+        first_token = store._token
+        assert first_token
+        # etcd forgets the token after --auth-token-ttl of disuse: the store takes a new one.
+        await asyncio.sleep(3.5)
+        assert await store.patch("users", key, {"n": 2}) is not None
+        assert store._token and store._token != first_token
+        assert await store.get("users", key) == {"id": key, "n": 2}
+        # Its watch authenticates too.
+        feed = store.changes(await store.revision())
+        await store.put("users", key, {"id": key, "n": 3})
+        change = await asyncio.wait_for(_next_write(feed), 5)
+        assert (change.kind, change.key, change.value) == ("users", key, {"id": key, "n": 3})
+        await feed.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+async def _next_write(feed: AsyncIterator[Change]) -> Change:
+    async for change in feed:
+        if change.kind:
+            return change
+    raise AssertionError("the feed ended")
+
+
+async def test_wrong_password_is_a_clear_error(secure: EtcdCluster) -> None:
+    assert secure.pki is not None
+    with pytest.raises(StoreError, match="etcd refused user 'herdgate'"):
+        await EtcdStore(_options(secure, secure.pki, password=lambda: "wrong")).open()
+
+
+async def test_outside_the_prefix_is_refused(secure: EtcdCluster) -> None:
+    assert secure.pki is not None
+    store = EtcdStore(_options(secure, secure.pki, prefix="/elsewhere/"))
+    with pytest.raises(StoreError, match="permission denied"):
+        await store.open()
+
+
+async def test_an_untrusted_server_certificate_is_refused(secure: EtcdCluster) -> None:
+    assert secure.pki is not None
+    with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+        await EtcdStore(_options(secure, secure.pki, ca_file=str(secure.pki.other_ca))).open()
+
+
+async def test_without_a_client_certificate_etcd_refuses(secure: EtcdCluster) -> None:
+    assert secure.pki is not None
+    with pytest.raises(StoreUnavailable):
+        await EtcdStore(_options(secure, secure.pki, cert_file="", key_file="")).open()
+
+
+async def test_racing_patches_from_two_clients_lose_nothing(three: EtcdCluster) -> None:
+    prefix = f"/race-{uuid.uuid4().hex[:6]}/"
+    a = await EtcdStore([three.urls[0]], prefix).open()
+    b = await EtcdStore([three.urls[1]], prefix).open()
+    try:
+        await a.create("users", "u", {"id": "u"})
+
+        async def patches(store: EtcdStore, name: str) -> None:
+            for i in range(25):
+                assert await store.patch("users", "u", {f"{name}{i}": i}) is not None
+
+        await asyncio.gather(patches(a, "a"), patches(b, "b"), patches(a, "c"), patches(b, "d"))
+        doc = await a.get("users", "u")
+        assert doc is not None
+        assert len(doc) == 1 + 4 * 25, "a patch was lost"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_swap_and_create_under_races(three: EtcdCluster) -> None:
+    prefix = f"/swap-{uuid.uuid4().hex[:6]}/"
+    stores = [await EtcdStore([url], prefix).open() for url in three.urls]
+    try:
+        results = await asyncio.gather(
+            *(s.swap("leases", "l", None, {"holder": str(i)}) for i, s in enumerate(stores))
+        )
+        assert sum(r is not None for r in results) == 1, "two took the same lease"
+        winner = await stores[0].get("leases", "l")
+        assert winner is not None
+        # Counter increments by compare-and-set from three clients: none lost.
+        await stores[0].put("counters", "c", {"n": 0})
+
+        async def increment(store: EtcdStore) -> None:
+            for _ in range(10):
+                for _ in range(200):
+                    current = await store.get("counters", "c")
+                    assert current is not None
+                    if await store.swap("counters", "c", current, {"n": current["n"] + 1}):
+                        break
+                else:
+                    raise AssertionError("never won a swap")
+
+        await asyncio.gather(*(increment(s) for s in stores))
+        assert await stores[0].get("counters", "c") == {"n": 30}
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_compacted_watch_raises_changes_lost(three: EtcdCluster) -> None:
+    prefix = f"/compact-{uuid.uuid4().hex[:6]}/"
+    store = await EtcdStore(three.urls, prefix).open()
+    try:
+        start = await store.revision()
+        for i in range(3):
+            await store.put("users", f"u{i}", {"id": f"u{i}"})
+        await store.compact(await store.revision())
+        feed = store.changes(start)
+        with pytest.raises(ChangesLost, match="compacted"):
+            await asyncio.wait_for(_next_write(feed), 5)
+    finally:
+        await store.close()
+
+
+async def test_one_member_killed_requests_go_on(tmp_path: Path) -> None:
+    cluster = start_etcd_members(tmp_path, 3)
+    store = await EtcdStore(EtcdOptions(tuple(cluster.urls), "/failover/")).open()
+    try:
+        feed = store.changes(await store.revision())
+        await store.put("users", "before", {"id": "before"})
+        assert (await asyncio.wait_for(_next_write(feed), 5)).key == "before"
+        cluster.kill(0)  # the member both the requests and the watch were using
+        for i in range(20):
+            await store.put("users", f"u{i}", {"id": f"u{i}"})
+            assert await store.get("users", f"u{i}") == {"id": f"u{i}"}
+        seen = set()
+        async with asyncio.timeout(10):
+            while len(seen) < 20:
+                seen.add((await _next_write(feed)).key)
+        assert seen == {f"u{i}" for i in range(20)}
+        await feed.aclose()  # type: ignore[attr-defined]
+        # Every member down: a write fails at once with StoreUnavailable.
+        cluster.stop()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StoreUnavailable, match="etcd unreachable"):
+            await store.put("users", "x", {"id": "x"})
+        assert asyncio.get_running_loop().time() - started < 4  # not the 5 s timeout
+        # Back: the same store object works again.
+        cluster.start()
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    await store.put("users", "after", {"id": "after"})
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.2)
+        assert await store.get("users", "after") == {"id": "after"}
+    finally:
+        await store.close()
+        cluster.stop()
