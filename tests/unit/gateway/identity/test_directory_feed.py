@@ -1,0 +1,122 @@
+"""The directory's caches follow the store's change feed: after the feed lost writes
+(``ChangesLost``: an etcd compaction) they are rebuilt from a fresh list, deletions
+included; our own writes not yet back on the feed show as lag."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.identity.directory import Directory
+from gateway.store.base import Change, ChangesLost
+from gateway.store.records import REPLICA, TOKEN, USER, Replica, Token, User, to_doc
+from gateway.store.sqlite import SQLiteStore
+
+
+class FeedByHand:
+    """A SQLite store whose change feed the test writes (changes or an exception)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.inner = store
+        self.feed: asyncio.Queue[Change | Exception] = asyncio.Queue()
+        self.opened: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def recent_changes(self, after: int) -> None:
+        return None
+
+    async def changes(self, after: int) -> AsyncIterator[Change]:
+        self.opened.append(after)
+        while True:
+            item = await self.feed.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def token(token_id: str, user_id: str = "u-1") -> Token:
+    return Token(token_id, user_id, "scrypt$x$y", 1.0, None)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, FeedByHand, Directory]]:
+    store = await SQLiteStore(tmp_path / "db").open()
+    fake = FeedByHand(store)
+    directory = Directory(fake)  # type: ignore[arg-type]
+    try:
+        yield store, fake, directory
+    finally:
+        await store.close()
+
+
+async def _settle(condition: Any) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the directory did not get there")
+
+
+async def test_lost_changes_rebuild_the_caches(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    store, fake, d = world
+    await store.put(USER, "u-1", to_doc(User("u-1", "ann", "", 0.0)))
+    await store.put(TOKEN, "token-old", to_doc(token("token-old")))
+    await d.load()
+    heard: list[tuple[str, str]] = []
+    d.on_change(lambda kind, key: heard.append((kind, key)))
+    follower = asyncio.create_task(d.follow())
+    try:
+        # Written by another replica while our feed was away, then compacted out of reach.
+        await store.delete(TOKEN, "token-old")
+        await store.put(TOKEN, "token-new", to_doc(token("token-new")))
+        assert "token-old" in d.tokens and "token-new" not in d.tokens
+        fake.feed.put_nowait(ChangesLost(d.revision, "etcd compacted its history"))
+        await _settle(lambda: "token-new" in d.tokens)
+        assert "token-old" not in d.tokens, "a revoked token survived the reload"
+        assert (TOKEN, "token-old") in heard  # listeners hear of the deletion
+        assert len(fake.opened) == 2 and fake.opened[1] >= await store.revision()
+        # The feed goes on from the reload's revision.
+        revision = await store.put(TOKEN, "token-later", to_doc(token("token-later")))
+        fake.feed.put_nowait(Change(revision, TOKEN, "token-later", to_doc(token("token-later"))))
+        await _settle(lambda: "token-later" in d.tokens)
+    finally:
+        follower.cancel()
+
+
+async def test_own_writes_not_back_on_the_feed_are_lag(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    _, fake, d = world
+    await d.load()
+    assert d.feed_lag() == 0
+    follower = asyncio.create_task(d.follow())
+    try:
+        await d.put(REPLICA, Replica("r-1", "host", 1, 0.0, 0.0))
+        await asyncio.sleep(0.05)
+        assert d.feed_lag() > 0
+        # A progress mark past our write: everything up to it was delivered.
+        fake.feed.put_nowait(Change(d.revision + 1, "", "", None))
+        await _settle(lambda: d.feed_lag() == 0)
+    finally:
+        follower.cancel()
+
+
+async def test_a_reload_keeps_our_newer_write(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    """A list read before our own write must not roll that write back."""
+    store, _, d = world
+    await d.load()
+    await d.put(USER, User("u-9", "zed", "", 0.0))
+    d._seen[USER, "u-9"] = 10**9  # as if our write came after the reload's revision
+    await store.delete(USER, "u-9")
+    await d.reload()
+    assert "u-9" in d.users
