@@ -10,10 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.store.base import Change, ChangesLost, StoreError, StoreUnavailable
 from gateway.store.etcd import EtcdOptions, EtcdStore
 from tests.fixtures.etcd_secure import EtcdCluster, Pki, make_pki, start_etcd_members
+from tests.integration.env import free_port
+from tests.integration.output import error_lines
+from tests.integration.test_gateway_start_errors import _start
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +220,53 @@ async def test_one_member_killed_requests_go_on(tmp_path: Path) -> None:
     finally:
         await store.close()
         cluster.stop()
+
+
+def _gateway_config(tmp_path: Path, store: dict[str, object]) -> str:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"store": {"backend": "etcd", **store}}))
+    return str(path)
+
+
+def test_gateway_start_with_a_wrong_etcd_password_is_one_line(
+    secure: EtcdCluster, tmp_path: Path
+) -> None:
+    assert secure.pki is not None
+    pki = secure.pki
+    (tmp_path / "pw").write_text("not-the-password\n")
+    config = _gateway_config(tmp_path, {
+        "etcd_endpoints": secure.urls, "etcd_prefix": PREFIX, "etcd_username": USER,
+        "etcd_password_file": str(tmp_path / "pw"),
+        "etcd_tls": {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+                     "key_file": str(pki.client_key)},
+    })  # fmt: skip
+    done = _start(tmp_path / "state", "--listen", f"127.0.0.1:{free_port()}", "--config", config)
+    assert done.returncode == 1, done
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        "herdgate gateway: cannot open the etcd store: etcd refused user 'herdgate'"
+    ), lines
+    assert "not-the-password" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_gateway_start_without_etcd_is_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    config = _gateway_config(tmp_path, {"etcd_endpoints": [f"http://127.0.0.1:{port}"]})
+    done = _start(tmp_path / "state", "--listen", f"127.0.0.1:{free_port()}", "--config", config)
+    assert done.returncode == 1, done
+    lines = error_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"herdgate gateway: cannot open the etcd store: etcd unreachable (http://127.0.0.1:{port})"
+    ), lines
+
+
+def test_gateway_start_with_a_missing_etcd_ca_is_one_line(tmp_path: Path) -> None:
+    config = _gateway_config(tmp_path, {
+        "etcd_endpoints": ["https://127.0.0.1:2379"],
+        "etcd_tls": {"ca_file": str(tmp_path / "nope.crt")},
+    })  # fmt: skip
+    done = _start(tmp_path / "state", "--listen", f"127.0.0.1:{free_port()}", "--config", config)
+    assert done.returncode != 0, done
+    assert f"store.etcd_tls.ca_file: cannot read {tmp_path / 'nope.crt'}" in done.stderr
+    assert "Traceback" not in done.stderr

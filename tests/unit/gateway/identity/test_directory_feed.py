@@ -13,7 +13,17 @@ import pytest
 
 from gateway.identity.directory import Directory
 from gateway.store.base import Change, ChangesLost
-from gateway.store.records import REPLICA, TOKEN, USER, Replica, Token, User, to_doc
+from gateway.store.records import (
+    PROJECT,
+    REPLICA,
+    TOKEN,
+    USER,
+    Project,
+    Replica,
+    Token,
+    User,
+    to_doc,
+)
 from gateway.store.sqlite import SQLiteStore
 
 
@@ -120,3 +130,27 @@ async def test_a_reload_keeps_our_newer_write(
     await store.delete(USER, "u-9")
     await d.reload()
     assert "u-9" in d.users
+
+
+async def test_replace_does_not_lose_another_processs_update(tmp_path: Path) -> None:
+    """Two processes edit one project from their caches: the second edit, made on a
+    stale copy, is refused (nothing written) instead of silently undoing the first."""
+    stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
+    a, b = Directory(stores[0]), Directory(stores[1])
+    try:
+        project = Project("c-1:p-1", "c-1", "web", 1.0)
+        await a.put(PROJECT, project)
+        await b.load()
+        stale = b.projects["c-1:p-1"]
+        assert await a.replace(PROJECT, project, Project("c-1:p-1", "c-1", "web", 1.0, "A's"))
+        renamed = Project("c-1:p-1", "c-1", "www", 1.0)
+        assert not await b.replace(PROJECT, stale, renamed)
+        assert b.projects["c-1:p-1"].description == "A's"  # refreshed from the store
+        stored = await stores[0].get(PROJECT, "c-1:p-1")
+        assert stored is not None and stored["name"] == "web" and stored["description"] == "A's"
+        # On the fresh copy it goes through.
+        assert await b.replace(PROJECT, b.projects["c-1:p-1"], renamed)
+        assert await stores[0].get(PROJECT, "c-1:p-1") == to_doc(renamed)
+    finally:
+        for store in stores:
+            await store.close()
