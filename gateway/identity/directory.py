@@ -28,7 +28,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, ChangesLost, Store
+from gateway.store.base import AlreadyExists, Change, ChangesLost, Store, StoreError
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -82,6 +82,8 @@ CACHED_KINDS = (
 )
 """Every kind held in memory, in load order (templates before the bindings naming them)."""
 MAX_PENDING_ECHOES = 10_000
+RELOAD_RETRY_MIN_S = 0.05
+RELOAD_RETRY_MAX_S = 1.0
 MAX_CACHED_IDENTITIES = 100_000
 
 
@@ -205,17 +207,60 @@ class Directory:
         self._listeners.append(listener)
 
     async def follow(self) -> None:
-        """Apply the store's change feed forever (other workers' and replicas' writes);
-        when it lost writes (``ChangesLost``: etcd compacted them away, the change log
-        moved past us), reload everything and follow on from there."""
+        """Apply the store's change feed forever (other workers' and replicas' writes).
+
+        When it lost writes (``ChangesLost``: etcd compacted them away, the change log
+        moved past us), reload everything and follow on from there; a reload that fails
+        (the store is down) is tried again after a pause of at most ``RELOAD_RETRY_MAX_S``.
+        A feed that stalls (our own writes not back within ``max_feed_lag_s``: a watch
+        connection silently dropped on the way) is dropped and opened again from the
+        last revision it delivered."""
+        pause = RELOAD_RETRY_MIN_S
+        needs_reload = False
         while True:
+            if needs_reload:
+                try:
+                    await self.reload()
+                except StoreError as exc:
+                    logger.warning("store change feed: reload failed (%s); retrying", exc)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RELOAD_RETRY_MAX_S)
+                    continue
+                needs_reload, pause = False, RELOAD_RETRY_MIN_S
             try:
-                async for change in self.store.changes(self.revision):
-                    self._apply_change(change)
-                return
+                if await self._follow_until_stalled():
+                    return
             except ChangesLost as exc:
                 logger.warning("store change feed: %s; reloading", exc)
-            await self.reload()
+                needs_reload = True
+
+    async def _follow_until_stalled(self) -> bool:
+        """Apply the feed until it ends (True) or stalls (False: start it again)."""
+        feed = asyncio.create_task(self._apply_feed(), name="store change feed")
+        try:
+            while True:
+                done, _ = await asyncio.wait({feed}, timeout=self.max_feed_lag_s / 2)
+                if done:
+                    feed.result()  # ChangesLost, or any other failure, goes up from here
+                    return True
+                lag = self.feed_lag()
+                if lag > self.max_feed_lag_s:
+                    logger.warning(
+                        "store change feed: our writes are not back after %.0fs; reopening it",
+                        lag,
+                    )
+                    # Not again at once: this restart gets its own time to catch up.
+                    self._echo = collections.deque((r, time.monotonic()) for r, _ in self._echo)
+                    metrics.STORE_FEED_RESTARTS.inc()
+                    return False
+        finally:
+            if not feed.done():
+                feed.cancel()
+                await asyncio.gather(feed, return_exceptions=True)
+
+    async def _apply_feed(self) -> None:
+        async for change in self.store.changes(self.revision):
+            self._apply_change(change)
 
     def _apply_change(self, change: Change) -> None:
         if not change.kind:  # a progress mark: every write up to it was delivered

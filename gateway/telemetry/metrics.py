@@ -82,6 +82,11 @@ STORE_FEED_RELOADS = Counter(
     "Times the caches were rebuilt from a fresh list because the store's change feed lost "
     "writes (an etcd compaction past the watch, a change log that moved past the process).",
 )
+STORE_FEED_RESTARTS = Counter(
+    "herdgate_store_feed_restarts_total",
+    "Times the store's change feed was dropped and opened again because this process's own "
+    "writes did not come back on it within store.max_feed_lag (a stalled watch).",
+)
 
 
 def forget_cluster_status(cluster: str) -> None:

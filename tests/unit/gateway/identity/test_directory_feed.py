@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.identity.directory import Directory
-from gateway.store.base import Change, ChangesLost
+from gateway.store.base import Change, ChangesLost, StoreUnavailable
 from gateway.store.records import (
     PROJECT,
     REPLICA,
@@ -154,3 +154,49 @@ async def test_replace_does_not_lose_another_processs_update(tmp_path: Path) -> 
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_stalled_feed_is_opened_again(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    """A watch that silently stopped delivering (our write never comes back) is dropped
+    and opened again from the last revision it delivered."""
+    _, fake, d = world
+    await d.load()
+    d.max_feed_lag_s = 0.2
+    follower = asyncio.create_task(d.follow())
+    try:
+        await _settle(lambda: len(fake.opened) == 1)
+        start = fake.opened[0]
+        await d.put(REPLICA, Replica("r-1", "host", 1, 0.0, 0.0))
+        await _settle(lambda: len(fake.opened) == 2)
+        assert fake.opened[1] == start  # nothing was delivered: from the same place
+        fake.feed.put_nowait(Change(d.revision + 1, "", "", None))
+        await _settle(lambda: d.feed_lag() == 0)
+    finally:
+        follower.cancel()
+
+
+async def test_a_failed_reload_is_retried(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    store, fake, d = world
+    await d.load()
+    failures = [StoreUnavailable("etcd unreachable"), StoreUnavailable("etcd unreachable")]
+    real_list = store.list
+
+    async def flaky_list(kind: str) -> list[dict[str, Any]]:
+        if failures:
+            raise failures.pop()
+        return await real_list(kind)
+
+    fake.list = flaky_list  # type: ignore[method-assign]
+    await store.put(TOKEN, "token-new", to_doc(token("token-new")))
+    follower = asyncio.create_task(d.follow())
+    try:
+        fake.feed.put_nowait(ChangesLost(d.revision, "compacted"))
+        await _settle(lambda: "token-new" in d.tokens)
+        assert not failures
+        assert not follower.done()
+    finally:
+        follower.cancel()
