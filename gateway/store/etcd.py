@@ -54,7 +54,7 @@ from gateway.store.etcd_watch import WatchProtocolError, parse_watch_line
 logger = logging.getLogger(__name__)
 
 WATCH_RETRY_MIN_S = 0.05
-WATCH_RETRY_MAX_S = 0.5
+WATCH_RETRY_MAX_S = 0.25
 """A broken watch is resumed after a pause that doubles up to this (so a replica sees
 writes again within about this long once etcd is back)."""
 ROUND_PAUSE_S = 0.1

@@ -270,3 +270,26 @@ def test_gateway_start_with_a_missing_etcd_ca_is_one_line(tmp_path: Path) -> Non
     assert done.returncode != 0, done
     assert f"store.etcd_tls.ca_file: cannot read {tmp_path / 'nope.crt'}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_progress_notifications_advance_the_feed(tmp_path: Path) -> None:
+    """etcd's progress notifications (every 200 ms here; 10 minutes by default) arrive as
+    progress marks: the feed's revision passes writes outside our prefix too."""
+    cluster = start_etcd_members(
+        tmp_path, 1, extra_args=["--experimental-watch-progress-notify-interval", "200ms"]
+    )
+    store = await EtcdStore(EtcdOptions(tuple(cluster.urls), "/progress/")).open()
+    other = await EtcdStore(EtcdOptions(tuple(cluster.urls), "/someone-else/")).open()
+    try:
+        feed = store.changes(await store.revision())
+        foreign = await other.put("things", "x", {"id": "x"})
+        async with asyncio.timeout(10):
+            async for change in feed:
+                assert not change.kind, "a write outside the prefix came through"
+                if change.revision >= foreign:
+                    break
+        await feed.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+        await other.close()
+        cluster.stop()
