@@ -408,6 +408,8 @@ class EtcdStore:
             f"{endpoint}/v3/watch", json=body, headers=self._headers(), timeout=timeout
         ) as resp:
             if resp.status != 200:
+                if resp.status == 401:
+                    self._forget_token(token)
                 raise StoreError(f"etcd watch on {endpoint}: HTTP {resp.status}")
             async for line in resp.content:
                 if not line.strip():
@@ -423,15 +425,19 @@ class EtcdStore:
                         f"; the watch cannot resume at {start}",
                     )
                 if message.canceled:
-                    if self.options.username and "token" in message.reason:
-                        async with self._auth_lock:
-                            if self._token == token:
-                                self._token = ""  # taken again on the next attempt
+                    if "token" in message.reason:
+                        self._forget_token(token)
                     raise StoreError(f"etcd canceled the watch: {message.reason}")
                 for change in message.changes:
                     yield change
                 if message.progress:
                     yield Change(message.progress, "", "", None)
+
+    def _forget_token(self, token: str) -> None:
+        """etcd refused ``token``: the next attempt takes a new one (unless another
+        request already did)."""
+        if self.options.username and self._token == token:
+            self._token = ""
 
     async def close(self) -> None:
         if self._http is not None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.store.base import Change
+from gateway.store.etcd import _answer
 from gateway.store.etcd_watch import WatchMessage, WatchProtocolError, parse_watch_line
 
 PREFIX = "/herdgate/"
@@ -143,3 +144,18 @@ def test_any_json_is_a_message_or_a_protocol_error(value: Any) -> None:
 def test_event_shapes_and_bytes(events: list[dict[str, Any]], noise: bytes) -> None:
     _check(line({"header": {"revision": "5"}, "events": events}))
     _check(noise)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_etcd_answer_is_a_document_or_an_error_text(raw: bytes) -> None:
+    data, error = _answer(raw)
+    assert data is None or isinstance(data, dict)
+    assert isinstance(error, str) and len(error) <= 400
+
+
+def test_the_common_name_refusal_says_what_to_do() -> None:
+    data, error = _answer(
+        b"CommonName of client sending a request against gateway will be ignored and not used"
+    )
+    assert data is None and "without CN" in error
