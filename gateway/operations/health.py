@@ -45,7 +45,7 @@ async def _problems(app: web.Application) -> list[str]:
     STORE_FEED_LAG.set(lag)
     if lag > directory.max_feed_lag_s:
         problems.append(
-            f"store change feed is {lag:.0f}s behind (the caches may be stale; "
+            f"store change feed is {lag:.1f}s behind (the caches may be stale; "
             f"bound store.max_feed_lag {directory.max_feed_lag_s:g}s)"
         )
     try:
