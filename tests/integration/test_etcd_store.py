@@ -15,13 +15,14 @@ import yaml
 from gateway.store.base import Change, ChangesLost, StoreError, StoreUnavailable
 from gateway.store.etcd import EtcdOptions, EtcdStore
 from tests.fixtures.etcd_secure import EtcdCluster, Pki, make_pki, start_etcd_members
-from tests.integration.env import free_port
+from tests.integration.env import Gateway, free_port
 from tests.integration.output import error_lines
 from tests.integration.test_gateway_start_errors import _start
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "herdgate", "etcd-secret-1"
+ROOT_PASSWORD = "root-secret"
 PREFIX = "/secure/"
 
 
@@ -32,7 +33,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     # Tokens live 2 s: the store must renew them.
     cluster = start_etcd_members(tmp, 1, pki, ["--auth-token-ttl", "2"])
     try:
-        cluster.enable_auth("root-secret", USER, PASSWORD, PREFIX)
+        cluster.enable_auth(ROOT_PASSWORD, USER, PASSWORD, PREFIX)
         yield cluster
     finally:
         cluster.stop()
@@ -293,3 +294,32 @@ async def test_progress_notifications_advance_the_feed(tmp_path: Path) -> None:
         await store.close()
         await other.close()
         cluster.stop()
+
+
+def test_a_gateway_on_etcd_with_tls_and_a_password(secure: EtcdCluster, tmp_path: Path) -> None:
+    """The settings reach the store: a gateway serves from an etcd that wants a client
+    certificate and a password (given in the environment), its keys under the prefix."""
+    assert secure.pki is not None
+    pki = secure.pki
+    config = _gateway_config(tmp_path, {
+        "etcd_endpoints": secure.urls, "etcd_prefix": PREFIX + "gw/", "etcd_username": USER,
+        "etcd_tls": {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+                     "key_file": str(pki.client_key)},
+    })  # fmt: skip
+    gateway = Gateway(tmp_path / "state", free_port(), tmp_path / "gateway.log")
+    gateway.extra_args = ["--config", config]
+    gateway.extra_env = {"HERDGATE_STORE__ETCD_PASSWORD": PASSWORD}
+    gateway.start()
+    try:
+        admin = gateway.admin()
+        created = admin.post(
+            "/v3/users", {"username": "on-secure-etcd", "password": "pw-123456789"}
+        )
+        assert admin.get(f"/v3/users/{created['id']}")["username"] == "on-secure-etcd"
+        keys = secure.etcdctl(
+            "get", "--prefix", "--keys-only", PREFIX + "gw/users/", user=f"root:{ROOT_PASSWORD}"
+        )
+        assert f"{PREFIX}gw/users/{created['id']}" in keys.split()
+        assert PASSWORD not in gateway.log()
+    finally:
+        gateway.stop()
