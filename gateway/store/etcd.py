@@ -58,6 +58,9 @@ WATCH_RETRY_MAX_S = 0.25
 """A broken watch is resumed after a pause that doubles up to this (so a replica sees
 writes again within about this long once etcd is back)."""
 ROUND_PAUSE_S = 0.1
+MIN_ATTEMPT_S = 0.5
+UNCERTAIN = "__herdgate_uncertain__"
+"""Marks an answer that came after an attempt whose outcome is unknown."""
 _PATCH_ATTEMPTS = 50
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 """etcd's gateway maps gRPC Unavailable (no leader, leader changed) to 503,
@@ -221,30 +224,49 @@ class EtcdStore:
         raise StoreError(f"etcd {path}: the new authentication token was refused too")
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers (fail-over across the cluster)."""
+        """POST to the first endpoint that answers (fail-over across the cluster).
+
+        One attempt gets a third of the request timeout (at least ``MIN_ATTEMPT_S``): a
+        member whose leader just died holds a request until etcd's own timeout (5 s and
+        more), while another member answers once the election is over (~1 s). When an
+        attempt may have been applied before it failed (a timeout, a dropped connection,
+        "leader changed"), the answer that finally comes carries ``UNCERTAIN``: a create
+        or compare-and-set that then fails its compare may be seeing its own first
+        attempt (``create``, ``swap`` and ``delete`` check)."""
         if self._http is None:
             raise StoreError("store is not open")
-        deadline = time.monotonic() + self.options.request_timeout_s
+        timeout = self.options.request_timeout_s
+        deadline = time.monotonic() + timeout
+        attempt_s = max(MIN_ATTEMPT_S, timeout / 3)
         last = ""
+        uncertain = False
         count = len(self.endpoints)
         while True:
             refused = 0
             for _ in range(count):
                 endpoint = self.endpoints[self._current]
                 try:
-                    return await self._post(endpoint, path, body, deadline)
+                    attempt_end = min(deadline, time.monotonic() + attempt_s)
+                    data = await self._post(endpoint, path, body, attempt_end)
+                    if uncertain:
+                        data[UNCERTAIN] = True
+                    return data
                 except _Retry as exc:
-                    last = str(exc)
-                except aiohttp.ClientConnectorError as exc:
+                    last, uncertain = str(exc), True
+                except aiohttp.ClientConnectorError as exc:  # not sent (TLS refusals too)
                     last, refused = f"{endpoint}: {exc.strerror or exc}", refused + 1
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    last = f"{endpoint}: {type(exc).__name__} {exc}".strip()
+                    last, uncertain = f"{endpoint}: {type(exc).__name__} {exc}".strip(), True
                 self._current = (self._current + 1) % count
                 if time.monotonic() >= deadline:
                     break
             if refused == count or time.monotonic() + ROUND_PAUSE_S >= deadline:
                 raise StoreUnavailable(f"etcd unreachable ({', '.join(self.endpoints)}): {last}")
             await asyncio.sleep(ROUND_PAUSE_S)
+
+    async def _current_kv(self, full: str) -> dict[str, Any] | None:
+        kvs = (await self._call("kv/range", {"key": full})).get("kvs") or []
+        return kvs[0] if kvs else None
 
     @staticmethod
     def _revision(data: dict[str, Any]) -> int:
@@ -274,6 +296,10 @@ class EtcdStore:
             },
         )
         if not data.get("succeeded"):
+            if data.get(UNCERTAIN):  # perhaps our own first attempt created it
+                kv = await self._current_kv(full)
+                if kv is not None and json.loads(_unb64(kv["value"])) == value:
+                    return int(kv["mod_revision"])
             raise AlreadyExists(kind, key)
         return self._revision(data)
 
@@ -319,7 +345,8 @@ class EtcdStore:
 
     async def delete(self, kind: str, key: str) -> int:
         data = await self._call("kv/deleterange", {"key": _b64(self._key(kind, key))})
-        return self._revision(data) if int(data.get("deleted", 0)) else 0
+        # After an attempt of unknown outcome, "nothing deleted" may mean we deleted it.
+        return self._revision(data) if int(data.get("deleted", 0)) or data.get(UNCERTAIN) else 0
 
     async def swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
@@ -350,7 +377,14 @@ class EtcdStore:
             else {"request_put": {"key": full, "value": _b64(json.dumps(value))}}
         )
         result = await self._call("kv/txn", {"compare": [compare], "success": [operation]})
-        return self._revision(result) if result.get("succeeded") else None
+        if result.get("succeeded"):
+            return self._revision(result)
+        if result.get(UNCERTAIN):  # perhaps our own first attempt made the change
+            kv = await self._current_kv(full)
+            now = json.loads(_unb64(kv["value"])) if kv is not None else None
+            if now == value:
+                return int(kv["mod_revision"]) if kv is not None else self._revision(result)
+        return None
 
     async def revision(self) -> int:
         data = await self._call("kv/range", {"key": _b64(self.prefix), "limit": 1})
