@@ -186,9 +186,10 @@ class Directory:
         applied without a pause, so a request sees the old state or the new one."""
         revision = await self.store.revision()
         fresh = {kind: await self.store.list(kind) for kind in CACHED_KINDS}
-        for kind, docs in fresh.items():
+        for kind, listed in fresh.items():
             # Our own writes after ``revision`` are newer than what a list may show.
             newer = {k for (k_kind, k), r in self._seen.items() if k_kind == kind and r > revision}
+            docs = [doc for doc in listed if "id" in doc]
             keep = {str(doc["id"]) for doc in docs}
             for key in list(self._table(kind)):
                 if key not in keep and key not in newer:
@@ -196,7 +197,7 @@ class Directory:
             for doc in docs:
                 key = str(doc["id"])
                 if key not in newer:
-                    self.apply(kind, key, doc)
+                    self._apply_safely(kind, key, doc)
         self.revision = max(self.revision, revision)
         self._progress(revision)
         metrics.STORE_FEED_RELOADS.inc()
@@ -275,7 +276,17 @@ class Directory:
         if change.revision <= self._seen.get(key, 0):
             return  # older than our own write to the same record, already applied
         self._seen.pop(key, None)
-        self.apply(change.kind, change.key, change.value)
+        self._apply_safely(change.kind, change.key, change.value)
+
+    def _apply_safely(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
+        """``apply``, but a document this version cannot read (written by hand, or by a
+        newer version) is logged and treated as absent: the feed must go on past it, not
+        stop there and leave every later write unseen."""
+        try:
+            self.apply(kind, key, doc)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            logger.error("store: %s %r cannot be read (%s); ignored", kind, key, exc)
+            self.apply(kind, key, None)
 
     def catch_up(self) -> None:
         """Apply other processes' writes now, so a revocation holds on the next request."""

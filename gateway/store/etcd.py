@@ -102,6 +102,22 @@ def _answer(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return data, str(data.get("error") or data.get("message") or "")[:300]
 
 
+def _document(kv: dict[str, Any]) -> Document | None:
+    """A stored value; None (logged) for one that is no JSON object (written by hand)."""
+    try:
+        doc = json.loads(_unb64(kv["value"]))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        try:
+            key = _unb64(kv["key"])
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+            key = "?"
+        logger.error("etcd: %s holds no JSON document; it counts as absent", key)
+        return None
+    return doc
+
+
 @dataclass(frozen=True)
 class EtcdOptions:
     endpoints: tuple[str, ...]
@@ -277,12 +293,13 @@ class EtcdStore:
     async def get(self, kind: str, key: str) -> Document | None:
         data = await self._call("kv/range", {"key": _b64(self._key(kind, key))})
         kvs = data.get("kvs") or []
-        return json.loads(_unb64(kvs[0]["value"])) if kvs else None
+        return _document(kvs[0]) if kvs else None
 
     async def list(self, kind: str) -> list[Document]:
         start = self._key(kind, "")
         data = await self._call("kv/range", {"key": _b64(start), "range_end": _prefix_end(start)})
-        return [json.loads(_unb64(kv["value"])) for kv in data.get("kvs") or []]
+        docs = (_document(kv) for kv in data.get("kvs") or [])
+        return [doc for doc in docs if doc is not None]
 
     async def create(self, kind: str, key: str, value: Document) -> int:
         full = _b64(self._key(kind, key))
@@ -462,6 +479,8 @@ class EtcdStore:
                     if "token" in message.reason:
                         self._forget_token(token)
                     raise StoreError(f"etcd canceled the watch: {message.reason}")
+                for problem in message.unreadable:
+                    logger.error("etcd: %s; the record counts as absent", problem)
                 for change in message.changes:
                     yield change
                 if message.progress:

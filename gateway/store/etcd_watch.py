@@ -34,6 +34,8 @@ class WatchMessage:
     """Set when etcd canceled the watch because its start revision was compacted."""
     reason: str = ""
     """Why the watch was canceled or failed."""
+    unreadable: tuple[str, ...] = ()
+    """Events whose value is no JSON object (each a deletion in ``changes``), and why."""
 
 
 def _revision(value: Any, what: str) -> int:
@@ -67,7 +69,8 @@ def _document(text: str, key: str) -> Document:
     return doc
 
 
-def _change(event: Any, prefix: str) -> Change:
+def _change(event: Any, prefix: str) -> tuple[Change, str]:
+    """The change an event makes, and why its value could not be read ("" if it could)."""
     if not isinstance(event, dict) or not isinstance(event.get("kv"), dict):
         raise WatchProtocolError("a watch event without a kv")
     kv = event["kv"]
@@ -80,10 +83,16 @@ def _change(event: Any, prefix: str) -> Change:
     revision = _revision(kv.get("mod_revision"), "an event's mod_revision")
     kind_of_event = event.get("type", "PUT")
     if kind_of_event == "DELETE":
-        return Change(revision, kind, key, None)
+        return Change(revision, kind, key, None), ""
     if kind_of_event != "PUT":
         raise WatchProtocolError(f"an event of unknown type {kind_of_event!r}")
-    return Change(revision, kind, key, _document(_text(kv.get("value", ""), "a value"), full))
+    try:
+        value = _document(_text(kv.get("value", ""), "a value"), full)
+    except WatchProtocolError as exc:
+        # A value that is no document (written by hand into our prefix): the record is
+        # unusable, so it counts as absent; refusing the event would stop the feed here.
+        return Change(revision, kind, key, None), str(exc)
+    return Change(revision, kind, key, value), ""
 
 
 def parse_watch_line(line: bytes | str, prefix: str) -> WatchMessage:
@@ -111,7 +120,9 @@ def parse_watch_line(line: bytes | str, prefix: str) -> WatchMessage:
     events = result.get("events") or []
     if not isinstance(events, list):
         raise WatchProtocolError("a watch result whose events are not a list")
-    changes = tuple(_change(event, prefix) for event in events)
+    parsed = [_change(event, prefix) for event in events]
+    changes = tuple(change for change, _ in parsed)
+    unreadable = tuple(f"{c.kind}/{c.key}: {why}" for c, why in parsed if why)
     if canceled or compact:
         reason = result.get("cancel_reason", "")
         return WatchMessage(
@@ -123,4 +134,9 @@ def parse_watch_line(line: bytes | str, prefix: str) -> WatchMessage:
         return WatchMessage(created=True)
     # With events, the header revision may run ahead of them (an unsynced watcher gets
     # its backlog in batches); without, it is a progress notification.
-    return WatchMessage(changes=changes, progress=0 if changes else revision, created=created)
+    return WatchMessage(
+        changes=changes,
+        progress=0 if changes else revision,
+        created=created,
+        unreadable=unreadable,
+    )

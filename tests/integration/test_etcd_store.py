@@ -323,3 +323,21 @@ def test_a_gateway_on_etcd_with_tls_and_a_password(secure: EtcdCluster, tmp_path
         assert PASSWORD not in gateway.log()
     finally:
         gateway.stop()
+
+
+async def test_a_value_written_by_hand_does_not_stop_the_feed(three: EtcdCluster) -> None:
+    prefix = f"/garbage-{uuid.uuid4().hex[:6]}/"
+    store = await EtcdStore(three.urls, prefix).open()
+    try:
+        feed = store.changes(await store.revision())
+        three.etcdctl("put", f"{prefix}users/by-hand", "not json")
+        await store.put("users", "after", {"id": "after"})
+        first = await asyncio.wait_for(_next_write(feed), 5)
+        assert (first.key, first.value) == ("by-hand", None)  # unusable: absent
+        second = await asyncio.wait_for(_next_write(feed), 5)
+        assert (second.key, second.value) == ("after", {"id": "after"})
+        assert await store.list("users") == [{"id": "after"}]
+        assert await store.get("users", "by-hand") is None
+        await feed.aclose()  # type: ignore[attr-defined]
+    finally:
+        await store.close()

@@ -200,3 +200,20 @@ async def test_a_failed_reload_is_retried(
         assert not follower.done()
     finally:
         follower.cancel()
+
+
+async def test_a_record_this_version_cannot_read_does_not_stop_the_feed(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    _, fake, d = world
+    await d.load()
+    follower = asyncio.create_task(d.follow())
+    try:
+        fake.feed.put_nowait(Change(d.revision + 1, TOKEN, "token-bad", {"id": "token-bad"}))
+        good = to_doc(token("token-good"))
+        fake.feed.put_nowait(Change(d.revision + 2, TOKEN, "token-good", good))
+        await _settle(lambda: "token-good" in d.tokens)
+        assert "token-bad" not in d.tokens
+        assert not follower.done()
+    finally:
+        follower.cancel()
