@@ -187,8 +187,13 @@ class Directory:
         revision = await self.store.revision()
         fresh = {kind: await self.store.list(kind) for kind in CACHED_KINDS}
         for kind, listed in fresh.items():
-            # Our own writes after ``revision`` are newer than what a list may show.
-            newer = {k for (k_kind, k), r in self._seen.items() if k_kind == kind and r > revision}
+            # Our own writes after ``revision`` are newer than what a list may show
+            # (unless the store went back in time: then nothing we wrote is newer).
+            newer = (
+                {k for (k_kind, k), r in self._seen.items() if k_kind == kind and r > revision}
+                if revision >= self.revision
+                else set()
+            )
             docs = [doc for doc in listed if "id" in doc]
             keep = {str(doc["id"]) for doc in docs}
             for key in list(self._table(kind)):
@@ -198,7 +203,12 @@ class Directory:
                 key = str(doc["id"])
                 if key not in newer:
                     self._apply_safely(kind, key, doc)
-        self.revision = max(self.revision, revision)
+        if revision < self.revision:
+            # The store went back in time (etcd restored from a backup): revisions we
+            # remember name other writes now.
+            self._seen.clear()
+            self._echo.clear()
+        self.revision = revision
         self._progress(revision)
         metrics.STORE_FEED_RELOADS.inc()
         logger.warning("store change feed: caches rebuilt from the store at revision %d", revision)

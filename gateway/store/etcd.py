@@ -475,6 +475,15 @@ class EtcdStore:
                         f"etcd compacted its history up to revision {message.compact_revision}"
                         f"; the watch cannot resume at {start}",
                     )
+                if message.created and 0 < message.header_revision < start - 1:
+                    # etcd is behind what we saw: restored from a backup, or replaced.
+                    # A watch from ``start`` would wait for revisions that mean other
+                    # writes now, and miss everything until then.
+                    raise ChangesLost(
+                        start - 1,
+                        f"etcd's revision {message.header_revision} is behind the "
+                        f"{start - 1} already seen (etcd restored or replaced)",
+                    )
                 if message.canceled:
                     if "token" in message.reason:
                         self._forget_token(token)

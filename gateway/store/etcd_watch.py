@@ -34,6 +34,8 @@ class WatchMessage:
     """Set when etcd canceled the watch because its start revision was compacted."""
     reason: str = ""
     """Why the watch was canceled or failed."""
+    header_revision: int = 0
+    """etcd's current revision when it sent this (0 when not said)."""
     unreadable: tuple[str, ...] = ()
     """Events whose value is no JSON object (each a deletion in ``changes``), and why."""
 
@@ -131,12 +133,13 @@ def parse_watch_line(line: bytes | str, prefix: str) -> WatchMessage:
     if created and not changes:
         # The creation's header revision is etcd's current one, not ours: writes from
         # the start revision on are still to come.
-        return WatchMessage(created=True)
+        return WatchMessage(created=True, header_revision=revision)
     # With events, the header revision may run ahead of them (an unsynced watcher gets
     # its backlog in batches); without, it is a progress notification.
     return WatchMessage(
         changes=changes,
         progress=0 if changes else revision,
         created=created,
+        header_revision=revision,
         unreadable=unreadable,
     )

@@ -341,3 +341,15 @@ async def test_a_value_written_by_hand_does_not_stop_the_feed(three: EtcdCluster
         await feed.aclose()  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+async def test_an_etcd_behind_the_feed_raises_changes_lost(three: EtcdCluster) -> None:
+    """A watch resumed at a revision etcd has not reached (etcd restored from a backup or
+    replaced by an empty one) would miss every write until then: ChangesLost instead."""
+    store = await EtcdStore(three.urls, f"/restored-{uuid.uuid4().hex[:6]}/").open()
+    try:
+        feed = store.changes(await store.revision() + 1000)
+        with pytest.raises(ChangesLost, match="behind"):
+            await asyncio.wait_for(_next_write(feed), 5)
+    finally:
+        await store.close()

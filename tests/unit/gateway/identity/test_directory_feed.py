@@ -217,3 +217,26 @@ async def test_a_record_this_version_cannot_read_does_not_stop_the_feed(
         assert not follower.done()
     finally:
         follower.cancel()
+
+
+async def test_a_store_gone_back_in_time_is_taken_as_it_is(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    """etcd restored from an older backup: the reload's lists win, and the feed goes on
+    from the store's (lower) revision, not from ours."""
+    store, fake, d = world
+    await store.put(TOKEN, "token-1", to_doc(token("token-1")))
+    await d.load()
+    await d.put(REPLICA, Replica("r-1", "host", 1, 0.0, 0.0))  # remembered as ours
+    d.revision += 1000  # what we had seen before etcd was restored
+    await store.delete(REPLICA, "r-1")
+    follower = asyncio.create_task(d.follow())
+    try:
+        await _settle(lambda: len(fake.opened) == 1)
+        fake.feed.put_nowait(ChangesLost(d.revision, "etcd's revision is behind"))
+        await _settle(lambda: len(fake.opened) == 2)
+        assert fake.opened[1] == await store.revision()
+        assert "r-1" not in d.replicas and d.feed_lag() == 0
+        assert "token-1" in d.tokens
+    finally:
+        follower.cancel()

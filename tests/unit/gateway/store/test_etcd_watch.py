@@ -52,13 +52,13 @@ def test_events_become_changes_in_order() -> None:
 
 def test_a_progress_notification() -> None:
     assert parse_watch_line(line({"header": {"revision": "42"}}), PREFIX) == WatchMessage(
-        progress=42
+        progress=42, header_revision=42
     )
 
 
 def test_creation_is_not_progress() -> None:
     message = parse_watch_line(line({"header": {"revision": "42"}, "created": True}), PREFIX)
-    assert message.created and message.progress == 0
+    assert message.created and message.progress == 0 and message.header_revision == 42
 
 
 def test_compaction_cancels() -> None:
