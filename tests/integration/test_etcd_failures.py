@@ -60,6 +60,7 @@ class Relay:
         self._loop = BackgroundLoop()
         self._server: asyncio.AbstractServer | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()
         self.cut_off = False
         self.port = 0
 
@@ -85,6 +86,8 @@ class Relay:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
+                    if dst in self._frozen:
+                        continue  # a silent path: nothing passes, nothing is closed
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(OSError):
@@ -94,6 +97,7 @@ class Relay:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             self._open.difference_update((writer, up_writer))
+            self._frozen.difference_update((writer, up_writer))
 
     def cut(self) -> None:
         async def cut() -> None:
@@ -102,6 +106,15 @@ class Relay:
                 writer.transport.abort()
 
         self._loop.run(cut())
+
+    def freeze(self) -> None:
+        """The connections open now go silent, without being closed (a middlebox that
+        dropped them); new connections pass."""
+
+        async def freeze() -> None:
+            self._frozen.update(self._open)
+
+        self._loop.run(freeze())
 
     def restore(self) -> None:
         self.cut_off = False
@@ -266,6 +279,32 @@ def test_revocation_on_a_is_refused_on_b_within_a_second(ha: Ha) -> None:
     revoke(first, token)
     assert seconds_until_refused(second, world, token, 1.0) < 1.0
     assert readyz(second) == (200, "ok")
+
+
+def test_a_silently_stalled_watch_shows_in_readyz_and_is_reopened(ha: Ha) -> None:
+    """B's connections to etcd go silent without being closed (its watch among them):
+    B's own heartbeat, written on a new connection, does not come back on the feed, so
+    /readyz and herdgate_store_feed_lag_seconds say B is behind; B then reopens its
+    watch and sees the revocation it had missed."""
+    world, first, second, _, relays = ha
+    token = fresh_token(world, first, second, "stalled-watch")
+    restarts = metric(second, world.admin.token, "herdgate_store_feed_restarts_total")
+    for relay in relays:
+        relay.freeze()
+    revoke(first, token)
+    assert through(second, world, token) == 200  # B has not heard of it
+
+    def behind() -> tuple[int, str] | None:
+        answer = readyz(second)
+        return answer if "change feed is" in answer[1] else None
+
+    status, text = wait_until(behind, 30, "B's /readyz never said its change feed was behind", 0.5)
+    assert status == 503 and "the caches may be stale" in text
+    wait_until(
+        lambda: through(second, world, token) == 401, 15, "B never reopened its stalled watch"
+    )
+    assert metric(second, world.admin.token, "herdgate_store_feed_restarts_total") > restarts
+    wait_until(lambda: readyz(second) == (200, "ok"), 15, "B never became ready again")
 
 
 def test_after_a_compaction_while_bs_watch_was_cut_b_rebuilds(ha: Ha) -> None:
