@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.clusters import agent_rbac
 from tests.binaries import kubectl
 from tests.integration.conftest import (
     AGENT_SA_TOKEN,
@@ -211,3 +212,50 @@ def test_webhook_manifests_are_served(ace: World) -> None:
     kinds = {d["kind"] for d in docs if d}
     assert {"CustomResourceDefinition", "DaemonSet", "ServiceAccount"} <= kinds
     assert REPO_ROOT.exists()
+
+
+def _ace_synced(world: World) -> dict[str, Any] | None:
+    conditions: Any = world.cluster()["conditions"]
+    return next((c for c in conditions if c["type"] == "ACESynced"), None)
+
+
+def test_a_failing_ace_sync_shows_in_the_clusters_conditions(ace: World) -> None:
+    """The ACE sync's failures are the cluster's ``ACESynced`` condition (``Synced`` stays
+    the access sync's): without the agent's rights on the records it turns False with
+    the cluster's answer, and True again once they are back."""
+    wait_until(
+        lambda: (c := _ace_synced(ace)) is not None and c["status"] == "True",
+        15,
+        "ACESynced never True",
+    )
+    admin_kc = ace.cluster_admin_kubeconfig()
+    role = agent_rbac.agent_namespace_role()
+    out = kubectl_run(
+        kubectl("1.32"),
+        admin_kc,
+        "delete",
+        "role",
+        role["metadata"]["name"],
+        "-n",
+        "herdgate-system",
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        ace.user("grace", role="cluster-member")  # something to sync
+        failed = wait_until(
+            lambda: (c := _ace_synced(ace)) is not None and c["status"] == "False" and c,
+            20,
+            "ACESynced never turned False",
+        )
+        assert failed["reason"] == "SyncFailed"
+        assert "403" in failed["message"], failed
+        synced = next(c for c in ace.cluster()["conditions"] if c["type"] == "Synced")  # type: ignore[union-attr, index]
+        assert synced["status"] == "True"  # the access sync is not the one failing
+    finally:
+        out = kubectl_run(kubectl("1.32"), admin_kc, "apply", "-f", "-", stdin=json.dumps(role))
+        assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: (c := _ace_synced(ace)) is not None and c["status"] == "True",
+        20,
+        "ACESynced never True again",
+    )
