@@ -382,7 +382,7 @@ def _failure(exc: BaseException) -> str:
     if isinstance(status, int) and isinstance(body, str):
         try:
             message = json.loads(body).get("message")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not a Status (or hostile)
             message = None
         text = message if isinstance(message, str) and message else body.strip()
         return f"the cluster answered {status}: {text}"[:MAX_MESSAGE]

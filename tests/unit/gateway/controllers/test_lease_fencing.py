@@ -6,6 +6,7 @@ kept by the controller's status writes and removed with direct access."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +14,18 @@ from typing import Any, cast
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import TUNNELS, AgentLink
-from gateway.controllers.ace_sync import AceController
+from gateway.controllers.ace_sync import AceController, _failure
 from gateway.controllers.cluster_controller import (
     LEASE_PREFIX,
     ClusterController,
     ClusterControllers,
 )
-from gateway.controllers.cluster_health import ACE_SYNCED, SYNCED, ClusterHealth
+from gateway.controllers.cluster_health import ACE_SYNCED, MAX_MESSAGE, SYNCED, ClusterHealth
 from gateway.controllers.lease import Lease, LeaseLost
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.identity.providers.base import ExternalIdentity
@@ -346,3 +349,44 @@ async def test_the_group_refresh_runs_only_under_its_lease_and_stops_when_it_lap
     assert await refresh_external_users(second.app, other) == 4
     first.directory.catch_up()
     assert {u.group_principals for u in first.directory.users.values()} == {("cn=new",)}
+
+
+# -- what the condition says of a failure (the cluster's answer: any bytes) ---------------
+
+
+class _Answered(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"({status})")
+        self.status = status
+        self.body = body
+
+
+def test_the_failure_message_is_the_clusters_status_message() -> None:
+    body = json.dumps({"kind": "Status", "code": 403, "message": "clusterauthtokens is forbidden"})
+    assert _failure(_Answered(403, body)) == (
+        "the cluster answered 403: clusterauthtokens is forbidden"
+    )
+    assert _failure(_Answered(502, "bad gateway\n")) == "the cluster answered 502: bad gateway"
+    assert _failure(OSError("refused")) == "OSError: refused"
+
+
+@given(
+    status=st.integers(min_value=-1, max_value=1000),
+    body=st.one_of(
+        st.text(max_size=3000),
+        st.binary(max_size=100),
+        st.none(),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.sampled_from(["message", "kind", "x"]), inner, max_size=3)
+            ),
+            max_leaves=20,
+        ).map(json.dumps),
+        st.integers(min_value=1, max_value=5000).map(lambda depth: "[" * depth),
+    ),
+)
+def test_any_answer_gives_a_bounded_message_and_never_raises(status: int, body: Any) -> None:
+    message = _failure(_Answered(status, body))
+    assert isinstance(message, str) and len(message) <= MAX_MESSAGE
