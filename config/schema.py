@@ -180,7 +180,8 @@ class ControllerSettings:
     request_burst: int = 40
     """...and at most this many at once."""
     lease_ttl_s: float = duration(15)
-    """A cluster's controller lease: renewed at a third of it; another process takes it
+    """A cluster's controller lease (its access and ACE syncs share it; the group refresh's
+    lease too): renewed at a third of it; another process takes it
     over this long after its holder died (at once for a dead worker on the same host)."""
 
 
