@@ -27,7 +27,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, Store
+from gateway.store.base import AlreadyExists, Change, Compacted, Store
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -89,6 +89,20 @@ class UsernameTaken(Exception):
     """Another local user holds this name (in some spelling that folds to it)."""
 
 
+_KINDS = (
+    USER,
+    TOKEN,
+    CLUSTER,
+    ROLE_TEMPLATE,
+    BINDING,
+    PROJECT,
+    PROJECT_BINDING,
+    REGISTRATION,
+    REPLICA,
+    CLUSTER_STATUS,
+)
+"""Every kind the directory holds, in the order they are loaded."""
+
 STALE_CLAIM_S = 60.0
 """A name claim whose user does not exist this long after the claim was made is left
 over from a process that stopped between the two writes; it may be taken over."""
@@ -121,6 +135,9 @@ class Directory:
         self.statuses: dict[str, ClusterStatus] = {}
         """Each cluster's status as its controller last wrote it."""
         self.revision = 0
+        self.reloads = 0
+        """How often everything was read again (``reload``)."""
+        self._reload_wanted = asyncio.Event()
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
         """Salt and digest of each token, parsed once (the request path only hashes)."""
@@ -136,17 +153,84 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        kinds = (USER, TOKEN, CLUSTER, ROLE_TEMPLATE, BINDING, PROJECT, PROJECT_BINDING)
-        for kind in (*kinds, REGISTRATION, REPLICA, CLUSTER_STATUS):
+        for kind in _KINDS:
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
+
+    async def reload(self) -> None:
+        """Read every record again and make memory match it: for a process that fell
+        behind the store's change feed (``Compacted``). Records that changed or went are
+        applied (listeners hear of each), unchanged ones are left alone; the feed is then
+        followed from the revision read before the lists, so writes made meanwhile are
+        applied (again) too."""
+        self._reload_wanted.clear()
+        revision = await self.store.revision()
+        for kind in _KINDS:
+            docs = {str(doc["id"]): doc for doc in await self.store.list(kind)}
+            for key in [k for k in self._keys(kind) if k not in docs]:
+                self.apply(kind, key, None)
+            for key, doc in docs.items():
+                if not self._holds(kind, key, doc):
+                    self.apply(kind, key, doc)
+        self._seen = {k: r for k, r in self._seen.items() if r > revision}
+        self.revision = revision
+        self.reloads += 1
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        tables: dict[str, dict[str, Any]] = {
+            USER: self.users,
+            TOKEN: self.tokens,
+            CLUSTER: self.clusters,
+            BINDING: self.bindings,
+            ROLE_TEMPLATE: self.role_templates,
+            PROJECT: self.projects,
+            PROJECT_BINDING: self.project_bindings,
+            REGISTRATION: self.registrations,
+            REPLICA: self.replicas,
+            CLUSTER_STATUS: self.statuses,
+        }
+        return tables[kind]
+
+    def _keys(self, kind: str) -> list[str]:
+        keys = list(self._table(kind))
+        return [k for k in keys if k not in BUILTIN_TEMPLATES] if kind == ROLE_TEMPLATE else keys
+
+    def _holds(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        """Whether memory already holds ``doc`` for this record."""
+        current = self._table(kind).get(key)
+        if current is None:
+            return False
+        if kind == ROLE_TEMPLATE:
+            return bool(current == role_template_from_doc(doc))
+        return bool(current == from_doc(type(current), doc))
 
     def on_change(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(kind, key)`` after every applied change."""
         self._listeners.append(listener)
 
     async def follow(self) -> None:
-        """Apply the store's change feed forever (other workers' and replicas' writes)."""
+        """Apply the store's change feed forever (other workers' and replicas' writes).
+        Fallen behind what the feed keeps (``Compacted``, seen by the feed or by
+        ``catch_up``): reload everything, then follow on from there."""
+        while True:
+            feed = asyncio.create_task(self._follow_feed(), name="directory feed")
+            wanted = asyncio.create_task(self._reload_wanted.wait())
+            try:
+                await asyncio.wait({feed, wanted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                feed.cancel()
+                wanted.cancel()
+                await asyncio.wait({feed, wanted})
+            if feed.done() and not feed.cancelled():
+                error = feed.exception()
+                if error is None:
+                    return  # the feed ended (only a test's store does)
+                if not isinstance(error, Compacted):
+                    raise error
+                logger.warning("fell behind the store's change feed (%s): reloading", error)
+            await self.reload()
+
+    async def _follow_feed(self) -> None:
         async for change in self.store.changes(self.revision):
             self._apply_change(change)
 
@@ -162,7 +246,13 @@ class Directory:
 
     def catch_up(self) -> None:
         """Apply other processes' writes now, so a revocation holds on the next request."""
-        changes = self.store.recent_changes(self.revision)
+        try:
+            changes = self.store.recent_changes(self.revision)
+        except Compacted as exc:
+            # Fallen behind: nothing is applied past the gap; ``follow`` reloads now.
+            logger.warning("fell behind the store's change feed (%s): reloading", exc)
+            self._reload_wanted.set()
+            return
         if changes:
             for change in changes:
                 self._apply_change(change)
