@@ -167,10 +167,13 @@ class Directory:
         revision = await self.store.revision()
         for kind in _KINDS:
             docs = {str(doc["id"]): doc for doc in await self.store.list(kind)}
-            for key in [k for k in self._keys(kind) if k not in docs]:
+            # A record we wrote ourselves after ``revision`` is newer than anything the
+            # list may have read before it (and a newer write comes through the feed).
+            mine = {key for (k, key), r in self._seen.items() if k == kind and r > revision}
+            for key in [k for k in self._keys(kind) if k not in docs and k not in mine]:
                 self.apply(kind, key, None)
             for key, doc in docs.items():
-                if not self._holds(kind, key, doc):
+                if key not in mine and not self._holds(kind, key, doc):
                     self.apply(kind, key, doc)
         self._seen = {k: r for k, r in self._seen.items() if r > revision}
         self.revision = revision
