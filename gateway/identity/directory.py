@@ -19,7 +19,7 @@ import binascii
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -137,7 +137,10 @@ class Directory:
         self.revision = 0
         self.reloads = 0
         """How often everything was read again (``reload``)."""
-        self._reload_wanted = asyncio.Event()
+        self._refollow = asyncio.Event()
+        """Set when ``follow`` must restart its feed (from ``revision``), after a reload
+        if ``_needs_reload``."""
+        self._needs_reload = False
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
         """Salt and digest of each token, parsed once (the request path only hashes)."""
@@ -159,14 +162,19 @@ class Directory:
 
     async def reload(self) -> None:
         """Read every record again and make memory match it: for a process that fell
-        behind the store's change feed (``Compacted``). Records that changed or went are
-        applied (listeners hear of each), unchanged ones are left alone; the feed is then
-        followed from the revision read before the lists, so writes made meanwhile are
-        applied (again) too."""
-        self._reload_wanted.clear()
+        behind the store's change feed (``Compacted``). The feed is then followed from the
+        revision read before the lists, so writes made meanwhile are applied (again)."""
+        self._needs_reload = False
         revision = await self.store.revision()
+        lists = {kind: await self.store.list(kind) for kind in _KINDS}
+        self._rebuild(revision, lists)
+
+    def _rebuild(self, revision: int, lists: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Make memory hold ``lists`` (every record of every kind, read at or after
+        ``revision``): records that changed or went are applied (listeners hear of
+        each: a revoked token's streams end), unchanged ones are left alone."""
         for kind in _KINDS:
-            docs = {str(doc["id"]): doc for doc in await self.store.list(kind)}
+            docs = {str(doc["id"]): doc for doc in lists.get(kind, ())}
             # A record we wrote ourselves after ``revision`` is newer than anything the
             # list may have read before it (and a newer write comes through the feed).
             mine = {key for (k, key), r in self._seen.items() if k == kind and r > revision}
@@ -217,13 +225,14 @@ class Directory:
         ``catch_up``): reload everything, then follow on from there."""
         while True:
             feed = asyncio.create_task(self._follow_feed(), name="directory feed")
-            wanted = asyncio.create_task(self._reload_wanted.wait())
+            woken = asyncio.create_task(self._refollow.wait())
             try:
-                await asyncio.wait({feed, wanted}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({feed, woken}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 feed.cancel()
-                wanted.cancel()
-                await asyncio.wait({feed, wanted})
+                woken.cancel()
+                await asyncio.wait({feed, woken})
+            self._refollow.clear()
             if feed.done() and not feed.cancelled():
                 error = feed.exception()
                 if error is None:
@@ -231,7 +240,9 @@ class Directory:
                 if not isinstance(error, Compacted):
                     raise error
                 logger.warning("fell behind the store's change feed (%s): reloading", error)
-            await self.reload()
+                self._needs_reload = True
+            if self._needs_reload:
+                await self.reload()
 
     async def _follow_feed(self) -> None:
         async for change in self.store.changes(self.revision):
@@ -252,9 +263,18 @@ class Directory:
         try:
             changes = self.store.recent_changes(self.revision)
         except Compacted as exc:
-            # Fallen behind: nothing is applied past the gap; ``follow`` reloads now.
+            # Fallen behind: nothing is applied past the gap. A store that can read
+            # everything at once (SQLite) handed it over: rebuilt here, before this request
+            # is authenticated. Else ``follow`` reloads now.
             logger.warning("fell behind the store's change feed (%s): reloading", exc)
-            self._reload_wanted.set()
+            if exc.snapshot is not None:
+                lists: dict[str, list[dict[str, Any]]] = {}
+                for kind, _, doc in exc.snapshot.documents:
+                    lists.setdefault(kind, []).append(doc)
+                self._rebuild(exc.snapshot.revision, lists)
+            else:
+                self._needs_reload = True
+            self._refollow.set()
             return
         if changes:
             for change in changes:

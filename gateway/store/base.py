@@ -37,12 +37,15 @@ class Compacted(StoreError):
     log window, etcd's compaction): the follower has fallen behind and must reload
     everything (``gateway.identity.directory.Directory.reload``), then follow again."""
 
-    def __init__(self, after: int, compacted: int) -> None:
+    def __init__(self, after: int, compacted: int, snapshot: Snapshot | None = None) -> None:
         super().__init__(
             f"changes after revision {after} are gone (kept from {compacted + 1}); reload"
         )
         self.after = after
         self.compacted = compacted
+        self.snapshot = snapshot
+        """Every document now, when the backend could read them at once (SQLite, from
+        ``recent_changes``): the caller rebuilds from it without waiting."""
 
 
 class NotFound(StoreError):

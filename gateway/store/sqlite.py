@@ -312,13 +312,9 @@ class SQLiteStore:
             db = self._conn
             db.execute("BEGIN")  # one read transaction: one point in the log
             try:
-                row = db.execute("SELECT MAX(revision) FROM changes").fetchone()
-                rows = db.execute(
-                    "SELECT kind, key, value FROM objects ORDER BY kind, key"
-                ).fetchall()
+                return _read_all(db)
             finally:
                 db.execute("COMMIT")
-            return Snapshot(int(row[0] or 0), [(k, key, _load(v)) for k, key, v in rows])
 
         return await self._run(op)
 
@@ -337,7 +333,9 @@ class SQLiteStore:
             probe.execute("PRAGMA busy_timeout=1000")
             self._probe = probe
         try:
-            rows = _read_log(probe, after, None)
+            # Fallen behind (rare): everything, read now, so that the caller need not
+            # trust a request to what it held before.
+            rows = _read_log(probe, after, None, snapshot=True)
         except sqlite3.Error:
             self._signal_seen = b""  # not read: ask again next time
             return None
@@ -387,16 +385,17 @@ class SQLiteStore:
 
 
 def _read_log(
-    db: sqlite3.Connection, after: int, limit: int | None
+    db: sqlite3.Connection, after: int, limit: int | None, snapshot: bool = False
 ) -> list[tuple[int, str, str, str | None]]:
     """The log's rows above ``after``, read in one transaction with the compaction mark:
-    ``Compacted`` if rows above ``after`` were removed already."""
+    ``Compacted`` if rows above ``after`` were removed already (with ``snapshot``, it
+    carries every document, read in the same transaction)."""
     db.execute("BEGIN")
     try:
         mark = db.execute("SELECT value FROM meta WHERE key = 'compacted'").fetchone()
         compacted = int(mark[0]) if mark else 0
         if compacted > after:
-            raise Compacted(after, compacted)
+            raise Compacted(after, compacted, _read_all(db) if snapshot else None)
         rows: list[tuple[int, str, str, str | None]] = db.execute(
             "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
             "ORDER BY revision LIMIT ?",
@@ -405,6 +404,13 @@ def _read_log(
     finally:
         db.execute("COMMIT")
     return rows
+
+
+def _read_all(db: sqlite3.Connection) -> Snapshot:
+    """Every document and the revision they are at (inside the caller's transaction)."""
+    row = db.execute("SELECT MAX(revision) FROM changes").fetchone()
+    rows = db.execute("SELECT kind, key, value FROM objects ORDER BY kind, key").fetchall()
+    return Snapshot(int(row[0] or 0), [(k, key, _load(v)) for k, key, v in rows])
 
 
 def _migrate_layout(db: sqlite3.Connection, path: Path) -> None:
