@@ -14,7 +14,6 @@ DESCRIPTION = (
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import cli as gateway_cli
-    from gateway.store import cli as store_cli
     from herdgate import commands, helptext
     from tunnel import cli as agent_cli
     from webhook import cli as webhook_cli
@@ -24,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
     webhook_cli.add_parser(subparsers)
-    store_cli.add_parser(subparsers)  # backup, restore, migrate: on the store directly
+    gateway_cli.add_store_parser(subparsers)  # backup, restore, migrate: on the store itself
     commands.add_parsers(subparsers)  # login (people and kubectl), logout, cluster, ...
     helptext.finish(parser)  # plain text: no reStructuredText markup on a terminal
     return parser
