@@ -337,3 +337,53 @@ def test_migrate_from_sqlite_to_etcd_keeps_every_record_and_token(
         one_line(busy, 1, "a gateway is running")
     finally:
         replica.stop()
+
+
+def test_an_etcd_snapshot_is_read_at_one_revision_across_pages(
+    etcd: Etcd,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages of 7 keys; after the first page another client writes (a new key, a changed
+    one, a deleted one): the snapshot holds none of it."""
+    from gateway.store import etcd as etcd_module
+    from gateway.store.etcd import EtcdStore
+
+    monkeypatch.setattr(etcd_module, "_SNAPSHOT_PAGE", 7)
+    prefix = f"/snap-{uuid.uuid4().hex[:8]}/"
+
+    class Meddling(EtcdStore):
+        other: EtcdStore
+        pages = 0
+
+        async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            result = await super()._call(path, body)
+            if path == "kv/range" and body.get("limit") == 7:
+                self.pages += 1
+                if self.pages == 1:
+                    await self.other.put("clusters", "c-new", {"id": "c-new"})
+                    await self.other.put("clusters", "c-03", {"id": "c-03", "changed": True})
+                    await self.other.delete("clusters", "c-20")
+            return result
+
+    async def run() -> None:
+        other = await EtcdStore([etcd.url], prefix).open()
+        store = await Meddling([etcd.url], prefix).open()
+        store.other = other
+        try:
+            for n in range(25):
+                await other.put("clusters", f"c-{n:02d}", {"id": f"c-{n:02d}"})
+            await other.put("users", "u-1", {"id": "u-1"})
+            snapshot = await store.snapshot()
+            assert store.pages == 4
+            keys = [(kind, key) for kind, key, _ in snapshot.documents]
+            assert keys == sorted(keys)
+            assert keys == [("clusters", f"c-{n:02d}") for n in range(25)] + [("users", "u-1")]
+            assert dict(((k, key), d) for k, key, d in snapshot.documents)[
+                ("clusters", "c-03")
+            ] == {"id": "c-03"}
+            assert snapshot.revision < await other.revision()
+        finally:
+            await store.close()
+            await other.close()
+
+    asyncio.run(run())
