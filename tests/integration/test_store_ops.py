@@ -367,7 +367,8 @@ def test_an_etcd_snapshot_is_read_at_one_revision_across_pages(
 
     async def run() -> None:
         other = await EtcdStore([etcd.url], prefix).open()
-        store = await Meddling([etcd.url], prefix).open()
+        store = Meddling([etcd.url], prefix)
+        await store.open()
         store.other = other
         try:
             for n in range(25):
