@@ -99,7 +99,7 @@ def populate(gateway: Gateway) -> dict[str, str]:
     admin = gateway.admin()
     user = admin.post("/v3/users", {"username": "mia", "password": USER_PASSWORD})
     cluster = admin.post("/v3/clusters", {"name": "prod"})
-    admin.post("/v3/clusterregistrationtokens", {"clusterId": cluster["id"]})
+    registration = admin.post("/v3/clusterregistrationtokens", {"clusterId": cluster["id"]})
     template = admin.post(
         "/v3/roletemplates",
         {
@@ -120,7 +120,13 @@ def populate(gateway: Gateway) -> dict[str, str]:
     mia = gateway.api()
     mia.token = mia.login("mia", USER_PASSWORD)
     api_token = mia.post("/v3/tokens", {"description": "ci"})["token"]
-    return {"session": mia.token, "api": api_token, "cluster": cluster["id"], "user": user["id"]}
+    return {
+        "session": mia.token,
+        "api": api_token,
+        "registration": str(registration["token"]),
+        "cluster": cluster["id"],
+        "user": user["id"],
+    }
 
 
 def check_kinds(held: Records) -> None:
@@ -235,6 +241,7 @@ def test_backup_wipe_restore_gives_identical_state(
     for secret in (
         ADMIN_PASSWORD,
         USER_PASSWORD,
+        secrets["registration"],
         *(secrets[k].split(":")[1] for k in ("api", "session")),
     ):
         assert secret not in text  # secrets stay hashed
@@ -388,3 +395,26 @@ def test_an_etcd_snapshot_is_read_at_one_revision_across_pages(
             await other.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "etcd"])
+def test_a_snapshot_holds_every_document_at_the_store_revision(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    etcd_url = request.getfixturevalue("etcd").url if backend == "etcd" else ""
+    settings = settings_for(backend, tmp_path, etcd_url)
+
+    async def run(store: Store) -> None:
+        await store.put("users", "u-2", {"id": "u-2"})
+        await store.put("clusters", "c-1", {"id": "c-1", "name": "a"})
+        await store.put("users", "u-1", {"id": "u-1"})
+        await store.delete("users", "u-2")
+        snapshot = await store.snapshot()
+        assert snapshot.revision == await store.revision()
+        assert snapshot.documents == [
+            ("clusters", "c-1", {"id": "c-1", "name": "a"}),
+            (META, SCHEMA_KEY, {"id": SCHEMA_KEY, "version": SCHEMA_VERSION}),
+            ("users", "u-1", {"id": "u-1"}),
+        ]
+
+    asyncio.run(_with_store(settings, tmp_path, run, migrate=True))
