@@ -314,7 +314,7 @@ class SQLiteStore:
             try:
                 return _read_all(db)
             finally:
-                db.execute("COMMIT")
+                _end_read(db)
 
         return await self._run(op)
 
@@ -402,8 +402,14 @@ def _read_log(
             (after, -1 if limit is None else limit),
         ).fetchall()
     finally:
-        db.execute("COMMIT")
+        _end_read(db)
     return rows
+
+
+def _end_read(db: sqlite3.Connection) -> None:
+    """End a read transaction (a rollback: nothing to keep, and it cannot be busy)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _read_all(db: sqlite3.Connection) -> Snapshot:
