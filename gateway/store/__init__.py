@@ -43,7 +43,12 @@ async def _open(settings: StoreSettings, state_dir: Path) -> Store:
 
         if not settings.etcd_endpoints:
             raise ConfigError("store.etcd_endpoints", "required with backend etcd")
-        return await EtcdStore(settings.etcd_endpoints, settings.etcd_prefix).open()
+        etcd = EtcdStore(settings.etcd_endpoints, settings.etcd_prefix)
+        try:
+            return await etcd.open()
+        except BaseException:
+            await etcd.close()  # its HTTP session, opened before etcd was found unreachable
+            raise
     raise ConfigError(
         "store.backend", f"unknown backend {settings.backend!r} (known: sqlite, etcd)"
     )

@@ -324,6 +324,11 @@ def test_migrate_from_sqlite_to_etcd_keeps_every_record_and_token(
     one_line(missing, 1, "no store at")
     bad = herdgate("store", "migrate", "--from", "postgres://x", "--to", target_url)
     one_line(bad, 2, "configuration error: --from")
+    nobody = f"etcd://127.0.0.1:{free_port()}"
+    down = herdgate(
+        "store", "migrate", "--from", f"sqlite://{state / 'herdgate.db'}", "--to", nobody
+    )
+    one_line(down, 1, "herdgate store migrate: etcd unreachable")
 
     # The same gateway (its certificates in the state directory) started on etcd.
     config = tmp_path / "etcd.yaml"
