@@ -37,7 +37,10 @@ def sqlite_path(settings: StoreSettings, state_dir: Path) -> Path:
 
 async def _open(settings: StoreSettings, state_dir: Path) -> Store:
     if settings.backend == "sqlite":
-        return await SQLiteStore(sqlite_path(settings, state_dir)).open()
+        if settings.sqlite_keep_changes < 1:
+            raise ConfigError("store.sqlite_keep_changes", "must be at least 1")
+        path = sqlite_path(settings, state_dir)
+        return await SQLiteStore(path, keep_changes=settings.sqlite_keep_changes).open()
     if settings.backend == "etcd":
         from gateway.store.etcd import EtcdStore
 

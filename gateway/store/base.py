@@ -39,7 +39,7 @@ class Compacted(StoreError):
 
     def __init__(self, after: int, compacted: int, snapshot: Snapshot | None = None) -> None:
         super().__init__(
-            f"changes after revision {after} are gone (kept from {compacted + 1}); reload"
+            f"the writes after revision {after} are gone (kept from {compacted + 1} on)"
         )
         self.after = after
         self.compacted = compacted

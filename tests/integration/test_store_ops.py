@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -423,3 +424,52 @@ def test_a_snapshot_holds_every_document_at_the_store_revision(
         ]
 
     asyncio.run(_with_store(settings, tmp_path, run, migrate=True))
+
+
+def test_a_gateway_stopped_past_the_sqlite_window_misses_no_revocation(tmp_path: Path) -> None:
+    """Two gateways on one SQLite file whose log keeps 20 writes. One is stopped
+    (SIGSTOP) while the other revokes a token and writes far more than that; resumed,
+    its very next request refuses the revoked token and takes one issued meanwhile."""
+    shared = {"backend": "sqlite", "sqlite_path": str(tmp_path / "shared.db")}
+    store = {**shared, "sqlite_keep_changes": 20}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"store": store}))
+    first = Gateway(
+        tmp_path / "a", free_port(), tmp_path / "a.log",
+        extra_args=["--config", str(tmp_path / "a.yaml")],
+    )  # fmt: skip
+    first.start()
+    tls = tmp_path / "a" / "tls"
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({
+        "store": store,
+        "tls": {"cert_file": str(tls / "server.crt"), "key_file": str(tls / "server.key"),
+                "ca_file": str(tls / "ca.crt")},
+    }))  # fmt: skip
+    second = Gateway(
+        tmp_path / "b", free_port(), tmp_path / "b.log", ca_path=tls / "ca.crt",
+        extra_args=["--config", str(tmp_path / "b.yaml")],
+    )  # fmt: skip
+    second.start()
+    try:
+        admin = first.admin()
+        user = admin.post("/v3/users", {"username": "mia", "password": USER_PASSWORD})
+        old = first.api().login("mia", USER_PASSWORD)
+        assert second.api(old).get("/v3/users?me=true")["data"][0]["id"] == user["id"]
+
+        assert second.process is not None
+        os.kill(second.process.pid, signal.SIGSTOP)
+        try:
+            admin.delete(f"/v3/tokens/{old.split(':')[0]}")
+            for n in range(30):
+                admin.post("/v3/tokens", {"description": f"filler {n}"})
+            new = first.api().login("mia", USER_PASSWORD)
+        finally:
+            os.kill(second.process.pid, signal.SIGCONT)
+
+        with pytest.raises(ApiError) as refused:
+            second.api(old).get("/v3/users?me=true")
+        assert refused.value.status == 401
+        assert second.api(new).get("/v3/users?me=true")["data"][0]["id"] == user["id"]
+        assert "fell behind the store's change feed" in second.log()
+    finally:
+        second.stop()
+        first.stop()
