@@ -40,6 +40,9 @@ class StoreSettings:
     """``sqlite`` (embedded, one host) or ``etcd`` (several replicas)."""
     sqlite_path: str = ""
     """Database file; empty means ``<state_dir>/herdgate.db``."""
+    sqlite_keep_changes: int = 10_000
+    """Change-log rows SQLite keeps for processes sharing the file; one further behind
+    reads every record again (``gateway.store.sqlite``)."""
     etcd_endpoints: tuple[str, ...] = ()
     """etcd client URLs, e.g. ``http://127.0.0.1:2379``."""
     etcd_prefix: str = "/herdgate/"
