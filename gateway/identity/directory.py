@@ -20,7 +20,7 @@ import collections
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -28,7 +28,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, ChangesLost, Store, StoreError
+from gateway.store.base import AlreadyExists, Change, Compacted, Store, StoreError
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -68,19 +68,6 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
-CACHED_KINDS = (
-    USER,
-    TOKEN,
-    CLUSTER,
-    ROLE_TEMPLATE,
-    BINDING,
-    PROJECT,
-    PROJECT_BINDING,
-    REGISTRATION,
-    REPLICA,
-    CLUSTER_STATUS,
-)
-"""Every kind held in memory, in load order (templates before the bindings naming them)."""
 MAX_PENDING_ECHOES = 10_000
 RELOAD_RETRY_MIN_S = 0.05
 RELOAD_RETRY_MAX_S = 1.0
@@ -106,6 +93,20 @@ class TooManyTokens(Exception):
 class UsernameTaken(Exception):
     """Another local user holds this name (in some spelling that folds to it)."""
 
+
+_KINDS = (
+    USER,
+    TOKEN,
+    CLUSTER,
+    ROLE_TEMPLATE,
+    BINDING,
+    PROJECT,
+    PROJECT_BINDING,
+    REGISTRATION,
+    REPLICA,
+    CLUSTER_STATUS,
+)
+"""Every kind the directory holds, in the order they are loaded."""
 
 STALE_CLAIM_S = 60.0
 """A name claim whose user does not exist this long after the claim was made is left
@@ -139,6 +140,12 @@ class Directory:
         self.statuses: dict[str, ClusterStatus] = {}
         """Each cluster's status as its controller last wrote it."""
         self.revision = 0
+        self.reloads = 0
+        """How often everything was read again (``reload``)."""
+        self._refollow = asyncio.Event()
+        """Set when ``follow`` must restart its feed (from ``revision``), after a reload
+        if ``_needs_reload``."""
+        self._needs_reload = False
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
         """Salt and digest of each token, parsed once (the request path only hashes)."""
@@ -158,19 +165,59 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        for kind in CACHED_KINDS:
+        for kind in _KINDS:
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
+
+    async def reload(self) -> None:
+        """Read every record again and make memory match it: for a process that fell
+        behind the store's change feed (``Compacted``). The feed is then followed from the
+        revision read before the lists, so writes made meanwhile are applied (again)."""
+        self._needs_reload = False
+        try:
+            revision = await self.store.revision()
+            lists = {kind: await self.store.list(kind) for kind in _KINDS}
+        except BaseException:
+            self._needs_reload = True  # still needed: ``follow`` tries again
+            raise
+        self._rebuild(revision, lists)
+
+    def _rebuild(self, revision: int, lists: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Make memory hold ``lists`` (every record of every kind, read at or after
+        ``revision``): records that changed or went are applied (listeners hear of
+        each: a revoked token's streams end), unchanged ones are left alone. The lists
+        are read before, and applied here without a pause: a request sees the old view
+        or the new one."""
+        # A store behind what we saw went back in time (etcd restored from a backup):
+        # the revisions we remember name other writes now, and the lists win.
+        rewound = revision < self.revision
+        if rewound:
+            self._seen.clear()
+            self._echo.clear()
+        for kind in _KINDS:
+            docs = {str(doc["id"]): doc for doc in lists.get(kind, ()) if "id" in doc}
+            # A record we wrote ourselves after ``revision`` is newer than anything the
+            # list may have read before it (and a newer write comes through the feed).
+            mine = {key for (k, key), r in self._seen.items() if k == kind and r > revision}
+            for key in [k for k in self._keys(kind) if k not in docs and k not in mine]:
+                self.apply(kind, key, None)
+            for key, doc in docs.items():
+                if key not in mine and not self._holds_safely(kind, key, doc):
+                    self._apply_safely(kind, key, doc)
+        self._seen = {k: r for k, r in self._seen.items() if r > revision}
+        self.revision = revision
+        self._progress(revision)
+        self.reloads += 1
+        metrics.STORE_FEED_RELOADS.inc()
+        logger.warning("store: caches rebuilt from the store at revision %d", revision)
 
     def _table(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
             USER: self.users,
             TOKEN: self.tokens,
             CLUSTER: self.clusters,
-            ROLE_TEMPLATE: {
-                k: v for k, v in self.role_templates.items() if k not in BUILTIN_TEMPLATES
-            },
             BINDING: self.bindings,
+            ROLE_TEMPLATE: self.role_templates,
             PROJECT: self.projects,
             PROJECT_BINDING: self.project_bindings,
             REGISTRATION: self.registrations,
@@ -179,39 +226,24 @@ class Directory:
         }
         return tables[kind]
 
-    async def reload(self) -> None:
-        """Rebuild every cache from a fresh list (after the change feed lost writes):
-        what the lists hold replaces what memory holds, and what they lack is removed,
-        each through ``apply`` so listeners hear of it. The lists are read first, then
-        applied without a pause, so a request sees the old state or the new one."""
-        revision = await self.store.revision()
-        fresh = {kind: await self.store.list(kind) for kind in CACHED_KINDS}
-        for kind, listed in fresh.items():
-            # Our own writes after ``revision`` are newer than what a list may show
-            # (unless the store went back in time: then nothing we wrote is newer).
-            newer = (
-                {k for (k_kind, k), r in self._seen.items() if k_kind == kind and r > revision}
-                if revision >= self.revision
-                else set()
-            )
-            docs = [doc for doc in listed if "id" in doc]
-            keep = {str(doc["id"]) for doc in docs}
-            for key in list(self._table(kind)):
-                if key not in keep and key not in newer:
-                    self.apply(kind, key, None)
-            for doc in docs:
-                key = str(doc["id"])
-                if key not in newer:
-                    self._apply_safely(kind, key, doc)
-        if revision < self.revision:
-            # The store went back in time (etcd restored from a backup): revisions we
-            # remember name other writes now.
-            self._seen.clear()
-            self._echo.clear()
-        self.revision = revision
-        self._progress(revision)
-        metrics.STORE_FEED_RELOADS.inc()
-        logger.warning("store change feed: caches rebuilt from the store at revision %d", revision)
+    def _keys(self, kind: str) -> list[str]:
+        keys = list(self._table(kind))
+        return [k for k in keys if k not in BUILTIN_TEMPLATES] if kind == ROLE_TEMPLATE else keys
+
+    def _holds(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        """Whether memory already holds ``doc`` for this record."""
+        current = self._table(kind).get(key)
+        if current is None:
+            return False
+        if kind == ROLE_TEMPLATE:
+            return bool(current == role_template_from_doc(doc))
+        return bool(current == from_doc(type(current), doc))
+
+    def _holds_safely(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        try:
+            return self._holds(kind, key, doc)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return False  # unreadable: ``_apply_safely`` says so
 
     def on_change(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(kind, key)`` after every applied change."""
@@ -220,56 +252,59 @@ class Directory:
     async def follow(self) -> None:
         """Apply the store's change feed forever (other workers' and replicas' writes).
 
-        When it lost writes (``ChangesLost``: etcd compacted them away, the change log
-        moved past us), reload everything and follow on from there; a reload that fails
-        (the store is down) is tried again after a pause of at most ``RELOAD_RETRY_MAX_S``.
-        A feed that stalls (our own writes not back within ``max_feed_lag_s``: a watch
-        connection silently dropped on the way) is dropped and opened again from the
-        last revision it delivered."""
+        Fallen behind what the feed keeps (``Compacted``, seen by the feed or by
+        ``catch_up``): reload everything, then follow on from there; a reload that fails
+        (the store is down) is tried again after a pause of at most
+        ``RELOAD_RETRY_MAX_S`` (not the task guard's minute). A feed that stalls (our own
+        writes not back within ``max_feed_lag_s``: a watch connection silently lost on
+        the way) is dropped and opened again from the last revision it delivered."""
         pause = RELOAD_RETRY_MIN_S
-        needs_reload = False
         while True:
-            if needs_reload:
+            if self._needs_reload:
                 try:
                     await self.reload()
                 except StoreError as exc:
-                    logger.warning("store change feed: reload failed (%s); retrying", exc)
+                    logger.warning("store: reload failed (%s); retrying", exc)
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, RELOAD_RETRY_MAX_S)
                     continue
-                needs_reload, pause = False, RELOAD_RETRY_MIN_S
+                pause = RELOAD_RETRY_MIN_S
+            feed = asyncio.create_task(self._follow_feed(), name="directory feed")
+            woken = asyncio.create_task(self._refollow.wait())
             try:
-                if await self._follow_until_stalled():
-                    return
-            except ChangesLost as exc:
-                logger.warning("store change feed: %s; reloading", exc)
-                needs_reload = True
-
-    async def _follow_until_stalled(self) -> bool:
-        """Apply the feed until it ends (True) or stalls (False: start it again)."""
-        feed = asyncio.create_task(self._apply_feed(), name="store change feed")
-        try:
-            while True:
-                done, _ = await asyncio.wait({feed}, timeout=self.max_feed_lag_s / 2)
-                if done:
-                    feed.result()  # ChangesLost, or any other failure, goes up from here
-                    return True
-                lag = self.feed_lag()
-                if lag > self.max_feed_lag_s:
-                    logger.warning(
-                        "store change feed: our writes are not back after %.0fs; reopening it",
-                        lag,
-                    )
-                    # Not again at once: this restart gets its own time to catch up.
-                    self._echo = collections.deque((r, time.monotonic()) for r, _ in self._echo)
-                    metrics.STORE_FEED_RESTARTS.inc()
-                    return False
-        finally:
-            if not feed.done():
+                while not await self._wait_or_stall({feed, woken}):
+                    pass
+            finally:
                 feed.cancel()
-                await asyncio.gather(feed, return_exceptions=True)
+                woken.cancel()
+                await asyncio.wait({feed, woken})
+            self._refollow.clear()
+            if feed.done() and not feed.cancelled():
+                error = feed.exception()
+                if error is None:
+                    return  # the feed ended (only a test's store does)
+                if not isinstance(error, Compacted):
+                    raise error
+                logger.warning("fell behind the store's change feed (%s): reloading", error)
+                self._needs_reload = True
 
-    async def _apply_feed(self) -> None:
+    async def _wait_or_stall(self, tasks: set[asyncio.Task[Any]]) -> bool:
+        """Whether one of ``tasks`` ended or the feed stalled (then it is started again)."""
+        done, _ = await asyncio.wait(
+            tasks, timeout=self.max_feed_lag_s / 2, return_when=asyncio.FIRST_COMPLETED
+        )
+        if done:
+            return True
+        lag = self.feed_lag()
+        if lag <= self.max_feed_lag_s:
+            return False
+        logger.warning("store change feed: our writes are not back after %.0fs; reopening", lag)
+        # Not again at once: the new feed gets its own time to catch up.
+        self._echo = collections.deque((r, time.monotonic()) for r, _ in self._echo)
+        metrics.STORE_FEED_RESTARTS.inc()
+        return True
+
+    async def _follow_feed(self) -> None:
         async for change in self.store.changes(self.revision):
             self._apply_change(change)
 
@@ -300,7 +335,22 @@ class Directory:
 
     def catch_up(self) -> None:
         """Apply other processes' writes now, so a revocation holds on the next request."""
-        changes = self.store.recent_changes(self.revision)
+        try:
+            changes = self.store.recent_changes(self.revision)
+        except Compacted as exc:
+            # Fallen behind: nothing is applied past the gap. A store that can read
+            # everything at once (SQLite) handed it over: rebuilt here, before this request
+            # is authenticated. Else ``follow`` reloads now.
+            logger.warning("fell behind the store's change feed (%s): reloading", exc)
+            if exc.snapshot is not None:
+                lists: dict[str, list[dict[str, Any]]] = {}
+                for kind, _, doc in exc.snapshot.documents:
+                    lists.setdefault(kind, []).append(doc)
+                self._rebuild(exc.snapshot.revision, lists)
+            else:
+                self._needs_reload = True
+            self._refollow.set()
+            return
         if changes:
             for change in changes:
                 self._apply_change(change)

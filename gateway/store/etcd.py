@@ -23,7 +23,8 @@ replace or remove whatever is there (records one writer owns, deletions).
 On the request path a replica cannot ask etcd synchronously whether something changed
 (``recent_changes`` returns None): other replicas' writes arrive through the watch,
 normally within milliseconds. The watch asks for progress notifications; a watch whose
-start revision etcd compacted raises ``ChangesLost`` (the directory reloads).
+start revision etcd compacted raises ``Compacted`` (the directory reloads), and so does
+one that etcd opens behind it (``Rewound``: etcd restored from a backup or replaced).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ import aiohttp
 from gateway.store.base import (
     AlreadyExists,
     Change,
-    ChangesLost,
+    Compacted,
     Document,
+    Snapshot,
     StoreError,
     StoreUnavailable,
 )
@@ -62,6 +64,7 @@ MIN_ATTEMPT_S = 0.5
 UNCERTAIN = "__herdgate_uncertain__"
 """Marks an answer that came after an attempt whose outcome is unknown."""
 _PATCH_ATTEMPTS = 50
+_SNAPSHOT_PAGE = 1000
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 """etcd's gateway maps gRPC Unavailable (no leader, leader changed) to 503,
 DeadlineExceeded (request timed out) to 504; 500 covers "raft proposal dropped"."""
@@ -116,6 +119,19 @@ def _document(kv: dict[str, Any]) -> Document | None:
         logger.error("etcd: %s holds no JSON document; it counts as absent", key)
         return None
     return doc
+
+
+class Rewound(Compacted):
+    """etcd's revision is behind what the feed already delivered: etcd was restored from
+    a backup or replaced by an empty one. A watch from the old revision would wait for
+    revisions that name other writes now, and miss everything until then."""
+
+    def __init__(self, after: int, current: int) -> None:
+        super().__init__(after, current)
+        self.args = (
+            f"etcd's revision {current} is behind the {after} already seen "
+            "(etcd restored from a backup or replaced)",
+        )
 
 
 @dataclass(frozen=True)
@@ -411,6 +427,28 @@ class EtcdStore:
         """Compact etcd's history up to ``revision`` (tests and maintenance)."""
         await self._call("kv/compaction", {"revision": str(revision), "physical": True})
 
+    async def snapshot(self) -> Snapshot:
+        """The whole prefix at one revision, in pages pinned to the first page's."""
+        end = _prefix_end(self.prefix)
+        start = _b64(self.prefix)
+        pinned = 0
+        documents: list[tuple[str, str, Document]] = []
+        while True:
+            body: dict[str, Any] = {"key": start, "range_end": end, "limit": _SNAPSHOT_PAGE}
+            if pinned:
+                body["revision"] = str(pinned)
+            data = await self._call("kv/range", body)
+            pinned = pinned or self._revision(data)
+            kvs = data.get("kvs") or []
+            for kv in kvs:
+                kind, key = self._split(_unb64(kv["key"]))
+                documents.append((kind, key, json.loads(_unb64(kv["value"]))))
+            if not data.get("more") or not kvs:
+                break
+            start = base64.b64encode(base64.b64decode(kvs[-1]["key"]) + b"\0").decode()
+        documents.sort(key=lambda d: (d[0], d[1]))
+        return Snapshot(pinned, documents)
+
     def recent_changes(self, after: int) -> Sequence[Change] | None:
         return None
 
@@ -418,7 +456,8 @@ class EtcdStore:
 
     async def changes(self, after: int) -> AsyncIterator[Change]:
         """An etcd watch on the prefix from ``after + 1``, resumed (on the next endpoint)
-        after failures; ``ChangesLost`` when etcd compacted past where it must resume."""
+        after failures; ``Compacted`` when etcd compacted past where it must resume (or went
+        back before it)."""
         last = after
         pause = WATCH_RETRY_MIN_S
         while True:
@@ -427,7 +466,7 @@ class EtcdStore:
                     pause = WATCH_RETRY_MIN_S
                     last = max(last, change.revision)
                     yield change
-            except ChangesLost:
+            except Compacted:
                 raise
             except (aiohttp.ClientError, TimeoutError, StoreError, ValueError) as exc:
                 logger.warning("etcd watch interrupted: %s; resuming", exc)
@@ -470,20 +509,12 @@ class EtcdStore:
                 except WatchProtocolError as exc:
                     raise StoreError(f"etcd watch on {endpoint}: {exc}") from None
                 if message.compact_revision:
-                    raise ChangesLost(
-                        start - 1,
-                        f"etcd compacted its history up to revision {message.compact_revision}"
-                        f"; the watch cannot resume at {start}",
-                    )
+                    raise Compacted(start - 1, message.compact_revision)
                 if message.created and 0 < message.header_revision < start - 1:
                     # etcd is behind what we saw: restored from a backup, or replaced.
                     # A watch from ``start`` would wait for revisions that mean other
                     # writes now, and miss everything until then.
-                    raise ChangesLost(
-                        start - 1,
-                        f"etcd's revision {message.header_revision} is behind the "
-                        f"{start - 1} already seen (etcd restored or replaced)",
-                    )
+                    raise Rewound(start - 1, message.header_revision)
                 if message.canceled:
                     if "token" in message.reason:
                         self._forget_token(token)

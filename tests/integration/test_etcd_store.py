@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.store.base import Change, ChangesLost, StoreError, StoreUnavailable
+from gateway.store.base import Change, Compacted, StoreError, StoreUnavailable
 from gateway.store.etcd import EtcdOptions, EtcdStore
 from tests.fixtures.etcd_secure import EtcdCluster, Pki, make_pki, start_etcd_members
 from tests.integration.env import Gateway, free_port
@@ -170,7 +170,7 @@ async def test_swap_and_create_under_races(three: EtcdCluster) -> None:
             await s.close()
 
 
-async def test_compacted_watch_raises_changes_lost(three: EtcdCluster) -> None:
+async def test_compacted_watch_raises_compacted(three: EtcdCluster) -> None:
     prefix = f"/compact-{uuid.uuid4().hex[:6]}/"
     store = await EtcdStore(three.urls, prefix).open()
     try:
@@ -179,7 +179,7 @@ async def test_compacted_watch_raises_changes_lost(three: EtcdCluster) -> None:
             await store.put("users", f"u{i}", {"id": f"u{i}"})
         await store.compact(await store.revision())
         feed = store.changes(start)
-        with pytest.raises(ChangesLost, match="compacted"):
+        with pytest.raises(Compacted, match="are gone"):
             await asyncio.wait_for(_next_write(feed), 5)
     finally:
         await store.close()
@@ -343,13 +343,13 @@ async def test_a_value_written_by_hand_does_not_stop_the_feed(three: EtcdCluster
         await store.close()
 
 
-async def test_an_etcd_behind_the_feed_raises_changes_lost(three: EtcdCluster) -> None:
+async def test_an_etcd_behind_the_feed_raises_compacted(three: EtcdCluster) -> None:
     """A watch resumed at a revision etcd has not reached (etcd restored from a backup or
-    replaced by an empty one) would miss every write until then: ChangesLost instead."""
+    replaced by an empty one) would miss every write until then: Compacted instead."""
     store = await EtcdStore(three.urls, f"/restored-{uuid.uuid4().hex[:6]}/").open()
     try:
         feed = store.changes(await store.revision() + 1000)
-        with pytest.raises(ChangesLost, match="behind"):
+        with pytest.raises(Compacted, match="behind"):
             await asyncio.wait_for(_next_write(feed), 5)
     finally:
         await store.close()

@@ -1,5 +1,5 @@
 """The directory's caches follow the store's change feed: after the feed lost writes
-(``ChangesLost``: an etcd compaction) they are rebuilt from a fresh list, deletions
+(``Compacted``: an etcd compaction) they are rebuilt from a fresh list, deletions
 included; our own writes not yet back on the feed show as lag."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.identity.directory import Directory
-from gateway.store.base import Change, ChangesLost, StoreUnavailable
+from gateway.store.base import Change, Compacted, StoreUnavailable
 from gateway.store.records import (
     PROJECT,
     REPLICA,
@@ -88,7 +88,7 @@ async def test_lost_changes_rebuild_the_caches(
         await store.delete(TOKEN, "token-old")
         await store.put(TOKEN, "token-new", to_doc(token("token-new")))
         assert "token-old" in d.tokens and "token-new" not in d.tokens
-        fake.feed.put_nowait(ChangesLost(d.revision, "etcd compacted its history"))
+        fake.feed.put_nowait(Compacted(d.revision, d.revision + 5))
         await _settle(lambda: "token-new" in d.tokens)
         assert "token-old" not in d.tokens, "a revoked token survived the reload"
         assert (TOKEN, "token-old") in heard  # listeners hear of the deletion
@@ -194,7 +194,7 @@ async def test_a_failed_reload_is_retried(
     await store.put(TOKEN, "token-new", to_doc(token("token-new")))
     follower = asyncio.create_task(d.follow())
     try:
-        fake.feed.put_nowait(ChangesLost(d.revision, "compacted"))
+        fake.feed.put_nowait(Compacted(d.revision, d.revision + 5))
         await _settle(lambda: "token-new" in d.tokens)
         assert not failures
         assert not follower.done()
@@ -233,7 +233,7 @@ async def test_a_store_gone_back_in_time_is_taken_as_it_is(
     follower = asyncio.create_task(d.follow())
     try:
         await _settle(lambda: len(fake.opened) == 1)
-        fake.feed.put_nowait(ChangesLost(d.revision, "etcd's revision is behind"))
+        fake.feed.put_nowait(Compacted(d.revision, 1))
         await _settle(lambda: len(fake.opened) == 2)
         assert fake.opened[1] == await store.revision()
         assert "r-1" not in d.replicas and d.feed_lag() == 0
