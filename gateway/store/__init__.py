@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.errors import ConfigError, StartError
+from config.errors import ConfigError
 from config.schema import StoreSettings
 from gateway.store import migrations
 from gateway.store.base import Store, StoreError
@@ -69,11 +69,7 @@ async def _open(settings: StoreSettings, state_dir: Path) -> Store:
             request_timeout_s=settings.etcd_request_timeout_s,
             dial_timeout_s=settings.etcd_dial_timeout_s,
         )
-        etcd = EtcdStore(options)
-        try:
-            return await etcd.open()
-        except StoreError as exc:
-            raise StartError(f"cannot open the etcd store: {exc}") from None  # closed
+        return await EtcdStore(options).open()  # closed again if it fails
     raise ConfigError(
         "store.backend", f"unknown backend {settings.backend!r} (known: sqlite, etcd)"
     )

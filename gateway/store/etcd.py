@@ -42,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from config.errors import StartError
 from gateway.store.base import (
     AlreadyExists,
     Change,
@@ -121,6 +122,11 @@ def _document(kv: dict[str, Any]) -> Document | None:
     return doc
 
 
+class CannotOpen(StoreUnavailable, StartError):
+    """etcd cannot be reached or refuses us when the store is opened: a program cannot
+    start without it (one line, exit 1)."""
+
+
 class Rewound(Compacted):
     """etcd's revision is behind what the feed already delivered: etcd was restored from
     a backup or replaced by an empty one. A watch from the old revision would wait for
@@ -183,10 +189,15 @@ class EtcdStore:
         return context
 
     async def open(self) -> EtcdStore:
+        """Connect, and fail now (``CannotOpen``, one line) when etcd is unreachable or
+        refuses us."""
         connector = aiohttp.TCPConnector(ssl=self._ssl() or True, limit=64)
         self._http = aiohttp.ClientSession(connector=connector)
         try:
-            await self.revision()  # fail early when etcd is unreachable or refuses us
+            await self.revision()
+        except StoreError as exc:
+            await self.close()
+            raise CannotOpen(str(exc)) from None
         except BaseException:
             await self.close()
             raise

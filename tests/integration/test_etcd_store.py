@@ -245,7 +245,7 @@ def test_gateway_start_with_a_wrong_etcd_password_is_one_line(
     assert done.returncode == 1, done
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith(
-        "herdgate gateway: cannot open the etcd store: etcd refused user 'herdgate'"
+        "herdgate gateway: etcd refused user 'herdgate'"
     ), lines
     assert "not-the-password" not in done.stderr + done.stdout
     assert "Traceback" not in done.stderr
@@ -258,7 +258,7 @@ def test_gateway_start_without_etcd_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and lines[0].startswith(
-        f"herdgate gateway: cannot open the etcd store: etcd unreachable (http://127.0.0.1:{port})"
+        f"herdgate gateway: etcd unreachable (http://127.0.0.1:{port})"
     ), lines
 
 
