@@ -749,13 +749,22 @@ class Directory:
         return self._last_used.get(token.id, token.last_used)
 
     async def flush_last_used(self) -> int:
-        """Write pending last-use times to the store; returns how many were written."""
+        """Write pending last-use times to the store; returns how many were written.
+        When the store fails (etcd down), those not written yet are kept for next time."""
         pending, self._last_used = self._last_used, {}
         written = 0
-        for token_id, when in pending.items():
-            token = self.tokens.get(token_id)
-            if token is not None and (token.last_used or 0) < when:
-                written += await self.patch(TOKEN, token_id, last_used=when)
+        left = list(pending.items())
+        try:
+            while left:
+                token_id, when = left[0]
+                token = self.tokens.get(token_id)
+                if token is not None and (token.last_used or 0) < when:
+                    written += await self.patch(TOKEN, token_id, last_used=when)
+                left.pop(0)
+        except StoreError:
+            for token_id, when in left:  # a use recorded meanwhile is newer
+                self._last_used[token_id] = max(self._last_used.get(token_id, 0.0), when)
+            raise
         return written
 
     # -- users from identity providers ---------------------------------------------------

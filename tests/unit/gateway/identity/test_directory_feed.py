@@ -240,3 +240,31 @@ async def test_a_store_gone_back_in_time_is_taken_as_it_is(
         assert "token-1" in d.tokens
     finally:
         follower.cancel()
+
+
+async def test_last_use_times_survive_a_store_outage(
+    world: tuple[SQLiteStore, FeedByHand, Directory],
+) -> None:
+    store, fake, d = world
+    await store.put(USER, "u-1", to_doc(User("u-1", "ann", "", 0.0)))
+    for name in ("token-a", "token-b"):
+        await store.put(TOKEN, name, to_doc(token(name)))
+    await d.load()
+    d._last_used = {"token-a": 5.0, "token-b": 6.0}
+    real_patch = store.patch
+    calls = 0
+
+    async def failing_patch(kind: str, key: str, changes: dict[str, Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("etcd unreachable")
+        return await real_patch(kind, key, changes)
+
+    fake.patch = failing_patch  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await d.flush_last_used()
+    assert d._last_used == {"token-b": 6.0}  # the one not written waits for next time
+    assert await d.flush_last_used() == 1
+    stored = await store.get(TOKEN, "token-b")
+    assert stored is not None and stored["last_used"] == 6.0
