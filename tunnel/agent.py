@@ -288,7 +288,7 @@ class Agent:
         except (TunnelError, ValueError) as exc:
             await ws.close()
             return self._direct_failed(target, f"tunnel handshake with {where} failed: {exc}")
-        outcome = await self._established(session, ws, gateway)
+        outcome = await self._established(session, ws, gateway, f"{address[0]}:{address[1]}")
         loop = asyncio.get_running_loop()
         if outcome == "duplicate":
             delay = self.direct.landed_on_held(target.id, loop.time())
@@ -329,7 +329,7 @@ class Agent:
         return session
 
     async def _established(
-        self, session: Session, ws: wsconn.WebSocketConnection, gateway: Any
+        self, session: Session, ws: wsconn.WebSocketConnection, gateway: Any, via: str = ""
     ) -> str:
         """The handshake is done: keep the tunnel (``"new"``) or close a second one to
         a replica already held (``"duplicate"``)."""
@@ -352,7 +352,7 @@ class Agent:
         self.connected.set()
         logger.info(
             "tunnel to %s established (replica %s, %d of %d)",
-            settings.server,
+            via or settings.server,
             replica or "-",
             len(self.tunnels),
             self.wanted,
