@@ -27,6 +27,7 @@ is tried again (its own back-off, so a replica that died does not hold up the ot
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import urllib.parse
@@ -39,6 +40,11 @@ MAX_REPLICAS = 64
 """Entries beyond this are ignored (a gateway has a handful of replicas)."""
 MAX_ID_CHARS = 128
 MAX_URL_CHARS = 512
+LIST_BUDGET_BYTES = 12 * 1024
+"""The encoded list stays within this, so HELLO and INFO stay within the tunnel's 16 KiB
+for a control frame: past it, addresses are left out from the end (those replicas are
+then reached through the gateway's address)."""
+ADVERTISE_MAX_CHARS = 256
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 _ID = re.compile(r"[\x21-\x7e]+")
 WILDCARDS = frozenset({"0.0.0.0", "::", "[::]", ""})
@@ -108,7 +114,10 @@ def check_advertise_url(url: str) -> str:
         raise ValueError("no host name or address")
     if host in WILDCARDS:
         raise ValueError(f"{host} is not an address agents can dial")
-    return replica_url(host, port or 443)
+    canonical = replica_url(host, port or 443)
+    if len(canonical) > ADVERTISE_MAX_CHARS:
+        raise ValueError(f"longer than {ADVERTISE_MAX_CHARS} characters")
+    return canonical
 
 
 def replica_url(host: str, port: int) -> str:
@@ -117,9 +126,20 @@ def replica_url(host: str, port: int) -> str:
     return f"https://{shown}:{port}"
 
 
-def encode(replicas: Iterable[ReplicaAddress]) -> list[dict[str, str]]:
-    """The ``replicaList`` value (for the gateway's HELLO and INFO metadata)."""
-    return [{"id": r.id, "url": r.url} for r in replicas]
+def encode(
+    replicas: Iterable[ReplicaAddress], budget: int = LIST_BUDGET_BYTES
+) -> list[dict[str, str]]:
+    """The ``replicaList`` value (for the gateway's HELLO and INFO metadata), at most
+    ``MAX_REPLICAS`` entries and ``budget`` bytes of JSON (addresses dropped from the
+    end until it fits)."""
+    out = [{"id": r.id, "url": r.url} for r in replicas][:MAX_REPLICAS]
+    size = len(json.dumps(out))
+    for entry in reversed(out):
+        if size <= budget:
+            break
+        size -= len(json.dumps(entry["url"])) - 2
+        entry["url"] = ""
+    return out
 
 
 def parse(value: object) -> tuple[ReplicaAddress, ...] | None:

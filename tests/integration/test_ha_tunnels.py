@@ -11,9 +11,10 @@ The public URL is ``https://localhost:<haproxy>`` while the replicas are dialled
 127.0.0.1: the agent's direct dials use the public host as TLS server name.
 
 What is measured (printed, ``-s`` shows it; docs/design.md section 4 has the figures):
-the time from an agent's start to its tunnels to all three replicas, and the time from
+the time from an agent's first tunnel to its tunnels to all three replicas, the time from
 ``kill -9`` of a replica to kubectl through haproxy answering again for every cluster
-(asserted under 5 s: the issue's bound, a correctness bound, not a performance figure).
+(asserted under 5 s: the issue's bound, a correctness bound, not a performance figure),
+and the time from a restarted replica's health to every agent's tunnel to it.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class HA:
     rigs: list[Rig]
     public_url: str
     connect_s: list[float]
-    """Per agent: from its start to its tunnels to all three replicas."""
+    """Per agent: from its first tunnel (through haproxy) to tunnels to all three."""
 
 
 @pytest.fixture(scope="module")
@@ -237,23 +238,29 @@ def ha(
                 yaml.safe_dump({"health_listen": f"127.0.0.1:{health}"})
             )
             rig = Rig(world, f"http://127.0.0.1:{health}/metrics", ctmp / "kubeconfig")
-            started = time.monotonic()
             world.agent = world.start_agent("--config", str(ctmp / "agent.yaml"))
             rigs.append(rig)
+            wait_until(
+                lambda rig=rig: rig.agent_tunnels() >= 1,
+                30,
+                f"agent of {name} got no tunnel",
+                interval=0.02,
+            )
+            first = time.monotonic()
             wait_until(
                 lambda rig=rig: rig.agent_tunnels() >= REPLICAS,
                 30,
                 f"agent of {name} did not reach all {REPLICAS} replicas",
                 interval=0.02,
             )
-            connect_s.append(time.monotonic() - started)
+            connect_s.append(time.monotonic() - first)
             world.wait_state("active", 30)
             world.wait_admin_synced(30)
             config = admin.post(f"/v3/clusters/{world.cluster_id}?action=generateKubeconfig")
             write_kubeconfig(rig.kubeconfig, config["config"])
         print(
-            f"\nMEASURED balance {balance}: agent start -> tunnels to all {REPLICAS} "
-            f"replicas: {', '.join(f'{s:.2f} s' for s in connect_s)}"
+            f"\nMEASURED balance {balance}: an agent's first tunnel -> tunnels to all "
+            f"{REPLICAS} replicas: {', '.join(f'{s:.2f} s' for s in connect_s)}"
         )
         yield HA(balance, tmp, replicas, haproxy, admin, rigs, public, connect_s)
     finally:

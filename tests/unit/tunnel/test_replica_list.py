@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tunnel.replica_list import (
     HELD_MAX_S,
+    LIST_BUDGET_BYTES,
     MAX_REPLICAS,
     RETRY_MAX_S,
     DirectDials,
@@ -99,6 +100,7 @@ def test_advertise_url_made_canonical(url: str, canonical: str) -> None:
         ("https://u:p@10.0.0.5:8443", "user name"),
         ("https://:8443", "no host"),
         ("https://10.0.0.5:http", "not a URL"),
+        ("https://" + "a" * 300 + ":1", "longer than"),
     ],
 )
 def test_advertise_url_refused(url: str, problem: str) -> None:
@@ -116,6 +118,18 @@ def test_list_round_trips_through_json() -> None:
     )
     wire = json.loads(json.dumps({"replicas": 2, "replicaList": encode(replicas)}))
     assert parse(wire["replicaList"]) == replicas
+
+
+def test_a_long_list_keeps_within_a_control_frame() -> None:
+    replicas = [
+        ReplicaAddress(f"{'h' * 60}-{i}-abcdef", f"https://{'g' * 200}.example:8443")
+        for i in range(MAX_REPLICAS + 5)
+    ]
+    wire = encode(replicas)
+    assert len(wire) == MAX_REPLICAS
+    assert len(json.dumps(wire)) <= LIST_BUDGET_BYTES
+    assert wire[0]["url"] and not wire[-1]["url"]  # addresses left out from the end
+    assert [e["id"] for e in wire] == [r.id for r in replicas[:MAX_REPLICAS]]
 
 
 def test_absent_list_means_an_older_gateway() -> None:
