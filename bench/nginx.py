@@ -152,11 +152,11 @@ _BACKEND = """\
         location = /version {{ return 200 '{{"major":"1","minor":"32","gitVersion":"v1.32.0"}}'; }}
         location = /api/v1/nodes {{
             if ($arg_watch) {{ return 404 '{{"kind":"Status","code":404}}'; }}
-            return 200 '{{"kind":"NodeList","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":[]}}';
+            return 200 '{node_list}';
         }}
         location = /api/v1/namespaces {{
             if ($arg_watch) {{ return 404 '{{"kind":"Status","code":404}}'; }}
-            return 200 '{{"kind":"NamespaceList","apiVersion":"v1","metadata":{{"resourceVersion":"1"}},"items":[]}}';
+            return 200 '{namespace_list}';
         }}
         location / {{ return 404 '{{"kind":"Status","code":404}}'; }}
     }}
@@ -273,8 +273,17 @@ def backend(directory: Path, certs: Certs, small: Path, big: Path) -> Nginx:
         small_file=small,
         list_file=big,
         status=STATUS_PATH,
+        node_list=_empty_list("NodeList"),
+        namespace_list=_empty_list("NamespaceList"),
     )
     return Nginx(directory, port, _common(directory, certs, body))
+
+
+def _empty_list(kind: str) -> str:
+    return json.dumps(
+        {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []},
+        separators=(",", ":"),
+    )
 
 
 def proxy(directory: Path, certs: Certs, backend_port: int) -> Nginx:

@@ -40,6 +40,9 @@ class StoreSettings:
     """``sqlite`` (embedded, one host) or ``etcd`` (several replicas)."""
     sqlite_path: str = ""
     """Database file; empty means ``<state_dir>/herdgate.db``."""
+    sqlite_keep_changes: int = 10_000
+    """Change-log rows SQLite keeps for processes sharing the file; one further behind
+    reads every record again (``gateway.store.sqlite``)."""
     etcd_endpoints: tuple[str, ...] = ()
     """etcd client URLs, e.g. ``http://127.0.0.1:2379``."""
     etcd_prefix: str = "/herdgate/"
@@ -180,7 +183,8 @@ class ControllerSettings:
     request_burst: int = 40
     """...and at most this many at once."""
     lease_ttl_s: float = duration(15)
-    """A cluster's controller lease: renewed at a third of it; another process takes it
+    """A cluster's controller lease (its access and ACE syncs share it; the group refresh's
+    lease too): renewed at a third of it; another process takes it
     over this long after its holder died (at once for a dead worker on the same host)."""
 
 

@@ -39,6 +39,65 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(run=run)
 
 
+def add_store_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "store",
+        help="back up, restore or move the gateway's store (gateways stopped)",
+        description=(
+            "Act on the gateway's store directly, with every gateway using it stopped: "
+            "back it up to a file, restore a backup, or move it to another backend "
+            "(one SQLite host to etcd, for several replicas). The store is the one the "
+            "gateway's settings name (--config, --state-dir, HERDGATE_STORE__*) unless "
+            "--store gives a URL: sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]. "
+            "Backups hold secrets only as hashes, as the store does."
+        ),
+    )
+    commands = p.add_subparsers(dest="store_command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        add_common_arguments(sub, "config/gateway.yaml")
+        sub.add_argument("--state-dir", help="the gateway's state directory (SQLite's file)")
+        sub.set_defaults(run=_run_store)
+
+    b = commands.add_parser(
+        "backup",
+        help="write every record of the store, read at one revision, to FILE (0600)",
+    )
+    b.add_argument("file", metavar="FILE")
+    b.add_argument("--store", metavar="URL", help="the store to back up (default: configured)")
+    common(b)
+    r = commands.add_parser(
+        "restore",
+        help=(
+            "make the store hold exactly FILE's records, migrated to this herdgate's "
+            "schema; refuses a store that holds records unless --force"
+        ),
+    )
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--store", metavar="URL", help="the store to restore into")
+    r.add_argument("--force", action="store_true", help="replace the records the store holds")
+    common(r)
+    m = commands.add_parser(
+        "migrate",
+        help="copy every record from one store to another (e.g. SQLite to etcd)",
+        description=(
+            "Copy every record of the --from store into the --to store (default: the "
+            "configured one, so an etcd with TLS settings can be the target), then check "
+            "the target holds them. Then point the gateways at the new store."
+        ),
+    )
+    m.add_argument("--from", dest="source", metavar="URL", required=True, help="the store to copy")
+    m.add_argument("--to", dest="target", metavar="URL", help="default: the configured store")
+    m.add_argument("--force", action="store_true", help="replace the records --to holds")
+    common(m)
+
+
+def _run_store(args: argparse.Namespace) -> int:
+    from gateway.store import cli as store_cli  # only when run: the store's modules
+
+    return store_cli.run(args)
+
+
 def settings_from(args: argparse.Namespace) -> GatewaySettings:
     settings = load_settings(
         GatewaySettings,

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_parser(subparsers)
     agent_cli.add_parser(subparsers)
     webhook_cli.add_parser(subparsers)
+    gateway_cli.add_store_parser(subparsers)  # backup, restore, migrate: on the store itself
     commands.add_parsers(subparsers)  # login (people and kubectl), logout, cluster, ...
     helptext.finish(parser)  # plain text: no reStructuredText markup on a terminal
     return parser

@@ -288,23 +288,42 @@ class Client:
         """Revoke the token in use (``POST /v3/tokens?action=logout``)."""
         self.post("/v3/tokens", {}, {"action": "logout"})
 
+    # -- the collections ---------------------------------------------------------------
+
+    @property
+    def clusters(self) -> Collection:
+        return Collection(self, "/v3/clusters")
+
+    @property
+    def users(self) -> Collection:
+        return Collection(self, "/v3/users")
+
+    @property
+    def tokens(self) -> Collection:
+        return Collection(self, "/v3/tokens", "userId")
+
+    @property
+    def bindings(self) -> Collection:
+        """Cluster role template bindings."""
+        return Collection(self, "/v3/clusterroletemplatebindings", "clusterId")
+
+    @property
+    def projects(self) -> Collection:
+        return Collection(self, "/v3/projects", "clusterId")
+
+    @property
+    def project_bindings(self) -> Collection:
+        return Collection(self, "/v3/projectroletemplatebindings", "projectId")
+
+    @property
+    def role_templates(self) -> Collection:
+        return Collection(self, "/v3/roletemplates", "context")
+
     # -- clusters ----------------------------------------------------------------------
-
-    def clusters(self) -> list[Resource]:
-        return self.collection("/v3/clusters")
-
-    def cluster(self, cluster_id: str) -> Resource:
-        result: Resource = self.get(f"/v3/clusters/{_seg(cluster_id)}")
-        return result
 
     def create_cluster(self, name: str, description: str = "") -> Resource:
         body = {"name": name, **({"description": description} if description else {})}
-        result: Resource = self.post("/v3/clusters", body)
-        return result
-
-    def delete_cluster(self, cluster_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/clusters/{_seg(cluster_id)}")
-        return result
+        return self.clusters.create(body)
 
     def create_registration(self, cluster_id: str, ttl: str = "") -> Resource:
         body: dict[str, Any] = {"clusterId": cluster_id}
@@ -344,10 +363,7 @@ class Client:
             raise ApiError(answer.status, "the gateway's kubeconfig answer is not JSON") from None
         return _config_text(parsed, "/v3/kubeconfigs")
 
-    # -- users and tokens --------------------------------------------------------------
-
-    def users(self) -> list[Resource]:
-        return self.collection("/v3/users")
+    # -- users, tokens and projects -----------------------------------------------------
 
     def create_user(
         self, username: str, password: str, admin: bool = False, display_name: str = ""
@@ -355,12 +371,7 @@ class Client:
         body: dict[str, Any] = {"username": username, "password": password, "admin": admin}
         if display_name:
             body["name"] = display_name
-        result: Resource = self.post("/v3/users", body)
-        return result
-
-    def delete_user(self, user_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/users/{_seg(user_id)}")
-        return result
+        return self.users.create(body)
 
     def set_password(self, user_id: str, password: str) -> Resource:
         result: Resource = self.post(
@@ -375,73 +386,46 @@ class Client:
             {"action": "changepassword"},
         )
 
-    def tokens(self, user_id: str = "") -> list[Resource]:
-        return self.collection("/v3/tokens", {"userId": user_id} if user_id else None)
-
-    def delete_token(self, token_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/tokens/{_seg(token_id)}")
-        return result
-
     def delete_user_tokens(self, user_id: str) -> list[Resource]:
         """``DELETE /v3/tokens?userId=``: every token of a user; the revoked ones."""
         answer = self.delete("/v3/tokens", {"userId": user_id})
         data = answer.get("data") if isinstance(answer, dict) else None
         return [t for t in data if isinstance(t, dict)] if isinstance(data, list) else []
 
-    # -- bindings, projects, role templates --------------------------------------------
-
-    def bindings(self, cluster_id: str = "") -> list[Resource]:
-        query = {"clusterId": cluster_id} if cluster_id else None
-        return self.collection("/v3/clusterroletemplatebindings", query)
-
-    def create_binding(self, body: Mapping[str, str]) -> Resource:
-        result: Resource = self.post("/v3/clusterroletemplatebindings", dict(body))
-        return result
-
-    def delete_binding(self, binding_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/clusterroletemplatebindings/{_seg(binding_id)}")
-        return result
-
-    def projects(self, cluster_id: str = "") -> list[Resource]:
-        return self.collection("/v3/projects", {"clusterId": cluster_id} if cluster_id else None)
-
     def create_project(self, cluster_id: str, name: str, description: str = "") -> Resource:
         body = {"clusterId": cluster_id, "name": name}
         if description:
             body["description"] = description
-        result: Resource = self.post("/v3/projects", body)
-        return result
+        return self.projects.create(body)
 
-    def delete_project(self, project_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/projects/{_seg(project_id)}")
-        return result
 
-    def project_bindings(self, project_id: str = "") -> list[Resource]:
-        query = {"projectId": project_id} if project_id else None
-        return self.collection("/v3/projectroletemplatebindings", query)
+@dataclass(frozen=True)
+class Collection:
+    """One ``/v3`` collection of a client: its objects (all, or those whose
+    ``filter_field`` has a value), one of them by id, a new one, one deleted."""
 
-    def create_project_binding(self, body: Mapping[str, str]) -> Resource:
-        result: Resource = self.post("/v3/projectroletemplatebindings", dict(body))
-        return result
+    client: Client
+    path: str
+    filter_field: str = ""
+    """The query field ``items`` filters on (``clusterId`` ...); none: no filter."""
 
-    def delete_project_binding(self, binding_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/projectroletemplatebindings/{_seg(binding_id)}")
-        return result
+    def items(self, value: str = "") -> list[Resource]:
+        query = {self.filter_field: value} if value and self.filter_field else None
+        return self.client.collection(self.path, query)
 
-    def role_templates(self, context: str = "") -> list[Resource]:
-        return self.collection("/v3/roletemplates", {"context": context} if context else None)
+    def get(self, item_id: str) -> Resource:
+        return self._one(self.client.get(f"{self.path}/{_seg(item_id)}"))
 
-    def role_template(self, template_id: str) -> Resource:
-        result: Resource = self.get(f"/v3/roletemplates/{_seg(template_id)}")
-        return result
+    def create(self, body: Mapping[str, Any]) -> Resource:
+        return self._one(self.client.post(self.path, dict(body)))
 
-    def create_role_template(self, body: Mapping[str, Any]) -> Resource:
-        result: Resource = self.post("/v3/roletemplates", dict(body))
-        return result
+    def delete(self, item_id: str) -> Resource:
+        return self._one(self.client.delete(f"{self.path}/{_seg(item_id)}"))
 
-    def delete_role_template(self, template_id: str) -> Resource:
-        result: Resource = self.delete(f"/v3/roletemplates/{_seg(template_id)}")
-        return result
+    def _one(self, answer: Any) -> Resource:
+        if not isinstance(answer, dict):
+            raise ApiError(200, f"the gateway answered {self.path} without an object")
+        return answer
 
 
 class NoKubeconfigsEndpoint(ClientError):

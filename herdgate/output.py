@@ -217,3 +217,34 @@ def render_one(
     if output == "name":
         return names(kind, [name_of(item)])
     return describe(item)
+
+
+def by_id(item: Mapping[str, Any]) -> str:
+    """An object's ``id`` (the name ``-o name`` prints for most kinds)."""
+    return str(item.get("id"))
+
+
+def outcome(
+    item: Mapping[str, Any],
+    output: str | None,
+    kind: str,
+    message: str,
+    name_of: Callable[[Mapping[str, Any]], str] = by_id,
+) -> str:
+    """What a command that made, changed or removed one object prints: the object as
+    ``-o`` asks, else ``message`` (a line for the person, already escaped)."""
+    return render_one(item, output, kind, name_of, lambda _item: message)
+
+
+def outcomes(
+    items: Sequence[Mapping[str, Any]],
+    output: str | None,
+    kind: str,
+    line: Callable[[Mapping[str, Any]], str],
+    name_of: Callable[[Mapping[str, Any]], str] = by_id,
+) -> str:
+    """The same for several objects: the list as ``-o`` asks, else ``line(item)`` for
+    each."""
+    if output:
+        return render(items, [], output, kind, name_of)
+    return "".join(line(item) for item in items)

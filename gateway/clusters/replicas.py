@@ -10,8 +10,10 @@ address is reached by dialling the gateway's address until the connection lands
 there). So any replica can serve any request from its own tunnels, with no hop between
 replicas, and several workers on one host behave exactly like several hosts (the
 konnectivity "server count" model, with Teleport's "agents dial every proxy" discovery).
-The replica with the smallest live id is the leader and runs the cluster-wide
-controllers (ACE record sync, group refresh).
+There is no leader among replicas: work that must run in one process at a time
+runs under a store lease of its own (``gateway.controllers.lease``: each cluster's
+controller with its access and ACE syncs, the group refresh), and the housekeeping here
+(forgetting long-dead replicas' records) is idempotent, so any replica may do it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ HEARTBEAT_S = 5.0
 LIVE_S = 15.0
 """A replica whose heartbeat is older than this is considered gone."""
 FORGET_S = 3600.0
-"""Records of replicas silent this long are deleted by the leader."""
+"""Records of replicas silent this long are deleted (by any live replica)."""
 
 
 class _Link(Protocol):
@@ -98,6 +100,7 @@ class ReplicaSet:
     def count(self) -> int:
         return len(self.live())
 
+<<<<<<< HEAD
     def addresses(self) -> tuple[ReplicaAddress, ...]:
         """The live replicas and where agents dial each (sorted by id)."""
         return tuple(ReplicaAddress(r.id, r.url) for r in self.live())
@@ -113,6 +116,8 @@ class ReplicaSet:
     def is_leader(self) -> bool:
         return self.live()[0].id == self.id
 
+=======
+>>>>>>> main
     def has_tunnel_anywhere(self, cluster_id: str) -> bool:
         return self.holding(cluster_id) > 0
 
@@ -139,8 +144,7 @@ class ReplicaSet:
         while True:
             try:
                 await self.heartbeat()
-                if self.is_leader():
-                    await self._forget_dead()
+                await self._forget_dead()
             except StoreError as exc:
                 logger.warning("replica heartbeat failed: %s; retrying", exc)
             self._announce_if_changed()  # also notices replicas whose heartbeat stopped
@@ -171,6 +175,8 @@ class ReplicaSet:
                 link.session.send_info(message)
 
     async def _forget_dead(self) -> None:
+        """Delete the records of replicas silent for ``FORGET_S`` (deleting one twice is
+        harmless; one that comes back writes its record again with its next heartbeat)."""
         now = self.directory.clock()
         for replica in list(self.directory.replicas.values()):
             if now - replica.heartbeat > FORGET_S:

@@ -75,6 +75,7 @@ from gateway.clusters.tunnels import TUNNELS
 from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
 from gateway.controllers.cluster_health import READY, SYNCED
 from gateway.controllers.downstream import InternalListener
+from gateway.controllers.lease import LeaseLost
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.store.base import StoreError
@@ -501,10 +502,6 @@ def project_of(namespace: Doc) -> str:
 # -- the controller ---------------------------------------------------------------------
 
 
-class LeadLost(Exception):
-    """The cluster's lease is no longer certainly this process's: no more writes."""
-
-
 class _ClusterState:
     def __init__(self) -> None:
         self.wake = asyncio.Event()
@@ -639,7 +636,7 @@ class AccessController:
     def _fence(self, cluster_id: str) -> None:
         """Before every write: stop if the lease may be someone else's by now."""
         if not self._in_charge(cluster_id):
-            raise LeadLost(cluster_id)
+            raise LeaseLost(cluster_id)
 
     def _on_lead(self, cluster_id: str, holding: bool) -> None:
         state = self._clusters.get(cluster_id)
@@ -680,7 +677,7 @@ class AccessController:
                     await self._report(cluster_id, state, True, "Synced", "access is in step")
             except asyncio.CancelledError:
                 raise
-            except LeadLost:
+            except LeaseLost:
                 logger.info("access sync of %s stopped: the lease is no longer held", cluster_id)
             except Exception as exc:  # noqa: BLE001 - retried; the cluster may be unreachable
                 metrics.ACCESS_SYNC_ERRORS.labels(cluster_id).inc()

@@ -20,8 +20,10 @@ tunnel goes. While the lease is held, a ``ClusterController`` runs for the clust
 
 Every process shows the stored record (``gateway.api.clusters.cluster_view``), so a
 ``GET /v3/clusters/<id>`` answers the same through any worker or replica.
-``ClusterControllers.set_condition`` lets other controllers (the access and ACE syncs)
-set ``Synced``.
+``ClusterControllers.set_condition`` lets other controllers set theirs: ``Synced`` (the
+access sync) and ``ACESynced`` (the ACE record sync). Both run under the cluster's lease
+(``leads``, ``on_lead``), so a cluster's controller, access sync and ACE sync always run
+in the same process.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from config.schema import ControllerSettings
 from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import TUNNELS, AgentLink
 from gateway.controllers.cluster_health import (
+    ACE_SYNCED,
     CONNECTED,
     MAX_NAMESPACES,
     MAX_NODES,
+    OPTIONAL_CONDITIONS,
     READY,
+    SET_ELSEWHERE,
     STATES,
     SYNCED,
     AgentView,
@@ -119,8 +124,9 @@ class ClusterController:
             self._stored_nodes = list(stored_doc.get("nodes") or [])
             self.namespaces.items = {name: {} for name in stored_doc.get("namespaces") or []}
         self._since: dict[int, float] = {}
-        self._synced_written = _synced(stored_doc)
-        """The ``Synced`` condition as we last wrote (or found) it."""
+        self._elsewhere_written = _set_elsewhere(stored_doc)
+        """The conditions other controllers set (``Synced``, ``ACESynced``) as we last
+        wrote (or found) them."""
         settings = owner.settings
         self.probe_interval_s = settings.probe_interval_s
         self._dirty = asyncio.Event()
@@ -187,9 +193,9 @@ class ClusterController:
                 if isinstance(generation, int) and generation > self.lease.generation:
                     logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
                     return False  # fenced
-                if _synced(current) != self._synced_written:
-                    # Another process set Synced since we last wrote: keep it.
-                    self._adopt_synced(current)
+                if _set_elsewhere(current) != self._elsewhere_written:
+                    # Another process set Synced or ACESynced since we last wrote: keep it.
+                    self._adopt_elsewhere(current)
                     doc = self._doc()
                 if same_status(current, doc):
                     return False
@@ -197,15 +203,19 @@ class ClusterController:
             revision = await directory.store.swap(CLUSTER_STATUS, self.cluster_id, current, value)
             if revision is not None:
                 directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
-                self._synced_written = _synced(value)
+                self._elsewhere_written = _set_elsewhere(value)
                 return True
         raise StoreError(f"status of {self.cluster_id} kept changing; write abandoned")
 
-    def _adopt_synced(self, current: Doc) -> None:
-        """Keep a ``Synced`` another process set (``set_condition`` where the controller
-        does not run), with its own transition time."""
+    def _adopt_elsewhere(self, current: Doc) -> None:
+        """Keep the ``Synced`` and ``ACESynced`` another process set (``set_condition``
+        where the controller does not run), with their own transition times."""
         adopted = ClusterHealth.from_status(self.cluster_id, current)
-        self.health.conditions[SYNCED] = adopted.conditions[SYNCED]
+        for kind in SET_ELSEWHERE:
+            if kind in adopted.conditions:
+                self.health.conditions[kind] = adopted.conditions[kind]
+            else:  # an optional condition removed there
+                self.health.conditions.pop(kind, None)
 
     async def _write_loop(self) -> None:
         backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
@@ -344,11 +354,13 @@ class ClusterController:
         self.changed()
 
 
-def _synced(doc: Doc | None) -> Doc | None:
-    for raw in (doc or {}).get("conditions") or ():
-        if isinstance(raw, dict) and raw.get("type") == SYNCED:
-            return raw
-    return None
+def _set_elsewhere(doc: Doc | None) -> list[Doc]:
+    """The conditions other controllers set, as stored."""
+    return [
+        raw
+        for raw in (doc or {}).get("conditions") or ()
+        if isinstance(raw, dict) and raw.get("type") in SET_ELSEWHERE
+    ]
 
 
 def _plain(record: Any) -> Doc:
@@ -565,16 +577,31 @@ class ClusterControllers:
     async def set_condition(
         self, cluster_id: str, kind: str, status: bool | None, reason: str, message: str
     ) -> None:
-        """Set a condition (``Synced`` from the access and ACE syncs) on any process: the
-        running controller takes it; otherwise the stored status is changed in place and
-        the controller, wherever it runs, keeps it when it next writes. ``StoreError``
-        when the store fails (the caller retries with its next sync)."""
+        """Set a condition (``Synced`` from the access sync, ``ACESynced`` from the ACE
+        sync) on any process: the running controller takes it; otherwise the stored
+        status is changed in place and the controller, wherever it runs, keeps it when it
+        next writes. ``StoreError`` when the store fails (the caller retries with its
+        next sync)."""
         if kind in (CONNECTED, READY):
             raise ValueError(f"{kind} is the cluster controller's own condition")
         now = self.directory.clock()
+        await self._change_condition(
+            cluster_id, lambda health: health.set_condition(kind, status, reason, message, now)
+        )
+
+    async def remove_condition(self, cluster_id: str, kind: str) -> None:
+        """Remove an optional condition (``ACESynced`` when direct access is turned off),
+        as ``set_condition`` sets one."""
+        if kind not in OPTIONAL_CONDITIONS:
+            raise ValueError(f"{kind!r} is not an optional condition")
+        await self._change_condition(cluster_id, lambda health: health.remove_condition(kind))
+
+    async def _change_condition(
+        self, cluster_id: str, change: Callable[[ClusterHealth], bool]
+    ) -> None:
         controller = self.running.get(cluster_id)
         if controller is not None and controller.lease.held():
-            if controller.health.set_condition(kind, status, reason, message, now):
+            if change(controller.health):
                 controller.changed()
             return
         store = self.directory.store
@@ -582,7 +609,7 @@ class ClusterControllers:
             current = await store.get(CLUSTER_STATUS, cluster_id)
             base = current or {"id": cluster_id}
             health = ClusterHealth.from_status(cluster_id, base)
-            if not health.set_condition(kind, status, reason, message, now):
+            if not change(health):
                 return
             value = {**base, "conditions": health.condition_docs()}
             if current is None:
@@ -593,7 +620,7 @@ class ClusterControllers:
             if revision is not None:
                 self.directory._apply_own(CLUSTER_STATUS, cluster_id, value, revision)
                 return
-        raise StoreError(f"status of {cluster_id} kept changing; {kind} not set")
+        raise StoreError(f"status of {cluster_id} kept changing; condition not changed")
 
     # -- metrics ------------------------------------------------------------------------
 
@@ -612,7 +639,7 @@ class ClusterControllers:
             metrics.CLUSTER_STATE.labels(cluster_id, state).set(1 if status.state == state else 0)
         for condition in status.conditions:
             kind = str(condition.get("type"))
-            if kind in (CONNECTED, READY, SYNCED):
+            if kind in (CONNECTED, READY, SYNCED, ACE_SYNCED):
                 value = {"True": 1, "False": 0}.get(str(condition.get("status")), -1)
                 metrics.CLUSTER_CONDITION.labels(cluster_id, kind).set(value)
         metrics.CLUSTER_NODES.labels(cluster_id).set(len(status.nodes))
@@ -622,12 +649,19 @@ CLUSTER_CONTROLLERS = web.AppKey("cluster_controllers", ClusterControllers)
 
 
 async def cluster_context(app: web.Application) -> AsyncIterator[None]:
-    """aiohttp cleanup context (after ``ace_sync.ace_context``, whose listener it uses;
-    before ``access_sync.access_context``, which follows its leases)."""
+    """aiohttp cleanup context: this process's internal listener and the cluster
+    controllers (before ``ace_sync.ace_context``, which shares the listener, and
+    ``access_sync.access_context``: both follow the controllers' leases)."""
+    from pathlib import Path
+
     from gateway.controllers.downstream import INTERNAL_LISTENER
 
-    controllers = ClusterControllers(app, app[INTERNAL_LISTENER])
+    listener = InternalListener(app, Path(app[SETTINGS].state_dir))
+    await listener.start()
+    app[INTERNAL_LISTENER] = listener
+    controllers = ClusterControllers(app, listener)
     app[CLUSTER_CONTROLLERS] = controllers
     controllers.start()
     yield
     await controllers.stop()
+    await listener.stop()

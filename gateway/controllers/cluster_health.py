@@ -6,8 +6,10 @@ Conditions are Kubernetes-style (``type``, ``status`` True/False/Unknown, ``reas
 - ``Connected``: an agent tunnel is up (the message names the cluster and node agents);
 - ``Ready``: the API server answers ``/readyz`` with ok (otherwise the failure's reason
   and message); Unknown while no tunnel can reach it;
-- ``Synced``: set by the access and ACE syncs when they last succeeded or failed
-  (``ClusterHealth.set_condition``; through ``ClusterController.set_condition``).
+- ``Synced``: set by the access sync when it last succeeded or failed
+  (``ClusterHealth.set_condition``; through ``ClusterControllers.set_condition``);
+- ``ACESynced``, only on a cluster with direct access (the authorized cluster endpoint):
+  set by the ACE record sync the same way, removed when direct access is turned off.
 
 The overall ``state``: ``pending`` until an agent has ever connected (and until the first
 probe after that), ``active`` while Connected and Ready are True, ``unavailable``
@@ -30,7 +32,14 @@ from gateway.store.records import iso
 CONNECTED = "Connected"
 READY = "Ready"
 SYNCED = "Synced"
+ACE_SYNCED = "ACESynced"
 CONDITION_TYPES = (CONNECTED, READY, SYNCED)
+"""Every cluster shows these."""
+OPTIONAL_CONDITIONS = (ACE_SYNCED,)
+"""Shown once set, until removed."""
+SET_ELSEWHERE = (SYNCED, ACE_SYNCED)
+"""Set by other controllers (``ClusterControllers.set_condition``), not by this machine."""
+_KNOWN = (*CONDITION_TYPES, *OPTIONAL_CONDITIONS)
 STATUSES = ("True", "False", "Unknown")
 
 PENDING = "pending"
@@ -124,7 +133,7 @@ class ClusterHealth:
         health.ever_connected = status.get("state") in (ACTIVE, UNAVAILABLE)
         health.ever_active = health.ever_connected
         for raw in status.get("conditions") or ():
-            if not isinstance(raw, Mapping) or raw.get("type") not in CONDITION_TYPES:
+            if not isinstance(raw, Mapping) or raw.get("type") not in _KNOWN:
                 continue
             kind = str(raw["type"])
             health.conditions[kind] = Condition(
@@ -145,16 +154,22 @@ class ClusterHealth:
     ) -> bool:
         """Set a condition (``status`` None: Unknown); the transition time moves only when
         the status does."""
-        if kind not in CONDITION_TYPES:
+        if kind not in _KNOWN:
             raise ValueError(f"unknown condition {kind!r}")
         text = "Unknown" if status is None else ("True" if status else "False")
         message = message[:MAX_MESSAGE]
-        old = self.conditions[kind]
-        if (old.status, old.reason, old.message) == (text, reason, message):
+        old = self.conditions.get(kind)
+        if old is not None and (old.status, old.reason, old.message) == (text, reason, message):
             return False
-        since = old.last_transition if old.status == text else now
+        since = old.last_transition if old is not None and old.status == text else now
         self.conditions[kind] = Condition(kind, text, reason, message, since)
         return self._note(True)
+
+    def remove_condition(self, kind: str) -> bool:
+        """Remove an optional condition; whether it was there."""
+        if kind not in OPTIONAL_CONDITIONS:
+            raise ValueError(f"{kind!r} is not an optional condition")
+        return self.conditions.pop(kind, None) is not None
 
     def agents_changed(self, agents: tuple[AgentView, ...], now: float) -> bool:
         agents = tuple(sorted(agents, key=lambda a: (a.node, a.remote, a.connected_since)))
@@ -212,7 +227,7 @@ class ClusterHealth:
         return changed
 
     def condition_docs(self) -> list[Doc]:
-        return [self.conditions[t].doc() for t in CONDITION_TYPES]
+        return [self.conditions[t].doc() for t in _KNOWN if t in self.conditions]
 
 
 def _parse_iso(value: Any) -> float | None:

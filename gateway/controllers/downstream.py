@@ -325,4 +325,5 @@ class InternalListener:
 
 
 INTERNAL_LISTENER = web.AppKey("internal_listener", InternalListener)
-"""This process's internal socket (set by ``ace_sync.ace_context``), for every controller."""
+"""This process's internal socket (set by ``cluster_controller.cluster_context``), for
+every controller."""

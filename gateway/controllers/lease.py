@@ -20,9 +20,13 @@ SQLite file or replicas on etcd — cannot both win.
 - Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
   behalf carry it, and a record written under a higher generation is not overwritten
   by a lower one (``gateway.controllers.cluster_health`` does this for cluster status).
+  Writes that carry no generation (another system's objects, records of other kinds)
+  are fenced by checking ``held()`` immediately before each one (``fence``: raises
+  ``LeaseLost``), so a holder that lost its lease stops before anyone else may act.
 
-Used for each cluster's controller (``cluster_health``); the access sync and the HA work
-use it the same way: one lease name per piece of work.
+One lease name per piece of work: ``cluster/<id>`` for each cluster's controller, which
+the access sync and the ACE record sync work under too, and ``group-refresh`` for the
+periodic re-read of directory users (``gateway.operations.background``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL_S = 15.0
 ERROR_RETRY_S = 1.0
 """How soon a keeper tries again after the store failed (never past the lease's end)."""
+
+
+class LeaseLost(Exception):
+    """The lease is no longer certainly this process's: no more writes on its behalf."""
+
+
+def fence(lease: Lease) -> None:
+    """Before a write on the lease's behalf: ``LeaseLost`` unless it is certainly held."""
+    if not lease.held():
+        raise LeaseLost(lease.name)
 
 
 def _running(pid: int) -> bool:

@@ -19,7 +19,7 @@ import binascii
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -27,7 +27,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, Store
+from gateway.store.base import AlreadyExists, Change, Compacted, Store
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -89,6 +89,20 @@ class UsernameTaken(Exception):
     """Another local user holds this name (in some spelling that folds to it)."""
 
 
+_KINDS = (
+    USER,
+    TOKEN,
+    CLUSTER,
+    ROLE_TEMPLATE,
+    BINDING,
+    PROJECT,
+    PROJECT_BINDING,
+    REGISTRATION,
+    REPLICA,
+    CLUSTER_STATUS,
+)
+"""Every kind the directory holds, in the order they are loaded."""
+
 STALE_CLAIM_S = 60.0
 """A name claim whose user does not exist this long after the claim was made is left
 over from a process that stopped between the two writes; it may be taken over."""
@@ -121,6 +135,12 @@ class Directory:
         self.statuses: dict[str, ClusterStatus] = {}
         """Each cluster's status as its controller last wrote it."""
         self.revision = 0
+        self.reloads = 0
+        """How often everything was read again (``reload``)."""
+        self._refollow = asyncio.Event()
+        """Set when ``follow`` must restart its feed (from ``revision``), after a reload
+        if ``_needs_reload``."""
+        self._needs_reload = False
         self._listeners: list[Callable[[str, str], None]] = []
         self._token_hashes: dict[str, tuple[bytes, bytes]] = {}
         """Salt and digest of each token, parsed once (the request path only hashes)."""
@@ -136,17 +156,95 @@ class Directory:
 
     async def load(self) -> None:
         self.revision = await self.store.revision()
-        kinds = (USER, TOKEN, CLUSTER, ROLE_TEMPLATE, BINDING, PROJECT, PROJECT_BINDING)
-        for kind in (*kinds, REGISTRATION, REPLICA, CLUSTER_STATUS):
+        for kind in _KINDS:
             for doc in await self.store.list(kind):
                 self.apply(kind, str(doc["id"]), doc)
+
+    async def reload(self) -> None:
+        """Read every record again and make memory match it: for a process that fell
+        behind the store's change feed (``Compacted``). The feed is then followed from the
+        revision read before the lists, so writes made meanwhile are applied (again)."""
+        self._needs_reload = False
+        revision = await self.store.revision()
+        lists = {kind: await self.store.list(kind) for kind in _KINDS}
+        self._rebuild(revision, lists)
+
+    def _rebuild(self, revision: int, lists: Mapping[str, Iterable[dict[str, Any]]]) -> None:
+        """Make memory hold ``lists`` (every record of every kind, read at or after
+        ``revision``): records that changed or went are applied (listeners hear of
+        each: a revoked token's streams end), unchanged ones are left alone."""
+        for kind in _KINDS:
+            docs = {str(doc["id"]): doc for doc in lists.get(kind, ())}
+            # A record we wrote ourselves after ``revision`` is newer than anything the
+            # list may have read before it (and a newer write comes through the feed).
+            mine = {key for (k, key), r in self._seen.items() if k == kind and r > revision}
+            for key in [k for k in self._keys(kind) if k not in docs and k not in mine]:
+                self.apply(kind, key, None)
+            for key, doc in docs.items():
+                if key not in mine and not self._holds(kind, key, doc):
+                    self.apply(kind, key, doc)
+        self._seen = {k: r for k, r in self._seen.items() if r > revision}
+        self.revision = revision
+        self.reloads += 1
+
+    def _table(self, kind: str) -> dict[str, Any]:
+        tables: dict[str, dict[str, Any]] = {
+            USER: self.users,
+            TOKEN: self.tokens,
+            CLUSTER: self.clusters,
+            BINDING: self.bindings,
+            ROLE_TEMPLATE: self.role_templates,
+            PROJECT: self.projects,
+            PROJECT_BINDING: self.project_bindings,
+            REGISTRATION: self.registrations,
+            REPLICA: self.replicas,
+            CLUSTER_STATUS: self.statuses,
+        }
+        return tables[kind]
+
+    def _keys(self, kind: str) -> list[str]:
+        keys = list(self._table(kind))
+        return [k for k in keys if k not in BUILTIN_TEMPLATES] if kind == ROLE_TEMPLATE else keys
+
+    def _holds(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        """Whether memory already holds ``doc`` for this record."""
+        current = self._table(kind).get(key)
+        if current is None:
+            return False
+        if kind == ROLE_TEMPLATE:
+            return bool(current == role_template_from_doc(doc))
+        return bool(current == from_doc(type(current), doc))
 
     def on_change(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(kind, key)`` after every applied change."""
         self._listeners.append(listener)
 
     async def follow(self) -> None:
-        """Apply the store's change feed forever (other workers' and replicas' writes)."""
+        """Apply the store's change feed forever (other workers' and replicas' writes).
+        Fallen behind what the feed keeps (``Compacted``, seen by the feed or by
+        ``catch_up``): reload everything, then follow on from there."""
+        while True:
+            feed = asyncio.create_task(self._follow_feed(), name="directory feed")
+            woken = asyncio.create_task(self._refollow.wait())
+            try:
+                await asyncio.wait({feed, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                feed.cancel()
+                woken.cancel()
+                await asyncio.wait({feed, woken})
+            self._refollow.clear()
+            if feed.done() and not feed.cancelled():
+                error = feed.exception()
+                if error is None:
+                    return  # the feed ended (only a test's store does)
+                if not isinstance(error, Compacted):
+                    raise error
+                logger.warning("fell behind the store's change feed (%s): reloading", error)
+                self._needs_reload = True
+            if self._needs_reload:
+                await self.reload()
+
+    async def _follow_feed(self) -> None:
         async for change in self.store.changes(self.revision):
             self._apply_change(change)
 
@@ -162,7 +260,22 @@ class Directory:
 
     def catch_up(self) -> None:
         """Apply other processes' writes now, so a revocation holds on the next request."""
-        changes = self.store.recent_changes(self.revision)
+        try:
+            changes = self.store.recent_changes(self.revision)
+        except Compacted as exc:
+            # Fallen behind: nothing is applied past the gap. A store that can read
+            # everything at once (SQLite) handed it over: rebuilt here, before this request
+            # is authenticated. Else ``follow`` reloads now.
+            logger.warning("fell behind the store's change feed (%s): reloading", exc)
+            if exc.snapshot is not None:
+                lists: dict[str, list[dict[str, Any]]] = {}
+                for kind, _, doc in exc.snapshot.documents:
+                    lists.setdefault(kind, []).append(doc)
+                self._rebuild(exc.snapshot.revision, lists)
+            else:
+                self._needs_reload = True
+            self._refollow.set()
+            return
         if changes:
             for change in changes:
                 self._apply_change(change)

@@ -214,9 +214,10 @@ def build_app(
     ui.install(app)  # the web page: /ui/ (and / leads there)
 
     app.cleanup_ctx.append(background.background_tasks)
-    app.cleanup_ctx.append(ace_sync.ace_context)
     app.cleanup_ctx.append(cluster_controller.cluster_context)
-    app.cleanup_ctx.append(access_sync.access_context)  # follows the controllers' leases
+    # These two follow the cluster controllers' leases.
+    app.cleanup_ctx.append(ace_sync.ace_context)
+    app.cleanup_ctx.append(access_sync.access_context)
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app

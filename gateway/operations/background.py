@@ -1,6 +1,10 @@
 """The gateway's periodic work: store change feed, token last-use, provider refresh.
 
 Each runs under :func:`config.tasks.guard`: a failure is logged and the task started again.
+The group refresh (LDAP/AD users' groups and account status) runs in one process at a
+time: the holder of the ``group-refresh`` store lease (``gateway.controllers.lease``),
+contended for only while a directory provider is configured; every write it makes is
+fenced (made only while the lease is certainly held).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from aiohttp import web
 
 from config.tasks import guard
 from gateway.clusters.replicas import REPLICAS
+from gateway.controllers.lease import Lease, LeaseKeeper, LeaseLost, fence
 from gateway.identity.directory import DIRECTORY
 from gateway.identity.providers.base import ProviderUnavailable
 from gateway.identity.providers.registry import PROVIDERS
@@ -22,6 +27,7 @@ from gateway.keys import SETTINGS
 logger = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_S = 60.0
+GROUP_REFRESH_LEASE = "group-refresh"
 
 
 async def _every(period_s: float, work: Any, name: str) -> None:
@@ -35,12 +41,22 @@ async def _every(period_s: float, work: Any, name: str) -> None:
             logger.exception("%s failed; retrying next period", name)
 
 
-async def refresh_external_users(app: web.Application) -> int:
-    """Re-read groups and status of every user from its provider; returns how many."""
+async def refresh_external_users(app: web.Application, lease: Lease) -> int:
+    """Re-read groups and status of every user from its provider; returns how many were
+    recorded. Only while this process holds ``lease``, checked before every write: a
+    holder that lost it (a slow directory, a store it cannot reach) stops there."""
+    try:
+        return await _refresh(app, lease)
+    except LeaseLost:
+        logger.info("group refresh stopped: the %s lease is no longer held", lease.name)
+        return 0
+
+
+async def _refresh(app: web.Application, lease: Lease) -> int:
     directory = app[DIRECTORY]
     providers = app[PROVIDERS].password
-    if not app[REPLICAS].is_leader():
-        return 0  # the leader refreshes for everyone
+    if not lease.held():
+        return 0  # the lease's holder refreshes for everyone
     down: set[str] = set()
     count = 0
     for user in list(directory.users.values()):
@@ -55,9 +71,21 @@ async def refresh_external_users(app: web.Application) -> int:
             continue
         current = directory.users.get(user.id)
         if current is not None:
+            fence(lease)
             await directory.apply_refresh(current, identity)
             count += 1
     return count
+
+
+def group_refresh_lease(app: web.Application) -> Lease:
+    directory = app[DIRECTORY]
+    return Lease(
+        directory.store,
+        GROUP_REFRESH_LEASE,
+        app[REPLICAS].id,
+        ttl_s=app[SETTINGS].controller.lease_ttl_s,
+        clock=directory.clock,
+    )
 
 
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
@@ -77,12 +105,21 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     if oidc is not None:
         tasks.append(asyncio.create_task(oidc.start()))
     # Always running: a reload (SIGHUP) may add a directory provider later.
+    lease = group_refresh_lease(app)
+    keeper = LeaseKeeper(
+        lease,
+        want=lambda: bool(app[PROVIDERS].password),
+        on_change=lambda holding: logger.info(
+            "group refresh %s", "runs here" if holding else "stops here"
+        ),
+    )
+    tasks.append(asyncio.create_task(guard(keeper.run, "group refresh lease", logger)))
     tasks.append(
         asyncio.create_task(
             guard(
                 lambda: _every(
                     settings.auth.group_refresh_interval_s,
-                    lambda: refresh_external_users(app),
+                    lambda: refresh_external_users(app, lease),
                     "group refresh",
                 ),
                 "group refresh",

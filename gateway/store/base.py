@@ -11,11 +11,18 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from config.errors import StartError
+
 Document = dict[str, Any]
 
 
 class StoreError(Exception):
     """The backend failed (I/O, connection)."""
+
+
+class SchemaTooNew(StoreError, StartError):
+    """The store was written by a newer herdgate (its schema version is above the one
+    this program knows): refused at start rather than misread. One line, exit 1."""
 
 
 class AlreadyExists(StoreError):
@@ -25,11 +32,36 @@ class AlreadyExists(StoreError):
         self.key = key
 
 
+class Compacted(StoreError):
+    """The change feed was asked for writes the backend no longer keeps (SQLite's change
+    log window, etcd's compaction): the follower has fallen behind and must reload
+    everything (``gateway.identity.directory.Directory.reload``), then follow again."""
+
+    def __init__(self, after: int, compacted: int, snapshot: Snapshot | None = None) -> None:
+        super().__init__(
+            f"the writes after revision {after} are gone (kept from {compacted + 1} on)"
+        )
+        self.after = after
+        self.compacted = compacted
+        self.snapshot = snapshot
+        """Every document now, when the backend could read them at once (SQLite, from
+        ``recent_changes``): the caller rebuilds from it without waiting."""
+
+
 class NotFound(StoreError):
     def __init__(self, kind: str, key: str) -> None:
         super().__init__(f"{kind} {key!r} not found")
         self.kind = kind
         self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every stored document at one revision (``Store.snapshot``), for backups."""
+
+    revision: int
+    documents: list[tuple[str, str, Document]]
+    """``(kind, key, document)``, sorted by kind and key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +112,23 @@ class Store(Protocol):
 
     async def revision(self) -> int: ...
 
+    async def snapshot(self) -> Snapshot:
+        """Every document of every kind, read at one revision (a consistent view even
+        while others write): what ``herdgate store backup`` saves."""
+        ...
+
     def recent_changes(self, after: int) -> Sequence[Change] | None:
         """Writes above ``after`` that another process made, read without waiting.
 
         Called on the request path before a token is trusted, so it must be cheap:
         None when nothing changed since the last call (or the backend cannot tell).
+        Raises ``Compacted`` when writes above ``after`` are no longer kept.
         """
         ...
 
     def changes(self, after: int) -> AsyncIterator[Change]:
-        """Writes with a revision above ``after``, including other processes' writes."""
+        """Writes with a revision above ``after``, including other processes' writes.
+        Raises ``Compacted`` when some of them are no longer kept (the caller reloads)."""
         ...
 
     async def close(self) -> None: ...

@@ -21,13 +21,14 @@ from typing import Any
 
 import aiohttp
 
-from gateway.store.base import AlreadyExists, Change, Document, StoreError
+from gateway.store.base import AlreadyExists, Change, Document, Snapshot, StoreError
 
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0
 WATCH_RETRY_S = 1.0
 _PATCH_ATTEMPTS = 10
+_SNAPSHOT_PAGE = 1000
 
 
 def _b64(text: str) -> str:
@@ -183,6 +184,28 @@ class EtcdStore:
     async def revision(self) -> int:
         data = await self._call("kv/range", {"key": _b64(self.prefix), "limit": 1})
         return self._revision(data)
+
+    async def snapshot(self) -> Snapshot:
+        """The whole prefix at one revision, in pages pinned to the first page's."""
+        end = _prefix_end(self.prefix)
+        start = _b64(self.prefix)
+        pinned = 0
+        documents: list[tuple[str, str, Document]] = []
+        while True:
+            body: dict[str, Any] = {"key": start, "range_end": end, "limit": _SNAPSHOT_PAGE}
+            if pinned:
+                body["revision"] = str(pinned)
+            data = await self._call("kv/range", body)
+            pinned = pinned or self._revision(data)
+            kvs = data.get("kvs") or []
+            for kv in kvs:
+                kind, key = self._split(_unb64(kv["key"]))
+                documents.append((kind, key, json.loads(_unb64(kv["value"]))))
+            if not data.get("more") or not kvs:
+                break
+            start = base64.b64encode(base64.b64decode(kvs[-1]["key"]) + b"\0").decode()
+        documents.sort(key=lambda d: (d[0], d[1]))
+        return Snapshot(pinned, documents)
 
     def recent_changes(self, after: int) -> Sequence[Change] | None:
         return None

@@ -1,7 +1,14 @@
 """Embedded store: one SQLite file (WAL mode), accessed from one worker thread.
 
 Each write appends to a ``changes`` log in the same transaction, so other processes
-sharing the file (several gateway workers on one host) can follow the change feed.
+sharing the file (several gateway workers on one host) can follow the change feed. The
+log keeps the last ``keep_changes`` writes; the highest revision removed is kept too
+(``meta``: ``compacted``), so a follower that fell further behind is told (``Compacted``)
+and reloads instead of silently missing rows.
+
+The tables' layout has a version of its own (``PRAGMA user_version``, ``LAYOUTS``),
+migrated when the file is opened; the documents' schema version is
+``gateway.store.migrations``' business, the same for every backend.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.store.base import AlreadyExists, Change, Document, StoreError
+from gateway.store.base import (
+    AlreadyExists,
+    Change,
+    Compacted,
+    Document,
+    SchemaTooNew,
+    Snapshot,
+    StoreError,
+)
 
 T = TypeVar("T")
 
@@ -27,7 +42,8 @@ POLL_IDLE_MAX_S = 2.0
 """The change feed polls every POLL_INTERVAL_S after a change and backs off to this while
 nothing changes: each wake-up of an idle process costs more than the poll itself."""
 KEEP_CHANGES = 10_000
-"""Change-log rows kept for followers; older ones are compacted away."""
+"""Change-log rows kept for followers; older ones are compacted away (every
+``keep_changes // 10`` writes, at most every 1,000)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -46,9 +62,34 @@ CREATE TABLE IF NOT EXISTS changes (
 """
 
 
+def _layout_meta(db: sqlite3.Connection) -> None:
+    """Layout 1: the ``meta`` table and the compaction mark. A file from before it may
+    have compacted its log already: the mark is then just below the oldest row kept
+    (revisions are consecutive: AUTOINCREMENT, and a rolled-back insert gives its number
+    back)."""
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    oldest = db.execute("SELECT MIN(revision) FROM changes").fetchone()[0]
+    if oldest is None:  # an empty log: nothing newer than the last number was removed
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='changes'").fetchone()
+        compacted = int(row[0]) if row else 0
+    else:
+        compacted = int(oldest) - 1
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('compacted', ?)", (compacted,))
+
+
+LAYOUTS: tuple[Callable[[sqlite3.Connection], None], ...] = (_layout_meta,)
+"""The table layout's migrations, in order: ``LAYOUTS[n]`` takes a file from layout ``n``
+to ``n + 1`` (``PRAGMA user_version``). Append only; never change one that shipped."""
+LAYOUT_VERSION = len(LAYOUTS)
+
+
 class SQLiteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, keep_changes: int = KEEP_CHANGES) -> None:
+        if keep_changes < 1:
+            raise ValueError("keep_changes must be at least 1")
         self.path = Path(path)
+        self.keep_changes = keep_changes
+        self._compact_every = max(1, min(1000, keep_changes // 10))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
         self._probe: sqlite3.Connection | None = None
@@ -72,7 +113,12 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
+        try:
+            db.executescript(_SCHEMA)
+            _migrate_layout(db, self.path)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         self._open_signal()
 
@@ -142,10 +188,7 @@ class SQLiteStore:
             if value is None and not exists:
                 db.execute("ROLLBACK")
                 return 0
-            cur = db.execute(
-                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
-            )
-            revision = int(cur.lastrowid or 0)
+            revision = self._append(db, kind, key, text)
             if value is None:
                 db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
             else:
@@ -155,8 +198,6 @@ class SQLiteStore:
                     "revision=excluded.revision",
                     (kind, key, text, revision),
                 )
-            if revision % 1000 == 0:
-                db.execute("DELETE FROM changes WHERE revision <= ?", (revision - KEEP_CHANGES,))
             db.execute("COMMIT")
             self._signal_change()
         except AlreadyExists:
@@ -165,6 +206,20 @@ class SQLiteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return revision
+
+    def _append(self, db: sqlite3.Connection, kind: str, key: str, text: str | None) -> int:
+        """Log one write (inside the writer's transaction); its revision. Every
+        ``_compact_every`` revisions the rows beyond the window go, and the mark with
+        them, in the same transaction."""
+        cur = db.execute(
+            "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
+        )
+        revision = int(cur.lastrowid or 0)
+        below = revision - self.keep_changes
+        if revision % self._compact_every == 0 and below > 0:
+            db.execute("DELETE FROM changes WHERE revision <= ?", (below,))
+            db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'compacted'", (below,))
         return revision
 
     async def create(self, kind: str, key: str, value: Document) -> int:
@@ -185,10 +240,7 @@ class SQLiteStore:
                 return 0, None
             value = {**_load(row[0]), **changes}
             text = json.dumps(value, separators=(",", ":"))
-            cur = db.execute(
-                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
-            )
-            revision = int(cur.lastrowid or 0)
+            revision = self._append(db, kind, key, text)
             db.execute(
                 "UPDATE objects SET value=?, revision=? WHERE kind=? AND key=?",
                 (text, revision, kind, key),
@@ -225,10 +277,7 @@ class SQLiteStore:
             if value is None and current is None:
                 db.execute("ROLLBACK")
                 return 0
-            cur = db.execute(
-                "INSERT INTO changes (kind, key, value) VALUES (?, ?, ?)", (kind, key, text)
-            )
-            revision = int(cur.lastrowid or 0)
+            revision = self._append(db, kind, key, text)
             if value is None:
                 db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
             else:
@@ -258,6 +307,17 @@ class SQLiteStore:
 
         return await self._run(op)
 
+    async def snapshot(self) -> Snapshot:
+        def op() -> Snapshot:
+            db = self._conn
+            db.execute("BEGIN")  # one read transaction: one point in the log
+            try:
+                return _read_all(db)
+            finally:
+                _end_read(db)
+
+        return await self._run(op)
+
     def recent_changes(self, after: int) -> Sequence[Change] | None:
         signal = self._signal
         if signal is not None:
@@ -273,12 +333,11 @@ class SQLiteStore:
             probe.execute("PRAGMA busy_timeout=1000")
             self._probe = probe
         try:
-            rows = probe.execute(
-                "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
-                "ORDER BY revision",
-                (after,),
-            ).fetchall()
+            # Fallen behind (rare): everything, read now, so that the caller need not
+            # trust a request to what it held before.
+            rows = _read_log(probe, after, None, snapshot=True)
         except sqlite3.Error:
+            self._signal_seen = b""  # not read: ask again next time
             return None
         return [Change(r, k, key, None if v is None else _load(v)) for r, k, key, v in rows]
 
@@ -297,11 +356,7 @@ class SQLiteStore:
                 interval = POLL_INTERVAL_S
 
             def op(since: int = last) -> list[tuple[int, str, str, str | None]]:
-                return self._conn.execute(
-                    "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
-                    "ORDER BY revision LIMIT 1000",
-                    (since,),
-                ).fetchall()
+                return _read_log(self._conn, since, 1000)
 
             rows = await self._run(op)
             for revision, kind, key, value in rows:
@@ -327,6 +382,63 @@ class SQLiteStore:
 
         await self._run(op)
         self._executor.shutdown(wait=False)
+
+
+def _read_log(
+    db: sqlite3.Connection, after: int, limit: int | None, snapshot: bool = False
+) -> list[tuple[int, str, str, str | None]]:
+    """The log's rows above ``after``, read in one transaction with the compaction mark:
+    ``Compacted`` if rows above ``after`` were removed already (with ``snapshot``, it
+    carries every document, read in the same transaction)."""
+    db.execute("BEGIN")
+    try:
+        mark = db.execute("SELECT value FROM meta WHERE key = 'compacted'").fetchone()
+        compacted = int(mark[0]) if mark else 0
+        if compacted > after:
+            raise Compacted(after, compacted, _read_all(db) if snapshot else None)
+        rows: list[tuple[int, str, str, str | None]] = db.execute(
+            "SELECT revision, kind, key, value FROM changes WHERE revision > ? "
+            "ORDER BY revision LIMIT ?",
+            (after, -1 if limit is None else limit),
+        ).fetchall()
+    finally:
+        _end_read(db)
+    return rows
+
+
+def _end_read(db: sqlite3.Connection) -> None:
+    """End a read transaction (a rollback: nothing to keep, and it cannot be busy)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _read_all(db: sqlite3.Connection) -> Snapshot:
+    """Every document and the revision they are at (inside the caller's transaction)."""
+    row = db.execute("SELECT MAX(revision) FROM changes").fetchone()
+    rows = db.execute("SELECT kind, key, value FROM objects ORDER BY kind, key").fetchall()
+    return Snapshot(int(row[0] or 0), [(k, key, _load(v)) for k, key, v in rows])
+
+
+def _migrate_layout(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the file's tables to ``LAYOUT_VERSION`` in one write transaction (several
+    processes may open it at once); refuse a file from a newer herdgate."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > LAYOUT_VERSION:
+            raise SchemaTooNew(
+                f"{path}: table layout {version} is newer than this herdgate's "
+                f"({LAYOUT_VERSION}); run the herdgate that wrote it, or restore a backup"
+            )
+        for step in LAYOUTS[version:]:
+            step(db)
+        if version < LAYOUT_VERSION:
+            db.execute(f"PRAGMA user_version = {LAYOUT_VERSION:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _private_dirs(directory: Path) -> None:

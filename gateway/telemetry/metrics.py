@@ -76,7 +76,7 @@ def forget_cluster_status(cluster: str) -> None:
     for state in ("pending", "active", "unavailable"):
         with contextlib.suppress(KeyError):
             CLUSTER_STATE.remove(cluster, state)
-    for condition in ("Connected", "Ready", "Synced"):
+    for condition in ("Connected", "Ready", "Synced", "ACESynced"):
         with contextlib.suppress(KeyError):
             CLUSTER_CONDITION.remove(cluster, condition)
     for gauge in (CLUSTER_NODES, CLUSTER_PROBE_SECONDS):
@@ -142,6 +142,24 @@ ACCESS_SYNC_ERRORS = Counter(
 ACCESS_SYNC_LAST = Gauge(
     "herdgate_access_sync_last_success_timestamp_seconds",
     "When the access sync last brought each cluster's RBAC in step (Unix time).",
+    ["cluster"],
+    multiprocess_mode="livemax",
+)
+ACE_SYNC_CHANGES = Counter(
+    "herdgate_ace_sync_changes_total",
+    "Direct-access records (ClusterAuthToken, ClusterUserAttribute) the ACE sync of this "
+    "process created, replaced or deleted, by cluster and action.",
+    ["cluster", "action"],
+)
+ACE_SYNC_ERRORS = Counter(
+    "herdgate_ace_sync_errors_total",
+    "ACE sync passes that failed (retried), by cluster.",
+    ["cluster"],
+)
+ACE_SYNC_LAST = Gauge(
+    "herdgate_ace_sync_last_success_timestamp_seconds",
+    "When this process's ACE sync last brought each cluster's direct-access records in "
+    "step (Unix time).",
     ["cluster"],
     multiprocess_mode="livemax",
 )

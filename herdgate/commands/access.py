@@ -112,18 +112,16 @@ def binding_columns(
 
 
 def _cluster_names(client: Client) -> dict[str, str]:
-    return {str(c.get("id")): str(c.get("name")) for c in client.clusters()}
+    return {str(c.get("id")): str(c.get("name")) for c in client.clusters.items()}
 
 
 def run_binding_list(session: Session, args: argparse.Namespace) -> int:
     client = session.client
     cluster_id = str(find_cluster(client, args.cluster)["id"]) if args.cluster else ""
-    bindings = client.bindings(cluster_id)
+    bindings = client.bindings.items(cluster_id)
     columns = binding_columns(_cluster_names(client), user_names(client), time.time())
     session.out(
-        output.render(
-            bindings, columns, args.output, "clusterroletemplatebinding", lambda b: str(b.get("id"))
-        )
+        output.render(bindings, columns, args.output, "clusterroletemplatebinding", output.by_id)
     )
     return EXIT_OK
 
@@ -131,10 +129,8 @@ def run_binding_list(session: Session, args: argparse.Namespace) -> int:
 def _created(
     session: Session, args: argparse.Namespace, kind: str, item: Resource, what: str
 ) -> None:
-    if args.output:
-        session.out(output.render_one(item, args.output, kind, lambda b: str(b.get("id")), str))
-    else:
-        session.out(f"binding {output.escape(str(item.get('id')))} created: {what}\n")
+    message = f"binding {output.escape(str(item.get('id')))} created: {what}\n"
+    session.out(output.outcome(item, args.output, kind, message))
 
 
 def run_binding_create(session: Session, args: argparse.Namespace) -> int:
@@ -145,7 +141,7 @@ def run_binding_create(session: Session, args: argparse.Namespace) -> int:
         "roleTemplateId": find_role(client, args.role, "cluster"),
         **subject(args, client),
     }
-    binding = client.create_binding(body)
+    binding = client.bindings.create(body)
     who = output.escape(args.user or args.group)
     where = output.escape(str(cluster.get("name")))
     _created(
@@ -159,7 +155,7 @@ def run_binding_create(session: Session, args: argparse.Namespace) -> int:
 
 
 def run_binding_delete(session: Session, args: argparse.Namespace) -> int:
-    deleted = [session.client.delete_binding(i) for i in args.binding_ids]
+    deleted = [session.client.bindings.delete(i) for i in args.binding_ids]
     _deleted(session, args, "clusterroletemplatebinding", deleted, "binding")
     return EXIT_OK
 
@@ -167,11 +163,11 @@ def run_binding_delete(session: Session, args: argparse.Namespace) -> int:
 def _deleted(
     session: Session, args: argparse.Namespace, kind: str, items: list[Resource], word: str
 ) -> None:
-    if args.output:
-        session.out(output.render(items, [], args.output, kind, lambda b: str(b.get("id"))))
-        return
-    for item in items:
-        session.out(f"{word} {output.escape(str(item.get('id')))} deleted\n")
+    session.out(
+        output.outcomes(
+            items, args.output, kind, lambda i: f"{word} {output.escape(output.by_id(i))} deleted\n"
+        )
+    )
 
 
 # -- projects ----------------------------------------------------------------------------
@@ -180,7 +176,7 @@ def _deleted(
 def find_project(client: Client, ref: str, cluster_ref: str) -> Resource:
     """A project by id, or by name (in ``cluster_ref``'s cluster when given)."""
     cluster_id = str(find_cluster(client, cluster_ref)["id"]) if cluster_ref else ""
-    projects = client.projects(cluster_id)
+    projects = client.projects.items(cluster_id)
     for project in projects:
         if project.get("id") == ref:
             return project
@@ -197,7 +193,7 @@ def find_project(client: Client, ref: str, cluster_ref: str) -> Resource:
 def run_project_list(session: Session, args: argparse.Namespace) -> int:
     client = session.client
     cluster_id = str(find_cluster(client, args.cluster)["id"]) if args.cluster else ""
-    projects = client.projects(cluster_id)
+    projects = client.projects.items(cluster_id)
     clusters = _cluster_names(client)
     now = time.time()
     columns = [
@@ -209,9 +205,7 @@ def run_project_list(session: Session, args: argparse.Namespace) -> int:
         output.field("description"),
         output.Column("AGE", lambda p: output.age(p.get("created"), now)),
     ]
-    session.out(
-        output.render(projects, columns, args.output, "project", lambda p: str(p.get("id")))
-    )
+    session.out(output.render(projects, columns, args.output, "project", output.by_id))
     return EXIT_OK
 
 
@@ -219,22 +213,18 @@ def run_project_create(session: Session, args: argparse.Namespace) -> int:
     client = session.client
     cluster = find_cluster(client, args.cluster)
     project = client.create_project(str(cluster["id"]), args.name, args.description)
-    if args.output:
-        session.out(
-            output.render_one(project, args.output, "project", lambda p: str(p.get("id")), str)
-        )
-    else:
-        session.out(
-            f"project {output.escape(str(project.get('name')))} created ({project.get('id')}); "
-            "a namespace joins it with the annotation "
-            f"field.cattle.io/projectId={project.get('id')}\n"
-        )
+    message = (
+        f"project {output.escape(str(project.get('name')))} created ({project.get('id')}); "
+        "a namespace joins it with the annotation "
+        f"field.cattle.io/projectId={project.get('id')}\n"
+    )
+    session.out(output.outcome(project, args.output, "project", message))
     return EXIT_OK
 
 
 def run_project_delete(session: Session, args: argparse.Namespace) -> int:
     project = find_project(session.client, args.project, args.cluster)
-    deleted = session.client.delete_project(str(project["id"]))
+    deleted = session.client.projects.delete(str(project["id"]))
     _deleted(session, args, "project", [deleted], "project")
     return EXIT_OK
 
@@ -242,7 +232,7 @@ def run_project_delete(session: Session, args: argparse.Namespace) -> int:
 def run_project_binding_list(session: Session, args: argparse.Namespace) -> int:
     client = session.client
     project_id = str(find_project(client, args.project, args.cluster)["id"]) if args.project else ""
-    bindings = client.project_bindings(project_id)
+    bindings = client.project_bindings.items(project_id)
     names = user_names(client)
     now = time.time()
     columns = [
@@ -253,9 +243,7 @@ def run_project_binding_list(session: Session, args: argparse.Namespace) -> int:
         output.Column("AGE", lambda b: output.age(b.get("created"), now)),
     ]
     session.out(
-        output.render(
-            bindings, columns, args.output, "projectroletemplatebinding", lambda b: str(b.get("id"))
-        )
+        output.render(bindings, columns, args.output, "projectroletemplatebinding", output.by_id)
     )
     return EXIT_OK
 
@@ -268,7 +256,7 @@ def run_project_binding_create(session: Session, args: argparse.Namespace) -> in
         "roleTemplateId": find_role(client, args.role, "project"),
         **subject(args, client),
     }
-    binding = client.create_project_binding(body)
+    binding = client.project_bindings.create(body)
     who = args.user or args.group
     _created(
         session,
@@ -282,7 +270,7 @@ def run_project_binding_create(session: Session, args: argparse.Namespace) -> in
 
 
 def run_project_binding_delete(session: Session, args: argparse.Namespace) -> int:
-    deleted = [session.client.delete_project_binding(i) for i in args.binding_ids]
+    deleted = [session.client.project_bindings.delete(i) for i in args.binding_ids]
     _deleted(session, args, "projectroletemplatebinding", deleted, "binding")
     return EXIT_OK
 
@@ -335,21 +323,17 @@ def describe_template(template: Mapping[str, Any]) -> str:
 
 
 def run_template_list(session: Session, args: argparse.Namespace) -> int:
-    templates = session.client.role_templates(args.scope or "")
+    templates = session.client.role_templates.items(args.scope or "")
     session.out(
-        output.render(
-            templates, template_columns(), args.output, "roletemplate", lambda t: str(t.get("id"))
-        )
+        output.render(templates, template_columns(), args.output, "roletemplate", output.by_id)
     )
     return EXIT_OK
 
 
 def run_template_show(session: Session, args: argparse.Namespace) -> int:
-    template = session.client.role_template(args.template)
+    template = session.client.role_templates.get(args.template)
     session.out(
-        output.render_one(
-            template, args.output, "roletemplate", lambda t: str(t.get("id")), describe_template
-        )
+        output.render_one(template, args.output, "roletemplate", output.by_id, describe_template)
     )
     return EXIT_OK
 
@@ -381,22 +365,16 @@ def run_template_create(session: Session, args: argparse.Namespace) -> int:
         body = read_document(args.filename)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{args.filename}: {exc}") from None
-    template = session.client.create_role_template(body)
-    if args.output:
-        session.out(
-            output.render_one(
-                template, args.output, "roletemplate", lambda t: str(t.get("id")), str
-            )
-        )
-    else:
-        session.out(
-            f"role template {output.escape(str(template.get('id')))} created "
-            f"({output.escape(str(template.get('name')))})\n"
-        )
+    template = session.client.role_templates.create(body)
+    message = (
+        f"role template {output.escape(str(template.get('id')))} created "
+        f"({output.escape(str(template.get('name')))})\n"
+    )
+    session.out(output.outcome(template, args.output, "roletemplate", message))
     return EXIT_OK
 
 
 def run_template_delete(session: Session, args: argparse.Namespace) -> int:
-    deleted = [session.client.delete_role_template(i) for i in args.template_ids]
+    deleted = [session.client.role_templates.delete(i) for i in args.template_ids]
     _deleted(session, args, "roletemplate", deleted, "role template")
     return EXIT_OK

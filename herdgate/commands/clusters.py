@@ -199,7 +199,7 @@ def check_times(args: argparse.Namespace) -> None:
 
 
 def run_list(session: Session, args: argparse.Namespace) -> int:
-    clusters = session.client.clusters()
+    clusters = session.client.clusters.items()
     session.out(
         output.render(
             clusters, columns(time.time()), args.output, "cluster", lambda c: str(c.get("name"))
@@ -211,7 +211,7 @@ def run_list(session: Session, args: argparse.Namespace) -> int:
 
 
 def run_show(session: Session, args: argparse.Namespace) -> int:
-    cluster = session.client.cluster(str(find_cluster(session.client, args.cluster)["id"]))
+    cluster = session.client.clusters.get(str(find_cluster(session.client, args.cluster)["id"]))
     now = time.time()
     session.out(
         output.render_one(
@@ -236,13 +236,11 @@ def run_create(session: Session, args: argparse.Namespace) -> int:
             "start them)"
         )
         cluster = wait_for(session, cluster, "active", timeout)
-    if args.output:
-        session.out(output.render_one(cluster, args.output, "cluster", lambda c: name, str))
-    else:
-        session.out(
-            f"cluster {output.escape(name)} {'is active' if args.wait else 'created'} "
-            f"({cluster.get('id')})\n"
-        )
+    message = (
+        f"cluster {output.escape(name)} {'is active' if args.wait else 'created'} "
+        f"({cluster.get('id')})\n"
+    )
+    session.out(output.outcome(cluster, args.output, "cluster", message, lambda c: name))
     return EXIT_OK
 
 
@@ -255,11 +253,9 @@ def run_delete(session: Session, args: argparse.Namespace) -> int:
         args.yes,
         "delete a cluster",
     )
-    deleted = session.client.delete_cluster(str(cluster["id"]))
-    if args.output:
-        session.out(output.render_one(deleted, args.output, "cluster", lambda c: name, str))
-    else:
-        session.out(f"cluster {name} deleted\n")
+    deleted = session.client.clusters.delete(str(cluster["id"]))
+    message = f"cluster {name} deleted\n"
+    session.out(output.outcome(deleted, args.output, "cluster", message, lambda c: name))
     return EXIT_OK
 
 
@@ -286,7 +282,7 @@ def wait_for(
     deadline = clock() + timeout
     current = cluster
     for _ in range(int(timeout / POLL_INTERVAL_S) + 2):
-        current = session.client.cluster(str(cluster["id"]))
+        current = session.client.clusters.get(str(cluster["id"]))
         if current.get("state") == state:
             progress.done()
             return current
@@ -333,15 +329,7 @@ def run_import_command(session: Session, args: argparse.Namespace) -> int:
     cluster = find_cluster(client, args.cluster)
     registration = client.create_registration(str(cluster["id"]), args.ttl)
     if args.output:
-        session.out(
-            output.render_one(
-                registration,
-                args.output,
-                "clusterregistrationtoken",
-                lambda r: str(r.get("id")),
-                str,
-            )
-        )
+        session.out(output.outcome(registration, args.output, "clusterregistrationtoken", ""))
         return EXIT_OK
     kubectl, agent = import_lines(registration, args.insecure_download, args.roles_managed)
     name = output.escape(str(cluster.get("name")))

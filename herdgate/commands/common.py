@@ -424,7 +424,7 @@ class Progress:
 
 def find_cluster(client: Client, ref: str) -> Resource:
     """A cluster by id or name."""
-    clusters = client.clusters()
+    clusters = client.clusters.items()
     for key in ("id", "name"):
         for cluster in clusters:
             if cluster.get(key) == ref:
@@ -438,7 +438,7 @@ def find_cluster(client: Client, ref: str) -> Resource:
 def find_user(client: Client, ref: str) -> Resource:
     """A user by id or user name (names need an administrator; an id works for anyone)."""
     try:
-        users = client.users()
+        users = client.users.items()
     except ApiError as exc:
         if exc.status == 403 and ref.startswith("u-"):
             return {"id": ref, "username": ""}
@@ -460,7 +460,7 @@ def find_user(client: Client, ref: str) -> Resource:
 
 def find_role(client: Client, ref: str, context: str) -> str:
     """A role template's id, by id or name, bindable in ``context``."""
-    templates = client.role_templates(context)
+    templates = client.role_templates.items(context)
     for template in templates:
         if template.get("id") == ref:
             return ref
@@ -481,7 +481,7 @@ def subject(args: argparse.Namespace, client: Client) -> dict[str, str]:
 def user_names(client: Client) -> dict[str, str]:
     """User ids to names, when the caller may list users (administrators); else none."""
     try:
-        return {str(u.get("id")): str(u.get("username", "")) for u in client.users()}
+        return {str(u.get("id")): str(u.get("username", "")) for u in client.users.items()}
     except ApiError:
         return {}
 

@@ -72,7 +72,7 @@ def user_columns(now: float) -> list[output.Column]:
 
 
 def run_list(session: Session, args: argparse.Namespace) -> int:
-    users = session.client.users()
+    users = session.client.users.items()
     session.out(
         output.render(
             users, user_columns(time.time()), args.output, "user", lambda u: str(u.get("username"))
@@ -87,11 +87,9 @@ def run_create(session: Session, args: argparse.Namespace) -> int:
     )
     user = session.client.create_user(args.username, password, args.admin, args.display_name)
     name = str(user.get("username"))
-    if args.output:
-        session.out(output.render_one(user, args.output, "user", lambda u: name, str))
-    else:
-        role = "administrator " if user.get("admin") else "user "
-        session.out(f"{role}{output.escape(name)} created ({user.get('id')})\n")
+    role = "administrator " if user.get("admin") else "user "
+    message = f"{role}{output.escape(name)} created ({user.get('id')})\n"
+    session.out(output.outcome(user, args.output, "user", message, lambda u: name))
     return EXIT_OK
 
 
@@ -103,11 +101,9 @@ def run_delete(session: Session, args: argparse.Namespace) -> int:
         args.yes,
         "delete a user",
     )
-    deleted = session.client.delete_user(str(user["id"]))
-    if args.output:
-        session.out(output.render_one(deleted, args.output, "user", lambda u: name, str))
-    else:
-        session.out(f"user {name} deleted\n")
+    deleted = session.client.users.delete(str(user["id"]))
+    message = f"user {name} deleted\n"
+    session.out(output.outcome(deleted, args.output, "user", message, lambda u: name))
     return EXIT_OK
 
 
@@ -129,7 +125,7 @@ def run_set_password(session: Session, args: argparse.Namespace) -> int:
 def run_token_list(session: Session, args: argparse.Namespace) -> int:
     client = session.client
     user_id = str(find_user(client, args.user)["id"]) if args.user else ""
-    tokens = client.tokens(user_id)
+    tokens = client.tokens.items(user_id)
     names = user_names(client)
     now = time.time()
     columns = [
@@ -142,7 +138,7 @@ def run_token_list(session: Session, args: argparse.Namespace) -> int:
         output.Column("LAST-USED", lambda t: output.age(t.get("lastUsedAt"), now)),
         output.Column("CURRENT", lambda t: "*" if t.get("current") else ""),
     ]
-    session.out(output.render(tokens, columns, args.output, "token", lambda t: str(t.get("id"))))
+    session.out(output.render(tokens, columns, args.output, "token", output.by_id))
     return EXIT_OK
 
 
@@ -158,12 +154,15 @@ def run_token_delete(session: Session, args: argparse.Namespace) -> int:
         user_id = str(find_user(client, args.user)["id"])
         deleted = client.delete_user_tokens(user_id)
     else:
-        deleted = [client.delete_token(token_id) for token_id in args.token_ids]
-    if args.output:
-        session.out(output.render(deleted, [], args.output, "token", lambda t: str(t.get("id"))))
-        return EXIT_OK
-    for token in deleted:
-        session.out(f"token {output.escape(str(token.get('id')))} revoked\n")
-        if token.get("current"):
-            session.note("That was the token this command used: log in again (herdgate login).")
+        deleted = [client.tokens.delete(token_id) for token_id in args.token_ids]
+    session.out(
+        output.outcomes(
+            deleted,
+            args.output,
+            "token",
+            lambda t: f"token {output.escape(output.by_id(t))} revoked\n",
+        )
+    )
+    if not args.output and any(token.get("current") for token in deleted):
+        session.note("That was the token this command used: log in again (herdgate login).")
     return EXIT_OK

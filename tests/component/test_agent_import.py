@@ -207,7 +207,13 @@ async def test_the_manifest_carries_herdgate_roles_and_roles_managed_is_opt_in(g
     assert "herdgate-cluster-member" in roles
     assert role in roles["herdgate-agent-bind"]["rules"][0]["resourceNames"]
     assert "herdgate-agent-roles" not in roles
-    verbs = {v for d in roles.values() for r in d["rules"] for v in r["verbs"]}
+    verbs = {
+        v
+        for d in roles.values()
+        for r in d["rules"]
+        if "clusterroles" in r.get("resources", [])
+        for v in r["verbs"]
+    }
     assert "escalate" not in verbs and "create" not in verbs
 
     resp = await gw.client.get(f"/v3/import/{reg['token']}.yaml?roles=managed")

@@ -13,6 +13,10 @@ Typical use::
     token = issuer.mint(groups=["ops"])
     ...
     await issuer.stop()
+
+A synchronous test (a gateway process configured for it) uses :func:`running_issuer`,
+the issuer on a background loop, and :func:`gateway_oidc_settings`, the gateway's
+``auth.oidc`` settings for it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import json
 import secrets
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.fakes import FakeServer, TestPKI
+from tests.fakes.threaded import BackgroundLoop
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -398,3 +405,34 @@ class FakeIssuer:
             return web.json_response({"error": "authorization_pending"}, status=400)
         del self._devices[form["device_code"]]
         return self._tokens(grant.claims)
+
+
+@contextmanager
+def running_issuer(directory: Path, **options: Any) -> Iterator[tuple[FakeIssuer, BackgroundLoop]]:
+    """A ``FakeIssuer(directory, **options)`` serving from a background loop (for tests
+    that are not coroutines), stopped at the end with its loop."""
+    loop = BackgroundLoop()
+    try:
+        issuer = FakeIssuer(directory, **options)
+        loop.run(issuer.start())
+        try:
+            yield issuer, loop
+        finally:
+            loop.run(issuer.stop())
+    finally:
+        loop.close()
+
+
+def gateway_oidc_settings(issuer: FakeIssuer, **settings: Any) -> dict[str, Any]:
+    """The gateway's settings document logging in with ``issuer`` (``auth.oidc``: on,
+    its URL, client, CA, the user named by ``email``), ``settings`` added or replacing."""
+    oidc = {
+        "enabled": True,
+        "issuer_url": issuer.url,
+        "client_id": issuer.client_id,
+        "client_secret": issuer.client_secret,
+        "ca_file": issuer.ca_file,
+        "username_claim": "email",
+        **settings,
+    }
+    return {"auth": {"oidc": oidc}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,114 +14,49 @@ from typing import Any
 import pytest
 import yaml
 
-from ace import manifests as ace_manifests
-from standin.harness import StandInProcess
+from gateway.clusters import agent_rbac
 from tests.binaries import kubectl
 from tests.integration.conftest import (
-    AGENT_SA_GROUPS,
     AGENT_SA_TOKEN,
-    AGENT_SA_USER,
     CLUSTER_ADMIN_TOKEN,
     NO_AGENT,
     World,
-    agent_objects,
 )
 from tests.integration.env import (
     REPO_ROOT,
-    Agent,
     Gateway,
     free_port,
     kubectl_run,
     wait_until,
     write_kubeconfig,
 )
+from tests.integration.webhook_env import (
+    ace_endpoint,
+    ace_standin,
+    start_cluster_webhook,
+    webhook_healthy,
+)
 
 pytestmark = pytest.mark.integration
-
-READER_TOKEN = "webhook-reader-token"
 
 
 @pytest.fixture(scope="module")
 def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("ace")
     webhook_port = free_port()
-    webhook_config = tmp / "webhook-kubeconfig.yaml"
-    webhook_config.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "webhook",
-                        "cluster": {"server": f"http://127.0.0.1:{webhook_port}/v1/authenticate"},
-                    }
-                ],
-                "users": [{"name": "apiserver", "user": {}}],
-                "contexts": [
-                    {"name": "webhook", "context": {"cluster": "webhook", "user": "apiserver"}}
-                ],
-                "current-context": "webhook",
-            }
-        )
-    )
-    standin = StandInProcess.start(
-        tmp / "apiserver",
-        tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
-            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-            READER_TOKEN: (
-                "system:serviceaccount:herdgate-system:herdgate-webhook",
-                "uid-r",
-                ["system:serviceaccounts", "system:serviceaccounts:herdgate-system"],
-            ),
-        },
-        # The manifests' rights and nothing more, RBAC enforced: the agent's, and the
-        # webhook's read-only Role on the two record kinds (ace.manifests.rbac).
-        objects=[*agent_objects(), *ace_manifests.rbac()],
-        args=[
-            "--authentication-token-webhook-config-file",
-            str(webhook_config),
-            "--authentication-token-webhook-version",
-            "v1",
-            "--authentication-token-webhook-cache-ttl",
-            "1s",
-        ],
-    )
+    standin = ace_standin(tmp, webhook_port)
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log").start()
     admin = gateway.admin()
-    standin_port = standin.url.rsplit(":", 1)[1]
     cluster = admin.post(
-        "/v3/clusters",
-        {
-            "name": "edge",
-            "localClusterAuthEndpoint": {
-                "enabled": True,
-                "fqdn": f"127.0.0.1:{standin_port}",
-                "caCerts": standin.ca_file.read_text(),
-            },
-        },
+        "/v3/clusters", {"name": "edge", "localClusterAuthEndpoint": ace_endpoint(standin)}
     )
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
     world = World(tmp, standin, gateway, admin, cluster["id"], "edge", NO_AGENT, agent_kc)
     world.agent = world.start_agent()
     world.wait_state("active")
     world.wait_admin_synced()
-    reader_kc = standin.kubeconfig(tmp / "webhook-reader-kubeconfig", token=READER_TOKEN)
-    webhook = Agent(
-        [
-            sys.executable,
-            "-m",
-            "herdgate",
-            "webhook",
-            "--listen",
-            f"127.0.0.1:{webhook_port}",
-            "--kubeconfig",
-            str(reader_kc),
-        ],
-        tmp / "webhook.log",
-    ).start()
-    wait_until(lambda: _healthy(webhook_port), 20, "webhook never became healthy")
+    webhook = start_cluster_webhook(tmp, standin, webhook_port)
+    wait_until(lambda: webhook_healthy(webhook_port), 20, "webhook never became healthy")
     try:
         yield world
     finally:
@@ -130,14 +64,6 @@ def ace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         world.agent.stop()
         world.gateway.stop()
         standin.stop()
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def whoami(kc: Path, context: str, version: str = "1.32") -> dict[str, Any] | None:
@@ -286,3 +212,50 @@ def test_webhook_manifests_are_served(ace: World) -> None:
     kinds = {d["kind"] for d in docs if d}
     assert {"CustomResourceDefinition", "DaemonSet", "ServiceAccount"} <= kinds
     assert REPO_ROOT.exists()
+
+
+def _ace_synced(world: World) -> dict[str, Any] | None:
+    conditions: Any = world.cluster()["conditions"]
+    return next((c for c in conditions if c["type"] == "ACESynced"), None)
+
+
+def test_a_failing_ace_sync_shows_in_the_clusters_conditions(ace: World) -> None:
+    """The ACE sync's failures are the cluster's ``ACESynced`` condition (``Synced`` stays
+    the access sync's): without the agent's rights on the records it turns False with
+    the cluster's answer, and True again once they are back."""
+    wait_until(
+        lambda: (c := _ace_synced(ace)) is not None and c["status"] == "True",
+        15,
+        "ACESynced never True",
+    )
+    admin_kc = ace.cluster_admin_kubeconfig()
+    role = agent_rbac.agent_namespace_role()
+    out = kubectl_run(
+        kubectl("1.32"),
+        admin_kc,
+        "delete",
+        "role",
+        role["metadata"]["name"],
+        "-n",
+        "herdgate-system",
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        ace.user("grace", role="cluster-member")  # something to sync
+        failed = wait_until(
+            lambda: (c := _ace_synced(ace)) is not None and c["status"] == "False" and c,
+            20,
+            "ACESynced never turned False",
+        )
+        assert failed["reason"] == "SyncFailed"
+        assert "403" in failed["message"], failed
+        synced = next(c for c in ace.cluster()["conditions"] if c["type"] == "Synced")  # type: ignore[union-attr, index]
+        assert synced["status"] == "True"  # the access sync is not the one failing
+    finally:
+        out = kubectl_run(kubectl("1.32"), admin_kc, "apply", "-f", "-", stdin=json.dumps(role))
+        assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: (c := _ace_synced(ace)) is not None and c["status"] == "True",
+        20,
+        "ACESynced never True again",
+    )

@@ -225,3 +225,122 @@ def test_one_controller_and_the_same_status_through_either_replica(replicas: tup
         30,
         "the agent did not reach the restarted replica",
     )
+
+
+ACE_TOKENS = "/apis/auth.herdgate.dev/v1/namespaces/herdgate-system/clusterauthtokens"
+
+
+def _ace_tokens(world: World) -> set[str]:
+    """The ClusterAuthToken records in the cluster (read as its administrator)."""
+    listed = world.downstream(ACE_TOKENS, token=CLUSTER_ADMIN_TOKEN)
+    return {item["metadata"]["name"] for item in (listed or {}).get("items", [])}
+
+
+def _ace_series(gateway: Gateway, world: World) -> dict[str, float]:
+    """This replica's ACE sync series of the cluster: name (and action) → value."""
+    out: dict[str, float] = {}
+    for line in _metrics(gateway, world).splitlines():
+        if line.startswith("herdgate_ace_sync_") and f'cluster="{world.cluster_id}"' in line:
+            name, _, value = line.rpartition(" ")
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def _ace_writes(gateway: Gateway, world: World) -> float:
+    return sum(
+        v
+        for k, v in _ace_series(gateway, world).items()
+        if k.startswith("herdgate_ace_sync_changes")
+    )
+
+
+def _ace_synced(view: dict) -> dict | None:  # type: ignore[type-arg]
+    return next((c for c in view["conditions"] if c["type"] == "ACESynced"), None)
+
+
+def _when_ace_synced(view: dict) -> dict | None:  # type: ignore[type-arg]
+    synced = _ace_synced(view)
+    return view if synced is not None and synced["status"] == "True" else None
+
+
+def test_only_the_lease_holder_writes_ace_records_and_the_other_takes_over(
+    replicas: tuple,  # type: ignore[type-arg]
+) -> None:
+    """Issue 19: the ACE record sync runs under the cluster's lease, on the replica where
+    the cluster's controller runs; the other replica writes nothing; when the holder is
+    killed (no release: its lease must expire), the other takes the lease and the records
+    over."""
+    world, first, second, _ = replicas
+    for replica in (first, second):
+        if replica.process is None:
+            replica.start()
+    wait_until(
+        lambda: world.cluster()["replicas"] == {"live": 2, "withTunnel": 2},
+        30,
+        "the agent did not reach both replicas",
+    )
+    port = world.standin.url.rsplit(":", 1)[1]
+    world.admin.put(
+        f"/v3/clusters/{world.cluster_id}",
+        {
+            "localClusterAuthEndpoint": {
+                "enabled": True,
+                "fqdn": f"127.0.0.1:{port}",
+                "caCerts": world.standin.ca_file.read_text(),
+            }
+        },
+    )
+    _, api = world.user("ace-before", role="cluster-member")
+    before = api.token.split(":")[0]
+    wait_until(lambda: before in _ace_tokens(world), 20, "the token never reached the cluster")
+    path = f"/v3/clusters/{world.cluster_id}"
+    view = wait_until(lambda: _when_ace_synced(world.admin.get(path)), 15, "ACESynced never True")
+    holder = next(
+        g
+        for g in (first, second)
+        if g.process is not None and f"-{g.process.pid}-" in view["controllerReplica"]
+    )
+    other = second if holder is first else first
+    assert _ace_writes(holder, world) >= 2  # the user's and the token's records at least
+    assert any("last_success" in k for k in _ace_series(holder, world))
+    assert _ace_series(other, world) == {}  # the other replica wrote nothing, tried nothing
+
+    # The holder dies without giving its lease up.
+    assert holder.process is not None
+    holder.process.kill()
+    holder.process.wait(10)
+    holder.process = None
+    try:
+        other_pid = other.process.pid if other.process is not None else -1
+        other_view = other.api(world.admin.token)
+        wait_until(
+            lambda: f"-{other_pid}-" in other_view.get(path)["controllerReplica"],
+            60,
+            "the other replica never took the cluster's lease over",
+        )
+        # A token made now reaches the cluster through the new holder, and a revoked one
+        # leaves it.
+        after_id = other_view.post(
+            "/v3/users", {"username": "ace-after", "password": USER_PASSWORD}
+        )["id"]
+        binding = other_view.post(
+            "/v3/clusterroletemplatebindings",
+            {"clusterId": world.cluster_id, "userId": after_id, "roleTemplateId": "read-only"},
+        )
+        world.wait_synced(binding["id"])
+        after = other.api().login("ace-after", USER_PASSWORD).split(":")[0]
+        other_view.delete(f"/v3/tokens/{before}")
+        wait_until(
+            lambda: (t := _ace_tokens(world)) and after in t and before not in t,
+            30,
+            "the new holder did not bring the records in step",
+        )
+        assert _ace_writes(other, world) >= 2
+        assert _ace_synced(other_view.get(path))["status"] == "True"  # type: ignore[index]
+    finally:
+        holder.start()
+    wait_until(
+        lambda: world.cluster()["replicas"] == {"live": 2, "withTunnel": 2},
+        30,
+        "the agent did not reach the restarted replica",
+    )

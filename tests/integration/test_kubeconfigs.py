@@ -23,17 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-from ace import manifests as ace_manifests
 from config.kubeconfig_merge import dump, load, merge
 from standin.harness import StandInProcess
 from tests.binaries import kubectl
 from tests.integration.conftest import (
-    AGENT_SA_GROUPS,
     AGENT_SA_TOKEN,
-    AGENT_SA_USER,
     CLUSTER_ADMIN_TOKEN,
     USER_PASSWORD,
-    agent_objects,
 )
 from tests.integration.env import (
     REPO_ROOT,
@@ -46,10 +42,14 @@ from tests.integration.env import (
     wait_until,
     write_kubeconfig,
 )
+from tests.integration.webhook_env import (
+    ace_endpoint,
+    ace_standin,
+    start_cluster_webhook,
+    webhook_healthy,
+)
 
 pytestmark = pytest.mark.integration
-
-READER_TOKEN = "webhook-reader-token"
 NAMES = ("alpha", "beta", "gamma")
 ACE = ("alpha", "beta")
 LOGGED_OUT = "You must be logged in to the server"
@@ -119,84 +119,20 @@ class Multi:
         return {item["metadata"]["name"] for item in listed["items"]}
 
 
-def _webhook_config(tmp: Path, port: int) -> Path:
-    path = tmp / "webhook-kubeconfig.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "webhook",
-                        "cluster": {"server": f"http://127.0.0.1:{port}/v1/authenticate"},
-                    }
-                ],
-                "users": [{"name": "apiserver", "user": {}}],
-                "contexts": [
-                    {"name": "webhook", "context": {"cluster": "webhook", "user": "apiserver"}}
-                ],
-                "current-context": "webhook",
-            }
-        )
-    )
-    return path
-
-
 def start_downstream(tmp: Path, admin: Api, name: str, ace: bool) -> Downstream:
     """A stand-in API server, its cluster in the gateway and its agent; with ``ace``, the
     stand-in asks a webhook about tokens and the cluster's direct endpoint is on."""
-    tokens = {
-        AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
-        CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-    }
-    objects = agent_objects()
-    args: list[str] = []
     webhook_port = free_port()
-    if ace:
-        tokens[READER_TOKEN] = (
-            "system:serviceaccount:herdgate-system:herdgate-webhook",
-            "uid-r",
-            ["system:serviceaccounts", "system:serviceaccounts:herdgate-system"],
-        )
-        objects = [*objects, *ace_manifests.rbac()]
-        args = [
-            "--authentication-token-webhook-config-file",
-            str(_webhook_config(tmp, webhook_port)),
-            "--authentication-token-webhook-version",
-            "v1",
-            "--authentication-token-webhook-cache-ttl",
-            "1s",
-        ]
-    standin = StandInProcess.start(tmp / "apiserver", tokens=tokens, args=args, objects=objects)
+    standin = ace_standin(tmp, webhook_port if ace else None)
     body: dict[str, Any] = {"name": name}
     if ace:
-        body["localClusterAuthEndpoint"] = {
-            "enabled": True,
-            "fqdn": f"127.0.0.1:{standin.url.rsplit(':', 1)[1]}",
-            "caCerts": standin.ca_file.read_text(),
-        }
+        body["localClusterAuthEndpoint"] = ace_endpoint(standin)
     cluster = admin.post("/v3/clusters", body)
     reg = admin.post("/v3/clusterregistrationtokens", {"clusterId": cluster["id"]})
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
     agent = Agent(agent_command(reg["command"], agent_kc), tmp / "agent.log").start()
-    webhook = None
-    if ace:
-        reader_kc = standin.kubeconfig(tmp / "webhook-reader-kubeconfig", token=READER_TOKEN)
-        webhook = Agent(
-            [sys.executable, "-m", "herdgate", "webhook", "--listen",
-             f"127.0.0.1:{webhook_port}", "--kubeconfig", str(reader_kc)],
-            tmp / "webhook.log",
-        ).start()  # fmt: skip
+    webhook = start_cluster_webhook(tmp, standin, webhook_port) if ace else None
     return Downstream(name, str(cluster["id"]), standin, agent, webhook, webhook_port)
-
-
-def webhook_healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from tests.binaries import kubectl
-from tests.fakes.oidc_issuer import FakeIssuer
+from tests.fakes.oidc_issuer import FakeIssuer, gateway_oidc_settings, running_issuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.integration.conftest import World, start_world, stop_world
 from tests.integration.env import kubectl_run, write_kubeconfig
@@ -27,39 +27,24 @@ def oidc(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[World, FakeIssuer, BackgroundLoop]]:
     tmp = tmp_path_factory.mktemp("oidc")
-    loop = BackgroundLoop()
-    issuer = FakeIssuer(tmp / "issuer")
-    loop.run(issuer.start())
-    config = {
-        "auth": {
-            "oidc": {
-                "enabled": True,
-                "issuer_url": issuer.url,
-                "client_id": issuer.client_id,
-                "client_secret": issuer.client_secret,
-                "ca_file": issuer.ca_file,
-                "username_claim": "email",
-                "groups_claim": "groups",
-                "jwks_min_refresh_interval": "0s",
-            }
-        }
-    }
-    world = start_world(tmp, name="oidc", gateway_config=yaml.safe_dump(config))
-    binding = world.admin.post(
-        "/v3/clusterroletemplatebindings",
-        {
-            "clusterId": world.cluster_id,
-            "groupPrincipalId": "oidc_group://ops",
-            "roleTemplateId": "cluster-member",
-        },
-    )
-    world.wait_synced(binding["id"])
-    try:
-        yield world, issuer, loop
-    finally:
-        stop_world(world)
-        loop.run(issuer.stop())
-        loop.close()
+    with running_issuer(tmp / "issuer") as (issuer, loop):
+        config = gateway_oidc_settings(
+            issuer, groups_claim="groups", jwks_min_refresh_interval="0s"
+        )
+        world = start_world(tmp, name="oidc", gateway_config=yaml.safe_dump(config))
+        try:
+            binding = world.admin.post(
+                "/v3/clusterroletemplatebindings",
+                {
+                    "clusterId": world.cluster_id,
+                    "groupPrincipalId": "oidc_group://ops",
+                    "roleTemplateId": "cluster-member",
+                },
+            )
+            world.wait_synced(binding["id"])
+            yield world, issuer, loop
+        finally:
+            stop_world(world)
 
 
 def token_kubeconfig(world: World, token: str, name: str) -> Path:

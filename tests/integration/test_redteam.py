@@ -41,8 +41,7 @@ import yaml
 from gateway.store.records import TOKEN, USER
 from gateway.store.sqlite import SQLiteStore
 from tests.binaries import kubectl
-from tests.fakes.oidc_issuer import FakeIssuer
-from tests.fakes.threaded import BackgroundLoop
+from tests.fakes.oidc_issuer import FakeIssuer, gateway_oidc_settings, running_issuer
 from tests.integration.conftest import USER_PASSWORD, World, start_world, stop_world
 from tests.integration.downstream_rbac import apply, bind_admin_as_cluster_admin, binding
 from tests.integration.env import (
@@ -288,39 +287,26 @@ path and query on the gateway itself."""
 @pytest.fixture(scope="module")
 def oidc_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, FakeIssuer]]:
     tmp = tmp_path_factory.mktemp("red-oidc")
-    loop = BackgroundLoop()
-    issuer = FakeIssuer(tmp / "issuer")
-    loop.run(issuer.start())
-    config = {
-        "auth": {
-            "oidc": {
-                "enabled": True,
-                "issuer_url": issuer.url,
-                "client_id": issuer.client_id,
-                "client_secret": issuer.client_secret,
-                "ca_file": issuer.ca_file,
-                "username_claim": "email",
-                "groups_claim": "groups",
-                "redirect_uri": CALLBACK,
-            }
-        }
-    }
-    world = start_world(tmp, name="red-oidc", gateway_config=yaml.safe_dump(config))
-    for group, role in (
-        ("oidc_group://ops", "cluster-owner"),
-        ("oidc_group://viewers", "read-only"),
-    ):
-        binding = world.admin.post(
-            "/v3/clusterroletemplatebindings",
-            {"clusterId": world.cluster_id, "groupPrincipalId": group, "roleTemplateId": role},
-        )
-        world.wait_synced(binding["id"])
-    try:
-        yield world, issuer
-    finally:
-        stop_world(world)
-        loop.run(issuer.stop())
-        loop.close()
+    with running_issuer(tmp / "issuer") as (issuer, _):
+        config = gateway_oidc_settings(issuer, groups_claim="groups", redirect_uri=CALLBACK)
+        world = start_world(tmp, name="red-oidc", gateway_config=yaml.safe_dump(config))
+        try:
+            for group, role in (
+                ("oidc_group://ops", "cluster-owner"),
+                ("oidc_group://viewers", "read-only"),
+            ):
+                binding = world.admin.post(
+                    "/v3/clusterroletemplatebindings",
+                    {
+                        "clusterId": world.cluster_id,
+                        "groupPrincipalId": group,
+                        "roleTemplateId": role,
+                    },
+                )
+                world.wait_synced(binding["id"])
+            yield world, issuer
+        finally:
+            stop_world(world)
 
 
 def test_identity_values_with_spaces_at_their_ends_are_not_trimmed_into_another(

@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 from tests.binaries import kubectl
-from tests.fakes.oidc_issuer import FakeIssuer
-from tests.fakes.threaded import BackgroundLoop
+from tests.fakes.oidc_issuer import FakeIssuer, gateway_oidc_settings, running_issuer
 from tests.integration.browser import WINDOW, check_screenshot, chromium, spki_hash, wait_for_file
 from tests.integration.conftest import USER_PASSWORD, World
 from tests.integration.env import ApiError, Gateway, free_port, kubectl_run
@@ -199,34 +198,18 @@ def oidc_gateway(
     """A gateway with OIDC against the fake issuer, browsed as ``https://localhost:<port>``
     while the issuer is ``https://127.0.0.1:<port>``: two sites, as in real life."""
     tmp = tmp_path_factory.mktemp("ui-oidc")
-    loop = BackgroundLoop()
-    issuer = FakeIssuer(tmp / "issuer", consent_page=True)
-    loop.run(issuer.start())
     port = free_port()
     base = f"https://localhost:{port}"
-    config = {
-        "auth": {
-            "oidc": {
-                "enabled": True,
-                "issuer_url": issuer.url,
-                "client_id": issuer.client_id,
-                "client_secret": issuer.client_secret,
-                "ca_file": issuer.ca_file,
-                "username_claim": "email",
-                "redirect_uri": base + "/v1/auth/oidc/callback",
-            }
-        }
-    }
-    (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-    gateway = Gateway(tmp / "gateway", port, tmp / "gateway.log")
-    gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
-    try:
-        gateway.start()
-        yield gateway, issuer, base
-    finally:
-        gateway.stop()
-        loop.run(issuer.stop())
-        loop.close()
+    with running_issuer(tmp / "issuer", consent_page=True) as (issuer, _):
+        config = gateway_oidc_settings(issuer, redirect_uri=base + "/v1/auth/oidc/callback")
+        (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
+        gateway = Gateway(tmp / "gateway", port, tmp / "gateway.log")
+        gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
+        try:
+            gateway.start()
+            yield gateway, issuer, base
+        finally:
+            gateway.stop()
 
 
 def test_the_oidc_button_logs_in_across_sites(

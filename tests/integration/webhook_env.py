@@ -6,6 +6,12 @@ start_webhook_world(tmp) starts, in this order: the stand-in (its
 exist), then applies deploy/crds.yaml with real kubectl and waits for /healthz. The world
 writes records like the gateway will (hashes from gateway.identity.hashing) and makes kubeconfigs
 that hold only ``token-xxxxx:<secret>``.
+
+A gateway's cluster with direct access (the authorized cluster endpoint), as
+test_ace.py and test_kubeconfigs.py build it: ace_standin (the cluster's API server:
+the agent's and the webhook's rights, RBAC enforced, unknown tokens asked of the webhook),
+ace_endpoint (the cluster's ``localClusterAuthEndpoint``), start_cluster_webhook (the
+webhook reading the records the gateway writes there) and webhook_healthy.
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ from ace import manifests
 from ace.records import GROUP, TOKEN_PLURAL, USER_PLURAL, VERSION
 from gateway.identity import hashing
 from standin.harness import StandInProcess, run_kubectl
-from tests.integration.env import free_port, wait_until
+from tests.integration.conftest import (
+    AGENT_SA_GROUPS,
+    AGENT_SA_TOKEN,
+    AGENT_SA_USER,
+    CLUSTER_ADMIN_TOKEN,
+    agent_objects,
+)
+from tests.integration.env import Agent, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "herdgate-system"
@@ -350,3 +363,66 @@ def start_webhook_world(
             webhook.stop()
         standin.stop()
         raise
+
+
+# -- a gateway's cluster with direct access ----------------------------------------------
+
+
+def ace_standin(workdir: Path, webhook_port: int | None) -> StandInProcess:
+    """A gateway's cluster's API server: the agent's service account and a cluster
+    administrator (``CLUSTER_ADMIN_TOKEN``) with the manifests' rights and nothing more,
+    RBAC enforced. With ``webhook_port``, also the webhook's reader (its read-only Role on
+    the two record kinds, ace.manifests.rbac) and any other token asked of the webhook
+    there (start_cluster_webhook); without, no direct access."""
+    tokens = {
+        AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+        CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+    }
+    objects = agent_objects()
+    args: list[str] = []
+    if webhook_port is not None:
+        tokens[READER_TOKEN] = (
+            READER_USER,
+            "uid-r",
+            ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"],
+        )
+        objects = [*objects, *manifests.rbac()]
+        workdir.mkdir(parents=True, exist_ok=True)
+        webhook_file = apiserver_webhook_file(
+            workdir / "kube-api-authn-webhook.yaml",
+            f"http://127.0.0.1:{webhook_port}/v1/authenticate",
+        )
+        args = [
+            "--authentication-token-webhook-config-file", str(webhook_file),
+            "--authentication-token-webhook-version", "v1",
+            "--authentication-token-webhook-cache-ttl", "1s",
+        ]  # fmt: skip
+    return StandInProcess.start(workdir / "apiserver", tokens=tokens, args=args, objects=objects)
+
+
+def ace_endpoint(standin: StandInProcess) -> dict[str, Any]:
+    """The cluster's ``localClusterAuthEndpoint``: on, at the stand-in, its CA."""
+    return {
+        "enabled": True,
+        "fqdn": f"127.0.0.1:{standin.url.rsplit(':', 1)[1]}",
+        "caCerts": standin.ca_file.read_text(),
+    }
+
+
+def start_cluster_webhook(workdir: Path, standin: StandInProcess, port: int) -> Agent:
+    """``herdgate webhook`` beside ``standin`` on ``port``, reading the records with the
+    reader's token (not yet healthy: see webhook_healthy)."""
+    reader = standin.kubeconfig(workdir / "webhook-reader-kubeconfig", token=READER_TOKEN)
+    return Agent(
+        [sys.executable, "-m", "herdgate", "webhook",
+         "--listen", f"127.0.0.1:{port}", "--kubeconfig", str(reader)],
+        workdir / "webhook.log",
+    ).start()  # fmt: skip
+
+
+def webhook_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
