@@ -100,7 +100,6 @@ class ReplicaSet:
     def count(self) -> int:
         return len(self.live())
 
-<<<<<<< HEAD
     def addresses(self) -> tuple[ReplicaAddress, ...]:
         """The live replicas and where agents dial each (sorted by id)."""
         return tuple(ReplicaAddress(r.id, r.url) for r in self.live())
@@ -113,11 +112,6 @@ class ReplicaSet:
         listed = self.addresses()
         return json.dumps({**fields, COUNT_KEY: len(listed), LIST_KEY: encode(listed)}).encode()
 
-    def is_leader(self) -> bool:
-        return self.live()[0].id == self.id
-
-=======
->>>>>>> main
     def has_tunnel_anywhere(self, cluster_id: str) -> bool:
         return self.holding(cluster_id) > 0
 
