@@ -278,7 +278,10 @@ class Agent:
                 url, self._headers(), _context(ca_pem), DIAL_TIMEOUT_S, connect_to=address
             )
         except HandshakeError as exc:
-            return self._direct_failed(target, f"{where} refused the tunnel: {exc}")
+            # A refusal (a 429's Retry-After kept) slows down this replica only: the
+            # agent gives up on its token only through the gateway's address.
+            _, reason, retry_after_s = refusal(exc, url)
+            return self._direct_failed(target, f"{where}: {reason}", retry_after_s)
         except (OSError, TimeoutError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
             return self._direct_failed(target, f"cannot reach {where}: {reason}")
@@ -297,8 +300,11 @@ class Agent:
             self.direct.connected(target.id)
         return outcome
 
-    def _direct_failed(self, target: ReplicaAddress, reason: str) -> str:
-        delay = self.direct.failed(target.id, asyncio.get_running_loop().time())
+    def _direct_failed(
+        self, target: ReplicaAddress, reason: str, retry_after_s: float = 0.0
+    ) -> str:
+        now = asyncio.get_running_loop().time()
+        delay = self.direct.failed(target.id, now, retry_after_s)
         # The first failure in a row at INFO (a replica stopping shows here), then DEBUG.
         level = logging.INFO if self.direct.failures(target.id) == 1 else logging.DEBUG
         logger.log(level, "%s; trying it again in %.1f s", reason, delay)

@@ -53,6 +53,8 @@ RETRY_INITIAL_S = 0.5
 """A direct dial that failed is tried again after this, doubling..."""
 RETRY_MAX_S = 8.0
 """...up to this (a dead replica is dropped from the list within the gateway's 15 s)."""
+RETRY_AFTER_MAX_S = 300.0
+"""The longest ``Retry-After`` of a replica's refusal that is kept."""
 HELD_INITIAL_S = 0.1
 """A direct dial that landed on a replica already held (workers sharing one address)
 is tried again after this, doubling up to ``HELD_MAX_S``."""
@@ -230,12 +232,13 @@ class DirectDials:
             return None
         return max(0.0, min(self._pace_of(r.id).ready_at for r in lacking) - now)
 
-    def failed(self, replica_id: str, now: float) -> float:
-        """A direct dial failed; the wait before this replica is tried again."""
+    def failed(self, replica_id: str, now: float, at_least_s: float = 0.0) -> float:
+        """A direct dial failed; the wait before this replica is tried again (at least
+        ``at_least_s``, a refusal's ``Retry-After``, capped at ``RETRY_AFTER_MAX_S``)."""
         pace = self._pace_of(replica_id)
         pace.failures += 1
         ceiling = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** (pace.failures - 1))
-        delay = self._rng.uniform(ceiling / 2, ceiling)
+        delay = max(self._rng.uniform(ceiling / 2, ceiling), min(at_least_s, RETRY_AFTER_MAX_S))
         pace.ready_at = now + delay
         return delay
 

@@ -20,6 +20,7 @@ from tests.fakes.loop_clock import virtual_time
 from tests.unit.tunnel.test_agent_tasks import FakeWebSocket, an_agent
 from tunnel.agent import Agent
 from tunnel.credentials import Upstream
+from tunnel.websocket import HandshakeError
 
 
 class FakeSession:
@@ -65,6 +66,8 @@ class FakeGateway:
     pinned: str = "a"
     spread: Callable[[int], str] | None = None
     down: set[str] = field(default_factory=set)
+    full: set[str] = field(default_factory=set)
+    """Replicas that answer 429 with ``Retry-After: 30`` (the cluster has its agents)."""
     log: list[tuple[str, str]] = field(default_factory=list)
     """(how, where it landed): how is "balancer" or the address dialled."""
 
@@ -94,6 +97,9 @@ class FakeGateway:
             if not owners or owners[0] in self.down:
                 self.log.append((how, "refused"))
                 raise ConnectionRefusedError(111, "Connection refused")
+            if owners[0] in self.full:
+                self.log.append((how, "429"))
+                raise HandshakeError(429, "HTTP 429 Too Many Requests", {"retry-after": "30"})
             self.log.append((how, owners[0]))
             return Landed(owners[0])
 
@@ -208,3 +214,21 @@ async def test_info_names_a_returning_replica_and_the_agent_dials_it(
         await until(lambda: "b2" in agent.tunnels)
         assert set(agent.tunnels) == {"a", "b2"}
     assert gateway.log[-1] == (gateway.direct("b2"), "b2")
+
+
+async def test_a_replica_that_refuses_for_now_is_asked_again_after_its_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = an_agent(monkeypatch, Upstream("api.test", 443, None, None))
+    gateway = FakeGateway(dict(URLS), full={"b"})
+    gateway.install(agent, monkeypatch)
+    b = gateway.direct("b")
+    loop = asyncio.get_running_loop()
+    async with running(agent) as until:
+        await until(lambda: (b, "429") in gateway.log and "c" in agent.tunnels)
+        refused_at = loop.time()
+        gateway.full.clear()
+        await until(lambda: "b" in agent.tunnels)
+        assert loop.time() - refused_at >= 29  # Retry-After: 30 kept
+    assert [how for how, _ in gateway.log].count(b) == 2
+    assert [how for how, _ in gateway.log].count("balancer") == 1

@@ -219,6 +219,15 @@ def test_failures_back_off_to_a_ceiling() -> None:
     assert dials.next({"a"}, 0.0) == B  # a tunnel held resets its pace
 
 
+def test_a_refusal_keeps_its_retry_after() -> None:
+    dials = DirectDials(random.Random(8))
+    dials.update((A, B), now=0.0, spread_s=0.0)
+    assert dials.failed("b", now=0.0, at_least_s=30.0) == 30.0
+    assert dials.next({"a"}, 29.0) is None
+    assert dials.next({"a"}, 30.0) == B
+    assert dials.failed("b", now=0.0, at_least_s=1e9) == 300.0  # capped
+
+
 def test_landing_on_a_held_replica_retries_soon() -> None:
     dials = DirectDials(random.Random(4))
     dials.update((A, B), now=0.0, spread_s=0.0)
