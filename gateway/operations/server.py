@@ -133,6 +133,8 @@ async def serve(
             if not worker:
                 print(bootstrap.banner(url, ca_pem, settings), flush=True)
             logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+            if advertised and not worker:
+                logger.info("agents dial this replica itself at %s", advertised)
             if reload_settings:
                 reloader = Reloader(app, settings, reload_settings, ssl_ctx)
             stop = stop or asyncio.Event()
