@@ -451,6 +451,17 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class ReplicaSettings:
+    """This gateway process as one replica of several (``gateway.clusters.replicas``)."""
+
+    advertise_url: str = ""
+    """``https://HOST:PORT`` where agents reach this replica itself, not through the load
+    balancer; published in its replica record and told to agents. Empty: ``listen``'s
+    address when it is not a wildcard (``0.0.0.0``, ``::``), else none (agents then
+    reach this replica only through ``server_url``)."""
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     listen: str = "0.0.0.0:8443"
     """Address of the HTTPS listener, ``HOST:PORT``."""
@@ -460,6 +471,7 @@ class GatewaySettings:
     """URL agents and kubeconfigs use; empty means ``https://<listen host>:<port>``."""
     workers: int = 1
     """Gateway processes sharing the listen address (SO_REUSEPORT); each is a replica."""
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
     http2: bool = True
     """Offer HTTP/2 (ALPN ``h2``) beside HTTP/1.1: kubectl and client-go then carry many
     requests and watches on one connection (upgrades stay on HTTP/1.1)."""

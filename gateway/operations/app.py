@@ -135,7 +135,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
     app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
-    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
+    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS], url=runtime.advertise_url)
     app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")

@@ -66,6 +66,7 @@ async def serve(
     notifier = notifier or Notifier.from_env()
     compat.self_test(compat.GATEWAY)  # dependencies' internals: one WARNING per failed check
     url = bootstrap.server_url(settings)
+    advertised = bootstrap.advertise_url(settings)
     host, port = bootstrap.split_listen(settings.listen)
     # Bound before anything else: an address in use stops the gateway here (StartError),
     # before it opens its store, creates the first admin or starts its background work.
@@ -84,7 +85,15 @@ async def serve(
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)
         ssl_ctx = server_context(paths.cert, paths.key, http2=settings.http2)
         providers = build_providers(settings.auth)
-        runtime = Runtime(url, ca_pem, VERSION)
+        runtime = Runtime(url, ca_pem, VERSION, advertised)
+        if not advertised and settings.store.backend == "etcd" and not worker:
+            logger.warning(
+                "replica.advertise_url is not set and %s is a wildcard address: agents "
+                "reach this replica only through %s, so behind a load balancer that pins "
+                "source addresses it may get no tunnels; set replica.advertise_url",
+                settings.listen,
+                url,
+            )
         loop = asyncio.get_running_loop()
         app = build_app(settings, directory, runtime, providers, auditor)
         runner = web.AppRunner(
@@ -124,6 +133,8 @@ async def serve(
             if not worker:
                 print(bootstrap.banner(url, ca_pem, settings), flush=True)
             logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+            if advertised and not worker:
+                logger.info("agents dial this replica itself at %s", advertised)
             if reload_settings:
                 reloader = Reloader(app, settings, reload_settings, ssl_ctx)
             stop = stop or asyncio.Event()

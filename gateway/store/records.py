@@ -197,6 +197,9 @@ class Replica:
     heartbeat: float
     clusters: tuple[str, ...] = ()
     """Clusters this replica holds at least one agent tunnel for."""
+    url: str = ""
+    """Where agents dial this replica itself (``replica.advertise_url``); empty: only
+    through the gateway's address."""
 
 
 @dataclass(frozen=True, slots=True)
