@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from config.tasks import guard
+from gateway.api.common import LIMITER
+from gateway.api.oauth_login import BROWSER_LOGINS
 from gateway.clusters.replicas import REPLICAS
 from gateway.identity.directory import DIRECTORY
 from gateway.identity.providers.base import ProviderUnavailable
@@ -22,6 +24,9 @@ from gateway.keys import SETTINGS
 logger = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_S = 60.0
+SWEEP_S = 60.0
+"""How often the leader deletes expired login state (failed-login counts, pending
+browser logins) from the store."""
 
 
 async def _every(period_s: float, work: Any, name: str) -> None:
@@ -60,6 +65,15 @@ async def refresh_external_users(app: web.Application) -> int:
     return count
 
 
+async def sweep_login_state(app: web.Application) -> int:
+    """The leader deletes expired failed-login counts and browser logins; how many."""
+    if not app[REPLICAS].is_leader():
+        return 0
+    now = app[DIRECTORY].clock()
+    removed = await app[LIMITER].sweep(now)
+    return removed + await app[BROWSER_LOGINS].sweep()
+
+
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     directory = app[DIRECTORY]
     settings = app[SETTINGS]
@@ -68,8 +82,12 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     def flush() -> Coroutine[Any, Any, None]:
         return _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
 
+    def sweep() -> Coroutine[Any, Any, None]:
+        return _every(SWEEP_S, lambda: sweep_login_state(app), "login state sweep")
+
     tasks = [
         asyncio.create_task(guard(replicas.run, "replica heartbeat", logger)),
+        asyncio.create_task(guard(sweep, "login state sweep", logger)),
         asyncio.create_task(guard(directory.follow, "store change feed", logger)),
         asyncio.create_task(guard(flush, "token last-use", logger)),
     ]

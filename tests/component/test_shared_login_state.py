@@ -1,0 +1,144 @@
+"""Login state lives in the store: two gateway applications on one SQLite store (two
+workers, or two replicas) count failed logins together, and a browser login started
+through one finishes through the other."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from config.schema import AuthSettings, GatewaySettings, OIDCSettings
+from config.tls import client_context
+from gateway.api import oauth_login
+from gateway.identity import hashing
+from gateway.identity.directory import Directory
+from gateway.identity.providers.oidc import OIDCProvider
+from gateway.identity.providers.registry import PROVIDERS, Providers
+from gateway.operations.app import build_app
+from gateway.runtime import Runtime
+from gateway.store.records import BROWSER_LOGIN, LOGIN_FAILURE, USER, User
+from gateway.store.sqlite import SQLiteStore
+from tests.component.front_server import FrontServer
+from tests.fakes.oidc_issuer import FakeIssuer
+
+PASSWORD = "admin-password-123"
+REDIRECT = "https://gw.test:8443/v1/auth/oidc/callback"
+
+
+@pytest.fixture
+async def issuer(tmp_path: Path) -> AsyncIterator[FakeIssuer]:
+    fake = FakeIssuer(tmp_path / "issuer")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def two(
+    tmp_path: Path, issuer: FakeIssuer
+) -> AsyncIterator[tuple[list[TestClient[Any, Any]], list[SQLiteStore]]]:
+    stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
+    oidc = OIDCSettings(
+        enabled=True,
+        issuer_url=issuer.url,
+        client_id=issuer.client_id,
+        client_secret=issuer.client_secret,
+        ca_file=issuer.ca_file,
+        redirect_uri=REDIRECT,
+        request_timeout_s=5.0,
+    )
+    settings = dataclasses.replace(
+        GatewaySettings(),
+        auth=dataclasses.replace(
+            AuthSettings(), login_failures_per_user=5, login_failures_per_address=8, oidc=oidc
+        ),
+    )
+    clients = []
+    for index, store in enumerate(stores):
+        directory = Directory(store)
+        await directory.load()
+        if index == 0:
+            await directory.put(
+                USER,
+                User("u-admin", "admin", hashing.hash_password(PASSWORD), 0.0, admin=True,
+                     principal_ids=("local://u-admin",)),
+            )  # fmt: skip
+        providers = Providers(oidc=OIDCProvider(oidc))
+        app = build_app(
+            settings, directory, Runtime("https://gw.test:8443", "CA", "test"), providers
+        )
+        client = TestClient(FrontServer(app))
+        await client.start_server()
+        clients.append(client)
+    try:
+        yield clients, stores
+    finally:
+        for client in clients:
+            await client.app[PROVIDERS].close()
+            await client.close()
+        for store in stores:
+            await store.close()
+
+
+async def _login(client: TestClient[Any, Any], username: str, password: str) -> int:
+    resp = await client.post(
+        "/v3-public/localProviders/local?action=login",
+        json={"username": username, "password": password},
+    )
+    return resp.status
+
+
+async def test_failed_logins_spread_over_two_apps_lock_as_on_one(two: Any) -> None:
+    (a, b), stores = two
+    for attempt in range(5):  # a, b, a, b, a: five failures in all
+        assert await _login((a, b)[attempt % 2], "admin", "wrong-password") == 401
+    for client in (a, b):  # locked on both, even with the right password
+        assert await _login(client, "ADMIN", PASSWORD) == 429
+    names = [d["id"] for d in await stores[0].list(LOGIN_FAILURE)]
+    assert names and all("admin" not in name for name in names)  # keys are hashes
+    # Another user from the same address: the address's 8 is not yet reached.
+    assert await _login(b, "nobody", "x") == 401
+    assert await _login(a, "nobody", "x") == 401
+    assert await _login(b, "nobody", "x") == 401
+    assert await _login(a, "someone", "x") == 429  # 5 + 3 failures from 127.0.0.1
+
+
+async def test_a_browser_login_started_on_one_app_finishes_on_the_other(
+    two: Any, issuer: FakeIssuer
+) -> None:
+    (a, b), stores = two
+    start = await a.get("/v1/auth/oidc/login", allow_redirects=False)
+    assert start.status == 302
+    cookie = start.cookies[oauth_login.LOGIN_COOKIE].value
+    authorize = start.headers["Location"]
+    state = parse_qs(urlsplit(authorize).query)["state"][0]
+    stored = await stores[1].list(BROWSER_LOGIN)
+    assert stored and all(state not in str(doc) and cookie not in str(doc) for doc in stored)
+    ctx = client_context(ca_file=issuer.ca_file)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(authorize, allow_redirects=False, ssl=ctx) as approved,
+    ):
+        assert approved.status == 302
+        back = urlsplit(approved.headers["Location"])
+    assert back.path == "/v1/auth/oidc/callback"
+    # Without the browser's cookie: refused (and the login stays for its browser).
+    refused = await b.get(f"{back.path}?{back.query}")
+    assert refused.status == 400
+    finished = await b.get(
+        f"{back.path}?{back.query}", headers={"Cookie": f"{oauth_login.LOGIN_COOKIE}={cookie}"}
+    )
+    assert finished.status == 200, await finished.text()
+    assert "token-" in await finished.text()
+    # Once only, whichever app it comes back to.
+    again = await a.get(
+        f"{back.path}?{back.query}", headers={"Cookie": f"{oauth_login.LOGIN_COOKIE}={cookie}"}
+    )
+    assert again.status == 400
