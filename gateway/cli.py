@@ -48,6 +48,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     if settings.workers < 1:
         raise ConfigError("workers", "must be at least 1")
     settings.limits.check()
+    settings.server.check()
     check_tunnel(settings.tunnel, "tunnel")
     if settings.tunnel.max_streams_per_user < 0:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")
