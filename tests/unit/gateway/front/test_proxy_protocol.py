@@ -299,5 +299,5 @@ def test_the_settings_are_checked_at_start() -> None:
     ServerSettings(trusted_proxies=("10.0.0.0/8", "192.0.2.7", "2001:db8::/32")).check()
     with pytest.raises(ConfigError, match="not an IP address or CIDR"):
         ServerSettings(trusted_proxies=("10.0.0.0/33",)).check()
-    with pytest.raises(ConfigError, match="server.proxy_protocol"):
+    with pytest.raises(ConfigError, match=r"server\.proxy_protocol"):
         ServerSettings(proxy_protocol=True).check()
