@@ -4,6 +4,7 @@ through one finishes through the other."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +14,13 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from config.schema import AuthSettings, GatewaySettings, OIDCSettings
 from config.tls import client_context
 from gateway.api import oauth_login
+from gateway.front.balancers import TrustedProxies
+from gateway.front.connection import Front
 from gateway.identity import hashing
 from gateway.identity.directory import Directory
 from gateway.identity.providers.oidc import OIDCProvider
@@ -142,3 +146,59 @@ async def test_a_browser_login_started_on_one_app_finishes_on_the_other(
         f"{back.path}?{back.query}", headers={"Cookie": f"{oauth_login.LOGIN_COOKIE}={cookie}"}
     )
     assert again.status == 400
+
+
+class _BalancedFrontServer(FrontServer):
+    """The front as behind a balancer on 127.0.0.1 that speaks HTTP."""
+
+    async def start_server(
+        self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        assert self.runner.server is not None
+        front = Front(self.app, self.runner.server, trusted=TrustedProxies(["127.0.0.1/32"]))
+        self._listener = await asyncio.get_running_loop().create_server(front, self.host, 0)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_forwarded_for_counts_per_client_only_from_a_trusted_peer(
+    tmp_path: Path, trusted: bool
+) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    directory = Directory(store)
+    await directory.load()
+    settings = dataclasses.replace(
+        GatewaySettings(),
+        auth=dataclasses.replace(AuthSettings(), login_failures_per_address=2),
+    )
+    app = build_app(settings, directory, Runtime("https://gw.test:8443", "CA", "test"))
+    client = TestClient(_BalancedFrontServer(app) if trusted else FrontServer(app))
+    await client.start_server()
+    try:
+
+        async def attempt(forwarded: str) -> int:
+            resp = await client.post(
+                "/v3-public/localProviders/local?action=login",
+                json={"username": f"u{forwarded}", "password": "x"},
+                headers={"X-Forwarded-For": forwarded},
+            )
+            return resp.status
+
+        # A client's own entry first, the balancer's last: the last one is the client.
+        assert await attempt("6.6.6.6, 198.51.100.1") == 401
+        assert await attempt("7.7.7.7, 198.51.100.1") == 401
+        third = await attempt("8.8.8.8, 198.51.100.1")
+        other = await attempt("198.51.100.2")
+        if trusted:
+            assert (third, other) == (429, 401)  # per client behind the balancer
+        else:
+            assert (third, other) == (429, 429)  # all one peer: 127.0.0.1
+    finally:
+        await client.close()
+        await store.close()
