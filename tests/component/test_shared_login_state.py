@@ -25,6 +25,7 @@ from gateway.identity import hashing
 from gateway.identity.directory import Directory
 from gateway.identity.providers.oidc import OIDCProvider
 from gateway.identity.providers.registry import PROVIDERS, Providers
+from gateway.identity.ratelimit import Limit, LoginLimiter
 from gateway.operations.app import build_app
 from gateway.runtime import Runtime
 from gateway.store.records import BROWSER_LOGIN, LOGIN_FAILURE, USER, User
@@ -201,4 +202,26 @@ async def test_forwarded_for_counts_per_client_only_from_a_trusted_peer(
             assert (third, other) == (429, 429)  # all one peer: 127.0.0.1
     finally:
         await client.close()
+        await store.close()
+
+
+async def test_expired_login_state_is_swept_from_the_store(tmp_path: Path) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    now = [1_800_000_000.0]
+    try:
+        limiter = LoginLimiter(store, Limit(5, 60), Limit(20, 60))
+        await limiter.failed("local", "alice", "192.0.2.1", now[0])
+        logins = oauth_login.BrowserLogins(store, clock=lambda: now[0])
+        state = await logins.add("oidc", "cookie", "192.0.2.1")
+        assert len(await store.list(LOGIN_FAILURE)) == 2
+        assert await limiter.sweep(now[0] + 30) == 0  # still in the window
+        assert await logins.sweep() == 0
+        now[0] += oauth_login.STATE_TTL_S + 1
+        assert await logins.take(state, "oidc", "cookie") is None  # expired, even unswept
+        await logins.add("oidc", "cookie", "192.0.2.1")
+        now[0] += oauth_login.STATE_TTL_S + 1
+        assert await limiter.sweep(now[0]) == 2
+        assert await logins.sweep() == 2  # the login and the address's index
+        assert await store.list(LOGIN_FAILURE) == [] and await store.list(BROWSER_LOGIN) == []
+    finally:
         await store.close()
