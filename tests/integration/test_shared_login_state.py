@@ -4,19 +4,28 @@ finished on the other, failed logins counted across both."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import ssl
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
+from gateway.api.oauth_login import BrowserLogins
+from gateway.identity.ratelimit import Limit, LoginLimiter
+from gateway.store.base import Store
+from gateway.store.etcd import EtcdStore
+from gateway.store.sqlite import SQLiteStore
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
+from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
 from tests.integration.env import ADMIN_PASSWORD, Gateway, free_port
 
 pytestmark = pytest.mark.integration
@@ -139,3 +148,44 @@ def test_failed_logins_count_across_both_replicas(
         assert password_login(target.url, target.ca_file, "admin", "wrong-password") == 401
     for target in (a, b):  # locked on both, even with the right password
         assert password_login(target.url, target.ca_file, "admin", ADMIN_PASSWORD) == 429
+
+
+# -- the same on both store backends (SQLite file, a real etcd) ------------------------
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def two_stores(request: Any, tmp_path: Path) -> AsyncIterator[list[Store]]:
+    """Two processes' connections to one store."""
+    stores: list[Any] = []
+    if request.param == "sqlite":
+        stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
+    else:
+        server: Etcd = request.getfixturevalue("etcd")
+        prefix = f"/t-{uuid.uuid4().hex[:8]}/"
+        stores = [await EtcdStore([server.url], prefix=prefix).open() for _ in range(2)]
+    try:
+        yield stores
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_guesses_sent_at_once_to_two_replicas_are_limited_as_one_after_another(
+    two_stores: list[Store],
+) -> None:
+    limiters = [LoginLimiter(s, Limit(5, 900), Limit(100, 900)) for s in two_stores]
+    waits = await asyncio.gather(
+        *(limiters[i % 2].begin("local", "alice", f"10.0.0.{i}", 1.0) for i in range(30))
+    )
+    assert sum(1 for w in waits if w == 0) == 5
+    assert await limiters[1].retry_after("local", "ALICE", "10.9.9.9", 2.0) > 0
+
+
+async def test_a_browser_login_is_taken_once_by_racing_replicas(two_stores: list[Store]) -> None:
+    a, b = (BrowserLogins(s) for s in two_stores)
+    for _ in range(5):
+        state = await a.add("oidc", "cookie", "192.0.2.1")
+        taken = await asyncio.gather(
+            a.take(state, "oidc", "cookie"), b.take(state, "oidc", "cookie")
+        )
+        assert sum(1 for t in taken if t is not None) == 1
