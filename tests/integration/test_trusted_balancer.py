@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from gateway.front.proxy_protocol import v1_header, v2_header
-from tests.binaries import require
+from tests.binaries import kubectl, require
 from tests.integration.conftest import World, start_world, stop_world
-from tests.integration.env import free_port, wait_until
-from tests.integration.test_shared_login_state import password_login
+from tests.integration.env import free_port, kubectl_run, wait_until, write_kubeconfig
+from tests.integration.test_shared_login_state import call, password_login
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +181,45 @@ def test_an_agent_through_haproxy_is_seen_at_its_own_address(
     # The agent dials haproxy from 127.0.0.1; haproxy dials the gateway from BALANCER.
     assert wait_until(remotes, 30, "the agent never connected through haproxy") == ["127.0.0.1"]
     world.wait_state("active", 30)
+
+
+def _h2_connections(world: World) -> float:
+    reply = call(
+        world.gateway.url + "/metrics",
+        world.gateway.ca_file,
+        headers={"Authorization": f"Bearer {world.admin.token}"},
+    )
+    assert reply.status == 200
+    for line in reply.body.decode().splitlines():
+        if line.startswith('herdgate_client_connections_total{protocol="h2"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_kubectl_through_haproxy_is_audited_at_its_own_address(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    world, haproxy = balanced
+    _, api = world.user("behind-haproxy", role="cluster-member")
+    direct = world.kubeconfig_for(api, "behind-haproxy")
+    doc = yaml.safe_load(direct.read_text())
+    for cluster in doc["clusters"]:
+        server = cluster["cluster"]["server"]
+        cluster["cluster"]["server"] = server.replace(
+            f":{world.gateway.port}/", f":{haproxy.port}/"
+        )
+    via = write_kubeconfig(world.tmp / "kubeconfig-via-haproxy", yaml.safe_dump(doc))
+    assert f":{haproxy.port}/" in via.read_text()
+    h2_before = _h2_connections(world)
+    out = kubectl_run(kubectl("1.32"), via, "get", "namespaces")
+    assert out.returncode == 0, out.stderr
+    assert _h2_connections(world) > h2_before  # kubectl chose HTTP/2, through haproxy
+    proxied = wait_until(
+        lambda: [
+            r for r in _audit(world) if r.get("kind") == "request"
+            and r.get("username") == "behind-haproxy" and r.get("resource") == "namespaces"
+        ] or None,
+        10,
+        "no audit record of kubectl's request",
+    )  # fmt: skip
+    assert {r.get("sourceIP") for r in proxied} == {"127.0.0.1"}  # kubectl's, not haproxy's
