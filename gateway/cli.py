@@ -119,6 +119,7 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
         except ValueError as exc:
             raise ConfigError("replica.advertise_url", str(exc)) from None
     settings.limits.check()
+    settings.server.check()
     check_tunnel(settings.tunnel, "tunnel")
     if settings.tunnel.max_streams_per_user < 0:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")

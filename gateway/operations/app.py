@@ -144,8 +144,8 @@ def build_app(
     app[IMPERSONATION_REVIEWS] = ImpersonationReviews()
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
-    app[LIMITER] = login_common.make_limiter(settings.auth)
-    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
+    app[LIMITER] = login_common.make_limiter(directory.store, settings.auth)
+    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins(directory.store)
     app[oauth_login.AFTER_BROWSER_LOGIN] = {}
 
     r = app.router

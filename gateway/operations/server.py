@@ -28,6 +28,7 @@ from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
 from gateway.clusters import tunnels
+from gateway.front.balancers import ProxyPreface, TrustedProxies
 from gateway.front.connection import Front
 from gateway.front.connlimit import ConnectionLimit
 from gateway.identity.directory import Directory
@@ -108,6 +109,7 @@ async def serve(
         # Every client connection is the front's (gateway.front.connection); aiohttp's
         # low-level server answers the management API through the front's bridge.
         limits = settings.limits
+        trusted = TrustedProxies(settings.server.trusted_proxies)
         front = Front(
             app,
             runner.server,
@@ -116,13 +118,25 @@ async def serve(
             body_timeout_s=limits.body_timeout_s,
             max_body=limits.max_request_body,
             http2_buffer=limits.http2_buffer,
+            trusted=trusted,
         )
         listener = TLSServer(
             front,
             ssl_ctx,
             bound.https,
             handshake_timeout_s=limits.handshake_timeout_s,
-            admit=ConnectionLimit(limits.max_connections, limits.per_address).admit,
+            admit=ConnectionLimit(
+                limits.max_connections,
+                limits.per_address,
+                # A balancer's connections count in the total only (it carries many
+                # clients); with the PROXY protocol the client is known after accept.
+                exempt=trusted.trusts if trusted else None,
+            ).admit,
+            preface=(
+                ProxyPreface(trusted, limits.handshake_timeout_s)
+                if settings.server.proxy_protocol
+                else None
+            ),
         )
         metrics_runner: web.AppRunner | None = None
         reloader: Reloader | None = None
