@@ -7,6 +7,7 @@ The YAML key of a field is its name, without the ``_s`` suffix that marks second
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,6 +187,31 @@ class LimitsSettings:
                 raise ConfigError(f"limits.{name.removesuffix('_s')}", "must be positive")
         if self.http2_buffer < 1024 * 1024:
             raise ConfigError("limits.http2_buffer", "must be at least 1MiB")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Balancers in front of the gateway (``gateway.front.balancers``)."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of the balancers whose word on the client's address is believed
+    (the PROXY protocol, ``X-Forwarded-For``); empty: nobody's, the peer is the client."""
+    proxy_protocol: bool = False
+    """Connections from ``trusted_proxies`` begin with a PROXY protocol header (v1 or v2,
+    haproxy ``send-proxy-v2``); one without is closed. Others' connections are plain TLS."""
+
+    def check(self) -> None:
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "server.trusted_proxies", f"{cidr!r} is not an IP address or CIDR"
+                ) from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError(
+                "server.proxy_protocol", "needs server.trusted_proxies (the balancers sending it)"
+            )
 
 
 @dataclass(frozen=True)
@@ -486,6 +512,17 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class ReplicaSettings:
+    """This gateway process as one replica of several (``gateway.clusters.replicas``)."""
+
+    advertise_url: str = ""
+    """``https://HOST:PORT`` where agents reach this replica itself, not through the load
+    balancer; published in its replica record and told to agents. Empty: ``listen``'s
+    address when it is not a wildcard (``0.0.0.0``, ``::``), else none (agents then
+    reach this replica only through ``server_url``)."""
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     listen: str = "0.0.0.0:8443"
     """Address of the HTTPS listener, ``HOST:PORT``."""
@@ -495,6 +532,7 @@ class GatewaySettings:
     """URL agents and kubeconfigs use; empty means ``https://<listen host>:<port>``."""
     workers: int = 1
     """Gateway processes sharing the listen address (SO_REUSEPORT); each is a replica."""
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
     http2: bool = True
     """Offer HTTP/2 (ALPN ``h2``) beside HTTP/1.1: kubectl and client-go then carry many
     requests and watches on one connection (upgrades stay on HTTP/1.1)."""
@@ -504,6 +542,7 @@ class GatewaySettings:
     kubeconfig: KubeconfigSettings = field(default_factory=KubeconfigSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)

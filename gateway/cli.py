@@ -11,6 +11,7 @@ from config.checks import check_tunnel
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
 from config.schema import GatewaySettings
+from tunnel.replica_list import check_advertise_url
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--state-dir", help="where state and generated certificates live")
     p.add_argument("--server-url", help="public https:// URL for agents and kubeconfigs")
     p.add_argument("--workers", type=int, help="gateway processes sharing the port (default 1)")
+    p.add_argument(
+        "--advertise-url",
+        help="https://HOST:PORT where agents reach this replica itself (replica.advertise_url)",
+    )
     p.set_defaults(run=run)
 
 
@@ -102,11 +107,19 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
             "state_dir": args.state_dir,
             "server_url": args.server_url,
             "workers": args.workers,
+            # (a nested flag is passed only when given: None is "not given" at the top only)
+            **({"replica": {"advertise_url": args.advertise_url}} if args.advertise_url else {}),
         },
     )
     if settings.workers < 1:
         raise ConfigError("workers", "must be at least 1")
+    if settings.replica.advertise_url:
+        try:
+            check_advertise_url(settings.replica.advertise_url)
+        except ValueError as exc:
+            raise ConfigError("replica.advertise_url", str(exc)) from None
     settings.limits.check()
+    settings.server.check()
     check_tunnel(settings.tunnel, "tunnel")
     if settings.tunnel.max_streams_per_user < 0:
         raise ConfigError("tunnel.max_streams_per_user", "must be 0 (automatic) or more")

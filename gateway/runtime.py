@@ -14,6 +14,8 @@ class Runtime:
     ca_pem: str
     """The CA that agents and kubeconfigs trust (empty when the certificate is public)."""
     version: str
+    advertise_url: str = ""
+    """Where agents reach this replica itself (``replica.advertise_url``, or derived)."""
 
     @property
     def ca_checksum(self) -> str:

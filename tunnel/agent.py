@@ -1,11 +1,16 @@
 """The agent: dials out to the gateway and holds one tunnel to every gateway replica.
 
 The agent never listens on a port. Each gateway replica (a worker process, or a
-replica on another host) says in its HELLO who it is and how many replicas are live;
-the agent keeps dialling the gateway's address until it holds a tunnel to each of
-them (the kernel's SO_REUSEPORT, or a load balancer, decides where each connection
-lands; a second tunnel to a replica already held is closed at once). Every replica can
-then reach the cluster without a hop through another.
+replica on another host) says in its HELLO who it is and which replicas are live, with
+each one's own address (``tunnel.replica_list``). The first tunnel goes through the
+gateway's address (``server``: a load balancer, say); then the agent dials every listed
+replica it lacks at that replica's own address, with the gateway's TLS server name and
+pinned CA, so it reaches all of them whatever the balancer does (one that pins a source
+address to one replica included). A replica listed without an address, or a gateway
+that sends no list, is reached as before: by dialling the gateway's address again until
+the connection lands there (a second tunnel to a replica already held is closed at
+once). INFO updates from the gateway bring the list when a replica joins, leaves or
+comes back. Every replica can then reach the cluster without a hop through another.
 
 Reconnecting: after a long-lived tunnel drops (a gateway restart), the agent waits a
 random time within ``reconnect_spread`` so that a thousand agents do not all
@@ -40,6 +45,7 @@ import json
 import logging
 import random
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +75,8 @@ from tunnel.redial import (
     backoff_delay,
 )
 from tunnel.relay import relay
+from tunnel.replica_list import COUNT_KEY, LIST_KEY, DirectDials, ReplicaAddress
+from tunnel.replica_list import parse as parse_replica_list
 from tunnel.session import Session
 from tunnel.stats import AgentStats
 from tunnel.streams import TunnelStream
@@ -88,6 +96,9 @@ DUPLICATE_RETRY_S = 0.1
 """First pause after landing on a replica already held (doubles while it repeats)."""
 RELOADABLE = ("logging.level", "token", "token_file")
 """What SIGHUP applies; every other setting needs a restart."""
+NEW_REPLICA_SPREAD_S = 1.0
+"""A replica the gateway announces while the agent runs (it started, or came back) is
+dialled at a random moment within this, so its agents do not all arrive at once."""
 TOKEN_REFUSED_EXIT = 3
 """The agent's exit code when the gateway refused its registration token for good
 (systemd's unit does not restart it: ``RestartPreventExitStatus=3``)."""
@@ -121,6 +132,9 @@ class Agent:
         self.tunnels: dict[str, _Tunnel] = {}
         self.wanted = 1
         """How many gateway replicas are live (as the gateway last said)."""
+        self.direct = DirectDials()
+        """The live replicas' own addresses (as the gateway last said) and the pace of
+        dialling each one directly."""
         self.connected = asyncio.Event()
         """Set while at least one tunnel is up."""
         self._wake = asyncio.Event()
@@ -164,12 +178,31 @@ class Agent:
             data = json.loads(raw)
         except ValueError:
             return
-        replicas = data.get("replicas") if isinstance(data, dict) else None
-        if isinstance(replicas, int) and replicas >= 1 and replicas != self.wanted:
-            logger.info("the gateway now has %d replicas", replicas)
-            self.wanted = replicas
+        if isinstance(data, dict) and self._learn_replicas(data, NEW_REPLICA_SPREAD_S):
             self._report()
             self._wake.set()
+
+    def _learn_replicas(self, data: dict[str, Any], spread_s: float) -> bool:
+        """Take the replica count and list from a HELLO or INFO; True if either changed."""
+        changed = False
+        listed = parse_replica_list(data.get(LIST_KEY))
+        if listed is not None:
+            before = self.direct.known
+            self.direct.update(listed, asyncio.get_running_loop().time(), spread_s)
+            if listed != before:
+                changed = True
+                logger.info(
+                    "gateway replicas: %s",
+                    ", ".join(f"{r.id} at {r.url or '-'}" for r in listed) or "none",
+                )
+        count = data.get(COUNT_KEY)
+        usable = isinstance(count, int) and not isinstance(count, bool) and count >= 1
+        if isinstance(count, int) and usable and count != self.wanted:
+            if spread_s:
+                logger.info("the gateway now has %d replicas", count)
+            self.wanted = count
+            changed = True
+        return changed
 
     def _report(self) -> None:
         """READY=1 with the first tunnel; the tunnel count as systemd's STATUS= line."""
@@ -202,17 +235,18 @@ class Agent:
 
     # -- one connection ---------------------------------------------------------------
 
-    async def _dial(self, ca_pem: str | None, upstream: Upstream) -> str:
-        """Open one tunnel; ``"new"``, ``"duplicate"`` (replica already held) or ``"failed"``."""
-        settings = self.settings
-        ctx = client_context(ca_data=ca_pem) if ca_pem else client_context()
-        headers = {"Authorization": f"Bearer {self._token}"}
-        if settings.node_name:
-            headers["X-Herdgate-Node-Name"] = settings.node_name
-        headers["X-Herdgate-Agent-Id"] = self.instance_id
-        url = settings.server.rstrip("/") + CONNECT_PATH
+    async def _dial(
+        self, ca_pem: str | None, upstream: Upstream, target: ReplicaAddress | None = None
+    ) -> str:
+        """Open one tunnel; ``"new"``, ``"duplicate"`` (replica already held) or ``"failed"``.
+
+        ``target``: dial that replica at its own address (else the gateway's address).
+        """
+        if target is not None:
+            return await self._dial_direct(ca_pem, upstream, target)
+        url = self.settings.server.rstrip("/") + CONNECT_PATH
         try:
-            ws = await wsconn.dial(url, headers, ctx, DIAL_TIMEOUT_S)
+            ws = await wsconn.dial(url, self._headers(), _context(ca_pem), DIAL_TIMEOUT_S)
         except HandshakeError as exc:
             self._failed(*refusal(exc, url))
             return "failed"
@@ -220,7 +254,71 @@ class Agent:
             reason = str(exc) or type(exc).__name__
             self._failed(Failure.UNREACHABLE, f"cannot connect to {url}: {reason}")
             return "failed"
-        tunnel = settings.tunnel
+        session = self._session(ws, upstream)
+        try:
+            gateway = json.loads(await session.handshake() or b"{}")
+        except (TunnelError, ValueError) as exc:
+            self._failed(Failure.UNREACHABLE, f"tunnel handshake with {url} failed: {exc}")
+            await ws.close()
+            return "failed"
+        return await self._established(session, ws, gateway)
+
+    async def _dial_direct(
+        self, ca_pem: str | None, upstream: Upstream, target: ReplicaAddress
+    ) -> str:
+        """Dial one replica at its own address, with the gateway's URL for the TLS server
+        name and ``Host`` (the certificate names the public host, the CA stays pinned);
+        a failure slows down only that replica (``DirectDials``)."""
+        address = target.address
+        assert address is not None
+        where = f"replica {target.id} at {address[0]}:{address[1]}"
+        url = self.settings.server.rstrip("/") + CONNECT_PATH
+        try:
+            ws = await wsconn.dial(
+                url, self._headers(), _context(ca_pem), DIAL_TIMEOUT_S, connect_to=address
+            )
+        except HandshakeError as exc:
+            # A refusal (a 429's Retry-After kept) slows down this replica only: the
+            # agent gives up on its token only through the gateway's address.
+            _, reason, retry_after_s = refusal(exc, url)
+            return self._direct_failed(target, f"{where}: {reason}", retry_after_s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+            return self._direct_failed(target, f"cannot reach {where}: {reason}")
+        session = self._session(ws, upstream)
+        try:
+            gateway = json.loads(await session.handshake() or b"{}")
+        except (TunnelError, ValueError) as exc:
+            await ws.close()
+            return self._direct_failed(target, f"tunnel handshake with {where} failed: {exc}")
+        outcome = await self._established(session, ws, gateway, f"{address[0]}:{address[1]}")
+        loop = asyncio.get_running_loop()
+        if outcome == "duplicate":
+            delay = self.direct.landed_on_held(target.id, loop.time())
+            logger.debug("%s answered as a replica already held; again in %.1f s", where, delay)
+        else:
+            self.direct.connected(target.id)
+        return outcome
+
+    def _direct_failed(
+        self, target: ReplicaAddress, reason: str, retry_after_s: float = 0.0
+    ) -> str:
+        now = asyncio.get_running_loop().time()
+        delay = self.direct.failed(target.id, now, retry_after_s)
+        # The first failure in a row at INFO (a replica stopping shows here), then DEBUG.
+        level = logging.INFO if self.direct.failures(target.id) == 1 else logging.DEBUG
+        logger.log(level, "%s; trying it again in %.1f s", reason, delay)
+        return "failed"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if self.settings.node_name:
+            headers["X-Herdgate-Node-Name"] = self.settings.node_name
+        headers["X-Herdgate-Agent-Id"] = self.instance_id
+        return headers
+
+    def _session(self, ws: wsconn.WebSocketConnection, upstream: Upstream) -> Session:
+        tunnel = self.settings.tunnel
         session = Session(
             ws,
             Side.CLIENT,
@@ -231,18 +329,20 @@ class Agent:
             idle_timeout_s=tunnel.idle_timeout_s,
             send_buffer=tunnel.send_buffer,
             send_timeout_s=tunnel.send_timeout_s,
-            name=settings.server,
+            name=self.settings.server,
         )
         session.set_stream_handler(self._on_stream(session, upstream))
-        try:
-            gateway = json.loads(await session.handshake() or b"{}")
-        except (TunnelError, ValueError) as exc:
-            self._failed(Failure.UNREACHABLE, f"tunnel handshake with {url} failed: {exc}")
-            await ws.close()
-            return "failed"
+        return session
+
+    async def _established(
+        self, session: Session, ws: wsconn.WebSocketConnection, gateway: Any, via: str = ""
+    ) -> str:
+        """The handshake is done: keep the tunnel (``"new"``) or close a second one to
+        a replica already held (``"duplicate"``)."""
+        settings = self.settings
         replica = str(gateway.get("replicaId", "")) if isinstance(gateway, dict) else ""
-        count = gateway.get("replicas", 1) if isinstance(gateway, dict) else 1
-        self.wanted = count if isinstance(count, int) and count >= 1 else 1
+        if isinstance(gateway, dict):
+            self._learn_replicas(gateway, 0.0)
         if replica in self.tunnels:
             await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
             await ws.close()
@@ -258,7 +358,7 @@ class Agent:
         self.connected.set()
         logger.info(
             "tunnel to %s established (replica %s, %d of %d)",
-            settings.server,
+            via or settings.server,
             replica or "-",
             len(self.tunnels),
             self.wanted,
@@ -425,11 +525,28 @@ class Agent:
         """Dial until a tunnel is held to every gateway replica, and again whenever one
         drops; never returns (cancelled when the agent stops)."""
         duplicates = 0
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            if len(self.tunnels) >= self.wanted:
+            held = self.tunnels.keys()
+            if not self._lacking():
                 await self._wake.wait()
                 continue
+            if self.tunnels:
+                # First contact made: the replicas we lack, each at its own address.
+                target = self.direct.next(held, loop.time())
+                if target is not None:
+                    outcome = await self._dial(ca_pem, upstream, target)
+                    self.stats.direct_dials[outcome] = self.stats.direct_dials.get(outcome, 0) + 1
+                    continue
+                wait = self.direct.wait_s(held, loop.time())
+                if wait is not None:  # each one we lack failed just now: its turn comes
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    continue
+            # The gateway's address: the first tunnel, a replica without an address of
+            # its own, or a gateway that sends no list.
             delay = self._delay_before_dial(duplicates)
             if delay:
                 logger.debug("dialling again in %.1f s", delay)
@@ -444,6 +561,13 @@ class Agent:
                 duplicates = 0
                 if not self._next_delay:  # (a failure _dial did not describe)
                     self._failed(Failure.UNREACHABLE, f"cannot connect to {self.settings.server}")
+
+    def _lacking(self) -> bool:
+        """Whether a live replica has no tunnel from this agent (by the gateway's list,
+        or by its count when it sends no list)."""
+        if self.direct.known:
+            return bool(self.direct.lacking(self.tunnels.keys()))
+        return len(self.tunnels) < self.wanted
 
     async def _refresh_credentials(
         self, upstream: Upstream, refresh: Callable[[], Awaitable[str]]
@@ -464,6 +588,10 @@ class Agent:
                     if entry.session.is_usable:
                         entry.session.send_info(message)
                 logger.info("API server credential rotated")
+
+
+def _context(ca_pem: str | None) -> ssl.SSLContext:
+    return client_context(ca_data=ca_pem) if ca_pem else client_context()
 
 
 def connection_status(connected: int, wanted: int) -> str:

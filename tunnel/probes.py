@@ -7,7 +7,9 @@ from :class:`AgentStats`, plain counters the agent and the relay keep (no promet
 call on the data path; the collector reads them at scrape time):
 
 * ``herdgate_agent_tunnels`` (gauge) and ``herdgate_agent_gateway_replicas`` (gauge);
-* ``herdgate_agent_dials_total{outcome="new|duplicate|failed"}``;
+* ``herdgate_agent_dials_total{outcome="new|duplicate|failed"}`` (through the gateway's
+  address) and ``herdgate_agent_direct_dials_total{outcome=...}`` (one replica at its own
+  address, ``tunnel.replica_list``);
 * ``herdgate_agent_reconnects_total``: tunnels established after one was lost;
 * ``herdgate_agent_streams_total``, ``herdgate_agent_streams_open``,
   ``herdgate_agent_stream_failures_total`` (the API server unreachable);
@@ -65,6 +67,14 @@ class StatsCollector(Collector):
         for outcome, count in sorted(s.dials.items()):
             dials.add_metric([outcome], count)
         yield dials
+        direct = CounterMetricFamily(
+            "herdgate_agent_direct_dials",
+            "Dials of one gateway replica at its own address, by outcome.",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(s.direct_dials.items()):
+            direct.add_metric([outcome], count)
+        yield direct
         yield CounterMetricFamily(
             "herdgate_agent_reconnects",
             "Tunnels established after a tunnel was lost.",

@@ -55,6 +55,10 @@ class AgentStats:
     tunnels: int = 0
     wanted: int = 1
     dials: dict[str, int] = field(default_factory=lambda: {"new": 0, "duplicate": 0, "failed": 0})
+    direct_dials: dict[str, int] = field(
+        default_factory=lambda: {"new": 0, "duplicate": 0, "failed": 0}
+    )
+    """Dials of one replica at its own address (``tunnel.replica_list``)."""
     reconnects: int = 0
     streams_total: int = 0
     streams_open: int = 0

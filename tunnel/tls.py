@@ -25,7 +25,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.compat.ssl_internals import direct, enable_read_ahead
@@ -66,6 +66,7 @@ class TLSTransport(asyncio.Transport):
         sock: ssl.SSLSocket,
         protocol: asyncio.BaseProtocol,
         release: Callable[[], None] | None = None,
+        peername: Any = None,
     ) -> None:
         super().__init__()
         self._release = release
@@ -107,8 +108,11 @@ class TLSTransport(asyncio.Transport):
             "cipher": sock.cipher(),
             "compression": sock.compression(),
         }
-        with contextlib.suppress(OSError):
-            self._extra["peername"] = sock.getpeername()
+        if peername is not None:
+            self._extra["peername"] = peername  # the client behind a balancer
+        else:
+            with contextlib.suppress(OSError):
+                self._extra["peername"] = sock.getpeername()
         with contextlib.suppress(OSError):
             self._extra["sockname"] = sock.getsockname()
 
@@ -553,6 +557,10 @@ async def connect(
 
 
 Admit = Callable[[str], Callable[[], None] | None]
+Preface = Callable[[socket.socket, Any], Awaitable[Any]]
+"""Run on an accepted socket before its TLS handshake, with the peer's address: the
+address the connection reports as its peer (``peername``), or None to close it
+(``gateway.front.balancers.ProxyPreface``: the PROXY protocol)."""
 
 
 class TLSServer:
@@ -565,9 +573,11 @@ class TLSServer:
         sockets: list[socket.socket],
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
         admit: Admit | None = None,
+        preface: Preface | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._admit = admit
+        self._preface = preface
         """Asked at each accept with the peer's address: None closes the connection at
         once, else what to call when it is gone (``gateway.front.connlimit``)."""
         self._factory = protocol_factory
@@ -637,7 +647,7 @@ class TLSServer:
                 if release is None:
                     raw.close()
                     continue
-            task = self._loop.create_task(self._start(raw, release))
+            task = self._loop.create_task(self._start(raw, release, address))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
@@ -645,16 +655,28 @@ class TLSServer:
         if not self._closed:
             self._loop.add_reader(lsock.fileno(), self._accept, lsock)
 
-    async def _start(self, raw: socket.socket, release: Callable[[], None] | None) -> None:
+    async def _start(
+        self, raw: socket.socket, release: Callable[[], None] | None, address: Any = None
+    ) -> None:
+        peername = None
         try:
             raw.setblocking(False)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._preface is not None:
+                peername = await self._preface(raw, address)
+                if peername is None:
+                    raise ConnectionRefusedError("refused before the TLS handshake")
             sock = self._context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except OSError:
             raw.close()
             if release is not None:
                 release()
             return
+        except BaseException:
+            raw.close()
+            if release is not None:
+                release()
+            raise
         try:
             await handshake(sock, self._timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
@@ -668,7 +690,7 @@ class TLSServer:
             if release is not None:
                 release()
             raise
-        TLSTransport(self._loop, sock, self._factory(), release).start()
+        TLSTransport(self._loop, sock, self._factory(), release, peername).start()
 
 
 def bind(

@@ -326,8 +326,13 @@ async def dial(
     ssl_context: ssl.SSLContext | None,
     timeout_s: float,
     max_frame: int = READ_LIMIT_BYTES,
+    connect_to: tuple[str, int] | None = None,
 ) -> WebSocketConnection:
     """Open a WebSocket to ``url`` (``https``/``wss`` with ``ssl_context``, or ``http``).
+
+    ``connect_to``: dial this host and port instead of the URL's, keeping the URL's
+    host as the TLS server name and ``Host`` (one gateway replica's own address, whose
+    certificate names the gateway's public host).
 
     Raises HandshakeError (``status`` is the server's HTTP status when it answered with
     one), OSError, ssl.SSLError or TimeoutError.
@@ -338,17 +343,18 @@ async def dial(
     key = websocket.new_key()
     conn._handshake = ClientHandshake(key)
     conn.handshake_done = loop.create_future()
+    host, port = connect_to or (target.host, target.port)
     async with asyncio.timeout(timeout_s):
         if target.secure:
             await tls.connect(
                 lambda: conn,
-                target.host,
-                target.port,
+                host,
+                port,
                 ssl_context or ssl.create_default_context(),
                 server_hostname=target.host,
             )
         else:
-            await loop.create_connection(lambda: conn, target.host, target.port)
+            await loop.create_connection(lambda: conn, host, port)
         assert conn.transport is not None
         request = websocket.client_request(target.host_header, target.path, key, headers)
         conn.transport.write(request)

@@ -56,7 +56,7 @@ async def import_manifest(request: web.Request) -> web.Response:
     d = directory(request)
     address = request.remote or "unknown"
     now = d.clock()
-    wait = limiter.address_retry_after(address, now)
+    wait = await limiter.address_retry_after(address, now)
     if wait > 0:
         raise TooManyAttempts(wait)
     name = request.match_info.get("file", "")
@@ -67,7 +67,7 @@ async def import_manifest(request: web.Request) -> web.Response:
         registration = d.registration_for(token)
     cluster = None if registration is None else d.clusters.get(registration.cluster_id)
     if registration is None or cluster is None:
-        limiter.address_failed(address, now)
+        await limiter.address_failed(address, now)
         logger.info("agent manifest refused: unknown or expired registration token")
         raise NotFound("not found")
     runtime = request.app[RUNTIME]

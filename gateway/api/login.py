@@ -85,7 +85,7 @@ async def check_password(
     d = directory(request)
     address = request.remote or "unknown"
     began = d.clock()
-    wait = limiter.begin(provider_name, username, address, began)  # counted as failed now
+    wait = await limiter.begin(provider_name, username, address, began)  # counted as failed now
     if wait > 0:
         count_login(provider_name, "limited")
         raise TooManyAttempts(wait)
@@ -96,14 +96,14 @@ async def check_password(
             user = await _external(request, provider_name, username, password)
     except GatewayError:
         count_login(provider_name, "unavailable")
-        limiter.withdraw(provider_name, username, address, began)  # not a failed guess
+        await limiter.withdraw(provider_name, username, address, began)  # not a failed guess
         raise
     if user is None or not user.enabled:
         logger.debug("login refused: %s user %r from %s", provider_name, username, address)
         count_login(provider_name, "invalid")
         raise Unauthenticated(FAILED)
-    limiter.withdraw(provider_name, username, address, began)
-    limiter.succeeded(provider_name, username)
+    await limiter.withdraw(provider_name, username, address, began)
+    await limiter.succeeded(provider_name, username)
     count_login(provider_name, "success")
     return user
 

@@ -15,12 +15,15 @@ from gateway.errors import GatewayError, NotFound
 from gateway.identity.directory import TooManyTokens
 from gateway.identity.ratelimit import Limit, LoginLimiter
 from gateway.keys import SETTINGS
+from gateway.store.base import Store
 from gateway.store.records import User
 from gateway.telemetry import metrics
 
 
-def make_limiter(settings: AuthSettings) -> LoginLimiter:
+def make_limiter(store: Store, settings: AuthSettings) -> LoginLimiter:
+    """The failed-login limits, counted in ``store`` (shared by every worker and replica)."""
     return LoginLimiter(
+        store,
         Limit(settings.login_failures_per_user, settings.login_failure_window_s),
         Limit(settings.login_failures_per_address, settings.login_failure_window_s),
     )

@@ -9,20 +9,23 @@ Three ways in, all ending with a herdgate session token:
   "redirectUri"?}`` (Rancher's shape).
 - **Browser redirect**: ``GET /v1/auth/{oidc|github}/login`` sends the browser to the
   provider; ``GET /v1/auth/{provider}/callback`` exchanges the code and shows the token.
-  The PKCE verifier and nonce stay on the gateway, keyed by an unguessable ``state``,
-  and the login is bound to the browser that started it (a cookie, compared at the
-  callback): a callback link sent to someone else logs no one in (login CSRF, RFC 6749
-  section 10.12). A login started by another part of the gateway (the web page,
-  ``gateway.ui``: ``start_browser_login(..., then="web")``) ends with what that part
+  The login is kept in the store under the hash of an unguessable ``state`` (so any
+  worker or replica finishes it), its PKCE verifier and nonce derived from ``state`` and
+  a cookie that binds the login to the browser that started it (compared at the
+  callback; ``BrowserLogins``): a callback link sent to someone else logs no one in
+  (login CSRF, RFC 6749 section 10.12). A login started by another part of the gateway
+  (the web page, ``gateway.ui``: ``start_browser_login(..., then="web")``) ends with what that part
   registered in ``AFTER_BROWSER_LOGIN`` instead of the token page.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import html
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,13 +40,16 @@ from gateway.identity.providers.base import (
     InvalidCredentials,
     ProviderUnavailable,
 )
-from gateway.identity.providers.oauth import code_challenge_s256, new_code_verifier, random_token
+from gateway.identity.providers.oauth import code_challenge_s256, random_token
 from gateway.identity.providers.registry import PROVIDERS
-from gateway.store.records import User
+from gateway.store.base import Store
+from gateway.store.records import BROWSER_LOGIN, User
 
 PATHS = {"oidcProviders/oidc": "oidc", "githubProviders/github": "github"}
 STATE_TTL_S = 600.0
 MAX_PENDING_STATES = 10_000
+MAX_SWAPS = 16
+"""Compare-and-set attempts on one address's index before a start gives up (503)."""
 MAX_PENDING_PER_ADDRESS = 16
 """Browser logins one client address may have pending; starting another drops its
 oldest. An anonymous flood of ``/login`` cannot fill the table for everyone (it used to,
@@ -56,74 +62,133 @@ SameSite=Lax so that the provider's redirect back carries it, only sent to the c
 
 
 @dataclass(frozen=True)
-class _PendingBrowserLogin:
+class PendingBrowserLogin:
     provider: str
     code_verifier: str
     nonce: str
-    expires: float
-    browser: str = ""
-    """The cookie value the callback must come with."""
-    address: str = ""
-    """The client address that started it."""
     then: str = ""
     """Who finishes it (a key of ``AFTER_BROWSER_LOGIN``); empty: the token page."""
 
 
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _derived(browser: str, state: str, label: str) -> str:
+    """A value only the browser's cookie and the state together give (43 URL-safe
+    characters: a valid PKCE verifier, RFC 7636 section 4.1)."""
+    mac = hmac.new(browser.encode("utf-8"), f"{label}\0{state}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+def derived_secrets(browser: str, state: str) -> tuple[str, str]:
+    """The PKCE verifier and the nonce of the login ``state`` started by the browser
+    holding ``browser``. Derived, never stored: the store holds only hashes, and a
+    stolen callback URL (code and state) without the cookie cannot redeem the code."""
+    return _derived(browser, state, "pkce"), _derived(browser, state, "nonce")
+
+
 class BrowserLogins:
-    """``state`` -> what the callback needs; bounded (per client address and in all: the
-    oldest make way) and expiring."""
+    """``state`` -> what the callback needs, in the store (``records.BROWSER_LOGIN``), so
+    a login started through one worker or replica finishes through any other.
 
-    def __init__(self) -> None:
-        self._pending: OrderedDict[str, _PendingBrowserLogin] = OrderedDict()
-        """In the order they were started (the oldest first: found in O(1))."""
-        self._by_address: dict[str, list[str]] = {}
+    A login's document is named by the hash of its ``state`` and holds the provider,
+    the hash of the browser's cookie, who finishes it and when it expires; the PKCE
+    verifier and nonce are derived from cookie and state (``derived_secrets``), so
+    nothing in the store can finish a login. Bounded: a client address has at most
+    ``MAX_PENDING_PER_ADDRESS`` pending (an index document per address, the oldest
+    dropped), and ``sweep`` deletes the expired and, past ``MAX_PENDING_STATES``, the
+    oldest. Every change is a compare-and-set, so two processes taking one state cannot
+    both have it."""
 
-    def add(
-        self,
-        provider: str,
-        verifier: str,
-        nonce: str,
-        browser: str = "",
-        address: str = "",
-        then: str = "",
-    ) -> str:
-        now = time.monotonic()
-        mine = self._by_address.setdefault(address, [])
-        while len(mine) >= MAX_PENDING_PER_ADDRESS:
-            self._pending.pop(mine.pop(0), None)
-        if len(self._pending) >= MAX_PENDING_STATES:
-            for state in [k for k, v in self._pending.items() if v.expires <= now]:
-                self._forget(state)
-            while len(self._pending) >= MAX_PENDING_STATES:
-                self._forget(next(iter(self._pending)))
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def add(self, provider: str, browser: str, address: str = "", then: str = "") -> str:
+        """A new ``state`` for a login started by the browser holding ``browser``."""
+        now = self.clock()
         state = random_token()
-        self._pending[state] = _PendingBrowserLogin(
-            provider, verifier, nonce, now + STATE_TTL_S, browser, address, then
-        )
-        self._by_address.setdefault(address, []).append(state)
+        name = _digest(state)
+        doc = {
+            "id": name,
+            "provider": provider,
+            "browser": _digest(browser),
+            "then": then,
+            "expires": now + STATE_TTL_S,
+        }
+        await self.store.put(BROWSER_LOGIN, name, doc)
+        await self._index(address, name, now)
         return state
 
-    def _forget(self, state: str) -> None:
-        pending = self._pending.pop(state, None)
-        if pending is None:
-            return
-        mine = self._by_address.get(pending.address)
-        if mine is not None:
-            if state in mine:
-                mine.remove(state)
-            if not mine:
-                del self._by_address[pending.address]
+    async def _index(self, address: str, name: str, now: float) -> None:
+        key = "addr-" + _digest(address)
+        for _ in range(MAX_SWAPS):
+            index = await self.store.get(BROWSER_LOGIN, key)
+            raw = index.get("pending") if index is not None else None
+            pending = [
+                (str(p[0]), float(p[1]))
+                for p in (raw if isinstance(raw, list) else [])
+                if isinstance(p, list)
+                and len(p) == 2
+                and isinstance(p[1], int | float)
+                and p[1] > now
+            ]
+            pending.append((name, now + STATE_TTL_S))
+            dropped = pending[:-MAX_PENDING_PER_ADDRESS]
+            pending = pending[-MAX_PENDING_PER_ADDRESS:]
+            value = {
+                "id": key,
+                "pending": [list(p) for p in pending],
+                "expires": max(p[1] for p in pending),
+            }
+            if await self.store.swap(BROWSER_LOGIN, key, index, value) is not None:
+                for old, _ in dropped:
+                    await self.store.delete(BROWSER_LOGIN, old)
+                return
+        await self.store.delete(BROWSER_LOGIN, name)  # too contended: not started
+        raise GatewayError(503, "too many browser logins at once; try again")
 
-    def take(self, state: str, provider: str, browser: str = "") -> _PendingBrowserLogin | None:
+    async def take(self, state: str, provider: str, browser: str) -> PendingBrowserLogin | None:
         """The login ``state`` names, once, if it is this ``provider``'s, not expired, and
         ``browser`` is the cookie value it was started with."""
-        pending = self._pending.get(state)
-        if pending is None or not hmac.compare_digest(pending.browser, browser):
-            return None  # kept: the browser that started it may still come back
-        self._forget(state)
-        if pending.provider != provider or pending.expires < time.monotonic():
+        if not state or not browser or len(state) > 256:
             return None
-        return pending
+        name = _digest(state)
+        doc = await self.store.get(BROWSER_LOGIN, name)
+        if doc is None or not hmac.compare_digest(str(doc.get("browser", "")), _digest(browser)):
+            return None  # kept: the browser that started it may still come back
+        if not await self.store.swap(BROWSER_LOGIN, name, doc, None):
+            return None  # another process took it first
+        expires = doc.get("expires")
+        if doc.get("provider") != provider or not isinstance(expires, int | float):
+            return None
+        if expires < self.clock():
+            return None
+        verifier, nonce = derived_secrets(browser, state)
+        return PendingBrowserLogin(provider, verifier, nonce, str(doc.get("then", "")))
+
+    async def sweep(self) -> int:
+        """Delete expired logins and address indexes and, past ``MAX_PENDING_STATES``, the
+        oldest logins; how many were deleted."""
+        now = self.clock()
+        removed = 0
+        live: list[tuple[float, dict[str, Any]]] = []
+        for doc in await self.store.list(BROWSER_LOGIN):
+            name, expires = doc.get("id"), doc.get("expires")
+            if not isinstance(name, str):
+                continue
+            if isinstance(expires, int | float) and expires > now:
+                if not name.startswith("addr-"):
+                    live.append((float(expires), doc))
+                continue
+            if await self.store.swap(BROWSER_LOGIN, name, doc, None):
+                removed += 1
+        live.sort(key=lambda item: item[0])
+        for _, doc in live[: max(0, len(live) - MAX_PENDING_STATES)]:
+            if await self.store.swap(BROWSER_LOGIN, doc["id"], doc, None):
+                removed += 1
+        return removed
 
 
 BROWSER_LOGINS = web.AppKey("browser_logins", BrowserLogins)
@@ -181,7 +246,7 @@ async def oauth_action(request: web.Request) -> web.Response:
     what = action(request)
     limiter = request.app[LIMITER]
     address = request.remote or "unknown"
-    wait = limiter.address_retry_after(address, directory(request).clock())
+    wait = await limiter.address_retry_after(address, directory(request).clock())
     if wait > 0:
         count_login(name, "limited")
         raise TooManyAttempts(wait)
@@ -221,7 +286,7 @@ async def oauth_action(request: web.Request) -> web.Response:
             return web.json_response(await _finish(request, identity, data), status=201)
     except (InvalidCredentials, ProviderUnavailable) as exc:
         if isinstance(exc, InvalidCredentials):
-            limiter.address_failed(address, directory(request).clock())
+            await limiter.address_failed(address, directory(request).clock())
         raise _failed(exc, name) from None
     raise BadRequest("unknown action (deviceCode, deviceToken or login)")
 
@@ -238,12 +303,9 @@ async def start_browser_login(request: web.Request, name: str, then: str = "") -
     if name not in ("oidc", "github"):
         raise NotFound("unknown provider")
     provider = _provider(request, name)
-    verifier = new_code_verifier()
-    nonce = random_token()
     browser = random_token()
-    state = request.app[BROWSER_LOGINS].add(
-        name, verifier, nonce, browser, request.remote or "", then
-    )
+    state = await request.app[BROWSER_LOGINS].add(name, browser, request.remote or "", then)
+    verifier, nonce = derived_secrets(browser, state)
     try:
         if name == "oidc":
             await provider.discover()
@@ -273,7 +335,8 @@ async def browser_callback(request: web.Request) -> web.StreamResponse:
     browser = request.cookies.get(LOGIN_COOKIE, "")
     pending = None
     if browser:
-        pending = request.app[BROWSER_LOGINS].take(request.query.get("state", ""), name, browser)
+        state = request.query.get("state", "")
+        pending = await request.app[BROWSER_LOGINS].take(state, name, browser)
     code = request.query.get("code", "")
     if pending is None or not code:
         raise BadRequest(

@@ -1,13 +1,16 @@
 """The gateway's replica model: every process is a replica, and agents reach all of them.
 
 Each gateway process — a worker on this host or a replica on another — registers in
-the shared store with a heartbeat and the clusters it holds tunnels for. It tells every
-agent, in its HELLO, its own id and how many replicas are live; the agent keeps
-dialling (through the same address: the kernel's SO_REUSEPORT or a load balancer
-spreads connections) until it holds one tunnel to each replica. So any replica can
-serve any request from its own tunnels, with no hop between replicas, and several
-workers on one host behave exactly like several hosts (the konnectivity "server count"
-model). There is no leader among replicas: work that must run in one process at a time
+the shared store with a heartbeat, its own address (``replica.advertise_url``) and the
+clusters it holds tunnels for. It tells every agent, in its HELLO and then in an INFO
+whenever the set changes, its own id and the live replicas with their addresses
+(``tunnel.replica_list``); the agent dials each replica it lacks at that address, so it
+holds one tunnel to each whatever the load balancer in front does (a replica without an
+address is reached by dialling the gateway's address until the connection lands
+there). So any replica can serve any request from its own tunnels, with no hop between
+replicas, and several workers on one host behave exactly like several hosts (the
+konnectivity "server count" model, with Teleport's "agents dial every proxy" discovery).
+There is no leader among replicas: work that must run in one process at a time
 runs under a store lease of its own (``gateway.controllers.lease``: each cluster's
 controller with its access and ACE syncs, the group refresh), and the housekeeping here
 (forgetting long-dead replicas' records) is idempotent, so any replica may do it.
@@ -30,6 +33,7 @@ from aiohttp import web
 from gateway.identity.directory import Directory
 from gateway.store.base import StoreError
 from gateway.store.records import REPLICA, Replica
+from tunnel.replica_list import COUNT_KEY, LIST_KEY, ReplicaAddress, encode
 from tunnel.session import Session
 
 logger = logging.getLogger(__name__)
@@ -70,14 +74,17 @@ class ReplicaSet:
         directory: Directory,
         tunnels: Tunnels,
         replica_id: str | None = None,
+        url: str = "",
     ) -> None:
         self.directory = directory
         self.tunnels = tunnels
         self.id = replica_id or new_replica_id()
+        self.url = url
+        """Where agents dial this replica itself (empty: through the gateway's address)."""
         self.started = directory.clock()
         self._changed = asyncio.Event()
         tunnels.on_change(lambda _cluster, _count: self._changed.set())
-        self._announced = 0
+        self._announced: tuple[ReplicaAddress, ...] = ()
         # A replica joining or leaving changes the count agents must be told about.
         directory.on_change(self._on_directory_change)
 
@@ -93,6 +100,18 @@ class ReplicaSet:
     def count(self) -> int:
         return len(self.live())
 
+    def addresses(self) -> tuple[ReplicaAddress, ...]:
+        """The live replicas and where agents dial each (sorted by id)."""
+        return tuple(ReplicaAddress(r.id, r.url) for r in self.live())
+
+    def hello(self, cluster_id: str) -> bytes:
+        """The HELLO metadata for an agent's tunnel."""
+        return self._message({"clusterId": cluster_id, "replicaId": self.id})
+
+    def _message(self, fields: dict[str, object]) -> bytes:
+        listed = self.addresses()
+        return json.dumps({**fields, COUNT_KEY: len(listed), LIST_KEY: encode(listed)}).encode()
+
     def has_tunnel_anywhere(self, cluster_id: str) -> bool:
         return self.holding(cluster_id) > 0
 
@@ -105,7 +124,9 @@ class ReplicaSet:
 
     def _record(self, now: float) -> Replica:
         clusters = tuple(sorted({link.cluster_id for link in self.tunnels.all_links()}))
-        return Replica(self.id, socket.gethostname(), os.getpid(), self.started, now, clusters)
+        return Replica(
+            self.id, socket.gethostname(), os.getpid(), self.started, now, clusters, self.url
+        )
 
     async def heartbeat(self) -> None:
         await self.directory.put(REPLICA, self._record(self.directory.clock()))
@@ -134,14 +155,15 @@ class ReplicaSet:
             self._announce_if_changed()
 
     def _announce_if_changed(self) -> None:
-        count = self.count()
-        if count != self._announced:
-            self._announced = count
-            self._announce(count)
+        listed = self.addresses()
+        if listed != self._announced:
+            self._announced = listed
+            self._announce()
 
-    def _announce(self, count: int) -> None:
-        """Tell connected agents how many replicas to hold tunnels to (INFO frame)."""
-        message = json.dumps({"replicas": count}).encode()
+    def _announce(self) -> None:
+        """Tell connected agents which replicas to hold tunnels to, and where each is
+        (an INFO frame: the count for older agents, the list for newer ones)."""
+        message = self._message({})
         for link in self.tunnels.all_links():
             if link.session.is_usable:
                 link.session.send_info(message)

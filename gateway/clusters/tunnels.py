@@ -272,9 +272,7 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
         conn,
         Side.SERVER,
         limits=Limits(settings.stream_window, settings.max_frame, settings.max_streams),
-        metadata=json.dumps(
-            {"clusterId": cluster_id, "replicaId": replicas.id, "replicas": replicas.count()}
-        ).encode(),
+        metadata=replicas.hello(cluster_id),
         on_info=lambda raw: link.on_info(raw) if link is not None else None,
         ping_interval_s=settings.ping_interval_s * 1.5,
         idle_timeout_s=settings.idle_timeout_s,

@@ -255,6 +255,8 @@ class Bridge(asyncio.Transport):
         transport = self._request.transport
         if name == "socket" or transport is None:
             return default  # no socket options on an in-memory connection
+        if name == "peername" and self._request.client:
+            return (self._request.client, 0)  # named by a trusted balancer
         return transport.get_extra_info(name, default)
 
     def pause_reading(self) -> None:

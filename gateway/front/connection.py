@@ -31,6 +31,7 @@ from aiohttp import web
 
 from gateway.errors import BadBody, api_body, status_body
 from gateway.front import agents, bridge
+from gateway.front.balancers import TrustedProxies
 from gateway.front.h1_protocol import (
     MAX_BODY_BYTES,
     Body,
@@ -92,8 +93,12 @@ class Front:
         body_timeout_s: float = BODY_TIMEOUT_S,
         max_body: int = MAX_BODY_BYTES,
         http2_buffer: int = HTTP2_BUFFER_BYTES,
+        trusted: TrustedProxies | None = None,
     ) -> None:
         self.app = app
+        self.trusted = trusted if trusted else None
+        """``server.trusted_proxies``: whose ``X-Forwarded-For`` is believed (None: nobody's,
+        and no request is looked at for it)."""
         self.answer = answer
         """What answers a request: ``gateway.proxy.handler.answer`` (tests give their own)."""
         self.fallback = fallback
@@ -116,6 +121,17 @@ class Front:
 
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
+
+    def forwarded_from(self, remote: str) -> bool:
+        """Whether requests on a connection from ``remote`` may name their client."""
+        trusted = self.trusted
+        return trusted is not None and trusted.trusts(remote)
+
+    def client_of(self, remote: str, headers: list[Header]) -> str:
+        """The client of a request that came through the trusted balancer ``remote``."""
+        assert self.trusted is not None
+        forwarded = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
+        return self.trusted.client_of(remote, forwarded) if forwarded else remote
 
     def answerer(self, request: Request) -> Answerer:
         """Who answers ``request``: the proxy for ``/k8s/clusters/``, the agents' endpoint
@@ -193,6 +209,7 @@ class FrontConnection(asyncio.Protocol):
         "_task",
         "_v3",
         "closing",
+        "forwarded",
         "remote",
         "taken_over",
         "transport",
@@ -203,6 +220,8 @@ class FrontConnection(asyncio.Protocol):
         self._front = front
         self.transport: asyncio.Transport | None = None
         self.remote = ""
+        self.forwarded = False
+        """The peer is a trusted balancer: requests name their client (X-Forwarded-For)."""
         self._reader = RequestReader(front.max_body)
         self._current: Request | None = None
         self._receiving: Request | None = None
@@ -239,6 +258,8 @@ class FrontConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.remote = str(peer[0])
+            if self._front.trusted is not None:
+                self.forwarded = self._front.forwarded_from(self.remote)
         self._last_active = asyncio.get_running_loop().time()
         self._front.added(self)
 
@@ -431,6 +452,8 @@ class FrontConnection(asyncio.Protocol):
             self._on_invalid(Invalid(431, "request header fields too large", head.target))
             return
         request = client_request(head, self)
+        if self.forwarded:
+            request.client = self._front.client_of(self.remote, head.headers)
         self._receiving = request
         if self._current is None:
             self._start(request)

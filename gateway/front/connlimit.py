@@ -19,11 +19,18 @@ Release = Callable[[], None]
 
 
 class ConnectionLimit:
-    __slots__ = ("_by_address", "max_connections", "open", "per_address")
+    __slots__ = ("_by_address", "exempt", "max_connections", "open", "per_address")
 
-    def __init__(self, max_connections: int, per_address: int) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        per_address: int,
+        exempt: Callable[[str], bool] | None = None,
+    ) -> None:
         self.max_connections = max_connections
         self.per_address = per_address
+        self.exempt = exempt
+        """Addresses without a per-address limit (trusted balancers: ``server.trusted_proxies``)."""
         self.open = 0
         self._by_address: dict[str, int] = {}
 
@@ -31,6 +38,8 @@ class ConnectionLimit:
         if self.open >= self.max_connections:
             metrics.CONNECTIONS_REFUSED.labels("total").inc()
             return None
+        if self.exempt is not None and self.exempt(address):
+            return self._admit_exempt()
         held = self._by_address.get(address, 0)
         if held >= self.per_address:
             metrics.CONNECTIONS_REFUSED.labels("address").inc()
@@ -52,6 +61,20 @@ class ConnectionLimit:
             else:
                 del self._by_address[address]
             metrics.CONNECTIONS_OPEN.set(self.open)
+
+        return release
+
+    def _admit_exempt(self) -> Release:
+        self.open += 1
+        metrics.CONNECTIONS_OPEN.set(self.open)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open -= 1
+                metrics.CONNECTIONS_OPEN.set(self.open)
 
         return release
 

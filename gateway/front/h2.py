@@ -30,6 +30,7 @@ from config import allocator
 from gateway.errors import status_body
 from gateway.front import bridge
 from gateway.front import h2_protocol as http2
+from gateway.front.balancers import TrustedProxies
 from gateway.front.h1_protocol import Head
 from gateway.front.h2_protocol import (
     Data,
@@ -85,6 +86,10 @@ class Listener(Protocol):
     def body_timeout_s(self) -> float: ...
     @property
     def http2_buffer(self) -> int: ...
+    @property
+    def trusted(self) -> TrustedProxies | None: ...
+    def forwarded_from(self, remote: str) -> bool: ...
+    def client_of(self, remote: str, headers: list[Header]) -> str: ...
     def answerer(self, request: model.Request) -> Answerer: ...
     def added(self, conn: H2Connection) -> None: ...
     def removed(self, conn: H2Connection) -> None: ...
@@ -103,6 +108,7 @@ class H2Connection(asyncio.Protocol):
         "_streams",
         "budget",
         "closing",
+        "forwarded",
         "remote",
         "transport",
         "write_paused",
@@ -114,6 +120,8 @@ class H2Connection(asyncio.Protocol):
         self._streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.remote = ""
+        self.forwarded = False
+        """The peer is a trusted balancer: requests name their client (X-Forwarded-For)."""
         self.write_paused = False
         self.closing = False
         """The transport is closing (what was written still goes out)."""
@@ -136,6 +144,8 @@ class H2Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.remote = str(peer[0])
+            if self._front.trusted is not None:
+                self.forwarded = self._front.forwarded_from(self.remote)
         self._last_active = asyncio.get_running_loop().time()
         self._front.added(self)
         self.flush()  # our SETTINGS
@@ -357,8 +367,11 @@ class H2Stream:
         self._conn = conn
         self.stream_id = event.stream_id
         self.authority = event.authority
-        self.request = client_request(_head(event), self)
+        head = _head(event)
+        self.request = client_request(head, self)
         self.request.authority = event.authority
+        if conn.forwarded:
+            self.request.client = conn._front.client_of(conn.remote, head.headers)
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._body_active = asyncio.get_running_loop().time()

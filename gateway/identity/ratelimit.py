@@ -1,16 +1,35 @@
-"""Failed-login limits per user name and per source address (pure; time is passed in).
+"""Failed-login limits per user name and per source address, kept in the store.
 
-Each key keeps the times of its recent failures in a sliding window. A key that
-reached its limit is refused until its oldest failure leaves the window. Memory is
-bounded: at most ``max_keys`` keys are tracked, the least recently failed dropped first.
+Each key (a user name at a provider, or a client address) keeps the times of its
+recent failures in a sliding window. A key that reached its limit is refused until its
+oldest failure leaves the window.
+
+The times live in the store (``records.LOGIN_FAILURE``, one document per key, named by
+a hash of the key), so every worker and every replica on one store counts the same
+failures: five failures spread over two gateway processes lock an account as five on
+one would. Every change is a compare-and-set (``Store.swap``), retried a bounded number
+of times; a key so contended that the write never lands is refused for a second (it is
+under attack). A document whose failures all left the window is deleted when next
+touched, and ``LoginLimiter.sweep`` (run periodically) deletes the ones nobody touches
+again, so the store holds only keys that failed within the window.
+
+The window arithmetic (``recent``, ``wait``) is pure; times are wall-clock seconds
+(replicas compare them), passed in.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.store.records import fold_username
+from gateway.store.base import Store
+from gateway.store.records import LOGIN_FAILURE, fold_username
+
+MAX_TRIES = 16
+"""Compare-and-set attempts per change before a key counts as too contended."""
+CONTENDED_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -19,55 +38,91 @@ class Limit:
     window_s: float
 
 
-class FailureWindow:
-    def __init__(self, limit: Limit, max_keys: int = 100_000) -> None:
+def recent(times: Sequence[float], now: float, window_s: float) -> list[float]:
+    """The failures still inside the window, oldest first."""
+    cutoff = now - window_s
+    return sorted(t for t in times if t > cutoff)
+
+
+def wait(times: Sequence[float], limit: Limit, now: float) -> float:
+    """Seconds until a key with failures ``times`` (already ``recent``) may try again."""
+    if len(times) < limit.failures:
+        return 0.0
+    return max(0.0, times[-limit.failures] + limit.window_s - now)
+
+
+def _times(doc: dict[str, Any] | None) -> list[float]:
+    if doc is None:
+        return []
+    raw = doc.get("times")
+    if not isinstance(raw, list):
+        return []
+    return [float(t) for t in raw if isinstance(t, int | float) and not isinstance(t, bool)]
+
+
+Edit = Callable[[list[float]], tuple[list[float], float]]
+"""Given the recent failures of a key: its new failures and a result (seconds to wait)."""
+
+
+class StoredWindow:
+    """One kind of key (``scope``: ``user`` or ``address``) with its ``limit``."""
+
+    def __init__(self, store: Store, scope: str, limit: Limit) -> None:
+        self.store = store
+        self.scope = scope
         self.limit = limit
-        self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _trim(self, key: str, now: float) -> deque[float] | None:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        cutoff = now - self.limit.window_s
-        while times and times[0] <= cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
+    def doc_key(self, key: str) -> str:
+        return hashlib.sha256(f"{self.scope}\0{key}".encode()).hexdigest()
 
-    def retry_after(self, key: str, now: float) -> float:
-        """Seconds until ``key`` may try again; 0 when it may try now."""
-        times = self._trim(key, now)
-        if times is None or len(times) < self.limit.failures:
-            return 0.0
-        return times[0] + self.limit.window_s - now
+    async def _change(self, key: str, now: float, edit: Edit) -> float:
+        name = self.doc_key(key)
+        for _ in range(MAX_TRIES):
+            doc = await self.store.get(LOGIN_FAILURE, name)
+            stored = _times(doc)
+            times = recent(stored, now, self.limit.window_s)
+            new, result = edit(times)
+            new = new[-max(1, self.limit.failures) :]
+            if new == stored and doc is not None:
+                return result
+            value = None
+            if new:
+                value = {"id": name, "times": new, "expires": new[-1] + self.limit.window_s}
+            if doc is None and value is None:
+                return result
+            if await self.store.swap(LOGIN_FAILURE, name, doc, value) is not None:
+                return result
+        return CONTENDED_WAIT_S
 
-    def record_failure(self, key: str, now: float) -> None:
-        times = self._trim(key, now)
-        if times is None:
-            times = deque()
-            self._failures[key] = times
-            if len(self._failures) > self.max_keys:
-                self._failures.popitem(last=False)
-        else:
-            self._failures.move_to_end(key)
-        times.append(now)
-        while len(times) > self.limit.failures:
-            times.popleft()
+    async def retry_after(self, key: str, now: float) -> float:
+        doc = await self.store.get(LOGIN_FAILURE, self.doc_key(key))
+        return wait(recent(_times(doc), now, self.limit.window_s), self.limit, now)
 
-    def clear(self, key: str) -> None:
-        self._failures.pop(key, None)
+    async def begin(self, key: str, now: float) -> float:
+        """Count an attempt at ``now`` if the key is under its limit (0), else the wait."""
 
-    def withdraw(self, key: str, at: float) -> None:
-        """Take back one failure recorded at ``at`` (an attempt that turned out not to be
-        a failed guess)."""
-        times = self._failures.get(key)
-        if times is not None and at in times:
-            times.remove(at)
-            if not times:
-                del self._failures[key]
+        def edit(times: list[float]) -> tuple[list[float], float]:
+            waiting = wait(times, self.limit, now)
+            return (times, waiting) if waiting > 0 else ([*times, now], 0.0)
+
+        return await self._change(key, now, edit)
+
+    async def record_failure(self, key: str, now: float) -> None:
+        await self._change(key, now, lambda times: ([*times, now], 0.0))
+
+    async def withdraw(self, key: str, at: float, now: float) -> None:
+        """Take back one failure recorded at ``at``."""
+
+        def edit(times: list[float]) -> tuple[list[float], float]:
+            if at in times:
+                times = list(times)
+                times.remove(at)
+            return times, 0.0
+
+        await self._change(key, now, edit)
+
+    async def clear(self, key: str) -> None:
+        await self.store.delete(LOGIN_FAILURE, self.doc_key(key))
 
 
 class LoginLimiter:
@@ -76,43 +131,67 @@ class LoginLimiter:
     User names count folded (``fold_username``), as the directory finds users: every
     spelling of one name is one user here too."""
 
-    def __init__(self, per_user: Limit, per_address: Limit) -> None:
-        self.users = FailureWindow(per_user)
-        self.addresses = FailureWindow(per_address)
+    def __init__(self, store: Store, per_user: Limit, per_address: Limit) -> None:
+        self.store = store
+        self.users = StoredWindow(store, "user", per_user)
+        self.addresses = StoredWindow(store, "address", per_address)
 
-    def retry_after(self, provider: str, username: str, address: str, now: float) -> float:
+    @staticmethod
+    def _user(provider: str, username: str) -> str:
+        return f"{provider}\0{fold_username(username)}"
+
+    async def retry_after(self, provider: str, username: str, address: str, now: float) -> float:
         return max(
-            self.users.retry_after(f"{provider}\0{fold_username(username)}", now),
-            self.addresses.retry_after(address, now),
+            await self.users.retry_after(self._user(provider, username), now),
+            await self.addresses.retry_after(address, now),
         )
 
-    def failed(self, provider: str, username: str, address: str, now: float) -> None:
-        self.users.record_failure(f"{provider}\0{fold_username(username)}", now)
-        self.addresses.record_failure(address, now)
+    async def failed(self, provider: str, username: str, address: str, now: float) -> None:
+        await self.users.record_failure(self._user(provider, username), now)
+        await self.addresses.record_failure(address, now)
 
-    def begin(self, provider: str, username: str, address: str, now: float) -> float:
+    async def begin(self, provider: str, username: str, address: str, now: float) -> float:
         """Let an attempt through (0) or say how long to wait. One let through counts as a
-        failure at once, so attempts sent together are limited as if sent one after
-        another (checking a password takes tens of ms); ``succeeded`` or ``withdraw``
-        takes it back."""
-        wait = self.retry_after(provider, username, address, now)
-        if wait <= 0:
-            self.failed(provider, username, address, now)
-        return wait
+        failure at once (in the store, before the password is checked), so attempts sent
+        together, to any process, are limited as if sent one after another; ``succeeded``
+        or ``withdraw`` takes it back."""
+        user = self._user(provider, username)
+        waiting = await self.users.begin(user, now)
+        if waiting > 0:
+            return waiting
+        waiting = await self.addresses.begin(address, now)
+        if waiting > 0:
+            await self.users.withdraw(user, now, now)
+        return waiting
 
-    def withdraw(self, provider: str, username: str, address: str, at: float) -> None:
+    async def withdraw(self, provider: str, username: str, address: str, at: float) -> None:
         """Take back the attempt ``begin`` counted at ``at``."""
-        self.users.withdraw(f"{provider}\0{username.lower()}", at)
-        self.addresses.withdraw(address, at)
+        await self.users.withdraw(self._user(provider, username), at, at)
+        await self.addresses.withdraw(address, at, at)
 
-    def address_retry_after(self, address: str, now: float) -> float:
+    async def address_retry_after(self, address: str, now: float) -> float:
         """For logins without a user name (OAuth codes, device flows): the address's
         limit only. One shared per-provider key would let a few bad attempts from anyone
         refuse everyone."""
-        return self.addresses.retry_after(address, now)
+        return await self.addresses.retry_after(address, now)
 
-    def address_failed(self, address: str, now: float) -> None:
-        self.addresses.record_failure(address, now)
+    async def address_failed(self, address: str, now: float) -> None:
+        await self.addresses.record_failure(address, now)
 
-    def succeeded(self, provider: str, username: str) -> None:
-        self.users.clear(f"{provider}\0{fold_username(username)}")
+    async def succeeded(self, provider: str, username: str) -> None:
+        await self.users.clear(self._user(provider, username))
+
+    async def sweep(self, now: float) -> int:
+        """Delete the documents whose failures have all left their window (nobody touched
+        them since); how many. Safe in every process at once (compare-and-set)."""
+        removed = 0
+        for doc in await self.store.list(LOGIN_FAILURE):
+            expires = doc.get("expires")
+            name = doc.get("id")
+            if not isinstance(name, str):
+                continue
+            if isinstance(expires, int | float) and expires > now:
+                continue
+            if await self.store.swap(LOGIN_FAILURE, name, doc, None):
+                removed += 1
+        return removed

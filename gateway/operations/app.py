@@ -151,7 +151,7 @@ def build_app(
     app[RUNTIME] = runtime
     app[TUNNELS] = TunnelRegistry()
     app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
-    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS])
+    app[REPLICAS] = ReplicaSet(directory, app[TUNNELS], url=runtime.advertise_url)
     app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
@@ -160,8 +160,8 @@ def build_app(
     app[IMPERSONATION_REVIEWS] = ImpersonationReviews()
     app[SAMPLER] = Sampler(app[TUNNELS], app[PROVIDERS])
     app[READY] = [False]
-    app[LIMITER] = login_common.make_limiter(settings.auth)
-    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins()
+    app[LIMITER] = login_common.make_limiter(directory.store, settings.auth)
+    app[oauth_login.BROWSER_LOGINS] = oauth_login.BrowserLogins(directory.store)
     app[oauth_login.AFTER_BROWSER_LOGIN] = {}
 
     r = app.router

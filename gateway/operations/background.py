@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from config.tasks import guard
+from gateway.api.common import LIMITER
+from gateway.api.oauth_login import BROWSER_LOGINS
 from gateway.clusters.replicas import REPLICAS
 from gateway.controllers.lease import Lease, LeaseKeeper, LeaseLost, fence
 from gateway.identity.directory import DIRECTORY
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 LAST_USED_FLUSH_S = 60.0
 GROUP_REFRESH_LEASE = "group-refresh"
+SWEEP_S = 60.0
+"""How often expired login state (failed-login counts, pending browser logins) is
+deleted from the store."""
 
 
 async def _every(period_s: float, work: Any, name: str) -> None:
@@ -88,6 +93,15 @@ def group_refresh_lease(app: web.Application) -> Lease:
     )
 
 
+async def sweep_login_state(app: web.Application) -> int:
+    """Delete expired failed-login counts and browser logins; how many. Every replica
+    may run it: each deletion is a compare-and-set of an expired record, so two sweeps
+    at once delete each record once (no lease needed)."""
+    now = app[DIRECTORY].clock()
+    removed = await app[LIMITER].sweep(now)
+    return removed + await app[BROWSER_LOGINS].sweep()
+
+
 async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     directory = app[DIRECTORY]
     settings = app[SETTINGS]
@@ -96,8 +110,12 @@ async def background_tasks(app: web.Application) -> AsyncIterator[None]:
     def flush() -> Coroutine[Any, Any, None]:
         return _every(LAST_USED_FLUSH_S, directory.flush_last_used, "token last-use")
 
+    def sweep() -> Coroutine[Any, Any, None]:
+        return _every(SWEEP_S, lambda: sweep_login_state(app), "login state sweep")
+
     tasks = [
         asyncio.create_task(guard(replicas.run, "replica heartbeat", logger)),
+        asyncio.create_task(guard(sweep, "login state sweep", logger)),
         asyncio.create_task(guard(directory.follow, "store change feed", logger)),
         asyncio.create_task(guard(flush, "token last-use", logger)),
     ]

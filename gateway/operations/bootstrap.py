@@ -23,6 +23,7 @@ from gateway.identity import hashing
 from gateway.identity.directory import Directory, UsernameTaken
 from gateway.store.records import User
 from tunnel import tls
+from tunnel.replica_list import check_advertise_url, replica_url
 
 BOOTSTRAP_ENV = "HERDGATE_BOOTSTRAP_PASSWORD"
 PASSWORD_FILE = "bootstrap-password"
@@ -82,11 +83,26 @@ def server_url(settings: GatewaySettings) -> str:
             raise ConfigError("server_url", "expected an https:// URL")
         return settings.server_url.rstrip("/")
     host, port = split_listen(settings.listen)
-    if host in {"0.0.0.0", "::"}:
+    if host in WILDCARD_HOSTS:
         host = socket.gethostname()
     if ":" in host:
         host = f"[{host}]"
     return f"https://{host}:{port}"
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+
+
+def advertise_url(settings: GatewaySettings) -> str:
+    """Where agents reach this replica itself: ``replica.advertise_url``, else the listen
+    address when it is not a wildcard, else "" (agents reach it through ``server_url``)."""
+    if settings.replica.advertise_url:
+        try:
+            return check_advertise_url(settings.replica.advertise_url)
+        except ValueError as exc:
+            raise ConfigError("replica.advertise_url", str(exc)) from None
+    host, port = split_listen(settings.listen)
+    return "" if host in WILDCARD_HOSTS else replica_url(host, port)
 
 
 def state_dir(settings: GatewaySettings) -> Path:

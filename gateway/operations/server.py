@@ -28,6 +28,7 @@ from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
 from gateway.clusters import tunnels
+from gateway.front.balancers import ProxyPreface, TrustedProxies
 from gateway.front.connection import Front
 from gateway.front.connlimit import ConnectionLimit
 from gateway.identity.directory import Directory
@@ -66,6 +67,7 @@ async def serve(
     notifier = notifier or Notifier.from_env()
     compat.self_test(compat.GATEWAY)  # dependencies' internals: one WARNING per failed check
     url = bootstrap.server_url(settings)
+    advertised = bootstrap.advertise_url(settings)
     host, port = bootstrap.split_listen(settings.listen)
     # Bound before anything else: an address in use stops the gateway here (StartError),
     # before it opens its store, creates the first admin or starts its background work.
@@ -85,7 +87,15 @@ async def serve(
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)
         ssl_ctx = server_context(paths.cert, paths.key, http2=settings.http2)
         providers = build_providers(settings.auth)
-        runtime = Runtime(url, ca_pem, VERSION)
+        runtime = Runtime(url, ca_pem, VERSION, advertised)
+        if not advertised and settings.store.backend == "etcd" and not worker:
+            logger.warning(
+                "replica.advertise_url is not set and %s is a wildcard address: agents "
+                "reach this replica only through %s, so behind a load balancer that pins "
+                "source addresses it may get no tunnels; set replica.advertise_url",
+                settings.listen,
+                url,
+            )
         loop = asyncio.get_running_loop()
         app = build_app(settings, directory, runtime, providers, auditor)
         runner = web.AppRunner(
@@ -100,6 +110,7 @@ async def serve(
         # Every client connection is the front's (gateway.front.connection); aiohttp's
         # low-level server answers the management API through the front's bridge.
         limits = settings.limits
+        trusted = TrustedProxies(settings.server.trusted_proxies)
         front = Front(
             app,
             runner.server,
@@ -108,13 +119,25 @@ async def serve(
             body_timeout_s=limits.body_timeout_s,
             max_body=limits.max_request_body,
             http2_buffer=limits.http2_buffer,
+            trusted=trusted,
         )
         listener = TLSServer(
             front,
             ssl_ctx,
             bound.https,
             handshake_timeout_s=limits.handshake_timeout_s,
-            admit=ConnectionLimit(limits.max_connections, limits.per_address).admit,
+            admit=ConnectionLimit(
+                limits.max_connections,
+                limits.per_address,
+                # A balancer's connections count in the total only (it carries many
+                # clients); with the PROXY protocol the client is known after accept.
+                exempt=trusted.trusts if trusted else None,
+            ).admit,
+            preface=(
+                ProxyPreface(trusted, limits.handshake_timeout_s)
+                if settings.server.proxy_protocol
+                else None
+            ),
         )
         metrics_runner: web.AppRunner | None = None
         reloader: Reloader | None = None
@@ -125,6 +148,8 @@ async def serve(
             if not worker:
                 print(bootstrap.banner(url, ca_pem, settings), flush=True)
             logger.info("listening on %s:%d (state in %s)", host, port, Path(state).resolve())
+            if advertised and not worker:
+                logger.info("agents dial this replica itself at %s", advertised)
             if reload_settings:
                 reloader = Reloader(app, settings, reload_settings, ssl_ctx)
             stop = stop or asyncio.Event()

@@ -127,6 +127,7 @@ class Request:
         "authorization",
         "body_complete",
         "body_exists",
+        "client",
         "content_length",
         "expect_continue",
         "impersonates",
@@ -172,6 +173,9 @@ class Request:
         self.upgrade = upgrade
         """An HTTP/1.1 upgrade (``Connection: Upgrade`` with ``Upgrade``)."""
         self._keep_alive = keep_alive
+        self.client = ""
+        """The client's address named by a trusted balancer (``X-Forwarded-For``); empty:
+        the connection's peer is the client."""
         self._headers: HeaderView | None = None
         self._conn = conn
         self._chunks: deque[bytes] | None = None  # most requests have no body
@@ -204,7 +208,7 @@ class Request:
 
     @property
     def remote(self) -> str:
-        return self._conn.remote
+        return self.client or self._conn.remote
 
     @property
     def body_held(self) -> int:

@@ -26,6 +26,13 @@ CLUSTER_STATUS = "clusterstatus"
 """What the cluster's controller last saw (``ClusterStatus``), keyed by cluster id."""
 LEASE = "leases"
 """Who runs a piece of work now (``gateway.controllers.lease``); not in the directory."""
+LOGIN_FAILURE = "loginfailures"
+"""Recent failed logins of one user name or client address (``gateway.identity.ratelimit``),
+keyed by a hash of what is counted; not in the directory, swept once expired."""
+BROWSER_LOGIN = "browserlogins"
+"""A pending OIDC/GitHub browser login (``gateway.api.oauth_login``), keyed by the hash
+of its ``state``; also one index document per client address (``addr-<hash>``). Not in
+the directory; expires after ten minutes."""
 USERNAME = "usernames"
 """Claims on local user names, keyed by the folded name (``fold_username``): creating one
 is how a replica takes a name, so two replicas cannot both create it."""
@@ -197,6 +204,9 @@ class Replica:
     heartbeat: float
     clusters: tuple[str, ...] = ()
     """Clusters this replica holds at least one agent tunnel for."""
+    url: str = ""
+    """Where agents dial this replica itself (``replica.advertise_url``); empty: only
+    through the gateway's address."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,18 @@ import pytest
             3,
             "cannot read /nonexistent/tls.crt: No such file or directory",
         ),
+        (
+            "listen: 0.0.0.0:8443\nreplica:\n  advertise_url: https://0.0.0.0:8443\n",
+            "replica.advertise_url",
+            3,
+            "0.0.0.0 is not an address agents can dial",
+        ),
+        (
+            "replica:\n  advertise_url: http://10.0.0.5:8443/gw\n",
+            "replica.advertise_url",
+            2,
+            "expected an https:// URL",
+        ),
     ],
 )
 def test_check_config_reports_key_file_and_line(

@@ -46,13 +46,17 @@ def test_folding_is_idempotent(name: str) -> None:
     assert fold_username(fold_username(name)) == fold_username(name)
 
 
-def test_the_login_limiter_counts_every_spelling_as_one_user() -> None:
-    limiter = LoginLimiter(Limit(3, 60), Limit(1000, 60))
-    for spelling in ("ADMIN", FULLWIDTH_ADMIN, "Admin"):
-        limiter.failed("local", spelling, f"10.0.0.{len(spelling)}", 0.0)
-    assert limiter.retry_after("local", "admin", "10.9.9.9", 1.0) > 0
-    limiter.succeeded("local", FULLWIDTH_CAPS)
-    assert limiter.retry_after("local", "admin", "10.9.9.9", 1.0) == 0
+async def test_the_login_limiter_counts_every_spelling_as_one_user(tmp_path: Path) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        limiter = LoginLimiter(store, Limit(3, 60), Limit(1000, 60))
+        for spelling in ("ADMIN", FULLWIDTH_ADMIN, "Admin"):
+            await limiter.failed("local", spelling, f"10.0.0.{len(spelling)}", 0.0)
+        assert await limiter.retry_after("local", "admin", "10.9.9.9", 1.0) > 0
+        await limiter.succeeded("local", FULLWIDTH_CAPS)
+        assert await limiter.retry_after("local", "admin", "10.9.9.9", 1.0) == 0
+    finally:
+        await store.close()
 
 
 def _user(user_id: str, name: str) -> User:

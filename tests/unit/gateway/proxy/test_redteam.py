@@ -36,7 +36,9 @@ from gateway.proxy.sessions import Sessions
 from gateway.store.base import Change
 from gateway.store.records import (
     BINDING,
+    BROWSER_LOGIN,
     CLUSTER,
+    LOGIN_FAILURE,
     TOKEN,
     USER,
     Binding,
@@ -514,47 +516,62 @@ def test_hold_registers_with_the_drain_when_asked() -> None:
 # fresh attack pass: the browser login's callback (login CSRF)
 
 
-def test_a_browser_login_is_taken_only_with_the_cookie_it_started_with() -> None:
-    logins = oauth_login.BrowserLogins()
-    state = logins.add("oidc", "verifier", "nonce", "browser-secret")
-    assert logins.take(state, "oidc", "") is None  # the victim's browser: no cookie
-    assert logins.take(state, "oidc", "another-login") is None
-    taken = logins.take(state, "oidc", "browser-secret")  # still there for its own browser
-    assert taken is not None and taken.code_verifier == "verifier"
-    assert logins.take(state, "oidc", "browser-secret") is None  # once
+async def test_a_browser_login_is_taken_only_with_the_cookie_it_started_with(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        logins = oauth_login.BrowserLogins(store)
+        state = await logins.add("oidc", "browser-secret")
+        assert await logins.take(state, "oidc", "") is None  # the victim's browser: no cookie
+        assert await logins.take(state, "oidc", "another-login") is None
+        taken = await logins.take(state, "oidc", "browser-secret")  # still there for its own
+        verifier, nonce = oauth_login.derived_secrets("browser-secret", state)
+        assert taken is not None and (taken.code_verifier, taken.nonce) == (verifier, nonce)
+        assert await logins.take(state, "oidc", "browser-secret") is None  # once
+    finally:
+        await store.close()
 
 
-def test_pending_browser_logins_are_bounded_per_address_and_in_all(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_pending_browser_logins_are_bounded_per_address_and_in_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(oauth_login, "MAX_PENDING_STATES", 40)
-    logins = oauth_login.BrowserLogins()
-    flood = [logins.add("oidc", "v", "n", "b", "10.0.0.1") for _ in range(1000)]
-    per = oauth_login.MAX_PENDING_PER_ADDRESS
-    assert len(logins._pending) == per  # the flooding address keeps its newest only
-    assert all(logins.take(s, "oidc", "b") is None for s in flood[:-per])
-    # Many addresses: the oldest make way, and a new login always gets in.
-    for index in range(200):
-        logins.add("oidc", "v", "n", "b", f"10.1.0.{index}")
-    mine = logins.add("oidc", "mine", "n", "me", "192.0.2.1")
-    assert len(logins._pending) <= 40
-    assert sum(len(v) for v in logins._by_address.values()) == len(logins._pending)
-    taken = logins.take(mine, "oidc", "me")
-    assert taken is not None and taken.code_verifier == "mine"
-    assert "192.0.2.1" not in logins._by_address
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        logins = oauth_login.BrowserLogins(store)
+        flood = [await logins.add("oidc", "b", "10.0.0.1") for _ in range(100)]
+        per = oauth_login.MAX_PENDING_PER_ADDRESS
+        pending = [d for d in await store.list(BROWSER_LOGIN) if not d["id"].startswith("addr-")]
+        assert len(pending) == per  # the flooding address keeps its newest only
+        assert all([await logins.take(s, "oidc", "b") is None for s in flood[:-per]])
+        # Many addresses: the sweep drops the oldest, and a new login always gets in.
+        for index in range(60):
+            await logins.add("oidc", "b", f"10.1.0.{index}")
+        mine = await logins.add("oidc", "me", "192.0.2.1")
+        assert await logins.sweep() > 0
+        pending = [d for d in await store.list(BROWSER_LOGIN) if not d["id"].startswith("addr-")]
+        assert len(pending) <= 40
+        assert await logins.take(mine, "oidc", "me") is not None
+    finally:
+        await store.close()
 
 
-def test_oauth_failures_count_against_the_address_only() -> None:
-    limiter = LoginLimiter(Limit(5, 900), Limit(20, 900))
-    for _ in range(10):
-        limiter.address_failed("10.0.0.1", 0.0)
-    assert limiter.address_retry_after("10.0.0.1", 1.0) == 0.0  # under the address's 20
-    assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
-    assert limiter.retry_after("oidc", "", "10.0.0.2", 1.0) == 0.0  # no shared user key
-    for _ in range(10):
-        limiter.address_failed("10.0.0.1", 0.0)
-    assert limiter.address_retry_after("10.0.0.1", 1.0) > 0
-    assert limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
+async def test_oauth_failures_count_against_the_address_only(tmp_path: Path) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        limiter = LoginLimiter(store, Limit(5, 900), Limit(20, 900))
+        for _ in range(10):
+            await limiter.address_failed("10.0.0.1", 0.0)
+        assert await limiter.address_retry_after("10.0.0.1", 1.0) == 0.0  # under its 20
+        assert await limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
+        assert await limiter.retry_after("oidc", "", "10.0.0.2", 1.0) == 0.0  # no user key
+        for _ in range(10):
+            await limiter.address_failed("10.0.0.1", 0.0)
+        assert await limiter.address_retry_after("10.0.0.1", 1.0) > 0
+        assert await limiter.address_retry_after("10.0.0.2", 1.0) == 0.0
+    finally:
+        await store.close()
 
 
 def test_a_failing_check_or_ender_never_fails_the_directorys_write() -> None:
@@ -624,16 +641,26 @@ def test_max_tokens_per_user_must_be_positive() -> None:
         TokenSettings(max_per_user=0)
 
 
-def test_attempts_let_through_count_at_once_and_can_be_taken_back() -> None:
-    limiter = LoginLimiter(Limit(5, 900), Limit(20, 900))
-    let_through = [limiter.begin("local", "alice", "10.0.0.1", 0.0) == 0 for _ in range(30)]
-    assert let_through.count(True) == 5  # all sent together: five, as one after another
-    other = LoginLimiter(Limit(5, 900), Limit(20, 900))
-    for _ in range(10):  # successes and unavailable providers are taken back
-        assert other.begin("local", "bob", "10.0.0.2", 1.0) == 0
-        other.withdraw("local", "bob", "10.0.0.2", 1.0)
-    assert other.retry_after("local", "bob", "10.0.0.2", 2.0) == 0
-    assert other.addresses._failures == {} and other.users._failures == {}
+async def test_attempts_let_through_count_at_once_and_can_be_taken_back(
+    tmp_path: Path,
+) -> None:
+    store = await SQLiteStore(tmp_path / "db").open()
+    try:
+        limiter = LoginLimiter(store, Limit(5, 900), Limit(20, 900))
+        waits = await asyncio.gather(
+            *(limiter.begin("local", "alice", "10.0.0.1", 0.0) for _ in range(30))
+        )
+        assert [w == 0 for w in waits].count(True) == 5  # all together: five, as in turn
+        other = LoginLimiter(store, Limit(5, 900), Limit(20, 900))
+        for _ in range(10):  # successes and unavailable providers are taken back
+            assert await other.begin("local", "bob", "10.0.0.2", 1.0) == 0
+            await other.withdraw("local", "bob", "10.0.0.2", 1.0)
+        assert await other.retry_after("local", "bob", "10.0.0.2", 2.0) == 0
+        names = {d["id"] for d in await store.list(LOGIN_FAILURE)}
+        assert other.users.doc_key("local\0bob") not in names
+        assert other.addresses.doc_key("10.0.0.2") not in names
+    finally:
+        await store.close()
 
 
 def test_empty_cookie_crumbs_are_not_joined_into_a_value_with_spaces_at_its_end() -> None:

@@ -1,0 +1,225 @@
+"""haproxy (TCP mode, ``send-proxy-v2``) in front of a real gateway: the failed-login
+limits and the audit log see the client's address, not haproxy's; a PROXY header from
+a peer that is not a trusted balancer is refused, and so is a trusted balancer's
+connection without one; an agent through haproxy is seen at its own address."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.front.proxy_protocol import v1_header, v2_header
+from tests.binaries import kubectl, require
+from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.env import free_port, kubectl_run, wait_until, write_kubeconfig
+from tests.integration.test_shared_login_state import call, password_login
+
+pytestmark = pytest.mark.integration
+
+BALANCER = "127.0.0.2"
+"""haproxy's source address towards the gateway: the one trusted balancer."""
+CLIENT = "127.0.0.5"
+OTHER_CLIENT = "127.0.0.6"
+STRANGER = "127.0.0.7"
+
+
+@dataclass
+class Haproxy:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_haproxy(directory: Path, backend_port: int, send: str = "send-proxy-v2") -> Haproxy:
+    binary = require(shutil.which("haproxy"), "haproxy")
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "haproxy.cfg"
+    config.write_text(
+        "defaults\n"
+        "  mode tcp\n"
+        "  timeout connect 5s\n"
+        "  timeout client 60s\n"
+        "  timeout server 60s\n"
+        "frontend gateway\n"
+        f"  bind 127.0.0.1:{port}\n"
+        "  default_backend replicas\n"
+        "backend replicas\n"
+        f"  server gw 127.0.0.1:{backend_port} {send} source {BALANCER}\n"
+    )
+    log = directory / "haproxy.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"haproxy exited:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(listening, 15, "haproxy did not listen")
+    return Haproxy(port, process, log)
+
+
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Haproxy]]:
+    tmp = tmp_path_factory.mktemp("balancer")
+    config = {
+        "server": {"trusted_proxies": [f"{BALANCER}/32"], "proxy_protocol": True},
+        "auth": {"login_failures_per_address": 3, "login_failures_per_user": 100},
+    }
+    world = start_world(tmp, name="behind", gateway_config=yaml.safe_dump(config))
+    haproxy = start_haproxy(tmp / "haproxy", world.gateway.port)
+    try:
+        yield world, haproxy
+    finally:
+        haproxy.stop()
+        stop_world(world)
+
+
+def _audit(world: World) -> list[dict[str, object]]:
+    path = world.gateway.state_dir / "audit.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_the_limiter_and_the_audit_log_see_the_client_behind_haproxy(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    world, haproxy = balanced
+    via = f"https://127.0.0.1:{haproxy.port}"
+    ca = world.gateway.ca_file
+    for index in range(3):  # three users, one address: the address's limit
+        assert password_login(via, ca, f"nobody-{index}", "wrong-password", CLIENT) == 401
+    assert password_login(via, ca, "nobody-3", "wrong-password", CLIENT) == 429
+    # Another client through the same haproxy is not limited: haproxy's own address
+    # (every connection's peer) is not what is counted.
+    assert password_login(via, ca, "nobody-4", "wrong-password", OTHER_CLIENT) == 401
+    records = wait_until(
+        lambda: [r for r in _audit(world) if r.get("sourceIP") == CLIENT] or None,
+        10,
+        "no audit record with the client's address",
+    )
+    logins = [r for r in records if r.get("kind") == "login"]
+    assert {r.get("loginName") for r in logins} >= {"nobody-0", "nobody-1", "nobody-2"}
+    assert {r.get("status") for r in logins} == {401, 429}
+    assert not [r for r in _audit(world) if r.get("sourceIP") == BALANCER]
+
+
+def _handshake(source: str, port: int, ca: Path, first: bytes) -> str:
+    """Connect from ``source``, send ``first``, try TLS: ``ok`` or why it failed."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    try:
+        if first:
+            raw.sendall(first)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        try:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return "ok" if tls.recv(64).startswith(b"HTTP/1.1 200") else "no answer"
+        except (ssl.SSLError, OSError) as exc:
+            return f"refused: {type(exc).__name__}"
+    finally:
+        raw.close()
+
+
+def test_proxy_headers_are_believed_from_the_trusted_balancer_only(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    world, _ = balanced
+    port, ca = world.gateway.port, world.gateway.ca_file
+    forged = v2_header("198.51.100.1", "127.0.0.1", 1234, port)
+    # A client that is not a trusted balancer: its PROXY header ends the connection.
+    assert _handshake(STRANGER, port, ca, forged).startswith("refused")
+    assert _handshake(STRANGER, port, ca, v1_header("198.51.100.1", "127.0.0.1", 1, 2)).startswith(
+        "refused"
+    )
+    # ... and without one it is an ordinary client.
+    assert _handshake(STRANGER, port, ca, b"") == "ok"
+    # The trusted balancer must send one; with one it is believed.
+    assert _handshake(BALANCER, port, ca, b"").startswith("refused")
+    assert _handshake(BALANCER, port, ca, forged) == "ok"
+
+
+def test_an_agent_through_haproxy_is_seen_at_its_own_address(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    world, haproxy = balanced
+    assert world.agent is not None
+    world.agent.stop()
+    world.agent = world.start_agent("--server", f"https://127.0.0.1:{haproxy.port}")
+
+    def remotes() -> list[str] | None:
+        agents = world.cluster().get("agents")
+        listed = agents if isinstance(agents, list) else []
+        seen = [str(a.get("remote")) for a in listed if isinstance(a, dict)]
+        return seen if len(seen) == 1 else None
+
+    # The agent dials haproxy from 127.0.0.1; haproxy dials the gateway from BALANCER.
+    assert wait_until(remotes, 30, "the agent never connected through haproxy") == ["127.0.0.1"]
+    world.wait_state("active", 30)
+
+
+def _h2_connections(world: World) -> float:
+    reply = call(
+        world.gateway.url + "/metrics",
+        world.gateway.ca_file,
+        headers={"Authorization": f"Bearer {world.admin.token}"},
+    )
+    assert reply.status == 200
+    for line in reply.body.decode().splitlines():
+        if line.startswith('herdgate_client_connections_total{protocol="h2"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_kubectl_through_haproxy_is_audited_at_its_own_address(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    world, haproxy = balanced
+    _, api = world.user("behind-haproxy", role="cluster-member")
+    direct = world.kubeconfig_for(api, "behind-haproxy")
+    doc = yaml.safe_load(direct.read_text())
+    for cluster in doc["clusters"]:
+        server = cluster["cluster"]["server"]
+        cluster["cluster"]["server"] = server.replace(
+            f":{world.gateway.port}/", f":{haproxy.port}/"
+        )
+    via = write_kubeconfig(world.tmp / "kubeconfig-via-haproxy", yaml.safe_dump(doc))
+    assert f":{haproxy.port}/" in via.read_text()
+    h2_before = _h2_connections(world)
+    out = kubectl_run(kubectl("1.32"), via, "get", "namespaces")
+    assert out.returncode == 0, out.stderr
+    assert _h2_connections(world) > h2_before  # kubectl chose HTTP/2, through haproxy
+    proxied = wait_until(
+        lambda: [
+            r for r in _audit(world) if r.get("kind") == "request"
+            and r.get("username") == "behind-haproxy" and r.get("resource") == "namespaces"
+        ] or None,
+        10,
+        "no audit record of kubectl's request",
+    )  # fmt: skip
+    assert {r.get("sourceIP") for r in proxied} == {"127.0.0.1"}  # kubectl's, not haproxy's
