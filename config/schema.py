@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ConfigError
+from config.store_check import check_store
 
 DURATION = "duration"
 SIZE = "size"
@@ -36,6 +37,18 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
+class EtcdTLSSettings:
+    """TLS towards etcd (``https://`` endpoints)."""
+
+    ca_file: str = ""
+    """CA bundle that verifies etcd's server certificates; empty: the system CAs."""
+    cert_file: str = ""
+    """Client certificate (PEM) for etcd's ``--client-cert-auth``."""
+    key_file: str = ""
+    """Private key of ``cert_file``."""
+
+
+@dataclass(frozen=True)
 class StoreSettings:
     backend: str = "sqlite"
     """``sqlite`` (embedded, one host) or ``etcd`` (several replicas)."""
@@ -45,8 +58,30 @@ class StoreSettings:
     """Change-log rows SQLite keeps for processes sharing the file; one further behind
     reads every record again (``gateway.store.sqlite``)."""
     etcd_endpoints: tuple[str, ...] = ()
-    """etcd client URLs, e.g. ``http://127.0.0.1:2379``."""
+    """etcd client URLs, e.g. ``https://10.0.0.1:2379``; with several, a request that
+    cannot reach one (or gets etcd's "unavailable") is tried on the next."""
     etcd_prefix: str = "/herdgate/"
+    """Every herdgate key starts with this (several installs can share one etcd)."""
+    etcd_tls: EtcdTLSSettings = field(default_factory=EtcdTLSSettings)
+    etcd_username: str = ""
+    """etcd user (etcd's ``auth enable``); empty: no authentication (or the client
+    certificate's common name, with ``--client-cert-auth``)."""
+    etcd_password: str = field(default="", repr=False)
+    """Password of ``etcd_username``. Prefer ``etcd_password_file`` or
+    ``HERDGATE_STORE__ETCD_PASSWORD``."""
+    etcd_password_file: str = ""
+    """File holding the password (read again whenever a new etcd token is needed)."""
+    etcd_request_timeout_s: float = duration(5)
+    """Longest wait for one etcd request, fail-over across the endpoints included."""
+    etcd_dial_timeout_s: float = duration(2)
+    """TCP and TLS connect timeout per endpoint."""
+    max_feed_lag_s: float = duration(10)
+    """A process whose own write has not come back on the store's change feed within
+    this long reports it on ``/readyz`` (not ready) and in
+    ``herdgate_store_feed_lag_seconds``: its caches may be stale."""
+
+    def __post_init__(self) -> None:
+        check_store(self)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,10 @@ async def update_project(request: web.Request) -> web.Response:
         if "description" in data
         else project.description,
     )
-    await directory(request).put(PROJECT, updated)
+    if not await directory(request).replace(PROJECT, project, updated):
+        raise GatewayError(
+            409, "the project was changed meanwhile; read it again and retry", "Conflict"
+        )
     return web.json_response(project_view(updated))
 
 

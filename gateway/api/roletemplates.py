@@ -267,7 +267,10 @@ async def update_template(request: web.Request) -> web.Response:
         **_flags(data, template),
     }
     updated = dataclasses.replace(template, **changes)
-    await d.put(ROLE_TEMPLATE, updated)
+    if not await d.replace(ROLE_TEMPLATE, template, updated):
+        raise GatewayError(
+            409, "the role template was changed meanwhile; read it again and retry", "Conflict"
+        )
     return web.json_response(template_view(updated))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import itertools
 import logging
 import time
@@ -27,7 +28,7 @@ from aiohttp import web
 from config.identity import Identity
 from gateway.identity import hashing
 from gateway.identity.providers.base import ExternalIdentity
-from gateway.store.base import AlreadyExists, Change, Compacted, Store
+from gateway.store.base import AlreadyExists, Change, Compacted, Store, StoreError
 from gateway.store.records import (
     BINDING,
     BUILTIN_TEMPLATES,
@@ -59,6 +60,7 @@ from gateway.store.records import (
     to_doc,
     token_scope,
 )
+from gateway.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
+MAX_PENDING_ECHOES = 10_000
+RELOAD_RETRY_MIN_S = 0.05
+RELOAD_RETRY_MAX_S = 1.0
 MAX_CACHED_IDENTITIES = 100_000
 
 
@@ -148,6 +153,10 @@ class Directory:
         """Revision of our own latest write per record, until the feed passes it."""
         self._last_used: dict[str, float] = {}
         """Token uses not yet written to the store (see ``flush_last_used``)."""
+        self._echo: collections.deque[tuple[int, float]] = collections.deque()
+        """(revision, monotonic time) of our own writes the feed has not brought back."""
+        self.max_feed_lag_s = 10.0
+        """Beyond this ``feed_lag``, ``/readyz`` says the caches may be stale."""
         self._identities: dict[str, tuple[User, Identity]] = {}
         """The ``Identity`` built for each token, with the user record it was built from
         (used while that record is the same object; at most ``MAX_CACHED_IDENTITIES``)."""
@@ -165,27 +174,42 @@ class Directory:
         behind the store's change feed (``Compacted``). The feed is then followed from the
         revision read before the lists, so writes made meanwhile are applied (again)."""
         self._needs_reload = False
-        revision = await self.store.revision()
-        lists = {kind: await self.store.list(kind) for kind in _KINDS}
+        try:
+            revision = await self.store.revision()
+            lists = {kind: await self.store.list(kind) for kind in _KINDS}
+        except BaseException:
+            self._needs_reload = True  # still needed: ``follow`` tries again
+            raise
         self._rebuild(revision, lists)
 
     def _rebuild(self, revision: int, lists: Mapping[str, Iterable[dict[str, Any]]]) -> None:
         """Make memory hold ``lists`` (every record of every kind, read at or after
         ``revision``): records that changed or went are applied (listeners hear of
-        each: a revoked token's streams end), unchanged ones are left alone."""
+        each: a revoked token's streams end), unchanged ones are left alone. The lists
+        are read before, and applied here without a pause: a request sees the old view
+        or the new one."""
+        # A store behind what we saw went back in time (etcd restored from a backup):
+        # the revisions we remember name other writes now, and the lists win.
+        rewound = revision < self.revision
+        if rewound:
+            self._seen.clear()
+            self._echo.clear()
         for kind in _KINDS:
-            docs = {str(doc["id"]): doc for doc in lists.get(kind, ())}
+            docs = {str(doc["id"]): doc for doc in lists.get(kind, ()) if "id" in doc}
             # A record we wrote ourselves after ``revision`` is newer than anything the
             # list may have read before it (and a newer write comes through the feed).
             mine = {key for (k, key), r in self._seen.items() if k == kind and r > revision}
             for key in [k for k in self._keys(kind) if k not in docs and k not in mine]:
                 self.apply(kind, key, None)
             for key, doc in docs.items():
-                if key not in mine and not self._holds(kind, key, doc):
-                    self.apply(kind, key, doc)
+                if key not in mine and not self._holds_safely(kind, key, doc):
+                    self._apply_safely(kind, key, doc)
         self._seen = {k: r for k, r in self._seen.items() if r > revision}
         self.revision = revision
+        self._progress(revision)
         self.reloads += 1
+        metrics.STORE_FEED_RELOADS.inc()
+        logger.warning("store: caches rebuilt from the store at revision %d", revision)
 
     def _table(self, kind: str) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
@@ -215,19 +239,41 @@ class Directory:
             return bool(current == role_template_from_doc(doc))
         return bool(current == from_doc(type(current), doc))
 
+    def _holds_safely(self, kind: str, key: str, doc: dict[str, Any]) -> bool:
+        try:
+            return self._holds(kind, key, doc)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return False  # unreadable: ``_apply_safely`` says so
+
     def on_change(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(kind, key)`` after every applied change."""
         self._listeners.append(listener)
 
     async def follow(self) -> None:
         """Apply the store's change feed forever (other workers' and replicas' writes).
+
         Fallen behind what the feed keeps (``Compacted``, seen by the feed or by
-        ``catch_up``): reload everything, then follow on from there."""
+        ``catch_up``): reload everything, then follow on from there; a reload that fails
+        (the store is down) is tried again after a pause of at most
+        ``RELOAD_RETRY_MAX_S`` (not the task guard's minute). A feed that stalls (our own
+        writes not back within ``max_feed_lag_s``: a watch connection silently lost on
+        the way) is dropped and opened again from the last revision it delivered."""
+        pause = RELOAD_RETRY_MIN_S
         while True:
+            if self._needs_reload:
+                try:
+                    await self.reload()
+                except StoreError as exc:
+                    logger.warning("store: reload failed (%s); retrying", exc)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RELOAD_RETRY_MAX_S)
+                    continue
+                pause = RELOAD_RETRY_MIN_S
             feed = asyncio.create_task(self._follow_feed(), name="directory feed")
             woken = asyncio.create_task(self._refollow.wait())
             try:
-                await asyncio.wait({feed, woken}, return_when=asyncio.FIRST_COMPLETED)
+                while not await self._wait_or_stall({feed, woken}):
+                    pass
             finally:
                 feed.cancel()
                 woken.cancel()
@@ -241,14 +287,33 @@ class Directory:
                     raise error
                 logger.warning("fell behind the store's change feed (%s): reloading", error)
                 self._needs_reload = True
-            if self._needs_reload:
-                await self.reload()
+
+    async def _wait_or_stall(self, tasks: set[asyncio.Task[Any]]) -> bool:
+        """Whether one of ``tasks`` ended or the feed stalled (then it is started again)."""
+        done, _ = await asyncio.wait(
+            tasks, timeout=self.max_feed_lag_s / 2, return_when=asyncio.FIRST_COMPLETED
+        )
+        if done:
+            return True
+        lag = self.feed_lag()
+        if lag <= self.max_feed_lag_s:
+            return False
+        logger.warning("store change feed: our writes are not back after %.0fs; reopening", lag)
+        # Not again at once: the new feed gets its own time to catch up.
+        self._echo = collections.deque((r, time.monotonic()) for r, _ in self._echo)
+        metrics.STORE_FEED_RESTARTS.inc()
+        return True
 
     async def _follow_feed(self) -> None:
         async for change in self.store.changes(self.revision):
             self._apply_change(change)
 
     def _apply_change(self, change: Change) -> None:
+        if not change.kind:  # a progress mark: every write up to it was delivered
+            self.revision = max(self.revision, change.revision)
+            self._progress(change.revision)
+            return
+        self._progress(change.revision)
         if change.revision <= self.revision:
             return  # already seen (through ``catch_up`` or the feed)
         self.revision = change.revision
@@ -256,7 +321,17 @@ class Directory:
         if change.revision <= self._seen.get(key, 0):
             return  # older than our own write to the same record, already applied
         self._seen.pop(key, None)
-        self.apply(change.kind, change.key, change.value)
+        self._apply_safely(change.kind, change.key, change.value)
+
+    def _apply_safely(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
+        """``apply``, but a document this version cannot read (written by hand, or by a
+        newer version) is logged and treated as absent: the feed must go on past it, not
+        stop there and leave every later write unseen."""
+        try:
+            self.apply(kind, key, doc)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            logger.error("store: %s %r cannot be read (%s); ignored", kind, key, exc)
+            self.apply(kind, key, None)
 
     def catch_up(self) -> None:
         """Apply other processes' writes now, so a revocation holds on the next request."""
@@ -372,6 +447,27 @@ class Directory:
         revision = await self.store.put(kind, record.id, doc)
         self._apply_own(kind, record.id, doc, revision)
 
+    async def replace(self, kind: str, old: Any, new: Any) -> bool:
+        """Write ``new`` over ``old`` only if the store still holds ``old`` (compare and
+        set): a read-modify-write from memory never loses another process's update.
+        False (nothing written, memory refreshed from the store) when the record changed
+        or went away meanwhile."""
+        current = await self.store.get(kind, new.id)
+        parse: Callable[[dict[str, Any]], Any] = (
+            role_template_from_doc if kind == ROLE_TEMPLATE else lambda d: from_doc(type(old), d)
+        )
+        doc = to_doc(new)
+        # The stored document, as read, is what the swap compares (not a re-encoding of
+        # ``old``, which may differ in form: tuples, fields another version added).
+        revision = None
+        if current is not None and parse(current) == old:
+            revision = await self.store.swap(kind, new.id, current, doc)
+        if revision is None:
+            self.apply(kind, new.id, await self.store.get(kind, new.id))
+            return False
+        self._apply_own(kind, new.id, doc, revision)
+        return True
+
     async def create_unique(self, kind: str, prefix: str, make: Callable[[str], R]) -> R:
         """Create a record under a fresh random id, retrying on the rare collision."""
         for _ in range(20):
@@ -403,7 +499,21 @@ class Directory:
         """Apply our own write now; the change feed will skip it and anything older."""
         if revision:
             self._seen[kind, key] = max(self._seen.get((kind, key), 0), revision)
+            if revision > self.revision and len(self._echo) < MAX_PENDING_ECHOES:
+                self._echo.append((revision, time.monotonic()))
         self.apply(kind, key, doc)
+
+    def _progress(self, revision: int) -> None:
+        """The feed delivered everything up to ``revision``: our writes up to it are back."""
+        echo = self._echo
+        while echo and echo[0][0] <= revision:
+            echo.popleft()
+
+    def feed_lag(self) -> float:
+        """Seconds since the oldest of our own writes that the change feed has not
+        brought back yet (0: none outstanding). Every process writes its heartbeat every
+        few seconds, so a feed that stalls, breaks or lost its place shows here."""
+        return time.monotonic() - self._echo[0][1] if self._echo else 0.0
 
     async def delete_user(self, user_id: str) -> None:
         """Delete the user with every token and binding that names it, and free its name."""
@@ -421,7 +531,7 @@ class Directory:
             folded = fold_username(user.username)
             claim = await self.store.get(USERNAME, folded)
             if claim is not None and claim.get("userId") == user_id:
-                await self.store.delete(USERNAME, folded)
+                await self.store.swap(USERNAME, folded, claim, None)
 
     async def delete_cluster(self, cluster_id: str) -> None:
         bindings = list(self.bindings_by_cluster.get(cluster_id, {}))
@@ -514,8 +624,8 @@ class Directory:
         if isinstance(created, int | float) and self.clock() - created < STALE_CLAIM_S:
             return False  # its user is probably being created right now
         logger.warning("user name claim %r has no user; taking it over", folded)
-        await self.store.delete(USERNAME, folded)
-        return True
+        # Only that claim: another process may have taken the name over meanwhile.
+        return await self.store.swap(USERNAME, folded, claim, None) is not None
 
     async def issue_token(
         self,
@@ -639,13 +749,22 @@ class Directory:
         return self._last_used.get(token.id, token.last_used)
 
     async def flush_last_used(self) -> int:
-        """Write pending last-use times to the store; returns how many were written."""
+        """Write pending last-use times to the store; returns how many were written.
+        When the store fails (etcd down), those not written yet are kept for next time."""
         pending, self._last_used = self._last_used, {}
         written = 0
-        for token_id, when in pending.items():
-            token = self.tokens.get(token_id)
-            if token is not None and (token.last_used or 0) < when:
-                written += await self.patch(TOKEN, token_id, last_used=when)
+        left = list(pending.items())
+        try:
+            while left:
+                token_id, when = left[0]
+                token = self.tokens.get(token_id)
+                if token is not None and (token.last_used or 0) < when:
+                    written += await self.patch(TOKEN, token_id, last_used=when)
+                left.pop(0)
+        except StoreError:
+            for token_id, when in left:  # a use recorded meanwhile is newer
+                self._last_used[token_id] = max(self._last_used.get(token_id, 0.0), when)
+            raise
         return written
 
     # -- users from identity providers ---------------------------------------------------

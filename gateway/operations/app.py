@@ -38,6 +38,7 @@ from gateway.operations.sampler import SAMPLER, Sampler
 from gateway.proxy.impersonation_review import IMPERSONATION_REVIEWS, ImpersonationReviews
 from gateway.proxy.sessions import SESSIONS, Sessions
 from gateway.runtime import Runtime
+from gateway.store.base import StoreError, StoreUnavailable
 from gateway.telemetry.audit import AUDIT, REQUEST_ID_HEADER, AuditLog, new_request_id
 from gateway.telemetry.drain import DRAIN, Drain
 from gateway.ui import handlers as ui
@@ -86,6 +87,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 400 and not request.raw_path.startswith("/k8s/"):
             return api_response(GatewayError(exc.status, exc.reason))
         raise
+    except StoreError as exc:
+        # etcd down or without quorum: what needs a write (a login, a new token, any
+        # change) is refused until it is back; reads answer from memory meanwhile.
+        logger.warning("store failed for %s %s: %s", request.method, _loggable(request.path), exc)
+        unavailable = isinstance(exc, StoreUnavailable)
+        error = GatewayError(
+            503,
+            "the store is unavailable; try again later"
+            if unavailable
+            else "the store could not complete the request; try again",
+        )
+        error.headers["Retry-After"] = "5"
+        if request.raw_path.startswith("/k8s/"):
+            return k8s_response(error)
+        return api_response(error)
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:

@@ -1,8 +1,9 @@
 """``/healthz``, ``/readyz`` and ``/metrics``, and the plain-HTTP listener that serves them.
 
 ``/healthz`` answers while the process runs. ``/readyz`` answers 200 only while the
-listeners are up, the gateway is not stopping, and the store answers within
-``STORE_TIMEOUT_S``; a load balancer takes a stopping or cut-off replica out of
+listeners are up, the gateway is not stopping, the store answers within
+``STORE_TIMEOUT_S`` and its change feed is not behind (``Directory.feed_lag`` within
+``store.max_feed_lag``); a load balancer takes a stopping or cut-off replica out of
 rotation with it. ``/metrics`` is open on the metrics listener (``metrics.listen``,
 meant for a private network) and limited to administrators on the HTTPS listener (with
 a token that is not scoped to a cluster).
@@ -20,7 +21,7 @@ from gateway.identity.directory import DIRECTORY, AuthenticationFailed
 from gateway.keys import READY
 from gateway.operations.sampler import SAMPLER
 from gateway.telemetry.drain import DRAIN
-from gateway.telemetry.metrics import FLUSH_S, HOT
+from gateway.telemetry.metrics import FLUSH_S, HOT, STORE_FEED_LAG
 from gateway.telemetry.metrics import response as metrics_response
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,17 @@ async def _problems(app: web.Application) -> list[str]:
         problems.append("listeners are not up")
     if app[DRAIN].draining:
         problems.append("shutting down")
+    directory = app[DIRECTORY]
+    lag = directory.feed_lag()
+    STORE_FEED_LAG.set(lag)
+    if lag > directory.max_feed_lag_s:
+        problems.append(
+            f"store change feed is {lag:.1f}s behind (the caches may be stale; "
+            f"bound store.max_feed_lag {directory.max_feed_lag_s:g}s)"
+        )
     try:
         async with asyncio.timeout(STORE_TIMEOUT_S):
-            await app[DIRECTORY].store.revision()
+            await directory.store.revision()
     except TimeoutError:
         problems.append("store: no answer")
     except Exception as exc:  # noqa: BLE001 - any store failure means not ready
@@ -71,6 +80,7 @@ async def metrics_for_admins(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     request.app[SAMPLER].sample()
+    STORE_FEED_LAG.set(request.app[DIRECTORY].feed_lag())
     return metrics_response()
 
 
@@ -98,4 +108,5 @@ async def sample_forever(app: web.Application) -> None:
         busy = HOT.flush()
         if loop.time() >= next_sample:
             sampler.sample()
+            STORE_FEED_LAG.set(app[DIRECTORY].feed_lag())
             next_sample = loop.time() + SAMPLE_EVERY_S

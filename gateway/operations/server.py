@@ -81,6 +81,7 @@ async def serve(
     auditor = AuditLog(settings.audit, state)
     try:
         directory = Directory(store)
+        directory.max_feed_lag_s = settings.store.max_feed_lag_s
         await directory.load()
         await bootstrap.ensure_admin(directory, settings)
         paths, ca_pem, _ = bootstrap.tls_material(settings, url)

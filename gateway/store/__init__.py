@@ -7,8 +7,20 @@ from pathlib import Path
 from config.errors import ConfigError
 from config.schema import StoreSettings
 from gateway.store import migrations
-from gateway.store.base import Store
+from gateway.store.base import Store, StoreError
 from gateway.store.sqlite import SQLiteStore
+
+
+def _password(settings: StoreSettings) -> str:
+    if settings.etcd_password_file:
+        try:
+            return Path(settings.etcd_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read store.etcd_password_file {settings.etcd_password_file}: "
+                f"{exc.strerror or exc}"
+            ) from None
+    return settings.etcd_password
 
 
 async def open_store(settings: StoreSettings, state_dir: Path, *, migrate: bool = True) -> Store:
@@ -42,16 +54,22 @@ async def _open(settings: StoreSettings, state_dir: Path) -> Store:
         path = sqlite_path(settings, state_dir)
         return await SQLiteStore(path, keep_changes=settings.sqlite_keep_changes).open()
     if settings.backend == "etcd":
-        from gateway.store.etcd import EtcdStore
+        from gateway.store.etcd import EtcdOptions, EtcdStore
 
         if not settings.etcd_endpoints:
             raise ConfigError("store.etcd_endpoints", "required with backend etcd")
-        etcd = EtcdStore(settings.etcd_endpoints, settings.etcd_prefix)
-        try:
-            return await etcd.open()
-        except BaseException:
-            await etcd.close()  # its HTTP session, opened before etcd was found unreachable
-            raise
+        options = EtcdOptions(
+            endpoints=tuple(settings.etcd_endpoints),
+            prefix=settings.etcd_prefix,
+            ca_file=settings.etcd_tls.ca_file,
+            cert_file=settings.etcd_tls.cert_file,
+            key_file=settings.etcd_tls.key_file,
+            username=settings.etcd_username,
+            password=lambda: _password(settings),
+            request_timeout_s=settings.etcd_request_timeout_s,
+            dial_timeout_s=settings.etcd_dial_timeout_s,
+        )
+        return await EtcdStore(options).open()  # closed again if it fails
     raise ConfigError(
         "store.backend", f"unknown backend {settings.backend!r} (known: sqlite, etcd)"
     )

@@ -20,6 +20,13 @@ class StoreError(Exception):
     """The backend failed (I/O, connection)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (every endpoint tried) or did not answer in time.
+
+    Writes fail with it while reads on the request path go on from memory; the
+    management API answers it with 503 "the store is unavailable"."""
+
+
 class SchemaTooNew(StoreError, StartError):
     """The store was written by a newer herdgate (its schema version is above the one
     this program knows): refused at start rather than misread. One line, exit 1."""
@@ -66,7 +73,10 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One write seen on the change feed; ``value`` is None for a deletion."""
+    """One write seen on the change feed; ``value`` is None for a deletion.
+
+    A change with an empty ``kind`` is no write but a progress mark: the feed has
+    delivered every write up to ``revision``."""
 
     revision: int
     kind: str
@@ -127,8 +137,9 @@ class Store(Protocol):
         ...
 
     def changes(self, after: int) -> AsyncIterator[Change]:
-        """Writes with a revision above ``after``, including other processes' writes.
-        Raises ``Compacted`` when some of them are no longer kept (the caller reloads)."""
+        """Writes with a revision above ``after``, including other processes' writes (and
+        progress marks, see ``Change``). Raises ``Compacted`` when some of them are no
+        longer kept, or the store went back before ``after`` (the caller reloads)."""
         ...
 
     async def close(self) -> None: ...

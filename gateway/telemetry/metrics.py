@@ -70,6 +70,24 @@ CLUSTER_PROBE_SECONDS = Gauge(
     multiprocess_mode="livemax",
 )
 
+STORE_FEED_LAG = Gauge(
+    "herdgate_store_feed_lag_seconds",
+    "Seconds since the oldest of this process's store writes that its change feed has not "
+    "brought back (0: none outstanding); above store.max_feed_lag /readyz fails: the "
+    "process's caches may be stale.",
+    multiprocess_mode="livemax",
+)
+STORE_FEED_RELOADS = Counter(
+    "herdgate_store_feed_reloads_total",
+    "Times the caches were rebuilt from a fresh list because the store's change feed lost "
+    "writes (an etcd compaction past the watch, a change log that moved past the process).",
+)
+STORE_FEED_RESTARTS = Counter(
+    "herdgate_store_feed_restarts_total",
+    "Times the store's change feed was dropped and opened again because this process's own "
+    "writes did not come back on it within store.max_feed_lag (a stalled watch).",
+)
+
 
 def forget_cluster_status(cluster: str) -> None:
     """Drop a deleted cluster's series (label sets are cluster ids only)."""

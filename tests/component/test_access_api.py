@@ -295,3 +295,31 @@ def test_any_json_is_rules_or_a_422(value: Any) -> None:
         parse_rules(value)
     except GatewayError as exc:
         assert exc.status == 422
+
+
+async def test_an_edit_on_a_stale_copy_is_a_409_not_a_lost_update(env: Any) -> None:
+    """Another replica changed the template after this process read it: the edit made
+    on this process's copy is refused (409) rather than undoing that change; read again
+    (the refusal refreshed the copy), the edit goes through."""
+    client, directory, _ = env
+    admin = (await login(client, "admin", PASSWORD))[1]["token"]
+    body = {"name": "Viewer", "context": "cluster", "rules": []}
+    template = await (await client.post("/v3/roletemplates", json=body, headers=auth(admin))).json()
+    # The other replica's write, straight to the store, and not seen here yet (as on etcd
+    # before the watch brings it: this process's copy is the one from before).
+    ours = directory.role_templates[template["id"]]
+    await directory.store.patch("roletemplates", template["id"], {"description": "theirs"})
+    directory.catch_up()
+    directory.role_templates[template["id"]] = ours
+    resp = await client.put(
+        f"/v3/roletemplates/{template['id']}", json={"name": "Mine"}, headers=auth(admin)
+    )
+    assert resp.status == 409
+    assert "changed meanwhile" in (await resp.json())["message"]
+    assert directory.role_templates[template["id"]].description == "theirs"
+    resp = await client.put(
+        f"/v3/roletemplates/{template['id']}", json={"name": "Mine"}, headers=auth(admin)
+    )
+    assert resp.status == 200
+    stored = await directory.store.get("roletemplates", template["id"])
+    assert stored["name"] == "Mine" and stored["description"] == "theirs"
