@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from config.identity import Identity
-from gateway.identity import hashing
+from gateway.identity import feed, hashing
 from gateway.identity.providers.base import ExternalIdentity
 from gateway.store.base import AlreadyExists, Change, Compacted, Store, StoreError
 from gateway.store.records import (
@@ -69,8 +69,6 @@ Clock = Callable[[], float]
 
 SYSTEM_AUTHENTICATED = "system:authenticated"
 MAX_PENDING_ECHOES = 10_000
-RELOAD_RETRY_MIN_S = 0.05
-RELOAD_RETRY_MAX_S = 1.0
 MAX_CACHED_IDENTITIES = 100_000
 
 
@@ -250,51 +248,13 @@ class Directory:
         self._listeners.append(listener)
 
     async def follow(self) -> None:
-        """Apply the store's change feed forever (other workers' and replicas' writes).
+        """Apply the store's change feed forever (other workers' and replicas' writes):
+        ``gateway.identity.feed`` (reloads when fallen behind, reopens a stalled feed)."""
+        await feed.follow(self)
 
-        Fallen behind what the feed keeps (``Compacted``, seen by the feed or by
-        ``catch_up``): reload everything, then follow on from there; a reload that fails
-        (the store is down) is tried again after a pause of at most
-        ``RELOAD_RETRY_MAX_S`` (not the task guard's minute). A feed that stalls (our own
-        writes not back within ``max_feed_lag_s``: a watch connection silently lost on
-        the way) is dropped and opened again from the last revision it delivered."""
-        pause = RELOAD_RETRY_MIN_S
-        while True:
-            if self._needs_reload:
-                try:
-                    await self.reload()
-                except StoreError as exc:
-                    logger.warning("store: reload failed (%s); retrying", exc)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, RELOAD_RETRY_MAX_S)
-                    continue
-                pause = RELOAD_RETRY_MIN_S
-            feed = asyncio.create_task(self._follow_feed(), name="directory feed")
-            woken = asyncio.create_task(self._refollow.wait())
-            try:
-                while not await self._wait_or_stall({feed, woken}):
-                    pass
-            finally:
-                feed.cancel()
-                woken.cancel()
-                await asyncio.wait({feed, woken})
-            self._refollow.clear()
-            if feed.done() and not feed.cancelled():
-                error = feed.exception()
-                if error is None:
-                    return  # the feed ended (only a test's store does)
-                if not isinstance(error, Compacted):
-                    raise error
-                logger.warning("fell behind the store's change feed (%s): reloading", error)
-                self._needs_reload = True
-
-    async def _wait_or_stall(self, tasks: set[asyncio.Task[Any]]) -> bool:
-        """Whether one of ``tasks`` ended or the feed stalled (then it is started again)."""
-        done, _ = await asyncio.wait(
-            tasks, timeout=self.max_feed_lag_s / 2, return_when=asyncio.FIRST_COMPLETED
-        )
-        if done:
-            return True
+    def feed_stalled(self) -> bool:
+        """Whether our own writes are not back on the feed within ``max_feed_lag_s``;
+        if so the stall is counted and the wait starts afresh (the feed is reopened)."""
         lag = self.feed_lag()
         if lag <= self.max_feed_lag_s:
             return False
@@ -304,11 +264,19 @@ class Directory:
         metrics.STORE_FEED_RESTARTS.inc()
         return True
 
-    async def _follow_feed(self) -> None:
-        async for change in self.store.changes(self.revision):
-            self._apply_change(change)
+    def needs_reload(self) -> bool:
+        return self._needs_reload
 
-    def _apply_change(self, change: Change) -> None:
+    def reload_needed(self) -> None:
+        self._needs_reload = True
+
+    @property
+    def refollow(self) -> asyncio.Event:
+        """Set to drop the feed and open it again (``catch_up`` saw it fall behind)."""
+        return self._refollow
+
+    def apply_change(self, change: Change) -> None:
+        """One change from the feed (``gateway.identity.feed``)."""
         if not change.kind:  # a progress mark: every write up to it was delivered
             self.revision = max(self.revision, change.revision)
             self._progress(change.revision)
@@ -353,7 +321,7 @@ class Directory:
             return
         if changes:
             for change in changes:
-                self._apply_change(change)
+                self.apply_change(change)
 
     def apply(self, kind: str, key: str, doc: dict[str, Any] | None) -> None:
         if kind == USER:

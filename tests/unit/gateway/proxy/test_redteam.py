@@ -446,7 +446,7 @@ def test_a_disabled_or_deleted_user_ends_all_it_holds(change: str) -> None:
 def test_a_change_seen_on_the_feed_ends_it_too() -> None:
     d, _ = _directory()
     _, ended = _held(d)
-    d._apply_change(Change(d.revision + 1, TOKEN, "t-2", None))  # another process's write
+    d.apply_change(Change(d.revision + 1, TOKEN, "t-2", None))  # another process's write
     assert ended.names == ["u-2/t-2"]
 
 
