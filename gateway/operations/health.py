@@ -21,7 +21,7 @@ from gateway.identity.directory import DIRECTORY, AuthenticationFailed
 from gateway.keys import READY
 from gateway.operations.sampler import SAMPLER
 from gateway.telemetry.drain import DRAIN
-from gateway.telemetry.metrics import FLUSH_S, HOT, STORE_FEED_LAG
+from gateway.telemetry.metrics import EVENT_LOOP_TASKS, FLUSH_S, HOT, STORE_FEED_LAG
 from gateway.telemetry.metrics import response as metrics_response
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ async def metrics_for_admins(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     request.app[SAMPLER].sample()
     STORE_FEED_LAG.set(request.app[DIRECTORY].feed_lag())
+    EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
     return metrics_response()
 
 
@@ -109,4 +110,5 @@ async def sample_forever(app: web.Application) -> None:
         if loop.time() >= next_sample:
             sampler.sample()
             STORE_FEED_LAG.set(app[DIRECTORY].feed_lag())
+            EVENT_LOOP_TASKS.set(len(asyncio.all_tasks(loop)))
             next_sample = loop.time() + SAMPLE_EVERY_S

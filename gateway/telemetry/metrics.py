@@ -77,6 +77,12 @@ STORE_FEED_LAG = Gauge(
     "process's caches may be stale.",
     multiprocess_mode="livemax",
 )
+EVENT_LOOP_TASKS = Gauge(
+    "herdgate_event_loop_tasks",
+    "asyncio tasks alive in this process, sampled every 5 s: a count that grows with "
+    "traffic and does not come back when it stops is a leak.",
+    multiprocess_mode="livesum",
+)
 STORE_FEED_RELOADS = Counter(
     "herdgate_store_feed_reloads_total",
     "Times the caches were rebuilt from a fresh list because the store's change feed lost "

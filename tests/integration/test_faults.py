@@ -94,6 +94,31 @@ class Faulty:
         thread.start()
         return thread, result
 
+    def gateway_tasks(self) -> int:
+        """The gateway's live asyncio tasks (``herdgate_event_loop_tasks``, an admin's
+        scrape of /metrics)."""
+        context = ssl.create_default_context(cafile=str(self.world.gateway.ca_file))
+        request = urllib.request.Request(
+            self.world.gateway.url + "/metrics",
+            headers={"Authorization": f"Bearer {self.world.admin.token}"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("herdgate_event_loop_tasks"):
+                return int(float(line.split()[-1]))
+        raise AssertionError("no herdgate_event_loop_tasks in /metrics")
+
+    def no_leak(self, fds: int, tasks: int) -> None:
+        """Descriptors and tasks back to what they were before the fault (a little
+        slack: a pooled connection, a scrape's own task)."""
+        wait_until(lambda: self.gateway_fds() <= fds + 2, 10, "descriptors not given back")
+        wait_until(
+            lambda: self.gateway_tasks() <= tasks + 3,
+            10,
+            f"tasks not given back: {self.gateway_tasks()} after, {tasks} before",
+        )
+
     def gateway_fds(self) -> int:
         process = self.world.gateway.process
         assert process is not None
@@ -166,7 +191,7 @@ def _clear_failure(result: dict[str, Any]) -> None:
 def test_reset_agent_to_gateway_ends_requests_in_flight_and_the_agent_comes_back(
     faulty: Faulty,
 ) -> None:
-    fds = faulty.gateway_fds()
+    fds, tasks = faulty.gateway_fds(), faulty.gateway_tasks()
     faulty.to_api.delay(4.0)  # the API server is slow: the request is in flight
     thread, result = faulty.in_flight("/api/v1/namespaces")
     time.sleep(1.0)
@@ -178,7 +203,7 @@ def test_reset_agent_to_gateway_ends_requests_in_flight_and_the_agent_comes_back
     _clear_failure(result)
     faulty.to_api.passing()
     faulty.wait_serving()
-    wait_until(lambda: faulty.gateway_fds() <= fds + 2, 10, "descriptors not given back")
+    faulty.no_leak(fds, tasks)
 
 
 def test_a_silent_gateway_is_noticed_and_requests_in_flight_end(faulty: Faulty) -> None:
@@ -187,6 +212,7 @@ def test_a_silent_gateway_is_noticed_and_requests_in_flight_end(faulty: Faulty) 
     vain until the route is back."""
     agent_log = faulty.world.agent.log_file
     seen = len(agent_log.read_text())
+    fds, tasks = faulty.gateway_fds(), faulty.gateway_tasks()
     faulty.to_api.delay(2.0)
     thread, result = faulty.in_flight("/api/v1/namespaces")
     time.sleep(0.5)
@@ -205,10 +231,11 @@ def test_a_silent_gateway_is_noticed_and_requests_in_flight_end(faulty: Faulty) 
     faulty.to_api.passing()
     faulty.to_gateway.passing()
     faulty.wait_serving(timeout=30)
+    faulty.no_leak(fds, tasks)
 
 
 def test_a_truncated_tunnel_fails_its_request_cleanly(faulty: Faulty) -> None:
-    fds = faulty.gateway_fds()
+    fds, tasks = faulty.gateway_fds(), faulty.gateway_tasks()
     faulty.to_api.delay(1.5)
     thread, result = faulty.in_flight("/api/v1/namespaces")
     time.sleep(0.3)
@@ -218,7 +245,7 @@ def test_a_truncated_tunnel_fails_its_request_cleanly(faulty: Faulty) -> None:
     _clear_failure(result)
     faulty.to_api.passing()
     faulty.wait_serving()
-    wait_until(lambda: faulty.gateway_fds() <= fds + 2, 10, "descriptors not given back")
+    faulty.no_leak(fds, tasks)
 
 
 def test_a_dropped_tunnel_is_redialled(faulty: Faulty) -> None:
