@@ -1,0 +1,81 @@
+"""The soak of ``bench/soak.py``, short: the same code for about 75 s over 4 clusters.
+
+Three replicas on a three-member etcd behind haproxy, every cluster a stand-in API
+server with its agent; GETs, LISTs, patches, informer-style watches and the real kubectl
+(``logs -f``, ``exec``, ``port-forward``, ``get``) through haproxy, and one replica killed
+(SIGKILL) and started again at the middle. What must hold:
+
+* no failure (5xx, 4xx, broken connection, timeout, failed kubectl) except within 10 s
+  after the kill; every kind of traffic succeeded; watches carried events;
+* every replica that lived to the end (the two survivors, and the restarted one over its
+  own life) is flat after warm-up: the median of its last third against the median of
+  its second third.
+
+The bounds are on resources, not times:
+
+* descriptors: ``FD_SLACK``. A replica's descriptors beyond its fixed set (listeners,
+  etcd, the agents' tunnels) are its client connections from haproxy, and those move
+  between replicas with every new connection (round robin): at most the clients'
+  connections at once, the workers' one each, the watches' one each, a kubectl's two and
+  haproxy's health check. A leak of one descriptor per request, per watch or per kubectl
+  would add hundreds in the last third (thousands of requests, tens of watch restarts
+  and kubectl runs) and the final reading is held to the same slack.
+* memory: ``RSS_GROWTH_KIB``, 8 MiB per replica from the second third to the last.
+  CPython's allocator keeps freed memory in its arenas and glibc's trim threshold is
+  8 MiB (``config/allocator.py``), so a steady process moves by a few MiB either way;
+  the last third holds over a thousand requests and tens of watch restarts, so a leak of
+  a request's objects and buffers (several KiB each) or of a watch's connection (tens of
+  KiB: docs/design.md section 9) crosses the bound. The measured figures are printed
+  (``-s``) and the 10-minute run's are in docs/benchmarks.md ("Soak").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.soak import Settings, is_failure, run, tally
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = Settings(
+    seconds=75.0,
+    clusters=4,
+    replicas=3,
+    rate=15.0,
+    workers=3,
+    write_rate=2.0,
+    watches=2,
+    kubectl_every=2.5,
+    sample=2.5,
+    window=10.0,
+)
+FD_SLACK = SETTINGS.workers + SETTINGS.clusters * SETTINGS.watches + 2 + 2
+RSS_GROWTH_KIB = 8 * 1024
+KINDS = (
+    "get", "list", "discovery", "patch", "watch",
+    "kubectl exec", "kubectl logs -f", "kubectl port-forward", "kubectl get",
+)  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_short_soak(tmp_path: Path) -> None:
+    result = run(tmp_path, SETTINGS)
+    print()
+    for line in result.report():
+        print(line)
+    _, outside = result.failures()
+    assert not outside, outside
+    assert result.kill_t is not None and result.healthy_t is not None
+    assert result.rejoined_t is not None, "agents did not rejoin the restarted replica"
+    for kind in KINDS:
+        counts = tally(result.outcomes).get(kind, {})
+        assert sum(n for o, n in counts.items() if not is_failure(o)) > 0, (kind, counts)
+    assert result.events > 0
+    judged = result.flatness()
+    assert sorted(f.replica for f in judged) == ["r0", "r1", "r2"], judged
+    for f in judged:
+        assert f.fds_growth <= FD_SLACK, f
+        assert f.fds_final - f.fds_second <= FD_SLACK, f
+        assert f.rss_growth_kib <= RSS_GROWTH_KIB, f
