@@ -96,6 +96,9 @@ class Sample:
     pid: int
     rss_kib: int
     fds: int
+    clients: int = -1
+    """Connections accepted on the replica's listen port (agents' tunnels, haproxy's
+    connections); -1: not read."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class Flatness:
 
     replica: str
     pid: int
+    segment: str
     start: float
     end: float
     samples: int
@@ -166,6 +170,9 @@ class Flatness:
     fds_last: float
     fds_final: int
     rss_final_kib: int
+    clients_second: float = -1
+    clients_last: float = -1
+    """Medians of the accepted connections (``Sample.clients``), -1 when not read."""
 
     @property
     def rss_growth_kib(self) -> float:
@@ -176,9 +183,9 @@ class Flatness:
         return self.fds_last - self.fds_second
 
 
-def flatness(samples: Sequence[Sample]) -> Flatness | None:
-    """For the samples of one process (one replica, one pid); None when a third holds no
-    sample."""
+def flatness(samples: Sequence[Sample], segment: str = "run") -> Flatness | None:
+    """For the samples of one process (one replica, one pid) over one segment of the run;
+    None when a third holds no sample."""
     if not samples:
         return None
     ordered = sorted(samples, key=lambda s: s.t)
@@ -191,6 +198,7 @@ def flatness(samples: Sequence[Sample]) -> Flatness | None:
     return Flatness(
         replica=ordered[0].replica,
         pid=ordered[0].pid,
+        segment=segment,
         start=start,
         end=end,
         samples=len(ordered),
@@ -200,6 +208,8 @@ def flatness(samples: Sequence[Sample]) -> Flatness | None:
         fds_last=statistics.median(s.fds for s in last),
         fds_final=ordered[-1].fds,
         rss_final_kib=ordered[-1].rss_kib,
+        clients_second=statistics.median(s.clients for s in second),
+        clients_last=statistics.median(s.clients for s in last),
     )
 
 
@@ -211,26 +221,40 @@ def lives(samples: Sequence[Sample]) -> dict[tuple[str, int], list[Sample]]:
     return out
 
 
-def judge(samples: Sequence[Sample], killed_pid: int | None) -> list[Flatness]:
-    """Flatness of every process that lived to the end of the run (the killed replica's
-    first life is left out: it did not)."""
+BEFORE = "before the kill"
+AFTER = "after the restart"
+
+
+def judge(samples: Sequence[Sample], restart: Window | None) -> list[Flatness]:
+    """Flatness of every process in each segment of the run. Without a restart, one
+    segment, the whole run. With one (``restart``: from the kill to the end of its
+    window), "before the kill", every replica until the kill, and "after the restart",
+    the survivors after the window (they take over the killed replica's connections in
+    it) and the restarted replica over its whole new life."""
     out: list[Flatness] = []
-    for (_, pid), life in lives(samples).items():
-        if pid == killed_pid:
-            continue
-        judged = flatness(life)
-        if judged is not None:
-            out.append(judged)
+    for life in lives(samples).values():
+        if restart is None:
+            segments = [("run", life)]
+        else:
+            before = [s for s in life if s.t < restart.start]
+            after = [s for s in life if s.t > restart.end or before == []]
+            segments = [(BEFORE, before), (AFTER, [s for s in after if s.t > restart.start])]
+        for name, part in segments:
+            judged = flatness(part, name)
+            if judged is not None:
+                out.append(judged)
     return out
 
 
 def describe(result: Flatness) -> str:
     return (
-        f"{result.replica} (pid {result.pid}, {result.start:.0f}-{result.end:.0f} s, "
+        f"{result.replica} {result.segment} (pid {result.pid}, "
+        f"{result.start:.0f}-{result.end:.0f} s, "
         f"{result.samples} samples): RSS {result.rss_second_kib / 1024:.1f} -> "
         f"{result.rss_last_kib / 1024:.1f} MiB ({result.rss_growth_kib / 1024:+.2f} MiB), "
         f"descriptors {result.fds_second:.0f} -> {result.fds_last:.0f} "
-        f"({result.fds_growth:+.0f}; final {result.fds_final})"
+        f"({result.fds_growth:+.0f}; final {result.fds_final}), of them accepted "
+        f"connections {result.clients_second:.0f} -> {result.clients_last:.0f}"
     )
 
 
@@ -455,11 +479,41 @@ def read_fds(pid: int) -> int | None:
         return None
 
 
-def read(name: str, pid: int, t: float) -> Sample | None:
+def socket_inodes(pid: int) -> set[str]:
+    out: set[str] = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    out.add(target[8:-1])
+    except OSError:
+        pass
+    return out
+
+
+def accepted(pid: int, port: int) -> int:
+    """TCP connections of ``pid`` whose local port is ``port`` and that are not the
+    listening socket (/proc/PID/net/tcp, tcp6)."""
+    inodes = socket_inodes(pid)
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                listening = fields[3] == "0A"
+                if local_port == port and not listening and fields[9] in inodes:
+                    count += 1
+    return count
+
+
+def read(name: str, pid: int, t: float, port: int = 0) -> Sample | None:
     rss, fds = read_rss_kib(pid), read_fds(pid)
     if rss is None or fds is None:
         return None
-    return Sample(t, name, pid, rss, fds)
+    return Sample(t, name, pid, rss, fds, accepted(pid, port) if port else -1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -697,7 +751,7 @@ class Traffic:
             for i, gateway in enumerate(self.soak.replicas):
                 process = gateway.process
                 if process is not None and process.poll() is None:
-                    sample = read(f"r{i}", process.pid, round(t, 3))
+                    sample = read(f"r{i}", process.pid, round(t, 3), gateway.port)
                     if sample is not None:
                         self.samples.append(sample)
             if not self.running():
@@ -854,7 +908,7 @@ class Result:
         return failures(self.outcomes, self.windows)
 
     def flatness(self) -> list[Flatness]:
-        return judge(self.samples, self.killed_pid)
+        return judge(self.samples, self.windows[0] if self.windows else None)
 
     def to_json(self) -> dict[str, Any]:
         inside, outside = self.failures()

@@ -8,6 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.soak import (
+    AFTER,
+    BEFORE,
     Outcome,
     Sample,
     Window,
@@ -111,16 +113,24 @@ def test_too_few_samples_give_no_verdict() -> None:
     assert flatness(series([(1, 1)])) is None
 
 
-def test_the_killed_life_is_left_out_and_the_restarted_one_judged_on_its_own() -> None:
-    survivor = series([(100_000, 30)] * 12, "r0", pid=10)
-    killed = series([(100_000, 30)] * 6, "r1", pid=11)
+def test_segments_before_the_kill_and_after_the_restart() -> None:
+    survivor = series([(100_000, 30)] * 12 + [(100_000, 40)] * 12, "r0", pid=10)
+    killed = series([(100_000, 30)] * 12, "r1", pid=11)
     restarted = [
-        Sample(30.0 + s.t, "r1", 12, s.rss_kib, s.fds)
-        for s in series([(60_000, 20)] * 2 + [(80_000, 25)] * 4)
+        Sample(62.0 + s.t, "r1", 12, s.rss_kib, s.fds)
+        for s in series([(60_000, 20)] * 2 + [(80_000, 25)] * 8)
     ]
     samples = survivor + killed + restarted
     assert list(lives(samples)) == [("r0", 10), ("r1", 11), ("r1", 12)]
-    judged = {(f.replica, f.pid): f for f in judge(samples, killed_pid=11)}
-    assert set(judged) == {("r0", 10), ("r1", 12)}
-    restarted_result = judged[("r1", 12)]
-    assert restarted_result.start == 30.0 and restarted_result.fds_growth == 0
+    judged = {(f.replica, f.pid, f.segment): f for f in judge(samples, Window(60.0, 70.0))}
+    assert set(judged) == {
+        ("r0", 10, BEFORE), ("r0", 10, AFTER), ("r1", 11, BEFORE), ("r1", 12, AFTER),
+    }  # fmt: skip
+    # The survivor's step at the kill (connections taken over) is in neither segment.
+    assert judged[("r0", 10, BEFORE)].fds_growth == 0
+    after = judged[("r0", 10, AFTER)]
+    assert after.start == 75.0 and after.fds_growth == 0 and after.fds_second == 40
+    restarted_result = judged[("r1", 12, AFTER)]
+    assert restarted_result.start == 62.0 and restarted_result.fds_growth == 0
+    # Without a restart: one segment, the whole life.
+    assert [f.segment for f in judge(survivor, None)] == ["run"]
