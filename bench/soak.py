@@ -1048,6 +1048,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.plot and not args.png:
         p.error("--plot wants --png")
+    if args.png:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--png needs matplotlib: pip install -e '.[bench]'")
     return args
 
 
