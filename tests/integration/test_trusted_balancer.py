@@ -6,21 +6,32 @@ connection without one; an agent through haproxy is seen at its own address."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
 import subprocess
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h2.config
+import h2.connection
 import pytest
 import yaml
 
 from gateway.front.proxy_protocol import v1_header, v2_header
 from tests.binaries import kubectl, require
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import AGENT_SA_USER, World, start_world, stop_world
 from tests.integration.env import free_port, kubectl_run, wait_until, write_kubeconfig
+from tests.integration.test_hostile_requests import (
+    _SMUGGLED_NAMES,
+    SMUGGLED_IDENTITY,
+    _fields,
+    _h2_get,
+    received,
+)
 from tests.integration.test_shared_login_state import call, password_login
 
 pytestmark = pytest.mark.integration
@@ -223,3 +234,82 @@ def test_kubectl_through_haproxy_is_audited_at_its_own_address(
         "no audit record of kubectl's request",
     )  # fmt: skip
     assert {r.get("sourceIP") for r in proxied} == {"127.0.0.1"}  # kubectl's, not haproxy's
+
+
+def _tls_via(haproxy: Haproxy, ca: Path, source: str, alpn: list[str]) -> ssl.SSLSocket:
+    raw = socket.create_connection(
+        ("127.0.0.1", haproxy.port), timeout=10, source_address=(source, 0)
+    )
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(alpn)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _gateway_fds(world: World) -> int:
+    assert world.gateway.process is not None
+    return len(os.listdir(f"/proc/{world.gateway.process.pid}/fd"))
+
+
+def test_a_hostile_client_behind_the_trusted_balancer_cannot_change_who_or_where(
+    balanced: tuple[World, Haproxy],
+) -> None:
+    """Behind a trusted balancer, a member's client (HTTP/1.1 and HTTP/2) sends every
+    identity and address claim it can, and a forged PROXY header of its own inside the
+    balancer's connection. The API server sees the member, impersonated by the agent,
+    and one ``X-Forwarded-For``: the client's real address as the balancer named it;
+    none of the claims; the forged header is not believed; descriptors come back."""
+    world, haproxy = balanced
+    user_id, api = world.user("hostile-behind", role="cluster-member")
+    ca = world.gateway.ca_file
+    path = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces"
+    fds = _gateway_fds(world)
+
+    # HTTP/1.1
+    probe = uuid.uuid4().hex
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{haproxy.port}",
+             f"Authorization: Bearer {api.token}",
+             *(f"{n}: {v}" for n, v in SMUGGLED_IDENTITY),
+             f"X-Probe: {probe}", "Connection: close"]  # fmt: skip
+    with _tls_via(haproxy, ca, CLIENT, ["http/1.1"]) as tls:
+        tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while chunk := tls.recv(65536):
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+
+    # HTTP/2
+    with _tls_via(haproxy, ca, CLIENT, ["h2"]) as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        status, _, h2_probe = _h2_get(
+            world, tls, conn, path, api.token,
+            [(n.lower().encode(), v.encode()) for n, v in SMUGGLED_IDENTITY],
+        )  # fmt: skip
+    assert status == 200
+
+    for seen in (probe, h2_probe):
+        (event,) = received(world, seen)
+        assert event["user"]["username"] == AGENT_SA_USER
+        assert event["impersonatedUser"]["username"] == user_id
+        assert "system:masters" not in event["impersonatedUser"].get("groups", [])
+        names = {name.lower() for name, _ in _fields(event)}
+        assert not _SMUGGLED_NAMES & names, names
+        forwarded = [v for n, v in _fields(event) if n.lower() == "x-forwarded-for"]
+        assert forwarded == [CLIENT], forwarded
+
+    # A PROXY header of the client's own, after the balancer's: not believed (it is
+    # where TLS must begin), the connection ends.
+    forged = v1_header("198.51.100.1", "127.0.0.1", 1, 2)
+    raw = socket.create_connection(
+        ("127.0.0.1", haproxy.port), timeout=10, source_address=(CLIENT, 0)
+    )
+    with raw:
+        raw.sendall(forged)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with pytest.raises((ssl.SSLError, OSError)):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1").close()
+    wait_until(lambda: _gateway_fds(world) <= fds + 2, 10, "descriptors not given back")

@@ -281,7 +281,7 @@ class SlowDirectory:
     asked: list[str] = field(default_factory=list)
 
     async def authenticate(self, username: str, password: str) -> ExternalIdentity:
-        raise NotImplementedError
+        raise AssertionError("the group refresh never authenticates")
 
     async def refresh(self, principal_id: str) -> ExternalIdentity | None:
         self.asked.append(principal_id)
