@@ -8,11 +8,9 @@ import asyncio
 import http.client
 import json
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -21,11 +19,10 @@ import yaml
 from gateway.api.oauth_login import BrowserLogins
 from gateway.identity.ratelimit import Limit, LoginLimiter
 from gateway.store.base import Store
-from gateway.store.etcd import EtcdStore
-from gateway.store.sqlite import SQLiteStore
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.threaded import BackgroundLoop
 from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
+from tests.fixtures.stores import two_stores  # noqa: F401 - the fixture
 from tests.integration.env import ADMIN_PASSWORD, Gateway, free_port
 
 pytestmark = pytest.mark.integration
@@ -153,25 +150,8 @@ def test_failed_logins_count_across_both_replicas(
 # -- the same on both store backends (SQLite file, a real etcd) ------------------------
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
-async def two_stores(request: Any, tmp_path: Path) -> AsyncIterator[list[Store]]:
-    """Two processes' connections to one store."""
-    stores: list[Any] = []
-    if request.param == "sqlite":
-        stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
-    else:
-        server: Etcd = request.getfixturevalue("etcd")
-        prefix = f"/t-{uuid.uuid4().hex[:8]}/"
-        stores = [await EtcdStore([server.url], prefix=prefix).open() for _ in range(2)]
-    try:
-        yield stores
-    finally:
-        for s in stores:
-            await s.close()
-
-
 async def test_guesses_sent_at_once_to_two_replicas_are_limited_as_one_after_another(
-    two_stores: list[Store],
+    two_stores: list[Store],  # noqa: F811 - the fixture
 ) -> None:
     limiters = [LoginLimiter(s, Limit(5, 900), Limit(100, 900)) for s in two_stores]
     waits = await asyncio.gather(
@@ -181,7 +161,9 @@ async def test_guesses_sent_at_once_to_two_replicas_are_limited_as_one_after_ano
     assert await limiters[1].retry_after("local", "ALICE", "10.9.9.9", 2.0) > 0
 
 
-async def test_a_browser_login_is_taken_once_by_racing_replicas(two_stores: list[Store]) -> None:
+async def test_a_browser_login_is_taken_once_by_racing_replicas(
+    two_stores: list[Store],  # noqa: F811 - the fixture
+) -> None:
     a, b = (BrowserLogins(s) for s in two_stores)
     for _ in range(5):
         state = await a.add("oidc", "cookie", "192.0.2.1")

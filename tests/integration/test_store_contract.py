@@ -14,6 +14,7 @@ from gateway.store.base import AlreadyExists, Store
 from gateway.store.etcd import EtcdStore
 from gateway.store.sqlite import SQLiteStore
 from tests.fixtures.etcd import Etcd, etcd  # noqa: F401 - the fixture
+from tests.fixtures.stores import two_stores  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -96,25 +97,8 @@ async def test_change_feed_is_ordered_and_complete(store: Store) -> None:
     ]
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
-async def two_stores(request: Any, tmp_path: Path) -> AsyncIterator[list[Store]]:
-    """Two processes' connections to one store."""
-    stores: list[Any] = []
-    if request.param == "sqlite":
-        stores = [await SQLiteStore(tmp_path / "db").open() for _ in range(2)]
-    else:
-        server: Etcd = request.getfixturevalue("etcd")
-        prefix = f"/t-{uuid.uuid4().hex[:8]}/"
-        stores = [await EtcdStore([server.url], prefix=prefix).open() for _ in range(2)]
-    try:
-        yield stores
-    finally:
-        for s in stores:
-            await s.close()
-
-
 async def test_two_replicas_racing_for_one_user_name_create_one_user(
-    two_stores: list[Store],
+    two_stores: list[Store],  # noqa: F811 - the fixture
 ) -> None:
     """The name claim (a ``usernames`` record created only if absent) holds on both
     backends: replicas that both passed their in-memory check create one user."""
