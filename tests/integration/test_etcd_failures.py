@@ -4,14 +4,13 @@ compacted the history B's watch needed while B was cut off; a killed etcd member
 interrupts nothing; with etcd stopped entirely tokens keep working, writes answer 503,
 and everything resumes when etcd is back, without a restart.
 
-Replica B reaches each etcd member through a TCP relay the test can cut (its watch and
-requests break, as on a network partition); replica A reaches the members directly.
+Replica B reaches each etcd member through a fault-injecting proxy
+(``tests.fixtures.faultproxy``) the test can cut (its watch and requests break, as on a
+network partition), silence, slow down or truncate; replica A reaches the members directly.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import ssl
 import time
@@ -24,8 +23,8 @@ import yaml
 
 from standin.harness import StandInProcess
 from tests.binaries import kubectl
-from tests.fakes.threaded import BackgroundLoop
 from tests.fixtures.etcd_secure import EtcdCluster, start_etcd_members
+from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.tcplb import TcpBalancer
 from tests.integration.conftest import (
     AGENT_SA_GROUPS,
@@ -51,85 +50,6 @@ pytestmark = pytest.mark.integration
 PREFIX = "/failures/"
 
 
-class Relay:
-    """A TCP relay on 127.0.0.1 to one port that can be cut (every connection closed,
-    new ones closed at once) and restored."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self._loop = BackgroundLoop()
-        self._server: asyncio.AbstractServer | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._frozen: set[asyncio.StreamWriter] = set()
-        self.cut_off = False
-        self.port = 0
-
-    def start(self) -> Relay:
-        async def start() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-            self.port = self._server.sockets[0].getsockname()[1]
-
-        self._loop.run(start())
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut_off:
-            writer.close()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self._open.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    if dst in self._frozen:
-                        continue  # a silent path: nothing passes, nothing is closed
-                    dst.write(data)
-                    await dst.drain()
-            with contextlib.suppress(OSError):
-                dst.close()
-
-        try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        finally:
-            self._open.difference_update((writer, up_writer))
-            self._frozen.difference_update((writer, up_writer))
-
-    def cut(self) -> None:
-        async def cut() -> None:
-            self.cut_off = True
-            for writer in list(self._open):
-                writer.transport.abort()
-
-        self._loop.run(cut())
-
-    def freeze(self) -> None:
-        """The connections open now go silent, without being closed (a middlebox that
-        dropped them); new connections pass."""
-
-        async def freeze() -> None:
-            self._frozen.update(self._open)
-
-        self._loop.run(freeze())
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    def stop(self) -> None:
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            for writer in list(self._open):
-                writer.transport.abort()
-
-        self._loop.run(stop())
-        self._loop.close()
-
-
 def etcd_post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         f"{url}/v3/{path}", data=json.dumps(body).encode(), method="POST"
@@ -150,10 +70,10 @@ def compact_now(etcd: EtcdCluster) -> int:
 @pytest.fixture(scope="module")
 def ha(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[World, Gateway, Gateway, EtcdCluster, list[Relay]]]:
+) -> Iterator[tuple[World, Gateway, Gateway, EtcdCluster, list[FaultProxy]]]:
     tmp = tmp_path_factory.mktemp("etcd-failures")
     etcd = start_etcd_members(tmp / "etcd", 3)
-    relays = [Relay(m.client_port).start() for m in etcd.members]
+    relays = [FaultProxy(m.client_port).start() for m in etcd.members]
     ports = [free_port(), free_port()]
     lb = TcpBalancer(ports).start()
     url = f"https://127.0.0.1:{lb.port}"
@@ -270,7 +190,7 @@ def readyz(replica: Gateway) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-Ha = tuple[World, Gateway, Gateway, EtcdCluster, list[Relay]]
+Ha = tuple[World, Gateway, Gateway, EtcdCluster, list[FaultProxy]]
 
 
 def test_revocation_on_a_is_refused_on_b_within_a_second(ha: Ha) -> None:
@@ -290,7 +210,7 @@ def test_a_silently_stalled_watch_shows_in_readyz_and_is_reopened(ha: Ha) -> Non
     token = fresh_token(world, first, second, "stalled-watch")
     restarts = metric(second, world.admin.token, "herdgate_store_feed_restarts_total")
     for relay in relays:
-        relay.freeze()
+        relay.silence()
     revoke(first, token)
     assert through(second, world, token) == 200  # B has not heard of it
 
@@ -326,7 +246,7 @@ def test_after_a_compaction_while_bs_watch_was_cut_b_rebuilds(ha: Ha) -> None:
         assert status == 503 and "store" in text
     finally:
         for relay in relays:
-            relay.restore()
+            relay.passing()
     # B's watch comes back, finds its revision compacted and reloads from a fresh list.
     assert seconds_until_refused(second, world, token, 1.0) < 1.0
     users = {u["username"] for u in second.api(world.admin.token).get("/v3/users")["data"]}
@@ -398,3 +318,44 @@ def test_etcd_stopped_tokens_work_writes_503_then_resume(ha: Ha) -> None:
     revoke(first, again)
     assert seconds_until_refused(second, world, again, 1.0) < 1.0
     wait_until(lambda: readyz(first) == readyz(second) == (200, "ok"), 15, "not ready after etcd")
+
+
+def test_a_slow_path_to_etcd_is_slow_not_broken(ha: Ha) -> None:
+    """Every chunk between B and etcd waits 0.2 s: B's writes still succeed and a
+    revocation through A still reaches B (later)."""
+    world, first, second, _, relays = ha
+    token = fresh_token(world, first, second, "slow-path")
+    for relay in relays:
+        relay.delay(0.2)
+    try:
+        created = second.api(world.admin.token).post(
+            "/v3/users", {"username": "made-on-a-slow-path", "password": USER_PASSWORD}
+        )
+        assert created["username"] == "made-on-a-slow-path"
+        revoke(first, token)
+        assert seconds_until_refused(second, world, token, 5.0) < 5.0
+    finally:
+        for relay in relays:
+            relay.passing()
+    wait_until(lambda: readyz(second) == (200, "ok"), 15, "B never became ready again")
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate"])
+def test_connections_to_etcd_reset_or_cut_mid_stream_are_survived(ha: Ha, fault: str) -> None:
+    """B's connections to etcd (its watch among them) are reset, or cut after a few more
+    bytes in the middle of an answer: B reconnects on its own, its writes work and a
+    revocation through A reaches it."""
+    world, first, second, _, relays = ha
+    token = fresh_token(world, first, second, f"mid-stream-{fault}")
+    for relay in relays:
+        if fault == "reset":
+            relay.reset()
+        else:
+            relay.truncate(40)
+    revoke(first, token)
+    assert seconds_until_refused(second, world, token, 5.0) < 5.0
+    created = second.api(world.admin.token).post(
+        "/v3/users", {"username": f"after-{fault}", "password": USER_PASSWORD}
+    )
+    assert created["username"] == f"after-{fault}"
+    wait_until(lambda: readyz(second) == (200, "ok"), 15, "B never became ready again")
