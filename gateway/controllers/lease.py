@@ -15,8 +15,9 @@ SQLite file or replicas on etcd — cannot both win.
   before anyone else can take the lease (at ``ttl`` after that write, on the wall clock).
   Clock skew between hosts up to the margin (a fifth of the TTL) is tolerated.
 - ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it renews at a third of the
-  TTL, gives it up (deletes it) as soon as ``want()`` turns False, and reports each
-  change of holding to ``on_change``.
+  TTL, gives it up as soon as ``want()`` turns False (marks it released: no holder,
+  expired, its generation kept for the next holder to exceed), and reports each change
+  of holding to ``on_change``.
 - Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
   behalf carry it, and a record written under a higher generation is not overwritten
   by a lower one (``gateway.controllers.cluster_health`` does this for cluster status).
@@ -171,11 +172,15 @@ class Lease:
         self._valid_until = float("-inf")
 
     async def release(self) -> None:
-        """Give the lease up (delete it if it is still as we wrote it)."""
+        """Give the lease up, if it is still as we wrote it: the record stays, with no
+        holder and expired at once, so that its generation goes on growing. (Deleting it
+        let the next taker start again at generation 1 while the work's records still
+        carried a higher one: that holder's status writes were refused as stale.)"""
         record = self._record
         self._lost()
         if record is not None:
-            await self.store.swap(LEASE, self.name, record, None)
+            released = {**record, "holder": "", "pid": 0, "expires": 0}
+            await self.store.swap(LEASE, self.name, record, released)
 
 
 def _generation(record: dict[str, Any] | None) -> int:

@@ -68,7 +68,8 @@ async def test_two_holders_racing_only_one_wins(stores: tuple[SQLiteStore, SQLit
         assert one.held() != two.held()
         winner = one if one.held() else two
         await winner.release()
-        assert await stores[0].get(LEASE, "cluster/c-1") is None
+        released = await stores[0].get(LEASE, "cluster/c-1")
+        assert released is not None and released["holder"] == ""
 
 
 async def test_the_holder_renews_and_others_wait_for_expiry(
@@ -147,7 +148,8 @@ async def test_the_keeper_holds_while_wanted_and_gives_up_when_not(
     want[0] = False
     await keeper.step()
     assert changes == [True, False]
-    assert await stores[0].get(LEASE, "cluster/c-1") is None  # released for the others
+    released = await stores[0].get(LEASE, "cluster/c-1")  # released for the others
+    assert released is not None and released["holder"] == "" and released["expires"] == 0
 
 
 class FailingStore:
@@ -192,3 +194,20 @@ async def test_the_keeper_lets_go_when_the_store_stays_down(
             break
     assert changes == [True, False]
     assert clock.now < 1_000_000.0 + TTL + 1.0
+
+
+async def test_generations_keep_growing_across_releases(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    """A takes, releases; B takes, releases; A takes again: each a higher generation (a
+    released lease keeps its generation), so records written under an earlier holder
+    never look newer than the current one's (the fresh-clone CI run of 2026-12-06 hit it:
+    the third holder started at generation 1 and its status writes were refused)."""
+    clock = Clock()
+    a, b = _lease(stores[0], "r-1", clock), _lease(stores[1], "r-2", clock)
+    seen: list[int] = []
+    for lease in (a, b, a):
+        assert await lease.try_acquire()
+        seen.append(lease.generation)
+        await lease.release()
+    assert seen == [1, 2, 3]
