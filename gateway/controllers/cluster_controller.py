@@ -58,7 +58,7 @@ from gateway.controllers.cluster_health import (
     status_doc,
 )
 from gateway.controllers.downstream import InternalListener
-from gateway.controllers.lease import Lease, LeaseKeeper
+from gateway.controllers.lease import Lease, LeaseKeeper, lease_for
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.store.base import StoreError
@@ -527,7 +527,7 @@ class ClusterControllers:
     def _keep(self, cluster_id: str) -> None:
         if cluster_id in self.keepers:
             return
-        lease = Lease(
+        lease = lease_for(
             self.directory.store,
             LEASE_PREFIX + cluster_id,
             self.replicas.id,

@@ -25,6 +25,18 @@ SQLite file or replicas on etcd — cannot both win.
   are fenced by checking ``held()`` immediately before each one (``fence``: raises
   ``LeaseLost``), so a holder that lost its lease stops before anyone else may act.
 
+On etcd the lease is etcd's own (``EtcdLease``, made by ``lease_for`` wherever the store
+has ``ExpiringLeases``): the record is written under an etcd lease of the TTL (a
+transaction that holds only if the key is absent or still the revision read), renewed
+with etcd's keep-alive, and deleted by etcd itself when the holder stops renewing or
+revokes it. Its generation is the etcd revision of the write that took it: a revision is
+never handed out twice, so generations grow across holders without any record surviving.
+``held`` turns False at ``ttl - margin`` after the start of the last grant or keep-alive
+that succeeded; etcd counts the TTL from when it received that request (later), and
+extends, never shortens, leases across a leader change, so the holder stops acting before
+etcd can let anyone else take the lease. (SQLite has no leases of its own: there the record
+itself carries its expiry and is renewed by compare-and-set, as above.)
+
 One lease name per piece of work: ``cluster/<id>`` for each cluster's controller, which
 the access sync and the ACE record sync work under too, and ``group-refresh`` for the
 periodic re-read of directory users (``gateway.operations.background``).
@@ -35,13 +47,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gateway.store.base import Store, StoreError
+from gateway.store.base import ExpiringLeases, Store, StoreError
 from gateway.store.records import LEASE
 
 logger = logging.getLogger(__name__)
@@ -181,6 +195,134 @@ class Lease:
         if record is not None:
             released = {**record, "holder": "", "pid": 0, "expires": 0}
             await self.store.swap(LEASE, self.name, record, released)
+
+
+class _Session:
+    """One etcd lease per holder and store, under which all its lease records are written
+    (as etcd's own concurrency sessions do): renewing it once keeps them all, so a replica
+    leading many clusters sends one keep-alive per third of the TTL, not one per cluster.
+    When it expires, etcd deletes every record written under it at once."""
+
+    def __init__(self, leases: ExpiringLeases, ttl_s: float) -> None:
+        self.leases = leases
+        self.ttl_s = ttl_s
+        self.lease_id = 0
+        self.started = float("-inf")
+        """Loop time at which the last successful grant or keep-alive was sent."""
+        self._pending: asyncio.Future[None] | None = None
+
+    async def current(self, now: Callable[[], float]) -> tuple[int, float]:
+        """The lease id and when it was last renewed: renewed first unless that was less
+        than a third of the TTL ago (one request for all callers at once)."""
+        if self.lease_id and now() - self.started < self.ttl_s / 3:
+            return self.lease_id, self.started
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._renew(now))
+        pending = self._pending
+        try:
+            await asyncio.shield(pending)
+        finally:
+            if self._pending is pending and pending.done():
+                self._pending = None
+        return self.lease_id, self.started
+
+    async def _renew(self, now: Callable[[], float]) -> None:
+        started = now()
+        if self.lease_id and await self.leases.keep_lease(self.lease_id) > 0:
+            self.started = started
+            return
+        # None yet, or expired (every record under it is gone): a new one.
+        self.lease_id = 0
+        self.lease_id, _granted = await self.leases.grant_lease(math.ceil(self.ttl_s))
+        self.started = started
+
+    async def revoke(self) -> None:
+        lease_id, self.lease_id = self.lease_id, 0
+        if lease_id:
+            await self.leases.revoke_lease(lease_id)
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, dict[tuple[str, float], _Session]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _session(leases: ExpiringLeases, holder: str, ttl_s: float) -> _Session:
+    by_holder = _SESSIONS.setdefault(leases, {})
+    session = by_holder.get((holder, ttl_s))
+    if session is None:
+        session = by_holder[(holder, ttl_s)] = _Session(leases, ttl_s)
+    return session
+
+
+class EtcdLease(Lease):
+    """The lease held with the store's own expiring leases (etcd's); see the module."""
+
+    def __init__(self, store: Store, name: str, holder: str, **kw: Any) -> None:
+        super().__init__(store, name, holder, **kw)
+        assert isinstance(store, ExpiringLeases)
+        self.leases: ExpiringLeases = store
+        self.session = _session(store, holder, self.ttl_s)
+        self.lease_id = 0
+        """The etcd lease our record was written under (0: none)."""
+
+    def _takeable_record(self, current: dict[str, Any]) -> bool:
+        """A record that is there: ours by name (an earlier process with our id), or left by
+        a crashed process of this host. (Anyone else's lasts until etcd expires it.)"""
+        if current.get("holder") == self.holder:
+            return current != self._record or current.get("etcd_lease") != str(self.lease_id)
+        pid = current.get("pid")
+        same_host = current.get("host") == self.host
+        return same_host and isinstance(pid, int) and not self._is_running(pid)
+
+    async def try_acquire(self) -> bool:
+        lease_id, renewed = await self.session.current(self._now)
+        if self._record is not None:
+            if lease_id == self.lease_id:
+                self._valid_until = renewed + self.ttl_s - self.margin_s
+                return True
+            self._lost()  # the session expired: etcd deleted our record with it
+        current = await self.leases.get_versioned(LEASE, self.name)
+        if current is not None and not self._takeable_record(current[0]):
+            self._lost()
+            return False
+        record: dict[str, Any] = {
+            "id": self.name,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "acquired": self.clock(),
+            "ttl": self.ttl_s,
+            "etcd_lease": str(lease_id),
+        }
+        expected = 0 if current is None else current[1]
+        revision = await self.leases.put_leased(LEASE, self.name, record, lease_id, expected)
+        if revision is None:
+            self._lost()  # someone else took it between our read and our write
+            return False
+        logger.info("lease %s taken by %s (generation %d)", self.name, self.holder, revision)
+        self.lease_id = lease_id
+        self._record = record
+        self.generation = revision
+        self._valid_until = renewed + self.ttl_s - self.margin_s
+        return True
+
+    async def release(self) -> None:
+        """Delete our record if it is still ours (the session lives on for the others):
+        the next taker's generation is a later revision."""
+        record = self._record
+        self._lost()
+        self.lease_id = 0
+        if record is not None:
+            await self.store.swap(LEASE, self.name, record, None)
+
+
+def lease_for(store: Store, name: str, holder: str, **kw: Any) -> Lease:
+    """The lease ``name`` for ``holder``: etcd's own where the store has leases, else a
+    record renewed by compare-and-set."""
+    if isinstance(store, ExpiringLeases):
+        return EtcdLease(store, name, holder, **kw)
+    return Lease(store, name, holder, **kw)
 
 
 def _generation(record: dict[str, Any] | None) -> int:

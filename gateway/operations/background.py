@@ -20,7 +20,7 @@ from config.tasks import guard
 from gateway.api.common import LIMITER
 from gateway.api.oauth_login import BROWSER_LOGINS
 from gateway.clusters.replicas import REPLICAS
-from gateway.controllers.lease import Lease, LeaseKeeper, LeaseLost, fence
+from gateway.controllers.lease import Lease, LeaseKeeper, LeaseLost, fence, lease_for
 from gateway.identity.directory import DIRECTORY
 from gateway.identity.providers.base import ProviderUnavailable
 from gateway.identity.providers.registry import PROVIDERS
@@ -84,7 +84,7 @@ async def _refresh(app: web.Application, lease: Lease) -> int:
 
 def group_refresh_lease(app: web.Application) -> Lease:
     directory = app[DIRECTORY]
-    return Lease(
+    return lease_for(
         directory.store,
         GROUP_REFRESH_LEASE,
         app[REPLICAS].id,

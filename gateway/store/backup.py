@@ -26,7 +26,7 @@ from typing import Any
 from config.errors import StartError
 from gateway.store import migrations
 from gateway.store.base import Document, Store, StoreError
-from gateway.store.records import LEASE, REPLICA, iso
+from gateway.store.records import CLUSTER_STATUS, LEASE, REPLICA, iso
 
 FORMAT = "herdgate-store-backup"
 EPHEMERAL = frozenset({REPLICA, LEASE})
@@ -127,8 +127,20 @@ def _name(text: str) -> bool:
 
 
 def kept(documents: Iterable[tuple[str, str, Document]]) -> list[tuple[str, str, Document]]:
-    """The documents a backup holds: all but the schema record and ``EPHEMERAL`` kinds."""
-    return [d for d in documents if d[0] != migrations.META and d[0] not in EPHEMERAL]
+    """The documents a backup holds: all but the schema record and ``EPHEMERAL`` kinds,
+    and cluster statuses without the lease generation they were written under: leases
+    are not kept, and a generation means something only beside the leases of the store
+    it was written in (a restored status carrying one would fence off the new store's
+    first holders, whose generations start again lower)."""
+    return [
+        (kind, key, _unfenced(doc) if kind == CLUSTER_STATUS else doc)
+        for kind, key, doc in documents
+        if kind != migrations.META and kind not in EPHEMERAL
+    ]
+
+
+def _unfenced(doc: Document) -> Document:
+    return {name: value for name, value in doc.items() if name != "generation"}
 
 
 async def take(store: Store) -> Backup:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from config.errors import StartError
 
@@ -82,6 +82,36 @@ class Change:
     kind: str
     key: str
     value: Document | None
+
+
+@runtime_checkable
+class ExpiringLeases(Protocol):
+    """A store with leases of its own (etcd's): a key written under a lease vanishes when
+    the lease is not kept alive or is revoked. ``gateway.controllers.lease`` holds its
+    leadership leases with these where the store has them."""
+
+    async def grant_lease(self, ttl_s: int) -> tuple[int, int]:
+        """A new lease of at least ``ttl_s`` seconds: its id and the TTL granted."""
+        ...
+
+    async def keep_lease(self, lease_id: int) -> int:
+        """Renew: the seconds it now has left, 0 when it is gone (expired or revoked)."""
+        ...
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """End it now (its keys are deleted); nothing if it is already gone."""
+        ...
+
+    async def get_versioned(self, kind: str, key: str) -> tuple[Document, int] | None:
+        """A document and the revision that last wrote it, or None."""
+        ...
+
+    async def put_leased(
+        self, kind: str, key: str, value: Document, lease_id: int, expected: int
+    ) -> int | None:
+        """Write ``value`` under the lease only if the document is still the one written
+        at revision ``expected`` (0: absent); the revision of the write, or None."""
+        ...
 
 
 class Store(Protocol):

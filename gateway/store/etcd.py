@@ -1,7 +1,8 @@
 """etcd store for several gateway replicas on several hosts.
 
 Speaks etcd's v3 JSON gateway (``/v3/kv/range``, ``/kv/put``, ``/kv/txn``,
-``/kv/deleterange``, ``/watch``, ``/auth/authenticate``) over HTTP(S) with aiohttp, so no
+``/kv/deleterange``, ``/watch``, ``/auth/authenticate``, ``/lease/grant``, ``/lease/keepalive``,
+``/lease/revoke``) over HTTP(S) with aiohttp, so no
 gRPC stack is needed. Documents live at ``<prefix><kind>/<key>``; a document's revision
 is etcd's ``mod_revision``, and the change feed is an etcd watch on the prefix.
 
@@ -428,6 +429,54 @@ class EtcdStore:
             now = json.loads(_unb64(kv["value"])) if kv is not None else None
             if now == value:
                 return int(kv["mod_revision"]) if kv is not None else self._revision(result)
+        return None
+
+    # -- etcd's own leases (``ExpiringLeases``) -----------------------------------------
+
+    async def grant_lease(self, ttl_s: int) -> tuple[int, int]:
+        data = await self._call("lease/grant", {"TTL": str(max(1, ttl_s))})
+        if data.get("error") or "ID" not in data:
+            raise StoreError(f"etcd granted no lease: {data.get('error') or data}")
+        return int(data["ID"]), int(data.get("TTL", 0))
+
+    async def keep_lease(self, lease_id: int) -> int:
+        # One keep-alive on the gateway's streaming call: one answer, then the end.
+        data = await self._call("lease/keepalive", {"ID": str(lease_id)})
+        result = data.get("result")
+        if not isinstance(result, dict):
+            raise StoreError(f"etcd lease keep-alive: {data.get('error') or 'no result'}")
+        return int(result.get("TTL", 0))  # absent (0): the lease is gone
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        try:
+            await self._call("lease/revoke", {"ID": str(lease_id)})
+        except StoreError as exc:
+            if "lease not found" not in str(exc):
+                raise
+
+    async def get_versioned(self, kind: str, key: str) -> tuple[Document, int] | None:
+        kv = await self._current_kv(_b64(self._key(kind, key)))
+        doc = None if kv is None else _document(kv)
+        return None if kv is None or doc is None else (doc, int(kv["mod_revision"]))
+
+    async def put_leased(
+        self, kind: str, key: str, value: Document, lease_id: int, expected: int
+    ) -> int | None:
+        full = _b64(self._key(kind, key))
+        compare = (
+            {"key": full, "result": "EQUAL", "target": "MOD", "mod_revision": str(expected)}
+            if expected
+            else {"key": full, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+        )
+        put = {"key": full, "value": _b64(json.dumps(value)), "lease": str(lease_id)}
+        body = {"compare": [compare], "success": [{"request_put": put}]}
+        result = await self._call("kv/txn", body)
+        if result.get("succeeded"):
+            return self._revision(result)
+        if result.get(UNCERTAIN):  # perhaps our own first attempt wrote it
+            kv = await self._current_kv(full)
+            if kv is not None and int(kv.get("lease", 0)) == lease_id and _document(kv) == value:
+                return int(kv["mod_revision"])
         return None
 
     async def revision(self) -> int:

@@ -111,3 +111,22 @@ def test_any_url_is_a_store_or_a_configuration_error(text: str) -> None:
     for url in (text, "etcd://" + text, "sqlite://" + text):
         with contextlib.suppress(ConfigError):
             store_from_url(url, "--from")
+
+
+def test_cluster_statuses_are_kept_without_their_lease_generation() -> None:
+    """Leases are not backed up, and a new store's first lease holders start again at a
+    low generation: a status restored with the old store's would fence them off."""
+    from gateway.store.backup import kept
+    from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
+
+    status = {"id": "c-1", "state": "active", "generation": 41, "replica": "r-1"}
+    documents = [
+        (CLUSTER, "c-1", {"id": "c-1", "generation": 3}),
+        (CLUSTER_STATUS, "c-1", status),
+        (LEASE, "cluster/c-1", {"holder": "r-1", "generation": 41}),
+    ]
+    assert kept(documents) == [
+        (CLUSTER, "c-1", {"id": "c-1", "generation": 3}),
+        (CLUSTER_STATUS, "c-1", {"id": "c-1", "state": "active", "replica": "r-1"}),
+    ]
+    assert status["generation"] == 41  # the store's own document is not changed
