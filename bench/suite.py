@@ -142,11 +142,16 @@ def start_herd(
     name: str,
     max_streams: int | None = None,
     code: Path = REPO_ROOT,
+    gateway_env: dict[str, str] | None = None,
 ) -> Herd:
     """``gateway-<name>`` and ``agent-<name>`` (running the code in ``code``), the agent
     pointed at ``backend_url``; stopped when ``stack`` closes."""
     gateway = Gateway(
-        tmp / f"gateway-{name}", free_port(), tmp / f"gateway-{name}.log", cwd=code
+        tmp / f"gateway-{name}",
+        free_port(),
+        tmp / f"gateway-{name}.log",
+        cwd=code,
+        extra_env=dict(gateway_env or {}),
     ).start(timeout=60)
     stack.callback(gateway.stop)
     admin = gateway.admin()
@@ -377,7 +382,11 @@ def watches(
     name = "watch-h2" if http2 else "watch"
     with contextlib.ExitStack() as stack:
         backend_url, backend_pid = start_backend(stack, tmp, certs, "watch_backend")
-        herd = start_herd(stack, tmp, certs, backend_url, name, max_streams=count + 1024)
+        # One user holds every watch: the per-user stream quota must let them all in.
+        quota = {"HERDGATE_TUNNEL__MAX_STREAMS_PER_USER": str(count + 1024)}
+        herd = start_herd(
+            stack, tmp, certs, backend_url, name, max_streams=count + 1024, gateway_env=quota
+        )
         gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
         gw_pid, agent_pid = herd.pids["gateway"], herd.pids["agent"]
         watch_url = (

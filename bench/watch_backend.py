@@ -56,6 +56,26 @@ def _reply(status: int, body: dict[str, object]) -> bytes:
     )
 
 
+def _ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+
+_CONTROLLER_READS = {
+    "/readyz": _ok(b"ok"),
+    "/livez": _ok(b"ok"),
+    "/version": _reply(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}),
+    "/api/v1/nodes": _reply(
+        200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": []}
+    ),
+    "/api/v1/namespaces": _reply(
+        200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": []}
+    ),
+}
+
+
 class Server:
     def __init__(self) -> None:
         self.watches: dict[int, Connection] = {}
@@ -138,6 +158,14 @@ class Connection(asyncio.Protocol):
             self.write(_reply(200, {"rate": rate, "seconds": seconds, **self.server.stats()}))
         elif parts.path == "/_bench/stats":
             self.write(_reply(200, self.server.stats()))
+        elif parts.path in _CONTROLLER_READS:
+            # What the gateway's cluster controller reads (the cluster turns active when
+            # /readyz answers); its own watches are refused, it backs them off, and they
+            # are not counted among the benchmark's.
+            if query.get("watch"):
+                self.write(_reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"}))
+            else:
+                self.write(_CONTROLLER_READS[parts.path])
         elif query.get("watch", [""])[0] in ("1", "true"):
             self.watch_id = self.server.next_id()
             self.server.watches[self.watch_id] = self
