@@ -14,6 +14,9 @@ call on the data path; the collector reads them at scrape time):
 * ``herdgate_agent_streams_total``, ``herdgate_agent_streams_open``,
   ``herdgate_agent_stream_failures_total`` (the API server unreachable);
 * ``herdgate_agent_bytes_total{direction="to_apiserver|from_apiserver"}``;
+* ``herdgate_agent_event_loop_tasks`` (gauge): asyncio tasks alive in the agent at the
+  scrape (the gateway's ``herdgate_event_loop_tasks``): a count that grows with faults or
+  traffic and does not come back is a leak;
 * ``herdgate_agent_apiserver_latency_seconds`` (histogram): from the first byte the
   gateway sends on a stream (after the API server last answered on it) to the API
   server's first byte back. The agent parses no HTTP, so this is the time to the first
@@ -26,6 +29,7 @@ be bound where only the kubelet and Prometheus reach it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
@@ -105,6 +109,23 @@ class StatsCollector(Collector):
             buckets=s.latency.buckets(),
             sum_value=s.latency.total,
         )
+        tasks = _live_tasks()
+        if tasks is not None:
+            yield GaugeMetricFamily(
+                "herdgate_agent_event_loop_tasks",
+                "asyncio tasks alive in the agent at the scrape: a count that grows with "
+                "faults or traffic and does not come back is a leak.",
+                value=tasks,
+            )
+
+
+def _live_tasks() -> int | None:
+    """The running loop's live tasks; None outside a loop (a collector called from a
+    thread, as a unit test does)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,6 +52,25 @@ def test_counters_become_metrics() -> None:
     assert got["herdgate_agent_apiserver_latency_seconds_bucket{le=0.005}"] == 1
     assert got["herdgate_agent_apiserver_latency_seconds_bucket{le=0.25}"] == 2
     assert got["herdgate_agent_apiserver_latency_seconds_bucket{le=+Inf}"] == 2
+
+
+def test_live_tasks_are_counted_at_the_scrape() -> None:
+    """``herdgate_agent_event_loop_tasks``: the loop's live tasks when the scrape runs
+    in it (as ``/metrics`` does); left out when no loop runs."""
+
+    async def scrape() -> tuple[dict[str, float], int]:
+        sleepers = [asyncio.create_task(asyncio.sleep(10)) for _ in range(3)]
+        try:
+            return _scrape(AgentStats()), len(asyncio.all_tasks())
+        finally:
+            for task in sleepers:
+                task.cancel()
+            await asyncio.gather(*sleepers, return_exceptions=True)
+
+    got, live = asyncio.run(scrape())
+    assert live == 4  # the three sleepers and the scrape's own
+    assert got["herdgate_agent_event_loop_tasks"] == live
+    assert "herdgate_agent_event_loop_tasks" not in _scrape(AgentStats())
 
 
 @given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), max_size=50))
