@@ -427,7 +427,7 @@ task waiting for the gateway's end of the stream) still open."""
 RSS_GROWTH_KIB = 2048
 """Per process, over the measured round (5 faults, 15 requests failed in flight).
 Measured (pure Python, 2 cores shared, 2026-12-06), one round after the warm-up round:
-+148 to +280 KiB (gateway) and +136 to +372 KiB (agent), five runs; over 8 rounds after 2
++148 to +280 KiB (gateway) and +136 to +372 KiB (agent), six runs; over 8 rounds after 2
 warm-up rounds, +756 KiB and +2.7 MiB, the agent's at most +730 KiB in one round and +0
 in the last. That growth is not live Python objects: tracemalloc, started after the
 warm-up, found 409 KiB (gateway) and 219 KiB (agent) still allocated after 5 rounds, 126
