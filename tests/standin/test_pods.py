@@ -126,7 +126,7 @@ async def test_kubectl_cp_commands_round_trip(files: PodFilesystems) -> None:
 
 
 async def test_exit_status_and_stderr_are_tars(files: PodFilesystems) -> None:
-    code, out, err = await run(files, ["tar", "cf", "-", "/nothere"])
+    code, _, err = await run(files, ["tar", "cf", "-", "/nothere"])
     assert code == 2
     assert b"tar: /nothere: Cannot stat: No such file or directory\n" in err
     assert (await run(files, ["test", "-d", "/nothere"]))[0] == 1
