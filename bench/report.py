@@ -20,6 +20,7 @@ from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
 from bench.suite import CHURN_ROUNDS, AgentsResult, ExecResult, HttpResult, WatchResult
+from bench.transfers import TransfersResult
 from config import native
 
 
@@ -347,6 +348,47 @@ def exec_lines(e: ExecResult) -> list[str]:
             f" | {_fmt(diff, digits, sign=True)} | {_fmt(ratio, 2)} |"
         )
     return lines
+
+
+def transfers_lines(t: TransfersResult) -> tuple[list[str], list[Check]]:
+    """kubectl cp both ways and kubectl port-forward: direct against through herdgate."""
+    rounds = len(t.values("herdgate", "pf_mb_per_s"))
+    lines = [
+        f"kubectl {t.kubectl} against the stand-in API server (its pods run the real `tar`),"
+        f" directly and through herdgate (gateway, tunnel, agent), {rounds} round(s):"
+        f" `kubectl cp` of a {t.mb:g} MB random file into the pod and back out (compared by"
+        f" sha256), and {t.mb:g} MB through `kubectl port-forward` echoed back by the pod"
+        " (checked byte for byte; MB/s each way). MB/s over the whole kubectl run.",
+        "",
+        "| figure | direct | herdgate | herdgate ÷ direct |",
+        "|---|---|---|---|",
+    ]
+    ratios: dict[str, list[float]] = {}
+    for label, key in (
+        ("kubectl cp into the pod, MB/s", "cp_up_mb_per_s"),
+        ("kubectl cp out of the pod, MB/s", "cp_down_mb_per_s"),
+        ("kubectl port-forward, MB/s", "pf_mb_per_s"),
+    ):
+        direct, ours = t.values("direct", key), t.values("herdgate", key)
+        ratios[key] = [b / a for a, b in zip(direct, ours, strict=False) if a]
+        lines.append(f"| {label} | {_fmt(direct)} | {_fmt(ours)} | {_fmt(ratios[key], 2)} |")
+    intact = [bool(r["intact"]) for r in t.runs if r["path"] == "herdgate"]
+    pf = ratios["pf_mb_per_s"]
+    checks = [
+        Check(
+            f"port-forward {t.mb:g} MB, herdgate ÷ direct (worst round)",
+            f"{min(pf):.2f}" if pf else "not measured",
+            "≥ 0.7",
+            min(pf) >= 0.7 if pf else None,
+        ),
+        Check(
+            f"kubectl cp {t.mb:g} MB both ways through herdgate",
+            f"{sum(intact)} of {len(intact)} intact" if intact else "not measured",
+            "intact",
+            all(intact) if intact else None,
+        ),
+    ]
+    return lines, checks
 
 
 def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:
