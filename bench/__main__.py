@@ -45,6 +45,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--transfer-mb", type=float, help="kubectl cp and port-forward size (full 1000, quick 100)"
     )
+    p.add_argument(
+        "--transfer-rounds", type=int, default=1, help="interleaved rounds of the transfers"
+    )
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
                    help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
     p.add_argument(
@@ -151,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             sections += ["### Exec sessions", "", *report.exec_lines(ex), ""]
         if "transfers" in args.phases:
             log(f"kubectl cp and port-forward, {args.transfer_mb:g} MB: direct and herdgate")
-            tr = transfers.run(tmp, certs, 1, args.transfer_mb, log, suite.start_herd)
+            tr = transfers.run(
+                tmp, certs, args.transfer_rounds, args.transfer_mb, log, suite.start_herd
+            )
             raw["transfers"] = suite.to_json(tr)
             lines, found = report.transfers_lines(tr)
             checks += found

@@ -372,6 +372,40 @@ def transfers_lines(t: TransfersResult) -> tuple[list[str], list[Check]]:
         direct, ours = t.values("direct", key), t.values("herdgate", key)
         ratios[key] = [b / a for a, b in zip(direct, ours, strict=False) if a]
         lines.append(f"| {label} | {_fmt(direct)} | {_fmt(ours)} | {_fmt(ratios[key], 2)} |")
+    lines += [
+        "",
+        "CPU, % of one core, median over rounds (stand-in, gateway, agent: their process"
+        " trees; kubectl; the client (port-forward's sender and checker); other: the box's"
+        " remaining busy time, tar in the pod and other people's work):",
+        "",
+        "| figure | path | stand-in | gateway | agent | kubectl | client | other | box busy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, key in (("cp into the pod", "cp_up"), ("cp out", "cp_down"), ("port-forward", "pf")):
+        for path in ("direct", "herdgate"):
+            cells = [
+                _fmt([r["cpu"][key].get(role, 0.0) for r in t.runs if r["path"] == path])
+                for role in ("stand-in", "gateway", "agent", "kubectl", "client", "other", "box")
+            ]
+            lines.append(f"| {label} | {path} | {' | '.join(cells)} |")
+    costs = []
+    for label, key, rate in (
+        ("cp into the pod", "cp_up", "cp_up_mb_per_s"),
+        ("cp out", "cp_down", "cp_down_mb_per_s"),
+        ("port-forward (per MB each way)", "pf", "pf_mb_per_s"),
+    ):
+        per_mb = {
+            role: [
+                10.0 * r["cpu"][key].get(role, 0.0) / r[rate]
+                for r in t.runs
+                if r["path"] == "herdgate" and r[rate]
+            ]
+            for role in ("gateway", "agent")
+        }
+        costs.append(
+            f"{label} gateway {_fmt(per_mb['gateway'], 2)}, agent {_fmt(per_mb['agent'], 2)}"
+        )
+    lines += ["", "herdgate's CPU per MB, ms: " + "; ".join(costs) + "."]
     intact = [bool(r["intact"]) for r in t.runs if r["path"] == "herdgate"]
     pf = ratios["pf_mb_per_s"]
     checks = [

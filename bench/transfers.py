@@ -23,11 +23,13 @@ import base64
 import contextlib
 import hashlib
 import os
+import resource
 import select
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ import yaml
 
 from bench.herdgate import AGENT_BACKEND_TOKEN
 from bench.nginx import Certs
+from bench.procstats import CpuMeter, CpuUsage
 from standin.harness import StandInProcess, kubectl_env
 from tests.binaries import find_kubectl
 from tests.integration.env import free_port
@@ -54,7 +57,8 @@ class TransfersResult:
     kubectl: str
     runs: list[dict[str, Any]] = field(default_factory=list)
     """One per round and path: ``{"round", "path", "cp_up_mb_per_s", "cp_down_mb_per_s",
-    "intact", "pf_mb_per_s"}``."""
+    "intact", "pf_mb_per_s", "cpu"}``; ``cpu``: per figure (``cp_up``, ``cp_down``, ``pf``),
+    % of one core (see ``_measured``)."""
 
     def values(self, path: str, key: str) -> list[float]:
         return [float(r[key]) for r in self.runs if r["path"] == path]
@@ -113,17 +117,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def copy_both_ways(
-    kubectl: str, kc: Path, home: Path, local: Path, back: Path, size: int
-) -> tuple[float, float, str]:
-    """``kubectl cp`` up then down: (up MB/s, down MB/s, sha256 of what came back)."""
-    started = time.perf_counter()
-    _kubectl(kubectl, kc, home, "cp", str(local), f"{POD}:/tmp/transfer.bin")
-    up = time.perf_counter() - started
-    started = time.perf_counter()
-    _kubectl(kubectl, kc, home, "cp", f"{POD}:/tmp/transfer.bin", str(back))
-    down = time.perf_counter() - started
-    return size / 1e6 / up, size / 1e6 / down, _sha256(back)
+def _rusage_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def _measured(roles: dict[str, int], into: dict[str, float]) -> Iterator[None]:
+    """CPU over the block, % of one core: the roles' process trees, kubectl (the children
+    this process waited for), the client (this process), ``other`` (the box's remaining
+    busy time: tar in the pod, other people's work) and ``box``."""
+    children, own = _rusage_s(resource.RUSAGE_CHILDREN), _rusage_s(resource.RUSAGE_SELF)
+    with CpuMeter(roles) as meter:
+        yield
+    usage: CpuUsage | None = meter.usage
+    assert usage is not None and usage.wall_s > 0
+    into.update({role: usage.pct(role) for role in usage.roles})
+    into["kubectl"] = 100.0 * (_rusage_s(resource.RUSAGE_CHILDREN) - children) / usage.wall_s
+    into["client"] = 100.0 * (_rusage_s(resource.RUSAGE_SELF) - own) / usage.wall_s
+    into["other"] = max(0.0, usage.box_busy_pct - sum(into.values()))
+    into["box"] = usage.box_busy_pct
 
 
 def _wait_line(stream: Any, needle: str, timeout: float) -> None:
@@ -231,6 +244,12 @@ def run(
                                      f"{gateway.url}/k8s/clusters/{herd.cluster_id}",
                                      gateway.ca_file, herd.token)),
         ]  # fmt: skip
+        assert herd.gateway.process is not None and herd.agent.process is not None
+        roles = {
+            "stand-in": standin.process.pid,
+            "gateway": herd.gateway.process.pid,
+            "agent": herd.agent.process.pid,
+        }
         home = tmp / "kubectl-home"
         _kubectl(kubectl, paths[0][1], home, "run", POD, "--image=busybox", "--restart=Never")
         local, back = tmp / "transfer.bin", tmp / "transfer-back.bin"
@@ -239,11 +258,21 @@ def run(
         for number in range(rounds):
             order = paths[number % 2 :] + paths[: number % 2]
             for name, kc in order:
-                up, down, got = copy_both_ways(kubectl, kc, home, local, back, size)
+                cpu: dict[str, dict[str, float]] = {"cp_up": {}, "cp_down": {}, "pf": {}}
+                with _measured(roles, cpu["cp_up"]):
+                    started = time.perf_counter()
+                    _kubectl(kubectl, kc, home, "cp", str(local), f"{POD}:/tmp/transfer.bin")
+                    up = size / 1e6 / (time.perf_counter() - started)
+                with _measured(roles, cpu["cp_down"]):
+                    started = time.perf_counter()
+                    _kubectl(kubectl, kc, home, "cp", f"{POD}:/tmp/transfer.bin", str(back))
+                    down = size / 1e6 / (time.perf_counter() - started)
+                got = _sha256(back)
                 back.unlink()
                 for copy in (tmp / "pods").glob("*/tmp/transfer.bin"):
                     copy.unlink()
-                pf = port_forward(kubectl, kc, home, size, KUBECTL_TIMEOUT)
+                with _measured(roles, cpu["pf"]):
+                    pf = port_forward(kubectl, kc, home, size, KUBECTL_TIMEOUT)
                 result.runs.append(
                     {
                         "round": number + 1,
@@ -252,6 +281,7 @@ def run(
                         "cp_down_mb_per_s": down,
                         "intact": got == digest,
                         "pf_mb_per_s": pf,
+                        "cpu": cpu,
                     }
                 )
                 log(
