@@ -49,7 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--transfer-rounds", type=int, default=1, help="interleaved rounds of the transfers"
     )
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
-                   help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
+                   help="py-spy the gateway for S seconds of a 64-connection run"
+                   " (and gateway and agent during a port-forward in transfers)")  # fmt: skip
     p.add_argument(
         "--baseline",
         metavar="REV",
@@ -155,12 +156,21 @@ def main(argv: list[str] | None = None) -> int:
         if "transfers" in args.phases:
             log(f"kubectl cp and port-forward, {args.transfer_mb:g} MB: direct and herdgate")
             tr = transfers.run(
-                tmp, certs, args.transfer_rounds, args.transfer_mb, log, suite.start_herd
-            )
+                tmp, certs, args.transfer_rounds, args.transfer_mb, log, suite.start_herd,
+                args.profile,
+            )  # fmt: skip
             raw["transfers"] = suite.to_json(tr)
+            foreign += [cpu["other"] for r in tr.runs for cpu in r["cpu"].values()]
             lines, found = report.transfers_lines(tr)
             checks += found
             sections += ["### kubectl cp and port-forward", "", *lines, ""]
+            for name, prof in tr.profile.items():
+                sections += [
+                    f"py-spy, {name}, during a port-forward through herdgate, % of samples:",
+                    "",
+                    *(f"- {pct:5.1f} %  `{fn}`" for fn, pct in prof),
+                    "",
+                ]
         if "watches" in args.phases:
             log(f"figure 4: {args.watches:,} watches, {args.event_rate:g} events/s")
             sections += ["### Figure 4: watches through one tunnel", ""]

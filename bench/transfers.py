@@ -39,6 +39,7 @@ import yaml
 from bench.herdgate import AGENT_BACKEND_TOKEN
 from bench.nginx import Certs
 from bench.procstats import CpuMeter, CpuUsage
+from bench.profile import RATE_HZ, Profile, py_spy, summarize
 from standin.harness import StandInProcess, kubectl_env
 from tests.binaries import find_kubectl
 from tests.integration.env import free_port
@@ -59,6 +60,9 @@ class TransfersResult:
     """One per round and path: ``{"round", "path", "cp_up_mb_per_s", "cp_down_mb_per_s",
     "intact", "pf_mb_per_s", "cpu"}``; ``cpu``: per figure (``cp_up``, ``cp_down``, ``pf``),
     % of one core (see ``_measured``)."""
+
+    profile: dict[str, Profile] = field(default_factory=dict)
+    """py-spy of the gateway and the agent during the first herdgate port-forward."""
 
     def values(self, path: str, key: str) -> list[float]:
         return [float(r[key]) for r in self.runs if r["path"] == path]
@@ -209,6 +213,35 @@ def port_forward(kubectl: str, kc: Path, home: Path, size: int, timeout: float) 
                 stream.close()
 
 
+@contextlib.contextmanager
+def _profiled(
+    pids: dict[str, int], seconds: float, out_dir: Path, into: dict[str, Profile]
+) -> Iterator[None]:
+    """py-spy every pid for ``seconds`` from the start of the block (if ``seconds``)."""
+    binary = py_spy() if seconds > 0 else None
+    if binary is None:
+        yield
+        return
+    spies = {}
+    for role, pid in pids.items():
+        out = out_dir / f"py-spy-transfers-{role}.txt"
+        spies[role] = (out, subprocess.Popen(
+            [str(binary), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+             "--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+    try:
+        yield
+    finally:
+        for role, (out, spy) in spies.items():
+            try:
+                spy.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
+            into[role] = summarize(out) if out.exists() else [("py-spy produced nothing", 0.0)]
+
+
 def run(
     tmp: Path,
     certs: Certs,
@@ -216,8 +249,11 @@ def run(
     mb: float,
     log: Any,
     start_herd: Any,
+    profile_s: float = 0.0,
 ) -> TransfersResult:
-    """The phase: a stand-in, a herd (``suite.start_herd``) in front of it, then rounds."""
+    """The phase: a stand-in, a herd (``suite.start_herd``) in front of it, then rounds;
+    ``profile_s``: py-spy the gateway and the agent for that long during the first
+    port-forward through herdgate."""
     kubectl = find_kubectl()
     if kubectl is None:
         raise RuntimeError("kubectl is not on PATH")
@@ -271,7 +307,12 @@ def run(
                 back.unlink()
                 for copy in (tmp / "pods").glob("*/tmp/transfer.bin"):
                     copy.unlink()
-                with _measured(roles, cpu["pf"]):
+                spied = {k: v for k, v in roles.items() if k != "stand-in"}
+                spy_s = profile_s if name == "herdgate" and not result.profile else 0.0
+                with (
+                    _profiled(spied, spy_s, tmp, result.profile),
+                    _measured(roles, cpu["pf"]),
+                ):
                     pf = port_forward(kubectl, kc, home, size, KUBECTL_TIMEOUT)
                 result.runs.append(
                     {
