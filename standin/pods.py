@@ -15,9 +15,10 @@ the pod's.
 
 As root the mount namespace is all it takes (``unshare --mount``, propagation private, so
 the bind mounts vanish with the process); as another user, a user namespace maps that user
-to root inside (``--map-root-user``), as rootless containers do: ownership of other users
-in an uploaded archive then cannot be kept (tar reports it and exits 2, as it would in such
-a container).
+to root inside (``--map-root-user``), as rootless containers do. Only that one user can be
+mapped without setuid helpers, so tar could not give extracted files their archived owners
+(it would fail, exit 2, on every ``kubectl cp`` of the user's own files):
+``TAR_OPTIONS=--no-same-owner`` is set there, and files keep the invoking user.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ _LIB_DIRS: Final = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _PASSWD: Final = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
 _GROUP: Final = "root:x:0:\nnogroup:x:65534:\n"
 _SANDBOX_SCRIPT: Final = (
-    'set -e; root=$1; wd=$2; shift 2; while [ "$1" != -- ]; do '
-    'mount --bind -o ro "/$1" "$root/$1"; shift; done; shift; '
-    'exec chroot "$root" /usr/bin/env -C "$wd" -- "$@"'
+    'set -e; mount=$1; chroot=$2; root=$3; wd=$4; shift 4; while [ "$1" != -- ]; do '
+    '"$mount" --bind -o ro "/$1" "$root/$1"; shift; done; shift; '
+    'exec "$chroot" "$root" /usr/bin/env -C "$wd" -- "$@"'
 )
 """Runs in the new mount namespace: bind the host's directories, then chroot and exec."""
+_HOST_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Writer = Callable[[bytes], Awaitable[None]]
 Reader = Callable[[], Awaitable[bytes]]
@@ -56,9 +58,14 @@ class PodFilesystems:
     def __init__(self, base: Path | None = None) -> None:
         self._given = base
         self._base: Path | None = None
-        self._unshare = ["unshare", "--mount", "--propagation", "private"]
+        self._tools = [_host_program(name) for name in ("unshare", "mount", "chroot")]
+        self._unshare = [self._tools[0], "--mount", "--propagation", "private"]
+        self._extra_env: dict[str, str] = {}
         if os.geteuid() != 0:
             self._unshare += ["--user", "--map-root-user"]
+            # Only root is mapped inside: keep tar from chown-ing to anyone else (it could
+            # not), as if the runtime had mapped every owner.
+            self._extra_env["TAR_OPTIONS"] = "--no-same-owner"
         self._binds = [d for d in ("usr", *_LIB_DIRS) if _host_dir_to_bind(d)]
         self._made: set[Path] = set()
 
@@ -99,6 +106,7 @@ class PodFilesystems:
             "-c",
             _SANDBOX_SCRIPT,
             "sandbox",
+            *self._tools[1:],
             str(root),
             workdir or "/",
             *self._binds,
@@ -128,7 +136,7 @@ class PodFilesystems:
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=dict(env),
+            env={**dict(env), **self._extra_env},
             start_new_session=True,
         )
         assert process.stdout is not None and process.stderr is not None
@@ -154,6 +162,11 @@ class PodFilesystems:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
         return 128 - code if code < 0 else code
+
+
+def _host_program(name: str) -> str:
+    """The host's ``name`` (util-linux, coreutils), found whatever the container's PATH."""
+    return shutil.which(name, path=_HOST_PATH) or name
 
 
 def _host_dir_to_bind(name: str) -> bool:

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,8 @@ import pytest
 
 from standin.pods import PodFilesystems
 from standin.streaming import Inbound, ProcessIO, run_command
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pod(name: str = "p", uid: str = "uid-1") -> dict[str, Any]:
@@ -255,3 +262,57 @@ def test_temp_directory_is_removed() -> None:
     files.close()
     assert not base.exists()
     files.close()
+
+
+_AS_USER = """
+import asyncio, io, json, sys, tarfile
+from pathlib import Path
+from standin.pods import PodFilesystems
+from standin.streaming import Inbound, ProcessIO, run_command
+
+async def main():
+    files = PodFilesystems(Path(sys.argv[1]))
+    pod = {"metadata": {"namespace": "d", "name": "p", "uid": "u"}}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("owned.txt")
+        info.size, info.uid, info.gid = 3, 1000, 1000  # kubectl's tar: the local owner
+        tar.addfile(info, io.BytesIO(b"abc"))
+    results = []
+    for argv, data in ((["tar", "-xmf", "-", "-C", "/tmp"], buffer.getvalue()),
+                       (["tar", "cf", "-", "/tmp/owned.txt"], None)):
+        out = bytearray()
+        async def write(chunk):
+            out.extend(chunk)
+        stdin = None
+        if data is not None:
+            stdin = Inbound()
+            stdin.feed(data)
+            stdin.feed_eof()
+        io_ = ProcessIO(stdin=stdin, stdout=write, stderr=write, tty=False)
+        code = await run_command(argv, io_, pod, "main", files)
+        results.append([code, len(out)])
+    print(json.dumps(results))
+
+asyncio.run(main())
+"""
+
+
+def test_works_as_another_user_than_root(tmp_path: Path) -> None:
+    """Not root: a user namespace maps the user to root inside; an archive's owners
+    (kubectl sends the local file's) do not make tar fail."""
+    shared = Path(tempfile.mkdtemp(prefix="standin-pods-user-"))
+    try:
+        os.chmod(shared, 0o777)  # noqa: S103 - the other user's pods directory, removed below
+        command = [sys.executable, "-c", _AS_USER, str(shared / "pods")]
+        if os.geteuid() == 0:  # as the tests usually run: become nobody for this one
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        (extract_code, extract_out), (create_code, create_out) = json.loads(done.stdout)
+        assert (extract_code, extract_out) == (0, 0)
+        assert create_code == 0 and create_out >= 1024
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
