@@ -48,6 +48,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--transfer-rounds", type=int, default=1, help="interleaved rounds of the transfers"
     )
+    p.add_argument(
+        "--transfer-kubectl",
+        metavar="1.NN",
+        help="kubectl.1.NN for the transfers (default: the one on PATH; 1.27-1.29: SPDY)",
+    )
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
                    help="py-spy the gateway for S seconds of a 64-connection run"
                    " (and gateway and agent during a port-forward in transfers)")  # fmt: skip
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"kubectl cp and port-forward, {args.transfer_mb:g} MB: direct and herdgate")
             tr = transfers.run(
                 tmp, certs, args.transfer_rounds, args.transfer_mb, log, suite.start_herd,
-                args.profile,
+                args.profile, args.transfer_kubectl,
             )  # fmt: skip
             raw["transfers"] = suite.to_json(tr)
             foreign += [cpu["other"] for r in tr.runs for cpu in r["cpu"].values()]

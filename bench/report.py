@@ -376,7 +376,7 @@ def transfers_lines(t: TransfersResult) -> tuple[list[str], list[Check]]:
         "",
         "CPU, % of one core, median over rounds (stand-in, gateway, agent: their process"
         " trees; kubectl; the client (port-forward's sender and checker); other: the box's"
-        " remaining busy time, tar in the pod and other people's work):",
+        " remaining busy time: tar in the pod, the kernel's writeback, other people's work):",
         "",
         "| figure | path | stand-in | gateway | agent | kubectl | client | other | box busy |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -130,7 +130,7 @@ def _rusage_s(who: int) -> float:
 def _measured(roles: dict[str, int], into: dict[str, float]) -> Iterator[None]:
     """CPU over the block, % of one core: the roles' process trees, kubectl (the children
     this process waited for), the client (this process), ``other`` (the box's remaining
-    busy time: tar in the pod, other people's work) and ``box``."""
+    busy time: tar in the pod, the kernel's writeback, other people's work) and ``box``."""
     children, own = _rusage_s(resource.RUSAGE_CHILDREN), _rusage_s(resource.RUSAGE_SELF)
     with CpuMeter(roles) as meter:
         yield
@@ -250,13 +250,15 @@ def run(
     log: Any,
     start_herd: Any,
     profile_s: float = 0.0,
+    kubectl_version: str | None = None,
 ) -> TransfersResult:
     """The phase: a stand-in, a herd (``suite.start_herd``) in front of it, then rounds;
     ``profile_s``: py-spy the gateway and the agent for that long during the first
-    port-forward through herdgate."""
-    kubectl = find_kubectl()
+    port-forward through herdgate; ``kubectl_version``: ``kubectl.<version>`` beside the
+    kubectl on PATH instead of it (e.g. "1.27": SPDY exec and port-forward)."""
+    kubectl = find_kubectl(kubectl_version)
     if kubectl is None:
-        raise RuntimeError("kubectl is not on PATH")
+        raise RuntimeError(f"kubectl {kubectl_version or ''} not found")
     version = subprocess.run(
         [kubectl, "version", "--client", "-o", "yaml"], capture_output=True, text=True, check=True
     ).stdout
