@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import framing, report, suite
+from bench import framing, report, suite, transfers
 from bench.nginx import make_certs
 from bench.watch_backend import raise_nofile
 from tests.integration.env import REPO_ROOT
 
-PHASES = ("framing", "http", "exec", "watches", "agents")
+PHASES = ("framing", "http", "exec", "transfers", "watches", "agents")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -42,8 +42,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--agents", type=int, help="agent sessions (full 1000, quick 100)")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the agents share")
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (full 30, quick 5)")
+    p.add_argument(
+        "--transfer-mb", type=float, help="kubectl cp and port-forward size (full 1000, quick 100)"
+    )
+    p.add_argument(
+        "--transfer-rounds", type=int, default=1, help="interleaved rounds of the transfers"
+    )
+    p.add_argument(
+        "--transfer-kubectl",
+        metavar="1.NN",
+        help="kubectl.1.NN for the transfers (default: the one on PATH; 1.27-1.29: SPDY)",
+    )
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
-                   help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
+                   help="py-spy the gateway for S seconds of a 64-connection run"
+                   " (and gateway and agent during a port-forward in transfers)")  # fmt: skip
     p.add_argument(
         "--baseline",
         metavar="REV",
@@ -63,6 +75,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "event_seconds": 4.0 if quick else 15.0,
         "agents": 100 if quick else 1000,
         "idle": 5.0 if quick else 30.0,
+        "transfer_mb": 100.0 if quick else 1000.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -145,6 +158,24 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             raw["exec"] = suite.to_json(ex)
             sections += ["### Exec sessions", "", *report.exec_lines(ex), ""]
+        if "transfers" in args.phases:
+            log(f"kubectl cp and port-forward, {args.transfer_mb:g} MB: direct and herdgate")
+            tr = transfers.run(
+                tmp, certs, args.transfer_rounds, args.transfer_mb, log, suite.start_herd,
+                args.profile, args.transfer_kubectl,
+            )  # fmt: skip
+            raw["transfers"] = suite.to_json(tr)
+            foreign += [cpu["other"] for r in tr.runs for cpu in r["cpu"].values()]
+            lines, found = report.transfers_lines(tr)
+            checks += found
+            sections += ["### kubectl cp and port-forward", "", *lines, ""]
+            for name, prof in tr.profile.items():
+                sections += [
+                    f"py-spy, {name}, during a port-forward through herdgate, % of samples:",
+                    "",
+                    *(f"- {pct:5.1f} %  `{fn}`" for fn, pct in prof),
+                    "",
+                ]
         if "watches" in args.phases:
             log(f"figure 4: {args.watches:,} watches, {args.event_rate:g} events/s")
             sections += ["### Figure 4: watches through one tunnel", ""]

@@ -20,6 +20,7 @@ from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
 from bench.suite import CHURN_ROUNDS, AgentsResult, ExecResult, HttpResult, WatchResult
+from bench.transfers import TransfersResult
 from config import native
 
 
@@ -347,6 +348,81 @@ def exec_lines(e: ExecResult) -> list[str]:
             f" | {_fmt(diff, digits, sign=True)} | {_fmt(ratio, 2)} |"
         )
     return lines
+
+
+def transfers_lines(t: TransfersResult) -> tuple[list[str], list[Check]]:
+    """kubectl cp both ways and kubectl port-forward: direct against through herdgate."""
+    rounds = len(t.values("herdgate", "pf_mb_per_s"))
+    lines = [
+        f"kubectl {t.kubectl} against the stand-in API server (its pods run the real `tar`),"
+        f" directly and through herdgate (gateway, tunnel, agent), {rounds} round(s):"
+        f" `kubectl cp` of a {t.mb:g} MB random file into the pod and back out (compared by"
+        f" sha256), and {t.mb:g} MB through `kubectl port-forward` echoed back by the pod"
+        " (checked byte for byte; MB/s each way). MB/s over the whole kubectl run.",
+        "",
+        "| figure | direct | herdgate | herdgate ÷ direct |",
+        "|---|---|---|---|",
+    ]
+    ratios: dict[str, list[float]] = {}
+    for label, key in (
+        ("kubectl cp into the pod, MB/s", "cp_up_mb_per_s"),
+        ("kubectl cp out of the pod, MB/s", "cp_down_mb_per_s"),
+        ("kubectl port-forward, MB/s", "pf_mb_per_s"),
+    ):
+        direct, ours = t.values("direct", key), t.values("herdgate", key)
+        ratios[key] = [b / a for a, b in zip(direct, ours, strict=False) if a]
+        lines.append(f"| {label} | {_fmt(direct)} | {_fmt(ours)} | {_fmt(ratios[key], 2)} |")
+    lines += [
+        "",
+        "CPU, % of one core, median over rounds (stand-in, gateway, agent: their process"
+        " trees; kubectl; the client (port-forward's sender and checker); other: the box's"
+        " remaining busy time: tar in the pod, the kernel's writeback, other people's work):",
+        "",
+        "| figure | path | stand-in | gateway | agent | kubectl | client | other | box busy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, key in (("cp into the pod", "cp_up"), ("cp out", "cp_down"), ("port-forward", "pf")):
+        for path in ("direct", "herdgate"):
+            cells = [
+                _fmt([r["cpu"][key].get(role, 0.0) for r in t.runs if r["path"] == path])
+                for role in ("stand-in", "gateway", "agent", "kubectl", "client", "other", "box")
+            ]
+            lines.append(f"| {label} | {path} | {' | '.join(cells)} |")
+    costs = []
+    for label, key, rate in (
+        ("cp into the pod", "cp_up", "cp_up_mb_per_s"),
+        ("cp out", "cp_down", "cp_down_mb_per_s"),
+        ("port-forward (per MB each way)", "pf", "pf_mb_per_s"),
+    ):
+        per_mb = {
+            role: [
+                10.0 * r["cpu"][key].get(role, 0.0) / r[rate]
+                for r in t.runs
+                if r["path"] == "herdgate" and r[rate]
+            ]
+            for role in ("gateway", "agent")
+        }
+        costs.append(
+            f"{label} gateway {_fmt(per_mb['gateway'], 2)}, agent {_fmt(per_mb['agent'], 2)}"
+        )
+    lines += ["", "herdgate's CPU per MB, ms: " + "; ".join(costs) + "."]
+    intact = [bool(r["intact"]) for r in t.runs if r["path"] == "herdgate"]
+    pf = ratios["pf_mb_per_s"]
+    checks = [
+        Check(
+            f"port-forward {t.mb:g} MB, herdgate ÷ direct (worst round)",
+            f"{min(pf):.2f}" if pf else "not measured",
+            "≥ 0.7",
+            min(pf) >= 0.7 if pf else None,
+        ),
+        Check(
+            f"kubectl cp {t.mb:g} MB both ways through herdgate",
+            f"{sum(intact)} of {len(intact)} intact" if intact else "not measured",
+            "intact",
+            all(intact) if intact else None,
+        ),
+    ]
+    return lines, checks
 
 
 def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:

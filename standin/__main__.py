@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="size of the generated LIST of configmaps in namespace herdgate-bulk (0: off)",
     )
+    p.add_argument(
+        "--pod-root",
+        type=Path,
+        help="directory for the pods' own root directories (kubectl cp; default: a temp dir"
+        " removed at exit)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -148,6 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
         audit_log=args.audit_log,
         anonymous_auth=args.anonymous_auth,
         aggregated_discovery=args.aggregated_discovery,
+        pod_root=args.pod_root,
         k8s_version=args.kubernetes_version,
         watch_history=args.watch_history,
         bulk_list_bytes=args.bulk_list_bytes,

@@ -28,6 +28,7 @@ from .auth import (
 )
 from .context import Context
 from .impersonation import Impersonator, PlainInternalError, has_impersonation_headers
+from .pods import PodFilesystems
 from .rbac import Attributes, forbidden_error
 from .requestinfo import RequestInfo, request_info
 from .rest import Api, streaming_params
@@ -63,6 +64,8 @@ class Config:
     k8s_version: str = "v1.32.0"
     watch_history: int = 10000
     bulk_list_bytes: int = 0
+    # Where the pods' root directories go (standin.pods); None: a temp dir, removed at exit.
+    pod_root: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +124,7 @@ class StandIn:
             self.api.authorizer.authorize,
         )
         self.audit = AuditLog(config.audit_log)
+        self.pod_files = PodFilesystems(config.pod_root)
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -362,6 +366,7 @@ class StandIn:
                 params["stdout"],
                 params["stderr"],
                 params["tty"],
+                self.pod_files,
             )
         if kind == "attach":
             return await streaming.serve_attach(
@@ -391,6 +396,7 @@ class StandIn:
         async def on_cleanup(_app: web.Application) -> None:
             await self.authn.close()
             self.audit.close()
+            self.pod_files.close()
 
         app.on_shutdown.append(on_shutdown)
         app.on_cleanup.append(on_cleanup)

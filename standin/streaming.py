@@ -18,8 +18,10 @@ one process, from kube-apiserver down to kubelet:
   and attach streams are collected like the kubelet's ``remotecommand`` protocol handlers,
   port-forward streams are paired by ``requestID`` like its ``portforward`` handler.
 
-Commands are emulated, not run; see :func:`run_command`.  Port-forward never dials: bytes sent
-to any port are answered by a tiny in-process HTTP server or echoed (see :func:`serve_port`).
+Commands are emulated, not run, except ``tar`` and ``test``, which run for real in the
+container's own root directory (:mod:`standin.pods`) for ``kubectl cp``; see
+:func:`run_command`.  Port-forward never dials: bytes sent to any port are answered by a tiny
+in-process HTTP server or echoed (see :func:`serve_port`).
 
 Known deviations: a SPDY upgrade without ``X-Stream-Protocol-Version`` gets ``400`` with the
 handshake error (a kubelet writes nothing, so Go answers an empty 200); ``attach`` without stdin
@@ -46,6 +48,7 @@ from typing import Any, Final, Protocol, TypeVar
 from aiohttp import WSMsgType, hdrs, web
 
 from . import spdy
+from .pods import PodFilesystems
 from .upgrade import RawUpgrade
 
 log = logging.getLogger(__name__)
@@ -515,10 +518,17 @@ _SHELLS: Final = frozenset({"sh", "bash", "ash"})
 class _Process:
     """One emulated process tree (the command and, for ``sh -c``, the commands it runs)."""
 
-    def __init__(self, io: ProcessIO, pod: Mapping[str, Any], container: str) -> None:
+    def __init__(
+        self,
+        io: ProcessIO,
+        pod: Mapping[str, Any],
+        container: str,
+        files: PodFilesystems | None = None,
+    ) -> None:
         self.io = io
         self.pod = pod
         self.container = container
+        self.files = files
         meta = pod.get("metadata") or {}
         self.pod_name = str(meta.get("name", ""))
         self.std = _Redirect(io.write, io.write_err)
@@ -527,25 +537,30 @@ class _Process:
         env = [("PATH", _PATH), ("HOSTNAME", self.pod_name)]
         if self.io.tty:
             env.append(("TERM", "xterm"))
-        for spec in (self.pod.get("spec") or {}).get("containers") or []:
-            if spec.get("name") == self.container:
-                env.extend(
-                    (str(var["name"]), str(var.get("value", "")))
-                    for var in spec.get("env") or []
-                    if "name" in var and "valueFrom" not in var
-                )
+        env.extend(
+            (str(var["name"]), str(var.get("value", "")))
+            for var in self.container_spec().get("env") or []
+            if "name" in var and "valueFrom" not in var
+        )
         env.append(("HOME", "/root"))
         return env
 
-    @staticmethod
-    def resolve(argv0: str) -> str | None:
-        """The builtin a path names (``/bin/echo`` → ``echo``), or None."""
+    def container_spec(self) -> Mapping[str, Any]:
+        for spec in (self.pod.get("spec") or {}).get("containers") or []:
+            if spec.get("name") == self.container:
+                return dict(spec)
+        return {}
+
+    def resolve(self, argv0: str) -> str | None:
+        """The program a path names (``/bin/echo`` → ``echo``), or None."""
         if "/" not in argv0:
             name = argv0
         else:
             directory, _, name = argv0.rpartition("/")
             if directory not in _BIN_DIRS:
                 return None
+        if name in _REAL_PROGRAMS:
+            return name if self.files is not None else None
         return name if name in _COMMANDS or name in _SHELLS else None
 
     async def run(self, argv: list[str]) -> int:
@@ -567,7 +582,23 @@ class _Process:
     async def command(self, name: str, args: list[str], std: _Redirect) -> int:
         if name in _SHELLS:
             return await self.shell(args, std)
+        if name in _REAL_PROGRAMS:
+            return await self.real_program(name, args, std)
         return await _COMMANDS[name](self, args, std)
+
+    async def real_program(self, name: str, args: list[str], std: _Redirect) -> int:
+        """Run the host's ``name`` in this container's root directory (``pods.py``)."""
+        assert self.files is not None
+        root = self.files.root(self.pod, self.container)
+        return await self.files.run(
+            root,
+            [name, *args],
+            self.environment(),
+            stdin=self.io.read,
+            stdout=std.out,
+            stderr=std.err,
+            workdir=str(self.container_spec().get("workingDir") or "/"),
+        )
 
     # -- the shell ------------------------------------------------------------------------
 
@@ -766,6 +797,9 @@ async def _cmd_stty(proc: _Process, args: list[str], std: _Redirect) -> int:
     return 0
 
 
+_REAL_PROGRAMS: Final = frozenset({"tar", "test"})
+"""Run for real in the container's root directory (what ``kubectl cp`` needs)."""
+
 _COMMANDS: Final[dict[str, Callable[[_Process, list[str], _Redirect], Awaitable[int]]]] = {
     "echo": _cmd_echo,
     "cat": _cmd_cat,
@@ -779,7 +813,11 @@ _COMMANDS: Final[dict[str, Callable[[_Process, list[str], _Redirect], Awaitable[
 
 
 async def run_command(
-    argv: list[str], io: ProcessIO, pod: Mapping[str, Any], container: str
+    argv: list[str],
+    io: ProcessIO,
+    pod: Mapping[str, Any],
+    container: str,
+    files: PodFilesystems | None = None,
 ) -> int:
     """Emulate ``argv`` in ``container`` of ``pod``; returns the exit code.
 
@@ -789,8 +827,11 @@ async def run_command(
     joined by ``;``, newlines, ``&&``, ``||``, with ``>&2``, ``2>&1`` and ``>/dev/null``.
     Anything else fails like a container runtime that cannot start it (the cri-dockerd wording,
     exit code 126); an unknown command inside ``sh`` is ``sh: X: not found``, 127.
+
+    With ``files``, ``tar`` and ``test`` are the host's, run for real in the container's own
+    root directory (:mod:`standin.pods`): what ``kubectl cp`` runs.
     """
-    return await io.run(_Process(io, pod, container).run(argv))
+    return await io.run(_Process(io, pod, container, files).run(argv))
 
 
 async def run_attach(io: ProcessIO, pod: Mapping[str, Any], container: str) -> int:
@@ -1501,12 +1542,14 @@ async def serve_exec(
     stdout: bool,
     stderr: bool,
     tty: bool,
+    files: PodFilesystems | None = None,
 ) -> web.StreamResponse:
-    """Serve ``pods/exec`` for an authorised request: upgrade, run the emulated command."""
+    """Serve ``pods/exec`` for an authorised request: upgrade, run the emulated command
+    (``tar`` and ``test`` for real in the container's root directory under ``files``)."""
     opts = StreamOptions(stdin=stdin, stdout=stdout, stderr=stderr and not tty, tty=tty)
 
     def process(io: ProcessIO) -> Coroutine[Any, Any, int | str]:
-        work = run_command(list(command), io, pod, container)
+        work = run_command(list(command), io, pod, container, files)
         return _guarded(work, "error executing command in container")
 
     return await _serve_remotecommand(request, opts, process, list(command))

@@ -378,3 +378,27 @@ def test_client_certificate(standin: StandInProcess, client_ca: ClientCA, tmp_pa
         "username": "erin",
         "groups": ["ops", "system:masters", "system:authenticated"],
     }
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_cp_runs_the_pods_tar(kubectl: Kubectl, version: str, tmp_path: Path) -> None:
+    """``kubectl cp`` both ways against the stand-in: the pod's real tar, its exit status."""
+    pod = f"cp-{_tag(version)}"
+    assert kubectl(version, "run", pod, "--image=busybox", "--restart=Never").returncode == 0
+    local = tmp_path / "file.txt"
+    local.write_text("".join(f"line {i}\n" for i in range(20_000)))
+    up = kubectl(version, "cp", str(local), f"{pod}:/tmp/file.txt")
+    assert up.returncode == 0, up.stderr
+    back = tmp_path / "back.txt"
+    down = kubectl(version, "cp", f"{pod}:/tmp/file.txt", str(back))
+    assert down.returncode == 0, down.stderr
+    assert back.read_text() == local.read_text()
+    # tar's own failure, through the exec status channel
+    failed = kubectl(version, "exec", pod, "--", "tar", "cf", "-", "/nothere")
+    assert failed.returncode == 2
+    assert "tar: /nothere: Cannot stat: No such file or directory" in failed.stderr
+    assert "command terminated with exit code 2" in failed.stderr
+    # each pod its own files
+    other = f"cp-other-{_tag(version)}"
+    assert kubectl(version, "run", other, "--image=busybox", "--restart=Never").returncode == 0
+    assert kubectl(version, "exec", other, "--", "test", "-e", "/tmp/file.txt").returncode == 1
