@@ -327,13 +327,14 @@ class InternalListener:
     async def _shared(self) -> ApiClient:
         """One kubernetes-asyncio client on one session that dials our socket, built once.
 
-        Building an ``ApiClient`` makes an SSL context with the system's CA store (20-35
-        ms of CPU, measured: a cluster's probe every 10 s cost that much each time, which
-        at thousands of clusters is more than the CPU there is) and a TCP session; neither
-        is needed to talk HTTP on our own socket. So the session is built once, with no
-        limit on connections (each cluster's watches hold one each), and every client is
-        a copy of one prototype with its own ``configuration`` (what it sends requests
-        to); the copies share the prototype's REST client and so the session."""
+        Building an ``ApiClient`` makes an SSL context with the system's CA store and a
+        TCP session, neither needed to talk HTTP on our own socket, and the SSL context
+        costs so much CPU that each cluster's periodic probe paying it would not scale to
+        thousands of clusters (docs/benchmarks.md, "Issue 20, first measurements"). So
+        the session is built once, with no limit on connections (each cluster's watches
+        hold one each), and every client is a copy of one prototype with its own
+        ``configuration`` (what it sends requests to); the copies share the prototype's
+        REST client and so the session."""
         if self._prototype is None:
             from kubernetes_asyncio.client import ApiClient, Configuration
 
