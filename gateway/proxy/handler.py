@@ -238,8 +238,7 @@ async def answer(app: web.Application, request: Request) -> Answer:
     relay = response.parked
     if isinstance(relay, ParkedAnswer):
         # The relay's end ends the request (its accounting, its audit record).
-        relay.when_done(drain.leave)
-        relay.when_done(partial(exchange.finish, request))
+        relay.account(drain, exchange, request)
         request_id_var.reset(context)
         return response
     joined = response.upgrade if response.kind == SWITCHING else None
@@ -545,7 +544,7 @@ async def _respond(
         writer = await request.start_answer(
             upstream.status, upstream.reason, upstream.headers, length, request_id
         )
-        upstream.headers = []  # written: not held for the life of a watch
+        upstream.headers.clear()  # written: not held for the life of a watch
         unregister = None
         long_running = False
         if exchange is not None:

@@ -19,8 +19,8 @@ It ends, once, in one of these ways (``_finish``):
   cut (on HTTP/2 the stream is reset), as the task's loop did;
 - the client went away (``abort``): the upstream stream is reset.
 
-Then the callbacks given to ``when_done`` run (the request's accounting: the drain's
-count, the audit record) and the front is told (``ParkedSide.done``).
+Then the request's accounting ends (``account``: the drain's count, the audit record and
+metrics) and the front is told (``ParkedSide.done``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ import logging
 from collections.abc import Callable
 
 from gateway.clusters.upstream import Response, UpstreamError
-from gateway.proxy.model import ParkedSide
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.model import ParkedSide, Request
+from gateway.telemetry.drain import Drain
 from tunnel.errors import TunnelError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 class ParkedAnswer:
     """The rest of one streamed answer, from ``upstream`` to ``side``."""
 
-    __slots__ = ("_callbacks", "_finished", "_forget", "_side", "_upstream")
+    __slots__ = ("_drain", "_exchange", "_finished", "_forget", "_request", "_side", "_upstream")
 
     def __init__(
         self,
@@ -50,14 +52,25 @@ class ParkedAnswer:
         self._side = side
         self._forget = forget
         """Unregisters the answer from those that may end it early (``sessions.hold``)."""
-        self._callbacks: list[Callable[[], None]] = []
+        self._drain: Drain | None = None
+        self._exchange: Exchange | None = None
+        self._request: Request | None = None
         self._finished = False
 
-    def when_done(self, callback: Callable[[], None]) -> None:
+    def account(self, drain: Drain, exchange: Exchange, request: Request) -> None:
+        """At the end, the request leaves ``drain`` and ``exchange`` records it (its audit
+        record and metrics); at once if it has ended already."""
+        self._drain, self._exchange, self._request = drain, exchange, request
         if self._finished:
-            callback()
-        else:
-            self._callbacks.append(callback)
+            self._account()
+
+    def _account(self) -> None:
+        drain, exchange, request = self._drain, self._exchange, self._request
+        self._drain = self._exchange = self._request = None
+        if drain is not None:
+            drain.leave()
+        if exchange is not None and request is not None:
+            exchange.finish(request)
 
     def start(self) -> None:
         """Pass on what came with the head, then take bytes as they arrive."""
@@ -141,10 +154,8 @@ class ParkedAnswer:
                 else:
                     side.cut()
         finally:
-            callbacks, self._callbacks = self._callbacks, []
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception:
-                    logger.exception("finishing a long-running answer failed")
+            try:
+                self._account()
+            except Exception:
+                logger.exception("finishing a long-running answer failed")
             side.done()
