@@ -113,6 +113,7 @@ class TunnelStream:
         "_eof",
         "_error",
         "_held",
+        "_is_accepted",
         "_on_end",
         "_read_waiter",
         "_session",
@@ -137,6 +138,9 @@ class TunnelStream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self._accepted: asyncio.Future[None] | None = None
+        """Made only for a waiter (``wait_accepted``): a future per stream held its
+        whole life only to say that it was accepted."""
+        self._is_accepted = False
         self._sink: Callable[[bytes | bytearray], bool] | None = None
         self._held = 0
         self._tally: ReadTally | None = None
@@ -332,11 +336,16 @@ class TunnelStream:
 
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACCEPT (its far end is connected)."""
-        if self._accepted is None:
-            self._accepted = self._session.loop.create_future()
         if self._error is not None:
             raise self._error
-        await self._accepted
+        if self._is_accepted:
+            return
+        if self._accepted is None:
+            self._accepted = self._session.loop.create_future()
+        try:
+            await self._accepted
+        finally:
+            self._accepted = None
 
     # -- called by the session ---------------------------------------------------
 
@@ -356,10 +365,10 @@ class TunnelStream:
             self._ended(None)
 
     def _set_accepted(self) -> None:
-        if self._accepted is None:
-            self._accepted = self._session.loop.create_future()
-        if not self._accepted.done():
-            self._accepted.set_result(None)
+        self._is_accepted = True
+        accepted = self._accepted
+        if accepted is not None and not accepted.done():
+            accepted.set_result(None)
 
     def _window_opened(self) -> None:
         waiter = self._window_waiter

@@ -276,6 +276,7 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
     exchange.cluster_known = path.cluster_id in directory.clusters
     exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
+    request.authorization = None  # not held for the life of a watch
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
         raise _cluster_not_found(path.cluster_id)
