@@ -113,6 +113,8 @@ class TunnelStream:
         "_eof",
         "_error",
         "_held",
+        "_is_accepted",
+        "_on_end",
         "_read_waiter",
         "_session",
         "_sink",
@@ -136,9 +138,13 @@ class TunnelStream:
         self._read_waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self._accepted: asyncio.Future[None] | None = None
+        """Made only for a waiter (``wait_accepted``): a future per stream held its
+        whole life only to say that it was accepted."""
+        self._is_accepted = False
         self._sink: Callable[[bytes | bytearray], bool] | None = None
         self._held = 0
         self._tally: ReadTally | None = None
+        self._on_end: Callable[[TunnelError | None], None] | None = None
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.id}>"
@@ -192,6 +198,30 @@ class TunnelStream:
         self._sink = sink
         while self._chunks:
             self._deliver(self._chunks.pop(0))
+
+    def detach(self) -> None:
+        """Forget the sink and the end callback (the stream is read again, or goes back
+        to a pool); credit held back for the sink is returned."""
+        self._sink = None
+        self._on_end = None
+        self.sink_drained()
+
+    def on_end(self, callback: Callable[[TunnelError | None], None]) -> None:
+        """Call ``callback(None)`` when the peer half-closes, ``callback(error)`` when the
+        stream fails (reset, the session gone), once, instead of waiting for it (a sink's
+        owner with no task of its own). Called at once if that has happened already."""
+        if self._error is not None:
+            callback(self._error)
+        elif self._eof:
+            callback(None)
+        else:
+            self._on_end = callback
+
+    def _ended(self, error: TunnelError | None) -> None:
+        callback = self._on_end
+        if callback is not None:
+            self._on_end = None
+            callback(error)
 
     def sink_drained(self) -> None:
         """The sink can take more: return the credit held back."""
@@ -306,11 +336,16 @@ class TunnelStream:
 
     async def wait_accepted(self) -> None:
         """Wait for the peer's ACCEPT (its far end is connected)."""
-        if self._accepted is None:
-            self._accepted = self._session.loop.create_future()
         if self._error is not None:
             raise self._error
-        await self._accepted
+        if self._is_accepted:
+            return
+        if self._accepted is None:
+            self._accepted = self._session.loop.create_future()
+        try:
+            await self._accepted
+        finally:
+            self._accepted = None
 
     # -- called by the session ---------------------------------------------------
 
@@ -326,12 +361,14 @@ class TunnelStream:
     def _feed_eof(self) -> None:
         self._eof = True
         self._wake_reader()
+        if self._on_end is not None:
+            self._ended(None)
 
     def _set_accepted(self) -> None:
-        if self._accepted is None:
-            self._accepted = self._session.loop.create_future()
-        if not self._accepted.done():
-            self._accepted.set_result(None)
+        self._is_accepted = True
+        accepted = self._accepted
+        if accepted is not None and not accepted.done():
+            accepted.set_result(None)
 
     def _window_opened(self) -> None:
         waiter = self._window_waiter
@@ -356,6 +393,8 @@ class TunnelStream:
         if accepted is not None and not accepted.done():
             accepted.set_exception(error)
             accepted.exception()  # mark retrieved: nobody may be waiting
+        if self._on_end is not None:
+            self._ended(error)
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter

@@ -212,6 +212,62 @@ class Response:
         self._left = left - len(data)
         return data
 
+    # -- taking the body as it arrives (no task waiting: ``gateway.proxy.parked``) ------
+
+    @property
+    def ending(self) -> bool:
+        """``end_early`` stopped it: the stream's reset is the answer's end."""
+        return self._ending
+
+    @property
+    def close_delimited(self) -> bool:
+        """The body ends when the API server closes the connection (no length, not
+        chunked)."""
+        return self.content_length is None and not self._chunked
+
+    def take_parsed(self) -> list[bytes | bytearray]:
+        """Body pieces that came with the head."""
+        pieces: list[bytes | bytearray] = list(self._parsed.body)
+        self._parsed.body.clear()
+        if self._left is not None and self._left <= 0:
+            self._parsed.complete = True
+        return pieces
+
+    def feed(self, data: bytes | bytearray) -> list[bytes | bytearray]:
+        """The body pieces in ``data``, bytes that arrived on the stream (for an owner
+        that takes them as they come, ``TunnelStream.set_sink``, instead of reading);
+        ``complete`` then tells whether the answer ended. ``UpstreamError`` if they are
+        not HTTP."""
+        parsed = self._parsed
+        if parsed.complete:
+            parsed.keep_alive = False  # bytes after the answer: do not reuse
+            return []
+        left = self._left
+        if left is not None:
+            if len(data) >= left:
+                if len(data) > left:
+                    data = data[:left]
+                    parsed.keep_alive = False
+                parsed.complete = True
+            self._left = left - len(data)
+            return [data] if data else []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+        pieces: list[bytes | bytearray] = list(parsed.body)
+        parsed.body.clear()
+        return pieces
+
+    def feed_eof(self) -> bool:
+        """The API server closed the stream: whether that ended the answer cleanly."""
+        if self._parsed.complete:
+            return True
+        if self.close_delimited and self._left is None:
+            self._parsed.complete = True
+            return True
+        return False
+
     def iter_chunks(self) -> AsyncIterator[bytes | bytearray]:
         return Pieces(self.read_chunk)
 

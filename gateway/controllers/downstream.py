@@ -40,7 +40,15 @@ from gateway.keys import SETTINGS
 from gateway.proxy.handler import forward
 from gateway.proxy.heads import CACHED_NAME_BYTES
 from gateway.proxy.impersonation import IMPERSONATE_PREFIX
-from gateway.proxy.model import BODY_HIGH_WATER, STREAMED, WHOLE, AnswerWriter, Header, Request
+from gateway.proxy.model import (
+    BODY_HIGH_WATER,
+    STREAMED,
+    WHOLE,
+    AnswerWriter,
+    Header,
+    ParkedSide,
+    Request,
+)
 from gateway.proxy.paths import BadPath, check_segments
 from gateway.proxy.rawresponse import HOP_AND_FRAMING
 from gateway.telemetry import metrics
@@ -193,6 +201,9 @@ class _Writer:
         if not self._response.prepared:
             await self._response.prepare(self._request)
         await self._response.write_eof()
+
+    def parking(self) -> ParkedSide | None:
+        return None
 
 
 def _response_headers(raw: list[Header]) -> CIMultiDict[str]:

@@ -51,6 +51,7 @@ from gateway.proxy.model import (
     WHOLE,
     Answer,
     AnswerWriter,
+    ParkedSide,
     Request,
     phrase,
 )
@@ -644,3 +645,6 @@ class StreamedAnswer:
     async def end(self) -> None:
         if self._chunked:
             self._conn.write(b"0\r\n\r\n")
+
+    def parking(self) -> ParkedSide | None:
+        return None  # an answer per connection at a time here: its task is not the cost

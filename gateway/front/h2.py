@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -44,7 +45,7 @@ from gateway.front.h2_protocol import (
 )
 from gateway.front.request import Answerer, client_request
 from gateway.proxy import model
-from gateway.proxy.model import STREAMED, WHOLE, AnswerWriter
+from gateway.proxy.model import PARKED, STREAMED, WHOLE, AnswerWriter
 from gateway.proxy.paths import PREFIX
 from gateway.proxy.rawresponse import h2_headers, h2_whole
 from gateway.telemetry.drain import Drain
@@ -355,6 +356,8 @@ class H2Stream:
     __slots__ = (
         "_body_active",
         "_conn",
+        "_on_writable",
+        "_parked",
         "_task",
         "_waiter",
         "authority",
@@ -374,6 +377,9 @@ class H2Stream:
             self.request.client = conn._front.client_of(conn.remote, head.headers)
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._parked: model.Parked | None = None
+        """The relay that has a ``PARKED`` answer (no task then)."""
+        self._on_writable: Callable[[], None] | None = None
         self._body_active = asyncio.get_running_loop().time()
         self.tally: ReadTally | None = None
         """The unread tunnel bytes of this stream's answer (proxied streams only)."""
@@ -457,6 +463,10 @@ class H2Stream:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        callback = self._on_writable
+        if callback is not None and not self.backlogged:
+            self._on_writable = None
+            callback()
 
     def abandon(self, error: BaseException) -> None:
         """The client reset the stream, or the connection is gone."""
@@ -466,6 +476,10 @@ class H2Stream:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+        parked, self._parked = self._parked, None
+        self._on_writable = None
+        if parked is not None:
+            parked.abort()
 
     def start(self, front: Listener) -> None:
         tally = self.tally = ReadTally(self._conn.budget)
@@ -522,6 +536,11 @@ class H2Stream:
         request = self.request
         try:
             answer = await front.answerer(request)(front.app, request)
+            if answer.kind == PARKED:
+                # Its relay goes on by callbacks and finishes the stream (``done``); this
+                # task ends here, and nothing holds on to it.
+                self._task = None
+                return
             if answer.kind == WHOLE:
                 self.send_whole(*h2_whole(answer, request.method == "HEAD"))
             elif answer.kind != STREAMED:  # a 101: never on HTTP/2 (no upgrades there)
@@ -560,6 +579,38 @@ class H2Answer:
     async def end(self) -> None:
         if not self._bodyless:
             self._stream.send(b"", end_stream=True)
+
+    # ParkedSide: the same answer written by callbacks
+
+    def parking(self) -> model.ParkedSide | None:
+        return None if self._bodyless else self
+
+    def send_now(self, data: bytes | bytearray) -> bool:
+        stream = self._stream
+        stream.send(data)
+        return not stream.backlogged
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        stream = self._stream
+        if stream.backlogged:
+            stream._on_writable = callback
+        else:
+            callback()
+
+    def end_now(self) -> None:
+        self._stream.send(b"", end_stream=True)
+
+    def cut(self) -> None:
+        self._stream.cut()
+
+    def hold(self, parked: model.Parked) -> None:
+        self._stream._parked = parked
+
+    def done(self) -> None:
+        stream = self._stream
+        stream._parked = None
+        stream._on_writable = None
+        stream.finish()
 
 
 def _head(event: RequestReceived) -> Head:

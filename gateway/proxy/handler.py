@@ -49,7 +49,16 @@ from gateway.proxy.impersonation_review import (
     ask_cluster,
     reviews_for,
 )
-from gateway.proxy.model import SWITCHING, Answer, Request, status_answer, streamed, whole
+from gateway.proxy.model import (
+    SWITCHING,
+    Answer,
+    Request,
+    parked,
+    status_answer,
+    streamed,
+    whole,
+)
+from gateway.proxy.parked import ParkedAnswer
 from gateway.proxy.paths import BadPath, split_cluster_path
 from gateway.proxy.requestinfo import request_info
 from gateway.proxy.sessions import SESSIONS
@@ -226,6 +235,12 @@ async def answer(app: web.Application, request: Request) -> Answer:
         exchange.finish(request)
         request_id_var.reset(context)
         raise
+    relay = response.parked
+    if isinstance(relay, ParkedAnswer):
+        # The relay's end ends the request (its accounting, its audit record).
+        relay.account(drain, exchange, request)
+        request_id_var.reset(context)
+        return response
     joined = response.upgrade if response.kind == SWITCHING else None
     if isinstance(joined, upgrade.Upgraded):
         # The session's end ends the request (its record names the bytes it carried).
@@ -261,6 +276,7 @@ async def _serve(app: web.Application, request: Request, exchange: Exchange) -> 
     exchange.cluster_known = path.cluster_id in directory.clusters
     exchange.target = path.target
     identity = await _authenticate(app, request, path.cluster_id)
+    request.authorization = None  # not held for the life of a watch
     cluster = directory.clusters.get(path.cluster_id)
     if cluster is None:
         raise _cluster_not_found(path.cluster_id)
@@ -515,6 +531,7 @@ async def _respond(
 ) -> Answer:
     length = upstream.content_length
     request_id = exchange.request_id if exchange is not None else ""
+    handed_on = False
     try:
         if upstream.complete or (length is not None and length <= BUFFER_LIMIT):
             try:
@@ -528,7 +545,9 @@ async def _respond(
         writer = await request.start_answer(
             upstream.status, upstream.reason, upstream.headers, length, request_id
         )
+        upstream.headers.clear()  # written: not held for the life of a watch
         unregister = None
+        long_running = False
         if exchange is not None:
             # Ended as if done when its identity loses access (gateway.proxy.sessions), and by
             # a stopping gateway if long-running (watches, followed logs).
@@ -541,6 +560,13 @@ async def _respond(
                 exchange.role,
                 upstream.end_early,
             )
+        side = writer.parking() if long_running else None
+        if side is not None:
+            # The rest by callbacks, with no task waiting (gateway.proxy.parked).
+            relay = ParkedAnswer(upstream, side, unregister)
+            handed_on = True
+            relay.start()
+            return parked(relay)
         try:
             while chunk := await upstream.read_chunk():
                 await writer.write(chunk)
@@ -557,5 +583,5 @@ async def _respond(
         upstream.release()
         return streamed(writer.keep_alive)
     finally:
-        if not upstream.complete:
+        if not upstream.complete and not handed_on:
             upstream.stream.reset()

@@ -13,7 +13,12 @@ front writes its own way. An ``Answer`` is one of three kinds:
   gave (watches, big LISTs, ``logs -f``, what aiohttp answers through the bridge);
 - ``SWITCHING``: a ``101 Switching Protocols`` whose header lines the front writes
   before it hands its transport to the answer's ``Upgrade`` (exec, attach, port-forward;
-  an agent's tunnel).
+  an agent's tunnel);
+- ``PARKED``: the head is written and the rest goes on without the request's task: the
+  answer's ``parked`` relays the body by callbacks as it arrives and finishes the stream
+  when it is done (long-running answers, watches and ``logs -f``, on fronts whose writer
+  offers ``parking``: HTTP/2; a task waiting for the next event was most of what each
+  open watch cost, docs/benchmarks.md).
 
 This module is below the fronts: they import it, it imports none of them.
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -34,6 +39,7 @@ Header = tuple[bytes, bytes]
 WHOLE = 0
 STREAMED = 1
 SWITCHING = 2
+PARKED = 3
 
 
 class HeaderView:
@@ -75,6 +81,39 @@ class AnswerWriter(Protocol):
 
     async def end(self) -> None:
         """The body is complete."""
+
+    def parking(self) -> ParkedSide | None:
+        """The same answer written by callbacks (``PARKED``), where the front can."""
+
+
+class Parked(Protocol):
+    """A ``PARKED`` answer's relay, as its front sees it."""
+
+    def abort(self) -> None:
+        """The client went away: stop, release what is held, finish."""
+
+
+class ParkedSide(Protocol):
+    """A streamed answer's writer driven by callbacks instead of an awaiting task."""
+
+    def send_now(self, data: bytes | bytearray) -> bool:
+        """Write a piece of the body; False when the client is backed up (then
+        ``when_writable``)."""
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the client takes more (at once if it already does)."""
+
+    def end_now(self) -> None:
+        """The body is complete."""
+
+    def cut(self) -> None:
+        """The answer cannot be completed: end it as an error the client notices."""
+
+    def hold(self, parked: Parked) -> None:
+        """``parked`` has the answer now: the client going away aborts it."""
+
+    def done(self) -> None:
+        """``parked`` is finished: the front may forget the stream."""
 
 
 BODY_HIGH_WATER = 1024 * 1024
@@ -310,6 +349,7 @@ class Answer:
         "headers",
         "keep_alive",
         "kind",
+        "parked",
         "reason",
         "request_id",
         "status",
@@ -340,6 +380,8 @@ class Answer:
         """``STREAMED``: what the written head told the client; else True (the front
         decides)."""
         self.upgrade = upgrade
+        self.parked: Parked | None = None
+        """``PARKED``: the relay that has the answer."""
 
 
 def whole(
@@ -358,6 +400,13 @@ def whole(
 def streamed(keep_alive: bool) -> Answer:
     """An answer already written through an ``AnswerWriter``."""
     return Answer(STREAMED, 0, "", [], b"", "", keep_alive, None)
+
+
+def parked(relay: Parked) -> Answer:
+    """An answer whose head is written and whose body ``relay`` passes on."""
+    answer = Answer(PARKED, 0, "", [], b"", "", True, None)
+    answer.parked = relay
+    return answer
 
 
 def switching(reason: str, headers: list[Header], upgrade: Upgrade, request_id: str = "") -> Answer:

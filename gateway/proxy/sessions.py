@@ -96,7 +96,7 @@ class Sessions:
         # A change between the request's authentication and now (the API server's
         # answer took that long) was not seen by ``_changed`` for this answer.
         self._check((key,))
-        return lambda: self._forget(key)
+        return _Forget(self, key)
 
     def _forget(self, key: int) -> None:
         held = self._held.pop(key, None)
@@ -210,6 +210,31 @@ class Sessions:
             self._schedule()
 
 
+class _Forget:
+    """Forgets one held answer (an object, not a closure: one is held per open watch)."""
+
+    __slots__ = ("key", "sessions")
+
+    def __init__(self, sessions: Sessions, key: int) -> None:
+        self.sessions = sessions
+        self.key = key
+
+    def __call__(self) -> None:
+        self.sessions._forget(self.key)
+
+
+class _Both:
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: Ender, second: Ender) -> None:
+        self.first = first
+        self.second = second
+
+    def __call__(self) -> None:
+        self.first()
+        self.second()
+
+
 def hold(
     sessions: Sessions,
     drain: Drain | None,
@@ -227,12 +252,7 @@ def hold(
     forget = sessions.hold(identity, cluster_id, role, end)
     if forget_drain is None:
         return forget
-
-    def both() -> None:
-        forget()
-        forget_drain()
-
-    return both
+    return _Both(forget, forget_drain)
 
 
 def _nothing() -> None:

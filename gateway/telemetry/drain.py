@@ -14,6 +14,19 @@ from collections.abc import Callable
 from aiohttp import web
 
 
+class _Discard:
+    """Unregisters one ender (an object, not a closure: one is held per open watch)."""
+
+    __slots__ = ("end", "enders")
+
+    def __init__(self, enders: set[Callable[[], None]], end: Callable[[], None]) -> None:
+        self.enders = enders
+        self.end = end
+
+    def __call__(self) -> None:
+        self.enders.discard(self.end)
+
+
 class Drain:
     def __init__(self) -> None:
         self.active = 0
@@ -38,7 +51,7 @@ class Drain:
             end()
             return _nothing
         self._enders.add(end)
-        return lambda: self._enders.discard(end)
+        return _Discard(self._enders, end)
 
     def start(self) -> int:
         """Stop: end every long-running answer. Returns how many were ended."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace.manifests import NAMESPACE
@@ -228,6 +228,7 @@ def test_default_image_names_the_gateway_version() -> None:
     assert m.default_image("0.1.0") == "herdgate/agent:0.1.0"
 
 
+@settings(deadline=None)  # YAML of the whole manifest: slow on a busy box, not wrong
 @given(
     token=st.text(
         alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)),
