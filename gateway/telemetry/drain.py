@@ -17,14 +17,15 @@ from aiohttp import web
 class _Discard:
     """Unregisters one ender (an object, not a closure: one is held per open watch)."""
 
-    __slots__ = ("end", "enders")
+    __slots__ = ("drain", "end")
 
-    def __init__(self, enders: set[Callable[[], None]], end: Callable[[], None]) -> None:
-        self.enders = enders
+    def __init__(self, drain: Drain, end: Callable[[], None]) -> None:
+        self.drain = drain
         self.end = end
 
     def __call__(self) -> None:
-        self.enders.discard(self.end)
+        # The drain's set as it is now: ``start`` replaces it.
+        self.drain._enders.discard(self.end)
 
 
 class Drain:
@@ -51,13 +52,13 @@ class Drain:
             end()
             return _nothing
         self._enders.add(end)
-        return _Discard(self._enders, end)
+        return _Discard(self, end)
 
     def start(self) -> int:
         """Stop: end every long-running answer. Returns how many were ended."""
         self.draining = True
-        enders, self._enders = self._enders, set()
-        for end in enders:
+        enders, self._enders = list(self._enders), set()
+        for end in enders:  # an end may unregister others at once (a parked answer's)
             end()
         return len(enders)
 

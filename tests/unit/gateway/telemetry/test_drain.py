@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.telemetry.drain import Drain
 
@@ -68,3 +69,24 @@ async def test_wait_idle_times_out() -> None:
     assert not await drain.wait_idle(0.02)
     drain.leave()  # after the timeout: harmless
     assert await drain.wait_idle(0.02)
+
+
+def test_an_ender_may_unregister_itself_and_others_while_the_drain_starts() -> None:
+    """A parked answer ends synchronously when told to, and unregisters itself then (as
+    can others ending with it): starting the drain must not trip over that."""
+    drain = Drain()
+    ended: list[int] = []
+    forgets: list[Callable[[], None]] = []
+
+    def ender(index: int) -> Callable[[], None]:
+        def end() -> None:
+            ended.append(index)
+            for forget in forgets:
+                forget()
+
+        return end
+
+    forgets.extend(drain.add_ender(ender(index)) for index in range(5))
+    assert drain.start() == 5
+    assert sorted(ended) == [0, 1, 2, 3, 4]
+    forgets[0]()  # after the start: nothing to undo, no error
