@@ -41,6 +41,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--event-seconds", type=float, help="seconds of events (full 15, quick 4)")
     p.add_argument("--agents", type=int, help="agent sessions (full 1000, quick 100)")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the agents share")
+    p.add_argument("--agent-steps", default="",
+                   help="agent counts below --agents at which the gateway's idle RSS and"
+                        " CPU are also read (the growth curve), e.g. 1000,2500,5000")  # fmt: skip
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (full 30, quick 5)")
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
                    help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 sections += [*lines, ""]
         if "agents" in args.phases:
             log(f"figures 5-6: {args.agents:,} agents in {args.agent_procs} processes")
-            a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log)
+            steps = [int(x) for x in args.agent_steps.split(",") if x.strip()]
+            a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log, steps)
             raw["agents"] = suite.to_json(a)
             foreign.append(a.idle_cpu_pct["other"])
             lines, found = report.agents_lines(a)

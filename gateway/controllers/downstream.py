@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import tempfile
@@ -290,6 +291,8 @@ class InternalListener:
             path = self._temp_dir / "internal.sock"
         self.path = path
         self._runner = web.AppRunner(internal_app(public), access_log=None)
+        self._template: ApiClient | None = None
+        """The client every ``client`` copies; its session is the listener's."""
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -300,6 +303,9 @@ class InternalListener:
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
+        if self._template is not None:
+            await self._template.close()
+            self._template = None
         await self._runner.cleanup()
         self.path.unlink(missing_ok=True)
         if self._temp_dir is not None:
@@ -308,20 +314,38 @@ class InternalListener:
 
     @contextlib.asynccontextmanager
     async def client(self, cluster_id: str) -> AsyncIterator[ApiClient]:
-        """A kubernetes-asyncio ``ApiClient`` for the cluster (as the agent's account)."""
-        from kubernetes_asyncio.client import ApiClient, Configuration
+        """A kubernetes-asyncio ``ApiClient`` for the cluster (as the agent's account).
 
-        config = Configuration(host=f"{INTERNAL_HOST}/clusters/{cluster_id}")
-        api = ApiClient(config)
-        # kubernetes-asyncio builds a TCP session; swap in one that dials our socket.
-        await api.rest_client.pool_manager.close()
-        api.rest_client.pool_manager = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.path)), read_bufsize=2**21
-        )
-        try:
-            yield api
-        finally:
-            await api.close()
+        Every client of this listener shares one ``aiohttp.ClientSession`` on the socket
+        (its keep-alive connections; no limit on how many, a watch holds one) and is a
+        copy of one template ``ApiClient`` with the cluster's ``Configuration``: building
+        an ``ApiClient`` makes a TLS context and loads the system's CA store into it
+        (38 ms of CPU, for a TCP connector this socket never uses), which at one client
+        per probe or watch of each of 10,000 clusters had kept the gateway busy
+        (docs/benchmarks.md, "10,000 agents").
+        """
+        from kubernetes_asyncio.client import Configuration
+
+        template = await self._template_client()
+        api = copy.copy(template)
+        api.configuration = Configuration(host=f"{INTERNAL_HOST}/clusters/{cluster_id}")
+        yield api
+
+    async def _template_client(self) -> ApiClient:
+        if self._template is None:
+            from kubernetes_asyncio.client import ApiClient, Configuration
+
+            api = ApiClient(Configuration(host=INTERNAL_HOST))
+            # kubernetes-asyncio builds a TCP session; swap in one that dials our socket
+            # (set before the first await: a concurrent first call finds it).
+            tcp = api.rest_client.pool_manager
+            api.rest_client.pool_manager = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.path), limit=0),
+                read_bufsize=2**21,
+            )
+            self._template = api
+            await tcp.close()
+        return self._template
 
 
 INTERNAL_LISTENER = web.AppKey("internal_listener", InternalListener)
