@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import framing, report, suite
+from bench import framing, growth, report, suite
 from bench.nginx import make_certs
 from bench.watch_backend import raise_nofile
 from tests.integration.env import REPO_ROOT
@@ -44,6 +44,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--agent-steps", default="",
                    help="agent counts below --agents at which the gateway's idle RSS and"
                         " CPU are also read (the growth curve), e.g. 1000,2500,5000")  # fmt: skip
+    p.add_argument("--agents-png", type=Path,
+                   help="PNG: idle RSS and CPU against tunnels (bench.growth)")  # fmt: skip
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (full 30, quick 5)")
     p.add_argument("--profile", type=float, default=0.0, metavar="S",
                    help="py-spy the gateway for S seconds of a 64-connection run")  # fmt: skip
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log, steps)
             raw["agents"] = suite.to_json(a)
             foreign.append(a.idle_cpu_pct["other"])
+            if args.agents_png:
+                growth.plot(raw["agents"], args.agents_png)
             lines, found = report.agents_lines(a)
             checks += found
             sections += ["### Figures 5-6: idle tunnels and a gateway restart", "", *lines, ""]
