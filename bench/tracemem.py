@@ -15,6 +15,7 @@ import asyncio
 import collections
 import gc
 import json
+import runpy
 import signal
 import sys
 import tracemalloc
@@ -46,9 +47,10 @@ def main(argv: list[str]) -> int:
 
     tracemalloc.start(1)
     signal.signal(signal.SIGUSR2, dump)
-    from herdgate.cli import main as herdgate_main
-
-    return herdgate_main(argv[1:])
+    # As ``python -m herdgate ...`` (bench and herdgate are side by side: no import).
+    sys.argv = ["herdgate", *argv[1:]]
+    runpy.run_module("herdgate", run_name="__main__", alter_sys=True)
+    return 0
 
 
 if __name__ == "__main__":
