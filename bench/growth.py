@@ -35,7 +35,9 @@ def plot(agents: dict[str, Any], png: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = sorted(agents["points"], key=lambda p: p["tunnels"])
+    every = sorted(agents["points"], key=lambda p: p["tunnels"])
+    points = [p for p in every if not p.get("incomplete")]
+    stuck = [p for p in every if p.get("incomplete")]
     tunnels = [p["tunnels"] for p in points]
     rss_mb = [p["rss_kib"] / 1024 for p in points]
     cpu = [p["cpu_pct"] for p in points]
@@ -55,10 +57,15 @@ def plot(agents: dict[str, Any], png: Path, title: str = "") -> None:
                 label=f"gateway idle CPU (fit: {cpu_per_1k:.2f} % per 1,000 tunnels)")  # fmt: skip
     bottom.axhline(TARGET_IDLE_CPU_PCT, linestyle="--", color="red",
                    label=f"target: {TARGET_IDLE_CPU_PCT:g} % at {TARGET_TUNNELS:,}")  # fmt: skip
+    for point in stuck:  # a step that could not connect all its agents: what it held
+        wanted = int(point.get("wanted", 0))
+        label = f"{point['tunnels']:,} of {wanted:,} held" if wanted else "incomplete step"
+        top.plot([point["tunnels"]], [point["rss_kib"] / 1024], "x", color="red", ms=9, label=label)
+        bottom.plot([point["tunnels"]], [point["cpu_pct"]], "x", color="red", ms=9, label=label)
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
         axis.set_ylim(bottom=0)
-        axis.legend(loc="upper left", fontsize=8)
+        axis.legend(loc="lower right", fontsize=8)
     top.set_ylabel("RSS (MiB)")
     bottom.set_ylabel("% of one core")
     bottom.set_xlabel("idle agent tunnels (each its own cluster)")

@@ -610,7 +610,7 @@ def agents(
                 rss = tree_rss_kib(gateway.process.pid)
                 idle_cpu, slices = _idle_cpu(gateway, procs, max(5.0, idle_s / 2))
                 points.append({"tunnels": held, "rss_kib": rss, "cpu_pct": idle_cpu["gateway"],
-                               "incomplete": 1})  # fmt: skip
+                               "incomplete": 1, "wanted": target})  # fmt: skip
                 return AgentsResult(
                     count=target, processes=len(procs), connect_s=0.0,
                     gateway_rss_before_kib=rss_before, gateway_rss_after_kib=rss,

@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             where = frame.filename.split("/site-packages/")[-1].replace(f"{Path.cwd()}/", "")
             print(f"  {stat.size_diff / n:8.0f} B  {stat.count_diff / n:6.2f}  "
                   f"{where}:{frame.lineno}")  # fmt: skip
+        by_file = after.compare_to(before, "filename")
+        print("\nby file, KiB per tunnel:")
+        for stat in by_file[: args.top]:
+            where = stat.traceback[0].filename.split("/site-packages/")[-1]
+            print(f"  {stat.size_diff / 1024 / n:8.2f}  {where.replace(f'{Path.cwd()}/', '')}")
         objs = [json.loads((out / f"objects-{i}.json").read_text()) for i in (1, 2)]
         print(f"\ntasks: {objs[0]['tasks']} -> {objs[1]['tasks']}"
               f" ({(objs[1]['tasks'] - objs[0]['tasks']) / n:.2f} per tunnel)")  # fmt: skip
