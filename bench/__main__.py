@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import framing, report, suite, transfers
+from bench import framing, growth, report, suite, transfers
 from bench.nginx import make_certs
 from bench.watch_backend import raise_nofile
 from tests.integration.env import REPO_ROOT
@@ -41,6 +41,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--event-seconds", type=float, help="seconds of events (full 15, quick 4)")
     p.add_argument("--agents", type=int, help="agent sessions (full 1000, quick 100)")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the agents share")
+    p.add_argument("--agent-steps", default="",
+                   help="agent counts below --agents at which the gateway's idle RSS and"
+                        " CPU are also read (the growth curve), e.g. 1000,2500,5000")  # fmt: skip
+    p.add_argument("--agents-png", type=Path,
+                   help="PNG: idle RSS and CPU against tunnels (bench.growth)")  # fmt: skip
     p.add_argument("--idle", type=float, help="seconds of idle CPU measurement (full 30, quick 5)")
     p.add_argument(
         "--transfer-mb", type=float, help="kubectl cp and port-forward size (full 1000, quick 100)"
@@ -190,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                 sections += [*lines, ""]
         if "agents" in args.phases:
             log(f"figures 5-6: {args.agents:,} agents in {args.agent_procs} processes")
-            a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log)
+            steps = [int(x) for x in args.agent_steps.split(",") if x.strip()]
+            a = suite.agents(tmp, certs, args.agents, args.agent_procs, args.idle, log, steps)
             raw["agents"] = suite.to_json(a)
             foreign.append(a.idle_cpu_pct["other"])
+            if args.agents_png:
+                growth.plot(raw["agents"], args.agents_png)
             lines, found = report.agents_lines(a)
             checks += found
             sections += ["### Figures 5-6: idle tunnels and a gateway restart", "", *lines, ""]

@@ -3,13 +3,14 @@
 Each agent has its own registration token (its own cluster) and its own TLS WebSocket
 tunnel; they share only the process. Run by the suite as
 ``python -m bench.agents --spec FILE`` (a JSON spec: server, ca_file, kubeconfig, tokens,
-ramp). Prints one JSON line per lifecycle event on stdout, read by the orchestrator:
+ramp_per_s, optionally reconnect_spread_s). Prints one JSON line per lifecycle event on
+stdout, read by the orchestrator:
 
 - ``{"t": <unix time>, "a": <agent index>, "e": "up"}``: the agent has a tunnel again
   (``Agent.connected`` was set);
 - ``{"t": ..., "a": ..., "e": "down"}``: it has none (``Agent.connected`` was cleared);
-- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: the jittered delay before a retry
-  (from the agent's "reconnecting in" log line).
+- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: a dial failed; the jittered delay
+  before the next (from the agent's "retrying in" log line).
 
 Stops on SIGTERM.
 """
@@ -21,6 +22,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -59,12 +61,17 @@ class _ReportingEvent(asyncio.Event):
         super().clear()
 
 
+_RETRYING = re.compile(r"retrying in ([0-9.]+) s")
+
+
 class _Retries(logging.Handler):
-    """The agent's "reconnecting in %.1f s" log line -> a retry event with its delay."""
+    """A failed dial's log line (``tunnel.redial``: "...; retrying in 2 s", at WARNING the
+    first time and DEBUG for repeats) -> a retry event with its delay."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("reconnecting in"):
-            delay = record.args[0] if isinstance(record.args, tuple) and record.args else 0.0
+        match = _RETRYING.search(record.getMessage())
+        if match:
+            delay = float(match.group(1))
             _say({"t": time.time(), "a": AGENT_INDEX.get(), "e": "retry", "delay": delay})
 
 
@@ -73,8 +80,10 @@ async def run(spec: dict[str, object]) -> None:
     handler = _Retries()
     agent_logger = logging.getLogger("tunnel.agent")
     agent_logger.addHandler(handler)
-    agent_logger.setLevel(logging.INFO)
+    agent_logger.setLevel(logging.DEBUG)  # repeated failures are logged at DEBUG
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
+    for printer in logging.getLogger().handlers:
+        printer.setLevel(logging.INFO)  # the agents' DEBUG lines reach only _Retries
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +99,9 @@ async def run(spec: dict[str, object]) -> None:
             ca_file=str(spec["ca_file"]),
             kubeconfig=str(spec["kubeconfig"]),
             logging=LoggingSettings(level="info"),
-        )
+            **({"reconnect_spread_s": float(spec["reconnect_spread_s"])}  # type: ignore[arg-type]
+               if "reconnect_spread_s" in spec else {}),
+        )  # fmt: skip
         AGENT_INDEX.set(index)
         agent = Agent(settings, str(token))
         agent.connected = _ReportingEvent(index)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bench import h2load, nginx, wrk
+from bench import growth, h2load, nginx, wrk
 from bench.framing import FramingResult
 from bench.herdgate import git_commit
 from bench.rounds import BASELINE, RoundsResult, Run, spread
@@ -455,25 +455,42 @@ def agents_lines(a: AgentsResult) -> tuple[list[str], list[Check]]:
         )
         + f"; retries logged after the new gateway was healthy: {a.failed_after_ready}.",
     ]
+    if len(a.points) > 2:
+        kib = growth.slope(a.points, "rss_kib")
+        cpu = growth.slope(a.points, "cpu_pct") * 1000
+        steps = ", ".join(
+            f"{p['tunnels']:,}: {p['rss_kib'] / 1024:.0f} MB, {p['cpu_pct']:.1f} %"
+            for p in a.points
+        )
+        lines.insert(2, f"- Growth (gateway RSS, idle CPU at each step): {steps}; least"
+                        f" squares: **{kib:.1f} KiB** and **{cpu:.2f} % of a core per 1,000"
+                        " tunnels**.")  # fmt: skip
+    if a.held >= 0:
+        lines.insert(1, f"- **Only {a.held:,} of {a.count:,} tunnels held** at the last step"
+                        " (the gateway could not take them all); no restart measured.")  # fmt: skip
     storm_limit = max(1, a.count // 4)
+    # Issue 20's targets at 10,000 agents; the first round's at 1,000.
+    big = a.count >= 10_000
+    kib_limit, cpu_limit, back_limit = (32.0, 5.0, 60.0) if big else (62.5, 2.0, 30.0)
+    tunnels = a.held if a.held >= 0 else a.count
     checks = [
         Check(
-            f"5. gateway memory per idle tunnel ({a.count:,} tunnels)",
+            f"5. gateway memory per idle tunnel ({tunnels:,} tunnels)",
             f"{a.kib_per_tunnel:.1f} KiB",
-            "≤ 64 KB",
-            a.kib_per_tunnel * 1024 <= 64_000,
+            f"≤ {kib_limit:g} KiB",
+            a.held < 0 and a.kib_per_tunnel <= kib_limit,
         ),
         Check(
-            f"5. gateway idle CPU, {a.count:,} tunnels",
+            f"5. gateway idle CPU, {tunnels:,} tunnels",
             f"{a.idle_cpu_pct.get('gateway', 0):.2f} % of a core",
-            "≤ 2 %",
-            a.idle_cpu_pct.get("gateway", 100) <= 2.0,
+            f"≤ {cpu_limit:g} %",
+            a.held < 0 and a.idle_cpu_pct.get("gateway", 100) <= cpu_limit,
         ),
         Check(
             f"6. {a.count:,} agents back after a gateway restart",
             f"{a.all_back_s:.1f} s ({a.back}/{a.count})",
-            "≤ 30 s",
-            a.back >= a.count and a.all_back_s <= 30,
+            f"≤ {back_limit:g} s",
+            a.back >= a.count and a.all_back_s <= back_limit,
         ),
         Check(
             "6. no handshake storm: peak tunnels accepted in one second;"

@@ -505,12 +505,17 @@ class AgentsResult:
     retry_delays: list[float] = field(default_factory=list)
     failed_after_ready: int = 0
     """Agent retries that started after the new gateway was healthy (failed handshakes)."""
+    points: list[dict[str, float]] = field(default_factory=list)
+    """The growth curve: ``{"tunnels", "rss_kib", "cpu_pct"}`` (gateway, idle) per step."""
+    held: int = -1
+    """Tunnels held when a step could not connect all its agents (-1: every step did)."""
 
     @property
     def kib_per_tunnel(self) -> float:
-        if not self.count:
+        tunnels = self.held if self.held >= 0 else self.count
+        if not tunnels:
             return 0.0
-        return (self.gateway_rss_after_kib - self.gateway_rss_before_kib) / self.count
+        return (self.gateway_rss_after_kib - self.gateway_rss_before_kib) / tunnels
 
     @property
     def peak_per_s(self) -> int:
@@ -529,6 +534,16 @@ def _create_clusters(admin: Api, count: int, log: Log) -> list[str]:
     return tokens
 
 
+def _held(procs: list[AgentProcess]) -> set[tuple[int, int]]:
+    """The agents whose tunnel is up now (their last "up"/"down" event is "up")."""
+    state: dict[tuple[int, int], bool] = {}
+    for number, proc in enumerate(procs):
+        for event in proc.snapshot():
+            if event["e"] in ("up", "down"):
+                state[(number, int(event.get("a", -1)))] = event["e"] == "up"
+    return {key for key, up in state.items() if up}
+
+
 def _ups(procs: list[AgentProcess], since: float) -> list[float]:
     """Each agent's first "up" at or after ``since``, sorted."""
     first: dict[tuple[int, int], float] = {}
@@ -541,10 +556,26 @@ def _ups(procs: list[AgentProcess], since: float) -> list[float]:
 
 
 def agents(
-    tmp: Path, certs: Certs, count: int, processes: int, idle_s: float, log: Log
+    tmp: Path,
+    certs: Certs,
+    count: int,
+    processes: int,
+    idle_s: float,
+    log: Log,
+    steps: list[int] | None = None,
 ) -> AgentsResult:
+    """Figures 5-6. ``steps``: agent counts (ascending, the last ``count``) at which the
+    gateway's RSS and idle CPU are read, for the growth curve; the agents of each step are
+    added in processes of their own (about ``count / processes`` agents each)."""
+    counts = sorted({*(s for s in steps or [] if 0 < s < count), count})
+    per_process = max(1, -(-count // processes))
     with contextlib.ExitStack() as stack:
-        gateway = start_gateway(tmp, "gateway-agents")
+        # Every agent here dials from 127.0.0.1, where in production each comes from its
+        # own cluster's address: the per-address connection limit (1,024) is raised above
+        # the agent count for this gateway only.
+        gateway = Gateway(tmp / "gateway-agents", free_port(), tmp / "gateway-agents.log")
+        gateway.extra_env["HERDGATE_LIMITS__PER_ADDRESS"] = str(count + 1024)
+        gateway.start(timeout=60)
         stack.callback(gateway.stop)
         admin = gateway.admin()
         tokens = _create_clusters(admin, count, log)
@@ -555,64 +586,109 @@ def agents(
         assert gateway.process is not None
         time.sleep(1.0)
         rss_before = tree_rss_kib(gateway.process.pid)
+        cpu_before = _idle_cpu(gateway, [], idle_s / 3)
+        points = [{"tunnels": 0, "rss_kib": rss_before, "cpu_pct": cpu_before[0]["gateway"]}]
+        log(f"agents: 0 tunnels, gateway RSS {rss_before / 1024:.1f} MB,"
+            f" idle CPU {cpu_before[0]['gateway']:.2f} %")  # fmt: skip
         procs: list[AgentProcess] = []
         started = time.time()
-        for index in range(processes):
-            spec = tmp / f"agents-{index}.json"
-            spec.write_text(json.dumps({
-                "server": gateway.url, "ca_file": str(gateway.ca_file),
-                "kubeconfig": str(kubeconfig), "tokens": tokens[index::processes],
-                "ramp_per_s": 400 / processes,
-            }))  # fmt: skip
-            proc = AgentProcess(spec, tmp / f"agents-{index}.log")
-            stack.callback(proc.stop)
-            procs.append(proc)
-        wait_until(lambda: len(_ups(procs, started)) >= count, 120 + count / 10,
-                   f"agents did not all connect: {len(_ups(procs, started))}/{count}",
-                   interval=0.2)  # fmt: skip
+        up = 0
+        for target in counts:
+            batch = tokens[up:target]
+            parts = max(1, -(-len(batch) // per_process))
+            step_started = time.time()
+            for part in range(parts):
+                spec = tmp / f"agents-{len(procs)}.json"
+                spec.write_text(json.dumps({
+                    "server": gateway.url, "ca_file": str(gateway.ca_file),
+                    "kubeconfig": str(kubeconfig), "tokens": batch[part::parts],
+                    "ramp_per_s": 400 / parts,
+                }))  # fmt: skip
+                proc = AgentProcess(spec, tmp / f"agents-{len(procs)}.log")
+                stack.callback(proc.stop)
+                procs.append(proc)
+            try:
+                wait_until(lambda t=target: len(_held(procs)) >= t, 120 + target / 10,
+                           "agents did not all connect", interval=0.2)  # fmt: skip
+            except TimeoutError:
+                # The gateway could not take them all: record what it holds, draw the
+                # curve so far, and skip the restart.
+                held = len(_held(procs))
+                log(f"agents: only {held}/{target} tunnels held after"
+                    f" {time.time() - step_started:.0f} s; stopping here")  # fmt: skip
+                rss = tree_rss_kib(gateway.process.pid)
+                idle_cpu, slices = _idle_cpu(gateway, procs, max(5.0, idle_s / 2))
+                points.append({"tunnels": held, "rss_kib": rss, "cpu_pct": idle_cpu["gateway"],
+                               "incomplete": 1, "wanted": target})  # fmt: skip
+                return AgentsResult(
+                    count=target, processes=len(procs), connect_s=0.0,
+                    gateway_rss_before_kib=rss_before, gateway_rss_after_kib=rss,
+                    idle_s=idle_s, idle_cpu_pct=idle_cpu, idle_thirds_pct=slices,
+                    stop_s=0.0, start_s=0.0, back=0, all_back_s=0.0, all_back_after_ready_s=0.0,
+                    points=points, held=held,
+                )  # fmt: skip
+            connect_s = max(_ups(procs, started)) - step_started
+            up = target
+            log(f"agents: {target} tunnels up ({connect_s:.1f} s for this step,"
+                f" {len(procs)} processes)")  # fmt: skip
+            # Let the connection burst settle (the gateway records each agent's connection in
+            # its store and reads the change feed back) before memory and idle CPU are read.
+            time.sleep(min(10.0, max(3.0, idle_s / 3)))
+            rss = tree_rss_kib(gateway.process.pid)
+            window = idle_s if target == count else max(5.0, idle_s / 2)
+            idle_cpu, slices = _idle_cpu(gateway, procs, window)
+            points.append({"tunnels": target, "rss_kib": rss, "cpu_pct": idle_cpu["gateway"]})
+            log(
+                f"agents: {target} tunnels, gateway RSS {rss / 1024:.1f} MB"
+                f" ({(rss - rss_before) / target:.1f} KiB per tunnel), idle CPU"
+                f" {idle_cpu['gateway']:.2f} % of a core over {window:g} s"
+                f" (thirds: {', '.join(f'{x:.2f}' for x in slices)})"
+            )
         connect_s = max(_ups(procs, started)) - started
-        log(f"agents: {count} tunnels up in {connect_s:.1f} s ({processes} processes)")
-        # Let the connection burst settle (the gateway records each agent's connection in
-        # its store and reads the change feed back) before memory and idle CPU are read.
-        time.sleep(min(10.0, max(3.0, idle_s / 3)))
-        rss_after = tree_rss_kib(gateway.process.pid)
-        roles = {"gateway": gateway.process.pid}
-        roles |= {f"agents-{i}": p.process.pid for i, p in enumerate(procs)}
-        meter = CpuMeter(roles)
-        slices: list[float] = []
-        with meter:
-            for _ in range(3):
-                with CpuMeter({"gateway": gateway.process.pid}) as part:
-                    time.sleep(idle_s / 3)
-                assert part.usage is not None
-                slices.append(part.usage.pct("gateway"))
-        usage = meter.usage
-        assert usage is not None
-        idle_cpu = {role: usage.pct(role) for role in usage.roles}
-        idle_cpu |= {"box": usage.box_busy_pct, "other": usage.foreign_pct}
-        log(
-            f"agents: idle gateway CPU {idle_cpu['gateway']:.2f} % of a core over {idle_s:g} s"
-            f" (thirds: {', '.join(f'{x:.2f}' for x in slices)})"
-        )
-
         restart = _restart(gateway, procs, count, log)
         return AgentsResult(
             count=count,
-            processes=processes,
+            processes=len(procs),
             connect_s=connect_s,
             gateway_rss_before_kib=rss_before,
-            gateway_rss_after_kib=rss_after,
+            gateway_rss_after_kib=int(points[-1]["rss_kib"]),
             idle_s=idle_s,
             idle_cpu_pct=idle_cpu,
             idle_thirds_pct=slices,
+            points=points,
             **restart,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _idle_cpu(
+    gateway: Gateway, procs: list[AgentProcess], seconds: float
+) -> tuple[dict[str, float], list[float]]:
+    """CPU (% of a core) of the gateway and each agent process over ``seconds``, and the
+    gateway's in each third of it."""
+    assert gateway.process is not None
+    roles = {"gateway": gateway.process.pid}
+    roles |= {f"agents-{i}": p.process.pid for i, p in enumerate(procs)}
+    meter = CpuMeter(roles)
+    slices: list[float] = []
+    with meter:
+        for _ in range(3):
+            with CpuMeter({"gateway": gateway.process.pid}) as part:
+                time.sleep(seconds / 3)
+            assert part.usage is not None
+            slices.append(part.usage.pct("gateway"))
+    usage = meter.usage
+    assert usage is not None
+    idle_cpu = {role: usage.pct(role) for role in usage.roles}
+    idle_cpu |= {"box": usage.box_busy_pct, "other": usage.foreign_pct}
+    return idle_cpu, slices
+
+
 def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) -> dict[str, Any]:
     t_stop = time.time()
-    gateway.stop()
+    assert gateway.process is not None
+    _stop_process(gateway.process, timeout=45)  # the unit's TimeoutStopSec
+    gateway.process = None
     t_exit = time.time()
     gateway.start(timeout=60)
     t_ready = time.time()

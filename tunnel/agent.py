@@ -75,7 +75,14 @@ from tunnel.redial import (
     backoff_delay,
 )
 from tunnel.relay import relay
-from tunnel.replica_list import COUNT_KEY, LIST_KEY, DirectDials, ReplicaAddress
+from tunnel.replica_list import (
+    COUNT_KEY,
+    LIST_KEY,
+    SPREAD_KEY,
+    DirectDials,
+    ReplicaAddress,
+    parse_spread,
+)
 from tunnel.replica_list import parse as parse_replica_list
 from tunnel.session import Session
 from tunnel.stats import AgentStats
@@ -145,6 +152,9 @@ class Agent:
         self._gave_up: TokenRefused | None = None
         self._giving_up = asyncio.Event()
         self._after_drop = False
+        self._spread_hint_s = 0.0
+        """The reconnect spread a stopping gateway asked for (``SPREAD_KEY``), for the next
+        reconnection after a drop."""
         self.instance_id = secrets.token_hex(8)
         """Sent with every dial, so a gateway process tells this agent's second tunnel
         to it (a duplicate, closed on HELLO) from another agent (counted in its cap)."""
@@ -178,6 +188,11 @@ class Agent:
             data = json.loads(raw)
         except ValueError:
             return
+        spread = parse_spread(data.get(SPREAD_KEY)) if isinstance(data, dict) else None
+        if spread is not None:
+            # A stopping gateway with many tunnels: its GOAWAY follows; reconnect within
+            # this (or our own spread, if longer) so that its successor is not stormed.
+            self._spread_hint_s = spread
         if isinstance(data, dict) and self._learn_replicas(data, NEW_REPLICA_SPREAD_S):
             self._report()
             self._wake.set()
@@ -462,10 +477,12 @@ class Agent:
             # Landed on a replica we hold: try again soon, the next one may differ.
             return rng.uniform(0, DUPLICATE_RETRY_S * 2 ** min(duplicates, 4))
         if self._after_drop:
-            # Everyone lost the gateway at once: spread the reconnects out.
+            # Everyone lost the gateway at once: spread the reconnects out (over longer if
+            # the gateway said so before it went).
             self._after_drop = False
             self._next_delay = 0.0
-            return rng.uniform(0, settings.reconnect_spread_s)
+            spread, self._spread_hint_s = max(settings.reconnect_spread_s, self._spread_hint_s), 0.0
+            return rng.uniform(0, spread)
         delay, self._next_delay = self._next_delay, 0.0
         return delay
 

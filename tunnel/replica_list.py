@@ -28,6 +28,7 @@ is tried again (its own back-off, so a replica that died does not hold up the ot
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import urllib.parse
@@ -36,6 +37,12 @@ from dataclasses import dataclass
 
 LIST_KEY = "replicaList"
 COUNT_KEY = "replicas"
+SPREAD_KEY = "reconnectSpreadS"
+"""In the INFO a stopping gateway sends just before its GOAWAY: over how many seconds its
+agents should spread their reconnections (it holds more tunnels than its successor can
+take in the agents' own ``reconnect_spread``)."""
+MAX_SPREAD_S = 120.0
+"""The longest spread an agent takes from a gateway."""
 MAX_REPLICAS = 64
 """Entries beyond this are ignored (a gateway has a handful of replicas)."""
 MAX_ID_CHARS = 128
@@ -142,6 +149,16 @@ def encode(
         size -= len(json.dumps(entry["url"])) - 2
         entry["url"] = ""
     return out
+
+
+def parse_spread(value: object) -> float | None:
+    """``reconnectSpreadS`` as seconds within [0, ``MAX_SPREAD_S``]; None if absent or not
+    a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(max(float(value), 0.0), MAX_SPREAD_S)
 
 
 def parse(value: object) -> tuple[ReplicaAddress, ...] | None:

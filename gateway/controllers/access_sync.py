@@ -885,10 +885,12 @@ class AccessController:
         failures = 0
         while cluster_id in self.directory.clusters:
             if not self._in_charge(cluster_id):
+                # Woken when this process takes the cluster's lease (``_on_lead``) or an
+                # agent connects (``_on_tunnel_change``); no polling: every cluster in the
+                # directory has this task, and a wake-up a second each had kept a gateway
+                # with 10,000 clusters and no tunnels at 28 % of a core.
                 state.nudge.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await state.nudge.wait()
+                await state.nudge.wait()
                 continue
             try:
                 async with asyncio.timeout(WATCH_TIMEOUT_S + PASS_TIMEOUT_S):

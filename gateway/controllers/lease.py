@@ -148,6 +148,17 @@ class Lease:
         store failed (``held`` then still tells whether we may go on acting)."""
         started = self._now()
         wall = self.clock()
+        if self._record is not None:
+            # Renewing what we hold: one compare-and-set against the document as we wrote
+            # it, without reading it first (what the read would decide when it is still
+            # that document; anything else is decided below, as for a take). Every
+            # cluster's lease is renewed at a third of its TTL: at 10,000 clusters that
+            # read had been half of the leases' share of an otherwise idle gateway.
+            renewed = {**self._record, "renewed": wall, "expires": wall + self.ttl_s}
+            if await self.store.swap(LEASE, self.name, self._record, renewed) is not None:
+                self._record = renewed
+                self._valid_until = started + self.ttl_s - self.margin_s
+                return True
         current = await self.store.get(LEASE, self.name)
         if current is not None and not self._takeable(current, wall):
             self._lost()

@@ -105,6 +105,8 @@ def test_gateway_unit() -> None:
     assert found["TimeoutStopSec"][-1].endswith("s")
     assert int(found["TimeoutStopSec"][-1].removesuffix("s")) > 30
     assert found["StateDirectory"] == ["herdgate"]
+    # 10,000 clusters: a tunnel and ~6 internal-socket descriptors each, and the clients.
+    assert int(found["LimitNOFILE"][-1]) >= 10_000 * 7 + 32_768
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)

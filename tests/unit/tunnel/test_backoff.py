@@ -6,6 +6,7 @@ import random
 import pytest
 
 from config.schema import AgentSettings
+from gateway.clusters.tunnels import reconnect_spread_s
 from tunnel.agent import Agent, backoff_delay
 from tunnel.agent import refusal as refusal_of
 from tunnel.redial import Failure
@@ -61,3 +62,35 @@ def test_what_a_refusal_means() -> None:
         f"cannot connect to {url}: the connection closed during the handshake",
         0.0,
     )
+
+
+async def test_a_stopping_gateway_can_widen_the_reconnect_spread_once() -> None:
+    agent = Agent(AgentSettings(server="https://gw.test", reconnect_spread_s=10.0), "crt-x:y")
+    # The INFO a stopping gateway with 10,000 tunnels sends before its GOAWAY.
+    agent._on_info(b'{"reconnectSpreadS": 40.0}')
+    agent._after_drop = True
+    delays = [agent._delay_before_dial(0)]
+    for _ in range(300):
+        agent._spread_hint_s = 40.0
+        agent._after_drop = True
+        delays.append(agent._delay_before_dial(0))
+    assert all(0 <= d <= 40 for d in delays) and max(delays) > 30
+    # Used once: the next drop without a hint spreads over the agent's own 10 s.
+    agent._after_drop = True
+    assert agent._spread_hint_s == 0 and agent._delay_before_dial(0) <= 10
+    # Never shorter than the agent's own spread, never past the cap, junk ignored.
+    agent._on_info(b'{"reconnectSpreadS": 2}')
+    agent._after_drop = True
+    assert agent._spread_hint_s == 2 and agent._delay_before_dial(0) <= 10
+    agent._on_info(b'{"reconnectSpreadS": 1e9}')
+    assert agent._spread_hint_s == 120.0
+    for junk in (b'{"reconnectSpreadS": "60"}', b'{"reconnectSpreadS": true}', b"[1]", b"{"):
+        agent._spread_hint_s = 0.0
+        agent._on_info(junk)
+        assert agent._spread_hint_s == 0.0
+
+
+def test_a_stopping_gateway_asks_for_a_spread_that_fits_its_tunnels() -> None:
+    assert reconnect_spread_s(1000) == 4.0  # below the agents' own 10 s: no change
+    assert reconnect_spread_s(10_000) == 40.0
+    assert reconnect_spread_s(10**6) == 120.0
