@@ -887,8 +887,9 @@ class AccessController:
             if not self._in_charge(cluster_id):
                 # Woken when this process takes the cluster's lease (``_on_lead``) or an
                 # agent connects (``_on_tunnel_change``); no polling: every cluster in the
-                # directory has this task, and a wake-up a second each had kept a gateway
-                # with 10,000 clusters and no tunnels at 28 % of a core.
+                # directory has this task, and a wake-up a second each kept a gateway with
+                # thousands of clusters and no tunnels busy (docs/benchmarks.md, "10,000
+                # agents on one gateway").
                 state.nudge.clear()
                 await state.nudge.wait()
                 continue

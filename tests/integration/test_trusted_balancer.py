@@ -129,13 +129,19 @@ def test_the_limiter_and_the_audit_log_see_the_client_behind_haproxy(
     # Another client through the same haproxy is not limited: haproxy's own address
     # (every connection's peer) is not what is counted.
     assert password_login(via, ca, "nobody-4", "wrong-password", OTHER_CLIENT) == 401
-    records = wait_until(
-        lambda: [r for r in _audit(world) if r.get("sourceIP") == CLIENT] or None,
-        10,
-        "no audit record with the client's address",
-    )
-    logins = [r for r in records if r.get("kind") == "login"]
-    assert {r.get("loginName") for r in logins} >= {"nobody-0", "nobody-1", "nobody-2"}
+    expected = {"nobody-0", "nobody-1", "nobody-2"}
+
+    def client_logins() -> list[dict[str, object]] | None:
+        # Every record is written as its request ends: wait for all of them, not the first.
+        found = [
+            r for r in _audit(world) if r.get("sourceIP") == CLIENT and r.get("kind") == "login"
+        ]
+        names = {r.get("loginName") for r in found}
+        statuses = {r.get("status") for r in found}
+        return found if names >= expected and 429 in statuses else None
+
+    logins = wait_until(client_logins, 10, "not every login's audit record has the address")
+    assert {r.get("loginName") for r in logins} >= expected
     assert {r.get("status") for r in logins} == {401, 429}
     assert not [r for r in _audit(world) if r.get("sourceIP") == BALANCER]
 
