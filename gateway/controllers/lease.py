@@ -375,6 +375,11 @@ class LeaseKeeper:
                     await lease.release()
             self._set(False)
             return lease.ttl_s / 3
+        if self.holding and not lease.held():
+            # It lapsed (we could not renew in time): say so now, before an attempt to
+            # take it again that may wait on an unreachable store, so that whoever acts on
+            # it stops before anyone else may take it over.
+            self._set(False)
         try:
             # A store that hangs must not keep us acting past the lease's end.
             limit = lease.valid_until - lease._now() if lease.held() else lease.ttl_s

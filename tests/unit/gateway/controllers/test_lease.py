@@ -6,6 +6,7 @@ Time is given (a wall clock and a monotonic clock the test moves), so nothing sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -194,6 +195,50 @@ async def test_the_keeper_lets_go_when_the_store_stays_down(
             break
     assert changes == [True, False]
     assert clock.now < 1_000_000.0 + TTL + 1.0
+
+
+class HangingStore(FailingStore):
+    """A store that answers once, then never again (a black-holed path, no error)."""
+
+    async def get(self, kind: str, key: str) -> object:
+        if self.fail:
+            await asyncio.Event().wait()
+        return await self.inner.get(kind, key)
+
+    async def swap(self, kind: str, key: str, expected: object, value: object) -> object:
+        if self.fail:
+            await asyncio.Event().wait()
+        return await self.inner.swap(kind, key, expected, value)  # type: ignore[arg-type]
+
+
+async def test_a_lapsed_lease_is_reported_before_an_attempt_that_hangs(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    """The keeper woke just after the lease lapsed (it could not renew): it says so at
+    once, not after an attempt to take it again that waits on an unreachable store (a
+    fresh-clone run saw another replica take the lease before the report)."""
+    clock = Clock()
+    store = HangingStore(stores[0])
+    changes: list[bool] = []
+    lease = Lease(
+        store,  # type: ignore[arg-type]
+        "cluster/c-1",
+        "r-1",
+        ttl_s=TTL,
+        clock=clock,
+        monotonic=clock,
+    )
+    keeper = LeaseKeeper(lease, lambda: True, changes.append)
+    await keeper.step()
+    assert changes == [True]
+    store.fail = True
+    clock.now = lease.valid_until + 0.01  # woke just past the end
+    attempt = asyncio.create_task(keeper.step())
+    await asyncio.sleep(0.05)
+    assert changes == [True, False]  # reported while the attempt still waits
+    attempt.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await attempt
 
 
 async def test_generations_keep_growing_across_releases(
