@@ -27,6 +27,37 @@ def py_spy() -> Path | None:
     return binary if binary.exists() else None
 
 
+Spies = dict[str, tuple[Path, "subprocess.Popen[bytes]"]]
+
+
+def start_spies(
+    binary: Path, pids: dict[str, int], seconds: float, name: str, out_dir: Path
+) -> Spies:
+    """py-spy ``record`` of every pid for ``seconds``, raw, into ``py-spy-<name>-<role>.txt``."""
+    spies: Spies = {}
+    for role, pid in pids.items():
+        out = out_dir / f"py-spy-{name}-{role}.txt"
+        spies[role] = (out, subprocess.Popen(
+            [str(binary), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+             "--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+    return spies
+
+
+def collect(spies: Spies, seconds: float) -> dict[str, Profile]:
+    """Wait for each spy (killed if it overruns) and summarize what it wrote."""
+    result = {}
+    for role, (out, spy) in spies.items():
+        try:
+            spy.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait(5)
+        result[role] = summarize(out) if out.exists() else [("py-spy produced nothing", 0.0)]
+    return result
+
+
 def during_wrk(
     url: str,
     headers: dict[str, str],
@@ -39,26 +70,11 @@ def during_wrk(
     binary = py_spy()
     if binary is None:
         return {role: [("py-spy is not installed in the venv", 0.0)] for role in pids}
-    spies = {}
-    for role, pid in pids.items():
-        out = out_dir / f"py-spy-{role}-{connections}.txt"
-        spies[role] = (out, subprocess.Popen(
-            [str(binary), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-             "--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
+    spies = start_spies(binary, pids, seconds, str(connections), out_dir)
     time.sleep(0.5)
     wrk.run(url, connections=connections, seconds=seconds + 1, headers=headers,
             threads=min(2, connections), timeout_s=30)  # fmt: skip
-    result = {}
-    for role, (out, spy) in spies.items():
-        try:
-            spy.wait(seconds + 30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait(5)
-        result[role] = summarize(out) if out.exists() else [("py-spy produced nothing", 0.0)]
-    return result
+    return collect(spies, seconds)
 
 
 def summarize(raw: Path, top: int = TOP) -> Profile:

@@ -39,7 +39,7 @@ import yaml
 from bench.herdgate import AGENT_BACKEND_TOKEN
 from bench.nginx import Certs
 from bench.procstats import CpuMeter, CpuUsage
-from bench.profile import RATE_HZ, Profile, py_spy, summarize
+from bench.profile import Profile, collect, py_spy, start_spies
 from standin.harness import StandInProcess, kubectl_env
 from tests.binaries import find_kubectl
 from tests.integration.env import free_port
@@ -222,24 +222,11 @@ def _profiled(
     if binary is None:
         yield
         return
-    spies = {}
-    for role, pid in pids.items():
-        out = out_dir / f"py-spy-transfers-{role}.txt"
-        spies[role] = (out, subprocess.Popen(
-            [str(binary), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-             "--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))  # fmt: skip
+    spies = start_spies(binary, pids, seconds, "transfers", out_dir)
     try:
         yield
     finally:
-        for role, (out, spy) in spies.items():
-            try:
-                spy.wait(seconds + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait(5)
-            into[role] = summarize(out) if out.exists() else [("py-spy produced nothing", 0.0)]
+        into.update(collect(spies, seconds))
 
 
 def run(

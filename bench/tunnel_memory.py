@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,30 +23,7 @@ from bench.herdgate import AGENT_BACKEND_TOKEN, backend_kubeconfig
 from bench.nginx import make_certs
 from bench.procstats import tree_rss_kib
 from bench.suite import AgentProcess, _create_clusters, _ups, setup_tmp
-from tests.integration.env import ADMIN_PASSWORD, Gateway, free_port, wait_until
-
-
-class TracedGateway(Gateway):
-    """``python -m bench.tracemem DIR gateway ...`` instead of ``python -m herdgate gateway``."""
-
-    snapshots: Path = Path()
-
-    def start(self, timeout: float = 20.0) -> Gateway:
-        env = {**os.environ, "HERDGATE_BOOTSTRAP_PASSWORD": ADMIN_PASSWORD, **self.extra_env}
-        cmd = [
-            sys.executable, "-m", "bench.tracemem", str(self.snapshots), "gateway",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--state-dir", str(self.state_dir),
-            "--server-url", self.url,
-        ]  # fmt: skip
-        log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
-            cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        wait_until(self._healthy, timeout, f"gateway not healthy:\n{self.log()}")
-        return self
+from tests.integration.env import Gateway, free_port, wait_until
 
 
 def snapshot(gateway: Gateway, number: int, out: Path) -> tracemalloc.Snapshot:
@@ -69,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     certs = make_certs(tmp / "certs")
     out = tmp / "snapshots"
     with contextlib.ExitStack() as stack:
-        gateway = TracedGateway(tmp / "gw", free_port(), tmp / "gw.log")
-        gateway.snapshots = out
+        # Under tracemalloc: ``python -m bench.tracemem DIR gateway ...``.
+        gateway = Gateway(
+            tmp / "gw", free_port(), tmp / "gw.log", program=["-m", "bench.tracemem", str(out)]
+        )
         gateway.start(timeout=120)
         stack.callback(gateway.stop)
         assert gateway.process is not None

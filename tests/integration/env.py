@@ -133,6 +133,8 @@ class Gateway:
     """The CA that verifies the gateway, when it is not generated in its state dir."""
     cwd: Path = REPO_ROOT
     """Where ``python -m herdgate`` runs: the code it imports (benchmarks compare commits)."""
+    program: list[str] = field(default_factory=lambda: ["-m", "herdgate"])
+    """What runs ``gateway ...`` (bench.tunnel_memory: ``-m bench.tracemem DIR``)."""
 
     @property
     def url(self) -> str:
@@ -145,7 +147,7 @@ class Gateway:
     def start(self, timeout: float = 20.0) -> Gateway:
         env = {**os.environ, "HERDGATE_BOOTSTRAP_PASSWORD": ADMIN_PASSWORD, **self.extra_env}
         cmd = [
-            sys.executable, "-m", "herdgate", "gateway",
+            sys.executable, *self.program, "gateway",
             "--listen", f"127.0.0.1:{self.port}",
             "--state-dir", str(self.state_dir),
             "--server-url", self.url,

@@ -171,12 +171,8 @@ class FailingStore:
         return await self.inner.swap(kind, key, expected, value)  # type: ignore[arg-type]
 
 
-async def test_the_keeper_lets_go_when_the_store_stays_down(
-    stores: tuple[SQLiteStore, SQLiteStore],
-) -> None:
-    clock = Clock()
-    store = FailingStore(stores[0])
-    changes: list[bool] = []
+def _kept(store: FailingStore, clock: Clock, changes: list[bool]) -> tuple[Lease, LeaseKeeper]:
+    """A lease on ``store`` and a keeper that always wants it, reporting into ``changes``."""
     lease = Lease(
         store,  # type: ignore[arg-type]
         "cluster/c-1",
@@ -185,7 +181,16 @@ async def test_the_keeper_lets_go_when_the_store_stays_down(
         clock=clock,
         monotonic=clock,
     )
-    keeper = LeaseKeeper(lease, lambda: True, changes.append)
+    return lease, LeaseKeeper(lease, lambda: True, changes.append)
+
+
+async def test_the_keeper_lets_go_when_the_store_stays_down(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    clock = Clock()
+    store = FailingStore(stores[0])
+    changes: list[bool] = []
+    _, keeper = _kept(store, clock, changes)
     await keeper.step()
     assert changes == [True]
     store.fail = True
@@ -220,15 +225,7 @@ async def test_a_lapsed_lease_is_reported_before_an_attempt_that_hangs(
     clock = Clock()
     store = HangingStore(stores[0])
     changes: list[bool] = []
-    lease = Lease(
-        store,  # type: ignore[arg-type]
-        "cluster/c-1",
-        "r-1",
-        ttl_s=TTL,
-        clock=clock,
-        monotonic=clock,
-    )
-    keeper = LeaseKeeper(lease, lambda: True, changes.append)
+    lease, keeper = _kept(store, clock, changes)
     await keeper.step()
     assert changes == [True]
     store.fail = True
