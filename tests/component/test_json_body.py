@@ -27,7 +27,7 @@ from gateway.identity import hashing
 from gateway.identity.directory import Directory
 from gateway.operations.app import build_app
 from gateway.runtime import Runtime
-from gateway.store.records import USER, User
+from gateway.store.records import LEASE, REPLICA, USER, User
 from gateway.store.sqlite import SQLiteStore
 
 PASSWORD = "admin-password-123"
@@ -59,13 +59,19 @@ class Env:
         return self.loop.run_until_complete(go())
 
     def stored(self) -> dict[tuple[str, str], Any]:
-        """Every stored document, without the fields that change by themselves."""
+        """Every stored document, without the records and fields that change by
+        themselves: a token's ``last_used``, the process's replica heartbeat, and leases
+        (renewed on a timer, whatever the requests)."""
         with sqlite3.connect(self.db) as db:
             rows = db.execute("SELECT kind, key, value FROM objects").fetchall()
         out = {}
         for kind, key, value in rows:
+            if kind == LEASE:
+                continue
             doc = json.loads(value)
             doc.pop("last_used", None)
+            if kind == REPLICA:
+                doc.pop("heartbeat", None)
             out[kind, key] = doc
         return out
 
