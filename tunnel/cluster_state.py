@@ -50,6 +50,18 @@ MAX_TEXT = 1024
 MAX_LIST = 16
 """Roles and addresses of a node."""
 MAX_VERSION_KEYS = 16
+MAX_NAME_BYTES = 1024
+"""Sizes in bytes are of the JSON text (escapes counted): a name,"""
+MAX_SUMMARY_BYTES = 4096
+"""a node summary (``node_summary`` trims to fit),"""
+MAX_PROJECT_BYTES = 1024
+"""a namespace's project,"""
+MAX_REASON_BYTES = 256
+MAX_MESSAGE_BYTES = 1024
+"""``/readyz``'s reason and message (``readiness`` trims to fit),"""
+MAX_VERSION_BYTES = 2048
+"""and ``/version``'s answer (``fit_version`` keeps what fits). So a report's head and
+any one item fit one INFO frame together."""
 MAX_REPORT_BYTES = MAX_CONTROL_PAYLOAD - 256
 """A chunk's JSON, so that it fits one INFO frame."""
 MIN_INTERVAL_S = 1.0
@@ -94,9 +106,52 @@ def _text(value: Any, limit: int = MAX_TEXT) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def fit(text: str, max_bytes: int) -> str:
+    """``text`` cut so that its JSON is at most ``max_bytes``."""
+    while _size(text) > max_bytes:
+        text = text[: len(text) * 3 // 4]
+    return text
+
+
+def readiness(ok: bool, reason: str = "", message: str = "") -> Readiness:
+    """A ``Readiness`` whose reason and message fit their limits."""
+    return Readiness(ok, fit(reason, MAX_REASON_BYTES), fit(message, MAX_MESSAGE_BYTES))
+
+
+def fit_version(doc: Mapping[str, Any]) -> Doc:
+    """``/version``'s answer as strings, the members that fit ``MAX_VERSION_BYTES``."""
+    out: Doc = {}
+    for key, value in list(doc.items())[:MAX_VERSION_KEYS]:
+        out[str(key)[:MAX_NAME]] = str(value)[:MAX_TEXT]
+        if _size(out) > MAX_VERSION_BYTES:
+            del out[str(key)[:MAX_NAME]]
+    return out
+
+
 def node_summary(node: Mapping[str, Any]) -> Doc:
     """What the cluster view shows of one Node object (any JSON: odd members are skipped,
-    lists and strings capped)."""
+    lists and strings capped, the whole within ``MAX_SUMMARY_BYTES``)."""
+    summary = _node_summary(node)
+    while _size(summary) > MAX_SUMMARY_BYTES:
+        if summary["roles"]:
+            summary["roles"].pop()
+        elif summary["addresses"]:
+            summary["addresses"].pop()
+        elif summary["capacity"]:
+            summary["capacity"] = {}
+        elif summary["kubeletVersion"]:
+            summary["kubeletVersion"] = ""
+        else:
+            summary["ready"] = "Unknown"
+            break
+    return summary
+
+
+def _node_summary(node: Mapping[str, Any]) -> Doc:
     meta = _mapping(node.get("metadata"))
     status = _mapping(node.get("status"))
     labels = _mapping(meta.get("labels"))
@@ -108,7 +163,7 @@ def node_summary(node: Mapping[str, Any]) -> Doc:
     ready = "Unknown"
     for condition in _list(status.get("conditions")):
         if isinstance(condition, Mapping) and condition.get("type") == "Ready":
-            ready = str(condition.get("status") or "Unknown")[:MAX_NAME]
+            ready = str(condition.get("status") or "Unknown")[:64]
     capacity = _mapping(status.get("capacity"))
     info = _mapping(status.get("nodeInfo"))
     return {
@@ -133,8 +188,8 @@ def node_summary(node: Mapping[str, Any]) -> Doc:
 def clean_summary(value: Any) -> Doc:
     """A node summary as an agent reported it, checked: exactly ``node_summary``'s shape
     and limits, else ``ReportError``."""
-    if not isinstance(value, dict):
-        raise ReportError("a node summary must be an object")
+    if not isinstance(value, dict) or _size(value) > MAX_SUMMARY_BYTES:
+        raise ReportError("a node summary must be an object of at most 4 KiB")
     name, ready, kubelet = value.get("name"), value.get("ready"), value.get("kubeletVersion")
     roles, addresses, capacity = value.get("roles"), value.get("addresses"), value.get("capacity")
     if not (_short(name, MAX_NAME) and _short(ready, MAX_NAME) and _short(kubelet, MAX_NAME)):
@@ -173,10 +228,15 @@ def _short(value: Any, limit: int) -> bool:
 
 
 def project_of(namespace: Mapping[str, Any]) -> str:
-    """The namespace's ``PROJECT_ANNOTATION`` ("" if none, or not a string)."""
+    """The namespace's ``PROJECT_ANNOTATION`` ("" if none, not a string, or longer than
+    any project id: ``MAX_PROJECT_BYTES``)."""
     annotations = _mapping(_mapping(namespace.get("metadata")).get("annotations"))
     value = annotations.get(PROJECT_ANNOTATION, "")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and _size(value) <= MAX_PROJECT_BYTES else ""
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME and _size(name) <= MAX_NAME_BYTES
 
 
 # -- list and watch ----------------------------------------------------------------------
@@ -336,10 +396,6 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":")))
-
-
 def encode_reports(old: State | None, new: State, max_bytes: int = MAX_REPORT_BYTES) -> list[bytes]:
     """The INFO payloads that bring a peer holding ``old`` (None: nothing, a full
     snapshot) to ``new``; [] if nothing changed. Each payload is at most ``max_bytes``
@@ -366,10 +422,10 @@ def encode_reports(old: State | None, new: State, max_bytes: int = MAX_REPORT_BY
         raise ReportError("the report's head alone is over the limit")
     for kind, changes in ((NODES, nodes), (NAMESPACES, namespaces)):
         for name in sorted(changes):
+            if not _valid_name(name):
+                continue  # no Kubernetes object has such a name; the gateway refuses it
             cost = _size(name) + _size(changes[name]) + 2
-            if cost > max_bytes // 2:
-                continue  # cannot happen with node_summary's caps
-            if cost > room:
+            if cost > room and (current.get(NODES) or current.get(NAMESPACES)):
                 chunks.append(current)
                 current = {}
                 room = max_bytes - _size({REPORT_KEY: {"last": True, NODES: {}, NAMESPACES: {}}})
@@ -413,7 +469,12 @@ def _readiness(value: Any) -> Readiness | None:
     if not isinstance(value, dict) or not isinstance(value.get("ok"), bool):
         raise ReportError("ready must be {ok, reason, message} or null")
     reason, message = value.get("reason", ""), value.get("message", "")
-    if not (_short(reason, MAX_TEXT) and _short(message, MAX_TEXT)):
+    if not (
+        _short(reason, MAX_TEXT)
+        and _short(message, MAX_TEXT)
+        and _size(reason) <= MAX_REASON_BYTES
+        and _size(message) <= MAX_MESSAGE_BYTES
+    ):
         raise ReportError("ready's reason and message must be short strings")
     return Readiness(value["ok"], reason, message)
 
@@ -424,6 +485,7 @@ def _version(value: Any) -> Doc | None:
     if (
         not isinstance(value, dict)
         or len(value) > MAX_VERSION_KEYS
+        or _size(value) > MAX_VERSION_BYTES
         or not all(_short(k, MAX_NAME) and _short(v, MAX_TEXT) for k, v in value.items())
     ):
         raise ReportError("version must be an object of short strings, or null")
@@ -443,7 +505,7 @@ def parse_report(value: Any) -> Report:
         raise ReportError("nodes and namespaces must be objects")
     nodes: dict[str, Doc | None] = {}
     for name, raw in nodes_raw.items():
-        if not name or len(name) > MAX_NAME:
+        if not _valid_name(name):
             raise ReportError("a node name must be 1 to 253 characters")
         summary = None if raw is None else clean_summary(raw)
         if summary is not None and summary["name"] != name:
@@ -451,9 +513,11 @@ def parse_report(value: Any) -> Report:
         nodes[name] = summary
     namespaces: dict[str, str | None] = {}
     for name, project in namespaces_raw.items():
-        if not name or len(name) > MAX_NAME:
+        if not _valid_name(name):
             raise ReportError("a namespace name must be 1 to 253 characters")
-        if project is not None and not _short(project, MAX_TEXT):
+        if project is not None and not (
+            _short(project, MAX_TEXT) and _size(project) <= MAX_PROJECT_BYTES
+        ):
             raise ReportError("a namespace's project must be a short string or null")
         namespaces[name] = project
     return Report(

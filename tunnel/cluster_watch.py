@@ -29,7 +29,6 @@ from tunnel.cluster_state import (
     HEARTBEAT,
     MAX_NAMESPACES,
     MAX_NODES,
-    MAX_TEXT,
     MIN_INTERVAL_S,
     NAMESPACES,
     NODES,
@@ -38,8 +37,10 @@ from tunnel.cluster_state import (
     State,
     WatchTable,
     encode_reports,
+    fit_version,
     node_summary,
     project_of,
+    readiness,
 )
 from tunnel.credentials import Upstream
 from tunnel.errors import TunnelError
@@ -206,18 +207,18 @@ class ClusterWatch:
         """One ``/readyz`` (and, when ready, ``/version``) round; whether ready."""
         try:
             status, body = await self._get("/readyz", PROBE_TIMEOUT_S)
-            readiness = (
-                Readiness(True, "APIServerReady", "/readyz: ok")
+            result = (
+                readiness(True, "APIServerReady", "/readyz: ok")
                 if status == 200
                 else _failure(status, body)
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            readiness = Readiness(False, "ProbeFailed", _describe(exc))
+            result = readiness(False, "ProbeFailed", _describe(exc))
         was = self.ready
-        if readiness != was:
-            self.ready = readiness
+        if result != was:
+            self.ready = result
             self.changed()
-        if not readiness.ok:
+        if not result.ok:
             self._pause_watches()
             return False
         if was is None or not was.ok:
@@ -228,7 +229,7 @@ class ClusterWatch:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             doc = None
         if isinstance(doc, dict):
-            version = {str(k)[:MAX_TEXT]: str(v)[:MAX_TEXT] for k, v in list(doc.items())[:16]}
+            version = fit_version(doc)
             if version != self.version:
                 self.version = version
                 self.changed()
@@ -371,9 +372,9 @@ def _failure(status: int, body: bytes) -> Readiness:
         doc = None
     if isinstance(doc, dict) and doc.get("kind") == "Status":
         reason = str(doc.get("reason") or "") or f"HTTP{status}"
-        return Readiness(False, reason[:MAX_TEXT], str(doc.get("message") or "")[:512])
+        return readiness(False, reason, str(doc.get("message") or ""))
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return Readiness(False, f"HTTP{status}", f"/readyz answered {status}: {first}"[:512])
+    return readiness(False, f"HTTP{status}", f"/readyz answered {status}: {first}")
 
 
 def _describe(exc: BaseException) -> str:

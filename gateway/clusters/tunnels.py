@@ -149,6 +149,8 @@ class AgentLink:
         self._on_report: Callable[[AgentLink, Applied], None] | None = None
         self._budget: TokenBucket | None = None
         self._bad_reports = 0
+        self._cut = False
+        """Closing for sending INFO frames too fast: the rest is ignored."""
 
     def __repr__(self) -> str:
         return f"<AgentLink {self.cluster_id} node={self.info.node_name or '-'} {self.remote}>"
@@ -172,7 +174,10 @@ class AgentLink:
         now = self.session.loop.time()
         if self._budget is None:
             self._budget = TokenBucket(REPORT_RATE, REPORT_BURST, now)
+        if self._cut:
+            return
         if self._budget.take(now) > 0:
+            self._cut = True
             if not self.session.is_closed:
                 logger.warning("agent %s sends INFO frames too fast; closing its tunnel", self)
                 task = asyncio.ensure_future(
