@@ -686,6 +686,10 @@ class AccessController:
             state.wake.clear()
             if not self._in_charge(cluster_id):
                 continue  # woken when this process takes the cluster's lease
+            if state.ready is False and self._reported(cluster_id):
+                # Its agent says the API server does not answer: no pass (nor a retry
+                # every few seconds) until it says it does (``_on_status``).
+                continue
             try:
                 async with asyncio.timeout(PASS_TIMEOUT_S):
                     todo = await self.sync(cluster_id)
