@@ -1,14 +1,14 @@
 """The agent follows its own cluster and reports its state to the gateway.
 
 While a gateway replica wants reports (``tunnel.cluster_state.WANT_KEY``), the agent
-probes its API server's ``/readyz`` and ``/version`` every interval, lists and watches
-nodes and namespaces (resuming from the last resourceVersion, with bookmarks; listing
-again after ``410 Gone`` or "too large resource version"), with its own credentials
-(the ``Upstream`` the relay uses), and sends each wanting tunnel what changed, at most
-once per ``MIN_INTERVAL_S``, plus an empty report as a heartbeat when nothing changed
-for the heartbeat period. While ``/readyz`` fails the watches pause (a dead API server
-is not hammered) and resume with a fresh list once it answers again: it may have come
-back with other storage.
+probes its API server's ``/readyz`` and ``/version`` every interval (failing or not),
+lists and watches nodes and namespaces (resuming from the last resourceVersion, with
+bookmarks; listing again after ``410 Gone`` or "too large resource version"), with its
+own credentials (the ``Upstream`` the relay uses), and sends each wanting tunnel what
+changed, at most once per ``MIN_INTERVAL_S``, plus an empty report as a heartbeat when
+nothing changed for the heartbeat period. While ``/readyz`` fails the watches pause (a
+dead API server is not hammered) and resume with a fresh list once it answers again: it
+may have come back with other storage.
 
 A tunnel that starts wanting reports gets a full snapshot, the others only changes
 (``Reports``: each tunnel's last known state is the base of its next report).
@@ -196,12 +196,11 @@ class ClusterWatch:
                 last_sent = loop.time()
 
     async def _probe_loop(self) -> None:
-        backoff = Backoff(BACKOFF_BASE_S, self.interval_s)
+        # Every interval, failing or not: a failure is reported at once, a recovery within
+        # the interval, and a dead API server is asked once per interval, no more.
         while True:
-            ok = await self.probe()
-            await asyncio.sleep(self.interval_s if ok else backoff.next())
-            if ok:
-                backoff.reset()
+            await self.probe()
+            await asyncio.sleep(self.interval_s)
 
     async def probe(self) -> bool:
         """One ``/readyz`` (and, when ready, ``/version``) round; whether ready."""
