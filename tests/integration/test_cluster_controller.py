@@ -178,6 +178,8 @@ def test_metrics_per_cluster(world: World) -> None:
     ]
     if not _reports(world):  # (with reports the gateway does not probe: no latency of its own)
         assert probe and float(probe[0].rsplit(" ", 1)[1]) > 0
+    if _reports(world):
+        return  # few requests of its own at start-up: the bucket may never have been empty
     # The gateway's own requests to the cluster were held to its rate (5 at once, 10/s).
     throttled = [
         line
