@@ -589,6 +589,11 @@ class AgentSettings:
     """A plain-HTTP listener, ``HOST:PORT``, serving ``/healthz`` (alive), ``/readyz``
     (a tunnel is up) and ``/metrics`` (Prometheus) without authentication; empty: none.
     The manifest the gateway serves sets it (``HERDGATE_HEALTH_LISTEN``) for the probes."""
+    cluster_state: bool = True
+    """Offer the gateway reports of the cluster's state (``tunnel.cluster_watch``): when it
+    asks, the agent probes its API server and follows nodes and namespaces itself and sends
+    what changed, so the gateway neither probes nor watches the cluster. False: the
+    gateway probes and watches through the tunnel (as agents before reports)."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ from config.schema import AgentSettings
 from config.tasks import guard
 from config.tls import client_context
 from tunnel import wsconn
+from tunnel.cluster_state import CAPABILITY_KEY, FORMAT, WANT_KEY, parse_want
+from tunnel.cluster_watch import ClusterWatch, Reports
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
@@ -162,6 +164,11 @@ class Agent:
         """What ``/metrics`` shows (``health_listen``)."""
         self._lost_tunnel = False
         """A tunnel was lost since the last one was established (the next is a reconnect)."""
+        self.reports = Reports()
+        """The tunnels that want reports of the cluster's state (``tunnel.cluster_watch``)."""
+        self.cluster_watch: ClusterWatch | None = None
+        self._cluster_watch_task: asyncio.Task[None] | None = None
+        self._upstream: Upstream | None = None
 
     def ready(self) -> bool:
         """``/readyz``: a tunnel to the gateway is up."""
@@ -183,11 +190,13 @@ class Agent:
 
         return handler
 
-    def _on_info(self, raw: bytes) -> None:
+    def _on_info(self, raw: bytes, session: Session | None = None) -> None:
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
+        if isinstance(data, dict) and WANT_KEY in data and session is not None:
+            self._reports_wanted(session, data[WANT_KEY])
         spread = parse_spread(data.get(SPREAD_KEY)) if isinstance(data, dict) else None
         if spread is not None:
             # A stopping gateway with many tunnels: its GOAWAY follows; reconnect within
@@ -196,6 +205,43 @@ class Agent:
         if isinstance(data, dict) and self._learn_replicas(data, NEW_REPLICA_SPREAD_S):
             self._report()
             self._wake.set()
+
+    def _reports_wanted(self, session: Session, value: Any) -> None:
+        """The gateway (one replica, through ``session``) asks for reports of the
+        cluster's state, or no longer wants them."""
+        wanted = parse_want(value) if self.settings.cluster_state else None
+        if wanted is None:
+            self.reports.drop(session)
+            if not self.reports:
+                self._stop_cluster_watch()
+            return
+        self.reports.want(session)
+        watch = self.cluster_watch
+        if watch is not None:
+            watch.changed()  # the new one gets a full snapshot with the next report
+            return
+        assert self._upstream is not None
+        watch = ClusterWatch(
+            self._upstream,
+            self.reports,
+            wanted.interval_s,
+            wanted.heartbeat_s,
+            f"herdgate-agent/{VERSION} cluster-state",
+        )
+        self.cluster_watch = watch
+        logger.info(
+            "reporting the cluster's state to the gateway (every %.0f s)", wanted.interval_s
+        )
+        self._cluster_watch_task = asyncio.get_running_loop().create_task(
+            guard(watch.run, "cluster state reports", logger)
+        )
+
+    def _stop_cluster_watch(self) -> None:
+        task, self._cluster_watch_task = self._cluster_watch_task, None
+        self.cluster_watch = None
+        if task is not None:
+            task.cancel()
+            logger.info("the gateway no longer wants reports of the cluster's state")
 
     def _learn_replicas(self, data: dict[str, Any], spread_s: float) -> bool:
         """Take the replica count and list from a HELLO or INFO; True if either changed."""
@@ -238,15 +284,16 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
 
     def _metadata(self, upstream: Upstream) -> bytes:
-        return json.dumps(
-            {
-                "version": VERSION,
-                "node": self.settings.node_name,
-                "apiHost": upstream.host_header,
-                "authorization": upstream.authorization,
-                "caCert": upstream.ca_pem,
-            }
-        ).encode()
+        metadata: dict[str, Any] = {
+            "version": VERSION,
+            "node": self.settings.node_name,
+            "apiHost": upstream.host_header,
+            "authorization": upstream.authorization,
+            "caCert": upstream.ca_pem,
+        }
+        if self.settings.cluster_state:
+            metadata[CAPABILITY_KEY] = FORMAT
+        return json.dumps(metadata).encode()
 
     # -- one connection ---------------------------------------------------------------
 
@@ -334,18 +381,20 @@ class Agent:
 
     def _session(self, ws: wsconn.WebSocketConnection, upstream: Upstream) -> Session:
         tunnel = self.settings.tunnel
+        made: list[Session] = []
         session = Session(
             ws,
             Side.CLIENT,
             limits=Limits(tunnel.stream_window, tunnel.max_frame, tunnel.max_streams),
             metadata=self._metadata(upstream),
-            on_info=self._on_info,
+            on_info=lambda raw: self._on_info(raw, made[0] if made else None),
             ping_interval_s=tunnel.ping_interval_s,
             idle_timeout_s=tunnel.idle_timeout_s,
             send_buffer=tunnel.send_buffer,
             send_timeout_s=tunnel.send_timeout_s,
             name=self.settings.server,
         )
+        made.append(session)
         session.set_stream_handler(self._on_stream(session, upstream))
         return session
 
@@ -413,6 +462,9 @@ class Agent:
             else:
                 logger.warning("tunnel to replica %s closed: %s", replica, closed)
         finally:
+            self.reports.drop(entry.session)
+            if not self.reports:
+                self._stop_cluster_watch()
             if self.tunnels.get(entry.replica_id) is entry:
                 del self.tunnels[entry.replica_id]
                 self._lost_tunnel = True
@@ -502,6 +554,7 @@ class Agent:
         # The cluster's credentials first: a local problem is reported before the
         # gateway is contacted.
         upstream = await cluster_upstream(self.settings)
+        self._upstream = upstream
         ca_pem = await gateway_ca(self.settings)
         self.notifier.status(f"connecting to {self.settings.server}")
         if upstream.refresh is not None:
@@ -533,6 +586,7 @@ class Agent:
         for entry in list(self.tunnels.values()):
             await entry.session.close(ErrorCode.NO_ERROR, "agent stopping")
             await entry.ws.close()
+        self._stop_cluster_watch()
         for task in list(self._tasks):
             task.cancel()
         if self._gave_up is not None:

@@ -29,8 +29,7 @@ from gateway.store.records import (
     ProjectBinding,
     iso,
 )
-
-PROJECT_ANNOTATION = "field.cattle.io/projectId"
+from tunnel.cluster_state import PROJECT_ANNOTATION
 
 
 def project_view(project: Project) -> dict[str, Any]:

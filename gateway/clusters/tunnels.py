@@ -11,9 +11,11 @@ there (its service-account token, held in memory only, never stored or logged).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,19 @@ from gateway.clusters.upstream import StreamPool
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.store.records import CLUSTER, REGISTRATION
+from tunnel.cluster_state import (
+    CAPABILITY_KEY,
+    REPORT_BURST,
+    REPORT_KEY,
+    REPORT_RATE,
+    STOP_MESSAGE,
+    Applied,
+    ReportedState,
+    ReportError,
+    TokenBucket,
+    parse_report,
+    want_message,
+)
 from tunnel.errors import SessionClosed, TunnelError
 from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side
@@ -55,6 +70,9 @@ class AgentInfo:
     version: str = ""
     ca_cert: str = ""
     """The cluster's API server CA (PEM), for direct kubeconfig contexts."""
+    reports: int = 0
+    """The cluster-state report format the agent offers (``tunnel.cluster_state``); 0:
+    none (an agent from before reports, or one with ``cluster_state: false``)."""
 
     @classmethod
     def parse(cls, raw: bytes) -> AgentInfo:
@@ -73,12 +91,14 @@ class AgentInfo:
         node = data.get("node", "")
         version = data.get("version", "")
         ca_cert = data.get("caCert", "")
+        reports = data.get(CAPABILITY_KEY, 0)
         return cls(
             api_host=host.encode("ascii"),
             authorization=auth.encode("ascii"),
             node_name=node if isinstance(node, str) else "",
             version=version if isinstance(version, str) else "",
             ca_cert=ca_cert if isinstance(ca_cert, str) and "BEGIN CERTIFICATE" in ca_cert else "",
+            reports=reports if type(reports) is int and reports > 0 else 0,
         )
 
     def updated(self, raw: bytes) -> AgentInfo:
@@ -87,6 +107,10 @@ class AgentInfo:
             data = json.loads(raw)
         except (ValueError, RecursionError):
             return self
+        return self.updated_from(data)
+
+    def updated_from(self, data: Any) -> AgentInfo:
+        """``updated`` with the INFO's JSON parsed."""
         auth = data.get("authorization") if isinstance(data, dict) else None
         if isinstance(auth, str) and _is_header_safe(auth):
             return dataclasses.replace(self, authorization=auth.encode("ascii"))
@@ -118,6 +142,15 @@ class AgentLink:
         self.remote = remote
         self.pool = StreamPool(session)
         self.connected_at = session.loop.time()
+        self.reported: ReportedState | None = None
+        """The cluster's state as the agent reports it, while reports are wanted."""
+        self.last_report = 0.0
+        """Loop time of the last report (or heartbeat) from the agent."""
+        self._on_report: Callable[[AgentLink, Applied], None] | None = None
+        self._budget: TokenBucket | None = None
+        self._bad_reports = 0
+        self._cut = False
+        """Closing for sending INFO frames too fast: the rest is ignored."""
 
     def __repr__(self) -> str:
         return f"<AgentLink {self.cluster_id} node={self.info.node_name or '-'} {self.remote}>"
@@ -135,7 +168,70 @@ class AgentLink:
         return self.session.stream_count
 
     def on_info(self, raw: bytes) -> None:
-        self.info = self.info.updated(raw)
+        """An INFO from the agent: a rotated credential, or a report of its cluster. More
+        than ``REPORT_RATE`` a second on average (``REPORT_BURST`` at once) closes the
+        tunnel: an agent that floods them is not behaving."""
+        now = self.session.loop.time()
+        if self._budget is None:
+            self._budget = TokenBucket(REPORT_RATE, REPORT_BURST, now)
+        if self._cut:
+            return
+        if self._budget.take(now) > 0:
+            self._cut = True
+            if not self.session.is_closed:
+                logger.warning("agent %s sends INFO frames too fast; closing its tunnel", self)
+                task = asyncio.ensure_future(
+                    self.session.close(ErrorCode.PROTOCOL_ERROR, "INFO frames too fast")
+                )
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+            return
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(data, dict):
+            return
+        if REPORT_KEY in data:
+            self._report(data[REPORT_KEY], now)
+        if "authorization" in data:
+            self.info = self.info.updated_from(data)
+
+    def want_reports(
+        self, listener: Callable[[AgentLink, Applied], None], interval_s: float, heartbeat_s: float
+    ) -> None:
+        """Ask the agent for reports of its cluster's state (it must offer them:
+        ``info.reports``); each chunk that arrives is applied to ``reported`` and
+        ``listener`` told what it changed."""
+        self._on_report = listener
+        self.reported = ReportedState()
+        self.last_report = self.session.loop.time()
+        if self.session.is_usable:
+            self.session.send_info(want_message(interval_s, heartbeat_s))
+
+    def stop_reports(self) -> None:
+        """No more reports wanted (reports that still arrive are ignored)."""
+        if self.reported is None:
+            return
+        self.reported = None
+        self._on_report = None
+        if self.session.is_usable:
+            with contextlib.suppress(TunnelError):
+                self.session.send_info(STOP_MESSAGE)
+
+    def _report(self, value: Any, now: float) -> None:
+        reported, listener = self.reported, self._on_report
+        if reported is None or listener is None:
+            return  # not asked for (another replica's, or after stop_reports): ignored
+        try:
+            report = parse_report(value)
+        except ReportError as exc:
+            self._bad_reports += 1
+            if self._bad_reports == 1:
+                logger.warning("agent %s: a malformed cluster-state report: %s", self, exc)
+            return
+        self.last_report = now
+        listener(self, reported.apply(report))  # heartbeats too: the agent is alive
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -144,6 +240,10 @@ class AgentLink:
             "version": self.info.version,
             "streams": self.session.stream_count,
         }
+
+
+_closing: set[asyncio.Future[None]] = set()
+"""Tunnels being closed for flooding (kept until done)."""
 
 
 class StreamQuota:

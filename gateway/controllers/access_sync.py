@@ -34,11 +34,13 @@ naming them, and the pass is repeated soon. With the opt-in ``?roles=managed`` m
 the agent writes them itself.
 
 A per-cluster loop runs a pass on every relevant directory change (debounced), when a
-tunnel comes up, and every ``access_sync.resync``; a watch on the cluster's namespaces
-(resumed from its resourceVersion, re-listed after ``410 Gone``) wakes it when a
-namespace joins or leaves a project, appears or disappears, and one when the cluster's
-API server is ``Ready`` again. The pass and the watch run where the cluster's
-controller runs: in the one process holding the cluster's lease
+tunnel comes up, and every ``access_sync.resync``; the cluster's namespaces wake it
+when a namespace joins or leaves a project, appears or disappears: as its agent reports
+them (``ClusterControllers.on_namespaces``; ``tunnel.cluster_state``) or, from an agent
+that does not report, through a watch here (resumed from its resourceVersion, re-listed
+after ``410 Gone``); and one when the cluster's API server is ``Ready`` again. A pass
+lists the namespaces itself either way (a report only says when to look). The pass and
+the watch run where the cluster's controller runs: in the one process holding the cluster's lease
 (``ClusterControllers.leads``), and every write is fenced: a process whose lease is no
 longer certainly its own (``Lease.held`` turns False before anyone else can take it)
 stops before its next write.
@@ -94,10 +96,10 @@ from gateway.store.records import (
     RoleTemplate,
 )
 from gateway.telemetry import metrics
+from tunnel.cluster_state import project_of
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ANNOTATION = "field.cattle.io/projectId"
 SYNC_LABEL = "herdgate.dev/access-sync"
 SYNC_VALUE = "true"
 BINDING_LABEL = "herdgate.dev/binding"
@@ -493,10 +495,9 @@ def outdated_message(todo: Plan, limit: int = 8) -> str:
     )
 
 
-def project_of(namespace: Doc) -> str:
-    annotations = (namespace.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(PROJECT_ANNOTATION, "")
-    return value if isinstance(value, str) else ""
+def _projects(namespaces: Mapping[str, str]) -> dict[str, str]:
+    """The namespaces that are in a project (what the passes act on)."""
+    return {name: project for name, project in namespaces.items() if project}
 
 
 # -- the controller ---------------------------------------------------------------------
@@ -540,6 +541,7 @@ class AccessController:
         self.directory.on_change(self._on_directory_change)
         self.app[TUNNELS].on_change(self._on_tunnel_change)
         self.app[CLUSTER_CONTROLLERS].on_lead(self._on_lead)
+        self.app[CLUSTER_CONTROLLERS].on_namespaces(self._on_namespaces)
         for cluster_id in list(self.directory.clusters):
             self._ensure(cluster_id)
 
@@ -649,6 +651,28 @@ class AccessController:
             state.namespaces = None
             state.resource_version = ""
 
+    def _on_namespaces(self, cluster_id: str, namespaces: dict[str, str] | None) -> None:
+        """The cluster's agent reports its namespaces (``ClusterControllers.on_namespaces``):
+        a pass when a namespace joined or left a project; None: reports started or stopped,
+        so the namespace watch here stops or starts."""
+        state = self._clusters.get(cluster_id)
+        if state is None:
+            return
+        state.resource_version = ""
+        if namespaces is None:
+            state.namespaces = None
+            if state.watch is not None:
+                state.watch.cancel()
+            state.watch = asyncio.create_task(self._watch_loop(cluster_id, state))
+            return
+        before, state.namespaces = state.namespaces, namespaces
+        if before is None or _projects(before) != _projects(namespaces):
+            state.wake.set()
+
+    def _reported(self, cluster_id: str) -> bool:
+        """Whether the cluster's agent reports its namespaces (no watch here then)."""
+        return self.app[CLUSTER_CONTROLLERS].reporting(cluster_id)
+
     # -- the sync loop --------------------------------------------------------------------
 
     async def _loop(self, cluster_id: str, state: _ClusterState) -> None:
@@ -662,6 +686,10 @@ class AccessController:
             state.wake.clear()
             if not self._in_charge(cluster_id):
                 continue  # woken when this process takes the cluster's lease
+            if state.ready is False and self._reported(cluster_id):
+                # Its agent says the API server does not answer: no pass (nor a retry
+                # every few seconds) until it says it does (``_on_status``).
+                continue
             try:
                 async with asyncio.timeout(PASS_TIMEOUT_S):
                     todo = await self.sync(cluster_id)
@@ -884,9 +912,10 @@ class AccessController:
         """Follow the cluster's namespaces while this process is in charge of it."""
         failures = 0
         while cluster_id in self.directory.clusters:
-            if not self._in_charge(cluster_id):
+            if not self._in_charge(cluster_id) or self._reported(cluster_id):
                 # Woken when this process takes the cluster's lease (``_on_lead``) or an
-                # agent connects (``_on_tunnel_change``); no polling: every cluster in the
+                # agent connects (``_on_tunnel_change``), restarted when the agent's
+                # reports stop (``_on_namespaces``); no polling: every cluster in the
                 # directory has this task, and a wake-up a second each kept a gateway with
                 # thousands of clusters and no tunnels busy (docs/benchmarks.md, "10,000
                 # agents on one gateway").

@@ -43,17 +43,13 @@ from gateway.clusters.tunnels import TUNNELS, AgentLink
 from gateway.controllers.cluster_health import (
     ACE_SYNCED,
     CONNECTED,
-    MAX_NAMESPACES,
-    MAX_NODES,
     OPTIONAL_CONDITIONS,
     READY,
     SET_ELSEWHERE,
     STATES,
     SYNCED,
     AgentView,
-    Backoff,
     ClusterHealth,
-    WatchTable,
     same_status,
     status_doc,
 )
@@ -64,6 +60,15 @@ from gateway.keys import SETTINGS
 from gateway.store.base import StoreError
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
 from gateway.telemetry import metrics
+from tunnel.cluster_state import (
+    MAX_NAMESPACES,
+    MAX_NODES,
+    NAMESPACES,
+    NODES,
+    Applied,
+    Backoff,
+    WatchTable,
+)
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
@@ -74,6 +79,16 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 WRITE_DEBOUNCE_S = 0.05
 LEASE_PREFIX = "cluster/"
+HEARTBEAT_S = 60.0
+"""How often a reporting agent says it is still there when nothing changed."""
+LATE_AFTER_HEARTBEATS = 3
+"""A reporting agent silent for this many heartbeats (plus the probe interval) makes the
+cluster's ``Ready`` Unknown (``AgentReportsLate``), as a probe that cannot get through."""
+SWEEP_S = 30.0
+"""How often the reporters' last words are checked (one task per process)."""
+REPORT_WRITE_MIN_S = 1.0
+"""Status writes driven by reports are at least this far apart (a hostile agent that
+reports a change every second cannot make the gateway write more often)."""
 
 Doc = dict[str, Any]
 
@@ -132,15 +147,35 @@ class ClusterController:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watches: dict[str, asyncio.Task[None]] = {}
+        self._probe_task: asyncio.Task[None] | None = None
         self.probe_latency_s: float | None = None
+        self.reporter: AgentLink | None = None
+        """The agent whose reports show the cluster's state (None: this controller probes
+        and watches through the tunnel itself)."""
+        self._late = False
+        self._last_write = -REPORT_WRITE_MIN_S
 
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._write_loop()))
         self.refresh_agents()
-        for work in (self._probe_loop(), self._write_loop()):
-            self._tasks.append(asyncio.create_task(work))
-        self._start_watches()
+
+    @property
+    def probing(self) -> bool:
+        return self._probe_task is not None
+
+    def _set_probing(self, on: bool) -> None:
+        """Probe and watch through the tunnel (no agent reports), or stop doing so."""
+        if on and self._probe_task is None:
+            self._probe_task = asyncio.create_task(self._probe_loop())
+            self._start_watches()
+        elif not on and self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
+            for task in self._watches.values():
+                task.cancel()
+            self._watches.clear()
 
     def _start_watches(self) -> None:
         for kind in ("nodes", "namespaces"):
@@ -150,12 +185,17 @@ class ClusterController:
             self._watches[kind] = asyncio.create_task(self._watch_loop(kind))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._watches.values()]
+        if self.reporter is not None:
+            self.reporter.stop_reports()
+            self.reporter = None
+        probe = [self._probe_task] if self._probe_task is not None else []
+        tasks = [*self._tasks, *self._watches.values(), *probe]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._watches.clear()
+        self._probe_task = None
 
     def changed(self) -> None:
         self._dirty.set()
@@ -165,6 +205,79 @@ class ClusterController:
         views = agent_views(links, self.owner.replicas.id, self._since, self.owner.wall_offset())
         if self.health.agents_changed(views, self.owner.directory.clock()):
             self.changed()
+        self._choose_reporter(links)
+
+    # -- the agent's reports ----------------------------------------------------------
+
+    def _choose_reporter(self, links: list[AgentLink]) -> None:
+        """Whose reports count: a cluster agent's if one offers them (the one already
+        reporting, else the newest), else a node agent's; none: probe and watch here."""
+        capable = [link for link in links if link.info.reports and link.session.is_usable]
+        pool = [link for link in capable if not link.is_node_agent] or capable
+        best = self.reporter if self.reporter in pool else None
+        if best is None and pool:
+            best = max(pool, key=lambda link: link.connected_at)
+        if best is not self.reporter:
+            if self.reporter is not None:
+                self.reporter.stop_reports()
+            self.reporter = best
+            if best is not None:
+                logger.debug("cluster %s: reports from %s", self.cluster_id, best)
+                best.want_reports(self._on_report, self.probe_interval_s, HEARTBEAT_S)
+            self.owner.reporting_changed(self.cluster_id, best is not None)
+        self._set_probing(best is None)
+
+    def _on_report(self, link: AgentLink, applied: Applied) -> None:
+        """A report from an agent: what it says is what the cluster shows."""
+        reported = link.reported
+        if link is not self.reporter or reported is None or not reported.complete:
+            return
+        state = reported.state
+        now = self.owner.directory.clock()
+        changed = self._late
+        self._late = False
+        if state.ready is not None:
+            if state.ready.ok:
+                changed |= self.health.probe_ok(now)
+            else:
+                changed |= self.health.probe_failed(state.ready.reason, state.ready.message, now)
+        if state.version is not None:
+            changed |= self.health.version_seen(state.version)
+        if NODES in state.listed:
+            nodes = [state.nodes[name] for name in sorted(state.nodes)]
+            if nodes != self._stored_nodes:
+                self._stored_nodes = nodes
+                changed = True
+        if NAMESPACES in state.listed and state.namespaces.keys() != self.namespaces.items.keys():
+            self.namespaces.items = {name: {} for name in state.namespaces}
+            changed = True
+        if applied.namespaces and NAMESPACES in state.listed:
+            self.owner.namespaces_reported(self.cluster_id, dict(state.namespaces))
+        if changed:
+            self.changed()
+
+    def check_reporter(self, now: float) -> None:
+        """Ready Unknown while the reporting agent is silent for too long."""
+        reporter = self.reporter
+        if reporter is None or self._late:
+            return
+        late_after = LATE_AFTER_HEARTBEATS * HEARTBEAT_S + self.probe_interval_s
+        if now - reporter.last_report > late_after:
+            self._late = True
+            logger.warning(
+                "cluster %s: no report from its agent for %.0f s",
+                self.cluster_id,
+                now - reporter.last_report,
+            )
+            if self.health.set_condition(
+                READY,
+                None,
+                "AgentReportsLate",
+                "the agent has not reported the API server's state for "
+                f"{now - reporter.last_report:.0f} s",
+                self.owner.directory.clock(),
+            ):
+                self.changed()
 
     # -- writing the status -----------------------------------------------------------
 
@@ -219,12 +332,17 @@ class ClusterController:
 
     async def _write_loop(self) -> None:
         backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
+        loop = asyncio.get_running_loop()
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(WRITE_DEBOUNCE_S)
+            delay = WRITE_DEBOUNCE_S
+            if self.reporter is not None:
+                delay = max(delay, self._last_write + REPORT_WRITE_MIN_S - loop.time())
+            await asyncio.sleep(delay)
             self._dirty.clear()
             try:
-                await self.write()
+                if await self.write():
+                    self._last_write = loop.time()
                 backoff.reset()
             except StoreError as exc:
                 logger.warning("status of %s not written: %s", self.cluster_id, exc)
@@ -434,6 +552,8 @@ class ClusterControllers:
         self._flushing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._lead_listeners: list[Callable[[str, bool], None]] = []
+        self._namespace_listeners: list[Callable[[str, dict[str, str] | None], None]] = []
+        self._sweep: asyncio.Task[None] | None = None
 
     def wall_offset(self) -> float:
         """Wall clock minus loop time (agents' connect times are loop times)."""
@@ -447,8 +567,19 @@ class ClusterControllers:
                 self._keep(cluster_id)
         for cluster_id in self.directory.statuses:
             self._export(cluster_id)
+        self._sweep = asyncio.create_task(self._sweep_reporters())
+
+    async def _sweep_reporters(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            for controller in list(self.running.values()):
+                controller.check_reporter(now)
 
     async def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         # All at once: one after the other, thousands of controllers kept a stopping
         # gateway from exiting for longer than its unit lets it (docs/benchmarks.md).
         running = list(self.running.values())
@@ -570,6 +701,27 @@ class ClusterControllers:
         take it over."""
         controller = self.running.get(cluster_id)
         return controller is not None and controller.lease.held()
+
+    def reporting(self, cluster_id: str) -> bool:
+        """Whether the cluster's controller runs here and shows its agent's reports
+        (then the namespaces come from the reports: ``on_namespaces``)."""
+        controller = self.running.get(cluster_id)
+        return controller is not None and controller.reporter is not None
+
+    def on_namespaces(self, listener: Callable[[str, dict[str, str] | None], None]) -> None:
+        """Call ``listener(cluster_id, namespaces)`` when a reporting agent says a
+        namespace's project changed (namespace -> project annotation), and with None when
+        its reports start or stop (the access sync follows the namespaces itself
+        without reports)."""
+        self._namespace_listeners.append(listener)
+
+    def reporting_changed(self, cluster_id: str, reporting: bool) -> None:
+        for listener in self._namespace_listeners:
+            listener(cluster_id, None)
+
+    def namespaces_reported(self, cluster_id: str, namespaces: dict[str, str]) -> None:
+        for listener in self._namespace_listeners:
+            listener(cluster_id, namespaces)
 
     def on_lead(self, listener: Callable[[str, bool], None]) -> None:
         """Call ``listener(cluster_id, holding)`` when this process takes a cluster's

@@ -15,9 +15,11 @@ The overall ``state``: ``pending`` until an agent has ever connected (and until 
 probe after that), ``active`` while Connected and Ready are True, ``unavailable``
 otherwise (no tunnel, or the API server not ready), ``active`` again when both are back.
 
-Also here, pure: node and namespace summaries from watch events (``NodeTable``), the
-per-cluster request budget (``TokenBucket``) and the error backoff (``Backoff``). The
-controller that feeds all this from the tunnel is ``gateway.controllers.cluster_controller``.
+Node and namespace summaries from watch events (``WatchTable``, ``node_summary``), the
+per-cluster request budget (``TokenBucket``) and the error backoff (``Backoff``) live in
+``tunnel.cluster_state`` (the agent uses them too, to report its cluster's state) and are
+named here as well. The controller that feeds all this, from the agent's reports or from
+its own probes and watches through the tunnel, is ``gateway.controllers.cluster_controller``.
 """
 
 from __future__ import annotations
@@ -47,9 +49,6 @@ ACTIVE = "active"
 UNAVAILABLE = "unavailable"
 STATES = (PENDING, ACTIVE, UNAVAILABLE)
 
-ROLE_LABEL_PREFIX = "node-role.kubernetes.io/"
-MAX_NODES = 5000
-MAX_NAMESPACES = 10000
 MAX_MESSAGE = 1024
 
 Doc = dict[str, Any]
@@ -239,136 +238,6 @@ def _parse_iso(value: Any) -> float | None:
         return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
     except ValueError:
         return None
-
-
-# -- nodes and namespaces --------------------------------------------------------------
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """A JSON object as a mapping with string keys (JSON keys are strings), else empty."""
-    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
-        return value
-    return {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def node_summary(node: Mapping[str, Any]) -> Doc:
-    """What the cluster view shows of one Node object (any JSON: odd members are skipped)."""
-    meta = _mapping(node.get("metadata"))
-    status = _mapping(node.get("status"))
-    labels = _mapping(meta.get("labels"))
-    roles = sorted(
-        label[len(ROLE_LABEL_PREFIX) :] for label in labels if label.startswith(ROLE_LABEL_PREFIX)
-    )
-    ready = "Unknown"
-    for condition in _list(status.get("conditions")):
-        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
-            ready = str(condition.get("status") or "Unknown")
-    capacity = _mapping(status.get("capacity"))
-    info = _mapping(status.get("nodeInfo"))
-    name = meta.get("name")
-    return {
-        "name": name if isinstance(name, str) else "",
-        "roles": [r for r in roles if r],
-        "addresses": [
-            {"type": str(a.get("type") or ""), "address": str(a.get("address") or "")}
-            for a in _list(status.get("addresses"))
-            if isinstance(a, Mapping)
-        ],
-        "kubeletVersion": str(info.get("kubeletVersion") or ""),
-        "ready": ready,
-        "capacity": {k: str(capacity[k]) for k in ("cpu", "memory", "pods") if k in capacity},
-    }
-
-
-class WatchTable:
-    """Objects of one kind by name, fed by a list and then watch events (``ADDED``,
-    ``MODIFIED``, ``DELETED``, ``BOOKMARK``); keeps the resourceVersion to resume from."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.items: dict[str, Doc] = {}
-        self.resource_version = ""
-
-    def replace(self, items: list[Mapping[str, Any]], resource_version: str) -> None:
-        self.items = {}
-        for item in items:
-            if isinstance(item, Mapping):
-                self._put(item)
-        self.resource_version = resource_version
-
-    def _put(self, item: Mapping[str, Any]) -> None:
-        name = str(_mapping(item.get("metadata")).get("name") or "")
-        if name and (name in self.items or len(self.items) < self.limit):
-            self.items[name] = dict(item)
-
-    def event(self, kind: str, item: Mapping[str, Any]) -> bool:
-        """Apply one event; whether the set of objects changed. ``ERROR`` is the caller's."""
-        meta = _mapping(item.get("metadata"))
-        version = meta.get("resourceVersion")
-        if isinstance(version, str) and version:
-            self.resource_version = version
-        if kind == "BOOKMARK":
-            return False
-        name = str(meta.get("name") or "")
-        before = self.items.get(name)
-        if kind == "DELETED":
-            self.items.pop(name, None)
-        elif kind in ("ADDED", "MODIFIED"):
-            self._put(item)
-        return self.items.get(name) != before
-
-    def node_summaries(self) -> list[Doc]:
-        return [node_summary(self.items[name]) for name in sorted(self.items)]
-
-    def names(self) -> list[str]:
-        return sorted(self.items)
-
-
-# -- rate and backoff ------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate`` requests a second on average, bursts of ``burst``; time is given."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.at = now
-
-    def _refill(self, now: float) -> None:
-        if now > self.at:
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-
-    def take(self, now: float) -> float:
-        """Take one token; the seconds to wait first (0: go now)."""
-        self._refill(now)
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-class Backoff:
-    """Exponential backoff: ``base``, doubled per failure up to ``cap``; ``reset`` on success."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next(self) -> float:
-        delay: float = min(self.cap, self.base * float(2 ** min(self.failures, 30)))
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def status_doc(

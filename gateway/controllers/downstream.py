@@ -33,7 +33,6 @@ from multidict import CIMultiDict
 from config.schema import ControllerSettings
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
-from gateway.controllers.cluster_health import TokenBucket
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
 from gateway.identity.directory import DIRECTORY
 from gateway.keys import SETTINGS
@@ -53,6 +52,7 @@ from gateway.proxy.paths import BadPath, check_segments
 from gateway.proxy.rawresponse import HOP_AND_FRAMING
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import REQUEST_ID_HEADER
+from tunnel.cluster_state import TokenBucket
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient

@@ -60,6 +60,8 @@ class World:
     cluster_name: str
     agent: Agent
     agent_kubeconfig: Path
+    agent_args: tuple[str, ...] = ()
+    """Given to every agent the world starts (``old_agent_args``: one without reports)."""
 
     def user(self, name: str, role: str | None = None, admin: bool = False) -> tuple[str, Api]:
         """Create a user (optionally bound to the cluster); returns its id and an API client.
@@ -205,7 +207,9 @@ class World:
         return done.stdout
 
     def start_agent(self, *extra: str, log_name: str = "agent") -> Agent:
-        command = agent_command(self.registration_command(), self.agent_kubeconfig, *extra)
+        command = agent_command(
+            self.registration_command(), self.agent_kubeconfig, *self.agent_args, *extra
+        )
         return Agent(command, self.tmp / f"{log_name}.log").start()
 
     def cluster(self) -> dict[str, object]:
@@ -236,6 +240,7 @@ def start_world(
     standin_objects: Sequence[dict[str, Any]] | None = None,
     authorization_mode: str = "RBAC",
     wait_admin: bool = True,
+    agent_args: Sequence[str] = (),
 ) -> World:
     """``gateway_ca``: the CA of a certificate given in ``gateway_config``;
     ``standin_args``/``standin_tokens``: more for the stand-in; ``agent_groups``: the
@@ -244,7 +249,8 @@ def start_world(
     by the stand-in at start (``--bootstrap-objects``: the agent's RBAC, namespaces);
     ``authorization_mode``: the stand-in's (``RBAC`` or ``AlwaysAllow``); ``wait_admin``:
     return once the gateway's administrator is cluster-admin in the cluster (``False`` with
-    ``access_sync.admins_cluster_admin: false``).
+    ``access_sync.admins_cluster_admin: false``); ``agent_args``: given to every agent the
+    world starts (``old_agent_args``: one that does not report its cluster's state).
 
     By default every world is least privilege, as a real cluster: the stand-in enforces
     RBAC, the agent holds exactly the manifest's rights (``agent_objects``: its service
@@ -282,12 +288,30 @@ def start_world(
         name,
         NO_AGENT,
         agent_kubeconfig,
+        tuple(agent_args),
     )
     world.agent = world.start_agent()
     world.wait_state("active")
     if authorization_mode == "RBAC" and wait_admin:
         world.wait_admin_synced()
     return world
+
+
+def old_agent_args(tmp: Path) -> tuple[str, ...]:
+    """Agent arguments for one that does not offer reports of its cluster's state
+    (``cluster_state: false``): the gateway probes and watches through the tunnel, as
+    with agents from before reports."""
+    config = tmp / "old-agent.yaml"
+    config.write_text("cluster_state: false\n")
+    return ("--config", str(config))
+
+
+AGENT_MODES = ("reports", "probes")
+"""``reports``: the agent reports its cluster's state; ``probes``: an old agent."""
+
+
+def agent_args_for(mode: str, tmp: Path) -> tuple[str, ...]:
+    return old_agent_args(tmp) if mode == "probes" else ()
 
 
 def agent_objects(manage_roles: bool = False) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ import pytest
 
 from tests.binaries import kubectl
 from tests.integration.conftest import (
+    AGENT_MODES,
     World,
+    agent_args_for,
     agent_objects,
     start_least_privilege_world,
     stop_world,
@@ -424,12 +426,18 @@ def test_metrics_show_each_clusters_sync(world: World) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def short_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=AGENT_MODES)
+def short_history(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     """A stand-in that keeps only 3 watch events: a watch resumed after a while gets
-    410 Gone."""
+    410 Gone. With an agent that reports its namespaces (its own watch gets the 410) and
+    with an old one (the access sync's watch gets it)."""
+    tmp = tmp_path_factory.mktemp(f"history-{request.param}")
     w = start_least_privilege_world(
-        tmp_path_factory.mktemp("history"), standin_args=["--watch-history", "3"]
+        tmp,
+        standin_args=["--watch-history", "3"],
+        agent_args=agent_args_for(request.param, tmp),
     )
     try:
         yield w

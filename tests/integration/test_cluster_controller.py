@@ -1,5 +1,9 @@
 """The cluster controller end to end (issue 17): health, version and nodes in
-``GET /v3/clusters/<id>``, and the node-agent fallback, with the real kubectl."""
+``GET /v3/clusters/<id>``, and the node-agent fallback, with the real kubectl.
+
+Every test runs twice (issue 20): with agents that report their cluster's state
+(``reports``: the gateway neither probes nor watches the cluster) and with old agents
+(``probes``: ``cluster_state: false``, the gateway probes and watches through the tunnel)."""
 
 from __future__ import annotations
 
@@ -16,16 +20,26 @@ from typing import Any
 import pytest
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import (
+    AGENT_MODES,
+    AGENT_SA_USER,
+    World,
+    agent_args_for,
+    start_world,
+    stop_world,
+)
 from tests.integration.env import kubectl_background, kubectl_run, wait_until
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=AGENT_MODES)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     # A low request rate: the start-up of the controller, the access and ACE syncs (about
     # 25 requests) must wait for the cluster's bucket (test_metrics_per_cluster).
     rate = "controller:\n  requests_per_second: 10\n  request_burst: 5\n"
-    w = start_world(tmp_path_factory.mktemp("controller"), gateway_config=rate)
+    tmp = tmp_path_factory.mktemp(f"controller-{request.param}")
+    w = start_world(tmp, gateway_config=rate, agent_args=agent_args_for(request.param, tmp))
     try:
         yield w
     finally:
@@ -62,6 +76,59 @@ def _node(name: str, role: str, address: str) -> str:
 
 def _node_names(world: World) -> list[str]:
     return [n["name"] for n in world.cluster()["nodes"]]
+
+
+def _reports(world: World) -> bool:
+    """Whether the world's agents report their cluster's state (else: old agents)."""
+    return "--config" not in world.agent_args
+
+
+PROBE_INTERVAL_S = 10.0
+"""``controller.probe_interval``'s default (the agent probes at the interval it is given)."""
+
+
+def _gateway_probes_and_watches(world: World) -> list[str]:
+    """What the stand-in received of the gateway's own probes and watches: requests as
+    the agent's service account, not impersonating (the gateway's controllers), not made
+    by the agent itself (its reports' requests carry its user agent): ``/readyz``,
+    ``/version``, lists and watches of nodes, watches of namespaces. (The access sync's
+    pass lists namespaces and is not among them.)"""
+    seen = []
+    for event in world.standin.audit_events():
+        uri = str(event.get("requestURI", ""))
+        path = uri.partition("?")[0]
+        agent_itself = str(event.get("userAgent", "")).startswith("herdgate-agent/")
+        as_gateway = event["user"].get("username") == AGENT_SA_USER and not event.get(
+            "impersonatedUser"
+        )
+        watched = path == "/api/v1/nodes" or (path == "/api/v1/namespaces" and "watch=" in uri)
+        if as_gateway and not agent_itself and (path in ("/readyz", "/version") or watched):
+            seen.append(f"{event['verb']} {uri} ({event.get('userAgent')})")
+    return seen
+
+
+def _agent_probes(world: World) -> list[str]:
+    return [
+        str(event["requestURI"])
+        for event in world.standin.audit_events()
+        if str(event.get("userAgent", "")).startswith("herdgate-agent/")
+        and str(event.get("requestURI", "")).startswith("/readyz")
+    ]
+
+
+def test_reports_spare_the_gateway_every_probe_and_watch(world: World) -> None:
+    """With reports the cluster shows Ready, its version and nodes while the gateway sent
+    the API server no probe and no watch; with an old agent the gateway probes itself."""
+    world.wait_state("active")
+    wait_until(lambda: world.cluster()["version"], 15, "no version")
+    wait_until(lambda: _node_names(world) == ["standin-node"], 15, f"{world.cluster()}")
+    if not _reports(world):
+        wait_until(lambda: _gateway_probes_and_watches(world), 15, "the gateway never probed")
+        assert not _agent_probes(world)
+        return
+    time.sleep(PROBE_INTERVAL_S / 2)  # time enough for a probe loop, were one running
+    assert _agent_probes(world), "the agent never probed its API server"
+    assert _gateway_probes_and_watches(world) == []
 
 
 def test_active_cluster_shows_conditions_version_and_agents(world: World) -> None:
@@ -109,7 +176,10 @@ def test_metrics_per_cluster(world: World) -> None:
         for line in _metrics(world).splitlines()
         if line.startswith(f'herdgate_cluster_probe_seconds{{cluster="{cid}"}}')
     ]
-    assert probe and float(probe[0].rsplit(" ", 1)[1]) > 0
+    if not _reports(world):  # (with reports the gateway does not probe: no latency of its own)
+        assert probe and float(probe[0].rsplit(" ", 1)[1]) > 0
+    if _reports(world):
+        return  # few requests of its own at start-up: the bucket may never have been empty
     # The gateway's own requests to the cluster were held to its rate (5 at once, 10/s).
     throttled = [
         line
@@ -148,8 +218,12 @@ def test_api_server_down_makes_the_cluster_unavailable_and_back(world: World) ->
     world.wait_state("active")
     connected_since = _condition(world.cluster(), "Connected")["lastTransitionTime"]
     world.standin.stop()
+    stopped = time.monotonic()
     try:
         world.wait_state("unavailable", timeout=30)
+        if _reports(world):  # the agent's next probe fails, its report follows at once
+            took = time.monotonic() - stopped
+            assert took < PROBE_INTERVAL_S + 8, f"Ready False only after {took:.1f} s"
         cluster = world.cluster()
         ready = _condition(cluster, "Ready")
         assert ready["status"] == "False" and ready["reason"] and ready["message"]

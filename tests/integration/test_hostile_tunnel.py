@@ -242,3 +242,122 @@ def test_one_user_at_the_stream_cap_does_not_stop_another(world: World) -> None:
         return again.status == 200
 
     wait_until(a_served_again, 10, "user A stays refused after closing the watches")
+
+
+# -- cluster-state reports from a hostile agent (issue 20) -----------------------------
+
+
+def reporting_rogue(world: World, name: str) -> tuple[str, rogue.RogueAgent]:
+    """A rogue agent that offers cluster-state reports, once the gateway has asked it."""
+    cluster_id, token = rogue_cluster(world, name)
+    agent = connected_rogue(world, token)
+    metadata = json.dumps({"apiHost": "127.0.0.1:1", "authorization": "", "clusterState": 1})
+    agent.handshake(metadata=metadata.encode())
+    for kind, _, _, payload in agent.frames(timeout=15.0):
+        if kind == rogue.INFO and b"clusterStateWanted" in payload:
+            assert json.loads(payload)["clusterStateWanted"]["interval"] > 0
+            return cluster_id, agent
+    agent.close()
+    raise AssertionError("the gateway never asked the reporting agent for reports")
+
+
+def info(report: object) -> bytes:
+    return rogue.tunnel_frame(rogue.INFO, 0, 0, json.dumps({"clusterState": report}).encode())
+
+
+def node(name: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "roles": [],
+        "addresses": [],
+        "kubeletVersion": "v1",
+        "ready": "True",
+        "capacity": {},
+    }
+
+
+def test_malformed_reports_are_ignored_and_a_lie_stays_in_its_own_cluster(world: World) -> None:
+    cluster_id, agent = reporting_rogue(world, "liar")
+    try:
+        bad: list[object] = [
+            "not an object",
+            {"full": "yes"},
+            {"full": True, "last": True, "nodes": {"n": {"name": "other"}}},
+            {"full": True, "last": True, "nodes": {"x" * 300: None}},
+            {"full": True, "last": True, "namespaces": {"ns": 7}},
+            {"full": True, "last": True, "ready": {"ok": "true"}},
+            {"full": True, "last": True, "version": {"v": ["a"]}},
+            {"full": True, "last": True, "listed": ["pods"]},
+            {"full": True, "last": True, "nodes": {"n": {**node("n"), "roles": ["r"] * 100}}},
+        ]
+        for report in bad:
+            assert agent.try_send(info(report))
+        nested = b'{"clusterState": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        assert agent.try_send(rogue.tunnel_frame(rogue.INFO, 0, 0, nested))
+        # Then a well-formed lie: it shows, in this cluster only.
+        lie = {
+            "full": True,
+            "last": True,
+            "ready": {"ok": True, "reason": "APIServerReady", "message": "/readyz: ok"},
+            "version": {"gitVersion": "v9.9.9"},
+            "listed": ["nodes", "namespaces"],
+            "nodes": {"fake-node": node("fake-node")},
+            "namespaces": {"fake-ns": ""},
+        }
+        assert agent.try_send(info(lie))
+
+        def shown() -> bool:
+            cluster = world.admin.get(f"/v3/clusters/{cluster_id}")
+            return cluster["state"] == "active" and [n["name"] for n in cluster["nodes"]] == [
+                "fake-node"
+            ]
+
+        wait_until(shown, 15, "the well-formed report never showed")
+        assert world.admin.get(f"/v3/clusters/{cluster_id}")["version"]["gitVersion"] == "v9.9.9"
+        assert connected(world, cluster_id)  # the malformed ones did not cost the tunnel
+        real = world.admin.get(f"/v3/clusters/{world.cluster_id}")
+        assert "fake-node" not in [n["name"] for n in real["nodes"]]
+        assert real["version"]["gitVersion"] != "v9.9.9"
+    finally:
+        agent.close()
+    real_cluster_served(world)
+
+
+def test_more_nodes_than_the_cap_are_cut_off(world: World) -> None:
+    cluster_id, agent = reporting_rogue(world, "many-nodes")
+    try:
+        names = [f"n-{i:05d}" for i in range(5100)]
+        chunks = [names[i : i + 80] for i in range(0, len(names), 80)]
+        for index, chunk in enumerate(chunks):
+            report: dict[str, object] = {"nodes": {n: node(n) for n in chunk}}
+            if index == 0:
+                report.update(full=True, listed=["nodes"], ready={"ok": True})
+            if index == len(chunks) - 1:
+                report["last"] = True
+            assert agent.try_send(info(report))
+
+        def count() -> int:
+            return int(world.admin.get(f"/v3/clusters/{cluster_id}")["nodeCount"])
+
+        wait_until(lambda: count() == 5000, 30, "the node cap did not hold")
+    finally:
+        agent.close()
+    real_cluster_served(world)
+
+
+def test_an_agent_that_floods_reports_loses_its_tunnel(world: World) -> None:
+    cluster_id, agent = reporting_rogue(world, "report-flood")
+    try:
+        heartbeat = info({"last": True})
+        batch = heartbeat * 200
+        sent = 0
+        while sent < 3000 and agent.try_send(batch):
+            sent += 200
+        goaway = agent.goaway(timeout=10.0)
+        assert agent.closed_by_gateway(timeout=10.0)
+    finally:
+        agent.close()
+    assert goaway is not None and goaway[0] == PROTOCOL_ERROR, goaway
+    assert "too fast" in goaway[1]
+    wait_until(lambda: not connected(world, cluster_id), 15, "the flooding agent stays listed")
+    real_cluster_served(world)

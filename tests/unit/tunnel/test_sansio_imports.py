@@ -9,7 +9,7 @@ import sys
 def test_protocol_imports_no_io_modules():
     code = (
         "import sys, tunnel.protocol, tunnel.frames, tunnel.events, tunnel.errors;"
-        "import tunnel.websocket, tunnel.redial, tunnel.replica_list;"
+        "import tunnel.websocket, tunnel.redial, tunnel.replica_list, tunnel.cluster_state;"
         "bad = {'asyncio', 'socket', 'ssl', 'aiohttp', 'uvloop', 'selectors'} & set(sys.modules);"
         "print(sorted(bad))"
     )

@@ -27,7 +27,6 @@ from gateway.controllers.access_sync import (
     key_of,
     outdated_message,
     plan,
-    project_of,
     within_agent_rights,
 )
 from gateway.store.records import (
@@ -39,6 +38,7 @@ from gateway.store.records import (
     RoleTemplate,
     gateway_role,
 )
+from tunnel.cluster_state import project_of
 
 CID = "c-abcde"
 PID = f"{CID}:p-xyz12"

@@ -16,15 +16,12 @@ from gateway.controllers.cluster_health import (
     SYNCED,
     UNAVAILABLE,
     AgentView,
-    Backoff,
     ClusterHealth,
-    TokenBucket,
-    WatchTable,
-    node_summary,
     same_status,
     status_doc,
 )
 from gateway.store.records import iso
+from tunnel.cluster_state import Backoff, TokenBucket, WatchTable, node_summary
 
 CLUSTER_AGENT = AgentView("", "r-1", 100.0, "127.0.0.1:5000")
 NODE_AGENT = AgentView("node-1", "r-1", 110.0, "127.0.0.1:5001")
