@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import ssl
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -249,27 +251,44 @@ def start_world(
     By default every world is least privilege, as a real cluster: the stand-in enforces
     RBAC, the agent holds exactly the manifest's rights (``agent_objects``: its service
     account's groups, no system:masters), and users' rights there come only from the
-    access sync; the cluster's own administrator is ``CLUSTER_ADMIN_TOKEN``."""
-    standin = StandInProcess.start(
-        tmp / "apiserver",
-        tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
-            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-            **(standin_tokens or {}),
-        },
-        args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
-        objects=agent_objects() if standin_objects is None else standin_objects,
-        authorization_mode=authorization_mode,
-    )
-    if prepare is not None:
-        prepare(standin, tmp)
+    access sync; the cluster's own administrator is ``CLUSTER_ADMIN_TOKEN``.
+
+    The stand-in and the gateway need nothing of each other, so they start side by side
+    (each is mostly a Python process importing its modules); the agent, which needs both,
+    after them."""
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})
     gateway.ca_path = gateway_ca
     if gateway_config:
         (tmp / "gateway.yaml").write_text(gateway_config)
         gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
-    gateway.start()
+    with ThreadPoolExecutor(1, thread_name_prefix="gateway-start") as pool:
+        gateway_started = pool.submit(gateway.start)
+        try:
+            standin = StandInProcess.start(
+                tmp / "apiserver",
+                tokens={
+                    AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+                    CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+                    **(standin_tokens or {}),
+                },
+                args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
+                objects=agent_objects() if standin_objects is None else standin_objects,
+                authorization_mode=authorization_mode,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                gateway_started.result()
+            gateway.stop()
+            raise
+        try:
+            if prepare is not None:
+                prepare(standin, tmp)
+            gateway_started.result()
+        except BaseException:
+            gateway.stop()
+            standin.stop()
+            raise
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": name})
     agent_kubeconfig = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
