@@ -262,33 +262,28 @@ def start_world(
     if gateway_config:
         (tmp / "gateway.yaml").write_text(gateway_config)
         gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
-    with ThreadPoolExecutor(1, thread_name_prefix="gateway-start") as pool:
-        gateway_started = pool.submit(gateway.start)
-        try:
-            standin = StandInProcess.start(
-                tmp / "apiserver",
-                tokens={
-                    AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
-                    CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-                    **(standin_tokens or {}),
-                },
-                args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
-                objects=agent_objects() if standin_objects is None else standin_objects,
-                authorization_mode=authorization_mode,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                gateway_started.result()
-            gateway.stop()
-            raise
-        try:
-            if prepare is not None:
+
+    def start_standin() -> StandInProcess:
+        standin = StandInProcess.start(
+            tmp / "apiserver",
+            tokens={
+                AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+                CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+                **(standin_tokens or {}),
+            },
+            args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
+            objects=agent_objects() if standin_objects is None else standin_objects,
+            authorization_mode=authorization_mode,
+        )
+        if prepare is not None:
+            try:
                 prepare(standin, tmp)
-            gateway_started.result()
-        except BaseException:
-            gateway.stop()
-            standin.stop()
-            raise
+            except BaseException:
+                standin.stop()
+                raise
+        return standin
+
+    standin = start_side_by_side(gateway, start_standin)
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": name})
     agent_kubeconfig = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
@@ -307,6 +302,30 @@ def start_world(
     if authorization_mode == "RBAC" and wait_admin:
         world.wait_admin_synced()
     return world
+
+
+def start_side_by_side(
+    gateway: Gateway, start_standin: Callable[[], StandInProcess]
+) -> StandInProcess:
+    """``gateway.start()`` in a thread while ``start_standin()`` runs here: the two need
+    nothing of each other, and each is mostly a Python process importing its modules. If
+    either fails, the other is stopped too."""
+    with ThreadPoolExecutor(1, thread_name_prefix="gateway-start") as pool:
+        gateway_started = pool.submit(gateway.start)
+        try:
+            standin = start_standin()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                gateway_started.result()
+            gateway.stop()
+            raise
+        try:
+            gateway_started.result()
+        except BaseException:
+            gateway.stop()
+            standin.stop()
+            raise
+    return standin
 
 
 def agent_objects(manage_roles: bool = False) -> list[dict[str, Any]]:
