@@ -349,11 +349,15 @@ def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:
 
 
 def stop_world(world: World) -> None:
-    for stop in (world.agent.stop, world.gateway.stop, world.standin.stop):
-        try:
-            stop()
-        except Exception as exc:  # noqa: BLE001 - keep stopping the others
-            print(f"teardown: {exc}")
+    """Agent, gateway and stand-in stopped side by side (each SIGTERM and a wait: the
+    stops need nothing of each other)."""
+    stops = (world.agent.stop, world.gateway.stop, world.standin.stop)
+    with ThreadPoolExecutor(len(stops), thread_name_prefix="stop") as pool:
+        for done in [pool.submit(stop) for stop in stops]:
+            try:
+                done.result()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"teardown: {exc}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
