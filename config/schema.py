@@ -293,6 +293,12 @@ class AccessSyncSettings:
     """Full resync of each cluster this often, besides every change and every tunnel
     reconnect (it removes drift: bindings deleted or edited by hand)."""
 
+    recheck_s: float = duration(5)
+    """While a cluster's ``Synced`` is False with ``ManifestOutdated`` (role templates the
+    agent may not write until the administrator applies the manifest again), the access
+    sync looks again after this, doubling up to ``resync`` (and never later than
+    ``resync``): nothing watches the administrator's ``kubectl apply``."""
+
     admins_cluster_admin: bool = True
     """Enabled gateway administrators are ``cluster-admin`` in every cluster (a
     ``herdgate-admin-<user id>`` ClusterRoleBinding), as Rancher's administrators are.
@@ -303,6 +309,8 @@ class AccessSyncSettings:
     def __post_init__(self) -> None:
         if self.resync_s < 1:
             raise ConfigError("access_sync.resync", "must be at least 1s")
+        if self.recheck_s < 0.1:
+            raise ConfigError("access_sync.recheck", "must be at least 0.1s")
 
 
 @dataclass(frozen=True)

@@ -114,9 +114,6 @@ KINDS = (CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE_BINDING)
 
 DEBOUNCE_S = 0.2
 RETRY_S = 2.0
-RECHECK_S = 5.0
-"""A pass that left work for the administrator (:data:`MANIFEST_OUTDATED`) runs again after
-this, doubling up to the resync period."""
 WATCH_TIMEOUT_S = 290
 PASS_TIMEOUT_S = 60.0
 """A pass (or a watch's list) that takes longer is abandoned and retried: an agent that
@@ -527,11 +524,20 @@ class _ClusterState:
 class AccessController:
     """One sync loop and one namespace watch per cluster."""
 
-    def __init__(self, app: web.Application, listener: InternalListener, resync_s: float) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        listener: InternalListener,
+        resync_s: float,
+        recheck_s: float = 5.0,
+    ) -> None:
         self.app = app
         self.directory: Directory = app[DIRECTORY]
         self.listener = listener
         self.resync_s = resync_s
+        self.recheck_s = recheck_s
+        """A pass that left work for the administrator (:data:`MANIFEST_OUTDATED`) runs
+        again after this, doubling up to the resync period (``access_sync.recheck``)."""
         self._clusters: dict[str, _ClusterState] = {}
         self._admins = admin_ids(self.directory)
         self.synced: dict[str, float] = {}
@@ -696,7 +702,7 @@ class AccessController:
                 if todo.pending:
                     # Looked at again soon (then less often): the administrator's kubectl
                     # apply is not watched.
-                    state.recheck_s = min(max(2 * state.recheck_s, RECHECK_S), self.resync_s)
+                    state.recheck_s = min(max(2 * state.recheck_s, self.recheck_s), self.resync_s)
                     await self._report(
                         cluster_id, state, False, MANIFEST_OUTDATED, outdated_message(todo)
                     )
@@ -1020,7 +1026,8 @@ async def access_context(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context: the access controller on its own internal listener."""
     listener = InternalListener(app, Path(app[SETTINGS].state_dir), name="access")
     await listener.start()
-    controller = AccessController(app, listener, app[SETTINGS].access_sync.resync_s)
+    settings = app[SETTINGS].access_sync
+    controller = AccessController(app, listener, settings.resync_s, settings.recheck_s)
     app[ACCESS] = controller
     controller.start()
     yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import ssl
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -255,27 +257,39 @@ def start_world(
     By default every world is least privilege, as a real cluster: the stand-in enforces
     RBAC, the agent holds exactly the manifest's rights (``agent_objects``: its service
     account's groups, no system:masters), and users' rights there come only from the
-    access sync; the cluster's own administrator is ``CLUSTER_ADMIN_TOKEN``."""
-    standin = StandInProcess.start(
-        tmp / "apiserver",
-        tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
-            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-            **(standin_tokens or {}),
-        },
-        args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
-        objects=agent_objects() if standin_objects is None else standin_objects,
-        authorization_mode=authorization_mode,
-    )
-    if prepare is not None:
-        prepare(standin, tmp)
+    access sync; the cluster's own administrator is ``CLUSTER_ADMIN_TOKEN``.
+
+    The stand-in and the gateway need nothing of each other, so they start side by side
+    (each is mostly a Python process importing its modules); the agent, which needs both,
+    after them."""
     gateway = Gateway(tmp / "gateway", free_port(), tmp / "gateway.log")
     gateway.extra_env.update(gateway_env or {})
     gateway.ca_path = gateway_ca
     if gateway_config:
         (tmp / "gateway.yaml").write_text(gateway_config)
         gateway.extra_args = ["--config", str(tmp / "gateway.yaml")]
-    gateway.start()
+
+    def start_standin() -> StandInProcess:
+        standin = StandInProcess.start(
+            tmp / "apiserver",
+            tokens={
+                AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(agent_groups)),
+                CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+                **(standin_tokens or {}),
+            },
+            args=["--bulk-list-bytes", str(BULK_LIST_BYTES), *standin_args],
+            objects=agent_objects() if standin_objects is None else standin_objects,
+            authorization_mode=authorization_mode,
+        )
+        if prepare is not None:
+            try:
+                prepare(standin, tmp)
+            except BaseException:
+                standin.stop()
+                raise
+        return standin
+
+    standin = start_side_by_side(gateway, start_standin)
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": name})
     agent_kubeconfig = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)
@@ -314,6 +328,30 @@ def agent_args_for(mode: str, tmp: Path) -> tuple[str, ...]:
     return old_agent_args(tmp) if mode == "probes" else ()
 
 
+def start_side_by_side(
+    gateway: Gateway, start_standin: Callable[[], StandInProcess]
+) -> StandInProcess:
+    """``gateway.start()`` in a thread while ``start_standin()`` runs here: the two need
+    nothing of each other, and each is mostly a Python process importing its modules. If
+    either fails, the other is stopped too."""
+    with ThreadPoolExecutor(1, thread_name_prefix="gateway-start") as pool:
+        gateway_started = pool.submit(gateway.start)
+        try:
+            standin = start_standin()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                gateway_started.result()
+            gateway.stop()
+            raise
+        try:
+            gateway_started.result()
+        except BaseException:
+            gateway.stop()
+            standin.stop()
+            raise
+    return standin
+
+
 def agent_objects(manage_roles: bool = False) -> list[dict[str, Any]]:
     """What the manifest gives the agent in a cluster with no custom role template: its
     namespace, service account, roles and bindings (``gateway.clusters.agent_rbac``), the
@@ -335,11 +373,15 @@ def start_least_privilege_world(tmp: Path, **kwargs: Any) -> World:
 
 
 def stop_world(world: World) -> None:
-    for stop in (world.agent.stop, world.gateway.stop, world.standin.stop):
-        try:
-            stop()
-        except Exception as exc:  # noqa: BLE001 - keep stopping the others
-            print(f"teardown: {exc}")
+    """Agent, gateway and stand-in stopped side by side (each SIGTERM and a wait: the
+    stops need nothing of each other)."""
+    stops = (world.agent.stop, world.gateway.stop, world.standin.stop)
+    with ThreadPoolExecutor(len(stops), thread_name_prefix="stop") as pool:
+        for done in [pool.submit(stop) for stop in stops]:
+            try:
+                done.result()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"teardown: {exc}")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

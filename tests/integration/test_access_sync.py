@@ -33,9 +33,14 @@ RBAC = "/apis/rbac.authorization.k8s.io/v1"
 OWNED = {"app.kubernetes.io/managed-by": "herdgate"}
 
 
+RECHECK = "access_sync:\n  recheck: 0.5s\n"
+"""The access sync looks again soon after the administrator applies the manifest (the
+tests wait for it; the default is for real clusters)."""
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = start_least_privilege_world(tmp_path_factory.mktemp("access"))
+    w = start_least_privilege_world(tmp_path_factory.mktemp("access"), gateway_config=RECHECK)
     try:
         yield w
     finally:

@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     NO_AGENT,
     World,
     agent_objects,
+    start_side_by_side,
 )
 from tests.integration.env import Agent, Gateway, agent_command, free_port, wait_until
 from tests.integration.test_proxy_errors import raw_request
@@ -32,14 +33,6 @@ MAX_AGENTS = 1
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("registration")
-    standin = StandInProcess.start(
-        tmp / "apiserver",
-        tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
-            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-        },
-        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
-    )
     config = tmp / "gateway.yaml"
     config.write_text(f"registration:\n  max_agents_per_cluster: {MAX_AGENTS}\n")
     gateway = Gateway(
@@ -48,7 +41,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         tmp / "gateway.log",
         extra_args=["--workers", "2", "--config", str(config)],
     )
-    gateway.start()
+    standin = start_side_by_side(
+        gateway,
+        lambda: StandInProcess.start(
+            tmp / "apiserver",
+            tokens={
+                AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+                CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+            },
+            objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
+        ),
+    )
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": "reg"})
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)

@@ -34,13 +34,35 @@ HEADER_COLOUR = (0x16, 0x20, 0x2E)
 stylesheet loaded under the Content-Security-Policy."""
 
 
-@pytest.fixture
-def browser(world: World, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
-    downloads = tmp_path / "downloads"
+@pytest.fixture(scope="module")
+def module_browser(
+    world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, Path]]:
+    """One Chromium for the tests against ``world`` (a start costs seconds)."""
+    tmp = tmp_path_factory.mktemp("browser")
+    downloads = tmp / "downloads"
     downloads.mkdir()
     trusted = [spki_hash("127.0.0.1", world.gateway.port)]
-    with chromium(tmp_path / "profile", downloads, trusted) as driver:
+    with chromium(tmp / "profile", downloads, trusted) as driver:
         yield driver, downloads
+
+
+@pytest.fixture
+def browser(module_browser: tuple[Any, Path]) -> Iterator[tuple[Any, Path]]:
+    """The module's Chromium as a new one: every test starts on a blank page with no
+    cookie and an empty downloads folder, and leaves it so."""
+    driver, downloads = module_browser
+
+    def fresh() -> None:
+        driver.get("about:blank")
+        driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
+        assert driver.execute_cdp_cmd("Network.getAllCookies", {})["cookies"] == []
+        for path in downloads.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    fresh()
+    yield driver, downloads
+    fresh()
 
 
 def wait(driver: Any, condition: Any, timeout: float = 15.0) -> Any:

@@ -25,6 +25,7 @@ from tests.integration.conftest import (
     NO_AGENT,
     World,
     agent_objects,
+    start_side_by_side,
 )
 from tests.integration.env import Gateway, free_port, kubectl_run, wait_until
 from tests.integration.test_proxy_errors import raw_request
@@ -35,18 +36,20 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("workers")
-    standin = StandInProcess.start(
-        tmp / "apiserver",
-        tokens={
-            AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
-            CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
-        },
-        objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
-    )
     gateway = Gateway(
         tmp / "gateway", free_port(), tmp / "gateway.log", extra_args=["--workers", "2"]
     )
-    gateway.start()
+    standin = start_side_by_side(
+        gateway,
+        lambda: StandInProcess.start(
+            tmp / "apiserver",
+            tokens={
+                AGENT_SA_TOKEN: (AGENT_SA_USER, "uid-agent", list(AGENT_SA_GROUPS)),
+                CLUSTER_ADMIN_TOKEN: ("cluster-admin", "uid-admin", ["system:masters"]),
+            },
+            objects=agent_objects(),  # the manifest's rights for the agent; RBAC enforced
+        ),
+    )
     admin = gateway.admin()
     cluster = admin.post("/v3/clusters", {"name": "multi"})
     agent_kc = standin.kubeconfig(tmp / "agent-kubeconfig", token=AGENT_SA_TOKEN)

@@ -49,6 +49,7 @@ def test_file_then_flags_then_env(tmp_path: Path) -> None:
         ("tunnel: {stream_window: lots}\n", "tunnel.stream_window"),
         ("tunnel: {max_streams: many}\n", "tunnel.max_streams"),
         ("tls: 5\n", "tls"),
+        ("access_sync: {recheck: 10ms}\n", "access_sync.recheck"),
         ("- a\n", ""),
     ],
 )
