@@ -646,8 +646,9 @@ def test_starting_many_browser_logins_does_not_lock_everyone_out(
     """An anonymous client starts 10,050 browser logins on one connection (more than the
     table's 10,000: each start is a few writes to the store since pending logins live
     there, the suite's slowest test after the soak). Before, the pending-login table was
-    full for the next ten minutes: every user's login answered 503. Now each address keeps its 16 newest, the table drops its oldest when
-    full, and a user who starts a login afterwards completes it."""
+    full for the next ten minutes: every user's login answered 503. Now each address keeps
+    its 16 newest, the table drops its oldest when full, and a user who starts a login
+    afterwards completes it."""
     world, issuer = oidc_world
     port = world.gateway.port
     flood = f"GET /v1/auth/oidc/login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
