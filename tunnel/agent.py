@@ -61,10 +61,11 @@ from config.reload import (
 from config.schema import AgentSettings
 from config.tasks import guard
 from config.tls import client_context
-from tunnel import wsconn
+from tunnel import h2upstream, wsconn
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
+from tunnel.h2upstream import H2Pool
 from tunnel.probes import start_probes
 from tunnel.protocol import Limits, Side
 from tunnel.redial import (
@@ -162,6 +163,8 @@ class Agent:
         """What ``/metrics`` shows (``health_listen``)."""
         self._lost_tunnel = False
         """A tunnel was lost since the last one was established (the next is a reconnect)."""
+        self._h2: H2Pool | None = None
+        """HTTP/2 connections to the API server (``apiserver_http2``)."""
 
     def ready(self) -> bool:
         """``/readyz``: a tunnel to the gateway is up."""
@@ -179,9 +182,52 @@ class Agent:
             if stream.target not in (b"", b"apiserver"):
                 stream.reset(ErrorCode.REFUSED_STREAM, "only the API server is reachable")
                 return
-            self._spawn(relay(stream, session, upstream, self.stats))
+            pool = self._h2_pool(upstream)
+            if pool is None or pool.refused:
+                self._spawn(relay(stream, session, upstream, self.stats))
+            elif pool.connections:
+                self._h2_start(stream, session, upstream, pool)
+            else:
+                self._spawn(self._h2_first(stream, session, upstream, pool))
 
         return handler
+
+    def _h2_pool(self, upstream: Upstream) -> H2Pool | None:
+        """The HTTP/2 connections to the API server (None: ``apiserver_http2`` is off,
+        or the API server is reached without TLS)."""
+        if not self.settings.apiserver_http2 or upstream.ssl_h2 is None:
+            return None
+        if self._h2 is None or self._h2.upstream is not upstream:
+            self._h2 = H2Pool(upstream, self.stats)
+        return self._h2
+
+    def _h2_start(
+        self, stream: TunnelStream, session: Session, upstream: Upstream, pool: H2Pool
+    ) -> None:
+        self.stats.streams_total += 1
+
+        def fallback(stream: TunnelStream, prefix: bytes) -> None:
+            self._spawn(relay(stream, session, upstream, self.stats, prefix, accepted=True))
+
+        h2upstream.start(stream, session, pool, fallback)
+
+    async def _h2_first(
+        self, stream: TunnelStream, session: Session, upstream: Upstream, pool: H2Pool
+    ) -> None:
+        """No HTTP/2 connection yet: dial one (learning whether the API server offers
+        ``h2``) before taking the stream."""
+        try:
+            await pool.connection()
+        except h2upstream.NoHttp2:
+            await relay(stream, session, upstream, self.stats)
+            return
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
+            stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
+            self.stats.stream_failures += 1
+            return
+        if not stream.is_closed:
+            self._h2_start(stream, session, upstream, pool)
 
     def _on_info(self, raw: bytes) -> None:
         try:

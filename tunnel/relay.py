@@ -87,9 +87,18 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
 
 
 async def relay(
-    stream: TunnelStream, session: Session, upstream: Upstream, stats: AgentStats | None = None
+    stream: TunnelStream,
+    session: Session,
+    upstream: Upstream,
+    stats: AgentStats | None = None,
+    prefix: bytes = b"",
+    accepted: bool = False,
 ) -> None:
-    """Connect the stream to the API server and copy bytes both ways."""
+    """Connect the stream to the API server and copy bytes both ways.
+
+    ``prefix``: bytes the gateway already sent on the stream (read by
+    ``tunnel.h2upstream`` before it handed the stream over), written first;
+    ``accepted``: the stream was accepted already."""
     loop = asyncio.get_running_loop()
     if stats is not None:
         stats.streams_total += 1
@@ -115,9 +124,15 @@ async def relay(
         if stats is not None:
             stats.stream_failures += 1
         return
-    session.accept(stream)
+    if not accepted:
+        session.accept(stream)
     if stats is not None:
         stats.streams_open += 1
+    if prefix:
+        if stats is not None:
+            stats.bytes_to_apiserver += len(prefix)
+            conn.asked_at = loop.time()
+        transport.write(prefix)
 
     def to_api_server(data: bytes | bytearray) -> bool:
         # Called for each arriving chunk (no task in between); False holds the credit
