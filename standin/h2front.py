@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,8 @@ FRONT_PEERCERT = "X-Standin-Front-Peercert"
 FRONT_REMOTE = "X-Standin-Front-Remote"
 FRONT_PREFIX = b"x-standin-front-"
 MAX_STREAMS = 1000
-"""MAX_CONCURRENT_STREAMS announced (kube-apiserver's default)."""
+"""MAX_CONCURRENT_STREAMS announced (kube-apiserver's default); tests may set another with
+``HERDGATE_STANDIN_H2_MAX_STREAMS``."""
 _HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
@@ -106,7 +108,8 @@ class _H2Server(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
         self.h2.initiate_connection()
-        self.h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS})
+        limit = int(os.environ.get("HERDGATE_STANDIN_H2_MAX_STREAMS") or MAX_STREAMS)
+        self.h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
         self.flush()
 
     def flush(self) -> None:

@@ -257,9 +257,10 @@ class RequestReader:
 
     Events, in order: a ``RequestHead``; its body as ``bytes`` pieces (de-chunked);
     ``None`` once the request is complete; then the next request's. After a head that
-    ``unusual`` names, reading stops (``stopped``) and ``raw`` holds every byte of that
-    request fed so far, to be relayed as it is. The gateway writes one request at a time:
-    bytes of a second request in the piece that ended the first are refused.
+    ``unusual`` names, or one llhttp does not read, reading stops (``stopped``) and ``raw``
+    holds every byte of that request fed so far, to be relayed as it is. The gateway
+    writes one request at a time: bytes of a second request in the piece that ended the
+    first are refused.
     """
 
     __slots__ = (
@@ -320,8 +321,12 @@ class RequestReader:
                 raise cause from None
             raise Untranslatable("not an HTTP/1.1 request") from None
         except httptools.HttpParserError as exc:
-            if not self.stopped:
+            if not self.stopped and self._head_seen:
                 raise Untranslatable(f"not an HTTP/1.1 request: {exc}") from None
+            if not self.stopped:
+                # A head llhttp does not take (a method it does not know ...): relayed as
+                # it came, as before, for the API server to judge.
+                self.stopped = f"a head the parser does not take ({exc})"
         if not self._head_seen and sum(map(len, self.raw)) > MAX_HEAD_BYTES:
             raise Untranslatable("a request head too large")
         events, self._events = self._events, []
