@@ -321,16 +321,20 @@ class RequestReader:
                 raise cause from None
             raise Untranslatable("not an HTTP/1.1 request") from None
         except httptools.HttpParserError as exc:
-            if not self.stopped and self._head_seen:
-                raise Untranslatable(f"not an HTTP/1.1 request: {exc}") from None
-            if not self.stopped:
-                # A head llhttp does not take (a method it does not know ...): relayed as
-                # it came, as before, for the API server to judge.
-                self.stopped = f"a head the parser does not take ({exc})"
+            self._parse_error(exc)
         if not self._head_seen and sum(map(len, self.raw)) > MAX_HEAD_BYTES:
             raise Untranslatable("a request head too large")
         events, self._events = self._events, []
         return events
+
+    def _parse_error(self, exc: Exception) -> None:
+        if self.stopped:
+            return  # the bytes after an unusual head: relayed as they are
+        if self._head_seen:
+            raise Untranslatable(f"not an HTTP/1.1 request: {exc}") from None
+        # A head llhttp does not take (a method it does not know ...): relayed as it
+        # came, as before, for the API server to judge.
+        self.stopped = f"a head the parser does not take ({exc})"
 
     # httptools callbacks
 
