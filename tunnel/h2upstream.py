@@ -261,7 +261,7 @@ class _Connection(asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except H2Error as exc:
-            logger.warning("HTTP/2 error from the API server: %s", exc)
+            logger.warning("HTTP/2 error from the API server: %r", exc, exc_info=True)
             self._flush()
             self._fail(f"HTTP/2 protocol error from the API server: {exc}")
             return
@@ -430,8 +430,8 @@ class _Relay:
             elif isinstance(event, RequestHead):
                 ends = i + 1 < count and events[i + 1] is None
                 self._start(event, ends)
-                if ends and self._pending is None:
-                    i += 1  # the request's end went with its head
+                if ends:
+                    i += 1  # the request's end went with its head (or waits with it)
             else:
                 self._request_event(event)
             i += 1
@@ -529,8 +529,9 @@ class _Relay:
                 self._body_out.pop(0)
             if not self._body_out and self._body_out_end:
                 self._body_out_end = False
-                self._request_done = True
-                h2.end_stream(sid)
+                if not self._request_done:
+                    self._request_done = True
+                    h2.end_stream(sid)
         except (H2Error, KeyError):
             # The server already answered and closed the stream: the rest is not wanted.
             self._body_out.clear()
