@@ -79,6 +79,9 @@ NO_H2_RETRY_S = 300.0
 """After an API server answered ALPN without ``h2``: ask again after this long."""
 MAX_STREAM_ID = (1 << 31) - 1024
 """A connection this close to the last stream id takes no new streams."""
+ACK_STEP = STREAM_WINDOW // 4
+"""Window given back to a stream once this much of its answer went on (a reader that
+keeps up never finds the window closed)."""
 _HOLD_BACK = 256 * 1024
 """Request body bytes held for a stream's HTTP/2 window before the tunnel's credit is
 kept back."""
@@ -384,6 +387,7 @@ class _Relay:
         "_request_done",
         "_responding",
         "_sid",
+        "_unacked",
         "stream",
     )
 
@@ -409,6 +413,8 @@ class _Relay:
         """Answer bytes waiting for the tunnel stream's credit, with their HTTP/2 size."""
         self._flushing = False
         self._eof = False
+        self._unacked = 0
+        """Answer bytes taken by the tunnel stream, not yet given back as window."""
 
     # -- from the gateway ----------------------------------------------------------------
 
@@ -580,8 +586,7 @@ class _Relay:
     def data(self, data: bytes, flow: int) -> None:
         framing = self._framing
         if framing is None or framing.no_body or not data:
-            if self._conn is not None:
-                self._conn.ack(self._sid, flow)
+            self._taken(flow)
             return
         self._write(chunk(data) if framing.chunked else data, flow)
 
@@ -601,6 +606,7 @@ class _Relay:
             self._body_out.clear()
             self._eof = True
         self._conn = None
+        self._unacked = 0
         self._request_done = True
         if self._eof or not self._keep_alive:
             self._close_tunnel()
@@ -623,21 +629,30 @@ class _Relay:
             except TunnelError:
                 self._drop_stream()
                 return
-            if flow and self._conn is not None:
-                self._conn.ack(self._sid, flow)
+            if flow:
+                self._taken(flow)
             return
         self._backlog.append((data, flow))
         if not self._flushing:
             self._flushing = True
             _spawn(self._flush())
 
+    def _taken(self, flow: int) -> None:
+        """``flow`` bytes of the answer went into the tunnel stream: open the HTTP/2
+        stream's window by as much, in steps of ``ACK_STEP`` (a WINDOW_UPDATE per event of
+        a watch would double the frames)."""
+        self._unacked += flow
+        if self._unacked >= ACK_STEP and self._conn is not None:
+            self._conn.ack(self._sid, self._unacked)
+            self._unacked = 0
+
     async def _flush(self) -> None:
         try:
             while self._backlog:
                 data, flow = self._backlog.pop(0)
                 await self.stream.write(data)
-                if flow and self._conn is not None:
-                    self._conn.ack(self._sid, flow)
+                if flow:
+                    self._taken(flow)
             if self._eof and not self._responding:
                 await self.stream.write_eof()
         except TunnelError:
