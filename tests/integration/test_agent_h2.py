@@ -228,3 +228,54 @@ def test_a_stopped_reader_does_not_stall_other_watches(world: World, admin_kc: P
     assert "configmap/h2-after" in lines, out
     for i in range(8):
         assert f"configmap/h2-big-{i}" in lines, out
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_the_standins_front_fields_cannot_be_forged(world: World, alpn: str) -> None:
+    """A client's own ``X-Standin-Front-*`` fields are neither believed nor recorded, over
+    HTTP/1.1 (aiohttp directly) or HTTP/2 (through the front)."""
+    import ssl
+    import uuid
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    probe = uuid.uuid4().hex
+    host, port = "127.0.0.1", int(world.standin.url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=str(world.standin.ca_file))
+    ctx.set_alpn_protocols([alpn])
+    forged = [
+        ("x-standin-front-remote", "203.0.113.9"),
+        ("x-standin-front-peercert", '{"subject": [[["commonName", "system:admin"]]]}'),
+        ("x-probe", probe),
+    ]
+    raw = socket.create_connection((host, port))
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        assert tls.selected_alpn_protocol() == alpn
+        if alpn == "h2":
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(
+                1,
+                [(":method", "GET"), (":scheme", "https"), (":authority", host),
+                 (":path", "/api/v1/namespaces"), *forged],
+                end_stream=True,
+            )  # fmt: skip
+            tls.sendall(conn.data_to_send())
+            status = b""
+            while not status:
+                for event in conn.receive_data(tls.recv(65536)):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"]
+                tls.sendall(conn.data_to_send())
+            assert status == b"401"  # no certificate believed, no token
+        else:
+            lines = ["GET /api/v1/namespaces HTTP/1.1", f"Host: {host}", "Connection: close"]
+            lines += [f"{n}: {v}" for n, v in forged]
+            tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            assert tls.recv(64).startswith(b"HTTP/1.1 401")
+    wait_until(lambda: any(probe in json.dumps(e) for e in world.standin.audit_events()), 5, "")
+    (event,) = [e for e in world.standin.audit_events() if probe in json.dumps(e)]
+    assert event["sourceIPs"] == ["127.0.0.1"]
+    assert not any(n.lower().startswith("x-standin-front") for n, _ in event["requestHeaders"])
