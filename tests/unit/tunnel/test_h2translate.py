@@ -334,3 +334,33 @@ def test_bad_gateway_is_a_complete_http1_answer() -> None:
     parser.feed_data(bad_gateway("no"))
     assert parser.get_status_code() == 502 and parsed.complete
     assert b'"code": 502' in parsed.body
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.binary(min_size=1, max_size=300), max_size=6),
+    chunked=st.booleans(),
+    cuts=st.lists(st.integers(0, 4000), max_size=8),
+)
+def test_request_bodies_arrive_whole_in_order_then_the_next_request(
+    pieces: list[bytes], chunked: bool, cuts: list[int]
+) -> None:
+    body = b"".join(pieces)
+    if chunked:
+        framing = (b"Transfer-Encoding", b"chunked")
+        wire = b"".join(chunk(p) for p in pieces) + LAST_CHUNK
+    else:
+        framing = (b"Content-Length", b"%d" % len(body))
+        wire = body
+    raw = request_head(b"PUT", b"/api/v1/x", [(b"Host", b"h"), framing]) + wire
+    reader = RequestReader()
+    events: list[RequestHead | bytes | None] = []
+    start = 0
+    for cut in [*sorted({c % (len(raw) + 1) for c in cuts}), len(raw)]:
+        if cut > start:
+            events += reader.feed(raw[start:cut])
+            start = cut
+    assert isinstance(events[0], RequestHead) and events[-1] is None
+    assert b"".join(e for e in events[1:-1] if isinstance(e, bytes)) == body
+    assert reader.between_requests
+    assert reader.feed(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")[-1] is None
