@@ -581,6 +581,8 @@ class Agent:
             await entry.ws.close()
         for task in list(self._tasks):
             task.cancel()
+        if self._h2 is not None:
+            self._h2.close()
         if self._gave_up is not None:
             raise self._gave_up
 
