@@ -75,7 +75,7 @@ from tunnel.redial import (
     Redial,
     backoff_delay,
 )
-from tunnel.relay import relay
+from tunnel.relay import relay, unreachable
 from tunnel.replica_list import (
     COUNT_KEY,
     LIST_KEY,
@@ -222,9 +222,7 @@ class Agent:
             await relay(stream, session, upstream, self.stats)
             return
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
-            stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
-            self.stats.stream_failures += 1
+            unreachable(stream, upstream, exc, self.stats)
             return
         if not stream.is_closed:
             self._h2_start(stream, session, upstream, pool)

@@ -86,6 +86,16 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
+def unreachable(
+    stream: TunnelStream, upstream: Upstream, exc: BaseException, stats: AgentStats | None
+) -> None:
+    """Refuse ``stream``: the API server could not be reached (also for the HTTP/2 path)."""
+    logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
+    stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
+    if stats is not None:
+        stats.stream_failures += 1
+
+
 async def relay(
     stream: TunnelStream,
     session: Session,
@@ -119,10 +129,7 @@ async def relay(
                     lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
                 )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
-        stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
-        if stats is not None:
-            stats.stream_failures += 1
+        unreachable(stream, upstream, exc, stats)
         return
     if not accepted:
         session.accept(stream)
