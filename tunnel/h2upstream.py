@@ -11,8 +11,9 @@ Flow control, per stream: an answer's bytes are handed to the tunnel stream as i
 allows, and only then is the HTTP/2 stream's window opened again by as much; a slow reader
 on the gateway's side therefore holds back its own HTTP/2 stream, never the connection,
 whose window is opened as soon as bytes arrive (what a stream may hold is bounded by its
-window, ``STREAM_WINDOW``; it is given back in steps of ``ACK_STEP``). A request body goes out as the HTTP/2 stream's window allows;
-while it cannot, the tunnel stream's credit is kept back (``TunnelStream.set_sink``).
+window, ``STREAM_WINDOW``; it is given back in steps of ``ACK_STEP``). A request body
+goes out as the HTTP/2 stream's window allows; while it cannot, the tunnel stream's credit
+is kept back (``TunnelStream.set_sink``).
 
 A request ``tunnel.h2translate.unusual`` names (exec, attach, port-forward: upgrades) is
 relayed over a connection of its own (``tunnel.relay``), the tunnel stream with it from
