@@ -71,10 +71,17 @@ class Stats:
         """HTTP/2 connections open now."""
         self.streams = 0
         """HTTP/2 streams served so far."""
+        self.active = 0
+        """HTTP/2 streams being served now."""
 
     def save(self) -> None:
         if self.path is not None:
-            data = {"connections": self.connections, "open": self.open, "streams": self.streams}
+            data = {
+                "connections": self.connections,
+                "open": self.open,
+                "streams": self.streams,
+                "active": self.active,
+            }
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data))
             tmp.replace(self.path)
@@ -131,6 +138,7 @@ class _H2Server(asyncio.Protocol):
                 new = _Stream()
                 self.streams[event.stream_id] = new
                 self.stats.streams += 1
+                self.stats.active += 1
                 self.stats.save()
                 ended = event.stream_ended is not None
                 new.task = asyncio.get_running_loop().create_task(
@@ -194,6 +202,8 @@ class _H2Server(asyncio.Protocol):
                 self.flush()
         finally:
             self.streams.pop(sid, None)
+            self.stats.active -= 1
+            self.stats.save()
             if writer is not None:
                 writer.close()
 
