@@ -38,6 +38,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, help="seconds per wrk run (full 4, quick 2)")
     p.add_argument("--watches", type=int, help="concurrent watches (full 10000, quick 1000)")
     p.add_argument("--event-rate", type=float, default=1000.0, help="watch events per second")
+    p.add_argument(
+        "--watch-clients",
+        default="h2,h1",
+        help="figure 4's clients: h2 (watches sharing connections), h1 (a connection each)",
+    )
     p.add_argument("--event-seconds", type=float, help="seconds of events (full 15, quick 4)")
     p.add_argument("--agents", type=int, help="agent sessions (full 1000, quick 100)")
     p.add_argument("--agent-procs", type=int, default=2, help="processes the agents share")
@@ -184,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         if "watches" in args.phases:
             log(f"figure 4: {args.watches:,} watches, {args.event_rate:g} events/s")
             sections += ["### Figure 4: watches through one tunnel", ""]
-            for http2 in (True, False):  # client-go's way first, then a connection each
+            modes = [m.strip() for m in args.watch_clients.split(",")]
+            for http2 in [m == "h2" for m in ("h2", "h1") if m in modes]:
+                # client-go's way first, then a connection each
                 w = suite.watches(
                     tmp, certs, args.watches, args.event_rate, args.event_seconds, log, http2
                 )

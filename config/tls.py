@@ -243,6 +243,7 @@ def client_context(
     cert_file: str | None = None,
     key_file: str | None = None,
     verify: bool = True,
+    alpn: tuple[str, ...] = ("http/1.1",),
 ) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file, cadata=ca_data)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -251,6 +252,6 @@ def client_context(
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))
     use_direct_objects(ctx)
     return ctx

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from config.tls import ensure_generated_certs
 
+from . import h2front
 from .app import Config, StandIn
 from .auth import parse_duration
 from .status import ApiError
@@ -118,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory for the pods' own root directories (kubectl cp; default: a temp dir"
         " removed at exit)",
     )
+    p.add_argument(
+        "--http2",
+        action="store_true",
+        help="offer HTTP/2 (ALPN h2) as kube-apiserver does (standin/h2front.py); "
+        "HERDGATE_STANDIN_HTTP2=1 turns it on too",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -178,11 +186,31 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     host, port = _split_listen(args.listen)
-    site = web.TCPSite(runner, host, port, ssl_context=standin.ssl_context(cert, key))
-    await site.start()
-    server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    http2 = args.http2 or os.environ.get("HERDGATE_STANDIN_HTTP2") == "1"
+    front: asyncio.Server | None = None
+    if http2:
+        # aiohttp serves HTTP/1.1 only: HTTP/2 streams reach it over a private unix socket.
+        private = Path(tempfile.mkdtemp(prefix="standin-h2-"))
+        unix_path = str(private / "app.sock")
+        await web.UnixSite(runner, unix_path).start()
+        assert runner.server is not None
+        if args.dir:
+            standin.h2_stats.path = args.dir / "h2.json"
+        front = await h2front.serve(
+            runner.server,
+            unix_path,
+            host,
+            port,
+            standin.ssl_context(cert, key, http2=True),
+            standin.h2_stats,
+        )
+        bound = front.sockets[0].getsockname()[1]
+    else:
+        site = web.TCPSite(runner, host, port, ssl_context=standin.ssl_context(cert, key))
+        await site.start()
+        server = site._server
+        assert server is not None
+        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
@@ -200,6 +228,8 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     standin.begin_shutdown()  # ends watches and followed logs before the listener closes
+    if front is not None:
+        front.close()
     with contextlib.suppress(Exception):
         await runner.cleanup()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from config.tls import server_context
 
-from . import bulk, discovery, openapi, rbac, streaming
+from . import bulk, discovery, h2front, openapi, rbac, streaming
 from .audit import AuditLog, event
 from .auth import (
     ALL_UNAUTHENTICATED,
@@ -125,6 +126,8 @@ class StandIn:
         )
         self.audit = AuditLog(config.audit_log)
         self.pod_files = PodFilesystems(config.pod_root)
+        self.h2_stats = h2front.Stats()
+        """HTTP/2 connections and streams served (``--http2``)."""
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -163,8 +166,26 @@ class StandIn:
         resp: web.StreamResponse | None = None
         try:
             peercert = None
-            if self.config.client_ca_file is not None and request.transport is not None:
-                peercert = request.transport.get_extra_info("peercert")
+            transport = request.transport
+            is_unix = transport is not None and isinstance(
+                transport.get_extra_info("sockname"), str
+            )
+            front_cert, front_remote, present = h2front.front_fields(request.headers, is_unix)
+            if present:
+                # An HTTP/2 stream the front forwarded (its client's certificate and
+                # address), or a client's forgery (dropped): never seen past here.
+                request = request.clone(
+                    headers=CIMultiDict(
+                        (name, value)
+                        for name, value in request.headers.items()
+                        if not name.lower().startswith("x-standin-front-")
+                    ),
+                    remote=front_remote or request.remote or "",
+                )
+            if self.config.client_ca_file is not None and is_unix:
+                peercert = front_cert
+            elif self.config.client_ca_file is not None and transport is not None:
+                peercert = transport.get_extra_info("peercert")
             user, presented = await self.authenticate(
                 request.headers.get("Authorization"), peercert
             )
@@ -406,5 +427,5 @@ class StandIn:
         self.api.stopping = True
         self.api.store.close_watchers()
 
-    def ssl_context(self, cert: Path, key: Path) -> ssl.SSLContext:
-        return server_context(cert, key, client_ca_file=self.config.client_ca_file)
+    def ssl_context(self, cert: Path, key: Path, http2: bool = False) -> ssl.SSLContext:
+        return server_context(cert, key, http2=http2, client_ca_file=self.config.client_ca_file)

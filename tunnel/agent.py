@@ -61,12 +61,13 @@ from config.reload import (
 from config.schema import AgentSettings
 from config.tasks import guard
 from config.tls import client_context
-from tunnel import wsconn
+from tunnel import h2upstream, wsconn
 from tunnel.cluster_state import CAPABILITY_KEY, FORMAT, WANT_KEY, parse_want
 from tunnel.cluster_watch import ClusterWatch, Reports
 from tunnel.credentials import AgentError, Upstream, cluster_upstream, gateway_ca
 from tunnel.errors import TunnelError
 from tunnel.frames import ErrorCode
+from tunnel.h2upstream import H2Pool
 from tunnel.probes import start_probes
 from tunnel.protocol import Limits, Side
 from tunnel.redial import (
@@ -76,7 +77,7 @@ from tunnel.redial import (
     Redial,
     backoff_delay,
 )
-from tunnel.relay import relay
+from tunnel.relay import relay, unreachable
 from tunnel.replica_list import (
     COUNT_KEY,
     LIST_KEY,
@@ -169,6 +170,8 @@ class Agent:
         self.cluster_watch: ClusterWatch | None = None
         self._cluster_watch_task: asyncio.Task[None] | None = None
         self._upstream: Upstream | None = None
+        self._h2: H2Pool | None = None
+        """HTTP/2 connections to the API server (``apiserver_http2``)."""
 
     def ready(self) -> bool:
         """``/readyz``: a tunnel to the gateway is up."""
@@ -186,9 +189,50 @@ class Agent:
             if stream.target not in (b"", b"apiserver"):
                 stream.reset(ErrorCode.REFUSED_STREAM, "only the API server is reachable")
                 return
-            self._spawn(relay(stream, session, upstream, self.stats))
+            pool = self._h2_pool(upstream)
+            if pool is None or pool.refused:
+                self._spawn(relay(stream, session, upstream, self.stats))
+            elif pool.connections:
+                self._h2_start(stream, session, upstream, pool)
+            else:
+                self._spawn(self._h2_first(stream, session, upstream, pool))
 
         return handler
+
+    def _h2_pool(self, upstream: Upstream) -> H2Pool | None:
+        """The HTTP/2 connections to the API server (None: ``apiserver_http2`` is off,
+        or the API server is reached without TLS)."""
+        if not self.settings.apiserver_http2 or upstream.ssl_h2 is None:
+            return None
+        if self._h2 is None or self._h2.upstream is not upstream:
+            self._h2 = H2Pool(upstream, self.stats)
+        return self._h2
+
+    def _h2_start(
+        self, stream: TunnelStream, session: Session, upstream: Upstream, pool: H2Pool
+    ) -> None:
+        self.stats.streams_total += 1
+
+        def fallback(stream: TunnelStream, prefix: bytes) -> None:
+            self._spawn(relay(stream, session, upstream, self.stats, prefix, accepted=True))
+
+        h2upstream.start(stream, session, pool, fallback)
+
+    async def _h2_first(
+        self, stream: TunnelStream, session: Session, upstream: Upstream, pool: H2Pool
+    ) -> None:
+        """No HTTP/2 connection yet: dial one (learning whether the API server offers
+        ``h2``) before taking the stream."""
+        try:
+            await pool.connection()
+        except h2upstream.NoHttp2:
+            await relay(stream, session, upstream, self.stats)
+            return
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            unreachable(stream, upstream, exc, self.stats)
+            return
+        if not stream.is_closed:
+            self._h2_start(stream, session, upstream, pool)
 
     def _on_info(self, raw: bytes, session: Session | None = None) -> None:
         try:
@@ -589,6 +633,8 @@ class Agent:
         self._stop_cluster_watch()
         for task in list(self._tasks):
             task.cancel()
+        if self._h2 is not None:
+            self._h2.close()
         if self._gave_up is not None:
             raise self._gave_up
 

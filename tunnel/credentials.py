@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +39,9 @@ class Upstream:
     port: int
     ssl: ssl.SSLContext | None
     server_hostname: str | None
+    ssl_h2: SSLContext | None = field(default=None, repr=False)
+    """The same TLS settings offering ALPN ``h2`` and ``http/1.1`` (``tunnel.h2upstream``);
+    ``ssl`` offers ``http/1.1`` only, for connections relayed byte for byte."""
     authorization: str = field(default="", repr=False)
     ca_pem: str = ""
     """The API server's CA, reported to the gateway for direct (ACE) kubeconfig contexts."""
@@ -122,10 +126,13 @@ def in_cluster_upstream(
     try:
         ca_pem = ca_file.read_text()
         ctx = client_context(ca_file=str(ca_file))
+        ctx_h2 = client_context(ca_file=str(ca_file), alpn=("h2", "http/1.1"))
     except (OSError, ssl.SSLError) as exc:
         raise AgentError(f"cannot load the service account CA {ca_file}: {exc}") from exc
     bare = host.strip("[]")
-    upstream = Upstream(host=bare, port=int(port_text), ssl=ctx, server_hostname=bare)
+    upstream = Upstream(
+        host=bare, port=int(port_text), ssl=ctx, server_hostname=bare, ssl_h2=ctx_h2
+    )
     upstream.authorization = f"Bearer {read_token()}"
     upstream.ca_pem = ca_pem
 
@@ -154,12 +161,17 @@ async def cluster_upstream(settings: AgentSettings) -> Upstream:
     if url.hostname is None:
         raise AgentError(f"no API server address in {cfg.host!r}")
     ctx: ssl.SSLContext | None = None
+    ctx_h2: ssl.SSLContext | None = None
     if url.scheme == "https":
-        ctx = client_context(
-            ca_file=cfg.ssl_ca_cert or None,
-            cert_file=cfg.cert_file or None,
-            key_file=cfg.key_file or None,
-            verify=bool(cfg.verify_ssl),
+        ctx, ctx_h2 = (
+            client_context(
+                ca_file=cfg.ssl_ca_cert or None,
+                cert_file=cfg.cert_file or None,
+                key_file=cfg.key_file or None,
+                verify=bool(cfg.verify_ssl),
+                alpn=alpn,
+            )
+            for alpn in (("http/1.1",), ("h2", "http/1.1"))
         )
     server_hostname = str(getattr(cfg, "tls_server_name", None) or url.hostname)
 
@@ -175,6 +187,7 @@ async def cluster_upstream(settings: AgentSettings) -> Upstream:
         port=url.port or (443 if url.scheme == "https" else 80),
         ssl=ctx,
         server_hostname=server_hostname if ctx else None,
+        ssl_h2=ctx_h2,
     )
     upstream.authorization = await credential()
     if cfg.ssl_ca_cert:

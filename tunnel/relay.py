@@ -86,10 +86,29 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-async def relay(
-    stream: TunnelStream, session: Session, upstream: Upstream, stats: AgentStats | None = None
+def unreachable(
+    stream: TunnelStream, upstream: Upstream, exc: BaseException, stats: AgentStats | None
 ) -> None:
-    """Connect the stream to the API server and copy bytes both ways."""
+    """Refuse ``stream``: the API server could not be reached (also for the HTTP/2 path)."""
+    logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
+    stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
+    if stats is not None:
+        stats.stream_failures += 1
+
+
+async def relay(
+    stream: TunnelStream,
+    session: Session,
+    upstream: Upstream,
+    stats: AgentStats | None = None,
+    prefix: bytes = b"",
+    accepted: bool = False,
+) -> None:
+    """Connect the stream to the API server and copy bytes both ways.
+
+    ``prefix``: bytes the gateway already sent on the stream (read by
+    ``tunnel.h2upstream`` before it handed the stream over), written first;
+    ``accepted``: the stream was accepted already."""
     loop = asyncio.get_running_loop()
     if stats is not None:
         stats.streams_total += 1
@@ -110,14 +129,17 @@ async def relay(
                     lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
                 )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        logger.warning("cannot reach the API server %s: %s", upstream.host_header, exc)
-        stream.reset(ErrorCode.CONNECT_FAILED, f"API server unreachable: {exc}")
-        if stats is not None:
-            stats.stream_failures += 1
+        unreachable(stream, upstream, exc, stats)
         return
-    session.accept(stream)
+    if not accepted:
+        session.accept(stream)
     if stats is not None:
         stats.streams_open += 1
+    if prefix:
+        if stats is not None:
+            stats.bytes_to_apiserver += len(prefix)
+            conn.asked_at = loop.time()
+        transport.write(prefix)
 
     def to_api_server(data: bytes | bytearray) -> bool:
         # Called for each arriving chunk (no task in between); False holds the credit

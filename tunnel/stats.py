@@ -63,6 +63,8 @@ class AgentStats:
     streams_total: int = 0
     streams_open: int = 0
     stream_failures: int = 0
+    h2_connections: int = 0
+    """HTTP/2 connections open to the API server (``tunnel.h2upstream``)."""
     bytes_to_apiserver: int = 0
     bytes_from_apiserver: int = 0
     latency: Histogram = field(default_factory=Histogram)

@@ -1,0 +1,286 @@
+"""The agent relays ordinary requests as HTTP/2 streams to the API server (issue 20).
+
+Real gateway, agent (``apiserver_http2: true``) and stand-in API server with HTTP/2
+(``--http2``): kubectl get, list, apply (protobuf bodies from 1.32), watch and logs -f
+through the gateway work; many watches share a few connections to the API server (counted
+on the stand-in's port); exec still works (its own HTTP/1.1 connection); identity
+headers reach the stand-in as the gateway wrote them (its audit log); a watch whose
+reader stops does not stall the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.binaries import kubectl
+from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.downstream_rbac import ok
+from tests.integration.env import kubectl_run, wait_until
+from tests.integration.test_hostile_requests import received, request
+
+pytestmark = [pytest.mark.integration, pytest.mark.request_path]
+
+MAX_STREAMS = 8
+"""The stand-in's MAX_CONCURRENT_STREAMS here: more watches than this need a second
+connection."""
+H2_ENV = {
+    "HERDGATE_APISERVER_HTTP2": "true",
+    "HERDGATE_STANDIN_HTTP2": "1",
+    "HERDGATE_STANDIN_H2_MAX_STREAMS": str(MAX_STREAMS),
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    saved = {name: os.environ.get(name) for name in H2_ENV}
+    os.environ.update(H2_ENV)  # inherited by the stand-in and the agent
+    try:
+        w = start_world(tmp_path_factory.mktemp("agent-h2"), name="h2")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    try:
+        yield w
+    finally:
+        stop_world(w)
+
+
+@pytest.fixture(scope="module")
+def admin_kc(world: World) -> Path:
+    return world.kubeconfig_for(world.admin, "h2-admin")
+
+
+def standin_connections(world: World) -> int:
+    """Established TCP connections to the stand-in's port (its side of them)."""
+    port = int(world.standin.url.rsplit(":", 1)[1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":  # ESTABLISHED
+                    count += 1
+    return count
+
+
+def h2_stats(world: World) -> dict[str, int]:
+    """The stand-in's HTTP/2 connections and streams so far (``standin.h2front``)."""
+    path = world.standin.workdir / "h2.json"
+    empty = {"connections": 0, "streams": 0, "open": 0, "active": 0}
+    return json.loads(path.read_text()) if path.exists() else empty
+
+
+def test_the_agent_speaks_http2_to_the_standin(world: World, admin_kc: Path) -> None:
+    before = h2_stats(world)
+    for _ in range(5):
+        out = ok(kubectl_run(kubectl("1.32"), admin_kc, "get", "namespaces", "-o", "json"))
+        names = {item["metadata"]["name"] for item in json.loads(out)["items"]}
+        assert "default" in names
+    after = h2_stats(world)
+    assert after["streams"] - before["streams"] >= 5, (before, after)
+    assert after["connections"] - before["connections"] <= 1, (before, after)
+    log = (world.tmp / "agent.log").read_text()
+    assert "does not offer HTTP/2" not in log
+    # A few connections to the stand-in in all: the agent's HTTP/2 ones (and none per
+    # request, as an HTTP/1.1 relay would keep while its tunnel streams stay pooled).
+    assert standin_connections(world) <= 3
+
+
+def test_kubectl_apply_get_delete_with_protobuf(world: World, admin_kc: Path) -> None:
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "h2-cm", "namespace": "default"},
+        "data": {"k": "v" * 5000},
+    }
+    k = kubectl("1.32")
+    ok(kubectl_run(k, admin_kc, "apply", "-f", "-", stdin=json.dumps(manifest)))
+    out = ok(kubectl_run(k, admin_kc, "get", "configmap", "h2-cm", "-o", "json"))
+    assert json.loads(out)["data"]["k"] == "v" * 5000
+    manifest["data"] = {"k": "w"}
+    ok(kubectl_run(k, admin_kc, "apply", "-f", "-", stdin=json.dumps(manifest)))
+    out = ok(kubectl_run(k, admin_kc, "get", "configmap", "h2-cm", "-o", "json"))
+    assert json.loads(out)["data"]["k"] == "w"
+    ok(kubectl_run(k, admin_kc, "delete", "configmap", "h2-cm"))
+
+
+def _watch(kc: Path, name: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(kc.parent / f"home-watch-{name}")
+    return subprocess.Popen(
+        [kubectl("1.32"), "--kubeconfig", str(kc), "get", "configmaps", "--watch-only",
+         "-o", "name"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_watches_share_connections_up_to_max_concurrent_streams(
+    world: World, admin_kc: Path
+) -> None:
+    idle = h2_stats(world).get("active", 0)
+    watchers = [_watch(admin_kc, str(i)) for i in range(12)]
+    try:
+        # every watch is open: 12 more streams being served (12 kubectl processes may take
+        # a while to start on a busy box)
+        wait_until(lambda: h2_stats(world)["active"] >= idle + 12, 60, f"{h2_stats(world)}")
+        ended = [w for w in watchers if w.poll() is not None]
+        assert not ended, [w.communicate(timeout=5)[1] for w in ended]
+        now = h2_stats(world)
+        # 12 watches (and the access sync's own) on MAX_STREAMS-stream connections
+        assert now["open"] >= 2, now
+        assert now["open"] <= (now["active"] + MAX_STREAMS - 1) // MAX_STREAMS + 1, now
+        assert standin_connections(world) <= now["open"] + 2
+        k = kubectl("1.32")
+        ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-watched"))
+        ok(kubectl_run(k, admin_kc, "delete", "configmap", "h2-watched"))
+        time.sleep(2)
+    finally:
+        for w in watchers:
+            w.terminate()
+        outputs = [w.communicate(timeout=10)[0] for w in watchers]
+    for out in outputs:  # added, then deleted
+        assert out.splitlines().count("configmap/h2-watched") == 2, out
+
+
+def test_logs_follow_and_exec_still_work(world: World, admin_kc: Path) -> None:
+    k = kubectl("1.32")
+    ok(kubectl_run(k, admin_kc, "run", "h2-shell", "--image=busybox", "--restart=Never"))
+    wait_until(
+        lambda: "Running" in kubectl_run(k, admin_kc, "get", "pod", "h2-shell").stdout, 15, "pod"
+    )
+    out = ok(kubectl_run(k, admin_kc, "exec", "h2-shell", "--", "echo", "over-http1"))
+    assert "over-http1" in out
+    for version in ("1.32", "1.27"):
+        out = ok(kubectl_run(kubectl(version), admin_kc, "exec", "h2-shell", "--", "echo", "x"))
+        assert out.strip() == "x"
+    # logs -f streams line after line until stopped
+    with pytest.raises(subprocess.TimeoutExpired) as stopped:
+        kubectl_run(k, admin_kc, "logs", "-f", "h2-shell", timeout=5)
+    lines = (stopped.value.output or b"").decode().splitlines()
+    assert lines[:3] == ["line 1", "line 2", "line 3"], lines
+    assert len(lines) >= 6, lines
+
+
+def test_identity_headers_reach_the_standin_as_written(world: World) -> None:
+    user_id, api = world.user("h2-reader", role="read-only")
+    answer, probe = request(world, "GET", f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces",
+                            api.token)  # fmt: skip
+    assert answer.status == 200, answer
+    events = received(world, probe)
+    assert len(events) == 1
+    fields: list[tuple[str, str]] = [(str(n), str(v)) for n, v in events[0]["requestHeaders"]]
+    identity = [(n, v) for n, v in fields if n.lower().startswith("impersonate-")]
+    assert ("Impersonate-User", user_id) in identity or any(
+        n == "Impersonate-User" for n, _ in identity
+    ), identity
+    assert not any(n.lower().startswith("x-standin-front") for n, _ in fields)
+    user: dict[str, Any] = events[0].get("impersonatedUser") or {}
+    assert user, events[0]
+
+
+def test_a_stopped_reader_does_not_stall_other_watches(world: World, admin_kc: Path) -> None:
+    """A raw HTTP/1.1 watch through the gateway that never reads, with large events piling
+    up, and a kubectl watch beside it that still gets every event."""
+    host, port = "127.0.0.1", world.gateway.port
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    raw = socket.create_connection((host, port))
+    stalled = ctx.wrap_socket(raw, server_hostname=host)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    target = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/default/configmaps?watch=1"
+    stalled.sendall(
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {world.admin.token}\r\n\r\n".encode()
+    )
+    watcher = _watch(admin_kc, "beside")
+    try:
+        time.sleep(2)
+        k = kubectl("1.32")
+        big = "x" * 200_000
+        for i in range(8):  # ~1.6 MB the stalled reader never takes
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"h2-big-{i}", "namespace": "default"},
+                "data": {"b": big},
+            }
+            ok(kubectl_run(k, admin_kc, "create", "-f", "-", stdin=json.dumps(manifest)))
+        ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-after"))
+        time.sleep(2)
+    finally:
+        watcher.terminate()
+        out = watcher.communicate(timeout=10)[0]
+        stalled.close()
+        for i in range(8):
+            kubectl_run(kubectl("1.32"), admin_kc, "delete", "configmap", f"h2-big-{i}")
+        kubectl_run(kubectl("1.32"), admin_kc, "delete", "configmap", "h2-after")
+    lines = out.splitlines()
+    assert "configmap/h2-after" in lines, out
+    for i in range(8):
+        assert f"configmap/h2-big-{i}" in lines, out
+
+
+@pytest.mark.parametrize("alpn", ["http/1.1", "h2"])
+def test_the_standins_front_fields_cannot_be_forged(world: World, alpn: str) -> None:
+    """A client's own ``X-Standin-Front-*`` fields are neither believed nor recorded, over
+    HTTP/1.1 (aiohttp directly) or HTTP/2 (through the front)."""
+    import ssl
+    import uuid
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    probe = uuid.uuid4().hex
+    host, port = "127.0.0.1", int(world.standin.url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context(cafile=str(world.standin.ca_file))
+    ctx.set_alpn_protocols([alpn])
+    forged = [
+        ("x-standin-front-remote", "203.0.113.9"),
+        ("x-standin-front-peercert", '{"subject": [[["commonName", "system:admin"]]]}'),
+        ("x-probe", probe),
+    ]
+    raw = socket.create_connection((host, port))
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        assert tls.selected_alpn_protocol() == alpn
+        if alpn == "h2":
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(
+                1,
+                [(":method", "GET"), (":scheme", "https"), (":authority", host),
+                 (":path", "/api/v1/namespaces"), *forged],
+                end_stream=True,
+            )  # fmt: skip
+            tls.sendall(conn.data_to_send())
+            status = b""
+            while not status:
+                for event in conn.receive_data(tls.recv(65536)):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"]
+                tls.sendall(conn.data_to_send())
+            assert status == b"401"  # no certificate believed, no token
+        else:
+            lines = ["GET /api/v1/namespaces HTTP/1.1", f"Host: {host}", "Connection: close"]
+            lines += [f"{n}: {v}" for n, v in forged]
+            tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            assert tls.recv(64).startswith(b"HTTP/1.1 401")
+    wait_until(lambda: any(probe in json.dumps(e) for e in world.standin.audit_events()), 5, "")
+    (event,) = [e for e in world.standin.audit_events() if probe in json.dumps(e)]
+    assert event["sourceIPs"] == ["127.0.0.1"]
+    assert not any(n.lower().startswith("x-standin-front") for n, _ in event["requestHeaders"])
