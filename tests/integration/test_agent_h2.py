@@ -86,18 +86,23 @@ def h2_stats(world: World) -> dict[str, int]:
 
 def test_the_agent_speaks_http2_to_the_standin(world: World, admin_kc: Path) -> None:
     before = h2_stats(world)
+    connections: list[int] = []
     for _ in range(5):
         out = ok(kubectl_run(kubectl("1.32"), admin_kc, "get", "namespaces", "-o", "json"))
         names = {item["metadata"]["name"] for item in json.loads(out)["items"]}
         assert "default" in names
+        connections.append(standin_connections(world))
     after = h2_stats(world)
     assert after["streams"] - before["streams"] >= 5, (before, after)
     assert after["connections"] - before["connections"] <= 1, (before, after)
     log = (world.tmp / "agent.log").read_text()
     assert "does not offer HTTP/2" not in log
-    # A few connections to the stand-in in all: the agent's HTTP/2 ones (and none per
-    # request, as an HTTP/1.1 relay would keep while its tunnel streams stay pooled).
-    assert standin_connections(world) <= 3
+    # No connection per request (an HTTP/1.1 relay keeps one per tunnel stream while the
+    # gateway pools them): after the first request, the count does not grow with them. The
+    # agent's own probes and watches of its cluster (its reports, tunnel.cluster_watch) hold
+    # HTTP/1.1 connections of their own, so the count is compared, not fixed; one more is
+    # allowed for a probe's connection coming and going meanwhile.
+    assert max(connections[1:]) <= connections[0] + 1, connections
 
 
 def test_kubectl_apply_get_delete_with_protobuf(world: World, admin_kc: Path) -> None:
@@ -143,7 +148,9 @@ def test_watches_share_connections_up_to_max_concurrent_streams(
         # 12 watches (and the access sync's own) on MAX_STREAMS-stream connections
         assert now["open"] >= 2, now
         assert now["open"] <= (now["active"] + MAX_STREAMS - 1) // MAX_STREAMS + 1, now
-        assert standin_connections(world) <= now["open"] + 2
+        # Beside the HTTP/2 connections: two spare, and the agent's own probe and its two
+        # watches of nodes and namespaces (its reports, tunnel.cluster_watch), HTTP/1.1.
+        assert standin_connections(world) <= now["open"] + 2 + 3
         k = kubectl("1.32")
         ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-watched"))
         ok(kubectl_run(k, admin_kc, "delete", "configmap", "h2-watched"))
