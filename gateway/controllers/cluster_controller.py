@@ -29,6 +29,7 @@ in the same process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -58,7 +59,7 @@ from gateway.controllers.cluster_health import (
     status_doc,
 )
 from gateway.controllers.downstream import InternalListener
-from gateway.controllers.lease import Lease, LeaseKeeper, lease_for
+from gateway.controllers.lease import SESSION_PREFIX, Lease, LeaseKeeper, lease_for, release_all
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
 from gateway.store.base import StoreError
@@ -74,6 +75,13 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 WRITE_DEBOUNCE_S = 0.05
 LEASE_PREFIX = "cluster/"
+STOP_STATUS_S = 5.0
+"""How long a stopping process spends writing its clusters' last statuses (those no
+other replica reaches) before it gives every lease up; any left are redone by whoever
+next holds each cluster's lease."""
+STOP_RELEASE_S = 5.0
+"""How long a stopping process waits for the store to take its leases back (one write);
+past it they lapse with their session, at the TTL."""
 
 Doc = dict[str, Any]
 
@@ -434,6 +442,8 @@ class ClusterControllers:
         self._flushing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._lead_listeners: list[Callable[[str, bool], None]] = []
+        self._stopping = False
+        self._sessions_checked: set[str] = set()
 
     def wall_offset(self) -> float:
         """Wall clock minus loop time (agents' connect times are loop times)."""
@@ -448,17 +458,52 @@ class ClusterControllers:
         for cluster_id in self.directory.statuses:
             self._export(cluster_id)
 
+    def begin_stop(self) -> None:
+        """The process is stopping (before its tunnels are closed): dropped tunnels no
+        longer make a status write and a lease release each (thousands of store writes,
+        one after the other on SQLite); ``stop`` writes what is needed and gives every
+        lease up in one write."""
+        self._stopping = True
+
     async def stop(self) -> None:
+        self._stopping = True
         # All at once: one after the other, thousands of controllers kept a stopping
         # gateway from exiting for longer than its unit lets it (docs/benchmarks.md).
         running = list(self.running.values())
         await asyncio.gather(*(controller.stop() for controller in running))
+        await self._last_statuses(running)
+        try:
+            async with asyncio.timeout(STOP_RELEASE_S):
+                await release_all(self.directory.store, self.replicas.id)
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("leases not given back (they lapse at their TTL): %s", exc)
         self.running.clear()
         tasks = [task for _, task in self.keepers.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         self.keepers.clear()
+
+    async def _last_statuses(self, running: list[ClusterController]) -> None:
+        """Show as disconnected, all at once and for ``STOP_STATUS_S`` at most, the
+        clusters no other live replica reaches (one reaching it takes the lease over and
+        writes its own view: nothing to write for those)."""
+        alone = [c for c in running if c.lease.held() and not self._elsewhere(c.cluster_id)]
+        for controller in alone:
+            controller.refresh_agents()
+        results: list[Any] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_STATUS_S):
+                results = await asyncio.gather(
+                    *(controller.write() for controller in alone), return_exceptions=True
+                )
+        failed = sum(1 for result in results if isinstance(result, BaseException))
+        if failed or len(results) < len(alone):
+            logger.warning(
+                "last statuses of %d of %d clusters not written while stopping",
+                failed + len(alone) - len(results),
+                len(alone),
+            )
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -468,8 +513,8 @@ class ClusterControllers:
     # -- triggers ---------------------------------------------------------------------
 
     def _on_tunnel_change(self, cluster_id: str, live: int) -> None:
-        if cluster_id not in self.directory.clusters:
-            return
+        if self._stopping or cluster_id not in self.directory.clusters:
+            return  # (stopping: ``stop`` writes what is needed, once)
         controller = self.running.get(cluster_id)
         if controller is not None:
             if live:
@@ -513,8 +558,27 @@ class ClusterControllers:
             keeper = self.keepers.get(key[len(LEASE_PREFIX) :])
             if keeper is not None and not keeper[0].holding:
                 keeper[0].wake()  # released or taken: try now
+        elif kind == LEASE and key.startswith(SESSION_PREFIX) and not self._stopping:
+            if key not in self._sessions_checked:  # one look at a time per session
+                self._sessions_checked.add(key)
+                self._spawn(self._check_session(key))
         elif kind == CLUSTER_STATUS:
             self._export(key)
+
+    async def _check_session(self, key: str) -> None:
+        """Another process's session record changed: if it is gone (that process gave
+        every lease up at once, or it was found expired), try its leases now rather than
+        at the next attempt. (A renewal changes it too: one read tells them apart.)"""
+        try:
+            gone = await self.directory.store.get(LEASE, key) is None
+        except StoreError:
+            gone = False
+        finally:
+            self._sessions_checked.discard(key)
+        if gone:
+            for keeper, _ in self.keepers.values():
+                if not keeper.holding:
+                    keeper.wake()
 
     async def _forget(self, cluster_id: str) -> None:
         entry = self.keepers.pop(cluster_id, None)
@@ -538,13 +602,18 @@ class ClusterControllers:
         )
         keeper = LeaseKeeper(
             lease,
-            want=lambda: (
-                cluster_id in self.directory.clusters
-                and (self.tunnels.count(cluster_id) > 0 or cluster_id in self._flushing)
-            ),
+            want=lambda: self._wants(cluster_id, lease),
             on_change=lambda holding: self._on_lease(cluster_id, lease, holding),
         )
         self.keepers[cluster_id] = (keeper, asyncio.create_task(keeper.run()))
+
+    def _wants(self, cluster_id: str, lease: Lease) -> bool:
+        if self._stopping:
+            # Keep what we hold (``stop`` gives it all up in one write), take nothing new.
+            return lease.held()
+        return cluster_id in self.directory.clusters and (
+            self.tunnels.count(cluster_id) > 0 or cluster_id in self._flushing
+        )
 
     def _on_lease(self, cluster_id: str, lease: Lease, holding: bool) -> None:
         if holding:

@@ -506,19 +506,24 @@ async def release_all(store: Store, holder: str) -> None:
     ``held`` is False from now on for every lease under them, and none is taken again by
     this process. ``StoreError`` if the store failed (the leases then lapse with their
     session, at the TTL)."""
-    closing: list[_StoreSession | _Session] = []
     by_store = _STORE_SESSIONS.get(store, {})
-    for key in [k for k in by_store if k[0] == holder]:
-        closing.append(by_store.pop(key))
+    closing: list[_StoreSession | _Session] = [
+        by_store.pop(key) for key in [k for k in by_store if k[0] == holder]
+    ]
     if isinstance(store, ExpiringLeases):
         by_etcd = _SESSIONS.get(store, {})
-        for etcd_key in [k for k in by_etcd if k[0] == holder]:
-            closing.append(by_etcd.pop(etcd_key))
+        closing.extend(by_etcd.pop(key) for key in [k for k in by_etcd if k[0] == holder])
+    failed: StoreError | None = None
     for session in closing:
-        if isinstance(session, _Session):
-            await session.revoke()
-        else:
-            await session.release()
+        try:
+            if isinstance(session, _Session):
+                await session.revoke()
+            else:
+                await session.release()
+        except StoreError as exc:
+            failed = exc
+    if failed is not None:
+        raise failed
 
 
 def _generation(record: dict[str, Any] | None) -> int:
