@@ -390,3 +390,30 @@ def test_the_failure_message_is_the_clusters_status_message() -> None:
 def test_any_answer_gives_a_bounded_message_and_never_raises(status: int, body: Any) -> None:
     message = _failure(_Answered(status, body))
     assert isinstance(message, str) and len(message) <= MAX_MESSAGE
+
+
+async def test_a_stopping_process_gives_every_lease_up_in_one_write(
+    two: tuple[Process, Process],
+) -> None:
+    """``ClusterControllers.stop`` with many clusters led: the last statuses (no other
+    replica reaches these clusters), then one write for all the leases (the session
+    record deleted); not a write per lease. The other process takes them all at once."""
+    first, second = two
+    ids = [f"c-{i}" for i in range(1, 31)]
+    for cluster_id in ids[1:]:
+        await first.directory.put(CLUSTER, Cluster(cluster_id, cluster_id, first.clock.now))
+    for cluster_id in ids:
+        await first.lead(cluster_id)
+    written: list[tuple[str, str]] = []
+    swap = first.store.swap
+
+    async def counted(kind: str, key: str, expected: Any, value: Any) -> int | None:
+        written.append((kind, key))
+        return await swap(kind, key, expected, value)
+
+    first.store.swap = counted  # type: ignore[method-assign]
+    await first.controllers.stop()
+    assert sorted(key for kind, key in written if kind == CLUSTER_STATUS) == sorted(ids)
+    assert [key for kind, key in written if kind != CLUSTER_STATUS] == ["session/r-1"]
+    for cluster_id in ids:  # no waiting for an expiry
+        assert (await second.lead(cluster_id)).generation == 2
