@@ -29,7 +29,6 @@ in the same process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -62,7 +61,7 @@ from gateway.controllers.downstream import InternalListener
 from gateway.controllers.lease import SESSION_PREFIX, Lease, LeaseKeeper, lease_for, release_all
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
-from gateway.store.base import StoreError
+from gateway.store.base import StoreError, swap_all
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
 from gateway.telemetry import metrics
 from tunnel.registry import TunnelRegistry
@@ -193,27 +192,38 @@ class ClusterController:
         directory = self.owner.directory
         if not self.lease.held() or self.cluster_id not in directory.clusters:
             return False
-        doc = self._doc()
         for _ in range(5):
             current = await directory.store.get(CLUSTER_STATUS, self.cluster_id)
-            if current is not None:
-                generation = current.get("generation")
-                if isinstance(generation, int) and generation > self.lease.generation:
-                    logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
-                    return False  # fenced
-                if _set_elsewhere(current) != self._elsewhere_written:
-                    # Another process set Synced or ACESynced since we last wrote: keep it.
-                    self._adopt_elsewhere(current)
-                    doc = self._doc()
-                if same_status(current, doc):
-                    return False
-            value = {**doc, "updated": directory.clock()}
+            value = self.next_status(current)
+            if value is None:
+                return False
             revision = await directory.store.swap(CLUSTER_STATUS, self.cluster_id, current, value)
             if revision is not None:
-                directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
-                self._elsewhere_written = _set_elsewhere(value)
+                self.written(value, revision)
                 return True
         raise StoreError(f"status of {self.cluster_id} kept changing; write abandoned")
+
+    def next_status(self, current: Doc | None) -> Doc | None:
+        """The status to write over ``current`` (the stored one), or None: unchanged, or
+        fenced (written under a newer lease generation)."""
+        doc = self._doc()
+        if current is not None:
+            generation = current.get("generation")
+            if isinstance(generation, int) and generation > self.lease.generation:
+                logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
+                return None  # fenced
+            if _set_elsewhere(current) != self._elsewhere_written:
+                # Another process set Synced or ACESynced since we last wrote: keep it.
+                self._adopt_elsewhere(current)
+                doc = self._doc()
+            if same_status(current, doc):
+                return None
+        return {**doc, "updated": self.owner.directory.clock()}
+
+    def written(self, value: Doc, revision: int) -> None:
+        """``value`` (from ``next_status``) was stored at ``revision``."""
+        self.owner.directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
+        self._elsewhere_written = _set_elsewhere(value)
 
     def _adopt_elsewhere(self, current: Doc) -> None:
         """Keep the ``Synced`` and ``ACESynced`` another process set (``set_condition``
@@ -485,25 +495,38 @@ class ClusterControllers:
         self.keepers.clear()
 
     async def _last_statuses(self, running: list[ClusterController]) -> None:
-        """Show as disconnected, all at once and for ``STOP_STATUS_S`` at most, the
-        clusters no other live replica reaches (one reaching it takes the lease over and
-        writes its own view: nothing to write for those)."""
+        """Show as disconnected the clusters no other live replica reaches (one that
+        does takes the lease over and writes its own view: nothing to write for those),
+        with one read of every status and one batch of compare-and-sets (``swap_all``:
+        one transaction on SQLite), for ``STOP_STATUS_S`` at most. A status that changed
+        meanwhile is left to whoever holds the cluster next."""
         alone = [c for c in running if c.lease.held() and not self._elsewhere(c.cluster_id)]
-        for controller in alone:
-            controller.refresh_agents()
-        results: list[Any] = []
-        with contextlib.suppress(TimeoutError):
+        if not alone:
+            return
+        store = self.directory.store
+        try:
             async with asyncio.timeout(STOP_STATUS_S):
-                results = await asyncio.gather(
-                    *(controller.write() for controller in alone), return_exceptions=True
+                stored = {str(doc.get("id")): doc for doc in await store.list(CLUSTER_STATUS)}
+                writes: list[tuple[ClusterController, Doc | None, Doc]] = []
+                for controller in alone:
+                    if controller.cluster_id not in self.directory.clusters:
+                        continue
+                    controller.refresh_agents()
+                    current = stored.get(controller.cluster_id)
+                    value = controller.next_status(current)
+                    if value is not None and controller.lease.held():
+                        writes.append((controller, current, value))
+                revisions = await swap_all(
+                    store,
+                    CLUSTER_STATUS,
+                    [(c.cluster_id, current, value) for c, current, value in writes],
                 )
-        failed = sum(1 for result in results if isinstance(result, BaseException))
-        if failed or len(results) < len(alone):
-            logger.warning(
-                "last statuses of %d of %d clusters not written while stopping",
-                failed + len(alone) - len(results),
-                len(alone),
-            )
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("last statuses of %d clusters not written: %r", len(alone), exc)
+            return
+        for (controller, _, value), revision in zip(writes, revisions, strict=True):
+            if revision is not None:
+                controller.written(value, revision)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)

@@ -14,7 +14,9 @@ migrated when the file is opened; the documents' schema version is
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import functools
 import json
 import mmap
 import os
@@ -41,6 +43,8 @@ POLL_INTERVAL_S = 0.2
 POLL_IDLE_MAX_S = 2.0
 """The change feed polls every POLL_INTERVAL_S after a change and backs off to this while
 nothing changes: each wake-up of an idle process costs more than the poll itself."""
+SWAP_BATCH = 500
+"""Compare-and-sets per transaction in ``swap_many``."""
 KEEP_CHANGES = 10_000
 """Change-log rows kept for followers; older ones are compacted away (every
 ``keep_changes // 10`` writes, at most every 1,000)."""
@@ -263,42 +267,71 @@ class SQLiteStore:
     def _swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
     ) -> int | None:
+        return self._swap_many(kind, [(key, expected, value)])[0]
+
+    def _swap_many(
+        self, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+    ) -> builtins.list[int | None]:
         db = self._conn
-        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        results: builtins.list[int | None] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(
-                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
-            ).fetchone()
-            current = None if row is None else _load(row[0])
-            if current != expected:
-                db.execute("ROLLBACK")
-                return None
-            if value is None and current is None:
-                db.execute("ROLLBACK")
-                return 0
-            revision = self._append(db, kind, key, text)
-            if value is None:
-                db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+            for key, expected, value in items:
+                results.append(self._swap_one(db, kind, key, expected, value))
+            if any(results):
+                db.execute("COMMIT")
+                self._signal_change()
             else:
-                db.execute(
-                    "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
-                    "revision=excluded.revision",
-                    (kind, key, text, revision),
-                )
-            db.execute("COMMIT")
-            self._signal_change()
+                db.execute("ROLLBACK")  # nothing written
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return results
+
+    def _swap_one(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        key: str,
+        expected: Document | None,
+        value: Document | None,
+    ) -> int | None:
+        """One compare-and-set inside the caller's write transaction."""
+        row = db.execute("SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)).fetchone()
+        current = None if row is None else _load(row[0])
+        if current != expected:
+            return None
+        if value is None and current is None:
+            return 0
+        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        revision = self._append(db, kind, key, text)
+        if value is None:
+            db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+        else:
+            db.execute(
+                "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
+                "revision=excluded.revision",
+                (kind, key, text, revision),
+            )
         return revision
 
     async def swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
     ) -> int | None:
         return await self._run(lambda: self._swap(kind, key, expected, value))
+
+    async def swap_many(
+        self, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+    ) -> builtins.list[int | None]:
+        """``SwapsMany``: in transactions of ``SWAP_BATCH`` (the file's write lock is not
+        held for long at a time, other workers write in between)."""
+        results: builtins.list[int | None] = []
+        for start in range(0, len(items), SWAP_BATCH):
+            chunk = items[start : start + SWAP_BATCH]
+            results.extend(await self._run(functools.partial(self._swap_many, kind, chunk)))
+        return results
 
     async def revision(self) -> int:
         def op() -> int:

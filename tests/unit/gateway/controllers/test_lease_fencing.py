@@ -404,16 +404,28 @@ async def test_a_stopping_process_gives_every_lease_up_in_one_write(
         await first.directory.put(CLUSTER, Cluster(cluster_id, cluster_id, first.clock.now))
     for cluster_id in ids:
         await first.lead(cluster_id)
-    written: list[tuple[str, str]] = []
-    swap = first.store.swap
+    calls: list[tuple[str, list[str]]] = []
+    swap, swap_many = first.store.swap, first.store.swap_many
 
-    async def counted(kind: str, key: str, expected: Any, value: Any) -> int | None:
-        written.append((kind, key))
+    async def one(kind: str, key: str, expected: Any, value: Any) -> int | None:
+        calls.append((kind, [key]))
         return await swap(kind, key, expected, value)
 
-    first.store.swap = counted  # type: ignore[method-assign]
+    async def many(kind: str, items: Any) -> list[int | None]:
+        calls.append((kind, [key for key, _, _ in items]))
+        return await swap_many(kind, items)
+
+    first.store.swap = one  # type: ignore[method-assign]
+    first.store.swap_many = many  # type: ignore[method-assign]
+    revision = await first.store.revision()
     await first.controllers.stop()
-    assert sorted(key for kind, key in written if kind == CLUSTER_STATUS) == sorted(ids)
-    assert [key for kind, key in written if kind != CLUSTER_STATUS] == ["session/r-1"]
+    # One batch of statuses (one transaction), one write for every lease.
+    assert [(kind, sorted(keys)) for kind, keys in calls] == [
+        (CLUSTER_STATUS, sorted(ids)),
+        ("leases", ["session/r-1"]),
+    ]
+    assert await first.store.revision() == revision + len(ids) + 1
+    status = await second.store.get(CLUSTER_STATUS, "c-1")
+    assert status is not None and status["generation"] == 1
     for cluster_id in ids:  # no waiting for an expiry
         assert (await second.lead(cluster_id)).generation == 2

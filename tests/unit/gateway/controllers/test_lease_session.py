@@ -275,3 +275,25 @@ async def _race(ops: list[tuple[Any, ...]]) -> None:
 @given(st.lists(op, min_size=1, max_size=25))
 def test_racing_holders_never_both_hold_and_generations_grow(ops: list[tuple[Any, ...]]) -> None:
     asyncio.run(_race(ops))
+
+
+async def test_swap_many_holds_or_fails_each_on_its_own(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    a, b = stores
+    assert await a.swap(LEASE, "x", None, {"v": 1}) is not None
+    revisions = await b.swap_many(
+        LEASE,
+        [
+            ("x", {"v": 1}, {"v": 2}),  # as expected: written
+            ("y", {"v": 9}, {"v": 1}),  # not what is there (absent): not written
+            ("z", None, {"v": 3}),  # absent as expected: written
+            ("w", None, None),  # deleting what is absent: nothing to do
+        ],
+    )
+    assert revisions[0] is not None and revisions[2] == revisions[0] + 1
+    assert revisions[1] is None and revisions[3] == 0
+    assert await a.get(LEASE, "x") == {"v": 2} and await a.get(LEASE, "z") == {"v": 3}
+    assert await a.get(LEASE, "y") is None
+    assert await b.swap_many(LEASE, [("x", {"v": 1}, None)]) == [None]  # stale: kept
+    assert await a.get(LEASE, "x") == {"v": 2}
