@@ -87,6 +87,9 @@ ERROR_RETRY_S = 1.0
 SESSION_PREFIX = "session/"
 """The key of a holder's session record (``session/<holder>``) among the leases."""
 HELD_BY_SESSION = 2**53
+HELD_CHECK_TTLS = 4
+"""A keeper whose lease its session's ticker keeps looks at it again after this many
+TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
 """The ``expires`` of a lease record held under a session: never, for a herdgate from
 before sessions, which judged a lease by that field alone."""
 
@@ -130,6 +133,63 @@ class _StoreSession:
         self.closed = False
         """Released for good (``release_all``): no lease is taken under it any more."""
         self._pending: asyncio.Future[None] | None = None
+        self._members: set[Callable[[], None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the ticker: one timer renews the session for every keeper ----------------------
+
+    def join(
+        self, wake: Callable[[], None], now: Callable[[], float], clock: Callable[[], float]
+    ) -> None:
+        """A keeper runs under this session: renew it at a third of the TTL from now on
+        (one timer, not one per keeper) and call ``wake`` when the session ends or
+        lapses."""
+        self._members.add(wake)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._tick(now, clock))
+
+    def leave(self, wake: Callable[[], None]) -> None:
+        self._members.discard(wake)
+        if not self._members and self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    @property
+    def ticking(self) -> bool:
+        return self._ticker is not None and not self._ticker.done() and not self.closed
+
+    def _wake_all(self) -> None:
+        for wake in list(self._members):
+            wake()
+
+    async def _tick(self, now: Callable[[], float], clock: Callable[[], float]) -> None:
+        told = float("nan")
+        """``started`` of the session whose lapse the keepers were told of."""
+        while self._members and not self.closed:
+            if self.record is None:
+                await asyncio.sleep(self.ttl_s / 3)  # none now: a keeper's take starts one
+                continue
+            delay = self.started + self.ttl_s / 3 - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            before = self.id
+            failed = False
+            try:
+                async with asyncio.timeout(max(0.05, self.valid_until - now())):
+                    await self.current(now, clock)
+            except (StoreError, TimeoutError) as exc:
+                logger.warning("lease session %s: the store failed: %r", self.key, exc)
+                failed = True
+            if not self.ticking:
+                return  # released (``release_all``) meanwhile
+            if self.id != before:
+                self._wake_all()  # ended elsewhere: its leases must be taken again
+            elif now() >= self.valid_until and told != self.started:
+                told = self.started
+                self._wake_all()  # lapsed: its keepers must say so now
+            if failed:
+                await asyncio.sleep(max(0.05, min(ERROR_RETRY_S, self.valid_until - now())))
 
     @property
     def id(self) -> str:
@@ -196,6 +256,9 @@ class _StoreSession:
     async def release(self) -> None:
         """End the session for good: every lease under it is free at once (one write)."""
         self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         record, self.record = self.record, None
         self.started = float("-inf")
         if record is not None:
@@ -260,6 +323,23 @@ class Lease:
     def held(self) -> bool:
         """Whether we hold the lease and may act on it now."""
         return self._record is not None and self._now() < self.valid_until
+
+    def join(self, wake: Callable[[], None]) -> None:
+        """A keeper keeps this lease (``LeaseKeeper.run``): its session renews itself
+        and calls ``wake`` when it ends or lapses."""
+        if self._session is not None:
+            self._session.join(wake, self._now, self.clock)
+
+    def leave(self, wake: Callable[[], None]) -> None:
+        if self._session is not None:
+            self._session.leave(wake)
+
+    def held_delay(self, delay: float) -> float:
+        """How long a keeper holding the lease may sleep (``delay``: until its next
+        attempt): long, while its session renews itself and wakes it if it must act."""
+        if self._session is not None and self._session.ticking:
+            return max(delay, HELD_CHECK_TTLS * self.ttl_s)
+        return delay
 
     @property
     def valid_until(self) -> float:
@@ -587,14 +667,18 @@ class LeaseKeeper:
         return delay
 
     async def run(self) -> None:
+        self.lease.join(self.wake)
         try:
             while True:
                 self._wake.clear()
                 delay = await self.step()
+                if self.holding:
+                    delay = self.lease.held_delay(delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
         finally:
+            self.lease.leave(self.wake)
             if self.lease.held():
                 self._set(False)
                 with contextlib.suppress(StoreError, RuntimeError):
