@@ -297,3 +297,87 @@ async def test_swap_many_holds_or_fails_each_on_its_own(
     assert await a.get(LEASE, "y") is None
     assert await b.swap_many(LEASE, [("x", {"v": 1}, None)]) == [None]  # stale: kept
     assert await a.get(LEASE, "x") == {"v": 2}
+
+
+# -- keepers on the real loop clock: one timer per session --------------------------
+
+SHORT_TTL = 0.9  # renewed every 0.3 s: the test runs for about a second
+
+
+async def _kept_for_real(store: Any, count: int) -> tuple[list[LeaseKeeper], list[int], Any]:
+    keepers: list[LeaseKeeper] = []
+    steps = [0] * count
+    losses: list[int] = []
+    for i in range(count):
+        lease = Lease(store, f"cluster/c-{i}", "r-1", ttl_s=SHORT_TTL, host="h")
+        keeper = LeaseKeeper(
+            lease, lambda: True, lambda holding, i=i: losses.append(i) if not holding else None
+        )
+        step = keeper.step
+
+        async def counted(step: Any = step, i: int = i) -> float:
+            steps[i] += 1
+            return float(await step())
+
+        keeper.step = counted  # type: ignore[method-assign]
+        keepers.append(keeper)
+    tasks = [asyncio.create_task(keeper.run()) for keeper in keepers]
+    for _ in range(100):
+        if all(keeper.holding for keeper in keepers):
+            break
+        await asyncio.sleep(0.02)
+    assert all(keeper.holding for keeper in keepers)
+    return keepers, steps, (tasks, losses)
+
+
+async def test_one_timer_renews_the_session_for_every_keeper(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    store = CountingStore(stores[0])
+    keepers, steps, (tasks, losses) = await _kept_for_real(store, 20)
+    try:
+        store.swaps.clear()
+        before = list(steps)
+        await asyncio.sleep(1.0)
+        assert all(keeper.holding and keeper.lease.held() for keeper in keepers)
+        assert set(store.swaps) == {SESSION_PREFIX + "r-1"}
+        assert 2 <= len(store.swaps) <= 4  # about one a third of the TTL, for all 20
+        assert steps == before  # no keeper woke: the session's timer renewed for all
+        assert losses == []
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_keepers_are_told_at_once_when_their_session_lapses(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    """The store stops answering: the session's timer cannot renew, and wakes every
+    keeper when the session lapses (at TTL minus a fifth), so each reports the loss then,
+    though none would have woken by itself for several TTLs."""
+
+    class Hanging(CountingStore):
+        hang = False
+
+        async def swap(self, kind: str, key: str, expected: Any, value: Any) -> Any:
+            if self.hang:
+                await asyncio.Event().wait()
+            return await super().swap(kind, key, expected, value)
+
+    store = Hanging(stores[0])
+    keepers, _, (tasks, losses) = await _kept_for_real(store, 10)
+    try:
+        store.hang = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = keepers[0].lease.valid_until
+        while len(losses) < 10 and loop.time() - start < 3 * SHORT_TTL:
+            await asyncio.sleep(0.01)
+        assert sorted(losses) == list(range(10))
+        assert loop.time() < deadline + SHORT_TTL / 5  # told before anyone could take over
+        assert not any(keeper.lease.held() for keeper in keepers)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
