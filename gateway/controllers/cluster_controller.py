@@ -582,7 +582,8 @@ class ClusterControllers:
             if keeper is not None and not keeper[0].holding:
                 keeper[0].wake()  # released or taken: try now
         elif kind == LEASE and key.startswith(SESSION_PREFIX) and not self._stopping:
-            if key not in self._sessions_checked:  # one look at a time per session
+            if key != SESSION_PREFIX + self.replicas.id and key not in self._sessions_checked:
+                # Another process's session: one look at a time.
                 self._sessions_checked.add(key)
                 self._spawn(self._check_session(key))
         elif kind == CLUSTER_STATUS:

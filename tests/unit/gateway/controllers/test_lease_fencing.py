@@ -6,6 +6,7 @@ kept by the controller's status writes and removed with direct access."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -429,3 +430,38 @@ async def test_a_stopping_process_gives_every_lease_up_in_one_write(
     assert status is not None and status["generation"] == 1
     for cluster_id in ids:  # no waiting for an expiry
         assert (await second.lead(cluster_id)).generation == 2
+
+
+async def test_a_gone_session_wakes_the_other_processes_contenders(
+    two: tuple[Process, Process],
+) -> None:
+    """A session record changed on the feed: renewed, nobody is woken; gone (its process
+    gave everything up), every keeper not holding tries at once."""
+    from gateway.controllers.lease import release_all
+    from gateway.store.records import LEASE
+
+    first, second = two
+    await first.lead()
+
+    class Keeper:
+        holding = False
+        woken = 0
+
+        def wake(self) -> None:
+            self.woken += 1
+
+    keeper = Keeper()
+    second.controllers.keepers["c-1"] = (keeper, cast(Any, None))  # type: ignore[assignment]
+
+    async def changed(key: str) -> None:
+        second.controllers._on_directory_change(LEASE, key)
+        await asyncio.gather(*second.controllers._background)
+
+    await changed("session/r-1")  # a renewal, say
+    assert keeper.woken == 0
+    await release_all(first.store, "r-1")
+    await changed("session/r-1")
+    assert keeper.woken == 1
+    await changed("session/r-2")  # its own session: never looked at
+    assert keeper.woken == 1
+    second.controllers.keepers.clear()
