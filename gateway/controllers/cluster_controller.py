@@ -20,6 +20,9 @@ tunnel goes. While the lease is held, a ``ClusterController`` runs for the clust
 
 Every process shows the stored record (``gateway.api.clusters.cluster_view``), so a
 ``GET /v3/clusters/<id>`` answers the same through any worker or replica.
+A stopping process (``ClusterControllers.begin_stop``, ``stop``) writes the last statuses of
+the clusters no other replica reaches in one batch and gives every lease up in one write
+(``lease.release_all``), not a write or two per cluster.
 ``ClusterControllers.set_condition`` lets other controllers set theirs: ``Synced`` (the
 access sync) and ``ACESynced`` (the ACE record sync). Both run under the cluster's lease
 (``leads``, ``on_lead``), so a cluster's controller, access sync and ACE sync always run

@@ -27,11 +27,14 @@ that session does (as etcd's ``concurrency.Session`` carries every key of a hold
   loop clock, so a holder that cannot renew (the store is unreachable) stops acting before
   anyone else can take the lease (at ``ttl`` after that write, on the wall clock). Clock
   skew between hosts up to the margin (a fifth of the TTL) is tolerated.
-- ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it renews (the session) at a
-  third of the TTL, gives the lease up as soon as ``want()`` turns False (marks it
-  released: no holder, its generation kept for the next holder to exceed), and reports
-  each change of holding to ``on_change``. ``release_all`` gives up every lease of a
-  process at once, in one write (the session deleted): a stopping gateway's way out.
+- ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it gives the lease up as
+  soon as ``want()`` turns False (marks it released: no holder, its generation kept for
+  the next holder to exceed) and reports each change of holding to ``on_change``. One
+  timer per session renews it at a third of the TTL for all its keepers (``Lease.join``)
+  and wakes them when it ends elsewhere or lapses; a keeper holding a lease sleeps
+  otherwise, so thousands of held leases cost neither writes nor wake-ups.
+  ``release_all`` gives up every lease of a process at once, in one write (the session
+  deleted): a stopping gateway's way out.
 - Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
   behalf carry it, and a record written under a higher generation is not overwritten
   by a lower one (``gateway.controllers.cluster_health`` does this for cluster status).
@@ -87,11 +90,11 @@ ERROR_RETRY_S = 1.0
 SESSION_PREFIX = "session/"
 """The key of a holder's session record (``session/<holder>``) among the leases."""
 HELD_BY_SESSION = 2**53
-HELD_CHECK_TTLS = 4
-"""A keeper whose lease its session's ticker keeps looks at it again after this many
-TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
 """The ``expires`` of a lease record held under a session: never, for a herdgate from
 before sessions, which judged a lease by that field alone."""
+HELD_CHECK_TTLS = 4
+"""A keeper whose lease its session's timer keeps looks at it again after this many
+TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
 
 
 class LeaseLost(Exception):
