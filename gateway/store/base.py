@@ -129,6 +129,24 @@ class SwapsMany(Protocol):
         ...
 
 
+@runtime_checkable
+class UrgentWrites(Protocol):
+    """A store whose requests otherwise queue behind one another (SQLite: one thread)
+    with a way around that queue, for the few requests that must not wait behind
+    thousands of others: a lease session's renewal (every lease of the process lapses
+    with it, ``gateway.controllers.lease``)."""
+
+    async def get_now(self, kind: str, key: str) -> Document | None:
+        """``get``, ahead of anything queued."""
+        ...
+
+    async def swap_now(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        """``swap``, ahead of anything queued."""
+        ...
+
+
 async def swap_all(
     store: Store, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
 ) -> list[int | None]:

@@ -96,6 +96,10 @@ class SQLiteStore:
         self._compact_every = max(1, min(1000, keep_changes // 10))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._urgent = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-urgent")
+        """``get_now``/``swap_now``: a thread and connection of their own, so that a lease
+        session's renewal never waits behind the queue of the store's thread."""
+        self._urgent_db: sqlite3.Connection | None = None
         self._probe: sqlite3.Connection | None = None
         self._signal: mmap.mmap | None = None
         self._signal_seen = b""
@@ -113,10 +117,7 @@ class SQLiteStore:
         for suffix in ("", "-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 _narrow(self.path.with_name(self.path.name + suffix))
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
+        db = self._connect()
         try:
             db.executescript(_SCHEMA)
             _migrate_layout(db, self.path)
@@ -125,6 +126,13 @@ class SQLiteStore:
             raise
         self._db = db
         self._open_signal()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     # -- the change signal --------------------------------------------------------------
     # Eight bytes in a small shared file, rewritten (random) after every commit. Every
@@ -270,9 +278,12 @@ class SQLiteStore:
         return self._swap_many(kind, [(key, expected, value)])[0]
 
     def _swap_many(
-        self, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+        self,
+        kind: str,
+        items: Sequence[tuple[str, Document | None, Document | None]],
+        db: sqlite3.Connection | None = None,
     ) -> builtins.list[int | None]:
-        db = self._conn
+        db = db or self._conn
         results: builtins.list[int | None] = []
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -332,6 +343,38 @@ class SQLiteStore:
             chunk = items[start : start + SWAP_BATCH]
             results.extend(await self._run(functools.partial(self._swap_many, kind, chunk)))
         return results
+
+    # -- ahead of the queue (``UrgentWrites``) ---------------------------------------------
+
+    def _urgent_conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        if self._urgent_db is None:
+            self._urgent_db = self._connect()
+        return self._urgent_db
+
+    async def _run_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._urgent, lambda: fn(self._urgent_conn()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def get_now(self, kind: str, key: str) -> Document | None:
+        def op(db: sqlite3.Connection) -> Document | None:
+            row = db.execute(
+                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+            return None if row is None else _load(row[0])
+
+        return await self._run_now(op)
+
+    async def swap_now(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        return (
+            await self._run_now(lambda db: self._swap_many(kind, [(key, expected, value)], db))
+        )[0]
 
     async def revision(self) -> int:
         def op() -> int:
@@ -402,6 +445,14 @@ class SQLiteStore:
                 interval = min(interval * 2, POLL_IDLE_MAX_S)
 
     async def close(self) -> None:
+        def close_urgent() -> None:
+            if self._urgent_db is not None:
+                self._urgent_db.close()
+                self._urgent_db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._urgent, close_urgent)
+        self._urgent.shutdown(wait=False)
+
         def op() -> None:
             if self._db is not None:
                 self._db.close()

@@ -416,8 +416,14 @@ async def test_a_stopping_process_gives_every_lease_up_in_one_write(
         calls.append((kind, [key for key, _, _ in items]))
         return await swap_many(kind, items)
 
+    async def now(kind: str, key: str, expected: Any, value: Any) -> int | None:
+        calls.append((kind, [key]))
+        return await swap_now(kind, key, expected, value)
+
+    swap_now = first.store.swap_now
     first.store.swap = one  # type: ignore[method-assign]
     first.store.swap_many = many  # type: ignore[method-assign]
+    first.store.swap_now = now  # type: ignore[method-assign]
     revision = await first.store.revision()
     await first.controllers.stop()
     # One batch of statuses (one transaction), one write for every lease.

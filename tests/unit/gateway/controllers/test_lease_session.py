@@ -381,3 +381,31 @@ async def test_keepers_are_told_at_once_when_their_session_lapses(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_the_session_is_renewed_ahead_of_the_stores_queue(
+    stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    """The store's thread is busy (a long queue of other writes, here one that takes
+    2 s): the session's renewal goes around it (``swap_now``: a thread and connection of
+    its own) instead of waiting, so the process's leases do not lapse behind it."""
+    import threading
+
+    clock = Clock()
+    store = stores[0]
+    one = _lease(store, "cluster/c-1", "r-1", clock)
+    assert await one.try_acquire()
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = loop.run_in_executor(store._executor, lambda: release.wait(2.0))
+    try:
+        clock.now += TTL / 3
+        started = loop.time()
+        async with asyncio.timeout(1.0):
+            assert await one.try_acquire()  # renewed: not behind the busy thread
+        assert loop.time() - started < 1.0
+        session = await store.get_now(LEASE, SESSION_PREFIX + "r-1")
+        assert session is not None and session["renewed"] == clock.now
+    finally:
+        release.set()
+        await busy
