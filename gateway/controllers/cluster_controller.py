@@ -20,6 +20,9 @@ tunnel goes. While the lease is held, a ``ClusterController`` runs for the clust
 
 Every process shows the stored record (``gateway.api.clusters.cluster_view``), so a
 ``GET /v3/clusters/<id>`` answers the same through any worker or replica.
+A stopping process (``ClusterControllers.begin_stop``, ``stop``) writes the last statuses of
+the clusters no other replica reaches in one batch and gives every lease up in one write
+(``lease.release_all``), not a write or two per cluster.
 ``ClusterControllers.set_condition`` lets other controllers set theirs: ``Synced`` (the
 access sync) and ``ACESynced`` (the ACE record sync). Both run under the cluster's lease
 (``leads``, ``on_lead``), so a cluster's controller, access sync and ACE sync always run
@@ -54,10 +57,10 @@ from gateway.controllers.cluster_health import (
     status_doc,
 )
 from gateway.controllers.downstream import InternalListener
-from gateway.controllers.lease import Lease, LeaseKeeper, lease_for
+from gateway.controllers.lease import SESSION_PREFIX, Lease, LeaseKeeper, lease_for, release_all
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
-from gateway.store.base import StoreError
+from gateway.store.base import StoreError, swap_all
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
 from gateway.telemetry import metrics
 from tunnel.cluster_state import (
@@ -79,6 +82,13 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 WRITE_DEBOUNCE_S = 0.05
 LEASE_PREFIX = "cluster/"
+STOP_STATUS_S = 5.0
+"""How long a stopping process spends writing its clusters' last statuses (those no
+other replica reaches) before it gives every lease up; any left are redone by whoever
+next holds each cluster's lease."""
+STOP_RELEASE_S = 5.0
+"""How long a stopping process waits for the store to take its leases back (one write);
+past it they lapse with their session, at the TTL."""
 HEARTBEAT_S = 60.0
 """How often a reporting agent says it is still there when nothing changed."""
 LATE_AFTER_HEARTBEATS = 3
@@ -298,27 +308,38 @@ class ClusterController:
         directory = self.owner.directory
         if not self.lease.held() or self.cluster_id not in directory.clusters:
             return False
-        doc = self._doc()
         for _ in range(5):
             current = await directory.store.get(CLUSTER_STATUS, self.cluster_id)
-            if current is not None:
-                generation = current.get("generation")
-                if isinstance(generation, int) and generation > self.lease.generation:
-                    logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
-                    return False  # fenced
-                if _set_elsewhere(current) != self._elsewhere_written:
-                    # Another process set Synced or ACESynced since we last wrote: keep it.
-                    self._adopt_elsewhere(current)
-                    doc = self._doc()
-                if same_status(current, doc):
-                    return False
-            value = {**doc, "updated": directory.clock()}
+            value = self.next_status(current)
+            if value is None:
+                return False
             revision = await directory.store.swap(CLUSTER_STATUS, self.cluster_id, current, value)
             if revision is not None:
-                directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
-                self._elsewhere_written = _set_elsewhere(value)
+                self.written(value, revision)
                 return True
         raise StoreError(f"status of {self.cluster_id} kept changing; write abandoned")
+
+    def next_status(self, current: Doc | None) -> Doc | None:
+        """The status to write over ``current`` (the stored one), or None: unchanged, or
+        fenced (written under a newer lease generation)."""
+        doc = self._doc()
+        if current is not None:
+            generation = current.get("generation")
+            if isinstance(generation, int) and generation > self.lease.generation:
+                logger.info("status of %s: a newer lease holder wrote it", self.cluster_id)
+                return None  # fenced
+            if _set_elsewhere(current) != self._elsewhere_written:
+                # Another process set Synced or ACESynced since we last wrote: keep it.
+                self._adopt_elsewhere(current)
+                doc = self._doc()
+            if same_status(current, doc):
+                return None
+        return {**doc, "updated": self.owner.directory.clock()}
+
+    def written(self, value: Doc, revision: int) -> None:
+        """``value`` (from ``next_status``) was stored at ``revision``."""
+        self.owner.directory._apply_own(CLUSTER_STATUS, self.cluster_id, value, revision)
+        self._elsewhere_written = _set_elsewhere(value)
 
     def _adopt_elsewhere(self, current: Doc) -> None:
         """Keep the ``Synced`` and ``ACESynced`` another process set (``set_condition``
@@ -552,6 +573,8 @@ class ClusterControllers:
         self._flushing: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._lead_listeners: list[Callable[[str, bool], None]] = []
+        self._stopping = False
+        self._sessions_checked: set[str] = set()
         self._namespace_listeners: list[Callable[[str, dict[str, str] | None], None]] = []
         self._sweep: asyncio.Task[None] | None = None
 
@@ -577,19 +600,67 @@ class ClusterControllers:
             for controller in list(self.running.values()):
                 controller.check_reporter(now)
 
+    def begin_stop(self) -> None:
+        """The process is stopping (before its tunnels are closed): dropped tunnels no
+        longer make a status write and a lease release each (thousands of store writes,
+        one after the other on SQLite); ``stop`` writes what is needed and gives every
+        lease up in one write."""
+        self._stopping = True
+
     async def stop(self) -> None:
+        self._stopping = True
         if self._sweep is not None:
             self._sweep.cancel()
         # All at once: one after the other, thousands of controllers kept a stopping
         # gateway from exiting for longer than its unit lets it (docs/benchmarks.md).
         running = list(self.running.values())
         await asyncio.gather(*(controller.stop() for controller in running))
+        await self._last_statuses(running)
+        try:
+            async with asyncio.timeout(STOP_RELEASE_S):
+                await release_all(self.directory.store, self.replicas.id)
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("leases not given back (they lapse at their TTL): %s", exc)
         self.running.clear()
         tasks = [task for _, task in self.keepers.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         self.keepers.clear()
+
+    async def _last_statuses(self, running: list[ClusterController]) -> None:
+        """Show as disconnected the clusters no other live replica reaches (one that
+        does takes the lease over and writes its own view: nothing to write for those),
+        with one read of every status and one batch of compare-and-sets (``swap_all``:
+        one transaction on SQLite), for ``STOP_STATUS_S`` at most. A status that changed
+        meanwhile is left to whoever holds the cluster next."""
+        alone = [c for c in running if c.lease.held() and not self._elsewhere(c.cluster_id)]
+        if not alone:
+            return
+        store = self.directory.store
+        try:
+            async with asyncio.timeout(STOP_STATUS_S):
+                stored = {str(doc.get("id")): doc for doc in await store.list(CLUSTER_STATUS)}
+                writes: list[tuple[ClusterController, Doc | None, Doc]] = []
+                for controller in alone:
+                    if controller.cluster_id not in self.directory.clusters:
+                        continue
+                    controller.refresh_agents()
+                    current = stored.get(controller.cluster_id)
+                    value = controller.next_status(current)
+                    if value is not None and controller.lease.held():
+                        writes.append((controller, current, value))
+                revisions = await swap_all(
+                    store,
+                    CLUSTER_STATUS,
+                    [(c.cluster_id, current, value) for c, current, value in writes],
+                )
+        except (StoreError, TimeoutError) as exc:
+            logger.warning("last statuses of %d clusters not written: %r", len(alone), exc)
+            return
+        for (controller, _, value), revision in zip(writes, revisions, strict=True):
+            if revision is not None:
+                controller.written(value, revision)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -599,8 +670,8 @@ class ClusterControllers:
     # -- triggers ---------------------------------------------------------------------
 
     def _on_tunnel_change(self, cluster_id: str, live: int) -> None:
-        if cluster_id not in self.directory.clusters:
-            return
+        if self._stopping or cluster_id not in self.directory.clusters:
+            return  # (stopping: ``stop`` writes what is needed, once)
         controller = self.running.get(cluster_id)
         if controller is not None:
             if live:
@@ -644,8 +715,28 @@ class ClusterControllers:
             keeper = self.keepers.get(key[len(LEASE_PREFIX) :])
             if keeper is not None and not keeper[0].holding:
                 keeper[0].wake()  # released or taken: try now
+        elif kind == LEASE and key.startswith(SESSION_PREFIX) and not self._stopping:
+            if key != SESSION_PREFIX + self.replicas.id and key not in self._sessions_checked:
+                # Another process's session: one look at a time.
+                self._sessions_checked.add(key)
+                self._spawn(self._check_session(key))
         elif kind == CLUSTER_STATUS:
             self._export(key)
+
+    async def _check_session(self, key: str) -> None:
+        """Another process's session record changed: if it is gone (that process gave
+        every lease up at once, or it was found expired), try its leases now rather than
+        at the next attempt. (A renewal changes it too: one read tells them apart.)"""
+        try:
+            gone = await self.directory.store.get(LEASE, key) is None
+        except StoreError:
+            gone = False
+        finally:
+            self._sessions_checked.discard(key)
+        if gone:
+            for keeper, _ in self.keepers.values():
+                if not keeper.holding:
+                    keeper.wake()
 
     async def _forget(self, cluster_id: str) -> None:
         entry = self.keepers.pop(cluster_id, None)
@@ -669,13 +760,18 @@ class ClusterControllers:
         )
         keeper = LeaseKeeper(
             lease,
-            want=lambda: (
-                cluster_id in self.directory.clusters
-                and (self.tunnels.count(cluster_id) > 0 or cluster_id in self._flushing)
-            ),
+            want=lambda: self._wants(cluster_id, lease),
             on_change=lambda holding: self._on_lease(cluster_id, lease, holding),
         )
         self.keepers[cluster_id] = (keeper, asyncio.create_task(keeper.run()))
+
+    def _wants(self, cluster_id: str, lease: Lease) -> bool:
+        if self._stopping:
+            # Keep what we hold (``stop`` gives it all up in one write), take nothing new.
+            return lease.held()
+        return cluster_id in self.directory.clusters and (
+            self.tunnels.count(cluster_id) > 0 or cluster_id in self._flushing
+        )
 
     def _on_lease(self, cluster_id: str, lease: Lease, holding: bool) -> None:
         if holding:

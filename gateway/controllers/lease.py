@@ -1,23 +1,40 @@
 """A lease in the store: which gateway process runs a piece of work now.
 
-A lease is one ``leases`` document (``gateway.store.records.LEASE``) naming its holder
-(a replica id), when it expires (wall-clock seconds, as the holder's clock saw it) and a
-``generation`` that grows by one each time the lease changes hands. It is taken and
-renewed only with the store's compare-and-set (``Store.swap``: the write holds only if
-the document is still what was read), so two processes racing for it — workers on one
-SQLite file or replicas on etcd — cannot both win.
+A lease is one ``leases`` document (``gateway.store.records.LEASE``) naming its holder (a
+replica id) and a ``generation`` that grows by one each time the lease changes hands. It
+is taken and given up only with the store's compare-and-set (``Store.swap``: the write
+holds only if the document is still what was read), so two processes racing for it —
+workers on one SQLite file or replicas on etcd — cannot both win.
 
-- ``Lease.try_acquire`` is one attempt: take a lease that is absent, expired, released,
-  or held by a process of this host that is no longer running (a crashed worker); renew
-  our own. ``Lease.held`` says whether we may act: it turns False at ``ttl - margin``
-  after the start of the last successful write, measured on this process's monotonic
-  loop clock, so a holder that cannot renew (the store is unreachable) stops acting
-  before anyone else can take the lease (at ``ttl`` after that write, on the wall clock).
-  Clock skew between hosts up to the margin (a fifth of the TTL) is tolerated.
-- ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it renews at a third of the
-  TTL, gives it up as soon as ``want()`` turns False (marks it released: no holder,
-  expired, its generation kept for the next holder to exceed), and reports each change
-  of holding to ``on_change``.
+A lease carries no expiry of its own: it names the holder's *session*, and lasts while
+that session does (as etcd's ``concurrency.Session`` carries every key of a holder).
+
+- On a store without leases of its own (SQLite), the session is one more ``leases``
+  document, ``session/<holder>``: the holder's host and pid, a random ``session`` id and
+  when it expires (wall-clock seconds, as the holder's clock saw it). The holder renews it
+  at a third of the TTL by compare-and-set against the document as it last wrote it: one
+  write renews every lease the process holds, however many. A lease record names the
+  session id it was taken under.
+- ``Lease.try_acquire`` is one attempt: take a lease that is absent, released, or whose
+  session is gone (deleted, or replaced by a new session id), expired, or held by a
+  process of this host that is no longer running (a crashed worker); for a session found
+  expired or dead, the taker first deletes the session record (compare-and-set against
+  what it read), so its holder's next renewal fails and it can never revive what was
+  taken over (a renewal that came first makes the deletion fail, and nothing is taken).
+  Keeping a lease we hold costs no write of its own: its session's renewal keeps it.
+- ``Lease.held`` says whether we may act: it turns False at ``ttl - margin`` after the
+  start of the session's last successful renewal, measured on this process's monotonic
+  loop clock, so a holder that cannot renew (the store is unreachable) stops acting before
+  anyone else can take the lease (at ``ttl`` after that write, on the wall clock). Clock
+  skew between hosts up to the margin (a fifth of the TTL) is tolerated.
+- ``LeaseKeeper.run`` keeps a lease while ``want()`` says so: it gives the lease up as
+  soon as ``want()`` turns False (marks it released: no holder, its generation kept for
+  the next holder to exceed) and reports each change of holding to ``on_change``. One
+  timer per session renews it at a third of the TTL for all its keepers (``Lease.join``)
+  and wakes them when it ends elsewhere or lapses; a keeper holding a lease sleeps
+  otherwise, so thousands of held leases cost neither writes nor wake-ups.
+  ``release_all`` gives up every lease of a process at once, in one write (the session
+  deleted): a stopping gateway's way out.
 - Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
   behalf carry it, and a record written under a higher generation is not overwritten
   by a lower one (``gateway.controllers.cluster_health`` does this for cluster status).
@@ -25,8 +42,14 @@ SQLite file or replicas on etcd — cannot both win.
   are fenced by checking ``held()`` immediately before each one (``fence``: raises
   ``LeaseLost``), so a holder that lost its lease stops before anyone else may act.
 
+A lease record from a herdgate before sessions (with an ``expires`` of its own and no
+``session``) is judged by its own expiry; records written now carry an ``expires`` far in
+the future (``HELD_BY_SESSION``), so such a herdgate sharing the file takes them only
+from a holder whose process is gone. Leases and sessions describe running processes:
+backups leave them out (``gateway.store.backup``).
+
 On etcd the lease is etcd's own (``EtcdLease``, made by ``lease_for`` wherever the store
-has ``ExpiringLeases``): the record is written under an etcd lease of the TTL (a
+has ``ExpiringLeases``): the record is written under the holder's etcd lease of the TTL (a
 transaction that holds only if the key is absent or still the revision read), renewed
 with etcd's keep-alive, and deleted by etcd itself when the holder stops renewing or
 revokes it. Its generation is the etcd revision of the write that took it: a revision is
@@ -34,12 +57,12 @@ never handed out twice, so generations grow across holders without any record su
 ``held`` turns False at ``ttl - margin`` after the start of the last grant or keep-alive
 that succeeded; etcd counts the TTL from when it received that request (later), and
 extends, never shortens, leases across a leader change, so the holder stops acting before
-etcd can let anyone else take the lease. (SQLite has no leases of its own: there the record
-itself carries its expiry and is renewed by compare-and-set, as above.)
+etcd can let anyone else take the lease.
 
 One lease name per piece of work: ``cluster/<id>`` for each cluster's controller, which
 the access sync and the ACE record sync work under too, and ``group-refresh`` for the
-periodic re-read of directory users (``gateway.operations.background``).
+periodic re-read of directory users (``gateway.operations.background``). One ``Lease``
+object per name and process: a lease we hold is not read again while its session lasts.
 """
 
 from __future__ import annotations
@@ -49,13 +72,14 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import socket
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gateway.store.base import ExpiringLeases, Store, StoreError
+from gateway.store.base import Document, ExpiringLeases, Store, StoreError, UrgentWrites
 from gateway.store.records import LEASE
 
 logger = logging.getLogger(__name__)
@@ -63,6 +87,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_TTL_S = 15.0
 ERROR_RETRY_S = 1.0
 """How soon a keeper tries again after the store failed (never past the lease's end)."""
+SESSION_PREFIX = "session/"
+"""The key of a holder's session record (``session/<holder>``) among the leases."""
+HELD_BY_SESSION = 2**53
+"""The ``expires`` of a lease record held under a session: never, for a herdgate from
+before sessions, which judged a lease by that field alone."""
+HELD_CHECK_TTLS = 4
+"""A keeper whose lease its session's timer keeps looks at it again after this many
+TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
 
 
 class LeaseLost(Exception):
@@ -83,6 +115,184 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _StoreSession:
+    """A holder's session on a store without leases of its own: one record
+    (``session/<holder>``) whose renewal keeps every lease taken under its id."""
+
+    def __init__(self, store: Store, holder: str, ttl_s: float, host: str, pid: int) -> None:
+        self.store = store
+        self.key = SESSION_PREFIX + holder
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self.margin_s = ttl_s / 5
+        self.host = host
+        self.pid = pid
+        self.record: dict[str, Any] | None = None
+        """The session document as we last wrote it (None: no session now)."""
+        self.started = float("-inf")
+        """Loop time at which the last successful write of the record started."""
+        self.closed = False
+        """Released for good (``release_all``): no lease is taken under it any more."""
+        self._pending: asyncio.Future[None] | None = None
+        self._members: set[Callable[[], None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the ticker: one timer renews the session for every keeper ----------------------
+
+    def join(
+        self, wake: Callable[[], None], now: Callable[[], float], clock: Callable[[], float]
+    ) -> None:
+        """A keeper runs under this session: renew it at a third of the TTL from now on
+        (one timer, not one per keeper) and call ``wake`` when the session ends or
+        lapses."""
+        self._members.add(wake)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._tick(now, clock))
+
+    def leave(self, wake: Callable[[], None]) -> None:
+        self._members.discard(wake)
+        if not self._members and self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    @property
+    def ticking(self) -> bool:
+        return self._ticker is not None and not self._ticker.done() and not self.closed
+
+    def _wake_all(self) -> None:
+        for wake in list(self._members):
+            wake()
+
+    async def _tick(self, now: Callable[[], float], clock: Callable[[], float]) -> None:
+        told = float("nan")
+        """``started`` of the session whose lapse the keepers were told of."""
+        while self._members and not self.closed:
+            if self.record is None:
+                await asyncio.sleep(self.ttl_s / 3)  # none now: a keeper's take starts one
+                continue
+            delay = self.started + self.ttl_s / 3 - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            before = self.id
+            failed = False
+            try:
+                async with asyncio.timeout(max(0.05, self.valid_until - now())):
+                    await self.current(now, clock)
+            except (StoreError, TimeoutError) as exc:
+                logger.warning("lease session %s: the store failed: %r", self.key, exc)
+                failed = True
+            if not self.ticking:
+                return  # released (``release_all``) meanwhile
+            if self.id != before:
+                self._wake_all()  # ended elsewhere: its leases must be taken again
+            elif now() >= self.valid_until and told != self.started:
+                told = self.started
+                self._wake_all()  # lapsed: its keepers must say so now
+            if failed:
+                await asyncio.sleep(max(0.05, min(ERROR_RETRY_S, self.valid_until - now())))
+
+    async def _get(self) -> Document | None:
+        if isinstance(self.store, UrgentWrites):
+            return await self.store.get_now(LEASE, self.key)
+        return await self.store.get(LEASE, self.key)
+
+    async def _swap(self, expected: Document | None, value: Document | None) -> int | None:
+        """The session record's compare-and-set, ahead of the store's queue where it has
+        one: if it waited behind thousands of other writes past the margin, every lease
+        of the process would lapse at once."""
+        if isinstance(self.store, UrgentWrites):
+            return await self.store.swap_now(LEASE, self.key, expected, value)
+        return await self.store.swap(LEASE, self.key, expected, value)
+
+    @property
+    def id(self) -> str:
+        """The current session's id ("": none)."""
+        return "" if self.record is None else str(self.record.get("session", ""))
+
+    @property
+    def valid_until(self) -> float:
+        """Loop time at which leases under this session stop being certainly ours."""
+        if self.record is None:
+            return float("-inf")
+        return self.started + self.ttl_s - self.margin_s
+
+    async def current(self, now: Callable[[], float], clock: Callable[[], float]) -> str:
+        """The session id: renewed first (or started) unless that was less than a third
+        of the TTL ago; one write for all callers at once."""
+        if self.closed:
+            raise StoreError(f"lease session {self.key} was released")
+        if self.record is not None and now() - self.started < self.ttl_s / 3:
+            return self.id
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._renew(now, clock))
+        pending = self._pending
+        try:
+            await asyncio.shield(pending)
+        finally:
+            if self._pending is pending and pending.done():
+                self._pending = None
+        return self.id
+
+    async def _renew(self, now: Callable[[], float], clock: Callable[[], float]) -> None:
+        started = now()
+        wall = clock()
+        if self.record is not None:
+            renewed = {**self.record, "renewed": wall, "expires": wall + self.ttl_s}
+            if await self._swap(self.record, renewed) is not None:
+                self.record = renewed
+                self.started = started
+                return
+            # Deleted by a process that found it expired (we could not renew in time) or
+            # our process gone: every lease taken under it may be someone else's now.
+            logger.info("lease session %s ended elsewhere: its leases are lost", self.key)
+            self.record = None
+            self.started = float("-inf")
+        current = await self._get()
+        record: dict[str, Any] = {
+            "id": self.key,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "session": secrets.token_hex(8),
+            "started": wall,
+            "renewed": wall,
+            "expires": wall + self.ttl_s,
+        }
+        if await self._swap(current, record) is None:
+            raise StoreError(f"lease session {self.key} changed while it was started")
+        if self.closed:  # released while we wrote: give it up again
+            await self._swap(record, None)
+            raise StoreError(f"lease session {self.key} was released")
+        self.record = record
+        self.started = started
+
+    async def release(self) -> None:
+        """End the session for good: every lease under it is free at once (one write)."""
+        self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        record, self.record = self.record, None
+        self.started = float("-inf")
+        if record is not None:
+            await self._swap(record, None)
+
+
+_STORE_SESSIONS: weakref.WeakKeyDictionary[
+    Any, dict[tuple[str, float, str, int], _StoreSession]
+] = weakref.WeakKeyDictionary()
+
+
+def _store_session(store: Store, holder: str, ttl_s: float, host: str, pid: int) -> _StoreSession:
+    by_holder = _STORE_SESSIONS.setdefault(store, {})
+    key = (holder, ttl_s, host, pid)
+    session = by_holder.get(key)
+    if session is None:
+        session = by_holder[key] = _StoreSession(store, holder, ttl_s, host, pid)
+    return session
 
 
 class Lease:
@@ -116,8 +326,10 @@ class Lease:
         self.generation = 0
         """The generation we hold (0: never held)."""
         self._record: dict[str, Any] | None = None
-        """The document as we last wrote it (what a renewal expects to find)."""
-        self._valid_until = float("-inf")
+        """The document as we last wrote it."""
+        self._session: _StoreSession | None = None
+        if not isinstance(store, ExpiringLeases):
+            self._session = _store_session(store, holder, ttl_s, self.host, self.pid)
 
     def _now(self) -> float:
         if self._monotonic is not None:
@@ -126,75 +338,104 @@ class Lease:
 
     def held(self) -> bool:
         """Whether we hold the lease and may act on it now."""
-        return self._record is not None and self._now() < self._valid_until
+        return self._record is not None and self._now() < self.valid_until
+
+    def join(self, wake: Callable[[], None]) -> None:
+        """A keeper keeps this lease (``LeaseKeeper.run``): its session renews itself
+        and calls ``wake`` when it ends or lapses."""
+        if self._session is not None:
+            self._session.join(wake, self._now, self.clock)
+
+    def leave(self, wake: Callable[[], None]) -> None:
+        if self._session is not None:
+            self._session.leave(wake)
+
+    def held_delay(self, delay: float) -> float:
+        """How long a keeper holding the lease may sleep (``delay``: until its next
+        attempt): long, while its session renews itself and wakes it if it must act."""
+        if self._session is not None and self._session.ticking:
+            return max(delay, HELD_CHECK_TTLS * self.ttl_s)
+        return delay
 
     @property
     def valid_until(self) -> float:
         """Loop time at which ``held`` turns False unless renewed."""
-        return self._valid_until
+        session = self._session
+        if self._record is None or session is None or not session.id:
+            return float("-inf")
+        if self._record.get("session") != session.id:
+            return float("-inf")  # the session it was taken under ended
+        return session.valid_until
 
-    def _takeable(self, current: dict[str, Any], wall: float) -> bool:
-        if current.get("holder") == self.holder:
-            return True
-        expires = current.get("expires")
-        if not isinstance(expires, int | float) or wall >= expires:
-            return True
-        pid = current.get("pid")
-        same_host = current.get("host") == self.host
+    def _dead(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` names a process of this host that is no longer running."""
+        pid = record.get("pid")
+        same_host = record.get("host") == self.host
         return same_host and isinstance(pid, int) and not self._is_running(pid)
 
-    async def try_acquire(self) -> bool:
-        """One attempt to take or renew; whether we hold it now. ``StoreError`` if the
-        store failed (``held`` then still tells whether we may go on acting)."""
-        started = self._now()
+    async def _takeable(self, current: dict[str, Any]) -> bool:
+        holder = current.get("holder")
+        if not holder or holder == self.holder:
+            return True  # released, or ours by name (an earlier process with our id)
         wall = self.clock()
-        if self._record is not None:
-            # Renewing what we hold: one compare-and-set against the document as we wrote
-            # it, without reading it first (what the read would decide when it is still
-            # that document; anything else is decided below, as for a take). Every
-            # cluster's lease is renewed at a third of its TTL: at 10,000 clusters that
-            # read had been half of the leases' share of an otherwise idle gateway.
-            renewed = {**self._record, "renewed": wall, "expires": wall + self.ttl_s}
-            if await self.store.swap(LEASE, self.name, self._record, renewed) is not None:
-                self._record = renewed
-                self._valid_until = started + self.ttl_s - self.margin_s
-                return True
-        current = await self.store.get(LEASE, self.name)
-        if current is not None and not self._takeable(current, wall):
+        if "session" not in current:
+            # Written by a herdgate from before sessions: its own expiry decides.
+            expires = current.get("expires")
+            return not isinstance(expires, int | float) or wall >= expires or self._dead(current)
+        key = SESSION_PREFIX + str(holder)
+        session = await self.store.get(LEASE, key)
+        if session is None or session.get("session") != current.get("session"):
+            return True  # the session it was taken under is over
+        expires = session.get("expires")
+        if isinstance(expires, int | float) and wall < expires and not self._dead(session):
+            return False
+        # Expired, or its process gone: end that session first, so that its holder's
+        # next renewal fails instead of reviving what we take over. If it renewed in the
+        # meantime, this fails and nothing is taken.
+        return await self.store.swap(LEASE, key, session, None) is not None
+
+    async def try_acquire(self) -> bool:
+        """One attempt to take or keep; whether we hold it now. ``StoreError`` if the
+        store failed (``held`` then still tells whether we may go on acting)."""
+        session = self._session
+        assert session is not None
+        if session.closed:
             self._lost()
             return False
-        ours = current is not None and current.get("holder") == self.holder
-        if ours and current != self._record:
-            # Ours by name but not as we wrote it: an earlier process with our id, or a
-            # record rewritten behind us; take it over as a new generation.
-            ours = False
-        generation = self.generation if ours else _generation(current) + 1
+        session_id = await session.current(self._now, self.clock)
+        if self._record is not None:
+            if self._record.get("session") == session_id:
+                return True  # kept by the session's renewal: no write of its own
+            self._lost()  # its session ended: take it again if we may
+        current = await self.store.get(LEASE, self.name)
+        if current is not None and not await self._takeable(current):
+            self._lost()
+            return False
+        wall = self.clock()
+        generation = _generation(current) + 1
         record: dict[str, Any] = {
             "id": self.name,
             "holder": self.holder,
             "host": self.host,
             "pid": self.pid,
-            "acquired": current.get("acquired", wall) if ours and current else wall,
-            "renewed": wall,
-            "expires": wall + self.ttl_s,
+            "acquired": wall,
+            "session": session_id,
+            "expires": HELD_BY_SESSION,
             "generation": generation,
         }
         revision = await self.store.swap(LEASE, self.name, current, record)
         if revision is None:
             self._lost()  # someone else wrote it between our read and our write
             return False
-        if not ours:
-            logger.info("lease %s taken by %s (generation %d)", self.name, self.holder, generation)
+        logger.info("lease %s taken by %s (generation %d)", self.name, self.holder, generation)
         self._record = record
         self.generation = generation
-        self._valid_until = started + self.ttl_s - self.margin_s
         return True
 
     def _lost(self) -> None:
         if self._record is not None:
             logger.info("lease %s lost by %s", self.name, self.holder)
         self._record = None
-        self._valid_until = float("-inf")
 
     async def release(self) -> None:
         """Give the lease up, if it is still as we wrote it: the record stays, with no
@@ -220,11 +461,15 @@ class _Session:
         self.lease_id = 0
         self.started = float("-inf")
         """Loop time at which the last successful grant or keep-alive was sent."""
+        self.closed = False
+        """Revoked for good (``release_all``): no record is written under it any more."""
         self._pending: asyncio.Future[None] | None = None
 
     async def current(self, now: Callable[[], float]) -> tuple[int, float]:
         """The lease id and when it was last renewed: renewed first unless that was less
         than a third of the TTL ago (one request for all callers at once)."""
+        if self.closed:
+            raise StoreError("the etcd lease session was revoked")
         if self.lease_id and now() - self.started < self.ttl_s / 3:
             return self.lease_id, self.started
         if self._pending is None:
@@ -244,10 +489,16 @@ class _Session:
             return
         # None yet, or expired (every record under it is gone): a new one.
         self.lease_id = 0
-        self.lease_id, _granted = await self.leases.grant_lease(math.ceil(self.ttl_s))
+        lease_id, _granted = await self.leases.grant_lease(math.ceil(self.ttl_s))
+        if self.closed:  # revoked while we asked: give it up again
+            await self.leases.revoke_lease(lease_id)
+            raise StoreError("the etcd lease session was revoked")
+        self.lease_id = lease_id
         self.started = started
 
     async def revoke(self) -> None:
+        """End it for good: etcd deletes every record written under it (one request)."""
+        self.closed = True
         lease_id, self.lease_id = self.lease_id, 0
         if lease_id:
             await self.leases.revoke_lease(lease_id)
@@ -276,17 +527,25 @@ class EtcdLease(Lease):
         self.session = _session(store, holder, self.ttl_s)
         self.lease_id = 0
         """The etcd lease our record was written under (0: none)."""
+        self._valid_until = float("-inf")
+
+    @property
+    def valid_until(self) -> float:
+        if self._record is None or self.lease_id != self.session.lease_id:
+            return float("-inf")  # never taken, or its etcd lease is gone (revoked)
+        return self._valid_until
 
     def _takeable_record(self, current: dict[str, Any]) -> bool:
         """A record that is there: ours by name (an earlier process with our id), or left by
         a crashed process of this host. (Anyone else's lasts until etcd expires it.)"""
         if current.get("holder") == self.holder:
             return current != self._record or current.get("etcd_lease") != str(self.lease_id)
-        pid = current.get("pid")
-        same_host = current.get("host") == self.host
-        return same_host and isinstance(pid, int) and not self._is_running(pid)
+        return self._dead(current)
 
     async def try_acquire(self) -> bool:
+        if self.session.closed:
+            self._lost()
+            return False
         lease_id, renewed = await self.session.current(self._now)
         if self._record is not None:
             if lease_id == self.lease_id:
@@ -330,10 +589,37 @@ class EtcdLease(Lease):
 
 def lease_for(store: Store, name: str, holder: str, **kw: Any) -> Lease:
     """The lease ``name`` for ``holder``: etcd's own where the store has leases, else a
-    record renewed by compare-and-set."""
+    record under the holder's session record (renewed by compare-and-set)."""
     if isinstance(store, ExpiringLeases):
         return EtcdLease(store, name, holder, **kw)
     return Lease(store, name, holder, **kw)
+
+
+async def release_all(store: Store, holder: str) -> None:
+    """Give up every lease ``holder`` holds on ``store`` at once, in one write per
+    session (SQLite: the session record deleted; etcd: its lease revoked, which deletes
+    every record under it): others may take them at once. The sessions are closed:
+    ``held`` is False from now on for every lease under them, and none is taken again by
+    this process. ``StoreError`` if the store failed (the leases then lapse with their
+    session, at the TTL)."""
+    by_store = _STORE_SESSIONS.get(store, {})
+    closing: list[_StoreSession | _Session] = [
+        by_store.pop(key) for key in [k for k in by_store if k[0] == holder]
+    ]
+    if isinstance(store, ExpiringLeases):
+        by_etcd = _SESSIONS.get(store, {})
+        closing.extend(by_etcd.pop(key) for key in [k for k in by_etcd if k[0] == holder])
+    failed: StoreError | None = None
+    for session in closing:
+        try:
+            if isinstance(session, _Session):
+                await session.revoke()
+            else:
+                await session.release()
+        except StoreError as exc:
+            failed = exc
+    if failed is not None:
+        raise failed
 
 
 def _generation(record: dict[str, Any] | None) -> int:
@@ -397,14 +683,18 @@ class LeaseKeeper:
         return delay
 
     async def run(self) -> None:
+        self.lease.join(self.wake)
         try:
             while True:
                 self._wake.clear()
                 delay = await self.step()
+                if self.holding:
+                    delay = self.lease.held_delay(delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
         finally:
+            self.lease.leave(self.wake)
             if self.lease.held():
                 self._set(False)
                 with contextlib.suppress(StoreError, RuntimeError):

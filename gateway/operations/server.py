@@ -28,6 +28,7 @@ from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
 from gateway.clusters import tunnels
+from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
 from gateway.front.balancers import ProxyPreface, TrustedProxies
 from gateway.front.connection import Front
 from gateway.front.connlimit import ConnectionLimit
@@ -244,4 +245,9 @@ async def _stop_gracefully(
             drain.active,
             grace_s,
         )
+    controllers = app.get(CLUSTER_CONTROLLERS)
+    if controllers is not None:
+        # Dropped tunnels then ask no status write and lease release each: the
+        # controllers' stop gives every lease up in one write.
+        controllers.begin_stop()
     await tunnels.close_all(app)

@@ -7,6 +7,7 @@ store's change feed keeps replicas' memory in step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -112,6 +113,50 @@ class ExpiringLeases(Protocol):
         """Write ``value`` under the lease only if the document is still the one written
         at revision ``expected`` (0: absent); the revision of the write, or None."""
         ...
+
+
+@runtime_checkable
+class SwapsMany(Protocol):
+    """A store that makes many compare-and-sets of one kind at once (SQLite: in one
+    transaction, where one after the other each took a transaction and a trip to the
+    store's thread)."""
+
+    async def swap_many(
+        self, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+    ) -> list[int | None]:
+        """``swap(kind, key, expected, value)`` for each ``(key, expected, value)``, each
+        holding or failing on its own: the revision of each write, or None."""
+        ...
+
+
+@runtime_checkable
+class UrgentWrites(Protocol):
+    """A store whose requests otherwise queue behind one another (SQLite: one thread)
+    with a way around that queue, for the few requests that must not wait behind
+    thousands of others: a lease session's renewal (every lease of the process lapses
+    with it, ``gateway.controllers.lease``)."""
+
+    async def get_now(self, kind: str, key: str) -> Document | None:
+        """``get``, ahead of anything queued."""
+        ...
+
+    async def swap_now(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        """``swap``, ahead of anything queued."""
+        ...
+
+
+async def swap_all(
+    store: Store, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+) -> list[int | None]:
+    """``Store.swap`` for each ``(key, expected, value)``: in one batch where the store
+    has ``SwapsMany``, else all at once (etcd answers each over HTTP)."""
+    if not items:
+        return []
+    if isinstance(store, SwapsMany):
+        return await store.swap_many(kind, items)
+    return list(await asyncio.gather(*(store.swap(kind, key, old, new) for key, old, new in items)))
 
 
 class Store(Protocol):

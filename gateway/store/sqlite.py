@@ -14,7 +14,9 @@ migrated when the file is opened; the documents' schema version is
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import functools
 import json
 import mmap
 import os
@@ -41,6 +43,8 @@ POLL_INTERVAL_S = 0.2
 POLL_IDLE_MAX_S = 2.0
 """The change feed polls every POLL_INTERVAL_S after a change and backs off to this while
 nothing changes: each wake-up of an idle process costs more than the poll itself."""
+SWAP_BATCH = 500
+"""Compare-and-sets per transaction in ``swap_many``."""
 KEEP_CHANGES = 10_000
 """Change-log rows kept for followers; older ones are compacted away (every
 ``keep_changes // 10`` writes, at most every 1,000)."""
@@ -92,6 +96,10 @@ class SQLiteStore:
         self._compact_every = max(1, min(1000, keep_changes // 10))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._urgent = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-urgent")
+        """``get_now``/``swap_now``: a thread and connection of their own, so that a lease
+        session's renewal never waits behind the queue of the store's thread."""
+        self._urgent_db: sqlite3.Connection | None = None
         self._probe: sqlite3.Connection | None = None
         self._signal: mmap.mmap | None = None
         self._signal_seen = b""
@@ -109,10 +117,7 @@ class SQLiteStore:
         for suffix in ("", "-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 _narrow(self.path.with_name(self.path.name + suffix))
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
+        db = self._connect()
         try:
             db.executescript(_SCHEMA)
             _migrate_layout(db, self.path)
@@ -121,6 +126,13 @@ class SQLiteStore:
             raise
         self._db = db
         self._open_signal()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     # -- the change signal --------------------------------------------------------------
     # Eight bytes in a small shared file, rewritten (random) after every commit. Every
@@ -263,42 +275,106 @@ class SQLiteStore:
     def _swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
     ) -> int | None:
-        db = self._conn
-        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        return self._swap_many(kind, [(key, expected, value)])[0]
+
+    def _swap_many(
+        self,
+        kind: str,
+        items: Sequence[tuple[str, Document | None, Document | None]],
+        db: sqlite3.Connection | None = None,
+    ) -> builtins.list[int | None]:
+        db = db or self._conn
+        results: builtins.list[int | None] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(
-                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
-            ).fetchone()
-            current = None if row is None else _load(row[0])
-            if current != expected:
-                db.execute("ROLLBACK")
-                return None
-            if value is None and current is None:
-                db.execute("ROLLBACK")
-                return 0
-            revision = self._append(db, kind, key, text)
-            if value is None:
-                db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+            for key, expected, value in items:
+                results.append(self._swap_one(db, kind, key, expected, value))
+            if any(results):
+                db.execute("COMMIT")
+                self._signal_change()
             else:
-                db.execute(
-                    "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
-                    "revision=excluded.revision",
-                    (kind, key, text, revision),
-                )
-            db.execute("COMMIT")
-            self._signal_change()
+                db.execute("ROLLBACK")  # nothing written
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return results
+
+    def _swap_one(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        key: str,
+        expected: Document | None,
+        value: Document | None,
+    ) -> int | None:
+        """One compare-and-set inside the caller's write transaction."""
+        row = db.execute("SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)).fetchone()
+        current = None if row is None else _load(row[0])
+        if current != expected:
+            return None
+        if value is None and current is None:
+            return 0
+        text = None if value is None else json.dumps(value, separators=(",", ":"))
+        revision = self._append(db, kind, key, text)
+        if value is None:
+            db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+        else:
+            db.execute(
+                "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
+                "revision=excluded.revision",
+                (kind, key, text, revision),
+            )
         return revision
 
     async def swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
     ) -> int | None:
         return await self._run(lambda: self._swap(kind, key, expected, value))
+
+    async def swap_many(
+        self, kind: str, items: Sequence[tuple[str, Document | None, Document | None]]
+    ) -> builtins.list[int | None]:
+        """``SwapsMany``: in transactions of ``SWAP_BATCH`` (the file's write lock is not
+        held for long at a time, other workers write in between)."""
+        results: builtins.list[int | None] = []
+        for start in range(0, len(items), SWAP_BATCH):
+            chunk = items[start : start + SWAP_BATCH]
+            results.extend(await self._run(functools.partial(self._swap_many, kind, chunk)))
+        return results
+
+    # -- ahead of the queue (``UrgentWrites``) ---------------------------------------------
+
+    def _urgent_conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        if self._urgent_db is None:
+            self._urgent_db = self._connect()
+        return self._urgent_db
+
+    async def _run_now(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._urgent, lambda: fn(self._urgent_conn()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def get_now(self, kind: str, key: str) -> Document | None:
+        def op(db: sqlite3.Connection) -> Document | None:
+            row = db.execute(
+                "SELECT value FROM objects WHERE kind=? AND key=?", (kind, key)
+            ).fetchone()
+            return None if row is None else _load(row[0])
+
+        return await self._run_now(op)
+
+    async def swap_now(
+        self, kind: str, key: str, expected: Document | None, value: Document | None
+    ) -> int | None:
+        return (
+            await self._run_now(lambda db: self._swap_many(kind, [(key, expected, value)], db))
+        )[0]
 
     async def revision(self) -> int:
         def op() -> int:
@@ -369,6 +445,14 @@ class SQLiteStore:
                 interval = min(interval * 2, POLL_IDLE_MAX_S)
 
     async def close(self) -> None:
+        def close_urgent() -> None:
+            if self._urgent_db is not None:
+                self._urgent_db.close()
+                self._urgent_db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._urgent, close_urgent)
+        self._urgent.shutdown(wait=False)
+
         def op() -> None:
             if self._db is not None:
                 self._db.close()

@@ -6,6 +6,7 @@ kept by the controller's status writes and removed with direct access."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -390,3 +391,83 @@ def test_the_failure_message_is_the_clusters_status_message() -> None:
 def test_any_answer_gives_a_bounded_message_and_never_raises(status: int, body: Any) -> None:
     message = _failure(_Answered(status, body))
     assert isinstance(message, str) and len(message) <= MAX_MESSAGE
+
+
+async def test_a_stopping_process_gives_every_lease_up_in_one_write(
+    two: tuple[Process, Process],
+) -> None:
+    """``ClusterControllers.stop`` with many clusters led: the last statuses (no other
+    replica reaches these clusters), then one write for all the leases (the session
+    record deleted); not a write per lease. The other process takes them all at once."""
+    first, second = two
+    ids = [f"c-{i}" for i in range(1, 31)]
+    for cluster_id in ids[1:]:
+        await first.directory.put(CLUSTER, Cluster(cluster_id, cluster_id, first.clock.now))
+    for cluster_id in ids:
+        await first.lead(cluster_id)
+    calls: list[tuple[str, list[str]]] = []
+    swap, swap_many = first.store.swap, first.store.swap_many
+
+    async def one(kind: str, key: str, expected: Any, value: Any) -> int | None:
+        calls.append((kind, [key]))
+        return await swap(kind, key, expected, value)
+
+    async def many(kind: str, items: Any) -> list[int | None]:
+        calls.append((kind, [key for key, _, _ in items]))
+        return await swap_many(kind, items)
+
+    async def now(kind: str, key: str, expected: Any, value: Any) -> int | None:
+        calls.append((kind, [key]))
+        return await swap_now(kind, key, expected, value)
+
+    swap_now = first.store.swap_now
+    first.store.swap = one  # type: ignore[method-assign]
+    first.store.swap_many = many  # type: ignore[method-assign]
+    first.store.swap_now = now  # type: ignore[method-assign]
+    revision = await first.store.revision()
+    await first.controllers.stop()
+    # One batch of statuses (one transaction), one write for every lease.
+    assert [(kind, sorted(keys)) for kind, keys in calls] == [
+        (CLUSTER_STATUS, sorted(ids)),
+        ("leases", ["session/r-1"]),
+    ]
+    assert await first.store.revision() == revision + len(ids) + 1
+    status = await second.store.get(CLUSTER_STATUS, "c-1")
+    assert status is not None and status["generation"] == 1
+    for cluster_id in ids:  # no waiting for an expiry
+        assert (await second.lead(cluster_id)).generation == 2
+
+
+async def test_a_gone_session_wakes_the_other_processes_contenders(
+    two: tuple[Process, Process],
+) -> None:
+    """A session record changed on the feed: renewed, nobody is woken; gone (its process
+    gave everything up), every keeper not holding tries at once."""
+    from gateway.controllers.lease import release_all
+    from gateway.store.records import LEASE
+
+    first, second = two
+    await first.lead()
+
+    class Keeper:
+        holding = False
+        woken = 0
+
+        def wake(self) -> None:
+            self.woken += 1
+
+    keeper = Keeper()
+    second.controllers.keepers["c-1"] = (keeper, cast(Any, None))  # type: ignore[assignment]
+
+    async def changed(key: str) -> None:
+        second.controllers._on_directory_change(LEASE, key)
+        await asyncio.gather(*second.controllers._background)
+
+    await changed("session/r-1")  # a renewal, say
+    assert keeper.woken == 0
+    await release_all(first.store, "r-1")
+    await changed("session/r-1")
+    assert keeper.woken == 1
+    await changed("session/r-2")  # its own session: never looked at
+    assert keeper.woken == 1
+    second.controllers.keepers.clear()
