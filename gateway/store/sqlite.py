@@ -200,16 +200,7 @@ class SQLiteStore:
             if value is None and not exists:
                 db.execute("ROLLBACK")
                 return 0
-            revision = self._append(db, kind, key, text)
-            if value is None:
-                db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
-            else:
-                db.execute(
-                    "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
-                    "revision=excluded.revision",
-                    (kind, key, text, revision),
-                )
+            revision = self._put_row(db, kind, key, text)
             db.execute("COMMIT")
             self._signal_change()
         except AlreadyExists:
@@ -218,6 +209,21 @@ class SQLiteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return revision
+
+    def _put_row(self, db: sqlite3.Connection, kind: str, key: str, text: str | None) -> int:
+        """Write one document (``text`` None: delete it) and log the write, inside the
+        caller's transaction; its revision."""
+        revision = self._append(db, kind, key, text)
+        if text is None:
+            db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
+        else:
+            db.execute(
+                "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
+                "revision=excluded.revision",
+                (kind, key, text, revision),
+            )
         return revision
 
     def _append(self, db: sqlite3.Connection, kind: str, key: str, text: str | None) -> int:
@@ -316,17 +322,7 @@ class SQLiteStore:
         if value is None and current is None:
             return 0
         text = None if value is None else json.dumps(value, separators=(",", ":"))
-        revision = self._append(db, kind, key, text)
-        if value is None:
-            db.execute("DELETE FROM objects WHERE kind=? AND key=?", (kind, key))
-        else:
-            db.execute(
-                "INSERT INTO objects (kind, key, value, revision) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (kind, key) DO UPDATE SET value=excluded.value, "
-                "revision=excluded.revision",
-                (kind, key, text, revision),
-            )
-        return revision
+        return self._put_row(db, kind, key, text)
 
     async def swap(
         self, kind: str, key: str, expected: Document | None, value: Document | None
