@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -59,6 +59,39 @@ PATHS = {NODES: "/api/v1/nodes", NAMESPACES: "/api/v1/namespaces"}
 
 class Gone(Exception):
     """The watch's resourceVersion is gone (410) or newer than the server has: list again."""
+
+
+async def follow(
+    list_once: Callable[[], Awaitable[None]],
+    watch_once: Callable[[], Awaitable[None]],
+    relist_after: Callable[[Exception], bool],
+    what: str,
+) -> None:
+    """List, then watch from the listed resourceVersion, for ever, as client-go's
+    reflector does: after a watch the server ended, watch again from where it was; after
+    ``Gone`` (or a failure ``relist_after`` says means the same) list again; after any
+    other failure, the same step again after a backoff pause. Both the agent's reports
+    (``ClusterWatch``) and the gateway's controller for agents that do not report follow
+    their cluster's nodes and namespaces with this."""
+    backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
+    listed = False
+    while True:
+        try:
+            if not listed:
+                await list_once()
+                listed = True
+                backoff.reset()
+            await watch_once()
+            backoff.reset()  # the server ended the watch: resume from where it was
+        except asyncio.CancelledError:
+            raise
+        except Gone:
+            listed = False
+        except Exception as exc:  # noqa: BLE001 - retried after a pause
+            logger.debug("%s: %s", what, _describe(exc))
+            if relist_after(exc):
+                listed = False
+            await asyncio.sleep(backoff.next())
 
 
 class HTTPFailure(Exception):
@@ -271,25 +304,12 @@ class ClusterWatch:
 
     async def _follow(self, kind: str) -> None:
         table = self.tables[kind]
-        backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
-        listed = False
-        while True:
-            try:
-                if not listed:
-                    await self._list(kind, table)
-                    listed = True
-                    backoff.reset()
-                await self._watch(kind, table)
-                backoff.reset()  # the server ended the watch: resume from where it was
-            except asyncio.CancelledError:
-                raise
-            except Gone:
-                listed = False
-            except Exception as exc:  # noqa: BLE001 - retried after a pause
-                logger.debug("%s: %s", kind, _describe(exc))
-                if isinstance(exc, HTTPFailure) and exc.status == 410:
-                    listed = False
-                await asyncio.sleep(backoff.next())
+        await follow(
+            lambda: self._list(kind, table),
+            lambda: self._watch(kind, table),
+            lambda exc: isinstance(exc, HTTPFailure) and exc.status == 410,
+            kind,
+        )
 
     async def _list(self, kind: str, table: WatchTable) -> None:
         status, body = await self._get(PATHS[kind], LIST_TIMEOUT_S)

@@ -72,6 +72,7 @@ from tunnel.cluster_state import (
     Backoff,
     WatchTable,
 )
+from tunnel.cluster_watch import Gone, follow
 from tunnel.registry import TunnelRegistry
 
 logger = logging.getLogger(__name__)
@@ -101,10 +102,6 @@ REPORT_WRITE_MIN_S = 1.0
 reports a change every second cannot make the gateway write more often)."""
 
 Doc = dict[str, Any]
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
 
 
 def agent_views(
@@ -425,25 +422,14 @@ class ClusterController:
 
     async def _watch_loop(self, kind: str) -> None:
         table = self.nodes if kind == "nodes" else self.namespaces
-        backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
-        listed = False
-        while True:
-            try:
-                if not listed:
-                    await self._list(kind, table)
-                    listed = True
-                    backoff.reset()
-                await self._watch(kind, table)
-                backoff.reset()  # the server ended the watch: resume from where it was
-            except asyncio.CancelledError:
-                raise
-            except Gone:
-                listed = False  # 410: the resourceVersion is gone, list again
-            except Exception as exc:  # noqa: BLE001 - retried after a pause
-                logger.debug("%s of %s: %s", kind, self.cluster_id, _describe(exc))
-                if _status_of(exc) == 410 or (_status_of(exc) == 504 and _too_large_text(exc)):
-                    listed = False  # gone, or newer than the server has (it restarted)
-                await asyncio.sleep(backoff.next())
+        # 410: gone; 504 "too large resource version": newer than the server has (it
+        # restarted with other storage). Both mean list again.
+        await follow(
+            lambda: self._list(kind, table),
+            lambda: self._watch(kind, table),
+            lambda exc: _status_of(exc) == 410 or (_status_of(exc) == 504 and _too_large_text(exc)),
+            f"{kind} of {self.cluster_id}",
+        )
 
     async def _open(self, api: Any, kind: str, **params: Any) -> aiohttp.ClientResponse:
         from kubernetes_asyncio.client import CoreV1Api

@@ -55,6 +55,10 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
+            # Its whole process group (each is started in a session of its own): a
+            # supervisor killed alone would leave its workers running.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.kill()
             process.wait(timeout)
 
@@ -159,7 +163,13 @@ class Gateway:
             start_new_session=True,
         )  # fmt: skip
         log.close()
-        wait_until(self._healthy, timeout, f"gateway not healthy:\n{self.log()}")
+        try:
+            wait_until(self._healthy, timeout, f"gateway not healthy:\n{self.log()}")
+        except BaseException:
+            # A gateway that did not come up in time is stopped here: its caller never
+            # gets it to stop (a supervisor left running restarts its workers for ever).
+            self.stop()
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -181,8 +181,8 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
         extra_args=["--workers", "2", "--config", str(config)],
         extra_env=env,
     )
-    gateway.start()
     try:
+        gateway.start()
         systemd.wait_for(starts_with("READY=1"), 20, "READY=1 from the supervisor")
         assert sum(starts_with("READY=1")(m) for m in systemd.poll()) == 1
         admin = gateway.admin()
