@@ -157,6 +157,9 @@ class Gateway:
             "--server-url", self.url,
             *self.extra_args,
         ]  # fmt: skip
+        # Its folder may not exist yet: a world starts the gateway and the stand-in (which
+        # makes the world's folder) side by side.
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             cmd, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
