@@ -68,21 +68,28 @@ class WorkerStates:
     worker whose watchdog pings stop is reported as stuck, to be killed and restarted.
     """
 
-    def __init__(self, count: int, watchdog_s: float) -> None:
+    def __init__(self, count: int, watchdog_s: float, start_timeout_s: float = 90.0) -> None:
         self.count = count
         self.watchdog_s = watchdog_s
+        self.start_timeout_s = start_timeout_s
+        """How long a new worker may take to say anything at all (importing, opening the
+        store): as systemd, the watchdog applies only once a process has started, and
+        start-up has a timeout of its own (``TimeoutStartSec``, 90 s by default)."""
         self.ready: set[int] = set()
         self.last_ping: dict[int, float] = {}
+        self.spoke: set[int] = set()
         self.reloading = False
         self.announced_ready = False
 
     def started(self, pid: int, now: float) -> None:
         self.last_ping[pid] = now
         self.ready.discard(pid)
+        self.spoke.discard(pid)
 
     def gone(self, pid: int) -> None:
         self.last_ping.pop(pid, None)
         self.ready.discard(pid)
+        self.spoke.discard(pid)
 
     def reload_begins(self) -> None:
         self.reloading = True
@@ -93,6 +100,7 @@ class WorkerStates:
         if pid not in self.last_ping:
             return False
         self.last_ping[pid] = now  # any message shows the worker's loop is alive
+        self.spoke.add(pid)
         if "READY=1" in fields:
             self.ready.add(pid)
             if len(self.ready) >= self.count and (self.reloading or not self.announced_ready):
@@ -102,8 +110,13 @@ class WorkerStates:
         return False
 
     def stuck(self, now: float) -> list[int]:
-        """Workers silent for two watchdog periods."""
-        return [pid for pid, last in self.last_ping.items() if now - last > 2 * self.watchdog_s]
+        """Workers silent for two watchdog periods since they last spoke, or that have
+        said nothing at all within the start timeout."""
+        return [
+            pid
+            for pid, last in self.last_ping.items()
+            if now - last > (2 * self.watchdog_s if pid in self.spoke else self.start_timeout_s)
+        ]
 
 
 def _notify_socket() -> tuple[socket.socket, str]:
