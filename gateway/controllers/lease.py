@@ -76,7 +76,7 @@ import secrets
 import socket
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.store.base import Document, ExpiringLeases, Store, StoreError, UrgentWrites
@@ -95,6 +95,26 @@ before sessions, which judged a lease by that field alone."""
 HELD_CHECK_TTLS = 4
 """A keeper whose lease its session's timer keeps looks at it again after this many
 TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
+
+
+class SingleFlight:
+    """One renewal in flight for all its callers: the first starts it, the others wait
+    for the same one (shielded, so a caller's cancellation does not stop it)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[None] | None = None
+
+    async def join(self, start: Callable[[], Awaitable[None]]) -> None:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(start())
+        pending = self._pending
+        try:
+            await asyncio.shield(pending)
+        finally:
+            if self._pending is pending and pending.done():
+                self._pending = None
 
 
 class LeaseLost(Exception):
@@ -135,7 +155,7 @@ class _StoreSession:
         """Loop time at which the last successful write of the record started."""
         self.closed = False
         """Released for good (``release_all``): no lease is taken under it any more."""
-        self._pending: asyncio.Future[None] | None = None
+        self._flight = SingleFlight()
         self._members: set[Callable[[], None]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -226,14 +246,7 @@ class _StoreSession:
             raise StoreError(f"lease session {self.key} was released")
         if self.record is not None and now() - self.started < self.ttl_s / 3:
             return self.id
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._renew(now, clock))
-        pending = self._pending
-        try:
-            await asyncio.shield(pending)
-        finally:
-            if self._pending is pending and pending.done():
-                self._pending = None
+        await self._flight.join(lambda: self._renew(now, clock))
         return self.id
 
     async def _renew(self, now: Callable[[], float], clock: Callable[[], float]) -> None:
@@ -463,7 +476,7 @@ class _Session:
         """Loop time at which the last successful grant or keep-alive was sent."""
         self.closed = False
         """Revoked for good (``release_all``): no record is written under it any more."""
-        self._pending: asyncio.Future[None] | None = None
+        self._flight = SingleFlight()
 
     async def current(self, now: Callable[[], float]) -> tuple[int, float]:
         """The lease id and when it was last renewed: renewed first unless that was less
@@ -472,14 +485,7 @@ class _Session:
             raise StoreError("the etcd lease session was revoked")
         if self.lease_id and now() - self.started < self.ttl_s / 3:
             return self.lease_id, self.started
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._renew(now))
-        pending = self._pending
-        try:
-            await asyncio.shield(pending)
-        finally:
-            if self._pending is pending and pending.done():
-                self._pending = None
+        await self._flight.join(lambda: self._renew(now))
         return self.lease_id, self.started
 
     async def _renew(self, now: Callable[[], float]) -> None:
