@@ -19,6 +19,7 @@ import binascii
 import collections
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -153,6 +154,8 @@ class Directory:
         """Token uses not yet written to the store (see ``flush_last_used``)."""
         self._echo: collections.deque[tuple[int, float]] = collections.deque()
         """(revision, monotonic time) of our own writes the feed has not brought back."""
+        self._reopened_at = -math.inf
+        """When ``feed_stalled`` last had the feed reopened (monotonic)."""
         self.max_feed_lag_s = 10.0
         """Beyond this ``feed_lag``, ``/readyz`` says the caches may be stale."""
         self._identities: dict[str, tuple[User, Identity]] = {}
@@ -256,11 +259,14 @@ class Directory:
         """Whether our own writes are not back on the feed within ``max_feed_lag_s``;
         if so the stall is counted and the wait starts afresh (the feed is reopened)."""
         lag = self.feed_lag()
-        if lag <= self.max_feed_lag_s:
+        now = time.monotonic()
+        if lag <= self.max_feed_lag_s or now - self._reopened_at <= self.max_feed_lag_s:
             return False
         logger.warning("store change feed: our writes are not back after %.0fs; reopening", lag)
-        # Not again at once: the new feed gets its own time to catch up.
-        self._echo = collections.deque((r, time.monotonic()) for r, _ in self._echo)
+        # Not again at once: the new feed gets its own time to catch up. The lag itself is
+        # left as it is (``feed_lag``, /readyz): the caches stay stale until the reopened
+        # feed has brought our writes back.
+        self._reopened_at = now
         metrics.STORE_FEED_RESTARTS.inc()
         return True
 

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,27 +124,65 @@ def test_kubectl_apply_get_delete_with_protobuf(world: World, admin_kc: Path) ->
     ok(kubectl_run(k, admin_kc, "delete", "configmap", "h2-cm"))
 
 
-def _watch(kc: Path, name: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
-    env["HOME"] = str(kc.parent / f"home-watch-{name}")
-    return subprocess.Popen(
-        [kubectl("1.32"), "--kubeconfig", str(kc), "get", "configmaps", "--watch-only",
-         "-o", "name"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+class _Watch:
+    """``kubectl get configmaps --watch-only -o name``, its output lines gathered by a
+    thread as they come."""
+
+    def __init__(self, kc: Path, name: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        env["HOME"] = str(kc.parent / f"home-watch-{name}")
+        self.process = subprocess.Popen(
+            [kubectl("1.32"), "--kubeconfig", str(kc), "get", "configmaps", "--watch-only",
+             "-o", "name"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def count(self, line: str) -> int:
+        return self.lines.count(line)
+
+    def stop(self) -> str:
+        self.process.terminate()
+        _, err = self.process.communicate(timeout=10)
+        self._reader.join(timeout=10)
+        return err
+
+
+def _until_open(watchers: list[_Watch], kc: Path, prefix: str) -> list[str]:
+    """Create configmaps ``prefix-N`` until every watch has shown one: a kubectl between
+    its list and its watch would see a create as listed, not as an event, so only an
+    event seen proves a watch is open. The names created, for clean-up."""
+    created: list[str] = []
+    deadline = time.monotonic() + 60
+    while not all(any(line.startswith(f"configmap/{prefix}-") for line in w.lines)
+                  for w in watchers):  # fmt: skip
+        assert time.monotonic() < deadline, [w.lines for w in watchers]
+        created.append(f"{prefix}-{len(created)}")
+        ok(kubectl_run(kubectl("1.32"), kc, "create", "configmap", created[-1]))
+        time.sleep(1)
+    return created
 
 
 def test_watches_share_connections_up_to_max_concurrent_streams(
     world: World, admin_kc: Path
 ) -> None:
     idle = h2_stats(world).get("active", 0)
-    watchers = [_watch(admin_kc, str(i)) for i in range(12)]
+    watchers = [_Watch(admin_kc, str(i)) for i in range(12)]
+    k = kubectl("1.32")
+    opened: list[str] = []
     try:
         # every watch is open: 12 more streams being served (12 kubectl processes may take
         # a while to start on a busy box)
         wait_until(lambda: h2_stats(world)["active"] >= idle + 12, 60, f"{h2_stats(world)}")
-        ended = [w for w in watchers if w.poll() is not None]
-        assert not ended, [w.communicate(timeout=5)[1] for w in ended]
+        ended = [w.stop() for w in watchers if w.process.poll() is not None]
+        assert not ended, ended
         now = h2_stats(world)
         # 12 watches (and the access sync's own) on MAX_STREAMS-stream connections
         assert now["open"] >= 2, now
@@ -151,16 +190,21 @@ def test_watches_share_connections_up_to_max_concurrent_streams(
         # Beside the HTTP/2 connections: two spare, and the agent's own probe and its two
         # watches of nodes and namespaces (its reports, tunnel.cluster_watch), HTTP/1.1.
         assert standin_connections(world) <= now["open"] + 2 + 3
-        k = kubectl("1.32")
+        # The stream count above may include the gateway's own passing requests.
+        opened = _until_open(watchers, admin_kc, "h2-opened")
         ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-watched"))
         ok(kubectl_run(k, admin_kc, "delete", "configmap", "h2-watched"))
-        time.sleep(2)
+        # added, then deleted: on every watch
+        wait_until(
+            lambda: all(w.count("configmap/h2-watched") == 2 for w in watchers),
+            30,
+            f"{[w.lines for w in watchers]}",
+        )
     finally:
         for w in watchers:
-            w.terminate()
-        outputs = [w.communicate(timeout=10)[0] for w in watchers]
-    for out in outputs:  # added, then deleted
-        assert out.splitlines().count("configmap/h2-watched") == 2, out
+            w.stop()
+        for name in opened:
+            kubectl_run(k, admin_kc, "delete", "configmap", name)
 
 
 def test_logs_follow_and_exec_still_work(world: World, admin_kc: Path) -> None:
@@ -214,10 +258,11 @@ def test_a_stopped_reader_does_not_stall_other_watches(world: World, admin_kc: P
         f"GET {target} HTTP/1.1\r\nHost: {host}\r\n"
         f"Authorization: Bearer {world.admin.token}\r\n\r\n".encode()
     )
-    watcher = _watch(admin_kc, "beside")
+    watcher = _Watch(admin_kc, "beside")
+    k = kubectl("1.32")
+    opened: list[str] = []
     try:
-        time.sleep(2)
-        k = kubectl("1.32")
+        opened = _until_open([watcher], admin_kc, "h2-beside")
         big = "x" * 200_000
         for i in range(8):  # ~1.6 MB the stalled reader never takes
             manifest = {
@@ -228,18 +273,13 @@ def test_a_stopped_reader_does_not_stall_other_watches(world: World, admin_kc: P
             }
             ok(kubectl_run(k, admin_kc, "create", "-f", "-", stdin=json.dumps(manifest)))
         ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-after"))
-        time.sleep(2)
+        wanted = ["configmap/h2-after"] + [f"configmap/h2-big-{i}" for i in range(8)]
+        wait_until(lambda: all(watcher.count(line) for line in wanted), 30, f"{watcher.lines}")
     finally:
-        watcher.terminate()
-        out = watcher.communicate(timeout=10)[0]
+        watcher.stop()
         stalled.close()
-        for i in range(8):
-            kubectl_run(kubectl("1.32"), admin_kc, "delete", "configmap", f"h2-big-{i}")
-        kubectl_run(kubectl("1.32"), admin_kc, "delete", "configmap", "h2-after")
-    lines = out.splitlines()
-    assert "configmap/h2-after" in lines, out
-    for i in range(8):
-        assert f"configmap/h2-big-{i}" in lines, out
+        for name in [f"h2-big-{i}" for i in range(8)] + ["h2-after", *opened]:
+            kubectl_run(k, admin_kc, "delete", "configmap", name)
 
 
 @pytest.mark.parametrize("alpn", ["http/1.1", "h2"])

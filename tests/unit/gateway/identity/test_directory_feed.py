@@ -171,6 +171,11 @@ async def test_a_stalled_feed_is_opened_again(
         await d.put(REPLICA, Replica("r-1", "host", 1, 0.0, 0.0))
         await _settle(lambda: len(fake.opened) == 2)
         assert fake.opened[1] == start  # nothing was delivered: from the same place
+        # Reopening is no catching up: the lag (what /readyz reports) stands until the
+        # reopened feed brings our write back, and a feed still silent is reopened again.
+        assert d.feed_lag() > d.max_feed_lag_s
+        await _settle(lambda: len(fake.opened) == 3)
+        assert d.feed_lag() > 2 * d.max_feed_lag_s
         fake.feed.put_nowait(Change(d.revision + 1, "", "", None))
         await _settle(lambda: d.feed_lag() == 0)
     finally:
