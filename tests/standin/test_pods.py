@@ -304,11 +304,15 @@ def test_works_as_another_user_than_root(tmp_path: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="standin-pods-user-"))
     try:
         os.chmod(shared, 0o777)  # noqa: S103 - the other user's pods directory, removed below
-        command = [sys.executable, "-c", _AS_USER, str(shared / "pods")]
+        # The other user may not read this checkout or its virtual environment (a clone in
+        # a 0700 folder): it gets a copy of what the child imports, and the base interpreter.
+        python = _readable_copy(shared / "lib", "standin.pods", "standin.streaming")
+        command = [python, "-c", _AS_USER, str(shared / "pods")]
         if os.geteuid() == 0:  # as the tests usually run: become nobody for this one
             command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(shared / "lib")}
         done = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+            command, cwd=shared, env=env, capture_output=True, text=True, timeout=60, check=False
         )
         assert done.returncode == 0, done.stderr
         (extract_code, extract_out), (create_code, create_out) = json.loads(done.stdout)
@@ -316,3 +320,39 @@ def test_works_as_another_user_than_root(tmp_path: Path) -> None:
         assert create_code == 0 and create_out >= 1024
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+_IMPORTED = """
+import importlib, json, sys, sysconfig
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+paths = set()
+for name in set(sys.modules) - before:
+    top = sys.modules.get(name.split(".")[0])
+    file = getattr(top, "__file__", None)
+    if file and ("site-packages" in file or not file.startswith(stdlib)):
+        paths.add(file)
+print(json.dumps({"python": sys._base_executable, "paths": sorted(paths)}))
+"""
+
+
+def _readable_copy(into: Path, *modules: str) -> str:
+    """Copy the packages that importing ``modules`` loads from outside the standard
+    library (this checkout's and the virtual environment's) into ``into``, readable by
+    all; the base interpreter to run them with."""
+    found = subprocess.run(
+        [sys.executable, "-c", _IMPORTED, *modules],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    answer = json.loads(found.stdout)
+    into.mkdir()
+    for file in map(Path, answer["paths"]):
+        if file.name == "__init__.py":
+            shutil.copytree(file.parent, into / file.parent.name)
+        else:
+            shutil.copy2(file, into / file.name)
+    for path in [into, *into.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(answer["python"])
