@@ -271,6 +271,7 @@ class Agent:
             wanted.interval_s,
             wanted.heartbeat_s,
             f"herdgate-agent/{VERSION} cluster-state",
+            self._h2_pool(self._upstream),
         )
         self.cluster_watch = watch
         logger.info(

@@ -4,7 +4,8 @@ While a gateway replica wants reports (``tunnel.cluster_state.WANT_KEY``), the a
 probes its API server's ``/readyz`` and ``/version`` every interval (failing or not),
 lists and watches nodes and namespaces (resuming from the last resourceVersion, with
 bookmarks; listing again after ``410 Gone`` or "too large resource version"), with its
-own credentials (the ``Upstream`` the relay uses), and sends each wanting tunnel what
+own credentials (the ``Upstream`` the relay uses; over the agent's HTTP/2 connections
+when it has them, ``tunnel.h2upstream.Fetch``, else HTTP/1.1), and sends each wanting tunnel what
 changed, at most once per ``MIN_INTERVAL_S``, plus an empty report as a heartbeat when
 nothing changed for the heartbeat period. While ``/readyz`` fails the watches pause (a
 dead API server is not hammered) and resume with a fresh list once it answers again: it
@@ -20,8 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -44,6 +46,7 @@ from tunnel.cluster_state import (
 )
 from tunnel.credentials import Upstream
 from tunnel.errors import TunnelError
+from tunnel.h2upstream import Fetch, H2Pool, NoHttp2, request_headers
 from tunnel.session import Session
 
 logger = logging.getLogger(__name__)
@@ -158,8 +161,11 @@ class ClusterWatch:
         interval_s: float,
         heartbeat_s: float,
         user_agent: str,
+        pool: H2Pool | None = None,
     ) -> None:
         self.upstream = upstream
+        self.pool = pool
+        """The agent's HTTP/2 connections to the API server (None: HTTP/1.1 only)."""
         self.reports = reports
         self.interval_s = interval_s
         self.heartbeat_s = heartbeat_s
@@ -290,15 +296,46 @@ class ClusterWatch:
             return {"server_hostname": self.upstream.server_hostname}
         return {}
 
+    def _h2(self) -> H2Pool | None:
+        pool = self.pool
+        return pool if pool is not None and not pool.refused else None
+
     async def _get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
+        async with asyncio.timeout(timeout_s), self._open(path) as (status, body):
+            content = bytearray()
+            async for piece in body:
+                content += piece
+                if len(content) > MAX_EVENT_BYTES * 4:
+                    raise OSError(f"{path}: an answer larger than {MAX_EVENT_BYTES * 4} bytes")
+            return status, bytes(content)
+
+    @contextlib.asynccontextmanager
+    async def _open(self, path: str) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """GET ``path`` (with its query): the status and the body as it comes; over
+        HTTP/2 when the agent has it, else (or when the API server does not offer it)
+        HTTP/1.1. Failures are ``OSError``, ``aiohttp.ClientError`` or ``TimeoutError``."""
+        pool = self._h2()
+        if pool is not None:
+            fetch = Fetch()
+            try:
+                head = request_headers(self.upstream, path, list(self._headers().items()))
+                status = await fetch.open(pool, head)
+            except NoHttp2:
+                fetch.close()
+            else:
+                try:
+                    yield status, fetch.chunks()
+                finally:
+                    fetch.close()
+                return
         assert self._http is not None
-        async with (
-            asyncio.timeout(timeout_s),
-            self._http.get(
-                self.base_url + path, headers=self._headers(), **self._kwargs()
-            ) as response,
-        ):
-            return response.status, await response.read()
+        async with self._http.get(
+            self.base_url + path,
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=PROBE_TIMEOUT_S),
+            **self._kwargs(),
+        ) as response:
+            yield response.status, response.content.iter_any()
 
     # -- list and watch ---------------------------------------------------------------
 
@@ -326,31 +363,33 @@ class ClusterWatch:
         self.changed()
 
     async def _watch(self, kind: str, table: WatchTable) -> None:
-        assert self._http is not None
-        params = {
-            "watch": "true",
-            "resourceVersion": table.resource_version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(WATCH_TIMEOUT_S),
-        }
-        timeout = aiohttp.ClientTimeout(total=WATCH_TIMEOUT_S + 30, sock_connect=PROBE_TIMEOUT_S)
-        async with self._http.get(
-            self.base_url + PATHS[kind],
-            params=params,
-            headers=self._headers(),
-            timeout=timeout,
-            **self._kwargs(),
-        ) as response:
-            if response.status == 410:
+        query = urlencode(
+            {
+                "watch": "true",
+                "resourceVersion": table.resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": str(WATCH_TIMEOUT_S),
+            }
+        )
+        async with (
+            asyncio.timeout(WATCH_TIMEOUT_S + 30),
+            self._open(f"{PATHS[kind]}?{query}") as (status, body),
+        ):
+            if status == 410:
                 raise Gone(kind)
-            if response.status != 200:
-                text = (await response.content.read(4096)).decode("utf-8", "replace")
-                if response.status == 504 and "too large resource version" in text.lower():
+            if status != 200:
+                start = bytearray()
+                async for piece in body:
+                    start += piece
+                    if len(start) >= 4096:
+                        break
+                text = start[:4096].decode("utf-8", "replace")
+                if status == 504 and "too large resource version" in text.lower():
                     raise Gone(kind)
-                raise HTTPFailure(response.status, text[:200])
+                raise HTTPFailure(status, text[:200])
             buffer = b""
-            async for chunk in response.content.iter_any():
-                buffer += chunk
+            async for piece in body:
+                buffer += piece
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():

@@ -26,8 +26,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -93,6 +93,17 @@ Fallback = Callable[[TunnelStream, bytes], None]
 
 class NoHttp2(Exception):
     """The API server did not offer ``h2``."""
+
+
+class _StreamUser(Protocol):
+    """What a connection tells the user of one of its streams: a tunnel stream's relay
+    (``_Relay``) or one of the agent's own requests (``Fetch``)."""
+
+    def response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None: ...
+    def data(self, data: bytes, flow: int) -> None: ...
+    def ended(self) -> None: ...
+    def upstream_failed(self, reason: str) -> None: ...
+    def window_opened(self) -> None: ...
 
 
 class H2Pool:
@@ -196,7 +207,7 @@ class _Connection(asyncio.Protocol):
         )
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.relays: dict[int, _Relay] = {}
+        self.relays: dict[int, _StreamUser] = {}
         self.settled: asyncio.Future[None] = self.loop.create_future()
         self.max_streams = 100
         """The server's MAX_CONCURRENT_STREAMS (until it says, RFC 9113's advice)."""
@@ -214,11 +225,14 @@ class _Connection(asyncio.Protocol):
             and self.h2.highest_outbound_stream_id < MAX_STREAM_ID
         )
 
-    def open(self, relay: _Relay, headers: list[tuple[bytes, bytes]], end: bool) -> int:
+    def open(self, relay: _StreamUser, headers: list[tuple[bytes, bytes]], end: bool) -> int:
         sid = self.h2.get_next_available_stream_id()
         self.h2.send_headers(sid, headers, end_stream=end)
         self.relays[sid] = relay
         self.flush()
+        stats = self.pool.stats
+        if stats is not None:
+            stats.h2_streams += 1
         return sid
 
     def flush(self) -> None:
@@ -279,6 +293,9 @@ class _Connection(asyncio.Protocol):
     def _event(self, event: Any) -> None:
         if isinstance(event, DataReceived):
             self._unacked += event.flow_controlled_length
+            stats = self.pool.stats
+            if stats is not None:
+                stats.bytes_from_apiserver += len(event.data)
             relay = self.relays.get(event.stream_id)
             if relay is not None:
                 relay.data(event.data, event.flow_controlled_length)
@@ -522,6 +539,7 @@ class _Relay:
         if conn is None or self._pending is not None:
             return
         h2 = conn.h2
+        sent = 0
         try:
             while self._body_out:
                 piece = self._body_out[0]
@@ -531,9 +549,11 @@ class _Relay:
                 if len(piece) > room:
                     h2.send_data(sid, piece[:room])
                     self._body_out[0] = piece[room:]
+                    sent += room
                     continue
                 h2.send_data(sid, piece)
                 self._body_out.pop(0)
+                sent += len(piece)
             if not self._body_out and self._body_out_end:
                 self._body_out_end = False
                 if not self._request_done:
@@ -543,6 +563,9 @@ class _Relay:
             # The server already answered and closed the stream: the rest is not wanted.
             self._body_out.clear()
             self._request_done = True
+        stats = self._pool.stats
+        if stats is not None:
+            stats.bytes_to_apiserver += sent
         conn.flush()
         if self._credit_held and not self._held_too_much():
             self._credit_held = False
@@ -704,6 +727,124 @@ class _Relay:
         # The API server does not speak h2: this request (already parsed) is written
         # again as it came; the gateway has not seen an answer yet.
         self._refuse("the API server does not offer HTTP/2")
+
+
+class Fetch:
+    """One request of the agent's own on the pool (``tunnel.cluster_watch``: probes,
+    lists and watches of its cluster): ``status`` once the answer's head came, then the
+    body as it comes, the stream's window given back as it is read (a slow reader holds
+    back its own stream only). ``OSError`` when the stream or connection fails."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._head: asyncio.Future[int] = loop.create_future()
+        self._chunks: list[bytes] = []
+        self._wake = asyncio.Event()
+        self._done = False
+        self._error: str | None = None
+        self._conn: _Connection | None = None
+        self._sid = 0
+        self._unacked = 0
+
+    async def open(self, pool: H2Pool, headers: list[tuple[bytes, bytes]]) -> int:
+        """Send the request (a GET, no body) and wait for the answer's status."""
+        conn = await pool.connection()
+        try:
+            self._sid = conn.open(self, headers, end=True)
+        except H2Error as exc:
+            raise OSError(f"the request cannot be sent over HTTP/2: {exc}") from exc
+        self._conn = conn
+        try:
+            return await asyncio.shield(self._head)
+        except BaseException:
+            self.close()
+            raise
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece, until the API server ends the stream."""
+        while True:
+            while self._chunks:
+                piece = self._chunks.pop(0)
+                self._taken(len(piece))
+                yield piece
+            if self._error is not None:
+                raise OSError(self._error)
+            if self._done:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        body = bytearray()
+        async for piece in self.chunks():
+            body += piece
+            if len(body) > limit:
+                self.close()
+                raise OSError(f"an answer larger than {limit} bytes")
+        return bytes(body)
+
+    def close(self) -> None:
+        """Give the stream up (reset it if the answer has not ended)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not self._done:
+            conn.reset(self._sid)
+        self._done = True
+        if not self._head.done():
+            self._head.cancel()
+        self._wake.set()
+
+    def _taken(self, size: int) -> None:
+        self._unacked += size
+        if self._unacked >= ACK_STEP and self._conn is not None:
+            self._conn.ack(self._sid, self._unacked)
+            self._unacked = 0
+
+    # -- from the connection (``_StreamUser``) --------------------------------------------
+
+    def response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        status = next((v for n, v in headers if n == b":status"), b"")
+        if not self._head.done():
+            if status.isdigit():
+                self._head.set_result(int(status))
+            else:
+                self._head.set_exception(OSError("an HTTP/2 answer without a status"))
+
+    def data(self, data: bytes, flow: int) -> None:
+        if data:
+            self._chunks.append(data)
+            self._wake.set()
+        if flow > len(data):  # padding: nobody reads it
+            self._taken(flow - len(data))
+
+    def ended(self) -> None:
+        self._done = True
+        self._conn = None
+        if not self._head.done():
+            self._head.set_exception(OSError("the API server ended the stream without an answer"))
+        self._wake.set()
+
+    def upstream_failed(self, reason: str) -> None:
+        self._error = reason
+        self._conn = None
+        if not self._head.done():
+            self._head.set_exception(OSError(reason))
+        self._wake.set()
+
+    def window_opened(self) -> None:
+        pass  # no request body
+
+
+def request_headers(
+    upstream: Upstream, path: str, fields: list[tuple[str, str]]
+) -> list[tuple[bytes, bytes]]:
+    """The HTTP/2 head of a GET of ``path`` (with its query) from the agent itself."""
+    return [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", upstream.host_header.encode("ascii")),
+        (b":path", path.encode("ascii")),
+        *((name.lower().encode("ascii"), value.encode("latin-1")) for name, value in fields),
+    ]
 
 
 _TASKS: set[asyncio.Task[None]] = set()

@@ -99,6 +99,11 @@ class StatsCollector(Collector):
             value=s.h2_connections,
         )
         yield CounterMetricFamily(
+            "herdgate_agent_apiserver_http2_streams",
+            "HTTP/2 streams opened to the API server (relayed requests and the agent's own).",
+            value=s.h2_streams,
+        )
+        yield CounterMetricFamily(
             "herdgate_agent_stream_failures",
             "Streams refused because the API server could not be reached.",
             value=s.stream_failures,

@@ -65,6 +65,8 @@ class AgentStats:
     stream_failures: int = 0
     h2_connections: int = 0
     """HTTP/2 connections open to the API server (``tunnel.h2upstream``)."""
+    h2_streams: int = 0
+    """HTTP/2 streams opened to the API server: relayed requests and the agent's own."""
     bytes_to_apiserver: int = 0
     bytes_from_apiserver: int = 0
     latency: Histogram = field(default_factory=Histogram)

@@ -24,6 +24,7 @@ from tunnel import h2upstream
 from tunnel.credentials import Upstream
 from tunnel.protocol import Side
 from tunnel.session import Session
+from tunnel.stats import AgentStats
 from tunnel.streams import TunnelStream
 from tunnel.transport import MemoryTransport
 
@@ -176,10 +177,13 @@ class _Server(asyncio.Protocol):
 
 
 class World:
-    def __init__(self, backend: Backend, pool: StreamPool, agent: Session) -> None:
+    def __init__(
+        self, backend: Backend, pool: StreamPool, agent: Session, h2pool: h2upstream.H2Pool
+    ) -> None:
         self.backend = backend
         self.pool = pool
         self.agent = agent
+        self.h2pool = h2pool
         self.fallbacks: list[bytes] = []
 
 
@@ -224,7 +228,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         agent.start()
         gateway.start()
         sessions += [agent, gateway]
-        world = World(backend, StreamPool(gateway), agent)
+        world = World(backend, StreamPool(gateway), agent, pool)
         return world
 
     yield _make
@@ -390,3 +394,68 @@ def _h2_context(world: World) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
+
+
+# -- the agent's own requests (``Fetch``: its reports' probes, lists and watches) ----------
+
+
+def _own(world: World, path: str) -> list[tuple[bytes, bytes]]:
+    return h2upstream.request_headers(
+        world.h2pool.upstream, path, [("User-Agent", "herdgate-agent/test"), ("Accept", "x")]
+    )
+
+
+async def test_the_agents_own_requests_go_on_the_pool_beside_relayed_ones(make: Any) -> None:
+    world = await make()
+    world.h2pool.stats = AgentStats()
+    relayed = await world.pool.request("GET", head("GET", "/api"), None)
+    assert relayed.status == 200
+    await relayed.read_all()
+    relayed.release()
+    fetch = h2upstream.Fetch()
+    assert await fetch.open(world.h2pool, _own(world, "/version?x=1")) == 200
+    assert await fetch.read() == b"{}"
+    fetch.close()
+    assert world.backend.connections == 1
+    assert world.backend.requests[-1] == [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", f"127.0.0.1:{world.backend.port}".encode()),
+        (b":path", b"/version?x=1"),
+        (b"user-agent", b"herdgate-agent/test"),
+        (b"accept", b"x"),
+    ]
+    stats = world.h2pool.stats
+    assert stats.h2_streams == 2 and stats.h2_connections == 1
+    assert stats.bytes_from_apiserver >= 4
+
+
+async def test_a_fetch_reads_a_watch_past_its_window_and_closing_resets_it(make: Any) -> None:
+    world = await make()
+    fetch = h2upstream.Fetch()
+    assert await fetch.open(world.h2pool, _own(world, "/watch-own")) == 200
+    (server,) = world.backend.servers
+    sid = next(sid for sid, h in server.heads.items() if h[b":path"] == b"/watch-own")
+    big = b"z" * 60_000 + b"\n"
+    for _ in range(20):  # well past the stream's window: read, the window is given back
+        server.event(sid, big)
+    total = 0
+    body = fetch.chunks()
+    while total < 20 * len(big):
+        piece = await asyncio.wait_for(body.__anext__(), 5)
+        assert set(piece) <= set(big)
+        total += len(piece)
+    assert total == 20 * len(big)
+    fetch.close()
+    await asyncio.sleep(0.1)
+    assert sid not in server.open_streams  # reset on the server
+
+
+async def test_a_reset_fetch_fails_with_oserror(make: Any) -> None:
+    world = await make()
+    fetch = h2upstream.Fetch()
+    with pytest.raises(OSError, match="reset"):
+        await fetch.open(world.h2pool, _own(world, "/reset"))
+    fetch = h2upstream.Fetch()  # the connection serves on
+    assert await fetch.open(world.h2pool, _own(world, "/api")) == 200
+    assert await fetch.read() == b"{}"

@@ -99,11 +99,28 @@ def test_the_agent_speaks_http2_to_the_standin(world: World, admin_kc: Path) -> 
     log = (world.tmp / "agent.log").read_text()
     assert "does not offer HTTP/2" not in log
     # No connection per request (an HTTP/1.1 relay keeps one per tunnel stream while the
-    # gateway pools them): after the first request, the count does not grow with them. The
-    # agent's own probes and watches of its cluster (its reports, tunnel.cluster_watch) hold
-    # HTTP/1.1 connections of their own, so the count is compared, not fixed; one more is
-    # allowed for a probe's connection coming and going meanwhile.
-    assert max(connections[1:]) <= connections[0] + 1, connections
+    # gateway pools them): after the first request, the count does not grow with them.
+    assert max(connections[1:]) <= connections[0], connections
+
+
+def test_the_agents_reports_go_over_http2_too(world: World) -> None:
+    """The agent's own probes, lists and watches of its cluster (its reports to the
+    gateway, ``tunnel.cluster_watch``) are streams on the same HTTP/2 connections: no
+    HTTP/1.1 connection of their own."""
+
+    def reported() -> bool:
+        paths = {
+            str(e["requestURI"]).split("?")[0]
+            for e in world.standin.audit_events()
+            if "cluster-state" in str(e.get("userAgent", ""))
+        }
+        return {"/readyz", "/version", "/api/v1/nodes", "/api/v1/namespaces"} <= paths
+
+    wait_until(reported, 30, "the agent never probed and listed its cluster for its reports")
+    # Its two watches (nodes, namespaces) stay open as streams; every TCP connection to
+    # the stand-in is one of the HTTP/2 connections.
+    wait_until(lambda: h2_stats(world)["active"] >= 2, 10, f"{h2_stats(world)}")
+    assert standin_connections(world) == h2_stats(world)["open"], h2_stats(world)
 
 
 def test_kubectl_apply_get_delete_with_protobuf(world: World, admin_kc: Path) -> None:
@@ -187,9 +204,9 @@ def test_watches_share_connections_up_to_max_concurrent_streams(
         # 12 watches (and the access sync's own) on MAX_STREAMS-stream connections
         assert now["open"] >= 2, now
         assert now["open"] <= (now["active"] + MAX_STREAMS - 1) // MAX_STREAMS + 1, now
-        # Beside the HTTP/2 connections: two spare, and the agent's own probe and its two
-        # watches of nodes and namespaces (its reports, tunnel.cluster_watch), HTTP/1.1.
-        assert standin_connections(world) <= now["open"] + 2 + 3
+        # No other connection: the agent's own probes and watches (its reports) are
+        # streams on them too.
+        assert standin_connections(world) == now["open"]
         # The stream count above may include the gateway's own passing requests.
         opened = _until_open(watchers, admin_kc, "h2-opened")
         ok(kubectl_run(k, admin_kc, "create", "configmap", "h2-watched"))
