@@ -13,10 +13,13 @@ call on the data path; the collector reads them at scrape time):
 * ``herdgate_agent_reconnects_total``: tunnels established after one was lost;
 * ``herdgate_agent_streams_total``, ``herdgate_agent_streams_open``,
   ``herdgate_agent_stream_failures_total`` (the API server unreachable);
-* ``herdgate_agent_bytes_total{direction="to_apiserver|from_apiserver"}`` (the byte
-  relay's; requests relayed over HTTP/2 are not counted there);
+* ``herdgate_agent_bytes_total{direction="to_apiserver|from_apiserver"}``: body and
+  relayed bytes (over HTTP/2: request bodies and answers' DATA, the agent's own requests
+  included);
 * ``herdgate_agent_apiserver_http2_connections`` (gauge): HTTP/2 connections open to the
-  API server (``apiserver_http2``, ``tunnel.h2upstream``);
+  API server (``apiserver_http2``, ``tunnel.h2upstream``), and
+  ``herdgate_agent_apiserver_http2_streams_total``: streams opened on them (relayed
+  requests and the agent's own reports' probes, lists and watches);
 * ``herdgate_agent_event_loop_tasks`` (gauge): asyncio tasks alive in the agent at the
   scrape (the gateway's ``herdgate_event_loop_tasks``): a count that grows with faults or
   traffic and does not come back is a leak;
