@@ -117,6 +117,20 @@ class SingleFlight:
                 self._pending = None
 
 
+async def loop_lag() -> float:
+    """How long a callback scheduled now waits for the event loop to run it."""
+    loop = asyncio.get_running_loop()
+    ran: asyncio.Future[float] = loop.create_future()
+
+    def mark() -> None:
+        if not ran.done():
+            ran.set_result(loop.time())
+
+    start = loop.time()
+    loop.call_soon(mark)
+    return await ran - start
+
+
 class LeaseLost(Exception):
     """The lease is no longer certainly this process's: no more writes on its behalf."""
 
@@ -192,17 +206,29 @@ class _StoreSession:
             if self.record is None:
                 await asyncio.sleep(self.ttl_s / 3)  # none now: a keeper's take starts one
                 continue
-            delay = self.started + self.ttl_s / 3 - now()
+            due = self.started + self.ttl_s / 3
+            delay = due - now()
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
             before = self.id
             failed = False
+            late = now() - due
+            began = now()
             try:
                 async with asyncio.timeout(max(0.05, self.valid_until - now())):
                     await self.current(now, clock)
             except (StoreError, TimeoutError) as exc:
-                logger.warning("lease session %s: the store failed: %r", self.key, exc)
+                # What made it late, for whoever reads the log: the event loop (the
+                # renewal started late, or a callback waits long to run now) or the store
+                # (the write itself took the time).
+                waited = now() - began
+                lag = await loop_lag()
+                logger.warning(
+                    "lease session %s: the store failed: %r (renewal started %.2fs late, "
+                    "waited %.2fs for the store, event loop lag now %.2fs)",
+                    self.key, exc, late, waited, lag,
+                )  # fmt: skip
                 failed = True
             if not self.ticking:
                 return  # released (``release_all``) meanwhile

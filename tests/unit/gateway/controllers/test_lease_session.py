@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.controllers.lease import (
     SESSION_PREFIX,
     Lease,
     LeaseKeeper,
+    loop_lag,
     release_all,
 )
 from gateway.store.records import LEASE
@@ -351,11 +353,12 @@ async def test_one_timer_renews_the_session_for_every_keeper(
 
 
 async def test_keepers_are_told_at_once_when_their_session_lapses(
-    stores: tuple[SQLiteStore, SQLiteStore],
+    stores: tuple[SQLiteStore, SQLiteStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     """The store stops answering: the session's timer cannot renew, and wakes every
     keeper when the session lapses (at TTL minus a fifth), so each reports the loss then,
-    though none would have woken by itself for several TTLs."""
+    though none would have woken by itself for several TTLs. The log says what made the
+    renewal late: the event loop or the store."""
 
     class Hanging(CountingStore):
         hang = False
@@ -377,6 +380,8 @@ async def test_keepers_are_told_at_once_when_their_session_lapses(
         assert sorted(losses) == list(range(10))
         assert loop.time() < deadline + SHORT_TTL / 5  # told before anyone could take over
         assert not any(keeper.lease.held() for keeper in keepers)
+        (warning,) = {r.getMessage() for r in caplog.records if "renewal started" in r.message}
+        assert "waited" in warning and "for the store" in warning and "event loop lag" in warning
     finally:
         for task in tasks:
             task.cancel()
@@ -409,3 +414,10 @@ async def test_the_session_is_renewed_ahead_of_the_stores_queue(
     finally:
         release.set()
         await busy
+
+
+async def test_loop_lag_is_how_long_a_callback_waits() -> None:
+    loop = asyncio.get_running_loop()
+    assert await loop_lag() >= 0
+    loop.call_soon(time.sleep, 0.05)  # a callback ahead in the queue blocks the loop
+    assert await loop_lag() >= 0.05
