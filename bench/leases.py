@@ -1,7 +1,9 @@
 """What keeping many cluster leases costs on SQLite, and how long a process leading many
 clusters takes to stop: ``python -m bench.leases [-n N] [--seconds S]``.
 
-In one process, on a SQLite file in a temporary directory (as a gateway worker's store):
+In one process, on a SQLite file in a temporary directory (as a gateway worker's store),
+or with ``--etcd`` on a real etcd on loopback (*keep* only; etcd's store writes are not
+counted as revisions, so writes are those of the records, keep-alives are not writes):
 
 - *keep*: N ``LeaseKeeper`` s (``gateway.controllers.lease``) that always want their
   lease, run for S seconds once all hold; reported: the store writes in that window
@@ -36,6 +38,7 @@ from gateway.clusters.replicas import REPLICAS, ReplicaSet
 from gateway.clusters.tunnels import TUNNELS, AgentLink
 from gateway.controllers import cluster_controller, lease
 from gateway.identity.directory import DIRECTORY, Directory
+from gateway.store.etcd import EtcdOptions, EtcdStore
 from gateway.store.records import CLUSTER, Cluster
 from gateway.store.sqlite import SQLiteStore
 from tunnel.registry import TunnelRegistry
@@ -60,9 +63,17 @@ async def _wait(check: Any, timeout_s: float) -> float:
     return time.monotonic() - start
 
 
-async def keep(n: int, seconds: float, module: ModuleType, ttl_s: float) -> dict[str, Any]:
+async def _open_store(tmp: str, etcd_url: str | None) -> Any:
+    if etcd_url is None:
+        return await SQLiteStore(Path(tmp) / "store.db").open()
+    return await EtcdStore(EtcdOptions((etcd_url,), "/bench-leases/")).open()
+
+
+async def keep(
+    n: int, seconds: float, module: ModuleType, ttl_s: float, etcd_url: str | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        store = await SQLiteStore(Path(tmp) / "store.db").open()
+        store = await _open_store(tmp, etcd_url)
         try:
             keepers = [
                 module.LeaseKeeper(
@@ -145,8 +156,23 @@ async def stop(n: int, ttl_s: float) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     module = _module(args.lease_module)
+    if args.etcd:
+        from tests.fixtures.etcd import start_etcd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            etcd = start_etcd(Path(tmp) / "etcd")
+            try:
+                kept = await keep(args.n, args.seconds, module, args.ttl, etcd.url)
+            finally:
+                etcd.stop()
+        return {
+            "keep": kept,
+            "store": "etcd",
+            "lease_module": args.lease_module or "gateway.controllers.lease",
+        }
     out: dict[str, Any] = {
         "keep": await keep(args.n, args.seconds, module, args.ttl),
+        "store": "sqlite",
         "lease_module": args.lease_module or "gateway.controllers.lease",
     }
     if args.lease_module is None:
@@ -160,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="keeping window (default 20)")
     p.add_argument("--ttl", type=float, default=15.0, help="lease TTL (default 15 s)")
     p.add_argument("--lease-module", help="another lease.py to keep the leases with")
+    p.add_argument(
+        "--etcd", action="store_true", help="keep them on a real etcd (started here) instead"
+    )
     args = p.parse_args(argv)
     try:
         import uvloop

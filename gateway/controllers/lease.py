@@ -151,39 +151,47 @@ def _running(pid: int) -> bool:
     return True
 
 
-class _StoreSession:
-    """A holder's session on a store without leases of its own: one record
-    (``session/<holder>``) whose renewal keeps every lease taken under its id."""
+class _SessionTimer:
+    """What both kinds of session share (``_StoreSession`` on a store without leases,
+    ``_Session`` on etcd): one timer renews the session at a third of the TTL for every
+    keeper that joined (``Lease.join``; held leases then cause no wake-ups of their own)
+    and wakes them all when the session ends (its ``ident`` changes) or lapses."""
 
-    def __init__(self, store: Store, holder: str, ttl_s: float, host: str, pid: int) -> None:
-        self.store = store
-        self.key = SESSION_PREFIX + holder
-        self.holder = holder
+    def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
         self.margin_s = ttl_s / 5
-        self.host = host
-        self.pid = pid
-        self.record: dict[str, Any] | None = None
-        """The session document as we last wrote it (None: no session now)."""
         self.started = float("-inf")
-        """Loop time at which the last successful write of the record started."""
+        """Loop time at which the last successful renewal (or start) was sent."""
         self.closed = False
-        """Released for good (``release_all``): no lease is taken under it any more."""
+        """Given up for good (``release_all``): no lease is taken under it any more."""
         self._flight = SingleFlight()
         self._members: set[Callable[[], None]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
-    # -- the ticker: one timer renews the session for every keeper ----------------------
+    @property
+    def ident(self) -> object:
+        """The current session's identity (falsy: none now)."""
+        raise NotImplementedError
+
+    @property
+    def valid_until(self) -> float:
+        """Loop time at which leases under this session stop being certainly ours."""
+        if not self.ident:
+            return float("-inf")
+        return self.started + self.ttl_s - self.margin_s
 
     def join(
-        self, wake: Callable[[], None], now: Callable[[], float], clock: Callable[[], float]
+        self,
+        wake: Callable[[], None],
+        now: Callable[[], float],
+        renew: Callable[[], Awaitable[Any]],
     ) -> None:
-        """A keeper runs under this session: renew it at a third of the TTL from now on
-        (one timer, not one per keeper) and call ``wake`` when the session ends or
-        lapses."""
+        """A keeper runs under this session: renew it (``renew``) at a third of the TTL
+        from now on (one timer, not one per keeper) and call ``wake`` when the session
+        ends or lapses."""
         self._members.add(wake)
         if self._ticker is None or self._ticker.done():
-            self._ticker = asyncio.ensure_future(self._tick(now, clock))
+            self._ticker = asyncio.ensure_future(self._tick(now, renew))
 
     def leave(self, wake: Callable[[], None]) -> None:
         self._members.discard(wake)
@@ -195,15 +203,21 @@ class _StoreSession:
     def ticking(self) -> bool:
         return self._ticker is not None and not self._ticker.done() and not self.closed
 
+    def _stop_ticking(self) -> None:
+        self.closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
     def _wake_all(self) -> None:
         for wake in list(self._members):
             wake()
 
-    async def _tick(self, now: Callable[[], float], clock: Callable[[], float]) -> None:
+    async def _tick(self, now: Callable[[], float], renew: Callable[[], Awaitable[Any]]) -> None:
         told = float("nan")
         """``started`` of the session whose lapse the keepers were told of."""
         while self._members and not self.closed:
-            if self.record is None:
+            if not self.ident:
                 await asyncio.sleep(self.ttl_s / 3)  # none now: a keeper's take starts one
                 continue
             due = self.started + self.ttl_s / 3
@@ -211,13 +225,13 @@ class _StoreSession:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            before = self.id
+            before = self.ident
             failed = False
             late = now() - due
             began = now()
             try:
                 async with asyncio.timeout(max(0.05, self.valid_until - now())):
-                    await self.current(now, clock)
+                    await renew()
             except (StoreError, TimeoutError) as exc:
                 # What made it late, for whoever reads the log: the event loop (the
                 # renewal started late, or a callback waits long to run now) or the store
@@ -227,18 +241,40 @@ class _StoreSession:
                 logger.warning(
                     "lease session %s: the store failed: %r (renewal started %.2fs late, "
                     "waited %.2fs for the store, event loop lag now %.2fs)",
-                    self.key, exc, late, waited, lag,
+                    self, exc, late, waited, lag,
                 )  # fmt: skip
                 failed = True
             if not self.ticking:
                 return  # released (``release_all``) meanwhile
-            if self.id != before:
+            if self.ident != before:
                 self._wake_all()  # ended elsewhere: its leases must be taken again
             elif now() >= self.valid_until and told != self.started:
                 told = self.started
                 self._wake_all()  # lapsed: its keepers must say so now
             if failed:
                 await asyncio.sleep(max(0.05, min(ERROR_RETRY_S, self.valid_until - now())))
+
+
+class _StoreSession(_SessionTimer):
+    """A holder's session on a store without leases of its own: one record
+    (``session/<holder>``) whose renewal keeps every lease taken under its id."""
+
+    def __init__(self, store: Store, holder: str, ttl_s: float, host: str, pid: int) -> None:
+        super().__init__(ttl_s)
+        self.store = store
+        self.key = SESSION_PREFIX + holder
+        self.holder = holder
+        self.host = host
+        self.pid = pid
+        self.record: dict[str, Any] | None = None
+        """The session document as we last wrote it (None: no session now)."""
+
+    def __repr__(self) -> str:
+        return self.key
+
+    @property
+    def ident(self) -> object:
+        return self.id
 
     async def _get(self) -> Document | None:
         if isinstance(self.store, UrgentWrites):
@@ -257,13 +293,6 @@ class _StoreSession:
     def id(self) -> str:
         """The current session's id ("": none)."""
         return "" if self.record is None else str(self.record.get("session", ""))
-
-    @property
-    def valid_until(self) -> float:
-        """Loop time at which leases under this session stop being certainly ours."""
-        if self.record is None:
-            return float("-inf")
-        return self.started + self.ttl_s - self.margin_s
 
     async def current(self, now: Callable[[], float], clock: Callable[[], float]) -> str:
         """The session id: renewed first (or started) unless that was less than a third
@@ -310,10 +339,7 @@ class _StoreSession:
 
     async def release(self) -> None:
         """End the session for good: every lease under it is free at once (one write)."""
-        self.closed = True
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
+        self._stop_ticking()
         record, self.record = self.record, None
         self.started = float("-inf")
         if record is not None:
@@ -379,20 +405,30 @@ class Lease:
         """Whether we hold the lease and may act on it now."""
         return self._record is not None and self._now() < self.valid_until
 
+    def _timer(self) -> _SessionTimer | None:
+        return self._session
+
+    async def _renew(self) -> None:
+        assert self._session is not None
+        await self._session.current(self._now, self.clock)
+
     def join(self, wake: Callable[[], None]) -> None:
         """A keeper keeps this lease (``LeaseKeeper.run``): its session renews itself
         and calls ``wake`` when it ends or lapses."""
-        if self._session is not None:
-            self._session.join(wake, self._now, self.clock)
+        timer = self._timer()
+        if timer is not None:
+            timer.join(wake, self._now, self._renew)
 
     def leave(self, wake: Callable[[], None]) -> None:
-        if self._session is not None:
-            self._session.leave(wake)
+        timer = self._timer()
+        if timer is not None:
+            timer.leave(wake)
 
     def held_delay(self, delay: float) -> float:
         """How long a keeper holding the lease may sleep (``delay``: until its next
         attempt): long, while its session renews itself and wakes it if it must act."""
-        if self._session is not None and self._session.ticking:
+        timer = self._timer()
+        if timer is not None and timer.ticking:
             return max(delay, HELD_CHECK_TTLS * self.ttl_s)
         return delay
 
@@ -488,21 +524,24 @@ class Lease:
             await self.store.swap(LEASE, self.name, record, released)
 
 
-class _Session:
+class _Session(_SessionTimer):
     """One etcd lease per holder and store, under which all its lease records are written
     (as etcd's own concurrency sessions do): renewing it once keeps them all, so a replica
-    leading many clusters sends one keep-alive per third of the TTL, not one per cluster.
-    When it expires, etcd deletes every record written under it at once."""
+    leading many clusters sends one keep-alive per third of the TTL, not one per cluster,
+    and its keepers sleep meanwhile (``_SessionTimer``). When it expires, etcd deletes
+    every record written under it at once."""
 
     def __init__(self, leases: ExpiringLeases, ttl_s: float) -> None:
+        super().__init__(ttl_s)
         self.leases = leases
-        self.ttl_s = ttl_s
         self.lease_id = 0
-        self.started = float("-inf")
-        """Loop time at which the last successful grant or keep-alive was sent."""
-        self.closed = False
-        """Revoked for good (``release_all``): no record is written under it any more."""
-        self._flight = SingleFlight()
+
+    def __repr__(self) -> str:
+        return f"etcd lease {self.lease_id:x}"
+
+    @property
+    def ident(self) -> object:
+        return self.lease_id
 
     async def current(self, now: Callable[[], float]) -> tuple[int, float]:
         """The lease id and when it was last renewed: renewed first unless that was less
@@ -530,7 +569,7 @@ class _Session:
 
     async def revoke(self) -> None:
         """End it for good: etcd deletes every record written under it (one request)."""
-        self.closed = True
+        self._stop_ticking()
         lease_id, self.lease_id = self.lease_id, 0
         if lease_id:
             await self.leases.revoke_lease(lease_id)
@@ -559,13 +598,18 @@ class EtcdLease(Lease):
         self.session = _session(store, holder, self.ttl_s)
         self.lease_id = 0
         """The etcd lease our record was written under (0: none)."""
-        self._valid_until = float("-inf")
+
+    def _timer(self) -> _SessionTimer | None:
+        return self.session
+
+    async def _renew(self) -> None:
+        await self.session.current(self._now)
 
     @property
     def valid_until(self) -> float:
         if self._record is None or self.lease_id != self.session.lease_id:
             return float("-inf")  # never taken, or its etcd lease is gone (revoked)
-        return self._valid_until
+        return self.session.valid_until
 
     def _takeable_record(self, current: dict[str, Any]) -> bool:
         """A record that is there: ours by name (an earlier process with our id), or left by
@@ -578,11 +622,10 @@ class EtcdLease(Lease):
         if self.session.closed:
             self._lost()
             return False
-        lease_id, renewed = await self.session.current(self._now)
+        lease_id, _renewed = await self.session.current(self._now)
         if self._record is not None:
             if lease_id == self.lease_id:
-                self._valid_until = renewed + self.ttl_s - self.margin_s
-                return True
+                return True  # kept by the session's keep-alive
             self._lost()  # the session expired: etcd deleted our record with it
         current = await self.leases.get_versioned(LEASE, self.name)
         if current is not None and not self._takeable_record(current[0]):
@@ -606,7 +649,6 @@ class EtcdLease(Lease):
         self.lease_id = lease_id
         self._record = record
         self.generation = revision
-        self._valid_until = renewed + self.ttl_s - self.margin_s
         return True
 
     async def release(self) -> None:

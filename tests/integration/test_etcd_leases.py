@@ -148,6 +148,43 @@ async def test_one_keep_alive_serves_every_lease_of_a_holder(
     assert all(lease.held() for lease in leases)
 
 
+async def test_running_keepers_sleep_while_the_sessions_timer_keeps_their_leases(
+    stores: tuple[CountingStore, CountingStore],
+) -> None:
+    """40 keepers holding their leases: over three renewal periods the session's one
+    timer sends the keep-alives, and no keeper wakes to read or write its record; the
+    leases stay held."""
+    a, _ = stores
+    keepers = [
+        LeaseKeeper(_lease(a, "replica-a", f"cluster/k-{i}"), lambda: True, lambda _: None)
+        for i in range(40)
+    ]
+    steps = 0
+    step = LeaseKeeper.step
+
+    async def counted(self: LeaseKeeper) -> float:
+        nonlocal steps
+        steps += 1
+        return await step(self)
+
+    LeaseKeeper.step = counted  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(k.run()) for k in keepers]
+    try:
+        while not all(k.holding for k in keepers):
+            await asyncio.sleep(0.05)
+        steps, before = 0, dict(a.calls)
+        await asyncio.sleep(TTL + 0.3)  # three renewal periods
+        assert steps == 0
+        assert a.calls.get("lease/keepalive", 0) - before.get("lease/keepalive", 0) in (2, 3, 4)
+        assert a.calls.get("kv/range", 0) == before.get("kv/range", 0)  # no record read
+        assert all(k.holding and k.lease.held() for k in keepers)
+    finally:
+        LeaseKeeper.step = step  # type: ignore[method-assign]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_a_holder_whose_etcd_lease_expired_takes_the_record_again(
     stores: tuple[CountingStore, CountingStore],
 ) -> None:
