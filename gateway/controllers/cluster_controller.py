@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -899,5 +900,12 @@ async def cluster_context(app: web.Application) -> AsyncIterator[None]:
     app[CLUSTER_CONTROLLERS] = controllers
     controllers.start()
     yield
+    count = len(controllers.running)
+    started = time.monotonic()
     await controllers.stop()
+    stopped = time.monotonic()
     await listener.stop()
+    logger.info(
+        "stopping: %d cluster controllers took %.2f s, the internal listener %.2f s",
+        count, stopped - started, time.monotonic() - stopped,
+    )  # fmt: skip

@@ -15,10 +15,12 @@ Stopping (SIGTERM or SIGINT), in this order:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -179,12 +181,15 @@ async def serve(
                 loop.remove_signal_handler(sig)
             listener.close()
             front.close_idle()
-            await runner.cleanup()
+            with _phase("the application's shutdown and cleanup"):
+                await runner.cleanup()
             front.abort_all()  # what is left is stuck: its handlers were cut above
             # A transport calls connection_lost only once its send buffer is empty: a
             # process that exits before then loses the end of an answer a slow client
             # was still reading.
-            if not await front.wait_closed(EXIT_FLUSH_S):
+            with _phase("closed connections sending what they buffered"):
+                flushed = await front.wait_closed(EXIT_FLUSH_S)
+            if not flushed:
                 logger.warning("shutting down: some connections did not finish sending")
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
@@ -192,7 +197,8 @@ async def serve(
         bound.close()  # (closed already, unless the start failed on the way)
         metrics.HOT.flush()  # with several workers, the last second's counts outlive us
         auditor.close()
-        await store.close()
+        with _phase("closing the store"):
+            await store.close()
     logger.info("stopped")
 
 
@@ -223,6 +229,16 @@ def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Tas
     task.add_done_callback(tasks.discard)
 
 
+@contextlib.contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log how long one step of stopping took (a slow stop at scale says where)."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        logger.info("stopping: %s took %.2f s", name, time.monotonic() - start)
+
+
 async def _stop_gracefully(
     app: web.Application, listener: TLSServer, front: Front, grace_s: float
 ) -> None:
@@ -239,7 +255,9 @@ async def _stop_gracefully(
         drain.active,
         ended,
     )
-    if not await drain.wait_idle(grace_s):
+    with _phase("waiting for requests in flight"):
+        idle = await drain.wait_idle(grace_s)
+    if not idle:
         logger.warning(
             "shutting down: %d requests still running after %.0f s; cutting them",
             drain.active,
@@ -250,4 +268,5 @@ async def _stop_gracefully(
         # Dropped tunnels then ask no status write and lease release each: the
         # controllers' stop gives every lease up in one write.
         controllers.begin_stop()
-    await tunnels.close_all(app)
+    with _phase(f"closing {len(app[tunnels.TUNNELS].all_links())} tunnels"):
+        await tunnels.close_all(app)
