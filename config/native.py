@@ -53,6 +53,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/proxy/requestinfo.py",
     "gateway/proxy/sessions.py",
     "gateway/clusters/tunnels.py",
+    "gateway/clusters/chunked.py",
     "gateway/clusters/upstream.py",
     "tunnel/frames.py",
     "tunnel/protocol.py",

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import httptools
 
+from gateway.clusters.chunked import ChunkedDecoder, ChunkedError
 from gateway.pieces import Pieces
 from tunnel.errors import StreamReset, TunnelError
 from tunnel.frames import ErrorCode
@@ -53,7 +54,7 @@ class _Parsed:
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
+        self.body: list[bytes | bytearray] = []
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
@@ -85,7 +86,9 @@ class Response:
 
     __slots__ = (
         "_chunked",
+        "_decoder",
         "_ending",
+        "_fed",
         "_left",
         "_parsed",
         "_parser",
@@ -108,10 +111,13 @@ class Response:
         parsed: _Parsed,
         upgraded_tail: bytes | None,
         no_body: bool,
+        fed: list[bytes | bytearray] | None = None,
     ) -> None:
         self._pool = pool
         self.stream = stream
-        self._parser = parser
+        self._parser: httptools.HttpResponseParser | None = parser
+        self._decoder: ChunkedDecoder | None = None
+        """The rest of a chunked body, once ``park`` took it from llhttp."""
         self._parsed = parsed
         self.status: int = parser.get_status_code()
         self.reason = parsed.reason.decode("latin-1")
@@ -140,6 +146,8 @@ class Response:
             self._left = self.content_length - sum(len(piece) for piece in parsed.body)
         self._released = False
         self._ending = False
+        self._fed = fed if self._chunked and not parsed.complete else None
+        """What llhttp parsed so far (the head and the body's start), until ``park``."""
 
     @property
     def complete(self) -> bool:
@@ -172,10 +180,7 @@ class Response:
                     parsed.complete = True  # delimited by the connection closing
                     return b""
                 raise UpstreamError("the API server closed the connection mid-response")
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+            self._parse(data)
         if len(parsed.body) == 1:
             return parsed.body.pop()
         out = b"".join(parsed.body)
@@ -251,13 +256,59 @@ class Response:
                 parsed.complete = True
             self._left = left - len(data)
             return [data] if data else []
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+        self._parse(data)
         pieces: list[bytes | bytearray] = list(parsed.body)
         parsed.body.clear()
         return pieces
+
+    def _parse(self, data: bytes | bytearray) -> None:
+        """Body bytes through llhttp, or the chunked decoder once parked; the pieces go
+        to ``_parsed.body``."""
+        decoder = self._decoder
+        parsed = self._parsed
+        if decoder is not None:
+            try:
+                parsed.body.extend(decoder.feed(data))
+            except ChunkedError as exc:
+                raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+            if decoder.complete:
+                parsed.complete = True
+                if decoder.extra:
+                    parsed.keep_alive = False  # bytes after the answer: do not reuse
+            return
+        parser = self._parser
+        if parser is None:
+            raise UpstreamError("the response's parser is gone")
+        self._fed = None  # read on: not parked
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"malformed response from the API server: {exc}") from exc
+
+    def park(self) -> None:
+        """This answer's body goes on for long (a watch): a chunked one is decoded from
+        now on by ``gateway.clusters.chunked`` instead of llhttp, whose parser is most of
+        what an open watch would keep. Only after the decoder has read what llhttp already
+        parsed exactly as llhttp did (the head ending where llhttp's ended, the same body
+        bytes, neither at the end); otherwise llhttp goes on."""
+        fed, self._fed = self._fed, None
+        parsed = self._parsed
+        if fed is None or parsed.complete or self._decoder is not None:
+            return
+        raw = b"".join(fed)
+        end = raw.find(b"\r\n\r\n") + 4
+        if end < 4 or not _head_ends_at(raw[:end]):
+            return
+        decoder = ChunkedDecoder()
+        try:
+            pieces = decoder.feed(raw[end:])
+        except ChunkedError:
+            return
+        if decoder.complete or b"".join(pieces) != b"".join(parsed.body):
+            return
+        self._decoder = decoder
+        self._parser = None
+        parsed.parser = None
 
     def feed_eof(self) -> bool:
         """The API server closed the stream: whether that ended the answer cleanly."""
@@ -421,6 +472,7 @@ async def _round_trip(
     parser = httptools.HttpResponseParser(parsed)
     parsed.parser = parser
     received = 0
+    fed: list[bytes | bytearray] = []
     tail: bytes | None = None
     # The pool's sweep resets the stream if no head comes in time (no timer per request).
     pool.wait_for_head(stream)
@@ -440,6 +492,7 @@ async def _round_trip(
             received += len(data)
             if received > MAX_HEAD_BYTES and not parsed.headers_done:
                 raise UpstreamError("response head too large")
+            fed.append(data)
             try:
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade as upgraded:
@@ -459,7 +512,36 @@ async def _round_trip(
         parsed,
         tail if is_upgraded else None,
         no_body=method == "HEAD" or is_upgraded,
+        fed=fed,
     )
+
+
+class _HeadOnly:
+    __slots__ = ("body", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.body = False
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body = True
+
+    def on_message_complete(self) -> None:
+        self.body = True
+
+
+def _head_ends_at(head: bytes) -> bool:
+    """Whether llhttp reads ``head`` as exactly one response head: complete, with not one
+    byte of body in it."""
+    seen = _HeadOnly()
+    try:
+        httptools.HttpResponseParser(seen).feed_data(head)
+    except httptools.HttpParserError:
+        return False
+    return seen.done and not seen.body
 
 
 def is_idempotent(method: str) -> bool:

@@ -76,6 +76,7 @@ class ParkedAnswer:
         """Pass on what came with the head, then take bytes as they arrive."""
         self._side.hold(self)
         upstream = self._upstream
+        upstream.park()
         for piece in upstream.take_parsed():
             self._side.send_now(piece)
         if upstream.complete:

@@ -201,3 +201,58 @@ async def test_an_answer_released_before_its_end_never_puts_its_stream_back(
     resp = await pool.request("GET", HEAD, None)
     assert (resp.status, await resp.read_all()) == (200, b"{}")
     assert len(server.streams) == 2
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def _parked_body(resp: object) -> tuple[bytes, bool]:
+    """Park the answer and take its body as ``ParkedAnswer`` does (``take_parsed``, then
+    ``feed`` with what arrives on the stream)."""
+    from gateway.clusters.upstream import Response
+
+    assert isinstance(resp, Response)
+    resp.park()
+    body = b"".join(resp.take_parsed())
+    while not resp.complete:
+        data = await asyncio.wait_for(resp.stream.read(), 5)
+        if not data:
+            break
+        body += b"".join(resp.feed(data))
+    return body, resp.complete
+
+
+async def test_a_parked_chunked_answer_is_decoded_without_llhttp_and_the_stream_reused() -> None:
+    """A watch's head and first event in one piece, the size line of the next cut in two:
+    once parked, the chunked decoder (not llhttp's parser) reads the rest, and a clean end
+    leaves the stream reusable."""
+    watch = [CHUNKED + b'7\r\n{"a":1}\r\n1', b'0\r\n{"b":2222222222}\r\n', b"0\r\n\r\n"]
+    pool, server = await make([watch, [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    assert resp.status == 200
+    body, complete = await _parked_body(resp)
+    assert resp._decoder is not None and resp._parser is None  # llhttp's parser let go
+    assert (body, complete) == (b'{"a":1}{"b":2222222222}', True)
+    resp.release()
+    again = await pool.request("GET", HEAD, None)
+    assert (again.status, await again.read_all()) == (200, b"{}")
+    assert len(server.streams) == 1
+
+
+async def test_parking_keeps_llhttp_where_the_decoder_would_read_otherwise() -> None:
+    """A chunk extension with a quoted string (llhttp takes it, the decoder does not): the
+    answer stays with llhttp, and is read all the same."""
+    watch = [CHUNKED + b'3;q="x y"\r\nabc\r\n', b"3\r\ndef\r\n0\r\n\r\n"]
+    pool, _ = await make([watch])
+    resp = await pool.request("GET", HEAD, None)
+    body, complete = await _parked_body(resp)
+    assert resp._decoder is None and resp._parser is not None
+    assert (body, complete) == (b"abcdef", True)
+
+
+async def test_a_malformed_chunk_after_parking_is_an_upstream_error() -> None:
+    pool, _ = await make([[CHUNKED + b"3\r\nabc\r\n", b"3\r\ndefX\r\n"]])
+    resp = await pool.request("GET", HEAD, None)
+    with pytest.raises(UpstreamError, match="malformed"):
+        await _parked_body(resp)
+    assert resp._decoder is not None
