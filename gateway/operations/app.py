@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -134,6 +135,27 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": request.app[RUNTIME].version})
 
 
+def _timed(
+    context: Callable[[web.Application], AsyncIterator[None]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context whose stop is logged with how long it took (a slow stop at
+    scale says where)."""
+
+    async def timed(app: web.Application) -> AsyncIterator[None]:
+        running = context(app)
+        await anext(running)
+        yield
+        started = time.monotonic()
+        try:
+            await anext(running)
+        except StopAsyncIteration:
+            pass
+        finally:
+            logger.info("stopping: %s took %.2f s", context.__name__, time.monotonic() - started)
+
+    return timed
+
+
 def build_app(
     settings: GatewaySettings,
     directory: Directory,
@@ -229,11 +251,11 @@ def build_app(
 
     ui.install(app)  # the web page: /ui/ (and / leads there)
 
-    app.cleanup_ctx.append(background.background_tasks)
-    app.cleanup_ctx.append(cluster_controller.cluster_context)
+    app.cleanup_ctx.append(_timed(background.background_tasks))
+    app.cleanup_ctx.append(_timed(cluster_controller.cluster_context))
     # These two follow the cluster controllers' leases.
-    app.cleanup_ctx.append(ace_sync.ace_context)
-    app.cleanup_ctx.append(access_sync.access_context)
+    app.cleanup_ctx.append(_timed(ace_sync.ace_context))
+    app.cleanup_ctx.append(_timed(access_sync.access_context))
     app.on_shutdown.append(tunnels.close_all)
     app.on_cleanup.append(tunnels.stop_guard)
     return app
