@@ -146,6 +146,11 @@ async def serve(
         reloader: Reloader | None = None
         sampler: asyncio.Task[None] | None = None
         try:
+            # Before anything says we serve: a stop asked from then on is a graceful one
+            # (it was the default action, death by SIGTERM, until the handlers came).
+            stop = stop or asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
             metrics_runner = await _start_metrics(app, settings, bound.metrics)
             app[READY][0] = True
             if not worker:
@@ -155,9 +160,6 @@ async def serve(
                 logger.info("agents dial this replica itself at %s", advertised)
             if reload_settings:
                 reloader = Reloader(app, settings, reload_settings, ssl_ctx)
-            stop = stop or asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
             reloading: set[asyncio.Task[None]] = set()
             if reloader is not None:
                 running = reloader
