@@ -593,10 +593,11 @@ class AgentSettings:
     service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
     """Without ``kubeconfig``: where the pod's service account is mounted (``token``,
     ``ca.crt``, ``namespace``); the API server is ``KUBERNETES_SERVICE_HOST``:``_PORT``."""
-    apiserver_http2: bool = False
-    """Relay the gateway's ordinary requests as HTTP/2 streams on a few shared connections
-    to the API server when it offers ``h2`` (``tunnel.h2upstream``); upgrades (exec,
-    attach, port-forward) keep a connection each. Off: a TLS connection per tunnel stream."""
+    apiserver_http2: bool = True
+    """Relay the gateway's ordinary requests, and the agent's own reports' requests, as
+    HTTP/2 streams on a few shared connections to the API server when it offers ``h2``
+    (``tunnel.h2upstream``); upgrades (exec, attach, port-forward) keep a connection each.
+    Off: a TLS connection per tunnel stream (and three for the reports)."""
     health_listen: str = ""
     """A plain-HTTP listener, ``HOST:PORT``, serving ``/healthz`` (alive), ``/readyz``
     (a tunnel is up) and ``/metrics`` (Prometheus) without authentication; empty: none.

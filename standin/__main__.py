@@ -123,8 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--http2",
         action="store_true",
-        help="offer HTTP/2 (ALPN h2) as kube-apiserver does (standin/h2front.py); "
-        "HERDGATE_STANDIN_HTTP2=1 turns it on too",
+        help="offer HTTP/2 (ALPN h2) as kube-apiserver does (standin/h2front.py): the default",
+    )
+    p.add_argument(
+        "--http1-only",
+        action="store_true",
+        help="offer HTTP/1.1 alone (ALPN http/1.1); HERDGATE_STANDIN_HTTP2=0 does so too",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -186,7 +190,10 @@ async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     host, port = _split_listen(args.listen)
-    http2 = args.http2 or os.environ.get("HERDGATE_STANDIN_HTTP2") == "1"
+    # HTTP/2 as kube-apiserver offers it, unless asked for HTTP/1.1 alone.
+    http2 = args.http2 or not (
+        args.http1_only or os.environ.get("HERDGATE_STANDIN_HTTP2") == "0"
+    )
     front: asyncio.Server | None = None
     if http2:
         # aiohttp serves HTTP/1.1 only: HTTP/2 streams reach it over a private unix socket.

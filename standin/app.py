@@ -127,7 +127,7 @@ class StandIn:
         self.audit = AuditLog(config.audit_log)
         self.pod_files = PodFilesystems(config.pod_root)
         self.h2_stats = h2front.Stats()
-        """HTTP/2 connections and streams served (``--http2``)."""
+        """HTTP/2 connections and streams served (unless ``--http1-only``)."""
 
     # -- authentication ---------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
-"""HTTP/2 in front of the stand-in's aiohttp app (``--http2``), as kube-apiserver has.
+"""HTTP/2 in front of the stand-in's aiohttp app (unless ``--http1-only``), as
+kube-apiserver has.
 
-aiohttp serves HTTP/1.1 only. With ``--http2`` the stand-in's port offers ALPN ``h2`` and
+aiohttp serves HTTP/1.1 only. The stand-in's port offers ALPN ``h2`` and
 ``http/1.1``: an ``http/1.1`` connection is handed to aiohttp as before; an ``h2``
 connection is served with the ``h2`` library, each stream forwarded as one HTTP/1.1
 request over a private unix socket to the same app (``UnixSite``), its answer streamed

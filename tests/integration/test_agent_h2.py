@@ -1,7 +1,7 @@
 """The agent relays ordinary requests as HTTP/2 streams to the API server (issue 20).
 
 Real gateway, agent (``apiserver_http2: true``) and stand-in API server with HTTP/2
-(``--http2``): kubectl get, list, apply (protobuf bodies from 1.32), watch and logs -f
+(its default): kubectl get, list, apply (protobuf bodies from 1.32), watch and logs -f
 through the gateway work; many watches share a few connections to the API server (counted
 on the stand-in's port); exec still works (its own HTTP/1.1 connection); identity
 headers reach the stand-in as the gateway wrote them (its audit log); a watch whose
