@@ -672,8 +672,11 @@ class Traffic:
                         await asyncio.sleep(1)
                         continue
                     version = str(listed["metadata"]["resourceVersion"])
-                seconds = rng.randint(20, 40)
                 remaining = self.deadline - time.monotonic()
+                # Ended by the server by the run's end, not cut by our timeout below: a
+                # cut TLS connection's close outlives the session and the event loop
+                # (left to the garbage collector: ResourceWarning, unclosed transport).
+                seconds = max(1, min(rng.randint(20, 40), int(remaining)))
                 url = (
                     f"{base}?watch=1&allowWatchBookmarks=true&resourceVersion={version}"
                     f"&timeoutSeconds={seconds}"
@@ -808,6 +811,10 @@ class Traffic:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, progress, return_exceptions=True)
+            # Connections cut meanwhile (a replica killed, a watch at its deadline) close
+            # their TLS with a close_notify exchange their session does not wait for:
+            # let it finish before the loop closes.
+            await asyncio.sleep(1.0)
 
     async def progress(self) -> None:
         while True:

@@ -204,8 +204,11 @@ def test_revocation_on_a_is_refused_on_b_within_a_second(ha: Ha) -> None:
 def test_a_silently_stalled_watch_shows_in_readyz_and_is_reopened(ha: Ha) -> None:
     """B's connections to etcd go silent without being closed (its watch among them):
     B's own heartbeat, written on a new connection, does not come back on the feed, so
-    /readyz and herdgate_store_feed_lag_seconds say B is behind; B then reopens its
-    watch and sees the revocation it had missed."""
+    B finds its feed behind and reopens its watch, and sees the revocation it had missed.
+    /readyz says B is behind from the bound until the reopened watch has caught up: a
+    moment only (the reopen comes at the next check, a few seconds at most), which a
+    busy box's slow /readyz calls can miss; so it is waited for together with the reopen
+    (``tests/unit/gateway/operations/test_readyz_feed.py`` holds what /readyz says)."""
     world, first, second, _, relays = ha
     token = fresh_token(world, first, second, "stalled-watch")
     restarts = metric(second, world.admin.token, "herdgate_store_feed_restarts_total")
@@ -214,12 +217,18 @@ def test_a_silently_stalled_watch_shows_in_readyz_and_is_reopened(ha: Ha) -> Non
     revoke(first, token)
     assert through(second, world, token) == 200  # B has not heard of it
 
-    def behind() -> tuple[int, str] | None:
-        answer = readyz(second)
-        return answer if "change feed is" in answer[1] else None
+    said: list[tuple[int, str]] = []
 
-    status, text = wait_until(behind, 30, "B's /readyz never said its change feed was behind", 0.5)
-    assert status == 503 and "the caches may be stale" in text
+    def behind_or_reopened() -> bool:
+        answer = readyz(second)
+        if "change feed is" in answer[1]:
+            said.append(answer)
+        reopened = metric(second, world.admin.token, "herdgate_store_feed_restarts_total")
+        return bool(said) or reopened > restarts
+
+    wait_until(behind_or_reopened, 30, "B never found its change feed behind", 0.5)
+    for status, text in said:
+        assert status == 503 and "the caches may be stale" in text
     wait_until(
         lambda: through(second, world, token) == 401, 15, "B never reopened its stalled watch"
     )
