@@ -191,9 +191,7 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     host, port = _split_listen(args.listen)
     # HTTP/2 as kube-apiserver offers it, unless asked for HTTP/1.1 alone.
-    http2 = args.http2 or not (
-        args.http1_only or os.environ.get("HERDGATE_STANDIN_HTTP2") == "0"
-    )
+    http2 = args.http2 or not (args.http1_only or os.environ.get("HERDGATE_STANDIN_HTTP2") == "0")
     front: asyncio.Server | None = None
     if http2:
         # aiohttp serves HTTP/1.1 only: HTTP/2 streams reach it over a private unix socket.
