@@ -90,6 +90,8 @@ def reason(result: Accepted | Rejected) -> Reason:
 @pytest.mark.parametrize(
     "token",
     ["", "token-b7xk2", f"token-b7xk2{SECRET}", ":" + SECRET, "token-b7xk2:", ":"],
+    # ids that do not show the random secret: the same on every pytest process (-n)
+    ids=["empty", "id-only", "no-colon", "no-id", "no-secret", "colon-only"],
 )
 def test_malformed_tokens(token: str) -> None:
     assert reason(run(token)) == Reason.MALFORMED
