@@ -388,6 +388,7 @@ class _Relay:
     """One tunnel stream whose requests go over HTTP/2 (see the module docstring)."""
 
     __slots__ = (
+        "_asked_at",
         "_backlog",
         "_body_out",
         "_body_out_end",
@@ -433,6 +434,8 @@ class _Relay:
         self._eof = False
         self._unacked = 0
         """Answer bytes taken by the tunnel stream, not yet given back as window."""
+        self._asked_at = 0.0
+        """Loop time the current request was sent (the API server latency histogram)."""
 
     # -- from the gateway ----------------------------------------------------------------
 
@@ -531,6 +534,7 @@ class _Relay:
             return
         self._conn = conn
         self._responding = True
+        self._asked_at = conn.loop.time()
         if end:
             self._request_done = True
 
@@ -594,6 +598,9 @@ class _Relay:
     # -- from the API server --------------------------------------------------------------
 
     def response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        stats = self._pool.stats
+        if stats is not None and self._conn is not None:
+            stats.latency.observe(self._conn.loop.time() - self._asked_at)
         close = not self._keep_alive or self._eof
         try:
             head, framing = h1_response_head(

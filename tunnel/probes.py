@@ -27,7 +27,8 @@ call on the data path; the collector reads them at scrape time):
   gateway sends on a stream (after the API server last answered on it) to the API
   server's first byte back. The agent parses no HTTP, so this is the time to the first
   byte of each answer on a plain request stream; on an upgraded stream (exec, attach,
-  port-forward) each burst of input and the next output count as one exchange.
+  port-forward) each burst of input and the next output count as one exchange. Over
+  HTTP/2: from a request's HEADERS sent to the answer's HEADERS received.
 
 The listener is plain HTTP without authentication: it serves no secret, and is meant to
 be bound where only the kubelet and Prometheus reach it.

@@ -265,11 +265,14 @@ def run_namespaced(image: Image, secrets: Path, args: list[str], tmp: Path) -> I
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )  # fmt: skip
     try:
-        # the agent: unshare's child's child, once chroot has exec'd it
+        # the agent: unshare's child's child, once chroot has exec'd it (chroot has
+        # changed its root before it changes its user and execs: not that moment)
         def agent_pid() -> int | None:
             for pid in _descendants(process.pid):
                 try:
-                    if Path(f"/proc/{pid}/root").resolve() == rootfs.resolve():
+                    rooted = Path(f"/proc/{pid}/root").resolve() == rootfs.resolve()
+                    execd = Path(f"/proc/{pid}/comm").read_text().strip() != "chroot"
+                    if rooted and execd:
                         return pid
                 except OSError:
                     continue

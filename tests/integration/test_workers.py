@@ -173,7 +173,10 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
     metrics_port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(f"metrics:\n  listen: 127.0.0.1:{metrics_port}\n")
-    env = dict(systemd.env(), WATCHDOG_USEC="1000000")  # supervisor pings every 0.5 s
+    # The supervisor pings every 1.5 s, and its workers' own watchdog is as long: short
+    # enough for the hung worker below, long enough that a loaded box's event-loop pauses
+    # do not look like one (a 1 s watchdog replaced a busy worker mid-test).
+    env = dict(systemd.env(), WATCHDOG_USEC="3000000")
     gateway = Gateway(
         tmp_path / "gateway",
         free_port(),
@@ -181,6 +184,7 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
         extra_args=["--workers", "2", "--config", str(config)],
         extra_env=env,
     )
+    world: World | None = None
     try:
         gateway.start()
         systemd.wait_for(starts_with("READY=1"), 20, "READY=1 from the supervisor")
@@ -245,5 +249,7 @@ def test_supervisor_speaks_for_its_workers(tmp_path: Path, systemd: FakeSystemd)
         gateway.stop()
         assert any(starts_with("STOPPING=1")(m) for m in systemd.poll())
     finally:
+        if world is not None and world.agent is not None:
+            world.agent.stop()  # (a failure above left it running)
         gateway.stop()
         standin.stop()
