@@ -131,25 +131,29 @@ class H2Pool:
 
     async def connection(self) -> _Connection:
         """A connection with room for one more stream (dialled if none has room);
-        ``NoHttp2`` if the server does not offer ``h2``, ``OSError`` if unreachable."""
+        ``NoHttp2`` if the server does not offer ``h2``, ``OSError`` (or ``TimeoutError``)
+        if unreachable: the same failure for every caller that waited for that dial."""
         while True:
             conn = self._with_room()
             if conn is not None:
                 return conn
             if self.refused:
                 raise NoHttp2()
-            if self._dialing is None:
-                self._dialing = asyncio.ensure_future(self._dial())
-                dialing = self._dialing
+            dialing = self._dialing
+            if dialing is None or dialing.done():
+                # (A dial that has ended, its dialler not yet back to clear it, is not
+                # waited for: awaiting a finished future does not yield, and this loop
+                # would then spin without ever letting the dialler run.)
+                dialing = self._dialing = asyncio.ensure_future(self._dial())
                 try:
                     conn = await asyncio.shield(dialing)
                 finally:
-                    self._dialing = None
+                    if self._dialing is dialing:
+                        self._dialing = None
                 if conn.has_room():
                     return conn
             else:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._dialing)
+                await asyncio.shield(dialing)  # its failure is ours too
                 # Take the new connection if it has room; else dial once more.
 
     async def _dial(self) -> _Connection:

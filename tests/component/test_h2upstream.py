@@ -459,3 +459,21 @@ async def test_a_reset_fetch_fails_with_oserror(make: Any) -> None:
     fetch = h2upstream.Fetch()  # the connection serves on
     assert await fetch.open(world.h2pool, _own(world, "/api")) == 200
     assert await fetch.read() == b"{}"
+
+
+@pytest.mark.timeout(20)
+async def test_a_finished_dial_not_yet_cleared_is_not_waited_for_in_a_spin() -> None:
+    """A dial has ended (refused: the API server is down) and its dialler has not yet
+    run again to clear it when another caller asks for a connection: that caller dials
+    anew and gets the failure. (It awaited the finished dial, which does not yield, in a
+    loop: the agent's event loop spun for ever while its API server was down.)"""
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    pool = h2upstream.H2Pool(Upstream("127.0.0.1", 9, None, "127.0.0.1", ssl_h2=ctx))
+    ended: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    ended.set_exception(OSError("connection refused"))
+    ended.exception()
+    pool._dialing = ended
+    with pytest.raises(OSError):
+        await asyncio.wait_for(pool.connection(), 10)
+    assert pool._dialing is None
