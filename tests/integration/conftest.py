@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import ssl
 import subprocess
 import urllib.error
@@ -227,6 +228,21 @@ class World:
 
 
 BULK_LIST_BYTES = 100 * 1000 * 1000
+
+
+def start_world_with_env(tmp: Path, env: dict[str, str], **kw: Any) -> World:
+    """``start_world`` with ``env`` set while it starts the processes (the stand-in and
+    the agent inherit it), then the environment as it was."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return start_world(tmp, **kw)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def start_world(

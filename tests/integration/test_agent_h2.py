@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import World, start_world_with_env, stop_world
 from tests.integration.downstream_rbac import ok
 from tests.integration.env import kubectl_run, wait_until
 from tests.integration.test_hostile_requests import received, request
@@ -42,16 +42,7 @@ H2_ENV = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    saved = {name: os.environ.get(name) for name in H2_ENV}
-    os.environ.update(H2_ENV)  # inherited by the stand-in and the agent
-    try:
-        w = start_world(tmp_path_factory.mktemp("agent-h2"), name="h2")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    w = start_world_with_env(tmp_path_factory.mktemp("agent-h2"), H2_ENV, name="h2")
     try:
         yield w
     finally:

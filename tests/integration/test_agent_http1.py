@@ -11,14 +11,13 @@ Ready), with no HTTP/2 connection to the API server.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.binaries import kubectl
-from tests.integration.conftest import World, start_world, stop_world
+from tests.integration.conftest import World, start_world_with_env, stop_world
 from tests.integration.downstream_rbac import ok
 from tests.integration.env import kubectl_run, wait_until
 
@@ -35,16 +34,7 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     env = WORLDS[request.param]
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # inherited by the stand-in and the agent
-    try:
-        w = start_world(tmp_path_factory.mktemp("agent-http1"), name="h1")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    w = start_world_with_env(tmp_path_factory.mktemp("agent-http1"), env, name="h1")
     try:
         yield w
     finally:
