@@ -67,6 +67,7 @@ object per name and process: a lease we hold is not read again while its session
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -151,7 +152,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-class _SessionTimer:
+class _SessionTimer(abc.ABC):
     """What both kinds of session share (``_StoreSession`` on a store without leases,
     ``_Session`` on etcd): one timer renews the session at a third of the TTL for every
     keeper that joined (``Lease.join``; held leases then cause no wake-ups of their own)
@@ -169,9 +170,9 @@ class _SessionTimer:
         self._ticker: asyncio.Task[None] | None = None
 
     @property
+    @abc.abstractmethod
     def ident(self) -> object:
-        """The current session's identity (falsy: none now)."""
-        raise NotImplementedError
+        """The current session's identity (falsy: none now): each kind of session says."""
 
     @property
     def valid_until(self) -> float:
