@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -135,23 +136,27 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": request.app[RUNTIME].version})
 
 
+@contextlib.contextmanager
+def stopping_step(name: str) -> Iterator[None]:
+    """Log how long one step of stopping took (a slow stop at scale says where)."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        logger.info("stopping: %s took %.2f s", name, time.monotonic() - start)
+
+
 def _timed(
     context: Callable[[web.Application], AsyncIterator[None]],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup context whose stop is logged with how long it took (a slow stop at
-    scale says where)."""
+    """A cleanup context whose stop is logged with how long it took."""
 
     async def timed(app: web.Application) -> AsyncIterator[None]:
         running = context(app)
         await anext(running)
         yield
-        started = time.monotonic()
-        try:
+        with stopping_step(context.__name__), contextlib.suppress(StopAsyncIteration):
             await anext(running)
-        except StopAsyncIteration:
-            pass
-        finally:
-            logger.info("stopping: %s took %.2f s", context.__name__, time.monotonic() - started)
 
     return timed
 

@@ -15,12 +15,10 @@ Stopping (SIGTERM or SIGINT), in this order:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -38,7 +36,7 @@ from gateway.identity.directory import Directory
 from gateway.identity.providers.registry import build_providers
 from gateway.keys import READY
 from gateway.operations import bootstrap, health
-from gateway.operations.app import build_app
+from gateway.operations.app import build_app, stopping_step
 from gateway.operations.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.store import open_store
@@ -183,13 +181,13 @@ async def serve(
                 loop.remove_signal_handler(sig)
             listener.close()
             front.close_idle()
-            with _phase("the application's shutdown and cleanup"):
+            with stopping_step("the application's shutdown and cleanup"):
                 await runner.cleanup()
             front.abort_all()  # what is left is stuck: its handlers were cut above
             # A transport calls connection_lost only once its send buffer is empty: a
             # process that exits before then loses the end of an answer a slow client
             # was still reading.
-            with _phase("closed connections sending what they buffered"):
+            with stopping_step("closed connections sending what they buffered"):
                 flushed = await front.wait_closed(EXIT_FLUSH_S)
             if not flushed:
                 logger.warning("shutting down: some connections did not finish sending")
@@ -199,7 +197,7 @@ async def serve(
         bound.close()  # (closed already, unless the start failed on the way)
         metrics.HOT.flush()  # with several workers, the last second's counts outlive us
         auditor.close()
-        with _phase("closing the store"):
+        with stopping_step("closing the store"):
             await store.close()
     logger.info("stopped")
 
@@ -231,16 +229,6 @@ def _start_reload(reloader: Reloader, notifier: Notifier, tasks: set[asyncio.Tas
     task.add_done_callback(tasks.discard)
 
 
-@contextlib.contextmanager
-def _phase(name: str) -> Iterator[None]:
-    """Log how long one step of stopping took (a slow stop at scale says where)."""
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        logger.info("stopping: %s took %.2f s", name, time.monotonic() - start)
-
-
 async def _stop_gracefully(
     app: web.Application, listener: TLSServer, front: Front, grace_s: float
 ) -> None:
@@ -257,7 +245,7 @@ async def _stop_gracefully(
         drain.active,
         ended,
     )
-    with _phase("waiting for requests in flight"):
+    with stopping_step("waiting for requests in flight"):
         idle = await drain.wait_idle(grace_s)
     if not idle:
         logger.warning(
@@ -270,5 +258,5 @@ async def _stop_gracefully(
         # Dropped tunnels then ask no status write and lease release each: the
         # controllers' stop gives every lease up in one write.
         controllers.begin_stop()
-    with _phase(f"closing {len(app[tunnels.TUNNELS].all_links())} tunnels"):
+    with stopping_step(f"closing {len(app[tunnels.TUNNELS].all_links())} tunnels"):
         await tunnels.close_all(app)
