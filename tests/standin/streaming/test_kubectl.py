@@ -240,6 +240,23 @@ async def test_port_forward(server: Server, client: Client) -> None:
     assert set(upgrades(server, "portforward")) == {client.portforward_upgrade}
 
 
+_EARLY_MESSAGE_NOTE = re.compile(
+    rb"E\d{4} [\d:.]+ +\d+ websocket\.go:\d+\] Unknown stream id 1, discarding message\n"
+)
+
+
+def without_early_message_note(output: bytes) -> bytes:
+    """``output`` without client-go's log line for the v5 "connected" message it came too early for.
+
+    kube-apiserver's stream translator sends an empty message on the lowest writable channel as
+    soon as the WebSocket is upgraded, before it dials the kubelet; client-go starts reading
+    before it has created its streams, so a slow kubectl discards that empty message and logs it
+    (to the terminal, with ``-it``). Nothing is lost: the message carries no bytes. A real
+    server meets the same race, so the stand-in keeps sending the message at once.
+    """
+    return _EARLY_MESSAGE_NOTE.sub(b"", output, count=1)
+
+
 def converse(master: int, script: list[tuple[bytes, bytes]], timeout: float) -> bytes:
     """Drive a terminal: wait for each expected output, type the answer; then read to the end."""
     deadline = time.monotonic() + timeout
@@ -318,6 +335,6 @@ async def test_exec_tty_interactive_shell(server: Server, version: str) -> None:
             await process.wait()
         os.close(master)
     assert code == 5
-    assert output == (
+    assert without_early_message_note(output) == (
         b"/ # stty size\r\n33 120\r\n/ # exit 5\r\ncommand terminated with exit code 5\r\n"
     )
