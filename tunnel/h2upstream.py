@@ -388,7 +388,27 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class _Relay:
+class _GivesWindowBack:
+    """What reads an answer off an HTTP/2 stream: opens the stream's window again by what
+    it took, in steps of ``ACK_STEP`` (a WINDOW_UPDATE per event of a watch would double
+    the frames)."""
+
+    __slots__ = ("_conn", "_sid", "_unacked")
+
+    def __init__(self) -> None:
+        self._conn: _Connection | None = None
+        self._sid = 0
+        self._unacked = 0
+        """Answer bytes taken, not yet given back as window."""
+
+    def _taken(self, size: int) -> None:
+        self._unacked += size
+        if self._unacked >= ACK_STEP and self._conn is not None:
+            self._conn.ack(self._sid, self._unacked)
+            self._unacked = 0
+
+
+class _Relay(_GivesWindowBack):
     """One tunnel stream whose requests go over HTTP/2 (see the module docstring)."""
 
     __slots__ = (
@@ -396,7 +416,6 @@ class _Relay:
         "_backlog",
         "_body_out",
         "_body_out_end",
-        "_conn",
         "_credit_held",
         "_eof",
         "_fallback",
@@ -409,18 +428,15 @@ class _Relay:
         "_reader",
         "_request_done",
         "_responding",
-        "_sid",
-        "_unacked",
         "stream",
     )
 
     def __init__(self, stream: TunnelStream, pool: H2Pool, fallback: Fallback) -> None:
+        super().__init__()
         self.stream = stream
         self._pool = pool
         self._fallback = fallback
         self._reader = RequestReader()
-        self._conn: _Connection | None = None
-        self._sid = 0
         self._pending: list[RequestHead | bytes | None] | None = None
         """Events waiting for a connection (one is being dialled)."""
         self._body_out: list[bytes] = []
@@ -436,8 +452,6 @@ class _Relay:
         """Answer bytes waiting for the tunnel stream's credit, with their HTTP/2 size."""
         self._flushing = False
         self._eof = False
-        self._unacked = 0
-        """Answer bytes taken by the tunnel stream, not yet given back as window."""
         self._asked_at = 0.0
         """Loop time the current request was sent (the API server latency histogram)."""
 
@@ -672,15 +686,6 @@ class _Relay:
             self._flushing = True
             _spawn(self._flush())
 
-    def _taken(self, flow: int) -> None:
-        """``flow`` bytes of the answer went into the tunnel stream: open the HTTP/2
-        stream's window by as much, in steps of ``ACK_STEP`` (a WINDOW_UPDATE per event of
-        a watch would double the frames)."""
-        self._unacked += flow
-        if self._unacked >= ACK_STEP and self._conn is not None:
-            self._conn.ack(self._sid, self._unacked)
-            self._unacked = 0
-
     async def _flush(self) -> None:
         try:
             while self._backlog:
@@ -740,22 +745,20 @@ class _Relay:
         self._refuse("the API server does not offer HTTP/2")
 
 
-class Fetch:
+class Fetch(_GivesWindowBack):
     """One request of the agent's own on the pool (``tunnel.cluster_watch``: probes,
     lists and watches of its cluster): ``status`` once the answer's head came, then the
     body as it comes, the stream's window given back as it is read (a slow reader holds
     back its own stream only). ``OSError`` when the stream or connection fails."""
 
     def __init__(self) -> None:
+        super().__init__()
         loop = asyncio.get_running_loop()
         self._head: asyncio.Future[int] = loop.create_future()
         self._chunks: list[bytes] = []
         self._wake = asyncio.Event()
         self._done = False
         self._error: str | None = None
-        self._conn: _Connection | None = None
-        self._sid = 0
-        self._unacked = 0
 
     async def open(self, pool: H2Pool, headers: list[tuple[bytes, bytes]]) -> int:
         """Send the request (a GET, no body) and wait for the answer's status."""
@@ -803,12 +806,6 @@ class Fetch:
         if not self._head.done():
             self._head.cancel()
         self._wake.set()
-
-    def _taken(self, size: int) -> None:
-        self._unacked += size
-        if self._unacked >= ACK_STEP and self._conn is not None:
-            self._conn.ack(self._sid, self._unacked)
-            self._unacked = 0
 
     # -- from the connection (``_StreamUser``) --------------------------------------------
 

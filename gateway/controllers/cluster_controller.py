@@ -64,6 +64,7 @@ from gateway.keys import SETTINGS
 from gateway.store.base import StoreError, swap_all
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, LEASE
 from gateway.telemetry import metrics
+from gateway.telemetry.drain import stopping_step
 from tunnel.cluster_state import (
     MAX_NAMESPACES,
     MAX_NODES,
@@ -601,18 +602,22 @@ class ClusterControllers:
         # All at once: one after the other, thousands of controllers kept a stopping
         # gateway from exiting for longer than its unit lets it (docs/benchmarks.md).
         running = list(self.running.values())
-        await asyncio.gather(*(controller.stop() for controller in running))
-        await self._last_statuses(running)
-        try:
-            async with asyncio.timeout(STOP_RELEASE_S):
-                await release_all(self.directory.store, self.replicas.id)
-        except (StoreError, TimeoutError) as exc:
-            logger.warning("leases not given back (they lapse at their TTL): %s", exc)
+        with stopping_step(f"{len(running)} controllers' tasks"):
+            await asyncio.gather(*(controller.stop() for controller in running))
+        with stopping_step("the clusters' last statuses"):
+            await self._last_statuses(running)
+        with stopping_step("giving the leases back"):
+            try:
+                async with asyncio.timeout(STOP_RELEASE_S):
+                    await release_all(self.directory.store, self.replicas.id)
+            except (StoreError, TimeoutError) as exc:
+                logger.warning("leases not given back (they lapse at their TTL): %s", exc)
         self.running.clear()
         tasks = [task for _, task in self.keepers.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        with stopping_step(f"{len(tasks)} lease keepers and {len(self._background)} tasks"):
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         self.keepers.clear()
 
     async def _last_statuses(self, running: list[ClusterController]) -> None:

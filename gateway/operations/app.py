@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -42,7 +41,7 @@ from gateway.proxy.sessions import SESSIONS, Sessions
 from gateway.runtime import Runtime
 from gateway.store.base import StoreError, StoreUnavailable
 from gateway.telemetry.audit import AUDIT, REQUEST_ID_HEADER, AuditLog, new_request_id
-from gateway.telemetry.drain import DRAIN, Drain
+from gateway.telemetry.drain import DRAIN, Drain, stopping_step
 from gateway.ui import handlers as ui
 from tunnel.registry import TunnelRegistry
 
@@ -134,16 +133,6 @@ async def cacerts_setting(request: web.Request) -> web.Response:
 
 async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": request.app[RUNTIME].version})
-
-
-@contextlib.contextmanager
-def stopping_step(name: str) -> Iterator[None]:
-    """Log how long one step of stopping took (a slow stop at scale says where)."""
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        logger.info("stopping: %s took %.2f s", name, time.monotonic() - start)
 
 
 def _timed(

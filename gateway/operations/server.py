@@ -36,13 +36,13 @@ from gateway.identity.directory import Directory
 from gateway.identity.providers.registry import build_providers
 from gateway.keys import READY
 from gateway.operations import bootstrap, health
-from gateway.operations.app import build_app, stopping_step
+from gateway.operations.app import build_app
 from gateway.operations.reload import Reloader
 from gateway.runtime import Runtime
 from gateway.store import open_store
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import AuditLog
-from gateway.telemetry.drain import DRAIN
+from gateway.telemetry.drain import DRAIN, stopping_step
 from tunnel.tls import TLSServer
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,24 @@ told to go elsewhere only after the requests that use their tunnels are done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stopping_step(name: str) -> Iterator[None]:
+    """Log how long one step of stopping took (a slow stop at scale says where)."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        logger.info("stopping: %s took %.2f s", name, time.monotonic() - start)
 
 
 class _Discard:
