@@ -128,6 +128,22 @@ def connected_times(log_file: Path, since: float = 0.0) -> list[float]:
     return out
 
 
+_STOPPING = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (stopping: .*)$")
+
+
+def stopping_steps(log_file: Path, since: float = 0.0) -> list[str]:
+    """The gateway's "stopping: ... took N s" lines logged since ``since`` (wall clock)."""
+    out: list[str] = []
+    with log_file.open(errors="replace") as handle:
+        for line in handle:
+            match = _STOPPING.match(line.rstrip("\n"))
+            if match:
+                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if when >= since:
+                    out.append(match.group(2))
+    return out
+
+
 def git_commit(repo: Path) -> str:
     out = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],

@@ -37,6 +37,7 @@ from bench.herdgate import (
     registration,
     start_agent,
     start_gateway,
+    stopping_steps,
 )
 from bench.nginx import Certs
 from bench.procstats import CpuMeter, rss_kib, tree_rss_kib
@@ -693,6 +694,9 @@ def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) 
     gateway.start(timeout=60)
     t_ready = time.time()
     log(f"agents: gateway restarted (stop {t_exit - t_stop:.1f} s, start {t_ready - t_exit:.1f} s)")
+    steps = stopping_steps(gateway.log_file, since=t_stop)
+    for step in steps:
+        log(f"agents: the old gateway's {step}")
     try:
         wait_until(lambda: len(_ups(procs, t_stop)) >= count, 120,
                    "agents did not all come back", interval=0.2)  # fmt: skip
@@ -713,6 +717,7 @@ def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) 
         f"peak {max(per_second, default=0)} tunnels/s")  # fmt: skip
     return {
         "stop_s": t_exit - t_stop,
+        "stop_steps": steps,
         "start_s": t_ready - t_exit,
         "back": len(ups),
         "all_back_s": last - t_stop,

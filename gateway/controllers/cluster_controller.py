@@ -163,6 +163,9 @@ class ClusterController:
         and watches through the tunnel itself)."""
         self._late = False
         self._last_write = -REPORT_WRITE_MIN_S
+        self._stopped = False
+        """``stop`` ran: the agents are still looked at (the last status), but no reporter
+        is chosen and nothing is probed or watched any more."""
 
     # -- life -------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class ClusterController:
             self._watches[kind] = asyncio.create_task(self._watch_loop(kind))
 
     async def stop(self) -> None:
+        self._stopped = True
         if self.reporter is not None:
             self.reporter.stop_reports()
             self.reporter = None
@@ -214,7 +218,8 @@ class ClusterController:
         views = agent_views(links, self.owner.replicas.id, self._since, self.owner.wall_offset())
         if self.health.agents_changed(views, self.owner.directory.clock()):
             self.changed()
-        self._choose_reporter(links)
+        if not self._stopped:
+            self._choose_reporter(links)
 
     # -- the agent's reports ----------------------------------------------------------
 
@@ -754,6 +759,7 @@ class ClusterControllers:
             lease,
             want=lambda: self._wants(cluster_id, lease),
             on_change=lambda holding: self._on_lease(cluster_id, lease, holding),
+            watched=True,  # woken by the change feed (``_on_directory_change``) and tunnels
         )
         self.keepers[cluster_id] = (keeper, asyncio.create_task(keeper.run()))
 

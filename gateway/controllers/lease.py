@@ -32,7 +32,12 @@ that session does (as etcd's ``concurrency.Session`` carries every key of a hold
   the next holder to exceed) and reports each change of holding to ``on_change``. One
   timer per session renews it at a third of the TTL for all its keepers (``Lease.join``)
   and wakes them when it ends elsewhere or lapses; a keeper holding a lease sleeps
-  otherwise, so thousands of held leases cost neither writes nor wake-ups.
+  otherwise, so thousands of held leases cost neither writes nor wake-ups. A *watched*
+  keeper (its owner wakes it when the lease record changes on the change feed, or when
+  ``want()`` may have changed) that waits for another holder's lease sleeps long too: on
+  SQLite one ``_ForeignSession`` per other holder reads that holder's session record when
+  it is due to expire and wakes the waiting keepers only if it ended, lapsed or its
+  process is gone; on etcd the record's deletion comes over the feed.
   ``release_all`` gives up every lease of a process at once, in one write (the session
   deleted): a stopping gateway's way out.
 - Fencing: ``Lease.generation`` is the generation we hold; writes made on the lease's
@@ -73,6 +78,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import secrets
 import socket
 import time
@@ -96,6 +102,14 @@ before sessions, which judged a lease by that field alone."""
 HELD_CHECK_TTLS = 4
 """A keeper whose lease its session's timer keeps looks at it again after this many
 TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
+WAITING_CHECK_TTLS = 4
+"""A watched keeper (``LeaseKeeper(watched=True)``) that waits for another holder's lease,
+or does not want it, looks again after this many TTLs (less a random quarter, so that
+thousands of keepers do not look at once) if nothing woke it: the lease record changing
+(released, taken, deleted by etcd), the holder's session ending, lapsing or its process
+gone (``_ForeignSession``), or ``want()`` changing."""
+FOREIGN_SLACK_S = 0.05
+"""How long after another holder's session is due to expire its watch reads it."""
 
 
 class SingleFlight:
@@ -361,6 +375,81 @@ def _store_session(store: Store, holder: str, ttl_s: float, host: str, pid: int)
     return session
 
 
+class _ForeignSession:
+    """Another holder's session record (SQLite) that keepers of this process wait on,
+    because it holds the leases they want: one timer for all of them reads the record when
+    it is due to expire (at most a third of the TTL apart, for a crashed process of this
+    host). Renewed: nobody is woken and the timer waits for the new expiry; ended,
+    replaced, lapsed or its process gone: every waiting keeper is woken (and tries: the
+    first ends the session, ``Lease._takeable``). So keepers waiting on one holder cost
+    one read per that holder's renewal period, not two reads per lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        session_id: str,
+        ttl_s: float,
+        clock: Callable[[], float],
+        dead: Callable[[dict[str, Any]], bool],
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.session_id = session_id
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.dead = dead
+        self.expires = float("-inf")
+        """When the session is due to expire, as last read (wall seconds)."""
+        self.members: set[Callable[[], None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.key} ({len(self.members)} waiting)"
+
+    def wait(self, wake: Callable[[], None], expires: float) -> None:
+        """Call ``wake`` once the session may have ended (``expires``: as just read)."""
+        self.members.add(wake)
+        self.expires = max(self.expires, expires)
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._watch())
+
+    def leave(self, wake: Callable[[], None]) -> None:
+        self.members.discard(wake)
+        if not self.members and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _over(self, record: dict[str, Any] | None) -> bool:
+        if record is None or record.get("session") != self.session_id:
+            return True
+        expires = record.get("expires")
+        if not isinstance(expires, int | float) or self.clock() >= expires:
+            return True
+        self.expires = float(expires)
+        return self.dead(record)
+
+    async def _watch(self) -> None:
+        while self.members:
+            due = self.expires - self.clock() + FOREIGN_SLACK_S
+            await asyncio.sleep(max(0.0, min(due, self.ttl_s / 3)))
+            try:
+                record = await self.store.get(LEASE, self.key)
+            except StoreError:
+                await asyncio.sleep(ERROR_RETRY_S)
+                continue
+            if self._over(record):
+                members, self.members = self.members, set()
+                for wake in members:
+                    wake()
+                return
+
+
+_FOREIGN: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _ForeignSession]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class Lease:
     """One named lease as seen by one would-be holder."""
 
@@ -396,6 +485,10 @@ class Lease:
         self._session: _StoreSession | None = None
         if not isinstance(store, ExpiringLeases):
             self._session = _store_session(store, holder, ttl_s, self.host, self.pid)
+        self._keeper_wake: Callable[[], None] | None = None
+        """The keeper's ``wake`` (``join``)."""
+        self._waiting: _ForeignSession | None = None
+        """The other holder's session the last attempt found holding the lease, watched."""
 
     def _now(self) -> float:
         if self._monotonic is not None:
@@ -416,14 +509,52 @@ class Lease:
     def join(self, wake: Callable[[], None]) -> None:
         """A keeper keeps this lease (``LeaseKeeper.run``): its session renews itself
         and calls ``wake`` when it ends or lapses."""
+        self._keeper_wake = wake
         timer = self._timer()
         if timer is not None:
             timer.join(wake, self._now, self._renew)
 
     def leave(self, wake: Callable[[], None]) -> None:
+        self._stop_waiting()
+        self._keeper_wake = None
         timer = self._timer()
         if timer is not None:
             timer.leave(wake)
+
+    def waiting_delay(self, delay: float, wanted: bool) -> float:
+        """How long a watched keeper not holding the lease may sleep (``delay``: until
+        its next attempt): long when it does not want the lease, or another holder has
+        it and whatever ends that wakes the keeper (see ``WAITING_CHECK_TTLS``)."""
+        if wanted and not self._waited_on():
+            return delay
+        spread = random.uniform(0.75, 1.0)  # noqa: S311 - jitter, not a secret
+        return max(delay, WAITING_CHECK_TTLS * self.ttl_s * spread)
+
+    def _waited_on(self) -> bool:
+        """Whether the last attempt found the lease held by someone whose end wakes us."""
+        return self._waiting is not None
+
+    def _wait_on(self, key: str, current: dict[str, Any], session: dict[str, Any]) -> None:
+        """The lease is held under ``session`` (the record ``key``, another holder's,
+        live): watch it."""
+        wake = self._keeper_wake
+        expires = session.get("expires")
+        session_id = current.get("session")
+        if wake is None or not isinstance(expires, int | float) or not session_id:
+            return
+        by_key = _FOREIGN.setdefault(self.store, {})
+        foreign = by_key.get((key, str(session_id)))
+        if foreign is None or not foreign.members:
+            foreign = by_key[key, str(session_id)] = _ForeignSession(
+                self.store, key, str(session_id), self.ttl_s, self.clock, self._dead
+            )
+        foreign.wait(wake, float(expires))
+        self._waiting = foreign
+
+    def _stop_waiting(self) -> None:
+        foreign, self._waiting = self._waiting, None
+        if foreign is not None and self._keeper_wake is not None:
+            foreign.leave(self._keeper_wake)
 
     def held_delay(self, delay: float) -> float:
         """How long a keeper holding the lease may sleep (``delay``: until its next
@@ -464,6 +595,7 @@ class Lease:
             return True  # the session it was taken under is over
         expires = session.get("expires")
         if isinstance(expires, int | float) and wall < expires and not self._dead(session):
+            self._wait_on(key, current, session)
             return False
         # Expired, or its process gone: end that session first, so that its holder's
         # next renewal fails instead of reviving what we take over. If it renewed in the
@@ -475,6 +607,7 @@ class Lease:
         store failed (``held`` then still tells whether we may go on acting)."""
         session = self._session
         assert session is not None
+        self._stop_waiting()
         if session.closed:
             self._lost()
             return False
@@ -599,6 +732,9 @@ class EtcdLease(Lease):
         self.session = _session(store, holder, self.ttl_s)
         self.lease_id = 0
         """The etcd lease our record was written under (0: none)."""
+        self._blocked = False
+        """The last attempt found another holder's record (etcd deletes it when that
+        holder's lease ends, and the change feed tells the keeper's owner)."""
 
     def _timer(self) -> _SessionTimer | None:
         return self.session
@@ -619,7 +755,11 @@ class EtcdLease(Lease):
             return current != self._record or current.get("etcd_lease") != str(self.lease_id)
         return self._dead(current)
 
+    def _waited_on(self) -> bool:
+        return self._blocked
+
     async def try_acquire(self) -> bool:
+        self._blocked = False
         if self.session.closed:
             self._lost()
             return False
@@ -631,6 +771,7 @@ class EtcdLease(Lease):
         current = await self.leases.get_versioned(LEASE, self.name)
         if current is not None and not self._takeable_record(current[0]):
             self._lost()
+            self._blocked = True
             return False
         record: dict[str, Any] = {
             "id": self.name,
@@ -710,10 +851,15 @@ class LeaseKeeper:
         lease: Lease,
         want: Callable[[], bool],
         on_change: Callable[[bool], None],
+        watched: bool = False,
     ) -> None:
         self.lease = lease
         self.want = want
         self.on_change = on_change
+        self.watched = watched
+        """Whoever made the keeper wakes it (``wake``) whenever the lease record changes
+        and whenever ``want()`` may have changed: then a keeper not holding the lease
+        sleeps long (``Lease.waiting_delay``) instead of reading it every third TTL."""
         self.holding = False
         self._wake = asyncio.Event()
 
@@ -765,6 +911,8 @@ class LeaseKeeper:
                 delay = await self.step()
                 if self.holding:
                     delay = self.lease.held_delay(delay)
+                elif self.watched:
+                    delay = self.lease.waiting_delay(delay, self.want())
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()

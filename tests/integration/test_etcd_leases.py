@@ -131,6 +131,22 @@ async def test_release_deletes_the_record_and_the_next_generation_is_higher(
     assert generations == sorted(generations) and len(set(generations)) == 4
 
 
+async def test_a_waiting_holder_sleeps_long_until_the_record_is_gone(
+    stores: tuple[CountingStore, CountingStore],
+) -> None:
+    """Another holder's record stops an attempt: a watched keeper may sleep long (etcd
+    deletes the record when that holder's lease ends, and the change feed wakes the keeper);
+    once the record is gone the next attempt takes it and the usual delay is back."""
+    a, b = stores
+    one, two = _lease(a, "replica-a"), _lease(b, "replica-b")
+    assert await one.try_acquire()
+    assert not await two.try_acquire()
+    assert two.waiting_delay(1.0, wanted=True) >= 3 * two.ttl_s
+    await one.release()
+    assert await two.try_acquire()
+    assert two.waiting_delay(1.0, wanted=True) == 1.0
+
+
 async def test_one_keep_alive_serves_every_lease_of_a_holder(
     stores: tuple[CountingStore, CountingStore],
 ) -> None:

@@ -425,7 +425,13 @@ async def test_a_stopping_process_gives_every_lease_up_in_one_write(
     first.store.swap_many = many  # type: ignore[method-assign]
     first.store.swap_now = now  # type: ignore[method-assign]
     revision = await first.store.revision()
+    controllers = list(first.controllers.running.values())
+    tasks_before = asyncio.all_tasks()
     await first.controllers.stop()
+    # Nothing runs on for a stopped controller: its last status looked at its agents
+    # without choosing a reporter or starting to probe (each a task or three per cluster).
+    assert not any(controller.probing for controller in controllers)
+    assert asyncio.all_tasks() <= tasks_before
     # One batch of statuses (one transaction), one write for every lease.
     assert [(kind, sorted(keys)) for kind, keys in calls] == [
         (CLUSTER_STATUS, sorted(ids)),

@@ -13,12 +13,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.controllers import lease as lease_module
 from gateway.controllers.lease import (
     HELD_BY_SESSION,
     SESSION_PREFIX,
@@ -421,3 +422,67 @@ async def test_loop_lag_is_how_long_a_callback_waits() -> None:
     assert await loop_lag() >= 0
     loop.call_soon(time.sleep, 0.05)  # a callback ahead in the queue blocks the loop
     assert await loop_lag() >= 0.05
+
+
+async def test_keepers_waiting_on_another_holder_read_once_per_its_renewal_and_take_at_its_lapse(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 leases held by one process (its keepers running); 20 watched keepers of another
+    process want them. The waiting keepers sleep (their owner wakes them on changes) while
+    one watch of the holder's session reads it once per its renewal period: no read per
+    lease (every third of the TTL, two reads each, they cost 120 reads a second here). When
+    the holder stops renewing, the watch wakes them at its session's expiry and they take
+    every lease then, not at their next look (4 TTLs away)."""
+
+    class Hanging(CountingStore):
+        hang = False
+
+        async def swap(self, kind: str, key: str, expected: Any, value: Any) -> Any:
+            if self.hang:
+                await asyncio.Event().wait()
+            return await super().swap(kind, key, expected, value)
+
+    # Their own next look is far away: only the watch can wake them in time.
+    monkeypatch.setattr(lease_module, "WAITING_CHECK_TTLS", 100)
+    holder_store = Hanging(stores[0])
+    _, _, (held_tasks, _) = await _kept_for_real(holder_store, 20)
+    waiting_store = CountingStore(stores[1])
+    waiting = [
+        LeaseKeeper(
+            Lease(waiting_store, f"cluster/c-{i}", "r-2", ttl_s=SHORT_TTL, host="h"),
+            lambda: True,
+            lambda _: None,
+            watched=True,
+        )
+        for i in range(20)
+    ]
+    tasks = [asyncio.create_task(keeper.run()) for keeper in waiting]
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.sleep(0.1)  # every waiting keeper made its first attempt
+        reads = waiting_store.gets
+        await asyncio.sleep(1.0)  # the holder renews three times meanwhile
+        assert not any(keeper.holding for keeper in waiting)
+        assert waiting_store.gets - reads <= 5  # one watch, a read per renewal period
+        holder_store.hang = True  # the holder can no longer renew
+        session = await stores[1].get(LEASE, SESSION_PREFIX + "r-1")
+        assert session is not None
+        lapse = loop.time() + (session["expires"] - time.time())
+        while not all(keeper.holding for keeper in waiting) and loop.time() < lapse + 3.0:
+            await asyncio.sleep(0.01)
+        assert all(keeper.holding for keeper in waiting)
+        assert loop.time() < lapse + 1.5  # woken at the lapse by the watch
+        assert all(keeper.lease.generation == 2 for keeper in waiting)
+    finally:
+        for task in [*tasks, *held_tasks]:
+            task.cancel()
+        await asyncio.gather(*tasks, *held_tasks, return_exceptions=True)
+
+
+def test_a_watched_keeper_that_waits_or_does_not_want_sleeps_long() -> None:
+    """``Lease.waiting_delay``: the usual delay while nothing would wake the keeper;
+    three to four TTLs when it does not want the lease or another holder's end wakes it."""
+    lease = _lease(CountingStore(cast(Any, None)), "cluster/c-1", "r-1", Clock())
+    assert lease.waiting_delay(TTL / 3, wanted=True) == TTL / 3
+    for _ in range(20):
+        assert 3 * TTL <= lease.waiting_delay(TTL / 3, wanted=False) <= 4 * TTL
