@@ -9,6 +9,7 @@ command the gateway printed plus ``--kubeconfig`` pointing at a benchmark backen
 from __future__ import annotations
 
 import base64
+import json
 import re
 import subprocess
 from datetime import datetime
@@ -128,19 +129,22 @@ def connected_times(log_file: Path, since: float = 0.0) -> list[float]:
     return out
 
 
-_STOPPING = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (stopping: .*)$")
-
-
 def stopping_steps(log_file: Path, since: float = 0.0) -> list[str]:
-    """The gateway's "stopping: ... took N s" lines logged since ``since`` (wall clock)."""
+    """The gateway's "stopping: ... took N s" lines logged since ``since`` (wall clock; the
+    JSON log's times are whole seconds, so from the second ``since`` falls in)."""
     out: list[str] = []
     with log_file.open(errors="replace") as handle:
         for line in handle:
-            match = _STOPPING.match(line.rstrip("\n"))
-            if match:
-                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                if when >= since:
-                    out.append(match.group(2))
+            if "stopping: " not in line:
+                continue
+            try:
+                entry = json.loads(line)
+                when = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S").timestamp()
+                message = str(entry["message"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if when >= int(since) and message.startswith("stopping: "):
+                out.append(message)
     return out
 
 

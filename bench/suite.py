@@ -493,6 +493,8 @@ class AgentsResult:
     """The gateway's idle CPU in each third of the idle window (% of one core)."""
     stop_s: float
     """SIGTERM to the old gateway's exit (it sends every agent GOAWAY)."""
+    stop_steps: list[str]
+    """The old gateway's "stopping: ... took N s" log lines."""
     start_s: float
     """Start of the new gateway to its first healthy answer."""
     back: int
@@ -691,10 +693,10 @@ def _restart(gateway: Gateway, procs: list[AgentProcess], count: int, log: Log) 
     _stop_process(gateway.process, timeout=45)  # the unit's TimeoutStopSec
     gateway.process = None
     t_exit = time.time()
+    steps = stopping_steps(gateway.log_file, since=t_stop)  # (the new gateway starts a new log)
     gateway.start(timeout=60)
     t_ready = time.time()
     log(f"agents: gateway restarted (stop {t_exit - t_stop:.1f} s, start {t_ready - t_exit:.1f} s)")
-    steps = stopping_steps(gateway.log_file, since=t_stop)
     for step in steps:
         log(f"agents: the old gateway's {step}")
     try:
