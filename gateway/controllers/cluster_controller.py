@@ -35,8 +35,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -581,8 +581,7 @@ class ClusterControllers:
         for cluster_id in list(self.directory.clusters):
             if self.tunnels.count(cluster_id):
                 self._keep(cluster_id)
-        for cluster_id in self.directory.statuses:
-            self._export(cluster_id)
+        metrics.CLUSTER_STATUSES.rows = self.status_rows
         self._sweep = asyncio.create_task(self._sweep_reporters())
 
     async def _sweep_reporters(self) -> None:
@@ -602,6 +601,8 @@ class ClusterControllers:
 
     async def stop(self) -> None:
         self._stopping = True
+        if metrics.CLUSTER_STATUSES.rows == self.status_rows:
+            metrics.CLUSTER_STATUSES.rows = None
         if self._sweep is not None:
             self._sweep.cancel()
         # All at once: one after the other, thousands of controllers kept a stopping
@@ -712,13 +713,16 @@ class ClusterControllers:
             keeper = self.keepers.get(key[len(LEASE_PREFIX) :])
             if keeper is not None and not keeper[0].holding:
                 keeper[0].wake()  # released or taken: try now
-        elif kind == LEASE and key.startswith(SESSION_PREFIX) and not self._stopping:
-            if key != SESSION_PREFIX + self.replicas.id and key not in self._sessions_checked:
-                # Another process's session: one look at a time.
-                self._sessions_checked.add(key)
-                self._spawn(self._check_session(key))
-        elif kind == CLUSTER_STATUS:
-            self._export(key)
+        elif (
+            kind == LEASE
+            and key.startswith(SESSION_PREFIX)
+            and not self._stopping
+            and key != SESSION_PREFIX + self.replicas.id
+            and key not in self._sessions_checked
+        ):
+            # Another process's session: one look at a time.
+            self._sessions_checked.add(key)
+            self._spawn(self._check_session(key))
 
     async def _check_session(self, key: str) -> None:
         """Another process's session record changed: if it is gone (that process gave
@@ -743,7 +747,7 @@ class ClusterControllers:
         controller = self.running.pop(cluster_id, None)
         if controller is not None:
             await controller.stop()
-        metrics.forget_cluster_status(cluster_id)
+        metrics.forget_cluster(cluster_id)
 
     def _keep(self, cluster_id: str) -> None:
         if cluster_id in self.keepers:
@@ -878,20 +882,23 @@ class ClusterControllers:
                 controller.probe_latency_s
             )
 
-    def _export(self, cluster_id: str) -> None:
-        status = self.directory.statuses.get(cluster_id)
-        if status is None or cluster_id not in self.directory.clusters:
-            metrics.forget_cluster_status(cluster_id)
-            return
-        for state in STATES:
-            metrics.CLUSTER_STATE.labels(cluster_id, state).set(1 if status.state == state else 0)
-        for condition in status.conditions:
-            kind = str(condition.get("type"))
-            if kind in (CONNECTED, READY, SYNCED, ACE_SYNCED):
-                value = {"True": 1, "False": 0}.get(str(condition.get("status")), -1)
-                metrics.CLUSTER_CONDITION.labels(cluster_id, kind).set(value)
-        metrics.CLUSTER_NODES.labels(cluster_id).set(len(status.nodes))
+    def status_rows(self) -> Iterator[tuple[str, dict[str, int], dict[str, int], int]]:
+        """The stored statuses as the metrics show them (``metrics.ClusterStatuses``)."""
+        clusters = self.directory.clusters
+        for cluster_id, status in list(self.directory.statuses.items()):
+            if cluster_id not in clusters:
+                continue
+            conditions: dict[str, int] = {}
+            for condition in status.conditions:
+                kind = str(condition.get("type"))
+                if kind in _EXPORTED_CONDITIONS:
+                    conditions[kind] = _CONDITION_VALUES.get(str(condition.get("status")), -1)
+            states = {state: int(state == status.state) for state in STATES}
+            yield cluster_id, states, conditions, len(status.nodes)
 
+
+_EXPORTED_CONDITIONS: Final = frozenset((CONNECTED, READY, SYNCED, ACE_SYNCED))
+_CONDITION_VALUES: Final = {"True": 1, "False": 0}
 
 CLUSTER_CONTROLLERS = web.AppKey("cluster_controllers", ClusterControllers)
 

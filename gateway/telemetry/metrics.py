@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import (
@@ -30,6 +31,7 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -37,25 +39,59 @@ _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-CLUSTER_STATE = Gauge(
-    "herdgate_cluster_state",
-    "1 for the state each cluster is in (pending, active, unavailable), 0 for the others, "
-    "as its controller last stored it.",
-    ["cluster", "state"],
-    multiprocess_mode="livemax",
-)
-CLUSTER_CONDITION = Gauge(
-    "herdgate_cluster_condition",
-    "Each cluster's conditions (Connected, Ready, Synced): 1 True, 0 False, -1 Unknown.",
-    ["cluster", "condition"],
-    multiprocess_mode="livemax",
-)
-CLUSTER_NODES = Gauge(
-    "herdgate_cluster_nodes",
-    "Nodes each cluster reports, as its controller last stored them.",
-    ["cluster"],
-    multiprocess_mode="livemax",
-)
+StatusRows = Callable[[], Iterable[tuple[str, Mapping[str, int], Mapping[str, int], int]]]
+"""Each cluster's stored status: (cluster id, {state: 1 for its own, 0 for the others},
+{condition: 1, 0 or -1}, nodes)."""
+
+
+class ClusterStatuses:
+    """``herdgate_cluster_state``, ``herdgate_cluster_condition`` and
+    ``herdgate_cluster_nodes``, read from the stored statuses when scraped (a collector:
+    no series objects kept per cluster, nothing to update or remove when a status
+    changes or a cluster goes). Every process has every stored status, so whichever
+    process answers the scrape answers for all clusters."""
+
+    def __init__(self) -> None:
+        self.rows: StatusRows | None = None
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "herdgate_cluster_state",
+                "1 for the state each cluster is in (pending, active, unavailable), 0 for "
+                "the others, as its controller last stored it.",
+                labels=["cluster", "state"],
+            ),
+            GaugeMetricFamily(
+                "herdgate_cluster_condition",
+                "Each cluster's conditions (Connected, Ready, Synced, ACESynced): 1 True, "
+                "0 False, -1 Unknown.",
+                labels=["cluster", "condition"],
+            ),
+            GaugeMetricFamily(
+                "herdgate_cluster_nodes",
+                "Nodes each cluster reports, as its controller last stored them.",
+                labels=["cluster"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        state, condition, nodes = self._families()
+        rows = self.rows
+        for cluster, states, conditions, count in rows() if rows is not None else ():
+            for name, value in states.items():
+                state.add_metric([cluster, name], value)
+            for kind, value in conditions.items():
+                condition.add_metric([cluster, kind], value)
+            nodes.add_metric([cluster], count)
+        return iter((state, condition, nodes))
+
+
+CLUSTER_STATUSES = ClusterStatuses()
+DEFAULT_REGISTRY.register(CLUSTER_STATUSES)
 DOWNSTREAM_THROTTLED = Counter(
     "herdgate_downstream_throttled_seconds_total",
     "Seconds the gateway's own requests to each cluster (its controller, the access and ACE "
@@ -95,17 +131,11 @@ STORE_FEED_RESTARTS = Counter(
 )
 
 
-def forget_cluster_status(cluster: str) -> None:
-    """Drop a deleted cluster's series (label sets are cluster ids only)."""
-    for state in ("pending", "active", "unavailable"):
-        with contextlib.suppress(KeyError):
-            CLUSTER_STATE.remove(cluster, state)
-    for condition in ("Connected", "Ready", "Synced", "ACESynced"):
-        with contextlib.suppress(KeyError):
-            CLUSTER_CONDITION.remove(cluster, condition)
-    for gauge in (CLUSTER_NODES, CLUSTER_PROBE_SECONDS):
-        with contextlib.suppress(KeyError):
-            gauge.remove(cluster)
+def forget_cluster(cluster: str) -> None:
+    """Drop a deleted cluster's series kept by this process (label sets are cluster ids
+    only; the status series come from the stored statuses, ``ClusterStatuses``)."""
+    with contextlib.suppress(KeyError):
+        CLUSTER_PROBE_SECONDS.remove(cluster)
 
 
 REQUESTS = Counter(
@@ -404,6 +434,7 @@ def exposition() -> bytes:
     if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        registry.register(CLUSTER_STATUSES)
         return generate_latest(registry)
     return generate_latest(DEFAULT_REGISTRY)
 

@@ -175,6 +175,54 @@ def test_exposition(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "herdgate_request_duration_seconds_bucket" in text
 
 
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_cluster_statuses_are_read_when_scraped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, multiprocess: bool
+) -> None:
+    """The status series come from the rows given at scrape time: no series kept per
+    cluster, a cluster gone from the rows is gone from the next scrape; with several
+    workers (the multiprocess directory) too, once, from the process that answers."""
+    if multiprocess:
+        monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    else:
+        monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    one, two = unique("c"), unique("c")
+    rows = {
+        one: ({"pending": 0, "active": 1, "unavailable": 0}, {"Ready": 1, "Connected": -1}, 3),
+        two: ({"pending": 1, "active": 0, "unavailable": 0}, {}, 0),
+    }
+    monkeypatch.setattr(
+        metrics.CLUSTER_STATUSES,
+        "rows",
+        lambda: [(cluster, *row) for cluster, row in list(rows.items())],
+    )
+
+    def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = metrics.exposition().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("herdgate_cluster_")
+            and sample.labels.get("cluster") in (one, two)
+        }
+
+    seen = scraped()
+    assert seen[("herdgate_cluster_state", (("cluster", one), ("state", "active")))] == 1.0
+    assert seen[("herdgate_cluster_state", (("cluster", one), ("state", "pending")))] == 0.0
+    assert seen[("herdgate_cluster_condition", (("cluster", one), ("condition", "Ready")))] == 1
+    assert (
+        seen[("herdgate_cluster_condition", (("cluster", one), ("condition", "Connected")))] == -1
+    )
+    assert seen[("herdgate_cluster_nodes", (("cluster", one),))] == 3.0
+    assert seen[("herdgate_cluster_state", (("cluster", two), ("state", "pending")))] == 1.0
+    assert len(seen) == 3 + 2 + 1 + 3 + 1
+    del rows[two]
+    assert {labels for _, labels in scraped()} == {
+        labels for _, labels in seen if ("cluster", one) in labels
+    }
+
+
 def test_response_is_prometheus_text() -> None:
     resp = metrics.response()
     assert resp.content_type == "text/plain"
