@@ -153,8 +153,9 @@ class ClusterController:
         wrote (or found) them."""
         settings = owner.settings
         self.probe_interval_s = settings.probe_interval_s
-        self._dirty = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._dirty = False
+        self._writer: asyncio.Task[None] | None = None
+        """Writes the status while it is due (no task waits between changes)."""
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._probe_task: asyncio.Task[None] | None = None
         self.probe_latency_s: float | None = None
@@ -170,7 +171,6 @@ class ClusterController:
     # -- life -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._write_loop()))
         self.refresh_agents()
 
     @property
@@ -202,16 +202,19 @@ class ClusterController:
             self.reporter.stop_reports()
             self.reporter = None
         probe = [self._probe_task] if self._probe_task is not None else []
-        tasks = [*self._tasks, *self._watches.values(), *probe]
+        writer = [self._writer] if self._writer is not None else []
+        tasks = [*writer, *self._watches.values(), *probe]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        self._writer = None
         self._watches.clear()
         self._probe_task = None
 
     def changed(self) -> None:
-        self._dirty.set()
+        self._dirty = True
+        if self._writer is None and not self._stopped:
+            self._writer = asyncio.ensure_future(self._write_while_due())
 
     def refresh_agents(self) -> None:
         links = self.owner.tunnels.links(self.cluster_id)
@@ -355,24 +358,26 @@ class ClusterController:
             else:  # an optional condition removed there
                 self.health.conditions.pop(kind, None)
 
-    async def _write_loop(self) -> None:
+    async def _write_while_due(self) -> None:
         backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S)
         loop = asyncio.get_running_loop()
-        while True:
-            await self._dirty.wait()
-            delay = WRITE_DEBOUNCE_S
-            if self.reporter is not None:
-                delay = max(delay, self._last_write + REPORT_WRITE_MIN_S - loop.time())
-            await asyncio.sleep(delay)
-            self._dirty.clear()
-            try:
-                if await self.write():
-                    self._last_write = loop.time()
-                backoff.reset()
-            except StoreError as exc:
-                logger.warning("status of %s not written: %s", self.cluster_id, exc)
-                await asyncio.sleep(backoff.next())
-                self._dirty.set()
+        try:
+            while self._dirty:
+                delay = WRITE_DEBOUNCE_S
+                if self.reporter is not None:
+                    delay = max(delay, self._last_write + REPORT_WRITE_MIN_S - loop.time())
+                await asyncio.sleep(delay)
+                self._dirty = False
+                try:
+                    if await self.write():
+                        self._last_write = loop.time()
+                    backoff.reset()
+                except StoreError as exc:
+                    logger.warning("status of %s not written: %s", self.cluster_id, exc)
+                    await asyncio.sleep(backoff.next())
+                    self._dirty = True
+        finally:
+            self._writer = None
 
     # -- talking to the cluster -------------------------------------------------------
 

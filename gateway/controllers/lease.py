@@ -843,6 +843,47 @@ def _generation(record: dict[str, Any] | None) -> int:
     return value if isinstance(value, int) else 0
 
 
+class _Wakeup:
+    """An ``asyncio.Event`` for one waiter, waited for with a timeout: a keeper per
+    cluster sleeps on one, so no deque of waiters and no timeout context each."""
+
+    __slots__ = ("_is_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiter: asyncio.Future[bool] | None = None
+
+    def set(self) -> None:
+        self._is_set = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._is_set = False
+
+    async def wait_at_most(self, seconds: float) -> bool:
+        """Until set, or for ``seconds``; whether it was set."""
+        if self._is_set:
+            return True
+        if self._waiter is not None:
+            raise RuntimeError("a _Wakeup has one waiter")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(seconds, _time_up, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _time_up(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class LeaseKeeper:
     """Keeps one lease while ``want()`` holds; ``on_change(True/False)`` on each change."""
 
@@ -861,7 +902,7 @@ class LeaseKeeper:
         and whenever ``want()`` may have changed: then a keeper not holding the lease
         sleeps long (``Lease.waiting_delay``) instead of reading it every third TTL."""
         self.holding = False
-        self._wake = asyncio.Event()
+        self._wake = _Wakeup()
 
     def wake(self) -> None:
         """Try now (``want()`` may have changed)."""
@@ -913,9 +954,7 @@ class LeaseKeeper:
                     delay = self.lease.held_delay(delay)
                 elif self.watched:
                     delay = self.lease.waiting_delay(delay, self.want())
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+                await self._wake.wait_at_most(delay)
         finally:
             self.lease.leave(self.wake)
             if self.lease.held():

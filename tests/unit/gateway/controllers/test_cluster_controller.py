@@ -3,6 +3,7 @@ written only on change, fenced by the lease generation, ``Synced`` set from anyw
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -88,6 +89,28 @@ async def test_status_is_written_once_per_change(two: tuple[Process, Process, Cl
     assert await controller.write()
     stored = first[1].statuses["c-1"]
     assert stored.holder == "r-1" and stored.generation == 1
+
+
+async def test_a_task_writes_the_status_only_while_a_write_is_due(
+    two: tuple[Process, Process, Clock],
+) -> None:
+    """A change starts one writer (more changes meanwhile join it); once written, no task
+    waits for the next change (a controller per connected cluster, thousands of them)."""
+    first, _, clock = two
+    controller = await _controller(first, clock)
+    assert controller._writer is None
+    controller.health.agents_changed((), clock.now)
+    controller.changed()
+    writer = controller._writer
+    assert writer is not None
+    controller.changed()
+    assert controller._writer is writer
+    await asyncio.wait_for(writer, 5.0)
+    assert controller._writer is None
+    assert first[1].statuses["c-1"].holder == "r-1"
+    await controller.stop()
+    controller.changed()  # stopped: nothing starts
+    assert controller._writer is None
 
 
 async def test_synced_set_where_the_controller_does_not_run_is_kept(

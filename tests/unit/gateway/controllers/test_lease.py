@@ -253,3 +253,31 @@ async def test_generations_keep_growing_across_releases(
         seen.append(lease.generation)
         await lease.release()
     assert seen == [1, 2, 3]
+
+
+async def test_the_keepers_wakeup_is_an_event_with_a_timeout() -> None:
+    """``_Wakeup``: set before the wait returns at once; a set during the wait ends it; an
+    unset wait ends at its time, False; a cancelled wait leaves nothing behind."""
+    from gateway.controllers.lease import _Wakeup
+
+    wakeup = _Wakeup()
+    wakeup.set()
+    assert await wakeup.wait_at_most(10.0)
+    wakeup.clear()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert not await wakeup.wait_at_most(0.05)
+    assert 0.04 <= loop.time() - start < 5.0
+    waiting = asyncio.ensure_future(wakeup.wait_at_most(10.0))
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        await wakeup.wait_at_most(1.0)  # one waiter only
+    wakeup.set()
+    assert await asyncio.wait_for(waiting, 1.0)
+    wakeup.clear()
+    waiting = asyncio.ensure_future(wakeup.wait_at_most(10.0))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert not await wakeup.wait_at_most(0.01)  # the cancelled waiter is gone
