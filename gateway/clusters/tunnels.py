@@ -522,6 +522,45 @@ def reconnect_spread_s(tunnels: int) -> float:
     return min(MAX_SPREAD_S, tunnels / RESTART_ACCEPT_PER_S)
 
 
+ACCEPT_SHARE_PER_S = 1 / 8
+"""New tunnels a process accepts a second, as a share of the clusters it knows (at least
+``ACCEPT_FLOOR_PER_S``), in bursts as large: in no second more than a quarter of them
+(issue 20: no handshake storm after a restart, whatever the agents' spread)."""
+ACCEPT_FLOOR_PER_S = 20.0
+ACCEPT_MAX_WAIT_S = 15.0
+"""An accepted agent waits this long at most for its turn (its dial allows 30 s); beyond,
+it is told to come back later (503, ``Retry-After``)."""
+
+
+class AcceptPacer:
+    """The turn of each accepted agent's 101 (``gateway.front.agents``): a token bucket
+    whose rate follows the number of clusters (sans I/O: the time is given)."""
+
+    def __init__(self, clusters: Callable[[], int]) -> None:
+        self._clusters = clusters
+        self._bucket: TokenBucket | None = None
+
+    def rate(self) -> float:
+        return max(ACCEPT_FLOOR_PER_S, self._clusters() * ACCEPT_SHARE_PER_S)
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds this accept waits for its turn (0: now); None: longer than
+        ``ACCEPT_MAX_WAIT_S`` (refused, and no turn taken)."""
+        rate = self.rate()
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(rate, rate, now)
+        elif bucket.rate != rate:
+            bucket.take(now)  # refill at the old rate up to now, then the new one
+            bucket.tokens = min(bucket.tokens + 1, rate)
+            bucket.rate = bucket.burst = rate
+        wait = bucket.take(now)
+        if wait > ACCEPT_MAX_WAIT_S:
+            bucket.tokens += 1
+            return None
+        return wait
+
+
 async def close_all(app: web.Application) -> None:
     """On shutdown: tell every agent over how long to spread its reconnection (INFO) and
     to reconnect (GOAWAY), then drop the tunnels, all at once (one after the other, 10,000
@@ -540,3 +579,4 @@ async def close_all(app: web.Application) -> None:
 TUNNELS: web.AppKey[TunnelRegistry[AgentLink]] = web.AppKey("tunnels")
 STREAM_QUOTA = web.AppKey("stream_quota", StreamQuota)
 REGISTRATION_GUARD = web.AppKey("registration_guard", RegistrationGuard)
+ACCEPT_PACER = web.AppKey("accept_pacer", AcceptPacer)

@@ -13,6 +13,7 @@ line written while it is served (its tunnel's life).
 from __future__ import annotations
 
 import asyncio
+import math
 
 from aiohttp import web
 
@@ -31,16 +32,34 @@ _JSON = (b"Content-Type", b"application/json; charset=utf-8")
 
 
 async def answer(app: web.Application, request: Request) -> Answer:
-    """A 101 whose upgrade runs the agent's tunnel, or a v3 error."""
+    """A 101 whose upgrade runs the agent's tunnel, or a v3 error. An accepted agent's
+    101 waits for its turn (``tunnels.AcceptPacer``): a restarted gateway takes its
+    agents back at a bounded rate however they bunch."""
     request_id = new_request_id()
     context = request_id_var.set(request_id)
     try:
-        return _answer(app, request, request_id)
+        accepted = _accept(app, request, request_id)
+        if not isinstance(accepted, tuple):
+            return accepted
+        wait = app[tunnels.ACCEPT_PACER].wait_s(asyncio.get_running_loop().time())
+        if wait is None:
+            retry = math.ceil(tunnels.ACCEPT_MAX_WAIT_S)
+            message = "too many agents connecting at once"
+            headers = [_JSON, (b"Retry-After", b"%d" % retry)]
+            body = api_body(503, "ServiceUnavailable", message)
+            return whole(503, message, headers, body, request_id=request_id)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        lines, tunnel = accepted
+        return switching("Switching Protocols", lines, tunnel, request_id)
     finally:
         request_id_var.reset(context)
 
 
-def _answer(app: web.Application, request: Request, request_id: str) -> Answer:
+def _accept(
+    app: web.Application, request: Request, request_id: str
+) -> Answer | tuple[list[tuple[bytes, bytes]], AgentTunnel]:
+    """The agent's refusal, or the 101's header lines and its tunnel."""
     admitted = tunnels.admit(
         app,
         request.authorization,
@@ -66,8 +85,7 @@ def _answer(app: web.Application, request: Request, request_id: str) -> Answer:
         body = api_body(exc.status, code, str(exc))
         return whole(exc.status, phrase(exc.status), headers, body, request_id=request_id)
     lines = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in accepted.items()]
-    tunnel = AgentTunnel(app, admitted, request_id)
-    return switching("Switching Protocols", lines, tunnel, request_id)
+    return lines, AgentTunnel(app, admitted, request_id)
 
 
 class AgentTunnel:

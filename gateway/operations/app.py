@@ -169,6 +169,7 @@ def build_app(
     app[STREAM_QUOTA] = tunnels.StreamQuota(settings.tunnel.max_streams_per_user)
     app[REPLICAS] = ReplicaSet(directory, app[TUNNELS], url=runtime.advertise_url)
     app[REGISTRATION_GUARD] = tunnels.RegistrationGuard(directory, app[TUNNELS])
+    app[tunnels.ACCEPT_PACER] = tunnels.AcceptPacer(lambda: len(directory.clusters))
     app[PROVIDERS] = providers or Providers()
     app[AUDIT] = auditor or AuditLog(AuditSettings(path="off"), "")
     app[DRAIN] = Drain()

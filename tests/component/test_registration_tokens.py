@@ -270,3 +270,42 @@ async def test_an_agents_second_tunnel_to_a_process_is_not_a_new_agent(gw: Gw) -
     assert refused.value.status == 429
     for session in sessions:
         await session.close()
+
+
+async def test_agents_are_accepted_at_a_paced_rate(gw: Gw, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight agents at once with the pace at four a second: four 101s at once, the others
+    over the next second, none refused; with a shorter bound on the wait, those whose
+    turn is too far off get 503 and a ``Retry-After`` instead of waiting."""
+    from gateway.clusters import tunnels
+
+    monkeypatch.setattr(tunnels, "ACCEPT_FLOOR_PER_S", 4.0)
+    tokens = []
+    for i in range(4):
+        status, cluster = await gw.call("POST", "/v3/clusters", {"name": f"paced-{i}"})
+        assert status == 201, cluster
+        tokens.append((await _registration(gw, str(cluster["id"])))["token"])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    done: list[float] = []
+
+    async def timed(token: str) -> Session:
+        session = await _agent(gw, token)
+        done.append(loop.time() - started)
+        return session
+
+    sessions = await asyncio.gather(*(timed(t) for t in tokens * 2))
+    done.sort()
+    assert len(sessions) == 8
+    assert done[3] < 0.5 and 0.6 < done[-1] < 5.0
+    for session in sessions:
+        await session.close()
+
+    monkeypatch.setattr(tunnels, "ACCEPT_MAX_WAIT_S", 0.3)
+    await asyncio.sleep(1.0)  # the bucket full again
+    outcomes = await asyncio.gather(*(_agent(gw, t) for t in tokens * 2), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, HandshakeError)]
+    assert refused and all(o.status == 503 for o in refused)
+    assert all(o.headers["retry-after"] == "1" for o in refused)
+    for outcome in outcomes:
+        if isinstance(outcome, Session):
+            await outcome.close()
