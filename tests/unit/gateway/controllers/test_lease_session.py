@@ -59,6 +59,17 @@ class CountingStore:
         return await self.inner.swap(kind, key, expected, value)
 
 
+class Hanging(CountingStore):
+    """A counting store whose writes hang once ``hang`` is set (the store unreachable)."""
+
+    hang = False
+
+    async def swap(self, kind: str, key: str, expected: Any, value: Any) -> Any:
+        if self.hang:
+            await asyncio.Event().wait()
+        return await super().swap(kind, key, expected, value)
+
+
 @pytest.fixture
 async def stores(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, SQLiteStore]]:
     """Two connections to one file, as two gateway workers have."""
@@ -361,14 +372,6 @@ async def test_keepers_are_told_at_once_when_their_session_lapses(
     though none would have woken by itself for several TTLs. The log says what made the
     renewal late: the event loop or the store."""
 
-    class Hanging(CountingStore):
-        hang = False
-
-        async def swap(self, kind: str, key: str, expected: Any, value: Any) -> Any:
-            if self.hang:
-                await asyncio.Event().wait()
-            return await super().swap(kind, key, expected, value)
-
     store = Hanging(stores[0])
     keepers, _, (tasks, losses) = await _kept_for_real(store, 10)
     try:
@@ -433,14 +436,6 @@ async def test_keepers_waiting_on_another_holder_read_once_per_its_renewal_and_t
     lease (every third of the TTL, two reads each, they cost 120 reads a second here). When
     the holder stops renewing, the watch wakes them at its session's expiry and they take
     every lease then, not at their next look (4 TTLs away)."""
-
-    class Hanging(CountingStore):
-        hang = False
-
-        async def swap(self, kind: str, key: str, expected: Any, value: Any) -> Any:
-            if self.hang:
-                await asyncio.Event().wait()
-            return await super().swap(kind, key, expected, value)
 
     # Their own next look is far away: only the watch can wake them in time.
     monkeypatch.setattr(lease_module, "WAITING_CHECK_TTLS", 100)
