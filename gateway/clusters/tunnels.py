@@ -15,7 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -534,11 +535,41 @@ it is told to come back later (503, ``Retry-After``)."""
 
 class AcceptPacer:
     """The turn of each accepted agent's 101 (``gateway.front.agents``): a token bucket
-    whose rate follows the number of clusters (sans I/O: the time is given)."""
+    whose rate follows the number of clusters (sans I/O: the time is given). A cluster
+    has at most as many agents waiting for their turn as it may have connected, so one
+    registration token cannot queue up the turns of every other cluster's agents."""
 
     def __init__(self, clusters: Callable[[], int]) -> None:
         self._clusters = clusters
         self._bucket: TokenBucket | None = None
+        self._waiting: dict[str, int] = {}
+
+    def turn(self, cluster_id: str, now: float, max_waiting: int) -> float | Refusal:
+        """Seconds this cluster's agent waits for its 101, or why it may not wait."""
+        if self._waiting.get(cluster_id, 0) >= max_waiting:
+            return Refusal(
+                429,
+                "TooManyRequests",
+                f"cluster {cluster_id} already has {max_waiting} agents waiting to connect",
+                FULL_RETRY_AFTER_S,
+                why=CLUSTER_FULL_REFUSAL,
+            )
+        wait = self.wait_s(now)
+        if wait is None:
+            retry = math.ceil(ACCEPT_MAX_WAIT_S)
+            return Refusal(503, "ServiceUnavailable", "too many agents connecting at once", retry)
+        return wait
+
+    @contextlib.contextmanager
+    def waiting_for(self, cluster_id: str) -> Iterator[None]:
+        """An agent of ``cluster_id`` waits for its turn meanwhile."""
+        self._waiting[cluster_id] = self._waiting.get(cluster_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._waiting.pop(cluster_id) - 1
+            if left:
+                self._waiting[cluster_id] = left
 
     def rate(self) -> float:
         return max(ACCEPT_FLOOR_PER_S, self._clusters() * ACCEPT_SHARE_PER_S)

@@ -13,13 +13,13 @@ line written while it is served (its tunnel's life).
 from __future__ import annotations
 
 import asyncio
-import math
 
 from aiohttp import web
 
 from config.logging import request_id as request_id_var
 from gateway.clusters import tunnels
 from gateway.errors import api_body
+from gateway.keys import SETTINGS
 from gateway.proxy.model import Answer, Request, phrase, switching, whole
 from gateway.telemetry.audit import new_request_id
 from tunnel import wsconn
@@ -39,27 +39,37 @@ async def answer(app: web.Application, request: Request) -> Answer:
     context = request_id_var.set(request_id)
     try:
         accepted = _accept(app, request, request_id)
-        if not isinstance(accepted, tuple):
+        if isinstance(accepted, Answer):
             return accepted
-        wait = app[tunnels.ACCEPT_PACER].wait_s(asyncio.get_running_loop().time())
-        if wait is None:
-            retry = math.ceil(tunnels.ACCEPT_MAX_WAIT_S)
-            message = "too many agents connecting at once"
-            headers = [_JSON, (b"Retry-After", b"%d" % retry)]
-            body = api_body(503, "ServiceUnavailable", message)
-            return whole(503, message, headers, body, request_id=request_id)
-        if wait > 0:
-            await asyncio.sleep(wait)
-        lines, tunnel = accepted
+        lines, tunnel, admission = accepted
+        pacer = app[tunnels.ACCEPT_PACER]
+        max_waiting = app[SETTINGS].registration.max_agents_per_cluster
+        turn = pacer.turn(admission.cluster_id, asyncio.get_running_loop().time(), max_waiting)
+        if isinstance(turn, tunnels.Refusal):
+            return _refused(turn, request_id)
+        if turn > 0:
+            with pacer.waiting_for(admission.cluster_id):
+                await asyncio.sleep(turn)
         return switching("Switching Protocols", lines, tunnel, request_id)
     finally:
         request_id_var.reset(context)
 
 
+def _refused(refusal: tunnels.Refusal, request_id: str) -> Answer:
+    headers = [_JSON]
+    if refusal.why:
+        headers.append((REFUSAL_HEADER.encode(), refusal.why.encode()))
+    if refusal.retry_after_s:
+        headers.append((b"Retry-After", b"%d" % refusal.retry_after_s))
+    # The message is also the reason phrase: the agent reads the head only.
+    body = api_body(refusal.status, refusal.code, refusal.message)
+    return whole(refusal.status, refusal.message, headers, body, request_id=request_id)
+
+
 def _accept(
     app: web.Application, request: Request, request_id: str
-) -> Answer | tuple[list[tuple[bytes, bytes]], AgentTunnel]:
-    """The agent's refusal, or the 101's header lines and its tunnel."""
+) -> Answer | tuple[list[tuple[bytes, bytes]], AgentTunnel, tunnels.Admission]:
+    """The agent's refusal, or the 101's header lines, its tunnel and its admission."""
     admitted = tunnels.admit(
         app,
         request.authorization,
@@ -67,14 +77,7 @@ def _accept(
         request.remote,
     )
     if isinstance(admitted, tunnels.Refusal):
-        headers = [_JSON]
-        if admitted.why:
-            headers.append((REFUSAL_HEADER.encode(), admitted.why.encode()))
-        if admitted.retry_after_s:
-            headers.append((b"Retry-After", b"%d" % admitted.retry_after_s))
-        # The message is also the reason phrase: the agent reads the head only.
-        body = api_body(admitted.status, admitted.code, admitted.message)
-        return whole(admitted.status, admitted.message, headers, body, request_id=request_id)
+        return _refused(admitted, request_id)
     try:
         accepted = server_accept(request.headers)
     except HandshakeError as exc:
@@ -85,7 +88,7 @@ def _accept(
         body = api_body(exc.status, code, str(exc))
         return whole(exc.status, phrase(exc.status), headers, body, request_id=request_id)
     lines = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in accepted.items()]
-    return lines, AgentTunnel(app, admitted, request_id)
+    return lines, AgentTunnel(app, admitted, request_id), admitted
 
 
 class AgentTunnel:

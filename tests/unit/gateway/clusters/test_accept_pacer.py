@@ -4,6 +4,8 @@ served within a few seconds. Time is given: nothing sleeps."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +15,9 @@ from gateway.clusters.tunnels import (
     ACCEPT_MAX_WAIT_S,
     ACCEPT_SHARE_PER_S,
     AcceptPacer,
+    Refusal,
 )
+from tunnel.redial import CLUSTER_FULL_REFUSAL
 
 
 def _turns(pacer: AcceptPacer, arrivals: list[float]) -> list[float | None]:
@@ -72,3 +76,20 @@ def test_the_rate_follows_the_clusters() -> None:
     clusters[0] = 8_000
     assert pacer.rate() == 1_000
     assert pacer.wait_s(0.0) == 0.0
+
+
+def test_a_cluster_queues_no_more_agents_than_it_may_connect() -> None:
+    """One registration token cannot hold every other cluster's turns: a cluster with
+    ``max_waiting`` agents waiting gets 429 (``cluster-full``) for the next; a turn too far
+    off is a 503 with ``Retry-After``."""
+    pacer = AcceptPacer(lambda: 8)
+    with pacer.waiting_for("c-1"), pacer.waiting_for("c-1"):
+        refused = pacer.turn("c-1", 0.0, max_waiting=2)
+        assert isinstance(refused, Refusal) and refused.status == 429
+        assert refused.why == CLUSTER_FULL_REFUSAL
+        assert pacer.turn("c-2", 0.0, max_waiting=2) == 0.0  # another cluster is not held up
+    assert pacer.turn("c-1", 0.0, max_waiting=2) == 0.0  # they had their turn
+    for _ in range(400):
+        turn = pacer.turn("c-3", 0.0, max_waiting=1000)
+    assert isinstance(turn, Refusal) and turn.status == 503
+    assert turn.retry_after_s == math.ceil(ACCEPT_MAX_WAIT_S)
