@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -62,6 +63,23 @@ def _get(url: str, token: str = "", timeout: float = 30) -> tuple[int, bytes]:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, context=ctx, timeout=timeout) as resp:  # noqa: S310
         return int(resp.status), resp.read()
+
+
+_GC_COLLECTIONS = re.compile(r'^python_gc_collections_total\{generation="(\d)"\} ([0-9.e+]+)$')
+
+
+def gc_collections(url: str, token: str) -> dict[str, int]:
+    """A process's garbage collections so far, per generation, from its ``/metrics``."""
+    try:
+        _, body = _get(f"{url}/metrics", token, timeout=10)
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in body.decode(errors="replace").splitlines():
+        match = _GC_COLLECTIONS.match(line)
+        if match:
+            out[match.group(1)] = int(float(match.group(2)))
+    return out
 
 
 def _stop_process(process: subprocess.Popen[Any], timeout: float = 15) -> None:
@@ -286,6 +304,10 @@ class WatchResult:
     http2: bool = False
     """The watches shared HTTP/2 connections (client-go's way) instead of one each."""
     connections: int = 0
+    gc_during_events: dict[str, int] = field(default_factory=dict)
+    """The gateway's garbage collections per generation while the events flowed
+    (``python_gc_collections_total``): a full (generation 2) collection walks every
+    watch's objects at once, a pause the events' tail would show."""
 
     @property
     def gateway_kib_per_watch(self) -> float:
@@ -415,10 +437,17 @@ def watches(
                 "client": client.process.pid,
             }
         )
+        admin_token = str(gateway.admin().token)  # /metrics is for administrators
+        gc_before = gc_collections(gateway.url, admin_token)
         with meter:
             client.start_measuring(seconds + 1.5)
             _get(f"{backend_url}/_bench/emit?rate={rate:g}&seconds={seconds:g}")
             latency = client.latency()
+        gc_during = {
+            generation: count - gc_before.get(generation, 0)
+            for generation, count in gc_collections(gateway.url, admin_token).items()
+        }
+        log(f"watches: the gateway's garbage collections while events flowed: {gc_during}")
         _, stats = _get(f"{backend_url}/_bench/stats")
         usage = meter.usage
         assert usage is not None
@@ -442,6 +471,7 @@ def watches(
             churned_kib=churned_kib,
             http2=http2,
             connections=int(opened.get("connections", opened["opened"])),
+            gc_during_events=gc_during,
         )
     raise AssertionError("unreachable")  # pragma: no cover
 
