@@ -425,7 +425,6 @@ class _Relay(_GivesWindowBack):
         "_keep_alive",
         "_pending",
         "_pool",
-        "_queued",
         "_reader",
         "_request_done",
         "_responding",
@@ -440,10 +439,6 @@ class _Relay(_GivesWindowBack):
         self._reader = RequestReader()
         self._pending: list[RequestHead | bytes | None] | None = None
         """Events waiting for a connection (one is being dialled)."""
-        self._queued: list[RequestHead | bytes | None] | None = None
-        """A next request (and what follows it) that came before the last answer's end
-        did: the gateway may have the whole answer (its length) before the API server's
-        END_STREAM reaches us. Sent once that end comes, as HTTP/1.1 pipelining is."""
         self._body_out: list[bytes] = []
         """Request body waiting for the HTTP/2 stream's window."""
         self._body_out_end = False
@@ -477,8 +472,6 @@ class _Relay(_GivesWindowBack):
             event = events[i]
             if self._pending is not None:
                 self._pending.append(event)
-            elif self._queued is not None:
-                self._queued.append(event)
             elif isinstance(event, RequestHead):
                 ends = i + 1 < count and events[i + 1] is None
                 self._start(event, ends)
@@ -491,18 +484,15 @@ class _Relay(_GivesWindowBack):
 
     def _held_too_much(self) -> bool:
         held = sum(map(len, self._body_out))
-        for waiting in (self._pending, self._queued):
-            if waiting is not None:
-                held += sum(len(e) for e in waiting if isinstance(e, bytes))
+        if self._pending is not None:
+            held += sum(len(e) for e in self._pending if isinstance(e, bytes))
         if held > _HOLD_BACK:
             self._credit_held = True
             return True
         return False
 
     def _request_event(self, event: RequestHead | bytes | None) -> None:
-        if self._queued is not None:
-            self._queued.append(event)
-        elif isinstance(event, RequestHead):
+        if isinstance(event, RequestHead):
             self._start(event, False)
         elif event is None:
             self._body_out_end = True
@@ -513,8 +503,7 @@ class _Relay(_GivesWindowBack):
 
     def _start(self, head: RequestHead, ends: bool) -> None:
         if self._responding or not self._request_done:
-            # The last exchange has not ended here yet: this request waits for it.
-            self._queued = [head, None] if ends else [head]
+            self._refuse("a request before the last one's answer ended")
             return
         try:
             headers = h2_request_headers(head)
@@ -659,27 +648,15 @@ class _Relay(_GivesWindowBack):
             self._write(LAST_CHUNK, 0)
         self._framing = None
         self._responding = False
-        cut = False
         if not self._request_done and self._conn is not None:
             # Answered before the whole body was sent: as an HTTP/1.1 server would,
             # close after the answer.
             self._conn.reset(self._sid)
             self._body_out.clear()
-            self._eof = cut = True
+            self._eof = True
         self._conn = None
         self._unacked = 0
         self._request_done = True
-        queued, self._queued = self._queued, None
-        if queued and self._keep_alive and not cut:
-            for event in queued:  # the next request, now (the end of the stream waits)
-                if self._pending is not None:
-                    self._pending.append(event)
-                else:
-                    self._request_event(event)
-            if self._credit_held and not self._held_too_much():
-                self._credit_held = False
-                self.stream.sink_drained()
-            return
         if self._eof or not self._keep_alive:
             self._close_tunnel()
 
@@ -742,7 +719,6 @@ class _Relay(_GivesWindowBack):
         logger.info("request not relayed over HTTP/2: %s", reason)
         self._drop_stream()
         self._pending = None
-        self._queued = None
         self._body_out.clear()
         if self._framing is not None or self.stream.is_closed:
             self.stream.reset(ErrorCode.INTERNAL_ERROR, reason)
