@@ -328,6 +328,19 @@ class TokenBucket:
         self.tokens -= 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def give_back(self) -> None:
+        """Undo one ``take`` (its turn was not used)."""
+        self.tokens += 1
+
+    def set_rate(self, rate: float, burst: float, now: float) -> None:
+        """From ``now`` on, ``rate`` a second in bursts of ``burst`` (refilled at the old
+        rate up to ``now``)."""
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs a positive rate and a burst of at least 1")
+        self._refill(now)
+        self.rate, self.burst = rate, burst
+        self.tokens = min(self.tokens, burst)
+
 
 class Backoff:
     """Exponential backoff: ``base``, doubled per failure up to ``cap``; ``reset`` on success."""

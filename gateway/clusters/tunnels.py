@@ -582,12 +582,10 @@ class AcceptPacer:
         if bucket is None:
             bucket = self._bucket = TokenBucket(rate, rate, now)
         elif bucket.rate != rate:
-            bucket.take(now)  # refill at the old rate up to now, then the new one
-            bucket.tokens = min(bucket.tokens + 1, rate)
-            bucket.rate = bucket.burst = rate
+            bucket.set_rate(rate, rate, now)
         wait = bucket.take(now)
         if wait > ACCEPT_MAX_WAIT_S:
-            bucket.tokens += 1
+            bucket.give_back()
             return None
         return wait
 
