@@ -61,6 +61,9 @@ logger = logging.getLogger(__name__)
 
 INTERNAL_HOST = "http://herdgate-internal"
 MAX_SOCKET_PATH = 100
+INTERNAL_KEEPALIVE_S = 15.0
+"""How long an idle connection to the internal socket stays pooled (aiohttp's default,
+named: a connection pair of this process's own may outlive the request by this long)."""
 
 
 async def _internal_handler(request: web.Request) -> web.StreamResponse:
@@ -341,7 +344,9 @@ class InternalListener:
             prototype = ApiClient(Configuration(host=INTERNAL_HOST))
             unused = prototype.rest_client.pool_manager
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.path), limit=0),
+                connector=aiohttp.UnixConnector(
+                    path=str(self.path), limit=0, keepalive_timeout=INTERNAL_KEEPALIVE_S
+                ),
                 read_bufsize=2**21,
             )
             prototype.rest_client.pool_manager = self._session

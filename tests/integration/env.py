@@ -38,6 +38,42 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _socket_table() -> dict[str, str]:
+    """Socket inode -> what it is, from the kernel's TCP and Unix tables."""
+    names: dict[str, str] = {}
+    states = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                local = int(cols[1].rsplit(":", 1)[1], 16)
+                remote = int(cols[2].rsplit(":", 1)[1], 16)
+                state = states.get(cols[3], cols[3])
+                names[cols[9]] = f"tcp :{local} -> :{remote} {state}"
+    with contextlib.suppress(OSError), open("/proc/net/unix") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            names[cols[6]] = "unix " + (cols[7] if len(cols) > 7 else "(unnamed)")
+    return names
+
+
+def descriptors(pid: int) -> list[str]:
+    """What each of a process's open descriptors is (a file's path, a socket's ports):
+    for a leak's message."""
+    table: dict[str, str] | None = None
+    found = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            table = _socket_table() if table is None else table
+            target = table.get(target[8:-1], target)
+        found.append(f"{fd}: {target}")
+    return found
+
+
 def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
