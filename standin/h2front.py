@@ -188,7 +188,7 @@ class _H2Server(asyncio.Protocol):
                 self._send_body(writer, stream, chunked)
             )
             try:
-                await self._answer(sid, reader, stream)
+                await self._answer(sid, reader, stream, head.startswith(b"HEAD "))
             finally:
                 sending.cancel()
         except asyncio.CancelledError:
@@ -250,7 +250,13 @@ class _H2Server(asyncio.Protocol):
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             await writer.drain()
 
-    async def _answer(self, sid: int, reader: asyncio.StreamReader, stream: _Stream) -> None:
+    async def _answer(
+        self, sid: int, reader: asyncio.StreamReader, stream: _Stream, head_request: bool
+    ) -> None:
+        """The app's HTTP/1.1 answer as the stream's HEADERS and DATA, then END_STREAM. An
+        answer to HEAD ends with its HEADERS frame, as Go's server ends it (its
+        Content-Length announces a body that never comes; the parser, not told the method,
+        would wait for it)."""
         parsed = _Parsed()
         parser = httptools.HttpResponseParser(parsed)
         parsed.parser = parser
@@ -271,8 +277,10 @@ class _H2Server(asyncio.Protocol):
                     if lower in _HOP_BY_HOP or lower == b"keep-alive":
                         continue
                     out.append((lower, value))
-                self.h2.send_headers(sid, out, end_stream=False)
+                self.h2.send_headers(sid, out, end_stream=head_request)
                 self.flush()
+                if head_request:
+                    return
             while parsed.body:
                 await self._send(sid, parsed.body.pop(0), stream)
             if parsed.complete:

@@ -156,13 +156,24 @@ def canonical_name(name: bytes) -> bytes:
 
 
 class ResponseFraming:
-    """How an answer's body is written in HTTP/1.1."""
+    """How an answer's body is written in HTTP/1.1, and how much of it is still to come
+    when its length is known (``remaining``; the relay counts it down)."""
 
-    __slots__ = ("chunked", "no_body")
+    __slots__ = ("chunked", "no_body", "remaining")
 
-    def __init__(self, chunked: bool, no_body: bool) -> None:
+    def __init__(self, chunked: bool, no_body: bool, remaining: int = 0) -> None:
         self.chunked = chunked
         self.no_body = no_body
+        self.remaining = remaining
+        """Body bytes the Content-Length still promises (0 without a body; unused when
+        chunked)."""
+
+    @property
+    def complete(self) -> bool:
+        """The HTTP/1.1 reader has the whole answer: no body, or all its length came (a
+        chunked answer is complete only with its last chunk, written at the stream's
+        end)."""
+        return self.no_body or (not self.chunked and self.remaining <= 0)
 
 
 def h1_response_head(
@@ -212,7 +223,8 @@ def h1_response_head(
     if close:
         fields.append(b"Connection: close\r\n")
     line = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
-    return line + b"".join(fields) + b"\r\n", ResponseFraming(chunked, no_body)
+    remaining = int(length) if length is not None and not no_body else 0
+    return line + b"".join(fields) + b"\r\n", ResponseFraming(chunked, no_body, remaining)
 
 
 def _reason(status: int) -> bytes:

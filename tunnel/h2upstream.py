@@ -352,6 +352,12 @@ class _Connection(asyncio.Protocol):
         if self.closing and not self.relays and self.transport is not None:
             self.transport.close()
 
+    def drain(self, sid: int) -> None:
+        """The user of stream ``sid`` has its whole answer and goes on without it: the
+        stream stays counted until the server ends it; what it still brings is dropped."""
+        if sid in self.relays:
+            self.relays[sid] = _DRAINED
+
     def done_with(self, sid: int) -> None:
         """The relay gives up its stream (reset by the gateway, or done sending)."""
         self.relays.pop(sid, None)
@@ -386,6 +392,29 @@ class _Connection(asyncio.Protocol):
             relay.upstream_failed(reason)
         if self.transport is not None:
             self.transport.abort()
+
+
+class _Drained:
+    """The user of a stream whose answer was had in full before its end came: takes
+    nothing (``_Connection.drain``)."""
+
+    def response(self, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        return None
+
+    def data(self, data: bytes, flow: int) -> None:
+        return None
+
+    def ended(self) -> None:
+        return None
+
+    def upstream_failed(self, reason: str) -> None:
+        return None
+
+    def window_opened(self) -> None:
+        return None
+
+
+_DRAINED = _Drained()
 
 
 class _GivesWindowBack:
@@ -503,8 +532,11 @@ class _Relay(_GivesWindowBack):
 
     def _start(self, head: RequestHead, ends: bool) -> None:
         if self._responding or not self._request_done:
-            self._refuse("a request before the last one's answer ended")
-            return
+            framing = self._framing
+            if not (self._request_done and framing is not None and framing.complete):
+                self._refuse("a request before the last one's answer ended")
+                return
+            self._leave_answered_stream()
         try:
             headers = h2_request_headers(head)
         except Untranslatable as exc:
@@ -597,6 +629,18 @@ class _Relay(_GivesWindowBack):
         if self._body_out or self._body_out_end:
             self._send_body()
 
+    def _leave_answered_stream(self) -> None:
+        """The gateway has the whole answer (by its length) and sent its next request
+        before the API server's END_STREAM reached us (Go's server may send it in a frame
+        of its own after the handler returns): the old stream is left to end on its own,
+        what it still brings dropped, and the next request goes on a new one."""
+        if self._conn is not None:
+            self._conn.drain(self._sid)
+        self._conn = None
+        self._framing = None
+        self._responding = False
+        self._unacked = 0
+
     def gateway_ended(self, error: TunnelError | None) -> None:
         """The tunnel stream ended: half-closed (``None``) or failed."""
         if error is not None or not self._reader.between_requests:
@@ -637,7 +681,11 @@ class _Relay(_GivesWindowBack):
         if framing is None or framing.no_body or not data:
             self._taken(flow)
             return
-        self._write(chunk(data) if framing.chunked else data, flow)
+        if framing.chunked:
+            self._write(chunk(data), flow)
+        else:
+            framing.remaining -= len(data)
+            self._write(data, flow)
 
     def ended(self) -> None:
         framing = self._framing

@@ -7,6 +7,7 @@ without ``h2``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -157,6 +158,19 @@ class _Server(asyncio.Protocol):
             self.h2.send_headers(sid, [(b":status", b"200"), (b"content-type", b"json")])
         elif path == b"/reset":
             self.h2.reset_stream(sid)
+        elif path == b"/late-end":
+            # The whole body (its length said), the stream's end a moment later: as Go's
+            # server does when the handler returns after writing (an empty END_STREAM).
+            self.h2.send_headers(sid, [(b":status", b"200"), (b"content-length", b"2")])
+            if head[b":method"] != b"HEAD":
+                self.h2.send_data(sid, b"{}")
+
+            def end() -> None:
+                with contextlib.suppress(Exception):
+                    self.h2.end_stream(sid)
+                    self.flush()
+
+            asyncio.get_running_loop().call_later(0.2, end)
         elif path == b"/head":
             self.h2.send_headers(
                 sid, [(b":status", b"200"), (b"content-length", b"10")], end_stream=True
@@ -263,6 +277,68 @@ async def test_keep_alive_requests_share_one_tunnel_stream_and_one_connection(ma
         (b":path", b"/api"),
         (b"impersonate-user", b"bob"),
     ]
+
+
+async def test_a_request_that_comes_before_the_last_answers_end_waits_for_it(
+    make: Any,
+) -> None:
+    """The gateway has the whole answer by its length and sends the next request on the
+    same tunnel stream before the API server's END_STREAM reached the agent: the request
+    waits for that end and is then relayed (it was refused with a reset: a kubectl apply
+    of large objects failed so in CI)."""
+    world = await make()
+    for _ in range(3):
+        resp = await world.pool.request("GET", head("GET", "/late-end"), None)
+        assert (resp.status, await resp.read_all()) == (200, b"{}")
+        resp.release()
+    # A streamed body cannot be sent twice: no retry on another stream hides a refusal.
+    post = head("POST", "/late-end", "Content-Length: 2", "Content-Type: application/json")
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    for _ in range(2):
+        resp = await world.pool.request("POST", post, streamed())
+        assert (resp.status, await resp.read_all()) == (200, b"{}")
+        resp.release()
+    assert world.pool.idle_count == 1  # one tunnel stream for all of them
+    assert len(world.backend.requests) == 5  # none refused and sent again
+    resp = await world.pool.request("GET", head("GET", "/api"), None)
+    assert (resp.status, await resp.read_all()) == (200, b"{}")
+    resp.release()
+
+
+async def test_a_request_before_the_last_answers_end_goes_on_a_new_stream(make: Any) -> None:
+    """The gateway has the whole answer by its length (or a HEAD's head) and sends the
+    next request on the same tunnel stream before the API server's END_STREAM reached
+    the agent: the request goes at once on a new HTTP/2 stream, the old one left to end
+    (it was refused with a reset: a kubectl apply of large objects failed so in CI)."""
+    world = await make()
+    for method in ("GET", "HEAD", "GET", "HEAD", "HEAD"):
+        resp = await world.pool.request(method, head(method, "/late-end"), None)
+        body = b"" if method == "HEAD" else b"{}"
+        assert (resp.status, await resp.read_all()) == (200, body)
+        resp.release()
+    # A streamed body cannot be sent twice: no retry on another stream hides a refusal.
+    post = head("POST", "/late-end", "Content-Length: 2", "Content-Type: application/json")
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    for _ in range(2):
+        resp = await world.pool.request("POST", post, streamed())
+        assert (resp.status, await resp.read_all()) == (200, b"{}")
+        resp.release()
+    assert world.pool.idle_count == 1  # one tunnel stream for all of them
+    assert len(world.backend.requests) == 7  # none refused and sent again
+    assert world.backend.bodies[-2:] == [b"{}", b"{}"]
+    # The old streams' ends come later and are dropped; the stream is still in step.
+    await asyncio.sleep(0.3)
+    (conn,) = world.h2pool.connections
+    assert conn.relays == {}
+    resp = await world.pool.request("GET", head("GET", "/api"), None)
+    assert (resp.status, await resp.read_all()) == (200, b"{}")
+    resp.release()
 
 
 async def test_bodies_content_length_and_chunked(make: Any) -> None:

@@ -10,9 +10,11 @@ reader stops does not stall the others.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -339,3 +341,34 @@ def test_the_standins_front_fields_cannot_be_forged(world: World, alpn: str) -> 
     (event,) = [e for e in world.standin.audit_events() if probe in json.dumps(e)]
     assert event["sourceIPs"] == ["127.0.0.1"]
     assert not any(n.lower().startswith("x-standin-front") for n, _ in event["requestHeaders"])
+
+
+def test_head_and_get_follow_each_other_on_one_connection(world: World) -> None:
+    """HEAD and GET, one after another on one keep-alive connection to the gateway (so on
+    one tunnel stream): each is answered at once and reaches the API server once, and
+    every HEAD's HTTP/2 stream ends with its head (as Go's server ends it) instead of
+    staying open on the API server."""
+    _, api = world.user("h2-header", role="read-only")
+    context = ssl.create_default_context(cafile=str(world.gateway.ca_file))
+    conn = http.client.HTTPSConnection("127.0.0.1", world.gateway.port, context=context, timeout=10)
+    path = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/default"
+    auth = {"Authorization": f"Bearer {api.token}", "User-Agent": "h2-head-then-get"}
+    active = h2_stats(world)["active"]
+    methods = ["HEAD", "GET", "HEAD", "HEAD", "GET", "GET", "HEAD"]
+    try:
+        for method in methods:
+            conn.request(method, path, headers=auth)
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 200, (method, resp.status, body)
+            assert (body == b"") == (method == "HEAD"), method
+            assert not resp.will_close, method
+    finally:
+        conn.close()
+    seen = [
+        str(e["verb"])
+        for e in world.standin.audit_events()
+        if e.get("userAgent") == "h2-head-then-get" and e.get("stage") == "ResponseComplete"
+    ]
+    assert len(seen) == len(methods), seen  # none refused and sent again
+    wait_until(lambda: h2_stats(world)["active"] <= active, 5, f"{active} -> {h2_stats(world)}")

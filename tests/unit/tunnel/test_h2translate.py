@@ -293,12 +293,19 @@ def test_an_answer_reads_as_http1_with_the_same_fields_and_body(
         headers.append((b"content-length", b"%d" % len(whole)))
     got, pieces, ended = h2_answer(headers, body)
     head, framing = h1_response_head(got, head_request=head_request, ended=ended)
+    # The relay takes an answer as had in full (``complete``) exactly when an HTTP/1.1
+    # reader of it can: by its length, or at once without a body; a chunked one only at
+    # its last chunk, which the relay writes at the stream's end.
+    assert framing.complete == (framing.no_body or (not framing.chunked and not whole))
     wire = head
     if not framing.no_body:
         for piece in pieces:
             wire += chunk(piece) if framing.chunked else piece
+            if not framing.chunked:
+                framing.remaining -= len(piece)  # as the relay counts
         if framing.chunked:
             wire += LAST_CHUNK
+    assert framing.complete == (framing.no_body or not framing.chunked)
     parsed = _Parsed()
     parser = httptools.HttpResponseParser(parsed)
     if head_request:
