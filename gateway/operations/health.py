@@ -21,7 +21,13 @@ from gateway.identity.directory import DIRECTORY, AuthenticationFailed
 from gateway.keys import READY
 from gateway.operations.sampler import SAMPLER
 from gateway.telemetry.drain import DRAIN
-from gateway.telemetry.metrics import EVENT_LOOP_TASKS, FLUSH_S, HOT, STORE_FEED_LAG
+from gateway.telemetry.metrics import (
+    EVENT_LOOP_TASKS,
+    FLUSH_S,
+    HOT,
+    STORE_FEED_LAG,
+    shared_between_workers,
+)
 from gateway.telemetry.metrics import response as metrics_response
 
 logger = logging.getLogger(__name__)
@@ -97,9 +103,12 @@ def metrics_app(main: web.Application) -> web.Application:
 
 
 async def sample_forever(app: web.Application) -> None:
-    """Keep the figures fresh between scrapes (they matter for other workers' scrapes):
+    """Keep the figures fresh between scrapes where other workers' scrapes read them:
     batched request metrics every second while requests come (every 5 s while none did:
-    an idle gateway should not wake up every second), tunnel bytes and streams every 5 s."""
+    an idle gateway should not wake up every second), and with several workers tunnel
+    bytes, streams and tasks every 5 s. A single process computes those at its scrape
+    only (``metrics``): each costs a pass over every tunnel or task, which at thousands
+    of tunnels was a share of the idle gateway's CPU."""
     sampler = app[SAMPLER]
     loop = asyncio.get_running_loop()
     next_sample = loop.time() + SAMPLE_EVERY_S
@@ -107,7 +116,7 @@ async def sample_forever(app: web.Application) -> None:
     while True:
         await asyncio.sleep(FLUSH_S if busy else SAMPLE_EVERY_S)
         busy = HOT.flush()
-        if loop.time() >= next_sample:
+        if loop.time() >= next_sample and shared_between_workers():
             sampler.sample()
             STORE_FEED_LAG.set(app[DIRECTORY].feed_lag())
             EVENT_LOOP_TASKS.set(len(asyncio.all_tasks(loop)))

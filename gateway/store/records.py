@@ -63,8 +63,32 @@ def fold_username(name: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_FLAT: dict[type, tuple[str, ...] | None] = {}
+"""Per record type: its field names while every record seen had only flat fields; None
+once one had another (a dict, a nested record): asdict for that type from then on."""
+
+
 def to_doc(record: Any) -> dict[str, Any]:
-    return dataclasses.asdict(record)
+    """``dataclasses.asdict(record)``, without its recursive copy where every field is a
+    scalar or a tuple of scalars (what it would return is then the values themselves: a
+    replica's heartbeat lists every cluster it holds, and asdict visits each)."""
+    cls = type(record)
+    names = _FLAT.get(cls, ())
+    if names == ():
+        names = _FLAT[cls] = tuple(f.name for f in dataclasses.fields(record))
+    if names is None:
+        return dataclasses.asdict(record)
+    doc: dict[str, Any] = {}
+    for name in names:
+        value = getattr(record, name)
+        if not isinstance(value, _SCALARS) and not (
+            type(value) is tuple and all(isinstance(item, _SCALARS) for item in value)
+        ):
+            _FLAT[cls] = None
+            return dataclasses.asdict(record)
+        doc[name] = value
+    return doc
 
 
 def _tuples(value: Any) -> Any:

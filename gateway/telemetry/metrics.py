@@ -426,6 +426,13 @@ def add(counter: Counter, amount: int) -> None:
         counter.inc(amount)
 
 
+def shared_between_workers() -> bool:
+    """Whether several workers keep their values in one directory (each worker's scrape
+    answers for all of them, so each worker's figures must be kept fresh between its
+    own scrapes)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 def exposition() -> bytes:
     """The text format for all of this host's gateway processes (this one's batched
     request metrics flushed first)."""
