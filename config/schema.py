@@ -594,10 +594,15 @@ class AgentSettings:
     """Without ``kubeconfig``: where the pod's service account is mounted (``token``,
     ``ca.crt``, ``namespace``); the API server is ``KUBERNETES_SERVICE_HOST``:``_PORT``."""
     apiserver_http2: bool = True
-    """Relay the gateway's ordinary requests, and the agent's own reports' requests, as
-    HTTP/2 streams on a few shared connections to the API server when it offers ``h2``
-    (``tunnel.h2upstream``); upgrades (exec, attach, port-forward) keep a connection each.
-    Off: a TLS connection per tunnel stream (and three for the reports)."""
+    """Relay the gateway's long-running requests (watches, followed logs), and the agent's
+    own reports' requests, as HTTP/2 streams on a few shared connections to the API
+    server when it offers ``h2`` (``tunnel.h2upstream``); other requests keep a kept-alive
+    TLS connection per tunnel stream, relayed byte for byte, and upgrades (exec, attach,
+    port-forward) a connection each. Off: a TLS connection per tunnel stream for every
+    request (and three for the reports)."""
+    apiserver_http2_all: bool = False
+    """With ``apiserver_http2``: every ordinary request as an HTTP/2 stream too (fewer
+    connections to the API server, several times the agent's CPU per short request)."""
     health_listen: str = ""
     """A plain-HTTP listener, ``HOST:PORT``, serving ``/healthz`` (alive), ``/readyz``
     (a tunnel is up) and ``/metrics`` (Prometheus) without authentication; empty: none.

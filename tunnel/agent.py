@@ -216,7 +216,9 @@ class Agent:
         def fallback(stream: TunnelStream, prefix: bytes) -> None:
             self._spawn(relay(stream, session, upstream, self.stats, prefix, accepted=True))
 
-        h2upstream.start(stream, session, pool, fallback)
+        h2upstream.start(
+            stream, session, pool, fallback, long_only=not self.settings.apiserver_http2_all
+        )
 
     async def _h2_first(
         self, stream: TunnelStream, session: Session, upstream: Upstream, pool: H2Pool

@@ -34,6 +34,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+from urllib.parse import unquote_plus
 
 import httptools
 
@@ -102,6 +103,47 @@ def unusual(head: RequestHead) -> str:
         elif lower == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked":
             return "a transfer coding other than chunked"
     return ""
+
+
+_FALSE = frozenset({"false", "0"})
+_NAMESPACE_SUBRESOURCES = frozenset({b"status", b"finalize"})
+
+
+def long_running(head: RequestHead) -> bool:
+    """Whether the API server keeps ``head``'s answer open: a watch (``?watch`` on a
+    collection, or the legacy ``/watch/`` path) or a followed log (``.../log?follow``),
+    read as kube-apiserver reads them (the gateway's ``RequestInfo.long_running``, which
+    a test holds this to). Such requests are worth an HTTP/2 stream: a TLS connection
+    of their own would be held for as long as they last."""
+    if head.method != b"GET":
+        return False
+    path, _, query = head.target.partition(b"?")
+    parts = [p for p in path.split(b"/") if p]
+    if not parts or parts[0] not in (b"api", b"apis"):
+        return False
+    rest = parts[2:] if parts[0] == b"api" else parts[3:]
+    if not rest:
+        return False
+    if rest[0] == b"watch":
+        return True
+    if len(rest) > 2 and rest[0] == b"namespaces" and rest[2] not in _NAMESPACE_SUBRESOURCES:
+        rest = rest[2:]
+    if len(rest) < 2:
+        return _query_flag(query, "watch")
+    return len(rest) >= 3 and rest[2] == b"log" and _query_flag(query, "follow")
+
+
+def _query_flag(query: bytes, key: str) -> bool:
+    """A boolean parameter as kube-apiserver reads it (Go's ``url.ParseQuery``: pairs
+    split at ``&``, a pair holding ``;`` skipped, the first of a name counts): present
+    and not "false" or "0"."""
+    for pair in query.decode("latin-1").split("&"):
+        if not pair or ";" in pair:
+            continue
+        name, _, value = pair.partition("=")
+        if unquote_plus(name) == key:
+            return unquote_plus(value).lower() not in _FALSE
+    return False
 
 
 def _check_field(name: bytes, value: bytes) -> None:
@@ -281,12 +323,16 @@ class RequestReader:
         "_headers",
         "_parser",
         "_pieces",
+        "_short_stop",
         "_url",
         "raw",
         "stopped",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, short_stop: bool = False) -> None:
+        self._short_stop = short_stop
+        """Stop (as at an unusual head) at a first request that is not ``long_running``:
+        such a stream is relayed byte for byte on a connection of its own."""
         self._parser: httptools.HttpRequestParser | None = None
         self._events: list[RequestHead | bytes | None] = []
         self._headers: list[Header] = []
@@ -376,6 +422,9 @@ class RequestReader:
         )
         self._head_seen = True
         why = unusual(head)
+        if not why and self._short_stop and not long_running(head):
+            why = "not long-running"
+        self._short_stop = False
         if why:
             self.stopped = why
             return

@@ -17,7 +17,13 @@ is kept back (``TunnelStream.set_sink``).
 
 A request ``tunnel.h2translate.unusual`` names (exec, attach, port-forward: upgrades) is
 relayed over a connection of its own (``tunnel.relay``), the tunnel stream with it from
-then on; so is every request when the API server does not offer ``h2``.
+then on; so is every request when the API server does not offer ``h2``. The agent also
+sends there every tunnel stream whose first request is not long-running (``long_only``,
+the default; ``apiserver_http2_all`` off): a short request costs the agent several
+times less CPU relayed byte for byte on a kept-alive connection than translated to and
+from HTTP/2 by the ``h2`` library, and the gateway keeps its long-running streams
+apart from the others (``gateway.clusters.upstream.StreamPool``), so a watch finds a
+stream that speaks HTTP/2 and a list one that does not.
 """
 
 from __future__ import annotations
@@ -460,12 +466,14 @@ class _Relay(_GivesWindowBack):
         "stream",
     )
 
-    def __init__(self, stream: TunnelStream, pool: H2Pool, fallback: Fallback) -> None:
+    def __init__(
+        self, stream: TunnelStream, pool: H2Pool, fallback: Fallback, long_only: bool = False
+    ) -> None:
         super().__init__()
         self.stream = stream
         self._pool = pool
         self._fallback = fallback
-        self._reader = RequestReader()
+        self._reader = RequestReader(short_stop=long_only)
         self._pending: list[RequestHead | bytes | None] | None = None
         """Events waiting for a connection (one is being dialled)."""
         self._body_out: list[bytes] = []
@@ -913,10 +921,18 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-def start(stream: TunnelStream, session: Session, pool: H2Pool, fallback: Fallback) -> None:
+def start(
+    stream: TunnelStream,
+    session: Session,
+    pool: H2Pool,
+    fallback: Fallback,
+    long_only: bool = False,
+) -> None:
     """Relay ``stream``'s requests over ``pool`` (the stream is accepted at once: the
-    connection is shared)."""
+    connection is shared). ``long_only``: a stream whose first request is not
+    long-running (``h2translate.long_running``) goes to ``fallback`` instead, as an
+    upgrade does."""
     session.accept(stream)
-    relay = _Relay(stream, pool, fallback)
+    relay = _Relay(stream, pool, fallback, long_only)
     stream.set_sink(relay.sink)
     stream.on_end(relay.gateway_ended)

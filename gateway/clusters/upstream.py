@@ -90,6 +90,7 @@ class Response:
         "_ending",
         "_fed",
         "_left",
+        "_long",
         "_parsed",
         "_parser",
         "_pool",
@@ -112,8 +113,10 @@ class Response:
         upgraded_tail: bytes | None,
         no_body: bool,
         fed: list[bytes | bytearray] | None = None,
+        long_running: bool = False,
     ) -> None:
         self._pool = pool
+        self._long = long_running
         self.stream = stream
         self._parser: httptools.HttpResponseParser | None = parser
         self._decoder: ChunkedDecoder | None = None
@@ -336,7 +339,7 @@ class Response:
             return
         self._released = True
         reusable = self._parsed.complete and not self.upgraded and self._parsed.keep_alive
-        self._pool.put_back(self.stream, reusable)
+        self._pool.put_back(self.stream, reusable, self._long)
 
 
 class StreamPool:
@@ -345,6 +348,11 @@ class StreamPool:
     def __init__(self, session: Session, max_idle: int = MAX_IDLE_STREAMS) -> None:
         self.session = session
         self._idle: list[TunnelStream] = []
+        self._idle_long: list[TunnelStream] = []
+        """Streams that carried long-running requests (watches, followed logs), kept for
+        those only: the agent relays a stream over HTTP/2 or byte for byte by its first
+        request (``tunnel.h2upstream``), so a list after a watch, or a watch after a list,
+        would take the path meant for the other."""
         self._max_idle = max_idle
         self._waiting: dict[TunnelStream, float] = {}
         """Streams waiting for a response head, and when they give up (see ``_sweep``)."""
@@ -376,11 +384,11 @@ class StreamPool:
 
     @property
     def idle_count(self) -> int:
-        return len(self._idle)
+        return len(self._idle) + len(self._idle_long)
 
-    def take(self) -> tuple[TunnelStream, bool]:
+    def take(self, long_running: bool = False) -> tuple[TunnelStream, bool]:
         """A stream to send on, and whether it is a reused connection."""
-        idle = self._idle
+        idle = self._idle_long if long_running else self._idle
         while idle:
             stream = idle.pop()
             if not stream.is_closed and not stream.at_eof:
@@ -388,22 +396,24 @@ class StreamPool:
             stream.reset(ErrorCode.CANCEL)
         return self.session.open_stream(), False
 
-    def put_back(self, stream: TunnelStream, reusable: bool) -> None:
+    def put_back(self, stream: TunnelStream, reusable: bool, long_running: bool = False) -> None:
         stream.set_tally(None)
+        idle = self._idle_long if long_running else self._idle
         if (
             reusable
             and not stream.is_closed
             and not stream.at_eof
-            and len(self._idle) < self._max_idle
+            and len(self._idle) + len(self._idle_long) < self._max_idle
         ):
-            self._idle.append(stream)
+            idle.append(stream)
         else:
             stream.reset(ErrorCode.CANCEL)
 
     def close(self) -> None:
-        for stream in self._idle:
+        for stream in (*self._idle, *self._idle_long):
             stream.reset(ErrorCode.CANCEL)
         self._idle.clear()
+        self._idle_long.clear()
         self._waiting.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -416,8 +426,10 @@ class StreamPool:
         body: bytes | AsyncIterator[bytes] | None,
         *,
         upgrade: bool = False,
+        long_running: bool = False,
     ) -> Response:
-        """Send one request and read the response head.
+        """Send one request and read the response head; ``long_running`` (a watch, a
+        followed log: ``RequestInfo.long_running``) on a stream kept for such requests.
 
         A reused connection that turns out to be closed (the API server dropped it
         while idle) is retried once on a new one when the body can be replayed.
@@ -427,9 +439,9 @@ class StreamPool:
             if upgrade:
                 stream, reused = self.session.open_stream(), False
             else:
-                stream, reused = self.take()
+                stream, reused = self.take(long_running)
             try:
-                return await _round_trip(self, stream, method, head, body, upgrade)
+                return await _round_trip(self, stream, method, head, body, upgrade, long_running)
             except UpstreamError as exc:
                 stream.reset(ErrorCode.CANCEL)
                 if attempt == 0 and reused and exc.retryable and replayable:
@@ -449,6 +461,7 @@ async def _round_trip(
     head: bytes,
     body: bytes | AsyncIterator[bytes] | None,
     upgrade: bool,
+    long_running: bool = False,
 ) -> Response:
     try:
         if body is None:
@@ -513,6 +526,7 @@ async def _round_trip(
         tail if is_upgraded else None,
         no_body=method == "HEAD" or is_upgraded,
         fed=fed,
+        long_running=long_running,
     )
 
 

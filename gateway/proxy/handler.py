@@ -510,7 +510,16 @@ async def _send(
         raise BadRequest(f"the request cannot be forwarded: {unsafe}") from None
     sent = time.perf_counter()
     try:
-        upstream = await link.pool.request(request.method, head, body, upgrade=upgrade_request)
+        upstream = await link.pool.request(
+            request.method,
+            head,
+            body,
+            upgrade=upgrade_request,
+            long_running=exchange is not None
+            and exchange.info is not None
+            and exchange.info.long_running
+            and not upgrade_request,
+        )
     except (UpstreamError, TunnelError) as exc:
         if isinstance(exc, TooManyStreams):
             raise UpstreamUnavailable(f"cluster {cluster.name}: tunnel is busy: {exc}") from None

@@ -74,6 +74,25 @@ async def test_keep_alive_reuses_the_stream() -> None:
     assert pool.idle_count == 1
 
 
+async def test_long_running_requests_keep_streams_of_their_own() -> None:
+    """A stream that carried a watch is reused for watches only, and one that carried a
+    list for short requests only: the agent chose each stream's path to the API server
+    (HTTP/2 or byte for byte) by its first request."""
+    pool, server = await make([[OK]] * 6)
+    for long_running in (False, True, False, True, True, False):
+        resp = await pool.request("GET", HEAD, None, long_running=long_running)
+        assert (resp.status, await resp.read_all()) == (200, b"{}")
+        resp.release()
+    assert len(server.streams) == 2
+    assert pool.idle_count == 2
+    short, long = server.streams
+    assert len(server.requests) == 6
+    taken, reused = pool.take(False)
+    assert (taken.id, reused) == (short.id, True)
+    taken, reused = pool.take(True)
+    assert (taken.id, reused) == (long.id, True)
+
+
 async def test_connection_close_is_not_reused() -> None:
     closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
     pool, server = await make([[closing], [OK]])

@@ -1,7 +1,9 @@
 """The agent relays ordinary requests as HTTP/2 streams to the API server (issue 20).
 
-Real gateway, agent (``apiserver_http2: true``) and stand-in API server with HTTP/2
-(its default): kubectl get, list, apply (protobuf bodies from 1.32), watch and logs -f
+Real gateway, agent (``apiserver_http2`` and ``apiserver_http2_all``: every request an
+HTTP/2 stream, so that each kind of request crosses the translation; by default only
+long-running ones do, ``test_kubectl_proxy`` has that split) and stand-in API server with
+HTTP/2 (its default): kubectl get, list, apply (protobuf bodies from 1.32), watch and logs -f
 through the gateway work; many watches share a few connections to the API server (counted
 on the stand-in's port); exec still works (its own HTTP/1.1 connection); identity
 headers reach the stand-in as the gateway wrote them (its audit log); a watch whose
@@ -37,6 +39,7 @@ MAX_STREAMS = 8
 connection."""
 H2_ENV = {
     "HERDGATE_APISERVER_HTTP2": "true",
+    "HERDGATE_APISERVER_HTTP2_ALL": "true",
     "HERDGATE_STANDIN_HTTP2": "1",
     "HERDGATE_STANDIN_H2_MAX_STREAMS": str(MAX_STREAMS),
 }

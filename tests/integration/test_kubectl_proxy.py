@@ -22,6 +22,7 @@ from tests.integration.env import (
     rss_kib,
     wait_until,
 )
+from tests.integration.test_agent_h2 import h2_stats, standin_connections
 
 pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
@@ -268,3 +269,34 @@ def test_large_request_body_is_streamed_up(world: World, admin_kubeconfig: Path)
     out = ok(kubectl_run(k, admin_kubeconfig, "get", "cm", "big-upload", "-o", "json"))
     assert json.loads(out)["data"]["blob"] == blob
     ok(kubectl_run(k, admin_kubeconfig, "delete", "cm", "big-upload"))
+
+
+def test_lists_go_byte_for_byte_and_watches_over_http2(
+    world: World, alice: tuple[str, Path]
+) -> None:
+    """The agent's default split (``apiserver_http2`` on, ``apiserver_http2_all`` off):
+    short requests go on kept-alive HTTP/1.1 connections to the API server, relayed byte
+    for byte, and a watch (after its list, as kubectl and informers do it) goes as an
+    HTTP/2 stream, the gateway keeping the two kinds of tunnel stream apart."""
+    _, kc = alice
+    k = kubectl("1.32")
+    before = h2_stats(world)
+    lists = 20
+    for _ in range(lists):
+        ok(kubectl_run(k, kc, "get", "configmaps", "-o", "name"))
+    after = h2_stats(world)
+    # Only the agent's own reports (a probe now and then) add HTTP/2 streams meanwhile.
+    assert after["streams"] - before["streams"] < lists // 2, (before, after)
+    assert standin_connections(world) > after["open"], "no HTTP/1.1 connection to the API server"
+    active = after["active"]
+    with kubectl_background(
+        k, kc, "get", "configmaps", "-w", "-o", "name", home_name="home-split-watch"
+    ) as watcher:
+        wait_until(lambda: h2_stats(world)["active"] > active, 10, f"{h2_stats(world)}")
+        ok(kubectl_run(k, kc, "create", "configmap", "split-watched"))
+        assert watcher.stdout is not None
+        line = ""
+        while "configmap/split-watched" not in line:
+            line = watcher.stdout.readline()
+            assert line, watcher.stderr.read() if watcher.stderr else "watch ended"
+    ok(kubectl_run(k, kc, "delete", "configmap", "split-watched"))

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.proxy.heads import request_head
+from gateway.proxy.requestinfo import request_info
 from tunnel.h2translate import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -25,6 +26,7 @@ from tunnel.h2translate import (
     chunk,
     h1_response_head,
     h2_request_headers,
+    long_running,
     unusual,
 )
 
@@ -371,3 +373,58 @@ def test_request_bodies_arrive_whole_in_order_then_the_next_request(
     assert b"".join(e for e in events[1:-1] if isinstance(e, bytes)) == body
     assert reader.between_requests
     assert reader.feed(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")[-1] is None
+
+
+# -- which streams go over HTTP/2 (long_running), held to the gateway's RequestInfo ------
+
+_SEGMENT = st.sampled_from(
+    ["api", "apis", "v1", "apps", "watch", "namespaces", "default", "kube-system", "pods",
+     "configmaps", "nodes", "namespaces", "web-0", "log", "status", "finalize", "exec",
+     "proxy", "", "w%61tch"]
+)  # fmt: skip
+_PAIR = st.sampled_from(
+    ["watch=1", "watch=true", "watch=TRUE", "watch=false", "watch=0", "watch", "watch=",
+     "w%61tch=1", "watch=1;x", "follow=true", "follow=0", "follow", "fol+low=1",
+     "resourceVersion=5", "allowWatchBookmarks=true", "limit=500", "watch=%30", "x=1&watch"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    parts=st.lists(_SEGMENT, min_size=1, max_size=8),
+    pairs=st.lists(_PAIR, max_size=4),
+    prefix=st.sampled_from(["/api/v1", "/apis/apps/v1", ""]),
+)
+def test_long_running_is_the_gateways_reading(
+    parts: list[str], pairs: list[str], prefix: str
+) -> None:
+    """The agent sends a stream over HTTP/2 when its first request is long-running by its
+    own reading of the target (``long_running``); the gateway keeps such streams apart by
+    ``RequestInfo.long_running``. For a GET they agree (a disagreement would only send a
+    request down the slower of two correct paths)."""
+    target = prefix + "/" + "/".join(parts) + ("?" + "&".join(pairs) if pairs else "")
+    head = RequestHead(b"GET", target.encode(), [(b"Host", b"x")], False, True)
+    assert long_running(head) == request_info("GET", target).long_running, target
+
+
+def test_only_gets_are_long_running() -> None:
+    for method in (b"POST", b"PUT", b"DELETE", b"PATCH", b"HEAD"):
+        head = RequestHead(method, b"/api/v1/pods?watch=1", [], False, True)
+        assert not long_running(head)
+    assert long_running(RequestHead(b"GET", b"/api/v1/pods?watch=1", [], False, True))
+
+
+def test_a_reader_told_so_stops_at_a_short_first_request_only() -> None:
+    watch = b"GET /api/v1/pods?watch=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    get = b"GET /api/v1/pods HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader = RequestReader(short_stop=True)
+    assert reader.feed(get) == [] and reader.stopped == "not long-running"
+    assert reader.raw == [get]  # relayed as it came
+    reader = RequestReader(short_stop=True)
+    events = reader.feed(watch)
+    assert isinstance(events[0], RequestHead) and events[1] is None and not reader.stopped
+    events = reader.feed(get)  # a later short request on an HTTP/2 stream stays on it
+    assert isinstance(events[0], RequestHead) and events[0].target == b"/api/v1/pods"
+    assert not reader.stopped
+    plain = RequestReader()
+    assert isinstance(plain.feed(get)[0], RequestHead) and not plain.stopped
