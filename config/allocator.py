@@ -45,24 +45,6 @@ def tune() -> bool:
     return mapped == 1 and trimmed == 1
 
 
-YOUNG_COLLECTION_ALLOCATIONS = 10_000
-"""The collector's first threshold (CPython's default is 700): container objects
-allocated, net, before it looks at the youngest generation. A proxied request allocates
-hundreds, nearly all freed by their reference counts; at 700 the collector ran every few
-requests and was a measurable share of the gateway's CPU under load (docs/benchmarks.md,
-"The collector's young generation"). The older generations' thresholds are CPython's."""
-
-
-def tune_collector() -> None:
-    """Collect the start-up garbage, move what start-up made into the permanent generation
-    (no later full collection traverses the imported modules' objects again), and raise
-    the young generation's threshold (``YOUNG_COLLECTION_ALLOCATIONS``)."""
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, older, oldest)
-
-
 RETURN_AFTER_BYTES = 8 * 1024 * 1024
 """A close that freed this much gives the memory back to the system (``freed``)."""
 RETURN_DELAY_S = 1.0

@@ -148,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
         if settings.workers > 1 and not workers.is_worker():
             return workers.supervise(settings, args.argv)
         allocator.tune()
-        allocator.tune_collector()
         uvloop.run(
             serve(settings, worker=workers.is_worker(), reload_settings=lambda: settings_from(args))
         )

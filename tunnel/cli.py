@@ -129,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
 
     def main(settings: AgentSettings) -> int:
         allocator.tune()
-        allocator.tune_collector()
         try:
             uvloop.run(_main(settings, registration_token(settings), reloader(args)))
         except TokenRefused as exc:

@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from config import allocator
-
 # How many of eight 512 KiB blocks glibc mmapped (mallinfo2().hblks before and after).
 COUNT_MAPPED = """
 import ctypes, sys
@@ -47,20 +45,3 @@ def test_the_environment_wins() -> None:
         "False",
         "8",
     ]
-
-
-COLLECTOR = """
-import gc
-from config import allocator
-before = gc.get_threshold()
-allocator.tune_collector()
-after = gc.get_threshold()
-print(before[0], after[0], after[1:] == before[1:], gc.get_freeze_count() > 0)
-"""
-
-
-def test_the_collector_is_tuned_and_start_up_frozen() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", COLLECTOR], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == ["700", str(allocator.YOUNG_COLLECTION_ALLOCATIONS), "True", "True"]
