@@ -16,7 +16,7 @@ from pathlib import Path
 
 import uvloop
 
-from config import allocator, compat, native
+from config import allocator, collector, compat, native
 from config.checks import check_tunnel
 from config.cli import add_common_arguments, load_settings, run_program
 from config.errors import ConfigError
@@ -119,8 +119,12 @@ async def _main(
         loop.add_signal_handler(signal.SIGHUP, agent.reload, reload)
     else:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # not the default: exit
-    async with notifier.watchdog_running():
-        await agent.run(stop)
+    collections = asyncio.create_task(collector.FullCollections().run(), name="full collections")
+    try:
+        async with notifier.watchdog_running():
+            await agent.run(stop)
+    finally:
+        collections.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ Stopping (SIGTERM or SIGINT), in this order:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from config import compat
+from config import collector, compat
 from config.notify import Notifier
 from config.schema import GatewaySettings
 from config.tls import server_context
@@ -143,6 +144,7 @@ async def serve(
         metrics_runner: web.AppRunner | None = None
         reloader: Reloader | None = None
         sampler: asyncio.Task[None] | None = None
+        collections: asyncio.Task[None] | None = None
         try:
             # Before anything says we serve: a stop asked from then on is a graceful one
             # (it was the default action, death by SIGTERM, until the handlers came).
@@ -167,6 +169,9 @@ async def serve(
             else:
                 loop.add_signal_handler(signal.SIGHUP, lambda: None)
             sampler = asyncio.create_task(health.sample_forever(app), name="metrics sampler")
+            collections = asyncio.create_task(
+                collector.FullCollections().run(), name="full collections"
+            )
             notifier.ready(f"serving on {host}:{port}")
             async with notifier.watchdog_running():
                 await stop.wait()
@@ -193,6 +198,8 @@ async def serve(
                 logger.warning("shutting down: some connections did not finish sending")
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
+            if collections is not None:  # (the controllers' stop above makes garbage too)
+                collections.cancel()
     finally:
         bound.close()  # (closed already, unless the start failed on the way)
         metrics.HOT.flush()  # with several workers, the last second's counts outlive us
@@ -234,6 +241,10 @@ async def _stop_gracefully(
 ) -> None:
     app[READY][0] = False
     listener.close()
+    # What exists now is what this process ends with: the collector no longer looks at it
+    # (with thousands of tunnels, full collections over objects that only exiting frees
+    # were most of a stopping gateway's CPU). New objects are still collected.
+    gc.freeze()
     # Not runner.server.pre_shutdown(): it makes aiohttp ignore what arrives on every
     # connection, tunnels and upgraded sessions included, which would stall them.
     # Answers given from now on close their connection instead (see gateway.front.connection).
