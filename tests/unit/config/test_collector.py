@@ -1,12 +1,11 @@
-"""Full collections paced by a task: due under CPython's count rule, within their share
-of the time, and cyclic garbage in the oldest generation is still collected."""
+"""Full collections held back after each one for long enough that they take at most
+their share of the time; the interpreter's own rule decides otherwise."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import itertools
-import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -14,99 +13,111 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config import collector
-from config.collector import FULL_SHARE, MIN_INTERVAL_S, YOUNG_COLLECTIONS, Last, decide
-
-
-def test_not_due_before_the_middle_generation_was_collected_enough() -> None:
-    last = Last(ended=0.0, took=0.0)
-    assert not decide(1000.0, YOUNG_COLLECTIONS, last)
-    assert decide(1000.0, YOUNG_COLLECTIONS + 1, last)
+from config.collector import FULL_SHARE, MIN_INTERVAL_S, NEVER, Last, allowed_at
 
 
 def test_a_long_collection_puts_the_next_further_off() -> None:
-    last = Last(ended=100.0, took=2.0)  # the next no sooner than 2 / FULL_SHARE later
-    wait = 2.0 / FULL_SHARE
-    assert not decide(100.0 + wait - 0.01, 50, last)
-    assert decide(100.0 + wait, 50, last)
+    assert allowed_at(Last(ended=100.0, took=2.0)) == pytest.approx(100.0 + 2.0 / FULL_SHARE)
 
 
 def test_short_collections_are_still_a_minimum_interval_apart() -> None:
-    last = Last(ended=10.0, took=0.001)
-    assert not decide(10.0 + MIN_INTERVAL_S / 2, 50, last)
-    assert decide(10.0 + MIN_INTERVAL_S, 50, last)
+    assert allowed_at(Last(ended=10.0, took=0.001)) == 10.0 + MIN_INTERVAL_S
 
 
-@given(
-    st.lists(
-        st.tuples(
-            st.floats(0.0, 5.0),  # seconds between checks
-            st.integers(0, 40),  # middle-generation collections seen
-            st.floats(0.0, 3.0),  # how long a collection made then takes
-        ),
-        max_size=60,
-    )
-)
-def test_full_collections_never_take_more_than_their_share(
-    checks: list[tuple[float, int, float]],
-) -> None:
-    """Whatever the checks see, the time spent in full collections after the first is at
-    most ``FULL_SHARE`` of the time since the first began (each one is paid for by the
-    quiet time that follows the one before it)."""
-    now = 0.0
-    spent: list[tuple[float, float]] = []  # (start, length)
-    counts: Iterator[tuple[int, int, int]] = iter(())
-    taking = 0.0
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
 
-    def clock() -> float:
-        return now
-
-    def collect(_generation: int) -> int:
-        nonlocal now
-        now += taking
-        return 0
-
-    pacer = collector.FullCollections(clock=clock, collect=collect, count=lambda: next(counts))
-    for gap, middle, length in checks:
-        now += gap
-        counts = iter([(0, 0, middle)])
-        taking = length
-        start = now
-        if pacer.check():
-            spent.append((start, length))
-    for (start, length), (next_start, _) in itertools.pairwise(spent):
-        assert next_start - (start + length) >= max(MIN_INTERVAL_S, length / FULL_SHARE) - 1e-9
+    def __call__(self) -> float:
+        return self.now
 
 
-async def test_the_task_collects_cyclic_garbage_of_the_oldest_generation() -> None:
-    class Node:
-        other: object = None
+def held(pacer: collector.FullCollections) -> bool:
+    return pacer.held  # (read through a call: the tests change it behind mypy's back)
 
-    first, second = Node(), Node()
-    first.other, second.other = second, first
-    gone = weakref.ref(first)
-    gc.collect(1)  # both survive into the oldest generation
-    del first, second
-    for _ in range(YOUNG_COLLECTIONS + 1):
-        gc.collect(1)  # young collections leave the oldest generation alone
-    assert gone() is not None
 
-    now = [0.0]
-    pacer = collector.FullCollections(clock=lambda: now[0])
+def full(pacer: collector.FullCollections, clock: Clock, took: float) -> None:
+    """A full collection as the interpreter reports it to its callbacks."""
+    pacer.observe("start", {"generation": 2})
+    clock.now += took
+    pacer.observe("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+
+
+@pytest.fixture
+def thresholds() -> Iterator[tuple[int, int, int]]:
     before = gc.get_threshold()
+    yield before
+    gc.set_threshold(*before)
+
+
+def test_after_a_full_collection_the_next_waits_then_the_threshold_comes_back(
+    thresholds: tuple[int, int, int],
+) -> None:
+    clock = Clock()
+    pacer = collector.FullCollections(clock)
+    pacer.observe("start", {"generation": 0})  # young ones change nothing
+    pacer.observe("stop", {"generation": 1, "collected": 0, "uncollectable": 0})
+    assert not held(pacer) and gc.get_threshold() == thresholds
+    full(pacer, clock, took=0.5)
+    assert held(pacer) and gc.get_threshold()[2] == NEVER
+    assert gc.get_threshold()[:2] == thresholds[:2]  # the young generations as they were
+    clock.now = allowed_at(Last(0.5, 0.5)) - 0.01
+    pacer.check()
+    assert held(pacer)
+    clock.now += 0.01
+    pacer.check()
+    assert not held(pacer) and gc.get_threshold() == thresholds
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 60.0), st.floats(0.0, 3.0)), max_size=50))
+def test_full_collections_never_take_more_than_their_share(
+    wants: list[tuple[float, float]],
+) -> None:
+    """The interpreter wants a full collection at arbitrary moments and each takes an
+    arbitrary time; it gets one only while not held (checked each second): then the
+    quiet time after each one is at least its length divided by ``FULL_SHARE``."""
+    before = gc.get_threshold()
+    try:
+        clock = Clock()
+        pacer = collector.FullCollections(clock)
+        made: list[tuple[float, float]] = []  # (start, length)
+        for gap, took in wants:
+            end = clock.now + gap
+            while clock.now < end:  # the task's checks meanwhile
+                clock.now = min(end, clock.now + collector.CHECK_S)
+                pacer.check()
+            if gc.get_threshold()[2] != NEVER:
+                made.append((clock.now, took))
+                full(pacer, clock, took)
+        for (start, took), (next_start, _) in itertools.pairwise(made):
+            assert next_start - (start + took) >= max(MIN_INTERVAL_S, took / FULL_SHARE) - 1e-9
+    finally:
+        gc.set_threshold(*before)
+
+
+async def test_the_task_sees_real_collections_and_puts_everything_back(
+    thresholds: tuple[int, int, int],
+) -> None:
+    pacer = collector.FullCollections()
     task = asyncio.create_task(pacer.run(check_s=0.01))
     try:
-        await asyncio.sleep(0.05)
-        assert gc.get_threshold()[2] == collector.NEVER  # the interpreter makes none itself
-        assert gone() is not None  # not before the minimum interval
-        now[0] = MIN_INTERVAL_S
-        for _ in range(100):
+        await asyncio.sleep(0)
+        assert pacer.observe in gc.callbacks
+        gc.collect()
+        assert pacer.collections == 1 and pacer.last is not None and pacer.last.took >= 0
+        assert gc.get_threshold()[2] == NEVER
+        for _ in range(300):  # held for MIN_INTERVAL_S after so short a one
             await asyncio.sleep(0.01)
-            if gone() is None:
+            if not held(pacer):
                 break
-        assert gone() is None
-        assert pacer.collections >= 1
+        assert not held(pacer) and gc.get_threshold() == thresholds
+        gc.collect(1)  # a young one is no reason to hold
+        assert not held(pacer)
+        gc.collect()
+        assert held(pacer)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert gc.get_threshold() == before
+    assert pacer.observe not in gc.callbacks
+    assert gc.get_threshold() == thresholds
