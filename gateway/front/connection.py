@@ -53,6 +53,7 @@ from gateway.proxy.model import (
     AnswerWriter,
     ParkedSide,
     Request,
+    Upgrade,
     phrase,
 )
 from gateway.proxy.paths import PREFIX
@@ -379,7 +380,8 @@ class FrontConnection(asyncio.Protocol):
 
     @property
     def between_requests(self) -> bool:
-        return self._current is None and self._reader.idle
+        # (An upgraded connection is its upgrade's to end: never between requests.)
+        return self._current is None and not self.taken_over and self._reader.idle
 
     def close_when_idle(self) -> None:
         """Stopping: close now if between requests (else after the answer: the request's
@@ -491,8 +493,11 @@ class FrontConnection(asyncio.Protocol):
             elif kind == STREAMED:
                 keep_alive = answer.keep_alive  # written as it arrived
             else:
-                await self._switch(answer)
-                keep_alive = False
+                # The upgraded connection lives on in a task of its own (``_switch``):
+                # this frame, with the request and the answer, is not kept for its life
+                # (an agent's tunnel lasts as long as the agent).
+                self._switch(answer)
+                return
             keep_alive = keep_alive and request.body_complete
         except BadBody as exc:
             self._invalid = None
@@ -505,13 +510,15 @@ class FrontConnection(asyncio.Protocol):
             keep_alive = False
         self._finished(keep_alive)
 
-    async def _switch(self, answer: Answer) -> None:
-        """Write a 101 and hand the connection to the answer's upgrade."""
+    def _switch(self, answer: Answer) -> None:
+        """Write a 101 and hand the connection to the answer's upgrade, in a task that
+        takes ``_run``'s place (cancelled as it would have been)."""
         upgrade = answer.upgrade
         assert upgrade is not None
         transport = self.transport
         if transport is None or self.closing or self._invalid is not None:
             upgrade.abandon()
+            self._finished(False)
             return
         transport.write(rawresponse.switching_head(answer))
         self.taken_over = True
@@ -524,7 +531,17 @@ class FrontConnection(asyncio.Protocol):
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
-        await upgrade.take_over(transport, self)
+        self._current = None
+        self._task = asyncio.get_running_loop().create_task(self._taken_over(upgrade, transport))
+
+    async def _taken_over(self, upgrade: Upgrade, transport: asyncio.Transport) -> None:
+        try:
+            await upgrade.take_over(transport, self)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:  # pragma: no cover - an upgrade handles its own errors
+            logger.exception("unhandled error in an upgraded connection")
+        self._finished(False)
 
     def _finished(self, keep_alive: bool) -> None:
         self._current = None

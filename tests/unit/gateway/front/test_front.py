@@ -4,7 +4,9 @@ proxy and a real aiohttp low-level server behind the bridge."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -661,6 +663,38 @@ async def test_after_the_101_the_upgrade_gets_every_byte_unread(world: Any, firs
     assert not transport.closed and len(world.aiohttp.seen) == (1 if first else 0)
     joined.done.set()
     await _until(lambda: transport.closed)  # the upgrade is over: so is the connection
+
+
+async def test_an_upgraded_connection_keeps_neither_its_request_nor_its_answer(
+    world: Any,
+) -> None:
+    """An agent's tunnel is an upgrade that lasts as long as the agent: what answering
+    its request took (the request with its headers, the answer with its header lines)
+    is let go once the upgrade has the connection (it was kept for the tunnel's life)."""
+    joined = Joined()
+    kept: list[Any] = []
+
+    async def upgrade(app: web.Application, request: Request) -> Answer:
+        answer = switching("Switching Protocols", [(b"Upgrade", b"SPDY/3.1")], joined, "rid")
+        kept.extend((request, answer))
+        return answer
+
+    world.handlers.append(upgrade)
+    conn, transport = world.connect()
+    conn.data_received(EXEC)
+    await _until(lambda: transport.protocol is joined)
+    await _settle()
+    gc.collect()
+    request, answer = kept
+    kept.clear()
+    world.seen.clear()  # (the test's own record of what was asked)
+    # Only this frame's names (and getrefcount's argument) refer to them now.
+    assert sys.getrefcount(request) == 2
+    assert sys.getrefcount(answer) == 2
+    conn.close_when_idle()  # a stopping gateway: the upgrade ends its connection itself
+    assert not transport.closed
+    joined.done.set()
+    await _until(lambda: transport.closed)
 
 
 @pytest.mark.parametrize("upgrade", [b"websocket", b"tcp"])
