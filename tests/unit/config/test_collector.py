@@ -98,15 +98,19 @@ def test_full_collections_never_take_more_than_their_share(
 async def test_the_task_sees_real_collections_and_puts_everything_back(
     thresholds: tuple[int, int, int],
 ) -> None:
-    pacer = collector.FullCollections()
+    clock = Clock()  # (its own time: a real collection's length varies with the process)
+    pacer = collector.FullCollections(clock)
     task = asyncio.create_task(pacer.run(check_s=0.01))
     try:
         await asyncio.sleep(0)
         assert pacer.observe in gc.callbacks
         gc.collect()
-        assert pacer.collections == 1 and pacer.last is not None and pacer.last.took >= 0
+        assert pacer.collections == 1 and pacer.last == Last(0.0, 0.0)
         assert gc.get_threshold()[2] == NEVER
-        for _ in range(300):  # held for MIN_INTERVAL_S after so short a one
+        await asyncio.sleep(0.05)  # checks meanwhile: not yet
+        assert held(pacer)
+        clock.now = MIN_INTERVAL_S
+        for _ in range(500):
             await asyncio.sleep(0.01)
             if not held(pacer):
                 break
