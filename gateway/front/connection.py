@@ -470,9 +470,22 @@ class FrontConnection(asyncio.Protocol):
         answerer = self._front.answerer(request)
         if answerer is not self._front.answer:
             self._v3 = True
-        self._task = asyncio.get_running_loop().create_task(self._run(request, answerer))
+        self._task = asyncio.get_running_loop().create_task(self._run(answerer))
 
-    async def _run(self, request: Request, answerer: Answerer) -> None:
+    async def _run(self, answerer: Answerer) -> None:
+        upgrade = await self._answer(answerer)
+        if upgrade is not None:
+            # The 101 is written. Handed over in this same step, before any byte that
+            # follows it is read as HTTP; what answering took (the request, the answer)
+            # went with ``_answer``'s frame and is not held for the upgraded
+            # connection's life (an agent's tunnel lasts as long as the agent).
+            await self._taken_over(upgrade)
+
+    async def _answer(self, answerer: Answerer) -> Upgrade | None:
+        """Answer ``_current``; the upgrade to hand the connection to once its 101 is
+        written, else None (the request is finished)."""
+        request = self._current
+        assert request is not None
         front = self._front
         try:
             answer = await answerer(front.app, request)
@@ -493,11 +506,7 @@ class FrontConnection(asyncio.Protocol):
             elif kind == STREAMED:
                 keep_alive = answer.keep_alive  # written as it arrived
             else:
-                # The upgraded connection lives on in a task of its own (``_switch``):
-                # this frame, with the request and the answer, is not kept for its life
-                # (an agent's tunnel lasts as long as the agent).
-                self._switch(answer)
-                return
+                return self._switch(answer)
             keep_alive = keep_alive and request.body_complete
         except BadBody as exc:
             self._invalid = None
@@ -509,17 +518,18 @@ class FrontConnection(asyncio.Protocol):
             logger.exception("unhandled error answering %s %s", request.method, request.path)
             keep_alive = False
         self._finished(keep_alive)
+        return None
 
-    def _switch(self, answer: Answer) -> None:
-        """Write a 101 and hand the connection to the answer's upgrade, in a task that
-        takes ``_run``'s place (cancelled as it would have been)."""
+    def _switch(self, answer: Answer) -> Upgrade | None:
+        """Write a 101; the upgrade that takes the connection over (None: not switched,
+        the request is finished)."""
         upgrade = answer.upgrade
         assert upgrade is not None
         transport = self.transport
         if transport is None or self.closing or self._invalid is not None:
             upgrade.abandon()
             self._finished(False)
-            return
+            return None
         transport.write(rawresponse.switching_head(answer))
         self.taken_over = True
         # Requests read after the upgrade's head were sent before our 101 (no client does
@@ -532,10 +542,13 @@ class FrontConnection(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
         self._current = None
-        self._task = asyncio.get_running_loop().create_task(self._taken_over(upgrade, transport))
+        return upgrade
 
-    async def _taken_over(self, upgrade: Upgrade, transport: asyncio.Transport) -> None:
+    async def _taken_over(self, upgrade: Upgrade) -> None:
+        transport = self.transport
         try:
+            if transport is None:
+                raise ConnectionResetError("the client went away")
             await upgrade.take_over(transport, self)
         except (ConnectionError, asyncio.CancelledError):
             pass

@@ -665,6 +665,28 @@ async def test_after_the_101_the_upgrade_gets_every_byte_unread(world: Any, firs
     await _until(lambda: transport.closed)  # the upgrade is over: so is the connection
 
 
+async def test_bytes_right_behind_the_101_reach_the_upgrade(world: Any) -> None:
+    """The peer may answer the 101 at once (an agent's HELLO): the connection is the
+    upgrade's before the event loop reads again, never read as HTTP meanwhile."""
+    joined = Joined()
+    world.handlers.append(_switching(joined))
+    conn, transport = world.connect()
+    loop = asyncio.get_running_loop()
+    write = transport.write
+
+    def write_then_peer_answers(data: Any) -> None:
+        write(data)
+        if bytes(data).startswith(b"HTTP/1.1 101 "):  # the next read is the peer's
+            loop.call_soon(lambda: transport.protocol.data_received(SPDY))
+
+    transport.write = write_then_peer_answers  # type: ignore[method-assign]
+    conn.data_received(EXEC)
+    await _until(lambda: bytes(joined.data) == SPDY)
+    assert transport.protocol is joined and not transport.closed
+    joined.done.set()
+    await _until(lambda: transport.closed)
+
+
 async def test_an_upgraded_connection_keeps_neither_its_request_nor_its_answer(
     world: Any,
 ) -> None:
