@@ -29,6 +29,7 @@ import hpack
 import pytest
 
 from tests.integration.conftest import World
+from tests.integration.test_hostile_http1 import assert_given_back, resources
 
 pytestmark = [pytest.mark.integration, pytest.mark.request_path]
 
@@ -337,3 +338,29 @@ def test_reusing_a_stream_id_is_a_connection_error(
         client.close()
     _an_honest_user_is_served(world, alice, before, earlier=[(mallory_id, "list")])
     _nothing_arrived(world, before, marker)
+
+
+def test_rounds_of_malformed_requests_leave_nothing_behind(
+    world: World, mallory: str, alice: tuple[str, str]
+) -> None:
+    """Every malformed case, three times each, on connections of their own: the API
+    server receives none of them and nobody acts as ``system:masters``; the gateway's
+    descriptors, tunnel streams and memory come back, and an honest user is served."""
+    before_events = len(world.standin.audit_events())
+    before = resources(world)
+    markers = []
+    for _ in range(3):
+        for case in sorted(MALFORMED):
+            marker = uuid.uuid4().hex[:12].encode()
+            markers.append(marker)
+            client = RawClient(world)
+            try:
+                client.request(1, MALFORMED[case](client.get_fields(_pods(world), mallory), marker))
+                client.wait_stream(1)
+            finally:
+                client.close()
+            assert client.resets.get(1) == PROTOCOL_ERROR, (case, client.statuses, client.goaway)
+    for marker in markers:
+        _nothing_arrived(world, before_events, marker)
+    assert_given_back(world, before)
+    _an_honest_user_is_served(world, alice, len(world.standin.audit_events()))
