@@ -89,7 +89,6 @@ class FullCollections:
 
     async def run(self, check_s: float = CHECK_S) -> None:
         """Until cancelled; the interpreter's own thresholds are put back then."""
-        self._threshold = gc.get_threshold()[2]
         gc.callbacks.append(self.observe)
         try:
             while True:

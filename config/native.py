@@ -56,6 +56,7 @@ COMPILED: tuple[str, ...] = (
     "gateway/clusters/chunked.py",
     "gateway/clusters/upstream.py",
     "tunnel/frames.py",
+    "tunnel/kubequery.py",
     "tunnel/protocol.py",
     "tunnel/pump.py",
     "tunnel/relay.py",

@@ -34,9 +34,10 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
-from urllib.parse import unquote_plus
 
 import httptools
+
+from tunnel.kubequery import query_flag
 
 Header = tuple[bytes, bytes]
 
@@ -105,7 +106,6 @@ def unusual(head: RequestHead) -> str:
     return ""
 
 
-_FALSE = frozenset({"false", "0"})
 _NAMESPACE_SUBRESOURCES = frozenset({b"status", b"finalize"})
 
 
@@ -129,21 +129,8 @@ def long_running(head: RequestHead) -> bool:
     if len(rest) > 2 and rest[0] == b"namespaces" and rest[2] not in _NAMESPACE_SUBRESOURCES:
         rest = rest[2:]
     if len(rest) < 2:
-        return _query_flag(query, "watch")
-    return len(rest) >= 3 and rest[2] == b"log" and _query_flag(query, "follow")
-
-
-def _query_flag(query: bytes, key: str) -> bool:
-    """A boolean parameter as kube-apiserver reads it (Go's ``url.ParseQuery``: pairs
-    split at ``&``, a pair holding ``;`` skipped, the first of a name counts): present
-    and not "false" or "0"."""
-    for pair in query.decode("latin-1").split("&"):
-        if not pair or ";" in pair:
-            continue
-        name, _, value = pair.partition("=")
-        if unquote_plus(name) == key:
-            return unquote_plus(value).lower() not in _FALSE
-    return False
+        return query_flag(query.decode("latin-1"), "watch")
+    return len(rest) >= 3 and rest[2] == b"log" and query_flag(query.decode("latin-1"), "follow")
 
 
 def _check_field(name: bytes, value: bytes) -> None:

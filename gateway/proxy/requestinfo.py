@@ -15,9 +15,9 @@ method.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote_plus
 
 from gateway.proxy.paths import CACHED_TARGET_BYTES
+from tunnel.kubequery import query_flag, query_value
 
 _METHOD_VERBS = {
     "POST": "create",
@@ -27,7 +27,6 @@ _METHOD_VERBS = {
     "GET": "get",
     "HEAD": "get",
 }
-_FALSE = frozenset({"false", "0"})
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
 
@@ -44,34 +43,10 @@ class RequestInfo:
     wants, so they have no meaningful latency, and a stopping gateway ends them."""
 
 
-def _query_value(query: str, key: str) -> str | None:
-    """The first value of ``key``, None if absent: read as kube-apiserver reads it (Go's
-    ``url.ParseQuery``): pairs split at ``&``, a pair holding ``;`` skipped, names and
-    values percent- and ``+``-decoded, so ``?w%61tch=1`` is a watch here as there.
-    (``gateway.proxy.paths`` has refused bad ``%`` escapes already.)"""
-    if not query:
-        return None
-    for pair in query.split("&"):
-        if not pair or ";" in pair:
-            continue
-        name, _, value = pair.partition("=")
-        if name != key and ("%" in name or "+" in name):
-            name = unquote_plus(name)
-        if name == key:
-            return unquote_plus(value)
-    return None
-
-
-def _query_flag(query: str, key: str) -> bool:
-    # As kube-apiserver reads a boolean parameter: present and not "false" or "0".
-    value = _query_value(query, key)
-    return value is not None and value.lower() not in _FALSE
-
-
 def _selected_name(query: str) -> str:
     """The name a ``fieldSelector`` requires (``metadata.name=web-0``), as
     kube-apiserver reads it into a list's or watch's name."""
-    selector = _query_value(query, "fieldSelector")
+    selector = query_value(query, "fieldSelector")
     if not selector:
         return ""
     for term in selector.split(","):
@@ -141,11 +116,11 @@ def _read(method: str, target: str, upgrade: bool) -> RequestInfo:
         verb = "watch"
     elif verb == "get" and not name:
         # As kube-apiserver: ?watch counts on collections only (a named GET is a get).
-        verb = "watch" if _query_flag(query, "watch") else "list"
+        verb = "watch" if query_flag(query, "watch") else "list"
         name = _selected_name(query)
     elif verb == "delete" and not name:
         verb = "deletecollection"
     long_running = verb in {"watch", "connect"} or (
-        resource.endswith("/log") and _query_flag(query, "follow")
+        resource.endswith("/log") and query_flag(query, "follow")
     )
     return RequestInfo(verb, resource, namespace, name, group, long_running)
