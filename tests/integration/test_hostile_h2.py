@@ -267,18 +267,25 @@ def _nothing_arrived(world: World, before: int, marker: bytes) -> None:
             assert "smuggled" not in value and "smuggled" not in name.lower(), event
 
 
+def _send_malformed(world: World, token: str, case: str, marker: bytes) -> RawClient:
+    """Send ``case`` as stream 1 on a connection of its own; the client, closed, with
+    what it got back."""
+    client = RawClient(world)
+    try:
+        client.request(1, MALFORMED[case](client.get_fields(_pods(world), token), marker))
+        client.wait_stream(1)
+    finally:
+        client.close()
+    return client
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_a_malformed_request_is_reset_and_reaches_nothing(
     world: World, mallory: str, alice: tuple[str, str], case: str
 ) -> None:
     marker = uuid.uuid4().hex[:12].encode()
     before = len(world.standin.audit_events())
-    client = RawClient(world)
-    try:
-        client.request(1, MALFORMED[case](client.get_fields(_pods(world), mallory), marker))
-        client.wait_stream(1)
-    finally:
-        client.close()
+    client = _send_malformed(world, mallory, case, marker)
     _nothing_arrived(world, before, marker)
     assert client.resets.get(1) == PROTOCOL_ERROR, (client.statuses, client.goaway)
     assert 1 not in client.statuses
@@ -353,12 +360,7 @@ def test_rounds_of_malformed_requests_leave_nothing_behind(
         for case in sorted(MALFORMED):
             marker = uuid.uuid4().hex[:12].encode()
             markers.append(marker)
-            client = RawClient(world)
-            try:
-                client.request(1, MALFORMED[case](client.get_fields(_pods(world), mallory), marker))
-                client.wait_stream(1)
-            finally:
-                client.close()
+            client = _send_malformed(world, mallory, case, marker)
             assert client.resets.get(1) == PROTOCOL_ERROR, (case, client.statuses, client.goaway)
     for marker in markers:
         _nothing_arrived(world, before_events, marker)
