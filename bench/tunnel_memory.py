@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         gateway = Gateway(
             tmp / "gw", free_port(), tmp / "gw.log", program=["-m", "bench.tracemem", str(out)]
         )
+        # Every agent dials from 127.0.0.1: the per-address limit goes above their number
+        # (as in ``bench.suite.agents``).
+        gateway.extra_env["HERDGATE_LIMITS__PER_ADDRESS"] = str(args.n + 1024)
         gateway.start(timeout=120)
         stack.callback(gateway.stop)
         assert gateway.process is not None

@@ -1,10 +1,11 @@
 """asyncio layer over one :class:`~tunnel.protocol.TunnelProtocol` and one transport.
 
 What arrives (pushed by the transport) is fed to the protocol and its events
-dispatched to the streams; one writer task sends whatever the protocol
-queued, coalescing frames that were queued in the same loop iteration into one
-WebSocket message. A timer sends PINGs when the tunnel is idle and closes it when the
-peer stops answering.
+dispatched to the streams. What the protocol queued leaves at the end of the loop
+iteration, frames queued in the same iteration coalesced into one WebSocket message:
+straight to the transport when it can take it, else through a writer task that runs
+while anything waits (an idle tunnel has none). A timer sends PINGs when the tunnel is
+idle and closes it when the peer stops answering.
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ class Session:
         self._room_waiters: list[asyncio.Future[None]] = []
         self._writing = False
         self._flush_scheduled = False
-        self._write_wakeup = asyncio.Event()
+        self._started = False
+        self._writer_task: asyncio.Task[None] | None = None
+        """Sends ``_pending`` while it is not empty (after ``start``), then ends."""
         self._closed: asyncio.Future[SessionClosed] = self.loop.create_future()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] | None = None
         self._early_events: list[Event] = []
         self._reading_done = False
         self._ping_interval_s = ping_interval_s
@@ -155,13 +157,15 @@ class Session:
         return self.peer_metadata
 
     def start(self) -> None:
-        """Start reading, the writer and keepalive after ``handshake``.
+        """Start reading, writing and keepalive after ``handshake``.
 
         The transport pushes what arrives from its own callback (``set_receiver``): no
         reader task and no task switch per read.
         """
         self._last_rx = self.loop.time()
-        self._tasks = [self.loop.create_task(self._writer(), name=f"tunnel-writer {self.name}")]
+        self._started = True
+        if self._pending:  # queued before the start
+            self._writer_task = self.loop.create_task(self._writer())
         self._schedule_tick()
         if self._early_events:
             events, self._early_events = self._early_events, []
@@ -334,38 +338,39 @@ class Session:
             closed = SessionClosed(ErrorCode.FLOW_CONTROL_ERROR, "peer not reading")
             self._spawn(self._abort(closed))
             return
-        self._write_wakeup.set()
+        if self._writer_task is None and self._started and not self._closed.done():
+            self._writer_task = self.loop.create_task(self._writer())
 
     async def _writer(self) -> None:
+        """Send ``_pending`` until it is empty (what is queued meanwhile too), then end."""
         try:
-            while True:
-                await self._write_wakeup.wait()
-                self._write_wakeup.clear()
-                while self._pending:
-                    parts, size = self._take_batch()
-                    self._writing = True
-                    try:
-                        async with asyncio.timeout(self._send_timeout_s):
-                            await self._transport.send(parts)
-                    except TimeoutError:
-                        logger.warning(
-                            "tunnel %s: the peer took nothing for %.0f s; closing",
-                            self.name,
-                            self._send_timeout_s,
-                        )
-                        self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "send timed out")))
-                        return
-                    finally:
-                        self._writing = False
-                    self._unsent -= size
-                    if self._room_waiters and self._unsent < self._send_buffer:
-                        self._wake_room()
+            while self._pending:
+                parts, size = self._take_batch()
+                self._writing = True
+                try:
+                    async with asyncio.timeout(self._send_timeout_s):
+                        await self._transport.send(parts)
+                except TimeoutError:
+                    logger.warning(
+                        "tunnel %s: the peer took nothing for %.0f s; closing",
+                        self.name,
+                        self._send_timeout_s,
+                    )
+                    self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "send timed out")))
+                    return
+                finally:
+                    self._writing = False
+                self._unsent -= size
+                if self._room_waiters and self._unsent < self._send_buffer:
+                    self._wake_room()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any transport failure ends the session
             if not self._closed.done():
                 logger.info("tunnel %s: write failed: %s", self.name, exc)
             self._spawn(self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(exc))))
+            return  # (a failed writer stays in place: no other starts; the abort follows)
+        self._writer_task = None
 
     def _take_batch(self) -> tuple[Parts, int]:
         """The first parts of ``_pending``, about ``SEND_BATCH_BYTES`` (at least one)."""
@@ -475,9 +480,12 @@ class Session:
             stream.reset(ErrorCode.INTERNAL_ERROR, "handler failed")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        background = self._background
+        if background is None:
+            background = self._background = set()
         task = self.loop.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     def _schedule_tick(self) -> None:
         # Wake only when something can be due: the next PING of a quiet tunnel, or (while
@@ -539,10 +547,9 @@ class Session:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream._fail(reason)
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        writer = self._writer_task
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
         try:
             async with asyncio.timeout(2.0):
                 await self._transport.close()

@@ -82,7 +82,9 @@ class TLSTransport(asyncio.Transport):
         self._ssl: Any = direct(sock)
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._pending: collections.deque[bytes | bytearray] = collections.deque()
+        self._pending: collections.deque[bytes | bytearray] | None = None
+        """What OpenSSL has not taken yet, oldest first; None when nothing waits (most
+        of the time: an idle connection holds no queue)."""
         self._pending_size = 0
         self._head_in_flight = False
         """Whether OpenSSL has begun on ``_pending[0]`` (then it must not change)."""
@@ -100,21 +102,13 @@ class TLSTransport(asyncio.Transport):
         self._closed = False
         self._lost = False
         self._linger: asyncio.TimerHandle | None = None
-        self._extra: dict[str, Any] = {
-            "socket": sock,
-            "ssl_object": sock,
-            "sslcontext": sock.context,
-            "peercert": sock.getpeercert(),
-            "cipher": sock.cipher(),
-            "compression": sock.compression(),
-        }
-        if peername is not None:
-            self._extra["peername"] = peername  # the client behind a balancer
-        else:
+        if peername is None:  # else the client behind a balancer
             with contextlib.suppress(OSError):
-                self._extra["peername"] = sock.getpeername()
-        with contextlib.suppress(OSError):
-            self._extra["sockname"] = sock.getsockname()
+                peername = sock.getpeername()
+        self._peername: Any = peername
+        """Read now: the front asks for it once the connection is made, and the socket
+        cannot tell once it is closed. The rest of ``get_extra_info`` is asked of the
+        socket when wanted (held here, it was a dict per connection)."""
 
     def start(self) -> None:
         """Hand the connection to its protocol and start reading."""
@@ -128,7 +122,25 @@ class TLSTransport(asyncio.Transport):
     # asyncio.BaseTransport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
+        sock = self._sock
+        if name in ("socket", "ssl_object"):
+            return sock
+        if name == "peername":
+            return default if self._peername is None else self._peername
+        if name == "sslcontext":
+            return sock.context
+        try:
+            if name == "peercert":
+                return sock.getpeercert()
+            if name == "cipher":
+                return sock.cipher()
+            if name == "compression":
+                return sock.compression()
+            if name == "sockname":
+                return sock.getsockname()
+        except (OSError, ValueError):
+            pass  # closed
+        return default
 
     def is_closing(self) -> bool:
         return self._closing
@@ -331,6 +343,8 @@ class TLSTransport(asyncio.Transport):
 
     def _queue(self, data: bytes | bytearray | memoryview) -> None:
         pending = self._pending
+        if pending is None:
+            pending = self._pending = collections.deque()
         last = pending[-1] if pending else None
         if (
             isinstance(last, bytearray)
@@ -358,7 +372,7 @@ class TLSTransport(asyncio.Transport):
             self._fatal(exc)
             return
         # OpenSSL took part of it and must be given the same bytes again.
-        self._pending.append(data if isinstance(data, bytes) else bytes(data))
+        self._pending = collections.deque((data if isinstance(data, bytes) else bytes(data),))
         self._head_in_flight = True
         self._pending_size += len(data)
         self._maybe_pause_protocol()
@@ -383,7 +397,7 @@ class TLSTransport(asyncio.Transport):
                 return
         pending = self._pending
         write = self._ssl.write
-        while pending:
+        while pending:  # (None: nothing queued)
             head = pending[0]
             try:
                 write(head)
@@ -403,6 +417,7 @@ class TLSTransport(asyncio.Transport):
             pending.popleft()
             self._head_in_flight = False
             self._pending_size -= len(head)
+        self._pending = None
         if not self._read_wants_write:
             self._no_write()
         self._maybe_resume_protocol()
@@ -471,7 +486,7 @@ class TLSTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
             self._reader_on = False
         self._no_write()
-        self._pending.clear()
+        self._pending = None
         self._pending_size = 0
         self._head_in_flight = False
         self._sock.close()

@@ -80,9 +80,10 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._reader = websocket.FrameReader(not client, max_frame, MASK_IN_PLACE)
         self._handshake: ClientHandshake | None = None
-        self._inbox: collections.deque[bytes | bytearray | None] = collections.deque()
+        self._inbox: collections.deque[bytes | bytearray | None] | None = None
         """Payload pieces until ``set_receiver`` (bytearrays where unmasked here), then
-        None at the end."""
+        None at the end; made when the first one arrives and dropped by ``set_receiver``
+        (a tunnel's connection holds none for its life)."""
         self._inbox_bytes = 0
         self._reading_paused = False
         self._on_data: Callable[[bytes | bytearray], None] | None = None
@@ -134,13 +135,15 @@ class WebSocketConnection(asyncio.BufferedProtocol):
             logger.info("websocket: %s", bad_frame)
             self._fail(bad_frame.code, str(bad_frame))
             return
-        inbox = self._inbox
         on_data = self._on_data
         for item in items:
             if isinstance(item, (bytes, bytearray)):
                 if on_data is not None:
                     on_data(item)
                     continue
+                inbox = self._inbox
+                if inbox is None:
+                    inbox = self._inbox = collections.deque()
                 inbox.append(item)
                 self._inbox_bytes += len(item)
             elif type(item) is Ping:
@@ -212,13 +215,15 @@ class WebSocketConnection(asyncio.BufferedProtocol):
     ) -> None:
         """From now on, hand payload to ``on_data`` as it arrives (and call ``on_end``
         once, when the connection ends) instead of keeping it for ``receive``."""
-        while self._inbox:
-            item = self._inbox.popleft()
+        inbox = self._inbox  # (what ``on_data`` calls may add to it, too)
+        while inbox:
+            item = inbox.popleft()
             if item is None:
                 self._eof = True
                 on_end()
                 return
             on_data(item)
+        self._inbox = None
         self._inbox_bytes = 0
         if self._reading_paused:
             self._reading_paused = False
@@ -227,13 +232,14 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         self._on_data, self._on_end = on_data, on_end
 
     async def receive(self) -> bytes | bytearray | None:
-        inbox = self._inbox
-        while not inbox:
+        while not self._inbox:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+        inbox = self._inbox
+        assert inbox is not None
         item = inbox.popleft()
         if item is None:
             inbox.append(None)  # stays closed for later calls
@@ -311,6 +317,8 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         if on_end is not None:
             on_end()
             return
+        if self._inbox is None:
+            self._inbox = collections.deque()
         self._inbox.append(None)
         self._wake()
 

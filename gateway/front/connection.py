@@ -224,7 +224,8 @@ class FrontConnection(asyncio.Protocol):
         self.remote = ""
         self.forwarded = False
         """The peer is a trusted balancer: requests name their client (X-Forwarded-For)."""
-        self._reader = RequestReader(front.max_body)
+        self._reader: RequestReader | None = RequestReader(front.max_body)
+        """None once the connection is taken over (an upgrade reads it from then on)."""
         self._current: Request | None = None
         self._receiving: Request | None = None
         self._queue: list[Request] = []
@@ -267,13 +268,15 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
+        if reader is None:
+            return  # taken over: the upgrade is the transport's protocol (never here)
         begun = reader.begun
         for event in reader.feed(data):
             if isinstance(event, Body):
                 if self._receiving is not None:
                     self._receiving.feed_body(event.data)
             elif isinstance(event, Head):
-                self._on_head(event)
+                self._on_head(event, reader)
             elif isinstance(event, End):
                 if self._receiving is not None:
                     self._receiving.feed_eof()
@@ -381,7 +384,8 @@ class FrontConnection(asyncio.Protocol):
     @property
     def between_requests(self) -> bool:
         # (An upgraded connection is its upgrade's to end: never between requests.)
-        return self._current is None and not self.taken_over and self._reader.idle
+        reader = self._reader
+        return self._current is None and reader is not None and reader.idle
 
     def close_when_idle(self) -> None:
         """Stopping: close now if between requests (else after the answer: the request's
@@ -402,10 +406,11 @@ class FrontConnection(asyncio.Protocol):
             self.transport.abort()
 
     def check_timeouts(self, now: float) -> None:
-        if self.transport is None or self.taken_over:
+        reader = self._reader
+        if self.transport is None or reader is None:  # (None: taken over)
             return
         front = self._front
-        if self._reader.in_head:
+        if reader.in_head:
             if now - self._head_started > front.head_timeout_s:
                 self.close()  # a head that never completes, even behind a request in flight
         elif self._receiving is not None:
@@ -419,14 +424,10 @@ class FrontConnection(asyncio.Protocol):
             ):
                 target = receiving.raw_path.encode("latin-1")
                 self._on_invalid(Invalid(408, "the request body did not arrive in time", target))
-                self._reader.failed = True
+                reader.failed = True
                 if self._current is None:
                     self._next()
-        elif (
-            self._current is None
-            and self._reader.idle
-            and now - self._last_active > front.keepalive_s
-        ):
+        elif self._current is None and reader.idle and now - self._last_active > front.keepalive_s:
             self.close()
 
     # internals
@@ -447,11 +448,11 @@ class FrontConnection(asyncio.Protocol):
             self._task.cancel()
             self._refuse(invalid)
 
-    def _on_head(self, head: Head) -> None:
+    def _on_head(self, head: Head, reader: RequestReader) -> None:
         if not head.target.startswith(_PREFIX) and bridge.too_large_for_aiohttp(
             head.target, head.headers
         ):
-            self._reader.failed = True
+            reader.failed = True
             self._on_invalid(Invalid(431, "request header fields too large", head.target))
             return
         request = client_request(head, self)
@@ -532,6 +533,7 @@ class FrontConnection(asyncio.Protocol):
             return None
         transport.write(rawresponse.switching_head(answer))
         self.taken_over = True
+        self._reader = None  # its parser and the last head's fields: not for the upgrade's life
         # Requests read after the upgrade's head were sent before our 101 (no client does
         # that): they are dropped, never passed on.
         for queued in self._queue:

@@ -101,3 +101,33 @@ async def test_a_writer_waiting_for_room_fails_when_the_tunnel_closes() -> None:
     with pytest.raises(SessionClosed):
         await writer
     await agent.close()
+
+
+async def test_a_writer_task_runs_only_while_something_waits_for_the_transport() -> None:
+    """An idle tunnel holds no writer task (thousands of idle tunnels, thousands of
+    tasks otherwise); one starts when the transport cannot take a write at once, sends
+    everything in order, and ends once nothing waits."""
+    agent, gateway, transport = await stalled_pair()
+    assert gateway._writer_task is None and agent._writer_task is None
+    stream = gateway.open_stream()
+    await stream.write(b"a" * 1000)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert gateway._writer_task is not None and not gateway._writer_task.done()
+    await stream.write(b"b" * 1000)
+    transport.stalled = False
+    assert transport._never is not None
+    transport._never.set_result(None)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert gateway._writer_task is None and gateway._pending == [] and gateway._unsent == 0
+    received = bytearray()
+    while len(received) < 2000:
+        received += await agent._streams[stream.id].read()
+    assert received == b"a" * 1000 + b"b" * 1000
+    # Straight to the transport again: no task for a write it can take.
+    await stream.write(b"c")
+    await asyncio.sleep(0)
+    assert gateway._writer_task is None
+    await gateway.close()
+    await agent.close()

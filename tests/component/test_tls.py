@@ -394,3 +394,39 @@ def test_alpn_and_extra_info(run, pki: TestPKI) -> None:
 def test_read_ahead_is_set_on_real_contexts(pki: TestPKI) -> None:
     assert ssl_internals.enable_read_ahead(pki.server_context())
     assert ssl_internals.enable_read_ahead(client_context(ca_file=str(pki.ca_file)))
+
+
+def test_an_idle_connection_holds_no_write_queue(run, pki: TestPKI) -> None:
+    """The queue of what OpenSSL has not taken exists only while something waits: an
+    idle tunnel's connection holds none. Extra info is read from the socket when asked,
+    and asked after the close it is the default, not an error."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, client_protocol, server = await pair.dial()
+        assert isinstance(client_protocol, Collector) and server.transport is not None
+        sender = server.transport
+        assert sender._pending is None
+        client.pause_reading()
+        payload = os.urandom(4 * 1024 * 1024)
+        for i in range(0, len(payload), 100_000):
+            sender.write(payload[i : i + 100_000])
+        assert sender._pending and sender.get_write_buffer_size() > 0
+        client.resume_reading()
+        await client_protocol.wait_for(len(payload))
+        assert bytes(client_protocol.data) == payload
+        assert sender._pending is None and sender.get_write_buffer_size() == 0
+        assert sender.get_extra_info("cipher")[1] in ("TLSv1.2", "TLSv1.3")
+        assert sender.get_extra_info("sockname")[0] == "127.0.0.1"
+        assert sender.get_extra_info("compression") is None
+        sender.write(b"last")
+        await client_protocol.wait_for(len(payload) + 4)
+        assert sender._pending is None
+        client.close()
+        assert await asyncio.wait_for(server.lost, 10) is None
+        assert sender.get_extra_info("sockname", "gone") == "gone"
+        assert sender.get_extra_info("peername")[0] == "127.0.0.1"  # read at the start
+        await pair.stop()
+
+    run(body())

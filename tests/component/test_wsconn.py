@@ -325,3 +325,44 @@ async def _test_dial_fails_cleanly(pki: TestPKI) -> None:
                 await wsconn.dial(f"https://127.0.0.1:{port}/ws", {}, ctx, 0.5)
         finally:
             server.close()
+
+
+def test_a_receiver_gets_what_was_kept_and_the_connection_keeps_no_inbox(run, pki: TestPKI) -> None:
+    run(_test_a_receiver_gets_what_was_kept(pki))
+
+
+async def _test_a_receiver_gets_what_was_kept(pki: TestPKI) -> None:
+    """Payload that arrived before ``set_receiver`` reaches the receiver first, in order;
+    from then on the connection keeps no inbox (a tunnel holds none for its life); the
+    end reaches ``on_end`` once."""
+    got: list[bytes] = []
+    ended: list[bool] = []
+    seen_inbox: list[object] = []
+    kept = asyncio.Event()
+
+    async def handler(conn: wsconn.WebSocketConnection) -> None:
+        assert conn._inbox is None  # nothing arrived yet: none made
+        first = await conn.receive()
+        assert first == b"one"
+        async with asyncio.timeout(5):
+            while not conn._inbox:
+                await asyncio.sleep(0.01)
+        conn.set_receiver(lambda data: got.append(bytes(data)), lambda: ended.append(True))
+        seen_inbox.append(conn._inbox)
+        kept.set()
+
+    async with accepting(pki, handler) as served:
+        conn = await wsconn.dial(served.url, {}, served.ctx, 10)
+        await conn.send([b"one"])
+        await conn.send([b"two"])
+        await asyncio.wait_for(kept.wait(), 5)
+        await conn.send([b"three"])
+        async with asyncio.timeout(5):
+            while len(got) < 2:
+                await asyncio.sleep(0.01)
+        assert got == [b"two", b"three"] and seen_inbox == [None]
+        conn.abort()
+        async with asyncio.timeout(5):
+            while not ended:
+                await asyncio.sleep(0.01)
+        assert ended == [True]

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.front.connection import Front, FrontConnection
+from gateway.front.h1_protocol import RequestReader
 from gateway.proxy.model import (
     BODY_HIGH_WATER,
     Answer,
@@ -687,12 +688,18 @@ async def test_bytes_right_behind_the_101_reach_the_upgrade(world: Any) -> None:
     await _until(lambda: transport.closed)
 
 
+def _readers() -> int:
+    gc.collect()
+    return sum(type(o) is RequestReader for o in gc.get_objects())
+
+
 async def test_an_upgraded_connection_keeps_neither_its_request_nor_its_answer(
     world: Any,
 ) -> None:
     """An agent's tunnel is an upgrade that lasts as long as the agent: what answering
     its request took (the request with its headers, the answer with its header lines)
-    is let go once the upgrade has the connection (it was kept for the tunnel's life)."""
+    is let go once the upgrade has the connection (it was kept for the tunnel's life),
+    and so is the HTTP/1.1 reader with its parser and the last head's fields."""
     joined = Joined()
     kept: list[Any] = []
 
@@ -702,17 +709,24 @@ async def test_an_upgraded_connection_keeps_neither_its_request_nor_its_answer(
         return answer
 
     world.handlers.append(upgrade)
+    readers = _readers()
     conn, transport = world.connect()
+    assert _readers() == readers + 1
     conn.data_received(EXEC)
     await _until(lambda: transport.protocol is joined)
     await _settle()
     gc.collect()
+    assert conn._reader is None
+    assert not conn.between_requests
+    conn.check_timeouts(1e12)  # nothing of ours times an upgraded connection out
+    assert not transport.closed
     request, answer = kept
     kept.clear()
     world.seen.clear()  # (the test's own record of what was asked)
     # Only this frame's names (and getrefcount's argument) refer to them now.
     assert sys.getrefcount(request) == 2
     assert sys.getrefcount(answer) == 2
+    assert _readers() == readers  # (the parser and the reader refer to each other)
     conn.close_when_idle()  # a stopping gateway: the upgrade ends its connection itself
     assert not transport.closed
     joined.done.set()
