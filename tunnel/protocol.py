@@ -470,7 +470,9 @@ class TunnelProtocol:
             and hello.max_streams >= 1
         ):
             raise ProtocolError("HELLO limits out of range")
-        self.peer = hello
+        # Its limits are kept; its metadata goes to the session, not kept for the
+        # connection's life.
+        self.peer = frames.Hello(hello.version, hello.window, hello.max_frame, hello.max_streams)
         events.append(HelloReceived(min(hello.version, frames.VERSION), hello.metadata))
 
     def _on_open(self, stream_id: int, target: bytes, events: list[Event]) -> None:

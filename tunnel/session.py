@@ -118,7 +118,6 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         self._going_away = False
         self._goaway: tuple[ErrorCode, str] | None = None
-        self.peer_metadata = b""
         self.debug = logger.isEnabledFor(logging.DEBUG)
 
     def __repr__(self) -> str:
@@ -127,7 +126,8 @@ class Session:
     # -- lifecycle ---------------------------------------------------------------
 
     async def handshake(self, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> bytes:
-        """Exchange HELLOs; returns the peer's HELLO metadata."""
+        """Exchange HELLOs; returns the peer's HELLO metadata (not kept here)."""
+        metadata = b""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._transport.send(self._proto.parts_to_send())
@@ -137,7 +137,7 @@ class Session:
                         raise SessionClosed(ErrorCode.PROTOCOL_ERROR, "closed during handshake")
                     events = self._proto.receive_data(data)
                     if events and isinstance(events[0], HelloReceived):
-                        self.peer_metadata = events[0].metadata
+                        metadata = events[0].metadata
                         self._early_events = events[1:]
                         break
                     if events:
@@ -154,7 +154,7 @@ class Session:
         except OSError as failure:
             await self._abort(SessionClosed(ErrorCode.INTERNAL_ERROR, str(failure)))
             raise SessionClosed(ErrorCode.INTERNAL_ERROR, str(failure)) from failure
-        return self.peer_metadata
+        return metadata
 
     def start(self) -> None:
         """Start reading, writing and keepalive after ``handshake``.

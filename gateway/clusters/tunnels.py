@@ -383,8 +383,7 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
         name=name,
     )
     try:
-        metadata = await session.handshake()
-        info = AgentInfo.parse(metadata)
+        info = AgentInfo.parse(await session.handshake())
     except TunnelError as exc:
         logger.warning("agent for %s from %s: handshake failed: %s", cluster_id, remote, exc)
         return
@@ -400,7 +399,16 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
     if registry.count(cluster_id) >= max_agents:  # others finished their handshakes first
         await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster_id, max_agents))
         return
-    link = AgentLink(cluster_id, session, info, remote, admission.registration_id, agent_id)
+    # The cluster's CA goes to its record below; the link (kept for the tunnel's life)
+    # does without it.
+    link = AgentLink(
+        cluster_id,
+        session,
+        dataclasses.replace(info, ca_cert=""),
+        remote,
+        admission.registration_id,
+        agent_id,
+    )
     session.start()
     registry.add(link)
     app[REGISTRATION_GUARD].watch(link)
@@ -417,6 +425,7 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
             if info.ca_cert and info.ca_cert != current.ca_cert:
                 changes["ca_cert"] = info.ca_cert
             await directory.patch(CLUSTER, current.id, **changes)
+        info = link.info  # (this frame lasts as long as the tunnel)
         closed = await session.wait_closed()
     finally:
         logger.info(

@@ -31,6 +31,10 @@ from tunnel.frames import ErrorCode
 from tunnel.protocol import Limits, Side, TunnelProtocol
 
 
+def _limits(limits: Limits) -> tuple[int, int, int]:
+    return limits.window, limits.max_frame, limits.max_streams
+
+
 def test_hello_exchange_reports_metadata_and_version():
     client = TunnelProtocol(Side.CLIENT, metadata=b"agent")
     server = TunnelProtocol(Side.SERVER, metadata=b"gw")
@@ -39,6 +43,9 @@ def test_hello_exchange_reports_metadata_and_version():
     assert events == [HelloReceived(frames.VERSION, b"agent")]
     assert client.receive_data(server.data_to_send()) == [HelloReceived(frames.VERSION, b"gw")]
     assert client.is_ready and server.is_ready
+    # The peer's limits are kept; its metadata was handed on, not kept for the
+    # connection's life (an agent's HELLO carries its cluster's CA).
+    assert server.peer == frames.Hello(frames.VERSION, *_limits(Limits()), b"")
 
 
 def test_open_accept_data_fin_both_ways_closes_stream():
