@@ -208,6 +208,11 @@ class Session:
     async def wait_closed(self) -> SessionClosed:
         return await asyncio.shield(self._closed)
 
+    def when_closed(self, callback: Callable[[SessionClosed], None]) -> None:
+        """Call ``callback`` with the reason once the session has closed (in the context
+        of this call, as ``Future.add_done_callback`` does)."""
+        self._closed.add_done_callback(lambda closed: callback(closed.result()))
+
     async def close(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Send GOAWAY, fail every stream and close the transport."""
         if self._closed.done():

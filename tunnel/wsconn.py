@@ -252,7 +252,8 @@ class WebSocketConnection(asyncio.BufferedProtocol):
         return item
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Send Close, wait briefly for the peer's, then close the connection."""
+        """Send Close, wait briefly for the peer's, then close the connection (at once if
+        this wait is cancelled)."""
         if self.transport is None:
             return
         if not self._close_sent:
@@ -263,6 +264,11 @@ class WebSocketConnection(asyncio.BufferedProtocol):
                 await asyncio.shield(self.closed)
         except TimeoutError:
             self._cut()
+        except asyncio.CancelledError:
+            # No more waiting for the peer's Close: the connection ends now, not never
+            # (the session's own timeout on this close cancels it).
+            self._cut()
+            raise
 
     def abort(self) -> None:
         if self.transport is not None:

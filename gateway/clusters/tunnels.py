@@ -358,8 +358,11 @@ def admit(
     return Admission(cluster.id, registration.id, agent_id, remote or "?")
 
 
-async def serve_agent(app: web.Application, admission: Admission, conn: Transport) -> None:
-    """Run an admitted agent's tunnel on its accepted WebSocket until it closes."""
+async def serve_agent(app: web.Application, admission: Admission, conn: Transport) -> bool:
+    """Start an admitted agent's tunnel on its accepted WebSocket: True once it runs
+    (then it leaves the registry when its session closes, with no task waiting for
+    that: a task per tunnel was memory held for as long as the agent stays); False when
+    it did not start (handshake failed, refused)."""
     directory = app[DIRECTORY]
     settings = app[SETTINGS].tunnel
     max_agents = app[SETTINGS].registration.max_agents_per_cluster
@@ -386,19 +389,19 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
         info = AgentInfo.parse(await session.handshake())
     except TunnelError as exc:
         logger.warning("agent for %s from %s: handshake failed: %s", cluster_id, remote, exc)
-        return
+        return False
     except BadAgentInfo as bad_info:
         logger.warning("agent for %s from %s: %s", cluster_id, remote, bad_info)
         await session.close(ErrorCode.PROTOCOL_ERROR, str(bad_info))
-        return
+        return False
     if _holds(registry, cluster_id, agent_id):
         # A second tunnel of one agent to this process: it closes it itself on our HELLO,
         # and one that does not is not let past the cap this way.
         await session.close(ErrorCode.NO_ERROR, "duplicate tunnel")
-        return
+        return False
     if registry.count(cluster_id) >= max_agents:  # others finished their handshakes first
         await session.close(ErrorCode.REFUSED_STREAM, _full_message(cluster_id, max_agents))
-        return
+        return False
     # The cluster's CA goes to its record below; the link (kept for the tunnel's life)
     # does without it.
     link = AgentLink(
@@ -415,28 +418,31 @@ async def serve_agent(app: web.Application, admission: Admission, conn: Transpor
     logger.info(
         "agent connected: cluster %s node %s from %s", cluster_id, info.node_name or "-", remote
     )
-    # From here on the link must leave the registry however this ends: when the agent's
-    # connection drops, the front cancels it.
-    closed: SessionClosed | str = "connection lost"
-    try:
-        current = directory.clusters.get(cluster_id)
-        if current is not None:
-            changes: dict[str, Any] = {"connected_at": directory.clock()}
-            if info.ca_cert and info.ca_cert != current.ca_cert:
-                changes["ca_cert"] = info.ca_cert
-            await directory.patch(CLUSTER, current.id, **changes)
-        info = link.info  # (this frame lasts as long as the tunnel)
-        closed = await session.wait_closed()
-    finally:
-        logger.info(
-            "agent disconnected: cluster %s node %s from %s: %s",
-            cluster_id,
-            info.node_name or "-",
-            remote,
-            closed,
-        )
-        registry.remove(link)
-        link.pool.close()
+    # From here on the link leaves the registry when the session closes, however that
+    # comes (the agent's connection dropping, or the front cutting it when what follows
+    # fails or is cancelled, closes it).
+    session.when_closed(lambda closed: _disconnected(registry, link, closed))
+    current = directory.clusters.get(cluster_id)
+    if current is not None:
+        changes: dict[str, Any] = {"connected_at": directory.clock()}
+        if info.ca_cert and info.ca_cert != current.ca_cert:
+            changes["ca_cert"] = info.ca_cert
+        await directory.patch(CLUSTER, current.id, **changes)
+    return True
+
+
+def _disconnected(
+    registry: TunnelRegistry[AgentLink], link: AgentLink, closed: SessionClosed
+) -> None:
+    logger.info(
+        "agent disconnected: cluster %s node %s from %s: %s",
+        link.cluster_id,
+        link.info.node_name or "-",
+        link.remote,
+        closed,
+    )
+    registry.remove(link)
+    link.pool.close()
 
 
 class RegistrationGuard:

@@ -102,10 +102,11 @@ class AgentTunnel:
     def abandon(self) -> None:
         return None  # nothing is held before the connection is taken over
 
-    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> None:
+    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> bool:
+        """True once the tunnel runs (on its own: no task waits for its end)."""
         context = request_id_var.set(self._request_id)
         try:
             conn = wsconn.take_over(transport, previous=previous)
-            await tunnels.serve_agent(self._app, self._admission, conn)
+            return await tunnels.serve_agent(self._app, self._admission, conn)
         finally:
             request_id_var.reset(context)

@@ -551,7 +551,9 @@ class FrontConnection(asyncio.Protocol):
         try:
             if transport is None:
                 raise ConnectionResetError("the client went away")
-            await upgrade.take_over(transport, self)
+            if await upgrade.take_over(transport, self):
+                self._task = None  # runs on without this task; the upgrade ends it
+                return
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # pragma: no cover - an upgrade handles its own errors

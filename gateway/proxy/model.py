@@ -332,10 +332,14 @@ class Request:
 class Upgrade(Protocol):
     """What takes a client's connection over after a 101 (``SWITCHING``)."""
 
-    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> None:
+    async def take_over(
+        self, transport: asyncio.Transport, previous: asyncio.BaseProtocol
+    ) -> bool | None:
         """The 101 is written: from now on ``transport`` is this upgrade's (it becomes its
-        protocol); returns when the connection is done. ``previous``, the front's
-        protocol, is told when the connection is lost (``connection_lost``)."""
+        protocol); returns when the connection is done, or True once it runs on without
+        the front's task (an agent's tunnel: its session ends the connection itself).
+        ``previous``, the front's protocol, is told when the connection is lost
+        (``connection_lost``)."""
 
     def abandon(self) -> None:
         """The 101 will not be written (the client went away): release what is held."""

@@ -366,3 +366,35 @@ async def _test_a_receiver_gets_what_was_kept(pki: TestPKI) -> None:
             while not ended:
                 await asyncio.sleep(0.01)
         assert ended == [True]
+
+
+def test_a_cancelled_close_cuts_the_connection(run, pki: TestPKI) -> None:
+    run(_test_a_cancelled_close_cuts_the_connection(pki))
+
+
+async def _test_a_cancelled_close_cuts_the_connection(pki: TestPKI) -> None:
+    """A close whose wait for the peer's Close is cancelled (a tunnel session bounds it
+    with a timeout of its own) ends the connection then, rather than leaving it open
+    with nothing left to end it."""
+    ended: list[bool] = []
+    ready = asyncio.Event()
+
+    async def handler(conn: wsconn.WebSocketConnection) -> None:
+        await ready.wait()
+        closing = asyncio.ensure_future(conn.close())
+        await asyncio.sleep(0.2)  # the peer reads nothing: no Close comes back
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        await asyncio.wait_for(asyncio.shield(conn.closed), 1.0)
+        ended.append(True)
+
+    async with accepting(pki, handler) as served:
+        conn = await wsconn.dial(served.url, {}, served.ctx, 10)
+        assert conn.transport is not None
+        conn.transport.pause_reading()
+        ready.set()
+        async with asyncio.timeout(5):
+            while not ended:
+                await asyncio.sleep(0.01)
+        conn.abort()

@@ -765,6 +765,36 @@ async def test_a_connection_taken_over_leaves_the_sweep(world: Any) -> None:
     assert conn not in world.front.connections
 
 
+class RunsOn(Joined):
+    """An upgrade that, like an agent's tunnel, runs on after ``take_over`` returns."""
+
+    async def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol) -> bool:
+        self.previous = previous
+        transport.set_protocol(self)
+        return True
+
+
+async def test_an_upgrade_that_runs_on_keeps_its_connection_without_a_task(world: Any) -> None:
+    """An agent's tunnel lasts as long as the agent: once its upgrade says it runs on,
+    the front holds no task for it and does not close it; it still leaves the front's
+    connections when its protocol reports the loss, and a stopping gateway's abort
+    reaches it."""
+    joined = RunsOn()
+    world.handlers.append(_switching(joined))
+    conn, transport = world.connect()
+    conn.data_received(EXEC)
+    await _until(lambda: transport.protocol is joined)
+    await _settle()
+    assert conn._task is None and not transport.closed
+    assert conn in world.front.connections and not conn.between_requests
+    conn.close_when_idle()
+    assert not transport.closed
+    world.front.abort_all()
+    assert transport.aborted
+    conn.connection_lost(None)  # told by the upgrade's protocol
+    assert conn not in world.front.connections
+
+
 async def test_before_the_101_other_bytes_are_refused(world: Any) -> None:
     """No guessing from the bytes: until the front writes the 101, what follows an
     upgrade head is read as HTTP/1.1 and checked; the upgrade is then never taken over."""
