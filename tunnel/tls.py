@@ -138,8 +138,8 @@ class TLSTransport(asyncio.Transport):
                 return sock.compression()
             if name == "sockname":
                 return sock.getsockname()
-        except (OSError, ValueError):
-            pass  # closed
+        except (OSError, ValueError):  # closed: the socket cannot tell any more
+            return default
         return default
 
     def is_closing(self) -> bool:

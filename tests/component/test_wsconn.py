@@ -135,6 +135,13 @@ async def accepting(pki: TestPKI, handler: Accepted) -> AsyncIterator[Accepting]
         server.close()
 
 
+async def until(check: Callable[[], object], timeout_s: float) -> None:
+    """Until ``check()`` is true; TimeoutError after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
 async def echo(conn: wsconn.WebSocketConnection) -> None:
     while (data := await conn.receive()) is not None:
         await conn.send([data])
@@ -168,9 +175,7 @@ async def _test_dial_and_accept_carry_big_and_small_payloads(pki: TestPKI) -> No
         assert conn.close_code == CloseCode.NORMAL
         assert await conn.receive() is None
         # the protocol that had the connection learned that it is gone
-        async with asyncio.timeout(5):
-            while served.open_connections:
-                await asyncio.sleep(0.01)
+        await until(lambda: not served.open_connections, 5)
 
 
 def test_writes_wait_while_the_peer_does_not_read(run, pki: TestPKI) -> None:
@@ -207,9 +212,7 @@ async def _test_writes_wait_while_the_peer_does_not_read(pki: TestPKI) -> None:
         await conn.send([chunk])  # completes once the peer reads
         written += len(chunk)
         await conn.close()
-        async with asyncio.timeout(10):
-            while not totals:
-                await asyncio.sleep(0.01)
+        await until(lambda: totals, 10)
         assert totals == [written]
 
 
@@ -344,9 +347,7 @@ async def _test_a_receiver_gets_what_was_kept(pki: TestPKI) -> None:
         assert conn._inbox is None  # nothing arrived yet: none made
         first = await conn.receive()
         assert first == b"one"
-        async with asyncio.timeout(5):
-            while not conn._inbox:
-                await asyncio.sleep(0.01)
+        await until(lambda: conn._inbox, 5)
         conn.set_receiver(lambda data: got.append(bytes(data)), lambda: ended.append(True))
         seen_inbox.append(conn._inbox)
         kept.set()
@@ -357,14 +358,10 @@ async def _test_a_receiver_gets_what_was_kept(pki: TestPKI) -> None:
         await conn.send([b"two"])
         await asyncio.wait_for(kept.wait(), 5)
         await conn.send([b"three"])
-        async with asyncio.timeout(5):
-            while len(got) < 2:
-                await asyncio.sleep(0.01)
+        await until(lambda: len(got) >= 2, 5)
         assert got == [b"two", b"three"] and seen_inbox == [None]
         conn.abort()
-        async with asyncio.timeout(5):
-            while not ended:
-                await asyncio.sleep(0.01)
+        await until(lambda: ended, 5)
         assert ended == [True]
 
 
@@ -394,7 +391,5 @@ async def _test_a_cancelled_close_cuts_the_connection(pki: TestPKI) -> None:
         assert conn.transport is not None
         conn.transport.pause_reading()
         ready.set()
-        async with asyncio.timeout(5):
-            while not ended:
-                await asyncio.sleep(0.01)
+        await until(lambda: ended, 5)
         conn.abort()

@@ -84,6 +84,19 @@ class World:
         api.token = api.login(name, USER_PASSWORD)
         return str(created["id"]), api
 
+    def pod(self, api: Api, name: str) -> str:
+        """Create a one-container pod ``name`` in ``default`` through the gateway as
+        ``api``'s user; returns the namespace's pods path."""
+        pods = f"/k8s/clusters/{self.cluster_id}/api/v1/namespaces/default/pods"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        }
+        assert api.post(pods, pod)["metadata"]["name"] == name
+        return pods
+
     def downstream(self, path: str, token: str = AGENT_SA_TOKEN) -> Any:
         """GET from the stand-in as the agent's service account; None on 404."""
         context = ssl.create_default_context(cafile=str(self.standin.ca_file))

@@ -121,14 +121,7 @@ def test_requests_and_a_big_answer_cross_the_tunnel_intact(world: World) -> None
 def test_an_exec_is_upgraded_without_aiohttps_internals(world: World) -> None:
     _, api = world.user("fallback-exec", role="cluster-owner")
     probe = uuid.uuid4().hex
-    pods = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/default/pods"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "fallback-exec"},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
-    }
-    assert api.post(pods, pod)["metadata"]["name"] == "fallback-exec"
+    pods = world.pod(api, "fallback-exec")
     target = f"{pods}/fallback-exec/exec?command=id&stdout=true"
     head = (
         f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{world.gateway.port}\r\n"

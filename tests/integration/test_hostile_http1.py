@@ -536,14 +536,7 @@ def test_a_keep_alive_connection_on_aiohttp_serves_several_requests(
 def owner(world: World) -> tuple[str, str]:
     """A user who may exec (``cluster-owner``), and a pod to exec in."""
     user_id, api = world.user("http1-owner", role="cluster-owner")
-    pods = f"/k8s/clusters/{world.cluster_id}/api/v1/namespaces/default/pods"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "http1-exec"},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
-    }
-    assert api.post(pods, pod)["metadata"]["name"] == "http1-exec"
+    world.pod(api, "http1-exec")
     return user_id, api.token
 
 
