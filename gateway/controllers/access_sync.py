@@ -77,6 +77,14 @@ from gateway.clusters.tunnels import TUNNELS
 from gateway.controllers.cluster_controller import CLUSTER_CONTROLLERS
 from gateway.controllers.cluster_health import READY, SYNCED
 from gateway.controllers.downstream import InternalListener
+from gateway.controllers.kubeapi import (
+    AUTHORIZATION,
+    RBAC,
+    ApiError,
+    KubeClient,
+    Params,
+    resource_path,
+)
 from gateway.controllers.lease import LeaseLost
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
@@ -316,6 +324,17 @@ def admin_ids(directory: Directory) -> set[str]:
 
 
 # -- the difference (pure) --------------------------------------------------------------
+
+
+def _path(kind: str, namespace: str = "", name: str = "") -> str:
+    """The REST path of a synced object (its collection when ``name`` is empty; every
+    RoleBinding when ``namespace`` is empty too)."""
+    plural = {
+        CLUSTER_ROLE: "clusterroles",
+        CLUSTER_ROLE_BINDING: "clusterrolebindings",
+        ROLE_BINDING: "rolebindings",
+    }[kind]
+    return resource_path(RBAC, "v1", plural, namespace=namespace, name=name)
 
 
 def key_of(doc: Doc) -> Key:
@@ -740,31 +759,24 @@ class AccessController:
     async def sync(self, cluster_id: str) -> Plan:
         """One full pass: list, compare, apply. Returns what it changed. The namespaces
         are listed each time (the watch only says when to look again)."""
-        from kubernetes_asyncio.client import (
-            AuthorizationV1Api,
-            CoreV1Api,
-            RbacAuthorizationV1Api,
+        api = self.listener.client(cluster_id)
+        review = await api.create(
+            resource_path(AUTHORIZATION, "v1", "selfsubjectaccessreviews"), ESCALATE_REVIEW
         )
-
-        async with self.listener.client(cluster_id) as api:
-            rbac = RbacAuthorizationV1Api(api)
-            authorization: Any = AuthorizationV1Api(api)  # takes the review as a dict
-            review = await authorization.create_self_subject_access_review(ESCALATE_REVIEW)
-            manages_roles = review.status is not None and review.status.allowed is True
-            listed = await CoreV1Api(api).list_namespace()
-            items = api.sanitize_for_serialization(listed).get("items", [])
-            namespaces = {str(ns["metadata"]["name"]): project_of(ns) for ns in items}
-            desired = desired_for(
-                self.directory,
-                cluster_id,
-                namespaces,
-                self.app[SETTINGS].access_sync.admins_cluster_admin,
-            )
-            existing = await self._list(api, rbac)
-            todo = plan(desired, existing)
-            if not manages_roles:
-                todo = within_agent_rights(todo, existing)
-            await self._apply(cluster_id, rbac, todo, existing)
+        manages_roles = (review.get("status") or {}).get("allowed") is True
+        listed = await api.get(resource_path("", "v1", "namespaces"))
+        namespaces = {str(ns["metadata"]["name"]): project_of(ns) for ns in listed.get("items", [])}
+        desired = desired_for(
+            self.directory,
+            cluster_id,
+            namespaces,
+            self.app[SETTINGS].access_sync.admins_cluster_admin,
+        )
+        existing = await self._list(api)
+        todo = plan(desired, existing)
+        if not manages_roles:
+            todo = within_agent_rights(todo, existing)
+        await self._apply(cluster_id, api, todo, existing)
         self.synced[cluster_id] = self.directory.clock()
         for kind in KINDS:
             count = sum(1 for key in desired if key[0] == kind)
@@ -781,20 +793,18 @@ class AccessController:
             )
         return todo
 
-    async def _list(self, api: Any, rbac: Any) -> list[Doc]:
+    async def _list(self, api: KubeClient) -> list[Doc]:
         out: list[Doc] = []
-        for lister, kind in (
-            (rbac.list_cluster_role, CLUSTER_ROLE),
-            (rbac.list_cluster_role_binding, CLUSTER_ROLE_BINDING),
-            (rbac.list_role_binding_for_all_namespaces, ROLE_BINDING),
-        ):
-            listed = api.sanitize_for_serialization(await lister(label_selector=SYNC_SELECTOR))
+        for kind in (CLUSTER_ROLE, CLUSTER_ROLE_BINDING, ROLE_BINDING):
+            listed = await api.get(_path(kind), {"labelSelector": SYNC_SELECTOR})
             for item in listed.get("items", []):
                 item["kind"] = kind  # list items carry no kind
                 out.append(item)
         return out
 
-    async def _apply(self, cluster_id: str, rbac: Any, todo: Plan, existing: list[Doc]) -> None:
+    async def _apply(
+        self, cluster_id: str, api: KubeClient, todo: Plan, existing: list[Doc]
+    ) -> None:
         """In an order the agent's own RBAC allows: the bind role first (listing the roles
         to create and those to delete too, so the agent may update and bind the former
         and delete the latter), the other roles, the bindings, deletions (bindings before
@@ -820,73 +830,57 @@ class AccessController:
                     n for n in final_bind["rules"][1]["resourceNames"] if n != CLUSTER_MEMBER_BASICS
                 ]
                 interim = agent_rbac.agent_bind_role(tuple(sorted({*names, *deleted_roles})))
-                await self._put(cluster_id, rbac, interim, current.get(bind_key))
+                await self._put(cluster_id, api, interim, current.get(bind_key))
             else:
-                await self._put(cluster_id, rbac, final_bind, current.get(bind_key))
+                await self._put(cluster_id, api, final_bind, current.get(bind_key))
                 count(cluster_id, "create" if bind_key not in current else "update").inc()
         for doc in roles_first:
             if key_of(doc) == bind_key:
                 continue  # above (and after the deletions, when there are some)
-            await self._put(cluster_id, rbac, doc, current.get(key_of(doc)))
+            await self._put(cluster_id, api, doc, current.get(key_of(doc)))
             count(cluster_id, "create" if key_of(doc) not in current else "update").inc()
         for doc in todo.recreate:
-            await self._delete(cluster_id, rbac, doc)
-            await self._put(cluster_id, rbac, doc, None)
+            await self._delete(cluster_id, api, doc)
+            await self._put(cluster_id, api, doc, None)
             count(cluster_id, "update").inc()
         for doc in todo.create:
             if doc["kind"] != CLUSTER_ROLE:
-                await self._put(cluster_id, rbac, doc, None)
+                await self._put(cluster_id, api, doc, None)
                 count(cluster_id, "create").inc()
         for doc, have in todo.update:
             if doc["kind"] != CLUSTER_ROLE:
-                await self._put(cluster_id, rbac, doc, have)
+                await self._put(cluster_id, api, doc, have)
                 count(cluster_id, "update").inc()
         for doc in sorted(todo.delete, key=lambda d: d["kind"] == CLUSTER_ROLE):
-            await self._delete(cluster_id, rbac, doc)
+            await self._delete(cluster_id, api, doc)
             count(cluster_id, "delete").inc()
         if final_bind is not None and deleted_roles:
-            refreshed = await self._read_cluster_role(rbac, AGENT_BIND_ROLE)
-            await self._put(cluster_id, rbac, final_bind, refreshed)
+            refreshed = await self._read_cluster_role(api, AGENT_BIND_ROLE)
+            await self._put(cluster_id, api, final_bind, refreshed)
 
-    async def _read_cluster_role(self, rbac: Any, name: str) -> Doc | None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
+    async def _read_cluster_role(self, api: KubeClient, name: str) -> Doc | None:
         try:
-            read = await rbac.read_cluster_role(name)
-        except ApiException as exc:
+            return await api.get(_path(CLUSTER_ROLE, name=name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        doc: Doc = rbac.api_client.sanitize_for_serialization(read)
-        return doc
 
-    async def _put(self, cluster_id: str, rbac: Any, doc: Doc, have: Doc | None) -> None:
+    async def _put(self, cluster_id: str, api: KubeClient, doc: Doc, have: Doc | None) -> None:
         """Create ``doc``, or replace ``have`` with it (at ``have``'s resourceVersion)."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         self._fence(cluster_id)
 
         kind, namespace, name = key_of(doc)
         try:
             if have is None:
-                if kind == CLUSTER_ROLE:
-                    await rbac.create_cluster_role(doc)
-                elif kind == CLUSTER_ROLE_BINDING:
-                    await rbac.create_cluster_role_binding(doc)
-                else:
-                    await rbac.create_namespaced_role_binding(namespace, doc)
+                await api.create(_path(kind, namespace), doc)
                 return
             body = json.loads(json.dumps(doc))
             body["metadata"]["resourceVersion"] = (have.get("metadata") or {}).get(
                 "resourceVersion", ""
             )
-            if kind == CLUSTER_ROLE:
-                await rbac.replace_cluster_role(name, body)
-            elif kind == CLUSTER_ROLE_BINDING:
-                await rbac.replace_cluster_role_binding(name, body)
-            else:
-                await rbac.replace_namespaced_role_binding(name, namespace, body)
-        except ApiException as exc:
+            await api.replace(_path(kind, namespace, name), body)
+        except ApiError as exc:
             if exc.status == 409 and have is None:
                 # Not listed (no owned label) yet present: someone else's object.
                 logger.warning("%s %s exists without herdgate's label; left alone", kind, name)
@@ -895,20 +889,13 @@ class AccessController:
                 return  # the namespace went away meanwhile
             raise
 
-    async def _delete(self, cluster_id: str, rbac: Any, doc: Doc) -> None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
+    async def _delete(self, cluster_id: str, api: KubeClient, doc: Doc) -> None:
         self._fence(cluster_id)
 
         kind, namespace, name = key_of(doc)
         try:
-            if kind == CLUSTER_ROLE:
-                await rbac.delete_cluster_role(name)
-            elif kind == CLUSTER_ROLE_BINDING:
-                await rbac.delete_cluster_role_binding(name)
-            else:
-                await rbac.delete_namespaced_role_binding(name, namespace)
-        except ApiException as exc:
+            await api.delete(_path(kind, namespace, name))
+        except ApiError as exc:
             if exc.status != 404:
                 raise
 
@@ -946,40 +933,32 @@ class AccessController:
                         await state.nudge.wait()
 
     async def _watch(self, cluster_id: str, state: _ClusterState) -> None:
-        from kubernetes_asyncio.client import CoreV1Api
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        async with self.listener.client(cluster_id) as api:
-            core = CoreV1Api(api)
-            if state.namespaces is None or not state.resource_version:
-                listed = api.sanitize_for_serialization(await core.list_namespace())
-                fresh = {str(ns["metadata"]["name"]): project_of(ns) for ns in listed["items"]}
-                changed = fresh != state.namespaces
-                state.namespaces = fresh
-                state.resource_version = str(listed.get("metadata", {}).get("resourceVersion", ""))
-                if changed:
-                    state.wake.set()
-            try:
-                response: Any = await core.list_namespace(
-                    watch=True,
-                    resource_version=state.resource_version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=WATCH_TIMEOUT_S,
-                    _preload_content=False,
-                )
-            except ApiException as exc:
-                if exc.status == 410:  # too old (some servers answer so): list again
-                    logger.info(
-                        "namespace watch of %s expired (410 Gone); listing again", cluster_id
-                    )
-                    state.namespaces = None
-                    state.resource_version = ""
-                    return
-                raise
-            try:
+        api = self.listener.client(cluster_id)
+        namespaces = resource_path("", "v1", "namespaces")
+        if state.namespaces is None or not state.resource_version:
+            listed = await api.get(namespaces)
+            fresh = {str(ns["metadata"]["name"]): project_of(ns) for ns in listed["items"]}
+            changed = fresh != state.namespaces
+            state.namespaces = fresh
+            state.resource_version = str(listed.get("metadata", {}).get("resourceVersion", ""))
+            if changed:
+                state.wake.set()
+        params: Params = {
+            "watch": True,
+            "resourceVersion": state.resource_version,
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": WATCH_TIMEOUT_S,
+        }
+        try:
+            async with api.stream(namespaces, params) as response:
                 await self._follow(response, state)
-            finally:
-                response.release()
+        except ApiError as exc:
+            if exc.status != 410:
+                raise
+            # Too old (some servers answer so rather than with an ERROR event): list again.
+            logger.info("namespace watch of %s expired (410 Gone); listing again", cluster_id)
+            state.namespaces = None
+            state.resource_version = ""
 
     async def _follow(self, response: Any, state: _ClusterState) -> None:
         """Apply the watch's events to ``state`` until the server ends it."""

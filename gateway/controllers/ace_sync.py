@@ -26,7 +26,6 @@ error), set by the holder when it changes; ``Synced`` stays the access sync's.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,6 +45,7 @@ from gateway.controllers.cluster_controller import (
 )
 from gateway.controllers.cluster_health import ACE_SYNCED, MAX_MESSAGE
 from gateway.controllers.downstream import INTERNAL_LISTENER, InternalListener
+from gateway.controllers.kubeapi import APIEXTENSIONS, ApiError, KubeClient, resource_path
 from gateway.controllers.lease import LeaseLost
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.proxy.impersonation import ROLE_GROUP_PREFIX
@@ -282,39 +282,34 @@ class AceController:
             logger.warning("ACESynced of %s not removed: %s", cluster_id, exc)
 
     async def sync(self, cluster: Cluster) -> None:
-        from kubernetes_asyncio.client import ApiextensionsV1Api, CoreV1Api, CustomObjectsApi
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        async with self.listener.client(cluster.id) as api:
-            core = CoreV1Api(api)
-            extensions = ApiextensionsV1Api(api)
-            custom = CustomObjectsApi(api)
-            creates: list[tuple[Any, Doc]] = [
-                (extensions.create_custom_resource_definition, crd) for crd in manifests.crds()
-            ]
-            # The manifest makes the namespace and the agent may not create namespaces
-            # (a create is authorised before it is found to exist, so a 409 is never seen):
-            # create it only where it is missing, for agents installed by hand.
+        api = self.listener.client(cluster.id)
+        creates = [
+            (resource_path(APIEXTENSIONS, "v1", "customresourcedefinitions"), crd)
+            for crd in manifests.crds()
+        ]
+        # The manifest makes the namespace and the agent may not create namespaces (a
+        # create is authorised before it is found to exist, so a 409 is never seen):
+        # create it only where it is missing, for agents installed by hand.
+        try:
+            await api.get(resource_path("", "v1", "namespaces", name=NAMESPACE))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            creates.insert(0, (resource_path("", "v1", "namespaces"), manifests.namespace()))
+        for path, doc in creates:
+            self._fence(cluster.id)
             try:
-                await core.read_namespace(NAMESPACE)
-            except ApiException as exc:
-                if exc.status != 404:
+                await api.create(path, doc)
+            except ApiError as exc:
+                if exc.status != 409:
                     raise
-                creates.insert(0, (core.create_namespace, manifests.namespace()))
-            for create, doc in creates:
-                self._fence(cluster.id)
-                try:
-                    await create(doc)
-                except ApiException as exc:
-                    if exc.status != 409:
-                        raise
-            tokens, users = desired_records(self.directory, cluster.id, self.directory.clock())
-            # Users first, so that a token never exists downstream without its user.
-            await self._apply(cluster.id, custom, USERS, "ClusterUserAttribute", users, False)
-            await self._apply(cluster.id, custom, TOKENS, "ClusterAuthToken", tokens, True)
-            await self._apply(cluster.id, custom, USERS, "ClusterUserAttribute", users, True)
-            nodes = await core.list_node()
-            endpoints = node_endpoints(api.sanitize_for_serialization(nodes).get("items", []))
+        tokens, users = desired_records(self.directory, cluster.id, self.directory.clock())
+        # Users first, so that a token never exists downstream without its user.
+        await self._apply(cluster.id, api, USERS, "ClusterUserAttribute", users, False)
+        await self._apply(cluster.id, api, TOKENS, "ClusterAuthToken", tokens, True)
+        await self._apply(cluster.id, api, USERS, "ClusterUserAttribute", users, True)
+        nodes = await api.get(resource_path("", "v1", "nodes"))
+        endpoints = node_endpoints(nodes.get("items", []))
         await self.record_nodes(cluster.id, endpoints)
         self.synced[cluster.id] = self.directory.clock()
         metrics.ACE_SYNC_LAST.labels(cluster.id).set(self.synced[cluster.id])
@@ -330,11 +325,9 @@ class AceController:
             await self.directory.patch(CLUSTER, current.id, ace_nodes=[list(e) for e in endpoints])
 
     async def _apply(
-        self, cluster_id: str, custom: Any, plural: str, kind: str, desired: Doc, delete: bool
+        self, cluster_id: str, api: KubeClient, plural: str, kind: str, desired: Doc, delete: bool
     ) -> None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        listed = await custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)
+        listed = await api.get(resource_path(GROUP, VERSION, plural, namespace=NAMESPACE))
         existing = {item["metadata"]["name"]: item for item in listed.get("items", [])}
         changes = metrics.ACE_SYNC_CHANGES
         for name, fields in desired.items():
@@ -344,32 +337,29 @@ class AceController:
             self._fence(cluster_id)
             try:
                 if have is None:
-                    await custom.create_namespaced_custom_object(
-                        GROUP, VERSION, NAMESPACE, plural, _body(kind, name, fields)
+                    await api.create(
+                        resource_path(GROUP, VERSION, plural, namespace=NAMESPACE),
+                        _body(kind, name, fields),
                     )
                     changes.labels(cluster_id, "create").inc()
                 else:
-                    await custom.replace_namespaced_custom_object(
-                        GROUP,
-                        VERSION,
-                        NAMESPACE,
-                        plural,
-                        name,
+                    await api.replace(
+                        resource_path(GROUP, VERSION, plural, namespace=NAMESPACE, name=name),
                         _body(kind, name, fields, have["metadata"].get("resourceVersion")),
                     )
                     changes.labels(cluster_id, "replace").inc()
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 409:
                     raise
         if delete:
             for name in existing.keys() - desired.keys():
                 self._fence(cluster_id)
                 try:
-                    await custom.delete_namespaced_custom_object(
-                        GROUP, VERSION, NAMESPACE, plural, name
+                    await api.delete(
+                        resource_path(GROUP, VERSION, plural, namespace=NAMESPACE, name=name)
                     )
                     changes.labels(cluster_id, "delete").inc()
-                except ApiException as exc:
+                except ApiError as exc:
                     if exc.status != 404:
                         raise
 
@@ -377,15 +367,8 @@ class AceController:
 def _failure(exc: BaseException) -> str:
     """What the condition's message says of a failed pass (the API server's own message
     when it answered, not its whole body)."""
-    status = getattr(exc, "status", None)
-    body = getattr(exc, "body", None)
-    if isinstance(status, int) and isinstance(body, str):
-        try:
-            message = json.loads(body).get("message")
-        except (ValueError, AttributeError, RecursionError):  # not a Status (or hostile)
-            message = None
-        text = message if isinstance(message, str) and message else body.strip()
-        return f"the cluster answered {status}: {text}"[:MAX_MESSAGE]
+    if isinstance(exc, ApiError):
+        return f"the cluster answered {exc.status}: {exc.message()}"[:MAX_MESSAGE]
     return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
 
 

@@ -38,7 +38,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
 
 from config.schema import ControllerSettings
@@ -58,6 +57,7 @@ from gateway.controllers.cluster_health import (
     status_doc,
 )
 from gateway.controllers.downstream import InternalListener
+from gateway.controllers.kubeapi import ApiError, Params, resource_path
 from gateway.controllers.lease import SESSION_PREFIX, Lease, LeaseKeeper, lease_for, release_all
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.keys import SETTINGS
@@ -383,35 +383,31 @@ class ClusterController:
 
     async def probe(self) -> None:
         """One ``/readyz`` and ``/version`` round."""
-        from kubernetes_asyncio.client import VersionApi
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         now = self.owner.directory.clock
         loop = asyncio.get_running_loop()
-        async with self.owner.listener.client(self.cluster_id) as api:
-            started = loop.time()
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    await api.rest_client.GET(f"{api.configuration.host}/readyz")
-            except ApiException as exc:
-                self.probe_latency_s = loop.time() - started
-                reason, message = _failure(exc)
-                if self.health.probe_failed(reason, message, now()):
-                    self.changed()
-                raise
-            self.probe_latency_s = loop.time() - started
-            recovered = self.health.conditions[READY].status == "False"
-            if self.health.probe_ok(now()):
-                self.changed()
-            if recovered:
-                # The API server was down: it may have come back with other storage (a
-                # resourceVersion from before means nothing then), so list again.
-                self._start_watches()
+        api = self.owner.listener.client(self.cluster_id)
+        started = loop.time()
+        try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
-                version = await VersionApi(api).get_code()
-            doc = api.sanitize_for_serialization(version)
-            if isinstance(doc, dict) and self.health.version_seen(doc):
+                await api.call("GET", "/readyz")
+        except ApiError as exc:
+            self.probe_latency_s = loop.time() - started
+            reason, message = _failure(exc)
+            if self.health.probe_failed(reason, message, now()):
                 self.changed()
+            raise
+        self.probe_latency_s = loop.time() - started
+        recovered = self.health.conditions[READY].status == "False"
+        if self.health.probe_ok(now()):
+            self.changed()
+        if recovered:
+            # The API server was down: it may have come back with other storage (a
+            # resourceVersion from before means nothing then), so list again.
+            self._start_watches()
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            version = await api.get("/version")
+        if self.health.version_seen(version):
+            self.changed()
 
     async def _probe_loop(self) -> None:
         backoff = Backoff(BACKOFF_BASE_S, self.probe_interval_s)
@@ -424,7 +420,7 @@ class ClusterController:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the cluster or the tunnel failed
-                if not _is_api_exception(exc):
+                if not isinstance(exc, ApiError):
                     reason, message = "ProbeFailed", _describe(exc)
                     if self.health.probe_failed(reason, message, now()):
                         self.changed()
@@ -443,47 +439,35 @@ class ClusterController:
             f"{kind} of {self.cluster_id}",
         )
 
-    async def _open(self, api: Any, kind: str, **params: Any) -> aiohttp.ClientResponse:
-        from kubernetes_asyncio.client import CoreV1Api
-
-        core = CoreV1Api(api)
-        call: Any = core.list_node if kind == "nodes" else core.list_namespace
-        response: aiohttp.ClientResponse = await call(_preload_content=False, **params)
-        return response
-
     async def _list(self, kind: str, table: WatchTable) -> None:
-        async with self.owner.listener.client(self.cluster_id) as api:
-            response = await self._open(api, kind, _request_timeout=PROBE_TIMEOUT_S * 6)
-            async with response:
-                body = json.loads(await response.read())
+        api = self.owner.listener.client(self.cluster_id)
+        body = await api.get(resource_path("", "v1", kind), timeout_s=PROBE_TIMEOUT_S * 6)
         items = body.get("items") or []
         table.replace(items, str((body.get("metadata") or {}).get("resourceVersion") or ""))
         self._table_changed(kind)
 
     async def _watch(self, kind: str, table: WatchTable) -> None:
-        async with self.owner.listener.client(self.cluster_id) as api:
-            response = await self._open(
-                api,
-                kind,
-                watch=True,
-                resource_version=table.resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=WATCH_TIMEOUT_S,
-                _request_timeout=aiohttp.ClientTimeout(total=WATCH_TIMEOUT_S + 30),
-            )
-            async with response:
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    kind_of_event = str(event.get("type") or "")
-                    item = event.get("object") or {}
-                    if kind_of_event == "ERROR":
-                        if item.get("code") == 410 or _too_large(item):
-                            raise Gone(str(item.get("message") or "gone"))
-                        raise RuntimeError(f"watch error: {item.get('message')}")
-                    if table.event(kind_of_event, item):
-                        self._table_changed(kind)
+        api = self.owner.listener.client(self.cluster_id)
+        params: Params = {
+            "watch": True,
+            "resourceVersion": table.resource_version,
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": WATCH_TIMEOUT_S,
+        }
+        path = resource_path("", "v1", kind)
+        async with api.stream(path, params, timeout_s=WATCH_TIMEOUT_S + 30) as response:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind_of_event = str(event.get("type") or "")
+                item = event.get("object") or {}
+                if kind_of_event == "ERROR":
+                    if item.get("code") == 410 or _too_large(item):
+                        raise Gone(str(item.get("message") or "gone"))
+                    raise RuntimeError(f"watch error: {item.get('message')}")
+                if table.event(kind_of_event, item):
+                    self._table_changed(kind)
 
     def _table_changed(self, kind: str) -> None:
         if kind == "nodes":
@@ -517,20 +501,11 @@ def _too_large(status: dict[str, Any]) -> bool:
 
 
 def _too_large_text(exc: BaseException) -> bool:
-    body = getattr(exc, "body", None)
-    return isinstance(body, str) and "too large resource version" in body.lower()
-
-
-def _is_api_exception(exc: BaseException) -> bool:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    return isinstance(exc, ApiException)
+    return isinstance(exc, ApiError) and "too large resource version" in exc.body.lower()
 
 
 def _status_of(exc: BaseException) -> int:
-    from kubernetes_asyncio.client.exceptions import ApiException
-
-    return int(exc.status or 0) if isinstance(exc, ApiException) else 0
+    return exc.status if isinstance(exc, ApiError) else 0
 
 
 def _describe(exc: BaseException) -> str:
@@ -538,19 +513,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:512]
 
 
-def _failure(exc: Any) -> tuple[str, str]:
+def _failure(exc: ApiError) -> tuple[str, str]:
     """The reason and message of a failed ``/readyz``: the Kubernetes Status the gateway
     or the API server answered, else the HTTP status and the first line of the body."""
-    body = exc.body if isinstance(exc.body, str) else ""
-    try:
-        status = json.loads(body) if body else None
-    except ValueError:
-        status = None
-    if isinstance(status, dict) and status.get("kind") == "Status":
+    status = exc.status_doc()
+    if status is not None:
         reason = str(status.get("reason") or "") or f"HTTP{exc.status}"
         return reason, str(status.get("message") or "")[:512]
-    first = body.strip().splitlines()[0] if body.strip() else str(exc.reason or "")
-    return f"HTTP{exc.status}", f"/readyz answered {exc.status}: {first}"[:512]
+    return f"HTTP{exc.status}", f"/readyz answered {exc.status}: {exc.message()}"[:512]
 
 
 class ClusterControllers:

@@ -1,6 +1,6 @@
 """The gateway's own Kubernetes API client for each cluster, through its tunnel.
 
-Controllers use kubernetes-asyncio. Its HTTP goes to an internal listener on a Unix
+Controllers use ``kubeapi.KubeClient``. Its HTTP goes to an internal listener on a Unix
 socket in the state directory (mode 0600); that listener forwards
 ``/clusters/<id>/<path>`` through the cluster's tunnel as the agent's service
 account, with no impersonation. So the gateway's controllers and kubectl share one
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +31,7 @@ from multidict import CIMultiDict
 from config.schema import ControllerSettings
 from gateway.clusters.replicas import REPLICAS
 from gateway.clusters.tunnels import TUNNELS
+from gateway.controllers.kubeapi import NO_TIMEOUT, KubeClient
 from gateway.errors import BadRequest, GatewayError, NotFound, k8s_response
 from gateway.identity.directory import DIRECTORY
 from gateway.keys import SETTINGS
@@ -53,9 +52,6 @@ from gateway.proxy.rawresponse import HOP_AND_FRAMING
 from gateway.telemetry import metrics
 from gateway.telemetry.audit import REQUEST_ID_HEADER
 from tunnel.cluster_state import TokenBucket
-
-if TYPE_CHECKING:
-    from kubernetes_asyncio.client import ApiClient
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +302,6 @@ class InternalListener:
         self.path = path
         self._runner = web.AppRunner(internal_app(public), access_log=None)
         self._session: aiohttp.ClientSession | None = None
-        self._prototype: ApiClient | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -320,49 +315,27 @@ class InternalListener:
         if self._session is not None:
             await self._session.close()
             self._session = None
-            self._prototype = None
         await self._runner.cleanup()
         self.path.unlink(missing_ok=True)
         if self._temp_dir is not None:
             with contextlib.suppress(OSError):
                 self._temp_dir.rmdir()
 
-    async def _shared(self) -> ApiClient:
-        """One kubernetes-asyncio client on one session that dials our socket, built once.
-
-        Building an ``ApiClient`` makes an SSL context with the system's CA store and a
-        TCP session, neither needed to talk HTTP on our own socket, and the SSL context
-        costs so much CPU that each cluster's periodic probe paying it would not scale to
-        thousands of clusters (docs/benchmarks.md, "Issue 20, first measurements"). So
-        the session is built once, with no limit on connections (each cluster's watches
-        hold one each), and every client is a copy of one prototype with its own
-        ``configuration`` (what it sends requests to); the copies share the prototype's
-        REST client and so the session."""
-        if self._prototype is None:
-            from kubernetes_asyncio.client import ApiClient, Configuration
-
-            prototype = ApiClient(Configuration(host=INTERNAL_HOST))
-            unused = prototype.rest_client.pool_manager
+    def client(self, cluster_id: str) -> KubeClient:
+        """A client for the cluster's API (as the agent's account) on this listener's
+        session, which is built once: with no limit on connections (each cluster's
+        watches hold one each) and no SSL context (the socket is our own; building one
+        with the system's CA store per call would not scale to thousands of clusters,
+        docs/benchmarks.md, "Issue 20, first measurements"). Nothing to close."""
+        if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.UnixConnector(
                     path=str(self.path), limit=0, keepalive_timeout=INTERNAL_KEEPALIVE_S
                 ),
                 read_bufsize=2**21,
+                timeout=NO_TIMEOUT,
             )
-            prototype.rest_client.pool_manager = self._session
-            self._prototype = prototype  # before any await: callers racing here share it
-            await unused.close()
-        return self._prototype
-
-    @contextlib.asynccontextmanager
-    async def client(self, cluster_id: str) -> AsyncIterator[ApiClient]:
-        """A kubernetes-asyncio ``ApiClient`` for the cluster (as the agent's account),
-        on this listener's shared session (nothing to close)."""
-        from kubernetes_asyncio.client import Configuration
-
-        api = copy.copy(await self._shared())
-        api.configuration = Configuration(host=f"{INTERNAL_HOST}/clusters/{cluster_id}")
-        yield api
+        return KubeClient(self._session, f"{INTERNAL_HOST}/clusters/{cluster_id}")
 
 
 INTERNAL_LISTENER = web.AppKey("internal_listener", InternalListener)

@@ -27,6 +27,7 @@ from gateway.controllers.cluster_controller import (
     ClusterControllers,
 )
 from gateway.controllers.cluster_health import ACE_SYNCED, MAX_MESSAGE, SYNCED, ClusterHealth
+from gateway.controllers.kubeapi import ApiError
 from gateway.controllers.lease import Lease, LeaseLost
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.identity.providers.base import ExternalIdentity
@@ -105,25 +106,26 @@ def _ace(process: Process) -> AceController:
 
 @dataclass
 class FakeCustom:
-    """The CustomObjectsApi calls the ACE sync makes; each write takes ``write_s`` on
-    the clock (a slow API server, a paused process)."""
+    """The ``KubeClient`` calls the ACE sync makes for its custom objects; each write
+    takes ``write_s`` on the clock (a slow API server, a paused process)."""
 
     clock: Clock
     existing: list[dict[str, Any]] = field(default_factory=list)
     write_s: float = 0.0
     writes: list[tuple[str, str]] = field(default_factory=list)
 
-    async def list_namespaced_custom_object(self, *_: Any) -> dict[str, Any]:
+    async def get(self, path: str) -> dict[str, Any]:
         return {"items": self.existing}
 
-    async def create_namespaced_custom_object(self, *args: Any) -> None:
-        self._write("create", args[-1]["metadata"]["name"])
+    async def create(self, path: str, body: dict[str, Any]) -> None:
+        self._write("create", body["metadata"]["name"])
 
-    async def replace_namespaced_custom_object(self, *args: Any) -> None:
-        self._write("replace", args[-2])
+    async def replace(self, path: str, body: dict[str, Any]) -> None:
+        assert path.endswith("/" + body["metadata"]["name"])
+        self._write("replace", body["metadata"]["name"])
 
-    async def delete_namespaced_custom_object(self, *args: Any) -> None:
-        self._write("delete", args[-1])
+    async def delete(self, path: str) -> None:
+        self._write("delete", path.rpartition("/")[2])
 
     def _write(self, action: str, name: str) -> None:
         self.writes.append((action, name))
@@ -355,19 +357,15 @@ async def test_the_group_refresh_runs_only_under_its_lease_and_stops_when_it_lap
 # -- what the condition says of a failure (the cluster's answer: any bytes) ---------------
 
 
-class _Answered(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"({status})")
-        self.status = status
-        self.body = body
-
-
 def test_the_failure_message_is_the_clusters_status_message() -> None:
     body = json.dumps({"kind": "Status", "code": 403, "message": "clusterauthtokens is forbidden"})
-    assert _failure(_Answered(403, body)) == (
+    assert _failure(ApiError(403, "Forbidden", body)) == (
         "the cluster answered 403: clusterauthtokens is forbidden"
     )
-    assert _failure(_Answered(502, "bad gateway\n")) == "the cluster answered 502: bad gateway"
+    assert (
+        _failure(ApiError(502, "Bad Gateway", "bad gateway\n"))
+        == "the cluster answered 502: bad gateway"
+    )
     assert _failure(OSError("refused")) == "OSError: refused"
 
 
@@ -375,8 +373,7 @@ def test_the_failure_message_is_the_clusters_status_message() -> None:
     status=st.integers(min_value=-1, max_value=1000),
     body=st.one_of(
         st.text(max_size=3000),
-        st.binary(max_size=100),
-        st.none(),
+        st.binary(max_size=100).map(lambda raw: raw.decode("utf-8", "replace")),
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.text(max_size=20),
             lambda inner: (
@@ -388,8 +385,8 @@ def test_the_failure_message_is_the_clusters_status_message() -> None:
         st.integers(min_value=1, max_value=5000).map(lambda depth: "[" * depth),
     ),
 )
-def test_any_answer_gives_a_bounded_message_and_never_raises(status: int, body: Any) -> None:
-    message = _failure(_Answered(status, body))
+def test_any_answer_gives_a_bounded_message_and_never_raises(status: int, body: str) -> None:
+    message = _failure(ApiError(status, "", body))
     assert isinstance(message, str) and len(message) <= MAX_MESSAGE
 
 
