@@ -83,7 +83,10 @@ class ReplicaSet:
         """Where agents dial this replica itself (empty: through the gateway's address)."""
         self.started = directory.clock()
         self._changed = asyncio.Event()
-        tunnels.on_change(lambda _cluster, _count: self._changed.set())
+        self._clusters: tuple[str, ...] | None = None
+        """The clusters this process holds tunnels for, sorted (None: to be read again:
+        the tunnels changed)."""
+        tunnels.on_change(self._on_tunnel_change)
         self._announced: tuple[ReplicaAddress, ...] = ()
         # A replica joining or leaving changes the count agents must be told about.
         directory.on_change(self._on_directory_change)
@@ -122,8 +125,15 @@ class ReplicaSet:
 
     # -- heartbeat ---------------------------------------------------------------------
 
+    def _on_tunnel_change(self, _cluster: str, _count: int) -> None:
+        self._clusters = None
+        self._changed.set()
+
     def _record(self, now: float) -> Replica:
-        clusters = tuple(sorted({link.cluster_id for link in self.tunnels.all_links()}))
+        clusters = self._clusters
+        if clusters is None:
+            clusters = tuple(sorted({link.cluster_id for link in self.tunnels.all_links()}))
+            self._clusters = clusters
         return Replica(
             self.id, socket.gethostname(), os.getpid(), self.started, now, clusters, self.url
         )

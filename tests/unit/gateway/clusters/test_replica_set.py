@@ -100,3 +100,33 @@ async def test_a_replaced_replica_is_announced_though_the_count_is_unchanged(
     count = len(link.session.sent)
     replicas._announce_if_changed()  # nothing changed: nothing sent
     assert len(link.session.sent) == count
+
+
+async def test_the_heartbeat_names_the_clusters_held_and_reads_the_tunnels_only_after_a_change(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With thousands of tunnels, collecting and sorting every link's cluster for each
+    heartbeat was the largest Python cost of an idle gateway; the list is kept until a
+    tunnel comes or goes."""
+    replicas, directory, _, link = setup
+    tunnels = replicas.tunnels
+    reads: list[int] = []
+    all_links = tunnels.all_links
+
+    def counted() -> Any:
+        reads.append(1)
+        return all_links()
+
+    monkeypatch.setattr(tunnels, "all_links", counted)
+    for _ in range(3):
+        await replicas.heartbeat()
+    assert directory.replicas["r-1"].clusters == ("c-1",)
+    assert len(reads) == 1
+    tunnels.add(FakeLink("c-0", FakeSession()))
+    await replicas.heartbeat()
+    await replicas.heartbeat()
+    assert directory.replicas["r-1"].clusters == ("c-0", "c-1")
+    assert len(reads) == 2
+    tunnels.remove(link)
+    await replicas.heartbeat()
+    assert directory.replicas["r-1"].clusters == ("c-0",)
