@@ -49,6 +49,7 @@ MAX_FORM_BYTES = 16 * 1024
 characters)."""
 
 _SAFE_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
 
 
 def new_login_secret() -> str:
@@ -84,5 +85,5 @@ def fetch_allowed(sec_fetch_site: str | None) -> bool:
 
 def attachment_name(name: str) -> str:
     """A kubeconfig's file name: ``kubeconfig-<name>.yaml`` with only safe characters."""
-    safe = _SAFE_FILE_NAME.sub("-", name).strip(".-")[:100]
+    safe = _DOTS.sub(".", _SAFE_FILE_NAME.sub("-", name)).strip(".-")[:100]
     return f"kubeconfig-{safe}.yaml" if safe else "kubeconfig.yaml"
