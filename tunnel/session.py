@@ -4,8 +4,9 @@ What arrives (pushed by the transport) is fed to the protocol and its events
 dispatched to the streams. What the protocol queued leaves at the end of the loop
 iteration, frames queued in the same iteration coalesced into one WebSocket message:
 straight to the transport when it can take it, else through a writer task that runs
-while anything waits (an idle tunnel has none). A timer sends PINGs when the tunnel is
-idle and closes it when the peer stops answering.
+while anything waits (an idle tunnel has none). One timer per event loop
+(``_Keepalive``) looks at every started session: it sends a PING on a tunnel that has been
+quiet too long and closes one whose peer stopped answering.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ IDLE_TIMEOUT_S = 28.0
 """Declare the peer dead when nothing has been received for this long."""
 HANDSHAKE_TIMEOUT_S = 10.0
 TICK_S = 2.0
+"""While a PING is unanswered, another goes this often (shorter for short intervals)."""
 TIMER_GRID_S = 1.0
-"""Keepalive timers further off than two grid steps fire on whole wall-clock seconds:
-thousands of tunnels then wake their process (and, through their PINGs, the peer's)
-together once a second instead of each at its own moment."""
+"""How often the keepalive timer looks at the sessions (shorter for short intervals),
+on whole wall-clock seconds: a process's tunnels, and through their PINGs the peer's,
+then wake together once a second."""
 COALESCE_BELOW_BYTES = 8 * 1024
 """Smaller writes wait for the end of the event-loop turn, to leave with the others."""
 FLUSH_AT_PARTS = 32
@@ -115,7 +117,9 @@ class Session:
         self._ping_interval_s = ping_interval_s
         self._idle_timeout_s = idle_timeout_s
         self._last_rx = self.loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        self._last_ping = 0.0
+        self._tick_s = min(TICK_S, ping_interval_s / 2, idle_timeout_s / 2)
+        self._keepalive: _Keepalive | None = None
         self._going_away = False
         self._goaway: tuple[ErrorCode, str] | None = None
         self.debug = logger.isEnabledFor(logging.DEBUG)
@@ -166,7 +170,9 @@ class Session:
         self._started = True
         if self._pending:  # queued before the start
             self._writer_task = self.loop.create_task(self._writer())
-        self._schedule_tick()
+        if not self._closed.done():
+            self._keepalive = _Keepalive.of(self.loop)
+            self._keepalive.add(self, self._tick_s)
         if self._early_events:
             events, self._early_events = self._early_events, []
             self._dispatch(events)
@@ -492,35 +498,25 @@ class Session:
         background.add(task)
         task.add_done_callback(background.discard)
 
-    def _schedule_tick(self) -> None:
-        # Wake only when something can be due: the next PING of a quiet tunnel, or (while
-        # a PING is unanswered) every TICK_S until the idle timeout. An idle tunnel thus
-        # wakes about once per ping interval, not every TICK_S: thousands of tunnels cost
-        # next to nothing. Data arriving meanwhile only moves ``_last_rx``; the timer,
-        # when it fires early, sleeps again until the new deadline.
-        tick = min(TICK_S, self._ping_interval_s / 2, self._idle_timeout_s / 2)
-        now = self.loop.time()
+    def _check_keepalive(self, now: float) -> None:
+        """Called by the keepalive timer: a PING when the tunnel has been quiet for the
+        ping interval (again every tick while unanswered), the end at the idle timeout.
+        Data arriving only moves ``_last_rx``."""
         idle = now - self._last_rx
-        first_due = min(self._ping_interval_s, self._idle_timeout_s)
-        delay = first_due - idle if idle < first_due else min(tick, self._idle_timeout_s - idle)
-        if delay > 2 * TIMER_GRID_S:
-            wall = time.time()
-            delay = math.ceil((wall + delay) / TIMER_GRID_S) * TIMER_GRID_S - wall
-        self._timer = self.loop.call_later(max(delay, 0.01), self._tick)
-
-    def _tick(self) -> None:
-        if self._closed.done():
-            return
-        idle = self.loop.time() - self._last_rx
         if idle >= self._idle_timeout_s:
             logger.warning("tunnel %s: no data from peer for %.0f s, closing", self.name, idle)
+            self._stop_keepalive()
             self._proto.close(ErrorCode.TIMEOUT, "keepalive timeout")
             self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "keepalive timeout")))
-            return
-        if idle >= self._ping_interval_s:
+        elif idle >= self._ping_interval_s and now - self._last_ping >= self._tick_s:
+            self._last_ping = now
             self._proto.ping(os.urandom(8))
             self._flush()
-        self._schedule_tick()
+
+    def _stop_keepalive(self) -> None:
+        keepalive, self._keepalive = self._keepalive, None
+        if keepalive is not None:
+            keepalive.discard(self)
 
     async def _send_pending_then_abort(self, reason: SessionClosed) -> None:
         self._flush_now()
@@ -539,8 +535,7 @@ class Session:
         if self._closed.done():
             return
         self._closed.set_result(reason)
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_keepalive()
         freed, self._unsent = self._unsent, 0
         self._pending = []
         waiters, self._room_waiters = self._room_waiters, []
@@ -561,3 +556,69 @@ class Session:
         except Exception as exc:  # noqa: BLE001 - the transport may already be broken
             logger.debug("tunnel %s: close failed: %s", self.name, exc)
         logger.debug("tunnel %s closed: %s", self.name, reason)
+
+
+class _Keepalive:
+    """The keepalive of every started session of one event loop, on one timer.
+
+    A timer per session, re-armed each time the peer's PING moved its deadline, woke an
+    idle gateway once per tunnel per ping interval: at thousands of tunnels the timer
+    heap's upkeep and the handles were a measurable part of its idle CPU
+    (docs/benchmarks.md, "One keepalive timer"). Here one timer fires every
+    ``TIMER_GRID_S`` (or the shortest tick a session asks for) while any session is
+    registered, and asks each whether a PING or the idle timeout is due.
+    """
+
+    __slots__ = ("loop", "period", "sessions", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sessions: set[Session] = set()
+        self.period = TIMER_GRID_S
+        self.timer: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop) -> _Keepalive:
+        keepalive = _KEEPALIVES.get(loop)
+        if keepalive is None:
+            for closed in [other for other in _KEEPALIVES if other.is_closed()]:
+                del _KEEPALIVES[closed]  # (a test's loop closed with sessions open)
+            keepalive = _KEEPALIVES[loop] = _Keepalive(loop)
+        return keepalive
+
+    def add(self, session: Session, tick_s: float) -> None:
+        self.sessions.add(session)
+        if tick_s < self.period:
+            self.period = tick_s
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        if self.timer is None:
+            self._schedule()
+
+    def discard(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            if self.timer is not None:
+                self.timer.cancel()
+            if _KEEPALIVES.get(self.loop) is self:
+                del _KEEPALIVES[self.loop]
+
+    def _schedule(self) -> None:
+        delay = self.period
+        if delay >= TIMER_GRID_S:  # the next whole second at least half a period away
+            wall = time.time()
+            delay = math.ceil((wall + delay / 2) / TIMER_GRID_S) * TIMER_GRID_S - wall
+        self.timer = self.loop.call_later(max(delay, 0.001), self._run)
+
+    def _run(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for session in list(self.sessions):
+            session._check_keepalive(now)
+        if self.sessions:
+            self._schedule()
+
+
+_KEEPALIVES: dict[asyncio.AbstractEventLoop, _Keepalive] = {}
+"""Each event loop's keepalive while it has started sessions."""

@@ -185,32 +185,34 @@ async def test_handshake_times_out_against_a_mute_peer():
             await server.handshake(timeout_s=0.05)
 
 
-async def test_an_idle_tunnel_wakes_only_when_a_ping_is_due(monkeypatch):
-    # Even with a tiny TICK_S, a quiet tunnel sleeps until its next PING is due: with
-    # thousands of tunnels, timers firing every tick would be most of the idle CPU.
-    with virtual_time():
-        import tunnel.session as session_module
+async def test_one_timer_keeps_every_tunnel_of_a_loop_alive(monkeypatch):
+    """A timer per session, re-armed whenever the peer's PING moved its deadline, woke an
+    idle gateway once per tunnel per interval; one timer per event loop looks at all of
+    them, and none is left once the last session is gone."""
+    import tunnel.session as session_module
 
-        monkeypatch.setattr(session_module, "TICK_S", 0.01)
-        wakes = {"client": 0, "server": 0}
+    with virtual_time():
+        wakes = [0]
         loop = asyncio.get_running_loop()
         call_later = loop.call_later
 
         def counting_call_later(delay, callback, *args, **kwargs):
-            # Each wake of a session's timer schedules the next one (``_schedule_tick``).
-            owner = getattr(callback, "__self__", None)
-            if isinstance(owner, Session) and callback.__name__ == "_tick":
-                wakes[owner.name] += 1
+            if getattr(callback, "__name__", "") in ("_run", "_check_keepalive", "_tick"):
+                wakes[0] += 1
             return call_later(delay, callback, *args, **kwargs)
 
         monkeypatch.setattr(loop, "call_later", counting_call_later)
-        client, server = await make_pair(ping_interval_s=0.3, idle_timeout_s=1.0)
-        await asyncio.sleep(1.0)
-        assert not client.is_closed and not server.is_closed
-        # About three PINGs in a second, each answered within the next tick: a handful of
-        # wakes per side, against 100 for a timer every TICK_S.
-        assert 1 <= wakes["client"] <= 10 and 1 <= wakes["server"] <= 10, wakes
-        await client.close()
+        pairs = [await make_pair(ping_interval_s=0.3, idle_timeout_s=1.0) for _ in range(20)]
+        await asyncio.sleep(3.0)
+        assert not any(c.is_closed or s.is_closed for c, s in pairs)
+        # Every 0.15 s (half the ping interval) for 3 s, whatever the number of tunnels;
+        # a timer per session woke 40 sessions about 10 times each.
+        assert 15 <= wakes[0] <= 25, wakes
+        assert len(session_module._KEEPALIVES) == 1
+        for client, _ in pairs:
+            await client.close()
+        await asyncio.sleep(0.5)
+        assert session_module._KEEPALIVES == {}
 
 
 async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
@@ -250,18 +252,20 @@ async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
     await client.close()
 
 
-async def test_long_keepalive_timers_fire_on_whole_wall_clock_seconds():
-    # Thousands of tunnels then wake their process together, once a second.
+async def test_the_keepalive_timer_fires_on_whole_wall_clock_seconds():
+    # A process's tunnels then wake together once a second (and, through their PINGs,
+    # the peer's).
     import time
 
-    client, server = await make_pair(ping_interval_s=20.0, idle_timeout_s=28.0)
+    from tunnel.session import _KEEPALIVES
+
+    client, _ = await make_pair(ping_interval_s=20.0, idle_timeout_s=28.0)
     loop = asyncio.get_running_loop()
-    for session in (client, server):
-        timer = session._timer
-        assert timer is not None
-        fires_at_wall = time.time() + (timer.when() - loop.time())
-        assert abs(fires_at_wall - round(fires_at_wall)) < 0.05
-        assert 19.0 <= timer.when() - loop.time() <= 21.0
+    timer = _KEEPALIVES[loop].timer
+    assert timer is not None
+    fires_at_wall = time.time() + (timer.when() - loop.time())
+    assert abs(fires_at_wall - round(fires_at_wall)) < 0.05
+    assert 0.45 <= timer.when() - loop.time() <= 1.55
     await client.close()
 
 
