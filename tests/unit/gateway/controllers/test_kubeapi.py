@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -88,8 +89,21 @@ def _parsed_query(request: web.Request) -> dict[str, list[str]]:
     return out
 
 
+@dataclass
+class Rig:
+    """This module's client and kubernetes-asyncio's on one session to a recording
+    server: what it saw (``seen``) and what it answers by path (``answers``)."""
+
+    ours: KubeClient
+    ref: Any
+    seen: list[Seen]
+    answers: dict[str, Any]
+
+
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[tuple[str, list[Seen], dict[str, Any]]]:
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    from kubernetes_asyncio.client import ApiClient, Configuration
+
     seen: list[Seen] = []
     answers: dict[str, Any] = {}
 
@@ -99,8 +113,6 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, list[Seen], dict[st
         raw_path = request.raw_path.partition("?")[0]
         seen.append((request.method, raw_path, _parsed_query(request), body))
         answer = answers.get(request.path)
-        if isinstance(answer, web.StreamResponse):
-            return answer
         if isinstance(answer, tuple):
             status, text = answer
             return web.Response(status=status, text=text, content_type="application/json")
@@ -118,25 +130,15 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[str, list[Seen], dict[st
     await runner.setup()
     path = str(tmp_path / "k.sock")
     await web.UnixSite(runner, path).start()
-    yield path, seen, answers
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def clients(
-    server: tuple[str, list[Seen], dict[str, Any]],
-) -> AsyncIterator[tuple[KubeClient, Any]]:
-    from kubernetes_asyncio.client import ApiClient, Configuration
-
-    path = server[0]
     session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path))
     base = "http://herdgate-internal/clusters/c-1"
     reference = ApiClient(Configuration(host=base))
     unused = reference.rest_client.pool_manager
     reference.rest_client.pool_manager = session
     await unused.close()
-    yield KubeClient(session, base), reference
+    yield Rig(KubeClient(session, base), reference, seen, answers)
     await session.close()
+    await runner.cleanup()
 
 
 Call = Callable[[], Awaitable[Any]]
@@ -165,6 +167,12 @@ def _cases(ours: KubeClient, ref: Any) -> list[tuple[str, Call, Call]]:
         "allowWatchBookmarks": True,
         "timeoutSeconds": 240,
     }
+    ref_watch = {
+        "watch": True,
+        "resource_version": "41",
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": 240,
+    }
 
     async def stream_read(p: str, params: Any) -> bytes:
         async with ours.stream(p, params, timeout_s=30) as response:
@@ -192,24 +200,12 @@ def _cases(ours: KubeClient, ref: Any) -> list[tuple[str, Call, Call]]:
         (
             "watch nodes",
             lambda: stream_read(resource_path("", "v1", "nodes"), watch),
-            lambda: ref_stream(
-                core.list_node,
-                watch=True,
-                resource_version="41",
-                allow_watch_bookmarks=True,
-                timeout_seconds=240,
-            ),
+            lambda: ref_stream(core.list_node, **ref_watch),
         ),
         (
             "watch namespaces",
             lambda: stream_read(resource_path("", "v1", "namespaces"), watch),
-            lambda: ref_stream(
-                core.list_namespace,
-                watch=True,
-                resource_version="41",
-                allow_watch_bookmarks=True,
-                timeout_seconds=240,
-            ),
+            lambda: ref_stream(core.list_namespace, **ref_watch),
         ),
         # ace_sync
         (
@@ -346,11 +342,9 @@ def _cases(ours: KubeClient, ref: Any) -> list[tuple[str, Call, Call]]:
 
 
 async def test_every_call_the_controllers_make_is_sent_as_kubernetes_asyncio_sends_it(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
-    _, seen, _ = server
-    ours, ref = clients
+    ours, ref, seen = rig.ours, rig.ref, rig.seen
     cases = _cases(ours, ref)
     assert len({name for name, _, _ in cases}) == len(cases)
     for name, mine, theirs in cases:
@@ -368,13 +362,11 @@ async def test_every_call_the_controllers_make_is_sent_as_kubernetes_asyncio_sen
 
 
 async def test_names_are_quoted_whole_as_kubernetes_asyncio_quotes_them(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
     from kubernetes_asyncio.client import RbacAuthorizationV1Api
 
-    _, seen, _ = server
-    ours, ref = clients
+    ours, ref, seen = rig.ours, rig.ref, rig.seen
     rbac = RbacAuthorizationV1Api(ref)
     for name in ("a/b", "..", "x?y=1", "p%2Fq", "sp ace", "ü"):
         seen.clear()
@@ -387,14 +379,12 @@ async def test_names_are_quoted_whole_as_kubernetes_asyncio_quotes_them(
 
 
 async def test_an_error_answer_raises_with_the_status_and_body_the_reference_sees(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
     from kubernetes_asyncio.client import CoreV1Api
     from kubernetes_asyncio.client.exceptions import ApiException
 
-    _, _, answers = server
-    ours, ref = clients
+    ours, ref, answers = rig.ours, rig.ref, rig.answers
     status = {
         "kind": "Status",
         "status": "Failure",
@@ -416,13 +406,11 @@ async def test_an_error_answer_raises_with_the_status_and_body_the_reference_see
 
 
 async def test_a_stream_is_checked_before_it_is_read(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
     """kubernetes-asyncio handed a 403 or 500 to a ``_preload_content=False`` caller as
     if it were the list: a controller then read a Status as an empty list."""
-    _, _, answers = server
-    ours, _ = clients
+    ours, answers = rig.ours, rig.answers
     path = resource_path("", "v1", "nodes")
     answers[f"/clusters/c-1{path}"] = (410, '{"kind":"Status","code":410,"message":"too old"}')
     with pytest.raises(ApiError) as raised:
@@ -433,11 +421,9 @@ async def test_a_stream_is_checked_before_it_is_read(
 
 
 async def test_hostile_error_bodies_are_cut_and_described(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
-    _, _, answers = server
-    ours, _ = clients
+    ours, answers = rig.ours, rig.answers
     for body, message in (
         ("x" * (4 * MAX_ERROR_BODY), "x" * 100),
         ("[" * 100_000, "[" * 100),
@@ -454,11 +440,9 @@ async def test_hostile_error_bodies_are_cut_and_described(
 
 
 async def test_an_answer_that_is_not_an_object_is_an_error(
-    server: tuple[str, list[Seen], dict[str, Any]],
-    clients: tuple[KubeClient, Any],
+    rig: Rig,
 ) -> None:
-    _, _, answers = server
-    ours, _ = clients
+    ours, answers = rig.ours, rig.answers
     answers["/clusters/c-1/version"] = [1, 2]
     with pytest.raises(ValueError, match="not an object"):
         await ours.get("/version")
