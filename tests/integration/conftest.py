@@ -232,6 +232,24 @@ class World:
         result: dict[str, object] = self.admin.get(f"/v3/clusters/{self.cluster_id}")
         return result
 
+    def wait_settled(self, timeout: float = 15.0) -> None:
+        """Until the cluster's status holds what the agent's first reports and the first
+        access sync bring (version, nodes, ``Synced`` True): a test that compares the
+        store before and after something then sees none of those first writes."""
+
+        def settled() -> bool:
+            view: Any = self.cluster()
+            synced = [c for c in view["conditions"] if c["type"] == "Synced"]
+            return bool(
+                view["state"] == "active"
+                and view["version"]
+                and view["nodes"]
+                and synced
+                and synced[0]["status"] == "True"
+            )
+
+        wait_until(settled, timeout, f"the cluster's status never settled: {self.cluster()}")
+
     def wait_state(self, state: str, timeout: float = 15.0) -> None:
         wait_until(
             lambda: self.cluster()["state"] == state,

@@ -162,6 +162,7 @@ def ids(world: World) -> dict[str, str]:
 
 @pytest.fixture
 def unchanged(world: World) -> Iterator[None]:
+    world.wait_settled()  # a young world's first status writes are not the test's doing
     before = stored(world)
     yield
     after = stored(world)
