@@ -1,6 +1,6 @@
 """Controllers: the gateway's own work inside each downstream cluster.
 
-The gateway's API client per cluster (``downstream``: kubernetes-asyncio through an
+The gateway's API client per cluster (``kubeapi.KubeClient`` on ``downstream``'s
 internal Unix-socket listener that forwards through the cluster's tunnel as the agent's
 service account, the same forwarding path as kubectl's) and what runs on it: the ACE
 sync of users and token hashes into each cluster (``ace_sync``); role templates, cluster and

@@ -16,7 +16,7 @@ should hold:
   (Rancher's form; the project's own id).
 
 :func:`plan` compares that with what the cluster holds and :class:`AccessController`
-applies the difference through the tunnel (kubernetes-asyncio on the internal
+applies the difference through the tunnel (``kubeapi.KubeClient`` on the internal
 listener, as the agent's service account): missing objects are created, drifted ones
 replaced, and objects labelled as the sync's (:data:`SYNC_LABEL` beside
 ``OWNED_LABELS``) that should not exist are deleted. Only objects carrying herdgate's

@@ -5,7 +5,7 @@ decides from records stored in the cluster itself: ``ClusterAuthToken`` (one per
 token: its hash, user and expiry) and ``ClusterUserAttribute`` (one per user: groups,
 enabled). This controller computes the records that should exist from the gateway's
 directory (:func:`desired_records`, pure) and applies the difference through the
-tunnel with kubernetes-asyncio: on every relevant change (debounced), when a tunnel
+tunnel with ``kubeapi.KubeClient``: on every relevant change (debounced), when a tunnel
 comes up (so a partition heals), and periodically to remove drift.
 
 A token is synced to a cluster when it is unscoped or scoped to that cluster (alone or

@@ -6,9 +6,9 @@ without a tunnel to the cluster does not contend, and gives the lease up when it
 tunnel goes. While the lease is held, a ``ClusterController`` runs for the cluster:
 
 - it probes ``/readyz`` and ``/version`` every ``controller.probe_interval`` (10 s)
-  through the tunnel (kubernetes-asyncio on the internal socket, ``downstream``, as the
-  agent's service account), retrying failures with exponential backoff capped at the interval, so a
-  failure shows within the interval plus the probe's timeout;
+  through the tunnel (``kubeapi.KubeClient`` on the internal socket, ``downstream``, as
+  the agent's service account), retrying failures with exponential backoff capped at the
+  interval, so a failure shows within the interval plus the probe's timeout;
 - it lists and then watches nodes and namespaces, resuming each watch from its last
   resourceVersion after the stream ends or breaks, and listing again after
   ``410 Gone``; every request to the cluster takes a token from the cluster's bucket
