@@ -416,9 +416,18 @@ class _ForeignSession:
 
     def leave(self, wake: Callable[[], None]) -> None:
         self.members.discard(wake)
-        if not self.members and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if not self.members:
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """No one waits any more: drop this watch from ``_FOREIGN`` (other holders'
+        sessions come and go with their processes; their watches must not pile up)."""
+        by_key = _FOREIGN.get(self.store)
+        if by_key is not None and by_key.get((self.key, self.session_id)) is self:
+            del by_key[self.key, self.session_id]
 
     def _over(self, record: dict[str, Any] | None) -> bool:
         if record is None or record.get("session") != self.session_id:
@@ -440,6 +449,7 @@ class _ForeignSession:
                 continue
             if self._over(record):
                 members, self.members = self.members, set()
+                self._forget()
                 for wake in members:
                     wake()
                 return

@@ -468,6 +468,43 @@ async def test_keepers_waiting_on_another_holder_read_once_per_its_renewal_and_t
         assert all(keeper.holding for keeper in waiting)
         assert loop.time() < lapse + 1.5  # woken at the lapse by the watch
         assert all(keeper.lease.generation == 2 for keeper in waiting)
+        # The watch of the session that ended goes with it (none piles up per process
+        # restart of the other holder).
+        assert not lease_module._FOREIGN.get(waiting_store)
+    finally:
+        for task in [*tasks, *held_tasks]:
+            task.cancel()
+        await asyncio.gather(*tasks, *held_tasks, return_exceptions=True)
+
+
+async def test_a_watch_nobody_waits_on_any_more_is_forgotten(
+    stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keepers waiting on another holder's session stop (their cluster went, the process
+    stops): the watch of that session goes with the last of them."""
+    monkeypatch.setattr(lease_module, "WAITING_CHECK_TTLS", 100)
+    _, _, (held_tasks, _) = await _kept_for_real(stores[0], 3)
+    waiting_store = CountingStore(stores[1])
+    waiting = [
+        LeaseKeeper(
+            Lease(waiting_store, f"cluster/c-{i}", "r-2", ttl_s=SHORT_TTL, host="h"),
+            lambda: True,
+            lambda _: None,
+            watched=True,
+        )
+        for i in range(3)
+    ]
+    tasks = [asyncio.create_task(keeper.run()) for keeper in waiting]
+    try:
+        await asyncio.sleep(0.1)  # every waiting keeper made its first attempt
+        assert len(lease_module._FOREIGN.get(waiting_store) or {}) == 1
+        for task in tasks[:2]:
+            task.cancel()
+        await asyncio.gather(*tasks[:2], return_exceptions=True)
+        assert len(lease_module._FOREIGN.get(waiting_store) or {}) == 1  # one still waits
+        tasks[2].cancel()
+        await asyncio.gather(tasks[2], return_exceptions=True)
+        assert not lease_module._FOREIGN.get(waiting_store)
     finally:
         for task in [*tasks, *held_tasks]:
             task.cancel()
