@@ -571,6 +571,15 @@ class ReportedState:
         self._staging: State | None = None
         self._dropped: set[str] = set()
 
+    def heartbeat(self) -> Applied:
+        """Apply the agent's empty report (``HEARTBEAT``), known without parsing it: what
+        ``apply`` of it gives, without building the report. It changes nothing unless a
+        snapshot is being gathered (whose end it then marks, as ``last`` says) or a
+        table was cut off since the last snapshot without the state saying so."""
+        if self._staging is None and self._dropped <= self.state.truncated:
+            return Applied()
+        return self.apply(_HEARTBEAT_REPORT)
+
     def apply(self, report: Report) -> Applied:
         """Apply one chunk. A change set before the first snapshot is ignored."""
         if report.full:
@@ -657,3 +666,7 @@ def parse_want(value: Any) -> Wanted | None:
     interval_s = float(interval) if isinstance(interval, int | float) else 10.0
     heartbeat_s = float(heartbeat) if isinstance(heartbeat, int | float) else 60.0
     return Wanted(min(max(interval_s, 1.0), 3600.0), min(max(heartbeat_s, 5.0), 3600.0))
+
+
+_HEARTBEAT_REPORT = parse_report(json.loads(HEARTBEAT)[REPORT_KEY])
+"""``HEARTBEAT``'s report, parsed once (``ReportedState.heartbeat``)."""

@@ -29,6 +29,7 @@ from gateway.keys import SETTINGS
 from gateway.store.records import CLUSTER, REGISTRATION
 from tunnel.cluster_state import (
     CAPABILITY_KEY,
+    HEARTBEAT,
     REPORT_BURST,
     REPORT_KEY,
     REPORT_RATE,
@@ -187,6 +188,9 @@ class AgentLink:
                 _closing.add(task)
                 task.add_done_callback(_closing.discard)
             return
+        if raw == HEARTBEAT:  # most INFO frames at idle: known without parsing JSON
+            self._heartbeat(now)
+            return
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
@@ -233,6 +237,14 @@ class AgentLink:
             return
         self.last_report = now
         listener(self, reported.apply(report))  # heartbeats too: the agent is alive
+
+    def _heartbeat(self, now: float) -> None:
+        """``_report`` of the agent's empty report (``HEARTBEAT``), without parsing it."""
+        reported, listener = self.reported, self._on_report
+        if reported is None or listener is None:
+            return
+        self.last_report = now
+        listener(self, reported.heartbeat())
 
     def describe(self) -> dict[str, Any]:
         return {

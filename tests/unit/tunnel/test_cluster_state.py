@@ -129,6 +129,62 @@ def test_changes_before_the_first_snapshot_and_heartbeats_change_nothing() -> No
     assert not reported.apply(parse_report(json.loads(HEARTBEAT)[REPORT_KEY])).changed
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    snapshots=st.lists(states(), min_size=1, max_size=3),
+    steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 40)), max_size=12),
+    limits=st.sampled_from([(3, 2), (1000, 1000)]),
+)
+def test_a_heartbeat_known_without_parsing_is_what_applying_it_gives(
+    snapshots: list[State], steps: list[tuple[int, int]], limits: tuple[int, int]
+) -> None:
+    """``ReportedState.heartbeat`` (the gateway's path for the constant ``HEARTBEAT``
+    INFO) against ``apply`` of the parsed message, on twin states fed the same chunks:
+    whole or half snapshots (a heartbeat then ends the snapshot, as ``last`` says),
+    change sets, tables cut off at small limits."""
+    parsed, known = ReportedState(*limits), ReportedState(*limits)
+    heartbeat = parse_report(json.loads(HEARTBEAT)[REPORT_KEY])
+    current: State | None = None
+    for kind, pick in steps:
+        target = snapshots[pick % len(snapshots)]
+        if kind == 0:  # a heartbeat
+            a, b = parsed.apply(heartbeat), known.heartbeat()
+            assert (a.changed, a.namespaces) == (b.changed, b.namespaces)
+        else:  # a snapshot (whole, or only its first chunks) or a change set
+            chunks = encode_reports(None if kind == 1 else current, target, 4_000)
+            if kind == 1 and pick % 3 == 0:
+                chunks = chunks[: max(1, len(chunks) // 2)]
+            for chunk in chunks:
+                report = parse_report(json.loads(chunk)[REPORT_KEY])
+                a, b = parsed.apply(report), known.apply(report)
+                assert (a.changed, a.namespaces) == (b.changed, b.namespaces)
+            current = target
+        assert parsed.complete == known.complete
+        _same(parsed.state, known.state)
+        assert (parsed._staging is None) == (known._staging is None)
+        assert parsed._dropped == known._dropped
+
+
+def test_a_heartbeat_in_the_middle_of_a_snapshot_ends_it_on_either_path() -> None:
+    """The agent never sends one there; if it did, ``last`` ends the snapshot, and the
+    path that does not parse the heartbeat must do the same."""
+    nodes = {
+        f"node-{i}": node_summary({"metadata": {"name": f"node-{i}"}, "status": {}})
+        for i in range(500)
+    }
+    chunks = encode_reports(None, State(Readiness(True), None, nodes, {}, frozenset({NODES})))
+    assert len(chunks) > 2
+    parsed, known = ReportedState(), ReportedState()
+    _feed(parsed, chunks[:2])
+    _feed(known, chunks[:2])
+    a = parsed.apply(parse_report(json.loads(HEARTBEAT)[REPORT_KEY]))
+    b = known.heartbeat()
+    assert a.changed and b.changed and parsed.complete and known.complete
+    _same(parsed.state, known.state)
+    assert 0 < len(known.state.nodes) < 500
+    assert not known.heartbeat().changed  # and after it, nothing
+
+
 def test_project_changes_are_told_apart_from_other_changes() -> None:
     reported = ReportedState()
     before = State(Readiness(True), None, {}, {"a": "c:p-1", "b": ""}, frozenset({NAMESPACES}))
