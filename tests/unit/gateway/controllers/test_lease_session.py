@@ -427,6 +427,20 @@ async def test_loop_lag_is_how_long_a_callback_waits() -> None:
     assert await loop_lag() >= 0.05
 
 
+def _watched_keepers(store: Any, count: int) -> list[LeaseKeeper]:
+    """Keepers of another process (``r-2``) that want ``cluster/c-0`` ... ``c-<count-1>``
+    and are woken by their owner (``watched``)."""
+    return [
+        LeaseKeeper(
+            Lease(store, f"cluster/c-{i}", "r-2", ttl_s=SHORT_TTL, host="h"),
+            lambda: True,
+            lambda _: None,
+            watched=True,
+        )
+        for i in range(count)
+    ]
+
+
 async def test_keepers_waiting_on_another_holder_read_once_per_its_renewal_and_take_at_its_lapse(
     stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -442,15 +456,7 @@ async def test_keepers_waiting_on_another_holder_read_once_per_its_renewal_and_t
     holder_store = Hanging(stores[0])
     _, _, (held_tasks, _) = await _kept_for_real(holder_store, 20)
     waiting_store = CountingStore(stores[1])
-    waiting = [
-        LeaseKeeper(
-            Lease(waiting_store, f"cluster/c-{i}", "r-2", ttl_s=SHORT_TTL, host="h"),
-            lambda: True,
-            lambda _: None,
-            watched=True,
-        )
-        for i in range(20)
-    ]
+    waiting = _watched_keepers(waiting_store, 20)
     tasks = [asyncio.create_task(keeper.run()) for keeper in waiting]
     loop = asyncio.get_running_loop()
     try:
@@ -485,15 +491,7 @@ async def test_a_watch_nobody_waits_on_any_more_is_forgotten(
     monkeypatch.setattr(lease_module, "WAITING_CHECK_TTLS", 100)
     _, _, (held_tasks, _) = await _kept_for_real(stores[0], 3)
     waiting_store = CountingStore(stores[1])
-    waiting = [
-        LeaseKeeper(
-            Lease(waiting_store, f"cluster/c-{i}", "r-2", ttl_s=SHORT_TTL, host="h"),
-            lambda: True,
-            lambda _: None,
-            watched=True,
-        )
-        for i in range(3)
-    ]
+    waiting = _watched_keepers(waiting_store, 3)
     tasks = [asyncio.create_task(keeper.run()) for keeper in waiting]
     try:
         await asyncio.sleep(0.1)  # every waiting keeper made its first attempt
