@@ -167,9 +167,22 @@ class KubeClient:
             timeout=timeout,
         ) as response:
             if not 200 <= response.status <= 299:
-                text = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
+                text = (await _start_of(response)).decode("utf-8", "replace")
                 raise ApiError(response.status, response.reason or "", text)
             yield response
+
+
+async def _start_of(response: aiohttp.ClientResponse) -> bytes:
+    """The body up to ``MAX_ERROR_BODY`` bytes, however many chunks it comes in."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_ERROR_BODY:
+        chunk = await response.content.read(MAX_ERROR_BODY - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _doc(data: bytes) -> Doc:

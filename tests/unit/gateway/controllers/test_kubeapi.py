@@ -10,6 +10,7 @@ the same status and body, and a stream opened here is checked where kubernetes-a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -90,6 +91,13 @@ def _parsed_query(request: web.Request) -> dict[str, list[str]]:
 
 
 @dataclass
+class _Streamed:
+    """An answer its own handler writes (in chunks, slowly)."""
+
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
 class Rig:
     """This module's client and kubernetes-asyncio's on one session to a recording
     server: what it saw (``seen``) and what it answers by path (``answers``)."""
@@ -113,6 +121,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         raw_path = request.raw_path.partition("?")[0]
         seen.append((request.method, raw_path, _parsed_query(request), body))
         answer = answers.get(request.path)
+        if isinstance(answer, _Streamed):
+            return await answer.handler(request)
         if isinstance(answer, tuple):
             status, text = answer
             return web.Response(status=status, text=text, content_type="application/json")
@@ -437,6 +447,22 @@ async def test_hostile_error_bodies_are_cut_and_described(
         assert len(raised.value.body) <= MAX_ERROR_BODY
         assert raised.value.message().startswith(message[:20])
         assert len(str(raised.value)) <= 512
+
+
+async def test_an_error_body_in_several_chunks_is_read_whole(rig: Rig) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=403, reason="Forbidden")
+        await response.prepare(request)
+        for part in (b'{"kind":"Status",', b'"message":"nodes is forbidden",', b'"code":403}'):
+            await response.write(part)
+            await asyncio.sleep(0.02)
+        await response.write_eof()
+        return response
+
+    rig.answers["/clusters/c-1/api/v1/nodes"] = _Streamed(slow)
+    with pytest.raises(ApiError) as raised:
+        await rig.ours.get(resource_path("", "v1", "nodes"))
+    assert raised.value.message() == "nodes is forbidden"
 
 
 async def test_an_answer_that_is_not_an_object_is_an_error(
