@@ -531,6 +531,8 @@ class _ClusterState:
         self.resource_version = ""
         self.loop: asyncio.Task[None] | None = None
         self.watch: asyncio.Task[None] | None = None
+        self.watching = False
+        """Whether ``watch`` is in a list or watch request (not waiting to be nudged)."""
         self.reported: tuple[bool, str] | None = None
         """The ``Synced`` condition last reported (status, reason)."""
         self.ready: bool | None = None
@@ -690,6 +692,12 @@ class AccessController:
                 state.watch.cancel()
             state.watch = asyncio.create_task(self._watch_loop(cluster_id, state))
             return
+        if state.watching and state.watch is not None:
+            # Reports came back while the watch here ran (it started when they stopped):
+            # end it now rather than hold a request open until the server ends it.
+            state.watch.cancel()
+            state.watching = False
+            state.watch = asyncio.create_task(self._watch_loop(cluster_id, state))
         before, state.namespaces = state.namespaces, namespaces
         if before is None or _projects(before) != _projects(namespaces):
             state.wake.set()
@@ -905,6 +913,7 @@ class AccessController:
         """Follow the cluster's namespaces while this process is in charge of it."""
         failures = 0
         while cluster_id in self.directory.clusters:
+            state.watching = False
             if not self._in_charge(cluster_id) or self._reported(cluster_id):
                 # Woken when this process takes the cluster's lease (``_on_lead``) or an
                 # agent connects (``_on_tunnel_change``), restarted when the agent's
@@ -915,6 +924,7 @@ class AccessController:
                 state.nudge.clear()
                 await state.nudge.wait()
                 continue
+            state.watching = True
             try:
                 async with asyncio.timeout(WATCH_TIMEOUT_S + PASS_TIMEOUT_S):
                     await self._watch(cluster_id, state)
