@@ -500,3 +500,39 @@ def test_never_writes_a_role_it_may_not(before: set[str], after: set[str], bound
         if doc["kind"] == CLUSTER_ROLE:
             assert doc["metadata"]["name"] in deletable
     assert bool(todo.pending) == bool(after - before)
+
+
+async def test_a_namespace_watch_ends_when_the_agents_reports_come_back() -> None:
+    """Reports stop (a tunnel dropped): the watch here starts. They come back while it
+    is open: it ends at once instead of holding its request until the server ends it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from gateway.controllers import access_sync
+
+    controller = access_sync.AccessController.__new__(access_sync.AccessController)
+    controller.directory = SimpleNamespace(clusters={"c-1": object()})  # type: ignore[assignment]
+    state = access_sync._ClusterState()
+    controller._clusters = {"c-1": state}
+    reported = [False]
+    watches: list[asyncio.Future[None]] = []
+
+    async def watch(cluster_id: str, _state: Any) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watches.append(waiter)
+        await waiter  # an open watch: only a cancellation ends it
+
+    controller._in_charge = lambda cluster_id: True  # type: ignore[method-assign]
+    controller._reported = lambda cluster_id: reported[0]  # type: ignore[method-assign]
+    controller._watch = watch  # type: ignore[method-assign]
+    controller._on_namespaces("c-1", None)  # reports stopped
+    await asyncio.sleep(0.01)
+    assert len(watches) == 1 and state.watching
+    reported[0] = True
+    controller._on_namespaces("c-1", {"default": ""})  # and came back
+    await asyncio.sleep(0.01)
+    assert watches[0].cancelled()
+    assert len(watches) == 1 and not state.watching  # the new loop waits, no request
+    assert state.watch is not None and not state.watch.done()
+    state.watch.cancel()
+    await asyncio.gather(state.watch, return_exceptions=True)
