@@ -151,6 +151,9 @@ class H2Pool:
                 # waited for: awaiting a finished future does not yield, and this loop
                 # would then spin without ever letting the dialler run.)
                 dialing = self._dialing = asyncio.ensure_future(self._dial())
+                # Its failure is taken by whoever awaits it; if all of them were cancelled
+                # meanwhile (the agent stopping), it is retrieved here, not left unread.
+                dialing.add_done_callback(_retrieve)
                 try:
                     conn = await asyncio.shield(dialing)
                 finally:
@@ -936,3 +939,8 @@ def start(
     relay = _Relay(stream, pool, fallback, long_only)
     stream.set_sink(relay.sink)
     stream.on_end(relay.gateway_ended)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
