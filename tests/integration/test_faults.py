@@ -419,13 +419,14 @@ IN_FLIGHT = 3
 """Requests in flight through the tunnel at each fault."""
 FDS_SLACK = 1
 TASKS_SLACK = 2
-"""A request's relay on the agent (its task, the future it waits on, its connection to
-the API server) or a pooled connection on the gateway can still be closing when the
-levels are read. The warmed-up level is the least of three readings 0.3 s apart; the
-final one is read again until an idle pooled connection must have been closed (below),
-and only a reading that stays above the warmed-up level plus this fails. The final readings measured were at the level, or the agent's at
-+1 descriptor and +2 tasks: one relay (its task, its connection to the API server and the
-task waiting for the gateway's end of the stream) still open."""
+"""A request's relay on the agent (its task, the future it waits on, its connection to the
+API server) or a pooled connection on the gateway can still be closing when the levels
+are read. The warmed-up level is the least of three readings 0.3 s apart; the final one
+is read again until an idle pooled connection must have been closed (below), and only a
+reading that stays above the warmed-up level plus this fails. The final readings
+measured were at the level, or the agent's at +1 descriptor and +2 tasks: one relay (its
+task, its connection to the API server and the task waiting for the gateway's end of the
+stream) still open."""
 RSS_GROWTH_KIB = 2048
 """Per process, over the measured round (5 faults, 15 requests failed in flight).
 Measured (pure Python, 2 cores shared, 2026-12-06), one round after the warm-up round:
