@@ -9,8 +9,10 @@ stdout, read by the orchestrator:
 - ``{"t": <unix time>, "a": <agent index>, "e": "up"}``: the agent has a tunnel again
   (``Agent.connected`` was set);
 - ``{"t": ..., "a": ..., "e": "down"}``: it has none (``Agent.connected`` was cleared);
-- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: a dial failed; the jittered delay
-  before the next (from the agent's "retrying in" log line).
+- ``{"t": ..., "a": ..., "e": "retry", "delay": s}``: a dial failed; ``t`` is when that
+  dial began (``Agent.dial_started``: the log line comes later, after the rest of the
+  process's agents had their turn), ``delay`` the jittered wait before the next (from the
+  agent's "retrying in" log line).
 
 Stops on SIGTERM.
 """
@@ -68,16 +70,24 @@ class _Retries(logging.Handler):
     """A failed dial's log line (``tunnel.redial``: "...; retrying in 2 s", at WARNING the
     first time and DEBUG for repeats) -> a retry event with its delay."""
 
+    def __init__(self, agents: dict[int, Agent]) -> None:
+        super().__init__()
+        self.agents = agents
+
     def emit(self, record: logging.LogRecord) -> None:
         match = _RETRYING.search(record.getMessage())
         if match:
+            index = AGENT_INDEX.get()
+            agent = self.agents.get(index)
+            began = agent.dial_started if agent is not None else 0.0
             delay = float(match.group(1))
-            _say({"t": time.time(), "a": AGENT_INDEX.get(), "e": "retry", "delay": delay})
+            _say({"t": began or time.time(), "a": index, "e": "retry", "delay": delay})
 
 
 async def run(spec: dict[str, object]) -> None:
     raise_nofile()
-    handler = _Retries()
+    agents: dict[int, Agent] = {}
+    handler = _Retries(agents)
     agent_logger = logging.getLogger("tunnel.agent")
     agent_logger.addHandler(handler)
     agent_logger.setLevel(logging.DEBUG)  # repeated failures are logged at DEBUG
@@ -103,7 +113,7 @@ async def run(spec: dict[str, object]) -> None:
                if "reconnect_spread_s" in spec else {}),
         )  # fmt: skip
         AGENT_INDEX.set(index)
-        agent = Agent(settings, str(token))
+        agent = agents[index] = Agent(settings, str(token))
         agent.connected = _ReportingEvent(index)
         tasks.append(loop.create_task(agent.run(stop)))
         if ramp > 0 and index % 10 == 9:

@@ -46,6 +46,7 @@ import logging
 import random
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,9 @@ class Agent:
         """Failed dials in a row: the waits, the log lines, giving up (``tunnel.redial``)."""
         self._next_delay = 0.0
         """The wait before the next dial, set by the last failure."""
+        self.dial_started = 0.0
+        """When the last dial began (``time.time()``): its failure is logged only after the
+        connect's answer and whatever else the event loop had to do first."""
         self._gave_up: TokenRefused | None = None
         self._giving_up = asyncio.Event()
         self._after_drop = False
@@ -351,6 +355,7 @@ class Agent:
 
         ``target``: dial that replica at its own address (else the gateway's address).
         """
+        self.dial_started = time.time()
         if target is not None:
             return await self._dial_direct(ca_pem, upstream, target)
         url = self.settings.server.rstrip("/") + CONNECT_PATH
