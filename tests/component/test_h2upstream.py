@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -553,3 +554,41 @@ async def test_a_finished_dial_not_yet_cleared_is_not_waited_for_in_a_spin() -> 
     with pytest.raises(OSError):
         await asyncio.wait_for(pool.connection(), 10)
     assert pool._dialing is None
+
+
+@pytest.mark.timeout(20)
+async def test_a_dial_whose_callers_were_all_cancelled_has_its_failure_retrieved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent stops while a dial to an unreachable API server is under way: its only
+    caller is cancelled, then the dial fails. Nobody awaits it any more; its failure is
+    retrieved by the pool, not reported as "Task exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    started = asyncio.Event()
+
+    async def refused_later(*args: object, **kwargs: object) -> None:
+        started.set()
+        await asyncio.sleep(0.05)
+        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)")
+
+    monkeypatch.setattr(h2upstream.tls, "connect", refused_later)
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    pool = h2upstream.H2Pool(Upstream("127.0.0.1", 9, None, "127.0.0.1", ssl_h2=ctx))
+    caller = asyncio.create_task(pool.connection())
+    await started.wait()
+    dialing = pool._dialing
+    assert dialing is not None
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    await asyncio.wait([dialing])  # (which does not retrieve its failure)
+    assert dialing.done() and not dialing.cancelled()
+    del dialing, caller, pool
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert [c for c in reported if "never retrieved" in str(c.get("message"))] == []
