@@ -163,6 +163,10 @@ class ClusterController:
         """The agent whose reports show the cluster's state (None: this controller probes
         and watches through the tunnel itself)."""
         self._late = False
+        self._shown: AgentLink | None = None
+        """The reporter whose reported state the status shows in full: a report from it
+        that changed nothing (the heartbeat, most reports at idle) needs no look. Reset
+        whenever the reporter or the agents change."""
         self._last_write = -REPORT_WRITE_MIN_S
         self._stopped = False
         """``stop`` ran: the agents are still looked at (the last status), but no reporter
@@ -220,6 +224,7 @@ class ClusterController:
         links = self.owner.tunnels.links(self.cluster_id)
         views = agent_views(links, self.owner.replicas.id, self._since, self.owner.wall_offset())
         if self.health.agents_changed(views, self.owner.directory.clock()):
+            self._shown = None  # (no agents: Ready is Unknown until the next report)
             self.changed()
         if not self._stopped:
             self._choose_reporter(links)
@@ -238,6 +243,7 @@ class ClusterController:
             if self.reporter is not None:
                 self.reporter.stop_reports()
             self.reporter = best
+            self._shown = None
             if best is not None:
                 logger.debug("cluster %s: reports from %s", self.cluster_id, best)
                 best.want_reports(self._on_report, self.probe_interval_s, HEARTBEAT_S)
@@ -249,6 +255,8 @@ class ClusterController:
         reported = link.reported
         if link is not self.reporter or reported is None or not reported.complete:
             return
+        if not applied.changed and not self._late and self._shown is link:
+            return  # the status shows this state already: the agent is alive, that is all
         state = reported.state
         now = self.owner.directory.clock()
         changed = self._late
@@ -270,6 +278,7 @@ class ClusterController:
             changed = True
         if applied.namespaces and NAMESPACES in state.listed:
             self.owner.namespaces_reported(self.cluster_id, dict(state.namespaces))
+        self._shown = link
         if changed:
             self.changed()
 

@@ -4,6 +4,7 @@ written only on change, fenced by the lease generation, ``Synced`` set from anyw
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -18,11 +19,21 @@ from gateway.controllers.cluster_controller import (
     ClusterController,
     ClusterControllers,
 )
-from gateway.controllers.cluster_health import SYNCED
+from gateway.controllers.cluster_health import READY, SYNCED
 from gateway.controllers.lease import Lease
 from gateway.identity.directory import DIRECTORY, Directory
 from gateway.store.records import CLUSTER, CLUSTER_STATUS, Cluster
 from gateway.store.sqlite import SQLiteStore
+from tunnel.cluster_state import (
+    HEARTBEAT,
+    REPORT_KEY,
+    Applied,
+    Readiness,
+    ReportedState,
+    State,
+    encode_reports,
+    parse_report,
+)
 from tunnel.registry import TunnelRegistry
 
 
@@ -149,3 +160,61 @@ async def test_a_stale_holder_cannot_overwrite_its_successor(
     assert not await old.write()  # fenced by the generation
     stored = await first[2].get(CLUSTER_STATUS, "c-1")
     assert stored is not None and stored["holder"] == "r-2" and stored["generation"] == 2
+
+
+class _Reporter:
+    """What the controller reads of its reporting ``AgentLink``."""
+
+    def __init__(self) -> None:
+        self.reported = ReportedState()
+        self.last_report = 0.0
+
+    def send(self, old: State | None, new: State) -> Applied:
+        applied = Applied()
+        for raw in encode_reports(old, new) or [HEARTBEAT]:
+            applied = self.reported.apply(parse_report(json.loads(raw)[REPORT_KEY]))
+        return applied
+
+    def stop_reports(self) -> None:
+        pass
+
+
+async def test_a_report_that_changed_nothing_costs_no_look_yet_ends_a_silence(
+    two: tuple[Process, Process, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat (most reports at idle, from thousands of agents) changes nothing the
+    status shows: the controller looks no further. After a silence (Ready Unknown) it
+    is what brings Ready back, and a real change is shown as before."""
+    first, _, clock = two
+    controller = await _controller(first, clock)
+    link = _Reporter()
+    controller.reporter = cast(AgentLink, link)
+    down = State(ready=Readiness(False, "Unreachable", "connection refused"))
+    controller._on_report(cast(AgentLink, link), link.send(None, down))
+    ready = controller.health.conditions[READY]
+    assert (ready.status, ready.reason) == ("False", "Unreachable")
+
+    looks: list[str] = []
+    for name in ("probe_ok", "probe_failed", "version_seen"):
+        method = getattr(controller.health, name)
+        monkeypatch.setattr(
+            controller.health, name, lambda *a, _n=name, _m=method: (looks.append(_n), _m(*a))[1]
+        )
+    controller._dirty = False
+    controller._on_report(cast(AgentLink, link), link.send(down, down))  # a heartbeat
+    assert looks == [] and not controller._dirty
+
+    # Silent too long: Ready Unknown; the next heartbeat brings the reported state back.
+    controller.check_reporter(1e9)
+    assert controller.health.conditions[READY].status == "Unknown"
+    controller._on_report(cast(AgentLink, link), link.send(down, down))
+    ready = controller.health.conditions[READY]
+    assert (ready.status, ready.reason) == ("False", "Unreachable") and looks
+    looks.clear()
+    controller._on_report(cast(AgentLink, link), link.send(down, down))
+    assert looks == []
+
+    up = State(ready=Readiness(True))
+    controller._on_report(cast(AgentLink, link), link.send(down, up))
+    assert controller.health.conditions[READY].status == "True"
+    await controller.stop()
