@@ -99,9 +99,12 @@ SESSION_PREFIX = "session/"
 HELD_BY_SESSION = 2**53
 """The ``expires`` of a lease record held under a session: never, for a herdgate from
 before sessions, which judged a lease by that field alone."""
-HELD_CHECK_TTLS = 4
+HELD_CHECK_TTLS = 20
 """A keeper whose lease its session's timer keeps looks at it again after this many
-TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it)."""
+TTLs if nothing woke it (its session's end or lapse, ``want()`` changing, wake it): a
+safety net only, rare because a gateway holds a lease per connected cluster and each look
+is a task's wake-up and a timer expiring in a heap of thousands (docs/benchmarks.md,
+"Idle CPU at 10,000 tunnels")."""
 WAITING_CHECK_TTLS = 4
 """A watched keeper (``LeaseKeeper(watched=True)``) that waits for another holder's lease,
 or does not want it, looks again after this many TTLs (less a random quarter, so that
