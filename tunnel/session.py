@@ -120,6 +120,8 @@ class Session:
         self._last_ping = 0.0
         self._tick_s = min(TICK_S, ping_interval_s / 2, idle_timeout_s / 2)
         self._keepalive: _Keepalive | None = None
+        self._keepalive_slot = 0
+        """Where ``_keepalive`` files this session: the grid step of its next look."""
         self._going_away = False
         self._goaway: tuple[ErrorCode, str] | None = None
         self.debug = logger.isEnabledFor(logging.DEBUG)
@@ -498,20 +500,25 @@ class Session:
         background.add(task)
         task.add_done_callback(background.discard)
 
-    def _check_keepalive(self, now: float) -> None:
+    def _check_keepalive(self, now: float) -> float:
         """Called by the keepalive timer: a PING when the tunnel has been quiet for the
         ping interval (again every tick while unanswered), the end at the idle timeout.
-        Data arriving only moves ``_last_rx``."""
+        Data arriving only moves ``_last_rx``. Returns when a look is next needed (loop
+        time; later data only moves that further out)."""
         idle = now - self._last_rx
         if idle >= self._idle_timeout_s:
             logger.warning("tunnel %s: no data from peer for %.0f s, closing", self.name, idle)
             self._stop_keepalive()
             self._proto.close(ErrorCode.TIMEOUT, "keepalive timeout")
             self._spawn(self._abort(SessionClosed(ErrorCode.TIMEOUT, "keepalive timeout")))
-        elif idle >= self._ping_interval_s and now - self._last_ping >= self._tick_s:
+            return math.inf
+        if idle < self._ping_interval_s:
+            return self._last_rx + self._ping_interval_s
+        if now - self._last_ping >= self._tick_s:
             self._last_ping = now
             self._proto.ping(os.urandom(8))
             self._flush()
+        return min(self._last_ping + self._tick_s, self._last_rx + self._idle_timeout_s)
 
     def _stop_keepalive(self) -> None:
         keepalive, self._keepalive = self._keepalive, None
@@ -566,14 +573,19 @@ class _Keepalive:
     heap's upkeep and the handles were a measurable part of its idle CPU
     (docs/benchmarks.md, "One keepalive timer"). Here one timer fires every
     ``TIMER_GRID_S`` (or the shortest tick a session asks for) while any session is
-    registered, and asks each whether a PING or the idle timeout is due.
+    registered. The sessions are filed by the grid step at which each next needs a look
+    (a timing wheel: ``slots``), so a firing looks only at those due then, about once per
+    ping interval each, not at every tunnel every second; data arriving files nothing
+    (a session looked at early is filed again, further out).
     """
 
-    __slots__ = ("loop", "period", "sessions", "timer")
+    __slots__ = ("count", "loop", "period", "slots", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.sessions: set[Session] = set()
+        self.slots: dict[int, set[Session]] = {}
+        """Grid step (``floor(loop time / period)``) -> the sessions to look at then."""
+        self.count = 0
         self.period = TIMER_GRID_S
         self.timer: asyncio.TimerHandle | None = None
 
@@ -586,21 +598,46 @@ class _Keepalive:
             keepalive = _KEEPALIVES[loop] = _Keepalive(loop)
         return keepalive
 
+    def _step(self, when: float) -> int:
+        return math.floor(when / self.period)
+
+    def _file(self, session: Session, step: int) -> None:
+        session._keepalive_slot = step
+        slot = self.slots.get(step)
+        if slot is None:
+            slot = self.slots[step] = set()
+        slot.add(session)
+
     def add(self, session: Session, tick_s: float) -> None:
-        self.sessions.add(session)
-        if tick_s < self.period:
+        """Look at ``session`` from the next firing on."""
+        if tick_s < self.period:  # a shorter grid: everyone is looked at next time
+            everyone = [s for slot in self.slots.values() for s in slot]
+            self.slots = {}
             self.period = tick_s
+            following = self._step(self.loop.time()) + 1
+            for other in everyone:
+                self._file(other, following)
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
+        self._file(session, self._step(self.loop.time()) + 1)
+        self.count += 1
         if self.timer is None:
             self._schedule()
 
     def discard(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
+        """Once per ``add`` (``Session._stop_keepalive``); the session may be in no slot
+        (the one being looked at)."""
+        slot = self.slots.get(session._keepalive_slot)
+        if slot is not None:
+            slot.discard(session)
+            if not slot:
+                del self.slots[session._keepalive_slot]
+        self.count -= 1
+        if not self.count:
             if self.timer is not None:
                 self.timer.cancel()
+                self.timer = None
             if _KEEPALIVES.get(self.loop) is self:
                 del _KEEPALIVES[self.loop]
 
@@ -614,9 +651,17 @@ class _Keepalive:
     def _run(self) -> None:
         self.timer = None
         now = self.loop.time()
-        for session in list(self.sessions):
-            session._check_keepalive(now)
-        if self.sessions:
+        current = self._step(now)
+        for step in sorted(step for step in self.slots if step <= current):
+            due = self.slots.pop(step)
+            for session in due:
+                if session._keepalive is not self:
+                    continue  # (stopped meanwhile)
+                following = session._check_keepalive(now)
+                if session._keepalive is self:
+                    after = self._step(following) if following < math.inf else current
+                    self._file(session, max(after, current + 1))
+        if self.count and self.timer is None:
             self._schedule()
 
 

@@ -215,6 +215,38 @@ async def test_one_timer_keeps_every_tunnel_of_a_loop_alive(monkeypatch):
         assert session_module._KEEPALIVES == {}
 
 
+async def test_a_quiet_tunnel_is_looked_at_once_per_ping_interval_not_every_second():
+    """The keepalive timer files each session under the grid step of its next PING (a
+    timing wheel): a firing looks only at the sessions due then. Looking at every tunnel
+    every second cost a gateway with thousands of them a share of its idle CPU."""
+    import math
+
+    from tunnel.session import _KEEPALIVES
+
+    with virtual_time():
+        pairs = [await make_pair(ping_interval_s=20.0, idle_timeout_s=28.0) for _ in range(5)]
+        sessions = [s for pair in pairs for s in pair]
+        keepalive = _KEEPALIVES[asyncio.get_running_loop()]
+        await asyncio.sleep(1.6)  # the first look: each filed at the step of its PING
+        for session in sessions:
+            due = math.floor((session._last_rx + 20.0) / keepalive.period)
+            assert session._keepalive_slot == due
+            assert session in keepalive.slots[due]
+        assert keepalive.count == 10 == sum(map(len, keepalive.slots.values()))
+        assert len(keepalive.slots) <= 2  # (all started within a step or so)
+        # A minute of quiet: PINGs go and are answered, nobody is closed, and each
+        # session is filed again, about a ping interval on.
+        await asyncio.sleep(60.0)
+        assert not any(session.is_closed for session in sessions)
+        now = asyncio.get_running_loop().time()
+        for session in sessions:
+            assert now < session._keepalive_slot * keepalive.period <= now + 20.0 + 1.0
+        for client, _ in pairs:
+            await client.close()
+        await asyncio.sleep(0.5)
+        assert keepalive.count == 0 and keepalive.slots == {} and _KEEPALIVES == {}
+
+
 async def test_a_sink_gets_bytes_at_once_and_holds_credit_while_backed_up():
     received = []
     backed_up = [True]
