@@ -28,7 +28,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from config.compat.ssl_internals import direct, enable_read_ahead
+from config.compat.ssl_internals import direct, enable_read_ahead, pending_check
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 READ_BYTES = 256 * 1024
 """Most plaintext bytes taken from the socket in one readiness callback."""
+FULL_RECORD = 16 * 1024
+"""The most plaintext a TLS record carries: a read that returned less was not part of a
+stream of full records (``_fill``)."""
 _KEEP_WHOLE_BYTES = 64 * 1024
 """A queued ``bytes`` this big is kept as it is (immutable: no copy) rather than merged."""
 _MERGE_BYTES = 256 * 1024
@@ -80,6 +83,11 @@ class TLSTransport(asyncio.Transport):
         # own methods if that is not there (config.compat.ssl_internals). Ragged EOFs,
         # which SSLSocket.recv_into turns into 0, are handled in _fill.
         self._ssl: Any = direct(sock)
+        self._has_pending: Callable[[], int] | None = (
+            None if self._ssl is sock else pending_check(sock, self._ssl)
+        )
+        """Whether OpenSSL holds anything not yet read (None: not known; read until it
+        wants more). ``_ssl`` keeps alive what it points into."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._pending: collections.deque[bytes | bytearray] | None = None
@@ -296,16 +304,25 @@ class TLSTransport(asyncio.Transport):
         self._fatal(exc)
 
     def _fill(self, buf: memoryview) -> tuple[int, bool, BaseException | None]:
-        """Read records into ``buf`` until it is full or the socket has no more."""
+        """Read records into ``buf`` until it is full or the socket has no more.
+
+        A short record after which OpenSSL holds nothing ends the read: whatever else has
+        arrived is still in the socket, which says so (its reader is level-triggered).
+        Asking OpenSSL again would cost a ``recv`` that fails and an ``SSLWantReadError``
+        built and caught, for every small message (a PING, a request). Full records go on
+        until OpenSSL wants more, as a stream's do."""
         filled = 0
         size = len(buf)
         read = self._ssl.read
+        has_pending = self._has_pending
         try:
             while filled < size:
                 n = read(size - filled, buf[filled:])
                 if n == 0:
                     return filled, True, None
                 filled += n
+                if n < FULL_RECORD and has_pending is not None and not has_pending():
+                    return filled, False, None
         except ssl.SSLWantReadError:
             pass
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError):

@@ -22,24 +22,38 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
    slower). The pointer is read only on CPython versions whose ``PySSLContext`` layout
    was checked (:data:`LAYOUT_CHECKED`); even when the probe passed, each context's
    pointer is checked against that context's options and verify mode before it is used.
+4. ``openssl-has-pending``: the ``SSL *`` of an ``ssl.SSLSocket``'s C object is the second
+   field after the object header (CPython's ``PySSLSocket``: the socket's weak reference,
+   then ``ssl``), and ``SSL_has_pending``, ``SSL_get_SSL_CTX`` and ``SSL_get_fd`` are
+   found in libssl. :func:`pending_check` gives :class:`tunnel.tls.TLSTransport` a call
+   that says whether OpenSSL holds anything not yet read (a record read ahead, processed
+   or not), so a read that took a short record and left nothing inside OpenSSL ends there
+   instead of asking again, which costs a ``recv`` that fails and an ``SSLWantReadError``
+   built and caught (docs/design.md section 3, "TLS"). Each socket's pointer is checked
+   before it is used: OpenSSL must name the socket's descriptor and its context's
+   ``SSL_CTX`` for it. Fallback: read until OpenSSL asks for more (correct, slower).
 
 Tested: CPython 3.11.7 with OpenSSL 3.0.19 (Debian 12). The probes: (1) and (2) wrap a
 socket pair's end and a pair of memory BIOs in a client context and call ``read``,
 ``write`` and ``pending`` on the C object before any handshake (each must ask to read,
 ``SSLWantReadError``, and ``pending`` be 0); (3) reads a fresh context's options and
 verify mode through the pointer, changes both from Python and reads them again (they
-must follow), then sets read-ahead and reads it back.
+must follow), then sets read-ahead and reads it back; (4) wraps a socket pair's end,
+finds its ``SSL *`` (OpenSSL must give back the socket's descriptor and the context's
+``SSL_CTX`` for it) and asks ``SSL_has_pending``, which must say nothing is held.
 """
 
 from __future__ import annotations
 
 import _ssl
 import ctypes
+import functools
 import logging
 import socket
 import ssl
 import sys
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
@@ -178,14 +192,21 @@ def _libssl() -> ctypes.CDLL:
         lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
         lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
         lib.SSL_CTX_ctrl.restype = ctypes.c_long
+        lib.SSL_get_SSL_CTX.argtypes = [ctypes.c_void_p]
+        lib.SSL_get_SSL_CTX.restype = ctypes.c_void_p
+        lib.SSL_get_fd.argtypes = [ctypes.c_void_p]
+        lib.SSL_get_fd.restype = ctypes.c_int
+        lib.SSL_has_pending.argtypes = [ctypes.c_void_p]
+        lib.SSL_has_pending.restype = ctypes.c_int
         _lib.append(lib)
     return _lib[0]
 
 
 LAYOUT_CHECKED = ((3, 11), (3, 12), (3, 13))
-"""CPython versions whose ``PySSLContext`` has the ``SSL_CTX *`` first (read in
-Modules/_ssl.c; run on 3.11). On others the pointer is not even read: following a wrong
-one could crash the process, which no probe could catch."""
+"""CPython versions whose ``PySSLContext`` has the ``SSL_CTX *`` first and whose
+``PySSLSocket`` has the socket's weak reference then the ``SSL *`` (read in
+Modules/_ssl.c; run on 3.11). On others no pointer is even read: following a wrong one
+could crash the process, which no probe could catch."""
 
 
 def _ssl_ctx(context: ssl.SSLContext) -> int | None:
@@ -263,3 +284,79 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
     if on:
         _read_ahead_on.add(context)
     return on
+
+
+# 4. SSL_has_pending through ctypes
+
+
+def _ssl_of(sock: ssl.SSLSocket, inner: Any) -> int | None:
+    """The ``SSL *`` of ``inner`` (``sock``'s C object) if OpenSSL names ``sock``'s
+    descriptor and its context's ``SSL_CTX`` for it, else None."""
+    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+        return None
+    if inner is None or type(inner) is not getattr(_ssl, "_SSLSocket", None):
+        return None
+    context = _ssl_ctx(sock.context)
+    if context is None:
+        return None
+    lib = _libssl()
+    size = ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(inner) + object.__basicsize__ + size).value
+    if (
+        not pointer
+        or pointer % size
+        or lib.SSL_get_SSL_CTX(pointer) != context
+        or lib.SSL_get_fd(pointer) != sock.fileno()
+    ):
+        return None
+    return pointer
+
+
+def _probe_has_pending() -> None:
+    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+        raise Broken(
+            f"the layout of {sys.implementation.name} {sys.version.split()[0]} is unchecked"
+        )
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        sock = _bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        try:
+            pointer = _ssl_of(sock, getattr(sock, "_sslobj", None))
+            if pointer is None:
+                raise Broken("the second pointer after the object header is not the SSL *")
+            if _libssl().SSL_has_pending(pointer) != 0:
+                raise Broken("SSL_has_pending says a fresh connection holds data")
+        finally:
+            sock.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+HAS_PENDING = Assumption(
+    "openssl-has-pending",
+    "the SSL pointer inside ssl.SSLSocket's C object (CPython) and SSL_has_pending "
+    "(libssl, ctypes)",
+    "TLS reads ask OpenSSL again after each record until it wants more (a failed recv each)",
+    _probe_has_pending,
+    programs=(GATEWAY, AGENT),
+)
+
+
+def pending_check(sock: ssl.SSLSocket, inner: Any) -> Callable[[], int] | None:
+    """For a connection read through ``inner`` (``sock``'s C object, which must be kept
+    alive as long as the call is used): a call answering non-zero while OpenSSL holds
+    anything of it not yet read (``SSL_has_pending``: a record read ahead, processed or
+    not). None when the assumption does not hold or this socket's pointer does not check
+    out (then read until OpenSSL wants more)."""
+    if not HAS_PENDING.holds():
+        return None
+    try:
+        pointer = _ssl_of(sock, inner)
+    except (OSError, AttributeError, ValueError) as exc:
+        logger.warning("cannot reach OpenSSL's SSL: %s", exc)
+        return None
+    if pointer is None:
+        return None
+    return functools.partial(_libssl().SSL_has_pending, pointer)

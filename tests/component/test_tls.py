@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from config.compat import ssl_internals
 from config.tls import client_context
@@ -430,3 +432,153 @@ def test_an_idle_connection_holds_no_write_queue(run, pki: TestPKI) -> None:
         await pair.stop()
 
     run(body())
+
+
+# -- a read ends where OpenSSL holds nothing more ----------------------------------------
+
+
+def _read_calls() -> int:
+    """This process's read-family system calls so far (OpenSSL reads a socket with
+    ``read``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscr:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscr in /proc/self/io")
+
+
+def test_the_readers_socket_is_level_triggered(run) -> None:
+    """What ``TLSTransport._fill`` relies on when it stops with bytes still in the socket:
+    the loop calls the reader again without new data arriving."""
+
+    async def body() -> None:
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        got: list[bytes] = []
+        done = loop.create_future()
+
+        def one_byte() -> None:
+            got.append(ours.recv(1))
+            if len(got) == 5:
+                loop.remove_reader(ours.fileno())
+                done.set_result(None)
+
+        loop.add_reader(ours.fileno(), one_byte)
+        theirs.send(b"abcdefgh")  # one write, nothing after it
+        await asyncio.wait_for(done, 5)
+        assert b"".join(got) == b"abcde"
+        ours.close()
+        theirs.close()
+
+    run(body())
+
+
+def test_a_short_record_with_nothing_held_ends_the_read(run, pki: TestPKI) -> None:
+    """A small message (a PING, a request) costs one ``read`` of the socket, not a second
+    that fails: OpenSSL says it holds nothing more (``SSL_has_pending``)."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        client, _, server = await pair.dial()
+        assert server.transport is not None and server.transport._has_pending is not None
+        await asyncio.sleep(0.05)
+        messages = 200
+        before = _read_calls()
+        for i in range(messages):
+            client.write(b"ping %04d" % i)
+            await server.wait_for(9 * (i + 1))
+        reads = _read_calls() - before
+        assert bytes(server.data) == b"".join(b"ping %04d" % i for i in range(messages))
+        # One per message (two, with a failing one after each, before the change).
+        assert messages <= reads < messages * 1.25, reads
+        client.close()
+        await pair.stop()
+
+    run(body())
+
+
+class RawTLSClient:
+    """A TLS client on a plain socket (``ssl.SSLObject`` over memory BIOs): what it sends
+    is cut into TCP segments exactly where the test says."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+
+    @classmethod
+    async def connect(cls, port: int, context: ssl.SSLContext) -> RawTLSClient:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock, context)
+        while True:
+            try:
+                client.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await loop.sock_sendall(sock, client.outgoing.read())
+                data = await loop.sock_recv(sock, 65536)
+                assert data, "the server closed during the handshake"
+                client.incoming.write(data)
+        await loop.sock_sendall(sock, client.outgoing.read())
+        return client
+
+    def records(self, messages: list[bytes]) -> bytes:
+        """The TLS records carrying ``messages`` (one write each), not yet sent."""
+        for message in messages:
+            self.obj.write(message)
+        return self.outgoing.read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(
+        st.one_of(
+            st.integers(1, 64),
+            st.integers(65, 20_000),
+            st.sampled_from([16_383, 16_384, 16_385, 32_768]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    cuts=st.lists(st.floats(0.0, 1.0), max_size=8),
+    pauses=st.lists(st.booleans(), max_size=9),
+    loop_name=st.sampled_from(sorted(LOOPS)),
+)
+def test_records_cut_anywhere_all_arrive_without_a_stall(
+    pki: TestPKI, sizes: list[int], cuts: list[float], pauses: list[bool], loop_name: str
+) -> None:
+    """Records of any size, sent whole, several to a segment, or cut inside a header or a
+    body across segments (with a pause between segments or not): everything arrives, in
+    order, and nothing waits inside OpenSSL for data that will not come (a read that
+    ended where OpenSSL still held a record would stall here until the timeout)."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        port = await pair.start()
+        client = await RawTLSClient.connect(port, pair.client_context())
+        server = await asyncio.wait_for(pair.accepted.get(), 10)
+        messages = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+        wire = client.records(messages)
+        points = sorted({int(c * len(wire)) for c in cuts} - {0, len(wire)})
+        pieces = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
+        loop = asyncio.get_running_loop()
+        for index, piece in enumerate(pieces):
+            await loop.sock_sendall(client.sock, piece)
+            if index < len(pauses) and pauses[index]:
+                await asyncio.sleep(0.005)  # a segment of its own, read on its own
+        expected = b"".join(messages)
+        await server.wait_for(len(expected), timeout_s=10)
+        assert bytes(server.data) == expected
+        client.close()
+        await pair.stop()
+
+    LOOPS[loop_name](body())

@@ -40,7 +40,12 @@ def internals_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     hide_sslobj(monkeypatch, ssl.SSLSocket)
     hide_sslobj(monkeypatch, ssl.SSLObject)
     monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
-    checks = (ssl_internals.SOCKET_DIRECT, ssl_internals.OBJECT_DIRECT, ssl_internals.READ_AHEAD)
+    checks = (
+        ssl_internals.SOCKET_DIRECT,
+        ssl_internals.OBJECT_DIRECT,
+        ssl_internals.READ_AHEAD,
+        ssl_internals.HAS_PENDING,
+    )
     for check in checks:
         check.reset()
         assert not check.holds()
@@ -57,6 +62,7 @@ def test_the_transport_runs_on_the_public_methods(run, pki: TestPKI) -> None:
         assert not ssl_internals.enable_read_ahead(pair.client_context())
         sock = client.get_extra_info("socket")
         assert client._ssl is sock  # not the C object under it
+        assert client._has_pending is None  # reads go on until OpenSSL wants more
         client.close()
         await asyncio.wait_for(server.lost, 10)
         await pair.stop()
@@ -78,3 +84,7 @@ def test_paused_reading_and_tiny_buffers(run, pki: TestPKI) -> None:
 
 def test_closing_inside_the_read_that_saw_the_peers_close(run, pki: TestPKI) -> None:
     scenarios.test_closing_inside_the_read_that_saw_the_peers_close(run, pki)
+
+
+def test_records_cut_anywhere_all_arrive(pki: TestPKI) -> None:
+    scenarios.test_records_cut_anywhere_all_arrive_without_a_stall(pki=pki)

@@ -64,8 +64,14 @@ if sys.orig_argv[1:3] == ["-m", "herdgate"]:
     web.Server.connection_lost = connection_lost
 '''
 
-GATEWAY_CHECKS = ("ssl-socket-direct", "ssl-object-direct", "openssl-read-ahead", "websocket-mask")
-AGENT_CHECKS = ("ssl-socket-direct", "ssl-object-direct", "openssl-read-ahead", "websocket-mask")
+GATEWAY_CHECKS = (
+    "ssl-socket-direct",
+    "ssl-object-direct",
+    "openssl-read-ahead",
+    "openssl-has-pending",
+    "websocket-mask",
+)
+AGENT_CHECKS = GATEWAY_CHECKS
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,7 @@ def test_every_check_holds_on_the_installed_versions(caplog: pytest.LogCaptureFi
         "ssl-socket-direct",
         "ssl-object-direct",
         "openssl-read-ahead",
+        "openssl-has-pending",
         "websocket-mask",
         "ldap3-availability",
     } <= names
@@ -128,6 +129,7 @@ def test_every_check_holds_on_the_installed_versions(caplog: pytest.LogCaptureFi
         "ssl-socket-direct",
         "ssl-object-direct",
         "openssl-read-ahead",
+        "openssl-has-pending",
         "websocket-mask",
     }
 
@@ -250,6 +252,62 @@ def test_a_context_whose_pointer_does_not_match_is_left_alone(
     # The pointer read is checked against the context's own options and verify mode.
     monkeypatch.setattr(ssl_internals, "_VERIFY_MODES", {})
     assert ssl_internals._ssl_ctx(context) is None
+
+
+def test_a_sockets_ssl_pointer_is_checked_against_its_descriptor_and_context() -> None:
+    ours, theirs = socket.socketpair()
+    other_ours, other_theirs = socket.socketpair()
+    with theirs, other_ours, other_theirs:
+        sock = ssl_internals._bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        with sock:
+            inner = sock._sslobj  # type: ignore[attr-defined]
+            pointer = ssl_internals._ssl_of(sock, inner)
+            assert pointer is not None
+            check = ssl_internals.pending_check(sock, inner)
+            assert check is not None and check() == 0  # nothing read: nothing held
+
+            # OpenSSL must name this socket's descriptor and context for the pointer.
+            class Elsewhere:
+                context = sock.context
+
+                def fileno(self) -> int:
+                    return other_ours.fileno()
+
+            assert ssl_internals._ssl_of(Elsewhere(), inner) is None  # type: ignore[arg-type]
+            other_context = ssl_internals._bare_client_context()
+
+            class OtherContext:
+                context = other_context
+
+                def fileno(self) -> int:
+                    return sock.fileno()
+
+            assert ssl_internals._ssl_of(OtherContext(), inner) is None  # type: ignore[arg-type]
+            assert ssl_internals._ssl_of(sock, sock) is None  # not the C object
+
+
+@pytest.mark.parametrize("how", ["untested CPython", "libssl not found"])
+def test_without_the_ssl_pointer_reads_go_on_until_openssl_wants_more(
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    recheck: Callable[[Assumption], bool],
+    tmp_path: Path,
+) -> None:
+    if how == "untested CPython":
+        monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
+    else:
+        monkeypatch.setattr(ssl_internals, "_lib", [])
+        monkeypatch.setattr(_ssl, "__file__", str(tmp_path / "no-such-_ssl.so"))
+    assert not recheck(ssl_internals.HAS_PENDING)
+    ours, theirs = socket.socketpair()
+    with theirs:
+        sock = ssl_internals._bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        with sock:
+            assert ssl_internals.pending_check(sock, sock._sslobj) is None  # type: ignore[attr-defined]
+    messages = warnings_of(caplog)
+    assert len(messages) == 1 and "openssl-has-pending" in messages[0], messages
+    # (tests/component/test_tls_fallback.py runs TLS connections this way)
 
 
 # aiohttp
