@@ -46,6 +46,7 @@ finds its ``SSL *`` (OpenSSL must give back the socket's descriptor and the cont
 from __future__ import annotations
 
 import _ssl
+import contextlib
 import ctypes
 import functools
 import logging
@@ -53,7 +54,7 @@ import socket
 import ssl
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from config.compat.assumption import AGENT, GATEWAY, Assumption, Broken
@@ -96,18 +97,25 @@ def _check_c_object(inner: Any) -> None:
 # 1. SSLSocket._sslobj
 
 
-def _probe_socket() -> None:
+@contextlib.contextmanager
+def _fresh_tls_socket() -> Iterator[ssl.SSLSocket]:
+    """A client TLS socket on one end of a socket pair, before any handshake."""
     ours, theirs = socket.socketpair()
     try:
         ours.setblocking(False)
         sock = _bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
         try:
-            _check_c_object(getattr(sock, "_sslobj", None))
+            yield sock
         finally:
             sock.close()
     finally:
         ours.close()
         theirs.close()
+
+
+def _probe_socket() -> None:
+    with _fresh_tls_socket() as sock:
+        _check_c_object(getattr(sock, "_sslobj", None))
 
 
 SOCKET_DIRECT = Assumption(
@@ -209,10 +217,21 @@ Modules/_ssl.c; run on 3.11). On others no pointer is even read: following a wro
 could crash the process, which no probe could catch."""
 
 
+def _layout_checked() -> bool:
+    return sys.implementation.name == "cpython" and sys.version_info[:2] in LAYOUT_CHECKED
+
+
+def _require_checked_layout() -> None:
+    if not _layout_checked():
+        raise Broken(
+            f"the layout of {sys.implementation.name} {sys.version.split()[0]} is unchecked"
+        )
+
+
 def _ssl_ctx(context: ssl.SSLContext) -> int | None:
     """``context``'s ``SSL_CTX *`` if what it points at has the context's options and
     verify mode, else None."""
-    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+    if not _layout_checked():
         return None
     lib = _libssl()
     pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
@@ -227,10 +246,7 @@ def _ssl_ctx(context: ssl.SSLContext) -> int | None:
 
 
 def _probe_read_ahead() -> None:
-    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
-        raise Broken(
-            f"the layout of {sys.implementation.name} {sys.version.split()[0]} is unchecked"
-        )
+    _require_checked_layout()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verify mode CERT_REQUIRED
     if _ssl_ctx(context) is None:
         raise Broken("the pointer after the object header is not the context's SSL_CTX")
@@ -292,7 +308,7 @@ def enable_read_ahead(context: ssl.SSLContext) -> bool:
 def _ssl_of(sock: ssl.SSLSocket, inner: Any) -> int | None:
     """The ``SSL *`` of ``inner`` (``sock``'s C object) if OpenSSL names ``sock``'s
     descriptor and its context's ``SSL_CTX`` for it, else None."""
-    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
+    if not _layout_checked():
         return None
     if inner is None or type(inner) is not getattr(_ssl, "_SSLSocket", None):
         return None
@@ -313,25 +329,13 @@ def _ssl_of(sock: ssl.SSLSocket, inner: Any) -> int | None:
 
 
 def _probe_has_pending() -> None:
-    if sys.implementation.name != "cpython" or sys.version_info[:2] not in LAYOUT_CHECKED:
-        raise Broken(
-            f"the layout of {sys.implementation.name} {sys.version.split()[0]} is unchecked"
-        )
-    ours, theirs = socket.socketpair()
-    try:
-        ours.setblocking(False)
-        sock = _bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
-        try:
-            pointer = _ssl_of(sock, getattr(sock, "_sslobj", None))
-            if pointer is None:
-                raise Broken("the second pointer after the object header is not the SSL *")
-            if _libssl().SSL_has_pending(pointer) != 0:
-                raise Broken("SSL_has_pending says a fresh connection holds data")
-        finally:
-            sock.close()
-    finally:
-        ours.close()
-        theirs.close()
+    _require_checked_layout()
+    with _fresh_tls_socket() as sock:
+        pointer = _ssl_of(sock, getattr(sock, "_sslobj", None))
+        if pointer is None:
+            raise Broken("the second pointer after the object header is not the SSL *")
+        if _libssl().SSL_has_pending(pointer) != 0:
+            raise Broken("SSL_has_pending says a fresh connection holds data")
 
 
 HAS_PENDING = Assumption(

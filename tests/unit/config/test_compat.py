@@ -221,6 +221,15 @@ def test_without_sslobject_sslobj_contexts_keep_the_standard_object(
     assert len(warnings_of(caplog)) == 1  # two contexts, still one line
 
 
+def _break_libssl_access(how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No pointer into CPython's ssl objects: an unchecked CPython, or no libssl found."""
+    if how == "untested CPython":
+        monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
+    else:
+        monkeypatch.setattr(ssl_internals, "_lib", [])
+        monkeypatch.setattr(_ssl, "__file__", str(tmp_path / "no-such-_ssl.so"))
+
+
 @pytest.mark.parametrize("how", ["untested CPython", "libssl not found"])
 def test_without_the_ssl_ctx_pointer_there_is_no_read_ahead(
     how: str,
@@ -229,11 +238,7 @@ def test_without_the_ssl_ctx_pointer_there_is_no_read_ahead(
     recheck: Callable[[Assumption], bool],
     tmp_path: Path,
 ) -> None:
-    if how == "untested CPython":
-        monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
-    else:
-        monkeypatch.setattr(ssl_internals, "_lib", [])
-        monkeypatch.setattr(_ssl, "__file__", str(tmp_path / "no-such-_ssl.so"))
+    _break_libssl_access(how, monkeypatch, tmp_path)
     assert not recheck(ssl_internals.READ_AHEAD)
     pki = TestPKI.create(tmp_path)
     assert not ssl_internals.enable_read_ahead(pki.server_context())
@@ -294,11 +299,7 @@ def test_without_the_ssl_pointer_reads_go_on_until_openssl_wants_more(
     recheck: Callable[[Assumption], bool],
     tmp_path: Path,
 ) -> None:
-    if how == "untested CPython":
-        monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
-    else:
-        monkeypatch.setattr(ssl_internals, "_lib", [])
-        monkeypatch.setattr(_ssl, "__file__", str(tmp_path / "no-such-_ssl.so"))
+    _break_libssl_access(how, monkeypatch, tmp_path)
     assert not recheck(ssl_internals.HAS_PENDING)
     ours, theirs = socket.socketpair()
     with theirs:
