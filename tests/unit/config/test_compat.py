@@ -221,24 +221,22 @@ def test_without_sslobject_sslobj_contexts_keep_the_standard_object(
     assert len(warnings_of(caplog)) == 1  # two contexts, still one line
 
 
-def _break_libssl_access(how: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture(params=["untested CPython", "libssl not found"])
+def no_libssl_access(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """No pointer into CPython's ssl objects: an unchecked CPython, or no libssl found."""
-    if how == "untested CPython":
+    if request.param == "untested CPython":
         monkeypatch.setattr(ssl_internals, "LAYOUT_CHECKED", ())
     else:
         monkeypatch.setattr(ssl_internals, "_lib", [])
         monkeypatch.setattr(_ssl, "__file__", str(tmp_path / "no-such-_ssl.so"))
 
 
-@pytest.mark.parametrize("how", ["untested CPython", "libssl not found"])
+@pytest.mark.usefixtures("no_libssl_access")
 def test_without_the_ssl_ctx_pointer_there_is_no_read_ahead(
-    how: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    recheck: Callable[[Assumption], bool],
-    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, recheck: Callable[[Assumption], bool], tmp_path: Path
 ) -> None:
-    _break_libssl_access(how, monkeypatch, tmp_path)
     assert not recheck(ssl_internals.READ_AHEAD)
     pki = TestPKI.create(tmp_path)
     assert not ssl_internals.enable_read_ahead(pki.server_context())
@@ -291,15 +289,10 @@ def test_a_sockets_ssl_pointer_is_checked_against_its_descriptor_and_context() -
             assert ssl_internals._ssl_of(sock, sock) is None  # not the C object
 
 
-@pytest.mark.parametrize("how", ["untested CPython", "libssl not found"])
+@pytest.mark.usefixtures("no_libssl_access")
 def test_without_the_ssl_pointer_reads_go_on_until_openssl_wants_more(
-    how: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    recheck: Callable[[Assumption], bool],
-    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, recheck: Callable[[Assumption], bool]
 ) -> None:
-    _break_libssl_access(how, monkeypatch, tmp_path)
     assert not recheck(ssl_internals.HAS_PENDING)
     ours, theirs = socket.socketpair()
     with theirs:
