@@ -164,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             log("exec sessions: direct and through herdgate")
             ex = suite.exec_paths(
                 tmp, certs, 2 if args.quick else 3, 30 if args.quick else 100,
-                500 if args.quick else 2000, 20.0 if args.quick else 100.0, log,
+                500 if args.quick else 2000, 50.0 if args.quick else 200.0, log,
             )  # fmt: skip
             raw["exec"] = suite.to_json(ex)
-            sections += ["### Exec sessions", "", *report.exec_lines(ex), ""]
+            lines, found = report.exec_lines(ex)
+            checks += found
+            sections += ["### Exec sessions", "", *lines, ""]
         if "transfers" in args.phases:
             log(f"kubectl cp and port-forward, {args.transfer_mb:g} MB: direct and herdgate")
             tr = transfers.run(

@@ -3,7 +3,9 @@
 ``GET /api/v1/namespaces/<ns>/pods/<pod>/exec?...`` with a WebSocket upgrade and the
 ``v5.channel.k8s.io`` (or ``v4``) subprotocol, as kubectl 1.30+ sends it: every stdin
 message (channel 0) comes back at once on stdout (channel 1), like ``cat`` in a pod.
-TLS, aiohttp on uvloop. Anything else: 404.
+``GET /api/v1/namespaces/<ns>/pods/<pod>``: a running Pod (kubectl reads it before exec).
+What the gateway's cluster controller reads (``bench/controller_reads.py``: ``/readyz``
+and the rest, so the cluster turns active). TLS, aiohttp on uvloop. Anything else: 404.
 
 Run: ``python -m bench.exec_backend --port P --cert F --key F`` (prints ``ready``).
 """
@@ -18,6 +20,7 @@ import signal
 import uvloop
 from aiohttp import WSMsgType, web
 
+from bench.controller_reads import READS
 from config.tls import server_context
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
@@ -37,9 +40,32 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def pod(request: web.Request) -> web.Response:
+    ns, name = request.match_info["ns"], request.match_info["pod"]
+    return web.json_response(
+        {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+            "status": {"phase": "Running"},
+        }
+    )
+
+
+async def controller_read(request: web.Request) -> web.Response:
+    if request.query.get("watch"):
+        raise web.HTTPNotFound()
+    content_type, body = READS[request.path]
+    return web.Response(body=body, content_type=content_type)
+
+
 async def serve(port: int, cert: str, key: str) -> None:
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/exec", exec_handler)
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}", pod)
+    for path in READS:
+        app.router.add_get(path, controller_read)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(cert, key)).start()

@@ -1,7 +1,9 @@
 """kubectl-shaped exec sessions (WebSocket, ``v5.channel.k8s.io``) against one URL.
 
-Measures, in this order: the time to open a session (TCP + TLS + upgrade, answered 101)
-over ``--sessions`` sessions one after another; the round trip of a 64-byte stdin line
+Measures, in this order, over ``--sessions`` sessions one after another: the time to
+open a session as kubectl exec does (``exec_setup``: on one new TLS connection it reads
+the pod, then on another it upgrades, answered 101) and the upgrade alone (``setup``:
+TCP + TLS + upgrade on a new connection, nothing before it); the round trip of a 64-byte stdin line
 echoed on stdout, ``--echoes`` times on one session; and the throughput of
 ``--bulk-mb`` MB of stdin sent in 32 KiB messages and echoed back (at most
 ``WINDOW`` messages in flight). Prints one JSON object. Every loop is bounded in count,
@@ -44,6 +46,12 @@ async def _open(
     )
 
 
+async def _check(ws: aiohttp.ClientWebSocketResponse) -> None:
+    if ws.protocol != PROTOCOL:
+        raise RuntimeError(f"subprotocol {ws.protocol!r}")
+    await ws.close()
+
+
 async def measure(
     url: str, token: str, ca: str, sessions: int, echoes: int, bulk_mb: float
 ) -> dict[str, Any]:
@@ -51,17 +59,31 @@ async def measure(
     headers = {"Authorization": f"Bearer {token}", "User-Agent": "kubectl/v1.32.0 (bench)"}
     out: dict[str, Any] = {}
     setup: list[float] = []
-    for _ in range(sessions):  # a new connection each time, as each kubectl exec makes
-        connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
+    exec_setup: list[float] = []
+    pod_url = url.rsplit("/exec", 1)[0]
+    for _ in range(sessions):  # new connections each time, as each kubectl exec makes
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as rest,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as upgrades,
+        ):
+            started = time.perf_counter()
+            async with rest.get(pod_url, headers=headers) as answer:
+                if answer.status != 200:
+                    raise RuntimeError(f"GET pod: {answer.status}")
+                await answer.read()
+            ws = await _open(upgrades, url, headers)
+            exec_setup.append(1e3 * (time.perf_counter() - started))
+            await _check(ws)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
             started = time.perf_counter()
             ws = await _open(session, url, headers)
             setup.append(1e3 * (time.perf_counter() - started))
-            if ws.protocol != PROTOCOL:
-                raise RuntimeError(f"subprotocol {ws.protocol!r}")
-            await ws.close()
-    out["setup_p50_ms"] = statistics.median(setup)
-    out["setup_p99_ms"] = _percentile(setup, 0.99)
+            await _check(ws)
+    if sessions:
+        out["exec_setup_p50_ms"] = statistics.median(exec_setup)
+        out["exec_setup_p99_ms"] = _percentile(exec_setup, 0.99)
+        out["setup_p50_ms"] = statistics.median(setup)
+        out["setup_p99_ms"] = _percentile(setup, 0.99)
 
     connector = aiohttp.TCPConnector(ssl=ctx)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -75,8 +97,9 @@ async def measure(
             if msg.type is not aiohttp.WSMsgType.BINARY or msg.data[:1] != STDOUT:
                 raise RuntimeError(f"unexpected {msg.type}")
             rtts.append(1e3 * (time.perf_counter() - started))
-        out["echo_p50_ms"] = statistics.median(rtts)
-        out["echo_p99_ms"] = _percentile(rtts, 0.99)
+        if echoes:
+            out["echo_p50_ms"] = statistics.median(rtts)
+            out["echo_p99_ms"] = _percentile(rtts, 0.99)
 
         payload = STDIN + b"y" * CHUNK
         total = int(bulk_mb * 1e6) // CHUNK
@@ -101,7 +124,8 @@ async def measure(
             await ws.send_bytes(payload)
         await reading
         seconds = time.perf_counter() - started
-        out["bulk_mb_per_s"] = received / 1e6 / seconds
+        if total:
+            out["bulk_mb_per_s"] = received / 1e6 / seconds
         await ws.close()
     out.update(sessions=sessions, echoes=echoes, bulk_mb=received / 1e6)
     return out

@@ -776,7 +776,8 @@ class ExecResult:
     echoes: int
     bulk_mb: float
     runs: list[dict[str, Any]] = field(default_factory=list)
-    """One per round and path: ``{"round", "path", "setup_p50_ms", ... "bulk_mb_per_s"}``."""
+    """One per round and path: ``{"round", "path", "exec_setup_p50_ms", "setup_p50_ms", ...
+    "bulk_mb_per_s", "bulk_cpu_ms_per_mb": {role: ms}}`` (the bulk run measured alone)."""
 
     def values(self, path: str, key: str) -> list[float]:
         return [float(r[key]) for r in self.runs if r["path"] == path]
@@ -789,7 +790,7 @@ def exec_paths(
     (gateway, tunnel, agent), interleaved in rounds."""
     result = ExecResult(sessions, echoes, bulk_mb)
     with contextlib.ExitStack() as stack:
-        backend_url, _ = start_backend(stack, tmp, certs, "exec_backend")
+        backend_url, backend_pid = start_backend(stack, tmp, certs, "exec_backend")
         herd = start_herd(stack, tmp, certs, backend_url, "exec")
         gateway, cluster_id, token = herd.gateway, herd.cluster_id, herd.token
         paths = [
@@ -797,26 +798,43 @@ def exec_paths(
             ("herdgate", f"{gateway.url}/k8s/clusters/{cluster_id}{EXEC_PATH}", token,
              gateway.ca_file),
         ]  # fmt: skip
+        pids = {**herd.pids, "backend": backend_pid}
         for number in range(rounds):
             order = paths[number % 2 :] + paths[: number % 2]
             for name, url, bearer, ca in order:
-                out = subprocess.run(
-                    [sys.executable, "-m", "bench.exec_client", "--url", url, "--token", bearer,
-                     "--ca", str(ca), "--sessions", str(sessions), "--echoes", str(echoes),
-                     "--bulk-mb", str(bulk_mb), "--timeout", "300"],
-                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=330, check=False,
-                )  # fmt: skip
-                if out.returncode != 0:
-                    raise RuntimeError(f"exec client on {name}: {out.stderr[-2000:]}")
-                run = json.loads(out.stdout.strip().splitlines()[-1])
+                run = _exec_client(name, url, bearer, ca, sessions, echoes, 0.0)
+                with CpuMeter(pids) as meter:
+                    bulk = _exec_client(name, url, bearer, ca, 0, 0, bulk_mb)
+                assert meter.usage is not None
+                run["bulk_mb_per_s"] = bulk["bulk_mb_per_s"]
+                run["bulk_cpu_ms_per_mb"] = {
+                    role: 1e3 * meter.usage.roles.get(role, 0.0) / bulk["bulk_mb"] for role in pids
+                }
                 run.update(round=number + 1, path=name)
                 result.runs.append(run)
                 log(
-                    f"  exec round {number + 1}/{rounds} {name:<9} setup p50"
+                    f"  exec round {number + 1}/{rounds} {name:<9} kubectl-shaped setup p50"
+                    f" {run['exec_setup_p50_ms']:.2f} ms, upgrade alone"
                     f" {run['setup_p50_ms']:.2f} ms, echo p50 {run['echo_p50_ms']:.3f} ms"
                     f" p99 {run['echo_p99_ms']:.3f} ms, {run['bulk_mb_per_s']:.0f} MB/s"
                 )
     return result
+
+
+def _exec_client(
+    name: str, url: str, bearer: str, ca: Path, sessions: int, echoes: int, bulk_mb: float
+) -> dict[str, Any]:
+    """One run of ``bench.exec_client``: its JSON."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.exec_client", "--url", url, "--token", bearer,
+         "--ca", str(ca), "--sessions", str(sessions), "--echoes", str(echoes),
+         "--bulk-mb", str(bulk_mb), "--timeout", "300"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=330, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"exec client on {name}: {out.stderr[-2000:]}")
+    run: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return run
 
 
 def setup_tmp(base: Path | None) -> Path:

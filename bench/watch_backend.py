@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 import uvloop
 
+from bench.controller_reads import READS
 from config.tls import server_context
 
 MAX_SECONDS = 600.0
@@ -60,24 +61,15 @@ def _reply(status: int, body: dict[str, object]) -> bytes:
     )
 
 
-def _ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+def _answer(content_type: str, body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        content_type.encode(),
         len(body),
         body,
     )
 
 
-_CONTROLLER_READS = {
-    "/readyz": _ok(b"ok"),
-    "/livez": _ok(b"ok"),
-    "/version": _reply(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}),
-    "/api/v1/nodes": _reply(
-        200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": []}
-    ),
-    "/api/v1/namespaces": _reply(
-        200, {"kind": "NamespaceList", "apiVersion": "v1", "metadata": {}, "items": []}
-    ),
-}
+_CONTROLLER_READS = {path: _answer(*read) for path, read in READS.items()}
 
 
 class Server:
