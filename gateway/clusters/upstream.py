@@ -433,13 +433,17 @@ class StreamPool:
 
         A reused connection that turns out to be closed (the API server dropped it
         while idle) is retried once on a new one when the body can be replayed.
+
+        An ``upgrade`` (exec, attach, port-forward) takes an idle stream of the short
+        kind too: kubectl reads the pod just before, so one is usually there, and the
+        agent need not dial the API server while the user waits (an HTTP/1.1 upgrade
+        is as valid on a kept-alive connection as on a new one; a stream the agent
+        relays over HTTP/2 moves to a connection of its own for it,
+        ``tunnel.h2upstream``). Switched, the stream is never put back.
         """
         replayable = body is None or isinstance(body, bytes)
         for attempt in range(2):
-            if upgrade:
-                stream, reused = self.session.open_stream(), False
-            else:
-                stream, reused = self.take(long_running)
+            stream, reused = self.take(long_running and not upgrade)
             try:
                 return await _round_trip(self, stream, method, head, body, upgrade, long_running)
             except UpstreamError as exc:

@@ -147,6 +147,48 @@ async def test_upgrade_returns_the_bytes_after_the_head() -> None:
     assert resp.upgraded_tail == b"\x80\x03frames"
 
 
+async def test_an_upgrade_takes_an_idle_stream_and_never_puts_it_back() -> None:
+    """kubectl reads the pod, then asks for exec: the upgrade goes on the stream the read
+    left idle (no new connection for the agent to dial while the user waits); switched,
+    that stream is never reused, and a refused upgrade leaves its stream reusable."""
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n{}"
+    exec_head = b"GET /exec HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    pool, server = await make([[OK], [refused], [switching], [OK]])
+    resp = await pool.request("GET", HEAD, None)
+    await resp.read_all()
+    resp.release()
+    resp = await pool.request("GET", exec_head, None, upgrade=True)
+    assert resp.status == 403 and not resp.upgraded
+    await resp.read_all()
+    resp.release()
+    assert (len(server.streams), pool.idle_count) == (1, 1)
+    resp = await pool.request("GET", exec_head, None, upgrade=True)
+    assert resp.status == 101 and resp.upgraded
+    assert (len(server.streams), pool.idle_count) == (1, 0)
+    assert server.requests == [HEAD, exec_head, exec_head]
+    resp.release()
+    assert pool.idle_count == 0
+    resp = await pool.request("GET", HEAD, None)  # the next request: a new stream
+    assert len(server.streams) == 2
+    resp.release()
+
+
+async def test_an_upgrade_on_a_stale_idle_stream_is_retried_on_a_new_one() -> None:
+    switching = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n\r\n"
+    )
+    pool, server = await make([[OK], [b"<close>"], [switching]])
+    resp = await pool.request("GET", HEAD, None)
+    await resp.read_all()
+    resp.release()
+    resp = await pool.request("GET", b"GET /exec HTTP/1.1\r\n\r\n", None, upgrade=True)
+    assert resp.status == 101 and resp.upgraded
+    assert len(server.streams) == 2
+
+
 async def test_an_api_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.clusters import upstream
 
