@@ -25,6 +25,7 @@ import aiohttp
 
 from config.schema import AgentSettings
 from config.tls import client_context
+from tunnel.tls import Sessions
 
 
 class AgentError(Exception):
@@ -48,6 +49,8 @@ class Upstream:
     refresh: Callable[[], asyncio.Future[str] | asyncio.Task[str]] | None = field(
         default=None, repr=False
     )
+    sessions: Sessions = field(default_factory=Sessions, repr=False, compare=False)
+    """TLS sessions of ``ssl``'s connections, resumed by the next (``tunnel.tls.Sessions``)."""
 
     @property
     def host_header(self) -> str:

@@ -121,6 +121,7 @@ async def relay(
                     upstream.port,
                     upstream.ssl,
                     upstream.server_hostname,
+                    sessions=upstream.sessions,
                 )
                 transport: asyncio.Transport = tls_transport
                 conn = cast(_UpstreamConnection, protocol)

@@ -60,6 +60,46 @@ ACCEPT_PAUSE_S = 1.0
 """After an accept failed for want of descriptors or memory, accepting waits this long."""
 
 
+MAX_SESSIONS = 8
+"""TLS sessions kept for resumption per server (``Sessions``)."""
+
+
+class Sessions:
+    """TLS sessions to resume, for connections from one context to one server.
+
+    A resumed handshake (TLS 1.3 with a ticket the server sent on an earlier connection,
+    still with a fresh key exchange) skips the server's certificate and its signature, and
+    our verification of them: cheaper for both ends, and the agent dials its API server
+    while a user waits (an exec, a request on a new tunnel stream). Each connection that
+    ends leaves the session it holds (its newest ticket) here; each dial takes one, so a
+    ticket is used once (RFC 8446, appendix C.4). A session the server no longer accepts
+    costs a full handshake, as without one."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: list[ssl.SSLSession] = []
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def take(self) -> ssl.SSLSession | None:
+        """The newest session kept, or None."""
+        return self._held.pop() if self._held else None
+
+    def keep(self, sock: ssl.SSLSocket) -> None:
+        """Keep the session of ``sock`` (about to close) if it holds a ticket."""
+        try:
+            session = sock.session
+        except (OSError, ValueError):
+            return
+        if session is None or not session.has_ticket:
+            return
+        if len(self._held) >= MAX_SESSIONS:
+            del self._held[0]  # the oldest
+        self._held.append(session)
+
+
 class TLSTransport(asyncio.Transport):
     """An established TLS connection on a non-blocking :class:`ssl.SSLSocket`."""
 
@@ -70,10 +110,13 @@ class TLSTransport(asyncio.Transport):
         protocol: asyncio.BaseProtocol,
         release: Callable[[], None] | None = None,
         peername: Any = None,
+        sessions: Sessions | None = None,
     ) -> None:
         super().__init__()
         self._release = release
         """Called once the connection is gone (``TLSServer``'s ``admit``)."""
+        self._sessions = sessions
+        """Where the connection's TLS session goes when it ends (dialled connections)."""
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -466,6 +509,7 @@ class TLSTransport(asyncio.Transport):
             return
         self._no_write()
         sock = self._sock
+        self._leave_session()
         with contextlib.suppress(OSError, ValueError, ssl.SSLError):
             sock.unwrap()  # sends close_notify; the peer's answer is not awaited
         try:
@@ -490,6 +534,12 @@ class TLSTransport(asyncio.Transport):
             pass
         self._fatal(None)
 
+    def _leave_session(self) -> None:
+        """Leave the TLS session in ``_sessions`` (once; before ``unwrap`` drops it)."""
+        if self._sessions is not None:
+            self._sessions.keep(self._sock)
+            self._sessions = None
+
     def _fatal(self, exc: BaseException | None) -> None:
         """Close the socket now and tell the protocol (once)."""
         if self._closed:
@@ -506,6 +556,8 @@ class TLSTransport(asyncio.Transport):
         self._pending = None
         self._pending_size = 0
         self._head_in_flight = False
+        if exc is None:
+            self._leave_session()
         self._sock.close()
         if exc is not None and not isinstance(exc, (OSError, ssl.SSLError)):
             logger.debug("TLS connection ended by %r", exc)
@@ -554,8 +606,11 @@ async def connect(
     context: ssl.SSLContext,
     server_hostname: str | None,
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+    sessions: Sessions | None = None,
 ) -> tuple[TLSTransport, asyncio.BaseProtocol]:
-    """Dial ``host:port``, handshake, and start ``protocol_factory()`` on the connection."""
+    """Dial ``host:port``, handshake, and start ``protocol_factory()`` on the connection;
+    with ``sessions`` (always for one context and server), resume one if it holds one and
+    leave this connection's there when it ends."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: OSError | None = None
@@ -576,14 +631,19 @@ async def connect(
         raise last or OSError(errno.EHOSTUNREACH, f"cannot resolve {host}")
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     enable_read_ahead(context)
-    sock = context.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
+    sock = context.wrap_socket(
+        raw,
+        server_hostname=server_hostname,
+        do_handshake_on_connect=False,
+        session=sessions.take() if sessions is not None else None,
+    )
     try:
         await handshake(sock, handshake_timeout_s)
     except BaseException:
         sock.close()
         raise
     protocol = protocol_factory()
-    transport = TLSTransport(loop, sock, protocol)
+    transport = TLSTransport(loop, sock, protocol, sessions=sessions)
     transport.start()
     return transport, protocol
 

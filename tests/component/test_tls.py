@@ -582,3 +582,59 @@ def test_records_cut_anywhere_all_arrive_without_a_stall(
         await pair.stop()
 
     LOOPS[loop_name](body())
+
+
+def test_a_dial_resumes_the_session_an_ended_connection_left(run, pki: TestPKI) -> None:
+    """With ``Sessions``, a connection that ends leaves its TLS session (the ticket the
+    server sent on it); the next dial resumes it (no certificate exchanged) and takes it,
+    so a ticket serves one dial; a dial with nothing kept is a full handshake."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        context = pair.client_context()
+        sessions = tls.Sessions()
+        reused: list[bool] = []
+        for _ in range(3):
+            client, protocol = await tls.connect(
+                Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
+            )
+            server = await asyncio.wait_for(pair.accepted.get(), 10)
+            assert isinstance(protocol, Collector) and server.transport is not None
+            reused.append(client.get_extra_info("ssl_object").session_reused)
+            assert len(sessions) == 0  # taken by this dial (or none was there)
+            server.transport.write(b"hello")  # the tickets come before it
+            await protocol.wait_for(5)
+            client.close()
+            assert await asyncio.wait_for(protocol.lost, 10) is None
+            assert len(sessions) == 1
+        assert reused == [False, True, True]
+        # Without a context's own sessions, every dial is a full handshake.
+        client, _ = await tls.connect(Collector, "127.0.0.1", pair.port, context, "127.0.0.1")
+        assert not client.get_extra_info("ssl_object").session_reused
+        client.close()
+        await pair.stop()
+
+    run(body())
+
+
+def test_sessions_keep_the_newest_and_only_sessions_with_a_ticket() -> None:
+    class FakeSocket:
+        def __init__(self, session: object) -> None:
+            self.session = session
+
+    class FakeSession:
+        def __init__(self, ticket: bool) -> None:
+            self.has_ticket = ticket
+
+    sessions = tls.Sessions()
+    sessions.keep(FakeSocket(None))  # type: ignore[arg-type]
+    sessions.keep(FakeSocket(FakeSession(False)))  # type: ignore[arg-type]
+    assert len(sessions) == 0
+    kept = [FakeSession(True) for _ in range(tls.MAX_SESSIONS + 2)]
+    for session in kept:
+        sessions.keep(FakeSocket(session))  # type: ignore[arg-type]
+    assert len(sessions) == tls.MAX_SESSIONS
+    taken = [sessions.take() for _ in range(tls.MAX_SESSIONS)]
+    assert taken == kept[::-1][: tls.MAX_SESSIONS]  # newest first; the two oldest dropped
+    assert sessions.take() is None
