@@ -177,8 +177,43 @@ def http_table(http: HttpResult) -> tuple[list[str], list[Check]]:
             "≤ 32 MB",
             max(growth, default=0) <= 32 if growth else None,
         ),
+        *issue20_checks(r, thr, add50, add99, bulk),
     ]
     return lines, checks
+
+
+def _hop_cpu(x: Run) -> float:
+    """CPU per request of what stands between client and backend: the gateway and the
+    agent on herdgate's path, nginx on the proxy's (each path has only its own roles)."""
+    return sum(x.cpu_us_per_request(role) for role in ("gateway", "agent", "proxy"))
+
+
+def issue20_checks(
+    r: RoundsResult,
+    thr: list[float],
+    add50: list[float],
+    add99: list[float],
+    bulk: list[float],
+) -> list[Check]:
+    """The bars issue 20 moved figures 1-3 to, judged on the same rounds."""
+    h2thr = r.per_round("h2c64", lambda x: x.rps, "herdgate", "nginx-proxy")
+    cpu = r.per_round("c64", _hop_cpu, "herdgate", "nginx-proxy")
+    h2cpu = r.per_round("h2c64", _hop_cpu, "herdgate", "nginx-proxy")
+    return [
+        _check("issue 20: small GET, 64 conns, vs nginx proxy", thr, "≥ 0.5x",
+               lambda v: v >= 0.5, "x"),
+        _check("issue 20: small GET, 64 HTTP/2 streams, vs nginx proxy", h2thr, "≥ 0.5x",
+               lambda v: v >= 0.5, "x"),
+        _check("issue 20: gateway + agent CPU per request ÷ nginx proxy's, 64 conns", cpu,
+               "≤ 2x", lambda v: v <= 2.0, "x"),
+        _check("issue 20: the same over HTTP/2", h2cpu, "≤ 2x", lambda v: v <= 2.0, "x"),
+        _check("issue 20: added median latency, 1 conn", add50, "≤ 0.25 ms",
+               lambda v: v <= 0.25, " ms", 3),
+        _check("issue 20: added p99 latency, 1 conn", add99, "≤ 1 ms",
+               lambda v: v <= 1.0, " ms", 3),
+        _check("issue 20: 100 MB list MB/s vs nginx proxy", bulk, "≥ 0.75x",
+               lambda v: v >= 0.75, "x"),
+    ]  # fmt: skip
 
 
 def baseline_lines(http: HttpResult, commit: str) -> list[str]:

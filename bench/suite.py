@@ -658,7 +658,7 @@ def agents(
                     gateway_rss_before_kib=rss_before, gateway_rss_after_kib=rss,
                     idle_s=idle_s, idle_cpu_pct=idle_cpu, idle_thirds_pct=slices,
                     stop_s=0.0, start_s=0.0, back=0, all_back_s=0.0, all_back_after_ready_s=0.0,
-                    points=points, held=held,
+                    points=points, held=held, stop_steps=[],
                 )  # fmt: skip
             connect_s = max(_ups(procs, started)) - step_started
             up = target
