@@ -643,6 +643,7 @@ class Agent:
             task.cancel()
         if self._h2 is not None:
             self._h2.close()
+        upstream.spare.close()
         if self._gave_up is not None:
             raise self._gave_up
 

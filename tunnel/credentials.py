@@ -25,6 +25,7 @@ import aiohttp
 
 from config.schema import AgentSettings
 from config.tls import client_context
+from tunnel.preconnect import Spare
 from tunnel.tls import Sessions
 
 
@@ -51,6 +52,8 @@ class Upstream:
     )
     sessions: Sessions = field(default_factory=Sessions, repr=False, compare=False)
     """TLS sessions of ``ssl``'s connections, resumed by the next (``tunnel.tls.Sessions``)."""
+    spare: Spare = field(default_factory=Spare, repr=False, compare=False)
+    """A connection dialled before a relayed stream needs it (``tunnel.preconnect``)."""
 
     @property
     def host_header(self) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import cast
 
 from tunnel import tls
@@ -43,6 +44,8 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         self.asked_at = -1.0
         """Loop time of the first byte written since the API server last answered
         (-1: none waiting)."""
+        self.answered: Callable[[], None] | None = None
+        """Called once, at the API server's first bytes (the spare's refill)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport does not subclass asyncio.Transport; it has its API.
@@ -54,6 +57,9 @@ class _UpstreamConnection(asyncio.BufferedProtocol):
         return shared_read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.answered is not None:
+            answered, self.answered = self.answered, None
+            answered()
         stats = self.stats
         if stats is not None:
             stats.bytes_from_apiserver += nbytes
@@ -96,6 +102,29 @@ def unreachable(
         stats.stream_failures += 1
 
 
+async def _dial(
+    upstream: Upstream, factory: Callable[[], asyncio.BaseProtocol]
+) -> tuple[tls.TLSTransport, asyncio.BaseProtocol]:
+    assert upstream.ssl is not None
+    return await tls.connect(
+        factory,
+        upstream.host,
+        upstream.port,
+        upstream.ssl,
+        upstream.server_hostname,
+        sessions=upstream.sessions,
+    )
+
+
+async def _dial_transport(
+    upstream: Upstream, factory: Callable[[], asyncio.BaseProtocol]
+) -> tls.TLSTransport:
+    """A spare connection (``tunnel.preconnect``), within the dial's time limit."""
+    async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
+        transport, _ = await _dial(upstream, factory)
+    return transport
+
+
 async def relay(
     stream: TunnelStream,
     session: Session,
@@ -112,26 +141,35 @@ async def relay(
     loop = asyncio.get_running_loop()
     if stats is not None:
         stats.streams_total += 1
-    try:
-        async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-            if upstream.ssl is not None:
-                tls_transport, protocol = await tls.connect(
-                    lambda: _UpstreamConnection(stream, stats),
-                    upstream.host,
-                    upstream.port,
-                    upstream.ssl,
-                    upstream.server_hostname,
-                    sessions=upstream.sessions,
-                )
-                transport: asyncio.Transport = tls_transport
-                conn = cast(_UpstreamConnection, protocol)
-            else:
-                transport, conn = await loop.create_connection(
-                    lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
-                )
-    except (OSError, TimeoutError, ssl.SSLError) as exc:
-        unreachable(stream, upstream, exc, stats)
-        return
+    transport: asyncio.Transport
+    spare = upstream.spare.take() if upstream.ssl is not None else None
+    if spare is not None:
+        conn = _UpstreamConnection(stream, stats)
+        spare.set_protocol(conn)
+        conn.connection_made(spare)
+        transport = spare
+    else:
+        try:
+            async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
+                if upstream.ssl is not None:
+                    tls_transport, protocol = await _dial(
+                        upstream, lambda: _UpstreamConnection(stream, stats)
+                    )
+                    transport = tls_transport
+                    conn = cast(_UpstreamConnection, protocol)
+                else:
+                    transport, conn = await loop.create_connection(
+                        lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
+                    )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            unreachable(stream, upstream, exc, stats)
+            return
+    if upstream.ssl is not None:
+        # Once the API server has answered (its dial for the next stream does not compete
+        # with this exchange for the CPU).
+        conn.answered = lambda: upstream.spare.refill(
+            lambda factory: _dial_transport(upstream, factory)
+        )
     if not accepted:
         session.accept(stream)
     if stats is not None:

@@ -204,7 +204,7 @@ class World:
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[tuple[Backend, h2upstream.H2Pool, list[Session]]] = []
+    made: list[tuple[Backend, h2upstream.H2Pool, list[Session], Upstream]] = []
 
     async def _make(max_streams: int = 100, offer_h2: bool = True) -> World:
         backend = Backend(max_streams, offer_h2)
@@ -219,7 +219,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         )
         pool = h2upstream.H2Pool(upstream)
         sessions: list[Session] = []
-        made.append((backend, pool, sessions))
+        made.append((backend, pool, sessions, upstream))
         a, b = MemoryTransport.pair()
         world: World | None = None
 
@@ -247,10 +247,11 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         return world
 
     yield _make
-    for backend, pool, sessions in made:
+    for backend, pool, sessions, upstream in made:
         for session in sessions:
             await session.close()
         pool.close()
+        upstream.spare.close()
         await asyncio.sleep(0.1)  # the relays close their connections
         backend.close()
     await asyncio.sleep(0.1)
