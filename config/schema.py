@@ -603,6 +603,11 @@ class AgentSettings:
     apiserver_http2_all: bool = False
     """With ``apiserver_http2``: every ordinary request as an HTTP/2 stream too (fewer
     connections to the API server, several times the agent's CPU per short request)."""
+    apiserver_spare_connection: bool = True
+    """Once a relayed connection to the API server has been answered, dial one more and
+    keep it (at most one, for at most 20 s) for the next tunnel stream that needs one, so
+    an exec or a request on a new stream does not wait for TCP and TLS
+    (``tunnel.preconnect``). False: every such stream dials when it comes."""
     health_listen: str = ""
     """A plain-HTTP listener, ``HOST:PORT``, serving ``/healthz`` (alive), ``/readyz``
     (a tunnel is up) and ``/metrics`` (Prometheus) without authentication; empty: none.

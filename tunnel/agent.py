@@ -607,6 +607,8 @@ class Agent:
         # gateway is contacted.
         upstream = await cluster_upstream(self.settings)
         self._upstream = upstream
+        if not self.settings.apiserver_spare_connection:
+            upstream.spare.close()  # a closed spare dials nothing
         ca_pem = await gateway_ca(self.settings)
         self.notifier.status(f"connecting to {self.settings.server}")
         if upstream.refresh is not None:

@@ -67,6 +67,10 @@ class Spare:
     def kept(self) -> bool:
         return self._kept is not None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def take(self) -> TLSTransport | None:
         """The kept connection (its protocol still ``_Kept``: the caller sets its own
         with ``set_protocol`` and calls ``connection_made``), or None."""

@@ -107,3 +107,28 @@ async def test_a_failing_credential_refresh_is_logged_and_started_again(
     (record,) = failures(caplog, "API server credential refresh failed")
     assert record.exc_info is not None and "send_info broke" in str(record.exc_info[1])
     assert session.sent[1] == b'{"authorization": "Bearer 2"}'
+
+
+@pytest.mark.parametrize("spare", [True, False])
+async def test_the_spare_connection_setting_reaches_the_upstream(
+    monkeypatch: pytest.MonkeyPatch, spare: bool
+) -> None:
+    upstream = Upstream("api.test", 443, None, None)
+    agent = an_agent(monkeypatch, upstream)
+    agent.settings = AgentSettings(server="https://gw.test", apiserver_spare_connection=spare)
+    started = asyncio.Event()
+
+    async def dial(ca_pem: str | None, upstream: Upstream) -> str:
+        started.set()
+        await asyncio.sleep(3600)
+        return "failed"
+
+    monkeypatch.setattr(agent, "_dial", dial)
+    stop = asyncio.Event()
+    with virtual_time():
+        run = asyncio.create_task(agent.run(stop))
+        await asyncio.wait_for(started.wait(), 60)
+        assert upstream.spare.closed is not spare
+        stop.set()
+        await asyncio.wait_for(run, 60)
+    assert upstream.spare.closed  # and at the stop, always
