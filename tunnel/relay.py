@@ -1,10 +1,12 @@
 """One tunnel stream relayed to the cluster's API server.
 
 Each stream the gateway opens becomes one TLS connection to this cluster's API server
-(TCP_NODELAY), and bytes are copied both ways under the stream's credit window: when
-the gateway has not returned credit, reading from the API server pauses. With an
-``AgentStats`` (``tunnel.stats``), the relay counts streams, bytes both ways and the time
-from each request's first byte to the API server's first byte back.
+(TCP_NODELAY): the one ``tunnel.preconnect`` kept ready if there is one, else dialled
+then (resuming a TLS session, ``tunnel.tls.Sessions``), and once the API server has
+answered on it the next spare is dialled. Bytes are copied both ways under the stream's
+credit window: when the gateway has not returned credit, reading from the API server
+pauses. With an ``AgentStats`` (``tunnel.stats``), the relay counts streams, bytes both
+ways and the time from each request's first byte to the API server's first byte back.
 """
 
 from __future__ import annotations
