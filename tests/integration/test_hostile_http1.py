@@ -552,16 +552,22 @@ def _smuggled(world: World, token: str) -> bytes:
     )
 
 
+@pytest.mark.parametrize("read_first", [False, True], ids=["fresh", "after-another-users-read"])
 def test_requests_around_an_exec_upgrade_reach_nothing_and_leave_nothing_behind(
-    world: World, owner: tuple[str, str]
+    world: World, owner: tuple[str, str], member: str, read_first: bool
 ) -> None:
     """An exec upgrade followed, in the same write, by a whole request that asks for
     ``system:masters`` (read before the 101: dropped, never passed on), and after the
     101 by another (the upgrade's bytes now: the API server's exec stream gets them, no
     HTTP request is made of them). Repeated, so that whatever the take-over of the
     connection holds would pile up: the API server saw each exec once, as the owner,
-    and nothing else; descriptors, tunnel streams and memory come back."""
+    and nothing else; descriptors, tunnel streams and memory come back.
+
+    ``read_first``: just before each exec, another user's read leaves its kept-alive
+    connection to the API server idle, and the upgrade goes on it (``StreamPool``): the
+    exec is still the owner's alone, nothing of the earlier caller carries over."""
     user_id, token = owner
+    reads: list[str] = []
     before_events = len(world.standin.audit_events())
     exec_target = _target(
         world, "api/v1/namespaces/default/pods/http1-exec/exec?command=id&stdout=true"
@@ -580,6 +586,13 @@ def test_requests_around_an_exec_upgrade_reach_nothing_and_leave_nothing_behind(
         )
         pipelined, behind = _smuggled(world, token), _smuggled(world, token)
         probes.append((probe_of(upgrade), probe_of(pipelined), probe_of(behind)))
+        if read_first:
+            read = head(world, member)
+            reads.append(probe_of(read))
+            with _connect(world) as sock:
+                sock.sendall(read)
+                answer_of_read = _read_answer(sock)
+                assert answer_of_read is not None and answer_of_read.status == 200
         with _connect(world) as sock:
             sock.settimeout(10)
             sock.sendall(upgrade + pipelined)
@@ -596,6 +609,9 @@ def test_requests_around_an_exec_upgrade_reach_nothing_and_leave_nothing_behind(
         (event,) = received(world, exec_probe)
         assert event["impersonatedUser"]["username"] == user_id, event
         assert received(world, pipelined_probe) == [] and received(world, behind_probe) == []
+    for read_probe in reads:
+        (event,) = received(world, read_probe)
+        assert event["impersonatedUser"]["username"] != user_id, event
     for event in world.standin.audit_events()[before_events:]:
         assert event["verb"] != "delete", event
         assert "system:masters" not in event.get("impersonatedUser", {}).get("groups", []), event
