@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 KEEP_S = 20.0
 """How long a spare connection is kept unused (well inside kube-apiserver's 32 s)."""
+DIAL_TIMEOUT_S = 10.0
+"""A spare's dial that has not finished by then is given up (as a relay's own)."""
 
 Dial = Callable[[Callable[[], asyncio.BaseProtocol]], Awaitable[TLSTransport]]
 """Dials the API server with the given protocol factory (``tls.connect`` bound to it)."""
@@ -73,9 +75,10 @@ class Spare:
 
     def take(self) -> TLSTransport | None:
         """The kept connection (its protocol still ``_Kept``: the caller sets its own
-        with ``set_protocol`` and calls ``connection_made``), or None."""
+        with ``set_protocol`` and calls ``connection_made``), or None. One that closed
+        is no longer kept (``drop``)."""
         kept = self._kept
-        if kept is None or kept.transport is None or kept.transport.is_closing():
+        if kept is None:
             return None
         self._forget()
         return kept.transport
@@ -88,7 +91,8 @@ class Spare:
 
     async def _dial(self, dial: Dial) -> None:
         try:
-            transport = await dial(lambda: _Kept(self))
+            async with asyncio.timeout(DIAL_TIMEOUT_S):
+                transport = await dial(lambda: _Kept(self))
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             logger.debug("no spare connection to the API server: %s", exc)
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections.abc import Callable
@@ -106,9 +107,10 @@ def unreachable(
 
 async def _dial(
     upstream: Upstream, factory: Callable[[], asyncio.BaseProtocol]
-) -> tuple[tls.TLSTransport, asyncio.BaseProtocol]:
+) -> tls.TLSTransport:
+    """A TLS connection to the API server, resuming a session if one is kept."""
     assert upstream.ssl is not None
-    return await tls.connect(
+    transport, _ = await tls.connect(
         factory,
         upstream.host,
         upstream.port,
@@ -116,14 +118,6 @@ async def _dial(
         upstream.server_hostname,
         sessions=upstream.sessions,
     )
-
-
-async def _dial_transport(
-    upstream: Upstream, factory: Callable[[], asyncio.BaseProtocol]
-) -> tls.TLSTransport:
-    """A spare connection (``tunnel.preconnect``), within the dial's time limit."""
-    async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
-        transport, _ = await _dial(upstream, factory)
     return transport
 
 
@@ -154,11 +148,8 @@ async def relay(
         try:
             async with asyncio.timeout(UPSTREAM_CONNECT_TIMEOUT_S):
                 if upstream.ssl is not None:
-                    tls_transport, protocol = await _dial(
-                        upstream, lambda: _UpstreamConnection(stream, stats)
-                    )
-                    transport = tls_transport
-                    conn = cast(_UpstreamConnection, protocol)
+                    transport = await _dial(upstream, lambda: _UpstreamConnection(stream, stats))
+                    conn = cast(_UpstreamConnection, transport.get_protocol())
                 else:
                     transport, conn = await loop.create_connection(
                         lambda: _UpstreamConnection(stream, stats), upstream.host, upstream.port
@@ -169,9 +160,7 @@ async def relay(
     if upstream.ssl is not None:
         # Once the API server has answered (its dial for the next stream does not compete
         # with this exchange for the CPU).
-        conn.answered = lambda: upstream.spare.refill(
-            lambda factory: _dial_transport(upstream, factory)
-        )
+        conn.answered = functools.partial(upstream.spare.refill, functools.partial(_dial, upstream))
     if not accepted:
         session.accept(stream)
     if stats is not None:

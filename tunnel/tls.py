@@ -89,10 +89,7 @@ class Sessions:
 
     def keep(self, sock: ssl.SSLSocket) -> None:
         """Keep the session of ``sock`` (about to close) if it holds a ticket."""
-        try:
-            session = sock.session
-        except (OSError, ValueError):
-            return
+        session = sock.session
         if session is None or not session.has_ticket:
             return
         if len(self._held) >= MAX_SESSIONS:

@@ -442,8 +442,9 @@ class StreamPool:
         ``tunnel.h2upstream``). Switched, the stream is never put back.
         """
         replayable = body is None or isinstance(body, bytes)
+        long_running = long_running and not upgrade  # never on a stream relayed as HTTP/2
         for attempt in range(2):
-            stream, reused = self.take(long_running and not upgrade)
+            stream, reused = self.take(long_running)
             try:
                 return await _round_trip(self, stream, method, head, body, upgrade, long_running)
             except UpstreamError as exc:

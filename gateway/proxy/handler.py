@@ -517,8 +517,7 @@ async def _send(
             upgrade=upgrade_request,
             long_running=exchange is not None
             and exchange.info is not None
-            and exchange.info.long_running
-            and not upgrade_request,
+            and exchange.info.long_running,
         )
     except (UpstreamError, TunnelError) as exc:
         if isinstance(exc, TooManyStreams):

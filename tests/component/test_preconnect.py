@@ -74,23 +74,24 @@ async def test_one_kept_one_dialled_taken_once_and_given_up_in_time(
     await pair.stop()
 
 
+async def _kept_one(pair: Pair, spare: preconnect.Spare) -> asyncio.Transport:
+    """Have ``spare`` keep a connection; the server's side of it."""
+    spare.refill(_dialler(pair, [0]))
+    await _until(lambda: spare.kept)
+    server_side = await asyncio.wait_for(pair.accepted.get(), 10)
+    assert server_side.transport is not None
+    return server_side.transport
+
+
 async def test_a_kept_connection_the_server_closes_is_not_handed_out(pki: TestPKI) -> None:
     pair = Pair(pki)
     await pair.start()
     spare = preconnect.Spare()
-    spare.refill(_dialler(pair, [0]))
-    await _until(lambda: spare.kept)
-    server_side = await asyncio.wait_for(pair.accepted.get(), 10)
-    assert server_side.transport is not None
-    server_side.transport.close()  # as kube-apiserver after its ReadHeaderTimeout
+    (await _kept_one(pair, spare)).close()  # as kube-apiserver after its ReadHeaderTimeout
     await _until(lambda: not spare.kept)
     assert spare.take() is None
     # ... nor one that says anything before a request.
-    spare.refill(_dialler(pair, [0]))
-    await _until(lambda: spare.kept)
-    server_side = await asyncio.wait_for(pair.accepted.get(), 10)
-    assert server_side.transport is not None
-    server_side.transport.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+    (await _kept_one(pair, spare)).write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
     await _until(lambda: not spare.kept)
     spare.close()
     await pair.stop()
