@@ -28,7 +28,15 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from config.compat.ssl_internals import direct, enable_read_ahead, pending_check
+from config.compat.ssl_internals import (
+    Session,
+    SessionRef,
+    direct,
+    enable_read_ahead,
+    pending_check,
+    resume,
+    session_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +86,27 @@ class Sessions:
     __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._held: list[ssl.SSLSession] = []
+        self._held: list[Session] = []
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def take(self) -> ssl.SSLSession | None:
+    def take(self) -> Session | None:
         """The newest session kept, or None."""
         return self._held.pop() if self._held else None
 
-    def keep(self, sock: ssl.SSLSocket) -> None:
-        """Keep the session of ``sock`` (about to close) if it holds a ticket."""
-        session = sock.session
-        if session is None or not session.has_ticket:
+    def keep(self, sock: ssl.SSLSocket, inner: Any) -> None:
+        """Keep the session of ``sock`` (about to close; ``inner`` its C object) if it
+        holds a ticket: by reference where OpenSSL can be reached (CPython's
+        ``SSLSocket.session`` copies it, certificate and all: config.compat.ssl_internals,
+        5)."""
+        session = session_of(sock, inner)
+        if session is None:
             return
         if len(self._held) >= MAX_SESSIONS:
-            del self._held[0]  # the oldest
+            oldest = self._held.pop(0)
+            if isinstance(oldest, SessionRef):
+                oldest.release()
         self._held.append(session)
 
 
@@ -534,7 +547,7 @@ class TLSTransport(asyncio.Transport):
     def _leave_session(self) -> None:
         """Leave the TLS session in ``_sessions`` (once; before ``unwrap`` drops it)."""
         if self._sessions is not None:
-            self._sessions.keep(self._sock)
+            self._sessions.keep(self._sock, self._ssl)
             self._sessions = None
 
     def _fatal(self, exc: BaseException | None) -> None:
@@ -628,13 +641,11 @@ async def connect(
         raise last or OSError(errno.EHOSTUNREACH, f"cannot resolve {host}")
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     enable_read_ahead(context)
-    sock = context.wrap_socket(
-        raw,
-        server_hostname=server_hostname,
-        do_handshake_on_connect=False,
-        session=sessions.take() if sessions is not None else None,
-    )
+    sock = context.wrap_socket(raw, server_hostname=server_hostname, do_handshake_on_connect=False)
     try:
+        session = sessions.take() if sessions is not None else None
+        if session is not None:
+            resume(sock, direct(sock), session)
         await handshake(sock, handshake_timeout_s)
     except BaseException:
         sock.close()

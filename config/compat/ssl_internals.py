@@ -33,6 +33,19 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
    before it is used: OpenSSL must name the socket's descriptor and its context's
    ``SSL_CTX`` for it. Fallback: read until OpenSSL asks for more (correct, slower).
 
+5. ``openssl-session-ref``: the same ``SSL *`` (checked as in 4), and
+   ``SSL_get1_session``, ``SSL_set_session``, ``SSL_SESSION_free``,
+   ``SSL_SESSION_has_ticket`` and ``SSL_SESSION_is_resumable`` in libssl.
+   :func:`session_of` holds an ended client connection's TLS session by reference
+   (:class:`SessionRef`) and :func:`resume` hands it to the next connection before its
+   handshake, as C clients do (nginx's upstream session reuse, curl). CPython's own
+   ``SSLSocket.session`` copies the session instead (a workaround for an OpenSSL 1.1.0
+   bug): it serialises it and parses it back, the server's certificate with it, which
+   OpenSSL 3.0 makes a large share of the agent's CPU per dialled connection
+   (docs/design.md section 4, "Relay"). A session is resumed only on a connection of the
+   ``SSL_CTX`` it came from (CPython's setter checks the same). Fallback:
+   ``SSLSocket.session``, as before.
+
 Tested: CPython 3.11.7 with OpenSSL 3.0.19 (Debian 12). The probes: (1) and (2) wrap a
 socket pair's end and a pair of memory BIOs in a client context and call ``read``,
 ``write`` and ``pending`` on the C object before any handshake (each must ask to read,
@@ -40,7 +53,9 @@ socket pair's end and a pair of memory BIOs in a client context and call ``read`
 verify mode through the pointer, changes both from Python and reads them again (they
 must follow), then sets read-ahead and reads it back; (4) wraps a socket pair's end,
 finds its ``SSL *`` (OpenSSL must give back the socket's descriptor and the context's
-``SSL_CTX`` for it) and asks ``SSL_has_pending``, which must say nothing is held.
+``SSL_CTX`` for it) and asks ``SSL_has_pending``, which must say nothing is held; (5)
+finds a fresh socket's ``SSL *`` likewise, which must hold no session, sets a new empty
+session on it and must get that same session back, with no ticket and not resumable.
 """
 
 from __future__ import annotations
@@ -206,6 +221,18 @@ def _libssl() -> ctypes.CDLL:
         lib.SSL_get_fd.restype = ctypes.c_int
         lib.SSL_has_pending.argtypes = [ctypes.c_void_p]
         lib.SSL_has_pending.restype = ctypes.c_int
+        lib.SSL_get1_session.argtypes = [ctypes.c_void_p]
+        lib.SSL_get1_session.restype = ctypes.c_void_p
+        lib.SSL_set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        lib.SSL_set_session.restype = ctypes.c_int
+        lib.SSL_SESSION_new.argtypes = []
+        lib.SSL_SESSION_new.restype = ctypes.c_void_p
+        lib.SSL_SESSION_free.argtypes = [ctypes.c_void_p]
+        lib.SSL_SESSION_free.restype = None
+        lib.SSL_SESSION_has_ticket.argtypes = [ctypes.c_void_p]
+        lib.SSL_SESSION_has_ticket.restype = ctypes.c_int
+        lib.SSL_SESSION_is_resumable.argtypes = [ctypes.c_void_p]
+        lib.SSL_SESSION_is_resumable.restype = ctypes.c_int
         _lib.append(lib)
     return _lib[0]
 
@@ -364,3 +391,115 @@ def pending_check(sock: ssl.SSLSocket, inner: Any) -> Callable[[], int] | None:
     if pointer is None:
         return None
     return functools.partial(_libssl().SSL_has_pending, pointer)
+
+
+# 5. TLS sessions by reference through ctypes
+
+
+class SessionRef:
+    """A client TLS session (OpenSSL's ``SSL_SESSION *``) held by reference, with the
+    ``SSL_CTX`` of the connection it came from; released once (``SSL_SESSION_free``),
+    by :func:`resume` or when dropped."""
+
+    __slots__ = ("_pointer", "context")
+
+    def __init__(self, pointer: int, context: int) -> None:
+        self._pointer: int | None = pointer
+        self.context = context
+
+    @property
+    def released(self) -> bool:
+        return self._pointer is None
+
+    def release(self) -> None:
+        pointer, self._pointer = self._pointer, None
+        if pointer is not None:
+            _libssl().SSL_SESSION_free(pointer)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # (at interpreter exit libssl may be gone)
+            self.release()
+
+
+Session = SessionRef | ssl.SSLSession
+"""A session to resume: held by reference, or CPython's copy (the fallback)."""
+
+
+def _probe_session_ref() -> None:
+    _require_checked_layout()
+    lib = _libssl()
+    with _fresh_tls_socket() as sock:
+        pointer = _ssl_of(sock, getattr(sock, "_sslobj", None))
+        if pointer is None:
+            raise Broken("the second pointer after the object header is not the SSL *")
+        held = lib.SSL_get1_session(pointer)
+        if held:
+            lib.SSL_SESSION_free(held)
+            raise Broken("a fresh connection holds a session")
+        session = lib.SSL_SESSION_new()
+        if not session:
+            raise Broken("SSL_SESSION_new failed")
+        try:
+            if lib.SSL_set_session(pointer, session) != 1:
+                raise Broken("SSL_set_session refused a new session")
+            back = lib.SSL_get1_session(pointer)
+            if back:
+                lib.SSL_SESSION_free(back)
+            if back != session:
+                raise Broken("SSL_get1_session did not give back the session set")
+            if lib.SSL_SESSION_has_ticket(session) or lib.SSL_SESSION_is_resumable(session):
+                raise Broken("an empty session has a ticket or is resumable")
+        finally:
+            lib.SSL_SESSION_free(session)
+
+
+SESSION_REF = Assumption(
+    "openssl-session-ref",
+    "the SSL pointer inside ssl.SSLSocket's C object (CPython) and SSL_get1_session, "
+    "SSL_set_session (libssl, ctypes)",
+    "TLS sessions are resumed through SSLSocket.session (a copy of each, parsed back)",
+    _probe_session_ref,
+    programs=(AGENT,),
+)
+
+
+def session_of(sock: ssl.SSLSocket, inner: Any) -> Session | None:
+    """The session of ``sock`` (a client connection about to close; ``inner`` its C
+    object) to resume later, if it holds a ticket and can be resumed: by reference when
+    the assumption holds and the socket's pointer checks out, else CPython's copy."""
+    if SESSION_REF.holds():
+        try:
+            pointer = _ssl_of(sock, inner)
+        except (OSError, AttributeError, ValueError) as exc:
+            logger.warning("cannot reach OpenSSL's SSL: %s", exc)
+            pointer = None
+        if pointer is not None:
+            lib = _libssl()
+            session = lib.SSL_get1_session(pointer)
+            if not session:
+                return None
+            held = SessionRef(session, lib.SSL_get_SSL_CTX(pointer))
+            if not lib.SSL_SESSION_has_ticket(session) or not lib.SSL_SESSION_is_resumable(session):
+                held.release()
+                return None
+            return held
+    copied = sock.session
+    if copied is None or not copied.has_ticket:
+        return None
+    return copied
+
+
+def resume(sock: ssl.SSLSocket, inner: Any, session: Session) -> None:
+    """Offer ``session`` on ``sock`` (a client connection before its handshake; ``inner``
+    its C object). A :class:`SessionRef` is released here (the connection holds its own
+    reference); one from another ``SSL_CTX``, or on a socket whose pointer does not check
+    out, is not offered (a full handshake then)."""
+    if not isinstance(session, SessionRef):
+        sock.session = session  # CPython checks the context
+        return
+    try:
+        pointer = _ssl_of(sock, inner) if not session.released else None
+        if pointer is not None and _libssl().SSL_get_SSL_CTX(pointer) == session.context:
+            _libssl().SSL_set_session(pointer, session._pointer)
+    finally:
+        session.release()

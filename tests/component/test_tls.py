@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config.compat import ssl_internals
+from config.compat.ssl_internals import SessionRef
 from config.tls import client_context
 from tests.fakes import TestPKI
 from tunnel import tls
@@ -584,10 +585,14 @@ def test_records_cut_anywhere_all_arrive_without_a_stall(
     LOOPS[loop_name](body())
 
 
-def test_a_dial_resumes_the_session_an_ended_connection_left(run, pki: TestPKI) -> None:
+def test_a_dial_resumes_the_session_an_ended_connection_left(
+    run, pki: TestPKI, by_reference: bool = True
+) -> None:
     """With ``Sessions``, a connection that ends leaves its TLS session (the ticket the
     server sent on it); the next dial resumes it (no certificate exchanged) and takes it,
-    so a ticket serves one dial; a dial with nothing kept is a full handshake."""
+    so a ticket serves one dial; a dial with nothing kept is a full handshake. Sessions
+    are held by reference (OpenSSL's own, not CPython's copy) unless the internals are
+    out of reach (tests/component/test_tls_fallback.py)."""
 
     async def body() -> None:
         pair = Pair(pki)
@@ -608,11 +613,48 @@ def test_a_dial_resumes_the_session_an_ended_connection_left(run, pki: TestPKI) 
             client.close()
             assert await asyncio.wait_for(protocol.lost, 10) is None
             assert len(sessions) == 1
+            kept = sessions._held[0]
+            assert isinstance(kept, SessionRef if by_reference else ssl.SSLSession)
         assert reused == [False, True, True]
         # Without a context's own sessions, every dial is a full handshake.
         client, _ = await tls.connect(Collector, "127.0.0.1", pair.port, context, "127.0.0.1")
         assert not client.get_extra_info("ssl_object").session_reused
         client.close()
+        await pair.stop()
+
+    run(body())
+
+
+def test_a_session_is_resumed_only_from_the_context_it_came_from(run, pki: TestPKI) -> None:
+    """A session held by reference is offered only on a connection of the ``SSL_CTX`` it
+    came from (resuming skips verifying the server: another context's settings must not
+    be skipped that way); elsewhere the handshake is a full one, and the reference is
+    released either way."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        sessions = tls.Sessions()
+        client, protocol = await tls.connect(
+            Collector, "127.0.0.1", pair.port, pair.client_context(), "127.0.0.1",
+            sessions=sessions,
+        )  # fmt: skip
+        server = await asyncio.wait_for(pair.accepted.get(), 10)
+        assert isinstance(protocol, Collector) and server.transport is not None
+        server.transport.write(b"hello")
+        await protocol.wait_for(5)
+        client.close()
+        await asyncio.wait_for(protocol.lost, 10)
+        held = sessions._held[0]
+        assert isinstance(held, SessionRef) and not held.released
+        other = pair.client_context()  # same settings, another SSL_CTX
+        client, _ = await tls.connect(
+            Collector, "127.0.0.1", pair.port, other, "127.0.0.1", sessions=sessions
+        )
+        await asyncio.wait_for(pair.accepted.get(), 10)
+        assert not client.get_extra_info("ssl_object").session_reused
+        assert held.released
+        client.abort()
         await pair.stop()
 
     run(body())
@@ -628,12 +670,12 @@ def test_sessions_keep_the_newest_and_only_sessions_with_a_ticket() -> None:
             self.has_ticket = ticket
 
     sessions = tls.Sessions()
-    sessions.keep(FakeSocket(None))  # type: ignore[arg-type]
-    sessions.keep(FakeSocket(FakeSession(False)))  # type: ignore[arg-type]
+    sessions.keep(FakeSocket(None), None)  # type: ignore[arg-type]
+    sessions.keep(FakeSocket(FakeSession(False)), None)  # type: ignore[arg-type]
     assert len(sessions) == 0
     kept = [FakeSession(True) for _ in range(tls.MAX_SESSIONS + 2)]
     for session in kept:
-        sessions.keep(FakeSocket(session))  # type: ignore[arg-type]
+        sessions.keep(FakeSocket(session), None)  # type: ignore[arg-type]
     assert len(sessions) == tls.MAX_SESSIONS
     taken = [sessions.take() for _ in range(tls.MAX_SESSIONS)]
     assert taken == kept[::-1][: tls.MAX_SESSIONS]  # newest first; the two oldest dropped

@@ -45,6 +45,7 @@ def internals_broken(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ssl_internals.OBJECT_DIRECT,
         ssl_internals.READ_AHEAD,
         ssl_internals.HAS_PENDING,
+        ssl_internals.SESSION_REF,
     )
     for check in checks:
         check.reset()
@@ -88,3 +89,7 @@ def test_closing_inside_the_read_that_saw_the_peers_close(run, pki: TestPKI) -> 
 
 def test_records_cut_anywhere_all_arrive(pki: TestPKI) -> None:
     scenarios.test_records_cut_anywhere_all_arrive_without_a_stall(pki=pki)
+
+
+def test_sessions_are_resumed_through_cpythons_copies(run, pki: TestPKI) -> None:
+    scenarios.test_a_dial_resumes_the_session_an_ended_connection_left(run, pki, by_reference=False)

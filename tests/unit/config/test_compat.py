@@ -121,6 +121,7 @@ def test_every_check_holds_on_the_installed_versions(caplog: pytest.LogCaptureFi
         "ssl-object-direct",
         "openssl-read-ahead",
         "openssl-has-pending",
+        "openssl-session-ref",
         "websocket-mask",
         "ldap3-availability",
     } <= names
@@ -130,6 +131,7 @@ def test_every_check_holds_on_the_installed_versions(caplog: pytest.LogCaptureFi
         "ssl-object-direct",
         "openssl-read-ahead",
         "openssl-has-pending",
+        "openssl-session-ref",
         "websocket-mask",
     }
 
@@ -302,6 +304,39 @@ def test_without_the_ssl_pointer_reads_go_on_until_openssl_wants_more(
     messages = warnings_of(caplog)
     assert len(messages) == 1 and "openssl-has-pending" in messages[0], messages
     # (tests/component/test_tls_fallback.py runs TLS connections this way)
+
+
+def test_a_session_reference_is_released_once_and_a_fresh_connection_has_none() -> None:
+    lib = ssl_internals._libssl()
+    ours, theirs = socket.socketpair()
+    with theirs:
+        sock = ssl_internals._bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        with sock:
+            inner = sock._sslobj  # type: ignore[attr-defined]
+            assert ssl_internals.session_of(sock, inner) is None  # no handshake: none
+            pointer = ssl_internals._ssl_of(sock, inner)
+            assert pointer is not None
+            held = ssl_internals.SessionRef(lib.SSL_SESSION_new(), lib.SSL_get_SSL_CTX(pointer))
+            ssl_internals.resume(sock, inner, held)  # offered (an empty session: no ticket)
+            assert held.released
+            held.release()  # once only
+            back = lib.SSL_get1_session(pointer)
+            assert back  # the connection holds its own reference
+            lib.SSL_SESSION_free(back)
+
+
+@pytest.mark.usefixtures("no_libssl_access")
+def test_without_the_ssl_pointer_sessions_are_cpythons_copies(
+    caplog: pytest.LogCaptureFixture, recheck: Callable[[Assumption], bool]
+) -> None:
+    assert not recheck(ssl_internals.SESSION_REF)
+    ours, theirs = socket.socketpair()
+    with theirs:
+        sock = ssl_internals._bare_client_context().wrap_socket(ours, do_handshake_on_connect=False)
+        with sock:
+            assert ssl_internals.session_of(sock, sock._sslobj) is None  # type: ignore[attr-defined]
+    messages = warnings_of(caplog)
+    assert len(messages) == 1 and "openssl-session-ref" in messages[0], messages
 
 
 # aiohttp
