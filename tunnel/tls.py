@@ -23,6 +23,7 @@ import collections
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -609,6 +610,27 @@ def _set_once(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+async def _connect(loop: asyncio.AbstractEventLoop, raw: socket.socket, address: Any) -> None:
+    """Connect the non-blocking ``raw`` to ``address`` (already resolved).
+
+    Not ``loop.sock_connect``: uvloop's resolves the address again with no socket type,
+    which its numeric fast path does not take, so every dial waited for a thread of
+    libuv's pool to run ``getaddrinfo`` and wake the loop (docs/design.md section 4,
+    "Relay")."""
+    err = raw.connect_ex(address)
+    if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EINTR):
+        fd = raw.fileno()
+        writable = loop.create_future()
+        loop.add_writer(fd, _set_once, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"Connect call failed {address}: {os.strerror(err)}")
+
+
 async def connect(
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     host: str,
@@ -628,7 +650,7 @@ async def connect(
         raw = socket.socket(family, kind, proto)
         try:
             raw.setblocking(False)
-            await loop.sock_connect(raw, address)
+            await _connect(loop, raw, address)
         except OSError as exc:
             raw.close()
             last = exc

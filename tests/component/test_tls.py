@@ -625,6 +625,40 @@ def test_a_dial_resumes_the_session_an_ended_connection_left(
     run(body())
 
 
+def test_a_dial_connects_without_the_loops_sock_connect(run, pki: TestPKI) -> None:
+    """``connect`` connects the socket itself (uvloop's ``sock_connect`` resolves the
+    address again on its thread pool): a dial works with ``sock_connect`` out of order,
+    and a port nobody listens on is refused as before."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        loop = asyncio.get_running_loop()
+
+        async def no_sock_connect(*args: Any) -> None:
+            raise AssertionError("loop.sock_connect called")
+
+        if isinstance(loop, asyncio.BaseEventLoop):  # (uvloop's methods cannot be replaced)
+            loop.sock_connect = no_sock_connect  # type: ignore[method-assign]
+        client, protocol = await tls.connect(
+            Collector, "127.0.0.1", pair.port, pair.client_context(), "127.0.0.1"
+        )
+        server = await asyncio.wait_for(pair.accepted.get(), 10)
+        assert isinstance(protocol, Collector) and server.transport is not None
+        server.transport.write(b"hello")
+        await protocol.wait_for(5)
+        client.close()
+        await asyncio.wait_for(protocol.lost, 10)
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]  # bound, not listening: refused
+            with pytest.raises(ConnectionRefusedError):
+                await tls.connect(Collector, "127.0.0.1", port, pair.client_context(), None)
+        await pair.stop()
+
+    run(body())
+
+
 def test_a_session_is_resumed_only_from_the_context_it_came_from(run, pki: TestPKI) -> None:
     """A session held by reference is offered only on a connection of the ``SSL_CTX`` it
     came from (resuming skips verifying the server: another context's settings must not
