@@ -225,9 +225,15 @@ def server_context(
     """A TLS server context; ``http2`` offers ``h2`` before ``http/1.1`` (clients that
     upgrade — exec, attach, port-forward — ask for ``http/1.1`` alone). With
     ``client_ca_file``, clients may present a certificate, which must be issued by that CA
-    (a client without one is let in: kube-apiserver's ``--client-ca-file``)."""
+    (a client without one is let in: kube-apiserver's ``--client-ca-file``).
+
+    One TLS 1.3 session ticket per connection, as Go's crypto/tls (kube-apiserver's)
+    sends, not OpenSSL's two: kubectl and the other Go clients keep none, and each ticket
+    was made and written before the connection's first request was read
+    (docs/design.md section 3, "TLS"); a client that resumes needs one."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.num_tickets = 1
     ctx.load_cert_chain(str(cert_file), str(key_file))
     ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     if client_ca_file is not None:

@@ -63,6 +63,32 @@ def test_direct_ssl_objects_carry_data_both_ways(tmp_path: Path) -> None:
     assert bytes(buffer) == payload and server.pending() == 0
 
 
+def test_a_server_sends_one_session_ticket_per_connection(tmp_path: Path) -> None:
+    """As Go's crypto/tls (kube-apiserver's) does, not OpenSSL's two; a client can still
+    resume with it."""
+    pki = TestPKI.create(tmp_path)
+    server_ctx = server_context(pki.cert_file, pki.key_file)
+    client_ctx = client_context(ca_file=str(pki.ca_file))
+    tickets: list[object] = []
+
+    def seen(
+        conn: object, direction: str, version: object, kind: object, msg: object, data: bytes
+    ) -> None:
+        if direction == "read" and msg == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets.append(msg)
+
+    client_ctx._msg_callback = seen  # type: ignore[attr-defined]
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_hostname="127.0.0.1")
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    handshake(client, server, bios)
+    server.write(b"x")
+    pump(bios[3], bios[0])
+    assert client.read(1) == b"x"
+    assert len(tickets) == 1
+    assert client.session is not None and client.session.has_ticket
+
+
 def usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
     return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
 
