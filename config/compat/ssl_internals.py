@@ -34,17 +34,20 @@ What herdgate relies on, and what runs when it does not hold (one WARNING each):
    ``SSL_CTX`` for it. Fallback: read until OpenSSL asks for more (correct, slower).
 
 5. ``openssl-session-ref``: the same ``SSL *`` (checked as in 4), and
-   ``SSL_get1_session``, ``SSL_set_session``, ``SSL_SESSION_free``,
+   ``SSL_get_session``, ``SSL_SESSION_dup``, ``SSL_set_session``, ``SSL_SESSION_free``,
    ``SSL_SESSION_has_ticket`` and ``SSL_SESSION_is_resumable`` in libssl.
-   :func:`session_of` holds an ended client connection's TLS session by reference
-   (:class:`SessionRef`) and :func:`resume` hands it to the next connection before its
-   handshake, as C clients do (nginx's upstream session reuse, curl). CPython's own
-   ``SSLSocket.session`` copies the session instead (a workaround for an OpenSSL 1.1.0
-   bug): it serialises it and parses it back, the server's certificate with it, which
-   OpenSSL 3.0 makes a large share of the agent's CPU per dialled connection
-   (docs/design.md section 4, "Relay"). A session is resumed only on a connection of the
-   ``SSL_CTX`` it came from (CPython's setter checks the same). Fallback:
-   ``SSLSocket.session``, as before.
+   :func:`session_of` copies an ending client connection's TLS session with
+   ``SSL_SESSION_dup`` (a copy of the structure; the certificates are shared by
+   reference) into a :class:`SessionRef`, and :func:`resume` hands it to the next
+   connection before its handshake. CPython's own ``SSLSocket.session`` copies the
+   session too (a workaround for an OpenSSL 1.1.0 bug), but by serialising it and
+   parsing it back, the server's certificate with it, which OpenSSL 3.0 makes a large
+   share of the agent's CPU per dialled connection (docs/design.md section 4, "Relay").
+   A copy, not a second reference to the connection's own: OpenSSL marks a connection's
+   session not resumable when the connection is freed with no close_notify sent (an
+   abort, or a server that closed first), which would reach a shared one. A session is
+   resumed only on a connection of the context it came from (CPython's setter checks
+   the same). Fallback: ``SSLSocket.session``, as before.
 
 Tested: CPython 3.11.7 with OpenSSL 3.0.19 (Debian 12). The probes: (1) and (2) wrap a
 socket pair's end and a pair of memory BIOs in a client context and call ``read``,
@@ -223,6 +226,10 @@ def _libssl() -> ctypes.CDLL:
         lib.SSL_has_pending.restype = ctypes.c_int
         lib.SSL_get1_session.argtypes = [ctypes.c_void_p]
         lib.SSL_get1_session.restype = ctypes.c_void_p
+        lib.SSL_get_session.argtypes = [ctypes.c_void_p]
+        lib.SSL_get_session.restype = ctypes.c_void_p
+        lib.SSL_SESSION_dup.argtypes = [ctypes.c_void_p]
+        lib.SSL_SESSION_dup.restype = ctypes.c_void_p
         lib.SSL_set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         lib.SSL_set_session.restype = ctypes.c_int
         lib.SSL_SESSION_new.argtypes = []
@@ -397,13 +404,13 @@ def pending_check(sock: ssl.SSLSocket, inner: Any) -> Callable[[], int] | None:
 
 
 class SessionRef:
-    """A client TLS session (OpenSSL's ``SSL_SESSION *``) held by reference, with the
-    ``SSL_CTX`` of the connection it came from; released once (``SSL_SESSION_free``),
-    by :func:`resume` or when dropped."""
+    """A client TLS session (OpenSSL's ``SSL_SESSION *``, a copy of the connection's own)
+    held by reference, with the context of the connection it came from; released once
+    (``SSL_SESSION_free``), by :func:`resume` or when dropped."""
 
     __slots__ = ("_pointer", "context")
 
-    def __init__(self, pointer: int, context: int) -> None:
+    def __init__(self, pointer: int, context: ssl.SSLContext) -> None:
         self._pointer: int | None = pointer
         self.context = context
 
@@ -475,14 +482,13 @@ def session_of(sock: ssl.SSLSocket, inner: Any) -> Session | None:
             pointer = None
         if pointer is not None:
             lib = _libssl()
-            session = lib.SSL_get1_session(pointer)
-            if not session:
+            own = lib.SSL_get_session(pointer)  # the connection's (borrowed)
+            if not own or not lib.SSL_SESSION_has_ticket(own):
                 return None
-            held = SessionRef(session, lib.SSL_get_SSL_CTX(pointer))
-            if not lib.SSL_SESSION_has_ticket(session) or not lib.SSL_SESSION_is_resumable(session):
-                held.release()
+            if not lib.SSL_SESSION_is_resumable(own):
                 return None
-            return held
+            copy = lib.SSL_SESSION_dup(own)
+            return SessionRef(copy, sock.context) if copy else None
     copied = sock.session
     if copied is None or not copied.has_ticket:
         return None
@@ -492,14 +498,19 @@ def session_of(sock: ssl.SSLSocket, inner: Any) -> Session | None:
 def resume(sock: ssl.SSLSocket, inner: Any, session: Session) -> None:
     """Offer ``session`` on ``sock`` (a client connection before its handshake; ``inner``
     its C object). A :class:`SessionRef` is released here (the connection holds its own
-    reference); one from another ``SSL_CTX``, or on a socket whose pointer does not check
-    out, is not offered (a full handshake then)."""
+    reference). A session from another context, or one that cannot be set, is not
+    offered: the handshake is then a full one, never a failed dial."""
     if not isinstance(session, SessionRef):
-        sock.session = session  # CPython checks the context
+        with contextlib.suppress(ValueError):  # another context's: CPython refuses it
+            sock.session = session
         return
     try:
-        pointer = _ssl_of(sock, inner) if not session.released else None
-        if pointer is not None and _libssl().SSL_get_SSL_CTX(pointer) == session.context:
+        if session.released or session.context is not sock.context:
+            return
+        pointer = _ssl_of(sock, inner)
+        if pointer is not None:
             _libssl().SSL_set_session(pointer, session._pointer)
+    except (OSError, AttributeError, ValueError) as exc:
+        logger.warning("cannot offer a TLS session: %s", exc)
     finally:
         session.release()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import os
 import socket
@@ -654,6 +655,42 @@ def test_a_dial_connects_without_the_loops_sock_connect(run, pki: TestPKI) -> No
             port = unused.getsockname()[1]  # bound, not listening: refused
             with pytest.raises(ConnectionRefusedError):
                 await tls.connect(Collector, "127.0.0.1", port, pair.client_context(), None)
+        await pair.stop()
+
+    run(body())
+
+
+# gc.collect() below may finalise what earlier tests left (not this test's subject)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_session_resumes_after_an_aborted_connection(run, pki: TestPKI) -> None:
+    """OpenSSL marks a connection's session not resumable when the connection is freed
+    with no close_notify sent (an abort: the relay's on a reset stream or a timeout):
+    the session kept is a copy, which the next dial still resumes once the aborted
+    connection is gone."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        context = pair.client_context()
+        sessions = tls.Sessions()
+        client, protocol = await tls.connect(
+            Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
+        )
+        server = await asyncio.wait_for(pair.accepted.get(), 10)
+        assert isinstance(protocol, Collector) and server.transport is not None
+        server.transport.write(b"hello")  # the ticket comes before it
+        await protocol.wait_for(5)
+        client.abort()
+        await asyncio.wait_for(protocol.lost, 10)
+        assert len(sessions) == 1
+        del client, protocol
+        gc.collect()  # the aborted connection's SSL freed (where OpenSSL marks its session)
+        client, _ = await tls.connect(
+            Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
+        )
+        await asyncio.wait_for(pair.accepted.get(), 10)
+        assert client.get_extra_info("ssl_object").session_reused
+        client.abort()
         await pair.stop()
 
     run(body())

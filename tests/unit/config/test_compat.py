@@ -316,7 +316,7 @@ def test_a_session_reference_is_released_once_and_a_fresh_connection_has_none() 
             assert ssl_internals.session_of(sock, inner) is None  # no handshake: none
             pointer = ssl_internals._ssl_of(sock, inner)
             assert pointer is not None
-            held = ssl_internals.SessionRef(lib.SSL_SESSION_new(), lib.SSL_get_SSL_CTX(pointer))
+            held = ssl_internals.SessionRef(lib.SSL_SESSION_new(), sock.context)
             ssl_internals.resume(sock, inner, held)  # offered (an empty session: no ticket)
             assert held.released
             held.release()  # once only
