@@ -58,7 +58,8 @@ must follow), then sets read-ahead and reads it back; (4) wraps a socket pair's 
 finds its ``SSL *`` (OpenSSL must give back the socket's descriptor and the context's
 ``SSL_CTX`` for it) and asks ``SSL_has_pending``, which must say nothing is held; (5)
 finds a fresh socket's ``SSL *`` likewise, which must hold no session, sets a new empty
-session on it and must get that same session back, with no ticket and not resumable.
+session on it and must get that same session back (and a copy of it), with no ticket
+and not resumable.
 """
 
 from __future__ import annotations
@@ -452,8 +453,14 @@ def _probe_session_ref() -> None:
             back = lib.SSL_get1_session(pointer)
             if back:
                 lib.SSL_SESSION_free(back)
-            if back != session:
+            if back != session or lib.SSL_get_session(pointer) != session:
                 raise Broken("SSL_get1_session did not give back the session set")
+            copy = lib.SSL_SESSION_dup(session)
+            if not copy:
+                raise Broken("SSL_SESSION_dup failed")
+            lib.SSL_SESSION_free(copy)
+            if copy == session:
+                raise Broken("SSL_SESSION_dup did not copy")
             if lib.SSL_SESSION_has_ticket(session) or lib.SSL_SESSION_is_resumable(session):
                 raise Broken("an empty session has a ticket or is resumable")
         finally:
