@@ -586,6 +586,21 @@ def test_records_cut_anywhere_all_arrive_without_a_stall(
     LOOPS[loop_name](body())
 
 
+async def _dial_and_hear(
+    pair: Pair, context: ssl.SSLContext, sessions: tls.Sessions | None = None
+) -> tuple[tls.TLSTransport, Collector]:
+    """Dial ``pair``'s server and read a first message from it (a TLS 1.3 server's
+    session ticket comes before it)."""
+    client, protocol = await tls.connect(
+        Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
+    )
+    server = await asyncio.wait_for(pair.accepted.get(), 10)
+    assert isinstance(protocol, Collector) and server.transport is not None
+    server.transport.write(b"hello")
+    await protocol.wait_for(5)
+    return client, protocol
+
+
 def test_a_dial_resumes_the_session_an_ended_connection_left(
     run, pki: TestPKI, by_reference: bool = True
 ) -> None:
@@ -602,15 +617,9 @@ def test_a_dial_resumes_the_session_an_ended_connection_left(
         sessions = tls.Sessions()
         reused: list[bool] = []
         for _ in range(3):
-            client, protocol = await tls.connect(
-                Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
-            )
-            server = await asyncio.wait_for(pair.accepted.get(), 10)
-            assert isinstance(protocol, Collector) and server.transport is not None
+            client, protocol = await _dial_and_hear(pair, context, sessions)
             reused.append(client.get_extra_info("ssl_object").session_reused)
             assert len(sessions) == 0  # taken by this dial (or none was there)
-            server.transport.write(b"hello")  # the tickets come before it
-            await protocol.wait_for(5)
             client.close()
             assert await asyncio.wait_for(protocol.lost, 10) is None
             assert len(sessions) == 1
@@ -641,13 +650,7 @@ def test_a_dial_connects_without_the_loops_sock_connect(run, pki: TestPKI) -> No
 
         if isinstance(loop, asyncio.BaseEventLoop):  # (uvloop's methods cannot be replaced)
             loop.sock_connect = no_sock_connect  # type: ignore[method-assign]
-        client, protocol = await tls.connect(
-            Collector, "127.0.0.1", pair.port, pair.client_context(), "127.0.0.1"
-        )
-        server = await asyncio.wait_for(pair.accepted.get(), 10)
-        assert isinstance(protocol, Collector) and server.transport is not None
-        server.transport.write(b"hello")
-        await protocol.wait_for(5)
+        client, protocol = await _dial_and_hear(pair, pair.client_context())
         client.close()
         await asyncio.wait_for(protocol.lost, 10)
         with socket.socket() as unused:
@@ -673,13 +676,7 @@ def test_a_session_resumes_after_an_aborted_connection(run, pki: TestPKI) -> Non
         await pair.start()
         context = pair.client_context()
         sessions = tls.Sessions()
-        client, protocol = await tls.connect(
-            Collector, "127.0.0.1", pair.port, context, "127.0.0.1", sessions=sessions
-        )
-        server = await asyncio.wait_for(pair.accepted.get(), 10)
-        assert isinstance(protocol, Collector) and server.transport is not None
-        server.transport.write(b"hello")  # the ticket comes before it
-        await protocol.wait_for(5)
+        client, protocol = await _dial_and_hear(pair, context, sessions)
         client.abort()
         await asyncio.wait_for(protocol.lost, 10)
         assert len(sessions) == 1
@@ -706,14 +703,7 @@ def test_a_session_is_resumed_only_from_the_context_it_came_from(run, pki: TestP
         pair = Pair(pki)
         await pair.start()
         sessions = tls.Sessions()
-        client, protocol = await tls.connect(
-            Collector, "127.0.0.1", pair.port, pair.client_context(), "127.0.0.1",
-            sessions=sessions,
-        )  # fmt: skip
-        server = await asyncio.wait_for(pair.accepted.get(), 10)
-        assert isinstance(protocol, Collector) and server.transport is not None
-        server.transport.write(b"hello")
-        await protocol.wait_for(5)
+        client, protocol = await _dial_and_hear(pair, pair.client_context(), sessions)
         client.close()
         await asyncio.wait_for(protocol.lost, 10)
         held = sessions._held[0]
