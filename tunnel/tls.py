@@ -98,9 +98,9 @@ class Sessions:
 
     def keep(self, sock: ssl.SSLSocket, inner: Any) -> None:
         """Keep the session of ``sock`` (about to close; ``inner`` its C object) if it
-        holds a ticket: by reference where OpenSSL can be reached (CPython's
-        ``SSLSocket.session`` copies it, certificate and all: config.compat.ssl_internals,
-        5)."""
+        holds a ticket: OpenSSL's own copy where OpenSSL can be reached (CPython's
+        ``SSLSocket.session`` serialises it and parses it back, certificate and all:
+        config.compat.ssl_internals, 5)."""
         session = session_of(sock, inner)
         if session is None:
             return
