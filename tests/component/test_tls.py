@@ -721,6 +721,33 @@ def test_a_session_is_resumed_only_from_the_context_it_came_from(run, pki: TestP
     run(body())
 
 
+def test_sessions_past_the_limit_are_released_oldest_first(run, pki: TestPKI) -> None:
+    """Connections ending beyond ``MAX_SESSIONS`` push the oldest sessions out, and those
+    are released (OpenSSL's copies are freed there, not left to the collector)."""
+
+    async def body() -> None:
+        pair = Pair(pki)
+        await pair.start()
+        context = pair.client_context()
+        sessions = tls.Sessions()
+        open_ = [await _dial_and_hear(pair, context) for _ in range(tls.MAX_SESSIONS + 2)]
+        for client, _ in open_:
+            client._sessions = sessions  # as if dialled with them (none to resume here)
+        first: list[object] = []
+        for client, protocol in open_:
+            client.close()
+            await asyncio.wait_for(protocol.lost, 10)
+            if len(sessions) == tls.MAX_SESSIONS and not first:
+                first = list(sessions._held)  # full: the next two push the oldest out
+        assert len(sessions) == tls.MAX_SESSIONS
+        assert all(isinstance(kept, SessionRef) for kept in first)
+        assert [kept.released for kept in first] == [True, True] + [False] * (tls.MAX_SESSIONS - 2)
+        assert sessions._held[: tls.MAX_SESSIONS - 2] == first[2:]
+        await pair.stop()
+
+    run(body())
+
+
 def test_sessions_keep_the_newest_and_only_sessions_with_a_ticket() -> None:
     class FakeSocket:
         def __init__(self, session: object) -> None:
