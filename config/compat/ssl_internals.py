@@ -209,38 +209,34 @@ def use_direct_objects(context: ssl.SSLContext) -> None:
 # 3. SSL_CTX read-ahead through ctypes
 
 
+_P, _INT = ctypes.c_void_p, ctypes.c_int
+_SIGNATURES: dict[str, tuple[list[Any], Any]] = {
+    "SSL_CTX_get_options": ([_P], ctypes.c_uint64),
+    "SSL_CTX_get_verify_mode": ([_P], _INT),
+    "SSL_CTX_ctrl": ([_P, _INT, ctypes.c_long, _P], ctypes.c_long),
+    "SSL_get_SSL_CTX": ([_P], _P),
+    "SSL_get_fd": ([_P], _INT),
+    "SSL_has_pending": ([_P], _INT),
+    "SSL_get1_session": ([_P], _P),
+    "SSL_get_session": ([_P], _P),
+    "SSL_SESSION_dup": ([_P], _P),
+    "SSL_set_session": ([_P, _P], _INT),
+    "SSL_SESSION_new": ([], _P),
+    "SSL_SESSION_free": ([_P], None),
+    "SSL_SESSION_has_ticket": ([_P], _INT),
+    "SSL_SESSION_is_resumable": ([_P], _INT),
+}
+"""The libssl functions called, with their C argument and result types."""
+
+
 def _libssl() -> ctypes.CDLL:
     """The libssl that Python's ssl module uses (found through ``_ssl``'s own links)."""
     if not _lib:
         lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_get_SSL_CTX.argtypes = [ctypes.c_void_p]
-        lib.SSL_get_SSL_CTX.restype = ctypes.c_void_p
-        lib.SSL_get_fd.argtypes = [ctypes.c_void_p]
-        lib.SSL_get_fd.restype = ctypes.c_int
-        lib.SSL_has_pending.argtypes = [ctypes.c_void_p]
-        lib.SSL_has_pending.restype = ctypes.c_int
-        lib.SSL_get1_session.argtypes = [ctypes.c_void_p]
-        lib.SSL_get1_session.restype = ctypes.c_void_p
-        lib.SSL_get_session.argtypes = [ctypes.c_void_p]
-        lib.SSL_get_session.restype = ctypes.c_void_p
-        lib.SSL_SESSION_dup.argtypes = [ctypes.c_void_p]
-        lib.SSL_SESSION_dup.restype = ctypes.c_void_p
-        lib.SSL_set_session.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.SSL_set_session.restype = ctypes.c_int
-        lib.SSL_SESSION_new.argtypes = []
-        lib.SSL_SESSION_new.restype = ctypes.c_void_p
-        lib.SSL_SESSION_free.argtypes = [ctypes.c_void_p]
-        lib.SSL_SESSION_free.restype = None
-        lib.SSL_SESSION_has_ticket.argtypes = [ctypes.c_void_p]
-        lib.SSL_SESSION_has_ticket.restype = ctypes.c_int
-        lib.SSL_SESSION_is_resumable.argtypes = [ctypes.c_void_p]
-        lib.SSL_SESSION_is_resumable.restype = ctypes.c_int
+        for name, (arguments, result) in _SIGNATURES.items():
+            function = getattr(lib, name)
+            function.argtypes = arguments
+            function.restype = result
         _lib.append(lib)
     return _lib[0]
 
